@@ -1,0 +1,264 @@
+"""The `mmbench` command line: prepare, train, evaluate, run, report, list."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import MMBenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproduce the tables and figures of multimodal-VAE papers.")
+console = Console()
+err_console = Console(stderr=True)
+
+DATA_ROOT = typer.Option(None, "--data-root", help="Prepared datasets live here (default: $MMBENCH_DATA or ./data).")
+RUNS_DIR = typer.Option(None, "--runs-dir", help="Run directories live here (default: $MMBENCH_RUNS or ./runs).")
+SET = typer.Option([], "--set", "-s", help="Override a config field, e.g. --set train.epochs=3 --set method.beta=2.5.")
+
+
+@contextmanager
+def progress_bar() -> Iterator:
+    """A rich progress display; yields `progress(phase, done, total)` (one bar per phase)."""
+    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=err_console, transient=False) as prog:
+        tasks = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            key = phase.split(" epoch ")[0]  # one bar for all training epochs
+            if key not in tasks:
+                tasks[key] = prog.add_task(phase, total=total)
+            prog.update(tasks[key], completed=done, total=total, description=phase)
+
+        yield update
+
+
+def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int, overrides: List[str],
+                   runs_dir: Optional[Path]):
+    from .config import build_run_config, deep_merge, parse_overrides
+    from .results import Run
+
+    base = {"dataset": dataset, "variant": variant, "seed": seed, "method": {"name": method}}
+    cfg = build_run_config(deep_merge(base, parse_overrides(overrides)), "--set")
+    return Run(cfg, runs_dir)
+
+
+@app.command()
+def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench list datasets`)."),
+            variant: Optional[str] = typer.Option(None, "--variant", "-v", help="Dataset variant, e.g. extended."),
+            seed: int = typer.Option(0, help="Seed of every random choice of the recipe."),
+            force: bool = typer.Option(False, "--force", help="Rebuild even if a complete copy exists."),
+            preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG grid of test tuples here."),
+            data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Build a dataset into compact arrays + manifest (idempotent).
+
+    Example: mmbench prepare polydigits --variant extended
+    """
+    from .data.base import prepare as do_prepare
+    from .registry import DATASETS
+
+    spec = DATASETS.get(dataset)()
+    with progress_bar() as progress:
+        path = do_prepare(spec, variant, seed=seed, data_root=data_root, force=force, progress=progress)
+    console.print(f"prepared {dataset} ({spec.check_variant(variant)}) in {path}")
+    if preview:
+        from .data.base import load_split, save_preview
+
+        save_preview(load_split(spec, variant, "test", data_root), preview)
+        console.print(f"preview grid: {preview}")
+
+
+@app.command()
+def train(dataset: str = typer.Argument(..., help="Dataset name."),
+          method: str = typer.Argument(..., help="Method name (see `mmbench list methods`)."),
+          variant: Optional[str] = typer.Option(None, "--variant", "-v"),
+          seed: int = typer.Option(0, help="Training seed."),
+          overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Train one model (resumes from its last checkpoint if interrupted).
+
+    Example: mmbench train polydigits mopoe --set train.epochs=5 --set method.latent_dim=64
+    """
+    from .train import train as do_train
+
+    run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
+    with run.lock():
+        run.init()
+        with progress_bar() as progress:
+            summary = do_train(run, data_root, progress)
+    last = summary["history"][-1] if summary["history"] else {}
+    console.print(f"trained {run.id}: {summary['epochs']} epochs, test loss {last.get('test_loss', float('nan')):.2f}; "
+                  f"checkpoints in {run.ckpt_dir}")
+
+
+@app.command()
+def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
+             method: str = typer.Argument(..., help="Method name."),
+             variant: Optional[str] = typer.Option(None, "--variant", "-v"),
+             seed: int = typer.Option(0, help="Training seed of the run to evaluate."),
+             overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR,
+             data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Evaluate a trained model with its configured metrics and write metrics.json.
+
+    Example: mmbench evaluate polydigits mopoe --set train.epochs=5 --set eval.test_samples=500
+    """
+    from .evaluate import evaluate as do_evaluate
+
+    run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
+    with run.lock():
+        with progress_bar() as progress:
+            metrics = do_evaluate(run, data_root, progress)
+    t = Table(title=run.id)
+    t.add_column("metric")
+    t.add_column("value")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4f}")
+    console.print(t)
+
+
+@app.command()
+def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/quickstart.yaml."),
+        tier: str = typer.Option("full", help="full (paper settings), quick or smoke."),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPU ids, one worker each (e.g. 0,1)."),
+        jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
+        overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Run every experiment of a suite (skips finished runs, resumes unfinished ones).
+
+    Example: mmbench run suites/quickstart.yaml --tier smoke --gpus 0,1
+    """
+    from .config import parse_overrides
+    from .results import Run, default_runs_dir
+    from .runner import run_all
+    from .suite import load_suite
+
+    s = load_suite(suite)
+    configs = s.runs(tier, parse_overrides(overrides))
+    runs_dir = runs_dir or default_runs_dir()
+    if dry_run:
+        t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
+        for c in ("run", "reproduces", "epochs", "status"):
+            t.add_column(c)
+        for c in configs:
+            r = Run(c, runs_dir)
+            t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), r.status())
+        console.print(t)
+        return
+    _prepare_for(configs, data_root)
+    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
+    failed = [o for o in outcomes if not o.ok]
+    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _prepare_for(configs, data_root: Optional[Path]) -> None:
+    """Before dispatching: embedded datasets are prepared, others must be; classifiers are trained once."""
+    from .data.base import dataset_dir, load_split, prepare as do_prepare, read_manifest
+    from .metrics.classifiers import get_classifiers
+    from .registry import DATASETS
+
+    seen = set()
+    for c in configs:
+        spec = DATASETS.get(c.dataset)()
+        variant = spec.check_variant(c.variant)
+        key = (c.dataset, variant, c.data_seed, c.eval.classifier_epochs)
+        if key in seen:
+            continue
+        seen.add(key)
+        if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
+            if not getattr(spec, "embedded", False):
+                raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
+                                   f"`mmbench prepare {c.dataset} --variant {variant}` first")
+            with progress_bar() as progress:
+                do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
+        if "coherence" in c.eval.metrics:
+            train_split = load_split(spec, variant, "train", data_root)
+            test_split = load_split(spec, variant, "test", data_root)
+            with progress_bar() as progress:
+                _, acc = get_classifiers(spec, variant, train_split, test_split, c.eval, data_root, progress,
+                                         check=False)
+            console.print(f"coherence classifiers for {c.dataset} ({variant}): test accuracy "
+                          + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
+
+
+@app.command()
+def report(runs_dir: Optional[Path] = RUNS_DIR,
+           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
+           fmt: str = typer.Option("terminal", "--format", help="terminal or md."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Write the Markdown report to this file too."),
+           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail.")) -> None:
+    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values.
+
+    Example: mmbench report --compare reference_results/ --format md --out report.md
+    """
+    from .report import build_report, render_markdown, render_terminal
+
+    formats = ("terminal", "md")
+    if fmt not in formats:
+        raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
+    rep = build_report(runs_dir, compare)
+    md = render_markdown(rep["summaries"], rep["refs"])
+    if fmt == "md":
+        console.print(md, markup=False, highlight=False)
+    else:
+        render_terminal(console, rep["summaries"], rep["refs"])
+    if out:
+        from .results import atomic_write
+
+        atomic_write(out, md)
+        console.print(f"wrote {out}")
+    cells = rep["cells"]
+    if compare:
+        fails = sum(c.status == "fail" for c in cells)
+        missing = sum(c.status == "missing" for c in cells)
+        console.print(f"{sum(c.status == 'pass' for c in cells)} of {len(cells)} reference cells within tolerance, "
+                      f"{fails} failing, {missing} missing")
+        if fails or (missing and not allow_missing):
+            raise typer.Exit(1)
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metrics or architectures.")) -> None:
+    """List registered names with one-line descriptions.
+
+    Example: mmbench list methods
+    """
+    from .registry import ARCHITECTURES, DATASETS, METHODS, METRICS, describe
+    from .suite import load_suite, suites_dir
+
+    tables = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "architectures": ARCHITECTURES}
+    t = Table(title=what, show_header=False)
+    t.add_column("name", style="bold")
+    t.add_column("description")
+    if what == "suites":
+        for p in sorted(suites_dir().glob("*.yaml")):
+            s = load_suite(p)
+            t.add_row(str(p), s.description.strip().splitlines()[0] if s.description.strip() else s.name)
+    elif what in tables:
+        for name, obj in tables[what].items():
+            t.add_row(name, describe(obj))
+    else:
+        raise MMBenchError(f"cannot list {what!r}; choose one of: {', '.join([*tables, 'suites'])}")
+    console.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except MMBenchError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished work is kept and unfinished runs resume from their last checkpoint")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

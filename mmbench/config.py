@@ -1,0 +1,199 @@
+"""Typed run configuration, built from plain dicts (YAML) with validation that names the field.
+
+A run is fully described by a ``RunConfig``; its hash (minus the bookkeeping field ``tables``)
+names the run's results directory, so identical settings share one run across suites.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import ConfigError
+from .methods.base import MethodConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
+    select: str = "last"  # model selection for evaluation: "last" or "best_test_loss" (mrVAE)
+    max_train: Optional[int] = None  # use a seeded subset of the train split (None: all of it)
+
+
+@dataclass
+class EvalConfig:
+    metrics: List[str] = field(default_factory=lambda: ["latent_classification", "coherence"])
+    lr_train_samples: int = 500  # MoPoE protocol: logistic regression on 500 training encodings
+    test_samples: Optional[int] = None  # cap on test tuples used by every metric (None: all)
+    joint_samples: int = 1000  # prior samples for joint coherence
+    batch_size: int = 256
+    classifier_epochs: int = 10
+    classifier_min_accuracy: float = 0.9  # coherence refuses classifiers below this test accuracy
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "polydigits"
+    variant: Optional[str] = None
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    data_seed: int = 0
+    tables: List[str] = field(default_factory=list)  # paper tables/figures this run serves (not hashed)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        d = self.to_dict()
+        d.pop("tables")
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.dataset}-{self.variant or 'default'}-{self.method.name}-s{self.seed}-{digest}"
+
+
+# Field constraints beyond the type: (check, "what is allowed").
+CHOICES = {
+    ("TrainConfig", "select"): ("last", "best_test_loss"),
+}
+POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
+            "classifier_epochs", "max_train", "test_samples"}
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+             dict: "a mapping"}
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or null"
+    if origin in (list, List):
+        return "a list of " + _type_name(typing.get_args(tp)[0]).replace("an ", "").replace("a ", "") + "s"
+    if origin in (dict, Dict):
+        return "a mapping"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys and ill-typed values by name."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(sub, f"unknown field; allowed: {', '.join(names)}")
+        value = _coerce(value, hints[key], sub)
+        allowed = CHOICES.get((cls.__name__, key))
+        if allowed and value not in allowed:
+            raise ConfigError(sub, f"{value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        if key in POSITIVE and value is not None and value <= 0:
+            raise ConfigError(sub, f"must be > 0, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (update or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_overrides(items: List[str]) -> Dict[str, Any]:
+    """`train.epochs=3 method.beta=2.5` -> nested dict (values parsed as YAML scalars)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}", "expected KEY=VALUE, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def validate(cfg: RunConfig, where: str = "") -> RunConfig:
+    """Check names against the registries and method options against the method."""
+    from .registry import ARCHITECTURES, DATASETS, METHODS, METRICS
+
+    pre = f"{where}." if where else ""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"{pre}dataset", f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS.names())}")
+    spec = DATASETS.get(cfg.dataset)()
+    if cfg.variant is not None and cfg.variant not in spec.variants:
+        raise ConfigError(f"{pre}variant", f"{cfg.variant!r} is not a variant of {cfg.dataset}; choose one of: {', '.join(spec.variants)}")
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"{pre}method.name", f"unknown method {cfg.method.name!r}; choose one of: {', '.join(METHODS.names())}")
+    allowed = METHODS.get(cfg.method.name).options
+    for opt in cfg.method.options:
+        if opt not in allowed:
+            raise ConfigError(f"{pre}method.options.{opt}",
+                              f"not an option of {cfg.method.name}; allowed: {', '.join(allowed) or '(none)'}")
+    if cfg.method.architecture is not None and cfg.method.architecture not in ARCHITECTURES:
+        raise ConfigError(f"{pre}method.architecture", f"unknown architecture {cfg.method.architecture!r}; choose one of: {', '.join(ARCHITECTURES.names())}")
+    for i, m in enumerate(cfg.eval.metrics):
+        if m not in METRICS:
+            raise ConfigError(f"{pre}eval.metrics[{i}]", f"unknown metric {m!r}; choose one of: {', '.join(METRICS.names())}")
+    if not 0 <= cfg.eval.classifier_min_accuracy <= 1:
+        raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
+    return cfg
+
+
+def build_run_config(data: Dict[str, Any], where: str = "") -> RunConfig:
+    return validate(from_dict(RunConfig, data, where), where)

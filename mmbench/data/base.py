@@ -1,0 +1,248 @@
+"""What every dataset shares: modality specs, the on-disk store (arrays + manifest), loading.
+
+A prepared dataset is a directory ``<data_root>/<name>/<variant>/`` holding one ``.npy`` array per
+(split, key) -- uint8 images, int64 labels -- and ``manifest.json`` with the recipe version, seed,
+counts, sources and the sha256 of every array. Builds happen in a temporary sibling directory that
+is renamed into place only when complete, so an interrupted prepare never looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import MMBenchError
+
+MANIFEST = "manifest.json"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("MMBENCH_DATA", "data"))
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality: its tensor shape, kind (image/text), likelihood and reconstruction weight."""
+
+    name: str
+    shape: tuple
+    kind: str = "image"
+    likelihood: str = "laplace"
+    rec_weight: float = 1.0  # official-setups §1.5
+
+
+class DatasetSpec:
+    """Base class of a registered dataset. Subclasses set the class attributes and `build`."""
+
+    registry_name: ClassVar[str]
+    variants: ClassVar[Sequence[str]] = ("default",)
+    recipe_version: ClassVar[int] = 1
+    n_classes: ClassVar[int] = 10
+    default_architecture: ClassVar[str] = ""
+    classifier_architecture: ClassVar[str] = ""
+
+    def modalities(self, variant: str) -> List[Modality]:
+        raise NotImplementedError
+
+    def build(self, out: "ArrayWriter", variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        """Write every array of the dataset through `out`; return extra manifest fields."""
+        raise NotImplementedError
+
+    def check_variant(self, variant: Optional[str]) -> str:
+        variant = variant or self.variants[0]
+        if variant not in self.variants:
+            raise MMBenchError(
+                f"dataset {self.registry_name!r} has no variant {variant!r}; choose one of: {', '.join(self.variants)}")
+        return variant
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+class ArrayWriter:
+    """Collects the arrays of a build into a temporary directory."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.arrays: Dict[str, Dict[str, Any]] = {}
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        path = self.dir / f"{key}.npy"
+        np.save(path, np.ascontiguousarray(array))
+        self.arrays[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": sha256_file(path)}
+
+
+def dataset_dir(name: str, variant: str, data_root: Optional[Path] = None) -> Path:
+    return Path(data_root or default_data_root()) / name / variant
+
+
+def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def manifest_digest(manifest: Dict[str, Any]) -> str:
+    """A short content digest of a prepared dataset (from its array checksums)."""
+    h = hashlib.sha256(json.dumps(manifest["arrays"], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> None:
+    """Refuse a dataset whose arrays no longer match the manifest.
+
+    Shape and dtype are always checked; the sha256 is recomputed when `full` is set or the file's
+    size/mtime differ from those recorded at build time (as git does for its index).
+    """
+    fix = f"rebuild it with `mmbench prepare {manifest['dataset']} --variant {manifest['variant']} --force`"
+    for key, meta in manifest["arrays"].items():
+        path = directory / f"{key}.npy"
+        if not path.exists():
+            raise MMBenchError(f"prepared dataset {directory} is missing {path.name}; {fix}")
+        st = path.stat()
+        stamp = meta.get("stat")
+        if full or stamp != [st.st_size, st.st_mtime_ns]:
+            actual = sha256_file(path)
+            if actual != meta["sha256"]:
+                raise MMBenchError(
+                    f"{path} does not match its manifest (sha256 {actual[:12]}…, expected {meta['sha256'][:12]}…); {fix}")
+
+
+def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root: Optional[Path] = None,
+            force: bool = False, options: Optional[Dict[str, Any]] = None,
+            progress: Optional[Callable[[str, int, int], None]] = None) -> Path:
+    """Build the dataset unless an identical, verified one is already there. Idempotent."""
+    variant = spec.check_variant(variant)
+    options = dict(options or {})
+    target = dataset_dir(spec.registry_name, variant, data_root)
+    existing = read_manifest(target)
+    if existing is not None and not force:
+        same = (existing.get("seed") == seed and existing.get("recipe_version") == spec.recipe_version
+                and existing.get("options", {}) == options)
+        if same:
+            verify(target, existing)
+            return target
+        raise MMBenchError(
+            f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}); "
+            f"pass --force to rebuild it with seed {seed}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{variant}.building-", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        writer = ArrayWriter(tmp)
+        t0 = time.time()
+        extra = spec.build(writer, variant, seed, options, progress or (lambda *a: None))
+        for key, meta in writer.arrays.items():
+            st = (tmp / f"{key}.npy").stat()
+            meta["stat"] = [st.st_size, st.st_mtime_ns]
+        manifest = {
+            "dataset": spec.registry_name, "variant": variant, "recipe_version": spec.recipe_version,
+            "seed": seed, "options": options, "build_seconds": round(time.time() - t0, 2),
+            "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
+        }
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+        if target.exists():  # --force: move the old copy aside only once the new one is complete
+            old = target.with_name(f".{variant}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+@dataclass
+class DataSplit:
+    """One split of a prepared dataset held in memory as uint8/int64 tensors."""
+
+    modalities: List[Modality]
+    x: Dict[str, torch.Tensor]
+    labels: torch.Tensor
+    extra_labels: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def names(self) -> List[str]:
+        return [m.name for m in self.modalities]
+
+    def batch(self, idx: torch.Tensor, device: Any = "cpu") -> Dict[str, torch.Tensor]:
+        """Float tensors for the given rows: images in [0, 1]."""
+        return {m.name: to_float(m, self.x[m.name][idx]).to(device) for m in self.modalities}
+
+    def subset(self, n: Optional[int], seed: int = 0) -> "DataSplit":
+        """The first `n` rows of a seeded permutation (all rows when n is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n]
+        return DataSplit(self.modalities, {k: v[idx] for k, v in self.x.items()}, self.labels[idx],
+                         {k: v[idx] for k, v in self.extra_labels.items()})
+
+
+def to_float(modality: Modality, x: torch.Tensor) -> torch.Tensor:
+    if modality.kind == "image":
+        return x.float().div_(255.0)
+    return x.float()
+
+
+def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root: Optional[Path] = None) -> DataSplit:
+    variant = spec.check_variant(variant)
+    directory = dataset_dir(spec.registry_name, variant, data_root)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise MMBenchError(
+            f"dataset {spec.registry_name} ({variant}) is not prepared under {directory.parent.parent}; "
+            f"run `mmbench prepare {spec.registry_name} --variant {variant}`")
+    verify(directory, manifest)
+    mods = spec.modalities(variant)
+    if f"{split}_labels" not in manifest["arrays"]:
+        raise MMBenchError(f"dataset {spec.registry_name} has no split {split!r}")
+    x = {m.name: torch.from_numpy(np.load(directory / f"{split}_{m.name}.npy")) for m in mods}
+    labels = torch.from_numpy(np.load(directory / f"{split}_labels.npy")).long()
+    extra = {}
+    prefix = f"{split}_extra_"
+    for key in manifest["arrays"]:
+        if key.startswith(prefix):
+            extra[key[len(prefix):]] = torch.from_numpy(np.load(directory / f"{key}.npy")).long()
+    return DataSplit(mods, x, labels, extra)
+
+
+def save_preview(split: DataSplit, path: Path, n: int = 10) -> Path:
+    """A PNG grid of `n` random tuples: one row per modality, one column per tuple."""
+    import torchvision.utils as vutils
+
+    split = split.subset(n, seed=0)  # a seeded sample, not the first (class-sorted) rows
+    rows = [to_float(m, split.x[m.name]) for m in split.modalities if m.kind == "image"]
+    if not rows:
+        raise MMBenchError("this dataset has no image modality to preview")
+    grid = vutils.make_grid(torch.cat(rows), nrow=min(n, len(split)), padding=2, pad_value=1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vutils.save_image(grid, path)
+    return path

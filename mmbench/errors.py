@@ -1,0 +1,14 @@
+"""User-facing errors: one line saying what is wrong and how to fix it."""
+
+
+class MMBenchError(Exception):
+    """An error caused by the user's input or environment; the CLI prints it as one line."""
+
+
+class ConfigError(MMBenchError):
+    """A config, suite or override is invalid. The message names the field and what is allowed."""
+
+    def __init__(self, where: str, problem: str):
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)

@@ -1,0 +1,57 @@
+"""Evaluation of a trained run: every configured metric through the model interface -> metrics.json."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .data.base import dataset_dir, manifest_digest, read_manifest
+from .metrics.context import EvalContext
+from .registry import DATASETS, METRICS
+from .results import Run, atomic_json
+from .train import ProgressFn, device_of, load_data, load_trained, train
+
+
+def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+             provenance: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+    """Run every configured metric; write provenance.json, then metrics.json (whose presence means done)."""
+    cfg = run.cfg
+    device = device_of()
+    spec = DATASETS.get(cfg.dataset)()
+    variant = spec.check_variant(cfg.variant)
+    model = load_trained(run, device)
+    train_split, test_full = load_data(cfg, data_root)
+    ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
+                      test=test_full.subset(cfg.eval.test_samples, seed=2), test_full=test_full, cfg=cfg.eval,
+                      device=device, data_root=data_root, progress=progress or (lambda *a: None))
+    torch.manual_seed(cfg.seed + 1)
+    metrics: Dict[str, float] = {}
+    t0 = time.time()
+    for name in cfg.eval.metrics:
+        metrics.update(METRICS.get(name)(ctx))
+    eval_seconds = round(time.time() - t0, 2)
+    manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
+    prov = dict(provenance or {})
+    started = prov.pop("started", t0)
+    atomic_json(run.dir / "provenance.json", run.provenance(
+        dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
+        wall_seconds=round(time.time() - started, 2), **prov))
+    run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), **ctx.extra)
+    return metrics
+
+
+def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+    """The whole life of one run: train (or resume), evaluate, record provenance. Skips a finished run."""
+    with run.lock():
+        if run.status() == "done":
+            return run.read_metrics()
+        run.init()
+        t0 = time.time()
+        run.log(f"run {run.id} on {device_of()}")
+        summary = train(run, data_root, progress)
+        evaluate(run, data_root, progress, provenance={
+            "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0})
+        run.log("done")
+        return run.read_metrics()

@@ -1,0 +1,207 @@
+"""The one model interface every method implements and every metric, trainer and report uses.
+
+A method is a ``MultimodalVAE``:
+
+* ``encode_subsets(x, subsets)`` -> one posterior q(z | X_S) per subset S (the only inference call);
+  ``encode(x, subset)`` is the single-subset shorthand;
+* ``decode(z, modality)`` -> the likelihood's mean for that modality;
+* ``loss(x)`` -> (scalar training loss, dict of logged floats);
+* ``sample_prior(n)`` -> latents for unconditional generation.
+
+Posteriors are ``Gaussian`` or uniform ``Mixture`` objects with ``mean``, ``rsample()``,
+``log_prob(z)``. The shared machinery here computes the unimodal Gaussian experts once and the
+products of experts of *all* requested subsets in one batched tensor operation.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..data.base import Modality
+from ..registry import ARCHITECTURES, LIKELIHOODS
+
+Subset = Tuple[str, ...]
+LOG_2PI = math.log(2 * math.pi)
+
+
+def all_subsets(names: Sequence[str]) -> List[Subset]:
+    """Every non-empty subset, by size then in modality order (MoPoE: 2^M - 1 of them)."""
+    return [tuple(c) for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
+
+
+def subset_key(subset: Sequence[str]) -> str:
+    return "+".join(subset)
+
+
+class Gaussian:
+    """Diagonal Gaussian; leading dims are free (e.g. K×B×D for K subsets)."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        self.mu, self.logvar = mu, logvar
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    def rsample(self) -> torch.Tensor:
+        return self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp()
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 / self.logvar.exp()).sum(-1)
+
+    def kl_standard_normal(self) -> torch.Tensor:
+        """KL(q || N(0, I)), closed form, summed over the last dim."""
+        return 0.5 * (self.mu ** 2 + self.logvar.exp() - 1 - self.logvar).sum(-1)
+
+    def __getitem__(self, i) -> "Gaussian":
+        return Gaussian(self.mu[i], self.logvar[i])
+
+
+class Mixture:
+    """Uniform mixture of K Gaussians stacked on dim 0 (K×B×D)."""
+
+    def __init__(self, components: Gaussian):
+        self.components = components
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.components.mu.mean(0)
+
+    def rsample(self) -> torch.Tensor:
+        K, B = self.components.mu.shape[:2]
+        k = torch.randint(0, K, (B,), device=self.components.mu.device)
+        return self.components[k, torch.arange(B)].rsample()
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        lp = self.components.log_prob(z.unsqueeze(0))  # K×B
+        return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+
+def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
+                       prior_expert: torch.Tensor) -> Gaussian:
+    """Products of Gaussian experts for K subsets at once (MoPoE Def. 1.1 and Eq. 8; official-setups §1.6).
+
+    mu, logvar: M×B×D unimodal experts; mask: K×M (1 where the modality is in the subset);
+    prior_expert: K (1 where a N(0, I) expert joins the product). Returns a K×B×D Gaussian.
+    """
+    precision = 1.0 / (logvar.exp() + 1e-8)
+    mask = mask.to(mu.dtype)
+    prec = torch.einsum("km,mbd->kbd", mask, precision) + prior_expert.to(mu.dtype)[:, None, None]
+    weighted = torch.einsum("km,mbd->kbd", mask, precision * mu)
+    return Gaussian(weighted / prec, -torch.log(prec))
+
+
+def stratified_components(batch: int, k: int, device: Any = None) -> torch.Tensor:
+    """Mixture component of each row: contiguous blocks of floor(B/K) rows, the last takes the rest
+    (official-setups §1.6, `mixture_component_selection`)."""
+    size = batch // k
+    comp = torch.arange(batch, device=device) // max(size, 1)
+    return comp.clamp(max=k - 1)
+
+
+@dataclass
+class MethodConfig:
+    """Hyperparameters of a method. `options` holds method-specific settings."""
+
+    name: str = "mopoe"
+    latent_dim: int = 512
+    beta: float = 2.5
+    architecture: Optional[str] = None  # None: the dataset's default
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+class MultimodalVAE(nn.Module):
+    """Base class: per-modality encoders/decoders from a registered architecture, and the interface."""
+
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    options: ClassVar[Dict[str, Any]] = {}  # allowed option names -> defaults
+
+    def __init__(self, modalities: Sequence[Modality], cfg: MethodConfig, architecture: str):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.names = [m.name for m in self.modalities]
+        self.cfg = cfg
+        self.latent_dim = cfg.latent_dim
+        self.beta = cfg.beta
+        arch = ARCHITECTURES.get(architecture)
+        self.encoders = nn.ModuleDict({m.name: arch.encoder(m, cfg.latent_dim) for m in self.modalities})
+        self.decoders = nn.ModuleDict({m.name: arch.decoder(m, cfg.latent_dim) for m in self.modalities})
+        self.likelihoods = {m.name: LIKELIHOODS.get(m.likelihood) for m in self.modalities}
+        self.rec_weights = {m.name: m.rec_weight for m in self.modalities}
+        self.opt = {**self.options, **cfg.options}
+
+    # ----- the interface -------------------------------------------------------------------
+    def encode_subsets(self, x: Dict[str, torch.Tensor], subsets: Sequence[Subset]) -> list:
+        raise NotImplementedError
+
+    def encode(self, x: Dict[str, torch.Tensor], subset: Sequence[str]):
+        return self.encode_subsets(x, [tuple(subset)])[0]
+
+    def decode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.likelihoods[modality].mean(self.decoders[modality](z))
+
+    def loss(self, x: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
+        raise NotImplementedError
+
+    def sample_prior(self, n: int) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, device=device)
+
+    # ----- shared helpers -----------------------------------------------------------------
+    def unimodal(self, x: Dict[str, torch.Tensor], names: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Stacked unimodal experts (len(names)×B×D mu and logvar)."""
+        out = [self.encoders[n](x[n]) for n in names]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    def subset_mask(self, subsets: Sequence[Subset], names: Sequence[str], device: Any = None) -> torch.Tensor:
+        pos = {n: i for i, n in enumerate(names)}
+        mask = torch.zeros(len(subsets), len(names), device=device)
+        for k, s in enumerate(subsets):
+            for n in s:
+                if n not in pos:
+                    raise KeyError(f"modality {n!r} is not an input here; inputs: {list(names)}")
+                mask[k, pos[n]] = 1.0
+        return mask
+
+    def needed(self, subsets: Sequence[Subset]) -> List[str]:
+        """Modalities that some subset uses, in model order (so only those are encoded)."""
+        used = set().union(*map(set, subsets)) if subsets else set()
+        return [n for n in self.names if n in used]
+
+    def rec_log_prob(self, z: torch.Tensor, x: Dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+        """log p(x_m | z) per sample."""
+        return self.likelihoods[modality].log_prob(self.decoders[modality](z), x[modality])
+
+    def weighted_nll(self, z: torch.Tensor, x: Dict[str, torch.Tensor],
+                     modalities: Optional[Sequence[str]] = None, weighted: bool = True) -> torch.Tensor:
+        """Σ_m w_m (-log p(x_m | z)) per sample (w_m = rec_weight, official-setups §1.5)."""
+        total = 0.0
+        for m in modalities or self.names:
+            w = self.rec_weights[m] if weighted else 1.0
+            total = total - w * self.rec_log_prob(z, x, m)
+        return total
+
+
+class PoEMixin:
+    """Subset posteriors as products of experts, all subsets in one batched operation."""
+
+    def prior_expert(self, subset: Subset) -> bool:
+        raise NotImplementedError
+
+    def poe(self, mu: torch.Tensor, logvar: torch.Tensor, names: Sequence[str],
+            subsets: Sequence[Subset]) -> Gaussian:
+        mask = self.subset_mask(subsets, names, mu.device)
+        prior = torch.tensor([float(self.prior_expert(s)) for s in subsets], device=mu.device)
+        return product_of_experts(mu, logvar, mask, prior)
+
+    def encode_subsets(self, x, subsets):
+        names = self.needed(subsets)
+        mu, logvar = self.unimodal(x, names)
+        g = self.poe(mu, logvar, names, subsets)
+        return [g[k] for k in range(len(subsets))]

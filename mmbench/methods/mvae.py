@@ -1,0 +1,30 @@
+"""MVAE: product of experts with a prior expert, joint ELBO plus unimodal ELBOs (official-setups §1.6)."""
+from __future__ import annotations
+
+from ..registry import METHODS
+from .base import MultimodalVAE, PoEMixin
+
+
+@METHODS.register("mvae")
+class MVAE(PoEMixin, MultimodalVAE):
+    """MVAE: PoE with a N(0, I) expert; joint ELBO + one ELBO per single modality (MoPoE Eqs. 7-8, authors' code)."""
+
+    paper = "MoPoE-VAE, ICLR 2021, Eqs. (7)-(8) (Wu & Goodman 2018 as implemented by the MoPoE authors)"
+    properties = {"posterior form": "PoE", "aggregate modalities": "yes",
+                  "multi-modal posterior": "no", "missing modalities": "(yes): needs sub-sampled unimodal ELBOs"}  # MoPoE Table 1
+
+    def prior_expert(self, subset) -> bool:
+        return True
+
+    def loss(self, x):
+        full = tuple(self.names)
+        subsets = [full] + [(n,) for n in self.names]
+        mu, logvar = self.unimodal(x, self.names)
+        q = self.poe(mu, logvar, self.names, subsets)  # joint and unimodal PoEs in one batched op
+        kl = q.kl_standard_normal()  # (1+M)×B
+        z = q.rsample()
+        joint_nll = self.weighted_nll(z[0], x)
+        # Unimodal ELBOs reconstruct only their own modality, with weight 1 (not rec_weight).
+        uni_nll = sum(self.weighted_nll(z[i + 1], x, [n], weighted=False) for i, n in enumerate(self.names))
+        loss = (joint_nll + uni_nll + self.beta * kl.sum(0)).mean()
+        return loss, {"loss": loss.item(), "nll": joint_nll.mean().item(), "kl": kl[0].mean().item()}

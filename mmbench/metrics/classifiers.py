@@ -1,0 +1,99 @@
+"""Coherence classifiers: one per modality, trained by mmbench on the train split, cached, used in eval mode.
+
+Cached under ``<data_root>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/`` with their
+test accuracies; a classifier below ``eval.classifier_min_accuracy`` makes coherence refuse.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..config import EvalConfig
+from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root, manifest_digest, read_manifest,
+                         to_float)
+from ..errors import MMBenchError
+from ..registry import ARCHITECTURES
+from ..results import atomic_json, atomic_write
+
+
+def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[Path]) -> Path:
+    manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
+    digest = manifest_digest(manifest) if manifest else "unprepared"
+    root = Path(data_root or default_data_root())
+    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}"
+
+
+def build(spec: DatasetSpec, modality) -> torch.nn.Module:
+    return ARCHITECTURES.get(spec.classifier_architecture).classifier(modality, spec.n_classes)
+
+
+@torch.no_grad()
+def accuracy(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_size: int = 512) -> float:
+    clf.eval()
+    correct = 0
+    mod = next(m for m in split.modalities if m.name == name)
+
+    for start in range(0, len(split), batch_size):
+        x = to_float(mod, split.x[name][start:start + batch_size]).to(device)
+        correct += (clf(x).argmax(1).cpu() == split.labels[start:start + batch_size]).sum().item()
+    return correct / max(len(split), 1)
+
+
+def train_one(spec: DatasetSpec, split: DataSplit, name: str, epochs: int, device,
+              progress: Callable[[str, int, int], None], seed: int = 0, batch_size: int = 256,
+              lr: float = 1e-3) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    mod = next(m for m in split.modalities if m.name == name)
+    clf = build(spec, mod).to(device)
+    opt = torch.optim.Adam(clf.parameters(), lr=lr)
+
+    n_batches = max(len(split) // batch_size, 1)
+    clf.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for b in range(n_batches):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            x = to_float(mod, split.x[name][idx]).to(device)
+            loss = F.cross_entropy(clf(x), split.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            progress(f"classifier {name}", epoch * n_batches + b + 1, epochs * n_batches)
+    return clf.eval()
+
+
+def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: DataSplit, cfg: EvalConfig,
+                    data_root: Optional[Path], progress: Callable[[str, int, int], None],
+                    check: bool = True) -> Tuple[Dict[str, torch.nn.Module], Dict[str, float]]:
+    """Load the cached classifiers, training the missing ones; refuse any below the accuracy floor."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
+    acc_path = directory / "accuracy.json"
+    accs: Dict[str, float] = json.loads(acc_path.read_text()) if acc_path.exists() else {}
+    clfs = {}
+    for mod in train.modalities:
+        path = directory / f"{mod.name}.pt"
+        if path.exists() and mod.name in accs:
+            clf = build(spec, mod)
+            clf.load_state_dict(torch.load(path, map_location="cpu"))
+        else:
+            clf = train_one(spec, train, mod.name, cfg.classifier_epochs, device, progress)
+            accs[mod.name] = accuracy(clf, test, mod.name, device)
+            buf = io.BytesIO()
+            torch.save(clf.state_dict(), buf)
+            atomic_write(path, buf.getvalue())
+            atomic_json(acc_path, accs)
+        clfs[mod.name] = clf.eval()
+    if check:
+        low = {m: a for m, a in accs.items() if m in clfs and a < cfg.classifier_min_accuracy}
+        if low:
+            worst = ", ".join(f"{m} {a:.3f}" for m, a in sorted(low.items()))
+            raise MMBenchError(
+                f"coherence classifiers below eval.classifier_min_accuracy={cfg.classifier_min_accuracy}: {worst}; "
+                f"train them longer (eval.classifier_epochs) or lower the floor")
+    return clfs, {m: accs[m] for m in clfs}

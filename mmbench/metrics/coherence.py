@@ -1,0 +1,59 @@
+"""Generation coherence (MoPoE §4, App. B): do generated modalities show the input's class?
+
+* conditional: for every subset S and every modality m, z ~ q(z | X_S) once per test tuple, x̂_m =
+  decode(z, m), coherence = plain accuracy of m's classifier on x̂_m against the tuple's label
+  (`coherence/<S>-><m>`; targets inside S included, as the authors' code);
+* by number of inputs (MoPoE Fig. 3): mean over subsets of size n of the targets outside S
+  (`coherence_by_n/<n>`);
+* joint: z ~ N(0, I), every modality decoded; the fraction of samples on which all modality
+  classifiers agree (`coherence/joint`).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+
+from ..methods.base import all_subsets, subset_key
+from ..registry import METRICS
+from .context import EvalContext
+
+
+@METRICS.register("coherence")
+@torch.no_grad()
+def coherence(ctx: EvalContext) -> Dict[str, float]:
+    """Conditional coherence for every (subset -> modality), its mean by number of inputs, and joint coherence."""
+    model, names = ctx.model, ctx.model.names
+    clfs = ctx.classifiers()
+    subsets = all_subsets(names)
+    K = len(subsets)
+    correct = np.zeros((K, len(names)))
+    n_total = 0
+    n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
+    for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
+        y = ctx.test.labels[idx].to(ctx.device)
+        z = torch.cat([q.rsample() for q in model.encode_subsets(x, subsets)])  # (K·B)×D
+        for j, m in enumerate(names):
+            pred = clfs[m](model.decode(z, m)).argmax(1).view(K, -1)
+            correct[:, j] += (pred == y[None]).sum(1).cpu().numpy()
+        n_total += len(idx)
+        ctx.progress("coherence: conditional", b + 1, n_batches)
+    acc = correct / max(n_total, 1)
+    out: Dict[str, float] = {}
+    for k, s in enumerate(subsets):
+        for j, m in enumerate(names):
+            out[f"coherence/{subset_key(s)}->{m}"] = float(acc[k, j])
+    for n in range(1, len(names)):
+        vals = [acc[k, j] for k, s in enumerate(subsets) if len(s) == n for j, m in enumerate(names) if m not in s]
+        out[f"coherence_by_n/{n}"] = float(np.mean(vals))
+    # Joint coherence of prior samples.
+    agree, done = 0, 0
+    while done < ctx.cfg.joint_samples:
+        n = min(ctx.cfg.batch_size, ctx.cfg.joint_samples - done)
+        z = model.sample_prior(n)
+        preds = torch.stack([clfs[m](model.decode(z, m)).argmax(1) for m in names])
+        agree += (preds == preds[0:1]).all(0).sum().item()
+        done += n
+    out["coherence/joint"] = agree / max(done, 1)
+    return out

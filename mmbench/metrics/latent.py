@@ -1,0 +1,54 @@
+"""Latent linear classification (MoPoE §4, App. B): logistic regression on posterior means, every subset."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from ..methods.base import all_subsets, subset_key
+from ..registry import METRICS
+from .context import EvalContext
+
+
+@torch.no_grad()
+def encode_means(ctx: EvalContext, split, subsets) -> List[np.ndarray]:
+    """Posterior means of every subset for every row of `split` (all subsets per batch in one call)."""
+    out: List[List[np.ndarray]] = [[] for _ in subsets]
+    for _, x in ctx.batches(split):
+        for k, q in enumerate(ctx.model.encode_subsets(x, subsets)):
+            out[k].append(q.mean.cpu().numpy())
+    return [np.concatenate(o) for o in out]
+
+
+def by_size(values: Dict[str, float], subsets, prefix: str) -> Dict[str, float]:
+    """Mean over subsets of each size n (MoPoE Fig. 3): key `<prefix>/<n>`."""
+    out = {}
+    for n in sorted({len(s) for s in subsets}):
+        vals = [values[subset_key(s)] for s in subsets if len(s) == n and subset_key(s) in values]
+        if vals:
+            out[f"{prefix}/{n}"] = float(np.mean(vals))
+    return out
+
+
+@METRICS.register("latent_classification")
+def latent_classification(ctx: EvalContext) -> Dict[str, float]:
+    """Accuracy of a logistic regression on posterior means, per subset (`latent_acc/<subset>`, `latent_acc_by_n/<n>`)."""
+    subsets = all_subsets(ctx.model.names)
+    # MoPoE protocol: eval.lr_train_samples training tuples (seeded, without replacement), whole test set.
+    train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)
+    ctx.progress("latent classification: encoding", 0, 2)
+    z_train = encode_means(ctx, train, subsets)
+    ctx.progress("latent classification: encoding", 1, 2)
+    z_test = encode_means(ctx, ctx.test, subsets)
+    y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
+    acc = {}
+    for k, s in enumerate(subsets):
+        clf = LogisticRegression(max_iter=1000, random_state=0)
+        clf.fit(z_train[k], y_train)
+        acc[subset_key(s)] = float((clf.predict(z_test[k]) == y_test).mean())
+        ctx.progress("latent classification: fitting", k + 1, len(subsets))
+    out = {f"latent_acc/{k}": v for k, v in acc.items()}
+    out.update(by_size(acc, subsets, "latent_acc_by_n"))
+    return out

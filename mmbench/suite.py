@@ -1,0 +1,133 @@
+"""YAML suites: which experiments reproduce which paper tables, at which tier.
+
+    name: quickstart
+    description: ...
+    defaults: {train: {...}, method: {...}, eval: {...}}      # RunConfig fields for every run
+    tiers:                                                      # selected with --tier (default: full)
+      full: {}
+      smoke: {seeds: 1, train: {epochs: 1}}                     # `seeds: N` keeps the first N seeds
+    experiments:
+      - name: polydigits-vanilla
+        reproduces: ["MoPoE Table 3"]                           # paper tables/figures this entry serves
+        dataset: polydigits
+        variant: vanilla
+        methods: [mopoe, mvae, mmvae]
+        seeds: [0, 1, 2]
+        metrics: [latent_classification, coherence]
+        overrides: {method: {beta: 2.5}}                        # for every method of the entry
+        method_overrides: {mvae: {train: {lr: 5.0e-4}}}         # for one method
+
+A run's settings: defaults <- overrides <- method_overrides <- tier <- --set. Every error names the
+file, the entry and the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .config import RunConfig, build_run_config, deep_merge, from_dict
+from .errors import ConfigError, MMBenchError
+
+TIERS = ("full", "quick", "smoke")
+
+
+@dataclass
+class Experiment:
+    name: str = ""
+    reproduces: List[str] = field(default_factory=list)
+    dataset: str = ""
+    variant: Optional[str] = None
+    methods: List[str] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    metrics: Optional[List[str]] = None
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    method_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str = ""
+    description: str = ""
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    tiers: Dict[str, Any] = field(default_factory=dict)
+    experiments: List[Experiment] = field(default_factory=list)
+    path: str = ""
+
+    def runs(self, tier: str = "full", overrides: Optional[Dict[str, Any]] = None) -> List[RunConfig]:
+        """Every run of the suite at `tier`, validated. Errors name file, entry and field."""
+        if tier not in TIERS:
+            raise ConfigError(f"{self.path}: --tier", f"{tier!r} is not a tier; choose one of: {', '.join(TIERS)}")
+        tier_cfg = dict(self.tiers.get(tier) or {})
+        keep_seeds = tier_cfg.pop("seeds", None)
+        out = []
+        for i, exp in enumerate(self.experiments):
+            seeds = exp.seeds[:keep_seeds] if keep_seeds else exp.seeds
+            for method in exp.methods:
+                where = f"{self.path}: experiments[{i}] ({exp.name}, {method})"
+                d = deep_merge(self.defaults, {"dataset": exp.dataset, "variant": exp.variant,
+                                               "tables": list(exp.reproduces)})
+                if exp.metrics is not None:
+                    d = deep_merge(d, {"eval": {"metrics": exp.metrics}})
+                d = deep_merge(d, exp.overrides)
+                d = deep_merge(d, exp.method_overrides.get(method) or {})
+                d = deep_merge(d, {"method": {"name": method}})
+                d = deep_merge(d, tier_cfg)
+                d = deep_merge(d, overrides or {})
+                for seed in seeds:
+                    out.append(build_run_config(deep_merge(d, {"seed": seed}), where))
+        return out
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.exists():
+        raise MMBenchError(f"suite file {path} does not exist; see `mmbench list suites`")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), f"not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "a suite must be a mapping with at least `name` and `experiments`")
+    allowed = ("name", "description", "defaults", "tiers", "experiments")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{path}: {key}", f"unknown top-level key; allowed: {', '.join(allowed)}")
+    for key in ("name", "experiments"):
+        if key not in raw:
+            raise ConfigError(f"{path}: {key}", "missing; a suite needs `name` and `experiments`")
+    exps = raw.get("experiments")
+    if not isinstance(exps, list) or not exps:
+        raise ConfigError(f"{path}: experiments", "must be a non-empty list of experiments")
+    parsed = []
+    for i, e in enumerate(exps):
+        where = f"{path}: experiments[{i}]"
+        exp = from_dict(Experiment, e, where)
+        for req in ("name", "dataset", "methods"):
+            if not getattr(exp, req):
+                raise ConfigError(f"{where}.{req}", "missing; every experiment needs name, dataset and methods")
+        for m in exp.method_overrides:
+            if m not in exp.methods:
+                raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")
+        parsed.append(exp)
+    tiers = raw.get("tiers") or {}
+    if not isinstance(tiers, dict):
+        raise ConfigError(f"{path}: tiers", "must be a mapping of tier name to overrides")
+    for t in tiers:
+        if t not in TIERS:
+            raise ConfigError(f"{path}: tiers.{t}", f"unknown tier; choose from: {', '.join(TIERS)}")
+    suite = Suite(name=str(raw["name"]), description=str(raw.get("description", "")),
+                  defaults=raw.get("defaults") or {}, tiers=tiers, experiments=parsed, path=str(path))
+    for t in TIERS:  # validate every tier now, so a typo fails at load time, not hours into a run
+        suite.runs(t)
+    return suite
+
+
+def suites_dir() -> Path:
+    """The suites shipped with the project (the repository's `suites/` folder), else ./suites."""
+    here = Path(__file__).resolve().parent.parent / "suites"
+    return here if here.exists() else Path("suites")

@@ -1,0 +1,140 @@
+"""Training: Adam over in-memory tensors, seeded, checkpointed every epoch, resumable.
+
+Determinism: the parameters are initialised after ``torch.manual_seed(seed)``; epoch e shuffles
+with a generator seeded by (seed, e); the global RNG state (used by reparameterised samples) is
+saved in every checkpoint, so an interrupted and resumed run ends with the same weights as an
+uninterrupted one on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .config import RunConfig
+from .data.base import DataSplit, load_split
+from .errors import MMBenchError
+from .methods.base import MultimodalVAE
+from .registry import DATASETS, METHODS
+from .results import Run, atomic_write
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def build_model(cfg: RunConfig) -> MultimodalVAE:
+    spec = DATASETS.get(cfg.dataset)()
+    variant = spec.check_variant(cfg.variant)
+    arch = cfg.method.architecture or spec.default_architecture
+    return METHODS.get(cfg.method.name)(spec.modalities(variant), cfg.method, arch)
+
+
+def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
+    spec = DATASETS.get(cfg.dataset)()
+    train = load_split(spec, cfg.variant, "train", data_root)
+    test = load_split(spec, cfg.variant, "test", data_root)
+    return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
+
+
+def device_of() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def test_loss(model: MultimodalVAE, test: DataSplit, batch_size: int, seed: int, device) -> float:
+    """Mean training objective on the test split, with a fixed RNG so epochs are comparable."""
+    model.eval()
+    total, n = 0.0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(test), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(test)))
+            loss, _ = model.loss(test.batch(idx, device))
+            total += loss.item() * len(idx)
+            n += len(idx)
+    model.train()
+    return total / max(n, 1)
+
+
+def _save(path: Path, state: Dict) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def train(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+          stop_after_epoch: Optional[int] = None) -> Dict[str, float]:
+    """Train (or resume) the run's model; returns a summary. `stop_after_epoch` simulates an interruption."""
+    cfg = run.cfg
+    progress = progress or (lambda *a: None)
+    device = device_of()
+    train_split, test_split = load_data(cfg, data_root)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
+    last = run.ckpt_dir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        state = ck["state"]
+        run.log(f"resumed from {last} at epoch {state['epoch']}")
+    E, B = cfg.train.epochs, cfg.train.batch_size
+    n_batches = max(len(train_split) // B, 1)
+    t0 = time.time()
+    model.train()
+    for epoch in range(state["epoch"], E):
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(train_split), generator=g)
+        sums: Dict[str, float] = {}
+        for b in range(n_batches):  # drop_last, as the authors' loaders
+            idx = perm[b * B:(b + 1) * B]
+            loss, logs = model.loss(train_split.batch(idx, device))
+            if not torch.isfinite(loss):
+                raise MMBenchError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                                   f"lower train.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)
+        tl = test_loss(model, test_split, B, cfg.seed, device)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}, "test_loss": tl}
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if tl < state["best_test_loss"]:
+            state["best_test_loss"] = tl
+            _save(run.ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "test_loss": tl})
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E:
+            _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                         "state": state})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "history": state["history"],
+            "best_test_loss": state["best_test_loss"]}
+
+
+def load_trained(run: Run, device=None) -> MultimodalVAE:
+    """The model chosen by `train.select` (last epoch or lowest test loss), in eval mode."""
+    cfg = run.cfg
+    last = run.ckpt_dir / "last.pt"
+    if not last.exists():
+        raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
+    ck = torch.load(last, map_location=device or "cpu", weights_only=False)
+    if ck["state"]["epoch"] < cfg.train.epochs:
+        raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
+                           f"resume it with `mmbench train` or `mmbench run`")
+    if cfg.train.select == "best_test_loss":
+        ck = torch.load(run.ckpt_dir / "best.pt", map_location=device or "cpu", weights_only=False)
+    model = build_model(cfg).to(device or "cpu")
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model
