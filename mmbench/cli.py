@@ -8,6 +8,7 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,19 +26,25 @@ SET = typer.Option([], "--set", "-s", help="Override a config field, e.g. --set 
 
 @contextmanager
 def progress_bar() -> Iterator:
-    """A rich progress display; yields `progress(phase, done, total)` (one bar per phase)."""
+    """A rich progress display, started on first use; yields `progress(phase, done, total)` (one bar per phase)."""
     cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*cols, console=err_console, transient=False) as prog:
-        tasks = {}
+    prog = Progress(*cols, console=err_console, transient=False)
+    tasks = {}
 
-        def update(phase: str, done: int, total: int) -> None:
-            key = phase.split(" epoch ")[0]  # one bar for all training epochs
-            if key not in tasks:
-                tasks[key] = prog.add_task(phase, total=total)
-            prog.update(tasks[key], completed=done, total=total, description=phase)
+    def update(phase: str, done: int, total: int) -> None:
+        key = phase.split(" epoch ")[0]  # one bar for all training epochs
+        if not tasks:
+            prog.start()
+        if key not in tasks:
+            tasks[key] = prog.add_task(phase, total=total)
+        prog.update(tasks[key], completed=done, total=total, description=phase)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            prog.stop()
 
 
 def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int, overrides: List[str],
@@ -46,7 +53,7 @@ def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int,
     from .results import Run
 
     base = {"dataset": dataset, "variant": variant, "seed": seed, "method": {"name": method}}
-    cfg = build_run_config(deep_merge(base, parse_overrides(overrides)), "--set")
+    cfg = build_run_config(deep_merge(base, parse_overrides(overrides)), "")
     return Run(cfg, runs_dir)
 
 
@@ -253,7 +260,7 @@ def main() -> None:
     try:
         app()
     except MMBenchError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; finished work is kept and unfinished runs resume from their last checkpoint")

@@ -33,6 +33,7 @@ class TrainConfig:
 class EvalConfig:
     metrics: List[str] = field(default_factory=lambda: ["latent_classification", "coherence"])
     lr_train_samples: int = 500  # MoPoE protocol: logistic regression on 500 training encodings
+    lr_standardize: bool = False  # standardise latent features before the regression (not in the papers)
     test_samples: Optional[int] = None  # cap on test tuples used by every metric (None: all)
     joint_samples: int = 1000  # prior samples for joint coherence
     batch_size: int = 256
@@ -170,7 +171,7 @@ def parse_overrides(items: List[str]) -> Dict[str, Any]:
 
 def validate(cfg: RunConfig, where: str = "") -> RunConfig:
     """Check names against the registries and method options against the method."""
-    from .registry import ARCHITECTURES, DATASETS, METHODS, METRICS
+    from .registry import ARCHITECTURES, DATASETS, LIKELIHOODS, METHODS, METRICS
 
     pre = f"{where}." if where else ""
     if cfg.dataset not in DATASETS:
@@ -178,6 +179,7 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
     spec = DATASETS.get(cfg.dataset)()
     if cfg.variant is not None and cfg.variant not in spec.variants:
         raise ConfigError(f"{pre}variant", f"{cfg.variant!r} is not a variant of {cfg.dataset}; choose one of: {', '.join(spec.variants)}")
+    cfg.variant = cfg.variant or spec.variants[0]  # resolved, so the run id names it
     if cfg.method.name not in METHODS:
         raise ConfigError(f"{pre}method.name", f"unknown method {cfg.method.name!r}; choose one of: {', '.join(METHODS.names())}")
     allowed = METHODS.get(cfg.method.name).options
@@ -187,6 +189,8 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
                               f"not an option of {cfg.method.name}; allowed: {', '.join(allowed) or '(none)'}")
     if cfg.method.architecture is not None and cfg.method.architecture not in ARCHITECTURES:
         raise ConfigError(f"{pre}method.architecture", f"unknown architecture {cfg.method.architecture!r}; choose one of: {', '.join(ARCHITECTURES.names())}")
+    if cfg.method.image_likelihood is not None and cfg.method.image_likelihood not in LIKELIHOODS:
+        raise ConfigError(f"{pre}method.image_likelihood", f"unknown likelihood {cfg.method.image_likelihood!r}; choose one of: {', '.join(LIKELIHOODS.names())}")
     for i, m in enumerate(cfg.eval.metrics):
         if m not in METRICS:
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"unknown metric {m!r}; choose one of: {', '.join(METRICS.names())}")

@@ -24,6 +24,22 @@ class Laplace:
         return out
 
 
+@LIKELIHOODS.register("gaussian")
+class Gaussian:
+    """Gaussian with fixed standard deviation 0.1 around the decoder output (not used by the papers' image models)."""
+
+    scale = 0.1
+
+    @classmethod
+    def log_prob(cls, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        lp = -0.5 * torch.log(torch.tensor(2 * torch.pi * cls.scale ** 2)) - (x - out) ** 2 / (2 * cls.scale ** 2)
+        return lp.flatten(1).sum(1)
+
+    @staticmethod
+    def mean(out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
 @LIKELIHOODS.register("categorical")
 class Categorical:
     """One-hot categorical over the last dim from logits (as mmvmvae; not MoPoE's log-softmax-as-probs quirk)."""

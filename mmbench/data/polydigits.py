@@ -26,6 +26,7 @@ from .base import DatasetSpec, Modality
 # inverted digit (1 - background) contrasts with its surroundings.
 PALETTE = [(0.10, 0.15, 0.40), (0.92, 0.85, 0.50), (0.10, 0.32, 0.15), (0.92, 0.68, 0.75), (0.38, 0.12, 0.08)]
 BG_SIZE = 96
+BG_AMPLITUDE = 0.08  # peak deviation of the texture from the base colour
 
 
 def make_backgrounds(n: int, rng: np.random.Generator, size: int = BG_SIZE) -> List[np.ndarray]:
@@ -39,7 +40,7 @@ def make_backgrounds(n: int, rng: np.random.Generator, size: int = BG_SIZE) -> L
             phase = rng.uniform(0, 2 * np.pi, size=3)
             field += np.sin(2 * np.pi * (fy * yy + fx * xx)[..., None] + phase)
         field = field / np.abs(field).max()
-        img = np.clip(base + 0.08 * field, 0, 1)
+        img = np.clip(base + BG_AMPLITUDE * field, 0, 1)
         out.append((img * 255).round().astype(np.uint8))
     return out
 
@@ -54,6 +55,15 @@ def source_digits() -> tuple:
     canvas = np.zeros((len(big), 28, 28), dtype=np.uint8)
     canvas[:, 4:24, 4:24] = big
     return canvas, d.target.astype(np.int64)
+
+
+def split_sources(labels: np.ndarray, test_fraction: float, seed: int) -> tuple:
+    """Disjoint, stratified, seeded train/test index sets over the source images."""
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
+                                           random_state=seed)
+    return np.sort(idx_train), np.sort(idx_test)
 
 
 @DATASETS.register("polydigits")
@@ -75,16 +85,13 @@ class PolyDigits(DatasetSpec):
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        from sklearn.model_selection import train_test_split
-
         rng = np.random.default_rng(seed)
         digits, labels = source_digits()
-        idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=self.test_fraction,
-                                               stratify=labels, random_state=seed)
+        idx_train, idx_test = split_sources(labels, self.test_fraction, seed)
         backgrounds = make_backgrounds(self.n_modalities, rng)
         out.write("backgrounds", np.stack(backgrounds))
         counts = {}
-        for split, idx in (("train", np.sort(idx_train)), ("test", np.sort(idx_test))):
+        for split, idx in (("train", idx_train), ("test", idx_test)):
             arrays = polygen.generate(digits[idx], labels[idx], backgrounds, variant, self.multiplicity[split], rng,
                                       progress=lambda i, n, s=split: progress(f"polydigits {s}", i, n))
             for key, arr in arrays.items():

@@ -112,6 +112,7 @@ class MethodConfig:
     latent_dim: int = 512
     beta: float = 2.5
     architecture: Optional[str] = None  # None: the dataset's default
+    image_likelihood: Optional[str] = None  # None: the dataset's (Laplace, scale 0.75, for every image modality)
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,7 +133,8 @@ class MultimodalVAE(nn.Module):
         arch = ARCHITECTURES.get(architecture)
         self.encoders = nn.ModuleDict({m.name: arch.encoder(m, cfg.latent_dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m.name: arch.decoder(m, cfg.latent_dim) for m in self.modalities})
-        self.likelihoods = {m.name: LIKELIHOODS.get(m.likelihood) for m in self.modalities}
+        self.likelihoods = {m.name: LIKELIHOODS.get(cfg.image_likelihood if cfg.image_likelihood and m.kind == "image"
+                                                    else m.likelihood) for m in self.modalities}
         self.rec_weights = {m.name: m.rec_weight for m in self.modalities}
         self.opt = {**self.options, **cfg.options}
 

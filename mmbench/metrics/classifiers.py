@@ -44,6 +44,7 @@ def accuracy(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_si
     return correct / max(len(split), 1)
 
 
+@torch.enable_grad()  # may be called lazily from inside a no-grad metric
 def train_one(spec: DatasetSpec, split: DataSplit, name: str, epochs: int, device,
               progress: Callable[[str, int, int], None], seed: int = 0, batch_size: int = 256,
               lr: float = 1e-3) -> torch.nn.Module:

@@ -6,6 +6,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
@@ -45,7 +47,11 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
     acc = {}
     for k, s in enumerate(subsets):
-        clf = LogisticRegression(max_iter=1000, random_state=0)
+        clf = LogisticRegression(max_iter=1000, random_state=0)  # MoPoE App. B: sklearn defaults (lbfgs, C=1)
+        if ctx.cfg.lr_standardize:
+            # C=1 regularises small-scale latents (an early-training posterior's means) towards chance;
+            # standardising first measures linear separability independently of the latent's scale.
+            clf = make_pipeline(StandardScaler(), clf)
         clf.fit(z_train[k], y_train)
         acc[subset_key(s)] = float((clf.predict(z_test[k]) == y_test).mean())
         ctx.progress("latent classification: fitting", k + 1, len(subsets))

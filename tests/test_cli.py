@@ -1,0 +1,130 @@
+"""The command line end to end on a tiny suite: run, skip, fail one run, report and compare."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+TINY_SUITE = """
+name: tiny
+description: A seconds-long suite for the tests.
+defaults:
+  method: {latent_dim: 8}
+  train: {epochs: 1, batch_size: 32, max_train: 64}
+  eval: {test_samples: 64, lr_train_samples: 64, joint_samples: 32, classifier_epochs: 1,
+         classifier_min_accuracy: 0.0}
+experiments:
+  - name: tiny
+    reproduces: ["Tiny Table"]
+    dataset: polydigits
+    methods: [mopoe, mmvae]
+    seeds: [0]
+  - name: refuses
+    reproduces: ["Refusal"]
+    dataset: polydigits
+    methods: [mvae]
+    overrides: {eval: {classifier_min_accuracy: 1.0}}
+"""
+
+
+def mmbench(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd, timeout=600)
+
+
+@pytest.fixture()
+def workspace(tmp_path, data_root):
+    (tmp_path / "suite.yaml").write_text(TINY_SUITE)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    return tmp_path, {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs")}
+
+
+def reference(path, cells):
+    path.write_text(yaml.safe_dump({"paper": "Tiny paper", "cells": cells}))
+
+
+def cell(**kw):
+    base = {"paper": "Tiny", "table": "Tiny Table", "row": "MoPoE", "column": "joint", "method": "mopoe",
+            "metric": "coherence/joint", "value": 0.5, "tolerance": 1.0}
+    return {**base, **kw}
+
+
+def test_suite_end_to_end(workspace):
+    ws, env = workspace
+    r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("pending") == 3
+
+    r = mmbench("run", ws / "suite.yaml", env=env)
+    assert r.returncode == 1  # the refusing run fails ...
+    assert "FAILED" in r.stderr and "classifier_min_accuracy" in r.stderr and "log.txt" in r.stderr
+    assert "2 of 3 runs finished" in r.stdout  # ... and does not stop the others
+    runs = sorted(p.name for p in (ws / "runs").iterdir())
+    assert len(runs) == 3
+    done = [ws / "runs" / n for n in runs if (ws / "runs" / n / "metrics.json").exists()]
+    assert len(done) == 2
+    for d in done:
+        m = yaml.safe_load((d / "metrics.json").read_text())
+        assert m["schema_version"] == 1
+        assert 0 <= m["metrics"]["coherence/joint"] <= 1 and "latent_acc/m0" in m["metrics"]
+        assert "coherence/m0+m1->m2" in m["metrics"] and set(m["classifier_accuracy"]) == {f"m{i}" for i in range(5)}
+        prov = yaml.safe_load((d / "provenance.json").read_text())
+        assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds"} <= set(prov)
+        assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
+
+    mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
+    r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
+    assert r.stdout.count("done") == 2
+    r = mmbench("run", ws / "suite.yaml", "--set", "eval.classifier_min_accuracy=0.0", env=env)
+    assert all((d / "metrics.json").stat().st_mtime_ns == t for d, t in mtimes.items())  # finished runs skipped
+
+    r = mmbench("report", env=env)
+    assert r.returncode == 0 and "polydigits (vanilla)" in r.stdout and "mopoe" in r.stdout
+
+    reference(ws / "refs" / "tiny.yaml", [cell(), cell(row="MVAE", method="mvae", table="Tiny Table")])
+    r = mmbench("report", "--compare", ws / "refs", env=env)
+    assert r.returncode == 1 and "1 of 2 reference cells within tolerance, 0 failing, 1 missing" in r.stdout
+    assert "missing" in r.stdout
+    r = mmbench("report", "--compare", ws / "refs", "--allow-missing", "--format", "md", "--out", ws / "r.md", env=env)
+    assert r.returncode == 0, r.stdout
+    md = (ws / "r.md").read_text()
+    assert "### Tiny — Tiny Table" in md and "missing" in md and "✓" in md
+
+    reference(ws / "refs" / "tiny.yaml", [cell(value=-1.0, tolerance=0.0)])
+    r = mmbench("report", "--compare", ws / "refs", "--allow-missing", env=env)
+    assert r.returncode == 1 and "1 failing" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "polydigits", "nope"], "error: method.name: unknown method 'nope'; choose one of: mmvae, mopoe, mvae"),
+    (["prepare", "nodata"], "error: unknown dataset 'nodata'; choose one of:"),
+    (["prepare", "polydigits", "--variant", "big"], "has no variant 'big'; choose one of: vanilla, extended, translated"),
+    (["train", "polydigits", "mopoe", "--set", "train.epochs=0"], "error: train.epochs: must be > 0, got 0"),
+    (["run", "missing.yaml"], "error: suite file missing.yaml does not exist"),
+    (["list", "things"], "error: cannot list 'things'"),
+    (["report", "--compare", "nowhere"], "error: reference directory nowhere does not exist"),
+    (["evaluate", "polydigits", "mopoe"], "train the run first (`mmbench train` or `mmbench run`)"),
+    (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),
+])
+def test_bad_input_gives_one_line(tmp_path, args, message):
+    r = mmbench(*args, env={"MMBENCH_DATA": str(tmp_path / "d"), "MMBENCH_RUNS": str(tmp_path / "r")}, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list"])
+def test_help_has_example(cmd):
+    r = mmbench(cmd, "--help")
+    assert r.returncode == 0 and "Example: mmbench " + cmd in r.stdout
+
+
+def test_list(tmp_path):
+    r = mmbench("list", "methods")
+    assert r.returncode == 0 and "mopoe" in r.stdout and "MoPoE-VAE" in r.stdout
+    r = mmbench("list", "suites")
+    assert r.returncode == 0 and "quickstart.yaml" in r.stdout

@@ -1,0 +1,101 @@
+"""Suites, overrides and names: every bad input gives one line naming the field and what is allowed."""
+import textwrap
+
+import pytest
+
+from mmbench.config import build_run_config, parse_overrides
+from mmbench.errors import ConfigError, MMBenchError
+from mmbench.suite import load_suite
+
+GOOD = """
+name: tiny
+defaults: {train: {epochs: 1}, method: {latent_dim: 8}}
+tiers: {smoke: {seeds: 1, train: {max_train: 64}}}
+experiments:
+  - name: e1
+    reproduces: ["Quickstart"]
+    dataset: polydigits
+    methods: [mopoe, mvae]
+    seeds: [0, 1]
+    method_overrides: {mvae: {method: {beta: 2.0}}}
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "suite.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_suite_expands(tmp_path):
+    s = load_suite(write(tmp_path, GOOD))
+    full = s.runs("full")
+    assert len(full) == 4
+    assert {r.method.name for r in full} == {"mopoe", "mvae"}
+    assert [r.method.beta for r in full if r.method.name == "mvae"] == [2.0, 2.0]
+    smoke = s.runs("smoke")
+    assert len(smoke) == 2 and all(r.train.max_train == 64 for r in smoke)
+    assert all(r.variant == "vanilla" for r in smoke)  # resolved to the dataset's default variant
+    assert len({r.run_id() for r in full}) == 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [nope]}]",
+     "experiments[0] (e, nope).method.name: unknown method 'nope'; choose one of: mmvae, mopoe, mvae"),
+    ("name: x\nexperiments: [{name: e, dataset: nodata, methods: [mopoe]}]", "dataset: unknown dataset 'nodata'"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {epochs: ten}}}]",
+     "train.epochs: expected an integer, got 'ten'"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {epoch: 3}}}]",
+     "train.epoch: unknown field; allowed: epochs,"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {select: best}}}]",
+     "train.select: 'best' is not allowed; choose one of: last, best_test_loss"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, variant: huge, methods: [mopoe]}]",
+     "variant: 'huge' is not a variant of polydigits; choose one of: vanilla, extended, translated"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], metrics: [fid2]}]",
+     "eval.metrics[0]: unknown metric 'fid2'"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {lr: -1}}}]",
+     "train.lr: must be > 0"),
+    ("name: x\nexperiments: []", "experiments: must be a non-empty list"),
+    ("experiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: missing"),
+    ("name: x\nexperiment: []", "experiment: unknown top-level key"),
+    ("name: x\nexperiments: [{dataset: polydigits, methods: [mopoe]}]", "experiments[0].name: missing"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], method_overrides: {mvae: {}}}]",
+     "method_overrides.mvae: not one of this experiment's methods"),
+    ("name: x\ntiers: {fast: {}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers.fast: unknown tier"),
+    ("name: [x\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "a suite must be a mapping"),
+])
+def test_malformed_suites(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    msg = str(e.value)
+    assert expected in msg
+    assert str(path) in msg  # every error names the file
+    assert "\n" not in msg
+
+
+def test_missing_suite_file(tmp_path):
+    with pytest.raises(MMBenchError, match="does not exist"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_and_validate():
+    d = parse_overrides(["train.epochs=3", "method.beta=2.5", "variant=extended", "method.options={}"])
+    assert d == {"train": {"epochs": 3}, "method": {"beta": 2.5, "options": {}}, "variant": "extended"}
+    cfg = build_run_config({"dataset": "polydigits", **d}, "--set")
+    assert cfg.train.epochs == 3 and cfg.method.beta == 2.5
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.epochs"])
+    with pytest.raises(ConfigError, match=r"--set\.method\.options\.foo: not an option of mopoe"):
+        build_run_config({"dataset": "polydigits", "method": {"options": {"foo": 1}}}, "--set")
+    with pytest.raises(ConfigError, match="eval.classifier_min_accuracy: must be between 0 and 1"):
+        build_run_config({"dataset": "polydigits", "eval": {"classifier_min_accuracy": 2}}, "")
+
+
+def test_run_id_ignores_tables_but_not_settings():
+    a = build_run_config({"dataset": "polydigits", "tables": ["A"]})
+    b = build_run_config({"dataset": "polydigits", "tables": ["B"]})
+    c = build_run_config({"dataset": "polydigits", "train": {"epochs": 2}})
+    assert a.run_id() == b.run_id() != c.run_id()
