@@ -20,7 +20,7 @@ install: $(STAMP)
 
 quickstart: install
 	$(BIN)/mmbench run suites/quickstart.yaml
-	$(BIN)/mmbench report --out report/quickstart.md
+	$(BIN)/mmbench report --out report/quickstart.md --plots report/
 
 test: install
 	$(BIN)/python -m pytest

@@ -200,6 +200,7 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
            compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
            fmt: str = typer.Option("terminal", "--format", help="terminal or md."),
            out: Optional[Path] = typer.Option(None, "--out", help="Write the Markdown report to this file too."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
            allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail.")) -> None:
     """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values.
 
@@ -221,6 +222,11 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
 
         atomic_write(out, md)
         console.print(f"wrote {out}")
+    if plots:
+        from .plots import by_inputs
+
+        for path in by_inputs(rep["frame"], plots):
+            console.print(f"wrote {path}")
     cells = rep["cells"]
     if compare:
         fails = sum(c.status == "fail" for c in cells)

@@ -103,20 +103,35 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
     return f"{mean:.3f}" if not std else f"{mean:.3f} ± {std:.3f}"
 
 
+HEADLINE = r"^(latent_acc_by_n|coherence_by_n)/|^coherence/joint$"
+
+
+def metric_label(metric: str) -> str:
+    """'latent_acc_by_n/2' -> 'latent accuracy, 2 inputs' (mean over subsets of that size)."""
+    family, _, arg = metric.partition("/")
+    names = {"latent_acc_by_n": "latent accuracy", "coherence_by_n": "coherence"}
+    if family in names:
+        return f"{names[family]}, {arg} input{'s' if arg != '1' else ''}"
+    return {"coherence/joint": "joint coherence (prior samples)"}.get(metric, metric)
+
+
 def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
-    """Per (dataset, variant, tables) group: methods × headline metrics, mean ± std over seeds."""
+    """Per (dataset, variant, tables) group: headline metrics × methods, mean ± std over seeds."""
     out = []
     if frame.empty:
         return out
-    head = frame[frame["metric"].str.match(r"^(latent_acc_by_n|coherence_by_n)/|^coherence/joint$")]
+    head = frame[frame["metric"].str.match(HEADLINE)]
     for (dataset, variant, tables), sub in head.groupby(["dataset", "variant", "tables"], sort=True):
-        agg = sub.groupby(["method", "group", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+        agg = sub.groupby(["method", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
         agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
+        wide = agg.pivot_table(index="metric", columns="method", values="cell", aggfunc="first")
+        order = sorted(wide.index, key=lambda k: (k.startswith("coherence/"), k))  # by-n rows first, joint last
+        wide = wide.loc[order]
         seeds = sub.groupby("method")["seed"].nunique()
-        wide = agg.pivot_table(index="method", columns="metric", values="cell", aggfunc="first")
-        wide.insert(0, "seeds", [int(seeds[m]) for m in wide.index])
+        wide.columns = [f"{m} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in wide.columns]
+        wide.index = [metric_label(k) for k in wide.index]
         title = f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
-        out.append((title, wide.reset_index()))
+        out.append((title, wide.reset_index().rename(columns={"index": "metric"})))
     return out
 
 

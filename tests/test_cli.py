@@ -58,7 +58,7 @@ def test_suite_end_to_end(workspace):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("pending") == 3
 
-    r = mmbench("run", ws / "suite.yaml", env=env)
+    r = mmbench("run", ws / "suite.yaml", "--gpus", "5,6", env=env)  # two workers, one per listed device
     assert r.returncode == 1  # the refusing run fails ...
     assert "FAILED" in r.stderr and "classifier_min_accuracy" in r.stderr and "log.txt" in r.stderr
     assert "2 of 3 runs finished" in r.stdout  # ... and does not stop the others
@@ -73,6 +73,7 @@ def test_suite_end_to_end(workspace):
         assert "coherence/m0+m1->m2" in m["metrics"] and set(m["classifier_accuracy"]) == {f"m{i}" for i in range(5)}
         prov = yaml.safe_load((d / "provenance.json").read_text())
         assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds"} <= set(prov)
+        assert prov["cuda_visible_devices"] in ("5", "6")  # each worker sees only its own device
         assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
 
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
@@ -81,8 +82,9 @@ def test_suite_end_to_end(workspace):
     r = mmbench("run", ws / "suite.yaml", "--set", "eval.classifier_min_accuracy=0.0", env=env)
     assert all((d / "metrics.json").stat().st_mtime_ns == t for d, t in mtimes.items())  # finished runs skipped
 
-    r = mmbench("report", env=env)
+    r = mmbench("report", "--plots", ws / "plots", env=env)
     assert r.returncode == 0 and "polydigits (vanilla)" in r.stdout and "mopoe" in r.stdout
+    assert sorted(p.suffix for p in (ws / "plots").iterdir()) == [".png", ".png", ".svg", ".svg"]
 
     reference(ws / "refs" / "tiny.yaml", [cell(), cell(row="MVAE", method="mvae", table="Tiny Table")])
     r = mmbench("report", "--compare", ws / "refs", env=env)

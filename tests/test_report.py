@@ -45,8 +45,11 @@ def test_mean_std_over_seeds_and_verdicts(tmp_path):
     md = render_markdown(rep["summaries"], rep["refs"])
     assert "0.350 ± 0.050 | 0.330 ± 0.030 | Δ +0.020 ✓" in md
     assert "missing | 0.120" in md
-    summary_titles = [t for t, _ in rep["summaries"]]
-    assert "polydigits (vanilla) — T1" in summary_titles
+    summaries = dict(rep["summaries"])
+    t1 = summaries["polydigits (vanilla) — T1"]
+    assert list(t1.columns) == ["metric", "mopoe (2 seeds)"]
+    assert list(t1["metric"]) == ["latent accuracy, 1 input", "joint coherence (prior samples)"]
+    assert list(t1["mopoe (2 seeds)"]) == ["0.850 ± 0.071", "0.350 ± 0.071"]
 
 
 def test_reference_cells_are_validated(tmp_path):
