@@ -63,17 +63,26 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
             seed: int = typer.Option(0, help="Seed of every random choice of the recipe."),
             force: bool = typer.Option(False, "--force", help="Rebuild even if a complete copy exists."),
             preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG grid of test tuples here."),
+            source: Optional[Path] = typer.Option(None, "--source", help="Directory holding the raw files you already have."),
+            backgrounds: Optional[Path] = typer.Option(None, "--backgrounds", help="Background .jpg directory (PolyMNIST rebuilds)."),
+            rebuild: bool = typer.Option(False, "--rebuild", help="Regenerate from the raw sources instead of a prebuilt archive."),
+            option: List[str] = typer.Option([], "--option", "-o", help="Dataset-specific KEY=VALUE, e.g. -o mnist_source=test-halves."),
             data_root: Optional[Path] = DATA_ROOT) -> None:
     """Build a dataset into compact arrays + manifest (idempotent).
 
-    Example: mmbench prepare polydigits --variant extended
+    Example: mmbench prepare polymnist --variant extended --backgrounds ~/polymnist-backgrounds
     """
+    from .config import parse_overrides
     from .data.base import prepare as do_prepare
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
+    options = {"source": str(source.resolve()) if source else None,
+               "backgrounds": str(backgrounds.resolve()) if backgrounds else None,
+               "rebuild": True if rebuild else None, **parse_overrides(option)}
     with progress_bar() as progress:
-        path = do_prepare(spec, variant, seed=seed, data_root=data_root, force=force, progress=progress)
+        path = do_prepare(spec, variant, seed=seed, data_root=data_root, force=force, options=options,
+                          progress=progress)
     console.print(f"prepared {dataset} ({spec.check_variant(variant)}) in {path}")
     if preview:
         from .data.base import load_split, save_preview

@@ -35,11 +35,12 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             for method, mg in fam.groupby("method"):
                 agg = mg.groupby("n")["value"].agg(["mean", "std"]).reset_index()
                 ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3, label=method)
+            ax.set_xticks(sorted(fam["n"].unique()))
             ax.set_xlabel("number of input modalities")
             ax.set_ylabel(label)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(frameon=False)
+        axes[0][0].legend(frameon=False, loc="lower right")
         title = f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()

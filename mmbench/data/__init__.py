@@ -1,2 +1,2 @@
 """Datasets: one module each; importing them registers them."""
-from . import polydigits  # noqa: F401
+from . import polydigits, polymnist  # noqa: F401

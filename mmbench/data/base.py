@@ -49,6 +49,8 @@ class DatasetSpec:
     n_classes: ClassVar[int] = 10
     default_architecture: ClassVar[str] = ""
     classifier_architecture: ClassVar[str] = ""
+    option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help
+    location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
 
     def modalities(self, variant: str) -> List[Modality]:
         raise NotImplementedError
@@ -80,8 +82,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 class ArrayWriter:
     """Collects the arrays of a build into a temporary directory."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, raw_root: Path):
         self.dir = directory
+        self.raw_root = raw_root  # downloads and raw files: <data_root>/raw/
         self.arrays: Dict[str, Dict[str, Any]] = {}
 
     def write(self, key: str, array: np.ndarray) -> None:
@@ -133,23 +136,28 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
             progress: Optional[Callable[[str, int, int], None]] = None) -> Path:
     """Build the dataset unless an identical, verified one is already there. Idempotent."""
     variant = spec.check_variant(variant)
-    options = dict(options or {})
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in options:
+        if key not in spec.option_names:
+            allowed = ", ".join(spec.option_names) or "(none)"
+            raise MMBenchError(f"dataset {spec.registry_name} has no prepare option {key!r}; allowed: {allowed}")
+    identity = {k: v for k, v in options.items() if k not in spec.location_options}
     target = dataset_dir(spec.registry_name, variant, data_root)
     existing = read_manifest(target)
     if existing is not None and not force:
         same = (existing.get("seed") == seed and existing.get("recipe_version") == spec.recipe_version
-                and existing.get("options", {}) == options)
+                and existing.get("options", {}) == identity)
         if same:
             verify(target, existing)
             return target
         raise MMBenchError(
             f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}); "
-            f"pass --force to rebuild it with seed {seed}")
+            f"pass --force to rebuild it with seed {seed} and options {identity}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{variant}.building-", dir=target.parent))
     os.chmod(tmp, 0o755)
     try:
-        writer = ArrayWriter(tmp)
+        writer = ArrayWriter(tmp, Path(data_root or default_data_root()) / "raw")
         t0 = time.time()
         extra = spec.build(writer, variant, seed, options, progress or (lambda *a: None))
         for key, meta in writer.arrays.items():
@@ -157,7 +165,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
             meta["stat"] = [st.st_size, st.st_mtime_ns]
         manifest = {
             "dataset": spec.registry_name, "variant": variant, "recipe_version": spec.recipe_version,
-            "seed": seed, "options": options, "build_seconds": round(time.time() - t0, 2),
+            "seed": seed, "options": identity, "build_seconds": round(time.time() - t0, 2),
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
         }
         with open(tmp / MANIFEST, "w") as f:

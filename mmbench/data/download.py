@@ -1,0 +1,101 @@
+"""Fetching raw files: from the user's own copy (`--source DIR`) or from canonical URLs, verified.
+
+Downloads resume from a partial ``<name>.part`` file with an HTTP Range request, try each mirror in
+turn, and are checked against their published md5; a file that does not match is deleted and the
+error names the file, the expected and the actual digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ..errors import MMBenchError
+
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Resource:
+    filename: str
+    md5: Optional[str]  # None: no published digest (the sha256 is recorded in the manifest instead)
+    urls: Sequence[str]
+
+
+def file_digest(path: Path, algo: str = "md5") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, res: Resource, delete: bool) -> None:
+    if res.md5 is None:
+        return
+    actual = file_digest(path)
+    if actual != res.md5:
+        if delete:
+            path.unlink()
+        raise MMBenchError(f"{res.filename}: md5 {actual} does not match the published {res.md5}"
+                           + ("; the file was deleted, run the command again to re-download it" if delete
+                              else f"; replace {path} with an intact copy"))
+
+
+def _download(url: str, part: Path, progress: Callable[[str, int, int], None], timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        if have and resp.status != 206:  # server ignored the range: start over
+            have = 0
+        total = resp.headers.get("Content-Length")
+        total = int(total) + have if total is not None else 0
+        with open(part, "ab" if have else "wb") as f:
+            done = have
+            while True:
+                block = resp.read(CHUNK)
+                if not block:
+                    break
+                f.write(block)
+                done += len(block)
+                progress(f"download {part.name[:-5]}", done, max(total, done))
+        if total and done < total:
+            raise MMBenchError(f"download of {url} stopped at {done} of {total} bytes; run again to resume")
+
+
+def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
+          progress: Optional[Callable[[str, int, int], None]] = None, timeout: float = 60.0) -> Path:
+    """The verified raw file `res` in `raw_dir`: copied from `source`, already there, or downloaded."""
+    progress = progress or (lambda *a: None)
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    dest = raw_dir / res.filename
+    if source is not None:
+        src = Path(source) / res.filename
+        if not src.exists():
+            raise MMBenchError(f"{res.filename} is not in --source {source}; put it there or drop --source to download it")
+        _check(src, res, delete=False)
+        if src.resolve() != dest.resolve():
+            shutil.copyfile(src, dest)
+        return dest
+    if dest.exists():
+        _check(dest, res, delete=True)
+        return dest
+    part = raw_dir / (res.filename + ".part")
+    errors = []
+    for url in res.urls:
+        try:
+            _download(url, part, progress, timeout)
+        except (urllib.error.URLError, OSError, http.client.HTTPException, MMBenchError) as e:
+            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+            continue
+        part.rename(dest)
+        _check(dest, res, delete=True)
+        return dest
+    raise MMBenchError(f"could not download {res.filename} ({'; '.join(errors)}); "
+                       f"download it yourself and pass --source DIR")

@@ -1,0 +1,144 @@
+"""PolyMNIST (MoPoE App. D; official-setups §1.1): five modalities of MNIST digits on photographic backgrounds.
+
+* ``vanilla`` (default): the authors' prebuilt archive (Zenodo record 4899160, ``PolyMNIST.zip``),
+  verified (layout ``MMNIST/{train,test}/m0..m4/<i>.<digit>.png``, 60,000 / 10,000 tuples × 5
+  modalities, identical file names across modalities), paired across modalities by sorted file
+  name, converted to arrays; the archive's sha256 is recorded in the manifest.
+* ``--rebuild`` (and always for ``extended`` and ``translated``): regenerated with the official
+  recipe (``polygen``, seeded) from the MNIST IDX files and five background photographs
+  (``--backgrounds DIR``: the first five ``*.jpg`` in sorted order, modality m using the m-th).
+  Option ``mnist_source=test-halves`` builds both splits from the MNIST test split's two
+  disjoint halves (for machines that only have ``t10k``; train and test still share no digit);
+  ``multiplicity=k`` pairs the train split k times with fresh permutations and crops (default 1).
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..errors import MMBenchError
+from ..registry import DATASETS
+from . import mnist, polygen
+from .base import DatasetSpec, Modality
+from .download import Resource, fetch, file_digest
+
+ARCHIVE = Resource("PolyMNIST.zip", None, ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
+COUNTS = {"train": 60_000, "test": 10_000}
+NAME = re.compile(r"^(\d+)\.(\d)\.png$")
+
+
+def load_backgrounds(directory: Path, n: int) -> tuple:
+    from PIL import Image
+
+    paths = sorted(Path(directory).glob("*.jpg"))
+    if len(paths) < n:
+        raise MMBenchError(f"--backgrounds {directory} holds {len(paths)} .jpg files; PolyMNIST needs {n} "
+                           f"(modality m uses the m-th in sorted order)")
+    images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths[:n]]
+    return images, {p.name: file_digest(p, "sha256") for p in paths[:n]}
+
+
+def read_archive(path: Path, n_modalities: int, counts: Dict[str, int],
+                 progress: Callable[[str, int, int], None]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Arrays of every split of the authors' zip, after checking its layout and counts."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise MMBenchError(f"{path} is not a valid zip archive; delete it and prepare again") from None
+    files: Dict[tuple, str] = {}
+    for info in zf.infolist():
+        parts = info.filename.split("/")
+        if len(parts) >= 4 and parts[-4] == "MMNIST" and NAME.match(parts[-1]):
+            files[(parts[-3], parts[-2], parts[-1])] = info.filename
+    out = {}
+    for split, expected in counts.items():
+        names = None
+        for m in range(n_modalities):
+            got = sorted(k[2] for k in files if k[0] == split and k[1] == f"m{m}")
+            if len(got) != expected:
+                raise MMBenchError(f"{path}: MMNIST/{split}/m{m} holds {len(got)} images, expected {expected}; "
+                                   f"the archive is incomplete or not PolyMNIST")
+            if names is not None and got != names:
+                raise MMBenchError(f"{path}: MMNIST/{split}/m{m} has other file names than m0; cannot pair modalities")
+            names = got
+        arrays = {}
+        for m in range(n_modalities):
+            imgs = np.empty((expected, 3, 28, 28), np.uint8)
+            for i, name in enumerate(names):  # sorted names pair the modalities (official code: glob order)
+                with zf.open(files[(split, f"m{m}", name)]) as f:
+                    imgs[i] = np.asarray(Image.open(BytesIO(f.read())).convert("RGB"), np.uint8).transpose(2, 0, 1)
+                if i % 1000 == 0 or i == expected - 1:
+                    progress(f"convert {split} m{m}", i + 1, expected)
+            arrays[f"m{m}"] = imgs
+        arrays["labels"] = np.array([int(NAME.match(n).group(2)) for n in names], np.int64)
+        out[split] = arrays
+    return out
+
+
+@DATASETS.register("polymnist")
+class PolyMNIST(DatasetSpec):
+    """PolyMNIST: 5 modalities of MNIST digits on photo backgrounds (Zenodo archive or rebuilt; vanilla/extended/translated)."""
+
+    variants = polygen.VARIANTS
+    recipe_version = 1
+    n_classes = 10
+    n_modalities = 5
+    default_architecture = "polymnist_cnn"
+    classifier_architecture = "polymnist_clf"
+    option_names = {"source": "directory with PolyMNIST.zip or the MNIST .gz files",
+                    "backgrounds": "directory with the background .jpg files (rebuilds)",
+                    "rebuild": "regenerate vanilla from MNIST instead of the authors' archive",
+                    "mnist_source": "'train-test' (default) or 'test-halves'",
+                    "multiplicity": "pairing rounds of the train split (default 1, as the authors)"}
+    location_options = ("source", "backgrounds")
+    counts = COUNTS
+
+    def modalities(self, variant: str) -> List[Modality]:
+        return [Modality(f"m{m}", (3, 28, 28), "image", "laplace") for m in range(self.n_modalities)]
+
+    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        source = Path(options["source"]) if options.get("source") else None
+        if variant == "vanilla" and not options.get("rebuild"):
+            path = fetch(ARCHIVE, out.raw_root / "polymnist", source, progress)
+            splits = read_archive(path, self.n_modalities, self.counts, progress)
+            for split, arrays in splits.items():
+                for key, arr in arrays.items():
+                    out.write(f"{split}_{key}", arr)
+            return {"counts": {s: int(len(a["labels"])) for s, a in splits.items()},
+                    "source": {"archive": ARCHIVE.urls[0], "sha256": file_digest(path, "sha256")}}
+        if not options.get("backgrounds"):
+            raise MMBenchError(f"rebuilding polymnist ({variant}) needs --backgrounds DIR with {self.n_modalities} "
+                               f".jpg images (the authors' five PolyMNIST backgrounds for a faithful copy)")
+        backgrounds, bg_digests = load_backgrounds(Path(options["backgrounds"]), self.n_modalities)
+        raw = out.raw_root / "mnist"
+        mode = options.get("mnist_source", "train-test")
+        if mode == "train-test":
+            sources = {"train": mnist.load("train", raw, source, progress), "test": mnist.load("test", raw, source, progress)}
+        elif mode == "test-halves":
+            images, labels = mnist.load("test", raw, source, progress)
+            half = len(labels) // 2
+            sources = {"train": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}
+        else:
+            raise MMBenchError(f"option mnist_source={mode!r} is not allowed; choose train-test or test-halves")
+        rng = np.random.default_rng(seed)
+        counts = {}
+        rounds = {"train": int(options.get("multiplicity", 1)), "test": 1}
+        if rounds["train"] < 1:
+            raise MMBenchError("option multiplicity must be a whole number >= 1")
+        for split, (digits, labels) in sources.items():
+            arrays = polygen.generate(digits, labels, backgrounds, variant, rounds[split], rng,
+                                      progress=lambda i, n, s=split: progress(f"polymnist {s}", i, n))
+            for key, arr in arrays.items():
+                out.write(f"{split}_{key}", arr)
+            counts[split] = int(len(arrays["labels"]))
+        return {"counts": counts, "source": {"mnist": mode, "md5": {k: v for k, v in mnist.FILES.items()},
+                                             "backgrounds_sha256": bg_digests}}

@@ -1,0 +1,101 @@
+"""PolyMNIST: the authors' zip layout (fixture written here) and the rebuild from IDX + backgrounds."""
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmbench.config import EvalConfig
+from mmbench.data import polymnist
+from mmbench.data.base import load_split, prepare, read_manifest, save_preview
+from mmbench.errors import MMBenchError
+from mmbench.metrics.classifiers import get_classifiers
+from mmbench.registry import DATASETS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_zip(path, counts, drop=None):
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for split, n in counts.items():
+            for m in range(5):
+                for i in range(n):
+                    if drop == (split, m, i):
+                        continue
+                    digit = i % 10
+                    img = rng.integers(0, 256, (28, 28, 3)).astype(np.uint8)
+                    img[0, 0] = (m * 40, digit * 20, i % 256)  # tag pixel: modality, label, index
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format="PNG")
+                    zf.writestr(f"PolyMNIST/MMNIST/{split}/m{m}/{i}.{digit}.png", buf.getvalue())
+
+
+@pytest.fixture()
+def small_counts(monkeypatch):
+    counts = {"train": 12, "test": 11}
+    monkeypatch.setattr(polymnist.PolyMNIST, "counts", counts)
+    return counts
+
+
+def test_archive_is_verified_paired_by_sorted_name_and_converted(tmp_path, small_counts):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_zip(src / "PolyMNIST.zip", small_counts)
+    spec = DATASETS.get("polymnist")()
+    path = prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(src)})
+    manifest = read_manifest(path)
+    assert manifest["counts"] == small_counts and len(manifest["source"]["sha256"]) == 64
+    split = load_split(spec, "vanilla", "test", tmp_path / "data")
+    names = sorted(f"{i}.{i % 10}.png" for i in range(11))
+    expected = [int(n.split(".")[1]) for n in names]
+    assert split.labels.tolist() == expected
+    for m in range(5):  # the tag pixel says every modality's row r is file names[r]
+        tags = split.x[f"m{m}"][:, :, 0, 0]
+        assert (tags[:, 0] == m * 40).all()
+        assert tags[:, 1].tolist() == [d * 20 for d in expected]
+        assert tags[:, 2].tolist() == [int(n.split(".")[0]) for n in names]
+
+
+def test_archive_with_a_missing_image_is_refused(tmp_path, small_counts):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_zip(src / "PolyMNIST.zip", small_counts, drop=("train", 3, 5))
+    with pytest.raises(MMBenchError, match=r"MMNIST/train/m3 holds 11 images, expected 12"):
+        prepare(DATASETS.get("polymnist")(), "vanilla", data_root=tmp_path / "data", options={"source": str(src)})
+    assert not (tmp_path / "data" / "polymnist" / "vanilla").exists()
+
+
+def test_rebuild_needs_backgrounds_and_rejects_unknown_options(tmp_path):
+    spec = DATASETS.get("polymnist")()
+    with pytest.raises(MMBenchError, match="needs --backgrounds DIR"):
+        prepare(spec, "extended", data_root=tmp_path)
+    with pytest.raises(MMBenchError, match="no prepare option 'colour'"):
+        prepare(spec, "extended", data_root=tmp_path, options={"colour": 1})
+
+
+@pytest.mark.skipif(not (SHARED / "mnist-t10k").exists(), reason="needs ../shared/data (real MNIST test split)")
+def test_real_mnist_polymnist_all_variants_and_a_coherence_classifier(tmp_path):
+    """Integration: every variant from the real MNIST test split (two disjoint halves) and real photos."""
+    spec = DATASETS.get("polymnist")()
+    options = {"source": str(SHARED / "mnist-t10k"), "backgrounds": str(SHARED / "backgrounds"),
+               "rebuild": True, "mnist_source": "test-halves", "multiplicity": 3}
+    for variant in ("vanilla", "extended", "translated"):
+        path = prepare(spec, variant, seed=0, data_root=tmp_path, options=options)
+        m = read_manifest(path)
+        assert m["counts"] == {"train": 15000, "test": 5000}
+        assert set(m["source"]["backgrounds_sha256"]) == {p.name for p in sorted((SHARED / "backgrounds").glob("*.jpg"))[:5]}
+        save_preview(load_split(spec, variant, "test", tmp_path), tmp_path / f"{variant}.png")
+    train = load_split(spec, "vanilla", "train", tmp_path)
+    test = load_split(spec, "vanilla", "test", tmp_path)
+    assert train.labels.tolist() != test.labels.tolist()
+    # The MoPoE classifier (heavy dropout) on 5,000 source digits: ~0.90-0.95 here, not the 0.98 it
+    # reaches on the 60,000 of the full MNIST train split (open point of the real-data issue).
+    cfg = EvalConfig(classifier_epochs=8, classifier_min_accuracy=0.85)
+    _, acc = get_classifiers(spec, "vanilla", train, test, cfg, tmp_path, lambda *a: None)
+    assert min(acc.values()) >= 0.85, acc
+    print("classifier test accuracy", acc)
