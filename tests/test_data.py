@@ -1,5 +1,4 @@
 """The PolyMNIST generator and the embedded polydigits dataset."""
-import json
 
 import numpy as np
 import pytest

@@ -1,12 +1,10 @@
 """PolyMNIST: the authors' zip layout (fixture written here) and the rebuild from IDX + backgrounds."""
 import io
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mmbench.config import EvalConfig

@@ -1,6 +1,5 @@
 """The reporter: aggregation over seeds, reference matching, verdicts, and the shipped reference files."""
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
