@@ -246,6 +246,37 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             raise typer.Exit(1)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("load")
+def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
+               variant: Optional[str] = typer.Option(None, "--variant", "-v"),
+               split: str = typer.Option("train", help="train or test."),
+               repeats: int = typer.Option(3, help="Timed loads (the best is reported)."),
+               data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Time loading one split of a prepared dataset into memory (manifest check included).
+
+    Example: mmbench bench load polymnist --split train
+    """
+    import time
+
+    from .data.base import load_split
+    from .registry import DATASETS
+
+    spec = DATASETS.get(dataset)()
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        data = load_split(spec, variant, split, data_root)
+        times.append(time.perf_counter() - t0)
+    size = sum((v.base.numel() + v.index.numel() * 8) if hasattr(v, "base") else v.numel() for v in data.x.values())
+    console.print(f"{dataset} ({spec.check_variant(variant)}) {split}: {len(data)} tuples, {size / 2**20:.0f} MiB "
+                  f"in memory; load {min(times):.2f} s (best of {len(times)}; all: "
+                  + ", ".join(f"{t:.2f}" for t in times) + ")")
+
+
 @app.command("list")
 def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metrics or architectures.")) -> None:
     """List registered names with one-line descriptions.

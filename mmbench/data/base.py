@@ -183,6 +183,23 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     return target
 
 
+class Indexed:
+    """Rows of a base tensor chosen by an index: paired datasets (MNIST-SVHN-Text) store each source
+    image once, plus the pairing, instead of every repeated copy."""
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor):
+        self.base, self.index = base, index
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.base[self.index[idx]]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, idx: torch.Tensor) -> "Indexed":
+        return Indexed(self.base, self.index[idx])
+
+
 @dataclass
 class DataSplit:
     """One split of a prepared dataset held in memory as uint8/int64 tensors."""
@@ -209,13 +226,17 @@ class DataSplit:
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n]
-        return DataSplit(self.modalities, {k: v[idx] for k, v in self.x.items()}, self.labels[idx],
+        x = {k: v.take(idx) if isinstance(v, Indexed) else v[idx] for k, v in self.x.items()}
+        return DataSplit(self.modalities, x, self.labels[idx],
                          {k: v[idx] for k, v in self.extra_labels.items()})
 
 
 def to_float(modality: Modality, x: torch.Tensor) -> torch.Tensor:
+    """Images: uint8 -> [0, 1]; text: character indices -> one-hot over the alphabet (last dim)."""
     if modality.kind == "image":
         return x.float().div_(255.0)
+    if modality.kind == "text":
+        return torch.nn.functional.one_hot(x.long(), modality.shape[-1]).float()
     return x.float()
 
 
@@ -231,7 +252,11 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
     mods = spec.modalities(variant)
     if f"{split}_labels" not in manifest["arrays"]:
         raise MMBenchError(f"dataset {spec.registry_name} has no split {split!r}")
-    x = {m.name: torch.from_numpy(np.load(directory / f"{split}_{m.name}.npy")) for m in mods}
+    def array(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(directory / f"{key}.npy"))
+
+    x = {m.name: (Indexed(array(f"{split}_base_{m.name}"), array(f"{split}_index_{m.name}").long())
+                  if f"{split}_index_{m.name}" in manifest["arrays"] else array(f"{split}_{m.name}")) for m in mods}
     labels = torch.from_numpy(np.load(directory / f"{split}_labels.npy")).long()
     extra = {}
     prefix = f"{split}_extra_"
@@ -241,16 +266,37 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
     return DataSplit(mods, x, labels, extra)
 
 
-def save_preview(split: DataSplit, path: Path, n: int = 10) -> Path:
-    """A PNG grid of `n` random tuples: one row per modality, one column per tuple."""
-    import torchvision.utils as vutils
+def decode_text(codes: torch.Tensor, alphabet: str) -> str:
+    return "".join(alphabet[int(c)] for c in codes)
+
+
+def save_preview(split: DataSplit, path: Path, n: int = 10, alphabet: str = "") -> Path:
+    """A PNG grid of `n` random tuples: one row per modality (text rendered as text), one column per tuple."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     split = split.subset(n, seed=0)  # a seeded sample, not the first (class-sorted) rows
-    rows = [to_float(m, split.x[m.name]) for m in split.modalities if m.kind == "image"]
-    if not rows:
-        raise MMBenchError("this dataset has no image modality to preview")
-    grid = vutils.make_grid(torch.cat(rows), nrow=min(n, len(split)), padding=2, pad_value=1.0)
+    n = len(split)
+    mods = split.modalities
+    fig, axes = plt.subplots(len(mods), n, figsize=(1.1 * n, 1.2 * len(mods)), squeeze=False)
+    for r, m in enumerate(mods):
+        data = split.x[m.name][:]
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if m.kind == "image":
+                img = data[c].float().div(255).permute(1, 2, 0).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.text(0.5, 0.5, repr(decode_text(data[c], alphabet))[1:-1], ha="center", va="center",
+                        fontsize=6, family="monospace", wrap=True)
+            if c == 0:
+                ax.set_ylabel(m.name, fontsize=8)
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    vutils.save_image(grid, path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

@@ -1,2 +1,2 @@
 """Encoder/decoder/classifier architectures, one module per dataset family; importing registers them."""
-from . import polymnist  # noqa: F401
+from . import mnist_svhn_text, polymnist  # noqa: F401

@@ -1,0 +1,129 @@
+"""MNIST-SVHN-Text (MoPoE App. C; official-setups §1.2): digit triples of an MNIST image, an SVHN
+image and the digit's English word.
+
+Pairing, as the authors' code (`rand_match_on_idx`), seeded: within each digit class take the
+first n = min(#MNIST, #SVHN, 10,000) indices of each set in label-sorted order, then append 20
+independent random permutations of each slice (train and test alike: 1,121,360 / 200,000 triples).
+Each source image is stored once; the pairing is stored as index arrays.
+
+Text: the word at a random start inside an 8-character field of spaces, over the 71-character
+alphabet of the authors' code, stored as character indices and one-hot encoded when loaded. The
+start index is drawn once per triple (seeded) and stored; the authors' loader redraws it at every
+access (every epoch). We fix it so that a seed reproduces the data byte for byte and every
+metric sees the same test text; with 20 pairings per image the word already appears at many
+positions during training.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from ..errors import MMBenchError
+from ..registry import DATASETS
+from . import mnist
+from .base import DatasetSpec, Modality
+from .download import Resource, fetch
+
+# The authors' alphabet.json (71 entries; '-' appears twice, str.find maps it to 36).
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"\\/|_@#$%^&*~`+-=<>()[]{} \n"
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TEXT_LEN = 8
+SVHN = {
+    "train": Resource("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373",
+                      ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",)),
+    "test": Resource("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3",
+                     ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",)),
+}
+
+
+def encode(text: str) -> np.ndarray:
+    return np.array([ALPHABET.find(ch) for ch in text], np.uint8)
+
+
+def make_text(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Character indices (N×8): each word placed at a start drawn uniformly from 0..8-len(word)."""
+    out = np.full((len(labels), TEXT_LEN), ALPHABET.find(" "), np.uint8)
+    for i, label in enumerate(labels):
+        word = WORDS[int(label)]
+        start = rng.integers(0, TEXT_LEN - len(word) + 1)
+        out[i, start:start + len(word)] = encode(word)
+    return out
+
+
+def load_svhn(path) -> tuple:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except Exception as e:  # scipy raises several types for a damaged file
+        raise MMBenchError(f"{path} is not a readable MATLAB file ({e}); delete it and prepare again") from None
+    if "X" not in mat or "y" not in mat:
+        raise MMBenchError(f"{path} has no X/y arrays; is it SVHN's {path.name}?")
+    x = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)).astype(np.uint8)  # 32×32×3×N -> N×3×32×32
+    y = mat["y"].reshape(-1).astype(np.int64)
+    y[y == 10] = 0  # SVHN labels the digit 0 as 10
+    return x, y
+
+
+def pair(l1: np.ndarray, l2: np.ndarray, max_per_class: int, rounds: int, rng: np.random.Generator) -> tuple:
+    """Index pairs as the authors' `rand_match_on_idx`, seeded."""
+    o1, o2 = np.argsort(l1, kind="stable"), np.argsort(l2, kind="stable")
+    s1, s2 = l1[o1], l2[o2]
+    i1, i2 = [], []
+    for label in np.unique(s1):
+        a, b = o1[s1 == label], o2[s2 == label]
+        n = min(len(a), len(b), max_per_class)
+        for _ in range(rounds):
+            i1.append(rng.permutation(a[:n]))
+            i2.append(rng.permutation(b[:n]))
+    return np.concatenate(i1), np.concatenate(i2)
+
+
+@DATASETS.register("mnist-svhn-text")
+class MNISTSVHNText(DatasetSpec):
+    """MNIST-SVHN-Text: MNIST digit, SVHN digit and the digit's word (MoPoE App. C), 20 pairings per class."""
+
+    variants = ("default",)
+    recipe_version = 1
+    n_classes = 10
+    default_architecture = "mnist_svhn_text"
+    classifier_architecture = "mnist_svhn_text_clf"
+    option_names = {"source": "directory with the MNIST .gz and SVHN .mat files",
+                    "rounds": "random pairings per class (default 20, as the authors)",
+                    "max_per_class": "cap on source images per class (default 10,000)"}
+    location_options = ("source",)
+
+    def modalities(self, variant: str) -> List[Modality]:
+        # Reconstruction weights relative to SVHN's 3,072 values (official-setups §1.5).
+        return [Modality("mnist", (1, 28, 28), "image", "laplace", 3072 / 784),
+                Modality("svhn", (3, 32, 32), "image", "laplace", 1.0),
+                Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 3072 / TEXT_LEN)]
+
+    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        from pathlib import Path
+
+        source = Path(options["source"]) if options.get("source") else None
+        rounds, cap = int(options.get("rounds", 20)), int(options.get("max_per_class", 10_000))
+        if rounds < 1 or cap < 1:
+            raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
+        rng = np.random.default_rng(seed)
+        counts = {}
+        for split in ("train", "test"):
+            m_x, m_y = mnist.load(split, out.raw_root / "mnist", source, progress)
+            s_x, s_y = load_svhn(fetch(SVHN[split], out.raw_root / "svhn", source, progress))
+            i_m, i_s = pair(m_y, s_y, cap, rounds, rng)
+            labels = m_y[i_m]
+            if not np.array_equal(labels, s_y[i_s]):
+                raise MMBenchError("internal error: MNIST and SVHN labels disagree after pairing")
+            out.write(f"{split}_base_mnist", m_x[:, None])
+            out.write(f"{split}_base_svhn", s_x)
+            out.write(f"{split}_index_mnist", i_m.astype(np.int32))
+            out.write(f"{split}_index_svhn", i_s.astype(np.int32))
+            out.write(f"{split}_text", make_text(labels, rng))
+            out.write(f"{split}_labels", labels.astype(np.int64))
+            counts[split] = int(len(labels))
+            progress("mnist-svhn-text pairing", 1 if split == "train" else 2, 2)
+        return {"counts": counts, "text": {"length": TEXT_LEN, "alphabet_size": len(ALPHABET), "start": "fixed per triple"},
+                "source": {"mnist_md5": mnist.FILES, "svhn_md5": {r.filename: r.md5 for r in SVHN.values()}}}

@@ -1,0 +1,127 @@
+"""MNIST-SVHN-Text from fixtures in the canonical formats (gzip'd IDX, MATLAB v5 .mat)."""
+import hashlib
+
+import numpy as np
+import pytest
+import scipy.io
+
+from mmbench.data import mnist, mnist_svhn_text as mst
+from mmbench.data.base import load_split, prepare, read_manifest, save_preview
+from mmbench.data.download import Resource
+from mmbench.errors import MMBenchError
+from mmbench.registry import DATASETS
+from test_download import write_idx
+
+
+@pytest.fixture()
+def raw(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    truth = {}
+    for split, prefix, n_m, n_s in (("train", "train", 40, 50), ("test", "t10k", 30, 20)):
+        m_y = rng.integers(0, 10, n_m).astype(np.uint8)
+        m_x = rng.integers(0, 256, (n_m, 28, 28)).astype(np.uint8)
+        m_x[:, 0, 0] = m_y * 20  # tag pixel: the label
+        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", m_x)
+        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", m_y)
+        s_y = rng.integers(1, 11, n_s)  # SVHN stores the digit 0 as 10
+        s_x = rng.integers(0, 256, (32, 32, 3, n_s)).astype(np.uint8)
+        s_x[0, 0, 0, :] = (s_y % 10) * 20
+        scipy.io.savemat(src / f"{split}_32x32.mat", {"X": s_x, "y": s_y.reshape(-1, 1)})
+        truth[split] = (m_y.astype(int), s_y % 10)
+    for name in list(mnist.FILES):
+        monkeypatch.setitem(mnist.FILES, name, hashlib.md5((src / name).read_bytes()).hexdigest())
+    for split, res in list(mst.SVHN.items()):
+        digest = hashlib.md5((src / res.filename).read_bytes()).hexdigest()
+        monkeypatch.setitem(mst.SVHN, split, Resource(res.filename, digest, res.urls))
+    return src, truth
+
+
+def expected_count(l1, l2, cap, rounds):
+    return rounds * sum(min((l1 == c).sum(), (l2 == c).sum(), cap) for c in range(10))
+
+
+def test_pairing_text_and_counts(tmp_path, raw):
+    src, truth = raw
+    spec = DATASETS.get("mnist-svhn-text")()
+    path = prepare(spec, None, seed=3, data_root=tmp_path / "d", options={"source": str(src), "rounds": 4, "max_per_class": 3})
+    manifest = read_manifest(path)
+    for split in ("train", "test"):
+        assert manifest["counts"][split] == expected_count(*truth[split], 3, 4)
+        s = load_split(spec, None, split, tmp_path / "d")
+        y = s.labels
+        assert len(s) == manifest["counts"][split]
+        assert (s.x["mnist"][:][:, 0, 0, 0] == y * 20).all()  # the paired MNIST image has the label
+        assert (s.x["svhn"][:][:, 0, 0, 0] == y * 20).all()  # so has the SVHN one (10 -> 0)
+        texts = ["".join(mst.ALPHABET[c] for c in row) for row in s.x["text"].tolist()]
+        assert all(t.strip() == mst.WORDS[int(l)] and len(t) == 8 for t, l in zip(texts, y))
+        b = s.batch(torch_arange(len(s)))
+        assert b["text"].shape == (len(s), 8, 71) and (b["text"].sum(-1) == 1).all()
+        assert b["mnist"].shape[1:] == (1, 28, 28) and b["svhn"].shape[1:] == (3, 32, 32)
+    starts = {t.index(t.strip()) for t in texts}
+    assert len(starts) > 1  # the word moves inside the field
+    save_preview(load_split(spec, None, "test", tmp_path / "d"), tmp_path / "p.png", alphabet=mst.ALPHABET)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    # seeded: the same seed elsewhere gives byte-identical arrays
+    other = prepare(spec, None, seed=3, data_root=tmp_path / "e", options={"source": str(src), "rounds": 4, "max_per_class": 3})
+    assert {k: v["sha256"] for k, v in read_manifest(other)["arrays"].items()} == \
+           {k: v["sha256"] for k, v in manifest["arrays"].items()}
+
+
+def torch_arange(n):
+    import torch
+
+    return torch.arange(n)
+
+
+def test_default_pairing_is_the_authors(tmp_path):
+    l1 = np.array([1, 0, 1, 1, 0, 2])
+    l2 = np.array([0, 1, 1, 0, 0, 2, 2])
+    i1, i2 = mst.pair(l1, l2, 10_000, 20, np.random.default_rng(0))
+    assert len(i1) == 20 * (2 + 2 + 1)
+    assert (l1[i1] == l2[i2]).all()
+    assert sorted(set(i2[l2[i2] == 1])) == [1, 2]  # class 1: n = min(3, 2) -> the first 2 of SVHN's... all of them
+    assert sorted(set(i1[l1[i1] == 1])) == [0, 2]  # ... and the first 2 of MNIST's in sorted order
+
+
+def test_alphabet_is_the_authors():
+    assert len(mst.ALPHABET) == 71
+    assert (mst.ALPHABET.find("-"), mst.ALPHABET.find(" "), mst.ALPHABET.find("*"), mst.ALPHABET.find("\n")) == (36, 69, 55, 70)
+
+
+def test_damaged_mat_file(tmp_path):
+    bad = tmp_path / "train_32x32.mat"
+    bad.write_bytes(b"not a mat file at all")
+    with pytest.raises(MMBenchError, match="not a readable MATLAB file"):
+        mst.load_svhn(bad)
+
+
+@pytest.mark.parametrize("method", ["mopoe", "mvae", "mmvae"])
+def test_methods_train_on_mnist_svhn_text_shapes(method):
+    import torch
+
+    from mmbench.methods.base import MethodConfig, all_subsets
+    from mmbench.registry import METHODS
+
+    spec = DATASETS.get("mnist-svhn-text")()
+    mods = spec.modalities("default")
+    torch.manual_seed(0)
+    model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=20), spec.default_architecture)
+    x = {"mnist": torch.rand(16, 1, 28, 28), "svhn": torch.rand(16, 3, 32, 32),
+         "text": torch.nn.functional.one_hot(torch.randint(0, 71, (16, 8)), 71).float()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(25):
+        loss, _ = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert torch.isfinite(loss) and loss.item() < first
+    assert len(model.encode_subsets(x, all_subsets(model.names))) == 7
+    assert model.decode(model.sample_prior(3), "text").shape == (3, 8, 71)
+    for m in mods:
+        clf = __import__("mmbench.registry", fromlist=["ARCHITECTURES"]).ARCHITECTURES.get(
+            spec.classifier_architecture).classifier(m, 10)
+        assert clf(x[m.name][:4]).shape == (4, 10)
