@@ -75,3 +75,24 @@ def test_shipped_references_are_complete_and_unchanged():
         assert c.tolerance > 0 and 0 <= c.value <= 1
         if c.std is not None:
             assert c.tolerance >= c.std
+
+
+METRIC_OF_KEY = {"latent_acc": "latent_classification", "coherence": "coherence"}
+
+
+def test_every_reference_cell_is_reachable_from_a_suite():
+    """Each cell's table, method and metric key is produced by some run of some suite (full tier)."""
+    from mmbench.registry import DATASETS
+    from mmbench.suite import load_suite
+
+    runs = [r for p in sorted((ROOT / "suites").glob("*.yaml")) for r in load_suite(p).runs("full")]
+    for c in load_references(ROOT / "reference_results"):
+        family, _, rest = c.metric.partition("/")
+        ok = False
+        for r in runs:
+            if c.table not in r.tables or r.method.name != c.method or METRIC_OF_KEY[family] not in r.eval.metrics:
+                continue
+            names = {m.name for m in DATASETS.get(r.dataset)().modalities(r.variant)}
+            used = set(rest.replace("->", "+").split("+")) - {"joint"}
+            ok = ok or used <= names
+        assert ok, f"no suite run produces {c.table} / {c.row} / {c.column} ({c.method}, {c.metric})"

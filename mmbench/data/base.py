@@ -290,7 +290,8 @@ def save_preview(split: DataSplit, path: Path, n: int = 10, alphabet: str = "") 
                 img = data[c].float().div(255).permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             else:
-                ax.text(0.5, 0.5, repr(decode_text(data[c], alphabet))[1:-1], ha="center", va="center",
+                text = repr(decode_text(data[c], alphabet))[1:-1].replace(" ", "·")  # show where the word sits
+                ax.text(0.5, 0.5, text, ha="center", va="center",
                         fontsize=6, family="monospace", wrap=True)
             if c == 0:
                 ax.set_ylabel(m.name, fontsize=8)
