@@ -246,6 +246,39 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             raise typer.Exit(1)
 
 
+classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.")
+app.add_typer(classifiers_app, name="classifiers")
+
+
+@classifiers_app.command("train")
+def classifiers_train(dataset: str = typer.Argument(..., help="A prepared dataset."),
+                      variant: Optional[str] = typer.Option(None, "--variant", "-v"),
+                      epochs: int = typer.Option(10, help="Training epochs per modality."),
+                      data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Train (or load from the cache) one coherence classifier per modality and print their test accuracy.
+
+    Example: mmbench classifiers train polymnist --epochs 30
+    """
+    from .config import EvalConfig
+    from .data.base import load_split
+    from .metrics.classifiers import cache_dir, get_classifiers
+    from .registry import DATASETS
+
+    spec = DATASETS.get(dataset)()
+    variant = spec.check_variant(variant)
+    cfg = EvalConfig(classifier_epochs=epochs)
+    train_split, test_split = (load_split(spec, variant, s, data_root) for s in ("train", "test"))
+    with progress_bar() as progress:
+        _, acc = get_classifiers(spec, variant, train_split, test_split, cfg, data_root, progress, check=False)
+    t = Table(title=f"coherence classifiers: {dataset} ({variant}), {epochs} epochs")
+    t.add_column("modality")
+    t.add_column("test accuracy")
+    for m, a in acc.items():
+        t.add_row(m, f"{a:.4f}")
+    console.print(t)
+    console.print(f"cached in {cache_dir(spec, variant, epochs, data_root)}")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.")
 app.add_typer(bench_app, name="bench")
 

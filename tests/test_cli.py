@@ -118,9 +118,10 @@ def test_bad_input_gives_one_line(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list"])
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train",
+                                 "bench load"])
 def test_help_has_example(cmd):
-    r = mmbench(cmd, "--help")
+    r = mmbench(*cmd.split(), "--help")
     assert r.returncode == 0 and "Example: mmbench " + cmd in r.stdout
 
 
