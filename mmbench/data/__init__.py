@@ -1,2 +1,2 @@
 """Datasets: one module each; importing them registers them."""
-from . import mnist_svhn_text, polydigits, polymnist  # noqa: F401
+from . import celeba, mnist_svhn_text, polydigits, polymnist  # noqa: F401

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ def _download(url: str, part: Path, progress: Callable[[str, int, int], None], t
 
 def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
           progress: Optional[Callable[[str, int, int], None]] = None, timeout: float = 60.0) -> Path:
-    """The verified raw file `res` in `raw_dir`: copied from `source`, already there, or downloaded."""
+    """The verified raw file `res`: the user's copy in `source`, or in `raw_dir` (already there or downloaded)."""
     progress = progress or (lambda *a: None)
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -80,9 +79,7 @@ def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
         if not src.exists():
             raise MMBenchError(f"{res.filename} is not in --source {source}; put it there or drop --source to download it")
         _check(src, res, delete=False)
-        if src.resolve() != dest.resolve():
-            shutil.copyfile(src, dest)
-        return dest
+        return src  # read in place: the user's copy is verified, not duplicated
     if dest.exists():
         _check(dest, res, delete=True)
         return dest
@@ -97,5 +94,7 @@ def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
         part.rename(dest)
         _check(dest, res, delete=True)
         return dest
+    if not res.urls:
+        raise MMBenchError(f"{res.filename} has no download URL; download it yourself and pass --source DIR")
     raise MMBenchError(f"could not download {res.filename} ({'; '.join(errors)}); "
                        f"download it yourself and pass --source DIR")

@@ -1,0 +1,77 @@
+"""Bimodal CelebA from a fixture in the published layout (zip of aligned JPEGs + the two txt files)."""
+import hashlib
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmbench.data import celeba
+from mmbench.data.base import load_split, prepare, read_manifest
+from mmbench.data.mnist_svhn_text import ALPHABET
+from mmbench.errors import MMBenchError
+from mmbench.registry import DATASETS
+
+NAMES = [f"Attr_{i:02d}" for i in range(40)]
+PARTS = [0, 0, 0, 0, 1, 1, 2, 0, 1, 2]
+
+
+@pytest.fixture()
+def source(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    attrs = rng.choice([-1, 1], size=(len(PARTS), 40))
+    attrs[0] = 1  # every attribute: the text must be cut to 256 characters
+    attrs[1] = -1  # none: an empty text
+    with zipfile.ZipFile(src / "img_align_celeba.zip", "w") as zf:
+        for i in range(len(PARTS)):
+            img = np.zeros((218, 178, 3), np.uint8)
+            img[35:183, 15:163] = 40 + 20 * i  # the crop is flat; outside it is black
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            zf.writestr(f"img_align_celeba/{i + 1:06d}.jpg", buf.getvalue())
+    lines = [str(len(PARTS)), " ".join(NAMES)]
+    lines += [f"{i + 1:06d}.jpg " + " ".join(f"{a:2d}" for a in attrs[i]) for i in range(len(PARTS))]
+    (src / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (src / "list_eval_partition.txt").write_text("".join(f"{i + 1:06d}.jpg {p}\n" for i, p in enumerate(PARTS)))
+    for f in celeba.FILES:
+        monkeypatch.setitem(celeba.FILES, f, hashlib.md5((src / f).read_bytes()).hexdigest())
+    return src, attrs
+
+
+def test_prepare_crops_texts_and_splits(tmp_path, source):
+    src, attrs = source
+    spec = DATASETS.get("celeba")()
+    path = prepare(spec, None, seed=0, data_root=tmp_path / "d", options={"source": str(src)})
+    m = read_manifest(path)
+    assert m["counts"] == {"train": 5, "test": 3} and m["attributes"] == NAMES
+    train = load_split(spec, None, "train", tmp_path / "d")
+    test = load_split(spec, None, "test", tmp_path / "d")
+    img = train.x["img"]
+    assert img.shape == (5, 3, 64, 64)
+    assert abs(int(img[0].float().mean()) - 40) <= 2  # only the centre crop survives (no black border)
+    assert test.labels.tolist() == (attrs[[4, 5, 8]] > 0).astype(int).tolist()
+    texts = ["".join(ALPHABET[c] for c in row) for row in train.x["text"].tolist()]
+    assert all(len(t) == 256 for t in texts)
+    full = texts[0].strip("*")
+    assert full.startswith("attr 00, attr 01") and 256 - 9 < len(full) <= 256 and full == full.lower()
+    assert texts[1] == "*" * 256
+    t3 = texts[2].strip("*")
+    assert t3 == ", ".join(n.replace("_", " ").lower() for n, a in zip(NAMES, attrs[2]) if a > 0)
+    assert texts[2].index(t3[0]) < 255 - len(t3)
+    assert train.batch(np.arange(2))["text"].shape == (2, 256, 71)
+    # the official test split on request
+    other = prepare(spec, None, seed=0, data_root=tmp_path / "e", options={"source": str(src), "test_partition": 2})
+    assert read_manifest(other)["counts"]["test"] == 2
+
+
+def test_celeba_needs_source_and_intact_files(tmp_path, source):
+    src, _ = source
+    spec = DATASETS.get("celeba")()
+    with pytest.raises(MMBenchError, match="no stable download URL"):
+        prepare(spec, None, data_root=tmp_path / "d")
+    (src / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    with pytest.raises(MMBenchError, match=r"list_eval_partition.txt: md5 .* does not match"):
+        prepare(spec, None, data_root=tmp_path / "d", options={"source": str(src)})
