@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import MMBenchError
+from .download import file_digest
 
 MANIFEST = "manifest.json"
 
@@ -68,17 +69,6 @@ class DatasetSpec:
         return variant
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 class ArrayWriter:
     """Collects the arrays of a build into a temporary directory."""
 
@@ -90,7 +80,7 @@ class ArrayWriter:
     def write(self, key: str, array: np.ndarray) -> None:
         path = self.dir / f"{key}.npy"
         np.save(path, np.ascontiguousarray(array))
-        self.arrays[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": sha256_file(path)}
+        self.arrays[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": file_digest(path, "sha256")}
 
 
 def dataset_dir(name: str, variant: str, data_root: Optional[Path] = None) -> Path:
@@ -125,7 +115,7 @@ def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> Non
         st = path.stat()
         stamp = meta.get("stat")
         if full or stamp != [st.st_size, st.st_mtime_ns]:
-            actual = sha256_file(path)
+            actual = file_digest(path, "sha256")
             if actual != meta["sha256"]:
                 raise MMBenchError(
                     f"{path} does not match its manifest (sha256 {actual[:12]}…, expected {meta['sha256'][:12]}…); {fix}")
@@ -257,12 +247,12 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
 
     x = {m.name: (Indexed(array(f"{split}_base_{m.name}"), array(f"{split}_index_{m.name}").long())
                   if f"{split}_index_{m.name}" in manifest["arrays"] else array(f"{split}_{m.name}")) for m in mods}
-    labels = torch.from_numpy(np.load(directory / f"{split}_labels.npy")).long()
+    labels = array(f"{split}_labels").long()
     extra = {}
     prefix = f"{split}_extra_"
     for key in manifest["arrays"]:
         if key.startswith(prefix):
-            extra[key[len(prefix):]] = torch.from_numpy(np.load(directory / f"{key}.npy")).long()
+            extra[key[len(prefix):]] = array(key).long()
     return DataSplit(mods, x, labels, extra)
 
 
