@@ -295,7 +295,7 @@ def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
     """
     import time
 
-    from .data.base import load_split
+    from .data.base import Indexed, load_split
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
@@ -304,7 +304,7 @@ def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
         t0 = time.perf_counter()
         data = load_split(spec, variant, split, data_root)
         times.append(time.perf_counter() - t0)
-    size = sum((v.base.numel() + v.index.numel() * 8) if hasattr(v, "base") else v.numel() for v in data.x.values())
+    size = sum(v.base.numel() + v.index.numel() * 8 if isinstance(v, Indexed) else v.numel() for v in data.x.values())
     console.print(f"{dataset} ({spec.check_variant(variant)}) {split}: {len(data)} tuples, {size / 2**20:.0f} MiB "
                   f"in memory; load {min(times):.2f} s (best of {len(times)}; all: "
                   + ", ".join(f"{t:.2f}" for t in times) + ")")

@@ -7,6 +7,8 @@ from typing import List
 
 import pandas as pd
 
+from .report import group_title, series_names
+
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
 
 
@@ -29,20 +31,21 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     sub["family"] = sub["metric"].str.split("/").str[0]
     sub["n"] = sub["metric"].str.split("/").str[1].astype(int)
     for (dataset, variant, tables), g in sub.groupby(["dataset", "variant", "tables"]):
+        names = series_names(g)
+        g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
         fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
         for ax, (family, label) in zip(axes[0], PANELS):
             fam = g[g["family"] == family]
-            for method, mg in fam.groupby("method"):
+            for series, mg in fam.groupby("series"):
                 agg = mg.groupby("n")["value"].agg(["mean", "std"]).reset_index()
-                ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3, label=method)
+                ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3, label=series)
             ax.set_xticks(sorted(fam["n"].unique()))
             ax.set_xlabel("number of input modalities")
             ax.set_ylabel(label)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
         axes[0][0].legend(frameon=False, loc="lower right")
-        title = f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(group_title(dataset, variant, tables), fontsize=10)
         fig.tight_layout()
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{variant}-{'-'.join(tables) or 'runs'}-by-inputs").strip("_")
         for ext in ("png", "svg"):

@@ -115,6 +115,18 @@ def metric_label(metric: str) -> str:
     return {"coherence/joint": "joint coherence (prior samples)"}.get(metric, metric)
 
 
+def group_title(dataset: str, variant: str, tables: Tuple[str, ...]) -> str:
+    return f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
+
+
+def series_names(sub: pd.DataFrame) -> Dict[Tuple[str, str], str]:
+    """A label per (method, config group): the method's name, plus the group hash where one method
+    has several configurations (e.g. a β sweep), so that they are never averaged as if they were seeds."""
+    pairs = sub[["method", "group"]].drop_duplicates()
+    several = pairs["method"].value_counts()
+    return {(m, g): m if several[m] == 1 else f"{m} [{g}]" for m, g in pairs.itertuples(index=False)}
+
+
 def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
     """Per (dataset, variant, tables) group: headline metrics × methods, mean ± std over seeds."""
     out = []
@@ -122,16 +134,17 @@ def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
         return out
     head = frame[frame["metric"].str.match(HEADLINE)]
     for (dataset, variant, tables), sub in head.groupby(["dataset", "variant", "tables"], sort=True):
-        agg = sub.groupby(["method", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+        names = series_names(sub)
+        sub = sub.assign(series=[names[k] for k in zip(sub["method"], sub["group"])])
+        agg = sub.groupby(["series", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
         agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
-        wide = agg.pivot_table(index="metric", columns="method", values="cell", aggfunc="first")
+        wide = agg.pivot_table(index="metric", columns="series", values="cell", aggfunc="first")
         order = sorted(wide.index, key=lambda k: (k.startswith("coherence/"), k))  # by-n rows first, joint last
         wide = wide.loc[order]
-        seeds = sub.groupby("method")["seed"].nunique()
+        seeds = sub.groupby("series")["seed"].nunique()
         wide.columns = [f"{m} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in wide.columns]
         wide.index = [metric_label(k) for k in wide.index]
-        title = f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
-        out.append((title, wide.reset_index().rename(columns={"index": "metric"})))
+        out.append((group_title(dataset, variant, tables), wide.reset_index().rename(columns={"index": "metric"})))
     return out
 
 

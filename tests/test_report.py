@@ -96,3 +96,16 @@ def test_every_reference_cell_is_reachable_from_a_suite():
             used = set(rest.replace("->", "+").split("+")) - {"joint"}
             ok = ok or used <= names
         assert ok, f"no suite run produces {c.table} / {c.row} / {c.column} ({c.method}, {c.metric})"
+
+
+def test_two_configurations_of_one_method_are_not_averaged(tmp_path):
+    runs = tmp_path / "runs"
+    for beta, acc in ((1.0, 0.2), (5.0, 0.8)):
+        cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta}, "tables": ["T"]})
+        run = Run(cfg, runs)
+        run.init()
+        run.write_metrics({"latent_acc_by_n/1": acc})
+    (title, table), = build_report(runs, None)["summaries"]
+    assert len(table.columns) == 3  # metric + one column per configuration
+    assert sorted(table.iloc[0, 1:]) == ["0.200", "0.800"]
+    assert all(c.startswith("mopoe [") and c.endswith("(1 seed)") for c in table.columns[1:])
