@@ -63,7 +63,16 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import data, methods, metrics, nets, likelihoods  # noqa: F401
+    import importlib
+    import pkgutil
+
+    from . import likelihoods  # noqa: F401
+
+    # Every module of these packages registers what it defines; a new file needs no list edited.
+    for pkg in ("data", "methods", "metrics", "nets"):
+        package = importlib.import_module(f"{__package__}.{pkg}")
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def describe(obj: Any) -> str:

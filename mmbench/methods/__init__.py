@@ -1,2 +1,1 @@
-"""Methods: one module each; importing them registers them."""
-from . import mmvae, mopoe, mvae  # noqa: F401
+"""Methods: one module each; the registry imports every module here (importing registers it)."""

@@ -1,6 +1,5 @@
 """Metrics: functions registered by name that read a trained model through the method interface only.
 
 Each metric is ``fn(ctx: EvalContext) -> dict[str, float]`` and writes stable keys into the run's
-``metrics.json`` (documented in the README's metric table).
+``metrics.json`` (documented in docs/metrics.md). The registry imports every module here.
 """
-from . import coherence, latent  # noqa: F401
