@@ -207,42 +207,48 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
 @app.command()
 def report(runs_dir: Optional[Path] = RUNS_DIR,
            compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
-           fmt: str = typer.Option("terminal", "--format", help="terminal or md."),
-           out: Optional[Path] = typer.Option(None, "--out", help="Write the Markdown report to this file too."),
+           fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex or html."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
+                                                                  "terminal/md, else the chosen format)."),
            plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
            allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail.")) -> None:
-    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values.
+    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
 
-    Example: mmbench report --compare reference_results/ --format md --out report.md
+    Example: mmbench report --compare reference_results/ --format html --out report.html
     """
-    from .report import build_report, render_markdown, render_terminal
+    import tempfile
 
-    formats = ("terminal", "md")
+    from .plots import all_figures
+    from .report import build_report, render_html, render_latex, render_markdown, render_terminal
+    from .results import atomic_write
+
+    formats = ("terminal", "md", "latex", "html")
     if fmt not in formats:
         raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
     rep = build_report(runs_dir, compare)
-    md = render_markdown(rep["summaries"], rep["refs"])
-    if fmt == "md":
-        console.print(md, markup=False, highlight=False)
-    else:
-        render_terminal(console, rep["summaries"], rep["refs"])
-    if out:
-        from .results import atomic_write
-
-        atomic_write(out, md)
-        console.print(f"wrote {out}")
-    if plots:
-        from .plots import by_inputs
-
-        for path in by_inputs(rep["frame"], plots):
-            console.print(f"wrote {path}")
-    cells = rep["cells"]
+    with tempfile.TemporaryDirectory() as tmp:
+        images = []
+        if plots or fmt == "html":
+            written = all_figures(rep, Path(plots or tmp))
+            images = [p for p in written if p.suffix == ".png"]
+            if plots:
+                for path in written:
+                    console.print(f"wrote {path}")
+        args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
+        text = {"md": lambda: render_markdown(*args), "terminal": lambda: render_markdown(*args),
+                "latex": lambda: render_latex(*args), "html": lambda: render_html(*args, images=images)}[fmt]()
+        if fmt == "terminal":
+            render_terminal(console, *args)
+        elif not out:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if out:
+            atomic_write(out, text)
+            console.print(f"wrote {out}")
     if compare:
-        fails = sum(c.status == "fail" for c in cells)
-        missing = sum(c.status == "missing" for c in cells)
-        console.print(f"{sum(c.status == 'pass' for c in cells)} of {len(cells)} reference cells within tolerance, "
-                      f"{fails} failing, {missing} missing")
-        if fails or (missing and not allow_missing):
+        console.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
+                      f"tolerance, {sum(c.status == 'holds' for c in rep.claims)} of {len(rep.claims)} claims hold; "
+                      f"{rep.failures} failing, {rep.missing} missing")
+        if rep.failures or (rep.missing and not allow_missing):
             raise typer.Exit(1)
 
 

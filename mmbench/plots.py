@@ -1,9 +1,15 @@
-"""Figures of the report: metrics against the number of input modalities (MoPoE Fig. 3 style)."""
+"""Figures of the report, in the papers' styles.
+
+* ``by_inputs``: metrics against the number of input modalities (MoPoE Fig. 3, SMVAE Fig. 2);
+* ``beta_sweep``: a representation/coherence metric against reconstruction error or log-likelihood,
+  one point per β, one line per method (MoPoE Figs. 1, 5-6; MM-VAMP Figs. 3, 4, 8, 9);
+* ``all_figures``: every figure the finished runs support.
+"""
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pandas as pd
 
@@ -54,3 +60,75 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             written.append(path)
         plt.close(fig)
     return written
+
+
+def _stem(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)).strip("_")
+
+
+def _save(fig, out_dir: Path, stem: str) -> List[Path]:
+    import matplotlib.pyplot as plt
+
+    written = []
+    for ext in ("png", "svg"):
+        path = out_dir / f"{stem}.{ext}"
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+# x axes (trade-off measure) and y axes (representation / generation quality) of the β-sweep figures.
+SWEEP_X = [("recon/joint", "reconstruction error (all inputs)"), ("recon/self", "self-reconstruction error"),
+           ("loglik/joint", "test log-likelihood")]
+SWEEP_Y = [("latent_acc_by_n/1", "latent accuracy, 1 input"), ("coherence_by_n/1", "coherence, 1 input"),
+           ("coherence/joint", "joint coherence")]
+
+
+def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """Per (dataset, variant, tables) group with several β: y metric vs x metric, points labelled by β,
+    one line per method (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written: List[Path] = []
+    if frame.empty:
+        return written
+    frame = frame.assign(beta=frame["cfg"].apply(lambda c: c.get("method.beta")))
+    for (dataset, variant, tables), g in frame.groupby(["dataset", "variant", "tables"]):
+        if g["beta"].nunique() < 2:
+            continue
+        xs = [(k, lab) for k, lab in SWEEP_X if (g["metric"] == k).any()]
+        ys = [(k, lab) for k, lab in SWEEP_Y if (g["metric"] == k).any()]
+        if not xs or not ys:
+            continue
+        xkey, xlab = xs[0]
+        means = g.groupby(["method", "beta", "metric"])["value"].mean().unstack("metric")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
+        for ax, (ykey, ylab) in zip(axes[0], ys):
+            for method, mg in means.groupby(level="method"):
+                mg = mg.droplevel("method").sort_index()
+                if xkey not in mg or ykey not in mg:
+                    continue
+                ax.plot(mg[xkey], mg[ykey], marker="o", label=method)
+                for beta, row in mg.iterrows():
+                    ax.annotate(f"β={beta:g}", (row[xkey], row[ykey]), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+            ax.set_xlabel(xlab)
+            ax.set_ylabel(ylab)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(frameon=False)
+        fig.suptitle(group_title(dataset, variant, tables) + " — β sweep", fontsize=10)
+        fig.tight_layout()
+        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "beta-sweep"))
+    return written
+
+
+def all_figures(report: Any, out_dir: Path) -> List[Path]:
+    """Every figure the report's runs support (PNG and SVG each)."""
+    out_dir = Path(out_dir)
+    return by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)

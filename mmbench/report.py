@@ -1,16 +1,25 @@
-"""`mmbench report`: aggregate finished runs (mean ± std over seeds) and compare with paper values.
+"""`mmbench report`: aggregate finished runs (mean ± std over seeds) and compare with the papers.
 
-Reference files (``reference_results/*.yaml``, one per paper) list cells, each with paper, table,
-row, column, method, metric key, value, std where printed, and tolerance. A cell is matched by the
-runs whose config says they reproduce that table (``tables``) and that use the cell's method; the
-cell passes when |produced mean - value| <= tolerance. Cells with no run are shown as missing.
+Reference files (``reference_results/*.yaml``, one per paper) hold
+
+* **cells**: paper, table, row, column, method, metric key, value, std where printed, tolerance, source
+  and an optional ``where`` (dotted config paths the matching runs must have, e.g.
+  ``{method.beta: 2.5}``). A cell is matched by the runs whose config says they reproduce that table
+  (``tables``), use the cell's method and satisfy ``where``; it passes when
+  |produced mean - value| <= tolerance. Cells with no run are missing.
+* **claims**: qualitative statements about figures (quoted with page/section), each a list of
+  comparisons ``left op right`` between produced means (or a number) that must all hold, optionally
+  for each value of a config path (``for_each: method.beta``).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import json
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,6 +33,29 @@ from .errors import ConfigError, MMBenchError
 from .results import load_runs
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
+CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{'method': {'beta': 1}} -> {'method.beta': 1} (the paths a `where` filter names)."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
+        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+    return actual == wanted
+
+
+def matches(cfg: Dict[str, Any], where: Optional[Dict[str, Any]]) -> bool:
+    return all(_same(cfg.get(k), v) for k, v in (where or {}).items())
 
 
 @dataclass
@@ -38,6 +70,7 @@ class Cell:
     tolerance: float
     std: Optional[float] = None
     source: str = ""
+    where: Optional[Dict[str, Any]] = None
     produced: Optional[float] = None
     produced_std: Optional[float] = None
     n_runs: int = 0
@@ -49,26 +82,76 @@ class Cell:
         return "pass" if abs(self.produced - self.value) <= self.tolerance + 1e-12 else "fail"
 
 
+@dataclass
+class Claim:
+    id: str
+    paper: str
+    figure: str
+    quote: str
+    source: str
+    holds: List[Dict[str, Any]]
+    where: Optional[Dict[str, Any]] = None
+    for_each: Optional[str] = None
+    status: str = "missing"  # holds / fails / missing
+    details: List[str] = field(default_factory=list)
+
+
+def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "each entry must be a mapping")
+    missing = [f for f in required if f not in raw]
+    if missing:
+        raise ConfigError(where, f"missing field(s) {', '.join(missing)}; an entry needs {', '.join(required)}")
+    known = set(required) | set(optional)
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown field; allowed: {', '.join(sorted(known))}")
+    if raw.get("where") is not None and not isinstance(raw["where"], dict):
+        raise ConfigError(f"{where}.where", "must be a mapping of dotted config paths to values")
+
+
+def _check_side(where: str, side: Any, number_ok: bool) -> None:
+    if number_ok and isinstance(side, (int, float)) and not isinstance(side, bool):
+        return
+    if not isinstance(side, dict) or not {"method", "metric"} <= set(side) or set(side) - {"method", "metric", "where"}:
+        raise ConfigError(where, "must be {method, metric[, where]}" + (" or a number" if number_ok else ""))
+
+
 def load_references(directory: Path) -> List[Cell]:
+    return load_reference_files(directory)[0]
+
+
+def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
+    """Every cell and claim of every reference file, validated (errors name file, entry and field)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MMBenchError(f"reference directory {directory} does not exist; pass --compare reference_results/")
-    cells = []
+    cells: List[Cell] = []
+    claims: List[Claim] = []
     for path in sorted(directory.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(str(path), f"not valid YAML ({str(e).splitlines()[0]})") from None
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
-            if not isinstance(c, dict):
-                raise ConfigError(where, "each cell must be a mapping")
-            missing = [f for f in CELL_FIELDS if f not in c]
-            if missing:
-                raise ConfigError(where, f"missing field(s) {', '.join(missing)}; a cell needs {', '.join(CELL_FIELDS)}")
-            known = set(CELL_FIELDS) | {"std", "source"}
-            unknown = set(c) - known
-            if unknown:
-                raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown field; allowed: {', '.join(sorted(known))}")
-            cells.append(Cell(**{k: c[k] for k in c}))
-    return cells
+            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where"))
+            cells.append(Cell(**c))
+        for i, c in enumerate(raw.get("claims") or []):
+            where = f"{path}: claims[{i}]"
+            _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each"))
+            if not isinstance(c["holds"], list) or not c["holds"]:
+                raise ConfigError(f"{where}.holds", "must be a non-empty list of {left, op, right} comparisons")
+            for j, h in enumerate(c["holds"]):
+                hw = f"{where}.holds[{j}]"
+                if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin"} or not {"left", "op", "right"} <= set(h):
+                    raise ConfigError(hw, "must be {left, op, right[, margin]}")
+                if h["op"] not in OPS:
+                    raise ConfigError(f"{hw}.op", f"must be one of {', '.join(OPS)}")
+                _check_side(f"{hw}.left", h["left"], number_ok=False)
+                _check_side(f"{hw}.right", h["right"], number_ok=True)
+            claims.append(Claim(**c))
+    return cells, claims
 
 
 def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
@@ -78,23 +161,81 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         cfg = r["config"].to_dict()
         seedless = {k: v for k, v in cfg.items() if k not in ("seed", "tables")}
         group = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:8]
+        flat = flatten(cfg)
+        flat["variant"] = cfg["variant"] or "default"
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
-                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value)})
+                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat})
     return pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
-                                       "value"])
+                                       "value", "cfg"])
+
+
+def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: Optional[Dict[str, Any]]) -> pd.DataFrame:
+    """Rows of runs that serve `table`, use `method`, report `metric` and satisfy every `where`."""
+    if frame.empty:
+        return frame
+    sel = frame[(frame["method"] == method) & (frame["metric"] == metric)
+                & frame["tables"].apply(lambda t: table in t)]
+    for w in wheres:
+        if w:
+            sel = sel[sel["cfg"].apply(lambda c, w=w: matches(c, w))]
+    return sel
 
 
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     for c in cells:
-        sel = frame[(frame["method"] == c.method) & (frame["metric"] == c.metric)
-                    & frame["tables"].apply(lambda t, name=c.table: name in t)]
+        sel = select(frame, c.table, c.method, c.metric, c.where)
         if len(sel):
             c.produced = float(sel["value"].mean())
             c.produced_std = float(sel["value"].std(ddof=0)) if len(sel) > 1 else 0.0
             c.n_runs = len(sel)
     return cells
+
+
+def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, float]:
+    """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None)."""
+    sel = select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where"))
+    if sel.empty:
+        return {}
+    if not claim.for_each:
+        return {None: float(sel["value"].mean())}
+    keys = sel["cfg"].apply(lambda c: c.get(claim.for_each))
+    return {k: float(sel["value"][keys == k].mean()) for k in dict.fromkeys(keys)}
+
+
+def _side_label(side: Any) -> str:
+    return f"{side}" if not isinstance(side, dict) else f"{side['method']} {side['metric']}"
+
+
+def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
+    """A claim holds when every comparison holds (for every `for_each` value present on both sides)."""
+    for c in claims:
+        c.details, verdicts = [], []
+        for h in c.holds:
+            left = side_values(frame, c, h["left"])
+            right = ({k: float(h["right"]) for k in left} if not isinstance(h["right"], dict)
+                     else side_values(frame, c, h["right"]))
+            common = [k for k in left if k in right]
+            if not common:
+                verdicts.append(None)
+                c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}: no runs")
+                continue
+            margin = float(h.get("margin", 0.0))
+            for k in common:
+                ok = OPS[h["op"]](left[k] + (margin if h["op"] in (">", ">=") else -margin), right[k])
+                verdicts.append(ok)
+                at = f" at {c.for_each}={k}" if c.for_each else ""
+                c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
+                                 f"{' (' + _side_label(h['right']) + ')' if isinstance(h['right'], dict) else ''}"
+                                 f"{at}: {'yes' if ok else 'NO'}")
+        if any(v is False for v in verdicts):
+            c.status = "fails"
+        elif verdicts and all(v is True for v in verdicts):
+            c.status = "holds"
+        else:
+            c.status = "missing"
+    return claims
 
 
 def pm(mean: Optional[float], std: Optional[float]) -> str:
@@ -103,16 +244,20 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
     return f"{mean:.3f}" if not std else f"{mean:.3f} ± {std:.3f}"
 
 
-HEADLINE = r"^(latent_acc_by_n|coherence_by_n)/|^coherence/joint$"
+HEADLINE = (r"^(latent_acc_by_n|coherence_by_n|fid_by_n|loglik_by_n)/|^coherence/joint$|^recon/(joint|self)$"
+            r"|^loglik/joint$")
+FAMILY_LABELS = {"latent_acc_by_n": "latent accuracy", "coherence_by_n": "coherence", "fid_by_n": "FID",
+                 "loglik_by_n": "log-likelihood"}
+FIXED_LABELS = {"coherence/joint": "joint coherence (prior samples)", "recon/joint": "reconstruction error (all inputs)",
+                "recon/self": "self-reconstruction error", "loglik/joint": "log-likelihood (joint posterior)"}
 
 
 def metric_label(metric: str) -> str:
     """'latent_acc_by_n/2' -> 'latent accuracy, 2 inputs' (mean over subsets of that size)."""
     family, _, arg = metric.partition("/")
-    names = {"latent_acc_by_n": "latent accuracy", "coherence_by_n": "coherence"}
-    if family in names:
-        return f"{names[family]}, {arg} input{'s' if arg != '1' else ''}"
-    return {"coherence/joint": "joint coherence (prior samples)"}.get(metric, metric)
+    if family in FAMILY_LABELS:
+        return f"{FAMILY_LABELS[family]}, {arg} input{'s' if arg != '1' else ''}"
+    return FIXED_LABELS.get(metric, metric)
 
 
 def group_title(dataset: str, variant: str, tables: Tuple[str, ...]) -> str:
@@ -139,12 +284,16 @@ def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
         agg = sub.groupby(["series", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
         agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
         wide = agg.pivot_table(index="metric", columns="series", values="cell", aggfunc="first")
-        order = sorted(wide.index, key=lambda k: (k.startswith("coherence/"), k))  # by-n rows first, joint last
+        order = sorted(wide.index, key=lambda k: (not k.startswith(("latent_acc", "coherence_by")),
+                                                   k.startswith("coherence/"), k))
         wide = wide.loc[order]
         seeds = sub.groupby("series")["seed"].nunique()
         wide.columns = [f"{m} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in wide.columns]
         wide.index = [metric_label(k) for k in wide.index]
-        out.append((group_title(dataset, variant, tables), wide.reset_index().rename(columns={"index": "metric"})))
+        title = group_title(dataset, variant, tables)
+        if any(c.get("dataset_simulated") for c in sub["cfg"]) or "simulated" in variant:
+            title += " [SIMULATED DATA]"
+        out.append((title, wide.reset_index().rename(columns={"index": "metric"}).fillna("—")))
     return out
 
 
@@ -173,37 +322,158 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
     return out
 
 
-def render_markdown(summaries, refs) -> str:
+def claims_table(claims: List[Claim]) -> pd.DataFrame:
+    mark = {"holds": "✓ holds", "fails": "✗ fails", "missing": "missing"}
+    return pd.DataFrame([{"claim": c.id, "figure": c.figure, "verdict": mark[c.status],
+                          "evidence": "; ".join(c.details), "paper says": f"“{c.quote}” ({c.source})"}
+                         for c in claims], columns=["claim", "figure", "verdict", "evidence", "paper says"])
+
+
+def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
+    """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing'."""
+    papers = list(dict.fromkeys([c.paper for c in cells] + [c.paper for c in claims]))
+    lines = []
+    for p in papers:
+        cs = [c for c in cells if c.paper == p]
+        ks = [c for c in claims if c.paper == p]
+        missing = sum(c.status == "missing" for c in cs) + sum(c.status == "missing" for c in ks)
+        lines.append(f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
+                     f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing")
+    return lines
+
+
+@dataclass
+class Report:
+    frame: pd.DataFrame
+    summaries: List[Tuple[str, pd.DataFrame]]
+    refs: List[Tuple[str, pd.DataFrame, str]]
+    cells: List[Cell]
+    claims: List[Claim]
+    paper_lines: List[str]
+
+    def __getitem__(self, key: str) -> Any:  # dict-style access kept for callers and tests
+        return getattr(self, key)
+
+    @property
+    def failures(self) -> int:
+        return sum(c.status == "fail" for c in self.cells) + sum(c.status == "fails" for c in self.claims)
+
+    @property
+    def missing(self) -> int:
+        return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.claims)
+
+
+def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
+    frame = runs_frame(runs_dir)
+    cells, claims = load_reference_files(compare) if compare else ([], [])
+    fill(cells, frame)
+    evaluate_claims(claims, frame)
+    return Report(frame, summary_tables(frame), reference_tables(cells), cells, claims,
+                  paper_summaries(cells, claims))
+
+
+# ----- rendering ---------------------------------------------------------------------------------
+CELL_KEY = "Each cell: produced (mean ± std over seeds) | paper value (± printed std) | difference and verdict."
+
+
+def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
+                    images: Optional[List[Path]] = None) -> str:
     parts = ["# mmbench report", ""]
+    if paper_lines:
+        parts += [f"- {line}" for line in paper_lines] + [""]
     for title, df in summaries:
         parts += [f"## {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), ""]
     if refs:
-        parts += ["## Comparison with the papers", "",
-                  "Each cell: produced (mean ± std over seeds) | paper value (± printed std) | difference and verdict.", ""]
+        parts += ["## Comparison with the papers", "", CELL_KEY, ""]
     for title, df, summary in refs:
         parts += [f"### {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), "",
                   f"*{summary}*", ""]
+    if claims:
+        parts += ["## Claims about the papers' figures", "",
+                  tabulate(claims_table(claims), headers="keys", tablefmt="github", showindex=False), ""]
+    for img in images or []:
+        parts += [f"![{img.stem}]({img.name})", ""]
     return "\n".join(parts)
 
 
-def render_terminal(console: Console, summaries, refs) -> None:
+def render_latex(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None) -> str:
+    """A LaTeX fragment (booktabs tables) to \\input into a document."""
+    def esc(text: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("|", r"\textbar{}"), (">=", r"$\geq$"), ("<=", r"$\leq$"),
+                     (">", r"$>$"), ("<", r"$<$"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                     ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("✓", r"\checkmark"), ("✗", r"$\times$"),
+                     ("—", "--"), ("→", r"$\to$"), ("“", "``"), ("”", "''")):
+            text = text.replace(a, b)
+        return text
+
+    def table(title: str, df: pd.DataFrame, caption: str = "") -> List[str]:
+        head = " & ".join(rf"\textbf{{{esc(str(c))}}}" for c in df.columns) + r" \\"
+        rows = [" & ".join(esc(str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+        return [r"\begin{table}[ht]", r"\centering\footnotesize", rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}",
+                r"\toprule", head, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}",
+                rf"\caption{{{esc(title)}{('. ' + esc(caption)) if caption else ''}}}", r"\end{table}", ""]
+
+    parts = ["% mmbench report (generated)", ""]
+    for line in paper_lines or []:
+        parts += [esc(line) + r"\\"]
+    for title, df in summaries:
+        parts += table(title, df)
+    for title, df, summary in refs:
+        parts += table(title, df, summary)
+    if claims:
+        parts += table("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
+    return "\n".join(parts)
+
+
+def render_html(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
+                images: Optional[List[Path]] = None, title: str = "mmbench report") -> str:
+    """One self-contained page: every table, and every PNG figure embedded as a data URI."""
+    def table(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, escape=True, border=0, classes="t")
+
+    css = ("body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1400px}table.t{border-collapse:collapse;"
+           "margin:.5em 0 1.5em}table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;"
+           "vertical-align:top}table.t th{background:#f4f4f4}caption,.cap{color:#555;font-style:italic}"
+           "img{max-width:100%;margin:1em 0;border:1px solid #eee}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if paper_lines:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in paper_lines) + "</ul>")
+    for t, df in summaries:
+        parts += [f"<h2>{html.escape(t)}</h2>", table(df)]
+    if refs:
+        parts += ["<h2>Comparison with the papers</h2>", f"<p class='cap'>{html.escape(CELL_KEY)}</p>"]
+    for t, df, summary in refs:
+        parts += [f"<h3>{html.escape(t)}</h3>", table(df), f"<p class='cap'>{html.escape(summary)}</p>"]
+    if claims:
+        parts += ["<h2>Claims about the papers' figures</h2>", table(claims_table(claims))]
+    if images:
+        parts.append("<h2>Figures</h2>")
+        for img in images:
+            data = base64.b64encode(Path(img).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{html.escape(img.stem)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption class='cap'>{html.escape(img.stem)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_terminal(console: Console, summaries, refs, claims: Optional[List[Claim]] = None,
+                    paper_lines: Optional[List[str]] = None) -> None:
     def show(title: str, df: pd.DataFrame, caption: str = "") -> None:
         t = Table(title=title, caption=caption or None, show_lines=False)
         for c in df.columns:
-            t.add_column(str(c))
+            t.add_column(str(c), overflow="fold")
         for _, row in df.iterrows():
             t.add_row(*[str(v) for v in row.values])
         console.print(t)
 
-    if not summaries and not refs:
+    if not summaries and not refs and not claims:
         console.print("no finished runs found")
     for title, df in summaries:
         show(title, df)
     for title, df, summary in refs:
         show(title, df, summary)
-
-
-def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Dict[str, Any]:
-    frame = runs_frame(runs_dir)
-    cells = fill(load_references(compare), frame) if compare else []
-    return {"frame": frame, "summaries": summary_tables(frame), "refs": reference_tables(cells), "cells": cells}
+    if claims:
+        show("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
+    for line in paper_lines or []:
+        console.print(line)

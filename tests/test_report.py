@@ -72,30 +72,57 @@ def test_shipped_references_are_complete_and_unchanged():
     assert cells
     for c in cells:
         assert c.paper and c.table and c.row and c.column and c.source
-        assert c.tolerance > 0 and 0 <= c.value <= 1
+        assert c.tolerance > 0
+        if c.metric.split("/")[0] in FRACTION_FAMILIES:
+            assert 0 <= c.value <= 1, f"{c.table} {c.row} {c.column}: fractions are stored as 0..1"
         if c.std is not None:
             assert c.tolerance >= c.std
 
 
-METRIC_OF_KEY = {"latent_acc": "latent_classification", "coherence": "coherence"}
+FRACTION_FAMILIES = {"latent_acc", "latent_acc_by_n", "coherence", "coherence_by_n", "latent_ap", "coherence_ap"}
+METRIC_OF_KEY = {"latent_acc": "latent_classification", "latent_acc_by_n": "latent_classification",
+                 "coherence": "coherence", "coherence_by_n": "coherence", "fid": "fid", "fid_by_n": "fid",
+                 "loglik": "loglik", "loglik_by_n": "loglik", "loglik_mod": "loglik", "recon": "reconstruction",
+                 "latent_ap": "latent_ap", "coherence_ap": "coherence_ap"}
 
 
-def test_every_reference_cell_is_reachable_from_a_suite():
-    """Each cell's table, method and metric key is produced by some run of some suite (full tier)."""
+def _producers(runs, table, method, metric, *wheres):
+    """Suite runs (full tier) that serve `table` with `method`, compute `metric` and satisfy the filters."""
     from mmbench.registry import DATASETS
+    from mmbench.report import flatten, matches
+
+    family, _, rest = metric.partition("/")
+    out = []
+    for r in runs:
+        if table not in r.tables or r.method.name != method or METRIC_OF_KEY[family] not in r.eval.metrics:
+            continue
+        flat = flatten(r.to_dict())
+        if not all(matches(flat, w) for w in wheres if w):
+            continue
+        names = {m.name for m in DATASETS.get(r.dataset)().modalities(r.variant)}
+        used = set(rest.replace("->", "+").split("+")) - {"joint", "self", "prior"}
+        if family.endswith("_by_n") or used <= names:
+            out.append(r)
+    return out
+
+
+def test_every_reference_cell_and_claim_is_reachable_from_a_suite():
+    """Each cell's table, method, filters and metric key are produced by some run of some suite (full
+    tier); so is each side of each claim."""
+    from mmbench.report import load_reference_files
     from mmbench.suite import load_suite
 
     runs = [r for p in sorted((ROOT / "suites").glob("*.yaml")) for r in load_suite(p).runs("full")]
-    for c in load_references(ROOT / "reference_results"):
-        family, _, rest = c.metric.partition("/")
-        ok = False
-        for r in runs:
-            if c.table not in r.tables or r.method.name != c.method or METRIC_OF_KEY[family] not in r.eval.metrics:
-                continue
-            names = {m.name for m in DATASETS.get(r.dataset)().modalities(r.variant)}
-            used = set(rest.replace("->", "+").split("+")) - {"joint"}
-            ok = ok or used <= names
-        assert ok, f"no suite run produces {c.table} / {c.row} / {c.column} ({c.method}, {c.metric})"
+    cells, claims = load_reference_files(ROOT / "reference_results")
+    for c in cells:
+        assert _producers(runs, c.table, c.method, c.metric, c.where), \
+            f"no suite run produces {c.table} / {c.row} / {c.column} ({c.method}, {c.metric}, where {c.where})"
+    for k in claims:
+        for h in k.holds:
+            for side in (h["left"], h["right"]):
+                if isinstance(side, dict):
+                    assert _producers(runs, k.figure, side["method"], side["metric"], k.where, side.get("where")), \
+                        f"claim {k.id}: no suite run produces {side} for {k.figure}"
 
 
 def test_two_configurations_of_one_method_are_not_averaged(tmp_path):
@@ -109,3 +136,60 @@ def test_two_configurations_of_one_method_are_not_averaged(tmp_path):
     assert len(table.columns) == 3  # metric + one column per configuration
     assert sorted(table.iloc[0, 1:]) == ["0.200", "0.800"]
     assert all(c.startswith("mopoe [") and c.endswith("(1 seed)") for c in table.columns[1:])
+
+
+def test_where_filters_and_claims(tmp_path):
+    runs = tmp_path / "runs"
+    for method, beta, seed, acc in (("mopoe", 1.0, 0, 0.9), ("mopoe", 1.0, 1, 0.8), ("mopoe", 4.0, 0, 0.6),
+                                    ("mmvae", 1.0, 0, 0.7), ("mmvae", 4.0, 0, 0.7)):
+        cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, "beta": beta}, "seed": seed,
+                                "tables": ["Fig X"]})
+        run = Run(cfg, runs)
+        run.init()
+        run.write_metrics({"latent_acc_by_n/2": acc})
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    side = {"method": "mopoe", "metric": "latent_acc_by_n/2"}
+    other = {"method": "mmvae", "metric": "latent_acc_by_n/2"}
+    (refs / "p.yaml").write_text(yaml.safe_dump({
+        "cells": [{"paper": "P", "table": "Fig X", "row": "MoPoE", "column": "b1", "method": "mopoe",
+                   "metric": "latent_acc_by_n/2", "value": 0.85, "tolerance": 0.01, "where": {"method.beta": 1}}],
+        "claims": [
+            {"id": "always-better", "paper": "P", "figure": "Fig X", "quote": "q", "source": "p. 1",
+             "for_each": "method.beta", "holds": [{"left": side, "op": ">=", "right": other}]},
+            {"id": "better-at-1", "paper": "P", "figure": "Fig X", "quote": "q", "source": "p. 1",
+             "where": {"method.beta": 1.0}, "holds": [{"left": side, "op": ">", "right": other},
+                                                       {"left": side, "op": ">", "right": 0.5}]},
+            {"id": "no-runs", "paper": "P", "figure": "Fig Y", "quote": "q", "source": "p. 2",
+             "holds": [{"left": side, "op": ">", "right": 0.5}]},
+        ]}))
+    rep = build_report(runs, refs)
+    (cell,) = rep.cells
+    assert cell.produced == pytest.approx(0.85) and cell.n_runs == 2 and cell.status == "pass"  # β=4 run excluded
+    verdicts = {c.id: c.status for c in rep.claims}
+    assert verdicts == {"always-better": "fails", "better-at-1": "holds", "no-runs": "missing"}
+    fails = next(c for c in rep.claims if c.id == "always-better")
+    assert any("method.beta=4.0: NO" in d for d in fails.details)
+    assert rep.paper_lines == ["P: 1 of 1 cells within tolerance, 1 of 3 claims hold, 1 missing"]
+    assert rep.failures == 1 and rep.missing == 1
+
+    from mmbench.report import render_html, render_latex
+    args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
+    tex = render_latex(*args)
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "always-better" in tex and "±" not in tex
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"\x89PNG fake")
+    page = render_html(*args, images=[png])
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "better-at-1" in page
+
+
+def test_malformed_claims_are_named(tmp_path):
+    from mmbench.report import load_reference_files
+    bad = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "s",
+           "holds": [{"left": {"method": "m", "metric": "k"}, "op": "=>", "right": 1}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"claims": [bad]}))
+    with pytest.raises(ConfigError, match=r"r.yaml: claims\[0\].holds\[0\].op: must be one of"):
+        load_reference_files(tmp_path)
+    (tmp_path / "r.yaml").write_text("cells: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_reference_files(tmp_path)
