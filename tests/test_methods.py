@@ -19,7 +19,7 @@ def batch(n=16, seed=0):
     return {m.name: torch.rand(n, 3, 28, 28, generator=g) for m in MODS}
 
 
-@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae"])
+@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae", "mopoe_eq5"])
 def test_interface_shapes(name):
     model = make(name)
     x = batch()
@@ -36,7 +36,7 @@ def test_interface_shapes(name):
     assert model.encode(only, ("m1",)).mean.shape == (16, 8)
 
 
-@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae"])
+@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae", "mopoe_eq5"])
 def test_loss_falls_with_finite_gradients(name):
     model = make(name)
     x = batch(32)
@@ -82,3 +82,23 @@ def test_mvae_always_has_prior_expert():
     mu, logvar = model.unimodal(x, ["m1"])
     q = model.encode(x, ("m1",))
     assert torch.allclose(q.logvar, -torch.log(1 / (logvar[0].exp() + 1e-8) + 1), atol=1e-5)
+
+
+def test_eq5_objective_is_the_average_of_subset_elbos():
+    """Brute force: for each subset separately, its posterior's sample reconstructs all modalities."""
+    model = make("mopoe_eq5")
+    x = batch(4)
+    torch.manual_seed(3)
+    loss, _ = model.loss(x)
+    torch.manual_seed(3)
+    subsets = all_subsets(model.names)
+    mu, logvar = model.unimodal(x, model.names)
+    comps = model.poe(mu, logvar, model.names, subsets)
+    eps = torch.randn_like(comps.mu)  # the same noise the loss drew (one rsample of the K×B×D posterior)
+    terms = []
+    for k in range(len(subsets)):
+        q = comps[k]
+        z = q.mu + eps[k] * (0.5 * q.logvar).exp()
+        nll = sum(-model.likelihoods[m].log_prob(model.decoders[m](z), x[m]) for m in model.names)
+        terms.append((nll + q.kl_standard_normal()).mean())
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
