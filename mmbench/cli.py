@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -66,6 +66,7 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
             source: Optional[Path] = typer.Option(None, "--source", help="Directory holding the raw files you already have."),
             backgrounds: Optional[Path] = typer.Option(None, "--backgrounds", help="Background .jpg directory (PolyMNIST rebuilds)."),
             rebuild: bool = typer.Option(False, "--rebuild", help="Regenerate from the raw sources instead of a prebuilt archive."),
+            simulate: bool = typer.Option(False, "--simulate", help="Build the 'simulated' variant: raw files simulated in the real format (rats)."),
             option: List[str] = typer.Option([], "--option", "-o", help="Dataset-specific KEY=VALUE, e.g. -o mnist_source=test-halves."),
             data_root: Optional[Path] = DATA_ROOT) -> None:
     """Build a dataset into compact arrays + manifest (idempotent).
@@ -77,6 +78,10 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
+    if simulate:
+        if variant not in (None, "simulated"):
+            raise MMBenchError(f"--simulate builds the 'simulated' variant; drop --variant {variant}")
+        variant = spec.check_variant("simulated")
     options = {"source": str(source.resolve()) if source else None,
                "backgrounds": str(backgrounds.resolve()) if backgrounds else None,
                "rebuild": True if rebuild else None, **parse_overrides(option)}
@@ -158,13 +163,31 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     configs = s.runs(tier, parse_overrides(overrides))
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
+        from .suite import human_seconds, seconds_per_sample, train_samples
+
+        rates = seconds_per_sample(runs_dir, data_root)
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
-        for c in ("run", "reproduces", "epochs", "status"):
+        for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
+        counts: Dict[str, int] = {}
+        total, unknown = 0.0, 0
         for c in configs:
             r = Run(c, runs_dir)
-            t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), r.status())
+            status = r.status()
+            counts[status] = counts.get(status, 0) + 1
+            n = train_samples(c, data_root)
+            rate = rates.get((c.dataset, c.variant, c.method.name))
+            est = n * rate if n and rate else None
+            if status != "done":
+                total += est or 0.0
+                unknown += est is None
+            t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
+                      human_seconds(est) if est else "?", status)
         console.print(t)
+        console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
+                      f"; remaining training ≈ {human_seconds(total)} on this machine" +
+                      (f" plus {unknown} run(s) without a timing yet (estimates come from finished runs of the same "
+                       f"dataset and method)" if unknown else ""))
         return
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
@@ -314,6 +337,54 @@ def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
     console.print(f"{dataset} ({spec.check_variant(variant)}) {split}: {len(data)} tuples, {size / 2**20:.0f} MiB "
                   f"in memory; load {min(times):.2f} s (best of {len(times)}; all: "
                   + ", ".join(f"{t:.2f}" for t in times) + ")")
+
+
+@bench_app.command("steps")
+def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all registered)."),
+                scaling: str = typer.Option("mopoe,smvae,mmvamp", help="Methods timed for every M in --modalities."),
+                modalities: str = typer.Option("2,3,4,5", help="Numbers of modalities for the scaling table."),
+                batch_size: int = typer.Option(256, "--batch-size"),
+                latent_dim: int = typer.Option(512, "--latent-dim"),
+                steps: int = typer.Option(5, help="Timed steps per measurement (median reported)."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here.")) -> None:
+    """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
+
+    Example: mmbench bench steps --steps 5 --out docs/step_times.md
+    """
+    import platform
+
+    import pandas as pd
+    import torch
+    from tabulate import tabulate
+
+    from .bench import step_table
+    from .registry import METHODS
+
+    names = methods.split(",") if methods else METHODS.names()
+    for n in names + scaling.split(","):
+        METHODS.get(n)  # unknown names fail before any timing
+    ms = [int(v) for v in modalities.split(",")]
+    with err_console.status("timing") as status:
+        res = step_table(names, [m for m in scaling.split(",") if m], ms, batch_size, latent_dim, steps,
+                         progress=lambda s: status.update(f"timing {s}"))
+    head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
+            f"{batch_size}, latent {latent_dim}, median of {steps} steps; {torch.get_num_threads()} CPU threads, "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}.")
+    t1 = pd.DataFrame(res["methods"])
+    t2 = pd.DataFrame(res["scaling"])
+    md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+    if not t2.empty:
+        wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
+        wide["M"] = wide["M"].astype(str)
+        md += ["Median seconds per step by number of modalities M:", "",
+               tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+    text = "\n".join(md)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if out:
+        from .results import atomic_write
+
+        atomic_write(out, text)
+        console.print(f"wrote {out}")
 
 
 @app.command("list")

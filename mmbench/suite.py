@@ -131,3 +131,38 @@ def suites_dir() -> Path:
     """The suites shipped with the project (the repository's `suites/` folder), else ./suites."""
     here = Path(__file__).resolve().parent.parent / "suites"
     return here if here.exists() else Path("suites")
+
+
+def train_samples(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[int]:
+    """Training tuples one run processes in all (epochs × used train split), or None if the dataset
+    is not prepared yet (its size is read from the manifest, never assumed)."""
+    from .data.base import dataset_dir, read_manifest
+    from .registry import DATASETS
+
+    variant = DATASETS.get(cfg.dataset)().check_variant(cfg.variant)
+    manifest = read_manifest(dataset_dir(cfg.dataset, variant, data_root))
+    n = ((manifest or {}).get("counts") or {}).get("train")
+    if n is None:
+        return None
+    return cfg.train.epochs * min(int(n), cfg.train.max_train or int(n))
+
+
+def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:
+    """Measured training cost of finished runs, seconds per training tuple, by (dataset, variant, method)
+    (the median over runs); the basis of `mmbench run --dry-run`'s time estimates."""
+    import statistics
+
+    from .results import load_runs
+
+    seen: Dict[tuple, List[float]] = {}
+    for r in load_runs(runs_dir):
+        cfg, prov = r["config"], r["provenance"]
+        n = train_samples(cfg, data_root)
+        if not n or not prov.get("train_seconds"):
+            continue
+        seen.setdefault((cfg.dataset, cfg.variant, cfg.method.name), []).append(prov["train_seconds"] / n)
+    return {k: statistics.median(v) for k, v in seen.items()}
+
+
+def human_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

@@ -119,7 +119,7 @@ def test_bad_input_gives_one_line(tmp_path, args, message):
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train",
-                                 "bench load"])
+                                 "bench load", "bench steps"])
 def test_help_has_example(cmd):
     r = mmbench(*cmd.split(), "--help")
     assert r.returncode == 0 and "Example: mmbench " + cmd in r.stdout
