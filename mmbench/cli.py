@@ -149,6 +149,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPU ids, one worker each (e.g. 0,1)."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
+        only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT) -> None:
     """Run every experiment of a suite (skips finished runs, resumes unfinished ones).
 
@@ -160,7 +161,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     from .suite import load_suite
 
     s = load_suite(suite)
-    configs = s.runs(tier, parse_overrides(overrides))
+    configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only else None)
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
         from .suite import human_seconds, seconds_per_sample, train_samples

@@ -56,14 +56,22 @@ class Suite:
     experiments: List[Experiment] = field(default_factory=list)
     path: str = ""
 
-    def runs(self, tier: str = "full", overrides: Optional[Dict[str, Any]] = None) -> List[RunConfig]:
-        """Every run of the suite at `tier`, validated. Errors name file, entry and field."""
+    def runs(self, tier: str = "full", overrides: Optional[Dict[str, Any]] = None,
+             only: Optional[List[str]] = None) -> List[RunConfig]:
+        """Every run of the suite at `tier` (of the experiments named in `only`, if given), validated.
+        Errors name file, entry and field."""
         if tier not in TIERS:
             raise ConfigError(f"{self.path}: --tier", f"{tier!r} is not a tier; choose one of: {', '.join(TIERS)}")
+        names = [e.name for e in self.experiments]
+        for n in only or []:
+            if n not in names:
+                raise ConfigError(f"{self.path}: --only", f"no experiment {n!r}; the suite has: {', '.join(names)}")
         tier_cfg = dict(self.tiers.get(tier) or {})
         keep_seeds = tier_cfg.pop("seeds", None)
         out = []
         for i, exp in enumerate(self.experiments):
+            if only and exp.name not in only:
+                continue
             seeds = exp.seeds[:keep_seeds] if keep_seeds else exp.seeds
             for method in exp.methods:
                 where = f"{self.path}: experiments[{i}] ({exp.name}, {method})"
