@@ -24,17 +24,31 @@ from .results import Run, atomic_write
 ProgressFn = Callable[[str, int, int], None]
 
 
+def run_modalities(cfg: RunConfig) -> list:
+    """The dataset's modalities this run uses (`modalities` selects and orders them; None: all)."""
+    spec = DATASETS.get(cfg.dataset)()
+    mods = spec.modalities(spec.check_variant(cfg.variant))
+    if cfg.modalities is None:
+        return mods
+    by_name = {m.name: m for m in mods}
+    unknown = [n for n in cfg.modalities if n not in by_name]
+    if unknown or not cfg.modalities or len(set(cfg.modalities)) != len(cfg.modalities):
+        raise MMBenchError(f"modalities: {cfg.modalities} must be distinct names of {cfg.dataset}'s modalities: "
+                           f"{', '.join(by_name)}")
+    return [by_name[n] for n in cfg.modalities]
+
+
 def build_model(cfg: RunConfig) -> MultimodalVAE:
     spec = DATASETS.get(cfg.dataset)()
-    variant = spec.check_variant(cfg.variant)
     arch = cfg.method.architecture or spec.default_architecture
-    return METHODS.get(cfg.method.name)(spec.modalities(variant), cfg.method, arch)
+    return METHODS.get(cfg.method.name)(run_modalities(cfg), cfg.method, arch)
 
 
 def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
     spec = DATASETS.get(cfg.dataset)()
-    train = load_split(spec, cfg.variant, "train", data_root)
-    test = load_split(spec, cfg.variant, "test", data_root)
+    names = [m.name for m in run_modalities(cfg)] if cfg.modalities is not None else None
+    train = load_split(spec, cfg.variant, "train", data_root).select(names)
+    test = load_split(spec, cfg.variant, "test", data_root).select(names)
     return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
 
 

@@ -32,7 +32,7 @@ def default_data_root() -> Path:
 
 @dataclass(frozen=True)
 class Modality:
-    """One modality: its tensor shape, kind (image/text), likelihood and reconstruction weight."""
+    """One modality: its tensor shape, kind (image/text/spikes), likelihood and reconstruction weight."""
 
     name: str
     shape: tuple
@@ -210,6 +210,13 @@ class DataSplit:
         """Float tensors for the given rows: images in [0, 1]."""
         return {m.name: to_float(m, self.x[m.name][idx]).to(device) for m in self.modalities}
 
+    def select(self, names: Optional[Sequence[str]]) -> "DataSplit":
+        """The same rows with only the named modalities (all when names is None)."""
+        if names is None:
+            return self
+        mods = {m.name: m for m in self.modalities}
+        return DataSplit([mods[n] for n in names], {n: self.x[n] for n in names}, self.labels, self.extra_labels)
+
     def subset(self, n: Optional[int], seed: int = 0) -> "DataSplit":
         """The first `n` rows of a seeded permutation (all rows when n is None or larger)."""
         if n is None or n >= len(self):
@@ -222,11 +229,14 @@ class DataSplit:
 
 
 def to_float(modality: Modality, x: torch.Tensor) -> torch.Tensor:
-    """Images: uint8 -> [0, 1]; text: character indices -> one-hot over the alphabet (last dim)."""
+    """Images: uint8 -> [0, 1]; text: character indices -> one-hot over the alphabet (last dim);
+    spikes: uint8 counts per 10-ms bin -> count / 10 (spikes per ms, the rat deposit's unit and model input)."""
     if modality.kind == "image":
         return x.float().div_(255.0)
     if modality.kind == "text":
         return torch.nn.functional.one_hot(x.long(), modality.shape[-1]).float()
+    if modality.kind == "spikes":
+        return x.float().div_(10.0)
     return x.float()
 
 
@@ -279,6 +289,8 @@ def save_preview(split: DataSplit, path: Path, n: int = 10, alphabet: str = "") 
             if m.kind == "image":
                 img = data[c].float().div(255).permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            elif m.kind == "spikes":  # neurons × bins raster of spike counts
+                ax.imshow(data[c].numpy(), aspect="auto", cmap="gray_r", vmin=0, interpolation="nearest")
             else:
                 text = repr(decode_text(data[c], alphabet))[1:-1].replace(" ", "·")  # show where the word sits
                 ax.text(0.5, 0.5, text, ha="center", va="center",
