@@ -39,6 +39,18 @@ class EvalConfig:
     batch_size: int = 256
     classifier_epochs: int = 10
     classifier_min_accuracy: float = 0.9  # coherence refuses classifiers below this test accuracy
+    # Multi-label datasets (CelebA): coherence_ap refuses attribute classifiers below this test mean AP.
+    classifier_min_ap: float = 0.5
+    # latent_ap scores: "hard" = AP of the regressions' 0/1 predictions (the MoPoE and MMVM code, so the
+    # papers' tables), "proba" = AP of their predicted probabilities (the usual AP); metrics/average_precision.py.
+    ap_scores: str = "hard"
+    # FID (metrics/fid.py): test tuples / prior samples per FID (MoPoE's num_samples_fid), Inception batch,
+    # the weights file (None: torch hub cache; a location, not hashed into run ids) and the input subsets.
+    fid_samples: int = 10000
+    fid_batch_size: int = 128
+    fid_weights: Optional[str] = None
+    fid_subsets: str = "all"
+    ll_samples: int = 15  # importance samples per test log-likelihood (MoPoE App. B; metrics/loglik.py)
 
 
 @dataclass
@@ -61,8 +73,8 @@ class RunConfig:
     def run_id(self) -> str:
         d = self.to_dict()
         d.pop("tables")
-        if d["modalities"] is None:  # added later: runs that use every modality keep their ids
-            d.pop("modalities")
+        d["eval"].pop("fid_weights", None)  # where the (sha256-checked) weights live, not what is computed
+        _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.variant or 'default'}-{self.method.name}-s{self.seed}-{digest}"
 
@@ -70,9 +82,31 @@ class RunConfig:
 # Field constraints beyond the type: (check, "what is allowed").
 CHOICES = {
     ("TrainConfig", "select"): ("last", "best_test_loss"),
+    ("EvalConfig", "ap_scores"): ("hard", "proba"),
+    ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
-            "classifier_epochs", "max_train", "test_samples"}
+            "classifier_epochs", "max_train", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}
+# The fields run ids were first computed from. A field added later is left out of the id while it is at
+# its default, so adding a setting never orphans finished runs (changing a default would, on purpose).
+FIELDS_V1 = {
+    "dataset": None, "variant": None, "seed": None, "data_seed": None,
+    "method": {"name", "latent_dim", "beta", "architecture", "image_likelihood", "options"},
+    "train": {"epochs", "batch_size", "lr", "checkpoint_every", "select", "max_train"},
+    "eval": {"metrics", "lr_train_samples", "lr_standardize", "test_samples", "joint_samples", "batch_size",
+             "classifier_epochs", "classifier_min_accuracy"},
+}
+
+
+def _drop_added_defaults(d: Dict[str, Any], defaults: Dict[str, Any], v1: Dict[str, Any]) -> None:
+    for key in list(d):
+        if key not in v1:
+            if d[key] == defaults.get(key):
+                del d[key]
+        elif isinstance(v1[key], set):
+            for sub in list(d[key]):
+                if sub not in v1[key] and d[key][sub] == defaults[key].get(sub):
+                    del d[key][sub]
 
 
 def _type_name(tp: Any) -> str:
@@ -201,6 +235,8 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"unknown metric {m!r}; choose one of: {', '.join(METRICS.names())}")
     if not 0 <= cfg.eval.classifier_min_accuracy <= 1:
         raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
+    if not 0 <= cfg.eval.classifier_min_ap <= 1:
+        raise ConfigError(f"{pre}eval.classifier_min_ap", "must be between 0 and 1")
     if cfg.modalities is not None:
         names = [m.name for m in spec.modalities(cfg.variant)]
         bad = [n for n in cfg.modalities if n not in names]

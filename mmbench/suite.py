@@ -45,6 +45,25 @@ class Experiment:
     metrics: Optional[List[str]] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
     method_overrides: Dict[str, Any] = field(default_factory=dict)
+    # Dotted config path -> values; one run per combination (e.g. {method.beta: [0.5, 1, 2.5]}).
+    sweep: Dict[str, List[Any]] = field(default_factory=dict)
+
+    def sweep_points(self) -> List[Dict[str, Any]]:
+        """Every combination of the sweep's values as a nested override dict ([{}] without a sweep)."""
+        import itertools
+
+        keys = list(self.sweep)
+        points = []
+        for values in itertools.product(*(self.sweep[k] for k in keys)):
+            point: Dict[str, Any] = {}
+            for k, v in zip(keys, values):
+                node = point
+                *parents, leaf = k.split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = v
+            points.append(point)
+        return points
 
 
 @dataclass
@@ -82,10 +101,11 @@ class Suite:
                 d = deep_merge(d, exp.overrides)
                 d = deep_merge(d, exp.method_overrides.get(method) or {})
                 d = deep_merge(d, {"method": {"name": method}})
-                d = deep_merge(d, tier_cfg)
-                d = deep_merge(d, overrides or {})
-                for seed in seeds:
-                    out.append(build_run_config(deep_merge(d, {"seed": seed}), where))
+                for point in exp.sweep_points():
+                    p = deep_merge(deep_merge(d, point), tier_cfg)
+                    p = deep_merge(p, overrides or {})
+                    for seed in seeds:
+                        out.append(build_run_config(deep_merge(p, {"seed": seed}), where))
         return out
 
 
@@ -121,6 +141,9 @@ def load_suite(path: str | Path) -> Suite:
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")
+        for k, v in exp.sweep.items():
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{where}.sweep.{k}", "must be a non-empty list of values")
         parsed.append(exp)
     tiers = raw.get("tiers") or {}
     if not isinstance(tiers, dict):

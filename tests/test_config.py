@@ -109,13 +109,30 @@ def test_modalities_select_a_subset(data_root):
     train, test = load_data(cfg, data_root)
     assert train.names == ["m2", "m0"] and set(test.x) == {"m2", "m0"}
     full = build_run_config({"dataset": "polydigits"})
-    import hashlib
-    import json
-
-    d = full.to_dict()
-    del d["tables"], d["modalities"]
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-    assert full.run_id().endswith(digest)  # the default (None) keeps the ids runs had before the field existed
     assert cfg.run_id() != full.run_id()
     with pytest.raises(ConfigError, match=r"^modalities: must be distinct modality names of polydigits: m0, m1"):
         build_run_config({"dataset": "polydigits", "modalities": ["m0", "m9"]})
+
+
+def test_sweep_makes_one_run_per_value_and_seed(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(textwrap.dedent("""\
+        name: s
+        experiments:
+          - {name: e, dataset: polydigits, methods: [mopoe, mvae], seeds: [0, 1],
+             sweep: {method.beta: [0.5, 2.0], train.lr: [0.01]}}
+    """))
+    runs = load_suite(p).runs("full")
+    assert len(runs) == 2 * 2 * 2
+    assert sorted({(r.method.name, r.method.beta, r.train.lr) for r in runs}) == [
+        ("mopoe", 0.5, 0.01), ("mopoe", 2.0, 0.01), ("mvae", 0.5, 0.01), ("mvae", 2.0, 0.01)]
+    p.write_text("name: s\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.beta: []}}]\n")
+    with pytest.raises(ConfigError, match=r"experiments\[0\].sweep.method.beta: must be a non-empty list"):
+        load_suite(p)
+
+
+def test_fields_added_later_keep_existing_run_ids():
+    """Ids computed by mmbench before `modalities` and the FID/log-likelihood eval fields existed."""
+    assert build_run_config({"dataset": "polydigits"}).run_id() == "polydigits-vanilla-mopoe-s0-a78aea8e21"
+    cfg = {"dataset": "polydigits", "method": {"name": "mmvae", "beta": 2.0}, "eval": {"metrics": ["coherence"]}}
+    assert build_run_config(cfg).run_id() == "polydigits-vanilla-mmvae-s0-64d61337ee"
