@@ -33,6 +33,7 @@ class TrainConfig:
 class EvalConfig:
     metrics: List[str] = field(default_factory=lambda: ["latent_classification", "coherence"])
     lr_train_samples: int = 500  # MoPoE protocol: logistic regression on 500 training encodings
+    lr_protocol: str = "mopoe"  # latent classification protocol: mopoe | smvae | mmvamp (metrics/latent.py)
     lr_standardize: bool = False  # standardise latent features before the regression (not in the papers)
     test_samples: Optional[int] = None  # cap on test tuples used by every metric (None: all)
     joint_samples: int = 1000  # prior samples for joint coherence
@@ -83,6 +84,7 @@ class RunConfig:
 CHOICES = {
     ("TrainConfig", "select"): ("last", "best_test_loss"),
     ("EvalConfig", "ap_scores"): ("hard", "proba"),
+    ("EvalConfig", "lr_protocol"): ("mopoe", "smvae", "mmvamp"),
     ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
@@ -233,6 +235,13 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
     for i, m in enumerate(cfg.eval.metrics):
         if m not in METRICS:
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"unknown metric {m!r}; choose one of: {', '.join(METRICS.names())}")
+        # Accuracy metrics need one label per tuple, AP metrics multi-hot attributes: refuse before training.
+        swap = ({"latent_classification": "latent_ap", "coherence": "coherence_ap"} if spec.multilabel
+                else {"latent_ap": "latent_classification", "coherence_ap": "coherence"})
+        if m in swap:
+            kind = "multi-label" if spec.multilabel else "single-label"
+            raise ConfigError(f"{pre}eval.metrics[{i}]", f"{m} does not apply to the {kind} dataset {cfg.dataset}; "
+                              f"use {swap[m]}")
     if not 0 <= cfg.eval.classifier_min_accuracy <= 1:
         raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
     if not 0 <= cfg.eval.classifier_min_ap <= 1:

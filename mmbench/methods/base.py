@@ -34,6 +34,11 @@ def all_subsets(names: Sequence[str]) -> List[Subset]:
     return [tuple(c) for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
 
 
+def evaluable_subsets(model: "MultimodalVAE") -> List[Subset]:
+    """The subsets metrics evaluate: every non-empty subset the method can encode (`supports`)."""
+    return [s for s in all_subsets(model.names) if model.supports(s)]
+
+
 def subset_key(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
@@ -122,6 +127,10 @@ class MultimodalVAE(nn.Module):
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     options: ClassVar[Dict[str, Any]] = {}  # allowed option names -> defaults
+    # True when each modality has its own latent (independent VAEs, MM-VAMP): a subset's posterior then only
+    # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
+    # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.
+    own_latent_per_modality: ClassVar[bool] = False
 
     def __init__(self, modalities: Sequence[Modality], cfg: MethodConfig, architecture: str):
         super().__init__()
@@ -141,6 +150,11 @@ class MultimodalVAE(nn.Module):
     # ----- the interface -------------------------------------------------------------------
     def encode_subsets(self, x: Dict[str, torch.Tensor], subsets: Sequence[Subset]) -> list:
         raise NotImplementedError
+
+    def supports(self, subset: Sequence[str]) -> bool:
+        """Whether the method infers a posterior from this subset alone (all of them, unless a method
+        such as a joint-encoder VAE needs every modality); metrics skip unsupported subsets."""
+        return True
 
     def encode(self, x: Dict[str, torch.Tensor], subset: Sequence[str]):
         return self.encode_subsets(x, [tuple(subset)])[0]

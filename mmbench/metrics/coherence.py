@@ -15,7 +15,8 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..methods.base import all_subsets, subset_key
+from ..errors import MMBenchError
+from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
 
@@ -24,9 +25,12 @@ from .context import EvalContext
 @torch.no_grad()
 def coherence(ctx: EvalContext) -> Dict[str, float]:
     """Conditional coherence for every (subset -> modality), its mean by number of inputs, and joint coherence."""
+    if ctx.spec.multilabel:
+        raise MMBenchError(f"coherence scores one label per tuple; {ctx.spec.registry_name} has multi-label attributes: "
+                           f"use coherence_ap in eval.metrics")
     model, names = ctx.model, ctx.model.names
     clfs = ctx.classifiers()
-    subsets = all_subsets(names)
+    subsets = evaluable_subsets(model)
     K = len(subsets)
     correct = np.zeros((K, len(names)))
     n_total = 0
@@ -46,7 +50,8 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
             out[f"coherence/{subset_key(s)}->{m}"] = float(acc[k, j])
     for n in range(1, len(names)):
         vals = [acc[k, j] for k, s in enumerate(subsets) if len(s) == n for j, m in enumerate(names) if m not in s]
-        out[f"coherence_by_n/{n}"] = float(np.mean(vals))
+        if vals:
+            out[f"coherence_by_n/{n}"] = float(np.mean(vals))
     # Joint coherence of prior samples.
     agree, done = 0, 0
     while done < ctx.cfg.joint_samples:

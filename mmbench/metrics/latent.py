@@ -9,7 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..methods.base import all_subsets, subset_key
+from ..errors import MMBenchError
+from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
 
@@ -36,24 +37,44 @@ def by_size(values: Dict[str, float], subsets, prefix: str) -> Dict[str, float]:
 
 @METRICS.register("latent_classification")
 def latent_classification(ctx: EvalContext) -> Dict[str, float]:
-    """Accuracy of a logistic regression on posterior means, per subset (`latent_acc/<subset>`, `latent_acc_by_n/<n>`)."""
-    subsets = all_subsets(ctx.model.names)
-    # MoPoE protocol: eval.lr_train_samples training tuples (seeded, without replacement), whole test set.
+    """Accuracy of a logistic regression on posterior means, per subset (`latent_acc/<subset>`, `latent_acc_by_n/<n>`).
+
+    eval.lr_protocol: "mopoe" (MoPoE App. B: one regression per subset, fitted on that subset's
+    representations), "smvae" (SMVAE §5: one regression fitted on the all-modality representations,
+    evaluated on every subset's), "mmvamp" (MM-VAMP App. B.2.2: unimodal subsets only; the suites pair
+    it with eval.lr_train_samples = 10000).
+    """
+    if ctx.spec.multilabel:
+        raise MMBenchError(f"latent_classification scores one label per tuple; {ctx.spec.registry_name} has multi-label "
+                           f"attributes: use latent_ap in eval.metrics")
+    protocol = ctx.cfg.lr_protocol
+    subsets = evaluable_subsets(ctx.model)
+    if protocol == "mmvamp":  # MM-VAMP App. B.2.2: each unimodal representation on its own
+        subsets = [s for s in subsets if len(s) == 1]
+    full = tuple(ctx.model.names)
+    # eval.lr_train_samples training tuples (seeded, without replacement), whole (capped) test set.
     train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)
+    fit_subsets = subsets if protocol != "smvae" else [full]
     ctx.progress("latent classification: encoding", 0, 2)
-    z_train = encode_means(ctx, train, subsets)
+    z_train = dict(zip(fit_subsets, encode_means(ctx, train, fit_subsets)))
     ctx.progress("latent classification: encoding", 1, 2)
-    z_test = encode_means(ctx, ctx.test, subsets)
+    z_test = dict(zip(subsets, encode_means(ctx, ctx.test, subsets)))
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
-    acc = {}
-    for k, s in enumerate(subsets):
+
+    def fit(z: np.ndarray):
         clf = LogisticRegression(max_iter=1000, random_state=0)  # MoPoE App. B: sklearn defaults (lbfgs, C=1)
         if ctx.cfg.lr_standardize:
             # C=1 regularises small-scale latents (an early-training posterior's means) towards chance;
             # standardising first measures linear separability independently of the latent's scale.
             clf = make_pipeline(StandardScaler(), clf)
-        clf.fit(z_train[k], y_train)
-        acc[subset_key(s)] = float((clf.predict(z_test[k]) == y_test).mean())
+        return clf.fit(z, y_train)
+
+    acc = {}
+    # SMVAE §5: one classifier fitted on representations inferred from all modalities, tested on each subset's.
+    joint_clf = fit(z_train[full]) if protocol == "smvae" else None
+    for k, s in enumerate(subsets):
+        clf = joint_clf or fit(z_train[s])
+        acc[subset_key(s)] = float((clf.predict(z_test[s]) == y_test).mean())
         ctx.progress("latent classification: fitting", k + 1, len(subsets))
     out = {f"latent_acc/{k}": v for k, v in acc.items()}
     out.update(by_size(acc, subsets, "latent_acc_by_n"))

@@ -1,0 +1,69 @@
+"""Latent classification on known answers: separable vs shuffled latents, and the three protocols."""
+import numpy as np
+import pytest
+import torch
+
+from mmbench.config import EvalConfig
+from mmbench.data.base import DataSplit, Modality
+from mmbench.methods.base import Gaussian
+from mmbench.metrics.context import EvalContext
+from mmbench.metrics.latent import latent_classification
+from mmbench.registry import DATASETS
+
+MODS = [Modality("m0", (1,), kind="vector"), Modality("m1", (1,), kind="vector")]
+
+
+class Fake(torch.nn.Module):
+    """m0 carries the label (its latent is a noisy one-hot); m1 carries nothing (pure noise).
+    A subset's posterior mean is the mean of its members' latents."""
+
+    names = ["m0", "m1"]
+
+    def encode_subsets(self, x, subsets):
+        g = torch.Generator().manual_seed(int(x["m0"].sum().item()) % 1000)
+        y = x["m0"][:, 0].long()
+        lat = {"m0": torch.nn.functional.one_hot(y, 10).float() * 3 + 0.3 * torch.randn(len(y), 10, generator=g),
+               "m1": torch.randn(len(y), 10, generator=g)}
+        return [Gaussian(torch.stack([lat[m] for m in s]).mean(0), torch.zeros(len(y), 10)) for s in subsets]
+
+    def supports(self, subset):
+        return True
+
+
+def split(n, seed, shuffle=False):
+    rng = np.random.default_rng(seed)
+    y = torch.as_tensor(rng.integers(0, 10, n))
+    labels = y[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] if shuffle else y
+    x = {"m0": y[:, None].clone(), "m1": torch.zeros(n, 1)}
+    return DataSplit(MODS, x, labels)
+
+
+def run(protocol, shuffle=False):
+    train, test = split(600, 0, shuffle), split(400, 1, shuffle)
+    cfg = EvalConfig(lr_train_samples=500, lr_protocol=protocol, batch_size=128)
+    ctx = EvalContext(model=Fake(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=train, test=test,
+                      test_full=test, cfg=cfg, device=torch.device("cpu"))
+    return latent_classification(ctx)
+
+
+def test_separable_latents_are_read_and_noise_is_chance():
+    out = run("mopoe")
+    assert out["latent_acc/m0"] > 0.95 and out["latent_acc/m0+m1"] > 0.75
+    assert out["latent_acc/m1"] < 0.2  # chance is 0.1
+    assert out["latent_acc_by_n/1"] == pytest.approx((out["latent_acc/m0"] + out["latent_acc/m1"]) / 2)
+
+
+def test_shuffled_labels_give_chance():
+    out = run("mopoe", shuffle=True)
+    assert all(v < 0.2 for v in out.values())
+
+
+def test_smvae_protocol_fits_once_on_the_joint_representation():
+    out = run("smvae")
+    # the joint classifier reads m0's one-hot scaled by 1/2 in the joint mean: m0 alone is still readable
+    assert out["latent_acc/m0+m1"] > 0.75 and out["latent_acc/m1"] < 0.2 and out["latent_acc/m0"] > 0.8
+
+
+def test_mmvamp_protocol_scores_unimodal_representations_only():
+    out = run("mmvamp")
+    assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1"}
