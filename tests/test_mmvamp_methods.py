@@ -1,0 +1,259 @@
+"""MM-VAMP paper methods (independent, aggregated, mmvamp) and the PolyMNIST ResNet: interface, known answers, pipeline."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmbench.config import build_run_config
+from mmbench.data.base import Modality
+from mmbench.errors import MMBenchError
+from mmbench.evaluate import execute
+from mmbench.methods.base import Gaussian, MethodConfig, Mixture, all_subsets
+from mmbench.methods.mmvamp import annealed_alpha, rate_bound, rate_mc
+from mmbench.registry import ARCHITECTURES, METHODS
+from mmbench.results import Run
+
+MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
+NEW = ["independent", "aggregated", "mmvamp"]
+
+
+def make(name, latent=8, beta=1.0, **options):
+    torch.manual_seed(0)
+    return METHODS.get(name)(MODS, MethodConfig(name, latent_dim=latent, beta=beta, options=options), "polymnist_cnn")
+
+
+def batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m.name: torch.rand(n, 3, 28, 28, generator=g) for m in MODS}
+
+
+# ----- interface ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NEW)
+def test_interface_shapes(name):
+    model = make(name)
+    x = batch()
+    subsets = all_subsets(model.names)
+    qs = model.encode_subsets(x, subsets)
+    assert len(qs) == len(subsets)
+    for s, q in zip(subsets, qs):
+        assert isinstance(q, (Gaussian, Mixture))
+        assert q.mean.shape == (16, 8) and q.rsample().shape == (16, 8) and q.log_prob(q.rsample()).shape == (16,)
+        for m in model.names:  # every subset's latent decodes to every modality
+            assert model.decode(q.rsample(), m).shape == (16, 3, 28, 28)
+    assert model.decode(model.sample_prior(4), "m1").shape == (4, 3, 28, 28)
+    only = {"m1": x["m1"]}
+    q1 = model.encode(only, ("m1",))
+    mu, _ = model.unimodal(x, ["m1"])
+    assert isinstance(q1, Gaussian) and torch.allclose(q1.mean, mu[0])  # one modality: its own posterior
+
+
+@pytest.mark.parametrize("name,options", [("independent", {}), ("aggregated", {}), ("aggregated", {"aggregation": "poe"}),
+                                          ("mmvamp", {}), ("mmvamp", {"rate": "mc"}),
+                                          ("mmvamp", {"alpha": 1.0, "alpha_anneal_steps": 20})])
+def test_loss_falls_with_finite_gradients(name, options):
+    model = make(name, **options)
+    x = batch(16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    first = None
+    for _ in range(30):
+        loss, logs = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        for p in model.parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert set(logs) >= {"loss", "nll", "kl"} and all(math.isfinite(v) for v in logs.values())
+    assert loss.item() < 0.8 * first
+
+
+@pytest.mark.parametrize("name", ["independent", "mmvamp"])
+def test_per_modality_latents_mixture_for_subsets(name):
+    model = make(name)
+    x = batch()
+    q = model.encode(x, ("m0", "m2"))
+    mu, logvar = model.unimodal(x, ["m0", "m2"])
+    assert isinstance(q, Mixture)
+    assert torch.allclose(q.mean, mu.mean(0), atol=1e-6)
+    z = torch.randn(16, 8)
+    h = torch.logsumexp(torch.stack([Gaussian(mu[i], logvar[i]).log_prob(z) for i in range(2)]), 0) - math.log(2)
+    assert torch.allclose(q.log_prob(z), h, atol=1e-5)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(MMBenchError, match="rate"):
+        make("mmvamp", rate="exact")
+    with pytest.raises(MMBenchError, match="alpha"):
+        make("mmvamp", alpha=1.5)
+    with pytest.raises(MMBenchError, match="beta_convention"):
+        make("independent", beta_convention="sometimes")
+    with pytest.raises(MMBenchError, match="average"):
+        make("aggregated", average="median")
+
+
+# ----- known answers ------------------------------------------------------------------------
+
+def test_aggregated_posterior_is_mean_of_unimodal_means_and_scales():
+    x = batch()
+    for average in ("variance", "std"):
+        model = make("aggregated", average=average)
+        mu, logvar = model.unimodal(x, model.names)
+        for s, idx in [(("m0", "m2"), [0, 2]), (("m0", "m1", "m2"), [0, 1, 2])]:
+            q = model.encode(x, s)
+            assert torch.allclose(q.mean, mu[idx].mean(0), atol=1e-6)  # Eq. 15
+            if average == "variance":  # Eq. 16 with σ the variance (N(μ, σI), Eq. 11)
+                assert torch.allclose(q.logvar.exp(), logvar[idx].exp().mean(0), rtol=1e-5)
+            else:
+                assert torch.allclose((0.5 * q.logvar).exp(), (0.5 * logvar[idx]).exp().mean(0), rtol=1e-5)
+    poe = make("aggregated", aggregation="poe")
+    mu, logvar = poe.unimodal(x, poe.names)
+    prec = 1 / (logvar.exp() + 1e-8)
+    assert torch.allclose(poe.encode(x, tuple(poe.names)).logvar, -torch.log(prec.sum(0)), atol=1e-5)
+
+
+def test_beta_conventions():
+    x = batch()
+    for name, factor in [("aggregated", 3.0), ("independent", 2.0)]:  # β·M (M = 3) and β² (β = 2)
+        logs = {}
+        for conv in ("paper", "code"):
+            model = make(name, beta=2.0, beta_convention=conv)
+            torch.manual_seed(5)
+            loss, logs[conv] = model.loss(x)
+        assert logs["code"]["nll"] == pytest.approx(logs["paper"]["nll"], rel=1e-5)
+        expected = logs["paper"]["nll"] + factor * 2.0 * logs["paper"]["kl"]
+        assert logs["code"]["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+# Tiny case: M = 3 Gaussians in 2-d, densities on a grid, computed with numpy independently of the package.
+MU = np.array([[0.0, 0.0], [1.5, -0.5], [-1.0, 1.2]])
+STD = np.array([[1.0, 0.6], [0.5, 1.1], [1.3, 0.8]])
+AX = np.linspace(-12, 12, 1201)
+DA = (AX[1] - AX[0]) ** 2
+GX, GY = np.meshgrid(AX, AX, indexing="ij")
+
+
+def grid_density(mu, std):
+    return np.exp(-0.5 * (((GX - mu[0]) / std[0]) ** 2 + ((GY - mu[1]) / std[1]) ** 2)) / (2 * np.pi * std[0] * std[1])
+
+
+def grid_kl(p, q):
+    mask = p > 1e-300
+    return float((p[mask] * (np.log(p[mask]) - np.log(q[mask]))).sum() * DA)
+
+
+def torch_params():
+    return torch.tensor(MU, dtype=torch.float64)[:, None], torch.tensor(2 * np.log(STD), dtype=torch.float64)[:, None]
+
+
+def mc_rate(alpha, n=200_000):
+    mu, logvar = torch_params()
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(3, n, 2, generator=g, dtype=torch.float64)
+    mu_n, lv_n = mu.expand(3, n, 2), logvar.expand(3, n, 2)
+    r = rate_mc(mu_n + eps * (0.5 * lv_n).exp(), mu_n, lv_n, alpha)  # 3×n
+    return r.mean(1).numpy(), r.std(1).numpy() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_mc_rate_matches_grid_kl_and_bound_upper_bounds_it(alpha):
+    qs = [grid_density(MU[m], STD[m]) for m in range(3)]
+    std_normal = grid_density(np.zeros(2), np.ones(2))
+    h = (1 - alpha) * sum(qs) / 3 + alpha * std_normal
+    assert h.sum() * DA == pytest.approx(1.0, abs=1e-6)  # the grid holds the whole mass
+    kl = np.array([grid_kl(q, h) for q in qs])
+    est, se = mc_rate(alpha)
+    assert np.all(np.abs(est - kl) < 4 * se + 2e-3), (est, kl, se)
+    # the closed-form bound, computed independently: (1-α)/M Σ_k KL(q_m||q_k) + α KL(q_m||N(0,I))
+    var = STD ** 2
+
+    def kl_gauss(m1, v1, m2, v2):
+        return 0.5 * np.sum(np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
+
+    bound = np.array([(1 - alpha) / 3 * sum(kl_gauss(MU[m], var[m], MU[k], var[k]) for k in range(3))
+                      + alpha * kl_gauss(MU[m], var[m], np.zeros(2), np.ones(2)) for m in range(3)])
+    mu, logvar = torch_params()
+    assert np.allclose(rate_bound(mu, logvar, alpha)[:, 0].numpy(), bound, rtol=1e-10)
+    assert np.all(bound >= kl - 1e-6)  # Jensen: an upper bound on the true KL
+
+
+def test_sum_of_kls_is_m_times_jensen_shannon():
+    qs = [grid_density(MU[m], STD[m]) for m in range(3)]
+    h = sum(qs) / 3
+
+    def entropy(p):
+        mask = p > 1e-300
+        return float(-(p[mask] * np.log(p[mask])).sum() * DA)
+
+    js = entropy(h) - np.mean([entropy(q) for q in qs])  # generalised JS with uniform weights (Lin 1991)
+    total_kl = sum(grid_kl(q, h) for q in qs)
+    assert total_kl == pytest.approx(3 * js, rel=1e-6)  # MM-VAMP Eq. 4 on the grid
+    est, se = mc_rate(0.0)
+    assert est.sum() == pytest.approx(3 * js, abs=4 * np.sqrt((se ** 2).sum()) + 3e-3)  # ... and our MC rate
+
+
+def test_mmvamp_loss_uses_the_chosen_rate():
+    x = batch()
+    model = make("mmvamp")
+    mu, logvar = model.unimodal(x, model.names)
+    torch.manual_seed(3)
+    _, logs = model.loss(x)
+    assert logs["kl"] == pytest.approx(rate_bound(mu, logvar).sum(0).mean().item(), rel=1e-5)
+    # identical posteriors: h = q_m, the bound and the MC rate are both exactly zero
+    same = {m: x["m0"] for m in model.names}
+    for m in ("m1", "m2"):
+        model.encoders[m].load_state_dict(model.encoders["m0"].state_dict())
+    for rate in ("bound", "mc"):
+        model.opt["rate"] = rate
+        _, logs = model.loss(same)
+        assert abs(logs["kl"]) < 1e-4
+
+
+def test_alpha_annealing_schedule_and_step_counter():
+    assert annealed_alpha(1.0, 100, 0) == 1.0
+    assert annealed_alpha(1.0, 100, 50) == pytest.approx(math.sqrt(1e-10), rel=1e-6)
+    assert annealed_alpha(1.0, 100, 100) == pytest.approx(1e-10, rel=1e-6)
+    assert annealed_alpha(0.4, 0, 1000) == 0.4
+    mu, logvar = torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+    assert torch.allclose(rate_bound(mu, logvar, 1.0), Gaussian(mu, logvar).kl_standard_normal())
+    model = make("mmvamp", alpha=1.0, alpha_anneal_steps=10)
+    x = batch(4)
+    model.loss(x)
+    model.loss(x)
+    with torch.no_grad():
+        model.loss(x)
+    model.eval()
+    model.loss(x)
+    assert int(model.train_steps) == 2 and "train_steps" in model.state_dict()
+
+
+# ----- the ResNet -----------------------------------------------------------------------------
+
+def test_polymnist_resnet_shapes():
+    torch.manual_seed(0)
+    arch = ARCHITECTURES.get("polymnist_resnet")
+    enc, dec = arch.encoder(MODS[0], 8), arch.decoder(MODS[0], 8)
+    mu, logvar = enc(torch.rand(2, 3, 28, 28))
+    assert mu.shape == logvar.shape == (2, 8)
+    assert dec(mu).shape == (2, 3, 28, 28)
+    clf = ARCHITECTURES.get("polymnist_resnet_clf").classifier(MODS[0], 10)
+    assert clf(torch.rand(2, 3, 28, 28)).shape == (2, 10)
+    with pytest.raises(MMBenchError, match="28×28"):
+        arch.encoder(Modality("svhn", (3, 32, 32)), 8)
+
+
+# ----- the real pipeline --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NEW)
+def test_one_epoch_through_train_and_evaluate(name, tmp_path, data_root):
+    cfg = build_run_config({
+        "dataset": "polydigits", "method": {"name": name, "latent_dim": 8},
+        "train": {"epochs": 1, "batch_size": 32, "max_train": 200},
+        "eval": {"metrics": ["latent_classification"], "test_samples": 100, "lr_train_samples": 100}})
+    metrics = execute(Run(cfg, tmp_path / name), data_root)["metrics"]
+    names = [f"m{i}" for i in range(5)]
+    for m in names:
+        assert 0 <= metrics[f"latent_acc/{m}"] <= 1
+    assert f"latent_acc/{'+'.join(names)}" in metrics and "latent_acc_by_n/5" in metrics
