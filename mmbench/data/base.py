@@ -48,6 +48,9 @@ class DatasetSpec:
     variants: ClassVar[Sequence[str]] = ("default",)
     recipe_version: ClassVar[int] = 1
     n_classes: ClassVar[int] = 10
+    # True: labels are N×n_classes multi-hot attributes (CelebA), scored by average precision
+    # (latent_ap, coherence_ap), classifiers trained with BCE-with-logits; False: one class index per row.
+    multilabel: ClassVar[bool] = False
     default_architecture: ClassVar[str] = ""
     classifier_architecture: ClassVar[str] = ""
     option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help

@@ -93,6 +93,7 @@ class CelebA(DatasetSpec):
     variants = ("default",)
     recipe_version = 1
     n_classes = 40
+    multilabel = True  # 40 multi-hot attributes; their names are the manifest's "attributes"
     default_architecture = "celeba_resnet"
     classifier_architecture = "celeba_clf"
     option_names = {"source": "directory with img_align_celeba.zip and the two txt files",

@@ -39,6 +39,7 @@ class EvalContext:
 
             clfs, acc = get_classifiers(self.spec, self.variant, self.train, self.test_full, self.cfg,
                                         self.data_root, self.progress)
-            self.extra["classifier_accuracy"] = acc
+            # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
+            self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
             self._classifiers = {m: c.to(self.device).eval() for m, c in clfs.items()}
         return self._classifiers

@@ -1,0 +1,228 @@
+"""CelebA nets and classifiers, mopoe_style, the average-precision metrics and the multi-label guards."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_celeba import NAMES, source  # noqa: F401  (the CelebA fixture in the published layout)
+
+from mmbench.config import EvalConfig, build_run_config
+from mmbench.data.base import DataSplit, Modality, dataset_dir, load_split, prepare
+from mmbench.errors import ConfigError, MMBenchError
+from mmbench.methods.base import Gaussian, MethodConfig, all_subsets
+from mmbench.metrics.average_precision import average_precisions
+from mmbench.metrics.classifiers import get_classifiers, mean_ap, train_one
+from mmbench.metrics.context import EvalContext
+from mmbench.registry import ARCHITECTURES, DATASETS, METHODS, METRICS
+
+CELEBA = DATASETS.get("celeba")()
+MODS = CELEBA.modalities("default")
+
+
+def celeba_batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.nn.functional.one_hot(torch.randint(0, 71, (n, 256), generator=g), 71).float()
+    return {"img": torch.rand(n, 3, 64, 64, generator=g), "text": text}
+
+
+def test_celeba_nets_shapes():
+    torch.manual_seed(0)
+    x = celeba_batch()
+    nets, clfs = ARCHITECTURES.get("celeba_resnet"), ARCHITECTURES.get("celeba_clf")
+    for m in MODS:
+        enc, dec, clf = nets.encoder(m, 12), nets.decoder(m, 12), clfs.classifier(m, 40)
+        mu, logvar = enc(x[m.name])
+        assert mu.shape == logvar.shape == (4, 12)
+        assert dec(mu).shape == (4, *m.shape)  # image 3×64×64; text logits 256×71
+        assert clf(x[m.name]).shape == (4, 40)
+    with pytest.raises(MMBenchError, match="64×64"):
+        nets.encoder(Modality("small", (3, 28, 28)), 8)
+
+
+def test_mopoe_style_interface_on_celeba_nets():
+    torch.manual_seed(0)
+    model = METHODS.get("mopoe_style")(MODS, MethodConfig("mopoe_style", latent_dim=6, beta=2.5,
+                                                          options={"style_dim": 4}), "celeba_resnet")
+    x = celeba_batch()
+    qs = model.encode_subsets(x, all_subsets(model.names))
+    assert [q.mean.shape for q in qs] == [(4, 6)] * 3  # the content posterior
+    assert model.sample_prior(2).shape == (2, 6)
+    assert model.decode(model.sample_prior(2), "img").shape == (2, 3, 64, 64)
+    probs = model.decode(torch.zeros(2, 10), "text")  # content + style given explicitly
+    assert probs.shape == (2, 256, 71) and torch.allclose(probs.sum(-1), torch.ones(2, 256))
+    assert model.style_betas == {"img": 1.0, "text": 5.0}
+    loss, logs = model.loss(x)
+    assert torch.isfinite(loss) and set(logs) >= {"loss", "nll", "kl", "kl_content", "kl_style"}
+    with pytest.raises(MMBenchError, match="content"):
+        model.decode(torch.zeros(2, 7), "img")
+
+
+POLY = [Modality(f"m{i}", (3, 28, 28)) for i in range(2)]
+
+
+def small_style(**options):
+    torch.manual_seed(0)
+    return METHODS.get("mopoe_style")(POLY, MethodConfig("mopoe_style", latent_dim=4, beta=1.0,
+                                                         options={"style_dim": 3, **options}), "polymnist_cnn")
+
+
+def test_mopoe_style_loss_is_eq34_with_the_jobs_weights():
+    model = small_style(style_betas={"m1": 5.0})
+    g = torch.Generator().manual_seed(0)
+    x = {m.name: torch.rand(6, 3, 28, 28, generator=g) for m in POLY}
+    model.eval()
+    torch.manual_seed(3)
+    loss, _ = model.loss(x)
+    torch.manual_seed(3)
+    outs = {m: model.encoders[m](x[m]) for m in model.names}
+    mu = torch.stack([outs[m][0][:, :4] for m in model.names])
+    lv = torch.stack([outs[m][1][:, :4] for m in model.names])
+    subsets = all_subsets(model.names)  # (m0,), (m1,), (m0, m1): rows 0-1, 2-3, 4-5
+    comps = model.poe(mu, lv, model.names, subsets)
+    k = torch.tensor([0, 0, 1, 1, 2, 2])
+    c = comps[k, torch.arange(6)].rsample()
+    total = 0.0
+    for m, w in zip(model.names, (1.0, 5.0)):
+        style = Gaussian(outs[m][0][:, 4:], outs[m][1][:, 4:])
+        s = style.rsample()
+        total = total - model.likelihoods[m].log_prob(model.decoders[m](torch.cat([c, s], -1)), x[m])
+        total = total + 1.0 * 2.0 * w * style.kl_standard_normal()  # beta · beta_style · style_betas[m]
+    total = total + 1.0 * comps.kl_standard_normal().mean(0)  # beta · beta_content · mean subset KL
+    assert loss.item() == pytest.approx(total.mean().item(), rel=1e-5)
+    # the subset posterior is MoPoE's PoE over the content experts only
+    assert torch.allclose(model.encode(x, ("m0", "m1")).mean, comps[2].mu, atol=1e-6)
+    with pytest.raises(MMBenchError, match="style_betas"):
+        small_style(style_betas={"img": 1.0})
+
+
+def test_mopoe_style_loss_falls():
+    model = small_style()
+    g = torch.Generator().manual_seed(1)
+    x = {m.name: torch.rand(8, 3, 28, 28, generator=g) for m in POLY}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    losses = []
+    for _ in range(20):
+        loss, _ = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# ----- average-precision metrics on known answers ------------------------------------------------
+VEC = [Modality("img", (40,), "vector"), Modality("text", (40,), "vector")]
+
+
+class FakeModel:
+    """Posterior mean of S = mean of its modalities' vectors; decode returns z (the 'generated' attributes)."""
+
+    names = ["img", "text"]
+
+    def encode_subsets(self, x, subsets):
+        return [Gaussian(torch.stack([x[m] for m in s]).mean(0), torch.full_like(x["img"], -12.0)) for s in subsets]
+
+    def decode(self, z, m):
+        return z
+
+    def supports(self, subset):
+        return True
+
+
+def labels(n, seed):
+    rng = np.random.default_rng(seed)
+    rates = np.linspace(0.1, 0.5, 40)
+    return torch.from_numpy((rng.random((n, 40)) < rates).astype(np.int64))
+
+
+def split(y, noise, seed, shuffle=False):
+    g = torch.Generator().manual_seed(seed)
+    src = y[torch.randperm(len(y), generator=g)] if shuffle else y
+    x = {m.name: src.float() + noise * torch.randn(len(y), 40, generator=g) for m in VEC}
+    return DataSplit(VEC, x, y)
+
+
+def context(tmp_path, spec, train, test, **cfg):
+    d = dataset_dir(spec.registry_name, "default", tmp_path)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps({"attributes": NAMES}))
+    ctx = EvalContext(model=FakeModel(), spec=spec, variant="default", train=train, test=test, test_full=test,
+                      cfg=EvalConfig(lr_train_samples=300, batch_size=128, **cfg), device=torch.device("cpu"),
+                      data_root=tmp_path)
+    ctx._classifiers = {m: (lambda v: 10 * (v - 0.5)) for m in FakeModel.names}
+    return ctx
+
+
+@pytest.mark.parametrize("scores", ["hard", "proba"])
+def test_latent_ap_known_answers(tmp_path, scores):
+    y_train, y_test = labels(300, 0), labels(300, 1)
+    y_test[:, 7] = 0  # an attribute without a positive test tuple has no AP
+    good = METRICS.get("latent_ap")(context(tmp_path, CELEBA, split(y_train, 0.15, 0), split(y_test, 0.15, 1),
+                                            ap_scores=scores))
+    assert good["ap_attributes_scored"] == 39 and f"latent_ap/img/{NAMES[7]}" not in good
+    for s in ("img", "text", "img+text"):
+        assert good[f"latent_ap/{s}"] > 0.95
+        assert len([k for k in good if k.startswith(f"latent_ap/{s}/")]) == 39
+    assert good["latent_ap_by_n/1"] == pytest.approx((good["latent_ap/img"] + good["latent_ap/text"]) / 2)
+    bad = METRICS.get("latent_ap")(context(tmp_path, CELEBA, split(y_train, 0.3, 0, shuffle=True),
+                                           split(y_test, 0.3, 1), ap_scores=scores))
+    base = np.delete(y_test.float().mean(0).numpy(), 7).mean()  # AP of an uninformative score = base rate
+    assert abs(bad["latent_ap/img+text"] - base) < 0.06
+
+
+def test_coherence_ap_known_answers(tmp_path):
+    y = labels(200, 2)
+    out = METRICS.get("coherence_ap")(context(tmp_path, CELEBA, split(y, 0.2, 0), split(y, 0.2, 3)))
+    assert set(k for k in out if k.count("/") == 1) >= {"coherence_ap/img->text", "coherence_ap/img+text->img"}
+    assert out["coherence_ap/img->text"] > 0.95 and out["coherence_ap_by_n/1"] > 0.95
+    assert f"coherence_ap/text->img/{NAMES[0]}" in out
+    noisy = METRICS.get("coherence_ap")(context(tmp_path, CELEBA, split(y, 0.2, 0), split(y, 0.2, 3, shuffle=True)))
+    assert abs(noisy["coherence_ap/img->text"] - y.float().mean().item()) < 0.06
+
+
+def test_average_precisions_of_perfect_and_constant_scores():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    ap = average_precisions(y, np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.2, 0.4]]))
+    assert ap[0] == 1.0 and np.isnan(ap[1])
+    assert average_precisions(y[:, :1], np.zeros((4, 1)))[0] == 0.5  # constant score: the base rate
+
+
+def test_metric_guards(tmp_path, data_root):
+    poly = DATASETS.get("polydigits")()
+    y = labels(20, 0)
+    ctx = context(tmp_path, CELEBA, split(y, 0.1, 0), split(y, 0.1, 1))
+    with pytest.raises(MMBenchError, match="use latent_ap"):
+        METRICS.get("latent_classification")(ctx)
+    with pytest.raises(MMBenchError, match="use coherence_ap"):
+        METRICS.get("coherence")(ctx)
+    single = load_split(poly, "vanilla", "test", data_root).subset(8)
+    ctx = EvalContext(model=FakeModel(), spec=poly, variant="vanilla", train=single, test=single, test_full=single,
+                      cfg=EvalConfig(), device=torch.device("cpu"), data_root=data_root)
+    with pytest.raises(MMBenchError, match="use latent_classification"):
+        METRICS.get("latent_ap")(ctx)
+    with pytest.raises(MMBenchError, match="use coherence in"):
+        METRICS.get("coherence_ap")(ctx)
+    with pytest.raises(ConfigError, match="ap_scores"):
+        build_run_config({"dataset": "celeba", "eval": {"ap_scores": "soft"}})
+    # refused when the run is configured, before any training
+    with pytest.raises(ConfigError, match=r"eval.metrics\[1\]: coherence does not apply .*; use coherence_ap"):
+        build_run_config({"dataset": "celeba", "eval": {"metrics": ["latent_ap", "coherence"]}})
+    with pytest.raises(ConfigError, match="use latent_classification"):
+        build_run_config({"dataset": "polydigits", "eval": {"metrics": ["latent_ap"]}})
+    assert build_run_config({"dataset": "celeba", "eval": {"metrics": ["latent_ap", "coherence_ap"]}})
+
+
+def test_multilabel_classifiers_on_the_fixture(tmp_path, source):  # noqa: F811  (the imported fixture)
+    src, _ = source
+    root = tmp_path / "d"
+    prepare(CELEBA, None, seed=0, data_root=root, options={"source": str(src)})
+    train, test = (load_split(CELEBA, None, s, root) for s in ("train", "test"))
+    assert train.labels.shape == (5, 40)
+    clf = train_one(CELEBA, train, "text", 1, torch.device("cpu"), lambda *a: None)  # BCE on multi-hot labels
+    assert 0 <= mean_ap(clf, test, "text", torch.device("cpu")) <= 1
+    with pytest.raises(MMBenchError, match="eval.classifier_min_ap=1.0"):
+        get_classifiers(CELEBA, "default", train, test, EvalConfig(classifier_epochs=1, classifier_min_ap=1.0),
+                        root, lambda *a: None)
+    accs = json.loads(next((root / "classifiers").glob("celeba-*")).joinpath("accuracy.json").read_text())
+    assert set(accs) == {"img", "text"} and all(0 <= a <= 1 for a in accs.values())
