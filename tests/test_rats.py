@@ -1,0 +1,178 @@
+"""The five-rat dataset: windows, pairing, protocols, errors, the simulator and a tiny training run."""
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+from mmbench.config import build_run_config
+from mmbench.data import rats
+from mmbench.data.base import load_split, prepare, read_manifest
+from mmbench.errors import MMBenchError
+from mmbench.evaluate import execute
+from mmbench.registry import DATASETS
+from mmbench.results import Run
+
+from conftest import SHARED
+
+TRIAL_INFO = SHARED / "data" / "rats-trial-info"
+MARK = 150  # neuron 1 of the tiny deposit counts max(bin - MARK, 0) spikes in every bin
+
+
+def tiny_deposit(root, n_trials=24, seed=0):
+    """A deposit in the published format with a known pattern: neuron 0 counts trial+1, neuron 1 counts the bin."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    for i, rat in enumerate(rats.RATS):
+        table = rats.synthetic_trial_info(n_trials + 3 * i, rng)  # unequal counts per rat
+        spikes = np.zeros((len(table), rats.NEURONS[rat], rats.N_BINS))
+        spikes[:, 0, :] = (np.arange(len(table)) + 1)[:, None] / 10
+        spikes[:, 1, :] = np.maximum(np.arange(rats.N_BINS) - MARK, 0) / 10
+        folder = root / "stattensor" / rat.upper()  # odd capitalisation, in a sub-folder
+        folder.mkdir(parents=True)
+        np.save(folder / f"{rat.capitalize()}_Spike_Data_Binned.npy", spikes)
+        np.save(folder / f"{rat.upper()}_trial_info.npy", table)
+        tables[rat] = table
+    return tables
+
+
+def test_windows_and_pairing_on_a_known_pattern(tmp_path):
+    tables = tiny_deposit(tmp_path / "src")
+    spec = DATASETS.get("rats")()
+    prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src"), "split": "in_sample"})
+    train = load_split(spec, "deposit", "train", tmp_path / "d")
+    test = load_split(spec, "deposit", "test", tmp_path / "d")
+    per_odor = [min(int((t[:, 3] == o).sum()) for t in tables.values()) for o in (1, 2, 3, 4)]
+    assert len(train) == len(test) == 16 * sum(per_odor)  # in_sample: train = test = everything
+    labels, window = train.labels.numpy(), train.extra_labels["window"].numpy()
+    assert np.array_equal(labels, np.repeat(np.arange(4), 16 * np.array(per_odor)))
+    assert np.array_equal(window, np.tile(np.arange(16), sum(per_odor)))
+    ranks = []
+    for rat in rats.RATS:
+        x = train.x[rat].numpy()
+        assert x.shape == (len(train), rats.NEURONS[rat], 10) and x.dtype == np.uint8
+        assert np.array_equal(x, test.x[rat].numpy())
+        trial = x[:, 0, 0].astype(int) - 1  # the rat's own trial index (file order)
+        odor = tables[rat][trial, 3] - 1
+        assert np.array_equal(odor, labels)  # pairing keeps the odor aligned across rats
+        rank = np.array([int((tables[rat][:t, 3] == tables[rat][t, 3]).sum()) for t in trial])
+        ranks.append(rank)
+        # sub-window w covers bins start+w .. start+w+9 (start = 200 + start_ms / 10)
+        expected = rats.start_bin(rat) + window[:, None] + np.arange(10) - MARK
+        assert np.array_equal(x[:, 1, :], expected)
+        assert np.allclose(train.batch(np.arange(2))[rat][:, 1], expected[:2] / 10)  # loaded in the deposit's unit
+    assert all(np.array_equal(ranks[0], r) for r in ranks)  # k-th trial of an odor pairs with the k-th
+    assert rats.start_bin("mitt") == 250 and rats.start_bin("barat") == 225
+
+
+def test_held_out_split_is_by_trial(tmp_path):
+    tiny_deposit(tmp_path / "src")
+    spec = DATASETS.get("rats")()
+    path = prepare(spec, "deposit", seed=3, data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+    train, test = (load_split(spec, "deposit", s, tmp_path / "d") for s in ("train", "test"))
+    tr, te = set(train.extra_labels["trial"].tolist()), set(test.extra_labels["trial"].tolist())
+    counts = read_manifest(path)["counts"]
+    assert not tr & te and 16 * len(tr) == counts["train"] and 16 * len(te) == counts["test"]
+    assert tr | te == set(range(len(tr) + len(te)))
+    assert set(test.labels.tolist()) == {0, 1, 2, 3}  # every odor is represented in test
+    assert read_manifest(path)["simulated"] is False
+
+
+@pytest.mark.skipif(not TRIAL_INFO.exists(), reason="shared trial_info tables not present")
+def test_trial_counts_from_the_real_tables():
+    tables = {rat: rats.read_trial_info(TRIAL_INFO / f"{rat.capitalize()}_trial_info.npy") for rat in rats.RATS}
+    n_all = [len(p["barat"]) for p in rats.pair_trials(tables, "all")]
+    assert n_all == [54, 36, 27, 36] and 16 * sum(n_all) == 2448  # rats.md §1
+    assert [len(p["mitt"]) for p in rats.pair_trials(tables, "correct_in_sequence")] == [48, 34, 25, 26]
+
+
+def test_missing_corrupt_and_wrong_files(tmp_path):
+    spec = DATASETS.get("rats")()
+    src = tmp_path / "src"
+    tiny_deposit(src, n_trials=12)
+
+    def fails(match):
+        with pytest.raises(MMBenchError, match=match) as e:
+            prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(src)}, force=True)
+        assert "\n" not in str(e.value)
+
+    with pytest.raises(MMBenchError, match="no stable file URL.*--simulate"):
+        prepare(spec, "deposit", data_root=tmp_path / "d")
+    spikes = src / "stattensor" / "STELLA" / "Stella_Spike_Data_Binned.npy"
+    good = spikes.read_bytes()
+    spikes.write_bytes(good[:len(good) // 2])  # truncated download
+    fails("Stella_Spike_Data_Binned.npy is not a readable .npy array")
+    spikes.write_bytes(b"not numpy")
+    fails("not a readable .npy array")
+    np.save(spikes, np.zeros((12 + 9, 48, 400)))
+    fails(r"shape \(21, 48, 400\), expected \(21, 49, 400\)")
+    np.save(spikes, np.full((12 + 9, 49, 400), 0.05))
+    fails("not spike counts / 10")
+    spikes.unlink()
+    fails("stella_spike_data_binned.npy not found")
+    spikes.write_bytes(good)
+    table = src / "stattensor" / "BARAT" / "BARAT_trial_info.npy"
+    np.save(table, np.zeros((5, 4)))
+    fails("trials × 9 trial_info table")
+    assert not (tmp_path / "d" / "rats" / "deposit").exists()  # no half-built dataset
+
+
+def test_options_are_checked(tmp_path):
+    spec = DATASETS.get("rats")()
+    with pytest.raises(MMBenchError, match="split=random is not allowed"):
+        prepare(spec, "simulated", data_root=tmp_path, options={"split": "random"})
+    with pytest.raises(MMBenchError, match="no prepare option 'window'"):
+        prepare(spec, "simulated", data_root=tmp_path, options={"window": 3})
+    result = CliRunner().invoke(app, ["prepare", "rats", "--simulate", "--variant", "deposit", "--data-root", str(tmp_path)])
+    assert isinstance(result.exception, MMBenchError) and "drop --variant deposit" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """`mmbench prepare rats --simulate` on the recorded trial tables (synthetic ones without /work/shared)."""
+    root = tmp_path_factory.mktemp("rats")
+    args = ["prepare", "rats", "--simulate", "--data-root", str(root)]
+    if TRIAL_INFO.exists():
+        args += ["-o", f"trial_info={TRIAL_INFO}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return root
+
+
+def test_simulator_writes_the_deposit_format(simulated):
+    manifest = read_manifest(simulated / "rats" / "simulated")
+    assert manifest["simulated"] is True and manifest["variant"] == "simulated"
+    files = rats.find_deposit(simulated / "raw" / "rats-simulated")
+    for rat in rats.RATS:
+        table = np.load(files[rat]["trial_info"])
+        spikes = np.load(files[rat]["spike_data_binned"], mmap_mode="r")
+        assert table.dtype == spikes.dtype == np.float64
+        assert table.shape[1] == 9 and spikes.shape == (len(table), rats.NEURONS[rat], 400)
+        if TRIAL_INFO.exists():
+            assert np.array_equal(table, np.load(TRIAL_INFO / f"{rat.capitalize()}_trial_info.npy"))
+    counts = manifest["counts"]
+    if TRIAL_INFO.exists():
+        assert manifest["paired_trials_per_odor"] == {"A": 54, "B": 36, "C": 27, "D": 36}
+        assert counts["train"] + counts["test"] == 2448 and counts["test"] == 16 * (11 + 7 + 5 + 7)
+
+
+def test_simulated_odor_is_decodable(simulated):
+    spec = DATASETS.get("rats")()
+    train, test = (load_split(spec, "simulated", s, simulated) for s in ("train", "test"))
+    majority = np.bincount(test.labels.numpy()).max() / len(test)
+    accs = []
+    for rat in rats.RATS:
+        clf = LogisticRegression(max_iter=500).fit(train.x[rat].flatten(1).numpy(), train.labels.numpy())
+        accs.append((clf.predict(test.x[rat].flatten(1).numpy()) == test.labels.numpy()).mean())
+    assert np.mean(accs) > majority + 0.15, (accs, majority)
+
+
+def test_rat_mlp_mopoe_trains_and_evaluates(simulated, tmp_path):
+    cfg = build_run_config({
+        "dataset": "rats", "variant": "simulated",
+        "method": {"name": "mopoe", "latent_dim": 2, "beta": 1e-3},
+        "train": {"epochs": 1, "batch_size": 128, "max_train": 256},
+        "eval": {"metrics": ["latent_classification"], "lr_train_samples": 128, "test_samples": 128}})
+    metrics = execute(Run(cfg, tmp_path), simulated)["metrics"]
+    assert cfg.method.architecture is None and Run(cfg, tmp_path).id.startswith("rats-simulated-mopoe")
+    assert 0.0 <= metrics["latent_acc/barat"] <= 1.0 and "latent_acc_by_n/5" in metrics
