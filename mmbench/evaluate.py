@@ -25,7 +25,8 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=test_full.subset(cfg.eval.test_samples, seed=2), test_full=test_full, cfg=cfg.eval,
-                      device=device, data_root=data_root, progress=progress or (lambda *a: None))
+                      device=device, data_root=data_root, progress=progress or (lambda *a: None),
+                      out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)
     metrics: Dict[str, float] = {}
     t0 = time.time()

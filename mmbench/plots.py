@@ -128,7 +128,53 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     return written
 
 
+def latent_scatters(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[Path]:
+    """MM-VAMP Figs. 6 and 13: each run's stored unimodal latents (metric latent_scatter), coloured by class
+    (left) and by modality (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: List[Path] = []
+    if frame.empty:
+        return written
+    runs = frame[frame["metric"] == "latent_scatter/points"].drop_duplicates("run")
+    for row in runs.itertuples(index=False):
+        path = Path(runs_dir) / row.run / "artifacts" / "latents.npz"
+        if not path.exists():
+            continue
+        data = np.load(path)
+        names = [str(n) for n in data["names"]]
+        labels = data["labels"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        colours = plt.get_cmap("tab10")
+        for j, m in enumerate(names):
+            z = data[f"z_{m}"]
+            for c in np.unique(labels):
+                sel = labels == c
+                axes[0].scatter(z[sel, 0], z[sel, 1], s=3, alpha=0.5, color=colours(int(c) % 10),
+                                label=f"class {c}" if j == 0 else None)
+            axes[1].scatter(z[:, 0], z[:, 1], s=3, alpha=0.5, color=colours(j % 10), label=m)
+        for ax, title in zip(axes, ("coloured by class", "coloured by modality")):
+            ax.set_title(title, fontsize=9)
+            ax.legend(frameon=False, fontsize=7, markerscale=3)
+            ax.set_xlabel("z1" if str(data["projection"]) == "identity" else "PC 1")
+            ax.set_ylabel("z2" if str(data["projection"]) == "identity" else "PC 2")
+        beta = row.cfg.get("method.beta")
+        fig.suptitle(f"{group_title(row.dataset, row.variant, row.tables)} — {row.method}, β={beta:g}, seed {row.seed}",
+                     fontsize=9)
+        fig.tight_layout()
+        written += _save(fig, out_dir, _stem(row.run, "latents"))
+    return written
+
+
 def all_figures(report: Any, out_dir: Path) -> List[Path]:
     """Every figure the report's runs support (PNG and SVG each)."""
+    from .results import default_runs_dir
+
     out_dir = Path(out_dir)
-    return by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)
+    return (by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)
+            + latent_scatters(report.frame, Path(report.runs_dir or default_runs_dir()), out_dir))

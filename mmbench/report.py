@@ -350,6 +350,7 @@ class Report:
     cells: List[Cell]
     claims: List[Claim]
     paper_lines: List[str]
+    runs_dir: Optional[Path] = None
 
     def __getitem__(self, key: str) -> Any:  # dict-style access kept for callers and tests
         return getattr(self, key)
@@ -369,7 +370,7 @@ def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
     fill(cells, frame)
     evaluate_claims(claims, frame)
     return Report(frame, summary_tables(frame), reference_tables(cells), cells, claims,
-                  paper_summaries(cells, claims))
+                  paper_summaries(cells, claims), runs_dir)
 
 
 # ----- rendering ---------------------------------------------------------------------------------

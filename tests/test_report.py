@@ -193,3 +193,22 @@ def test_malformed_claims_are_named(tmp_path):
     (tmp_path / "r.yaml").write_text("cells: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_reference_files(tmp_path)
+
+
+def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):
+    """MM-VAMP Figs. 6/13: a run's unimodal latents are stored by the metric and drawn by the report."""
+    import numpy as np
+
+    from mmbench.evaluate import execute
+    from mmbench.plots import all_figures
+
+    cfg = build_run_config({"dataset": "polydigits", "modalities": ["m0", "m1"],
+                            "method": {"name": "mmvae", "latent_dim": 2},
+                            "train": {"epochs": 1, "max_train": 64, "batch_size": 32},
+                            "eval": {"metrics": ["latent_scatter"], "test_samples": 50}, "tables": ["Fig S"]})
+    run = Run(cfg, tmp_path / "runs")
+    execute(run, data_root)
+    saved = np.load(run.dir / "artifacts" / "latents.npz")
+    assert saved["z_m0"].shape == (50, 2) and list(saved["names"]) == ["m0", "m1"] and len(saved["labels"]) == 50
+    figs = all_figures(build_report(tmp_path / "runs", None), tmp_path / "figs")
+    assert sorted(p.name for p in figs) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]

@@ -24,6 +24,7 @@ class EvalContext:
     device: torch.device
     data_root: Optional[Path] = None
     progress: Callable[[str, int, int], None] = lambda *a: None
+    out_dir: Optional[Path] = None  # where metrics may write arrays for the report's figures (run/artifacts)
     extra: Dict[str, object] = field(default_factory=dict)  # side outputs (e.g. classifier accuracies)
     _classifiers: Optional[Dict[str, torch.nn.Module]] = None
 
