@@ -124,13 +124,20 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
              variant: Optional[str] = typer.Option(None, "--variant", "-v"),
              seed: int = typer.Option(0, help="Training seed of the run to evaluate."),
              overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR,
-             data_root: Optional[Path] = DATA_ROOT) -> None:
+             data_root: Optional[Path] = DATA_ROOT,
+             fid_weights: Optional[Path] = typer.Option(
+                 None, "--fid-weights", help="pytorch-fid Inception weights file pt_inception-2015-12-05-6726825d.pth "
+                                             "(sha256-checked; default: the torch hub cache).")) -> None:
     """Evaluate a trained model with its configured metrics and write metrics.json.
 
     Example: mmbench evaluate polydigits mopoe --set train.epochs=5 --set eval.test_samples=500
     """
+    import json
+
     from .evaluate import evaluate as do_evaluate
 
+    if fid_weights is not None:  # eval.fid_weights is not part of the run id, so the same run is evaluated
+        overrides = [*overrides, f"eval.fid_weights={json.dumps(str(fid_weights.expanduser().resolve()))}"]
     run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
     with run.lock():
         with progress_bar() as progress:

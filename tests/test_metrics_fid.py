@@ -1,0 +1,171 @@
+"""FID: the Fréchet distance against closed forms and pytorch-fid, and the whole pipeline with weights made here.
+
+The real Inception weights cannot be downloaded in the tests: a randomly initialised FID-Inception state
+dict is saved to a temporary file and its sha256 passed in, so every check of the real path runs.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from pytorch_fid import inception as pfid
+from pytorch_fid.fid_score import calculate_frechet_distance
+from torch import nn
+
+from mmbench.config import EvalConfig
+from mmbench.data.base import load_split
+from mmbench.data.download import file_digest
+from mmbench.errors import MMBenchError
+from mmbench.methods.base import MethodConfig
+from mmbench.metrics import fid as fidm
+from mmbench.metrics.context import EvalContext
+from mmbench.registry import DATASETS, METHODS
+
+
+def random_spd(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_frechet_distance_closed_form_for_diagonal_covariances():
+    g = torch.Generator().manual_seed(0)
+    mu1, mu2 = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    a, b = torch.rand(6, generator=g, dtype=torch.float64) + 0.1, torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    expected = ((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()  # commuting covariances
+    assert fidm.frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(expected.item(), rel=1e-10)
+    assert fidm.frechet_distance(mu1, torch.diag(a), mu1, torch.diag(a)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_frechet_distance_matches_pytorch_fid_sqrtm_formula():
+    s1, s2 = random_spd(30, 1), random_spd(30, 2)
+    mu1, mu2 = torch.linspace(0, 1, 30, dtype=torch.float64), torch.zeros(30, dtype=torch.float64)
+    ours = fidm.frechet_distance(mu1, s1, mu2, s2)
+    theirs = calculate_frechet_distance(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
+    assert ours == pytest.approx(theirs, rel=1e-8)
+
+
+@pytest.mark.parametrize("n", [5, 400])  # fewer and more samples than feature dims
+def test_reference_distance_from_features_equals_distance_of_their_statistics(n):
+    d = 40
+    g = torch.Generator().manual_seed(n)
+    real = torch.randn(300, d, generator=g) @ torch.randn(d, d, generator=g) / d
+    fake = torch.randn(n, d, generator=g) * 0.5 + 0.3
+    mu1, s1 = fidm.feature_stats(real)
+    mu2, s2 = fidm.feature_stats(fake)
+    assert np.allclose(s2.numpy(), np.cov(fake.double().numpy(), rowvar=False))
+    expected = calculate_frechet_distance(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
+    assert fidm.Reference(mu1, s1).distance(fake) == pytest.approx(expected, rel=1e-6)
+    assert fidm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_of_two_gaussian_samples_converges_to_the_closed_form():
+    d, n = 4, 40000
+    s1, s2 = random_spd(d, 3), random_spd(d, 4)
+    mu1, mu2 = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.5, dtype=torch.float64)
+    # Closed form via the eigenvalues of S1 S2 (independent of both implementations' square roots).
+    lam = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0)
+    exact = (((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * lam.sqrt().sum()).item()
+    g = torch.Generator().manual_seed(5)
+    x1 = mu1 + torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(s1).T
+    x2 = mu2 + torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(s2).T
+    ref = fidm.Reference(*fidm.feature_stats(x1))
+    assert ref.distance(x2) == pytest.approx(exact, abs=0.02)
+
+
+# ----- the pipeline with a generated weights file ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A random FID-Inception state dict (He-initialised so features neither vanish nor explode) and its sha256."""
+    torch.manual_seed(0)
+    net = fidm.build_inception()
+    for mod in net.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("fid") / fidm.FID_WEIGHTS_FILE
+    torch.save(net.state_dict(), path)
+    return path, file_digest(path, "sha256")
+
+
+def test_network_equals_pytorch_fid_inception_v3(weights, monkeypatch):
+    path, sha = weights
+    state = torch.load(path, weights_only=True)
+    monkeypatch.setattr(pfid, "load_state_dict_from_url", lambda *a, **k: state)  # their loader, our file
+    theirs = pfid.InceptionV3([pfid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    ours = fidm.fid_network(str(path), "cpu", sha)
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = theirs(x)[0].flatten(1)
+        got = ours(x)
+    assert got.shape == (2, 2048)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got.abs().mean() > 1e-3
+
+
+def test_missing_or_wrong_weights_are_refused_with_instructions(weights, tmp_path, monkeypatch):
+    path, sha = weights
+    with pytest.raises(MMBenchError, match="--fid-weights") as e:
+        fidm.resolve_weights(str(tmp_path / "nope.pth"), sha)
+    assert fidm.FID_WEIGHTS_URL in str(e.value)
+    with pytest.raises(MMBenchError, match="sha256") as e:
+        fidm.resolve_weights(str(path))  # the published sha256: the random file is not it
+    assert fidm.FID_WEIGHTS_URL in str(e.value)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(MMBenchError, match="checkpoints") as e:
+        fidm.resolve_weights(None, sha, download=False)
+    assert fidm.FID_WEIGHTS_URL in str(e.value)
+    assert fidm.resolve_weights(str(path), sha) == path
+
+
+def test_fid_metric_end_to_end(weights, data_root):
+    """Two modalities, 4 samples per FID (batches of 3 and 1): 40 Inception passes on the CPU."""
+    path, sha = weights
+    spec = DATASETS.get("polydigits")()
+    test = load_split(spec, "vanilla", "test", data_root)
+    mods = test.modalities[:2]
+    test = type(test)(mods, {m.name: test.x[m.name] for m in mods}, test.labels)
+    torch.manual_seed(0)
+    model = METHODS.get("mopoe")(mods, MethodConfig("mopoe", latent_dim=4, beta=1.0), "polymnist_cnn").eval()
+    cfg = EvalConfig(fid_samples=4, fid_batch_size=3, fid_weights=str(path), fid_subsets="all")
+    ctx = EvalContext(model=model, spec=spec, variant="vanilla", train=test, test=test, test_full=test, cfg=cfg,
+                      device=torch.device("cpu"), data_root=data_root)
+    out = fidm.compute_fid(ctx, weights_sha256=sha)
+    a, b = (m.name for m in mods)
+    keys = {f"fid/prior->{a}", f"fid/prior->{b}", "fid_by_n/1"} | {
+        f"fid/{s}->{t}" for s in (a, b, f"{a}+{b}") for t in (a, b)}
+    assert set(out) == keys
+    assert all(math.isfinite(v) and v > 0 for v in out.values())
+    assert out["fid_by_n/1"] == pytest.approx((out[f"fid/{a}->{b}"] + out[f"fid/{b}->{a}"]) / 2)
+    cached = sorted((data_root / "fid_stats").glob(f"polydigits-vanilla-test-{a}-n4-*-w{sha[:12]}.npz"))
+    assert len(cached) == 1
+    # The cached reference is what a recomputation gives; real images against themselves score 0.
+    net = fidm.fid_network(str(path), "cpu", sha)
+    split = test.subset(4, seed=3)
+    ref = fidm.real_reference(ctx, net, split, mods[0], sha)
+    with torch.no_grad():
+        real = net(fidm.inception_input(split.batch(torch.arange(4))[a]))
+    mu, sigma = fidm.feature_stats(real)
+    assert torch.allclose(ref.mu, mu, atol=1e-6) and torch.allclose(ref.sigma, sigma, atol=1e-6)
+    assert abs(ref.distance(real)) < 1e-6
+
+
+def test_subset_choices():
+    names = ["a", "b", "c"]
+    assert len(fidm.fid_subsets(names, "all")) == 7
+    assert fidm.fid_subsets(names, "unimodal") == [("a",), ("b",), ("c",)]
+    assert fidm.fid_subsets(names, "unimodal_and_full")[-1] == ("a", "b", "c")
+    assert fidm.fid_subsets(names, "none") == []
+
+
+def test_fid_weights_location_is_not_part_of_the_run_id():
+    from mmbench.config import build_run_config, parse_overrides
+    from mmbench.registry import METRICS
+
+    base = {"dataset": "polydigits", "method": {"name": "mopoe"}}
+    plain = build_run_config(base)
+    located = build_run_config({**base, **parse_overrides(['eval.fid_weights="/some where/w.pth"'])})
+    assert located.eval.fid_weights == "/some where/w.pth"
+    assert located.run_id() == plain.run_id()
+    assert build_run_config({**base, "eval": {"fid_samples": 500}}).run_id() != plain.run_id()
+    assert {"fid", "loglik", "reconstruction"} <= set(METRICS.names())
