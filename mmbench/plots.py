@@ -107,17 +107,22 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             continue
         xkey, xlab = xs[0]
         means = g.groupby(["method", "beta", "metric"])["value"].mean().unstack("metric")
+        stds = g.groupby(["method", "beta", "metric"])["value"].std().unstack("metric").fillna(0.0)
         out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
         for ax, (ykey, ylab) in zip(axes[0], ys):
-            for method, mg in means.groupby(level="method"):
+            for i, (method, mg) in enumerate(means.groupby(level="method")):
                 mg = mg.droplevel("method").sort_index()
+                sd = stds.loc[method].reindex(mg.index)
                 if xkey not in mg or ykey not in mg:
                     continue
-                ax.plot(mg[xkey], mg[ykey], marker="o", label=method)
-                for beta, row in mg.iterrows():
-                    ax.annotate(f"β={beta:g}", (row[xkey], row[ykey]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
+                # mean over seeds; bars = std in both directions (MoPoE Figs. 1, 5-6)
+                ax.errorbar(mg[xkey], mg[ykey], xerr=sd.get(xkey), yerr=sd.get(ykey), marker="o", capsize=2,
+                            label=method)
+                if i == 0:  # label the β of each point once (the paper's arrows go from small to large β)
+                    for beta, row in mg.iterrows():
+                        ax.annotate(f"β={beta:g}", (row[xkey], row[ykey]), fontsize=6, xytext=(3, -8),
+                                    textcoords="offset points")
             ax.set_xlabel(xlab)
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
@@ -171,10 +176,60 @@ def latent_scatters(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
     return written
 
 
+def per_attribute(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """MoPoE Figs. 12-13, MM-VAMP Fig. 11: average precision per attribute (latent_ap/<S>/<attr>,
+    coherence_ap/<S>-><m>/<attr>), one panel per input subset (or subset -> target), one bar per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: List[Path] = []
+    if frame.empty:
+        return written
+    sub = frame[frame["metric"].str.match(r"^(latent_ap|coherence_ap)/[^/]+/.+$")].copy()
+    if sub.empty:
+        return written
+    parts = sub["metric"].str.split("/", n=2)
+    sub["family"], sub["panel"], sub["attr"] = parts.str[0], parts.str[1], parts.str[2]
+    sub["beta"] = sub["cfg"].apply(lambda c: c.get("method.beta"))
+    for (dataset, variant, tables, family, beta), g in sub.groupby(["dataset", "variant", "tables", "family", "beta"]):
+        names = series_names(g)  # one figure per β, so a sweep does not crowd 40 attributes with every run
+        g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
+        panels = list(dict.fromkeys(g["panel"]))
+        attrs = list(dict.fromkeys(g["attr"]))
+        series = sorted(g["series"].unique())
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 0.18 * len(attrs) + 2),
+                                 squeeze=False, sharey=True)
+        width = 0.8 / max(len(series), 1)
+        for ax, panel in zip(axes[0], panels):
+            means = g[g["panel"] == panel].groupby(["series", "attr"])["value"].mean()
+            for i, sname in enumerate(series):
+                vals = [means.get((sname, a), np.nan) for a in attrs]
+                ax.barh(np.arange(len(attrs)) + i * width, vals, height=width, label=sname)
+            ax.set_title(panel, fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("average precision")
+            ax.grid(axis="x", alpha=0.3)
+        axes[0][0].set_yticks(np.arange(len(attrs)) + 0.4 - width / 2)
+        axes[0][0].set_yticklabels(attrs, fontsize=6)
+        axes[0][0].invert_yaxis()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(series), 4), frameon=False, fontsize=7)
+        label = "latent representation" if family == "latent_ap" else "generation coherence"
+        fig.suptitle(f"{group_title(dataset, variant, tables)} — {label} per attribute, β={beta:g}", fontsize=9)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", family, f"beta{beta:g}",
+                                             "per-attribute"))
+    return written
+
+
 def all_figures(report: Any, out_dir: Path) -> List[Path]:
     """Every figure the report's runs support (PNG and SVG each)."""
     from .results import default_runs_dir
 
     out_dir = Path(out_dir)
-    return (by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)
+    return (by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir) + per_attribute(report.frame, out_dir)
             + latent_scatters(report.frame, Path(report.runs_dir or default_runs_dir()), out_dir))

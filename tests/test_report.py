@@ -212,3 +212,21 @@ def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):
     assert saved["z_m0"].shape == (50, 2) and list(saved["names"]) == ["m0", "m1"] and len(saved["labels"]) == 50
     figs = all_figures(build_report(tmp_path / "runs", None), tmp_path / "figs")
     assert sorted(p.name for p in figs) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]
+
+
+def test_figures_of_sweeps_and_attributes(tmp_path):
+    """β-sweep and per-attribute figures come out of the report for the runs that support them."""
+    from mmbench.plots import all_figures
+
+    runs = tmp_path / "runs"
+    for method in ("mopoe", "mmvae"):
+        for beta in (0.5, 2.0):
+            cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, "beta": beta}, "tables": ["F"]})
+            run = Run(cfg, runs)
+            run.init()
+            run.write_metrics({"recon/joint": 100 / beta, "latent_acc_by_n/1": 0.5 + beta / 10,
+                               "latent_ap/m0/smiling": 0.7, "latent_ap/m0/bald": 0.2, "coherence_ap/m0->m1/bald": 0.3})
+    names = sorted(p.name for p in all_figures(build_report(runs, None), tmp_path / "figs") if p.suffix == ".png")
+    assert any(n.endswith("beta-sweep.png") for n in names)
+    assert any("latent_ap-beta" in n and n.endswith("per-attribute.png") for n in names)
+    assert any("coherence_ap-beta" in n for n in names)
