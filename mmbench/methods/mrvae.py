@@ -1,0 +1,435 @@
+"""mrVAE: the multimodal relational VAE (Sutter & Vogt): subspaces shared by learned subsets of modalities.
+
+Each modality j has its own latent z_j of D factors. Every subset A of modalities has a subspace S_A
+(|S_A| = D) for the factors the modalities in A share; S_{j} holds j's private factors. How many
+factors each modality of A gives to S_A (n_A, §3.1) and which ones (y_j, §3.2) is latent, inferred by
+r_ψ(n, y | z) and trained with the hierarchical ELBO of Eq. (4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MMBenchError
+from ..registry import METHODS
+from .base import LOG_2PI, Gaussian, MultimodalVAE, all_subsets, product_of_experts
+
+
+# ----- relaxations and priors ------------------------------------------------------------------
+def gumbel(t: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise shaped like t (minus the log of an Exp(1) draw)."""
+    return -torch.empty_like(t).exponential_().clamp_min(1e-20).log()
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = True, noise: bool = True) -> torch.Tensor:
+    """Relaxed one-hot sample of Categorical(softmax(logits)) (Jang et al. 2016, Maddison et al. 2016).
+
+    hard=True: the exact one-hot sample forward and the relaxed sample's gradient backward (straight-through,
+    Bengio et al. 2013, as mrVAE App. E.1); noise=False gives the mode instead of a sample.
+    """
+    y = logits + gumbel(logits) if noise else logits
+    if hard:
+        one_hot = F.one_hot(y.argmax(-1), y.shape[-1]).to(logits.dtype)
+        if not torch.is_grad_enabled():
+            return one_hot
+    soft = torch.softmax(y / tau, -1)
+    return one_hot + (soft - soft.detach()) if hard else soft
+
+
+def abs_dev_sum(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Σ_k m_k |s_l - s_k| for every l (B×D), in O(D log D) memory-light form via sorted prefix sums."""
+    v, order = torch.sort(s, -1)
+    w = m.gather(-1, order)
+    cw, cws = w.cumsum(-1), (w * v).cumsum(-1)
+    below = v * cw - cws  # items sorted at or below l
+    above = (cws[..., -1:] - cws) - v * (cw[..., -1:] - cw)  # items sorted above l
+    return torch.empty_like(s).scatter(-1, order, below + above)
+
+
+def neuralsort(s: torch.Tensor, tau: float, mask: torch.Tensor = None, rows: int = None) -> torch.Tensor:
+    """Relaxed descending sort (NeuralSort, Grover et al. 2019): B×rows×D, row r a softmax that tends to
+    the one-hot of the r-th largest score as tau -> 0. `mask` (B×D, True = item) sorts only the masked-in items."""
+    m = torch.ones_like(s) if mask is None else mask.to(s.dtype)
+    rows = s.shape[-1] if rows is None else rows
+    n = m.sum(-1, keepdim=True)
+    r = torch.arange(1, rows + 1, device=s.device, dtype=s.dtype)
+    logits = ((n + 1 - 2 * r)[:, :, None] * s[:, None, :] - abs_dev_sum(s, m)[:, None, :]) / tau
+    return torch.softmax(logits.masked_fill(m[:, None, :] == 0, torch.finfo(s.dtype).min), -1)
+
+
+def sort_matrix(s: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """Exact descending sort of the masked-in items as one-hot rows (B×rows×D); rows past the item count are 0."""
+    order = torch.sort(s.masked_fill(~mask, -math.inf), stable=True, dim=-1, descending=True).indices[:, :rows]
+    exists = torch.arange(rows, device=s.device) < mask.sum(-1, keepdim=True)
+    return F.one_hot(order, s.shape[-1]).to(s.dtype) * exists[..., None]
+
+
+def f64(*xs) -> list:
+    """The arguments as float64 tensors on the device of the first tensor among them."""
+    device = next((x.device for x in xs if torch.is_tensor(x)), None)
+    return [torch.as_tensor(x, dtype=torch.float64, device=device) for x in xs]
+
+
+def log_binom(n, k) -> torch.Tensor:
+    """log C(n, k) elementwise in float64, -inf outside 0 <= k <= n."""
+    n, k = f64(n, k)
+    ok = (k >= 0) & (k <= n)
+    n_ = n.clamp_min(0)
+    k_ = torch.minimum(k.clamp_min(0), n_)
+    val = torch.lgamma(n_ + 1) - torch.lgamma(k_ + 1) - torch.lgamma(n_ - k_ + 1)
+    return torch.where(ok, val, torch.full_like(val, -math.inf))
+
+
+def log_hypergeom(k, N, K, n) -> torch.Tensor:
+    """log P(k) of the hypergeometric: k of the K marked items among n drawn without replacement from N."""
+    k, N, K, n = f64(k, N, K, n)
+    return log_binom(K, k) + log_binom(N - K, n - k) - log_binom(N, n)
+
+
+def log_mvhg(counts, sizes) -> torch.Tensor:
+    """Central multivariate hypergeometric log-pmf (mrVAE Def. 1): counts (last dim) drawn from classes of `sizes`."""
+    counts, sizes = f64(counts, sizes)
+    return log_binom(sizes, counts).sum(-1) - log_binom(sizes.sum(-1), counts.sum(-1))
+
+
+def categorical_kl(logits: torch.Tensor, log_prior: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Σ_k r_k (log r_k - log q_k) over the allowed values (r = softmax(logits) is zero elsewhere)."""
+    log_r = torch.log_softmax(logits.masked_fill(~allowed, -math.inf), -1)
+    log_r, log_q = torch.where(allowed, log_r, 0.0), torch.where(allowed, log_prior, 0.0)
+    return (log_r.exp() * allowed * (log_r - log_q)).sum(-1)
+
+
+def kl_elem(q: Gaussian) -> torch.Tensor:
+    """KL(q || N(0, 1)) per coordinate."""
+    return 0.5 * (q.mu ** 2 + q.logvar.exp() - 1 - q.logvar)
+
+
+def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
+           with_kl: bool) -> tuple:
+    """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's factors ranked by Gumbel-perturbed scores w, among those not yet
+    given to another subspace; rows r < n_A (act) are the selection. Returns (B×R×D ST matrix, KL term per row)."""
+    R = act.shape[1]
+    mask = free.detach() > 0.5
+    s = w + gumbel(w) if sample else w
+    Y = sort_matrix(s, mask, R)
+    if torch.is_grad_enabled():  # straight-through: exact sort forward, NeuralSort gradient backward
+        soft = neuralsort(s, tau, mask, R)
+        Y = Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
+    if not with_kl:
+        return Y, 0.0
+    # log r(y | n, z): Plackett-Luce probability of the ranked picks (the law of the Gumbel-perturbed sort);
+    # log q(y | n): the uniform prior of Def. 2 given the sizes, i.e. Plackett-Luce with equal scores.
+    w_max = w.detach().max(-1, keepdim=True).values
+    e = (w - w_max).exp()
+    picked = torch.einsum("brd,bd->br", Y, e)  # mass of the r-th pick
+    unpicked = ((free - Y.sum(1)) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
+    # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
+    log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
+    n_before = (mask.sum(-1, keepdim=True) - torch.arange(R, device=w.device)).clamp_min(1)
+    return Y, (act * (torch.einsum("brd,bd->br", Y, w) - log_z + n_before.log())).sum(-1)
+
+
+def linear_params(n: int, d_in: int, d_out: int) -> tuple:
+    """n stacked fully-connected layers d_in -> d_out, initialised as nn.Linear."""
+    bound = 1 / math.sqrt(d_in)
+    return (nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)),
+            nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound)))
+
+
+class SetNets(nn.Module):
+    """G networks at once, each ReLU(FC(mean over its available units of ReLU(FC(z_src)))) (Eqs. 34-35, 37-38).
+
+    Unit u has its own first layer, reads modality src[u]'s latent and feeds group[u]; averaging over the units
+    whose modality is available is how the paper handles missing modalities (App. E.1)."""
+
+    def __init__(self, src: List[int], group: List[int], n_groups: int, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.register_buffer("src", torch.tensor(src), persistent=False)
+        self.register_buffer("group", torch.tensor(group), persistent=False)
+        self.n_groups = n_groups
+        self.w1, self.b1 = linear_params(len(src), d_in, hidden)
+        self.w2, self.b2 = linear_params(n_groups, hidden, d_out)
+
+    def forward(self, z: torch.Tensor, avail: torch.Tensor) -> tuple:
+        """z: M×B×D, avail: M bools -> (G×B×d_out, G bools: the group has an available input)."""
+        units = avail[self.src].nonzero().squeeze(1)
+        src, group = self.src[units], self.group[units]
+        h = torch.relu(torch.einsum("ubd,udh->ubh", z[src], self.w1[units]) + self.b1[units, None])
+        member = F.one_hot(group, self.n_groups).T.to(z.dtype)  # G×U
+        count = member.sum(1)
+        mean = torch.einsum("gu,ubh->gbh", member / count.clamp_min(1)[:, None], h)
+        return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), count > 0
+
+
+class RelationalPosterior:
+    """q(z | n, y, X_S) on the interface latent z = [z_1; ...; z_M] (B×(M·D)) for one inferred relation.
+
+    Coordinate l of block j carries the slot of the subspace that factor l of z_j was assigned to; a slot
+    shared by several modalities appears in each of their blocks with the same value. Slots are independent
+    Gaussians, so `log_prob` is the density of the distinct slot values, read at each slot's first coordinate
+    (the copies are deterministic)."""
+
+    def __init__(self, slot_mu: torch.Tensor, slot_logvar: torch.Tensor, idx: torch.Tensor):
+        self.slots, self.idx = Gaussian(slot_mu, slot_logvar), idx
+        coord = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
+        first = torch.full_like(slot_mu, idx.shape[1], dtype=torch.long).scatter_reduce(1, idx, coord, "amin")
+        self.primary = first.gather(1, idx) == coord
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.slots.mu.gather(1, self.idx)
+
+    mu = mean
+
+    @property
+    def logvar(self) -> torch.Tensor:
+        return self.slots.logvar.gather(1, self.idx)
+
+    def rsample(self) -> torch.Tensor:
+        return self.slots.rsample().gather(1, self.idx)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.mean, self.logvar
+        lp = -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / logvar.exp())
+        return (lp * self.primary).sum(-1)
+
+
+class Relation:
+    """One inferred relation (n, y) and the subspace posteriors q(z | n, y, X) it induces, for B rows."""
+
+    def __init__(self):
+        # per shared subspace: (A, act B×R with act[r] = 1[n_A > r], {j: Y_jA B×R×D}, slot posteriors B×R)
+        self.blocks: list = []
+        self.free: List[torch.Tensor] = []  # per modality: B×D, 1 on the factors left to its private subspace
+        self.single: Gaussian = None  # M×B×D posteriors of the private factors
+        self.kl_n, self.kl_y = 0.0, 0.0
+        self.log_q_n = 0.0  # log q(n) of the sizes drawn: Σ_j log MVHG(n_j) (Def. 1)
+
+    def sizes(self) -> torch.Tensor:
+        """B×(#shared) subspace sizes n_A."""
+        return torch.stack([act.sum(-1) for _, act, _, _ in self.blocks], -1)
+
+    def inputs(self, sample: bool = True) -> List[torch.Tensor]:
+        """Per modality the B×D decoder input: factor l of z_j carries the slot it was assigned to (Eq. 26)."""
+        single = self.single.rsample() if sample else self.single.mu
+        u = [f * single[j] for j, f in enumerate(self.free)]
+        for _, act, Ys, q in self.blocks:
+            s = act * (q.rsample() if sample else q.mu)  # one draw per slot, shared by all modalities of A
+            for j, Y in Ys.items():
+                u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+        return u
+
+    def kl(self) -> torch.Tensor:
+        """Σ over the active slots of KL(q(slot) || N(0, 1)): the z-term of Eq. (4), closed form."""
+        kl = sum((f * kl_elem(self.single[j])).sum(-1) for j, f in enumerate(self.free))
+        for _, act, _, q in self.blocks:
+            kl = kl + (act * kl_elem(q)).sum(-1)
+        return kl
+
+    def posterior(self) -> RelationalPosterior:
+        M, (B, D) = len(self.free), self.free[0].shape
+        idx = [torch.full((B, D + 1), -1, dtype=torch.long, device=self.free[0].device) for _ in range(M)]
+        mus, logvars, offset = [], [], 0
+        for _, act, Ys, q in self.blocks:
+            R = act.shape[1]
+            slot = offset + torch.arange(R, device=act.device).expand(B, R)
+            for j, Y in Ys.items():
+                pos = torch.where(act.detach() > 0.5, Y.detach().argmax(-1), D)  # inactive rows -> spare column D
+                idx[j].scatter_(1, pos, slot)
+            mus.append(q.mu)
+            logvars.append(q.logvar)
+            offset += R
+        own = offset + torch.arange(M * D, device=idx[0].device).view(M, 1, D)
+        coords = [torch.where(f.detach() > 0.5, own[j], idx[j][:, :D]) for j, f in enumerate(self.free)]
+        mus.append(self.single.mu.transpose(0, 1).reshape(B, M * D))
+        logvars.append(self.single.logvar.transpose(0, 1).reshape(B, M * D))
+        idx = torch.cat(coords, 1)
+        assert (idx >= 0).all(), "a factor was assigned to no subspace"
+        return RelationalPosterior(torch.cat(mus, 1), torch.cat(logvars, 1), idx)
+
+
+@METHODS.register("mrvae")
+class MrVAE(MultimodalVAE):
+    """mrVAE: per-modality latents whose factors are allocated to learned shared subspaces (mrVAE §3, Eq. 4).
+
+    Model (M modalities, D = latent_dim factors per modality, the paper's |S_A| = min_j D_j = D):
+    * Encoders give q(z_j | x_j). From z_j ~ q, r_ψ(n_A | z_A) (Eqs. 1, 33-35) is a categorical over
+      0..D per subset A with |A| >= 2, sampled with straight-through Gumbel-softmax (App. E.1). The factors
+      are allocated subspace by subspace, largest A first (ties in modality order), and the private S_{j}
+      takes what is left. So that every modality's sizes sum to D_j (Def. 1), n_A is truncated to the
+      factors that all modalities of A still have; r is thus sequential, r(n_A | z_A, earlier n).
+    * y_{j,A} (Eqs. 2, 36-38): scores w_{j,A} = g_{ψ,A,j}(z_A) over z_j's factors, Gumbel-perturbed and
+      sorted with straight-through NeuralSort (exact sort forward, relaxed gradient); the top n_A of the
+      factors not yet taken form the ranked selection (a factor goes to exactly one subspace).
+    * Aggregation, q(z | n, y, X): slot r of S_A is the product of experts of the Gaussians of the
+      rank-r selected factor of every modality of A (no prior expert); private factors keep their own
+      posterior. Modality j is decoded from its D factors, each carrying its slot (Eq. 26).
+    * Priors: n_A ~ the central multivariate hypergeometric of Def. 1 for every modality of A (D draws
+      from Σ_{A∋j} |S_A| items), used in its sequential form (a product of univariate hypergeometrics that
+      telescopes to the multivariate pmf), the product over the modalities of A; y: the uniform
+      categorical of Def. 2 given the sizes (Plackett-Luce with equal scores); z: N(0, I) per slot.
+    * Loss (Eq. 4): rec_w-weighted NLL + β·KL(q(z | n, y, X) || N(0, I)) + KL_n + KL_y. KL_n is exact
+      per subspace given the earlier sizes; KL_y is the one-sample estimate log PL_w(y) - log PL_0(y).
+      β weighs only the z-term (the paper gives no β; the structure terms keep Eq. 4's weight 1).
+
+    Interface: z = [z_1; ...; z_M] (latent size M·D). For a subset S, subspaces that S covers (A ∩ S ≠ ∅)
+    get n_A, y and slot values from the available modalities (the networks average over them, App. E.1);
+    uncovered subspaces take n_A from the prior, a uniform y and N(0, 1) slots, and so do the private
+    factors of modalities outside S. In eval mode the relation is the mode (posterior means in, no Gumbel
+    noise; argmax sizes, the prior's mode and the lowest free factors where uncovered) and
+    `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation. `sample_prior`
+    draws a relation from the prior and N(0, 1) slots.
+
+    Options (the paper gives no temperatures or widths; these are our defaults):
+    * `tau_n` (1.0), `tau_y` (1.0): Gumbel-softmax and NeuralSort temperatures (gradients only: the
+      forward pass is exact, straight-through).
+    * `anneal_rate` (0.0: no annealing, as the paper): τ = max(`tau_min`, τ_0·exp(-rate·step)), step =
+      training steps so far, a buffer saved with the model (Jang et al. 2016's schedule). `tau_min` (0.5).
+    * `hidden` (128): width of the networks of Eqs. 34-35 and 37-38. As written there, they end in a ReLU;
+      their outputs are used as the categorical's logits (c_A) and as the sorting scores (w_{j,A}).
+
+    Training sees only complete tuples (Eq. 4), so the subset averages of App. E.1 and the subset PoEs
+    used for missing modalities are not trained explicitly (the paper does not say otherwise).
+    """
+
+    paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
+    options = {"tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
+
+    def __init__(self, modalities, cfg, architecture):
+        super().__init__(modalities, cfg, architecture)
+        def check(key, ok, rule):
+            v = self.opt[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise MMBenchError(f"method.options.{key} of mrvae must be {rule} (got {v!r})")
+
+        for key in ("tau_n", "tau_y", "tau_min"):
+            check(key, lambda v: v > 0, "> 0")
+        check("anneal_rate", lambda v: v >= 0, ">= 0")
+        check("hidden", lambda v: v >= 1 and float(v).is_integer(), "a positive integer")
+        M, D, H = len(self.names), cfg.latent_dim, int(self.opt["hidden"])
+        if M < 2:
+            raise MMBenchError("mrvae needs at least two modalities; use a multimodal dataset")
+        self.D = D
+        self.latent_dim = M * D  # the interface latent: one D-block per modality
+        # Shared subspaces in allocation order: largest first, then modality order.
+        subsets = sorted(all_subsets(range(M)), key=len, reverse=True)
+        self.shared = [A for A in subsets if len(A) > 1]
+        pairs = [(a, j) for a, A in enumerate(self.shared) for j in A]
+        self.pair_index = {p: u for u, p in enumerate(pairs)}
+        triples = [(u, i) for u, (a, _) in enumerate(pairs) for i in self.shared[a]]
+        self.size_net = SetNets([j for _, j in pairs], [a for a, _ in pairs], len(self.shared), D, H, D + 1)  # Eq. 35
+        self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def temperatures(self) -> tuple:
+        tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
+        if rate == 0:
+            return tau_n, tau_y
+        f = math.exp(-rate * float(self.step))
+        return max(float(self.opt["tau_min"]), tau_n * f), max(float(self.opt["tau_min"]), tau_y * f)
+
+    def relate(self, mu: torch.Tensor, logvar: torch.Tensor, avail: Sequence[bool], sample: bool,
+               with_kl: bool = False) -> Relation:
+        """Infer (n, y) from the available modalities (mu, logvar: M×B×D; the others' rows are ignored) and
+        build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means)."""
+        M, B, D = mu.shape
+        tau_n, tau_y = self.temperatures()
+        av = torch.tensor(list(avail), device=mu.device)
+        covered = [False] * len(self.shared)
+        if any(avail):
+            z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
+            size_logits, cov = self.size_net(z, av)
+            scores, _ = self.score_net(z, av)
+            covered = cov.tolist()
+        rel = Relation()
+        free = [mu.new_ones(B, D) for _ in range(M)]
+        left = [D * sum(j in A for A in self.shared) + D for j in range(M)]  # Σ |S_A| over j's unallocated subspaces
+        ks = torch.arange(D + 1, device=mu.device)
+        for a, A in enumerate(self.shared):
+            d_left = torch.stack([free[j].detach().sum(-1) for j in A])  # |A|×B factors each modality has left
+            pop = torch.tensor([left[j] for j in A], device=mu.device)
+            # Def. 1 sequentially: Σ_{j∈A} log HG(n_A; population left_j, |S_A| = D marked, d_left_j draws).
+            log_prior = log_hypergeom(ks, pop[:, None, None], D, d_left[..., None]).sum(0).to(mu.dtype)
+            allowed = ks <= d_left.min(0).values[:, None]
+            logits = (size_logits[a] if covered[a] else log_prior).masked_fill(~allowed, -math.inf)
+            onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
+            if with_kl and covered[a]:
+                rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
+            rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
+            n = (onehot * ks).sum(-1)
+            R = min(D, int(n.detach().max()) + 1)  # slots computed: the largest n_A and one more (its gradient)
+            act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:R + 1]  # act[r] = 1[n_A > r]
+            Ys = {}
+            for j in A:
+                w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
+                Ys[j], kl_y = select(w, free[j], act, tau_y, sample, with_kl and covered[a])
+                rel.kl_y = rel.kl_y + kl_y
+                free[j] = free[j] - torch.einsum("br,brd->bd", act, Ys[j])
+                left[j] -= D
+            experts = [j for j in A if avail[j]]
+            if experts:  # slot r = PoE of the rank-r selected factor of every available modality of A
+                sel_mu = torch.stack([torch.einsum("brd,bd->br", Ys[j], mu[j]) for j in experts])
+                sel_lv = torch.stack([torch.einsum("brd,bd->br", Ys[j], logvar[j]) for j in experts])
+                q = product_of_experts(sel_mu, sel_lv, mu.new_ones(1, len(experts)), mu.new_zeros(1))[0]
+            else:  # no input covers S_A: its slots come from the prior
+                q = Gaussian(mu.new_zeros(B, R), mu.new_zeros(B, R))
+            rel.blocks.append((A, act, Ys, q))
+        keep = av[:, None, None]
+        rel.single = Gaussian(torch.where(keep, mu, 0.0), torch.where(keep, logvar, 0.0))
+        rel.free = free
+        return rel
+
+    # ----- the interface -------------------------------------------------------------------
+    def encode_subsets(self, x, subsets):
+        for s in subsets:
+            for n in s:
+                if n not in self.names:
+                    raise KeyError(f"modality {n!r} is not an input here; inputs: {self.names}")
+        names = self.needed(subsets)
+        mu_s, lv_s = self.unimodal(x, names)
+        B = mu_s.shape[1]
+        pos = [names.index(n) if n in names else None for n in self.names]
+        zero = mu_s.new_zeros(B, self.D)
+        mu = torch.stack([mu_s[p] if p is not None else zero for p in pos])
+        logvar = torch.stack([lv_s[p] if p is not None else zero for p in pos])
+        return [self.relate(mu, logvar, [n in s for n in self.names], sample=self.training).posterior()
+                for s in subsets]
+
+    def block(self, z, modality):
+        """Modality j's D factors of the concatenated interface latent z = [z_1; ...; z_M]."""
+        j = self.names.index(modality)
+        return z[..., j * self.D:(j + 1) * self.D]
+
+    def decode(self, z, modality):
+        return super().decode(self.block(z, modality), modality)
+
+    def rec_log_prob(self, z, x, modality):
+        return super().rec_log_prob(self.block(z, modality), x, modality)
+
+    def sample_prior(self, n):
+        zero = next(self.parameters()).new_zeros(len(self.names), n, self.D)
+        return self.relate(zero, zero, [False] * len(self.names), sample=True).posterior().rsample()
+
+    def loss(self, x):
+        if self.training:
+            self.step += 1
+        mu, logvar = self.unimodal(x, self.names)
+        rel = self.relate(mu, logvar, [True] * len(self.names), sample=True, with_kl=True)
+        u = rel.inputs(sample=True)
+        # Eq. (26): each modality is decoded from its own factors only.
+        nll = sum(-self.rec_weights[m] * self.likelihoods[m].log_prob(self.decoders[m](u[j]), x[m])
+                  for j, m in enumerate(self.names))
+        kl_z = rel.kl()
+        loss = (nll + self.beta * kl_z + rel.kl_n + rel.kl_y).mean()  # Eq. (4), negated
+        shared = (rel.sizes() * torch.tensor([len(A) for A in self.shared], device=mu.device)).sum(-1)
+        tau_n, tau_y = self.temperatures()
+        logs: Dict[str, float] = {
+            "loss": loss.item(), "nll": nll.mean().item(), "kl": kl_z.mean().item(),
+            "kl_n": float(torch.as_tensor(rel.kl_n).detach().mean()),
+            "kl_y": float(torch.as_tensor(rel.kl_y).detach().mean()),
+            "shared_fraction": (shared / (len(self.names) * self.D)).mean().item(), "tau_n": tau_n, "tau_y": tau_y}
+        return loss, logs
