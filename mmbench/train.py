@@ -101,6 +101,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         run.log(f"resumed from {last} at epoch {state['epoch']}")
     E, B = cfg.train.epochs, cfg.train.batch_size
     n_batches = max(len(train_split) // B, 1)
+    if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
+        model.plan_steps(E * n_batches)
     t0 = time.time()
     model.train()
     for epoch in range(state["epoch"], E):

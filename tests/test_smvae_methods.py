@@ -1,0 +1,284 @@
+"""SMVAE paper methods: jmvae, smvae, smvgon and the surrogate-only vae/vgon (interface, known answers, schedule)."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmbench.config import build_run_config
+from mmbench.data.base import Modality
+from mmbench.errors import ConfigError, MMBenchError
+from mmbench.evaluate import execute
+from mmbench.methods.base import Gaussian, MethodConfig, all_subsets
+from mmbench.methods.smvgon import vgon_elbo, vgon_posterior
+from mmbench.registry import METHODS
+from mmbench.results import Run
+from mmbench.train import train
+
+MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
+NAMES = ["jmvae", "smvae", "smvgon", "vae", "vgon"]
+
+
+def make(name, latent=8, beta=1.0, **kw):
+    torch.manual_seed(0)
+    cfg = MethodConfig(name, latent_dim=latent, beta=beta, image_likelihood=kw.pop("likelihood", None), options=kw)
+    return METHODS.get(name)(MODS, cfg, "polymnist_cnn")
+
+
+def batch(n=16, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return {m.name: torch.rand(n, 3, 28, 28, generator=g).to(dtype) for m in MODS}
+
+
+def kl_diag(mu_q, var_q, mu_p, var_p):
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) of diagonal Gaussians, summed over the last dim (written out)."""
+    return 0.5 * (torch.log(var_p / var_q) + var_q / var_p + (mu_q - mu_p) ** 2 / var_p - 1).sum(-1)
+
+
+class Fixed(nn.Module):
+    """An 'encoder' that returns given (mu, logvar), whatever the input."""
+
+    def __init__(self, mu, logvar):
+        super().__init__()
+        self.mu, self.logvar = mu, logvar
+
+    def forward(self, x):
+        return self.mu, self.logvar
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_shapes(name):
+    model = make(name)
+    x = batch()
+    full = tuple(model.names)
+    subsets = [full] if name == "vae" else all_subsets(model.names)
+    qs = model.encode_subsets(x, subsets)
+    assert len(qs) == len(subsets)
+    for q in qs:
+        assert isinstance(q, Gaussian)
+        assert q.mean.shape == (16, 8) and q.rsample().shape == (16, 8)
+    assert model.decode(model.sample_prior(4), "m1").shape == (4, 3, 28, 28)
+    if name == "vae":
+        assert model.supports(full) and not model.supports(("m0", "m1"))
+        with pytest.raises(MMBenchError, match="only from all modalities"):
+            model.encode(x, ("m0", "m1"))
+    else:
+        assert all(model.supports(s) for s in subsets)
+        assert model.encode({"m1": x["m1"]}, ("m1",)).mean.shape == (16, 8)  # only the subset's inputs needed
+    with torch.no_grad():  # evaluation encodes under no_grad (vgon still takes its inner gradient)
+        assert model.encode(x, full).mean.shape == (16, 8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_falls_with_finite_gradients(name):
+    model = make(name)
+    x = batch(16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    first = None
+    for _ in range(30):
+        loss, logs = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        for p in model.parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert set(logs) >= {"loss", "nll", "kl"}
+    assert loss.item() < 0.8 * first
+
+
+def random_experts(B=4, D=2, M=3, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    mus = [torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(M)]
+    lvs = [torch.randn(B, D, generator=g, dtype=torch.float64) * 0.7 for _ in range(M)]
+    sur = (torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64))
+    return mus, lvs, sur
+
+
+@pytest.mark.parametrize("prior", ["full", "all", "none"])
+def test_smvae_divergence_known_answer(prior):
+    beta = 0.7
+    model = make("smvae", latent=2, beta=beta, prior_expert=prior).double()
+    mus, lvs, (mu_s, lv_s) = random_experts()
+    for i, n in enumerate(model.names):
+        model.encoders[n] = Fixed(mus[i], lvs[i])
+    model.surrogate = lambda x: Gaussian(mu_s, lv_s)
+    _, logs = model.loss(batch(4, dtype=torch.float64))
+    # Independent: PoE (with the N(0, I) expert where the option says) for every non-empty subset, closed-form KL.
+    total = 0.0
+    for k in range(1, 4):
+        for c in itertools.combinations(range(3), k):
+            with_prior = prior == "all" or (prior == "full" and k == 3)
+            prec = float(with_prior) + sum(torch.exp(-lvs[i]) for i in c)
+            mu_c = sum(mus[i] * torch.exp(-lvs[i]) for i in c) / prec
+            total = total + kl_diag(mu_c, 1 / prec, mu_s, lv_s.exp())
+    expected = (beta / 2 ** 3 * total).mean().item()
+    assert logs["div"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_smvae_subset_posteriors_are_poe_prior_expert_on_full_set_by_default():
+    model = make("smvae")
+    x = batch()
+    mu, logvar = model.unimodal(x, model.names)
+    q_sub, q_full = model.encode_subsets(x, [("m0", "m2"), tuple(model.names)])
+    prec = (1 / (logvar[[0, 2]].exp() + 1e-8)).sum(0)
+    assert torch.allclose(q_sub.logvar, -torch.log(prec), atol=1e-5)
+    assert torch.allclose(q_sub.mu, (mu[[0, 2]] / (logvar[[0, 2]].exp() + 1e-8)).sum(0) / prec, atol=1e-5)
+    prec = 1 + (1 / (logvar.exp() + 1e-8)).sum(0)
+    assert torch.allclose(q_full.logvar, -torch.log(prec), atol=1e-5)
+
+
+def test_jmvae_divergence_known_answer_and_subsets():
+    model = make("jmvae", latent=2, beta=5.0, alpha=0.3).double()
+    assert model.alpha == 0.3 and make("jmvae", beta=2.0).alpha == 2.0  # alpha defaults to beta (Eq. 13)
+    mus, lvs, (mu_j, lv_j) = random_experts(seed=4)
+    for i, n in enumerate(model.names):
+        model.encoders[n] = Fixed(mus[i], lvs[i])
+    model.joint = lambda x: Gaussian(mu_j, lv_j)
+    x = batch(4, dtype=torch.float64)
+    _, logs = model.loss(x)
+    expected = 0.3 * sum(kl_diag(mu_j, lv_j.exp(), mus[i], lvs[i].exp()) for i in range(3)).mean().item()
+    assert logs["div"] == pytest.approx(expected, rel=1e-6)
+    q_full, q_one, q_two = model.encode_subsets(x, [("m0", "m1", "m2"), ("m1",), ("m0", "m2")])
+    assert torch.equal(q_full.mu, mu_j)
+    assert torch.allclose(q_one.mu, mus[1]) and torch.allclose(q_one.logvar, lvs[1], atol=1e-6)  # no prior expert
+    prec = torch.exp(-lvs[0]) + torch.exp(-lvs[2])
+    assert torch.allclose(q_two.logvar, -torch.log(prec), atol=1e-6)
+
+
+def test_vgon_inner_gradient_matches_finite_differences():
+    model = make("vgon", latent=2, beta=1.0, likelihood="gaussian").double()
+    model.train()
+    x = batch(3, dtype=torch.float64)
+    step = 0.01
+    torch.manual_seed(5)
+    q, grad = vgon_posterior(model, model.head, x, model.names, 1.0, step)
+    torch.manual_seed(5)
+    eps = torch.randn(3, 2, dtype=torch.float64)  # the noise the inner ELBO drew
+    h = 1e-5
+    fd = torch.zeros(3, 2, dtype=torch.float64)
+    with torch.no_grad():
+        for d in range(2):
+            e = torch.zeros(3, 2, dtype=torch.float64)
+            e[:, d] = h
+            up = vgon_elbo(model, model.head, e, x, model.names, eps, 1.0)
+            down = vgon_elbo(model, model.head, -e, x, model.names, eps, 1.0)
+            fd[:, d] = (up - down) / (2 * h)  # rows are independent samples
+    assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-6)
+    assert grad.abs().max() > 0
+    with torch.no_grad():  # Eq. 9: the posterior is read off z0 + step * grad
+        assert torch.allclose(q.mu, model.head.mu(step * grad)) and torch.allclose(q.logvar, model.head.logvar(step * grad))
+
+
+def test_vgon_second_order_path_reaches_decoders():
+    model = make("vgon", latent=2)
+    x = batch(4)
+    q, _ = vgon_posterior(model, model.head, x, model.names, 1.0, 1 / 256)
+    # q depends on the decoders only through the inner gradient: their gradients are second order.
+    (q.mu.sum() + q.logvar.sum()).backward()
+    for n in model.names:
+        grads = [p.grad for p in model.decoders[n].parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+    with torch.no_grad():
+        q2, _ = vgon_posterior(model, model.head, x, model.names, 1.0, 1 / 256)
+    assert q2.mu.grad_fn is None
+
+
+def test_vgon_subset_uses_present_modalities_only():
+    model = make("vgon").eval()
+    x = batch()
+    a = model.encode({"m1": x["m1"]}, ("m1",))
+    b = model.encode({**x, "m0": torch.zeros_like(x["m0"])}, ("m1",))
+    assert torch.equal(a.mu, b.mu)  # deterministic in eval mode, independent of the absent modalities
+    assert not torch.allclose(a.mu, model.encode(x, tuple(model.names)).mu)
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(module, before):
+    return {k for k, v in module.named_parameters() if not torch.equal(v, before[k])}
+
+
+@pytest.mark.parametrize("name", ["smvae", "smvgon"])
+def test_two_stage_schedule_freezes_the_right_parameters(name):
+    model = make(name, schedule="two_stage", stage1_steps=3)
+    x = batch(8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    groups = {"experts": model.encoders, "decoders": model.decoders,
+              "surrogate": model.surrogate_head if name == "smvgon" else model.surrogate_encoders}
+
+    def steps(n):
+        for _ in range(n):
+            loss, _ = model.loss(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    before = {k: snapshot(m) for k, m in groups.items()}
+    steps(3)  # stage 1: the surrogate ELBO only
+    assert not changed(groups["experts"], before["experts"])
+    assert changed(groups["decoders"], before["decoders"]) and changed(groups["surrogate"], before["surrogate"])
+    with torch.no_grad():
+        model.eval()
+        model.loss(x)  # evaluation does not advance the schedule
+        model.train()
+    assert int(model.train_steps) == 3 and model.stage() == "stage2"
+    mid = {k: snapshot(m) for k, m in groups.items()}
+    steps(3)  # stage 2: surrogate and decoders fixed, the divergence trains the experts
+    assert not changed(groups["decoders"], mid["decoders"]) and not changed(groups["surrogate"], mid["surrogate"])
+    assert changed(groups["experts"], mid["experts"])
+    assert int(model.state_dict()["train_steps"]) == 6  # saved with the weights, so a resumed run keeps its stage
+
+
+def test_two_stage_fraction_uses_the_planned_length():
+    model = make("smvae", schedule="two_stage", stage1_fraction=0.25)
+    with pytest.raises(MMBenchError, match="plan_steps"):
+        model.loss(batch(4))
+    model.plan_steps(12)
+    assert model.stage1_steps() == 3
+    assert make("smvae", schedule="two_stage").opt["stage1_fraction"] == pytest.approx(2 / 3)  # App. D: 200 of 300
+
+
+def test_two_stage_through_the_trainer(tmp_path, data_root):
+    cfg = build_run_config({
+        "dataset": "polydigits", "method": {"name": "smvae", "latent_dim": 4,
+                                            "options": {"schedule": "two_stage", "stage1_fraction": 0.5}},
+        "train": {"epochs": 2, "batch_size": 32, "max_train": 64},
+    })
+    run = Run(cfg, tmp_path / "run")
+    run.init()
+    history = train(run, data_root)["history"]  # 2 epochs × 2 steps: stage 1 is the first epoch
+    assert history[0]["train_div"] == 0.0 and history[1]["train_div"] > 0.0
+    assert int(torch.load(run.ckpt_dir / "last.pt", weights_only=False)["model"]["train_steps"]) == 4
+
+
+def test_schedule_options_are_checked():
+    with pytest.raises(ConfigError, match="not both"):
+        make("smvae", schedule="two_stage", stage1_steps=3, stage1_fraction=0.5)
+    with pytest.raises(ConfigError, match="stage1_fraction"):
+        make("smvae", schedule="two_stage", stage1_fraction=1.5)
+    with pytest.raises(ConfigError, match="stage1_steps"):
+        make("smvae", schedule="two_stage", stage1_steps=0)
+    with pytest.raises(ConfigError, match="schedule"):
+        make("smvae", schedule="sometimes")
+    with pytest.raises(ConfigError, match="prior_expert"):
+        make("smvae", prior_expert="some")
+    with pytest.raises(ConfigError, match="inner_step"):
+        make("vgon", inner_step=0)
+
+
+def test_smvae_one_epoch_through_the_pipeline(tmp_path, data_root):
+    cfg = build_run_config({
+        "dataset": "polydigits", "method": {"name": "smvae", "latent_dim": 8},
+        "train": {"epochs": 1, "batch_size": 32, "max_train": 192},
+        "eval": {"metrics": ["latent_classification"], "test_samples": 100, "lr_train_samples": 100},
+    })
+    metrics = execute(Run(cfg, tmp_path / "run"), data_root)["metrics"]
+    n = 5  # polydigits modalities
+    assert sum(k.startswith("latent_acc/") for k in metrics) == 2 ** n - 1
+    assert all(0.0 <= v <= 1.0 and math.isfinite(v) for k, v in metrics.items() if k.startswith("latent_acc"))
