@@ -192,10 +192,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
                       human_seconds(est) if est else "?", status)
         console.print(t)
-        console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-                      f"; remaining training ≈ {human_seconds(total)} on this machine" +
-                      (f" plus {unknown} run(s) without a timing yet (estimates come from finished runs of the same "
-                       f"dataset and method)" if unknown else ""))
+        known = sum(1 for c in configs if Run(c, runs_dir).status() != "done") - unknown
+        console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
+                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} on this machine" if known
+                       else "no timing yet") +
+                      (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
+                       f"dataset, variant and method)" if unknown else ""))
         return
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
@@ -211,6 +213,11 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
     from .metrics.classifiers import get_classifiers
     from .registry import DATASETS
 
+    # FID weights are fetched and checked before any training, so a missing file costs seconds, not a run.
+    for weights in dict.fromkeys(c.eval.fid_weights for c in configs if "fid" in c.eval.metrics):
+        from .metrics.fid import resolve_weights
+
+        resolve_weights(weights)
     seen = set()
     for c in configs:
         spec = DATASETS.get(c.dataset)()

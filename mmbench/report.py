@@ -178,8 +178,8 @@ def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: O
     sel = frame[(frame["method"] == method) & (frame["metric"] == metric)
                 & frame["tables"].apply(lambda t: table in t)]
     for w in wheres:
-        if w:
-            sel = sel[sel["cfg"].apply(lambda c, w=w: matches(c, w))]
+        if w and not sel.empty:
+            sel = sel.loc[[matches(c, w) for c in sel["cfg"]]]
     return sel
 
 
@@ -229,6 +229,8 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
                                  f"{' (' + _side_label(h['right']) + ')' if isinstance(h['right'], dict) else ''}"
                                  f"{at}: {'yes' if ok else 'NO'}")
+        if all(v is None for v in verdicts):
+            c.details = [f"no runs tagged {c.figure!r} match"]
         if any(v is False for v in verdicts):
             c.status = "fails"
         elif verdicts and all(v is True for v in verdicts):

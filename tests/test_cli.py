@@ -2,9 +2,12 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SUITE = """
 name: tiny
@@ -55,7 +58,7 @@ def test_suite_end_to_end(workspace):
     ws, env = workspace
     r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("pending") == 3
+    assert r.stdout.count("pending") == 3 + 1 and "3 pending; no timing yet" in r.stdout  # 3 rows + the summary
 
     r = mmbench("run", ws / "suite.yaml", "--gpus", "5,6", env=env)  # two workers, one per listed device
     assert r.returncode == 1  # the refusing run fails ...
@@ -77,7 +80,7 @@ def test_suite_end_to_end(workspace):
 
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
     r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
-    assert r.stdout.count("done") == 2
+    assert r.stdout.count("done") == 2 + 1 and "2 done" in r.stdout
     r = mmbench("run", ws / "suite.yaml", "--set", "eval.classifier_min_accuracy=0.0", env=env)
     assert all((d / "metrics.json").stat().st_mtime_ns == t for d, t in mtimes.items())  # finished runs skipped
 
@@ -106,6 +109,8 @@ def test_suite_end_to_end(workspace):
     (["train", "polydigits", "mopoe", "--set", "train.epochs=0"], "error: train.epochs: must be > 0, got 0"),
     (["run", "missing.yaml"], "error: suite file missing.yaml does not exist"),
     (["list", "things"], "error: cannot list 'things'"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--set", "eval.metrics=[fid]", "--set",
+      "eval.fid_weights=/nope/inception.pth"], "error: FID Inception weights not found at /nope/inception.pth"),
     (["report", "--compare", "nowhere"], "error: reference directory nowhere does not exist"),
     (["evaluate", "polydigits", "mopoe"], "train the run first (`mmbench train` or `mmbench run`)"),
     (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),

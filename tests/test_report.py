@@ -230,3 +230,11 @@ def test_figures_of_sweeps_and_attributes(tmp_path):
     assert any(n.endswith("beta-sweep.png") for n in names)
     assert any("latent_ap-beta" in n and n.endswith("per-attribute.png") for n in names)
     assert any("coherence_ap-beta" in n for n in names)
+
+
+def test_claims_and_filters_with_no_matching_runs(tmp_path):
+    """A where-filter or claim side that matches nothing is missing, not an error (shipped references)."""
+    fake_run(tmp_path / "runs", "mopoe", 0, {"latent_acc/m0": 0.5}, tables=("MoPoE Table 2",))
+    rep = build_report(tmp_path / "runs", ROOT / "reference_results")
+    assert rep.cells and all(c.status == "missing" for c in rep.cells)
+    assert all(c.status == "missing" for c in rep.claims)

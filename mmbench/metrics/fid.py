@@ -97,7 +97,7 @@ class FIDInception(nn.Module):
 def weights_help() -> str:
     return (f"download {FID_WEIGHTS_URL} (sha256 {FID_WEIGHTS_SHA256}) and put it at "
             f"{Path(torch.hub.get_dir()) / 'checkpoints' / FID_WEIGHTS_FILE}, or pass its path with "
-            f"`mmbench evaluate ... --fid-weights PATH` (eval.fid_weights)")
+            f"`mmbench evaluate ... --fid-weights PATH` or `--set eval.fid_weights=PATH`")
 
 
 def resolve_weights(path: Optional[str], sha256: str = FID_WEIGHTS_SHA256, download: bool = True) -> Path:
