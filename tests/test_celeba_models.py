@@ -219,7 +219,7 @@ def test_multilabel_classifiers_on_the_fixture(tmp_path, source):  # noqa: F811 
     prepare(CELEBA, None, seed=0, data_root=root, options={"source": str(src)})
     train, test = (load_split(CELEBA, None, s, root) for s in ("train", "test"))
     assert train.labels.shape == (5, 40)
-    clf = train_one(CELEBA, train, "text", 1, torch.device("cpu"), lambda *a: None)  # BCE on multi-hot labels
+    clf = train_one(CELEBA, CELEBA.check_variant(None), train, "text", 1, torch.device("cpu"), lambda *a: None)  # BCE on multi-hot labels
     assert 0 <= mean_ap(clf, test, "text", torch.device("cpu")) <= 1
     with pytest.raises(MMBenchError, match="eval.classifier_min_ap=1.0"):
         get_classifiers(CELEBA, "default", train, test, EvalConfig(classifier_epochs=1, classifier_min_ap=1.0),

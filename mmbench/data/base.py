@@ -59,6 +59,10 @@ class DatasetSpec:
     def modalities(self, variant: str) -> List[Modality]:
         raise NotImplementedError
 
+    def classifier_for(self, variant: str) -> str:
+        """The coherence classifier architecture of a variant (default: `classifier_architecture`)."""
+        return self.classifier_architecture
+
     def build(self, out: "ArrayWriter", variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         """Write every array of the dataset through `out`; return extra manifest fields."""

@@ -93,6 +93,10 @@ class PolyMNIST(DatasetSpec):
     n_modalities = 5
     default_architecture = "polymnist_cnn"
     classifier_architecture = "polymnist_clf"
+
+    def classifier_for(self, variant: str) -> str:
+        # Translated digits: the MM-VAMP code's ResNet classifier (official-setups §2.2, §2.4); else MoPoE's ClfImg.
+        return "polymnist_resnet_clf" if variant == "translated" else self.classifier_architecture
     option_names = {"source": "directory with PolyMNIST.zip or the MNIST .gz files",
                     "backgrounds": "directory with the background .jpg files (rebuilds)",
                     "rebuild": "regenerate vanilla from MNIST instead of the authors' archive",

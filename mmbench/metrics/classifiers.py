@@ -29,11 +29,11 @@ def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     digest = manifest_digest(manifest) if manifest else "unprepared"
     root = Path(data_root or default_data_root())
-    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}"
+    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}-{spec.classifier_for(variant)}"
 
 
-def build(spec: DatasetSpec, modality) -> torch.nn.Module:
-    return ARCHITECTURES.get(spec.classifier_architecture).classifier(modality, spec.n_classes)
+def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
+    return ARCHITECTURES.get(spec.classifier_for(variant)).classifier(modality, spec.n_classes)
 
 
 @torch.no_grad()
@@ -63,12 +63,12 @@ def mean_ap(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_siz
 
 
 @torch.enable_grad()  # may be called lazily from inside a no-grad metric
-def train_one(spec: DatasetSpec, split: DataSplit, name: str, epochs: int, device,
+def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epochs: int, device,
               progress: Callable[[str, int, int], None], seed: int = 0, batch_size: int = 256,
               lr: float = 1e-3) -> torch.nn.Module:
     torch.manual_seed(seed)
     mod = next(m for m in split.modalities if m.name == name)
-    clf = build(spec, mod).to(device)
+    clf = build(spec, mod, variant).to(device)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
 
     n_batches = max(len(split) // batch_size, 1)
@@ -101,10 +101,10 @@ def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: Dat
     for mod in train.modalities:
         path = directory / f"{mod.name}.pt"
         if path.exists() and mod.name in accs:
-            clf = build(spec, mod)
+            clf = build(spec, mod, variant)
             clf.load_state_dict(torch.load(path, map_location="cpu"))
         else:
-            clf = train_one(spec, train, mod.name, cfg.classifier_epochs, device, progress)
+            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
             accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf, test, mod.name, device)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
