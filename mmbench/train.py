@@ -100,6 +100,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         state = ck["state"]
         run.log(f"resumed from {last} at epoch {state['epoch']}")
     E, B = cfg.train.epochs, cfg.train.batch_size
+    loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1)  # per-epoch test loss (model selection)
     n_batches = max(len(train_split) // B, 1)
     if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
         model.plan_steps(E * n_batches)
@@ -121,7 +122,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)
-        tl = test_loss(model, test_split, B, cfg.seed, device)
+        tl = test_loss(model, loss_split, B, cfg.seed, device)
         record = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}, "test_loss": tl}
         state["history"].append(record)
         state["epoch"] = epoch + 1
