@@ -249,7 +249,8 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
            out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
                                                                   "terminal/md, else the chosen format)."),
            plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
-           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail.")) -> None:
+           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
+           title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
     """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
 
     Example: mmbench report --compare reference_results/ --format html --out report.html
@@ -273,8 +274,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                 for path in written:
                     console.print(f"wrote {path}")
         args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
-        text = {"md": lambda: render_markdown(*args), "terminal": lambda: render_markdown(*args),
-                "latex": lambda: render_latex(*args), "html": lambda: render_html(*args, images=images)}[fmt]()
+        text = {"md": lambda: render_markdown(*args, title=title), "terminal": lambda: render_markdown(*args, title=title),
+                "latex": lambda: render_latex(*args, title=title),
+                "html": lambda: render_html(*args, images=images, title=title)}[fmt]()
         if fmt == "terminal":
             render_terminal(console, *args)
         elif not out:
