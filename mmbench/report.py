@@ -266,12 +266,27 @@ def group_title(dataset: str, variant: str, tables: Tuple[str, ...]) -> str:
     return f"{dataset} ({variant})" + (f" — {', '.join(tables)}" if tables else "")
 
 
+SHORT = {"method.beta": "β", "method.latent_dim": "latent", "method.options.schedule": "schedule",
+         "train.select": "select", "modalities": "modalities"}
+
+
 def series_names(sub: pd.DataFrame) -> Dict[Tuple[str, str], str]:
-    """A label per (method, config group): the method's name, plus the group hash where one method
-    has several configurations (e.g. a β sweep), so that they are never averaged as if they were seeds."""
-    pairs = sub[["method", "group"]].drop_duplicates()
-    several = pairs["method"].value_counts()
-    return {(m, g): m if several[m] == 1 else f"{m} [{g}]" for m, g in pairs.itertuples(index=False)}
+    """A label per (method, config group): the method's name, plus the settings that tell its
+    configurations apart where one method has several (e.g. 'mopoe β=2.5' in a β sweep), so that they
+    are never averaged as if they were seeds."""
+    pairs = sub[["method", "group", "cfg"]].drop_duplicates(["method", "group"])
+    out: Dict[Tuple[str, str], str] = {}
+    for method, rows in pairs.groupby("method", sort=False):
+        if len(rows) == 1:
+            out[(method, rows["group"].iloc[0])] = method
+            continue
+        cfgs = list(rows["cfg"])
+        keys = sorted(k for k in set().union(*cfgs) if k != "seed" and len({repr(c.get(k)) for c in cfgs}) > 1)
+        for g, c in zip(rows["group"], cfgs):
+            label = ", ".join(f"{SHORT.get(k, k)}={c.get(k):g}" if isinstance(c.get(k), float)
+                              else f"{SHORT.get(k, k)}={c.get(k)}" for k in keys)
+            out[(method, g)] = f"{method} {label}" if label else f"{method} [{g}]"
+    return out
 
 
 def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
