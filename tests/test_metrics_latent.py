@@ -66,4 +66,5 @@ def test_smvae_protocol_fits_once_on_the_joint_representation():
 
 def test_mmvamp_protocol_scores_unimodal_representations_only():
     out = run("mmvamp")
-    assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1"}
+    assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1", "latent_acc/pooled"}
+    assert 0.4 < out["latent_acc/pooled"] < 0.7  # one classifier for both: m0 readable, m1 noise

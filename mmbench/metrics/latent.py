@@ -77,5 +77,14 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
         acc[subset_key(s)] = float((clf.predict(z_test[s]) == y_test).mean())
         ctx.progress("latent classification: fitting", k + 1, len(subsets))
     out = {f"latent_acc/{k}": v for k, v in acc.items()}
+    if protocol == "mmvamp" and len(subsets) > 1:
+        # One classifier on every modality's representations pooled together (MM-VAMP rats, shared latent space).
+        zs = [z_train[s] for s in subsets]
+        pooled = LogisticRegression(max_iter=1000, random_state=0)
+        if ctx.cfg.lr_standardize:
+            pooled = make_pipeline(StandardScaler(), pooled)
+        pooled.fit(np.concatenate(zs), np.tile(y_train, len(zs)))
+        pred = pooled.predict(np.concatenate([z_test[s] for s in subsets]))
+        out["latent_acc/pooled"] = float((pred == np.tile(y_test, len(subsets))).mean())
     out.update(by_size(acc, subsets, "latent_acc_by_n"))
     return out
