@@ -53,12 +53,7 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         axes[0][0].legend(frameon=False, loc="lower right")
         fig.suptitle(group_title(dataset, variant, tables), fontsize=10)
         fig.tight_layout()
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{variant}-{'-'.join(tables) or 'runs'}-by-inputs").strip("_")
-        for ext in ("png", "svg"):
-            path = out_dir / f"{stem}.{ext}"
-            fig.savefig(path, dpi=120)
-            written.append(path)
-        plt.close(fig)
+        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "by-inputs"))
     return written
 
 

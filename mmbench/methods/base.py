@@ -204,6 +204,19 @@ class MultimodalVAE(nn.Module):
         return total
 
 
+def unimodal_mixtures(model: "MultimodalVAE", x, subsets) -> list:
+    """q(z | X_S) = uniform mixture of the unimodal posteriors q_m(z | x_m), m in S; one modality: its own q_m."""
+    names = model.needed(subsets)
+    mu, logvar = model.unimodal(x, names)
+    pos = {n: i for i, n in enumerate(names)}
+    out = []
+    for s in subsets:
+        idx = [pos[n] for n in s]
+        comp = Gaussian(mu[idx], logvar[idx])
+        out.append(comp[0] if len(idx) == 1 else Mixture(comp))
+    return out
+
+
 class PoEMixin:
     """Subset posteriors as products of experts, all subsets in one batched operation."""
 

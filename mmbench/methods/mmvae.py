@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import METHODS
-from .base import Gaussian, Mixture
+from .base import unimodal_mixtures
 from .mopoe import MoPoE
 
 
@@ -22,12 +22,4 @@ class MMVAE(MoPoE):
 
     def encode_subsets(self, x, subsets):
         # q(z | X_S) = uniform mixture of the unimodal posteriors of the modalities in S.
-        names = self.needed(subsets)
-        mu, logvar = self.unimodal(x, names)
-        pos = {n: i for i, n in enumerate(names)}
-        out = []
-        for s in subsets:
-            idx = [pos[n] for n in s]
-            comp = Gaussian(mu[idx], logvar[idx])
-            out.append(comp[0] if len(idx) == 1 else Mixture(comp))
-        return out
+        return unimodal_mixtures(self, x, subsets)
