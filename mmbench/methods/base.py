@@ -94,7 +94,9 @@ def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tenso
     mu, logvar: M×B×D unimodal experts; mask: K×M (1 where the modality is in the subset);
     prior_expert: K (1 where a N(0, I) expert joins the product). Returns a K×B×D Gaussian.
     """
-    precision = 1.0 / (logvar.exp() + 1e-8)
+    # 1 / (var + 1e-8), computed as exp(-log(var + 1e-8)): finite with finite gradients for any logvar
+    # (1 / (exp(logvar) + eps) overflows to inf/inf = NaN gradients once logvar > 88).
+    precision = torch.exp(-torch.logaddexp(logvar, torch.full_like(logvar, math.log(1e-8))))
     mask = mask.to(mu.dtype)
     prec = torch.einsum("km,mbd->kbd", mask, precision) + prior_expert.to(mu.dtype)[:, None, None]
     weighted = torch.einsum("km,mbd->kbd", mask, precision * mu)
