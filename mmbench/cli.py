@@ -363,6 +363,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 batch_size: int = typer.Option(256, "--batch-size"),
                 latent_dim: int = typer.Option(512, "--latent-dim"),
                 steps: int = typer.Option(5, help="Timed steps per measurement (median reported)."),
+                device: str = typer.Option("cpu", help="cpu or cuda (the first visible GPU)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here.")) -> None:
     """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
 
@@ -378,15 +379,21 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     from .registry import METHODS
 
     names = methods.split(",") if methods else METHODS.names()
-    for n in names + scaling.split(","):
+    scaling_names = [m for m in scaling.split(",") if m]
+    for n in names + scaling_names:
         METHODS.get(n)  # unknown names fail before any timing
     ms = [int(v) for v in modalities.split(",")]
+    if device not in ("cpu", "cuda"):
+        raise MMBenchError(f"--device {device!r} is not allowed; choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MMBenchError("--device cuda: no GPU is visible to torch; use --device cpu")
     with err_console.status("timing") as status:
-        res = step_table(names, [m for m in scaling.split(",") if m], ms, batch_size, latent_dim, steps,
-                         progress=lambda s: status.update(f"timing {s}"))
+        res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
+                         progress=lambda s: status.update(f"timing {s}"), device=device)
+    where = (torch.cuda.get_device_name(0) if device == "cuda"
+             else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
     head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
-            f"{batch_size}, latent {latent_dim}, median of {steps} steps; {torch.get_num_threads()} CPU threads, "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}.")
+            f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
     t1 = pd.DataFrame(res["methods"])
     t2 = pd.DataFrame(res["scaling"])
     md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]

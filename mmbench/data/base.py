@@ -214,8 +214,8 @@ class DataSplit:
         return [m.name for m in self.modalities]
 
     def batch(self, idx: torch.Tensor, device: Any = "cpu") -> Dict[str, torch.Tensor]:
-        """Float tensors for the given rows: images in [0, 1]."""
-        return {m.name: to_float(m, self.x[m.name][idx]).to(device) for m in self.modalities}
+        """Float tensors for the given rows: images in [0, 1] (converted on `device`: 4x less to copy)."""
+        return {m.name: to_float(m, self.x[m.name][idx].to(device)) for m in self.modalities}
 
     def select(self, names: Optional[Sequence[str]]) -> "DataSplit":
         """The same rows with only the named modalities (all when names is None)."""
