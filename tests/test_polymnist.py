@@ -91,9 +91,14 @@ def test_real_mnist_polymnist_all_variants_and_a_coherence_classifier(tmp_path):
     train = load_split(spec, "vanilla", "train", tmp_path)
     test = load_split(spec, "vanilla", "test", tmp_path)
     assert train.labels.tolist() != test.labels.tolist()
-    # The MoPoE classifier (heavy dropout) on 5,000 source digits: ~0.90-0.95 here, not the 0.98 it
-    # reaches on the 60,000 of the full MNIST train split (open point of the real-data issue).
-    cfg = EvalConfig(classifier_epochs=8, classifier_min_accuracy=0.85)
-    _, acc = get_classifiers(spec, "vanilla", train, test, cfg, tmp_path, lambda *a: None)
-    assert min(acc.values()) >= 0.85, acc
+    # Coherence classifier (MoPoE architecture, 10 epochs as the suites) on 60,000 train tuples: the 5,000
+    # source digits paired 12 times with fresh background patches, as many tuples as the real train split.
+    # Measured: m0 0.965 (m4, a star field, 0.93; docs/gpu-runs). The floor is enforced by get_classifiers.
+    root = tmp_path / "x12"
+    prepare(spec, "vanilla", seed=0, data_root=root, options={**options, "multiplicity": 12})
+    train, test = (load_split(spec, "vanilla", s, root).select(["m0"]) for s in ("train", "test"))
+    assert len(train) == 60000
+    cfg = EvalConfig(classifier_epochs=10, classifier_min_accuracy=0.95)
+    _, acc = get_classifiers(spec, "vanilla", train, test, cfg, root, lambda *a: None)
+    assert acc["m0"] >= 0.95, acc
     print("classifier test accuracy", acc)
