@@ -22,3 +22,23 @@ def _no_env_leak(monkeypatch):
     monkeypatch.delenv("MMBENCH_RUNS", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     yield
+
+
+def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_grad: bool = False):
+    """Full Adam steps on one fixed batch, asserting every gradient finite after each backward pass
+    (and, with require_grad, that every parameter gets one). Returns (losses, last step's logs)."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    losses, logs = [], {}
+    for _ in range(steps):
+        loss, logs = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None or not require_grad, f"{name} gets no gradient"
+            assert p.grad is None or torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        opt.step()
+        losses.append(loss.item())
+    return losses, logs

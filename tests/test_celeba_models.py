@@ -14,6 +14,7 @@ from mmbench.metrics.average_precision import average_precisions
 from mmbench.metrics.classifiers import get_classifiers, mean_ap, train_one
 from mmbench.metrics.context import EvalContext
 from mmbench.registry import ARCHITECTURES, DATASETS, METHODS, METRICS
+from conftest import train_steps
 
 CELEBA = DATASETS.get("celeba")()
 MODS = CELEBA.modalities("default")
@@ -99,15 +100,7 @@ def test_mopoe_style_loss_falls():
     model = small_style()
     g = torch.Generator().manual_seed(1)
     x = {m.name: torch.rand(8, 3, 28, 28, generator=g) for m in POLY}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    torch.manual_seed(1)
-    losses = []
-    for _ in range(20):
-        loss, _ = model.loss(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, _ = train_steps(model, x, 20)
     assert losses[-1] < 0.8 * losses[0]
 
 
