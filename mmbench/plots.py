@@ -13,7 +13,7 @@ from typing import Any, List
 
 import pandas as pd
 
-from .report import group_title, series_names
+from .report import by_figure, group_title, series_names
 
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
 
@@ -36,7 +36,7 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     sub["family"] = sub["metric"].str.split("/").str[0]
     sub["n"] = sub["metric"].str.split("/").str[1].astype(int)
-    for (dataset, variant, tables), g in sub.groupby(["dataset", "variant", "tables"]):
+    for (dataset, variant, tables), g in by_figure(sub).groupby(["dataset", "variant", "tables"]):
         names = series_names(g)
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
         fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
@@ -50,9 +50,9 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             ax.set_ylabel(label)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(frameon=False, loc="lower right")
         fig.suptitle(group_title(dataset, variant, tables), fontsize=10)
         fig.tight_layout()
+        _legend(fig, axes[0])
         written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "by-inputs"))
     return written
 
@@ -61,13 +61,29 @@ def _stem(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)).strip("_")
 
 
+def _beta_label(beta: float) -> str:
+    """'β=2.5', or 'β=2^-8' for the powers of two of the MM-VAMP grids."""
+    import math
+
+    k = math.log2(beta) if beta > 0 else 0.5
+    return f"β=$2^{{{int(k)}}}$" if k.is_integer() and abs(k) >= 3 else f"β={beta:g}"
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure, right of the panels (never over the data), from the first panel with lines."""
+    ax = next((a for a in axes if a.get_legend_handles_labels()[0]), None)
+    if ax is not None:
+        fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   fontsize=8)
+
+
 def _save(fig, out_dir: Path, stem: str) -> List[Path]:
     import matplotlib.pyplot as plt
 
     written = []
     for ext in ("png", "svg"):
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend right of the panels
         written.append(path)
     plt.close(fig)
     return written
@@ -93,7 +109,7 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     if frame.empty:
         return written
     frame = frame.assign(beta=frame["cfg"].apply(lambda c: c.get("method.beta")))
-    for (dataset, variant, tables), g in frame.groupby(["dataset", "variant", "tables"]):
+    for (dataset, variant, tables), g in by_figure(frame).groupby(["dataset", "variant", "tables"]):
         if g["beta"].nunique() < 2:
             continue
         xs = [(k, lab) for k, lab in SWEEP_X if (g["metric"] == k).any()]
@@ -106,24 +122,25 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
         for ax, (ykey, ylab) in zip(axes[0], ys):
-            for i, (method, mg) in enumerate(means.groupby(level="method")):
+            for method, mg in means.groupby(level="method"):
                 mg = mg.droplevel("method").sort_index()
                 sd = stds.loc[method].reindex(mg.index)
                 if xkey not in mg or ykey not in mg:
                     continue
                 # mean over seeds; bars = std in both directions (MoPoE Figs. 1, 5-6)
-                ax.errorbar(mg[xkey], mg[ykey], xerr=sd.get(xkey), yerr=sd.get(ykey), marker="o", capsize=2,
-                            label=method)
-                if i == 0:  # label the β of each point once (the paper's arrows go from small to large β)
-                    for beta, row in mg.iterrows():
-                        ax.annotate(f"β={beta:g}", (row[xkey], row[ykey]), fontsize=6, xytext=(3, -8),
-                                    textcoords="offset points")
+                line = ax.errorbar(mg[xkey], mg[ykey], xerr=sd.get(xkey), yerr=sd.get(ykey), marker="o",
+                                   capsize=2, label=method)
+                # the smallest and the largest β of each line (the papers' arrows run from small to large β)
+                for beta in (mg.index[0], mg.index[-1]):
+                    ax.annotate(_beta_label(beta), (mg.loc[beta, xkey], mg.loc[beta, ykey]), fontsize=7,
+                                color=line[0].get_color(), xytext=(4, 4 - 12 * (beta == mg.index[-1])),
+                                textcoords="offset points")
             ax.set_xlabel(xlab)
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(frameon=False)
         fig.suptitle(group_title(dataset, variant, tables) + " — β sweep", fontsize=10)
         fig.tight_layout()
+        _legend(fig, axes[0])
         written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "beta-sweep"))
     return written
 
@@ -189,7 +206,7 @@ def per_attribute(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     parts = sub["metric"].str.split("/", n=2)
     sub["family"], sub["panel"], sub["attr"] = parts.str[0], parts.str[1], parts.str[2]
     sub["beta"] = sub["cfg"].apply(lambda c: c.get("method.beta"))
-    for (dataset, variant, tables, family, beta), g in sub.groupby(["dataset", "variant", "tables", "family", "beta"]):
+    for (dataset, variant, tables, family, beta), g in by_figure(sub).groupby(["dataset", "variant", "tables", "family", "beta"]):
         names = series_names(g)  # one figure per β, so a sweep does not crowd 40 attributes with every run
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
         panels = list(dict.fromkeys(g["panel"]))

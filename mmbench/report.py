@@ -289,12 +289,33 @@ def series_names(sub: pd.DataFrame) -> Dict[Tuple[str, str], str]:
     return out
 
 
+def by_figure(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows regrouped per paper table or figure, in `tables`: a run appears under every table it serves
+    (so a figure's table holds all its runs, whichever suite entry made them), and tables served by exactly
+    the same runs of one dataset and variant share one group, titled with all of them."""
+    if frame.empty:
+        return frame
+    runs_of: Dict[Tuple[str, str, str], set] = {}
+    for ds, var, tables, run in frame[["dataset", "variant", "tables", "run"]].drop_duplicates("run").itertuples(index=False):
+        for t in tables or ("",):
+            runs_of.setdefault((ds, var, t), set()).add(run)
+    merged: Dict[Tuple[str, str, frozenset], List[str]] = {}
+    for (ds, var, t), runs in runs_of.items():
+        merged.setdefault((ds, var, frozenset(runs)), []).append(t)
+    parts = []
+    for (_, _, runs), ts in merged.items():
+        part = frame[frame["run"].isin(runs)].copy()
+        part["tables"] = [tuple(sorted(t for t in ts if t))] * len(part)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
-    """Per (dataset, variant, tables) group: headline metrics × methods, mean ± std over seeds."""
+    """Per paper table or figure (`by_figure`): headline metrics × methods, mean ± std over seeds."""
     out = []
     if frame.empty:
         return out
-    head = frame[frame["metric"].str.match(HEADLINE)]
+    head = by_figure(frame[frame["metric"].str.match(HEADLINE)])
     for (dataset, variant, tables), sub in head.groupby(["dataset", "variant", "tables"], sort=True):
         names = series_names(sub)
         sub = sub.assign(series=[names[k] for k in zip(sub["method"], sub["group"])])

@@ -138,6 +138,25 @@ def test_two_configurations_of_one_method_are_not_averaged(tmp_path):
     assert sorted(table.columns[1:]) == ["mopoe β=1 (1 seed)", "mopoe β=5 (1 seed)"]
 
 
+def test_summary_tables_follow_the_papers_figures(tmp_path):
+    # A run serving two figures appears in both figures' tables; figures served by the same runs share one.
+    runs = tmp_path / "runs"
+    fake_run(runs, "mvae", 0, {"latent_acc_by_n/1": 0.1}, tables=("Fig. 2",))
+    for beta in (1.0, 2.0):
+        cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta},
+                                "tables": ["Fig. 2", "Fig. 3"]})
+        run = Run(cfg, runs)
+        run.init()
+        run.write_metrics({"latent_acc_by_n/1": beta / 4})
+    fake_run(runs, "mmvae", 0, {"latent_acc_by_n/1": 0.7}, tables=("Table 2", "Table 3"))
+    summaries = dict(build_report(runs, None)["summaries"])
+    assert set(summaries) == {"polydigits (vanilla) — Fig. 2", "polydigits (vanilla) — Fig. 3",
+                              "polydigits (vanilla) — Table 2, Table 3"}
+    assert sorted(summaries["polydigits (vanilla) — Fig. 2"].columns[1:]) == [
+        "mopoe β=1 (1 seed)", "mopoe β=2 (1 seed)", "mvae (1 seed)"]
+    assert sorted(summaries["polydigits (vanilla) — Fig. 3"].columns[1:]) == ["mopoe β=1 (1 seed)", "mopoe β=2 (1 seed)"]
+
+
 def test_where_filters_and_claims(tmp_path):
     runs = tmp_path / "runs"
     for method, beta, seed, acc in (("mopoe", 1.0, 0, 0.9), ("mopoe", 1.0, 1, 0.8), ("mopoe", 4.0, 0, 0.6),
