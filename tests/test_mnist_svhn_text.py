@@ -69,6 +69,52 @@ def test_pairing_text_and_counts(tmp_path, raw):
            {k: v["sha256"] for k, v in manifest["arrays"].items()}
 
 
+def test_text_start_redrawn_per_epoch_only_when_asked(tmp_path, raw):
+    import torch
+
+    src, _ = raw
+    spec = DATASETS.get("mnist-svhn-text")()
+    opts = {"source": str(src), "rounds": 4, "max_per_class": 3}
+    prepare(spec, None, seed=3, data_root=tmp_path / "f", options=opts)
+    fixed = load_split(spec, None, "train", tmp_path / "f")
+    idx = torch_arange(len(fixed))
+    assert torch.equal(fixed.batch(idx)["text"], fixed.batch(idx)["text"])  # default: the stored start
+    with pytest.raises(MMBenchError, match="text_start='sometimes' is not allowed"):
+        prepare(spec, None, seed=3, data_root=tmp_path / "x", options={**opts, "text_start": "sometimes"})
+    path = prepare(spec, None, seed=3, data_root=tmp_path / "p", options={**opts, "text_start": "per_epoch"})
+    assert read_manifest(path)["text"]["start"] == "per_epoch"
+    train, test = (load_split(spec, None, s, tmp_path / "p") for s in ("train", "test"))
+    assert torch.equal(train.x["text"], fixed.x["text"])  # same stored arrays; only batching differs
+    torch.manual_seed(0)
+    a = train.batch(idx)["text"]
+    b = train.batch(idx)["text"]
+    torch.manual_seed(0)
+    assert torch.equal(train.batch(idx)["text"], a)  # seeded
+    assert not torch.equal(a, b)  # redrawn at every batch
+    for one_hot in (a, b):
+        texts = ["".join(mst.ALPHABET[c] for c in row) for row in one_hot.argmax(-1).tolist()]
+        assert all(t.strip() == mst.WORDS[int(y)] and len(t) == 8 for t, y in zip(texts, train.labels))
+    assert not torch.equal(a.argmax(-1), fixed.x["text"].long()) or not torch.equal(b.argmax(-1), fixed.x["text"].long())
+    j = torch_arange(len(test))
+    assert torch.equal(test.batch(j)["text"], test.batch(j)["text"])  # evaluation text stays fixed
+    assert train.select(["text"]).redraw and train.subset(5).redraw  # kept through select/subset
+
+
+def test_redraw_start_keeps_words_inside_the_field():
+    import torch
+
+    rows = torch.from_numpy(np.stack([mst.encode(w.ljust(8)) for w in mst.WORDS]))
+    torch.manual_seed(1)
+    seen = [set() for _ in mst.WORDS]
+    for _ in range(200):
+        out = mst.redraw_start(rows)
+        for i, r in enumerate(out.tolist()):
+            t = "".join(mst.ALPHABET[c] for c in r)
+            assert t.strip() == mst.WORDS[i] and len(t) == 8
+            seen[i].add(t.index(mst.WORDS[i]))
+    assert all(s == set(range(0, 8 - len(w) + 1)) for s, w in zip(seen, mst.WORDS))  # every start, uniform range
+
+
 def torch_arange(n):
     import torch
 

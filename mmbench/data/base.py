@@ -68,6 +68,11 @@ class DatasetSpec:
         """Write every array of the dataset through `out`; return extra manifest fields."""
         raise NotImplementedError
 
+    def redraws(self, manifest: Dict[str, Any], split: str) -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per modality, a function re-drawing the random part of stored rows each time they are batched
+        (e.g. a text's start position); none by default."""
+        return {}
+
     def check_variant(self, variant: Optional[str]) -> str:
         variant = variant or self.variants[0]
         if variant not in self.variants:
@@ -205,6 +210,9 @@ class DataSplit:
     x: Dict[str, torch.Tensor]
     labels: torch.Tensor
     extra_labels: Dict[str, torch.Tensor] = field(default_factory=dict)
+    # modality -> function applied to the stored rows of every batch (DatasetSpec.redraws), drawing from
+    # torch's global generator, which training seeds
+    redraw: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -213,16 +221,22 @@ class DataSplit:
     def names(self) -> List[str]:
         return [m.name for m in self.modalities]
 
+    def rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """The stored rows of one modality, with its redraw applied."""
+        x = self.x[name][idx]
+        return self.redraw[name](x) if name in self.redraw else x
+
     def batch(self, idx: torch.Tensor, device: Any = "cpu") -> Dict[str, torch.Tensor]:
         """Float tensors for the given rows: images in [0, 1] (converted on `device`: 4x less to copy)."""
-        return {m.name: to_float(m, self.x[m.name][idx].to(device)) for m in self.modalities}
+        return {m.name: to_float(m, self.rows(m.name, idx).to(device)) for m in self.modalities}
 
     def select(self, names: Optional[Sequence[str]]) -> "DataSplit":
         """The same rows with only the named modalities (all when names is None)."""
         if names is None:
             return self
         mods = {m.name: m for m in self.modalities}
-        return DataSplit([mods[n] for n in names], {n: self.x[n] for n in names}, self.labels, self.extra_labels)
+        return DataSplit([mods[n] for n in names], {n: self.x[n] for n in names}, self.labels, self.extra_labels,
+                         {n: f for n, f in self.redraw.items() if n in names})
 
     def subset(self, n: Optional[int], seed: int = 0) -> "DataSplit":
         """The first `n` rows of a seeded permutation (all rows when n is None or larger)."""
@@ -232,7 +246,7 @@ class DataSplit:
         idx = torch.randperm(len(self), generator=g)[:n]
         x = {k: v.take(idx) if isinstance(v, Indexed) else v[idx] for k, v in self.x.items()}
         return DataSplit(self.modalities, x, self.labels[idx],
-                         {k: v[idx] for k, v in self.extra_labels.items()})
+                         {k: v[idx] for k, v in self.extra_labels.items()}, self.redraw)
 
 
 def to_float(modality: Modality, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +284,7 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
     for key in manifest["arrays"]:
         if key.startswith(prefix):
             extra[key[len(prefix):]] = array(key).long()
-    return DataSplit(mods, x, labels, extra)
+    return DataSplit(mods, x, labels, extra, spec.redraws(manifest, split))
 
 
 def decode_text(codes: torch.Tensor, alphabet: str) -> str:

@@ -8,16 +8,20 @@ Each source image is stored once; the pairing is stored as index arrays.
 
 Text: the word at a random start inside an 8-character field of spaces, over the 71-character
 alphabet of the authors' code, stored as character indices and one-hot encoded when loaded. The
-start index is drawn once per triple (seeded) and stored; the authors' loader redraws it at every
-access (every epoch). We fix it so that a seed reproduces the data byte for byte and every
-metric sees the same test text; with 20 pairings per image the word already appears at many
-positions during training.
+start index is drawn once per triple (seeded) and stored. Option `text_start`:
+* `fixed` (default): the stored start is used throughout, so a seed reproduces the data byte for
+  byte and every metric sees the same test text; with 20 pairings per image the word already
+  appears at many positions during training.
+* `per_epoch`: as the authors' loader, the training split's start is redrawn every time a triple is
+  batched (once per epoch), from torch's generator that training seeds; the test split keeps its
+  stored start so that evaluation stays fixed.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
 import numpy as np
+import torch
 
 from ..errors import MMBenchError
 from ..registry import DATASETS
@@ -49,6 +53,19 @@ def make_text(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         start = rng.integers(0, TEXT_LEN - len(word) + 1)
         out[i, start:start + len(word)] = encode(word)
     return out
+
+
+def redraw_start(rows: torch.Tensor) -> torch.Tensor:
+    """The same words at fresh uniform starts (N×8 character indices; one word per row among spaces)."""
+    space = ALPHABET.find(" ")
+    letters = rows != space
+    n = letters.sum(1, keepdim=True)
+    old = letters.int().argmax(1, keepdim=True)  # first letter
+    new = (torch.rand(n.shape) * (TEXT_LEN - n + 1)).long()
+    pos = torch.arange(TEXT_LEN).expand_as(rows)
+    inside = (pos >= new) & (pos < new + n)
+    moved = rows.gather(1, (pos - new + old).clamp(0, TEXT_LEN - 1))
+    return torch.where(inside, moved, torch.full_like(rows, space))
 
 
 def load_svhn(path) -> tuple:
@@ -91,8 +108,14 @@ class MNISTSVHNText(DatasetSpec):
     classifier_architecture = "mnist_svhn_text_clf"
     option_names = {"source": "directory with the MNIST .gz and SVHN .mat files",
                     "rounds": "random pairings per class (default 20, as the authors)",
-                    "max_per_class": "cap on source images per class (default 10,000)"}
+                    "max_per_class": "cap on source images per class (default 10,000)",
+                    "text_start": "'fixed' (default: the stored start) or 'per_epoch' (redrawn at every training batch, "
+                                  "as the authors' loader)"}
     location_options = ("source",)
+
+    def redraws(self, manifest, split):
+        per_epoch = manifest.get("text", {}).get("start") == "per_epoch"
+        return {"text": redraw_start} if per_epoch and split == "train" else {}
 
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights relative to SVHN's 3,072 values (official-setups §1.5).
@@ -108,6 +131,9 @@ class MNISTSVHNText(DatasetSpec):
         rounds, cap = int(options.get("rounds", 20)), int(options.get("max_per_class", 10_000))
         if rounds < 1 or cap < 1:
             raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
+        text_start = options.get("text_start", "fixed")
+        if text_start not in ("fixed", "per_epoch"):
+            raise MMBenchError(f"option text_start={text_start!r} is not allowed; choose fixed or per_epoch")
         rng = np.random.default_rng(seed)
         counts = {}
         for split in ("train", "test"):
@@ -125,5 +151,5 @@ class MNISTSVHNText(DatasetSpec):
             out.write(f"{split}_labels", labels.astype(np.int64))
             counts[split] = int(len(labels))
             progress("mnist-svhn-text pairing", 1 if split == "train" else 2, 2)
-        return {"counts": counts, "text": {"length": TEXT_LEN, "alphabet_size": len(ALPHABET), "start": "fixed per triple"},
+        return {"counts": counts, "text": {"length": TEXT_LEN, "alphabet_size": len(ALPHABET), "start": text_start},
                 "source": {"mnist_md5": mnist.FILES, "svhn_md5": {r.filename: r.md5 for r in SVHN.values()}}}

@@ -77,7 +77,7 @@ def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epoc
         perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for b in range(n_batches):
             idx = perm[b * batch_size:(b + 1) * batch_size]
-            x = to_float(mod, split.x[name][idx]).to(device)
+            x = to_float(mod, split.rows(name, idx)).to(device)
             y = split.labels[idx].to(device)
             # Multi-hot attributes: independent Bernoullis per attribute; else one class per row.
             out = clf(x)
