@@ -114,6 +114,9 @@ def test_suite_end_to_end(workspace):
     (["report", "--compare", "nowhere"], "error: reference directory nowhere does not exist"),
     (["evaluate", "polydigits", "mopoe"], "train the run first (`mmbench train` or `mmbench run`)"),
     (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),
+    (["bench", "steps", "--device", "tpu"], "error: --device 'tpu' is not allowed; choose cpu or cuda"),
+    (["bench", "steps", "--device", "cuda"], "error: --device cuda: no GPU is visible to torch; use --device cpu"),
+    (["bench", "steps", "--methods", "mopoe", "--scaling", "nope"], "error: unknown method 'nope'"),
 ])
 def test_bad_input_gives_one_line(tmp_path, args, message):
     r = mmbench(*args, env={"MMBENCH_DATA": str(tmp_path / "d"), "MMBENCH_RUNS": str(tmp_path / "r")}, cwd=tmp_path)
