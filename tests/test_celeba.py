@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mmbench.data import celeba
-from mmbench.data.base import load_split, prepare, read_manifest
+from mmbench.data.base import load_split, prepare, read_manifest, save_preview
 from mmbench.data.mnist_svhn_text import ALPHABET
 from mmbench.errors import MMBenchError
 from mmbench.registry import DATASETS
@@ -62,6 +62,7 @@ def test_prepare_crops_texts_and_splits(tmp_path, source):
     assert t3 == ", ".join(n.replace("_", " ").lower() for n, a in zip(NAMES, attrs[2]) if a > 0)
     assert texts[2].index(t3[0]) < 255 - len(t3)
     assert train.batch(np.arange(2))["text"].shape == (2, 256, 71)
+    assert save_preview(test, tmp_path / "grid.png").stat().st_size > 0  # the text row decodes with its alphabet
     # the official test split on request
     other = prepare(spec, None, seed=0, data_root=tmp_path / "e", options={"source": str(src), "test_partition": 2})
     assert read_manifest(other)["counts"]["test"] == 2

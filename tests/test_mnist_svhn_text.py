@@ -61,7 +61,7 @@ def test_pairing_text_and_counts(tmp_path, raw):
         assert b["mnist"].shape[1:] == (1, 28, 28) and b["svhn"].shape[1:] == (3, 32, 32)
     starts = {t.index(t.strip()) for t in texts}
     assert len(starts) > 1  # the word moves inside the field
-    save_preview(load_split(spec, None, "test", tmp_path / "d"), tmp_path / "p.png", alphabet=mst.ALPHABET)
+    save_preview(load_split(spec, None, "test", tmp_path / "d"), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
     # seeded: the same seed elsewhere gives byte-identical arrays
     other = prepare(spec, None, seed=3, data_root=tmp_path / "e", options={"source": str(src), "rounds": 4, "max_per_class": 3})

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Modality:
     kind: str = "image"
     likelihood: str = "laplace"
     rec_weight: float = 1.0  # official-setups §1.5
+    alphabet: str = ""  # text: the characters the stored indices point into (previews decode with it)
 
 
 class DatasetSpec:
@@ -291,7 +293,7 @@ def decode_text(codes: torch.Tensor, alphabet: str) -> str:
     return "".join(alphabet[int(c)] for c in codes)
 
 
-def save_preview(split: DataSplit, path: Path, n: int = 10, alphabet: str = "") -> Path:
+def save_preview(split: DataSplit, path: Path, n: int = 10) -> Path:
     """A PNG grid of `n` random tuples: one row per modality (text rendered as text), one column per tuple."""
     import matplotlib
 
@@ -313,9 +315,11 @@ def save_preview(split: DataSplit, path: Path, n: int = 10, alphabet: str = "") 
             elif m.kind == "spikes":  # neurons × bins raster of spike counts
                 ax.imshow(data[c].numpy(), aspect="auto", cmap="gray_r", vmin=0, interpolation="nearest")
             else:
-                text = repr(decode_text(data[c], alphabet))[1:-1].replace(" ", "·")  # show where the word sits
-                ax.text(0.5, 0.5, text, ha="center", va="center",
-                        fontsize=6, family="monospace", wrap=True)
+                text = repr(decode_text(data[c], m.alphabet))[1:-1].replace(" ", "·")  # show where the word sits
+                if len(text) > 24:  # CelebA's 256-character field: a wrapped block, padding trimmed
+                    text = textwrap.fill(text.strip("*"), 16) or "(no attribute)"
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=6 if len(text) <= 24 else 3.5,
+                        family="monospace")
             if c == 0:
                 ax.set_ylabel(m.name, fontsize=8)
     fig.tight_layout()

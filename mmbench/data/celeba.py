@@ -103,7 +103,7 @@ class CelebA(DatasetSpec):
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights as the MoPoE code: 4096/12288 for the image, 4096/256 for the text.
         return [Modality("img", (3, 64, 64), "image", "laplace", 1 / 3),
-                Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 16.0)]
+                Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 16.0, ALPHABET)]
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:

@@ -121,7 +121,7 @@ class MNISTSVHNText(DatasetSpec):
         # Reconstruction weights relative to SVHN's 3,072 values (official-setups §1.5).
         return [Modality("mnist", (1, 28, 28), "image", "laplace", 3072 / 784),
                 Modality("svhn", (3, 32, 32), "image", "laplace", 1.0),
-                Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 3072 / TEXT_LEN)]
+                Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 3072 / TEXT_LEN, ALPHABET)]
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
