@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What the coherence classifiers reach on the data this repository can build without downloads
+# (results: docs/metrics.md, "What the coherence classifiers reach"):
+#   PolyMNIST vanilla rebuilt from the real MNIST *test* split (two disjoint halves; each train digit
+#   paired into 12 tuples -> 60,000 train / 5,000 test tuples) and five real photographs, all five
+#   classifiers; translated PolyMNIST (3 tuples per digit, 15,000 train tuples), the ResNet classifier
+#   of m0 only (CPU time); the simulated rats, all five.
+# Usage: bash docs/classifiers/measure.sh SHARED_DATA_DIR OUT_DIR   (SHARED_DATA_DIR: mnist-t10k/, backgrounds/)
+set -euo pipefail
+SHARED=${1:?path to shared/data (mnist-t10k/, backgrounds/)}
+OUT=${2:?output directory}
+BIN=${BIN:-.venv/bin}
+mkdir -p "$OUT"
+for v in vanilla:12 translated:3; do
+  $BIN/mmbench prepare polymnist --variant "${v%:*}" --rebuild --source "$SHARED/mnist-t10k" \
+     --backgrounds "$SHARED/backgrounds" -o mnist_source=test-halves -o multiplicity="${v#*:}" --data-root "$OUT/data"
+done
+$BIN/mmbench prepare rats --simulate --data-root "$OUT/data"
+/usr/bin/time -f "wall %e s" $BIN/mmbench classifiers train polymnist --variant vanilla --epochs 10 --data-root "$OUT/data"
+/usr/bin/time -f "wall %e s" $BIN/mmbench classifiers train rats --variant simulated --epochs 10 --data-root "$OUT/data"
+$BIN/python - "$OUT/data" <<'PY'
+import sys, time
+from pathlib import Path
+from mmbench.config import EvalConfig
+from mmbench.data.base import load_split
+from mmbench.metrics.classifiers import get_classifiers
+from mmbench.registry import DATASETS
+root = Path(sys.argv[1])
+spec = DATASETS.get("polymnist")()
+train, test = (load_split(spec, "translated", s, root).select(["m0"]) for s in ("train", "test"))
+t = time.time()
+_, acc = get_classifiers(spec, "translated", train, test, EvalConfig(classifier_epochs=10), root, lambda *a: None, check=False)
+print(f"translated m0 ({len(train)} train, {len(test)} test tuples, 10 epochs): {acc['m0']:.4f}, {time.time() - t:.0f} s")
+PY
