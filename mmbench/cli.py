@@ -300,10 +300,11 @@ app.add_typer(classifiers_app, name="classifiers")
 def classifiers_train(dataset: str = typer.Argument(..., help="A prepared dataset."),
                       variant: Optional[str] = typer.Option(None, "--variant", "-v"),
                       epochs: int = typer.Option(10, help="Training epochs per modality."),
+                      modalities: Optional[str] = typer.Option(None, help="Comma-separated modalities (default: all)."),
                       data_root: Optional[Path] = DATA_ROOT) -> None:
     """Train (or load from the cache) one coherence classifier per modality and print their test accuracy.
 
-    Example: mmbench classifiers train polymnist --epochs 30
+    Example: mmbench classifiers train polymnist --epochs 30   (--modalities m0,m1 for some of them)
     """
     from .config import EvalConfig
     from .data.base import load_split
@@ -313,7 +314,13 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
     spec = DATASETS.get(dataset)()
     variant = spec.check_variant(variant)
     cfg = EvalConfig(classifier_epochs=epochs)
-    train_split, test_split = (load_split(spec, variant, s, data_root) for s in ("train", "test"))
+    names = None
+    if modalities is not None:
+        names = [n.strip() for n in modalities.split(",")]
+        known = [m.name for m in spec.modalities(variant)]
+        if not names or any(n not in known for n in names):
+            raise MMBenchError(f"--modalities {modalities!r}: choose among {', '.join(known)}")
+    train_split, test_split = (load_split(spec, variant, s, data_root).select(names) for s in ("train", "test"))
     with progress_bar() as progress:
         _, acc = get_classifiers(spec, variant, train_split, test_split, cfg, data_root, progress, check=False)
     t = Table(title=f"coherence classifiers: {dataset} ({variant}), {epochs} epochs")

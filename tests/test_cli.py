@@ -114,6 +114,8 @@ def test_suite_end_to_end(workspace):
     (["report", "--compare", "nowhere"], "error: reference directory nowhere does not exist"),
     (["evaluate", "polydigits", "mopoe"], "train the run first (`mmbench train` or `mmbench run`)"),
     (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),
+    (["classifiers", "train", "polydigits", "--modalities", "m0,m9"],
+     "error: --modalities 'm0,m9': choose among m0, m1, m2, m3, m4"),
     (["bench", "steps", "--device", "tpu"], "error: --device 'tpu' is not allowed; choose cpu or cuda"),
     (["bench", "steps", "--device", "cuda"], "error: --device cuda: no GPU is visible to torch; use --device cpu"),
     (["bench", "steps", "--methods", "mopoe", "--scaling", "nope"], "error: unknown method 'nope'"),

@@ -316,10 +316,10 @@ def save_preview(split: DataSplit, path: Path, n: int = 10) -> Path:
                 ax.imshow(data[c].numpy(), aspect="auto", cmap="gray_r", vmin=0, interpolation="nearest")
             else:
                 text = repr(decode_text(data[c], m.alphabet))[1:-1].replace(" ", "·")  # show where the word sits
-                if len(text) > 24:  # CelebA's 256-character field: a wrapped block, padding trimmed
+                long = len(text) > 24  # CelebA's 256-character field: a wrapped block, padding trimmed
+                if long:
                     text = textwrap.fill(text.strip("*"), 16) or "(no attribute)"
-                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=6 if len(text) <= 24 else 3.5,
-                        family="monospace")
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=3.5 if long else 6, family="monospace")
             if c == 0:
                 ax.set_ylabel(m.name, fontsize=8)
     fig.tight_layout()
