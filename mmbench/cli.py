@@ -285,9 +285,12 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             atomic_write(out, text)
             console.print(f"wrote {out}")
     if compare:
+        strict, hedged = rep.strict_claims, [c for c in rep.claims if c.strength == "hedged"]
         console.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
-                      f"tolerance, {sum(c.status == 'holds' for c in rep.claims)} of {len(rep.claims)} claims hold; "
-                      f"{rep.failures} failing, {rep.missing} missing")
+                      f"tolerance, {sum(c.status == 'holds' for c in strict)} of {len(strict)} claims hold; "
+                      f"{rep.failures} failing, {rep.missing} missing"
+                      + (f" (hedged claims, evidence only: {sum(c.status == 'holds' for c in hedged)} of {len(hedged)} "
+                         "hold)" if hedged else ""))
         if rep.failures or (rep.missing and not allow_missing):
             raise typer.Exit(1)
 

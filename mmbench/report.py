@@ -9,7 +9,10 @@ Reference files (``reference_results/*.yaml``, one per paper) hold
   |produced mean - value| <= tolerance. Cells with no run are missing.
 * **claims**: qualitative statements about figures (quoted with page/section), each a list of
   comparisons ``left op right`` between produced means (or a number) that must all hold, optionally
-  for each value of a config path (``for_each: method.beta``).
+  for each value of a config path (``for_each: method.beta``). A claim's ``strength`` is ``strict``
+  (default: the quote states the comparison and the keys measure what the paper plotted; a claim that
+  does not hold fails ``--compare``) or ``hedged`` (the quote hedges -- "typically", "may", "most" -- or
+  the check is a reading or proxy of ours: shown with its evidence, never a failure).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from .results import load_runs
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
 CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
+STRENGTHS = ("strict", "hedged")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -92,6 +96,7 @@ class Claim:
     holds: List[Dict[str, Any]]
     where: Optional[Dict[str, Any]] = None
     for_each: Optional[str] = None
+    strength: str = "strict"  # strict: a failure fails --compare; hedged: evidence only (STRENGTHS)
     status: str = "missing"  # holds / fails / missing
     details: List[str] = field(default_factory=list)
 
@@ -139,7 +144,9 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
             cells.append(Cell(**c))
         for i, c in enumerate(raw.get("claims") or []):
             where = f"{path}: claims[{i}]"
-            _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each"))
+            _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each", "strength"))
+            if c.get("strength", "strict") not in STRENGTHS:
+                raise ConfigError(f"{where}.strength", f"must be one of {', '.join(STRENGTHS)}, not {c['strength']!r}")
             if not isinstance(c["holds"], list) or not c["holds"]:
                 raise ConfigError(f"{where}.holds", "must be a non-empty list of {left, op, right} comparisons")
             for j, h in enumerate(c["holds"]):
@@ -360,23 +367,34 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
     return out
 
 
+def verdict(claim: Claim) -> str:
+    """'✓ holds' / '✗ fails' / 'missing'; a hedged claim says so, and that not holding is no failure."""
+    if claim.strength == "hedged":
+        return {"holds": "✓ holds (hedged)", "fails": "✗ does not hold (hedged: evidence, not a failure)",
+                "missing": "missing (hedged)"}[claim.status]
+    return {"holds": "✓ holds", "fails": "✗ fails", "missing": "missing"}[claim.status]
+
+
 def claims_table(claims: List[Claim]) -> pd.DataFrame:
-    mark = {"holds": "✓ holds", "fails": "✗ fails", "missing": "missing"}
-    return pd.DataFrame([{"claim": c.id, "figure": c.figure, "verdict": mark[c.status],
+    return pd.DataFrame([{"claim": c.id, "figure": c.figure, "verdict": verdict(c),
                           "evidence": "; ".join(c.details), "paper says": f"“{c.quote}” ({c.source})"}
                          for c in claims], columns=["claim", "figure", "verdict", "evidence", "paper says"])
 
 
 def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
-    """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing'."""
+    """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing' (strict claims), then
+    '; hedged claims (evidence only): h of e hold' where the paper has hedged ones."""
     papers = list(dict.fromkeys([c.paper for c in cells] + [c.paper for c in claims]))
     lines = []
     for p in papers:
         cs = [c for c in cells if c.paper == p]
-        ks = [c for c in claims if c.paper == p]
+        ks = [c for c in claims if c.paper == p and c.strength == "strict"]
+        hedged = [c for c in claims if c.paper == p and c.strength == "hedged"]
         missing = sum(c.status == "missing" for c in cs) + sum(c.status == "missing" for c in ks)
         lines.append(f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
-                     f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing")
+                     f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing"
+                     + (f"; hedged claims (evidence only): {sum(c.status == 'holds' for c in hedged)} of "
+                        f"{len(hedged)} hold" if hedged else ""))
     return lines
 
 
@@ -394,12 +412,17 @@ class Report:
         return getattr(self, key)
 
     @property
+    def strict_claims(self) -> List[Claim]:
+        """The claims that decide --compare; hedged ones are shown as evidence only."""
+        return [c for c in self.claims if c.strength == "strict"]
+
+    @property
     def failures(self) -> int:
-        return sum(c.status == "fail" for c in self.cells) + sum(c.status == "fails" for c in self.claims)
+        return sum(c.status == "fail" for c in self.cells) + sum(c.status == "fails" for c in self.strict_claims)
 
     @property
     def missing(self) -> int:
-        return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.claims)
+        return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.strict_claims)
 
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
