@@ -9,7 +9,8 @@ from .registry import LIKELIHOODS
 
 @LIKELIHOODS.register("laplace")
 class Laplace:
-    """Laplace with fixed scale 0.75 around the decoder output (official-setups §1.5)."""
+    """Laplace with fixed scale 0.75 around the decoder output (MoPoE modalities/Modality.py get_likelihood;
+    the decoders return scale 0.75, e.g. mmnist/networks/ConvNetworksImgCMNIST.py DecoderImg)."""
 
     scale = 0.75
 

@@ -39,7 +39,7 @@ class Modality:
     shape: tuple
     kind: str = "image"
     likelihood: str = "laplace"
-    rec_weight: float = 1.0  # official-setups §1.5
+    rec_weight: float = 1.0  # MoPoE <dataset>/experiment.py set_rec_weights
     alphabet: str = ""  # text: the characters the stored indices point into (previews decode with it)
 
 

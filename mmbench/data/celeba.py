@@ -1,4 +1,5 @@
-"""Bimodal CelebA (MoPoE App. E; official-setups §1.3): a face image and a text listing its attributes.
+"""Bimodal CelebA (MoPoE App. E; MoPoE celeba/CelebADataset.py, text from mmjsd
+preprocessing/mainPreprocessLabelsToTextCelebA.py): a face image and a text listing its attributes.
 
 Raw files (with their published md5s): ``img_align_celeba.zip``, ``list_attr_celeba.txt``,
 ``list_eval_partition.txt``. CelebA is distributed through Google Drive and Baidu only, with no

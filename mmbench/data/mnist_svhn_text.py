@@ -1,4 +1,5 @@
-"""MNIST-SVHN-Text (MoPoE App. C; official-setups §1.2): digit triples of an MNIST image, an SVHN
+"""MNIST-SVHN-Text (MoPoE App. C; MoPoE mnistsvhntext/SVHNMNISTDataset.py rand_match_on_idx,
+utils/text.py create_text_from_label_mnist): digit triples of an MNIST image, an SVHN
 image and the digit's English word.
 
 Pairing, as the authors' code (`rand_match_on_idx`), seeded: within each digit class take the
@@ -118,7 +119,7 @@ class MNISTSVHNText(DatasetSpec):
         return {"text": redraw_start} if per_epoch and split == "train" else {}
 
     def modalities(self, variant: str) -> List[Modality]:
-        # Reconstruction weights relative to SVHN's 3,072 values (official-setups §1.5).
+        # Reconstruction weights relative to SVHN's 3,072 values (MoPoE mnistsvhntext/experiment.py set_rec_weights).
         return [Modality("mnist", (1, 28, 28), "image", "laplace", 3072 / 784),
                 Modality("svhn", (3, 32, 32), "image", "laplace", 1.0),
                 Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 3072 / TEXT_LEN, ALPHABET)]

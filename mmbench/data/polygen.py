@@ -1,4 +1,5 @@
-"""The PolyMNIST generator (MoPoE App. D; official-setups §1.1, §2.1), shared by every PolyMNIST-like dataset.
+"""The PolyMNIST generator (MoPoE App. D; MoPoE mmnist/MMNISTDataset.py _create_mmnist_dataset /
+_add_background_image; translation as mmvmvae utils/PolyMNISTDataset.py), shared by every PolyMNIST-like dataset.
 
 Given source digits (uint8 N×28×28 with labels, e.g. an IDX pair) and one background image per
 modality, it makes M-modality tuples:

@@ -1,4 +1,4 @@
-"""PolyMNIST (MoPoE App. D; official-setups §1.1): five modalities of MNIST digits on photographic backgrounds.
+"""PolyMNIST (MoPoE App. D; MoPoE mmnist/MMNISTDataset.py): five modalities of MNIST digits on photographic backgrounds.
 
 * ``vanilla`` (default): the authors' prebuilt archive (Zenodo record 4899160, ``PolyMNIST.zip``),
   verified (layout ``MMNIST/{train,test}/m0..m4/<i>.<digit>.png``, 60,000 / 10,000 tuples × 5
@@ -95,7 +95,8 @@ class PolyMNIST(DatasetSpec):
     classifier_architecture = "polymnist_clf"
 
     def classifier_for(self, variant: str) -> str:
-        # Translated digits: the MM-VAMP code's ResNet classifier (official-setups §2.2, §2.4); else MoPoE's ClfImg.
+        # Translated digits: the MM-VAMP code's ResNet classifier (mmvmvae networks/ClfImgPolyMNIST.py, loaded by
+        # utils/eval.py load_modality_clfs_PM); else MoPoE's ClfImg.
         return "polymnist_resnet_clf" if variant == "translated" else self.classifier_architecture
     option_names = {"source": "directory with PolyMNIST.zip or the MNIST .gz files",
                     "backgrounds": "directory with the background .jpg files (rebuilds)",

@@ -38,12 +38,12 @@ class Aggregated(MultimodalVAE):
     Options:
     * `average` (default "variance"): what Eq. 16 averages. The paper writes the posteriors as
       N(μ, σ I) (Eq. 11), σ I being the covariance, and the authors' `avg` aggregation averages
-      variances (official-setups §2.3); "std" averages the standard deviations instead.
+      variances (mmvmvae mv_vaes/mv_vae.py aggregate_latents_avg); "std" averages the standard deviations instead.
     * `aggregation` (default "avg", the paper's App. B.2 Hosoya averaging): "poe" = product of the
       unimodal experts without a prior expert, the default of the authors' `JointModelConfig` (their
       script does not say which one the paper's runs used).
     * `beta_convention` (default "paper"): "paper" weights the KL by β; "code" by β·M, because the
-      authors' code computes KL(q_s || N(0, I)) once per modality and sums them (official-setups §2.3).
+      authors' code computes KL(q_s || N(0, I)) once per modality and sums them (mmvmvae mv_joint_vae.py compute_loss).
 
     Subset posteriors: q(z | X_S) = the same aggregate over the modalities in S (one modality: its own
     unimodal posterior, as the paper's App. B.2.3 missing-modality evaluation); representations are
@@ -72,7 +72,7 @@ class Aggregated(MultimodalVAE):
         return [g[k] for k in range(len(subsets))]
 
     def kl_weight(self) -> float:
-        # official-setups §2.3 (mv_joint_vae): the code's KL is M · KL(q_s || N(0, I)).
+        # mmvmvae mv_vaes/mv_joint_vae.py compute_loss: the code's KL is M · KL(q_s || N(0, I)).
         return self.beta * len(self.names) if self.opt["beta_convention"] == "code" else self.beta
 
     def loss(self, x):

@@ -89,7 +89,8 @@ class Mixture:
 
 def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
                        prior_expert: torch.Tensor) -> Gaussian:
-    """Products of Gaussian experts for K subsets at once (MoPoE Def. 1.1 and Eq. 8; official-setups §1.6).
+    """Products of Gaussian experts for K subsets at once (MoPoE Def. 1.1 and Eq. 8; MoPoE
+    divergence_measures/mm_div.py poe, utils/BaseMMVae.py poe_fusion).
 
     mu, logvar: M×B×D unimodal experts; mask: K×M (1 where the modality is in the subset);
     prior_expert: K (1 where a N(0, I) expert joins the product). Returns a K×B×D Gaussian.
@@ -105,7 +106,7 @@ def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tenso
 
 def stratified_components(batch: int, k: int, device: Any = None) -> torch.Tensor:
     """Mixture component of each row: contiguous blocks of floor(B/K) rows, the last takes the rest
-    (official-setups §1.6, `mixture_component_selection`)."""
+    (MoPoE utils/utils.py `mixture_component_selection`)."""
     size = batch // k
     comp = torch.arange(batch, device=device) // max(size, 1)
     return comp.clamp(max=k - 1)
@@ -198,7 +199,7 @@ class MultimodalVAE(nn.Module):
 
     def weighted_nll(self, z: torch.Tensor, x: Dict[str, torch.Tensor],
                      modalities: Optional[Sequence[str]] = None, weighted: bool = True) -> torch.Tensor:
-        """Σ_m w_m (-log p(x_m | z)) per sample (w_m = rec_weight, official-setups §1.5)."""
+        """Σ_m w_m (-log p(x_m | z)) per sample (w_m = rec_weight, MoPoE <dataset>/experiment.py set_rec_weights)."""
         total = 0.0
         for m in modalities or self.names:
             w = self.rec_weights[m] if weighted else 1.0

@@ -22,8 +22,8 @@ class Independent(MultimodalVAE):
 
     Option `beta_convention` (default "paper"): "paper" weights each KL by β, as the paper's β-VAE
     description (§5, "β weighting the rate term R"); "code" weights it by β², as the authors' mmvmvae
-    code does (official-setups §2.3: per-modality betas[m] = β inside the KL sum, then the sum times β
-    again), so that a β taken from the authors' scripts reproduces their runs.
+    code does (mmvmvae mv_vaes/mv_unimodal_vae.py compute_loss: per-modality betas[m] = β inside the KL sum,
+    then the sum times β again), so that a β taken from the authors' scripts reproduces their runs.
 
     Conditional generation and representations: for a subset S, z comes from the uniform mixture of
     the unimodal posteriors q_m, m in S (a single modality: its own q_m, as the authors' m -> m̃
@@ -45,7 +45,7 @@ class Independent(MultimodalVAE):
         return unimodal_mixtures(self, x, subsets)
 
     def kl_weight(self) -> float:
-        # official-setups §2.3 (mv_unimodal_vae): KL weight β·β in the authors' code.
+        # mmvmvae mv_vaes/mv_unimodal_vae.py compute_loss: KL weight β·β in the authors' code.
         return self.beta ** 2 if self.opt["beta_convention"] == "code" else self.beta
 
     def rate(self, q: Gaussian, z):

@@ -1,4 +1,5 @@
-"""MMVAE as in the MoPoE code: a mixture of the unimodal posteriors (official-setups §1.6)."""
+"""MMVAE as in the MoPoE code: a mixture of the unimodal posteriors (MoPoE utils/BaseMMVae.py moe_fusion,
+fusion_condition_moe)."""
 from __future__ import annotations
 
 from ..registry import METHODS

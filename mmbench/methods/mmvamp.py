@@ -22,7 +22,7 @@ def rate_bound(mu: torch.Tensor, logvar: torch.Tensor, alpha: float = 0.0) -> to
     """M×B upper bound on KL(q_m || h_α) (Jensen, convexity of KL in its 2nd argument), as the authors' code.
 
     mu, logvar: M×B×D unimodal posteriors. Bound = (1-α)/M Σ_m̃ KL(q_m || q_m̃) + α KL(q_m || N(0, I)),
-    the self term KL(q_m || q_m) = 0 included (official-setups §2.3, mv_mixedprior_vae).
+    the self term KL(q_m || q_m) = 0 included (mmvampvae mv_vaes/mv_mixedprior_vae.py compute_loss).
     """
     M = mu.shape[0]
     pair = gaussian_kl(mu[:, None], logvar[:, None], mu[None], logvar[None])  # M×M×B, [m, m̃]
@@ -51,7 +51,7 @@ def rate_mc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, alpha: floa
 
 
 def annealed_alpha(alpha0: float, steps: int, t: int) -> float:
-    """The mmvampvae `exp_annealing` schedule toward a final α of 0 (official-setups §2.3); constant if steps = 0."""
+    """The mmvampvae `exp_annealing` schedule (mv_vaes/mv_vae.py) toward a final α of 0; constant if steps = 0."""
     if steps <= 0 or alpha0 <= 0:
         return alpha0
     rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
@@ -68,15 +68,15 @@ class MMVAMP(Independent):
 
     Options:
     * `rate` (default "bound", what the authors' code optimises, for reproduction): "bound" = the
-      closed-form Jensen upper bound 1/M Σ_m̃ KL(q_m || q_m̃) (official-setups §2.3); "mc" = the unbiased
-      one-sample Monte-Carlo estimate log q_m(z_m) - log h(z_m) of the paper's exact KL, at the same z_m
+      closed-form Jensen upper bound 1/M Σ_m̃ KL(q_m || q_m̃) (mmvampvae mv_mixedprior_vae.py compute_loss);
+      "mc" = the unbiased one-sample Monte-Carlo estimate log q_m(z_m) - log h(z_m) of the paper's exact KL, at the same z_m
       that is reconstructed.
     * `alpha` (default 0.0, the paper's prior): weight of N(0, I) in the prior h_α = (1-α) h + α N(0, I);
       with "bound" the rate is (1-α)/M Σ_m̃ KL(q_m || q_m̃) + α KL(q_m || N(0, I)), the authors' `klds_sum`.
     * `alpha_anneal_steps` (default 0: α constant): > 0 decays α exponentially from `alpha` to ~0 over that
       many training steps, the mmvampvae schedule (its runs: alpha 1.0, 300000 steps; mmvmvae: α = 0 throughout).
     * `beta_convention`: accepted for uniformity with the baselines; "paper" and "code" coincide here,
-      because the authors' code weights Σ_m R_m by β exactly as the paper's β-VAE rate (official-setups §2.3).
+      because the authors' code weights Σ_m R_m by β exactly as the paper's β-VAE rate (mv_mixedprior_vae.py).
 
     Conditional generation and representations: for a subset S, z comes from the uniform mixture of the
     unimodal posteriors q_m, m in S, i.e. the MM-VAMP prior restricted to S (a single modality: its own

@@ -16,7 +16,7 @@ class MoPoE(PoEMixin, MultimodalVAE):
                   "multi-modal posterior": "yes", "missing modalities": "yes"}  # MoPoE Table 1
 
     def prior_expert(self, subset) -> bool:
-        # The authors' code adds the N(0, I) expert only to the full subset (official-setups §1.6).
+        # The authors' code adds the N(0, I) expert only to the full subset (MoPoE utils/BaseMMVae.py poe_fusion).
         return len(subset) == len(self.names)
 
     def mixture_subsets(self):

@@ -15,8 +15,9 @@ from .mopoe import MoPoE
 class MoPoEStyle(MoPoE):
     """MoPoE with a shared content latent c (mixture of subset PoEs) plus a style latent s_m per modality (Eq. 34).
 
-    * ``method.latent_dim`` is the content size (the paper: 32; the authors' CelebA job: 20, official-setups §1.8).
-    * Option ``style_dim`` (default 32, §1.8 / App. E.2): the size of every s_m.
+    * ``method.latent_dim`` is the content size (the paper: 32; the authors' CelebA job: 20, MoPoE job_celeba
+      sets no --class_dim, utils/BaseFlags.py default 20).
+    * Option ``style_dim`` (default 32, MoPoE celeba/flags.py --style_img_dim / App. E.2): the size of every s_m.
     * Encoders: the architecture's encoder with output size content+style, split into the content expert
       (first ``latent_dim`` dims, fused by MoPoE's PoE/mixture) and q(s_m | x_m) (the rest); a split linear
       head is the same function as the authors' separate content and style heads.

@@ -1,4 +1,5 @@
-"""MVAE: product of experts with a prior expert, joint ELBO plus unimodal ELBOs (official-setups §1.6)."""
+"""MVAE: product of experts with a prior expert, joint ELBO plus unimodal ELBOs (MoPoE utils/BaseMMVae.py
+poe_fusion with flag modality_poe, run_epochs.py with poe_unimodal_elbos, set in main_*.py)."""
 from __future__ import annotations
 
 from ..registry import METHODS

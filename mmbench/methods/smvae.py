@@ -70,7 +70,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
       2^M as Eq. 11 writes it. The surrogate q_Λ(z | X) has its own per-modality encoders plus a fusion MLP
       (`JointFusion`).
     * Option `prior_expert` (which PoEs include the N(0, I) expert): `full` (default: the full set only, as the
-      MoPoE code whose networks the paper uses, official-setups §1.6), `all` (Eq. 3 read literally for every
+      MoPoE code whose networks the paper uses, utils/BaseMMVae.py poe_fusion), `all` (Eq. 3 read literally for every
       subset) or `none`. Not `all` by default: while the surrogate is still close to the prior, the prior expert
       alone already matches it and the divergence drives every expert's variance up without bound (measured on
       polydigits, Laplace, lr 1e-3, batch 32: expert log-variances passed 80 and overflowed to NaN within ~45

@@ -1,7 +1,7 @@
 """SMVGON: SMVAE whose surrogate joint posterior is a variational gradient-origin network (SMVAE Eqs. 9 and 12),
 and "vgon", that VGON trained alone (SMVAE App. B-C, Tables 5-6).
 
-The VGON step (SMVAE §2.2; official-setups §4, cwkx/GON `Variational-GON.py`): start at the origin z0 = 0, take one
+The VGON step (SMVAE §2.2; cwkx/GON `Variational-GON.py`): start at the origin z0 = 0, take one
 gradient-ascent step of the VGON ELBO w.r.t. z0 through the decoders, ẑ0 = z0 + ∇_z0 L (Eq. 9), and read the
 variational parameters off ẑ0 with two trainable linear maps, q(z) = N(μ_λ(ẑ0), σ²_λ(ẑ0)). The gradient is taken
 with create_graph=True during training, so the outer loss backpropagates through the step (second order).
@@ -35,7 +35,7 @@ def inner_step(opt) -> float:
     return float(s)
 
 class VGONHead(nn.Module):
-    """μ_λ and log σ²_λ: two Linear(D, D) maps from the (stepped) origin (official-setups §4: fc21, fc22)."""
+    """μ_λ and log σ²_λ: two Linear(D, D) maps from the (stepped) origin (GON Variational-GON.py fc21, fc22)."""
 
     def __init__(self, latent_dim: int):
         super().__init__()

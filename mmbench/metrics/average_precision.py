@@ -5,7 +5,8 @@
   tuples; AP per attribute (``latent_ap/<S>/<attribute>``), their mean (``latent_ap/<S>``; the tables'
   "mean average precision over all attributes") and the mean by number of inputs (``latent_ap_by_n/<n>``).
   ``eval.ap_scores`` picks what the AP ranks: ``hard`` (default) the regressions' 0/1 predictions --
-  the MoPoE code (official-setups §1.7) and the MMVM code (§2.4) call ``average_precision_score`` on
+  the MoPoE code (eval_metrics/representation.py test_clf_lr_all_subsets) and the MMVM code (mmvmvae
+  utils/eval.py eval_clf_lr_celeba) call ``average_precision_score`` on
   ``clf.predict``, so the papers' tables most plausibly hold hard-prediction APs (MoPoE Table 5's
   0.30-0.40 are also in the range such APs take: between the base rate and the precision at the 0/1
   threshold); ``proba`` the predicted probabilities, the usual (threshold-free) AP.

@@ -3,7 +3,7 @@
 Cached under ``<data_root>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/`` with their
 test accuracies; a classifier below ``eval.classifier_min_accuracy`` makes coherence refuse.
 Multi-label datasets (``spec.multilabel``, CelebA's 40 attributes) train one logit per attribute with
-BCE-with-logits (not the MMVM code's cross-entropy on sigmoid outputs, official-setups §2.5) and record the
+BCE-with-logits (not the MMVM code's cross-entropy on sigmoid outputs, mmvmvae clfs/celeba_clf.py) and record the
 test *mean average precision* instead of accuracy, held to ``eval.classifier_min_ap``.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 * Network: pytorch-fid's FID variant of InceptionV3 (the TF 2015-12-05 graph ported to PyTorch), 2048-d
   pool3 features; inputs in [0, 1], resized bilinearly to 299×299 and scaled to [-1, 1] inside, as
-  pytorch-fid does (MoPoE's and MultiVae's FID code use the same network; official-setups §1.7).
+  pytorch-fid does (MoPoE's fid/inception.py and MultiVae's FID code use the same network).
 * Weights: the published file ``pt_inception-2015-12-05-6726825d.pth`` (FID_WEIGHTS_URL), checked
   against its sha256 before use. Looked up at ``eval.fid_weights`` (or ``mmbench evaluate --fid-weights``)
   or else in the torch hub cache (``torch.hub.get_dir()/checkpoints/``), downloaded there when missing.

@@ -10,7 +10,8 @@ the released code uses 12). The weight divides by exactly the density sampled fr
 posterior is sampled as a mixture (a component per draw) and divided by the mixture density, never by
 one component's (the biased variant peers.md warns about). The estimate is a stochastic lower bound
 that tightens as K grows; it is averaged over the test tuples (``eval.test_samples``). The released
-MoPoE code's reshape bug, which mixes data points inside a logmeanexp (official-setups §1.7), is not
+MoPoE code's reshape bug, which mixes data points inside a logmeanexp (MoPoE utils/likelihood.py
+log_marginal_estimate: the (K·B) weights viewed as (B, K)), is not
 reproduced.
 
 Keys, for every subset the method can encode (``supports``): ``loglik/<S>`` (log p(X) with proposal

@@ -2,8 +2,8 @@
 
 The papers' "reconstruction loss" is the authors' logged reconstruction term: per test tuple
 Σ_m rec_w_m · (-log p(x_m | z)), the likelihood's negative log-density summed over the modality's
-dimensions (Laplace, scale 0.75, for PolyMNIST images), with one reparameterised z (official-setups
-§2.3; all rec_w are 1 on PolyMNIST). MM-VAMP App. B.2.3 defines the two settings:
+dimensions (Laplace, scale 0.75, for PolyMNIST images), with one reparameterised z (mmvmvae
+mv_vaes/mv_vae.py compute_rec_loss; all rec_w are 1 on PolyMNIST). MM-VAMP App. B.2.3 defines the two settings:
 
 * all inputs (Fig. 3): z ~ q(z | X) of the full set decodes every modality -- for methods with a latent
   per modality (``own_latent_per_modality``: independent VAEs, MM-VAMP) each modality is decoded from its

@@ -1,4 +1,5 @@
-"""Bimodal CelebA residual networks of the MoPoE code (official-setups §1.4, "Bimodal CelebA"; DIM 128).
+"""Bimodal CelebA residual networks of the MoPoE code (MoPoE celeba/networks/ResidualBlocks.py,
+FeatureExtractorImg.py, DataGeneratorImg.py, FeatureExtractorText.py, DataGeneratorText.py; DIM 128).
 
 * residual block: branch = BN, ReLU, 1×1 conv, dropout 0.5, BN, ReLU, conv(k, s, p), dropout 0.5;
   shortcut = conv(k, s, p) + BN; output = a · shortcut + b · branch with a = 2.0, b = 0.3. Up-sampling
@@ -33,7 +34,7 @@ from ..data.base import Modality
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 
-DIM = 128  # official-setups §1.4 / §1.8 (celeba/flags.py: DIM_img = DIM_text = 128)
+DIM = 128  # MoPoE celeba/flags.py: --DIM_img / --DIM_text default 128
 A, B = 2.0, 0.3  # shortcut and branch weights of the residual blocks
 
 

@@ -1,4 +1,5 @@
-"""MNIST-SVHN-Text networks of the MoPoE code (official-setups §1.4): MNIST MLP, SVHN CNN, text 1-d CNN."""
+"""MNIST-SVHN-Text networks of the MoPoE code (MoPoE mnistsvhntext/networks/ConvNetworksImgMNIST.py,
+ConvNetworksImgSVHN.py, ConvNetworksTextMNIST.py): MNIST MLP, SVHN CNN, text 1-d CNN."""
 from __future__ import annotations
 
 from torch import nn
@@ -61,7 +62,8 @@ DECODERS = {
                                        nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(),  # -> 8
                                        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),  # -> 16
                                        nn.ConvTranspose2d(32, 3, 4, 2, 1)),  # -> 32
-    # Logits over the alphabet (the authors pass log-softmax as probabilities; official-setups §1.5).
+    # Logits over the alphabet (the authors' decoder ends in LogSoftmax and utils/BaseMMVae.py forward passes it
+    # positionally to OneHotCategorical, i.e. as probabilities; mmvmvae uses logits).
     "text": lambda m, d: nn.Sequential(nn.Linear(d, 128), nn.Unflatten(1, (128, 1)),
                                        nn.ConvTranspose1d(128, 128, 4, 1, 0), nn.ReLU(),  # 1 -> 4
                                        nn.ConvTranspose1d(128, 128, 4, 2, 1), nn.ReLU(),  # -> 8

@@ -1,4 +1,5 @@
-"""PolyMNIST networks of the MoPoE code (official-setups §1.4): the VAE CNN and the coherence classifier."""
+"""PolyMNIST networks of the MoPoE code (MoPoE mmnist/networks/ConvNetworksImgCMNIST.py EncoderImg /
+DecoderImg, mmnist/networks/ConvNetworkImgClfCMNIST.py ClfImg): the VAE CNN and the coherence classifier."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""PolyMNIST ResNets of the MM-VAMP code (official-setups §2.2): the VAE encoder/decoder and the digit classifier.
+"""PolyMNIST ResNets of the MM-VAMP code (mmvmvae networks/ConvNetworksPolyMNIST.py ResnetEncoder / ResnetDecoder,
+networks/ClfImgPolyMNIST.py): the VAE encoder/decoder and the digit classifier.
 
 Used by the MM-VAMP paper for translated PolyMNIST (App. B.2.2: "Resnet-based encoder and ... decoder",
 "Resnet-based non-linear classifier"). Residual blocks add 0.1 × the residual branch; activations are
@@ -45,7 +46,7 @@ def _check(modality: Modality) -> int:
 
 
 def trunk(channels: int) -> nn.Sequential:
-    """conv 3->64 at 28×28, blocks 64->64, [pool ->14, 64->128], [pool ->7, 128->256] (official-setups §2.2)."""
+    """conv 3->64 at 28×28, blocks 64->64, [pool ->14, 64->128], [pool ->7, 128->256] (mmvmvae ResnetEncoder)."""
     return nn.Sequential(
         nn.Conv2d(channels, 64, 3, 1, 1), ResnetBlock(64, 64),
         nn.AvgPool2d(3, 2, 1), ResnetBlock(64, 128),  # -> 14
