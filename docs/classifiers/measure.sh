@@ -5,9 +5,9 @@
 #   paired into 12 tuples -> 60,000 train / 5,000 test tuples) and five real photographs, all five
 #   classifiers; translated PolyMNIST (3 tuples per digit, 15,000 train tuples), the ResNet classifier
 #   of m0 only (CPU time); the simulated rats, all five.
-# Usage: bash docs/classifiers/measure.sh SHARED_DATA_DIR OUT_DIR   (SHARED_DATA_DIR: mnist-t10k/, backgrounds/)
+# Usage: bash docs/classifiers/measure.sh DATA_DIR OUT_DIR   (DATA_DIR holds mnist-t10k/ and backgrounds/)
 set -euo pipefail
-SHARED=${1:?path to shared/data (mnist-t10k/, backgrounds/)}
+SHARED=${1:?path to the folder holding mnist-t10k/ and backgrounds/}
 OUT=${2:?output directory}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
