@@ -188,3 +188,20 @@ def test_mopoe_on_polymnist_has_one_learning_rate_across_suites():
            if r.method.name == "mopoe" and r.dataset == "polymnist" and r.variant == "vanilla"}
     assert {lr for _, lr in lrs} == {1e-3}, sorted(lrs)
     assert {name for name, _ in lrs} >= {"mopoe_iclr21.yaml", "mrvae.yaml"}
+
+
+def test_provenance_names_real_options():
+    """docs/provenance.md: every `method.options.X` it offers is an option of some method, and every
+    `--set PATH=` is a field of the run config (a stale name would send a reader nowhere)."""
+    from mmbench.config import RunConfig
+    from mmbench.registry import METHODS, _load_builtins
+    from mmbench.report import flatten
+
+    _load_builtins()
+    text = (ROOT / "docs" / "provenance.md").read_text()
+    options = set().union(*(set(cls.options) for _, cls in METHODS.items()))
+    named = set(re.findall(r"method\.options\.(\w+)", text))
+    assert named and named <= options, sorted(named - options)
+    fields = set(flatten(RunConfig().to_dict()))
+    paths = set(re.findall(r"--set ([\w.]+)=", text))
+    assert paths and paths <= fields, sorted(paths - fields)
