@@ -205,3 +205,11 @@ def test_provenance_names_real_options():
     fields = set(flatten(RunConfig().to_dict()))
     paths = set(re.findall(r"--set ([\w.]+)=", text))
     assert paths and paths <= fields, sorted(paths - fields)
+
+
+def test_extraction_repairs_are_flagged_in_the_cells():
+    """Cells read from a garbled extraction say so in their source (SMVAE Tables 3-5)."""
+    cells, _ = load_reference_files(REFS)
+    flagged = {(c.table, c.row, c.column): c.value for c in cells if "the extraction prints this cell as" in c.source}
+    assert flagged == {("SMVAE Table 3", "MVAE", "I | T"): 0.30, ("SMVAE Table 4", "JMVAE", "I | T"): 0.42,
+                       ("SMVAE Table 5", "VAE", "Latent M+S+T"): 0.99, ("SMVAE Table 5", "VAE", "M+S+T → M"): 0.96}
