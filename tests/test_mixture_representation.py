@@ -151,3 +151,20 @@ def test_loglik_metric_uses_eval_ll_proposal_and_both_estimators_converge():
         torch.manual_seed(1)
         out = loglik(ctx_for(TwoComponent(), split, batch_size=40, ll_samples=500, ll_proposal=proposal))
         assert out["loglik/a+b"] == pytest.approx(exact.mean().item(), abs=0.02), proposal
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_methods_posteriors_give_a_representation(name):
+    """Metrics call `represent` on whatever encode_subsets returns (EvalContext.posteriors): every method's do."""
+    from mmbench.methods.base import evaluable_subsets
+
+    torch.manual_seed(0)
+    mods = VEC[:2]
+    model = METHODS.get(name)(mods, MethodConfig(name, latent_dim=D, beta=1.0), "polymnist_cnn").eval()
+    x = {m.name: torch.rand(5, 3, 28, 28) for m in mods}
+    subsets = evaluable_subsets(model)
+    with torch.no_grad():
+        for q in model.encode_subsets(x, subsets):
+            rep = q.represent("component")
+            assert rep.mean.shape[0] == 5 and rep.rsample().shape[0] == 5
+            assert (rep is q) != isinstance(q, Mixture)

@@ -47,7 +47,16 @@ def subset_key(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-class Gaussian:
+class Posterior:
+    """What every posterior shares: `represent(how)` -- what metrics evaluate (eval.mixture_representation,
+    eval.ll_proposal). Anything that is not a mixture is its own representation."""
+
+    def represent(self, how: str) -> "Posterior":
+        check_representation(how)
+        return self
+
+
+class Gaussian(Posterior):
     """Diagonal Gaussian; leading dims are free (e.g. K×B×D for K subsets)."""
 
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
@@ -70,13 +79,8 @@ class Gaussian:
     def __getitem__(self, i) -> "Gaussian":
         return Gaussian(self.mu[i], self.logvar[i])
 
-    def represent(self, how: str) -> "Gaussian":
-        """A Gaussian posterior is its own representation, whatever the mixture choice `how`."""
-        check_representation(how)
-        return self
 
-
-class Mixture:
+class Mixture(Posterior):
     """Uniform mixture of K Gaussians stacked on dim 0 (K×B×D)."""
 
     def __init__(self, components: Gaussian):
