@@ -25,7 +25,8 @@ def epoch(model, batch, n=16):
 
 
 def test_alpha_after_an_epoch_does_not_depend_on_the_batch_size():
-    small, large = make(alpha=1.0, alpha_anneal_steps=8, alpha_anneal_batch=2), make(alpha=1.0, alpha_anneal_steps=8, alpha_anneal_batch=2)
+    small = make(alpha=1.0, alpha_anneal_steps=8, alpha_anneal_batch=2)
+    large = make(alpha=1.0, alpha_anneal_steps=8, alpha_anneal_batch=2)
     epoch(small, 2)  # 8 steps of 2 rows: the schedule's 8 steps
     epoch(large, 4)  # 4 steps of 4 rows: the same 16 samples
     assert int(small.train_steps) == 8 and int(large.train_steps) == 4

@@ -13,8 +13,8 @@ Posteriors are ``Gaussian`` or uniform ``Mixture`` objects with ``mean``, ``rsam
 ``eval.ll_proposal``). A Gaussian is its own representation; a mixture is either itself ("mean" /
 "mixture": its mean is the average of the component means, samples and densities are the mixture's) or,
 "component", per row the one component the contiguous-block rule assigns it (the MMVAE authors'
-evaluation: MoPoE ``utils/BaseMMVae.py moe_fusion`` -> ``utils/utils.py mixture_component_selection``). The shared machinery here computes the unimodal Gaussian experts once and the
-products of experts of *all* requested subsets in one batched tensor operation.
+evaluation: MoPoE ``utils/BaseMMVae.py moe_fusion`` -> ``utils/utils.py mixture_component_selection``).
+The shared machinery here computes the unimodal Gaussian experts once and the products of experts of *all* requested subsets in one batched tensor operation.
 """
 from __future__ import annotations
 
