@@ -53,6 +53,15 @@ class EvalConfig:
     fid_weights: Optional[str] = None
     fid_subsets: str = "all"
     ll_samples: int = 15  # importance samples per test log-likelihood (MoPoE App. B; metrics/loglik.py)
+    # What metrics read from a mixture posterior q(z | X_S) (MMVAE's |S| >= 2, methods/base.py `represent`):
+    # "mean" = the mixture's mean (the average of the unimodal means) and samples of the whole mixture;
+    # "component" = per test row the one unimodal component the contiguous-block rule selects, its mean and
+    # samples (the authors' evaluation: MoPoE utils/BaseMMVae.py moe_fusion). Posteriors that are one
+    # Gaussian (MoPoE, MVAE, ...) are unaffected.
+    mixture_representation: str = "mean"
+    # Importance-sampling proposal of loglik for a mixture posterior: "mixture" = the whole mixture (sampled
+    # and divided by the mixture density); "component" = the selected component's Gaussian (the authors').
+    ll_proposal: str = "mixture"
 
 
 @dataclass
@@ -87,6 +96,8 @@ CHOICES = {
     ("EvalConfig", "ap_scores"): ("hard", "proba"),
     ("EvalConfig", "lr_protocol"): ("mopoe", "smvae", "mmvamp"),
     ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),
+    ("EvalConfig", "mixture_representation"): ("mean", "component"),
+    ("EvalConfig", "ll_proposal"): ("mixture", "component"),
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}

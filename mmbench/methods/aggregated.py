@@ -39,9 +39,10 @@ class Aggregated(MultimodalVAE):
     * `average` (default "variance"): what Eq. 16 averages. The paper writes the posteriors as
       N(μ, σ I) (Eq. 11), σ I being the covariance, and the authors' `avg` aggregation averages
       variances (mmvmvae mv_vaes/mv_vae.py aggregate_latents_avg); "std" averages the standard deviations instead.
-    * `aggregation` (default "avg", the paper's App. B.2 Hosoya averaging): "poe" = product of the
-      unimodal experts without a prior expert, the default of the authors' `JointModelConfig` (their
-      script does not say which one the paper's runs used).
+    * `aggregation` (default "avg": the paper is explicit, App. B.2 Eqs. 15-16, Hosoya averaging): "poe" =
+      product of the unimodal experts without a prior expert, the default of the authors'
+      `JointModelConfig` (mmvampvae and mmvmvae config/ModelConfig.py), which the mmvampvae run scripts
+      keep (mmvmvae run_polymnist.sh sets avg).
     * `beta_convention` (default "paper"): "paper" weights the KL by β; "code" by β·M, because the
       authors' code computes KL(q_s || N(0, I)) once per modality and sums them (mmvmvae mv_joint_vae.py compute_loss).
 

@@ -9,8 +9,12 @@ A method is a ``MultimodalVAE``:
 * ``sample_prior(n)`` -> latents for unconditional generation.
 
 Posteriors are ``Gaussian`` or uniform ``Mixture`` objects with ``mean``, ``rsample()``,
-``log_prob(z)``. The shared machinery here computes the unimodal Gaussian experts once and the
-products of experts of *all* requested subsets in one batched tensor operation.
+``log_prob(z)`` and ``represent(how)``: what metrics evaluate for a posterior (``eval.mixture_representation``,
+``eval.ll_proposal``). A Gaussian is its own representation; a mixture is either itself ("mean" /
+"mixture": its mean is the average of the component means, samples and densities are the mixture's) or,
+"component", per row the one component the contiguous-block rule assigns it (the MMVAE authors'
+evaluation: MoPoE ``utils/BaseMMVae.py moe_fusion`` -> ``utils/utils.py mixture_component_selection``).
+The shared machinery here computes the unimodal Gaussian experts once and the products of experts of *all* requested subsets in one batched tensor operation.
 """
 from __future__ import annotations
 
@@ -43,7 +47,16 @@ def subset_key(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-class Gaussian:
+class Posterior:
+    """What every posterior shares: `represent(how)` -- what metrics evaluate (eval.mixture_representation,
+    eval.ll_proposal). Anything that is not a mixture is its own representation."""
+
+    def represent(self, how: str) -> "Posterior":
+        check_representation(how)
+        return self
+
+
+class Gaussian(Posterior):
     """Diagonal Gaussian; leading dims are free (e.g. K×B×D for K subsets)."""
 
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
@@ -67,7 +80,7 @@ class Gaussian:
         return Gaussian(self.mu[i], self.logvar[i])
 
 
-class Mixture:
+class Mixture(Posterior):
     """Uniform mixture of K Gaussians stacked on dim 0 (K×B×D)."""
 
     def __init__(self, components: Gaussian):
@@ -85,6 +98,26 @@ class Mixture:
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         lp = self.components.log_prob(z.unsqueeze(0))  # K×B
         return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+    def selected_component(self) -> Gaussian:
+        """B×D: row b's component by the contiguous-block rule of training (`stratified_components`), as the
+        MoPoE authors' `moe_fusion` fuses a subset at evaluation (MoPoE utils/utils.py mixture_component_selection)."""
+        K, B = self.components.mu.shape[:2]
+        k = stratified_components(B, K, self.components.mu.device)
+        return self.components[k, torch.arange(B, device=k.device)]
+
+    def represent(self, how: str):
+        """"component": the selected component (a Gaussian); "mean"/"mixture": the mixture itself."""
+        check_representation(how)
+        return self.selected_component() if how == "component" else self
+
+
+REPRESENTATIONS = ("mean", "mixture", "component")
+
+
+def check_representation(how: str) -> None:
+    if how not in REPRESENTATIONS:
+        raise ValueError(f"posterior representation {how!r} is not one of {', '.join(REPRESENTATIONS)}")
 
 
 def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
@@ -105,10 +138,12 @@ def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tenso
 
 
 def stratified_components(batch: int, k: int, device: Any = None) -> torch.Tensor:
-    """Mixture component of each row: contiguous blocks of floor(B/K) rows, the last takes the rest
-    (MoPoE utils/utils.py `mixture_component_selection`)."""
+    """Mixture component of each row: contiguous blocks of floor(B/K) rows, the last takes the rest -- all
+    rows when B < K (MoPoE utils/utils.py mixture_component_selection, uniform weights)."""
     size = batch // k
-    comp = torch.arange(batch, device=device) // max(size, 1)
+    if size == 0:
+        return torch.full((batch,), k - 1, dtype=torch.long, device=device)
+    comp = torch.arange(batch, device=device) // size
     return comp.clamp(max=k - 1)
 
 

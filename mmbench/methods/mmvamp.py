@@ -50,8 +50,9 @@ def rate_mc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, alpha: floa
     return Gaussian(mu, logvar).log_prob(z) - log_mixture_prior(z, mu, logvar, alpha)
 
 
-def annealed_alpha(alpha0: float, steps: int, t: int) -> float:
-    """The mmvampvae `exp_annealing` schedule (mv_vaes/mv_vae.py) toward a final α of 0; constant if steps = 0."""
+def annealed_alpha(alpha0: float, steps: int, t: float) -> float:
+    """The authors' `exp_annealing` schedule toward a final α of 0 (mmvmvae mv_vaes/mv_vae.py exp_annealing, at
+    position t of `steps`; t may be fractional, see MMVAMP.anneal_position); constant if steps = 0."""
     if steps <= 0 or alpha0 <= 0:
         return alpha0
     rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
@@ -74,7 +75,13 @@ class MMVAMP(Independent):
     * `alpha` (default 0.0, the paper's prior): weight of N(0, I) in the prior h_α = (1-α) h + α N(0, I);
       with "bound" the rate is (1-α)/M Σ_m̃ KL(q_m || q_m̃) + α KL(q_m || N(0, I)), the authors' `klds_sum`.
     * `alpha_anneal_steps` (default 0: α constant): > 0 decays α exponentially from `alpha` to ~0 over that
-      many training steps, the mmvampvae schedule (its runs: alpha 1.0, 300000 steps; mmvmvae: α = 0 throughout).
+      many training steps, the authors' schedule (mmvampvae runs: alpha 1.0, 300000 steps at their default
+      batch 128; mmvmvae PolyMNIST: α = 0 throughout).
+    * `alpha_anneal_batch` (default 0: the steps are this run's own optimizer steps): > 0 says the
+      `alpha_anneal_steps` are steps of that batch size, and the schedule advances by (batch rows) /
+      alpha_anneal_batch per step -- the same α after the same number of training samples (so per epoch)
+      as the authors' run at that batch, whatever train.batch_size is (at batch 256 a plain step count
+      decays α half as fast per epoch as the authors' 128).
     * `beta_convention`: accepted for uniformity with the baselines; "paper" and "code" coincide here,
       because the authors' code weights Σ_m R_m by β exactly as the paper's β-VAE rate (mv_mixedprior_vae.py).
 
@@ -87,7 +94,8 @@ class MMVAMP(Independent):
     """
 
     paper = "MM-VAMP VAE (Sutter et al. 2024), Eqs. (1)-(4)"
-    options = {"beta_convention": "paper", "rate": "bound", "alpha": 0.0, "alpha_anneal_steps": 0}
+    options = {"beta_convention": "paper", "rate": "bound", "alpha": 0.0, "alpha_anneal_steps": 0,
+               "alpha_anneal_batch": 0}
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
@@ -97,13 +105,28 @@ class MMVAMP(Independent):
             raise MMBenchError(f"method.options.alpha of mmvamp is {a!r}; give a number in [0, 1] (0: the paper's prior)")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise MMBenchError(f"method.options.alpha_anneal_steps of mmvamp is {steps!r}; give an integer >= 0 (0: no annealing)")
+        ab = self.opt["alpha_anneal_batch"]
+        if isinstance(ab, bool) or not isinstance(ab, int) or ab < 0:
+            raise MMBenchError(f"method.options.alpha_anneal_batch of mmvamp is {ab!r}; give an integer >= 0 (the batch "
+                               f"size alpha_anneal_steps are counted in, e.g. 128 as the authors' runs; 0: own steps)")
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the α schedule; checkpointed
+        self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))  # training rows seen; checkpointed
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before `train_samples` existed trained without alpha_anneal_batch: start it at 0.
+        state_dict.setdefault(prefix + "train_samples", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def anneal_position(self) -> float:
+        """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch."""
+        ab = self.opt["alpha_anneal_batch"]
+        return int(self.train_samples) / ab if ab > 0 else float(int(self.train_steps))
 
     def kl_weight(self) -> float:
         return self.beta
 
     def alpha(self) -> float:
-        return annealed_alpha(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], int(self.train_steps))
+        return annealed_alpha(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], self.anneal_position())
 
     def rate(self, q: Gaussian, z):
         if self.opt["rate"] == "mc":
@@ -116,4 +139,5 @@ class MMVAMP(Independent):
             logs["alpha"] = self.alpha()
         if self.training and torch.is_grad_enabled():
             self.train_steps += 1
+            self.train_samples += next(iter(x.values())).shape[0]
         return loss, logs

@@ -1,104 +1,27 @@
 """MoPoE-VAE with modality-specific (style) latents, as used for bimodal CelebA (MoPoE App. E.1.1, Eq. 34)."""
 from __future__ import annotations
 
-import dataclasses
-
-import torch
-
-from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import Gaussian, stratified_components
 from .mopoe import MoPoE
+from .style import STYLE_OPTIONS, StyleLatents
 
 
 @METHODS.register("mopoe_style")
-class MoPoEStyle(MoPoE):
+class MoPoEStyle(StyleLatents, MoPoE):
     """MoPoE with a shared content latent c (mixture of subset PoEs) plus a style latent s_m per modality (Eq. 34).
 
-    * ``method.latent_dim`` is the content size (the paper: 32; the authors' CelebA job: 20, MoPoE job_celeba
-      sets no --class_dim, utils/BaseFlags.py default 20).
-    * Option ``style_dim`` (default 32, MoPoE celeba/flags.py --style_img_dim / App. E.2): the size of every s_m.
-    * Encoders: the architecture's encoder with output size content+style, split into the content expert
-      (first ``latent_dim`` dims, fused by MoPoE's PoE/mixture) and q(s_m | x_m) (the rest); a split linear
-      head is the same function as the authors' separate content and style heads.
-    * Decoders: the architecture's decoder with input size content+style, fed [c, s_m].
-    * Loss (the authors' factorized objective, §1.6): Σ_m w_m NLL_m(x_m | c, s_m)
+    * ``method.latent_dim`` is the content size (the paper: 32; the authors' CelebA job: 20, MoPoE job_celeba).
+    * Options ``style_dim`` (default 32, App. E.2), ``beta_style`` (2.0), ``beta_content`` (1.0) and
+      ``style_betas`` (img 1.0, text 5.0): the CelebA job's values; the style machinery is methods/style.py.
+    * Loss (the authors' factorized objective): Σ_m w_m NLL_m(x_m | c, s_m)
       + β (beta_style Σ_m style_betas[m] KL(q(s_m|x_m) || N(0,I)) + beta_content · mean_S KL(q_S(c) || N(0,I))),
-      c from the stratified mixture component, s_m from q(s_m | x_m). Options ``beta_style`` (default 2.0),
-      ``beta_content`` (1.0) and ``style_betas`` (per modality name; default img 1.0, text 5.0 as job_celeba;
-      modalities not named weigh 1.0) -- the CelebA job's values. Eq. (34) itself has all weights 1.
+      c from the stratified mixture component, s_m from q(s_m | x_m).
     * Interface: ``encode_subsets`` returns the *content* posterior (latent classification reads the shared
-      space, as the paper). ``decode(z, m)`` and ``rec_log_prob(z, x, m)`` take z of the content size and
-      draw s_m ~ N(0, I) -- the MoPoE code's random styles for conditional and prior generation (§1.7, §1.9);
-      a prior style is also a valid importance proposal for s_m, so likelihood estimates stay unbiased. A z of
-      size content+style is used as given ([c, s_m]).
+      space, as the paper); ``decode``/``rec_log_prob`` draw a prior style for a content-sized z.
     """
 
     paper = "MoPoE-VAE, ICLR 2021, App. E.1.1, Eq. (34)"
-    options = {"style_dim": 32, "beta_style": 2.0, "beta_content": 1.0, "style_betas": {"img": 1.0, "text": 5.0}}
-
-    def __init__(self, modalities, cfg, architecture):
-        opt = {**self.options, **cfg.options}
-        style_dim = opt["style_dim"]
-        if not isinstance(style_dim, int) or isinstance(style_dim, bool) or style_dim <= 0:
-            raise MMBenchError(f"method option style_dim must be a positive integer, got {style_dim!r}")
-        # Encoders and decoders are built for content+style dims; the model's latent is the content.
-        super().__init__(modalities, dataclasses.replace(cfg, latent_dim=cfg.latent_dim + style_dim), architecture)
-        self.cfg, self.latent_dim, self.style_dim = cfg, cfg.latent_dim, style_dim
-        user = cfg.options.get("style_betas", {})
-        unknown = [k for k in user if k not in self.names] if isinstance(user, dict) else ["(not a mapping)"]
-        if unknown:
-            raise MMBenchError(f"method option style_betas names {', '.join(map(str, unknown))}, not modalities; "
-                               f"give a mapping over {', '.join(self.names)}")
-        betas = {**self.options["style_betas"], **user}
-        self.style_betas = {m: float(betas.get(m, 1.0)) for m in self.names}
-
-    def encode_all(self, x, names):
-        """Content experts (len(names)×B×D mu, logvar) and the style posteriors {m: Gaussian}."""
-        mus, logvars, styles = [], [], {}
-        for n in names:
-            mu, logvar = self.encoders[n](x[n])
-            mus.append(mu[:, :self.latent_dim])
-            logvars.append(logvar[:, :self.latent_dim])
-            styles[n] = Gaussian(mu[:, self.latent_dim:], logvar[:, self.latent_dim:])
-        return torch.stack(mus), torch.stack(logvars), styles
-
-    def unimodal(self, x, names):
-        # Only the content experts enter MoPoE's subset PoEs (PoEMixin.encode_subsets reads this).
-        mu, logvar, _ = self.encode_all(x, names)
-        return mu, logvar
-
-    def with_style(self, z: torch.Tensor) -> torch.Tensor:
-        if z.shape[-1] == self.latent_dim + self.style_dim:
-            return z
-        if z.shape[-1] != self.latent_dim:
-            raise MMBenchError(f"mopoe_style decodes z of {self.latent_dim} (content) or "
-                               f"{self.latent_dim + self.style_dim} (content+style) dims, got {z.shape[-1]}")
-        return torch.cat([z, torch.randn(*z.shape[:-1], self.style_dim, device=z.device, dtype=z.dtype)], -1)
-
-    def decode(self, z, modality):
-        return self.likelihoods[modality].mean(self.decoders[modality](self.with_style(z)))
-
-    def rec_log_prob(self, z, x, modality):
-        return self.likelihoods[modality].log_prob(self.decoders[modality](self.with_style(z)), x[modality])
+    options = dict(STYLE_OPTIONS)
 
     def loss(self, x):
-        subsets = self.mixture_subsets()
-        mu, logvar, styles = self.encode_all(x, self.names)
-        comps = self.poe(mu, logvar, self.names, subsets)  # K×B×D content posteriors, one batched op
-        B = mu.shape[1]
-        # Eq. (34), content: the mixture's KL as the average of the subset KLs (uniform weights, §1.6).
-        kl_content = comps.kl_standard_normal().mean(0)
-        k = stratified_components(B, len(subsets), mu.device)
-        c = comps[k, torch.arange(B, device=mu.device)].rsample()
-        nll = 0.0
-        kl_style = 0.0
-        for m in self.names:
-            # Eq. (34): x_m is reconstructed from the shared c and its own style s_m ~ q(s_m | x_m).
-            s = styles[m].rsample()
-            nll = nll - self.rec_weights[m] * self.rec_log_prob(torch.cat([c, s], -1), x, m)
-            kl_style = kl_style + self.style_betas[m] * styles[m].kl_standard_normal()
-        kl = self.opt["beta_style"] * kl_style + self.opt["beta_content"] * kl_content
-        loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(),
-                      "kl_content": kl_content.mean().item(), "kl_style": kl_style.mean().item()}
+        return self.mixture_style_loss(x)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import LOG_2PI, Gaussian, MultimodalVAE, all_subsets, product_of_experts
+from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, product_of_experts
 
 
 # ----- relaxations and priors ------------------------------------------------------------------
@@ -165,7 +165,7 @@ class SetNets(nn.Module):
         return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), count > 0
 
 
-class RelationalPosterior:
+class RelationalPosterior(Posterior):
     """q(z | n, y, X_S) on the interface latent z = [z_1; ...; z_M] (B×(M·D)) for one inferred relation.
 
     Coordinate l of block j carries the slot of the subspace that factor l of z_j was assigned to; a slot

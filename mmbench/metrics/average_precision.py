@@ -135,7 +135,7 @@ def coherence_ap(ctx: EvalContext) -> Dict[str, float]:
     scores: List[List[List[np.ndarray]]] = [[[] for _ in mods] for _ in subsets]
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
-        z = torch.cat([q.rsample() for q in model.encode_subsets(x, subsets)])  # (K·B)×D, one draw per tuple
+        z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # (K·B)×D, one draw per tuple
         for j, m in enumerate(mods):
             s = torch.sigmoid(clfs[m](model.decode(z, m))).view(K, len(idx), -1).cpu().numpy()
             for k in range(K):

@@ -1,6 +1,7 @@
 """Generation coherence (MoPoE §4, App. B): do generated modalities show the input's class?
 
-* conditional: for every subset S and every modality m, z ~ q(z | X_S) once per test tuple, x̂_m =
+* conditional: for every subset S and every modality m, z ~ q(z | X_S) once per test tuple (a mixture
+  posterior as eval.mixture_representation says: the whole mixture or the selected component), x̂_m =
   decode(z, m), coherence = plain accuracy of m's classifier on x̂_m against the tuple's label
   (`coherence/<S>-><m>`; targets inside S included, as the authors' code);
 * by number of inputs (MoPoE Fig. 3): mean over subsets of size n of the targets outside S
@@ -37,7 +38,7 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
         y = ctx.test.labels[idx].to(ctx.device)
-        z = torch.cat([q.rsample() for q in model.encode_subsets(x, subsets)])  # (K·B)×D
+        z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # (K·B)×D
         for j, m in enumerate(names):
             pred = clfs[m](model.decode(z, m)).argmax(1).view(K, -1)
             correct[:, j] += (pred == y[None]).sum(1).cpu().numpy()

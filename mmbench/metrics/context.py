@@ -34,6 +34,10 @@ class EvalContext:
             idx = torch.arange(start, min(start + bs, len(split)))
             yield idx, split.batch(idx, self.device)
 
+    def posteriors(self, x: Dict[str, torch.Tensor], subsets) -> list:
+        """q(z | X_S) of every subset as the metrics evaluate it (eval.mixture_representation; methods/base.py)."""
+        return [q.represent(self.cfg.mixture_representation) for q in self.model.encode_subsets(x, subsets)]
+
     def classifiers(self) -> Dict[str, torch.nn.Module]:
         if self._classifiers is None:
             from .classifiers import get_classifiers

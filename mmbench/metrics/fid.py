@@ -307,7 +307,7 @@ def compute_fid(ctx: EvalContext, weights_sha256: str = FID_WEIGHTS_SHA256) -> D
         for start in range(0, n, bs):
             idx = torch.arange(start, min(start + bs, n))
             x = split.batch(idx, ctx.device)
-            z = model.encode({k: x[k] for k in s}, s).rsample()
+            z = ctx.posteriors({k: x[k] for k in s}, [s])[0].rsample()  # eval.mixture_representation
             for m in targets:
                 feats[m].append(net(inception_input(model.decode(z, m))))
         for m in targets:

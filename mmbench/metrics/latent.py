@@ -17,10 +17,11 @@ from .context import EvalContext
 
 @torch.no_grad()
 def encode_means(ctx: EvalContext, split, subsets) -> List[np.ndarray]:
-    """Posterior means of every subset for every row of `split` (all subsets per batch in one call)."""
+    """Posterior means (eval.mixture_representation) of every subset for every row of `split` (all subsets
+    per batch in one call)."""
     out: List[List[np.ndarray]] = [[] for _ in subsets]
     for _, x in ctx.batches(split):
-        for k, q in enumerate(ctx.model.encode_subsets(x, subsets)):
+        for k, q in enumerate(ctx.posteriors(x, subsets)):
             out[k].append(q.mean.cpu().numpy())
     return [np.concatenate(o) for o in out]
 

@@ -6,9 +6,12 @@ For every input subset S, the proposal is the subset posterior q(z | X_S) and
 
 with log p(X | z) = Σ_m log p(x_m | z) from the model's own likelihoods, unweighted (the rec_weight
 of training is not part of the generative model). K = ``eval.ll_samples`` (default 15, MoPoE App. B;
-the released code uses 12). The weight divides by exactly the density sampled from: a ``Mixture``
-posterior is sampled as a mixture (a component per draw) and divided by the mixture density, never by
-one component's (the biased variant peers.md warns about). The estimate is a stochastic lower bound
+the released code uses 12). The weight divides by exactly the density sampled from. A ``Mixture``
+posterior (MMVAE, |S| >= 2) is used as ``eval.ll_proposal`` says: "mixture" (default) samples the
+mixture (a component per draw) and divides by the mixture density; "component" (the MoPoE authors'
+proposal: their `moe_fusion` gives each test row one unimodal component by the contiguous-block rule)
+samples that row's component and divides by its density. Both are unbiased estimators of p(X); sampling
+one component but dividing by the mixture density would not be. The estimate is a stochastic lower bound
 that tightens as K grows; it is averaged over the test tuples (``eval.test_samples``). The released
 MoPoE code's reshape bug, which mixes data points inside a logmeanexp (MoPoE utils/likelihood.py
 log_marginal_estimate: the (K·B) weights viewed as (B, K)), is not
@@ -52,13 +55,15 @@ def prior_log_prob(model, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def importance_sampled(model, x: Dict[str, torch.Tensor], subsets, K: int):
+def importance_sampled(model, x: Dict[str, torch.Tensor], subsets, K: int, proposal: str = "mixture"):
     """Per-tuple estimates for every subset proposal: (S×B joint log p(X), S×B×M per-modality log p(x_m)).
+
+    `proposal` (eval.ll_proposal) for a mixture posterior: "mixture" or its "component" selected per row.
 
     All subsets share one decoder call per modality and sample (their z's stacked to (S·B)×D).
     """
     names = model.names
-    qs = model.encode_subsets(x, subsets)
+    qs = [q.represent(proposal) for q in model.encode_subsets(x, subsets)]
     S = len(subsets)
     xs = {m: x[m].repeat(S, *([1] * (x[m].dim() - 1))) for m in names}  # row s·B + b is tuple b
     lw_joint, lw_mod = [], []
@@ -96,7 +101,7 @@ def loglik(ctx: EvalContext) -> Dict[str, float]:
     n = 0
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
-        joint, per_mod = importance_sampled(model, x, subsets, K)
+        joint, per_mod = importance_sampled(model, x, subsets, K, ctx.cfg.ll_proposal)
         joint_sum += joint.double().sum(1).cpu()
         mod_sum += per_mod.double().sum(1).cpu()
         n += len(idx)

@@ -44,7 +44,7 @@ def reconstruction(ctx: EvalContext) -> Dict[str, float]:
     n = 0
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
-        qs = dict(zip(subsets, model.encode_subsets(x, subsets)))
+        qs = dict(zip(subsets, ctx.posteriors(x, subsets)))  # eval.mixture_representation
         z_full = qs[full].rsample()
         for m in names:
             z_self = (qs[(m,)].rsample() if (m,) != full else z_full) if m in alone else None

@@ -1,0 +1,110 @@
+"""MVAE and MMVAE with modality-specific latents (MoPoE Table 5's rows): interface, training, the authors' loss."""
+import pytest
+import torch
+
+from mmbench.data.base import Modality
+from mmbench.methods.base import Gaussian, MethodConfig, Mixture, all_subsets
+from mmbench.methods.style import StyleLatents
+from mmbench.registry import METHODS
+from conftest import train_steps
+
+POLY = [Modality(f"m{i}", (3, 28, 28)) for i in range(2)]
+CONTENT, STYLE = 4, 3
+
+
+def make(name, **options):
+    torch.manual_seed(0)
+    return METHODS.get(name)(POLY, MethodConfig(name, latent_dim=CONTENT, beta=1.5,
+                                                options={"style_dim": STYLE, **options}), "polymnist_cnn")
+
+
+def batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m.name: torch.rand(n, 3, 28, 28, generator=g) for m in POLY}
+
+
+@pytest.mark.parametrize("name", ["mvae_style", "mmvae_style", "mopoe_style"])
+def test_style_methods_share_the_style_machinery_and_the_interface(name):
+    model = make(name)
+    assert isinstance(model, StyleLatents)
+    x = batch()
+    subsets = all_subsets(model.names)
+    for s, q in zip(subsets, model.encode_subsets(x, subsets)):
+        assert q.mean.shape == (6, CONTENT) and q.rsample().shape == (6, CONTENT)  # the content posterior
+        for m in model.names:
+            assert model.decode(q.rsample(), m).shape == (6, 3, 28, 28)  # a prior style is drawn
+            assert model.rec_log_prob(q.rsample(), x, m).shape == (6,)
+    assert model.decode(torch.zeros(2, CONTENT + STYLE), "m0").shape == (2, 3, 28, 28)
+    assert model.sample_prior(3).shape == (3, CONTENT)
+
+
+def test_two_training_steps_are_finite():
+    for name in ("mvae_style", "mmvae_style"):
+        model = make(name)
+        losses, logs = train_steps(model, batch(8, seed=1), 2, require_grad=True)
+        assert all(torch.isfinite(torch.tensor(losses))) and set(logs) >= {"loss", "nll", "kl", "kl_content", "kl_style"}
+
+
+def test_mmvae_style_posteriors_are_mixtures_of_unimodal_content_experts():
+    model = make("mmvae_style")
+    x = batch()
+    q = model.encode(x, ("m0", "m1"))
+    assert isinstance(q, Mixture)
+    outs = [model.encoders[m](x[m]) for m in model.names]
+    assert torch.allclose(q.components.mu, torch.stack([o[0][:, :CONTENT] for o in outs]), atol=1e-6)
+
+
+def styles_and_content(model, x):
+    outs = {m: model.encoders[m](x[m]) for m in model.names}
+    mu = torch.stack([outs[m][0][:, :CONTENT] for m in model.names])
+    lv = torch.stack([outs[m][1][:, :CONTENT] for m in model.names])
+    styles = {m: Gaussian(outs[m][0][:, CONTENT:], outs[m][1][:, CONTENT:]) for m in model.names}
+    return mu, lv, styles
+
+
+def nll(model, c, s, x, m):
+    return -model.likelihoods[m].log_prob(model.decoders[m](torch.cat([c, s], -1)), x[m])
+
+
+def test_mmvae_style_loss_is_the_authors_factorized_moe_objective():
+    model = make("mmvae_style", style_betas={"m1": 5.0})
+    model.eval()
+    x = batch()
+    torch.manual_seed(3)
+    loss, _ = model.loss(x)
+    torch.manual_seed(3)
+    mu, lv, styles = styles_and_content(model, x)
+    comps = Gaussian(mu, lv)  # the unimodal content experts (no prior expert)
+    c = comps[torch.tensor([0, 0, 0, 1, 1, 1]), torch.arange(6)].rsample()  # rows 0-2: m0's, 3-5: m1's
+    total = 0.0
+    for m, w in zip(model.names, (1.0, 5.0)):
+        total = total + nll(model, c, styles[m].rsample(), x, m) + 1.5 * 2.0 * w * styles[m].kl_standard_normal()
+    total = total + 1.5 * 1.0 * comps.kl_standard_normal().mean(0)
+    assert loss.item() == pytest.approx(total.mean().item(), rel=1e-4)
+
+
+def test_mvae_style_loss_is_the_authors_factorized_poe_objective():
+    model = make("mvae_style", beta_content=0.5)
+    model.eval()
+    x = batch()
+    torch.manual_seed(4)
+    loss, _ = model.loss(x)
+    torch.manual_seed(4)
+    mu, lv, styles = styles_and_content(model, x)
+
+    def poe(idx):  # with the N(0, I) expert
+        prec = 1 + (1 / lv[idx].exp()).sum(0)
+        return Gaussian((mu[idx] / lv[idx].exp()).sum(0) / prec, -prec.log())
+
+    qs = [poe([0, 1]), poe([0]), poe([1])]
+    c = Gaussian(torch.stack([q.mu for q in qs]), torch.stack([q.logvar for q in qs])).rsample()
+    total = 0.0
+    for m in model.names:  # joint ELBO
+        total = total + nll(model, c[0], styles[m].rsample(), x, m)
+        total = total + 1.5 * 2.0 * model.style_betas[m] * styles[m].kl_standard_normal()
+    total = total + 1.5 * 0.5 * qs[0].kl_standard_normal()
+    for i, m in enumerate(model.names):  # unimodal ELBOs: own content, own style (its KL again), weight 1
+        total = total + nll(model, c[i + 1], styles[m].rsample(), x, m)
+        kl_style = styles[m].kl_standard_normal()
+        total = total + 1.5 * (0.5 * qs[i + 1].kl_standard_normal() + 2.0 * model.style_betas[m] * kl_style)
+    assert loss.item() == pytest.approx(total.mean().item(), rel=1e-4)
