@@ -68,44 +68,48 @@ class ResBlock(nn.Module):
         return self.a * self.shortcut(x) + self.b * self.branch(x)
 
 
-def image_trunk(channels: int = 3, dim: int = DIM) -> nn.Sequential:
+def image_trunk(channels: int = 3, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """64×64 image -> 5·dim features."""
     widths = [dim * i for i in range(1, 6)]  # 128, 256, 384, 512, 640
     layers = [nn.Conv2d(channels, widths[0], 3, 2, 2, bias=False)]  # 64 -> 33
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 2, 0 if i == 3 else 1))  # 33 -> 16 -> 8 -> 4 -> 1
+        layers.append(ResBlock(cin, cout, 4, 2, 0 if i == 3 else 1, a=a, b=b))  # 33 -> 16 -> 8 -> 4 -> 1
     return nn.Sequential(*layers, nn.Flatten())
 
 
-def image_generator(latent_dim: int, channels: int = 3, dim: int = DIM) -> nn.Sequential:
+def image_generator(latent_dim: int, channels: int = 3, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """latent -> 64×64 image (no output activation)."""
     widths = [dim * i for i in (5, 4, 3, 2, 1)]  # 640, 512, 384, 256, 128
     layers = [nn.Linear(latent_dim, widths[0]), nn.Unflatten(1, (widths[0], 1, 1))]
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, up=True))  # 1 -> 4 -> ... -> 32
+        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, up=True, a=a, b=b))  # 1 -> 4 -> ... -> 32
     layers.append(nn.ConvTranspose2d(widths[-1], channels, 3, 2, 1, output_padding=1))  # 32 -> 64
     return nn.Sequential(*layers)
 
 
-def text_trunk(alphabet: int, widths, first_kernel: int) -> nn.Sequential:
+def text_trunk(alphabet: int, widths, first_kernel: int, a: float = A, b: float = B) -> nn.Sequential:
     """One-hot text (B, 256, alphabet) -> widths[-1] features; halves the length at every layer."""
     layers = [ToChannels(), nn.Conv1d(alphabet, widths[0], first_kernel, 2, 1)]  # 256 -> 128
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
         last = i == len(widths) - 2
-        layers.append(ResBlock(cin, cout, 4, 2, 0 if last else 1, dims=1))  # 128 -> 64 -> ... -> 4 -> 1
+        layers.append(ResBlock(cin, cout, 4, 2, 0 if last else 1, dims=1, a=a, b=b))  # 128 -> 64 -> ... -> 4 -> 1
     return nn.Sequential(*layers, nn.Flatten())
 
 
-TEXT_ENCODER_WIDTHS = [DIM * i for i in (1, 2, 3, 4, 5, 5, 5)]  # 128 ... 640, 640, 640
+def text_encoder_widths(dim: int = DIM) -> list:
+    return [dim * i for i in (1, 2, 3, 4, 5, 5, 5)]  # 128 ... 640, 640, 640
+
+
+TEXT_ENCODER_WIDTHS = text_encoder_widths()
 TEXT_CLF_WIDTHS = [DIM * i for i in range(1, 8)]  # 128 ... 896
 
 
-def text_generator(latent_dim: int, alphabet: int, dim: int = DIM) -> nn.Sequential:
+def text_generator(latent_dim: int, alphabet: int, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """latent -> logits (B, 256, alphabet)."""
     widths = [dim * i for i in (5, 5, 5, 4, 3, 2, 1)]  # 640, 640, 640, 512, 384, 256, 128
     layers = [nn.Linear(latent_dim, widths[0]), nn.Unflatten(1, (widths[0], 1))]
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, dims=1, up=True))
+        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, dims=1, up=True, a=a, b=b))
     layers += [nn.ConvTranspose1d(widths[-1], alphabet, 4, 2, 1), ToChannels()]  # 128 -> 256
     return nn.Sequential(*layers)
 
@@ -113,10 +117,10 @@ def text_generator(latent_dim: int, alphabet: int, dim: int = DIM) -> nn.Sequent
 class GaussianHeads(nn.Module):
     """A trunk followed by two linear heads: (mu, logvar)."""
 
-    def __init__(self, trunk: nn.Module, features: int, latent_dim: int):
+    def __init__(self, trunk: nn.Module, features: int, latent_dim: int, bias: bool = True):
         super().__init__()
         self.trunk = trunk
-        self.mu, self.logvar = nn.Linear(features, latent_dim), nn.Linear(features, latent_dim)
+        self.mu, self.logvar = nn.Linear(features, latent_dim, bias), nn.Linear(features, latent_dim, bias)
 
     def forward(self, x):
         h = self.trunk(x)
