@@ -115,12 +115,17 @@ def text_generator(latent_dim: int, alphabet: int, dim: int = DIM, a: float = A,
 
 
 class GaussianHeads(nn.Module):
-    """A trunk followed by two linear heads: (mu, logvar)."""
+    """A trunk followed by two linear heads: (mu, logvar). `zero_logvar`: the log-variance head starts at zero
+    weights and bias (every posterior starts with unit variance); otherwise PyTorch's default init, as the authors."""
 
-    def __init__(self, trunk: nn.Module, features: int, latent_dim: int, bias: bool = True):
+    def __init__(self, trunk: nn.Module, features: int, latent_dim: int, bias: bool = True, zero_logvar: bool = False):
         super().__init__()
         self.trunk = trunk
         self.mu, self.logvar = nn.Linear(features, latent_dim, bias), nn.Linear(features, latent_dim, bias)
+        if zero_logvar:
+            nn.init.zeros_(self.logvar.weight)
+            if bias:
+                nn.init.zeros_(self.logvar.bias)
 
     def forward(self, x):
         h = self.trunk(x)
@@ -144,18 +149,29 @@ def _check(modality: Modality) -> str:
 class CelebAResNets:
     """MoPoE bimodal-CelebA residual nets: 64×64 image and 256-character text encoders/decoders (DIM 128)."""
 
-    @staticmethod
-    def encoder(modality: Modality, latent_dim: int) -> nn.Module:
+    zero_logvar = False
+
+    @classmethod
+    def encoder(cls, modality: Modality, latent_dim: int) -> nn.Module:
         if _check(modality) == "image":
-            return GaussianHeads(image_trunk(modality.shape[0]), 5 * DIM, latent_dim)
+            return GaussianHeads(image_trunk(modality.shape[0]), 5 * DIM, latent_dim, zero_logvar=cls.zero_logvar)
         return GaussianHeads(text_trunk(modality.shape[1], TEXT_ENCODER_WIDTHS, 4), TEXT_ENCODER_WIDTHS[-1],
-                             latent_dim)
+                             latent_dim, zero_logvar=cls.zero_logvar)
 
     @staticmethod
     def decoder(modality: Modality, latent_dim: int) -> nn.Module:
         if _check(modality) == "image":
             return image_generator(latent_dim, modality.shape[0])
         return text_generator(latent_dim, modality.shape[1])
+
+
+@ARCHITECTURES.register("celeba_resnet_lv0")
+class CelebAResNetsLV0(CelebAResNets):
+    """celeba_resnet with the encoders' log-variance heads initialised to zero (unit variances at the start), so
+    that Adam's first steps cannot align the batch-normalised features with a random log-variance readout (the
+    CelebA divergence at lr 5e-4, README); otherwise identical."""
+
+    zero_logvar = True
 
 
 @ARCHITECTURES.register("celeba_clf")
