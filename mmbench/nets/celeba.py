@@ -1,4 +1,6 @@
-"""Bimodal CelebA residual networks of the MoPoE code (official-setups §1.4, "Bimodal CelebA"; DIM 128).
+"""Bimodal CelebA residual networks of the MoPoE code (thomassutter/MoPoE `celeba/networks/`: `ResidualBlocks.py`,
+`FeatureExtractorImg.py`, `FeatureExtractorText.py`, `DataGeneratorImg.py`, `DataGeneratorText.py`,
+`FeatureCompressor.py`, `ConvNetworkImgClfCelebA.py`, `ConvNetworkTextClfCelebA.py`; DIM 128).
 
 * residual block: branch = BN, ReLU, 1×1 conv, dropout 0.5, BN, ReLU, conv(k, s, p), dropout 0.5;
   shortcut = conv(k, s, p) + BN; output = a · shortcut + b · branch with a = 2.0, b = 0.3. Up-sampling
@@ -12,18 +14,21 @@
   6 blocks to 256, 384, 512, 640, 640, 640 channels (128->64->32->16->8->4->1; num_layers_text 7);
 * text decoder: linear -> 640×1, 6 transposed blocks 640, 640, 512, 384, 256, 128 (1->4->...->128),
   transposed conv1d 128->alphabet (256 positions); it returns *logits* B×256×alphabet for the
-  categorical likelihood (the authors return log-softmax and pass it as probabilities, §1.5; not copied);
+  categorical likelihood (the authors return log-softmax and pass it, as probabilities, to `OneHotCategorical` in
+  `utils/BaseMMVae.py`; not copied);
 * encoders end in two linear heads (mu, logvar) of size ``latent_dim``. The authors' factorized model
   has four heads (content and style mu/logvar); a linear head of size content+style whose output is
   split (``mopoe_style`` does this) is exactly the same function as two separate heads.
 
-Classifiers ("celeba_clf", §1.4): image = the image encoder's trunk, dropout 0.5, linear 640->40;
+Classifiers ("celeba_clf"): image = the image encoder's trunk, dropout 0.5, linear 640->40;
 text = conv1d alphabet->128 (k3 s2 p1), 6 blocks to 256 ... 896 channels (last p0), dropout 0.5, linear
 896->40. They return 40 logits (the authors end in a sigmoid; the logits feed BCE-with-logits and, being
 monotone in the sigmoid, give the same average precision).
 
-Simplifications where the facts are missing: the dropout and BN placement inside transposed blocks mirror
-the encoder blocks; all convolutions use PyTorch's default initialisation.
+The dropout and BN placement inside transposed blocks is the encoder blocks' (`ResidualBlock*TransposeConv`); the
+shortcut convolutions of the 2-d blocks have no bias (the authors' have one; the BatchNorm after it removes any
+bias). All layers use PyTorch's default initialisation, as the authors' code, except in ``celeba_resnet_lv0``,
+whose encoders' log-variance heads start at zero (see that class and README, "celeba").
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from ..data.base import Modality
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 
-DIM = 128  # official-setups §1.4 / §1.8 (celeba/flags.py: DIM_img = DIM_text = 128)
+DIM = 128  # MoPoE celeba/flags.py: DIM_img = DIM_text = 128
 A, B = 2.0, 0.3  # shortcut and branch weights of the residual blocks
 
 
