@@ -264,6 +264,13 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         if bad or not cfg.modalities or len(set(cfg.modalities)) != len(cfg.modalities):
             raise ConfigError(f"{pre}modalities", f"must be distinct modality names of {cfg.dataset}: {', '.join(names)}"
                               + (f"; got {bad[0]!r}" if bad else ""))
+    if cfg.method.rec_weights is not None:
+        names = cfg.modalities or [m.name for m in spec.modalities(cfg.variant)]
+        for k, v in cfg.method.rec_weights.items():
+            if k not in names:
+                raise ConfigError(f"{pre}method.rec_weights.{k}", f"not a modality of this run; use some of: {', '.join(names)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"{pre}method.rec_weights.{k}", f"expected a number > 0, got {v!r}")
     return cfg
 
 

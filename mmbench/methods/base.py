@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data.base import Modality
+from ..errors import MMBenchError
 from ..registry import ARCHITECTURES, LIKELIHOODS
 
 Subset = Tuple[str, ...]
@@ -157,6 +158,23 @@ class MethodConfig:
     architecture: Optional[str] = None  # None: the dataset's default
     image_likelihood: Optional[str] = None  # None: the dataset's (Laplace, scale 0.75, for every image modality)
     options: Dict[str, Any] = field(default_factory=dict)
+    # Reconstruction weights {modality: w} replacing the dataset's (`Modality.rec_weight`) for the modalities
+    # named; None: the dataset's. Suites set them where a paper or code scales the likelihoods differently
+    # (e.g. SMVAE §5 on CelebA, mmvmvae's CelebA); docs/provenance.md.
+    rec_weights: Optional[Dict[str, float]] = None
+
+
+def resolve_rec_weights(modalities: Sequence[Modality], override: Optional[Dict[str, Any]]) -> Dict[str, float]:
+    """Per-modality reconstruction weights: the dataset's, replaced by `method.rec_weights` where it names one."""
+    names = [m.name for m in modalities]
+    override = override or {}
+    for k, v in override.items():
+        if k not in names:
+            raise MMBenchError(f"method.rec_weights names {k!r}, which is not a modality of this run; "
+                               f"use some of: {', '.join(names)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise MMBenchError(f"method.rec_weights.{k} is {v!r}; give a number > 0")
+    return {m.name: float(override.get(m.name, m.rec_weight)) for m in modalities}
 
 
 class MultimodalVAE(nn.Module):
@@ -182,7 +200,7 @@ class MultimodalVAE(nn.Module):
         self.decoders = nn.ModuleDict({m.name: arch.decoder(m, cfg.latent_dim) for m in self.modalities})
         self.likelihoods = {m.name: LIKELIHOODS.get(cfg.image_likelihood if cfg.image_likelihood and m.kind == "image"
                                                     else m.likelihood) for m in self.modalities}
-        self.rec_weights = {m.name: m.rec_weight for m in self.modalities}
+        self.rec_weights = resolve_rec_weights(self.modalities, cfg.rec_weights)
         self.opt = {**self.options, **cfg.options}
 
     # ----- the interface -------------------------------------------------------------------

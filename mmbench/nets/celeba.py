@@ -1,5 +1,6 @@
-"""Bimodal CelebA residual networks of the MoPoE code (MoPoE celeba/networks/ResidualBlocks.py,
-FeatureExtractorImg.py, DataGeneratorImg.py, FeatureExtractorText.py, DataGeneratorText.py; DIM 128).
+"""Bimodal CelebA residual networks of the MoPoE code (thomassutter/MoPoE `celeba/networks/`: `ResidualBlocks.py`,
+`FeatureExtractorImg.py`, `FeatureExtractorText.py`, `DataGeneratorImg.py`, `DataGeneratorText.py`,
+`FeatureCompressor.py`, `ConvNetworkImgClfCelebA.py`, `ConvNetworkTextClfCelebA.py`; DIM 128).
 
 * residual block: branch = BN, ReLU, 1×1 conv, dropout 0.5, BN, ReLU, conv(k, s, p), dropout 0.5;
   shortcut = conv(k, s, p) + BN; output = a · shortcut + b · branch with a = 2.0, b = 0.3. Up-sampling
@@ -13,18 +14,21 @@ FeatureExtractorImg.py, DataGeneratorImg.py, FeatureExtractorText.py, DataGenera
   6 blocks to 256, 384, 512, 640, 640, 640 channels (128->64->32->16->8->4->1; num_layers_text 7);
 * text decoder: linear -> 640×1, 6 transposed blocks 640, 640, 512, 384, 256, 128 (1->4->...->128),
   transposed conv1d 128->alphabet (256 positions); it returns *logits* B×256×alphabet for the
-  categorical likelihood (the authors return log-softmax and pass it as probabilities, §1.5; not copied);
+  categorical likelihood (the authors return log-softmax and pass it, as probabilities, to `OneHotCategorical` in
+  `utils/BaseMMVae.py`; not copied);
 * encoders end in two linear heads (mu, logvar) of size ``latent_dim``. The authors' factorized model
   has four heads (content and style mu/logvar); a linear head of size content+style whose output is
   split (``mopoe_style`` does this) is exactly the same function as two separate heads.
 
-Classifiers ("celeba_clf", §1.4): image = the image encoder's trunk, dropout 0.5, linear 640->40;
+Classifiers ("celeba_clf"): image = the image encoder's trunk, dropout 0.5, linear 640->40;
 text = conv1d alphabet->128 (k3 s2 p1), 6 blocks to 256 ... 896 channels (last p0), dropout 0.5, linear
 896->40. They return 40 logits (the authors end in a sigmoid; the logits feed BCE-with-logits and, being
 monotone in the sigmoid, give the same average precision).
 
-Simplifications where the facts are missing: the dropout and BN placement inside transposed blocks mirror
-the encoder blocks; all convolutions use PyTorch's default initialisation.
+The dropout and BN placement inside transposed blocks is the encoder blocks' (`ResidualBlock*TransposeConv`); the
+shortcut convolutions of the 2-d blocks have no bias (the authors' have one; the BatchNorm after it removes any
+bias). All layers use PyTorch's default initialisation, as the authors' code, except in ``celeba_resnet_lv0``,
+whose encoders' log-variance heads start at zero (see that class and README, "celeba").
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from ..data.base import Modality
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 
-DIM = 128  # MoPoE celeba/flags.py: --DIM_img / --DIM_text default 128
+DIM = 128  # MoPoE celeba/flags.py: DIM_img = DIM_text = 128
 A, B = 2.0, 0.3  # shortcut and branch weights of the residual blocks
 
 
@@ -69,55 +73,64 @@ class ResBlock(nn.Module):
         return self.a * self.shortcut(x) + self.b * self.branch(x)
 
 
-def image_trunk(channels: int = 3, dim: int = DIM) -> nn.Sequential:
+def image_trunk(channels: int = 3, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """64×64 image -> 5·dim features."""
     widths = [dim * i for i in range(1, 6)]  # 128, 256, 384, 512, 640
     layers = [nn.Conv2d(channels, widths[0], 3, 2, 2, bias=False)]  # 64 -> 33
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 2, 0 if i == 3 else 1))  # 33 -> 16 -> 8 -> 4 -> 1
+        layers.append(ResBlock(cin, cout, 4, 2, 0 if i == 3 else 1, a=a, b=b))  # 33 -> 16 -> 8 -> 4 -> 1
     return nn.Sequential(*layers, nn.Flatten())
 
 
-def image_generator(latent_dim: int, channels: int = 3, dim: int = DIM) -> nn.Sequential:
+def image_generator(latent_dim: int, channels: int = 3, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """latent -> 64×64 image (no output activation)."""
     widths = [dim * i for i in (5, 4, 3, 2, 1)]  # 640, 512, 384, 256, 128
     layers = [nn.Linear(latent_dim, widths[0]), nn.Unflatten(1, (widths[0], 1, 1))]
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, up=True))  # 1 -> 4 -> ... -> 32
+        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, up=True, a=a, b=b))  # 1 -> 4 -> ... -> 32
     layers.append(nn.ConvTranspose2d(widths[-1], channels, 3, 2, 1, output_padding=1))  # 32 -> 64
     return nn.Sequential(*layers)
 
 
-def text_trunk(alphabet: int, widths, first_kernel: int) -> nn.Sequential:
+def text_trunk(alphabet: int, widths, first_kernel: int, a: float = A, b: float = B) -> nn.Sequential:
     """One-hot text (B, 256, alphabet) -> widths[-1] features; halves the length at every layer."""
     layers = [ToChannels(), nn.Conv1d(alphabet, widths[0], first_kernel, 2, 1)]  # 256 -> 128
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
         last = i == len(widths) - 2
-        layers.append(ResBlock(cin, cout, 4, 2, 0 if last else 1, dims=1))  # 128 -> 64 -> ... -> 4 -> 1
+        layers.append(ResBlock(cin, cout, 4, 2, 0 if last else 1, dims=1, a=a, b=b))  # 128 -> 64 -> ... -> 4 -> 1
     return nn.Sequential(*layers, nn.Flatten())
 
 
-TEXT_ENCODER_WIDTHS = [DIM * i for i in (1, 2, 3, 4, 5, 5, 5)]  # 128 ... 640, 640, 640
+def text_encoder_widths(dim: int = DIM) -> list:
+    return [dim * i for i in (1, 2, 3, 4, 5, 5, 5)]  # 128 ... 640, 640, 640
+
+
+TEXT_ENCODER_WIDTHS = text_encoder_widths()
 TEXT_CLF_WIDTHS = [DIM * i for i in range(1, 8)]  # 128 ... 896
 
 
-def text_generator(latent_dim: int, alphabet: int, dim: int = DIM) -> nn.Sequential:
+def text_generator(latent_dim: int, alphabet: int, dim: int = DIM, a: float = A, b: float = B) -> nn.Sequential:
     """latent -> logits (B, 256, alphabet)."""
     widths = [dim * i for i in (5, 5, 5, 4, 3, 2, 1)]  # 640, 640, 640, 512, 384, 256, 128
     layers = [nn.Linear(latent_dim, widths[0]), nn.Unflatten(1, (widths[0], 1))]
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, dims=1, up=True))
+        layers.append(ResBlock(cin, cout, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, dims=1, up=True, a=a, b=b))
     layers += [nn.ConvTranspose1d(widths[-1], alphabet, 4, 2, 1), ToChannels()]  # 128 -> 256
     return nn.Sequential(*layers)
 
 
 class GaussianHeads(nn.Module):
-    """A trunk followed by two linear heads: (mu, logvar)."""
+    """A trunk followed by two linear heads: (mu, logvar). `zero_logvar`: the log-variance head starts at zero
+    weights and bias (every posterior starts with unit variance); otherwise PyTorch's default init, as the authors."""
 
-    def __init__(self, trunk: nn.Module, features: int, latent_dim: int):
+    def __init__(self, trunk: nn.Module, features: int, latent_dim: int, bias: bool = True, zero_logvar: bool = False):
         super().__init__()
         self.trunk = trunk
-        self.mu, self.logvar = nn.Linear(features, latent_dim), nn.Linear(features, latent_dim)
+        self.mu, self.logvar = nn.Linear(features, latent_dim, bias), nn.Linear(features, latent_dim, bias)
+        if zero_logvar:
+            nn.init.zeros_(self.logvar.weight)
+            if bias:
+                nn.init.zeros_(self.logvar.bias)
 
     def forward(self, x):
         h = self.trunk(x)
@@ -141,18 +154,29 @@ def _check(modality: Modality) -> str:
 class CelebAResNets:
     """MoPoE bimodal-CelebA residual nets: 64×64 image and 256-character text encoders/decoders (DIM 128)."""
 
-    @staticmethod
-    def encoder(modality: Modality, latent_dim: int) -> nn.Module:
+    zero_logvar = False
+
+    @classmethod
+    def encoder(cls, modality: Modality, latent_dim: int) -> nn.Module:
         if _check(modality) == "image":
-            return GaussianHeads(image_trunk(modality.shape[0]), 5 * DIM, latent_dim)
+            return GaussianHeads(image_trunk(modality.shape[0]), 5 * DIM, latent_dim, zero_logvar=cls.zero_logvar)
         return GaussianHeads(text_trunk(modality.shape[1], TEXT_ENCODER_WIDTHS, 4), TEXT_ENCODER_WIDTHS[-1],
-                             latent_dim)
+                             latent_dim, zero_logvar=cls.zero_logvar)
 
     @staticmethod
     def decoder(modality: Modality, latent_dim: int) -> nn.Module:
         if _check(modality) == "image":
             return image_generator(latent_dim, modality.shape[0])
         return text_generator(latent_dim, modality.shape[1])
+
+
+@ARCHITECTURES.register("celeba_resnet_lv0")
+class CelebAResNetsLV0(CelebAResNets):
+    """celeba_resnet with the encoders' log-variance heads initialised to zero (unit variances at the start), so
+    that Adam's first steps cannot align the batch-normalised features with a random log-variance readout (the
+    CelebA divergence at lr 5e-4, README); otherwise identical."""
+
+    zero_logvar = True
 
 
 @ARCHITECTURES.register("celeba_clf")
