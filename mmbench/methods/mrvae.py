@@ -96,6 +96,16 @@ def log_mvhg(counts, sizes) -> torch.Tensor:
     return log_binom(sizes, counts).sum(-1) - log_binom(sizes.sum(-1), counts.sum(-1))
 
 
+def log_size_prior(d_left: torch.Tensor, pop: torch.Tensor, D: int, pool: str = "mean") -> torch.Tensor:
+    """log q(n_A = k | the sizes allocated before), k = 0..D (B×(D+1), float64). Def. 1 per modality j of A in its
+    sequential form: HG(k; population pop_j = Σ |S_B| over j's unallocated subspaces, |S_A| = D marked, d_left_j
+    draws = j's factors left). The |A| modalities' laws of the one shared n_A are pooled, normalised over k:
+    "mean" (their geometric mean: Def. 1 exactly for M = 2) or "product" (docs/provenance.md, mrVAE)."""
+    ks = torch.arange(D + 1, device=d_left.device)
+    log_hg = log_hypergeom(ks, pop[:, None, None], D, d_left[..., None])
+    return torch.log_softmax(log_hg.mean(0) if pool == "mean" else log_hg.sum(0), -1)
+
+
 def categorical_kl(logits: torch.Tensor, log_prior: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Σ_k r_k (log r_k - log q_k) over the allowed values (r = softmax(logits) is zero elsewhere)."""
     log_r = torch.log_softmax(logits.masked_fill(~allowed, -math.inf), -1)
@@ -108,29 +118,42 @@ def kl_elem(q: Gaussian) -> torch.Tensor:
     return 0.5 * (q.mu ** 2 + q.logvar.exp() - 1 - q.logvar)
 
 
-def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
-           with_kl: bool) -> tuple:
-    """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's factors ranked by Gumbel-perturbed scores w, among those not yet
-    given to another subspace; rows r < n_A (act) are the selection. Returns (B×R×D ST matrix, KL term per row)."""
-    R = act.shape[1]
+def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool) -> torch.Tensor:
+    """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's free factors ranked by (Gumbel-perturbed) scores w; row r is the
+    r-th pick (B×rows×D). relax: straight-through, exact sort forward and NeuralSort's gradient backward."""
     mask = free.detach() > 0.5
     s = w + gumbel(w) if sample else w
-    Y = sort_matrix(s, mask, R)
-    if torch.is_grad_enabled():  # straight-through: exact sort forward, NeuralSort gradient backward
-        soft = neuralsort(s, tau, mask, R)
+    Y = sort_matrix(s, mask, rows)
+    if relax and torch.is_grad_enabled():
+        soft = neuralsort(s, tau, mask, rows)
         Y = Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
-    if not with_kl:
-        return Y, 0.0
-    # log r(y | n, z): Plackett-Luce probability of the ranked picks (the law of the Gumbel-perturbed sort);
-    # log q(y | n): the uniform prior of Def. 2 given the sizes, i.e. Plackett-Luce with equal scores.
+    return Y
+
+
+def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """log of the Plackett-Luce probability, with scores w over the free factors, of the first n_A picks of Y (act[r]
+    = 1[n_A > r]): the law of the Gumbel-perturbed sort (App. E.2). w = 0 gives the uniform law of the prior (Def. 2
+    given the sizes: see docs/provenance.md, mrVAE)."""
     w_max = w.detach().max(-1, keepdim=True).values
     e = (w - w_max).exp()
     picked = torch.einsum("brd,bd->br", Y, e)  # mass of the r-th pick
     unpicked = ((free - Y.sum(1)) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
     # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
     log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
-    n_before = (mask.sum(-1, keepdim=True) - torch.arange(R, device=w.device)).clamp_min(1)
-    return Y, (act * (torch.einsum("brd,bd->br", Y, w) - log_z + n_before.log())).sum(-1)
+    return (act * (torch.einsum("brd,bd->br", Y, w) - log_z)).sum(-1)
+
+
+def log_pl_ratio(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """log r(y_{j,A} | n_A, z) - log q(y_{j,A} | n_A): Plackett-Luce with scores w against the uniform one."""
+    n_free = (free.detach() > 0.5).sum(-1, keepdim=True) - torch.arange(act.shape[1], device=w.device)
+    return log_pl(w, free, Y, act) + (act * n_free.clamp_min(1).log()).sum(-1)
+
+
+def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
+           with_kl: bool) -> tuple:
+    """rank() then, if with_kl, the one-sample KL_y term log r(y | n, z) - log q(y | n) per row (App. A.1 Eq. 7)."""
+    Y = rank(w, free, act.shape[1], tau, sample, relax=True)
+    return Y, (log_pl_ratio(w, free, Y, act) if with_kl else 0.0)
 
 
 def linear_params(n: int, d_in: int, d_out: int) -> tuple:
@@ -206,8 +229,22 @@ class Relation:
         self.blocks: list = []
         self.free: List[torch.Tensor] = []  # per modality: B×D, 1 on the factors left to its private subspace
         self.single: Gaussian = None  # M×B×D posteriors of the private factors
-        self.kl_n, self.kl_y = 0.0, 0.0
-        self.log_q_n = 0.0  # log q(n) of the sizes drawn: Σ_j log MVHG(n_j) (Def. 1)
+        # per shared subspace: (one-hot n_A B×(D+1), allowed sizes B×(D+1), log q(n_A | earlier sizes) B×(D+1),
+        # {j: B×D free factors of j before S_A took its picks}): what log r - log q of the relation needs
+        self.structure: list = []
+        self.kl_n, self.kl_y = 0.0, 0.0  # App. A.1 Eq. (7): KL(r || q) terms of the relation inferred by r
+        self.log_q_n = 0.0  # log q(n) of the sizes drawn (Def. 1, sequential and normalised)
+
+    def log_ratio(self, size_logits: torch.Tensor, scores: torch.Tensor, pair_index: dict) -> tuple:
+        """(log r(n | z) - log q(n), log r(y | n, z) - log q(y | n)) per row at this relation (n, y), r given by the
+        outputs of the networks of Eqs. 33-38 (size_logits: #shared×B×(D+1), scores: #pairs×B×D)."""
+        lr_n, lr_y = 0.0, 0.0
+        for a, ((A, act, Ys, _), (onehot, allowed, log_q, before)) in enumerate(zip(self.blocks, self.structure)):
+            log_r = torch.log_softmax(size_logits[a].masked_fill(~allowed, -math.inf), -1)
+            lr_n = lr_n + (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1)
+            for j in A:
+                lr_y = lr_y + log_pl_ratio(scores[pair_index[(a, j)]], before[j], Ys[j], act)
+        return lr_n, lr_y
 
     def sizes(self) -> torch.Tensor:
         """B×(#shared) subspace sizes n_A."""
@@ -297,7 +334,7 @@ class MrVAE(MultimodalVAE):
     """
 
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
-    options = {"tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
+    options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
@@ -306,6 +343,12 @@ class MrVAE(MultimodalVAE):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
                 raise MMBenchError(f"method.options.{key} of mrvae must be {rule} (got {v!r})")
 
+        if self.opt["objective"] not in ("q", "r"):
+            raise MMBenchError(f"method.options.objective of mrvae must be 'q' (App. A.1's second case, Eqs. 4 and 8) "
+                               f"or 'r' (the first case, Eq. 7) (got {self.opt['objective']!r})")
+        if self.opt["size_prior"] not in ("mean", "product"):
+            raise MMBenchError(f"method.options.size_prior of mrvae must be 'mean' or 'product' "
+                               f"(got {self.opt['size_prior']!r})")
         for key in ("tau_n", "tau_y", "tau_min"):
             check(key, lambda v: v > 0, "> 0")
         check("anneal_rate", lambda v: v >= 0, ">= 0")
@@ -333,14 +376,15 @@ class MrVAE(MultimodalVAE):
         return max(float(self.opt["tau_min"]), tau_n * f), max(float(self.opt["tau_min"]), tau_y * f)
 
     def relate(self, mu: torch.Tensor, logvar: torch.Tensor, avail: Sequence[bool], sample: bool,
-               with_kl: bool = False) -> Relation:
+               with_kl: bool = False, from_prior: bool = False) -> Relation:
         """Infer (n, y) from the available modalities (mu, logvar: M×B×D; the others' rows are ignored) and
-        build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means)."""
+        build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means).
+        from_prior: draw (n, y) from the prior q(n, y) of Defs. 1-2 instead (r is not used; no relaxation)."""
         M, B, D = mu.shape
         tau_n, tau_y = self.temperatures()
         av = torch.tensor(list(avail), device=mu.device)
         covered = [False] * len(self.shared)
-        if any(avail):
+        if any(avail) and not from_prior:
             z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
             size_logits, cov = self.size_net(z, av)
             scores, _ = self.score_net(z, av)
@@ -352,8 +396,7 @@ class MrVAE(MultimodalVAE):
         for a, A in enumerate(self.shared):
             d_left = torch.stack([free[j].detach().sum(-1) for j in A])  # |A|×B factors each modality has left
             pop = torch.tensor([left[j] for j in A], device=mu.device)
-            # Def. 1 sequentially: Σ_{j∈A} log HG(n_A; population left_j, |S_A| = D marked, d_left_j draws).
-            log_prior = log_hypergeom(ks, pop[:, None, None], D, d_left[..., None]).sum(0).to(mu.dtype)
+            log_prior = log_size_prior(d_left, pop, D, self.opt["size_prior"]).to(mu.dtype)  # Def. 1, sequential form
             allowed = ks <= d_left.min(0).values[:, None]
             logits = (size_logits[a] if covered[a] else log_prior).masked_fill(~allowed, -math.inf)
             onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
@@ -363,13 +406,16 @@ class MrVAE(MultimodalVAE):
             n = (onehot * ks).sum(-1)
             R = min(D, int(n.detach().max()) + 1)  # slots computed: the largest n_A and one more (its gradient)
             act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:R + 1]  # act[r] = 1[n_A > r]
-            Ys = {}
+            Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j], kl_y = select(w, free[j], act, tau_y, sample, with_kl and covered[a])
-                rel.kl_y = rel.kl_y + kl_y
+                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a])
+                if with_kl and covered[a]:
+                    rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
+                before[j] = free[j]
                 free[j] = free[j] - torch.einsum("br,brd->bd", act, Ys[j])
                 left[j] -= D
+            rel.structure.append((onehot, allowed, log_prior, before))
             experts = [j for j in A if avail[j]]
             if experts:  # slot r = PoE of the rank-r selected factor of every available modality of A
                 sel_mu = torch.stack([torch.einsum("brd,bd->br", Ys[j], mu[j]) for j in experts])
@@ -418,18 +464,29 @@ class MrVAE(MultimodalVAE):
         if self.training:
             self.step += 1
         mu, logvar = self.unimodal(x, self.names)
-        rel = self.relate(mu, logvar, [True] * len(self.names), sample=True, with_kl=True)
-        u = rel.inputs(sample=True)
+        everything = [True] * len(self.names)
+        if self.opt["objective"] == "q":
+            # App. A.1's second case (Eqs. 4, 8), the expectation under q(z, n, y | X) taken ancestrally as App. C.1
+            # Eqs. (20)-(21) write it: (n, y) ~ q(n, y) (Defs. 1-2), z ~ q(z | n, y, X); r_ψ(n, y | z) reads that z.
+            rel = self.relate(mu, logvar, everything, sample=True, from_prior=True)
+            u = rel.inputs(sample=True)
+            z, av = torch.stack(u), torch.ones(len(u), dtype=torch.bool, device=mu.device)
+            lr_n, lr_y = rel.log_ratio(self.size_net(z, av)[0], self.score_net(z, av)[0], self.pair_index)
+            kl_n, kl_y = -lr_n, -lr_y  # log q(n, y) - log r(n, y | z): Eq. (4)'s third term, negated
+        else:  # App. A.1's first case (Eq. 7) with App. E's relaxations: (n, y) ~ r(n, y | z), + KL(r || q)
+            rel = self.relate(mu, logvar, everything, sample=True, with_kl=True)
+            u = rel.inputs(sample=True)
+            kl_n, kl_y = rel.kl_n, rel.kl_y
         # Eq. (26): each modality is decoded from its own factors only.
         nll = sum(-self.rec_weights[m] * self.likelihoods[m].log_prob(self.decoders[m](u[j]), x[m])
                   for j, m in enumerate(self.names))
         kl_z = rel.kl()
-        loss = (nll + self.beta * kl_z + rel.kl_n + rel.kl_y).mean()  # Eq. (4), negated
+        loss = (nll + self.beta * kl_z + kl_n + kl_y).mean()  # Eq. (4), negated (β = 1 there)
         shared = (rel.sizes() * torch.tensor([len(A) for A in self.shared], device=mu.device)).sum(-1)
         tau_n, tau_y = self.temperatures()
         logs: Dict[str, float] = {
             "loss": loss.item(), "nll": nll.mean().item(), "kl": kl_z.mean().item(),
-            "kl_n": float(torch.as_tensor(rel.kl_n).detach().mean()),
-            "kl_y": float(torch.as_tensor(rel.kl_y).detach().mean()),
+            "kl_n": float(torch.as_tensor(kl_n).detach().mean()),
+            "kl_y": float(torch.as_tensor(kl_y).detach().mean()),
             "shared_fraction": (shared / (len(self.names) * self.D)).mean().item(), "tau_n": tau_n, "tau_y": tau_y}
         return loss, logs
