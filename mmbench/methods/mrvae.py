@@ -306,22 +306,32 @@ class MrVAE(MultimodalVAE):
       rank-r selected factor of every modality of A (no prior expert); private factors keep their own
       posterior. Modality j is decoded from its D factors, each carrying its slot (Eq. 26).
     * Priors: n_A ~ the central multivariate hypergeometric of Def. 1 for every modality of A (D draws
-      from Σ_{A∋j} |S_A| items), used in its sequential form (a product of univariate hypergeometrics that
-      telescopes to the multivariate pmf), the product over the modalities of A; y: the uniform
-      categorical of Def. 2 given the sizes (Plackett-Luce with equal scores); z: N(0, I) per slot.
-    * Loss (Eq. 4): rec_w-weighted NLL + β·KL(q(z | n, y, X) || N(0, I)) + KL_n + KL_y. KL_n is exact
-      per subspace given the earlier sizes; KL_y is the one-sample estimate log PL_w(y) - log PL_0(y).
-      β weighs only the z-term (the paper gives no β; the structure terms keep Eq. 4's weight 1).
+      from Σ_{A∋j} |S_A| items), in its sequential form (univariate hypergeometrics that telescope to the
+      multivariate pmf); the |A| modalities' laws of the one n_A are pooled (option `size_prior`) and
+      normalised over n_A. y: Def. 2's uniform categorical given the sizes, i.e. uniform Plackett-Luce over
+      the ranked picks (the order is the slot alignment). z: N(0, I) per slot. docs/provenance.md (mrVAE)
+      checks both against enumeration.
+    * Loss, option `objective` (App. A.1): "q" (default; the paper: "We will focus on this second case",
+      Eqs. 4 and 8): (n, y) ~ q(n, y), z ~ q(z | n, y, X), loss rec_w-weighted NLL + β·KL(q(z | n, y, X) ||
+      N(0, I)) + log q(n, y) - log r(n, y | z), r reading the blocks of that z; no relaxation is needed (the
+      prior has no parameters). "r" (the first case, Eq. 7, with App. E's relaxations): (n, y) ~ r(n, y | z)
+      straight-through, loss NLL + β·KL_z + KL_n + KL_y, KL_n exact per subspace given the earlier sizes,
+      KL_y the one-sample log PL_w(y) - log PL_0(y). β weighs only the z-term (Eq. 4: 1; the paper gives
+      no β); the structure terms keep weight 1.
 
     Interface: z = [z_1; ...; z_M] (latent size M·D). For a subset S, subspaces that S covers (A ∩ S ≠ ∅)
     get n_A, y and slot values from the available modalities (the networks average over them, App. E.1);
     uncovered subspaces take n_A from the prior, a uniform y and N(0, 1) slots, and so do the private
     factors of modalities outside S. In eval mode the relation is the mode (posterior means in, no Gumbel
     noise; argmax sizes, the prior's mode and the lowest free factors where uncovered) and
-    `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation. `sample_prior`
+    `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation from r. Both
+    objectives infer a test input's relation with r from the unimodal latents (the paper does not say how
+    a relation is chosen at test time). `sample_prior`
     draws a relation from the prior and N(0, 1) slots.
 
     Options (the paper gives no temperatures or widths; these are our defaults):
+    * `objective` ("q"): above. `size_prior` ("mean"): the modalities' hypergeometrics of n_A pooled by
+      their geometric mean (Def. 1 exactly when M = 2, where both are the same law) or "product".
     * `tau_n` (1.0), `tau_y` (1.0): Gumbel-softmax and NeuralSort temperatures (gradients only: the
       forward pass is exact, straight-through).
     * `anneal_rate` (0.0: no annealing, as the paper): τ = max(`tau_min`, τ_0·exp(-rate·step)), step =
