@@ -61,11 +61,47 @@ def neuralsort(s: torch.Tensor, tau: float, mask: torch.Tensor = None, rows: int
     return torch.softmax(logits.masked_fill(m[:, None, :] == 0, torch.finfo(s.dtype).min), -1)
 
 
+class Picks:
+    """An exact ranked selection held as indices: row r picks factor idx[:, r] where `exists` (B×rows); the
+    one-hot matrix (`matrix()`, B×rows×D, rows past the item count 0) without building it. `take`/`put` are
+    Y·v and sᵀY."""
+
+    def __init__(self, idx: torch.Tensor, exists: torch.Tensor, d: int):
+        self.idx, self.exists, self.d = idx, exists, d
+
+    def take(self, v: torch.Tensor) -> torch.Tensor:  # B×D -> B×rows: the value of each row's pick
+        return v.gather(-1, self.idx) * self.exists
+
+    def put(self, s: torch.Tensor) -> torch.Tensor:  # B×rows -> B×D: each row's value at its pick
+        return s.new_zeros(*s.shape[:-1], self.d).scatter_add(-1, self.idx, s * self.exists)
+
+    def argmax(self) -> torch.Tensor:
+        return self.idx
+
+    def matrix(self) -> torch.Tensor:
+        return F.one_hot(self.idx, self.d).to(self.exists.dtype) * self.exists[..., None]
+
+
+def sort_picks(s: torch.Tensor, mask: torch.Tensor, rows: int) -> Picks:
+    """Exact descending sort of the masked-in items: the first `rows` picks."""
+    order = torch.sort(s.masked_fill(~mask, -math.inf), stable=True, dim=-1, descending=True).indices[..., :rows]
+    exists = (torch.arange(rows, device=s.device) < mask.sum(-1, keepdim=True)).to(s.dtype)
+    return Picks(order, exists, s.shape[-1])
+
+
 def sort_matrix(s: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
     """Exact descending sort of the masked-in items as one-hot rows (B×rows×D); rows past the item count are 0."""
-    order = torch.sort(s.masked_fill(~mask, -math.inf), stable=True, dim=-1, descending=True).indices[:, :rows]
-    exists = torch.arange(rows, device=s.device) < mask.sum(-1, keepdim=True)
-    return F.one_hot(order, s.shape[-1]).to(s.dtype) * exists[..., None]
+    return sort_picks(s, mask, rows).matrix()
+
+
+def take(Y, v: torch.Tensor) -> torch.Tensor:
+    """Y·v: the value of v (B×D) at each row's pick (B×rows), Y a one-hot matrix or Picks."""
+    return Y.take(v) if isinstance(Y, Picks) else torch.einsum("brd,bd->br", Y, v)
+
+
+def put(Y, s: torch.Tensor) -> torch.Tensor:
+    """sᵀY: row r's value s_r (B×rows) placed at its pick (B×D), Y a one-hot matrix or Picks."""
+    return Y.put(s) if isinstance(Y, Picks) else torch.einsum("br,brd->bd", s, Y)
 
 
 def f64(*xs) -> list:
@@ -118,16 +154,19 @@ def kl_elem(q: Gaussian) -> torch.Tensor:
     return 0.5 * (q.mu ** 2 + q.logvar.exp() - 1 - q.logvar)
 
 
-def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool) -> torch.Tensor:
+def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool,
+         dense: bool = False):
     """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's free factors ranked by (Gumbel-perturbed) scores w; row r is the
-    r-th pick (B×rows×D). relax: straight-through, exact sort forward and NeuralSort's gradient backward."""
+    r-th pick. relax: straight-through (exact sort forward and NeuralSort's gradient backward), a B×rows×D matrix;
+    otherwise the exact picks as indices (Picks; dense: as the one-hot matrix, the reference the tests compare)."""
     mask = free.detach() > 0.5
     s = w + gumbel(w) if sample else w
-    Y = sort_matrix(s, mask, rows)
-    if relax and torch.is_grad_enabled():
-        soft = neuralsort(s, tau, mask, rows)
-        Y = Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
-    return Y
+    picks = sort_picks(s, mask, rows)
+    if not (relax and torch.is_grad_enabled()):
+        return picks.matrix() if dense else picks
+    Y = picks.matrix()
+    soft = neuralsort(s, tau, mask, rows)
+    return Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
 
 
 def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -136,23 +175,24 @@ def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tens
     given the sizes: see docs/provenance.md, mrVAE)."""
     w_max = w.detach().max(-1, keepdim=True).values
     e = (w - w_max).exp()
-    picked = torch.einsum("brd,bd->br", Y, e)  # mass of the r-th pick
-    unpicked = ((free - Y.sum(1)) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
+    picked = take(Y, e)  # mass of the r-th pick
+    taken = put(Y, torch.ones_like(picked)) if isinstance(Y, Picks) else Y.sum(-2)
+    unpicked = ((free - taken) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
     # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
     log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
-    return (act * (torch.einsum("brd,bd->br", Y, w) - log_z)).sum(-1)
+    return (act * (take(Y, w) - log_z)).sum(-1)
 
 
 def log_pl_ratio(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
     """log r(y_{j,A} | n_A, z) - log q(y_{j,A} | n_A): Plackett-Luce with scores w against the uniform one."""
-    n_free = (free.detach() > 0.5).sum(-1, keepdim=True) - torch.arange(act.shape[1], device=w.device)
+    n_free = (free.detach() > 0.5).sum(-1, keepdim=True) - torch.arange(act.shape[-1], device=w.device)
     return log_pl(w, free, Y, act) + (act * n_free.clamp_min(1).log()).sum(-1)
 
 
 def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
            with_kl: bool) -> tuple:
     """rank() then, if with_kl, the one-sample KL_y term log r(y | n, z) - log q(y | n) per row (App. A.1 Eq. 7)."""
-    Y = rank(w, free, act.shape[1], tau, sample, relax=True)
+    Y = rank(w, free, act.shape[1], tau, sample, relax=True, dense=True)
     return Y, (log_pl_ratio(w, free, Y, act) if with_kl else 0.0)
 
 
@@ -238,12 +278,21 @@ class Relation:
     def log_ratio(self, size_logits: torch.Tensor, scores: torch.Tensor, pair_index: dict) -> tuple:
         """(log r(n | z) - log q(n), log r(y | n, z) - log q(y | n)) per row at this relation (n, y), r given by the
         outputs of the networks of Eqs. 33-38 (size_logits: #shared×B×(D+1), scores: #pairs×B×D)."""
-        lr_n, lr_y = 0.0, 0.0
-        for a, ((A, act, Ys, _), (onehot, allowed, log_q, before)) in enumerate(zip(self.blocks, self.structure)):
-            log_r = torch.log_softmax(size_logits[a].masked_fill(~allowed, -math.inf), -1)
-            lr_n = lr_n + (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1)
-            for j in A:
-                lr_y = lr_y + log_pl_ratio(scores[pair_index[(a, j)]], before[j], Ys[j], act)
+        onehot, allowed, log_q = (torch.stack([st[i] for st in self.structure]) for i in range(3))
+        log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
+        lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
+        pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
+        Ys = [self.blocks[a][2][j] for a, j in pairs]
+        rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
+        if len(rows) == 1 and -1 not in rows:  # one batched Plackett-Luce term over every (A, j) pair
+            Y = Picks(torch.stack([Y.idx for Y in Ys]), torch.stack([Y.exists for Y in Ys]), Ys[0].d)
+            act = torch.stack([self.blocks[a][1] for a, _ in pairs])
+            before = torch.stack([self.structure[a][3][j] for a, j in pairs])
+            w = scores[[pair_index[p] for p in pairs]]
+            return lr_n, log_pl_ratio(w, before, Y, act).sum(0)
+        lr_y = 0.0
+        for (a, j), Y in zip(pairs, Ys):
+            lr_y = lr_y + log_pl_ratio(scores[pair_index[(a, j)]], self.structure[a][3][j], Y, self.blocks[a][1])
         return lr_n, lr_y
 
     def sizes(self) -> torch.Tensor:
@@ -254,10 +303,18 @@ class Relation:
         """Per modality the B×D decoder input: factor l of z_j carries the slot it was assigned to (Eq. 26)."""
         single = self.single.rsample() if sample else self.single.mu
         u = [f * single[j] for j, f in enumerate(self.free)]
+        gathered = [([], []) for _ in u]  # per modality: the picks and slot values of its Picks selections
         for _, act, Ys, q in self.blocks:
             s = act * (q.rsample() if sample else q.mu)  # one draw per slot, shared by all modalities of A
             for j, Y in Ys.items():
-                u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+                if isinstance(Y, Picks):
+                    gathered[j][0].append(Y.idx)
+                    gathered[j][1].append(s * Y.exists)
+                else:
+                    u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+        for j, (idx, vals) in enumerate(gathered):
+            if idx:  # every selection of modality j placed at once
+                u[j] = u[j] + u[j].new_zeros(u[j].shape).scatter_add(-1, torch.cat(idx, -1), torch.cat(vals, -1))
         return u
 
     def kl(self) -> torch.Tensor:
@@ -275,7 +332,8 @@ class Relation:
             R = act.shape[1]
             slot = offset + torch.arange(R, device=act.device).expand(B, R)
             for j, Y in Ys.items():
-                pos = torch.where(act.detach() > 0.5, Y.detach().argmax(-1), D)  # inactive rows -> spare column D
+                pick = Y.argmax() if isinstance(Y, Picks) else Y.detach().argmax(-1)
+                pos = torch.where(act.detach() > 0.5, pick, D)  # inactive rows -> spare column D
                 idx[j].scatter_(1, pos, slot)
             mus.append(q.mu)
             logvars.append(q.logvar)
@@ -377,6 +435,7 @@ class MrVAE(MultimodalVAE):
         self.size_net = SetNets([j for _, j in pairs], [a for a, _ in pairs], len(self.shared), D, H, D + 1)  # Eq. 35
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
 
     def temperatures(self) -> tuple:
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
@@ -414,22 +473,23 @@ class MrVAE(MultimodalVAE):
                 rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
             rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
             n = (onehot * ks).sum(-1)
-            R = min(D, int(n.detach().max()) + 1)  # slots computed: the largest n_A and one more (its gradient)
+            # slots computed: the largest n_A and one more (its gradient); all D for prior draws (no host sync)
+            R = D if from_prior else min(D, int(n.detach().max()) + 1)
             act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:R + 1]  # act[r] = 1[n_A > r]
             Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a])
+                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a], dense=self.dense)
                 if with_kl and covered[a]:
                     rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
                 before[j] = free[j]
-                free[j] = free[j] - torch.einsum("br,brd->bd", act, Ys[j])
+                free[j] = free[j] - put(Ys[j], act)
                 left[j] -= D
             rel.structure.append((onehot, allowed, log_prior, before))
             experts = [j for j in A if avail[j]]
             if experts:  # slot r = PoE of the rank-r selected factor of every available modality of A
-                sel_mu = torch.stack([torch.einsum("brd,bd->br", Ys[j], mu[j]) for j in experts])
-                sel_lv = torch.stack([torch.einsum("brd,bd->br", Ys[j], logvar[j]) for j in experts])
+                sel_mu = torch.stack([take(Ys[j], mu[j]) for j in experts])
+                sel_lv = torch.stack([take(Ys[j], logvar[j]) for j in experts])
                 q = product_of_experts(sel_mu, sel_lv, mu.new_ones(1, len(experts)), mu.new_zeros(1))[0]
             else:  # no input covers S_A: its slots come from the prior
                 q = Gaussian(mu.new_zeros(B, R), mu.new_zeros(B, R))
