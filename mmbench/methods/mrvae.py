@@ -132,13 +132,18 @@ def log_mvhg(counts, sizes) -> torch.Tensor:
     return log_binom(sizes, counts).sum(-1) - log_binom(sizes.sum(-1), counts.sum(-1))
 
 
-def log_size_prior(d_left: torch.Tensor, pop: torch.Tensor, D: int, pool: str = "mean") -> torch.Tensor:
-    """log q(n_A = k | the sizes allocated before), k = 0..D (B×(D+1), float64). Def. 1 per modality j of A in its
-    sequential form: HG(k; population pop_j = Σ |S_B| over j's unallocated subspaces, |S_A| = D marked, d_left_j
-    draws = j's factors left). The |A| modalities' laws of the one shared n_A are pooled, normalised over k:
+def hypergeom_table(D: int, classes: int) -> torch.Tensor:
+    """log HG(k; population m·D, D marked, d draws) for m = 1..classes, d = 0..D, k = 0..D (classes×(D+1)×(D+1),
+    float64): every law the sequential form of Def. 1 needs, computed once."""
+    ks = torch.arange(D + 1)
+    return log_hypergeom(ks[None, None, :], (torch.arange(1, classes + 1) * D)[:, None, None], D, ks[None, :, None])
+
+
+def log_size_prior(log_hg: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """log q(n_A = k | the sizes allocated before), k = 0..D (B×(D+1)), from log_hg (|A|×B×(D+1)): Def. 1 per
+    modality j of A in its sequential form, HG(k; population Σ |S_B| over j's unallocated subspaces, |S_A| = D
+    marked, j's factors left drawn). The |A| modalities' laws of the one shared n_A are pooled, normalised over k:
     "mean" (their geometric mean: Def. 1 exactly for M = 2) or "product" (docs/provenance.md, mrVAE)."""
-    ks = torch.arange(D + 1, device=d_left.device)
-    log_hg = log_hypergeom(ks, pop[:, None, None], D, d_left[..., None])
     return torch.log_softmax(log_hg.mean(0) if pool == "mean" else log_hg.sum(0), -1)
 
 
@@ -436,6 +441,13 @@ class MrVAE(MultimodalVAE):
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
+        self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
+        left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
+        for A in self.shared:
+            pop_class.append([left[j] - 1 for j in A] + [0] * (M - len(A)))
+            for j in A:
+                left[j] -= 1
+        self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
 
     def temperatures(self) -> tuple:
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
@@ -460,12 +472,12 @@ class MrVAE(MultimodalVAE):
             covered = cov.tolist()
         rel = Relation()
         free = [mu.new_ones(B, D) for _ in range(M)]
-        left = [D * sum(j in A for A in self.shared) + D for j in range(M)]  # Σ |S_A| over j's unallocated subspaces
         ks = torch.arange(D + 1, device=mu.device)
         for a, A in enumerate(self.shared):
             d_left = torch.stack([free[j].detach().sum(-1) for j in A])  # |A|×B factors each modality has left
-            pop = torch.tensor([left[j] for j in A], device=mu.device)
-            log_prior = log_size_prior(d_left, pop, D, self.opt["size_prior"]).to(mu.dtype)  # Def. 1, sequential form
+            pop = self.pop_class[a][:len(A), None]  # j's population left[j] = (pop + 1)·D
+            log_hg = self.log_hg[pop, d_left.round().long()]  # |A|×B×(D+1)
+            log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)  # Def. 1, sequential form
             allowed = ks <= d_left.min(0).values[:, None]
             logits = (size_logits[a] if covered[a] else log_prior).masked_fill(~allowed, -math.inf)
             onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
@@ -484,7 +496,6 @@ class MrVAE(MultimodalVAE):
                     rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
                 before[j] = free[j]
                 free[j] = free[j] - put(Ys[j], act)
-                left[j] -= D
             rel.structure.append((onehot, allowed, log_prior, before))
             experts = [j for j in A if avail[j]]
             if experts:  # slot r = PoE of the rank-r selected factor of every available modality of A
