@@ -160,12 +160,13 @@ def kl_elem(q: Gaussian) -> torch.Tensor:
 
 
 def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool,
-         dense: bool = False):
+         dense: bool = False, noise: torch.Tensor = None):
     """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's free factors ranked by (Gumbel-perturbed) scores w; row r is the
     r-th pick. relax: straight-through (exact sort forward and NeuralSort's gradient backward), a B×rows×D matrix;
-    otherwise the exact picks as indices (Picks; dense: as the one-hot matrix, the reference the tests compare)."""
+    otherwise the exact picks as indices (Picks; dense: as the one-hot matrix, the reference the tests compare).
+    noise: the Gumbel noise to use (default: fresh)."""
     mask = free.detach() > 0.5
-    s = w + gumbel(w) if sample else w
+    s = w + (gumbel(w) if noise is None else noise) if sample else w
     picks = sort_picks(s, mask, rows)
     if not (relax and torch.is_grad_enabled()):
         return picks.matrix() if dense else picks
@@ -279,6 +280,7 @@ class Relation:
         self.structure: list = []
         self.kl_n, self.kl_y = 0.0, 0.0  # App. A.1 Eq. (7): KL(r || q) terms of the relation inferred by r
         self.log_q_n = 0.0  # log q(n) of the sizes drawn (Def. 1, sequential and normalised)
+        self.stacked = None  # (picks, exists, act, free before) of every (A, j) pair, P×B×D each, when built at once
 
     def log_ratio(self, size_logits: torch.Tensor, scores: torch.Tensor, pair_index: dict) -> tuple:
         """(log r(n | z) - log q(n), log r(y | n, z) - log q(y | n)) per row at this relation (n, y), r given by the
@@ -287,6 +289,10 @@ class Relation:
         log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
         lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
         pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
+        if self.stacked is not None:
+            idx, exists, act, before = self.stacked
+            w = scores[[pair_index[p] for p in pairs]]
+            return lr_n, log_pl_ratio(w, before, Picks(idx, exists, idx.shape[-1]), act).sum(0)
         Ys = [self.blocks[a][2][j] for a, j in pairs]
         rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
         if len(rows) == 1 and -1 not in rows:  # one batched Plackett-Luce term over every (A, j) pair
@@ -448,6 +454,11 @@ class MrVAE(MultimodalVAE):
             for j in A:
                 left[j] -= 1
         self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
+        self.register_buffer("members", torch.tensor([list(A) + [0] * (M - len(A)) for A in self.shared]),
+                             persistent=False)
+        self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
+        self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
+        self.register_buffer("pair_mask", F.one_hot(self.pair_block, len(self.shared)).T.float(), persistent=False)
 
     def temperatures(self) -> tuple:
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
@@ -461,10 +472,14 @@ class MrVAE(MultimodalVAE):
         """Infer (n, y) from the available modalities (mu, logvar: M×B×D; the others' rows are ignored) and
         build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means).
         from_prior: draw (n, y) from the prior q(n, y) of Defs. 1-2 instead (r is not used; no relaxation)."""
+        if from_prior and sample and all(avail) and not self.dense:
+            return self.relate_prior(mu, logvar)
         M, B, D = mu.shape
         tau_n, tau_y = self.temperatures()
         av = torch.tensor(list(avail), device=mu.device)
         covered = [False] * len(self.shared)
+        # prior draws rank each modality's factors by one Gumbel draw (consecutive picks of one uniform permutation)
+        y_noise = gumbel(mu.new_zeros(M, B, D)) if from_prior and sample else [None] * M
         if any(avail) and not from_prior:
             z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
             size_logits, cov = self.size_net(z, av)
@@ -491,7 +506,7 @@ class MrVAE(MultimodalVAE):
             Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a], dense=self.dense)
+                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j])
                 if with_kl and covered[a]:
                     rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
                 before[j] = free[j]
@@ -508,6 +523,50 @@ class MrVAE(MultimodalVAE):
         keep = av[:, None, None]
         rel.single = Gaussian(torch.where(keep, mu, 0.0), torch.where(keep, logvar, 0.0))
         rel.free = free
+        return rel
+
+    def relate_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> Relation:
+        """relate(from_prior=True, sample=True) with every modality available, vectorised: the same draws (same
+        random numbers), with the selections of every (A, j) pair made at once from one permutation per modality."""
+        M, B, D = mu.shape
+        y_noise = gumbel(mu.new_zeros(M, B, D))
+        ks = torch.arange(D + 1, device=mu.device)
+        used = mu.new_zeros(M, B)  # factors each modality has given to the subspaces so far
+        rel, used_before, onehots, sizes = Relation(), [], [], []
+        for a, A in enumerate(self.shared):  # the sizes: sequential by nature (Def. 1's sequential form)
+            members = self.members[a][:len(A)]
+            d_left = D - used[members]
+            log_hg = self.log_hg[self.pop_class[a][:len(A), None], d_left.round().long()]
+            log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)
+            allowed = ks <= d_left.min(0).values[:, None]
+            onehot = gumbel_softmax(log_prior.masked_fill(~allowed, -math.inf), 1.0, noise=True)
+            rel.log_q_n = rel.log_q_n + (onehot * torch.where(allowed, log_prior, 0.0)).sum(-1)
+            n = (onehot * ks).sum(-1)
+            used_before.append(used)
+            used = used.index_add(0, members, n.expand(len(A), B))
+            onehots.append(onehot)
+            sizes.append(n)
+            rel.structure.append((onehot, allowed, log_prior, {}))
+        pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
+        order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
+        position = torch.empty_like(order).scatter_(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
+        offset = torch.stack(used_before)[pa, pj]  # P×B: j's factors taken before S_A
+        r = torch.arange(D, device=mu.device)
+        pos = offset[..., None] + r  # P×B×D: position of pick r of pair p in j's permutation
+        exists = (pos < D).to(mu.dtype)
+        idx = order[pj].gather(-1, pos.clamp(max=D - 1).long())
+        act = (r < torch.stack(sizes)[pa][..., None]).to(mu.dtype)  # act[r] = 1[n_A > r]
+        before = (position[pj] >= offset[..., None]).to(mu.dtype)  # j's factors still free before S_A
+        sel_mu, sel_lv = mu[pj].gather(-1, idx) * exists, logvar[pj].gather(-1, idx) * exists
+        slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(len(self.shared)))
+        for p, (a, j) in enumerate(zip(pa.tolist(), pj.tolist())):
+            if not rel.blocks or len(rel.blocks) == a:
+                rel.blocks.append((self.shared[a], act[p], {}, slots[a]))
+            rel.blocks[a][2][j] = Picks(idx[p], exists[p], D)
+            rel.structure[a][3][j] = before[p]
+        rel.stacked = (idx, exists, act, before)
+        rel.free = list((position >= used[..., None]).to(mu.dtype))
+        rel.single = Gaussian(mu, logvar)
         return rel
 
     # ----- the interface -------------------------------------------------------------------
