@@ -408,6 +408,9 @@ class MrVAE(MultimodalVAE):
     * `hidden` (128): width of the networks of Eqs. 34-35 and 37-38. As written there, they end in a ReLU;
       their outputs are used as the categorical's logits (c_A) and as the sorting scores (w_{j,A}).
 
+    Exact selections are held as indices (`Picks`); `model.dense = True` computes them as one-hot matrices in
+    a per-pair loop instead, the reference the tests hold the fast path to.
+
     Training sees only complete tuples (Eq. 4), so the subset averages of App. E.1 and the subset PoEs
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
