@@ -535,7 +535,7 @@ class MrVAE(MultimodalVAE):
         y_noise = gumbel(mu.new_zeros(M, B, D))
         ks = torch.arange(D + 1, device=mu.device)
         used = mu.new_zeros(M, B)  # factors each modality has given to the subspaces so far
-        rel, used_before, onehots, sizes = Relation(), [], [], []
+        rel, used_before, sizes = Relation(), [], []
         for a, A in enumerate(self.shared):  # the sizes: sequential by nature (Def. 1's sequential form)
             members = self.members[a][:len(A)]
             d_left = D - used[members]
@@ -547,7 +547,6 @@ class MrVAE(MultimodalVAE):
             n = (onehot * ks).sum(-1)
             used_before.append(used)
             used = used.index_add(0, members, n.expand(len(A), B))
-            onehots.append(onehot)
             sizes.append(n)
             rel.structure.append((onehot, allowed, log_prior, {}))
         pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
