@@ -11,8 +11,8 @@ from mmbench.data.base import Modality
 from mmbench.errors import MMBenchError
 from mmbench.evaluate import execute
 from mmbench.methods.base import LOG_2PI, MethodConfig, all_subsets
-from mmbench.methods.mrvae import (RelationalPosterior, gumbel_softmax, log_hypergeom, log_mvhg, neuralsort,
-                                   select, sort_matrix)
+from mmbench.methods.mrvae import (RelationalPosterior, gumbel_softmax, log_hypergeom, log_mvhg, log_pl, neuralsort,
+                                   put, select, sort_matrix)
 from mmbench.registry import METHODS
 from mmbench.results import Run
 from conftest import train_steps
@@ -51,8 +51,9 @@ def test_interface_shapes(training):
         assert model.encode({"m1": x["m1"]}, ("m1",)).mean.shape == (16, 3 * D)
 
 
-def test_loss_falls_with_finite_gradients():
-    model = make()
+@pytest.mark.parametrize("objective", ["q", "r"])
+def test_loss_falls_with_finite_gradients(objective):
+    model = make(objective=objective)
     # every network, incl. those of Eqs. 33-38, gets a gradient
     losses, logs = train_steps(model, batch(), 30, require_grad=True)
     assert set(logs) >= {"loss", "nll", "kl", "kl_n", "kl_y"}
@@ -71,21 +72,216 @@ def test_sizes_sum_to_latent_size_and_partition_factors(avail):
         shared = sum(n[:, a] for a, A in enumerate(model.shared) if j in A)
         assert torch.equal(shared + rel.free[j].sum(-1), torch.full((16,), float(D)))  # Σ_{A∋j} n_A = D_j
         # every factor of z_j belongs to exactly one subspace
-        owner = rel.free[j] + sum(torch.einsum("br,brd->bd", act, Ys[j]) for A, act, Ys, _ in rel.blocks if j in A)
+        owner = rel.free[j] + sum(put(Ys[j], act) for A, act, Ys, _ in rel.blocks if j in A)
         assert torch.equal(owner, torch.ones(16, D))
 
 
-def test_size_prior_is_the_product_of_the_modalities_hypergeometrics():
-    model = make()
-    mu, logvar = model.unimodal(batch(), model.names)
+# ----- brute-force enumerations (scipy and itertools only, none of the model's code) -------------------------------
+def valid_sizes(shared, M, d):
+    """Every n = (n_A for the shared A) with Σ_{A∋j} n_A <= d for each modality j (the private size is the rest)."""
+    for n in itertools.product(range(d + 1), repeat=len(shared)):
+        if all(sum(k for k, A in zip(n, shared) if j in A) <= d for j in range(M)):
+            yield n
+
+
+def size_step_laws(shared, M, d, n, pool="mean"):
+    """For each shared A in allocation order, q(n_A = · | the sizes before it in n): Def. 1 per modality j of A as
+    scipy's hypergeometric (j's factors left drawn from the Σ |S_B| of its unallocated subspaces), pooled over A."""
+    used, pop, laws = [0] * M, [d * (sum(j in A for A in shared) + 1) for j in range(M)], []
+    for a, A in enumerate(shared):
+        log_hg = [[stats.hypergeom.logpmf(k, pop[j], d, d - used[j]) for k in range(d + 1)] for j in A]
+        log_f = torch.tensor(log_hg, dtype=torch.float64)
+        log_f = log_f.mean(0) if pool == "mean" else log_f.sum(0)
+        laws.append(torch.softmax(log_f, 0))
+        for j in A:
+            used[j], pop[j] = used[j] + n[a], pop[j] - d
+    return laws
+
+
+def size_law(shared, M, d, pool="mean"):
+    """{n: q(n)}: the sequential prior, by enumeration."""
+    out = {}
+    for n in valid_sizes(shared, M, d):
+        laws = size_step_laws(shared, M, d, n, pool)
+        out[n] = math.prod(float(laws[a][k]) for a, k in enumerate(n))
+    return out
+
+
+def tiny(M=3, d=2, **options):
+    torch.manual_seed(0)
+    return METHODS.get("mrvae")(MODS[:M], MethodConfig("mrvae", latent_dim=d, options={"hidden": 8, **options}),
+                                "polymnist_cnn")
+
+
+def rows_sizes(rel):
+    return [tuple(int(v) for v in row) for row in rel.sizes()]
+
+
+@pytest.mark.parametrize("pool", ["mean", "product"])
+def test_size_prior_is_normalised_and_sampled_as_the_sequential_form(pool):
+    """Def. 1 (point 3 of issue 18): the prior the model samples and scores is a normalised law over every valid n,
+    the sequential form enumerated here; each row's log q(n) is exact and the draws follow it."""
+    model, M, d = tiny(size_prior=pool), 3, 2
+    law = size_law(model.shared, M, d, pool)
+    assert math.isclose(sum(law.values()), 1.0, rel_tol=1e-12) and len(law) == 16
+    zero = torch.zeros(M, 6000, d)
     with torch.no_grad():
-        rel = model.relate(mu, logvar, [True] * 3, sample=True)
-    n = rel.sizes()
-    expected = 0.0
-    for j in range(3):  # Def. 1: n_j = sizes of j's shared subspaces and its private one, D draws, |S_A| = D each
-        n_j = torch.stack([n[:, a] for a, A in enumerate(model.shared) if j in A] + [rel.free[j].sum(-1)], -1)
-        expected = expected + log_mvhg(n_j, torch.full((n_j.shape[1],), D))
-    assert torch.allclose(rel.log_q_n.double(), expected, atol=1e-4)
+        rel = model.relate(zero, zero, [True] * M, sample=True, from_prior=True)
+    sizes = rows_sizes(rel)
+    expected = torch.tensor([math.log(law[n]) for n in sizes], dtype=torch.float64)
+    assert torch.allclose(rel.log_q_n.double(), expected, atol=1e-5)
+    for n, p in law.items():
+        assert abs(sizes.count(n) / len(sizes) - p) < 0.02, (n, p)
+
+
+def test_size_prior_is_def1_for_two_modalities_and_pools_the_modalities_beyond():
+    # M = 2: both modalities' Def. 1 laws of n_{01} are the same hypergeometric; the default prior is that law.
+    shared, d = [(0, 1)], 3
+    law = size_law(shared, 2, d)
+    for (k,), p in law.items():
+        assert math.isclose(p, stats.hypergeom.pmf(k, 2 * d, d, d), rel_tol=1e-9)
+    product = size_law(shared, 2, d, "product")
+    assert not math.isclose(product[(1,)], law[(1,)], rel_tol=1e-3)  # the product is sharper
+    # M = 3: each modality's own chain of hypergeometrics telescopes to its multivariate law (Def. 1)
+    shared, M, d = tiny().shared, 3, 3
+    for n in valid_sizes(shared, M, d):
+        for j in range(M):
+            counts = [k for k, A in zip(n, shared) if j in A]
+            counts.append(d - sum(counts))
+            pop, left, seq = d * len(counts), d, 0.0
+            for c in counts:
+                seq += log_hypergeom(c, pop, d, left).item()
+                pop, left = pop - d, left - c
+            assert math.isclose(seq, stats.multivariate_hypergeom.logpmf(counts, [d] * len(counts), d), abs_tol=1e-9)
+
+
+def test_size_kl_is_exact_per_step_and_unbiased_for_the_joint_kl():
+    """KL_n (point 6): per row, Σ_A KL(r(n_A | z, earlier) || q(n_A | earlier)) enumerated; its mean over the sampled
+    sizes is KL(r(n | z) || q(n)) over the joint, enumerated (chain rule)."""
+    model, M, d, B = tiny(), 3, 2, 20000
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(M, 1, d, generator=g).expand(M, B, d) * 3
+    logvar = torch.full_like(mu, -30.0)  # z = mu: one r for every row
+    with torch.no_grad():
+        logits = model.size_net(mu[:, :1], torch.ones(M, dtype=torch.bool))[0][:, 0].double()  # #shared×(d+1)
+        rel = model.relate(mu, logvar, [True] * M, sample=True, with_kl=True)
+
+    def r_laws(n):  # r(n_A | z, earlier sizes): the categorical over the sizes every modality of A still allows
+        used, laws = [0] * M, []
+        for a, A in enumerate(model.shared):
+            cap = d - max(used[j] for j in A)
+            laws.append(torch.softmax(logits[a].masked_fill(torch.arange(d + 1) > cap, -math.inf), 0))
+            for j in A:
+                used[j] += n[a]
+        return laws
+
+    def step_kl(n):
+        kl = 0.0
+        for r, q in zip(r_laws(n), size_step_laws(model.shared, M, d, n)):
+            kl += float((r * (r.clamp_min(1e-300).log() - q.clamp_min(1e-300).log())).sum())
+        return kl
+
+    sizes = rows_sizes(rel)
+    per_row = torch.tensor([step_kl(n) for n in sizes[:200]], dtype=torch.float64)
+    assert torch.allclose(rel.kl_n[:200].double(), per_row, atol=1e-4)
+    q = size_law(model.shared, M, d)
+    r = {n: math.prod(float(law[k]) for law, k in zip(r_laws(n), n)) for n in q}
+    assert math.isclose(sum(r.values()), 1.0, rel_tol=1e-9)
+    joint_kl = sum(p * math.log(p / q[n]) for n, p in r.items() if p > 0)
+    se = rel.kl_n.double().std().item() / math.sqrt(B)
+    assert abs(rel.kl_n.double().mean().item() - joint_kl) < 4 * se + 1e-4, (rel.kl_n.mean().item(), joint_kl)
+    for n, p in r.items():
+        assert abs(sizes.count(n) / B - p) < 0.015  # the sizes drawn follow r
+
+
+def test_selection_kl_against_enumerated_plackett_luce():
+    """KL_y (point 6): the ranked picks follow Plackett-Luce(w); the one-sample term is log PL_w - log PL_0 of the
+    picks drawn, and its mean is KL(PL_w || PL_0), both enumerated over every ordered pick of 2 among 4 free factors."""
+    B, w0 = 30000, torch.tensor([1.5, -0.5, 0.0, 0.7, 2.0])
+    free0 = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])  # factor 2 went to an earlier subspace
+    w, free = w0.expand(B, 5), free0.expand(B, 5)
+    act = torch.tensor([1.0, 1.0, 0.0]).expand(B, 3)  # n_A = 2, one spare row
+    torch.manual_seed(0)
+    with torch.no_grad():
+        Y, kl = select(w, free, act, 1.0, sample=True, with_kl=True)
+    items = [0, 1, 3, 4]
+    table = {}
+    for seq in itertools.permutations(items, 2):
+        left, p_w, p_0 = list(items), 1.0, 1.0
+        for i in seq:
+            p_w *= math.exp(w0[i]) / sum(math.exp(w0[k]) for k in left)
+            p_0 *= 1 / len(left)
+            left.remove(i)
+        table[seq] = (p_w, p_0)
+    assert math.isclose(sum(p for p, _ in table.values()), 1.0, rel_tol=1e-9)
+    picks = [tuple(int(i) for i in row) for row in Y[:, :2].argmax(-1)]
+    for b in range(100):
+        p_w, p_0 = table[picks[b]]
+        assert math.isclose(kl[b].item(), math.log(p_w / p_0), abs_tol=1e-5)
+    for seq, (p_w, _) in table.items():
+        assert abs(picks.count(seq) / B - p_w) < 0.01
+    exact = sum(p_w * math.log(p_w / p_0) for p_w, p_0 in table.values())
+    assert abs(kl.double().mean().item() - exact) < 4 * kl.double().std().item() / math.sqrt(B)
+
+
+def test_selection_prior_is_def2_given_the_sizes():
+    """Point 2 of issue 18: Def. 2 draws each factor's subspace i.i.d. with probability 1/2^(M-1). Given the sizes
+    n_j (Def. 1), that law is uniform over the assignments with those sizes; the model's prior on the ranked picks
+    (uniform Plackett-Luce, log_pl with w = 0) is that law times a uniform order within each subspace."""
+    M, d = 3, 3
+    subspaces = 2 ** (M - 1)  # j's shared subspaces in allocation order, then its private one
+    sizes = [1, 1, 0]  # n_A of j's three shared subspaces; the private one gets the remaining 1
+    counts = sizes + [d - sum(sizes)]
+    # Def. 2 by enumeration: every assignment of d factors to 2^(M-1) subspaces, each with (1/2^(M-1))^d
+    def2 = {a: (1 / subspaces) ** d for a in itertools.product(range(subspaces), repeat=d)}
+    given = {a: p for a, p in def2.items() if [a.count(s) for s in range(subspaces)] == counts}
+    given = {a: p / sum(given.values()) for a, p in given.items()}
+    # the model: every ordered pick sequence, scored subspace by subspace with the uniform Plackett-Luce law
+    model_law = {}
+    for order in itertools.permutations(range(d)):
+        free, log_p, assign, pos = torch.ones(1, d, dtype=torch.float64), 0.0, [subspaces - 1] * d, 0
+        for s, n in enumerate(sizes):
+            R = max(n, 1)
+            Y = torch.zeros(1, R, d, dtype=torch.float64)
+            for r in range(n):
+                Y[0, r, order[pos + r]] = 1
+                assign[order[pos + r]] = s
+            act = (torch.arange(R) < n).double()[None]
+            log_p += log_pl(torch.zeros(1, d, dtype=torch.float64), free, Y, act).item()
+            free = free - torch.einsum("br,brd->bd", act, Y)
+            pos += n
+        model_law[tuple(order[:sum(sizes)])] = (math.exp(log_p), tuple(assign))
+    assert math.isclose(sum(p for p, _ in model_law.values()), 1.0, rel_tol=1e-9)
+    marginal = {}
+    for p, a in model_law.values():
+        marginal[a] = marginal.get(a, 0.0) + p
+    assert marginal.keys() == given.keys()
+    for a, p in given.items():
+        assert math.isclose(marginal[a], p, rel_tol=1e-9)
+        ranked = [p_ for p_, a_ in model_law.values() if a_ == a]
+        assert all(math.isclose(q, p / math.prod(math.factorial(n) for n in counts[:-1]), rel_tol=1e-9) for q in ranked)
+    # and Def. 1 (per modality) with this conditional gives Def. 2's per-factor probability 1/2^(M-1)
+    per_factor = sum(stats.multivariate_hypergeom.pmf(c, [d] * subspaces, d) * c[0] / d
+                     for c in itertools.product(range(d + 1), repeat=subspaces) if sum(c) == d)
+    assert math.isclose(per_factor, 1 / subspaces, rel_tol=1e-9)
+
+
+def test_paper_objective_draws_the_relation_from_the_prior_and_scores_it_with_r():
+    """objective 'q' (App. A.1's second case): (n, y) come from the prior whatever r says, and r is trained by
+    log q(n, y) - log r(n, y | z); objective 'r' samples r. An r pinned on n_A = 0 tells them apart."""
+    x = batch(64)
+    for objective in ("q", "r"):
+        model = make(objective=objective)
+        with torch.no_grad():
+            model.size_net.b2[:, 0] += 50.0  # r(n_A = 0 | z) ~ 1
+            model.eval()
+            mu, logvar = model.unimodal(x, model.names)
+            torch.manual_seed(0)
+            _, logs = model.loss(x)
+        if objective == "q":
+            assert logs["shared_fraction"] > 0.3 and logs["kl_n"] > 20  # prior draws, scored by a confident r
+        else:
+            assert logs["shared_fraction"] == 0.0 and logs["kl_n"] > 0  # r's draws: nothing shared
 
 
 def test_selection_kl_is_plackett_luce_against_uniform():
@@ -212,6 +408,10 @@ def test_bad_options_are_refused():
         make(tau_n=0)
     with pytest.raises(MMBenchError, match="hidden"):
         make(hidden=0)
+    with pytest.raises(MMBenchError, match="objective"):
+        make(objective="elbo")
+    with pytest.raises(MMBenchError, match="size_prior"):
+        make(size_prior="max")
 
 
 def test_one_epoch_through_the_pipeline(tmp_path, data_root):
@@ -226,3 +426,31 @@ def test_one_epoch_through_the_pipeline(tmp_path, data_root):
     assert len([k for k in metrics if k.startswith("latent_acc/")]) == len(subsets)
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert run.status() == "done"
+
+
+@pytest.mark.parametrize("objective", ["q", "r"])
+def test_index_selections_match_the_one_hot_loop(objective):
+    """The exact selections held as indices, with the structure term batched over every (A, j) pair, give the
+    loss, gradients and encodings of the one-hot matrices and the per-pair loop (model.dense), on a fixed seed."""
+    x = batch(8)
+    out = []
+    for dense in (True, False):
+        model = make(objective=objective)
+        model.dense = dense
+        torch.manual_seed(5)
+        loss, logs = model.loss(x)
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+        model.eval()
+        with torch.no_grad():
+            q = model.encode(x, ("m0", "m2"))
+            torch.manual_seed(6)
+            z = model.sample_prior(8)
+        out.append((loss, logs, grads, q.mean, q.logvar, q.log_prob(q.mean), z))
+    (l0, logs0, g0, *rest0), (l1, logs1, g1, *rest1) = out
+    assert torch.allclose(l0, l1, rtol=1e-5) and logs0["shared_fraction"] == logs1["shared_fraction"]
+    assert math.isclose(logs0["kl_y"], logs1["kl_y"], rel_tol=1e-4, abs_tol=1e-4)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(rest0, rest1):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -61,11 +61,47 @@ def neuralsort(s: torch.Tensor, tau: float, mask: torch.Tensor = None, rows: int
     return torch.softmax(logits.masked_fill(m[:, None, :] == 0, torch.finfo(s.dtype).min), -1)
 
 
+class Picks:
+    """An exact ranked selection held as indices: row r picks factor idx[:, r] where `exists` (B×rows); the
+    one-hot matrix (`matrix()`, B×rows×D, rows past the item count 0) without building it. `take`/`put` are
+    Y·v and sᵀY."""
+
+    def __init__(self, idx: torch.Tensor, exists: torch.Tensor, d: int):
+        self.idx, self.exists, self.d = idx, exists, d
+
+    def take(self, v: torch.Tensor) -> torch.Tensor:  # B×D -> B×rows: the value of each row's pick
+        return v.gather(-1, self.idx) * self.exists
+
+    def put(self, s: torch.Tensor) -> torch.Tensor:  # B×rows -> B×D: each row's value at its pick
+        return s.new_zeros(*s.shape[:-1], self.d).scatter_add(-1, self.idx, s * self.exists)
+
+    def argmax(self) -> torch.Tensor:
+        return self.idx
+
+    def matrix(self) -> torch.Tensor:
+        return F.one_hot(self.idx, self.d).to(self.exists.dtype) * self.exists[..., None]
+
+
+def sort_picks(s: torch.Tensor, mask: torch.Tensor, rows: int) -> Picks:
+    """Exact descending sort of the masked-in items: the first `rows` picks."""
+    order = torch.sort(s.masked_fill(~mask, -math.inf), stable=True, dim=-1, descending=True).indices[..., :rows]
+    exists = (torch.arange(rows, device=s.device) < mask.sum(-1, keepdim=True)).to(s.dtype)
+    return Picks(order, exists, s.shape[-1])
+
+
 def sort_matrix(s: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
     """Exact descending sort of the masked-in items as one-hot rows (B×rows×D); rows past the item count are 0."""
-    order = torch.sort(s.masked_fill(~mask, -math.inf), stable=True, dim=-1, descending=True).indices[:, :rows]
-    exists = torch.arange(rows, device=s.device) < mask.sum(-1, keepdim=True)
-    return F.one_hot(order, s.shape[-1]).to(s.dtype) * exists[..., None]
+    return sort_picks(s, mask, rows).matrix()
+
+
+def take(Y, v: torch.Tensor) -> torch.Tensor:
+    """Y·v: the value of v (B×D) at each row's pick (B×rows), Y a one-hot matrix or Picks."""
+    return Y.take(v) if isinstance(Y, Picks) else torch.einsum("brd,bd->br", Y, v)
+
+
+def put(Y, s: torch.Tensor) -> torch.Tensor:
+    """sᵀY: row r's value s_r (B×rows) placed at its pick (B×D), Y a one-hot matrix or Picks."""
+    return Y.put(s) if isinstance(Y, Picks) else torch.einsum("br,brd->bd", s, Y)
 
 
 def f64(*xs) -> list:
@@ -96,6 +132,21 @@ def log_mvhg(counts, sizes) -> torch.Tensor:
     return log_binom(sizes, counts).sum(-1) - log_binom(sizes.sum(-1), counts.sum(-1))
 
 
+def hypergeom_table(D: int, classes: int) -> torch.Tensor:
+    """log HG(k; population m·D, D marked, d draws) for m = 1..classes, d = 0..D, k = 0..D (classes×(D+1)×(D+1),
+    float64): every law the sequential form of Def. 1 needs, computed once."""
+    ks = torch.arange(D + 1)
+    return log_hypergeom(ks[None, None, :], (torch.arange(1, classes + 1) * D)[:, None, None], D, ks[None, :, None])
+
+
+def log_size_prior(log_hg: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """log q(n_A = k | the sizes allocated before), k = 0..D (B×(D+1)), from log_hg (|A|×B×(D+1)): Def. 1 per
+    modality j of A in its sequential form, HG(k; population Σ |S_B| over j's unallocated subspaces, |S_A| = D
+    marked, j's factors left drawn). The |A| modalities' laws of the one shared n_A are pooled, normalised over k:
+    "mean" (their geometric mean: Def. 1 exactly for M = 2) or "product" (docs/provenance.md, mrVAE)."""
+    return torch.log_softmax(log_hg.mean(0) if pool == "mean" else log_hg.sum(0), -1)
+
+
 def categorical_kl(logits: torch.Tensor, log_prior: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Σ_k r_k (log r_k - log q_k) over the allowed values (r = softmax(logits) is zero elsewhere)."""
     log_r = torch.log_softmax(logits.masked_fill(~allowed, -math.inf), -1)
@@ -108,29 +159,47 @@ def kl_elem(q: Gaussian) -> torch.Tensor:
     return 0.5 * (q.mu ** 2 + q.logvar.exp() - 1 - q.logvar)
 
 
-def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
-           with_kl: bool) -> tuple:
-    """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's factors ranked by Gumbel-perturbed scores w, among those not yet
-    given to another subspace; rows r < n_A (act) are the selection. Returns (B×R×D ST matrix, KL term per row)."""
-    R = act.shape[1]
+def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool,
+         dense: bool = False, noise: torch.Tensor = None):
+    """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's free factors ranked by (Gumbel-perturbed) scores w; row r is the
+    r-th pick. relax: straight-through (exact sort forward and NeuralSort's gradient backward), a B×rows×D matrix;
+    otherwise the exact picks as indices (Picks; dense: as the one-hot matrix, the reference the tests compare).
+    noise: the Gumbel noise to use (default: fresh)."""
     mask = free.detach() > 0.5
-    s = w + gumbel(w) if sample else w
-    Y = sort_matrix(s, mask, R)
-    if torch.is_grad_enabled():  # straight-through: exact sort forward, NeuralSort gradient backward
-        soft = neuralsort(s, tau, mask, R)
-        Y = Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
-    if not with_kl:
-        return Y, 0.0
-    # log r(y | n, z): Plackett-Luce probability of the ranked picks (the law of the Gumbel-perturbed sort);
-    # log q(y | n): the uniform prior of Def. 2 given the sizes, i.e. Plackett-Luce with equal scores.
+    s = w + (gumbel(w) if noise is None else noise) if sample else w
+    picks = sort_picks(s, mask, rows)
+    if not (relax and torch.is_grad_enabled()):
+        return picks.matrix() if dense else picks
+    Y = picks.matrix()
+    soft = neuralsort(s, tau, mask, rows)
+    return Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
+
+
+def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """log of the Plackett-Luce probability, with scores w over the free factors, of the first n_A picks of Y (act[r]
+    = 1[n_A > r]): the law of the Gumbel-perturbed sort (App. E.2). w = 0 gives the uniform law of the prior (Def. 2
+    given the sizes: see docs/provenance.md, mrVAE)."""
     w_max = w.detach().max(-1, keepdim=True).values
     e = (w - w_max).exp()
-    picked = torch.einsum("brd,bd->br", Y, e)  # mass of the r-th pick
-    unpicked = ((free - Y.sum(1)) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
+    picked = take(Y, e)  # mass of the r-th pick
+    taken = put(Y, torch.ones_like(picked)) if isinstance(Y, Picks) else Y.sum(-2)
+    unpicked = ((free - taken) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
     # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
     log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
-    n_before = (mask.sum(-1, keepdim=True) - torch.arange(R, device=w.device)).clamp_min(1)
-    return Y, (act * (torch.einsum("brd,bd->br", Y, w) - log_z + n_before.log())).sum(-1)
+    return (act * (take(Y, w) - log_z)).sum(-1)
+
+
+def log_pl_ratio(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """log r(y_{j,A} | n_A, z) - log q(y_{j,A} | n_A): Plackett-Luce with scores w against the uniform one."""
+    n_free = (free.detach() > 0.5).sum(-1, keepdim=True) - torch.arange(act.shape[-1], device=w.device)
+    return log_pl(w, free, Y, act) + (act * n_free.clamp_min(1).log()).sum(-1)
+
+
+def select(w: torch.Tensor, free: torch.Tensor, act: torch.Tensor, tau: float, sample: bool,
+           with_kl: bool) -> tuple:
+    """rank() then, if with_kl, the one-sample KL_y term log r(y | n, z) - log q(y | n) per row (App. A.1 Eq. 7)."""
+    Y = rank(w, free, act.shape[1], tau, sample, relax=True, dense=True)
+    return Y, (log_pl_ratio(w, free, Y, act) if with_kl else 0.0)
 
 
 def linear_params(n: int, d_in: int, d_out: int) -> tuple:
@@ -206,8 +275,36 @@ class Relation:
         self.blocks: list = []
         self.free: List[torch.Tensor] = []  # per modality: B×D, 1 on the factors left to its private subspace
         self.single: Gaussian = None  # M×B×D posteriors of the private factors
-        self.kl_n, self.kl_y = 0.0, 0.0
-        self.log_q_n = 0.0  # log q(n) of the sizes drawn: Σ_j log MVHG(n_j) (Def. 1)
+        # per shared subspace: (one-hot n_A B×(D+1), allowed sizes B×(D+1), log q(n_A | earlier sizes) B×(D+1),
+        # {j: B×D free factors of j before S_A took its picks}): what log r - log q of the relation needs
+        self.structure: list = []
+        self.kl_n, self.kl_y = 0.0, 0.0  # App. A.1 Eq. (7): KL(r || q) terms of the relation inferred by r
+        self.log_q_n = 0.0  # log q(n) of the sizes drawn (Def. 1, sequential and normalised)
+        self.stacked = None  # (picks, exists, act, free before) of every (A, j) pair, P×B×D each, when built at once
+
+    def log_ratio(self, size_logits: torch.Tensor, scores: torch.Tensor, pair_index: dict) -> tuple:
+        """(log r(n | z) - log q(n), log r(y | n, z) - log q(y | n)) per row at this relation (n, y), r given by the
+        outputs of the networks of Eqs. 33-38 (size_logits: #shared×B×(D+1), scores: #pairs×B×D)."""
+        onehot, allowed, log_q = (torch.stack([st[i] for st in self.structure]) for i in range(3))
+        log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
+        lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
+        pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
+        if self.stacked is not None:
+            idx, exists, act, before = self.stacked
+            w = scores[[pair_index[p] for p in pairs]]
+            return lr_n, log_pl_ratio(w, before, Picks(idx, exists, idx.shape[-1]), act).sum(0)
+        Ys = [self.blocks[a][2][j] for a, j in pairs]
+        rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
+        if len(rows) == 1 and -1 not in rows:  # one batched Plackett-Luce term over every (A, j) pair
+            Y = Picks(torch.stack([Y.idx for Y in Ys]), torch.stack([Y.exists for Y in Ys]), Ys[0].d)
+            act = torch.stack([self.blocks[a][1] for a, _ in pairs])
+            before = torch.stack([self.structure[a][3][j] for a, j in pairs])
+            w = scores[[pair_index[p] for p in pairs]]
+            return lr_n, log_pl_ratio(w, before, Y, act).sum(0)
+        lr_y = 0.0
+        for (a, j), Y in zip(pairs, Ys):
+            lr_y = lr_y + log_pl_ratio(scores[pair_index[(a, j)]], self.structure[a][3][j], Y, self.blocks[a][1])
+        return lr_n, lr_y
 
     def sizes(self) -> torch.Tensor:
         """B×(#shared) subspace sizes n_A."""
@@ -217,10 +314,18 @@ class Relation:
         """Per modality the B×D decoder input: factor l of z_j carries the slot it was assigned to (Eq. 26)."""
         single = self.single.rsample() if sample else self.single.mu
         u = [f * single[j] for j, f in enumerate(self.free)]
+        gathered = [([], []) for _ in u]  # per modality: the picks and slot values of its Picks selections
         for _, act, Ys, q in self.blocks:
             s = act * (q.rsample() if sample else q.mu)  # one draw per slot, shared by all modalities of A
             for j, Y in Ys.items():
-                u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+                if isinstance(Y, Picks):
+                    gathered[j][0].append(Y.idx)
+                    gathered[j][1].append(s * Y.exists)
+                else:
+                    u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+        for j, (idx, vals) in enumerate(gathered):
+            if idx:  # every selection of modality j placed at once
+                u[j] = u[j] + u[j].new_zeros(u[j].shape).scatter_add(-1, torch.cat(idx, -1), torch.cat(vals, -1))
         return u
 
     def kl(self) -> torch.Tensor:
@@ -238,7 +343,8 @@ class Relation:
             R = act.shape[1]
             slot = offset + torch.arange(R, device=act.device).expand(B, R)
             for j, Y in Ys.items():
-                pos = torch.where(act.detach() > 0.5, Y.detach().argmax(-1), D)  # inactive rows -> spare column D
+                pick = Y.argmax() if isinstance(Y, Picks) else Y.detach().argmax(-1)
+                pos = torch.where(act.detach() > 0.5, pick, D)  # inactive rows -> spare column D
                 idx[j].scatter_(1, pos, slot)
             mus.append(q.mu)
             logvars.append(q.logvar)
@@ -269,22 +375,32 @@ class MrVAE(MultimodalVAE):
       rank-r selected factor of every modality of A (no prior expert); private factors keep their own
       posterior. Modality j is decoded from its D factors, each carrying its slot (Eq. 26).
     * Priors: n_A ~ the central multivariate hypergeometric of Def. 1 for every modality of A (D draws
-      from Σ_{A∋j} |S_A| items), used in its sequential form (a product of univariate hypergeometrics that
-      telescopes to the multivariate pmf), the product over the modalities of A; y: the uniform
-      categorical of Def. 2 given the sizes (Plackett-Luce with equal scores); z: N(0, I) per slot.
-    * Loss (Eq. 4): rec_w-weighted NLL + β·KL(q(z | n, y, X) || N(0, I)) + KL_n + KL_y. KL_n is exact
-      per subspace given the earlier sizes; KL_y is the one-sample estimate log PL_w(y) - log PL_0(y).
-      β weighs only the z-term (the paper gives no β; the structure terms keep Eq. 4's weight 1).
+      from Σ_{A∋j} |S_A| items), in its sequential form (univariate hypergeometrics that telescope to the
+      multivariate pmf); the |A| modalities' laws of the one n_A are pooled (option `size_prior`) and
+      normalised over n_A. y: Def. 2's uniform categorical given the sizes, i.e. uniform Plackett-Luce over
+      the ranked picks (the order is the slot alignment). z: N(0, I) per slot. docs/provenance.md (mrVAE)
+      checks both against enumeration.
+    * Loss, option `objective` (App. A.1): "q" (default; the paper: "We will focus on this second case",
+      Eqs. 4 and 8): (n, y) ~ q(n, y), z ~ q(z | n, y, X), loss rec_w-weighted NLL + β·KL(q(z | n, y, X) ||
+      N(0, I)) + log q(n, y) - log r(n, y | z), r reading the blocks of that z; no relaxation is needed (the
+      prior has no parameters). "r" (the first case, Eq. 7, with App. E's relaxations): (n, y) ~ r(n, y | z)
+      straight-through, loss NLL + β·KL_z + KL_n + KL_y, KL_n exact per subspace given the earlier sizes,
+      KL_y the one-sample log PL_w(y) - log PL_0(y). β weighs only the z-term (Eq. 4: 1; the paper gives
+      no β); the structure terms keep weight 1.
 
     Interface: z = [z_1; ...; z_M] (latent size M·D). For a subset S, subspaces that S covers (A ∩ S ≠ ∅)
     get n_A, y and slot values from the available modalities (the networks average over them, App. E.1);
     uncovered subspaces take n_A from the prior, a uniform y and N(0, 1) slots, and so do the private
     factors of modalities outside S. In eval mode the relation is the mode (posterior means in, no Gumbel
     noise; argmax sizes, the prior's mode and the lowest free factors where uncovered) and
-    `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation. `sample_prior`
+    `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation from r. Both
+    objectives infer a test input's relation with r from the unimodal latents (the paper does not say how
+    a relation is chosen at test time). `sample_prior`
     draws a relation from the prior and N(0, 1) slots.
 
     Options (the paper gives no temperatures or widths; these are our defaults):
+    * `objective` ("q"): above. `size_prior` ("mean"): the modalities' hypergeometrics of n_A pooled by
+      their geometric mean (Def. 1 exactly when M = 2, where both are the same law) or "product".
     * `tau_n` (1.0), `tau_y` (1.0): Gumbel-softmax and NeuralSort temperatures (gradients only: the
       forward pass is exact, straight-through).
     * `anneal_rate` (0.0: no annealing, as the paper): τ = max(`tau_min`, τ_0·exp(-rate·step)), step =
@@ -292,12 +408,15 @@ class MrVAE(MultimodalVAE):
     * `hidden` (128): width of the networks of Eqs. 34-35 and 37-38. As written there, they end in a ReLU;
       their outputs are used as the categorical's logits (c_A) and as the sorting scores (w_{j,A}).
 
+    Exact selections are held as indices (`Picks`); `model.dense = True` computes them as one-hot matrices in
+    a per-pair loop instead, the reference the tests hold the fast path to.
+
     Training sees only complete tuples (Eq. 4), so the subset averages of App. E.1 and the subset PoEs
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
 
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
-    options = {"tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
+    options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
@@ -306,6 +425,12 @@ class MrVAE(MultimodalVAE):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
                 raise MMBenchError(f"method.options.{key} of mrvae must be {rule} (got {v!r})")
 
+        if self.opt["objective"] not in ("q", "r"):
+            raise MMBenchError(f"method.options.objective of mrvae must be 'q' (App. A.1's second case, Eqs. 4 and 8) "
+                               f"or 'r' (the first case, Eq. 7) (got {self.opt['objective']!r})")
+        if self.opt["size_prior"] not in ("mean", "product"):
+            raise MMBenchError(f"method.options.size_prior of mrvae must be 'mean' or 'product' "
+                               f"(got {self.opt['size_prior']!r})")
         for key in ("tau_n", "tau_y", "tau_min"):
             check(key, lambda v: v > 0, "> 0")
         check("anneal_rate", lambda v: v >= 0, ">= 0")
@@ -324,6 +449,19 @@ class MrVAE(MultimodalVAE):
         self.size_net = SetNets([j for _, j in pairs], [a for a, _ in pairs], len(self.shared), D, H, D + 1)  # Eq. 35
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
+        self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
+        left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
+        for A in self.shared:
+            pop_class.append([left[j] - 1 for j in A] + [0] * (M - len(A)))
+            for j in A:
+                left[j] -= 1
+        self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
+        self.register_buffer("members", torch.tensor([list(A) + [0] * (M - len(A)) for A in self.shared]),
+                             persistent=False)
+        self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
+        self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
+        self.register_buffer("pair_mask", F.one_hot(self.pair_block, len(self.shared)).T.float(), persistent=False)
 
     def temperatures(self) -> tuple:
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
@@ -333,27 +471,31 @@ class MrVAE(MultimodalVAE):
         return max(float(self.opt["tau_min"]), tau_n * f), max(float(self.opt["tau_min"]), tau_y * f)
 
     def relate(self, mu: torch.Tensor, logvar: torch.Tensor, avail: Sequence[bool], sample: bool,
-               with_kl: bool = False) -> Relation:
+               with_kl: bool = False, from_prior: bool = False) -> Relation:
         """Infer (n, y) from the available modalities (mu, logvar: M×B×D; the others' rows are ignored) and
-        build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means)."""
+        build q(z | n, y, X); `sample`: Gumbel noise and z ~ q(z_j | x_j) as network input (else the mode, means).
+        from_prior: draw (n, y) from the prior q(n, y) of Defs. 1-2 instead (r is not used; no relaxation)."""
+        if from_prior and sample and all(avail) and not self.dense:
+            return self.relate_prior(mu, logvar)
         M, B, D = mu.shape
         tau_n, tau_y = self.temperatures()
         av = torch.tensor(list(avail), device=mu.device)
         covered = [False] * len(self.shared)
-        if any(avail):
+        # prior draws rank each modality's factors by one Gumbel draw (consecutive picks of one uniform permutation)
+        y_noise = gumbel(mu.new_zeros(M, B, D)) if from_prior and sample else [None] * M
+        if any(avail) and not from_prior:
             z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
             size_logits, cov = self.size_net(z, av)
             scores, _ = self.score_net(z, av)
             covered = cov.tolist()
         rel = Relation()
         free = [mu.new_ones(B, D) for _ in range(M)]
-        left = [D * sum(j in A for A in self.shared) + D for j in range(M)]  # Σ |S_A| over j's unallocated subspaces
         ks = torch.arange(D + 1, device=mu.device)
         for a, A in enumerate(self.shared):
             d_left = torch.stack([free[j].detach().sum(-1) for j in A])  # |A|×B factors each modality has left
-            pop = torch.tensor([left[j] for j in A], device=mu.device)
-            # Def. 1 sequentially: Σ_{j∈A} log HG(n_A; population left_j, |S_A| = D marked, d_left_j draws).
-            log_prior = log_hypergeom(ks, pop[:, None, None], D, d_left[..., None]).sum(0).to(mu.dtype)
+            pop = self.pop_class[a][:len(A), None]  # j's population left[j] = (pop + 1)·D
+            log_hg = self.log_hg[pop, d_left.round().long()]  # |A|×B×(D+1)
+            log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)  # Def. 1, sequential form
             allowed = ks <= d_left.min(0).values[:, None]
             logits = (size_logits[a] if covered[a] else log_prior).masked_fill(~allowed, -math.inf)
             onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
@@ -361,19 +503,22 @@ class MrVAE(MultimodalVAE):
                 rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
             rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
             n = (onehot * ks).sum(-1)
-            R = min(D, int(n.detach().max()) + 1)  # slots computed: the largest n_A and one more (its gradient)
+            # slots computed: the largest n_A and one more (its gradient); all D for prior draws (no host sync)
+            R = D if from_prior else min(D, int(n.detach().max()) + 1)
             act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:R + 1]  # act[r] = 1[n_A > r]
-            Ys = {}
+            Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j], kl_y = select(w, free[j], act, tau_y, sample, with_kl and covered[a])
-                rel.kl_y = rel.kl_y + kl_y
-                free[j] = free[j] - torch.einsum("br,brd->bd", act, Ys[j])
-                left[j] -= D
+                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j])
+                if with_kl and covered[a]:
+                    rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
+                before[j] = free[j]
+                free[j] = free[j] - put(Ys[j], act)
+            rel.structure.append((onehot, allowed, log_prior, before))
             experts = [j for j in A if avail[j]]
             if experts:  # slot r = PoE of the rank-r selected factor of every available modality of A
-                sel_mu = torch.stack([torch.einsum("brd,bd->br", Ys[j], mu[j]) for j in experts])
-                sel_lv = torch.stack([torch.einsum("brd,bd->br", Ys[j], logvar[j]) for j in experts])
+                sel_mu = torch.stack([take(Ys[j], mu[j]) for j in experts])
+                sel_lv = torch.stack([take(Ys[j], logvar[j]) for j in experts])
                 q = product_of_experts(sel_mu, sel_lv, mu.new_ones(1, len(experts)), mu.new_zeros(1))[0]
             else:  # no input covers S_A: its slots come from the prior
                 q = Gaussian(mu.new_zeros(B, R), mu.new_zeros(B, R))
@@ -381,6 +526,49 @@ class MrVAE(MultimodalVAE):
         keep = av[:, None, None]
         rel.single = Gaussian(torch.where(keep, mu, 0.0), torch.where(keep, logvar, 0.0))
         rel.free = free
+        return rel
+
+    def relate_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> Relation:
+        """relate(from_prior=True, sample=True) with every modality available, vectorised: the same draws (same
+        random numbers), with the selections of every (A, j) pair made at once from one permutation per modality."""
+        M, B, D = mu.shape
+        y_noise = gumbel(mu.new_zeros(M, B, D))
+        ks = torch.arange(D + 1, device=mu.device)
+        used = mu.new_zeros(M, B)  # factors each modality has given to the subspaces so far
+        rel, used_before, sizes = Relation(), [], []
+        for a, A in enumerate(self.shared):  # the sizes: sequential by nature (Def. 1's sequential form)
+            members = self.members[a][:len(A)]
+            d_left = D - used[members]
+            log_hg = self.log_hg[self.pop_class[a][:len(A), None], d_left.round().long()]
+            log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)
+            allowed = ks <= d_left.min(0).values[:, None]
+            onehot = gumbel_softmax(log_prior.masked_fill(~allowed, -math.inf), 1.0, noise=True)
+            rel.log_q_n = rel.log_q_n + (onehot * torch.where(allowed, log_prior, 0.0)).sum(-1)
+            n = (onehot * ks).sum(-1)
+            used_before.append(used)
+            used = used.index_add(0, members, n.expand(len(A), B))
+            sizes.append(n)
+            rel.structure.append((onehot, allowed, log_prior, {}))
+        pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
+        order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
+        position = torch.empty_like(order).scatter_(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
+        offset = torch.stack(used_before)[pa, pj]  # P×B: j's factors taken before S_A
+        r = torch.arange(D, device=mu.device)
+        pos = offset[..., None] + r  # P×B×D: position of pick r of pair p in j's permutation
+        exists = (pos < D).to(mu.dtype)
+        idx = order[pj].gather(-1, pos.clamp(max=D - 1).long())
+        act = (r < torch.stack(sizes)[pa][..., None]).to(mu.dtype)  # act[r] = 1[n_A > r]
+        before = (position[pj] >= offset[..., None]).to(mu.dtype)  # j's factors still free before S_A
+        sel_mu, sel_lv = mu[pj].gather(-1, idx) * exists, logvar[pj].gather(-1, idx) * exists
+        slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(len(self.shared)))
+        for p, (a, j) in enumerate(zip(pa.tolist(), pj.tolist())):
+            if not rel.blocks or len(rel.blocks) == a:
+                rel.blocks.append((self.shared[a], act[p], {}, slots[a]))
+            rel.blocks[a][2][j] = Picks(idx[p], exists[p], D)
+            rel.structure[a][3][j] = before[p]
+        rel.stacked = (idx, exists, act, before)
+        rel.free = list((position >= used[..., None]).to(mu.dtype))
+        rel.single = Gaussian(mu, logvar)
         return rel
 
     # ----- the interface -------------------------------------------------------------------
@@ -418,18 +606,29 @@ class MrVAE(MultimodalVAE):
         if self.training:
             self.step += 1
         mu, logvar = self.unimodal(x, self.names)
-        rel = self.relate(mu, logvar, [True] * len(self.names), sample=True, with_kl=True)
-        u = rel.inputs(sample=True)
+        everything = [True] * len(self.names)
+        if self.opt["objective"] == "q":
+            # App. A.1's second case (Eqs. 4, 8), the expectation under q(z, n, y | X) taken ancestrally as App. C.1
+            # Eqs. (20)-(21) write it: (n, y) ~ q(n, y) (Defs. 1-2), z ~ q(z | n, y, X); r_ψ(n, y | z) reads that z.
+            rel = self.relate(mu, logvar, everything, sample=True, from_prior=True)
+            u = rel.inputs(sample=True)
+            z, av = torch.stack(u), torch.ones(len(u), dtype=torch.bool, device=mu.device)
+            lr_n, lr_y = rel.log_ratio(self.size_net(z, av)[0], self.score_net(z, av)[0], self.pair_index)
+            kl_n, kl_y = -lr_n, -lr_y  # log q(n, y) - log r(n, y | z): Eq. (4)'s third term, negated
+        else:  # App. A.1's first case (Eq. 7) with App. E's relaxations: (n, y) ~ r(n, y | z), + KL(r || q)
+            rel = self.relate(mu, logvar, everything, sample=True, with_kl=True)
+            u = rel.inputs(sample=True)
+            kl_n, kl_y = rel.kl_n, rel.kl_y
         # Eq. (26): each modality is decoded from its own factors only.
         nll = sum(-self.rec_weights[m] * self.likelihoods[m].log_prob(self.decoders[m](u[j]), x[m])
                   for j, m in enumerate(self.names))
         kl_z = rel.kl()
-        loss = (nll + self.beta * kl_z + rel.kl_n + rel.kl_y).mean()  # Eq. (4), negated
+        loss = (nll + self.beta * kl_z + kl_n + kl_y).mean()  # Eq. (4), negated (β = 1 there)
         shared = (rel.sizes() * torch.tensor([len(A) for A in self.shared], device=mu.device)).sum(-1)
         tau_n, tau_y = self.temperatures()
         logs: Dict[str, float] = {
             "loss": loss.item(), "nll": nll.mean().item(), "kl": kl_z.mean().item(),
-            "kl_n": float(torch.as_tensor(rel.kl_n).detach().mean()),
-            "kl_y": float(torch.as_tensor(rel.kl_y).detach().mean()),
+            "kl_n": float(torch.as_tensor(kl_n).detach().mean()),
+            "kl_y": float(torch.as_tensor(kl_y).detach().mean()),
             "shared_fraction": (shared / (len(self.names) * self.D)).mean().item(), "tau_n": tau_n, "tau_y": tau_y}
         return loss, logs
