@@ -86,6 +86,11 @@ class RunConfig:
         d.pop("tables")
         d["eval"].pop("fid_weights", None)  # where the (sha256-checked) weights live, not what is computed
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
+        from .registry import METHODS
+
+        version = getattr(METHODS.get(self.method.name), "id_version", 1) if self.method.name in METHODS else 1
+        if version != 1:  # the method's numerics changed since run ids were first made (methods/base.py)
+            d["method_version"] = version
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.variant or 'default'}-{self.method.name}-s{self.seed}-{digest}"
 

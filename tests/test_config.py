@@ -136,3 +136,20 @@ def test_fields_added_later_keep_existing_run_ids():
     assert build_run_config({"dataset": "polydigits"}).run_id() == "polydigits-vanilla-mopoe-s0-a78aea8e21"
     cfg = {"dataset": "polydigits", "method": {"name": "mmvae", "beta": 2.0}, "eval": {"metrics": ["coherence"]}}
     assert build_run_config(cfg).run_id() == "polydigits-vanilla-mmvae-s0-64d61337ee"
+
+
+def test_a_method_whose_numerics_changed_gets_new_run_ids():
+    """mrVAE's defaults changed (objective q, normalised size prior): the same config must not find the runs
+    made before, while every other method keeps its ids."""
+    from mmbench.registry import METHODS
+
+    mr = build_run_config({"dataset": "polydigits", "method": {"name": "mrvae"}})
+    mrvae = METHODS.get("mrvae")
+    assert mrvae.id_version == 2
+    old, mrvae.id_version = mrvae.id_version, 1
+    try:
+        before = mr.run_id()
+    finally:
+        mrvae.id_version = old
+    assert mr.run_id() != before
+    assert all(getattr(cls, "id_version", 1) == 1 for name, cls in METHODS.items() if name != "mrvae")

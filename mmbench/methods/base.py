@@ -187,6 +187,9 @@ class MultimodalVAE(nn.Module):
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
     # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.
     own_latent_per_modality: ClassVar[bool] = False
+    # Raised when a method's defaults or numerics change what an existing config computes: a version other
+    # than 1 enters the run id (config.RunConfig.run_id), so runs made before are not taken for new ones.
+    id_version: ClassVar[int] = 1
 
     def __init__(self, modalities: Sequence[Modality], cfg: MethodConfig, architecture: str):
         super().__init__()

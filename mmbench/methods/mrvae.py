@@ -416,6 +416,9 @@ class MrVAE(MultimodalVAE):
     """
 
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
+    # 2: objective q became the default and the size prior is normalised (pooled by geometric mean): a config
+    # with the same options trains another model than before, so it gets another run id.
+    id_version = 2
     options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
 
     def __init__(self, modalities, cfg, architecture):
