@@ -250,6 +250,8 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                                                                   "terminal/md, else the chosen format)."),
            plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
            allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
+           refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
+                                             "whose code, data, classifiers or numerical packages differ."),
            title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
     """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
 
@@ -288,8 +290,53 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         console.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
                       f"tolerance, {sum(c.status == 'holds' for c in rep.claims)} of {len(rep.claims)} claims hold; "
                       f"{rep.failures} failing, {rep.missing} missing")
-        if rep.failures or (rep.missing and not allow_missing):
+        if refuse_mixed and rep.mixed:
+            first = rep.mixed[0]
+            console.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
+                          f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}; "
+                          f"re-run those runs with one environment, or drop --refuse-mixed")
+        if rep.failures or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
             raise typer.Exit(1)
+
+
+@app.command("export")
+def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. results-gpubox.tar.gz."),
+           suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
+           tier: str = typer.Option("full", help="With --suite: which tier's runs."),
+           checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
+           runs_dir: Optional[Path] = RUNS_DIR) -> None:
+    """Pack finished runs (config, metrics, provenance, log, small artifacts) into a bundle with a digest manifest.
+
+    Example: mmbench export gpubox.tar.gz --suite suites/mopoe_iclr21.yaml --tier quick
+    """
+    from .bundle import export_runs
+    from .results import Run, default_runs_dir
+
+    runs_dir = runs_dir or default_runs_dir()
+    ids = None
+    if suite is not None:
+        from .suite import load_suite
+
+        ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier)]
+    manifest = export_runs(runs_dir, out, ids, checkpoints)
+    nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
+    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files")
+
+
+@app.command("import")
+def import_(bundle: Path = typer.Argument(..., help="A bundle made by `mmbench export`."),
+            runs_dir: Optional[Path] = RUNS_DIR) -> None:
+    """Merge a bundle's runs into the runs directory (digests verified; never overwrites; conflicts refused).
+
+    Example: mmbench import gpubox.tar.gz && mmbench report --compare reference_results/
+    """
+    from .bundle import import_bundle
+    from .results import default_runs_dir
+
+    runs_dir = runs_dir or default_runs_dir()
+    res = import_bundle(bundle, runs_dir)
+    console.print(f"{bundle}: {len(res['added'])} runs added, {len(res['present'])} already here with the same "
+                  f"results; runs in {runs_dir}")
 
 
 classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.")

@@ -30,7 +30,7 @@ from rich.table import Table
 from tabulate import tabulate
 
 from .errors import ConfigError, MMBenchError
-from .results import load_runs
+from .results import load_runs, number_provenance
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
 CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
@@ -74,6 +74,7 @@ class Cell:
     produced: Optional[float] = None
     produced_std: Optional[float] = None
     n_runs: int = 0
+    mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs behind it differ
 
     @property
     def status(self) -> str:
@@ -163,12 +164,22 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         group = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:8]
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
+        prov = number_provenance(r["provenance"])
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
-                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat})
+                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat,
+                         "prov": prov})
     return pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
-                                       "value", "cfg"])
+                                       "value", "cfg", "prov"])
+
+
+def mixed_fields(sel: pd.DataFrame) -> List[str]:
+    """Provenance fields (number_provenance) on which the selected runs differ, e.g. ['mmbench commit', 'numpy']."""
+    if len(sel) < 2:
+        return []
+    keys = list(dict.fromkeys(k for p in sel["prov"] for k in p))
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in sel["prov"]}) > 1]
 
 
 def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: Optional[Dict[str, Any]]) -> pd.DataFrame:
@@ -190,6 +201,7 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
             c.produced = float(sel["value"].mean())
             c.produced_std = float(sel["value"].std(ddof=0)) if len(sel) > 1 else 0.0
             c.n_runs = len(sel)
+            c.mixed = mixed_fields(sel)
     return cells
 
 
@@ -351,11 +363,16 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
             else:
                 mark = "✓" if c.status == "pass" else "✗"
                 txt = f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} {mark}"
+                if c.mixed:  # the mean pools runs made with different code, data, classifiers or packages
+                    txt += f" | ⚠ mixed {', '.join(c.mixed)}"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
         npass = sum(c.status == "pass" for c in cs)
         nmiss = sum(c.status == "missing" for c in cs)
         summary = f"{npass} of {n} cells within tolerance, {n - npass - nmiss} failing, {nmiss} missing"
+        nmixed = sum(bool(c.mixed) for c in cs)
+        if nmixed:
+            summary += f"; {nmixed} pool runs whose provenance differs (⚠ mixed)"
         out.append((f"{paper} — {table}", grid.reset_index().rename(columns={"index": "model"}), summary))
     return out
 
@@ -400,6 +417,10 @@ class Report:
     @property
     def missing(self) -> int:
         return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.claims)
+
+    @property
+    def mixed(self) -> List[Cell]:
+        return [c for c in self.cells if c.mixed]
 
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
