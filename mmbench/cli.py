@@ -242,31 +242,36 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
                           + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
 
 
-@app.command()
-def report(runs_dir: Optional[Path] = RUNS_DIR,
-           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
-           fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex or html."),
-           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
-                                                                  "terminal/md, else the chosen format)."),
-           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
-           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
-           refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
-                                             "whose code, data, classifiers or numerical packages differ."),
-           title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
-    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
+def _write_tidy(rep, fmt: str, out: Optional[Path]) -> None:
+    """One tidy row per reference cell (mmbench/verdicts.py TIDY_COLUMNS), as CSV or a JSON list."""
+    import json
 
-    Example: mmbench report --compare reference_results/ --format html --out report.html
-    """
+    import pandas as pd
+
+    from .results import atomic_write
+    from .verdicts import TIDY_COLUMNS, tidy_rows
+
+    rows = tidy_rows(rep.cells, rep.frame)
+    if fmt == "json":
+        text = json.dumps(rows, indent=1)
+    else:
+        flat = [{**r, "mixed_provenance": ";".join(r["mixed_provenance"]), "run_ids": ";".join(r["run_ids"])}
+                for r in rows]
+        text = pd.DataFrame(flat, columns=TIDY_COLUMNS).to_csv(index=False)
+    if out:
+        atomic_write(out, text)
+        console.print(f"wrote {out}: {len(rows)} rows")
+    else:
+        sys.stdout.write(text)
+
+
+def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], title: str) -> None:
     import tempfile
 
     from .plots import all_figures
-    from .report import build_report, render_html, render_latex, render_markdown, render_terminal
+    from .report import render_html, render_latex, render_markdown, render_terminal
     from .results import atomic_write
 
-    formats = ("terminal", "md", "latex", "html")
-    if fmt not in formats:
-        raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
-    rep = build_report(runs_dir, compare)
     with tempfile.TemporaryDirectory() as tmp:
         images = []
         if plots or fmt == "html":
@@ -286,13 +291,43 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         if out:
             atomic_write(out, text)
             console.print(f"wrote {out}")
+
+
+@app.command()
+def report(runs_dir: Optional[Path] = RUNS_DIR,
+           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
+           fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex, html, or csv/json (one tidy row "
+                                   "per reference cell: produced and printed statistics, verdicts, run ids)."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
+                                                                  "terminal/md, else the chosen format)."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
+           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
+           refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
+                                             "whose code, data, classifiers or numerical packages differ."),
+           title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
+    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
+
+    Example: mmbench report --compare reference_results/ --format html --out report.html
+    """
+    from .report import build_report
+
+    formats = ("terminal", "md", "latex", "html", "csv", "json")
+    if fmt not in formats:
+        raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
+    rep = build_report(runs_dir, compare)
+    # csv/json: data for a program on stdout, so the summary lines go to stderr
+    say = err_console if fmt in ("csv", "json") and not out else console
+    if fmt in ("csv", "json"):
+        _write_tidy(rep, fmt, out)
+    else:
+        _render_report(rep, fmt, out, plots, title)
     if compare:
-        console.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
+        say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
                       f"tolerance, {sum(c.status == 'holds' for c in rep.claims)} of {len(rep.claims)} claims hold; "
                       f"{rep.failures} failing, {rep.missing} missing")
         if refuse_mixed and rep.mixed:
             first = rep.mixed[0]
-            console.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
+            say.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
                           f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}; "
                           f"re-run those runs with one environment, or drop --refuse-mixed")
         if rep.failures or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):

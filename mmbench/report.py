@@ -31,6 +31,7 @@ from tabulate import tabulate
 
 from .errors import ConfigError, MMBenchError
 from .results import load_runs, number_provenance
+from .verdicts import ALPHA, apply as apply_verdicts, counts as verdict_counts
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
 CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
@@ -75,6 +76,11 @@ class Cell:
     produced_std: Optional[float] = None
     n_runs: int = 0
     mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs behind it differ
+    paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
+    runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
+    p_value: Optional[float] = None  # Welch's test, produced vs printed (mmbench/verdicts.py)
+    p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
+    verdict: Optional[str] = None  # consistent / differs / underpowered
 
     @property
     def status(self) -> str:
@@ -134,10 +140,16 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(str(path), f"not valid YAML ({str(e).splitlines()[0]})") from None
+        # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
+        file_runs = raw.get("runs")
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
-            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where"))
-            cells.append(Cell(**c))
+            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            n = c.get("runs", file_runs)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ConfigError(f"{where}.runs" if "runs" in c else f"{path}: runs",
+                                  f"must be a positive integer (the paper's number of runs), got {n!r}")
+            cells.append(Cell(**{k: v for k, v in c.items() if k != "runs"}, paper_runs=n))
         for i, c in enumerate(raw.get("claims") or []):
             where = f"{path}: claims[{i}]"
             _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each"))
@@ -199,8 +211,9 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
         sel = select(frame, c.table, c.method, c.metric, c.where)
         if len(sel):
             c.produced = float(sel["value"].mean())
-            c.produced_std = float(sel["value"].std(ddof=0)) if len(sel) > 1 else 0.0
+            c.produced_std = float(sel["value"].std(ddof=1)) if len(sel) > 1 else 0.0  # sample std, as papers
             c.n_runs = len(sel)
+            c.runs = sorted(sel["run"])
             c.mixed = mixed_fields(sel)
     return cells
 
@@ -363,6 +376,8 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
             else:
                 mark = "✓" if c.status == "pass" else "✗"
                 txt = f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} {mark}"
+                if c.verdict == "underpowered" or c.p_holm is not None:
+                    txt += f" | {c.verdict}" + (f" (p_Holm {c.p_holm:.2g})" if c.p_holm is not None else "")
                 if c.mixed:  # the mean pools runs made with different code, data, classifiers or packages
                     txt += f" | ⚠ mixed {', '.join(c.mixed)}"
             grid.loc[c.row, c.column] = txt
@@ -392,8 +407,13 @@ def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
         cs = [c for c in cells if c.paper == p]
         ks = [c for c in claims if c.paper == p]
         missing = sum(c.status == "missing" for c in cs) + sum(c.status == "missing" for c in ks)
-        lines.append(f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
-                     f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing")
+        line = (f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
+                f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing")
+        v = verdict_counts(cs)
+        if any(v.values()):
+            line += (f"; Welch vs printed (Holm, α={ALPHA}): {v['consistent']} consistent, "
+                     f"{v['differs']} differ, {v['underpowered']} underpowered")
+        lines.append(line)
     return lines
 
 
@@ -427,13 +447,15 @@ def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
     frame = runs_frame(runs_dir)
     cells, claims = load_reference_files(compare) if compare else ([], [])
     fill(cells, frame)
+    apply_verdicts(cells)
     evaluate_claims(claims, frame)
     return Report(frame, summary_tables(frame), reference_tables(cells), cells, claims,
                   paper_summaries(cells, claims), runs_dir)
 
 
 # ----- rendering ---------------------------------------------------------------------------------
-CELL_KEY = "Each cell: produced (mean ± std over seeds) | paper value (± printed std) | difference and verdict."
+CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (± printed std) | difference and "
+            "tolerance verdict | Welch's test against the printed mean ± std (Holm-corrected per paper).")
 
 
 def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
