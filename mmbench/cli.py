@@ -242,29 +242,36 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
                           + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
 
 
-@app.command()
-def report(runs_dir: Optional[Path] = RUNS_DIR,
-           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
-           fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex or html."),
-           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
-                                                                  "terminal/md, else the chosen format)."),
-           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
-           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
-           title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
-    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
+def _write_tidy(rep, fmt: str, out: Optional[Path]) -> None:
+    """One tidy row per reference cell (mmbench/verdicts.py TIDY_COLUMNS), as CSV or a JSON list."""
+    import json
 
-    Example: mmbench report --compare reference_results/ --format html --out report.html
-    """
+    import pandas as pd
+
+    from .results import atomic_write
+    from .verdicts import TIDY_COLUMNS, tidy_rows
+
+    rows = tidy_rows(rep.cells, rep.frame)
+    if fmt == "json":
+        text = json.dumps(rows, indent=1)
+    else:
+        flat = [{**r, "mixed_provenance": ";".join(r["mixed_provenance"]), "run_ids": ";".join(r["run_ids"])}
+                for r in rows]
+        text = pd.DataFrame(flat, columns=TIDY_COLUMNS).to_csv(index=False)
+    if out:
+        atomic_write(out, text)
+        console.print(f"wrote {out}: {len(rows)} rows")
+    else:
+        sys.stdout.write(text)
+
+
+def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], title: str) -> None:
     import tempfile
 
     from .plots import all_figures
-    from .report import build_report, render_html, render_latex, render_markdown, render_terminal
+    from .report import render_html, render_latex, render_markdown, render_terminal
     from .results import atomic_write
 
-    formats = ("terminal", "md", "latex", "html")
-    if fmt not in formats:
-        raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
-    rep = build_report(runs_dir, compare)
     with tempfile.TemporaryDirectory() as tmp:
         images = []
         if plots or fmt == "html":
@@ -284,15 +291,90 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         if out:
             atomic_write(out, text)
             console.print(f"wrote {out}")
+
+
+@app.command()
+def report(runs_dir: Optional[Path] = RUNS_DIR,
+           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
+           fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex, html, or csv/json (one tidy row "
+                                   "per reference cell: produced and printed statistics, verdicts, run ids)."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
+                                                                  "terminal/md, else the chosen format)."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
+           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
+           refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
+                                             "whose code, data, classifiers or numerical packages differ."),
+           title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
+    """Aggregate runs (mean ± std over seeds); with --compare, diff them against the papers' values and claims.
+
+    Example: mmbench report --compare reference_results/ --format html --out report.html
+    """
+    from .report import build_report
+
+    formats = ("terminal", "md", "latex", "html", "csv", "json")
+    if fmt not in formats:
+        raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
+    rep = build_report(runs_dir, compare)
+    # csv/json: data for a program on stdout, so the summary lines go to stderr
+    say = err_console if fmt in ("csv", "json") and not out else console
+    if fmt in ("csv", "json"):
+        _write_tidy(rep, fmt, out)
+    else:
+        _render_report(rep, fmt, out, plots, title)
     if compare:
         strict, hedged = rep.strict_claims, [c for c in rep.claims if c.strength == "hedged"]
-        console.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
-                      f"tolerance, {sum(c.status == 'holds' for c in strict)} of {len(strict)} claims hold; "
-                      f"{rep.failures} failing, {rep.missing} missing"
-                      + (f" (hedged claims, evidence only: {sum(c.status == 'holds' for c in hedged)} of {len(hedged)} "
-                         "hold)" if hedged else ""))
-        if rep.failures or (rep.missing and not allow_missing):
+        say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
+                  f"tolerance, {sum(c.status == 'holds' for c in strict)} of {len(strict)} claims hold; "
+                  f"{rep.failures} failing, {rep.missing} missing"
+                  + (f" (hedged claims, evidence only: {sum(c.status == 'holds' for c in hedged)} of {len(hedged)} "
+                     "hold)" if hedged else ""))
+        if refuse_mixed and rep.mixed:
+            first = rep.mixed[0]
+            say.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
+                      f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}; "
+                      f"re-run those runs with one environment, or drop --refuse-mixed")
+        if rep.failures or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
             raise typer.Exit(1)
+
+
+@app.command("export")
+def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. results-gpubox.tar.gz."),
+           suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
+           tier: str = typer.Option("full", help="With --suite: which tier's runs."),
+           checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
+           runs_dir: Optional[Path] = RUNS_DIR) -> None:
+    """Pack finished runs (config, metrics, provenance, log, small artifacts) into a bundle with a digest manifest.
+
+    Example: mmbench export gpubox.tar.gz --suite suites/mopoe_iclr21.yaml --tier quick
+    """
+    from .bundle import export_runs
+    from .results import Run, default_runs_dir
+
+    runs_dir = runs_dir or default_runs_dir()
+    ids = None
+    if suite is not None:
+        from .suite import load_suite
+
+        ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier)]
+    manifest = export_runs(runs_dir, out, ids, checkpoints)
+    nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
+    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files")
+
+
+@app.command("import")
+def import_(bundle: Path = typer.Argument(..., help="A bundle made by `mmbench export`."),
+            runs_dir: Optional[Path] = RUNS_DIR) -> None:
+    """Merge a bundle's runs into the runs directory (digests verified; never overwrites; conflicts refused).
+
+    Example: mmbench import gpubox.tar.gz && mmbench report --compare reference_results/
+    """
+    from .bundle import import_bundle
+    from .results import default_runs_dir
+
+    runs_dir = runs_dir or default_runs_dir()
+    res = import_bundle(bundle, runs_dir)
+    console.print(f"{bundle}: {len(res['added'])} runs added, {len(res['present'])} already here with the same "
+                  f"results; runs in {runs_dir}")
 
 
 classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.")

@@ -38,7 +38,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     started = prov.pop("started", t0)
     atomic_json(run.dir / "provenance.json", run.provenance(
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
-        wall_seconds=round(time.time() - started, 2), **prov))
+        wall_seconds=round(time.time() - started, 2), **ctx.provenance, **prov))
     run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), **ctx.extra)
     return metrics
 

@@ -33,7 +33,8 @@ from rich.table import Table
 from tabulate import tabulate
 
 from .errors import ConfigError, MMBenchError
-from .results import load_runs
+from .results import load_runs, number_provenance
+from .verdicts import ALPHA, apply as apply_verdicts, counts as verdict_counts
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
 CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
@@ -78,6 +79,12 @@ class Cell:
     produced: Optional[float] = None
     produced_std: Optional[float] = None
     n_runs: int = 0
+    mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs behind it differ
+    paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
+    runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
+    p_value: Optional[float] = None  # Welch's test, produced vs printed (mmbench/verdicts.py)
+    p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
+    verdict: Optional[str] = None  # consistent / differs / underpowered
 
     @property
     def status(self) -> str:
@@ -138,10 +145,16 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(str(path), f"not valid YAML ({str(e).splitlines()[0]})") from None
+        # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
+        file_runs = raw.get("runs")
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
-            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where"))
-            cells.append(Cell(**c))
+            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            n = c.get("runs", file_runs)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ConfigError(f"{where}.runs" if "runs" in c else f"{path}: runs",
+                                  f"must be a positive integer (the paper's number of runs), got {n!r}")
+            cells.append(Cell(**{k: v for k, v in c.items() if k != "runs"}, paper_runs=n))
         for i, c in enumerate(raw.get("claims") or []):
             where = f"{path}: claims[{i}]"
             _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each", "strength"))
@@ -170,12 +183,22 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         group = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:8]
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
+        prov = number_provenance(r["provenance"])
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
-                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat})
+                         "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat,
+                         "prov": prov})
     return pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
-                                       "value", "cfg"])
+                                       "value", "cfg", "prov"])
+
+
+def mixed_fields(sel: pd.DataFrame) -> List[str]:
+    """Provenance fields (number_provenance) on which the selected runs differ, e.g. ['mmbench commit', 'numpy']."""
+    if len(sel) < 2:
+        return []
+    keys = list(dict.fromkeys(k for p in sel["prov"] for k in p))
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in sel["prov"]}) > 1]
 
 
 def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: Optional[Dict[str, Any]]) -> pd.DataFrame:
@@ -195,8 +218,10 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
         sel = select(frame, c.table, c.method, c.metric, c.where)
         if len(sel):
             c.produced = float(sel["value"].mean())
-            c.produced_std = float(sel["value"].std(ddof=0)) if len(sel) > 1 else 0.0
+            c.produced_std = float(sel["value"].std(ddof=1)) if len(sel) > 1 else 0.0  # sample std, as papers
             c.n_runs = len(sel)
+            c.runs = sorted(sel["run"])
+            c.mixed = mixed_fields(sel)
     return cells
 
 
@@ -358,11 +383,18 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
             else:
                 mark = "✓" if c.status == "pass" else "✗"
                 txt = f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} {mark}"
+                if c.verdict == "underpowered" or c.p_holm is not None:
+                    txt += f" | {c.verdict}" + (f" (p_Holm {c.p_holm:.2g})" if c.p_holm is not None else "")
+                if c.mixed:  # the mean pools runs made with different code, data, classifiers or packages
+                    txt += f" | ⚠ mixed {', '.join(c.mixed)}"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
         npass = sum(c.status == "pass" for c in cs)
         nmiss = sum(c.status == "missing" for c in cs)
         summary = f"{npass} of {n} cells within tolerance, {n - npass - nmiss} failing, {nmiss} missing"
+        nmixed = sum(bool(c.mixed) for c in cs)
+        if nmixed:
+            summary += f"; {nmixed} pool runs whose provenance differs (⚠ mixed)"
         out.append((f"{paper} — {table}", grid.reset_index().rename(columns={"index": "model"}), summary))
     return out
 
@@ -391,10 +423,15 @@ def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
         ks = [c for c in claims if c.paper == p and c.strength == "strict"]
         hedged = [c for c in claims if c.paper == p and c.strength == "hedged"]
         missing = sum(c.status == "missing" for c in cs) + sum(c.status == "missing" for c in ks)
-        lines.append(f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
-                     f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing"
-                     + (f"; hedged claims (evidence only): {sum(c.status == 'holds' for c in hedged)} of "
-                        f"{len(hedged)} hold" if hedged else ""))
+        line = (f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
+                f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing"
+                + (f"; hedged claims (evidence only): {sum(c.status == 'holds' for c in hedged)} of "
+                   f"{len(hedged)} hold" if hedged else ""))
+        v = verdict_counts(cs)
+        if any(v.values()):
+            line += (f"; Welch vs printed (Holm, α={ALPHA}): {v['consistent']} consistent, "
+                     f"{v['differs']} differ, {v['underpowered']} underpowered")
+        lines.append(line)
     return lines
 
 
@@ -424,18 +461,24 @@ class Report:
     def missing(self) -> int:
         return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.strict_claims)
 
+    @property
+    def mixed(self) -> List[Cell]:
+        return [c for c in self.cells if c.mixed]
+
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
     frame = runs_frame(runs_dir)
     cells, claims = load_reference_files(compare) if compare else ([], [])
     fill(cells, frame)
+    apply_verdicts(cells)
     evaluate_claims(claims, frame)
     return Report(frame, summary_tables(frame), reference_tables(cells), cells, claims,
                   paper_summaries(cells, claims), runs_dir)
 
 
 # ----- rendering ---------------------------------------------------------------------------------
-CELL_KEY = "Each cell: produced (mean ± std over seeds) | paper value (± printed std) | difference and verdict."
+CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (± printed std) | difference and "
+            "tolerance verdict | Welch's test against the printed mean ± std (Holm-corrected per paper).")
 
 
 def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,

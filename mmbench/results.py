@@ -2,7 +2,9 @@
 
     runs/<run_id>/
         config.yaml        the resolved RunConfig (+ the tables it serves)
-        provenance.json    mmbench version, git commit, torch version, device, dataset digest, wall time
+        provenance.json    what can change a number: mmbench version and git commit, the versions of the
+                           numerical packages, CPU/GPU/CUDA/cuDNN, threads, determinism settings, the dataset
+                           manifest digest, the coherence classifiers' set and digest, the FID weights' sha256
         checkpoints/       last.pt (resume point), best.pt (lowest test loss)
         metrics.json       {"schema_version": 1, "metrics": {...}, ...}; its presence means "done"
         log.txt            the run's log
@@ -70,6 +72,96 @@ def git_commit() -> Optional[str]:
         return None
 
 
+# The installed packages whose version can change a produced number (solvers, kernels, metric code).
+NUMERIC_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pytorch-fid", "pandas")
+
+
+def package_versions(names=NUMERIC_PACKAGES) -> Dict[str, Optional[str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: Dict[str, Optional[str]] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> Optional[Dict[str, Any]]:
+    """Name, driver, CUDA and cuDNN of the first visible GPU (None on the CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    driver = None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}", "memory_bytes": props.total_memory,
+            "count": torch.cuda.device_count(), "driver": driver, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+
+
+def determinism_settings() -> Dict[str, Any]:
+    import torch
+
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+def thread_settings() -> Dict[str, Any]:
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "cpu_count": os.cpu_count(),
+            **{k.lower(): os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+
+
+def environment() -> Dict[str, Any]:
+    """Everything about the machine and the software stack that can change a produced number."""
+    import torch
+
+    gpu = gpu_info()
+    return {"mmbench_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
+            "python": platform.python_version(), "host": platform.node(), "platform": platform.platform(),
+            "packages": package_versions(), "cpu": cpu_model(), "gpu": gpu,
+            "device": gpu["name"] if gpu else f"cpu ({cpu_model()})",
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "threads": thread_settings(), "determinism": determinism_settings()}
+
+
+def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of a run's provenance that can change its numbers, flattened: the report flags a cell whose
+    runs disagree on any of them (code, data, classifiers, FID weights, numerical packages)."""
+    clf = prov.get("classifiers") or {}
+    out = {"mmbench commit": prov.get("git_commit"), "dataset digest": prov.get("dataset_digest"),
+           "classifier set": f"{clf.get('set')}:{clf.get('digest')}" if clf else None,
+           "FID weights": prov.get("fid_weights_sha256")}
+    packages = prov.get("packages") or {"torch": prov.get("torch_version")}
+    out.update({name: v for name, v in packages.items()})
+    return out
+
+
 class Run:
     """Handle on one run directory."""
 
@@ -135,14 +227,7 @@ class Run:
         atomic_json(self.dir / "progress.json", {"phase": phase, "done": done, "total": total})
 
     def provenance(self, **extra: Any) -> Dict[str, Any]:
-        import torch
-
-        prov = {
-            "mmbench_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
-            "python": platform.python_version(), "host": platform.node(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
+        prov = environment()
         prov.update(extra)
         return prov
 

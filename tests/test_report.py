@@ -189,7 +189,8 @@ def test_where_filters_and_claims(tmp_path):
     assert verdicts == {"always-better": "fails", "better-at-1": "holds", "no-runs": "missing"}
     fails = next(c for c in rep.claims if c.id == "always-better")
     assert any("method.beta=4.0: NO" in d for d in fails.details)
-    assert rep.paper_lines == ["P: 1 of 1 cells within tolerance, 1 of 3 claims hold, 1 missing"]
+    assert rep.paper_lines == ["P: 1 of 1 cells within tolerance, 1 of 3 claims hold, 1 missing; Welch vs printed "
+                               "(Holm, α=0.05): 0 consistent, 0 differ, 1 underpowered"]
     assert rep.failures == 1 and rep.missing == 1
 
     from mmbench.report import render_html, render_latex

@@ -1,6 +1,7 @@
 """What a metric sees: the model (interface only), the data splits, the eval config, classifiers."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
@@ -10,6 +11,17 @@ import torch
 from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
 from ..methods.base import MultimodalVAE
+
+
+def state_digest(modules: Dict[str, torch.nn.Module]) -> str:
+    """sha256 of the modules' parameters and buffers (names, shapes, dtypes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        for key, t in sorted(modules[name].state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}.{key}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -26,6 +38,9 @@ class EvalContext:
     progress: Callable[[str, int, int], None] = lambda *a: None
     out_dir: Optional[Path] = None  # where metrics may write arrays for the report's figures (run/artifacts)
     extra: Dict[str, object] = field(default_factory=dict)  # side outputs (e.g. classifier accuracies)
+    # What the numbers were computed with, beyond the run's config (-> provenance.json): the coherence
+    # classifiers' set and digest, the FID weights' sha256.
+    provenance: Dict[str, object] = field(default_factory=dict)
     _classifiers: Optional[Dict[str, torch.nn.Module]] = None
 
     def batches(self, split: DataSplit) -> Iterator[tuple]:
@@ -46,5 +61,7 @@ class EvalContext:
                                         self.data_root, self.progress)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
+            self.provenance["classifiers"] = {"set": "mmbench", "architecture": self.spec.classifier_for(self.variant),
+                                              "epochs": self.cfg.classifier_epochs, "digest": state_digest(clfs)}
             self._classifiers = {m: c.to(self.device).eval() for m, c in clfs.items()}
         return self._classifiers

@@ -280,6 +280,7 @@ def compute_fid(ctx: EvalContext, weights_sha256: str = FID_WEIGHTS_SHA256) -> D
         raise MMBenchError(f"fid needs at least 2 test tuples, got {n}; raise eval.test_samples / eval.fid_samples")
     subsets = [s for s in fid_subsets(model.names, cfg.fid_subsets) if model.supports(s)]  # as coherence
     net = fid_network(cfg.fid_weights, ctx.device, weights_sha256)
+    ctx.provenance["fid_weights_sha256"] = weights_sha256  # fid_network refuses any other file
     bs = cfg.fid_batch_size
     total, step = len(targets) + 1 + len(subsets), 0
     refs = {}

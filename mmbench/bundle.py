@@ -1,0 +1,174 @@
+"""Result bundles: move finished runs between machines (`mmbench export` / `mmbench import`).
+
+A bundle is a gzipped tar holding ``bundle.json`` (format, version, who made it, and the sha256 and size
+of every file) and ``runs/<run id>/...`` for each finished run: config.yaml, metrics.json,
+provenance.json, log.txt and the small artifacts the report draws; checkpoints only when asked.
+
+Import verifies every digest, checks that each run's config still hashes to its directory name, and then
+adds the runs this machine does not have. It never overwrites: a run that exists here with different
+results, or unfinished, stops the whole import before anything is written (the message names it and the
+fix); a run that exists here with the same results is skipped. Each new run is unpacked into a temporary
+folder inside the runs directory and renamed into place, so an interrupted import leaves no half run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import yaml
+
+from . import __version__
+from .config import build_run_config
+from .errors import MMBenchError
+from .results import Run, git_commit
+
+FORMAT, VERSION = "mmbench-bundle", 1
+MANIFEST = "bundle.json"
+RUN_FILES = ("config.yaml", "metrics.json", "provenance.json", "log.txt")
+ARTIFACT_MAX_BYTES = 20 * 2 ** 20  # larger artifacts stay behind (the report's arrays are far smaller)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _run_files(run_dir: Path, checkpoints: bool) -> List[Path]:
+    files = [run_dir / f for f in RUN_FILES if (run_dir / f).is_file()]
+    art = run_dir / "artifacts"
+    if art.is_dir():
+        files += sorted(p for p in art.rglob("*") if p.is_file() and p.stat().st_size <= ARTIFACT_MAX_BYTES)
+    if checkpoints and (run_dir / "checkpoints").is_dir():
+        files += sorted(p for p in (run_dir / "checkpoints").rglob("*") if p.is_file())
+    return files
+
+
+def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[Path]:
+    """Run directories with metrics.json (optionally only these ids)."""
+    if not runs_dir.is_dir():
+        return []
+    wanted = set(ids) if ids is not None else None
+    return [d for d in sorted(runs_dir.iterdir())
+            if d.is_dir() and (d / "metrics.json").is_file() and (wanted is None or d.name in wanted)]
+
+
+def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, checkpoints: bool = False) -> Dict:
+    """Write a bundle of the finished runs (all, or those of `ids`); returns its manifest."""
+    dirs = finished_runs(Path(runs_dir), ids)
+    if not dirs:
+        raise MMBenchError(f"no finished runs to export in {runs_dir}" + (" for that suite" if ids is not None else "")
+                           + "; run them first (mmbench run) or point --runs-dir at them")
+    manifest = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "mmbench_version": __version__, "git_commit": git_commit(), "checkpoints": checkpoints, "runs": {}}
+    payload = []
+    for d in dirs:
+        files = {}
+        for p in _run_files(d, checkpoints):
+            data = p.read_bytes()
+            rel = p.relative_to(d).as_posix()
+            files[rel] = {"sha256": _sha256(data), "size": len(data)}
+            payload.append((f"runs/{d.name}/{rel}", data))
+        manifest["runs"][d.name] = {"files": files}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name, data in [(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())] + payload:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return manifest
+
+
+def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
+    """The manifest and every run file, verified against the manifest's digests (else a one-line error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMBenchError(f"bundle {path} does not exist; make one with `mmbench export {path.name}`")
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {}
+            for m in tar.getmembers():
+                parts = Path(m.name).parts
+                if not m.isfile() or m.name.startswith("/") or ".." in parts:
+                    raise MMBenchError(f"bundle {path} holds {m.name!r}, which is not a plain file inside the "
+                                       f"bundle; refusing it (was it made by `mmbench export`?)")
+                members[m.name] = tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
+    try:
+        manifest = json.loads(members.pop(MANIFEST))
+    except (KeyError, ValueError):
+        raise MMBenchError(f"bundle {path} has no valid {MANIFEST}; it was not made by `mmbench export`") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise MMBenchError(f"bundle {path} is format {manifest.get('format')!r} v{manifest.get('version')}; this "
+                           f"mmbench reads {FORMAT} v{VERSION}")
+    listed = {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
+    for name in sorted(set(listed) | set(members)):
+        if name not in members:
+            raise MMBenchError(f"bundle {path} lacks {name}, which its manifest lists; the bundle is incomplete")
+        if name not in listed:
+            raise MMBenchError(f"bundle {path} holds {name}, which its manifest does not list; refusing it")
+        if _sha256(members[name]) != listed[name]["sha256"] or len(members[name]) != listed[name]["size"]:
+            raise MMBenchError(f"bundle {path}: {name} does not match its sha256 in {MANIFEST} (corrupted or "
+                               f"edited); export it again")
+    return manifest, members
+
+
+def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
+    """Merge a bundle into `runs_dir`: {"added": [...], "present": [...]} (conflicts raise, nothing written)."""
+    manifest, members = read_bundle(path)
+    runs_dir = Path(runs_dir)
+    added, present, problems = [], [], []
+    for rid, entry in sorted(manifest["runs"].items()):
+        files = {rel: members[f"runs/{rid}/{rel}"] for rel in entry["files"]}
+        for need in ("config.yaml", "metrics.json"):
+            if need not in files:
+                raise MMBenchError(f"bundle {path}: run {rid} has no {need}; it is not a finished run")
+        cfg = build_run_config(yaml.safe_load(files["config.yaml"]) or {}, f"{path}:runs/{rid}/config.yaml")
+        if cfg.run_id() != rid:
+            raise MMBenchError(f"bundle {path}: run {rid}'s config hashes to {cfg.run_id()} here; the bundle comes "
+                               f"from an mmbench whose run ids differ (its version {manifest.get('mmbench_version')}, "
+                               f"commit {manifest.get('git_commit')}); import it with that version")
+        local = Run(cfg, runs_dir)
+        if not local.dir.exists():
+            added.append(rid)
+            continue
+        mine = local.read_metrics()
+        theirs = json.loads(files["metrics.json"])
+        if mine is None:
+            problems.append(f"run {rid} exists here unfinished ({local.status()}); finish it or move {local.dir} away")
+        elif mine.get("metrics") != theirs.get("metrics"):
+            problems.append(f"run {rid} exists here with different results; keep one (move {local.dir} away to "
+                            f"take the bundle's)")
+        else:
+            present.append(rid)
+    if problems:
+        raise MMBenchError(f"bundle {path}: {len(problems)} conflicting run(s), nothing imported; first: {problems[0]}")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for rid in added:
+        tmp = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
+        try:
+            for rel in manifest["runs"][rid]["files"]:
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(members[f"runs/{rid}/{rel}"])
+            os.rename(tmp, runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return {"added": added, "present": present}

@@ -1,0 +1,56 @@
+"""The pinned environment: requirements.lock must serve pyproject.toml (make install runs the same check)."""
+import re
+import shutil
+from pathlib import Path
+
+from mmbench import lockfile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy(tmp_path):
+    for name in ("pyproject.toml", "requirements.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path / "pyproject.toml", tmp_path / "requirements.lock"
+
+
+def test_shipped_lock_serves_pyproject():
+    assert lockfile.problems(ROOT / "pyproject.toml", ROOT / "requirements.lock") == []
+    pins = lockfile.pins(ROOT / "requirements.lock")
+    # Every locked line carries hashes (pip --require-hashes installs nothing else) and the torch pair is the
+    # Makefile's.
+    text = (ROOT / "requirements.lock").read_text()
+    assert len(re.findall(r"^\S+==\S+ \\$", text, flags=re.M)) == len(pins)
+    assert text.count("--hash=sha256:") >= len(pins)
+    torch_pair = re.search(r"^TORCH\s*:=\s*(.+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1).split()
+    for pin in torch_pair:
+        name, version = pin.split("==")
+        assert pins[name] == version
+
+
+def test_edited_pyproject_is_refused(tmp_path):
+    pyproject, lock = _copy(tmp_path)
+    pyproject.write_text(pyproject.read_text().replace('"tabulate>=0.9",', '"tabulate>=0.9",\n    "einops>=0.7",'))
+    found = lockfile.problems(pyproject, lock)
+    assert any("changed since requirements.lock was made; run `make lock`" in p for p in found)
+    assert any(p.startswith("einops (pyproject.toml) is not pinned") for p in found)
+    assert lockfile.main(["check", str(lock)]) == 0  # cwd is the repository root: its own files still agree
+
+
+def test_pin_outside_the_range_is_refused(tmp_path):
+    pyproject, lock = _copy(tmp_path)
+    lock.write_text(re.sub(r"^pyyaml==\S+", "pyyaml==5.4.1", lock.read_text(), flags=re.M))
+    assert lockfile.problems(pyproject, lock) == [
+        "pyyaml==5.4.1 in requirements.lock does not satisfy pyproject.toml's 'pyyaml>=6'; run `make lock`"]
+    lines = [l for l in lock.read_text().splitlines() if not l.startswith(lockfile.STAMP)]
+    lock.write_text("\n".join(lines))
+    assert any("has no" in p for p in lockfile.problems(pyproject, lock))
+
+
+def test_stamp_makes_an_edited_lock_current(tmp_path):
+    pyproject, lock = _copy(tmp_path)
+    pyproject.write_text(pyproject.read_text().replace('"pyyaml>=6"', '"pyyaml>=6.0"'))
+    assert lockfile.problems(pyproject, lock)
+    lockfile.stamp(pyproject, lock)
+    assert lockfile.problems(pyproject, lock) == []
+    assert lock.read_text().count(lockfile.STAMP) == 1

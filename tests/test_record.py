@@ -1,0 +1,194 @@
+"""The reproducible record: complete provenance, honest aggregation of mixed runs, result bundles."""
+import io
+import json
+import tarfile
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from typer.testing import CliRunner
+
+from mmbench.bundle import export_runs, import_bundle, read_bundle
+from mmbench.cli import app
+from mmbench.config import build_run_config
+from mmbench.errors import MMBenchError
+from mmbench.evaluate import execute
+from mmbench.metrics.context import state_digest
+from mmbench.report import build_report, render_markdown
+from mmbench.results import NUMERIC_PACKAGES, Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_run(runs_dir, seed, metrics, prov=None, tables=("T1",), method="mopoe"):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": list(tables)})
+    run = Run(cfg, runs_dir)
+    run.init()
+    (run.dir / "provenance.json").write_text(json.dumps(prov if prov is not None else run.provenance()))
+    run.log("trained")
+    run.write_metrics(metrics)
+    return run
+
+
+def test_provenance_records_what_can_change_a_number(tmp_path, data_root):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+                            "train": {"epochs": 1, "batch_size": 64, "max_train": 128},
+                            "eval": {"metrics": ["coherence"], "test_samples": 64, "classifier_epochs": 1,
+                                     "classifier_min_accuracy": 0.0, "joint_samples": 16}})
+    run = Run(cfg, tmp_path / "runs")
+    execute(run, data_root)
+    prov = json.loads((run.dir / "provenance.json").read_text())
+    assert prov["packages"] == {p: version(p) for p in NUMERIC_PACKAGES}
+    assert prov["cpu"] and prov["gpu"] is None  # the tests hide every GPU
+    assert prov["threads"]["torch_threads"] == torch.get_num_threads()
+    assert prov["determinism"]["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
+    assert set(prov["determinism"]) >= {"cudnn_deterministic", "cudnn_benchmark", "cuda_matmul_allow_tf32"}
+    manifest = json.loads(next((data_root / "polydigits").glob("*/manifest.json")).read_text())
+    from mmbench.data.base import manifest_digest
+
+    assert prov["dataset_digest"] == manifest_digest(manifest)
+    # The classifier digest is the digest of the classifiers coherence used (the cached files).
+    clf_dir = next((data_root / "classifiers").iterdir())
+    from mmbench.metrics.classifiers import build
+    from mmbench.registry import DATASETS
+
+    spec = DATASETS.get("polydigits")()
+    mods = {m.name: m for m in spec.modalities("vanilla")}
+    clfs = {}
+    for name, mod in mods.items():
+        clfs[name] = build(spec, mod, "vanilla")
+        clfs[name].load_state_dict(torch.load(clf_dir / f"{name}.pt"))
+    assert prov["classifiers"] == {"set": "mmbench", "architecture": spec.classifier_for("vanilla"), "epochs": 1,
+                                   "digest": state_digest(clfs)}
+    with torch.no_grad():
+        next(iter(clfs["m0"].parameters())).view(-1)[0] += 1e-3
+    assert state_digest(clfs) != prov["classifiers"]["digest"]
+
+
+def _refs(tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"cells": [
+        {"paper": "P", "table": "T1", "row": "MoPoE", "column": "Joint", "method": "mopoe",
+         "metric": "coherence/joint", "value": 0.35, "tolerance": 0.06}]}))
+    return refs
+
+
+def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path):
+    runs = tmp_path / "runs"
+    base = {"git_commit": "aaa", "dataset_digest": "d1", "packages": {"torch": "2.14.1", "numpy": "2.4.6"}}
+    fake_run(runs, 0, {"coherence/joint": 0.30}, base)
+    fake_run(runs, 1, {"coherence/joint": 0.40}, base)
+    refs = _refs(tmp_path)
+    rep = build_report(runs, refs)
+    assert rep.cells[0].mixed == [] and rep.mixed == []
+    fake_run(runs, 2, {"coherence/joint": 0.35}, {**base, "git_commit": "bbb", "packages": {"torch": "2.14.1",
+                                                                                            "numpy": "2.5.0"}})
+    rep = build_report(runs, refs)
+    assert rep.cells[0].mixed == ["mmbench commit", "numpy"] and rep.cells[0].status == "pass"
+    md = render_markdown(rep.summaries, rep.refs)
+    assert "⚠ mixed mmbench commit, numpy" in md
+    assert "1 pool runs whose provenance differs" in md
+    cli = ["report", "--runs-dir", str(runs), "--compare", str(refs), "--format", "md"]
+    ok = CliRunner().invoke(app, cli)
+    assert ok.exit_code == 0, ok.output
+    refused = CliRunner().invoke(app, cli + ["--refuse-mixed"])
+    assert refused.exit_code == 1
+    said = " ".join(refused.output.split())
+    assert "1 cells pool runs whose provenance differs (--refuse-mixed)" in said
+    assert "mmbench commit, numpy" in said
+
+
+def test_bundle_round_trip_gives_the_same_report(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a, 0, {"coherence/joint": 0.30})
+    r1 = fake_run(a, 1, {"coherence/joint": 0.40})
+    (r1.dir / "artifacts").mkdir()
+    (r1.dir / "artifacts" / "latents.npz").write_bytes(b"x" * 100)
+    (r1.dir / "checkpoints").mkdir()
+    (r1.dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    unfinished = Run(build_run_config({"dataset": "polydigits", "seed": 7}), a)
+    unfinished.init()
+    manifest = export_runs(a, tmp_path / "x.tar.gz")
+    assert sorted(manifest["runs"]) == sorted(p.name for p in a.iterdir() if (p / "metrics.json").exists())
+    assert "checkpoints/last.pt" not in manifest["runs"][r1.id]["files"]
+    assert "artifacts/latents.npz" in manifest["runs"][r1.id]["files"]
+    res = import_bundle(tmp_path / "x.tar.gz", b)
+    assert sorted(res["added"]) == sorted(manifest["runs"]) and res["present"] == []
+    refs = _refs(tmp_path)
+    ra, rb = build_report(a, refs), build_report(b, refs)
+    assert render_markdown(ra.summaries, ra.refs) == render_markdown(rb.summaries, rb.refs)
+    for rid in manifest["runs"]:
+        for f in ("config.yaml", "metrics.json", "provenance.json", "log.txt"):
+            assert (a / rid / f).read_bytes() == (b / rid / f).read_bytes()
+    assert not list(b.glob(".import-*"))
+    # Importing again adds nothing and changes nothing; checkpoints travel only when asked.
+    assert import_bundle(tmp_path / "x.tar.gz", b) == {"added": [], "present": sorted(manifest["runs"])}
+    with_ckpt = export_runs(a, tmp_path / "y.tar.gz", checkpoints=True)
+    assert "checkpoints/last.pt" in with_ckpt["runs"][r1.id]["files"]
+
+
+def test_import_refuses_conflicts_and_writes_nothing(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a, 0, {"coherence/joint": 0.30})
+    fake_run(a, 1, {"coherence/joint": 0.40})
+    export_runs(a, tmp_path / "x.tar.gz")
+    mine = fake_run(b, 1, {"coherence/joint": 0.41})  # same run id, other results
+    before = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    with pytest.raises(MMBenchError, match=rf"1 conflicting run\(s\), nothing imported; first: run {mine.id} exists "
+                                           r"here with different results"):
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
+    (mine.dir / "metrics.json").unlink()  # now unfinished here: still refused, never overwritten
+    with pytest.raises(MMBenchError, match="exists here unfinished"):
+        import_bundle(tmp_path / "x.tar.gz", b)
+
+
+def _rewrite(src, dst, edit):
+    with tarfile.open(src, "r:gz") as tin, tarfile.open(dst, "w:gz") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read()
+            name, data = edit(m.name, data)
+            if name is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+
+
+def test_import_verifies_digests_and_paths(tmp_path):
+    a = tmp_path / "a"
+    run = fake_run(a, 0, {"coherence/joint": 0.30})
+    good = tmp_path / "x.tar.gz"
+    export_runs(a, good)
+    read_bundle(good)
+    edited = tmp_path / "edited.tar.gz"
+    _rewrite(good, edited, lambda n, d: (n, d.replace(b"0.3", b"0.9") if n.endswith("metrics.json") else d))
+    with pytest.raises(MMBenchError, match=rf"runs/{run.id}/metrics.json does not match its sha256"):
+        import_bundle(edited, tmp_path / "b")
+    dropped = tmp_path / "dropped.tar.gz"
+    _rewrite(good, dropped, lambda n, d: (None, d) if n.endswith("log.txt") else (n, d))
+    with pytest.raises(MMBenchError, match="lacks .*log.txt, which its manifest lists"):
+        import_bundle(dropped, tmp_path / "b")
+    escape = tmp_path / "escape.tar.gz"
+    _rewrite(good, escape, lambda n, d: (n.replace("runs/", "runs/../../"), d) if n.endswith("log.txt") else (n, d))
+    with pytest.raises(MMBenchError, match="not a plain file inside the bundle"):
+        import_bundle(escape, tmp_path / "b")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(MMBenchError, match="is not a readable .tar.gz"):
+        import_bundle(tmp_path / "junk.tar.gz", tmp_path / "b")
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_export_import_cli(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a, 0, {"coherence/joint": 0.30})
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "x.tar.gz"), "--runs-dir", str(a)])
+    assert out.exit_code == 0 and "1 finished runs" in " ".join(out.output.split()), out.output
+    out = CliRunner().invoke(app, ["import", str(tmp_path / "x.tar.gz"), "--runs-dir", str(b)])
+    assert out.exit_code == 0 and "1 runs added" in " ".join(out.output.split()), out.output
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "y.tar.gz"), "--runs-dir", str(tmp_path / "none")])
+    assert isinstance(out.exception, MMBenchError) and "no finished runs to export" in str(out.exception)

@@ -1,0 +1,117 @@
+"""Statistical verdicts (Welch + Holm) and the tidy csv/json export of the report."""
+import io
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+from mmbench.config import build_run_config
+from mmbench.errors import ConfigError
+from mmbench.report import build_report, render_markdown
+from mmbench.results import Run
+from mmbench.verdicts import TIDY_COLUMNS, holm, welch_p
+
+
+def test_welch_p_matches_the_textbook_formula():
+    m1, s1, n1, m2, s2, n2 = 0.71, 0.03, 4, 0.80, 0.02, 5
+    v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
+    t = (m1 - m2) / math.sqrt(v1 + v2)
+    df = (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))  # Welch-Satterthwaite
+    assert welch_p(m1, s1, n1, m2, s2, n2) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert welch_p(0.5, None, 1, 0.5, 0.1, 5) is None  # one produced run: no std
+    assert welch_p(0.5, 0.0, 3, 0.6, 0.0, 5) is None  # both stds zero: undefined
+
+
+def test_holm_known_answer():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 1*0.04): in input order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def fake_run(runs_dir, method, seed, metrics, tables=("T1",)):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": list(tables)})
+    run = Run(cfg, runs_dir)
+    run.init()
+    run.write_metrics(metrics)
+    return run.id
+
+
+def _setup(tmp_path):
+    runs = tmp_path / "runs"
+    near = [0.50, 0.52, 0.48, 0.51, 0.49]  # mean 0.50, sample std 0.0158
+    far = [0.70, 0.71, 0.69, 0.72, 0.68]  # mean 0.70
+    ids = []
+    for seed, (a, b) in enumerate(zip(near, far)):
+        ids.append(fake_run(runs, "mopoe", seed, {"coherence/joint": a, "latent_acc_by_n/1": b}))
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.3})
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    base = {"paper": "P", "table": "T1", "row": "MoPoE"}
+    (refs / "p.yaml").write_text(yaml.safe_dump({"runs": 5, "cells": [
+        {**base, "column": "joint", "method": "mopoe", "metric": "coherence/joint", "value": 0.51, "std": 0.02,
+         "tolerance": 0.04},
+        {**base, "column": "acc", "method": "mopoe", "metric": "latent_acc_by_n/1", "value": 0.60, "std": 0.02,
+         "tolerance": 0.2},
+        {**base, "row": "MVAE", "column": "joint", "method": "mvae", "metric": "coherence/joint", "value": 0.3,
+         "std": 0.01, "tolerance": 0.02},
+        {**base, "row": "MVAE", "column": "none", "method": "mvae", "metric": "coherence/joint", "value": 0.3,
+         "tolerance": 0.02, "runs": 3}]}))
+    return runs, refs, ids
+
+
+def test_verdicts_per_cell_and_paper_line(tmp_path):
+    runs, refs, ids = _setup(tmp_path)
+    rep = build_report(runs, refs)
+    cells = {(c.row, c.column): c for c in rep.cells}
+    joint, acc = cells[("MoPoE", "joint")], cells[("MoPoE", "acc")]
+    assert joint.paper_runs == 5 and cells[("MVAE", "none")].paper_runs == 3
+    p_joint = welch_p(0.50, pd.Series([0.50, 0.52, 0.48, 0.51, 0.49]).std(), 5, 0.51, 0.02, 5)
+    p_acc = welch_p(0.70, pd.Series([0.70, 0.71, 0.69, 0.72, 0.68]).std(), 5, 0.60, 0.02, 5)
+    assert joint.p_value == pytest.approx(p_joint) and acc.p_value == pytest.approx(p_acc)
+    assert [joint.p_holm, acc.p_holm] == pytest.approx(holm([p_joint, p_acc]))
+    assert (joint.verdict, acc.verdict) == ("consistent", "differs")
+    assert acc.status == "pass"  # inside the wide fixed tolerance, yet the test says it differs
+    assert cells[("MVAE", "joint")].verdict == "underpowered"  # one produced run
+    assert cells[("MVAE", "none")].verdict == "underpowered"  # no printed std
+    line = rep.paper_lines[0]
+    assert line.endswith("Welch vs printed (Holm, α=0.05): 1 consistent, 1 differ, 2 underpowered")
+    md = render_markdown(rep.summaries, rep.refs)
+    assert f"| differs (p_Holm {acc.p_holm:.2g})" in md and "| underpowered" in md
+    assert acc.runs == sorted(ids)
+
+
+def test_bad_paper_runs_is_named(tmp_path):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"runs": "five", "cells": [
+        {"paper": "P", "table": "T", "row": "r", "column": "c", "method": "mopoe", "metric": "m", "value": 1,
+         "tolerance": 0.1}]}))
+    with pytest.raises(ConfigError, match=r"p.yaml: runs.*positive integer"):
+        build_report(tmp_path / "runs", tmp_path)
+
+
+def test_tidy_csv_and_json(tmp_path):
+    runs, refs, ids = _setup(tmp_path)
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs),
+                                                   "--format", "csv", "--allow-missing"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(io.StringIO(res.stdout))
+    assert list(df.columns) == TIDY_COLUMNS and len(df) == 4
+    acc = df[(df["row"] == "MoPoE") & (df["column"] == "acc")].iloc[0]
+    assert acc["produced_mean"] == pytest.approx(0.70) and acc["n_runs"] == 5 and acc["paper_runs"] == 5
+    assert acc["difference"] == pytest.approx(0.10) and acc["tolerance_verdict"] == "pass"
+    assert acc["welch_verdict"] == "differs" and acc["run_ids"].split(";") == sorted(ids)
+    assert "reference cells within tolerance" in res.stderr  # the summary stays off the data stream
+    out = tmp_path / "cells.json"
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs), "--format", "json",
+                                   "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert pd.DataFrame(rows).shape == (4, len(TIDY_COLUMNS))
+    assert {r["welch_verdict"] for r in rows} == {"consistent", "differs", "underpowered"}
+    # Without references: one row per (runs group, metric) of the produced aggregates.
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--format", "csv"])
+    df = pd.read_csv(io.StringIO(res.stdout))
+    assert len(df) == 3 and set(df["n_runs"]) == {5, 1}
