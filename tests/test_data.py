@@ -129,6 +129,67 @@ def test_corrupted_array_is_refused(tmp_path):
     load_split(spec, "translated", "test", tmp_path)
 
 
+def test_tampered_datasets_are_refused(tmp_path):
+    """verify(): a same-size edit with the mtime restored, a missing array, an edited manifest.json and an
+    array whose header disagrees with the manifest are refused; an intact copy (new file stamps) loads and
+    its stamps are refreshed so the next load takes the fast path."""
+    import json
+    import os
+    import shutil
+
+    from mmbench.data.base import file_stamp
+
+    spec = DATASETS.get("polydigits")()
+    built = prepare(spec, "translated", seed=0, data_root=tmp_path / "built")
+
+    def copy(name):
+        root = tmp_path / name
+        shutil.copytree(built, dataset_dir("polydigits", "translated", root))  # new ctimes: a full check once
+        load_split(spec, "translated", "test", root)
+        path = dataset_dir("polydigits", "translated", root)
+        manifest = read_manifest(path)
+        assert all(manifest["arrays"][k]["stat"] == file_stamp(path / f"{k}.npy") for k in manifest["arrays"])
+        return root, path
+
+    def refused(root, match):
+        with pytest.raises(MMBenchError, match=match) as e:
+            load_split(spec, "translated", "test", root)
+        assert "mmbench prepare polydigits --variant translated --force" in str(e.value)
+
+    # same-size edit of the data, mtime (and atime) set back
+    root, path = copy("same-size")
+    f = path / "test_m1.npy"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    refused(root, r"test_m1.npy does not match its manifest \(sha256")
+
+    # a missing array
+    root, path = copy("missing")
+    (path / "test_labels.npy").unlink()
+    refused(root, "is missing test_labels.npy")
+
+    # manifest.json edited (here: the seed), or an array's recorded checksum replaced
+    root, path = copy("manifest")
+    m = read_manifest(path)
+    m["seed"] = 1
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    refused(root, r"manifest.json was edited")
+    m = read_manifest(built)
+    m["arrays"]["test_m0"]["sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    refused(root, r"manifest.json was edited")
+
+    # an array with the same bytes but another shape in its header (shape and dtype are always checked)
+    root, path = copy("shape")
+    arr = np.load(path / "test_m2.npy")
+    np.save(path / "test_m2.npy", arr.reshape(len(arr), 3, 14, 56))
+    refused(root, r"test_m2.npy holds a uint8 array of shape \[\d+, 3, 14, 56\], the manifest says uint8")
+
+
 def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     spec = DATASETS.get("polydigits")()
 
