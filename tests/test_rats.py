@@ -104,10 +104,10 @@ def fixture_tables(root):
 def test_trial_counts(which, tmp_path):
     """Pairing by odor and within-odor rank keeps min over rats trials per odor: 54 / 36 / 27 / 36 with the
     deposit's tables, 153 trials x 16 sub-windows = 2,448 samples (MM-VAMP App. B.4). The fixture tables
-    always run; the real tables only where ../shared/data/rats-trial-info exists."""
+    always run; the deposit's real tables only where a copy of them is present (TRIAL_INFO)."""
     if which == "shared" and not TRIAL_INFO.exists():
-        pytest.skip("not checking the counts on the deposit's real trial_info tables: ../shared/data/rats-trial-info "
-                    "is absent (the fixture case checks the same counts on tables written by the test)")
+        pytest.skip(f"not checking the counts on the deposit's real trial_info tables: no copy at {TRIAL_INFO} "
+                    "(the fixture case checks the same counts on tables written by the test)")
     root = fixture_tables(tmp_path) if which == "fixture" else TRIAL_INFO
     tables = {rat: rats.read_trial_info(root / f"{rat.capitalize()}_trial_info.npy") for rat in rats.RATS}
     pairs = rats.pair_trials(tables, "all")
