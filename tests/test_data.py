@@ -219,7 +219,8 @@ def test_tampered_datasets_are_refused(tmp_path):
         load_split(spec, "translated", "test", root)
         path = dataset_dir("polydigits", "translated", root)
         manifest = read_manifest(path)
-        assert all(manifest["arrays"][k]["stat"] == file_stamp(path / f"{k}.npy") for k in manifest["arrays"])
+        assert all(manifest["stamps"][k] == file_stamp(path / f"{k}.npy") for k in manifest["arrays"])
+        assert manifest["arrays"] == read_manifest(built)["arrays"]  # as built: the dataset digest is unchanged
         return root, path
 
     def refused(root, match):
