@@ -528,6 +528,9 @@ def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metri
     console.print(t)
 
 
+INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume from their last checkpoint"
+
+
 def main() -> None:
     try:
         app()
@@ -535,8 +538,12 @@ def main() -> None:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished work is kept and unfinished runs resume from their last checkpoint")
+        err_console.print(INTERRUPTED)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
+            err_console.print(INTERRUPTED)
+        raise
 
 
 if __name__ == "__main__":

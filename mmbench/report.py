@@ -218,7 +218,7 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
         sel = select(frame, c.table, c.method, c.metric, c.where)
         if len(sel):
             c.produced = float(sel["value"].mean())
-            c.produced_std = float(sel["value"].std(ddof=1)) if len(sel) > 1 else 0.0  # sample std, as papers
+            c.produced_std = float(sel["value"].std(ddof=1)) if len(sel) > 1 else 0.0  # sample std, as the summary tables
             c.n_runs = len(sel)
             c.runs = sorted(sel["run"])
             c.mixed = mixed_fields(sel)

@@ -30,6 +30,9 @@ def main(run_dir: str) -> int:
     except MMBenchError as e:
         print(f"error: {e}", flush=True)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: a line in log.txt, not a traceback
+        print("interrupted; the run resumes from its last checkpoint", flush=True)
+        return 130
     return 0
 
 

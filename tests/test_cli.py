@@ -79,10 +79,23 @@ def test_suite_end_to_end(workspace):
         assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
 
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
+    (refused,) = [ws / "runs" / n for n in runs if ws / "runs" / n not in done]
+    trained = (refused / "checkpoints" / "last.pt").read_bytes()
     r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
-    assert r.stdout.count("done") == 2 + 1 and "2 done" in r.stdout
+    assert r.stdout.count("done") == 2 + 1 and "2 done, 1 partial" in r.stdout
+    # Again: finished runs are skipped, the trained-but-refused run is evaluated again (not retrained) and
+    # refused again.
+    r = mmbench("run", ws / "suite.yaml", env=env)
+    assert r.returncode == 1 and "2 of 3 runs finished" in r.stdout and "runs (2 already done)" in r.stderr
+    assert r.stderr.count("FAILED") == 1 and refused.name in r.stderr and "classifier_min_accuracy" in r.stderr
+    assert (refused / "checkpoints" / "last.pt").read_bytes() == trained
+    assert "resumed from" in (refused / "log.txt").read_text()
     r = mmbench("run", ws / "suite.yaml", "--set", "eval.classifier_min_accuracy=0.0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "3 of 3 runs finished" in r.stdout and "FAILED" not in r.stderr and "runs (2 already done)" in r.stderr
     assert all((d / "metrics.json").stat().st_mtime_ns == t for d, t in mtimes.items())  # finished runs skipped
+    new = [p for p in (ws / "runs").iterdir() if p.name not in runs]  # the threshold is part of the run id
+    assert len(new) == 1 and (new[0] / "metrics.json").exists() and "-mvae-" in new[0].name
 
     r = mmbench("report", "--plots", ws / "plots", env=env)
     assert r.returncode == 0 and "polydigits (vanilla)" in r.stdout and "mopoe" in r.stdout
@@ -100,6 +113,19 @@ def test_suite_end_to_end(workspace):
     reference(ws / "refs" / "tiny.yaml", [cell(value=-1.0, tolerance=0.0)])
     r = mmbench("report", "--compare", ws / "refs", "--allow-missing", env=env)
     assert r.returncode == 1 and "1 failing" in r.stdout
+
+    # Claims through the CLI: everything passing exits 0 without --allow-missing; one failing claim exits 1.
+    side = {"method": "mopoe", "metric": "coherence/joint"}
+    claim = {"id": "c", "paper": "Tiny", "figure": "Tiny Table", "quote": "q", "source": "p. 1",
+             "holds": [{"left": side, "op": ">=", "right": 0.0}, {"left": side, "op": "<=", "right": 1.0}]}
+    (ws / "refs" / "tiny.yaml").write_text(yaml.safe_dump({"paper": "Tiny", "cells": [cell()], "claims": [claim]}))
+    r = mmbench("report", "--compare", ws / "refs", env=env)
+    assert r.returncode == 0, r.stdout
+    assert "1 of 1 reference cells within tolerance, 1 of 1 claims hold; 0 failing, 0 missing" in r.stdout
+    claim["holds"].append({"left": side, "op": "<", "right": 0.0})
+    (ws / "refs" / "tiny.yaml").write_text(yaml.safe_dump({"paper": "Tiny", "cells": [cell()], "claims": [claim]}))
+    r = mmbench("report", "--compare", ws / "refs", env=env)
+    assert r.returncode == 1 and "0 of 1 claims hold; 1 failing, 0 missing" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -23,6 +23,29 @@ def backgrounds(seed=0, M=5):
     return make_backgrounds(M, np.random.default_rng(seed), size=40)
 
 
+def class_squares(variant):
+    """Source digits whose class can be read off the image: class c is a filled square of side 6 + c at
+    rows 10.. (below the extended variant's 10-pixel corner band), three instances per class; for the
+    translated variant (scaled by 0.75) of side 4 + 2c, so the scaled areas stay distinct."""
+    labels = np.repeat(np.arange(10), 3)
+    digits = np.zeros((len(labels), 28, 28), np.uint8)
+    for i, c in enumerate(labels):
+        if variant == "translated":
+            digits[i, 3:7 + 2 * c, 3:7 + 2 * c] = 255
+        else:
+            digits[i, 10:16 + c, 6:12 + c] = 255
+    return digits, labels
+
+
+def inverted_pixels(img, m):
+    """Digit pixels of modality m's T×3×28×28 images: closer to the inverted background colour than to it."""
+    from mmbench.data.polydigits import PALETTE
+
+    base = np.array(PALETTE[m])[None, :, None, None] * 255
+    x = img.astype(float)
+    return np.abs(x - (255 - base)).sum(1) < np.abs(x - base).sum(1)
+
+
 @pytest.mark.parametrize("variant", polygen.VARIANTS)
 def test_generate_is_seeded_and_labels_agree(variant):
     digits, labels = fake_sources()
@@ -32,7 +55,22 @@ def test_generate_is_seeded_and_labels_agree(variant):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["m0"], c["m0"])
     assert a["m0"].shape == (2 * len(labels), 3, 28, 28) and a["m0"].dtype == np.uint8
-    assert len(a["labels"]) == 2 * len(labels)
+    # every modality of every tuple shows a digit of the tuple's label
+    digits, labels = class_squares(variant)
+    out = polygen.generate(digits, labels, backgrounds(), variant, 2, np.random.default_rng(7))
+    assert len(out["labels"]) == 2 * len(labels) and sorted(out["labels"]) == sorted(np.tile(labels, 2))
+    if variant == "translated":
+        small = polygen.resize_digits(digits, polygen.TRANSLATE_SIZE) > 128
+        area = {int(c): int(small[labels == c][0].sum()) for c in range(10)}
+        rows = slice(0, 28)
+    else:
+        area = {int(c): int((digits[labels == c][0] > 128).sum()) for c in range(10)}
+        rows = slice(10, 28)  # below the corner digits
+    assert len(set(area.values())) == 10  # the area tells the class
+    of_area = {a_: c_ for c_, a_ in area.items()}
+    for m in range(5):
+        seen = inverted_pixels(out[f"m{m}"], m)[:, rows].sum((1, 2))
+        assert [of_area.get(int(n), -1) for n in seen] == out["labels"].tolist(), f"modality m{m}"
 
 
 def test_pairing_keeps_class_and_uses_each_source_once_per_modality_and_round():
@@ -55,10 +93,17 @@ def test_vanilla_inverts_background_exactly_at_digit_pixels():
     masks, _ = polygen.digit_masks(digits, labels, tuples, "vanilla", rng)
     imgs = polygen.compose(masks, bgs, np.random.default_rng(4))
     assert np.array_equal(masks[:, 0], digits[tuples[:, 0]] > 128)
-    # a digit pixel and its background neighbourhood are complementary in colour space
-    img = imgs[0][0].astype(int)  # 3×28×28
-    inside, outside = img[:, 14, 14], img[:, 2, 2]
-    assert (np.abs(inside - (255 - outside)) < 40).all()
+    for t in range(4):
+        for m in range(5):
+            img = imgs[m][t].transpose(1, 2, 0).astype(int)  # 28×28×3
+            mask = masks[t, m]
+            assert 0 < mask.sum() < mask.size
+            # the background crop: the offsets whose pixels equal the image everywhere outside the digit
+            H, W = bgs[m].shape[:2]
+            crops = [bgs[m][r:r + 28, c:c + 28].astype(int) for r in range(H - 27) for c in range(W - 27)]
+            fits = [cr for cr in crops if np.array_equal(cr[~mask], img[~mask])]
+            assert fits, f"tuple {t} m{m}: no crop of the background matches outside the digit"
+            assert any(np.array_equal(img[mask], 255 - cr[mask]) for cr in fits)  # digit pixels: exactly 255 - crop
 
 
 def test_translated_digits_stay_inside_canvas():
@@ -81,14 +126,36 @@ def test_extended_corner_labels_follow_the_ring():
     out = polygen.generate(digits, labels, backgrounds(), "extended", 2, np.random.default_rng(0))
     corner = out["extra_corner"]
     assert corner.shape == (len(out["labels"]), 5) and corner.min() >= 0 and corner.max() <= 9
-    # Modality m shows pair (m-1) top-left and pair m top-right, so each pair label appears in exactly
-    # two modalities: m's right corner and (m+1)'s left corner. Check it on the pixels: the corner
-    # regions are not plain background.
     for m in range(5):
         img = out[f"m{m}"].astype(int)
         for cols in (slice(0, 10), slice(18, 28)):
             region = img[:, :, :10, cols]
             assert (region.max(axis=(1, 2, 3)) - region.min(axis=(1, 2, 3)) > 60).mean() > 0.9
+
+
+def test_extended_corner_digits_show_their_ring_pair_label():
+    """Modality m's top-left corner shows a source digit of label corner[:, m-1] and its top-right corner one
+    of corner[:, m]: each pair label (p, p+1) appears in exactly modality p's right and p+1's left corner.
+    Read on the masks: every source's 10×10 corner mask is distinct (noise digits), so the pasted source,
+    and its label, can be identified."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 4)
+    digits = np.zeros((len(labels), 28, 28), np.uint8)
+    # noise below the corner band (rows 0..9 stay empty in the main digit): distinct 10×10 corner masks
+    digits[:, 12:, :] = rng.integers(0, 256, size=(len(labels), 16, 28))
+    small = polygen.resize_digits(digits, polygen.CORNER_SIZE) > 128
+    keys = {small[i].tobytes(): i for i in range(len(labels))}
+    assert len(keys) == len(labels)
+    tuples = polygen.pair_indices(labels, 5, 2, np.random.default_rng(1))
+    masks, extra = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(2))
+    corner = extra["corner"]
+    assert not (digits[:, :10] > 128).any()
+    for t in range(len(tuples)):
+        for m in range(5):
+            for p, cols in (((m - 1) % 5, slice(0, 10)), (m, slice(18, 28))):
+                src = keys.get(masks[t, m, :10, cols].tobytes())
+                assert src is not None, (t, m, p)
+                assert labels[src] == corner[t, p], (t, m, p)
 
 
 def test_polydigits_sources_split_is_disjoint():
@@ -103,7 +170,11 @@ def test_prepare_is_idempotent_seeded_and_verified(tmp_path, data_root):
     spec = DATASETS.get("polydigits")()
     path = dataset_dir("polydigits", "vanilla", data_root)
     manifest = read_manifest(path)
-    assert manifest["counts"]["train"] > 8000 and manifest["seed"] == 0
+    # the recipe: 1,797 sources split 80/20 (stratified) -> 1,437 / 360 images, paired x6 and x3
+    tr, te = split_sources(source_digits()[1], spec.test_fraction, 0)
+    assert (len(tr), len(te)) == (1437, 360)
+    assert manifest["counts"] == {"train": 1437 * 6, "test": 360 * 3} == {"train": 8622, "test": 1080}
+    assert manifest["seed"] == 0
     mtime = (path / "manifest.json").stat().st_mtime_ns
     assert prepare(spec, "vanilla", seed=0, data_root=data_root) == path  # no-op
     assert (path / "manifest.json").stat().st_mtime_ns == mtime
@@ -127,6 +198,68 @@ def test_corrupted_array_is_refused(tmp_path):
         load_split(spec, "translated", "test", tmp_path)
     prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
     load_split(spec, "translated", "test", tmp_path)
+
+
+def test_tampered_datasets_are_refused(tmp_path):
+    """verify(): a same-size edit with the mtime restored, a missing array, an edited manifest.json and an
+    array whose header disagrees with the manifest are refused; an intact copy (new file stamps) loads and
+    its stamps are refreshed so the next load takes the fast path."""
+    import json
+    import os
+    import shutil
+
+    from mmbench.data.base import file_stamp
+
+    spec = DATASETS.get("polydigits")()
+    built = prepare(spec, "translated", seed=0, data_root=tmp_path / "built")
+
+    def copy(name):
+        root = tmp_path / name
+        shutil.copytree(built, dataset_dir("polydigits", "translated", root))  # new ctimes: a full check once
+        load_split(spec, "translated", "test", root)
+        path = dataset_dir("polydigits", "translated", root)
+        manifest = read_manifest(path)
+        assert all(manifest["stamps"][k] == file_stamp(path / f"{k}.npy") for k in manifest["arrays"])
+        assert manifest["arrays"] == read_manifest(built)["arrays"]  # as built: the dataset digest is unchanged
+        return root, path
+
+    def refused(root, match):
+        with pytest.raises(MMBenchError, match=match) as e:
+            load_split(spec, "translated", "test", root)
+        assert "mmbench prepare polydigits --variant translated --force" in str(e.value)
+
+    # same-size edit of the data, mtime (and atime) set back
+    root, path = copy("same-size")
+    f = path / "test_m1.npy"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    refused(root, r"test_m1.npy does not match its manifest \(sha256")
+
+    # a missing array
+    root, path = copy("missing")
+    (path / "test_labels.npy").unlink()
+    refused(root, "is missing test_labels.npy")
+
+    # manifest.json edited (here: the seed), or an array's recorded checksum replaced
+    root, path = copy("manifest")
+    m = read_manifest(path)
+    m["seed"] = 1
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    refused(root, r"manifest.json was edited")
+    m = read_manifest(built)
+    m["arrays"]["test_m0"]["sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    refused(root, r"manifest.json was edited")
+
+    # an array with the same bytes but another shape in its header (shape and dtype are always checked)
+    root, path = copy("shape")
+    arr = np.load(path / "test_m2.npy")
+    np.save(path / "test_m2.npy", arr.reshape(len(arr), 3, 14, 56))
+    refused(root, r"test_m2.npy holds a uint8 array of shape \[\d+, 3, 14, 56\], the manifest says uint8")
 
 
 def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

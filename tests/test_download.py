@@ -16,11 +16,13 @@ PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 
 class Handler(http.server.BaseHTTPRequestHandler):
     ranges = []
+    paths = []  # every requested path, in order
 
     def log_message(self, *a):
         pass
 
     def do_GET(self):
+        Handler.paths.append(self.path)
         mode, _, name = self.path.strip("/").partition("/")
         body = self.server.files.get(name)
         if body is None:
@@ -54,6 +56,7 @@ def server():
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     Handler.ranges = []
+    Handler.paths = []
     yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
 
@@ -105,8 +108,51 @@ def test_corrupted_download_is_deleted_with_a_clear_message(server, tmp_path):
 def test_mirrors_are_tried_in_order(server, tmp_path):
     srv, url = server
     srv.files["f.bin"] = PAYLOAD
-    path = fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/nothere", f"{url}/good/f.bin"]), tmp_path)
+    mirrors = [f"{url}/good/nothere", f"{url}/norange/alsonot", f"{url}/good/f.bin", f"{url}/norange/f.bin"]
+    path = fetch(Resource("f.bin", md5(PAYLOAD), mirrors), tmp_path)
     assert path.read_bytes() == PAYLOAD
+    # first to last, stopping at the first that works
+    assert Handler.paths == ["/good/nothere", "/norange/alsonot", "/good/f.bin"]
+
+
+FID_BYTES = b"not really inception weights" * 1000
+
+
+@pytest.mark.parametrize("case", ["404", "wrong-sha", "right-sha"])
+def test_fid_weights_default_download_path(server, tmp_path, monkeypatch, case):
+    """resolve_weights(None): the torch hub cache copy, downloaded from FID_WEIGHTS_URL when missing; a failed
+    or wrong-sha256 download is a hard error that leaves nothing behind."""
+    import torch
+
+    from mmbench.metrics import fid as fidm
+
+    srv, url = server
+    srv.files[fidm.FID_WEIGHTS_FILE] = FID_BYTES
+    name = fidm.FID_WEIGHTS_FILE if case != "404" else "missing.pth"
+    monkeypatch.setattr(fidm, "FID_WEIGHTS_URL", f"{url}/good/{name}")
+    old_hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        sha = hashlib.sha256(FID_BYTES).hexdigest()
+        target = tmp_path / "hub" / "checkpoints" / fidm.FID_WEIGHTS_FILE
+        if case == "right-sha":
+            assert fidm.resolve_weights(None, sha) == target and target.read_bytes() == FID_BYTES
+            assert Handler.paths == [f"/good/{name}"]
+            assert fidm.resolve_weights(None, sha) == target and len(Handler.paths) == 1  # cached: no second download
+            return
+        wanted = sha if case == "404" else hashlib.sha256(b"the published file").hexdigest()
+        with pytest.raises(MMBenchError) as e:
+            fidm.resolve_weights(None, wanted)
+        msg = str(e.value)
+        if case == "404":
+            assert "could not download the FID Inception weights (HTTPError" in msg
+        else:
+            assert f"has sha256 {sha[:16]}…, expected {wanted[:16]}…" in msg
+        assert "--fid-weights PATH" in msg  # says how to supply the file by hand
+        assert Handler.paths == [f"/good/{name}"]
+        assert not target.exists() and list(target.parent.iterdir()) == []  # no temp file, no bad copy
+    finally:
+        torch.hub.set_dir(old_hub)
 
 
 def test_source_dir(tmp_path):

@@ -1,4 +1,5 @@
 """Every method behind the one interface: shapes, batched subsets, a loss that falls on a tiny batch."""
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,93 @@ def test_eq5_objective_is_the_average_of_subset_elbos():
         nll = sum(-model.likelihoods[m].log_prob(model.decoders[m](z), x[m]) for m in model.names)
         terms.append((nll + q.kl_standard_normal()).mean())
     assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+# ----- known answers of the objectives -------------------------------------------------------
+# Two vector modalities (D = 2 latent, 2 dims each, Laplace b = 0.75), m1 with rec_weight 2; fixed experts
+# (whatever the input) and fixed linear decoders x̂_m = A_m z + c_m. The expected loss is written out in numpy.
+KA_MODS = [Modality("m0", (2,), kind="vector"), Modality("m1", (2,), kind="vector", rec_weight=2.0)]
+KA_MU = np.array([[0.6, -0.4], [-0.2, 0.9]])
+KA_A = {"m0": np.array([[1.0, 0.5], [-0.3, 2.0]]), "m1": np.array([[0.7, -1.2], [0.4, 0.1]])}
+KA_C = {"m0": np.array([0.1, -0.2]), "m1": np.array([0.3, 0.0])}
+KA_X = {"m0": np.array([0.5, 1.0]), "m1": np.array([-0.4, 0.8])}
+
+
+class FixedExpert(torch.nn.Module):
+    def __init__(self, mu, logvar):
+        super().__init__()
+        self.mu, self.logvar = torch.tensor(mu, dtype=torch.float64), torch.tensor(logvar, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.mu.expand(len(x), -1), self.logvar.expand(len(x), -1)
+
+
+def ka_model(name, var):
+    model = METHODS.get(name)(KA_MODS, MethodConfig(name, latent_dim=2, beta=1.5), "rat_mlp").double()
+    for i, m in enumerate(["m0", "m1"]):
+        model.encoders[m] = FixedExpert(KA_MU[i], np.full(2, np.log(var[i])))
+        lin = torch.nn.Linear(2, 2).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(KA_A[m]))
+            lin.bias.copy_(torch.tensor(KA_C[m]))
+        model.decoders[m] = lin
+    return model
+
+
+def ka_poe(members, var, prior):
+    """Precision-weighted product of the experts in `members` (+ N(0, I) if prior); precision 1/(σ² + 1e-8)."""
+    prec = sum(1 / (var[i] + 1e-8) for i in members) + (1.0 if prior else 0.0)
+    mu = sum(KA_MU[i] / (var[i] + 1e-8) for i in members) / prec
+    return mu, 1 / prec
+
+
+def ka_kl(mu, v):
+    return 0.5 * np.sum(mu ** 2 + v - 1 - np.log(v))
+
+
+def ka_nll(z, names, weighted=True):
+    w = {"m0": 1.0, "m1": 2.0 if weighted else 1.0}
+    return sum(w[m] * np.sum(np.log(2 * 0.75) + np.abs(KA_X[m] - KA_A[m] @ z - KA_C[m]) / 0.75) for m in names)
+
+
+def expected_loss(name, var):
+    """The objective with z at the posterior mean (sharp: σ² = 1e-12, a sample is the mean ± 1e-4)."""
+    both, beta = ["m0", "m1"], 1.5
+    if name == "mvae":  # joint ELBO with PoE(prior, m0, m1) + one ELBO per modality with PoE(prior, m), weight 1
+        comps = [ka_poe([0, 1], var, True), ka_poe([0], var, True), ka_poe([1], var, True)]
+        nll = ka_nll(comps[0][0], both) + ka_nll(comps[1][0], ["m0"], False) + ka_nll(comps[2][0], ["m1"], False)
+        return nll + beta * sum(ka_kl(*c) for c in comps)
+    if name == "mopoe":  # mixture of the subsets' PoEs (prior expert on the full set only), KL averaged
+        comps = [ka_poe([0], var, False), ka_poe([1], var, False), ka_poe([0, 1], var, True)]
+    else:  # mmvae: mixture of the unimodal posteriors
+        comps = [ka_poe([0], var, False), ka_poe([1], var, False)]
+    # one row per mixture component (stratified), each reconstructing every modality
+    return np.mean([ka_nll(mu, both) for mu, _ in comps]) + beta * np.mean([ka_kl(*c) for c in comps])
+
+
+@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae"])
+@pytest.mark.parametrize("var", [(1e-12, 1e-12), (0.5, 2.0)], ids=["sharp", "wide"])
+def test_objective_known_answer(name, var):
+    """sharp: σ² ≈ 0, so the sampled z is the component's mean and the whole loss is known (which subset
+    posterior reconstructs which modality, with which weight). wide: σ² 0.5 and 2 make the prior expert and
+    the precision weighting visible in the KL; the decoders are then zeroed so the sample does not matter."""
+    B = {"mopoe": 3, "mvae": 4, "mmvae": 2}[name]  # one row per mixture component
+    model = ka_model(name, var)
+    x = {m: torch.tensor(KA_X[m]).expand(B, -1) for m in KA_X}
+    if var[0] > 1e-6:
+        for m in KA_A:
+            with torch.no_grad():
+                model.decoders[m].weight.zero_()
+        saved = dict(KA_A)
+        KA_A.update({m: np.zeros((2, 2)) for m in KA_A})
+        try:
+            want = expected_loss(name, np.array(var))
+        finally:
+            KA_A.update(saved)
+    else:
+        want = expected_loss(name, np.array(var))
+    torch.manual_seed(0)
+    loss, logs = model.loss(x)
+    # sharp: the PoE variance is ≥ 1e-8 (the 1e-8 in the precision), so z = mean ± 1e-4: abs 0.01 on a loss ~36
+    # wide: rel 1e-7 (the Laplace normaliser log(2b) is a float32 scalar)
+    assert loss.item() == pytest.approx(want, rel=1e-7, abs=1e-2 if var[0] < 1e-6 else 0)

@@ -30,6 +30,26 @@ class Fake(torch.nn.Module):
         return True
 
 
+class PermutedFake(torch.nn.Module):
+    """m0's latent is a one-hot class code; m1's is the one-hot code of a permuted class (a derangement:
+    no class keeps its slot), just as readable by a classifier fitted on m1 itself, unreadable by one
+    fitted on m0's code; the joint representation (m0+m1) is m0's code. Only per-subset fitting reads m1."""
+
+    names = ["m0", "m1"]
+    perm = torch.tensor([3, 7, 0, 9, 5, 1, 8, 2, 4, 6])
+
+    def encode_subsets(self, x, subsets):
+        g = torch.Generator().manual_seed(int(x["m0"].sum().item()) % 1000)
+        y = x["m0"][:, 0].long()
+        code = {"m0": torch.nn.functional.one_hot(y, 10).float() * 3,
+                "m1": torch.nn.functional.one_hot(self.perm[y], 10).float() * 3}
+        return [Gaussian(code[s[0]] + 0.3 * torch.randn(len(y), 10, generator=g), torch.zeros(len(y), 10))
+                for s in subsets]
+
+    def supports(self, subset):
+        return True
+
+
 def split(n, seed, shuffle=False):
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(rng.integers(0, 10, n))
@@ -38,11 +58,11 @@ def split(n, seed, shuffle=False):
     return DataSplit(MODS, x, labels)
 
 
-def run(protocol, shuffle=False):
+def run(protocol, shuffle=False, model=None):
     train, test = split(600, 0, shuffle), split(400, 1, shuffle)
     cfg = EvalConfig(lr_train_samples=500, lr_protocol=protocol, batch_size=128)
-    ctx = EvalContext(model=Fake(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=train, test=test,
-                      test_full=test, cfg=cfg, device=torch.device("cpu"))
+    ctx = EvalContext(model=model or Fake(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=train,
+                      test=test, test_full=test, cfg=cfg, device=torch.device("cpu"))
     return latent_classification(ctx)
 
 
@@ -62,6 +82,17 @@ def test_smvae_protocol_fits_once_on_the_joint_representation():
     out = run("smvae")
     # the joint classifier reads m0's one-hot scaled by 1/2 in the joint mean: m0 alone is still readable
     assert out["latent_acc/m0+m1"] > 0.75 and out["latent_acc/m1"] < 0.2 and out["latent_acc/m0"] > 0.8
+
+
+def test_smvae_protocol_does_not_refit_per_subset():
+    """m1's representation is a permuted class code: a classifier fitted on it reads it perfectly
+    (mopoe protocol), the joint-fitted classifier of the smvae protocol reads the wrong class every time."""
+    assert (PermutedFake.perm != torch.arange(10)).all()
+    per_subset = run("mopoe", model=PermutedFake())
+    assert per_subset["latent_acc/m1"] > 0.95 and per_subset["latent_acc/m0"] > 0.95
+    joint = run("smvae", model=PermutedFake())
+    assert joint["latent_acc/m0"] > 0.95 and joint["latent_acc/m0+m1"] > 0.95
+    assert joint["latent_acc/m1"] < 0.05  # the joint classifier maps m1's slot perm[y] to class perm[y] != y
 
 
 def test_mmvamp_protocol_scores_unimodal_representations_only():

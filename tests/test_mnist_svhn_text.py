@@ -62,7 +62,12 @@ def test_pairing_text_and_counts(tmp_path, raw):
     starts = {t.index(t.strip()) for t in texts}
     assert len(starts) > 1  # the word moves inside the field
     save_preview(load_split(spec, None, "test", tmp_path / "d"), tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 0
+    import matplotlib.image
+
+    grid = matplotlib.image.imread(tmp_path / "p.png")
+    n = min(10, len(load_split(spec, None, "test", tmp_path / "d")))
+    assert grid.shape[:2] == (round(1.2 * 3 * 100), round(1.1 * n * 100))  # 3 modality rows × n tuples at 100 dpi
+    assert grid[..., :3].std() > 0.05  # drawn, not blank
     # seeded: the same seed elsewhere gives byte-identical arrays
     other = prepare(spec, None, seed=3, data_root=tmp_path / "e", options={"source": str(src), "rounds": 4, "max_per_class": 3})
     assert {k: v["sha256"] for k, v in read_manifest(other)["arrays"].items()} == \

@@ -76,7 +76,10 @@ def test_rebuild_needs_backgrounds_and_rejects_unknown_options(tmp_path):
         prepare(spec, "extended", data_root=tmp_path, options={"colour": 1})
 
 
-@pytest.mark.skipif(not (SHARED / "mnist-t10k").exists(), reason="needs ../shared/data (real MNIST test split)")
+@pytest.mark.skipif(not (SHARED / "mnist-t10k").exists(),
+                    reason="not checking PolyMNIST built from the real MNIST test split and photographs (counts 15,000 / "
+                           f"5,000, background checksums) nor the 0.95 coherence-classifier floor on it: no copy of "
+                           f"those files at {SHARED}")
 def test_real_mnist_polymnist_all_variants_and_a_coherence_classifier(tmp_path):
     """Integration: every variant from the real MNIST test split (two disjoint halves) and real photos."""
     spec = DATASETS.get("polymnist")()

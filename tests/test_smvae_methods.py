@@ -162,6 +162,65 @@ def test_vgon_inner_gradient_matches_finite_differences():
         assert torch.allclose(q.mu, model.head.mu(step * grad)) and torch.allclose(q.logvar, model.head.logvar(step * grad))
 
 
+def test_vgon_elbo_and_step_closed_form_with_linear_decoders():
+    """Linear decoders x̂_m = A_m z + c_m under the Gaussian likelihood (σ = 0.1) and a linear head: the
+    ELBO at z0 (SMVAE Eq. 8) and its gradient at the origin (the step of Eq. 9) written out in closed form,
+    independently of autograd and of the package's finite differences."""
+    D, B = 2, 3
+    model = make("vgon", latent=D, beta=1.0, likelihood="gaussian").double()
+    g = torch.Generator().manual_seed(11)
+    A = {n: torch.randn(3 * 28 * 28, D, generator=g, dtype=torch.float64) * 0.05 for n in model.names}
+    c = {n: torch.rand(3 * 28 * 28, generator=g, dtype=torch.float64) for n in model.names}
+    for n in model.names:
+        lin = nn.Linear(D, 3 * 28 * 28).double()
+        with torch.no_grad():
+            lin.weight.copy_(A[n])
+            lin.bias.copy_(c[n])
+        model.decoders[n] = nn.Sequential(lin, nn.Unflatten(1, (3, 28, 28)))
+    with torch.no_grad():
+        for layer in (model.head.mu, model.head.logvar):
+            layer.weight.copy_(torch.randn(D, D, generator=g, dtype=torch.float64) * 0.5)
+            layer.bias.copy_(torch.randn(D, generator=g, dtype=torch.float64) * 0.3)
+    Wm, bm = model.head.mu.weight.detach(), model.head.mu.bias.detach()
+    Wv, bv = model.head.logvar.weight.detach(), model.head.logvar.bias.detach()
+    x = batch(B, dtype=torch.float64)
+    z0 = torch.randn(B, D, generator=g, dtype=torch.float64) * 0.1
+    eps = torch.randn(B, D, generator=g, dtype=torch.float64)
+    s2 = 0.1 ** 2
+    P = 3 * 28 * 28
+
+    def closed_form(z0):
+        mu, logvar = z0 @ Wm.T + bm, z0 @ Wv.T + bv
+        z = mu + eps * torch.exp(0.5 * logvar)
+        ll = sum(-0.5 * ((x[n].flatten(1) - z @ A[n].T - c[n]) ** 2).sum(1) / s2 - 0.5 * P * math.log(2 * math.pi * s2)
+                 for n in model.names)
+        kl = 0.5 * (mu ** 2 + torch.exp(logvar) - 1 - logvar).sum(1)
+        return ll - kl, mu, logvar, z
+
+    want, _, _, _ = closed_form(z0)
+    with torch.no_grad():
+        got = vgon_elbo(model, model.head, z0, x, model.names, eps, 1.0)
+    # rtol 1e-7: the likelihood's normalising constant is a float32 scalar (error ~1e-7 in each pixel's log)
+    assert torch.allclose(got, want, rtol=1e-7, atol=0)
+    assert not torch.allclose(got, want + 0.1 * want.abs().max() * 1e-4, rtol=1e-7, atol=0)
+
+    # gradient at the origin: dELBO/dz0 = J^T Σ_m A_m^T (x_m - A_m z - c_m) / σ² - dKL/dz0, with
+    # dz/dz0 = W_μ + diag(ε · σ/2) W_v, dKL/dz0 = W_μ^T μ + W_v^T (σ² - 1) / 2
+    model.train()
+    torch.manual_seed(5)
+    eps = torch.randn(B, D, dtype=torch.float64)  # the noise the inner ELBO will draw
+    _, mu, logvar, z = closed_form(torch.zeros(B, D, dtype=torch.float64))
+    dll_dz = sum((x[n].flatten(1) - z @ A[n].T - c[n]) @ A[n] / s2 for n in model.names)  # B×D
+    sd = torch.exp(0.5 * logvar)
+    grad = torch.stack([(Wm + (eps[b] * sd[b] / 2)[:, None] * Wv).T @ dll_dz[b]
+                        - (Wm.T @ mu[b] + Wv.T @ (sd[b] ** 2 - 1) / 2) for b in range(B)])
+    torch.manual_seed(5)
+    q, step_grad = vgon_posterior(model, model.head, x, model.names, 1.0, 0.01)
+    assert torch.allclose(step_grad, grad, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        assert torch.allclose(q.mu, 0.01 * grad @ Wm.T + bm) and torch.allclose(q.logvar, 0.01 * grad @ Wv.T + bv)
+
+
 def test_vgon_second_order_path_reaches_decoders():
     model = make("vgon", latent=2)
     x = batch(4)

@@ -48,15 +48,53 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, data_root):
     assert "resumed from" in part.log_path.read_text()
 
 
-def test_model_selection_best_test_loss(tmp_path, data_root):
-    run = Run(cfg(train={"epochs": 3, "select": "best_test_loss"}), tmp_path)
+def test_model_selection_best_test_loss(tmp_path, data_root, monkeypatch):
+    """A non-monotone test loss (epoch 2 best, epoch 3 worse): `select: best_test_loss` loads epoch 2's
+    weights, not the last epoch's."""
+    import mmbench.train as train_mod
+
+    losses = iter([5.0, 1.0, 3.0])
+    monkeypatch.setattr(train_mod, "test_loss", lambda *a, **k: next(losses))
+    run = Run(cfg(train={"epochs": 3, "select": "best_test_loss", "max_test": 32}), tmp_path / "sel")
     summary = train(run, data_root)
-    best = min(summary["history"], key=lambda h: h["test_loss"])
+    assert [h["test_loss"] for h in summary["history"]] == [5.0, 1.0, 3.0]
     ck = torch.load(run.ckpt_dir / "best.pt", weights_only=False)
-    assert ck["epoch"] == best["epoch"]
+    assert ck["epoch"] == 2 and ck["test_loss"] == 1.0
+    # epoch 2's weights, obtained independently: the same seed trained for 2 epochs (epoch e's shuffle
+    # depends only on (seed, e), so its last weights are the 3-epoch run's weights after epoch 2)
+    monkeypatch.undo()
+    two = Run(cfg(train={"epochs": 2, "max_test": 32}), tmp_path / "two")
+    train(two, data_root)
+    at2, at3 = weights(two), weights(run)
     model = load_trained(run)
-    assert all(torch.equal(model.state_dict()[k], ck["model"][k]) for k in ck["model"])
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], at2[k]) for k in at2)
+    assert not all(torch.equal(loaded[k], at3[k]) for k in at3)  # not the last epoch's
     assert not model.training
+    # select: last (the default) loads the last epoch's weights
+    last_cfg = Run(cfg(train={"epochs": 3, "max_test": 32}), tmp_path / "sel")
+    last_cfg.dir = run.dir  # same checkpoints, read with select=last
+    loaded_last = load_trained(last_cfg).state_dict()
+    assert all(torch.equal(loaded_last[k], at3[k]) for k in at3)
+
+
+def test_checkpoint_every_n_epochs_resumes_from_the_last_checkpoint(tmp_path, data_root):
+    """checkpoint_every=2: a stop after epoch 3 of 4 resumes from epoch 2's checkpoint (epoch 3 is
+    trained again) and ends with the uninterrupted run's weights and history."""
+    c = cfg(train={"epochs": 4, "checkpoint_every": 2, "max_test": 32})
+    full = Run(c, tmp_path / "full")
+    hist_full = train(full, data_root)["history"]
+    part = Run(c, tmp_path / "part")
+    train(part, data_root, stop_after_epoch=1)
+    assert not (part.ckpt_dir / "last.pt").exists() and part.status() == "pending"  # epoch 1: no checkpoint
+    train(part, data_root, stop_after_epoch=3)
+    assert torch.load(part.ckpt_dir / "last.pt", weights_only=False)["state"]["epoch"] == 2
+    assert part.status() == "partial"
+    hist = train(part, data_root)["history"]
+    assert "resumed from" in part.log_path.read_text() and "at epoch 2" in part.log_path.read_text()
+    assert hist == hist_full
+    wa, wb = weights(full), weights(part)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_missing_checkpoint_message(tmp_path):
@@ -86,15 +124,30 @@ def test_lock_stops_a_second_writer(tmp_path):
         pass
 
 
-def test_atomic_json_leaves_old_file_on_failure(tmp_path):
+@pytest.mark.parametrize("fail", ["replace", "fsync"])
+def test_atomic_writes_leave_the_old_file_when_the_write_fails(tmp_path, monkeypatch, fail):
+    """The write itself fails (os.replace or os.fsync inside atomic_write): the old bytes stay, no temp file."""
+    import os
+
+    import mmbench.results as results
+    from mmbench.train import _save
+
     path = tmp_path / "m.json"
     atomic_json(path, {"a": 1})
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    _save(ckpt, {"model": {"w": torch.zeros(3)}, "epoch": 1})
+    old_json, old_ckpt = path.read_bytes(), ckpt.read_bytes()
 
-    class Bad:
-        def __str__(self):
-            raise RuntimeError("boom")
+    def boom(*a, **k):
+        raise OSError(f"{fail} failed (disk full)")
 
-    with pytest.raises(RuntimeError):
-        atomic_json(path, {"a": Bad()})
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    monkeypatch.setattr(results.os, fail, boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_json(path, {"a": 2})
+    with pytest.raises(OSError, match="disk full"):
+        _save(ckpt, {"model": {"w": torch.ones(3)}, "epoch": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == old_json and ckpt.read_bytes() == old_ckpt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "m.json"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+    assert os.path.exists(path)

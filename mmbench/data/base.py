@@ -115,24 +115,85 @@ def manifest_digest(manifest: Dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> None:
-    """Refuse a dataset whose arrays no longer match the manifest.
+def file_stamp(path: Path) -> List[int]:
+    """[size, mtime_ns, ctime_ns]: any write to the file changes its ctime, and unlike the mtime the ctime
+    cannot be set back (os.utime itself moves it), so an edit that keeps the size and restores the mtime
+    still changes the stamp."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
-    Shape and dtype are always checked; the sha256 is recomputed when `full` is set or the file's
-    size/mtime differ from those recorded at build time (as git does for its index).
+
+def manifest_checksum(manifest: Dict[str, Any]) -> str:
+    """sha256 of the manifest's content, without the file stamps (a copy of the dataset has new ones)."""
+    body = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "stamps")}
+    body["arrays"] = {k: {f: x for f, x in meta.items() if f != "stat"} for k, meta in manifest["arrays"].items()}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _npy_header(path: Path) -> tuple:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return list(shape), str(dtype)
+
+
+def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> None:
+    """Refuse a dataset whose manifest was edited or whose arrays no longer match it.
+
+    Always checked: the manifest against its own checksum (`manifest_sha256`), that every array exists,
+    and each array's shape and dtype (read from its .npy header). The sha256 of an array is recomputed
+    when `full` is set or its stamp (size, mtime, ctime; `file_stamp`) differs from the one recorded;
+    the stamp changes with any write to the file, even one that keeps the size and restores the mtime.
+    After a full check of a copy (new stamps, same content) the stamps are recorded in the manifest's
+    top-level `stamps` (the `arrays` entries, and so `manifest_digest`, stay as built), so the next load
+    takes the fast path again.
     """
     fix = f"rebuild it with `mmbench prepare {manifest['dataset']} --variant {manifest['variant']} --force`"
+    recorded = manifest.get("manifest_sha256")
+    if recorded is not None and recorded != manifest_checksum(manifest):
+        raise MMBenchError(f"{directory / MANIFEST} was edited (it no longer matches its own checksum); {fix}")
+    refreshed = False
+    stamps = manifest.setdefault("stamps", {})
     for key, meta in manifest["arrays"].items():
         path = directory / f"{key}.npy"
         if not path.exists():
             raise MMBenchError(f"prepared dataset {directory} is missing {path.name}; {fix}")
-        st = path.stat()
-        stamp = meta.get("stat")
-        if full or stamp != [st.st_size, st.st_mtime_ns]:
+        try:
+            shape, dtype = _npy_header(path)
+        except ValueError as e:
+            raise MMBenchError(f"{path} is not a readable .npy array ({e}); {fix}") from None
+        if shape != meta["shape"] or dtype != meta["dtype"]:
+            raise MMBenchError(f"{path} holds a {dtype} array of shape {shape}, the manifest says {meta['dtype']} "
+                               f"{meta['shape']}; {fix}")
+        stamp = file_stamp(path)
+        known = stamps.get(key, meta.get("stat"))
+        if full or recorded is None or known != stamp:
             actual = file_digest(path, "sha256")
             if actual != meta["sha256"]:
                 raise MMBenchError(
                     f"{path} does not match its manifest (sha256 {actual[:12]}…, expected {meta['sha256'][:12]}…); {fix}")
+            if known != stamp:
+                refreshed = True
+                stamps[key] = stamp
+    if refreshed or recorded is None:  # verified in full: record the stamps (and the checksum of older manifests)
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+        try:
+            _write_manifest(directory, manifest)
+        except OSError:  # a read-only copy: verified, just not faster next time
+            pass
+
+
+def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=1)
+        os.replace(tmp, directory / MANIFEST)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root: Optional[Path] = None,
@@ -165,13 +226,13 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         t0 = time.time()
         extra = spec.build(writer, variant, seed, options, progress or (lambda *a: None))
         for key, meta in writer.arrays.items():
-            st = (tmp / f"{key}.npy").stat()
-            meta["stat"] = [st.st_size, st.st_mtime_ns]
+            meta["stat"] = file_stamp(tmp / f"{key}.npy")
         manifest = {
             "dataset": spec.registry_name, "variant": variant, "recipe_version": spec.recipe_version,
             "seed": seed, "options": identity, "build_seconds": round(time.time() - t0, 2),
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
         }
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
         if target.exists():  # --force: move the old copy aside only once the new one is complete
