@@ -109,7 +109,7 @@ def test_translated_polymnist_is_judged_by_the_resnet_classifier(tmp_path):
 
     spec = DATASETS.get("polymnist")()
     assert spec.classifier_for("vanilla") == "polymnist_clf"
-    assert spec.classifier_for("translated") == "polymnist_resnet_clf"  # MM-VAMP code (official-setups §2.2)
+    assert spec.classifier_for("translated") == "polymnist_resnet_clf"  # the MM-VAMP translated PolyMNIST classifier is a ResNet (mmvmvae)
     assert cache_dir(spec, "translated", 10, tmp_path).name.endswith("-e10-polymnist_resnet_clf")
     clf = build(spec, Modality("m0", (3, 28, 28)), "translated")
     assert clf(torch.rand(2, 3, 28, 28)).shape == (2, 10)

@@ -106,5 +106,5 @@ def test_subset_enumeration():
 def test_stratified_components_blocks():
     k = stratified_components(256, 31)
     counts = np.bincount(k.numpy(), minlength=31)
-    assert counts[:30].tolist() == [8] * 30 and counts[30] == 16  # official-setups §1.6
+    assert counts[:30].tolist() == [8] * 30 and counts[30] == 16  # MoPoE utils/utils.py mixture_component_selection
     assert (np.diff(k.numpy()) >= 0).all()
