@@ -10,6 +10,7 @@ import torch
 from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
 from ..methods.base import MultimodalVAE
+from .batched import for_eval
 
 
 @dataclass
@@ -42,5 +43,5 @@ class EvalContext:
                                         self.data_root, self.progress)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
-            self._classifiers = {m: c.to(self.device).eval() for m, c in clfs.items()}
+            self._classifiers = {m: for_eval(c.to(self.device).eval(), self.device) for m, c in clfs.items()}
         return self._classifiers
