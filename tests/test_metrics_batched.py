@@ -151,3 +151,35 @@ def test_channels_last_evaluation_copy_decodes_and_classifies_the_same():
         fast_model, fast_clf = batched.for_eval(copy.deepcopy(model), "cpu"), batched.for_eval(copy.deepcopy(clf), "cpu")
         assert fast_model.decoders["m1"].net[3].weight.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(fast_clf(fast_model.decode(z, "m1")), before, rtol=1e-5, atol=1e-5)
+
+
+def test_metrics_modules_import_each_other_without_a_cycle():
+    """Inside mmbench/metrics the relative imports are at module level and form no cycle."""
+    import ast
+    from pathlib import Path
+
+    import mmbench.metrics
+
+    root = Path(mmbench.metrics.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = set(tree.body)
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node in top, f"{path.name}:{node.lineno} imports .{node.module} inside a function"
+                deps.add(node.module)
+        graph[path.stem] = deps
+    state = {}
+
+    def visit(m, chain):
+        assert state.get(m) != "open", f"import cycle: {' -> '.join(chain + [m])}"
+        if state.get(m) is None:
+            state[m] = "open"
+            for d in graph.get(m, ()):
+                visit(d, chain + [m])
+            state[m] = "done"
+
+    for m in graph:
+        visit(m, [])

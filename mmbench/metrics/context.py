@@ -11,6 +11,7 @@ from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
 from ..methods.base import MultimodalVAE
 from .batched import for_eval
+from .classifiers import get_classifiers
 
 
 @dataclass
@@ -37,8 +38,6 @@ class EvalContext:
 
     def classifiers(self) -> Dict[str, torch.nn.Module]:
         if self._classifiers is None:
-            from .classifiers import get_classifiers
-
             clfs, acc = get_classifiers(self.spec, self.variant, self.train, self.test_full, self.cfg,
                                         self.data_root, self.progress)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
