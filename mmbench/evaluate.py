@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .data.base import dataset_dir, manifest_digest, read_manifest
+from .metrics.batched import for_eval
 from .metrics.context import EvalContext
 from .registry import DATASETS, METRICS
 from .results import Run, atomic_json
@@ -21,7 +22,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     device = device_of()
     spec = DATASETS.get(cfg.dataset)()
     variant = spec.check_variant(cfg.variant)
-    model = load_trained(run, device)
+    model = for_eval(load_trained(run, device), device)
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=test_full.subset(cfg.eval.test_samples, seed=2), test_full=test_full, cfg=cfg.eval,

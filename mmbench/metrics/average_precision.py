@@ -28,7 +28,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -38,6 +37,7 @@ from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
 from .latent import by_size, encode_means
+from .precision import average_precisions
 
 
 def require_multilabel(ctx: EvalContext, metric: str, single_label_metric: str) -> None:
@@ -64,15 +64,6 @@ def attributes_scored(ctx: EvalContext, y: np.ndarray) -> float:
         raise MMBenchError(f"none of the {len(y)} test tuples has a positive attribute, so no AP is defined; "
                            f"evaluate on more test tuples (eval.test_samples)")
     return float(n)
-
-
-def average_precisions(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AP of every column (N×A labels and scores); NaN where a column has no positive."""
-    out = np.full(y.shape[1], np.nan)
-    for a in range(y.shape[1]):
-        if y[:, a].any():
-            out[a] = average_precision_score(y[:, a], scores[:, a])
-    return out
 
 
 def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]:

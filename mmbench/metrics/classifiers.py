@@ -23,6 +23,7 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root,
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
+from .precision import average_precisions
 
 
 def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[Path]) -> Path:
@@ -52,8 +53,6 @@ def accuracy(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_si
 def mean_ap(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_size: int = 512) -> float:
     """Multi-label quality: AP per attribute of the classifier's scores, averaged over the attributes with a
     positive test row (0 when none has one, so the floor refuses)."""
-    from .average_precision import average_precisions
-
     clf.eval()
     mod = next(m for m in split.modalities if m.name == name)
     scores = [clf(to_float(mod, split.x[name][s:s + batch_size]).to(device)).cpu()

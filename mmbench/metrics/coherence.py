@@ -19,7 +19,13 @@ import torch
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
+from .batched import chunked, row_chunk
 from .context import EvalContext
+
+
+def predict(clf, model, z: torch.Tensor, m: str, chunk: int) -> torch.Tensor:
+    """m's classifier's class for x̂_m = decode(z, m), every row of z, `chunk` rows per network call."""
+    return chunked(lambda part: clf(model.decode(part, m)).argmax(1), z, chunk)
 
 
 @METRICS.register("coherence")
@@ -33,18 +39,20 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
     clfs = ctx.classifiers()
     subsets = evaluable_subsets(model)
     K = len(subsets)
-    correct = np.zeros((K, len(names)))
+    chunk = row_chunk(ctx.device)
+    # Counts stay on the device and are read once, after the last batch.
+    correct = torch.zeros(K, len(names), dtype=torch.long, device=ctx.device)
     n_total = 0
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
         y = ctx.test.labels[idx].to(ctx.device)
         z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # (K·B)×D
         for j, m in enumerate(names):
-            pred = clfs[m](model.decode(z, m)).argmax(1).view(K, -1)
-            correct[:, j] += (pred == y[None]).sum(1).cpu().numpy()
+            pred = predict(clfs[m], model, z, m, chunk).view(K, -1)
+            correct[:, j] += (pred == y[None]).sum(1)
         n_total += len(idx)
         ctx.progress("coherence: conditional", b + 1, n_batches)
-    acc = correct / max(n_total, 1)
+    acc = correct.cpu().numpy() / max(n_total, 1)
     out: Dict[str, float] = {}
     for k, s in enumerate(subsets):
         for j, m in enumerate(names):
@@ -54,12 +62,12 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
         if vals:
             out[f"coherence_by_n/{n}"] = float(np.mean(vals))
     # Joint coherence of prior samples.
-    agree, done = 0, 0
+    agree, done = torch.zeros((), dtype=torch.long, device=ctx.device), 0
     while done < ctx.cfg.joint_samples:
         n = min(ctx.cfg.batch_size, ctx.cfg.joint_samples - done)
         z = model.sample_prior(n)
-        preds = torch.stack([clfs[m](model.decode(z, m)).argmax(1) for m in names])
-        agree += (preds == preds[0:1]).all(0).sum().item()
+        preds = torch.stack([predict(clfs[m], model, z, m, chunk) for m in names])
+        agree += (preds == preds[0:1]).all(0).sum()
         done += n
-    out["coherence/joint"] = agree / max(done, 1)
+    out["coherence/joint"] = agree.item() / max(done, 1)
     return out

@@ -11,6 +11,8 @@ import torch
 from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
 from ..methods.base import MultimodalVAE
+from .batched import for_eval
+from .classifiers import get_classifiers
 
 
 def state_digest(modules: Dict[str, torch.nn.Module]) -> str:
@@ -55,13 +57,11 @@ class EvalContext:
 
     def classifiers(self) -> Dict[str, torch.nn.Module]:
         if self._classifiers is None:
-            from .classifiers import get_classifiers
-
             clfs, acc = get_classifiers(self.spec, self.variant, self.train, self.test_full, self.cfg,
                                         self.data_root, self.progress)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
             self.provenance["classifiers"] = {"set": "mmbench", "architecture": self.spec.classifier_for(self.variant),
                                               "epochs": self.cfg.classifier_epochs, "digest": state_digest(clfs)}
-            self._classifiers = {m: c.to(self.device).eval() for m, c in clfs.items()}
+            self._classifiers = {m: for_eval(c.to(self.device).eval(), self.device) for m, c in clfs.items()}
         return self._classifiers

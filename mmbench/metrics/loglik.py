@@ -39,6 +39,7 @@ import torch
 from ..errors import MMBenchError
 from ..methods.base import LOG_2PI, MultimodalVAE, evaluable_subsets, subset_key
 from ..registry import METRICS
+from .batched import rec_log_probs, row_chunk
 from .context import EvalContext
 
 
@@ -60,27 +61,27 @@ def importance_sampled(model, x: Dict[str, torch.Tensor], subsets, K: int, propo
 
     `proposal` (eval.ll_proposal) for a mixture posterior: "mixture" or its "component" selected per row.
 
-    All subsets share one decoder call per modality and sample (their z's stacked to (S·B)×D).
+    The K·S·B draws of a test batch (every sample of every subset) go through each decoder together, in
+    chunks sized for the device (metrics/batched.py).
     """
     names = model.names
     qs = [q.represent(proposal) for q in model.encode_subsets(x, subsets)]
     S = len(subsets)
-    xs = {m: x[m].repeat(S, *([1] * (x[m].dim() - 1))) for m in names}  # row s·B + b is tuple b
-    lw_joint, lw_mod = [], []
+    # Every draw first, sample by sample and subset by subset: the RNG order of one sample at a time.
+    zs, log_q = [], []
     for _ in range(K):
         z = torch.stack([q.rsample() for q in qs])  # S×B×D, z ~ q(z | X_S) (a Mixture samples a component per row)
-        log_q = torch.stack([q.log_prob(z[s]) for s, q in enumerate(qs)])  # S×B, the density sampled from
-        B = z.shape[1]
-        flat = z.reshape(S * B, -1)
-        log_pz = prior_log_prob(model, flat).view(S, B)
-        rec = torch.stack([model.rec_log_prob(flat, xs, m).view(S, B) for m in names], -1)  # S×B×M, log p(x_m | z)
-        base = log_pz - log_q
-        lw_mod.append(rec + base[..., None])
-        lw_joint.append(rec.sum(-1) + base)
+        log_q.append(torch.stack([q.log_prob(z[s]) for s, q in enumerate(qs)]))  # S×B, the density sampled from
+        zs.append(z)
+    B = zs[0].shape[1]
+    flat = torch.stack(zs).reshape(K * S * B, -1)  # row (k·S + s)·B + b: sample k of subset s for tuple b
+    log_pz = prior_log_prob(model, flat).view(K, S, B)
+    rec = rec_log_probs(model, flat, x, names, row_chunk(flat.device)).view(K, S, B, len(names))
+    base = log_pz - torch.stack(log_q)  # K×S×B
     log_k = math.log(K)
     # MoPoE App. B: log (1/K) Σ_k w_k, in log space.
-    joint = torch.logsumexp(torch.stack(lw_joint), 0) - log_k
-    per_mod = torch.logsumexp(torch.stack(lw_mod), 0) - log_k
+    joint = torch.logsumexp(rec.sum(-1) + base, 0) - log_k
+    per_mod = torch.logsumexp(rec + base[..., None], 0) - log_k
     return joint, per_mod
 
 
@@ -96,19 +97,20 @@ def loglik(ctx: EvalContext) -> Dict[str, float]:
                            f"remove loglik from eval.metrics (use reconstruction)")
     subsets = evaluable_subsets(model)  # every subset the method can encode (all but for joint-encoder VAEs)
     K = ctx.cfg.ll_samples
-    joint_sum = torch.zeros(len(subsets), dtype=torch.float64)
-    mod_sum = torch.zeros(len(subsets), len(names), dtype=torch.float64)
+    # Sums stay on the device and are read once, after the last batch.
+    joint_sum = torch.zeros(len(subsets), dtype=torch.float64, device=ctx.device)
+    mod_sum = torch.zeros(len(subsets), len(names), dtype=torch.float64, device=ctx.device)
     n = 0
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
         joint, per_mod = importance_sampled(model, x, subsets, K, ctx.cfg.ll_proposal)
-        joint_sum += joint.double().sum(1).cpu()
-        mod_sum += per_mod.double().sum(1).cpu()
+        joint_sum += joint.double().sum(1)
+        mod_sum += per_mod.double().sum(1)
         n += len(idx)
         ctx.progress("log-likelihood", b + 1, n_batches)
     if n == 0:
         raise MMBenchError("loglik has no test tuples; check eval.test_samples")
-    joint_mean, mod_mean = (joint_sum / n).tolist(), (mod_sum / n).tolist()
+    joint_mean, mod_mean = (joint_sum / n).cpu().tolist(), (mod_sum / n).cpu().tolist()
     out: Dict[str, float] = {}
     for k, s in enumerate(subsets):
         out[f"loglik/{subset_key(s)}"] = joint_mean[k]
