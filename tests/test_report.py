@@ -230,7 +230,9 @@ def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):
     saved = np.load(run.dir / "artifacts" / "latents.npz")
     assert saved["z_m0"].shape == (50, 2) and list(saved["names"]) == ["m0", "m1"] and len(saved["labels"]) == 50
     figs = all_figures(build_report(tmp_path / "runs", None), tmp_path / "figs")
-    assert sorted(p.name for p in figs) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]
+    assert sorted(p.name for p in figs if "latents" in p.name) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]
+    assert sorted(p.name for p in figs if "latents" not in p.name) == [
+        "polydigits-vanilla-Fig_S-training.png", "polydigits-vanilla-Fig_S-training.svg"]  # the run's loss curves
 
 
 def test_figures_of_sweeps_and_attributes(tmp_path):
