@@ -6,7 +6,7 @@ import yaml
 
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
-from mmbench.plots import all_figures, reproduction_points, run_history, training_curves
+from mmbench.plots import reproduction, reproduction_points, run_history, training_curves
 from mmbench.report import build_report
 from mmbench.results import Run
 
@@ -49,8 +49,8 @@ def test_reproduction_points_come_from_the_cells(tmp_path):
     assert list(p["tolerance"]) == [0.05, 0.1, 20.0]
     assert p.loc["ok", "panel"] == p.loc["far", "panel"] != p.loc["fid", "panel"]  # FID on its own scale
     assert list(pts["Q"]["passed"]) == [False]
-    names = sorted(f.name for f in all_figures(rep, tmp_path / "figs"))
-    assert "P-reproduction.png" in names and "Q-reproduction.svg" in names
+    names = sorted(f.name for f in reproduction(rep.cells, tmp_path / "figs"))  # all_figures: test_html_browser.py
+    assert names == ["P-reproduction.png", "P-reproduction.svg", "Q-reproduction.png", "Q-reproduction.svg"]
     assert (tmp_path / "figs" / "P-reproduction.png").stat().st_size > 1000
 
 
@@ -91,3 +91,36 @@ def test_training_writes_history_json_and_tensorboard_is_optional(tmp_path, data
     assert tb.id != run.id
     with pytest.raises(MMBenchError, match=r"train.tensorboard: true needs the tensorboard package"):
         train(tb, data_root)
+
+
+def test_tensorboard_events_get_every_epochs_losses(tmp_path, data_root, monkeypatch):
+    """train.tensorboard: true hands each epoch's record to a SummaryWriter in <run>/tensorboard (a stand-in
+    module here, since the tensorboard package is an optional extra)."""
+    import sys
+    import types
+
+    from mmbench.train import train
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
+                                "train": {"epochs": 2, "batch_size": 32, "max_train": 64, "max_test": 64,
+                                          "tensorboard": True}}), tmp_path / "runs")
+    train(run, data_root)
+    assert calls[0] == ("dir", str(run.dir / "tensorboard")) and calls[-1] == ("close",)
+    assert {c for c in calls if c[0] in ("train_loss", "test_loss")} == {
+        ("train_loss", 1), ("train_loss", 2), ("test_loss", 1), ("test_loss", 2)}
