@@ -329,6 +329,7 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written: List[Path] = []
     if frame.empty:
@@ -348,6 +349,7 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
                 if key in h:
                     ax.plot(h["epoch"], h[key], marker="o", markersize=3, lw=1, label=label)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(title)
             ax.grid(alpha=0.3)
         fig.suptitle(group_title(dataset, variant, tables) + " — training curves", fontsize=10)
