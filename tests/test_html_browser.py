@@ -1,6 +1,5 @@
 """The HTML report in a real browser (headless Chromium): every figure loads, no script error, a screenshot.
 Skips where Debian's `chromium` is not installed (.ci/run installs it)."""
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +10,6 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.results import Run
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_chromium = pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium)")
 
 
