@@ -28,6 +28,7 @@ class TrainConfig:
     select: str = "last"  # model selection for evaluation: "last" or "best_test_loss" (mrVAE)
     max_train: Optional[int] = None  # use a seeded subset of the train split (None: all of it)
     max_test: Optional[int] = None  # test tuples of the per-epoch test loss, a seeded subset (None: all of them)
+    tensorboard: bool = False  # also write the per-epoch losses as TensorBoard events (needs the `tensorboard` extra)
 
 
 @dataclass

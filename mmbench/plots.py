@@ -3,13 +3,17 @@
 * ``by_inputs``: metrics against the number of input modalities (MoPoE Fig. 3, SMVAE Fig. 2);
 * ``beta_sweep``: a representation/coherence metric against reconstruction error or log-likelihood,
   one point per β, one line per method (MoPoE Figs. 1, 5-6; MM-VAMP Figs. 3, 4, 8, 9);
+* ``reproduction``: per paper, every reference cell's produced value against its printed value
+  (tolerance as error bars, the identity line, cells outside tolerance marked);
+* ``training_curves``: train and test loss per epoch of each run (from the run's history.json);
 * ``all_figures``: every figure the finished runs support.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
@@ -238,10 +242,129 @@ def per_attribute(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     return written
 
 
+# Panels of the reproduction figure: metric families on one scale share a panel.
+SCALES = {"latent_acc": "accuracy / coherence / AP", "coherence": "accuracy / coherence / AP",
+          "latent_ap": "accuracy / coherence / AP", "coherence_ap": "accuracy / coherence / AP",
+          "fid": "FID", "loglik": "log-likelihood", "loglik_mod": "log-likelihood", "recon": "reconstruction error"}
+
+
+def reproduction_points(cells: List[Any]) -> Dict[str, pd.DataFrame]:
+    """Per paper, one row per reference cell that has a produced value: where it is in the paper, the panel
+    (metric scale), printed value, produced mean and std, tolerance and whether it is within tolerance."""
+    rows = []
+    for c in cells:
+        if c.produced is None:
+            continue
+        family = c.metric.split("/")[0].removesuffix("_by_n")
+        rows.append({"paper": c.paper, "table": c.table, "row": c.row, "column": c.column, "metric": c.metric,
+                     "panel": SCALES.get(family, family), "printed": c.value, "produced": c.produced,
+                     "produced_std": c.produced_std or 0.0, "tolerance": c.tolerance, "passed": c.status == "pass"})
+    frame = pd.DataFrame(rows, columns=["paper", "table", "row", "column", "metric", "panel", "printed", "produced",
+                                        "produced_std", "tolerance", "passed"])
+    return {p: g.reset_index(drop=True) for p, g in frame.groupby("paper", sort=False)}
+
+
+def reproduction(cells: List[Any], out_dir: Path) -> List[Path]:
+    """One figure per paper: produced vs printed for every cell with a produced value, one panel per metric
+    scale. Vertical bars are the tolerance around the produced value, so a bar crosses the identity line
+    exactly when the cell is within tolerance; cells outside it are red crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: List[Path] = []
+    for paper, pts in reproduction_points(cells).items():
+        n_all = sum(c.paper == paper for c in cells)
+        panels = list(dict.fromkeys(pts["panel"]))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            g = pts[pts["panel"] == panel]
+            for passed, colour, marker, label in ((True, "tab:green", "o", "within tolerance"),
+                                                  (False, "tab:red", "x", "outside tolerance")):
+                h = g[g["passed"] == passed]
+                if len(h):
+                    ax.errorbar(h["printed"], h["produced"], yerr=h["tolerance"], fmt=marker, color=colour,
+                                ecolor=colour, alpha=0.8, capsize=2, markersize=5, label=label)
+            lo = min((g["printed"]).min(), (g["produced"] - g["tolerance"]).min())
+            hi = max((g["printed"]).max(), (g["produced"] + g["tolerance"]).max())
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", label="produced = printed")
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel(f"printed ({panel})")
+            ax.set_ylabel(f"produced ({panel})")
+            ax.grid(alpha=0.3)
+        npass = int(pts["passed"].sum())
+        fig.suptitle(f"{paper}\n{npass} of {len(pts)} produced cells within tolerance"
+                     f" ({n_all - len(pts)} of {n_all} cells missing, not shown)", fontsize=9)
+        fig.tight_layout()
+        legend = {}  # every kind of mark from every panel (the first panel may have no failures)
+        for ax in axes[0]:
+            legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+        fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   fontsize=8)
+        written += _save(fig, out_dir, _stem(paper.split(",")[0][:40], "reproduction"))
+    return written
+
+
+def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
+    """A run's per-epoch records ({epoch, train_loss, ..., test_loss}): history.json, written at the end of
+    training; for runs trained before it existed, the history in checkpoints/last.pt. None if neither."""
+    path = Path(run_dir) / "history.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if last.exists():
+        import torch
+
+        return torch.load(last, map_location="cpu", weights_only=False)["state"]["history"]
+    return None
+
+
+def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[Path]:
+    """Per (dataset, variant, tables) group: train and test loss against epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    written: List[Path] = []
+    if frame.empty:
+        return written
+    for (dataset, variant, tables), g in by_figure(frame).groupby(["dataset", "variant", "tables"]):
+        names = series_names(g)
+        runs = g.drop_duplicates("run").sort_values(["method", "seed"])
+        curves = [(f"{names[(r.method, r.group)]} s{r.seed}", run_history(Path(runs_dir) / r.run))
+                  for r in runs.itertuples(index=False)]
+        curves = [(label, pd.DataFrame(h)) for label, h in curves if h]
+        if not curves:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), squeeze=False)
+        for ax, (key, title) in zip(axes[0], (("train_loss", "train loss"), ("test_loss", "test loss"))):
+            for label, h in curves:
+                if key in h:
+                    ax.plot(h["epoch"], h[key], marker="o", markersize=3, lw=1, label=label)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(title)
+            ax.grid(alpha=0.3)
+        fig.suptitle(group_title(dataset, variant, tables) + " — training curves", fontsize=10)
+        fig.tight_layout()
+        _legend(fig, axes[0])
+        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "training"))
+    return written
+
+
 def all_figures(report: Any, out_dir: Path) -> List[Path]:
     """Every figure the report's runs support (PNG and SVG each)."""
     from .results import default_runs_dir
 
     out_dir = Path(out_dir)
-    return (by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir) + per_attribute(report.frame, out_dir)
-            + latent_scatters(report.frame, Path(report.runs_dir or default_runs_dir()), out_dir))
+    runs_dir = Path(report.runs_dir or default_runs_dir())
+    return (reproduction(report.cells, out_dir) + by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)
+            + per_attribute(report.frame, out_dir) + latent_scatters(report.frame, runs_dir, out_dir)
+            + training_curves(report.frame, runs_dir, out_dir))

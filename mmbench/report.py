@@ -342,27 +342,85 @@ def by_figure(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def sweep_key(sub: pd.DataFrame) -> Optional[str]:
+    """The one numeric setting (e.g. 'method.beta') that tells apart the configurations of each method in a
+    group, where one method takes it at at least SWEEP_MIN values; None when the group is no such sweep (one configuration
+    per method, several settings varying, or a non-numeric one)."""
+    pairs = sub[["method", "group", "cfg"]].drop_duplicates(["method", "group"])
+    varying: set = set()
+    for _, rows in pairs.groupby("method", sort=False):
+        cfgs = list(rows["cfg"])
+        varying |= {k for k in set().union(*cfgs) if k not in ("seed", "tables")
+                    and len({repr(c.get(k)) for c in cfgs}) > 1}
+    if len(varying) != 1:
+        return None
+    key = next(iter(varying))
+    values = [c.get(key) for c in pairs["cfg"]]
+    widest = max(len({repr(c.get(key)) for c in rows["cfg"]}) for _, rows in pairs.groupby("method", sort=False))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or widest < SWEEP_MIN:
+        return None
+    return key
+
+
+SWEEP_MIN = 3  # a setting with this many values in one group is a sweep: rendered long, one table per metric
+
+
+def _seed_label(name: str, counts: List[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{name} ({n} seed{'s' if hi > 1 else ''})"
+
+
+def _metric_order(metrics) -> List[str]:
+    return sorted(metrics, key=lambda k: (not k.startswith(("latent_acc", "coherence_by")), k.startswith("coherence/"), k))
+
+
+def long_sweep_tables(title: str, sub: pd.DataFrame, key: str) -> List[Tuple[str, pd.DataFrame]]:
+    """A sweep in long form: one table per metric, the swept setting's values as rows, methods as columns
+    (mean ± std over seeds), instead of one column per (method, value)."""
+    sub = sub.assign(sweep=[c.get(key) for c in sub["cfg"]])
+    agg = sub.groupby(["metric", "sweep", "method"])["value"].agg(["mean", "std", "count"]).reset_index()
+    agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
+    seeds = sub.groupby(["method", "sweep"])["seed"].nunique()
+    methods = list(dict.fromkeys(sorted(sub["method"])))
+    header = {m: _seed_label(m, list(seeds[m])) for m in methods}
+    label = SHORT.get(key, key)
+    out = []
+    for metric in _metric_order(agg["metric"].unique()):
+        part = agg[agg["metric"] == metric]
+        long = part.pivot_table(index="sweep", columns="method", values="cell", aggfunc="first")
+        long = long.reindex(columns=[m for m in methods if m in long.columns]).sort_index()
+        long.columns = [header[m] for m in long.columns]
+        long.index = [f"{v:g}" for v in long.index]
+        out.append((f"{title} — {metric_label(metric)}, by {label}",
+                    long.reset_index().rename(columns={"index": label}).fillna("—")))
+    return out
+
+
 def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
-    """Per paper table or figure (`by_figure`): headline metrics × methods, mean ± std over seeds."""
+    """Per paper table or figure (`by_figure`): headline metrics × methods, mean ± std over seeds. A sweep
+    (`sweep_key`) goes long: one table per metric, the swept values as rows, methods as columns."""
     out = []
     if frame.empty:
         return out
     head = by_figure(frame[frame["metric"].str.match(HEADLINE)])
     for (dataset, variant, tables), sub in head.groupby(["dataset", "variant", "tables"], sort=True):
+        title = group_title(dataset, variant, tables)
+        if any(c.get("dataset_simulated") for c in sub["cfg"]) or "simulated" in variant:
+            title += " [SIMULATED DATA]"
+        key = sweep_key(sub)
+        if key is not None:
+            out += long_sweep_tables(title, sub, key)
+            continue
         names = series_names(sub)
         sub = sub.assign(series=[names[k] for k in zip(sub["method"], sub["group"])])
         agg = sub.groupby(["series", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
         agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
         wide = agg.pivot_table(index="metric", columns="series", values="cell", aggfunc="first")
-        order = sorted(wide.index, key=lambda k: (not k.startswith(("latent_acc", "coherence_by")),
-                                                   k.startswith("coherence/"), k))
-        wide = wide.loc[order]
+        wide = wide.loc[_metric_order(wide.index)]
         seeds = sub.groupby("series")["seed"].nunique()
         wide.columns = [f"{m} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in wide.columns]
         wide.index = [metric_label(k) for k in wide.index]
-        title = group_title(dataset, variant, tables)
-        if any(c.get("dataset_simulated") for c in sub["cfg"]) or "simulated" in variant:
-            title += " [SIMULATED DATA]"
         out.append((title, wide.reset_index().rename(columns={"index": "metric"}).fillna("—")))
     return out
 

@@ -19,9 +19,22 @@ from .data.base import DataSplit, load_split
 from .errors import MMBenchError
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
-from .results import Run, atomic_write
+from .results import Run, atomic_json, atomic_write
 
 ProgressFn = Callable[[str, int, int], None]
+HISTORY = "history.json"  # the per-epoch losses of a run, next to metrics.json (read by the report's training curves)
+
+
+def tensorboard_writer(run: Run):
+    """A SummaryWriter into <run>/tensorboard when `train.tensorboard` is true, else None."""
+    if not run.cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MMBenchError("train.tensorboard: true needs the tensorboard package; install it with "
+                           "`pip install 'mmbench[tensorboard]'` or set train.tensorboard: false") from None
+    return SummaryWriter(log_dir=str(run.dir / "tensorboard"))
 
 
 def run_modalities(cfg: RunConfig) -> list:
@@ -99,6 +112,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         torch.set_rng_state(ck["rng"])
         state = ck["state"]
         run.log(f"resumed from {last} at epoch {state['epoch']}")
+    writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1)  # per-epoch test loss (model selection)
     n_batches = max(len(train_split) // B, 1)
@@ -126,6 +140,11 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         record = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}, "test_loss": tl}
         state["history"].append(record)
         state["epoch"] = epoch + 1
+        if writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    writer.add_scalar(k, v, epoch + 1)
+            writer.flush()
         run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if tl < state["best_test_loss"]:
             state["best_test_loss"] = tl
@@ -135,6 +154,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                          "state": state})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
+    if writer is not None:
+        writer.close()
+    atomic_json(run.dir / HISTORY, state["history"])
     return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "history": state["history"],
             "best_test_loss": state["best_test_loss"]}
 

@@ -99,7 +99,9 @@ def test_suite_end_to_end(workspace):
 
     r = mmbench("report", "--plots", ws / "plots", env=env)
     assert r.returncode == 0 and "polydigits (vanilla)" in r.stdout and "mopoe" in r.stdout
-    assert sorted(p.suffix for p in (ws / "plots").iterdir()) == [".png", ".png", ".svg", ".svg"]
+    plots = sorted(p.name for p in (ws / "plots").iterdir())
+    assert plots == sorted(f"polydigits-vanilla-{t}-{kind}.{ext}" for t in ("Refusal", "Tiny_Table")
+                           for kind in ("by-inputs", "training") for ext in ("png", "svg"))  # training: history.json
 
     reference(ws / "refs" / "tiny.yaml", [cell(), cell(row="MVAE", method="mvae", table="Tiny Table")])
     r = mmbench("report", "--compare", ws / "refs", env=env)

@@ -285,7 +285,9 @@ def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):
     saved = np.load(run.dir / "artifacts" / "latents.npz")
     assert saved["z_m0"].shape == (50, 2) and list(saved["names"]) == ["m0", "m1"] and len(saved["labels"]) == 50
     figs = all_figures(build_report(tmp_path / "runs", None), tmp_path / "figs")
-    assert sorted(p.name for p in figs) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]
+    assert sorted(p.name for p in figs if "latents" in p.name) == [f"{run.id}-latents.png", f"{run.id}-latents.svg"]
+    assert sorted(p.name for p in figs if "latents" not in p.name) == [
+        "polydigits-vanilla-Fig_S-training.png", "polydigits-vanilla-Fig_S-training.svg"]  # the run's loss curves
 
 
 def test_figures_of_sweeps_and_attributes(tmp_path):
@@ -312,3 +314,55 @@ def test_claims_and_filters_with_no_matching_runs(tmp_path):
     rep = build_report(tmp_path / "runs", ROOT / "reference_results")
     assert rep.cells and all(c.status == "missing" for c in rep.cells)
     assert all(c.status == "missing" for c in rep.claims)
+
+
+def _sweep_run(runs, method, beta, seed, metrics, tables=("Fig. 3",), **method_extra):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, "beta": beta, **method_extra},
+                            "seed": seed, "tables": list(tables)})
+    run = Run(cfg, runs)
+    run.init()
+    run.write_metrics(metrics)
+
+
+def test_a_beta_sweep_renders_long_in_every_format(tmp_path):
+    """β as rows, methods as columns, one table per metric; seeds averaged per (method, β) only."""
+    from rich.console import Console
+
+    from mmbench.report import render_html, render_latex, render_terminal
+
+    runs = tmp_path / "runs"
+    for beta in (0.5, 1.0, 2.0):
+        for seed in (0, 1):
+            _sweep_run(runs, "mopoe", beta, seed, {"latent_acc_by_n/1": beta / 4 + seed / 10, "recon/joint": 10 * beta})
+        _sweep_run(runs, "mvae", beta, 0, {"latent_acc_by_n/1": beta / 8, "recon/joint": 20 * beta})
+    summaries = build_report(runs, None)["summaries"]
+    titles = [t for t, _ in summaries]
+    assert titles == ["polydigits (vanilla) — Fig. 3 — latent accuracy, 1 input, by β",
+                      "polydigits (vanilla) — Fig. 3 — reconstruction error (all inputs), by β"]
+    acc = summaries[0][1]
+    assert list(acc.columns) == ["β", "mopoe (2 seeds)", "mvae (1 seed)"]
+    assert list(acc["β"]) == ["0.5", "1", "2"]
+    assert list(acc["mopoe (2 seeds)"]) == ["0.175 ± 0.071", "0.300 ± 0.071", "0.550 ± 0.071"]
+    assert list(acc["mvae (1 seed)"]) == ["0.062", "0.125", "0.250"]
+    assert list(summaries[1][1]["mvae (1 seed)"]) == ["10.000", "20.000", "40.000"]
+    md = render_markdown(summaries, [])
+    assert "## polydigits (vanilla) — Fig. 3 — latent accuracy, 1 input, by β" in md
+    row = next(line for line in md.splitlines() if "0.175 ± 0.071" in line)
+    assert [c.strip() for c in row.strip("|").split("|")] == ["0.5", "0.175 ± 0.071", "0.062"]
+    assert "mopoe β=" not in md  # no column per (method, β) any more
+    tex = render_latex(summaries, [])
+    assert tex.count(r"\begin{tabular}{lll}") == 2 and r"0.175 $\pm$ 0.071" in tex
+    page = render_html(summaries, [])
+    assert page.count("<table") == 2 and "<th>β</th>" in page
+    console = Console(record=True, width=200)
+    render_terminal(console, summaries, [])
+    text = console.export_text()
+    assert "by β" in text and "0.550 ± 0.071" in text
+
+
+def test_a_group_varying_in_two_settings_or_few_values_stays_wide(tmp_path):
+    runs = tmp_path / "runs"
+    for beta in (0.5, 1.0, 2.0):
+        _sweep_run(runs, "mopoe", beta, 0, {"latent_acc_by_n/1": beta / 4}, latent_dim=8 if beta < 2 else 16)
+    (title, table), = build_report(runs, None)["summaries"]
+    assert title == "polydigits (vanilla) — Fig. 3" and len(table.columns) == 4  # metric + 3 configurations

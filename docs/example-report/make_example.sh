@@ -14,3 +14,5 @@ T="mmbench example report (SMOKE TIER: pipeline check, not results)"
 $M report --compare reference_results/ --allow-missing --title "$T" --format html --out docs/example-report/index.html --plots docs/example-report/
 $M report --compare reference_results/ --allow-missing --title "$T" --format md --out docs/example-report/report.md
 rm -f docs/example-report/*.svg
+# the HTML page in headless Chromium: fails on a broken figure or a script error; keeps a screenshot of the page's top
+.venv/bin/python tests/browser.py docs/example-report/index.html --screenshot docs/example-report/screenshot.png

@@ -1,0 +1,126 @@
+"""The reviewer's figures: produced vs printed per paper, and training curves from the runs' histories."""
+import json
+
+import pytest
+import yaml
+
+from mmbench.config import build_run_config
+from mmbench.errors import MMBenchError
+from mmbench.plots import reproduction, reproduction_points, run_history, training_curves
+from mmbench.report import build_report
+from mmbench.results import Run
+
+
+def _run(runs, method, seed, metrics, history=None):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": ["T1"]})
+    run = Run(cfg, runs)
+    run.init()
+    run.write_metrics(metrics)
+    if history is not None:
+        (run.dir / "history.json").write_text(json.dumps(history))
+    return run
+
+
+def _refs(tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    base = {"paper": "P, 2021", "table": "T1", "column": "c"}
+    (refs / "p.yaml").write_text(yaml.safe_dump({"cells": [
+        {**base, "row": "ok", "method": "mopoe", "metric": "coherence/joint", "value": 0.33, "tolerance": 0.05},
+        {**base, "row": "far", "method": "mopoe", "metric": "latent_acc_by_n/1", "value": 0.5, "tolerance": 0.1},
+        {**base, "row": "fid", "method": "mopoe", "metric": "fid/m0", "value": 90.0, "tolerance": 20.0},
+        {**base, "row": "none", "method": "mvae", "metric": "coherence/joint", "value": 0.2, "tolerance": 0.05},
+        {**base, "paper": "Q", "row": "q", "method": "mopoe", "metric": "coherence/joint", "value": 0.1,
+         "tolerance": 0.01},
+    ]}))
+    return refs
+
+
+def test_reproduction_points_come_from_the_cells(tmp_path):
+    runs = tmp_path / "runs"
+    _run(runs, "mopoe", 0, {"coherence/joint": 0.30, "latent_acc_by_n/1": 0.9, "fid/m0": 100.0})
+    rep = build_report(runs, _refs(tmp_path))
+    pts = reproduction_points(rep.cells)
+    assert list(pts) == ["P, 2021", "Q"]  # one figure per paper
+    p = pts["P, 2021"].set_index("row")
+    assert list(p.index) == ["ok", "far", "fid"]  # the missing cell has no point
+    assert list(p["printed"]) == [0.33, 0.5, 90.0] and list(p["produced"]) == [0.30, 0.9, 100.0]
+    assert list(p["passed"]) == [True, False, True]
+    assert list(p["tolerance"]) == [0.05, 0.1, 20.0]
+    assert p.loc["ok", "panel"] == p.loc["far", "panel"] != p.loc["fid", "panel"]  # FID on its own scale
+    assert list(pts["Q"]["passed"]) == [False]
+    names = sorted(f.name for f in reproduction(rep.cells, tmp_path / "figs"))  # all_figures: test_html_browser.py
+    assert names == ["P-reproduction.png", "P-reproduction.svg", "Q-reproduction.png", "Q-reproduction.svg"]
+    assert (tmp_path / "figs" / "P-reproduction.png").stat().st_size > 1000
+
+
+def test_training_curves_read_each_runs_history(tmp_path):
+    runs = tmp_path / "runs"
+    a = _run(runs, "mopoe", 0, {"coherence/joint": 0.3},
+             [{"epoch": 1, "train_loss": 5.0, "test_loss": 5.5}, {"epoch": 2, "train_loss": 4.0, "test_loss": 4.8}])
+    b = _run(runs, "mopoe", 1, {"coherence/joint": 0.3})  # no history: no curve, no error
+    assert run_history(a.dir)[1]["test_loss"] == 4.8 and run_history(b.dir) is None
+    rep = build_report(runs, None)
+    written = training_curves(rep.frame, runs, tmp_path / "figs")
+    assert sorted(p.name for p in written) == ["polydigits-vanilla-T1-training.png", "polydigits-vanilla-T1-training.svg"]
+    assert training_curves(build_report(tmp_path / "none", None).frame, tmp_path / "none", tmp_path / "f2") == []
+
+
+def test_training_writes_history_json_and_tensorboard_is_optional(tmp_path, data_root, monkeypatch):
+    import builtins
+
+    from mmbench.train import train
+
+    d = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
+         "train": {"epochs": 2, "batch_size": 32, "max_train": 64, "max_test": 64}}
+    cfg = build_run_config(d)
+    assert cfg.run_id() == build_run_config({**d, "train": {**d["train"], "tensorboard": False}}).run_id()
+    run = Run(cfg, tmp_path / "runs")
+    summary = train(run, data_root)
+    assert run_history(run.dir) == summary["history"] and [h["epoch"] for h in summary["history"]] == [1, 2]
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name == "tensorboard":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    tb = Run(build_run_config({**d, "train": {**d["train"], "tensorboard": True}}), tmp_path / "runs")
+    assert tb.id != run.id
+    with pytest.raises(MMBenchError, match=r"train.tensorboard: true needs the tensorboard package"):
+        train(tb, data_root)
+
+
+def test_tensorboard_events_get_every_epochs_losses(tmp_path, data_root, monkeypatch):
+    """train.tensorboard: true hands each epoch's record to a SummaryWriter in <run>/tensorboard (a stand-in
+    module here, since the tensorboard package is an optional extra)."""
+    import sys
+    import types
+
+    from mmbench.train import train
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
+                                "train": {"epochs": 2, "batch_size": 32, "max_train": 64, "max_test": 64,
+                                          "tensorboard": True}}), tmp_path / "runs")
+    train(run, data_root)
+    assert calls[0] == ("dir", str(run.dir / "tensorboard")) and calls[-1] == ("close",)
+    assert {c for c in calls if c[0] in ("train_loss", "test_loss")} == {
+        ("train_loss", 1), ("train_loss", 2), ("test_loss", 1), ("test_loss", 2)}
