@@ -566,7 +566,7 @@ def render_latex(summaries, refs, claims: Optional[List[Claim]] = None, paper_li
         for a, b in (("\\", r"\textbackslash{}"), ("|", r"\textbar{}"), (">=", r"$\geq$"), ("<=", r"$\leq$"),
                      (">", r"$>$"), ("<", r"$<$"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
                      ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("✓", r"\checkmark"), ("✗", r"$\times$"),
-                     ("—", "--"), ("→", r"$\to$"), ("“", "``"), ("”", "''")):
+                     ("—", "--"), ("β", r"$\beta$"), ("→", r"$\to$"), ("“", "``"), ("”", "''")):
             text = text.replace(a, b)
         return text
 
