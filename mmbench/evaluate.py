@@ -36,6 +36,8 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     prov = dict(provenance or {})
     started = prov.pop("started", t0)
+    if "classifier_set" in ctx.extra:  # a metric scored samples with coherence classifiers: which, and how
+        prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
         wall_seconds=round(time.time() - started, 2), **prov))
