@@ -333,7 +333,7 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
 
 
 @classifiers_app.command("import")
-def classifiers_import(dataset: str = typer.Argument(..., help="A prepared dataset: polymnist or mnist-svhn-text."),
+def classifiers_import(dataset: str = typer.Argument(..., help="A prepared dataset: polymnist, mnist-svhn-text or celeba."),
                        source: Path = typer.Option(..., "--from", help="Folder with the MoPoE authors' classifier files."),
                        variant: Optional[str] = typer.Option(None, "--variant", "-v"),
                        data_root: Optional[Path] = DATA_ROOT) -> None:

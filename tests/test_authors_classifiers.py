@@ -251,3 +251,85 @@ def test_not_imported_is_a_one_line_error(tmp_path, data_root):
     spec = DATASETS.get("polydigits")()
     with pytest.raises(MMBenchError, match=r"not imported .*mmbench classifiers import polydigits"):
         load_classifiers(spec, "vanilla", spec.modalities("vanilla"), tmp_path)
+
+
+class CelebaBlock(nn.Module):
+    """The authors' ResidualBlock2dConv / ResidualBlock1dConv (celeba/networks/ResidualBlocks.py), a=2, b=0.3."""
+
+    def __init__(self, cin, cout, pad, dims):
+        super().__init__()
+        conv, bn = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        bias = dims == 1
+        self.bn1, self.conv1, self.dropout1 = bn(cin), conv(cin, cin, 1, bias=bias), nn.Dropout(0.5)
+        self.bn2, self.conv2, self.dropout2 = bn(cin), conv(cin, cout, 4, 2, pad, bias=bias), nn.Dropout(0.5)
+        self.downsample = nn.Sequential(conv(cin, cout, 4, 2, pad), bn(cout))
+
+    def forward(self, x):
+        out = self.dropout1(self.conv1(torch.relu(self.bn1(x))))
+        out = self.dropout2(self.conv2(torch.relu(self.bn2(out))))
+        return 2.0 * self.downsample(x) + 0.3 * out
+
+
+class CelebaImgFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 128, 3, 2, 2, bias=False)
+        for i in range(1, 5):
+            setattr(self, f"resblock{i}", nn.Sequential(CelebaBlock(128 * i, 128 * (i + 1), 0 if i == 4 else 1, 2)))
+
+    def forward(self, x):
+        x = self.conv1(x)
+        for i in range(1, 5):
+            x = getattr(self, f"resblock{i}")(x)
+        return x
+
+
+class CelebaClfImg(nn.Module):
+    """The authors' CelebA ClfImg layout: feature_extractor, dropout, linear 640 -> 40, sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.feature_extractor, self.dropout, self.linear = CelebaImgFeatures(), nn.Dropout(0.5), nn.Linear(640, 40)
+
+    def forward(self, x):
+        return torch.sigmoid(self.linear(self.dropout(self.feature_extractor(x)).view(len(x), -1)))
+
+
+class CelebaClfText(nn.Module):
+    """The authors' CelebA ClfText layout: conv1 (k3 s2 p1), resblock_1..6, dropout, linear 896 -> 40, sigmoid."""
+
+    def __init__(self, alphabet):
+        super().__init__()
+        self.conv1 = nn.Conv1d(alphabet, 128, 3, 2, 1)
+        for i in range(1, 7):
+            setattr(self, f"resblock_{i}", nn.Sequential(CelebaBlock(128 * i, 128 * (i + 1), 0 if i == 6 else 1, 1)))
+        self.dropout, self.linear = nn.Dropout(0.5), nn.Linear(896, 40)
+
+    def forward(self, x):
+        h = self.conv1(x.transpose(-2, -1))
+        for i in range(1, 7):
+            h = getattr(self, f"resblock_{i}")(h)
+        return torch.sigmoid(self.linear(self.dropout(h).view(len(h), -1)))
+
+
+def test_celeba_layouts_map_onto_mmbench(tmp_path):
+    """Full-size nets (DIM 128, as the authors'; 38 M parameters): about 5 s on 2 shared cores."""
+    torch.manual_seed(0)
+    spec = DATASETS.get("celeba")()
+    img, text = spec.modalities(spec.variants[0])
+    arch = ARCHITECTURES.get("authors_celeba_clf")
+    inputs = {img.name: torch.rand(2, 3, 64, 64),
+              text.name: nn.functional.one_hot(torch.randint(0, text.shape[1], (2, text.shape[0])), text.shape[1]).float()}
+    for mod, net in ((img, CelebaClfImg()), (text, CelebaClfText(text.shape[1]))):
+        _randomize_bn(net)
+        path = tmp_path / arch.files(mod)[0]
+        torch.save(net.state_dict(), path)
+        clf = load_file(arch, mod, spec.n_classes, path)
+        with torch.no_grad():
+            assert torch.allclose(torch.sigmoid(clf(inputs[mod.name])), net.eval()(inputs[mod.name]), atol=1e-5), mod.name
+    state = torch.load(tmp_path / "clf_m1")
+    state.pop("feature_extractor.resblock2.0.downsample.0.bias")  # mmbench's own bias-free shortcut would not load it
+    torch.save(state, tmp_path / "clf_m1")
+    with pytest.raises(MMBenchError, match=r"clf_m1: parameter feature_extractor\.resblock2\.0\.downsample\.0\.bias "
+                                           r"is missing \(expected shape \(384,\)\)"):
+        load_file(arch, img, spec.n_classes, tmp_path / "clf_m1")
