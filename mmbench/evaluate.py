@@ -1,6 +1,7 @@
 """Evaluation of a trained run: every configured metric through the model interface -> metrics.json."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -48,9 +49,19 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
 def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """The whole life of one run: train (or resume), evaluate, record provenance. Skips a finished run."""
     with run.lock():
-        if run.status() == "done":
+        status = run.status()
+        if status == "done":
             return run.read_metrics()
         run.init()
+        if status == "rescore":  # trained and evaluated, but coherence scored with other classifiers
+            old = run.scored_with()
+            if not run.swap_scoring():
+                prov = json.loads((run.dir / f"provenance.{old}.json").read_text()) \
+                    if (run.dir / f"provenance.{old}.json").exists() else {}
+                run.log(f"scoring coherence with {run.scoring_wanted()} classifiers (kept {old} as metrics.{old}.json)")
+                evaluate(run, data_root, progress, provenance={k: prov[k] for k in ("train_seconds", "epochs")
+                                                               if k in prov})
+            return run.read_metrics()
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)

@@ -209,6 +209,21 @@ def test_eval_classifiers_authors_drives_coherence_and_provenance(imported, data
     prov = json.loads((run.dir / "provenance.json").read_text())
     assert prov["classifier_set"] == "authors" and prov["classifier_dropout"] == "as_authors"
     # The floor applies to the imported ones as well (random weights are near chance).
+    # The same run scored the other way: evaluated again (not retrained), the first scoring set aside and
+    # brought back, not recomputed, when asked for again.
+    first = json.loads(run.metrics_path.read_text())
+    off = json.loads(json.dumps(authors))
+    off["eval"]["classifier_dropout"] = "off"
+    run_off = Run(build_run_config(off), tmp_path / "run")
+    assert run_off.status() == "rescore" and Run(cfg, tmp_path / "run").status() == "done"
+    ckpt = (run.ckpt_dir / "last.pt").stat().st_mtime_ns
+    assert execute(run_off, data_root)["classifier_dropout"] == "off"
+    assert (run.ckpt_dir / "last.pt").stat().st_mtime_ns == ckpt
+    assert json.loads((run.dir / "metrics.authors-as_authors.json").read_text()) == first
+    assert json.loads((run.dir / "provenance.json").read_text())["classifier_dropout"] == "off"
+    assert execute(Run(cfg, tmp_path / "run"), data_root) == first  # restored, not re-evaluated
+    assert (run.dir / "metrics.authors-off.json").exists() and run.status() == "done"
+
     test = load_split(spec, "vanilla", "test", data_root)
     with pytest.raises(MMBenchError, match=r"authors coherence classifiers below eval\.classifier_min_accuracy"):
         get_classifiers(spec, "vanilla", test, test, EvalConfig(classifiers="authors", classifier_min_accuracy=0.9),
@@ -333,3 +348,14 @@ def test_celeba_layouts_map_onto_mmbench(tmp_path):
     with pytest.raises(MMBenchError, match=r"clf_m1: parameter feature_extractor\.resblock2\.0\.downsample\.0\.bias "
                                            r"is missing \(expected shape \(384,\)\)"):
         load_file(arch, img, spec.n_classes, tmp_path / "clf_m1")
+
+
+def test_runs_scored_before_the_choice_existed_stay_done(tmp_path):
+    from mmbench.results import Run
+
+    run = Run(build_run_config({"dataset": "polydigits"}), tmp_path)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    run.write_metrics({"coherence/joint": 0.5}, classifier_accuracy={"m0": 0.95})
+    assert run.status() == "done" and run.scored_with() == "mmbench-off"
+    authors = Run(build_run_config({"dataset": "polydigits", "eval": {"classifiers": "authors"}}), tmp_path)
+    assert authors.id == run.id and authors.status() == "rescore"

@@ -43,6 +43,7 @@ class EvalContext:
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
             self.extra["classifier_set"] = self.cfg.classifiers
+            self.extra["classifier_dropout"] = self.cfg.classifier_dropout
             # as_authors: the MoPoE code never calls .eval() on its classifiers, so dropout stays active.
             self._classifiers = {m: c.to(self.device).train(self.cfg.classifier_dropout == "as_authors")
                                  for m, c in clfs.items()}
