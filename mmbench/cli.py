@@ -343,10 +343,11 @@ def classifiers_import(dataset: str = typer.Argument(..., help="A prepared datas
     (then `eval.classifiers: authors` makes coherence use them).
     """
     from .data.base import load_split
-    from .metrics.authors_classifiers import cache_dir as authors_cache_dir, import_classifiers
+    from .metrics.authors_classifiers import authors_set, cache_dir as authors_cache_dir, import_classifiers
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
+    authors_set(spec)  # refuses a dataset the authors distribute no classifiers for, before reading data
     variant = spec.check_variant(variant)
     test_split = load_split(spec, variant, "test", data_root)
     acc = import_classifiers(spec, variant, test_split, source, data_root)
