@@ -222,7 +222,7 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
     for c in configs:
         spec = DATASETS.get(c.dataset)()
         variant = spec.check_variant(c.variant)
-        key = (c.dataset, variant, c.data_seed, c.eval.classifier_epochs)
+        key = (c.dataset, variant, c.data_seed, c.eval.classifier_epochs, c.eval.classifiers)
         if key in seen:
             continue
         seen.add(key)
@@ -238,7 +238,7 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
             with progress_bar() as progress:
                 _, acc = get_classifiers(spec, variant, train_split, test_split, c.eval, data_root, progress,
                                          check=False)
-            console.print(f"coherence classifiers for {c.dataset} ({variant}): test accuracy "
+            console.print(f"{c.eval.classifiers} coherence classifiers for {c.dataset} ({variant}): test accuracy "
                           + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
 
 
@@ -415,6 +415,34 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
         t.add_row(m, f"{a:.4f}")
     console.print(t)
     console.print(f"cached in {cache_dir(spec, variant, epochs, data_root)}")
+
+
+@classifiers_app.command("import")
+def classifiers_import(dataset: str = typer.Argument(..., help="A prepared dataset: polymnist, mnist-svhn-text or celeba."),
+                       source: Path = typer.Option(..., "--from", help="Folder with the MoPoE authors' classifier files."),
+                       variant: Optional[str] = typer.Option(None, "--variant", "-v"),
+                       data_root: Optional[Path] = DATA_ROOT) -> None:
+    """Import the MoPoE authors' trained coherence classifiers, checked parameter by parameter; measure them.
+
+    Example: mmbench classifiers import polymnist --from data/trained_classifiers/trained_clfs_polyMNIST
+    (then `eval.classifiers: authors` makes coherence use them).
+    """
+    from .data.base import load_split
+    from .metrics.authors_classifiers import authors_set, cache_dir as authors_cache_dir, import_classifiers
+    from .registry import DATASETS
+
+    spec = DATASETS.get(dataset)()
+    authors_set(spec)  # refuses a dataset the authors distribute no classifiers for, before reading data
+    variant = spec.check_variant(variant)
+    test_split = load_split(spec, variant, "test", data_root)
+    acc = import_classifiers(spec, variant, test_split, source, data_root)
+    t = Table(title=f"the authors' coherence classifiers: {dataset} ({variant})")
+    t.add_column("modality")
+    t.add_column("test mean AP" if spec.multilabel else "test accuracy")
+    for m, a in acc.items():
+        t.add_row(m, f"{a:.4f}")
+    console.print(t)
+    console.print(f"cached in {authors_cache_dir(spec, variant, data_root)}")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.")

@@ -44,6 +44,12 @@ class EvalConfig:
     classifier_min_accuracy: float = 0.9  # coherence refuses classifiers below this test accuracy
     # Multi-label datasets (CelebA): coherence_ap refuses attribute classifiers below this test mean AP.
     classifier_min_ap: float = 0.5
+    # Which coherence classifiers score generated samples: "mmbench" (trained and cached by mmbench) or
+    # "authors" (the MoPoE authors' distributed ones, after `mmbench classifiers import`); and whether their
+    # dropout is "off" (eval mode) or active "as_authors" (the MoPoE code never calls .eval() on them, so its
+    # coherence runs with dropout, and batch norm on batch statistics). Neither is part of the run id.
+    classifiers: str = "mmbench"
+    classifier_dropout: str = "off"
     # latent_ap scores: "hard" = AP of the regressions' 0/1 predictions (the MoPoE and MMVM code, so the
     # papers' tables), "proba" = AP of their predicted probabilities (the usual AP); metrics/average_precision.py.
     ap_scores: str = "hard"
@@ -86,6 +92,10 @@ class RunConfig:
         d = self.to_dict()
         d.pop("tables")
         d["eval"].pop("fid_weights", None)  # where the (sha256-checked) weights live, not what is computed
+        # Which classifiers score coherence is an evaluation choice over the same trained model: kept in the
+        # metrics' provenance and the classifier cache key, not in the run id.
+        d["eval"].pop("classifiers", None)
+        d["eval"].pop("classifier_dropout", None)
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
         from .registry import METHODS
 
@@ -104,6 +114,8 @@ CHOICES = {
     ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),
     ("EvalConfig", "mixture_representation"): ("mean", "component"),
     ("EvalConfig", "ll_proposal"): ("mixture", "component"),
+    ("EvalConfig", "classifiers"): ("mmbench", "authors"),
+    ("EvalConfig", "classifier_dropout"): ("off", "as_authors"),
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}
@@ -264,6 +276,10 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
     if not 0 <= cfg.eval.classifier_min_ap <= 1:
         raise ConfigError(f"{pre}eval.classifier_min_ap", "must be between 0 and 1")
+    if cfg.eval.classifiers == "authors" and not any(
+            spec.registry_name in getattr(a, "datasets", ()) for _, a in ARCHITECTURES.items()):
+        raise ConfigError(f"{pre}eval.classifiers", f"the MoPoE authors distribute no classifiers for {cfg.dataset}; "
+                          f"use mmbench")
     if cfg.modalities is not None:
         names = [m.name for m in spec.modalities(cfg.variant)]
         bad = [n for n in cfg.modalities if n not in names]

@@ -1,6 +1,7 @@
 """Evaluation of a trained run: every configured metric through the model interface -> metrics.json."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -37,6 +38,8 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     prov = dict(provenance or {})
     started = prov.pop("started", t0)
+    if "classifier_set" in ctx.extra:  # a metric scored samples with coherence classifiers: which, and how
+        prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
         wall_seconds=round(time.time() - started, 2), **ctx.provenance, **prov))
@@ -47,9 +50,19 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
 def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """The whole life of one run: train (or resume), evaluate, record provenance. Skips a finished run."""
     with run.lock():
-        if run.status() == "done":
+        status = run.status()
+        if status == "done":
             return run.read_metrics()
         run.init()
+        if status == "rescore":  # trained and evaluated, but coherence scored with other classifiers
+            old = run.scored_with()
+            if not run.swap_scoring():
+                prov = json.loads((run.dir / f"provenance.{old}.json").read_text()) \
+                    if (run.dir / f"provenance.{old}.json").exists() else {}
+                run.log(f"scoring coherence with {run.scoring_wanted()} classifiers (kept {old} as metrics.{old}.json)")
+                evaluate(run, data_root, progress, provenance={k: prov[k] for k in ("train_seconds", "epochs")
+                                                               if k in prov})
+            return run.read_metrics()
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)

@@ -184,9 +184,10 @@ class Run:
         return self.dir / "log.txt"
 
     def status(self) -> str:
-        """done (metrics written), partial (some training checkpointed) or pending."""
+        """done (metrics written), rescore (metrics written, but coherence scored with other classifiers than
+        the config's eval.classifiers / eval.classifier_dropout), partial (some training checkpointed) or pending."""
         if self.metrics_path.exists():
-            return "done"
+            return "done" if self.scored_with() in (None, self.scoring_wanted()) else "rescore"
         if (self.ckpt_dir / "last.pt").exists():
             return "partial"
         return "pending"
@@ -230,6 +231,35 @@ class Run:
         prov = environment()
         prov.update(extra)
         return prov
+
+    def scored_with(self) -> Optional[str]:
+        """"<classifier set>-<dropout>" that scored metrics.json's coherence; None when no metric used classifiers."""
+        m = self.read_metrics()
+        if m is None:
+            return None
+        if "classifier_set" in m:
+            return f"{m['classifier_set']}-{m.get('classifier_dropout', 'off')}"
+        if "classifier_accuracy" in m or "classifier_ap" in m:  # written before eval.classifiers existed
+            return "mmbench-off"
+        return None
+
+    def scoring_wanted(self) -> str:
+        return f"{self.cfg.eval.classifiers}-{self.cfg.eval.classifier_dropout}"
+
+    def swap_scoring(self) -> bool:
+        """Set metrics.json / provenance.json scored with other classifiers aside as metrics.<set>-<dropout>.json
+        (nothing is lost) and bring back those scored as the config asks if an earlier evaluation left them.
+        True when it did (no evaluation needed)."""
+        old, want = self.scored_with(), self.scoring_wanted()
+        for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
+            if (self.dir / f"{name}.json").exists():
+                os.replace(self.dir / f"{name}.json", self.dir / f"{name}.{old}.json")
+        if not (self.dir / f"metrics.{want}.json").exists():
+            return False
+        for name in ("provenance", "metrics"):  # metrics last: its presence means done
+            if (self.dir / f"{name}.{want}.json").exists():
+                os.replace(self.dir / f"{name}.{want}.json", self.dir / f"{name}.json")
+        return True
 
     def write_metrics(self, metrics: Dict[str, float], **extra: Any) -> None:
         atomic_json(self.metrics_path, {"schema_version": SCHEMA_VERSION, "run_id": self.id, "metrics": metrics, **extra})

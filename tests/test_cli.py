@@ -144,6 +144,9 @@ def test_suite_end_to_end(workspace):
     (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),
     (["classifiers", "train", "polydigits", "--modalities", "m0,m9"],
      "error: --modalities 'm0,m9': choose among m0, m1, m2, m3, m4"),
+    (["train", "polydigits", "mopoe", "--set", "eval.classifiers=paper"],
+     "error: eval.classifiers: 'paper' is not allowed; choose one of: mmbench, authors"),
+    (["classifiers", "import", "rats", "--from", "."], "error: no authors' classifiers are known for dataset rats"),
     (["bench", "steps", "--device", "tpu"], "error: --device 'tpu' is not allowed; choose cpu or cuda"),
     (["bench", "steps", "--device", "cuda"], "error: --device cuda: no GPU is visible to torch; use --device cpu"),
     (["bench", "steps", "--methods", "mopoe", "--scaling", "nope"], "error: unknown method 'nope'"),
@@ -156,7 +159,7 @@ def test_bad_input_gives_one_line(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train",
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train", "classifiers import",
                                  "bench load", "bench steps"])
 def test_help_has_example(cmd):
     r = mmbench(*cmd.split(), "--help")

@@ -61,8 +61,8 @@ def test_provenance_records_what_can_change_a_number(tmp_path, data_root):
     for name, mod in mods.items():
         clfs[name] = build(spec, mod, "vanilla")
         clfs[name].load_state_dict(torch.load(clf_dir / f"{name}.pt"))
-    assert prov["classifiers"] == {"set": "mmbench", "architecture": spec.classifier_for("vanilla"), "epochs": 1,
-                                   "digest": state_digest(clfs)}
+    assert prov["classifiers"] == {"set": "mmbench", "dropout": "off", "architecture": spec.classifier_for("vanilla"),
+                                   "epochs": 1, "digest": state_digest(clfs)}
     with torch.no_grad():
         next(iter(clfs["m0"].parameters())).view(-1)[0] += 1e-3
     assert state_digest(clfs) != prov["classifiers"]["digest"]

@@ -61,7 +61,13 @@ class EvalContext:
                                         self.data_root, self.progress)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
-            self.provenance["classifiers"] = {"set": "mmbench", "architecture": self.spec.classifier_for(self.variant),
+            self.extra["classifier_set"] = self.cfg.classifiers
+            self.extra["classifier_dropout"] = self.cfg.classifier_dropout
+            self.provenance["classifiers"] = {"set": self.cfg.classifiers, "dropout": self.cfg.classifier_dropout,
+                                              "architecture": self.spec.classifier_for(self.variant)
+                                              if self.cfg.classifiers == "mmbench" else "authors",
                                               "epochs": self.cfg.classifier_epochs, "digest": state_digest(clfs)}
-            self._classifiers = {m: for_eval(c.to(self.device).eval(), self.device) for m, c in clfs.items()}
+            # as_authors: the MoPoE code never calls .eval() on its classifiers, so dropout stays active.
+            self._classifiers = {m: for_eval(c.to(self.device), self.device).train(self.cfg.classifier_dropout == "as_authors")
+                                 for m, c in clfs.items()}
         return self._classifiers
