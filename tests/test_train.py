@@ -104,7 +104,7 @@ def test_mid_epoch_stop_and_resume_equals_uninterrupted(tmp_path, data_root):
     """request_stop (what a Slurm signal handler calls) saves mid-epoch; the resume ends bit-identical."""
     from mmbench.train import TrainingInterrupted, request_stop
 
-    c = cfg(train={"epochs": 2, "max_train": 160})  # 5 steps per epoch
+    c = cfg(train={"epochs": 2, "max_train": 160, "max_test": 64})  # 5 steps per epoch
     full = Run(c, tmp_path / "full")
     a = train(full, data_root)
     part = Run(c, tmp_path / "part")
@@ -128,7 +128,7 @@ def test_mid_epoch_stop_and_resume_equals_uninterrupted(tmp_path, data_root):
 def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, data_root):
     """Periodic mid-epoch checkpoints (train.checkpoint_minutes): a crash after one loses only the steps
     since it, and the resumed run's history and weights equal an uninterrupted run's."""
-    c = cfg(train={"epochs": 1, "max_train": 192, "checkpoint_minutes": 1e-9})  # due after every step
+    c = cfg(train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 1e-9})  # due after every step
     full = Run(c, tmp_path / "full")
     a = train(full, data_root)
     part = Run(c, tmp_path / "part")
