@@ -161,8 +161,13 @@ class SlurmRun:
                     fcntl.flock(f, fcntl.LOCK_EX)
                     fcntl.flock(f, fcntl.LOCK_UN)
             except train_mod.TrainingInterrupted:
-                if caught and caught[-1] == signal.SIGUSR2 and callable(submitit_usr2):
-                    submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + requeue + exit (submitit)
+                for _ in range(20):  # preemption may send SIGTERM first and the requeue signal (USR2) next
+                    if signal.SIGUSR2 in caught:
+                        break
+                    time.sleep(0.1)
+                if signal.SIGUSR2 in caught and callable(submitit_usr2):
+                    run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
+                    submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
                 raise
 
     def checkpoint(self, *args: Any, **kwargs: Any):
