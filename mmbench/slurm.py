@@ -33,7 +33,7 @@ import yaml
 
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
-from .results import Run, RunLockedError, atomic_json
+from .results import Run, atomic_json
 
 # squeue states of a job that will still run (or is running) the run.
 ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
@@ -119,7 +119,7 @@ class SlurmRun:
     def __call__(self) -> Dict[str, Any]:
         from . import train as train_mod
         from .config import build_run_config
-        from .evaluate import execute
+        from .evaluate import execute_when_free
 
         d = Path(self.run_dir)
         cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
@@ -150,25 +150,18 @@ class SlurmRun:
                 run.progress(ph, done, total)
 
         data_root = Path(self.data_root) if self.data_root else None
-        while True:
-            try:
-                return execute(run, data_root, progress)
-            except RunLockedError:
-                # Another process (a second submission, a local `mmbench run`) is writing this run: wait for
-                # it to finish, then look again (done: nothing to do; stopped: resume it here).
-                run.log(f"slurm job {job}: run locked by another process; waiting")
-                with open(run.dir / "run.lock", "a+") as f:
-                    fcntl.flock(f, fcntl.LOCK_EX)
-                    fcntl.flock(f, fcntl.LOCK_UN)
-            except train_mod.TrainingInterrupted:
-                for _ in range(20):  # preemption may send SIGTERM first and the requeue signal (USR2) next
-                    if signal.SIGUSR2 in caught:
-                        break
-                    time.sleep(0.1)
-                if signal.SIGUSR2 in caught and callable(submitit_usr2):
-                    run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
-                    submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
-                raise
+        try:
+            # Another process writing this run (a second submission, a local `mmbench run`): wait for it.
+            return execute_when_free(run, data_root, progress, who=f"slurm job {job}")
+        except train_mod.TrainingInterrupted:
+            for _ in range(20):  # preemption may send SIGTERM first and the requeue signal (USR2) next
+                if signal.SIGUSR2 in caught:
+                    break
+                time.sleep(0.1)
+            if signal.SIGUSR2 in caught and callable(submitit_usr2):
+                run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
+                submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
+            raise
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's hook on the pre-timeout/preemption signal: the training state is already on disk

@@ -209,3 +209,35 @@ def test_job_over_its_memory_limit_is_reported_with_its_log_and_others_finish(tm
     assert "memory" in err.lower(), err
     assert metrics(dirs["mopoe"]) == local_ref["mopoe"]
     assert not (dirs["mvae"] / "metrics.json").exists()
+
+
+def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
+    """The fcntl run lock of one process stops another process (RunLockedError); execute_when_free
+    (local workers and Slurm jobs) waits for it and then finds the run done instead of training it."""
+    import threading
+
+    from mmbench.config import build_run_config
+    from mmbench.evaluate import execute_when_free
+    from mmbench.results import Run, RunLockedError
+
+    run = Run(build_run_config({"dataset": "polydigits", "train": {"epochs": 1}}), tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mmbench.config import build_run_config; from mmbench.results import Run\n"
+        f"r = Run(build_run_config({{'dataset': 'polydigits', 'train': {{'epochs': 1}}}}), {str(tmp_path)!r})\n"
+        "with r.lock():\n    print('locked', flush=True); sys.stdin.readline()\n"
+        "    r.write_metrics({'x': 1.0})\n")], env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError):
+        with run.lock():
+            pass
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(m=execute_when_free(run, tmp_path / "no-data")))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive() and "locked by another process; waiting" in run.log_path.read_text()
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    waiter.join(30)
+    assert holder.wait(30) == 0 and not waiter.is_alive()
+    assert got["m"]["metrics"] == {"x": 1.0}  # found done: nothing trained (no data was even needed)
