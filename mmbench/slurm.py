@@ -277,8 +277,9 @@ def submit(groups: List[Tuple[SlurmOptions, List[Run]]], runs_dir: Path, data_ro
                                f"fix the slurm options") from None
         except Exception as e:
             if type(e).__name__ == "FailedJobError":
-                raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {e}; fix the slurm options") \
-                    from None
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {lines[-1] if lines else e}; "
+                                   f"fix the slurm options") from None
             raise
         for r, j in zip(runs, jobs):
             rec = {"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),

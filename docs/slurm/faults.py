@@ -68,9 +68,17 @@ def main() -> None:
     proc = cli(suite, "--executor", "slurm", runs=runs, data=data, background=True)
     stop = threading.Event()
 
+    released = set()
+
     def watch() -> None:
         k = 0
         while not stop.is_set():
+            q = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True).stdout
+            queue = dict(line.split()[:2] for line in q.splitlines() if line.strip())
+            for name, f, jid in done_faults:  # release requeued jobs at once (Slurm holds them ~2 min)
+                if f != "scancel" and jid not in released and queue.get(jid) == "PENDING":
+                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], capture_output=True)
+                    released.add(jid)
             for d in sorted(p for p in runs.glob("polydigits-*") if p.is_dir()):
                 p, job = progress(d), d / "slurm.json"
                 if not (p and job.exists()) or not p["phase"].startswith("train"):
@@ -85,10 +93,6 @@ def main() -> None:
                            "scancel": ["scancel", jid]}[f]
                     subprocess.run(cmd, capture_output=True)
                     done_faults.append((d.name, f, jid))
-            for name, f, jid in done_faults:  # release requeued jobs (BeginTime hold)
-                q = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T %r"], capture_output=True, text=True).stdout
-                if q.startswith("PENDING") and "BeginTime" in q:
-                    subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], capture_output=True)
             time.sleep(0.2)
 
     th = threading.Thread(target=watch, daemon=True)
@@ -107,7 +111,12 @@ def main() -> None:
     loc = cli(suite, "-j", "2", runs=local, data=data)
     t_local = time.time() - t0
     lost = twice = differ = 0
+    per_run = {}
     for d in sorted(p for p in runs.glob("polydigits-*") if p.is_dir()):
+        text = (d / "log.txt").read_text()
+        per_run[d.name] = {"fault": plan.get(d.name), "stops": text.count(" stopped ("),
+                           "resumes": text.count(" resumed from "), "jobs": text.count(" slurm job ") -
+                           text.count("requeueing") - text.count("waiting")}
         m = d / "metrics.json"
         if not m.exists():
             lost += 1
@@ -124,7 +133,7 @@ def main() -> None:
                                        "max": round(max(first_step.values()), 1)} if first_step else None,
         "first_command_s": round(t_first, 1), "second_command_s (resumes the cancelled)": round(t_again, 1),
         "resubmit_finished_suite_s": round(t_resubmit, 1), "local_executor_s": round(t_local, 1),
-        "local_rc": loc.returncode,
+        "local_rc": loc.returncode, "per_run": per_run,
     }
     print(json.dumps(res, indent=1))
     (a.out / "faults.json").write_text(json.dumps(res, indent=1))
