@@ -157,10 +157,24 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
         only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
-        overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT) -> None:
+        overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT,
+        executor: str = typer.Option("local", "--executor", help="local (worker processes here) or slurm (a job "
+                                                                  "array through submitit)."),
+        slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="Slurm partition."),
+        slurm_gpus: Optional[int] = typer.Option(None, "--slurm-gpus-per-job", help="GPUs per job."),
+        slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus-per-job", help="CPUs per job."),
+        slurm_mem: Optional[str] = typer.Option(None, "--slurm-mem", help="Memory per job, e.g. 16G."),
+        slurm_time: Optional[int] = typer.Option(None, "--slurm-time", help="Time limit per job in minutes (a run "
+                                                                            "that needs longer is requeued)."),
+        slurm_parallel: Optional[int] = typer.Option(None, "--slurm-array-parallelism", help="Array tasks at once."),
+        slurm_opt: List[str] = typer.Option([], "--slurm-opt", help="Any other sbatch option, e.g. --slurm-opt "
+                                                                    "account=mylab --slurm-opt qos=high."),
+        detach: bool = typer.Option(False, "--detach", help="With --executor slurm: return after submitting (see "
+                                                            "the jobs with --dry-run).")) -> None:
     """Run every experiment of a suite (skips finished runs, resumes unfinished ones).
 
     Example: mmbench run suites/quickstart.yaml --tier smoke --gpus 0,1
+    Example: mmbench run suites/mopoe_iclr21.yaml --executor slurm --slurm-partition gpu --slurm-gpus-per-job 1
     """
     from .config import parse_overrides
     from .results import Run, default_runs_dir
@@ -177,6 +191,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
         for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
+        slurm_states = _slurm_states(configs, runs_dir)
+        if slurm_states:
+            t.add_column("Slurm job (log)")
         counts: Dict[str, int] = {}
         total, unknown = 0.0, 0
         for c in configs:
@@ -189,8 +206,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             if status != "done":
                 total += est or 0.0
                 unknown += est is None
-            t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
-                      human_seconds(est) if est else "?", status)
+            row = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
+                   human_seconds(est) if est else "?", status]
+            if slurm_states:
+                st = slurm_states[r.id]
+                row[-1] = st["state"] + (f" ({st['detail']})" if st["state"] == "failed" else "")
+                row.append(f"{st['job']} ({st['log']})" if st["job"] else "")
+            t.add_row(*row)
         console.print(t)
         known = sum(1 for c in configs if Run(c, runs_dir).status() != "done") - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
@@ -199,12 +221,51 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
                        f"dataset, variant and method)" if unknown else ""))
         return
+    if executor not in ("local", "slurm"):
+        raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
+    cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,
+                                        mem=slurm_mem, time=slurm_time, array_parallelism=slurm_parallel).items()
+                 if v is not None}
+    if executor == "slurm":
+        from .slurm import parse_sbatch, resolve_options, run_slurm, site_config_path, site_options
+
+        if slurm_opt:
+            cli_slurm["sbatch"] = parse_sbatch(slurm_opt)
+        site = site_options()
+        options = [(c, resolve_options([(site, str(site_config_path())), (s.slurm, f"{suite}: slurm"),
+                                        (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))
+                   for c, e in s.runs_with_experiments(tier, parse_overrides(overrides),
+                                                       only=only.split(",") if only else None)]
+        _prepare_for(configs, data_root)
+        results = run_slurm(configs, runs_dir, data_root, options, err_console, wait=not detach)
+        if detach:
+            console.print(f"submitted; follow with `mmbench run {suite} --tier {tier} --dry-run`")
+            return
+        failed = [r for r, ok, _ in results if not ok]
+        console.print(f"{len(results) - len(failed)} of {len(results)} runs finished; results in {runs_dir}")
+        if failed:
+            raise typer.Exit(1)
+        return
+    if cli_slurm or slurm_opt or detach:
+        raise MMBenchError("--slurm-* options and --detach apply to --executor slurm; add --executor slurm")
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:
         raise typer.Exit(1)
+
+
+def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
+    """Slurm state of each run that was ever submitted (empty when none was)."""
+    from .results import Run
+
+    runs = [Run(c, runs_dir) for c in configs]
+    if not any((r.dir / "slurm.json").exists() for r in runs):
+        return {}
+    from .slurm import run_states
+
+    return run_states(runs)
 
 
 def _prepare_for(configs, data_root: Optional[Path]) -> None:

@@ -29,6 +29,9 @@ class TrainConfig:
     max_train: Optional[int] = None  # use a seeded subset of the train split (None: all of it)
     max_test: Optional[int] = None  # test tuples of the per-epoch test loss, a seeded subset (None: all of them)
     tensorboard: bool = False  # also write the per-epoch losses as TensorBoard events (needs the `tensorboard` extra)
+    # Also checkpoint mid-epoch every this many minutes of training (None: only at epoch ends); a resume
+    # continues at the saved step with the same data order and RNG state (train.py).
+    checkpoint_minutes: Optional[float] = None
 
 
 @dataclass
@@ -117,7 +120,7 @@ CHOICES = {
     ("EvalConfig", "classifiers"): ("mmbench", "authors"),
     ("EvalConfig", "classifier_dropout"): ("off", "as_authors"),
 }
-POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "latent_dim", "lr_train_samples", "joint_samples",
+POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "checkpoint_minutes", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}
 # The fields run ids were first computed from. A field added later is left out of the id while it is at
 # its default, so adding a setting never orphans finished runs (changing a default would, on purpose).

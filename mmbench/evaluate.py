@@ -70,3 +70,22 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
             "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0})
         run.log("done")
         return run.read_metrics()
+
+
+def execute_when_free(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+                      who: str = "worker") -> Dict[str, Any]:
+    """`execute`, but when another process holds the run's lock (a second `mmbench run` of the same suite,
+    local or on Slurm), wait until it lets go and look again: the run is then done (nothing is trained
+    twice) or stopped (it resumes here)."""
+    import fcntl
+
+    from .results import RunLockedError
+
+    while True:
+        try:
+            return execute(run, data_root, progress)
+        except RunLockedError:
+            run.log(f"{who}: run locked by another process; waiting")
+            with open(run.dir / "run.lock", "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -35,6 +35,10 @@ from .errors import MMBenchError
 SCHEMA_VERSION = 1
 
 
+class RunLockedError(MMBenchError):
+    """Another process holds the run's lock (it is training or evaluating that run now)."""
+
+
 def default_runs_dir() -> Path:
     return Path(os.environ.get("MMBENCH_RUNS", "runs"))
 
@@ -210,7 +214,7 @@ class Run:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise MMBenchError(f"run {self.id} is being written by another process; wait for it or stop it "
+            raise RunLockedError(f"run {self.id} is being written by another process; wait for it or stop it "
                                f"(lock: {self.dir / 'run.lock'})") from None
         try:
             f.seek(0), f.truncate(), f.write(str(os.getpid())), f.flush()

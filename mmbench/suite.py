@@ -3,6 +3,7 @@
     name: quickstart
     description: ...
     defaults: {train: {...}, method: {...}, eval: {...}}      # RunConfig fields for every run
+    slurm: {partition: gpu, gpus_per_job: 1, mem: 32G, time: 240}  # optional, for --executor slurm
     tiers:                                                      # selected with --tier (default: full)
       full: {}
       smoke: {seeds: 1, train: {epochs: 1}}                     # `seeds: N` keeps the first N seeds
@@ -16,6 +17,7 @@
         metrics: [latent_classification, coherence]
         overrides: {method: {beta: 2.5}}                        # for every method of the entry
         method_overrides: {mvae: {train: {lr: 5.0e-4}}}         # for one method
+        slurm: {time: 600}                                      # optional, over the suite's slurm block
 
 A run's settings: defaults <- overrides <- method_overrides <- tier <- --set. Every error names the
 file, the entry and the field.
@@ -47,6 +49,8 @@ class Experiment:
     method_overrides: Dict[str, Any] = field(default_factory=dict)
     # Dotted config path -> values; one run per combination (e.g. {method.beta: [0.5, 1, 2.5]}).
     sweep: Dict[str, List[Any]] = field(default_factory=dict)
+    # Slurm options of this experiment's jobs (mmbench/slurm.py SlurmOptions), over the suite's `slurm:`.
+    slurm: Dict[str, Any] = field(default_factory=dict)
 
     def sweep_points(self) -> List[Dict[str, Any]]:
         """Every combination of the sweep's values as a nested override dict ([{}] without a sweep)."""
@@ -74,11 +78,17 @@ class Suite:
     tiers: Dict[str, Any] = field(default_factory=dict)
     experiments: List[Experiment] = field(default_factory=list)
     path: str = ""
+    slurm: Dict[str, Any] = field(default_factory=dict)  # Slurm options of every job (--executor slurm)
 
     def runs(self, tier: str = "full", overrides: Optional[Dict[str, Any]] = None,
              only: Optional[List[str]] = None) -> List[RunConfig]:
         """Every run of the suite at `tier` (of the experiments named in `only`, if given), validated.
         Errors name file, entry and field."""
+        return [c for c, _ in self.runs_with_experiments(tier, overrides, only)]
+
+    def runs_with_experiments(self, tier: str = "full", overrides: Optional[Dict[str, Any]] = None,
+                              only: Optional[List[str]] = None) -> List[tuple]:
+        """`runs`, each paired with the experiment it comes from."""
         if tier not in TIERS:
             raise ConfigError(f"{self.path}: --tier", f"{tier!r} is not a tier; choose one of: {', '.join(TIERS)}")
         names = [e.name for e in self.experiments]
@@ -105,7 +115,7 @@ class Suite:
                     p = deep_merge(deep_merge(d, point), tier_cfg)
                     p = deep_merge(p, overrides or {})
                     for seed in seeds:
-                        out.append(build_run_config(deep_merge(p, {"seed": seed}), where))
+                        out.append((build_run_config(deep_merge(p, {"seed": seed}), where), exp))
         return out
 
 
@@ -121,7 +131,7 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(str(path), f"not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "a suite must be a mapping with at least `name` and `experiments`")
-    allowed = ("name", "description", "defaults", "tiers", "experiments")
+    allowed = ("name", "description", "defaults", "tiers", "experiments", "slurm")
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{path}: {key}", f"unknown top-level key; allowed: {', '.join(allowed)}")
@@ -151,8 +161,14 @@ def load_suite(path: str | Path) -> Suite:
     for t in tiers:
         if t not in TIERS:
             raise ConfigError(f"{path}: tiers.{t}", f"unknown tier; choose from: {', '.join(TIERS)}")
+    from .slurm import resolve_options
+
+    resolve_options([(raw.get("slurm") or {}, f"{path}: slurm")])  # option names and types, checked now
+    for i, exp in enumerate(parsed):
+        resolve_options([(exp.slurm, f"{path}: experiments[{i}].slurm")])
     suite = Suite(name=str(raw["name"]), description=str(raw.get("description", "")),
-                  defaults=raw.get("defaults") or {}, tiers=tiers, experiments=parsed, path=str(path))
+                  defaults=raw.get("defaults") or {}, tiers=tiers, experiments=parsed, path=str(path),
+                  slurm=raw.get("slurm") or {})
     for t in TIERS:  # validate every tier now, so a typo fails at load time, not hours into a run
         suite.runs(t)
     return suite

@@ -3,7 +3,10 @@
 Determinism: the parameters are initialised after ``torch.manual_seed(seed)``; epoch e shuffles
 with a generator seeded by (seed, e); the global RNG state (used by reparameterised samples) is
 saved in every checkpoint, so an interrupted and resumed run ends with the same weights as an
-uninterrupted one on the CPU.
+uninterrupted one on the CPU. With ``train.checkpoint_minutes`` a checkpoint is also taken mid-epoch
+(the step reached and the epoch's running sums with it), and a resume continues at that step of the
+same permutation; `request_stop` (e.g. from a Slurm signal handler) makes the loop save such a
+checkpoint after the current step and raise `TrainingInterrupted`.
 """
 from __future__ import annotations
 
@@ -35,6 +38,21 @@ def tensorboard_writer(run: Run):
         raise MMBenchError("train.tensorboard: true needs the tensorboard package; install it with "
                            "`pip install 'mmbench[tensorboard]'` or set train.tensorboard: false") from None
     return SummaryWriter(log_dir=str(run.dir / "tensorboard"))
+
+_stop_reason: list = []  # set by request_stop (safe to call from a signal handler), read between steps
+
+
+class TrainingInterrupted(MMBenchError):
+    """Training stopped on request after saving a resumable checkpoint."""
+
+
+def request_stop(reason: str = "stop requested") -> None:
+    """Ask a running `train` to checkpoint after its current optimiser step and raise TrainingInterrupted."""
+    _stop_reason.append(reason)
+
+
+def clear_stop() -> None:
+    _stop_reason.clear()
 
 
 def run_modalities(cfg: RunConfig) -> list:
@@ -111,7 +129,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
         state = ck["state"]
-        run.log(f"resumed from {last} at epoch {state['epoch']}")
+        at = f", step {state['step']}" if state.get("step") else ""
+        run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1)  # per-epoch test loss (model selection)
@@ -119,12 +138,20 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
         model.plan_steps(E * n_batches)
     t0 = time.time()
+    every_s = cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None
+    saved_at = time.time()
+
+    def save_last() -> None:
+        _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                     "state": state})
+
     model.train()
     for epoch in range(state["epoch"], E):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(train_split), generator=g)
-        sums: Dict[str, float] = {}
-        for b in range(n_batches):  # drop_last, as the authors' loaders
+        # A mid-epoch checkpoint holds the next step of this epoch and the running sums of its logs.
+        first, sums = state.pop("step", 0), state.pop("sums", {})
+        for b in range(first, n_batches):  # drop_last, as the authors' loaders
             idx = perm[b * B:(b + 1) * B]
             loss, logs = model.loss(train_split.batch(idx, device))
             if not torch.isfinite(loss):
@@ -136,6 +163,18 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)
+            due = every_s is not None and time.time() - saved_at >= every_s
+            if (_stop_reason or due) and b + 1 < n_batches:
+                state.update(step=b + 1, sums=dict(sums))
+                save_last()
+                del state["step"], state["sums"]
+                saved_at = time.time()
+                if _stop_reason:
+                    why = _stop_reason[0]
+                    clear_stop()
+                    run.log(f"stopped ({why}) at epoch {epoch + 1}, step {b + 1} of {n_batches}; checkpoint {last}")
+                    raise TrainingInterrupted(f"run {run.id} stopped ({why}) at epoch {epoch + 1}, step {b + 1}; "
+                                              f"re-run the same command to resume from {last}")
         tl = test_loss(model, loss_split, B, cfg.seed, device)
         record = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}, "test_loss": tl}
         state["history"].append(record)
@@ -149,9 +188,15 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         if tl < state["best_test_loss"]:
             state["best_test_loss"] = tl
             _save(run.ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "test_loss": tl})
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E:
-            _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                         "state": state})
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or _stop_reason:
+            save_last()
+            saved_at = time.time()
+        if _stop_reason and epoch + 1 < E:
+            why = _stop_reason[0]
+            clear_stop()
+            run.log(f"stopped ({why}) after epoch {epoch + 1}; checkpoint {last}")
+            raise TrainingInterrupted(f"run {run.id} stopped ({why}) after epoch {epoch + 1}; "
+                                      f"re-run the same command to resume from {last}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     if writer is not None:

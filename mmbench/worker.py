@@ -9,7 +9,7 @@ import yaml
 
 from .config import build_run_config
 from .errors import MMBenchError
-from .evaluate import execute
+from .evaluate import execute_when_free
 from .results import Run
 
 
@@ -26,7 +26,7 @@ def main(run_dir: str) -> int:
             run.progress(phase, done, total)
 
     try:
-        execute(run, None, progress)
+        execute_when_free(run, None, progress)  # another `mmbench run` on this run: wait, never twice
     except MMBenchError as e:
         print(f"error: {e}", flush=True)
         return 1

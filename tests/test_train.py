@@ -151,3 +151,59 @@ def test_atomic_writes_leave_the_old_file_when_the_write_fails(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "m.json"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
     assert os.path.exists(path)
+
+
+def test_mid_epoch_stop_and_resume_equals_uninterrupted(tmp_path, data_root):
+    """request_stop (what a Slurm signal handler calls) saves mid-epoch; the resume ends bit-identical."""
+    from mmbench.train import TrainingInterrupted, request_stop
+
+    c = cfg(train={"epochs": 2, "max_train": 160, "max_test": 64})  # 5 steps per epoch
+    full = Run(c, tmp_path / "full")
+    a = train(full, data_root)
+    part = Run(c, tmp_path / "part")
+    stop_at = {7}  # epoch 2, step 2 of 5
+
+    def progress(phase, done, total):
+        if done in stop_at:
+            request_stop("test")
+
+    with pytest.raises(TrainingInterrupted, match="at epoch 2, step 2"):
+        train(part, data_root, progress)
+    ck = torch.load(part.ckpt_dir / "last.pt", weights_only=False)
+    assert ck["state"]["epoch"] == 1 and ck["state"]["step"] == 2
+    b = train(part, data_root)
+    assert "resumed from" in part.log_path.read_text() and "step 2" in part.log_path.read_text()
+    assert a["history"] == b["history"]
+    wa, wb = weights(full), weights(part)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, data_root):
+    """Periodic mid-epoch checkpoints (train.checkpoint_minutes): a crash after one loses only the steps
+    since it, and the resumed run's history and weights equal an uninterrupted run's."""
+    c = cfg(train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 1e-9})  # due after every step
+    full = Run(c, tmp_path / "full")
+    a = train(full, data_root)
+    part = Run(c, tmp_path / "part")
+
+    def crash(phase, done, total):
+        if done == 5:  # the checkpoint after step 4 exists, step 5's is not written yet
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train(part, data_root, crash)
+    assert torch.load(part.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4
+    b = train(part, data_root)
+    assert a["history"] == b["history"]
+    wa, wb = weights(full), weights(part)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_minutes_at_default_keeps_run_ids():
+    base = cfg()
+    # the id of the default polydigits config before checkpoint_minutes existed (tests/test_config.py)
+    assert build_run_config({"dataset": "polydigits"}).run_id() == "polydigits-vanilla-mopoe-s0-a78aea8e21"
+    assert cfg(train={"checkpoint_minutes": None}).run_id() == base.run_id()
+    assert cfg(train={"checkpoint_minutes": 5}).run_id() != base.run_id()
+    with pytest.raises(MMBenchError, match="train.checkpoint_minutes"):
+        cfg(train={"checkpoint_minutes": 0})

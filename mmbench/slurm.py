@@ -1,0 +1,351 @@
+"""`mmbench run --executor slurm`: the runs of a suite as a Slurm job array, submitted through submitit.
+
+Each array task executes one run (`SlurmRun`) in the same run directory a local run uses (a shared
+filesystem); the run lock (results.py) still decides who writes a run, so two submissions of one suite
+train every run once: a task whose run is locked waits for the lock and then finds the run done.
+
+Scheduler signals:
+* the pre-timeout signal (USR2, `signal_delay_s` before the time limit, or on preemption where the cluster
+  sends it) makes training save a checkpoint after its current step (train.request_stop); submitit's
+  checkpoint/requeue then requeues the task, which resumes from that checkpoint (`SlurmRun.checkpoint`);
+* SIGTERM (`scancel`, `scontrol requeue`, preemption by requeue) also saves such a checkpoint first; a
+  requeued task resumes from it, a cancelled run is resumed by running the same command again.
+
+Where the options come from, later ones winning: the site config (`$MMBENCH_SLURM_CONFIG`, else
+~/.config/mmbench/slurm.yaml), the suite's `slurm:` block, an experiment's `slurm:` block, the command line.
+Every run directory records its job in slurm.json (job id, stdout/stderr paths); submitit's files for the
+job sit in <runs_dir>/.slurm/<job id>/ and are linked from the run directory as slurm.out / slurm.err.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .config import RunConfig, from_dict
+from .errors import ConfigError, MMBenchError
+from .results import Run, atomic_json
+
+# squeue states of a job that will still run (or is running) the run.
+ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+         "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+
+
+@dataclass
+class SlurmOptions:
+    partition: Optional[str] = None  # None: the cluster's default partition
+    gpus_per_job: int = 0
+    cpus_per_job: int = 1
+    mem: Optional[str] = None  # per job, sbatch syntax: 4G, 500M (None: the partition's default)
+    time: int = 60  # minutes per job; a run that needs longer is checkpointed and requeued
+    array_parallelism: int = 256  # array tasks running at once
+    signal_delay_s: int = 90  # the pre-timeout signal comes this long before the time limit
+    max_requeues: int = 3  # requeues after time limits before a run is reported failed
+    sbatch: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {account: lab, qos: high}
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v not in (None, {}, 0))
+
+
+POSITIVE = ("cpus_per_job", "time", "array_parallelism", "signal_delay_s")
+
+
+def site_config_path() -> Path:
+    return Path(os.environ.get("MMBENCH_SLURM_CONFIG", Path.home() / ".config" / "mmbench" / "slurm.yaml"))
+
+
+def _check(d: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Validate a partial options mapping (field names and types) and return it."""
+    opts = from_dict(SlurmOptions, d, where)
+    for k in d:
+        v = getattr(opts, k)
+        if k in POSITIVE and v <= 0:
+            raise ConfigError(f"{where}.{k}", f"must be > 0, got {v!r}")
+        if k in ("gpus_per_job", "max_requeues") and v < 0:
+            raise ConfigError(f"{where}.{k}", f"must be >= 0, got {v!r}")
+    return dict(d)
+
+
+def site_options() -> Dict[str, Any]:
+    path = site_config_path()
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from None
+    return _check(raw.get("slurm", raw), str(path))
+
+
+def resolve_options(layers: Sequence[Tuple[Dict[str, Any], str]]) -> SlurmOptions:
+    """Merge option mappings in order (later wins; `sbatch` entries merge key by key)."""
+    merged: Dict[str, Any] = {}
+    for d, where in layers:
+        d = _check(d or {}, where)
+        for k, v in d.items():
+            merged[k] = {**merged.get(k, {}), **v} if k == "sbatch" else v
+    return from_dict(SlurmOptions, merged, "slurm")
+
+
+def parse_sbatch(items: Sequence[str]) -> Dict[str, Any]:
+    """`--slurm-opt account=lab --slurm-opt exclusive` -> {"account": "lab", "exclusive": True}."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise ConfigError(f"--slurm-opt {item}", "expected an sbatch option, e.g. account=mylab or exclusive")
+        out[key] = value if eq else True
+    return out
+
+
+# ----- inside the job ----------------------------------------------------------------------------------
+class SlurmRun:
+    """The callable each array task executes: one run, resumable, requeued on the pre-timeout signal."""
+
+    def __init__(self, run_dir: str, data_root: Optional[str] = None):
+        self.run_dir = run_dir
+        self.data_root = data_root
+
+    def __call__(self) -> Dict[str, Any]:
+        from . import train as train_mod
+        from .config import build_run_config
+        from .evaluate import execute_when_free
+
+        d = Path(self.run_dir)
+        cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
+        run = Run(cfg, d.parent)
+        phase = [""]
+        caught: List[int] = []
+        submitit_usr2 = signal.getsignal(signal.SIGUSR2)
+
+        def on_signal(signum, frame):
+            caught.append(signum)
+            if phase[0].startswith("train") and signum in (signal.SIGUSR2, signal.SIGTERM):
+                train_mod.request_stop(f"Slurm sent {signal.Signals(signum).name}")
+            elif signum == signal.SIGUSR2 and callable(submitit_usr2):
+                submitit_usr2(signum, frame)  # not training: checkpoint()/requeue now, evaluation restarts
+
+        signal.signal(signal.SIGUSR2, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
+        run.log(f"slurm job {job} on {os.uname().nodename} (restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
+        last = [0.0]
+
+        def progress(ph: str, done: int, total: int) -> None:
+            phase[0] = ph
+            now = time.time()
+            if now - last[0] > 0.5 or done == total:
+                last[0] = now
+                run.progress(ph, done, total)
+
+        data_root = Path(self.data_root) if self.data_root else None
+        try:
+            # Another process writing this run (a second submission, a local `mmbench run`): wait for it.
+            return execute_when_free(run, data_root, progress, who=f"slurm job {job}")
+        except train_mod.TrainingInterrupted:
+            for _ in range(20):  # preemption may send SIGTERM first and the requeue signal (USR2) next
+                if signal.SIGUSR2 in caught:
+                    break
+                time.sleep(0.1)
+            if signal.SIGUSR2 in caught and callable(submitit_usr2):
+                run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
+                submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
+            raise
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit's hook on the pre-timeout/preemption signal: the training state is already on disk
+        (last.pt, saved after the current step), so the requeued task is this run again and resumes."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dir, self.data_root))
+
+
+# ----- the submitting side ---------------------------------------------------------------------------------
+def available() -> Optional[str]:
+    """None when Slurm answers (sinfo) and submitit imports, else the reason it cannot be used."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return "the submitit package is not installed (pip install submitit)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"sinfo does not run ({e}); Slurm's client commands are not installed here"
+    if out.returncode != 0:
+        return f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}"
+    if not out.stdout.strip():
+        return "sinfo lists no partition"
+    return None
+
+
+def _job_states() -> Dict[str, str]:
+    """Array task / job id -> squeue state, for every job in the queue."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise MMBenchError(f"squeue failed: {out.stderr.strip()}")
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if line.strip())
+
+
+def _ended_state(job_id: str) -> str:
+    """JobState (and reason) of a job no longer queued, from scontrol while Slurm remembers it."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or "JobState=" not in out.stdout:
+        return "ENDED"
+    fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+    state, reason = fields.get("JobState", "ENDED"), fields.get("Reason", "None")
+    return state + (f" ({reason})" if reason not in ("None", "") else "")
+
+
+def read_job(run: Run) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((run.dir / "slurm.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_states(runs: Sequence[Run], queue: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, Any]]:
+    """Per run id: {"state": done | queued | running | failed | pending | partial, "job", "log", "detail"}."""
+    out: Dict[str, Dict[str, Any]] = {}
+    jobs = {r.id: read_job(r) for r in runs}
+    if queue is None and any(jobs.values()) and available() is None:
+        queue = _job_states()
+    for r in runs:
+        st, job = r.status(), jobs[r.id]
+        info: Dict[str, Any] = {"state": st, "job": job and job["job_id"], "log": job and job["stderr"],
+                                "detail": ""}
+        if job and st != "done":
+            q = (queue or {}).get(job["job_id"])
+            if q in ALIVE:
+                info["state"] = "running" if q in ("RUNNING", "COMPLETING", "CONFIGURING") else "queued"
+                info["detail"] = q
+            elif queue is not None:
+                info["state"], info["detail"] = "failed", _ended_state(job["job_id"])
+        out[r.id] = info
+    return out
+
+
+def _tail(path: Optional[str], n: int = 3) -> str:
+    try:
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(lines[-n:])
+    except (OSError, TypeError):
+        return ""
+
+
+def submit(groups: List[Tuple[SlurmOptions, List[Run]]], runs_dir: Path, data_root: Optional[Path]) -> Dict[str, str]:
+    """Submit one job array per option set; record each run's job in its slurm.json. Returns run id -> job id."""
+    import submitit
+
+    folder = Path(runs_dir).resolve() / ".slurm"
+    submitted: Dict[str, str] = {}
+    for opts, runs in groups:
+        ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=opts.max_requeues)
+        params: Dict[str, Any] = dict(time=opts.time, cpus_per_task=opts.cpus_per_job, ntasks_per_node=1, nodes=1,
+                                      array_parallelism=opts.array_parallelism, signal_delay_s=opts.signal_delay_s,
+                                      job_name="mmbench", stderr_to_stdout=False,
+                                      setup=[f"export OMP_NUM_THREADS={opts.cpus_per_job}"])
+        if opts.partition:
+            params["partition"] = opts.partition
+        if opts.gpus_per_job:
+            params["gpus_per_node"] = opts.gpus_per_job
+        if opts.mem:
+            params["mem"] = opts.mem
+        if opts.sbatch:
+            params["additional_parameters"] = dict(opts.sbatch)
+        try:
+            ex.update_parameters(**params)
+        except ValueError as e:  # an sbatch option submitit does not know
+            raise ConfigError("slurm.sbatch", str(e).splitlines()[0]) from None
+        root = str(Path(data_root).resolve()) if data_root is not None else None
+        try:
+            with ex.batch():
+                jobs = [ex.submit(SlurmRun(str(r.dir.resolve()), root)) for r in runs]
+        except subprocess.CalledProcessError as e:
+            msg = (e.output or b"").decode(errors="replace").strip().splitlines()
+            raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {msg[-1] if msg else e}; "
+                               f"fix the slurm options") from None
+        except Exception as e:
+            if type(e).__name__ == "FailedJobError":
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {lines[-1] if lines else e}; "
+                                   f"fix the slurm options") from None
+            raise
+        for r, j in zip(runs, jobs):
+            rec = {"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
+                   "folder": str(j.paths.folder), "submitted": time.time(), "options": dataclasses.asdict(opts)}
+            atomic_json(r.dir / "slurm.json", rec)
+            for name, target in (("slurm.out", j.paths.stdout), ("slurm.err", j.paths.stderr)):
+                link = r.dir / name
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(target)
+            submitted[r.id] = j.job_id
+    return submitted
+
+
+def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path],
+              options: Sequence[Tuple[RunConfig, SlurmOptions]], console, wait: bool = True,
+              poll_s: float = 3.0) -> List[Tuple[Run, bool, str]]:
+    """Submit every unfinished run (skipping runs whose job is still queued or running, from this or another
+    submission), then, with `wait`, follow the jobs until each run is done or its job ended without it.
+    Returns (run, ok, message) per run."""
+    reason = available()
+    if reason:
+        raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
+    runs_dir = Path(runs_dir)
+    (runs_dir / ".slurm").mkdir(parents=True, exist_ok=True)
+    runs = [Run(c, runs_dir) for c in configs]
+    opts_of = {Run(c, runs_dir).id: o for c, o in options}
+    results: Dict[str, Tuple[bool, str]] = {}
+    # One submitter at a time per runs directory: a second invocation sees the first one's jobs as queued.
+    with open(runs_dir / ".slurm" / "submit.lock", "a+") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        states = run_states(runs, _job_states())
+        groups: Dict[str, Tuple[SlurmOptions, List[Run]]] = {}
+        for r in runs:
+            st = states[r.id]
+            if st["state"] == "done":
+                results[r.id] = (True, "already done")
+            elif st["state"] in ("queued", "running"):
+                console.print(f"{r.id}: already {st['state']} as Slurm job {st['job']} (log: {st['log']})")
+            else:
+                r.init()
+                o = opts_of[r.id]
+                groups.setdefault(json.dumps(dataclasses.asdict(o), sort_keys=True), (o, []))[1].append(r)
+        submitted = submit(list(groups.values()), runs_dir, data_root)
+    for o, rs in groups.values():
+        ids = sorted({submitted[r.id].split("_")[0] for r in rs})
+        console.print(f"submitted {len(rs)} run(s) as Slurm job array {', '.join(ids)} ({o.describe()}); "
+                      f"logs under {(runs_dir / '.slurm').resolve()}")
+    if not wait:
+        return [(r, True, "submitted") for r in runs]
+    pending = [r for r in runs if r.id not in results]
+    while pending:
+        time.sleep(poll_s)
+        states = run_states(pending, _job_states())
+        still = []
+        for r in pending:
+            st = states[r.id]
+            if st["state"] == "done":
+                results[r.id] = (True, f"done (job {st['job']})")
+                console.print(f"done {r.id} (Slurm job {st['job']})")
+            elif st["state"] in ("queued", "running"):
+                still.append(r)
+            else:
+                msg = f"Slurm job {st['job']} {st['detail']}: {_tail(st['log']) or 'no output'}"
+                results[r.id] = (False, msg)
+                console.print(f"[red]FAILED[/red] {r.id}: {msg} (log: {st['log']}; run log: {r.log_path}); "
+                              f"run the same command again to resume it")
+        pending = still
+    return [(r, *results[r.id]) for r in runs]

@@ -1,0 +1,266 @@
+"""`mmbench run --executor slurm` on a real Slurm (started by .ci/slurm-up.sh; skipped where there is none).
+
+Two tiny polydigits runs (experiments `a` = mopoe and `b` = mvae, 2 epochs of 25 steps). Every Slurm
+result is compared with the local executor's result of the same run ids (`local_ref`).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmbench.slurm import SlurmOptions, available, parse_sbatch, resolve_options
+
+REPO = Path(__file__).resolve().parents[1]
+REASON = available()
+needs_slurm = pytest.mark.skipif(REASON is not None, reason=f"no Slurm here ({REASON}); start one with "
+                                                            f".ci/slurm-up.sh (root) to run these tests")
+
+SUITE = """name: slurm-test
+defaults:
+  method: {{latent_dim: 8, beta: 1.0, image_likelihood: gaussian}}
+  train: {{epochs: 2, batch_size: 32, lr: 2.0e-3, max_train: 800, max_test: 64}}
+  eval: {{metrics: [latent_classification], test_samples: 64, lr_train_samples: 64}}
+slurm: {{mem: 4G, time: 10, signal_delay_s: 30}}
+experiments:
+  - {{name: a, dataset: polydigits, variant: vanilla, methods: [mopoe]}}
+  - {{name: b, dataset: polydigits, variant: vanilla, methods: [mvae]{b_slurm}}}
+"""
+
+
+def write_suite(tmp: Path, b_slurm: str = "") -> Path:
+    p = tmp / "suite.yaml"
+    p.write_text(SUITE.format(b_slurm=f", slurm: {{{b_slurm}}}" if b_slurm else ""))
+    return p
+
+
+def dry_run(suite, runs_dir) -> str:
+    """`mmbench run SUITE --dry-run` in this process (no interpreter start-up), its output."""
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import mmbench.cli as cli
+
+    saved, buf = cli.console, io.StringIO()
+    cli.console = Console(file=buf, width=400)  # wide enough for untruncated ids and log paths
+    try:
+        r = CliRunner().invoke(cli.app, ["run", str(suite), "--dry-run", "--runs-dir", str(runs_dir)])
+    finally:
+        cli.console = saved
+    assert r.exit_code == 0, r.output + str(r.exception)
+    return buf.getvalue()
+
+
+def mmbench(*args, data_root, runs_dir, background=False, timeout=240):
+    cmd = [sys.executable, "-m", "mmbench", "run", *map(str, args), "--runs-dir", str(runs_dir),
+           "--data-root", str(data_root)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200")
+    if background:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(runs_dir: Path):
+    return {p.name.split("-")[2]: p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def metrics(run_dir: Path):
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def epoch_lines(run_dir: Path) -> int:
+    return len(re.findall(r" epoch epoch=", (run_dir / "log.txt").read_text()))
+
+
+def wait_training(run_dir: Path, min_done: int, timeout: float = 180) -> dict:
+    """Until the run's job is past `min_done` training steps (and not past the first epoch's end)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            p = json.loads((run_dir / "progress.json").read_text())
+            if p["phase"].startswith("train") and p["done"] >= min_done:
+                return json.loads((run_dir / "slurm.json").read_text())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir.name} did not reach training step {min_done} in {timeout} s")
+
+
+def release_when_requeued(job_id: str, timeout: float = 60) -> None:
+    """Slurm holds a requeued job ~2 minutes (BeginTime); let it start now so the test stays short."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if out.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} was not requeued")
+
+
+@pytest.fixture(scope="module")
+def local_ref(tmp_path_factory, data_root):
+    """The suite through the local executor: the results every Slurm path must reproduce exactly."""
+    tmp = tmp_path_factory.mktemp("local")
+    out = mmbench(write_suite(tmp), "-j", "2", data_root=data_root, runs_dir=tmp / "runs")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {m: metrics(d) for m, d in run_dirs(tmp / "runs").items()}
+
+
+def test_options_merge_and_validate(tmp_path, monkeypatch):
+    o = resolve_options([({"mem": "4G", "sbatch": {"account": "lab"}}, "site"), ({"time": 30}, "suite"),
+                         ({"sbatch": {"qos": "high"}, "mem": "8G"}, "cli")])
+    assert (o.mem, o.time, o.sbatch) == ("8G", 30, {"account": "lab", "qos": "high"})
+    assert parse_sbatch(["account=lab", "--exclusive"]) == {"account": "lab", "exclusive": True}
+    with pytest.raises(Exception, match="suite.memory: unknown field"):
+        resolve_options([({"memory": "4G"}, "suite")])
+    with pytest.raises(Exception, match="cli.time: must be > 0"):
+        resolve_options([({"time": 0}, "cli")])
+    site = tmp_path / "slurm.yaml"
+    site.write_text("slurm: {partition: gpu, gpus_per_job: 2}\n")
+    monkeypatch.setenv("MMBENCH_SLURM_CONFIG", str(site))
+    from mmbench.slurm import site_options
+
+    assert site_options() == {"partition": "gpu", "gpus_per_job": 2}
+    assert SlurmOptions().partition is None
+
+
+def test_slurm_options_need_slurm_executor(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+    from mmbench.errors import MMBenchError
+
+    for extra in (["--slurm-mem", "4G"], ["--executor", "pbs"]):
+        r = CliRunner().invoke(app, ["run", str(write_suite(tmp_path)), "--runs-dir", str(tmp_path / "r"), *extra])
+        assert isinstance(r.exception, MMBenchError)
+        assert "add --executor slurm" in str(r.exception) or "choose local or slurm" in str(r.exception)
+
+
+@needs_slurm
+def test_two_concurrent_submissions_train_each_run_once_and_match_local(tmp_path, data_root, local_ref):
+    suite, runs = write_suite(tmp_path), tmp_path / "runs"
+    procs = [mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("submitted 2 run(s)" in o for o in outs) == 1, outs  # the second saw the first one's jobs
+    assert sum("already queued" in o or "already running" in o for o in outs) >= 1, outs
+    dirs = run_dirs(runs)
+    for m, d in dirs.items():
+        assert epoch_lines(d) == 2, f"{m} trained more than once: {d / 'log.txt'}"
+        assert metrics(d) == local_ref[m]
+        assert Path(os.readlink(d / "slurm.err")).exists()
+    rep = dry_run(suite, runs)
+    assert rep.count(" done ") >= 2 and "Slurm job" in rep, rep
+
+
+@needs_slurm
+def test_requeue_and_pre_timeout_signal_resume_to_identical_metrics(tmp_path, data_root, local_ref):
+    """Run a (mopoe) is requeued with `scontrol requeue`, run b (mvae) gets the pre-timeout signal USR2
+    mid-epoch; both save a checkpoint after their current step, restart, resume and end identical."""
+    suite, runs = write_suite(tmp_path), tmp_path / "runs"
+    proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
+    t0 = time.time()
+    while len(run_dirs(runs) if runs.exists() else {}) < 2 and time.time() - t0 < 60:
+        time.sleep(0.2)
+    dirs = run_dirs(runs)
+    job_a = wait_training(dirs["mopoe"], 3)["job_id"]  # at least 47 of 50 steps to go
+    subprocess.run(["scontrol", "requeue", job_a], check=True)
+    job_b = wait_training(dirs["mvae"], 3)["job_id"]
+    # scancel keeps retrying ("Job can not be altered now") for ~90 s once the job has requeued itself:
+    # do not wait for it.
+    sig = subprocess.Popen(["scancel", "--signal=USR2", job_b], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    release_when_requeued(job_a)
+    release_when_requeued(job_b)
+    out = proc.communicate(timeout=240)[0]
+    sig.kill()
+    sig.wait()
+    assert proc.returncode == 0, out
+    for m, signame in (("mopoe", "SIGTERM"), ("mvae", "SIGUSR2")):
+        log = (dirs[m] / "log.txt").read_text()
+        assert re.search(rf"stopped \(Slurm sent {signame}\) (at|after) epoch \d", log), log
+        assert re.search(r"resumed from .* at epoch \d", log), log
+        assert "(restart 1)" in log, log
+        assert epoch_lines(dirs[m]) == 2, log
+        assert metrics(dirs[m]) == local_ref[m]
+    assert "requeueing (submitit)" in (dirs["mvae"] / "log.txt").read_text()
+
+
+@needs_slurm
+def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_root, local_ref):
+    suite, runs = write_suite(tmp_path), tmp_path / "runs"
+    proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
+    t0 = time.time()
+    while "mopoe" not in (run_dirs(runs) if runs.exists() else {}) and time.time() - t0 < 60:
+        time.sleep(0.2)
+    dirs = run_dirs(runs)
+    job_a = wait_training(dirs["mopoe"], 3)["job_id"]
+    subprocess.run(["scancel", job_a], check=True)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 1, out
+    flat = " ".join(out.split())
+    assert f"FAILED {dirs['mopoe'].name}" in flat and "CANCELLED" in flat and f"{job_a}_0_log.err" in flat, flat
+    assert (dirs["mvae"] / "metrics.json").exists()  # the other job went on
+    rep = dry_run(suite, runs)
+    assert "failed (CANCELLED" in rep and f"{job_a}_0_log.err" in rep, rep
+    again = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted 1 run(s)" in " ".join(again.stderr.split())  # the finished run is not resubmitted
+    log = (dirs["mopoe"] / "log.txt").read_text()
+    assert re.search(r"stopped \(Slurm sent SIGTERM\)", log) and re.search(r"resumed from .* at epoch \d", log), log
+    assert epoch_lines(dirs["mopoe"]) == 2 and epoch_lines(dirs["mvae"]) == 2
+    assert (dirs["mvae"] / "log.txt").read_text().count("slurm job") == 1
+    assert {m: metrics(d) for m, d in dirs.items()} == local_ref
+
+
+@needs_slurm
+def test_job_over_its_memory_limit_is_reported_with_its_log_and_others_finish(tmp_path, data_root, local_ref):
+    suite, runs = write_suite(tmp_path, b_slurm="mem: 150M"), tmp_path / "runs"
+    out = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs)
+    assert out.returncode == 1, out.stdout + out.stderr
+    dirs = run_dirs(runs)
+    err = " ".join(out.stderr.split())
+    job_b = json.loads((dirs["mvae"] / "slurm.json").read_text())["job_id"]
+    assert f"FAILED {dirs['mvae'].name}" in err and f"{job_b}_0_log.err" in err, err
+    assert "memory" in err.lower(), err
+    assert metrics(dirs["mopoe"]) == local_ref["mopoe"]
+    assert not (dirs["mvae"] / "metrics.json").exists()
+
+
+def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
+    """The fcntl run lock of one process stops another process (RunLockedError); execute_when_free
+    (local workers and Slurm jobs) waits for it and then finds the run done instead of training it."""
+    import threading
+
+    from mmbench.config import build_run_config
+    from mmbench.evaluate import execute_when_free
+    from mmbench.results import Run, RunLockedError
+
+    run = Run(build_run_config({"dataset": "polydigits", "train": {"epochs": 1}}), tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mmbench.config import build_run_config; from mmbench.results import Run\n"
+        f"r = Run(build_run_config({{'dataset': 'polydigits', 'train': {{'epochs': 1}}}}), {str(tmp_path)!r})\n"
+        "with r.lock():\n    print('locked', flush=True); sys.stdin.readline()\n"
+        "    r.write_metrics({'x': 1.0})\n")], env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError):
+        with run.lock():
+            pass
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(m=execute_when_free(run, tmp_path / "no-data")))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive() and "locked by another process; waiting" in run.log_path.read_text()
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    waiter.join(30)
+    assert holder.wait(30) == 0 and not waiter.is_alive()
+    assert got["m"]["metrics"] == {"x": 1.0}  # found done: nothing trained (no data was even needed)
