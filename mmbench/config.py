@@ -28,6 +28,8 @@ class TrainConfig:
     select: str = "last"  # model selection for evaluation: "last" or "best_test_loss" (mrVAE)
     max_train: Optional[int] = None  # use a seeded subset of the train split (None: all of it)
     max_test: Optional[int] = None  # test tuples of the per-epoch test loss, a seeded subset (None: all of them)
+    # Arithmetic of the loss: fp32, or bf16 = torch.autocast to bfloat16 (parameters and Adam stay fp32)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -84,6 +86,7 @@ class RunConfig:
 # Field constraints beyond the type: (check, "what is allowed").
 CHOICES = {
     ("TrainConfig", "select"): ("last", "best_test_loss"),
+    ("TrainConfig", "precision"): ("fp32", "bf16"),
     ("EvalConfig", "ap_scores"): ("hard", "proba"),
     ("EvalConfig", "lr_protocol"): ("mopoe", "smvae", "mmvamp"),
     ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),

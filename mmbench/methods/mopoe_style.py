@@ -7,7 +7,7 @@ import torch
 
 from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import Gaussian, stratified_components
+from .base import Gaussian, randn_like, stratified_components
 from .mopoe import MoPoE
 
 
@@ -73,7 +73,7 @@ class MoPoEStyle(MoPoE):
         if z.shape[-1] != self.latent_dim:
             raise MMBenchError(f"mopoe_style decodes z of {self.latent_dim} (content) or "
                                f"{self.latent_dim + self.style_dim} (content+style) dims, got {z.shape[-1]}")
-        return torch.cat([z, torch.randn(*z.shape[:-1], self.style_dim, device=z.device, dtype=z.dtype)], -1)
+        return torch.cat([z, randn_like(z.new_empty(*z.shape[:-1], self.style_dim))], -1)
 
     def decode(self, z, modality):
         return self.likelihoods[modality].mean(self.decoders[modality](self.with_style(z)))
@@ -99,5 +99,5 @@ class MoPoEStyle(MoPoE):
             kl_style = kl_style + self.style_betas[m] * styles[m].kl_standard_normal()
         kl = self.opt["beta_style"] * kl_style + self.opt["beta_content"] * kl_content
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(),
-                      "kl_content": kl_content.mean().item(), "kl_style": kl_style.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(),
+                      "kl_content": kl_content.mean().detach(), "kl_style": kl_style.mean().detach()}

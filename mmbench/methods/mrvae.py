@@ -296,6 +296,9 @@ class MrVAE(MultimodalVAE):
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
 
+    # a Python-side step counter anneals the temperatures; runs train unpacked (mmbench/pack.py)
+    packable = False
+
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
     options = {"tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
 
