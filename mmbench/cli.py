@@ -157,6 +157,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
         only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
+        pack: Optional[int] = typer.Option(None, "--pack", help="Cap on runs trained together as one stacked model "
+                                           "(runs differing only in seed; default: split evenly over the workers; "
+                                           "1: every run alone)."),
+        step_times: Optional[Path] = typer.Option(None, "--step-times", help="With --dry-run: a `mmbench bench steps "
+                                                  "--pack` table (e.g. docs/step_times_h100.md) to project the "
+                                                  "tier's training time on that GPU."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT) -> None:
     """Run every experiment of a suite (skips finished runs, resumes unfinished ones).
 
@@ -200,7 +206,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                        f"dataset, variant and method)" if unknown else ""))
         return
     _prepare_for(configs, data_root)
-    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
+    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:

@@ -156,8 +156,12 @@ class StackedModel:
         own = dict(template.named_buffers())  # non-persistent buffers are not in a state_dict: the template's
         self.buffers = {f"model.{n}": torch.stack([s.get(n, own[n]).to(device) for s in states]) for n in bnames}
         self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)
-        if opt_states[0] is not None:
+        started = [o is not None and bool(o["state"]) for o in opt_states]
+        if all(started):
             self.opt.load_state_dict(_stack_opt(opt_states))
+        elif any(started):
+            raise MMBenchError("a pack mixes runs whose optimiser has stepped with runs whose has not; "
+                               "pack only runs resumed at the same epoch")
         self._draws: Dict[Tuple, List[Tuple]] = {}
 
     @property
