@@ -129,13 +129,12 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
 
 def test_killed_pack_resumes_every_run(tmp_path, data_root):
     # A worker training a pack of 3 is SIGKILLed mid-epoch (after the first epoch's checkpoints); running
-    # the same worker again resumes all three from their checkpoints and finishes them.
+    # the same worker again resumes all three from their checkpoints and finishes them. Two worker processes
+    # (each imports torch): ~10 s on an idle 2-core machine, the slowest test of this file.
     runs = []
     for s in range(3):
-        c = cfg(s, epochs=2, max_train=128)
-        c.eval.metrics = ["latent_classification"]
-        c.eval.lr_train_samples = 64
-        c.eval.test_samples = 64
+        c = cfg(s, epochs=2, max_train=64)
+        c.eval.metrics = []  # this test is about training; evaluation after a pack is test_runner's
         r = Run(c, tmp_path)
         r.init()
         runs.append(r)
@@ -150,7 +149,7 @@ def test_killed_pack_resumes_every_run(tmp_path, data_root):
             done = json.loads(p.read_text())["done"] if p.exists() else 0
         except ValueError:
             done = 0
-        if all((r.ckpt_dir / "last.pt").exists() for r in runs) and done >= 4 + 1:
+        if all((r.ckpt_dir / "last.pt").exists() for r in runs) and done >= 2 + 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
