@@ -377,10 +377,17 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 latent_dim: int = typer.Option(512, "--latent-dim"),
                 steps: int = typer.Option(5, help="Timed steps per measurement (median reported)."),
                 device: str = typer.Option("cpu", help="cpu or cuda (the first visible GPU)."),
+                pack: Optional[str] = typer.Option(None, "--pack", help="Comma-separated pack sizes, e.g. 1,5,15: "
+                                                   "run-steps per second of each method unpacked and packed "
+                                                   "(mmbench/pack.py) instead of the step-time tables."),
+                precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast), as train.precision."),
+                compile: bool = typer.Option(False, "--compile", help="With --pack on cuda: capture the packed loss "
+                                             "(torch.compile mode reduce-overhead)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here.")) -> None:
     """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
 
     Example: mmbench bench steps --steps 5 --out docs/step_times.md
+    Example: mmbench bench steps --methods mopoe,mvae,mmvae --pack 1,5,15 --device cuda
     """
     import platform
 
@@ -388,7 +395,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     import torch
     from tabulate import tabulate
 
-    from .bench import step_table
+    from .bench import pack_table, step_table
     from .registry import METHODS
 
     names = methods.split(",") if methods else METHODS.names()
@@ -400,21 +407,46 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         raise MMBenchError(f"--device {device!r} is not allowed; choose cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise MMBenchError("--device cuda: no GPU is visible to torch; use --device cpu")
-    with err_console.status("timing") as status:
-        res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
-                         progress=lambda s: status.update(f"timing {s}"), device=device)
+    if precision not in ("fp32", "bf16"):
+        raise MMBenchError(f"--precision {precision!r} is not allowed; choose fp32 or bf16")
+    if compile and (device != "cuda" or not pack):
+        raise MMBenchError("--compile captures CUDA graphs of a packed step; use it with --device cuda --pack N")
+    try:
+        packs = [int(v) for v in pack.split(",")] if pack else []
+    except ValueError:
+        raise MMBenchError(f"--pack {pack!r}: expected comma-separated pack sizes, e.g. 1,5,15") from None
+    if any(n < 1 for n in packs):
+        raise MMBenchError(f"--pack {pack!r}: pack sizes must be >= 1")
     where = (torch.cuda.get_device_name(0) if device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
-    head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
-            f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
-    t1 = pd.DataFrame(res["methods"])
-    t2 = pd.DataFrame(res["scaling"])
-    md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
-    if not t2.empty:
-        wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
-        wide["M"] = wide["M"].astype(str)
-        md += ["Median seconds per step by number of modalities M:", "",
-               tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+    if packs:
+        with err_console.status("timing") as status:
+            rows = pack_table(names, [n for n in packs if n > 1] or packs, batch_size, latent_dim, steps,
+                              progress=lambda s: status.update(f"timing {s}"), device=device,
+                              precision=precision, compile=compile, n_modalities=max(ms))
+        t = pd.DataFrame(rows)
+        head = (f"Run-steps per second, unpacked and packed (mmbench/pack.py), PolyMNIST-shaped batches (M = {max(ms)} "
+                f"× 3×28×28, PolyMNIST CNN), batch {batch_size}, latent {latent_dim}, {precision}, median of {steps} "
+                f"steps; {where}, torch {torch.__version__}.")
+        ok = t[t["run_steps_per_s"].notna()]
+        best = ok.loc[ok.groupby("method")["run_steps_per_s"].idxmax(), ["method", "pack", "run_steps_per_s"]]
+        md = [head, "", tabulate(t, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
+              "Pack size with the most run-steps per second:", "",
+              tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".1f"), ""]
+    else:
+        with err_console.status("timing") as status:
+            res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
+                             progress=lambda s: status.update(f"timing {s}"), device=device, precision=precision)
+        head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
+                f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
+        t1 = pd.DataFrame(res["methods"])
+        t2 = pd.DataFrame(res["scaling"])
+        md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+        if not t2.empty:
+            wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
+            wide["M"] = wide["M"].astype(str)
+            md += ["Median seconds per step by number of modalities M:", "",
+                   tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     text = "\n".join(md)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if out:

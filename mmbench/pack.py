@@ -163,6 +163,12 @@ class StackedModel:
             raise MMBenchError("a pack mixes runs whose optimiser has stepped with runs whose has not; "
                                "pack only runs resumed at the same epoch")
         self._draws: Dict[Tuple, List[Tuple]] = {}
+        self._replay = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")
+        self._replay_shared_x = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, None, 0), randomness="error")
+
+    def compile(self) -> None:
+        """Capture the packed training loss (torch.compile, mode "reduce-overhead": CUDA graphs); GPU only."""
+        self._replay = torch.compile(self._replay, mode="reduce-overhead")
 
     @property
     def size(self) -> int:
@@ -192,8 +198,8 @@ class StackedModel:
         """Per-run losses (R) and logs (each R), every run drawing its noise from its own generator."""
         noise = draw(self.draws_for(x, x_dim, self.template.training), gens, self.device)
         with autocast(precision, self.device):
-            return torch.func.vmap(self._fn("replay"), in_dims=(0, 0, x_dim, 0), randomness="error")(
-                self.params, self.buffers, x, noise)
+            f = self._replay if x_dim == 0 else self._replay_shared_x
+            return f(self.params, self.buffers, x, noise)
 
     def unpacked_loss(self, r: int, x_r, noise_r):
         """Run r's loss computed alone (no vmap), from given noise: the reference of the packability trial."""
