@@ -143,3 +143,61 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
             r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision)
             scaling.append({"method": m, "M": n, **r})
     return {"methods": rows, "scaling": scaling}
+
+
+# ----- projected cost of a suite's tier on one GPU (mmbench run --dry-run --step-times FILE) -------------
+def read_step_times(path) -> Dict[str, Dict[int, float]]:
+    """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
+    `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
+    whose median_s gives the unpacked rate 1 / median_s."""
+    from pathlib import Path
+
+    rates: Dict[str, Dict[int, float]] = {}
+    head: List[str] = []
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
+        if not cells:
+            head = []
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue
+        if not head:
+            head = cells
+            continue
+        row = dict(zip(head, cells))
+        try:
+            if "run_steps_per_s" in row and "pack" in row and row.get("method"):
+                v = float(row["run_steps_per_s"])
+                if v == v:  # not nan
+                    rates.setdefault(row["method"], {})[int(row["pack"])] = v
+            elif "median_s" in row and "M" in row and row.get("method"):
+                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / float(row["median_s"]))
+        except ValueError:
+            continue
+    if not rates:
+        raise MMBenchError(f"{path}: no step times found; expected the Markdown output of "
+                           f"`mmbench bench steps` (optionally with --pack)")
+    return rates
+
+
+def pack_rate(rates: Dict[int, float], size: int) -> float:
+    """Run-steps per second of a pack of `size`: the measured size closest below it (packing more runs
+    than measured is assumed to run no faster per run)."""
+    below = [n for n in rates if n <= size]
+    return rates[max(below)] if below else rates[min(rates)]
+
+
+def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:
+    """Seconds of training each run costs on the measured GPU when its pack trains together (a pack of R
+    runs of S steps takes R·S / rate(R) seconds, shared by its runs); None where no step time or step count."""
+    out: Dict[str, Optional[float]] = {}
+    for group in packs:
+        m = group[0].cfg.method.name
+        steps = [steps_of(r) for r in group]
+        if m not in rates or any(s is None for s in steps):
+            out.update({r.id: None for r in group})
+            continue
+        rate = pack_rate(rates[m], len(group))
+        total = len(group) * max(steps) / rate
+        out.update({r.id: total / len(group) for r in group})
+    return out

@@ -183,6 +183,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
         for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
+        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack) if step_times else None
+        if gpu:
+            t.add_column("GPU time (packed)")
         counts: Dict[str, int] = {}
         total, unknown = 0.0, 0
         for c in configs:
@@ -195,8 +198,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             if status != "done":
                 total += est or 0.0
                 unknown += est is None
-            t.add_row(r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
-                      human_seconds(est) if est else "?", status)
+            cells = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
+                     human_seconds(est) if est else "?", status]
+            if gpu:
+                g = gpu["per_run"].get(r.id)
+                cells.append("-" if status == "done" else human_seconds(g) if g else "?")
+            t.add_row(*cells)
         console.print(t)
         known = sum(1 for c in configs if Run(c, runs_dir).status() != "done") - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
@@ -204,6 +211,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                        else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
                        f"dataset, variant and method)" if unknown else ""))
+        if gpu:
+            console.print(gpu["summary"])
         return
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
@@ -211,6 +220,41 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:
         raise typer.Exit(1)
+
+
+def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_times: Path,
+                    pack: Optional[int]) -> Dict:
+    """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
+    the runs packed as `mmbench run --pack` would pack them on one GPU."""
+    from .bench import projected_seconds, read_step_times
+    from .results import Run
+    from .runner import make_packs
+    from .suite import human_seconds, train_samples
+
+    if not step_times.exists():
+        raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
+                           f"--device cuda --out FILE`")
+    rates = read_step_times(step_times)
+    todo = [Run(c, runs_dir) for c in configs]
+    todo = [r for r in todo if r.status() != "done"]
+
+    def steps_of(r):
+        n = train_samples(r.cfg, data_root)
+        return None if n is None else r.cfg.train.epochs * max(n // r.cfg.train.epochs // r.cfg.train.batch_size, 1)
+
+    packs = make_packs(todo, pack, 1)
+    per_run = projected_seconds(packs, rates, steps_of)
+    known = [v for v in per_run.values() if v is not None]
+    import re
+
+    found = re.search(r"steps; ([^,]+),", step_times.read_text())
+    where = found.group(1) if found else "the measured device"
+    summary = (f"projected training on one GPU ({where}, step times from {step_times}): "
+               f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
+               f"{len(packs)} pack(s)" + (f"; {len(todo) - len(known)} without a step time or a prepared dataset"
+                                         if len(known) < len(todo) else "")
+               + ". Step times are PolyMNIST-shaped (M=5, batch 256); other datasets are approximated by them.")
+    return {"per_run": per_run, "summary": summary}
 
 
 def _prepare_for(configs, data_root: Optional[Path]) -> None:

@@ -161,3 +161,43 @@ def test_killed_pack_resumes_every_run(tmp_path, data_root):
         log = r.log_path.read_text()
         assert "(packed)" in log and "resumed from" in log
         assert [h["epoch"] for h in last(r)["state"]["history"]] == [1, 2]
+
+
+def test_bench_pack_step_time_counts_run_steps():
+    from mmbench.bench import pack_step_time
+    from mmbench.errors import MMBenchError
+
+    r = pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    assert r["pack"] == 2 and r["run_steps_per_s"] == pytest.approx(2 / r["median_s"])
+    with pytest.raises(MMBenchError, match="not packable"):
+        pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    with pytest.raises(MMBenchError, match="needs --device cuda"):
+        pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
+
+
+def test_gpu_projection_uses_pack_rates(tmp_path):
+    from mmbench.bench import projected_seconds, read_step_times
+
+    f = tmp_path / "times.md"
+    f.write_text("Run-steps per second ...; NVIDIA X, torch 2\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                 "|---|---|---|---|---|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 2 | packed | 0.133 | 15 |\n"
+                 "| mvae | 2 | n/a: x | nan | nan |\n")
+    rates = read_step_times(f)
+    assert rates == {"mopoe": {1: 10.0, 2: 15.0}}
+    runs = [Run(cfg(s), tmp_path) for s in range(3)]
+    packed = projected_seconds(make_packs(runs, None), rates, lambda r: 100)
+    assert sum(packed.values()) == pytest.approx(3 * 100 / 15)  # one pack of 3 at the pack-2 rate
+    alone = projected_seconds(make_packs(runs, 1), rates, lambda r: 100)
+    assert sum(alone.values()) == pytest.approx(3 * 100 / 10)
+    assert projected_seconds(make_packs(runs, 1), rates, lambda r: None)[runs[0].id] is None
+
+
+def test_precision_field_validated_and_id_stable(data_root, tmp_path):
+    from mmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.precision"):
+        cfg(precision="fp16")
+    assert cfg(precision="fp32").run_id() == cfg().run_id()  # a new field at its default keeps run ids
+    assert cfg(precision="bf16").run_id() != cfg().run_id()
+    s = train(Run(cfg(precision="bf16", epochs=1), tmp_path), data_root)  # autocast on the CPU
+    assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
