@@ -160,6 +160,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         pack: Optional[int] = typer.Option(None, "--pack", help="Cap on runs trained together as one stacked model "
                                            "(runs differing only in seed; default: split evenly over the workers; "
                                            "1: every run alone)."),
+        compile: bool = typer.Option(False, "--compile", help="Capture packed steps with torch.compile "
+                                     "(reduce-overhead, CUDA graphs); GPU workers only."),
         step_times: Optional[Path] = typer.Option(None, "--step-times", help="With --dry-run: a `mmbench bench steps "
                                                   "--pack` table (e.g. docs/step_times_h100.md) to project the "
                                                   "tier's training time on that GPU."),
@@ -214,6 +216,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if gpu:
             console.print(gpu["summary"])
         return
+    if compile:
+        if not gpus:
+            raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
+        import os
+
+        os.environ["MMBENCH_COMPILE"] = "1"  # read by the packed trainer in each worker
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
     failed = [o for o in outcomes if not o.ok]

@@ -30,12 +30,15 @@ redrawn per batch, and any pack whose first packed step does not reproduce each 
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
 packs. A run whose loss becomes non-finite stops at the end of that epoch (its last checkpoint stays the
 previous epoch's) and leaves the pack; the others go on. Packed runs checkpoint at epoch boundaries only.
+With MMBENCH_COMPILE=1 (`mmbench run --compile`) on a GPU the packed loss is captured with
+torch.compile(mode="reduce-overhead"); a compiler failure falls back to the uncaptured step, logged.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -168,7 +171,11 @@ class StackedModel:
 
     def compile(self) -> None:
         """Capture the packed training loss (torch.compile, mode "reduce-overhead": CUDA graphs); GPU only."""
+        self._eager = self._replay
         self._replay = torch.compile(self._replay, mode="reduce-overhead")
+
+    def uncompile(self) -> None:
+        self._replay = getattr(self, "_eager", self._replay)
 
     @property
     def size(self) -> int:
@@ -364,6 +371,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     if why:
         alone([m.run for m in members], why)
         return {}
+    capture = os.environ.get("MMBENCH_COMPILE") == "1" and torch.device(device).type == "cuda"
+    if capture:
+        sm.compile()
     ids = ", ".join(m.run.id for m in members)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
@@ -376,7 +386,19 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         finite = torch.ones(len(live), dtype=torch.bool, device=device)
         for b in range(n_batches):
             x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
-            losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+            if capture:  # the first captured step: if torch.compile fails, go on uncaptured, saying so
+                capture = False
+                states = [m.gen.get_state() for m in live]
+                try:
+                    losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+                except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                    for m, st in zip(live, states):
+                        m.gen.set_state(st)
+                        m.run.log(f"torch.compile failed ({type(e).__name__}); training uncaptured")
+                    sm.uncompile()
+                    losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+            else:
+                losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
             finite &= torch.isfinite(losses.detach())
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()
