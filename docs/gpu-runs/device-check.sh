@@ -3,7 +3,7 @@
 # written under $OUT:
 #   env.txt                 GPU, torch, git commit
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
-#   steps-packed-bf16.md    the same for MoPoE/MVAE/MMVAE in bf16
+#   steps-packed-bf16.md    the same for MoPoE in bf16
 #   steps-mrvae.md          the mrVAE step next to MoPoE's (step-time table)
 #   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
@@ -33,6 +33,8 @@ T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
 
+# to SECONDS: a part's time limit on the GPU; none in the dry mode (a shared CPU may be arbitrarily slow)
+to() { if [ "$SCALE" = tiny ]; then echo 0; else echo "$1"; fi; }
 if [ "$SCALE" = tiny ]; then
   B=16; LAT=16; STEPS=1; PACKS=1,3; METHODS=mopoe,mvae; MULT=1; CLF_EPOCHS=1
   RUNSET=(--set train.max_train=256 --set train.max_test=128 --set eval.test_samples=128
@@ -40,8 +42,9 @@ if [ "$SCALE" = tiny ]; then
           --set method.latent_dim=16 --set eval.classifier_epochs=1)
   EVAL_SET=(--set eval.test_samples=128)
 else
-  B=256; LAT=512; STEPS=5; PACKS=1,3,5,8,15; MULT=12; CLF_EPOCHS=10
-  METHODS=mopoe,mvae,mmvae,aggregated,independent,jmvae,mopoe_eq5,mopoe_style,vae
+  B=256; LAT=512; STEPS=5; PACKS=${PACKS:-1,5,15}; MULT=12; CLF_EPOCHS=10
+  # the Fig. 3 methods and two others fit the budget; METHODS=... for more (each takes ~10-15 s)
+  METHODS=${METHODS:-mopoe,mvae,mmvae,mopoe_eq5,aggregated}
   # metrics on 1,000 test tuples (the quick tier uses 2,000) so 20 evaluations fit; eval-time.txt times the full budget
   RUNSET=(--set eval.test_samples=1000 --set eval.classifier_min_accuracy=0.85)
   EVAL_SET=()
@@ -59,13 +62,13 @@ $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" -
   && $M classifiers train polymnist --variant vanilla --epochs "$CLF_EPOCHS"
 
 say "step table, packed and unpacked (fp32)"
-timeout 120 $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$OUT/steps-packed.md"
 say "step table, packed and unpacked (bf16)"
-timeout 60 $M bench steps --methods mopoe,mvae,mmvae --pack "$PACKS" --device "$DEVICE" --batch-size $B \
+timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
   --latent-dim $LAT --steps $STEPS --precision bf16 --out "$OUT/steps-packed-bf16.md"
 say "mrVAE step next to MoPoE's"
-timeout 45 $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$OUT/steps-mrvae.md"
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time and report (~150 s on the GPU), at the
@@ -81,7 +84,7 @@ try:
     slowest = min(pack_rate(rates[m], 5) for m in ("mopoe", "mvae", "mmvae"))
 except Exception as e:  # no table: a guess that fits in one unpacked H100 run's speed
     print(3); print(f"no step table ({e}); 3 epochs", file=sys.stderr); sys.exit()
-train_s = max(left - 170, 30)
+train_s = max(left - 180, 30)  # evaluation of 20 runs, eval-time, report, projection: ~180 s
 steps_per_epoch = 60000 // 256
 # 20 runs (15 fp32 + 5 bf16) at about the slowest 5-pack's run-steps/s, shared by all workers
 epochs = int(train_s * slowest / (20 * steps_per_epoch))
@@ -112,7 +115,7 @@ experiments:
     seeds: [0, 1, 2, 3, 4]
     metrics: [latent_classification, coherence]
 EOF
-LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60
+LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
 timeout "$LIM" $M run "$OUT/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
@@ -141,7 +144,7 @@ cat "$OUT/bf16-vs-fp32.md"
 
 say "full-budget evaluation time of one Fig. 3 MoPoE model"
 if [ "$SCALE" = tiny ]; then EB=quick; else EB=full; fi
-EVALTIME_RUNS=/tmp/dc/evaltime timeout 100 $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$OUT/eval-time.txt"
+EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 70) $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$OUT/eval-time.txt"
 
 say "report"
 $M report --compare reference_results/ --allow-missing --format md --out "$OUT/report.md" \
@@ -150,7 +153,7 @@ tail -5 "$OUT/report.txt"
 
 say "projected cost of every suite's full tier on this GPU (packed)"
 for s in suites/*.yaml; do
-  echo "== $s"; timeout 30 $M run "$s" --tier full --dry-run --step-times "$OUT/steps-packed.md" 2>&1 | tail -4
+  echo "== $s"; timeout $(to 30) $M run "$s" --tier full --dry-run --step-times "$OUT/steps-packed.md" 2>&1 | tail -4
 done > "$OUT/projection.txt"
 tail -3 "$OUT/projection.txt"
 
