@@ -175,6 +175,10 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     from .runner import run_all
     from .suite import load_suite
 
+    if pack is not None and pack < 1:
+        raise MMBenchError(f"--pack {pack}: must be >= 1 (1 trains every run alone)")
+    if compile and not gpus:
+        raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only else None)
     runs_dir = runs_dir or default_runs_dir()
@@ -217,8 +221,6 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             console.print(gpu["summary"])
         return
     if compile:
-        if not gpus:
-            raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
         import os
 
         os.environ["MMBENCH_COMPILE"] = "1"  # read by the packed trainer in each worker

@@ -201,3 +201,30 @@ def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     assert cfg(precision="bf16").run_id() != cfg().run_id()
     s = train(Run(cfg(precision="bf16", epochs=1), tmp_path), data_root)  # autocast on the CPU
     assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
+
+
+def test_cli_pack_options(tmp_path, data_root):
+    import subprocess as sp
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n  train: {epochs: 2, batch_size: 32}\n"
+                     "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     "    seeds: [0, 1, 2]\n")
+    times = tmp_path / "t.md"
+    times.write_text("median of 5 steps; NVIDIA Y, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+                     "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
+    env = {**os.environ, "MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
+
+    def mm(*args):
+        return sp.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True, env=env)
+
+    r = mm("run", suite, "--dry-run", "--step-times", times)
+    assert r.returncode == 0, r.stderr
+    # 3 runs x 2 epochs x (polydigits train split // 32) steps in one pack of 3 at 300 run-steps/s
+    out = " ".join(r.stdout.split())
+    assert "one GPU (NVIDIA Y," in out and "for 3 of 3 unfinished run(s) in 1 pack(s)" in out
+    for args, msg in [(("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
+                      (("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
+                      (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1")]:
+        r = mm(*args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
