@@ -486,7 +486,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         best = ok.loc[ok.groupby("method")["run_steps_per_s"].idxmax(), ["method", "pack", "run_steps_per_s"]]
         md = [head, "", tabulate(t, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
               "Pack size with the most run-steps per second:", "",
-              tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".1f"), ""]
+              tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:
         with err_console.status("timing") as status:
             res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
