@@ -118,9 +118,11 @@ EOF
 LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
+p1=$!
 timeout "$LIM" $M run "$OUT/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
-wait
+p2=$!
+wait "$p1" "$p2"  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
 
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
 $PY - > "$OUT/bf16-vs-fp32.md" <<'EOF'
