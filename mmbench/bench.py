@@ -4,6 +4,10 @@ Each measurement builds the method on M modalities of 3×28×28 with the PolyMNI
 fixed random batch, runs warm-up steps, then times full optimiser steps (loss, backward, Adam
 update) and reports the median. Used for the step-time table of docs/methods.md and for how the
 cost grows with the number of modalities.
+
+`pack_step_time` times a packed step of R runs (mmbench/pack.py: stacked parameters, vmapped loss, one
+Adam; each run its own batch and noise) and reports run-steps per second, R / (seconds per packed step);
+an unpacked step does 1 / (seconds per step).
 """
 from __future__ import annotations
 
@@ -14,13 +18,20 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .data.base import Modality
+from .errors import MMBenchError
 from .methods.base import MethodConfig
 from .registry import METHODS
 
 
+def _autocast(precision: str, dev):
+    from .train import autocast
+
+    return autocast(precision, dev)
+
+
 def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
               warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-              device: str = "cpu") -> Dict[str, float]:
+              device: str = "cpu", precision: str = "fp32") -> Dict[str, float]:
     """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda)."""
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -35,7 +46,8 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
     for i in range(warmup + steps):
         sync()
         t0 = time.perf_counter()
-        loss, _ = model.loss(x)
+        with _autocast(precision, dev):
+            loss, _ = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -43,23 +55,149 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "run_steps_per_s": 1.0 / statistics.median(times)}
+
+
+def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
+                   steps: int = 5, warmup: int = 2, architecture: str = "polymnist_cnn", device: str = "cpu",
+                   precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+    """Median seconds per packed step of `pack` runs (seeds 0..pack-1) and the run-steps per second.
+    `compile`: capture the packed loss with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only)."""
+    from .pack import StackedModel
+
+    dev = torch.device(device)
+    if compile and dev.type != "cuda":
+        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
+    mcfg = MethodConfig(method, latent_dim=latent_dim, beta=1.0)
+    cls = METHODS.get(method)
+    if not cls.packable:
+        raise MMBenchError(f"method {method} is not packable (packable = False)")
+    states = []
+    for s in range(pack):
+        torch.manual_seed(s)
+        states.append(cls(mods, mcfg, architecture).state_dict())
+    template = cls(mods, mcfg, architecture).to(dev)
+    template.train()
+    sm = StackedModel(template, states, [None] * pack, 1e-4, dev)
+    if compile:
+        sm.compile()
+    gens = [torch.Generator(device=dev).manual_seed(s) for s in range(pack)]
+    g = torch.Generator().manual_seed(0)
+    x = {m.name: torch.rand(pack, batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
+    times: List[float] = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        losses, _ = sm.loss(x, gens, 0, precision)
+        sm.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        sm.opt.step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"pack": pack, "median_s": med, "min_s": min(times), "max_s": max(times), "run_steps_per_s": pack / med}
+
+
+def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, latent_dim: int, steps: int,
+               progress: Optional[Callable[[str], None]] = None, device: str = "cpu", precision: str = "fp32",
+               compile: bool = False, n_modalities: int = 5) -> List[dict]:
+    """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size."""
+    say = progress or (lambda s: None)
+    rows = []
+    for m in methods:
+        say(f"{m} unpacked")
+        r = step_time(m, n_modalities, batch_size, latent_dim, steps, device=device, precision=precision)
+        rows.append({"method": m, "pack": 1, "mode": "unpacked", "median_s": r["median_s"],
+                     "run_steps_per_s": r["run_steps_per_s"]})
+        for n in packs:
+            say(f"{m} pack {n}")
+            try:
+                r = pack_step_time(m, n, n_modalities, batch_size, latent_dim, steps, device=device,
+                                   precision=precision, compile=compile)
+                rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if compile else ""),
+                             "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"]})
+            except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
+                rows.append({"method": m, "pack": n, "mode": f"n/a: {str(e).splitlines()[0][:80]}",
+                             "median_s": float("nan"), "run_steps_per_s": float("nan")})
+    return rows
 
 
 def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalities: Sequence[int], batch_size: int,
                latent_dim: int, steps: int, progress: Optional[Callable[[str], None]] = None,
-               device: str = "cpu") -> Dict[str, list]:
+               device: str = "cpu", precision: str = "fp32") -> Dict[str, list]:
     """Rows for every method at M = max(modalities), and for `scaling_methods` at every M."""
     say = progress or (lambda s: None)
     top = max(modalities)
     rows, scaling = [], []
     for m in methods:
         say(f"{m}, M={top}")
-        r = step_time(m, top, batch_size, latent_dim, steps, device=device)
+        r = step_time(m, top, batch_size, latent_dim, steps, device=device, precision=precision)
         rows.append({"method": m, "M": top, **r})
     for m in scaling_methods:
         for n in modalities:
             say(f"{m}, M={n}")
-            r = step_time(m, n, batch_size, latent_dim, steps, device=device)
+            r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision)
             scaling.append({"method": m, "M": n, **r})
     return {"methods": rows, "scaling": scaling}
+
+
+# ----- projected cost of a suite's tier on one GPU (mmbench run --dry-run --step-times FILE) -------------
+def read_step_times(path) -> Dict[str, Dict[int, float]]:
+    """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
+    `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
+    whose median_s gives the unpacked rate 1 / median_s."""
+    from pathlib import Path
+
+    rates: Dict[str, Dict[int, float]] = {}
+    head: List[str] = []
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
+        if not cells:
+            head = []
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue
+        if not head:
+            head = cells
+            continue
+        row = dict(zip(head, cells))
+        try:
+            if "run_steps_per_s" in row and "pack" in row and row.get("method"):
+                v = float(row["run_steps_per_s"])
+                if v == v:  # not nan
+                    rates.setdefault(row["method"], {})[int(row["pack"])] = v
+            elif "median_s" in row and "M" in row and row.get("method"):
+                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / float(row["median_s"]))
+        except ValueError:
+            continue
+    if not rates:
+        raise MMBenchError(f"{path}: no step times found; expected the Markdown output of "
+                           f"`mmbench bench steps` (optionally with --pack)")
+    return rates
+
+
+def pack_rate(rates: Dict[int, float], size: int) -> float:
+    """Run-steps per second of a pack of `size`: the measured size closest below it (packing more runs
+    than measured is assumed to run no faster per run)."""
+    below = [n for n in rates if n <= size]
+    return rates[max(below)] if below else rates[min(rates)]
+
+
+def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:
+    """Seconds of training each run costs on the measured GPU when its pack trains together (a pack of R
+    runs of S steps takes R·S / rate(R) seconds, shared by its runs); None where no step time or step count."""
+    out: Dict[str, Optional[float]] = {}
+    for group in packs:
+        m = group[0].cfg.method.name
+        steps = [steps_of(r) for r in group]
+        if m not in rates or any(s is None for s in steps):
+            out.update({r.id: None for r in group})
+            continue
+        rate = pack_rate(rates[m], len(group))
+        total = len(group) * max(steps) / rate
+        out.update({r.id: total / len(group) for r in group})
+    return out

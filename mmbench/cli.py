@@ -157,6 +157,14 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
         only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
+        pack: Optional[int] = typer.Option(None, "--pack", help="Cap on runs trained together as one stacked model "
+                                           "(runs differing only in seed; default: split evenly over the workers; "
+                                           "1: every run alone)."),
+        compile: bool = typer.Option(False, "--compile", help="Capture packed steps with torch.compile "
+                                     "(reduce-overhead, CUDA graphs); GPU workers only."),
+        step_times: Optional[Path] = typer.Option(None, "--step-times", help="With --dry-run: a `mmbench bench steps "
+                                                  "--pack` table (e.g. docs/step_times_h100.md) to project the "
+                                                  "tier's training time on that GPU."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT,
         executor: str = typer.Option("local", "--executor", help="local (worker processes here) or slurm (a job "
                                                                   "array through submitit)."),
@@ -181,6 +189,10 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     from .runner import run_all
     from .suite import load_suite
 
+    if pack is not None and pack < 1:
+        raise MMBenchError(f"--pack {pack}: must be >= 1 (1 trains every run alone)")
+    if compile and not gpus:
+        raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only else None)
     runs_dir = runs_dir or default_runs_dir()
@@ -191,6 +203,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
         for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
+        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack) if step_times else None
+        if gpu:
+            t.add_column("GPU time (packed)")
         slurm_states = _slurm_states(configs, runs_dir)
         if slurm_states:
             t.add_column("Slurm job (log)")
@@ -208,9 +223,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                 unknown += est is None
             row = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
                    human_seconds(est) if est else "?", status]
+            if gpu:
+                g = gpu["per_run"].get(r.id)
+                row.append("-" if status == "done" else human_seconds(g) if g else "?")
             if slurm_states:
                 st = slurm_states[r.id]
-                row[-1] = st["state"] + (f" ({st['detail']})" if st["state"] == "failed" else "")
+                row[5] = st["state"] + (f" ({st['detail']})" if st["state"] == "failed" else "")
                 row.append(f"{st['job']} ({st['log']})" if st["job"] else "")
             t.add_row(*row)
         console.print(t)
@@ -220,7 +238,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                        else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
                        f"dataset, variant and method)" if unknown else ""))
+        if gpu:
+            console.print(gpu["summary"])
         return
+    if compile:
+        import os
+
+        os.environ["MMBENCH_COMPILE"] = "1"  # read by the packed trainer in each worker
     if executor not in ("local", "slurm"):
         raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
     cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,
@@ -249,7 +273,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     if cli_slurm or slurm_opt or detach:
         raise MMBenchError("--slurm-* options and --detach apply to --executor slurm; add --executor slurm")
     _prepare_for(configs, data_root)
-    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console)
+    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:
@@ -266,6 +290,41 @@ def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
     from .slurm import run_states
 
     return run_states(runs)
+
+
+def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_times: Path,
+                    pack: Optional[int]) -> Dict:
+    """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
+    the runs packed as `mmbench run --pack` would pack them on one GPU."""
+    from .bench import projected_seconds, read_step_times
+    from .results import Run
+    from .runner import make_packs
+    from .suite import human_seconds, train_samples
+
+    if not step_times.exists():
+        raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
+                           f"--device cuda --out FILE`")
+    rates = read_step_times(step_times)
+    todo = [Run(c, runs_dir) for c in configs]
+    todo = [r for r in todo if r.status() != "done"]
+
+    def steps_of(r):
+        n = train_samples(r.cfg, data_root)
+        return None if n is None else r.cfg.train.epochs * max(n // r.cfg.train.epochs // r.cfg.train.batch_size, 1)
+
+    packs = make_packs(todo, pack, 1)
+    per_run = projected_seconds(packs, rates, steps_of)
+    known = [v for v in per_run.values() if v is not None]
+    import re
+
+    found = re.search(r"steps; ([^,]+),", step_times.read_text())
+    where = found.group(1) if found else "the measured device"
+    summary = (f"projected training on one GPU ({where}, step times from {step_times}): "
+               f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
+               f"{len(packs)} pack(s)" + (f"; {len(todo) - len(known)} without a step time or a prepared dataset"
+                                         if len(known) < len(todo) else "")
+               + ". Step times are PolyMNIST-shaped (M=5, batch 256); other datasets are approximated by them.")
+    return {"per_run": per_run, "summary": summary}
 
 
 def _prepare_for(configs, data_root: Optional[Path]) -> None:
@@ -545,10 +604,17 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 latent_dim: int = typer.Option(512, "--latent-dim"),
                 steps: int = typer.Option(5, help="Timed steps per measurement (median reported)."),
                 device: str = typer.Option("cpu", help="cpu or cuda (the first visible GPU)."),
+                pack: Optional[str] = typer.Option(None, "--pack", help="Comma-separated pack sizes, e.g. 1,5,15: "
+                                                   "run-steps per second of each method unpacked and packed "
+                                                   "(mmbench/pack.py) instead of the step-time tables."),
+                precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast), as train.precision."),
+                compile: bool = typer.Option(False, "--compile", help="With --pack on cuda: capture the packed loss "
+                                             "(torch.compile mode reduce-overhead)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here.")) -> None:
     """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
 
     Example: mmbench bench steps --steps 5 --out docs/step_times.md
+    Example: mmbench bench steps --methods mopoe,mvae,mmvae --pack 1,5,15 --device cuda
     """
     import platform
 
@@ -556,7 +622,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     import torch
     from tabulate import tabulate
 
-    from .bench import step_table
+    from .bench import pack_table, step_table
     from .registry import METHODS
 
     names = methods.split(",") if methods else METHODS.names()
@@ -568,21 +634,46 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         raise MMBenchError(f"--device {device!r} is not allowed; choose cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise MMBenchError("--device cuda: no GPU is visible to torch; use --device cpu")
-    with err_console.status("timing") as status:
-        res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
-                         progress=lambda s: status.update(f"timing {s}"), device=device)
+    if precision not in ("fp32", "bf16"):
+        raise MMBenchError(f"--precision {precision!r} is not allowed; choose fp32 or bf16")
+    if compile and (device != "cuda" or not pack):
+        raise MMBenchError("--compile captures CUDA graphs of a packed step; use it with --device cuda --pack N")
+    try:
+        packs = [int(v) for v in pack.split(",")] if pack else []
+    except ValueError:
+        raise MMBenchError(f"--pack {pack!r}: expected comma-separated pack sizes, e.g. 1,5,15") from None
+    if any(n < 1 for n in packs):
+        raise MMBenchError(f"--pack {pack!r}: pack sizes must be >= 1")
     where = (torch.cuda.get_device_name(0) if device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
-    head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
-            f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
-    t1 = pd.DataFrame(res["methods"])
-    t2 = pd.DataFrame(res["scaling"])
-    md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
-    if not t2.empty:
-        wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
-        wide["M"] = wide["M"].astype(str)
-        md += ["Median seconds per step by number of modalities M:", "",
-               tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+    if packs:
+        with err_console.status("timing") as status:
+            rows = pack_table(names, [n for n in packs if n > 1] or packs, batch_size, latent_dim, steps,
+                              progress=lambda s: status.update(f"timing {s}"), device=device,
+                              precision=precision, compile=compile, n_modalities=max(ms))
+        t = pd.DataFrame(rows)
+        head = (f"Run-steps per second, unpacked and packed (mmbench/pack.py), PolyMNIST-shaped batches (M = {max(ms)} "
+                f"× 3×28×28, PolyMNIST CNN), batch {batch_size}, latent {latent_dim}, {precision}, median of {steps} "
+                f"steps; {where}, torch {torch.__version__}.")
+        ok = t[t["run_steps_per_s"].notna()]
+        best = ok.loc[ok.groupby("method")["run_steps_per_s"].idxmax(), ["method", "pack", "run_steps_per_s"]]
+        md = [head, "", tabulate(t, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
+              "Pack size with the most run-steps per second:", "",
+              tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+    else:
+        with err_console.status("timing") as status:
+            res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
+                             progress=lambda s: status.update(f"timing {s}"), device=device, precision=precision)
+        head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
+                f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
+        t1 = pd.DataFrame(res["methods"])
+        t2 = pd.DataFrame(res["scaling"])
+        md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+        if not t2.empty:
+            wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
+            wide["M"] = wide["M"].astype(str)
+            md += ["Median seconds per step by number of modalities M:", "",
+                   tabulate(wide, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     text = "\n".join(md)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if out:

@@ -32,6 +32,8 @@ class TrainConfig:
     # Also checkpoint mid-epoch every this many minutes of training (None: only at epoch ends); a resume
     # continues at the saved step with the same data order and RNG state (train.py).
     checkpoint_minutes: Optional[float] = None
+    # Arithmetic of the loss: fp32, or bf16 = torch.autocast to bfloat16 (parameters and Adam stay fp32)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -112,6 +114,7 @@ class RunConfig:
 # Field constraints beyond the type: (check, "what is allowed").
 CHOICES = {
     ("TrainConfig", "select"): ("last", "best_test_loss"),
+    ("TrainConfig", "precision"): ("fp32", "bf16"),
     ("EvalConfig", "ap_scores"): ("hard", "proba"),
     ("EvalConfig", "lr_protocol"): ("mopoe", "smvae", "mmvamp"),
     ("EvalConfig", "fid_subsets"): ("all", "unimodal", "unimodal_and_full", "none"),

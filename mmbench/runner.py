@@ -5,6 +5,10 @@ device through CUDA_VISIBLE_DEVICES, logs to the run's log.txt and reports progr
 run's progress.json, which the scheduler shows as one progress bar per worker. A failed run is
 reported with its log path and does not stop the others; finished runs are skipped and
 unfinished ones resume from their last checkpoint.
+
+Packing (mmbench/pack.py): runs that differ only in their seed and are at the same epoch go to one
+worker as a pack of up to `pack` runs (None: no cap) and train together as one stacked model; `pack=1`
+gives every run its own worker. A pack's progress bar shows its first run; each run keeps its own log.
 """
 from __future__ import annotations
 
@@ -40,6 +44,42 @@ def worker_slots(gpus: Optional[str], jobs: int) -> List[Optional[str]]:
     return [""] * max(jobs, 1)
 
 
+def _resume_epoch(run: Run) -> int:
+    last = run.ckpt_dir / "last.pt"
+    if not last.exists():
+        return 0
+    import torch
+
+    return int(torch.load(last, map_location="cpu", weights_only=False)["state"]["epoch"])
+
+
+def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> List[List[Run]]:
+    """Runs grouped into packs: same pack key (all but the seed), same resume epoch, packable method and
+    architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
+    `workers`, so that no worker idles while another trains a big pack), in the order given."""
+    from .pack import pack_key, unpackable_reason
+
+    if pack is not None and pack < 1:
+        from .errors import MMBenchError
+
+        raise MMBenchError(f"--pack {pack}: must be >= 1 (1 trains every run alone)")
+    groups: Dict[tuple, List[Run]] = {}
+    reasons: Dict[str, Optional[str]] = {}
+    for r in runs:
+        key = pack_key(r.cfg)
+        if pack == 1:
+            groups[(r.id,)] = [r]
+            continue
+        if key not in reasons:
+            reasons[key] = unpackable_reason(r.cfg)
+        groups.setdefault((r.id,) if reasons[key] else (key, _resume_epoch(r)), []).append(r)
+    out: List[List[Run]] = []
+    for g in groups.values():
+        cap = pack or -(-len(g) // max(workers, 1))
+        out += [g[i:i + cap] for i in range(0, len(g), cap)]
+    return out
+
+
 def _read_progress(run: Run) -> Optional[dict]:
     try:
         return json.loads((run.dir / "progress.json").read_text())
@@ -48,44 +88,49 @@ def _read_progress(run: Run) -> Optional[dict]:
 
 
 def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path], gpus: Optional[str] = None,
-            jobs: int = 1, console: Optional[Console] = None) -> List[Outcome]:
+            jobs: int = 1, console: Optional[Console] = None, pack: Optional[int] = 1) -> List[Outcome]:
     console = console or Console()
     runs = [Run(c, runs_dir) for c in configs]
-    todo: "queue.Queue[Run]" = queue.Queue()
+    todo: "queue.Queue[List[Run]]" = queue.Queue()
     outcomes: List[Outcome] = []
+    pending = []
     for r in runs:
         if r.status() == "done":
             outcomes.append(Outcome(r, True, "already done"))
         else:
             r.init()
-            todo.put(r)
+            pending.append(r)
     slots = worker_slots(gpus, jobs)
+    for group in make_packs(pending, pack, len(slots)):
+        todo.put(group)
     active: Dict[int, Optional[Run]] = {i: None for i in range(len(slots))}
     lock = threading.Lock()
 
     def work(slot: int, device: str) -> None:
         while True:
             try:
-                r = todo.get_nowait()
+                group = todo.get_nowait()
             except queue.Empty:
                 return
+            r = group[0]
             with lock:
                 active[slot] = r
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONUNBUFFERED="1")
             if data_root is not None:
                 env["MMBENCH_DATA"] = str(Path(data_root).resolve())
             with open(r.log_path, "a") as log:
-                proc = subprocess.run([sys.executable, "-m", "mmbench.worker", str(r.dir)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.run([sys.executable, "-m", "mmbench.worker", *(str(g.dir) for g in group)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT)
             with lock:
                 active[slot] = None
-                if proc.returncode == 0:
-                    outcomes.append(Outcome(r, True, "done"))
-                else:
-                    lines = r.log_path.read_text().strip().splitlines() if r.log_path.exists() else []
-                    outcomes.append(Outcome(r, False, lines[-1] if lines else f"exit code {proc.returncode}"))
+                for g in group:  # a pack's runs succeed or fail one by one
+                    if (proc.returncode == 0 and len(group) == 1) or (len(group) > 1 and g.status() == "done"):
+                        outcomes.append(Outcome(g, True, "done"))
+                    else:
+                        lines = g.log_path.read_text().strip().splitlines() if g.log_path.exists() else []
+                        outcomes.append(Outcome(g, False, lines[-1] if lines else f"exit code {proc.returncode}"))
 
-    n_todo = todo.qsize()
+    n_todo = len(pending)
     threads = [threading.Thread(target=work, args=(i, d), daemon=True) for i, d in enumerate(slots)]
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -99,6 +144,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
             time.sleep(0.5)
             with lock:
                 finished = sum(1 for o in outcomes if o.message != "already done")
+                # (a pack's runs are counted when the pack ends)
                 for i, r in active.items():
                     p = _read_progress(r) if r else None
                     if r and p:

@@ -7,9 +7,17 @@ uninterrupted one on the CPU. With ``train.checkpoint_minutes`` a checkpoint is 
 (the step reached and the epoch's running sums with it), and a resume continues at that step of the
 same permutation; `request_stop` (e.g. from a Slurm signal handler) makes the loop save such a
 checkpoint after the current step and raise `TrainingInterrupted`.
+
+Speed: the training split is moved to the device once (uint8) and batches are gathered there; the step
+never reads a value back to the host: the logged losses are summed on the device and read once per
+epoch, and a non-finite loss is noticed at the end of its epoch (the run then fails before writing that
+epoch's checkpoints, so nothing saved holds a diverged model). `train.precision: bf16` computes the loss
+under bfloat16 autocast. Runs of one experiment can also train together as one stacked model
+(mmbench/pack.py), with results equal to these.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -87,20 +95,29 @@ def device_of() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(precision: str, device) -> contextlib.AbstractContextManager:
+    """The loss's precision context: fp32 = none; bf16 = torch.autocast to bfloat16 on the run's device."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 @torch.no_grad()
-def test_loss(model: MultimodalVAE, test: DataSplit, batch_size: int, seed: int, device) -> float:
+def test_loss(model: MultimodalVAE, test: DataSplit, batch_size: int, seed: int, device,
+              precision: str = "fp32") -> float:
     """Mean training objective on the test split, with a fixed RNG so epochs are comparable."""
     model.eval()
-    total, n = 0.0, 0
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(test), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(test)))
-            loss, _ = model.loss(test.batch(idx, device))
-            total += loss.item() * len(idx)
+            with autocast(precision, device):
+                loss, _ = model.loss(test.batch(idx, device))
+            total += loss.detach().double() * len(idx)
             n += len(idx)
     model.train()
-    return total / max(n, 1)
+    return float(total) / max(n, 1)
 
 
 def _save(path: Path, state: Dict) -> None:
@@ -133,7 +150,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
-    loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1)  # per-epoch test loss (model selection)
+    loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)  # per-epoch test loss
+    train_split = train_split.to(device)
     n_batches = max(len(train_split) // B, 1)
     if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
         model.plan_steps(E * n_batches)
@@ -148,23 +166,26 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     model.train()
     for epoch in range(state["epoch"], E):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(train_split), generator=g)
+        perm = torch.randperm(len(train_split), generator=g).to(device)
         # A mid-epoch checkpoint holds the next step of this epoch and the running sums of its logs.
         first, sums = state.pop("step", 0), state.pop("sums", {})
+        finite = torch.ones((), dtype=torch.bool, device=device)  # read at the end of the epoch (and before a save)
         for b in range(first, n_batches):  # drop_last, as the authors' loaders
             idx = perm[b * B:(b + 1) * B]
-            loss, logs = model.loss(train_split.batch(idx, device))
-            if not torch.isfinite(loss):
-                raise MMBenchError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                                   f"lower train.lr or check the data")
+            with autocast(cfg.train.precision, device):
+                loss, logs = model.loss(train_split.batch(idx, device))
+            finite &= torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)
             due = every_s is not None and time.time() - saved_at >= every_s
             if (_stop_reason or due) and b + 1 < n_batches:
+                if not bool(finite):  # a diverged model is never checkpointed
+                    raise MMBenchError(f"training diverged (a non-finite loss) in epoch {epoch + 1}; "
+                                       f"lower train.lr or check the data")
                 state.update(step=b + 1, sums=dict(sums))
                 save_last()
                 del state["step"], state["sums"]
@@ -175,8 +196,12 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                     run.log(f"stopped ({why}) at epoch {epoch + 1}, step {b + 1} of {n_batches}; checkpoint {last}")
                     raise TrainingInterrupted(f"run {run.id} stopped ({why}) at epoch {epoch + 1}, step {b + 1}; "
                                               f"re-run the same command to resume from {last}")
-        tl = test_loss(model, loss_split, B, cfg.seed, device)
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}, "test_loss": tl}
+        if not bool(finite):
+            raise MMBenchError(f"training diverged (a non-finite loss) in epoch {epoch + 1}; "
+                               f"lower train.lr or check the data")
+        tl = test_loss(model, loss_split, B, cfg.seed, device, cfg.train.precision)
+        record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n_batches for k, v in sums.items()},
+                  "test_loss": tl}
         state["history"].append(record)
         state["epoch"] = epoch + 1
         if writer is not None:

@@ -1,4 +1,9 @@
-"""Entry point of one run's worker process: `python -m mmbench.worker RUN_DIR` (used by `mmbench run`)."""
+"""Entry point of a worker process (used by `mmbench run`): `python -m mmbench.worker RUN_DIR [RUN_DIR ...]`.
+
+One directory: the run's whole life, as `mmbench train` + `mmbench evaluate`. Several: a pack of runs of
+one experiment trained together (mmbench/pack.py), then evaluated one by one; the exit code is 0 only
+when every run of the pack finished.
+"""
 from __future__ import annotations
 
 import sys
@@ -13,20 +18,37 @@ from .evaluate import execute_when_free
 from .results import Run
 
 
-def main(run_dir: str) -> int:
+def _load(run_dir: str) -> Run:
     d = Path(run_dir)
     cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
-    run = Run(cfg, d.parent)
+    return Run(cfg, d.parent)
+
+
+def main(*run_dirs: str) -> int:
+    runs = [_load(d) for d in run_dirs]
     last = [0.0]
 
     def progress(phase: str, done: int, total: int) -> None:
         now = time.time()
         if now - last[0] > 0.5 or done == total:
             last[0] = now
-            run.progress(phase, done, total)
+            for run in runs:
+                run.progress(phase, done, total)
 
+    if len(runs) > 1:
+        from .pack import execute_pack
+
+        try:
+            errors = execute_pack(runs, None, progress)
+        except MMBenchError as e:
+            print(f"error: {e}", flush=True)
+            return 1
+        for rid, err in errors.items():
+            if err:
+                print(f"error: {rid}: {err}", flush=True)
+        return 1 if any(errors.values()) else 0
     try:
-        execute_when_free(run, None, progress)  # another `mmbench run` on this run: wait, never twice
+        execute_when_free(runs[0], None, progress)  # another `mmbench run` on this run: wait, never twice
     except MMBenchError as e:
         print(f"error: {e}", flush=True)
         return 1
@@ -37,4 +59,4 @@ def main(run_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:]))

@@ -286,12 +286,25 @@ class DataSplit:
 
     def rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """The stored rows of one modality, with its redraw applied."""
-        x = self.x[name][idx]
+        v = self.x[name]
+        base = v.base if isinstance(v, Indexed) else v
+        x = v[idx.to(base.device)]
         return self.redraw[name](x) if name in self.redraw else x
 
     def batch(self, idx: torch.Tensor, device: Any = "cpu") -> Dict[str, torch.Tensor]:
         """Float tensors for the given rows: images in [0, 1] (converted on `device`: 4x less to copy)."""
         return {m.name: to_float(m, self.rows(m.name, idx).to(device)) for m in self.modalities}
+
+    def to(self, device: Any) -> "DataSplit":
+        """The same rows held on `device` (still uint8/int64), so batches are gathered there without a
+        host copy per step. Modalities with a redraw stay where they are (the redraw draws on the CPU)."""
+        def move(name, v):
+            if name in self.redraw:
+                return v
+            return Indexed(v.base.to(device), v.index.to(device)) if isinstance(v, Indexed) else v.to(device)
+
+        return DataSplit(self.modalities, {k: move(k, v) for k, v in self.x.items()}, self.labels,
+                         self.extra_labels, self.redraw)
 
     def select(self, names: Optional[Sequence[str]]) -> "DataSplit":
         """The same rows with only the named modalities (all when names is None)."""

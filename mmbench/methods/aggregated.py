@@ -83,4 +83,4 @@ class Aggregated(MultimodalVAE):
         nll = self.weighted_nll(z, x)
         kl = q.kl_standard_normal()
         loss = (nll + self.kl_weight() * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

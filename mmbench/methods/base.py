@@ -5,7 +5,8 @@ A method is a ``MultimodalVAE``:
 * ``encode_subsets(x, subsets)`` -> one posterior q(z | X_S) per subset S (the only inference call);
   ``encode(x, subset)`` is the single-subset shorthand;
 * ``decode(z, modality)`` -> the likelihood's mean for that modality;
-* ``loss(x)`` -> (scalar training loss, dict of logged floats);
+* ``loss(x)`` -> (scalar training loss, dict of logged 0-d tensors, detached: the trainer reads them once
+  per epoch, so a step never waits for the device);
 * ``sample_prior(n)`` -> latents for unconditional generation.
 
 Posteriors are ``Gaussian`` or uniform ``Mixture`` objects with ``mean``, ``rsample()``,
@@ -14,7 +15,11 @@ Posteriors are ``Gaussian`` or uniform ``Mixture`` objects with ``mean``, ``rsam
 "mixture": its mean is the average of the component means, samples and densities are the mixture's) or,
 "component", per row the one component the contiguous-block rule assigns it (the MMVAE authors'
 evaluation: MoPoE ``utils/BaseMMVae.py moe_fusion`` -> ``utils/utils.py mixture_component_selection``).
-The shared machinery here computes the unimodal Gaussian experts once and the products of experts of *all* requested subsets in one batched tensor operation.
+Every random draw of a method goes through ``randn_like``/``randint`` below, i.e. the
+current noise source: torch's global generator by default, or a packed trainer's per-run streams
+(mmbench/pack.py), so a run packed with others draws exactly the numbers it draws alone. The shared machinery
+here computes the unimodal Gaussian experts once and the products of experts of *all* requested subsets in one
+batched tensor operation.
 """
 from __future__ import annotations
 
@@ -32,6 +37,43 @@ from ..registry import ARCHITECTURES, LIKELIHOODS
 
 Subset = Tuple[str, ...]
 LOG_2PI = math.log(2 * math.pi)
+
+
+class NoiseSource:
+    """Where the methods' random numbers come from. The default draws from torch's global generator."""
+
+    def randn_like(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(t)
+
+    def randint(self, high: int, size: Tuple[int, ...], device: Any = None) -> torch.Tensor:
+        return torch.randint(0, high, size, device=device)
+
+
+_NOISE: List[NoiseSource] = [NoiseSource()]
+
+
+class use_noise:
+    """Context manager: draw the methods' noise from `source` inside the block (mmbench/pack.py)."""
+
+    def __init__(self, source: NoiseSource):
+        self.source = source
+
+    def __enter__(self) -> NoiseSource:
+        _NOISE.append(self.source)
+        return self.source
+
+    def __exit__(self, *exc) -> None:
+        _NOISE.pop()
+
+
+def randn_like(t: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `t`, from the current noise source."""
+    return _NOISE[-1].randn_like(t)
+
+
+def randint(high: int, size: Tuple[int, ...], device: Any = None) -> torch.Tensor:
+    """Uniform integers in [0, high), from the current noise source."""
+    return _NOISE[-1].randint(high, tuple(size), device)
 
 
 def all_subsets(names: Sequence[str]) -> List[Subset]:
@@ -68,7 +110,7 @@ class Gaussian(Posterior):
         return self.mu
 
     def rsample(self) -> torch.Tensor:
-        return self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp()
+        return self.mu + randn_like(self.mu) * (0.5 * self.logvar).exp()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 / self.logvar.exp()).sum(-1)
@@ -93,7 +135,7 @@ class Mixture(Posterior):
 
     def rsample(self) -> torch.Tensor:
         K, B = self.components.mu.shape[:2]
-        k = torch.randint(0, K, (B,), device=self.components.mu.device)
+        k = randint(K, (B,), self.components.mu.device)
         return self.components[k, torch.arange(B)].rsample()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -183,6 +225,10 @@ class MultimodalVAE(nn.Module):
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     options: ClassVar[Dict[str, Any]] = {}  # allowed option names -> defaults
+    # Whether the packed trainer (mmbench/pack.py) may train several runs of this method as one vmapped,
+    # stacked model. False for methods whose loss keeps Python-side state between steps (step counters,
+    # schedules), which one shared template module cannot keep per run; such runs train unpacked.
+    packable: ClassVar[bool] = True
     # True when each modality has its own latent (independent VAEs, MM-VAMP): a subset's posterior then only
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
     # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.
@@ -221,7 +267,7 @@ class MultimodalVAE(nn.Module):
     def decode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
         return self.likelihoods[modality].mean(self.decoders[modality](z))
 
-    def loss(self, x: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def loss(self, x: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def sample_prior(self, n: int) -> torch.Tensor:

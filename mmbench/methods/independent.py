@@ -60,4 +60,4 @@ class Independent(MultimodalVAE):
         nll = sum(self.weighted_nll(z[i], x, [m]) for i, m in enumerate(self.names))
         kl = self.rate(q, z).sum(0)
         loss = (nll + self.kl_weight() * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

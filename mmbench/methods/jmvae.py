@@ -50,5 +50,5 @@ class JMVAE(PoEMixin, MultimodalVAE):
         # Eq. 13: KL(q(z|X) || q(z|x_m)) for every modality, the joint posterior first.
         div = self.alpha * gaussian_kl(q[None], Gaussian(mu, logvar)).sum(0)
         loss = (nll + kl + div).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "div": div.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(), "div": div.mean().detach()}
 

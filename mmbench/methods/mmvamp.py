@@ -93,6 +93,9 @@ class MMVAMP(Independent):
     the rate only approaches through `alpha`, so prior-sample ("joint") coherence is not a paper metric here.
     """
 
+    # a Python-side step counter anneals alpha; runs train unpacked (mmbench/pack.py)
+    packable = False
+
     paper = "MM-VAMP VAE (Sutter et al. 2024), Eqs. (1)-(4)"
     options = {"beta_convention": "paper", "rate": "bound", "alpha": 0.0, "alpha_anneal_steps": 0,
                "alpha_anneal_batch": 0}

@@ -34,4 +34,4 @@ class MoPoE(PoEMixin, MultimodalVAE):
         z = comps[k, torch.arange(B, device=mu.device)].rsample()
         nll = self.weighted_nll(z, x)
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

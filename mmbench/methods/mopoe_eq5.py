@@ -31,4 +31,4 @@ class MoPoEEq5(MoPoE):
         kl = comps.kl_standard_normal()  # K×B
         elbo_terms = nll + self.beta * kl
         loss = elbo_terms.mean()  # Eq. (5): uniform convex combination over the 2^M - 1 subsets
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

@@ -415,6 +415,9 @@ class MrVAE(MultimodalVAE):
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
 
+    # a Python-side step counter anneals the temperatures; runs train unpacked (mmbench/pack.py)
+    packable = False
+
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
     # 2: objective q became the default and the size prior is normalised (pooled by geometric mean): a config
     # with the same options trains another model than before, so it gets another run id.
@@ -630,8 +633,8 @@ class MrVAE(MultimodalVAE):
         shared = (rel.sizes() * torch.tensor([len(A) for A in self.shared], device=mu.device)).sum(-1)
         tau_n, tau_y = self.temperatures()
         logs: Dict[str, float] = {
-            "loss": loss.item(), "nll": nll.mean().item(), "kl": kl_z.mean().item(),
+            "loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl_z.mean().detach(),
             "kl_n": float(torch.as_tensor(kl_n).detach().mean()),
             "kl_y": float(torch.as_tensor(kl_y).detach().mean()),
-            "shared_fraction": (shared / (len(self.names) * self.D)).mean().item(), "tau_n": tau_n, "tau_y": tau_y}
+            "shared_fraction": (shared / (len(self.names) * self.D)).mean().detach(), "tau_n": tau_n, "tau_y": tau_y}
         return loss, logs

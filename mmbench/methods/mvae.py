@@ -28,4 +28,4 @@ class MVAE(PoEMixin, MultimodalVAE):
         # Unimodal ELBOs reconstruct only their own modality, with weight 1 (not rec_weight).
         uni_nll = sum(self.weighted_nll(z[i + 1], x, [n], weighted=False) for i, n in enumerate(self.names))
         loss = (joint_nll + uni_nll + self.beta * kl.sum(0)).mean()
-        return loss, {"loss": loss.item(), "nll": joint_nll.mean().item(), "kl": kl[0].mean().item()}
+        return loss, {"loss": loss.detach(), "nll": joint_nll.mean().detach(), "kl": kl[0].mean().detach()}

@@ -39,5 +39,5 @@ class MVAEStyle(StyleLatents, MVAE):
             nll = nll + nll_m
             kl = kl + self.opt["beta_content"] * kl_content[i + 1] + self.opt["beta_style"] * kl_style_m
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": joint_nll.mean().item(), "kl": kl.mean().item(),
-                      "kl_content": kl_content[0].mean().item(), "kl_style": kl_style.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": joint_nll.mean().detach(), "kl": kl.mean().detach(),
+                      "kl_content": kl_content[0].mean().detach(), "kl_style": kl_style.mean().detach()}

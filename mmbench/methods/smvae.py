@@ -88,6 +88,9 @@ class SMVAE(PoEMixin, MultimodalVAE):
       representations from subsets using a PoE-aggregated inference model"); the surrogate is used in training only.
     """
 
+    # a step counter (buffer) picks the training stage; runs train unpacked (mmbench/pack.py)
+    packable = False
+
     paper = "SMVAE (Scalable multimodal VAEs with surrogate joint posterior, ICLR 2022 submission), Eqs. (3), (10), (11)"
     options = {"schedule": "end_to_end", "stage1_fraction": 2 / 3, "stage1_steps": None, "detach_surrogate": False,
                "prior_expert": "full"}
@@ -169,14 +172,14 @@ class SMVAE(PoEMixin, MultimodalVAE):
             nll, kl = self.surrogate_elbo(x, q_sur)
         if stage == "stage1":
             loss = (nll + kl).mean()  # App. D, first stage: the surrogate ELBO only
-            return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "div": 0.0}
+            return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(), "div": 0.0}
         if self.opt["detach_surrogate"]:
             q_sur = Gaussian(q_sur.mu.detach(), q_sur.logvar.detach())
         mu, logvar = self.unimodal(x, self.names)
         div = self.subset_divergence(mu, logvar, q_sur)
         per_sample = div if stage == "stage2" else nll + kl + div
         loss = per_sample.mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "div": div.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(), "div": div.mean().detach()}
 
 
 @METHODS.register("vae")
@@ -213,4 +216,4 @@ class JointVAE(MultimodalVAE):
         nll = self.weighted_nll(q.rsample(), x)
         kl = q.kl_standard_normal()
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

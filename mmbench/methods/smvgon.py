@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import Gaussian, MultimodalVAE
+from .base import Gaussian, MultimodalVAE, randn_like
 from .smvae import SMVAE
 
 INNER_STEP = 1 / 256  # per-sample step of Eq. 9: the GON code's batch-mean gradient at the paper's batch size 256
@@ -72,7 +72,7 @@ def vgon_posterior(model: MultimodalVAE, head: VGONHead, x: Dict[str, torch.Tens
     with torch.enable_grad():  # the inner step needs autograd even when evaluating under no_grad
         z0 = torch.zeros(ref.shape[0], head.latent_dim, device=ref.device, dtype=head.mu.weight.dtype,
                          requires_grad=True)
-        eps = torch.randn_like(z0) if model.training else torch.zeros_like(z0)
+        eps = randn_like(z0) if model.training else torch.zeros_like(z0)
         inner = vgon_elbo(model, head, z0, x, names, eps, kl_weight).sum()
         (grad,) = torch.autograd.grad(inner, z0, create_graph=outer)
     z0_hat = z0.detach() + step_size * grad  # Eq. 9, from the origin
@@ -112,6 +112,9 @@ class VGON(MultimodalVAE):
     report the full set), so strict-subset posteriors are an extrapolation.
     """
 
+    # the loss takes an inner gradient step (torch.autograd.grad), which vmap does not batch
+    packable = False
+
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8)-(9), App. B-C, Tables 5-6 (Bond-Taylor & Willcocks 2020)"
     options = {"inner_step": INNER_STEP}
 
@@ -132,4 +135,4 @@ class VGON(MultimodalVAE):
         nll = self.weighted_nll(q.rsample(), x)
         kl = q.kl_standard_normal()
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach()}

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..errors import MMBenchError
-from .base import Gaussian, stratified_components
+from .base import Gaussian, randn_like, stratified_components
 
 # The MoPoE authors' CelebA job (MoPoE job_celeba): style_dim 32 (App. E.2), beta_style 2.0, beta_content 1.0,
 # beta_m1_style (img) 1.0, beta_m2_style (text) 5.0.
@@ -72,7 +72,7 @@ class StyleLatents:
         if z.shape[-1] != self.latent_dim:
             raise MMBenchError(f"{self.registry_name} decodes z of {self.latent_dim} (content) or "
                                f"{self.latent_dim + self.style_dim} (content+style) dims, got {z.shape[-1]}")
-        return torch.cat([z, torch.randn(*z.shape[:-1], self.style_dim, device=z.device, dtype=z.dtype)], -1)
+        return torch.cat([z, randn_like(z.new_empty(*z.shape[:-1], self.style_dim))], -1)
 
     def decode(self, z, modality):
         return self.likelihoods[modality].mean(self.decoders[modality](self.with_style(z)))
@@ -108,5 +108,5 @@ class StyleLatents:
         nll, kl_style = self.styled_terms(c, x, styles, self.names)
         kl = self.opt["beta_style"] * kl_style + self.opt["beta_content"] * kl_content
         loss = (nll + self.beta * kl).mean()
-        return loss, {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(),
-                      "kl_content": kl_content.mean().item(), "kl_style": kl_style.mean().item()}
+        return loss, {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(),
+                      "kl_content": kl_content.mean().detach(), "kl_style": kl_style.mean().detach()}

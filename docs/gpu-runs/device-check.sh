@@ -1,0 +1,168 @@
+#!/bin/bash
+# One prepared GPU check of the speed work (issue 13), fitting in 8 minutes on one H100/H200, everything
+# written under $OUT:
+#   env.txt                 GPU, torch, git commit
+#   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
+#   steps-packed-bf16.md    the same for MoPoE in bf16
+#   steps-mrvae.md          the mrVAE step next to MoPoE's (step-time table)
+#   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
+#   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
+#                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
+#                           alongside, MoPoE x 5 seeds in bf16 (a 4th worker) for the bf16-vs-fp32 check
+#   bf16-vs-fp32.md         per metric: fp32 mean ± sd over 5 seeds vs bf16, and whether they agree
+#   eval-time.txt           full-budget evaluation time of one Fig. 3 MoPoE model (docs/eval_time.py full)
+#   report.md / report.txt  `mmbench report --compare reference_results/ --allow-missing`
+#   steps-compiled.md       packed MoPoE step captured with torch.compile(mode="reduce-overhead"), if time is left
+#   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
+#   log.txt                 everything printed; runs.tgz the run directories without checkpoints
+#
+# On the device (repository root; ../shared/data holds mnist-t10k/ and backgrounds/):
+#   OUT=$OUT bash docs/gpu-runs/device-check.sh
+# Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
+#   DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/device-check}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-470}
+SHARED=${SHARED:-../shared/data}
+export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/dc/runs} PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-python3}
+M="$PY -m mmbench"
+mkdir -p "$OUT" "$MMBENCH_DATA" "$MMBENCH_RUNS"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+T0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+say() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
+
+# to SECONDS: a part's time limit on the GPU; none in the dry mode (a shared CPU may be arbitrarily slow)
+to() { if [ "$SCALE" = tiny ]; then echo 0; else echo "$1"; fi; }
+if [ "$SCALE" = tiny ]; then
+  B=16; LAT=16; STEPS=1; PACKS=1,3; METHODS=mopoe,mvae; MULT=1; CLF_EPOCHS=1
+  RUNSET=(--set train.max_train=256 --set train.max_test=128 --set eval.test_samples=128
+          --set eval.lr_train_samples=128 --set eval.ll_samples=2 --set eval.classifier_min_accuracy=0
+          --set method.latent_dim=16 --set eval.classifier_epochs=1)
+  EVAL_SET=(--set eval.test_samples=128)
+else
+  B=256; LAT=512; STEPS=5; PACKS=${PACKS:-1,5,15}; MULT=12; CLF_EPOCHS=10
+  # the Fig. 3 methods and two others fit the budget; METHODS=... for more (each takes ~10-15 s)
+  METHODS=${METHODS:-mopoe,mvae,mmvae,mopoe_eq5,aggregated}
+  # metrics on 1,000 test tuples (the quick tier uses 2,000) so 20 evaluations fit; eval-time.txt times the full budget
+  RUNSET=(--set eval.test_samples=1000 --set eval.classifier_min_accuracy=0.85)
+  EVAL_SET=()
+fi
+if [ "$DEVICE" = cuda ]; then GPUS=(--gpus 0,0,0); GPU4=(--gpus 0); else GPUS=(--jobs 1); GPU4=(--jobs 1); fi
+
+say "environment"
+{ nvidia-smi 2>/dev/null | head -15; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  git rev-parse HEAD 2>/dev/null; echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"; } > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+say "prepare PolyMNIST from the MNIST test split (multiplicity $MULT) + coherence classifiers"
+$M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" --backgrounds "$SHARED/backgrounds" \
+   -o mnist_source=test-halves -o "multiplicity=$MULT" \
+  && $M classifiers train polymnist --variant vanilla --epochs "$CLF_EPOCHS"
+
+say "step table, packed and unpacked (fp32)"
+timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+  --steps $STEPS --out "$OUT/steps-packed.md"
+say "step table, packed and unpacked (bf16)"
+timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --precision bf16 --out "$OUT/steps-packed-bf16.md"
+say "mrVAE step next to MoPoE's"
+timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+  --steps $STEPS --out "$OUT/steps-mrvae.md"
+
+# Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time and report (~150 s on the GPU), at the
+# measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).
+EPOCHS=$($PY - "$OUT/steps-packed.md" "$(left)" "$SCALE" <<'EOF'
+import sys
+from mmbench.bench import pack_rate, read_step_times
+path, left, scale = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if scale == "tiny":
+    print(1); sys.exit()
+try:
+    rates = read_step_times(path)
+    slowest = min(pack_rate(rates[m], 5) for m in ("mopoe", "mvae", "mmvae"))
+except Exception as e:  # no table: a guess that fits in one unpacked H100 run's speed
+    print(3); print(f"no step table ({e}); 3 epochs", file=sys.stderr); sys.exit()
+train_s = max(left - 180, 30)  # evaluation of 20 runs, eval-time, report, projection: ~180 s
+steps_per_epoch = 60000 // 256
+# 20 runs (15 fp32 + 5 bf16) at about the slowest 5-pack's run-steps/s, shared by all workers
+epochs = int(train_s * slowest / (20 * steps_per_epoch))
+print(max(1, min(epochs, 300)))
+print(f"{left} s left; slowest 5-pack {slowest:.0f} run-steps/s; training budget {train_s} s -> {epochs} epochs",
+      file=sys.stderr)
+EOF
+)
+EPOCHS=$(echo "$EPOCHS" | head -1)
+echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)" | tee "$OUT/fig3-epochs.txt"
+
+say "MoPoE Fig. 3 (15 runs, packed) and MoPoE x 5 in bf16, $EPOCHS epochs"
+cat > "$OUT/bf16-suite.yaml" <<EOF
+name: bf16-check
+description: MoPoE x 5 seeds as in MoPoE Fig. 3 but with train.precision bf16 (device-check.sh).
+defaults:
+  method: {latent_dim: 512, beta: 2.5}
+  train: {epochs: 300, batch_size: 256, lr: 1.0e-3, precision: bf16}
+  eval: {lr_train_samples: 500, classifier_epochs: 10, classifier_min_accuracy: 0.9, ll_samples: 15}
+tiers:
+  full: {}
+experiments:
+  - name: mopoe-bf16
+    reproduces: ["bf16 check"]
+    dataset: polymnist
+    variant: vanilla
+    methods: [mopoe]
+    seeds: [0, 1, 2, 3, 4]
+    metrics: [latent_classification, coherence]
+EOF
+LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
+timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
+  --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
+p1=$!
+timeout "$LIM" $M run "$OUT/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
+  --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
+p2=$!
+wait "$p1" "$p2"  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
+
+say "bf16 vs fp32 (MoPoE, 5 seeds each)"
+$PY - > "$OUT/bf16-vs-fp32.md" <<'EOF'
+import statistics
+from mmbench.results import load_runs
+runs = [r for r in load_runs() if r["config"].method.name == "mopoe" and r["config"].dataset == "polymnist"]
+fp = [r for r in runs if r["config"].train.precision == "fp32"]
+bf = [r for r in runs if r["config"].train.precision == "bf16"]
+print(f"MoPoE on PolyMNIST: {len(fp)} fp32 runs, {len(bf)} bf16 runs (agree: |mean difference| <= 2 x the larger "
+      f"seed-to-seed standard deviation)\n")
+print("| metric | fp32 mean ± sd | bf16 mean ± sd | agree |\n|---|---|---|---|")
+keys = sorted(set.intersection(*[set(r["metrics"]) for r in fp + bf])) if fp and bf else []
+for k in keys:
+    a = [float(r["metrics"][k]) for r in fp]; b = [float(r["metrics"][k]) for r in bf]
+    sa = statistics.stdev(a) if len(a) > 1 else float("nan"); sb = statistics.stdev(b) if len(b) > 1 else float("nan")
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    ok = abs(ma - mb) <= 2 * max(sa, sb) if len(a) > 1 and len(b) > 1 else "n/a"
+    print(f"| {k} | {ma:.4f} ± {sa:.4f} | {mb:.4f} ± {sb:.4f} | {ok} |")
+EOF
+cat "$OUT/bf16-vs-fp32.md"
+
+say "full-budget evaluation time of one Fig. 3 MoPoE model"
+if [ "$SCALE" = tiny ]; then EB=quick; else EB=full; fi
+EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 70) $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$OUT/eval-time.txt"
+
+say "report"
+$M report --compare reference_results/ --allow-missing --format md --out "$OUT/report.md" \
+  --title "device-check: MoPoE Fig. 3, $EPOCHS epochs, PolyMNIST from the MNIST test split" > "$OUT/report.txt" 2>&1
+tail -5 "$OUT/report.txt"
+
+say "projected cost of every suite's full tier on this GPU (packed)"
+for s in suites/*.yaml; do
+  echo "== $s"; timeout $(to 30) $M run "$s" --tier full --dry-run --step-times "$OUT/steps-packed.md" 2>&1 | tail -4
+done > "$OUT/projection.txt"
+tail -3 "$OUT/projection.txt"
+
+if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
+  say "captured packed step (torch.compile reduce-overhead)"
+  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack 5,15 --device cuda --batch-size $B --latent-dim $LAT \
+    --steps $STEPS --compile --out "$OUT/steps-compiled.md"
+fi
+tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
+say "done ($(left) s of the budget left)"

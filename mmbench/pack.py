@@ -1,0 +1,504 @@
+"""Packed runs: several runs of one experiment trained together in one process as one stacked model.
+
+Runs that differ only in their seed (the seeds of a table, the same method across suites) share the
+dataset, variant, method, architecture and training settings, so their models have the same shapes.
+A pack stacks their parameters on a leading run axis and evaluates the loss of all of them at once with
+``torch.func.functional_call`` + ``torch.func.vmap`` (one batched kernel per layer instead of one per
+run); the loss is summed over runs, and one Adam steps all stacked parameters. Adam is elementwise, so
+each run's update is exactly its own, and the gradient of the sum with respect to one run's parameters
+is that run's gradient.
+
+Each run keeps everything an unpacked run has (mmbench/train.py): its initialisation (the model built
+after ``torch.manual_seed(seed)``), its data order (epoch e shuffles with a generator seeded by
+(seed, e)), its own random stream, its run directory, ``last.pt``/``best.pt`` in the unpacked format
+(a packed run resumes unpacked and vice versa), its log and its ``metrics.json``. Its run id does not
+change: packing is a schedule, not a setting.
+
+Random streams: a method draws all its noise through ``methods.base.randn_like``/``randint``. A packed
+step first records which draws the loss makes (shapes, once per batch shape), then draws them for each
+run from that run's own ``torch.Generator`` -- on the CPU started from the global generator's state
+right after the run's model was built, i.e. the state an unpacked run draws from -- and feeds them into
+the vmapped loss. The packed loss runs with ``vmap(randomness="error")``, so a draw that bypasses the
+noise source fails loudly instead of sharing numbers between runs. On the CPU a packed run therefore
+draws exactly the numbers it draws alone and ends with the same weights and metrics to float tolerance
+(tests/test_pack.py). On a GPU the per-run generators are CUDA generators seeded with the run's seed.
+
+What is not packed (the run trains unpacked instead, with the reason in its log): methods with
+``packable = False`` (Python-side step counters or inner gradient steps), architectures with Dropout or
+BatchNorm (their randomness and running statistics are not per run under vmap), datasets whose rows are
+redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
+(checked before training, on the first batch). Runs resumed at different epochs train in separate
+packs. A run whose loss becomes non-finite stops at the end of that epoch (its last checkpoint stays the
+previous epoch's) and leaves the pack; the others go on. Packed runs checkpoint at epoch boundaries only.
+With MMBENCH_COMPILE=1 (`mmbench run --compile`) on a GPU the packed loss is captured with
+torch.compile(mode="reduce-overhead"); a compiler failure falls back to the uncaptured step, logged.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .data.base import DataSplit, to_float
+from .errors import MMBenchError
+from .methods.base import NoiseSource, use_noise
+from .registry import METHODS
+from .results import Run
+from .train import ProgressFn, _save, autocast, build_model, device_of, load_data
+
+NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
+
+
+def pack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can share a pack: everything that shapes training except the seed."""
+    d = cfg.to_dict()
+    for k in ("seed", "tables", "eval"):
+        d.pop(k)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def unpackable_reason(cfg: RunConfig) -> Optional[str]:
+    """Why runs of this config cannot be packed (None: they can). Builds the model on the meta device."""
+    cls = METHODS.get(cfg.method.name)
+    if not getattr(cls, "packable", False):
+        return f"method {cfg.method.name} is not packable (packable = False: its loss keeps per-step state)"
+    if hasattr(cls, "plan_steps"):
+        return f"method {cfg.method.name} plans a step schedule (plan_steps)"
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            model = build_model(cfg)
+    except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it for real
+        model = build_model(cfg)
+    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NOT_VMAPPABLE)})
+    if bad:
+        return f"architecture has {', '.join(bad)} layers (randomness/running statistics not per run under vmap)"
+    return None
+
+
+# ----- noise: recorded once per batch shape, then drawn per run and fed into the vmapped loss ---------
+class _Recorder(NoiseSource):
+    def __init__(self):
+        self.draws: List[Tuple] = []
+
+    def randn_like(self, t):
+        self.draws.append(("randn", tuple(t.shape), t.dtype, None))
+        return torch.randn_like(t)
+
+    def randint(self, high, size, device=None):
+        self.draws.append(("randint", tuple(size), torch.long, int(high)))
+        return torch.randint(0, high, size, device=device)
+
+
+class _Replay(NoiseSource):
+    def __init__(self, noise: Sequence[torch.Tensor]):
+        self.noise, self.i = list(noise), 0
+
+    def _next(self, shape) -> torch.Tensor:
+        if self.i >= len(self.noise):
+            raise MMBenchError("packed loss drew more random numbers than recorded (its draws are not fixed by "
+                               "the batch shape); train these runs with --pack 1")
+        n = self.noise[self.i]
+        self.i += 1
+        if tuple(n.shape) != tuple(shape):
+            raise MMBenchError(f"packed loss drew noise of shape {tuple(shape)} where {tuple(n.shape)} was "
+                               f"recorded; train these runs with --pack 1")
+        return n
+
+    def randn_like(self, t):
+        return self._next(t.shape).to(t.dtype)
+
+    def randint(self, high, size, device=None):
+        return self._next(size)
+
+
+def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> List[torch.Tensor]:
+    """Every recorded draw for every run from its own generator, stacked on the run axis."""
+    out = []
+    for kind, shape, dtype, high in draws:
+        if kind == "randn":
+            per = [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens]
+        else:
+            per = [torch.randint(0, high, shape, generator=g, device=device) for g in gens]
+        out.append(torch.stack(per))
+    return out
+
+
+class _LossOf(nn.Module):
+    """functional_call calls forward; this forward is the method's loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.loss(x)
+
+
+def _as_tensors(logs: Dict[str, Any], like: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=like.device))
+            for k, v in logs.items()}
+
+
+class StackedModel:
+    """R models of one architecture as stacked parameters, with one vmapped loss and one Adam."""
+
+    def __init__(self, template: nn.Module, states: Sequence[Dict[str, torch.Tensor]],
+                 opt_states: Sequence[Optional[Dict]], lr: float, device):
+        self.template = _LossOf(template).to(device)
+        self.device = device
+        pnames = [n for n, _ in template.named_parameters()]
+        bnames = [n for n, _ in template.named_buffers()]
+        self.pnames, self.bnames = pnames, bnames
+        self.params = {f"model.{n}": torch.stack([s[n].to(device) for s in states]).requires_grad_(True)
+                       for n in pnames}
+        own = dict(template.named_buffers())  # non-persistent buffers are not in a state_dict: the template's
+        self.buffers = {f"model.{n}": torch.stack([s.get(n, own[n]).to(device) for s in states]) for n in bnames}
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)
+        started = [o is not None and bool(o["state"]) for o in opt_states]
+        if all(started):
+            self.opt.load_state_dict(_stack_opt(opt_states))
+        elif any(started):
+            raise MMBenchError("a pack mixes runs whose optimiser has stepped with runs whose has not; "
+                               "pack only runs resumed at the same epoch")
+        self._draws: Dict[Tuple, List[Tuple]] = {}
+        self._replay = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")
+        self._replay_shared_x = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, None, 0), randomness="error")
+
+    def compile(self) -> None:
+        """Capture the packed training loss (torch.compile, mode "reduce-overhead": CUDA graphs); GPU only."""
+        self._eager = self._replay
+        self._replay = torch.compile(self._replay, mode="reduce-overhead")
+
+    def uncompile(self) -> None:
+        self._replay = getattr(self, "_eager", self._replay)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def _fn(self, noise_mode):
+        def f(params, buffers, x, noise):
+            source = _Recorder() if noise_mode == "record" else _Replay(noise)
+            with use_noise(source):
+                loss, logs = torch.func.functional_call(self.template, (params, buffers), (x,))
+            if noise_mode == "record":
+                self._recorded = source.draws
+            return loss, _as_tensors(logs, loss)
+        return f
+
+    def draws_for(self, x, x_dim, training: bool) -> List[Tuple]:
+        """The loss's random draws for this batch shape, recorded once (a throwaway packed forward)."""
+        key = (tuple((k, tuple(v.shape)) for k, v in sorted(x.items())), x_dim, training)
+        if key not in self._draws:
+            with torch.no_grad():
+                torch.func.vmap(self._fn("record"), in_dims=(0, 0, x_dim, None), randomness="different")(
+                    self.params, self.buffers, x, [])
+            self._draws[key] = self._recorded
+        return self._draws[key]
+
+    def loss(self, x, gens, x_dim: Optional[int] = 0, precision: str = "fp32"):
+        """Per-run losses (R) and logs (each R), every run drawing its noise from its own generator."""
+        noise = draw(self.draws_for(x, x_dim, self.template.training), gens, self.device)
+        with autocast(precision, self.device):
+            f = self._replay if x_dim == 0 else self._replay_shared_x
+            return f(self.params, self.buffers, x, noise)
+
+    def unpacked_loss(self, r: int, x_r, noise_r):
+        """Run r's loss computed alone (no vmap), from given noise: the reference of the packability trial."""
+        params = {k: v[r] for k, v in self.params.items()}
+        buffers = {k: v[r] for k, v in self.buffers.items()}
+        with use_noise(_Replay(noise_r)):
+            loss, _ = torch.func.functional_call(self.template, (params, buffers), (x_r,))
+        return loss
+
+    def state(self, r: int) -> Tuple[Dict[str, torch.Tensor], Dict]:
+        """Run r's model state_dict and Adam state_dict, in the unpacked trainer's format."""
+        sd = {}
+        for n, _ in self.template.model.state_dict(keep_vars=True).items():
+            src = self.params.get(f"model.{n}", self.buffers.get(f"model.{n}"))
+            sd[n] = src[r].detach().clone()
+        packed = self.opt.state_dict()
+        st = {i: {k: (v[r].clone() if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") else v.clone())
+                  for k, v in s.items()} for i, s in packed["state"].items()}
+        return sd, {"state": st, "param_groups": copy.deepcopy(packed["param_groups"])}
+
+
+def _stack_opt(opt_states: Sequence[Dict]) -> Dict:
+    first = opt_states[0]
+    state = {}
+    for i, s in first["state"].items():
+        state[i] = {k: (torch.stack([o["state"][i][k] for o in opt_states])
+                        if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") else v) for k, v in s.items()}
+    return {"state": state, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+# ----- training ------------------------------------------------------------------------------------------
+class _Member:
+    def __init__(self, run: Run, device):
+        self.run, self.cfg = run, run.cfg
+        torch.manual_seed(self.cfg.seed)
+        model = build_model(self.cfg)  # the run's initialisation, exactly as train.train draws it
+        cpu_state = torch.get_rng_state()  # the global stream an unpacked run's noise continues from
+        self.model_state = model.state_dict()
+        self.opt_state = None
+        self.state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
+        self.gen = torch.Generator(device=device)
+        if torch.device(device).type == "cpu":
+            self.gen.set_state(cpu_state)
+        else:
+            self.gen.manual_seed(self.cfg.seed)
+        self.cpu_rng = cpu_state
+        last = run.ckpt_dir / "last.pt"
+        if last.exists():
+            ck = torch.load(last, map_location="cpu", weights_only=False)
+            self.model_state, self.opt_state, self.state = ck["model"], ck["optimizer"], ck["state"]
+            self.cpu_rng = ck["rng"]
+            if torch.device(device).type == "cpu":
+                self.gen.set_state(ck["rng"])
+            elif "rng_device" in ck:
+                self.gen.set_state(ck["rng_device"])
+            run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
+        self.error: Optional[str] = None
+
+    def rng_state(self) -> Dict[str, torch.Tensor]:
+        if self.gen.device.type == "cpu":
+            return {"rng": self.gen.get_state()}
+        return {"rng": self.cpu_rng, "rng_device": self.gen.get_state()}
+
+
+def _split_batch(split: DataSplit, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Rows idx (any shape, on the data's device) of every modality, as floats shaped idx.shape + row shape."""
+    out = {}
+    for m in split.modalities:
+        rows = split.rows(m.name, idx.reshape(-1))
+        out[m.name] = to_float(m, rows).reshape(*idx.shape, *rows.shape[1:])
+    return out
+
+
+def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Generator]) -> Optional[str]:
+    """Check on one batch that each run's packed loss equals its loss computed alone (same noise);
+    returns why not, or None. The runs' generators are not advanced."""
+    copies = []
+    for g in gens:
+        c = torch.Generator(device=g.device)
+        c.set_state(g.get_state())
+        copies.append(c)
+    try:
+        with torch.no_grad():
+            draws = sm.draws_for(x, 0, sm.template.training)
+            noise = draw(draws, copies, sm.device)
+            packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
+                sm.params, sm.buffers, x, noise)
+            alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise])
+                                 for r in range(sm.size)])
+    except Exception as e:  # any failure of vmap to batch the loss means: train unpacked
+        return f"the packed loss fails under vmap ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-4):
+        return f"the packed loss differs from the runs' own losses ({packed.tolist()} vs {alone.tolist()})"
+    return None
+
+
+def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+               stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
+    """Train (or resume) runs of one pack key together; returns {run id: summary dict or error string}.
+
+    Runs whose method/architecture cannot be packed, or whose pack fails the trial, train unpacked
+    (mmbench/train.py), with the reason in their logs. `stop_after_epoch` simulates an interruption.
+    """
+    from .train import train as train_alone
+
+    progress = progress or (lambda *a: None)
+    keys = {pack_key(r.cfg) for r in runs}
+    if len(keys) != 1:
+        raise MMBenchError("train_pack: the runs differ in more than their seed; pack only runs of one experiment")
+    results: Dict[str, Any] = {}
+
+    def alone(rs, reason):
+        for r in rs:
+            if len(rs) > 1 or reason:
+                r.log(f"training unpacked: {reason}")
+            try:
+                results[r.id] = train_alone(r, data_root, progress, stop_after_epoch=stop_after_epoch)
+            except MMBenchError as e:
+                r.log(f"error: {e}")
+                results[r.id] = str(e)
+
+    reason = unpackable_reason(runs[0].cfg)
+    if reason or len(runs) == 1:
+        alone(list(runs), reason)
+        return results
+    device = device_of()
+    members = [_Member(r, device) for r in runs]
+    by_epoch: Dict[int, List[_Member]] = {}
+    for m in members:
+        by_epoch.setdefault(m.state["epoch"], []).append(m)
+    for epoch0, group in sorted(by_epoch.items()):
+        if len(group) == 1:
+            alone([group[0].run], "")
+            continue
+        results.update(_train_group(group, data_root, progress, stop_after_epoch, alone))
+    return results
+
+
+def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, alone) -> Dict[str, Any]:
+    cfg = members[0].cfg
+    device = device_of()
+    train_split, test_split = load_data(cfg, data_root)
+    if train_split.redraw:
+        alone([m.run for m in members], f"the dataset redraws {', '.join(train_split.redraw)} per batch")
+        return {}
+    E, B = cfg.train.epochs, cfg.train.batch_size
+    loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)
+    train_split = train_split.to(device)
+    n_batches = max(len(train_split) // B, 1)
+    torch.manual_seed(cfg.seed)
+    template = build_model(cfg).to(device)
+    template.train()
+    sm = StackedModel(template, [m.model_state for m in members], [m.opt_state for m in members],
+                      cfg.train.lr, device)
+    first = members[0].state["epoch"]
+
+    def perms(ms, epoch):
+        return torch.stack([torch.randperm(len(train_split), generator=torch.Generator().manual_seed(
+            m.cfg.seed * 100_003 + epoch)) for m in ms]).to(device)
+
+    why = trial(sm, _split_batch(train_split, perms(members, first)[:, :B]), [m.gen for m in members])
+    if why:
+        alone([m.run for m in members], why)
+        return {}
+    capture = os.environ.get("MMBENCH_COMPILE") == "1" and torch.device(device).type == "cuda"
+    if capture:
+        sm.compile()
+    ids = ", ".join(m.run.id for m in members)
+    for m in members:
+        m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
+    results: Dict[str, Any] = {}
+    t0 = time.time()
+    live = list(members)
+    for epoch in range(first, E):
+        P = perms(live, epoch)
+        sums: Dict[str, torch.Tensor] = {}
+        finite = torch.ones(len(live), dtype=torch.bool, device=device)
+        for b in range(n_batches):
+            x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
+            if capture:  # the first captured step: if torch.compile fails, go on uncaptured, saying so
+                capture = False
+                states = [m.gen.get_state() for m in live]
+                try:
+                    losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+                except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                    for m, st in zip(live, states):
+                        m.gen.set_state(st)
+                        m.run.log(f"torch.compile failed ({type(e).__name__}); training uncaptured")
+                    sm.uncompile()
+                    losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+            else:
+                losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+            finite &= torch.isfinite(losses.detach())
+            sm.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            sm.opt.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().double()
+            progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)
+        ok = finite.tolist()  # the epoch's one read-back
+        tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
+        means = {k: (v / n_batches).tolist() for k, v in sums.items()}
+        keep = []
+        for r, m in enumerate(live):
+            if not ok[r]:
+                m.error = (f"training diverged (a non-finite loss) in epoch {epoch + 1}; lower train.lr or check "
+                           f"the data")
+                m.run.log(f"error: {m.error}")
+                results[m.run.id] = m.error
+                continue
+            keep.append(r)
+            record = {"epoch": epoch + 1, **{f"train_{k}": v[r] for k, v in means.items()}, "test_loss": tl[r]}
+            m.state["history"].append(record)
+            m.state["epoch"] = epoch + 1
+            m.run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in record.items()))
+            model_sd, opt_sd = sm.state(r)
+            if tl[r] < m.state["best_test_loss"]:
+                m.state["best_test_loss"] = tl[r]
+                _save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1, "test_loss": tl[r]})
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E:
+                _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
+                                                   **m.rng_state()})
+        if len(keep) < len(live):
+            live = [live[r] for r in keep]
+            if not live:
+                break
+            sm = _shrink(sm, keep, template, cfg, device)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    for m in live:
+        results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
+                             "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
+                             "packed_with": len(members)}
+    return results
+
+
+def _shrink(sm: StackedModel, keep: List[int], template, cfg, device) -> StackedModel:
+    """The pack without the runs that left it (their slices of parameters and Adam state dropped)."""
+    states = [sm.state(r) for r in keep]
+    return StackedModel(template, [s[0] for s in states], [s[1] for s in states], cfg.train.lr, device)
+
+
+@torch.no_grad()
+def _test_losses(sm: StackedModel, test: DataSplit, batch_size: int, seeds: Sequence[int], device,
+                 precision: str) -> List[float]:
+    """train.test_loss for every run of the pack: each run's noise from a generator seeded with its seed."""
+    sm.template.eval()
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    total = torch.zeros(len(seeds), dtype=torch.float64, device=device)
+    n = 0
+    for start in range(0, len(test), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(test)), device=device)
+        losses, _ = sm.loss(_split_batch(test, idx), gens, None, precision)
+        total += losses.detach().double() * len(idx)
+        n += len(idx)
+    sm.template.train()
+    return (total / max(n, 1)).tolist()
+
+
+def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
+                 progress: Optional[ProgressFn] = None) -> Dict[str, Optional[str]]:
+    """The whole life of a pack: train the runs together, then evaluate each; {run id: None or error}."""
+    from contextlib import ExitStack
+
+    from .evaluate import evaluate
+
+    out: Dict[str, Optional[str]] = {}
+    with ExitStack() as stack:
+        for r in runs:
+            stack.enter_context(r.lock())
+        todo = [r for r in runs if r.status() != "done"]
+        for r in todo:
+            r.init()
+            r.log(f"run {r.id} on {device_of()} (pack of {len(todo)})")
+        t0 = time.time()
+        summaries = train_pack(todo, data_root, progress) if todo else {}
+        for r in todo:
+            s = summaries.get(r.id)
+            if not isinstance(s, dict):
+                out[r.id] = s or "not trained"
+                continue
+            try:
+                evaluate(r, data_root, progress, provenance={
+                    "train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
+                    "packed_with": s.get("packed_with", 1)})
+                r.log("done")
+                out[r.id] = None
+            except MMBenchError as e:
+                r.log(f"error: {e}")
+                out[r.id] = str(e)
+    return out

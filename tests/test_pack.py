@@ -1,0 +1,230 @@
+"""Packed runs (mmbench/pack.py): a pack trains each run exactly as it trains alone, resumes after a kill,
+loses only a diverged run, and falls back to unpacked training (with the reason logged) when it cannot pack."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbench.config import build_run_config
+from mmbench.methods.base import Gaussian
+from mmbench.methods.mopoe import MoPoE
+from mmbench.pack import pack_key, train_pack, unpackable_reason
+from mmbench.results import Run
+from mmbench.runner import make_packs
+from mmbench.train import build_model, train
+
+TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+        "train": {"epochs": 2, "batch_size": 32, "max_train": 96, "max_test": 64}}
+
+
+def cfg(seed=0, **train_over):
+    d = json.loads(json.dumps(TINY))
+    d["seed"] = seed
+    d["train"].update(train_over)
+    return build_run_config(d)
+
+
+def last(run):
+    return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+
+
+def test_pack_of_three_equals_three_alone(tmp_path, data_root):
+    # The same runs (same ids) trained alone and as one pack: per-run generators replay each run's own noise
+    # stream (on the CPU the stream the run draws from alone), so only float rounding of the batched kernels
+    # differs: metrics agree to 1e-4 relative; the whole weight vector to 1e-3 relative, and no weight by
+    # more than 2·lr per step (Adam's normalised step turns rounding in a near-0 gradient into up to ±lr).
+    alone = {s: train(Run(cfg(s), tmp_path / "alone"), data_root) for s in range(3)}
+    runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
+    packed = train_pack(runs, data_root)
+    for s, r in enumerate(runs):
+        assert r.id == Run(cfg(s), tmp_path / "alone").id
+        assert packed[r.id]["packed_with"] == 3
+        assert "packed with 2 other run(s)" in r.log_path.read_text()
+        ha, hp = alone[s]["history"], packed[r.id]["history"]
+        assert [h["epoch"] for h in hp] == [1, 2]
+        for a, p in zip(ha, hp):
+            assert set(a) == set(p)
+            for k in a:
+                assert p[k] == pytest.approx(a[k], rel=1e-4), (s, k)
+        ca, cp = last(Run(cfg(s), tmp_path / "alone")), last(r)
+        wa = torch.cat([w.flatten() for w in ca["model"].values()])
+        wp = torch.cat([cp["model"][k].flatten() for k in ca["model"]])
+        assert torch.linalg.norm(wp - wa) <= 1e-3 * torch.linalg.norm(wa)
+        assert (wp - wa).abs().max() <= 2 * 1e-3 * 2 * (96 // 32)
+        assert torch.equal(ca["rng"], cp["rng"])  # the run's stream ends in the same state
+        assert set(ca["optimizer"]["state"]) == set(cp["optimizer"]["state"])
+    # seeds really differ inside the pack
+    assert packed[runs[0].id]["history"][-1]["train_loss"] != packed[runs[1].id]["history"][-1]["train_loss"]
+
+
+def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
+    runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(2)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    assert all(last(r)["state"]["epoch"] == 1 for r in runs)
+    s = train(runs[0], data_root)  # the unpacked trainer reads the packed run's checkpoint
+    assert s["epochs"] == 2 and "resumed from" in runs[0].log_path.read_text()
+
+
+def test_one_diverged_run_leaves_the_pack(tmp_path, data_root):
+    runs = [Run(cfg(s), tmp_path) for s in range(3)]
+    torch.manual_seed(1)
+    bad = build_model(runs[1].cfg)
+    sd = bad.state_dict()
+    first = next(k for k in sd if k.endswith("weight"))
+    sd[first] = torch.full_like(sd[first], float("nan"))
+    opt = torch.optim.Adam(bad.parameters())
+    runs[1].ckpt_dir.mkdir(parents=True)
+    torch.save({"model": sd, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                "state": {"epoch": 0, "history": [], "best_test_loss": float("inf")}}, runs[1].ckpt_dir / "last.pt")
+    out = train_pack(runs, data_root)
+    assert isinstance(out[runs[1].id], str) and "diverged" in out[runs[1].id]
+    assert "diverged" in runs[1].log_path.read_text()
+    assert last(runs[1])["state"]["epoch"] == 0  # nothing saved for the diverged epoch
+    for r in (runs[0], runs[2]):
+        assert out[r.id]["epochs"] == 2 and last(r)["state"]["epoch"] == 2
+        assert all(torch.isfinite(v).all() for v in last(r)["model"].values())
+
+
+def test_unpackable_method_trains_unpacked_with_reason(tmp_path, data_root, monkeypatch):
+    monkeypatch.setattr(MoPoE, "packable", False)
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    for r in runs:
+        assert out[r.id]["epochs"] == 1 and "packed_with" not in out[r.id]
+        assert "training unpacked: method mopoe is not packable" in r.log_path.read_text()
+
+
+def test_noise_outside_the_source_is_caught_not_shared(tmp_path, data_root, monkeypatch):
+    # A method drawing noise from torch directly would give every run of a pack the same numbers under
+    # vmap(randomness="same") or silently different streams; the trial refuses to pack it instead.
+    monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp())
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    for r in runs:
+        assert out[r.id]["epochs"] == 1 and "packed_with" not in out[r.id]
+        assert "training unpacked: the packed loss fails under vmap" in r.log_path.read_text()
+
+
+def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
+    a = [Run(cfg(s), tmp_path) for s in range(5)]
+    other = Run(cfg(0, lr=5e-4), tmp_path)
+    assert pack_key(a[0].cfg) == pack_key(a[3].cfg) != pack_key(other.cfg)
+    assert [len(p) for p in make_packs(a + [other], None)] == [5, 1]
+    assert [len(p) for p in make_packs(a, 2)] == [2, 2, 1]
+    assert [len(p) for p in make_packs(a, None, workers=2)] == [3, 2]
+    assert [len(p) for p in make_packs(a, 1)] == [1] * 5
+    train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
+    assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
+    mm = build_run_config({**TINY, "method": {"name": "mmvamp", "latent_dim": 8}})
+    assert "not packable" in unpackable_reason(mm)
+    assert [len(p) for p in make_packs([Run(mm, tmp_path), Run(build_run_config(
+        {**TINY, "seed": 1, "method": {"name": "mmvamp", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
+
+
+def test_killed_pack_resumes_every_run(tmp_path, data_root):
+    # A worker training a pack of 3 is SIGKILLed mid-epoch (after the first epoch's checkpoints); running
+    # the same worker again resumes all three from their checkpoints and finishes them. Two worker processes
+    # (each imports torch): ~10 s on an idle 2-core machine, the slowest test of this file.
+    runs = []
+    for s in range(3):
+        c = cfg(s, epochs=2, max_train=64)
+        c.eval.metrics = []  # this test is about training; evaluation after a pack is test_runner's
+        r = Run(c, tmp_path)
+        r.init()
+        runs.append(r)
+    env = dict(os.environ, MMBENCH_DATA=str(data_root), PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "mmbench.worker", *(str(r.dir) for r in runs)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the epoch-1 checkpoints, then for epoch 2 to be under way
+        p = runs[0].dir / "progress.json"
+        try:
+            done = json.loads(p.read_text())["done"] if p.exists() else 0
+        except ValueError:
+            done = 0
+        if all((r.ckpt_dir / "last.pt").exists() for r in runs) and done >= 2 + 1:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert all(r.status() == "partial" for r in runs)  # killed mid-run, not after it
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    for r in runs:
+        assert r.status() == "done"
+        log = r.log_path.read_text()
+        assert "(packed)" in log and "resumed from" in log
+        assert [h["epoch"] for h in last(r)["state"]["history"]] == [1, 2]
+
+
+def test_bench_pack_step_time_counts_run_steps():
+    from mmbench.bench import pack_step_time
+    from mmbench.errors import MMBenchError
+
+    r = pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    assert r["pack"] == 2 and r["run_steps_per_s"] == pytest.approx(2 / r["median_s"])
+    with pytest.raises(MMBenchError, match="not packable"):
+        pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    with pytest.raises(MMBenchError, match="needs --device cuda"):
+        pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
+
+
+def test_gpu_projection_uses_pack_rates(tmp_path):
+    from mmbench.bench import projected_seconds, read_step_times
+
+    f = tmp_path / "times.md"
+    f.write_text("Run-steps per second ...; NVIDIA X, torch 2\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                 "|---|---|---|---|---|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 2 | packed | 0.133 | 15 |\n"
+                 "| mvae | 2 | n/a: x | nan | nan |\n")
+    rates = read_step_times(f)
+    assert rates == {"mopoe": {1: 10.0, 2: 15.0}}
+    runs = [Run(cfg(s), tmp_path) for s in range(3)]
+    packed = projected_seconds(make_packs(runs, None), rates, lambda r: 100)
+    assert sum(packed.values()) == pytest.approx(3 * 100 / 15)  # one pack of 3 at the pack-2 rate
+    alone = projected_seconds(make_packs(runs, 1), rates, lambda r: 100)
+    assert sum(alone.values()) == pytest.approx(3 * 100 / 10)
+    assert projected_seconds(make_packs(runs, 1), rates, lambda r: None)[runs[0].id] is None
+
+
+def test_precision_field_validated_and_id_stable(data_root, tmp_path):
+    from mmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.precision"):
+        cfg(precision="fp16")
+    assert cfg(precision="fp32").run_id() == cfg().run_id()  # a new field at its default keeps run ids
+    assert cfg(precision="bf16").run_id() != cfg().run_id()
+    s = train(Run(cfg(precision="bf16", epochs=1), tmp_path), data_root)  # autocast on the CPU
+    assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
+
+
+def test_cli_pack_options(tmp_path, data_root):
+    import subprocess as sp
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n  train: {epochs: 2, batch_size: 32}\n"
+                     "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     "    seeds: [0, 1, 2]\n")
+    times = tmp_path / "t.md"
+    times.write_text("median of 5 steps; NVIDIA Y, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+                     "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
+    env = {**os.environ, "MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
+
+    def mm(*args):
+        return sp.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True, env=env)
+
+    r = mm("run", suite, "--dry-run", "--step-times", times)
+    assert r.returncode == 0, r.stderr
+    # 3 runs x 2 epochs x (polydigits train split // 32) steps in one pack of 3 at 300 run-steps/s
+    out = " ".join(r.stdout.split())
+    assert "one GPU (NVIDIA Y," in out and "for 3 of 3 unfinished run(s) in 1 pack(s)" in out
+    for args, msg in [(("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
+                      (("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
+                      (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1")]:
+        r = mm(*args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
