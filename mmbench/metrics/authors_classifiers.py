@@ -25,6 +25,7 @@ from ..data.base import (DataSplit, DatasetSpec, Modality, dataset_dir, default_
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
+from .quality import accuracy, mean_ap
 
 
 def authors_set(spec: DatasetSpec):
@@ -104,8 +105,6 @@ def load_file(arch, modality: Modality, n_classes: int, path: Path) -> torch.nn.
 def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source: Path,
                        data_root: Optional[Path]) -> Dict[str, float]:
     """Check and load every modality's file (all before writing anything), measure, cache; returns the scores."""
-    from .classifiers import accuracy, mean_ap
-
     arch = authors_set(spec)
     source = Path(source)
     if not source.is_dir():

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +22,8 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root,
 from ..errors import MMBenchError
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .precision import average_precisions
+from .authors_classifiers import load_classifiers
+from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
 def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[Path]) -> Path:
@@ -35,30 +35,6 @@ def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[
 
 def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
     return ARCHITECTURES.get(spec.classifier_for(variant)).classifier(modality, spec.n_classes)
-
-
-@torch.no_grad()
-def accuracy(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_size: int = 512) -> float:
-    clf.eval()
-    correct = 0
-    mod = next(m for m in split.modalities if m.name == name)
-
-    for start in range(0, len(split), batch_size):
-        x = to_float(mod, split.x[name][start:start + batch_size]).to(device)
-        correct += (clf(x).argmax(1).cpu() == split.labels[start:start + batch_size]).sum().item()
-    return correct / max(len(split), 1)
-
-
-@torch.no_grad()
-def mean_ap(clf: torch.nn.Module, split: DataSplit, name: str, device, batch_size: int = 512) -> float:
-    """Multi-label quality: AP per attribute of the classifier's scores, averaged over the attributes with a
-    positive test row (0 when none has one, so the floor refuses)."""
-    clf.eval()
-    mod = next(m for m in split.modalities if m.name == name)
-    scores = [clf(to_float(mod, split.x[name][s:s + batch_size]).to(device)).cpu()
-              for s in range(0, len(split), batch_size)]
-    ap = average_precisions(split.labels.numpy(), torch.cat(scores).numpy())
-    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
 @torch.enable_grad()  # may be called lazily from inside a no-grad metric
@@ -94,8 +70,6 @@ def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: Dat
     """Load the cached classifiers, training the missing ones; refuse any below the accuracy floor.
     With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py)."""
     if cfg.classifiers == "authors":
-        from .authors_classifiers import load_classifiers
-
         clfs, accs = load_classifiers(spec, variant, train.modalities, data_root)
         if check:
             _check_floor(spec, cfg, accs)
