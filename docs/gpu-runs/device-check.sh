@@ -16,13 +16,14 @@
 #   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
 #   log.txt                 everything printed; runs.tgz the run directories without checkpoints
 #
-# On the device (repository root; ../shared/data holds mnist-t10k/ and backgrounds/):
-#   OUT=$OUT bash docs/gpu-runs/device-check.sh
+# On the device (repository root; DATA names the folder holding mnist-t10k/ (the MNIST test IDX files) and
+# backgrounds/ (five photographs)):
+#   DATA=/path/to/data OUT=$OUT bash docs/gpu-runs/device-check.sh
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
-#   DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
+#   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device-check}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-470}
-SHARED=${SHARED:-../shared/data}
+SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
 export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/dc/runs} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}

@@ -285,10 +285,10 @@ class DataSplit:
         return [m.name for m in self.modalities]
 
     def rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """The stored rows of one modality, with its redraw applied."""
+        """The stored rows of one modality, with its redraw applied (idx: a tensor, array or list of rows)."""
         v = self.x[name]
         base = v.base if isinstance(v, Indexed) else v
-        x = v[idx.to(base.device)]
+        x = v[torch.as_tensor(idx, device=base.device)]
         return self.redraw[name](x) if name in self.redraw else x
 
     def batch(self, idx: torch.Tensor, device: Any = "cpu") -> Dict[str, torch.Tensor]:
