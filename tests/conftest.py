@@ -42,3 +42,20 @@ def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_g
         opt.step()
         losses.append(loss.item())
     return losses, logs
+
+
+def assert_latent_accuracies(metrics, n_test: int):
+    """What an end-to-end latent_classification result must satisfy, whatever the model learnt: every
+    `latent_acc/<S>` is a count of correct test tuples over n_test (k / n_test exactly), and every
+    `latent_acc_by_n/<k>` is the mean of the subsets of size k (MoPoE Fig. 3)."""
+    import math
+
+    per_subset = {k.split("/", 1)[1]: v for k, v in metrics.items()
+                  if k.startswith("latent_acc/") and k != "latent_acc/pooled"}
+    assert per_subset, "no latent_acc/<subset> keys"
+    for s, v in per_subset.items():
+        assert 0 <= v <= 1 and math.isclose(v * n_test, round(v * n_test), abs_tol=1e-6), (s, v, n_test)
+    sizes = {len(s.split("+")) for s in per_subset}
+    for k in sizes:
+        vals = [v for s, v in per_subset.items() if len(s.split("+")) == k]
+        assert math.isclose(metrics[f"latent_acc_by_n/{k}"], sum(vals) / len(vals), rel_tol=1e-9), k
