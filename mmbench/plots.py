@@ -54,10 +54,7 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             ax.set_ylabel(label)
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-        fig.suptitle(group_title(dataset, variant, tables), fontsize=10)
-        fig.tight_layout()
-        _legend(fig, axes[0])
-        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "by-inputs"))
+        written += _finish_group(fig, axes, out_dir, dataset, variant, tables, "by-inputs", None)
     return written
 
 
@@ -71,6 +68,15 @@ def _beta_label(beta: float) -> str:
 
     k = math.log2(beta) if beta > 0 else 0.5
     return f"β=$2^{{{int(k)}}}$" if k.is_integer() and abs(k) >= 3 else f"β={beta:g}"
+
+
+def _finish_group(fig, axes, out_dir: Path, dataset: str, variant: str, tables, kind: str,
+                  what: Optional[str] = None) -> List[Path]:
+    """Title (the figure group, and what the panels show), layout, legend beside the panels, saved as PNG+SVG."""
+    fig.suptitle(group_title(dataset, variant, tables) + (f" — {what}" if what else ""), fontsize=10)
+    fig.tight_layout()
+    _legend(fig, axes[0])
+    return _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", kind))
 
 
 def _legend(fig, axes) -> None:
@@ -142,10 +148,7 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             ax.set_xlabel(xlab)
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
-        fig.suptitle(group_title(dataset, variant, tables) + " — β sweep", fontsize=10)
-        fig.tight_layout()
-        _legend(fig, axes[0])
-        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "beta-sweep"))
+        written += _finish_group(fig, axes, out_dir, dataset, variant, tables, "beta-sweep", "β sweep")
     return written
 
 
@@ -352,10 +355,7 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(title)
             ax.grid(alpha=0.3)
-        fig.suptitle(group_title(dataset, variant, tables) + " — training curves", fontsize=10)
-        fig.tight_layout()
-        _legend(fig, axes[0])
-        written += _save(fig, out_dir, _stem(dataset, variant, "-".join(tables) or "runs", "training"))
+        written += _finish_group(fig, axes, out_dir, dataset, variant, tables, "training", "training curves")
     return written
 
 
