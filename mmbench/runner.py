@@ -53,6 +53,20 @@ def _resume_epoch(run: Run) -> int:
     return int(torch.load(last, map_location="cpu", weights_only=False)["state"]["epoch"])
 
 
+def unique_runs(runs: Sequence[Run]) -> List[Run]:
+    """One Run per run id, in first-seen order: a suite may list the same configuration in several
+    experiments (e.g. SMVAE Figs. 2 and 3 share their PolyMNIST runs); the run then serves the union of their
+    tables (Run.init merges them into config.yaml) and is scheduled once, never twice at the same time."""
+    first: Dict[str, Run] = {}
+    for r in runs:
+        if r.id in first:
+            kept = first[r.id]
+            kept.cfg.tables = sorted(set(kept.cfg.tables) | set(r.cfg.tables))
+        else:
+            first[r.id] = r
+    return list(first.values())
+
+
 def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> List[List[Run]]:
     """Runs grouped into packs: same pack key (all but the seed), same resume epoch, packable method and
     architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
@@ -90,7 +104,7 @@ def _read_progress(run: Run) -> Optional[dict]:
 def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path], gpus: Optional[str] = None,
             jobs: int = 1, console: Optional[Console] = None, pack: Optional[int] = 1) -> List[Outcome]:
     console = console or Console()
-    runs = [Run(c, runs_dir) for c in configs]
+    runs = unique_runs([Run(c, runs_dir) for c in configs])
     todo: "queue.Queue[List[Run]]" = queue.Queue()
     outcomes: List[Outcome] = []
     pending = []
