@@ -308,7 +308,8 @@ def reproduction(cells: List[Any], out_dir: Path) -> List[Path]:
             legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
         fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                    fontsize=8)
-        written += _save(fig, out_dir, _stem(paper.split(",")[0][:40], "reproduction"))
+        # the first 60 characters, not the authors alone: two papers are "Sutter, ..."
+        written += _save(fig, out_dir, _stem(paper[:60], "reproduction"))
     return written
 
 

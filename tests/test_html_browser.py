@@ -52,7 +52,7 @@ def test_html_report_loads_in_chromium(tmp_path):
                                       "--format", "html", "--out", str(page)])
     assert page.exists(), result.output
     text = page.read_text()
-    assert "Paper_A-reproduction" in text and "T1-training" in text and "by β" in text
+    assert "Paper_A_2021-reproduction" in text and "T1-training" in text and "by β" in text
     shot = tmp_path / "report.png"
     res = check_page(page, screenshot=shot)
     assert res["images"] == text.count("<img ") >= 4  # reproduction, by inputs, β sweep, training curves

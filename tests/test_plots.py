@@ -50,8 +50,9 @@ def test_reproduction_points_come_from_the_cells(tmp_path):
     assert p.loc["ok", "panel"] == p.loc["far", "panel"] != p.loc["fid", "panel"]  # FID on its own scale
     assert list(pts["Q"]["passed"]) == [False]
     names = sorted(f.name for f in reproduction(rep.cells, tmp_path / "figs"))  # all_figures: test_html_browser.py
-    assert names == ["P-reproduction.png", "P-reproduction.svg", "Q-reproduction.png", "Q-reproduction.svg"]
-    assert (tmp_path / "figs" / "P-reproduction.png").stat().st_size > 1000
+    # named by the paper's opening characters, not its first author alone ("P, 2021" and "P, 2022" would collide)
+    assert names == ["P_2021-reproduction.png", "P_2021-reproduction.svg", "Q-reproduction.png", "Q-reproduction.svg"]
+    assert (tmp_path / "figs" / "P_2021-reproduction.png").stat().st_size > 1000
 
 
 def test_training_curves_read_each_runs_history(tmp_path):
