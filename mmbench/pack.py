@@ -52,7 +52,7 @@ from .errors import MMBenchError
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run
-from .train import ProgressFn, _save, autocast, build_model, device_of, load_data
+from .train import ProgressFn, _save, autocast, build_model, device_of, diverged, load_data
 
 NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
@@ -415,8 +415,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         keep = []
         for r, m in enumerate(live):
             if not ok[r]:
-                m.error = (f"training diverged (a non-finite loss) in epoch {epoch + 1}; lower train.lr or check "
-                           f"the data")
+                m.error = diverged(epoch)
                 m.run.log(f"error: {m.error}")
                 results[m.run.id] = m.error
                 continue

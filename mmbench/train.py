@@ -33,6 +33,11 @@ from .registry import DATASETS, METHODS
 from .results import Run, atomic_json, atomic_write
 
 ProgressFn = Callable[[str, int, int], None]
+
+
+def diverged(epoch: int) -> str:
+    """The error of a run whose loss turned non-finite in (0-based) `epoch` (plain and packed training)."""
+    return f"training diverged (a non-finite loss) in epoch {epoch + 1}; lower train.lr or check the data"
 HISTORY = "history.json"  # the per-epoch losses of a run, next to metrics.json (read by the report's training curves)
 
 
@@ -184,8 +189,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             due = every_s is not None and time.time() - saved_at >= every_s
             if (_stop_reason or due) and b + 1 < n_batches:
                 if not bool(finite):  # a diverged model is never checkpointed
-                    raise MMBenchError(f"training diverged (a non-finite loss) in epoch {epoch + 1}; "
-                                       f"lower train.lr or check the data")
+                    raise MMBenchError(diverged(epoch))
                 state.update(step=b + 1, sums=dict(sums))
                 save_last()
                 del state["step"], state["sums"]
@@ -197,8 +201,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                     raise TrainingInterrupted(f"run {run.id} stopped ({why}) at epoch {epoch + 1}, step {b + 1}; "
                                               f"re-run the same command to resume from {last}")
         if not bool(finite):
-            raise MMBenchError(f"training diverged (a non-finite loss) in epoch {epoch + 1}; "
-                               f"lower train.lr or check the data")
+            raise MMBenchError(diverged(epoch))
         tl = test_loss(model, loss_split, B, cfg.seed, device, cfg.train.precision)
         record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n_batches for k, v in sums.items()},
                   "test_loss": tl}
