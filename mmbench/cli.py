@@ -158,7 +158,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
         only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
         pack: Optional[int] = typer.Option(None, "--pack", help="Cap on runs trained together as one stacked model "
-                                           "(runs differing only in seed; default: split evenly over the workers; "
+                                           "(runs differing only in seed; default: split evenly over the workers, "
+                                           "or over --slurm-array-parallelism tasks with --executor slurm; "
                                            "1: every run alone)."),
         compile: bool = typer.Option(False, "--compile", help="Capture packed steps with torch.compile "
                                      "(reduce-overhead, CUDA graphs); GPU workers only."),
@@ -255,6 +256,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
 
         if slurm_opt:
             cli_slurm["sbatch"] = parse_sbatch(slurm_opt)
+        if pack is not None:
+            cli_slurm["pack"] = pack  # runs per array task
         site = site_options()
         options = [(c, resolve_options([(site, str(site_config_path())), (s.slurm, f"{suite}: slurm"),
                                         (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))

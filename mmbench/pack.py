@@ -28,8 +28,12 @@ What is not packed (the run trains unpacked instead, with the reason in its log)
 BatchNorm (their randomness and running statistics are not per run under vmap), datasets whose rows are
 redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
-packs. A run whose loss becomes non-finite stops at the end of that epoch (its last checkpoint stays the
-previous epoch's) and leaves the pack; the others go on. Packed runs checkpoint at epoch boundaries only.
+packs, and so do runs resumed at different steps of one epoch. A run whose loss becomes non-finite stops at
+the end of that epoch (its last checkpoint stays the previous epoch's) and leaves the pack; the others go on.
+Packed runs checkpoint as unpacked ones do: every ``checkpoint_every`` epochs, every
+``train.checkpoint_minutes`` mid-epoch (each run's next step, running log sums and random stream), and
+after the current step when a stop is requested (train.request_stop, e.g. Slurm's pre-timeout signal);
+a stop then raises train.TrainingInterrupted for the whole pack, and a re-run resumes every run of it.
 With MMBENCH_COMPILE=1 (`mmbench run --compile`) on a GPU the packed loss is captured with
 torch.compile(mode="reduce-overhead"); a compiler failure falls back to the uncaptured step, logged.
 """
@@ -52,7 +56,8 @@ from .errors import MMBenchError
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run
-from .train import ProgressFn, _save, autocast, build_model, device_of, diverged, load_data
+from . import train as train_mod
+from .train import ProgressFn, TrainingInterrupted, _save, autocast, build_model, device_of, diverged, load_data
 
 NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
@@ -327,6 +332,8 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
                 r.log(f"training unpacked: {reason}")
             try:
                 results[r.id] = train_alone(r, data_root, progress, stop_after_epoch=stop_after_epoch)
+            except TrainingInterrupted:  # a stop request ends the whole pack: every run resumes on re-run
+                raise
             except MMBenchError as e:
                 r.log(f"error: {e}")
                 results[r.id] = str(e)
@@ -337,10 +344,10 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
         return results
     device = device_of()
     members = [_Member(r, device) for r in runs]
-    by_epoch: Dict[int, List[_Member]] = {}
+    by_point: Dict[Tuple[int, int], List[_Member]] = {}  # runs resumed at the same epoch and step train together
     for m in members:
-        by_epoch.setdefault(m.state["epoch"], []).append(m)
-    for epoch0, group in sorted(by_epoch.items()):
+        by_point.setdefault((m.state["epoch"], m.state.get("step", 0)), []).append(m)
+    for _, group in sorted(by_point.items()):
         if len(group) == 1:
             alone([group[0].run], "")
             continue
@@ -365,6 +372,14 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     sm = StackedModel(template, [m.model_state for m in members], [m.opt_state for m in members],
                       cfg.train.lr, device)
     first = members[0].state["epoch"]
+    # A mid-epoch checkpoint holds each run's next step of that epoch and the running sums of its logs.
+    first_step = [m.state.pop("step", 0) for m in members][0]  # train_pack grouped them by (epoch, step)
+    saved_sums = [m.state.pop("sums", {}) for m in members]
+    sums: Dict[str, torch.Tensor] = {
+        k: torch.stack([torch.as_tensor(s[k], dtype=torch.float64) for s in saved_sums]).to(device)
+        for k in saved_sums[0]} if first_step else {}
+    every_s = cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None
+    saved_at = time.time()
 
     def perms(ms, epoch):
         return torch.stack([torch.randperm(len(train_split), generator=torch.Generator().manual_seed(
@@ -385,9 +400,10 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     live = list(members)
     for epoch in range(first, E):
         P = perms(live, epoch)
-        sums: Dict[str, torch.Tensor] = {}
+        if epoch > first:
+            sums = {}
         finite = torch.ones(len(live), dtype=torch.bool, device=device)
-        for b in range(n_batches):
+        for b in range(first_step if epoch == first else 0, n_batches):
             x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
             if capture:  # the first captured step: if torch.compile fails, go on uncaptured, saying so
                 capture = False
@@ -409,6 +425,20 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)
+            due = every_s is not None and time.time() - saved_at >= every_s
+            if (train_mod._stop_reason or due) and b + 1 < n_batches:
+                ok = finite.tolist()
+                for r, m in enumerate(live):
+                    if not ok[r]:  # a diverged model is never checkpointed; it leaves the pack at the epoch's end
+                        continue
+                    m.state.update(step=b + 1, sums={k: v[r].clone() for k, v in sums.items()})
+                    model_sd, opt_sd = sm.state(r)
+                    _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
+                                                       **m.rng_state()})
+                    del m.state["step"], m.state["sums"]
+                saved_at = time.time()
+                if train_mod._stop_reason:
+                    _stopped(live, f"at epoch {epoch + 1}, step {b + 1} of {n_batches}", ok)
         ok = finite.tolist()  # the epoch's one read-back
         tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
@@ -429,14 +459,17 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             if tl[r] < m.state["best_test_loss"]:
                 m.state["best_test_loss"] = tl[r]
                 _save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1, "test_loss": tl[r]})
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E:
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or train_mod._stop_reason:
                 _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
                                                    **m.rng_state()})
+                saved_at = time.time()
         if len(keep) < len(live):
             live = [live[r] for r in keep]
             if not live:
                 break
             sm = _shrink(sm, keep, template, cfg, device)
+        if train_mod._stop_reason and epoch + 1 < E:
+            _stopped(live, f"after epoch {epoch + 1}", [True] * len(live))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     for m in live:
@@ -444,6 +477,17 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
                              "packed_with": len(members)}
     return results
+
+
+def _stopped(live: List[_Member], where: str, ok: List[bool]) -> None:
+    """A stop was requested: every run of the pack has its checkpoint; say so in each log and end the pack."""
+    why = train_mod._stop_reason[0]
+    train_mod.clear_stop()
+    for r, m in enumerate(live):
+        m.run.log(f"stopped ({why}) {where} (packed)" + ("; checkpoint " + str(m.run.ckpt_dir / "last.pt")
+                                                        if ok[r] else "; diverged, not checkpointed"))
+    raise TrainingInterrupted(f"pack of {len(live)} stopped ({why}) {where}; re-run the same command to resume "
+                              f"every run of it from its checkpoint")
 
 
 def _shrink(sm: StackedModel, keep: List[int], template, cfg, device) -> StackedModel:
@@ -470,17 +514,30 @@ def _test_losses(sm: StackedModel, test: DataSplit, batch_size: int, seeds: Sequ
 
 
 def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
-                 progress: Optional[ProgressFn] = None) -> Dict[str, Optional[str]]:
-    """The whole life of a pack: train the runs together, then evaluate each; {run id: None or error}."""
+                 progress: Optional[ProgressFn] = None, who: str = "worker") -> Dict[str, Optional[str]]:
+    """The whole life of a pack: train the runs together, then evaluate each; {run id: None or error}.
+
+    A run whose lock another process holds (a second `mmbench run` of the suite, local or on Slurm) is left
+    out of the pack and waited for afterwards (evaluate.execute_when_free): it is then done, or resumed
+    here. A stop request (train.TrainingInterrupted) propagates after every run of the pack checkpointed."""
     from contextlib import ExitStack
 
-    from .evaluate import evaluate
+    from .evaluate import evaluate, execute_when_free
+    from .results import RunLockedError
 
     out: Dict[str, Optional[str]] = {}
+    waiting: List[Run] = []
     with ExitStack() as stack:
+        mine = []
         for r in runs:
-            stack.enter_context(r.lock())
-        todo = [r for r in runs if r.status() != "done"]
+            try:
+                stack.enter_context(r.lock())
+                mine.append(r)
+            except RunLockedError:
+                r.log(f"{who}: run locked by another process; left out of the pack, waited for afterwards")
+                waiting.append(r)
+        todo = [r for r in mine if r.status() not in ("done", "rescore")]
+        waiting += [r for r in mine if r.status() == "rescore"]  # re-scored alone (evaluate.execute), no training
         for r in todo:
             r.init()
             r.log(f"run {r.id} on {device_of()} (pack of {len(todo)})")
@@ -497,7 +554,18 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
                     "packed_with": s.get("packed_with", 1)})
                 r.log("done")
                 out[r.id] = None
+            except TrainingInterrupted:
+                raise
             except MMBenchError as e:
                 r.log(f"error: {e}")
                 out[r.id] = str(e)
+    for r in waiting:
+        try:
+            execute_when_free(r, data_root, progress, who=who)
+            out[r.id] = None
+        except TrainingInterrupted:
+            raise
+        except MMBenchError as e:
+            r.log(f"error: {e}")
+            out[r.id] = str(e)
     return out

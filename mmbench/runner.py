@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -44,13 +44,15 @@ def worker_slots(gpus: Optional[str], jobs: int) -> List[Optional[str]]:
     return [""] * max(jobs, 1)
 
 
-def _resume_epoch(run: Run) -> int:
+def _resume_point(run: Run) -> Tuple[int, int]:
+    """(epoch, step) the run resumes at: runs pack together only from the same point."""
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
-        return 0
+        return (0, 0)
     import torch
 
-    return int(torch.load(last, map_location="cpu", weights_only=False)["state"]["epoch"])
+    state = torch.load(last, map_location="cpu", weights_only=False)["state"]
+    return (int(state["epoch"]), int(state.get("step", 0)))
 
 
 def unique_runs(runs: Sequence[Run]) -> List[Run]:
@@ -68,7 +70,7 @@ def unique_runs(runs: Sequence[Run]) -> List[Run]:
 
 
 def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> List[List[Run]]:
-    """Runs grouped into packs: same pack key (all but the seed), same resume epoch, packable method and
+    """Runs grouped into packs: same pack key (all but the seed), same resume point (epoch, step), packable method and
     architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
     `workers`, so that no worker idles while another trains a big pack), in the order given."""
     from .pack import pack_key, unpackable_reason
@@ -86,7 +88,7 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> Li
             continue
         if key not in reasons:
             reasons[key] = unpackable_reason(r.cfg)
-        groups.setdefault((r.id,) if reasons[key] else (key, _resume_epoch(r)), []).append(r)
+        groups.setdefault((r.id,) if reasons[key] else (key, _resume_point(r)), []).append(r)
     out: List[List[Run]] = []
     for g in groups.values():
         cap = pack or -(-len(g) // max(workers, 1))

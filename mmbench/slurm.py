@@ -1,8 +1,10 @@
 """`mmbench run --executor slurm`: the runs of a suite as a Slurm job array, submitted through submitit.
 
-Each array task executes one run (`SlurmRun`) in the same run directory a local run uses (a shared
-filesystem); the run lock (results.py) still decides who writes a run, so two submissions of one suite
-train every run once: a task whose run is locked waits for the lock and then finds the run done.
+Each array task executes one run, or a pack of runs of one experiment trained together as one stacked
+model (`SlurmRun`, mmbench/pack.py; `--pack` / the `pack` option), in the same run directories a local
+run uses (a shared filesystem); the run lock (results.py) still decides who writes a run, so two
+submissions of one suite train every run once: a task whose run is locked leaves it out of its pack, waits
+for the lock and then finds the run done (or resumes it).
 
 Scheduler signals:
 * the pre-timeout signal (USR2, `signal_delay_s` before the time limit, or on preemption where the cluster
@@ -34,6 +36,7 @@ import yaml
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
 from .results import Run, atomic_json
+from .runner import make_packs
 
 # squeue states of a job that will still run (or is running) the run.
 ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
@@ -50,6 +53,9 @@ class SlurmOptions:
     array_parallelism: int = 256  # array tasks running at once
     signal_delay_s: int = 90  # the pre-timeout signal comes this long before the time limit
     max_requeues: int = 3  # requeues after time limits before a run is reported failed
+    # runs trained together in one array task as one stacked model (mmbench/pack.py; runs differing only in
+    # seed): None splits each group evenly over `array_parallelism` tasks, 1 trains every run alone
+    pack: Optional[int] = None
     sbatch: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {account: lab, qos: high}
 
     def describe(self) -> str:
@@ -72,6 +78,8 @@ def _check(d: Dict[str, Any], where: str) -> Dict[str, Any]:
             raise ConfigError(f"{where}.{k}", f"must be > 0, got {v!r}")
         if k in ("gpus_per_job", "max_requeues") and v < 0:
             raise ConfigError(f"{where}.{k}", f"must be >= 0, got {v!r}")
+        if k == "pack" and v is not None and v < 1:
+            raise ConfigError(f"{where}.pack", f"must be >= 1 (1 trains every run alone) or null, got {v!r}")
     return dict(d)
 
 
@@ -110,20 +118,24 @@ def parse_sbatch(items: Sequence[str]) -> Dict[str, Any]:
 
 # ----- inside the job ----------------------------------------------------------------------------------
 class SlurmRun:
-    """The callable each array task executes: one run, resumable, requeued on the pre-timeout signal."""
+    """The callable each array task executes: one run, or a pack of runs of one experiment trained together
+    (mmbench/pack.py); resumable, and requeued on the pre-timeout signal."""
 
-    def __init__(self, run_dir: str, data_root: Optional[str] = None):
-        self.run_dir = run_dir
+    def __init__(self, run_dirs, data_root: Optional[str] = None):
+        self.run_dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
         self.data_root = data_root
 
     def __call__(self) -> Dict[str, Any]:
         from . import train as train_mod
         from .config import build_run_config
         from .evaluate import execute_when_free
+        from .pack import execute_pack
 
-        d = Path(self.run_dir)
-        cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
-        run = Run(cfg, d.parent)
+        runs = []
+        for rd in self.run_dirs:
+            d = Path(rd)
+            cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
+            runs.append(Run(cfg, d.parent))
         phase = [""]
         caught: List[int] = []
         submitit_usr2 = signal.getsignal(signal.SIGUSR2)
@@ -139,7 +151,10 @@ class SlurmRun:
         signal.signal(signal.SIGTERM, on_signal)
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
-        run.log(f"slurm job {job} on {os.uname().nodename} (restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
+        packed = f" (pack of {len(runs)})" if len(runs) > 1 else ""
+        for run in runs:
+            run.log(f"slurm job {job}{packed} on {os.uname().nodename} "
+                    f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
         last = [0.0]
 
         def progress(ph: str, done: int, total: int) -> None:
@@ -147,28 +162,38 @@ class SlurmRun:
             now = time.time()
             if now - last[0] > 0.5 or done == total:
                 last[0] = now
-                run.progress(ph, done, total)
+                for run in runs:
+                    run.progress(ph, done, total)
 
         data_root = Path(self.data_root) if self.data_root else None
         try:
-            # Another process writing this run (a second submission, a local `mmbench run`): wait for it.
-            return execute_when_free(run, data_root, progress, who=f"slurm job {job}")
+            if len(runs) == 1:
+                # Another process writing this run (a second submission, a local `mmbench run`): wait for it.
+                return execute_when_free(runs[0], data_root, progress, who=f"slurm job {job}")
+            errors = execute_pack(runs, data_root, progress, who=f"slurm job {job}")
         except train_mod.TrainingInterrupted:
             for _ in range(20):  # preemption may send SIGTERM first and the requeue signal (USR2) next
                 if signal.SIGUSR2 in caught:
                     break
                 time.sleep(0.1)
             if signal.SIGUSR2 in caught and callable(submitit_usr2):
-                run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
+                for run in runs:
+                    run.log(f"slurm job {job}: checkpointed; requeueing (submitit)")
                 submitit_usr2(signal.SIGUSR2, None)  # checkpoint() + scontrol requeue + exit
             raise
+        failed = {rid: e for rid, e in errors.items() if e}
+        if failed:  # the other runs of the pack are done; the job fails so that Slurm and `--dry-run` show it
+            raise MMBenchError(f"{len(failed)} of {len(runs)} runs of the pack failed: "
+                               + "; ".join(f"{rid}: {e}" for rid, e in failed.items()))
+        return {r.id: "done" for r in runs}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's hook on the pre-timeout/preemption signal: the training state is already on disk
-        (last.pt, saved after the current step), so the requeued task is this run again and resumes."""
+        (last.pt of every run, saved after the current step), so the requeued task is this task again and
+        resumes."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dir, self.data_root))
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dirs, self.data_root))
 
 
 # ----- the submitting side ---------------------------------------------------------------------------------
@@ -243,13 +268,15 @@ def _tail(path: Optional[str], n: int = 3) -> str:
         return ""
 
 
-def submit(groups: List[Tuple[SlurmOptions, List[Run]]], runs_dir: Path, data_root: Optional[Path]) -> Dict[str, str]:
-    """Submit one job array per option set; record each run's job in its slurm.json. Returns run id -> job id."""
+def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
+           data_root: Optional[Path]) -> Dict[str, str]:
+    """Submit one job array per option set, one array task per pack of runs (runner.make_packs); record each
+    run's job in its slurm.json (the runs of a pack share their task). Returns run id -> job id."""
     import submitit
 
     folder = Path(runs_dir).resolve() / ".slurm"
     submitted: Dict[str, str] = {}
-    for opts, runs in groups:
+    for opts, packs in groups:
         ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=opts.max_requeues)
         params: Dict[str, Any] = dict(time=opts.time, cpus_per_task=opts.cpus_per_job, ntasks_per_node=1, nodes=1,
                                       array_parallelism=opts.array_parallelism, signal_delay_s=opts.signal_delay_s,
@@ -270,7 +297,7 @@ def submit(groups: List[Tuple[SlurmOptions, List[Run]]], runs_dir: Path, data_ro
         root = str(Path(data_root).resolve()) if data_root is not None else None
         try:
             with ex.batch():
-                jobs = [ex.submit(SlurmRun(str(r.dir.resolve()), root)) for r in runs]
+                jobs = [ex.submit(SlurmRun([str(r.dir.resolve()) for r in pack], root)) for pack in packs]
         except subprocess.CalledProcessError as e:
             msg = (e.output or b"").decode(errors="replace").strip().splitlines()
             raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {msg[-1] if msg else e}; "
@@ -281,9 +308,10 @@ def submit(groups: List[Tuple[SlurmOptions, List[Run]]], runs_dir: Path, data_ro
                 raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {lines[-1] if lines else e}; "
                                    f"fix the slurm options") from None
             raise
-        for r, j in zip(runs, jobs):
+        for r, j in ((r, j) for pack, j in zip(packs, jobs) for r in pack):
             rec = {"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
-                   "folder": str(j.paths.folder), "submitted": time.time(), "options": dataclasses.asdict(opts)}
+                   "folder": str(j.paths.folder), "submitted": time.time(), "options": dataclasses.asdict(opts),
+                   "pack": [p.id for p in next(pk for pk in packs if r in pk)]}
             atomic_json(r.dir / "slurm.json", rec)
             for name, target in (("slurm.out", j.paths.stdout), ("slurm.err", j.paths.stderr)):
                 link = r.dir / name
@@ -323,10 +351,14 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
                 r.init()
                 o = opts_of[r.id]
                 groups.setdefault(json.dumps(dataclasses.asdict(o), sort_keys=True), (o, []))[1].append(r)
-        submitted = submit(list(groups.values()), runs_dir, data_root)
-    for o, rs in groups.values():
+        packed = [(o, make_packs(rs, o.pack, o.array_parallelism)) for o, rs in groups.values()]
+        submitted = submit(packed, runs_dir, data_root)
+    for o, packs in packed:
+        rs = [r for p in packs for r in p]
         ids = sorted({submitted[r.id].split("_")[0] for r in rs})
-        console.print(f"submitted {len(rs)} run(s) as Slurm job array {', '.join(ids)} ({o.describe()}); "
+        sizes = f" in {len(packs)} array task(s) (packs of up to {max(len(p) for p in packs)})" \
+            if len(packs) < len(rs) else ""
+        console.print(f"submitted {len(rs)} run(s){sizes} as Slurm job array {', '.join(ids)} ({o.describe()}); "
                       f"logs under {(runs_dir / '.slurm').resolve()}")
     if not wait:
         return [(r, True, "submitted") for r in runs]

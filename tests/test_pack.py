@@ -228,3 +228,72 @@ def test_cli_pack_options(tmp_path, data_root):
                       (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1")]:
         r = mm(*args)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_stopped_pack_resumes_mid_epoch_bit_identically(tmp_path, data_root, monkeypatch):
+    # A stop request (Slurm's pre-timeout signal, train.request_stop) after step 2 of epoch 1 (3 steps an
+    # epoch): every run of the pack saves its next step, log sums and random stream, the pack raises
+    # TrainingInterrupted, and a second train_pack resumes all runs mid-epoch as one pack. The stacked
+    # arithmetic is the same as the uninterrupted pack's, so weights, RNG and history are bit-identical.
+    import mmbench.train as train_mod
+    from mmbench.train import TrainingInterrupted
+
+    whole = [Run(cfg(s), tmp_path / "whole") for s in range(2)]
+    ref = train_pack(whole, data_root)
+    runs = [Run(cfg(s), tmp_path / "stopped") for s in range(2)]
+    calls = []
+
+    def progress(phase, done, total):
+        calls.append(done)
+        if done == 2:
+            train_mod.request_stop("test stop")
+
+    with pytest.raises(TrainingInterrupted, match="step 2 of 3"):
+        train_pack(runs, data_root, progress)
+    assert not train_mod._stop_reason  # the request is consumed
+    for r in runs:
+        ck = last(r)
+        assert ck["state"]["epoch"] == 0 and ck["state"]["step"] == 2 and set(ck["state"]["sums"])
+        assert "stopped (test stop) at epoch 1, step 2 of 3 (packed)" in r.log_path.read_text()
+    assert make_packs(runs, None) == [runs]  # same resume point (0, 2): one pack again
+    out = train_pack(runs, data_root)
+    for w, r in zip(whole, runs):
+        assert out[r.id]["history"] == ref[w.id]["history"]
+        a, b = last(w), last(r)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert torch.equal(a["rng"], b["rng"])
+    # a run resumed at another step packs apart
+    train_pack([Run(cfg(7), tmp_path / "stopped")], data_root, stop_after_epoch=1)
+    assert all("step" not in last(r)["state"] for r in runs)
+    assert sorted(len(p) for p in make_packs(runs + [Run(cfg(7), tmp_path / "stopped")], None)) == [1, 2]
+
+
+def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
+    # Another process holds one run's lock (a second submission of the suite): the pack trains the others
+    # and then waits for that run; once the holder lets go it finds the run unfinished and does it here.
+    import threading
+
+    from mmbench.pack import execute_pack
+
+    runs = []
+    for s in range(3):
+        c = cfg(s, epochs=1)
+        c.eval.metrics = []
+        runs.append(Run(c, tmp_path))
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with runs[2].lock():
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    threading.Timer(3.0, release.set).start()
+    out = execute_pack(runs, data_root)
+    t.join()
+    assert out == {r.id: None for r in runs}
+    assert all(r.status() == "done" for r in runs)
+    assert "left out of the pack" in runs[2].log_path.read_text()
+    assert "pack of 2" in runs[0].log_path.read_text()

@@ -264,3 +264,50 @@ def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
     waiter.join(30)
     assert holder.wait(30) == 0 and not waiter.is_alive()
     assert got["m"]["metrics"] == {"x": 1.0}  # found done: nothing trained (no data was even needed)
+
+
+PACKED_SUITE = """name: slurm-pack-test
+defaults:
+  method: {latent_dim: 8, beta: 1.0, image_likelihood: gaussian}
+  train: {epochs: 2, batch_size: 32, lr: 2.0e-3, max_train: 800, max_test: 64}
+  eval: {metrics: [latent_classification], test_samples: 64, lr_train_samples: 64}
+slurm: {mem: 4G, time: 10, signal_delay_s: 30}
+experiments:
+  - {name: a, dataset: polydigits, variant: vanilla, methods: [mopoe], seeds: [0, 1, 2]}
+"""
+
+
+@needs_slurm
+def test_packed_array_task_requeued_mid_epoch_matches_local_pack(tmp_path, data_root):
+    """`--pack 3`: the three seeds are one array task training one stacked model (mmbench/pack.py).
+    `scontrol requeue` mid-epoch: the pack checkpoints every run after its current step, the requeued task
+    resumes them together, and each run's metrics equal the local executor's pack of the same runs (run
+    alongside, on the other core)."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(PACKED_SUITE)
+    local = mmbench(suite, "--pack", "3", data_root=data_root, runs_dir=tmp_path / "local", background=True)
+    runs = tmp_path / "runs"
+    proc = mmbench(suite, "--executor", "slurm", "--pack", "3", data_root=data_root, runs_dir=runs, background=True)
+    t0 = time.time()
+    while len([d for d in runs.iterdir() if (d / "slurm.json").exists()] if runs.exists() else []) < 3:
+        assert time.time() - t0 < 60, "the pack was not submitted"
+        time.sleep(0.2)
+    dirs = sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith("."))
+    jobs = {json.loads((d / "slurm.json").read_text())["job_id"] for d in dirs}
+    assert len(jobs) == 1, jobs  # one array task for the three runs
+    job = wait_training(dirs[0], 3)["job_id"]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    release_when_requeued(job)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out
+    assert local.communicate(timeout=240)[0] is not None and local.returncode == 0
+    ref = {d.name: metrics(d) for d in (tmp_path / "local").iterdir() if d.is_dir() and not d.name.startswith(".")}
+    assert "submitted 3 run(s) in 1 array task(s) (packs of up to 3)" in " ".join(out.split()), out
+    for d in dirs:
+        log = (d / "log.txt").read_text()
+        assert "packed with 2 other run(s)" in log, log
+        assert re.search(r"stopped \(Slurm sent SIGTERM\) (at epoch \d, step \d+ of \d+|after epoch \d) \(packed\)",
+                         log), log
+        assert "resumed from" in log and "(restart 1)" in log, log
+        assert epoch_lines(d) == 2, log
+        assert metrics(d) == ref[d.name], d.name
