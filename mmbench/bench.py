@@ -59,6 +59,45 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
             "run_steps_per_s": 1.0 / statistics.median(times)}
 
 
+def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
+                    warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
+                    device: str = "cpu") -> Dict[str, float]:
+    """The bare-network floor of a step: each modality's encoder on its batch, one reparameterised z per
+    modality, each decoder on its z, a squared-error + KL loss, backward, Adam -- the arithmetic every
+    method's step contains, without any method's aggregation. A method's step / this = its overhead."""
+    from .registry import ARCHITECTURES
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(seed)
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
+    arch = ARCHITECTURES.get(architecture)
+    nets = torch.nn.ModuleList([torch.nn.ModuleList([arch.encoder(m, latent_dim), arch.decoder(m, latent_dim)])
+                                for m in mods]).to(dev)
+    nets.train()
+    opt = torch.optim.Adam(nets.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for _ in mods]
+    times: List[float] = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        loss = 0.0
+        for (enc, dec), xm in zip(nets, x):
+            mu, logvar = enc(xm)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            loss = loss + (dec(z) - xm).pow(2).sum() + 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "params_m": sum(p.numel() for p in nets.parameters()) / 1e6,
+            "run_steps_per_s": 1.0 / statistics.median(times)}
+
+
 def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
                    steps: int = 5, warmup: int = 2, architecture: str = "polymnist_cnn", device: str = "cpu",
                    precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
@@ -133,10 +172,13 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
     say = progress or (lambda s: None)
     top = max(modalities)
     rows, scaling = [], []
+    say(f"bare networks, M={top}")
+    floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device)
     for m in methods:
         say(f"{m}, M={top}")
-        r = step_time(m, top, batch_size, latent_dim, steps, device=device, precision=precision)
-        rows.append({"method": m, "M": top, **r})
+        r = step_time(m, top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision)
+        rows.append({"method": m, "M": top, **r, "x_floor": r["median_s"] / floor["median_s"]})
+    rows.append({"method": "(bare networks: floor)", "M": top, **floor, "x_floor": 1.0})
     for m in scaling_methods:
         for n in modalities:
             say(f"{m}, M={n}")

@@ -671,7 +671,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 f"{batch_size}, latent {latent_dim}, median of {steps} steps; {where}, torch {torch.__version__}.")
         t1 = pd.DataFrame(res["methods"])
         t2 = pd.DataFrame(res["scaling"])
-        md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
+        md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
+              "x_floor: the method's step over the bare networks' step (each encoder, one z, each decoder, a "
+              "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes.", ""]
         if not t2.empty:
             wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
             wide["M"] = wide["M"].astype(str)

@@ -175,6 +175,19 @@ def test_bench_pack_step_time_counts_run_steps():
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
 
 
+def test_step_table_reports_each_method_against_the_bare_network_floor():
+    from mmbench.bench import step_table
+
+    res = step_table(["mopoe", "mvae"], [], [2], batch_size=8, latent_dim=4, steps=1)
+    rows = {r["method"]: r for r in res["methods"]}
+    floor = rows.pop("(bare networks: floor)")
+    assert floor["x_floor"] == 1.0 and floor["params_m"] > 0
+    for r in rows.values():  # the ratio is the method's median over the floor's median
+        assert r["x_floor"] == pytest.approx(r["median_s"] / floor["median_s"])
+    # the floor has the same networks as the methods: the same parameter count as MVAE (no extra heads)
+    assert floor["params_m"] == pytest.approx(rows["mvae"]["params_m"])
+
+
 def test_gpu_projection_uses_pack_rates(tmp_path):
     from mmbench.bench import projected_seconds, read_step_times
 

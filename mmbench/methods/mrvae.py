@@ -226,8 +226,13 @@ class SetNets(nn.Module):
     def forward(self, z: torch.Tensor, avail: torch.Tensor) -> tuple:
         """z: M×B×D, avail: M bools -> (G×B×d_out, G bools: the group has an available input)."""
         units = avail[self.src].nonzero().squeeze(1)
-        src, group = self.src[units], self.group[units]
-        h = torch.relu(torch.einsum("ubd,udh->ubh", z[src], self.w1[units]) + self.b1[units, None])
+        if units.numel() == self.src.numel():  # every modality available (training): no copy of the weights
+            src, group, w1, b1 = self.src, self.group, self.w1, self.b1
+        else:
+            src, group = self.src[units], self.group[units]
+            w1, b1 = self.w1.index_select(0, units), self.b1.index_select(0, units)
+        # index_select, not z[src]: its backward is one index_add (z[src]'s is a sort-based index_put)
+        h = torch.relu(torch.einsum("ubd,udh->ubh", z.index_select(0, src), w1) + b1[:, None])
         member = F.one_hot(group, self.n_groups).T.to(z.dtype)  # G×U
         count = member.sum(1)
         mean = torch.einsum("gu,ubh->gbh", member / count.clamp_min(1)[:, None], h)
@@ -291,7 +296,7 @@ class Relation:
         pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
         if self.stacked is not None:
             idx, exists, act, before = self.stacked
-            w = scores[[pair_index[p] for p in pairs]]
+            w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))
             return lr_n, log_pl_ratio(w, before, Picks(idx, exists, idx.shape[-1]), act).sum(0)
         Ys = [self.blocks[a][2][j] for a, j in pairs]
         rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
@@ -299,7 +304,7 @@ class Relation:
             Y = Picks(torch.stack([Y.idx for Y in Ys]), torch.stack([Y.exists for Y in Ys]), Ys[0].d)
             act = torch.stack([self.blocks[a][1] for a, _ in pairs])
             before = torch.stack([self.structure[a][3][j] for a, j in pairs])
-            w = scores[[pair_index[p] for p in pairs]]
+            w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))
             return lr_n, log_pl_ratio(w, before, Y, act).sum(0)
         lr_y = 0.0
         for (a, j), Y in zip(pairs, Ys):
@@ -494,6 +499,8 @@ class MrVAE(MultimodalVAE):
             size_logits, cov = self.size_net(z, av)
             scores, _ = self.score_net(z, av)
             covered = cov.tolist()
+            # one view per subspace / pair: their backward is one stack, not a zero-filled copy per read
+            size_logits, scores = size_logits.unbind(0), scores.unbind(0)
         rel = Relation()
         free = [mu.new_ones(B, D) for _ in range(M)]
         ks = torch.arange(D + 1, device=mu.device)
