@@ -152,8 +152,20 @@ def _as_tensors(logs: Dict[str, Any], like: torch.Tensor) -> Dict[str, torch.Ten
             for k, v in logs.items()}
 
 
+def vectorised_on(device) -> bool:
+    """Whether a pack's loss is vmapped over its runs (one batched kernel per layer) or looped run by run over
+    views of the stacked parameters. vmap turns each convolution into a grouped one, which oneDNN runs slower
+    on a CPU than R separate ones (`mmbench bench steps --pack 3` at batch 256, latent 512 on 2 cores: MoPoE
+    0.68× the unpacked run-steps/s), so a CPU loops; MMBENCH_PACK_MODE=vmap|loop overrides (the tests run both)."""
+    mode = os.environ.get("MMBENCH_PACK_MODE", "")
+    if mode not in ("", "vmap", "loop"):
+        raise MMBenchError(f"MMBENCH_PACK_MODE={mode!r}: use vmap or loop (or leave it unset)")
+    return mode == "vmap" if mode else torch.device(device).type != "cpu"
+
+
 class StackedModel:
-    """R models of one architecture as stacked parameters, with one vmapped loss and one Adam."""
+    """R models of one architecture as stacked parameters, with one loss over all runs (vmapped on a GPU,
+    looped over parameter views on a CPU: `vectorised_on`) and one Adam."""
 
     def __init__(self, template: nn.Module, states: Sequence[Dict[str, torch.Tensor]],
                  opt_states: Sequence[Optional[Dict]], lr: float, device):
@@ -176,6 +188,7 @@ class StackedModel:
         self._draws: Dict[Tuple, List[Tuple]] = {}
         self._replay = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")
         self._replay_shared_x = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, None, 0), randomness="error")
+        self.vectorised = vectorised_on(device)
 
     def compile(self) -> None:
         """Capture the packed training loss (torch.compile, mode "reduce-overhead": CUDA graphs); GPU only."""
@@ -213,8 +226,22 @@ class StackedModel:
         """Per-run losses (R) and logs (each R), every run drawing its noise from its own generator."""
         noise = draw(self.draws_for(x, x_dim, self.template.training), gens, self.device)
         with autocast(precision, self.device):
+            if not self.vectorised:
+                return self._looped(x, x_dim, noise)
             f = self._replay if x_dim == 0 else self._replay_shared_x
             return f(self.params, self.buffers, x, noise)
+
+    def _looped(self, x, x_dim, noise):
+        """The vmapped loss's result computed run by run: views of the stacked tensors (unbind: the backward
+        is one stack per parameter), each run's batch and noise, the losses and logs stacked."""
+        fn = self._fn("replay")
+        params = {k: v.unbind(0) for k, v in self.params.items()}
+        buffers = {k: v.unbind(0) for k, v in self.buffers.items()}
+        out = [fn({k: v[r] for k, v in params.items()}, {k: v[r] for k, v in buffers.items()},
+                  {k: v[r] for k, v in x.items()} if x_dim == 0 else x, [n[r] for n in noise])
+               for r in range(self.size)]
+        return (torch.stack([o[0] for o in out]),
+                {k: torch.stack([o[1][k] for o in out]) for k in out[0][1]})
 
     def unpacked_loss(self, r: int, x_r, noise_r):
         """Run r's loss computed alone (no vmap), from given noise: the reference of the packability trial."""

@@ -34,11 +34,14 @@ def last(run):
     return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
 
 
-def test_pack_of_three_equals_three_alone(tmp_path, data_root):
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode):
     # The same runs (same ids) trained alone and as one pack: per-run generators replay each run's own noise
     # stream (on the CPU the stream the run draws from alone), so only float rounding of the batched kernels
     # differs: metrics agree to 1e-4 relative; the whole weight vector to 1e-3 relative, and no weight by
     # more than 2·lr per step (Adam's normalised step turns rounding in a near-0 gradient into up to ±lr).
+    # Both ways of computing a pack's loss: looped over parameter views (a CPU's default) and vmapped (a GPU's).
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
     alone = {s: train(Run(cfg(s), tmp_path / "alone"), data_root) for s in range(3)}
     runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
     packed = train_pack(runs, data_root)
