@@ -322,6 +322,64 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
     return submitted
 
 
+# Filesystems whose locks stay on one node, or need a mount option to reach the others: the run lock
+# (results.Run.lock, fcntl.flock) must be seen by every node that runs a job of the suite.
+LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "vfat", "ramfs"}
+
+
+def _mount_of(path: Path, mounts: str) -> Optional[Tuple[str, str, List[str]]]:
+    """(mount point, fs type, options) of the mount holding `path`, from /proc/self/mounts text."""
+    best = None
+    target = str(path)
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        mp = parts[1].replace("\\040", " ")
+        if target == mp or target.startswith(mp.rstrip("/") + "/") or mp == "/":
+            if best is None or len(mp) > len(best[0]):
+                best = (mp, parts[2], parts[3].split(","))
+    return best
+
+
+def lock_warning(path: Path, nodes: int, mounts: Optional[str] = None) -> Optional[str]:
+    """Why the run lock may not hold across the cluster's nodes for a runs directory at `path` (None: no reason
+    known). `nodes`: how many nodes the jobs may run on. Reads /proc/self/mounts unless `mounts` is given."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    m = _mount_of(Path(path).resolve(), mounts)
+    if m is None:
+        return None
+    mp, fs, opts = m
+    where = f"{path} is on {fs} ({mp})"
+    local_lock = next((o.split("=", 1)[1] for o in opts if o.startswith("local_lock=")), "none")
+    if fs in ("nfs", "nfs4") and ("nolock" in opts or local_lock in ("flock", "all")):
+        return (f"{where} mounted with {'nolock' if 'nolock' in opts else 'local_lock=' + local_lock}: flock locks "
+                f"stay on one node, so two submissions could train a run twice; mount without it (NFS maps flock "
+                f"to POSIX locks across nodes)")
+    if fs == "lustre" and "flock" not in opts:
+        return (f"{where} without the flock mount option ({'localflock: node-local' if 'localflock' in opts else 'flock unsupported'}); "
+                f"mount with -o flock")
+    if fs.startswith("fuse") and nodes > 1:
+        return f"{where}: FUSE filesystems (sshfs, ...) keep flock locks on one node; use a cluster filesystem"
+    if fs in LOCAL_FS and nodes > 1:
+        return (f"{where}, a node-local filesystem, and the partition has {nodes} nodes: jobs on other nodes "
+                f"would not see these run directories; put --runs-dir (and --data-root) on a shared filesystem")
+    return None
+
+
+def _partition_nodes(partition: Optional[str]) -> int:
+    args = ["sinfo", "-h", "-o", "%D"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=15).stdout
+        return sum(int(v) for v in out.split() if v.isdigit())
+    except (OSError, subprocess.SubprocessError):
+        return 1
+
+
 def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path],
               options: Sequence[Tuple[RunConfig, SlurmOptions]], console, wait: bool = True,
               poll_s: float = 3.0) -> List[Tuple[Run, bool, str]]:
@@ -335,6 +393,10 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     (runs_dir / ".slurm").mkdir(parents=True, exist_ok=True)
     runs = [Run(c, runs_dir) for c in configs]
     opts_of = {Run(c, runs_dir).id: o for c, o in options}
+    for part in sorted({o.partition or "" for _, o in options}):
+        warning = lock_warning(runs_dir, _partition_nodes(part or None))
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
     results: Dict[str, Tuple[bool, str]] = {}
     # One submitter at a time per runs directory: a second invocation sees the first one's jobs as queued.
     with open(runs_dir / ".slurm" / "submit.lock", "a+") as lockf:

@@ -311,3 +311,27 @@ def test_packed_array_task_requeued_mid_epoch_matches_local_pack(tmp_path, data_
         assert "resumed from" in log and "(restart 1)" in log, log
         assert epoch_lines(d) == 2, log
         assert metrics(d) == ref[d.name], d.name
+
+
+def test_lock_warning_names_mounts_whose_flock_stays_on_one_node(tmp_path):
+    """The run lock must hold across nodes: mounts known to keep flock node-local (or not to be shared) are
+    named at submission, with the fix; shared filesystems that honour flock pass."""
+    from mmbench.slurm import lock_warning
+
+    mounts = "\n".join([
+        "/dev/vda / ext4 rw,relatime 0 0",
+        "srv:/home /home nfs4 rw,vers=4.2,local_lock=none 0 0",
+        "srv:/old /old nfs rw,vers=3,nolock 0 0",
+        "srv:/ll /ll nfs rw,vers=3,local_lock=flock 0 0",
+        "mds@tcp:/fs /lustre lustre rw,flock 0 0",
+        "mds@tcp:/fs2 /lustre2 lustre rw,localflock 0 0",
+        "u@h:/x /mnt/ss\\040h fuse.sshfs rw 0 0",
+    ])
+    assert lock_warning(Path("/home/me/runs"), 8, mounts) is None
+    assert lock_warning(Path("/lustre/me/runs"), 8, mounts) is None
+    assert "nolock" in lock_warning(Path("/old/runs"), 8, mounts)
+    assert "local_lock=flock" in lock_warning(Path("/ll/runs"), 8, mounts)
+    assert "mount with -o flock" in lock_warning(Path("/lustre2/runs"), 8, mounts)
+    assert "FUSE" in lock_warning(Path("/mnt/ss h/runs"), 2, mounts)
+    assert "node-local" in lock_warning(Path("/scratch/runs"), 4, mounts)
+    assert lock_warning(Path("/scratch/runs"), 1, mounts) is None  # one node: a local disk is shared enough

@@ -4,7 +4,8 @@
 #   env.txt                 GPU, torch, git commit
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16
-#   steps-mrvae.md          the mrVAE step next to MoPoE's (step-time table)
+#   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
+#   steps-mrvae.md          the mrVAE step next to MoPoE's and the bare-network floor (step-time table)
 #   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
@@ -68,6 +69,9 @@ timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$
 say "step table, packed and unpacked (bf16)"
 timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
   --latent-dim $LAT --steps $STEPS --precision bf16 --out "$OUT/steps-packed-bf16.md"
+say "packed step looped over the runs instead of vmapped (a CPU's default), for comparison"
+MMBENCH_PACK_MODE=loop timeout $(to 30) $M bench steps --methods mopoe --pack 5 --device "$DEVICE" --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --out "$OUT/steps-packed-loop.md"
 say "mrVAE step next to MoPoE's"
 timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$OUT/steps-mrvae.md"
