@@ -392,7 +392,7 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
     import tempfile
 
     from .plots import all_figures
-    from .report import render_html, render_latex, render_markdown, render_terminal
+    from .render import render_html, render_latex, render_markdown, render_terminal
     from .results import atomic_write
 
     with tempfile.TemporaryDirectory() as tmp:

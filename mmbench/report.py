@@ -1,4 +1,5 @@
-"""`mmbench report`: aggregate finished runs (mean ± std over seeds) and compare with the papers.
+"""`mmbench report`: aggregate finished runs (mean ± std over seeds) and compare with the papers (the tables and
+verdicts as data; mmbench/render.py lays them out as Markdown, LaTeX, HTML or terminal tables).
 
 Reference files (``reference_results/*.yaml``, one per paper) hold
 
@@ -16,9 +17,7 @@ Reference files (``reference_results/*.yaml``, one per paper) hold
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
 import json
 import math
 import operator
@@ -28,9 +27,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 import yaml
-from rich.console import Console
-from rich.table import Table
-from tabulate import tabulate
 
 from .errors import ConfigError, MMBenchError
 from .results import load_runs, number_provenance
@@ -457,20 +453,6 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
     return out
 
 
-def verdict(claim: Claim) -> str:
-    """'✓ holds' / '✗ fails' / 'missing'; a hedged claim says so, and that not holding is no failure."""
-    if claim.strength == "hedged":
-        return {"holds": "✓ holds (hedged)", "fails": "✗ does not hold (hedged: evidence, not a failure)",
-                "missing": "missing (hedged)"}[claim.status]
-    return {"holds": "✓ holds", "fails": "✗ fails", "missing": "missing"}[claim.status]
-
-
-def claims_table(claims: List[Claim]) -> pd.DataFrame:
-    return pd.DataFrame([{"claim": c.id, "figure": c.figure, "verdict": verdict(c),
-                          "evidence": "; ".join(c.details), "paper says": f"“{c.quote}” ({c.source})"}
-                         for c in claims], columns=["claim", "figure", "verdict", "evidence", "paper says"])
-
-
 def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
     """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing' (strict claims), then
     '; hedged claims (evidence only): h of e hold' where the paper has hedged ones."""
@@ -532,112 +514,3 @@ def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
     evaluate_claims(claims, frame)
     return Report(frame, summary_tables(frame), reference_tables(cells), cells, claims,
                   paper_summaries(cells, claims), runs_dir)
-
-
-# ----- rendering ---------------------------------------------------------------------------------
-CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (± printed std) | difference and "
-            "tolerance verdict | Welch's test against the printed mean ± std (Holm-corrected per paper).")
-
-
-def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
-                    images: Optional[List[Path]] = None, title: str = "mmbench report") -> str:
-    parts = [f"# {title}", ""]
-    if paper_lines:
-        parts += [f"- {line}" for line in paper_lines] + [""]
-    for title, df in summaries:
-        parts += [f"## {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), ""]
-    if refs:
-        parts += ["## Comparison with the papers", "", CELL_KEY, ""]
-    for title, df, summary in refs:
-        parts += [f"### {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), "",
-                  f"*{summary}*", ""]
-    if claims:
-        parts += ["## Claims about the papers' figures", "",
-                  tabulate(claims_table(claims), headers="keys", tablefmt="github", showindex=False), ""]
-    for img in images or []:
-        parts += [f"![{img.stem}]({img.name})", ""]
-    return "\n".join(parts)
-
-
-def render_latex(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
-                 title: str = "mmbench report") -> str:
-    """A LaTeX fragment (booktabs tables) to \\input into a document."""
-    def esc(text: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("|", r"\textbar{}"), (">=", r"$\geq$"), ("<=", r"$\leq$"),
-                     (">", r"$>$"), ("<", r"$<$"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("✓", r"\checkmark"), ("✗", r"$\times$"),
-                     ("—", "--"), ("β", r"$\beta$"), ("→", r"$\to$"), ("“", "``"), ("”", "''")):
-            text = text.replace(a, b)
-        return text
-
-    def table(title: str, df: pd.DataFrame, caption: str = "") -> List[str]:
-        head = " & ".join(rf"\textbf{{{esc(str(c))}}}" for c in df.columns) + r" \\"
-        rows = [" & ".join(esc(str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
-        return [r"\begin{table}[ht]", r"\centering\footnotesize", rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}",
-                r"\toprule", head, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}",
-                rf"\caption{{{esc(title)}{('. ' + esc(caption)) if caption else ''}}}", r"\end{table}", ""]
-
-    parts = [f"% {title} (generated by mmbench)", ""]
-    for line in paper_lines or []:
-        parts += [esc(line) + r"\\"]
-    for title, df in summaries:
-        parts += table(title, df)
-    for title, df, summary in refs:
-        parts += table(title, df, summary)
-    if claims:
-        parts += table("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
-    return "\n".join(parts)
-
-
-def render_html(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
-                images: Optional[List[Path]] = None, title: str = "mmbench report") -> str:
-    """One self-contained page: every table, and every PNG figure embedded as a data URI."""
-    def table(df: pd.DataFrame) -> str:
-        return df.to_html(index=False, escape=True, border=0, classes="t")
-
-    css = ("body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1400px}table.t{border-collapse:collapse;"
-           "margin:.5em 0 1.5em}table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;"
-           "vertical-align:top}table.t th{background:#f4f4f4}caption,.cap{color:#555;font-style:italic}"
-           "img{max-width:100%;margin:1em 0;border:1px solid #eee}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
-    if paper_lines:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in paper_lines) + "</ul>")
-    for t, df in summaries:
-        parts += [f"<h2>{html.escape(t)}</h2>", table(df)]
-    if refs:
-        parts += ["<h2>Comparison with the papers</h2>", f"<p class='cap'>{html.escape(CELL_KEY)}</p>"]
-    for t, df, summary in refs:
-        parts += [f"<h3>{html.escape(t)}</h3>", table(df), f"<p class='cap'>{html.escape(summary)}</p>"]
-    if claims:
-        parts += ["<h2>Claims about the papers' figures</h2>", table(claims_table(claims))]
-    if images:
-        parts.append("<h2>Figures</h2>")
-        for img in images:
-            data = base64.b64encode(Path(img).read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(img.stem)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption class='cap'>{html.escape(img.stem)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def render_terminal(console: Console, summaries, refs, claims: Optional[List[Claim]] = None,
-                    paper_lines: Optional[List[str]] = None) -> None:
-    def show(title: str, df: pd.DataFrame, caption: str = "") -> None:
-        t = Table(title=title, caption=caption or None, show_lines=False)
-        for c in df.columns:
-            t.add_column(str(c), overflow="fold")
-        for _, row in df.iterrows():
-            t.add_row(*[str(v) for v in row.values])
-        console.print(t)
-
-    if not summaries and not refs and not claims:
-        console.print("no finished runs found")
-    for title, df in summaries:
-        show(title, df)
-    for title, df, summary in refs:
-        show(title, df, summary)
-    if claims:
-        show("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
-    for line in paper_lines or []:
-        console.print(line)

@@ -17,7 +17,8 @@ from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
 from mmbench.evaluate import execute
 from mmbench.metrics.context import state_digest
-from mmbench.report import build_report, render_markdown
+from mmbench.render import render_markdown
+from mmbench.report import build_report
 from mmbench.results import NUMERIC_PACKAGES, Run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,8 @@ import yaml
 
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
-from mmbench.report import build_report, load_reference_files, render_markdown
+from mmbench.render import render_markdown
+from mmbench.report import build_report, load_reference_files
 from mmbench.results import Run
 
 ROOT = Path(__file__).resolve().parents[1]

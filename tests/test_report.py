@@ -8,7 +8,8 @@ import yaml
 
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
-from mmbench.report import build_report, load_references, render_markdown
+from mmbench.render import render_markdown
+from mmbench.report import build_report, load_references
 from mmbench.results import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +207,7 @@ def test_where_filters_and_claims(tmp_path):
                                "(Holm, α=0.05): 0 consistent, 0 differ, 1 underpowered"]
     assert rep.failures == 1 and rep.missing == 1
 
-    from mmbench.report import render_html, render_latex
+    from mmbench.render import render_html, render_latex
     args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
     tex = render_latex(*args)
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "always-better" in tex and "±" not in tex
@@ -328,7 +329,7 @@ def test_a_beta_sweep_renders_long_in_every_format(tmp_path):
     """β as rows, methods as columns, one table per metric; seeds averaged per (method, β) only."""
     from rich.console import Console
 
-    from mmbench.report import render_html, render_latex, render_terminal
+    from mmbench.render import render_html, render_latex, render_terminal
 
     runs = tmp_path / "runs"
     for beta in (0.5, 1.0, 2.0):

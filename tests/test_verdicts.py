@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
-from mmbench.report import build_report, render_markdown
+from mmbench.render import render_markdown
+from mmbench.report import build_report
 from mmbench.results import Run
 from mmbench.verdicts import TIDY_COLUMNS, holm, welch_p
 
