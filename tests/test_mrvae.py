@@ -454,3 +454,28 @@ def test_index_selections_match_the_one_hot_loop(objective):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(rest0, rest1):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_prior_draw_cut_to_the_largest_size_equals_all_rows():
+    """relate_prior on a CPU computes the picks only up to the largest size drawn (+1): the loss, its gradients
+    and the random stream afterwards equal the relation computed with all D rows (cut_rows=False)."""
+    x = batch(8)
+    out = []
+    for cut in (False, True):
+        model = make()
+        model.cut_rows = cut
+        torch.manual_seed(3)
+        loss, logs = model.loss(x)
+        loss.backward()
+        out.append((loss.detach(), logs, [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                    torch.rand(3)))
+    (l0, logs0, g0, after0), (l1, logs1, g1, after1) = out
+    model = make()
+    model.cut_rows = True
+    torch.manual_seed(3)
+    mu, logvar = model.unimodal(x, model.names)
+    rows = model.relate(mu, logvar, [True] * 3, sample=True, from_prior=True).stacked[2].shape[-1]
+    assert rows < D  # the cut really drops rows here
+    assert torch.allclose(l0, l1, rtol=1e-6) and float(logs0["kl_y"]) == pytest.approx(float(logs1["kl_y"]), rel=1e-5)
+    assert len(g0) == len(g1) and all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g0, g1))
+    assert torch.equal(after0, after1)  # the same random numbers were drawn

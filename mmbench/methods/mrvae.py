@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, product_of_experts
+from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, product_of_experts, randn_like
 
 
 # ----- relaxations and priors ------------------------------------------------------------------
@@ -239,6 +239,23 @@ class SetNets(nn.Module):
         return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), count > 0
 
 
+class CutSlots(Gaussian):
+    """Slot posteriors of the first R picks of subspaces whose sizes could reach `full` rows: each sample draws
+    the noise of all `full` rows and keeps the first R, so the random numbers (and every later draw) are those
+    of the relation computed with all rows."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, full: int):
+        super().__init__(mu, logvar)
+        self.full = full
+
+    def rsample(self) -> torch.Tensor:
+        eps = randn_like(self.mu.new_empty(*self.mu.shape[:-1], self.full))[..., :self.mu.shape[-1]]
+        return self.mu + eps * (0.5 * self.logvar).exp()
+
+    def __getitem__(self, i) -> "CutSlots":
+        return CutSlots(self.mu[i], self.logvar[i], self.full)
+
+
 class RelationalPosterior(Posterior):
     """q(z | n, y, X_S) on the interface latent z = [z_1; ...; z_M] (B×(M·D)) for one inferred relation.
 
@@ -297,7 +314,7 @@ class Relation:
         if self.stacked is not None:
             idx, exists, act, before = self.stacked
             w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))
-            return lr_n, log_pl_ratio(w, before, Picks(idx, exists, idx.shape[-1]), act).sum(0)
+            return lr_n, log_pl_ratio(w, before, Picks(idx, exists, before.shape[-1]), act).sum(0)
         Ys = [self.blocks[a][2][j] for a, j in pairs]
         rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
         if len(rows) == 1 and -1 not in rows:  # one batched Plackett-Luce term over every (A, j) pair
@@ -461,6 +478,7 @@ class MrVAE(MultimodalVAE):
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
+        self.cut_rows = None  # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior)
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
         left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
         for A in self.shared:
@@ -566,14 +584,22 @@ class MrVAE(MultimodalVAE):
         order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
         position = torch.empty_like(order).scatter_(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
         offset = torch.stack(used_before)[pa, pj]  # P×B: j's factors taken before S_A
-        r = torch.arange(D, device=mu.device)
-        pos = offset[..., None] + r  # P×B×D: position of pick r of pair p in j's permutation
+        # Rows (picks) computed per pair: all D on a GPU (no host sync in the step); on a CPU only up to the
+        # largest size drawn (+1), since the rows past every n_A are inactive and the CPU pays for every element.
+        cut = mu.device.type == "cpu" if self.cut_rows is None else self.cut_rows
+        R = min(D, int(torch.stack(sizes).max()) + 1) if cut else D
+        r = torch.arange(R, device=mu.device)
+        pos = offset[..., None] + r  # P×B×R: position of pick r of pair p in j's permutation
         exists = (pos < D).to(mu.dtype)
         idx = order[pj].gather(-1, pos.clamp(max=D - 1).long())
         act = (r < torch.stack(sizes)[pa][..., None]).to(mu.dtype)  # act[r] = 1[n_A > r]
         before = (position[pj] >= offset[..., None]).to(mu.dtype)  # j's factors still free before S_A
-        sel_mu, sel_lv = mu[pj].gather(-1, idx) * exists, logvar[pj].gather(-1, idx) * exists
+        # mu[pj].gather(-1, idx) without the P×B×D copy of mu[pj] (nor its sort-based backward): one flat gather
+        flat = ((pj[:, None, None] * B + torch.arange(B, device=mu.device)[:, None]) * D + idx).reshape(-1)
+        sel_mu = mu.reshape(-1).gather(0, flat).view(idx.shape) * exists
+        sel_lv = logvar.reshape(-1).gather(0, flat).view(idx.shape) * exists
         slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(len(self.shared)))
+        slots = CutSlots(slots.mu, slots.logvar, D)  # R rows, drawn as D (the same numbers at any R)
         for p, (a, j) in enumerate(zip(pa.tolist(), pj.tolist())):
             if not rel.blocks or len(rel.blocks) == a:
                 rel.blocks.append((self.shared[a], act[p], {}, slots[a]))
@@ -641,7 +667,7 @@ class MrVAE(MultimodalVAE):
         tau_n, tau_y = self.temperatures()
         logs: Dict[str, float] = {
             "loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl_z.mean().detach(),
-            "kl_n": float(torch.as_tensor(kl_n).detach().mean()),
-            "kl_y": float(torch.as_tensor(kl_y).detach().mean()),
+            "kl_n": torch.as_tensor(kl_n).detach().mean(),  # device tensors: no host sync in the step
+            "kl_y": torch.as_tensor(kl_y).detach().mean(),
             "shared_fraction": (shared / (len(self.names) * self.D)).mean().detach(), "tau_n": tau_n, "tau_y": tau_y}
         return loss, logs
