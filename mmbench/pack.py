@@ -327,12 +327,16 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
         with torch.no_grad():
             draws = sm.draws_for(x, 0, sm.template.training)
             noise = draw(draws, copies, sm.device)
-            packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
-                sm.params, sm.buffers, x, noise)
+            if sm.vectorised:  # the way training will compute it (a draw bypassing the noise source fails here)
+                packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
+                    sm.params, sm.buffers, x, noise)
+            else:  # looped: a draw bypassing the source takes other numbers than alone, caught below
+                packed, _ = sm._looped(x, 0, noise)
             alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise])
                                  for r in range(sm.size)])
-    except Exception as e:  # any failure of vmap to batch the loss means: train unpacked
-        return f"the packed loss fails under vmap ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    except Exception as e:  # any failure to batch the loss means: train unpacked
+        how = "under vmap" if sm.vectorised else "looped over the runs"
+        return f"the packed loss fails {how} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-4):
         return f"the packed loss differs from the runs' own losses ({packed.tolist()} vs {alone.tolist()})"
     return None
@@ -470,6 +474,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
         keep = []
+        stop = bool(train_mod._stop_reason)  # read once: every run saves for a stop, or none stops
         for r, m in enumerate(live):
             if not ok[r]:
                 m.error = diverged(epoch)
@@ -486,7 +491,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             if tl[r] < m.state["best_test_loss"]:
                 m.state["best_test_loss"] = tl[r]
                 _save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1, "test_loss": tl[r]})
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or train_mod._stop_reason:
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
                 _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
                                                    **m.rng_state()})
                 saved_at = time.time()
@@ -495,7 +500,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             if not live:
                 break
             sm = _shrink(sm, keep, template, cfg, device)
-        if train_mod._stop_reason and epoch + 1 < E:
+        if stop and epoch + 1 < E:
             _stopped(live, f"after epoch {epoch + 1}", [True] * len(live))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break

@@ -223,6 +223,14 @@ class Run:
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
 
+    def held_here(self) -> bool:
+        """Whether this process holds the run's lock (run.lock records the holder's pid), or nobody has yet."""
+        try:
+            holder = (self.dir / "run.lock").read_text().strip()
+        except OSError:
+            return True
+        return holder in ("", str(os.getpid()))
+
     def log(self, message: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as f:

@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -159,11 +160,20 @@ class SlurmRun:
 
         def progress(ph: str, done: int, total: int) -> None:
             phase[0] = ph
+            if train_mod._stop_reason and not ph.startswith("train"):
+                # the signal came during the last epoch, which training finishes and saves: stop before evaluating
+                # (a requeued task finds the training done and evaluates)
+                why = train_mod._stop_reason[0]
+                train_mod.clear_stop()
+                for run in runs:
+                    run.log(f"stopped ({why}) after training; evaluation runs on resume")
+                raise train_mod.TrainingInterrupted(f"stopped ({why}) after training")
             now = time.time()
             if now - last[0] > 0.5 or done == total:
                 last[0] = now
                 for run in runs:
-                    run.progress(ph, done, total)
+                    if run.held_here():  # not a run of the pack another process is writing
+                        run.progress(ph, done, total)
 
         data_root = Path(self.data_root) if self.data_root else None
         try:
@@ -335,9 +345,9 @@ def _mount_of(path: Path, mounts: str) -> Optional[Tuple[str, str, List[str]]]:
         parts = line.split()
         if len(parts) < 4:
             continue
-        mp = parts[1].replace("\\040", " ")
+        mp = re.sub(r"\\([0-7]{3})", lambda o: chr(int(o.group(1), 8)), parts[1])  # \040 = space, ...
         if target == mp or target.startswith(mp.rstrip("/") + "/") or mp == "/":
-            if best is None or len(mp) > len(best[0]):
+            if best is None or len(mp) >= len(best[0]):  # stacked on one mount point: the last one is seen
                 best = (mp, parts[2], parts[3].split(","))
     return best
 
@@ -363,6 +373,9 @@ def lock_warning(path: Path, nodes: int, mounts: Optional[str] = None) -> Option
     if fs == "lustre" and "flock" not in opts:
         return (f"{where} without the flock mount option ({'localflock: node-local' if 'localflock' in opts else 'flock unsupported'}); "
                 f"mount with -o flock")
+    if fs == "beegfs":
+        return (f"{where}: BeeGFS keeps flock locks on one node unless the clients set "
+                f"tuneUseGlobalFileLocks=true (beegfs-client.conf); check that before running two submissions")
     if fs.startswith("fuse") and nodes > 1:
         return f"{where}: FUSE filesystems (sshfs, ...) keep flock locks on one node; use a cluster filesystem"
     if fs in LOCAL_FS and nodes > 1:

@@ -216,10 +216,11 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         if tl < state["best_test_loss"]:
             state["best_test_loss"] = tl
             _save(run.ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "test_loss": tl})
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or _stop_reason:
+        stop = bool(_stop_reason)  # read once: a stop always follows a save
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
             save_last()
             saved_at = time.time()
-        if _stop_reason and epoch + 1 < E:
+        if stop and epoch + 1 < E:
             why = _stop_reason[0]
             clear_stop()
             run.log(f"stopped ({why}) after epoch {epoch + 1}; checkpoint {last}")

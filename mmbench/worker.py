@@ -33,7 +33,8 @@ def main(*run_dirs: str) -> int:
         if now - last[0] > 0.5 or done == total:
             last[0] = now
             for run in runs:
-                run.progress(phase, done, total)
+                if run.held_here():  # not a run of the pack another process is writing
+                    run.progress(phase, done, total)
 
     if len(runs) > 1:
         from .pack import execute_pack

@@ -103,15 +103,19 @@ def test_unpackable_method_trains_unpacked_with_reason(tmp_path, data_root, monk
         assert "training unpacked: method mopoe is not packable" in r.log_path.read_text()
 
 
-def test_noise_outside_the_source_is_caught_not_shared(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("mode,why", [("vmap", "the packed loss fails under vmap"),
+                                      ("loop", "the packed loss differs from the runs' own losses")])
+def test_noise_outside_the_source_is_caught_not_shared(tmp_path, data_root, monkeypatch, mode, why):
     # A method drawing noise from torch directly would give every run of a pack the same numbers under
-    # vmap(randomness="same") or silently different streams; the trial refuses to pack it instead.
+    # vmap(randomness="same") or silently different streams; the trial refuses to pack it instead: vmapped,
+    # the draw fails (randomness="error"); looped, the run's packed loss differs from its loss alone.
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
     monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp())
     runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
     out = train_pack(runs, data_root)
     for r in runs:
         assert out[r.id]["epochs"] == 1 and "packed_with" not in out[r.id]
-        assert "training unpacked: the packed loss fails under vmap" in r.log_path.read_text()
+        assert f"training unpacked: {why}" in r.log_path.read_text()
 
 
 def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):

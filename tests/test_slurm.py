@@ -251,6 +251,7 @@ def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
         "    r.write_metrics({'x': 1.0})\n")], env=dict(os.environ, PYTHONPATH=str(REPO)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
+    assert not run.held_here()  # progress of a pack's waiting run is not written over the holder's
     with pytest.raises(RunLockedError):
         with run.lock():
             pass
@@ -264,6 +265,7 @@ def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
     waiter.join(30)
     assert holder.wait(30) == 0 and not waiter.is_alive()
     assert got["m"]["metrics"] == {"x": 1.0}  # found done: nothing trained (no data was even needed)
+    assert run.held_here()  # the waiter took the lock last
 
 
 PACKED_SUITE = """name: slurm-pack-test
@@ -326,6 +328,9 @@ def test_lock_warning_names_mounts_whose_flock_stays_on_one_node(tmp_path):
         "mds@tcp:/fs /lustre lustre rw,flock 0 0",
         "mds@tcp:/fs2 /lustre2 lustre rw,localflock 0 0",
         "u@h:/x /mnt/ss\\040h fuse.sshfs rw 0 0",
+        "auto.scratch /scratch2 autofs rw 0 0",
+        "srv:/s2 /scratch2 nfs4 rw,local_lock=all 0 0",  # mounted over the autofs trigger: this one is seen
+        "mgmt /beegfs beegfs rw 0 0",
     ])
     assert lock_warning(Path("/home/me/runs"), 8, mounts) is None
     assert lock_warning(Path("/lustre/me/runs"), 8, mounts) is None
@@ -335,3 +340,44 @@ def test_lock_warning_names_mounts_whose_flock_stays_on_one_node(tmp_path):
     assert "FUSE" in lock_warning(Path("/mnt/ss h/runs"), 2, mounts)
     assert "node-local" in lock_warning(Path("/scratch/runs"), 4, mounts)
     assert lock_warning(Path("/scratch/runs"), 1, mounts) is None  # one node: a local disk is shared enough
+    assert "local_lock=all" in lock_warning(Path("/scratch2/runs"), 8, mounts)
+    assert "tuneUseGlobalFileLocks" in lock_warning(Path("/beegfs/runs"), 8, mounts)
+
+
+def test_stop_requested_in_the_last_epoch_takes_effect_before_evaluation(tmp_path, data_root, monkeypatch):
+    """A pre-timeout signal during the last epoch: training finishes and saves that epoch (nothing to stop
+    there), then the task stops before evaluating (TrainingInterrupted, which requeues it) instead of running
+    into the time limit; the next attempt evaluates. In-process, without Slurm."""
+    import signal
+
+    import mmbench.train as train_mod
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+    from mmbench.slurm import SlurmRun
+
+    monkeypatch.setenv("MMBENCH_DATA", str(data_root))
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+                            "train": {"epochs": 1, "batch_size": 32, "max_train": 32, "max_test": 32},
+                            "eval": {"metrics": ["latent_classification"], "test_samples": 32,
+                                     "lr_train_samples": 32}})
+    run = Run(cfg, tmp_path)
+    run.init()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        def stop_in_last_epoch(*a, **k):  # the signal arrives in the last step of the last (only) epoch
+            train_mod.request_stop("Slurm sent SIGUSR2")
+            return original(*a, **k)
+
+        original = train_mod.train
+        monkeypatch.setattr("mmbench.evaluate.train", stop_in_last_epoch)
+        with pytest.raises(train_mod.TrainingInterrupted, match="after training"):
+            SlurmRun([str(run.dir)], str(data_root))()
+        assert not train_mod._stop_reason and not (run.dir / "metrics.json").exists()
+        assert "stopped (Slurm sent SIGUSR2) after training; evaluation runs on resume" in run.log_path.read_text()
+        monkeypatch.setattr("mmbench.evaluate.train", original)
+        SlurmRun([str(run.dir)], str(data_root))()  # the requeued attempt: training is done, it evaluates
+        assert run.status() == "done" and run.log_path.read_text().count(" epoch epoch=") == 1
+    finally:
+        train_mod.clear_stop()
+        for s, h in saved.items():
+            signal.signal(s, h)
