@@ -1,10 +1,12 @@
 """Fault figures of `mmbench run --executor slurm` (README, "Reliability on Slurm").
 
     PYTHONPATH=. python docs/slurm/faults.py --runs 6 --out /tmp/faults
+    PYTHONPATH=. python docs/slurm/faults.py --runs 6 --pack 3 --out /tmp/faults-packed
 
 Submits a suite of N tiny polydigits runs (N seeds of mopoe, 2 epochs of 40 steps) to the Slurm that
 `sinfo` sees, and while they train sends each a fault in turn: `scontrol requeue`, the pre-timeout
-signal (`scancel --signal=USR2`) and `scancel`. Requeued jobs are released at once (Slurm otherwise holds
+signal (`scancel --signal=USR2`) and `scancel` (with `--pack N`: N runs per array task, one fault per task,
+and the local reference trained with the same packs). Requeued jobs are released at once (Slurm otherwise holds
 them ~2 minutes). After the first command returns, the same command again resumes the cancelled runs.
 Then it counts: runs lost (no metrics.json), runs computed twice (more epoch lines in a log than epochs),
 runs whose metrics differ from the same run trained locally without faults; and times: submission to the
@@ -53,7 +55,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--out", type=Path, default=Path("/tmp/mmbench-faults"))
+    ap.add_argument("--pack", type=int, default=1, help="runs per array task (mmbench run --pack)")
     a = ap.parse_args()
+    pack = ("--pack", str(a.pack))
     shutil.rmtree(a.out, ignore_errors=True)
     a.out.mkdir(parents=True)
     data, runs, local = a.out / "data", a.out / "runs", a.out / "local"
@@ -65,7 +69,7 @@ def main() -> None:
     faults = ["requeue", "usr2", "scancel"]
     plan, first_step, done_faults = {}, {}, []
     t_submit = time.time()
-    proc = cli(suite, "--executor", "slurm", runs=runs, data=data, background=True)
+    proc = cli(suite, "--executor", "slurm", *pack, runs=runs, data=data, background=True)
     stop = threading.Event()
 
     released, senders = set(), []
@@ -85,10 +89,10 @@ def main() -> None:
                     continue
                 j = json.loads(job.read_text())
                 first_step.setdefault(d.name, time.time() - j["submitted"])
-                if d.name not in plan and p["done"] >= 3:
-                    plan[d.name] = f = faults[k % len(faults)]
+                jid = j["job_id"]
+                if jid not in plan and p["done"] >= 3:  # one fault per array task (a pack's runs share one)
+                    plan[jid] = f = faults[k % len(faults)]
                     k += 1
-                    jid = j["job_id"]
                     cmd = {"requeue": ["scontrol", "requeue", jid], "usr2": ["scancel", "--signal=USR2", jid],
                            "scancel": ["scancel", jid]}[f]
                     # not waited for: scancel --signal retries for ~90 s once the job has requeued itself
@@ -101,24 +105,25 @@ def main() -> None:
     log1 = proc.communicate()[0]
     t_first = time.time() - t_submit
     t0 = time.time()
-    again = cli(suite, "--executor", "slurm", runs=runs, data=data)
+    again = cli(suite, "--executor", "slurm", *pack, runs=runs, data=data)
     t_again = time.time() - t0
     stop.set()
     for p in senders:
         p.kill()
         p.wait()
     t0 = time.time()
-    third = cli(suite, "--executor", "slurm", runs=runs, data=data)
+    third = cli(suite, "--executor", "slurm", *pack, runs=runs, data=data)
     t_resubmit = time.time() - t0
     # The same runs without faults, through the local executor.
     t0 = time.time()
-    loc = cli(suite, "-j", "2", runs=local, data=data)
+    loc = cli(suite, "-j", "2", *pack, runs=local, data=data)
     t_local = time.time() - t0
     lost = twice = differ = 0
     per_run = {}
     for d in sorted(p for p in runs.glob("polydigits-*") if p.is_dir()):
         text = (d / "log.txt").read_text()
-        per_run[d.name] = {"fault": plan.get(d.name), "stops": text.count(" stopped ("),
+        jobs = re.findall(r" slurm job (\S+) ", text)  # every array task that worked on the run
+        per_run[d.name] = {"fault": next((plan[j] for j in jobs if j in plan), None), "stops": text.count(" stopped ("),
                            "resumes": text.count(" resumed from "), "jobs": text.count(" slurm job ") -
                            text.count("requeueing") - text.count("waiting")}
         m = d / "metrics.json"
@@ -130,7 +135,7 @@ def main() -> None:
         ref = json.loads((local / d.name / "metrics.json").read_text())["metrics"]
         differ += json.loads(m.read_text())["metrics"] != ref
     res = {
-        "runs": a.runs, "faults": {f: sum(1 for _, g, _ in done_faults if g == f) for f in faults},
+        "runs": a.runs, "pack": a.pack, "faults": {f: sum(1 for _, g, _ in done_faults if g == f) for f in faults},
         "first_command_rc": proc.returncode, "second_command_rc": again.returncode, "third_command_rc": third.returncode,
         "runs_lost": lost, "runs_computed_twice": twice, "runs_differing_from_local": differ,
         "submission_to_first_step_s": {"min": round(min(first_step.values()), 1), "median": round(statistics.median(first_step.values()), 1),
