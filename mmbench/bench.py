@@ -29,12 +29,26 @@ def _autocast(precision: str, dev):
     return autocast(precision, dev)
 
 
+def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device, params) -> Dict[str, float]:
+    """Median, min and max seconds of `steps` calls of `step` after `warmup` (synchronised on a GPU)."""
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times: List[float] = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
+
+
 def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
               warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
               device: str = "cpu", precision: str = "fp32") -> Dict[str, float]:
     """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda)."""
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=latent_dim, beta=1.0), architecture).to(dev)
@@ -42,21 +56,15 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = {m.name: torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
-    times: List[float] = []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
+
+    def step() -> None:
         with _autocast(precision, dev):
             loss, _ = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "run_steps_per_s": 1.0 / statistics.median(times)}
+
+    return _timed(step, warmup, steps, dev, model.parameters())
 
 
 def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
@@ -68,7 +76,6 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
     from .registry import ARCHITECTURES
 
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(seed)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     arch = ARCHITECTURES.get(architecture)
@@ -78,10 +85,8 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
     opt = torch.optim.Adam(nets.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = [torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for _ in mods]
-    times: List[float] = []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
+
+    def step() -> None:
         loss = 0.0
         for (enc, dec), xm in zip(nets, x):
             mu, logvar = enc(xm)
@@ -90,12 +95,8 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "params_m": sum(p.numel() for p in nets.parameters()) / 1e6,
-            "run_steps_per_s": 1.0 / statistics.median(times)}
+
+    return _timed(step, warmup, steps, dev, nets.parameters())
 
 
 def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,

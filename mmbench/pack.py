@@ -45,7 +45,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -559,6 +559,17 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
 
     out: Dict[str, Optional[str]] = {}
     waiting: List[Run] = []
+
+    def record(r: Run, work: Callable[[], Any]) -> None:  # a run's result: None, or its error (logged)
+        try:
+            work()
+            out[r.id] = None
+        except TrainingInterrupted:
+            raise
+        except MMBenchError as e:
+            r.log(f"error: {e}")
+            out[r.id] = str(e)
+
     with ExitStack() as stack:
         mine = []
         for r in runs:
@@ -580,24 +591,9 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
             if not isinstance(s, dict):
                 out[r.id] = s or "not trained"
                 continue
-            try:
-                evaluate(r, data_root, progress, provenance={
-                    "train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
-                    "packed_with": s.get("packed_with", 1)})
-                r.log("done")
-                out[r.id] = None
-            except TrainingInterrupted:
-                raise
-            except MMBenchError as e:
-                r.log(f"error: {e}")
-                out[r.id] = str(e)
+            prov = {"train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
+                    "packed_with": s.get("packed_with", 1)}
+            record(r, lambda r=r, prov=prov: (evaluate(r, data_root, progress, provenance=prov), r.log("done")))
     for r in waiting:
-        try:
-            execute_when_free(r, data_root, progress, who=who)
-            out[r.id] = None
-        except TrainingInterrupted:
-            raise
-        except MMBenchError as e:
-            r.log(f"error: {e}")
-            out[r.id] = str(e)
+        record(r, lambda r=r: execute_when_free(r, data_root, progress, who=who))
     return out
