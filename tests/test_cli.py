@@ -36,6 +36,34 @@ def mmbench(*args, env=None, cwd=None):
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd, timeout=600)
 
 
+def mmbench_here(*args, env=None):
+    """`mmbench ARGS` in this process, for commands that start no worker (report, run --dry-run): the same
+    result as `mmbench` without the seconds of a new interpreter importing torch."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import mmbench.cli as cli
+    from mmbench.errors import MMBenchError
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = cli.console, cli.err_console
+    cli.console, cli.err_console = Console(file=out, width=200), Console(file=err, width=200)
+    try:
+        r = CliRunner().invoke(cli.app, [str(a) for a in args], env=env)
+    finally:
+        cli.console, cli.err_console = saved
+    code = r.exit_code
+    if isinstance(r.exception, MMBenchError):  # what cli.main prints and returns for it
+        code = 2
+        err.write(f"error: {r.exception}\n")
+    elif r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=code, stdout=out.getvalue() + r.stdout, stderr=err.getvalue())
+
+
 @pytest.fixture()
 def workspace(tmp_path, data_root):
     (tmp_path / "suite.yaml").write_text(TINY_SUITE)
@@ -56,7 +84,7 @@ def cell(**kw):
 
 def test_suite_end_to_end(workspace):
     ws, env = workspace
-    r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
+    r = mmbench_here("run", ws / "suite.yaml", "--dry-run", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("pending") == 3 + 1 and "3 pending; no timing yet" in r.stdout  # 3 rows + the summary
 
@@ -81,7 +109,7 @@ def test_suite_end_to_end(workspace):
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
     (refused,) = [ws / "runs" / n for n in runs if ws / "runs" / n not in done]
     trained = (refused / "checkpoints" / "last.pt").read_bytes()
-    r = mmbench("run", ws / "suite.yaml", "--dry-run", env=env)
+    r = mmbench_here("run", ws / "suite.yaml", "--dry-run", env=env)
     assert r.stdout.count("done") == 2 + 1 and "2 done, 1 partial" in r.stdout
     # Again: finished runs are skipped, the trained-but-refused run is evaluated again (not retrained) and
     # refused again.
@@ -97,23 +125,23 @@ def test_suite_end_to_end(workspace):
     new = [p for p in (ws / "runs").iterdir() if p.name not in runs]  # the threshold is part of the run id
     assert len(new) == 1 and (new[0] / "metrics.json").exists() and "-mvae-" in new[0].name
 
-    r = mmbench("report", "--plots", ws / "plots", env=env)
+    r = mmbench_here("report", "--plots", ws / "plots", env=env)
     assert r.returncode == 0 and "polydigits (vanilla)" in r.stdout and "mopoe" in r.stdout
     plots = sorted(p.name for p in (ws / "plots").iterdir())
     assert plots == sorted(f"polydigits-vanilla-{t}-{kind}.{ext}" for t in ("Refusal", "Tiny_Table")
                            for kind in ("by-inputs", "training") for ext in ("png", "svg"))  # training: history.json
 
     reference(ws / "refs" / "tiny.yaml", [cell(), cell(row="MVAE", method="mvae", table="Tiny Table")])
-    r = mmbench("report", "--compare", ws / "refs", env=env)
+    r = mmbench_here("report", "--compare", ws / "refs", env=env)
     assert r.returncode == 1 and "1 of 2 reference cells within tolerance, 0 of 0 claims hold; 0 failing, 1 missing" in r.stdout
     assert "missing" in r.stdout
-    r = mmbench("report", "--compare", ws / "refs", "--allow-missing", "--format", "md", "--out", ws / "r.md", env=env)
+    r = mmbench_here("report", "--compare", ws / "refs", "--allow-missing", "--format", "md", "--out", ws / "r.md", env=env)
     assert r.returncode == 0, r.stdout
     md = (ws / "r.md").read_text()
     assert "### Tiny — Tiny Table" in md and "missing" in md and "✓" in md
 
     reference(ws / "refs" / "tiny.yaml", [cell(value=-1.0, tolerance=0.0)])
-    r = mmbench("report", "--compare", ws / "refs", "--allow-missing", env=env)
+    r = mmbench_here("report", "--compare", ws / "refs", "--allow-missing", env=env)
     assert r.returncode == 1 and "1 failing" in r.stdout
 
     # Claims through the CLI: everything passing exits 0 without --allow-missing; one failing claim exits 1.
@@ -121,12 +149,12 @@ def test_suite_end_to_end(workspace):
     claim = {"id": "c", "paper": "Tiny", "figure": "Tiny Table", "quote": "q", "source": "p. 1",
              "holds": [{"left": side, "op": ">=", "right": 0.0}, {"left": side, "op": "<=", "right": 1.0}]}
     (ws / "refs" / "tiny.yaml").write_text(yaml.safe_dump({"paper": "Tiny", "cells": [cell()], "claims": [claim]}))
-    r = mmbench("report", "--compare", ws / "refs", env=env)
+    r = mmbench_here("report", "--compare", ws / "refs", env=env)
     assert r.returncode == 0, r.stdout
     assert "1 of 1 reference cells within tolerance, 1 of 1 claims hold; 0 failing, 0 missing" in r.stdout
     claim["holds"].append({"left": side, "op": "<", "right": 0.0})
     (ws / "refs" / "tiny.yaml").write_text(yaml.safe_dump({"paper": "Tiny", "cells": [cell()], "claims": [claim]}))
-    r = mmbench("report", "--compare", ws / "refs", env=env)
+    r = mmbench_here("report", "--compare", ws / "refs", env=env)
     assert r.returncode == 1 and "0 of 1 claims hold; 1 failing, 0 missing" in r.stdout
 
 
@@ -178,7 +206,7 @@ def test_help_has_example(cmd):
 
 
 def test_list(tmp_path):
-    r = mmbench("list", "methods")
+    r = mmbench_here("list", "methods")
     assert r.returncode == 0 and "mopoe" in r.stdout and "MoPoE-VAE" in r.stdout
-    r = mmbench("list", "suites")
+    r = mmbench_here("list", "suites")
     assert r.returncode == 0 and "quickstart.yaml" in r.stdout
