@@ -128,15 +128,11 @@ class SlurmRun:
 
     def __call__(self) -> Dict[str, Any]:
         from . import train as train_mod
-        from .config import build_run_config
         from .evaluate import execute_when_free
         from .pack import execute_pack
+        from .worker import load_run, progress_writer
 
-        runs = []
-        for rd in self.run_dirs:
-            d = Path(rd)
-            cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
-            runs.append(Run(cfg, d.parent))
+        runs = [load_run(rd) for rd in self.run_dirs]
         phase = [""]
         caught: List[int] = []
         submitit_usr2 = signal.getsignal(signal.SIGUSR2)
@@ -156,7 +152,7 @@ class SlurmRun:
         for run in runs:
             run.log(f"slurm job {job}{packed} on {os.uname().nodename} "
                     f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
-        last = [0.0]
+        write = progress_writer(runs)
 
         def progress(ph: str, done: int, total: int) -> None:
             phase[0] = ph
@@ -168,12 +164,7 @@ class SlurmRun:
                 for run in runs:
                     run.log(f"stopped ({why}) after training; evaluation runs on resume")
                 raise train_mod.TrainingInterrupted(f"stopped ({why}) after training")
-            now = time.time()
-            if now - last[0] > 0.5 or done == total:
-                last[0] = now
-                for run in runs:
-                    if run.held_here():  # not a run of the pack another process is writing
-                        run.progress(ph, done, total)
+            write(ph, done, total)
 
         data_root = Path(self.data_root) if self.data_root else None
         try:

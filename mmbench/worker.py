@@ -12,20 +12,24 @@ from pathlib import Path
 
 import yaml
 
+from typing import Callable, Sequence
+
 from .config import build_run_config
 from .errors import MMBenchError
 from .evaluate import execute_when_free
 from .results import Run
 
 
-def _load(run_dir: str) -> Run:
+def load_run(run_dir: str) -> Run:
+    """The run whose directory (with its config.yaml) this is; used by workers and Slurm tasks."""
     d = Path(run_dir)
     cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
     return Run(cfg, d.parent)
 
 
-def main(*run_dirs: str) -> int:
-    runs = [_load(d) for d in run_dirs]
+def progress_writer(runs: Sequence[Run]) -> Callable[[str, int, int], None]:
+    """A progress callback writing progress.json of every run this process holds, at most twice a second
+    (and at the end of each phase); a run of the pack that another process is writing is left alone."""
     last = [0.0]
 
     def progress(phase: str, done: int, total: int) -> None:
@@ -33,8 +37,15 @@ def main(*run_dirs: str) -> int:
         if now - last[0] > 0.5 or done == total:
             last[0] = now
             for run in runs:
-                if run.held_here():  # not a run of the pack another process is writing
+                if run.held_here():
                     run.progress(phase, done, total)
+
+    return progress
+
+
+def main(*run_dirs: str) -> int:
+    runs = [load_run(d) for d in run_dirs]
+    progress = progress_writer(runs)
 
     if len(runs) > 1:
         from .pack import execute_pack
