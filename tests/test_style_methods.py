@@ -62,18 +62,23 @@ def styles_and_content(model, x):
     return mu, lv, styles
 
 
+def loss_and_parts(name, seed, **options):
+    """The method's loss on a batch, and (replaying the same random numbers) its content experts and styles."""
+    model = make(name, **options)
+    model.eval()
+    x = batch()
+    torch.manual_seed(seed)
+    loss, _ = model.loss(x)
+    torch.manual_seed(seed)
+    return (model, x, loss, *styles_and_content(model, x))
+
+
 def nll(model, c, s, x, m):
     return -model.likelihoods[m].log_prob(model.decoders[m](torch.cat([c, s], -1)), x[m])
 
 
 def test_mmvae_style_loss_is_the_authors_factorized_moe_objective():
-    model = make("mmvae_style", style_betas={"m1": 5.0})
-    model.eval()
-    x = batch()
-    torch.manual_seed(3)
-    loss, _ = model.loss(x)
-    torch.manual_seed(3)
-    mu, lv, styles = styles_and_content(model, x)
+    model, x, loss, mu, lv, styles = loss_and_parts("mmvae_style", 3, style_betas={"m1": 5.0})
     comps = Gaussian(mu, lv)  # the unimodal content experts (no prior expert)
     c = comps[torch.tensor([0, 0, 0, 1, 1, 1]), torch.arange(6)].rsample()  # rows 0-2: m0's, 3-5: m1's
     total = 0.0
@@ -84,13 +89,7 @@ def test_mmvae_style_loss_is_the_authors_factorized_moe_objective():
 
 
 def test_mvae_style_loss_is_the_authors_factorized_poe_objective():
-    model = make("mvae_style", beta_content=0.5)
-    model.eval()
-    x = batch()
-    torch.manual_seed(4)
-    loss, _ = model.loss(x)
-    torch.manual_seed(4)
-    mu, lv, styles = styles_and_content(model, x)
+    model, x, loss, mu, lv, styles = loss_and_parts("mvae_style", 4, beta_content=0.5)
 
     def poe(idx):  # with the N(0, I) expert
         prec = 1 + (1 / lv[idx].exp()).sum(0)
