@@ -305,6 +305,11 @@ class _Member:
             return {"rng": self.gen.get_state()}
         return {"rng": self.cpu_rng, "rng_device": self.gen.get_state()}
 
+    def save_last(self, model_sd: Dict, opt_sd: Dict) -> None:
+        """last.pt in the unpacked trainer's format: weights, Adam, training state, random stream."""
+        _save(self.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": self.state,
+                                              **self.rng_state()})
+
 
 def _split_batch(split: DataSplit, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Rows idx (any shape, on the data's device) of every modality, as floats shaped idx.shape + row shape."""
@@ -463,9 +468,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     if not ok[r]:  # a diverged model is never checkpointed; it leaves the pack at the epoch's end
                         continue
                     m.state.update(step=b + 1, sums={k: v[r].clone() for k, v in sums.items()})
-                    model_sd, opt_sd = sm.state(r)
-                    _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
-                                                       **m.rng_state()})
+                    m.save_last(*sm.state(r))
                     del m.state["step"], m.state["sums"]
                 saved_at = time.time()
                 if train_mod._stop_reason:
@@ -492,8 +495,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 m.state["best_test_loss"] = tl[r]
                 _save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1, "test_loss": tl[r]})
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
-                _save(m.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": m.state,
-                                                   **m.rng_state()})
+                m.save_last(model_sd, opt_sd)
                 saved_at = time.time()
         if len(keep) < len(live):
             live = [live[r] for r in keep]
@@ -579,8 +581,9 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
             except RunLockedError:
                 r.log(f"{who}: run locked by another process; left out of the pack, waited for afterwards")
                 waiting.append(r)
-        todo = [r for r in mine if r.status() not in ("done", "rescore")]
-        waiting += [r for r in mine if r.status() == "rescore"]  # re-scored alone (evaluate.execute), no training
+        status = {r.id: r.status() for r in mine}
+        todo = [r for r in mine if status[r.id] not in ("done", "rescore")]
+        waiting += [r for r in mine if status[r.id] == "rescore"]  # re-scored alone (evaluate.execute), no training
         for r in todo:
             r.init()
             r.log(f"run {r.id} on {device_of()} (pack of {len(todo)})")
