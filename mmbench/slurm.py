@@ -309,10 +309,10 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
                 raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {lines[-1] if lines else e}; "
                                    f"fix the slurm options") from None
             raise
-        for r, j in ((r, j) for pack, j in zip(packs, jobs) for r in pack):
+        for r, j, pack in ((r, j, pack) for pack, j in zip(packs, jobs) for r in pack):
             rec = {"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
                    "folder": str(j.paths.folder), "submitted": time.time(), "options": dataclasses.asdict(opts),
-                   "pack": [p.id for p in next(pk for pk in packs if r in pk)]}
+                   "pack": [p.id for p in pack]}
             atomic_json(r.dir / "slurm.json", rec)
             for name, target in (("slurm.out", j.paths.stdout), ("slurm.err", j.paths.stderr)):
                 link = r.dir / name
