@@ -311,9 +311,9 @@ class Relation:
         log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
         lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
         pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
+        w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))  # pair order
         if self.stacked is not None:
             idx, exists, act, before = self.stacked
-            w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))
             return lr_n, log_pl_ratio(w, before, Picks(idx, exists, before.shape[-1]), act).sum(0)
         Ys = [self.blocks[a][2][j] for a, j in pairs]
         rows = {Y.idx.shape[-1] if isinstance(Y, Picks) else -1 for Y in Ys}
@@ -321,11 +321,10 @@ class Relation:
             Y = Picks(torch.stack([Y.idx for Y in Ys]), torch.stack([Y.exists for Y in Ys]), Ys[0].d)
             act = torch.stack([self.blocks[a][1] for a, _ in pairs])
             before = torch.stack([self.structure[a][3][j] for a, j in pairs])
-            w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))
             return lr_n, log_pl_ratio(w, before, Y, act).sum(0)
         lr_y = 0.0
-        for (a, j), Y in zip(pairs, Ys):
-            lr_y = lr_y + log_pl_ratio(scores[pair_index[(a, j)]], self.structure[a][3][j], Y, self.blocks[a][1])
+        for k, ((a, j), Y) in enumerate(zip(pairs, Ys)):
+            lr_y = lr_y + log_pl_ratio(w[k], self.structure[a][3][j], Y, self.blocks[a][1])
         return lr_n, lr_y
 
     def sizes(self) -> torch.Tensor:
