@@ -59,3 +59,38 @@ def assert_latent_accuracies(metrics, n_test: int):
     for k in sizes:
         vals = [v for s, v in per_subset.items() if len(s.split("+")) == k]
         assert math.isclose(metrics[f"latent_acc_by_n/{k}"], sum(vals) / len(vals), rel_tol=1e-9), k
+
+
+def _mmbench_here(*args, env=None, width=200):
+    """`mmbench ARGS` in this process, for commands that start no worker (report, run --dry-run, list): the
+    same result as `mmbench` without the seconds of a new interpreter importing torch. Returns returncode,
+    stdout, stderr like subprocess.run; `width`: the console's columns (COLUMNS for a subprocess)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import mmbench.cli as cli
+    from mmbench.errors import MMBenchError
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = cli.console, cli.err_console
+    cli.console, cli.err_console = Console(file=out, width=width), Console(file=err, width=width)
+    try:
+        r = CliRunner().invoke(cli.app, [str(a) for a in args], env=env)
+    finally:
+        cli.console, cli.err_console = saved
+    code = r.exit_code
+    if isinstance(r.exception, MMBenchError):  # what cli.main prints and returns for it
+        code = 2
+        err.write(f"error: {r.exception}\n")
+    elif r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=code, stdout=out.getvalue() + r.stdout, stderr=err.getvalue())
+
+
+@pytest.fixture()
+def mmbench_here():
+    """The CLI run in this process (see _mmbench_here)."""
+    return _mmbench_here

@@ -36,34 +36,6 @@ def mmbench(*args, env=None, cwd=None):
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd, timeout=600)
 
 
-def mmbench_here(*args, env=None):
-    """`mmbench ARGS` in this process, for commands that start no worker (report, run --dry-run): the same
-    result as `mmbench` without the seconds of a new interpreter importing torch."""
-    import io
-    from types import SimpleNamespace
-
-    from rich.console import Console
-    from typer.testing import CliRunner
-
-    import mmbench.cli as cli
-    from mmbench.errors import MMBenchError
-
-    out, err = io.StringIO(), io.StringIO()
-    saved = cli.console, cli.err_console
-    cli.console, cli.err_console = Console(file=out, width=200), Console(file=err, width=200)
-    try:
-        r = CliRunner().invoke(cli.app, [str(a) for a in args], env=env)
-    finally:
-        cli.console, cli.err_console = saved
-    code = r.exit_code
-    if isinstance(r.exception, MMBenchError):  # what cli.main prints and returns for it
-        code = 2
-        err.write(f"error: {r.exception}\n")
-    elif r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return SimpleNamespace(returncode=code, stdout=out.getvalue() + r.stdout, stderr=err.getvalue())
-
-
 @pytest.fixture()
 def workspace(tmp_path, data_root):
     (tmp_path / "suite.yaml").write_text(TINY_SUITE)
@@ -82,7 +54,7 @@ def cell(**kw):
     return {**base, **kw}
 
 
-def test_suite_end_to_end(workspace):
+def test_suite_end_to_end(workspace, mmbench_here):
     ws, env = workspace
     r = mmbench_here("run", ws / "suite.yaml", "--dry-run", env=env)
     assert r.returncode == 0, r.stderr
@@ -205,7 +177,7 @@ def test_help_has_example(cmd):
     assert r.returncode == 0 and "Example: mmbench " + cmd in r.stdout
 
 
-def test_list(tmp_path):
+def test_list(tmp_path, mmbench_here):
     r = mmbench_here("list", "methods")
     assert r.returncode == 0 and "mopoe" in r.stdout and "MoPoE-VAE" in r.stdout
     r = mmbench_here("list", "suites")

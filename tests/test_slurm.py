@@ -38,23 +38,11 @@ def write_suite(tmp: Path, b_slurm: str = "") -> Path:
     return p
 
 
-def dry_run(suite, runs_dir) -> str:
-    """`mmbench run SUITE --dry-run` in this process (no interpreter start-up), its output."""
-    import io
-
-    from rich.console import Console
-    from typer.testing import CliRunner
-
-    import mmbench.cli as cli
-
-    saved, buf = cli.console, io.StringIO()
-    cli.console = Console(file=buf, width=400)  # wide enough for untruncated ids and log paths
-    try:
-        r = CliRunner().invoke(cli.app, ["run", str(suite), "--dry-run", "--runs-dir", str(runs_dir)])
-    finally:
-        cli.console = saved
-    assert r.exit_code == 0, r.output + str(r.exception)
-    return buf.getvalue()
+def dry_run(cli_here, suite, runs_dir) -> str:
+    """`mmbench run SUITE --dry-run` in this process, its output (wide enough for untruncated ids and log paths)."""
+    r = cli_here("run", suite, "--dry-run", "--runs-dir", runs_dir, width=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 def mmbench(*args, data_root, runs_dir, background=False, timeout=240):
@@ -144,7 +132,7 @@ def test_slurm_options_need_slurm_executor(tmp_path):
 
 
 @needs_slurm
-def test_two_concurrent_submissions_train_each_run_once_and_match_local(tmp_path, data_root, local_ref):
+def test_two_concurrent_submissions_train_each_run_once_and_match_local(tmp_path, data_root, local_ref, mmbench_here):
     suite, runs = write_suite(tmp_path), tmp_path / "runs"
     procs = [mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
              for _ in range(2)]
@@ -157,7 +145,7 @@ def test_two_concurrent_submissions_train_each_run_once_and_match_local(tmp_path
         assert epoch_lines(d) == 2, f"{m} trained more than once: {d / 'log.txt'}"
         assert metrics(d) == local_ref[m]
         assert Path(os.readlink(d / "slurm.err")).exists()
-    rep = dry_run(suite, runs)
+    rep = dry_run(mmbench_here, suite, runs)
     assert rep.count(" done ") >= 2 and "Slurm job" in rep, rep
 
 
@@ -194,7 +182,7 @@ def test_requeue_and_pre_timeout_signal_resume_to_identical_metrics(tmp_path, da
 
 
 @needs_slurm
-def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_root, local_ref):
+def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_root, local_ref, mmbench_here):
     suite, runs = write_suite(tmp_path), tmp_path / "runs"
     proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
     t0 = time.time()
@@ -208,7 +196,7 @@ def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_ro
     flat = " ".join(out.split())
     assert f"FAILED {dirs['mopoe'].name}" in flat and "CANCELLED" in flat and f"{job_a}_0_log.err" in flat, flat
     assert (dirs["mvae"] / "metrics.json").exists()  # the other job went on
-    rep = dry_run(suite, runs)
+    rep = dry_run(mmbench_here, suite, runs)
     assert "failed (CANCELLED" in rep and f"{job_a}_0_log.err" in rep, rep
     again = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs)
     assert again.returncode == 0, again.stdout + again.stderr
