@@ -13,6 +13,8 @@ import yaml
 from mmbench.config import build_run_config
 from mmbench.results import Run
 from mmbench.evaluate import evaluate
+from mmbench.train import tune_host_allocator
+tune_host_allocator()  # as the CLI and its workers do (MMBENCH_MALLOC=default: glibc's defaults)
 runs = Path(os.environ.get("MMBENCH_RUNS", "/tmp/ex/runs")); data = Path(os.environ.get("MMBENCH_DATA", "/tmp/ex/data"))
 src = next(p for p in runs.glob("polymnist-vanilla-mopoe-*") if "MoPoE Fig. 3" in (p / "config.yaml").read_text())
 raw = yaml.safe_load((src / "config.yaml").read_text())

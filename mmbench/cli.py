@@ -717,6 +717,9 @@ INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume fro
 
 
 def main() -> None:
+    from .train import tune_host_allocator
+
+    tune_host_allocator()  # before any tensor: workers inherit it through the environment
     try:
         app()
     except MMBenchError as e:

@@ -138,7 +138,8 @@ def thread_settings() -> Dict[str, Any]:
 
     return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "cpu_count": os.cpu_count(),
-            **{k.lower(): os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+            **{k.lower(): os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}}
 
 
 def environment() -> Dict[str, Any]:

@@ -132,6 +132,7 @@ class SlurmRun:
         from .pack import execute_pack
         from .worker import load_run, progress_writer
 
+        train_mod.tune_host_allocator()
         runs = [load_run(rd) for rd in self.run_dirs]
         phase = [""]
         caught: List[int] = []

@@ -18,7 +18,10 @@ under bfloat16 autocast. Runs of one experiment can also train together as one s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -94,6 +97,25 @@ def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
     train = load_split(spec, cfg.variant, "train", data_root).select(names)
     test = load_split(spec, cfg.variant, "test", data_root).select(names)
     return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
+
+
+def tune_host_allocator() -> bool:
+    """Keep freed host memory in the process for the next step (glibc): large tensors otherwise come from fresh
+    mmap()s whose pages fault in again every step (an mrVAE step on 2 CPU cores spent 1/3 of its time in the
+    kernel: 1.4 s -> 0.93 s with this). Sets MALLOC_MMAP_MAX_=0 and a 2 GiB trim threshold for this process and
+    its children (workers); MMBENCH_MALLOC=default leaves glibc's defaults. Changes speed and resident memory
+    only, never a number. Returns whether it applied."""
+    if os.environ.get("MMBENCH_MALLOC", "tuned") == "default" or platform.libc_ver()[0] != "glibc":
+        return False
+    os.environ.setdefault("MALLOC_MMAP_MAX_", "0")  # read by glibc when a child process starts
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 ** 31 - 1))
+    try:
+        libc = ctypes.CDLL(None)
+        # mallopt(M_MMAP_MAX = -4, n), mallopt(M_TRIM_THRESHOLD = -1, bytes): the same settings for this process
+        return bool(libc.mallopt(-4, int(os.environ["MALLOC_MMAP_MAX_"]))
+                    and libc.mallopt(-1, int(os.environ["MALLOC_TRIM_THRESHOLD_"])))
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 def device_of() -> torch.device:

@@ -18,6 +18,7 @@ from .config import build_run_config
 from .errors import MMBenchError
 from .evaluate import execute_when_free
 from .results import Run
+from .train import tune_host_allocator
 
 
 def load_run(run_dir: str) -> Run:
@@ -44,6 +45,7 @@ def progress_writer(runs: Sequence[Run]) -> Callable[[str, int, int], None]:
 
 
 def main(*run_dirs: str) -> int:
+    tune_host_allocator()
     runs = [load_run(d) for d in run_dirs]
     progress = progress_writer(runs)
 

@@ -213,29 +213,49 @@ class SetNets(nn.Module):
     """G networks at once, each ReLU(FC(mean over its available units of ReLU(FC(z_src)))) (Eqs. 34-35, 37-38).
 
     Unit u has its own first layer, reads modality src[u]'s latent and feeds group[u]; averaging over the units
-    whose modality is available is how the paper handles missing modalities (App. E.1)."""
+    whose modality is available is how the paper handles missing modalities (App. E.1). The first layers of the n
+    units reading one modality sit side by side in one D×(n·H) matrix (w1: M×D×(n·H), units in their given order
+    within a modality), so each modality's units are one matrix product with its latent: no per-unit copy of the
+    latents forward nor a per-unit gradient backward. Every modality must feed the same number of units (mrVAE's
+    networks do, by symmetry)."""
 
     def __init__(self, src: List[int], group: List[int], n_groups: int, d_in: int, hidden: int, d_out: int):
         super().__init__()
-        self.register_buffer("src", torch.tensor(src), persistent=False)
-        self.register_buffer("group", torch.tensor(group), persistent=False)
-        self.n_groups = n_groups
-        self.w1, self.b1 = linear_params(len(src), d_in, hidden)
+        M = max(src) + 1
+        n = len(src) // M
+        if any(src.count(m) != n for m in range(M)):
+            raise ValueError(f"SetNets: every modality must feed the same number of units (got sources {src})")
+        order = sorted(range(len(src)), key=lambda u: (src[u], u))  # units grouped by the modality they read
+        self.n, self.hidden, self.n_groups = n, hidden, n_groups
+        w1, b1 = linear_params(len(src), d_in, hidden)  # drawn per unit in the given order: the same initial values
+        w1 = w1.detach()[order].view(M, n, d_in, hidden).permute(0, 2, 1, 3).reshape(M, d_in, n * hidden)
+        self.w1, self.b1 = nn.Parameter(w1.contiguous()), nn.Parameter(b1.detach()[order].reshape(M, n * hidden))
         self.w2, self.b2 = linear_params(n_groups, hidden, d_out)
+        member = F.one_hot(torch.tensor([group[u] for u in order]), n_groups).T.to(torch.get_default_dtype())
+        self.register_buffer("member", member.reshape(n_groups, M, n), persistent=False)  # G×M×n: unit (m, k) in g
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the grouped layout hold w1 as U×D×H and b1 as U×H, units in the given order."""
+        w1, b1 = state_dict.get(prefix + "w1"), state_dict.get(prefix + "b1")
+        if w1 is not None and w1.dim() == 3 and w1.shape[0] == self.order.numel() and w1.shape != self.w1.shape:
+            M, D, nH = self.w1.shape
+            state_dict[prefix + "w1"] = (w1[self.order.to(w1.device)].view(M, self.n, D, self.hidden)
+                                         .permute(0, 2, 1, 3).reshape(M, D, nH))
+            state_dict[prefix + "b1"] = b1[self.order.to(b1.device)].reshape(M, nH)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor, avail: torch.Tensor) -> tuple:
         """z: M×B×D, avail: M bools -> (G×B×d_out, G bools: the group has an available input)."""
-        units = avail[self.src].nonzero().squeeze(1)
-        if units.numel() == self.src.numel():  # every modality available (training): no copy of the weights
-            src, group, w1, b1 = self.src, self.group, self.w1, self.b1
-        else:
-            src, group = self.src[units], self.group[units]
-            w1, b1 = self.w1.index_select(0, units), self.b1.index_select(0, units)
-        # index_select, not z[src]: its backward is one index_add (z[src]'s is a sort-based index_put)
-        h = torch.relu(torch.einsum("ubd,udh->ubh", z.index_select(0, src), w1) + b1[:, None])
-        member = F.one_hot(group, self.n_groups).T.to(z.dtype)  # G×U
-        count = member.sum(1)
-        mean = torch.einsum("gu,ubh->gbh", member / count.clamp_min(1)[:, None], h)
+        mods = avail.nonzero().squeeze(1)
+        w1, b1, member = self.w1, self.b1, self.member.to(z.dtype)
+        if mods.numel() != z.shape[0]:  # some modality missing (evaluation): its units drop out of the means
+            z, w1, b1, member = z.index_select(0, mods), w1.index_select(0, mods), b1.index_select(0, mods), \
+                member.index_select(1, mods)
+        h = torch.relu(torch.baddbmm(b1[:, None], z, w1))  # m×B×(n·H): each modality's n units in one product
+        count = member.sum((1, 2))
+        mean = torch.einsum("gmk,mbkh->gbh", member / count.clamp_min(1)[:, None, None],
+                            h.view(h.shape[0], h.shape[1], self.n, self.hidden))
         return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), count > 0
 
 
