@@ -479,3 +479,31 @@ def test_prior_draw_cut_to_the_largest_size_equals_all_rows():
     assert torch.allclose(l0, l1, rtol=1e-6) and float(logs0["kl_y"]) == pytest.approx(float(logs1["kl_y"]), rel=1e-5)
     assert len(g0) == len(g1) and all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g0, g1))
     assert torch.equal(after0, after1)  # the same random numbers were drawn
+
+
+def test_set_nets_are_per_unit_networks_and_load_the_per_unit_layout():
+    """SetNets' grouped first layers compute, per group g, ReLU(W2_g · mean over g's available units u of
+    ReLU(W1_u z_src[u] + b1_u) + b2_g) (Eqs. 34-35, 37-38), written here unit by unit; a checkpoint holding w1 as
+    U×D×H (the per-unit layout of earlier versions) loads into the same parameters."""
+    from mmbench.methods.mrvae import SetNets, linear_params
+
+    src, group, G, D, H, O = [0, 1, 1, 0, 2, 2, 0, 1, 2], [0, 0, 1, 1, 2, 2, 3, 3, 3], 4, 6, 5, 7
+    torch.manual_seed(0)
+    net = SetNets(src, group, G, D, H, O)
+    torch.manual_seed(0)
+    w1, b1 = linear_params(len(src), D, H)  # what SetNets draws, per unit in the given order
+    w2, b2 = net.w2.detach(), net.b2.detach()
+    z = torch.randn(3, 4, D)
+    for avail in ([1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0]):
+        out, has = net(z, torch.tensor(avail, dtype=torch.bool))
+        for g in range(G):
+            units = [u for u in range(len(src)) if group[u] == g and avail[src[u]]]
+            assert bool(has[g]) == bool(units)
+            hs = [torch.relu(z[src[u]] @ w1[u] + b1[u]) for u in units]
+            mean = torch.stack(hs).mean(0) if hs else torch.zeros(4, H)
+            torch.testing.assert_close(out[g], torch.relu(mean @ w2[g] + b2[g]), rtol=1e-5, atol=1e-6)
+    torch.manual_seed(1)
+    other = SetNets(src, group, G, D, H, O)  # other initial values, then the per-unit checkpoint
+    other.load_state_dict({"w1": w1.detach(), "b1": b1.detach(), "w2": w2, "b2": b2})
+    for k, v in net.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
