@@ -462,7 +462,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)
             due = every_s is not None and time.time() - saved_at >= every_s
-            if (train_mod._stop_reason or due) and b + 1 < n_batches:
+            if (train_mod.stop_requested() is not None or due) and b + 1 < n_batches:
                 ok = finite.tolist()
                 for r, m in enumerate(live):
                     if not ok[r]:  # a diverged model is never checkpointed; it leaves the pack at the epoch's end
@@ -471,13 +471,13 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     m.save_last(*sm.state(r))
                     del m.state["step"], m.state["sums"]
                 saved_at = time.time()
-                if train_mod._stop_reason:
+                if train_mod.stop_requested() is not None:
                     _stopped(live, f"at epoch {epoch + 1}, step {b + 1} of {n_batches}", ok)
         ok = finite.tolist()  # the epoch's one read-back
         tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
         keep = []
-        stop = bool(train_mod._stop_reason)  # read once: every run saves for a stop, or none stops
+        stop = train_mod.stop_requested() is not None  # read once: every run saves for a stop, or none stops
         for r, m in enumerate(live):
             if not ok[r]:
                 m.error = diverged(epoch)
@@ -515,7 +515,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
 
 def _stopped(live: List[_Member], where: str, ok: List[bool]) -> None:
     """A stop was requested: every run of the pack has its checkpoint; say so in each log and end the pack."""
-    why = train_mod._stop_reason[0]
+    why = train_mod.stop_requested()
     train_mod.clear_stop()
     for r, m in enumerate(live):
         m.run.log(f"stopped ({why}) {where} (packed)" + ("; checkpoint " + str(m.run.ckpt_dir / "last.pt")

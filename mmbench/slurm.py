@@ -157,10 +157,10 @@ class SlurmRun:
 
         def progress(ph: str, done: int, total: int) -> None:
             phase[0] = ph
-            if train_mod._stop_reason and not ph.startswith("train"):
+            if train_mod.stop_requested() is not None and not ph.startswith("train"):
                 # the signal came during the last epoch, which training finishes and saves: stop before evaluating
                 # (a requeued task finds the training done and evaluates)
-                why = train_mod._stop_reason[0]
+                why = train_mod.stop_requested()
                 train_mod.clear_stop()
                 for run in runs:
                     run.log(f"stopped ({why}) after training; evaluation runs on resume")

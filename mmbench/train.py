@@ -71,6 +71,11 @@ def clear_stop() -> None:
     _stop_reason.clear()
 
 
+def stop_requested() -> Optional[str]:
+    """The reason of the first pending stop request (request_stop), or None."""
+    return _stop_reason[0] if _stop_reason else None
+
+
 def run_modalities(cfg: RunConfig) -> list:
     """The dataset's modalities this run uses (`modalities` selects and orders them; None: all)."""
     spec = DATASETS.get(cfg.dataset)()
