@@ -130,23 +130,7 @@ p2=$!
 wait "$p1" "$p2"  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
 
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
-$PY - > "$OUT/bf16-vs-fp32.md" <<'EOF'
-import statistics
-from mmbench.results import load_runs
-runs = [r for r in load_runs() if r["config"].method.name == "mopoe" and r["config"].dataset == "polymnist"]
-fp = [r for r in runs if r["config"].train.precision == "fp32"]
-bf = [r for r in runs if r["config"].train.precision == "bf16"]
-print(f"MoPoE on PolyMNIST: {len(fp)} fp32 runs, {len(bf)} bf16 runs (agree: |mean difference| <= 2 x the larger "
-      f"seed-to-seed standard deviation)\n")
-print("| metric | fp32 mean ± sd | bf16 mean ± sd | agree |\n|---|---|---|---|")
-keys = sorted(set.intersection(*[set(r["metrics"]) for r in fp + bf])) if fp and bf else []
-for k in keys:
-    a = [float(r["metrics"][k]) for r in fp]; b = [float(r["metrics"][k]) for r in bf]
-    sa = statistics.stdev(a) if len(a) > 1 else float("nan"); sb = statistics.stdev(b) if len(b) > 1 else float("nan")
-    ma, mb = statistics.mean(a), statistics.mean(b)
-    ok = abs(ma - mb) <= 2 * max(sa, sb) if len(a) > 1 and len(b) > 1 else "n/a"
-    print(f"| {k} | {ma:.4f} ± {sa:.4f} | {mb:.4f} ± {sb:.4f} | {ok} |")
-EOF
+$PY docs/gpu-runs/precision_agreement.py > "$OUT/bf16-vs-fp32.md"
 cat "$OUT/bf16-vs-fp32.md"
 
 say "full-budget evaluation time of one Fig. 3 MoPoE model"

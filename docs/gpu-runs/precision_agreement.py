@@ -1,0 +1,30 @@
+"""bf16 against fp32: per metric, the mean ± sd over seeds of the finished MoPoE PolyMNIST runs of each
+`train.precision`, and whether they agree (|difference of means| <= 2 x the larger seed-to-seed sd).
+
+`python docs/gpu-runs/precision_agreement.py [RUNS_DIR]` (default $MMBENCH_RUNS) prints a Markdown table;
+used by docs/gpu-runs/device-check.sh and docs/bf16-check/run.sh."""
+import statistics
+import sys
+
+from mmbench.results import load_runs
+
+runs = [r for r in load_runs(sys.argv[1] if len(sys.argv) > 1 else None)
+        if r["config"].method.name == "mopoe" and r["config"].dataset == "polymnist"]
+fp = [r for r in runs if r["config"].train.precision == "fp32"]
+bf = [r for r in runs if r["config"].train.precision == "bf16"]
+print(f"MoPoE on PolyMNIST: {len(fp)} fp32 runs, {len(bf)} bf16 runs (agree: |mean difference| <= 2 x the larger "
+      f"seed-to-seed standard deviation)\n")
+print("| metric | fp32 mean ± sd | bf16 mean ± sd | difference / larger sd | agree |\n|---|---|---|---|---|")
+keys = sorted(set.intersection(*[set(r["metrics"]) for r in fp + bf])) if fp and bf else []
+agree = []
+for k in keys:
+    a, b = [float(r["metrics"][k]) for r in fp], [float(r["metrics"][k]) for r in bf]
+    if len(a) < 2 or len(b) < 2:
+        print(f"| {k} | {statistics.mean(a):.4f} | {statistics.mean(b):.4f} | n/a | n/a (one seed) |")
+        continue
+    sa, sb = statistics.stdev(a), statistics.stdev(b)
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    z = abs(ma - mb) / max(sa, sb) if max(sa, sb) > 0 else (0.0 if ma == mb else float("inf"))
+    agree.append(z <= 2)
+    print(f"| {k} | {ma:.4f} ± {sa:.4f} | {mb:.4f} ± {sb:.4f} | {z:.2f} | {'yes' if z <= 2 else '**no**'} |")
+print(f"\n{sum(agree)} of {len(agree)} metrics agree.")
