@@ -719,8 +719,8 @@ INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume fro
 def main() -> None:
     from .train import tune_host_allocator
 
-    tune_host_allocator()  # before any tensor: workers inherit it through the environment
     try:
+        tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
         app()
     except MMBenchError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -1,4 +1,5 @@
 """mrVAE: interface, training signal, the relaxations and priors, and one epoch through the real pipeline."""
+import copy
 import itertools
 import math
 
@@ -507,3 +508,58 @@ def test_set_nets_are_per_unit_networks_and_load_the_per_unit_layout():
     other.load_state_dict({"w1": w1.detach(), "b1": b1.detach(), "w2": w2, "b2": b2})
     for k, v in net.state_dict().items():
         assert torch.equal(other.state_dict()[k], v), k
+
+
+def test_resume_from_a_per_unit_checkpoint_converts_the_adam_moments(tmp_path):
+    """A run checkpointed before SetNets' grouped layout (w1 U×D×H, b1 U×H, and Adam's moments in those shapes)
+    resumes: train.restore converts weights and moments alike, and the next step equals the uninterrupted one; a
+    moment of any other shape is refused with the checkpoint's name (Adam would fail only at its next step)."""
+    from mmbench.errors import MMBenchError
+    from mmbench.methods.mrvae import SetNets
+    from mmbench.train import restore
+
+    def ungroup(net: SetNets, t):  # grouped -> per-unit layout, units in the given order
+        M = net.w1.shape[0]
+        if t.dim() == 3:
+            per = t.view(M, t.shape[1], net.n, net.hidden).permute(0, 2, 1, 3).reshape(-1, t.shape[1], net.hidden)
+        else:
+            per = t.reshape(-1, net.hidden)
+        out = torch.empty_like(per)
+        out[net.order] = per
+        return out
+
+    def step(model, opt):
+        torch.manual_seed(1)
+        loss, _ = model.loss(batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model = make().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step(model, opt)
+    sd, osd = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    names = [n for n, _ in model.named_parameters()]
+    nets = {n: model.get_submodule(n.rpartition(".")[0]) for n in names if n.endswith((".w1", ".b1"))}
+    assert len(nets) == 4 and all(isinstance(v, SetNets) for v in nets.values())
+    old_sd = {k: ungroup(nets[k], v) if k in nets else v for k, v in sd.items()}
+    old_osd = copy.deepcopy(osd)
+    for i, name in enumerate(names):
+        if name in nets:
+            for key in ("exp_avg", "exp_avg_sq"):
+                old_osd["state"][i][key] = ungroup(nets[name], osd["state"][i][key])
+    assert old_sd["score_net.w1"].shape != sd["score_net.w1"].shape
+
+    resumed = make().train()
+    ropt = torch.optim.Adam(resumed.parameters(), lr=1e-3)
+    restore(resumed, ropt, {"model": old_sd, "optimizer": old_osd}, tmp_path / "last.pt")
+    step(model, opt)
+    step(resumed, ropt)
+    for (k, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=k)
+
+    bad = copy.deepcopy(osd)
+    bad["state"][0]["exp_avg"] = bad["state"][0]["exp_avg"][:1]
+    with pytest.raises(MMBenchError, match="last.pt.*delete the checkpoint"):
+        fresh = make()
+        restore(fresh, torch.optim.Adam(fresh.parameters()), {"model": sd, "optimizer": bad}, tmp_path / "last.pt")

@@ -108,7 +108,9 @@ description: MoPoE x 5 seeds as in MoPoE Fig. 3 but with train.precision bf16 (d
 defaults:
   method: {latent_dim: 512, beta: 2.5}
   train: {epochs: 300, batch_size: 256, lr: 1.0e-3, precision: bf16}
-  eval: {lr_train_samples: 500, classifier_epochs: 10, classifier_min_accuracy: 0.9, ll_samples: 15}
+  # the evaluation settings of suites/mopoe_iclr21.yaml, so that precision_agreement.py compares like with like
+  eval: {lr_train_samples: 500, classifier_epochs: 10, classifier_min_accuracy: 0.9, ll_samples: 15,
+         mixture_representation: component, ll_proposal: component}
 tiers:
   full: {}
 experiments:
@@ -118,7 +120,7 @@ experiments:
     variant: vanilla
     methods: [mopoe]
     seeds: [0, 1, 2, 3, 4]
-    metrics: [latent_classification, coherence]
+    metrics: [latent_classification, coherence, loglik]
 EOF
 LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \

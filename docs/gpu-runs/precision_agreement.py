@@ -1,27 +1,44 @@
 """bf16 against fp32: per metric, the mean ± sd over seeds of the finished MoPoE PolyMNIST runs of each
 `train.precision`, and whether they agree (|difference of means| <= 2 x the larger seed-to-seed sd).
 
-`python docs/gpu-runs/precision_agreement.py [RUNS_DIR]` (default $MMBENCH_RUNS) prints a Markdown table;
-used by docs/gpu-runs/device-check.sh and docs/bf16-check/run.sh."""
+`python docs/gpu-runs/precision_agreement.py [RUNS_DIR]` (default $MMBENCH_RUNS) prints a Markdown table; the runs
+must differ only in seed and precision (else it stops, naming the fields), and there must be >= 2 of each.
+Used by docs/gpu-runs/device-check.sh and docs/bf16-check/run.sh."""
+import json
 import statistics
 import sys
 
 from mmbench.results import load_runs
 
+
+def setting(r) -> dict:
+    d = r["config"].to_dict()
+    for k in ("seed", "tables"):
+        d.pop(k)
+    d["train"].pop("precision")
+    return d
+
+
 runs = [r for r in load_runs(sys.argv[1] if len(sys.argv) > 1 else None)
         if r["config"].method.name == "mopoe" and r["config"].dataset == "polymnist"]
 fp = [r for r in runs if r["config"].train.precision == "fp32"]
 bf = [r for r in runs if r["config"].train.precision == "bf16"]
+if len(fp) < 2 or len(bf) < 2:
+    sys.exit(f"error: {len(fp)} fp32 and {len(bf)} bf16 finished MoPoE PolyMNIST runs; at least 2 of each are needed")
+settings = [setting(r) for r in runs]
+differ = sorted(f"{part}.{k}" for part in ("method", "train", "eval") for k in settings[0][part]
+                if len({json.dumps(s[part][k], sort_keys=True) for s in settings}) > 1)
+differ += sorted(k for k in settings[0] if k not in ("method", "train", "eval")
+                 and len({json.dumps(s[k], sort_keys=True) for s in settings}) > 1)
+if differ:
+    sys.exit(f"error: the runs differ in {', '.join(differ)} besides seed and precision; compare runs of one setting")
 print(f"MoPoE on PolyMNIST: {len(fp)} fp32 runs, {len(bf)} bf16 runs (agree: |mean difference| <= 2 x the larger "
       f"seed-to-seed standard deviation)\n")
 print("| metric | fp32 mean ± sd | bf16 mean ± sd | difference / larger sd | agree |\n|---|---|---|---|---|")
-keys = sorted(set.intersection(*[set(r["metrics"]) for r in fp + bf])) if fp and bf else []
+keys = sorted(set.intersection(*[set(r["metrics"]) for r in fp + bf]))
 agree = []
 for k in keys:
     a, b = [float(r["metrics"][k]) for r in fp], [float(r["metrics"][k]) for r in bf]
-    if len(a) < 2 or len(b) < 2:
-        print(f"| {k} | {statistics.mean(a):.4f} | {statistics.mean(b):.4f} | n/a | n/a (one seed) |")
-        continue
     sa, sb = statistics.stdev(a), statistics.stdev(b)
     ma, mb = statistics.mean(a), statistics.mean(b)
     z = abs(ma - mb) / max(sa, sb) if max(sa, sb) > 0 else (0.0 if ma == mb else float("inf"))

@@ -226,6 +226,8 @@ class SetNets(nn.Module):
         if any(src.count(m) != n for m in range(M)):
             raise ValueError(f"SetNets: every modality must feed the same number of units (got sources {src})")
         order = sorted(range(len(src)), key=lambda u: (src[u], u))  # units grouped by the modality they read
+        if n == 1 and order != list(range(len(src))):  # the per-unit layout of old checkpoints would be ambiguous
+            raise ValueError("SetNets: with one unit per modality, list the units in modality order")
         self.n, self.hidden, self.n_groups = n, hidden, n_groups
         w1, b1 = linear_params(len(src), d_in, hidden)  # drawn per unit in the given order: the same initial values
         w1 = w1.detach()[order].view(M, n, d_in, hidden).permute(0, 2, 1, 3).reshape(M, d_in, n * hidden)
@@ -235,14 +237,24 @@ class SetNets(nn.Module):
         self.register_buffer("member", member.reshape(n_groups, M, n), persistent=False)  # G×M×n: unit (m, k) in g
         self.register_buffer("order", torch.tensor(order), persistent=False)
 
+    def regroup(self, t: torch.Tensor) -> torch.Tensor:
+        """A first-layer tensor in the per-unit layout of checkpoints written before the grouped one (w1 or its Adam
+        moments U×D×H, b1 or its moments U×H; units in the given order) in the grouped layout (M×D×(n·H), M×(n·H));
+        a tensor already grouped is returned as it is."""
+        U, M = self.order.numel(), self.w1.shape[0]
+        grouped = self.w1.shape if t.dim() == 3 else self.b1.shape
+        if t.shape == grouped or t.shape[0] != U:
+            return t
+        t = t[self.order.to(t.device)]
+        if t.dim() == 3:
+            return t.view(M, self.n, t.shape[1], self.hidden).permute(0, 2, 1, 3).reshape(grouped)
+        return t.reshape(grouped)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints written before the grouped layout hold w1 as U×D×H and b1 as U×H, units in the given order."""
-        w1, b1 = state_dict.get(prefix + "w1"), state_dict.get(prefix + "b1")
-        if w1 is not None and w1.dim() == 3 and w1.shape[0] == self.order.numel() and w1.shape != self.w1.shape:
-            M, D, nH = self.w1.shape
-            state_dict[prefix + "w1"] = (w1[self.order.to(w1.device)].view(M, self.n, D, self.hidden)
-                                         .permute(0, 2, 1, 3).reshape(M, D, nH))
-            state_dict[prefix + "b1"] = b1[self.order.to(b1.device)].reshape(M, nH)
+        # per-unit checkpoints: the layouts differ in shape unless n = 1, where they coincide (units in modality order)
+        for key in ("w1", "b1"):
+            if prefix + key in state_dict:
+                state_dict[prefix + key] = self.regroup(state_dict[prefix + key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: torch.Tensor, avail: torch.Tensor) -> tuple:
