@@ -270,7 +270,7 @@ def test_stopped_pack_resumes_mid_epoch_bit_identically(tmp_path, data_root, mon
 
     with pytest.raises(TrainingInterrupted, match="step 2 of 3"):
         train_pack(runs, data_root, progress)
-    assert not train_mod._stop_reason  # the request is consumed
+    assert train_mod.stop_requested() is None  # the request is consumed
     for r in runs:
         ck = last(r)
         assert ck["state"]["epoch"] == 0 and ck["state"]["step"] == 2 and set(ck["state"]["sums"])

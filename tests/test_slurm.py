@@ -360,7 +360,7 @@ def test_stop_requested_in_the_last_epoch_takes_effect_before_evaluation(tmp_pat
         monkeypatch.setattr("mmbench.evaluate.train", stop_in_last_epoch)
         with pytest.raises(train_mod.TrainingInterrupted, match="after training"):
             SlurmRun([str(run.dir)], str(data_root))()
-        assert not train_mod._stop_reason and not (run.dir / "metrics.json").exists()
+        assert train_mod.stop_requested() is None and not (run.dir / "metrics.json").exists()
         assert "stopped (Slurm sent SIGUSR2) after training; evaluation runs on resume" in run.log_path.read_text()
         monkeypatch.setattr("mmbench.evaluate.train", original)
         SlurmRun([str(run.dir)], str(data_root))()  # the requeued attempt: training is done, it evaluates
