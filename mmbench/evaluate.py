@@ -42,9 +42,20 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
         prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
-        wall_seconds=round(time.time() - started, 2), **ctx.provenance, **prov))
+        wall_seconds=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
     run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), **ctx.extra)
     return metrics
+
+
+def peak_rss_mb() -> Optional[int]:
+    """Peak resident memory of this process so far in MB (a pack's worker: the whole pack's), for sizing Slurm's
+    --mem; None where the OS does not say (the host-allocator setting keeps it at its high-water mark)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return round(kb / 1024)
 
 
 def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:

@@ -74,7 +74,8 @@ def test_suite_end_to_end(workspace, mmbench_here):
         assert 0 <= m["metrics"]["coherence/joint"] <= 1 and "latent_acc/m0" in m["metrics"]
         assert "coherence/m0+m1->m2" in m["metrics"] and set(m["classifier_accuracy"]) == {f"m{i}" for i in range(5)}
         prov = yaml.safe_load((d / "provenance.json").read_text())
-        assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds"} <= set(prov)
+        assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds",
+                "peak_rss_mb"} <= set(prov) and prov["peak_rss_mb"] > 100  # a torch process
         assert prov["cuda_visible_devices"] in ("5", "6")  # each worker sees only its own device
         assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
 
