@@ -6,6 +6,8 @@
 # (the MNIST test IDX files) and backgrounds/ (photographs):
 #   DATA=/path/to/data bash docs/bf16-check/run.sh
 set -euo pipefail
+cd "$(dirname "$0")/../.."  # the repository root
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
 export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/bf16-check/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/bf16-check/runs}
 PY=${PY:-python3}
