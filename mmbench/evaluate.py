@@ -71,14 +71,15 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
                 prov = json.loads((run.dir / f"provenance.{old}.json").read_text()) \
                     if (run.dir / f"provenance.{old}.json").exists() else {}
                 run.log(f"scoring coherence with {run.scoring_wanted()} classifiers (kept {old} as metrics.{old}.json)")
-                evaluate(run, data_root, progress, provenance={k: prov[k] for k in ("train_seconds", "epochs")
-                                                               if k in prov})
+                evaluate(run, data_root, progress, provenance={
+                    k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov})
             return run.read_metrics()
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)
         evaluate(run, data_root, progress, provenance={
-            "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0})
+            "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0,
+            "trained_with": summary["trained_with"]})
         run.log("done")
         return run.read_metrics()
 

@@ -298,6 +298,7 @@ class _Member:
             elif "rng_device" in ck:
                 self.gen.set_state(ck["rng_device"])
             run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
+        train_mod.note_code(self.state)
         self.error: Optional[str] = None
 
     def rng_state(self) -> Dict[str, torch.Tensor]:
@@ -509,7 +510,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     for m in live:
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
-                             "packed_with": len(members)}
+                             "packed_with": len(members), "trained_with": m.state["code"]}
     return results
 
 
@@ -595,7 +596,7 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
                 out[r.id] = s or "not trained"
                 continue
             prov = {"train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
-                    "packed_with": s.get("packed_with", 1)}
+                    "packed_with": s.get("packed_with", 1), "trained_with": s["trained_with"]}
             record(r, lambda r=r, prov=prov: (evaluate(r, data_root, progress, provenance=prov), r.log("done")))
     for r in waiting:
         record(r, lambda r=r: execute_when_free(r, data_root, progress, who=who))

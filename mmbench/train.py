@@ -33,6 +33,7 @@ from .data.base import DataSplit, load_split
 from .errors import MMBenchError
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
+from . import results as results_mod
 from .results import Run, atomic_json, atomic_write
 
 ProgressFn = Callable[[str, int, int], None]
@@ -129,6 +130,18 @@ def tune_host_allocator() -> bool:
     return True
 
 
+def note_code(state: Dict) -> None:
+    """Record in the training state (saved with every checkpoint) the code that trains from here: the git commit
+    and version, with the epoch and step it took over at; a run resumed under other code lists both. Evaluation
+    copies the list into provenance.json as `trained_with` (its own `git_commit` is the evaluating code's)."""
+    from . import __version__
+
+    code = state.setdefault("code", [])
+    here = {"git_commit": results_mod.git_commit(), "mmbench_version": __version__}
+    if not code or {k: code[-1].get(k) for k in here} != here:
+        code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0)})
+
+
 def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Path) -> None:
     """Load a checkpoint's model and optimiser state. Adam's moments saved for a parameter whose layout changed
     since (a module with `regroup`, e.g. mrVAE's SetNets) are converted as the parameter is; any other mismatch is
@@ -203,6 +216,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         state = ck["state"]
         at = f", step {state['step']}" if state.get("step") else ""
         run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
+    note_code(state)
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)  # per-epoch test loss
@@ -282,7 +296,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         writer.close()
     atomic_json(run.dir / HISTORY, state["history"])
     return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "history": state["history"],
-            "best_test_loss": state["best_test_loss"]}
+            "best_test_loss": state["best_test_loss"], "trained_with": state["code"]}
 
 
 def load_trained(run: Run, device=None) -> MultimodalVAE:

@@ -76,6 +76,7 @@ def test_suite_end_to_end(workspace, mmbench_here):
         prov = yaml.safe_load((d / "provenance.json").read_text())
         assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds",
                 "peak_rss_mb"} <= set(prov) and prov["peak_rss_mb"] > 100  # a torch process
+        assert [c["from_epoch"] for c in prov["trained_with"]] == [0] and prov["trained_with"][0]["mmbench_version"]
         assert prov["cuda_visible_devices"] in ("5", "6")  # each worker sees only its own device
         assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
 

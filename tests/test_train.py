@@ -38,16 +38,22 @@ def test_same_seed_same_losses(tmp_path, data_root):
     assert a["history"][-1]["train_loss"] != c["history"][-1]["train_loss"]
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, data_root):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, data_root, monkeypatch):
+    """... and the training state lists the code that trained each part (provenance's `trained_with`)."""
+    import mmbench.results as results_mod
+
     full = Run(cfg(train={"epochs": 3}), tmp_path / "full")
-    train(full, data_root)
+    assert [c["from_epoch"] for c in train(full, data_root)["trained_with"]] == [0]
     part = Run(cfg(train={"epochs": 3}), tmp_path / "part")
+    monkeypatch.setattr(results_mod, "git_commit", lambda: "a" * 40)
     s1 = train(part, data_root, stop_after_epoch=1)
     assert s1["epochs"] == 1 and part.status() == "partial"
     with pytest.raises(MMBenchError, match="stopped at epoch 1 of 3"):
         load_trained(part)
+    monkeypatch.setattr(results_mod, "git_commit", lambda: "b" * 40)
     s2 = train(part, data_root)
     assert s2["epochs"] == 3
+    assert [(c["git_commit"][0], c["from_epoch"]) for c in s2["trained_with"]] == [("a", 0), ("b", 1)]
     wa, wb = weights(full), weights(part)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert "resumed from" in part.log_path.read_text()
