@@ -159,7 +159,10 @@ def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a run's provenance that can change its numbers, flattened: the report flags a cell whose
     runs disagree on any of them (code, data, classifiers, FID weights, numerical packages)."""
     clf = prov.get("classifiers") or {}
-    out = {"mmbench commit": prov.get("git_commit"), "dataset digest": prov.get("dataset_digest"),
+    trained = prov.get("trained_with")  # absent in runs recorded before it existed
+    out = {"mmbench commit": prov.get("git_commit"),
+           "trained by": " + ".join(c.get("git_commit") or "?" for c in trained) if trained else None,
+           "dataset digest": prov.get("dataset_digest"),
            "classifier set": f"{clf.get('set')}:{clf.get('digest')}" if clf else None,
            "FID weights": prov.get("fid_weights_sha256")}
     packages = prov.get("packages") or {"torch": prov.get("torch_version")}

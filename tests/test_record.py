@@ -101,6 +101,11 @@ def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path)
     said = " ".join(refused.output.split())
     assert "1 cells pool runs whose provenance differs (--refuse-mixed)" in said
     assert "mmbench commit, numpy" in said
+    # the same evaluating code, but one run was resumed under other code: its training differs
+    runs2 = tmp_path / "runs2"
+    fake_run(runs2, 0, {"coherence/joint": 0.30}, {**base, "trained_with": [{"git_commit": "t1"}]})
+    fake_run(runs2, 1, {"coherence/joint": 0.40}, {**base, "trained_with": [{"git_commit": "t1"}, {"git_commit": "t2"}]})
+    assert build_report(runs2, refs).cells[0].mixed == ["trained by"]
 
 
 def test_bundle_round_trip_gives_the_same_report(tmp_path):
