@@ -221,17 +221,16 @@ def test_checkpoint_minutes_at_default_keeps_run_ids():
 
 
 ALLOC_PROBE = """
-import resource, sys, torch
+import resource, torch
 from mmbench.train import tune_host_allocator
 applied = tune_host_allocator()
-for _ in range(3):  # 40 MB: above glibc's largest mmap threshold (32 MiB); the first two fault in any case
+faults = []
+for _ in range(12):  # 40 MB each: above glibc's largest mmap threshold (32 MiB)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(10_000_000)
     del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    x = torch.ones(10_000_000)
-    del x
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sorted(faults)[len(faults) // 2])  # the median allocation's page faults
 """
 
 
@@ -246,7 +245,8 @@ def _thp_always() -> bool:
 @pytest.mark.skipif(_thp_always(), reason="transparent huge pages 'always': glibc's default faults few pages anyway")
 def test_host_allocator_reuses_freed_tensors_instead_of_faulting_pages_in_again():
     """tune_host_allocator (cli, worker and Slurm entry points): a freed 40 MB tensor's pages are reused by the next
-    one, where glibc's default unmaps them and every allocation faults its pages in again; a wrong MMBENCH_MALLOC
+    one, where glibc's default unmaps them and every allocation faults its pages in again (the median of 12: a busy
+    machine may release or grow the heap now and then); a wrong MMBENCH_MALLOC
     is refused by name."""
     pages = 40_000_000 // resource.getpagesize()  # one allocation's pages
 
@@ -261,8 +261,8 @@ def test_host_allocator_reuses_freed_tensors_instead_of_faulting_pages_in_again(
 
     tuned, default = probe("tuned"), probe("default")
     assert tuned[0] and not default[0]
-    assert default[1] > 9 * pages, (default, pages)  # the reference: every allocation faults its pages in
-    assert tuned[1] < 3 * pages, (tuned, pages)  # the heap's top may grow once or twice more; 10 allocations never fault
+    assert default[1] > 0.9 * pages, (default, pages)  # the reference: an allocation faults its pages in
+    assert tuned[1] < 0.1 * pages, (tuned, pages)  # reused: the median allocation faults (almost) none
     env = {**os.environ, "MMBENCH_MALLOC": "off"}
     out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "MMBENCH_MALLOC must be 'tuned'" in out.stderr
