@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import yaml
-
-from typing import Callable, Sequence
 
 from .config import build_run_config
 from .errors import MMBenchError

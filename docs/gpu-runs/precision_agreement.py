@@ -12,11 +12,13 @@ from mmbench.results import load_runs
 
 
 def setting(r) -> dict:
+    """The run's settings as section.field -> value, without seed, tables and train.precision."""
     d = r["config"].to_dict()
-    for k in ("seed", "tables"):
-        d.pop(k)
-    d["train"].pop("precision")
-    return d
+    flat = {f"{part}.{k}": v for part in ("method", "train", "eval") for k, v in d.pop(part).items()}
+    flat.update(d)
+    for k in ("seed", "tables", "train.precision"):
+        flat.pop(k)
+    return flat
 
 
 runs = [r for r in load_runs(sys.argv[1] if len(sys.argv) > 1 else None)
@@ -26,10 +28,7 @@ bf = [r for r in runs if r["config"].train.precision == "bf16"]
 if len(fp) < 2 or len(bf) < 2:
     sys.exit(f"error: {len(fp)} fp32 and {len(bf)} bf16 finished MoPoE PolyMNIST runs; at least 2 of each are needed")
 settings = [setting(r) for r in runs]
-differ = sorted(f"{part}.{k}" for part in ("method", "train", "eval") for k in settings[0][part]
-                if len({json.dumps(s[part][k], sort_keys=True) for s in settings}) > 1)
-differ += sorted(k for k in settings[0] if k not in ("method", "train", "eval")
-                 and len({json.dumps(s[k], sort_keys=True) for s in settings}) > 1)
+differ = sorted(k for k in settings[0] if len({json.dumps(s[k], sort_keys=True) for s in settings}) > 1)
 if differ:
     sys.exit(f"error: the runs differ in {', '.join(differ)} besides seed and precision; compare runs of one setting")
 print(f"MoPoE on PolyMNIST: {len(fp)} fp32 runs, {len(bf)} bf16 runs (agree: |mean difference| <= 2 x the larger "
