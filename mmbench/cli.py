@@ -134,14 +134,18 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
     """
     import json
 
-    from .evaluate import evaluate as do_evaluate
+    from .evaluate import evaluate as do_evaluate, training_provenance
 
     if fid_weights is not None:  # eval.fid_weights is not part of the run id, so the same run is evaluated
         overrides = [*overrides, f"eval.fid_weights={json.dumps(str(fid_weights.expanduser().resolve()))}"]
     run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
     with run.lock():
+        trained = training_provenance(run.dir / "provenance.json")  # kept in the new provenance
+        if run.status() == "rescore":  # scored otherwise before (classifiers, eval.precision): keep that too
+            kept = run.set_aside_scoring()
+            console.print(f"kept the earlier evaluation ({kept}) as {run.dir / f'metrics.{kept}.json'}")
         with progress_bar() as progress:
-            metrics = do_evaluate(run, data_root, progress)
+            metrics = do_evaluate(run, data_root, progress, provenance=trained)
     t = Table(title=run.id)
     t.add_column("metric")
     t.add_column("value")

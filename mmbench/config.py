@@ -74,6 +74,10 @@ class EvalConfig:
     # Importance-sampling proposal of loglik for a mixture posterior: "mixture" = the whole mixture (sampled
     # and divided by the mixture density); "component" = the selected component's Gaussian (the authors').
     ll_proposal: str = "mixture"
+    # Arithmetic of the VAE's decoder passes in evaluation (metrics/batched.py): fp32, or bf16 = a bfloat16 copy
+    # of each decoder (encoders, sampling, densities and sums stay fp32). Like `classifiers`, a choice over the
+    # same trained model: recorded with the metrics, not part of the run id.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -101,6 +105,7 @@ class RunConfig:
         # metrics' provenance and the classifier cache key, not in the run id.
         d["eval"].pop("classifiers", None)
         d["eval"].pop("classifier_dropout", None)
+        d["eval"].pop("precision", None)  # likewise the decoders' arithmetic in evaluation
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
         from .registry import METHODS
 
@@ -122,6 +127,7 @@ CHOICES = {
     ("EvalConfig", "ll_proposal"): ("mixture", "component"),
     ("EvalConfig", "classifiers"): ("mmbench", "authors"),
     ("EvalConfig", "classifier_dropout"): ("off", "as_authors"),
+    ("EvalConfig", "precision"): ("fp32", "bf16"),
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "checkpoint_minutes", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}

@@ -23,7 +23,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     device = device_of()
     spec = DATASETS.get(cfg.dataset)()
     variant = spec.check_variant(cfg.variant)
-    model = for_eval(load_trained(run, device), device)
+    model = for_eval(load_trained(run, device), device, cfg.eval.precision)
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=test_full.subset(cfg.eval.test_samples, seed=2), test_full=test_full, cfg=cfg.eval,
@@ -42,8 +42,10 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
         prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
+        eval_precision=cfg.eval.precision,
         wall_seconds=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
-    run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), **ctx.extra)
+    run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), eval_precision=cfg.eval.precision,
+                      **ctx.extra)
     return metrics
 
 
@@ -58,6 +60,15 @@ def peak_rss_mb() -> Optional[int]:
     return round(kb / 1024)
 
 
+def training_provenance(path: Path) -> Dict[str, Any]:
+    """What an earlier provenance.json says about the training (seconds, epochs, the code that trained it), for
+    an evaluation of the same checkpoint again; {} when there is none."""
+    if not path.exists():
+        return {}
+    prov = json.loads(path.read_text())
+    return {k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov}
+
+
 def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """The whole life of one run: train (or resume), evaluate, record provenance. Skips a finished run."""
     with run.lock():
@@ -65,14 +76,11 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
         if status == "done":
             return run.read_metrics()
         run.init()
-        if status == "rescore":  # trained and evaluated, but coherence scored with other classifiers
-            old = run.scored_with()
+        if status == "rescore":  # trained and evaluated, but scored otherwise (classifiers, eval.precision)
+            old, want = run.scored_with(), run.scoring_wanted()
             if not run.swap_scoring():
-                prov = json.loads((run.dir / f"provenance.{old}.json").read_text()) \
-                    if (run.dir / f"provenance.{old}.json").exists() else {}
-                run.log(f"scoring coherence with {run.scoring_wanted()} classifiers (kept {old} as metrics.{old}.json)")
-                evaluate(run, data_root, progress, provenance={
-                    k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov})
+                run.log(f"evaluating again as {want} (kept {old} as metrics.{old}.json)")
+                evaluate(run, data_root, progress, provenance=training_provenance(run.dir / f"provenance.{old}.json"))
             return run.read_metrics()
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")

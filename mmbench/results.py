@@ -157,17 +157,22 @@ def environment() -> Dict[str, Any]:
 
 def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a run's provenance that can change its numbers, flattened: the report flags a cell whose
-    runs disagree on any of them (code, data, classifiers, FID weights, numerical packages)."""
+    runs disagree on any of them (code, data, classifiers, evaluation precision, FID weights, numerical packages)."""
     clf = prov.get("classifiers") or {}
     trained = prov.get("trained_with")  # absent in runs recorded before it existed
     out = {"mmbench commit": prov.get("git_commit"),
            "trained by": " + ".join(c.get("git_commit") or "?" for c in trained) if trained else None,
            "dataset digest": prov.get("dataset_digest"),
            "classifier set": f"{clf.get('set')}:{clf.get('digest')}" if clf else None,
+           "eval precision": prov.get("eval_precision") or "fp32",  # absent before eval.precision: fp32
            "FID weights": prov.get("fid_weights_sha256")}
     packages = prov.get("packages") or {"torch": prov.get("torch_version")}
     out.update({name: v for name, v in packages.items()})
     return out
+
+
+def _scoring_key(classifiers: Optional[str], precision: str) -> str:
+    return "-".join(([classifiers] if classifiers else []) + ([precision] if precision != "fp32" else [])) or "fp32"
 
 
 class Run:
@@ -192,10 +197,11 @@ class Run:
         return self.dir / "log.txt"
 
     def status(self) -> str:
-        """done (metrics written), rescore (metrics written, but coherence scored with other classifiers than
-        the config's eval.classifiers / eval.classifier_dropout), partial (some training checkpointed) or pending."""
+        """done (metrics written), rescore (metrics written, but scored otherwise than the config asks: coherence
+        classifiers eval.classifiers / eval.classifier_dropout, or eval.precision), partial (some training
+        checkpointed) or pending."""
         if self.metrics_path.exists():
-            return "done" if self.scored_with() in (None, self.scoring_wanted()) else "rescore"
+            return "done" if self.scored_with() == self.scoring_wanted() else "rescore"
         if (self.ckpt_dir / "last.pt").exists():
             return "partial"
         return "pending"
@@ -248,34 +254,56 @@ class Run:
         prov.update(extra)
         return prov
 
-    def scored_with(self) -> Optional[str]:
-        """"<classifier set>-<dropout>" that scored metrics.json's coherence; None when no metric used classifiers."""
+    def _scored(self) -> Optional[tuple]:
+        """(classifier set-dropout or None, eval precision) of metrics.json; None when there are no metrics."""
         m = self.read_metrics()
         if m is None:
             return None
+        clf = None
         if "classifier_set" in m:
-            return f"{m['classifier_set']}-{m.get('classifier_dropout', 'off')}"
-        if "classifier_accuracy" in m or "classifier_ap" in m:  # written before eval.classifiers existed
-            return "mmbench-off"
-        return None
+            clf = f"{m['classifier_set']}-{m.get('classifier_dropout', 'off')}"
+        elif "classifier_accuracy" in m or "classifier_ap" in m:  # written before eval.classifiers existed
+            clf = "mmbench-off"
+        return clf, m.get("eval_precision", "fp32")  # written before eval.precision existed: fp32
+
+    def scored_with(self) -> Optional[str]:
+        """How metrics.json was scored from the trained model, outside the run id: "<classifier set>-<dropout>"
+        when a metric used coherence classifiers, then "-bf16" for eval.precision bf16 ("fp32" when neither);
+        None when there are no metrics."""
+        scored = self._scored()
+        return None if scored is None else _scoring_key(*scored)
 
     def scoring_wanted(self) -> str:
-        return f"{self.cfg.eval.classifiers}-{self.cfg.eval.classifier_dropout}"
+        """The same key for the config's eval.classifiers / classifier_dropout / precision (the classifier part
+        only where the evaluation uses classifiers: the metrics, part of the run id, do not change)."""
+        scored = self._scored()
+        uses_classifiers = scored is None or scored[0] is not None
+        e = self.cfg.eval
+        return _scoring_key(f"{e.classifiers}-{e.classifier_dropout}" if uses_classifiers else None, e.precision)
 
     def swap_scoring(self) -> bool:
-        """Set metrics.json / provenance.json scored with other classifiers aside as metrics.<set>-<dropout>.json
-        (nothing is lost) and bring back those scored as the config asks if an earlier evaluation left them.
-        True when it did (no evaluation needed)."""
-        old, want = self.scored_with(), self.scoring_wanted()
-        for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
-            if (self.dir / f"{name}.json").exists():
-                os.replace(self.dir / f"{name}.json", self.dir / f"{name}.{old}.json")
+        """Set metrics.json / provenance.json scored otherwise aside as metrics.<scored_with>.json (nothing is
+        lost) and bring back those scored as the config asks if an earlier evaluation left them. True when it
+        did (no evaluation needed)."""
+        want = self.scoring_wanted()
+        self.set_aside_scoring()
         if not (self.dir / f"metrics.{want}.json").exists():
             return False
         for name in ("provenance", "metrics"):  # metrics last: its presence means done
             if (self.dir / f"{name}.{want}.json").exists():
                 os.replace(self.dir / f"{name}.{want}.json", self.dir / f"{name}.json")
         return True
+
+    def set_aside_scoring(self) -> Optional[str]:
+        """Move metrics.json / provenance.json to metrics.<scored_with>.json / provenance.<...>.json (before an
+        evaluation scored otherwise); returns that key, or None when there were no metrics."""
+        old = self.scored_with()
+        if old is None:
+            return None
+        for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
+            if (self.dir / f"{name}.json").exists():
+                os.replace(self.dir / f"{name}.json", self.dir / f"{name}.{old}.json")
+        return old
 
     def write_metrics(self, metrics: Dict[str, float], **extra: Any) -> None:
         atomic_json(self.metrics_path, {"schema_version": SCHEMA_VERSION, "run_id": self.id, "metrics": metrics, **extra})

@@ -183,3 +183,43 @@ def test_metrics_modules_import_each_other_without_a_cycle():
 
     for m in graph:
         visit(m, [])
+
+
+def test_bf16_evaluation_decodes_in_bfloat16_and_keeps_everything_else_fp32():
+    """eval.precision bf16: each decoder runs as a bfloat16 copy (so its output differs from fp32 by bf16
+    rounding, not more), the output and every density after it are float32, encoders are untouched, and the
+    importance-sampled log-likelihood moves by a small fraction of a nat per pixel."""
+    model = make("mopoe")
+    z = torch.randn(64, 8)
+    x = split(6).batch(torch.arange(6), torch.device("cpu"))
+    with torch.no_grad():
+        ref = model.decode(z, "m1")
+        torch.manual_seed(5)
+        ref_ll = importance_sampled(model, x, all_subsets(NAMES), 3)[0]
+        low = batched.for_eval(copy.deepcopy(model), "cpu", "bf16")
+        assert isinstance(low.decoders["m1"], batched.Bfloat16Decoder)
+        assert low.decoders["m1"].inner.net[0].weight.dtype == torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in low.encoders.parameters())
+        out = low.decode(z, "m1")
+        assert out.dtype == torch.float32 and out.shape == ref.shape
+        err = (out - ref).abs().max().item()
+        assert 0 < err < 0.05 * ref.abs().max().item()  # bf16 was used (outputs differ), and only by its rounding
+        torch.manual_seed(5)
+        ll = importance_sampled(low, x, all_subsets(NAMES), 3)[0]
+    assert ll.dtype == torch.float32
+    pixels = 3 * 3 * 28 * 28
+    assert 0 < (ll - ref_ll).abs().max().item() < 0.01 * pixels
+    # applying it twice does not wrap twice
+    again = batched.for_eval(low, "cpu", "bf16")
+    assert isinstance(again.decoders["m1"].inner, torch.nn.Module) and not isinstance(again.decoders["m1"].inner,
+                                                                                      batched.Bfloat16Decoder)
+
+
+def test_bf16_evaluation_is_refused_where_it_would_change_posteriors():
+    from mmbench.errors import MMBenchError
+
+    vgon = make("vgon")
+    with pytest.raises(MMBenchError, match="method vgon encodes through its decoders.*use eval.precision fp32"):
+        batched.for_eval(vgon, "cpu", "bf16")
+    with pytest.raises(MMBenchError, match="eval.precision 'fp16' is not allowed; choose fp32 or bf16"):
+        batched.for_eval(make("mopoe"), "cpu", "fp16")

@@ -106,6 +106,53 @@ def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path)
     fake_run(runs2, 0, {"coherence/joint": 0.30}, {**base, "trained_with": [{"git_commit": "t1"}]})
     fake_run(runs2, 1, {"coherence/joint": 0.40}, {**base, "trained_with": [{"git_commit": "t1"}, {"git_commit": "t2"}]})
     assert build_report(runs2, refs).cells[0].mixed == ["trained by"]
+    # a run evaluated with bf16 decoders pooled with fp32 ones (runs recorded before eval.precision: fp32)
+    runs3 = tmp_path / "runs3"
+    fake_run(runs3, 0, {"coherence/joint": 0.30}, base)
+    fake_run(runs3, 1, {"coherence/joint": 0.40}, {**base, "eval_precision": "fp32"})
+    assert build_report(runs3, refs).cells[0].mixed == []
+    fake_run(runs3, 2, {"coherence/joint": 0.35}, {**base, "eval_precision": "bf16"})
+    assert build_report(runs3, refs).cells[0].mixed == ["eval precision"]
+
+
+def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tmp_path, data_root):
+    """eval.precision is not part of the run id: asking for bf16 after an fp32 evaluation evaluates the same
+    checkpoint again (no training), sets the fp32 metrics aside, and asking for fp32 again brings them back."""
+    base = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+            "train": {"epochs": 1, "batch_size": 64, "max_train": 128},
+            "eval": {"metrics": ["loglik"], "test_samples": 32, "ll_samples": 2}}
+    fp32 = Run(build_run_config(base), tmp_path / "runs")
+    execute(fp32, data_root)
+    first = json.loads(fp32.metrics_path.read_text())
+    assert first["eval_precision"] == "fp32" and fp32.scored_with() == "fp32" and fp32.status() == "done"
+    low_cfg = json.loads(json.dumps(base))
+    low_cfg["eval"]["precision"] = "bf16"
+    low = Run(build_run_config(low_cfg), tmp_path / "runs")
+    assert low.id == fp32.id and low.status() == "rescore"
+    ckpt = (low.ckpt_dir / "last.pt").stat().st_mtime_ns
+    out = execute(low, data_root)
+    assert (low.ckpt_dir / "last.pt").stat().st_mtime_ns == ckpt  # not retrained
+    assert out["eval_precision"] == "bf16" and low.scored_with() == "bf16"
+    assert json.loads((low.dir / "provenance.json").read_text())["eval_precision"] == "bf16"
+    assert json.loads((low.dir / "metrics.fp32.json").read_text()) == first
+    a, b = first["metrics"]["loglik/joint"], out["metrics"]["loglik/joint"]
+    assert a != b and abs(a - b) < 1e-3 * abs(a)  # the decoders' rounding moved it, by a little
+    assert fp32.status() == "rescore"
+    assert execute(fp32, data_root) == first  # brought back, not recomputed
+    assert json.loads((low.dir / "metrics.bf16.json").read_text())["metrics"] == out["metrics"]
+    assert "evaluating again as bf16 (kept fp32 as metrics.fp32.json)" in low.log_path.read_text()
+    trained = {k: json.loads((low.dir / "provenance.bf16.json").read_text())[k] for k in ("train_seconds", "trained_with")}
+    assert trained["train_seconds"] > 0 and len(trained["trained_with"]) == 1  # carried over from the fp32 evaluation
+    # `mmbench evaluate` of a run scored otherwise keeps the earlier evaluation and the training's provenance
+    sets = ["method.latent_dim=8", "train.epochs=1", "train.batch_size=64", "train.max_train=128",
+            "eval.metrics=[loglik]", "eval.test_samples=32", "eval.ll_samples=2", "eval.precision=bf16"]
+    cli = CliRunner().invoke(app, ["evaluate", "polydigits", "mopoe", "--runs-dir", str(tmp_path / "runs"),
+                                   "--data-root", str(data_root), *[a for s_ in sets for a in ("--set", s_)]])
+    assert cli.exit_code == 0, cli.output
+    assert "kept the earlier evaluation (fp32)" in " ".join(cli.output.split())
+    assert json.loads((low.dir / "metrics.fp32.json").read_text()) == first
+    prov = json.loads((low.dir / "provenance.json").read_text())
+    assert prov["eval_precision"] == "bf16" and {k: prov[k] for k in trained} == trained
 
 
 def test_bundle_round_trip_gives_the_same_report(tmp_path):

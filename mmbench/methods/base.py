@@ -233,6 +233,9 @@ class MultimodalVAE(nn.Module):
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
     # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.
     own_latent_per_modality: ClassVar[bool] = False
+    # True when encoding runs the decoders (VGON's gradient step, SMVAE Eq. 9): eval.precision bf16, which
+    # promises fp32 posteriors and bf16 decoder passes only, is then refused (metrics/batched.py for_eval).
+    encodes_through_decoders: ClassVar[bool] = False
     # Raised when a method's defaults or numerics change what an existing config computes: a version other
     # than 1 enters the run id (config.RunConfig.run_id), so runs made before are not taken for new ones.
     id_version: ClassVar[int] = 1

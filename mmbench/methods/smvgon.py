@@ -114,6 +114,7 @@ class VGON(MultimodalVAE):
 
     # the loss takes an inner gradient step (torch.autograd.grad), which vmap does not batch
     packable = False
+    encodes_through_decoders = True  # a posterior is a gradient step through the decoders (Eq. 9)
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8)-(9), App. B-C, Tables 5-6 (Bond-Taylor & Willcocks 2020)"
     options = {"inner_step": INNER_STEP}
