@@ -3,8 +3,9 @@ coherence, log-likelihood; FID needs weights not available here).
 
 `python docs/eval_time.py full` times the full budget; `python docs/eval_time.py full 1000` the same budget on the
 first 1,000 test tuples of the seeded subset (for a loaded machine: the time is linear in the tuples beyond the
-fixed cost of the regressions). Prints wall time and the process's CPU time (all threads), which a machine shared
-with other jobs inflates less than the wall time.
+fixed cost of the regressions); `bf16` evaluates with bfloat16 decoders (eval.precision). Prints wall time and the
+process's CPU time (all threads), which a machine shared with other jobs inflates less than the wall time, and the
+time of each metric.
 """
 import copy, os, shutil, sys, time
 from pathlib import Path
@@ -16,18 +17,21 @@ from mmbench.evaluate import evaluate
 from mmbench.train import tune_host_allocator
 tune_host_allocator()  # as the CLI and its workers do (MMBENCH_MALLOC=default: glibc's defaults)
 runs = Path(os.environ.get("MMBENCH_RUNS", "/tmp/ex/runs")); data = Path(os.environ.get("MMBENCH_DATA", "/tmp/ex/data"))
-src = next(p for p in runs.glob("polymnist-vanilla-mopoe-*") if "MoPoE Fig. 3" in (p / "config.yaml").read_text())
+# EVALTIME_SRC: the trained run to evaluate (default: the MoPoE Fig. 3 PolyMNIST run under MMBENCH_RUNS)
+src = Path(os.environ["EVALTIME_SRC"]) if os.environ.get("EVALTIME_SRC") else next(
+    p for p in runs.glob("polymnist-vanilla-mopoe-*") if "MoPoE Fig. 3" in (p / "config.yaml").read_text())
 raw = yaml.safe_load((src / "config.yaml").read_text())
 budgets = {"quick": {"test_samples": 1000},
            "full": {"test_samples": None, "lr_train_samples": 500, "ll_samples": 15, "joint_samples": 1000}}
 names = [a for a in sys.argv[1:] if a in budgets] or list(budgets)
 cap = next((int(a) for a in sys.argv[1:] if a.isdigit()), None)
+precision = "bf16" if "bf16" in sys.argv[1:] else "fp32"
 for name in names:
-    ev = dict(budgets[name], **({"test_samples": cap} if cap else {}))
+    ev = dict(budgets[name], precision=precision, **({"test_samples": cap} if cap else {}))
     d = copy.deepcopy(raw); d["eval"].update(ev)
     cfg = build_run_config(d)
     run = Run(cfg, Path(os.environ.get("EVALTIME_RUNS", "/tmp/evaltime/runs"))); run.init()
     shutil.copytree(src / "checkpoints", run.dir / "checkpoints", dirs_exist_ok=True)
     t0, c0 = time.time(), time.process_time(); evaluate(run, data)
     print(name, ev, f"{time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU, "
-          f"{torch.get_num_threads()} threads", flush=True)
+          f"{torch.get_num_threads()} threads; per metric (s):", run.read_metrics()["metric_seconds"], flush=True)

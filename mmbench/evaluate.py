@@ -31,9 +31,12 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
                       out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)
     metrics: Dict[str, float] = {}
+    metric_seconds: Dict[str, float] = {}  # wall time of each metric, in metrics.json
     t0 = time.time()
     for name in cfg.eval.metrics:
+        t = time.time()
         metrics.update(METRICS.get(name)(ctx))
+        metric_seconds[name] = round(time.time() - t, 2)
     eval_seconds = round(time.time() - t0, 2)
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     prov = dict(provenance or {})
@@ -44,8 +47,8 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
         dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
         eval_precision=cfg.eval.precision,
         wall_seconds=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
-    run.write_metrics(metrics, eval_seconds=eval_seconds, test_tuples=len(ctx.test), eval_precision=cfg.eval.precision,
-                      **ctx.extra)
+    run.write_metrics(metrics, eval_seconds=eval_seconds, metric_seconds=metric_seconds, test_tuples=len(ctx.test),
+                      eval_precision=cfg.eval.precision, **ctx.extra)
     return metrics
 
 

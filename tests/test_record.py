@@ -125,6 +125,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     execute(fp32, data_root)
     first = json.loads(fp32.metrics_path.read_text())
     assert first["eval_precision"] == "fp32" and fp32.scored_with() == "fp32" and fp32.status() == "done"
+    assert list(first["metric_seconds"]) == ["loglik"] and first["metric_seconds"]["loglik"] <= first["eval_seconds"]
     low_cfg = json.loads(json.dumps(base))
     low_cfg["eval"]["precision"] = "bf16"
     low = Run(build_run_config(low_cfg), tmp_path / "runs")

@@ -1,0 +1,22 @@
+#!/bin/bash
+# eval.precision bf16 against fp32 on the CPU, paired: the models of docs/bf16-check/run.sh (MoPoE, PolyMNIST rebuilt
+# from the MNIST test split, 5 seeds per train.precision, 20 epochs) evaluated again with bf16 decoders; the fp32
+# evaluation is kept beside it (metrics.<scoring>.json). Trains and evaluates in fp32 first whatever run.sh has not.
+# Writes docs/bf16-check/eval-precision.md:
+#   DATA=/path/to/data bash docs/bf16-check/eval_precision.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."  # the repository root
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
+export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/bf16-check/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/bf16-check/runs}
+PY=${PY:-python3}
+T0=$(date +%s)
+$PY -m mmbench prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" \
+  --backgrounds "$SHARED/backgrounds" -o mnist_source=test-halves -o multiplicity=1
+$PY -m mmbench classifiers train polymnist --variant vanilla --epochs 10
+$PY -m mmbench run docs/bf16-check/suite.yaml --jobs 1
+$PY -m mmbench run docs/bf16-check/suite.yaml --jobs 1 --set eval.precision=bf16
+{ echo "Command: \`DATA=<folder with mnist-t10k/ and backgrounds/> bash docs/bf16-check/eval_precision.sh\`," \
+       "$(date -u +%F), git $(git rev-parse --short HEAD 2>/dev/null), $(nproc) CPU cores, $(( $(date +%s) - T0 )) s."
+  $PY docs/bf16-check/eval_precision.py; } > docs/bf16-check/eval-precision.md
+cat docs/bf16-check/eval-precision.md
