@@ -107,12 +107,13 @@ def test_importance_sampled_equals_the_unbatched_loop(monkeypatch, name, rows):
     torch.testing.assert_close(per_mod, ref_mod, rtol=1e-5, atol=1e-3)
 
 
-def test_rec_log_probs_score_row_r_against_tuple_r_mod_b():
+@pytest.mark.parametrize("chunk", [5, 8, 12, 100])  # chunks cutting across tuples, whole blocks (reused), one call
+def test_rec_log_probs_score_row_r_against_tuple_r_mod_b(chunk):
     model = make("mopoe")
     x = split(4).batch(torch.arange(4), torch.device("cpu"))
-    z = torch.randn(3 * 4, 8)  # three blocks of the four tuples
-    out = batched.rec_log_probs(model, z, x, NAMES, chunk=5)
-    want = torch.stack([model.rec_log_prob(z, {m: x[m].repeat(3, 1, 1, 1)}, m) for m in NAMES], -1)
+    z = torch.randn(5 * 4 + 2, 8)  # five blocks of the four tuples and a part block
+    out = batched.rec_log_probs(model, z, x, NAMES, chunk=chunk)
+    want = torch.stack([model.rec_log_prob(z, {m: x[m].repeat(6, 1, 1, 1)[:len(z)]}, m) for m in NAMES], -1)
     torch.testing.assert_close(out, want)
 
 

@@ -77,9 +77,14 @@ def rec_log_probs(model, z: torch.Tensor, x: Dict[str, torch.Tensor], names: Seq
     Row r is scored against test tuple r mod B of x (B tuples), so z may stack any number of blocks of B
     rows (subsets, samples) without repeating x in memory."""
     B = x[names[0]].shape[0]
-    out = []
+    out, full = [], None
     for start in range(0, len(z), chunk):
         zc = z[start:start + chunk]
-        tup = torch.arange(start, start + len(zc), device=z.device) % B
-        out.append(torch.stack([model.rec_log_prob(zc, {m: x[m].index_select(0, tup)}, m) for m in names], -1))
+        if chunk % B == 0 and full is not None:  # every chunk starts at tuple 0: the first chunk's rows serve
+            xs = {m: full[m][:len(zc)] for m in names}
+        else:
+            tup = torch.arange(start, start + len(zc), device=z.device) % B
+            xs = {m: x[m].index_select(0, tup) for m in names}
+            full = xs if chunk % B == 0 else None
+        out.append(torch.stack([model.rec_log_prob(zc, {m: xs[m]}, m) for m in names], -1))
     return torch.cat(out)

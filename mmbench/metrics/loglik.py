@@ -68,13 +68,16 @@ def importance_sampled(model, x: Dict[str, torch.Tensor], subsets, K: int, propo
     qs = [q.represent(proposal) for q in model.encode_subsets(x, subsets)]
     S = len(subsets)
     # Every draw first, sample by sample and subset by subset: the RNG order of one sample at a time.
-    zs, log_q = [], []
-    for _ in range(K):
-        z = torch.stack([q.rsample() for q in qs])  # S×B×D, z ~ q(z | X_S) (a Mixture samples a component per row)
-        log_q.append(torch.stack([q.log_prob(z[s]) for s, q in enumerate(qs)]))  # S×B, the density sampled from
-        zs.append(z)
-    B = zs[0].shape[1]
-    flat = torch.stack(zs).reshape(K * S * B, -1)  # row (k·S + s)·B + b: sample k of subset s for tuple b
+    zs, log_q = None, []
+    for k in range(K):
+        for s, q in enumerate(qs):
+            z = q.rsample()  # B×D, z ~ q(z | X_S) (a Mixture samples a component per row)
+            if zs is None:  # every draw written once into one K×S×B×D tensor (no stacking copies)
+                zs = z.new_empty(K, S, *z.shape)
+            zs[k, s] = z
+        log_q.append(torch.stack([q.log_prob(zs[k, s]) for s, q in enumerate(qs)]))  # S×B, the density sampled from
+    B = zs.shape[2]
+    flat = zs.view(K * S * B, -1)  # row (k·S + s)·B + b: sample k of subset s for tuple b
     log_pz = prior_log_prob(model, flat).view(K, S, B)
     rec = rec_log_probs(model, flat, x, names, row_chunk(flat.device)).view(K, S, B, len(names))
     base = log_pz - torch.stack(log_q)  # K×S×B
