@@ -99,3 +99,23 @@ def test_mmvamp_protocol_scores_unimodal_representations_only():
     out = run("mmvamp")
     assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1", "latent_acc/pooled"}
     assert 0.4 < out["latent_acc/pooled"] < 0.7  # one classifier for both: m0 readable, m1 noise
+
+
+@pytest.mark.parametrize("protocol", ["mopoe", "mmvamp"])
+def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, protocol):
+    """The regressions run with numpy/scipy's BLAS on one thread (faster for these small products, and the
+    coefficients do not depend on the core count); the limit is lifted afterwards."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    fit, predict = LogisticRegression.fit, LogisticRegression.predict
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: (seen.append(blas_threads()), fit(self, *a, **k))[1])
+    monkeypatch.setattr(LogisticRegression, "predict", lambda self, *a: (seen.append(blas_threads()), predict(self, *a))[1])
+    before = blas_threads()
+    run(protocol)
+    assert len(seen) >= 4 and all(s == {1} for s in seen), seen
+    assert blas_threads() == before

@@ -27,16 +27,13 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from ..data.base import dataset_dir, read_manifest
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
-from .latent import by_size, encode_means
+from .latent import by_size, encode_means, one_blas_thread, regression
 from .precision import average_precisions
 
 
@@ -78,11 +75,9 @@ def fit_scores(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, har
     """Scores of one attribute's logistic regression (sklearn defaults, as MoPoE App. B) on the test latents."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction
         return np.full(len(z_test), float(y_train[0]))
-    clf = LogisticRegression(max_iter=1000, random_state=0)
-    if standardize:
-        clf = make_pipeline(StandardScaler(), clf)
-    clf.fit(z_train, y_train)
-    return clf.predict(z_test).astype(float) if hard else clf.predict_proba(z_test)[:, 1]
+    with one_blas_thread():
+        clf = regression(standardize).fit(z_train, y_train)
+        return clf.predict(z_test).astype(float) if hard else clf.predict_proba(z_test)[:, 1]
 
 
 @METRICS.register("latent_ap")

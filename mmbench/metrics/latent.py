@@ -8,11 +8,29 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
+
+
+def regression(standardize: bool):
+    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), max_iter 1000. With
+    `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
+    small-scale latents (an early-training posterior's means) towards chance; standardising first measures
+    linear separability independently of the latent's scale."""
+    clf = LogisticRegression(max_iter=1000, random_state=0)
+    return make_pipeline(StandardScaler(), clf) if standardize else clf
+
+
+def one_blas_thread():
+    """Context for fitting and applying the regressions: numpy/scipy's BLAS on one thread. Their products (500 ×
+    512 latents) are too small to share: on 2 cores a fit ran several times faster on one thread (docs/metrics.md,
+    "Evaluation wall time"), and the coefficients no longer depend on the machine's core count (they differ in
+    the last bits otherwise)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 @torch.no_grad()
@@ -63,29 +81,22 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
 
     def fit(z: np.ndarray):
-        clf = LogisticRegression(max_iter=1000, random_state=0)  # MoPoE App. B: sklearn defaults (lbfgs, C=1)
-        if ctx.cfg.lr_standardize:
-            # C=1 regularises small-scale latents (an early-training posterior's means) towards chance;
-            # standardising first measures linear separability independently of the latent's scale.
-            clf = make_pipeline(StandardScaler(), clf)
-        return clf.fit(z, y_train)
+        return regression(ctx.cfg.lr_standardize).fit(z, y_train)
 
     acc = {}
-    # SMVAE §5: one classifier fitted on representations inferred from all modalities, tested on each subset's.
-    joint_clf = fit(z_train[full]) if protocol == "smvae" else None
-    for k, s in enumerate(subsets):
-        clf = joint_clf or fit(z_train[s])
-        acc[subset_key(s)] = float((clf.predict(z_test[s]) == y_test).mean())
-        ctx.progress("latent classification: fitting", k + 1, len(subsets))
-    out = {f"latent_acc/{k}": v for k, v in acc.items()}
-    if protocol == "mmvamp" and len(subsets) > 1:
-        # One classifier on every modality's representations pooled together (MM-VAMP rats, shared latent space).
-        zs = [z_train[s] for s in subsets]
-        pooled = LogisticRegression(max_iter=1000, random_state=0)
-        if ctx.cfg.lr_standardize:
-            pooled = make_pipeline(StandardScaler(), pooled)
-        pooled.fit(np.concatenate(zs), np.tile(y_train, len(zs)))
-        pred = pooled.predict(np.concatenate([z_test[s] for s in subsets]))
-        out["latent_acc/pooled"] = float((pred == np.tile(y_test, len(subsets))).mean())
+    with one_blas_thread():
+        # SMVAE §5: one classifier fitted on representations inferred from all modalities, tested on each subset's.
+        joint_clf = fit(z_train[full]) if protocol == "smvae" else None
+        for k, s in enumerate(subsets):
+            clf = joint_clf or fit(z_train[s])
+            acc[subset_key(s)] = float((clf.predict(z_test[s]) == y_test).mean())
+            ctx.progress("latent classification: fitting", k + 1, len(subsets))
+        out = {f"latent_acc/{k}": v for k, v in acc.items()}
+        if protocol == "mmvamp" and len(subsets) > 1:
+            # One classifier on every modality's representations pooled together (MM-VAMP rats, shared latent space).
+            zs = [z_train[s] for s in subsets]
+            pooled = regression(ctx.cfg.lr_standardize).fit(np.concatenate(zs), np.tile(y_train, len(zs)))
+            pred = pooled.predict(np.concatenate([z_test[s] for s in subsets]))
+            out["latent_acc/pooled"] = float((pred == np.tile(y_test, len(subsets))).mean())
     out.update(by_size(acc, subsets, "latent_acc_by_n"))
     return out
