@@ -11,7 +11,8 @@
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
 #                           alongside, MoPoE x 5 seeds in bf16 (a 4th worker) for the bf16-vs-fp32 check
 #   bf16-vs-fp32.md         per metric: fp32 mean ± sd over 5 seeds vs bf16, and whether they agree
-#   eval-time.txt           full-budget evaluation time of one Fig. 3 MoPoE model (docs/eval_time.py full)
+#   eval-time.txt           full-budget evaluation time of one Fig. 3 MoPoE model (docs/eval_time.py full [bf16]),
+#                           per metric, with fp32 and with bf16 decoders (eval.precision)
 #   report.md / report.txt  `mmbench report --compare reference_results/ --allow-missing`
 #   steps-compiled.md       packed MoPoE step captured with torch.compile(mode="reduce-overhead"), if time is left
 #   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
@@ -76,7 +77,7 @@ say "mrVAE step next to MoPoE's"
 timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$OUT/steps-mrvae.md"
 
-# Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time and report (~150 s on the GPU), at the
+# Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
 # measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).
 EPOCHS=$($PY - "$OUT/steps-packed.md" "$(left)" "$SCALE" <<'EOF'
 import sys
@@ -89,7 +90,7 @@ try:
     slowest = min(pack_rate(rates[m], 5) for m in ("mopoe", "mvae", "mmvae"))
 except Exception as e:  # no table: a guess that fits in one unpacked H100 run's speed
     print(3); print(f"no step table ({e}); 3 epochs", file=sys.stderr); sys.exit()
-train_s = max(left - 180, 30)  # evaluation of 20 runs, eval-time, report, projection: ~180 s
+train_s = max(left - 220, 30)  # evaluation of 20 runs, eval-time twice, report, projection: ~220 s
 steps_per_epoch = 60000 // 256
 # 20 runs (15 fp32 + 5 bf16) at about the slowest 5-pack's run-steps/s, shared by all workers
 epochs = int(train_s * slowest / (20 * steps_per_epoch))
@@ -138,6 +139,7 @@ cat "$OUT/bf16-vs-fp32.md"
 say "full-budget evaluation time of one Fig. 3 MoPoE model"
 if [ "$SCALE" = tiny ]; then EB=quick; else EB=full; fi
 EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 70) $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$OUT/eval-time.txt"
+EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 45) $PY docs/eval_time.py $EB bf16 2>&1 | tail -3 | tee -a "$OUT/eval-time.txt"
 
 say "report"
 $M report --compare reference_results/ --allow-missing --format md --out "$OUT/report.md" \
