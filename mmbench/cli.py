@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -140,12 +140,14 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
         overrides = [*overrides, f"eval.fid_weights={json.dumps(str(fid_weights.expanduser().resolve()))}"]
     run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
     with run.lock():
-        trained = training_provenance(run.dir / "provenance.json")  # kept in the new provenance
-        if run.status() == "rescore":  # scored otherwise before (classifiers, eval.precision): keep that too
-            kept = run.set_aside_scoring()
-            console.print(f"kept the earlier evaluation ({kept}) as {run.dir / f'metrics.{kept}.json'}")
-        with progress_bar() as progress:
-            metrics = do_evaluate(run, data_root, progress, provenance=trained)
+        trained = training_provenance(run)  # kept in the new provenance
+        # Scored otherwise before (classifiers, eval.precision): that evaluation is kept, and put back on failure.
+        with (run.scoring_aside() if run.status() == "rescore" else nullcontext()) as kept:
+            if kept:
+                console.print(f"kept the earlier evaluation ({kept}) as {run.dir / f'metrics.{kept}.json'}")
+            run.init()  # config.yaml says how metrics.json is scored
+            with progress_bar() as progress:
+                metrics = do_evaluate(run, data_root, progress, provenance=trained)
     t = Table(title=run.id)
     t.add_column("metric")
     t.add_column("value")

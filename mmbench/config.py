@@ -288,6 +288,9 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
     if not 0 <= cfg.eval.classifier_min_ap <= 1:
         raise ConfigError(f"{pre}eval.classifier_min_ap", "must be between 0 and 1")
+    if cfg.eval.precision == "bf16" and getattr(METHODS.get(cfg.method.name), "encodes_through_decoders", False):
+        raise ConfigError(f"{pre}eval.precision", f"bf16 is not allowed for method {cfg.method.name}: it encodes "
+                          f"through its decoders, so bf16 would change its posteriors too; use fp32")
     if cfg.eval.classifiers == "authors" and not any(
             spec.registry_name in getattr(a, "datasets", ()) for _, a in ARCHITECTURES.items()):
         raise ConfigError(f"{pre}eval.classifiers", f"the MoPoE authors distribute no classifiers for {cfg.dataset}; "

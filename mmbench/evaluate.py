@@ -31,7 +31,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
                       out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)
     metrics: Dict[str, float] = {}
-    metric_seconds: Dict[str, float] = {}  # wall time of each metric, in metrics.json
+    metric_seconds: Dict[str, float] = {}  # wall time of each metric (with set-up it is first to need), in metrics.json
     t0 = time.time()
     for name in cfg.eval.metrics:
         t = time.time()
@@ -63,10 +63,13 @@ def peak_rss_mb() -> Optional[int]:
     return round(kb / 1024)
 
 
-def training_provenance(path: Path) -> Dict[str, Any]:
-    """What an earlier provenance.json says about the training (seconds, epochs, the code that trained it), for
-    an evaluation of the same checkpoint again; {} when there is none."""
-    if not path.exists():
+def training_provenance(run: Run) -> Dict[str, Any]:
+    """What the run's provenance.json (or, while it is set aside, the newest provenance.<scoring>.json) says about
+    the training (seconds, epochs, the code that trained it), for an evaluation of the same checkpoint again; {}
+    when there is none."""
+    paths = [run.dir / "provenance.json"] + sorted(run.dir.glob("provenance.*.json"), key=lambda p: -p.stat().st_mtime)
+    path = next((p for p in paths if p.exists()), None)
+    if path is None:
         return {}
     prov = json.loads(path.read_text())
     return {k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov}
@@ -78,13 +81,15 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
         status = run.status()
         if status == "done":
             return run.read_metrics()
-        run.init()
         if status == "rescore":  # trained and evaluated, but scored otherwise (classifiers, eval.precision)
-            old, want = run.scored_with(), run.scoring_wanted()
-            if not run.swap_scoring():
-                run.log(f"evaluating again as {want} (kept {old} as metrics.{old}.json)")
-                evaluate(run, data_root, progress, provenance=training_provenance(run.dir / f"provenance.{old}.json"))
+            want = run.scoring_wanted()
+            with run.scoring_aside() as old:  # put back if this evaluation fails
+                run.init()
+                if not run.bring_back(want):
+                    run.log(f"evaluating again as {want}" + (f" (kept {old} as metrics.{old}.json)" if old else ""))
+                    evaluate(run, data_root, progress, provenance=training_provenance(run))
             return run.read_metrics()
+        run.init()
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)

@@ -171,6 +171,16 @@ def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _scoring_of(m: Dict[str, Any]) -> tuple:
+    """(classifier set-dropout or None, eval precision) that scored a metrics.json."""
+    clf = None
+    if "classifier_set" in m:
+        clf = f"{m['classifier_set']}-{m.get('classifier_dropout', 'off')}"
+    elif "classifier_accuracy" in m or "classifier_ap" in m:  # written before eval.classifiers existed
+        clf = "mmbench-off"
+    return clf, m.get("eval_precision", "fp32")  # written before eval.precision existed: fp32
+
+
 def _scoring_key(classifiers: Optional[str], precision: str) -> str:
     return "-".join(([classifiers] if classifiers else []) + ([precision] if precision != "fp32" else [])) or "fp32"
 
@@ -198,10 +208,12 @@ class Run:
 
     def status(self) -> str:
         """done (metrics written), rescore (metrics written, but scored otherwise than the config asks: coherence
-        classifiers eval.classifiers / eval.classifier_dropout, or eval.precision), partial (some training
-        checkpointed) or pending."""
+        classifiers eval.classifiers / eval.classifier_dropout, or eval.precision; or only evaluations set aside
+        by a re-scoring that did not finish), partial (some training checkpointed) or pending."""
         if self.metrics_path.exists():
             return "done" if self.scored_with() == self.scoring_wanted() else "rescore"
+        if self._set_aside():  # trained and evaluated before: evaluate (or bring back), never retrain
+            return "rescore"
         if (self.ckpt_dir / "last.pt").exists():
             return "partial"
         return "pending"
@@ -254,17 +266,14 @@ class Run:
         prov.update(extra)
         return prov
 
+    def _set_aside(self) -> List[Path]:
+        """metrics.<scoring>.json files: evaluations of this run scored otherwise, kept aside."""
+        return sorted(self.dir.glob("metrics.*.json"))
+
     def _scored(self) -> Optional[tuple]:
         """(classifier set-dropout or None, eval precision) of metrics.json; None when there are no metrics."""
         m = self.read_metrics()
-        if m is None:
-            return None
-        clf = None
-        if "classifier_set" in m:
-            clf = f"{m['classifier_set']}-{m.get('classifier_dropout', 'off')}"
-        elif "classifier_accuracy" in m or "classifier_ap" in m:  # written before eval.classifiers existed
-            clf = "mmbench-off"
-        return clf, m.get("eval_precision", "fp32")  # written before eval.precision existed: fp32
+        return None if m is None else _scoring_of(m)
 
     def scored_with(self) -> Optional[str]:
         """How metrics.json was scored from the trained model, outside the run id: "<classifier set>-<dropout>"
@@ -275,18 +284,17 @@ class Run:
 
     def scoring_wanted(self) -> str:
         """The same key for the config's eval.classifiers / classifier_dropout / precision (the classifier part
-        only where the evaluation uses classifiers: the metrics, part of the run id, do not change)."""
+        only where the evaluation uses classifiers, as its metrics.json, or else one set aside, shows: the
+        metrics, part of the run id, do not change)."""
         scored = self._scored()
+        if scored is None and self._set_aside():
+            scored = _scoring_of(json.loads(self._set_aside()[0].read_text()))
         uses_classifiers = scored is None or scored[0] is not None
         e = self.cfg.eval
         return _scoring_key(f"{e.classifiers}-{e.classifier_dropout}" if uses_classifiers else None, e.precision)
 
-    def swap_scoring(self) -> bool:
-        """Set metrics.json / provenance.json scored otherwise aside as metrics.<scored_with>.json (nothing is
-        lost) and bring back those scored as the config asks if an earlier evaluation left them. True when it
-        did (no evaluation needed)."""
-        want = self.scoring_wanted()
-        self.set_aside_scoring()
+    def bring_back(self, want: str) -> bool:
+        """Make the evaluation kept as metrics.<want>.json current again (no evaluation needed); False if none."""
         if not (self.dir / f"metrics.{want}.json").exists():
             return False
         for name in ("provenance", "metrics"):  # metrics last: its presence means done
@@ -294,16 +302,29 @@ class Run:
                 os.replace(self.dir / f"{name}.{want}.json", self.dir / f"{name}.json")
         return True
 
-    def set_aside_scoring(self) -> Optional[str]:
-        """Move metrics.json / provenance.json to metrics.<scored_with>.json / provenance.<...>.json (before an
-        evaluation scored otherwise); returns that key, or None when there were no metrics."""
+    @contextmanager
+    def scoring_aside(self) -> Iterator[Optional[str]]:
+        """For an evaluation scored otherwise: metrics.json / provenance.json set aside as metrics.<scored_with>.json
+        (nothing is lost; yields that key, None when there were none) and config.yaml kept; if the block fails or
+        is interrupted before new metrics are written, all three are put back as they were."""
         old = self.scored_with()
-        if old is None:
-            return None
-        for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
-            if (self.dir / f"{name}.json").exists():
-                os.replace(self.dir / f"{name}.json", self.dir / f"{name}.{old}.json")
-        return old
+        cfg_path = self.dir / "config.yaml"
+        cfg_text = cfg_path.read_text() if cfg_path.exists() else None
+        if old is not None:
+            for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
+                if (self.dir / f"{name}.json").exists():
+                    os.replace(self.dir / f"{name}.json", self.dir / f"{name}.{old}.json")
+        try:
+            yield old
+        except BaseException:
+            if not self.metrics_path.exists():
+                if old is not None:
+                    for name in ("provenance", "metrics"):
+                        if (self.dir / f"{name}.{old}.json").exists():
+                            os.replace(self.dir / f"{name}.{old}.json", self.dir / f"{name}.json")
+                if cfg_text is not None:
+                    atomic_write(cfg_path, cfg_text)
+            raise
 
     def write_metrics(self, metrics: Dict[str, float], **extra: Any) -> None:
         atomic_json(self.metrics_path, {"schema_version": SCHEMA_VERSION, "run_id": self.id, "metrics": metrics, **extra})

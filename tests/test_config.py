@@ -51,6 +51,8 @@ def test_good_suite_expands(tmp_path):
      "train.select: 'best' is not allowed; choose one of: last, best_test_loss"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {eval: {precision: fp16}}}]",
      "eval.precision: 'fp16' is not allowed; choose one of: fp32, bf16"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [vgon], overrides: {eval: {precision: bf16}}}]",
+     "eval.precision: bf16 is not allowed for method vgon: it encodes through its decoders"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, variant: huge, methods: [mopoe]}]",
      "variant: 'huge' is not a variant of polydigits; choose one of: vanilla, extended, translated"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], metrics: [fid2]}]",

@@ -154,6 +154,21 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     assert json.loads((low.dir / "metrics.fp32.json").read_text()) == first
     prov = json.loads((low.dir / "provenance.json").read_text())
     assert prov["eval_precision"] == "bf16" and {k: prov[k] for k in trained} == trained
+    assert yaml.safe_load((low.dir / "config.yaml").read_text())["eval"]["precision"] == "bf16"
+    # A re-scoring stopped after setting metrics.json aside: still trained and evaluated (never retrained), and the
+    # evaluation asked for is brought back.
+    for name in ("metrics", "provenance"):
+        (low.dir / f"{name}.json").replace(low.dir / f"{name}.bf16.json")
+    assert fp32.status() == "rescore" and low.status() == "rescore"
+    log_lines = len(low.log_path.read_text().splitlines())
+    assert execute(fp32, data_root) == first and len(low.log_path.read_text().splitlines()) == log_lines
+    # An evaluation that fails (here: the checkpoints are gone) puts the earlier metrics and config back.
+    (low.dir / "metrics.bf16.json").unlink()
+    (low.ckpt_dir).rename(tmp_path / "ckpt-away")
+    with pytest.raises(MMBenchError, match="train the run first"):
+        execute(low, data_root)
+    assert json.loads(fp32.metrics_path.read_text()) == first and fp32.status() == "done"
+    assert yaml.safe_load((low.dir / "config.yaml").read_text())["eval"]["precision"] == "fp32"
 
 
 def test_bundle_round_trip_gives_the_same_report(tmp_path):

@@ -2,7 +2,8 @@
 and random draws, evaluated both ways.
 
 `python docs/bf16-check/eval_precision.py [RUNS_DIR]` (default $MMBENCH_RUNS) reads every finished run that holds
-both evaluations (metrics.json and the set-aside metrics.<scoring>.json, see `Run.scored_with`) and prints Markdown.
+both evaluations, scored with the same coherence classifiers (metrics.json and the set-aside
+metrics.<scoring>.json, see `Run.scored_with`) and prints Markdown.
 Runs are grouped by method and train.precision. A group of seeds gets, per metric, the mean and largest
 |bf16 - fp32| and that mean difference over the seed-to-seed sd of the fp32 evaluations (within 0.5 sd: "yes"); a
 single model gets, per metric family, how many keys moved and by how much at most. Used by
@@ -18,11 +19,14 @@ import yaml
 root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ["MMBENCH_RUNS"])
 groups = {}  # (method, train.precision) -> [(run name, fp32 metrics.json, bf16 metrics.json)]
 for d in sorted(p for p in root.iterdir() if (p / "metrics.json").exists()):
-    by = {e.get("eval_precision", "fp32"): e for e in (json.loads(p.read_text()) for p in d.glob("metrics*.json"))}
-    if set(by) >= {"fp32", "bf16"}:
+    # pair evaluations scored with the same coherence classifiers (set, dropout), differing only in precision
+    by = {(e.get("classifier_set"), e.get("classifier_dropout"), e.get("eval_precision", "fp32")): e
+          for e in (json.loads(p.read_text()) for p in sorted(d.glob("metrics*.json")))}
+    clf = next((k[:2] for k in sorted(by, key=str) if k[:2] + ("fp32",) in by and k[:2] + ("bf16",) in by), None)
+    if clf is not None:
         cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
         key = (cfg["method"]["name"], cfg["train"].get("precision", "fp32"))
-        groups.setdefault(key, []).append((d.name, by["fp32"], by["bf16"]))
+        groups.setdefault(key, []).append((d.name, by[clf + ("fp32",)], by[clf + ("bf16",)]))
 if not groups:
     sys.exit(f"error: no run under {root} has both an fp32 and a bf16 evaluation; run docs/bf16-check/eval_precision.sh")
 
