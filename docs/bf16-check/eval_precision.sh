@@ -5,20 +5,10 @@
 # Then the same for the quickstart's three trained models.
 # Writes docs/bf16-check/eval-precision.md:
 #   DATA=/path/to/data bash docs/bf16-check/eval_precision.sh
-set -euo pipefail
-cd "$(dirname "$0")/../.."  # the repository root
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
-export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/bf16-check/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/bf16-check/runs}
-PY=${PY:-python3}
-T0=$(date +%s)
-$PY -m mmbench prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" \
-  --backgrounds "$SHARED/backgrounds" -o mnist_source=test-halves -o multiplicity=1
-$PY -m mmbench classifiers train polymnist --variant vanilla --epochs 10
-$PY -m mmbench run docs/bf16-check/suite.yaml --jobs 1
+source "$(dirname "$0")/setup.sh"  # data, classifiers, the suite trained and evaluated in fp32 scoring
 $PY -m mmbench run docs/bf16-check/suite.yaml --jobs 1 --set eval.precision=bf16
 # Trained models too: the quickstart's MoPoE, MVAE and MMVAE on the embedded polydigits (conditional coherence
-# 0.4-0.98), in their own runs folder.
+# 0.38-0.98), in their own runs folder.
 QS=${QS_RUNS:-/tmp/bf16-check/quickstart-runs}
 MMBENCH_RUNS=$QS $PY -m mmbench run suites/quickstart.yaml --jobs 1
 MMBENCH_RUNS=$QS $PY -m mmbench run suites/quickstart.yaml --jobs 1 --set eval.precision=bf16

@@ -5,17 +5,7 @@
 # quick-tier check on a GPU is part of docs/gpu-runs/device-check.sh. DATA names the folder holding mnist-t10k/
 # (the MNIST test IDX files) and backgrounds/ (photographs):
 #   DATA=/path/to/data bash docs/bf16-check/run.sh
-set -euo pipefail
-cd "$(dirname "$0")/../.."  # the repository root
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
-export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/bf16-check/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/bf16-check/runs}
-PY=${PY:-python3}
-T0=$(date +%s)
-$PY -m mmbench prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" \
-  --backgrounds "$SHARED/backgrounds" -o mnist_source=test-halves -o multiplicity=1
-$PY -m mmbench classifiers train polymnist --variant vanilla --epochs 10
-$PY -m mmbench run docs/bf16-check/suite.yaml --jobs 1
+source "$(dirname "$0")/setup.sh"  # data, classifiers, the suite trained and evaluated in fp32 scoring
 { echo "Command: \`DATA=<folder with mnist-t10k/ and backgrounds/> bash docs/bf16-check/run.sh\`, $(date -u +%F)," \
        "git $(git rev-parse --short HEAD 2>/dev/null), $(nproc) CPU cores, $(( $(date +%s) - T0 )) s."
   echo; $PY docs/gpu-runs/precision_agreement.py; } > docs/bf16-check/result.md
