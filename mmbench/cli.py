@@ -217,7 +217,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if slurm_states:
             t.add_column("Slurm job (log)")
         counts: Dict[str, int] = {}
-        total, unknown = 0.0, 0
+        total, unknown, pending = 0.0, 0, 0
         for c in configs:
             r = Run(c, runs_dir)
             status = r.status()
@@ -225,24 +225,27 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             n = train_samples(c, data_root)
             rate = rates.get((c.dataset, c.variant, c.method.name))
             est = n * rate if n and rate else None
-            if status != "done":
+            trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
+            if trains:
                 total += est or 0.0
                 unknown += est is None
+                pending += 1
             row = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
-                   human_seconds(est) if est else "?", status]
+                   (human_seconds(est) if est else "?") if trains or status == "done" else "- (evaluation only)",
+                   status]
             if gpu:
                 g = gpu["per_run"].get(r.id)
-                row.append("-" if status == "done" else human_seconds(g) if g else "?")
+                row.append("-" if not trains else human_seconds(g) if g else "?")
             if slurm_states:
                 st = slurm_states[r.id]
                 row[5] = st["state"] + (f" ({st['detail']})" if st["state"] == "failed" else "")
                 row.append(f"{st['job']} ({st['log']})" if st["job"] else "")
             t.add_row(*row)
         console.print(t)
-        known = sum(1 for c in configs if Run(c, runs_dir).status() != "done") - unknown
+        known = pending - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
                       (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} on this machine" if known
-                       else "no timing yet") +
+                       else "nothing to train" if not pending else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
                        f"dataset, variant and method)" if unknown else ""))
         if gpu:
@@ -315,7 +318,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                            f"--device cuda --out FILE`")
     rates = read_step_times(step_times)
     todo = [Run(c, runs_dir) for c in configs]
-    todo = [r for r in todo if r.status() != "done"]
+    todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
 
     def steps_of(r):
         n = train_samples(r.cfg, data_root)

@@ -130,6 +130,14 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     low_cfg["eval"]["precision"] = "bf16"
     low = Run(build_run_config(low_cfg), tmp_path / "runs")
     assert low.id == fp32.id and low.status() == "rescore"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "experiments": [
+        {"name": "e", "dataset": "polydigits", "methods": ["mopoe"], "metrics": ["loglik"],
+         "overrides": {k: base[k] for k in ("method", "train")} | {"eval": {"test_samples": 32, "ll_samples": 2}}}]}))
+    dry = CliRunner().invoke(app, ["run", str(suite), "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--data-root",
+                                   str(data_root), "--set", "eval.precision=bf16"])
+    said = " ".join(dry.output.split())
+    assert dry.exit_code == 0 and "1 rescore; nothing to train" in said and "- (evaluation" in said, dry.output
     ckpt = (low.ckpt_dir / "last.pt").stat().st_mtime_ns
     out = execute(low, data_root)
     assert (low.ckpt_dir / "last.pt").stat().st_mtime_ns == ckpt  # not retrained
