@@ -231,8 +231,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                 unknown += est is None
                 pending += 1
             row = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
-                   (human_seconds(est) if est else "?") if trains or status == "done" else "- (evaluation only)",
-                   status]
+                   "- (evaluation only)" if status == "rescore" else human_seconds(est) if est else "?", status]
             if gpu:
                 g = gpu["per_run"].get(r.id)
                 row.append("-" if not trains else human_seconds(g) if g else "?")

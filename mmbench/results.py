@@ -210,8 +210,9 @@ class Run:
         """done (metrics written), rescore (metrics written, but scored otherwise than the config asks: coherence
         classifiers eval.classifiers / eval.classifier_dropout, or eval.precision; or only evaluations set aside
         by a re-scoring that did not finish), partial (some training checkpointed) or pending."""
-        if self.metrics_path.exists():
-            return "done" if self.scored_with() == self.scoring_wanted() else "rescore"
+        scored = self._scored()
+        if scored is not None:
+            return "done" if _scoring_key(*scored) == self._wanted(scored) else "rescore"
         if self._set_aside():  # trained and evaluated before: evaluate (or bring back), never retrain
             return "rescore"
         if (self.ckpt_dir / "last.pt").exists():
@@ -286,9 +287,13 @@ class Run:
         """The same key for the config's eval.classifiers / classifier_dropout / precision (the classifier part
         only where the evaluation uses classifiers, as its metrics.json, or else one set aside, shows: the
         metrics, part of the run id, do not change)."""
-        scored = self._scored()
-        if scored is None and self._set_aside():
-            scored = _scoring_of(json.loads(self._set_aside()[0].read_text()))
+        return self._wanted(self._scored())
+
+    def _wanted(self, scored: Optional[tuple]) -> str:
+        """scoring_wanted, given _scored() (read once by status)."""
+        aside = self._set_aside() if scored is None else []
+        if aside:
+            scored = _scoring_of(json.loads(aside[0].read_text()))
         uses_classifiers = scored is None or scored[0] is not None
         e = self.cfg.eval
         return _scoring_key(f"{e.classifiers}-{e.classifier_dropout}" if uses_classifiers else None, e.precision)
@@ -319,9 +324,7 @@ class Run:
         except BaseException:
             if not self.metrics_path.exists():
                 if old is not None:
-                    for name in ("provenance", "metrics"):
-                        if (self.dir / f"{name}.{old}.json").exists():
-                            os.replace(self.dir / f"{name}.{old}.json", self.dir / f"{name}.json")
+                    self.bring_back(old)
                 if cfg_text is not None:
                     atomic_write(cfg_path, cfg_text)
             raise
