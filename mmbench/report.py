@@ -295,18 +295,20 @@ def group_title(dataset: str, variant: str, tables: Tuple[str, ...]) -> str:
 
 
 SHORT = {"method.beta": "β", "method.latent_dim": "latent", "method.options.schedule": "schedule",
-         "train.select": "select", "modalities": "modalities"}
+         "train.select": "select", "modalities": "modalities", "eval.precision": "eval"}
 
 
 def series_names(sub: pd.DataFrame) -> Dict[Tuple[str, str], str]:
     """A label per (method, config group): the method's name, plus the settings that tell its
     configurations apart where one method has several (e.g. 'mopoe β=2.5' in a β sweep), so that they
-    are never averaged as if they were seeds."""
+    are never averaged as if they were seeds; a lone configuration evaluated with bf16 decoders is 'mopoe
+    [eval=bf16]'."""
     pairs = sub[["method", "group", "cfg"]].drop_duplicates(["method", "group"])
     out: Dict[Tuple[str, str], str] = {}
     for method, rows in pairs.groupby("method", sort=False):
-        if len(rows) == 1:
-            out[(method, rows["group"].iloc[0])] = method
+        if len(rows) == 1:  # one configuration; evaluated with bf16 decoders (eval.precision) is said
+            bf16 = rows["cfg"].iloc[0].get("eval.precision") == "bf16"
+            out[(method, rows["group"].iloc[0])] = f"{method} [eval=bf16]" if bf16 else method
             continue
         cfgs = list(rows["cfg"])
         keys = sorted(k for k in set().union(*cfgs) if k != "seed" and len({repr(c.get(k)) for c in cfgs}) > 1)

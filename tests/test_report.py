@@ -15,8 +15,9 @@ from mmbench.results import Run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_run(runs_dir, method, seed, metrics, tables=("T1",)):
-    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": list(tables)})
+def fake_run(runs_dir, method, seed, metrics, tables=("T1",), **cfg_extra):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": list(tables),
+                            **cfg_extra})
     run = Run(cfg, runs_dir)
     run.init()
     run.write_metrics(metrics)
@@ -367,3 +368,15 @@ def test_a_group_varying_in_two_settings_or_few_values_stays_wide(tmp_path):
         _sweep_run(runs, "mopoe", beta, 0, {"latent_acc_by_n/1": beta / 4}, latent_dim=8 if beta < 2 else 16)
     (title, table), = build_report(runs, None)["summaries"]
     assert title == "polydigits (vanilla) — Fig. 3" and len(table.columns) == 4  # metric + 3 configurations
+
+
+def test_summary_columns_say_when_the_decoders_were_evaluated_in_bf16(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(runs, "mopoe", seed, {"coherence/joint": 0.3 + seed / 10}, eval={"precision": "bf16"})
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.1})
+    t1 = dict(build_report(runs, None)["summaries"])["polydigits (vanilla) — T1"]
+    assert list(t1.columns) == ["metric", "mopoe [eval=bf16] (2 seeds)", "mvae (1 seed)"]
+    fake_run(runs, "mopoe", 2, {"coherence/joint": 0.5})  # the same method evaluated in fp32: never pooled with bf16
+    t1 = dict(build_report(runs, None)["summaries"])["polydigits (vanilla) — T1"]
+    assert list(t1.columns) == ["metric", "mopoe eval=bf16 (2 seeds)", "mopoe eval=fp32 (1 seed)", "mvae (1 seed)"]
