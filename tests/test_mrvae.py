@@ -399,7 +399,12 @@ def test_temperature_annealing_uses_a_saved_step_counter():
     with torch.no_grad():
         model.eval().loss(x)  # evaluation does not advance the schedule
     assert int(model.step) == 3
-    model.step.fill_(1000)
+    resumed = make(anneal_rate=0.1, tau_min=0.3)
+    resumed.load_state_dict(model.state_dict())  # a resumed run continues the schedule where it was
+    assert resumed.temperatures() == model.temperatures() and resumed.steps == 3
+    state = model.state_dict()
+    state["step"] = torch.tensor(1000)
+    model.load_state_dict(state)
     assert model.temperatures() == (0.3, 0.3)
     assert make().temperatures() == (1.0, 1.0)
 

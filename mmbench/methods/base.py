@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -283,15 +283,26 @@ class MultimodalVAE(nn.Module):
         out = [self.encoders[n](x[n]) for n in names]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
+    def host_constant(self, key: tuple, device: Any, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor computed from host data alone (subset masks, prior-expert flags), built on the host once per key
+        and device and kept there: a step then neither copies host data to the device (on a GPU that waits for
+        every queued kernel) nor launches a kernel per element (tests/test_no_host_sync.py)."""
+        cache = self.__dict__.setdefault("_host_constants", {})
+        k = (key, str(torch.device(device) if device is not None else "cpu"))
+        if k not in cache:
+            cache[k] = build().to(device)
+        return cache[k]
+
     def subset_mask(self, subsets: Sequence[Subset], names: Sequence[str], device: Any = None) -> torch.Tensor:
+        """K×M float mask: 1 where modality names[m] is in subsets[k]."""
         pos = {n: i for i, n in enumerate(names)}
-        mask = torch.zeros(len(subsets), len(names), device=device)
-        for k, s in enumerate(subsets):
+        for s in subsets:
             for n in s:
                 if n not in pos:
                     raise KeyError(f"modality {n!r} is not an input here; inputs: {list(names)}")
-                mask[k, pos[n]] = 1.0
-        return mask
+        rows = [[float(n in s) for n in names] for s in subsets]
+        return self.host_constant(("subset_mask", tuple(map(tuple, subsets)), tuple(names)), device,
+                                  lambda: torch.tensor(rows, dtype=torch.get_default_dtype()).reshape(len(subsets), len(names)))
 
     def needed(self, subsets: Sequence[Subset]) -> List[str]:
         """Modalities that some subset uses, in model order (so only those are encoded)."""
@@ -334,7 +345,8 @@ class PoEMixin:
     def poe(self, mu: torch.Tensor, logvar: torch.Tensor, names: Sequence[str],
             subsets: Sequence[Subset]) -> Gaussian:
         mask = self.subset_mask(subsets, names, mu.device)
-        prior = torch.tensor([float(self.prior_expert(s)) for s in subsets], device=mu.device)
+        flags = [float(self.prior_expert(s)) for s in subsets]
+        prior = self.host_constant(("prior_expert", tuple(flags)), mu.device, lambda: torch.tensor(flags))
         return product_of_experts(mu, logvar, mask, prior)
 
     def encode_subsets(self, x, subsets):

@@ -114,16 +114,20 @@ class MMVAMP(Independent):
                                f"size alpha_anneal_steps are counted in, e.g. 128 as the authors' runs; 0: own steps)")
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the α schedule; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))  # training rows seen; checkpointed
+        self.counts = [0, 0]  # host copies of (train_steps, train_samples): α is computed without a device read
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before `train_samples` existed trained without alpha_anneal_batch: start it at 0.
         state_dict.setdefault(prefix + "train_samples", torch.zeros((), dtype=torch.long))
+        if prefix + "train_steps" in state_dict:  # the host copies follow the checkpoint (read once, at loading)
+            self.counts = [int(state_dict[prefix + "train_steps"]), int(state_dict[prefix + "train_samples"])]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def anneal_position(self) -> float:
         """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch."""
         ab = self.opt["alpha_anneal_batch"]
-        return int(self.train_samples) / ab if ab > 0 else float(int(self.train_steps))
+        steps, samples = self.counts
+        return samples / ab if ab > 0 else float(steps)
 
     def kl_weight(self) -> float:
         return self.beta
@@ -141,6 +145,8 @@ class MMVAMP(Independent):
         if self.opt["alpha_anneal_steps"] > 0:
             logs["alpha"] = self.alpha()
         if self.training and torch.is_grad_enabled():
+            rows = next(iter(x.values())).shape[0]
             self.train_steps += 1
-            self.train_samples += next(iter(x.values())).shape[0]
+            self.train_samples += rows
+            self.counts = [self.counts[0] + 1, self.counts[1] + rows]
         return loss, logs

@@ -236,6 +236,8 @@ class SetNets(nn.Module):
         member = F.one_hot(torch.tensor([group[u] for u in order]), n_groups).T.to(torch.get_default_dtype())
         self.register_buffer("member", member.reshape(n_groups, M, n), persistent=False)  # G×M×n: unit (m, k) in g
         self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.sources = [sorted({src[u] for u in range(len(src)) if group[u] == g}) for g in range(n_groups)]
+        self._index = {}  # (available modalities, device) -> their index tensor, built once per pattern
 
     def regroup(self, t: torch.Tensor) -> torch.Tensor:
         """A first-layer tensor in the per-unit layout of checkpoints written before the grouped one (w1 or its Adam
@@ -257,18 +259,24 @@ class SetNets(nn.Module):
                 state_dict[prefix + key] = self.regroup(state_dict[prefix + key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, z: torch.Tensor, avail: torch.Tensor) -> tuple:
-        """z: M×B×D, avail: M bools -> (G×B×d_out, G bools: the group has an available input)."""
-        mods = avail.nonzero().squeeze(1)
+    def forward(self, z: torch.Tensor, avail: Sequence[bool]) -> tuple:
+        """z: M×B×D, avail: M Python bools -> (G×B×d_out, G Python bools: the group has an available input).
+        Availability is host data, so nothing is read back from the device (no host synchronisation)."""
+        avail = [bool(a) for a in avail]
         w1, b1, member = self.w1, self.b1, self.member.to(z.dtype)
-        if mods.numel() != z.shape[0]:  # some modality missing (evaluation): its units drop out of the means
+        if not all(avail):  # some modality missing (evaluation): its units drop out of the means
+            key = (tuple(avail), z.device)
+            if key not in self._index:
+                self._index[key] = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long, device=z.device)
+            mods = self._index[key]
             z, w1, b1, member = z.index_select(0, mods), w1.index_select(0, mods), b1.index_select(0, mods), \
                 member.index_select(1, mods)
         h = torch.relu(torch.baddbmm(b1[:, None], z, w1))  # m×B×(n·H): each modality's n units in one product
         count = member.sum((1, 2))
         mean = torch.einsum("gmk,mbkh->gbh", member / count.clamp_min(1)[:, None, None],
                             h.view(h.shape[0], h.shape[1], self.n, self.hidden))
-        return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), count > 0
+        covered = [any(avail[m] for m in ms) for ms in self.sources]
+        return torch.relu(torch.einsum("gbh,gho->gbo", mean, self.w2) + self.b2[:, None]), covered
 
 
 class CutSlots(Gaussian):
@@ -343,7 +351,9 @@ class Relation:
         log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
         lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
         pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
-        w = scores.index_select(0, torch.tensor([pair_index[p] for p in pairs], device=scores.device))  # pair order
+        order = [pair_index[p] for p in pairs]
+        w = scores if order == list(range(scores.shape[0])) else \
+            scores.index_select(0, torch.tensor(order, device=scores.device))  # in pair order
         if self.stacked is not None:
             idx, exists, act, before = self.stacked
             return lr_n, log_pl_ratio(w, before, Picks(idx, exists, before.shape[-1]), act).sum(0)
@@ -503,11 +513,13 @@ class MrVAE(MultimodalVAE):
         subsets = sorted(all_subsets(range(M)), key=len, reverse=True)
         self.shared = [A for A in subsets if len(A) > 1]
         pairs = [(a, j) for a, A in enumerate(self.shared) for j in A]
+        self.pairs = pairs  # host copy of pair_block / pair_modality: loops over pairs read no device tensor
         self.pair_index = {p: u for u, p in enumerate(pairs)}
         triples = [(u, i) for u, (a, _) in enumerate(pairs) for i in self.shared[a]]
         self.size_net = SetNets([j for _, j in pairs], [a for a, _ in pairs], len(self.shared), D, H, D + 1)  # Eq. 35
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed; `steps` is its host copy
+        self.steps = 0  # training steps so far, read by the temperature schedule without a device read
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
         self.cut_rows = None  # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior)
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
@@ -522,12 +534,18 @@ class MrVAE(MultimodalVAE):
         self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
         self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
         self.register_buffer("pair_mask", F.one_hot(self.pair_block, len(self.shared)).T.float(), persistent=False)
+        self.register_buffer("shared_sizes", torch.tensor([len(A) for A in self.shared]), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "step" in state_dict:  # the host copy of the step counter follows the checkpoint (read once)
+            self.steps = int(state_dict[prefix + "step"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def temperatures(self) -> tuple:
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
         if rate == 0:
             return tau_n, tau_y
-        f = math.exp(-rate * float(self.step))
+        f = math.exp(-rate * self.steps)
         return max(float(self.opt["tau_min"]), tau_n * f), max(float(self.opt["tau_min"]), tau_y * f)
 
     def relate(self, mu: torch.Tensor, logvar: torch.Tensor, avail: Sequence[bool], sample: bool,
@@ -539,15 +557,14 @@ class MrVAE(MultimodalVAE):
             return self.relate_prior(mu, logvar)
         M, B, D = mu.shape
         tau_n, tau_y = self.temperatures()
-        av = torch.tensor(list(avail), device=mu.device)
+        avail = [bool(a) for a in avail]  # host data: no device tensor is read for it
         covered = [False] * len(self.shared)
         # prior draws rank each modality's factors by one Gumbel draw (consecutive picks of one uniform permutation)
         y_noise = gumbel(mu.new_zeros(M, B, D)) if from_prior and sample else [None] * M
         if any(avail) and not from_prior:
             z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
-            size_logits, cov = self.size_net(z, av)
-            scores, _ = self.score_net(z, av)
-            covered = cov.tolist()
+            size_logits, covered = self.size_net(z, avail)
+            scores, _ = self.score_net(z, avail)
             # one view per subspace / pair: their backward is one stack, not a zero-filled copy per read
             size_logits, scores = size_logits.unbind(0), scores.unbind(0)
         rel = Relation()
@@ -585,8 +602,11 @@ class MrVAE(MultimodalVAE):
             else:  # no input covers S_A: its slots come from the prior
                 q = Gaussian(mu.new_zeros(B, R), mu.new_zeros(B, R))
             rel.blocks.append((A, act, Ys, q))
-        keep = av[:, None, None]
-        rel.single = Gaussian(torch.where(keep, mu, 0.0), torch.where(keep, logvar, 0.0))
+        if all(avail):
+            rel.single = Gaussian(mu, logvar)
+        else:  # the missing modalities' rows are zeroed
+            rel.single = Gaussian(torch.stack([mu[j] if a else torch.zeros_like(mu[j]) for j, a in enumerate(avail)]),
+                                  torch.stack([logvar[j] if a else torch.zeros_like(logvar[j]) for j, a in enumerate(avail)]))
         rel.free = free
         return rel
 
@@ -631,7 +651,7 @@ class MrVAE(MultimodalVAE):
         sel_lv = logvar.reshape(-1).gather(0, flat).view(idx.shape) * exists
         slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(len(self.shared)))
         slots = CutSlots(slots.mu, slots.logvar, D)  # R rows, drawn as D (the same numbers at any R)
-        for p, (a, j) in enumerate(zip(pa.tolist(), pj.tolist())):
+        for p, (a, j) in enumerate(self.pairs):  # the order of pa, pj, from the host copy (no device read)
             if not rel.blocks or len(rel.blocks) == a:
                 rel.blocks.append((self.shared[a], act[p], {}, slots[a]))
             rel.blocks[a][2][j] = Picks(idx[p], exists[p], D)
@@ -675,6 +695,7 @@ class MrVAE(MultimodalVAE):
     def loss(self, x):
         if self.training:
             self.step += 1
+            self.steps += 1
         mu, logvar = self.unimodal(x, self.names)
         everything = [True] * len(self.names)
         if self.opt["objective"] == "q":
@@ -682,8 +703,8 @@ class MrVAE(MultimodalVAE):
             # Eqs. (20)-(21) write it: (n, y) ~ q(n, y) (Defs. 1-2), z ~ q(z | n, y, X); r_ψ(n, y | z) reads that z.
             rel = self.relate(mu, logvar, everything, sample=True, from_prior=True)
             u = rel.inputs(sample=True)
-            z, av = torch.stack(u), torch.ones(len(u), dtype=torch.bool, device=mu.device)
-            lr_n, lr_y = rel.log_ratio(self.size_net(z, av)[0], self.score_net(z, av)[0], self.pair_index)
+            z = torch.stack(u)
+            lr_n, lr_y = rel.log_ratio(self.size_net(z, everything)[0], self.score_net(z, everything)[0], self.pair_index)
             kl_n, kl_y = -lr_n, -lr_y  # log q(n, y) - log r(n, y | z): Eq. (4)'s third term, negated
         else:  # App. A.1's first case (Eq. 7) with App. E's relaxations: (n, y) ~ r(n, y | z), + KL(r || q)
             rel = self.relate(mu, logvar, everything, sample=True, with_kl=True)
@@ -694,7 +715,7 @@ class MrVAE(MultimodalVAE):
                   for j, m in enumerate(self.names))
         kl_z = rel.kl()
         loss = (nll + self.beta * kl_z + kl_n + kl_y).mean()  # Eq. (4), negated (β = 1 there)
-        shared = (rel.sizes() * torch.tensor([len(A) for A in self.shared], device=mu.device)).sum(-1)
+        shared = (rel.sizes() * self.shared_sizes).sum(-1)
         tau_n, tau_y = self.temperatures()
         logs: Dict[str, float] = {
             "loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl_z.mean().detach(),

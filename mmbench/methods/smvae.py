@@ -112,7 +112,13 @@ class SMVAE(PoEMixin, MultimodalVAE):
             raise ConfigError("method.options.stage1_fraction", f"must be a number in (0, 1), got {f!r}")
         self.total_steps = None  # set by plan_steps
         self.build_surrogate(architecture)
-        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # checkpointed; `steps`: host copy
+        self.steps = 0  # training steps so far, read by the schedule without a device read (no host sync)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "train_steps" in state_dict:  # the host copy follows the checkpoint (read once, at loading)
+            self.steps = int(state_dict[prefix + "train_steps"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def plan_steps(self, total: int) -> None:
         """Hook the trainer calls before training with the run's number of optimiser steps (epochs × batches)."""
@@ -136,7 +142,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
         """`end_to_end`, `stage1` or `stage2` for the current training step (counts only in training mode)."""
         if self.opt["schedule"] == "end_to_end":
             return "end_to_end"
-        return "stage1" if int(self.train_steps) < self.stage1_steps() else "stage2"
+        return "stage1" if self.steps < self.stage1_steps() else "stage2"
 
     def stage1_steps(self) -> int:
         if self.opt["stage1_steps"] is not None:
@@ -162,6 +168,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
         stage = self.stage()
         if self.training:
             self.train_steps += 1
+            self.steps += 1
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
             with torch.no_grad():
