@@ -1,6 +1,8 @@
 """Decoder likelihoods p(x_m | z). Each returns a per-sample log-density summed over the modality's dims."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -16,9 +18,12 @@ class Laplace:
 
     @classmethod
     def log_prob(cls, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # log Laplace(x; mu, b) = -log(2b) - |x - mu| / b
-        lp = -torch.log(torch.tensor(2 * cls.scale)) - (x - out).abs() / cls.scale
-        return lp.flatten(1).sum(1)
+        # Σ_i log Laplace(x_i; mu_i, b) = -N log(2b) - Σ_i |x_i - mu_i| / b: the constant and the scale applied to
+        # the row sums, not to every element (the evaluation's log-likelihood runs this on ~10^8 decoded rows);
+        # the gradient is bitwise that of the per-element form (-(g/b) = g/(-b))
+        d = x - out
+        d = d.abs_() if not d.requires_grad else d.abs()
+        return d.flatten(1).sum(1) / -cls.scale - math.prod(d.shape[1:]) * math.log(2 * cls.scale)
 
     @staticmethod
     def mean(out: torch.Tensor) -> torch.Tensor:
@@ -33,8 +38,9 @@ class Gaussian:
 
     @classmethod
     def log_prob(cls, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        lp = -0.5 * torch.log(torch.tensor(2 * torch.pi * cls.scale ** 2)) - (x - out) ** 2 / (2 * cls.scale ** 2)
-        return lp.flatten(1).sum(1)
+        # Σ_i log N(x_i; mu_i, σ²) = -N/2 log(2πσ²) - Σ_i (x_i - mu_i)² / (2σ²), constants on the row sums (as Laplace)
+        sq = (x - out) ** 2
+        return sq.flatten(1).sum(1) / -(2 * cls.scale ** 2) - math.prod(sq.shape[1:]) * 0.5 * math.log(2 * math.pi * cls.scale ** 2)
 
     @staticmethod
     def mean(out: torch.Tensor) -> torch.Tensor:
