@@ -1,0 +1,75 @@
+"""The packed loss can be captured whole (`mmbench run --compile`, `bench steps --compile`: torch.compile with
+mode "reduce-overhead", i.e. CUDA graphs, on a GPU).
+
+CUDA graphs replay one captured graph; a graph break (a Python branch on a tensor's value, a read back to the
+host, an operation the compiler cannot trace) splits the step into pieces run between Python code, which is what
+the capture is meant to remove. No GPU is needed to find them: TorchDynamo traces the same Python on the CPU, and
+`fullgraph=True` turns any break into an error. The graph is run with the "aot_eager" backend (traced forward and
+backward, run by the eager kernels: no C++ compiler needed), and its losses must equal the uncaptured pack's.
+"""
+import pytest
+import torch
+
+import mmbench.methods  # noqa: F401 - registers the methods
+from mmbench.data.base import Modality
+from mmbench.methods.base import MethodConfig
+from mmbench.pack import StackedModel
+from mmbench.registry import METHODS
+
+MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
+PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
+
+
+def pack_losses(method: str, capture: bool, steps: int = 2) -> torch.Tensor:
+    """Per-run losses of `steps` packed training steps (2 runs, vmapped as on a GPU)."""
+    cls = METHODS.get(method)
+    cfg = MethodConfig(method, latent_dim=8, beta=1.0)
+    states = []
+    for s in range(2):
+        torch.manual_seed(s)
+        states.append(cls(MODS, cfg, "polymnist_cnn").state_dict())
+    sm = StackedModel(cls(MODS, cfg, "polymnist_cnn").train(), states, [None, None], 1e-3, torch.device("cpu"))
+    sm.vectorised = True  # the GPU's way: one vmapped loss over the runs
+    if capture:
+        sm._replay = torch.compile(sm._replay, fullgraph=True, backend="aot_eager")
+    gens = [torch.Generator().manual_seed(s) for s in range(2)]
+    g = torch.Generator().manual_seed(0)
+    x = {m.name: torch.rand(2, 6, 3, 28, 28, generator=g) for m in MODS}
+    out = []
+    for _ in range(steps):
+        losses, logs = sm.loss(x, gens, 0)
+        assert all(torch.is_tensor(v) and v.shape == (2,) for v in logs.values())
+        sm.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        sm.opt.step()
+        out.append(losses.detach())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", PACKABLE)
+def test_packed_loss_is_captured_as_one_graph_with_the_same_losses(method):
+    torch._dynamo.reset()
+    eager = pack_losses(method, capture=False)
+    captured = pack_losses(method, capture=True)  # fullgraph=True: a graph break raises here
+    torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
+
+
+def test_a_graph_break_in_a_loss_is_found():
+    """The check can fail: a loss with a graph break (here an explicit one, which eager code and vmap ignore, as they
+    would a call the compiler cannot trace) is refused when captured whole."""
+    cls = METHODS.get("mopoe")
+
+    class Breaks(cls):
+        def loss(self, x):
+            loss, logs = super().loss(x)
+            torch._dynamo.graph_break()
+            return loss * 1.0, logs
+
+    METHODS._items["_breaks"] = Breaks
+    try:
+        torch._dynamo.reset()
+        pack_losses("_breaks", capture=False, steps=1)  # runs uncaptured
+        with pytest.raises(Exception, match="(?i)graph.break"):
+            pack_losses("_breaks", capture=True, steps=1)
+    finally:
+        del METHODS._items["_breaks"]
