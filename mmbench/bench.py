@@ -46,9 +46,13 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
 
 def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
               warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-              device: str = "cpu", precision: str = "fp32") -> Dict[str, float]:
-    """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda)."""
+              device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+    """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda).
+    `compile`: the loss captured with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only); its first
+    steps compile and record, so at least 3 warm-up steps are run."""
     dev = torch.device(device)
+    if compile and dev.type != "cuda":
+        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
     torch.manual_seed(seed)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=latent_dim, beta=1.0), architecture).to(dev)
@@ -56,15 +60,16 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     x = {m.name: torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
+    loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
 
     def step() -> None:
         with _autocast(precision, dev):
-            loss, _ = model.loss(x)
+            loss, _ = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return _timed(step, warmup, steps, dev, model.parameters())
+    return _timed(step, max(warmup, 3) if compile else warmup, steps, dev, model.parameters())
 
 
 def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
@@ -168,8 +173,9 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
 
 def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalities: Sequence[int], batch_size: int,
                latent_dim: int, steps: int, progress: Optional[Callable[[str], None]] = None,
-               device: str = "cpu", precision: str = "fp32") -> Dict[str, list]:
-    """Rows for every method at M = max(modalities), and for `scaling_methods` at every M."""
+               device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, list]:
+    """Rows for every method at M = max(modalities), and for `scaling_methods` at every M. `compile`: each method's
+    loss captured (step_time); a method that cannot be captured gets a row saying why (the floor is not captured)."""
     say = progress or (lambda s: None)
     top = max(modalities)
     rows, scaling = [], []
@@ -177,13 +183,21 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
     floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device)
     for m in methods:
         say(f"{m}, M={top}")
-        r = step_time(m, top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision)
-        rows.append({"method": m, "M": top, **r, "x_floor": r["median_s"] / floor["median_s"]})
+        try:
+            r = step_time(m, top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision,
+                          compile=compile)
+        except Exception as e:  # noqa: BLE001 - only with compile: a method the compiler cannot capture
+            if not compile:
+                raise
+            rows.append({"method": f"{m} (not captured: {type(e).__name__}: {str(e).splitlines()[0][:60]})", "M": top})
+            continue
+        rows.append({"method": m + (" (captured)" if compile else ""), "M": top, **r,
+                     "x_floor": r["median_s"] / floor["median_s"]})
     rows.append({"method": "(bare networks: floor)", "M": top, **floor, "x_floor": 1.0})
     for m in scaling_methods:
         for n in modalities:
             say(f"{m}, M={n}")
-            r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision)
+            r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision, compile=compile)
             scaling.append({"method": m, "M": n, **r})
     return {"methods": rows, "scaling": scaling}
 

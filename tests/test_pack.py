@@ -180,6 +180,9 @@ def test_bench_pack_step_time_counts_run_steps():
         pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
     with pytest.raises(MMBenchError, match="needs --device cuda"):
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
+    from mmbench.bench import step_time
+    with pytest.raises(MMBenchError, match="needs --device cuda"):  # unpacked capture: a GPU's too
+        step_time("mrvae", n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
 
 
 def test_step_table_reports_each_method_against_the_bare_network_floor():
@@ -245,7 +248,8 @@ def test_cli_pack_options(tmp_path, data_root):
     assert "one GPU (NVIDIA Y," in out and "for 3 of 3 unfinished run(s) in 1 pack(s)" in out
     for args, msg in [(("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
                       (("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
-                      (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1")]:
+                      (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),
+                      (("bench", "steps", "--compile"), "--compile captures CUDA graphs; use it with --device cuda")]:
         r = mm(*args)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

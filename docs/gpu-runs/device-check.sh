@@ -1,6 +1,8 @@
 #!/bin/bash
-# One prepared GPU check of the speed work (issue 13), fitting in 8 minutes on one H100/H200, everything
-# written under $OUT:
+# One prepared GPU check of the speed work (issue 13), fitting in 8 minutes on one H100/H200. The device returns at
+# most 8 files from $OUT, so the results are written to $RES (default /tmp/dc/results) and, after every part,
+# packed into $OUT/results.tgz; $OUT also gets log.txt, runs.tgz (run directories without checkpoints) and copies
+# of steps-packed.md, eval-time.txt, bf16-vs-fp32.md and report.md. The files of results.tgz:
 #   env.txt                 GPU, torch, git commit
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16
@@ -15,8 +17,9 @@
 #                           per metric, with fp32 and with bf16 decoders (eval.precision)
 #   report.md / report.txt  `mmbench report --compare reference_results/ --allow-missing`
 #   steps-compiled.md       packed MoPoE step captured with torch.compile(mode="reduce-overhead"), if time is left
+#   steps-mrvae-captured.md the unpacked mrVAE and MoPoE steps captured the same way, if time is left
 #   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
-#   log.txt                 everything printed; runs.tgz the run directories without checkpoints
+#   log.txt                 everything printed (also in $OUT)
 #
 # On the device (repository root; DATA names the folder holding mnist-t10k/ (the MNIST test IDX files) and
 # backgrounds/ (five photographs)):
@@ -24,14 +27,21 @@
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/device-check}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-470}
+OUT=${OUT:-/tmp/device-check}; RES=${RES:-/tmp/dc/results}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-470}
 SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
 export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/dc/runs} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 M="$PY -m mmbench"
-mkdir -p "$OUT" "$MMBENCH_DATA" "$MMBENCH_RUNS"
+mkdir -p "$OUT" "$RES" "$MMBENCH_DATA" "$MMBENCH_RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
+# $OUT after each part: results.tgz (written whole, then renamed), log.txt, the key tables; 8 files at most
+snap() {
+  cp "$OUT/log.txt" "$RES/log.txt" 2>/dev/null
+  tar czf "$OUT/.results.tgz" -C "$RES" . 2>/dev/null && mv -f "$OUT/.results.tgz" "$OUT/results.tgz"
+  for f in steps-packed.md eval-time.txt bf16-vs-fp32.md report.md; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
+  return 0
+}
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
@@ -56,8 +66,8 @@ if [ "$DEVICE" = cuda ]; then GPUS=(--gpus 0,0,0); GPU4=(--gpus 0); else GPUS=(-
 
 say "environment"
 { nvidia-smi 2>/dev/null | head -15; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  git rev-parse HEAD 2>/dev/null; echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"; } > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+  git rev-parse HEAD 2>/dev/null; echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"; } > "$RES/env.txt" 2>&1
+cat "$RES/env.txt"
 
 say "prepare PolyMNIST from the MNIST test split (multiplicity $MULT) + coherence classifiers"
 $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" --backgrounds "$SHARED/backgrounds" \
@@ -66,20 +76,21 @@ $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" -
 
 say "step table, packed and unpacked (fp32)"
 timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$OUT/steps-packed.md"
+  --steps $STEPS --out "$RES/steps-packed.md"
+snap
 say "step table, packed and unpacked (bf16)"
 timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
-  --latent-dim $LAT --steps $STEPS --precision bf16 --out "$OUT/steps-packed-bf16.md"
+  --latent-dim $LAT --steps $STEPS --precision bf16 --out "$RES/steps-packed-bf16.md"
 say "packed step looped over the runs instead of vmapped (a CPU's default), for comparison"
 MMBENCH_PACK_MODE=loop timeout $(to 30) $M bench steps --methods mopoe --pack 5 --device "$DEVICE" --batch-size $B \
-  --latent-dim $LAT --steps $STEPS --out "$OUT/steps-packed-loop.md"
+  --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-loop.md"
 say "mrVAE step next to MoPoE's"
 timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$OUT/steps-mrvae.md"
+  --steps $STEPS --out "$RES/steps-mrvae.md"
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
 # measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).
-EPOCHS=$($PY - "$OUT/steps-packed.md" "$(left)" "$SCALE" <<'EOF'
+EPOCHS=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" <<'EOF'
 import sys
 from mmbench.bench import pack_rate, read_step_times
 path, left, scale = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -100,10 +111,11 @@ print(f"{left} s left; slowest 5-pack {slowest:.0f} run-steps/s; training budget
 EOF
 )
 EPOCHS=$(echo "$EPOCHS" | head -1)
-echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)" | tee "$OUT/fig3-epochs.txt"
+echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)" | tee "$RES/fig3-epochs.txt"
 
+snap
 say "MoPoE Fig. 3 (15 runs, packed) and MoPoE x 5 in bf16, $EPOCHS epochs"
-cat > "$OUT/bf16-suite.yaml" <<EOF
+cat > "$RES/bf16-suite.yaml" <<EOF
 name: bf16-check
 description: MoPoE x 5 seeds as in MoPoE Fig. 3 but with train.precision bf16 (device-check.sh).
 defaults:
@@ -127,35 +139,43 @@ LIM=$(( $(left) - 100 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
 p1=$!
-timeout "$LIM" $M run "$OUT/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
+timeout "$LIM" $M run "$RES/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
 p2=$!
 wait "$p1" "$p2"  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
 
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
-$PY docs/gpu-runs/precision_agreement.py > "$OUT/bf16-vs-fp32.md"
-cat "$OUT/bf16-vs-fp32.md"
+$PY docs/gpu-runs/precision_agreement.py > "$RES/bf16-vs-fp32.md"
+cat "$RES/bf16-vs-fp32.md"
 
+snap
 say "full-budget evaluation time of one Fig. 3 MoPoE model"
 if [ "$SCALE" = tiny ]; then EB=quick; else EB=full; fi
-EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 70) $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$OUT/eval-time.txt"
-EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 45) $PY docs/eval_time.py $EB bf16 2>&1 | tail -3 | tee -a "$OUT/eval-time.txt"
+EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 70) $PY docs/eval_time.py $EB 2>&1 | tail -3 | tee "$RES/eval-time.txt"
+EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 45) $PY docs/eval_time.py $EB bf16 2>&1 | tail -3 | tee -a "$RES/eval-time.txt"
 
+snap
 say "report"
-$M report --compare reference_results/ --allow-missing --format md --out "$OUT/report.md" \
-  --title "device-check: MoPoE Fig. 3, $EPOCHS epochs, PolyMNIST from the MNIST test split" > "$OUT/report.txt" 2>&1
-tail -5 "$OUT/report.txt"
+$M report --compare reference_results/ --allow-missing --format md --out "$RES/report.md" \
+  --title "device-check: MoPoE Fig. 3, $EPOCHS epochs, PolyMNIST from the MNIST test split" > "$RES/report.txt" 2>&1
+tail -5 "$RES/report.txt"
 
+snap
 say "projected cost of every suite's full tier on this GPU (packed)"
 for s in suites/*.yaml; do
-  echo "== $s"; timeout $(to 30) $M run "$s" --tier full --dry-run --step-times "$OUT/steps-packed.md" 2>&1 | tail -4
-done > "$OUT/projection.txt"
-tail -3 "$OUT/projection.txt"
+  echo "== $s"; timeout $(to 30) $M run "$s" --tier full --dry-run --step-times "$RES/steps-packed.md" 2>&1 | tail -4
+done > "$RES/projection.txt"
+tail -3 "$RES/projection.txt"
 
-if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
-  say "captured packed step (torch.compile reduce-overhead)"
-  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack 5,15 --device cuda --batch-size $B --latent-dim $LAT \
-    --steps $STEPS --compile --out "$OUT/steps-compiled.md"
-fi
+snap
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
+if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
+  say "captured steps (torch.compile reduce-overhead): mrVAE and MoPoE unpacked, then MoPoE packed"
+  timeout $(( ($(left) - 10) / 2 )) $M bench steps --methods mrvae,mopoe --scaling "" --device cuda --batch-size $B \
+    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md"
+  snap
+  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack 5,15 --device cuda --batch-size $B --latent-dim $LAT \
+    --steps $STEPS --compile --out "$RES/steps-compiled.md"
+fi
+snap
 say "done ($(left) s of the budget left)"

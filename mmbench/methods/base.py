@@ -287,6 +287,8 @@ class MultimodalVAE(nn.Module):
         """A tensor computed from host data alone (subset masks, prior-expert flags), built on the host once per key
         and device and kept there: a step then neither copies host data to the device (on a GPU that waits for
         every queued kernel) nor launches a kernel per element (tests/test_no_host_sync.py)."""
+        if torch.compiler.is_compiling():  # traced into a captured step: a constant of the graph, never a stored
+            return build().to(device)  # graph output (CUDA graphs overwrite those on the next replay)
         cache = self.__dict__.setdefault("_host_constants", {})
         k = (key, str(torch.device(device) if device is not None else "cpu"))
         if k not in cache:

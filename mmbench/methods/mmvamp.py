@@ -132,7 +132,12 @@ class MMVAMP(Independent):
     def kl_weight(self) -> float:
         return self.beta
 
+    def annealing(self) -> bool:
+        return self.opt["alpha_anneal_steps"] > 0 and self.opt["alpha"] > 0
+
     def alpha(self) -> float:
+        if not self.annealing():  # constant: the counters are not read
+            return float(self.opt["alpha"])
         return annealed_alpha(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], self.anneal_position())
 
     def rate(self, q: Gaussian, z):
@@ -148,5 +153,6 @@ class MMVAMP(Independent):
             rows = next(iter(x.values())).shape[0]
             self.train_steps += 1
             self.train_samples += rows
-            self.counts = [self.counts[0] + 1, self.counts[1] + rows]
+            if self.annealing():  # only the schedule reads the host copies (a captured step has none to specialise on)
+                self.counts = [self.counts[0] + 1, self.counts[1] + rows]
         return loss, logs

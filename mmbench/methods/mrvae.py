@@ -478,7 +478,7 @@ class MrVAE(MultimodalVAE):
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
 
-    # a Python-side step counter anneals the temperatures; runs train unpacked (mmbench/pack.py)
+    # a step counter anneals the temperatures (a buffer, per run); runs train unpacked (mmbench/pack.py)
     packable = False
 
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
@@ -518,8 +518,7 @@ class MrVAE(MultimodalVAE):
         triples = [(u, i) for u, (a, _) in enumerate(pairs) for i in self.shared[a]]
         self.size_net = SetNets([j for _, j in pairs], [a for a, _ in pairs], len(self.shared), D, H, D + 1)  # Eq. 35
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed; `steps` is its host copy
-        self.steps = 0  # training steps so far, read by the temperature schedule without a device read
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps so far; checkpointed
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
         self.cut_rows = None  # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior)
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
@@ -536,17 +535,15 @@ class MrVAE(MultimodalVAE):
         self.register_buffer("pair_mask", F.one_hot(self.pair_block, len(self.shared)).T.float(), persistent=False)
         self.register_buffer("shared_sizes", torch.tensor([len(A) for A in self.shared]), persistent=False)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "step" in state_dict:  # the host copy of the step counter follows the checkpoint (read once)
-            self.steps = int(state_dict[prefix + "step"])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def temperatures(self) -> tuple:
+        """(τ_n, τ_y): the options' numbers, or with `anneal_rate` > 0 max(τ_min, τ_0·exp(-rate·step)) as device
+        tensors computed from the step buffer (no read back to the host, nothing for a captured step to specialise on)."""
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
         if rate == 0:
             return tau_n, tau_y
-        f = math.exp(-rate * self.steps)
-        return max(float(self.opt["tau_min"]), tau_n * f), max(float(self.opt["tau_min"]), tau_y * f)
+        f = torch.exp(self.step.double() * -rate)
+        lo = float(self.opt["tau_min"])
+        return (f * tau_n).clamp_min(lo), (f * tau_y).clamp_min(lo)
 
     def relate(self, mu: torch.Tensor, logvar: torch.Tensor, avail: Sequence[bool], sample: bool,
                with_kl: bool = False, from_prior: bool = False) -> Relation:
@@ -695,7 +692,6 @@ class MrVAE(MultimodalVAE):
     def loss(self, x):
         if self.training:
             self.step += 1
-            self.steps += 1
         mu, logvar = self.unimodal(x, self.names)
         everything = [True] * len(self.names)
         if self.opt["objective"] == "q":

@@ -113,7 +113,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
         self.total_steps = None  # set by plan_steps
         self.build_surrogate(architecture)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # checkpointed; `steps`: host copy
-        self.steps = 0  # training steps so far, read by the schedule without a device read (no host sync)
+        self.steps = 0  # training steps so far, read by the two_stage schedule without a device read (no host sync)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "train_steps" in state_dict:  # the host copy follows the checkpoint (read once, at loading)
@@ -168,7 +168,8 @@ class SMVAE(PoEMixin, MultimodalVAE):
         stage = self.stage()
         if self.training:
             self.train_steps += 1
-            self.steps += 1
+            if self.opt["schedule"] != "end_to_end":  # only a schedule reads it (a captured step then has no
+                self.steps += 1  # host number to specialise on)
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
             with torch.no_grad():
