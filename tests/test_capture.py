@@ -11,7 +11,6 @@ backward, run by the eager kernels: no C++ compiler needed), and its losses must
 import pytest
 import torch
 
-import mmbench.methods  # noqa: F401 - registers the methods
 from mmbench.data.base import Modality
 from mmbench.methods.base import MethodConfig
 from mmbench.pack import StackedModel

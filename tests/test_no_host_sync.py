@@ -16,7 +16,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import mmbench.methods  # noqa: F401 - registers the methods
 from mmbench.data.base import Modality, to_float
 from mmbench.methods.base import MethodConfig
 from mmbench.registry import DATASETS, METHODS
