@@ -171,6 +171,12 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
     return rows
 
 
+def _first_line(e: BaseException) -> str:
+    """The exception's type and the first line of its message (which may be empty), shortened."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:60]}" if lines else type(e).__name__
+
+
 def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalities: Sequence[int], batch_size: int,
                latent_dim: int, steps: int, progress: Optional[Callable[[str], None]] = None,
                device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, list]:
@@ -189,7 +195,7 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
         except Exception as e:  # noqa: BLE001 - only with compile: a method the compiler cannot capture
             if not compile:
                 raise
-            rows.append({"method": f"{m} (not captured: {type(e).__name__}: {str(e).splitlines()[0][:60]})", "M": top})
+            rows.append({"method": f"{m} (not captured: {_first_line(e)})", "M": top})
             continue
         rows.append({"method": m + (" (captured)" if compile else ""), "M": top, **r,
                      "x_floor": r["median_s"] / floor["median_s"]})
@@ -197,7 +203,14 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
     for m in scaling_methods:
         for n in modalities:
             say(f"{m}, M={n}")
-            r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision, compile=compile)
+            try:
+                r = step_time(m, n, batch_size, latent_dim, steps, device=device, precision=precision,
+                              compile=compile)
+            except Exception as e:  # noqa: BLE001 - only with compile, as above
+                if not compile:
+                    raise
+                scaling.append({"method": f"{m} (not captured: {_first_line(e)})", "M": n, "median_s": float("nan")})
+                continue
             scaling.append({"method": m, "M": n, **r})
     return {"methods": rows, "scaling": scaling}
 

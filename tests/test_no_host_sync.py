@@ -14,6 +14,7 @@ import traceback
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmbench.data.base import Modality, to_float
@@ -28,7 +29,9 @@ def where() -> str:
 
 
 class HostToDevice(TorchDispatchMode):
-    """Records every copy of a host tensor to the meta device (`.to(device)`, `copy_`)."""
+    """Records every copy of a host tensor to the meta device (`.to(device)`, `copy_`), and every operation on device
+    tensors that takes a host tensor with elements (e.g. indexing with a host index tensor or list: on a GPU its
+    indices are copied over first)."""
 
     def __init__(self):
         super().__init__()
@@ -41,12 +44,17 @@ class HostToDevice(TorchDispatchMode):
             dst = args[0].device if func is torch.ops.aten.copy_.default else kwargs.get("device") or src.device
             if src.device.type == "cpu" and torch.device(dst).type == "meta":
                 self.copies.append(f"{func}: host tensor of shape {tuple(src.shape)} at {where()}")
+        else:
+            tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            host = [t for t in tensors if t.device.type == "cpu" and t.dim() > 0]
+            if host and any(t.device.type == "meta" for t in tensors):
+                self.copies.append(f"{func}: takes a host tensor of shape {tuple(host[0].shape)} at {where()}")
         return func(*args, **kwargs)
 
 
 class DataToDevice(TorchFunctionMode):
     """Records tensors built from host data for the device (`torch.tensor(data, device=...)`, `as_tensor`,
-    `Tensor.new_tensor`), which dispatch modes do not see."""
+    `Tensor.new_tensor`, indexing by a list), which dispatch modes do not see."""
 
     def __init__(self, copies: list):
         super().__init__()
@@ -61,6 +69,10 @@ class DataToDevice(TorchFunctionMode):
         elif func is torch.Tensor.new_tensor and args[0].device.type == "meta" and \
                 torch.device(kwargs.get("device") or "meta").type == "meta":
             self.copies.append(f"new_tensor from host data for the device at {where()}")
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and args[0].device.type == "meta":
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, list) for i in index):  # advanced indexing by a host list: its indices are sent
+                self.copies.append(f"indexing by a host list at {where()}")
         return func(*args, **kwargs)
 
 
@@ -133,10 +145,12 @@ def test_the_detector_finds_device_reads_and_host_copies():
     with pytest.raises((RuntimeError, NotImplementedError)):
         t.tolist()
     for send in (lambda: torch.tensor([1, 2, 3], device="meta"), lambda: t.new_tensor(2.0),
-                 lambda: torch.as_tensor([1.0], device="meta"), lambda: torch.arange(3).to("meta")):
+                 lambda: torch.as_tensor([1.0], device="meta"), lambda: torch.arange(3).to("meta"),
+                 lambda: t[[0, 2]], lambda: t[torch.tensor([0, 2])], lambda: t.index_select(0, torch.tensor([0, 2]))):
         with host_copies() as copies:
             send()
         assert len(copies) == 1
     with host_copies() as copies:
         t * torch.tensor(2.0) + torch.arange(3, device="meta")  # a host scalar is an argument of the kernel
+        t[0], t[1:], t[None, :2]  # basic indexing: views
     assert copies == []

@@ -285,6 +285,20 @@ def test_two_stage_schedule_freezes_the_right_parameters(name):
     assert int(model.state_dict()["train_steps"]) == 6  # saved with the weights, so a resumed run keeps its stage
 
 
+def test_two_stage_schedule_resumes_in_its_stage_from_a_checkpoint():
+    """The schedule reads a host copy of the step counter (no device read per step); a model loaded from a
+    checkpoint takes it from the saved counter, so a resumed run is in the stage the saved one was in."""
+    model = make("smvae", schedule="two_stage", stage1_steps=3)
+    x = batch(4)
+    for _ in range(3):
+        model.loss(x)
+    assert model.stage() == "stage2" and model.steps == 3
+    resumed = make("smvae", schedule="two_stage", stage1_steps=3)
+    assert resumed.stage() == "stage1"
+    resumed.load_state_dict(model.state_dict())
+    assert resumed.stage() == "stage2" and resumed.steps == 3
+
+
 def test_two_stage_fraction_uses_the_planned_length():
     model = make("smvae", schedule="two_stage", stage1_fraction=0.25)
     with pytest.raises(MMBenchError, match="plan_steps"):

@@ -33,6 +33,7 @@ export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
 M="$PY -m mmbench"
+rm -rf "$RES"  # this run's results only (a warm machine or a second dry run may hold an earlier run's)
 mkdir -p "$OUT" "$RES" "$MMBENCH_DATA" "$MMBENCH_RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 # $OUT after each part: results.tgz (written whole, then renamed), log.txt, the key tables; 8 files at most

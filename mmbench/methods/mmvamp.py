@@ -153,6 +153,7 @@ class MMVAMP(Independent):
             rows = next(iter(x.values())).shape[0]
             self.train_steps += 1
             self.train_samples += rows
-            if self.annealing():  # only the schedule reads the host copies (a captured step has none to specialise on)
+            if self.annealing():  # only the schedule reads the host copies (without it a captured step has none to
+                # specialise on; with it, a captured step is recompiled as α changes)
                 self.counts = [self.counts[0] + 1, self.counts[1] + rows]
         return loss, logs

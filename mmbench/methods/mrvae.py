@@ -266,9 +266,13 @@ class SetNets(nn.Module):
         w1, b1, member = self.w1, self.b1, self.member.to(z.dtype)
         if not all(avail):  # some modality missing (evaluation): its units drop out of the means
             key = (tuple(avail), z.device)
-            if key not in self._index:
-                self._index[key] = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long, device=z.device)
-            mods = self._index[key]
+            if torch.compiler.is_compiling():  # traced into a captured step: a graph constant, never stored
+                mods = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long, device=z.device)
+            else:
+                if key not in self._index:
+                    self._index[key] = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long,
+                                                    device=z.device)
+                mods = self._index[key]
             z, w1, b1, member = z.index_select(0, mods), w1.index_select(0, mods), b1.index_select(0, mods), \
                 member.index_select(1, mods)
         h = torch.relu(torch.baddbmm(b1[:, None], z, w1))  # m×B×(n·H): each modality's n units in one product
