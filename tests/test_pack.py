@@ -198,6 +198,26 @@ def test_step_table_reports_each_method_against_the_bare_network_floor():
     assert floor["params_m"] == pytest.approx(rows["mvae"]["params_m"])
 
 
+def test_captured_step_table_records_a_method_that_cannot_be_captured(monkeypatch):
+    """bench steps --compile: a method whose capture fails (any exception, even one without a message) gets a row
+    saying so, in the method table and the scaling table, instead of ending the command."""
+    from mmbench import bench
+
+    def fails(method, *a, **k):
+        if k.get("compile"):
+            raise AssertionError() if method == "mvae" else RuntimeError("no graph\nmore")
+        return {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "params_m": 1.0, "run_steps_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "step_time", fails)
+    res = bench.step_table(["mopoe", "mvae"], ["mopoe"], [2], batch_size=8, latent_dim=4, steps=1, compile=True)
+    names = [r["method"] for r in res["methods"]]
+    assert names[:2] == ["mopoe (not captured: RuntimeError: no graph)", "mvae (not captured: AssertionError)"]
+    assert res["scaling"][0]["method"] == "mopoe (not captured: RuntimeError: no graph)"
+    with pytest.raises(RuntimeError):  # uncaptured timing errors are not swallowed
+        monkeypatch.setattr(bench, "step_time", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+        bench.step_table(["mopoe"], [], [2], batch_size=8, latent_dim=4, steps=1)
+
+
 def test_gpu_projection_uses_pack_rates(tmp_path):
     from mmbench.bench import projected_seconds, read_step_times
 
