@@ -167,8 +167,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                            "(runs differing only in seed; default: split evenly over the workers, "
                                            "or over --slurm-array-parallelism tasks with --executor slurm; "
                                            "1: every run alone)."),
-        compile: bool = typer.Option(False, "--compile", help="Capture packed steps with torch.compile "
-                                     "(reduce-overhead, CUDA graphs); GPU workers only."),
+        compile: bool = typer.Option(False, "--compile", help="Capture training steps (packed and unpacked) with "
+                                     "torch.compile (reduce-overhead, CUDA graphs); GPU workers only."),
         step_times: Optional[Path] = typer.Option(None, "--step-times", help="With --dry-run: a `mmbench bench steps "
                                                   "--pack` table (e.g. docs/step_times_h100.md) to project the "
                                                   "tier's training time on that GPU."),
@@ -253,7 +253,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     if compile:
         import os
 
-        os.environ["MMBENCH_COMPILE"] = "1"  # read by the packed trainer in each worker
+        os.environ["MMBENCH_COMPILE"] = "1"  # read by the trainers in each worker (pack.py, train.py captured)
     if executor not in ("local", "slurm"):
         raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
     cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,

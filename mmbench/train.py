@@ -164,6 +164,32 @@ def device_of() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def captured(fn: Callable, device) -> Optional[Callable]:
+    """`fn` (a training loss) captured as `mmbench run --compile` asks (MMBENCH_COMPILE=1), or None: on a GPU,
+    torch.compile mode "reduce-overhead" (CUDA graphs) with the random operations left to the eager kernels
+    (inductor's fallback_random), so a run draws the numbers it draws uncaptured; MMBENCH_COMPILE_BACKEND names
+    another backend, on any device (the tests trace with "aot_eager" on the CPU)."""
+    backend = os.environ.get("MMBENCH_COMPILE_BACKEND")
+    if os.environ.get("MMBENCH_COMPILE") != "1" or (torch.device(device).type != "cuda" and not backend):
+        return None
+    if backend:
+        return torch.compile(fn, backend=backend)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    return torch.compile(fn, mode="reduce-overhead")
+
+
+def rng_states(device) -> tuple:
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None)
+
+
+def set_rng_states(states: tuple, device) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
 def autocast(precision: str, device) -> contextlib.AbstractContextManager:
     """The loss's precision context: fp32 = none; bf16 = torch.autocast to bfloat16 on the run's device."""
     if precision == "fp32":
@@ -233,6 +259,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                      "state": state})
 
     model.train()
+    loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
+    if loss_fn is not None:
+        run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")
     for epoch in range(state["epoch"], E):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(train_split), generator=g).to(device)
@@ -241,8 +270,20 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         finite = torch.ones((), dtype=torch.bool, device=device)  # read at the end of the epoch (and before a save)
         for b in range(first, n_batches):  # drop_last, as the authors' loaders
             idx = perm[b * B:(b + 1) * B]
+            x = train_split.batch(idx, device)
             with autocast(cfg.train.precision, device):
-                loss, logs = model.loss(train_split.batch(idx, device))
+                if loss_fn is None:
+                    loss, logs = model.loss(x)
+                else:  # captured; if torch.compile fails, go on uncaptured with the same random numbers, saying so
+                    before = rng_states(device)
+                    try:
+                        loss, logs = loss_fn(x)
+                    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                        set_rng_states(before, device)
+                        run.log(f"torch.compile failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}); "
+                                f"training uncaptured")
+                        loss_fn = None
+                        loss, logs = model.loss(x)
             finite &= torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
