@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .data.base import Modality
-from .errors import MMBenchError
+from .errors import MMBenchError, brief
 from .methods.base import MethodConfig
 from .registry import METHODS
 
@@ -171,12 +171,6 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
     return rows
 
 
-def _first_line(e: BaseException) -> str:
-    """The exception's type and the first line of its message (which may be empty), shortened."""
-    lines = str(e).splitlines()
-    return f"{type(e).__name__}: {lines[0][:60]}" if lines else type(e).__name__
-
-
 def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalities: Sequence[int], batch_size: int,
                latent_dim: int, steps: int, progress: Optional[Callable[[str], None]] = None,
                device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, list]:
@@ -195,7 +189,7 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
         except Exception as e:  # noqa: BLE001 - only with compile: a method the compiler cannot capture
             if not compile:
                 raise
-            rows.append({"method": f"{m} (not captured: {_first_line(e)})", "M": top})
+            rows.append({"method": f"{m} (not captured: {brief(e, 60)})", "M": top})
             continue
         rows.append({"method": m + (" (captured)" if compile else ""), "M": top, **r,
                      "x_floor": r["median_s"] / floor["median_s"]})
@@ -209,7 +203,7 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
             except Exception as e:  # noqa: BLE001 - only with compile, as above
                 if not compile:
                     raise
-                scaling.append({"method": f"{m} (not captured: {_first_line(e)})", "M": n, "median_s": float("nan")})
+                scaling.append({"method": f"{m} (not captured: {brief(e, 60)})", "M": n, "median_s": float("nan")})
                 continue
             scaling.append({"method": m, "M": n, **r})
     return {"methods": rows, "scaling": scaling}

@@ -40,7 +40,8 @@ class Gaussian:
     def log_prob(cls, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # Σ_i log N(x_i; mu_i, σ²) = -N/2 log(2πσ²) - Σ_i (x_i - mu_i)² / (2σ²), constants on the row sums (as Laplace)
         sq = (x - out) ** 2
-        return sq.flatten(1).sum(1) / -(2 * cls.scale ** 2) - math.prod(sq.shape[1:]) * 0.5 * math.log(2 * math.pi * cls.scale ** 2)
+        const = math.prod(sq.shape[1:]) * 0.5 * math.log(2 * math.pi * cls.scale ** 2)
+        return sq.flatten(1).sum(1) / -(2 * cls.scale ** 2) - const
 
     @staticmethod
     def mean(out: torch.Tensor) -> torch.Tensor:

@@ -190,10 +190,11 @@ class StackedModel:
         self._replay_shared_x = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, None, 0), randomness="error")
         self.vectorised = vectorised_on(device)
 
-    def compile(self) -> None:
-        """Capture the packed training loss (torch.compile, mode "reduce-overhead": CUDA graphs); GPU only."""
+    def compile(self, captured_replay: Optional[Callable] = None) -> None:
+        """Capture the packed training loss: `captured_replay` (train.captured of it), or torch.compile mode
+        "reduce-overhead" (CUDA graphs; GPU only)."""
         self._eager = self._replay
-        self._replay = torch.compile(self._replay, mode="reduce-overhead")
+        self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
 
     def uncompile(self) -> None:
         self._replay = getattr(self, "_eager", self._replay)
@@ -426,9 +427,10 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     if why:
         alone([m.run for m in members], why)
         return {}
-    capture = os.environ.get("MMBENCH_COMPILE") == "1" and torch.device(device).type == "cuda"
+    replay = train_mod.captured(sm._replay, device)  # `mmbench run --compile`, as unpacked runs decide it
+    capture = replay is not None
     if capture:
-        sm.compile()
+        sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")

@@ -30,7 +30,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import DataSplit, load_split
-from .errors import MMBenchError
+from .errors import MMBenchError, brief
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
 from . import results as results_mod
@@ -280,8 +280,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                         loss, logs = loss_fn(x)
                     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                         set_rng_states(before, device)
-                        run.log(f"torch.compile failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}); "
-                                f"training uncaptured")
+                        run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
                         loss_fn = None
                         loss, logs = model.loss(x)
             finite &= torch.isfinite(loss.detach())

@@ -86,7 +86,7 @@ def host_copies():
 
 def step_on_meta(method: str, modalities, architecture: str, options=None, batch: int = 4) -> list:
     """A third training step (loss and backward) of `method` on the meta device; returns its host->device copies.
-    The first two are not observed: they may build constants from host data once (MultimodalVAE.host_constant),
+    The first two are not observed: they may build constants from host data once (methods/base.py host_constant),
     also those of a second training stage (smvae two_stage with stage1_steps 1)."""
     torch.manual_seed(0)
     cfg = MethodConfig(method, latent_dim=16, beta=1.0, options=dict(options or {}))

@@ -163,6 +163,19 @@ def check_representation(how: str) -> None:
         raise ValueError(f"posterior representation {how!r} is not one of {', '.join(REPRESENTATIONS)}")
 
 
+def host_constant(owner: nn.Module, key: tuple, device: Any, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A tensor computed from host data alone (subset masks, prior-expert flags, index lists), built by `build` on
+    the host once per key and device and kept on `owner`: a step then neither copies host data to the device (on a
+    GPU that waits for every queued kernel) nor launches a kernel per element (tests/test_no_host_sync.py)."""
+    if torch.compiler.is_compiling():  # traced into a captured step: a constant of the graph, never a stored
+        return build().to(device)  # graph output (CUDA graphs overwrite those on the next replay)
+    cache = owner.__dict__.setdefault("_host_constants", {})
+    k = (key, str(torch.device(device) if device is not None else "cpu"))
+    if k not in cache:
+        cache[k] = build().to(device)
+    return cache[k]
+
+
 def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
                        prior_expert: torch.Tensor) -> Gaussian:
     """Products of Gaussian experts for K subsets at once (MoPoE Def. 1.1 and Eq. 8; MoPoE
@@ -283,28 +296,17 @@ class MultimodalVAE(nn.Module):
         out = [self.encoders[n](x[n]) for n in names]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
-    def host_constant(self, key: tuple, device: Any, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A tensor computed from host data alone (subset masks, prior-expert flags), built on the host once per key
-        and device and kept there: a step then neither copies host data to the device (on a GPU that waits for
-        every queued kernel) nor launches a kernel per element (tests/test_no_host_sync.py)."""
-        if torch.compiler.is_compiling():  # traced into a captured step: a constant of the graph, never a stored
-            return build().to(device)  # graph output (CUDA graphs overwrite those on the next replay)
-        cache = self.__dict__.setdefault("_host_constants", {})
-        k = (key, str(torch.device(device) if device is not None else "cpu"))
-        if k not in cache:
-            cache[k] = build().to(device)
-        return cache[k]
-
     def subset_mask(self, subsets: Sequence[Subset], names: Sequence[str], device: Any = None) -> torch.Tensor:
-        """K×M float mask: 1 where modality names[m] is in subsets[k]."""
-        pos = {n: i for i, n in enumerate(names)}
-        for s in subsets:
-            for n in s:
-                if n not in pos:
-                    raise KeyError(f"modality {n!r} is not an input here; inputs: {list(names)}")
-        rows = [[float(n in s) for n in names] for s in subsets]
-        return self.host_constant(("subset_mask", tuple(map(tuple, subsets)), tuple(names)), device,
-                                  lambda: torch.tensor(rows, dtype=torch.get_default_dtype()).reshape(len(subsets), len(names)))
+        """K×M float mask: 1 where modality names[m] is in subsets[k] (built and checked once per run)."""
+        def build() -> torch.Tensor:
+            for s in subsets:
+                for n in s:
+                    if n not in names:
+                        raise KeyError(f"modality {n!r} is not an input here; inputs: {list(names)}")
+            rows = [[float(n in s) for n in names] for s in subsets]
+            return torch.tensor(rows, dtype=torch.get_default_dtype()).reshape(len(subsets), len(names))
+
+        return host_constant(self, ("subset_mask", tuple(map(tuple, subsets)), tuple(names)), device, build)
 
     def needed(self, subsets: Sequence[Subset]) -> List[str]:
         """Modalities that some subset uses, in model order (so only those are encoded)."""
@@ -348,7 +350,7 @@ class PoEMixin:
             subsets: Sequence[Subset]) -> Gaussian:
         mask = self.subset_mask(subsets, names, mu.device)
         flags = [float(self.prior_expert(s)) for s in subsets]
-        prior = self.host_constant(("prior_expert", tuple(flags)), mu.device, lambda: torch.tensor(flags))
+        prior = host_constant(self, ("prior_expert", tuple(flags)), mu.device, lambda: torch.tensor(flags))
         return product_of_experts(mu, logvar, mask, prior)
 
     def encode_subsets(self, x, subsets):

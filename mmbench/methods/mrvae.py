@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, product_of_experts, randn_like
+from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, host_constant, product_of_experts, randn_like
 
 
 # ----- relaxations and priors ------------------------------------------------------------------
@@ -237,7 +237,6 @@ class SetNets(nn.Module):
         self.register_buffer("member", member.reshape(n_groups, M, n), persistent=False)  # G×M×n: unit (m, k) in g
         self.register_buffer("order", torch.tensor(order), persistent=False)
         self.sources = [sorted({src[u] for u in range(len(src)) if group[u] == g}) for g in range(n_groups)]
-        self._index = {}  # (available modalities, device) -> their index tensor, built once per pattern
 
     def regroup(self, t: torch.Tensor) -> torch.Tensor:
         """A first-layer tensor in the per-unit layout of checkpoints written before the grouped one (w1 or its Adam
@@ -265,14 +264,8 @@ class SetNets(nn.Module):
         avail = [bool(a) for a in avail]
         w1, b1, member = self.w1, self.b1, self.member.to(z.dtype)
         if not all(avail):  # some modality missing (evaluation): its units drop out of the means
-            key = (tuple(avail), z.device)
-            if torch.compiler.is_compiling():  # traced into a captured step: a graph constant, never stored
-                mods = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long, device=z.device)
-            else:
-                if key not in self._index:
-                    self._index[key] = torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long,
-                                                    device=z.device)
-                mods = self._index[key]
+            mods = host_constant(self, ("available", tuple(avail)), z.device,
+                                 lambda: torch.tensor([m for m, a in enumerate(avail) if a], dtype=torch.long))
             z, w1, b1, member = z.index_select(0, mods), w1.index_select(0, mods), b1.index_select(0, mods), \
                 member.index_select(1, mods)
         h = torch.relu(torch.baddbmm(b1[:, None], z, w1))  # m×B×(n·H): each modality's n units in one product
