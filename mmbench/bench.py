@@ -44,20 +44,23 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
             "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
 
 
-def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
-              warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-              device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
-    """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda).
-    `compile`: the loss captured with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only); its first
-    steps compile and record, so at least 3 warm-up steps are run."""
+def _foreach(dev: torch.device):
+    """Adam's implementation as the trainer gets it on a GPU (multi-tensor kernels), also on meta, where op counts
+    stand for a GPU's launches; the default elsewhere."""
+    return True if dev.type == "meta" else None
+
+
+def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
+                architecture: str = "polymnist_cnn", seed: int = 0, device: str = "cpu", precision: str = "fp32",
+                compile: bool = False) -> tuple:
+    """(one training step of `method` as a function: loss, backward, Adam update; its parameters) on one fixed
+    random PolyMNIST-shaped batch on `device`."""
     dev = torch.device(device)
-    if compile and dev.type != "cuda":
-        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
     torch.manual_seed(seed)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=latent_dim, beta=1.0), architecture).to(dev)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=_foreach(dev))
     g = torch.Generator().manual_seed(seed)
     x = {m.name: torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
     loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
@@ -69,15 +72,27 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
         loss.backward()
         opt.step()
 
-    return _timed(step, max(warmup, 3) if compile else warmup, steps, dev, model.parameters())
+    return step, list(model.parameters())
 
 
-def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
-                    warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-                    device: str = "cpu") -> Dict[str, float]:
-    """The bare-network floor of a step: each modality's encoder on its batch, one reparameterised z per
-    modality, each decoder on its z, a squared-error + KL loss, backward, Adam -- the arithmetic every
-    method's step contains, without any method's aggregation. A method's step / this = its overhead."""
+def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
+              warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
+              device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+    """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda).
+    `compile`: the loss captured with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only); its first
+    steps compile and record, so at least 3 warm-up steps are run."""
+    if compile and torch.device(device).type != "cuda":
+        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
+    step, params = method_step(method, n_modalities, batch_size, latent_dim, architecture, seed, device, precision,
+                               compile)
+    return _timed(step, max(warmup, 3) if compile else warmup, steps, torch.device(device), params)
+
+
+def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
+               architecture: str = "polymnist_cnn", seed: int = 0, device: str = "cpu") -> tuple:
+    """(the bare-network floor of a step as a function, its parameters): each modality's encoder on its batch, one
+    reparameterised z per modality, each decoder on its z, a squared-error + KL loss, backward, Adam -- the
+    arithmetic every method's step contains, without any method's aggregation."""
     from .registry import ARCHITECTURES
 
     dev = torch.device(device)
@@ -87,7 +102,7 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
     nets = torch.nn.ModuleList([torch.nn.ModuleList([arch.encoder(m, latent_dim), arch.decoder(m, latent_dim)])
                                 for m in mods]).to(dev)
     nets.train()
-    opt = torch.optim.Adam(nets.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(nets.parameters(), lr=1e-4, foreach=_foreach(dev))
     g = torch.Generator().manual_seed(seed)
     x = [torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for _ in mods]
 
@@ -101,7 +116,48 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
         loss.backward()
         opt.step()
 
-    return _timed(step, warmup, steps, dev, nets.parameters())
+    return step, list(nets.parameters())
+
+
+def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
+                    warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
+                    device: str = "cpu") -> Dict[str, float]:
+    """Seconds per step of floor_step. A method's step / this = its overhead."""
+    step, params = floor_step(n_modalities, batch_size, latent_dim, architecture, seed, device)
+    return _timed(step, warmup, steps, torch.device(device), params)
+
+
+_VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "permute", "t", "transpose", "slice", "select",
+          "alias", "as_strided", "detach", "unbind", "split", "split_with_sizes", "chunk", "narrow", "diagonal",
+          "view_as_real", "view_as_complex", "unfold", "lift_fresh", "_reshape_alias", "reshape", "flatten"}
+
+
+def device_ops(step: Callable[[], None], warmup: int = 2) -> int:
+    """The tensor operations one call of `step` runs on the device, views excluded: on a GPU each launches at least
+    one kernel, so where launches bound the step (small networks) this is its cost. `step` must be built on the
+    `meta` device (mmbench.bench.method_step(device="meta")): shapes without data, so nothing is computed, and the
+    count is the GPU's (data-dependent row cuts that only the CPU makes, e.g. mrVAE's, are not made on meta).
+    Operations on host tensors alone (an optimiser's step counter) are not counted. `warmup` calls run first (lazy
+    state: Adam's moments, constants built once per run)."""
+    from torch.utils import _pytree as pytree
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.__name__.split(".")[0] not in _VIEWS and any(
+                    isinstance(t, torch.Tensor) and t.device.type == "meta"
+                    for t in pytree.tree_leaves((args, kwargs, out))):
+                Count.n += 1
+            return out
+
+    for _ in range(warmup):
+        step()
+    with Count():
+        step()
+    return Count.n
 
 
 def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
@@ -192,8 +248,10 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
             rows.append({"method": f"{m} (not captured: {brief(e, 60)})", "M": top})
             continue
         rows.append({"method": m + (" (captured)" if compile else ""), "M": top, **r,
-                     "x_floor": r["median_s"] / floor["median_s"]})
-    rows.append({"method": "(bare networks: floor)", "M": top, **floor, "x_floor": 1.0})
+                     "x_floor": r["median_s"] / floor["median_s"],
+                     "ops": device_ops(method_step(m, top, batch_size, latent_dim, device="meta")[0])})
+    rows.append({"method": "(bare networks: floor)", "M": top, **floor, "x_floor": 1.0,
+                 "ops": device_ops(floor_step(top, batch_size, latent_dim, device="meta")[0])})
     for m in scaling_methods:
         for n in modalities:
             say(f"{m}, M={n}")

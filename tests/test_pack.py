@@ -196,6 +196,8 @@ def test_step_table_reports_each_method_against_the_bare_network_floor():
         assert r["x_floor"] == pytest.approx(r["median_s"] / floor["median_s"])
     # the floor has the same networks as the methods: the same parameter count as MVAE (no extra heads)
     assert floor["params_m"] == pytest.approx(rows["mvae"]["params_m"])
+    # device operations per step: MVAE's product of experts over subsets adds to MoPoE's... both above zero
+    assert all(isinstance(r["ops"], int) and r["ops"] > 100 for r in [floor, *rows.values()])
 
 
 def test_captured_step_table_records_a_method_that_cannot_be_captured(monkeypatch):

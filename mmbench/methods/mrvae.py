@@ -332,19 +332,26 @@ class Relation:
     def __init__(self):
         # per shared subspace: (A, act B×R with act[r] = 1[n_A > r], {j: Y_jA B×R×D}, slot posteriors B×R)
         self.blocks: list = []
-        self.free: List[torch.Tensor] = []  # per modality: B×D, 1 on the factors left to its private subspace
+        self.free: torch.Tensor = None  # M×B×D: 1 on the factors left to each modality's private subspace
         self.single: Gaussian = None  # M×B×D posteriors of the private factors
         # per shared subspace: (one-hot n_A B×(D+1), allowed sizes B×(D+1), log q(n_A | earlier sizes) B×(D+1),
         # {j: B×D free factors of j before S_A took its picks}): what log r - log q of the relation needs
         self.structure: list = []
         self.kl_n, self.kl_y = 0.0, 0.0  # App. A.1 Eq. (7): KL(r || q) terms of the relation inferred by r
         self.log_q_n = 0.0  # log q(n) of the sizes drawn (Def. 1, sequential and normalised)
-        self.stacked = None  # (picks, exists, act, free before) of every (A, j) pair, P×B×D each, when built at once
+        self.stacked = None  # (picks, exists, act, free before) of every (A, j) pair, P×B×R each, when built at once
+        # the size terms of every subspace stacked (one-hot n_A, allowed, log q(n_A | earlier)), #shared×B×(D+1)
+        self.size_terms = None
+        # every block's act and slot posteriors stacked (#shared×B×R; prior relations): the slots are drawn at once
+        self.act, self.slots = None, None
+        # (block of each pair, picks, exists) with the pairs grouped by modality (M×B×(n·R)): one scatter places all
+        self.placement = None
 
     def log_ratio(self, size_logits: torch.Tensor, scores: torch.Tensor, pair_index: dict) -> tuple:
         """(log r(n | z) - log q(n), log r(y | n, z) - log q(y | n)) per row at this relation (n, y), r given by the
         outputs of the networks of Eqs. 33-38 (size_logits: #shared×B×(D+1), scores: #pairs×B×D)."""
-        onehot, allowed, log_q = (torch.stack([st[i] for st in self.structure]) for i in range(3))
+        onehot, allowed, log_q = self.size_terms if self.size_terms is not None else \
+            (torch.stack([st[i] for st in self.structure]) for i in range(3))
         log_r = torch.log_softmax(size_logits.masked_fill(~allowed, -math.inf), -1)
         lr_n = (onehot * torch.where(allowed, log_r - log_q, 0.0)).sum(-1).sum(0)
         pairs = [(a, j) for a, (A, _, _, _) in enumerate(self.blocks) for j in A]
@@ -368,15 +375,27 @@ class Relation:
 
     def sizes(self) -> torch.Tensor:
         """B×(#shared) subspace sizes n_A."""
+        if self.act is not None:
+            return self.act.sum(-1).T
         return torch.stack([act.sum(-1) for _, act, _, _ in self.blocks], -1)
 
-    def inputs(self, sample: bool = True) -> List[torch.Tensor]:
-        """Per modality the B×D decoder input: factor l of z_j carries the slot it was assigned to (Eq. 26)."""
+    def inputs(self, sample: bool = True) -> torch.Tensor:
+        """M×B×D: per modality the decoder input, factor l of z_j carrying the slot it was assigned to (Eq. 26)."""
         single = self.single.rsample() if sample else self.single.mu
-        u = [f * single[j] for j, f in enumerate(self.free)]
+        u = self.free * single
+        if self.slots is not None:  # every slot drawn at once; one draw per slot, shared by all modalities of A
+            values = self.act * (self.slots.rsample() if sample else self.slots.mu)
+            if self.placement is not None:  # every pair's slot values placed with one scatter
+                block, idx, exists = self.placement
+                M, B, width = idx.shape
+                s = (values.index_select(0, block) * exists).view(M, -1, B, values.shape[-1])
+                return u.scatter_add(-1, idx, s.transpose(1, 2).reshape(M, B, width))
+            values = values.unbind(0)
+        else:
+            values = [act * (q.rsample() if sample else q.mu) for _, act, _, q in self.blocks]
+        u = list(u.unbind(0))
         gathered = [([], []) for _ in u]  # per modality: the picks and slot values of its Picks selections
-        for _, act, Ys, q in self.blocks:
-            s = act * (q.rsample() if sample else q.mu)  # one draw per slot, shared by all modalities of A
+        for (_, _, Ys, _), s in zip(self.blocks, values):
             for j, Y in Ys.items():
                 if isinstance(Y, Picks):
                     gathered[j][0].append(Y.idx)
@@ -386,11 +405,13 @@ class Relation:
         for j, (idx, vals) in enumerate(gathered):
             if idx:  # every selection of modality j placed at once
                 u[j] = u[j] + u[j].new_zeros(u[j].shape).scatter_add(-1, torch.cat(idx, -1), torch.cat(vals, -1))
-        return u
+        return torch.stack(u)
 
     def kl(self) -> torch.Tensor:
         """Σ over the active slots of KL(q(slot) || N(0, 1)): the z-term of Eq. (4), closed form."""
-        kl = sum((f * kl_elem(self.single[j])).sum(-1) for j, f in enumerate(self.free))
+        kl = (self.free * kl_elem(self.single)).sum(-1).sum(0)
+        if self.slots is not None:
+            return kl + (self.act * kl_elem(self.slots)).sum(-1).sum(0)
         for _, act, _, q in self.blocks:
             kl = kl + (act * kl_elem(q)).sum(-1)
         return kl
@@ -529,6 +550,8 @@ class MrVAE(MultimodalVAE):
                              persistent=False)
         self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
         self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
+        self.register_buffer("pair_by_modality", torch.tensor([[u for u, (_, i) in enumerate(pairs) if i == j]
+                                                              for j in range(M)]), persistent=False)  # M×n pairs
         self.register_buffer("pair_mask", F.one_hot(self.pair_block, len(self.shared)).T.float(), persistent=False)
         self.register_buffer("shared_sizes", torch.tensor([len(A) for A in self.shared]), persistent=False)
 
@@ -555,6 +578,8 @@ class MrVAE(MultimodalVAE):
         covered = [False] * len(self.shared)
         # prior draws rank each modality's factors by one Gumbel draw (consecutive picks of one uniform permutation)
         y_noise = gumbel(mu.new_zeros(M, B, D)) if from_prior and sample else [None] * M
+        # and the sizes by one Gumbel draw for every subspace, drawn at once as relate_prior does
+        n_noise = gumbel(mu.new_zeros(len(self.shared), B, D + 1)) if from_prior and sample else None
         if any(avail) and not from_prior:
             z = Gaussian(mu, logvar).rsample() if sample else mu  # the z_A read by Eqs. 33-38
             size_logits, covered = self.size_net(z, avail)
@@ -571,7 +596,10 @@ class MrVAE(MultimodalVAE):
             log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)  # Def. 1, sequential form
             allowed = ks <= d_left.min(0).values[:, None]
             logits = (size_logits[a] if covered[a] else log_prior).masked_fill(~allowed, -math.inf)
-            onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
+            if n_noise is None:
+                onehot = gumbel_softmax(logits, tau_n, noise=sample)  # r(n_A | z_A), App. E.1
+            else:
+                onehot = gumbel_softmax(logits + n_noise[a], tau_n, noise=False)  # the prior's Gumbel-max draw
             if with_kl and covered[a]:
                 rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
             rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
@@ -601,57 +629,73 @@ class MrVAE(MultimodalVAE):
         else:  # the missing modalities' rows are zeroed
             rel.single = Gaussian(torch.stack([mu[j] if a else torch.zeros_like(mu[j]) for j, a in enumerate(avail)]),
                                   torch.stack([logvar[j] if a else torch.zeros_like(logvar[j]) for j, a in enumerate(avail)]))
-        rel.free = free
+        rel.free = torch.stack(free)
+        if from_prior:  # every block has all D rows: its slots are drawn at once, as relate_prior's
+            rel.act = torch.stack([act for _, act, _, _ in rel.blocks])
+            rel.slots = CutSlots(torch.stack([q.mu for *_, q in rel.blocks]),
+                                 torch.stack([q.logvar for *_, q in rel.blocks]), D)
         return rel
 
     def relate_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> Relation:
         """relate(from_prior=True, sample=True) with every modality available, vectorised: the same draws (same
         random numbers), with the selections of every (A, j) pair made at once from one permutation per modality."""
         M, B, D = mu.shape
+        S = len(self.shared)
         y_noise = gumbel(mu.new_zeros(M, B, D))
+        n_noise = gumbel(mu.new_zeros(S, B, D + 1))
         ks = torch.arange(D + 1, device=mu.device)
-        used = mu.new_zeros(M, B)  # factors each modality has given to the subspaces so far
-        rel, used_before, sizes = Relation(), [], []
+        left = torch.full((M, B), D, dtype=torch.long, device=mu.device)  # factors each modality has not yet given
+        rel, left_before, sizes, most, log_q_all = Relation(), [], [], [], []
         for a, A in enumerate(self.shared):  # the sizes: sequential by nature (Def. 1's sequential form)
             members = self.members[a][:len(A)]
-            d_left = D - used[members]
-            log_hg = self.log_hg[self.pop_class[a][:len(A), None], d_left.round().long()]
-            log_prior = log_size_prior(log_hg, self.opt["size_prior"]).to(mu.dtype)
-            allowed = ks <= d_left.min(0).values[:, None]
-            onehot = gumbel_softmax(log_prior.masked_fill(~allowed, -math.inf), 1.0, noise=True)
-            rel.log_q_n = rel.log_q_n + (onehot * torch.where(allowed, log_prior, 0.0)).sum(-1)
-            n = (onehot * ks).sum(-1)
-            used_before.append(used)
-            used = used.index_add(0, members, n.expand(len(A), B))
+            d_left = left.index_select(0, members)  # |A|×B factors each modality of A has left
+            # log q(n_A = k | earlier sizes) is -inf for every k above a member's d_left: no mask needed for the draw
+            log_prior = log_size_prior(self.log_hg[self.pop_class[a][:len(A), None], d_left],
+                                       self.opt["size_prior"]).to(mu.dtype)
+            n = (log_prior + n_noise[a]).argmax(-1)  # n_A ~ q (Gumbel-max)
+            left_before.append(left)
+            left = left.index_add(0, members, n.expand(len(A), B), alpha=-1)
             sizes.append(n)
-            rel.structure.append((onehot, allowed, log_prior, {}))
+            most.append(d_left.min(0).values)
+            log_q_all.append(log_prior)
+        n = torch.stack(sizes)  # #shared×B
+        log_q = torch.stack(log_q_all)
+        allowed = ks <= torch.stack(most)[..., None]  # the sizes r may take: up to every member's d_left
+        rel.size_terms = (F.one_hot(n, D + 1).to(mu.dtype), allowed, log_q)
+        rel.log_q_n = log_q.gather(-1, n[..., None])[..., 0].sum(0)
         pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
         order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
         position = torch.empty_like(order).scatter_(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
-        offset = torch.stack(used_before)[pa, pj]  # P×B: j's factors taken before S_A
+        offset = D - torch.stack(left_before)[pa, pj]  # P×B: j's factors taken before S_A
         # Rows (picks) computed per pair: all D on a GPU (no host sync in the step); on a CPU only up to the
         # largest size drawn (+1), since the rows past every n_A are inactive and the CPU pays for every element.
         cut = mu.device.type == "cpu" if self.cut_rows is None else self.cut_rows
-        R = min(D, int(torch.stack(sizes).max()) + 1) if cut else D
+        R = min(D, int(n.max()) + 1) if cut else D
         r = torch.arange(R, device=mu.device)
         pos = offset[..., None] + r  # P×B×R: position of pick r of pair p in j's permutation
         exists = (pos < D).to(mu.dtype)
-        idx = order[pj].gather(-1, pos.clamp(max=D - 1).long())
-        act = (r < torch.stack(sizes)[pa][..., None]).to(mu.dtype)  # act[r] = 1[n_A > r]
+        idx = order[pj].gather(-1, pos.clamp(max=D - 1))
+        rel.act = (r < n[..., None]).to(mu.dtype)  # #shared×B×R: act[r] = 1[n_A > r]
+        act = rel.act.index_select(0, pa)
         before = (position[pj] >= offset[..., None]).to(mu.dtype)  # j's factors still free before S_A
         # mu[pj].gather(-1, idx) without the P×B×D copy of mu[pj] (nor its sort-based backward): one flat gather
         flat = ((pj[:, None, None] * B + torch.arange(B, device=mu.device)[:, None]) * D + idx).reshape(-1)
         sel_mu = mu.reshape(-1).gather(0, flat).view(idx.shape) * exists
         sel_lv = logvar.reshape(-1).gather(0, flat).view(idx.shape) * exists
-        slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(len(self.shared)))
-        slots = CutSlots(slots.mu, slots.logvar, D)  # R rows, drawn as D (the same numbers at any R)
+        slots = product_of_experts(sel_mu, sel_lv, self.pair_mask.to(mu.dtype), mu.new_zeros(S))
+        rel.slots = CutSlots(slots.mu, slots.logvar, D)  # R rows, drawn as D (the same numbers at any R)
         for p, (a, j) in enumerate(self.pairs):  # the order of pa, pj, from the host copy (no device read)
-            if not rel.blocks or len(rel.blocks) == a:
-                rel.blocks.append((self.shared[a], act[p], {}, slots[a]))
+            if len(rel.blocks) == a:
+                rel.blocks.append((self.shared[a], rel.act[a], {}, rel.slots[a]))
             rel.blocks[a][2][j] = Picks(idx[p], exists[p], D)
-            rel.structure[a][3][j] = before[p]
         rel.stacked = (idx, exists, act, before)
-        rel.free = list((position >= used[..., None]).to(mu.dtype))
+        # the pairs grouped by modality (M×n of them): each modality's picks side by side, for one scatter
+        grouped = self.pair_by_modality.reshape(-1)
+        width = grouped.numel() // M * R
+        rel.placement = (pa.index_select(0, grouped),
+                         idx.index_select(0, grouped).view(M, -1, B, R).transpose(1, 2).reshape(M, B, width),
+                         exists.index_select(0, grouped))
+        rel.free = (position >= (D - left)[..., None]).to(mu.dtype)
         rel.single = Gaussian(mu, logvar)
         return rel
 
@@ -696,8 +740,7 @@ class MrVAE(MultimodalVAE):
             # Eqs. (20)-(21) write it: (n, y) ~ q(n, y) (Defs. 1-2), z ~ q(z | n, y, X); r_ψ(n, y | z) reads that z.
             rel = self.relate(mu, logvar, everything, sample=True, from_prior=True)
             u = rel.inputs(sample=True)
-            z = torch.stack(u)
-            lr_n, lr_y = rel.log_ratio(self.size_net(z, everything)[0], self.score_net(z, everything)[0], self.pair_index)
+            lr_n, lr_y = rel.log_ratio(self.size_net(u, everything)[0], self.score_net(u, everything)[0], self.pair_index)
             kl_n, kl_y = -lr_n, -lr_y  # log q(n, y) - log r(n, y | z): Eq. (4)'s third term, negated
         else:  # App. A.1's first case (Eq. 7) with App. E's relaxations: (n, y) ~ r(n, y | z), + KL(r || q)
             rel = self.relate(mu, logvar, everything, sample=True, with_kl=True)
