@@ -14,7 +14,8 @@ after ``torch.manual_seed(seed)``), its data order (epoch e shuffles with a gene
 (a packed run resumes unpacked and vice versa), its log and its ``metrics.json``. Its run id does not
 change: packing is a schedule, not a setting.
 
-Random streams: a method draws all its noise through ``methods.base.randn_like``/``randint``. A packed
+Random streams: a method draws all its noise through ``methods.base.randn_like``/``randint``/
+``exponential_like``. A packed
 step first records which draws the loss makes (shapes, once per batch shape), then draws them for each
 run from that run's own ``torch.Generator`` -- on the CPU started from the global generator's state
 right after the run's model was built, i.e. the state an unpacked run draws from -- and feeds them into
@@ -24,7 +25,8 @@ draws exactly the numbers it draws alone and ends with the same weights and metr
 (tests/test_pack.py). On a GPU the per-run generators are CUDA generators seeded with the run's seed.
 
 What is not packed (the run trains unpacked instead, with the reason in its log): methods with
-``packable = False`` (Python-side step counters or inner gradient steps), architectures with Dropout or
+``packable = False`` (Python-side step counters or inner gradient steps) and method options a method's
+``pack_refusal`` refuses (mrVAE's objective r), architectures with Dropout or
 BatchNorm (their randomness and running statistics are not per run under vmap), datasets whose rows are
 redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
@@ -75,6 +77,9 @@ def unpackable_reason(cfg: RunConfig) -> Optional[str]:
     cls = METHODS.get(cfg.method.name)
     if not getattr(cls, "packable", False):
         return f"method {cfg.method.name} is not packable (packable = False: its loss keeps per-step state)"
+    refusal = cls.pack_refusal(dict(cfg.method.options))
+    if refusal:
+        return f"method {cfg.method.name}: {refusal}"
     if hasattr(cls, "plan_steps"):
         return f"method {cfg.method.name} plans a step schedule (plan_steps)"
     try:
@@ -101,6 +106,10 @@ class _Recorder(NoiseSource):
         self.draws.append(("randint", tuple(size), torch.long, int(high)))
         return torch.randint(0, high, size, device=device)
 
+    def exponential_like(self, t):
+        self.draws.append(("exponential", tuple(t.shape), t.dtype, None))
+        return torch.empty_like(t).exponential_()
+
 
 class _Replay(NoiseSource):
     def __init__(self, noise: Sequence[torch.Tensor]):
@@ -123,6 +132,9 @@ class _Replay(NoiseSource):
     def randint(self, high, size, device=None):
         return self._next(size)
 
+    def exponential_like(self, t):
+        return self._next(t.shape).to(t.dtype)
+
 
 def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> List[torch.Tensor]:
     """Every recorded draw for every run from its own generator, stacked on the run axis."""
@@ -130,6 +142,8 @@ def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> Lis
     for kind, shape, dtype, high in draws:
         if kind == "randn":
             per = [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens]
+        elif kind == "exponential":
+            per = [torch.empty(shape, device=device, dtype=dtype).exponential_(generator=g) for g in gens]
         else:
             per = [torch.randint(0, high, shape, generator=g, device=device) for g in gens]
         out.append(torch.stack(per))
@@ -219,7 +233,7 @@ class StackedModel:
         if key not in self._draws:
             with torch.no_grad():
                 torch.func.vmap(self._fn("record"), in_dims=(0, 0, x_dim, None), randomness="different")(
-                    self.params, self.buffers, x, [])
+                    self.params, self.fresh_buffers(), x, [])
             self._draws[key] = self._recorded
         return self._draws[key]
 
@@ -232,22 +246,29 @@ class StackedModel:
             f = self._replay if x_dim == 0 else self._replay_shared_x
             return f(self.params, self.buffers, x, noise)
 
-    def _looped(self, x, x_dim, noise):
+    def _looped(self, x, x_dim, noise, buffers: Optional[Dict[str, torch.Tensor]] = None):
         """The vmapped loss's result computed run by run: views of the stacked tensors (unbind: the backward
-        is one stack per parameter), each run's batch and noise, the losses and logs stacked."""
+        is one stack per parameter), each run's batch and noise, the losses and logs stacked. `buffers`: the
+        stacked buffers to use (default the pack's own, which a loss may update in place)."""
         fn = self._fn("replay")
         params = {k: v.unbind(0) for k, v in self.params.items()}
-        buffers = {k: v.unbind(0) for k, v in self.buffers.items()}
+        buffers = {k: v.unbind(0) for k, v in (self.buffers if buffers is None else buffers).items()}
         out = [fn({k: v[r] for k, v in params.items()}, {k: v[r] for k, v in buffers.items()},
                   {k: v[r] for k, v in x.items()} if x_dim == 0 else x, [n[r] for n in noise])
                for r in range(self.size)]
         return (torch.stack([o[0] for o in out]),
                 {k: torch.stack([o[1][k] for o in out]) for k in out[0][1]})
 
-    def unpacked_loss(self, r: int, x_r, noise_r):
-        """Run r's loss computed alone (no vmap), from given noise: the reference of the packability trial."""
+    def fresh_buffers(self) -> Dict[str, torch.Tensor]:
+        """Copies of the stacked buffers, for a loss computed outside training (recording the draws, the trial):
+        a loss that updates buffers in place (a step counter) then leaves the runs' own untouched."""
+        return {k: v.clone() for k, v in self.buffers.items()}
+
+    def unpacked_loss(self, r: int, x_r, noise_r, buffers: Optional[Dict[str, torch.Tensor]] = None):
+        """Run r's loss computed alone (no vmap), from given noise: the reference of the packability trial.
+        `buffers`: the stacked buffers to read run r's from (default the pack's own)."""
         params = {k: v[r] for k, v in self.params.items()}
-        buffers = {k: v[r] for k, v in self.buffers.items()}
+        buffers = {k: v[r] for k, v in (self.buffers if buffers is None else buffers).items()}
         with use_noise(_Replay(noise_r)):
             loss, _ = torch.func.functional_call(self.template, (params, buffers), (x_r,))
         return loss
@@ -336,10 +357,11 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
             noise = draw(draws, copies, sm.device)
             if sm.vectorised:  # the way training will compute it (a draw bypassing the noise source fails here)
                 packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
-                    sm.params, sm.buffers, x, noise)
+                    sm.params, sm.fresh_buffers(), x, noise)
             else:  # looped: a draw bypassing the source takes other numbers than alone, caught below
-                packed, _ = sm._looped(x, 0, noise)
-            alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise])
+                packed, _ = sm._looped(x, 0, noise, sm.fresh_buffers())
+            before = sm.fresh_buffers()  # each run's buffers as training will start from them
+            alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], before)
                                  for r in range(sm.size)])
     except Exception as e:  # any failure to batch the loss means: train unpacked
         how = "under vmap" if sm.vectorised else "looped over the runs"

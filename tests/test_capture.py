@@ -54,8 +54,9 @@ def test_packed_loss_is_captured_as_one_graph_with_the_same_losses(method):
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
 
 
-# Unpacked methods (packable = False) whose step can be captured; vgon and smvgon cannot (their posterior is an inner
-# gradient step: autograd inside the loss).
+# Unpacked steps that can be captured: the methods that do not pack, and mrVAE (it packs with objective q, the
+# default, but runs unpacked with objective r or --pack 1); vgon and smvgon cannot be captured (their posterior is an
+# inner gradient step: autograd inside the loss).
 UNPACKED = ["mrvae", "mmvamp", "smvae"]
 
 

@@ -343,3 +343,67 @@ def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
     assert all(r.status() == "done" for r in runs)
     assert "left out of the pack" in runs[2].log_path.read_text()
     assert "pack of 2" in runs[0].log_path.read_text()
+
+
+MRVAE = {"dataset": "polydigits", "method": {"name": "mrvae", "latent_dim": 8,
+                                             "options": {"hidden": 16, "anneal_rate": 0.01}},
+         "train": {"epochs": 2, "batch_size": 32, "max_train": 96, "max_test": 64}}
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monkeypatch, mode):
+    """mrVAE packs: its Gumbel noise is drawn through the noise source, its annealing counter is a buffer that each
+    run of the pack advances for itself (the draws' recording and the packability trial work on copies), and the
+    prior's rows are not cut to a run's own sizes under vmap. Two runs packed end as they end alone."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    cfgs = [build_run_config({**MRVAE, "seed": s}) for s in range(2)]
+    alone = {s: train(Run(c, tmp_path / "alone"), data_root) for s, c in enumerate(cfgs)}
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    for s, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 2, r.log_path.read_text()
+        for a, p in zip(alone[s]["history"], packed[r.id]["history"]):
+            for k in a:
+                assert p[k] == pytest.approx(a[k], rel=1e-4), (s, k)
+        ca, cp = last(Run(cfgs[s], tmp_path / "alone")), last(r)
+        assert int(cp["model"]["step"]) == int(ca["model"]["step"]) == 2 * 3  # 2 epochs of 3 steps, per run
+        assert torch.equal(ca["rng"], cp["rng"])
+        for k, w in ca["model"].items():
+            assert (cp["model"][k].double() - w.double()).abs().max() <= 2 * 1e-3 * 2 * 3, k
+    assert packed[runs[0].id]["history"][-1]["train_loss"] != packed[runs[1].id]["history"][-1]["train_loss"]
+    r_objective = build_run_config({**MRVAE, "method": {"name": "mrvae", "latent_dim": 8,
+                                                        "options": {"objective": "r"}}})
+    assert "objective r reads each step's largest subspace size" in unpackable_reason(r_objective)
+
+
+def test_packed_losses_use_batching_rules_only(recwarn):
+    """Under vmap an operation without a batching rule falls back to a loop over the runs (a warning, "performance
+    drop"): on a GPU R launches where one was meant. Every packable method's vmapped loss and backward use batching
+    rules only (mrVAE's permutation positions were once an in-place scatter_, which has none)."""
+    import warnings
+
+    from mmbench.data.base import Modality
+    from mmbench.methods.base import MethodConfig
+    from mmbench.pack import StackedModel
+    from mmbench.registry import METHODS
+
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
+    for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
+        cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0)
+        states = []
+        for s in range(2):
+            torch.manual_seed(s)
+            states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
+        sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * 2, 1e-3, torch.device("cpu"))
+        sm.vectorised = True
+        x = {m.name: torch.rand(2, 4, 3, 28, 28) for m in mods}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses, _ = sm.loss(x, [torch.Generator().manual_seed(s) for s in range(2)], 0)
+            losses.sum().backward()
+        slow = {str(w.message).split(".")[0] for w in caught if "performance drop" in str(w.message)}
+        assert not slow, (name, slow)
+    with warnings.catch_warnings(record=True) as caught:  # the check can fail: scatter_ has no batching rule
+        warnings.simplefilter("always")
+        torch.func.vmap(lambda t: torch.empty_like(t).scatter_(0, torch.tensor([2, 0, 1]), t))(torch.ones(2, 3))
+    assert any("performance drop" in str(w.message) for w in caught)

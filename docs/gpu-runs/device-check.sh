@@ -8,6 +8,7 @@
 #   steps-packed-bf16.md    the same for MoPoE in bf16
 #   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
 #   steps-mrvae.md          the mrVAE step next to MoPoE's and the bare-network floor (step-time table)
+#   steps-mrvae-packed.md   mrVAE's run-steps/s unpacked and in a pack of 5
 #   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
@@ -88,6 +89,9 @@ MMBENCH_PACK_MODE=loop timeout $(to 30) $M bench steps --methods mopoe --pack 5 
 say "mrVAE step next to MoPoE's"
 timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae.md"
+say "mrVAE packed (5 runs)"
+timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+  --steps $STEPS --out "$RES/steps-mrvae-packed.md"
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
 # measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).

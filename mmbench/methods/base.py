@@ -48,6 +48,9 @@ class NoiseSource:
     def randint(self, high: int, size: Tuple[int, ...], device: Any = None) -> torch.Tensor:
         return torch.randint(0, high, size, device=device)
 
+    def exponential_like(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(t).exponential_()
+
 
 _NOISE: List[NoiseSource] = [NoiseSource()]
 
@@ -74,6 +77,11 @@ def randn_like(t: torch.Tensor) -> torch.Tensor:
 def randint(high: int, size: Tuple[int, ...], device: Any = None) -> torch.Tensor:
     """Uniform integers in [0, high), from the current noise source."""
     return _NOISE[-1].randint(high, tuple(size), device)
+
+
+def exponential_like(t: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise shaped like `t`, from the current noise source."""
+    return _NOISE[-1].exponential_like(t)
 
 
 def all_subsets(names: Sequence[str]) -> List[Subset]:
@@ -242,6 +250,12 @@ class MultimodalVAE(nn.Module):
     # stacked model. False for methods whose loss keeps Python-side state between steps (step counters,
     # schedules), which one shared template module cannot keep per run; such runs train unpacked.
     packable: ClassVar[bool] = True
+    # Why runs with these method options cannot be packed (None: they can), for a packable method some of
+    # whose options need what a pack cannot give (e.g. a value read back from the device inside the loss).
+    @classmethod
+    def pack_refusal(cls, options: Dict[str, Any]) -> Optional[str]:
+        return None
+
     # True when each modality has its own latent (independent VAEs, MM-VAMP): a subset's posterior then only
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
     # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.

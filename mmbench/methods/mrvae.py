@@ -16,13 +16,19 @@ from torch import nn
 
 from ..errors import MMBenchError
 from ..registry import METHODS
-from .base import LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, host_constant, product_of_experts, randn_like
+from .base import (LOG_2PI, Gaussian, MultimodalVAE, Posterior, all_subsets, exponential_like, host_constant,
+                   product_of_experts, randn_like)
 
 
 # ----- relaxations and priors ------------------------------------------------------------------
 def gumbel(t: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise shaped like t (minus the log of an Exp(1) draw)."""
-    return -torch.empty_like(t).exponential_().clamp_min(1e-20).log()
+    return -exponential_like(t).clamp_min(1e-20).log()
+
+
+def vmapped(t: torch.Tensor) -> bool:
+    """Whether t is a tensor inside torch.func.vmap (a packed run's loss, mmbench/pack.py)."""
+    return torch._C._functorch.is_batchedtensor(t)
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = True, noise: bool = True) -> torch.Tensor:
@@ -496,14 +502,19 @@ class MrVAE(MultimodalVAE):
     used for missing modalities are not trained explicitly (the paper does not say otherwise).
     """
 
-    # a step counter anneals the temperatures (a buffer, per run); runs train unpacked (mmbench/pack.py)
-    packable = False
-
     paper = "mrVAE (Sutter & Vogt, multimodal relational VAE), §3, Defs. 1-2, Eq. (4), App. E"
     # 2: objective q became the default and the size prior is normalised (pooled by geometric mean): a config
     # with the same options trains another model than before, so it gets another run id.
     id_version = 2
     options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
+
+    # Packable (mmbench/pack.py): the annealing's step counter is a buffer, so each run of a pack keeps its own.
+    @classmethod
+    def pack_refusal(cls, options):
+        if options.get("objective", cls.options["objective"]) == "r":
+            return ("objective r reads each step's largest subspace size back from the device (the bound of its "
+                    "relaxed sorts), which a vmapped pack cannot; train with --pack 1")
+        return None
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
@@ -665,11 +676,12 @@ class MrVAE(MultimodalVAE):
         rel.log_q_n = log_q.gather(-1, n[..., None])[..., 0].sum(0)
         pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
         order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
-        position = torch.empty_like(order).scatter_(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
+        position = torch.empty_like(order).scatter(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
         offset = D - torch.stack(left_before)[pa, pj]  # P×B: j's factors taken before S_A
         # Rows (picks) computed per pair: all D on a GPU (no host sync in the step); on a CPU only up to the
         # largest size drawn (+1), since the rows past every n_A are inactive and the CPU pays for every element.
-        cut = mu.device.type == "cpu" if self.cut_rows is None else self.cut_rows
+        # Under vmap (a pack) each run would cut at its own size: no cut, as on a GPU.
+        cut = mu.device.type == "cpu" and not vmapped(mu) if self.cut_rows is None else self.cut_rows
         R = min(D, int(n.max()) + 1) if cut else D
         r = torch.arange(R, device=mu.device)
         pos = offset[..., None] + r  # P×B×R: position of pick r of pair p in j's permutation
