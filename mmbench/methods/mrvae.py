@@ -559,6 +559,8 @@ class MrVAE(MultimodalVAE):
         self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
         self.register_buffer("members", torch.tensor([list(A) + [0] * (M - len(A)) for A in self.shared]),
                              persistent=False)
+        self.register_buffer("members_padded", torch.tensor([list(A) + [M] * (M - len(A)) for A in self.shared]),
+                             persistent=False)
         self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
         self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
         self.register_buffer("pair_by_modality", torch.tensor([[u for u, (_, i) in enumerate(pairs) if i == j]
@@ -656,7 +658,7 @@ class MrVAE(MultimodalVAE):
         n_noise = gumbel(mu.new_zeros(S, B, D + 1))
         ks = torch.arange(D + 1, device=mu.device)
         left = torch.full((M, B), D, dtype=torch.long, device=mu.device)  # factors each modality has not yet given
-        rel, left_before, sizes, most, log_q_all = Relation(), [], [], [], []
+        rel, left_before, sizes, log_q_all = Relation(), [], [], []
         for a, A in enumerate(self.shared):  # the sizes: sequential by nature (Def. 1's sequential form)
             members = self.members[a][:len(A)]
             d_left = left.index_select(0, members)  # |A|×B factors each modality of A has left
@@ -667,17 +669,20 @@ class MrVAE(MultimodalVAE):
             left_before.append(left)
             left = left.index_add(0, members, n.expand(len(A), B), alpha=-1)
             sizes.append(n)
-            most.append(d_left.min(0).values)
             log_q_all.append(log_prior)
         n = torch.stack(sizes)  # #shared×B
         log_q = torch.stack(log_q_all)
-        allowed = ks <= torch.stack(most)[..., None]  # the sizes r may take: up to every member's d_left
+        left_before = torch.stack(left_before)  # #shared×M×B
+        # the sizes r may take: up to the fewest factors a member has left (a spare modality M with all D left pads)
+        most = torch.cat([left_before, left_before.new_full((S, 1, B), D)], 1).gather(
+            1, self.members_padded[..., None].expand(S, M, B)).min(1).values
+        allowed = ks <= most[..., None]
         rel.size_terms = (F.one_hot(n, D + 1).to(mu.dtype), allowed, log_q)
         rel.log_q_n = log_q.gather(-1, n[..., None])[..., 0].sum(0)
         pa, pj = self.pair_block, self.pair_modality  # P pairs (A, j) in allocation order
         order = torch.sort(y_noise, stable=True, dim=-1, descending=True).indices  # M×B×D uniform permutations
         position = torch.empty_like(order).scatter(-1, order, torch.arange(D, device=mu.device).expand(M, B, D))
-        offset = D - torch.stack(left_before)[pa, pj]  # P×B: j's factors taken before S_A
+        offset = D - left_before[pa, pj]  # P×B: j's factors taken before S_A
         # Rows (picks) computed per pair: all D on a GPU (no host sync in the step); on a CPU only up to the
         # largest size drawn (+1), since the rows past every n_A are inactive and the CPU pays for every element.
         # Under vmap (a pack) each run would cut at its own size: no cut, as on a GPU.
