@@ -162,7 +162,9 @@ class _LossOf(nn.Module):
 
 
 def _as_tensors(logs: Dict[str, Any], like: torch.Tensor) -> Dict[str, torch.Tensor]:
-    return {k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=like.device))
+    """The logs as float32 device tensors; a Python number is filled in on the device (torch.full: the number is a
+    kernel argument), not copied from a host tensor (a blocking copy: on a GPU the host would wait every step)."""
+    return {k: (v.detach().float() if torch.is_tensor(v) else torch.full((), float(v), device=like.device))
             for k, v in logs.items()}
 
 

@@ -154,3 +154,37 @@ def test_the_detector_finds_device_reads_and_host_copies():
         t * torch.tensor(2.0) + torch.arange(3, device="meta")  # a host scalar is an argument of the kernel
         t[0], t[1:], t[None, :2]  # basic indexing: views
     assert copies == []
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.names() if METHODS.get(m).packable])
+def test_a_packed_step_reads_nothing_back_from_the_device(method, monkeypatch):
+    """The same for a packed step as a GPU runs it (mmbench/pack.py: the loss vmapped over 2 runs, the logs turned
+    into device tensors, backward, one Adam). Each run's noise is drawn from its own generator, which the meta
+    device has not, so empty meta tensors of the recorded shapes stand for it. (mrVAE's temperatures, Python numbers
+    in its logs, were once sent from the host every packed step.)"""
+    from mmbench import pack
+
+    monkeypatch.setattr(pack, "draw", lambda draws, gens, device: [
+        torch.empty(len(gens), *shape, dtype=dtype, device=device) for _, shape, dtype, _ in draws])
+    cls, mcfg = METHODS.get(method), MethodConfig(method, latent_dim=16, beta=1.0)
+    states = []
+    for s in range(2):
+        torch.manual_seed(s)
+        states.append(cls(POLYMNIST, mcfg, "polymnist_cnn").state_dict())
+    sm = pack.StackedModel(cls(POLYMNIST, mcfg, "polymnist_cnn").train(), states, [None] * 2, 1e-3,
+                           torch.device("meta"))
+    sm.vectorised = True
+
+    def step():
+        x = {m.name: to_float(m, torch.empty(2, 4, *m.shape, dtype=torch.uint8, device="meta")) for m in POLYMNIST}
+        losses, logs = sm.loss(x, [None, None], 0)
+        assert all(v.device.type == "meta" for v in logs.values())
+        sm.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        sm.opt.step()
+
+    step()
+    step()
+    with host_copies() as copies:
+        step()
+    assert copies == []
