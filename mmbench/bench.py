@@ -129,12 +129,15 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
 
 _VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "permute", "t", "transpose", "slice", "select",
           "alias", "as_strided", "detach", "unbind", "split", "split_with_sizes", "chunk", "narrow", "diagonal",
-          "view_as_real", "view_as_complex", "unfold", "lift_fresh", "_reshape_alias", "reshape", "flatten"}
+          "view_as_real", "view_as_complex", "unfold", "lift_fresh", "_reshape_alias", "reshape", "flatten",
+          # allocations without a kernel
+          "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"}
 
 
 def device_ops(step: Callable[[], None], warmup: int = 2) -> int:
-    """The tensor operations one call of `step` runs on the device, views excluded: on a GPU each launches at least
-    one kernel, so where launches bound the step (small networks) this is its cost. `step` must be built on the
+    """The tensor operations one call of `step` runs on the device, views and bare allocations excluded: on a GPU
+    each launches at least one kernel, so where launches bound the step (small networks) this is its cost. `step`
+    must be built on the
     `meta` device (mmbench.bench.method_step(device="meta")): shapes without data, so nothing is computed, and the
     count is the GPU's (data-dependent row cuts that only the CPU makes, e.g. mrVAE's, are not made on meta).
     Operations on host tensors alone (an optimiser's step counter) are not counted. `warmup` calls run first (lazy
@@ -160,17 +163,23 @@ def device_ops(step: Callable[[], None], warmup: int = 2) -> int:
     return Count.n
 
 
-def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
-                   steps: int = 5, warmup: int = 2, architecture: str = "polymnist_cnn", device: str = "cpu",
-                   precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
-    """Median seconds per packed step of `pack` runs (seeds 0..pack-1) and the run-steps per second.
-    `compile`: capture the packed loss with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only)."""
+def _build(cls, mods, mcfg: MethodConfig, architecture: str, dev: torch.device):
+    """A model of the method; for the meta device built there (no initialisation, no memory: a pack of 15 large
+    models costs nothing when only its operations are counted)."""
+    if dev.type == "meta":
+        with torch.device("meta"):
+            return cls(mods, mcfg, architecture)
+    return cls(mods, mcfg, architecture)
+
+
+def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
+              architecture: str = "polymnist_cnn", device: str = "cpu", precision: str = "fp32",
+              compile: bool = False) -> tuple:
+    """(one packed training step of `pack` runs (seeds 0..pack-1) as a function, the stacked parameters), each run
+    on its own fixed random batch. On `meta` (counting operations) the pack is vmapped as on a GPU."""
     from .pack import StackedModel
 
     dev = torch.device(device)
-    if compile and dev.type != "cuda":
-        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     mcfg = MethodConfig(method, latent_dim=latent_dim, beta=1.0)
     cls = METHODS.get(method)
@@ -179,48 +188,64 @@ def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: in
     states = []
     for s in range(pack):
         torch.manual_seed(s)
-        states.append(cls(mods, mcfg, architecture).state_dict())
-    template = cls(mods, mcfg, architecture).to(dev)
+        states.append(_build(cls, mods, mcfg, architecture, dev).state_dict())
+    template = _build(cls, mods, mcfg, architecture, dev).to(dev)
     template.train()
     sm = StackedModel(template, states, [None] * pack, 1e-4, dev)
+    if dev.type == "meta":
+        sm.opt = torch.optim.Adam(list(sm.params.values()), lr=1e-4, foreach=_foreach(dev))
     if compile:
         sm.compile()
-    gens = [torch.Generator(device=dev).manual_seed(s) for s in range(pack)]
+    # meta has no generators: pack.draw gives it empty noise of the recorded shapes
+    gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(s) for s in range(pack)]
     g = torch.Generator().manual_seed(0)
     x = {m.name: torch.rand(pack, batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
-    times: List[float] = []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
+
+    def step() -> None:
         losses, _ = sm.loss(x, gens, 0, precision)
         sm.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         sm.opt.step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"pack": pack, "median_s": med, "min_s": min(times), "max_s": max(times), "run_steps_per_s": pack / med}
+
+    return step, list(sm.params.values())
+
+
+def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
+                   steps: int = 5, warmup: int = 2, architecture: str = "polymnist_cnn", device: str = "cpu",
+                   precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+    """Median seconds per packed step of `pack` runs (seeds 0..pack-1) and the run-steps per second.
+    `compile`: capture the packed loss with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only)."""
+    if compile and torch.device(device).type != "cuda":
+        raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
+    step, params = pack_step(method, pack, n_modalities, batch_size, latent_dim, architecture, device, precision,
+                             compile)
+    r = _timed(step, warmup, steps, torch.device(device), params)
+    return {"pack": pack, "median_s": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],
+            "run_steps_per_s": pack / r["median_s"]}
 
 
 def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, latent_dim: int, steps: int,
                progress: Optional[Callable[[str], None]] = None, device: str = "cpu", precision: str = "fp32",
                compile: bool = False, n_modalities: int = 5) -> List[dict]:
-    """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size."""
+    """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size, with
+    the device operations per run-step (device_ops of the uncaptured fp32 step, divided by the pack size)."""
     say = progress or (lambda s: None)
     rows = []
     for m in methods:
         say(f"{m} unpacked")
         r = step_time(m, n_modalities, batch_size, latent_dim, steps, device=device, precision=precision)
+        ops = device_ops(method_step(m, n_modalities, batch_size, latent_dim, device="meta")[0])
         rows.append({"method": m, "pack": 1, "mode": "unpacked", "median_s": r["median_s"],
-                     "run_steps_per_s": r["run_steps_per_s"]})
+                     "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops})
         for n in packs:
             say(f"{m} pack {n}")
             try:
                 r = pack_step_time(m, n, n_modalities, batch_size, latent_dim, steps, device=device,
                                    precision=precision, compile=compile)
+                ops = device_ops(pack_step(m, n, n_modalities, batch_size, latent_dim, device="meta")[0]) / n
                 rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if compile else ""),
-                             "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"]})
+                             "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
+                             "ops_per_run_step": ops})
             except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                 rows.append({"method": m, "pack": n, "mode": f"n/a: {str(e).splitlines()[0][:80]}",
                              "median_s": float("nan"), "run_steps_per_s": float("nan")})

@@ -669,6 +669,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         ok = t[t["run_steps_per_s"].notna()]
         best = ok.loc[ok.groupby("method")["run_steps_per_s"].idxmax(), ["method", "pack", "run_steps_per_s"]]
         md = [head, "", tabulate(t, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
+              "ops_per_run_step: the tensor operations an uncaptured fp32 step issues on the device, per run "
+              "(views excluded; counted on PyTorch's meta device, mmbench/bench.py device_ops; a pack's operations "
+              "batch its runs, so where launches bound a GPU step, packing divides its cost per run).", "",
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:

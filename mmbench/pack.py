@@ -137,7 +137,10 @@ class _Replay(NoiseSource):
 
 
 def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> List[torch.Tensor]:
-    """Every recorded draw for every run from its own generator, stacked on the run axis."""
+    """Every recorded draw for every run from its own generator, stacked on the run axis. On the meta device
+    (shapes only: mmbench/bench.py counts a step's operations there) empty tensors of those shapes."""
+    if torch.device(device).type == "meta":
+        return [torch.empty(len(gens), *shape, dtype=dtype, device=device) for _, shape, dtype, _ in draws]
     out = []
     for kind, shape, dtype, high in draws:
         if kind == "randn":

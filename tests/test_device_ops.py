@@ -41,3 +41,25 @@ def test_mrvae_step_issues_at_most_three_times_mopoes_operations():
     operations per subspace."""
     ops = {m: device_ops(method_step(m, batch_size=4, latent_dim=16, device="meta")[0]) for m in ("mopoe", "mrvae")}
     assert ops["mrvae"] <= 3 * ops["mopoe"], ops
+
+
+def test_a_packs_operations_do_not_grow_with_its_runs():
+    """A pack's loss is vmapped: one batched kernel per operation for all its runs, so a pack of R runs issues about
+    the operations of one run's step (plus vmap's reshapes) and a launch-bound GPU step costs ~1/R per run. A
+    batching rule that loops over the runs breaks that silently (no warning: mrVAE's index_add over a buffer's
+    indices did, one launch per run and subspace); here every packable method's packed step issues the same operations for 2 and 4 runs."""
+    from mmbench.bench import pack_step
+    from mmbench.registry import METHODS
+
+    for m in [m for m in METHODS.names() if METHODS.get(m).packable]:
+        two, four = (device_ops(pack_step(m, r, n_modalities=3, batch_size=4, latent_dim=8, device="meta")[0])
+                     for r in (2, 4))
+        assert two == four, (m, two, four)
+    # the check can fail: index_add with a batched index (a pack stacks every buffer per run, index tables too)
+    # loops over the runs under vmap
+    def looped(runs):
+        return lambda: torch.func.vmap(lambda t, i, s: t.index_add(0, i, s))(
+            torch.zeros(runs, 3, 5, device="meta"), torch.zeros(runs, 2, dtype=torch.long, device="meta"),
+            torch.ones(runs, 2, 5, device="meta"))
+
+    assert device_ops(looped(4), warmup=0) > device_ops(looped(2), warmup=0)

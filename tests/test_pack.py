@@ -176,6 +176,12 @@ def test_bench_pack_step_time_counts_run_steps():
 
     r = pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
     assert r["pack"] == 2 and r["run_steps_per_s"] == pytest.approx(2 / r["median_s"])
+    from mmbench.bench import pack_table
+    rows = pack_table(["mopoe"], [4], batch_size=8, latent_dim=4, steps=1, n_modalities=2)
+    unpacked, packed = rows
+    assert (unpacked["pack"], packed["pack"]) == (1, 4)
+    # a pack of 4 issues its operations once for all runs: well under half an unpacked step's per run-step
+    assert 0 < packed["ops_per_run_step"] < unpacked["ops_per_run_step"] / 2
     with pytest.raises(MMBenchError, match="not packable"):
         pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
     with pytest.raises(MMBenchError, match="needs --device cuda"):

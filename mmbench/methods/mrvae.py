@@ -559,6 +559,8 @@ class MrVAE(MultimodalVAE):
         self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
         self.register_buffer("members", torch.tensor([list(A) + [0] * (M - len(A)) for A in self.shared]),
                              persistent=False)
+        self.register_buffer("member_of", torch.tensor([[int(j in A) for j in range(M)] for A in self.shared]),
+                             persistent=False)  # #shared×M: 1 where modality j is in A
         self.register_buffer("members_padded", torch.tensor([list(A) + [M] * (M - len(A)) for A in self.shared]),
                              persistent=False)
         self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
@@ -667,7 +669,7 @@ class MrVAE(MultimodalVAE):
                                        self.opt["size_prior"]).to(mu.dtype)
             n = (log_prior + n_noise[a]).argmax(-1)  # n_A ~ q (Gumbel-max)
             left_before.append(left)
-            left = left.index_add(0, members, n.expand(len(A), B), alpha=-1)
+            left = left.addcmul(self.member_of[a][:, None], n, value=-1)  # (index_add loops over a pack's runs)
             sizes.append(n)
             log_q_all.append(log_prior)
         n = torch.stack(sizes)  # #shared×B
