@@ -670,8 +670,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         best = ok.loc[ok.groupby("method")["run_steps_per_s"].idxmax(), ["method", "pack", "run_steps_per_s"]]
         md = [head, "", tabulate(t, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
               "ops_per_run_step: the tensor operations an uncaptured fp32 step issues on the device, per run "
-              "(views excluded; counted on PyTorch's meta device, mmbench/bench.py device_ops; a pack's operations "
-              "batch its runs, so where launches bound a GPU step, packing divides its cost per run).", "",
+              "(views and bare allocations excluded; counted on PyTorch's meta device for the vmapped pack a GPU runs, "
+              "mmbench/bench.py device_ops; a pack's operations batch its runs, so where launches bound a GPU step, "
+              "packing divides its cost per run).", "",
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:
@@ -688,7 +689,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
               "x_floor: the method's step over the bare networks' step (each encoder, one z, each decoder, a "
               "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes.",
-              "ops: the tensor operations one uncaptured fp32 step issues on the device, views excluded, counted on "
+              "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
               "where launches bound the step (small networks) its time grows with them.", ""]
         if not t2.empty:

@@ -35,9 +35,9 @@ def test_every_step_is_counted_on_meta_at_the_papers_shapes_without_depending_on
 
 def test_mrvae_step_issues_at_most_three_times_mopoes_operations():
     """Issue 13, point 4: mrVAE's step within 3× of MoPoE's. Where launches bound the step (a GPU at these
-    network sizes), time follows the operation count: mrVAE's step issued 2,686 operations against MoPoE's 365
+    network sizes), time follows the operation count: mrVAE's step issued 2,632 operations against MoPoE's 365
     before its relation was vectorised (one Gumbel draw for every subspace's size, the slots and their KL as stacked
-    tensors, every pick placed with one scatter), 808 after; the sequential size draws (Def. 1) remain, 8
+    tensors, every pick placed with one scatter), 804 after; the sequential size draws (Def. 1) remain, 8
     operations per subspace."""
     ops = {m: device_ops(method_step(m, batch_size=4, latent_dim=16, device="meta")[0]) for m in ("mopoe", "mrvae")}
     assert ops["mrvae"] <= 3 * ops["mopoe"], ops
