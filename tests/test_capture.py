@@ -43,6 +43,8 @@ def pack_losses(method: str, capture: bool, steps: int = 2) -> torch.Tensor:
         losses.sum().backward()
         sm.opt.step()
         out.append(losses.detach())
+    if "model.step" in sm.buffers:  # a step counter kept in a buffer (mrVAE) advances per run, captured or not
+        assert sm.buffers["model.step"].tolist() == [steps, steps]
     return torch.stack(out)
 
 
