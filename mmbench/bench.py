@@ -127,19 +127,18 @@ def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: in
     return _timed(step, warmup, steps, torch.device(device), params)
 
 
-_VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "permute", "t", "transpose", "slice", "select",
-          "alias", "as_strided", "detach", "unbind", "split", "split_with_sizes", "chunk", "narrow", "diagonal",
-          "view_as_real", "view_as_complex", "unfold", "lift_fresh", "_reshape_alias", "reshape", "flatten",
-          # allocations without a kernel
-          "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"}
+# operations that launch no kernel: views, and allocations without a fill
+_NO_KERNEL = {"view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "permute", "t", "transpose", "slice",
+              "select", "alias", "as_strided", "detach", "unbind", "split", "split_with_sizes", "chunk", "narrow",
+              "diagonal", "view_as_real", "view_as_complex", "unfold", "lift_fresh", "_reshape_alias", "reshape",
+              "flatten", "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"}
 
 
 def device_ops(step: Callable[[], None], warmup: int = 2) -> int:
     """The tensor operations one call of `step` runs on the device, views and bare allocations excluded: on a GPU
     each launches at least one kernel, so where launches bound the step (small networks) this is its cost. `step`
-    must be built on the
-    `meta` device (mmbench.bench.method_step(device="meta")): shapes without data, so nothing is computed, and the
-    count is the GPU's (data-dependent row cuts that only the CPU makes, e.g. mrVAE's, are not made on meta).
+    must be built on the `meta` device (mmbench.bench.method_step(device="meta")): shapes without data, so nothing
+    is computed, and the count is the GPU's (data-dependent row cuts that only the CPU makes, e.g. mrVAE's, are not made on meta).
     Operations on host tensors alone (an optimiser's step counter) are not counted. `warmup` calls run first (lazy
     state: Adam's moments, constants built once per run)."""
     from torch.utils import _pytree as pytree
@@ -150,17 +149,18 @@ def device_ops(step: Callable[[], None], warmup: int = 2) -> int:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func.__name__.split(".")[0] not in _VIEWS and any(
+            if func.__name__.split(".")[0] not in _NO_KERNEL and any(
                     isinstance(t, torch.Tensor) and t.device.type == "meta"
                     for t in pytree.tree_leaves((args, kwargs, out))):
-                Count.n += 1
+                self.n += 1
             return out
 
     for _ in range(warmup):
         step()
-    with Count():
+    counter = Count()
+    with counter:
         step()
-    return Count.n
+    return counter.n
 
 
 def _build(cls, mods, mcfg: MethodConfig, architecture: str, dev: torch.device):

@@ -54,7 +54,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data.base import DataSplit, to_float
-from .errors import MMBenchError
+from .errors import MMBenchError, brief
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run
@@ -370,7 +370,7 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
                                  for r in range(sm.size)])
     except Exception as e:  # any failure to batch the loss means: train unpacked
         how = "under vmap" if sm.vectorised else "looped over the runs"
-        return f"the packed loss fails {how} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        return f"the packed loss fails {how} ({brief(e, 200)})"
     if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-4):
         return f"the packed loss differs from the runs' own losses ({packed.tolist()} vs {alone.tolist()})"
     return None

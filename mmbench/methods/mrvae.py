@@ -557,11 +557,10 @@ class MrVAE(MultimodalVAE):
             for j in A:
                 left[j] -= 1
         self.register_buffer("pop_class", torch.tensor(pop_class), persistent=False)
-        self.register_buffer("members", torch.tensor([list(A) + [0] * (M - len(A)) for A in self.shared]),
-                             persistent=False)
         self.register_buffer("member_of", torch.tensor([[int(j in A) for j in range(M)] for A in self.shared]),
                              persistent=False)  # #shared×M: 1 where modality j is in A
-        self.register_buffer("members_padded", torch.tensor([list(A) + [M] * (M - len(A)) for A in self.shared]),
+        # #shared×M: the modalities of each A, padded with M (a spare modality, see relate_prior)
+        self.register_buffer("members", torch.tensor([list(A) + [M] * (M - len(A)) for A in self.shared]),
                              persistent=False)
         self.register_buffer("pair_block", torch.tensor([a for a, _ in pairs]), persistent=False)
         self.register_buffer("pair_modality", torch.tensor([j for _, j in pairs]), persistent=False)
@@ -677,7 +676,7 @@ class MrVAE(MultimodalVAE):
         left_before = torch.stack(left_before)  # #shared×M×B
         # the sizes r may take: up to the fewest factors a member has left (a spare modality M with all D left pads)
         most = torch.cat([left_before, left_before.new_full((S, 1, B), D)], 1).gather(
-            1, self.members_padded[..., None].expand(S, M, B)).min(1).values
+            1, self.members[..., None].expand(S, M, B)).min(1).values
         allowed = ks <= most[..., None]
         rel.size_terms = (F.one_hot(n, D + 1).to(mu.dtype), allowed, log_q)
         rel.log_q_n = log_q.gather(-1, n[..., None])[..., 0].sum(0)

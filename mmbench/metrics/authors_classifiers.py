@@ -22,7 +22,7 @@ import torch
 
 from ..data.base import (DataSplit, DatasetSpec, Modality, dataset_dir, default_data_root, manifest_digest,
                          read_manifest)
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .quality import accuracy, mean_ap
@@ -77,7 +77,7 @@ def _read_state(path: Path) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise MMBenchError(f"{path}: not a readable state dict ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+        raise MMBenchError(f"{path}: not a readable state dict ({brief(e, 120)}); "
                            f"the authors' files are torch.save(model.state_dict())") from None
     if not isinstance(state, dict):
         raise MMBenchError(f"{path}: holds a {type(state).__name__}, not a state dict; the authors' files are "
