@@ -226,12 +226,19 @@ def test_multilabel_classifiers_on_the_fixture(tmp_path, source):  # noqa: F811 
     cols = [j for j in range(labels.shape[1]) if labels[:, j].any()]
     expected = float(np.mean([average_precision_score(labels[:, j], scores[:, j]) for j in cols]))
     assert mean_ap(clf, test, "text", torch.device("cpu")) == pytest.approx(expected, rel=1e-6)
+    # training or loading classifiers mid-evaluation leaves the evaluation's random stream where it was
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
     with pytest.raises(MMBenchError, match="eval.classifier_min_ap=1.0"):
         get_classifiers(CELEBA, "default", train, test, EvalConfig(classifier_epochs=1, classifier_min_ap=1.0),
                         root, lambda *a: None)
+    assert torch.equal(torch.get_rng_state(), before)
+    train_one(CELEBA, CELEBA.check_variant(None), train, "img", 1, torch.device("cpu"), lambda *a: None)
+    assert torch.equal(torch.get_rng_state(), before)
     accs = json.loads(next((root / "classifiers").glob("celeba-*")).joinpath("accuracy.json").read_text())
     assert set(accs) == {"img", "text"}
     clfs, _ = get_classifiers(CELEBA, "default", train, test, EvalConfig(classifier_epochs=1, classifier_min_ap=0.0),
                               root, lambda *a: None)  # the cached ones: the stored scores are theirs
+    assert torch.equal(torch.get_rng_state(), before)  # building them drew no initial weights from it
     for name, clf in clfs.items():
         assert accs[name] == pytest.approx(mean_ap(clf, test, name, torch.device("cpu")), rel=1e-6)

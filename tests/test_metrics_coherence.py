@@ -113,3 +113,54 @@ def test_translated_polymnist_is_judged_by_the_resnet_classifier(tmp_path):
     assert cache_dir(spec, "translated", 10, tmp_path).name.endswith("-e10-polymnist_resnet_clf")
     clf = build(spec, Modality("m0", (3, 28, 28)), "translated")
     assert clf(torch.rand(2, 3, 28, 28)).shape == (2, 10)
+
+
+class Tagged(Copier):
+    """Copier whose latent carries its subset's index in an extra column (prior samples: -1), to see which
+    subsets' samples a classifier call mixes."""
+
+    def encode_subsets(self, x, subsets):
+        return [Gaussian(torch.cat([q.mu, torch.full_like(q.mu[:, :1], k)], 1), torch.full((len(q.mu), 11), -30.0))
+                for k, q in enumerate(super().encode_subsets(x, subsets))]
+
+    def sample_prior(self, n):
+        return torch.cat([super().sample_prior(n), torch.full((n, 1), -1.0)], 1)
+
+
+class Recorder(torch.nn.Module):
+    """A classifier with batch norm (as the authors' are; run in training mode under classifier_dropout:
+    as_authors) that records the tags and size of every call and reads the one-hot class."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.bn, self.calls = torch.nn.BatchNorm1d(10), calls
+
+    def forward(self, x):
+        self.calls.append((len(x), set(x[:, 10].round().tolist())))
+        return x[:, :10] + 0 * self.bn(x[:, :10])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_batch_norm_classifier_in_training_mode_sees_one_subset_per_call(monkeypatch, training):
+    """In training mode its outputs depend on the call's other rows, so each call holds one subset's samples of
+    one test batch (the MoPoE code's call), whatever the chunk size; in eval mode rows are chunked freely."""
+    import mmbench.metrics.batched as batched
+
+    monkeypatch.setattr(batched, "CPU_ROWS", 64)
+    calls = []
+    torch.manual_seed(0)
+    y = torch.as_tensor(np.random.default_rng(0).integers(0, 10, 1000))
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    split = DataSplit(MODS, {m: onehot for m in NAMES}, y)
+    ctx = EvalContext(model=Tagged(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=split, test=split,
+                      test_full=split, cfg=EvalConfig(joint_samples=300, batch_size=500), device=torch.device("cpu"))
+    ctx._classifiers = {m: Recorder(calls).train(training) for m in NAMES}
+    out = coherence(ctx)
+    assert out["coherence/m0->m1"] == 1.0 and out["coherence/joint"] == 1.0
+    conditional, joint = calls[:-3], calls[-3:]  # 2 test batches × 3 targets × 7 subsets; one prior batch × 3
+    if training:
+        assert [n for n, _ in conditional] == [500] * 42 and all(len(tags) == 1 for _, tags in conditional)
+        assert [tags for _, tags in conditional[:7]] == [{k} for k in range(7)]
+        assert joint == [(300, {-1})] * 3
+    else:
+        assert max(n for n, _ in calls) == 64 and any(len(tags) > 1 for _, tags in conditional)

@@ -93,7 +93,10 @@ def test_network_equals_pytorch_fid_inception_v3(weights, monkeypatch):
     state = torch.load(path, weights_only=True)
     monkeypatch.setattr(pfid, "load_state_dict_from_url", lambda *a, **k: state)  # their loader, our file
     theirs = pfid.InceptionV3([pfid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    fidm._NETWORKS.clear()
+    before = torch.get_rng_state()
     ours = fidm.fid_network(str(path), "cpu", sha)
+    assert torch.equal(torch.get_rng_state(), before)  # building it drew nothing from the evaluation's stream
     x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = theirs(x)[0].flatten(1)

@@ -32,6 +32,7 @@ from ..data.base import dataset_dir, read_manifest
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
+from .batched import classify, row_chunk
 from .context import EvalContext
 from .latent import by_size, encode_means, one_blas_thread, regression
 from .precision import average_precisions
@@ -118,12 +119,14 @@ def coherence_ap(ctx: EvalContext) -> Dict[str, float]:
     clfs = ctx.classifiers()
     subsets = evaluable_subsets(model)
     K = len(subsets)
+    chunk = row_chunk(ctx.device)
     scores: List[List[List[np.ndarray]]] = [[[] for _ in mods] for _ in subsets]
     n_batches = (len(ctx.test) + ctx.cfg.batch_size - 1) // ctx.cfg.batch_size
     for b, (idx, x) in enumerate(ctx.batches(ctx.test)):
         z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # (K·B)×D, one draw per tuple
         for j, m in enumerate(mods):
-            s = torch.sigmoid(clfs[m](model.decode(z, m))).view(K, len(idx), -1).cpu().numpy()
+            s = torch.sigmoid(classify(clfs[m], lambda part: model.decode(part, m), z, len(idx), chunk))
+            s = s.view(K, len(idx), -1).cpu().numpy()
             for k in range(K):
                 scores[k][j].append(s[k])
         ctx.progress("coherence AP: conditional", b + 1, n_batches)

@@ -70,6 +70,24 @@ def chunked(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, chun
     return torch.cat([fn(part) for part in rows.split(chunk)])
 
 
+def batch_dependent(module: nn.Module) -> bool:
+    """Whether a module's output rows depend on the other rows of its call: batch norm in training mode (the
+    authors' classifiers under eval.classifier_dropout: as_authors use their batch's statistics)."""
+    return isinstance(module, nn.Module) and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                                                 for m in module.modules())
+
+
+def classify(clf: nn.Module, decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, block: int,
+             chunk: int) -> torch.Tensor:
+    """clf(decode(z)) for every row of z, `chunk` rows per call. A batch-dependent classifier (batch_dependent)
+    sees one block of `block` consecutive rows per call instead: one subset's samples of one test batch, as the
+    MoPoE code classifies them (eval_metrics/coherence.py, one call per subset and batch), never a mix of subsets."""
+    if not batch_dependent(clf):
+        return chunked(lambda part: clf(decode(part)), z, chunk)
+    images = chunked(decode, z, chunk)
+    return torch.cat([clf(part) for part in images.split(block)])
+
+
 def rec_log_probs(model, z: torch.Tensor, x: Dict[str, torch.Tensor], names: Sequence[str],
                   chunk: int) -> torch.Tensor:
     """log p(x_m | z_r) for every row r of z (R×D) and modality m in names: an R×M tensor.

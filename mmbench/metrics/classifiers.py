@@ -37,10 +37,18 @@ def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
     return ARCHITECTURES.get(spec.classifier_for(variant)).classifier(modality, spec.n_classes)
 
 
-@torch.enable_grad()  # may be called lazily from inside a no-grad metric
 def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epochs: int, device,
               progress: Callable[[str, int, int], None], seed: int = 0, batch_size: int = 256,
               lr: float = 1e-3) -> torch.nn.Module:
+    """One modality's classifier, trained from `seed` on its own random stream: the caller's global RNG state is
+    as before (a metric that trains a missing classifier draws the same samples as with a warm cache)."""
+    cuda = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return _train_one(spec, variant, split, name, epochs, device, progress, seed, batch_size, lr)
+
+
+@torch.enable_grad()  # may be called lazily from inside a no-grad metric
+def _train_one(spec, variant, split, name, epochs, device, progress, seed, batch_size, lr) -> torch.nn.Module:
     torch.manual_seed(seed)
     mod = next(m for m in split.modalities if m.name == name)
     clf = build(spec, mod, variant).to(device)
@@ -68,7 +76,14 @@ def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: Dat
                     data_root: Optional[Path], progress: Callable[[str, int, int], None],
                     check: bool = True) -> Tuple[Dict[str, torch.nn.Module], Dict[str, float]]:
     """Load the cached classifiers, training the missing ones; refuse any below the accuracy floor.
-    With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py)."""
+    With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py).
+    The global RNG state is left as it was (building a network draws its initial weights; training reseeds), so a
+    metric that asks for the classifiers draws the same samples whether they were cached, trained or imported."""
+    with torch.random.fork_rng(devices=[torch.device("cuda")] if torch.cuda.is_available() else []):
+        return _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check)
+
+
+def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check):
     if cfg.classifiers == "authors":
         clfs, accs = load_classifiers(spec, variant, train.modalities, data_root)
         if check:

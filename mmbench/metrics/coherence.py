@@ -19,13 +19,14 @@ import torch
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
-from .batched import chunked, row_chunk
+from .batched import classify, row_chunk
 from .context import EvalContext
 
 
-def predict(clf, model, z: torch.Tensor, m: str, chunk: int) -> torch.Tensor:
-    """m's classifier's class for x̂_m = decode(z, m), every row of z, `chunk` rows per network call."""
-    return chunked(lambda part: clf(model.decode(part, m)).argmax(1), z, chunk)
+def predict(clf, model, z: torch.Tensor, m: str, block: int, chunk: int) -> torch.Tensor:
+    """m's classifier's class for x̂_m = decode(z, m), every row of z, `chunk` rows per network call (z: blocks of
+    `block` rows, each one subset's or one prior batch's samples; batched.classify)."""
+    return classify(clf, lambda part: model.decode(part, m), z, block, chunk).argmax(1)
 
 
 @METRICS.register("coherence")
@@ -48,7 +49,7 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
         y = ctx.test.labels[idx].to(ctx.device)
         z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # (K·B)×D
         for j, m in enumerate(names):
-            pred = predict(clfs[m], model, z, m, chunk).view(K, -1)
+            pred = predict(clfs[m], model, z, m, len(idx), chunk).view(K, -1)
             correct[:, j] += (pred == y[None]).sum(1)
         n_total += len(idx)
         ctx.progress("coherence: conditional", b + 1, n_batches)
@@ -66,7 +67,7 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
     while done < ctx.cfg.joint_samples:
         n = min(ctx.cfg.batch_size, ctx.cfg.joint_samples - done)
         z = model.sample_prior(n)
-        preds = torch.stack([predict(clfs[m], model, z, m, chunk) for m in names])
+        preds = torch.stack([predict(clfs[m], model, z, m, n, chunk) for m in names])
         agree += (preds == preds[0:1]).all(0).sum()
         done += n
     out["coherence/joint"] = agree.item() / max(done, 1)

@@ -79,7 +79,8 @@ class FIDInception(nn.Module):
 
     def __init__(self, state_dict: Dict[str, torch.Tensor]):
         super().__init__()
-        self.net = build_inception()
+        with torch.random.fork_rng(devices=[]):  # the layers' initial draws must not move the evaluation's stream
+            self.net = build_inception()
         try:
             self.net.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
