@@ -247,7 +247,7 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                              "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
                              "ops_per_run_step": ops})
             except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
-                rows.append({"method": m, "pack": n, "mode": f"n/a: {str(e).splitlines()[0][:80]}",
+                rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
                              "median_s": float("nan"), "run_steps_per_s": float("nan")})
     return rows
 

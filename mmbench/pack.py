@@ -57,7 +57,7 @@ from .data.base import DataSplit, to_float
 from .errors import MMBenchError, brief
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
-from .results import Run
+from .results import Run, atomic_json
 from . import train as train_mod
 from .train import ProgressFn, TrainingInterrupted, _save, autocast, build_model, device_of, diverged, load_data
 
@@ -216,7 +216,9 @@ class StackedModel:
         self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
 
     def uncompile(self) -> None:
-        self._replay = getattr(self, "_eager", self._replay)
+        if hasattr(self, "_eager"):
+            self._replay = self._eager
+            del self._eager
 
     @property
     def size(self) -> int:
@@ -232,21 +234,31 @@ class StackedModel:
             return loss, _as_tensors(logs, loss)
         return f
 
-    def draws_for(self, x, x_dim, training: bool) -> List[Tuple]:
-        """The loss's random draws for this batch shape, recorded once (a throwaway packed forward)."""
-        key = (tuple((k, tuple(v.shape)) for k, v in sorted(x.items())), x_dim, training)
+    def draws_for(self, x, x_dim, training: bool, precision: str = "fp32") -> List[Tuple]:
+        """The loss's random draws for this batch shape (one run's shapes and dtypes), recorded once by a throwaway
+        forward of the first run as it runs alone, in the loss's precision: under bf16 autocast a draw shaped like
+        a bf16 activation is drawn in bf16, as alone (a CPU's bf16 normals are not always its fp32 ones rounded)."""
+        key = (tuple((k, tuple(v.shape)) for k, v in sorted(x.items())), x_dim, training, precision)
         if key not in self._draws:
-            with torch.no_grad():
-                torch.func.vmap(self._fn("record"), in_dims=(0, 0, x_dim, None), randomness="different")(
-                    self.params, self.fresh_buffers(), x, [])
+            first = {k: v[0] for k, v in self.params.items()}
+            with torch.no_grad(), autocast(precision, self.device):
+                self._fn("record")(first, {k: v[0] for k, v in self.fresh_buffers().items()},
+                                   {k: v[0] for k, v in x.items()} if x_dim == 0 else x, [])
             self._draws[key] = self._recorded
         return self._draws[key]
 
+    def vectorised_for(self, precision: str) -> bool:
+        """Whether the loss is vmapped at this precision. bf16 loops: under vmap, autocast misses the operations a
+        batching rule rewrites (a convolution becomes a grouped one below autocast's conv2d, so it runs in fp32;
+        a Linear with a weight shared by the runs likewise), so a vmapped bf16 pack would not compute what its runs
+        compute alone (tests/test_pack.py)."""
+        return self.vectorised and precision == "fp32"
+
     def loss(self, x, gens, x_dim: Optional[int] = 0, precision: str = "fp32"):
         """Per-run losses (R) and logs (each R), every run drawing its noise from its own generator."""
-        noise = draw(self.draws_for(x, x_dim, self.template.training), gens, self.device)
+        noise = draw(self.draws_for(x, x_dim, self.template.training, precision), gens, self.device)
         with autocast(precision, self.device):
-            if not self.vectorised:
+            if not self.vectorised_for(precision):
                 return self._looped(x, x_dim, noise)
             f = self._replay if x_dim == 0 else self._replay_shared_x
             return f(self.params, self.buffers, x, noise)
@@ -317,7 +329,7 @@ class _Member:
         self.cpu_rng = cpu_state
         last = run.ckpt_dir / "last.pt"
         if last.exists():
-            ck = torch.load(last, map_location="cpu", weights_only=False)
+            ck = train_mod.read_checkpoint(last)
             self.model_state, self.opt_state, self.state = ck["model"], ck["optimizer"], ck["state"]
             self.cpu_rng = ck["rng"]
             if torch.device(device).type == "cpu":
@@ -327,6 +339,7 @@ class _Member:
             run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
         train_mod.note_code(self.state)
         self.error: Optional[str] = None
+        self.writer = train_mod.tensorboard_writer(run)  # train.tensorboard, as the unpacked trainer writes it
 
     def rng_state(self) -> Dict[str, torch.Tensor]:
         if self.gen.device.type == "cpu":
@@ -363,8 +376,12 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
             if sm.vectorised:  # the way training will compute it (a draw bypassing the noise source fails here)
                 packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
                     sm.params, sm.fresh_buffers(), x, noise)
-            else:  # looped: a draw bypassing the source takes other numbers than alone, caught below
+            else:  # looped: a draw bypassing the source moves the global streams (and takes other numbers than alone)
+                streams = train_mod.rng_states(sm.device)
                 packed, _ = sm._looped(x, 0, noise, sm.fresh_buffers())
+                if any(a is not None and not torch.equal(a, b) for a, b in zip(streams, train_mod.rng_states(sm.device))):
+                    return ("the packed loss draws random numbers outside the noise source (methods/base.py randn_like, "
+                            "randint, exponential_like): every run would take them from one shared stream")
             before = sm.fresh_buffers()  # each run's buffers as training will start from them
             alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], before)
                                  for r in range(sm.size)])
@@ -408,8 +425,19 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
         alone(list(runs), reason)
         return results
     device = device_of()
-    members = [_Member(r, device) for r in runs]
+    members = []
+    for r in runs:
+        try:
+            members.append(_Member(r, device))
+        except MMBenchError as e:  # an unreadable checkpoint: this run fails, saying why; the others train
+            r.log(f"error: {e}")
+            results[r.id] = str(e)
+    layout = _layout(runs[0].cfg)  # the tensors a pack stacks: a checkpoint in another layout resumes unpacked
+    odd = [m for m in members if {k: tuple(v.shape) for k, v in m.model_state.items()} != layout]
+    members = [m for m in members if m not in odd]
     by_point: Dict[Tuple[int, int], List[_Member]] = {}  # runs resumed at the same epoch and step train together
+    for m in odd:
+        alone([m.run], "its checkpoint holds the weights in another layout (an earlier version's); resumed unpacked")
     for m in members:
         by_point.setdefault((m.state["epoch"], m.state.get("step", 0)), []).append(m)
     for _, group in sorted(by_point.items()):
@@ -418,6 +446,17 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
             continue
         results.update(_train_group(group, data_root, progress, stop_after_epoch, alone))
     return results
+
+
+def _layout(cfg: RunConfig) -> Dict[str, Tuple[int, ...]]:
+    """The shape of every tensor of the model's state, from a model built without data (on meta where it can be)."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                model = build_model(cfg)
+        except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it for real
+            model = build_model(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, alone) -> Dict[str, Any]:
@@ -479,7 +518,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                     for m, st in zip(live, states):
                         m.gen.set_state(st)
-                        m.run.log(f"torch.compile failed ({type(e).__name__}); training uncaptured")
+                        m.run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
                     sm.uncompile()
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
             else:
@@ -518,6 +557,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             record = {"epoch": epoch + 1, **{f"train_{k}": v[r] for k, v in means.items()}, "test_loss": tl[r]}
             m.state["history"].append(record)
             m.state["epoch"] = epoch + 1
+            if m.writer is not None:
+                for k, v in record.items():
+                    if k != "epoch":
+                        m.writer.add_scalar(k, v, epoch + 1)
+                m.writer.flush()
             m.run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in record.items()))
             model_sd, opt_sd = sm.state(r)
@@ -531,12 +575,19 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             live = [live[r] for r in keep]
             if not live:
                 break
+            captured_before = hasattr(sm, "_eager")  # a captured pack stays captured (a new capture: new shapes)
             sm = _shrink(sm, keep, template, cfg, device)
+            if captured_before:
+                sm.compile(train_mod.captured(sm._replay, device))
         if stop and epoch + 1 < E:
             _stopped(live, f"after epoch {epoch + 1}", [True] * len(live))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
+    for m in members:
+        if m.writer is not None:
+            m.writer.close()
     for m in live:
+        atomic_json(m.run.dir / train_mod.HISTORY, m.state["history"])  # the report's training curves
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
                              "packed_with": len(members), "trained_with": m.state["code"]}
@@ -601,6 +652,11 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
         except MMBenchError as e:
             r.log(f"error: {e}")
             out[r.id] = str(e)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory in one run's evaluation: the pack's others go on
+            import traceback
+
+            r.log(f"error: {brief(e, 300)}\n{traceback.format_exc()}")
+            out[r.id] = brief(e, 300)
 
     with ExitStack() as stack:
         mine = []

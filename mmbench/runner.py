@@ -51,7 +51,10 @@ def _resume_point(run: Run) -> Tuple[int, int]:
         return (0, 0)
     import torch
 
-    state = torch.load(last, map_location="cpu", weights_only=False)["state"]
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)["state"]
+    except Exception:  # noqa: BLE001 - unreadable: its training reports it (train.read_checkpoint); others go on
+        return (0, 0)
     return (int(state["epoch"]), int(state.get("step", 0)))
 
 

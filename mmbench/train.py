@@ -146,8 +146,13 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
     """Load a checkpoint's model and optimiser state. Adam's moments saved for a parameter whose layout changed
     since (a module with `regroup`, e.g. mrVAE's SetNets) are converted as the parameter is; any other mismatch is
     an error naming the checkpoint (Adam itself would only fail at its next step)."""
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another method, architecture or size
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), brief(e))
+        raise MMBenchError(f"checkpoint {path} does not fit this run's model ({detail[:200]}); move or delete it to "
+                           f"train this run from the start") from None
     for name, p in model.named_parameters():
         for key, v in opt.state.get(p, {}).items():
             if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
@@ -158,6 +163,19 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
                 raise MMBenchError(f"{path}: the optimiser state {key!r} of {name} has shape {tuple(v.shape)}, the "
                                    f"parameter {tuple(p.shape)}; delete the checkpoint to train this run from the start")
             opt.state[p][key] = v
+
+
+def read_checkpoint(path: Path, device="cpu") -> Dict:
+    """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) is an error
+    naming the file and the fix, and stays on disk (it is never replaced without the user's say)."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(ck, dict) or "model" not in ck:
+            raise ValueError("no model weights in it")
+    except Exception as e:  # noqa: BLE001 - unpickling raises anything
+        raise MMBenchError(f"checkpoint {path} cannot be read ({brief(e)}); move or delete it to train this run "
+                           f"again from the start") from None
+    return ck
 
 
 def device_of() -> torch.device:
@@ -181,13 +199,26 @@ def captured(fn: Callable, device) -> Optional[Callable]:
 
 
 def rng_states(device) -> tuple:
+    """The global random streams a run's noise comes from: the CPU's, and the GPU's when it trains on one."""
     return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None)
 
 
 def set_rng_states(states: tuple, device) -> None:
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)
+    torch.set_rng_state(states[0].cpu())
+    if states[1] is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(states[1].cpu(), device)
+
+
+def rng_checkpoint(device) -> Dict[str, torch.Tensor]:
+    """The streams as a checkpoint holds them ("rng": CPU; "rng_device": the GPU's, as pack.py writes it too)."""
+    cpu, gpu = rng_states(device)
+    return {"rng": cpu} if gpu is None else {"rng": cpu, "rng_device": gpu}
+
+
+def devices_of_rng(device) -> list:
+    """fork_rng's devices for a run on `device`: torch.manual_seed reseeds the GPU's stream too, so a fork that
+    reseeds must save and restore it where the run draws from it."""
+    return [torch.device(device)] if torch.device(device).type == "cuda" else []
 
 
 def autocast(precision: str, device) -> contextlib.AbstractContextManager:
@@ -203,7 +234,7 @@ def test_loss(model: MultimodalVAE, test: DataSplit, batch_size: int, seed: int,
     """Mean training objective on the test split, with a fixed RNG so epochs are comparable."""
     model.eval()
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=devices_of_rng(device)):  # the training streams continue untouched
         torch.manual_seed(seed)
         for start in range(0, len(test), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(test)))
@@ -236,9 +267,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
     last = run.ckpt_dir / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
+        ck = read_checkpoint(last, device)
         restore(model, opt, ck, last)
-        torch.set_rng_state(ck["rng"])
+        set_rng_states((ck["rng"], ck.get("rng_device")), device)  # a GPU run continues its GPU stream too
         state = ck["state"]
         at = f", step {state['step']}" if state.get("step") else ""
         run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
@@ -255,7 +286,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     saved_at = time.time()
 
     def save_last() -> None:
-        _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+        _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), **rng_checkpoint(device),
                      "state": state})
 
     model.train()
@@ -345,12 +376,12 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
         raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
-    ck = torch.load(last, map_location=device or "cpu", weights_only=False)
+    ck = read_checkpoint(last, device or "cpu")
     if ck["state"]["epoch"] < cfg.train.epochs:
         raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
                            f"resume it with `mmbench train` or `mmbench run`")
     if cfg.train.select == "best_test_loss":
-        ck = torch.load(run.ckpt_dir / "best.pt", map_location=device or "cpu", weights_only=False)
+        ck = read_checkpoint(run.ckpt_dir / "best.pt", device or "cpu")
     model = build_model(cfg).to(device or "cpu")
     model.load_state_dict(ck["model"])
     model.eval()

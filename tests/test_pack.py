@@ -66,6 +66,31 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
     assert packed[runs[0].id]["history"][-1]["train_loss"] != packed[runs[1].id]["history"][-1]["train_loss"]
 
 
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeypatch, mode):
+    """Under bf16 autocast a method's noise is shaped like bf16 activations and drawn in bf16; on a CPU such
+    normals are not the fp32 ones rounded where the count is not a multiple of 16 (batch 24 × latent 7 here), so
+    the pack records its draws from a forward as alone, under autocast. And a bf16 pack loops over its runs even
+    where packs are vmapped: under vmap autocast misses the convolutions (they would run in fp32). Equal to
+    float rounding."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+
+    def bf16(seed):
+        d = json.loads(json.dumps(TINY))
+        d["seed"], d["method"]["latent_dim"] = seed, 7
+        d["train"].update(epochs=1, batch_size=24, precision="bf16")
+        return build_run_config(d)
+
+    alone = {s: train(Run(bf16(s), tmp_path / "alone"), data_root) for s in range(2)}
+    runs = [Run(bf16(s), tmp_path / "packed") for s in range(2)]
+    packed = train_pack(runs, data_root)
+    for s, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 2
+        for k, v in alone[s]["history"][0].items():
+            assert packed[r.id]["history"][0][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (s, k)
+        assert torch.equal(last(Run(bf16(s), tmp_path / "alone"))["rng"], last(r)["rng"])
+
+
 def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
     runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(2)]
     train_pack(runs, data_root, stop_after_epoch=1)
@@ -104,11 +129,11 @@ def test_unpackable_method_trains_unpacked_with_reason(tmp_path, data_root, monk
 
 
 @pytest.mark.parametrize("mode,why", [("vmap", "the packed loss fails under vmap"),
-                                      ("loop", "the packed loss differs from the runs' own losses")])
+                                      ("loop", "the packed loss draws random numbers outside the noise source")])
 def test_noise_outside_the_source_is_caught_not_shared(tmp_path, data_root, monkeypatch, mode, why):
     # A method drawing noise from torch directly would give every run of a pack the same numbers under
     # vmap(randomness="same") or silently different streams; the trial refuses to pack it instead: vmapped,
-    # the draw fails (randomness="error"); looped, the run's packed loss differs from its loss alone.
+    # the draw fails (randomness="error"); looped, the draw moves the global random stream.
     monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
     monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp())
     runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
@@ -184,11 +209,21 @@ def test_bench_pack_step_time_counts_run_steps():
     assert 0 < packed["ops_per_run_step"] < unpacked["ops_per_run_step"] / 2
     with pytest.raises(MMBenchError, match="not packable"):
         pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    na = pack_table(["mmvamp"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
+    assert na["mode"].startswith("n/a: MMBenchError: ") and "not packable" in na["mode"] and "|" not in na["mode"]
     with pytest.raises(MMBenchError, match="needs --device cuda"):
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
     from mmbench.bench import step_time
     with pytest.raises(MMBenchError, match="needs --device cuda"):  # unpacked capture: a GPU's too
         step_time("mrvae", n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
+
+
+def test_pack_table_row_for_an_error_without_a_message(monkeypatch):
+    from mmbench import bench
+
+    monkeypatch.setattr(bench, "pack_step_time", lambda *a, **k: (_ for _ in ()).throw(RuntimeError()))
+    rows = bench.pack_table(["mopoe"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)
+    assert rows[1]["mode"] == "n/a: RuntimeError"  # out of memory and the like, whatever their text
 
 
 def test_step_table_reports_each_method_against_the_bare_network_floor():
@@ -413,3 +448,84 @@ def test_packed_losses_use_batching_rules_only(recwarn):
         warnings.simplefilter("always")
         torch.func.vmap(lambda t: torch.empty_like(t).scatter_(0, torch.tensor([2, 0, 1]), t))(torch.ones(2, 3))
     assert any("performance drop" in str(w.message) for w in caught)
+
+
+def test_packed_runs_write_history_and_tensorboard(tmp_path, data_root, monkeypatch):
+    """As the unpacked trainer: each run's history.json (the report's training curves) and, with
+    train.tensorboard, its own event log (a stand-in writer here: tensorboard is an optional extra)."""
+    import types
+
+    from mmbench.plots import run_history
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            self.dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            calls.append((self.dir, tag, step, value))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append((self.dir, "close"))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    runs = [Run(cfg(s, tensorboard=True), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    for r in runs:
+        assert out[r.id]["packed_with"] == 2
+        hist = out[r.id]["history"]
+        assert run_history(r.dir) == hist and json.loads((r.dir / "history.json").read_text()) == hist
+        mine = [c for c in calls if c[0] == str(r.dir / "tensorboard")]
+        assert mine[-1][1] == "close"
+        assert {(t, e, v) for _, t, e, v in mine[:-1] if t == "test_loss"} == {
+            ("test_loss", h["epoch"], h["test_loss"]) for h in hist}
+
+
+def test_an_unreadable_or_misfit_checkpoint_fails_its_run_only(tmp_path, data_root):
+    """One run's last.pt overwritten with garbage, another's holding weights of other shapes: each of those runs
+    fails with the checkpoint's name and the fix, its file kept as it was; the rest of the pack trains on."""
+    runs = [Run(cfg(s), tmp_path) for s in range(4)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    garbage = b"not a checkpoint"
+    (runs[0].ckpt_dir / "last.pt").write_bytes(garbage)
+    ck = last(runs[1])
+    key = next(k for k, v in ck["model"].items() if v.dim() == 2)
+    ck["model"][key] = torch.zeros(3, 3)
+    torch.save(ck, runs[1].ckpt_dir / "last.pt")
+    with pytest.raises(Exception, match=r"checkpoint .*last.pt cannot be read .*move or delete it"):
+        train(runs[0], data_root)  # alone too: one clear line
+    out = train_pack(runs, data_root)
+    assert "cannot be read" in out[runs[0].id] and (runs[0].ckpt_dir / "last.pt").read_bytes() == garbage
+    assert "does not fit this run's model" in out[runs[1].id] and key in out[runs[1].id]
+    assert "another layout" in runs[1].log_path.read_text()
+    for r in runs[2:]:
+        assert out[r.id]["epochs"] == 2 and out[r.id]["packed_with"] == 2
+
+
+def test_an_unexpected_evaluation_failure_stops_that_run_only(tmp_path, data_root, monkeypatch):
+    """Out of memory (or any other exception) while evaluating one run of a pack: that run's result is the error,
+    with its traceback in its log; the pack's other runs are still evaluated."""
+    import mmbench.evaluate as ev
+    from mmbench.pack import execute_pack
+
+    runs = []
+    for s in range(2):
+        c = cfg(s, epochs=1)
+        c.eval.metrics = []
+        runs.append(Run(c, tmp_path))
+    real = ev.evaluate
+
+    def first_fails(run, *a, **k):
+        if run.id == runs[0].id:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(ev, "evaluate", first_fails)
+    out = execute_pack(runs, data_root)
+    assert out[runs[0].id] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "Traceback" in runs[0].log_path.read_text() and runs[0].status() == "partial"
+    assert out[runs[1].id] is None and runs[1].status() == "done"

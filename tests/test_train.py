@@ -266,3 +266,26 @@ def test_host_allocator_reuses_freed_tensors_instead_of_faulting_pages_in_again(
     env = {**os.environ, "MMBENCH_MALLOC": "off"}
     out = subprocess.run([sys.executable, "-c", ALLOC_PROBE], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "MMBENCH_MALLOC must be 'tuned'" in out.stderr
+
+
+def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root):
+    """The per-epoch test loss reseeds inside a fork of the random streams: on a GPU torch.manual_seed reseeds the
+    GPU's stream too, so the fork must hold it as well, or every epoch after the first would train on the same
+    noise. A checkpoint holds the GPU's stream next to the CPU's, and a resumed run continues both. On the CPU
+    the GPU parts are absent; docs/gpu-runs/device-check.sh runs this test on a GPU."""
+    from mmbench.train import build_model, device_of, load_data, read_checkpoint, rng_states, test_loss
+
+    device = device_of()
+    c = cfg(train={"epochs": 2, "max_test": 64})
+    _, test = load_data(c, data_root)
+    torch.manual_seed(3)
+    model = build_model(c).to(device)
+    before = rng_states(device)
+    test_loss(model, test.subset(64), 32, 0, device)
+    after = rng_states(device)
+    assert torch.equal(before[0], after[0])
+    assert (before[1] is None) == (after[1] is None) and (before[1] is None or torch.equal(before[1], after[1]))
+    run = Run(c, tmp_path / "r")
+    train(run, data_root)
+    ck = read_checkpoint(run.ckpt_dir / "last.pt")
+    assert ("rng_device" in ck) == (device.type == "cuda")
