@@ -3,9 +3,11 @@
 # most 8 files from $OUT, so the results are written to $RES (default /tmp/dc/results) and, after every part,
 # packed into $OUT/results.tgz; $OUT also gets log.txt, runs.tgz (run directories without checkpoints) and copies
 # of steps-packed.md, eval-time.txt, bf16-vs-fp32.md and report.md. The files of results.tgz:
-#   env.txt                 GPU, torch, git commit
+#   env.txt                 GPU, torch, git commit, the Python packages installed from $WHEELS
+#   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
+#                           a pack of 3 against 3 runs alone, bf16 packs, run as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
-#   steps-packed-bf16.md    the same for MoPoE in bf16
+#   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
 #   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
 #   steps-mrvae.md          the mrVAE step next to MoPoE's and the bare-network floor (step-time table)
 #   steps-mrvae-packed.md   mrVAE's run-steps/s unpacked and in a pack of 5
@@ -25,6 +27,9 @@
 # On the device (repository root; DATA names the folder holding mnist-t10k/ (the MNIST test IDX files) and
 # backgrounds/ (five photographs)):
 #   DATA=/path/to/data OUT=$OUT bash docs/gpu-runs/device-check.sh
+# The device image lacks pytorch-fid (mmbench imports it with its metrics) and cannot download: WHEELS (default
+# DATA/wheels) holds its wheel, made here with `pip download --no-deps -d DATA/wheels pytorch-fid==0.3.0`; any of
+# mmbench's imports still missing after that stops the script at once, naming it.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -67,9 +72,26 @@ fi
 if [ "$DEVICE" = cuda ]; then GPUS=(--gpus 0,0,0); GPU4=(--gpus 0); else GPUS=(--jobs 1); GPU4=(--jobs 1); fi
 
 say "environment"
+WHEELS=${WHEELS:-$SHARED/wheels}
+missing() { $PY -c "import pytorch_fid, typer, rich, pandas, sklearn, scipy, yaml, tabulate, torchvision" 2>&1 | tail -1; }
+if [ -n "$(missing)" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  $PY -m pip install --quiet --no-deps --no-index "$WHEELS"/*.whl 2>&1 | tail -2
+fi
 { nvidia-smi 2>/dev/null | head -15; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  git rev-parse HEAD 2>/dev/null; echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"; } > "$RES/env.txt" 2>&1
+  git rev-parse HEAD 2>/dev/null; echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"
+  ls "$WHEELS" 2>/dev/null | sed 's/^/wheel available: /'; } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
+if [ -n "$(missing)" ]; then
+  echo "error: $(missing); put its wheel into $WHEELS (pip download --no-deps -d DIR PACKAGE) and run again"; snap; exit 2
+fi
+
+say "correctness on $DEVICE: random streams, resume, packed = alone (pytest)"
+timeout $(to 60) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
+  tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
+  tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
+  tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
+  > "$RES/gpu-tests.txt" 2>&1
+tail -4 "$RES/gpu-tests.txt"
 
 say "prepare PolyMNIST from the MNIST test split (multiplicity $MULT) + coherence classifiers"
 $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" --backgrounds "$SHARED/backgrounds" \
