@@ -195,6 +195,9 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
     if dev.type == "meta":
         sm.opt = torch.optim.Adam(list(sm.params.values()), lr=1e-4, foreach=_foreach(dev))
     if compile:
+        if not sm.vectorised_for(precision):
+            raise MMBenchError(f"this pack loops over its runs ({precision} on {dev.type}; pack.StackedModel."
+                               f"vectorised_for): only a vmapped fp32 pack is captured; drop --compile or use fp32")
         sm.compile()
     # meta has no generators: pack.draw gives it empty noise of the recorded shapes
     gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(s) for s in range(pack)]

@@ -4,7 +4,8 @@ Runs that differ only in their seed (the seeds of a table, the same method acros
 dataset, variant, method, architecture and training settings, so their models have the same shapes.
 A pack stacks their parameters on a leading run axis and evaluates the loss of all of them at once with
 ``torch.func.functional_call`` + ``torch.func.vmap`` (one batched kernel per layer instead of one per
-run); the loss is summed over runs, and one Adam steps all stacked parameters. Adam is elementwise, so
+run; on a CPU, and in bf16 on any device, it loops over views of the stacked parameters instead:
+``StackedModel.vectorised_for``); the loss is summed over runs, and one Adam steps all stacked parameters. Adam is elementwise, so
 each run's update is exactly its own, and the gradient of the sum with respect to one run's parameters
 is that run's gradient.
 
@@ -16,11 +17,13 @@ change: packing is a schedule, not a setting.
 
 Random streams: a method draws all its noise through ``methods.base.randn_like``/``randint``/
 ``exponential_like``. A packed
-step first records which draws the loss makes (shapes, once per batch shape), then draws them for each
+step first records which draws the loss makes (shapes and dtypes, once per batch shape, from a forward of
+the first run as alone, in the loss's precision), then draws them for each
 run from that run's own ``torch.Generator`` -- on the CPU started from the global generator's state
 right after the run's model was built, i.e. the state an unpacked run draws from -- and feeds them into
-the vmapped loss. The packed loss runs with ``vmap(randomness="error")``, so a draw that bypasses the
-noise source fails loudly instead of sharing numbers between runs. On the CPU a packed run therefore
+the packed loss. The vmapped loss runs with ``vmap(randomness="error")``, so a draw that bypasses the
+noise source fails loudly instead of sharing numbers between runs (looped, the trial sees such a draw
+move the global stream). On the CPU a packed run therefore
 draws exactly the numbers it draws alone and ends with the same weights and metrics to float tolerance
 (tests/test_pack.py). On a GPU the per-run generators are CUDA generators seeded with the run's seed.
 
@@ -37,7 +40,8 @@ Packed runs checkpoint as unpacked ones do: every ``checkpoint_every`` epochs, e
 after the current step when a stop is requested (train.request_stop, e.g. Slurm's pre-timeout signal);
 a stop then raises train.TrainingInterrupted for the whole pack, and a re-run resumes every run of it.
 With MMBENCH_COMPILE=1 (`mmbench run --compile`) on a GPU the packed loss is captured with
-torch.compile(mode="reduce-overhead"); a compiler failure falls back to the uncaptured step, logged.
+torch.compile(mode="reduce-overhead") (the vmapped fp32 loss only; a looped bf16 pack says so in its logs
+and runs uncaptured); a compiler failure falls back to the uncaptured step, logged.
 """
 from __future__ import annotations
 
@@ -183,8 +187,8 @@ def vectorised_on(device) -> bool:
 
 
 class StackedModel:
-    """R models of one architecture as stacked parameters, with one loss over all runs (vmapped on a GPU,
-    looped over parameter views on a CPU: `vectorised_on`) and one Adam."""
+    """R models of one architecture as stacked parameters, with one loss over all runs (vmapped on a GPU in
+    fp32, looped over parameter views on a CPU and in bf16: `vectorised_for`) and one Adam."""
 
     def __init__(self, template: nn.Module, states: Sequence[Dict[str, torch.Tensor]],
                  opt_states: Sequence[Optional[Dict]], lr: float, device):
@@ -339,7 +343,7 @@ class _Member:
             run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
         train_mod.note_code(self.state)
         self.error: Optional[str] = None
-        self.writer = train_mod.tensorboard_writer(run)  # train.tensorboard, as the unpacked trainer writes it
+        self.writer = None  # train.tensorboard's writer, opened once the run trains packed (_train_group)
 
     def rng_state(self) -> Dict[str, torch.Tensor]:
         if self.gen.device.type == "cpu":
@@ -373,7 +377,7 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
         with torch.no_grad():
             draws = sm.draws_for(x, 0, sm.template.training)
             noise = draw(draws, copies, sm.device)
-            if sm.vectorised:  # the way training will compute it (a draw bypassing the noise source fails here)
+            if sm.vectorised:  # vmapped, as fp32 training computes it (a draw bypassing the noise source fails here)
                 packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
                     sm.params, sm.fresh_buffers(), x, noise)
             else:  # looped: a draw bypassing the source moves the global streams (and takes other numbers than alone)
@@ -494,12 +498,17 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         alone([m.run for m in members], why)
         return {}
     replay = train_mod.captured(sm._replay, device)  # `mmbench run --compile`, as unpacked runs decide it
+    if replay is not None and not sm.vectorised_for(cfg.train.precision):
+        for m in members:  # only the vmapped loss is captured
+            m.run.log(f"a {cfg.train.precision} pack loops over its runs; its step is not captured (--compile)")
+        replay = None
     capture = replay is not None
     if capture:
         sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
+        m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
     t0 = time.time()
     live = list(members)
@@ -577,8 +586,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 break
             captured_before = hasattr(sm, "_eager")  # a captured pack stays captured (a new capture: new shapes)
             sm = _shrink(sm, keep, template, cfg, device)
-            if captured_before:
+            if captured_before:  # its first step falls back to uncaptured if the compiler fails, as the pack's first
                 sm.compile(train_mod.captured(sm._replay, device))
+                capture = True
         if stop and epoch + 1 < E:
             _stopped(live, f"after epoch {epoch + 1}", [True] * len(live))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:

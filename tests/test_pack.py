@@ -213,7 +213,9 @@ def test_bench_pack_step_time_counts_run_steps():
     assert na["mode"].startswith("n/a: MMBenchError: ") and "not packable" in na["mode"] and "|" not in na["mode"]
     with pytest.raises(MMBenchError, match="needs --device cuda"):
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
-    from mmbench.bench import step_time
+    from mmbench.bench import pack_step, step_time
+    with pytest.raises(MMBenchError, match=r"loops over its runs \(bf16"):  # only a vmapped fp32 pack is captured
+        pack_step("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, precision="bf16", compile=True)
     with pytest.raises(MMBenchError, match="needs --device cuda"):  # unpacked capture: a GPU's too
         step_time("mrvae", n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
 
@@ -529,3 +531,42 @@ def test_an_unexpected_evaluation_failure_stops_that_run_only(tmp_path, data_roo
     assert out[runs[0].id] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert "Traceback" in runs[0].log_path.read_text() and runs[0].status() == "partial"
     assert out[runs[1].id] is None and runs[1].status() == "done"
+
+
+def test_runs_that_leave_the_pack_open_one_tensorboard_writer(tmp_path, data_root, monkeypatch):
+    """A pack refused by its trial trains its runs alone: each run's event log is opened once, by its own trainer."""
+    import types
+
+    opened = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            opened.append(log_dir)
+
+        def add_scalar(self, *a):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mu + torch.randn_like(self.mu) * (0.5 * self.logvar).exp())
+    runs = [Run(cfg(s, epochs=1, tensorboard=True), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    assert all("packed_with" not in out[r.id] for r in runs)
+    assert sorted(opened) == sorted(str(r.dir / "tensorboard") for r in runs)
+
+
+def test_a_looping_bf16_pack_says_its_step_is_not_captured(tmp_path, data_root, monkeypatch):
+    """--compile captures the vmapped fp32 loss only; a bf16 pack (which loops) trains uncaptured and says so."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    runs = [Run(cfg(s, epochs=1, precision="bf16"), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    for r in runs:
+        assert out[r.id]["packed_with"] == 2
+        assert "a bf16 pack loops over its runs; its step is not captured" in r.log_path.read_text()

@@ -271,8 +271,9 @@ def test_host_allocator_reuses_freed_tensors_instead_of_faulting_pages_in_again(
 def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root):
     """The per-epoch test loss reseeds inside a fork of the random streams: on a GPU torch.manual_seed reseeds the
     GPU's stream too, so the fork must hold it as well, or every epoch after the first would train on the same
-    noise. A checkpoint holds the GPU's stream next to the CPU's, and a resumed run continues both. On the CPU
-    the GPU parts are absent; docs/gpu-runs/device-check.sh runs this test on a GPU."""
+    noise. A checkpoint holds the GPU's stream next to the CPU's (that a resumed run continues both:
+    test_interrupted_and_resumed_equals_uninterrupted). On the CPU the GPU parts are absent;
+    docs/gpu-runs/device-check.sh runs both tests on a GPU."""
     from mmbench.train import build_model, device_of, load_data, read_checkpoint, rng_states, test_loss
 
     device = device_of()
