@@ -117,15 +117,33 @@ def test_rec_log_probs_score_row_r_against_tuple_r_mod_b(chunk):
     torch.testing.assert_close(out, want)
 
 
+class Projection(torch.nn.Module):
+    """A row-wise classifier whose class moves with the decoded image (an untrained CNN's barely does, and an
+    untrained decoder's images differ little): a fixed random projection of the image's difference from the
+    decoding of z = 0."""
+
+    def __init__(self, seed, reference):
+        super().__init__()
+        self.w = torch.randn(10, 3 * 28 * 28, generator=torch.Generator().manual_seed(seed))
+        self.reference = reference.flatten(1)
+
+    def forward(self, x):
+        return (x.flatten(1) - self.reference) @ self.w.T
+
+
 @pytest.mark.parametrize("rows", [7, 512])
 def test_coherence_equals_the_unbatched_loop(monkeypatch, rows):
     monkeypatch.setattr(batched, "CPU_ROWS", rows)
     ctx = context(make("mopoe"), split(20), batch_size=8, joint_samples=19)
+    with torch.no_grad():
+        ctx._classifiers = {m: Projection(j, ctx.model.decode(torch.zeros(1, 8), m)) for j, m in enumerate(NAMES)}
     torch.manual_seed(5)
     ref = reference_coherence(ctx)
     torch.manual_seed(5)
     out = coherence(ctx)
     assert {k: out[k] for k in ref} == ref
+    # the classifiers' predictions vary over subsets and targets, so rows mixed up between them would show
+    assert len({v for k, v in ref.items() if "->" in k}) >= 5
 
 
 def test_loglik_metric_equals_the_unbatched_loop(monkeypatch):
