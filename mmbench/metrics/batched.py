@@ -3,7 +3,8 @@
 Metrics stack every row they need (subsets × samples × tuples) and run each network once per chunk of
 ``row_chunk(device)`` rows, so the per-call overhead is paid a few times per test batch rather than per
 subset or sample, and nothing is read back to the host inside the loops. Only the schedule changes: every
-row is the same computation as alone (eval mode, no randomness in the networks), so the numbers equal an
+row is the same computation as alone (eval mode; the style methods' decoders draw their style noise per row,
+in another order than a loop would, which leaves each estimate's distribution as it is), so the numbers equal an
 unbatched loop's to float rounding (tests/test_metrics_batched.py).
 """
 from __future__ import annotations
