@@ -133,8 +133,27 @@ def test_fid_metric_end_to_end(weights, data_root):
     cfg = EvalConfig(fid_samples=4, fid_batch_size=3, fid_weights=str(path), fid_subsets="all")
     ctx = EvalContext(model=model, spec=spec, variant="vanilla", train=test, test=test, test_full=test, cfg=cfg,
                       device=torch.device("cpu"), data_root=data_root)
+    torch.manual_seed(1)
     out = fidm.compute_fid(ctx, weights_sha256=sha)
     a, b = (m.name for m in mods)
+    # the conditional passes, batched over subsets, equal a loop over test batches and subsets (the same draws)
+    net = fidm.fid_network(str(path), "cpu", sha)
+    split = test.subset(4, seed=3)
+    subsets = fidm.fid_subsets([a, b], "all")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for start in (0, 3):
+            model.sample_prior(min(3, 4 - start))  # the prior part's draws come first
+        feats = {(s, t): [] for s in subsets for t in (a, b)}
+        for start, stop in ((0, 3), (3, 4)):
+            x = split.batch(torch.arange(start, stop))
+            for s in subsets:
+                z = model.encode_subsets({k: x[k] for k in s}, [s])[0].rsample()
+                for t in (a, b):
+                    feats[s, t].append(net(fidm.inception_input(model.decode(z, t))))
+    for (s, t), f in feats.items():
+        ref = fidm.real_reference(ctx, net, split, next(m for m in mods if m.name == t), sha)
+        assert out[f"fid/{'+'.join(s)}->{t}"] == pytest.approx(ref.distance(torch.cat(f)), rel=1e-4, abs=1e-3)
     keys = {f"fid/prior->{a}", f"fid/prior->{b}", "fid_by_n/1"} | {
         f"fid/{s}->{t}" for s in (a, b, f"{a}+{b}") for t in (a, b)}
     assert set(out) == keys

@@ -42,6 +42,7 @@ from ..errors import MMBenchError
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
+from .batched import chunked
 from .context import EvalContext
 
 FID_WEIGHTS_URL = pfid.FID_WEIGHTS_URL
@@ -283,7 +284,7 @@ def compute_fid(ctx: EvalContext, weights_sha256: str = FID_WEIGHTS_SHA256) -> D
     net = fid_network(cfg.fid_weights, ctx.device, weights_sha256)
     ctx.provenance["fid_weights_sha256"] = weights_sha256  # fid_network refuses any other file
     bs = cfg.fid_batch_size
-    total, step = len(targets) + 1 + len(subsets), 0
+    total, step = len(targets) + 1, 0
     refs = {}
     for m in targets:
         refs[m] = real_reference(ctx, net, split, specs[m], weights_sha256)
@@ -302,20 +303,24 @@ def compute_fid(ctx: EvalContext, weights_sha256: str = FID_WEIGHTS_SHA256) -> D
     step += 1
     ctx.progress("fid", step, total)
 
-    # Conditional: for each subset S, z ~ q(z | X_S) once per test tuple, decoded to every target.
+    # Conditional: for each subset S, z ~ q(z | X_S) once per test tuple, decoded to every target. Batched over
+    # subsets as coherence is (metrics/batched.py): per test batch every subset's z at once, each target's images
+    # through Inception in chunks of `chunk` rows (fid_batch_size; 4x on a GPU), cut across subsets.
+    chunk = bs * (1 if torch.device(ctx.device).type == "cpu" else 4)
+    cond = {(s, m): [] for s in subsets for m in targets}
+    for b, start in enumerate(range(0, n, bs) if subsets else []):
+        idx = torch.arange(start, min(start + bs, n))
+        x = split.batch(idx, ctx.device)
+        z = torch.cat([q.rsample() for q in ctx.posteriors(x, subsets)])  # eval.mixture_representation
+        for m in targets:
+            f = chunked(lambda part: net(inception_input(model.decode(part, m))), z, chunk)
+            for k, s in enumerate(subsets):
+                cond[s, m].append(f[k * len(idx):(k + 1) * len(idx)])
+        ctx.progress("fid: conditional", b + 1, (n + bs - 1) // bs)
     values: Dict[Tuple[tuple, str], float] = {}
     for s in subsets:
-        feats = {m: [] for m in targets}
-        for start in range(0, n, bs):
-            idx = torch.arange(start, min(start + bs, n))
-            x = split.batch(idx, ctx.device)
-            z = ctx.posteriors({k: x[k] for k in s}, [s])[0].rsample()  # eval.mixture_representation
-            for m in targets:
-                feats[m].append(net(inception_input(model.decode(z, m))))
         for m in targets:
-            values[s, m] = out[f"fid/{subset_key(s)}->{m}"] = refs[m].distance(torch.cat(feats[m]))
-        step += 1
-        ctx.progress("fid", step, total)
+            values[s, m] = out[f"fid/{subset_key(s)}->{m}"] = refs[m].distance(torch.cat(cond[s, m]))
     for size in sorted({len(s) for s in subsets}):
         vals = [v for (s, m), v in values.items() if len(s) == size and m not in s]
         if vals:
