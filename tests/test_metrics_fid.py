@@ -159,6 +159,8 @@ def test_fid_metric_end_to_end(weights, data_root):
     assert set(out) == keys
     assert all(math.isfinite(v) and v > 0 for v in out.values())
     assert out["fid_by_n/1"] == pytest.approx((out[f"fid/{a}->{b}"] + out[f"fid/{b}->{a}"]) / 2)
+    ctx.cfg = EvalConfig(fid_samples=4, fid_batch_size=3, fid_weights=str(path), fid_subsets="none")
+    assert set(fidm.compute_fid(ctx, weights_sha256=sha)) == {f"fid/prior->{a}", f"fid/prior->{b}"}
     cached = sorted((data_root / "fid_stats").glob(f"polydigits-vanilla-test-{a}-n4-*-w{sha[:12]}.npz"))
     assert len(cached) == 1
     # The cached reference is what a recomputation gives; real images against themselves score 0.
