@@ -86,11 +86,7 @@ def unpackable_reason(cfg: RunConfig) -> Optional[str]:
         return f"method {cfg.method.name}: {refusal}"
     if hasattr(cls, "plan_steps"):
         return f"method {cfg.method.name} plans a step schedule (plan_steps)"
-    try:
-        with torch.device("meta"):  # no memory, no initialisation
-            model = build_model(cfg)
-    except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it for real
-        model = build_model(cfg)
+    model = _built_without_data(cfg)
     bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NOT_VMAPPABLE)})
     if bad:
         return f"architecture has {', '.join(bad)} layers (randomness/running statistics not per run under vmap)"
@@ -452,15 +448,20 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
     return results
 
 
-def _layout(cfg: RunConfig) -> Dict[str, Tuple[int, ...]]:
-    """The shape of every tensor of the model's state, from a model built without data (on meta where it can be)."""
+def _built_without_data(cfg: RunConfig) -> nn.Module:
+    """The run's model for its structure only: on the meta device where it can be (no memory, no initialisation),
+    else built for real; either way the global random stream is left as it was."""
     with torch.random.fork_rng(devices=[]):
         try:
             with torch.device("meta"):
-                model = build_model(cfg)
+                return build_model(cfg)
         except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build it for real
-            model = build_model(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            return build_model(cfg)
+
+
+def _layout(cfg: RunConfig) -> Dict[str, Tuple[int, ...]]:
+    """The shape of every tensor of the model's state."""
+    return {k: tuple(v.shape) for k, v in _built_without_data(cfg).state_dict().items()}
 
 
 def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, alone) -> Dict[str, Any]:

@@ -49,11 +49,12 @@ def _resume_point(run: Run) -> Tuple[int, int]:
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
         return (0, 0)
-    import torch
+    from .errors import MMBenchError
+    from .train import read_checkpoint
 
     try:
-        state = torch.load(last, map_location="cpu", weights_only=False)["state"]
-    except Exception:  # noqa: BLE001 - unreadable: its training reports it (train.read_checkpoint); others go on
+        state = read_checkpoint(last)["state"]
+    except MMBenchError:  # unreadable: its training says so (the same error), the others go on
         return (0, 0)
     return (int(state["epoch"]), int(state.get("step", 0)))
 

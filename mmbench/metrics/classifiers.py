@@ -42,8 +42,9 @@ def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epoc
               lr: float = 1e-3) -> torch.nn.Module:
     """One modality's classifier, trained from `seed` on its own random stream: the caller's global RNG state is
     as before (a metric that trains a missing classifier draws the same samples as with a warm cache)."""
-    cuda = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    from ..train import devices_of_rng  # (train imports the registry, which imports the metrics)
+
+    with torch.random.fork_rng(devices=devices_of_rng(device)):
         return _train_one(spec, variant, split, name, epochs, device, progress, seed, batch_size, lr)
 
 
@@ -79,7 +80,9 @@ def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: Dat
     With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py).
     The global RNG state is left as it was (building a network draws its initial weights; training reseeds), so a
     metric that asks for the classifiers draws the same samples whether they were cached, trained or imported."""
-    with torch.random.fork_rng(devices=[torch.device("cuda")] if torch.cuda.is_available() else []):
+    from ..train import device_of, devices_of_rng  # (train imports the registry, which imports the metrics)
+
+    with torch.random.fork_rng(devices=devices_of_rng(device_of())):
         return _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check)
 
 
@@ -89,7 +92,9 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         if check:
             _check_floor(spec, cfg, accs)
         return clfs, accs
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..train import device_of
+
+    device = device_of()
     directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
     acc_path = directory / "accuracy.json"
     accs: Dict[str, float] = json.loads(acc_path.read_text()) if acc_path.exists() else {}
