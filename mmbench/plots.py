@@ -333,7 +333,6 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     written: List[Path] = []
     if frame.empty:
@@ -352,12 +351,19 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
             for label, h in curves:
                 if key in h:
                     ax.plot(h["epoch"], h[key], marker="o", markersize=3, lw=1, label=label)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            epoch_axis(ax)
             ax.set_ylabel(title)
             ax.grid(alpha=0.3)
         written += _finish_group(fig, axes, out_dir, dataset, variant, tables, "training", "training curves")
     return written
+
+
+def epoch_axis(ax) -> None:
+    """x axis in whole epochs, also for a run of one epoch (matplotlib would tick 0.945 ... 1.050 there)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def all_figures(report: Any, out_dir: Path) -> List[Path]:

@@ -6,7 +6,7 @@ import yaml
 
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
-from mmbench.plots import reproduction, reproduction_points, run_history, training_curves
+from mmbench.plots import epoch_axis, reproduction, reproduction_points, run_history, training_curves
 from mmbench.report import build_report
 from mmbench.results import Run
 
@@ -65,6 +65,24 @@ def test_training_curves_read_each_runs_history(tmp_path):
     written = training_curves(rep.frame, runs, tmp_path / "figs")
     assert sorted(p.name for p in written) == ["polydigits-vanilla-T1-training.png", "polydigits-vanilla-T1-training.svg"]
     assert training_curves(build_report(tmp_path / "none", None).frame, tmp_path / "none", tmp_path / "f2") == []
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 301))])
+def test_training_curves_tick_whole_epochs(epochs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(epochs, [1.0] * len(epochs), marker="o")
+    epoch_axis(ax)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert ticks and all(float(t).is_integer() for t in ticks)  # a 1-epoch run was ticked 0.945 ... 1.050
+    assert 1 <= len(ticks) <= 11
 
 
 def test_training_writes_history_json_and_tensorboard_is_optional(tmp_path, data_root, monkeypatch):
