@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-import yaml
 
-from . import __version__
+from . import __version__, yamlio
 from .config import build_run_config
 from .errors import MMBenchError
 from .results import Run, git_commit
@@ -139,7 +138,7 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
         for need in ("config.yaml", "metrics.json"):
             if need not in files:
                 raise MMBenchError(f"bundle {path}: run {rid} has no {need}; it is not a finished run")
-        cfg = build_run_config(yaml.safe_load(files["config.yaml"]) or {}, f"{path}:runs/{rid}/config.yaml")
+        cfg = build_run_config(yamlio.load(files["config.yaml"], f"{path}:runs/{rid}/config.yaml") or {}, f"{path}:runs/{rid}/config.yaml")
         if cfg.run_id() != rid:
             raise MMBenchError(f"bundle {path}: run {rid}'s config hashes to {cfg.run_id()} here; the bundle comes "
                                f"from an mmbench whose run ids differ (its version {manifest.get('mmbench_version')}, "

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
-import yaml
 
+from . import yamlio
 from .errors import ConfigError, MMBenchError
 from .results import load_runs, number_provenance
 from .verdicts import ALPHA, apply as apply_verdicts, counts as verdict_counts
@@ -137,10 +137,7 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
     cells: List[Cell] = []
     claims: List[Claim] = []
     for path in sorted(directory.glob("*.yaml")):
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(str(path), f"not valid YAML ({str(e).splitlines()[0]})") from None
+        raw = yamlio.load(path.read_text(), str(path)) or {}
         # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
         file_runs = raw.get("runs")
         for i, c in enumerate(raw.get("cells") or []):

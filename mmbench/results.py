@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
-from . import __version__
+from . import __version__, yamlio
 from .config import RunConfig, build_run_config
 from .errors import MMBenchError
 
@@ -225,7 +225,7 @@ class Run:
         cfg_path = self.dir / "config.yaml"
         d = self.cfg.to_dict()
         if cfg_path.exists():
-            old = yaml.safe_load(cfg_path.read_text()) or {}
+            old = yamlio.load(cfg_path.read_text(), str(cfg_path)) or {}
             d["tables"] = sorted(set(old.get("tables", [])) | set(d["tables"]))
         atomic_write(cfg_path, yaml.safe_dump(d, sort_keys=False))
 
@@ -348,7 +348,7 @@ def load_runs(runs_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
         m, c = d / "metrics.json", d / "config.yaml"
         if not (m.exists() and c.exists()):
             continue
-        raw = yaml.safe_load(c.read_text()) or {}
+        raw = yamlio.load(c.read_text(), str(c)) or {}
         metrics = json.loads(m.read_text())
         if metrics.get("schema_version") != SCHEMA_VERSION:
             raise MMBenchError(f"{m} has schema version {metrics.get('schema_version')}, this mmbench reads "

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
 
+from . import yamlio
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
 from .results import Run, atomic_json
@@ -88,10 +88,7 @@ def site_options() -> Dict[str, Any]:
     path = site_config_path()
     if not path.exists():
         return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from None
+    raw = yamlio.load(path.read_text(), str(path)) or {}
     return _check(raw.get("slurm", raw), str(path))
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 
+from . import yamlio
 from .config import RunConfig, build_run_config, deep_merge, from_dict
 from .errors import ConfigError, MMBenchError
 
@@ -123,12 +123,7 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.exists():
         raise MMBenchError(f"suite file {path} does not exist; see `mmbench list suites`")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(str(path), f"not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    raw = yamlio.load(path.read_text(), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "a suite must be a mapping with at least `name` and `experiments`")
     allowed = ("name", "description", "defaults", "tiers", "experiments", "slurm")

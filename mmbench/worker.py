@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
 
+from . import yamlio
 from .config import build_run_config
 from .errors import MMBenchError
 from .evaluate import execute_when_free
@@ -23,7 +23,7 @@ from .train import tune_host_allocator
 def load_run(run_dir: str) -> Run:
     """The run whose directory (with its config.yaml) this is; used by workers and Slurm tasks."""
     d = Path(run_dir)
-    cfg = build_run_config(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
+    cfg = build_run_config(yamlio.load((d / "config.yaml").read_text(), str(d / "config.yaml")), str(d / "config.yaml"))
     return Run(cfg, d.parent)
 
 

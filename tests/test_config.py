@@ -68,6 +68,12 @@ def test_good_suite_expands(tmp_path):
     ("name: x\ntiers: {fast: {}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "tiers.fast: unknown tier"),
     ("name: [x\n", "not valid YAML at line"),
+    # PyYAML alone keeps the last of two equal keys: mrvae.yaml lost its mrVAE overrides (beta 1) that way
+    ("name: x\nexperiments:\n  - name: e\n    dataset: polydigits\n    methods: [mopoe, mvae]\n"
+     "    method_overrides: {mopoe: {method: {beta: 1.0}}}\n    method_overrides: {mvae: {}}\n",
+     "at line 7, column 5: the key 'method_overrides' is given twice (first at line 6)"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {epochs: 2, epochs: 3}}}]",
+     "the key 'epochs' is given twice"),
     ("- 1\n- 2\n", "a suite must be a mapping"),
 ])
 def test_malformed_suites(tmp_path, text, expected):

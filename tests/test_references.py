@@ -191,6 +191,17 @@ def test_mopoe_on_polymnist_has_one_learning_rate_across_suites():
     assert {name for name, _ in lrs} >= {"mopoe_iclr21.yaml", "mrvae.yaml"}
 
 
+def test_mrvae_runs_at_beta_one_with_objective_q_in_every_tier():
+    """suites/mrvae.yaml: Eq. (4) weighs every term 1, so mrVAE runs at beta 1 with objective q (the suite's header)
+    while MoPoE keeps beta 2.5 (a second `method_overrides:` key once dropped the mrVAE entry: beta 2.5)."""
+    from mmbench.suite import load_suite
+
+    suite = load_suite(ROOT / "suites" / "mrvae.yaml")
+    for tier in ("full", "quick", "smoke"):
+        got = {(r.method.name, r.method.beta, r.method.options.get("objective")) for r in suite.runs(tier)}
+        assert got == {("mrvae", 1.0, "q"), ("mopoe", 2.5, None)}, (tier, got)
+
+
 def test_provenance_names_real_options():
     """docs/provenance.md: every `method.options.X` it offers is an option of some method, and every
     `--set PATH=` is a field of the run config (a stale name would send a reader nowhere)."""

@@ -269,6 +269,9 @@ def test_malformed_claims_are_named(tmp_path):
     (tmp_path / "r.yaml").write_text("cells: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_reference_files(tmp_path)
+    (tmp_path / "r.yaml").write_text("cells:\n  - {paper: P, value: 1.0, value: 2.0}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: not valid YAML at line 2.*'value' is given twice"):
+        load_reference_files(tmp_path)
 
 
 def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):

@@ -1,0 +1,49 @@
+"""YAML files read strictly: a key given twice in one mapping is an error, not "the last one wins".
+
+PyYAML's safe_load keeps the last of two equal keys without a word, so a suite that wrote
+`method_overrides:` twice silently lost the first entry. Every file mmbench reads (suites, reference
+results, run configs, the Slurm site file) goes through ``load``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen = {}
+    for key_node, _ in node.value:  # the keys as written: a merge (<<) may be overridden by an explicit key
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the base constructor reports an unhashable key
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                f"the key {key!r} is given twice (first at line {seen[key] + 1}); merge the two entries into one",
+                key_node.start_mark)
+        seen.setdefault(key, key_node.start_mark.line)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load(text: str, where: str) -> Any:
+    """The YAML document in `text`; a syntax error or a repeated key is a ConfigError naming `where` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(where, f"not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
