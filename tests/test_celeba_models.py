@@ -136,11 +136,20 @@ def split(y, noise, seed, shuffle=False):
     return DataSplit(VEC, x, y)
 
 
-def context(tmp_path, spec, train, test, **cfg):
+class ReversedTextFake(FakeModel):
+    """The text representation holds the attributes in reversed slots (as readable as the image's to a regression
+    fitted on it); the joint representation (img+text) is the image's."""
+
+    def encode_subsets(self, x, subsets):
+        code = {"img": x["img"], "text": x["text"].flip(1)}
+        return [Gaussian(code["text" if s == ("text",) else "img"], torch.full_like(x["img"], -12.0)) for s in subsets]
+
+
+def context(tmp_path, spec, train, test, model=None, **cfg):
     d = dataset_dir(spec.registry_name, "default", tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     (d / "manifest.json").write_text(json.dumps({"attributes": NAMES}))
-    ctx = EvalContext(model=FakeModel(), spec=spec, variant="default", train=train, test=test, test_full=test,
+    ctx = EvalContext(model=model or FakeModel(), spec=spec, variant="default", train=train, test=test, test_full=test,
                       cfg=EvalConfig(lr_train_samples=300, batch_size=128, **cfg), device=torch.device("cpu"),
                       data_root=tmp_path)
     ctx._classifiers = {m: (lambda v: 10 * (v - 0.5)) for m in FakeModel.names}
@@ -162,6 +171,23 @@ def test_latent_ap_known_answers(tmp_path, scores):
                                            split(y_test, 0.3, 1), ap_scores=scores))
     base = np.delete(y_test.float().mean(0).numpy(), 7).mean()  # AP of an uninformative score = base rate
     assert abs(bad["latent_ap/img+text"] - base) < 0.06
+
+
+def test_latent_ap_follows_the_lr_protocol(tmp_path):
+    """SMVAE §5 (eval.lr_protocol smvae): the regressions are fitted on the full set's representations and read
+    every subset's, so text's reversed slots score near the base rate; fitted per subset (mopoe) they score
+    high. mmvamp scores the unimodal subsets only (MM-VAMP App. B.2.2). latent_ap once ignored the protocol."""
+    y_train, y_test = labels(300, 0), labels(300, 1)
+    base = y_test.float().mean(0).numpy().mean()
+    out = {p: METRICS.get("latent_ap")(context(tmp_path, CELEBA, split(y_train, 0.15, 0), split(y_test, 0.15, 1),
+                                                model=ReversedTextFake(), lr_protocol=p))
+           for p in ("mopoe", "smvae", "mmvamp")}
+    for p in out:
+        assert out[p]["latent_ap/img"] > 0.95, p
+    assert out["mopoe"]["latent_ap/text"] > 0.95 and out["mopoe"]["latent_ap/img+text"] > 0.95
+    assert out["smvae"]["latent_ap/img+text"] > 0.95 and abs(out["smvae"]["latent_ap/text"] - base) < 0.1
+    assert out["mmvamp"]["latent_ap/text"] > 0.95
+    assert "latent_ap/img+text" not in out["mmvamp"] and "latent_ap_by_n/2" not in out["mmvamp"]
 
 
 def test_coherence_ap_known_answers(tmp_path):

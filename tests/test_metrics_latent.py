@@ -108,7 +108,7 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from mmbench.metrics.average_precision import fit_scores
+    from mmbench.metrics.average_precision import fit_attribute
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
@@ -123,7 +123,7 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
             pytest.skip(f"numpy/scipy's BLAS cannot be given 2 threads here ({before})")
         if metric == "latent_ap":
             rng = np.random.default_rng(0)
-            fit_scores(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), rng.normal(size=(20, 4)), True, False)
+            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False)(rng.normal(size=(20, 4)))
         else:
             run(metric)
         assert blas_threads() == before

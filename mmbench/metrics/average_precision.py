@@ -2,7 +2,8 @@
 
 * ``latent_ap``: per subset S, one logistic regression per attribute on the posterior means of
   ``eval.lr_train_samples`` training tuples (seeded, as ``latent_classification``), scored on the test
-  tuples; AP per attribute (``latent_ap/<S>/<attribute>``), their mean (``latent_ap/<S>``; the tables'
+  tuples; which subsets are scored and whose means each regression is fitted on follow
+  ``eval.lr_protocol`` as in ``latent_classification`` (``smvae``: fitted on the full set's means); AP per attribute (``latent_ap/<S>/<attribute>``), their mean (``latent_ap/<S>``; the tables'
   "mean average precision over all attributes") and the mean by number of inputs (``latent_ap_by_n/<n>``).
   ``eval.ap_scores`` picks what the AP ranks: ``hard`` (default) the regressions' 0/1 predictions --
   the MoPoE code (eval_metrics/representation.py test_clf_lr_all_subsets) and the MMVM code (mmvmvae
@@ -34,7 +35,7 @@ from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .batched import classify, row_chunk
 from .context import EvalContext
-from .latent import by_size, encode_means, one_blas_thread, regression
+from .latent import by_size, encode_means, one_blas_thread, protocol_subsets, regression
 from .precision import average_precisions
 
 
@@ -71,14 +72,18 @@ def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]
     return out
 
 
-def fit_scores(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, hard: bool,
-               standardize: bool) -> np.ndarray:
-    """Scores of one attribute's logistic regression (sklearn defaults, as MoPoE App. B) on the test latents."""
+def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool):
+    """One attribute's logistic regression (sklearn defaults, as MoPoE App. B), as a function from test latents
+    to scores."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction
-        return np.full(len(z_test), float(y_train[0]))
+        return lambda z: np.full(len(z), float(y_train[0]))
     with one_blas_thread():
         clf = regression(standardize).fit(z_train, y_train)
-        return clf.predict(z_test).astype(float) if hard else clf.predict_proba(z_test)[:, 1]
+
+    def scores(z: np.ndarray) -> np.ndarray:
+        with one_blas_thread():
+            return clf.predict(z).astype(float) if hard else clf.predict_proba(z)[:, 1]
+    return scores
 
 
 @METRICS.register("latent_ap")
@@ -86,19 +91,23 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
     """Mean and per-attribute AP of per-attribute logistic regressions on posterior means, per subset (`latent_ap/<S>`)."""
     require_multilabel(ctx, "latent_ap", "latent_classification")
     names = attribute_names(ctx)
-    subsets = evaluable_subsets(ctx.model)  # the subsets the method can encode alone
+    subsets, fit_on = protocol_subsets(ctx)  # eval.lr_protocol, as latent_classification
+    fit_subsets = list(dict.fromkeys(fit_on.values()))
     train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)  # the same tuples as latent_classification
     ctx.progress("latent AP: encoding", 0, 2)
-    z_train = encode_means(ctx, train, subsets)
+    z_train = dict(zip(fit_subsets, encode_means(ctx, train, fit_subsets)))
     ctx.progress("latent AP: encoding", 1, 2)
     z_test = encode_means(ctx, ctx.test, subsets)
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
     out: Dict[str, float] = {"ap_attributes_scored": attributes_scored(ctx, y_test)}
     hard = ctx.cfg.ap_scores == "hard"
     means = {}
+    fitted = {}  # per fitting subset, one regression per attribute
     for k, s in enumerate(subsets):
-        scores = np.stack([fit_scores(z_train[k], y_train[:, a], z_test[k], hard, ctx.cfg.lr_standardize)
-                           for a in range(len(names))], 1)
+        if fit_on[s] not in fitted:
+            fitted[fit_on[s]] = [fit_attribute(z_train[fit_on[s]], y_train[:, a], hard, ctx.cfg.lr_standardize)
+                                 for a in range(len(names))]
+        scores = np.stack([f(z_test[k]) for f in fitted[fit_on[s]]], 1)
         ap = average_precisions(y_test, scores)
         out.update(summarise(f"latent_ap/{subset_key(s)}", ap, names))
         means[subset_key(s)] = out[f"latent_ap/{subset_key(s)}"]

@@ -54,6 +54,19 @@ def by_size(values: Dict[str, float], subsets, prefix: str) -> Dict[str, float]:
     return out
 
 
+def protocol_subsets(ctx: EvalContext):
+    """eval.lr_protocol's (scored subsets, fitting subset of each): "mopoe" (MoPoE App. B) fits each subset's own
+    regression; "smvae" (SMVAE §5: "training a linear classifier under inference from all modalities and
+    predicting by it from the representation inferred from subsets") fits on the full set for every subset;
+    "mmvamp" (MM-VAMP App. B.2.2) scores the unimodal subsets, each fitted on its own."""
+    protocol = ctx.cfg.lr_protocol
+    subsets = evaluable_subsets(ctx.model)
+    if protocol == "mmvamp":
+        subsets = [s for s in subsets if len(s) == 1]
+    full = tuple(ctx.model.names)
+    return subsets, {s: (full if protocol == "smvae" else s) for s in subsets}
+
+
 @METRICS.register("latent_classification")
 def latent_classification(ctx: EvalContext) -> Dict[str, float]:
     """Accuracy of a logistic regression on posterior means, per subset (`latent_acc/<subset>`, `latent_acc_by_n/<n>`).
@@ -67,13 +80,10 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
         raise MMBenchError(f"latent_classification scores one label per tuple; {ctx.spec.registry_name} has multi-label "
                            f"attributes: use latent_ap in eval.metrics")
     protocol = ctx.cfg.lr_protocol
-    subsets = evaluable_subsets(ctx.model)
-    if protocol == "mmvamp":  # MM-VAMP App. B.2.2: each unimodal representation on its own
-        subsets = [s for s in subsets if len(s) == 1]
-    full = tuple(ctx.model.names)
+    subsets, fit_on = protocol_subsets(ctx)
     # eval.lr_train_samples training tuples (seeded, without replacement), whole (capped) test set.
     train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)
-    fit_subsets = subsets if protocol != "smvae" else [full]
+    fit_subsets = list(dict.fromkeys(fit_on.values()))
     ctx.progress("latent classification: encoding", 0, 2)
     z_train = dict(zip(fit_subsets, encode_means(ctx, train, fit_subsets)))
     ctx.progress("latent classification: encoding", 1, 2)
@@ -85,11 +95,11 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
 
     acc = {}
     with one_blas_thread():
-        # SMVAE §5: one classifier fitted on representations inferred from all modalities, tested on each subset's.
-        joint_clf = fit(z_train[full]) if protocol == "smvae" else None
+        fitted = {}  # one regression per fitting subset (under "smvae" the full set's serves every subset)
         for k, s in enumerate(subsets):
-            clf = joint_clf or fit(z_train[s])
-            acc[subset_key(s)] = float((clf.predict(z_test[s]) == y_test).mean())
+            if fit_on[s] not in fitted:
+                fitted[fit_on[s]] = fit(z_train[fit_on[s]])
+            acc[subset_key(s)] = float((fitted[fit_on[s]].predict(z_test[s]) == y_test).mean())
             ctx.progress("latent classification: fitting", k + 1, len(subsets))
         out = {f"latent_acc/{k}": v for k, v in acc.items()}
         if protocol == "mmvamp" and len(subsets) > 1:
