@@ -205,6 +205,30 @@ def test_mmvamp_loss_uses_the_chosen_rate():
         assert abs(logs["kl"]) < 1e-4
 
 
+@pytest.mark.parametrize("conv", ["paper", "code"])
+def test_mmvamp_loss_weights_its_rate_by_beta_and_decodes_each_modality_from_its_own_latent(conv):
+    """MM-VAMP §5: loss = nll + β·rate under both conventions (not β², not β·M), and z_m decodes x_m only (Eq. 2):
+    changing x_m1 leaves modality m0's reconstruction term as it was."""
+    x = batch()
+    model = make("mmvamp", beta=2.0, beta_convention=conv)
+    torch.manual_seed(5)
+    loss, logs = model.loss(x)
+    assert float(loss.detach()) == pytest.approx(float(logs["nll"]) + 2.0 * float(logs["kl"]), rel=1e-5)
+
+    def decoder_m0_grads(xx):  # decoder m0 sees only z_0 ~ q_0(z | x_m0) and x_m0
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        model.loss(xx)[0].backward()
+        return [p.grad.clone() for p in model.decoders["m0"].parameters()]
+
+    other = dict(x, m1=batch(seed=9)["m1"])
+    for a, b in zip(decoder_m0_grads(x), decoder_m0_grads(other)):
+        assert torch.equal(a, b)
+    changed = [p.grad for p in model.decoders["m1"].parameters()]
+    decoder_m0_grads(x)
+    assert any(not torch.equal(a, p.grad) for a, p in zip(changed, model.decoders["m1"].parameters()))
+
+
 def test_alpha_annealing_schedule_and_step_counter():
     assert annealed_alpha(1.0, 100, 0) == 1.0
     assert annealed_alpha(1.0, 100, 50) == pytest.approx(math.sqrt(1e-10), rel=1e-6)
