@@ -7,6 +7,8 @@
     tiers:                                                      # selected with --tier (default: full)
       full: {}
       smoke: {seeds: 1, train: {epochs: 1}}                     # `seeds: N` keeps the first N seeds
+      quick: {train: {epochs: 10},                              # a tier's method_overrides: for one method
+              method_overrides: {mmvamp: {method: {options: {alpha_anneal_steps: 6000}}}}}
     experiments:
       - name: polydigits-vanilla
         reproduces: ["MoPoE Table 3"]                           # paper tables/figures this entry serves
@@ -19,7 +21,8 @@
         method_overrides: {mvae: {train: {lr: 5.0e-4}}}         # for one method
         slurm: {time: 600}                                      # optional, over the suite's slurm block
 
-A run's settings: defaults <- overrides <- method_overrides <- tier <- --set. Every error names the
+A run's settings: defaults <- overrides <- method_overrides <- sweep point <- tier <- the tier's
+method_overrides <- --set. Every error names the
 file, the entry and the field.
 """
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Suite:
                 raise ConfigError(f"{self.path}: --only", f"no experiment {n!r}; the suite has: {', '.join(names)}")
         tier_cfg = dict(self.tiers.get(tier) or {})
         keep_seeds = tier_cfg.pop("seeds", None)
+        tier_methods = tier_cfg.pop("method_overrides", None) or {}  # per method, over the tier's overrides
         out = []
         for i, exp in enumerate(self.experiments):
             if only and exp.name not in only:
@@ -113,6 +117,7 @@ class Suite:
                 d = deep_merge(d, {"method": {"name": method}})
                 for point in exp.sweep_points():
                     p = deep_merge(deep_merge(d, point), tier_cfg)
+                    p = deep_merge(p, tier_methods.get(method) or {})
                     p = deep_merge(p, overrides or {})
                     for seed in seeds:
                         out.append((build_run_config(deep_merge(p, {"seed": seed}), where), exp))
@@ -153,9 +158,17 @@ def load_suite(path: str | Path) -> Suite:
     tiers = raw.get("tiers") or {}
     if not isinstance(tiers, dict):
         raise ConfigError(f"{path}: tiers", "must be a mapping of tier name to overrides")
+    every_method = sorted({m for e in parsed for m in e.methods})
     for t in tiers:
         if t not in TIERS:
             raise ConfigError(f"{path}: tiers.{t}", f"unknown tier; choose from: {', '.join(TIERS)}")
+        per_method = (tiers[t] or {}).get("method_overrides") or {}
+        if not isinstance(per_method, dict):
+            raise ConfigError(f"{path}: tiers.{t}.method_overrides", "must be a mapping of method name to overrides")
+        for m in per_method:
+            if m not in every_method:
+                raise ConfigError(f"{path}: tiers.{t}.method_overrides.{m}",
+                                  f"not a method of any experiment: {', '.join(every_method)}")
     from .slurm import resolve_options
 
     resolve_options([(raw.get("slurm") or {}, f"{path}: slurm")])  # option names and types, checked now

@@ -67,6 +67,8 @@ def test_good_suite_expands(tmp_path):
      "method_overrides.mvae: not one of this experiment's methods"),
     ("name: x\ntiers: {fast: {}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "tiers.fast: unknown tier"),
+    ("name: x\ntiers: {quick: {method_overrides: {mvae: {}}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers.quick.method_overrides.mvae: not a method of any experiment: mopoe"),
     ("name: [x\n", "not valid YAML at line"),
     # PyYAML alone keeps the last of two equal keys: mrvae.yaml lost its mrVAE overrides (beta 1) that way
     ("name: x\nexperiments:\n  - name: e\n    dataset: polydigits\n    methods: [mopoe, mvae]\n"
@@ -163,3 +165,15 @@ def test_a_method_whose_numerics_changed_gets_new_run_ids():
         mrvae.id_version = old
     assert mr.run_id() != before
     assert all(getattr(cls, "id_version", 1) == 1 for name, cls in METHODS.items() if name != "mrvae")
+
+
+def test_tier_method_overrides_apply_to_their_method_only(tmp_path):
+    path = write(tmp_path, "name: x\ntiers:\n  quick: {train: {epochs: 2}, method_overrides: {mvae: {train: {lr: 0.01}}}}\n"
+                           "experiments: [{name: e, dataset: polydigits, methods: [mopoe, mvae],"
+                           " method_overrides: {mvae: {train: {lr: 0.002, epochs: 7}}}}]\n")
+    suite = load_suite(path)
+    got = {r.method.name: (r.train.lr, r.train.epochs) for r in suite.runs("quick")}
+    assert got == {"mopoe": (1e-3, 2), "mvae": (0.01, 2)}  # over the experiment's, for mvae alone
+    assert {r.method.name: r.train.lr for r in suite.runs("full")} == {"mopoe": 1e-3, "mvae": 0.002}
+    over = suite.runs("quick", overrides={"train": {"lr": 0.5}})  # --set still wins
+    assert {r.train.lr for r in over} == {0.5}
