@@ -62,7 +62,8 @@ def test_windows_and_pairing_on_a_known_pattern(tmp_path):
         assert np.array_equal(x[:, 1, :], expected)
         assert np.allclose(train.batch(np.arange(2))[rat][:, 1], expected[:2] / 10)  # loaded in the deposit's unit
     assert all(np.array_equal(ranks[0], r) for r in ranks)  # k-th trial of an odor pairs with the k-th
-    assert rats.start_bin("mitt") == 250 and rats.start_bin("barat") == 225
+    # MM-VAMP App. B.4.1: windows from 250, 250, 500, 500, 250 ms after port entry (bin 200) for barat..superchris
+    assert [rats.start_bin(r) for r in rats.RATS] == [225, 225, 250, 250, 225]
 
 
 def test_held_out_split_is_by_trial(tmp_path):
