@@ -273,7 +273,8 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
 
 HEADLINE = (r"^(latent_acc_by_n|coherence_by_n|fid_by_n|loglik_by_n)/|^coherence/joint$|^recon/(joint|self)$"
             r"|^loglik/joint$")
-FAMILY_LABELS = {"latent_acc_by_n": "latent accuracy", "coherence_by_n": "coherence", "fid_by_n": "FID",
+FAMILY_LABELS = {"latent_acc_by_n": "latent accuracy", "coherence_by_n": "coherence",
+                 "coherence_all_by_n": "coherence (inputs among the targets)", "fid_by_n": "FID",
                  "loglik_by_n": "log-likelihood"}
 FIXED_LABELS = {"coherence/joint": "joint coherence (prior samples)", "recon/joint": "reconstruction error (all inputs)",
                 "recon/self": "self-reconstruction error", "loglik/joint": "log-likelihood (joint posterior)"}

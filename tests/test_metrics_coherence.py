@@ -102,6 +102,11 @@ def test_coherence_by_n_counts_only_targets_outside_the_subset():
         assert out[f"coherence_by_n/{n}"] == pytest.approx(np.mean([out[f"coherence/{p}"] for p in pairs]), abs=1e-12)
         assert out[f"coherence_by_n/{n}"] == pytest.approx(0.1, abs=0.03)  # not 0.4 / 0.7
     assert out["coherence/joint"] == pytest.approx(0.01, abs=0.006)  # independent random classes per modality
+    # MM-VAMP's average over all conditional generations from one modality includes m -> m (the 3 x 3 matrix)
+    every = [f"coherence/{a}->{b}" for a in NAMES for b in NAMES]
+    assert out["coherence_all_by_n/1"] == pytest.approx(np.mean([out[k] for k in every]), abs=1e-12)
+    assert out["coherence_all_by_n/1"] == pytest.approx((1 + 2 * 0.1) / 3, abs=0.03)
+    assert out["coherence_all_by_n/2"] == pytest.approx((2 + 0.1) / 3, abs=0.03)
 
 
 def test_translated_polymnist_is_judged_by_the_resnet_classifier(tmp_path):

@@ -94,9 +94,10 @@ def test_shipped_references_are_complete_and_unchanged():
             f"{c.table} / {c.row} / {c.column}: tolerance {c.tolerance}, the rule gives {rule}"
 
 
-FRACTION_FAMILIES = {"latent_acc", "latent_acc_by_n", "coherence", "coherence_by_n", "latent_ap", "coherence_ap"}
+FRACTION_FAMILIES = {"latent_acc", "latent_acc_by_n", "coherence", "coherence_by_n", "coherence_all_by_n", "latent_ap", "coherence_ap"}
 METRIC_OF_KEY = {"latent_acc": "latent_classification", "latent_acc_by_n": "latent_classification",
-                 "coherence": "coherence", "coherence_by_n": "coherence", "fid": "fid", "fid_by_n": "fid",
+                 "coherence": "coherence", "coherence_by_n": "coherence", "coherence_all_by_n": "coherence",
+                 "fid": "fid", "fid_by_n": "fid",
                  "loglik": "loglik", "loglik_by_n": "loglik", "loglik_mod": "loglik", "recon": "reconstruction",
                  "latent_ap": "latent_ap", "coherence_ap": "coherence_ap"}
 

@@ -5,7 +5,10 @@
   decode(z, m), coherence = plain accuracy of m's classifier on x̂_m against the tuple's label
   (`coherence/<S>-><m>`; targets inside S included, as the authors' code);
 * by number of inputs (MoPoE Fig. 3): mean over subsets of size n of the targets outside S
-  (`coherence_by_n/<n>`);
+  (`coherence_by_n/<n>`); and over every target, those in S included (`coherence_all_by_n/<n>`: with n = 1
+  the mean of the M x M matrix m -> m~, diagonal included, as MM-VAMP's "average coherence of all possible
+  conditional generations given a single modality" is computed by mmvampvae utils/eval.py and
+  mv_vaes/spike_vae.py);
 * joint: z ~ N(0, I), every modality decoded; the fraction of samples on which all modality
   classifiers agree (`coherence/joint`).
 """
@@ -62,6 +65,9 @@ def coherence(ctx: EvalContext) -> Dict[str, float]:
         vals = [acc[k, j] for k, s in enumerate(subsets) if len(s) == n for j, m in enumerate(names) if m not in s]
         if vals:
             out[f"coherence_by_n/{n}"] = float(np.mean(vals))
+        every = [acc[k, j] for k, s in enumerate(subsets) if len(s) == n for j in range(len(names))]
+        if every:
+            out[f"coherence_all_by_n/{n}"] = float(np.mean(every))
     # Joint coherence of prior samples.
     agree, done = torch.zeros((), dtype=torch.long, device=ctx.device), 0
     while done < ctx.cfg.joint_samples:
