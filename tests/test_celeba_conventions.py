@@ -77,7 +77,8 @@ def test_rec_weights_per_suite_entry():
         assert smvae[("celeba", name)].method.rec_weights == {"img": 1.0, "text": 48.0}  # SMVAE §5: largest = 1
     assert smvae[("mnist-svhn-text", "mopoe")].method.rec_weights is None  # the dataset's already match §5
     mopoe = first_runs("mopoe_iclr21.yaml")
-    assert mopoe[("celeba", "mopoe_style")].method.rec_weights is None  # MoPoE keeps its code's 1/3, 16
+    for name in ("mvae_style", "mmvae_style", "mopoe_style"):  # MoPoE App. B: the dominant modality at 1.0
+        assert mopoe[("celeba", name)].method.rec_weights == {"img": 1.0, "text": 48.0}  # the code: 1/3, 16
     mmvamp = first_runs("mmvamp.yaml")
     for name in ("independent", "aggregated", "mmvamp"):
         r = mmvamp[("celeba", name)]
