@@ -26,7 +26,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     model = for_eval(load_trained(run, device), device, cfg.eval.precision)
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
-                      test=test_full.subset(cfg.eval.test_samples, seed=2), test_full=test_full, cfg=cfg.eval,
+                      test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
                       device=device, data_root=data_root, progress=progress or (lambda *a: None),
                       out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)
@@ -73,6 +73,14 @@ def training_provenance(run: Run) -> Dict[str, Any]:
         return {}
     prov = json.loads(path.read_text())
     return {k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov}
+
+
+def evaluation_split(test_full, n):
+    """The test tuples the metrics read: `eval.test_samples` of them (all when None), in a seeded shuffled order
+    also when whole. A split stored class by class (MNIST-SVHN-Text) would otherwise give batch-norm classifiers
+    in training mode (eval.classifier_dropout: as_authors) one-class batches; the MoPoE code's test loader
+    shuffles (eval_metrics/coherence.py)."""
+    return test_full.subset(n, seed=2, keep_order=False)
 
 
 def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:

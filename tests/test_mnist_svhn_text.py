@@ -4,6 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
 from mmbench.data import mnist, mnist_svhn_text as mst
 from mmbench.data.base import load_split, prepare, read_manifest, save_preview
@@ -202,3 +203,25 @@ def test_mopoe_suite_smoke_tier_end_to_end(tmp_path, raw):
         assert "cells within tolerance" in section and ", 0 missing" in section
     assert rep.returncode == 1
     assert "### Sutter, Daunhawer & Vogt, Generalized Multimodal ELBO (MoPoE-VAE), ICLR 2021 — MoPoE Table 2" in rep.stdout
+
+
+def test_evaluation_reads_a_class_sorted_test_split_in_shuffled_batches():
+    """pair() stores the tuples class by class; whole-split evaluation reads them in a seeded shuffled order, so a
+    batch-norm classifier in training mode (classifier_dropout: as_authors) never normalises a one-digit batch."""
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.data.mnist_svhn_text import pair
+    from mmbench.evaluate import evaluation_split
+
+    rng = np.random.default_rng(0)
+    l1, l2 = rng.integers(0, 10, 3000), rng.integers(0, 10, 3000)
+    i1, _ = pair(l1, l2, 200, 2, np.random.default_rng(1))
+    y = torch.as_tensor(l1[i1])
+    assert (y[:256] == y[0]).all()  # stored sorted: the first batch holds one digit
+    split = DataSplit([Modality("m", (1,), kind="vector")], {"m": y[:, None].float()}, y)
+    whole = evaluation_split(split, None)
+    assert torch.equal(whole.labels.sort().values, y.sort().values)  # every tuple once
+    assert torch.equal(whole.labels, evaluation_split(split, None).labels)  # seeded
+    assert all(len(whole.labels[b:b + 256].unique()) == 10 for b in range(0, len(y) - 255, 256))
+    assert torch.equal(whole.x["m"][:, 0].long(), whole.labels)  # rows stay aligned with their labels
+    part = evaluation_split(split, 100)
+    assert torch.equal(part.labels, split.subset(100, seed=2).labels)  # a subset is drawn as before

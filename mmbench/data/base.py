@@ -314,9 +314,10 @@ class DataSplit:
         return DataSplit([mods[n] for n in names], {n: self.x[n] for n in names}, self.labels, self.extra_labels,
                          {n: f for n, f in self.redraw.items() if n in names})
 
-    def subset(self, n: Optional[int], seed: int = 0) -> "DataSplit":
-        """The first `n` rows of a seeded permutation (all rows when n is None or larger)."""
-        if n is None or n >= len(self):
+    def subset(self, n: Optional[int], seed: int = 0, keep_order: bool = True) -> "DataSplit":
+        """The first `n` rows of a seeded permutation (all rows when n is None or larger: the split itself, or with
+        keep_order=False all rows in that permutation's order)."""
+        if (n is None or n >= len(self)) and keep_order:
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n]
