@@ -27,6 +27,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
+                      run_seed=cfg.seed,
                       device=device, data_root=data_root, progress=progress or (lambda *a: None),
                       out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)

@@ -128,3 +128,18 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
             run(metric)
         assert blas_threads() == before
     assert len(seen) >= 2 and all(s == {1} for s in seen), seen
+
+
+def test_regression_tuples_differ_between_run_seeds_and_not_between_methods():
+    """The MoPoE code draws its 500 regression rows afresh at each evaluation, so the papers' seed spread includes
+    that draw: each run seed fits on its own sample (seed 0 on the one it always used), every method of one seed
+    on the same."""
+    train, test = split(600, 0), split(400, 1)
+
+    def rows(seed):
+        ctx = EvalContext(model=Fake(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=train, test=test,
+                          test_full=test, cfg=EvalConfig(lr_train_samples=50), device=torch.device("cpu"), run_seed=seed)
+        return ctx.regression_tuples().x["m0"][:, 0]
+
+    assert torch.equal(rows(0), train.subset(50, seed=1).x["m0"][:, 0]) and torch.equal(rows(3), rows(3))
+    assert not torch.equal(rows(0), rows(1)) and not torch.equal(rows(1), rows(2))

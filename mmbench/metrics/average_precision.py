@@ -1,7 +1,7 @@
 """Average precision on multi-label datasets (bimodal CelebA; MoPoE Table 5, App. E.3; MM-VAMP Fig. 4, App. B.3).
 
 * ``latent_ap``: per subset S, one logistic regression per attribute on the posterior means of
-  ``eval.lr_train_samples`` training tuples (seeded, as ``latent_classification``), scored on the test
+  ``eval.lr_train_samples`` training tuples (``EvalContext.regression_tuples``, as ``latent_classification``), scored on the test
   tuples; which subsets are scored and whose means each regression is fitted on follow
   ``eval.lr_protocol`` as in ``latent_classification`` (``smvae``: fitted on the full set's means); AP per attribute (``latent_ap/<S>/<attribute>``), their mean (``latent_ap/<S>``; the tables'
   "mean average precision over all attributes") and the mean by number of inputs (``latent_ap_by_n/<n>``).
@@ -93,7 +93,7 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
     names = attribute_names(ctx)
     subsets, fit_on = protocol_subsets(ctx)  # eval.lr_protocol, as latent_classification
     fit_subsets = list(dict.fromkeys(fit_on.values()))
-    train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)  # the same tuples as latent_classification
+    train = ctx.regression_tuples()  # the same tuples as latent_classification
     ctx.progress("latent AP: encoding", 0, 2)
     z_train = dict(zip(fit_subsets, encode_means(ctx, train, fit_subsets)))
     ctx.progress("latent AP: encoding", 1, 2)

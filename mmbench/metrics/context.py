@@ -44,6 +44,13 @@ class EvalContext:
     # classifiers' set and digest, the FID weights' sha256.
     provenance: Dict[str, object] = field(default_factory=dict)
     _classifiers: Optional[Dict[str, torch.nn.Module]] = None
+    run_seed: int = 0  # the evaluated run's seed (the regressions' training tuples differ between seeds)
+
+    def regression_tuples(self) -> DataSplit:
+        """The eval.lr_train_samples training tuples the latent regressions are fitted on: a seeded sample that
+        differs between run seeds (the MoPoE code draws its 500 rows afresh at each evaluation, so the papers'
+        spread over seeds includes this sampling), the same for every method at one seed (paired comparisons)."""
+        return self.train.subset(self.cfg.lr_train_samples, seed=1 + self.run_seed)
 
     def batches(self, split: DataSplit) -> Iterator[tuple]:
         bs = self.cfg.batch_size

@@ -81,8 +81,8 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
                            f"attributes: use latent_ap in eval.metrics")
     protocol = ctx.cfg.lr_protocol
     subsets, fit_on = protocol_subsets(ctx)
-    # eval.lr_train_samples training tuples (seeded, without replacement), whole (capped) test set.
-    train = ctx.train.subset(ctx.cfg.lr_train_samples, seed=1)
+    # eval.lr_train_samples training tuples (seeded by the run's seed, without replacement), whole (capped) test set.
+    train = ctx.regression_tuples()
     fit_subsets = list(dict.fromkeys(fit_on.values()))
     ctx.progress("latent classification: encoding", 0, 2)
     z_train = dict(zip(fit_subsets, encode_means(ctx, train, fit_subsets)))
