@@ -27,7 +27,9 @@ class MoPoE(PoEMixin, MultimodalVAE):
         mu, logvar = self.unimodal(x, self.names)
         comps = self.poe(mu, logvar, self.names, subsets)  # K×B×D, one batched op
         B = mu.shape[1]
-        # Eq. (6): the KL term is the average of the subset posteriors' KLs (uniform mixture weights).
+        # The average of the subset posteriors' KLs: Eq. (12)'s convex combination of subset ELBOs (a looser bound
+        # than Eq. (6)'s KL of the mixture, App. A.3), as the MoPoE code (divergence_measures/mm_div.py
+        # calc_group_divergence_moe).
         kl = comps.kl_standard_normal().mean(0)
         # One joint sample per row from its (stratified) mixture component; it reconstructs every modality.
         k = stratified_components(B, len(subsets), mu.device)

@@ -100,7 +100,8 @@ class StyleLatents:
         mu, logvar, styles = self.encode_all(x, self.names)
         comps = self.poe(mu, logvar, self.names, subsets)  # K×B×D content posteriors, one batched op
         B = mu.shape[1]
-        # Eq. (34), content: the mixture's KL as the average of the subset KLs (uniform weights).
+        # Content: the average of the subset KLs, an upper bound on Eq. (34)'s KL of the mixture (Eq. (12)'s form
+        # against Eq. (6), App. A.3), as the MoPoE code (divergence_measures/mm_div.py calc_group_divergence_moe).
         kl_content = comps.kl_standard_normal().mean(0)
         k = stratified_components(B, len(subsets), mu.device)
         c = comps[k, torch.arange(B, device=mu.device)].rsample()
