@@ -346,3 +346,32 @@ def test_smvae_one_epoch_through_the_pipeline(tmp_path, data_root):
     n = 5  # polydigits modalities
     assert sum(k.startswith("latent_acc/") for k in metrics) == 2 ** n - 1
     assert_latent_accuracies(metrics, n_test=100)
+
+
+@pytest.mark.parametrize("name", ["smvae", "smvgon", "jmvae"])
+def test_objective_weighs_the_joint_elbo_one_and_beta_only_in_the_divergence(name):
+    """SMVAE Eq. 11 / JMVAE Eq. 13: loss = nll + KL (weight 1, whatever β) + the β-weighted divergence term."""
+    model = make(name, beta=0.7)
+    torch.manual_seed(1)
+    loss, logs = model.loss(batch())
+    assert float(logs["div"]) > 0
+    assert float(loss.detach()) == pytest.approx(float(logs["nll"]) + float(logs["kl"]) + float(logs["div"]), rel=1e-5)
+    moved = make(name, beta=1.4)  # the same networks and noise; only the divergence's weight doubles
+    torch.manual_seed(1)
+    _, logs2 = moved.loss(batch())
+    assert float(logs2["kl"]) == pytest.approx(float(logs["kl"]), rel=1e-5)
+    assert float(logs2["div"]) == pytest.approx(2 * float(logs["div"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_the_subset_divergence_trains_the_surrogate_unless_detached(detach):
+    """Eq. 11's KL(q_PoE(z | X_S) || q_Λ(z | X)) moves the surrogate too (option detach_surrogate: false, the
+    default); with the option set only the experts learn from it."""
+    model = make("smvae", beta=1.0, detach_surrogate=detach)
+    model.surrogate_elbo = lambda x, q: (torch.zeros(()), torch.zeros(()))  # the divergence is the whole loss
+    torch.manual_seed(1)
+    model.loss(batch())[0].backward()
+    grads = [p.grad for p in model.surrogate_fusion.parameters()]
+    moved = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert moved is not detach
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders.parameters())
