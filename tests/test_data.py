@@ -121,7 +121,9 @@ def test_translated_digits_stay_inside_canvas():
             assert masks[t, m].sum() == 21 * 21 and (masks[t, m] <= box).all()
 
 
-def test_extended_corner_labels_follow_the_ring():
+def test_extended_images_have_a_digit_in_both_top_corners():
+    """Both 10×10 top corners of every extended image hold ink (which digit, and its ring-pair label, is checked
+    on the masks by test_extended_corner_digits_show_their_ring_pair_label)."""
     digits, labels = fake_sources(n_per_class=4)
     out = polygen.generate(digits, labels, backgrounds(), "extended", 2, np.random.default_rng(0))
     corner = out["extra_corner"]

@@ -135,6 +135,21 @@ def test_size_prior_is_normalised_and_sampled_as_the_sequential_form(pool):
         assert abs(sizes.count(n) / len(sizes) - p) < 0.02, (n, p)
 
 
+def test_two_modality_model_draws_and_scores_sizes_by_def1_hypergeometric():
+    """The model itself (not a helper): with M = 2 and D = 3 its prior draws n_{01} ~ Hypergeom(2D, D, D) and scores
+    each row's log q(n) by that law (Def. 1)."""
+    d = 3
+    model = tiny(M=2, d=d)
+    zero = torch.zeros(2, 8000, d)
+    with torch.no_grad():
+        rel = model.relate(zero, zero, [True, True], sample=True, from_prior=True)
+    sizes = [n[0] for n in rows_sizes(rel)]
+    law = stats.hypergeom(2 * d, d, d)
+    assert torch.allclose(rel.log_q_n.double(), torch.tensor(law.logpmf(sizes), dtype=torch.float64), atol=1e-5)
+    for k in range(d + 1):
+        assert abs(sizes.count(k) / len(sizes) - law.pmf(k)) < 0.02, k
+
+
 def test_size_prior_is_def1_for_two_modalities_and_pools_the_modalities_beyond():
     # M = 2: both modalities' Def. 1 laws of n_{01} are the same hypergeometric; the default prior is that law.
     shared, d = [(0, 1)], 3
