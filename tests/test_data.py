@@ -182,6 +182,11 @@ def test_prepare_is_idempotent_seeded_and_verified(tmp_path, data_root):
     assert (path / "manifest.json").stat().st_mtime_ns == mtime
     with pytest.raises(MMBenchError, match="--force"):
         prepare(spec, "vanilla", seed=1, data_root=data_root)
+    newer = type(spec)()
+    newer.recipe_version = spec.recipe_version + 1  # a recipe fix: data built before is not taken as current
+    with pytest.raises(MMBenchError, match=f"recipe version {spec.recipe_version} where this mmbench builds "
+                                           f"{spec.recipe_version + 1}.*--force"):
+        prepare(newer, "vanilla", seed=0, data_root=data_root)
     # same seed elsewhere: byte-identical arrays
     other = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     assert read_manifest(other)["arrays"] == {k: {**v, "stat": read_manifest(other)["arrays"][k]["stat"]}

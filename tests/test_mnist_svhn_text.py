@@ -106,6 +106,14 @@ def test_text_start_redrawn_per_epoch_only_when_asked(tmp_path, raw):
     assert train.select(["text"]).redraw and train.subset(5).redraw  # kept through select/subset
 
 
+def test_stored_text_starts_cover_the_authors_range_only():
+    for label in range(10):
+        word = mst.WORDS[label]
+        rows = mst.make_text(np.full(2000, label), np.random.default_rng(label))
+        starts = {"".join(mst.ALPHABET[c] for c in r).index(word) for r in rows.tolist()}
+        assert starts == set(range(0, 8 - len(word))), (word, starts)
+
+
 def test_redraw_start_keeps_words_inside_the_field():
     import torch
 
@@ -118,7 +126,8 @@ def test_redraw_start_keeps_words_inside_the_field():
             t = "".join(mst.ALPHABET[c] for c in r)
             assert t.strip() == mst.WORDS[i] and len(t) == 8
             seen[i].add(t.index(mst.WORDS[i]))
-    assert all(s == set(range(0, 8 - len(w) + 1)) for s, w in zip(seen, mst.WORDS))  # every start, uniform range
+    # every start of MoPoE's range, 0..7-len (random.randint(0, len_seq - 1 - len(word))): never the last place
+    assert all(s == set(range(0, 8 - len(w))) for s, w in zip(seen, mst.WORDS))
 
 
 def torch_arange(n):

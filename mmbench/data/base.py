@@ -215,9 +215,11 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         if same:
             verify(target, existing)
             return target
+        recipe = ("" if existing.get("recipe_version") == spec.recipe_version else
+                  f", recipe version {existing.get('recipe_version')} where this mmbench builds {spec.recipe_version}")
         raise MMBenchError(
-            f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}); "
-            f"pass --force to rebuild it with seed {seed} and options {identity}")
+            f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}"
+            f"{recipe}); pass --force to rebuild it with seed {seed} and options {identity}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{variant}.building-", dir=target.parent))
     os.chmod(tmp, 0o755)

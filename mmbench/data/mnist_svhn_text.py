@@ -47,22 +47,25 @@ def encode(text: str) -> np.ndarray:
 
 
 def make_text(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Character indices (N×8): each word placed at a start drawn uniformly from 0..8-len(word)."""
+    """Character indices (N×8): each word placed at a start drawn uniformly from 0..7-len(word), as MoPoE
+    utils/text.py create_text_from_label_mnist (random.randint(0, len_seq - 1 - len(word)), both ends included):
+    the last character is always a space."""
     out = np.full((len(labels), TEXT_LEN), ALPHABET.find(" "), np.uint8)
     for i, label in enumerate(labels):
         word = WORDS[int(label)]
-        start = rng.integers(0, TEXT_LEN - len(word) + 1)
+        start = rng.integers(0, TEXT_LEN - len(word))
         out[i, start:start + len(word)] = encode(word)
     return out
 
 
 def redraw_start(rows: torch.Tensor) -> torch.Tensor:
-    """The same words at fresh uniform starts (N×8 character indices; one word per row among spaces)."""
+    """The same words at fresh uniform starts 0..7-len(word) (N×8 character indices; one word per row among spaces;
+    the range of make_text)."""
     space = ALPHABET.find(" ")
     letters = rows != space
     n = letters.sum(1, keepdim=True)
     old = letters.int().argmax(1, keepdim=True)  # first letter
-    new = (torch.rand(n.shape) * (TEXT_LEN - n + 1)).long()
+    new = (torch.rand(n.shape) * (TEXT_LEN - n)).long()
     pos = torch.arange(TEXT_LEN).expand_as(rows)
     inside = (pos >= new) & (pos < new + n)
     moved = rows.gather(1, (pos - new + old).clamp(0, TEXT_LEN - 1))
@@ -103,7 +106,7 @@ class MNISTSVHNText(DatasetSpec):
     """MNIST-SVHN-Text: MNIST digit, SVHN digit and the digit's word (MoPoE App. C), 20 pairings per class."""
 
     variants = ("default",)
-    recipe_version = 1
+    recipe_version = 2  # 2: word starts 0..7-len (1 let a word end on the last character)
     n_classes = 10
     default_architecture = "mnist_svhn_text"
     classifier_architecture = "mnist_svhn_text_clf"
