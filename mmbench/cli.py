@@ -452,6 +452,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         _write_tidy(rep, fmt, out)
     else:
         _render_report(rep, fmt, out, plots, title)
+    if rep.skipped:
+        name, why = rep.skipped[0]
+        say.print(f"{len(rep.skipped)} run directories left out of the report, e.g. {name}: {why}")
     if compare:
         strict, hedged = rep.strict_claims, [c for c in rep.claims if c.strength == "hedged"]
         say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
@@ -464,7 +467,12 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
                       f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}; "
                       f"re-run those runs with one environment, or drop --refuse-mixed")
-        if rep.failures or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
+        if rep.ambiguous:
+            first = rep.ambiguous[0]
+            say.print(f"{len(rep.ambiguous)} cells are matched by runs of several configurations and not scored, e.g. "
+                      f"{first.paper} {first.table} {first.row}/{first.column}: {first.ambiguous}; report each "
+                      f"configuration from its own runs directory (e.g. one per tier)")
+        if rep.failures or rep.ambiguous or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
             raise typer.Exit(1)
 
 

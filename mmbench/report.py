@@ -76,6 +76,10 @@ class Cell:
     produced_std: Optional[float] = None
     n_runs: int = 0
     mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs behind it differ
+    # set when runs of several configurations (beyond the seed) match the cell: nothing is averaged, the cell
+    # is not scored, and this names the settings that differ (narrow it with `where` or separate runs directories)
+    ambiguous: Optional[str] = None
+    nonfinite: int = 0  # matching runs whose value is NaN or infinite (left out of the mean and of n_runs)
     paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
     runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
     p_value: Optional[float] = None  # Welch's test, produced vs printed (mmbench/verdicts.py)
@@ -84,6 +88,8 @@ class Cell:
 
     @property
     def status(self) -> str:
+        if self.ambiguous:
+            return "ambiguous"
         if self.produced is None:
             return "missing"
         return "pass" if abs(self.produced - self.value) <= self.tolerance + 1e-12 else "fail"
@@ -170,7 +176,8 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
 def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
     """One row per (run, metric): dataset, variant, method, seed, group, tables, metric, value."""
     rows = []
-    for r in load_runs(runs_dir):
+    skipped: List[Tuple[str, str]] = []
+    for r in load_runs(runs_dir, skipped):
         cfg = r["config"].to_dict()
         seedless = {k: v for k, v in cfg.items() if k not in ("seed", "tables")}
         group = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:8]
@@ -182,8 +189,10 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
                          "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat,
                          "prov": prov})
-    return pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
-                                       "value", "cfg", "prov"])
+    frame = pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
+                                        "value", "cfg", "prov"])
+    frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs
+    return frame
 
 
 def mixed_fields(sel: pd.DataFrame) -> List[str]:
@@ -206,9 +215,31 @@ def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: O
     return sel
 
 
+def configurations(sel: pd.DataFrame) -> Optional[str]:
+    """None when the selected rows come from one configuration (seeds of one experiment); else the settings that
+    tell the configurations apart, e.g. 'train.epochs (15, 300)' (a quick-tier and a full-tier run)."""
+    if sel["group"].nunique() < 2:
+        return None
+    cfgs = list(sel.drop_duplicates("group")["cfg"])
+    keys = sorted(k for k in set().union(*cfgs) if k not in ("seed", "tables")
+                  and len({repr(c.get(k)) for c in cfgs}) > 1)
+    return "; ".join(f"{k} ({', '.join(sorted({repr(c.get(k)) for c in cfgs}))})" for k in keys) or "config"
+
+
+def finite(sel: pd.DataFrame) -> pd.DataFrame:
+    return sel[sel["value"].apply(math.isfinite)] if len(sel) else sel
+
+
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
+    """Each cell's produced mean, sample std and n over the seeds of the one configuration that matches it."""
     for c in cells:
         sel = select(frame, c.table, c.method, c.metric, c.where)
+        c.ambiguous = configurations(sel) if len(sel) else None
+        if c.ambiguous:
+            c.runs = sorted(sel["run"])
+            continue
+        c.nonfinite = int(len(sel) - len(finite(sel)))
+        sel = finite(sel)
         if len(sel):
             c.produced = float(sel["value"].mean())
             c.produced_std = float(sel["value"].std(ddof=1)) if len(sel) > 1 else 0.0  # sample std, as the summary tables
@@ -218,15 +249,16 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     return cells
 
 
-def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, float]:
-    """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None)."""
-    sel = select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where"))
+def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, Any]:
+    """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None); where runs of
+    several configurations match one key, the value is the string naming the settings that differ (not scored)."""
+    sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
     if sel.empty:
         return {}
     if not claim.for_each:
-        return {None: float(sel["value"].mean())}
+        return {None: configurations(sel) or float(sel["value"].mean())}
     keys = sel["cfg"].apply(lambda c: c.get(claim.for_each))
-    return {k: float(sel["value"][keys == k].mean()) for k in dict.fromkeys(keys)}
+    return {k: configurations(sel[keys == k]) or float(sel["value"][keys == k].mean()) for k in dict.fromkeys(keys)}
 
 
 def _side_label(side: Any) -> str:
@@ -234,7 +266,8 @@ def _side_label(side: Any) -> str:
 
 
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
-    """A claim holds when every comparison holds (for every `for_each` value present on both sides)."""
+    """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
+    side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
     for c in claims:
         c.details, verdicts = [], []
         for h in c.holds:
@@ -246,7 +279,21 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 verdicts.append(None)
                 c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}: no runs")
                 continue
+            for k in [k for k in dict.fromkeys(list(left) + list(right)) if k not in common]:
+                verdicts.append(None)
+                lacking = _side_label(h["right"] if k in left else h["left"])
+                c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])} at {c.for_each}={k}: "
+                                 f"no runs of {lacking}")
             margin = float(h.get("margin", 0.0))
+            for k in list(common):
+                bad = [v for v in (left[k], right[k]) if isinstance(v, str)]
+                if bad:
+                    verdicts.append(None)
+                    at = f" at {c.for_each}={k}" if c.for_each else ""
+                    c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: runs of "
+                                     f"several configurations match ({bad[0]}); narrow it with `where` or separate "
+                                     f"runs directories")
+                    common.remove(k)
             for k in common:
                 ok = OPS[h["op"]](left[k] + (margin if h["op"] in (">", ">=") else -margin), right[k])
                 verdicts.append(ok)
@@ -254,7 +301,7 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
                                  f"{' (' + _side_label(h['right']) + ')' if isinstance(h['right'], dict) else ''}"
                                  f"{at}: {'yes' if ok else 'NO'}")
-        if all(v is None for v in verdicts):
+        if all(d.endswith(": no runs") for d in c.details):
             c.details = [f"no runs tagged {c.figure!r} match"]
         if any(v is False for v in verdicts):
             c.status = "fails"
@@ -432,7 +479,9 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
         cols = list(dict.fromkeys(c.column for c in cs))
         grid = pd.DataFrame("", index=rows, columns=cols)
         for c in cs:
-            if c.produced is None:
+            if c.ambiguous:
+                txt = f"ambiguous: runs of several configurations ({c.ambiguous}) | {pm(c.value, c.std)}"
+            elif c.produced is None:
                 txt = f"missing | {pm(c.value, c.std)}"
             else:
                 mark = "✓" if c.status == "pass" else "✗"
@@ -441,11 +490,17 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                     txt += f" | {c.verdict}" + (f" (p_Holm {c.p_holm:.2g})" if c.p_holm is not None else "")
                 if c.mixed:  # the mean pools runs made with different code, data, classifiers or packages
                     txt += f" | ⚠ mixed {', '.join(c.mixed)}"
+                if c.nonfinite:
+                    txt += f" | ⚠ {c.nonfinite} run(s) with a non-finite value left out"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
         npass = sum(c.status == "pass" for c in cs)
         nmiss = sum(c.status == "missing" for c in cs)
-        summary = f"{npass} of {n} cells within tolerance, {n - npass - nmiss} failing, {nmiss} missing"
+        nfail = sum(c.status == "fail" for c in cs)
+        summary = f"{npass} of {n} cells within tolerance, {nfail} failing, {nmiss} missing"
+        nambig = n - npass - nmiss - nfail
+        if nambig:
+            summary += f", {nambig} ambiguous (runs of several configurations match)"
         nmixed = sum(bool(c.mixed) for c in cs)
         if nmixed:
             summary += f"; {nmixed} pool runs whose provenance differs (⚠ mixed)"
@@ -504,6 +559,16 @@ class Report:
     @property
     def mixed(self) -> List[Cell]:
         return [c for c in self.cells if c.mixed]
+
+    @property
+    def ambiguous(self) -> List[Cell]:
+        """Cells matched by runs of several configurations (not scored; --compare fails on them)."""
+        return [c for c in self.cells if c.ambiguous]
+
+    @property
+    def skipped(self) -> List[Tuple[str, str]]:
+        """Run directories left out of the report, with why (results.load_runs)."""
+        return list(self.frame.attrs.get("skipped", []))
 
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -338,8 +338,11 @@ class Run:
         return json.loads(self.metrics_path.read_text())
 
 
-def load_runs(runs_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
-    """Every finished run: {"id", "config", "tables", "metrics", "provenance"}."""
+def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str, str]]] = None) -> List[Dict[str, Any]]:
+    """Every finished run: {"id", "config", "tables", "metrics", "provenance"}. Left out, with (directory, reason)
+    appended to `skipped`: a directory whose config no longer hashes to its name (made before a method's or the
+    run id's version changed: not the run this mmbench would make) and a run whose metrics were scored otherwise
+    than its config now asks (status rescore: its numbers would be reported under settings they were not made with)."""
     out = []
     root = Path(runs_dir or default_runs_dir())
     if not root.exists():
@@ -353,8 +356,19 @@ def load_runs(runs_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
         if metrics.get("schema_version") != SCHEMA_VERSION:
             raise MMBenchError(f"{m} has schema version {metrics.get('schema_version')}, this mmbench reads "
                                f"{SCHEMA_VERSION}; re-evaluate the run with `mmbench evaluate`")
+        cfg = build_run_config(raw, str(c))
+        if cfg.run_id() != d.name:
+            if skipped is not None:
+                skipped.append((d.name, f"its config hashes to {cfg.run_id()} with this mmbench (made by another "
+                                        f"version); run it again to report it"))
+            continue
+        if Run(cfg, root).status() == "rescore":
+            if skipped is not None:
+                skipped.append((d.name, f"scored as {_scoring_key(*_scoring_of(metrics))}, its config asks for "
+                                        f"{Run(cfg, root).scoring_wanted()}; `mmbench run` re-scores it"))
+            continue
         prov_path = d / "provenance.json"
-        out.append({"id": d.name, "config": build_run_config(raw, str(c)), "tables": raw.get("tables", []),
+        out.append({"id": d.name, "config": cfg, "tables": raw.get("tables", []),
                     "metrics": metrics["metrics"], "extra": metrics,
                     "provenance": json.loads(prov_path.read_text()) if prov_path.exists() else {}})
     return out

@@ -5,10 +5,13 @@ from the reference file's ``runs``), Welch's two-sample t-test of produced (mean
 printed (value, std, n) — ``scipy.stats.ttest_ind_from_stats(equal_var=False)`` — and Holm's step-down
 correction over the tested cells of one paper (family-wise error ``ALPHA``). Verdicts:
 
-* ``consistent``: Holm-adjusted p >= ALPHA (no evidence the reproduction differs);
+* ``consistent``: Holm-adjusted p >= ALPHA with at least ``MIN_CONSISTENT_RUNS`` produced runs (no evidence
+  the reproduction differs, from a test that could have found one);
 * ``differs``: Holm-adjusted p < ALPHA;
 * ``underpowered``: no test possible — one produced run (no std), no printed std or no paper n,
-  or both stds zero.
+  or both stds zero — or p >= ALPHA from two produced runs: Welch's test then has about one degree of
+  freedom, so even a gap of many printed stds is not significant, and "consistent" would claim what the
+  test cannot show.
 
 The fixed tolerance (|Δ| <= tolerance) stays the gate of ``--compare``; the verdict is shown beside it.
 """
@@ -18,6 +21,7 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 ALPHA = 0.05
+MIN_CONSISTENT_RUNS = 3  # produced runs below which a non-significant test says nothing (see the module docstring)
 
 
 def welch_p(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: int) -> Optional[float]:
@@ -57,7 +61,8 @@ def apply(cells: list) -> list:
     for tested in by_paper.values():
         for c, p in zip(tested, holm([c.p_value for c in tested])):
             c.p_holm = p
-            c.verdict = "differs" if p < ALPHA else "consistent"
+            c.verdict = ("differs" if p < ALPHA else "consistent" if c.n_runs >= MIN_CONSISTENT_RUNS
+                         else "underpowered")
     return cells
 
 

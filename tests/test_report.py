@@ -5,12 +5,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
 from mmbench.report import build_report, load_references
 from mmbench.results import Run
+from mmbench.verdicts import welch_p
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +23,8 @@ def fake_run(runs_dir, method, seed, metrics, tables=("T1",), **cfg_extra):
                             **cfg_extra})
     run = Run(cfg, runs_dir)
     run.init()
-    run.write_metrics(metrics)
+    run.write_metrics(metrics, eval_precision=cfg.eval.precision)  # scored as its config asks (not pending re-scoring)
+    return run
 
 
 def test_mean_std_over_seeds_and_verdicts(tmp_path):
@@ -384,3 +388,102 @@ def test_summary_columns_say_when_the_decoders_were_evaluated_in_bf16(tmp_path):
     fake_run(runs, "mopoe", 2, {"coherence/joint": 0.5})  # the same method evaluated in fp32: never pooled with bf16
     t1 = dict(build_report(runs, None)["summaries"])["polydigits (vanilla) — T1"]
     assert list(t1.columns) == ["metric", "mopoe eval=bf16 (2 seeds)", "mopoe eval=fp32 (1 seed)", "mvae (1 seed)"]
+
+
+# ----- what a cell or claim may average ---------------------------------------------------------------------
+REF_CELL = {"paper": "P", "table": "T1", "row": "MoPoE", "column": "J", "method": "mopoe", "metric": "coherence/joint",
+            "value": 0.50, "std": 0.02, "tolerance": 0.04}
+
+
+def _refs(tmp_path, data):
+    d = tmp_path / "refs"
+    d.mkdir(exist_ok=True)
+    (d / "p.yaml").write_text(yaml.safe_dump(data))
+    return d
+
+
+def test_a_cell_never_averages_runs_of_two_configurations(tmp_path):
+    """Five full-tier seeds and a quick-tier run (other epochs) serve the same table: the cell is not scored, names
+    the differing setting, and --compare fails saying how to separate them; the summary keeps them apart."""
+    runs = tmp_path / "runs"
+    for s, v in enumerate([0.50, 0.52, 0.48, 0.51, 0.49]):
+        fake_run(runs, "mopoe", s, {"coherence/joint": v})
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.10}, train={"epochs": 1})
+    refs = _refs(tmp_path, {"runs": 5, "cells": [REF_CELL]})
+    rep = build_report(runs, refs)
+    (cell,) = rep.cells
+    assert cell.status == "ambiguous" and cell.produced is None and "train.epochs" in cell.ambiguous
+    assert cell.verdict is None and rep.ambiguous == [cell] and len(rep.summaries[0][1].columns) == 3
+    assert "ambiguous: runs of several configurations (train.epochs" in rep.refs[0][1].iloc[0, 1]
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs), "--allow-missing"])
+    assert res.exit_code == 1 and "runs of several configurations" in res.output
+    narrowed = {**REF_CELL, "where": {"train.epochs": 1}}  # a where that picks one configuration scores it
+    (cell,) = build_report(runs, _refs(tmp_path, {"runs": 5, "cells": [narrowed]})).cells
+    assert cell.n_runs == 1 and cell.produced == pytest.approx(0.10)
+
+
+def test_a_claim_side_never_averages_runs_of_two_configurations(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"latent_acc_by_n/1": 0.9}, tables=("F",))
+    fake_run(runs, "mopoe", 0, {"latent_acc_by_n/1": 0.1}, tables=("F",), train={"lr": 5e-4})
+    fake_run(runs, "mvae", 0, {"latent_acc_by_n/1": 0.6}, tables=("F",))
+    side = {"method": "mopoe", "metric": "latent_acc_by_n/1"}
+    claim = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s",
+             "holds": [{"left": side, "op": ">", "right": {"method": "mvae", "metric": "latent_acc_by_n/1"}}]}
+    (k,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert k.status == "missing" and "several configurations" in k.details[0] and "train.lr" in k.details[0]
+
+
+def test_for_each_needs_every_value_on_both_sides(tmp_path):
+    """'MM-VAMP above MoPoE at every β' with MoPoE run at β = 1 only is not shown to hold (it was: one comparison)."""
+    runs = tmp_path / "runs"
+    for method, beta, acc in (("mmvamp", 1.0, 0.8), ("mmvamp", 4.0, 0.3), ("mmvamp", 8.0, 0.3), ("mopoe", 1.0, 0.5)):
+        run = Run(build_run_config({"dataset": "polydigits", "method": {"name": method, "beta": beta}, "tables": ["F"]}),
+                  runs)
+        run.init()
+        run.write_metrics({"latent_acc_by_n/1": acc})
+    claim = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "for_each": "method.beta",
+             "holds": [{"left": {"method": "mmvamp", "metric": "latent_acc_by_n/1"}, "op": ">",
+                        "right": {"method": "mopoe", "metric": "latent_acc_by_n/1"}}]}
+    (k,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert k.status == "missing", k.details
+    assert any("method.beta=4.0: no runs of mopoe" in d for d in k.details)
+    assert any("method.beta=1.0: yes" in d for d in k.details)
+
+
+def test_non_finite_values_are_left_out_of_mean_and_n(tmp_path):
+    runs = tmp_path / "runs"
+    for s, v in enumerate([0.50, 0.52, 0.48, float("nan"), float("inf")]):
+        fake_run(runs, "mopoe", s, {"coherence/joint": v})
+    rep = build_report(runs, _refs(tmp_path, {"runs": 5, "cells": [{**REF_CELL, "value": 0.55, "std": 0.01,
+                                                                     "tolerance": 0.06}]}))
+    (cell,) = rep.cells
+    assert cell.n_runs == 3 and cell.nonfinite == 2 and cell.produced == pytest.approx(0.50)
+    assert cell.p_value == pytest.approx(welch_p(0.50, 0.02, 3, 0.55, 0.01, 5))
+    assert "2 run(s) with a non-finite value left out" in rep.refs[0][1].iloc[0, 1]
+
+
+def test_stale_and_rescore_pending_run_directories_are_left_out(tmp_path):
+    """A directory whose config hashes to another id (made before an id version change) and a run whose metrics were
+    scored otherwise than its config now asks (waiting for `mmbench run` to re-score) are not reported; the report
+    says how many and why."""
+    runs = tmp_path / "runs"
+    old = fake_run(runs, "mrvae", 0, {"coherence/joint": 0.10})
+    old.dir.rename(runs / "polydigits-vanilla-mrvae-s0-0123456789")
+    fake_run(runs, "mrvae", 0, {"coherence/joint": 0.50})
+    done = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.40})  # scored in fp32
+    pending = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T1"],
+                                    "eval": {"precision": "bf16"}}), runs)
+    assert pending.id == done.id  # eval.precision is outside the run id: the same run, now asked in bf16
+    pending.init()  # as `mmbench run --set eval.precision=bf16` does before it re-scores
+    assert pending.status() == "rescore"
+    refs = _refs(tmp_path, {"cells": [{**REF_CELL, "method": "mrvae"}, {**REF_CELL, "row": "b"}]})
+    rep = build_report(runs, refs)
+    mrvae, mopoe = rep.cells
+    assert mrvae.n_runs == 1 and mrvae.produced == pytest.approx(0.50)
+    assert mopoe.status == "missing"  # its fp32 numbers are not reported as bf16 ones
+    reasons = dict(rep.skipped)
+    assert set(reasons) == {"polydigits-vanilla-mrvae-s0-0123456789", pending.id}
+    assert "hashes to" in reasons["polydigits-vanilla-mrvae-s0-0123456789"] and "re-scores" in reasons[pending.id]
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs)])
+    assert res.exit_code == 0 and "2 run directories left out of the report" in res.output

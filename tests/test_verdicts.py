@@ -116,3 +116,20 @@ def test_tidy_csv_and_json(tmp_path):
     res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--format", "csv"])
     df = pd.read_csv(io.StringIO(res.stdout))
     assert len(df) == 3 and set(df["n_runs"]) == {5, 1}
+
+
+def test_two_runs_far_off_are_underpowered_not_consistent(tmp_path):
+    """Welch with two produced runs has about one degree of freedom: 0.30 and 0.70 against a printed 0.80 ± 0.01 is
+    not significant, which is no evidence of agreement; with a third run it is tested as usual."""
+    runs, refs = tmp_path / "runs", tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"runs": 5, "cells": [
+        {"paper": "P", "table": "T1", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint",
+         "value": 0.80, "std": 0.01, "tolerance": 0.02}]}))
+    for seed, v in ((0, 0.30), (1, 0.70)):
+        fake_run(runs, "mopoe", seed, {"coherence/joint": v})
+    (cell,) = build_report(runs, refs).cells
+    assert cell.status == "fail" and cell.p_holm > 0.05 and cell.verdict == "underpowered"
+    fake_run(runs, "mopoe", 2, {"coherence/joint": 0.79})
+    (cell,) = build_report(runs, refs).cells
+    assert cell.n_runs == 3 and cell.verdict in ("consistent", "differs")
