@@ -284,6 +284,12 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
             kind = "multi-label" if spec.multilabel else "single-label"
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"{m} does not apply to the {kind} dataset {cfg.dataset}; "
                               f"use {swap[m]}")
+        if m == "loglik":  # a likelihood without its constant (the rats' sse) gives no log-likelihood: refuse now
+            unnormalised = [mod.name for mod in spec.modalities(cfg.variant)
+                            if not getattr(LIKELIHOODS.get(mod.likelihood), "normalised", True)]
+            if unnormalised:
+                raise ConfigError(f"{pre}eval.metrics[{i}]", f"loglik needs normalised likelihoods; the {cfg.dataset} modalities "
+                                  f"{', '.join(unnormalised)} use one without its constant; use reconstruction")
     if not 0 <= cfg.eval.classifier_min_accuracy <= 1:
         raise ConfigError(f"{pre}eval.classifier_min_accuracy", "must be between 0 and 1")
     if not 0 <= cfg.eval.classifier_min_ap <= 1:

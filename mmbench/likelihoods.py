@@ -51,7 +51,10 @@ class Gaussian:
 @LIKELIHOODS.register("sse")
 class SummedSquaredError:
     """Gaussian with fixed variance 1/2, normalising constant dropped: -log p = Σ (x - mu)², the summed MSE of
-    the MM-VAMP rats code (rats.md, Losses), so reconstruction losses and β match the paper's Fig. 5 scale."""
+    the MM-VAMP rats code (yangmeng96/mmvmvae-hippocampal mv_vaes/spike_vae.py), so reconstruction losses and β match the paper's Fig. 5
+    scale. Not a normalised density (off by N/2·log π over N dims): `loglik` refuses it."""
+
+    normalised = False
 
     @staticmethod
     def log_prob(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

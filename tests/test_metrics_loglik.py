@@ -123,7 +123,7 @@ def test_estimate_converges_to_exact_marginal_as_k_grows(proposal):
 
 
 def test_mixture_weights_use_the_mixture_density():
-    """Sampling one component but dividing by the mixture density (peers.md's trap) is biased; the metric is not."""
+    """Sampling one component but dividing by the mixture density (a trap of some peer implementations) is biased; the metric is not."""
     split = data(100, seed=2)
     x = split.batch(torch.arange(len(split)))
     exact = exact_log_marginal(x, ["a", "b"]).mean().item()
@@ -202,3 +202,21 @@ def test_metrics_skip_subsets_the_method_cannot_encode():
     assert set(ll) == {"loglik/a+b", "loglik/joint", "loglik_by_n/2", "loglik_mod/a+b->a", "loglik_mod/a+b->b"}
     rec = reconstruction(context(JointOnly(), split))
     assert "recon/joint" in rec and "recon/self" not in rec and "recon/a->a" not in rec
+
+
+def test_loglik_refuses_a_likelihood_without_its_constant():
+    """The rats' summed squared error drops the Gaussian's N/2·log π: a 'log-likelihood' from it would be off by
+    ~2,100 nats on the five rats, so the metric refuses, naming the modalities and the metric to use instead."""
+    from mmbench.methods.base import MethodConfig
+    from mmbench.registry import DATASETS, METHODS
+
+    spec = DATASETS.get("rats")()
+    mods = spec.modalities("simulated")
+    torch.manual_seed(0)
+    model = METHODS.get("aggregated")(mods, MethodConfig("aggregated", latent_dim=2), spec.default_architecture)
+    x = {m.name: torch.rand(4, *m.shape) for m in mods}
+    split = DataSplit(mods, x, torch.zeros(4, dtype=torch.long))
+    ctx = EvalContext(model=model.eval(), spec=spec, variant="simulated", train=split, test=split, test_full=split,
+                      cfg=EvalConfig(ll_samples=2), device=torch.device("cpu"))
+    with pytest.raises(MMBenchError, match=r"loglik needs normalised likelihoods; modalities barat, .*\(use reconstruction\)"):
+        loglik(ctx)

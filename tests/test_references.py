@@ -161,7 +161,7 @@ def test_mopoe_fig3_flat_claim_states_both_readings():
 
 
 # ----- provenance ---------------------------------------------------------------------------------------
-UNFOLLOWABLE = re.compile(r"official-setups|shared/")
+UNFOLLOWABLE = re.compile(r"official-setups|shared/|rats\.md|peers\.md")
 
 
 def test_no_citation_a_reader_of_the_repository_cannot_follow():

@@ -10,7 +10,7 @@ page, unpack it anywhere and pass ``--source DIR`` (files are found in sub-folde
 match case-insensitively, e.g. ``SuperChris_trial_info.npy``). Beware of the copies once committed to
 GitHub (kwcooper/neuro_replay) under the same names: those are aligned to poke-out, not port entry.
 
-Recipe (the authors' code, rats.md §1):
+Recipe (the authors' code, yangmeng96/mmvmvae-hippocampal utils/RatsDataset.py class SPIKE):
 
 * windows: 250 ms starting 250/250/500/500/250 ms after port entry for Barat, Buchanan, Mitt,
   Stella, SuperChris (bins 225/225/250/250/225), cut into 100-ms sub-windows at 10-ms steps: 16
@@ -56,9 +56,9 @@ from .download import file_digest
 DRYAD = "https://datadryad.org/stash/dataset/doi:10.7280/D14X30"
 RATS = ("barat", "buchanan", "mitt", "stella", "superchris")  # modality order m0..m4 of the authors' code
 FOLDERS = {"barat": "Barat", "buchanan": "Buchanan", "mitt": "Mitt", "stella": "Stella", "superchris": "SuperChris"}
-NEURONS = {"barat": 92, "buchanan": 79, "mitt": 104, "stella": 49, "superchris": 46}  # input dims / 10 (rats.md §1)
+NEURONS = {"barat": 92, "buchanan": 79, "mitt": 104, "stella": 49, "superchris": 46}  # input dims / 10 (mmvmvae-hippocampal original_dims)
 START_MS = {"barat": 250, "buchanan": 250, "mitt": 500, "stella": 500, "superchris": 250}  # MM-VAMP App. B.4
-REAL_TRIALS = {"barat": 176, "buchanan": 270, "mitt": 292, "stella": 222, "superchris": 240}  # rats.md §2
+REAL_TRIALS = {"barat": 176, "buchanan": 270, "mitt": 292, "stella": 222, "superchris": 240}  # trial_info rows (kwcooper/neuro_replay computedData)
 BIN_MS, N_BINS, ENTRY_BIN = 10, 400, 200  # bin 0 starts 2 s before port entry
 WINDOW_BINS, SUB_BINS = 25, 10  # 250-ms window, 100-ms sub-windows
 N_SUB = WINDOW_BINS - SUB_BINS + 1  # 16 sub-windows per trial at 10-ms steps (App. B.4)
@@ -262,7 +262,7 @@ class Rats(DatasetSpec):
     location_options = ("source",)
 
     def modalities(self, variant: str) -> List[Modality]:
-        # Summed squared error per rat, unweighted sum over rats (rats.md, Losses).
+        # Summed squared error per rat, unweighted sum over rats (mmvmvae-hippocampal mv_vaes/spike_vae.py).
         return [Modality(rat, (NEURONS[rat], SUB_BINS), "spikes", "sse", 1.0) for rat in RATS]
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],

@@ -98,6 +98,11 @@ def loglik(ctx: EvalContext) -> Dict[str, float]:
         raise MMBenchError(f"loglik assumes one latent shared by all modalities; method "
                            f"{getattr(model, 'registry_name', type(model).__name__)} has one per modality; "
                            f"remove loglik from eval.metrics (use reconstruction)")
+    likelihoods = getattr(model, "likelihoods", {})
+    unnormalised = [m for m in names if not getattr(likelihoods.get(m), "normalised", True)]
+    if unnormalised:  # e.g. the rats' summed squared error: a log-likelihood would be off by a constant
+        raise MMBenchError(f"loglik needs normalised likelihoods; modalities {', '.join(unnormalised)} use one without "
+                           f"its constant (sse); remove loglik from eval.metrics (use reconstruction)")
     subsets = evaluable_subsets(model)  # every subset the method can encode (all but for joint-encoder VAEs)
     K = ctx.cfg.ll_samples
     # Sums stay on the device and are read once, after the last batch.

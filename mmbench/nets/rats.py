@@ -1,4 +1,4 @@
-"""Per-rat MLPs of the MM-VAMP rats code (rats.md §1, networks/NetworksRatsspike.py and ClfOdorRats.py).
+"""Per-rat MLPs of the MM-VAMP rats code (yangmeng96/mmvmvae-hippocampal networks/NetworksRatsspike.py and networks/ClfOdorRats.py).
 
 Input of rat m: a neurons × 10 window of spike counts / 10, flattened neuron-major (D = neurons × 10:
 920/790/1040/490/460). The latent size comes from the method config (2 in the paper's suite).
