@@ -18,6 +18,7 @@ from mmbench.pack import pack_key, train_pack, unpackable_reason
 from mmbench.results import Run
 from mmbench.runner import make_packs
 from mmbench.train import build_model, train
+from conftest import on_gpu_if_asked
 
 TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 96, "max_test": 64}}
@@ -41,6 +42,7 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
     # differs: metrics agree to 1e-4 relative; the whole weight vector to 1e-3 relative, and no weight by
     # more than 2·lr per step (Adam's normalised step turns rounding in a near-0 gradient into up to ±lr).
     # Both ways of computing a pack's loss: looped over parameter views (a CPU's default) and vmapped (a GPU's).
+    on_gpu_if_asked()
     monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
     alone = {s: train(Run(cfg(s), tmp_path / "alone"), data_root) for s in range(3)}
     runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
@@ -73,6 +75,7 @@ def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeyp
     the pack records its draws from a forward as alone, under autocast. And a bf16 pack loops over its runs even
     where packs are vmapped: under vmap autocast misses the convolutions (they would run in fp32). Equal to
     float rounding."""
+    on_gpu_if_asked()
     monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
 
     def bf16(seed):

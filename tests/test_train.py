@@ -14,6 +14,7 @@ from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
 from mmbench.results import Run, atomic_json
 from mmbench.train import load_trained, train
+from conftest import on_gpu_if_asked
 
 TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 96}}
@@ -41,6 +42,8 @@ def test_same_seed_same_losses(tmp_path, data_root):
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, data_root, monkeypatch):
     """... and the training state lists the code that trained each part (provenance's `trained_with`)."""
     import mmbench.results as results_mod
+
+    on_gpu_if_asked()
 
     full = Run(cfg(train={"epochs": 3}), tmp_path / "full")
     assert [c["from_epoch"] for c in train(full, data_root)["trained_with"]] == [0]
@@ -276,12 +279,14 @@ def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root)
     docs/gpu-runs/device-check.sh runs both tests on a GPU."""
     from mmbench.train import build_model, device_of, load_data, read_checkpoint, rng_states, test_loss
 
+    on_gpu_if_asked()
     device = device_of()
     c = cfg(train={"epochs": 2, "max_test": 64})
     _, test = load_data(c, data_root)
     torch.manual_seed(3)
     model = build_model(c).to(device)
     before = rng_states(device)
+    assert (before[1] is not None) == (device.type == "cuda")
     test_loss(model, test.subset(64), 32, 0, device)
     after = rng_states(device)
     assert torch.equal(before[0], after[0])
@@ -290,3 +295,14 @@ def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root)
     train(run, data_root)
     ck = read_checkpoint(run.ckpt_dir / "last.pt")
     assert ("rng_device" in ck) == (device.type == "cuda")
+
+
+def test_gpu_tests_refuse_to_pass_on_the_cpu_when_a_gpu_is_asked(monkeypatch):
+    """device-check.sh sets MMBENCH_GPU_TESTS=1: its GPU tests then fail without a GPU instead of passing on the CPU
+    (the suite hides the GPU from every other test, which once hid it from these too)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the refusal cannot be shown here")
+    on_gpu_if_asked()  # not asked: nothing to check
+    monkeypatch.setenv("MMBENCH_GPU_TESTS", "1")
+    with pytest.raises(AssertionError, match="no GPU is visible"):
+        on_gpu_if_asked()

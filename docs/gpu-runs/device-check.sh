@@ -89,7 +89,10 @@ fi
 say "correctness on $DEVICE: random streams, resume, packed = alone (pytest)"
 # resume is compared bitwise: deterministic cuBLAS workspaces; a cuDNN weight gradient may still use atomics, so a
 # failure of that test alone, by float rounding, is nondeterminism, not a lost random stream (read its diff)
-CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 120) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
+# MMBENCH_GPU_TESTS=1 keeps the GPU visible to these tests (the suite hides it from every test otherwise) and makes
+# them fail, not pass on the CPU, where no GPU is visible
+GPUT=""; [ "$DEVICE" = cuda ] && GPUT=1
+MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 120) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
