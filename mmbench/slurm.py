@@ -37,7 +37,7 @@ from . import yamlio
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
 from .results import Run, atomic_json
-from .runner import make_packs
+from .runner import make_packs, unique_runs
 
 # squeue states of a job that will still run (or is running) the run.
 ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
@@ -393,7 +393,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
         raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
     runs_dir = Path(runs_dir)
     (runs_dir / ".slurm").mkdir(parents=True, exist_ok=True)
-    runs = [Run(c, runs_dir) for c in configs]
+    runs = unique_runs([Run(c, runs_dir) for c in configs])  # a run two experiments list: one task, both tables
     opts_of = {Run(c, runs_dir).id: o for c, o in options}
     for part in sorted({o.partition or "" for _, o in options}):
         warning = lock_warning(runs_dir, _partition_nodes(part or None))

@@ -369,3 +369,34 @@ def test_stop_requested_in_the_last_epoch_takes_effect_before_evaluation(tmp_pat
         train_mod.clear_stop()
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch):
+    """SMVAE Figs. 2 and 3 share their PolyMNIST runs: one array task per run, its config serving both tables
+    (run_slurm once submitted it twice, two tasks training one run). Slurm itself is replaced at its edges."""
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+
+    a = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["Fig. 2"]})
+    b = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["Fig. 3"]})
+    seen = []
+
+    def fake_submit(groups, runs_dir, data_root):
+        seen.extend(r.id for _, packs in groups for p in packs for r in p)
+        return {rid: "42_0" for rid in seen}
+
+    monkeypatch.setattr(slurm, "available", lambda: None)
+    monkeypatch.setattr(slurm, "_job_states", lambda: {})
+    monkeypatch.setattr(slurm, "submit", fake_submit)
+
+    class Quiet:
+        def print(self, *a, **k):
+            pass
+
+    opts = SlurmOptions()
+    out = slurm.run_slurm([a, b], tmp_path / "runs", None, [(a, opts), (b, opts)], Quiet(), wait=False)
+    assert seen == [a.run_id()] and len(out) == 1
+    import yaml
+
+    tables = yaml.safe_load((tmp_path / "runs" / a.run_id() / "config.yaml").read_text())["tables"]
+    assert tables == ["Fig. 2", "Fig. 3"]
