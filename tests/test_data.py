@@ -203,6 +203,8 @@ def test_corrupted_array_is_refused(tmp_path):
     np.save(path / "test_m1.npy", arr)
     with pytest.raises(MMBenchError, match=r"does not match its manifest.*--force"):
         load_split(spec, "translated", "test", tmp_path)
+    with pytest.raises(MMBenchError, match=r"does not match its manifest.*--force"):  # prepare again: checked, not
+        prepare(spec, "translated", seed=0, data_root=tmp_path)  # reported as prepared
     prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
     load_split(spec, "translated", "test", tmp_path)
 

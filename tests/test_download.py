@@ -71,6 +71,12 @@ def test_download_verifies(server, tmp_path):
     path = fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin"]), tmp_path)
     assert path.read_bytes() == PAYLOAD
     assert fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/missing/x"]), tmp_path) == path  # already there
+    # a corrupt file already in place (e.g. killed between rename and check) is checked, deleted and fetched again
+    path.write_bytes(PAYLOAD[:-1])
+    with pytest.raises(MMBenchError, match="does not match the published .* the file was deleted"):
+        fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin"]), tmp_path)
+    assert not path.exists()
+    assert fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin"]), tmp_path).read_bytes() == PAYLOAD
 
 
 def test_truncated_download_resumes(server, tmp_path):
