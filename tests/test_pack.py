@@ -360,6 +360,32 @@ def test_stopped_pack_resumes_mid_epoch_bit_identically(tmp_path, data_root, mon
     assert sorted(len(p) for p in make_packs(runs + [Run(cfg(7), tmp_path / "stopped")], None)) == [1, 2]
 
 
+def test_runs_stopped_at_different_steps_of_one_epoch_resume_apart(tmp_path, data_root):
+    """Run 0 stopped after step 1, run 1 after step 2 of epoch 1: they are not packed together (a pack trains its
+    members from one step), and each resumes to exactly what it trains uninterrupted alone."""
+    import mmbench.train as train_mod
+    from mmbench.train import TrainingInterrupted
+
+    alone = {s: Run(cfg(s), tmp_path / "alone") for s in (0, 1)}
+    for r in alone.values():
+        train(r, data_root)
+    runs = [Run(cfg(s), tmp_path / "stopped") for s in (0, 1)]
+    for r, at in zip(runs, (1, 2)):
+        def progress(phase, done, total, at=at):
+            if done == at:
+                train_mod.request_stop("test stop")
+
+        with pytest.raises(TrainingInterrupted):
+            train_pack([r], data_root, progress)
+        assert last(r)["state"]["epoch"] == 0 and last(r)["state"]["step"] == at
+    assert sorted(len(p) for p in make_packs(runs, None)) == [1, 1]
+    train_pack(runs, data_root)  # both at once: grouped by resume point, so each alone
+    for s, r in zip((0, 1), runs):
+        a, b = last(alone[s]), last(r)
+        assert a["state"]["history"] == b["state"]["history"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
     # Another process holds one run's lock (a second submission of the suite): the pack trains the others
     # and then waits for that run; once the holder lets go it finds the run unfinished and does it here.
