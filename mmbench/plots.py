@@ -103,6 +103,7 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
 SWEEP_X = [("recon/joint", "reconstruction error (all inputs)"), ("recon/self", "self-reconstruction error"),
            ("loglik/joint", "test log-likelihood")]
 SWEEP_Y = [("latent_acc_by_n/1", "latent accuracy, 1 input"), ("coherence_by_n/1", "coherence, 1 input"),
+           ("coherence_all_by_n/1", "coherence, 1 input (itself among the targets)"),
            ("coherence/joint", "joint coherence")]
 
 

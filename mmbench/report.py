@@ -173,6 +173,11 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
     return cells, claims
 
 
+# Settings that do not change a run's numbers (where the FID weights live; how often and whether it checkpoints or
+# logs): runs differing only in them are one configuration (their seeds are averaged).
+NUMBER_NEUTRAL = ("eval.fid_weights", "train.checkpoint_every", "train.checkpoint_minutes", "train.tensorboard")
+
+
 def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
     """One row per (run, metric): dataset, variant, method, seed, group, tables, metric, value."""
     rows = []
@@ -180,6 +185,8 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
     for r in load_runs(runs_dir, skipped):
         cfg = r["config"].to_dict()
         seedless = {k: v for k, v in cfg.items() if k not in ("seed", "tables")}
+        for section, key in (k.split(".") for k in NUMBER_NEUTRAL):
+            seedless.get(section, {}).pop(key, None)
         group = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:8]
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
@@ -221,7 +228,7 @@ def configurations(sel: pd.DataFrame) -> Optional[str]:
     if sel["group"].nunique() < 2:
         return None
     cfgs = list(sel.drop_duplicates("group")["cfg"])
-    keys = sorted(k for k in set().union(*cfgs) if k not in ("seed", "tables")
+    keys = sorted(k for k in set().union(*cfgs) if k not in ("seed", "tables") + NUMBER_NEUTRAL
                   and len({repr(c.get(k)) for c in cfgs}) > 1)
     return "; ".join(f"{k} ({', '.join(sorted({repr(c.get(k)) for c in cfgs}))})" for k in keys) or "config"
 
@@ -482,7 +489,8 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
             if c.ambiguous:
                 txt = f"ambiguous: runs of several configurations ({c.ambiguous}) | {pm(c.value, c.std)}"
             elif c.produced is None:
-                txt = f"missing | {pm(c.value, c.std)}"
+                why = f" ({c.nonfinite} run(s) with a non-finite value)" if c.nonfinite else ""
+                txt = f"missing{why} | {pm(c.value, c.std)}"
             else:
                 mark = "✓" if c.status == "pass" else "✗"
                 txt = f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} {mark}"

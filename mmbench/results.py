@@ -30,7 +30,7 @@ import yaml
 
 from . import __version__, yamlio
 from .config import RunConfig, build_run_config
-from .errors import MMBenchError
+from .errors import ConfigError, MMBenchError
 
 SCHEMA_VERSION = 1
 
@@ -356,7 +356,12 @@ def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str,
         if metrics.get("schema_version") != SCHEMA_VERSION:
             raise MMBenchError(f"{m} has schema version {metrics.get('schema_version')}, this mmbench reads "
                                f"{SCHEMA_VERSION}; re-evaluate the run with `mmbench evaluate`")
-        cfg = build_run_config(raw, str(c))
+        try:
+            cfg = build_run_config(raw, str(c))
+        except ConfigError as e:  # made by a version that allowed what this one refuses (e.g. loglik on the rats)
+            if skipped is not None:
+                skipped.append((d.name, f"its config no longer validates ({e.problem})"))
+            continue
         if cfg.run_id() != d.name:
             if skipped is not None:
                 skipped.append((d.name, f"its config hashes to {cfg.run_id()} with this mmbench (made by another "

@@ -394,7 +394,9 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     runs_dir = Path(runs_dir)
     (runs_dir / ".slurm").mkdir(parents=True, exist_ok=True)
     runs = unique_runs([Run(c, runs_dir) for c in configs])  # a run two experiments list: one task, both tables
-    opts_of = {Run(c, runs_dir).id: o for c, o in options}
+    opts_of: Dict[str, SlurmOptions] = {}
+    for c, o in options:  # the first experiment's options, as unique_runs keeps its first run
+        opts_of.setdefault(Run(c, runs_dir).id, o)
     for part in sorted({o.partition or "" for _, o in options}):
         warning = lock_warning(runs_dir, _partition_nodes(part or None))
         if warning:

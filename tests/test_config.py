@@ -70,6 +70,8 @@ def test_good_suite_expands(tmp_path):
     ("name: x\ntiers: {quick: {method_overrides: {mvae: {}}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "tiers.quick.method_overrides.mvae: not a method of any experiment: mopoe"),
     ("name: [x\n", "not valid YAML at line"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], metrics: [loglik],"
+     " overrides: {method: {image_likelihood: sse}}}]", "eval.metrics[0]: loglik needs normalised likelihoods"),
     ("name: x\nexperiments: [{name: e, dataset: rats, variant: simulated, methods: [aggregated], metrics: [loglik]}]",
      "eval.metrics[0]: loglik needs normalised likelihoods; the rats modalities barat, buchanan, mitt, stella, superchris use one"),
     # PyYAML alone keeps the last of two equal keys: mrvae.yaml lost its mrVAE overrides (beta 1) that way

@@ -487,3 +487,32 @@ def test_stale_and_rescore_pending_run_directories_are_left_out(tmp_path):
     assert "hashes to" in reasons["polydigits-vanilla-mrvae-s0-0123456789"] and "re-scores" in reasons[pending.id]
     res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs)])
     assert res.exit_code == 0 and "2 run directories left out of the report" in res.output
+
+
+def test_settings_that_do_not_change_numbers_do_not_split_a_configuration(tmp_path):
+    """A seed evaluated with --fid-weights PATH, or trained with mid-epoch checkpoints, is the same experiment as the
+    others: the cell averages them (they once made it 'ambiguous')."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50})
+    fake_run(runs, "mopoe", 1, {"coherence/joint": 0.52}, eval={"fid_weights": "/abs/pt_inception.pth"})
+    fake_run(runs, "mopoe", 2, {"coherence/joint": 0.48}, train={"checkpoint_minutes": 5.0, "tensorboard": True})
+    (cell,) = build_report(runs, _refs(tmp_path, {"cells": [REF_CELL]})).cells
+    assert cell.status == "pass" and cell.n_runs == 3 and cell.produced == pytest.approx(0.50)
+
+
+def test_a_run_whose_config_no_longer_validates_is_left_out_not_fatal(tmp_path):
+    """A run made by a version that allowed what this one refuses (loglik on the rats' unnormalised likelihood) does
+    not stop the report of the others."""
+    import yaml as _yaml
+
+    runs = tmp_path / "runs"
+    good = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50})
+    old = fake_run(runs, "mopoe", 1, {"coherence/joint": 0.40})
+    raw = _yaml.safe_load((old.dir / "config.yaml").read_text())
+    raw.update(dataset="rats", variant="simulated")
+    raw["method"]["name"] = "aggregated"
+    raw["eval"]["metrics"] = ["loglik"]
+    (old.dir / "config.yaml").write_text(_yaml.safe_dump(raw))
+    rep = build_report(runs, None)
+    assert set(rep.frame["run"]) == {good.id}
+    assert dict(rep.skipped)[old.id].startswith("its config no longer validates (loglik needs normalised")
