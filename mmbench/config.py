@@ -285,9 +285,10 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"{m} does not apply to the {kind} dataset {cfg.dataset}; "
                               f"use {swap[m]}")
         if m == "loglik":  # a likelihood without its constant (the rats' sse) gives no log-likelihood: refuse now
-            image = cfg.method.image_likelihood  # as the model picks them (methods/base.py)
+            from .likelihoods import likelihood_name  # the model's own choice (methods/base.py)
+
             unnormalised = [mod.name for mod in spec.modalities(cfg.variant) if not getattr(
-                LIKELIHOODS.get(image if image and mod.kind == "image" else mod.likelihood), "normalised", True)]
+                LIKELIHOODS.get(likelihood_name(mod, cfg.method.image_likelihood)), "normalised", True)]
             if unnormalised:
                 raise ConfigError(f"{pre}eval.metrics[{i}]", f"loglik needs normalised likelihoods; the {cfg.dataset} modalities "
                                   f"{', '.join(unnormalised)} use one without its constant; use reconstruction")

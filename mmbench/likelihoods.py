@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .registry import LIKELIHOODS
+
+
+def likelihood_name(modality, image_likelihood: Optional[str]) -> str:
+    """The likelihood a model uses for `modality`: method.image_likelihood for image modalities where it is set,
+    else the dataset's."""
+    return image_likelihood if image_likelihood and modality.kind == "image" else modality.likelihood
 
 
 @LIKELIHOODS.register("laplace")

@@ -367,10 +367,12 @@ def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str,
                 skipped.append((d.name, f"its config hashes to {cfg.run_id()} with this mmbench (made by another "
                                         f"version); run it again to report it"))
             continue
-        if Run(cfg, root).status() == "rescore":
+        scored = _scoring_of(metrics)  # Run.status's test, on the metrics read above
+        wanted = Run(cfg, root)._wanted(scored)
+        if _scoring_key(*scored) != wanted:
             if skipped is not None:
-                skipped.append((d.name, f"scored as {_scoring_key(*_scoring_of(metrics))}, its config asks for "
-                                        f"{Run(cfg, root).scoring_wanted()}; `mmbench run` re-scores it"))
+                skipped.append((d.name, f"scored as {_scoring_key(*scored)}, its config asks for {wanted}; "
+                                        f"`mmbench run` re-scores it"))
             continue
         prov_path = d / "provenance.json"
         out.append({"id": d.name, "config": cfg, "tables": raw.get("tables", []),

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.base import Modality
 from ..errors import MMBenchError
+from ..likelihoods import likelihood_name
 from ..registry import ARCHITECTURES, LIKELIHOODS
 
 Subset = Tuple[str, ...]
@@ -277,8 +278,7 @@ class MultimodalVAE(nn.Module):
         arch = ARCHITECTURES.get(architecture)
         self.encoders = nn.ModuleDict({m.name: arch.encoder(m, cfg.latent_dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m.name: arch.decoder(m, cfg.latent_dim) for m in self.modalities})
-        self.likelihoods = {m.name: LIKELIHOODS.get(cfg.image_likelihood if cfg.image_likelihood and m.kind == "image"
-                                                    else m.likelihood) for m in self.modalities}
+        self.likelihoods = {m.name: LIKELIHOODS.get(likelihood_name(m, cfg.image_likelihood)) for m in self.modalities}
         self.rec_weights = resolve_rec_weights(self.modalities, cfg.rec_weights)
         self.opt = {**self.options, **cfg.options}
 
