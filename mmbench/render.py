@@ -30,7 +30,7 @@ def claims_table(claims: List[Claim]) -> pd.DataFrame:
 
 
 CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (± printed std) | difference and "
-            "tolerance verdict | Welch's test against the printed mean ± std (Holm-corrected per paper).")
+            "tolerance verdict | Welch's test against the printed mean ± std, one run's prediction-interval t-test (Holm-corrected per paper).")
 
 
 def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,

@@ -82,7 +82,7 @@ class Cell:
     nonfinite: int = 0  # matching runs whose value is NaN or infinite (left out of the mean and of n_runs)
     paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
     runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
-    p_value: Optional[float] = None  # Welch's test, produced vs printed (mmbench/verdicts.py)
+    p_value: Optional[float] = None  # Welch's (one run: prediction-interval) t-test, produced vs printed (mmbench/verdicts.py)
     p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
     verdict: Optional[str] = None  # consistent / differs / underpowered
 

@@ -2,16 +2,19 @@
 
 For every reference cell with a printed std and a known number of runs behind it (the paper's n,
 from the reference file's ``runs``), Welch's two-sample t-test of produced (mean, sample std, n) against
-printed (value, std, n) — ``scipy.stats.ttest_ind_from_stats(equal_var=False)`` — and Holm's step-down
-correction over the tested cells of one paper (family-wise error ``ALPHA``). Verdicts:
+printed (value, std, n) — ``scipy.stats.ttest_ind_from_stats(equal_var=False)`` — or, for one produced run
+(no std of its own), the t-test of a new observation against the printed sample: under "same distribution",
+(x − value) / (std · sqrt(1 + 1/n)) follows Student's t with n − 1 degrees of freedom (the prediction-interval
+test); then Holm's step-down correction over the tested cells of one paper (family-wise error ``ALPHA``).
+Verdicts:
 
 * ``consistent``: Holm-adjusted p >= ALPHA with at least ``MIN_CONSISTENT_RUNS`` produced runs (no evidence
   the reproduction differs, from a test that could have found one);
 * ``differs``: Holm-adjusted p < ALPHA;
-* ``underpowered``: no test possible — one produced run (no std), no printed std or no paper n,
-  or both stds zero — or p >= ALPHA from two produced runs: Welch's test then has about one degree of
-  freedom, so even a gap of many printed stds is not significant, and "consistent" would claim what the
-  test cannot show.
+* ``underpowered``: no test possible — no printed std or no paper n (or a paper n of one), or both stds
+  zero — or p >= ALPHA from one or two produced runs: one run can show a gap far outside the printed
+  spread (``differs``), but its agreement says little, and Welch's test from two runs has about one
+  degree of freedom, so "consistent" would claim what the test cannot show.
 
 The fixed tolerance (|Δ| <= tolerance) stays the gate of ``--compare``; the verdict is shown beside it.
 """
@@ -34,6 +37,17 @@ def welch_p(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: i
     return None if math.isnan(p) else p
 
 
+def one_run_p(x: float, mean: float, std: float, n: int) -> Optional[float]:
+    """Two-sided p of one new observation `x` against a sample (mean, sample std, n) of the same normal
+    distribution: (x - mean) / (std * sqrt(1 + 1/n)) ~ t(n - 1) (None where it is undefined)."""
+    from scipy.stats import t as student_t
+
+    if n < 2 or not std or std <= 0:
+        return None
+    t = (x - mean) / (std * math.sqrt(1.0 + 1.0 / n))
+    return float(2.0 * student_t.sf(abs(t), n - 1))
+
+
 def holm(pvalues: Sequence[float]) -> List[float]:
     """Holm's step-down adjusted p-values, in the input order."""
     m = len(pvalues)
@@ -54,8 +68,8 @@ def apply(cells: list) -> list:
         c.verdict = None if c.produced is None else "underpowered"
         if c.produced is None or not c.std or not c.paper_runs:
             continue
-        c.p_value = welch_p(c.produced, c.produced_std if c.n_runs > 1 else None, c.n_runs,
-                            c.value, c.std, c.paper_runs)
+        c.p_value = (one_run_p(c.produced, c.value, c.std, c.paper_runs) if c.n_runs == 1 else
+                     welch_p(c.produced, c.produced_std, c.n_runs, c.value, c.std, c.paper_runs))
         if c.p_value is not None:
             by_paper.setdefault(c.paper, []).append(c)
     for tested in by_paper.values():

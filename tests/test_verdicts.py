@@ -15,7 +15,7 @@ from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
 from mmbench.report import build_report
 from mmbench.results import Run
-from mmbench.verdicts import TIDY_COLUMNS, holm, welch_p
+from mmbench.verdicts import TIDY_COLUMNS, holm, one_run_p, welch_p
 
 
 def test_welch_p_matches_the_textbook_formula():
@@ -26,6 +26,18 @@ def test_welch_p_matches_the_textbook_formula():
     assert welch_p(m1, s1, n1, m2, s2, n2) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
     assert welch_p(0.5, None, 1, 0.5, 0.1, 5) is None  # one produced run: no std
     assert welch_p(0.5, 0.0, 3, 0.6, 0.0, 5) is None  # both stds zero: undefined
+
+
+def test_one_run_p_is_the_prediction_interval_test():
+    # x = 0.62 against 0.80 ± 0.05 from n = 5: t = -0.18 / (0.05 * sqrt(1.2)) = -3.286 on 4 df
+    t = (0.62 - 0.80) / (0.05 * math.sqrt(1 + 1 / 5))
+    assert t == pytest.approx(-3.2863, abs=1e-4)
+    assert one_run_p(0.62, 0.80, 0.05, 5) == pytest.approx(2 * stats.t.sf(3.2863, 4), rel=1e-3)
+    assert one_run_p(0.62, 0.80, 0.05, 5) == pytest.approx(0.0303, abs=5e-4)
+    # the 95% prediction interval's edge gives p = 0.05 exactly
+    edge = 0.80 + stats.t.ppf(0.975, 4) * 0.05 * math.sqrt(1.2)
+    assert one_run_p(edge, 0.80, 0.05, 5) == pytest.approx(0.05, rel=1e-9)
+    assert one_run_p(0.5, 0.5, 0.0, 5) is None and one_run_p(0.5, 0.5, 0.1, 1) is None
 
 
 def test_holm_known_answer():
@@ -74,10 +86,12 @@ def test_verdicts_per_cell_and_paper_line(tmp_path):
     p_joint = welch_p(0.50, pd.Series([0.50, 0.52, 0.48, 0.51, 0.49]).std(), 5, 0.51, 0.02, 5)
     p_acc = welch_p(0.70, pd.Series([0.70, 0.71, 0.69, 0.72, 0.68]).std(), 5, 0.60, 0.02, 5)
     assert joint.p_value == pytest.approx(p_joint) and acc.p_value == pytest.approx(p_acc)
-    assert [joint.p_holm, acc.p_holm] == pytest.approx(holm([p_joint, p_acc]))
+    one = cells[("MVAE", "joint")]  # one produced run, 0.3 against 0.3 ± 0.01: tested, p = 1
+    assert one.p_value == pytest.approx(1.0)
+    assert [joint.p_holm, acc.p_holm, one.p_holm] == pytest.approx(holm([p_joint, p_acc, 1.0]))
     assert (joint.verdict, acc.verdict) == ("consistent", "differs")
     assert acc.status == "pass"  # inside the wide fixed tolerance, yet the test says it differs
-    assert cells[("MVAE", "joint")].verdict == "underpowered"  # one produced run
+    assert one.verdict == "underpowered"  # one run's agreement is no evidence
     assert cells[("MVAE", "none")].verdict == "underpowered"  # no printed std
     line = rep.paper_lines[0]
     assert line.endswith("Welch vs printed (Holm, α=0.05): 1 consistent, 1 differ, 2 underpowered")
@@ -116,6 +130,24 @@ def test_tidy_csv_and_json(tmp_path):
     res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--format", "csv"])
     df = pd.read_csv(io.StringIO(res.stdout))
     assert len(df) == 3 and set(df["n_runs"]) == {5, 1}
+
+
+def test_one_run_far_outside_the_printed_spread_differs(tmp_path):
+    """One produced run has no std, but it can still fall far outside what the paper's runs scatter over: 0.70
+    against 0.80 ± 0.01 from 5 runs is 9 printed stds off (p ~ 1e-3 on 4 df): differs. 0.795 is not (underpowered)."""
+    runs, refs = tmp_path / "runs", tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"runs": 5, "cells": [
+        {"paper": "P", "table": "T1", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint",
+         "value": 0.80, "std": 0.01, "tolerance": 0.02}]}))
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.70})
+    (cell,) = build_report(runs, refs).cells
+    assert cell.n_runs == 1 and cell.p_value == pytest.approx(one_run_p(0.70, 0.80, 0.01, 5))
+    assert cell.p_holm < 0.01 and cell.verdict == "differs"
+    runs2 = tmp_path / "runs2"
+    fake_run(runs2, "mopoe", 0, {"coherence/joint": 0.795})
+    (cell,) = build_report(runs2, refs).cells
+    assert cell.p_holm > 0.05 and cell.verdict == "underpowered"
 
 
 def test_two_runs_far_off_are_underpowered_not_consistent(tmp_path):
