@@ -10,7 +10,9 @@ Reference files (``reference_results/*.yaml``, one per paper) hold
   |produced mean - value| <= tolerance. Cells with no run are missing.
 * **claims**: qualitative statements about figures (quoted with page/section), each a list of
   comparisons ``left op right`` between produced means (or a number) that must all hold, optionally
-  for each value of a config path (``for_each: method.beta``). A claim's ``strength`` is ``strict``
+  for each value of a config path (``for_each: method.beta``); or, with ``for_each``, where along that path a
+  side is lowest or highest (``op: lowest_at``/``highest_at``, ``right``: the values it may be at). A
+  claim's ``strength`` is ``strict``
   (default: the quote states the comparison and the keys measure what the paper plotted; a claim that
   does not hold fails ``--compare``) or ``hedged`` (the quote hedges -- "typically", "may", "most" -- or
   the check is a reading or proxy of ours: shown with its evidence, never a failure).
@@ -36,6 +38,7 @@ CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "
 CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
 STRENGTHS = ("strict", "hedged")
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+EXTREMA = {"lowest_at": min, "highest_at": max}  # where along `for_each` a side's mean is extreme (right: allowed values)
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -165,10 +168,18 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                 hw = f"{where}.holds[{j}]"
                 if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin"} or not {"left", "op", "right"} <= set(h):
                     raise ConfigError(hw, "must be {left, op, right[, margin]}")
-                if h["op"] not in OPS:
-                    raise ConfigError(f"{hw}.op", f"must be one of {', '.join(OPS)}")
+                if h["op"] not in OPS and h["op"] not in EXTREMA:
+                    raise ConfigError(f"{hw}.op", f"must be one of {', '.join([*OPS, *EXTREMA])}")
                 _check_side(f"{hw}.left", h["left"], number_ok=False)
-                _check_side(f"{hw}.right", h["right"], number_ok=True)
+                if h["op"] in EXTREMA:
+                    if not c.get("for_each"):
+                        raise ConfigError(f"{where}.for_each", f"op {h['op']} needs for_each (the config path "
+                                          "along which the side is lowest or highest)")
+                    if not isinstance(h["right"], list) or not h["right"] or "margin" in h:
+                        raise ConfigError(f"{hw}.right", f"with op {h['op']}, a non-empty list of {c['for_each']} "
+                                          "values the extreme may be at (and no margin)")
+                else:
+                    _check_side(f"{hw}.right", h["right"], number_ok=True)
             claims.append(Claim(**c))
     return cells, claims
 
@@ -272,12 +283,42 @@ def _side_label(side: Any) -> str:
     return f"{side}" if not isinstance(side, dict) else f"{side['method']} {side['metric']}"
 
 
+def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Optional[bool], str]:
+    """`left lowest_at|highest_at [values]`: is the side's mean, over the `for_each` values it has runs at, lowest
+    (highest) at one of the listed values? Undecided (None) unless every listed value and at least one other has
+    runs, and each value's runs are one configuration."""
+    label = f"{_side_label(h['left'])} {h['op']} {claim.for_each} in {h['right']}"
+    vals = side_values(frame, claim, h["left"])
+    if not vals:
+        return None, f"{label}: no runs"
+    bad = [v for v in vals.values() if isinstance(v, str)]
+    if bad:
+        return None, (f"{label}: runs of several configurations match ({bad[0]}); narrow it with `where` or separate "
+                      f"runs directories")
+    listed = [k for k in vals if any(_same(k, w) for w in h["right"])]
+    lacking = [w for w in h["right"] if not any(_same(k, w) for k in vals)]
+    if lacking:
+        return None, f"{label}: no runs at {claim.for_each}={lacking[0]}"
+    if len(listed) == len(vals):
+        return None, f"{label}: no runs at any other {claim.for_each} to compare with"
+    at = EXTREMA[h["op"]](vals, key=vals.get)
+    ok = at in listed
+    return ok, (f"{_side_label(h['left'])} is {'lowest' if h['op'] == 'lowest_at' else 'highest'} at "
+                f"{claim.for_each}={at} ({vals[at]:.3f}; over {len(vals)} values), wanted one of {h['right']}: "
+                f"{'yes' if ok else 'NO'}")
+
+
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
     side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
     for c in claims:
         c.details, verdicts = [], []
         for h in c.holds:
+            if h["op"] in EXTREMA:
+                ok, detail = _extremum(frame, c, h)
+                verdicts.append(ok)
+                c.details.append(detail)
+                continue
             left = side_values(frame, c, h["left"])
             right = ({k: float(h["right"]) for k in left} if not isinstance(h["right"], dict)
                      else side_values(frame, c, h["right"]))

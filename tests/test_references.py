@@ -1,5 +1,6 @@
 """The shipped reference files say what the papers say: claim strength (strict / hedged), the run filters of
 individual tables and figures, and provenance a reader of the repository can follow."""
+import math
 import re
 from pathlib import Path
 
@@ -225,3 +226,55 @@ def test_extraction_repairs_are_flagged_in_the_cells():
     flagged = {(c.table, c.row, c.column): c.value for c in cells if "the extraction prints this cell as" in c.source}
     assert flagged == {("SMVAE Table 3", "MVAE", "I | T"): 0.30, ("SMVAE Table 4", "JMVAE", "I | T"): 0.42,
                        ("SMVAE Table 5", "VAE", "Latent M+S+T"): 0.99, ("SMVAE Table 5", "VAE", "M+S+T → M"): 0.96}
+
+
+def test_mmvamp_fig3_reconstruction_lowest_at_a_very_small_beta(tmp_path):
+    """The hedged reading of "lowest reconstruction with a very small β": each method's recon/joint is lowest at one
+    of the four smallest betas of the sweep; the strict claim checks 2^-8 against 2^3 only. A minimum at 2^-2 passes
+    the strict claim and fails the hedged one; an incomplete sweep leaves it undecided."""
+    betas = [2.0 ** k for k in range(-8, 4)]
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "mmvamp.yaml").write_text((REFS / "mmvamp.yaml").read_text())
+
+    def sweep(runs, curve, methods=("independent", "aggregated", "mmvamp"), skip=()):
+        for method in methods:
+            for beta in betas:
+                if beta in skip:
+                    continue
+                cfg = build_run_config({"dataset": "polydigits", "variant": "translated", "seed": 0,
+                                        "method": {"name": method, "beta": beta}, "tables": ["MM-VAMP Fig. 3"]})
+                run = Run(cfg, runs)
+                run.init()
+                run.write_metrics({"recon/joint": curve(beta)})
+
+    sweep(tmp_path / "mono", lambda b: 10 + math.log2(b))  # lowest at 2^-8
+    rep = build_report(tmp_path / "mono", refs)
+    strict, hedged = (shipped_claim(rep, "fig3-small-beta-lowest-reconstruction"),
+                      shipped_claim(rep, "fig3-small-beta-lowest-reconstruction-argmin"))
+    assert (strict.status, hedged.status, hedged.strength) == ("holds", "holds", "hedged")
+    assert any("independent recon/joint is lowest at method.beta=0.00390625 (2.000; over 12 values)" in d
+               for d in hedged.details)
+    # minimum at 2^-2 (20), 2^-8 (26) still below 2^3 (30)
+    sweep(tmp_path / "u", lambda b: 20 + abs(math.log2(b) + 2) * (1 if b < 0.25 else 2))
+    rep = build_report(tmp_path / "u", refs)
+    strict, hedged = (shipped_claim(rep, "fig3-small-beta-lowest-reconstruction"),
+                      shipped_claim(rep, "fig3-small-beta-lowest-reconstruction-argmin"))
+    assert strict.status == "holds" and hedged.status == "fails"
+    assert any("lowest at method.beta=0.25 (20.000" in d and d.endswith("NO") for d in hedged.details)
+    sweep(tmp_path / "part", lambda b: 10 + math.log2(b), skip=(2.0 ** -6,))
+    assert shipped_claim(build_report(tmp_path / "part", refs),
+                         "fig3-small-beta-lowest-reconstruction-argmin").status == "missing"
+
+
+def test_extremum_claims_are_validated(tmp_path):
+    side = {"method": "mopoe", "metric": "recon/joint"}
+    base = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "s"}
+    for claim, match in (({**base, "holds": [{"left": side, "op": "lowest_at", "right": [1.0]}]}, r"for_each.*needs"),
+                         ({**base, "for_each": "method.beta", "holds": [{"left": side, "op": "lowest_at", "right": 1.0}]},
+                          r"right.*non-empty list"),
+                         ({**base, "for_each": "method.beta", "holds": [{"left": side, "op": "smallest", "right": [1]}]},
+                          r"op.*lowest_at, highest_at")):
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump({"claims": [claim]}))
+        with pytest.raises(ConfigError, match=match):
+            load_reference_files(tmp_path)
