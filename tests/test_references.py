@@ -278,3 +278,20 @@ def test_extremum_claims_are_validated(tmp_path):
         (tmp_path / "p.yaml").write_text(yaml.safe_dump({"claims": [claim]}))
         with pytest.raises(ConfigError, match=match):
             load_reference_files(tmp_path)
+
+
+def test_the_readmes_count_the_reference_files_right():
+    """The counts the READMEs print (cells, claims, hedged claims) are those of the shipped files."""
+    per_file = {}
+    for path in sorted(REFS.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        claims = raw.get("claims") or []
+        per_file[path.name] = (len(raw.get("cells") or []), len(claims),
+                               sum(c.get("strength") == "hedged" for c in claims))
+    text = (REFS / "README.md").read_text()
+    found = {m[0]: tuple(int(x) for x in m[1:]) for m in
+             re.findall(r"\*\*`(\w+\.yaml)`\*\*[^(]*\((\d+) cells, (\d+) claims, (\d+) of them hedged\)", text)}
+    assert found == per_file
+    total = re.search(r"(\d+) printed cells and (\d+) quoted claims", (ROOT / "README.md").read_text())
+    assert total and (int(total[1]), int(total[2])) == (sum(v[0] for v in per_file.values()),
+                                                        sum(v[1] for v in per_file.values()))

@@ -33,7 +33,7 @@
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/device-check}; RES=${RES:-/tmp/dc/results}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-530}
+OUT=${OUT:-/tmp/device-check}; RES=${RES:-/tmp/dc/results}; DEVICE=${DEVICE:-cuda}; SCALE=${SCALE:-full}; BUDGET=${BUDGET:-480}
 SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
 export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/dc/runs} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
