@@ -47,13 +47,35 @@ def progress_bar() -> Iterator:
             prog.stop()
 
 
+@contextmanager
+def _no_stub_left(run):
+    """A command that fails before it computed anything (dataset not prepared, nothing to evaluate) leaves no run
+    directory behind when it made it: only its config.yaml and lock would be in it."""
+    existed = run.dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and run.dir.is_dir() and {p.name for p in run.dir.iterdir()} <= {"config.yaml", "run.lock"}:
+            import shutil
+
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
+
+
 def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int, overrides: List[str],
                    runs_dir: Optional[Path]):
     from .config import build_run_config, deep_merge, parse_overrides
     from .results import Run
 
     base = {"dataset": dataset, "variant": variant, "seed": seed, "method": {"name": method}}
-    cfg = build_run_config(deep_merge(base, parse_overrides(overrides)), "")
+    given = parse_overrides(overrides)
+    # what the arguments say is not said again by --set (one of the two would be silently dropped)
+    for key, say in (("dataset", "the DATASET argument"), ("variant", "--variant"), ("seed", "--seed")):
+        if key in given:
+            raise MMBenchError(f"--set {key}=...: the {key} is set by {say}; drop the --set")
+    if "name" in (given.get("method") or {}):
+        raise MMBenchError("--set method.name=...: the method is the METHOD argument; drop the --set")
+    cfg = build_run_config(deep_merge(base, given), "")
     return Run(cfg, runs_dir)
 
 
@@ -109,7 +131,7 @@ def train(dataset: str = typer.Argument(..., help="Dataset name."),
     from .train import train as do_train
 
     run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
-    with run.lock():
+    with _no_stub_left(run), run.lock():
         run.init()
         with progress_bar() as progress:
             summary = do_train(run, data_root, progress)
@@ -139,7 +161,7 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
     if fid_weights is not None:  # eval.fid_weights is not part of the run id, so the same run is evaluated
         overrides = [*overrides, f"eval.fid_weights={json.dumps(str(fid_weights.expanduser().resolve()))}"]
     run = _run_from_args(dataset, method, variant, seed, overrides, runs_dir)
-    with run.lock():
+    with _no_stub_left(run), run.lock():
         trained = training_provenance(run)  # kept in the new provenance
         # Scored otherwise before (classifiers, eval.precision): that evaluation is kept, and put back on failure.
         with (run.scoring_aside() if run.status() == "rescore" else nullcontext()) as kept:
@@ -198,6 +220,17 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
 
     if pack is not None and pack < 1:
         raise MMBenchError(f"--pack {pack}: must be >= 1 (1 trains every run alone)")
+    if jobs < 1:
+        raise MMBenchError(f"--jobs {jobs}: must be >= 1 (CPU worker processes)")
+    if gpus is not None:
+        from .runner import gpu_slots
+
+        gpu_slots(gpus)  # ids well formed (whether the GPUs exist is checked before anything runs)
+        if jobs != 1:
+            raise MMBenchError("--jobs sets CPU workers; with --gpus each listed id is one worker (repeat an id, "
+                               "e.g. --gpus 0,0, for two on one GPU); drop one of the two")
+    if step_times is not None and not dry_run:
+        raise MMBenchError("--step-times projects the training time of a --dry-run; add --dry-run")
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     s = load_suite(suite)
@@ -283,6 +316,10 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         return
     if cli_slurm or slurm_opt or detach:
         raise MMBenchError("--slurm-* options and --detach apply to --executor slurm; add --executor slurm")
+    if gpus is not None:
+        from .runner import check_gpus_visible, gpu_slots
+
+        check_gpus_visible(gpu_slots(gpus))  # before preparing data or writing run directories
     _prepare_for(configs, data_root)
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
     failed = [o for o in outcomes if not o.ok]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import RunConfig
+from .errors import MMBenchError
 from .results import Run
 
 
@@ -37,11 +39,54 @@ class Outcome:
     message: str = ""
 
 
-def worker_slots(gpus: Optional[str], jobs: int) -> List[Optional[str]]:
-    """CUDA_VISIBLE_DEVICES value of each worker: one per listed GPU, else `jobs` CPU workers."""
+GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+")  # an index, or a UUID as nvidia-smi -L prints it
+
+
+def gpu_slots(gpus: str) -> List[str]:
+    """The GPU ids of `--gpus` (one worker each), validated."""
+    ids = [g.strip() for g in gpus.split(",")]
+    if not gpus.strip() or any(not g for g in ids):
+        raise MMBenchError(f"--gpus {gpus!r}: list GPU ids separated by commas, e.g. --gpus 0,1")
+    bad = [g for g in ids if not GPU_ID.fullmatch(g)]
+    if bad:
+        raise MMBenchError(f"--gpus {gpus}: {bad[0]!r} is not a GPU id; give indices as nvidia-smi lists them "
+                           f"(e.g. --gpus 0,1; --gpus 0,0 puts two workers on GPU 0) or GPU-/MIG- UUIDs")
+    return ids
+
+
+def check_gpus_visible(ids: Sequence[str]) -> None:
+    """Refuse GPU workers this machine cannot give: a worker told to use a GPU that torch cannot see would
+    otherwise train on the CPU without a word."""
+    import torch
+
+    n = torch.cuda.device_count()
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if n == 0:
+        raise MMBenchError(f"--gpus {','.join(ids)}: torch sees no GPU here (torch {torch.__version__}, CUDA "
+                           f"{torch.version.cuda or 'none'}{f', CUDA_VISIBLE_DEVICES={shown!r}' if shown is not None else ''})"
+                           f"; drop --gpus to train on the CPU (--jobs N for N workers)")
+    if shown is None:  # ids are this machine's indices; under CUDA_VISIBLE_DEVICES they cannot be checked here
+        beyond = [g for g in ids if g.isdigit() and int(g) >= n]
+        if beyond:
+            raise MMBenchError(f"--gpus {','.join(ids)}: GPU {beyond[0]} does not exist; this machine has {n} "
+                               f"(0-{n - 1})")
+
+
+def worker_slots(gpus: Optional[str], jobs: int) -> List[str]:
+    """CUDA_VISIBLE_DEVICES value of each worker: one per listed GPU, else `jobs` CPU workers ("": no GPU)."""
     if gpus:
-        return [g.strip() for g in gpus.split(",") if g.strip()]
+        ids = gpu_slots(gpus)
+        check_gpus_visible(ids)
+        return ids
     return [""] * max(jobs, 1)
+
+
+def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
+    """A worker's environment: it sees only its own GPU (none for ""), and knows it was given one."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, MMBENCH_WORKER_GPU=device, PYTHONUNBUFFERED="1")
+    if data_root is not None:
+        env["MMBENCH_DATA"] = str(Path(data_root).resolve())
+    return env
 
 
 def _resume_point(run: Run) -> Tuple[int, int]:
@@ -49,7 +94,6 @@ def _resume_point(run: Run) -> Tuple[int, int]:
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
         return (0, 0)
-    from .errors import MMBenchError
     from .train import read_checkpoint
 
     try:
@@ -110,6 +154,7 @@ def _read_progress(run: Run) -> Optional[dict]:
 def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path], gpus: Optional[str] = None,
             jobs: int = 1, console: Optional[Console] = None, pack: Optional[int] = 1) -> List[Outcome]:
     console = console or Console()
+    slots = worker_slots(gpus, jobs)  # before any run directory is written
     runs = unique_runs([Run(c, runs_dir) for c in configs])
     todo: "queue.Queue[List[Run]]" = queue.Queue()
     outcomes: List[Outcome] = []
@@ -120,7 +165,6 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         else:
             r.init()
             pending.append(r)
-    slots = worker_slots(gpus, jobs)
     for group in make_packs(pending, pack, len(slots)):
         todo.put(group)
     active: Dict[int, Optional[Run]] = {i: None for i in range(len(slots))}
@@ -135,9 +179,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
             r = group[0]
             with lock:
                 active[slot] = r
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONUNBUFFERED="1")
-            if data_root is not None:
-                env["MMBENCH_DATA"] = str(Path(data_root).resolve())
+            env = worker_env(device, data_root)
             with open(r.log_path, "a") as log:
                 proc = subprocess.run([sys.executable, "-m", "mmbench.worker", *(str(g.dir) for g in group)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -128,7 +128,13 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.exists():
         raise MMBenchError(f"suite file {path} does not exist; see `mmbench list suites`")
-    raw = yamlio.load(path.read_text(), str(path))
+    if not path.is_file():
+        raise MMBenchError(f"suite {path} is not a file; give a suite YAML file, e.g. suites/quickstart.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MMBenchError(f"suite file {path} is not UTF-8 text (byte {e.start}); give a suite YAML file") from None
+    raw = yamlio.load(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "a suite must be a mapping with at least `name` and `experiments`")
     allowed = ("name", "description", "defaults", "tiers", "experiments", "slurm")
@@ -154,6 +160,9 @@ def load_suite(path: str | Path) -> Suite:
         for k, v in exp.sweep.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{where}.sweep.{k}", "must be a non-empty list of values")
+        if any(exp.name == p.name for p in parsed):
+            raise ConfigError(f"{where}.name", f"{exp.name!r} names an earlier experiment too; names select "
+                              f"experiments (--only), so each must be unique")
         parsed.append(exp)
     tiers = raw.get("tiers") or {}
     if not isinstance(tiers, dict):
@@ -162,6 +171,12 @@ def load_suite(path: str | Path) -> Suite:
     for t in tiers:
         if t not in TIERS:
             raise ConfigError(f"{path}: tiers.{t}", f"unknown tier; choose from: {', '.join(TIERS)}")
+        if not isinstance(tiers[t] or {}, dict):
+            raise ConfigError(f"{path}: tiers.{t}", "must be a mapping of overrides (e.g. {train: {epochs: 10}})")
+        keep = (tiers[t] or {}).get("seeds")
+        if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+            raise ConfigError(f"{path}: tiers.{t}.seeds", f"must be a positive integer (keeps the first N seeds of "
+                              f"each experiment), got {keep!r}")
         per_method = (tiers[t] or {}).get("method_overrides") or {}
         if not isinstance(per_method, dict):
             raise ConfigError(f"{path}: tiers.{t}.method_overrides", "must be a mapping of method name to overrides")

@@ -6,6 +6,7 @@ when every run of the pack finished.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,14 @@ def progress_writer(runs: Sequence[Run]) -> Callable[[str, int, int], None]:
 
 def main(*run_dirs: str) -> int:
     tune_host_allocator()
+    gpu = os.environ.get("MMBENCH_WORKER_GPU")  # set by `mmbench run --gpus` (runner.worker_env)
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():  # else every run of this worker would train on the CPU unannounced
+            print(f"error: this worker was given GPU {gpu} (--gpus) but torch sees no GPU; check the id with "
+                  f"nvidia-smi, or drop --gpus to train on the CPU", flush=True)
+            return 1
     runs = [load_run(d) for d in run_dirs]
     progress = progress_writer(runs)
 

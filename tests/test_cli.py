@@ -60,7 +60,7 @@ def test_suite_end_to_end(workspace, mmbench_here):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("pending") == 3 + 1 and "3 pending; no timing yet" in r.stdout  # 3 rows + the summary
 
-    r = mmbench("run", ws / "suite.yaml", "--gpus", "5,6", env=env)  # two workers, one per listed device
+    r = mmbench("run", ws / "suite.yaml", "--jobs", "2", env=env)  # two CPU workers
     assert r.returncode == 1  # the refusing run fails ...
     assert "FAILED" in r.stderr and "classifier_min_accuracy" in r.stderr and "log.txt" in r.stderr
     assert "2 of 3 runs finished" in r.stdout  # ... and does not stop the others
@@ -77,7 +77,7 @@ def test_suite_end_to_end(workspace, mmbench_here):
         assert {"mmbench_version", "git_commit", "torch_version", "device", "dataset_digest", "wall_seconds",
                 "peak_rss_mb"} <= set(prov) and prov["peak_rss_mb"] > 100  # a torch process
         assert [c["from_epoch"] for c in prov["trained_with"]] == [0] and prov["trained_with"][0]["mmbench_version"]
-        assert prov["cuda_visible_devices"] in ("5", "6")  # each worker sees only its own device
+        assert prov["cuda_visible_devices"] == ""  # a CPU worker sees no GPU (GPU workers: test_worker_env_*)
         assert (d / "checkpoints" / "last.pt").exists() and (d / "config.yaml").exists() and (d / "log.txt").exists()
 
     mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in done}
@@ -152,6 +152,17 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["bench", "steps", "--device", "tpu"], "error: --device 'tpu' is not allowed; choose cpu or cuda"),
     (["bench", "steps", "--device", "cuda"], "error: --device cuda: no GPU is visible to torch; use --device cpu"),
     (["bench", "steps", "--methods", "mopoe", "--scaling", "nope"], "error: unknown method 'nope'"),
+    # GPUs this machine cannot give are refused, not replaced by the CPU; conflicting options are refused
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "0"], "error: --gpus 0: torch sees no GPU here"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "a,b"], "'a' is not a GPU id"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "0,"], "list GPU ids separated by commas"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "0", "--jobs", "2"], "--jobs sets CPU workers"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--jobs", "0"], "error: --jobs 0: must be >= 1"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--step-times", "t.md"], "--step-times projects the training"),
+    (["train", "polydigits", "mopoe", "--set", "method.name=mvae"], "the method is the METHOD argument"),
+    (["evaluate", "polydigits", "mopoe", "--variant", "vanilla", "--set", "variant=extended"],
+     "the variant is set by --variant"),
+    (["train", "polydigits", "mopoe", "--set", "seed=3"], "the seed is set by --seed"),
 ])
 def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
     # In process, through the same entry point as the `mmbench` script (cli.main: exit 2, one line on stderr);
@@ -170,6 +181,7 @@ def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
     assert message in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "r").glob("*/config.yaml"))  # no run directory left behind
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train", "classifiers import",
@@ -184,3 +196,20 @@ def test_list(tmp_path, mmbench_here):
     assert r.returncode == 0 and "mopoe" in r.stdout and "MoPoE-VAE" in r.stdout
     r = mmbench_here("list", "suites")
     assert r.returncode == 0 and "quickstart.yaml" in r.stdout
+
+
+def test_worker_env_shows_each_worker_its_own_gpu_only(tmp_path):
+    from mmbench.runner import worker_env, worker_slots
+
+    assert worker_slots(None, 3) == ["", "", ""]
+    gpu, cpu = worker_env("5", tmp_path), worker_env("", None)
+    assert (gpu["CUDA_VISIBLE_DEVICES"], gpu["MMBENCH_WORKER_GPU"], gpu["MMBENCH_DATA"]) == ("5", "5", str(tmp_path))
+    assert (cpu["CUDA_VISIBLE_DEVICES"], cpu["MMBENCH_WORKER_GPU"]) == ("", "")
+
+
+def test_a_worker_given_a_gpu_it_cannot_see_refuses_to_train_on_the_cpu(tmp_path):
+    """The runner checks --gpus before it starts; a worker checks again (a GPU can be gone, or the id can name a
+    device that CUDA_VISIBLE_DEVICES hides) rather than training on the CPU."""
+    r = subprocess.run([sys.executable, "-m", "mmbench.worker", str(tmp_path / "never-read")], capture_output=True,
+                       text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "5", "MMBENCH_WORKER_GPU": "5"}, timeout=300)
+    assert r.returncode == 1 and "was given GPU 5 (--gpus) but torch sees no GPU" in r.stdout, r.stdout + r.stderr

@@ -81,6 +81,12 @@ def test_good_suite_expands(tmp_path):
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {epochs: 2, epochs: 3}}}]",
      "the key 'epochs' is given twice"),
     ("- 1\n- 2\n", "a suite must be a mapping"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}, {name: e, dataset: polydigits, "
+     "methods: [mvae]}]", "experiments[1].name: 'e' names an earlier experiment too"),
+    ("name: x\ntiers: {smoke: {seeds: 0}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers.smoke.seeds: must be a positive integer"),
+    ("name: x\ntiers: {smoke: [1]}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers.smoke: must be a mapping of overrides"),
 ])
 def test_malformed_suites(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -95,6 +101,11 @@ def test_malformed_suites(tmp_path, text, expected):
 def test_missing_suite_file(tmp_path):
     with pytest.raises(MMBenchError, match="does not exist"):
         load_suite(tmp_path / "nope.yaml")
+    with pytest.raises(MMBenchError, match="is not a file"):
+        load_suite(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(MMBenchError, match=r"latin1.yaml is not UTF-8 text \(byte 9\)"):
+        load_suite(tmp_path / "latin1.yaml")
 
 
 def test_overrides_parse_and_validate():

@@ -1,11 +1,27 @@
+import pytest
+
 from mmbench.runner import worker_slots
 
 
-def test_worker_slots():
-    assert worker_slots("0,1", 4) == ["0", "1"]  # one worker per listed GPU
-    assert worker_slots(" 3 ", 1) == ["3"]
+def test_worker_slots(monkeypatch):
+    import torch
+
+    from mmbench.errors import MMBenchError
+    from mmbench.runner import gpu_slots
+
+    assert gpu_slots("0,1") == ["0", "1"] and gpu_slots(" 3 ") == ["3"] and gpu_slots("0,0") == ["0", "0"]
+    assert gpu_slots("GPU-8f2e1c3a-55aa-4b1e-9c3d-0123456789ab,MIG-1/2/0")[1] == "MIG-1/2/0"
     assert worker_slots(None, 2) == ["", ""]  # CPU workers see no device
     assert worker_slots(None, 0) == [""]
+    with pytest.raises(MMBenchError, match="torch sees no GPU here"):  # (the tests hide every GPU)
+        worker_slots("0,1", 4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a 2-GPU machine
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert worker_slots("0,1", 4) == ["0", "1"]  # one worker per listed GPU
+    with pytest.raises(MMBenchError, match="GPU 2 does not exist; this machine has 2 \\(0-1\\)"):
+        worker_slots("1,2", 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # indices beyond what this process sees cannot be judged
+    assert worker_slots("4", 1) == ["4"]
 
 
 def test_a_run_listed_by_two_experiments_is_scheduled_once_with_both_tables(tmp_path):
