@@ -73,7 +73,7 @@ def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int,
     for key, say in (("dataset", "the DATASET argument"), ("variant", "--variant"), ("seed", "--seed")):
         if key in given:
             raise MMBenchError(f"--set {key}=...: the {key} is set by {say}; drop the --set")
-    if "name" in (given.get("method") or {}):
+    if isinstance(given.get("method"), dict) and "name" in given["method"]:
         raise MMBenchError("--set method.name=...: the method is the METHOD argument; drop the --set")
     cfg = build_run_config(deep_merge(base, given), "")
     return Run(cfg, runs_dir)
