@@ -317,9 +317,11 @@ def _first(ck):
 
 
 @pytest.mark.parametrize("edit, problem", [
-    (lambda ck: ck["model"].__setitem__(_first(ck), torch.zeros(3, 3)), r"does not fit this run's model \(size mismatch for "),
+    (lambda ck: ck["model"].__setitem__(_first(ck), torch.zeros(3, 3)),
+     r"does not fit this run's model \(size mismatch for "),
     (lambda ck: ck["model"].pop(_first(ck)), r"does not fit this run's model \(Missing key\(s\) in state_dict: \"\w"),
-    (lambda ck: ck["model"].__setitem__("extra.w", torch.zeros(2)), r"does not fit this run's model \(Unexpected key\(s\) in state_dict: \"extra.w\"\)"),
+    (lambda ck: ck["model"].__setitem__("extra.w", torch.zeros(2)),
+     r"does not fit this run's model \(Unexpected key\(s\) in state_dict: \"extra.w\"\)"),
     (lambda ck: ck.pop("state"), r"holds no training state \(its 'state' entry\)"),
     (lambda ck: ck["state"].__setitem__("epoch", 1.5), "records epoch 1.5, not a whole number of epochs"),
     (lambda ck: ck["state"].__setitem__("epoch", "1"), "records epoch '1', not a whole number of epochs"),
@@ -373,4 +375,5 @@ def test_brief_cuts_at_a_sentence_or_a_word():
 
     assert brief(ValueError("short")) == "ValueError: short"
     assert brief(ValueError("First sentence here. " + "x" * 200), 40) == "ValueError: First sentence here."
-    assert brief(ValueError("a very long sentence without a stop " * 5), 30) == "ValueError: a very long sentence without…"
+    long = ValueError("a very long sentence without a stop " * 5)
+    assert brief(long, 30) == "ValueError: a very long sentence without…"

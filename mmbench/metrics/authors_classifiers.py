@@ -170,7 +170,8 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
     directory = cache_dir(spec, variant, data_root)
     accs = _read_json(directory / "accuracy.json", _reimport(spec, variant))
     if not all(isinstance(v, (int, float)) for v in accs.values()):
-        raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; {_reimport(spec, variant)}")
+        raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; "
+                           f"{_reimport(spec, variant)}")
     clfs = {}
     for mod in modalities:
         path = directory / f"{mod.name}.pt"
