@@ -29,8 +29,20 @@ def _autocast(precision: str, dev):
     return autocast(precision, dev)
 
 
+def check_counts(steps: int, batch_size: int, latent_dim: int, modalities: Sequence[int]) -> None:
+    """Refuse a count `mmbench bench steps` cannot time with (--steps 0 would time nothing), naming its option."""
+    for option, n in (("--steps", steps), ("--batch-size", batch_size), ("--latent-dim", latent_dim)):
+        if n < 1:
+            raise MMBenchError(f"{option} {n}: must be at least 1")
+    if not modalities or min(modalities) < 1:
+        raise MMBenchError(f"--modalities {','.join(map(str, modalities))}: numbers of modalities must be at least 1")
+
+
 def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device, params) -> Dict[str, float]:
     """Median, min and max seconds of `steps` calls of `step` after `warmup` (synchronised on a GPU)."""
+    if steps < 1 or warmup < 0:
+        raise MMBenchError(f"{steps} timed steps after {warmup} warm-up steps: time at least 1 step, after 0 or "
+                           f"more warm-up steps")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times: List[float] = []
     for i in range(warmup + steps):
@@ -232,6 +244,7 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                compile: bool = False, n_modalities: int = 5) -> List[dict]:
     """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size, with
     the device operations per run-step (device_ops of the uncaptured fp32 step, divided by the pack size)."""
+    check_counts(steps, batch_size, latent_dim, [n_modalities])
     say = progress or (lambda s: None)
     rows = []
     for m in methods:
@@ -260,6 +273,7 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
                device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, list]:
     """Rows for every method at M = max(modalities), and for `scaling_methods` at every M. `compile`: each method's
     loss captured (step_time); a method that cannot be captured gets a row saying why (the floor is not captured)."""
+    check_counts(steps, batch_size, latent_dim, modalities)
     say = progress or (lambda s: None)
     top = max(modalities)
     rows, scaling = [], []

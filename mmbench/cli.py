@@ -640,9 +640,11 @@ def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
     from .data.base import Indexed, load_split
     from .registry import DATASETS
 
+    if repeats < 1:
+        raise MMBenchError(f"--repeats {repeats}: must be at least 1")
     spec = DATASETS.get(dataset)()
     times = []
-    for _ in range(max(repeats, 1)):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         data = load_split(spec, variant, split, data_root)
         times.append(time.perf_counter() - t0)
@@ -685,7 +687,11 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     scaling_names = [m for m in scaling.split(",") if m]
     for n in names + scaling_names:
         METHODS.get(n)  # unknown names fail before any timing
-    ms = [int(v) for v in modalities.split(",")]
+    try:
+        ms = [int(v) for v in modalities.split(",")]
+    except ValueError:
+        raise MMBenchError(f"--modalities {modalities!r}: expected comma-separated numbers of modalities, "
+                           f"e.g. 2,3,4,5") from None
     if device not in ("cpu", "cuda"):
         raise MMBenchError(f"--device {device!r} is not allowed; choose cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():

@@ -7,9 +7,21 @@ class MMBenchError(Exception):
 
 def brief(e: BaseException, width: int = 100) -> str:
     """An exception as one short line for a log or a table cell: its type and the first line of its message
-    (which may be empty)."""
+    (which may be empty), shortened to about `width` characters (`shorten`)."""
     lines = str(e).splitlines()
-    return f"{type(e).__name__}: {lines[0][:width]}" if lines else type(e).__name__
+    return f"{type(e).__name__}: {shorten(lines[0], width)}" if lines else type(e).__name__
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` when it fits in `width` characters; else its first sentence when that fits; else the words that fit,
+    with "…" marking the cut (never a cut inside a word)."""
+    if len(text) <= width:
+        return text
+    end = text.find(". ")
+    if 0 < end < width:
+        return text[:end + 1]
+    cut = text.rfind(" ", 0, width)
+    return text[:cut if cut > 0 else width].rstrip(" ,;:") + "…"
 
 
 class ConfigError(MMBenchError):

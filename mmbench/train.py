@@ -30,7 +30,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import DataSplit, load_split
-from .errors import MMBenchError, brief
+from .errors import MMBenchError, brief, shorten
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
 from . import results as results_mod
@@ -142,17 +142,32 @@ def note_code(state: Dict) -> None:
         code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0)})
 
 
+MISFIT = ("it was written by another configuration or mmbench version: move it away to train this run from the "
+          "start, or evaluate the run it belongs to")
+
+
+def load_weights(model: torch.nn.Module, weights: Dict, path: Path) -> None:
+    """A checkpoint's model weights into `model`; weights of another method, architecture or size are an error naming
+    the checkpoint, which stays as it is."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        # torch: "Error(s) in loading state_dict for X:" then one line per problem (size mismatch, missing keys...)
+        detail = next((ln.strip(" .\t") for ln in str(e).splitlines()[1:] if ln.strip()), None)
+        raise MMBenchError(f"checkpoint {path} does not fit this run's model "
+                           f"({shorten(detail, 200) if detail else brief(e, 200)}); {MISFIT}") from None
+
+
 def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Path) -> None:
     """Load a checkpoint's model and optimiser state. Adam's moments saved for a parameter whose layout changed
     since (a module with `regroup`, e.g. mrVAE's SetNets) are converted as the parameter is; any other mismatch is
     an error naming the checkpoint (Adam itself would only fail at its next step)."""
+    load_weights(model, ck["model"], path)
     try:
-        model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:  # another method, architecture or size
-        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), brief(e))
-        raise MMBenchError(f"checkpoint {path} does not fit this run's model ({detail[:200]}); move or delete it to "
-                           f"train this run from the start") from None
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise MMBenchError(f"checkpoint {path}: its optimiser state does not fit this run's model ({brief(e, 200)}); "
+                           f"{MISFIT}") from None
     for name, p in model.named_parameters():
         for key, v in opt.state.get(p, {}).items():
             if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
@@ -161,20 +176,47 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
             v = owner.regroup(v) if hasattr(owner, "regroup") else v
             if v.shape != p.shape:
                 raise MMBenchError(f"{path}: the optimiser state {key!r} of {name} has shape {tuple(v.shape)}, the "
-                                   f"parameter {tuple(p.shape)}; delete the checkpoint to train this run from the start")
+                                   f"parameter {tuple(p.shape)}; {MISFIT}")
             opt.state[p][key] = v
 
 
-def read_checkpoint(path: Path, device="cpu") -> Dict:
-    """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) is an error
-    naming the file and the fix, and stays on disk (it is never replaced without the user's say)."""
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def resume_problem(ck: Dict) -> Optional[str]:
+    """What keeps a training checkpoint (last.pt: weights, optimiser, random streams and the training state that
+    `train` saves) from being resumed or evaluated; None when nothing does."""
+    if not isinstance(ck.get("optimizer"), dict):
+        return "holds no optimiser state"
+    if not (torch.is_tensor(ck.get("rng")) and ck["rng"].dtype == torch.uint8):
+        return "holds no random-number state (rng)"
+    state = ck.get("state")
+    if not isinstance(state, dict):
+        return "holds no training state (its 'state' entry)"
+    if not _whole(state.get("epoch")):
+        return f"records epoch {state.get('epoch')!r}, not a whole number of epochs"
+    if "step" in state and not _whole(state["step"]):
+        return f"records step {state['step']!r}, not a whole number of steps"
+    if not isinstance(state.get("history"), list) or not isinstance(state.get("best_test_loss"), (int, float)):
+        return "has a training state without its history or best test loss"
+    return None
+
+
+def read_checkpoint(path: Path, device="cpu", resumable: bool = True) -> Dict:
+    """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) or, with
+    `resumable` (last.pt), lacks what a resume or an evaluation reads (`resume_problem`) is an error naming the file
+    and the fix, and stays on disk (it is never replaced without the user's say)."""
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(ck, dict) or "model" not in ck:
+        if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
             raise ValueError("no model weights in it")
     except Exception as e:  # noqa: BLE001 - unpickling raises anything
         raise MMBenchError(f"checkpoint {path} cannot be read ({brief(e)}); move or delete it to train this run "
                            f"again from the start") from None
+    problem = resume_problem(ck) if resumable else None
+    if problem:
+        raise MMBenchError(f"checkpoint {path} {problem}; {MISFIT}")
     return ck
 
 
@@ -380,9 +422,11 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     if ck["state"]["epoch"] < cfg.train.epochs:
         raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
                            f"resume it with `mmbench train` or `mmbench run`")
+    path = last
     if cfg.train.select == "best_test_loss":
-        ck = read_checkpoint(run.ckpt_dir / "best.pt", device or "cpu")
+        path = run.ckpt_dir / "best.pt"
+        ck = read_checkpoint(path, device or "cpu", resumable=False)
     model = build_model(cfg).to(device or "cpu")
-    model.load_state_dict(ck["model"])
+    load_weights(model, ck["model"], path)
     model.eval()
     return model

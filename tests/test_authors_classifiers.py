@@ -359,3 +359,31 @@ def test_runs_scored_before_the_choice_existed_stay_done(tmp_path):
     assert run.status() == "done" and run.scored_with() == "mmbench-off"
     authors = Run(build_run_config({"dataset": "polydigits", "eval": {"classifiers": "authors"}}), tmp_path)
     assert authors.id == run.id and authors.status() == "rescore"
+
+
+def test_a_corrupt_import_cache_is_one_line_and_import_again_mends_it(tmp_path):
+    """The cached copies of the authors' classifiers damaged (a truncated .pt, an accuracy.json that is not JSON):
+    loading them names the file and `mmbench classifiers import`; the user's files are never touched, and importing
+    again rebuilds the cache."""
+    from mmbench.data.base import prepare
+    from mmbench.metrics.authors_classifiers import import_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    prepare(spec, "vanilla", seed=0, data_root=tmp_path)
+    test = load_split(spec, "vanilla", "test", tmp_path).subset(128)
+    src = tmp_path / "authors"
+    write_poly(src)
+    originals = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    first = import_classifiers(spec, "vanilla", test, src, tmp_path)
+    directory = cache_dir(spec, "vanilla", tmp_path)
+    fix = "import them again with `mmbench classifiers import polydigits --variant vanilla --from DIR`"
+    for name, damage in (("m2.pt", lambda p: p.write_bytes(p.read_bytes()[:1000])),
+                         ("accuracy.json", lambda p: p.write_text("{"))):
+        damage(directory / name)
+        with pytest.raises(MMBenchError, match=re.escape(str(directory / name))) as e:
+            load_classifiers(spec, "vanilla", test.modalities, tmp_path)
+        assert str(e.value).endswith(fix) and "\n" not in str(e.value)
+        assert import_classifiers(spec, "vanilla", test, src, tmp_path) == first
+        assert load_classifiers(spec, "vanilla", test.modalities, tmp_path)[1] == first
+    assert (directory / "accuracy.json.corrupt").read_text() == "{"
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == originals

@@ -80,5 +80,6 @@ def test_celeba_needs_source_and_intact_files(tmp_path, source):
     with pytest.raises(MMBenchError, match="no stable download URL"):
         prepare(spec, None, data_root=tmp_path / "d")
     (src / "list_eval_partition.txt").write_text("000001.jpg 0\n")
-    with pytest.raises(MMBenchError, match=r"list_eval_partition.txt: md5 .* does not match"):
+    with pytest.raises(MMBenchError,
+                       match=r"list_eval_partition.txt fails its checksum \(md5 .*\): your copy \(from --source\)"):
         prepare(spec, None, data_root=tmp_path / "d", options={"source": str(src)})

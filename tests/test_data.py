@@ -288,3 +288,33 @@ def test_unprepared_dataset_message(tmp_path):
     spec = DATASETS.get("polydigits")()
     with pytest.raises(MMBenchError, match="run `mmbench prepare polydigits --variant extended`"):
         load_split(spec, "extended", "train", tmp_path)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"x', "is unreadable"), ("[]", "is corrupt"), ('{"seed": 0}', "is corrupt"),
+    ('{"dataset": "polydigits", "variant": "translated", "arrays": [1]}', "is corrupt")])
+def test_corrupt_manifest_is_one_line_and_force_rebuilds_it(tmp_path, text, problem, monkeypatch, capsys):
+    """A manifest.json that is not JSON, or not a manifest: loading, preparing and the CLI say so in one line
+    naming `prepare --force`, which rebuilds the dataset."""
+    import sys
+
+    from mmbench import cli
+
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    (path / "manifest.json").write_text(text)
+    fix = "rebuild the dataset with `mmbench prepare polydigits --variant translated --force`"
+    for attempt in (lambda: load_split(spec, "translated", "test", tmp_path),
+                    lambda: prepare(spec, "translated", seed=0, data_root=tmp_path)):
+        with pytest.raises(MMBenchError, match=f"manifest.json of {path} {problem}") as e:
+            attempt()
+        assert str(e.value).endswith(fix) and "\n" not in str(e.value)
+    monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "load", "polydigits", "-v", "translated",
+                                      "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and fix in err
+    prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
+    assert read_manifest(path)["dataset"] == "polydigits"
+    assert len(load_split(spec, "translated", "test", tmp_path)) > 0

@@ -209,3 +209,17 @@ def test_mnist_load_downloads_from_mirror(server, tmp_path, monkeypatch):
     monkeypatch.setitem(mnist.FILES, "t10k-labels-idx1-ubyte.gz", md5(srv.files["t10k-labels-idx1-ubyte.gz"]))
     x, y = mnist.load("test", tmp_path / "raw")
     assert np.array_equal(x, imgs) and y.tolist() == labels.tolist() and y.dtype == np.int64
+
+
+def test_a_source_copy_that_fails_its_checksum_is_the_users_to_replace(tmp_path):
+    """A file from --source with the wrong md5: the message says it is the user's copy, names the canonical URL to
+    download it from, and never says to delete it (the file stays)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(PAYLOAD[:-1])
+    with pytest.raises(MMBenchError) as e:
+        fetch(Resource("f.bin", md5(PAYLOAD), ["https://example.org/f.bin"]), tmp_path / "raw", source=src)
+    message = str(e.value)
+    assert message.startswith(f"{src / 'f.bin'} fails its checksum (md5 {md5(PAYLOAD[:-1])}, published {md5(PAYLOAD)})")
+    assert "your copy (from --source)" in message and "download it from https://example.org/f.bin" in message
+    assert "delete" not in message and (src / "f.bin").read_bytes() == PAYLOAD[:-1]

@@ -169,3 +169,37 @@ def test_a_batch_norm_classifier_in_training_mode_sees_one_subset_per_call(monke
         assert joint == [(300, {-1})] * 3
     else:
         assert max(n for n, _ in calls) == 64 and any(len(tags) > 1 for _, tags in conditional)
+
+
+def test_a_corrupt_classifier_cache_is_set_aside_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """A truncated <modality>.pt is moved to <modality>.pt.corrupt and that classifier trained again; an accuracy.json
+    that is not JSON is moved aside and the cached classifiers measured again (not retrained); each says so in a
+    line on stderr, and the scores are those of the first build."""
+    import mmbench.metrics.classifiers as classifiers
+    from mmbench.data.base import load_split, prepare
+    from mmbench.metrics.classifiers import cache_dir, get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    prepare(spec, "vanilla", seed=0, data_root=tmp_path)
+    train, test = (load_split(spec, "vanilla", s, tmp_path).subset(256) for s in ("train", "test"))
+    cfg = EvalConfig(classifier_epochs=1)
+
+    def get():
+        return get_classifiers(spec, "vanilla", train, test, cfg, tmp_path, lambda *a: None, check=False)
+
+    _, first = get()
+    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    m2 = directory / "m2.pt"
+    damaged = m2.read_bytes()[:1000]
+    m2.write_bytes(damaged)
+    capsys.readouterr()
+    clfs, again = get()
+    assert again == first and (directory / "m2.pt.corrupt").read_bytes() == damaged
+    assert f"note: {m2} is corrupt" in capsys.readouterr().err
+    assert set(clfs) == {"m0", "m1", "m2", "m3", "m4"}
+
+    (directory / "accuracy.json").write_text("{")
+    monkeypatch.setattr(classifiers, "train_one", lambda *a, **k: pytest.fail("a cached classifier was retrained"))
+    _, measured = get()
+    assert measured == first and (directory / "accuracy.json.corrupt").read_text() == "{"
+    assert "accuracy.json is not JSON" in capsys.readouterr().err

@@ -234,3 +234,14 @@ def test_evaluation_reads_a_class_sorted_test_split_in_shuffled_batches():
     assert torch.equal(whole.x["m"][:, 0].long(), whole.labels)  # rows stay aligned with their labels
     part = evaluation_split(split, 100)
     assert torch.equal(part.labels, split.subset(100, seed=2).labels)  # a subset is drawn as before
+
+
+def test_a_damaged_mat_file_from_source_is_the_users_to_replace(tmp_path):
+    bad = tmp_path / "train_32x32.mat"
+    bad.write_bytes(b"not a mat file at all")
+    with pytest.raises(MMBenchError) as e:
+        mst.load_svhn(bad, user_copy=True)
+    assert "your copy (from --source)" in str(e.value) and mst.SVHN["train"].urls[0] in str(e.value)
+    assert "delete" not in str(e.value) and bad.exists()
+    with pytest.raises(MMBenchError, match="not a readable MATLAB file .*delete it and prepare again"):
+        mst.load_svhn(bad)

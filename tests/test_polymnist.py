@@ -110,3 +110,41 @@ def test_real_mnist_polymnist_all_variants_and_a_coherence_classifier(tmp_path):
     _, acc = get_classifiers(spec, "vanilla", train, test, cfg, root, lambda *a: None)
     assert acc["m0"] >= 0.95, acc
     print("classifier test accuracy", acc)
+
+
+def test_a_damaged_archive_is_the_users_to_replace_or_a_download_to_fetch_again(tmp_path, small_counts):
+    """PolyMNIST.zip has no published md5, so a damaged one is found while reading it: the user's copy (--source) is
+    theirs to replace from Zenodo, kept as it is; a damaged download is to be deleted and fetched again."""
+    spec = DATASETS.get("polymnist")()
+    src = tmp_path / "src"
+    src.mkdir()
+    good = tmp_path / "good.zip"
+    write_zip(good, small_counts)
+    junk = good.read_bytes()[:3000]  # truncated: no central directory
+    png = tmp_path / "png.zip"  # a valid zip whose first image is not a PNG
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(png, "w") as zout:
+        for i, info in enumerate(zin.infolist()):
+            zout.writestr(info, b"not a png" if i == 0 else zin.read(info))
+    for damaged in (junk, png.read_bytes()):
+        (src / "PolyMNIST.zip").write_bytes(damaged)
+        with pytest.raises(MMBenchError) as e:
+            prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(src)})
+        message = str(e.value)
+        assert message.startswith(f"{src / 'PolyMNIST.zip'} is not a readable zip archive")
+        assert "your copy (from --source)" in message and polymnist.ARCHIVE.urls[0] in message
+        assert "delete" not in message and (src / "PolyMNIST.zip").read_bytes() == damaged
+    raw = tmp_path / "data" / "raw" / "polymnist"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "PolyMNIST.zip").write_bytes(junk)  # as if downloaded
+    with pytest.raises(MMBenchError, match=r"the downloaded file is corrupt; delete it and prepare again"):
+        prepare(spec, "vanilla", data_root=tmp_path / "data")
+
+
+def test_an_unreadable_background_is_one_line(tmp_path):
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(bg / f"{i}.jpg")
+    (bg / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(MMBenchError, match=r"2.jpg \(from --backgrounds\) is not a readable image .*replace it"):
+        polymnist.load_backgrounds(bg, 5)

@@ -310,3 +310,70 @@ def test_gpu_tests_refuse_to_pass_on_the_cpu_when_a_gpu_is_asked(monkeypatch):
     monkeypatch.setenv("MMBENCH_GPU_TESTS", "1")
     with pytest.raises(AssertionError, match="no GPU is visible"):
         on_gpu_if_asked()
+
+
+def _first(ck):
+    return next(k for k, v in ck["model"].items() if v.dim() == 2)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda ck: ck["model"].__setitem__(_first(ck), torch.zeros(3, 3)),
+     r"does not fit this run's model \(size mismatch for "),
+    (lambda ck: ck["model"].pop(_first(ck)), r"does not fit this run's model \(Missing key\(s\) in state_dict: \"\w"),
+    (lambda ck: ck["model"].__setitem__("extra.w", torch.zeros(2)),
+     r"does not fit this run's model \(Unexpected key\(s\) in state_dict: \"extra.w\"\)"),
+    (lambda ck: ck.pop("state"), r"holds no training state \(its 'state' entry\)"),
+    (lambda ck: ck["state"].__setitem__("epoch", 1.5), "records epoch 1.5, not a whole number of epochs"),
+    (lambda ck: ck["state"].__setitem__("epoch", "1"), "records epoch '1', not a whole number of epochs"),
+    (lambda ck: ck.pop("rng"), r"holds no random-number state"),
+])
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root, edit, problem):
+    """last.pt of other shapes or keys, without its training state or with a non-integer epoch: resuming and
+    evaluating each fail with one line naming the file, the problem and the fix; the file stays as it was."""
+    from mmbench.train import MISFIT
+
+    c = cfg(train={"epochs": 1, "max_train": 32, "max_test": 32})
+    run = Run(c, tmp_path)
+    train(run, data_root)
+    path = run.ckpt_dir / "last.pt"
+    ck = torch.load(path, weights_only=False)
+    edit(ck)
+    torch.save(ck, path)
+    before = path.read_bytes()
+    for attempt in (lambda: train(run, data_root), lambda: load_trained(run)):
+        with pytest.raises(MMBenchError, match=f"checkpoint {path}.* {problem}") as e:
+            attempt()
+        assert str(e.value).endswith(MISFIT) and "\n" not in str(e.value)
+    assert path.read_bytes() == before
+
+
+def test_best_checkpoint_that_does_not_fit_is_named(tmp_path, data_root):
+    run = Run(cfg(train={"epochs": 1, "max_train": 32, "max_test": 32, "select": "best_test_loss"}), tmp_path)
+    train(run, data_root)
+    best = run.ckpt_dir / "best.pt"
+    ck = torch.load(best, weights_only=False)
+    ck["model"][_first(ck)] = torch.zeros(3, 3)
+    torch.save(ck, best)
+    with pytest.raises(MMBenchError, match=f"checkpoint {best} does not fit this run's model"):
+        load_trained(run)
+
+
+def test_a_truncated_checkpoint_message_keeps_its_first_sentence(tmp_path, data_root):
+    """torch's long message for a truncated file is cut after its first sentence, not mid-word."""
+    run = Run(cfg(train={"epochs": 1, "max_train": 32, "max_test": 32}), tmp_path)
+    train(run, data_root)
+    path = run.ckpt_dir / "last.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(MMBenchError) as e:
+        load_trained(run)
+    assert "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory.)" \
+        in str(e.value)
+
+
+def test_brief_cuts_at_a_sentence_or_a_word():
+    from mmbench.errors import brief
+
+    assert brief(ValueError("short")) == "ValueError: short"
+    assert brief(ValueError("First sentence here. " + "x" * 200), 40) == "ValueError: First sentence here."
+    long = ValueError("a very long sentence without a stop " * 5)
+    assert brief(long, 30) == "ValueError: a very long sentence without…"

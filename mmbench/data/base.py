@@ -102,11 +102,35 @@ def dataset_dir(name: str, variant: str, data_root: Optional[Path] = None) -> Pa
 
 
 def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
+    """The manifest of the prepared dataset in `directory` (``<data_root>/<name>/<variant>``), None when there is
+    none. One that cannot be read or lacks the fields every manifest has is an error naming the rebuild."""
     path = directory / MANIFEST
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        problem = f"is unreadable ({type(e).__name__}: {e})"
+    else:
+        problem = _manifest_problem(manifest)
+        if problem is None:
+            return manifest
+    raise MMBenchError(f"{MANIFEST} of {directory} {problem}; rebuild the dataset with "
+                       f"`mmbench prepare {directory.parent.name} --variant {directory.name} --force`")
+
+
+def _manifest_problem(manifest: Any) -> Optional[str]:
+    """What makes a parsed manifest unusable (None: nothing): the fields `verify` and the loaders read."""
+    if not isinstance(manifest, dict):
+        return f"is corrupt (a JSON {type(manifest).__name__}, not an object)"
+    missing = [k for k in ("dataset", "variant", "arrays") if k not in manifest]
+    if missing:
+        return f"is corrupt (no {', '.join(missing)})"
+    arrays = manifest["arrays"]
+    if not isinstance(arrays, dict) or not all(
+            isinstance(meta, dict) and {"shape", "dtype", "sha256"} <= meta.keys() for meta in arrays.values()):
+        return "is corrupt (its arrays are not listed with shape, dtype and sha256)"
+    return None
 
 
 def manifest_digest(manifest: Dict[str, Any]) -> str:
@@ -208,8 +232,8 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
             raise MMBenchError(f"dataset {spec.registry_name} has no prepare option {key!r}; allowed: {allowed}")
     identity = {k: v for k, v in options.items() if k not in spec.location_options}
     target = dataset_dir(spec.registry_name, variant, data_root)
-    existing = read_manifest(target)
-    if existing is not None and not force:
+    existing = None if force else read_manifest(target)  # --force rebuilds whatever is there, a corrupt manifest too
+    if existing is not None:
         same = (existing.get("seed") == seed and existing.get("recipe_version") == spec.recipe_version
                 and existing.get("options", {}) == identity)
         if same:

@@ -34,16 +34,30 @@ def file_digest(path: Path, algo: str = "md5") -> str:
     return h.hexdigest()
 
 
+def damaged(path: Path, problem: str, res: Optional[Resource], user_copy: bool) -> MMBenchError:
+    """The error for a raw file that fails its checksum or cannot be read. The user's own copy (read in place from
+    --source) is theirs to replace, from the canonical URL where there is one; a file mmbench downloaded is deleted
+    and fetched again."""
+    if user_copy:
+        where = f" (download it from {res.urls[0]})" if res is not None and res.urls else ""
+        return MMBenchError(f"{path} {problem}: your copy (from --source) is corrupt or not the published file; "
+                            f"replace it with an intact copy{where}")
+    return MMBenchError(f"{path} {problem}: the downloaded file is corrupt; delete it and prepare again to download "
+                        f"it anew")
+
+
 def _check(path: Path, res: Resource, delete: bool) -> None:
+    """The published md5 of `res` against `path`: a downloaded file (`delete`) that fails it is deleted, the user's
+    copy is left as it is."""
     if res.md5 is None:
         return
     actual = file_digest(path)
     if actual != res.md5:
         if delete:
             path.unlink()
-        raise MMBenchError(f"{res.filename}: md5 {actual} does not match the published {res.md5}"
-                           + ("; the file was deleted, run the command again to re-download it" if delete
-                              else f"; replace {path} with an intact copy"))
+            raise MMBenchError(f"{res.filename}: md5 {actual} does not match the published {res.md5}; the file was "
+                               f"deleted, run the command again to re-download it")
+        raise damaged(path, f"fails its checksum (md5 {actual}, published {res.md5})", res, user_copy=True)
 
 
 def _download(url: str, part: Path, progress: Callable[[str, int, int], None], timeout: float) -> None:

@@ -19,16 +19,17 @@ start index is drawn once per triple (seeded) and stored. Option `text_start`:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
 
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from ..registry import DATASETS
 from . import mnist
 from .base import DatasetSpec, Modality
-from .download import Resource, fetch
+from .download import Resource, damaged, fetch
 
 # The authors' alphabet.json (71 entries; '-' appears twice, str.find maps it to 36).
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"\\/|_@#$%^&*~`+-=<>()[]{} \n"
@@ -72,13 +73,16 @@ def redraw_start(rows: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, moved, torch.full_like(rows, space))
 
 
-def load_svhn(path) -> tuple:
+def load_svhn(path, user_copy: bool = False) -> tuple:
+    """SVHN's images (N×3×32×32 uint8) and labels (0..9) from its .mat file; `user_copy`: the file is the user's
+    own (from --source), which a damaged file's error tells them to replace, not to delete."""
     from scipy.io import loadmat
 
     try:
         mat = loadmat(path)
-    except Exception as e:  # scipy raises several types for a damaged file
-        raise MMBenchError(f"{path} is not a readable MATLAB file ({e}); delete it and prepare again") from None
+    except Exception as e:  # noqa: BLE001 - scipy raises several types for a damaged file
+        res = next((r for r in SVHN.values() if r.filename == Path(path).name), None)
+        raise damaged(Path(path), f"is not a readable MATLAB file ({brief(e)})", res, user_copy) from None
     if "X" not in mat or "y" not in mat:
         raise MMBenchError(f"{path} has no X/y arrays; is it SVHN's {path.name}?")
     x = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)).astype(np.uint8)  # 32×32×3×N -> N×3×32×32
@@ -129,8 +133,6 @@ class MNISTSVHNText(DatasetSpec):
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        from pathlib import Path
-
         source = Path(options["source"]) if options.get("source") else None
         rounds, cap = int(options.get("rounds", 20)), int(options.get("max_per_class", 10_000))
         if rounds < 1 or cap < 1:
@@ -142,7 +144,8 @@ class MNISTSVHNText(DatasetSpec):
         counts = {}
         for split in ("train", "test"):
             m_x, m_y = mnist.load(split, out.raw_root / "mnist", source, progress)
-            s_x, s_y = load_svhn(fetch(SVHN[split], out.raw_root / "svhn", source, progress))
+            s_x, s_y = load_svhn(fetch(SVHN[split], out.raw_root / "svhn", source, progress),
+                                 user_copy=source is not None)
             i_m, i_s = pair(m_y, s_y, cap, rounds, rng)
             labels = m_y[i_m]
             if not np.array_equal(labels, s_y[i_s]):

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from ..registry import DATASETS
 from . import mnist, polygen
 from .base import DatasetSpec, Modality
-from .download import Resource, fetch, file_digest
+from .download import Resource, damaged, fetch, file_digest
 
 ARCHIVE = Resource("PolyMNIST.zip", None, ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
 COUNTS = {"train": 60_000, "test": 10_000}
@@ -38,21 +39,33 @@ def load_backgrounds(directory: Path, n: int) -> tuple:
     if len(paths) < n:
         raise MMBenchError(f"--backgrounds {directory} holds {len(paths)} .jpg files; PolyMNIST needs {n} "
                            f"(modality m uses the m-th in sorted order)")
-    images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths[:n]]
+    images = []
+    for p in paths[:n]:
+        try:
+            images.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8))
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+            raise MMBenchError(f"{p} (from --backgrounds) is not a readable image ({brief(e)}); replace it with an "
+                               f"intact copy") from None
     return images, {p.name: file_digest(p, "sha256") for p in paths[:n]}
 
 
 def read_archive(path: Path, n_modalities: int, counts: Dict[str, int],
-                 progress: Callable[[str, int, int], None]) -> Dict[str, Dict[str, np.ndarray]]:
-    """Arrays of every split of the authors' zip, after checking its layout and counts."""
+                 progress: Callable[[str, int, int], None],
+                 user_copy: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
+    """Arrays of every split of the authors' zip, after checking its layout and counts. `user_copy`: the file is the
+    user's own (from --source), which a damaged archive's error tells them to replace, not to delete."""
+    try:
+        return _read_archive(path, n_modalities, counts, progress)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # OSError: PIL's UnidentifiedImageError too
+        raise damaged(path, f"is not a readable zip archive of PNG images ({brief(e)})", ARCHIVE, user_copy) from None
+
+
+def _read_archive(path, n_modalities, counts, progress):
     from io import BytesIO
 
     from PIL import Image
 
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise MMBenchError(f"{path} is not a valid zip archive; delete it and prepare again") from None
+    zf = zipfile.ZipFile(path)
     files: Dict[tuple, str] = {}
     for info in zf.infolist():
         parts = info.filename.split("/")
@@ -114,7 +127,7 @@ class PolyMNIST(DatasetSpec):
         source = Path(options["source"]) if options.get("source") else None
         if variant == "vanilla" and not options.get("rebuild"):
             path = fetch(ARCHIVE, out.raw_root / "polymnist", source, progress)
-            splits = read_archive(path, self.n_modalities, self.counts, progress)
+            splits = read_archive(path, self.n_modalities, self.counts, progress, user_copy=source is not None)
             for split, arrays in splits.items():
                 for key, arr in arrays.items():
                     out.write(f"{split}_{key}", arr)

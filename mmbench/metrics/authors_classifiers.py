@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -123,15 +125,42 @@ def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source:
         buf = io.BytesIO()
         torch.save({k: v.cpu() for k, v in c.state_dict().items()}, buf)
         atomic_write(directory / f"{m}.pt", buf.getvalue())
-    old = _read_json(directory / "accuracy.json")
-    atomic_json(directory / "source.json", {**_read_json(directory / "source.json"), **sources,
+    old = _read_json(directory / "accuracy.json", None)
+    atomic_json(directory / "source.json", {**_read_json(directory / "source.json", None), **sources,
                                             "architecture": arch.registry_name})
     atomic_json(directory / "accuracy.json", {**old, **accs})
     return accs
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+def set_aside(path: Path, problem: str, doing: str) -> None:
+    """Move a corrupt cache file (derived data) out of the way as `<name>.corrupt`, kept for a look, saying so on
+    stderr and what is done instead (`doing`)."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    print(f"note: {path} {problem}; moved it to {aside.name}, {doing}", file=sys.stderr)
+
+
+def _read_json(path: Path, fix: Optional[str]) -> dict:
+    """A cached JSON object ({} when there is none). A corrupt one is an error naming the file and `fix`, or with
+    no fix (an import, which writes every entry again) set aside."""
+    if not path.exists():
+        return {}
+    try:
+        found = json.loads(path.read_text())
+        problem = None if isinstance(found, dict) else f"holds a JSON {type(found).__name__}, not an object"
+    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
+        problem = f"is not JSON ({e})"
+    if problem is None:
+        return found
+    if fix is None:
+        set_aside(path, problem, "importing anew")
+        return {}
+    raise MMBenchError(f"{path} {problem}; {fix}")
+
+
+def _reimport(spec: DatasetSpec, variant: str) -> str:
+    return (f"this cache of the imported authors' classifiers is corrupt: import them again with `mmbench classifiers "
+            f"import {spec.registry_name} --variant {variant} --from DIR`")
 
 
 def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality], data_root: Optional[Path]
@@ -139,7 +168,10 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
     """The imported classifiers of these modalities with their recorded test scores; refuses if not imported."""
     arch = authors_set(spec)
     directory = cache_dir(spec, variant, data_root)
-    accs = _read_json(directory / "accuracy.json")
+    accs = _read_json(directory / "accuracy.json", _reimport(spec, variant))
+    if not all(isinstance(v, (int, float)) for v in accs.values()):
+        raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; "
+                           f"{_reimport(spec, variant)}")
     clfs = {}
     for mod in modalities:
         path = directory / f"{mod.name}.pt"
@@ -148,6 +180,9 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
                                f"not imported (for this prepared data); run `mmbench classifiers import "
                                f"{spec.registry_name} --variant {variant} --from DIR`, or use eval.classifiers: mmbench")
         clf = arch.classifier(mod, spec.n_classes)
-        clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - a damaged file raises anything from unpickling to a shape mismatch
+            raise MMBenchError(f"{path} cannot be loaded ({brief(e)}); {_reimport(spec, variant)}") from None
         clfs[mod.name] = clf.eval()
     return clfs, {m: accs[m] for m in clfs}

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from ..config import EvalConfig
 from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root, manifest_digest, read_manifest,
                          to_float)
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .authors_classifiers import load_classifiers
+from .authors_classifiers import load_classifiers, set_aside
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
@@ -97,24 +97,54 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
     device = device_of()
     directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
     acc_path = directory / "accuracy.json"
-    accs: Dict[str, float] = json.loads(acc_path.read_text()) if acc_path.exists() else {}
+    accs = _cached_scores(acc_path)
     clfs = {}
     for mod in train.modalities:
         path = directory / f"{mod.name}.pt"
-        if path.exists() and mod.name in accs:
-            clf = build(spec, mod, variant)
-            clf.load_state_dict(torch.load(path, map_location="cpu"))
-        else:
+        clf = _cached_classifier(spec, mod, variant, path)
+        if clf is None:
             clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
-            accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf, test, mod.name, device)
+            accs.pop(mod.name, None)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
             atomic_write(path, buf.getvalue())
+        if mod.name not in accs:  # trained now, or its score was lost with a corrupt accuracy.json
+            accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf.to(device), test, mod.name, device)
             atomic_json(acc_path, accs)
         clfs[mod.name] = clf.eval()
     if check:
         _check_floor(spec, cfg, {m: accs[m] for m in clfs})
     return clfs, {m: accs[m] for m in clfs}
+
+
+def _cached_scores(path: Path) -> Dict[str, float]:
+    """The cached test scores by modality ({} when none); a corrupt accuracy.json is set aside (`set_aside`), and
+    the scores of the cached classifiers are measured again."""
+    if not path.exists():
+        return {}
+    try:
+        accs = json.loads(path.read_text())
+    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
+        set_aside(path, f"is not JSON ({e})", "measuring the classifiers again")
+        return {}
+    if not (isinstance(accs, dict) and all(isinstance(v, (int, float)) for v in accs.values())):
+        set_aside(path, "is not a modality -> score object", "measuring the classifiers again")
+        return {}
+    return accs
+
+
+def _cached_classifier(spec: DatasetSpec, mod, variant: str, path: Path) -> Optional[torch.nn.Module]:
+    """The cached classifier of one modality; None when there is none, or when the file cannot be read or does not
+    fit the classifier (it is set aside and trained again)."""
+    if not path.exists():
+        return None
+    clf = build(spec, mod, variant)
+    try:
+        clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - a damaged file raises anything from unpickling to a shape mismatch
+        set_aside(path, f"is corrupt ({brief(e)})", "training the classifier again")
+        return None
+    return clf
 
 
 def _check_floor(spec: DatasetSpec, cfg: EvalConfig, accs: Dict[str, float]) -> None:
