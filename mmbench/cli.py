@@ -453,8 +453,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
     else:
         _render_report(rep, fmt, out, plots, title)
     if rep.skipped:
-        name, why = rep.skipped[0]
-        say.print(f"{len(rep.skipped)} run directories left out of the report, e.g. {name}: {why}")
+        say.print(f"{len(rep.skipped)} run directories left out of the report:", highlight=False)
+        for name, why in rep.skipped:
+            say.print(f"  {name}: {escape(why)}", highlight=False, soft_wrap=True)
     if compare:
         strict, hedged = rep.strict_claims, [c for c in rep.claims if c.strength == "hedged"]
         say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
