@@ -295,6 +295,11 @@ class Run:
     def log_path(self) -> Path:
         return self.dir / "log.txt"
 
+    @property
+    def config_before_rescore(self) -> Path:
+        """config.yaml as it was when its metrics.json was current, kept by init while a re-scoring is pending."""
+        return self.dir / "config.before-rescore.yaml"
+
     def status(self) -> str:
         """done (metrics written), rescore (metrics written, but scored otherwise than the config asks: coherence
         classifiers eval.classifiers / eval.classifier_dropout, or eval.precision; or only evaluations set aside
@@ -313,13 +318,19 @@ class Run:
         return "pending"
 
     def init(self) -> None:
-        """Create the directory and write the resolved config (merging the tables it serves)."""
+        """Create the directory and write the resolved config (merging the tables it serves). Where this config
+        asks to re-score metrics.json (status rescore), the config it replaces is kept as config_before_rescore
+        (once), for scoring_aside to put back if the re-scoring fails."""
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.yaml"
         d = self.cfg.to_dict()
         if cfg_path.exists():
-            old = yamlio.load(cfg_path.read_text(), str(cfg_path)) or {}
+            text = cfg_path.read_text()
+            old = yamlio.load(text, str(cfg_path)) or {}
             d["tables"] = sorted(set(old.get("tables", [])) | set(d["tables"]))
+            if (yaml.safe_dump(d, sort_keys=False) != text and self.metrics_path.exists()
+                    and not self.config_before_rescore.exists() and self.status() == "rescore"):
+                atomic_write(self.config_before_rescore, text)
         atomic_write(cfg_path, yaml.safe_dump(d, sort_keys=False))
 
     @contextmanager
@@ -408,8 +419,9 @@ class Run:
     def scoring_aside(self) -> Iterator[Optional[str]]:
         """For an evaluation scored otherwise: metrics.json / provenance.json set aside as metrics.<scored_with>.json
         (nothing is lost; yields that key, None when there were none; a metrics.json that cannot be read is kept as
-        metrics.json.unreadable-<time>) and config.yaml kept; if the block fails or is interrupted before new metrics
-        are written, all are put back as they were."""
+        metrics.json.unreadable-<time>) and config.yaml kept (as it was before init asked for the re-scoring:
+        config_before_rescore); if the block fails or is interrupted before new metrics are written, all are put
+        back as they were."""
         cfg_path = self.dir / "config.yaml"
         try:
             old, unreadable = self.scored_with(), None
@@ -417,7 +429,9 @@ class Run:
             old, unreadable = None, self.dir / f"metrics.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             os.replace(self.metrics_path, unreadable)
             self.log(f"metrics.json cannot be read ({e.problem}); kept as {unreadable.name}, evaluating again")
-        cfg_text = cfg_path.read_text() if cfg_path.exists() else None
+        before = self.config_before_rescore
+        source = before if before.exists() and (old is not None or unreadable is not None) else cfg_path
+        cfg_text = source.read_text() if source.exists() else None
         if old is not None:
             for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
                 if (self.dir / f"{name}.json").exists():
@@ -433,6 +447,8 @@ class Run:
                 if cfg_text is not None:
                     atomic_write(cfg_path, cfg_text)
             raise
+        finally:
+            before.unlink(missing_ok=True)
 
     def write_metrics(self, metrics: Dict[str, float], **extra: Any) -> None:
         atomic_json(self.metrics_path, {"schema_version": SCHEMA_VERSION, "run_id": self.id, "metrics": metrics, **extra})

@@ -1,5 +1,7 @@
 """The results store under damage: a run whose record files cannot be read is left out of the report (and said),
 re-evaluated by `mmbench run` with the damaged file kept aside, and a re-scoring that fails changes nothing."""
+import json
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -97,3 +99,23 @@ def test_re_evaluation_of_an_unreadable_metrics_json_keeps_it_aside(tmp_path, da
     assert kept.read_text() == damaged
     assert "metrics.json cannot be read" in run.log_path.read_text()
 
+
+def test_a_failed_re_scoring_leaves_config_yaml_as_it_was(tmp_path):
+    """`mmbench run --set eval.precision=bf16` writes config.yaml before its worker re-scores the run; when that
+    evaluation fails, the run must be as it was (its fp32 metrics current, config.yaml asking for fp32), not left
+    out of the report as waiting for a bf16 re-scoring."""
+    runs = tmp_path / "runs"
+    fp32 = fake_run(runs, 0)
+    before = {p.name: p.read_bytes() for p in fp32.dir.iterdir() if p.is_file() and p.name != "run.lock"}
+    bf16 = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T1"],
+                                 "eval": {"precision": "bf16"}}), runs)
+    assert bf16.id == fp32.id and bf16.status() == "rescore"
+    bf16.init()  # as runner.run_all does before starting the worker
+    with pytest.raises(MMBenchError, match="train the run first"):  # no checkpoints: the evaluation fails
+        execute(bf16)
+    after = {p.name: p.read_bytes() for p in fp32.dir.iterdir() if p.is_file() and p.name not in ("run.lock", "log.txt")}
+    before.pop("log.txt", None)
+    assert after == before
+    assert fp32.status() == "done" and set(build_report(runs, None).frame["run"]) == {fp32.id}
+    assert yaml.safe_load((fp32.dir / "config.yaml").read_text())["eval"]["precision"] == "fp32"
+    assert json.loads(fp32.metrics_path.read_text())["eval_precision"] == "fp32"
