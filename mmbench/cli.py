@@ -406,11 +406,14 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
     with tempfile.TemporaryDirectory() as tmp:
         images = []
         if plots or fmt == "html":
-            written = all_figures(rep, Path(plots or tmp))
+            notes: List[str] = []
+            written = all_figures(rep, Path(plots or tmp), notes)
             images = [p for p in written if p.suffix == ".png"]
             if plots:
                 for path in written:
                     console.print(f"wrote {path}")
+            for note in notes:
+                console.print(escape(note), highlight=False, soft_wrap=True)
         args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
         text = {"md": lambda: render_markdown(*args, title=title), "terminal": lambda: render_markdown(*args, title=title),
                 "latex": lambda: render_latex(*args, title=title),
