@@ -485,8 +485,10 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
            suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
            tier: str = typer.Option("full", help="With --suite: which tier's runs."),
            checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
+           force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (else refused)."),
            runs_dir: Optional[Path] = RUNS_DIR) -> None:
     """Pack finished runs (config, metrics, provenance, log, small artifacts) into a bundle with a digest manifest.
+    A run whose config.yaml, metrics.json or provenance.json cannot be read is left out, and listed.
 
     Example: mmbench export gpubox.tar.gz --suite suites/mopoe_iclr21.yaml --tier quick
     """
@@ -499,9 +501,13 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
         from .suite import load_suite
 
         ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier)]
-    manifest = export_runs(runs_dir, out, ids, checkpoints)
+    left_out: List = []
+    manifest = export_runs(runs_dir, out, ids, checkpoints, left_out=left_out, force=force)
+    for name, why in left_out:
+        err_console.print(f"[yellow]left out[/yellow] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
-    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files")
+    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files"
+                  + (f"; {len(left_out)} left out (listed above)" if left_out else ""))
 
 
 @app.command("import")
