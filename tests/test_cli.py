@@ -142,6 +142,8 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--set", "eval.metrics=[fid]", "--set",
       "eval.fid_weights=/nope/inception.pth"], "error: FID Inception weights not found at /nope/inception.pth"),
     (["report", "--compare", "nowhere"], "error: reference directory nowhere does not exist"),
+    (["report", "--compare", str(ROOT / "reference_results" / "mopoe_iclr21.yaml")],
+     "is a file; --compare takes the directory holding the reference files, e.g. reference_results/"),
     (["evaluate", "polydigits", "mopoe"], "train the run first (`mmbench train` or `mmbench run`)"),
     (["train", "polydigits", "mopoe"], "error: dataset polydigits (vanilla) is not prepared under"),
     (["classifiers", "train", "polydigits", "--modalities", "m0,m9"],
