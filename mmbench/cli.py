@@ -448,6 +448,10 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
     formats = ("terminal", "md", "latex", "html", "csv", "json")
     if fmt not in formats:
         raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
+    if out is not None and out.is_dir():
+        raise MMBenchError(f"--out {out} is a directory; name the file to write, e.g. --out {out / 'report.md'}")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise MMBenchError(f"--plots {plots} is a file; name a folder for the figures (made if missing)")
     rep = build_report(runs_dir, compare)
     # csv/json: data for a program on stdout, so the summary lines go to stderr
     say = err_console if fmt in ("csv", "json") and not out else console

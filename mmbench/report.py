@@ -33,7 +33,7 @@ from . import yamlio
 from .config import check_path, check_settings
 from .errors import ConfigError, MMBenchError
 from .registry import METHODS
-from .results import load_runs, number_provenance
+from .results import default_runs_dir, load_runs, number_provenance
 from .verdicts import ALPHA, apply as apply_verdicts, counts as verdict_counts
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
@@ -663,8 +663,12 @@ class Report:
 
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
-    frame = runs_frame(runs_dir)
     cells, claims = load_reference_files(compare) if compare else ([], [])
+    root = Path(runs_dir or default_runs_dir())
+    if not root.is_dir():
+        raise MMBenchError(f"runs directory {root} does not exist; point --runs-dir (or $MMBENCH_RUNS) at the "
+                           f"directory holding the runs, or make some with `mmbench run SUITE`")
+    frame = runs_frame(runs_dir)
     fill(cells, frame)
     apply_verdicts(cells)
     evaluate_claims(claims, frame)

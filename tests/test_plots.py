@@ -64,6 +64,7 @@ def test_training_curves_read_each_runs_history(tmp_path):
     rep = build_report(runs, None)
     written = training_curves(rep.frame, runs, tmp_path / "figs")
     assert sorted(p.name for p in written) == ["polydigits-vanilla-T1-training.png", "polydigits-vanilla-T1-training.svg"]
+    (tmp_path / "none").mkdir()  # no runs: no figure
     assert training_curves(build_report(tmp_path / "none", None).frame, tmp_path / "none", tmp_path / "f2") == []
 
 
