@@ -4,8 +4,9 @@ A bundle is a gzipped tar holding ``bundle.json`` (format, version, who made it,
 of every file) and ``runs/<run id>/...`` for each finished run: config.yaml, metrics.json,
 provenance.json, log.txt and the small artifacts the report draws; checkpoints only when asked.
 
-Import verifies every digest, checks that each run's config still hashes to its directory name, and then
-adds the runs this machine does not have. It never overwrites: a run that exists here with different
+Export leaves out, and lists, a run whose config.yaml, metrics.json or provenance.json cannot be read, whose config
+no longer validates or hashes to its directory name (results.read_run). Import verifies every digest, checks the
+same of every run, and then adds the runs this machine does not have. It never overwrites: a run that exists here with different
 results, or unfinished, stops the whole import before anything is written (the message names it and the
 fix); a run that exists here with the same results is skipped. Each new run is unpacked into a temporary
 folder inside the runs directory and renamed into place, so an interrupted import leaves no half run.
@@ -21,13 +22,12 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
-
-from . import __version__, yamlio
-from .config import build_run_config
+from . import __version__
 from .errors import MMBenchError
-from .results import Run, git_commit
+from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
+                      parse_provenance, read_run)
 
 FORMAT, VERSION = "mmbench-bundle", 1
 MANIFEST = "bundle.json"
@@ -58,12 +58,31 @@ def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[P
             if d.is_dir() and (d / "metrics.json").is_file() and (wanted is None or d.name in wanted)]
 
 
-def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, checkpoints: bool = False) -> Dict:
-    """Write a bundle of the finished runs (all, or those of `ids`); returns its manifest."""
-    dirs = finished_runs(Path(runs_dir), ids)
+def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, checkpoints: bool = False,
+                left_out: Optional[List[Tuple[str, str]]] = None, force: bool = False) -> Dict:
+    """Write a bundle of the finished runs (all, or those of `ids`); returns its manifest. A run that read_run
+    refuses is left out with (directory, reason) appended to `left_out` (without `left_out`, it is an error). An
+    existing `out` is replaced only with `force`."""
+    out = Path(out)
+    if out.is_dir():
+        raise MMBenchError(f"{out} is a directory; name the bundle file to write, e.g. {out / 'results.tar.gz'}")
+    if out.exists() and not force:
+        raise MMBenchError(f"{out} already exists; name another file, or add --force to replace it")
+    dirs = []
+    for d in finished_runs(Path(runs_dir), ids):
+        try:
+            read_run(d)
+        except MMBenchError as e:
+            if left_out is None:
+                raise MMBenchError(f"run {d}: {left_out_because(e)}") from None
+            left_out.append((d.name, left_out_because(e)))
+            continue
+        dirs.append(d)
     if not dirs:
         raise MMBenchError(f"no finished runs to export in {runs_dir}" + (" for that suite" if ids is not None else "")
-                           + "; run them first (mmbench run) or point --runs-dir at them")
+                           + (f" ({len(left_out)} left out as unreadable or foreign, e.g. {left_out[0][0]}: "
+                              f"{left_out[0][1]})" if left_out else "; run them first (mmbench run) or point "
+                                                                      "--runs-dir at them"))
     manifest = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "mmbench_version": __version__, "git_commit": git_commit(), "checkpoints": checkpoints, "runs": {}}
     payload = []
@@ -75,7 +94,6 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
             files[rel] = {"sha256": _sha256(data), "size": len(data)}
             payload.append((f"runs/{d.name}/{rel}", data))
         manifest["runs"][d.name] = {"files": files}
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
@@ -138,7 +156,14 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
         for need in ("config.yaml", "metrics.json"):
             if need not in files:
                 raise MMBenchError(f"bundle {path}: run {rid} has no {need}; it is not a finished run")
-        cfg = build_run_config(yamlio.load(files["config.yaml"], f"{path}:runs/{rid}/config.yaml") or {}, f"{path}:runs/{rid}/config.yaml")
+        try:  # as export checks them (results.read_run): a run the report could not read is not imported
+            _, cfg = parse_config(files["config.yaml"], f"{path}:runs/{rid}/config.yaml")
+            theirs = parse_metrics(files["metrics.json"], f"{path}:runs/{rid}/metrics.json")
+            if "provenance.json" in files:
+                parse_provenance(files["provenance.json"], f"{path}:runs/{rid}/provenance.json")
+        except RecordError as e:
+            raise MMBenchError(f"bundle {path}: run {rid}'s {Path(e.where).name} cannot be read ({e.problem}); nothing "
+                               f"imported; export that run again from a good copy, or leave it out") from None
         if cfg.run_id() != rid:
             raise MMBenchError(f"bundle {path}: run {rid}'s config hashes to {cfg.run_id()} here; the bundle comes "
                                f"from an mmbench whose run ids differ (its version {manifest.get('mmbench_version')}, "
@@ -147,8 +172,12 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
         if not local.dir.exists():
             added.append(rid)
             continue
-        mine = local.read_metrics()
-        theirs = json.loads(files["metrics.json"])
+        try:
+            mine = local.read_metrics()
+        except RecordError as e:
+            problems.append(f"run {rid} exists here with a metrics.json that cannot be read ({e.problem}); move "
+                            f"{local.dir} away to take the bundle's")
+            continue
         if mine is None:
             problems.append(f"run {rid} exists here unfinished ({local.status()}); finish it or move {local.dir} away")
         elif mine.get("metrics") != theirs.get("metrics"):

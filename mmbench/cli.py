@@ -443,11 +443,14 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
     with tempfile.TemporaryDirectory() as tmp:
         images = []
         if plots or fmt == "html":
-            written = all_figures(rep, Path(plots or tmp))
+            notes: List[str] = []
+            written = all_figures(rep, Path(plots or tmp), notes)
             images = [p for p in written if p.suffix == ".png"]
             if plots:
                 for path in written:
                     console.print(f"wrote {path}")
+            for note in notes:
+                console.print(escape(note), highlight=False, soft_wrap=True)
         args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
         text = {"md": lambda: render_markdown(*args, title=title), "terminal": lambda: render_markdown(*args, title=title),
                 "latex": lambda: render_latex(*args, title=title),
@@ -482,6 +485,10 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
     formats = ("terminal", "md", "latex", "html", "csv", "json")
     if fmt not in formats:
         raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
+    if out is not None and out.is_dir():
+        raise MMBenchError(f"--out {out} is a directory; name the file to write, e.g. --out {out / 'report.md'}")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise MMBenchError(f"--plots {plots} is a file; name a folder for the figures (made if missing)")
     rep = build_report(runs_dir, compare)
     # csv/json: data for a program on stdout, so the summary lines go to stderr
     say = err_console if fmt in ("csv", "json") and not out else console
@@ -490,8 +497,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
     else:
         _render_report(rep, fmt, out, plots, title)
     if rep.skipped:
-        name, why = rep.skipped[0]
-        say.print(f"{len(rep.skipped)} run directories left out of the report, e.g. {name}: {why}")
+        say.print(f"{len(rep.skipped)} run directories left out of the report:", highlight=False)
+        for name, why in rep.skipped:
+            say.print(f"  {name}: {escape(why)}", highlight=False, soft_wrap=True)
     if compare:
         strict, hedged = rep.strict_claims, [c for c in rep.claims if c.strength == "hedged"]
         say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
@@ -518,8 +526,10 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
            suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
            tier: str = typer.Option("full", help="With --suite: which tier's runs."),
            checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
+           force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (else refused)."),
            runs_dir: Optional[Path] = RUNS_DIR) -> None:
     """Pack finished runs (config, metrics, provenance, log, small artifacts) into a bundle with a digest manifest.
+    A run whose config.yaml, metrics.json or provenance.json cannot be read is left out, and listed.
 
     Example: mmbench export gpubox.tar.gz --suite suites/mopoe_iclr21.yaml --tier quick
     """
@@ -532,9 +542,13 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
         from .suite import load_suite
 
         ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier)]
-    manifest = export_runs(runs_dir, out, ids, checkpoints)
+    left_out: List = []
+    manifest = export_runs(runs_dir, out, ids, checkpoints, left_out=left_out, force=force)
+    for name, why in left_out:
+        err_console.print(f"[yellow]left out[/yellow] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
-    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files")
+    console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files"
+                  + (f"; {len(left_out)} left out (listed above)" if left_out else ""))
 
 
 @app.command("import")

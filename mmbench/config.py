@@ -200,20 +200,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _field_type(cls: type, key: Any, where: str) -> Any:
+    """The type of dataclass `cls`'s field `key`; a ConfigError at `where` if it has none of that name."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if key not in names:
+        raise ConfigError(where, f"unknown field; allowed: {', '.join(names)}")
+    return typing.get_type_hints(cls)[key]
+
+
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys and ill-typed values by name."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         sub = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(sub, f"unknown field; allowed: {', '.join(names)}")
-        value = _coerce(value, hints[key], sub)
+        value = _coerce(value, _field_type(cls, key, sub), sub)
         allowed = CHOICES.get((cls.__name__, key))
         if allowed and value not in allowed:
             raise ConfigError(sub, f"{value!r} is not allowed; choose one of: {', '.join(allowed)}")
@@ -233,6 +237,17 @@ def deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _put(out: Dict[str, Any], key: str, value: Any) -> None:
+    """out[a][b][c] = value for key 'a.b.c'."""
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"{p} is given both a value and settings below it; give one of them")
+    node[parts[-1]] = value
+
+
 def parse_overrides(items: List[str]) -> Dict[str, Any]:
     """`train.epochs=3 method.beta=2.5` -> nested dict (values parsed as YAML scalars)."""
     out: Dict[str, Any] = {}
@@ -244,12 +259,38 @@ def parse_overrides(items: List[str]) -> Dict[str, Any]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        _put(out, key, value)
     return out
+
+
+def check_settings(settings: Any, where: str) -> None:
+    """That `settings` maps dotted config paths to values a run's config can hold (e.g. {method.beta: 2.5}), checked
+    as `--set` is (from_dict); a ConfigError at `where` names the first that is not."""
+    if not isinstance(settings, dict):
+        raise ConfigError(where, "must be a mapping of dotted config paths to values, e.g. {method.beta: 2.5}")
+    nested: Dict[str, Any] = {}
+    for key, value in settings.items():
+        _put(nested, str(key), value)
+    from_dict(RunConfig, nested, where)
+
+
+def check_path(path: Any, where: str) -> None:
+    """That `path` (e.g. 'method.beta') names one setting of a run's config; a ConfigError at `where` if not (a
+    key under a mapping field, e.g. method.options.schedule, is not checked)."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(where, f"must be a dotted config path, e.g. method.beta; got {path!r}")
+    tp: Any = RunConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if typing.get_origin(tp) in (dict, Dict):
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(where, f"{path!r}: {'.'.join(parts[:i])} is one setting, it has no fields")
+        tp = _field_type(tp, part, f"{where} {'.'.join(parts[:i + 1])!r}")
+        if typing.get_origin(tp) is typing.Union:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) in (dict, Dict):
+        raise ConfigError(where, f"{path!r} is a section of settings; name one of them, e.g. {path}.KEY")
 
 
 def validate(cfg: RunConfig, where: str = "") -> RunConfig:

@@ -1,7 +1,6 @@
 """Evaluation of a trained run: every configured metric through the model interface -> metrics.json."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -9,10 +8,11 @@ from typing import Any, Dict, Optional
 import torch
 
 from .data.base import dataset_dir, manifest_digest, read_manifest
+from .errors import MMBenchError
 from .metrics.batched import for_eval
 from .metrics.context import EvalContext
 from .registry import DATASETS, METRICS
-from .results import Run, atomic_json
+from .results import RecordError, Run, atomic_json, parse_provenance
 from .train import ProgressFn, device_of, load_data, load_trained, train
 
 
@@ -72,7 +72,11 @@ def training_provenance(run: Run) -> Dict[str, Any]:
     path = next((p for p in paths if p.exists()), None)
     if path is None:
         return {}
-    prov = json.loads(path.read_text())
+    try:
+        prov = parse_provenance(path.read_bytes(), str(path))
+    except RecordError as e:
+        raise MMBenchError(f"{e}; put a good copy back, or move it away to evaluate without the training's "
+                           f"provenance (its time and code)") from None
     return {k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov}
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from .errors import MMBenchError
 from .report import by_figure, group_title, series_names
 
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
@@ -316,20 +317,30 @@ def reproduction(cells: List[Any], out_dir: Path) -> List[Path]:
 
 def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
     """A run's per-epoch records ({epoch, train_loss, ..., test_loss}): history.json, written at the end of
-    training; for runs trained before it existed, the history in checkpoints/last.pt. None if neither."""
+    training; for runs trained before it existed, the history in checkpoints/last.pt. None if neither; an
+    MMBenchError naming the file if it cannot be read."""
     path = Path(run_dir) / "history.json"
     if path.exists():
-        return json.loads(path.read_text())
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if last.exists():
-        import torch
+        try:
+            history = json.loads(path.read_text())
+        except ValueError as e:
+            raise MMBenchError(f"{path} is not valid JSON ({e})") from None
+    else:
+        last = Path(run_dir) / "checkpoints" / "last.pt"
+        if not last.exists():
+            return None
+        from .train import read_checkpoint
 
-        return torch.load(last, map_location="cpu", weights_only=False)["state"]["history"]
-    return None
+        path, history = last, read_checkpoint(last)["state"].get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
+        raise MMBenchError(f"{path} holds no list of per-epoch records")
+    return history
 
 
-def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[Path]:
-    """Per (dataset, variant, tables) group: train and test loss against epoch, one line per run."""
+def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path, notes: Optional[List[str]] = None) -> List[Path]:
+    """Per (dataset, variant, tables) group: train and test loss against epoch, one line per run. A run whose
+    history cannot be read is left out of its figure, with a line saying so appended to `notes` (without
+    `notes`, the error is raised)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,9 +352,17 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
     for (dataset, variant, tables), g in by_figure(frame).groupby(["dataset", "variant", "tables"]):
         names = series_names(g)
         runs = g.drop_duplicates("run").sort_values(["method", "seed"])
-        curves = [(f"{names[(r.method, r.group)]} s{r.seed}", run_history(Path(runs_dir) / r.run))
-                  for r in runs.itertuples(index=False)]
-        curves = [(label, pd.DataFrame(h)) for label, h in curves if h]
+        curves = []
+        for r in runs.itertuples(index=False):
+            try:
+                h = run_history(Path(runs_dir) / r.run)
+            except MMBenchError as e:
+                if notes is None:
+                    raise
+                notes.append(f"training curve of {r.run} left out: {e}")
+                continue
+            if h:
+                curves.append((f"{names[(r.method, r.group)]} s{r.seed}", pd.DataFrame(h)))
         if not curves:
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,12 +386,13 @@ def epoch_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
-def all_figures(report: Any, out_dir: Path) -> List[Path]:
-    """Every figure the report's runs support (PNG and SVG each)."""
+def all_figures(report: Any, out_dir: Path, notes: Optional[List[str]] = None) -> List[Path]:
+    """Every figure the report's runs support (PNG and SVG each); what had to be left out of one is appended to
+    `notes` (training_curves)."""
     from .results import default_runs_dir
 
     out_dir = Path(out_dir)
     runs_dir = Path(report.runs_dir or default_runs_dir())
     return (reproduction(report.cells, out_dir) + by_inputs(report.frame, out_dir) + beta_sweep(report.frame, out_dir)
             + per_attribute(report.frame, out_dir) + latent_scatters(report.frame, runs_dir, out_dir)
-            + training_curves(report.frame, runs_dir, out_dir))
+            + training_curves(report.frame, runs_dir, out_dir, notes))

@@ -30,8 +30,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from . import yamlio
+from .config import check_path, check_settings
 from .errors import ConfigError, MMBenchError
-from .results import load_runs, number_provenance
+from .registry import METHODS
+from .results import default_runs_dir, load_runs, number_provenance
 from .verdicts import ALPHA, apply as apply_verdicts, counts as verdict_counts
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
@@ -123,15 +125,34 @@ def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tup
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown field; allowed: {', '.join(sorted(known))}")
-    if raw.get("where") is not None and not isinstance(raw["where"], dict):
-        raise ConfigError(f"{where}.where", "must be a mapping of dotted config paths to values")
+    if raw.get("where") is not None:
+        check_settings(raw["where"], f"{where}.where")
+    if "method" in raw:
+        _check_method(f"{where}.method", raw["method"])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_number(where: str, v: Any, non_negative: bool = False) -> None:
+    if not _is_number(v) or (non_negative and v < 0):
+        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {v!r}")
+
+
+def _check_method(where: str, name: Any) -> None:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(where, f"unknown method {name!r}; choose one of: {', '.join(METHODS.names())}")
 
 
 def _check_side(where: str, side: Any, number_ok: bool) -> None:
-    if number_ok and isinstance(side, (int, float)) and not isinstance(side, bool):
+    if number_ok and _is_number(side):
         return
     if not isinstance(side, dict) or not {"method", "metric"} <= set(side) or set(side) - {"method", "metric", "where"}:
         raise ConfigError(where, "must be {method, metric[, where]}" + (" or a number" if number_ok else ""))
+    _check_method(f"{where}.method", side["method"])
+    if side.get("where") is not None:
+        check_settings(side["where"], f"{where}.where")
 
 
 def load_references(directory: Path) -> List[Cell]:
@@ -141,17 +162,34 @@ def load_references(directory: Path) -> List[Cell]:
 def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
     """Every cell and claim of every reference file, validated (errors name file, entry and field)."""
     directory = Path(directory)
+    if directory.is_file():
+        raise MMBenchError(f"{directory} is a file; --compare takes the directory holding the reference files, e.g. "
+                           f"reference_results/")
     if not directory.is_dir():
         raise MMBenchError(f"reference directory {directory} does not exist; pass --compare reference_results/")
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise MMBenchError(f"reference directory {directory} holds no reference files (*.yaml); pass the directory "
+                           f"that does, e.g. --compare reference_results/")
     cells: List[Cell] = []
     claims: List[Claim] = []
-    for path in sorted(directory.glob("*.yaml")):
+    for path in paths:
         raw = yamlio.load(path.read_text(), str(path)) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(str(path), "a reference file must be a mapping with `cells` and/or `claims` (and "
+                                         "optionally `paper`, `runs`)")
+        for key in ("cells", "claims"):
+            if raw.get(key) is not None and not isinstance(raw[key], list):
+                raise ConfigError(f"{path}: {key}", "must be a list of entries")
         # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
         file_runs = raw.get("runs")
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
             _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            _check_number(f"{where}.value", c["value"])
+            _check_number(f"{where}.tolerance", c["tolerance"], non_negative=True)
+            if c.get("std") is not None:
+                _check_number(f"{where}.std", c["std"], non_negative=True)
             n = c.get("runs", file_runs)
             if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
                 raise ConfigError(f"{where}.runs" if "runs" in c else f"{path}: runs",
@@ -160,6 +198,8 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         for i, c in enumerate(raw.get("claims") or []):
             where = f"{path}: claims[{i}]"
             _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each", "strength"))
+            if c.get("for_each") is not None:
+                check_path(c["for_each"], f"{where}.for_each")
             if c.get("strength", "strict") not in STRENGTHS:
                 raise ConfigError(f"{where}.strength", f"must be one of {', '.join(STRENGTHS)}, not {c['strength']!r}")
             if not isinstance(c["holds"], list) or not c["holds"]:
@@ -170,6 +210,8 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                     raise ConfigError(hw, "must be {left, op, right[, margin]}")
                 if h["op"] not in OPS and h["op"] not in EXTREMA:
                     raise ConfigError(f"{hw}.op", f"must be one of {', '.join([*OPS, *EXTREMA])}")
+                if "margin" in h:
+                    _check_number(f"{hw}.margin", h["margin"])
                 _check_side(f"{hw}.left", h["left"], number_ok=False)
                 if h["op"] in EXTREMA:
                     if not c.get("for_each"):
@@ -621,8 +663,12 @@ class Report:
 
 
 def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
-    frame = runs_frame(runs_dir)
     cells, claims = load_reference_files(compare) if compare else ([], [])
+    root = Path(runs_dir or default_runs_dir())
+    if not root.is_dir():
+        raise MMBenchError(f"runs directory {root} does not exist; point --runs-dir (or $MMBENCH_RUNS) at the "
+                           f"directory holding the runs, or make some with `mmbench run SUITE`")
+    frame = runs_frame(runs_dir)
     fill(cells, frame)
     apply_verdicts(cells)
     evaluate_claims(claims, frame)

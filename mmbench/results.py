@@ -39,6 +39,28 @@ class RunLockedError(MMBenchError):
     """Another process holds the run's lock (it is training or evaluating that run now)."""
 
 
+class RecordError(MMBenchError):
+    """A run's record file (config.yaml, metrics.json, provenance.json) that cannot be read: truncated, empty, or
+    not what mmbench writes."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = str(where), problem
+        super().__init__(f"{where}: {problem}")
+
+
+class ForeignRunError(MMBenchError):
+    """A run directory whose config hashes to another name with this mmbench (made by another version)."""
+
+
+# What to do about each record file of a run that cannot be read (said where the run is left out).
+RECORD_FIXES = {
+    "config.yaml": "put a good copy back, or delete the run directory",
+    "metrics.json": "re-evaluate it with `mmbench run` or `mmbench evaluate`, or delete the run directory",
+    "provenance.json": "put a good copy back (e.g. from a bundle made by `mmbench export`), or delete the run "
+                       "directory",
+}
+
+
 def default_runs_dir() -> Path:
     return Path(os.environ.get("MMBENCH_RUNS", "runs"))
 
@@ -171,6 +193,73 @@ def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _json_mapping(text: str | bytes, where: str) -> Dict[str, Any]:
+    try:
+        d = json.loads(text)
+    except ValueError as e:  # also an empty file, and bytes that are not UTF-8
+        raise RecordError(where, f"not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise RecordError(where, f"holds a JSON {type(d).__name__}, not the mapping mmbench writes")
+    return d
+
+
+def parse_metrics(text: str | bytes, where: str) -> Dict[str, Any]:
+    """A metrics.json's contents, checked: a mapping of this schema version whose `metrics` map names to numbers."""
+    m = _json_mapping(text, where)
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(where, f"schema version {m.get('schema_version')!r}, this mmbench reads {SCHEMA_VERSION}")
+    values = m.get("metrics")
+    if not isinstance(values, dict):
+        raise RecordError(where, "has no `metrics` mapping")
+    bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise RecordError(where, f"metric {bad[0]!r} is {values[bad[0]]!r}, not a number")
+    return m
+
+
+def parse_provenance(text: str | bytes, where: str) -> Dict[str, Any]:
+    return _json_mapping(text, where)
+
+
+def parse_config(text: str | bytes, where: str) -> Tuple[Dict[str, Any], RunConfig]:
+    """A config.yaml's mapping and the RunConfig it builds (a ConfigError where it no longer validates)."""
+    try:
+        raw = yamlio.load(text, where)
+    except ConfigError as e:
+        raise RecordError(where, e.problem) from None
+    if not isinstance(raw, dict):
+        raise RecordError(where, "not a mapping of run settings")
+    return raw, build_run_config(raw, where)
+
+
+def read_run(d: Path) -> Dict[str, Any]:
+    """A finished run directory's records, checked: {"id", "config", "tables", "metrics", "extra", "provenance"}.
+    RecordError names a file that cannot be read, ConfigError a config that no longer validates (e.g. made by a
+    version that allowed what this one refuses), ForeignRunError a config that hashes to another name."""
+    c, m, p = d / "config.yaml", d / "metrics.json", d / "provenance.json"
+    for path in (c, m):
+        if not path.is_file():
+            raise RecordError(str(path), "missing")
+    raw, cfg = parse_config(c.read_bytes(), str(c))
+    if cfg.run_id() != d.name:
+        raise ForeignRunError(f"its config hashes to {cfg.run_id()} with this mmbench (made by another version); "
+                              f"run it again to report it")
+    metrics = parse_metrics(m.read_bytes(), str(m))
+    prov = parse_provenance(p.read_bytes(), str(p)) if p.exists() else {}
+    return {"id": d.name, "config": cfg, "tables": raw.get("tables", []), "metrics": metrics["metrics"],
+            "extra": metrics, "provenance": prov}
+
+
+def left_out_because(e: MMBenchError) -> str:
+    """Why read_run refused a run directory, and the fix (as the report and export list it)."""
+    if isinstance(e, RecordError):
+        name = Path(e.where).name
+        return f"{name} unreadable ({e.problem}): {RECORD_FIXES[name]}"
+    if isinstance(e, ConfigError):
+        return f"its config no longer validates ({e.problem})"
+    return str(e)
+
+
 def _scoring_of(m: Dict[str, Any]) -> tuple:
     """(classifier set-dropout or None, eval precision) that scored a metrics.json."""
     clf = None
@@ -206,11 +295,20 @@ class Run:
     def log_path(self) -> Path:
         return self.dir / "log.txt"
 
+    @property
+    def config_before_rescore(self) -> Path:
+        """config.yaml as it was when its metrics.json was current, kept by init while a re-scoring is pending."""
+        return self.dir / "config.before-rescore.yaml"
+
     def status(self) -> str:
         """done (metrics written), rescore (metrics written, but scored otherwise than the config asks: coherence
         classifiers eval.classifiers / eval.classifier_dropout, or eval.precision; or only evaluations set aside
-        by a re-scoring that did not finish), partial (some training checkpointed) or pending."""
-        scored = self._scored()
+        by a re-scoring that did not finish; or a metrics.json that cannot be read), partial (some training
+        checkpointed) or pending."""
+        try:
+            scored = self._scored()
+        except RecordError:  # evaluated, but metrics.json cannot be read: evaluate again (scoring_aside keeps it)
+            return "rescore"
         if scored is not None:
             return "done" if _scoring_key(*scored) == self._wanted(scored) else "rescore"
         if self._set_aside():  # trained and evaluated before: evaluate (or bring back), never retrain
@@ -220,13 +318,19 @@ class Run:
         return "pending"
 
     def init(self) -> None:
-        """Create the directory and write the resolved config (merging the tables it serves)."""
+        """Create the directory and write the resolved config (merging the tables it serves). Where this config
+        asks to re-score metrics.json (status rescore), the config it replaces is kept as config_before_rescore
+        (once), for scoring_aside to put back if the re-scoring fails."""
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.yaml"
         d = self.cfg.to_dict()
         if cfg_path.exists():
-            old = yamlio.load(cfg_path.read_text(), str(cfg_path)) or {}
+            text = cfg_path.read_text()
+            old = yamlio.load(text, str(cfg_path)) or {}
             d["tables"] = sorted(set(old.get("tables", [])) | set(d["tables"]))
+            if (yaml.safe_dump(d, sort_keys=False) != text and self.metrics_path.exists()
+                    and not self.config_before_rescore.exists() and self.status() == "rescore"):
+                atomic_write(self.config_before_rescore, text)
         atomic_write(cfg_path, yaml.safe_dump(d, sort_keys=False))
 
     @contextmanager
@@ -287,7 +391,11 @@ class Run:
         """The same key for the config's eval.classifiers / classifier_dropout / precision (the classifier part
         only where the evaluation uses classifiers, as its metrics.json, or else one set aside, shows: the
         metrics, part of the run id, do not change)."""
-        return self._wanted(self._scored())
+        try:
+            scored = self._scored()
+        except RecordError:
+            scored = None  # as if metrics.json were absent: scoring_aside keeps it aside
+        return self._wanted(scored)
 
     def _wanted(self, scored: Optional[tuple]) -> str:
         """scoring_wanted, given _scored() (read once by status)."""
@@ -310,11 +418,20 @@ class Run:
     @contextmanager
     def scoring_aside(self) -> Iterator[Optional[str]]:
         """For an evaluation scored otherwise: metrics.json / provenance.json set aside as metrics.<scored_with>.json
-        (nothing is lost; yields that key, None when there were none) and config.yaml kept; if the block fails or
-        is interrupted before new metrics are written, all three are put back as they were."""
-        old = self.scored_with()
+        (nothing is lost; yields that key, None when there were none; a metrics.json that cannot be read is kept as
+        metrics.json.unreadable-<time>) and config.yaml kept (as it was before init asked for the re-scoring:
+        config_before_rescore); if the block fails or is interrupted before new metrics are written, all are put
+        back as they were."""
         cfg_path = self.dir / "config.yaml"
-        cfg_text = cfg_path.read_text() if cfg_path.exists() else None
+        try:
+            old, unreadable = self.scored_with(), None
+        except RecordError as e:
+            old, unreadable = None, self.dir / f"metrics.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            os.replace(self.metrics_path, unreadable)
+            self.log(f"metrics.json cannot be read ({e.problem}); kept as {unreadable.name}, evaluating again")
+        before = self.config_before_rescore
+        source = before if before.exists() and (old is not None or unreadable is not None) else cfg_path
+        cfg_text = source.read_text() if source.exists() else None
         if old is not None:
             for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
                 if (self.dir / f"{name}.json").exists():
@@ -325,57 +442,49 @@ class Run:
             if not self.metrics_path.exists():
                 if old is not None:
                     self.bring_back(old)
+                if unreadable is not None:
+                    os.replace(unreadable, self.metrics_path)
                 if cfg_text is not None:
                     atomic_write(cfg_path, cfg_text)
             raise
+        finally:
+            before.unlink(missing_ok=True)
 
     def write_metrics(self, metrics: Dict[str, float], **extra: Any) -> None:
         atomic_json(self.metrics_path, {"schema_version": SCHEMA_VERSION, "run_id": self.id, "metrics": metrics, **extra})
 
     def read_metrics(self) -> Optional[Dict[str, Any]]:
+        """metrics.json's contents (None when there is none); RecordError when it cannot be read."""
         if not self.metrics_path.exists():
             return None
-        return json.loads(self.metrics_path.read_text())
+        return parse_metrics(self.metrics_path.read_bytes(), str(self.metrics_path))
 
 
 def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str, str]]] = None) -> List[Dict[str, Any]]:
-    """Every finished run: {"id", "config", "tables", "metrics", "provenance"}. Left out, with (directory, reason)
-    appended to `skipped`: a directory whose config no longer hashes to its name (made before a method's or the
-    run id's version changed: not the run this mmbench would make) and a run whose metrics were scored otherwise
-    than its config now asks (status rescore: its numbers would be reported under settings they were not made with)."""
+    """Every finished run: {"id", "config", "tables", "metrics", "extra", "provenance"}. Left out, with (directory,
+    reason) appended to `skipped`: a directory read_run refuses (a record file that cannot be read, a config that
+    no longer validates or no longer hashes to its name: not the run this mmbench would make) and a run whose
+    metrics were scored otherwise than its config now asks (status rescore: its numbers would be reported under
+    settings they were not made with)."""
     out = []
     root = Path(runs_dir or default_runs_dir())
     if not root.exists():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        m, c = d / "metrics.json", d / "config.yaml"
-        if not (m.exists() and c.exists()):
+        if not ((d / "metrics.json").exists() and (d / "config.yaml").exists()):
             continue
-        raw = yamlio.load(c.read_text(), str(c)) or {}
-        metrics = json.loads(m.read_text())
-        if metrics.get("schema_version") != SCHEMA_VERSION:
-            raise MMBenchError(f"{m} has schema version {metrics.get('schema_version')}, this mmbench reads "
-                               f"{SCHEMA_VERSION}; re-evaluate the run with `mmbench evaluate`")
         try:
-            cfg = build_run_config(raw, str(c))
-        except ConfigError as e:  # made by a version that allowed what this one refuses (e.g. loglik on the rats)
+            run = read_run(d)
+        except MMBenchError as e:
             if skipped is not None:
-                skipped.append((d.name, f"its config no longer validates ({e.problem})"))
+                skipped.append((d.name, left_out_because(e)))
             continue
-        if cfg.run_id() != d.name:
-            if skipped is not None:
-                skipped.append((d.name, f"its config hashes to {cfg.run_id()} with this mmbench (made by another "
-                                        f"version); run it again to report it"))
-            continue
-        scored = _scoring_of(metrics)  # Run.status's test, on the metrics read above
-        wanted = Run(cfg, root)._wanted(scored)
+        scored = _scoring_of(run["extra"])  # Run.status's test, on the metrics read above
+        wanted = Run(run["config"], root)._wanted(scored)
         if _scoring_key(*scored) != wanted:
             if skipped is not None:
                 skipped.append((d.name, f"scored as {_scoring_key(*scored)}, its config asks for {wanted}; "
                                         f"`mmbench run` re-scores it"))
             continue
-        prov_path = d / "provenance.json"
-        out.append({"id": d.name, "config": cfg, "tables": raw.get("tables", []),
-                    "metrics": metrics["metrics"], "extra": metrics,
-                    "provenance": json.loads(prov_path.read_text()) if prov_path.exists() else {}})
+        out.append(run)
     return out

@@ -64,7 +64,31 @@ def test_training_curves_read_each_runs_history(tmp_path):
     rep = build_report(runs, None)
     written = training_curves(rep.frame, runs, tmp_path / "figs")
     assert sorted(p.name for p in written) == ["polydigits-vanilla-T1-training.png", "polydigits-vanilla-T1-training.svg"]
+    (tmp_path / "none").mkdir()  # no runs: no figure
     assert training_curves(build_report(tmp_path / "none", None).frame, tmp_path / "none", tmp_path / "f2") == []
+
+
+def test_a_run_whose_history_cannot_be_read_leaves_its_curve_out_with_a_note(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    runs = tmp_path / "runs"
+    good = _run(runs, "mopoe", 0, {"coherence/joint": 0.3}, [{"epoch": 1, "train_loss": 5.0, "test_loss": 5.5}])
+    bad = _run(runs, "mopoe", 1, {"coherence/joint": 0.3})
+    (bad.dir / "history.json").write_text('[{"epoch": 1, "train_lo')
+    with pytest.raises(MMBenchError, match="history.json is not valid JSON"):
+        run_history(bad.dir)
+    notes = []
+    written = training_curves(build_report(runs, None).frame, runs, tmp_path / "figs", notes)
+    assert [p.suffix for p in written] == [".png", ".svg"]  # the other run's curve is drawn
+    assert len(notes) == 1 and notes[0].startswith(f"training curve of {bad.id} left out: ")
+    (bad.dir / "history.json").write_text('{"epoch": 1}')  # valid JSON, but no list of epochs
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--plots", str(tmp_path / "p2")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"training curve of {bad.id} left out:" in said and "holds no list of per-epoch records" in said
+    assert good.id not in said
 
 
 @pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 301))])

@@ -269,3 +269,71 @@ def test_export_import_cli(tmp_path):
     assert out.exit_code == 0 and "1 runs added" in " ".join(out.output.split()), out.output
     out = CliRunner().invoke(app, ["export", str(tmp_path / "y.tar.gz"), "--runs-dir", str(tmp_path / "none")])
     assert isinstance(out.exception, MMBenchError) and "no finished runs to export" in str(out.exception)
+
+
+def _rebundle(src, dst, edit):
+    """A copy of bundle `src` with edit(name, data) -> data applied to its run files, its manifest's digests made to
+    match (as an export of damaged runs would have made it)."""
+    import hashlib
+
+    with tarfile.open(src, "r:gz") as tin:
+        files = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
+    manifest = json.loads(files.pop("bundle.json"))
+    files = {name: edit(name, data) for name, data in files.items()}
+    for rid, entry in manifest["runs"].items():
+        for rel, meta in entry["files"].items():
+            data = files[f"runs/{rid}/{rel}"]
+            meta.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    with tarfile.open(dst, "w:gz") as tout:
+        for name, data in [("bundle.json", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+
+
+def test_export_leaves_out_runs_it_cannot_read_and_import_refuses_them(tmp_path):
+    a = tmp_path / "a"
+    good = fake_run(a, 0, {"coherence/joint": 0.30})
+    bad_metrics = fake_run(a, 1, {"coherence/joint": 0.40})
+    bad_metrics.metrics_path.write_text(bad_metrics.metrics_path.read_text()[:30])
+    bad_config = fake_run(a, 2, {"coherence/joint": 0.50})
+    (bad_config.dir / "config.yaml").write_text("dataset: polydigits\nmethod: {name: mopoe\n")
+    left_out = []
+    manifest = export_runs(a, tmp_path / "x.tar.gz", left_out=left_out)
+    assert list(manifest["runs"]) == [good.id]
+    why = dict(left_out)
+    assert set(why) == {bad_metrics.id, bad_config.id}
+    assert why[bad_metrics.id].startswith("metrics.json unreadable (not valid JSON")
+    assert why[bad_config.id].startswith("config.yaml unreadable (not valid YAML")
+    with pytest.raises(MMBenchError, match=f"run {a / bad_metrics.id}: metrics.json unreadable"):
+        export_runs(a, tmp_path / "y.tar.gz")  # without a list to name them in: refused
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "z.tar.gz"), "--runs-dir", str(a)])
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0 and "1 finished runs" in said and "2 left out" in said, out.output
+    assert f"left out {bad_metrics.id}: metrics.json unreadable" in said
+    # A bundle holding a damaged run (made by an mmbench that did not check) is refused whole, nothing written.
+    for damage in (lambda d: b"[]", lambda d: d[:20]):
+        damaged = tmp_path / "damaged.tar.gz"
+        _rebundle(tmp_path / "x.tar.gz", damaged, lambda n, d: damage(d) if n.endswith("metrics.json") else d)
+        with pytest.raises(MMBenchError, match=rf"run {good.id}'s metrics.json cannot be read .*nothing imported"):
+            import_bundle(damaged, tmp_path / "b")
+    _rebundle(tmp_path / "x.tar.gz", damaged, lambda n, d: d[:50] if n.endswith("provenance.json") else d)
+    with pytest.raises(MMBenchError, match=rf"run {good.id}'s provenance.json cannot be read"):
+        import_bundle(damaged, tmp_path / "b")
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_export_never_overwrites_a_bundle_unless_forced(tmp_path):
+    a = tmp_path / "a"
+    fake_run(a, 0, {"coherence/joint": 0.30})
+    out = tmp_path / "x.tar.gz"
+    out.write_bytes(b"an earlier bundle")
+    res = CliRunner().invoke(app, ["export", str(out), "--runs-dir", str(a)])
+    assert isinstance(res.exception, MMBenchError) and "already exists" in str(res.exception) and "--force" in str(res.exception)
+    assert out.read_bytes() == b"an earlier bundle"
+    res = CliRunner().invoke(app, ["export", str(tmp_path), "--runs-dir", str(a)])
+    assert isinstance(res.exception, MMBenchError) and "is a directory" in str(res.exception)
+    res = CliRunner().invoke(app, ["export", str(out), "--runs-dir", str(a), "--force"])
+    assert res.exit_code == 0, res.output
+    assert list(read_bundle(out)[0]["runs"]) == [p.name for p in a.iterdir()]
+    assert "--force" in CliRunner().invoke(app, ["export", "--help"]).output

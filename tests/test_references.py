@@ -295,3 +295,48 @@ def test_the_readmes_count_the_reference_files_right():
     total = re.search(r"(\d+) printed cells and (\d+) quoted claims", (ROOT / "README.md").read_text())
     assert total and (int(total[1]), int(total[2])) == (sum(v[0] for v in per_file.values()),
                                                         sum(v[1] for v in per_file.values()))
+
+
+CELL = {"paper": "P", "table": "T", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint",
+        "value": 0.5, "std": 0.01, "tolerance": 0.02, "where": {"method.beta": 5.0}}
+SIDE = {"method": "mopoe", "metric": "coherence/joint"}
+CLAIM = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "for_each": "method.beta",
+         "holds": [{"left": SIDE, "op": ">", "right": {**SIDE, "method": "mvae"}}]}
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"cells": [{**CELL, "value": "high"}]}, r"cells\[0\]\.value: must be a number, got 'high'"),
+    ({"cells": [{**CELL, "tolerance": -0.02}]}, r"cells\[0\]\.tolerance: must be a number >= 0, got -0.02"),
+    ({"cells": [{**CELL, "std": -0.01}]}, r"cells\[0\]\.std: must be a number >= 0"),
+    ({"cells": [{**CELL, "method": "mvea"}]}, r"cells\[0\]\.method: unknown method 'mvea'; choose one of: .*mopoe"),
+    ({"cells": [{**CELL, "where": {"method.betta": 5.0}}]}, r"cells\[0\]\.where\.method\.betta: unknown field; allowed"),
+    ({"cells": [{**CELL, "where": {"method.beta": "high"}}]}, r"cells\[0\]\.where\.method\.beta: expected a number"),
+    ({"claims": [{**CLAIM, "for_each": 7}]}, r"claims\[0\]\.for_each: must be a dotted config path"),
+    ({"claims": [{**CLAIM, "for_each": "method.betta"}]}, r"claims\[0\]\.for_each 'method\.betta': unknown field"),
+    ({"claims": [{**CLAIM, "for_each": "method"}]}, r"claims\[0\]\.for_each: 'method' is a section"),
+    ({"claims": [{**CLAIM, "where": {"train.epoch": 5}}]}, r"claims\[0\]\.where\.train\.epoch: unknown field"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "method": "mvea"}, "op": ">", "right": 0.1}]}]},
+     r"claims\[0\]\.holds\[0\]\.left\.method: unknown method 'mvea'"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "where": {"x": 1}}, "op": ">", "right": 0.1}]}]},
+     r"claims\[0\]\.holds\[0\]\.left\.where\.x: unknown field"),
+    ([{"cells": [CELL]}], r"p\.yaml: a reference file must be a mapping"),
+    ({"cells": CELL}, r"p\.yaml: cells: must be a list"),
+])
+def test_malformed_reference_files_are_named(tmp_path, content, message):
+    """A cell or claim that could never match a run (a setting or method that does not exist) or whose numbers make
+    no sense is an error naming file, entry and field, not a cell that stays missing forever."""
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"cells": [CELL], "claims": [CLAIM]}))
+    load_reference_files(tmp_path)  # the well-formed file loads
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=message):
+        load_reference_files(tmp_path)
+
+
+def test_compare_names_an_empty_directory_and_a_file(tmp_path):
+    from mmbench.errors import MMBenchError
+
+    with pytest.raises(MMBenchError, match=f"reference directory {tmp_path} holds no reference files"):
+        load_reference_files(tmp_path)
+    with pytest.raises(MMBenchError, match=r"mopoe_iclr21.yaml is a file; --compare takes the directory holding the "
+                                           r"reference files, e.g. reference_results/"):
+        load_reference_files(REFS / "mopoe_iclr21.yaml")

@@ -1,0 +1,121 @@
+"""The results store under damage: a run whose record files cannot be read is left out of the report (and said),
+re-evaluated by `mmbench run` with the damaged file kept aside, and a re-scoring that fails changes nothing."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+from mmbench.config import build_run_config
+from mmbench.errors import MMBenchError
+from mmbench.evaluate import execute
+from mmbench.report import build_report
+from mmbench.results import Run
+from mmbench.suite import load_suite
+
+
+def fake_run(runs_dir, seed, value=0.3, **cfg_extra):
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": seed, "tables": ["T1"],
+                            **cfg_extra})
+    run = Run(cfg, runs_dir)
+    run.init()
+    run.write_metrics({"coherence/joint": value}, eval_precision=cfg.eval.precision)
+    return run
+
+
+DAMAGED_METRICS = {
+    "truncated": lambda text: text[:len(text) // 2],
+    "empty": lambda text: "",
+    "a list": lambda text: "[1, 2]",
+    "a metric that is no number": lambda text: text.replace("0.5", '"high"'),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_METRICS))
+def test_report_leaves_out_and_lists_a_run_whose_metrics_cannot_be_read(tmp_path, damage):
+    runs = tmp_path / "runs"
+    good = fake_run(runs, 0)
+    bad = fake_run(runs, 1, value=0.5)
+    bad.metrics_path.write_text(DAMAGED_METRICS[damage](bad.metrics_path.read_text()))
+    rep = build_report(runs, None)
+    assert set(rep.frame["run"]) == {good.id}
+    why = dict(rep.skipped)[bad.id]
+    assert why.startswith("metrics.json unreadable (") and "re-evaluate it with `mmbench run`" in why
+    assert bad.status() == "rescore"  # evaluated before: evaluated again, never retrained over
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--format", "md"])
+    assert res.exit_code == 0, res.output
+    assert f"{bad.id}: metrics.json unreadable" in " ".join(res.output.split())
+
+
+def test_report_leaves_out_and_lists_a_run_whose_provenance_cannot_be_read(tmp_path):
+    runs = tmp_path / "runs"
+    good = fake_run(runs, 0)
+    bad = fake_run(runs, 1)
+    (bad.dir / "provenance.json").write_text('{"git_commit": "abc", "pack')
+    rep = build_report(runs, None)
+    assert set(rep.frame["run"]) == {good.id}
+    assert dict(rep.skipped)[bad.id].startswith("provenance.json unreadable (not valid JSON")
+
+
+def test_dry_run_of_a_suite_with_a_damaged_run_lists_it_for_re_evaluation(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "experiments": [
+        {"name": "e", "dataset": "polydigits", "methods": ["mopoe"], "seeds": [0, 1]}]}))
+    runs = tmp_path / "runs"
+    made = [Run(c, runs) for c in load_suite(suite).runs("full")]
+    for run in made:
+        run.init()
+        run.write_metrics({"coherence/joint": 0.3})
+    made[1].metrics_path.write_text("")
+    res = CliRunner().invoke(app, ["run", str(suite), "--dry-run", "--runs-dir", str(runs), "--data-root",
+                                   str(tmp_path / "data")])
+    assert res.exit_code == 0, res.output
+    assert "1 done, 1 rescore" in " ".join(res.output.split())
+
+
+def test_re_evaluation_keeps_an_unreadable_metrics_json_and_puts_it_back_if_it_fails(tmp_path):
+    run = fake_run(tmp_path / "runs", 0)  # no checkpoints: its evaluation fails
+    run.metrics_path.write_text("[]")
+    with pytest.raises(MMBenchError, match="train the run first"):
+        execute(run)
+    assert run.metrics_path.read_text() == "[]"  # as it was: never deleted, never overwritten
+    assert not list(run.dir.glob("metrics.json.unreadable-*"))
+
+
+def test_re_evaluation_of_an_unreadable_metrics_json_keeps_it_aside(tmp_path, data_root):
+    base = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+            "train": {"epochs": 1, "batch_size": 64, "max_train": 128},
+            "eval": {"metrics": ["loglik"], "test_samples": 32, "ll_samples": 2}}
+    run = Run(build_run_config(base), tmp_path / "runs")
+    first = execute(run, data_root)
+    damaged = run.metrics_path.read_text()[:40]
+    run.metrics_path.write_text(damaged)
+    ckpt = (run.ckpt_dir / "last.pt").stat().st_mtime_ns
+    again = execute(run, data_root)
+    assert (run.ckpt_dir / "last.pt").stat().st_mtime_ns == ckpt  # evaluated again, not retrained
+    assert again["metrics"].keys() == first["metrics"].keys() and run.status() == "done"
+    (kept,) = run.dir.glob("metrics.json.unreadable-*")
+    assert kept.read_text() == damaged
+    assert "metrics.json cannot be read" in run.log_path.read_text()
+
+
+def test_a_failed_re_scoring_leaves_config_yaml_as_it_was(tmp_path):
+    """`mmbench run --set eval.precision=bf16` writes config.yaml before its worker re-scores the run; when that
+    evaluation fails, the run must be as it was (its fp32 metrics current, config.yaml asking for fp32), not left
+    out of the report as waiting for a bf16 re-scoring."""
+    runs = tmp_path / "runs"
+    fp32 = fake_run(runs, 0)
+    before = {p.name: p.read_bytes() for p in fp32.dir.iterdir() if p.is_file() and p.name != "run.lock"}
+    bf16 = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T1"],
+                                 "eval": {"precision": "bf16"}}), runs)
+    assert bf16.id == fp32.id and bf16.status() == "rescore"
+    bf16.init()  # as runner.run_all does before starting the worker
+    with pytest.raises(MMBenchError, match="train the run first"):  # no checkpoints: the evaluation fails
+        execute(bf16)
+    after = {p.name: p.read_bytes() for p in fp32.dir.iterdir() if p.is_file() and p.name not in ("run.lock", "log.txt")}
+    before.pop("log.txt", None)
+    assert after == before
+    assert fp32.status() == "done" and set(build_report(runs, None).frame["run"]) == {fp32.id}
+    assert yaml.safe_load((fp32.dir / "config.yaml").read_text())["eval"]["precision"] == "fp32"
+    assert json.loads(fp32.metrics_path.read_text())["eval_precision"] == "fp32"
