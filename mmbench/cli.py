@@ -489,6 +489,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         raise MMBenchError(f"--out {out} is a directory; name the file to write, e.g. --out {out / 'report.md'}")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise MMBenchError(f"--plots {plots} is a file; name a folder for the figures (made if missing)")
+    if compare is None and (allow_missing or refuse_mixed):
+        raise MMBenchError(f"{'--allow-missing' if allow_missing else '--refuse-mixed'} applies to a comparison; add "
+                           f"--compare reference_results/")
     rep = build_report(runs_dir, compare)
     # csv/json: data for a program on stdout, so the summary lines go to stderr
     say = err_console if fmt in ("csv", "json") and not out else console
@@ -524,7 +527,7 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
 @app.command("export")
 def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. results-gpubox.tar.gz."),
            suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
-           tier: str = typer.Option("full", help="With --suite: which tier's runs."),
+           tier: Optional[str] = typer.Option(None, help="With --suite: which tier's runs (default: full)."),
            checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
            force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (else refused)."),
            runs_dir: Optional[Path] = RUNS_DIR) -> None:
@@ -538,10 +541,13 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
 
     runs_dir = runs_dir or default_runs_dir()
     ids = None
+    if tier is not None and suite is None:
+        raise MMBenchError(f"--tier {tier} selects a suite's runs; add --suite SUITE.yaml (without it every finished "
+                           f"run is exported)")
     if suite is not None:
         from .suite import load_suite
 
-        ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier)]
+        ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier or "full")]
     left_out: List = []
     manifest = export_runs(runs_dir, out, ids, checkpoints, left_out=left_out, force=force)
     for name, why in left_out:

@@ -168,6 +168,9 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["evaluate", "polydigits", "mopoe", "--variant", "vanilla", "--set", "variant=extended"],
      "the variant is set by --variant"),
     (["train", "polydigits", "mopoe", "--set", "seed=3"], "the seed is set by --seed"),
+    (["report", "--allow-missing"], "--allow-missing applies to a comparison; add --compare"),
+    (["report", "--refuse-mixed"], "--refuse-mixed applies to a comparison; add --compare"),
+    (["export", "b.tar.gz", "--tier", "smoke"], "--tier smoke selects a suite's runs; add --suite"),
 ])
 def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
     # In process, through the same entry point as the `mmbench` script (cli.main: exit 2, one line on stderr);
