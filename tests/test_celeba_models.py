@@ -148,7 +148,7 @@ class ReversedTextFake(FakeModel):
 def context(tmp_path, spec, train, test, model=None, **cfg):
     d = dataset_dir(spec.registry_name, "default", tmp_path)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "manifest.json").write_text(json.dumps({"attributes": NAMES}))
+    (d / "manifest.json").write_text(json.dumps({"dataset": "celeba", "variant": "default", "arrays": {}, "attributes": NAMES}))
     ctx = EvalContext(model=model or FakeModel(), spec=spec, variant="default", train=train, test=test, test_full=test,
                       cfg=EvalConfig(lr_train_samples=300, batch_size=128, **cfg), device=torch.device("cpu"),
                       data_root=tmp_path)
