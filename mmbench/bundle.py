@@ -114,6 +114,8 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
 def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
     """The manifest and every run file, verified against the manifest's digests (else a one-line error)."""
     path = Path(path)
+    if path.is_dir():
+        raise MMBenchError(f"bundle {path} is a directory; give the .tar.gz file that `mmbench export` wrote")
     if not path.is_file():
         raise MMBenchError(f"bundle {path} does not exist; make one with `mmbench export {path.name}`")
     try:

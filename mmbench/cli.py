@@ -16,8 +16,8 @@ from .errors import MMBenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce the tables and figures of multimodal-VAE papers.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # :name: in a user's text is printed as typed
+err_console = Console(stderr=True, emoji=False)
 
 DATA_ROOT = typer.Option(None, "--data-root", help="Prepared datasets live here (default: $MMBENCH_DATA or ./data).")
 RUNS_DIR = typer.Option(None, "--runs-dir", help="Run directories live here (default: $MMBENCH_RUNS or ./runs).")
@@ -45,6 +45,19 @@ def progress_bar() -> Iterator:
     finally:
         if tasks:
             prog.stop()
+
+
+def _writable(path: Path, option: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be made: a file where a folder is wanted or the other
+    way round, or a file where one of its parent folders would have to be."""
+    if path.exists() and path.is_dir() != folder:
+        raise MMBenchError(f"{option} {path} is a {'file' if folder else 'directory'}; name "
+                           f"{'a folder (made if missing)' if folder else 'the file to write'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MMBenchError(f"{option} {path}: {parent} is a file, so no folder can be made there; choose another path")
 
 
 @contextmanager
@@ -106,7 +119,7 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
         variant = spec.check_variant("simulated")
     options = {"source": str(source.resolve()) if source else None,
                "backgrounds": str(backgrounds.resolve()) if backgrounds else None,
-               "rebuild": True if rebuild else None, **parse_overrides(option)}
+               "rebuild": True if rebuild else None, **parse_overrides(option, "-o")}
     with progress_bar() as progress:
         path = do_prepare(spec, variant, seed=seed, data_root=data_root, force=force, options=options,
                           progress=progress)
@@ -489,6 +502,10 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         raise MMBenchError(f"--out {out} is a directory; name the file to write, e.g. --out {out / 'report.md'}")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise MMBenchError(f"--plots {plots} is a file; name a folder for the figures (made if missing)")
+    if out is not None:
+        _writable(out, "--out")
+    if plots is not None:
+        _writable(plots, "--plots", folder=True)
     if compare is None and (allow_missing or refuse_mixed):
         raise MMBenchError(f"{'--allow-missing' if allow_missing else '--refuse-mixed'} applies to a comparison; add "
                            f"--compare reference_results/")
@@ -539,6 +556,7 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
     from .bundle import export_runs
     from .results import Run, default_runs_dir
 
+    _writable(out, "OUT")
     runs_dir = runs_dir or default_runs_dir()
     ids = None
     if tier is not None and suite is None:
@@ -594,6 +612,8 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
 
     spec = DATASETS.get(dataset)()
     variant = spec.check_variant(variant)
+    if epochs < 1:
+        raise MMBenchError(f"--epochs {epochs}: must be >= 1 (training epochs per classifier)")
     cfg = EvalConfig(classifier_epochs=epochs)
     names = None
     if modalities is not None:
@@ -703,6 +723,8 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     from .bench import pack_table, step_table
     from .registry import METHODS
 
+    if out is not None:
+        _writable(out, "--out")  # before the measurement, not after it
     names = methods.split(",") if methods else METHODS.names()
     scaling_names = [m for m in scaling.split(",") if m]
     for n in names + scaling_names:
@@ -813,6 +835,13 @@ def main() -> None:
         app()
     except MMBenchError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug, shown in full
+            raise
+        to = f" -> {e.filename2}" if e.filename2 else ""
+        err_console.print(f"[red]error:[/red] {escape(f'{e.filename}{to}: {e.strerror or e}')} (check the path and its "
+                          f"permissions)", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED)

@@ -248,12 +248,14 @@ def _put(out: Dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(items: List[str]) -> Dict[str, Any]:
-    """`train.epochs=3 method.beta=2.5` -> nested dict (values parsed as YAML scalars)."""
+def parse_overrides(items: List[str], option: str = "--set") -> Dict[str, Any]:
+    """`train.epochs=3 method.beta=2.5` -> nested dict (values parsed as YAML scalars); `option` names where the
+    items came from in errors."""
     out: Dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set {item}", "expected KEY=VALUE, e.g. train.epochs=3")
+            raise ConfigError(f"{option} {item}", "expected KEY=VALUE, e.g. "
+                              + ("train.epochs=3" if option == "--set" else "mnist_source=test-halves"))
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw)

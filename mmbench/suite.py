@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 
 
 from . import yamlio
-from .config import RunConfig, build_run_config, deep_merge, from_dict
+from .config import RunConfig, build_run_config, check_path, deep_merge, from_dict
 from .errors import ConfigError, MMBenchError
 
 TIERS = ("full", "quick", "smoke")
@@ -124,6 +124,11 @@ class Suite:
         return out
 
 
+# run settings an experiment names in its own fields (a sweep over them would silently replace those)
+SET_BY_FIELDS = {"dataset": "dataset", "variant": "variant", "seed": "seeds", "method.name": "methods",
+                 "tables": "reproduces", "eval.metrics": "metrics"}
+
+
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.exists():
@@ -160,6 +165,12 @@ def load_suite(path: str | Path) -> Suite:
         for k, v in exp.sweep.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{where}.sweep.{k}", "must be a non-empty list of values")
+            if k in SET_BY_FIELDS:
+                raise ConfigError(f"{where}.sweep.{k}", f"is set by the experiment's `{SET_BY_FIELDS[k]}`; list the "
+                                  f"values there (or write one experiment per value)")
+            check_path(k, f"{where}.sweep.{k}")
+            if len({repr(x) for x in v}) < len(v):
+                raise ConfigError(f"{where}.sweep.{k}", f"repeats a value ({v}); each value is one run per seed")
         if any(exp.name == p.name for p in parsed):
             raise ConfigError(f"{where}.name", f"{exp.name!r} names an earlier experiment too; names select "
                               f"experiments (--only), so each must be unique")

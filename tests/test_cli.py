@@ -171,6 +171,10 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["report", "--allow-missing"], "--allow-missing applies to a comparison; add --compare"),
     (["report", "--refuse-mixed"], "--refuse-mixed applies to a comparison; add --compare"),
     (["export", "b.tar.gz", "--tier", "smoke"], "--tier smoke selects a suite's runs; add --suite"),
+    (["classifiers", "train", "polydigits", "--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["import", "."], "bundle . is a directory; give the .tar.gz file"),
+    (["prepare", "polydigits", "-o", "junk"], "error: -o junk: expected KEY=VALUE"),
+    (["train", "polydigits", "mopoe", "--set", "method.foo:smile:=1"], "method.foo:smile:: unknown field"),  # as typed
 ])
 def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
     # In process, through the same entry point as the `mmbench` script (cli.main: exit 2, one line on stderr);
@@ -221,3 +225,25 @@ def test_a_worker_given_a_gpu_it_cannot_see_refuses_to_train_on_the_cpu(tmp_path
     r = subprocess.run([sys.executable, "-m", "mmbench.worker", str(tmp_path / "never-read")], capture_output=True,
                        text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "5", "MMBENCH_WORKER_GPU": "5"}, timeout=300)
     assert r.returncode == 1 and "was given GPU 5 (--gpus) but torch sees no GPU" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_output_path_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from mmbench import cli
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs").mkdir()
+    for args in (["export", "afile/x.tar.gz"], ["report", "--format", "md", "--out", "afile/r.md"],
+                 ["report", "--plots", "afile/plots"], ["bench", "steps", "--methods", "mopoe", "--out", "afile/t.md"]):
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["mmbench", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "afile is a file, so no folder can be made there" in err, (args, err)
+    # an OSError about a path the user gave (here --runs-dir under a file) is one line too
+    monkeypatch.setattr(sys, "argv", ["mmbench", "train", "polydigits", "mopoe", "--runs-dir", "afile"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Not a directory (check the path" in err and "Traceback" not in err

@@ -87,6 +87,15 @@ def test_good_suite_expands(tmp_path):
      "tiers.smoke.seeds: must be a positive integer"),
     ("name: x\ntiers: {smoke: [1]}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "tiers.smoke: must be a mapping of overrides"),
+    # a sweep over what the experiment's own fields say would silently replace them; a repeated value runs twice
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.name: [mvae]}}]",
+     "sweep.method.name: is set by the experiment's `methods`"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {seed: [1, 2]}}]",
+     "sweep.seed: is set by the experiment's `seeds`"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.beta: [1.0, 1.0]}}]",
+     "sweep.method.beta: repeats a value"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.betta: [1.0]}}]",
+     "sweep.method.betta 'method.betta': unknown field"),
 ])
 def test_malformed_suites(tmp_path, text, expected):
     path = write(tmp_path, text)

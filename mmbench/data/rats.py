@@ -275,7 +275,7 @@ class Rats(DatasetSpec):
         extra: Dict[str, Any] = {"simulated": variant == "simulated"}
         if variant == "simulated":
             if options.get("source"):
-                raise MMBenchError("the simulated variant reads no deposit; drop --source (pass recorded trial tables "
+                raise MMBenchError("the simulated variant reads no deposit; drop --source / -o source (pass recorded trial tables "
                                    "with -o trial_info=DIR)")
             tables, origin = trial_tables(options.get("trial_info"), seed)
             source = out.raw_root / "rats-simulated"
