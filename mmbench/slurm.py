@@ -119,9 +119,10 @@ class SlurmRun:
     """The callable each array task executes: one run, or a pack of runs of one experiment trained together
     (mmbench/pack.py); resumable, and requeued on the pre-timeout signal."""
 
-    def __init__(self, run_dirs, data_root: Optional[str] = None):
+    def __init__(self, run_dirs, data_root: Optional[str] = None, gpus: int = 0):
         self.run_dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
         self.data_root = data_root
+        self.gpus = gpus  # the job's gpus_per_job: a task that cannot see them fails, never trains on the CPU
 
     def __call__(self) -> Dict[str, Any]:
         from . import train as train_mod
@@ -150,6 +151,16 @@ class SlurmRun:
         for run in runs:
             run.log(f"slurm job {job}{packed} on {os.uname().nodename} "
                     f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
+        if getattr(self, "gpus", 0):
+            import torch
+
+            if not torch.cuda.is_available():
+                why = (f"slurm job {job} asked for {self.gpus} GPU(s) but torch sees none on {os.uname().nodename} "
+                       f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); check the partition's "
+                       f"GPUs, or set gpus_per_job: 0 to train on CPUs")
+                for run in runs:
+                    run.log(why)
+                raise MMBenchError(why)
         write = progress_writer(runs)
 
         def progress(ph: str, done: int, total: int) -> None:
@@ -296,7 +307,8 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
         root = str(Path(data_root).resolve()) if data_root is not None else None
         try:
             with ex.batch():
-                jobs = [ex.submit(SlurmRun([str(r.dir.resolve()) for r in pack], root)) for pack in packs]
+                jobs = [ex.submit(SlurmRun([str(r.dir.resolve()) for r in pack], root, opts.gpus_per_job))
+                        for pack in packs]
         except subprocess.CalledProcessError as e:
             msg = (e.output or b"").decode(errors="replace").strip().splitlines()
             raise MMBenchError(f"sbatch refused the job array ({opts.describe()}): {msg[-1] if msg else e}; "

@@ -400,3 +400,23 @@ def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch
 
     tables = yaml.safe_load((tmp_path / "runs" / a.run_id() / "config.yaml").read_text())["tables"]
     assert tables == ["Fig. 2", "Fig. 3"]
+
+
+def test_a_task_that_asked_for_gpus_and_sees_none_fails_instead_of_training_on_the_cpu(tmp_path):
+    import signal
+
+    from mmbench.config import build_run_config
+    from mmbench.errors import MMBenchError
+    from mmbench.results import Run
+    from mmbench.slurm import SlurmRun
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    run.init()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        with pytest.raises(MMBenchError, match=r"asked for 1 GPU\(s\) but torch sees none"):
+            SlurmRun([str(run.dir)], None, gpus=1)()  # (the tests hide every GPU)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert "but torch sees none" in run.log_path.read_text() and not (run.dir / "checkpoints").exists()
