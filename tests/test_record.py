@@ -224,16 +224,19 @@ def test_import_refuses_conflicts_and_writes_nothing(tmp_path):
         import_bundle(tmp_path / "x.tar.gz", b)
 
 
-def _rewrite(src, dst, edit):
-    with tarfile.open(src, "r:gz") as tin, tarfile.open(dst, "w:gz") as tout:
-        for m in tin.getmembers():
-            data = tin.extractfile(m).read()
-            name, data = edit(m.name, data)
-            if name is None:
-                continue
+def _write_tar(dst, items):
+    """A .tar.gz of (name, bytes) items."""
+    with tarfile.open(dst, "w:gz") as tout:
+        for name, data in items:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tout.addfile(info, io.BytesIO(data))
+
+
+def _rewrite(src, dst, edit):
+    with tarfile.open(src, "r:gz") as tin:
+        items = [edit(m.name, tin.extractfile(m).read()) for m in tin.getmembers()]
+    _write_tar(dst, [(name, data) for name, data in items if name is not None])
 
 
 def test_import_verifies_digests_and_paths(tmp_path):
@@ -284,11 +287,7 @@ def _rebundle(src, dst, edit):
         for rel, meta in entry["files"].items():
             data = files[f"runs/{rid}/{rel}"]
             meta.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    with tarfile.open(dst, "w:gz") as tout:
-        for name, data in [("bundle.json", json.dumps(manifest).encode()), *files.items()]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tout.addfile(info, io.BytesIO(data))
+    _write_tar(dst, [("bundle.json", json.dumps(manifest).encode()), *files.items()])
 
 
 def test_export_leaves_out_runs_it_cannot_read_and_import_refuses_them(tmp_path):
