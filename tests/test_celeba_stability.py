@@ -80,13 +80,13 @@ def test_first_adam_step_blows_up_the_authors_logvar_heads_not_the_zero_initiali
 
 
 @pytest.mark.parametrize("method", ["mmvae", "mopoe_style", "mvae"])
-def test_celeba_trains_four_epochs_at_lr_5e_4(photo_celeba, tmp_path, method):
+def test_celeba_trains_three_epochs_at_lr_5e_4(photo_celeba, tmp_path, method):
     cfg = build_run_config({"dataset": "celeba", "seed": 0,
                             "method": {"name": method, "latent_dim": 20, "beta": 2.5, "architecture": "celeba_resnet_lv0"},
-                            "train": {"epochs": 4, "batch_size": 4, "lr": 5e-4},
+                            "train": {"epochs": 3, "batch_size": 4, "lr": 5e-4},
                             "eval": {"metrics": ["latent_ap"]}})
     hist = train(Run(cfg, tmp_path / "runs"), photo_celeba)["history"]  # raises "training diverged" on a non-finite loss
-    assert len(hist) == 4
+    assert len(hist) == 3
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["test_loss"]) for h in hist)
     # the blow-up shows as epoch-mean KLs of 1e6-1e12 nats; trained, they stay in the hundreds
     assert max(h["train_kl"] for h in hist) < 1e4
