@@ -5,9 +5,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..errors import MMBenchError
@@ -21,6 +18,11 @@ def regression(standardize: bool):
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
     linear separability independently of the latent's scale."""
+    # (imported here: scikit-learn costs every mmbench process ~1 s at start-up, most of which never fit one)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     clf = LogisticRegression(max_iter=1000, random_state=0)
     return make_pipeline(StandardScaler(), clf) if standardize else clf
 
