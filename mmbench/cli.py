@@ -52,7 +52,7 @@ def _writable(path: Path, option: str, folder: bool = False) -> None:
     way round, or a file where one of its parent folders would have to be."""
     if path.exists() and path.is_dir() != folder:
         raise MMBenchError(f"{option} {path} is a {'file' if folder else 'directory'}; name "
-                           f"{'a folder (made if missing)' if folder else 'the file to write'}")
+                           f"{'a folder for the figures (made if missing)' if folder else 'the file to write'}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -498,10 +498,6 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
     formats = ("terminal", "md", "latex", "html", "csv", "json")
     if fmt not in formats:
         raise MMBenchError(f"--format {fmt!r} is not supported; choose one of: {', '.join(formats)}")
-    if out is not None and out.is_dir():
-        raise MMBenchError(f"--out {out} is a directory; name the file to write, e.g. --out {out / 'report.md'}")
-    if plots is not None and plots.exists() and not plots.is_dir():
-        raise MMBenchError(f"--plots {plots} is a file; name a folder for the figures (made if missing)")
     if out is not None:
         _writable(out, "--out")
     if plots is not None:
