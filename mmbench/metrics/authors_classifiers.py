@@ -140,16 +140,23 @@ def set_aside(path: Path, problem: str, doing: str) -> None:
     print(f"note: {path} {problem}; moved it to {aside.name}, {doing}", file=sys.stderr)
 
 
+def read_cached_json(path: Path) -> Tuple[dict, Optional[str]]:
+    """A cached JSON object and None ({} and None when there is none), or {} and what is wrong with the file."""
+    if not path.exists():
+        return {}, None
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
+        return {}, f"is not JSON ({e})"
+    if not isinstance(found, dict):
+        return {}, f"holds a JSON {type(found).__name__}, not an object"
+    return found, None
+
+
 def _read_json(path: Path, fix: Optional[str]) -> dict:
     """A cached JSON object ({} when there is none). A corrupt one is an error naming the file and `fix`, or with
     no fix (an import, which writes every entry again) set aside."""
-    if not path.exists():
-        return {}
-    try:
-        found = json.loads(path.read_text())
-        problem = None if isinstance(found, dict) else f"holds a JSON {type(found).__name__}, not an object"
-    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
-        problem = f"is not JSON ({e})"
+    found, problem = read_cached_json(path)
     if problem is None:
         return found
     if fix is None:

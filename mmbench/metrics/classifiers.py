@@ -9,7 +9,6 @@ test *mean average precision* instead of accuracy, held to ``eval.classifier_min
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -22,7 +21,7 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root,
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .authors_classifiers import load_classifiers, set_aside
+from .authors_classifiers import load_classifiers, read_cached_json, set_aside
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
@@ -120,15 +119,11 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
 def _cached_scores(path: Path) -> Dict[str, float]:
     """The cached test scores by modality ({} when none); a corrupt accuracy.json is set aside (`set_aside`), and
     the scores of the cached classifiers are measured again."""
-    if not path.exists():
-        return {}
-    try:
-        accs = json.loads(path.read_text())
-    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
-        set_aside(path, f"is not JSON ({e})", "measuring the classifiers again")
-        return {}
-    if not (isinstance(accs, dict) and all(isinstance(v, (int, float)) for v in accs.values())):
-        set_aside(path, "is not a modality -> score object", "measuring the classifiers again")
+    accs, problem = read_cached_json(path)
+    if problem is None and not all(isinstance(v, (int, float)) for v in accs.values()):
+        problem = "is not a modality -> score object"
+    if problem is not None:
+        set_aside(path, problem, "measuring the classifiers again")
         return {}
     return accs
 
