@@ -399,16 +399,25 @@ class Run:
 
     def _wanted(self, scored: Optional[tuple]) -> str:
         """scoring_wanted, given _scored() (read once by status)."""
-        aside = self._set_aside() if scored is None else []
-        if aside:
-            scored = _scoring_of(json.loads(aside[0].read_text()))
+        for kept in self._set_aside() if scored is None else []:
+            try:
+                scored = _scoring_of(parse_metrics(kept.read_bytes(), str(kept)))
+                break
+            except RecordError:
+                continue  # unreadable: it says nothing of how this run's metrics are scored
         uses_classifiers = scored is None or scored[0] is not None
         e = self.cfg.eval
         return _scoring_key(f"{e.classifiers}-{e.classifier_dropout}" if uses_classifiers else None, e.precision)
 
     def bring_back(self, want: str) -> bool:
         """Make the evaluation kept as metrics.<want>.json current again (no evaluation needed); False if none."""
-        if not (self.dir / f"metrics.{want}.json").exists():
+        kept = self.dir / f"metrics.{want}.json"
+        if not kept.exists():
+            return False
+        try:
+            parse_metrics(kept.read_bytes(), str(kept))
+        except RecordError as e:  # left where it is (a later setting-aside of that scoring replaces it)
+            self.log(f"{kept.name} cannot be read ({e.problem}); evaluating again instead of bringing it back")
             return False
         for name in ("provenance", "metrics"):  # metrics last: its presence means done
             if (self.dir / f"{name}.{want}.json").exists():

@@ -119,3 +119,19 @@ def test_a_failed_re_scoring_leaves_config_yaml_as_it_was(tmp_path):
     assert fp32.status() == "done" and set(build_report(runs, None).frame["run"]) == {fp32.id}
     assert yaml.safe_load((fp32.dir / "config.yaml").read_text())["eval"]["precision"] == "fp32"
     assert json.loads(fp32.metrics_path.read_text())["eval_precision"] == "fp32"
+
+
+def test_an_unreadable_evaluation_set_aside_is_neither_read_as_the_scoring_nor_brought_back(tmp_path):
+    """A metrics.<scoring>.json kept aside by a re-scoring, then damaged: the run's status and wanted scoring are
+    still computed (before: a JSON traceback), and it is not brought back over metrics.json as if it were good."""
+    runs = tmp_path / "runs"
+    run = fake_run(runs, 0)
+    for name in ("metrics", "provenance"):  # as a re-scoring stopped after setting them aside leaves the run
+        if (run.dir / f"{name}.json").exists():
+            (run.dir / f"{name}.json").replace(run.dir / f"{name}.fp32.json")
+    kept = run.dir / "metrics.fp32.json"
+    kept.write_text(kept.read_text()[:20])
+    assert run.status() == "rescore" and run.scoring_wanted() == "mmbench-off"
+    assert run.bring_back("fp32") is False
+    assert kept.exists() and not run.metrics_path.exists()
+    assert "metrics.fp32.json cannot be read" in run.log_path.read_text()
