@@ -334,6 +334,10 @@ def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
         path, history = last, read_checkpoint(last)["state"].get("history")
     if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
         raise MMBenchError(f"{path} holds no list of per-epoch records")
+    for i, h in enumerate(history):  # a string or null would be drawn as a category, or break the figure
+        for k, v in h.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise MMBenchError(f"{path}: epoch record {i + 1} has {k} = {v!r}, not a number")
     return history
 
 

@@ -89,6 +89,10 @@ def test_a_run_whose_history_cannot_be_read_leaves_its_curve_out_with_a_note(tmp
     said = " ".join(res.output.split())
     assert f"training curve of {bad.id} left out:" in said and "holds no list of per-epoch records" in said
     assert good.id not in said
+    for damaged in ('[{"epoch": 1, "train_loss": "5.0", "test_loss": 5.5}]', '[{"epoch": 1, "test_loss": null}]'):
+        (bad.dir / "history.json").write_text(damaged)  # a number as text, a null: not drawn as anything
+        with pytest.raises(MMBenchError, match="epoch record 1 has (train_loss = '5.0'|test_loss = None), not a number"):
+            run_history(bad.dir)
 
 
 @pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 301))])
