@@ -57,7 +57,16 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def _same(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
         return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
-    return actual == wanted
+    return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list) and actual == _key(wanted))
+
+
+def _key(value: Any) -> Any:
+    """A setting as a dict key: a list-valued one (e.g. `modalities`) as a tuple."""
+    if isinstance(value, list):
+        return tuple(_key(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    return value
 
 
 def matches(cfg: Dict[str, Any], where: Optional[Dict[str, Any]]) -> bool:
@@ -317,8 +326,12 @@ def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict
         return {}
     if not claim.for_each:
         return {None: configurations(sel) or float(sel["value"].mean())}
-    keys = sel["cfg"].apply(lambda c: c.get(claim.for_each))
-    return {k: configurations(sel[keys == k]) or float(sel["value"][keys == k].mean()) for k in dict.fromkeys(keys)}
+    keys = [_key(c.get(claim.for_each)) for c in sel["cfg"]]
+    out = {}
+    for k in dict.fromkeys(keys):
+        at = sel[[x == k for x in keys]]
+        out[k] = configurations(at) or float(at["value"].mean())
+    return out
 
 
 def _side_label(side: Any) -> str:

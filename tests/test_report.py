@@ -516,3 +516,28 @@ def test_a_run_whose_config_no_longer_validates_is_left_out_not_fatal(tmp_path):
     rep = build_report(runs, None)
     assert set(rep.frame["run"]) == {good.id}
     assert dict(rep.skipped)[old.id].startswith("its config no longer validates (loglik needs normalised")
+
+
+def test_for_each_over_a_list_valued_setting(tmp_path):
+    """`for_each: modalities` (a list per run): one comparison per modality set, and `lowest_at` names one by its
+    list (before: an unhashable-list TypeError)."""
+    runs = tmp_path / "runs"
+    for mods, value in ((["m0", "m1"], 0.4), (["m0", "m1", "m2"], 0.6)):
+        for method, v in (("mopoe", value), ("mmvae", value - 0.1)):
+            run = Run(build_run_config({"dataset": "polydigits", "modalities": mods, "method": {"name": method},
+                                        "tables": ["F"]}), runs)
+            run.init()
+            run.write_metrics({"coherence/joint": v})
+    mopoe = {"method": "mopoe", "metric": "coherence/joint"}
+    mmvae = {"method": "mmvae", "metric": "coherence/joint"}
+    base = {"paper": "P", "figure": "F", "quote": "q", "source": "p. 1", "for_each": "modalities"}
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [
+        {**base, "id": "better", "holds": [{"left": mopoe, "op": ">", "right": mmvae}]},
+        {**base, "id": "lowest", "holds": [{"left": mopoe, "op": "lowest_at", "right": [["m0", "m1"]]}]}]}))
+    rep = build_report(runs, refs)
+    assert {c.id: c.status for c in rep.claims} == {"better": "holds", "lowest": "holds"}
+    better = next(c for c in rep.claims if c.id == "better")
+    assert sorted(d.split(" at ")[1] for d in better.details) == ["modalities=('m0', 'm1'): yes",
+                                                                 "modalities=('m0', 'm1', 'm2'): yes"]
