@@ -122,13 +122,18 @@ def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
         with tarfile.open(path, "r:gz") as tar:
             members = {}
             for m in tar.getmembers():
-                parts = Path(m.name).parts
-                if not m.isfile() or m.name.startswith("/") or ".." in parts:
+                parts = Path(m.name).parts  # "./runs/x" -> ("runs", "x"): a bundle unpacked and packed again with tar
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
                     raise MMBenchError(f"bundle {path} holds {m.name!r}, which is not a plain file inside the "
                                        f"bundle; refusing it (was it made by `mmbench export`?)")
-                members[m.name] = tar.extractfile(m).read()
+                if m.isfile():
+                    members["/".join(parts)] = tar.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
+    tops = {name.split("/")[0] for name in members}
+    if MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members:
+        top = next(iter(tops))  # packed again from above its folder (tar czf b.tar.gz folder/): read inside it
+        members = {name[len(top) + 1:]: data for name, data in members.items()}
     try:
         manifest = json.loads(members.pop(MANIFEST))
     except (KeyError, ValueError):

@@ -1,6 +1,7 @@
 """The reproducible record: complete provenance, honest aggregation of mixed runs, result bundles."""
 import io
 import json
+import shutil
 import tarfile
 from importlib.metadata import version
 from pathlib import Path
@@ -336,3 +337,23 @@ def test_export_never_overwrites_a_bundle_unless_forced(tmp_path):
     assert res.exit_code == 0, res.output
     assert list(read_bundle(out)[0]["runs"]) == [p.name for p in a.iterdir()]
     assert "--force" in CliRunner().invoke(app, ["export", "--help"]).output
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no tar command to pack a bundle again with")
+@pytest.mark.parametrize("how", [["-C", "{x}", "."], ["-C", "{t}", "x"]])
+def test_a_bundle_unpacked_and_packed_again_with_tar_imports(tmp_path, how):
+    """`tar xzf` then `tar czf` (from inside the folder: ./ names and folder entries; or from above it: one top
+    folder) keeps every file and digest, so the bundle imports as exported (before: refused for its folder entries)."""
+    import subprocess
+
+    a = tmp_path / "a"
+    runs = [fake_run(a, s, {"coherence/joint": v}) for s, v in ((0, 0.3), (1, 0.4))]
+    export_runs(a, tmp_path / "x.tar.gz")
+    (tmp_path / "x").mkdir()
+    subprocess.run(["tar", "xzf", str(tmp_path / "x.tar.gz"), "-C", str(tmp_path / "x")], check=True)
+    again = tmp_path / "again.tar.gz"
+    subprocess.run(["tar", "czf", str(again)] + [w.format(x=tmp_path / "x", t=tmp_path) for w in how], check=True)
+    res = import_bundle(again, tmp_path / "b")
+    assert sorted(res["added"]) == sorted(r.id for r in runs)
+    for r in runs:
+        assert (tmp_path / "b" / r.id / "metrics.json").read_bytes() == r.metrics_path.read_bytes()
