@@ -127,11 +127,16 @@ def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
                     raise MMBenchError(f"bundle {path} holds {m.name!r}, which is not a plain file inside the "
                                        f"bundle; refusing it (was it made by `mmbench export`?)")
                 if m.isfile():
-                    members["/".join(parts)] = tar.extractfile(m).read()
+                    name = "/".join(parts)
+                    if name in members:  # e.g. "runs/x" and "./runs/x": which one a reader takes would differ
+                        raise MMBenchError(f"bundle {path} holds {name} twice (as {m.name!r} too); refusing it (was "
+                                           f"it made by `mmbench export`?)")
+                    members[name] = tar.extractfile(m).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
     tops = {name.split("/")[0] for name in members}
-    if MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members:
+    if (MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members
+            and all("/" in name for name in members)):
         top = next(iter(tops))  # packed again from above its folder (tar czf b.tar.gz folder/): read inside it
         members = {name[len(top) + 1:]: data for name, data in members.items()}
     try:

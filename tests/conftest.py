@@ -5,7 +5,7 @@ from pathlib import Path
 # processes it starts compute on one thread: two workers of two threads each on two cores spin against each other
 # (they were on course to take longer than a serial run; with one thread each: 7:52 against 12:45 serially).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the processes tests start compute as the worker does
     import torch
 
     torch.set_num_threads(1)

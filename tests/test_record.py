@@ -258,6 +258,12 @@ def test_import_verifies_digests_and_paths(tmp_path):
     _rewrite(good, escape, lambda n, d: (n.replace("runs/", "runs/../../"), d) if n.endswith("log.txt") else (n, d))
     with pytest.raises(MMBenchError, match="not a plain file inside the bundle"):
         import_bundle(escape, tmp_path / "b")
+    twice = tmp_path / "twice.tar.gz"  # a second copy under an equivalent name, which no digest covers
+    with tarfile.open(good, "r:gz") as tin:
+        items = [(m.name, tin.extractfile(m).read()) for m in tin.getmembers()]
+    _write_tar(twice, [(f"./runs/{run.id}/metrics.json", b"{}")] + items)
+    with pytest.raises(MMBenchError, match=rf"holds runs/{run.id}/metrics.json twice"):
+        import_bundle(twice, tmp_path / "b")
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(MMBenchError, match="is not a readable .tar.gz"):
         import_bundle(tmp_path / "junk.tar.gz", tmp_path / "b")
