@@ -80,7 +80,7 @@ def wait_training(run_dir: Path, min_done: int, timeout: float = 180) -> dict:
     raise AssertionError(f"{run_dir.name} did not reach training step {min_done} in {timeout} s")
 
 
-def release_when_requeued(job_id: str, timeout: float = 60) -> None:
+def release_when_requeued(job_id: str, timeout: float = 180) -> None:
     """Slurm holds a requeued job ~2 minutes (BeginTime); let it start now so the test stays short."""
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -156,7 +156,7 @@ def test_requeue_and_pre_timeout_signal_resume_to_identical_metrics(tmp_path, da
     suite, runs = write_suite(tmp_path), tmp_path / "runs"
     proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
     t0 = time.time()
-    while len(run_dirs(runs) if runs.exists() else {}) < 2 and time.time() - t0 < 60:
+    while len(run_dirs(runs) if runs.exists() else {}) < 2 and time.time() - t0 < 180:
         time.sleep(0.2)
     dirs = run_dirs(runs)
     job_a = wait_training(dirs["mopoe"], 3)["job_id"]  # at least 47 of 50 steps to go
@@ -186,7 +186,7 @@ def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_ro
     suite, runs = write_suite(tmp_path), tmp_path / "runs"
     proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
     t0 = time.time()
-    while "mopoe" not in (run_dirs(runs) if runs.exists() else {}) and time.time() - t0 < 60:
+    while "mopoe" not in (run_dirs(runs) if runs.exists() else {}) and time.time() - t0 < 180:
         time.sleep(0.2)
     dirs = run_dirs(runs)
     job_a = wait_training(dirs["mopoe"], 3)["job_id"]
@@ -280,7 +280,7 @@ def test_packed_array_task_requeued_mid_epoch_matches_local_pack(tmp_path, data_
     proc = mmbench(suite, "--executor", "slurm", "--pack", "3", data_root=data_root, runs_dir=runs, background=True)
     t0 = time.time()
     while len([d for d in runs.iterdir() if (d / "slurm.json").exists()] if runs.exists() else []) < 3:
-        assert time.time() - t0 < 60, "the pack was not submitted"
+        assert time.time() - t0 < 180, "the pack was not submitted in 180 s"
         time.sleep(0.2)
     dirs = sorted(d for d in runs.iterdir() if d.is_dir() and not d.name.startswith("."))
     jobs = {json.loads((d / "slurm.json").read_text())["job_id"] for d in dirs}
