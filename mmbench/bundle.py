@@ -135,10 +135,10 @@ def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
     except (tarfile.TarError, EOFError, OSError) as e:
         raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
     tops = {name.split("/")[0] for name in members}
-    if (MANIFEST not in members and len(tops) == 1 and f"{next(iter(tops))}/{MANIFEST}" in members
-            and all("/" in name for name in members)):
-        top = next(iter(tops))  # packed again from above its folder (tar czf b.tar.gz folder/): read inside it
-        members = {name[len(top) + 1:]: data for name, data in members.items()}
+    if MANIFEST not in members and len(tops) == 1 and all("/" in name for name in members):
+        (top,) = tops  # packed again from above its folder (tar czf b.tar.gz folder/): read inside it
+        if f"{top}/{MANIFEST}" in members:
+            members = {name[len(top) + 1:]: data for name, data in members.items()}
     try:
         manifest = json.loads(members.pop(MANIFEST))
     except (KeyError, ValueError):
