@@ -151,7 +151,7 @@ class SlurmRun:
         for run in runs:
             run.log(f"slurm job {job}{packed} on {os.uname().nodename} "
                     f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')})")
-        if getattr(self, "gpus", 0):
+        if getattr(self, "gpus", 0):  # getattr: a task pickled by an mmbench before `gpus` (requeued) has none
             import torch
 
             if not torch.cuda.is_available():
