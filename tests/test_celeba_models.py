@@ -268,3 +268,16 @@ def test_multilabel_classifiers_on_the_fixture(tmp_path, source):  # noqa: F811 
     assert torch.equal(torch.get_rng_state(), before)  # building them drew no initial weights from it
     for name, clf in clfs.items():
         assert accs[name] == pytest.approx(mean_ap(clf, test, name, torch.device("cpu")), rel=1e-6)
+
+
+def test_coherence_ap_by_n_counts_only_targets_outside_the_subset(tmp_path):
+    class TextScrambles(FakeModel):  # decoding "text" reverses the attribute slots: ->text APs near the base rate
+        def decode(self, z, m):
+            return z if m == "img" else z.flip(1)
+
+    y = labels(200, 2)
+    out = METRICS.get("coherence_ap")(context(tmp_path, CELEBA, split(y, 0.2, 0), split(y, 0.2, 3),
+                                              model=TextScrambles()))
+    assert out["coherence_ap/img->img"] > out["coherence_ap/img->text"] + 0.2
+    assert out["coherence_ap_by_n/1"] == pytest.approx(
+        (out["coherence_ap/img->text"] + out["coherence_ap/text->img"]) / 2, abs=1e-12)

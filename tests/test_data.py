@@ -318,3 +318,20 @@ def test_corrupt_manifest_is_one_line_and_force_rebuilds_it(tmp_path, text, prob
     prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
     assert read_manifest(path)["dataset"] == "polydigits"
     assert len(load_split(spec, "translated", "test", tmp_path)) > 0
+
+
+def test_digits_are_binarised_strictly_above_128():
+    digits = np.zeros((10, 28, 28), np.uint8)
+    digits[:, 14, 14], digits[:, 14, 15] = 128, 129
+    labels = np.arange(10)
+    tuples = polygen.pair_indices(labels, 2, 1, np.random.default_rng(0))
+    masks, _ = polygen.digit_masks(digits, labels, tuples, "vanilla", np.random.default_rng(0))
+    assert not masks[:, :, 14, 14].any() and masks[:, :, 14, 15].all()
+
+
+def test_extended_corner_labels_cover_all_ten_classes():
+    digits = np.random.default_rng(0).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    labels = np.repeat(np.arange(10), 2)
+    tuples = polygen.pair_indices(labels, 5, 5, np.random.default_rng(0))  # 100 tuples × 5 modalities
+    _, extra = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(1))
+    assert set(np.unique(extra["corner"])) == set(range(10))

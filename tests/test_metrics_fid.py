@@ -193,3 +193,12 @@ def test_fid_weights_location_is_not_part_of_the_run_id():
     assert located.run_id() == plain.run_id()
     assert build_run_config({**base, "eval": {"fid_samples": 500}}).run_id() != plain.run_id()
     assert {"fid", "loglik", "reconstruction"} <= set(METRICS.names())
+
+
+def test_inception_input_clamps_and_quantises_to_8_bits_like_a_saved_png():
+    img = torch.tensor([0.31, 0.50196, -0.2, 1.3, 0.0011]).view(1, 1, 1, 5)
+    x = fidm.inception_input(img)
+    expected = torch.tensor([79, 128, 0, 255, 0]) / 255.0  # round(255·v) of the clamped values
+    assert x.shape == (1, 3, 1, 5)
+    assert torch.allclose(x[0, 0, 0], expected, atol=1e-7)
+    assert (x[:, 0] == x[:, 1]).all() and (x[:, 0] == x[:, 2]).all()

@@ -7,7 +7,7 @@ from mmbench.config import EvalConfig
 from mmbench.data.base import DataSplit, Modality
 from mmbench.methods.base import Gaussian
 from mmbench.metrics.context import EvalContext
-from mmbench.metrics.latent import latent_classification
+from mmbench.metrics.latent import by_size, latent_classification
 from mmbench.registry import DATASETS
 
 MODS = [Modality("m0", (1,), kind="vector"), Modality("m1", (1,), kind="vector")]
@@ -143,3 +143,8 @@ def test_regression_tuples_differ_between_run_seeds_and_not_between_methods():
 
     assert torch.equal(rows(0), train.subset(50, seed=1).x["m0"][:, 0]) and torch.equal(rows(3), rows(3))
     assert not torch.equal(rows(0), rows(1)) and not torch.equal(rows(1), rows(2))
+
+
+def test_by_size_averages_subsets_of_exactly_that_size():
+    subsets = [("a",), ("b",), ("a", "b")]
+    assert by_size({"a": 1.0, "b": 0.0, "a+b": 0.25}, subsets, "x") == {"x/1": 0.5, "x/2": 0.25}

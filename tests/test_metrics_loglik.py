@@ -220,3 +220,26 @@ def test_loglik_refuses_a_likelihood_without_its_constant():
                       cfg=EvalConfig(ll_samples=2), device=torch.device("cpu"))
     with pytest.raises(MMBenchError, match=r"loglik needs normalised likelihoods; modalities barat, .*\(use reconstruction\)"):
         loglik(ctx)
+
+
+def test_loglik_by_n_averages_subsets_of_that_size_only():
+    """loglik_by_n/2 is the full set alone, not the mean over subsets of size ≤ 2."""
+    split = data()
+    torch.manual_seed(0)
+    out = loglik(context(LinearGaussian("exact"), split, ll_samples=1))
+    assert out["loglik/a"] != pytest.approx(out["loglik/a+b"])
+    assert out["loglik_by_n/2"] == out["loglik/a+b"]
+
+
+def test_reconstruction_weights_the_log_likelihood_only():
+    """recon/joint and recon/self are Σ_m rec_w_m · (-log p); the squared errors stay unweighted (module docstring)."""
+    split = data(200, seed=3)
+    model = LinearGaussian("exact")
+    model.rec_weights = {"a": 2.0, "b": 0.5}
+    torch.manual_seed(0)
+    out = reconstruction(context(model, split))
+    assert out["recon/joint"] == pytest.approx(2.0 * out["recon/joint->a"] + 0.5 * out["recon/joint->b"])
+    assert out["recon/self"] == pytest.approx(2.0 * out["recon/a->a"] + 0.5 * out["recon/b->b"])
+    assert out["recon_mse/joint"] == pytest.approx(out["recon_mse/joint->a"] + out["recon_mse/joint->b"])
+    assert out["recon_mse/self"] == pytest.approx(out["recon_mse/a->a"] + out["recon_mse/b->b"])
+    assert out["recon/self_mean"] == pytest.approx((out["recon/a->a"] + out["recon/b->b"]) / 2)

@@ -245,3 +245,11 @@ def test_a_damaged_mat_file_from_source_is_the_users_to_replace(tmp_path):
     assert "delete" not in str(e.value) and bad.exists()
     with pytest.raises(MMBenchError, match="not a readable MATLAB file .*delete it and prepare again"):
         mst.load_svhn(bad)
+
+
+def test_pairing_rounds_draw_independent_matchings():
+    """Each of the rounds matches the class's images afresh: 20 rounds over 50 × 50 same-class images give far
+    more than the 50 distinct pairs one repeated matching would."""
+    lab = np.zeros(50, np.int64)
+    i1, i2 = mst.pair(lab, lab.copy(), 10_000, 20, np.random.default_rng(0))
+    assert len(set(zip(i1.tolist(), i2.tolist()))) > 500

@@ -11,7 +11,7 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
-from mmbench.report import build_report, load_references
+from mmbench.report import build_report, load_references, matches
 from mmbench.results import Run
 from mmbench.verdicts import welch_p
 
@@ -541,3 +541,11 @@ def test_for_each_over_a_list_valued_setting(tmp_path):
     better = next(c for c in rep.claims if c.id == "better")
     assert sorted(d.split(" at ")[1] for d in better.details) == ["modalities=('m0', 'm1'): yes",
                                                                  "modalities=('m0', 'm1', 'm2'): yes"]
+
+
+def test_a_where_with_two_settings_needs_both():
+    """The shipped references' `where` pairs variant with train.select: an extended cell is never scored from vanilla runs."""
+    cfg = {"variant": "vanilla", "train.select": "best_test_loss"}
+    assert matches(cfg, {"variant": "vanilla", "train.select": "best_test_loss"})
+    assert not matches(cfg, {"variant": "extended", "train.select": "best_test_loss"})
+    assert not matches(cfg, {"variant": "vanilla", "train.select": "last"})

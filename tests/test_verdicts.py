@@ -13,9 +13,9 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
-from mmbench.report import build_report
+from mmbench.report import Cell, build_report
 from mmbench.results import Run
-from mmbench.verdicts import TIDY_COLUMNS, holm, one_run_p, welch_p
+from mmbench.verdicts import TIDY_COLUMNS, apply, holm, one_run_p, tidy_rows, welch_p
 
 
 def test_welch_p_matches_the_textbook_formula():
@@ -165,3 +165,22 @@ def test_two_runs_far_off_are_underpowered_not_consistent(tmp_path):
     fake_run(runs, "mopoe", 2, {"coherence/joint": 0.79})
     (cell,) = build_report(runs, refs).cells
     assert cell.n_runs == 3 and cell.verdict in ("consistent", "differs")
+
+
+def test_holm_family_is_one_paper():
+    """Two papers' cells are two families: each one-cell family keeps its unadjusted p."""
+    cells = [Cell(paper=p, table="T", row="r", column="c", method="mopoe", metric="coherence/joint", value=0.80,
+                  tolerance=0.02, std=0.05, produced=0.62, n_runs=1, paper_runs=5) for p in ("A", "B")]
+    apply(cells)
+    p = one_run_p(0.62, 0.80, 0.05, 5)  # ≈ 0.030; pooled into one family Holm would double it
+    assert [c.p_holm for c in cells] == pytest.approx([p, p])
+    assert [c.verdict for c in cells] == ["differs", "differs"]
+
+
+def test_tidy_rows_without_references_give_the_sample_std():
+    vals = [0.70, 0.71, 0.69, 0.72, 0.68]
+    frame = pd.DataFrame({"tables": [("T",)] * 5, "method": "mopoe", "group": "g", "metric": "m", "value": vals,
+                          "run": [f"r{i}" for i in range(5)]})
+    (row,) = tidy_rows([], frame)
+    assert row["produced_std"] == pytest.approx(math.sqrt(0.001 / 4))  # Σ(x − 0.70)² = 0.001, ddof = 1
+    assert row["produced_mean"] == pytest.approx(0.70)
