@@ -377,3 +377,32 @@ def test_brief_cuts_at_a_sentence_or_a_word():
     assert brief(ValueError("First sentence here. " + "x" * 200), 40) == "ValueError: First sentence here."
     long = ValueError("a very long sentence without a stop " * 5)
     assert brief(long, 30) == "ValueError: a very long sentence without…"
+
+
+class _MeanOfX(torch.nn.Module):
+    """loss = the batch's mean of x plus one uniform draw (rand_scale), so weighting and seeding both show."""
+
+    def __init__(self, rand_scale=0.0):
+        super().__init__()
+        self.rand_scale = rand_scale
+
+    def loss(self, x):
+        return x["a"].double().mean() + self.rand_scale * torch.rand((), dtype=torch.float64), {}
+
+
+def test_test_loss_weights_each_batch_by_its_rows_and_reseeds():
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.train import test_loss
+
+    split = DataSplit([Modality("a", (1,), kind="vector")], {"a": torch.tensor([[1.0], [2.0], [3.0], [4.0], [10.0]])},
+                      torch.zeros(5, dtype=torch.long))
+    # batches [1, 2], [3, 4], [10]: the tuple mean 20 / 5 = 4 (the mean of the batch means would be 5)
+    assert test_loss(_MeanOfX(), split, 2, seed=0, device="cpu") == pytest.approx(4.0, abs=1e-12)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = test_loss(_MeanOfX(1.0), split, 5, seed=7, device="cpu")
+    assert torch.rand(1) == before  # the caller's stream is left where it was
+    g = torch.Generator().manual_seed(7)
+    assert a == pytest.approx(4.0 + torch.rand((), dtype=torch.float64, generator=g).item(), abs=1e-12)
+    assert test_loss(_MeanOfX(1.0), split, 5, seed=7, device="cpu") == a  # every epoch draws the same numbers
