@@ -11,9 +11,9 @@ from mmbench.config import build_run_config
 from mmbench.data.base import Modality
 from mmbench.errors import MMBenchError
 from mmbench.evaluate import execute
-from mmbench.methods.base import LOG_2PI, MethodConfig, all_subsets
-from mmbench.methods.mrvae import (RelationalPosterior, gumbel_softmax, log_hypergeom, log_mvhg, log_pl, neuralsort,
-                                   put, select, sort_matrix)
+from mmbench.methods.base import LOG_2PI, Gaussian, MethodConfig, all_subsets
+from mmbench.methods.mrvae import (RelationalPosterior, gumbel_softmax, kl_elem, log_hypergeom, log_mvhg, log_pl,
+                                   neuralsort, put, select, sort_matrix)
 from mmbench.registry import METHODS
 from mmbench.results import Run
 from conftest import assert_latent_accuracies, train_steps
@@ -280,6 +280,30 @@ def test_selection_prior_is_def2_given_the_sizes():
     per_factor = sum(stats.multivariate_hypergeom.pmf(c, [d] * subspaces, d) * c[0] / d
                      for c in itertools.product(range(d + 1), repeat=subspaces) if sum(c) == d)
     assert math.isclose(per_factor, 1 / subspaces, rel_tol=1e-9)
+
+
+def test_kl_elem_is_the_per_coordinate_gaussian_kl():
+    # closed form KL(N(μ, σ²) || N(0, 1)) = (μ² + σ² - 1 - log σ²)/2: N(1, 1) -> 0.5, N(0, 2) -> (2 - 1 - log 2)/2
+    q = Gaussian(torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64),
+                 torch.tensor([[0.0, math.log(2.0), 0.0]], dtype=torch.float64))
+    want = torch.tensor([[0.5, 0.5 * (2 - 1 - math.log(2)), 0.0]], dtype=torch.float64)
+    assert torch.allclose(kl_elem(q), want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("objective", ["q", "r"])
+def test_beta_weighs_only_the_z_kl(objective):
+    # docs/provenance.md (mrVAE, Weights): loss = NLL + β·KL_z + KL_n + KL_y, the structure terms keep weight 1
+    torch.manual_seed(0)
+    cfg = MethodConfig("mrvae", latent_dim=2, beta=2.0, options={"hidden": 8, "objective": objective})
+    model = METHODS.get("mrvae")(MODS, cfg, "polymnist_cnn").double().train()
+    x = {m: v.double() for m, v in batch(4).items()}
+    with torch.no_grad():
+        _, logs = model.loss(x)
+    assert logs["loss"].dtype == torch.float64
+    lhs = (logs["loss"] - logs["nll"]).item()
+    rhs = (2 * logs["kl"] + logs["kl_n"] + logs["kl_y"]).item()
+    assert abs(logs["kl_n"] + logs["kl_y"]).item() > 1e-3  # the structure terms are there to be mis-weighted
+    assert math.isclose(lhs, rhs, rel_tol=1e-9)
 
 
 def test_paper_objective_draws_the_relation_from_the_prior_and_scores_it_with_r():

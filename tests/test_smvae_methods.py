@@ -163,12 +163,14 @@ def test_vgon_inner_gradient_matches_finite_differences():
         assert torch.allclose(q.mu, model.head.mu(step * grad)) and torch.allclose(q.logvar, model.head.logvar(step * grad))
 
 
-def test_vgon_elbo_and_step_closed_form_with_linear_decoders():
+@pytest.mark.parametrize("beta", [1.0, 2.5])
+def test_vgon_elbo_and_step_closed_form_with_linear_decoders(beta):
     """Linear decoders x̂_m = A_m z + c_m under the Gaussian likelihood (σ = 0.1) and a linear head: the
     ELBO at z0 (SMVAE Eq. 8) and its gradient at the origin (the step of Eq. 9) written out in closed form,
-    independently of autograd and of the package's finite differences."""
+    independently of autograd and of the package's finite differences. The KL term (ELBO and inner step alike)
+    carries vgon's β (the class docstring: "the inner step uses the same β")."""
     D, B = 2, 3
-    model = make("vgon", latent=D, beta=1.0, likelihood="gaussian").double()
+    model = make("vgon", latent=D, beta=beta, likelihood="gaussian").double()
     g = torch.Generator().manual_seed(11)
     A = {n: torch.randn(3 * 28 * 28, D, generator=g, dtype=torch.float64) * 0.05 for n in model.names}
     c = {n: torch.rand(3 * 28 * 28, generator=g, dtype=torch.float64) for n in model.names}
@@ -196,17 +198,17 @@ def test_vgon_elbo_and_step_closed_form_with_linear_decoders():
         ll = sum(-0.5 * ((x[n].flatten(1) - z @ A[n].T - c[n]) ** 2).sum(1) / s2 - 0.5 * P * math.log(2 * math.pi * s2)
                  for n in model.names)
         kl = 0.5 * (mu ** 2 + torch.exp(logvar) - 1 - logvar).sum(1)
-        return ll - kl, mu, logvar, z
+        return ll - beta * kl, mu, logvar, z
 
     want, _, _, _ = closed_form(z0)
     with torch.no_grad():
-        got = vgon_elbo(model, model.head, z0, x, model.names, eps, 1.0)
+        got = vgon_elbo(model, model.head, z0, x, model.names, eps, beta)
     # rtol 1e-7: the likelihood's normalising constant is a float32 scalar (error ~1e-7 in each pixel's log)
     assert torch.allclose(got, want, rtol=1e-7, atol=0)
     assert not torch.allclose(got, want + 0.1 * want.abs().max() * 1e-4, rtol=1e-7, atol=0)
 
     # gradient at the origin: dELBO/dz0 = J^T Σ_m A_m^T (x_m - A_m z - c_m) / σ² - dKL/dz0, with
-    # dz/dz0 = W_μ + diag(ε · σ/2) W_v, dKL/dz0 = W_μ^T μ + W_v^T (σ² - 1) / 2
+    # dz/dz0 = W_μ + diag(ε · σ/2) W_v, dKL/dz0 = W_μ^T μ + W_v^T (σ² - 1) / 2 (times β)
     model.train()
     torch.manual_seed(5)
     eps = torch.randn(B, D, dtype=torch.float64)  # the noise the inner ELBO will draw
@@ -214,12 +216,19 @@ def test_vgon_elbo_and_step_closed_form_with_linear_decoders():
     dll_dz = sum((x[n].flatten(1) - z @ A[n].T - c[n]) @ A[n] / s2 for n in model.names)  # B×D
     sd = torch.exp(0.5 * logvar)
     grad = torch.stack([(Wm + (eps[b] * sd[b] / 2)[:, None] * Wv).T @ dll_dz[b]
-                        - (Wm.T @ mu[b] + Wv.T @ (sd[b] ** 2 - 1) / 2) for b in range(B)])
+                        - beta * (Wm.T @ mu[b] + Wv.T @ (sd[b] ** 2 - 1) / 2) for b in range(B)])
     torch.manual_seed(5)
-    q, step_grad = vgon_posterior(model, model.head, x, model.names, 1.0, 0.01)
+    q, step_grad = vgon_posterior(model, model.head, x, model.names, beta, 0.01)
     assert torch.allclose(step_grad, grad, rtol=1e-9, atol=1e-9)
     with torch.no_grad():
         assert torch.allclose(q.mu, 0.01 * grad @ Wm.T + bm) and torch.allclose(q.logvar, 0.01 * grad @ Wv.T + bv)
+    # the model's own posterior (what its loss and encode_subsets use) takes that step with the model's β
+    torch.manual_seed(5)
+    q = model.posterior(x, model.names)
+    with torch.no_grad():
+        h = model.step_size
+        assert torch.allclose(q.mu, h * grad @ Wm.T + bm, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(q.logvar, h * grad @ Wv.T + bv, rtol=1e-9, atol=1e-12)
 
 
 def test_vgon_second_order_path_reaches_decoders():

@@ -196,6 +196,16 @@ def test_mid_epoch_stop_and_resume_equals_uninterrupted(tmp_path, data_root):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_the_last_partial_batch_is_dropped(tmp_path, data_root):
+    # drop_last, as the authors' loaders: 70 samples at batch 32 give 70 // 32 = 2 steps an epoch, 4 in 2 epochs
+    steps = []
+    run = Run(cfg(train={"epochs": 2, "max_train": 70, "max_test": 32}), tmp_path)
+    train(run, data_root, lambda phase, done, total: steps.append((done, total)))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    adam = torch.load(run.ckpt_dir / "last.pt", weights_only=False)["optimizer"]["state"]
+    assert {int(s["step"]) for s in adam.values()} == {4}
+
+
 def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, data_root):
     """Periodic mid-epoch checkpoints (train.checkpoint_minutes): a crash after one loses only the steps
     since it, and the resumed run's history and weights equal an uninterrupted run's."""
