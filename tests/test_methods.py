@@ -149,7 +149,8 @@ def expected_loss(name, var):
         comps = [ka_poe([0, 1], var, True), ka_poe([0], var, True), ka_poe([1], var, True)]
         nll = ka_nll(comps[0][0], both) + ka_nll(comps[1][0], ["m0"], False) + ka_nll(comps[2][0], ["m1"], False)
         return nll + beta * sum(ka_kl(*c) for c in comps)
-    if name == "mopoe":  # mixture of the subsets' PoEs (prior expert on the full set only), KL averaged
+    if name in ("mopoe", "mopoe_eq5"):  # the subsets' PoEs (prior expert on the full set only), KL averaged;
+        # mopoe_eq5 (MoPoE Eq. 5): every subset's ELBO, uniformly averaged -- the same number at a sharp posterior
         comps = [ka_poe([0], var, False), ka_poe([1], var, False), ka_poe([0, 1], var, True)]
     else:  # mmvae: mixture of the unimodal posteriors
         comps = [ka_poe([0], var, False), ka_poe([1], var, False)]
@@ -157,13 +158,13 @@ def expected_loss(name, var):
     return np.mean([ka_nll(mu, both) for mu, _ in comps]) + beta * np.mean([ka_kl(*c) for c in comps])
 
 
-@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae"])
+@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae", "mopoe_eq5"])
 @pytest.mark.parametrize("var", [(1e-12, 1e-12), (0.5, 2.0)], ids=["sharp", "wide"])
 def test_objective_known_answer(name, var):
     """sharp: σ² ≈ 0, so the sampled z is the component's mean and the whole loss is known (which subset
     posterior reconstructs which modality, with which weight). wide: σ² 0.5 and 2 make the prior expert and
     the precision weighting visible in the KL; the decoders are then zeroed so the sample does not matter."""
-    B = {"mopoe": 3, "mvae": 4, "mmvae": 2}[name]  # one row per mixture component
+    B = {"mopoe": 3, "mvae": 4, "mmvae": 2, "mopoe_eq5": 2}[name]  # one row per mixture component (eq5: any B)
     model = ka_model(name, var)
     x = {m: torch.tensor(KA_X[m]).expand(B, -1) for m in KA_X}
     if var[0] > 1e-6:

@@ -280,6 +280,63 @@ def test_alpha_annealing_schedule_and_step_counter():
     assert int(model.train_steps) == 2 and "train_steps" in model.state_dict()
 
 
+VEC = [Modality("m0", (2,), kind="vector"), Modality("m1", (2,), kind="vector", rec_weight=2.0)]
+VEC_X = {"m0": np.array([0.5, 1.0]), "m1": np.array([-0.4, 0.8])}
+VEC_MU = {"m0": np.array([0.6, -0.4]), "m1": np.array([-0.2, 0.9])}
+VEC_A = {"m0": np.array([[1.0, 0.5], [-0.3, 2.0]]), "m1": np.array([[0.7, -1.2], [0.4, 0.1]])}
+VEC_C = {"m0": np.array([0.1, -0.2]), "m1": np.array([0.3, 0.0])}
+
+
+class FixedExpert(torch.nn.Module):
+    """q_m = N(mu, e^logvar) whatever the input."""
+
+    def __init__(self, mu, logvar):
+        super().__init__()
+        self.mu, self.logvar = torch.tensor(mu), torch.full((len(mu),), float(logvar), dtype=torch.float64)
+
+    def forward(self, x):
+        return self.mu.expand(len(x), -1), self.logvar.expand(len(x), -1)
+
+
+def vec_model(name, **options):
+    """Two 2-dim Laplace modalities (m1 rec_weight 2), latent 2, sharp fixed experts (σ ≈ 2e-9), linear decoders."""
+    torch.manual_seed(0)
+    model = METHODS.get(name)(VEC, MethodConfig(name, latent_dim=2, beta=1.0, options=options), "rat_mlp").double()
+    for m in model.names:
+        model.encoders[m] = FixedExpert(VEC_MU[m], -40.0)
+        lin = torch.nn.Linear(2, 2).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(VEC_A[m]))
+            lin.bias.copy_(torch.tensor(VEC_C[m]))
+        model.decoders[m] = lin
+    return model
+
+
+def vec_batch(B=3):
+    return {m: torch.tensor(v).expand(B, -1) for m, v in VEC_X.items()}
+
+
+@pytest.mark.parametrize("name", ["independent", "mmvamp"])
+def test_per_modality_nll_is_weighted_by_rec_weight(name):
+    """MM-VAMP Eq. 2 / Fig. 1a: nll = Σ_m w_m · -log Laplace(x_m; A_m μ_m + c_m, 0.75), each modality from its own
+    (sharp) latent, rec_weights (1, 2); written out in numpy."""
+    _, logs = vec_model(name).loss(vec_batch())
+    want = sum(w * np.sum(np.log(1.5) + np.abs(VEC_X[m] - VEC_A[m] @ VEC_MU[m] - VEC_C[m]) / 0.75)
+               for m, w in (("m0", 1.0), ("m1", 2.0)))
+    assert float(logs["nll"]) == pytest.approx(want, rel=1e-7)
+
+
+def test_alpha_schedule_counts_fractional_steps_of_the_anneal_batch():
+    """alpha_anneal_batch 128, three training steps of 100 rows: the schedule stands at t = 300/128 = 2.34375 of
+    its 10 steps, α = α0 · exp(t/10 · (log 1e-10 − log(α0 + 1e-10))) (the exp_annealing formula, in numpy)."""
+    model = vec_model("mmvamp", alpha=0.8, alpha_anneal_steps=10, alpha_anneal_batch=128)
+    x = vec_batch(100)
+    for _ in range(3):
+        model.loss(x)
+    want = 0.8 * np.exp(300 / 128 / 10 * (np.log(1e-10) - np.log(0.8 + 1e-10)))
+    assert model.alpha() == pytest.approx(want, rel=1e-12)
+
+
 # ----- the ResNet -----------------------------------------------------------------------------
 
 def test_polymnist_resnet_shapes():

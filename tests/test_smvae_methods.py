@@ -2,6 +2,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -384,3 +385,78 @@ def test_the_subset_divergence_trains_the_surrogate_unless_detached(detach):
     moved = any(g is not None and g.abs().sum() > 0 for g in grads)
     assert moved is not detach
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders.parameters())
+
+
+# ----- known answers with unequal rec_weights and β ≠ 1 (numpy, independent of the package) -----------------
+VEC = [Modality("m0", (2,), kind="vector"), Modality("m1", (2,), kind="vector", rec_weight=2.0)]
+VEC_X = {"m0": np.array([0.5, 1.0]), "m1": np.array([-0.4, 0.8])}
+VEC_A = {"m0": np.array([[1.0, 0.5], [-0.3, 2.0]]), "m1": np.array([[0.7, -1.2], [0.4, 0.1]])}
+VEC_C = {"m0": np.array([0.1, -0.2]), "m1": np.array([0.3, 0.0])}
+
+
+def vec_model(name, beta, zero_decoders=False):
+    """Two 2-dim Laplace modalities (m1 rec_weight 2), latent 2, linear decoders x̂_m = A_m z + c_m."""
+    torch.manual_seed(0)
+    model = METHODS.get(name)(VEC, MethodConfig(name, latent_dim=2, beta=beta), "rat_mlp").double()
+    for m in model.names:
+        lin = nn.Linear(2, 2).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.zeros(2, 2) if zero_decoders else torch.tensor(VEC_A[m]))
+            lin.bias.copy_(torch.tensor(VEC_C[m]))
+        model.decoders[m] = lin
+    return model
+
+
+def vec_nll(z, weights):
+    """Σ_m w_m · -log Laplace(x_m; A_m z + c_m, b = 0.75), written out."""
+    return sum(weights[m] * np.sum(np.log(1.5) + np.abs(VEC_X[m] - VEC_A[m] @ z - VEC_C[m]) / 0.75) for m in VEC_X)
+
+
+def vec_batch(B=3):
+    return {m: torch.tensor(v).expand(B, -1) for m, v in VEC_X.items()}
+
+
+def test_smvae_surrogate_elbo_weighs_each_modality_by_its_rec_weight():
+    """SMVAE's surrogate ELBO reconstructs X with the rec_weights (1, 2): at a sharp fixed surrogate
+    (σ ≈ 2e-9) the logged NLL is Σ_m w_m Laplace NLL at z = μ, written out in numpy."""
+    model = vec_model("smvae", beta=1.0)
+    mu = np.array([0.6, -0.4])
+    model.surrogate = lambda x: Gaussian(torch.tensor(mu).expand(3, -1), torch.full((3, 2), -40.0, dtype=torch.float64))
+    _, logs = model.loss(vec_batch())
+    assert float(logs["nll"]) == pytest.approx(vec_nll(mu, {"m0": 1.0, "m1": 2.0}), rel=1e-7)
+
+
+def test_joint_vae_loss_is_weighted_nll_plus_beta_kl():
+    """`vae` (SMVAE Eq. 1 with cfg.beta): a constant joint posterior (fusion output = its bias) and zeroed decoders
+    make loss = Σ_m w_m NLL(x_m; c_m) + β·KL(N(μ, σ²) || N(0, I)), β = 0.7, written out in numpy."""
+    model = vec_model("vae", beta=0.7, zero_decoders=True)
+    mu, logvar = np.array([0.3, -1.1]), np.array([-0.5, 0.4])
+    with torch.no_grad():
+        model.fusion.net[2].weight.zero_()
+        model.fusion.net[2].bias.copy_(torch.tensor(np.concatenate([mu, logvar])))
+    loss, _ = model.loss(vec_batch())
+    kl = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar)
+    assert loss.item() == pytest.approx(vec_nll(np.zeros(2), {"m0": 1.0, "m1": 2.0}) + 0.7 * kl, rel=1e-9)
+
+
+def test_two_stage_default_fraction_rounds_the_stage1_length():
+    """App. D's default 2/3 of a 4-step run: stage 1 lasts round(8/3) = 3 steps (not the truncated 2)."""
+    model = make("smvae", schedule="two_stage")
+    model.plan_steps(4)
+    assert model.stage1_steps() == 3
+
+
+def test_jmvae_joint_elbo_kl_has_weight_one():
+    """JMVAE Eq. 13: loss − nll = KL(q(z|X) || N(0, I)) (weight 1, whatever β = 5) + α Σ_m KL(q(z|X) || q(z|x_m)),
+    both written out in numpy, float64, tight tolerance (the nll term cancels exactly)."""
+    model = make("jmvae", latent=2, beta=5.0, alpha=0.3).double()
+    mus, lvs, (mu_j, lv_j) = random_experts(seed=4)
+    for i, n in enumerate(model.names):
+        model.encoders[n] = Fixed(mus[i], lvs[i])
+    model.joint = lambda x: Gaussian(mu_j, lv_j)
+    loss, logs = model.loss(batch(4, dtype=torch.float64))
+    mj, vj = mu_j.numpy(), np.exp(lv_j.numpy())
+    kl = 0.5 * (mj ** 2 + vj - 1 - np.log(vj)).sum(-1)
+    div = sum(0.5 * (np.log(np.exp(lvs[i].numpy()) / vj) + (vj + (mj - mus[i].numpy()) ** 2) / np.exp(lvs[i].numpy()) - 1).sum(-1)
+              for i in range(3))
+    assert loss.item() - float(logs["nll"]) == pytest.approx(np.mean(kl + 0.3 * div), rel=1e-9)

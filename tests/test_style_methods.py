@@ -12,9 +12,9 @@ POLY = [Modality(f"m{i}", (3, 28, 28)) for i in range(2)]
 CONTENT, STYLE = 4, 3
 
 
-def make(name, **options):
+def make(name, rec_weights=None, **options):
     torch.manual_seed(0)
-    return METHODS.get(name)(POLY, MethodConfig(name, latent_dim=CONTENT, beta=1.5,
+    return METHODS.get(name)(POLY, MethodConfig(name, latent_dim=CONTENT, beta=1.5, rec_weights=rec_weights,
                                                 options={"style_dim": STYLE, **options}), "polymnist_cnn")
 
 
@@ -78,12 +78,13 @@ def nll(model, c, s, x, m):
 
 
 def test_mmvae_style_loss_is_the_authors_factorized_moe_objective():
-    model, x, loss, mu, lv, styles = loss_and_parts("mmvae_style", 3, style_betas={"m1": 5.0})
+    """m1 with rec_weight 3 and style_beta 5: its reconstruction term weighs 3, its style KL β·beta_style·5."""
+    model, x, loss, mu, lv, styles = loss_and_parts("mmvae_style", 3, rec_weights={"m1": 3.0}, style_betas={"m1": 5.0})
     comps = Gaussian(mu, lv)  # the unimodal content experts (no prior expert)
     c = comps[torch.tensor([0, 0, 0, 1, 1, 1]), torch.arange(6)].rsample()  # rows 0-2: m0's, 3-5: m1's
     total = 0.0
-    for m, w in zip(model.names, (1.0, 5.0)):
-        total = total + nll(model, c, styles[m].rsample(), x, m) + 1.5 * 2.0 * w * styles[m].kl_standard_normal()
+    for m, rw, w in zip(model.names, (1.0, 3.0), (1.0, 5.0)):
+        total = total + rw * nll(model, c, styles[m].rsample(), x, m) + 1.5 * 2.0 * w * styles[m].kl_standard_normal()
     total = total + 1.5 * 1.0 * comps.kl_standard_normal().mean(0)
     assert loss.item() == pytest.approx(total.mean().item(), rel=1e-4)
 
