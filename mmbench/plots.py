@@ -21,6 +21,13 @@ from .errors import MMBenchError
 from .report import by_figure, group_title, series_names
 
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def series_style(i: int) -> Dict[str, Any]:
+    """The i-th line's marker: its own shape, each smaller than the one before, so lines that coincide (e.g.
+    MM-VAMP at α = 1, where it is the independent VAEs) show as nested markers instead of hiding each other."""
+    return {"marker": MARKERS[i % len(MARKERS)], "markersize": max(8.0 - 1.5 * i, 3.0)}
 
 
 def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
@@ -49,7 +56,8 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
             fam = g[g["family"] == family]
             for series, mg in fam.groupby("series"):
                 agg = mg.groupby("n")["value"].agg(["mean", "std"]).reset_index()
-                ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), marker="o", capsize=3, label=series)
+                ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), capsize=3, label=series,
+                            **series_style(sorted(g["series"].unique()).index(series)))
             ax.set_xticks(sorted(fam["n"].unique()))
             ax.set_xlabel("number of input modalities")
             ax.set_ylabel(label)
@@ -104,7 +112,7 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
 SWEEP_X = [("recon/joint", "reconstruction error (all inputs)"), ("recon/self", "self-reconstruction error"),
            ("loglik/joint", "test log-likelihood")]
 SWEEP_Y = [("latent_acc_by_n/1", "latent accuracy, 1 input"), ("coherence_by_n/1", "coherence, 1 input"),
-           ("coherence_all_by_n/1", "coherence, 1 input (itself among the targets)"),
+           ("coherence_all_by_n/1", "coherence, 1 input\n(itself among the targets)"),
            ("coherence/joint", "joint coherence")]
 
 
@@ -134,14 +142,15 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
         for ax, (ykey, ylab) in zip(axes[0], ys):
+            methods = sorted(means.index.get_level_values("method").unique())
             for method, mg in means.groupby(level="method"):
                 mg = mg.droplevel("method").sort_index()
                 sd = stds.loc[method].reindex(mg.index)
                 if xkey not in mg or ykey not in mg:
                     continue
                 # mean over seeds; bars = std in both directions (MoPoE Figs. 1, 5-6)
-                line = ax.errorbar(mg[xkey], mg[ykey], xerr=sd.get(xkey), yerr=sd.get(ykey), marker="o",
-                                   capsize=2, label=method)
+                line = ax.errorbar(mg[xkey], mg[ykey], xerr=sd.get(xkey), yerr=sd.get(ykey), capsize=2, label=method,
+                                   **series_style(methods.index(method)))
                 # the smallest and the largest β of each line (the papers' arrows run from small to large β)
                 for beta in (mg.index[0], mg.index[-1]):
                     ax.annotate(_beta_label(beta), (mg.loc[beta, xkey], mg.loc[beta, ykey]), fontsize=7,

@@ -6,13 +6,15 @@ import yaml
 
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
+from mmbench import plots
 from mmbench.plots import epoch_axis, reproduction, reproduction_points, run_history, training_curves
 from mmbench.report import build_report
 from mmbench.results import Run
 
 
-def _run(runs, method, seed, metrics, history=None):
-    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": ["T1"]})
+def _run(runs, method, seed, metrics, history=None, beta=None):
+    m = {"name": method, **({"beta": beta} if beta is not None else {})}
+    cfg = build_run_config({"dataset": "polydigits", "method": m, "seed": seed, "tables": ["T1"]})
     run = Run(cfg, runs)
     run.init()
     run.write_metrics(metrics)
@@ -171,3 +173,23 @@ def test_tensorboard_events_get_every_epochs_losses(tmp_path, data_root, monkeyp
     assert calls[0] == ("dir", str(run.dir / "tensorboard")) and calls[-1] == ("close",)
     assert {c for c in calls if c[0] in ("train_loss", "test_loss")} == {
         ("train_loss", 1), ("train_loss", 2), ("test_loss", 1), ("test_loss", 2)}
+
+
+@pytest.mark.parametrize("figure", ["beta_sweep", "by_inputs"])
+def test_lines_that_coincide_stay_visible(tmp_path, monkeypatch, figure):
+    """Two methods with the same numbers (MM-VAMP at α = 1 is the independent VAEs): each line keeps its own
+    marker shape, the one drawn first the larger, so neither hides the other."""
+    runs = tmp_path / "runs"
+    for method in ("mopoe", "mvae"):
+        for beta in (0.5, 2.0):
+            _run(runs, method, 0, {"recon/joint": 10 * beta, "coherence_by_n/1": 0.5, "latent_acc_by_n/1": 0.6,
+                                   "latent_acc_by_n/2": 0.7, "coherence_by_n/2": 0.4}, beta=beta)
+    drawn = []
+    monkeypatch.setattr(plots, "_finish_group", lambda fig, axes, *a, **k: drawn.append(axes[0][0]) or [])
+    getattr(plots, figure)(build_report(runs, None).frame, tmp_path / "figs")
+    (ax,) = drawn
+    style = {c.get_label(): (c.lines[0].get_marker(), c.lines[0].get_markersize()) for c in ax.containers}
+    # β sweep: one line per method; by inputs: one per method and β
+    assert len(style) == (2 if figure == "beta_sweep" else 4) and {k.split()[0] for k in style} == {"mopoe", "mvae"}
+    shapes, sizes = zip(*(style[k] for k in sorted(style)))
+    assert len(set(shapes)) == len(shapes) and list(sizes) == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
