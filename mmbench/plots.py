@@ -48,7 +48,10 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     sub["family"] = sub["metric"].str.split("/").str[0]
     sub["n"] = sub["metric"].str.split("/").str[1].astype(int)
+    sub = sub.assign(beta=sub["cfg"].apply(lambda c: c.get("method.beta")))
     for (dataset, variant, tables), g in by_figure(sub).groupby(["dataset", "variant", "tables"]):
+        if g.groupby("method")["beta"].nunique().max() > 1:
+            continue  # a β sweep (MoPoE Figs. 1, 5-6; MM-VAMP Figs. 3-5, 8-9): `beta_sweep` draws it, not one line per β here
         names = series_names(g)
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
         fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)

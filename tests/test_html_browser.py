@@ -30,10 +30,12 @@ def test_the_probe_sees_broken_images_and_script_errors(tmp_path):
 @needs_chromium
 def test_html_report_loads_in_chromium(tmp_path):
     runs = tmp_path / "runs"
-    for method, beta, acc in (("mopoe", 0.5, 0.6), ("mopoe", 1.0, 0.7), ("mopoe", 2.0, 0.8), ("mvae", 1.0, 0.4)):
+    # T1 sweeps β (a β-sweep figure), T2 has one β per method (a by-inputs figure)
+    for method, beta, acc, table in (("mopoe", 0.5, 0.6, "T1"), ("mopoe", 1.0, 0.7, "T1"), ("mopoe", 2.0, 0.8, "T1"),
+                                     ("mvae", 1.0, 0.4, "T1"), ("mopoe", 1.0, 0.7, "T2"), ("mvae", 1.0, 0.4, "T2")):
         for seed in (0,):
             cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, "beta": beta}, "seed": seed,
-                                    "tables": ["T1"]})
+                                    "tables": [table]})
             run = Run(cfg, runs)
             run.init()
             run.write_metrics({"latent_acc_by_n/1": acc + seed / 50, "latent_acc_by_n/2": acc + 0.1,
@@ -53,6 +55,7 @@ def test_html_report_loads_in_chromium(tmp_path):
     assert page.exists(), result.output
     text = page.read_text()
     assert "Paper_A_2021-reproduction" in text and "T1-training" in text and "by β" in text
+    assert "T1-beta-sweep" in text and "T2-by-inputs" in text and "T1-by-inputs" not in text
     shot = tmp_path / "report.png"
     res = check_page(page, screenshot=shot)
     assert res["images"] == text.count("<img ") >= 4  # reproduction, by inputs, β sweep, training curves
