@@ -201,3 +201,69 @@ def test_tier_method_overrides_apply_to_their_method_only(tmp_path):
     assert {r.method.name: r.train.lr for r in suite.runs("full")} == {"mopoe": 1e-3, "mvae": 0.002}
     over = suite.runs("quick", overrides={"train": {"lr": 0.5}})  # --set still wins
     assert {r.train.lr for r in over} == {0.5}
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_modalities_enter_the_run_id():
+    a = build_run_config({"dataset": "polydigits", "modalities": ["m0", "m1", "m2"]})
+    assert a.run_id() != build_run_config({"dataset": "polydigits"}).run_id()
+
+
+def test_a_bool_is_not_an_integer():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got True"):
+        build_run_config({"dataset": "polydigits", "train": {"epochs": True}})
+
+
+def test_a_repeated_modality_is_refused():
+    with pytest.raises(ConfigError, match="^modalities: must be distinct"):
+        build_run_config({"dataset": "polydigits", "modalities": ["m0", "m0"]})
+
+
+def test_classifier_min_ap_is_a_fraction():
+    with pytest.raises(ConfigError, match="eval.classifier_min_ap: must be between 0 and 1"):
+        build_run_config({"dataset": "polydigits", "eval": {"classifier_min_ap": 2}})
+
+
+PRECEDENCE_SUITE = """
+name: s
+tiers: {smoke: {seeds: 1, train: {max_train: 64}}}
+experiments:
+  - name: e
+    dataset: polydigits
+    methods: [mopoe, mvae]
+    seeds: [3, 4]
+    overrides: {train: {lr: 0.01}}
+    method_overrides: {mvae: {train: {lr: 0.002}}}
+    sweep: {train.max_train: [100, 200]}
+  - name: f
+    dataset: polydigits
+    methods: [mopoe]
+"""
+
+
+@pytest.fixture()
+def precedence_suite(tmp_path):
+    """Precedence (low to high): experiment overrides, method_overrides, sweep point, tier; seeds: the tier's first N."""
+    from mmbench.suite import load_suite
+    p = tmp_path / "s.yaml"
+    p.write_text(PRECEDENCE_SUITE)
+    return load_suite(p)
+
+
+def test_a_tier_keeps_the_first_seeds(precedence_suite):
+    assert sorted({r.seed for r in precedence_suite.runs("smoke", only=["e"])}) == [3]
+
+
+def test_method_overrides_win_over_overrides(precedence_suite):
+    got = {(r.method.name, r.train.lr) for r in precedence_suite.runs("full", only=["e"])}
+    assert got == {("mopoe", 0.01), ("mvae", 0.002)}
+
+
+def test_the_tier_wins_over_a_sweep_point(precedence_suite):
+    assert {r.train.max_train for r in precedence_suite.runs("smoke", only=["e"])} == {64}
+
+
+def test_only_selects_and_refuses_an_unknown_name(precedence_suite):
+    assert len(precedence_suite.runs("full", only=["f"])) == 1
+    with pytest.raises(ConfigError, match="--only: no experiment 'nope'"):
+        precedence_suite.runs("full", only=["nope"])

@@ -335,3 +335,36 @@ def test_extended_corner_labels_cover_all_ten_classes():
     tuples = polygen.pair_indices(labels, 5, 5, np.random.default_rng(0))  # 100 tuples × 5 modalities
     _, extra = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(1))
     assert set(np.unique(extra["corner"])) == set(range(10))
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_an_array_of_another_dtype_is_refused_by_name(tmp_path):
+    import numpy as np
+    from mmbench.data.base import prepare, load_split
+    from mmbench.registry import DATASETS
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    arr = np.load(path / "test_m2.npy")
+    np.save(path / "test_m2.npy", arr.view(np.int8))
+    with pytest.raises(MMBenchError, match=r"test_m2.npy holds a int8 array of shape"):
+        load_split(spec, "translated", "test", tmp_path)
+
+
+def test_prepare_refuses_other_options_and_ignores_locations(tmp_path):
+    import numpy as np
+    from mmbench.data.base import DatasetSpec, Modality, prepare
+
+    class Tiny(DatasetSpec):
+        registry_name = "tiny"
+        option_names = {"n": "rows", "source": "where"}
+        location_options = ("source",)
+        def modalities(self, variant):
+            return [Modality("m0", (1, 2, 2))]
+        def build(self, out, variant, seed, options, progress):
+            out.write("test_labels", np.zeros(options.get("n", 2), np.int64))
+            return {}
+
+    prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/a"})
+    prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/b"})  # a location: same data
+    with pytest.raises(MMBenchError, match="prepared with other settings.*--force"):
+        prepare(Tiny(), None, data_root=tmp_path, options={"n": 3})

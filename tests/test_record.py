@@ -363,3 +363,42 @@ def test_a_bundle_unpacked_and_packed_again_with_tar_imports(tmp_path, how):
     assert sorted(res["added"]) == sorted(r.id for r in runs)
     for r in runs:
         assert (tmp_path / "b" / r.id / "metrics.json").read_bytes() == r.metrics_path.read_bytes()
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def _done_run(runs_dir, seed, value):
+    from mmbench.results import Run
+    run = Run(build_run_config({"dataset": "polydigits", "seed": seed}), runs_dir)
+    run.init()
+    run.write_metrics({"coherence/joint": value})
+    (run.dir / "provenance.json").write_text("{}")
+    return run
+
+
+def test_import_refuses_a_config_that_hashes_to_another_id(tmp_path):
+    import hashlib, io, tarfile
+    from mmbench.bundle import export_runs, import_bundle
+    run = _done_run(tmp_path / "a", 0, 0.3)
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as t:
+        files = {m.name: t.extractfile(m).read() for m in t.getmembers()}
+    man = json.loads(files.pop("bundle.json"))
+    name = f"runs/{run.id}/config.yaml"
+    files[name] = files[name].replace(b"seed: 0", b"seed: 5")
+    man["runs"][run.id]["files"]["config.yaml"] = {"sha256": hashlib.sha256(files[name]).hexdigest(), "size": len(files[name])}
+    with tarfile.open(tmp_path / "y.tar.gz", "w:gz") as t:
+        for n, d in [("bundle.json", json.dumps(man).encode()), *files.items()]:
+            info = tarfile.TarInfo(n); info.size = len(d); t.addfile(info, io.BytesIO(d))
+    with pytest.raises(MMBenchError, match="config hashes to"):
+        import_bundle(tmp_path / "y.tar.gz", tmp_path / "b")
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_import_refuses_over_an_unreadable_local_metrics(tmp_path):
+    from mmbench.bundle import export_runs, import_bundle
+    _done_run(tmp_path / "a", 0, 0.3)
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    mine = _done_run(tmp_path / "b", 0, 0.3)
+    mine.metrics_path.write_text("{trunc")
+    with pytest.raises(MMBenchError, match="metrics.json that cannot be read"):
+        import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")

@@ -135,3 +135,50 @@ def test_an_unreadable_evaluation_set_aside_is_neither_read_as_the_scoring_nor_b
     assert run.bring_back("fp32") is False
     assert kept.exists() and not run.metrics_path.exists()
     assert "metrics.fp32.json cannot be read" in run.log_path.read_text()
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_atomic_write_keeps_the_old_content_when_fsync_fails(tmp_path, monkeypatch):
+    import os
+    from mmbench import results
+    p = tmp_path / "metrics.json"
+    results.atomic_write(p, "old")
+    def boom(fd):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        results.atomic_write(p, "new")
+    assert p.read_text() == "old" and [x.name for x in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_init_merges_tables_across_invocations(tmp_path):
+    from mmbench.results import Run
+    Run(build_run_config({"dataset": "polydigits", "tables": ["A"]}), tmp_path).init()
+    r = Run(build_run_config({"dataset": "polydigits", "tables": ["B"]}), tmp_path)
+    r.init()
+    assert yaml.safe_load((r.dir / "config.yaml").read_text())["tables"] == ["A", "B"]
+
+
+def test_a_bool_metric_is_refused():
+    from mmbench.results import RecordError, parse_metrics
+    with pytest.raises(RecordError, match="metric 'x' is True, not a number"):
+        parse_metrics(json.dumps({"schema_version": 1, "metrics": {"x": True}}), "m.json")
+
+
+def _done_run(runs_dir, seed, value):
+    from mmbench.results import Run
+    run = Run(build_run_config({"dataset": "polydigits", "seed": seed}), runs_dir)
+    run.init()
+    run.write_metrics({"coherence/joint": value})
+    (run.dir / "provenance.json").write_text("{}")
+    return run
+
+
+def test_execute_never_retrains_a_finished_run(tmp_path, monkeypatch):
+    from mmbench import evaluate
+    run = _done_run(tmp_path, 0, 0.3)
+    def no(*a, **k):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(evaluate, "train", no)
+    monkeypatch.setattr(evaluate, "evaluate", no)
+    assert evaluate.execute(run)["metrics"] == {"coherence/joint": 0.3}
