@@ -170,6 +170,20 @@ def test_missing_file_names_what_was_looked_for(tmp_path):
         find_file(arch, spec.modalities("vanilla")[4], tmp_path)
 
 
+def test_import_cache_is_keyed_by_the_dataset_digest(tmp_path, monkeypatch):
+    # authors_classifiers.py docstring: cached under <data_root>/classifiers-authors/<dataset>-<variant>-<digest>/
+    import mmbench.metrics.authors_classifiers as authors
+    from mmbench.data.base import manifest_digest
+
+    manifests = [{"arrays": {"test_m0": {"sha256": c * 64}}} for c in "01"]
+    it = iter(manifests)
+    monkeypatch.setattr(authors, "read_manifest", lambda directory: next(it))  # two prepared datasets, no build
+    spec = DATASETS.get("polydigits")()
+    dirs = [cache_dir(spec, "vanilla", tmp_path) for _ in manifests]
+    assert dirs[0] != dirs[1]
+    assert [d.name for d in dirs] == [f"polydigits-vanilla-{manifest_digest(m)}" for m in manifests]
+
+
 def test_mnist_svhn_text_layouts_map_onto_mmbench(tmp_path):
     torch.manual_seed(0)
     spec = DATASETS.get("mnist-svhn-text")()

@@ -83,3 +83,53 @@ def test_celeba_needs_source_and_intact_files(tmp_path, source):
     with pytest.raises(MMBenchError,
                        match=r"list_eval_partition.txt fails its checksum \(md5 .*\): your copy \(from --source\)"):
         prepare(spec, None, data_root=tmp_path / "d", options={"source": str(src)})
+
+
+def png(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")  # lossless, unlike the fixture's JPEGs
+    return buf.getvalue()
+
+
+def test_crop_resize_keeps_rows_columns_and_channels():
+    # celeba.py docstring: rows 35:183, cols 15:163 of the 218×178 image, stored N×3×64×64 (channel, row, col), RGB
+    img = np.zeros((218, 178, 3), np.uint8)
+    img[35:183, 15:163] = (50, 100, 150)  # the crop: R=50, G=100, B=150
+    img[35:109, 15:163, 0] = 200  # top half of the crop: R=200
+    img[35:183, 89:163, 2] = 10  # right half of the crop: B=10
+    out = celeba.crop_resize(png(img)).astype(int)
+    assert out.shape == (3, 64, 64)
+    # R: 200 top-left and top-right, 50 bottom-left; B: 150 top-left, 10 top-right and bottom-right; G flat 100
+    assert (out[0, 5, 5], out[0, 5, 58], out[0, 58, 5]) == (200, 200, 50)
+    assert (out[2, 5, 5], out[2, 5, 58], out[2, 58, 58]) == (150, 10, 10)
+    assert (out[1] == 100).all()
+
+
+def test_crop_resize_is_bicubic():
+    # celeba.py docstring (MoPoE CelebADataset.py): bicubic resize; bicubic weights go negative, so a step edge rings
+    # below its low and above its high level, which bilinear (non-negative weights) never does
+    img = np.zeros((218, 178, 3), np.uint8)
+    img[35:183, 15:163] = 50
+    img[35:109, 15:163] = 200
+    out = celeba.crop_resize(png(img)).astype(int)
+    assert out.min() < 50 and out.max() > 200
+
+
+def test_attribute_text_start_range_is_the_authors():
+    # celeba.py docstring (mmjsd preprocessing): 0 ≤ start < 255 − length, so the largest draw is 254 − length
+    class Last:
+        def integers(self, lo, hi):
+            self.range = (lo, hi)
+            return hi - 1
+
+    rng = Last()
+    text = celeba.attribute_text(["Smiling", "Young"], np.array([1, 1]), rng)
+    assert rng.range == (0, 255 - len("smiling, young"))
+    assert text == "*" * (254 - len("smiling, young")) + "smiling, young" + "**"
+
+
+def test_attribute_text_of_exactly_256_characters_is_kept_whole():
+    # celeba.py docstring: the last names are dropped only while the text is longer than 256 characters
+    names = ["a" * 126, "b" * 128, "c"]  # 126 + 2 + 128 = 256; with ", c" it is 259
+    text = celeba.attribute_text(names, np.array([1, 1, 1]), np.random.default_rng(0))
+    assert text == "a" * 126 + ", " + "b" * 128

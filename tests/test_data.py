@@ -168,6 +168,32 @@ def test_polydigits_sources_split_is_disjoint():
     assert set(labels[te]) == set(range(10))
 
 
+def test_polydigits_sources_are_full_range_and_centred():
+    # polydigits docstring: sklearn's 16 grey levels scaled to 0..255, upsampled to 20×20 and centred in 28×28 (MNIST)
+    digits, _ = source_digits()
+    assert digits.max() == 255  # level 16 -> 255 (256 would wrap to 0 in uint8)
+    assert digits[:, 4:24, 4:24].any(axis=(1, 2)).all()
+    border = np.ones((28, 28), bool)
+    border[4:24, 4:24] = False
+    assert not digits[:, border].any()
+
+
+def test_polydigits_sources_split_is_stratified():
+    # polydigits docstring: a seeded *stratified* 80/20 split: each class holds 20 % of its images in test (±1)
+    _, labels = source_digits()
+    for seed in (0, 1):
+        _, te = split_sources(labels, 0.2, seed)
+        assert np.abs(np.bincount(labels[te], minlength=10) - 0.2 * np.bincount(labels)).max() <= 1
+
+
+def test_images_become_floats_over_255():
+    # base.to_float docstring: images uint8 -> [0, 1], i.e. x / 255 (255 -> 1.0, 51 -> 0.2 exactly in float32)
+    from mmbench.data.base import Modality, to_float
+
+    x = to_float(Modality("img", (1, 1, 3), "image"), torch.tensor([[[255, 0, 51]]], dtype=torch.uint8))
+    assert torch.equal(x, torch.tensor([[[1.0, 0.0, 0.2]]], dtype=torch.float32))
+
+
 def test_prepare_is_idempotent_seeded_and_verified(tmp_path, data_root):
     spec = DATASETS.get("polydigits")()
     path = dataset_dir("polydigits", "vanilla", data_root)

@@ -176,9 +176,9 @@ def test_source_dir(tmp_path):
 
 
 def write_idx(path, array):
-    codes = {np.dtype(np.uint8): 0x08}
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int16): 0x0B}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + array.tobytes()
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()  # IDX data is big-endian
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
@@ -194,6 +194,15 @@ def test_idx_roundtrip_and_errors(tmp_path):
     (tmp_path / "short").write_bytes((tmp_path / "y").read_bytes()[:-1])
     with pytest.raises(MMBenchError, match="IDX header promises 2 values"):
         mnist.read_idx(tmp_path / "short")
+
+
+def test_idx_int16_is_big_endian(tmp_path):
+    # mnist.read_idx docstring and the IDX format (yann.lecun.com/exdb/mnist): type 0x0B is a big-endian 2-byte int
+    a = np.array([[-32768, -300, -1, 0], [1, 255, 256, 32767]], np.int16)
+    write_idx(tmp_path / "z", a)
+    assert (tmp_path / "z").read_bytes()[12:16] == b"\x80\x00\xfe\xd4"  # -32768, -300: high byte first
+    back = mnist.read_idx(tmp_path / "z")
+    assert back.dtype == np.int16 and back.tolist() == a.tolist()
 
 
 def test_mnist_load_downloads_from_mirror(server, tmp_path, monkeypatch):

@@ -203,3 +203,74 @@ def test_a_corrupt_classifier_cache_is_set_aside_and_rebuilt(tmp_path, monkeypat
     _, measured = get()
     assert measured == first and (directory / "accuracy.json.corrupt").read_text() == "{"
     assert "accuracy.json is not JSON" in capsys.readouterr().err
+
+
+def test_classifier_accuracy_is_measured_on_the_full_test_split(monkeypatch):
+    # context.EvalContext: `test` is capped to eval.test_samples, `test_full` is the whole split that classifier
+    # accuracy is measured on (metrics/context.py field comments)
+    import mmbench.metrics.context as context
+
+    seen = {}
+
+    def spy(spec, variant, train, test, cfg, data_root, progress):
+        seen["test"] = test
+        return {}, {}
+
+    monkeypatch.setattr(context, "get_classifiers", spy)
+    full = DataSplit(MODS, {m: torch.zeros(20, 10) for m in NAMES}, torch.zeros(20, dtype=torch.long))
+    ctx = EvalContext(model=Copier(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=full,
+                      test=full.subset(5), test_full=full, cfg=EvalConfig(), device=torch.device("cpu"))
+    ctx.classifiers()
+    assert seen["test"] is full
+
+
+def test_the_accuracy_floor_admits_a_classifier_exactly_at_it():
+    # classifiers.py docstring: a classifier *below* eval.classifier_min_accuracy makes coherence refuse
+    from mmbench.errors import MMBenchError
+    from mmbench.metrics.classifiers import _check_floor
+
+    spec, cfg = DATASETS.get("polydigits")(), EvalConfig(classifier_min_accuracy=0.5)
+    _check_floor(spec, cfg, {"m0": 0.5, "m1": 0.75})
+    with pytest.raises(MMBenchError, match=r"below eval.classifier_min_accuracy=0.5: m0 0\.\d+;"):
+        _check_floor(spec, cfg, {"m0": 0.4999, "m1": 0.75})
+
+
+def fake_manifests(monkeypatch, module, manifests):
+    """`module.read_manifest` returns the next of `manifests` at each call (two prepared datasets, no build)."""
+    it = iter(manifests)
+    monkeypatch.setattr(module, "read_manifest", lambda directory: next(it))
+
+
+def test_classifier_cache_is_keyed_by_the_dataset_digest(tmp_path, monkeypatch):
+    # classifiers.py docstring: cached under <data_root>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/
+    import mmbench.metrics.classifiers as classifiers
+    from mmbench.data.base import manifest_digest
+
+    manifests = [{"arrays": {"test_m0": {"sha256": c * 64}}} for c in "01"]
+    fake_manifests(monkeypatch, classifiers, manifests)
+    spec = DATASETS.get("polydigits")()
+    dirs = [classifiers.cache_dir(spec, "vanilla", 3, tmp_path) for _ in manifests]
+    assert dirs[0] != dirs[1]
+    assert [d.name for d in dirs] == [f"polydigits-vanilla-{manifest_digest(m)}-e3-polymnist_clf" for m in manifests]
+
+
+def test_a_retrained_classifier_replaces_its_cached_score(tmp_path):
+    # classifiers.get_classifiers: a missing <modality>.pt is trained again and its score measured anew; a score
+    # left in accuracy.json belonged to the lost classifier
+    import json
+
+    from mmbench.metrics.classifiers import accuracy, cache_dir, get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    gen = torch.Generator().manual_seed(0)
+    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
+                      torch.arange(20) % 10)
+    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    directory.mkdir(parents=True)
+    (directory / "accuracy.json").write_text(json.dumps({"m0": 0.123456}))  # stale: no m0.pt next to it
+    clfs, accs = get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), tmp_path,
+                                 lambda *a: None, check=False)
+    measured = accuracy(clfs["m0"], split, "m0", torch.device("cpu"))
+    assert accs == {"m0": measured} and measured != 0.123456
+    assert json.loads((directory / "accuracy.json").read_text()) == {"m0": measured}

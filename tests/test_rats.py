@@ -79,6 +79,15 @@ def test_held_out_split_is_by_trial(tmp_path):
     assert read_manifest(path)["simulated"] is False
 
 
+def test_held_out_split_follows_the_seed():
+    # rats.split_trials docstring: a *seeded* per-odor 20 % held out: the seed picks the trials, the same seed the same
+    labels = np.repeat(np.arange(4), [54, 36, 27, 36])
+    splits = [rats.split_trials(labels, "held_out", seed) for seed in (0, 1, 0)]
+    assert not np.array_equal(splits[0][1], splits[1][1])
+    assert all(np.array_equal(a, b) for a, b in zip(splits[0], splits[2]))
+    assert np.bincount(labels[splits[1][1]]).tolist() == [11, 7, 5, 7]  # round(0.2 · n) per odor, whatever the seed
+
+
 def fixture_tables(root):
     """Five trial_info tables written by the test, with the deposit's per-odor counts where they bind:
     for each odor A-D a different rat has the fewest trials (54, 36, 27, 36: the counts the real tables

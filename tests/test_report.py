@@ -300,6 +300,33 @@ def test_latent_scatter_artifact_becomes_a_figure(tmp_path, data_root):
         "polydigits-vanilla-Fig_S-training.png", "polydigits-vanilla-Fig_S-training.svg"]  # the run's loss curves
 
 
+def test_latent_scatter_projects_a_larger_latent_on_its_first_two_principal_components(tmp_path, monkeypatch):
+    """latent_scatter docstring: a latent of more than 2 dimensions is projected on the first two principal
+    components of all modalities' points together; here, in a rotated and shifted 3-d space, the points' spread is
+    ±3/±1 along one axis, ±0.5 along another and nil along the third, so the projection is known up to sign."""
+    import numpy as np
+    import torch
+    from types import SimpleNamespace
+
+    import mmbench.metrics.latent_scatter as ls
+    from mmbench.data.base import DataSplit, Modality
+
+    t, s = np.array([-3.0, -1.0, 1.0, 3.0]), np.array([0.5, -0.5, -0.5, 0.5])
+    plane = {"a": np.stack([t, s], 1), "b": np.stack([t, -s], 1)}  # centred, uncorrelated: PC1 = t's, PC2 = s's axis
+    rotation, _ = np.linalg.qr(np.array([[2.0, 1.0, 0.5], [-1.0, 3.0, 1.0], [0.5, -2.0, 4.0]]))
+    centre = np.array([5.0, -2.0, 7.0])
+    means = [np.pad(plane[m], ((0, 0), (0, 1))) @ rotation.T + centre for m in "ab"]
+    monkeypatch.setattr(ls, "encode_means", lambda ctx, split, subsets: means)
+    test = DataSplit([Modality(m, (3,), "vector") for m in "ab"], {m: torch.zeros(4, 3) for m in "ab"}, torch.arange(4))
+    ls.latent_scatter(SimpleNamespace(out_dir=tmp_path, model=SimpleNamespace(names=["a", "b"]), test=test))
+    saved = np.load(tmp_path / "latents.npz")
+    assert str(saved["projection"]) == "pca"
+    got = np.concatenate([saved["z_a"], saved["z_b"]])
+    want = np.concatenate([plane["a"], plane["b"]])
+    for k in range(2):
+        assert np.allclose(got[:, k] * np.sign(got[0, k] * want[0, k]), want[:, k], atol=1e-5)
+
+
 def test_figures_of_sweeps_and_attributes(tmp_path):
     """β-sweep and per-attribute figures come out of the report for the runs that support them."""
     from mmbench.plots import all_figures
