@@ -103,6 +103,8 @@ def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
 
 
 def test_one_diverged_run_leaves_the_pack(tmp_path, data_root):
+    """A run that starts with NaN weights fails the pack's trial step, so all three train unpacked here; a run
+    diverging inside a trained pack: tests/test_pack_paths.py."""
     runs = [Run(cfg(s), tmp_path) for s in range(3)]
     torch.manual_seed(1)
     bad = build_model(runs[1].cfg)

@@ -1,0 +1,134 @@
+"""Paths of the trainers that tests/test_pack.py did not reach: a run diverging inside a trained pack, runs resumed at
+different epochs, a compile failure after the step drew its noise (packed and unpacked), and the number of device
+reads per epoch of both trainers."""
+import json
+
+import pytest
+import torch
+
+import mmbench.pack as pack_mod
+from mmbench.config import build_run_config
+from mmbench.results import Run
+from mmbench.pack import train_pack
+from mmbench.train import train
+
+TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+        "train": {"epochs": 2, "batch_size": 32, "max_train": 64, "max_test": 32}}
+
+
+def cfg(seed=0, **train_over):
+    d = json.loads(json.dumps(TINY))
+    d["seed"] = seed
+    d["train"].update(train_over)
+    return build_run_config(d)
+
+
+def last(run):
+    return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+
+
+def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):
+    """Run 1's loss turns NaN at the 2nd training step of epoch 1 (after the packability trial, so the pack really
+    trains): its parameters go NaN through its own gradient; it leaves the pack as diverged, and runs 0 and 2 finish
+    with the weights they get alone (no NaN reaches them, and the shrunk pack keeps *their* slices)."""
+    orig = pack_mod.StackedModel.loss
+    calls = {"n": 0}
+
+    def poisoned(self, x, gens, x_dim=0, precision="fp32"):
+        losses, logs = orig(self, x, gens, x_dim, precision)
+        if self.template.training and self.size == 3:
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                losses = losses * torch.tensor([1.0, float("nan"), 1.0])
+        return losses, logs
+
+    monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
+    out = train_pack(runs, data_root)
+    assert calls["n"] == 2  # epoch 1's two steps were packed; epoch 2 trained the other two as a pack of 2
+    assert isinstance(out[runs[1].id], str) and "diverged" in out[runs[1].id]
+    monkeypatch.setattr(pack_mod.StackedModel, "loss", orig)
+    for s in (2,):
+        alone = Run(cfg(s), tmp_path / "alone")
+        ref = train(alone, data_root)
+        assert out[runs[s].id]["epochs"] == 2
+        for a, p in zip(ref["history"], out[runs[s].id]["history"]):
+            assert p["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+        wa, wp = last(alone)["model"], last(runs[s])["model"]
+        assert all(torch.allclose(wp[k], wa[k], rtol=1e-3, atol=1e-4) for k in wa)
+
+
+def test_runs_resumed_at_different_epochs_train_apart_and_each_ends_as_alone(tmp_path, data_root):
+    """Run a resumes at epoch 1, run b starts at 0: train_pack groups them by resume point (each alone here), and
+    each ends with the history it has uninterrupted."""
+    a, b = Run(cfg(0), tmp_path / "p"), Run(cfg(1), tmp_path / "p")
+    train_pack([a], data_root, stop_after_epoch=1)
+    assert last(a)["state"]["epoch"] == 1
+    out = train_pack([a, b], data_root)
+    ref = train(Run(cfg(0), tmp_path / "ref"), data_root)
+    assert out[a.id]["epochs"] == out[b.id]["epochs"] == 2
+    assert [h["epoch"] for h in out[a.id]["history"]] == [1, 2]
+    assert out[a.id]["history"] == ref["history"]
+
+
+def _late_failing_compile(fn, **kw):
+    def step(*args, **kwargs):
+        fn(*args, **kwargs)  # the step's random numbers are drawn, then the compiler gives up
+        raise RuntimeError("the compiler gave up late")
+    return step
+
+
+def test_unpacked_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch):
+    ref = train(Run(cfg(0, epochs=1, max_train=64), tmp_path / "plain"), data_root)
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(torch, "compile", _late_failing_compile)
+    run = Run(cfg(0, epochs=1, max_train=64), tmp_path / "failed")
+    out = train(run, data_root)
+    assert "torch.compile failed" in run.log_path.read_text()
+    assert out["history"] == ref["history"]
+
+
+def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")  # only a vmapped pack is captured
+    ref = train_pack([Run(cfg(s, epochs=1, max_train=64), tmp_path / "plain") for s in range(2)], data_root)
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(torch, "compile", _late_failing_compile)
+    runs = [Run(cfg(s, epochs=1, max_train=64), tmp_path / "failed") for s in range(2)]
+    out = train_pack(runs, data_root)
+    for r in runs:
+        assert "torch.compile failed" in r.log_path.read_text()
+        assert out[r.id]["history"] == ref[r.id]["history"]
+
+
+def _reads(monkeypatch):
+    """Count reads of tensor values back to the host (the calls that block on a GPU) made by the trainers' own code."""
+    import sys
+
+    n = {"reads": 0}
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **k):
+            if sys._getframe(1).f_code.co_filename.endswith(("mmbench/train.py", "mmbench/pack.py")):
+                n["reads"] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return n
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_trainers_read_the_device_a_fixed_number_of_times_per_epoch(tmp_path, data_root, monkeypatch, packed):
+    """Losses stay on the device and are read once per epoch: the reads of one epoch do not grow with its steps."""
+    counts = []
+    for steps in (2, 4):
+        runs = [Run(cfg(s, epochs=1, max_train=32 * steps, max_test=32), tmp_path / str(steps)) for s in range(2)]
+        with monkeypatch.context() as m:
+            n = _reads(m)
+            if packed:
+                train_pack(runs, data_root)
+            else:
+                train(runs[0], data_root)
+        counts.append(n["reads"])
+    assert counts[0] == counts[1], counts
