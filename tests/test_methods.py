@@ -114,8 +114,8 @@ class FixedExpert(torch.nn.Module):
         return self.mu.expand(len(x), -1), self.logvar.expand(len(x), -1)
 
 
-def ka_model(name, var):
-    model = METHODS.get(name)(KA_MODS, MethodConfig(name, latent_dim=2, beta=1.5), "rat_mlp").double()
+def ka_model(name, var, beta=1.5, **options):
+    model = METHODS.get(name)(KA_MODS, MethodConfig(name, latent_dim=2, beta=beta, options=options), "rat_mlp").double()
     for i, m in enumerate(["m0", "m1"]):
         model.encoders[m] = FixedExpert(KA_MU[i], np.full(2, np.log(var[i])))
         lin = torch.nn.Linear(2, 2).double()

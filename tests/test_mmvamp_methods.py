@@ -14,6 +14,7 @@ from mmbench.methods.mmvamp import annealed_alpha, rate_bound, rate_mc
 from mmbench.registry import ARCHITECTURES, METHODS
 from mmbench.results import Run
 from conftest import assert_latent_accuracies, train_steps
+from test_methods import KA_A, KA_C, KA_MU, KA_X, ka_model
 
 MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
 NEW = ["independent", "aggregated", "mmvamp"]
@@ -280,36 +281,15 @@ def test_alpha_annealing_schedule_and_step_counter():
     assert int(model.train_steps) == 2 and "train_steps" in model.state_dict()
 
 
-VEC = [Modality("m0", (2,), kind="vector"), Modality("m1", (2,), kind="vector", rec_weight=2.0)]
-VEC_X = {"m0": np.array([0.5, 1.0]), "m1": np.array([-0.4, 0.8])}
-VEC_MU = {"m0": np.array([0.6, -0.4]), "m1": np.array([-0.2, 0.9])}
-VEC_A = {"m0": np.array([[1.0, 0.5], [-0.3, 2.0]]), "m1": np.array([[0.7, -1.2], [0.4, 0.1]])}
-VEC_C = {"m0": np.array([0.1, -0.2]), "m1": np.array([0.3, 0.0])}
-
-
-class FixedExpert(torch.nn.Module):
-    """q_m = N(mu, e^logvar) whatever the input."""
-
-    def __init__(self, mu, logvar):
-        super().__init__()
-        self.mu, self.logvar = torch.tensor(mu), torch.full((len(mu),), float(logvar), dtype=torch.float64)
-
-    def forward(self, x):
-        return self.mu.expand(len(x), -1), self.logvar.expand(len(x), -1)
+# the two-modality known-answer setting of tests/test_methods.py: m1 with rec_weight 2, fixed experts, linear decoders
+VEC_X, VEC_A, VEC_C = KA_X, KA_A, KA_C
+VEC_MU = {"m0": KA_MU[0], "m1": KA_MU[1]}
 
 
 def vec_model(name, **options):
-    """Two 2-dim Laplace modalities (m1 rec_weight 2), latent 2, sharp fixed experts (σ ≈ 2e-9), linear decoders."""
+    """Two 2-dim Laplace modalities (m1 rec_weight 2), latent 2, sharp fixed experts (σ² = e^-40), linear decoders."""
     torch.manual_seed(0)
-    model = METHODS.get(name)(VEC, MethodConfig(name, latent_dim=2, beta=1.0, options=options), "rat_mlp").double()
-    for m in model.names:
-        model.encoders[m] = FixedExpert(VEC_MU[m], -40.0)
-        lin = torch.nn.Linear(2, 2).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.tensor(VEC_A[m]))
-            lin.bias.copy_(torch.tensor(VEC_C[m]))
-        model.decoders[m] = lin
-    return model
+    return ka_model(name, (math.exp(-40.0), math.exp(-40.0)), beta=1.0, **options)
 
 
 def vec_batch(B=3):

@@ -1,30 +1,20 @@
 """Paths of the trainers that tests/test_pack.py did not reach: a run diverging inside a trained pack, runs resumed at
 different epochs, a compile failure after the step drew its noise (packed and unpacked), and the number of device
 reads per epoch of both trainers."""
-import json
 
 import pytest
 import torch
 
 import mmbench.pack as pack_mod
-from mmbench.config import build_run_config
 from mmbench.results import Run
 from mmbench.pack import train_pack
 from mmbench.train import train
-
-TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
-        "train": {"epochs": 2, "batch_size": 32, "max_train": 64, "max_test": 32}}
+from test_pack import cfg as pack_cfg, last
 
 
 def cfg(seed=0, **train_over):
-    d = json.loads(json.dumps(TINY))
-    d["seed"] = seed
-    d["train"].update(train_over)
-    return build_run_config(d)
-
-
-def last(run):
-    return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+    """tests/test_pack.py's tiny MoPoE runs, on 64 training and 32 test tuples."""
+    return pack_cfg(seed, **{"max_train": 64, "max_test": 32, **train_over})
 
 
 def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):

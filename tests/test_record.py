@@ -21,6 +21,7 @@ from mmbench.metrics.context import state_digest
 from mmbench.render import render_markdown
 from mmbench.report import build_report
 from mmbench.results import NUMERIC_PACKAGES, Run
+from conftest import finished_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -366,19 +367,10 @@ def test_a_bundle_unpacked_and_packed_again_with_tar_imports(tmp_path, how):
 
 
 # ----- behaviours a mutation pass found unguarded -----
-def _done_run(runs_dir, seed, value):
-    from mmbench.results import Run
-    run = Run(build_run_config({"dataset": "polydigits", "seed": seed}), runs_dir)
-    run.init()
-    run.write_metrics({"coherence/joint": value})
-    (run.dir / "provenance.json").write_text("{}")
-    return run
-
-
 def test_import_refuses_a_config_that_hashes_to_another_id(tmp_path):
     import hashlib, io, tarfile
     from mmbench.bundle import export_runs, import_bundle
-    run = _done_run(tmp_path / "a", 0, 0.3)
+    run = finished_run(tmp_path / "a", 0, 0.3)
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
     with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as t:
         files = {m.name: t.extractfile(m).read() for m in t.getmembers()}
@@ -396,9 +388,9 @@ def test_import_refuses_a_config_that_hashes_to_another_id(tmp_path):
 
 def test_import_refuses_over_an_unreadable_local_metrics(tmp_path):
     from mmbench.bundle import export_runs, import_bundle
-    _done_run(tmp_path / "a", 0, 0.3)
+    finished_run(tmp_path / "a", 0, 0.3)
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
-    mine = _done_run(tmp_path / "b", 0, 0.3)
+    mine = finished_run(tmp_path / "b", 0, 0.3)
     mine.metrics_path.write_text("{trunc")
     with pytest.raises(MMBenchError, match="metrics.json that cannot be read"):
         import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")

@@ -13,6 +13,7 @@ from mmbench.evaluate import execute
 from mmbench.report import build_report
 from mmbench.results import Run
 from mmbench.suite import load_suite
+from conftest import finished_run
 
 
 def fake_run(runs_dir, seed, value=0.3, **cfg_extra):
@@ -165,18 +166,9 @@ def test_a_bool_metric_is_refused():
         parse_metrics(json.dumps({"schema_version": 1, "metrics": {"x": True}}), "m.json")
 
 
-def _done_run(runs_dir, seed, value):
-    from mmbench.results import Run
-    run = Run(build_run_config({"dataset": "polydigits", "seed": seed}), runs_dir)
-    run.init()
-    run.write_metrics({"coherence/joint": value})
-    (run.dir / "provenance.json").write_text("{}")
-    return run
-
-
 def test_execute_never_retrains_a_finished_run(tmp_path, monkeypatch):
     from mmbench import evaluate
-    run = _done_run(tmp_path, 0, 0.3)
+    run = finished_run(tmp_path, 0, 0.3)
     def no(*a, **k):
         raise AssertionError("a finished run was trained again")
     monkeypatch.setattr(evaluate, "train", no)

@@ -18,6 +18,7 @@ from mmbench.results import Run
 from mmbench.train import train
 from conftest import assert_latent_accuracies
 from conftest import train_steps
+from test_methods import KA_A, KA_C, KA_MODS, KA_X
 
 MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
 NAMES = ["jmvae", "smvae", "smvgon", "vae", "vgon"]
@@ -388,10 +389,8 @@ def test_the_subset_divergence_trains_the_surrogate_unless_detached(detach):
 
 
 # ----- known answers with unequal rec_weights and β ≠ 1 (numpy, independent of the package) -----------------
-VEC = [Modality("m0", (2,), kind="vector"), Modality("m1", (2,), kind="vector", rec_weight=2.0)]
-VEC_X = {"m0": np.array([0.5, 1.0]), "m1": np.array([-0.4, 0.8])}
-VEC_A = {"m0": np.array([[1.0, 0.5], [-0.3, 2.0]]), "m1": np.array([[0.7, -1.2], [0.4, 0.1]])}
-VEC_C = {"m0": np.array([0.1, -0.2]), "m1": np.array([0.3, 0.0])}
+# the two-modality known-answer setting of tests/test_methods.py: m1 with rec_weight 2, linear decoders
+VEC, VEC_X, VEC_A, VEC_C = KA_MODS, KA_X, KA_A, KA_C
 
 
 def vec_model(name, beta, zero_decoders=False):
