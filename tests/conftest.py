@@ -124,15 +124,3 @@ def _mmbench_here(*args, env=None, width=200):
 def mmbench_here():
     """The CLI run in this process (see _mmbench_here)."""
     return _mmbench_here
-
-
-def finished_run(runs_dir, seed, value):
-    """A polydigits run directory that holds a finished evaluation ({"coherence/joint": value}), trained by no one."""
-    from mmbench.config import build_run_config
-    from mmbench.results import Run
-
-    run = Run(build_run_config({"dataset": "polydigits", "seed": seed}), runs_dir)
-    run.init()
-    run.write_metrics({"coherence/joint": value})
-    (run.dir / "provenance.json").write_text("{}")
-    return run

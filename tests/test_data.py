@@ -365,9 +365,6 @@ def test_extended_corner_labels_cover_all_ten_classes():
 
 # ----- behaviours a mutation pass found unguarded -----
 def test_an_array_of_another_dtype_is_refused_by_name(tmp_path):
-    import numpy as np
-    from mmbench.data.base import prepare, load_split
-    from mmbench.registry import DATASETS
     spec = DATASETS.get("polydigits")()
     path = prepare(spec, "translated", seed=0, data_root=tmp_path)
     arr = np.load(path / "test_m2.npy")
@@ -377,8 +374,7 @@ def test_an_array_of_another_dtype_is_refused_by_name(tmp_path):
 
 
 def test_prepare_refuses_other_options_and_ignores_locations(tmp_path):
-    import numpy as np
-    from mmbench.data.base import DatasetSpec, Modality, prepare
+    from mmbench.data.base import DatasetSpec, Modality
 
     class Tiny(DatasetSpec):
         registry_name = "tiny"

@@ -21,7 +21,6 @@ from mmbench.metrics.context import state_digest
 from mmbench.render import render_markdown
 from mmbench.report import build_report
 from mmbench.results import NUMERIC_PACKAGES, Run
-from conftest import finished_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -368,9 +367,8 @@ def test_a_bundle_unpacked_and_packed_again_with_tar_imports(tmp_path, how):
 
 # ----- behaviours a mutation pass found unguarded -----
 def test_import_refuses_a_config_that_hashes_to_another_id(tmp_path):
-    import hashlib, io, tarfile
-    from mmbench.bundle import export_runs, import_bundle
-    run = finished_run(tmp_path / "a", 0, 0.3)
+    import hashlib
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.3})
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
     with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as t:
         files = {m.name: t.extractfile(m).read() for m in t.getmembers()}
@@ -387,10 +385,9 @@ def test_import_refuses_a_config_that_hashes_to_another_id(tmp_path):
 
 
 def test_import_refuses_over_an_unreadable_local_metrics(tmp_path):
-    from mmbench.bundle import export_runs, import_bundle
-    finished_run(tmp_path / "a", 0, 0.3)
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.3})
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
-    mine = finished_run(tmp_path / "b", 0, 0.3)
+    mine = fake_run(tmp_path / "b", 0, {"coherence/joint": 0.3})
     mine.metrics_path.write_text("{trunc")
     with pytest.raises(MMBenchError, match="metrics.json that cannot be read"):
         import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")

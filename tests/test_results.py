@@ -13,7 +13,6 @@ from mmbench.evaluate import execute
 from mmbench.report import build_report
 from mmbench.results import Run
 from mmbench.suite import load_suite
-from conftest import finished_run
 
 
 def fake_run(runs_dir, seed, value=0.3, **cfg_extra):
@@ -153,7 +152,6 @@ def test_atomic_write_keeps_the_old_content_when_fsync_fails(tmp_path, monkeypat
 
 
 def test_init_merges_tables_across_invocations(tmp_path):
-    from mmbench.results import Run
     Run(build_run_config({"dataset": "polydigits", "tables": ["A"]}), tmp_path).init()
     r = Run(build_run_config({"dataset": "polydigits", "tables": ["B"]}), tmp_path)
     r.init()
@@ -168,7 +166,7 @@ def test_a_bool_metric_is_refused():
 
 def test_execute_never_retrains_a_finished_run(tmp_path, monkeypatch):
     from mmbench import evaluate
-    run = finished_run(tmp_path, 0, 0.3)
+    run = fake_run(tmp_path, 0, 0.3)
     def no(*a, **k):
         raise AssertionError("a finished run was trained again")
     monkeypatch.setattr(evaluate, "train", no)
