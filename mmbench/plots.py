@@ -30,6 +30,11 @@ def series_style(i: int) -> Dict[str, Any]:
     return {"marker": MARKERS[i % len(MARKERS)], "markersize": max(8.0 - 1.5 * i, 3.0)}
 
 
+def _with_beta(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a `beta` column: each run's method.beta (what decides a β sweep)."""
+    return frame.assign(beta=frame["cfg"].apply(lambda c: c.get("method.beta")))
+
+
 def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     """One PNG and SVG per (dataset, variant, tables) group: each panel a metric vs number of inputs,
     one line per method (mean over seeds, error bars = std)."""
@@ -48,19 +53,20 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     sub["family"] = sub["metric"].str.split("/").str[0]
     sub["n"] = sub["metric"].str.split("/").str[1].astype(int)
-    sub = sub.assign(beta=sub["cfg"].apply(lambda c: c.get("method.beta")))
+    sub = _with_beta(sub)
     for (dataset, variant, tables), g in by_figure(sub).groupby(["dataset", "variant", "tables"]):
         if g.groupby("method")["beta"].nunique().max() > 1:
             continue  # a β sweep (MoPoE Figs. 1, 5-6; MM-VAMP Figs. 3-5, 8-9): `beta_sweep` draws it, not one line per β here
         names = series_names(g)
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
+        order = sorted(g["series"].unique())  # one style per series, the same in both panels
         fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
         for ax, (family, label) in zip(axes[0], PANELS):
             fam = g[g["family"] == family]
             for series, mg in fam.groupby("series"):
                 agg = mg.groupby("n")["value"].agg(["mean", "std"]).reset_index()
                 ax.errorbar(agg["n"], agg["mean"], yerr=agg["std"].fillna(0), capsize=3, label=series,
-                            **series_style(sorted(g["series"].unique()).index(series)))
+                            **series_style(order.index(series)))
             ax.set_xticks(sorted(fam["n"].unique()))
             ax.set_xlabel("number of input modalities")
             ax.set_ylabel(label)
@@ -131,7 +137,7 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     written: List[Path] = []
     if frame.empty:
         return written
-    frame = frame.assign(beta=frame["cfg"].apply(lambda c: c.get("method.beta")))
+    frame = _with_beta(frame)
     for (dataset, variant, tables), g in by_figure(frame).groupby(["dataset", "variant", "tables"]):
         if g["beta"].nunique() < 2:
             continue
@@ -144,8 +150,8 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         stds = g.groupby(["method", "beta", "metric"])["value"].std().unstack("metric").fillna(0.0)
         out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
+        methods = sorted(means.index.get_level_values("method").unique())  # one style per method in every panel
         for ax, (ykey, ylab) in zip(axes[0], ys):
-            methods = sorted(means.index.get_level_values("method").unique())
             for method, mg in means.groupby(level="method"):
                 mg = mg.droplevel("method").sort_index()
                 sd = stds.loc[method].reindex(mg.index)
@@ -226,7 +232,7 @@ def per_attribute(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     parts = sub["metric"].str.split("/", n=2)
     sub["family"], sub["panel"], sub["attr"] = parts.str[0], parts.str[1], parts.str[2]
-    sub["beta"] = sub["cfg"].apply(lambda c: c.get("method.beta"))
+    sub = _with_beta(sub)
     for (dataset, variant, tables, family, beta), g in by_figure(sub).groupby(["dataset", "variant", "tables", "family", "beta"]):
         names = series_names(g)  # one figure per β, so a sweep does not crowd 40 attributes with every run
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
