@@ -53,11 +53,12 @@ def by_inputs(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     sub["family"] = sub["metric"].str.split("/").str[0]
     sub["n"] = sub["metric"].str.split("/").str[1].astype(int)
-    sub = _with_beta(sub)
+    swept = {key for key, g in by_figure(_with_beta(frame)).groupby(["dataset", "variant", "tables"])
+             if _sweep_axes(g) is not None}
     for (dataset, variant, tables), g in by_figure(sub).groupby(["dataset", "variant", "tables"]):
-        if g.groupby("method")["beta"].nunique().max() > 1:
+        if (dataset, variant, tables) in swept:
             continue  # a β sweep (MoPoE Figs. 1, 5-6; MM-VAMP Figs. 3-5, 8-9): `beta_sweep` draws it, not one line per β here
-        names = series_names(g)
+        names = series_names(g)  # a sweep without a trade-off metric is drawn here, one line per β ('mopoe β=2.5')
         g = g.assign(series=[names[k] for k in zip(g["method"], g["group"])])
         order = sorted(g["series"].unique())  # one style per series, the same in both panels
         fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4), squeeze=False)
@@ -125,6 +126,17 @@ SWEEP_Y = [("latent_acc_by_n/1", "latent accuracy, 1 input"), ("coherence_by_n/1
            ("coherence/joint", "joint coherence")]
 
 
+def _sweep_axes(g: pd.DataFrame):
+    """The β-sweep figure's x axis and y panels for one figure group (rows with `beta`), or None where the group
+    is not drawn as a sweep: fewer than two β, or no trade-off (x) or quality (y) metric among its rows. The one
+    decision both figures read, so a group is drawn by exactly one of them."""
+    if g["beta"].nunique() < 2:
+        return None
+    xs = [(k, lab) for k, lab in SWEEP_X if (g["metric"] == k).any()]
+    ys = [(k, lab) for k, lab in SWEEP_Y if (g["metric"] == k).any()]
+    return (xs[0], ys) if xs and ys else None
+
+
 def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     """Per (dataset, variant, tables) group with several β: y metric vs x metric, points labelled by β,
     one line per method (mean over seeds)."""
@@ -139,13 +151,10 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         return written
     frame = _with_beta(frame)
     for (dataset, variant, tables), g in by_figure(frame).groupby(["dataset", "variant", "tables"]):
-        if g["beta"].nunique() < 2:
+        axes_of = _sweep_axes(g)
+        if axes_of is None:
             continue
-        xs = [(k, lab) for k, lab in SWEEP_X if (g["metric"] == k).any()]
-        ys = [(k, lab) for k, lab in SWEEP_Y if (g["metric"] == k).any()]
-        if not xs or not ys:
-            continue
-        xkey, xlab = xs[0]
+        (xkey, xlab), ys = axes_of
         means = g.groupby(["method", "beta", "metric"])["value"].mean().unstack("metric")
         stds = g.groupby(["method", "beta", "metric"])["value"].std().unstack("metric").fillna(0.0)
         out_dir.mkdir(parents=True, exist_ok=True)

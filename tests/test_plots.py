@@ -203,3 +203,19 @@ def test_a_beta_sweep_is_drawn_as_a_sweep_not_one_line_per_beta_over_inputs(tmp_
     frame = build_report(runs, None).frame
     assert plots.by_inputs(frame, tmp_path / "figs") == []
     assert [p.suffix for p in plots.beta_sweep(frame, tmp_path / "figs")] == [".png", ".svg"]
+
+
+def test_a_beta_sweep_without_a_trade_off_metric_is_drawn_over_inputs_one_line_per_beta(tmp_path, monkeypatch):
+    """Where a swept group has no x metric for the sweep figure (no recon/loglik key), the by-inputs figure draws
+    it, one labelled line per β (never averaged across β as if they were seeds), so the group is not left out."""
+    runs = tmp_path / "runs"
+    for beta in (0.5, 2.0):
+        _run(runs, "mopoe", 0, {"coherence_by_n/1": 0.2 * beta, "latent_acc_by_n/1": 0.6}, beta=beta)
+    frame = build_report(runs, None).frame
+    assert plots.beta_sweep(frame, tmp_path / "figs") == []
+    drawn = []
+    monkeypatch.setattr(plots, "_finish_group", lambda fig, axes, *a, **k: drawn.append(axes[0]) or [])
+    plots.by_inputs(frame, tmp_path / "figs")
+    (panels,) = drawn
+    coherence = {c.get_label(): list(c.lines[0].get_ydata()) for c in panels[1].containers}
+    assert coherence == {"mopoe β=0.5": [0.1], "mopoe β=2": [0.4]}
