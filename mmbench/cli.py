@@ -410,7 +410,7 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
         if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
             if not getattr(spec, "embedded", False):
                 raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
-                                   f"`mmbench prepare {c.dataset} --variant {variant}` first")
+                                   f"`{spec.prepare_hint(variant)}` first")
             with progress_bar() as progress:
                 do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
         if "coherence" in c.eval.metrics:

@@ -363,4 +363,14 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
 
 
 def build_run_config(data: Dict[str, Any], where: str = "") -> RunConfig:
-    return validate(from_dict(RunConfig, data, where), where)
+    cfg = from_dict(RunConfig, data, where)
+    given = data.get("eval") if isinstance(data.get("eval"), dict) else {}
+    if "metrics" not in given and cfg.dataset in _registered_datasets() and _registered_datasets().get(cfg.dataset).multilabel:
+        cfg.eval.metrics = ["latent_ap", "coherence_ap"]  # the default's counterparts on multi-label data (CelebA)
+    return validate(cfg, where)
+
+
+def _registered_datasets():
+    from .registry import DATASETS
+
+    return DATASETS

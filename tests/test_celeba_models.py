@@ -230,6 +230,10 @@ def test_metric_guards(tmp_path, data_root):
     with pytest.raises(ConfigError, match="use latent_classification"):
         build_run_config({"dataset": "polydigits", "eval": {"metrics": ["latent_ap"]}})
     assert build_run_config({"dataset": "celeba", "eval": {"metrics": ["latent_ap", "coherence_ap"]}})
+    # without eval.metrics a CelebA run gets the default's multi-label counterparts (`mmbench train celeba mopoe`)
+    assert build_run_config({"dataset": "celeba"}).eval.metrics == ["latent_ap", "coherence_ap"]
+    assert build_run_config({"dataset": "celeba", "eval": {"ll_samples": 3}}).eval.metrics == ["latent_ap", "coherence_ap"]
+    assert build_run_config({"dataset": "polydigits"}).eval.metrics == ["latent_classification", "coherence"]
 
 
 def test_multilabel_classifiers_on_the_fixture(tmp_path, source):  # noqa: F811  (the imported fixture)

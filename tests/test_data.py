@@ -1,5 +1,7 @@
 """The PolyMNIST generator and the embedded polydigits dataset."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -261,7 +263,7 @@ def test_tampered_datasets_are_refused(tmp_path):
     def refused(root, match):
         with pytest.raises(MMBenchError, match=match) as e:
             load_split(spec, "translated", "test", root)
-        assert "mmbench prepare polydigits --variant translated --force" in str(e.value)
+        assert re.search(r"`mmbench prepare polydigits --variant translated( --seed \d+)? --force`", str(e.value))
 
     # same-size edit of the data, mtime (and atime) set back
     root, path = copy("same-size")
@@ -390,3 +392,32 @@ def test_prepare_refuses_other_options_and_ignores_locations(tmp_path):
     prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/b"})  # a location: same data
     with pytest.raises(MMBenchError, match="prepared with other settings.*--force"):
         prepare(Tiny(), None, data_root=tmp_path, options={"n": 3})
+
+
+def test_the_rebuild_advice_is_the_command_that_built_the_dataset():
+    """A damaged dataset's fix names the build's seed, options and file locations: `--force` alone would download
+    the archive instead of rebuilding from MNIST, or build other data (another seed, multiplicity)."""
+    from mmbench.data.base import prepare_command
+
+    manifest = {"dataset": "polymnist", "variant": "vanilla", "seed": 3,
+                "options": {"rebuild": True, "mnist_source": "test-halves", "multiplicity": 12},
+                "locations": {"source": "/data/my mnist", "backgrounds": "/data/bg"}}
+    assert prepare_command(manifest) == (
+        "mmbench prepare polymnist --variant vanilla --seed 3 --rebuild -o mnist_source=test-halves -o multiplicity=12"
+        " --backgrounds /data/bg --source '/data/my mnist' --force")
+    # a manifest written before locations were recorded: seed 0 and no options add nothing
+    assert prepare_command({"dataset": "celeba", "variant": "default", "seed": 0, "options": {}}) == (
+        "mmbench prepare celeba --variant default --force")
+
+
+def test_a_build_records_where_its_files_came_from_and_a_first_prepare_names_what_it_needs(tmp_path):
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    assert read_manifest(path)["locations"] == {}
+    for name, variant, need in (("rats", "deposit", "--source DIR"), ("polymnist", "extended", "--backgrounds DIR"),
+                                ("celeba", "default", "--source DIR")):
+        with pytest.raises(MMBenchError, match="is not prepared") as e:
+            load_split(DATASETS.get(name)(), variant, "test", tmp_path)
+        assert str(e.value).endswith(f"run `mmbench prepare {name} --variant {variant} {need}`")
+    with pytest.raises(MMBenchError, match="has no split 'val'; choose one of: test, train"):
+        load_split(spec, "translated", "val", tmp_path)

@@ -57,6 +57,12 @@ class DatasetSpec:
     classifier_architecture: ClassVar[str] = ""
     option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help
     location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
+    needs: ClassVar[Dict[str, str]] = {}  # variant -> what a first `mmbench prepare` of it must be given
+
+    def prepare_hint(self, variant: str) -> str:
+        """The command that prepares `variant` here for the first time, with what it cannot do without."""
+        need = self.needs.get(variant)
+        return f"mmbench prepare {self.registry_name} --variant {variant}" + (f" {need}" if need else "")
 
     def modalities(self, variant: str) -> List[Modality]:
         raise NotImplementedError
@@ -119,6 +125,28 @@ def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
                        f"`mmbench prepare {directory.parent.name} --variant {directory.name} --force`")
 
 
+FLAGS = {"rebuild": "--rebuild"}  # prepare options that are CLI flags; the others are `-o KEY=VALUE`
+
+
+def prepare_command(manifest: Dict[str, Any]) -> str:
+    """The `mmbench prepare ... --force` that rebuilds the dataset of `manifest` as it was built: its seed, its
+    options and where its files came from (`locations`; older manifests lack it, so DIR stands in)."""
+    import shlex
+
+    parts = ["mmbench prepare", manifest["dataset"], "--variant", manifest["variant"]]
+    if manifest.get("seed", 0) != 0:
+        parts += ["--seed", str(manifest["seed"])]
+    options = sorted((manifest.get("options") or {}).items())
+    parts += [FLAGS[key] for key, value in options if key in FLAGS and value is True]
+    for key, value in options:
+        if not (key in FLAGS and value is True):
+            text = ("true" if value else "false") if isinstance(value, bool) else value
+            parts += ["-o", shlex.quote(f"{key}={text}")]
+    for key, where in sorted((manifest.get("locations") or {}).items()):
+        parts += [f"--{key}", shlex.quote(str(where))]
+    return " ".join(parts + ["--force"])
+
+
 def _manifest_problem(manifest: Any) -> Optional[str]:
     """What makes a parsed manifest unusable (None: nothing): the fields `verify` and the loaders read."""
     if not isinstance(manifest, dict):
@@ -173,7 +201,7 @@ def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> Non
     top-level `stamps` (the `arrays` entries, and so `manifest_digest`, stay as built), so the next load
     takes the fast path again.
     """
-    fix = f"rebuild it with `mmbench prepare {manifest['dataset']} --variant {manifest['variant']} --force`"
+    fix = f"rebuild it with `{prepare_command(manifest)}`"
     recorded = manifest.get("manifest_sha256")
     if recorded is not None and recorded != manifest_checksum(manifest):
         raise MMBenchError(f"{directory / MANIFEST} was edited (it no longer matches its own checksum); {fix}")
@@ -256,6 +284,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         manifest = {
             "dataset": spec.registry_name, "variant": variant, "recipe_version": spec.recipe_version,
             "seed": seed, "options": identity, "build_seconds": round(time.time() - t0, 2),
+            "locations": {k: v for k, v in options.items() if k in spec.location_options},
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
         }
         manifest["manifest_sha256"] = manifest_checksum(manifest)
@@ -371,11 +400,12 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
     if manifest is None:
         raise MMBenchError(
             f"dataset {spec.registry_name} ({variant}) is not prepared under {directory.parent.parent}; "
-            f"run `mmbench prepare {spec.registry_name} --variant {variant}`")
+            f"run `{spec.prepare_hint(variant)}`")
     verify(directory, manifest)
     mods = spec.modalities(variant)
     if f"{split}_labels" not in manifest["arrays"]:
-        raise MMBenchError(f"dataset {spec.registry_name} has no split {split!r}")
+        splits = sorted(k[:-len("_labels")] for k in manifest["arrays"] if k.endswith("_labels"))
+        raise MMBenchError(f"dataset {spec.registry_name} has no split {split!r}; choose one of: {', '.join(splits)}")
     def array(key: str) -> torch.Tensor:
         return torch.from_numpy(np.load(directory / f"{key}.npy"))
 

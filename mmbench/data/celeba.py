@@ -100,6 +100,7 @@ class CelebA(DatasetSpec):
     option_names = {"source": "directory with img_align_celeba.zip and the two txt files",
                     "test_partition": "partition used as test: 1 (validation, MoPoE code; default) or 2"}
     location_options = ("source",)
+    needs = {"default": "--source DIR"}  # no stable file URL (build)
 
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights as the MoPoE code: 4096/12288 for the image, 4096/256 for the text.

@@ -117,6 +117,7 @@ class PolyMNIST(DatasetSpec):
                     "mnist_source": "'train-test' (default) or 'test-halves'",
                     "multiplicity": "pairing rounds of the train split (default 1, as the authors)"}
     location_options = ("source", "backgrounds")
+    needs = {v: "--backgrounds DIR" for v in polygen.VARIANTS if v != "vanilla"}  # rebuilt from MNIST (vanilla: archive)
     counts = COUNTS
 
     def modalities(self, variant: str) -> List[Modality]:

@@ -260,6 +260,7 @@ class Rats(DatasetSpec):
         "trial_info": "simulated variant: directory of the five <rat>_trial_info.npy to simulate on (default: synthetic)",
     }
     location_options = ("source",)
+    needs = {"deposit": "--source DIR"}  # the Dryad deposit has no stable file URL (build)
 
     def modalities(self, variant: str) -> List[Modality]:
         # Summed squared error per rat, unweighted sum over rats (mmvmvae-hippocampal mv_vaes/spike_vae.py).
