@@ -285,6 +285,58 @@ def test_gpu_projection_uses_pack_rates(tmp_path):
     assert projected_seconds(make_packs(runs, 1), rates, lambda r: None)[runs[0].id] is None
 
 
+
+def test_pack_rate_is_the_largest_measured_pack_not_above_the_pack():
+    """Measured packs 1, 5 and 15 (10, 40, 90 run-steps/s): a pack of 5 runs at 40, of 14 at 40, of 15 and 20 at
+    90; measured only 5 and 15, a pack of 2 runs at the smallest measured (40)."""
+    from mmbench.bench import pack_rate
+
+    rates = {1: 10.0, 5: 40.0, 15: 90.0}
+    assert [pack_rate(rates, n) for n in (1, 4, 5, 14, 15, 20)] == [10.0, 10.0, 40.0, 40.0, 90.0, 90.0]
+    assert pack_rate({5: 40.0, 15: 90.0}, 2) == 40.0
+
+
+def test_read_step_times_from_the_step_table(tmp_path):
+    """The step table (no --pack) gives the unpacked rate 1 / median_s (0.25 s -> 4 run-steps/s); where a file holds
+    both tables, the pack table's measured pack 1 is kept."""
+    from mmbench.bench import read_step_times
+
+    steps = "| method | M | median_s | min_s |\n|---|---|---|---|\n| mopoe | 5 | 0.25 | 0.2 |\n| mvae | 5 | 0.5 | 0.4 |\n"
+    packs = ("| method | pack | mode | median_s | run_steps_per_s |\n|---|---|---|---|---|\n"
+             "| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 5 | packed | 0.125 | 40 |\n")
+    f = tmp_path / "t.md"
+    f.write_text("head\n\n" + steps)
+    assert read_step_times(f) == {"mopoe": {1: 4.0}, "mvae": {1: 2.0}}
+    f.write_text("head\n\n" + packs + "\n" + steps)
+    assert read_step_times(f) == {"mopoe": {1: 10.0, 5: 40.0}, "mvae": {1: 2.0}}
+
+
+def test_dry_run_projection_counts_the_trainers_steps(tmp_path, data_root):
+    """`run --dry-run --step-times`: 2 epochs of max_train 100 at batch 32 are 2 x floor(100 / 32) = 6 steps a run
+    (drop_last, as the trainer); three unfinished runs are one pack of 3 at the pack-3 rate, 30 run-steps/s:
+    3 x 6 / 30 = 0.6 s, 0.2 s a run. A finished run (seed 3) is not projected. Batch 128 > 100 rows: 1 step an
+    epoch, 2 a run, alone at 10 run-steps/s: 0.2 s."""
+    from mmbench.cli import _gpu_projection
+    from mmbench.data.base import dataset_dir, read_manifest
+
+    assert read_manifest(dataset_dir("polydigits", "vanilla", data_root))["counts"]["train"] > 128
+    times = tmp_path / "t.md"
+    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 3 | packed | 0.1 | 30 |\n")
+    runs_dir = tmp_path / "runs"
+    configs = [cfg(s, max_train=100) for s in range(4)]
+    done = Run(configs[3], runs_dir)
+    done.init()
+    done.write_metrics({"coherence/joint": 0.5}, eval_precision=configs[3].eval.precision)
+    assert done.status() == "done"
+    gpu = _gpu_projection(configs, runs_dir, data_root, times, None)
+    assert gpu["per_run"] == {Run(c, runs_dir).id: pytest.approx(0.2) for c in configs[:3]}
+    assert "for 3 of 3 unfinished run(s) in 1 pack(s)" in gpu["summary"] and "(GPU Z," in gpu["summary"]
+    big = cfg(0, max_train=100, batch_size=128)
+    assert _gpu_projection([big], runs_dir, data_root, times, None)["per_run"] == {
+        Run(big, runs_dir).id: pytest.approx(0.2)}
+
+
 def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     from mmbench.errors import ConfigError
 
