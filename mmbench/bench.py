@@ -101,10 +101,11 @@ def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_
 
 
 def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
-               architecture: str = "polymnist_cnn", seed: int = 0, device: str = "cpu") -> tuple:
+               architecture: str = "polymnist_cnn", seed: int = 0, device: str = "cpu",
+               precision: str = "fp32") -> tuple:
     """(the bare-network floor of a step as a function, its parameters): each modality's encoder on its batch, one
     reparameterised z per modality, each decoder on its z, a squared-error + KL loss, backward, Adam -- the
-    arithmetic every method's step contains, without any method's aggregation."""
+    arithmetic every method's step contains, without any method's aggregation; in `precision` as method_step."""
     from .registry import ARCHITECTURES
 
     dev = torch.device(device)
@@ -120,10 +121,11 @@ def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 5
 
     def step() -> None:
         loss = 0.0
-        for (enc, dec), xm in zip(nets, x):
-            mu, logvar = enc(xm)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            loss = loss + (dec(z) - xm).pow(2).sum() + 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum()
+        with _autocast(precision, dev):
+            for (enc, dec), xm in zip(nets, x):
+                mu, logvar = enc(xm)
+                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+                loss = loss + (dec(z) - xm).pow(2).sum() + 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -133,9 +135,9 @@ def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 5
 
 def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
                     warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-                    device: str = "cpu") -> Dict[str, float]:
-    """Seconds per step of floor_step. A method's step / this = its overhead."""
-    step, params = floor_step(n_modalities, batch_size, latent_dim, architecture, seed, device)
+                    device: str = "cpu", precision: str = "fp32") -> Dict[str, float]:
+    """Seconds per step of floor_step. A method's step / this (same precision) = its overhead."""
+    step, params = floor_step(n_modalities, batch_size, latent_dim, architecture, seed, device, precision)
     return _timed(step, warmup, steps, torch.device(device), params)
 
 
@@ -278,7 +280,7 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
     top = max(modalities)
     rows, scaling = [], []
     say(f"bare networks, M={top}")
-    floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device)
+    floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision)
     for m in methods:
         say(f"{m}, M={top}")
         try:

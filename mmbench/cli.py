@@ -777,7 +777,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         t2 = pd.DataFrame(res["scaling"])
         md = [head, "", tabulate(t1, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), "",
               "x_floor: the method's step over the bare networks' step (each encoder, one z, each decoder, a "
-              "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes.",
+              "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes and precision.",
               "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
               "where launches bound the step (small networks) its time grows with them.", ""]

@@ -44,3 +44,165 @@ def test_step_time_refuses_zero_steps():
     with pytest.raises(MMBenchError, match="time at least 1 step"):
         step_time("mopoe", 2, batch_size=2, latent_dim=4, steps=0)
     assert step_time("mopoe", 2, batch_size=2, latent_dim=4, steps=1, warmup=0)["median_s"] > 0
+
+
+# ----- known answers: what `bench steps` computes from the times it measures (fake clock, fake steps) -----
+def test_timed_reports_median_min_max_of_the_steps_after_the_warmup(monkeypatch):
+    """One warm-up step (100 s, not reported), then steps of 4, 1 and 2 s: median 2 (not the mean 7/3), min 1,
+    max 4, run-steps/s 1 / median = 0.5; every step is called once."""
+    import types
+
+    import torch
+
+    from mmbench import bench
+
+    now, durations = [0.0], iter([100.0, 4.0, 1.0, 2.0])
+
+    def step():
+        now[0] += next(durations)
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    r = bench._timed(step, 1, 3, torch.device("cpu"), [torch.zeros(2000), torch.zeros(500)])
+    assert r == {"median_s": 2.0, "min_s": 1.0, "max_s": 4.0, "params_m": 0.0025, "run_steps_per_s": 0.5}
+    assert next(durations, None) is None
+
+
+def test_pack_step_time_run_steps_are_pack_size_over_the_median(monkeypatch):
+    """A packed step of 4 runs with median 2 s (min 1, max 4) makes 4 / 2 = 2 run-steps per second."""
+    from mmbench import bench
+
+    monkeypatch.setattr(bench, "pack_step", lambda *a, **k: (None, []))
+    monkeypatch.setattr(bench, "_timed", lambda *a, **k: {"median_s": 2.0, "min_s": 1.0, "max_s": 4.0,
+                                                           "params_m": 0.0, "run_steps_per_s": 0.5})
+    assert bench.pack_step_time("mopoe", 4) == {"pack": 4, "median_s": 2.0, "min_s": 1.0, "max_s": 4.0,
+                                                "run_steps_per_s": 2.0}
+
+
+def _meta_step(ops: int):
+    """A step on the meta device issuing `ops` operations, plus one on its first call only (lazy state, as Adam's
+    moments)."""
+    import torch
+
+    x, state = torch.ones(3, device="meta"), {}
+
+    def step():
+        if not state:
+            state["m"] = x * 0
+        for _ in range(ops):
+            x.add(1)
+
+    return step
+
+
+def test_device_ops_counts_after_the_warmup_calls_and_counts_factory_operations():
+    import torch
+
+    from mmbench.bench import device_ops
+
+    assert device_ops(_meta_step(5)) == 5 and device_ops(_meta_step(5), warmup=1) == 5
+    assert device_ops(_meta_step(5), warmup=0) == 6  # the first call's lazy state counted
+    assert device_ops(lambda: torch.zeros(3, device="meta"), warmup=0) == 1  # no tensor argument, a device result
+
+
+def _fake_timings(monkeypatch, calls):
+    """step_time / floor_step_time / pack_step_time with known medians (min = median / 2), and method_step /
+    floor_step / pack_step as meta steps with known operation counts; every call recorded in `calls`."""
+    from mmbench import bench
+
+    def step_time(m, n_modalities, *a, **k):
+        calls.append(("step_time", m, n_modalities))
+        med = 0.1 * n_modalities + (0.01 if m == "mvae" else 0.0)
+        return {"median_s": med, "min_s": med / 2, "max_s": 2 * med, "params_m": 1.0, "run_steps_per_s": 1 / med}
+
+    def floor_step_time(n_modalities, *a, **k):
+        calls.append(("floor_step_time", n_modalities, k.get("precision")))
+        return {"median_s": 0.05 * n_modalities, "min_s": 0.01, "max_s": 1.0, "params_m": 1.0,
+                "run_steps_per_s": 1 / (0.05 * n_modalities)}
+
+    def pack_step_time(m, pack, n_modalities, *a, **k):
+        calls.append(("pack_step_time", m, pack, n_modalities))
+        return {"pack": pack, "median_s": 0.4, "min_s": 0.1, "max_s": 1.0, "run_steps_per_s": pack / 0.4}
+
+    monkeypatch.setattr(bench, "step_time", step_time)
+    monkeypatch.setattr(bench, "floor_step_time", floor_step_time)
+    monkeypatch.setattr(bench, "pack_step_time", pack_step_time)
+    monkeypatch.setattr(bench, "method_step", lambda m, n, *a, **k: (_meta_step(100 * n), []))
+    monkeypatch.setattr(bench, "floor_step", lambda n, *a, **k: (_meta_step(10 * n), []))
+    monkeypatch.setattr(bench, "pack_step", lambda m, pack, n, *a, **k: (_meta_step(400), []))
+
+
+def test_step_table_known_answers(monkeypatch):
+    """Methods and the floor at the largest M (3), the floor in the methods' precision: floor 0.15 s, MoPoE 0.3 s
+    -> x_floor 2, MVAE 0.31 s -> x_floor 0.31 / 0.15 (medians, not minima); ops counted at M = 3; the scaling rows
+    at each M."""
+    from mmbench import bench
+
+    calls = []
+    _fake_timings(monkeypatch, calls)
+    res = bench.step_table(["mopoe", "mvae"], ["mopoe"], [2, 3], batch_size=8, latent_dim=4, steps=1,
+                           precision="bf16")
+    rows = {r["method"]: r for r in res["methods"]}
+    assert rows["mopoe"]["x_floor"] == pytest.approx(2.0)
+    assert rows["mvae"]["x_floor"] == pytest.approx(0.31 / 0.15)
+    assert rows["(bare networks: floor)"]["median_s"] == pytest.approx(0.15)
+    assert rows["(bare networks: floor)"]["x_floor"] == 1.0
+    assert (rows["mopoe"]["ops"], rows["(bare networks: floor)"]["ops"]) == (300, 30)
+    assert [(r["M"], r["median_s"]) for r in res["scaling"]] == [(2, pytest.approx(0.2)), (3, pytest.approx(0.3))]
+    assert ("floor_step_time", 3, "bf16") in calls
+
+
+def test_floor_step_runs_in_the_precision_asked(monkeypatch):
+    """The floor x_floor divides by runs under the same autocast as the methods' steps (bench steps --precision)."""
+    from mmbench import bench
+
+    entered, real = [], bench._autocast
+
+    def autocast(precision, dev):
+        entered.append((precision, dev.type))
+        return real(precision, dev)
+
+    monkeypatch.setattr(bench, "_autocast", autocast)
+    bench.floor_step(2, batch_size=2, latent_dim=4, precision="bf16")[0]()
+    assert entered == [("bf16", "cpu")]
+
+
+def test_pack_table_known_answers(monkeypatch):
+    """Unpacked at the asked M (3): 1 / 0.3 run-steps/s and 300 ops; a pack of 4 timed at 0.4 s a packed step:
+    10 run-steps/s, and its 400 operations are 100 per run-step."""
+    from mmbench import bench
+
+    calls = []
+    _fake_timings(monkeypatch, calls)
+    unpacked, packed = bench.pack_table(["mopoe"], [4], batch_size=8, latent_dim=4, steps=1, n_modalities=3)
+    assert (unpacked["pack"], unpacked["ops_per_run_step"]) == (1, 300)
+    assert unpacked["run_steps_per_s"] == pytest.approx(1 / 0.3)
+    assert (packed["pack"], packed["run_steps_per_s"], packed["ops_per_run_step"]) == (4, 10.0, 100.0)
+    assert calls == [("step_time", "mopoe", 3), ("pack_step_time", "mopoe", 4, 3)]
+
+
+def test_bench_steps_pack_reports_the_best_pack_per_method(monkeypatch, tmp_path):
+    """`bench steps --pack 1,2,4 --modalities 2,3`: packs 2 and 4 (1 is the unpacked row) at M = 3; the summary
+    names the pack with the most run-steps/s per method (MoPoE 4 at 30, MVAE 2 at 12), not the fewest."""
+    from mmbench import bench, cli
+
+    seen = {}
+
+    def pack_table(methods, packs, *a, **k):
+        seen.update(packs=list(packs), n_modalities=k["n_modalities"])
+        nan = float("nan")
+        return [{"method": m, "pack": p, "mode": "x", "median_s": 1.0, "run_steps_per_s": v, "ops_per_run_step": 1.0}
+                for m, p, v in [("mopoe", 1, 10.0), ("mopoe", 2, 18.0), ("mopoe", 4, 30.0),
+                                ("mvae", 1, 10.0), ("mvae", 2, 12.0), ("mvae", 4, 8.0), ("mmvamp", 2, nan)]]
+
+    monkeypatch.setattr(bench, "pack_table", pack_table)
+    out = tmp_path / "t.md"
+    monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe,mvae,mmvamp", "--pack", "1,2,4",
+                                      "--modalities", "2,3", "--out", str(out)])
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert e.code in (0, None)
+    assert seen == {"packs": [2, 4], "n_modalities": 3}
+    best = out.read_text().split("Pack size with the most run-steps per second:")[1].strip().splitlines()[2:]
+    assert [[c.strip() for c in line.strip("|").split("|")] for line in best] == [
+        ["mopoe", "4", "30.000"], ["mvae", "2", "12.000"]]
