@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import MMBenchError
+from .files import temp_beside
 from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
                       parse_provenance, read_run)
 
@@ -59,7 +60,7 @@ def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[P
 
 
 def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, checkpoints: bool = False,
-                left_out: Optional[List[Tuple[str, str]]] = None, force: bool = False) -> Dict:
+                left_out: Optional[List[Tuple[str, str]]] = None, force: bool = False, selection: Optional[str] = None) -> Dict:
     """Write a bundle of the finished runs (all, or those of `ids`); returns its manifest. A run that read_run
     refuses is left out with (directory, reason) appended to `left_out` (without `left_out`, it is an error). An
     existing `out` is replaced only with `force`."""
@@ -79,7 +80,7 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
             continue
         dirs.append(d)
     if not dirs:
-        raise MMBenchError(f"no finished runs to export in {runs_dir}" + (" for that suite" if ids is not None else "")
+        raise MMBenchError(f"no finished runs to export in {runs_dir}" + (f" for {selection}" if selection else " for that suite" if ids is not None else "")
                            + (f" ({len(left_out)} left out as unreadable or foreign, e.g. {left_out[0][0]}: "
                               f"{left_out[0][1]})" if left_out else "; run them first (mmbench run) or point "
                                                                       "--runs-dir at them"))
@@ -95,7 +96,7 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
             payload.append((f"runs/{d.name}/{rel}", data))
         manifest["runs"][d.name] = {"files": files}
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    fd, tmp = temp_beside(out)
     os.close(fd)
     try:
         with tarfile.open(tmp, "w:gz") as tar:

@@ -15,7 +15,8 @@ from rich.table import Table
 from .errors import MMBenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Reproduce the tables and figures of multimodal-VAE papers.")
+                  help="Reproduce the tables and figures of multimodal-VAE papers.\n\n"
+                       "Example: mmbench run suites/quickstart.yaml --tier smoke && mmbench report --compare reference_results/")
 console = Console(emoji=False)  # :name: in a user's text is printed as typed
 err_console = Console(stderr=True, emoji=False)
 
@@ -250,6 +251,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only else None)
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
+        from .runner import resume_point
         from .suite import human_seconds, seconds_per_sample, train_samples
 
         rates = seconds_per_sample(runs_dir, data_root)
@@ -270,8 +272,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             counts[status] = counts.get(status, 0) + 1
             n = train_samples(c, data_root)
             rate = rates.get((c.dataset, c.variant, c.method.name))
-            est = n * rate if n and rate else None
             trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
+            left = n * (1 - resume_point(r)[0] / max(c.train.epochs, 1)) if n and trains else n  # a resumed run's rest
+            est = left * rate if n and rate else None
             if trains:
                 total += est or 0.0
                 unknown += est is None
@@ -306,7 +309,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                         mem=slurm_mem, time=slurm_time, array_parallelism=slurm_parallel).items()
                  if v is not None}
     if executor == "slurm":
-        from .slurm import parse_sbatch, resolve_options, run_slurm, site_config_path, site_options
+        from .slurm import available, parse_sbatch, resolve_options, run_slurm, site_config_path, site_options
 
         if slurm_opt:
             cli_slurm["sbatch"] = parse_sbatch(slurm_opt)
@@ -317,6 +320,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                         (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))
                    for c, e in s.runs_with_experiments(tier, parse_overrides(overrides),
                                                        only=only.split(",") if only else None)]
+        reason = available()  # before preparing data or training classifiers here
+        if reason:
+            raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
         _prepare_for(configs, data_root)
         results = run_slurm(configs, runs_dir, data_root, options, err_console, wait=not detach)
         if detach:
@@ -359,7 +365,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     the runs packed as `mmbench run --pack` would pack them on one GPU."""
     from .bench import projected_seconds, read_step_times
     from .results import Run
-    from .runner import make_packs
+    from .runner import make_packs, resume_point
     from .suite import human_seconds, train_samples
 
     if not step_times.exists():
@@ -371,7 +377,8 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
 
     def steps_of(r):
         n = train_samples(r.cfg, data_root)
-        return None if n is None else r.cfg.train.epochs * max(n // r.cfg.train.epochs // r.cfg.train.batch_size, 1)
+        epochs = r.cfg.train.epochs  # a run resumed from a checkpoint trains only its remaining epochs
+        return None if n is None else (epochs - resume_point(r)[0]) * max(n // epochs // r.cfg.train.batch_size, 1)
 
     packs = make_packs(todo, pack, 1)
     per_run = projected_seconds(packs, rates, steps_of)
@@ -563,7 +570,9 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
 
         ids = [Run(c, runs_dir).id for c in load_suite(suite).runs(tier or "full")]
     left_out: List = []
-    manifest = export_runs(runs_dir, out, ids, checkpoints, left_out=left_out, force=force)
+    selection = (f"suite {suite}'s {tier or 'full'} tier" + ("" if tier else " (the default; --tier smoke|quick "
+                                                                 "chooses another)")) if suite is not None else None
+    manifest = export_runs(runs_dir, out, ids, checkpoints, left_out=left_out, force=force, selection=selection)
     for name, why in left_out:
         err_console.print(f"[yellow]left out[/yellow] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
@@ -587,7 +596,8 @@ def import_(bundle: Path = typer.Argument(..., help="A bundle made by `mmbench e
                   f"results; runs in {runs_dir}")
 
 
-classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.")
+classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.\n\n"
+                              "Example: mmbench classifiers train polymnist --variant extended")
 app.add_typer(classifiers_app, name="classifiers")
 
 
@@ -657,7 +667,8 @@ def classifiers_import(dataset: str = typer.Argument(..., help="A prepared datas
     console.print(f"cached in {authors_cache_dir(spec, variant, data_root)}")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.\n\n"
+                        "Example: mmbench bench steps --methods mopoe,mrvae --pack 1,5,15 --device cuda")
 app.add_typer(bench_app, name="bench")
 
 

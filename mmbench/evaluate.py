@@ -77,7 +77,7 @@ def training_provenance(run: Run) -> Dict[str, Any]:
     except RecordError as e:
         raise MMBenchError(f"{e}; put a good copy back, or move it away to evaluate without the training's "
                            f"provenance (its time and code)") from None
-    return {k: prov[k] for k in ("train_seconds", "epochs", "trained_with") if k in prov}
+    return {k: prov[k] for k in ("train_seconds", "train_tuples_per_second", "epochs", "trained_with") if k in prov}
 
 
 def evaluation_split(test_full, n):
@@ -108,6 +108,7 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
         summary = train(run, data_root, progress)
         evaluate(run, data_root, progress, provenance={
             "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0,
+            "train_tuples_per_second": summary.get("tuples_per_second"),
             "trained_with": summary["trained_with"]})
         run.log("done")
         return run.read_metrics()

@@ -513,7 +513,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     results: Dict[str, Any] = {}
     t0 = time.time()
     live = list(members)
+    speed = train_mod.Throughput()
     for epoch in range(first, E):
+        speed.start()
         P = perms(live, epoch)
         if epoch > first:
             sums = {}
@@ -553,6 +555,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 if train_mod.stop_requested() is not None:
                     _stopped(live, f"at epoch {epoch + 1}, step {b + 1} of {n_batches}", ok)
         ok = finite.tolist()  # the epoch's one read-back
+        speed.stop((n_batches - (first_step if epoch == first else 0)) * B * len(live))
         tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
         keep = []
@@ -600,6 +603,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     for m in live:
         atomic_json(m.run.dir / train_mod.HISTORY, m.state["history"])  # the report's training curves
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
+                             "tuples_per_second": speed.rate(),  # the pack's: all its runs' tuples
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
                              "packed_with": len(members), "trained_with": m.state["code"]}
     return results
@@ -692,6 +696,7 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
                 out[r.id] = s or "not trained"
                 continue
             prov = {"train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
+                    "train_tuples_per_second": s.get("tuples_per_second"),
                     "packed_with": s.get("packed_with", 1), "trained_with": s["trained_with"]}
             record(r, lambda r=r, prov=prov: (evaluate(r, data_root, progress, provenance=prov), r.log("done")))
     for r in waiting:

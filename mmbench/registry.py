@@ -76,6 +76,7 @@ def _load_builtins() -> None:
 
 
 def describe(obj: Any) -> str:
-    """First line of an object's docstring: the one-line description shown by `mmbench list`."""
+    """The first paragraph of an object's docstring, on one line: the description shown by `mmbench list` (a
+    docstring's first line alone may stop mid-sentence)."""
     doc = (obj.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())

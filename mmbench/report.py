@@ -679,8 +679,9 @@ def build_report(runs_dir: Optional[Path], compare: Optional[Path]) -> Report:
     cells, claims = load_reference_files(compare) if compare else ([], [])
     root = Path(runs_dir or default_runs_dir())
     if not root.is_dir():
-        raise MMBenchError(f"runs directory {root} does not exist; point --runs-dir (or $MMBENCH_RUNS) at the "
-                           f"directory holding the runs, or make some with `mmbench run SUITE`")
+        raise MMBenchError(f"runs directory {root} {'is a file, not a directory' if root.exists() else 'does not exist'}; "
+                           f"point --runs-dir (or $MMBENCH_RUNS) at the directory holding the runs, or make some with "
+                           f"`mmbench run SUITE`")
     frame = runs_frame(runs_dir)
     fill(cells, frame)
     apply_verdicts(cells)

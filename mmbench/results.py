@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 from . import __version__, yamlio
 from .config import RunConfig, build_run_config
 from .errors import ConfigError, MMBenchError
+from .files import temp_beside
 
 SCHEMA_VERSION = 1
 
@@ -68,7 +68,7 @@ def default_runs_dir() -> Path:
 def atomic_write(path: Path, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -282,6 +282,22 @@ class Run:
         self.id = cfg.run_id()
         self.dir = Path(runs_dir or default_runs_dir()) / self.id
 
+    def trained_twin(self) -> Optional[Path]:
+        """Another run directory beside this one with the same settings but for `eval` (which is part of the run id),
+        and a checkpoint: the trained model a changed evaluation setting has left behind. None when there is none."""
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in ("eval", "tables")}
+        prefix = self.id.rsplit("-", 1)[0] + "-"
+        for d in sorted(self.dir.parent.glob(f"{prefix}*")):
+            if d == self.dir or not (d / "checkpoints" / "last.pt").exists() or not (d / "config.yaml").is_file():
+                continue
+            try:
+                _, cfg = parse_config((d / "config.yaml").read_bytes(), str(d / "config.yaml"))
+            except (OSError, MMBenchError):
+                continue
+            if {k: v for k, v in cfg.to_dict().items() if k not in ("eval", "tables")} == mine:
+                return d
+        return None
+
     # paths
     @property
     def ckpt_dir(self) -> Path:
@@ -453,6 +469,7 @@ class Run:
                     self.bring_back(old)
                 if unreadable is not None:
                     os.replace(unreadable, self.metrics_path)
+                    self.log(f"evaluation did not finish; {unreadable.name} put back as metrics.json")
                 if cfg_text is not None:
                     atomic_write(cfg_path, cfg_text)
             raise

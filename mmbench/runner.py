@@ -89,7 +89,7 @@ def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
     return env
 
 
-def _resume_point(run: Run) -> Tuple[int, int]:
+def resume_point(run: Run) -> Tuple[int, int]:
     """(epoch, step) the run resumes at: runs pack together only from the same point."""
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
@@ -136,7 +136,7 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> Li
             continue
         if key not in reasons:
             reasons[key] = unpackable_reason(r.cfg)
-        groups.setdefault((r.id,) if reasons[key] else (key, _resume_point(r)), []).append(r)
+        groups.setdefault((r.id,) if reasons[key] else (key, resume_point(r)), []).append(r)
     out: List[List[Run]] = []
     for g in groups.values():
         cap = pack or -(-len(g) // max(workers, 1))

@@ -87,6 +87,9 @@ def _check(d: Dict[str, Any], where: str) -> Dict[str, Any]:
 def site_options() -> Dict[str, Any]:
     path = site_config_path()
     if not path.exists():
+        if "MMBENCH_SLURM_CONFIG" in os.environ:  # named on purpose: a typo must not fall back to no site options
+            raise MMBenchError(f"MMBENCH_SLURM_CONFIG={path}: no such file; fix the path, or unset it to use "
+                               f"~/.config/mmbench/slurm.yaml (if any)")
         return {}
     raw = yamlio.load(path.read_text(), str(path)) or {}
     return _check(raw.get("slurm", raw), str(path))

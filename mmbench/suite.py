@@ -230,7 +230,10 @@ def train_samples(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[
 
 def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:
     """Measured training cost of finished runs, seconds per training tuple, by (dataset, variant, method)
-    (the median over runs); the basis of `mmbench run --dry-run`'s time estimates."""
+    (the median over runs); the basis of `mmbench run --dry-run`'s time estimates. Read from the steps' own
+    throughput (provenance `train_tuples_per_second`; a pack's is all its runs', so a suite's sum stays this
+    machine's time), not from the run's wall time, whose fixed costs would scale up with the tuples: a smoke run's
+    would project the full run 10-30 times too long. Runs recorded before that field use their wall time."""
     import statistics
 
     from .results import load_runs
@@ -238,10 +241,15 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
     seen: Dict[tuple, List[float]] = {}
     for r in load_runs(runs_dir):
         cfg, prov = r["config"], r["provenance"]
-        n = train_samples(cfg, data_root)
-        if not n or not prov.get("train_seconds"):
-            continue
-        seen.setdefault((cfg.dataset, cfg.variant, cfg.method.name), []).append(prov["train_seconds"] / n)
+        rate = prov.get("train_tuples_per_second")
+        if isinstance(rate, (int, float)) and rate > 0:
+            cost = 1.0 / rate
+        else:
+            n = train_samples(cfg, data_root)
+            if not n or not prov.get("train_seconds"):
+                continue
+            cost = prov["train_seconds"] / n
+        seen.setdefault((cfg.dataset, cfg.variant, cfg.method.name), []).append(cost)
     return {k: statistics.median(v) for k, v in seen.items()}
 
 

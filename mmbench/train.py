@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -335,7 +335,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")
+    speed = Throughput()
     for epoch in range(state["epoch"], E):
+        speed.start()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(train_split), generator=g).to(device)
         # A mid-epoch checkpoint holds the next step of this epoch and the running sums of its logs.
@@ -379,6 +381,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                                               f"re-run the same command to resume from {last}")
         if not bool(finite):
             raise MMBenchError(diverged(epoch))
+        speed.stop((n_batches - first) * B)
         tl = test_loss(model, loss_split, B, cfg.seed, device, cfg.train.precision)
         record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n_batches for k, v in sums.items()},
                   "test_loss": tl}
@@ -408,8 +411,30 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     if writer is not None:
         writer.close()
     atomic_json(run.dir / HISTORY, state["history"])
-    return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "history": state["history"],
+    return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "tuples_per_second": speed.rate(),
+            "history": state["history"],
             "best_test_loss": state["best_test_loss"], "trained_with": state["code"]}
+
+
+class Throughput:
+    """Training tuples per second of this process's steps (a pack: all its runs' tuples), over its whole epochs
+    after the first (which pays allocation and warm-up; with one epoch, that one): the basis of `mmbench run
+    --dry-run`'s estimates, free of the run's fixed costs (start-up, test losses, evaluation)."""
+
+    def __init__(self) -> None:
+        self.epochs: List[Tuple[int, float]] = []
+        self.t = time.time()
+
+    def start(self) -> None:
+        self.t = time.time()
+
+    def stop(self, tuples: int) -> None:  # call after the epoch's read-back, so the device's work is done
+        self.epochs.append((tuples, time.time() - self.t))
+
+    def rate(self) -> Optional[float]:
+        use = self.epochs[1:] or self.epochs
+        seconds = sum(dt for _, dt in use)
+        return sum(n for n, _ in use) / seconds if use and seconds > 0 else None
 
 
 def load_trained(run: Run, device=None) -> MultimodalVAE:
@@ -417,6 +442,15 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     cfg = run.cfg
     last = run.ckpt_dir / "last.pt"
     if not last.exists():
+        if run.metrics_path.exists() or any(run.dir.glob("metrics.*json*")):
+            raise MMBenchError(f"run {run.id} has results but no checkpoint to evaluate again (a bundle exported without "
+                               f"--checkpoints holds none); import it from one made with `mmbench export --checkpoints`, "
+                               f"or delete {run.dir} to train it from the start")
+        twin = run.trained_twin()
+        if twin is not None:
+            raise MMBenchError(f"no checkpoint {last}: run {twin.name} is trained with the same settings but other eval "
+                               f"settings, and eval settings are part of the run id; train this run (`mmbench train` or "
+                               f"`mmbench run`), or evaluate with {twin.name}'s eval settings")
         raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
     ck = read_checkpoint(last, device or "cpu")
     if ck["state"]["epoch"] < cfg.train.epochs:

@@ -197,15 +197,24 @@ def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train", "classifiers import",
-                                 "bench load", "bench steps"])
+                                 "bench load", "bench steps", "run suites/quickstart.yaml", "classifiers train polymnist",
+                                 "bench steps --methods"])
 def test_help_has_example(cmd):
-    r = mmbench(*cmd.split(), "--help")
-    assert r.returncode == 0 and "Example: mmbench " + cmd in r.stdout
+    """Every subcommand's --help, and the groups' (`mmbench`, `mmbench classifiers`, `mmbench bench`: their examples
+    are the last three cases), shows an example."""
+    group = {"run suites/quickstart.yaml": [], "classifiers train polymnist": ["classifiers"],
+             "bench steps --methods": ["bench"]}.get(cmd)
+    r = mmbench(*(cmd.split() if group is None else group), "--help")
+    assert r.returncode == 0 and "Example: mmbench " + cmd in " ".join(r.stdout.replace("│", " ").split())
 
 
 def test_list(tmp_path, mmbench_here):
     r = mmbench_here("list", "methods")
     assert r.returncode == 0 and "mopoe" in r.stdout and "MoPoE-VAE" in r.stdout
+    from mmbench.registry import ARCHITECTURES, describe
+
+    # a description is the docstring's whole first paragraph, not its first line cut mid-sentence
+    assert describe(ARCHITECTURES.get("celeba_resnet_lv0")).endswith("otherwise identical.")
     r = mmbench_here("list", "suites")
     assert r.returncode == 0 and "quickstart.yaml" in r.stdout
 

@@ -653,3 +653,51 @@ def test_a_looping_bf16_pack_says_its_step_is_not_captured(tmp_path, data_root, 
     for r in runs:
         assert out[r.id]["packed_with"] == 2
         assert "a bf16 pack loops over its runs; its step is not captured" in r.log_path.read_text()
+
+
+def test_a_resumed_run_projects_only_its_remaining_epochs(tmp_path, data_root):
+    """Seed 0 stopped after epoch 1 of 2 trains 3 more steps (floor(100 / 32)), alone (another resume point) at the
+    unpacked 10 run-steps/s: 0.3 s, not the 0.6 s of a run from the start."""
+    from mmbench.cli import _gpu_projection
+
+    times = tmp_path / "t.md"
+    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n")
+    runs_dir = tmp_path / "runs"
+    c = cfg(0, max_train=100)
+    train(Run(c, runs_dir), data_root, stop_after_epoch=1)
+    assert _gpu_projection([c], runs_dir, data_root, times, None)["per_run"] == {Run(c, runs_dir).id: pytest.approx(0.3)}
+
+
+def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_root, monkeypatch):
+    """Throughput leaves out the first epoch (warm-up) and what happens outside the steps; a pack's counts every run's
+    tuples; the --dry-run estimate reads it instead of the run's wall time."""
+    import mmbench.train as train_mod
+    from mmbench.suite import seconds_per_sample
+
+    clock = iter([0.0, 0.0, 50.0, 100.0, 102.0, 200.0, 204.0])  # epochs of 50, 2 and 4 s (gaps: test losses)
+    monkeypatch.setattr(train_mod.time, "time", lambda: next(clock))
+    t = train_mod.Throughput()
+    for n in (960, 96, 96):
+        t.start()
+        t.stop(n)
+    assert t.rate() == pytest.approx(192 / 6)
+    monkeypatch.undo()
+    single = train_mod.Throughput()
+    assert single.rate() is None
+    single.start()
+    single.stop(10)
+    assert single.rate() > 0
+    # trained for real: each run's provenance carries its rate, unpacked and packed
+    runs_dir = tmp_path / "runs"
+    s = train(Run(cfg(0, epochs=2, max_train=64), runs_dir), data_root)
+    assert s["tuples_per_second"] > 0
+    packed = train_pack([Run(cfg(k, epochs=2, max_train=64), runs_dir) for k in (1, 2)], data_root)
+    assert {v["tuples_per_second"] for v in packed.values()} == {packed[next(iter(packed))]["tuples_per_second"]}
+    # the estimate: seconds per tuple = 1 / rate, whatever the wall time (fixed costs) was
+    fake = [{"config": cfg(0), "provenance": {"train_seconds": 1000.0, "train_tuples_per_second": 50.0}},
+            {"config": cfg(1), "provenance": {"train_seconds": 9.0, "train_tuples_per_second": 25.0}},
+            {"config": cfg(2), "provenance": {"train_seconds": 9.0, "train_tuples_per_second": 100.0}}]
+    monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
+    c = fake[0]["config"]
+    assert seconds_per_sample(runs_dir, data_root) == {(c.dataset, c.variant, c.method.name): pytest.approx(1 / 50)}

@@ -1,6 +1,7 @@
 """The reproducible record: complete provenance, honest aggregation of mixed runs, result bundles."""
 import io
 import json
+import os
 import shutil
 import tarfile
 from importlib.metadata import version
@@ -279,6 +280,21 @@ def test_export_import_cli(tmp_path):
     assert out.exit_code == 0 and "1 runs added" in " ".join(out.output.split()), out.output
     out = CliRunner().invoke(app, ["export", str(tmp_path / "y.tar.gz"), "--runs-dir", str(tmp_path / "none")])
     assert isinstance(out.exception, MMBenchError) and "no finished runs to export" in str(out.exception)
+    # a suite's runs: the message names the tier it looked at, and how to choose another
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "y.tar.gz"), "--runs-dir", str(a), "--suite",
+                                   str(ROOT / "suites" / "quickstart.yaml")])
+    assert isinstance(out.exception, MMBenchError) and "quickstart.yaml's full tier (the default; --tier smoke|quick" in str(
+        out.exception)
+    # bundles and run files get the user's usual file mode, not mkstemp's private 0600
+    assert (tmp_path / "x.tar.gz").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    written = [f for d in (a, b) for f in d.glob("*/*.json")]
+    assert written and all(f.stat().st_mode & 0o777 == 0o666 & ~_umask() for f in written)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _rebundle(src, dst, edit):

@@ -172,3 +172,45 @@ def test_execute_never_retrains_a_finished_run(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "train", no)
     monkeypatch.setattr(evaluate, "evaluate", no)
     assert evaluate.execute(run)["metrics"] == {"coherence/joint": 0.3}
+
+
+def test_no_checkpoint_messages_say_why_and_what_to_do(tmp_path):
+    """A run with results but no checkpoint (imported from a bundle without --checkpoints) is not told to train
+    first; a run whose eval settings changed names the trained run they left behind."""
+    from mmbench.train import load_trained
+
+    runs = tmp_path / "runs"
+    imported = fake_run(runs, 0)
+    with pytest.raises(MMBenchError, match=r"has results but no checkpoint to evaluate again .*--checkpoints"):
+        load_trained(imported)
+    trained = fake_run(runs, 1)
+    trained.metrics_path.unlink()
+    trained.ckpt_dir.mkdir(parents=True)
+    (trained.ckpt_dir / "last.pt").write_bytes(b"x")
+    other_eval = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 1,
+                                       "eval": {"ll_samples": 3}}), runs)
+    assert other_eval.id != trained.id and other_eval.trained_twin() == trained.dir
+    with pytest.raises(MMBenchError, match=rf"run {trained.id} is trained with the same settings but other eval"):
+        load_trained(other_eval)
+    other_seed = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 2}), runs)
+    assert other_seed.trained_twin() is None
+    with pytest.raises(MMBenchError, match="train the run first"):
+        load_trained(other_seed)
+
+
+def test_a_failed_re_evaluation_puts_an_unreadable_metrics_json_back_and_says_so(tmp_path):
+    run = fake_run(tmp_path / "runs", 0)
+    run.metrics_path.write_text("{")
+    with pytest.raises(RuntimeError):
+        with run.scoring_aside():
+            raise RuntimeError("evaluation failed")
+    assert run.metrics_path.read_text() == "{" and not list(run.dir.glob("metrics.json.unreadable-*"))
+    log = run.log_path.read_text()
+    assert "kept as metrics.json.unreadable-" in log and "put back as metrics.json" in log
+
+
+def test_report_names_a_runs_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "runs"
+    f.write_text("")
+    with pytest.raises(MMBenchError, match="is a file, not a directory"):
+        build_report(f, None)

@@ -117,6 +117,12 @@ def test_options_merge_and_validate(tmp_path, monkeypatch):
 
     assert site_options() == {"partition": "gpu", "gpus_per_job": 2}
     assert SlurmOptions().partition is None
+    monkeypatch.setenv("MMBENCH_SLURM_CONFIG", str(tmp_path / "slrum.yaml"))  # named, but a typo: refused, not ignored
+    with pytest.raises(Exception, match=r"MMBENCH_SLURM_CONFIG=.*slrum.yaml: no such file"):
+        site_options()
+    monkeypatch.delenv("MMBENCH_SLURM_CONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default place, absent: no site options
+    assert site_options() == {}
 
 
 def test_slurm_options_need_slurm_executor(tmp_path):
@@ -129,6 +135,21 @@ def test_slurm_options_need_slurm_executor(tmp_path):
         r = CliRunner().invoke(app, ["run", str(write_suite(tmp_path)), "--runs-dir", str(tmp_path / "r"), *extra])
         assert isinstance(r.exception, MMBenchError)
         assert "add --executor slurm" in str(r.exception) or "choose local or slurm" in str(r.exception)
+
+
+def test_unreachable_slurm_is_refused_before_any_local_work(tmp_path, monkeypatch):
+    """`run --executor slurm` where Slurm cannot be used says so before preparing data or training classifiers."""
+    from typer.testing import CliRunner
+
+    import mmbench.cli as cli
+    import mmbench.slurm as slurm
+    from mmbench.errors import MMBenchError
+
+    monkeypatch.setattr(slurm, "available", lambda: "sinfo lists no partition")
+    monkeypatch.setattr(cli, "_prepare_for", lambda *a, **k: pytest.fail("prepared data before checking Slurm"))
+    r = CliRunner().invoke(cli.app, ["run", str(write_suite(tmp_path)), "--runs-dir", str(tmp_path / "r"),
+                                     "--executor", "slurm"])
+    assert isinstance(r.exception, MMBenchError) and "Slurm cannot be used here: sinfo lists no partition" in str(r.exception)
 
 
 @needs_slurm

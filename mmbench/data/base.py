@@ -23,6 +23,7 @@ import torch
 
 from ..errors import MMBenchError
 from .download import file_digest
+from ..files import temp_beside
 
 MANIFEST = "manifest.json"
 
@@ -237,7 +238,7 @@ def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> Non
 
 
 def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=directory)
+    fd, tmp = temp_beside(directory / MANIFEST)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(manifest, f, indent=1)
