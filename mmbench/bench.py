@@ -334,6 +334,8 @@ def read_step_times(path) -> Dict[str, Dict[int, float]]:
         try:
             if "run_steps_per_s" in row and "pack" in row and row.get("method"):
                 v = float(row["run_steps_per_s"])
+                if row.get("mode") == "packed" and int(row["pack"]) == 1:
+                    continue  # `--pack 1`'s vmapped pack of one: `mmbench run` trains a lone run unpacked, so pack 1 is that row
                 if v == v:  # not nan
                     rates.setdefault(row["method"], {})[int(row["pack"])] = v
             elif "median_s" in row and "M" in row and row.get("method"):

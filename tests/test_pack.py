@@ -309,6 +309,9 @@ def test_read_step_times_from_the_step_table(tmp_path):
     assert read_step_times(f) == {"mopoe": {1: 4.0}, "mvae": {1: 2.0}}
     f.write_text("head\n\n" + packs + "\n" + steps)
     assert read_step_times(f) == {"mopoe": {1: 10.0, 5: 40.0}, "mvae": {1: 2.0}}
+    # `--pack 1` writes an unpacked and a packed row of pack 1: a lone run trains unpacked, so the unpacked one counts
+    f.write_text("head\n\n" + packs.replace("| mopoe | 5 | packed | 0.125 | 40 |", "| mopoe | 1 | packed | 0.2 | 5 |"))
+    assert read_step_times(f) == {"mopoe": {1: 10.0}}
 
 
 def test_dry_run_projection_counts_the_trainers_steps(tmp_path, data_root):
