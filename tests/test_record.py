@@ -175,7 +175,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     # An evaluation that fails (here: the checkpoints are gone) puts the earlier metrics and config back.
     (low.dir / "metrics.bf16.json").unlink()
     (low.ckpt_dir).rename(tmp_path / "ckpt-away")
-    with pytest.raises(MMBenchError, match="train the run first"):
+    with pytest.raises(MMBenchError, match="has results but no checkpoint to evaluate again"):
         execute(low, data_root)
     assert json.loads(fp32.metrics_path.read_text()) == first and fp32.status() == "done"
     assert yaml.safe_load((low.dir / "config.yaml").read_text())["eval"]["precision"] == "fp32"

@@ -77,7 +77,7 @@ def test_dry_run_of_a_suite_with_a_damaged_run_lists_it_for_re_evaluation(tmp_pa
 def test_re_evaluation_keeps_an_unreadable_metrics_json_and_puts_it_back_if_it_fails(tmp_path):
     run = fake_run(tmp_path / "runs", 0)  # no checkpoints: its evaluation fails
     run.metrics_path.write_text("[]")
-    with pytest.raises(MMBenchError, match="train the run first"):
+    with pytest.raises(MMBenchError, match="has results but no checkpoint to evaluate again"):
         execute(run)
     assert run.metrics_path.read_text() == "[]"  # as it was: never deleted, never overwritten
     assert not list(run.dir.glob("metrics.json.unreadable-*"))
@@ -111,7 +111,7 @@ def test_a_failed_re_scoring_leaves_config_yaml_as_it_was(tmp_path):
                                  "eval": {"precision": "bf16"}}), runs)
     assert bf16.id == fp32.id and bf16.status() == "rescore"
     bf16.init()  # as runner.run_all does before starting the worker
-    with pytest.raises(MMBenchError, match="train the run first"):  # no checkpoints: the evaluation fails
+    with pytest.raises(MMBenchError, match="has results but no checkpoint to evaluate again"):  # no checkpoints: the evaluation fails
         execute(bf16)
     after = {p.name: p.read_bytes() for p in fp32.dir.iterdir() if p.is_file() and p.name not in ("run.lock", "log.txt")}
     before.pop("log.txt", None)
