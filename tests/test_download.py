@@ -33,6 +33,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         Handler.ranges.append(rng)
         if rng and mode != "norange":
             start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):  # as S3 and Apache answer a range past the end
+                self.send_error(416)
+                return
             self.send_response(206)
         else:
             self.send_response(200)
@@ -91,6 +94,72 @@ def test_truncated_download_resumes(server, tmp_path):
     path = fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin"]), tmp_path)
     assert path.read_bytes() == PAYLOAD
     assert Handler.ranges[-1] == f"bytes={have}-"  # resumed, not restarted
+
+
+def test_a_resumed_download_that_stops_again_keeps_its_bytes_and_counts_the_whole_file(server, tmp_path):
+    """Truncated twice: the second attempt asks for the rest, appends what came, and reports the bytes held against
+    the whole file's size (the bytes already held plus the Content-Length of the rest)."""
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    res = Resource("f.bin", md5(PAYLOAD), [f"{url}/truncated/f.bin"])
+    with pytest.raises(MMBenchError):
+        fetch(res, tmp_path)
+    have = len(PAYLOAD) // 3  # the test server sends a third of what is asked for
+    held = have + (len(PAYLOAD) - have) // 3
+    with pytest.raises(MMBenchError, match=f"stopped at {held} of {len(PAYLOAD)} bytes; run again to resume"):
+        fetch(res, tmp_path)
+    assert Handler.ranges[-1] == f"bytes={have}-"
+    assert (tmp_path / "f.bin.part").read_bytes() == PAYLOAD[:held] and not (tmp_path / "f.bin").exists()
+
+
+def test_file_digest_reads_the_whole_file(tmp_path):
+    """Files larger than the 4 MiB read block: the digest is hashlib's over every byte."""
+    from mmbench.data.download import file_digest
+
+    data = bytes(range(256)) * (5 * 4096) + b"tail"  # 5 MiB + 4 bytes
+    (tmp_path / "big").write_bytes(data)
+    assert file_digest(tmp_path / "big") == hashlib.md5(data).hexdigest()
+    assert file_digest(tmp_path / "big", "sha256") == hashlib.sha256(data).hexdigest()
+
+
+def test_canonical_urls_and_published_md5s():
+    """The raw files' sources and their published md5s, written out here (torchvision's MNIST, SVHN and CelebA
+    dataset classes list the same values), and PolyMNIST's archive at Zenodo record 4899160 (README "Datasets")."""
+    from mmbench.data import celeba, mnist_svhn_text, polymnist
+
+    assert mnist.MIRRORS == ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+    assert mnist.FILES == {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }
+    assert mnist.resource("t10k-images-idx3-ubyte.gz").urls == (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz",
+        "http://yann.lecun.com/exdb/mnist/t10k-images-idx3-ubyte.gz")
+    assert {k: (r.filename, r.md5, tuple(r.urls)) for k, r in mnist_svhn_text.SVHN.items()} == {
+        "train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373",
+                  ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",)),
+        "test": ("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3",
+                 ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",)),
+    }
+    assert celeba.FILES == {"img_align_celeba.zip": "00d2c5bc6d35e252742224ab0c1e8fcb",
+                            "list_attr_celeba.txt": "75e246fa4810816ffd6ee81facbd244c",
+                            "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668"}
+    assert (polymnist.ARCHIVE.filename, tuple(polymnist.ARCHIVE.urls)) == (
+        "PolyMNIST.zip", ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
+
+
+@pytest.mark.parametrize("extra", [b"", b"x"])
+def test_a_partial_file_as_long_as_the_file_restarts(server, tmp_path, extra):
+    """A .part that already holds every byte (killed before the rename) or more: the server answers the range with
+    416, and the download starts over instead of failing on every run."""
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD + extra)
+    path = fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin"]), tmp_path)
+    assert path.read_bytes() == PAYLOAD
+    assert Handler.ranges == [f"bytes={len(PAYLOAD + extra)}-", None]
 
 
 def test_server_without_range_support_restarts(server, tmp_path):

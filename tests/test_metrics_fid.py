@@ -121,6 +121,27 @@ def test_missing_or_wrong_weights_are_refused_with_instructions(weights, tmp_pat
     assert fidm.resolve_weights(str(path), sha) == path
 
 
+def test_weights_given_by_path_are_verified_before_loading(weights):
+    """fid_network with --fid-weights PATH checks the file's sha256 (the published one by default) before it loads
+    anything: a checkpoint that is not the published file never becomes the FID network."""
+    path, sha = weights
+    fidm._NETWORKS.clear()
+    with pytest.raises(MMBenchError, match="is not the FID Inception weights file"):
+        fidm.fid_network(str(path), "cpu")
+    assert not fidm._NETWORKS
+
+
+def test_a_state_dict_that_does_not_fit_is_refused(weights):
+    """Missing or extra tensors are an error, never a partly random Inception (strict loading)."""
+    path, _ = weights
+    state = torch.load(path, weights_only=True)
+    missing = {k: v for k, v in state.items() if not k.startswith("Mixed_7c.")}
+    with pytest.raises(MMBenchError, match="do not fit pytorch-fid's InceptionV3"):
+        fidm.FIDInception(missing)
+    with pytest.raises(MMBenchError, match="do not fit pytorch-fid's InceptionV3"):
+        fidm.FIDInception({**state, "fc.extra": torch.zeros(1)})
+
+
 def test_fid_metric_end_to_end(weights, data_root):
     """Two modalities, 4 samples per FID (batches of 3 and 1): 40 Inception passes on the CPU."""
     path, sha = weights
@@ -142,8 +163,11 @@ def test_fid_metric_end_to_end(weights, data_root):
     subsets = fidm.fid_subsets([a, b], "all")
     torch.manual_seed(1)
     with torch.no_grad():
+        prior = {t: [] for t in (a, b)}
         for start in (0, 3):
-            model.sample_prior(min(3, 4 - start))  # the prior part's draws come first
+            z = model.sample_prior(min(3, 4 - start))  # the prior part's draws come first, every target from one z
+            for t in (a, b):
+                prior[t].append(net(fidm.inception_input(model.decode(z, t))))
         feats = {(s, t): [] for s in subsets for t in (a, b)}
         for start, stop in ((0, 3), (3, 4)):
             x = split.batch(torch.arange(start, stop))
@@ -154,6 +178,10 @@ def test_fid_metric_end_to_end(weights, data_root):
     for (s, t), f in feats.items():
         ref = fidm.real_reference(ctx, net, split, next(m for m in mods if m.name == t), sha)
         assert out[f"fid/{'+'.join(s)}->{t}"] == pytest.approx(ref.distance(torch.cat(f)), rel=1e-4, abs=1e-3)
+    # the unconditional FIDs: the quantised prior samples of each target against that target's own reference
+    for t, f in prior.items():
+        ref = fidm.real_reference(ctx, net, split, next(m for m in mods if m.name == t), sha)
+        assert out[f"fid/prior->{t}"] == pytest.approx(ref.distance(torch.cat(f)), rel=1e-9)  # the same batches
     keys = {f"fid/prior->{a}", f"fid/prior->{b}", "fid_by_n/1"} | {
         f"fid/{s}->{t}" for s in (a, b, f"{a}+{b}") for t in (a, b)}
     assert set(out) == keys
@@ -193,6 +221,12 @@ def test_fid_weights_location_is_not_part_of_the_run_id():
     assert located.run_id() == plain.run_id()
     assert build_run_config({**base, "eval": {"fid_samples": 500}}).run_id() != plain.run_id()
     assert {"fid", "loglik", "reconstruction"} <= set(METRICS.names())
+
+
+def test_default_sample_budget_is_mopoes():
+    # FID is biased by the number of samples: 10,000 test tuples and prior draws (MoPoE utils/BaseFlags.py
+    # num_samples_fid), every input subset
+    assert (EvalConfig().fid_samples, EvalConfig().fid_subsets) == (10000, "all")
 
 
 def test_inception_input_clamps_and_quantises_to_8_bits_like_a_saved_png():

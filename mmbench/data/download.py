@@ -1,8 +1,8 @@
 """Fetching raw files: from the user's own copy (`--source DIR`) or from canonical URLs, verified.
 
-Downloads resume from a partial ``<name>.part`` file with an HTTP Range request, try each mirror in
-turn, and are checked against their published md5; a file that does not match is deleted and the
-error names the file, the expected and the actual digest.
+Downloads resume from a partial ``<name>.part`` file with an HTTP Range request (and start over when the server
+ignores the range or refuses it with 416), try each mirror in turn, and are checked against their published md5;
+a file that does not match is deleted and the error names the file, the expected and the actual digest.
 """
 from __future__ import annotations
 
@@ -60,10 +60,23 @@ def _check(path: Path, res: Resource, delete: bool) -> None:
         raise damaged(path, f"fails its checksum (md5 {actual}, published {res.md5})", res, user_copy=True)
 
 
+def _open(url: str, have: int, timeout: float):
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
 def _download(url: str, part: Path, progress: Callable[[str, int, int], None], timeout: float) -> None:
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    try:
+        resp = _open(url, have, timeout)
+    except urllib.error.HTTPError as e:
+        if not (have and e.code == 416):
+            raise
+        # 416 Range Not Satisfiable: the partial file is as long as the file or longer (killed between the last
+        # write and the rename, or left by another file): asking for its tail again would fail every time
+        have = 0
+        resp = _open(url, have, timeout)
+    with resp:
         if have and resp.status != 206:  # server ignored the range: start over
             have = 0
         total = resp.headers.get("Content-Length")
