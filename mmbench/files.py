@@ -24,5 +24,10 @@ def _umask() -> int:
 def temp_beside(target: Path) -> Tuple[int, str]:
     """(fd, path) of a new empty file in `target`'s folder, named after it, with the user's usual file mode."""
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", dir=Path(target).parent)
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, usual_mode())
     return fd, tmp
+
+
+def usual_mode() -> int:
+    """The mode an ordinary new file of this user gets: 0666 less the umask."""
+    return 0o666 & ~_umask()

@@ -199,6 +199,7 @@ def test_fid_weights_default_download_path(server, tmp_path, monkeypatch, case):
     or wrong-sha256 download is a hard error that leaves nothing behind."""
     import torch
 
+    from mmbench.files import usual_mode
     from mmbench.metrics import fid as fidm
 
     srv, url = server
@@ -212,6 +213,7 @@ def test_fid_weights_default_download_path(server, tmp_path, monkeypatch, case):
         target = tmp_path / "hub" / "checkpoints" / fidm.FID_WEIGHTS_FILE
         if case == "right-sha":
             assert fidm.resolve_weights(None, sha) == target and target.read_bytes() == FID_BYTES
+            assert target.stat().st_mode & 0o777 == usual_mode()  # readable by others as any file, not 0600
             assert Handler.paths == [f"/good/{name}"]
             assert fidm.resolve_weights(None, sha) == target and len(Handler.paths) == 1  # cached: no second download
             return

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +38,7 @@ from torch import nn
 from ..data.base import DataSplit, Modality, default_data_root
 from ..data.download import file_digest
 from ..errors import MMBenchError
+from ..files import temp_beside, usual_mode
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
@@ -124,7 +124,7 @@ def resolve_weights(path: Optional[str], sha256: str = FID_WEIGHTS_SHA256, downl
 def download_weights(target: Path, sha256: str) -> None:
     """Fetch the published weights into `target`, keeping the file only if its sha256 matches."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp = temp_beside(target)
     os.close(fd)
     try:
         torch.hub.download_url_to_file(FID_WEIGHTS_URL, tmp, progress=False)
@@ -132,6 +132,7 @@ def download_weights(target: Path, sha256: str) -> None:
         if actual != sha256:
             raise MMBenchError(f"downloaded {FID_WEIGHTS_URL} has sha256 {actual[:16]}…, expected {sha256[:16]}…; "
                                f"{weights_help()}")
+        os.chmod(tmp, usual_mode())  # torch's download leaves its own temporary file's 0600
         os.replace(tmp, target)
     except MMBenchError:
         raise
