@@ -321,8 +321,7 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         if m not in METRICS:
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"unknown metric {m!r}; choose one of: {', '.join(METRICS.names())}")
         # Accuracy metrics need one label per tuple, AP metrics multi-hot attributes: refuse before training.
-        swap = ({"latent_classification": "latent_ap", "coherence": "coherence_ap"} if spec.multilabel
-                else {"latent_ap": "latent_classification", "coherence_ap": "coherence"})
+        swap = MULTILABEL_COUNTERPART if spec.multilabel else {v: k for k, v in MULTILABEL_COUNTERPART.items()}
         if m in swap:
             kind = "multi-label" if spec.multilabel else "single-label"
             raise ConfigError(f"{pre}eval.metrics[{i}]", f"{m} does not apply to the {kind} dataset {cfg.dataset}; "
@@ -362,15 +361,15 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
     return cfg
 
 
+# Single-label metric -> its counterpart on multi-label data (CelebA's attributes).
+MULTILABEL_COUNTERPART = {"latent_classification": "latent_ap", "coherence": "coherence_ap"}
+
+
 def build_run_config(data: Dict[str, Any], where: str = "") -> RunConfig:
-    cfg = from_dict(RunConfig, data, where)
-    given = data.get("eval") if isinstance(data.get("eval"), dict) else {}
-    if "metrics" not in given and cfg.dataset in _registered_datasets() and _registered_datasets().get(cfg.dataset).multilabel:
-        cfg.eval.metrics = ["latent_ap", "coherence_ap"]  # the default's counterparts on multi-label data (CelebA)
-    return validate(cfg, where)
-
-
-def _registered_datasets():
     from .registry import DATASETS
 
-    return DATASETS
+    cfg = from_dict(RunConfig, data, where)
+    given = data.get("eval") if isinstance(data.get("eval"), dict) else {}
+    if "metrics" not in given and cfg.dataset in DATASETS and DATASETS.get(cfg.dataset).multilabel:
+        cfg.eval.metrics = [MULTILABEL_COUNTERPART.get(m, m) for m in cfg.eval.metrics]  # the default's counterparts
+    return validate(cfg, where)

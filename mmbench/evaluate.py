@@ -64,6 +64,13 @@ def peak_rss_mb() -> Optional[int]:
     return round(kb / 1024)
 
 
+def trained_provenance(summary: Dict[str, Any], started: float) -> Dict[str, Any]:
+    """The training's part of provenance.json, from a trainer's summary (train.train, pack.train_pack)."""
+    prov = {"train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": started,
+            "train_tuples_per_second": summary.get("tuples_per_second"), "trained_with": summary["trained_with"]}
+    return {**prov, "packed_with": summary["packed_with"]} if "packed_with" in summary else prov
+
+
 def training_provenance(run: Run) -> Dict[str, Any]:
     """What the run's provenance.json (or, while it is set aside, the newest provenance.<scoring>.json) says about
     the training (seconds, epochs, the code that trained it), for an evaluation of the same checkpoint again; {}
@@ -106,10 +113,7 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
         t0 = time.time()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)
-        evaluate(run, data_root, progress, provenance={
-            "train_seconds": round(summary["train_seconds"], 2), "epochs": summary["epochs"], "started": t0,
-            "train_tuples_per_second": summary.get("tuples_per_second"),
-            "trained_with": summary["trained_with"]})
+        evaluate(run, data_root, progress, provenance=trained_provenance(summary, t0))
         run.log("done")
         return run.read_metrics()
 

@@ -652,7 +652,7 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
     here. A stop request (train.TrainingInterrupted) propagates after every run of the pack checkpointed."""
     from contextlib import ExitStack
 
-    from .evaluate import evaluate, execute_when_free
+    from .evaluate import evaluate, execute_when_free, trained_provenance
     from .results import RunLockedError
 
     out: Dict[str, Optional[str]] = {}
@@ -695,9 +695,7 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
             if not isinstance(s, dict):
                 out[r.id] = s or "not trained"
                 continue
-            prov = {"train_seconds": round(s["train_seconds"], 2), "epochs": s["epochs"], "started": t0,
-                    "train_tuples_per_second": s.get("tuples_per_second"),
-                    "packed_with": s.get("packed_with", 1), "trained_with": s["trained_with"]}
+            prov = trained_provenance({"packed_with": 1, **s}, t0)
             record(r, lambda r=r, prov=prov: (evaluate(r, data_root, progress, provenance=prov), r.log("done")))
     for r in waiting:
         record(r, lambda r=r: execute_when_free(r, data_root, progress, who=who))

@@ -422,8 +422,8 @@ class Throughput:
     --dry-run`'s estimates, free of the run's fixed costs (start-up, test losses, evaluation)."""
 
     def __init__(self) -> None:
-        self.epochs: List[Tuple[int, float]] = []
-        self.t = time.time()
+        self.epochs: List[Tuple[int, float]] = []  # (tuples, seconds) of each epoch
+        self.t = 0.0  # when the current epoch started
 
     def start(self) -> None:
         self.t = time.time()

@@ -131,18 +131,18 @@ FLAGS = {"rebuild": "--rebuild"}  # prepare options that are CLI flags; the othe
 
 def prepare_command(manifest: Dict[str, Any]) -> str:
     """The `mmbench prepare ... --force` that rebuilds the dataset of `manifest` as it was built: its seed, its
-    options and where its files came from (`locations`; older manifests lack it, so DIR stands in)."""
+    options and where its files came from (`locations`; a manifest written before that field names none)."""
     import shlex
 
     parts = ["mmbench prepare", manifest["dataset"], "--variant", manifest["variant"]]
     if manifest.get("seed", 0) != 0:
         parts += ["--seed", str(manifest["seed"])]
     options = sorted((manifest.get("options") or {}).items())
-    parts += [FLAGS[key] for key, value in options if key in FLAGS and value is True]
-    for key, value in options:
-        if not (key in FLAGS and value is True):
-            text = ("true" if value else "false") if isinstance(value, bool) else value
-            parts += ["-o", shlex.quote(f"{key}={text}")]
+    flags = [(key, value) for key, value in options if key in FLAGS and value is True]
+    parts += [FLAGS[key] for key, _ in flags]
+    for key, value in (o for o in options if o not in flags):
+        text = ("true" if value else "false") if isinstance(value, bool) else value
+        parts += ["-o", shlex.quote(f"{key}={text}")]
     for key, where in sorted((manifest.get("locations") or {}).items()):
         parts += [f"--{key}", shlex.quote(str(where))]
     return " ".join(parts + ["--force"])
