@@ -89,18 +89,27 @@ def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
     return env
 
 
-def resume_point(run: Run) -> Tuple[int, int]:
-    """(epoch, step) the run resumes at: runs pack together only from the same point."""
-    last = run.ckpt_dir / "last.pt"
-    if not last.exists():
-        return (0, 0)
-    from .train import read_checkpoint
+_RESUME_POINTS: Dict[tuple, Tuple[int, int]] = {}
 
+
+def resume_point(run: Run) -> Tuple[int, int]:
+    """(epoch, step) the run resumes at: runs pack together only from the same point. A checkpoint is read once
+    per version of the file (path, size, modification time): `--dry-run` asks for each run several times."""
+    last = run.ckpt_dir / "last.pt"
     try:
-        state = read_checkpoint(last)["state"]
-    except MMBenchError:  # unreadable: its training says so (the same error), the others go on
+        st = last.stat()
+    except OSError:
         return (0, 0)
-    return (int(state["epoch"]), int(state.get("step", 0)))
+    version = (str(last.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if version not in _RESUME_POINTS:
+        from .train import read_checkpoint
+
+        try:
+            state = read_checkpoint(last)["state"]
+        except MMBenchError:  # unreadable: its training says so (the same error), the others go on
+            return (0, 0)
+        _RESUME_POINTS[version] = (int(state["epoch"]), int(state.get("step", 0)))
+    return _RESUME_POINTS[version]
 
 
 def unique_runs(runs: Sequence[Run]) -> List[Run]:

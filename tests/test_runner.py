@@ -39,3 +39,30 @@ def test_a_run_listed_by_two_experiments_is_scheduled_once_with_both_tables(tmp_
     # never the same run twice in one pack or in two packs (its lock would refuse the second)
     ids = [r.id for p in make_packs(runs, None, 2) for r in p]
     assert sorted(ids) == sorted({a.id, other.id})
+
+
+def test_resume_point_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch):
+    """`--dry-run` asks each run's resume point several times: last.pt is read once, and again once rewritten."""
+    import torch
+
+    from mmbench import train
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+    from mmbench.runner import resume_point
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    assert resume_point(run) == (0, 0)  # no checkpoint: from the start
+    run.ckpt_dir.mkdir(parents=True)
+
+    def save(epoch, step):
+        torch.save({"model": {}, "optimizer": {}, "rng": torch.get_rng_state(),
+                    "state": {"epoch": epoch, "step": step, "history": [], "best_test_loss": 1.0}},
+                   run.ckpt_dir / "last.pt")
+
+    reads = []
+    real = train.read_checkpoint
+    monkeypatch.setattr(train, "read_checkpoint", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    save(3, 0)
+    assert [resume_point(run) for _ in range(3)] == [(3, 0)] * 3 and len(reads) == 1
+    save(4, 17)  # training went on: a new version of the file
+    assert resume_point(run) == (4, 17) and len(reads) == 2
