@@ -206,7 +206,7 @@ class SlurmRun:
         resumes."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dirs, self.data_root))
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dirs, self.data_root, getattr(self, "gpus", 0)))
 
 
 # ----- the submitting side ---------------------------------------------------------------------------------

@@ -441,3 +441,11 @@ def test_a_task_that_asked_for_gpus_and_sees_none_fails_instead_of_training_on_t
         for s, h in saved.items():
             signal.signal(s, h)
     assert "but torch sees none" in run.log_path.read_text() and not (run.dir / "checkpoints").exists()
+
+
+def test_a_requeued_task_keeps_its_data_root_and_gpus(tmp_path):
+    """checkpoint() (pre-timeout requeue) resubmits the same task: its runs, data root and GPU count."""
+    from mmbench.slurm import SlurmRun
+
+    again = SlurmRun(["/runs/a", "/runs/b"], "/data", gpus=2).checkpoint().function
+    assert (again.run_dirs, again.data_root, again.gpus) == (["/runs/a", "/runs/b"], "/data", 2)
