@@ -6,6 +6,7 @@ result is compared with the local executor's result of the same run ids (`local_
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -443,9 +444,267 @@ def test_a_task_that_asked_for_gpus_and_sees_none_fails_instead_of_training_on_t
     assert "but torch sees none" in run.log_path.read_text() and not (run.dir / "checkpoints").exists()
 
 
+def test_sbatch_options_merge_later_wins_and_bad_counts_are_refused():
+    """A later layer's sbatch key wins; `--slurm-opt mail-type=END` is sbatch's mail_type; negative counts and pack 0 are refused."""
+    o = resolve_options([({"sbatch": {"qos": "low"}}, "site"), ({"sbatch": {"qos": "high"}}, "cli")])
+    assert o.sbatch == {"qos": "high"}
+    assert parse_sbatch(["mail-type=END"]) == {"mail_type": "END"}
+    for bad, msg in (({"max_requeues": -1}, "cli.max_requeues: must be >= 0"), ({"gpus_per_job": -1}, "must be >= 0"),
+                     ({"pack": 0}, "cli.pack: must be >= 1")):
+        with pytest.raises(Exception, match=msg):
+            resolve_options([(bad, "cli")])
+
+
+class _Quiet:
+    def print(self, *a, **k):
+        pass
+
+
+def _signalled_run(tmp_path, monkeypatch, body, usr2=signal.SIG_DFL):
+    """SlurmRun of one run whose execution is `body(progress)`; returns (run, what the call raised or returned).
+    Signal handlers are restored afterwards; `usr2`: the handler submitit would have installed."""
+    import mmbench.evaluate as evaluate
+    import mmbench.train as train_mod
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+    from mmbench.slurm import SlurmRun
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    run.init()
+    monkeypatch.setattr(evaluate, "execute_when_free", lambda r, d, progress, who: body(progress))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    signal.signal(signal.SIGUSR2, usr2)
+    signal.signal(signal.SIGTERM, lambda s, f: None)  # a SlurmRun that did not take SIGTERM over must not end pytest
+    try:
+        return run, SlurmRun([str(run.dir)], None)()
+    except Exception as e:  # noqa: BLE001 - the caller checks it
+        return run, e
+    finally:
+        train_mod.clear_stop()
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def test_sigterm_during_training_requests_a_checkpoint_stop_and_the_log_names_the_task(tmp_path, monkeypatch):
+    """SIGTERM (scancel, requeue) while training asks training to stop after its step; the log names the array task and restart."""
+    import mmbench.train as train_mod
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    seen = []
+
+    def body(progress):
+        progress("train epoch 1/2", 1, 10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen.append(train_mod.stop_requested())
+        return {}
+
+    run, _ = _signalled_run(tmp_path, monkeypatch, body)
+    assert seen == ["Slurm sent SIGTERM"]
+    assert "slurm job 77_3 on " in run.log_path.read_text() and "(restart 2)" in run.log_path.read_text()
+
+
+def test_usr2_during_training_checkpoints_then_hands_over_to_submitit_requeue(tmp_path, monkeypatch):
+    """The pre-timeout USR2 while training: training stops, then submitit's own USR2 handler (checkpoint + requeue) runs."""
+    import mmbench.train as train_mod
+
+    requeued = []
+
+    def body(progress):
+        progress("train epoch 1/2", 1, 10)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        raise train_mod.TrainingInterrupted(train_mod.stop_requested())
+
+    run, raised = _signalled_run(tmp_path, monkeypatch, body, usr2=lambda s, f: requeued.append(s))
+    assert isinstance(raised, train_mod.TrainingInterrupted) and requeued == [signal.SIGUSR2]
+    assert "checkpointed; requeueing (submitit)" in run.log_path.read_text()
+
+
+def test_a_pack_with_a_failed_run_fails_its_array_task(tmp_path, monkeypatch):
+    """A pack whose runs did not all finish fails the task (so Slurm and the wait loop report it), naming the run."""
+    import mmbench.pack as pack
+    from mmbench.config import build_run_config
+    from mmbench.errors import MMBenchError
+    from mmbench.results import Run
+    from mmbench.slurm import SlurmRun
+
+    runs = [Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": s}), tmp_path)
+            for s in (0, 1)]
+    for r in runs:
+        r.init()
+    monkeypatch.setattr(pack, "execute_pack", lambda rs, d, p, who: {rs[0].id: None, rs[1].id: "diverged"})
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        with pytest.raises(MMBenchError, match=rf"1 of 2 runs of the pack failed: {runs[1].id}: diverged"):
+            SlurmRun([str(r.dir) for r in runs], None)()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
 def test_a_requeued_task_keeps_its_data_root_and_gpus(tmp_path):
     """checkpoint() (pre-timeout requeue) resubmits the same task: its runs, data root and GPU count."""
     from mmbench.slurm import SlurmRun
 
     again = SlurmRun(["/runs/a", "/runs/b"], "/data", gpus=2).checkpoint().function
     assert (again.run_dirs, again.data_root, again.gpus) == (["/runs/a", "/runs/b"], "/data", 2)
+
+
+def test_available_says_why_sinfo_cannot_be_used(tmp_path, monkeypatch):
+    """A failing sinfo, or one listing no partition, makes Slurm unavailable with its reason."""
+    from mmbench.slurm import available
+
+    (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact' >&2\nexit 1\n")
+    (tmp_path / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert available() == "sinfo failed: slurm_load_partitions: Unable to contact"
+    (tmp_path / "sinfo").write_text("#!/bin/sh\nexit 0\n")
+    assert available() == "sinfo lists no partition"
+
+
+def test_run_states_of_a_done_run_or_without_squeue(tmp_path, monkeypatch):
+    """A done run is done whatever its job's state; without squeue a run keeps its own state (not failed)."""
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+    from mmbench.results import Run, atomic_json
+
+    done, partial = (Run(build_run_config({"dataset": "polydigits", "method": {"name": m}}), tmp_path)
+                     for m in ("mopoe", "mvae"))
+    for r, job in ((done, "5_0"), (partial, "5_1")):
+        r.init()
+        atomic_json(r.dir / "slurm.json", {"job_id": job, "stderr": "e"})
+    done.write_metrics({"x": 1.0})
+    assert slurm.run_states([done], {"5_0": "COMPLETING"})[done.id]["state"] == "done"
+    monkeypatch.setattr(slurm, "available", lambda: "no Slurm")
+    assert slurm.run_states([partial])[partial.id]["state"] == partial.status() != "failed"
+
+
+class _FakeExecutor:
+    """submitit.SlurmExecutor without sbatch: records what `submit` asks of it."""
+    made = []
+
+    def __init__(self, folder, max_num_timeout=3):
+        self.folder, self.max_num_timeout, self.params, self.tasks = Path(str(folder)), max_num_timeout, {}, []
+        _FakeExecutor.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def batch(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def submit(self, fn):
+        from types import SimpleNamespace
+
+        self.tasks.append(fn)
+        jid, out = f"9_{len(self.tasks) - 1}", self.folder.parent / "9"
+        return SimpleNamespace(job_id=jid, paths=SimpleNamespace(stdout=out / f"{jid}.out", stderr=out / f"{jid}.err",
+                                                                 folder=out))
+
+
+def test_submit_passes_every_option_to_the_job_array(tmp_path, monkeypatch):
+    """Each SlurmOptions field reaches sbatch (via submitit); each run records its task, its pack and its log links."""
+    import submitit
+
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+
+    monkeypatch.setattr(submitit, "SlurmExecutor", _FakeExecutor)
+    _FakeExecutor.made.clear()
+    runs = [Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": s}), tmp_path)
+            for s in (0, 1, 2)]
+    for r in runs:
+        r.init()
+    opts = SlurmOptions(partition="gpu", gpus_per_job=2, cpus_per_job=3, mem="4G", time=30, array_parallelism=5,
+                        signal_delay_s=45, max_requeues=7, sbatch={"account": "lab"})
+    assert slurm.submit([(opts, [runs[:2], runs[2:]])], tmp_path, tmp_path / "data") == {
+        runs[0].id: "9_0", runs[1].id: "9_0", runs[2].id: "9_1"}
+    (ex,) = _FakeExecutor.made
+    assert ex.max_num_timeout == 7
+    assert {k: ex.params[k] for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time", "array_parallelism",
+                                      "signal_delay_s", "setup", "additional_parameters")} == dict(
+        partition="gpu", gpus_per_node=2, cpus_per_task=3, mem="4G", time=30, array_parallelism=5, signal_delay_s=45,
+        setup=["export OMP_NUM_THREADS=3"], additional_parameters={"account": "lab"})
+    assert [(t.run_dirs, t.data_root, t.gpus) for t in ex.tasks] == [
+        ([str(runs[0].dir.resolve()), str(runs[1].dir.resolve())], str((tmp_path / "data").resolve()), 2),
+        ([str(runs[2].dir.resolve())], str((tmp_path / "data").resolve()), 2)]
+    rec = json.loads((runs[1].dir / "slurm.json").read_text())
+    assert (rec["job_id"], rec["pack"], rec["options"]["max_requeues"]) == ("9_0", [runs[0].id, runs[1].id], 7)
+    assert os.readlink(runs[1].dir / "slurm.err").endswith("9_0.err")
+    assert os.readlink(runs[1].dir / "slurm.out").endswith("9_0.out")
+
+
+def _run_slurm_offline(monkeypatch, submitted, ended="CANCELLED"):
+    """run_slurm with Slurm replaced at its edges: submit records (options, run ids) in `submitted` and writes
+    slurm.json; the queue is empty and a job that left it ended in state `ended`."""
+    import mmbench.slurm as slurm
+    from mmbench.results import atomic_json
+
+    def fake_submit(groups, runs_dir, data_root):
+        out = {}
+        for o, packs in groups:
+            for r in (r for p in packs for r in p):
+                submitted.append((o, r.id))
+                atomic_json(r.dir / "slurm.json", {"job_id": "8_0", "stderr": str(r.dir / "nowhere")})
+                out[r.id] = "8_0"
+        return out
+
+    monkeypatch.setattr(slurm, "available", lambda: None)
+    monkeypatch.setattr(slurm, "_job_states", lambda: {})
+    monkeypatch.setattr(slurm, "_ended_state", lambda job: ended)
+    monkeypatch.setattr(slurm, "submit", fake_submit)
+    return slurm.run_slurm
+
+
+def test_a_job_that_ended_without_its_run_is_reported_failed(tmp_path, monkeypatch):
+    """The wait loop reports a run whose job left the queue unfinished as failed, with the job's end state."""
+    from mmbench.config import build_run_config
+
+    a = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}})
+    run_slurm = _run_slurm_offline(monkeypatch, [])
+    ((run, ok, msg),) = run_slurm([a], tmp_path / "runs", None, [(a, SlurmOptions())], _Quiet(), poll_s=0)
+    assert not ok and msg.startswith("Slurm job 8_0 CANCELLED"), msg
+
+
+def test_a_shared_run_takes_its_first_experiments_options_and_submission_waits_for_the_submit_lock(tmp_path, monkeypatch):
+    """One submitter at a time per runs directory (submit.lock); a run two experiments list gets the first one's options."""
+    import fcntl
+    import threading
+
+    from mmbench.config import build_run_config
+
+    a = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["A"]})
+    b = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["B"]})
+    submitted = []
+    run_slurm = _run_slurm_offline(monkeypatch, submitted)
+    (tmp_path / "runs" / ".slurm").mkdir(parents=True)
+    with open(tmp_path / "runs" / ".slurm" / "submit.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=run_slurm, args=([a, b], tmp_path / "runs", None,
+                                                     [(a, SlurmOptions(time=5)), (b, SlurmOptions(time=9))], _Quiet()),
+                             kwargs={"wait": False})
+        t.start()
+        time.sleep(0.5)
+        assert submitted == []  # waiting for the other submitter
+    t.join(10)
+    assert [(o.time, rid) for o, rid in submitted] == [(5, a.run_id())]
+
+
+@needs_slurm
+def test_job_states_lists_each_pending_array_task(tmp_path):
+    """squeue is read task by task (-r): a pending array's tasks each appear, as run_states looks them up."""
+    from mmbench.slurm import _job_states, _partition_nodes
+
+    out = subprocess.run(["sbatch", "--hold", "--array=0-1", "-o", str(tmp_path / "%A_%a.out"), "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout
+    job = out.split()[-1]
+    try:
+        states = _job_states()
+        assert states.get(f"{job}_0") == "PENDING" and states.get(f"{job}_1") == "PENDING", states
+    finally:
+        subprocess.run(["scancel", job])
+    assert _partition_nodes(None) >= 1 and _partition_nodes("no-such-partition") == 0
