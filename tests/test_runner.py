@@ -41,28 +41,80 @@ def test_a_run_listed_by_two_experiments_is_scheduled_once_with_both_tables(tmp_
     assert sorted(ids) == sorted({a.id, other.id})
 
 
-def test_resume_point_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch):
-    """`--dry-run` asks each run's resume point several times: last.pt is read once, and again once rewritten."""
-    import torch
-
-    from mmbench import train
+def _seeds(tmp_path, n, method="mopoe"):
     from mmbench.config import build_run_config
     from mmbench.results import Run
+
+    return [Run(build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": s}), tmp_path)
+            for s in range(n)]
+
+
+def _save_last(run, epoch, step):
+    """A last.pt holding what resume_point reads (a training state at epoch, step)."""
+    import torch
+
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {}, "optimizer": {}, "rng": torch.get_rng_state(),
+                "state": {"epoch": epoch, "step": step, "history": [], "best_test_loss": 0.0}}, run.ckpt_dir / "last.pt")
+
+
+def test_resume_point_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch):
+    """`--dry-run` asks each run's resume point several times: last.pt is read once, and again once rewritten."""
+    from mmbench import train
     from mmbench.runner import resume_point
 
-    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    run = _seeds(tmp_path, 1)[0]
     assert resume_point(run) == (0, 0)  # no checkpoint: from the start
-    run.ckpt_dir.mkdir(parents=True)
-
-    def save(epoch, step):
-        torch.save({"model": {}, "optimizer": {}, "rng": torch.get_rng_state(),
-                    "state": {"epoch": epoch, "step": step, "history": [], "best_test_loss": 1.0}},
-                   run.ckpt_dir / "last.pt")
-
     reads = []
     real = train.read_checkpoint
     monkeypatch.setattr(train, "read_checkpoint", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
-    save(3, 0)
+    _save_last(run, 3, 0)
     assert [resume_point(run) for _ in range(3)] == [(3, 0)] * 3 and len(reads) == 1
-    save(4, 17)  # training went on: a new version of the file
+    _save_last(run, 4, 17)  # training went on: a new version of the file
     assert resume_point(run) == (4, 17) and len(reads) == 2
+
+
+def test_packs_split_evenly_cap_and_only_join_runs_at_the_same_step(tmp_path):
+    """pack=None splits a group evenly over the workers, pack=N caps it, pack=0 is refused, and runs resuming at
+    different steps of one epoch never share a pack."""
+    from mmbench.errors import MMBenchError
+    from mmbench.runner import make_packs
+
+    runs = _seeds(tmp_path, 4)
+    assert [len(p) for p in make_packs(runs, None, 2)] == [2, 2]
+    assert [len(p) for p in make_packs(runs, 3, 1)] == [3, 1]
+    with pytest.raises(MMBenchError, match="--pack 0: must be >= 1"):
+        make_packs(runs, 0)
+    for r, step in zip(runs, (5, 5, 9, 9)):
+        _save_last(r, 1, step)
+    assert [[r.id for r in p] for p in make_packs(runs, None, 1)] == [[runs[0].id, runs[1].id], [runs[2].id, runs[3].id]]
+
+
+def test_run_all_gives_each_worker_its_gpu_and_reports_each_run_of_a_pack(tmp_path, monkeypatch):
+    """Workers (here faked) get their --gpus device; a failed single run and the unfinished run of a pack are failures."""
+    import io
+    import subprocess
+
+    import torch
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    single, pack = _seeds(tmp_path, 1, "mvae"), _seeds(tmp_path, 2)
+    seen = []
+
+    def fake_worker(cmd, env, stdout, stderr):  # the pack's first run finishes, its second and the single run fail
+        seen.append(env["CUDA_VISIBLE_DEVICES"])
+        if len(cmd) > 4:
+            pack[0].write_metrics({"x": 1.0})
+        stdout.write("error: boom\n")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    out = runner.run_all([r.cfg for r in single + pack], tmp_path, None, gpus="1", console=Console(file=io.StringIO()),
+                         pack=None)
+    assert seen == ["1", "1"]
+    assert {o.run.id: o.ok for o in out} == {single[0].id: False, pack[0].id: True, pack[1].id: False}
+    assert [o.message for o in out if o.run.id == single[0].id] == ["error: boom"]  # the last line of its log
