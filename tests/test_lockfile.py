@@ -54,3 +54,23 @@ def test_stamp_makes_an_edited_lock_current(tmp_path):
     lockfile.stamp(pyproject, lock)
     assert lockfile.problems(pyproject, lock) == []
     assert lock.read_text().count(lockfile.STAMP) == 1
+
+
+def test_check_exits_1_on_a_stale_lock_and_covers_the_test_extra(tmp_path, monkeypatch):
+    """`python -m mmbench.lockfile check` fails (make install stops) when a test-extra dependency is not pinned."""
+    pyproject, lock = _copy(tmp_path)
+    pyproject.write_text(pyproject.read_text().replace('test = ["pytest>=7",', 'test = ["einops>=0.7", "pytest>=7",'))
+    monkeypatch.chdir(tmp_path)
+    assert lockfile.main(["check"]) == 1
+    assert any(p.startswith("einops (pyproject.toml) is not pinned") for p in lockfile.problems(pyproject, lock))
+
+
+def test_digest_ignores_dependency_order_and_pins_ignore_name_case(tmp_path):
+    """Reordering pyproject's dependencies needs no new lock; `PyYAML==6.0.1` pins pyyaml."""
+    pyproject, lock = _copy(tmp_path)
+    before = lockfile.digest(pyproject)
+    pyproject.write_text(pyproject.read_text().replace('    "torch>=2.1",\n', '').replace(
+        '    "pyyaml>=6",\n', '    "pyyaml>=6",\n    "torch>=2.1",\n'))
+    assert lockfile.digest(pyproject) == before
+    lock.write_text("PyYAML==6.0.1 \\\n")
+    assert lockfile.pins(lock) == {"pyyaml": "6.0.1"}
