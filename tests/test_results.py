@@ -214,3 +214,17 @@ def test_report_names_a_runs_dir_that_is_a_file(tmp_path):
     f.write_text("")
     with pytest.raises(MMBenchError, match="is a file, not a directory"):
         build_report(f, None)
+
+
+def test_temp_beside_is_in_the_targets_folder_with_the_usual_mode(tmp_path):
+    """The temporary file sits beside its target (so os.replace is atomic) with 0666 less the umask, not 0600."""
+    import os
+
+    from mmbench.files import temp_beside, usual_mode
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    fd, tmp = temp_beside(tmp_path / "metrics.json")
+    os.close(fd)
+    assert os.path.dirname(tmp) == str(tmp_path) and os.path.basename(tmp).startswith(".metrics.json.")
+    assert os.stat(tmp).st_mode & 0o777 == usual_mode() == 0o666 & ~mask
