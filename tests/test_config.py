@@ -267,3 +267,10 @@ def test_only_selects_and_refuses_an_unknown_name(precedence_suite):
     assert len(precedence_suite.runs("full", only=["f"])) == 1
     with pytest.raises(ConfigError, match="--only: no experiment 'nope'"):
         precedence_suite.runs("full", only=["nope"])
+
+
+def test_yaml_merge_key_with_an_overriding_key_is_not_a_repeated_key():
+    """A YAML merge (<<: *anchor) that an explicit key overrides loads; only a key written twice is refused."""
+    from mmbench.yamlio import load
+
+    assert load("a: &a {x: 1, y: 1}\nb:\n  <<: *a\n  x: 2\n", "s.yaml")["b"] == {"x": 2, "y": 1}
