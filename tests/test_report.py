@@ -576,3 +576,30 @@ def test_a_where_with_two_settings_needs_both():
     assert matches(cfg, {"variant": "vanilla", "train.select": "best_test_loss"})
     assert not matches(cfg, {"variant": "extended", "train.select": "best_test_loss"})
     assert not matches(cfg, {"variant": "vanilla", "train.select": "last"})
+
+
+def test_a_mean_exactly_at_the_tolerance_edge_passes(tmp_path):
+    """|produced - value| <= tolerance: a mean on the edge (0.54 against 0.50 ± 0.04, 4e-2 + float error) passes."""
+    fake_run(tmp_path / "runs", "mopoe", 0, {"coherence/joint": 0.54})
+    (cell,) = build_report(tmp_path / "runs", _refs(tmp_path, {"cells": [REF_CELL]})).cells
+    assert cell.produced - cell.value > cell.tolerance and cell.status == "pass"
+
+
+def test_a_claim_side_leaves_non_finite_runs_out(tmp_path):
+    """An infinite seed is left out of a claim side's mean (as of a cell's), not turned into a failing comparison."""
+    for seed, v in enumerate([0.8, float("inf")]):
+        fake_run(tmp_path / "runs", "mopoe", seed, {"latent_acc_by_n/1": v}, tables=("F",))
+    claim = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s",
+             "holds": [{"left": {"method": "mopoe", "metric": "latent_acc_by_n/1"}, "op": "<", "right": 0.9}]}
+    (k,) = build_report(tmp_path / "runs", _refs(tmp_path, {"claims": [claim]})).claims
+    assert k.status == "holds" and k.details == ["mopoe latent_acc_by_n/1 = 0.800 < 0.900: yes"]
+
+
+def test_a_group_sweeping_two_settings_stays_wide(tmp_path):
+    """Two settings at three values each (β and latent size) are no one-setting sweep: one wide table, no 'by β'."""
+    runs = tmp_path / "runs"
+    for beta, dim in ((0.5, 8), (1.0, 16), (2.0, 32)):
+        _sweep_run(runs, "mopoe", beta, 0, {"latent_acc_by_n/1": beta / 4}, latent_dim=dim)
+    (title, table), = build_report(runs, None)["summaries"]
+    assert title == "polydigits (vanilla) — Fig. 3" and len(table.columns) == 4
+
