@@ -603,3 +603,44 @@ def test_a_group_sweeping_two_settings_stays_wide(tmp_path):
     (title, table), = build_report(runs, None)["summaries"]
     assert title == "polydigits (vanilla) — Fig. 3" and len(table.columns) == 4
 
+
+def test_markdown_carries_paper_lines_table_summaries_claim_quotes_and_figures(tmp_path):
+    """The Markdown report lists the paper lines, each reference table's summary, the claims' quotes and the figures."""
+    import pandas as pd
+
+    from mmbench.report import Claim
+
+    claim = Claim(id="c", paper="P", figure="F", quote="said so", source="p. 3", holds=[], status="holds")
+    md = render_markdown([("S", pd.DataFrame({"metric": ["m"]}))], [("P — T", pd.DataFrame({"model": ["x"]}), "1 of 1")],
+                         [claim], ["P: 1 of 1 cells"], [tmp_path / "fig-a.png"])
+    lines = md.splitlines()
+    assert "- P: 1 of 1 cells" in lines and "*1 of 1*" in lines and "![fig-a](fig-a.png)" in lines
+    assert "paper says" in md and "“said so” (p. 3)" in md
+
+
+def test_html_escapes_the_text_in_its_tables():
+    """Text from a reference file (a quote with '<' in it) is escaped in the HTML tables, not read as markup."""
+    from mmbench.render import render_html
+    from mmbench.report import Claim
+
+    claim = Claim(id="c", paper="P", figure="F", quote="<b>x</b> < y", source="s", holds=[], status="holds")
+    page = render_html([], [], [claim])
+    assert "&lt;b&gt;x&lt;/b&gt; &lt; y" in page and "<b>x</b>" not in page
+
+
+def test_latex_and_terminal_carry_the_paper_lines_and_escape_ampersands():
+    """LaTeX escapes '&' in titles and cells; LaTeX and terminal layouts show the paper lines and the claims."""
+    import pandas as pd
+    from rich.console import Console
+
+    from mmbench.render import render_latex, render_terminal
+    from mmbench.report import Claim
+
+    summaries = [("MoPoE & MMVAE", pd.DataFrame({"metric": ["a & b"]}))]
+    claim = Claim(id="claim-c", paper="P", figure="F", quote="q", source="s", holds=[], status="fails")
+    tex = render_latex(summaries, [], [claim], ["P: 1 of 2 cells"])
+    assert r"MoPoE \& MMVAE" in tex and r"a \& b \\" in tex and r"P: 1 of 2 cells\\" in tex and "claim-c" in tex
+    console = Console(record=True, width=200)
+    render_terminal(console, summaries, [], [claim], ["P: 1 of 2 cells"])
+    text = console.export_text()
+    assert "P: 1 of 2 cells" in text and "claim-c" in text and "✗ fails" in text
