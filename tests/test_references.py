@@ -340,3 +340,35 @@ def test_compare_names_an_empty_directory_and_a_file(tmp_path):
     with pytest.raises(MMBenchError, match=r"mopoe_iclr21.yaml is a file; --compare takes the directory holding the "
                                            r"reference files, e.g. reference_results/"):
         load_reference_files(REFS / "mopoe_iclr21.yaml")
+
+
+def test_a_hedged_claim_without_runs_does_not_make_compare_fail(tmp_path):
+    """A hedged claim with no runs is not a missing result: --compare passes without --allow-missing."""
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    runs = tmp_path / "runs"
+    run_with(runs, "mopoe", {"latent_acc_by_n/1": 0.5}, ["F"])
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [
+        {"id": "unrun", "paper": "P", "figure": "G", "quote": "typically q", "source": "s", "strength": "hedged",
+         "holds": [{"left": {"method": "mopoe", "metric": "latent_acc_by_n/1"}, "op": ">", "right": 0.1}]}]}))
+    rep = build_report(runs, refs)
+    assert shipped_claim(rep, "unrun").status == "missing" and rep.missing == 0
+    assert CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs)]).exit_code == 0
+
+
+def test_an_extremum_with_runs_only_at_the_listed_values_is_undecided(tmp_path):
+    """'lowest at β in [1, 2]' with runs at β = 1 and 2 only compares with nothing: missing, not holds."""
+    runs = tmp_path / "runs"
+    for beta, recon in ((1.0, 5.0), (2.0, 6.0)):
+        run_with(runs, "mopoe", {"recon/joint": recon}, ["F"], beta=beta)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [
+        {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "for_each": "method.beta",
+         "holds": [{"left": {"method": "mopoe", "metric": "recon/joint"}, "op": "lowest_at", "right": [1.0, 2.0]}]}]}))
+    (k,) = build_report(runs, refs).claims
+    assert k.status == "missing" and k.details[0].endswith("no runs at any other method.beta to compare with")
