@@ -184,3 +184,12 @@ def test_tidy_rows_without_references_give_the_sample_std():
     (row,) = tidy_rows([], frame)
     assert row["produced_std"] == pytest.approx(math.sqrt(0.001 / 4))  # Σ(x − 0.70)² = 0.001, ddof = 1
     assert row["produced_mean"] == pytest.approx(0.70)
+
+
+def test_an_untested_cell_still_says_underpowered_in_its_grid(tmp_path):
+    """A cell without a printed std gets no p-value, yet its grid entry says it is underpowered."""
+    runs, refs, _ = _setup(tmp_path)
+    rep = build_report(runs, refs)
+    (grid,) = [g for _, g, _ in rep.refs]
+    none = grid.set_index("model").loc["MVAE", "none"]
+    assert none.endswith("✓ | underpowered") and "p_Holm" not in none
