@@ -1,5 +1,7 @@
 """The reviewer's figures: produced vs printed per paper, and training curves from the runs' histories."""
 import json
+import math
+import statistics
 
 import pytest
 import yaml
@@ -219,3 +221,82 @@ def test_a_beta_sweep_without_a_trade_off_metric_is_drawn_over_inputs_one_line_p
     (panels,) = drawn
     coherence = {c.get_label(): list(c.lines[0].get_ydata()) for c in panels[1].containers}
     assert coherence == {"mopoe β=0.5": [0.1], "mopoe β=2": [0.4]}
+
+
+def _bars(container):
+    """An errorbar's (x, y) bar half-lengths per point, None for an axis without bars."""
+    cols, out = list(container.lines[2]), []
+    for has, axis in ((container.has_xerr, 0), (container.has_yerr, 1)):
+        out.append([abs(s[1][axis] - s[0][axis]) / 2 for s in cols.pop(0).get_segments()] if has else None)
+    return out
+
+
+def _drawn(monkeypatch):
+    """The axes each figure function hands to _finish_group, instead of saving the figure."""
+    drawn = []
+    monkeypatch.setattr(plots, "_finish_group", lambda fig, axes, *a, **k: drawn.append(axes[0]) or [])
+    return drawn
+
+
+def test_by_inputs_bars_are_the_sample_std_and_a_series_keeps_its_marker_in_both_panels(tmp_path, monkeypatch):
+    """Bars over seeds are the sample std, not the standard error; a series absent from a panel keeps others' markers."""
+    runs = tmp_path / "runs"
+    for seed, acc in enumerate([0.5, 0.7]):
+        _run(runs, "mopoe", seed, {"latent_acc_by_n/1": acc, "coherence_by_n/1": 0.4})
+    _run(runs, "mmvae", 0, {"coherence_by_n/1": 0.3})  # sorts first; no latent accuracy
+    drawn = _drawn(monkeypatch)
+    plots.by_inputs(build_report(runs, None).frame, tmp_path / "figs")
+    (panels,) = drawn
+    acc, coh = ({c.get_label(): c for c in ax.containers} for ax in panels)
+    assert list(acc) == ["mopoe"] and _bars(acc["mopoe"])[1] == pytest.approx([statistics.stdev([0.5, 0.7])])
+    assert acc["mopoe"].lines[0].get_marker() == coh["mopoe"].lines[0].get_marker() != coh["mmvae"].lines[0].get_marker()
+
+
+def test_beta_sweep_draws_quality_against_trade_off_with_sample_std_bars(tmp_path, monkeypatch):
+    """x: reconstruction error, y: the quality metric, one point per β (mean over seeds), bars each axis's sample std."""
+    runs = tmp_path / "runs"
+    for beta in (0.5, 2.0):
+        for seed in (0, 1):
+            _run(runs, "mopoe", seed, {"recon/joint": 10 * beta + 2 * seed, "loglik/joint": -beta,
+                                       "latent_acc_by_n/1": 0.5 + seed / 10}, beta=beta)
+    drawn = _drawn(monkeypatch)
+    plots.beta_sweep(build_report(runs, None).frame, tmp_path / "figs")
+    (panels,) = drawn
+    ax = panels[0]
+    (line,) = ax.containers
+    assert ax.get_xlabel() == "reconstruction error (all inputs)" and ax.get_ylabel() == "latent accuracy, 1 input"
+    assert list(line.lines[0].get_xdata()) == [6.0, 21.0]
+    assert list(line.lines[0].get_ydata()) == pytest.approx([0.55, 0.55])
+    xerr, yerr = _bars(line)
+    assert xerr == pytest.approx([statistics.stdev([0, 2])] * 2) and yerr == pytest.approx([statistics.stdev([0.5, 0.6])] * 2)
+
+
+def test_per_attribute_figures_are_one_file_per_beta_with_mean_bars(tmp_path, monkeypatch):
+    """One figure per β, each its own file; a bar is the mean over seeds, an attribute a series lacks is no bar."""
+    runs = tmp_path / "runs"
+    for seed, ap in enumerate([0.6, 0.8]):
+        _run(runs, "mopoe", seed, {"latent_ap/m0/smiling": ap, "latent_ap/m0/bald": 0.2}, beta=0.5)
+    _run(runs, "mopoe", 0, {"latent_ap/m0/smiling": 0.5, "latent_ap/m0/bald": 0.1}, beta=2.0)
+    _run(runs, "mvae", 0, {"latent_ap/m0/smiling": 0.3}, beta=0.5)
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: saved.append((stem, fig)) or [])
+    plots.per_attribute(build_report(runs, None).frame, tmp_path / "figs")
+    assert [s for s, _ in saved] == ["polydigits-vanilla-T1-latent_ap-beta0.5-per-attribute",
+                                     "polydigits-vanilla-T1-latent_ap-beta2-per-attribute"]
+    ax = saved[0][1].axes[0]
+    attrs = [t.get_text() for t in ax.get_yticklabels()]
+    bars = {c.get_label(): dict(zip(attrs, (p.get_width() for p in c.patches))) for c in ax.containers}
+    assert bars["mopoe"] == pytest.approx({"smiling": 0.7, "bald": 0.2})
+    assert bars["mvae"]["smiling"] == 0.3 and math.isnan(bars["mvae"]["bald"])
+
+
+def test_reproduction_bars_are_the_tolerance(tmp_path, monkeypatch):
+    """The bar around a produced value is the cell's tolerance (crossing the identity line iff it passes), not its std."""
+    runs = tmp_path / "runs"
+    for seed, v in enumerate([0.28, 0.32]):
+        _run(runs, "mopoe", seed, {"coherence/joint": v, "latent_acc_by_n/1": 0.9, "fid/m0": 100.0})
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: saved.append(fig) or [])
+    reproduction(build_report(runs, _refs(tmp_path)).cells, tmp_path / "figs")
+    fractions = {c.get_label(): _bars(c)[1] for c in saved[0].axes[0].containers}
+    assert fractions == {"within tolerance": pytest.approx([0.05]), "outside tolerance": pytest.approx([0.1])}
