@@ -407,3 +407,22 @@ def test_import_refuses_over_an_unreadable_local_metrics(tmp_path):
     mine.metrics_path.write_text("{trunc")
     with pytest.raises(MMBenchError, match="metrics.json that cannot be read"):
         import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
+
+
+def test_export_of_a_suite_without_tier_takes_its_full_tier_runs(tmp_path):
+    """`export --suite S` bundles the suite's full-tier runs (the default), not those of another tier."""
+    from mmbench.suite import load_suite
+
+    suite = ROOT / "suites" / "quickstart.yaml"
+    ids = {}
+    for tier in ("full", "quick"):
+        run = Run(load_suite(suite).runs(tier)[0], tmp_path / "a")
+        run.init()
+        (run.dir / "provenance.json").write_text(json.dumps(run.provenance()))
+        run.write_metrics({"coherence/joint": 0.3}, eval_precision=run.cfg.eval.precision)
+        ids[tier] = run.id
+    assert ids["full"] != ids["quick"]
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "x.tar.gz"), "--runs-dir", str(tmp_path / "a"), "--suite",
+                                   str(suite)])
+    assert out.exit_code == 0, out.output
+    assert list(read_bundle(tmp_path / "x.tar.gz")[0]["runs"]) == [ids["full"]]
