@@ -11,7 +11,8 @@ Reference files (``reference_results/*.yaml``, one per paper) hold
 * **claims**: qualitative statements about figures (quoted with page/section), each a list of
   comparisons ``left op right`` between produced means (or a number) that must all hold, optionally
   for each value of a config path (``for_each: method.beta``); or, with ``for_each``, where along that path a
-  side is lowest or highest (``op: lowest_at``/``highest_at``, ``right``: the values it may be at). A
+  side is lowest or highest (``op: lowest_at``/``highest_at``, ``right``: the values it may be at); a side metric
+  ending in ``/*`` with ``quantifier: most|all`` counts the keys under that prefix (e.g. every attribute). A
   claim's ``strength`` is ``strict``
   (default: the quote states the comparison and the keys measure what the paper plotted; a claim that
   does not hold fails ``--compare``) or ``hedged`` (the quote hedges -- "typically", "may", "most" -- or
@@ -164,6 +165,27 @@ def _check_side(where: str, side: Any, number_ok: bool) -> None:
         check_settings(side["where"], f"{where}.where")
 
 
+QUANTIFIERS = ("most", "all")  # over the keys a metric ending in /* matches: more than half of them, or every one
+
+
+def _check_quantifier(where: str, h: Dict[str, Any]) -> None:
+    """A side metric ending in `/*` (e.g. latent_ap/img/*: every attribute) needs a `quantifier`, and the other side
+    the same wildcard or a number; a quantifier needs the wildcard."""
+    wild = [side["metric"] for side in (h["left"], h["right"]) if isinstance(side, dict) and "*" in side["metric"]]
+    if not wild and "quantifier" not in h:
+        return
+    if h["op"] in EXTREMA or not wild:
+        raise ConfigError(f"{where}.quantifier", f"needs a comparison ({', '.join(OPS)}) whose left metric ends in "
+                          "/* (the keys it counts, e.g. latent_ap/img/*)")
+    if h.get("quantifier") not in QUANTIFIERS:
+        raise ConfigError(f"{where}.quantifier", f"a metric ending in /* needs quantifier {' or '.join(QUANTIFIERS)} "
+                          f"(for how many of the keys it matches the comparison must hold), not {h.get('quantifier')!r}")
+    if any(not m.endswith("/*") or "*" in m[:-1] for m in wild) or not h["left"]["metric"].endswith("/*") or (
+            isinstance(h["right"], dict) and not h["right"]["metric"].endswith("/*")):
+        raise ConfigError(f"{where}.left", "with a quantifier, the left metric (and a right one) end in /*, "
+                          "with no other *")
+
+
 def load_references(directory: Path) -> List[Cell]:
     return load_reference_files(directory)[0]
 
@@ -215,8 +237,8 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                 raise ConfigError(f"{where}.holds", "must be a non-empty list of {left, op, right} comparisons")
             for j, h in enumerate(c["holds"]):
                 hw = f"{where}.holds[{j}]"
-                if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin"} or not {"left", "op", "right"} <= set(h):
-                    raise ConfigError(hw, "must be {left, op, right[, margin]}")
+                if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin", "quantifier"} or not {"left", "op", "right"} <= set(h):
+                    raise ConfigError(hw, "must be {left, op, right[, margin][, quantifier]}")
                 if h["op"] not in OPS and h["op"] not in EXTREMA:
                     raise ConfigError(f"{hw}.op", f"must be one of {', '.join([*OPS, *EXTREMA])}")
                 if "margin" in h:
@@ -231,6 +253,7 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                                           "values the extreme may be at (and no margin)")
                 else:
                     _check_side(f"{hw}.right", h["right"], number_ok=True)
+                _check_quantifier(hw, h)
             claims.append(Claim(**c))
     return cells, claims
 
@@ -363,12 +386,48 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
                 f"{'yes' if ok else 'NO'}")
 
 
+def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[List[Optional[bool]], List[str]]:
+    """`left op right` with metrics ending in /*, counted over the keys the runs report under that prefix (e.g. every
+    attribute of latent_ap/img/*): at each `for_each` value it holds when it holds for more than half of the keys
+    both sides have ("most") or for every one ("all"); undecided where no key has both sides."""
+    lp = h["left"]["metric"][:-1]
+    names = sorted({m[len(lp):] for m in frame["metric"].unique() if m.startswith(lp) and "/" not in m[len(lp):]}
+                   if len(frame) else set())
+    right = h["right"]
+    label = f"{_side_label(h['left'])} {h['op']} {_side_label(right)} ({h['quantifier']})"
+    margin = float(h.get("margin", 0.0)) * (1 if h["op"] in (">", ">=") else -1)
+    counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
+    for name in names:
+        left = side_values(frame, claim, dict(h["left"], metric=lp + name))
+        rv = (side_values(frame, claim, dict(right, metric=right["metric"][:-1] + name)) if isinstance(right, dict)
+              else {k: float(right) for k in left})
+        for k in left:
+            if k in rv and not isinstance(left[k], str) and not isinstance(rv[k], str):
+                c = counts.setdefault(k, [0, 0])
+                c[0] += bool(OPS[h["op"]](left[k] + margin, rv[k]))
+                c[1] += 1
+    if not counts:
+        return [None], [f"{label}: no runs"]
+    verdicts, details = [], []
+    for k, (held, n) in counts.items():
+        ok = held * 2 > n if h["quantifier"] == "most" else held == n
+        verdicts.append(ok)
+        at = f" at {claim.for_each}={k}" if claim.for_each else ""
+        details.append(f"{label}{at}: holds for {held} of {n} keys: {'yes' if ok else 'NO'}")
+    return verdicts, details
+
+
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
     side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
     for c in claims:
         c.details, verdicts = [], []
         for h in c.holds:
+            if h.get("quantifier"):
+                ok_each, detail = _quantified(frame, c, h)
+                verdicts += ok_each
+                c.details += detail
+                continue
             if h["op"] in EXTREMA:
                 ok, detail = _extremum(frame, c, h)
                 verdicts.append(ok)

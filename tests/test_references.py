@@ -319,6 +319,12 @@ CLAIM = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "f
      r"claims\[0\]\.holds\[0\]\.left\.method: unknown method 'mvea'"),
     ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "where": {"x": 1}}, "op": ">", "right": 0.1}]}]},
      r"claims\[0\]\.holds\[0\]\.left\.where\.x: unknown field"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "metric": "latent_ap/img/*"}, "op": ">", "right": 0.1}]}]},
+     r"claims\[0\]\.holds\[0\]\.quantifier: a metric ending in /\* needs quantifier most or all"),
+    ({"claims": [{**CLAIM, "holds": [{"left": SIDE, "op": ">", "right": 0.1, "quantifier": "most"}]}]},
+     r"claims\[0\]\.holds\[0\]\.quantifier: needs a comparison"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "metric": "latent_ap/*/x"}, "op": ">", "right": 0.1,
+                                      "quantifier": "most"}]}]}, r"claims\[0\]\.holds\[0\]\.left: with a quantifier"),
     ([{"cells": [CELL]}], r"p\.yaml: a reference file must be a mapping"),
     ({"cells": CELL}, r"p\.yaml: cells: must be a list"),
 ])
@@ -372,3 +378,33 @@ def test_an_extremum_with_runs_only_at_the_listed_values_is_undecided(tmp_path):
          "holds": [{"left": {"method": "mopoe", "metric": "recon/joint"}, "op": "lowest_at", "right": [1.0, 2.0]}]}]}))
     (k,) = build_report(runs, refs).claims
     assert k.status == "missing" and k.details[0].endswith("no runs at any other method.beta to compare with")
+
+
+def test_a_quantified_claim_counts_the_keys_under_its_prefix(tmp_path):
+    """`latent_ap/img/*` with quantifier most (all): the comparison holds for more than half (every one) of the
+    attributes both sides report, at each for_each value; a tie is not "most"; a right-hand number works too."""
+    runs = tmp_path / "runs"
+    # attributes a, b, c, d: mmvamp above independent on a, b, c at beta 1 (3 of 4), on a, b only at beta 2 (a tie)
+    ours = {1.0: (0.9, 0.8, 0.7, 0.1), 2.0: (0.9, 0.8, 0.1, 0.1)}
+    for method, beta, aps in [("independent", b, (0.5, 0.5, 0.5, 0.5)) for b in (1.0, 2.0)] + \
+            [("mmvamp", b, v) for b, v in ours.items()]:
+        m = {f"latent_ap/img/{a}": v for a, v in zip("abcd", aps)}
+        run_with(runs, method, {**m, "latent_ap/img": sum(aps) / 4, "latent_ap/img+text/a": 0.0}, ["F"], beta=beta)
+    side = {"method": "mmvamp", "metric": "latent_ap/img/*"}
+    base = {"method": "independent", "metric": "latent_ap/img/*"}
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    claims = [{"id": q + w, "paper": "P", "figure": "F", "quote": "q", "source": "s", "for_each": "method.beta",
+               "where": {"method.beta": 1.0} if w == "@1" else None,
+               "holds": [{"left": side, "op": ">", "right": base if w != "#" else 0.75, "quantifier": q}]}
+              for q in ("most", "all") for w in ("@1", "", "#")]
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": claims}))
+    rep = build_report(runs, refs)
+    got = {c.id: c.status for c in rep.claims}
+    assert got == {"most@1": "holds", "all@1": "fails", "most": "fails", "all": "fails", "most#": "fails", "all#": "fails"}
+    details = {c.id: c.details for c in rep.claims}
+    assert sorted(details["most"]) == ["mmvamp latent_ap/img/* > independent latent_ap/img/* (most) at method.beta=1.0: holds "
+                               "for 3 of 4 keys: yes",
+                               "mmvamp latent_ap/img/* > independent latent_ap/img/* (most) at method.beta=2.0: holds "
+                               "for 2 of 4 keys: NO"]
+    assert details["most#"][0].endswith("holds for 2 of 4 keys: NO")  # 0.9, 0.8 above 0.75 at beta 1

@@ -120,7 +120,8 @@ def _producers(runs, table, method, metric, *wheres):
         if not all(matches(flat, w) for w in wheres if w):
             continue
         names = {m.name for m in DATASETS.get(r.dataset)().modalities(r.variant)}
-        used = set(rest.replace("->", "+").split("+")) - {"joint", "self", "prior", "pooled"}
+        subset = rest.split("/")[0]  # latent_ap/img/<attribute> or latent_ap/img/* (a claim's quantifier): img
+        used = set(subset.replace("->", "+").split("+")) - {"joint", "self", "prior", "pooled"}
         if family.endswith("_by_n") or used <= names:
             out.append(r)
     return out
