@@ -228,3 +228,31 @@ def test_temp_beside_is_in_the_targets_folder_with_the_usual_mode(tmp_path):
     os.close(fd)
     assert os.path.dirname(tmp) == str(tmp_path) and os.path.basename(tmp).startswith(".metrics.json.")
     assert os.stat(tmp).st_mode & 0o777 == usual_mode() == 0o666 & ~mask
+
+
+# ----- behaviours a mutation pass of evaluation found unguarded -----
+def test_trained_provenance_keeps_the_trainers_summary_and_its_pack():
+    """trained_provenance: seconds (rounded), epochs, throughput, code, start time, and a pack's members."""
+    from mmbench.evaluate import trained_provenance
+
+    s = {"train_seconds": 1.234, "epochs": 3, "tuples_per_second": 9.5, "trained_with": [{"git_commit": "a"}]}
+    assert trained_provenance(s, 5.0) == {"train_seconds": 1.23, "epochs": 3, "started": 5.0,
+                                          "train_tuples_per_second": 9.5, "trained_with": [{"git_commit": "a"}]}
+    assert trained_provenance({**s, "packed_with": ["r1"]}, 5.0)["packed_with"] == ["r1"]
+
+
+def test_a_re_evaluation_takes_the_training_from_the_newest_provenance(tmp_path):
+    """training_provenance: provenance.json, else the newest provenance.<scoring>.json; only the training's keys."""
+    import os
+
+    from mmbench.evaluate import training_provenance
+
+    run = fake_run(tmp_path, 0)
+    assert training_provenance(run) == {}
+    train = {"train_seconds": 2.0, "train_tuples_per_second": 8.0, "epochs": 1, "trained_with": [{"git_commit": "a"}]}
+    for i, name in enumerate(("provenance.old.json", "provenance.new.json")):
+        (run.dir / name).write_text(json.dumps({**train, "epochs": i + 1, "eval_precision": "fp32"}))
+        os.utime(run.dir / name, (1000 + i, 1000 + i))
+    assert training_provenance(run) == {**train, "epochs": 2}
+    (run.dir / "provenance.json").write_text(json.dumps({**train, "epochs": 7}))
+    assert training_provenance(run) == {**train, "epochs": 7}
