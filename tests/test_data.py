@@ -421,3 +421,48 @@ def test_a_build_records_where_its_files_came_from_and_a_first_prepare_names_wha
         assert str(e.value).endswith(f"run `mmbench prepare {name} --variant {variant} {need}`")
     with pytest.raises(MMBenchError, match="has no split 'val'; choose one of: test, train"):
         load_split(spec, "translated", "val", tmp_path)
+
+
+def test_the_rebuild_advice_quotes_option_values_and_spells_false_options():
+    """prepare_command: an option value with a space is one shell word; a False flag option is `-o key=false`."""
+    import shlex
+
+    from mmbench.data.base import prepare_command
+
+    manifest = {"dataset": "polymnist", "variant": "vanilla", "seed": 0,
+                "options": {"rebuild": False, "label": "two words"}, "locations": {}}
+    command = prepare_command(manifest)
+    assert command == "mmbench prepare polymnist --variant vanilla -o 'label=two words' -o rebuild=false --force"
+    assert shlex.split(command)[6:9] == ["label=two words", "-o", "rebuild=false"]
+
+
+def test_an_older_manifest_is_hashed_in_full_and_a_verified_copy_then_loads_on_stamps(tmp_path, monkeypatch):
+    """verify: a manifest without manifest_sha256 is not trusted on its stamps and gets its checksum written;
+    a copy verified once is not hashed again on the next load."""
+    import json
+    import shutil
+
+    from mmbench.data import base
+    from mmbench.data.base import file_stamp
+
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path / "a")
+    m = read_manifest(path)
+    del m["manifest_sha256"]
+    (path / "manifest.json").write_text(json.dumps(m))
+    load_split(spec, "translated", "test", tmp_path / "a")
+    assert read_manifest(path)["manifest_sha256"] == base.manifest_checksum(read_manifest(path))
+    # an older manifest whose recorded stamp matches an edited array: still refused
+    data = bytearray((path / "test_m1.npy").read_bytes())
+    data[-1] ^= 1
+    (path / "test_m1.npy").write_bytes(bytes(data))
+    m["arrays"]["test_m1"]["stat"] = file_stamp(path / "test_m1.npy")
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(MMBenchError, match="test_m1.npy does not match its manifest"):
+        load_split(spec, "translated", "test", tmp_path / "a")
+    # a copy: hashed once, then its recorded stamps are trusted
+    built = prepare(spec, "translated", seed=0, data_root=tmp_path / "b")
+    shutil.copytree(built, dataset_dir("polydigits", "translated", tmp_path / "c"))
+    load_split(spec, "translated", "test", tmp_path / "c")
+    monkeypatch.setattr(base, "file_digest", lambda *a: pytest.fail("a verified copy was hashed again"))
+    load_split(spec, "translated", "test", tmp_path / "c")
