@@ -426,3 +426,15 @@ def test_export_of_a_suite_without_tier_takes_its_full_tier_runs(tmp_path):
                                    str(suite)])
     assert out.exit_code == 0, out.output
     assert list(read_bundle(tmp_path / "x.tar.gz")[0]["runs"]) == [ids["full"]]
+
+
+def test_evaluate_records_the_tuples_it_scored_and_not_the_raw_start_time(tmp_path, data_root):
+    """metrics.json's test_tuples is eval.test_samples; provenance.json has wall_seconds, not the start time."""
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+                            "train": {"epochs": 1, "batch_size": 64, "max_train": 64},
+                            "eval": {"metrics": ["loglik"], "test_samples": 32, "ll_samples": 2}})
+    run = Run(cfg, tmp_path / "runs")
+    execute(run, data_root)
+    assert json.loads(run.metrics_path.read_text())["test_tuples"] == 32
+    prov = json.loads((run.dir / "provenance.json").read_text())
+    assert "started" not in prov and prov["wall_seconds"] >= prov["eval_seconds"]
