@@ -397,23 +397,37 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     label = f"{_side_label(h['left'])} {h['op']} {_side_label(right)} ({h['quantifier']})"
     margin = float(h.get("margin", 0.0)) * (1 if h["op"] in (">", ">=") else -1)
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
+    seen: Dict[Any, None] = {}  # for_each values either side has runs at
+    mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
     for name in names:
         left = side_values(frame, claim, dict(h["left"], metric=lp + name))
         rv = (side_values(frame, claim, dict(right, metric=right["metric"][:-1] + name)) if isinstance(right, dict)
               else {k: float(right) for k in left})
-        for k in left:
-            if k in rv and not isinstance(left[k], str) and not isinstance(rv[k], str):
-                c = counts.setdefault(k, [0, 0])
-                c[0] += bool(OPS[h["op"]](left[k] + margin, rv[k]))
-                c[1] += 1
-    if not counts:
+        seen.update(dict.fromkeys([*left, *rv]))
+        for k in [k for k in left if k in rv]:
+            if isinstance(left[k], str) or isinstance(rv[k], str):
+                mixed[k] = left[k] if isinstance(left[k], str) else rv[k]
+                continue
+            c = counts.setdefault(k, [0, 0])
+            c[0] += bool(OPS[h["op"]](left[k] + margin, rv[k]))
+            c[1] += 1
+    if not seen:
         return [None], [f"{label}: no runs"]
     verdicts, details = [], []
-    for k, (held, n) in counts.items():
-        ok = held * 2 > n if h["quantifier"] == "most" else held == n
-        verdicts.append(ok)
+    for k in seen:
         at = f" at {claim.for_each}={k}" if claim.for_each else ""
-        details.append(f"{label}{at}: holds for {held} of {n} keys: {'yes' if ok else 'NO'}")
+        if k in mixed:  # as a plain comparison: never averaged over configurations
+            verdicts.append(None)
+            details.append(f"{label}{at}: runs of several configurations match ({mixed[k]}); narrow it with `where` "
+                           f"or separate runs directories")
+        elif k not in counts:
+            verdicts.append(None)
+            details.append(f"{label}{at}: no key under {lp}* has runs of both sides")
+        else:
+            held, n = counts[k]
+            ok = held * 2 > n if h["quantifier"] == "most" else held == n
+            verdicts.append(ok)
+            details.append(f"{label}{at}: holds for {held} of {n} keys: {'yes' if ok else 'NO'}")
     return verdicts, details
 
 

@@ -387,7 +387,7 @@ def test_a_quantified_claim_counts_the_keys_under_its_prefix(tmp_path):
     # attributes a, b, c, d: mmvamp above independent on a, b, c at beta 1 (3 of 4), on a, b only at beta 2 (a tie)
     ours = {1.0: (0.9, 0.8, 0.7, 0.1), 2.0: (0.9, 0.8, 0.1, 0.1)}
     for method, beta, aps in [("independent", b, (0.5, 0.5, 0.5, 0.5)) for b in (1.0, 2.0)] + \
-            [("mmvamp", b, v) for b, v in ours.items()]:
+            [("mmvamp", b, v) for b, v in ours.items()] + [("mmvamp", 4.0, (0.9,) * 4)]:  # no baseline at beta 4
         m = {f"latent_ap/img/{a}": v for a, v in zip("abcd", aps)}
         run_with(runs, method, {**m, "latent_ap/img": sum(aps) / 4, "latent_ap/img+text/a": 0.0}, ["F"], beta=beta)
     side = {"method": "mmvamp", "metric": "latent_ap/img/*"}
@@ -395,16 +395,37 @@ def test_a_quantified_claim_counts_the_keys_under_its_prefix(tmp_path):
     refs = tmp_path / "refs"
     refs.mkdir()
     claims = [{"id": q + w, "paper": "P", "figure": "F", "quote": "q", "source": "s", "for_each": "method.beta",
-               "where": {"method.beta": 1.0} if w == "@1" else None,
+               "where": {"method.beta": float(w[1])} if w.startswith("@") else None,
                "holds": [{"left": side, "op": ">", "right": base if w != "#" else 0.75, "quantifier": q}]}
-              for q in ("most", "all") for w in ("@1", "", "#")]
+              for q in ("most", "all") for w in ("@1", "", "#")] + [
+        {"id": "most@4", "paper": "P", "figure": "F", "quote": "q", "source": "s", "where": {"method.beta": 4.0},
+         "holds": [{"left": side, "op": ">", "right": base, "quantifier": "most"}]}]
     (refs / "p.yaml").write_text(yaml.safe_dump({"claims": claims}))
     rep = build_report(runs, refs)
     got = {c.id: c.status for c in rep.claims}
-    assert got == {"most@1": "holds", "all@1": "fails", "most": "fails", "all": "fails", "most#": "fails", "all#": "fails"}
+    assert got == {"most@1": "holds", "all@1": "fails", "most": "fails", "all": "fails", "most#": "fails", "all#": "fails",
+                   "most@4": "missing"}
     details = {c.id: c.details for c in rep.claims}
     assert sorted(details["most"]) == ["mmvamp latent_ap/img/* > independent latent_ap/img/* (most) at method.beta=1.0: holds "
                                "for 3 of 4 keys: yes",
                                "mmvamp latent_ap/img/* > independent latent_ap/img/* (most) at method.beta=2.0: holds "
-                               "for 2 of 4 keys: NO"]
-    assert details["most#"][0].endswith("holds for 2 of 4 keys: NO")  # 0.9, 0.8 above 0.75 at beta 1
+                               "for 2 of 4 keys: NO",
+                               "mmvamp latent_ap/img/* > independent latent_ap/img/* (most) at method.beta=4.0: no key "
+                               "under latent_ap/img/* has runs of both sides"]
+    assert [d for d in details["most#"] if "beta=1.0" in d][0].endswith("holds for 2 of 4 keys: NO")  # 0.9, 0.8 > 0.75
+
+
+def test_a_quantified_claim_never_counts_over_two_configurations(tmp_path):
+    """Runs of two configurations of one side (latent 8 and 16) leave a quantified comparison undecided, named."""
+    runs = tmp_path / "runs"
+    run_with(runs, "mmvamp", {"latent_ap/img/a": 0.9}, ["F"])
+    for dim in (8, 16):
+        run_with(runs, "independent", {"latent_ap/img/a": 0.1}, ["F"], latent_dim=dim)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    hold = {"left": {"method": "mmvamp", "metric": "latent_ap/img/*"}, "op": ">",
+            "right": {"method": "independent", "metric": "latent_ap/img/*"}, "quantifier": "all"}
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [
+        {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "holds": [hold]}]}))
+    claim = build_report(runs, refs).claims[0]
+    assert claim.status == "missing" and "several configurations match (method.latent_dim (16, 8))" in claim.details[0]
