@@ -466,3 +466,22 @@ def test_an_older_manifest_is_hashed_in_full_and_a_verified_copy_then_loads_on_s
     load_split(spec, "translated", "test", tmp_path / "c")
     monkeypatch.setattr(base, "file_digest", lambda *a: pytest.fail("a verified copy was hashed again"))
     load_split(spec, "translated", "test", tmp_path / "c")
+
+
+def test_the_dataset_digest_is_the_arrays_content_and_neither_hash_reads_file_stamps(data_root):
+    """manifest_digest: the same data prepared again (other stamps, build time) has one digest, other data another;
+    manifest_checksum does not change with the arrays' build stamps."""
+    import copy
+
+    from mmbench.data.base import manifest_checksum, manifest_digest
+
+    built = read_manifest(dataset_dir("polydigits", "vanilla", data_root))
+    again = copy.deepcopy(built)
+    for meta in again["arrays"].values():
+        meta["stat"] = [meta["stat"][0], 1, 2]
+    assert manifest_checksum(again) == manifest_checksum(built)
+    again.update(build_seconds=built["build_seconds"] + 1, stamps={"test_m0": [1, 2, 3]})
+    again["manifest_sha256"] = manifest_checksum(again)
+    assert manifest_digest(again) == manifest_digest(built)
+    again["arrays"]["test_m0"]["sha256"] = "0" * 64
+    assert manifest_digest(again) != manifest_digest(built)

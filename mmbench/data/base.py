@@ -163,8 +163,10 @@ def _manifest_problem(manifest: Any) -> Optional[str]:
 
 
 def manifest_digest(manifest: Dict[str, Any]) -> str:
-    """A short content digest of a prepared dataset (from its array checksums)."""
-    h = hashlib.sha256(json.dumps(manifest["arrays"], sort_keys=True).encode())
+    """A short content digest of a prepared dataset (from its array checksums, shapes and dtypes; not the build's
+    file stamps, so the same data prepared twice has one digest)."""
+    arrays = {k: {f: x for f, x in meta.items() if f != "stat"} for k, meta in manifest["arrays"].items()}
+    h = hashlib.sha256(json.dumps(arrays, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
