@@ -320,7 +320,8 @@ def test_unprepared_dataset_message(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [
     ('{"x', "is unreadable"), ("[]", "is corrupt"), ('{"seed": 0}', "is corrupt"),
-    ('{"dataset": "polydigits", "variant": "translated", "arrays": [1]}', "is corrupt")])
+    ('{"dataset": "polydigits", "variant": "translated", "arrays": [1]}', "is corrupt"),
+    ('{"dataset": "polydigits", "arrays": {}}', r"is corrupt \(no variant\)")])
 def test_corrupt_manifest_is_one_line_and_force_rebuilds_it(tmp_path, text, problem, monkeypatch, capsys):
     """A manifest.json that is not JSON, or not a manifest: loading, preparing and the CLI say so in one line
     naming `prepare --force`, which rebuilds the dataset."""
