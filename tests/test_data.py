@@ -486,3 +486,10 @@ def test_the_dataset_digest_is_the_arrays_content_and_neither_hash_reads_file_st
     assert manifest_digest(again) == manifest_digest(built)
     again["arrays"]["test_m0"]["sha256"] = "0" * 64
     assert manifest_digest(again) != manifest_digest(built)
+
+
+def test_a_subset_of_every_row_is_the_split_itself_unless_shuffled(data_root):
+    """DataSplit.subset(n): n of len(split) or more (or None) keeps the split as it is; keep_order=False shuffles."""
+    split = load_split(DATASETS.get("polydigits")(), "vanilla", "test", data_root)
+    assert all(split.subset(n) is split for n in (len(split), len(split) + 1, None))
+    assert not torch.equal(split.subset(len(split), keep_order=False).labels, split.labels)
