@@ -438,3 +438,31 @@ def test_evaluate_records_the_tuples_it_scored_and_not_the_raw_start_time(tmp_pa
     assert json.loads(run.metrics_path.read_text())["test_tuples"] == 32
     prov = json.loads((run.dir / "provenance.json").read_text())
     assert "started" not in prov and prov["wall_seconds"] >= prov["eval_seconds"]
+
+
+def test_evaluate_seeds_the_metrics_from_the_run_seed_and_times_each_metric_alone(tmp_path, data_root, monkeypatch):
+    """evaluate: a metric sees the run's seed (ctx.run_seed) and torch seeded with seed + 1; metric_seconds holds
+    each metric's own time, not the time since the first began."""
+    import time
+    from types import SimpleNamespace
+
+    from mmbench import evaluate as evaluate_module
+
+    seen = {}
+
+    def probe(name):
+        def metric(ctx):
+            seen[name] = (ctx.run_seed, torch.rand(3))
+            time.sleep(0.3 if name == "loglik" else 0)
+            return {name: 0.0}
+        return metric
+
+    monkeypatch.setattr(evaluate_module, "METRICS", SimpleNamespace(get=probe))
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8}, "seed": 3,
+                            "train": {"epochs": 1, "batch_size": 64, "max_train": 64},
+                            "eval": {"metrics": ["loglik", "coherence"], "test_samples": 32}})
+    run = Run(cfg, tmp_path / "runs")
+    execute(run, data_root)
+    assert seen["loglik"][0] == 3
+    assert torch.equal(seen["loglik"][1], torch.rand(3, generator=torch.Generator().manual_seed(4)))
+    assert json.loads(run.metrics_path.read_text())["metric_seconds"]["coherence"] < 0.2
