@@ -115,6 +115,14 @@ def test_checkpoint_every_n_epochs_resumes_from_the_last_checkpoint(tmp_path, da
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_run_stopped_one_epoch_short_is_not_evaluated(tmp_path, data_root):
+    """load_trained refuses a run whose last checkpoint is one epoch short of train.epochs."""
+    run = Run(cfg(), tmp_path)
+    train(run, data_root, stop_after_epoch=1)
+    with pytest.raises(MMBenchError, match="stopped at epoch 1 of 2"):
+        load_trained(run)
+
+
 def test_missing_checkpoint_message(tmp_path):
     with pytest.raises(MMBenchError, match="no checkpoint .* train the run first"):
         load_trained(Run(cfg(), tmp_path))
