@@ -393,6 +393,8 @@ def test_prepare_refuses_other_options_and_ignores_locations(tmp_path):
     prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/b"})  # a location: same data
     with pytest.raises(MMBenchError, match="prepared with other settings.*--force"):
         prepare(Tiny(), None, data_root=tmp_path, options={"n": 3})
+    with pytest.raises(MMBenchError, match="no prepare option 'm'; allowed: n, source"):
+        prepare(Tiny(), None, data_root=tmp_path / "other", options={"m": 1})
 
 
 def test_the_rebuild_advice_is_the_command_that_built_the_dataset():
