@@ -466,3 +466,17 @@ def test_evaluate_seeds_the_metrics_from_the_run_seed_and_times_each_metric_alon
     assert seen["loglik"][0] == 3
     assert torch.equal(seen["loglik"][1], torch.rand(3, generator=torch.Generator().manual_seed(4)))
     assert json.loads(run.metrics_path.read_text())["metric_seconds"]["coherence"] < 0.2
+
+
+def test_state_digest_reads_shapes_and_dtypes_and_not_the_modules_order():
+    """state_digest: the same bytes under another shape or dtype give another digest; the modules' order does not."""
+    def holding(t):
+        module = torch.nn.Module()
+        module.register_buffer("w", t)
+        return module
+
+    t = torch.arange(6.0)
+    digest = state_digest({"a": holding(t), "b": holding(t + 1)})
+    assert state_digest({"b": holding(t + 1), "a": holding(t)}) == digest
+    assert state_digest({"a": holding(t.reshape(2, 3)), "b": holding(t + 1)}) != digest
+    assert state_digest({"a": holding(t.view(torch.int32)), "b": holding(t + 1)}) != digest
