@@ -196,6 +196,8 @@ def test_no_checkpoint_messages_say_why_and_what_to_do(tmp_path):
     assert other_seed.trained_twin() is None
     with pytest.raises(MMBenchError, match="train the run first"):
         load_trained(other_seed)
+    (trained.ckpt_dir / "last.pt").unlink()  # a twin with no checkpoint has no trained model to offer
+    assert other_eval.trained_twin() is None
 
 
 def test_a_failed_re_evaluation_puts_an_unreadable_metrics_json_back_and_says_so(tmp_path):
