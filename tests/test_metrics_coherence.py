@@ -224,6 +224,18 @@ def test_classifier_accuracy_is_measured_on_the_full_test_split(monkeypatch):
     assert seen["test"] is full
 
 
+def test_a_multilabel_dataset_reports_its_classifiers_mean_ap_not_an_accuracy(monkeypatch):
+    """EvalContext.classifiers: on a multi-label dataset (CelebA) the classifiers' quality goes to classifier_ap."""
+    import mmbench.metrics.context as context
+
+    monkeypatch.setattr(context, "get_classifiers", lambda *a: ({}, {"img": 0.7}))
+    full = DataSplit(MODS, {m: torch.zeros(4, 10) for m in NAMES}, torch.zeros(4, dtype=torch.long))
+    ctx = EvalContext(model=Copier(), spec=DATASETS.get("celeba")(), variant="default", train=full, test=full,
+                      test_full=full, cfg=EvalConfig(), device=torch.device("cpu"))
+    ctx.classifiers()
+    assert ctx.extra["classifier_ap"] == {"img": 0.7} and "classifier_accuracy" not in ctx.extra
+
+
 def test_the_accuracy_floor_admits_a_classifier_exactly_at_it():
     # classifiers.py docstring: a classifier *below* eval.classifier_min_accuracy makes coherence refuse
     from mmbench.errors import MMBenchError
