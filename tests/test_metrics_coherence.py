@@ -236,6 +236,18 @@ def test_a_multilabel_dataset_reports_its_classifiers_mean_ap_not_an_accuracy(mo
     assert ctx.extra["classifier_ap"] == {"img": 0.7} and "classifier_accuracy" not in ctx.extra
 
 
+def test_the_authors_classifiers_are_recorded_as_theirs(monkeypatch):
+    """EvalContext.classifiers with eval.classifiers: authors records the architecture as the authors', not mmbench's."""
+    import mmbench.metrics.context as context
+
+    monkeypatch.setattr(context, "get_classifiers", lambda *a: ({}, {}))
+    full = DataSplit(MODS, {m: torch.zeros(4, 10) for m in NAMES}, torch.zeros(4, dtype=torch.long))
+    ctx = EvalContext(model=Copier(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=full, test=full,
+                      test_full=full, cfg=EvalConfig(classifiers="authors"), device=torch.device("cpu"))
+    ctx.classifiers()
+    assert ctx.provenance["classifiers"]["architecture"] == "authors"
+
+
 def test_the_accuracy_floor_admits_a_classifier_exactly_at_it():
     # classifiers.py docstring: a classifier *below* eval.classifier_min_accuracy makes coherence refuse
     from mmbench.errors import MMBenchError
