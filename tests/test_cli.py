@@ -302,3 +302,17 @@ def test_progress_is_written_at_each_phase_end_and_only_for_runs_held_here(tmp_p
         write("train epoch 1/1", done, 10)
     assert json.loads((mine.dir / "progress.json").read_text())["done"] == 10
     assert not (theirs.dir / "progress.json").exists()
+
+
+def test_prepare_records_an_absolute_source_and_previews_the_test_split(tmp_path, monkeypatch, mmbench_here):
+    """`mmbench prepare --source DIR` passes DIR as an absolute path; --preview draws the test split."""
+    from mmbench.data import base
+
+    seen = {}
+    monkeypatch.setattr(base, "prepare", lambda spec, variant, **kw: seen.update(kw["options"]) or tmp_path)
+    monkeypatch.setattr(base, "load_split", lambda spec, variant, split, root: seen.update(split=split))
+    monkeypatch.setattr(base, "save_preview", lambda split, path: None)
+    monkeypatch.chdir(tmp_path)
+    r = mmbench_here("prepare", "polymnist", "--source", "raw", "--preview", "p.png")
+    assert r.returncode == 0, r.stderr
+    assert seen["source"] == str(tmp_path.resolve() / "raw") and seen["split"] == "test"
