@@ -316,3 +316,15 @@ def test_prepare_records_an_absolute_source_and_previews_the_test_split(tmp_path
     r = mmbench_here("prepare", "polymnist", "--source", "raw", "--preview", "p.png")
     assert r.returncode == 0, r.stderr
     assert seen["source"] == str(tmp_path.resolve() / "raw") and seen["split"] == "test"
+
+
+def test_evaluate_takes_fid_weights_as_an_absolute_path(tmp_path, monkeypatch, mmbench_here):
+    """`mmbench evaluate --fid-weights FILE` evaluates with eval.fid_weights set to FILE's absolute path."""
+    import mmbench.evaluate as evaluate_module
+
+    seen = {}
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda run, *a, **kw: seen.update(fid=run.cfg.eval.fid_weights) or {})
+    monkeypatch.chdir(tmp_path)
+    r = mmbench_here("evaluate", "polydigits", "mopoe", "--runs-dir", "runs", "--fid-weights", "w.pth")
+    assert r.returncode == 0, r.stderr
+    assert seen["fid"] == str(tmp_path.resolve() / "w.pth")
