@@ -328,3 +328,17 @@ def test_evaluate_takes_fid_weights_as_an_absolute_path(tmp_path, monkeypatch, m
     r = mmbench_here("evaluate", "polydigits", "mopoe", "--runs-dir", "runs", "--fid-weights", "w.pth")
     assert r.returncode == 0, r.stderr
     assert seen["fid"] == str(tmp_path.resolve() / "w.pth")
+
+
+def test_a_failed_command_removes_the_run_directory_it_made_holding_only_its_lock(tmp_path):
+    """_no_stub_left: a run directory the failed command made, holding no more than its lock, is removed."""
+    from types import SimpleNamespace
+
+    from mmbench.cli import _no_stub_left
+
+    run = SimpleNamespace(dir=tmp_path / "run")
+    with pytest.raises(RuntimeError), _no_stub_left(run):
+        run.dir.mkdir()
+        (run.dir / "run.lock").touch()
+        raise RuntimeError("failed before config.yaml was written")
+    assert not run.dir.exists()
