@@ -174,6 +174,7 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["classifiers", "train", "polydigits", "--epochs", "0"], "--epochs 0: must be >= 1"),
     (["import", "."], "bundle . is a directory; give the .tar.gz file"),
     (["prepare", "polydigits", "-o", "junk"], "error: -o junk: expected KEY=VALUE"),
+    (["prepare", "rats", "--simulate", "--variant", "deposit"], "--simulate builds the 'simulated' variant; drop --variant"),
     (["train", "polydigits", "mopoe", "--set", "method.foo:smile:=1"], "method.foo:smile:: unknown field"),  # as typed
 ])
 def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
