@@ -162,11 +162,15 @@ def _manifest_problem(manifest: Any) -> Optional[str]:
     return None
 
 
+def _arrays_content(manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest's `arrays` entries without their build-time file stamps (`stat`)."""
+    return {k: {f: x for f, x in meta.items() if f != "stat"} for k, meta in manifest["arrays"].items()}
+
+
 def manifest_digest(manifest: Dict[str, Any]) -> str:
     """A short content digest of a prepared dataset (from its array checksums, shapes and dtypes; not the build's
     file stamps, so the same data prepared twice has one digest)."""
-    arrays = {k: {f: x for f, x in meta.items() if f != "stat"} for k, meta in manifest["arrays"].items()}
-    h = hashlib.sha256(json.dumps(arrays, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(_arrays_content(manifest), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -181,7 +185,7 @@ def file_stamp(path: Path) -> List[int]:
 def manifest_checksum(manifest: Dict[str, Any]) -> str:
     """sha256 of the manifest's content, without the file stamps (a copy of the dataset has new ones)."""
     body = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "stamps")}
-    body["arrays"] = {k: {f: x for f, x in meta.items() if f != "stat"} for k, meta in manifest["arrays"].items()}
+    body["arrays"] = _arrays_content(manifest)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
