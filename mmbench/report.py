@@ -171,7 +171,8 @@ QUANTIFIERS = ("most", "all")  # over the keys a metric ending in /* matches: mo
 def _check_quantifier(where: str, h: Dict[str, Any]) -> None:
     """A side metric ending in `/*` (e.g. latent_ap/img/*: every attribute) needs a `quantifier`, and the other side
     the same wildcard or a number; a quantifier needs the wildcard."""
-    wild = [side["metric"] for side in (h["left"], h["right"]) if isinstance(side, dict) and "*" in side["metric"]]
+    metrics = [side["metric"] for side in (h["left"], h["right"]) if isinstance(side, dict)]
+    wild = any("*" in m for m in metrics)
     if not wild and "quantifier" not in h:
         return
     if h["op"] in EXTREMA or not wild:
@@ -180,10 +181,15 @@ def _check_quantifier(where: str, h: Dict[str, Any]) -> None:
     if h.get("quantifier") not in QUANTIFIERS:
         raise ConfigError(f"{where}.quantifier", f"a metric ending in /* needs quantifier {' or '.join(QUANTIFIERS)} "
                           f"(for how many of the keys it matches the comparison must hold), not {h.get('quantifier')!r}")
-    if any(not m.endswith("/*") or "*" in m[:-1] for m in wild) or not h["left"]["metric"].endswith("/*") or (
-            isinstance(h["right"], dict) and not h["right"]["metric"].endswith("/*")):
+    if any(not m.endswith("/*") or m.count("*") > 1 for m in metrics):  # every metric side, the left one included
         raise ConfigError(f"{where}.left", "with a quantifier, the left metric (and a right one) end in /*, "
                           "with no other *")
+
+
+def _holds(h: Dict[str, Any], left: float, right: float) -> bool:
+    """`left op right`, with `margin` loosening the comparison: added to left for > and >=, taken off for < and <=."""
+    margin = float(h.get("margin", 0.0))
+    return bool(OPS[h["op"]](left + (margin if h["op"] in (">", ">=") else -margin), right))
 
 
 def load_references(directory: Path) -> List[Cell]:
@@ -395,7 +401,6 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
                    if len(frame) else set())
     right = h["right"]
     label = f"{_side_label(h['left'])} {h['op']} {_side_label(right)} ({h['quantifier']})"
-    margin = float(h.get("margin", 0.0)) * (1 if h["op"] in (">", ">=") else -1)
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
     seen: Dict[Any, None] = {}  # for_each values either side has runs at
     mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
@@ -409,7 +414,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
                 mixed[k] = left[k] if isinstance(left[k], str) else rv[k]
                 continue
             c = counts.setdefault(k, [0, 0])
-            c[0] += bool(OPS[h["op"]](left[k] + margin, rv[k]))
+            c[0] += _holds(h, left[k], rv[k])
             c[1] += 1
     if not seen:
         return [None], [f"{label}: no runs"]
@@ -460,7 +465,6 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 lacking = _side_label(h["right"] if k in left else h["left"])
                 c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])} at {c.for_each}={k}: "
                                  f"no runs of {lacking}")
-            margin = float(h.get("margin", 0.0))
             for k in list(common):
                 bad = [v for v in (left[k], right[k]) if isinstance(v, str)]
                 if bad:
@@ -471,7 +475,7 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                                      f"runs directories")
                     common.remove(k)
             for k in common:
-                ok = OPS[h["op"]](left[k] + (margin if h["op"] in (">", ">=") else -margin), right[k])
+                ok = _holds(h, left[k], right[k])
                 verdicts.append(ok)
                 at = f" at {c.for_each}={k}" if c.for_each else ""
                 c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
