@@ -91,6 +91,16 @@ def assert_latent_accuracies(metrics, n_test: int):
         assert math.isclose(metrics[f"latent_acc_by_n/{k}"], sum(vals) / len(vals), rel_tol=1e-9), k
 
 
+def seed_runs(runs_dir, n: int, method: str = "mopoe"):
+    """Runs (not started) of seeds 0..n-1 of one polydigits experiment in `runs_dir`: a pack's worth for the
+    scheduler and worker tests."""
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+
+    return [Run(build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": s}), runs_dir)
+            for s in range(n)]
+
+
 def _mmbench_here(*args, env=None, width=200):
     """`mmbench ARGS` in this process, for commands that start no worker (report, run --dry-run, list): the
     same result as `mmbench` without the seconds of a new interpreter importing torch. Returns returncode,

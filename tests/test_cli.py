@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import seed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,20 +260,12 @@ def test_an_output_path_under_a_file_is_refused_before_any_work(tmp_path, monkey
     assert exit_.value.code == 2 and "Not a directory (check the path" in err and "Traceback" not in err
 
 
-def _worker_runs(tmp_path, n):
-    from mmbench.config import build_run_config
-    from mmbench.results import Run
-
-    return [Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": s}), tmp_path)
-            for s in range(n)]
-
-
 def test_worker_exit_codes_for_a_cpu_worker_a_failed_pack_run_and_ctrl_c(tmp_path, monkeypatch, capsys):
     """A CPU worker (MMBENCH_WORKER_GPU="") runs; a pack with a failed run exits 1 naming it; Ctrl-C exits 130."""
     import mmbench.pack as pack
     from mmbench import worker
 
-    runs = {str(r.dir): r for r in _worker_runs(tmp_path, 2)}
+    runs = {str(r.dir): r for r in seed_runs(tmp_path, 2)}
     monkeypatch.setattr(worker, "load_run", runs.__getitem__)
     monkeypatch.setenv("MMBENCH_WORKER_GPU", "")
     monkeypatch.setattr(pack, "execute_pack", lambda rs, d, p: {rs[0].id: None, rs[1].id: "diverged"})
@@ -294,7 +287,7 @@ def test_progress_is_written_at_each_phase_end_and_only_for_runs_held_here(tmp_p
 
     from mmbench.worker import progress_writer
 
-    mine, theirs = _worker_runs(tmp_path, 2)
+    mine, theirs = seed_runs(tmp_path, 2)
     mine.init()
     theirs.init()
     (theirs.dir / "run.lock").write_text("999999999")  # another process's pid

@@ -1,4 +1,5 @@
 import pytest
+from conftest import seed_runs
 
 from mmbench.runner import worker_slots
 
@@ -41,14 +42,6 @@ def test_a_run_listed_by_two_experiments_is_scheduled_once_with_both_tables(tmp_
     assert sorted(ids) == sorted({a.id, other.id})
 
 
-def _seeds(tmp_path, n, method="mopoe"):
-    from mmbench.config import build_run_config
-    from mmbench.results import Run
-
-    return [Run(build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": s}), tmp_path)
-            for s in range(n)]
-
-
 def _save_last(run, epoch, step):
     """A last.pt holding what resume_point reads (a training state at epoch, step)."""
     import torch
@@ -63,7 +56,7 @@ def test_resume_point_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch)
     from mmbench import train
     from mmbench.runner import resume_point
 
-    run = _seeds(tmp_path, 1)[0]
+    run = seed_runs(tmp_path, 1)[0]
     assert resume_point(run) == (0, 0)  # no checkpoint: from the start
     reads = []
     real = train.read_checkpoint
@@ -80,7 +73,7 @@ def test_packs_split_evenly_cap_and_only_join_runs_at_the_same_step(tmp_path):
     from mmbench.errors import MMBenchError
     from mmbench.runner import make_packs
 
-    runs = _seeds(tmp_path, 4)
+    runs = seed_runs(tmp_path, 4)
     assert [len(p) for p in make_packs(runs, None, 2)] == [2, 2]
     assert [len(p) for p in make_packs(runs, 3, 1)] == [3, 1]
     with pytest.raises(MMBenchError, match="--pack 0: must be >= 1"):
@@ -100,7 +93,7 @@ def test_run_all_gives_each_worker_its_gpu_and_reports_each_run_of_a_pack(tmp_pa
 
     import mmbench.runner as runner
 
-    single, pack = _seeds(tmp_path, 1, "mvae"), _seeds(tmp_path, 2)
+    single, pack = seed_runs(tmp_path, 1, "mvae"), seed_runs(tmp_path, 2)
     seen = []
 
     def fake_worker(cmd, env, stdout, stderr):  # the pack's first run finishes, its second and the single run fail
