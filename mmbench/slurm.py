@@ -206,7 +206,7 @@ class SlurmRun:
         resumes."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.run_dirs, self.data_root, getattr(self, "gpus", 0)))
+        return submitit.helpers.DelayedSubmission(self)  # itself, whole: a rebuilt copy had dropped `gpus` once
 
 
 # ----- the submitting side ---------------------------------------------------------------------------------
