@@ -274,3 +274,55 @@ def test_yaml_merge_key_with_an_overriding_key_is_not_a_repeated_key():
     from mmbench.yamlio import load
 
     assert load("a: &a {x: 1, y: 1}\nb:\n  <<: *a\n  x: 2\n", "s.yaml")["b"] == {"x": 2, "y": 1}
+
+
+# ----- behaviours a second mutation pass (config, suites, results, bundles) found unguarded -----
+def test_a_suites_runs_serve_their_experiments_tables(tmp_path):
+    assert {tuple(r.tables) for r in load_suite(write(tmp_path, GOOD)).runs("full")} == {("Quickstart",)}
+
+
+def test_a_number_written_as_an_integer_is_the_same_run():
+    """lr: 1 and lr: 1.0 (or beta: 2 and 2.0) are one setting: one run id, held as a float."""
+    a = build_run_config({"dataset": "polydigits", "train": {"lr": 1}, "method": {"beta": 2}})
+    b = build_run_config({"dataset": "polydigits", "train": {"lr": 1.0}, "method": {"beta": 2.0}})
+    assert type(a.train.lr) is float and type(a.method.beta) is float
+    assert a.run_id() == b.run_id()
+
+
+def test_evaluation_choices_over_the_same_trained_model_keep_the_run_id():
+    """Where the FID weights live, which classifiers score coherence and the decoders' precision are not the run."""
+    base = build_run_config({"dataset": "polydigits"}).run_id()
+    for ev in ({"fid_weights": "/elsewhere/pt_inception.pth"}, {"classifier_dropout": "as_authors"},
+               {"precision": "bf16"}):
+        assert build_run_config({"dataset": "polydigits", "eval": ev}).run_id() == base, ev
+    assert build_run_config({"dataset": "polydigits", "eval": {"ll_samples": 3}}).run_id() != base
+
+
+@pytest.mark.parametrize("key", ["train.epochs", "train.batch_size", "eval.ll_samples", "train.max_train"])
+def test_a_count_of_zero_is_refused(key):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"^{section}\.{name}: must be > 0, got 0$"):
+        build_run_config({"dataset": "polydigits", section: {name: 0}})
+
+
+def test_a_zero_reconstruction_weight_is_refused():
+    with pytest.raises(ConfigError, match=r"^method\.rec_weights\.m0: expected a number > 0, got 0$"):
+        build_run_config({"dataset": "polydigits", "method": {"rec_weights": {"m0": 0}}})
+
+
+def test_a_set_value_may_hold_an_equals_sign():
+    assert parse_overrides(["method.options.schedule=a=b"]) == {"method": {"options": {"schedule": "a=b"}}}
+
+
+def test_train_samples_counts_epochs_times_the_used_train_split(data_root):
+    """The --dry-run estimate's tuples: epochs x min(train split, max_train)."""
+    import json
+
+    from mmbench.data.base import dataset_dir
+    from mmbench.suite import train_samples
+
+    n = json.loads((dataset_dir("polydigits", "vanilla", data_root) / "manifest.json").read_text())["counts"]["train"]
+    run = lambda **t: build_run_config({"dataset": "polydigits", "train": t})  # noqa: E731
+    assert train_samples(run(epochs=3, max_train=64), data_root) == 3 * 64
+    assert train_samples(run(epochs=2, max_train=10 * n), data_root) == 2 * n
+    assert train_samples(run(epochs=2), data_root) == 2 * n
