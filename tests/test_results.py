@@ -258,3 +258,57 @@ def test_a_re_evaluation_takes_the_training_from_the_newest_provenance(tmp_path)
     assert training_provenance(run) == {**train, "epochs": 2}
     (run.dir / "provenance.json").write_text(json.dumps({**train, "epochs": 7}))
     assert training_provenance(run) == {**train, "epochs": 7}
+
+
+# ----- behaviours a second mutation pass (config, suites, results, bundles) found unguarded -----
+def test_metrics_of_another_schema_version_are_refused():
+    from mmbench.results import RecordError, parse_metrics
+    with pytest.raises(RecordError, match="m.json: schema version 2, this mmbench reads 1"):
+        parse_metrics(json.dumps({"schema_version": 2, "metrics": {"x": 0.5}}), "m.json")
+
+
+def test_metrics_scored_before_classifier_dropout_existed_count_as_dropout_off(tmp_path):
+    run = fake_run(tmp_path, 0)
+    run.write_metrics({"coherence/joint": 0.3}, classifier_set="mmbench")  # no classifier_dropout key
+    assert run.scored_with() == "mmbench-off" and run.status() == "done"
+
+
+def test_status_goes_pending_partial_done(tmp_path):
+    run = Run(build_run_config({"dataset": "polydigits", "seed": 3}), tmp_path)
+    run.init()
+    assert run.status() == "pending"
+    run.ckpt_dir.mkdir()
+    (run.ckpt_dir / "best.pt").write_bytes(b"x")  # a best model alone is no resume point
+    assert run.status() == "pending"
+    (run.ckpt_dir / "last.pt").write_bytes(b"x")
+    assert run.status() == "partial"
+    run.write_metrics({"coherence/joint": 0.3})
+    assert run.status() == "done"
+
+
+def test_load_runs_passes_over_unfinished_runs_without_listing_them(tmp_path):
+    """A run still training (config.yaml, no metrics.json) is neither reported nor said to be unreadable."""
+    from mmbench.results import load_runs
+
+    done = fake_run(tmp_path, 0)
+    Run(build_run_config({"dataset": "polydigits", "seed": 1}), tmp_path).init()
+    skipped = []
+    assert [r["id"] for r in load_runs(tmp_path, skipped)] == [done.id] and skipped == []
+
+
+def test_a_failed_re_scoring_puts_the_provenance_back_with_the_metrics(tmp_path):
+    run = fake_run(tmp_path, 0)
+    (run.dir / "provenance.json").write_text('{"git_commit": "abc"}')
+    before = {n: (run.dir / n).read_bytes() for n in ("metrics.json", "provenance.json")}
+    with pytest.raises(RuntimeError):
+        with run.scoring_aside() as old:
+            assert old == "fp32" and not run.metrics_path.exists() and not (run.dir / "provenance.json").exists()
+            raise RuntimeError("evaluation failed")
+    assert {n: (run.dir / n).read_bytes() for n in before} == before
+    assert not list(run.dir.glob("*.fp32.json"))
+
+
+def test_runs_live_under_mmbench_runs_when_no_directory_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "elsewhere"))
+    run = Run(build_run_config({"dataset": "polydigits"}))
+    assert run.dir == tmp_path / "elsewhere" / run.id
