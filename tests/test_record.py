@@ -480,3 +480,59 @@ def test_state_digest_reads_shapes_and_dtypes_and_not_the_modules_order():
     assert state_digest({"b": holding(t + 1), "a": holding(t)}) == digest
     assert state_digest({"a": holding(t.reshape(2, 3)), "b": holding(t + 1)}) != digest
     assert state_digest({"a": holding(t.view(torch.int32)), "b": holding(t + 1)}) != digest
+
+
+# ----- behaviours a second mutation pass (config, suites, results, bundles) found unguarded -----
+def test_import_skips_a_run_here_with_the_same_numbers_evaluated_at_another_time(tmp_path):
+    """Only the metrics decide a conflict: the same numbers with other bookkeeping (timings) are the same results."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    theirs = fake_run(a, 0, {"coherence/joint": 0.30})
+    theirs.write_metrics({"coherence/joint": 0.30}, eval_seconds=12.0)
+    export_runs(a, tmp_path / "x.tar.gz")
+    mine = fake_run(b, 0, {"coherence/joint": 0.30})
+    mine.write_metrics({"coherence/joint": 0.30}, eval_seconds=99.0)
+    before = mine.metrics_path.read_bytes()
+    assert import_bundle(tmp_path / "x.tar.gz", b) == {"added": [], "present": [mine.id]}
+    assert mine.metrics_path.read_bytes() == before
+
+
+def test_read_bundle_refuses_a_file_its_manifest_does_not_list_and_another_version(tmp_path):
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    good = tmp_path / "x.tar.gz"
+    export_runs(tmp_path / "a", good)
+    with tarfile.open(good, "r:gz") as tin:
+        items = [(m.name, tin.extractfile(m).read()) for m in tin.getmembers()]
+    extra = tmp_path / "extra.tar.gz"
+    _write_tar(extra, items + [(f"runs/{run.id}/artifacts/planted.npz", b"x")])
+    with pytest.raises(MMBenchError, match=rf"holds runs/{run.id}/artifacts/planted.npz, which its manifest does not list"):
+        import_bundle(extra, tmp_path / "b")
+    newer = tmp_path / "newer.tar.gz"
+    _rewrite(good, newer, lambda n, d: (n, d.replace(b'"version": 1', b'"version": 2')) if n == "bundle.json" else (n, d))
+    with pytest.raises(MMBenchError, match="is format 'mmbench-bundle' v2; this mmbench reads mmbench-bundle v1"):
+        import_bundle(newer, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_leaves_large_artifacts_behind(tmp_path, monkeypatch):
+    import mmbench.bundle as bundle
+
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    (run.dir / "artifacts").mkdir()
+    (run.dir / "artifacts" / "small.npz").write_bytes(b"x" * 50)
+    (run.dir / "artifacts" / "large.npz").write_bytes(b"x" * 51)
+    monkeypatch.setattr(bundle, "ARTIFACT_MAX_BYTES", 50)
+    files = export_runs(tmp_path / "a", tmp_path / "x.tar.gz")["runs"][run.id]["files"]
+    assert "artifacts/small.npz" in files and "artifacts/large.npz" not in files
+
+
+def test_import_refuses_a_bundled_run_without_metrics(tmp_path):
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as tin:
+        files = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
+    manifest = json.loads(files.pop("bundle.json"))
+    del manifest["runs"][run.id]["files"]["metrics.json"], files[f"runs/{run.id}/metrics.json"]
+    _write_tar(tmp_path / "y.tar.gz", [("bundle.json", json.dumps(manifest).encode()), *files.items()])
+    with pytest.raises(MMBenchError, match=f"run {run.id} has no metrics.json; it is not a finished run"):
+        import_bundle(tmp_path / "y.tar.gz", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
