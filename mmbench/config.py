@@ -358,6 +358,8 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
                 raise ConfigError(f"{pre}method.rec_weights.{k}", f"not a modality of this run; use some of: {', '.join(names)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ConfigError(f"{pre}method.rec_weights.{k}", f"expected a number > 0, got {v!r}")
+        # floats, as from_dict makes a float field: {m0: 1} is the run {m0: 1.0} made (one run id)
+        cfg.method.rec_weights = {k: float(v) for k, v in cfg.method.rec_weights.items()}
     return cfg
 
 

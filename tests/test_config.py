@@ -289,6 +289,14 @@ def test_a_number_written_as_an_integer_is_the_same_run():
     assert a.run_id() == b.run_id()
 
 
+def test_integer_reconstruction_weights_are_the_same_run_as_float_ones():
+    """--set method.rec_weights.m0=1 names the run a suite's {m0: 1.0} made, not a new one (before: another id)."""
+    a = build_run_config({"dataset": "polydigits", "method": {"rec_weights": {"m0": 1, "m1": 3}}})
+    b = build_run_config({"dataset": "polydigits", "method": {"rec_weights": {"m0": 1.0, "m1": 3.0}}})
+    assert a.method.rec_weights == {"m0": 1.0, "m1": 3.0} and all(type(v) is float for v in a.method.rec_weights.values())
+    assert a.run_id() == b.run_id()
+
+
 def test_evaluation_choices_over_the_same_trained_model_keep_the_run_id():
     """Where the FID weights live, which classifiers score coherence and the decoders' precision are not the run."""
     base = build_run_config({"dataset": "polydigits"}).run_id()
