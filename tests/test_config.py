@@ -96,6 +96,11 @@ def test_good_suite_expands(tmp_path):
      "sweep.method.beta: repeats a value"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.betta: [1.0]}}]",
      "sweep.method.betta 'method.betta': unknown field"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {eval.metrics: [[coherence]]}}]",
+     "sweep.eval.metrics: is set by the experiment's `metrics`"),
+    # every tier is checked at load, not only the one a later `mmbench run --tier` asks for
+    ("name: x\ntiers: {quick: {train: {epochs: ten}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "experiments[0] (e, mopoe).train.epochs: expected an integer, got 'ten'"),
 ])
 def test_malformed_suites(tmp_path, text, expected):
     path = write(tmp_path, text)
