@@ -282,8 +282,9 @@ def test_yaml_merge_key_with_an_overriding_key_is_not_a_repeated_key():
 
 
 # ----- behaviours a second mutation pass (config, suites, results, bundles) found unguarded -----
-def test_a_suites_runs_serve_their_experiments_tables(tmp_path):
-    assert {tuple(r.tables) for r in load_suite(write(tmp_path, GOOD)).runs("full")} == {("Quickstart",)}
+def test_a_suites_runs_serve_their_experiments_tables_with_its_defaults(tmp_path):
+    runs = load_suite(write(tmp_path, GOOD)).runs("full")
+    assert {(tuple(r.tables), r.train.epochs, r.method.latent_dim) for r in runs} == {(("Quickstart",), 1, 8)}
 
 
 def test_a_number_written_as_an_integer_is_the_same_run():
@@ -339,3 +340,29 @@ def test_train_samples_counts_epochs_times_the_used_train_split(data_root):
     assert train_samples(run(epochs=3, max_train=64), data_root) == 3 * 64
     assert train_samples(run(epochs=2, max_train=10 * n), data_root) == 2 * n
     assert train_samples(run(epochs=2), data_root) == 2 * n
+
+
+def test_an_experiment_with_no_metrics_evaluates_none(tmp_path):
+    p = write(tmp_path, "name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], metrics: []}]")
+    assert [r.eval.metrics for r in load_suite(p).runs("full")] == [[]]
+
+
+def test_an_empty_modality_list_is_refused():
+    with pytest.raises(ConfigError, match="^modalities: must be distinct modality names of polydigits"):
+        build_run_config({"dataset": "polydigits", "modalities": []})
+
+
+def test_set_refuses_a_value_and_settings_below_it():
+    with pytest.raises(ConfigError, match="^method.beta: method is given both a value and settings below it; give one of them$"):
+        parse_overrides(["method=mvae", "method.beta=2"])
+
+
+def test_a_path_under_a_mapping_setting_is_not_checked_but_the_mapping_itself_is_a_section():
+    from mmbench.config import check_path
+
+    check_path("method.options.schedule", "sweep")  # the method's options are its own to check
+    check_path("train.max_train", "sweep")
+    with pytest.raises(ConfigError, match="'method.options' is a section of settings"):
+        check_path("method.options", "sweep")
+    with pytest.raises(ConfigError, match="train.epochs is one setting, it has no fields"):
+        check_path("train.epochs.x", "sweep")

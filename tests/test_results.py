@@ -312,3 +312,31 @@ def test_runs_live_under_mmbench_runs_when_no_directory_is_given(tmp_path, monke
     monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "elsewhere"))
     run = Run(build_run_config({"dataset": "polydigits"}))
     assert run.dir == tmp_path / "elsewhere" / run.id
+
+
+def test_a_change_of_coherence_classifiers_alone_asks_for_a_re_scoring(tmp_path):
+    run = fake_run(tmp_path, 0)
+    run.write_metrics({"coherence/joint": 0.3}, classifier_set="mmbench", classifier_dropout="off")
+    assert run.status() == "done"
+    other = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0,
+                                  "eval": {"classifier_dropout": "as_authors"}}), tmp_path)
+    assert other.id == run.id and other.status() == "rescore" and other.scoring_wanted() == "mmbench-as_authors"
+
+
+def test_a_second_re_scoring_request_keeps_the_config_the_metrics_were_made_with(tmp_path):
+    """init keeps config.yaml aside once: a later request (before the re-scoring ran) does not replace it."""
+    run = fake_run(tmp_path, 0)
+    made_with = (run.dir / "config.yaml").read_text()
+    for ev in ({"precision": "bf16"}, {"precision": "bf16", "classifier_dropout": "as_authors"}):
+        Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T1"],
+                              "eval": ev}), tmp_path).init()
+    assert run.config_before_rescore.read_text() == made_with
+
+
+def test_a_lock_file_without_a_pid_yet_counts_as_held_here(tmp_path):
+    run = fake_run(tmp_path, 0)
+    assert run.held_here()  # no lock file
+    (run.dir / "run.lock").write_text("")
+    assert run.held_here()
+    (run.dir / "run.lock").write_text("999999999")
+    assert not run.held_here()
