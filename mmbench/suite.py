@@ -98,6 +98,11 @@ class Suite:
         for n in only or []:
             if n not in names:
                 raise ConfigError(f"{self.path}: --only", f"no experiment {n!r}; the suite has: {', '.join(names)}")
+        for key, by in SET_BY_FIELDS.items():  # --set seed was dropped; dataset, method.name, tables replaced every
+            # experiment's (a --set variant or eval.metrics is a wanted override, e.g. --only rats --set variant=simulated)
+            if key not in ("variant", "eval.metrics") and _holds(overrides or {}, key):
+                raise ConfigError(f"{self.path}: --set {key}", f"is set by each experiment's `{by}`; choose experiments "
+                                  f"with --only, or edit the suite")
         tier_cfg = dict(self.tiers.get(tier) or {})
         keep_seeds = tier_cfg.pop("seeds", None)
         tier_methods = tier_cfg.pop("method_overrides", None) or {}  # per method, over the tier's overrides
@@ -127,6 +132,16 @@ class Suite:
 # run settings an experiment names in its own fields (a sweep over them would silently replace those)
 SET_BY_FIELDS = {"dataset": "dataset", "variant": "variant", "seed": "seeds", "method.name": "methods",
                  "tables": "reproduces", "eval.metrics": "metrics"}
+
+
+def _holds(d: Dict[str, Any], dotted: str) -> bool:
+    """Whether nested dict `d` gives the setting 'a.b.c'."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return False
+    return leaf in d
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -366,3 +366,15 @@ def test_a_path_under_a_mapping_setting_is_not_checked_but_the_mapping_itself_is
         check_path("method.options", "sweep")
     with pytest.raises(ConfigError, match="train.epochs is one setting, it has no fields"):
         check_path("train.epochs.x", "sweep")
+
+
+@pytest.mark.parametrize("given, by", [({"seed": 5}, "seeds"), ({"method": {"name": "mvae"}}, "methods"),
+                                       ({"dataset": "celeba"}, "dataset"), ({"tables": ["X"]}, "reproduces")])
+def test_set_refuses_what_each_experiment_of_a_suite_sets(tmp_path, given, by):
+    """`mmbench run SUITE --set seed=5` ran the experiments' seeds (the --set silently dropped); --set method.name=mvae
+    made every method's runs mvae runs. Both are refused, as `mmbench train --set seed=...` is."""
+    suite = load_suite(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=rf"suite.yaml: --set .*: is set by each experiment's `{by}`; choose"):
+        suite.runs("full", overrides=given)
+    wanted = suite.runs("full", overrides={"eval": {"metrics": ["coherence"]}, "variant": "extended"})  # still allowed
+    assert {(r.eval.metrics[0], r.variant) for r in wanted} == {("coherence", "extended")}
