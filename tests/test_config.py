@@ -98,6 +98,11 @@ def test_good_suite_expands(tmp_path):
      "sweep.method.betta 'method.betta': unknown field"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {eval.metrics: [[coherence]]}}]",
      "sweep.eval.metrics: is set by the experiment's `metrics`"),
+    # a string where a list belongs is refused, not read as a list of its characters
+    ("name: x\nexperiments: [{name: e, reproduces: MoPoE Table 3, dataset: polydigits, methods: [mopoe]}]",
+     "experiments[0].reproduces: expected a list of strings, got 'MoPoE Table 3'"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {method: {architecture: nope}}}]",
+     "method.architecture: unknown architecture 'nope'; choose one of: "),
     # every tier is checked at load, not only the one a later `mmbench run --tier` asks for
     ("name: x\ntiers: {quick: {train: {epochs: ten}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "experiments[0] (e, mopoe).train.epochs: expected an integer, got 'ten'"),
@@ -378,3 +383,13 @@ def test_set_refuses_what_each_experiment_of_a_suite_sets(tmp_path, given, by):
         suite.runs("full", overrides=given)
     wanted = suite.runs("full", overrides={"eval": {"metrics": ["coherence"]}, "variant": "extended"})  # still allowed
     assert {(r.eval.metrics[0], r.variant) for r in wanted} == {("coherence", "extended")}
+
+
+def test_a_set_value_that_is_not_yaml_is_taken_as_written():
+    assert parse_overrides(["method.options.schedule=[a"]) == {"method": {"options": {"schedule": "[a"}}}
+
+
+def test_human_seconds_switches_units_at_two_minutes_and_two_hours():
+    from mmbench.suite import human_seconds
+
+    assert [human_seconds(s) for s in (119, 120, 7199, 7200)] == ["119 s", "2 min", "120 min", "2.0 h"]

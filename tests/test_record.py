@@ -536,3 +536,37 @@ def test_import_refuses_a_bundled_run_without_metrics(tmp_path):
     with pytest.raises(MMBenchError, match=f"run {run.id} has no metrics.json; it is not a finished run"):
         import_bundle(tmp_path / "y.tar.gz", tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_read_bundle_refuses_a_link(tmp_path):
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as tin, tarfile.open(tmp_path / "y.tar.gz", "w:gz") as tout:
+        for m in tin.getmembers():
+            tout.addfile(m, tin.extractfile(m))
+        link = tarfile.TarInfo(f"runs/{run.id}/artifacts/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tout.addfile(link)
+    with pytest.raises(MMBenchError, match=rf"holds 'runs/{run.id}/artifacts/passwd', which is not a plain file"):
+        import_bundle(tmp_path / "y.tar.gz", tmp_path / "b")
+
+
+def test_import_never_replaces_a_run_that_appears_while_it_unpacks(tmp_path, monkeypatch):
+    import tempfile
+
+    import mmbench.bundle as bundle
+
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    b = tmp_path / "b"
+    mkdtemp = tempfile.mkdtemp
+
+    def meanwhile(*args, **kw):  # another process finishes the same run here after import's check
+        (b / run.id).mkdir(parents=True)
+        (b / run.id / "metrics.json").write_text("theirs")
+        return mkdtemp(*args, **kw)
+
+    monkeypatch.setattr(bundle.tempfile, "mkdtemp", meanwhile)
+    with pytest.raises(OSError):
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert (b / run.id / "metrics.json").read_text() == "theirs" and not list(b.glob(".import-*"))

@@ -340,3 +340,19 @@ def test_a_lock_file_without_a_pid_yet_counts_as_held_here(tmp_path):
     assert run.held_here()
     (run.dir / "run.lock").write_text("999999999")
     assert not run.held_here()
+
+
+def test_metrics_scored_before_eval_classifiers_existed_count_as_mmbench_off(tmp_path):
+    """A metrics.json with classifier_ap (multi-label coherence) but no classifier_set was scored by mmbench's."""
+    run = fake_run(tmp_path, 0)
+    run.write_metrics({"coherence_ap/joint": 0.3}, classifier_ap={"m0": 0.9})
+    assert run.scored_with() == "mmbench-off" and run.status() == "done"
+
+
+def test_the_scoring_wanted_of_a_run_set_aside_reads_the_evaluation_kept(tmp_path):
+    """An evaluation without coherence, set aside: its config wants it back as "fp32" (no classifiers), not
+    "mmbench-off", so bring_back finds it."""
+    run = fake_run(tmp_path, 0)  # scored without classifiers
+    run.metrics_path.replace(run.dir / "metrics.fp32.json")
+    assert run.scoring_wanted() == "fp32" and run.status() == "rescore"
+    assert run.bring_back(run.scoring_wanted()) and run.status() == "done"
