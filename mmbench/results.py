@@ -255,8 +255,9 @@ def left_out_because(e: MMBenchError) -> str:
     if isinstance(e, RecordError):
         name = Path(e.where).name
         return f"{name} unreadable ({e.problem}): {RECORD_FIXES[name]}"
-    if isinstance(e, ConfigError):
-        return f"its config no longer validates ({e.problem})"
+    if isinstance(e, ConfigError):  # e.where: the file's path, then the setting (e.g. ...config.yaml.train.select)
+        setting = e.where.rsplit("config.yaml", 1)[-1].lstrip(".")
+        return f"its config no longer validates ({setting + ': ' if setting else ''}{e.problem})"
     return str(e)
 
 

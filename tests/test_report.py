@@ -543,7 +543,7 @@ def test_a_run_whose_config_no_longer_validates_is_left_out_not_fatal(tmp_path):
     (old.dir / "config.yaml").write_text(_yaml.safe_dump(raw))
     rep = build_report(runs, None)
     assert set(rep.frame["run"]) == {good.id}
-    assert dict(rep.skipped)[old.id].startswith("its config no longer validates (loglik needs normalised")
+    assert dict(rep.skipped)[old.id].startswith("its config no longer validates (eval.metrics[0]: loglik needs normalised")
 
 
 def test_for_each_over_a_list_valued_setting(tmp_path):

@@ -356,3 +356,15 @@ def test_the_scoring_wanted_of_a_run_set_aside_reads_the_evaluation_kept(tmp_pat
     run.metrics_path.replace(run.dir / "metrics.fp32.json")
     assert run.scoring_wanted() == "fp32" and run.status() == "rescore"
     assert run.bring_back(run.scoring_wanted()) and run.status() == "done"
+
+
+def test_report_says_why_a_config_that_no_longer_validates_is_left_out(tmp_path):
+    from mmbench.results import load_runs
+
+    good, old = fake_run(tmp_path, 0), fake_run(tmp_path, 1)
+    cfg = old.dir / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("select: last", "select: newest"))
+    skipped = []
+    assert [r["id"] for r in load_runs(tmp_path, skipped)] == [good.id]
+    assert skipped == [(old.id, "its config no longer validates (train.select: 'newest' is not allowed; choose one of: "
+                                "last, best_test_loss)")]
