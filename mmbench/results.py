@@ -489,7 +489,8 @@ class Run:
 
 def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str, str]]] = None) -> List[Dict[str, Any]]:
     """Every finished run: {"id", "config", "tables", "metrics", "extra", "provenance"}. Left out, with (directory,
-    reason) appended to `skipped`: a directory read_run refuses (a record file that cannot be read, a config that
+    reason) appended to `skipped`: a directory with metrics.json that read_run refuses (a record file missing or that
+    cannot be read, a config that
     no longer validates or no longer hashes to its name: not the run this mmbench would make) and a run whose
     metrics were scored otherwise than its config now asks (status rescore: its numbers would be reported under
     settings they were not made with)."""
@@ -498,7 +499,7 @@ def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str,
     if not root.exists():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not ((d / "metrics.json").exists() and (d / "config.yaml").exists()):
+        if not (d / "metrics.json").exists():  # unfinished; metrics.json without config.yaml is listed (read_run)
             continue
         try:
             run = read_run(d)

@@ -368,3 +368,14 @@ def test_report_says_why_a_config_that_no_longer_validates_is_left_out(tmp_path)
     assert [r["id"] for r in load_runs(tmp_path, skipped)] == [good.id]
     assert skipped == [(old.id, "its config no longer validates (train.select: 'newest' is not allowed; choose one of: "
                                 "last, best_test_loss)")]
+
+
+def test_report_lists_a_finished_run_whose_config_yaml_is_lost(tmp_path):
+    """Before: passed over in silence (the report neither showed it nor said why), while export listed it."""
+    from mmbench.results import load_runs
+
+    good, lost = fake_run(tmp_path, 0), fake_run(tmp_path, 1)
+    (lost.dir / "config.yaml").unlink()
+    skipped = []
+    assert [r["id"] for r in load_runs(tmp_path, skipped)] == [good.id]
+    assert skipped == [(lost.id, "config.yaml unreadable (missing): put a good copy back, or delete the run directory")]
