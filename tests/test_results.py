@@ -379,3 +379,12 @@ def test_report_lists_a_finished_run_whose_config_yaml_is_lost(tmp_path):
     skipped = []
     assert [r["id"] for r in load_runs(tmp_path, skipped)] == [good.id]
     assert skipped == [(lost.id, "config.yaml unreadable (missing): put a good copy back, or delete the run directory")]
+
+
+def test_the_lock_file_holds_only_its_holders_pid(tmp_path):
+    import os
+
+    run = fake_run(tmp_path, 0)
+    (run.dir / "run.lock").write_text("999999999")  # left by an earlier holder
+    with run.lock():
+        assert (run.dir / "run.lock").read_text() == str(os.getpid()) and run.held_here()
