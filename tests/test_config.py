@@ -103,6 +103,12 @@ def test_good_suite_expands(tmp_path):
      "experiments[0].reproduces: expected a list of strings, got 'MoPoE Table 3'"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {method: {architecture: nope}}}]",
      "method.architecture: unknown architecture 'nope'; choose one of: "),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits}]",
+     "experiments[0].methods: missing; every experiment needs name, dataset and methods"),
+    ("name: x\ntiers: [smoke]\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers: must be a mapping of tier name to overrides"),
+    ("name: x\ntiers: {quick: {method_overrides: [mopoe]}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
+     "tiers.quick.method_overrides: must be a mapping of method name to overrides"),
     # every tier is checked at load, not only the one a later `mmbench run --tier` asks for
     ("name: x\ntiers: {quick: {train: {epochs: ten}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "experiments[0] (e, mopoe).train.epochs: expected an integer, got 'ten'"),
@@ -393,3 +399,9 @@ def test_human_seconds_switches_units_at_two_minutes_and_two_hours():
     from mmbench.suite import human_seconds
 
     assert [human_seconds(s) for s in (119, 120, 7199, 7200)] == ["119 s", "2 min", "120 min", "2.0 h"]
+
+
+def test_authors_classifiers_are_refused_for_a_dataset_they_do_not_cover():
+    with pytest.raises(ConfigError, match="^eval.classifiers: the MoPoE authors distribute no classifiers for rats; use mmbench$"):
+        build_run_config({"dataset": "rats", "variant": "simulated", "method": {"name": "aggregated"},
+                          "eval": {"classifiers": "authors", "metrics": ["reconstruction"]}})

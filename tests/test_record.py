@@ -525,15 +525,16 @@ def test_export_leaves_large_artifacts_behind(tmp_path, monkeypatch):
     assert "artifacts/small.npz" in files and "artifacts/large.npz" not in files
 
 
-def test_import_refuses_a_bundled_run_without_metrics(tmp_path):
+@pytest.mark.parametrize("need", ["metrics.json", "config.yaml"])
+def test_import_refuses_a_bundled_run_without_metrics_or_config(tmp_path, need):
     run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
     with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as tin:
         files = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
     manifest = json.loads(files.pop("bundle.json"))
-    del manifest["runs"][run.id]["files"]["metrics.json"], files[f"runs/{run.id}/metrics.json"]
+    del manifest["runs"][run.id]["files"][need], files[f"runs/{run.id}/{need}"]
     _write_tar(tmp_path / "y.tar.gz", [("bundle.json", json.dumps(manifest).encode()), *files.items()])
-    with pytest.raises(MMBenchError, match=f"run {run.id} has no metrics.json; it is not a finished run"):
+    with pytest.raises(MMBenchError, match=f"run {run.id} has no {need}; it is not a finished run"):
         import_bundle(tmp_path / "y.tar.gz", tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
@@ -570,3 +571,10 @@ def test_import_never_replaces_a_run_that_appears_while_it_unpacks(tmp_path, mon
     with pytest.raises(OSError):
         import_bundle(tmp_path / "x.tar.gz", b)
     assert (b / run.id / "metrics.json").read_text() == "theirs" and not list(b.glob(".import-*"))
+
+
+def test_export_refuses_a_directory_as_the_bundle(tmp_path):
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(MMBenchError, match="out is a directory; name the bundle file to write, e.g. .*results.tar.gz"):
+        export_runs(tmp_path / "a", tmp_path / "out", force=True)
