@@ -174,6 +174,8 @@ def load_suite(path: str | Path) -> Suite:
         for req in ("name", "dataset", "methods"):
             if not getattr(exp, req):
                 raise ConfigError(f"{where}.{req}", "missing; every experiment needs name, dataset and methods")
+        if not exp.seeds:  # would make no runs, and say nothing
+            raise ConfigError(f"{where}.seeds", "must be a non-empty list of seeds, e.g. [0, 1, 2]")
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")

@@ -109,6 +109,8 @@ def test_good_suite_expands(tmp_path):
      "tiers: must be a mapping of tier name to overrides"),
     ("name: x\ntiers: {quick: {method_overrides: [mopoe]}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "tiers.quick.method_overrides: must be a mapping of method name to overrides"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], seeds: []}]",
+     "experiments[0].seeds: must be a non-empty list of seeds, e.g. [0, 1, 2]"),
     # every tier is checked at load, not only the one a later `mmbench run --tier` asks for
     ("name: x\ntiers: {quick: {train: {epochs: ten}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "experiments[0] (e, mopoe).train.epochs: expected an integer, got 'ten'"),
