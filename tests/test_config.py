@@ -407,3 +407,15 @@ def test_authors_classifiers_are_refused_for_a_dataset_they_do_not_cover():
     with pytest.raises(ConfigError, match="^eval.classifiers: the MoPoE authors distribute no classifiers for rats; use mmbench$"):
         build_run_config({"dataset": "rats", "variant": "simulated", "method": {"name": "aggregated"},
                           "eval": {"classifiers": "authors", "metrics": ["reconstruction"]}})
+
+
+def test_check_settings_checks_each_dotted_setting_as_set_does():
+    from mmbench.config import check_settings
+
+    check_settings({"method.beta": 2.5, "train.epochs": 3}, "cells[0].where")
+    with pytest.raises(ConfigError, match=r"^cells\[0\].where.method.beta: expected a number, got 'x'$"):
+        check_settings({"method.beta": "x"}, "cells[0].where")
+    with pytest.raises(ConfigError, match=r"^cells\[0\].where.method.betta: unknown field"):
+        check_settings({"method.betta": 1.0}, "cells[0].where")
+    with pytest.raises(ConfigError, match=r"^cells\[0\].where: must be a mapping of dotted config paths"):
+        check_settings(["method.beta"], "cells[0].where")

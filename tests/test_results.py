@@ -388,3 +388,14 @@ def test_the_lock_file_holds_only_its_holders_pid(tmp_path):
     (run.dir / "run.lock").write_text("999999999")  # left by an earlier holder
     with run.lock():
         assert (run.dir / "run.lock").read_text() == str(os.getpid()) and run.held_here()
+
+
+def test_report_lists_a_run_whose_config_yaml_is_no_mapping(tmp_path):
+    from mmbench.results import load_runs
+
+    run = fake_run(tmp_path, 0)
+    (run.dir / "config.yaml").write_text("- dataset: polydigits\n")
+    skipped = []
+    assert load_runs(tmp_path, skipped) == []
+    assert skipped == [(run.id, "config.yaml unreadable (not a mapping of run settings): put a good copy back, or "
+                                "delete the run directory")]
