@@ -419,3 +419,8 @@ def test_check_settings_checks_each_dotted_setting_as_set_does():
         check_settings({"method.betta": 1.0}, "cells[0].where")
     with pytest.raises(ConfigError, match=r"^cells\[0\].where: must be a mapping of dotted config paths"):
         check_settings(["method.beta"], "cells[0].where")
+
+
+def test_reconstruction_weights_name_modalities_of_the_run():
+    with pytest.raises(ConfigError, match=r"^method\.rec_weights\.m2: not a modality of this run; use some of: m0, m1$"):
+        build_run_config({"dataset": "polydigits", "modalities": ["m0", "m1"], "method": {"rec_weights": {"m2": 2.0}}})
