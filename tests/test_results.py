@@ -399,3 +399,14 @@ def test_report_lists_a_run_whose_config_yaml_is_no_mapping(tmp_path):
     assert load_runs(tmp_path, skipped) == []
     assert skipped == [(run.id, "config.yaml unreadable (not a mapping of run settings): put a good copy back, or "
                                 "delete the run directory")]
+
+
+def test_a_failure_after_the_new_metrics_are_written_keeps_them(tmp_path):
+    """Once the re-evaluation's metrics.json is written, a later failure does not bring the old one back over it."""
+    run = fake_run(tmp_path, 0)
+    with pytest.raises(RuntimeError):
+        with run.scoring_aside():
+            run.write_metrics({"coherence/joint": 0.9}, eval_precision="fp32")
+            raise RuntimeError("failed after the metrics were written")
+    assert json.loads(run.metrics_path.read_text())["metrics"] == {"coherence/joint": 0.9}
+    assert json.loads((run.dir / "metrics.fp32.json").read_text())["metrics"] == {"coherence/joint": 0.3}
