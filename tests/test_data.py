@@ -154,12 +154,18 @@ def test_extended_corner_digits_show_their_ring_pair_label():
     masks, extra = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(2))
     corner = extra["corner"]
     assert not (digits[:, :10] > 128).any()
+    shown = {}  # (tuple, ring pair, modality) -> the pasted source
     for t in range(len(tuples)):
         for m in range(5):
             for p, cols in (((m - 1) % 5, slice(0, 10)), (m, slice(18, 28))):
                 src = keys.get(masks[t, m, :10, cols].tobytes())
                 assert src is not None, (t, m, p)
                 assert labels[src] == corner[t, p], (t, m, p)
+                shown[t, p, m] = src
+    # each corner digit is a random instance of its label, drawn per modality: the two modalities of a ring pair
+    # show different handwritten instances (here 4 per label) in most tuples
+    differ = [shown[t, p, p] != shown[t, p, (p + 1) % 5] for t in range(len(tuples)) for p in range(5)]
+    assert np.mean(differ) > 0.5
 
 
 def test_polydigits_sources_split_is_disjoint():
@@ -495,3 +501,87 @@ def test_a_subset_of_every_row_is_the_split_itself_unless_shuffled(data_root):
     split = load_split(DATASETS.get("polydigits")(), "vanilla", "test", data_root)
     assert all(split.subset(n) is split for n in (len(split), len(split) + 1, None))
     assert not torch.equal(split.subset(len(split), keep_order=False).labels, split.labels)
+
+
+# ----- the PolyMNIST recipe: behaviours a second mutation pass found unguarded -----
+class Arrays:
+    """A stand-in for the array writer a build writes to: the arrays by key, in memory."""
+
+    def __init__(self, raw_root=None):
+        self.raw_root, self.arrays = raw_root, {}
+
+    def write(self, key, array):
+        self.arrays[key] = np.array(array)
+
+
+def test_resize_digits_is_bilinear_on_pixel_centres_and_rounded():
+    # polygen.resize_digits: bilinear with align_corners=False, i.e. output pixel k of n samples the source at
+    # (k + 0.5) · 28 / n − 0.5; a linear ramp stays linear under bilinear interpolation, so each output pixel is
+    # round(5 x + 3 y) at its sampled (y, x) (never halfway between two integers at these sizes)
+    r, c = np.mgrid[0:28, 0:28]
+    digit = (5 * c + 3 * r).astype(np.uint8)[None]
+    for size in (polygen.TRANSLATE_SIZE, polygen.CORNER_SIZE):
+        s = (np.arange(size) + 0.5) * 28 / size - 0.5
+        expected = np.rint(5 * s[None, :] + 3 * s[:, None])
+        assert np.array_equal(polygen.resize_digits(digit, size)[0], expected), size
+
+
+def test_translated_digits_are_binarised_strictly_above_128():
+    # polygen docstring: the digit is binarised at > 128 (a flat 128 digit scales to a flat 128: no digit pixel)
+    digits = np.stack([np.full((28, 28), 128, np.uint8), np.full((28, 28), 129, np.uint8)])
+    labels = np.arange(2)
+    tuples = polygen.pair_indices(labels, 2, 1, np.random.default_rng(0))
+    masks, _ = polygen.digit_masks(digits, labels, tuples, "translated", np.random.default_rng(0))
+    assert masks[0].sum() == 0 and (masks[1].sum((1, 2)) == 21 * 21).all()
+
+
+def test_extended_corner_digits_never_erase_the_main_digit():
+    # polygen docstring: the corner digits are added to the vanilla image, "the main digit is untouched". Digits
+    # inked on rows 0..13: a 10×10 corner copy is inked on its rows 0..4 only, so the extended mask is the main one
+    digits = np.zeros((20, 28, 28), np.uint8)
+    digits[:, :14] = 255
+    labels = np.repeat(np.arange(10), 2)
+    tuples = polygen.pair_indices(labels, 5, 1, np.random.default_rng(0))
+    small = polygen.resize_digits(digits[:1], polygen.CORNER_SIZE)[0] > 128
+    assert small[:5].all() and not small[5:].any()
+    masks, _ = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(1))
+    assert np.array_equal(masks, digits[tuples] > 128)
+
+
+def test_background_crops_are_uniform_over_the_official_offset_range_of_each_axis():
+    # polygen.compose (MoPoE _add_background_image): a 28×28 crop at row offset randint(0, H − 28) and column offset
+    # randint(0, W − 28), upper bounds exclusive. A 31×45 background whose pixel (y, x) holds (y, x, 7) tells each
+    # crop's offset; without a digit the image is the crop itself
+    H, W = 31, 45
+    y, x = np.mgrid[0:H, 0:W]
+    bg = np.stack([y, x, np.full_like(y, 7)], axis=-1).astype(np.uint8)
+    masks = np.zeros((400, 1, 28, 28), bool)
+    (img,) = polygen.compose(masks, [bg], np.random.default_rng(0))
+    ys, xs = img[:, 0, 0, 0].astype(int), img[:, 1, 0, 0].astype(int)
+    for t in range(len(img)):
+        assert np.array_equal(img[t], bg[ys[t]:ys[t] + 28, xs[t]:xs[t] + 28].transpose(2, 0, 1)), t
+    assert set(ys.tolist()) == set(range(H - 28)) and set(xs.tolist()) == set(range(W - 28))
+
+
+def test_polydigits_backgrounds_deviate_from_their_base_colour_by_the_amplitude():
+    # polydigits.BG_AMPLITUDE: the texture's peak deviation from the base colour (0.08 · 255 = 20.4 grey levels)
+    from mmbench.data.polydigits import BG_AMPLITUDE, PALETTE
+
+    for m, img in enumerate(make_backgrounds(5, np.random.default_rng(3))):
+        dev = np.abs(img.astype(float) - 255 * np.array(PALETTE[m]))
+        assert 255 * BG_AMPLITUDE - 1 <= dev.max() <= 255 * BG_AMPLITUDE + 0.5, (m, dev.max())
+
+
+def test_polydigits_build_follows_its_seed(monkeypatch):
+    # polydigits docstring: the split, the backgrounds and the generation are all seeded by the build's seed
+    _, labels = source_digits()
+    assert not np.array_equal(split_sources(labels, 0.2, 0)[1], split_sources(labels, 0.2, 1)[1])
+    spec = DATASETS.get("polydigits")()
+    monkeypatch.setattr(spec, "multiplicity", {"train": 1, "test": 1})
+    built = []
+    for seed in (0, 1):  # (the same seed rebuilding byte-identical arrays: test_prepare_is_idempotent_seeded_and_verified)
+        out = Arrays()
+        spec.build(out, "vanilla", seed, {}, lambda *a: None)
+        built.append(out.arrays)
+    for key in ("backgrounds", "train_m0", "test_m0"):
+        assert not np.array_equal(built[0][key], built[1][key]), key
