@@ -148,3 +148,111 @@ def test_an_unreadable_background_is_one_line(tmp_path):
     (bg / "2.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(MMBenchError, match=r"2.jpg \(from --backgrounds\) is not a readable image .*replace it"):
         polymnist.load_backgrounds(bg, 5)
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def png_bytes(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_archive_labels_are_the_file_names_digit_and_images_keep_their_orientation(tmp_path):
+    # polymnist docstring: MMNIST/<split>/m<m>/<i>.<digit>.png, the label is <digit> (not tied to <i>); images are
+    # stored channel, row, column
+    names = ["0.7.png", "1.0.png", "2.3.png"]
+    r, c = np.mgrid[0:28, 0:28]
+    path = tmp_path / "PolyMNIST.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for m in range(5):
+            img = np.stack([9 * r, 9 * c, np.full_like(r, 40 * m)], axis=-1).astype(np.uint8)  # R = 9·row, G = 9·col
+            for name in names:
+                zf.writestr(f"MMNIST/test/m{m}/{name}", png_bytes(img))
+    out = polymnist.read_archive(path, 5, {"test": 3}, lambda *a: None)["test"]
+    assert out["labels"].tolist() == [7, 0, 3]
+    for m in range(5):
+        assert out[f"m{m}"].shape == (3, 3, 28, 28)
+        assert np.array_equal(out[f"m{m}"][1], np.stack([9 * r, 9 * c, np.full_like(r, 40 * m)]).astype(np.uint8))
+
+
+def test_archive_modalities_with_other_file_names_are_refused(tmp_path):
+    # polymnist docstring: identical file names across modalities pair the modalities; a mismatch cannot be paired
+    img = np.zeros((28, 28, 3), np.uint8)
+    path = tmp_path / "PolyMNIST.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for m in range(5):
+            for name in ("0.7.png", "1.0.png" if m != 2 else "5.0.png"):
+                zf.writestr(f"MMNIST/test/m{m}/{name}", png_bytes(img))
+    with pytest.raises(MMBenchError, match="MMNIST/test/m2 has other file names than m0"):
+        polymnist.read_archive(path, 5, {"test": 2}, lambda *a: None)
+    # the same images outside MMNIST/ are not the archive's layout
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        for m in range(5):
+            for name in ("0.7.png", "1.0.png"):
+                zf.writestr(f"PolyMNIST/Other/test/m{m}/{name}", png_bytes(img))
+    with pytest.raises(MMBenchError, match="MMNIST/test/m0 holds 0 images, expected 2"):
+        polymnist.read_archive(other, 5, {"test": 2}, lambda *a: None)
+
+
+def write_backgrounds(directory, names):
+    """Flat-coloured 40×40 JPEGs, file i in `names` of grey level 20 + 40·i."""
+    directory.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((40, 40, 3), 20 + 40 * i, np.uint8)).save(directory / name, quality=95)
+    return directory
+
+
+def test_backgrounds_are_the_first_five_jpgs_in_sorted_order(tmp_path):
+    # polymnist docstring: --backgrounds DIR, the first five *.jpg in sorted order, modality m using the m-th
+    names = ["e.jpg", "a.jpg", "f.jpg", "c.jpg", "b.jpg", "d.jpg"]  # written out of order
+    bg = write_backgrounds(tmp_path / "bg", names)
+    images, digests = polymnist.load_backgrounds(bg, 5)
+    level = {n: 20 + 40 * i for i, n in enumerate(names)}
+    assert [abs(int(im.mean()) - level[n]) <= 2 for im, n in zip(images, ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"])] == [True] * 5
+    assert sorted(digests) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+
+
+@pytest.fixture()
+def mnist_source(tmp_path, monkeypatch):
+    """Tiny MNIST IDX files: 30 train digits, 20 test digits whose first half are classes 0-4 and second half 5-9."""
+    from test_download import write_idx
+
+    from mmbench.data import mnist
+
+    src = tmp_path / "mnist"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    labels = {"train": np.arange(30) % 10, "test": np.concatenate([np.arange(10) % 5, 5 + np.arange(10) % 5])}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        y = labels[split].astype(np.uint8)
+        x = np.zeros((len(y), 28, 28), np.uint8)
+        x[:, 6:22, 8:20] = rng.integers(129, 256, (len(y), 16, 12))
+        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", y)
+    for name in list(mnist.FILES):
+        import hashlib
+
+        monkeypatch.setitem(mnist.FILES, name, hashlib.md5((src / name).read_bytes()).hexdigest())
+    return src, {k: v.astype(int) for k, v in labels.items()}
+
+
+def test_rebuild_from_mnist_splits_multiplicity_and_backgrounds(tmp_path, mnist_source):
+    # polymnist docstring: --rebuild regenerates from the MNIST IDX files; multiplicity pairs the train split k times
+    # (test once); mnist_source=test-halves builds train from the test split's first half and test from its second;
+    # modality m's background is the m-th .jpg in sorted order
+    src, y = mnist_source
+    bg = write_backgrounds(tmp_path / "bg", [f"{i}.jpg" for i in range(5)])
+    spec = DATASETS.get("polymnist")()
+    opts = {"source": str(src), "backgrounds": str(bg), "rebuild": True, "multiplicity": 2}
+    for root, extra, train_y, test_y in (("a", {}, y["train"], y["test"]),
+                                         ("b", {"mnist_source": "test-halves"}, y["test"][:10], y["test"][10:])):
+        path = prepare(spec, "vanilla", seed=0, data_root=tmp_path / root, options={**opts, **extra})
+        assert read_manifest(path)["counts"] == {"train": 2 * len(train_y), "test": len(test_y)}
+        train, test = (load_split(spec, "vanilla", s, tmp_path / root) for s in ("train", "test"))
+        assert np.array_equal(np.bincount(train.labels.numpy(), minlength=10), 2 * np.bincount(train_y, minlength=10))
+        assert np.array_equal(np.bincount(test.labels.numpy(), minlength=10), np.bincount(test_y, minlength=10))
+        for m in range(5):  # the background shows in the corner rows, which the fixture digits leave empty
+            assert abs(float(test.x[f"m{m}"][:, :, :4].float().median()) - (20 + 40 * m)) <= 2
+    with pytest.raises(MMBenchError, match="multiplicity must be a whole number >= 1"):
+        prepare(spec, "vanilla", data_root=tmp_path / "c", options={**opts, "multiplicity": 0})
