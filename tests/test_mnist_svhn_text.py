@@ -253,3 +253,77 @@ def test_pairing_rounds_draw_independent_matchings():
     lab = np.zeros(50, np.int64)
     i1, i2 = mst.pair(lab, lab.copy(), 10_000, 20, np.random.default_rng(0))
     assert len(set(zip(i1.tolist(), i2.tolist()))) > 500
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_pairing_keeps_the_first_images_of_each_class_in_file_order():
+    # mnist_svhn_text docstring (rand_match_on_idx): per class the first n = min(#MNIST, #SVHN, cap) indices in
+    # label-sorted order, i.e. the class's first n images in file order (a stable sort), each once per round
+    rng = np.random.default_rng(0)
+    l1, l2 = rng.integers(0, 3, 300), rng.integers(0, 3, 400)
+    i1, i2 = mst.pair(l1, l2, 20, 3, np.random.default_rng(1))
+    for c in range(3):
+        for idx, lab in ((i1, l1), (i2, l2)):
+            kept = idx[lab[idx] == c]
+            assert sorted(kept.tolist()) == sorted(np.tile(np.flatnonzero(lab == c)[:20], 3).tolist())
+
+
+def test_svhn_images_keep_rows_columns_and_channels(tmp_path):
+    # load_svhn: the .mat's X is rows × columns × channels × N; stored N × channels × rows × columns
+    x = np.zeros((32, 32, 3, 2), np.uint8)
+    x[3, 20, 1, 1] = 255  # image 1, row 3, column 20, green
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.array([[10], [4]])})
+    images, labels = mst.load_svhn(tmp_path / "test_32x32.mat")
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [0, 4]
+    assert images[1, 1, 3, 20] == 255 and int(images.astype(int).sum()) == 255
+
+
+def test_default_rounds_and_cap_are_the_authors_and_are_checked(tmp_path, raw, monkeypatch):
+    # mnist_svhn_text docstring: 20 pairings per class of at most 10,000 images by default; rounds and max_per_class
+    # below 1 are refused
+    src, truth = raw
+    seen = []
+    real_pair = mst.pair
+
+    def spy(l1, l2, cap, rounds, rng):
+        seen.append((cap, rounds))
+        return real_pair(l1, l2, cap, rounds, rng)
+
+    monkeypatch.setattr(mst, "pair", spy)
+    spec = DATASETS.get("mnist-svhn-text")()
+    path = prepare(spec, None, seed=0, data_root=tmp_path / "d", options={"source": str(src)})
+    assert seen == [(10_000, 20)] * 2
+    assert read_manifest(path)["counts"]["test"] == expected_count(*truth["test"], 10_000, 20)
+    for bad in ({"rounds": 0}, {"max_per_class": 0}):
+        with pytest.raises(MMBenchError, match="rounds and max_per_class must be whole numbers >= 1"):
+            prepare(spec, None, data_root=tmp_path / "x", options={"source": str(src), **bad})
+
+
+def test_reconstruction_weights_are_the_authors():
+    # MoPoE mnistsvhntext/experiment.py set_rec_weights: each modality weighted by 3,072 (SVHN's values) over its own
+    mods = {m.name: m for m in DATASETS.get("mnist-svhn-text")().modalities("default")}
+    assert (mods["mnist"].rec_weight, mods["svhn"].rec_weight, mods["text"].rec_weight) == (3072 / 784, 1.0, 3072 / 8)
+
+
+def test_idx_files_that_are_longer_of_an_unknown_type_or_unpaired_are_refused(tmp_path, monkeypatch):
+    # mnist.read_idx: the data must be exactly what the header promises, of a known IDX type; mnist.load: one label
+    # per image
+    from test_download import write_idx
+
+    write_idx(tmp_path / "y", np.array([3, 7], np.uint8))
+    (tmp_path / "long").write_bytes((tmp_path / "y").read_bytes() + b"\x00")
+    with pytest.raises(MMBenchError, match="IDX header promises 2 values"):
+        mnist.read_idx(tmp_path / "long")
+    data = bytearray((tmp_path / "y").read_bytes())
+    data[2] = 0x07
+    (tmp_path / "odd").write_bytes(bytes(data))
+    with pytest.raises(MMBenchError, match="not an IDX file"):
+        mnist.read_idx(tmp_path / "odd")
+    src = tmp_path / "src"
+    src.mkdir()
+    write_idx(src / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8))
+    write_idx(src / "t10k-labels-idx1-ubyte.gz", np.zeros(2, np.uint8))
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        monkeypatch.setitem(mnist.FILES, name, hashlib.md5((src / name).read_bytes()).hexdigest())
+    with pytest.raises(MMBenchError, match="MNIST test: 3 images but 2 labels"):
+        mnist.load("test", tmp_path / "raw", src)
