@@ -133,3 +133,44 @@ def test_attribute_text_of_exactly_256_characters_is_kept_whole():
     names = ["a" * 126, "b" * 128, "c"]  # 126 + 2 + 128 = 256; with ", c" it is 259
     text = celeba.attribute_text(names, np.array([1, 1, 1]), np.random.default_rng(0))
     assert text == "a" * 126 + ", " + "b" * 128
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_attribute_text_of_255_or_256_characters_starts_at_the_first_place():
+    # celeba.py docstring: 0 ≤ start < 255 − length; with no room left (length 255 or 256) the text starts at 0
+    for n in (255, 256):
+        names = ["a" * (n - 3), "b"]  # "aaa…, b": n characters
+        text = celeba.attribute_text(names, np.array([1, 1]), np.random.default_rng(0))
+        assert text == ("a" * (n - 3) + ", b").ljust(256, "*")
+
+
+def test_small_images_and_other_test_partitions_are_refused(tmp_path, source):
+    # celeba.py: the crop needs the aligned 218×178 image; test_partition is 1 or 2 (0 would test on the train split)
+    with pytest.raises(MMBenchError, match=r"shape \(100, 178, 3\) is smaller than the aligned 218×178"):
+        celeba.crop_resize(png(np.zeros((100, 178, 3), np.uint8)))
+    src, _ = source
+    for part in (0, 3):
+        with pytest.raises(MMBenchError, match=f"test_partition={part} is not allowed; choose 1 or 2"):
+            prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d",
+                    options={"source": str(src), "test_partition": part})
+
+
+def test_attribute_lists_with_missing_rows_or_values_are_refused(tmp_path, source, monkeypatch):
+    # celeba.read_attributes: the header's count of rows of 40 attributes each; an image of a used partition without
+    # its attributes is named, not a KeyError
+    src, attrs = source
+    lines = (src / "list_attr_celeba.txt").read_text().splitlines()
+    short = tmp_path / "short.txt"
+    short.write_text("\n".join(lines[:-1]) + "\n")  # 10 promised, 9 given
+    with pytest.raises(MMBenchError, match="expected 10 rows of 40 attributes"):
+        celeba.read_attributes(short)
+    narrow = tmp_path / "narrow.txt"
+    narrow.write_text("\n".join(lines[:3] + [lines[3].rsplit(" ", 1)[0]] + lines[4:]) + "\n")  # row 2: 39 values
+    with pytest.raises(MMBenchError, match="expected 10 rows of 40 attributes"):
+        celeba.read_attributes(narrow)
+    # 000005.jpg (partition 1, the test split) has no attribute row
+    (src / "list_attr_celeba.txt").write_text("\n".join(["9"] + lines[1:6] + lines[7:]) + "\n")
+    monkeypatch.setitem(celeba.FILES, "list_attr_celeba.txt",
+                        hashlib.md5((src / "list_attr_celeba.txt").read_bytes()).hexdigest())
+    with pytest.raises(MMBenchError, match=r"1 images of partition 1 are missing .* \(first: 000005.jpg\)"):
+        prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d", options={"source": str(src)})
