@@ -233,3 +233,94 @@ def test_mmvamp_separates_simulated_odors_better_than_chance(simulated, tmp_path
     test = load_split(DATASETS.get("rats")(), "simulated", "test", simulated)
     majority = np.bincount(test.labels.numpy()).max() / len(test)
     assert metrics["latent_acc_by_n/1"] > majority + 0.1, (metrics, majority)
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_correct_in_sequence_keeps_only_trials_both_correct_and_in_sequence():
+    # rats docstring (Shahbaba et al.'s filter): performance (column 1) and in-sequence (column 2) both 1
+    rows = [[1, 1], [1, 0], [0, 1], [0, 0], [1, 1]]  # odor A; only trials 0 and 4 pass
+    table = np.array([[p, s, 1, 1, t + 1, 1, 1.2, 0, 1] for t, (p, s) in enumerate(rows)]
+                     + [[1, 1, o, o, 6 + o, 1, 1.2, 0, 1] for o in (2, 3, 4)], np.float64)
+    pairs = rats.pair_trials({rat: table for rat in rats.RATS}, "correct_in_sequence")
+    assert pairs[0]["barat"].tolist() == [0, 4]
+    assert [p["mitt"].tolist() for p in pairs[1:]] == [[5], [6], [7]]
+    assert rats.pair_trials({rat: table for rat in rats.RATS}, "all")[0]["stella"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_held_out_split_keeps_a_lone_trial_of_an_odor_in_train():
+    # rats.split_trials: 20 % of each odor's trials (at least one) held out, except an odor with a single trial
+    labels = np.array([0] * 10 + [1] + [2] * 3)
+    for seed in range(5):
+        train, test = rats.split_trials(labels, "held_out", seed)
+        assert 10 in train and 10 not in test
+        assert np.bincount(labels[test], minlength=3).tolist() == [2, 0, 1]
+        assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(labels)))
+
+
+def test_held_out_split_follows_the_build_seed(tmp_path):
+    # rats docstring: split held_out is a *seeded* 20 % of the paired trials: the prepare seed picks them
+    tiny_deposit(tmp_path / "src")
+    spec = DATASETS.get("rats")()
+    held = []
+    for seed in (3, 4):
+        prepare(spec, "deposit", seed=seed, data_root=tmp_path / str(seed), options={"source": str(tmp_path / "src")})
+        held.append(set(load_split(spec, "deposit", "test", tmp_path / str(seed)).extra_labels["trial"].tolist()))
+    assert held[0] != held[1]
+
+
+def test_values_beyond_uint8_counts_odd_odors_and_duplicate_files_are_refused(tmp_path):
+    # rats.to_counts: counts are stored as uint8 (a 256 would wrap to 0); check_trial_info: odor 1..5;
+    # find_deposit: one copy of each file
+    assert rats.to_counts(np.array([25.5]), "x").tolist() == [255]
+    with pytest.raises(MMBenchError, match="not spike counts / 10"):
+        rats.to_counts(np.array([25.6]), "x")
+    table = np.array([[1, 1, 1, 1, 1, 1, 1.2, 0, 1], [1, 1, 1, 6, 2, 1, 1.2, 0, 1]], np.float64)
+    with pytest.raises(MMBenchError, match="odor \\(column 4\\) must be 1..5"):
+        rats.check_trial_info(table, "t.npy")
+    tiny_deposit(tmp_path / "src", n_trials=4)
+    copy = tmp_path / "src" / "copy"
+    copy.mkdir()
+    np.save(copy / "mitt_trial_info.npy", np.zeros((1, 9)))
+    with pytest.raises(MMBenchError, match="two copies of mitt_trial_info.npy"):
+        rats.find_deposit(tmp_path / "src")
+
+
+def test_simulated_deposit_follows_the_seed(tmp_path):
+    # rats docstring: the simulated deposit is seeded: the same seed writes the same spikes, another seed others
+    tables = rats.trial_tables(None, 0)[0]
+    tables = {rat: t[:8] for rat, t in tables.items()}
+    spikes = []
+    for i, seed in enumerate((0, 1, 0)):
+        rats.simulate_deposit(tmp_path / str(i), tables, seed)
+        spikes.append(np.load(tmp_path / str(i) / "Mitt" / "Mitt_spike_data_binned.npy"))
+    assert np.array_equal(spikes[0], spikes[2]) and not np.array_equal(spikes[0], spikes[1])
+    a, b, c = (rats.trial_tables(None, seed)[0]["barat"] for seed in (0, 1, 0))  # the synthetic trial tables too
+    assert np.array_equal(a, c) and not np.array_equal(a, b)
+
+
+def test_a_deposit_without_some_odor_in_some_rat_or_with_trial_info_is_refused(tmp_path):
+    # Rats.build: every odor A-D needs a paired trial; option trial_info belongs to the simulated variant
+    tiny_deposit(tmp_path / "src")
+    spec = DATASETS.get("rats")()
+    with pytest.raises(MMBenchError, match="option trial_info is for the simulated variant"):
+        prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src"), "trial_info": "x"})
+    path = tmp_path / "src" / "stattensor" / "STELLA" / "STELLA_trial_info.npy"
+    table = np.load(path)
+    table[table[:, 3] == 4, 3] = 5  # Stella never smells odor D
+    np.save(path, table)
+    with pytest.raises(MMBenchError, match=r"some odor has no all trial in some rat \(paired trials per odor: \[\d+, \d+, \d+, 0\]\)"):
+        prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+
+
+def test_simulator_caps_counts_and_rewrites_its_deposit(tmp_path):
+    # rats.simulate_spikes: Poisson counts, at most 10 per bin (values ≤ 1.0 in the deposit's unit), even at rates
+    # far above CA1's; simulate_deposit replaces what an earlier simulation left in its folder
+    table = rats.trial_tables(None, 0)[0]["superchris"][:6]
+    codes = np.random.default_rng(0).normal(0.0, 1.0, (5, 4))
+    x = rats.simulate_spikes(table, "superchris", codes, np.random.default_rng(1), gain=6.0)
+    assert x.max() == 1.0 and np.allclose(x * 10, np.rint(x * 10))
+    tables = {rat: t[:4] for rat, t in rats.trial_tables(None, 0)[0].items()}
+    rats.simulate_deposit(tmp_path / "sim", tables, 0)
+    (tmp_path / "sim" / "Mitt" / "stale.npy").write_bytes(b"old")
+    rats.simulate_deposit(tmp_path / "sim", tables, 0)
+    assert not (tmp_path / "sim" / "Mitt" / "stale.npy").exists() and len(rats.find_deposit(tmp_path / "sim")) == 5
