@@ -84,6 +84,7 @@ def test_pairing_keeps_class_and_uses_each_source_once_per_modality_and_round():
         block = tuples[r * len(labels):(r + 1) * len(labels)]
         for m in range(5):
             assert sorted(block[:, m]) == list(range(len(labels)))  # a permutation per modality
+    assert not np.array_equal(tuples[:len(labels)], tuples[len(labels):2 * len(labels)])  # fresh per round
     assert (tuples[:, 0] != tuples[:, 1]).any()  # modalities pair different instances
 
 
@@ -561,6 +562,8 @@ def test_background_crops_are_uniform_over_the_official_offset_range_of_each_axi
     for t in range(len(img)):
         assert np.array_equal(img[t], bg[ys[t]:ys[t] + 28, xs[t]:xs[t] + 28].transpose(2, 0, 1)), t
     assert set(ys.tolist()) == set(range(H - 28)) and set(xs.tolist()) == set(range(W - 28))
+    (other,) = polygen.compose(masks, [bg], np.random.default_rng(1))  # the offsets come from the generator
+    assert not np.array_equal(other[:, 0, 0, 0], img[:, 0, 0, 0]) and not np.array_equal(other[:, 1, 0, 0], img[:, 1, 0, 0])
 
 
 def test_polydigits_backgrounds_deviate_from_their_base_colour_by_the_amplitude():
@@ -585,3 +588,16 @@ def test_polydigits_build_follows_its_seed(monkeypatch):
         built.append(out.arrays)
     for key in ("backgrounds", "train_m0", "test_m0"):
         assert not np.array_equal(built[0][key], built[1][key]), key
+
+
+def test_each_modality_inverts_its_own_digit_over_its_own_background():
+    # polygen.compose: modality m's image is a crop of background m, inverted (255 − pixel) at modality m's digit
+    masks = np.zeros((3, 5, 28, 28), bool)
+    for m in range(5):
+        masks[:, m, m] = True  # modality m's digit: row m
+    bgs = [np.full((30, 30, 3), 20 + 40 * m, np.uint8) for m in range(5)]
+    imgs = polygen.compose(masks, bgs, np.random.default_rng(0))
+    for m in range(5):
+        expected = np.full((3, 3, 28, 28), 20 + 40 * m)
+        expected[:, :, m] = 255 - (20 + 40 * m)
+        assert np.array_equal(imgs[m], expected), m
