@@ -174,3 +174,12 @@ def test_attribute_lists_with_missing_rows_or_values_are_refused(tmp_path, sourc
                         hashlib.md5((src / "list_attr_celeba.txt").read_bytes()).hexdigest())
     with pytest.raises(MMBenchError, match=r"1 images of partition 1 are missing .* \(first: 000005.jpg\)"):
         prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d", options={"source": str(src)})
+
+
+def test_text_starts_follow_the_seed(tmp_path, source):
+    # celeba.py docstring: each text is placed at a *seeded* random start: the prepare seed draws the starts
+    src, _ = source
+    spec = DATASETS.get("celeba")()
+    sha = [read_manifest(prepare(spec, None, seed=s, data_root=tmp_path / str(i), options={"source": str(src)}))
+           ["arrays"]["train_text"]["sha256"] for i, s in enumerate((0, 1, 0))]
+    assert sha[0] == sha[2] != sha[1]

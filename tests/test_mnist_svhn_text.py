@@ -327,3 +327,14 @@ def test_idx_files_that_are_longer_of_an_unknown_type_or_unpaired_are_refused(tm
         monkeypatch.setitem(mnist.FILES, name, hashlib.md5((src / name).read_bytes()).hexdigest())
     with pytest.raises(MMBenchError, match="MNIST test: 3 images but 2 labels"):
         mnist.load("test", tmp_path / "raw", src)
+
+
+def test_pairing_and_text_follow_the_seed(tmp_path, raw):
+    # mnist_svhn_text docstring: the pairing and the text starts are seeded by the prepare seed
+    src, _ = raw
+    spec = DATASETS.get("mnist-svhn-text")()
+    opts = {"source": str(src), "rounds": 2, "max_per_class": 3}
+    arrays = [read_manifest(prepare(spec, None, seed=s, data_root=tmp_path / str(s), options=opts))["arrays"]
+              for s in (3, 4)]
+    for key in ("test_index_mnist", "test_index_svhn", "test_text"):
+        assert arrays[0][key]["sha256"] != arrays[1][key]["sha256"], key

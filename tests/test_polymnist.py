@@ -9,7 +9,7 @@ from PIL import Image
 
 from mmbench.config import EvalConfig
 from mmbench.data import polymnist
-from mmbench.data.base import load_split, prepare, read_manifest, save_preview
+from mmbench.data.base import dataset_dir, load_split, prepare, read_manifest, save_preview
 from mmbench.errors import MMBenchError
 from mmbench.metrics.classifiers import get_classifiers
 from mmbench.registry import DATASETS
@@ -227,7 +227,7 @@ def mnist_source(tmp_path, monkeypatch):
     for split, prefix in (("train", "train"), ("test", "t10k")):
         y = labels[split].astype(np.uint8)
         x = np.zeros((len(y), 28, 28), np.uint8)
-        x[:, 6:22, 8:20] = rng.integers(129, 256, (len(y), 16, 12))
+        x[:, 6:22, 8:20] = rng.integers(0, 256, (len(y), 16, 12))  # distinct digit masks
         write_idx(src / f"{prefix}-images-idx3-ubyte.gz", x)
         write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", y)
     for name in list(mnist.FILES):
@@ -256,3 +256,7 @@ def test_rebuild_from_mnist_splits_multiplicity_and_backgrounds(tmp_path, mnist_
             assert abs(float(test.x[f"m{m}"][:, :, :4].float().median()) - (20 + 40 * m)) <= 2
     with pytest.raises(MMBenchError, match="multiplicity must be a whole number >= 1"):
         prepare(spec, "vanilla", data_root=tmp_path / "c", options={**opts, "multiplicity": 0})
+    # seeded: another seed pairs and crops otherwise
+    other = prepare(spec, "vanilla", seed=1, data_root=tmp_path / "s1", options=opts)
+    arrays = [read_manifest(p)["arrays"] for p in (dataset_dir("polymnist", "vanilla", tmp_path / "a"), other)]
+    assert arrays[0]["test_m0"]["sha256"] != arrays[1]["test_m0"]["sha256"]
