@@ -277,6 +277,9 @@ def test_values_beyond_uint8_counts_odd_odors_and_duplicate_files_are_refused(tm
     table = np.array([[1, 1, 1, 1, 1, 1, 1.2, 0, 1], [1, 1, 1, 6, 2, 1, 1.2, 0, 1]], np.float64)
     with pytest.raises(MMBenchError, match="odor \\(column 4\\) must be 1..5"):
         rats.check_trial_info(table, "t.npy")
+    table[1, 3], table[1, 0] = 2, 2  # a performance flag of 2
+    with pytest.raises(MMBenchError, match="performance/in-sequence \\(columns 1-2\\) 0 or 1"):
+        rats.check_trial_info(table, "t.npy")
     tiny_deposit(tmp_path / "src", n_trials=4)
     copy = tmp_path / "src" / "copy"
     copy.mkdir()
@@ -324,3 +327,25 @@ def test_simulator_caps_counts_and_rewrites_its_deposit(tmp_path):
     (tmp_path / "sim" / "Mitt" / "stale.npy").write_bytes(b"old")
     rats.simulate_deposit(tmp_path / "sim", tables, 0)
     assert not (tmp_path / "sim" / "Mitt" / "stale.npy").exists() and len(rats.find_deposit(tmp_path / "sim")) == 5
+
+
+def test_each_rat_is_one_unweighted_sse_modality_of_its_neurons_by_ten_bins():
+    # Rats.modalities (mmvmvae-hippocampal spike_vae.py): summed squared error per rat, unweighted sum over rats
+    mods = DATASETS.get("rats")().modalities("deposit")
+    assert [(m.name, m.shape, m.likelihood, m.rec_weight) for m in mods] == [
+        (rat, (n, 10), "sse", 1.0) for rat, n in zip(rats.RATS, (92, 79, 104, 49, 46))]
+
+
+def test_a_simulated_build_follows_its_seed(tmp_path, monkeypatch):
+    # rats docstring: `prepare rats --simulate --seed S` simulates its deposit (and synthetic trial tables) from S
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for rat, table in rats.trial_tables(None, 0)[0].items():  # the same recorded tables for both seeds
+        np.save(tables / f"{rat}_trial_info.npy", table[:40])
+    spec = DATASETS.get("rats")()
+    files = []
+    for seed in (0, 1):
+        path = prepare(spec, "simulated", seed=seed, data_root=tmp_path / str(seed),
+                       options={"split": "in_sample", "trial_info": str(tables)})
+        files.append(read_manifest(path)["source"]["files"])
+    assert files[0]["mitt/Mitt_spike_data_binned.npy"] != files[1]["mitt/Mitt_spike_data_binned.npy"]
