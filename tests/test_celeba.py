@@ -183,3 +183,16 @@ def test_text_starts_follow_the_seed(tmp_path, source):
     sha = [read_manifest(prepare(spec, None, seed=s, data_root=tmp_path / str(i), options={"source": str(src)}))
            ["arrays"]["train_text"]["sha256"] for i, s in enumerate((0, 1, 0))]
     assert sha[0] == sha[2] != sha[1]
+
+
+def test_the_manifest_names_the_attributes_in_file_order(tmp_path, source, monkeypatch):
+    # celeba.py: labels are the 40 attributes in list_attr_celeba.txt's column order; the manifest's "attributes"
+    # names them in that order (the names a multilabel result is reported under)
+    src, _ = source
+    lines = (src / "list_attr_celeba.txt").read_text().splitlines()
+    names = NAMES[::-1]
+    (src / "list_attr_celeba.txt").write_text("\n".join([lines[0], " ".join(names)] + lines[2:]) + "\n")
+    monkeypatch.setitem(celeba.FILES, "list_attr_celeba.txt",
+                        hashlib.md5((src / "list_attr_celeba.txt").read_bytes()).hexdigest())
+    path = prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d", options={"source": str(src)})
+    assert read_manifest(path)["attributes"] == names

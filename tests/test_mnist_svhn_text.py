@@ -276,6 +276,9 @@ def test_svhn_images_keep_rows_columns_and_channels(tmp_path):
     images, labels = mst.load_svhn(tmp_path / "test_32x32.mat")
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [0, 4]
     assert images[1, 1, 3, 20] == 255 and int(images.astype(int).sum()) == 255
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": x})  # a .mat without labels
+    with pytest.raises(MMBenchError, match="has no X/y arrays; is it SVHN's train_32x32.mat"):
+        mst.load_svhn(tmp_path / "train_32x32.mat")
 
 
 def test_default_rounds_and_cap_are_the_authors_and_are_checked(tmp_path, raw, monkeypatch):

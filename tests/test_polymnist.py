@@ -193,6 +193,8 @@ def test_archive_modalities_with_other_file_names_are_refused(tmp_path):
                 zf.writestr(f"PolyMNIST/Other/test/m{m}/{name}", png_bytes(img))
     with pytest.raises(MMBenchError, match="MMNIST/test/m0 holds 0 images, expected 2"):
         polymnist.read_archive(other, 5, {"test": 2}, lambda *a: None)
+    with pytest.raises(MMBenchError, match="MMNIST/test/m0 holds 2 images, expected 1"):  # more than expected
+        polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
 
 
 def write_backgrounds(directory, names):

@@ -39,10 +39,13 @@ def tiny_deposit(root, n_trials=24, seed=0):
 def test_windows_and_pairing_on_a_known_pattern(tmp_path):
     tables = tiny_deposit(tmp_path / "src")
     spec = DATASETS.get("rats")()
-    prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src"), "split": "in_sample"})
+    path = prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src"), "split": "in_sample"})
     train = load_split(spec, "deposit", "train", tmp_path / "d")
     test = load_split(spec, "deposit", "test", tmp_path / "d")
     per_odor = [min(int((t[:, 3] == o).sum()) for t in tables.values()) for o in (1, 2, 3, 4)]
+    manifest = read_manifest(path)
+    assert manifest["paired_trials_per_odor"] == dict(zip("ABCD", per_odor)) and per_odor != sorted(per_odor)
+    assert manifest["protocol"] == {"trials": "all", "split": "in_sample", "test_fraction": None}
     assert len(train) == len(test) == 16 * sum(per_odor)  # in_sample: train = test = everything
     labels, window = train.labels.numpy(), train.extra_labels["window"].numpy()
     assert np.array_equal(labels, np.repeat(np.arange(4), 16 * np.array(per_odor)))
