@@ -601,3 +601,19 @@ def test_each_modality_inverts_its_own_digit_over_its_own_background():
         expected = np.full((3, 3, 28, 28), 20 + 40 * m)
         expected[:, :, m] = 255 - (20 + 40 * m)
         assert np.array_equal(imgs[m], expected), m
+
+
+def test_polydigits_sources_scale_the_16_grey_levels_to_0_255_rounded(monkeypatch):
+    # polydigits docstring: sklearn's 16 grey levels (0..16) scaled to 0..255: level k -> round(k · 255 / 16); a flat
+    # 8×8 image stays flat through the upsampling, so its 20×20 centre holds exactly that value
+    import types
+
+    import sklearn.datasets
+
+    levels = np.arange(17)
+    fake = types.SimpleNamespace(images=np.repeat(levels, 64).reshape(17, 8, 8).astype(float), target=levels % 10)
+    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda: fake)
+    digits, labels = source_digits()
+    assert labels.tolist() == (levels % 10).tolist()
+    expected = np.rint(levels * 255 / 16)
+    assert np.array_equal(digits[:, 4:24, 4:24].reshape(17, -1), np.repeat(expected[:, None], 400, axis=1))
