@@ -98,11 +98,10 @@ class Suite:
         for n in only or []:
             if n not in names:
                 raise ConfigError(f"{self.path}: --only", f"no experiment {n!r}; the suite has: {', '.join(names)}")
-        for key, by in SET_BY_FIELDS.items():  # --set seed was dropped; dataset, method.name, tables replaced every
-            # experiment's (a --set variant or eval.metrics is a wanted override, e.g. --only rats --set variant=simulated)
-            if key not in ("variant", "eval.metrics") and _holds(overrides or {}, key):
-                raise ConfigError(f"{self.path}: --set {key}", f"is set by each experiment's `{by}`; choose experiments "
-                                  f"with --only, or edit the suite")
+        # --set seed was dropped; dataset, method.name, tables replaced every experiment's (a --set variant or
+        # eval.metrics is a wanted override, e.g. --only rats --set variant=simulated)
+        refuse_set_by_fields(overrides, f"{self.path}: --set", "choose experiments with --only, or edit the suite",
+                             allow=("variant", "eval.metrics"))
         tier_cfg = dict(self.tiers.get(tier) or {})
         keep_seeds = tier_cfg.pop("seeds", None)
         tier_methods = tier_cfg.pop("method_overrides", None) or {}  # per method, over the tier's overrides
@@ -132,6 +131,16 @@ class Suite:
 # run settings an experiment names in its own fields (a sweep over them would silently replace those)
 SET_BY_FIELDS = {"dataset": "dataset", "variant": "variant", "seed": "seeds", "method.name": "methods",
                  "tables": "reproduces", "eval.metrics": "metrics"}
+
+
+def refuse_set_by_fields(d: Optional[Dict[str, Any]], where: str, fix: str, allow: tuple = ()) -> None:
+    """Refuse a block of settings that gives one an experiment's own field sets: merged over it, it would replace
+    that field for every run (dataset, method.name, tables), or be dropped in silence (seed; variant under an
+    experiment without one)."""
+    for key, by in SET_BY_FIELDS.items():
+        if key not in allow and _holds(d or {}, key):
+            name = f"{where} {key}" if where.endswith("--set") else f"{where}.{key}"
+            raise ConfigError(name, f"is set by each experiment's `{by}`; {fix}")
 
 
 def _holds(d: Dict[str, Any], dotted: str) -> bool:
@@ -179,6 +188,8 @@ def load_suite(path: str | Path) -> Suite:
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")
+            refuse_set_by_fields(exp.method_overrides[m], f"{where}.method_overrides.{m}", "set it there")
+        refuse_set_by_fields(exp.overrides, f"{where}.overrides", "set it there")
         for k, v in exp.sweep.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{where}.sweep.{k}", "must be a non-empty list of values")
@@ -212,6 +223,16 @@ def load_suite(path: str | Path) -> Suite:
             if m not in every_method:
                 raise ConfigError(f"{path}: tiers.{t}.method_overrides.{m}",
                                   f"not a method of any experiment: {', '.join(every_method)}")
+            refuse_set_by_fields(per_method[m], f"{path}: tiers.{t}.method_overrides.{m}",
+                                 "a tier changes how runs train and are scored, not which runs a suite has")
+        refuse_set_by_fields(tiers[t], f"{path}: tiers.{t}",
+                             "a tier changes how runs train and are scored, not which runs a suite has (`seeds: N` "
+                             "keeps each experiment's first N seeds)")
+    if not isinstance(raw.get("defaults") or {}, dict):
+        raise ConfigError(f"{path}: defaults", "must be a mapping of run settings (e.g. {train: {epochs: 10}})")
+    # eval.metrics is a default (an experiment's `metrics` replaces it); the others would be replaced or dropped
+    refuse_set_by_fields(raw.get("defaults"), f"{path}: defaults", "set it in each experiment",
+                         allow=("eval.metrics",))
     from .slurm import resolve_options
 
     resolve_options([(raw.get("slurm") or {}, f"{path}: slurm")])  # option names and types, checked now

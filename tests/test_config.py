@@ -1,4 +1,5 @@
 """Suites, overrides and names: every bad input gives one line naming the field and what is allowed."""
+import re
 import textwrap
 
 import pytest
@@ -424,3 +425,36 @@ def test_check_settings_checks_each_dotted_setting_as_set_does():
 def test_reconstruction_weights_name_modalities_of_the_run():
     with pytest.raises(ConfigError, match=r"^method\.rec_weights\.m2: not a modality of this run; use some of: m0, m1$"):
         build_run_config({"dataset": "polydigits", "modalities": ["m0", "m1"], "method": {"rec_weights": {"m2": 2.0}}})
+
+
+@pytest.mark.parametrize("block, where, by", [
+    ("defaults: {seed: 5}", "defaults.seed", "seeds"),
+    ("defaults: {variant: extended}", "defaults.variant", "variant"),
+    ("tiers: {smoke: {dataset: celeba}}", "tiers.smoke.dataset", "dataset"),
+    ("tiers: {quick: {method: {name: mvae}}}", "tiers.quick.method.name", "methods"),
+    ("tiers: {quick: {method_overrides: {mvae: {seed: 3}}}}", "tiers.quick.method_overrides.mvae.seed", "seeds"),
+    ("tiers: {full: {eval: {metrics: [coherence]}}}", "tiers.full.eval.metrics", "metrics"),
+])
+def test_a_suite_block_may_not_set_what_each_experiment_sets(tmp_path, block, where, by):
+    """A suite's defaults or a tier giving seed, dataset, variant, method.name, tables or (a tier) eval.metrics was
+    replaced by each experiment's field or replaced it for every experiment, in silence; refused when the suite loads,
+    naming the block."""
+    text = GOOD.replace("defaults: {train: {epochs: 1}, method: {latent_dim: 8}}", "").replace(
+        "tiers: {smoke: {seeds: 1, train: {max_train: 64}}}", block)
+    with pytest.raises(ConfigError, match=rf"suite.yaml: {re.escape(where)}: is set by each experiment's `{by}`"):
+        load_suite(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("block, where", [("overrides: {seed: 7}", "overrides.seed"),
+                                          ("overrides: {tables: [X]}", "overrides.tables"),
+                                          ("method_overrides: {mvae: {dataset: celeba}}", "method_overrides.mvae.dataset")])
+def test_an_experiment_s_overrides_may_not_set_its_own_fields(tmp_path, block, where):
+    text = GOOD.replace("method_overrides: {mvae: {method: {beta: 2.0}}}", block)
+    with pytest.raises(ConfigError, match=rf"experiments\[0\]\.{re.escape(where)}: is set by each experiment's"):
+        load_suite(write(tmp_path, text))
+
+
+def test_eval_metrics_stays_a_default_an_experiment_s_metrics_replaces(tmp_path):
+    text = GOOD.replace("defaults: {train: {epochs: 1}, method: {latent_dim: 8}}",
+                        "defaults: {train: {epochs: 1}, eval: {metrics: [coherence]}}")
+    assert {tuple(r.eval.metrics) for r in load_suite(write(tmp_path, text)).runs("full")} == {("coherence",)}
