@@ -196,3 +196,15 @@ def test_the_manifest_names_the_attributes_in_file_order(tmp_path, source, monke
                         hashlib.md5((src / "list_attr_celeba.txt").read_bytes()).hexdigest())
     path = prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d", options={"source": str(src)})
     assert read_manifest(path)["attributes"] == names
+
+
+def test_a_malformed_partition_line_is_one_line(tmp_path):
+    from mmbench.data.celeba import read_partition
+
+    path = tmp_path / "list_eval_partition.txt"
+    path.write_text("000001.jpg 0\n000002.jpg 2\n")
+    assert read_partition(path) == {"000001.jpg": 0, "000002.jpg": 2}
+    for bad in ("000003.jpg", "000003.jpg 1 x", "000003.jpg one"):  # were a ValueError traceback
+        path.write_text(f"000001.jpg 0\n{bad}\n")
+        with pytest.raises(MMBenchError, match=f"line 2: expected 'IMAGE.jpg PARTITION' .*got {bad!r}; replace it"):
+            read_partition(path)

@@ -256,9 +256,18 @@ def test_rebuild_from_mnist_splits_multiplicity_and_backgrounds(tmp_path, mnist_
         assert np.array_equal(np.bincount(test.labels.numpy(), minlength=10), np.bincount(test_y, minlength=10))
         for m in range(5):  # the background shows in the corner rows, which the fixture digits leave empty
             assert abs(float(test.x[f"m{m}"][:, :, :4].float().median()) - (20 + 40 * m)) <= 2
-    with pytest.raises(MMBenchError, match="multiplicity must be a whole number >= 1"):
-        prepare(spec, "vanilla", data_root=tmp_path / "c", options={**opts, "multiplicity": 0})
+    for bad in (0, "two", "1.5"):  # `-o multiplicity=two` was a ValueError traceback
+        with pytest.raises(MMBenchError, match=f"multiplicity={bad!r} is not allowed; give a whole number >= 1"):
+            prepare(spec, "vanilla", data_root=tmp_path / "c", options={**opts, "multiplicity": bad})
     # seeded: another seed pairs and crops otherwise
     other = prepare(spec, "vanilla", seed=1, data_root=tmp_path / "s1", options=opts)
     arrays = [read_manifest(p)["arrays"] for p in (dataset_dir("polymnist", "vanilla", tmp_path / "a"), other)]
     assert arrays[0]["test_m0"]["sha256"] != arrays[1]["test_m0"]["sha256"]
+
+
+def test_a_background_too_small_to_crop_is_one_line(tmp_path):
+    # a 28×28 crop must have room to move (exclusive upper bound); a 28-pixel image was a ValueError traceback
+    bg = write_backgrounds(tmp_path / "bg", [f"{i}.jpg" for i in range(5)])
+    Image.fromarray(np.zeros((28, 60, 3), np.uint8)).save(bg / "3.jpg")
+    with pytest.raises(MMBenchError, match=r"3.jpg \(from --backgrounds\) is 60×28 pixels; a background must be larger"):
+        polymnist.load_backgrounds(bg, 5)

@@ -57,10 +57,13 @@ def read_attributes(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
 
 def read_partition(path: Path) -> Dict[str, int]:
     out = {}
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
-            name, part = line.split()
-            out[name] = int(part)
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise MMBenchError(f"{path} line {i}: expected 'IMAGE.jpg PARTITION' (0, 1 or 2), got {line.strip()!r}; "
+                                   f"replace it with the file from the CelebA page")
+            out[fields[0]] = int(fields[1])
     return out
 
 

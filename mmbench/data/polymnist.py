@@ -46,6 +46,9 @@ def load_backgrounds(directory: Path, n: int) -> tuple:
         except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
             raise MMBenchError(f"{p} (from --backgrounds) is not a readable image ({brief(e)}); replace it with an "
                                f"intact copy") from None
+        if min(images[-1].shape[:2]) <= polygen.CANVAS:  # a 28×28 crop needs room to move (official code)
+            raise MMBenchError(f"{p} (from --backgrounds) is {images[-1].shape[1]}×{images[-1].shape[0]} pixels; "
+                               f"a background must be larger than {polygen.CANVAS}×{polygen.CANVAS} (use a photograph)")
     return images, {p.name: file_digest(p, "sha256") for p in paths[:n]}
 
 
@@ -61,11 +64,15 @@ def read_archive(path: Path, n_modalities: int, counts: Dict[str, int],
 
 
 def _read_archive(path, n_modalities, counts, progress):
+    with zipfile.ZipFile(path) as zf:
+        return _read_open_archive(zf, path, n_modalities, counts, progress)
+
+
+def _read_open_archive(zf, path, n_modalities, counts, progress):
     from io import BytesIO
 
     from PIL import Image
 
-    zf = zipfile.ZipFile(path)
     files: Dict[tuple, str] = {}
     for info in zf.infolist():
         parts = info.filename.split("/")
@@ -150,9 +157,13 @@ class PolyMNIST(DatasetSpec):
             raise MMBenchError(f"option mnist_source={mode!r} is not allowed; choose train-test or test-halves")
         rng = np.random.default_rng(seed)
         counts = {}
-        rounds = {"train": int(options.get("multiplicity", 1)), "test": 1}
+        try:
+            rounds = {"train": int(str(options.get("multiplicity", 1))), "test": 1}
+        except ValueError:
+            rounds = {"train": 0}
         if rounds["train"] < 1:
-            raise MMBenchError("option multiplicity must be a whole number >= 1")
+            raise MMBenchError(f"option multiplicity={options.get('multiplicity')!r} is not allowed; give a whole "
+                               f"number >= 1 (e.g. -o multiplicity=12)")
         for split, (digits, labels) in sources.items():
             arrays = polygen.generate(digits, labels, backgrounds, variant, rounds[split], rng,
                                       progress=lambda i, n, s=split: progress(f"polymnist {s}", i, n))
