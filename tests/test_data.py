@@ -371,6 +371,11 @@ def test_extended_corner_labels_cover_all_ten_classes():
     tuples = polygen.pair_indices(labels, 5, 5, np.random.default_rng(0))  # 100 tuples × 5 modalities
     _, extra = polygen.digit_masks(digits, labels, tuples, "extended", np.random.default_rng(1))
     assert set(np.unique(extra["corner"])) == set(range(10))
+    # a split lacking a class cannot draw its corner digits: one line naming it, not a KeyError
+    few = labels % 9
+    with pytest.raises(MMBenchError, match=r"needs digits of all ten classes in each split, this one has only \[0, 1, 2, 3, 4, 5, 6, 7, 8\]"):
+        polygen.digit_masks(digits, few, polygen.pair_indices(few, 5, 1, np.random.default_rng(0)), "extended",
+                            np.random.default_rng(1))
 
 
 # ----- behaviours a mutation pass found unguarded -----

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import MMBenchError
+
 VARIANTS = ("vanilla", "extended", "translated")
 CANVAS = 28
 TRANSLATE_SIZE = 21  # round(28 * 0.75), MM-VAMP App. B.2.1
@@ -76,6 +78,9 @@ def digit_masks(digits: np.ndarray, labels: np.ndarray, tuples: np.ndarray, vari
     if variant == "extended":
         small = resize_digits(digits, CORNER_SIZE) > 128
         by_class = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        if len(by_class) < 10:  # corner labels are drawn from all ten digits
+            raise MMBenchError(f"the extended variant needs digits of all ten classes in each split, this one has "
+                               f"only {sorted(by_class)}; build it from a larger source (every MNIST split has all ten)")
         corner = rng.integers(0, 10, size=(T, M))  # column p: label shared by modalities p and p+1
         for t in range(T):
             for m in range(M):
