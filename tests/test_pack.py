@@ -704,3 +704,37 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
     c = fake[0]["config"]
     assert seconds_per_sample(runs_dir, data_root) == {(c.dataset, c.variant, c.method.name): pytest.approx(1 / 50)}
+
+
+class _ScaledMean(torch.nn.Module):
+    """loss = w · (the batch's mean of x) + one standard normal from the noise source: a pack's runs differ in w."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def loss(self, x):
+        from mmbench.methods.base import randn_like
+
+        m = x["a"].mean()
+        return self.w * m + randn_like(m), {}
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_packed_test_loss_weights_each_batch_by_its_rows_and_seeds_each_run(monkeypatch, mode):
+    """pack._test_losses as train.test_loss: batches [1, 2], [3, 4], [10] give the tuple mean 20 / 5 = 4 (the mean of
+    the batch means would be 5), times each run's w; each run's noise from a generator seeded with its own seed."""
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.pack import StackedModel, _test_losses
+
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    split = DataSplit([Modality("a", (1,), kind="vector")], {"a": torch.tensor([[1.0], [2.0], [3.0], [4.0], [10.0]])},
+                      torch.zeros(5, dtype=torch.long))
+    states = [{"w": torch.tensor(2.0)}, {"w": torch.tensor(-3.0)}]
+    sm = StackedModel(_ScaledMean(), states, [None, None], 1e-3, torch.device("cpu"))
+    noise = [[torch.randn((), generator=g).item() for _ in range(3)]
+             for g in (torch.Generator().manual_seed(s) for s in (5, 9))]  # one draw per batch, in batch order
+    expect = [(w * 20 + 2 * n[0] + 2 * n[1] + n[2]) / 5 for w, n in zip((2.0, -3.0), noise)]
+    assert _test_losses(sm, split, 2, [5, 9], "cpu", "fp32") == pytest.approx(expect, abs=1e-6)
+    assert _test_losses(sm, split, 5, [5, 9], "cpu", "fp32") == pytest.approx(
+        [w * 4 + n[0] for w, n in zip((2.0, -3.0), noise)], abs=1e-6)
