@@ -738,3 +738,17 @@ def test_packed_test_loss_weights_each_batch_by_its_rows_and_seeds_each_run(monk
     assert _test_losses(sm, split, 2, [5, 9], "cpu", "fp32") == pytest.approx(expect, abs=1e-6)
     assert _test_losses(sm, split, 5, [5, 9], "cpu", "fp32") == pytest.approx(
         [w * 4 + n[0] for w, n in zip((2.0, -3.0), noise)], abs=1e-6)
+
+
+def test_pack_key_is_everything_that_shapes_training_but_the_seed():
+    """Runs pack only when they train on the same rows with the same settings: the seed, the tables a run serves and
+    its eval settings may differ; data_seed (which rows max_train keeps), lr, epochs or precision may not."""
+    base = pack_key(cfg(0))
+    assert pack_key(cfg(3)) == base
+    c = cfg(3)
+    c.tables, c.eval.metrics = ["Table 9"], []
+    assert pack_key(c) == base
+    c = cfg(0)
+    c.data_seed = 1
+    assert pack_key(c) != base
+    assert len({base, pack_key(cfg(0, lr=5e-4)), pack_key(cfg(0, epochs=3)), pack_key(cfg(0, precision="bf16"))}) == 4

@@ -122,3 +122,41 @@ def test_trainers_read_the_device_a_fixed_number_of_times_per_epoch(tmp_path, da
                 train(runs[0], data_root)
         counts.append(n["reads"])
     assert counts[0] == counts[1], counts
+
+
+def test_a_pack_checkpoints_every_n_epochs_and_at_the_last(tmp_path, data_root):
+    """checkpoint_every=2 of 3 epochs, packed as alone: no last.pt after epoch 1, epoch 2's after 2, and the last
+    epoch's at the end (3 is not a multiple of 2)."""
+    runs = [Run(cfg(s, epochs=3, checkpoint_every=2, max_train=32), tmp_path) for s in range(2)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    assert not any((r.ckpt_dir / "last.pt").exists() for r in runs)
+    train_pack(runs, data_root, stop_after_epoch=2)
+    assert [last(r)["state"]["epoch"] for r in runs] == [2, 2]
+    out = train_pack(runs, data_root)
+    assert all(out[r.id]["packed_with"] == 2 for r in runs)
+    assert [last(r)["state"]["epoch"] for r in runs] == [3, 3]
+
+
+def test_a_run_diverging_between_mid_epoch_checkpoints_keeps_its_last_finite_one(tmp_path, data_root, monkeypatch):
+    """train.checkpoint_minutes (due after every step here) in a pack: run 1's loss turns NaN at step 2 of 3, so its
+    last.pt stays the one after step 1 (finite weights); the others save every step and end the epoch."""
+    orig = pack_mod.StackedModel.loss
+    calls = {"n": 0}
+
+    def poisoned(self, x, gens, x_dim=0, precision="fp32"):
+        losses, logs = orig(self, x, gens, x_dim, precision)
+        if self.template.training:
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                losses = losses * torch.tensor([1.0, float("nan"), 1.0])
+        return losses, logs
+
+    monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    runs = [Run(cfg(s, epochs=1, max_train=96, checkpoint_minutes=1e-9), tmp_path) for s in range(3)]
+    out = train_pack(runs, data_root)
+    assert calls["n"] == 3 and "diverged" in out[runs[1].id]
+    ck = last(runs[1])
+    assert (ck["state"]["epoch"], ck["state"]["step"]) == (0, 1)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    for r in (runs[0], runs[2]):
+        assert out[r.id]["epochs"] == 1 and last(r)["state"]["epoch"] == 1 and "step" not in last(r)["state"]
