@@ -424,3 +424,34 @@ def test_test_loss_weights_each_batch_by_its_rows_and_reseeds():
     g = torch.Generator().manual_seed(7)
     assert a == pytest.approx(4.0 + torch.rand((), dtype=torch.float64, generator=g).item(), abs=1e-12)
     assert test_loss(_MeanOfX(1.0), split, 5, seed=7, device="cpu") == a  # every epoch draws the same numbers
+
+
+def test_a_diverging_run_fails_and_keeps_its_last_finite_checkpoint(tmp_path, data_root, monkeypatch):
+    """The loss turns NaN at step 2 of 3 (checkpoint_minutes due after every step): the run fails with the epoch
+    named, and its last.pt stays the one written after step 1, with finite weights (nothing saved is diverged)."""
+    from mmbench.methods.mopoe import MoPoE
+
+    real, calls = MoPoE.loss, {"n": 0}
+
+    def poisoned(self, x):
+        loss, logs = real(self, x)
+        calls["n"] += 1
+        return (loss * float("nan"), logs) if calls["n"] >= 2 else (loss, logs)
+
+    monkeypatch.setattr(MoPoE, "loss", poisoned)
+    run = Run(cfg(train={"epochs": 1, "max_train": 96, "max_test": 32, "checkpoint_minutes": 1e-9}), tmp_path)
+    with pytest.raises(MMBenchError, match=r"training diverged \(a non-finite loss\) in epoch 1"):
+        train(run, data_root)
+    ck = torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+    assert (ck["state"]["epoch"], ck["state"]["step"]) == (0, 1)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_bf16_computes_under_bfloat16_autocast_and_fp32_without():
+    from mmbench.train import autocast
+
+    x, w = torch.ones(2, 3), torch.ones(4, 3)
+    with autocast("bf16", "cpu"):
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
+    with autocast("fp32", "cpu"):
+        assert torch.nn.functional.linear(x, w).dtype == torch.float32
