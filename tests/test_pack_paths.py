@@ -2,6 +2,8 @@
 different epochs, a compile failure after the step drew its noise (packed and unpacked), and the number of device
 reads per epoch of both trainers."""
 
+import math
+
 import pytest
 import torch
 
@@ -160,3 +162,16 @@ def test_a_run_diverging_between_mid_epoch_checkpoints_keeps_its_last_finite_one
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
     for r in (runs[0], runs[2]):
         assert out[r.id]["epochs"] == 1 and last(r)["state"]["epoch"] == 1 and "step" not in last(r)["state"]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fewer_tuples_than_a_batch_train_one_step_an_epoch(tmp_path, data_root, packed):
+    """max_train 20 at batch 32: max(20 // 32, 1) = 1 step an epoch on all 20 tuples (not none), by both trainers."""
+    steps = []
+    runs = [Run(cfg(s, epochs=2, max_train=20), tmp_path) for s in range(2)]
+    progress = lambda phase, done, total: steps.append((done, total))  # noqa: E731
+    out = train_pack(runs, data_root, progress) if packed else {runs[0].id: train(runs[0], data_root, progress)}
+    assert steps == [(1, 2), (2, 2)]
+    for r in runs[:1 + packed]:
+        assert out[r.id]["epochs"] == 2 and all(math.isfinite(h["train_loss"]) for h in out[r.id]["history"])
+        assert {int(s["step"]) for s in last(r)["optimizer"]["state"].values()} == {2}
