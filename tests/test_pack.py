@@ -752,3 +752,48 @@ def test_pack_key_is_everything_that_shapes_training_but_the_seed():
     c.data_seed = 1
     assert pack_key(c) != base
     assert len({base, pack_key(cfg(0, lr=5e-4)), pack_key(cfg(0, epochs=3)), pack_key(cfg(0, precision="bf16"))}) == 4
+
+
+class _CountingLoss(torch.nn.Module):
+    """A loss that counts its calls in Python (what packable = False guards against): its packed forward is not the
+    runs' own forwards, so the trial's comparison must refuse it. A buffer with a default exercises the stacking."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.calls = 0
+
+    def loss(self, x):
+        self.calls += 1
+        return self.w * x["a"].mean() * self.calls, {}
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_the_trial_refuses_a_pack_whose_loss_differs_from_the_runs_own(monkeypatch, mode):
+    from mmbench.pack import StackedModel, trial
+
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    sm = StackedModel(_CountingLoss(), [{"w": torch.tensor(1.0)}, {"w": torch.tensor(2.0)}], [None, None], 1e-3, "cpu")
+    x = {"a": torch.arange(1.0, 9.0).reshape(2, 4, 1)}
+    gens = [torch.Generator().manual_seed(s) for s in range(2)]
+    assert "the packed loss differs from the runs' own losses" in trial(sm, x, gens)
+    sm.template.model.loss = lambda x: (sm.template.model.w * x["a"].mean(), {})  # a plain loss passes
+    assert trial(sm, x, gens) is None
+
+
+def test_a_pack_stacks_each_runs_own_buffers_and_gives_them_back():
+    """A resumed run's buffers (mrVAE's step counter) come from its own state, not the template's defaults."""
+    from mmbench.pack import StackedModel
+
+    states = [{"w": torch.tensor(1.0), "step": torch.tensor(3)}, {"w": torch.tensor(2.0), "step": torch.tensor(5)}]
+    sm = StackedModel(_CountingLoss(), states, [None, None], 1e-3, "cpu")
+    assert [int(sm.state(r)[0]["step"]) for r in range(2)] == [3, 5]
+    assert [float(sm.state(r)[0]["w"]) for r in range(2)] == [1.0, 2.0]
+
+
+def test_architectures_with_dropout_or_batchnorm_are_not_packed():
+    """CelebA's networks have BatchNorm and Dropout (their running statistics and masks are not per run under vmap)."""
+    reason = unpackable_reason(build_run_config({"dataset": "celeba", "method": {"name": "mopoe"}}))
+    assert reason and all(n in reason for n in ("BatchNorm2d", "Dropout2d", "Dropout,"))
+    assert unpackable_reason(cfg(0)) is None
