@@ -455,3 +455,25 @@ def test_bf16_computes_under_bfloat16_autocast_and_fp32_without():
         assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
     with autocast("fp32", "cpu"):
         assert torch.nn.functional.linear(x, w).dtype == torch.float32
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda ck: None, None),
+    (lambda ck: ck["state"].__setitem__("step", 4), None),
+    (lambda ck: ck["state"].__setitem__("step", -1), "records step -1, not a whole number of steps"),
+    (lambda ck: ck["state"].__setitem__("step", 2.0), "records step 2.0, not a whole number of steps"),
+    (lambda ck: ck["state"].__setitem__("epoch", True), "records epoch True, not a whole number of epochs"),
+    (lambda ck: ck["state"].__setitem__("epoch", -1), "records epoch -1, not a whole number of epochs"),
+    (lambda ck: ck["state"].pop("history"), "has a training state without its history or best test loss"),
+    (lambda ck: ck["state"].__setitem__("best_test_loss", None), "has a training state without its history or best test loss"),
+    (lambda ck: ck.__setitem__("optimizer", None), "holds no optimiser state"),
+    (lambda ck: ck.__setitem__("rng", torch.zeros(3)), "holds no random-number state (rng)"),
+])
+def test_resume_problem_names_what_a_checkpoint_lacks(edit, problem):
+    """What train.resume_problem accepts in a last.pt (a mid-epoch one has a whole step), and each thing it refuses."""
+    from mmbench.train import resume_problem
+
+    ck = {"model": {}, "optimizer": {"state": {}}, "rng": torch.zeros(3, dtype=torch.uint8),
+          "state": {"epoch": 1, "history": [], "best_test_loss": float("inf")}}
+    edit(ck)
+    assert resume_problem(ck) == problem
