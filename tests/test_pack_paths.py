@@ -137,11 +137,36 @@ def test_a_pack_checkpoints_every_n_epochs_and_at_the_last(tmp_path, data_root):
     out = train_pack(runs, data_root)
     assert all(out[r.id]["packed_with"] == 2 for r in runs)
     assert [last(r)["state"]["epoch"] for r in runs] == [3, 3]
+    for r in runs:  # best.pt: the epoch of the lowest test loss
+        tl = [h["test_loss"] for h in out[r.id]["history"]]
+        best = torch.load(r.ckpt_dir / "best.pt", weights_only=False)
+        assert (best["epoch"], best["test_loss"]) == (tl.index(min(tl)) + 1, min(tl))
 
 
 def test_a_run_diverging_between_mid_epoch_checkpoints_keeps_its_last_finite_one(tmp_path, data_root, monkeypatch):
     """train.checkpoint_minutes (due after every step here) in a pack: run 1's loss turns NaN at step 2 of 3, so its
-    last.pt stays the one after step 1 (finite weights); the others save every step and end the epoch."""
+    last.pt stays the one after step 1 (finite weights); the others save every step and end the epoch. Every run's
+    event log (train.tensorboard; a stand-in writer) is closed, the diverged run's too, and the others' provenance
+    still says they trained in a pack of 3."""
+    import sys
+    import types
+
+    events = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            self.dir = log_dir
+
+        def add_scalar(self, *a):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            events.append(self.dir)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     orig = pack_mod.StackedModel.loss
     calls = {"n": 0}
 
@@ -154,9 +179,11 @@ def test_a_run_diverging_between_mid_epoch_checkpoints_keeps_its_last_finite_one
         return losses, logs
 
     monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
-    runs = [Run(cfg(s, epochs=1, max_train=96, checkpoint_minutes=1e-9), tmp_path) for s in range(3)]
+    runs = [Run(cfg(s, epochs=1, max_train=96, checkpoint_minutes=1e-9, tensorboard=True), tmp_path) for s in range(3)]
     out = train_pack(runs, data_root)
     assert calls["n"] == 3 and "diverged" in out[runs[1].id]
+    assert sorted(events) == sorted(str(r.dir / "tensorboard") for r in runs)
+    assert out[runs[0].id]["packed_with"] == out[runs[2].id]["packed_with"] == 3
     ck = last(runs[1])
     assert (ck["state"]["epoch"], ck["state"]["step"]) == (0, 1)
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
