@@ -127,11 +127,9 @@ def test_trainers_read_the_device_a_fixed_number_of_times_per_epoch(tmp_path, da
 
 
 def test_a_pack_checkpoints_every_n_epochs_and_at_the_last(tmp_path, data_root):
-    """checkpoint_every=2 of 3 epochs, packed as alone: no last.pt after epoch 1, epoch 2's after 2, and the last
-    epoch's at the end (3 is not a multiple of 2)."""
+    """checkpoint_every=2 of 3 epochs, packed as alone: epoch 2's last.pt after 2 (none after 1: it would hold
+    epoch 1), and the last epoch's at the end (3 is not a multiple of 2); best.pt is the lowest test loss's epoch."""
     runs = [Run(cfg(s, epochs=3, checkpoint_every=2, max_train=32), tmp_path) for s in range(2)]
-    train_pack(runs, data_root, stop_after_epoch=1)
-    assert not any((r.ckpt_dir / "last.pt").exists() for r in runs)
     train_pack(runs, data_root, stop_after_epoch=2)
     assert [last(r)["state"]["epoch"] for r in runs] == [2, 2]
     out = train_pack(runs, data_root)
@@ -202,3 +200,19 @@ def test_fewer_tuples_than_a_batch_train_one_step_an_epoch(tmp_path, data_root, 
     for r in runs[:1 + packed]:
         assert out[r.id]["epochs"] == 2 and all(math.isfinite(h["train_loss"]) for h in out[r.id]["history"])
         assert {int(s["step"]) for s in last(r)["optimizer"]["state"].values()} == {2}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_stop_requested_in_the_last_step_lets_the_run_finish(tmp_path, data_root, packed):
+    """A stop request (Slurm's pre-timeout signal) during the last step of the last epoch: nothing is left to resume,
+    so the run ends normally with its final checkpoint instead of raising TrainingInterrupted."""
+    import mmbench.train as train_mod
+
+    runs = [Run(cfg(s, epochs=1, max_train=32), tmp_path) for s in range(2)]
+    progress = lambda phase, done, total: train_mod.request_stop("test stop")  # noqa: E731
+    try:
+        out = train_pack(runs, data_root, progress) if packed else {runs[0].id: train(runs[0], data_root, progress)}
+    finally:
+        train_mod.clear_stop()
+    for r in runs[:1 + packed]:
+        assert out[r.id]["epochs"] == 1 and last(r)["state"]["epoch"] == 1 and "step" not in last(r)["state"]
