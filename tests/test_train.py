@@ -477,3 +477,21 @@ def test_resume_problem_names_what_a_checkpoint_lacks(edit, problem):
           "state": {"epoch": 1, "history": [], "best_test_loss": float("inf")}}
     edit(ck)
     assert resume_problem(ck) == problem
+
+
+def test_note_code_adds_the_code_that_takes_over_at_its_epoch_and_step(monkeypatch):
+    """trained_with: a run resumed mid-epoch under another commit lists both, the second from the epoch and step it
+    took over at; resumed under the same code it lists one."""
+    import mmbench.results as results_mod
+    from mmbench import __version__
+    from mmbench.train import note_code
+
+    monkeypatch.setattr(results_mod, "git_commit", lambda: "aaa")
+    state = {"epoch": 0}
+    note_code(state)
+    state.update(epoch=1, step=4)
+    note_code(state)
+    assert state["code"] == [{"git_commit": "aaa", "mmbench_version": __version__, "from_epoch": 0, "from_step": 0}]
+    monkeypatch.setattr(results_mod, "git_commit", lambda: "bbb")
+    note_code(state)
+    assert state["code"][1:] == [{"git_commit": "bbb", "mmbench_version": __version__, "from_epoch": 1, "from_step": 4}]
