@@ -135,7 +135,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "s", "experiments": [
         {"name": "e", "dataset": "polydigits", "methods": ["mopoe"], "metrics": ["loglik"],
-         "overrides": {k: base[k] for k in ("method", "train")} | {"eval": {"test_samples": 32, "ll_samples": 2}}}]}))
+         "overrides": {"method": {"latent_dim": 8}, "train": base["train"], "eval": {"test_samples": 32, "ll_samples": 2}}}]}))
     dry = CliRunner().invoke(app, ["run", str(suite), "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--data-root",
                                    str(data_root), "--set", "eval.precision=bf16"])
     said = " ".join(dry.output.split())
