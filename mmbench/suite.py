@@ -100,7 +100,7 @@ class Suite:
                 raise ConfigError(f"{self.path}: --only", f"no experiment {n!r}; the suite has: {', '.join(names)}")
         # --set seed was dropped; dataset, method.name, tables replaced every experiment's (a --set variant or
         # eval.metrics is a wanted override, e.g. --only rats --set variant=simulated)
-        refuse_set_by_fields(overrides, f"{self.path}: --set", "choose experiments with --only, or edit the suite",
+        refuse_set_by_fields(overrides, f"{self.path}: --set ", "choose experiments with --only, or edit the suite",
                              allow=("variant", "eval.metrics"))
         tier_cfg = dict(self.tiers.get(tier) or {})
         keep_seeds = tier_cfg.pop("seeds", None)
@@ -133,17 +133,16 @@ SET_BY_FIELDS = {"dataset": "dataset", "variant": "variant", "seed": "seeds", "m
                  "tables": "reproduces", "eval.metrics": "metrics"}
 
 
-def refuse_set_by_fields(d: Optional[Dict[str, Any]], where: str, fix: str, allow: tuple = ()) -> None:
+def refuse_set_by_fields(d: Optional[Dict[str, Any]], prefix: str, fix: str, allow: tuple = ()) -> None:
     """Refuse a block of settings that gives one an experiment's own field sets: merged over it, it would replace
     that field for every run (dataset, method.name, tables), or be dropped in silence (seed; variant under an
-    experiment without one)."""
+    experiment without one). The error names `prefix` + the setting."""
     for key, by in SET_BY_FIELDS.items():
-        if key not in allow and _holds(d or {}, key):
-            name = f"{where} {key}" if where.endswith("--set") else f"{where}.{key}"
-            raise ConfigError(name, f"is set by each experiment's `{by}`; {fix}")
+        if key not in allow and _gives(d or {}, key):
+            raise ConfigError(prefix + key, f"is set by each experiment's `{by}`; {fix}")
 
 
-def _holds(d: Dict[str, Any], dotted: str) -> bool:
+def _gives(d: Dict[str, Any], dotted: str) -> bool:
     """Whether nested dict `d` gives the setting 'a.b.c'."""
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -188,8 +187,8 @@ def load_suite(path: str | Path) -> Suite:
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")
-            refuse_set_by_fields(exp.method_overrides[m], f"{where}.method_overrides.{m}", "set it there")
-        refuse_set_by_fields(exp.overrides, f"{where}.overrides", "set it there")
+            refuse_set_by_fields(exp.method_overrides[m], f"{where}.method_overrides.{m}.", "set it there")
+        refuse_set_by_fields(exp.overrides, f"{where}.overrides.", "set it there")
         for k, v in exp.sweep.items():
             if not isinstance(v, list) or not v:
                 raise ConfigError(f"{where}.sweep.{k}", "must be a non-empty list of values")
@@ -223,15 +222,15 @@ def load_suite(path: str | Path) -> Suite:
             if m not in every_method:
                 raise ConfigError(f"{path}: tiers.{t}.method_overrides.{m}",
                                   f"not a method of any experiment: {', '.join(every_method)}")
-            refuse_set_by_fields(per_method[m], f"{path}: tiers.{t}.method_overrides.{m}",
+            refuse_set_by_fields(per_method[m], f"{path}: tiers.{t}.method_overrides.{m}.",
                                  "a tier changes how runs train and are scored, not which runs a suite has")
-        refuse_set_by_fields(tiers[t], f"{path}: tiers.{t}",
+        refuse_set_by_fields(tiers[t], f"{path}: tiers.{t}.",
                              "a tier changes how runs train and are scored, not which runs a suite has (`seeds: N` "
                              "keeps each experiment's first N seeds)")
     if not isinstance(raw.get("defaults") or {}, dict):
         raise ConfigError(f"{path}: defaults", "must be a mapping of run settings (e.g. {train: {epochs: 10}})")
     # eval.metrics is a default (an experiment's `metrics` replaces it); the others would be replaced or dropped
-    refuse_set_by_fields(raw.get("defaults"), f"{path}: defaults", "set it in each experiment",
+    refuse_set_by_fields(raw.get("defaults"), f"{path}: defaults.", "set it in each experiment",
                          allow=("eval.metrics",))
     from .slurm import resolve_options
 
