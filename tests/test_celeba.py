@@ -153,6 +153,8 @@ def test_small_images_and_other_test_partitions_are_refused(tmp_path, source):
         with pytest.raises(MMBenchError, match=f"test_partition={part} is not allowed; choose 1 or 2"):
             prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d",
                     options={"source": str(src), "test_partition": part})
+    with pytest.raises(MMBenchError, match=r"test_partition=1.5 is not allowed; give a whole number"):  # not 1
+        prepare(DATASETS.get("celeba")(), None, data_root=tmp_path / "d", options={"source": str(src), "test_partition": 1.5})
 
 
 def test_attribute_lists_with_missing_rows_or_values_are_refused(tmp_path, source, monkeypatch):

@@ -300,6 +300,9 @@ def test_default_rounds_and_cap_are_the_authors_and_are_checked(tmp_path, raw, m
     for bad in ({"rounds": 0}, {"max_per_class": 0}):
         with pytest.raises(MMBenchError, match="rounds and max_per_class must be whole numbers >= 1"):
             prepare(spec, None, data_root=tmp_path / "x", options={"source": str(src), **bad})
+    for name, bad in (("rounds", 2.5), ("max_per_class", "many")):  # int(2.5) would have paired 2 rounds
+        with pytest.raises(MMBenchError, match=f"option {name}={bad!r} is not allowed; give a whole number"):
+            prepare(spec, None, data_root=tmp_path / "x", options={"source": str(src), name: bad})
 
 
 def test_reconstruction_weights_are_the_authors():

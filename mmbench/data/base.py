@@ -126,6 +126,20 @@ def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
                        f"`mmbench prepare {directory.parent.name} --variant {directory.name} --force`")
 
 
+def whole_option(options: Dict[str, Any], name: str, default: int, least: Optional[int] = None) -> int:
+    """A `-o NAME=N` prepare option as an int: "two", 1.5 and true are refused by name (int(1.5) would be 1), as is
+    a value below `least`."""
+    value = options.get(name, default)
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = None
+    if n is None or (least is not None and n < least):
+        raise MMBenchError(f"option {name}={value!r} is not allowed; give a whole number"
+                           f"{f' >= {least}' if least is not None else ''} (-o {name}=N)")
+    return n
+
+
 FLAGS = {"rebuild": "--rebuild"}  # prepare options that are CLI flags; the others are `-o KEY=VALUE`
 
 

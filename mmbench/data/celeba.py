@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MMBenchError
 from ..registry import DATASETS
-from .base import DatasetSpec, Modality
+from .base import DatasetSpec, Modality, whole_option
 from .download import Resource, fetch
 from .mnist_svhn_text import ALPHABET
 
@@ -115,7 +115,7 @@ class CelebA(DatasetSpec):
         if not options.get("source"):
             raise MMBenchError("CelebA has no stable download URL; download img_align_celeba.zip, list_attr_celeba.txt "
                                "and list_eval_partition.txt from the CelebA page and pass --source DIR")
-        test_part = int(options.get("test_partition", 1))
+        test_part = whole_option(options, "test_partition", 1)
         if test_part not in (1, 2):
             raise MMBenchError(f"option test_partition={test_part} is not allowed; choose 1 or 2")
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)

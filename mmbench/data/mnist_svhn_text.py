@@ -28,7 +28,7 @@ import torch
 from ..errors import MMBenchError, brief
 from ..registry import DATASETS
 from . import mnist
-from .base import DatasetSpec, Modality
+from .base import DatasetSpec, Modality, whole_option
 from .download import Resource, damaged, fetch
 
 # The authors' alphabet.json (71 entries; '-' appears twice, str.find maps it to 36).
@@ -134,7 +134,7 @@ class MNISTSVHNText(DatasetSpec):
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         source = Path(options["source"]) if options.get("source") else None
-        rounds, cap = int(options.get("rounds", 20)), int(options.get("max_per_class", 10_000))
+        rounds, cap = whole_option(options, "rounds", 20), whole_option(options, "max_per_class", 10_000)
         if rounds < 1 or cap < 1:
             raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
         text_start = options.get("text_start", "fixed")

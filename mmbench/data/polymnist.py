@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import MMBenchError, brief
 from ..registry import DATASETS
 from . import mnist, polygen
-from .base import DatasetSpec, Modality
+from .base import DatasetSpec, Modality, whole_option
 from .download import Resource, damaged, fetch, file_digest
 
 ARCHIVE = Resource("PolyMNIST.zip", None, ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
@@ -157,13 +157,7 @@ class PolyMNIST(DatasetSpec):
             raise MMBenchError(f"option mnist_source={mode!r} is not allowed; choose train-test or test-halves")
         rng = np.random.default_rng(seed)
         counts = {}
-        try:
-            rounds = {"train": int(str(options.get("multiplicity", 1))), "test": 1}
-        except ValueError:
-            rounds = {"train": 0}
-        if rounds["train"] < 1:
-            raise MMBenchError(f"option multiplicity={options.get('multiplicity')!r} is not allowed; give a whole "
-                               f"number >= 1 (e.g. -o multiplicity=12)")
+        rounds = {"train": whole_option(options, "multiplicity", 1, least=1), "test": 1}
         for split, (digits, labels) in sources.items():
             arrays = polygen.generate(digits, labels, backgrounds, variant, rounds[split], rng,
                                       progress=lambda i, n, s=split: progress(f"polymnist {s}", i, n))
