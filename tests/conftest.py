@@ -134,3 +134,14 @@ def _mmbench_here(*args, env=None, width=200):
 def mmbench_here():
     """The CLI run in this process (see _mmbench_here)."""
     return _mmbench_here
+
+
+def png_bytes(img) -> bytes:
+    """A uint8 H×W×3 array as PNG file bytes (lossless), for fixtures in the datasets' archive layouts."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()

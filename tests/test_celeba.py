@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import png_bytes
+
 from mmbench.data import celeba
 from mmbench.data.base import load_split, prepare, read_manifest, save_preview
 from mmbench.data.mnist_svhn_text import ALPHABET
@@ -85,19 +87,13 @@ def test_celeba_needs_source_and_intact_files(tmp_path, source):
         prepare(spec, None, data_root=tmp_path / "d", options={"source": str(src)})
 
 
-def png(img):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")  # lossless, unlike the fixture's JPEGs
-    return buf.getvalue()
-
-
 def test_crop_resize_keeps_rows_columns_and_channels():
     # celeba.py docstring: rows 35:183, cols 15:163 of the 218×178 image, stored N×3×64×64 (channel, row, col), RGB
     img = np.zeros((218, 178, 3), np.uint8)
     img[35:183, 15:163] = (50, 100, 150)  # the crop: R=50, G=100, B=150
     img[35:109, 15:163, 0] = 200  # top half of the crop: R=200
     img[35:183, 89:163, 2] = 10  # right half of the crop: B=10
-    out = celeba.crop_resize(png(img)).astype(int)
+    out = celeba.crop_resize(png_bytes(img)).astype(int)
     assert out.shape == (3, 64, 64)
     # R: 200 top-left and top-right, 50 bottom-left; B: 150 top-left, 10 top-right and bottom-right; G flat 100
     assert (out[0, 5, 5], out[0, 5, 58], out[0, 58, 5]) == (200, 200, 50)
@@ -111,7 +107,7 @@ def test_crop_resize_is_bicubic():
     img = np.zeros((218, 178, 3), np.uint8)
     img[35:183, 15:163] = 50
     img[35:109, 15:163] = 200
-    out = celeba.crop_resize(png(img)).astype(int)
+    out = celeba.crop_resize(png_bytes(img)).astype(int)
     assert out.min() < 50 and out.max() > 200
 
 
@@ -147,7 +143,7 @@ def test_attribute_text_of_255_or_256_characters_starts_at_the_first_place():
 def test_small_images_and_other_test_partitions_are_refused(tmp_path, source):
     # celeba.py: the crop needs the aligned 218×178 image; test_partition is 1 or 2 (0 would test on the train split)
     with pytest.raises(MMBenchError, match=r"shape \(100, 178, 3\) is smaller than the aligned 218×178"):
-        celeba.crop_resize(png(np.zeros((100, 178, 3), np.uint8)))
+        celeba.crop_resize(png_bytes(np.zeros((100, 178, 3), np.uint8)))
     src, _ = source
     for part in (0, 3):
         with pytest.raises(MMBenchError, match=f"test_partition={part} is not allowed; choose 1 or 2"):

@@ -1,11 +1,12 @@
 """PolyMNIST: the authors' zip layout (fixture written here) and the rebuild from IDX + backgrounds."""
-import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import png_bytes
 
 from mmbench.config import EvalConfig
 from mmbench.data import polymnist
@@ -28,9 +29,7 @@ def write_zip(path, counts, drop=None):
                     digit = i % 10
                     img = rng.integers(0, 256, (28, 28, 3)).astype(np.uint8)
                     img[0, 0] = (m * 40, digit * 20, i % 256)  # tag pixel: modality, label, index
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, format="PNG")
-                    zf.writestr(f"PolyMNIST/MMNIST/{split}/m{m}/{i}.{digit}.png", buf.getvalue())
+                    zf.writestr(f"PolyMNIST/MMNIST/{split}/m{m}/{i}.{digit}.png", png_bytes(img))
 
 
 @pytest.fixture()
@@ -151,11 +150,6 @@ def test_an_unreadable_background_is_one_line(tmp_path):
 
 
 # ----- behaviours a mutation pass found unguarded -----
-def png_bytes(img):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
 
 def test_archive_labels_are_the_file_names_digit_and_images_keep_their_orientation(tmp_path):
     # polymnist docstring: MMNIST/<split>/m<m>/<i>.<digit>.png, the label is <digit> (not tied to <i>); images are
