@@ -83,7 +83,7 @@ def test_first_adam_step_blows_up_the_authors_logvar_heads_not_the_zero_initiali
 def test_celeba_trains_three_epochs_at_lr_5e_4(photo_celeba, tmp_path, method):
     cfg = build_run_config({"dataset": "celeba", "seed": 0,
                             "method": {"name": method, "latent_dim": 20, "beta": 2.5, "architecture": "celeba_resnet_lv0"},
-                            "train": {"epochs": 3, "batch_size": 4, "lr": 5e-4},
+                            "train": {"epochs": 3, "batch_size": 4, "lr": 5e-4, "checkpoint_every": 3},
                             "eval": {"metrics": ["latent_ap"]}})
     hist = train(Run(cfg, tmp_path / "runs"), photo_celeba)["history"]  # raises "training diverged" on a non-finite loss
     assert len(hist) == 3

@@ -201,13 +201,20 @@ def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "report", "list", "classifiers train", "classifiers import",
                                  "bench load", "bench steps", "run suites/quickstart.yaml", "classifiers train polymnist",
                                  "bench steps --methods"])
-def test_help_has_example(cmd):
+def test_help_has_example(cmd, mmbench_here):
     """Every subcommand's --help, and the groups' (`mmbench`, `mmbench classifiers`, `mmbench bench`: their examples
-    are the last three cases), shows an example."""
+    are the last three cases), shows an example. In this process (a subprocess each cost ~3 s of start-up); the
+    installed entry point is run by test_suite_end_to_end and test_the_entry_point_prints_help."""
     group = {"run suites/quickstart.yaml": [], "classifiers train polymnist": ["classifiers"],
              "bench steps --methods": ["bench"]}.get(cmd)
-    r = mmbench(*(cmd.split() if group is None else group), "--help")
+    r = mmbench_here(*(cmd.split() if group is None else group), "--help", env={"COLUMNS": "200"})
     assert r.returncode == 0 and "Example: mmbench " + cmd in " ".join(r.stdout.replace("│", " ").split())
+
+
+def test_the_entry_point_prints_help():
+    """`python -m mmbench --help` in a new interpreter: the entry point and every command module import cleanly."""
+    r = mmbench("--help")
+    assert r.returncode == 0 and r.stderr == "" and "Example: mmbench run suites/quickstart.yaml" in r.stdout
 
 
 def test_list(tmp_path, mmbench_here):
