@@ -179,7 +179,11 @@ def test_methods_train_on_mnist_svhn_text_shapes(method):
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
-    assert torch.isfinite(loss) and loss.item() < first
+    # falls by 15% or more, not merely below the first step: untrained (lr 1e-9) the last loss is the first's give or
+    # take sampling noise, below it for mopoe and mmvae at seed 0, which the plain `< first` let through. Measured
+    # last/first (model seeds 0, 1, 2): mopoe 0.66, 0.67, 0.67; mvae 0.73, 0.73, 0.76; mmvae 0.66, 0.69, 0.70;
+    # at lr 1e-9 0.9997-1.0004
+    assert torch.isfinite(loss) and loss.item() < 0.85 * first, (loss.item(), first)
     assert len(model.encode_subsets(x, all_subsets(model.names))) == 7
     assert model.decode(model.sample_prior(3), "text").shape == (3, 8, 71)
     for m in mods:
