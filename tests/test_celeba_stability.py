@@ -75,7 +75,7 @@ def first_step_logvar(arch: str, x) -> float:
 
 def test_first_adam_step_blows_up_the_authors_logvar_heads_not_the_zero_initialised(photo_celeba):
     x = load_split(DATASETS.get("celeba")(), "default", "train", photo_celeba).batch(torch.arange(8))
-    assert first_step_logvar("celeba_resnet", x) > 12  # measured 15 (image) and 42 (text) on this fixture
+    assert first_step_logvar("celeba_resnet", x) > 12  # measured 18.4 (image) and 13.3 (text) on this fixture
     assert first_step_logvar("celeba_resnet_lv0", x) < 3
 
 
@@ -90,4 +90,8 @@ def test_celeba_trains_three_epochs_at_lr_5e_4(photo_celeba, tmp_path, method):
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["test_loss"]) for h in hist)
     # the blow-up shows as epoch-mean KLs of 1e6-1e12 nats; trained, they stay in the hundreds
     assert max(h["train_kl"] for h in hist) < 1e4
-    assert hist[-1]["test_loss"] < hist[0]["test_loss"]
+    assert hist[-1]["test_loss"] < hist[0]["test_loss"]  # recovers from the first epoch's jump (see the docstring)
+    # and learns: the training loss falls (measured last/first epoch 0.69 mmvae, 0.41 mopoe_style, 0.44 mvae; at lr
+    # 1e-9, i.e. untrained, 0.995-0.998); the test loss alone would not show it (after 3 epochs it is still above the
+    # untrained model's for mmvae and mopoe_style, on 16 training tuples)
+    assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]

@@ -227,9 +227,11 @@ def test_rat_mlp_mopoe_trains_and_evaluates(simulated, tmp_path):
 
 def test_mmvamp_separates_simulated_odors_better_than_chance(simulated, tmp_path):
     """MM-VAMP (latent 2) on the simulated recordings: after 3 epochs each rat's latent predicts the odor of held-out
-    trials clearly above the majority-class rate (0.37), and above what the untrained encoders' latents give.
-    Measured (seeds 0, 1, 2): trained 0.67, 0.69, 0.66; at lr 1e-9, i.e. untrained, 0.50, 0.44, 0.46 (the earlier floor
-    of majority + 0.1 let those pass)."""
+    trials clearly above the majority-class rate, and above what the untrained encoders' latents give. Measured (seeds
+    0, 1, 2), with the recorded trial tables (majority 0.37): trained 0.67, 0.69, 0.66, at lr 1e-9, i.e. untrained,
+    0.50, 0.44, 0.46; with the synthetic ones (no ../shared; majority 0.32): trained 0.64, 0.61, 0.68, untrained 0.50,
+    0.46, 0.46. The earlier floor, majority + 0.1, let the untrained pass; the floor is now the higher of majority +
+    0.2 and 0.56."""
     cfg = build_run_config({
         "dataset": "rats", "variant": "simulated", "method": {"name": "mmvamp", "latent_dim": 2, "beta": 1e-3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 1e-3},
@@ -237,7 +239,7 @@ def test_mmvamp_separates_simulated_odors_better_than_chance(simulated, tmp_path
     metrics = execute(Run(cfg, tmp_path), simulated)["metrics"]
     test = load_split(DATASETS.get("rats")(), "simulated", "test", simulated)
     majority = np.bincount(test.labels.numpy()).max() / len(test)
-    assert metrics["latent_acc_by_n/1"] > majority + 0.2, (metrics, majority)
+    assert metrics["latent_acc_by_n/1"] > max(majority + 0.2, 0.56), (metrics, majority)
 
 
 # ----- behaviours a mutation pass found unguarded -----
