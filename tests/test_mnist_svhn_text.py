@@ -6,6 +6,8 @@ import pytest
 import scipy.io
 import torch
 
+from conftest import train_steps
+
 from mmbench.data import mnist, mnist_svhn_text as mst
 from mmbench.data.base import load_split, prepare, read_manifest, save_preview
 from mmbench.data.download import Resource
@@ -171,19 +173,13 @@ def test_methods_train_on_mnist_svhn_text_shapes(method):
     model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=20), spec.default_architecture)
     x = {"mnist": torch.rand(16, 1, 28, 28), "svhn": torch.rand(16, 3, 32, 32),
          "text": torch.nn.functional.one_hot(torch.randint(0, 71, (16, 8)), 71).float()}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    first = None
-    for _ in range(25):
-        loss, _ = model.loss(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else loss.item()
+    # every parameter gets a non-zero gradient in some step (an input the loss ignores fails here), all finite
+    losses, _ = train_steps(model, x, 25, require_grad=True)
     # falls by 15% or more, not merely below the first step: untrained (lr 1e-9) the last loss is the first's give or
     # take sampling noise, below it for mopoe and mmvae at seed 0, which the plain `< first` let through. Measured
-    # last/first (model seeds 0, 1, 2): mopoe 0.66, 0.67, 0.67; mvae 0.73, 0.73, 0.76; mmvae 0.66, 0.69, 0.70;
+    # last/first: mopoe 0.62, mvae 0.72, mmvae 0.66 (over model seeds 0, 1, 2 with another sampling seed: 0.66-0.76);
     # at lr 1e-9 0.9997-1.0004
-    assert torch.isfinite(loss) and loss.item() < 0.85 * first, (loss.item(), first)
+    assert losses[-1] < 0.85 * losses[0], losses
     assert len(model.encode_subsets(x, all_subsets(model.names))) == 7
     assert model.decode(model.sample_prior(3), "text").shape == (3, 8, 71)
     for m in mods:
