@@ -351,7 +351,10 @@ def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
 
 
-def test_cli_pack_options(tmp_path, data_root):
+def test_cli_pack_options(tmp_path, data_root, mmbench_here):
+    """The dry run and three of the four refusals in this process (conftest._mmbench_here: cli.main's exit 2 and
+    one line for an MMBenchError); one refusal through the real entry point, a new interpreter (~2.5 s of
+    importing torch each, what the other four added), for cli.main's exit code and its one line on stderr."""
     import subprocess as sp
 
     suite = tmp_path / "suite.yaml"
@@ -361,21 +364,23 @@ def test_cli_pack_options(tmp_path, data_root):
     times = tmp_path / "t.md"
     times.write_text("median of 5 steps; NVIDIA Y, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
                      "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
-    env = {**os.environ, "MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
 
     def mm(*args):
-        return sp.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True, env=env)
+        return sp.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True,
+                      env={**os.environ, **env})
 
-    r = mm("run", suite, "--dry-run", "--step-times", times)
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
     assert r.returncode == 0, r.stderr
     # 3 runs x 2 epochs x (polydigits train split // 32) steps in one pack of 3 at 300 run-steps/s
     out = " ".join(r.stdout.split())
     assert "one GPU (NVIDIA Y," in out and "for 3 of 3 unfinished run(s) in 1 pack(s)" in out
-    for args, msg in [(("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
-                      (("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
-                      (("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),
-                      (("bench", "steps", "--compile"), "--compile captures CUDA graphs; use it with --device cuda")]:
-        r = mm(*args)
+    for run, args, msg in [(mm, ("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
+                           (mmbench_here, ("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
+                           (mmbench_here, ("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),
+                           (mmbench_here, ("bench", "steps", "--compile"),
+                            "--compile captures CUDA graphs; use it with --device cuda")]:
+        r = run(*args) if run is mm else run(*args, env=env)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
