@@ -32,9 +32,10 @@ def weights(run):
 
 
 def test_same_seed_same_losses(tmp_path, data_root):
-    a = train(Run(cfg(), tmp_path / "a"), data_root)
-    b = train(Run(cfg(), tmp_path / "b"), data_root)
-    c = train(Run(cfg(seed=1), tmp_path / "c"), data_root)
+    # max_test 64: the per-epoch test loss (seeded noise too) on 2 batches, not the whole 1080-tuple split
+    a = train(Run(cfg(train={"max_test": 64}), tmp_path / "a"), data_root)
+    b = train(Run(cfg(train={"max_test": 64}), tmp_path / "b"), data_root)
+    c = train(Run(cfg(seed=1, train={"max_test": 64}), tmp_path / "c"), data_root)
     assert a["history"] == [{k: v for k, v in h.items()} for h in b["history"]]
     assert a["history"][-1]["train_loss"] != c["history"][-1]["train_loss"]
 
@@ -48,9 +49,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, data_root, monke
         monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
-    full = Run(cfg(train={"epochs": 3}), tmp_path / "full")
+    # max_test 64: each epoch's test loss on 2 batches, not the whole 1080-tuple split (the history compared is
+    # computed the same way for both runs)
+    full = Run(cfg(train={"epochs": 3, "max_test": 64}), tmp_path / "full")
     assert [c["from_epoch"] for c in train(full, data_root)["trained_with"]] == [0]
-    part = Run(cfg(train={"epochs": 3}), tmp_path / "part")
+    part = Run(cfg(train={"epochs": 3, "max_test": 64}), tmp_path / "part")
     monkeypatch.setattr(results_mod, "git_commit", lambda: "a" * 40)
     s1 = train(part, data_root, stop_after_epoch=1)
     assert s1["epochs"] == 1 and part.status() == "partial"
@@ -117,7 +120,7 @@ def test_checkpoint_every_n_epochs_resumes_from_the_last_checkpoint(tmp_path, da
 
 def test_a_run_stopped_one_epoch_short_is_not_evaluated(tmp_path, data_root):
     """load_trained refuses a run whose last checkpoint is one epoch short of train.epochs."""
-    run = Run(cfg(), tmp_path)
+    run = Run(cfg(train={"max_test": 32}), tmp_path)
     train(run, data_root, stop_after_epoch=1)
     with pytest.raises(MMBenchError, match="stopped at epoch 1 of 2"):
         load_trained(run)
