@@ -470,12 +470,25 @@ def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
     t = threading.Thread(target=holder)
     t.start()
     held.wait(10)
-    threading.Timer(3.0, release.set).start()
-    out = execute_pack(runs, data_root)
+    # The holder lets go when the pack, done with the others, says it waits for the run (no timer: the lock is
+    # held until the waiting starts, whatever the machine's speed, and the wait itself is always exercised)
+    log = runs[2].log
+
+    def log_then_release(message):
+        log(message)
+        if "locked by another process; waiting" in message:
+            release.set()
+
+    runs[2].log = log_then_release
+    try:
+        out = execute_pack(runs, data_root)
+    finally:
+        release.set()
     t.join()
     assert out == {r.id: None for r in runs}
     assert all(r.status() == "done" for r in runs)
     assert "left out of the pack" in runs[2].log_path.read_text()
+    assert "locked by another process; waiting" in runs[2].log_path.read_text()
     assert "pack of 2" in runs[0].log_path.read_text()
 
 
