@@ -35,8 +35,23 @@ def last(run):
     return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def trained_alone(tmp_path_factory, data_root):
+    """The unpacked reference runs of the loop/vmap pairs, trained once for both modes (MMBENCH_PACK_MODE is read
+    by the packed trainer only): train_once(name, configs) -> (directory, {index: train's summary})."""
+    done = {}
+
+    def train_once(name, configs):
+        if name not in done:
+            d = tmp_path_factory.mktemp(f"alone-{name}")
+            done[name] = d, {i: train(Run(c, d), data_root) for i, c in enumerate(configs)}
+        return done[name]
+
+    return train_once
+
+
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode):
+def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
     # The same runs (same ids) trained alone and as one pack: per-run generators replay each run's own noise
     # stream (on the CPU the stream the run draws from alone), so only float rounding of the batched kernels
     # differs: metrics agree to 1e-4 relative; the whole weight vector to 1e-3 relative, and no weight by
@@ -44,11 +59,11 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
     # Both ways of computing a pack's loss: looped over parameter views (a CPU's default) and vmapped (a GPU's).
     on_gpu_if_asked()
     monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
-    alone = {s: train(Run(cfg(s), tmp_path / "alone"), data_root) for s in range(3)}
+    alone_dir, alone = trained_alone("three", [cfg(s) for s in range(3)])
     runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
     packed = train_pack(runs, data_root)
     for s, r in enumerate(runs):
-        assert r.id == Run(cfg(s), tmp_path / "alone").id
+        assert r.id == Run(cfg(s), alone_dir).id
         assert packed[r.id]["packed_with"] == 3
         assert "packed with 2 other run(s)" in r.log_path.read_text()
         ha, hp = alone[s]["history"], packed[r.id]["history"]
@@ -57,7 +72,7 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
             assert set(a) == set(p)
             for k in a:
                 assert p[k] == pytest.approx(a[k], rel=1e-4), (s, k)
-        ca, cp = last(Run(cfg(s), tmp_path / "alone")), last(r)
+        ca, cp = last(Run(cfg(s), alone_dir)), last(r)
         wa = torch.cat([w.flatten() for w in ca["model"].values()])
         wp = torch.cat([cp["model"][k].flatten() for k in ca["model"]])
         assert torch.linalg.norm(wp - wa) <= 1e-3 * torch.linalg.norm(wa)
@@ -69,7 +84,7 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
 
 
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeypatch, mode):
+def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
     """Under bf16 autocast a method's noise is shaped like bf16 activations and drawn in bf16; on a CPU such
     normals are not the fp32 ones rounded where the count is not a multiple of 16 (batch 24 × latent 7 here), so
     the pack records its draws from a forward as alone, under autocast. And a bf16 pack loops over its runs even
@@ -84,14 +99,14 @@ def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeyp
         d["train"].update(epochs=1, batch_size=24, precision="bf16")
         return build_run_config(d)
 
-    alone = {s: train(Run(bf16(s), tmp_path / "alone"), data_root) for s in range(2)}
+    alone_dir, alone = trained_alone("bf16", [bf16(s) for s in range(2)])
     runs = [Run(bf16(s), tmp_path / "packed") for s in range(2)]
     packed = train_pack(runs, data_root)
     for s, r in enumerate(runs):
         assert packed[r.id]["packed_with"] == 2
         for k, v in alone[s]["history"][0].items():
             assert packed[r.id]["history"][0][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (s, k)
-        assert torch.equal(last(Run(bf16(s), tmp_path / "alone"))["rng"], last(r)["rng"])
+        assert torch.equal(last(Run(bf16(s), alone_dir))["rng"], last(r)["rng"])
 
 
 def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
@@ -422,15 +437,14 @@ def test_stopped_pack_resumes_mid_epoch_bit_identically(tmp_path, data_root, mon
     assert sorted(len(p) for p in make_packs(runs + [Run(cfg(7), tmp_path / "stopped")], None)) == [1, 2]
 
 
-def test_runs_stopped_at_different_steps_of_one_epoch_resume_apart(tmp_path, data_root):
+def test_runs_stopped_at_different_steps_of_one_epoch_resume_apart(tmp_path, data_root, trained_alone):
     """Run 0 stopped after step 1, run 1 after step 2 of epoch 1: they are not packed together (a pack trains its
     members from one step), and each resumes to exactly what it trains uninterrupted alone."""
     import mmbench.train as train_mod
     from mmbench.train import TrainingInterrupted
 
-    alone = {s: Run(cfg(s), tmp_path / "alone") for s in (0, 1)}
-    for r in alone.values():
-        train(r, data_root)
+    alone_dir, _ = trained_alone("three", [cfg(s) for s in range(3)])  # test_pack_of_three's references
+    alone = {s: Run(cfg(s), alone_dir) for s in (0, 1)}
     runs = [Run(cfg(s), tmp_path / "stopped") for s in (0, 1)]
     for r, at in zip(runs, (1, 2)):
         def progress(phase, done, total, at=at):
@@ -498,13 +512,13 @@ MRVAE = {"dataset": "polydigits", "method": {"name": "mrvae", "latent_dim": 8,
 
 
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monkeypatch, mode):
+def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monkeypatch, mode, trained_alone):
     """mrVAE packs: its Gumbel noise is drawn through the noise source, its annealing counter is a buffer that each
     run of the pack advances for itself (the draws' recording and the packability trial work on copies), and the
     prior's rows are not cut to a run's own sizes under vmap. Two runs packed end as they end alone."""
     monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
     cfgs = [build_run_config({**MRVAE, "seed": s}) for s in range(2)]
-    alone = {s: train(Run(c, tmp_path / "alone"), data_root) for s, c in enumerate(cfgs)}
+    alone_dir, alone = trained_alone("mrvae", cfgs)
     runs = [Run(c, tmp_path / "packed") for c in cfgs]
     packed = train_pack(runs, data_root)
     for s, r in enumerate(runs):
@@ -512,7 +526,7 @@ def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monk
         for a, p in zip(alone[s]["history"], packed[r.id]["history"]):
             for k in a:
                 assert p[k] == pytest.approx(a[k], rel=1e-4), (s, k)
-        ca, cp = last(Run(cfgs[s], tmp_path / "alone")), last(r)
+        ca, cp = last(Run(cfgs[s], alone_dir)), last(r)
         assert int(cp["model"]["step"]) == int(ca["model"]["step"]) == 2 * 3  # 2 epochs of 3 steps, per run
         assert torch.equal(ca["rng"], cp["rng"])
         for k, w in ca["model"].items():
