@@ -338,6 +338,26 @@ def _first(ck):
     return next(k for k, v in ck["model"].items() if v.dim() == 2)
 
 
+SMALL = {"epochs": 1, "max_train": 32, "max_test": 32}
+
+
+@pytest.fixture(scope="module")
+def small_trained(tmp_path_factory, data_root):
+    """One run of cfg(train=SMALL) trained once; copy_to(parent) gives a copy of its directory (checkpoints, log) as
+    the same run under `parent`, for the tests that edit its checkpoint (training it for each took ~0.5 s)."""
+    import shutil
+
+    run = Run(cfg(train=SMALL), tmp_path_factory.mktemp("small"))
+    train(run, data_root)
+
+    def copy_to(parent):
+        copy = Run(cfg(train=SMALL), parent)
+        shutil.copytree(run.dir, copy.dir)
+        return copy
+
+    return copy_to
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda ck: ck["model"].__setitem__(_first(ck), torch.zeros(3, 3)),
      r"does not fit this run's model \(size mismatch for "),
@@ -349,14 +369,12 @@ def _first(ck):
     (lambda ck: ck["state"].__setitem__("epoch", "1"), "records epoch '1', not a whole number of epochs"),
     (lambda ck: ck.pop("rng"), r"holds no random-number state"),
 ])
-def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root, edit, problem):
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root, edit, problem, small_trained):
     """last.pt of other shapes or keys, without its training state or with a non-integer epoch: resuming and
     evaluating each fail with one line naming the file, the problem and the fix; the file stays as it was."""
     from mmbench.train import MISFIT
 
-    c = cfg(train={"epochs": 1, "max_train": 32, "max_test": 32})
-    run = Run(c, tmp_path)
-    train(run, data_root)
+    run = small_trained(tmp_path)
     path = run.ckpt_dir / "last.pt"
     ck = torch.load(path, weights_only=False)
     edit(ck)
@@ -380,10 +398,9 @@ def test_best_checkpoint_that_does_not_fit_is_named(tmp_path, data_root):
         load_trained(run)
 
 
-def test_a_truncated_checkpoint_message_keeps_its_first_sentence(tmp_path, data_root):
+def test_a_truncated_checkpoint_message_keeps_its_first_sentence(tmp_path, small_trained):
     """torch's long message for a truncated file is cut after its first sentence, not mid-word."""
-    run = Run(cfg(train={"epochs": 1, "max_train": 32, "max_test": 32}), tmp_path)
-    train(run, data_root)
+    run = small_trained(tmp_path)
     path = run.ckpt_dir / "last.pt"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(MMBenchError) as e:
