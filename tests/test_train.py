@@ -101,8 +101,9 @@ def test_model_selection_best_test_loss(tmp_path, data_root, monkeypatch):
 
 def test_checkpoint_every_n_epochs_resumes_from_the_last_checkpoint(tmp_path, data_root):
     """checkpoint_every=2: a stop after epoch 3 of 4 resumes from epoch 2's checkpoint (epoch 3 is
-    trained again) and ends with the uninterrupted run's weights and history."""
-    c = cfg(train={"epochs": 4, "checkpoint_every": 2, "max_test": 32})
+    trained again) and ends with the uninterrupted run's weights and history. One step an epoch (max_train 32): the
+    checkpoints' epochs and the resumed Adam and random streams are what is checked, not an epoch's length."""
+    c = cfg(train={"epochs": 4, "checkpoint_every": 2, "max_train": 32, "max_test": 32})
     full = Run(c, tmp_path / "full")
     hist_full = train(full, data_root)["history"]
     part = Run(c, tmp_path / "part")
