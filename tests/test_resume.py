@@ -3,11 +3,13 @@ Ctrl-C exits 130 without a traceback, a SIGKILL mid-epoch leaves a `partial` run
 `mmbench run` finishes with the same weights and metrics as an uninterrupted run, and a trained but
 unevaluated run is evaluated without retraining.
 
-One test, ~15-25 s on 2 cores: three processes (each pays the import of torch) on a 2-epoch, 20-step-per-epoch
-polydigits run; the steps must be slow enough to be interrupted mid-epoch (an epoch takes ~3.5 s on one thread,
-the SIGKILL follows the first progress report of epoch 2 within one 20 ms poll). Two epochs are all it needs: the
-Ctrl-C leaves a mid-epoch checkpoint of epoch 1, the killed worker resumes it and is killed in epoch 2, and the
-last `mmbench run` resumes from the end of epoch 1 and trains epoch 2 to the reference's weights.
+One test, ~15-25 s on 2 cores: four processes (each pays the import of torch: the Ctrl-C'd `mmbench run` and its
+worker, the killed worker, the last run's worker; that last `mmbench run` itself runs in this process) on a
+2-epoch, 20-step-per-epoch polydigits run; the steps must be slow enough to be interrupted mid-epoch (an epoch takes
+~3.5 s on one thread; the SIGKILL follows the first progress report of epoch 2, which the worker writes at most
+half a second late, within a 20 ms poll). Two epochs are all it needs: the Ctrl-C leaves a mid-epoch checkpoint
+of epoch 1, the killed worker resumes it and is killed in epoch 2, and the last `mmbench run` resumes from the end
+of epoch 1 and trains epoch 2 to the reference's weights.
 """
 import json
 import os
@@ -47,12 +49,6 @@ def start(args, env):
                             start_new_session=True)  # its own process group, as a terminal's foreground job
 
 
-def mmbench(args, env):
-    p = start(args, env)
-    out, err = p.communicate(timeout=300)
-    return p.returncode, out, err
-
-
 def dry_run(suite, runs, data_root):
     """`mmbench run --dry-run` in this process (it runs nothing; a subprocess would only add an import of torch)."""
     from typer.testing import CliRunner
@@ -85,7 +81,7 @@ def ckpt(run):
     return torch.load(run.ckpt_dir / "last.pt", weights_only=False)
 
 
-def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, data_root):
+def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, data_root, mmbench_here):
     suite = tmp_path / "suite.yaml"
     suite.write_text(SUITE)
     (cfg,) = load_suite(suite).runs("full")
@@ -128,9 +124,10 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, data_root
     assert ckpt(run)["state"]["epoch"] < 2, "the run finished before it was killed; make its epochs longer"
     assert "1 partial" in dry_run(suite, tmp_path / "runs", data_root)
 
-    rc, out, err = mmbench(["run", suite], env)
-    assert rc == 0, err
-    assert "1 of 1 runs finished" in out
+    # the next `mmbench run` in this process (its worker is still a process of its own): an interpreter less
+    r = mmbench_here("run", suite, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "1 of 1 runs finished" in r.stdout
     assert re.search(r"resumed from \S+ at epoch 1", run.log_path.read_text())  # resumed, not restarted
     a, b = ckpt(ref), ckpt(run)
     assert a["state"]["history"] == b["state"]["history"]
