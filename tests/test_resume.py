@@ -46,7 +46,10 @@ defaults:
 def start(args, env):
     return subprocess.Popen([sys.executable, "-m", "mmbench", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200", **env},
-                            start_new_session=True)  # its own process group, as a terminal's foreground job
+                            start_new_session=True,  # its own process group, as a terminal's foreground job
+                            # and Ctrl-C's default action, as a terminal gives it: a shell that starts the tests in
+                            # the background (`make test &`) hands its children SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def dry_run(suite, runs, data_root):
