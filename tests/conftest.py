@@ -54,10 +54,11 @@ def on_gpu_if_asked() -> None:
         assert torch.cuda.is_available(), "MMBENCH_GPU_TESTS=1 but no GPU is visible to the test"
 
 
-def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_grad: bool = False):
+def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_grad: bool = False,
+                every_step: bool = False):
     """Full Adam steps on one fixed batch, asserting every gradient finite after each backward pass
-    (and, with require_grad, that every parameter gets a non-zero one in some step). Returns (losses, last step's
-    logs)."""
+    (and, with require_grad, that every parameter gets a non-zero one in some step; with every_step, that every
+    parameter gets one in every step). Returns (losses, last step's logs)."""
     import torch
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -70,6 +71,7 @@ def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_g
         loss.backward()
         for name, p in model.named_parameters():
             assert p.grad is None or torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+            assert p.grad is not None or not every_step, f"{name} gets no gradient in some step"
             if p.grad is not None and bool(p.grad.ne(0).any()):
                 moved.add(name)
         opt.step()
@@ -109,8 +111,9 @@ def seed_runs(runs_dir, n: int, method: str = "mopoe"):
 
 
 def _mmbench_here(*args, env=None, width=200):
-    """`mmbench ARGS` in this process, for commands that start no worker (report, run --dry-run, list): the
-    same result as `mmbench` without the seconds of a new interpreter importing torch. Returns returncode,
+    """`mmbench ARGS` in this process (report, run --dry-run, list, --help; a `run` whose workers are processes of
+    their own, as test_resume's last): the same result as `mmbench` without the seconds of a new interpreter
+    importing torch. Returns returncode,
     stdout, stderr like subprocess.run; `width`: the console's columns (COLUMNS for a subprocess)."""
     import io
     from types import SimpleNamespace

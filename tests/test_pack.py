@@ -42,10 +42,13 @@ def trained_alone(tmp_path_factory, data_root):
     done = {}
 
     def train_once(name, configs):
+        ids = [c.run_id() for c in configs]
         if name not in done:
             d = tmp_path_factory.mktemp(f"alone-{name}")
-            done[name] = d, {i: train(Run(c, d), data_root) for i, c in enumerate(configs)}
-        return done[name]
+            done[name] = d, {i: train(Run(c, d), data_root) for i, c in enumerate(configs)}, ids
+        d, summaries, trained = done[name]
+        assert ids == trained, f"{name!r} was trained with other runs: {trained}"  # not another test's references
+        return d, summaries
 
     return train_once
 
@@ -466,7 +469,7 @@ def test_runs_stopped_at_different_steps_of_one_epoch_resume_apart(tmp_path, dat
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
+def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root, monkeypatch):
     # Another process holds one run's lock (a second submission of the suite): the pack trains the others
     # and then waits for that run; once the holder lets go it finds the run unfinished and does it here.
     import threading
@@ -488,16 +491,21 @@ def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
     t = threading.Thread(target=holder)
     t.start()
     held.wait(10)
-    # The holder lets go when the pack, done with the others, says it waits for the run (no timer: the lock is
-    # held until the waiting starts, whatever the machine's speed, and the wait itself is always exercised)
-    log = runs[2].log
+    # The holder lets go only once the pack blocks on the run's lock: the first blocking LOCK_EX on run.lock
+    # checks that the lock is still held (the wait is real), then lets the holder go and waits for it
+    import fcntl
 
-    def log_then_release(message):
-        log(message)
-        if "locked by another process; waiting" in message:
+    real_flock, waits = fcntl.flock, []
+
+    def flock(f, op):
+        if op == fcntl.LOCK_EX and Path(f.name) == runs[2].dir / "run.lock" and not release.is_set():
+            with pytest.raises(BlockingIOError):  # still held by the holder when the waiting starts
+                real_flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waits.append(op)
             release.set()
+        return real_flock(f, op)
 
-    runs[2].log = log_then_release
+    monkeypatch.setattr(fcntl, "flock", flock)
     try:
         out = execute_pack(runs, data_root)
     finally:
@@ -507,6 +515,7 @@ def test_locked_run_is_left_out_of_the_pack_and_waited_for(tmp_path, data_root):
     assert all(r.status() == "done" for r in runs)
     assert "left out of the pack" in runs[2].log_path.read_text()
     assert "locked by another process; waiting" in runs[2].log_path.read_text()
+    assert waits == [fcntl.LOCK_EX]  # the pack blocked on the held lock once
     assert "pack of 2" in runs[0].log_path.read_text()
 
 
