@@ -72,7 +72,7 @@ def train_steps(model, x, steps: int, lr: float = 1e-3, seed: int = 1, require_g
         for name, p in model.named_parameters():
             assert p.grad is None or torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
             assert p.grad is not None or not every_step, f"{name} gets no gradient in some step"
-            if p.grad is not None and bool(p.grad.ne(0).any()):
+            if require_grad and p.grad is not None and bool(p.grad.ne(0).any()):
                 moved.add(name)
         opt.step()
         losses.append(loss.item())
@@ -113,8 +113,8 @@ def seed_runs(runs_dir, n: int, method: str = "mopoe"):
 def _mmbench_here(*args, env=None, width=200):
     """`mmbench ARGS` in this process (report, run --dry-run, list, --help; a `run` whose workers are processes of
     their own, as test_resume's last): the same result as `mmbench` without the seconds of a new interpreter
-    importing torch. Returns returncode,
-    stdout, stderr like subprocess.run; `width`: the console's columns (COLUMNS for a subprocess)."""
+    importing torch. Returns returncode, stdout, stderr like subprocess.run; `width`: the console's columns (COLUMNS
+    for a subprocess)."""
     import io
     from types import SimpleNamespace
 

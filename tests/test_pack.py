@@ -388,7 +388,7 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here):
                      "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
 
-    def mm(*args):
+    def mm(*args, env):  # a new interpreter, called as mmbench_here is
         return sp.run([sys.executable, "-m", "mmbench", *map(str, args)], capture_output=True, text=True,
                       env={**os.environ, **env})
 
@@ -402,7 +402,7 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here):
                            (mmbench_here, ("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),
                            (mmbench_here, ("bench", "steps", "--compile"),
                             "--compile captures CUDA graphs; use it with --device cuda")]:
-        r = run(*args) if run is mm else run(*args, env=env)
+        r = run(*args, env=env)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
