@@ -540,6 +540,12 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(rep.ambiguous)} cells are matched by runs of several configurations and not scored, e.g. "
                       f"{first.paper} {first.table} {first.row}/{first.column}: {first.ambiguous}; report each "
                       f"configuration from its own runs directory (e.g. one per tier)")
+        filtered = [c for c in rep.cells if c.status == "missing" and c.excluded]
+        if filtered:
+            first = filtered[0]
+            say.print(f"{len(filtered)} missing cells have runs that their filter leaves out, e.g. {first.paper} "
+                      f"{first.table} {first.row}/{first.column}: {first.excluded}; run with the paper's setting "
+                      f"(the suite's default) for these cells", highlight=False, soft_wrap=True)
         if rep.failures or rep.ambiguous or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
             raise typer.Exit(1)
 

@@ -95,6 +95,9 @@ class Cell:
     # is not scored, and this names the settings that differ (narrow it with `where` or separate runs directories)
     ambiguous: Optional[str] = None
     nonfinite: int = 0  # matching runs whose value is NaN or infinite (left out of the mean and of n_runs)
+    # set when no run matches but runs of this table, method and metric fail the cell's `where`: which settings
+    # keep them out, e.g. 'eval.lr_protocol is mopoe, the paper's is smvae (2 runs)'
+    excluded: Optional[str] = None
     paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
     runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
     p_value: Optional[float] = None  # Welch's (one run: prediction-interval) t-test, produced vs printed (mmbench/verdicts.py)
@@ -328,10 +331,24 @@ def finite(sel: pd.DataFrame) -> pd.DataFrame:
     return sel[sel["value"].apply(math.isfinite)] if len(sel) else sel
 
 
+def excluded_by(near: pd.DataFrame, where: Dict[str, Any]) -> Optional[str]:
+    """Why runs of a cell's table, method and metric do not serve it: each `where` setting they differ on."""
+    if near.empty:
+        return None
+    parts = []
+    for k, v in where.items():
+        got = sorted({repr(c.get(k)) for c in near["cfg"] if not _same(c.get(k), v)})
+        if got:
+            parts.append(f"{k} is {', '.join(got)}, the paper's is {v!r}")
+    return f"{'; '.join(parts)} ({len(near)} run{'s' if len(near) > 1 else ''})" if parts else None
+
+
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     """Each cell's produced mean, sample std and n over the seeds of the one configuration that matches it."""
     for c in cells:
         sel = select(frame, c.table, c.method, c.metric, c.where)
+        if sel.empty and c.where:
+            c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
         c.ambiguous = configurations(sel) if len(sel) else None
         if c.ambiguous:
             c.runs = sorted(sel["run"])
@@ -663,6 +680,7 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                 txt = f"ambiguous: runs of several configurations ({c.ambiguous}) | {pm(c.value, c.std)}"
             elif c.produced is None:
                 why = f" ({c.nonfinite} run(s) with a non-finite value)" if c.nonfinite else ""
+                why += f" (runs left out by the cell's filter: {c.excluded})" if c.excluded else ""
                 txt = f"missing{why} | {pm(c.value, c.std)}"
             else:
                 mark = "✓" if c.status == "pass" else "✗"

@@ -91,7 +91,8 @@ def counts(cells: list) -> Dict[str, int]:
 # ----- tidy export (`mmbench report --format csv|json`) -----------------------------------------------
 TIDY_COLUMNS = ["paper", "table", "row", "column", "method", "metric", "produced_mean", "produced_std", "n_runs",
                 "printed_value", "printed_std", "paper_runs", "tolerance", "difference", "tolerance_verdict",
-                "welch_p", "welch_p_holm", "welch_verdict", "mixed_provenance", "run_ids"]
+                "welch_p", "welch_p_holm", "welch_verdict", "mixed_provenance", "run_ids",
+                "excluded_by_filter"]
 
 
 def tidy_rows(cells: list, frame) -> list:
@@ -104,7 +105,8 @@ def tidy_rows(cells: list, frame) -> list:
                  "n_runs": c.n_runs, "printed_value": c.value, "printed_std": c.std, "paper_runs": c.paper_runs,
                  "tolerance": c.tolerance, "difference": None if c.produced is None else c.produced - c.value,
                  "tolerance_verdict": c.status, "welch_p": c.p_value, "welch_p_holm": c.p_holm,
-                 "welch_verdict": c.verdict, "mixed_provenance": list(c.mixed), "run_ids": list(c.runs)}
+                 "welch_verdict": c.verdict, "mixed_provenance": list(c.mixed), "run_ids": list(c.runs),
+                 "excluded_by_filter": c.excluded}
                 for c in cells]
     rows = []
     if frame is None or frame.empty:
@@ -116,5 +118,6 @@ def tidy_rows(cells: list, frame) -> list:
                      "produced_std": float(g["value"].std(ddof=1)) if n > 1 else None, "n_runs": n,
                      "printed_value": None, "printed_std": None, "paper_runs": None, "tolerance": None,
                      "difference": None, "tolerance_verdict": None, "welch_p": None, "welch_p_holm": None,
-                     "welch_verdict": None, "mixed_provenance": [], "run_ids": sorted(g["run"])})
+                     "welch_verdict": None, "mixed_provenance": [], "run_ids": sorted(g["run"]),
+                     "excluded_by_filter": None})
     return rows

@@ -17,12 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 REFS = ROOT / "reference_results"
 
 
-def run_with(runs_dir, method, metrics, tables, seed=0, **method_fields):
+def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, **method_fields):
     cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, **method_fields}, "seed": seed,
-                            "tables": list(tables)})
+                            "tables": list(tables), "eval": dict(eval or {})})
     run = Run(cfg, runs_dir)
     run.init()
     run.write_metrics(metrics)
+
+
+SMVAE_LR = {"lr_protocol": "smvae"}  # the suites' latent-classification protocols, pinned by the reference files
+MMVAMP_LR = {"lr_protocol": "mmvamp"}
 
 
 def shipped_claim(rep, claim_id):
@@ -107,10 +111,10 @@ def test_smvae_fig2_claims_read_end_to_end_runs_only(tmp_path):
     runs = tmp_path / "runs"
     keys = [f"{f}/{n}" for f in ("latent_acc_by_n", "coherence_by_n") for n in (1, 2, 3, 4)]
     for method in ("mvae", "mmvae", "mopoe"):
-        run_with(runs, method, {k: 0.6 for k in keys}, ["SMVAE Fig. 2"])
-    run_with(runs, "smvgon", {k: 0.3 for k in keys}, ["SMVAE Fig. 2"], options={"schedule": "end_to_end"})
-    run_with(runs, "smvae", {k: 0.7 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], options={"schedule": "end_to_end"})
-    run_with(runs, "smvae", {k: 0.3 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], options={"schedule": "two_stage"})
+        run_with(runs, method, {k: 0.6 for k in keys}, ["SMVAE Fig. 2"], eval=SMVAE_LR)
+    run_with(runs, "smvgon", {k: 0.3 for k in keys}, ["SMVAE Fig. 2"], eval=SMVAE_LR, options={"schedule": "end_to_end"})
+    run_with(runs, "smvae", {k: 0.7 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], eval=SMVAE_LR, options={"schedule": "end_to_end"})
+    run_with(runs, "smvae", {k: 0.3 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], eval=SMVAE_LR, options={"schedule": "two_stage"})
     rep = build_report(runs, REFS)
     # averaged with the two-stage run SMVAE would be at 0.5, below the baselines' 0.6
     assert shipped_claim(rep, "fig2-smvae-outperforms-existing").status == "holds"
@@ -126,7 +130,8 @@ def test_mopoe_tables_2_to_4_read_the_beta_of_app_c2(tmp_path):
     cells, _ = load_reference_files(REFS)
     for c in cells:
         if c.table in ("MoPoE Table 2", "MoPoE Table 3", "MoPoE Table 4"):
-            assert c.where == {"method.beta": 5.0}, f"{c.table} {c.row} {c.column}: where {c.where}"
+            pinned = {"eval.lr_protocol": "mopoe"} if c.metric.startswith("latent_") else {}
+            assert c.where == {**pinned, "method.beta": 5.0}, f"{c.table} {c.row} {c.column}: where {c.where}"
     runs = tmp_path / "runs"
     run_with(runs, "mmvae", {"latent_acc/mnist": 0.95, "coherence/joint": 0.28}, ["MoPoE Table 2", "MoPoE Table 3"], beta=5.0)
     run_with(runs, "mmvae", {"latent_acc/mnist": 0.10, "coherence/joint": 0.90}, ["MoPoE Table 2", "MoPoE Table 3"],
@@ -141,15 +146,77 @@ def test_mmvamp_fig6_reads_the_pooled_views_accuracy(tmp_path):
     runs = tmp_path / "runs"
     # every model separates odors within each view (per-view accuracy 0.9); only MM-VAMP shares the space across views
     for method, beta, pooled in (("mmvamp", 1e-3, 0.85), ("independent", 1e-5, 0.3), ("aggregated", 1e-2, 0.35)):
-        run_with(runs, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": pooled}, ["MM-VAMP Fig. 6"], beta=beta)
+        run_with(runs, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": pooled}, ["MM-VAMP Fig. 6"], beta=beta, eval=MMVAMP_LR)
     claim = shipped_claim(build_report(runs, REFS), "fig6-rats-odor-separation-at-best-beta")
-    assert claim.status == "holds" and claim.strength == "strict"
+    assert claim.status == "holds" and claim.strength == "hedged"
     assert any("mmvamp latent_acc/pooled = 0.850 > 0.300" in d for d in claim.details)
 
     runs2 = tmp_path / "runs2"  # the baselines' views share one space as well: the claim must not hold
     for method, beta in (("mmvamp", 1e-3), ("independent", 1e-5), ("aggregated", 1e-2)):
-        run_with(runs2, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": 0.88}, ["MM-VAMP Fig. 6"], beta=beta)
+        run_with(runs2, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": 0.88}, ["MM-VAMP Fig. 6"], beta=beta, eval=MMVAMP_LR)
     assert shipped_claim(build_report(runs2, REFS), "fig6-rats-odor-separation-at-best-beta").status == "fails"
+
+
+def test_mmvamp_fig4a_reads_the_average_of_the_unimodal_aps(tmp_path):
+    """Fig. 4a plots "the average classification performance of all unimodal latent representations":
+    latent_ap_by_n/1 (the mean of img's and text's mean AP), a strict claim; one modality alone does not decide it."""
+    runs = tmp_path / "runs"
+    for method, img, text in (("mmvamp", 0.50, 0.80), ("independent", 0.55, 0.60), ("aggregated", 0.52, 0.58)):
+        run_with(runs, method, {"latent_ap/img": img, "latent_ap/text": text, "latent_ap_by_n/1": (img + text) / 2},
+                 ["MM-VAMP Fig. 4"], beta=1.0, eval=MMVAMP_LR)
+    claim = shipped_claim(build_report(runs, REFS), "fig4a-latent-mmvamp-best")
+    assert claim.strength == "strict" and claim.status == "holds", claim.details  # img alone: 0.50 < 0.55
+    assert {s["metric"] for h in claim.holds for s in (h["left"], h["right"])} == {"latent_ap_by_n/1"}
+
+
+# ----- the latent-classification protocol is part of what a latent cell means ---------------------------
+PROTOCOL_OF_FILE = {"mopoe_iclr21.yaml": "mopoe", "smvae_iclr22.yaml": "smvae", "mmvamp.yaml": "mmvamp"}
+
+
+def test_every_latent_cell_and_claim_side_pins_its_papers_protocol():
+    """The same key (latent_acc/..., latent_ap/...) means another classifier under another eval.lr_protocol (MoPoE
+    App. B: one regression per subset; SMVAE §5: fitted on all modalities; MM-VAMP App. B.2.2: unimodal), and
+    latent_ap another score under eval.ap_scores: every latent cell and claim side filters on its paper's."""
+    seen = 0
+    for path in sorted(REFS.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        sides = [(c["metric"], c.get("where") or {}, f"cell {c['table']} {c['row']}/{c['column']}") for c in data["cells"]]
+        sides += [(s["metric"], {**(k.get("where") or {}), **(s.get("where") or {})}, f"claim {k['id']}")
+                  for k in data["claims"] for h in k["holds"] for s in (h["left"], h["right"]) if isinstance(s, dict)]
+        for metric, where, what in sides:
+            if metric.startswith("latent_"):
+                seen += 1
+                assert where.get("eval.lr_protocol") == PROTOCOL_OF_FILE[path.name], f"{path.name}: {what} {metric}"
+                assert metric.startswith("latent_acc") or where.get("eval.ap_scores") == "hard", f"{path.name}: {what}"
+            else:
+                assert "eval.lr_protocol" not in where, f"{path.name}: {what} {metric} does not depend on it"
+    assert seen > 200
+
+
+def test_runs_of_another_protocol_do_not_fill_a_latent_cell_and_the_report_says_why(tmp_path):
+    runs = tmp_path / "runs"
+    run_with(runs, "mvae", {"latent_acc/mnist": 0.30}, ["SMVAE Table 1"])  # eval.lr_protocol's default: mopoe
+    rep = build_report(runs, REFS)
+    cell = next(c for c in rep.cells if c.table == "SMVAE Table 1" and c.method == "mvae" and c.metric == "latent_acc/mnist")
+    assert cell.status == "missing" and cell.produced is None
+    assert cell.excluded == "eval.lr_protocol is 'mopoe', the paper's is 'smvae' (1 run)"
+    md = render_markdown(rep.summaries, rep.refs, rep.claims)
+    assert "runs left out by the cell's filter: eval.lr_protocol is 'mopoe', the paper's is 'smvae' (1 run)" in md
+
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+    out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(REFS), "--format", "csv",
+                                   "--out", str(tmp_path / "r.csv")], env={"COLUMNS": "400"})
+    assert out.exit_code == 1 and "missing cells have runs that their filter leaves out" in out.output, out.output
+    import pandas as pd
+    row = pd.read_csv(tmp_path / "r.csv").query("table == 'SMVAE Table 1' and method == 'mvae' and metric == 'latent_acc/mnist'")
+    assert list(row["excluded_by_filter"]) == [cell.excluded]
+
+    run_with(runs, "mvae", {"latent_acc/mnist": 0.80}, ["SMVAE Table 1"], seed=1, eval=SMVAE_LR)
+    cell = next(c for c in build_report(runs, REFS).cells
+                if c.table == "SMVAE Table 1" and c.method == "mvae" and c.metric == "latent_acc/mnist")
+    assert (cell.produced, cell.n_runs, cell.excluded) == (0.80, 1, None)  # the mopoe-protocol run is not averaged in
 
 
 def test_mopoe_fig3_flat_claim_states_both_readings():

@@ -103,7 +103,8 @@ METRIC_OF_KEY = {"latent_acc": "latent_classification", "latent_acc_by_n": "late
                  "coherence": "coherence", "coherence_by_n": "coherence", "coherence_all_by_n": "coherence",
                  "fid": "fid", "fid_by_n": "fid",
                  "loglik": "loglik", "loglik_by_n": "loglik", "loglik_mod": "loglik", "recon": "reconstruction",
-                 "latent_ap": "latent_ap", "coherence_ap": "coherence_ap"}
+                 "latent_ap": "latent_ap", "latent_ap_by_n": "latent_ap", "coherence_ap": "coherence_ap",
+                 "coherence_ap_by_n": "coherence_ap"}
 
 
 def _producers(runs, table, method, metric, *wheres):
