@@ -21,6 +21,20 @@ def first_runs(suite: str, tier: str = "smoke"):
     return out
 
 
+def test_mmvamp_suite_averages_what_each_experiments_code_averages():
+    """The aggregated VAE's Eq. 16 average: variances as mmvmvae's aggregate_latents_avg (PolyMNIST, CelebA);
+    standard deviations on the rats, whose code's second encoder output is a log sigma (mmvampvae spike_vae.py)."""
+    runs = first_runs("mmvamp.yaml", "full")
+    assert {ds: runs[(ds, "aggregated")].method.options.get("average", "variance")
+            for ds in ("polymnist", "celeba", "rats")} == {"polymnist": "variance", "celeba": "variance", "rats": "std"}
+    from mmbench.methods.aggregated import average_experts
+    mu = torch.zeros(2, 1, 1)
+    logvar = torch.log(torch.tensor([1.0, 9.0]))[:, None, None]  # sigma 1 and 3
+    std = average_experts(mu, logvar, torch.ones(1, 2), "std").logvar.exp().item()  # ((1 + 3) / 2)^2
+    var = average_experts(mu, logvar, torch.ones(1, 2), "variance").logvar.exp().item()  # (1 + 9) / 2
+    assert (round(std, 5), round(var, 5)) == (4.0, 5.0)
+
+
 def celeba_batch(n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     text = torch.nn.functional.one_hot(torch.randint(0, 71, (n, 256), generator=g), 71).float()

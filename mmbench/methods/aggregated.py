@@ -38,7 +38,9 @@ class Aggregated(MultimodalVAE):
     Options:
     * `average` (default "variance"): what Eq. 16 averages. The paper writes the posteriors as
       N(μ, σ I) (Eq. 11), σ I being the covariance, and the authors' `avg` aggregation averages
-      variances (mmvmvae mv_vaes/mv_vae.py aggregate_latents_avg); "std" averages the standard deviations instead.
+      variances (mmvmvae mv_vaes/mv_vae.py aggregate_latents_avg); "std" averages the standard deviations instead,
+      as the authors' rats code does (mmvampvae mv_vaes/spike_vae.py aggregate_latents on a log sigma; the rats
+      entry of suites/mmvamp.yaml sets it).
     * `aggregation` (default "avg": the paper is explicit, App. B.2 Eqs. 15-16, Hosoya averaging): "poe" =
       product of the unimodal experts without a prior expert, the default of the authors'
       `JointModelConfig` (mmvampvae and mmvmvae config/ModelConfig.py), which the mmvampvae run scripts

@@ -49,7 +49,8 @@ class RatMLP:
     """Per-rat MLP VAE nets: two hidden layers of width neurons×10, LeakyReLU 0.01, linear mu/logvar heads.
 
     The authors' second head is a log standard deviation; here it is a log variance, the same network
-    read on another scale (the method's posterior takes logvar).
+    read on another scale (the method's posterior takes logvar). Where posteriors are averaged the scale matters:
+    the rats suite's aggregated VAE averages standard deviations, as the authors' code does.
     """
 
     @staticmethod
