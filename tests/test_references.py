@@ -259,6 +259,15 @@ def test_mopoe_on_polymnist_has_one_learning_rate_across_suites():
     assert {name for name, _ in lrs} >= {"mopoe_iclr21.yaml", "mrvae.yaml"}
 
 
+def test_mrvae_and_mopoe_train_at_one_learning_rate_in_the_mrvae_suite():
+    """App. E.3's "fair comparison between models": mrVAE trains at MoPoE's lr (1e-3, MoPoE App. D.2) in every tier."""
+    from mmbench.suite import load_suite
+
+    suite = load_suite(ROOT / "suites" / "mrvae.yaml")
+    for tier in ("full", "quick", "smoke"):
+        assert {(r.method.name, r.train.lr) for r in suite.runs(tier)} == {("mrvae", 1e-3), ("mopoe", 1e-3)}, tier
+
+
 def test_mrvae_runs_at_beta_one_with_objective_q_in_every_tier():
     """suites/mrvae.yaml: Eq. (4) weighs every term 1, so mrVAE runs at beta 1 with objective q (the suite's header)
     while MoPoE keeps beta 2.5 (a second `method_overrides:` key once dropped the mrVAE entry: beta 2.5)."""

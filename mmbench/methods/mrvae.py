@@ -473,7 +473,8 @@ class MrVAE(MultimodalVAE):
       prior has no parameters). "r" (the first case, Eq. 7, with App. E's relaxations): (n, y) ~ r(n, y | z)
       straight-through, loss NLL + β·KL_z + KL_n + KL_y, KL_n exact per subspace given the earlier sizes,
       KL_y the one-sample log PL_w(y) - log PL_0(y). β weighs only the z-term (Eq. 4: 1; the paper gives
-      no β); the structure terms keep weight 1.
+      no β; `method.beta` defaults to 2.5 as for every method, suites/mrvae.yaml sets 1); the structure terms
+      keep weight 1.
 
     Interface: z = [z_1; ...; z_M] (latent size M·D). For a subset S, subspaces that S covers (A ∩ S ≠ ∅)
     get n_A, y and slot values from the available modalities (the networks average over them, App. E.1);
@@ -482,7 +483,8 @@ class MrVAE(MultimodalVAE):
     noise; argmax sizes, the prior's mode and the lowest free factors where uncovered) and
     `encode_subsets` returns q(z | n̂, ŷ, X_S); in train mode it samples the relation from r. Both
     objectives infer a test input's relation with r from the unimodal latents (the paper does not say how
-    a relation is chosen at test time). `sample_prior`
+    a relation is chosen at test time; under "q", r was trained on relation-applied latents, not on these:
+    docs/provenance.md, mrVAE). `sample_prior`
     draws a relation from the prior and N(0, 1) slots.
 
     Options (the paper gives no temperatures or widths; these are our defaults):
