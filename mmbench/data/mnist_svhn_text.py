@@ -13,9 +13,9 @@ start index is drawn once per triple (seeded) and stored. Option `text_start`:
 * `fixed` (default): the stored start is used throughout, so a seed reproduces the data byte for
   byte and every metric sees the same test text; with 20 pairings per image the word already
   appears at many positions during training.
-* `per_epoch`: as the authors' loader, the training split's start is redrawn every time a triple is
+* `per_epoch`: as the authors' loader for the training split, whose start is redrawn every time a triple is
   batched (once per epoch), from torch's generator that training seeds; the test split keeps its
-  stored start so that evaluation stays fixed.
+  stored start so that evaluation stays fixed (the authors' loader redraws it too, at every pass).
 """
 from __future__ import annotations
 
