@@ -62,7 +62,7 @@ def test_generate_is_seeded_and_labels_agree(variant):
     out = polygen.generate(digits, labels, backgrounds(), variant, 2, np.random.default_rng(7))
     assert len(out["labels"]) == 2 * len(labels) and sorted(out["labels"]) == sorted(np.tile(labels, 2))
     if variant == "translated":
-        small = polygen.resize_digits(digits, polygen.TRANSLATE_SIZE) > 128
+        small = polygen.resize_digits(digits, polygen.TRANSLATE_SIZE, truncate=True) > 128
         area = {int(c): int(small[labels == c][0].sum()) for c in range(10)}
         rows = slice(0, 28)
     else:
@@ -222,6 +222,13 @@ def test_prepare_is_idempotent_seeded_and_verified(tmp_path, data_root):
     with pytest.raises(MMBenchError, match=f"recipe version {spec.recipe_version} where this mmbench builds "
                                            f"{spec.recipe_version + 1}.*--force"):
         prepare(newer, "vanilla", seed=0, data_root=data_root)
+    per_variant = type(spec)()  # a fix of one variant leaves the others' prepared data current
+    per_variant.variant_recipe_versions = {"other": spec.recipe_version + 1}
+    assert prepare(per_variant, "vanilla", seed=0, data_root=data_root) == path
+    per_variant.variant_recipe_versions = {"vanilla": spec.recipe_version + 1}
+    with pytest.raises(MMBenchError, match=f"recipe version {spec.recipe_version} where this mmbench builds "
+                                           f"{spec.recipe_version + 1}.*--force"):
+        prepare(per_variant, "vanilla", seed=0, data_root=data_root)
     # same seed elsewhere: byte-identical arrays
     other = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     assert read_manifest(other)["arrays"] == {k: {**v, "stat": read_manifest(other)["arrays"][k]["stat"]}
@@ -533,12 +540,26 @@ def test_resize_digits_is_bilinear_on_pixel_centres_and_rounded():
 
 
 def test_translated_digits_are_binarised_strictly_above_128():
-    # polygen docstring: the digit is binarised at > 128 (a flat 128 digit scales to a flat 128: no digit pixel)
-    digits = np.stack([np.full((28, 28), 128, np.uint8), np.full((28, 28), 129, np.uint8)])
+    # polygen docstring: the digit is binarised at > 128 (a flat 128 digit scales to a flat 128: no digit pixel);
+    # a flat 130 stays above 129 after the float resize (a flat 129 comes out at 128.99998 in places, truncated to
+    # 128 as in the authors' code)
+    digits = np.stack([np.full((28, 28), 128, np.uint8), np.full((28, 28), 130, np.uint8)])
     labels = np.arange(2)
     tuples = polygen.pair_indices(labels, 2, 1, np.random.default_rng(0))
     masks, _ = polygen.digit_masks(digits, labels, tuples, "translated", np.random.default_rng(0))
     assert masks[0].sum() == 0 and (masks[1].sum((1, 2)) == 21 * 21).all()
+
+
+def test_translated_digit_is_truncated_before_the_threshold_as_the_authors_code():
+    """mmvmvae _add_background_image copies the float bilinear output into a uint8 tensor (truncation), then > 128:
+    a resized value in (128, 129) is background there, so it is here (rounding would make it a digit pixel)."""
+    digit = np.full((1, 28, 28), 22, np.uint8)
+    digit[0, :, 0] = 150  # output column 0 samples source x = 1/6: 5/6 * 150 + 1/6 * 22 = 128.67
+    assert (polygen.resize_digits(digit, 21, truncate=True)[0, :, 0] == 128).all()
+    assert (polygen.resize_digits(digit, 21)[0, :, 0] == 129).all()  # rounded: a digit pixel
+    masks, _ = polygen.digit_masks(digit, np.zeros(1, np.int64), np.zeros((1, 1), np.int64), "translated",
+                                   np.random.default_rng(0))
+    assert masks.sum() == 0
 
 
 def test_extended_corner_digits_never_erase_the_main_digit():

@@ -265,3 +265,28 @@ def test_a_background_too_small_to_crop_is_one_line(tmp_path):
     Image.fromarray(np.zeros((28, 60, 3), np.uint8)).save(bg / "3.jpg")
     with pytest.raises(MMBenchError, match=r"3.jpg \(from --backgrounds\) is 60×28 pixels; a background must be larger"):
         polymnist.load_backgrounds(bg, 5)
+
+
+def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, mnist_source):
+    """--backgrounds is a location (not part of a copy's identity), but its content is what the copy was built from:
+    preparing again with other images is refused with the fix, the same images (another folder) are accepted."""
+    src, _ = mnist_source
+    bg = write_backgrounds(tmp_path / "bg", [f"{i}.jpg" for i in range(5)])
+    spec = DATASETS.get("polymnist")()
+    opts = {"source": str(src), "backgrounds": str(bg), "rebuild": True}
+    path = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options=opts)
+    import shutil
+
+    same = shutil.copytree(bg, tmp_path / "bg-copy")
+    assert prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(same)}) == path
+    assert prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={k: v for k, v in opts.items()
+                                                                             if k != "backgrounds"}) == path
+    other = write_backgrounds(tmp_path / "bg-other", [f"{i}.jpg" for i in reversed(range(5))])  # same names, swapped
+    before = read_manifest(path)
+    with pytest.raises(MMBenchError, match=r"was built from other input files: --backgrounds .* \(same names, other "
+                                           r"contents\); pass --force to rebuild"):
+        prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)})
+    assert read_manifest(path) == before  # nothing rebuilt or touched
+    rebuilt = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)},
+                      force=True)
+    assert read_manifest(rebuilt)["source"]["backgrounds_sha256"] != before["source"]["backgrounds_sha256"]

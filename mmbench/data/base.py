@@ -50,6 +50,8 @@ class DatasetSpec:
     registry_name: ClassVar[str]
     variants: ClassVar[Sequence[str]] = ("default",)
     recipe_version: ClassVar[int] = 1
+    # per-variant recipe versions where a fix touched one variant only (other variants keep their prepared data)
+    variant_recipe_versions: ClassVar[Dict[str, int]] = {}
     n_classes: ClassVar[int] = 10
     # True: labels are N×n_classes multi-hot attributes (CelebA), scored by average precision
     # (latent_ap, coherence_ap), classifiers trained with BCE-with-logits; False: one class index per row.
@@ -59,6 +61,11 @@ class DatasetSpec:
     option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help
     location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
     needs: ClassVar[Dict[str, str]] = {}  # variant -> what a first `mmbench prepare` of it must be given
+
+    def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
+        """What differs between the input files a prepared copy was built from (its manifest) and those `options`
+        point at now (location options are not part of a copy's identity, their content is); None when nothing."""
+        return None
 
     def prepare_hint(self, variant: str) -> str:
         """The command that prepares `variant` here for the first time, with what it cannot do without."""
@@ -282,14 +289,19 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     identity = {k: v for k, v in options.items() if k not in spec.location_options}
     target = dataset_dir(spec.registry_name, variant, data_root)
     existing = None if force else read_manifest(target)  # --force rebuilds whatever is there, a corrupt manifest too
+    version = spec.variant_recipe_versions.get(variant, spec.recipe_version)
     if existing is not None:
-        same = (existing.get("seed") == seed and existing.get("recipe_version") == spec.recipe_version
+        same = (existing.get("seed") == seed and existing.get("recipe_version") == version
                 and existing.get("options", {}) == identity)
+        changed = spec.changed_inputs(existing, options) if same else None
+        if changed:
+            raise MMBenchError(f"{target} was built from other input files: {changed}; pass --force to rebuild it "
+                               f"from these, or leave the option out to use it as it is")
         if same:
             verify(target, existing)
             return target
-        recipe = ("" if existing.get("recipe_version") == spec.recipe_version else
-                  f", recipe version {existing.get('recipe_version')} where this mmbench builds {spec.recipe_version}")
+        recipe = ("" if existing.get("recipe_version") == version else
+                  f", recipe version {existing.get('recipe_version')} where this mmbench builds {version}")
         raise MMBenchError(
             f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}"
             f"{recipe}); pass --force to rebuild it with seed {seed} and options {identity}")
@@ -303,7 +315,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         for key, meta in writer.arrays.items():
             meta["stat"] = file_stamp(tmp / f"{key}.npy")
         manifest = {
-            "dataset": spec.registry_name, "variant": variant, "recipe_version": spec.recipe_version,
+            "dataset": spec.registry_name, "variant": variant, "recipe_version": version,
             "seed": seed, "options": identity, "build_seconds": round(time.time() - t0, 2),
             "locations": {k: v for k, v in options.items() if k in spec.location_options},
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,

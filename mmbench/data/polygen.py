@@ -40,11 +40,12 @@ TRANSLATE_SIZE = 21  # round(28 * 0.75), MM-VAMP App. B.2.1
 CORNER_SIZE = 10
 
 
-def resize_digits(digits: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of uint8 N×H×W digits to N×size×size (uint8)."""
+def resize_digits(digits: np.ndarray, size: int, truncate: bool = False) -> np.ndarray:
+    """Bilinear resize of uint8 N×H×W digits to N×size×size (uint8), rounded, or truncated (`truncate`: the float
+    output copied into a uint8 tensor, as mmvmvae utils/PolyMNISTDataset.py _add_background_image does)."""
     t = torch.from_numpy(digits).float().unsqueeze(1)
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-    return out.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+    return (out.floor() if truncate else out.round()).clamp(0, 255).to(torch.uint8).numpy()
 
 
 def pair_indices(labels: np.ndarray, n_modalities: int, multiplicity: int,
@@ -64,7 +65,7 @@ def digit_masks(digits: np.ndarray, labels: np.ndarray, tuples: np.ndarray, vari
     T, M = tuples.shape
     extra: Dict[str, np.ndarray] = {}
     if variant == "translated":
-        small = resize_digits(digits, TRANSLATE_SIZE)
+        small = resize_digits(digits, TRANSLATE_SIZE, truncate=True)  # then > 128, as the authors' code
         canvas = np.zeros((T, M, CANVAS, CANVAS), dtype=np.uint8)
         span = CANVAS - TRANSLATE_SIZE + 1  # offsets 0..7
         off = rng.integers(0, span, size=(T, M, 2))

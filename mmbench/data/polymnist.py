@@ -17,7 +17,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -109,6 +109,7 @@ class PolyMNIST(DatasetSpec):
 
     variants = polygen.VARIANTS
     recipe_version = 1
+    variant_recipe_versions = {"translated": 2}  # 2: the resized digit truncated before > 128, as the authors' code
     n_classes = 10
     n_modalities = 5
     default_architecture = "polymnist_cnn"
@@ -129,6 +130,18 @@ class PolyMNIST(DatasetSpec):
 
     def modalities(self, variant: str) -> List[Modality]:
         return [Modality(f"m{m}", (3, 28, 28), "image", "laplace") for m in range(self.n_modalities)]
+
+    def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
+        """--backgrounds naming other images than the copy was rebuilt with (file names and sha256 of the five used)."""
+        built = manifest.get("source", {}).get("backgrounds_sha256")
+        if not options.get("backgrounds") or built is None:
+            return None
+        paths = sorted(Path(options["backgrounds"]).glob("*.jpg"))[:self.n_modalities]
+        now = {p.name: file_digest(p, "sha256") for p in paths}
+        if now == built:
+            return None
+        return (f"--backgrounds {options['backgrounds']} gives {', '.join(now) or 'no .jpg files'}, the copy was built "
+                f"with {', '.join(built)}" + (" (same names, other contents)" if list(now) == list(built) else ""))
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
