@@ -97,8 +97,28 @@ def test_smvae_protocol_does_not_refit_per_subset():
 
 def test_mmvamp_protocol_scores_unimodal_representations_only():
     out = run("mmvamp")
-    assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1", "latent_acc/pooled"}
+    assert set(out) == {"latent_acc/m0", "latent_acc/m1", "latent_acc_by_n/1", "latent_acc/pooled", "latent_lr_unconverged"}
     assert 0.4 < out["latent_acc/pooled"] < 0.7  # one classifier for both: m0 readable, m1 noise
+
+
+def test_iteration_cap_follows_each_protocols_code_and_a_fit_that_hits_it_is_counted(monkeypatch):
+    """lbfgs's cap: 1000 under mopoe/smvae (MoPoE's code), 10000 under mmvamp (mmvmvae's); a regression that stops at
+    the cap unconverged is counted in latent_lr_unconverged, never silent."""
+    from mmbench.metrics import latent
+
+    caps = []
+    real = latent.regression
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter=1000: caps.append(max_iter) or
+                        real(standardize, max_iter))
+    assert run("mopoe")["latent_lr_unconverged"] == 0 and set(caps) == {1000}
+    caps.clear()
+    assert run("mmvamp")["latent_lr_unconverged"] == 0 and set(caps) == {10000} and len(caps) == 3  # m0, m1, pooled
+    monkeypatch.setitem(latent.LR_MAX_ITER, "mopoe", 1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's ConvergenceWarning: the point of the count
+        assert run("mopoe")["latent_lr_unconverged"] == 3  # m0, m1, m0+m1: each stopped after one iteration
 
 
 @pytest.mark.parametrize("metric", ["mopoe", "mmvamp", "latent_ap"])

@@ -35,7 +35,7 @@ from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .batched import classify, row_chunk
 from .context import EvalContext
-from .latent import by_size, encode_means, one_blas_thread, protocol_subsets, regression
+from .latent import LR_MAX_ITER, by_size, encode_means, one_blas_thread, protocol_subsets, regression, stopped_at_cap
 from .precision import average_precisions
 
 
@@ -72,17 +72,20 @@ def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]
     return out
 
 
-def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool):
+def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool, max_iter: int = 1000):
     """One attribute's logistic regression (sklearn defaults, as MoPoE App. B), as a function from test latents
-    to scores."""
+    to scores; its `capped` says whether the fit stopped at `max_iter` unconverged."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction
-        return lambda z: np.full(len(z), float(y_train[0]))
+        constant = lambda z: np.full(len(z), float(y_train[0]))  # noqa: E731
+        constant.capped = False
+        return constant
     with one_blas_thread():
-        clf = regression(standardize).fit(z_train, y_train)
+        clf = regression(standardize, max_iter).fit(z_train, y_train)
 
     def scores(z: np.ndarray) -> np.ndarray:
         with one_blas_thread():
             return clf.predict(z).astype(float) if hard else clf.predict_proba(z)[:, 1]
+    scores.capped = stopped_at_cap(clf)
     return scores
 
 
@@ -105,14 +108,15 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
     fitted = {}  # per fitting subset, one regression per attribute
     for k, s in enumerate(subsets):
         if fit_on[s] not in fitted:
-            fitted[fit_on[s]] = [fit_attribute(z_train[fit_on[s]], y_train[:, a], hard, ctx.cfg.lr_standardize)
-                                 for a in range(len(names))]
+            fitted[fit_on[s]] = [fit_attribute(z_train[fit_on[s]], y_train[:, a], hard, ctx.cfg.lr_standardize,
+                                               LR_MAX_ITER[ctx.cfg.lr_protocol]) for a in range(len(names))]
         scores = np.stack([f(z_test[k]) for f in fitted[fit_on[s]]], 1)
         ap = average_precisions(y_test, scores)
         out.update(summarise(f"latent_ap/{subset_key(s)}", ap, names))
         means[subset_key(s)] = out[f"latent_ap/{subset_key(s)}"]
         ctx.progress("latent AP: fitting", k + 1, len(subsets))
     out.update(by_size(means, subsets, "latent_ap_by_n"))
+    out["latent_lr_unconverged"] = float(sum(f.capped for fs in fitted.values() for f in fs))
     return out
 
 

@@ -13,8 +13,14 @@ from ..registry import METRICS
 from .context import EvalContext
 
 
-def regression(standardize: bool):
-    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), max_iter 1000. With
+# lbfgs's iteration cap per eval.lr_protocol, as each authors' code: 1000 (MoPoE eval_metrics/representation.py
+# train_clf_lr_all_subsets; SMVAE has no code and follows MoPoE's protocol), 10000 (mmvmvae utils/eval.py
+# train_clf_lr_PM, train_clf_lr_celeba; mmvampvae's rats evaluation likewise).
+LR_MAX_ITER = {"mopoe": 1000, "smvae": 1000, "mmvamp": 10000}
+
+
+def regression(standardize: bool, max_iter: int = 1000):
+    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), `max_iter` (LR_MAX_ITER). With
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
     linear separability independently of the latent's scale."""
@@ -23,8 +29,15 @@ def regression(standardize: bool):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = LogisticRegression(max_iter=1000, random_state=0)
+    clf = LogisticRegression(max_iter=max_iter, random_state=0)
     return make_pipeline(StandardScaler(), clf) if standardize else clf
+
+
+def stopped_at_cap(fitted) -> bool:
+    """Whether a fitted regression (or its pipeline's last step) ran out of iterations before lbfgs converged:
+    counted into `latent_lr_unconverged`, so a number from an unconverged fit is visible, not silent."""
+    clf = fitted[-1] if hasattr(fitted, "steps") else fitted
+    return int(np.max(clf.n_iter_)) >= clf.max_iter
 
 
 def one_blas_thread():
@@ -92,8 +105,10 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
     z_test = dict(zip(subsets, encode_means(ctx, ctx.test, subsets)))
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
 
+    max_iter = LR_MAX_ITER[protocol]
+
     def fit(z: np.ndarray):
-        return regression(ctx.cfg.lr_standardize).fit(z, y_train)
+        return regression(ctx.cfg.lr_standardize, max_iter).fit(z, y_train)
 
     acc = {}
     with one_blas_thread():
@@ -107,8 +122,10 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
         if protocol == "mmvamp" and len(subsets) > 1:
             # One classifier on every modality's representations pooled together (MM-VAMP rats, shared latent space).
             zs = [z_train[s] for s in subsets]
-            pooled = regression(ctx.cfg.lr_standardize).fit(np.concatenate(zs), np.tile(y_train, len(zs)))
+            pooled = regression(ctx.cfg.lr_standardize, max_iter).fit(np.concatenate(zs), np.tile(y_train, len(zs)))
             pred = pooled.predict(np.concatenate([z_test[s] for s in subsets]))
             out["latent_acc/pooled"] = float((pred == np.tile(y_test, len(subsets))).mean())
+            fitted["pooled"] = pooled
+        out["latent_lr_unconverged"] = float(sum(stopped_at_cap(f) for f in fitted.values()))
     out.update(by_size(acc, subsets, "latent_acc_by_n"))
     return out
