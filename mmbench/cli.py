@@ -541,11 +541,14 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                       f"{first.paper} {first.table} {first.row}/{first.column}: {first.ambiguous}; report each "
                       f"configuration from its own runs directory (e.g. one per tier)")
         filtered = [c for c in rep.cells if c.status == "missing" and c.excluded]
-        if filtered:
-            first = filtered[0]
-            say.print(f"{len(filtered)} missing cells have runs that their filter leaves out, e.g. {first.paper} "
-                      f"{first.table} {first.row}/{first.column}: {first.excluded}; run with the paper's setting "
-                      f"(the suite's default) for these cells", highlight=False, soft_wrap=True)
+        filtered_claims = [c for c in rep.claims if c.status == "missing" and c.excluded]
+        if filtered or filtered_claims:
+            example = (f"{filtered[0].paper} {filtered[0].table} {filtered[0].row}/{filtered[0].column}: "
+                       f"{filtered[0].excluded}" if filtered else
+                       f"claim {filtered_claims[0].id} ({filtered_claims[0].figure}), {filtered_claims[0].excluded}")
+            say.print(f"{len(filtered)} missing cells and {len(filtered_claims)} missing claims have runs that their "
+                      f"filter leaves out, e.g. {example}; run with the paper's setting (the suite's default) for "
+                      f"these", highlight=False, soft_wrap=True)
         if rep.failures or rep.ambiguous or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
             raise typer.Exit(1)
 

@@ -126,6 +126,7 @@ class Claim:
     strength: str = "strict"  # strict: a failure fails --compare; hedged: evidence only (STRENGTHS)
     status: str = "missing"  # holds / fails / missing
     details: List[str] = field(default_factory=list)
+    excluded: Optional[str] = None  # a side's runs left out by its filter (as Cell.excluded), the first such
 
 
 def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:
@@ -380,6 +381,24 @@ def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict
     return out
 
 
+def side_excluded(frame: pd.DataFrame, claim: Claim, side: Any) -> Optional[str]:
+    """Why a side has no runs although runs of its figure, method and metric exist: the filter settings they fail."""
+    if not isinstance(side, dict) or not finite(select(frame, claim.figure, side["method"], side["metric"], claim.where,
+                                                       side.get("where"))).empty:
+        return None
+    where = {**(claim.where or {}), **(side.get("where") or {})}
+    return excluded_by(select(frame, claim.figure, side["method"], side["metric"]), where) if where else None
+
+
+def _no_runs(frame: pd.DataFrame, claim: Claim, label: str, sides) -> str:
+    """'<label>: no runs', or, where a filter left a side's runs out, which settings did (noted on the claim)."""
+    why = [f"{_side_label(sd)}: {x}" for sd in sides if (x := side_excluded(frame, claim, sd))]
+    if not why:
+        return f"{label}: no runs"
+    claim.excluded = claim.excluded or why[0]
+    return f"{label}: no runs pass the filter ({'; '.join(why)})"
+
+
 def _side_label(side: Any) -> str:
     return f"{side}" if not isinstance(side, dict) else f"{side['method']} {side['metric']}"
 
@@ -391,7 +410,7 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
     label = f"{_side_label(h['left'])} {h['op']} {claim.for_each} in {h['right']}"
     vals = side_values(frame, claim, h["left"])
     if not vals:
-        return None, f"{label}: no runs"
+        return None, _no_runs(frame, claim, label, [h["left"]])
     bad = [v for v in vals.values() if isinstance(v, str)]
     if bad:
         return None, (f"{label}: runs of several configurations match ({bad[0]}); narrow it with `where` or separate "
@@ -457,7 +476,7 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
     side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
     for c in claims:
-        c.details, verdicts = [], []
+        c.details, verdicts, c.excluded = [], [], None
         for h in c.holds:
             if h.get("quantifier"):
                 ok_each, detail = _quantified(frame, c, h)
@@ -475,7 +494,8 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
             common = [k for k in left if k in right]
             if not common:
                 verdicts.append(None)
-                c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}: no runs")
+                c.details.append(_no_runs(frame, c, f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}",
+                                          [h["left"], h["right"]]))
                 continue
             for k in [k for k in dict.fromkeys(list(left) + list(right)) if k not in common]:
                 verdicts.append(None)

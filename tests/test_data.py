@@ -643,3 +643,27 @@ def test_polydigits_sources_scale_the_16_grey_levels_to_0_255_rounded(monkeypatc
     assert labels.tolist() == (levels % 10).tolist()
     expected = np.rint(levels * 255 / 16)
     assert np.array_equal(digits[:, 4:24, 4:24].reshape(17, -1), np.repeat(expected[:, None], 400, axis=1))
+
+
+def test_translated_copies_carry_recipe_version_2_and_older_copies_are_refused_where_loaded(tmp_path):
+    """The truncation changed the translated variant of every polygen dataset (polymnist and polydigits): their
+    recipe version is 2, the other variants' stays 1; a copy of another version is refused by `prepare` and by every
+    loader (train, evaluate), with the command that rebuilds it."""
+    for name in ("polymnist", "polydigits"):
+        spec = DATASETS.get(name)()
+        assert {v: spec.recipe_version_of(v) for v in polygen.VARIANTS} == {"vanilla": 1, "extended": 1, "translated": 2}
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    assert read_manifest(path)["recipe_version"] == 2
+    assert len(load_split(spec, "translated", "test", tmp_path).labels) == 1080
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["recipe_version"] = 1  # as written by the mmbench before the fix
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MMBenchError, match=r"built by recipe version 1 of polydigits \(translated\); this mmbench builds "
+                                           r"version 2: rebuild it with `mmbench prepare polydigits --variant translated "
+                                           r"--force`"):
+        load_split(spec, "translated", "test", tmp_path)
+    with pytest.raises(MMBenchError, match="recipe version 1 where this mmbench builds 2.*--force"):
+        prepare(spec, "translated", seed=0, data_root=tmp_path)

@@ -1,4 +1,5 @@
 """PolyMNIST: the authors' zip layout (fixture written here) and the rebuild from IDX + backgrounds."""
+import re
 import zipfile
 from pathlib import Path
 
@@ -287,6 +288,13 @@ def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, 
                                            r"contents\); pass --force to rebuild"):
         prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)})
     assert read_manifest(path) == before  # nothing rebuilt or touched
+    renamed = write_backgrounds(tmp_path / "bg-renamed", [f"x{i}.jpg" for i in range(5)])
+    fewer = write_backgrounds(tmp_path / "bg-fewer", [f"{i}.jpg" for i in range(3)])
+    for folder, says in ((renamed, "gives x0.jpg, x1.jpg, x2.jpg, x3.jpg, x4.jpg, the copy was built with 0.jpg"),
+                         (fewer, "gives 0.jpg, 1.jpg, 2.jpg, the copy was built with 0.jpg"),
+                         (tmp_path / "no-such-folder", "gives no .jpg files")):
+        with pytest.raises(MMBenchError, match=re.escape(says)):
+            prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(folder)})
     rebuilt = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)},
                       force=True)
     assert read_manifest(rebuilt)["source"]["backgrounds_sha256"] != before["source"]["backgrounds_sha256"]

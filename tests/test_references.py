@@ -208,7 +208,8 @@ def test_runs_of_another_protocol_do_not_fill_a_latent_cell_and_the_report_says_
     from mmbench.cli import app
     out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(REFS), "--format", "csv",
                                    "--out", str(tmp_path / "r.csv")], env={"COLUMNS": "400"})
-    assert out.exit_code == 1 and "missing cells have runs that their filter leaves out" in out.output, out.output
+    assert out.exit_code == 1 and "1 missing cells and 0 missing claims have runs that their filter leaves out" in \
+        " ".join(out.output.split()), out.output
     import pandas as pd
     row = pd.read_csv(tmp_path / "r.csv").query("table == 'SMVAE Table 1' and method == 'mvae' and metric == 'latent_acc/mnist'")
     assert list(row["excluded_by_filter"]) == [cell.excluded]
@@ -217,6 +218,30 @@ def test_runs_of_another_protocol_do_not_fill_a_latent_cell_and_the_report_says_
     cell = next(c for c in build_report(runs, REFS).cells
                 if c.table == "SMVAE Table 1" and c.method == "mvae" and c.metric == "latent_acc/mnist")
     assert (cell.produced, cell.n_runs, cell.excluded) == (0.80, 1, None)  # the mopoe-protocol run is not averaged in
+
+
+def test_a_claim_whose_runs_its_filter_leaves_out_says_which_setting(tmp_path):
+    """A claim side pins its paper's protocol too: runs of the figure scored another way leave it missing, and the
+    evidence names the setting, not "no runs tagged" (which stays for a figure without runs)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert shipped_claim(build_report(runs, REFS), "fig4a-latent-mmvamp-best").details == [
+        "no runs tagged 'MM-VAMP Fig. 4' match"]
+    for method in ("mmvamp", "independent", "aggregated"):  # eval.lr_protocol's default: mopoe
+        run_with(runs, method, {"latent_ap_by_n/1": 0.5}, ["MM-VAMP Fig. 4"], beta=1.0)
+    claim = shipped_claim(build_report(runs, REFS), "fig4a-latent-mmvamp-best")
+    assert claim.status == "missing"
+    assert claim.excluded == "mmvamp latent_ap_by_n/1: eval.lr_protocol is 'mopoe', the paper's is 'mmvamp' (1 run)"
+    assert all("no runs pass the filter" in d and "eval.lr_protocol is 'mopoe', the paper's is 'mmvamp'" in d
+               for d in claim.details), claim.details
+
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+    out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(REFS), "--format", "md"],
+                             env={"COLUMNS": "400"})
+    assert "0 missing cells and 1 missing claims have runs that their filter leaves out, e.g. claim " \
+           "fig4a-latent-mmvamp-best" in " ".join(out.output.split()), out.output
 
 
 def test_mopoe_fig3_flat_claim_states_both_readings():

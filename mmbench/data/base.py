@@ -62,6 +62,10 @@ class DatasetSpec:
     location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
     needs: ClassVar[Dict[str, str]] = {}  # variant -> what a first `mmbench prepare` of it must be given
 
+    def recipe_version_of(self, variant: str) -> int:
+        """The recipe version this mmbench builds `variant` with (a copy of another version is refused)."""
+        return self.variant_recipe_versions.get(variant, self.recipe_version)
+
     def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
         """What differs between the input files a prepared copy was built from (its manifest) and those `options`
         point at now (location options are not part of a copy's identity, their content is); None when nothing."""
@@ -289,7 +293,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     identity = {k: v for k, v in options.items() if k not in spec.location_options}
     target = dataset_dir(spec.registry_name, variant, data_root)
     existing = None if force else read_manifest(target)  # --force rebuilds whatever is there, a corrupt manifest too
-    version = spec.variant_recipe_versions.get(variant, spec.recipe_version)
+    version = spec.recipe_version_of(variant)
     if existing is not None:
         same = (existing.get("seed") == seed and existing.get("recipe_version") == version
                 and existing.get("options", {}) == identity)
@@ -434,6 +438,10 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
         raise MMBenchError(
             f"dataset {spec.registry_name} ({variant}) is not prepared under {directory.parent.parent}; "
             f"run `{spec.prepare_hint(variant)}`")
+    if manifest.get("recipe_version") != spec.recipe_version_of(variant):  # built by an mmbench with another recipe
+        raise MMBenchError(f"{directory} was built by recipe version {manifest.get('recipe_version')} of "
+                           f"{spec.registry_name} ({variant}); this mmbench builds version "
+                           f"{spec.recipe_version_of(variant)}: rebuild it with `{prepare_command(manifest)}`")
     verify(directory, manifest)
     mods = spec.modalities(variant)
     if f"{split}_labels" not in manifest["arrays"]:

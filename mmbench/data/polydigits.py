@@ -73,6 +73,7 @@ class PolyDigits(DatasetSpec):
     variants = polygen.VARIANTS
     embedded = True  # built offline, so `mmbench run` prepares it on demand
     recipe_version = 1
+    variant_recipe_versions = polygen.VARIANT_RECIPE_VERSIONS
     n_classes = 10
     default_architecture = "polymnist_cnn"
     classifier_architecture = "polymnist_clf"

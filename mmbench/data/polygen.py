@@ -13,9 +13,9 @@ modality, it makes M-modality tuples:
 Variants (all seeded through one ``numpy.random.Generator``):
 
 * ``vanilla``: as above.
-* ``translated`` (MM-VAMP App. B.2.1): the digit is first downscaled by 0.75 to 21×21 (bilinear) and
-  pasted at a random offset 0..7 on each axis into an empty 28×28 canvas, so it always lies fully
-  inside the canvas.
+* ``translated`` (MM-VAMP App. B.2.1): the digit is first downscaled by 0.75 to 21×21 (bilinear, truncated to
+  uint8 before the > 128 threshold, as mmvmvae utils/PolyMNISTDataset.py) and pasted at a random offset 0..7 on
+  each axis into an empty 28×28 canvas, so it always lies fully inside the canvas.
 * ``extended`` (mrVAE §5, App. E.3): the vanilla image plus two small corner digits per modality.
   Ring pair p = (p, p+1 mod M) carries one corner label shared by exactly those two modalities.
   Geometry: each corner digit is a source image downscaled to 10×10 (bilinear) and pasted into the
@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from ..errors import MMBenchError
 
 VARIANTS = ("vanilla", "extended", "translated")
+# Recipe versions of the variants a generator fix changed (every dataset built here reads them, DatasetSpec
+# variant_recipe_versions): translated 2, the resized digit truncated before > 128 as the authors' code (1 rounded).
+VARIANT_RECIPE_VERSIONS = {"translated": 2}
 CANVAS = 28
 TRANSLATE_SIZE = 21  # round(28 * 0.75), MM-VAMP App. B.2.1
 CORNER_SIZE = 10

@@ -109,7 +109,7 @@ class PolyMNIST(DatasetSpec):
 
     variants = polygen.VARIANTS
     recipe_version = 1
-    variant_recipe_versions = {"translated": 2}  # 2: the resized digit truncated before > 128, as the authors' code
+    variant_recipe_versions = polygen.VARIANT_RECIPE_VERSIONS
     n_classes = 10
     n_modalities = 5
     default_architecture = "polymnist_cnn"
