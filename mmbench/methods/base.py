@@ -145,7 +145,7 @@ class Mixture(Posterior):
     def rsample(self) -> torch.Tensor:
         K, B = self.components.mu.shape[:2]
         k = randint(K, (B,), self.components.mu.device)
-        return self.components[k, torch.arange(B)].rsample()
+        return self.components[k, torch.arange(B, device=k.device)].rsample()
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         lp = self.components.log_prob(z.unsqueeze(0))  # K×B
