@@ -108,7 +108,7 @@ def test_iteration_cap_follows_each_protocols_code_and_a_fit_that_hits_it_is_cou
 
     caps = []
     real = latent.regression
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter=1000: caps.append(max_iter) or
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter: caps.append(max_iter) or
                         real(standardize, max_iter))
     assert run("mopoe")["latent_lr_unconverged"] == 0 and set(caps) == {1000}
     caps.clear()
@@ -143,7 +143,7 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
             pytest.skip(f"numpy/scipy's BLAS cannot be given 2 threads here ({before})")
         if metric == "latent_ap":
             rng = np.random.default_rng(0)
-            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False)(rng.normal(size=(20, 4)))
+            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False, 1000)(rng.normal(size=(20, 4)))
         else:
             run(metric)
         assert blas_threads() == before

@@ -438,10 +438,11 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
         raise MMBenchError(
             f"dataset {spec.registry_name} ({variant}) is not prepared under {directory.parent.parent}; "
             f"run `{spec.prepare_hint(variant)}`")
-    if manifest.get("recipe_version") != spec.recipe_version_of(variant):  # built by an mmbench with another recipe
+    version = spec.recipe_version_of(variant)
+    if manifest.get("recipe_version") != version:  # built by an mmbench with another recipe
         raise MMBenchError(f"{directory} was built by recipe version {manifest.get('recipe_version')} of "
-                           f"{spec.registry_name} ({variant}); this mmbench builds version "
-                           f"{spec.recipe_version_of(variant)}: rebuild it with `{prepare_command(manifest)}`")
+                           f"{spec.registry_name} ({variant}); this mmbench builds version {version}: rebuild it "
+                           f"with `{prepare_command(manifest)}`")
     verify(directory, manifest)
     mods = spec.modalities(variant)
     if f"{split}_labels" not in manifest["arrays"]:

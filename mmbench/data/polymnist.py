@@ -32,15 +32,25 @@ COUNTS = {"train": 60_000, "test": 10_000}
 NAME = re.compile(r"^(\d+)\.(\d)\.png$")
 
 
+def background_files(directory: Path, n: int) -> List[Path]:
+    """The background images a rebuild uses: the first `n` *.jpg of `directory` in sorted order (modality m: the m-th)."""
+    return sorted(Path(directory).glob("*.jpg"))[:n]
+
+
+def background_digests(paths: List[Path]) -> Dict[str, str]:
+    """File name -> sha256 of the backgrounds used (recorded in the manifest, compared on a later prepare)."""
+    return {p.name: file_digest(p, "sha256") for p in paths}
+
+
 def load_backgrounds(directory: Path, n: int) -> tuple:
     from PIL import Image
 
-    paths = sorted(Path(directory).glob("*.jpg"))
+    paths = background_files(directory, n)
     if len(paths) < n:
         raise MMBenchError(f"--backgrounds {directory} holds {len(paths)} .jpg files; PolyMNIST needs {n} "
                            f"(modality m uses the m-th in sorted order)")
     images = []
-    for p in paths[:n]:
+    for p in paths:
         try:
             images.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8))
         except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
@@ -49,7 +59,7 @@ def load_backgrounds(directory: Path, n: int) -> tuple:
         if min(images[-1].shape[:2]) <= polygen.CANVAS:  # a 28×28 crop needs room to move (official code)
             raise MMBenchError(f"{p} (from --backgrounds) is {images[-1].shape[1]}×{images[-1].shape[0]} pixels; "
                                f"a background must be larger than {polygen.CANVAS}×{polygen.CANVAS} (use a photograph)")
-    return images, {p.name: file_digest(p, "sha256") for p in paths[:n]}
+    return images, background_digests(paths)
 
 
 def read_archive(path: Path, n_modalities: int, counts: Dict[str, int],
@@ -136,8 +146,7 @@ class PolyMNIST(DatasetSpec):
         built = manifest.get("source", {}).get("backgrounds_sha256")
         if not options.get("backgrounds") or built is None:
             return None
-        paths = sorted(Path(options["backgrounds"]).glob("*.jpg"))[:self.n_modalities]
-        now = {p.name: file_digest(p, "sha256") for p in paths}
+        now = background_digests(background_files(Path(options["backgrounds"]), self.n_modalities))
         if now == built:
             return None
         return (f"--backgrounds {options['backgrounds']} gives {', '.join(now) or 'no .jpg files'}, the copy was built "

@@ -72,7 +72,7 @@ def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]
     return out
 
 
-def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool, max_iter: int = 1000):
+def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool, max_iter: int):
     """One attribute's logistic regression (sklearn defaults, as MoPoE App. B), as a function from test latents
     to scores; its `capped` says whether the fit stopped at `max_iter` unconverged."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction

@@ -19,7 +19,7 @@ from .context import EvalContext
 LR_MAX_ITER = {"mopoe": 1000, "smvae": 1000, "mmvamp": 10000}
 
 
-def regression(standardize: bool, max_iter: int = 1000):
+def regression(standardize: bool, max_iter: int):
     """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), `max_iter` (LR_MAX_ITER). With
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
