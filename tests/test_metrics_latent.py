@@ -143,7 +143,7 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
             pytest.skip(f"numpy/scipy's BLAS cannot be given 2 threads here ({before})")
         if metric == "latent_ap":
             rng = np.random.default_rng(0)
-            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False, 1000)(rng.normal(size=(20, 4)))
+            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False, 1000)[0](rng.normal(size=(20, 4)))
         else:
             run(metric)
         assert blas_threads() == before

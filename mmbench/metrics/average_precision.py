@@ -24,7 +24,7 @@ constant as its score (the only prediction the data supports).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -72,21 +72,19 @@ def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]
     return out
 
 
-def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool, max_iter: int):
-    """One attribute's logistic regression (sklearn defaults, as MoPoE App. B), as a function from test latents
-    to scores; its `capped` says whether the fit stopped at `max_iter` unconverged."""
+def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool,
+                  max_iter: int) -> Tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    """One attribute's logistic regression (sklearn defaults, as MoPoE App. B): a function from test latents to
+    scores, and whether the fit stopped at `max_iter` unconverged."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction
-        constant = lambda z: np.full(len(z), float(y_train[0]))  # noqa: E731
-        constant.capped = False
-        return constant
+        return (lambda z: np.full(len(z), float(y_train[0]))), False
     with one_blas_thread():
         clf = regression(standardize, max_iter).fit(z_train, y_train)
 
     def scores(z: np.ndarray) -> np.ndarray:
         with one_blas_thread():
             return clf.predict(z).astype(float) if hard else clf.predict_proba(z)[:, 1]
-    scores.capped = stopped_at_cap(clf)
-    return scores
+    return scores, stopped_at_cap(clf)
 
 
 @METRICS.register("latent_ap")
@@ -110,13 +108,13 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
         if fit_on[s] not in fitted:
             fitted[fit_on[s]] = [fit_attribute(z_train[fit_on[s]], y_train[:, a], hard, ctx.cfg.lr_standardize,
                                                LR_MAX_ITER[ctx.cfg.lr_protocol]) for a in range(len(names))]
-        scores = np.stack([f(z_test[k]) for f in fitted[fit_on[s]]], 1)
+        scores = np.stack([f(z_test[k]) for f, _ in fitted[fit_on[s]]], 1)
         ap = average_precisions(y_test, scores)
         out.update(summarise(f"latent_ap/{subset_key(s)}", ap, names))
         means[subset_key(s)] = out[f"latent_ap/{subset_key(s)}"]
         ctx.progress("latent AP: fitting", k + 1, len(subsets))
     out.update(by_size(means, subsets, "latent_ap_by_n"))
-    out["latent_lr_unconverged"] = float(sum(f.capped for fs in fitted.values() for f in fs))
+    out["latent_lr_unconverged"] = float(sum(capped for fs in fitted.values() for _, capped in fs))
     return out
 
 
