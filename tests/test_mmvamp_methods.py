@@ -106,17 +106,23 @@ def test_aggregated_posterior_is_mean_of_unimodal_means_and_scales():
 
 
 def test_beta_conventions():
-    x = batch()
-    for name, factor in [("aggregated", 3.0), ("independent", 2.0)]:  # β·M (M = 3) and β² (β = 2)
+    """loss - nll = β·KL (paper) or the code's weight·KL: β·M for the aggregated VAE (M = 3), β² for independent
+    VAEs, at β = 4 (so β·M, β², 2β and β all differ). In float64: beside the NLL the KL term is small, and float32's
+    rounding of the loss would hide a wrong weight."""
+    x = {k: v.double() for k, v in batch().items()}
+    beta = 4.0
+    for name, factor in [("aggregated", 3.0), ("independent", beta)]:
         logs = {}
         for conv in ("paper", "code"):
-            model = make(name, beta=2.0, beta_convention=conv)
+            model = make(name, beta=beta, beta_convention=conv).double()
             torch.manual_seed(5)
             loss, out = model.loss(x)
             logs[conv] = {k: float(v) for k, v in out.items()}  # logs are detached 0-d tensors
-        assert logs["code"]["nll"] == pytest.approx(logs["paper"]["nll"], rel=1e-5)
-        expected = logs["paper"]["nll"] + factor * 2.0 * logs["paper"]["kl"]
-        assert logs["code"]["loss"] == pytest.approx(expected, rel=1e-4)
+        assert logs["code"]["nll"] == pytest.approx(logs["paper"]["nll"], rel=1e-12)
+        assert logs["code"]["kl"] == pytest.approx(logs["paper"]["kl"], rel=1e-12) and logs["paper"]["kl"] > 0
+        assert logs["paper"]["loss"] - logs["paper"]["nll"] == pytest.approx(beta * logs["paper"]["kl"], rel=1e-9)
+        assert logs["code"]["loss"] - logs["code"]["nll"] == pytest.approx(factor * beta * logs["paper"]["kl"],
+                                                                           rel=1e-9), name
 
 
 # Tiny case: M = 3 Gaussians in 2-d, densities on a grid, computed with numpy independently of the package.
