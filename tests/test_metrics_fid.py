@@ -236,3 +236,33 @@ def test_inception_input_clamps_and_quantises_to_8_bits_like_a_saved_png():
     assert x.shape == (1, 3, 1, 5)
     assert torch.allclose(x[0, 0, 0], expected, atol=1e-7)
     assert (x[:, 0] == x[:, 1]).all() and (x[:, 0] == x[:, 2]).all()
+
+
+def test_fid_reference_is_the_evaluated_test_tuples_not_train(data_root, monkeypatch):
+    """The real statistics are those of the test tuples FID evaluates (test.subset(fid_samples, seed=3)), as the
+    papers' FID against the test set; training images would give another number. Inception replaced by a fixed
+    linear map (the metric's plumbing only; the network itself is checked above)."""
+    spec = DATASETS.get("polydigits")()
+    train, test = (load_split(spec, "vanilla", s, data_root) for s in ("train", "test"))
+    proj = torch.randn(3 * 28 * 28, 5, generator=torch.Generator().manual_seed(0))
+    net = lambda x: x.flatten(1) @ proj  # noqa: E731 -- 3x28x28 PolyDigits images to 5 features
+    monkeypatch.setattr(fidm, "fid_network", lambda path, device, sha=None: net)
+    torch.manual_seed(0)
+    model = METHODS.get("mopoe")(test.modalities, MethodConfig("mopoe", latent_dim=4, beta=1.0), "polymnist_cnn").eval()
+    n = 24
+    cfg = EvalConfig(fid_samples=n, fid_batch_size=n, fid_subsets="none")
+    ctx = EvalContext(model=model, spec=spec, variant="vanilla", train=train, test=test, test_full=test, cfg=cfg,
+                      device=torch.device("cpu"), data_root=data_root)
+    torch.manual_seed(1)
+    out = fidm.compute_fid(ctx, weights_sha256="0" * 64)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        z = model.sample_prior(n)
+        for m in test.modalities:
+            generated = net(fidm.inception_input(model.decode(z, m.name)))
+            dist = {}
+            for name, split in (("test", test), ("train", train)):
+                real = net(fidm.inception_input(split.subset(n, seed=3).batch(torch.arange(n))[m.name]))
+                dist[name] = fidm.Reference(*fidm.feature_stats(real)).distance(generated)
+            assert out[f"fid/prior->{m.name}"] == pytest.approx(dist["test"], rel=1e-6)
+            assert abs(dist["train"] - dist["test"]) > 1e-3 * dist["test"], m.name  # the check can tell them apart
