@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -131,6 +132,7 @@ CHOICES = {
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "checkpoint_minutes", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}
+NONNEGATIVE = {"beta"}  # β = 0 is a plain autoencoder's objective, a legitimate end of a β sweep
 # The fields run ids were first computed from. A field added later is left out of the id while it is at
 # its default, so adding a setting never orphans finished runs (changing a default would, on purpose).
 FIELDS_V1 = {
@@ -191,6 +193,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # YAML's .inf / .nan: a run would train on NaN and report garbage
+            raise ConfigError(where, f"must be a finite number, got {value!r}")
     elif tp is str:
         ok = isinstance(value, str)
     else:
@@ -223,6 +227,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             raise ConfigError(sub, f"{value!r} is not allowed; choose one of: {', '.join(allowed)}")
         if key in POSITIVE and value is not None and value <= 0:
             raise ConfigError(sub, f"must be > 0, got {value!r}")
+        if key in NONNEGATIVE and value is not None and value < 0:
+            raise ConfigError(sub, f"must be >= 0, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -356,8 +362,8 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         for k, v in cfg.method.rec_weights.items():
             if k not in names:
                 raise ConfigError(f"{pre}method.rec_weights.{k}", f"not a modality of this run; use some of: {', '.join(names)}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ConfigError(f"{pre}method.rec_weights.{k}", f"expected a number > 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise ConfigError(f"{pre}method.rec_weights.{k}", f"expected a finite number > 0, got {v!r}")
         # floats, as from_dict makes a float field: {m0: 1} is the run {m0: 1.0} made (one run id)
         cfg.method.rec_weights = {k: float(v) for k, v in cfg.method.rec_weights.items()}
     return cfg

@@ -557,6 +557,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         ok = finite.tolist()  # the epoch's one read-back
         speed.stop((n_batches - (first_step if epoch == first else 0)) * B * len(live))
         tl = _test_losses(sm, loss_split, B, [m.cfg.seed for m in live], device, cfg.train.precision)
+        ok = [o and math.isfinite(t) for o, t in zip(ok, tl)]  # a last step may leave non-finite weights
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
         keep = []
         stop = train_mod.stop_requested() is not None  # read once: every run saves for a stop, or none stops

@@ -184,6 +184,10 @@ def load_suite(path: str | Path) -> Suite:
                 raise ConfigError(f"{where}.{req}", "missing; every experiment needs name, dataset and methods")
         if not exp.seeds:  # would make no runs, and say nothing
             raise ConfigError(f"{where}.seeds", "must be a non-empty list of seeds, e.g. [0, 1, 2]")
+        for key in ("methods", "seeds"):  # a repeated one would list the same run twice
+            values = getattr(exp, key)
+            if len({repr(x) for x in values}) < len(values):
+                raise ConfigError(f"{where}.{key}", f"repeats a value ({values}); list each once")
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")

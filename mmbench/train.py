@@ -156,6 +156,10 @@ def load_weights(model: torch.nn.Module, weights: Dict, path: Path) -> None:
         detail = next((ln.strip(" .\t") for ln in str(e).splitlines()[1:] if ln.strip()), None)
         raise MMBenchError(f"checkpoint {path} does not fit this run's model "
                            f"({shorten(detail, 200) if detail else brief(e, 200)}); {MISFIT}") from None
+    bad = [k for k, w in weights.items() if torch.is_tensor(w) and w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:  # mmbench never checkpoints a diverged model (train.diverged), so this one was written elsewhere
+        raise MMBenchError(f"checkpoint {path} holds non-finite weights ({bad[0]}{' and others' if len(bad) > 1 else ''}"
+                           f"): a diverged model; move or delete the folder {path.parent} to train this run again")
 
 
 def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Path) -> None:
@@ -212,8 +216,10 @@ def read_checkpoint(path: Path, device="cpu", resumable: bool = True) -> Dict:
         if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
             raise ValueError("no model weights in it")
     except Exception as e:  # noqa: BLE001 - unpickling raises anything
-        raise MMBenchError(f"checkpoint {path} cannot be read ({brief(e)}); move or delete it to train this run "
-                           f"again from the start") from None
+        # the whole folder: train rebuilds best.pt only while it trains, so a last.pt left beside would keep the run
+        # "trained" without it
+        raise MMBenchError(f"checkpoint {path} cannot be read ({brief(e)}); move or delete the folder {path.parent} "
+                           f"to train this run again from the start") from None
     problem = resume_problem(ck) if resumable else None
     if problem:
         raise MMBenchError(f"checkpoint {path} {problem}; {MISFIT}")
@@ -383,6 +389,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             raise MMBenchError(diverged(epoch))
         speed.stop((n_batches - first) * B)
         tl = test_loss(model, loss_split, B, cfg.seed, device, cfg.train.precision)
+        if not math.isfinite(tl):  # finite training losses, but the epoch's last step left non-finite weights
+            raise MMBenchError(diverged(epoch))
         record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n_batches for k, v in sums.items()},
                   "test_loss": tl}
         state["history"].append(record)

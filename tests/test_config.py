@@ -112,6 +112,19 @@ def test_good_suite_expands(tmp_path):
      "tiers.quick.method_overrides: must be a mapping of method name to overrides"),
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], seeds: []}]",
      "experiments[0].seeds: must be a non-empty list of seeds, e.g. [0, 1, 2]"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe, mvae, mopoe]}]",
+     "experiments[0].methods: repeats a value (['mopoe', 'mvae', 'mopoe']); list each once"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], seeds: [0, 1, 0]}]",
+     "experiments[0].seeds: repeats a value ([0, 1, 0]); list each once"),
+    # YAML's .inf and .nan are floats: a run would train on them and report garbage
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {lr: .inf}}}]",
+     "train.lr: must be a finite number, got inf"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {method: {beta: .nan}}}]",
+     "method.beta: must be a finite number, got nan"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {method: {beta: -0.5}}}]",
+     "method.beta: must be >= 0, got -0.5"),
+    ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], sweep: {method.beta: [1.0, .inf]}}]",
+     "method.beta: must be a finite number, got inf"),
     # every tier is checked at load, not only the one a later `mmbench run --tier` asks for
     ("name: x\ntiers: {quick: {train: {epochs: ten}}}\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]",
      "experiments[0] (e, mopoe).train.epochs: expected an integer, got 'ten'"),
@@ -333,9 +346,14 @@ def test_a_count_of_zero_is_refused(key):
         build_run_config({"dataset": "polydigits", section: {name: 0}})
 
 
-def test_a_zero_reconstruction_weight_is_refused():
-    with pytest.raises(ConfigError, match=r"^method\.rec_weights\.m0: expected a number > 0, got 0$"):
-        build_run_config({"dataset": "polydigits", "method": {"rec_weights": {"m0": 0}}})
+@pytest.mark.parametrize("value", [0, float("inf"), float("nan")])
+def test_a_zero_or_non_finite_reconstruction_weight_is_refused(value):
+    with pytest.raises(ConfigError, match=rf"^method\.rec_weights\.m0: expected a finite number > 0, got {value!r}$"):
+        build_run_config({"dataset": "polydigits", "method": {"rec_weights": {"m0": value}}})
+
+
+def test_beta_zero_is_a_run():  # a plain autoencoder's objective: the low end of a β sweep
+    assert build_run_config({"dataset": "polydigits", "method": {"beta": 0}}).method.beta == 0.0
 
 
 def test_a_set_value_may_hold_an_equals_sign():

@@ -649,7 +649,7 @@ def test_an_unreadable_or_misfit_checkpoint_fails_its_run_only(tmp_path, data_ro
     key = next(k for k, v in ck["model"].items() if v.dim() == 2)
     ck["model"][key] = torch.zeros(3, 3)
     torch.save(ck, runs[1].ckpt_dir / "last.pt")
-    with pytest.raises(Exception, match=r"checkpoint .*last.pt cannot be read .*move or delete it"):
+    with pytest.raises(Exception, match=r"last.pt cannot be read .*move or delete the folder .*checkpoints"):
         train(runs[0], data_root)  # alone too: one clear line
     out = train_pack(runs, data_root)
     assert "cannot be read" in out[runs[0].id] and (runs[0].ckpt_dir / "last.pt").read_bytes() == garbage

@@ -216,3 +216,40 @@ def test_a_stop_requested_in_the_last_step_lets_the_run_finish(tmp_path, data_ro
         train_mod.clear_stop()
     for r in runs[:1 + packed]:
         assert out[r.id]["epochs"] == 1 and last(r)["state"]["epoch"] == 1 and "step" not in last(r)["state"]
+
+
+def test_a_run_whose_test_loss_is_not_finite_leaves_the_pack_as_diverged(tmp_path, data_root, monkeypatch):
+    """Finite training losses, but epoch 2's test loss of run 1 is NaN (a last step that left non-finite weights):
+    run 1 fails as diverged with nothing of that epoch saved (its checkpoint stays at epoch 1); run 0 finishes."""
+    orig = pack_mod._test_losses
+
+    def poisoned(sm, split, batch_size, seeds, device, precision):
+        out = orig(sm, split, batch_size, seeds, device, precision)
+        epoch = poisoned.calls = getattr(poisoned, "calls", 0) + 1
+        return [math.nan if (s == 1 and epoch == 2) else v for s, v in zip(seeds, out)]
+
+    monkeypatch.setattr(pack_mod, "_test_losses", poisoned)
+    runs = [Run(cfg(s), tmp_path) for s in range(2)]
+    out = train_pack(runs, data_root)
+    assert out[runs[1].id] == "training diverged (a non-finite loss) in epoch 2; lower train.lr or check the data"
+    assert last(runs[1])["state"]["epoch"] == 1 and not math.isnan(last(runs[1])["state"]["best_test_loss"])
+    assert out[runs[0].id]["epochs"] == 2
+
+
+def test_a_run_whose_test_loss_is_not_finite_fails_as_diverged(tmp_path, data_root, monkeypatch):
+    """The same for a run trained alone: it fails naming the epoch, and saves nothing of it."""
+    import mmbench.train as train_mod
+    from mmbench.errors import MMBenchError
+
+    orig = train_mod.test_loss
+    seen = []
+
+    def poisoned(*a, **k):
+        seen.append(1)
+        return math.nan if len(seen) == 2 else orig(*a, **k)
+
+    monkeypatch.setattr(train_mod, "test_loss", poisoned)
+    run = Run(cfg(0), tmp_path)
+    with pytest.raises(MMBenchError, match=r"^training diverged \(a non-finite loss\) in epoch 2; lower train.lr"):
+        train(run, data_root)
+    assert last(run)["state"]["epoch"] == 1

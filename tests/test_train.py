@@ -525,3 +525,34 @@ def test_note_code_adds_the_code_that_takes_over_at_its_epoch_and_step(monkeypat
     monkeypatch.setattr(results_mod, "git_commit", lambda: "bbb")
     note_code(state)
     assert state["code"][1:] == [{"git_commit": "bbb", "mmbench_version": __version__, "from_epoch": 1, "from_step": 4}]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path, data_root):
+    """A last.pt holding NaN weights (mmbench never saves one; another tool or a copied file might) is an error
+    naming the file, the tensor and the fix, before any metric feeds NaN latents to a regression."""
+    run = Run(cfg(train={"epochs": 1, "max_train": 32, "max_test": 32}), tmp_path)
+    train(run, data_root)
+    ck = torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+    key = next(k for k, v in ck["model"].items() if v.is_floating_point())
+    ck["model"][key] = torch.full_like(ck["model"][key], float("nan"))
+    torch.save(ck, run.ckpt_dir / "last.pt")
+    with pytest.raises(MMBenchError, match=rf"^checkpoint .*last.pt holds non-finite weights \({key}\): a diverged "
+                                           rf"model; move or delete the folder .*checkpoints to train this run again$"):
+        load_trained(run)
+
+
+def test_an_unreadable_best_checkpoint_names_the_folder_whose_removal_retrains(tmp_path, data_root):
+    """select: best_test_loss with a corrupt best.pt: the fix named (delete the checkpoints folder) really retrains
+    the run; deleting best.pt alone would leave a complete last.pt and no way to rebuild best.pt."""
+    import shutil
+
+    run = Run(cfg(train={"epochs": 1, "max_train": 32, "max_test": 32, "select": "best_test_loss"}), tmp_path)
+    train(run, data_root)
+    (run.ckpt_dir / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MMBenchError, match=r"best.pt cannot be read .*; move or delete the folder (\S+) to train") as e:
+        load_trained(run)
+    folder = e.value.args[0].split("move or delete the folder ")[1].split(" to train")[0]
+    assert folder == str(run.ckpt_dir)
+    shutil.rmtree(folder)
+    train(run, data_root)
+    load_trained(run)  # best.pt rebuilt
