@@ -114,6 +114,10 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
+    if preview:  # checked before the (long) preparation
+        _writable(preview, "--preview")
+        if preview.suffix.lower() != ".png":
+            raise MMBenchError(f"--preview {preview}: the preview grid is a PNG image; name a .png file")
     if simulate:
         if variant not in (None, "simulated"):
             raise MMBenchError(f"--simulate builds the 'simulated' variant; drop --variant {variant}")
@@ -248,7 +252,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     s = load_suite(suite)
-    configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only else None)
+    configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only is not None else None)
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
         from .runner import resume_point
@@ -319,7 +323,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         options = [(c, resolve_options([(site, str(site_config_path())), (s.slurm, f"{suite}: slurm"),
                                         (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))
                    for c, e in s.runs_with_experiments(tier, parse_overrides(overrides),
-                                                       only=only.split(",") if only else None)]
+                                                       only=only.split(",") if only is not None else None)]
         reason = available()  # before preparing data or training classifiers here
         if reason:
             raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")

@@ -196,6 +196,9 @@ def _holds(h: Dict[str, Any], left: float, right: float) -> bool:
     return bool(OPS[h["op"]](left + (margin if h["op"] in (">", ">=") else -margin), right))
 
 
+REFERENCE_KEYS = ("paper", "runs", "cells", "claims")
+
+
 def load_references(directory: Path) -> List[Cell]:
     return load_reference_files(directory)[0]
 
@@ -219,9 +222,17 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         if not isinstance(raw, dict):
             raise ConfigError(str(path), "a reference file must be a mapping with `cells` and/or `claims` (and "
                                          "optionally `paper`, `runs`)")
+        unknown = sorted(set(map(str, raw)) - set(REFERENCE_KEYS))
+        if unknown:  # e.g. a suite file: --compare given the wrong directory
+            raise ConfigError(f"{path}: {unknown[0]}", f"unknown key of a reference file (allowed: "
+                              f"{', '.join(REFERENCE_KEYS)}); --compare takes the reference directory, e.g. "
+                              f"reference_results/")
         for key in ("cells", "claims"):
             if raw.get(key) is not None and not isinstance(raw[key], list):
                 raise ConfigError(f"{path}: {key}", "must be a list of entries")
+        if not raw.get("cells") and not raw.get("claims"):
+            raise ConfigError(str(path), "holds no `cells` or `claims`; a reference file lists the paper's numbers "
+                                         "(cells) and statements (claims)")
         # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
         file_runs = raw.get("runs")
         for i, c in enumerate(raw.get("cells") or []):

@@ -164,6 +164,9 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "0,"], "list GPU ids separated by commas"),
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--gpus", "0", "--jobs", "2"], "--jobs sets CPU workers"),
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--jobs", "0"], "error: --jobs 0: must be >= 1"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--only", "", "--dry-run"],
+     "--only: no experiment ''; the suite has: "),  # not the whole suite
+    (["report", "--compare", str(ROOT / "suites")], "unknown key of a reference file"),
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--step-times", "t.md"], "--step-times projects the training"),
     (["train", "polydigits", "mopoe", "--set", "method.name=mvae"], "the method is the METHOD argument"),
     (["evaluate", "polydigits", "mopoe", "--variant", "vanilla", "--set", "variant=extended"],
@@ -175,6 +178,9 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["classifiers", "train", "polydigits", "--epochs", "0"], "--epochs 0: must be >= 1"),
     (["import", "."], "bundle . is a directory; give the .tar.gz file"),
     (["prepare", "polydigits", "-o", "junk"], "error: -o junk: expected KEY=VALUE"),
+    (["prepare", "polydigits", "--preview", "grid.txt"], "--preview grid.txt: the preview grid is a PNG image"),
+    (["prepare", "polydigits", "--preview", "grid"], "--preview grid: the preview grid is a PNG image"),
+    (["prepare", "polydigits", "--preview", "."], "--preview . is a directory; name the file to write"),
     (["prepare", "rats", "--simulate", "--variant", "deposit"], "--simulate builds the 'simulated' variant; drop --variant"),
     (["train", "polydigits", "mopoe", "--set", "method.foo:smile:=1"], "method.foo:smile:: unknown field"),  # as typed
 ])
