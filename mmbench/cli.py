@@ -25,6 +25,16 @@ RUNS_DIR = typer.Option(None, "--runs-dir", help="Run directories live here (def
 SET = typer.Option([], "--set", "-s", help="Override a config field, e.g. --set train.epochs=3 --set method.beta=2.5.")
 
 
+def _folder_given(path: Optional[Path], option: str, holding: str, must_exist: bool = True) -> None:
+    """Refuse, before any work, a folder option naming a file (or, for an input, nothing)."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise MMBenchError(f"{option} {path} is a file; give the folder {holding}")
+    if must_exist and not path.exists():
+        raise MMBenchError(f"{option} {path} does not exist; give the folder {holding}")
+
+
 @contextmanager
 def progress_bar() -> Iterator:
     """A rich progress display, started on first use; yields `progress(phase, done, total)` (one bar per phase)."""
@@ -90,6 +100,7 @@ def _run_from_args(dataset: str, method: str, variant: Optional[str], seed: int,
     if isinstance(given.get("method"), dict) and "name" in given["method"]:
         raise MMBenchError("--set method.name=...: the method is the METHOD argument; drop the --set")
     cfg = build_run_config(deep_merge(base, given), "")
+    _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
     return Run(cfg, runs_dir)
 
 
@@ -114,6 +125,8 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
     from .registry import DATASETS
 
     spec = DATASETS.get(dataset)()
+    _folder_given(source, "--source", "holding the raw files you already have")
+    _folder_given(backgrounds, "--backgrounds", "holding the background .jpg images")
     if preview:  # checked before the (long) preparation
         _writable(preview, "--preview")
         if preview.suffix.lower() != ".png":
@@ -251,6 +264,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         raise MMBenchError("--step-times projects the training time of a --dry-run; add --dry-run")
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
+    _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only is not None else None)
     runs_dir = runs_dir or default_runs_dir()
@@ -668,6 +682,7 @@ def classifiers_import(dataset: str = typer.Argument(..., help="A prepared datas
 
     spec = DATASETS.get(dataset)()
     authors_set(spec)  # refuses a dataset the authors distribute no classifiers for, before reading data
+    _folder_given(source, "--from", "holding the authors' classifier files")
     variant = spec.check_variant(variant)
     test_split = load_split(spec, variant, "test", data_root)
     acc = import_classifiers(spec, variant, test_split, source, data_root)

@@ -178,6 +178,11 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["classifiers", "train", "polydigits", "--epochs", "0"], "--epochs 0: must be >= 1"),
     (["import", "."], "bundle . is a directory; give the .tar.gz file"),
     (["prepare", "polydigits", "-o", "junk"], "error: -o junk: expected KEY=VALUE"),
+    (["prepare", "polydigits", "--source", "nowhere"], "--source nowhere does not exist; give the folder holding the raw"),
+    (["prepare", "polydigits", "--backgrounds", "afile"], "--backgrounds afile is a file; give the folder holding the"),
+    (["classifiers", "import", "polymnist", "--from", "nowhere"], "--from nowhere does not exist; give the folder"),
+    (["train", "polydigits", "mopoe", "--runs-dir", "afile"], "--runs-dir afile is a file; give the folder run"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--runs-dir", "afile"], "--runs-dir afile is a file"),
     (["prepare", "polydigits", "--preview", "grid.txt"], "--preview grid.txt: the preview grid is a PNG image"),
     (["prepare", "polydigits", "--preview", "grid"], "--preview grid: the preview grid is a PNG image"),
     (["prepare", "polydigits", "--preview", "."], "--preview . is a directory; name the file to write"),
@@ -193,6 +198,7 @@ def test_bad_input_gives_one_line(tmp_path, args, message, monkeypatch, capsys):
     monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "r"))
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
     monkeypatch.setattr(sys, "argv", ["mmbench", *map(str, args)])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -266,7 +272,7 @@ def test_an_output_path_under_a_file_is_refused_before_any_work(tmp_path, monkey
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "afile is a file, so no folder can be made there" in err, (args, err)
     # an OSError about a path the user gave (here --runs-dir under a file) is one line too
-    monkeypatch.setattr(sys, "argv", ["mmbench", "train", "polydigits", "mopoe", "--runs-dir", "afile"])
+    monkeypatch.setattr(sys, "argv", ["mmbench", "train", "polydigits", "mopoe", "--runs-dir", "afile/runs"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     err = capsys.readouterr().err
@@ -320,6 +326,7 @@ def test_prepare_records_an_absolute_source_and_previews_the_test_split(tmp_path
     monkeypatch.setattr(base, "load_split", lambda spec, variant, split, root: seen.update(split=split))
     monkeypatch.setattr(base, "save_preview", lambda split, path: None)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
     r = mmbench_here("prepare", "polymnist", "--source", "raw", "--preview", "p.png")
     assert r.returncode == 0, r.stderr
     assert seen["source"] == str(tmp_path.resolve() / "raw") and seen["split"] == "test"
