@@ -237,15 +237,24 @@ def read_run(d: Path) -> Dict[str, Any]:
     RecordError names a file that cannot be read, ConfigError a config that no longer validates (e.g. made by a
     version that allowed what this one refuses), ForeignRunError a config that hashes to another name."""
     c, m, p = d / "config.yaml", d / "metrics.json", d / "provenance.json"
-    for path in (c, m):
-        if not path.is_file():
+
+    def read(path: Path) -> bytes:  # any file system refusal (a directory, no permission) is this run's, named
+        if not path.exists():
             raise RecordError(str(path), "missing")
-    raw, cfg = parse_config(c.read_bytes(), str(c))
+        if not path.is_file():
+            raise RecordError(str(path), "not a file")
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise RecordError(str(path), e.strerror or type(e).__name__) from None
+
+    config_bytes, metrics_bytes = read(c), read(m)
+    raw, cfg = parse_config(config_bytes, str(c))
     if cfg.run_id() != d.name:
         raise ForeignRunError(f"its config hashes to {cfg.run_id()} with this mmbench (made by another version); "
                               f"run it again to report it")
-    metrics = parse_metrics(m.read_bytes(), str(m))
-    prov = parse_provenance(p.read_bytes(), str(p)) if p.exists() else {}
+    metrics = parse_metrics(metrics_bytes, str(m))
+    prov = parse_provenance(read(p), str(p)) if p.exists() else {}
     return {"id": d.name, "config": cfg, "tables": raw.get("tables", []), "metrics": metrics["metrics"],
             "extra": metrics, "provenance": prov}
 

@@ -94,6 +94,11 @@ class Suite:
         """`runs`, each paired with the experiment it comes from."""
         if tier not in TIERS:
             raise ConfigError(f"{self.path}: --tier", f"{tier!r} is not a tier; choose one of: {', '.join(TIERS)}")
+        if overrides:  # a bad --set value is the command line's, not the suite file's
+            try:
+                from_dict(RunConfig, overrides)
+            except ConfigError as e:
+                raise ConfigError(f"--set {e.where}", e.problem) from None
         names = [e.name for e in self.experiments]
         for n in only or []:
             if n not in names:
@@ -172,6 +177,8 @@ def load_suite(path: str | Path) -> Suite:
     for key in ("name", "experiments"):
         if key not in raw:
             raise ConfigError(f"{path}: {key}", "missing; a suite needs `name` and `experiments`")
+    if not isinstance(raw["name"], str) or not raw["name"].strip():  # it names the suite in reports and Slurm jobs
+        raise ConfigError(f"{path}: name", f"must be a non-empty string, got {raw['name']!r}")
     exps = raw.get("experiments")
     if not isinstance(exps, list) or not exps:
         raise ConfigError(f"{path}: experiments", "must be a non-empty list of experiments")

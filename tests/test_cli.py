@@ -167,6 +167,8 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--only", "", "--dry-run"],
      "--only: no experiment ''; the suite has: "),  # not the whole suite
     (["report", "--compare", str(ROOT / "suites")], "unknown key of a reference file"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--set", "train.epochs=ten", "--dry-run"],
+     "error: --set train.epochs: expected an integer, got 'ten'"),  # the command line's value, not the suite's
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--step-times", "t.md"], "--step-times projects the training"),
     (["train", "polydigits", "mopoe", "--set", "method.name=mvae"], "the method is the METHOD argument"),
     (["evaluate", "polydigits", "mopoe", "--variant", "vanilla", "--set", "variant=extended"],

@@ -61,6 +61,8 @@ def test_good_suite_expands(tmp_path):
     ("name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], overrides: {train: {lr: -1}}}]",
      "train.lr: must be > 0"),
     ("name: x\nexperiments: []", "experiments: must be a non-empty list"),
+    ("name: [x]\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: must be a non-empty string"),
+    ("name: 3\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: must be a non-empty string"),
     ("experiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: missing"),
     ("name: x\nexperiment: []", "experiment: unknown top-level key"),
     ("name: x\nexperiments: [{dataset: polydigits, methods: [mopoe]}]", "experiments[0].name: missing"),

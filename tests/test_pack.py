@@ -38,9 +38,9 @@ def last(run):
 # How closely a packed run's trajectory follows the same run trained alone. Looped over its runs, a pack computes
 # each run's loss with the kernels the run uses alone: equal to float rounding (bitwise on the CPUs measured). Vmapped,
 # it computes with batched kernels (a grouped convolution) that round differently -- one step's loss and gradient
-# agree to 3e-5 relative (test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient) -- but at these sizes about
-# one ReLU pre-activation in a few steps lies within that rounding of 0 and switches, Adam turns the one changed
-# contribution into up to ±lr on weights whose gradient nearly cancels, and the runs then drift apart chaotically.
+# agree to 3e-5 relative (test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient) -- but from the second step
+# on a few weights move ~lr apart (a discrete event in the forward, most likely a ReLU whose pre-activation lies
+# within that rounding of 0 switching for one tuple) and the runs then drift apart chaotically.
 # Measured over 6 steps (MoPoE seeds 0-2, mrVAE seeds 0-1, with ATEN_CPU_CAPABILITY=avx2 and =default): up to 3.7 %
 # of the distance the weights moved and 2.4e-4 relative in an epoch's metrics; a pack that hands a run another run's
 # noise or batches moves it 44-79 % away and its metrics 2e-3 to 0.7 relative.

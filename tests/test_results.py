@@ -48,6 +48,31 @@ def test_report_leaves_out_and_lists_a_run_whose_metrics_cannot_be_read(tmp_path
     assert f"{bad.id}: metrics.json unreadable" in " ".join(res.output.split())
 
 
+def test_a_record_file_the_file_system_refuses_is_that_runs_problem_not_the_reports(tmp_path, monkeypatch):
+    """metrics.json a directory, provenance.json unreadable (no permission; as root a chmod would not stop the
+    read, so the refusal is simulated): each run is left out with the reason, and the report goes on."""
+    from pathlib import Path
+
+    runs = tmp_path / "runs"
+    good, folder, denied = fake_run(runs, 0), fake_run(runs, 1), fake_run(runs, 2)
+    folder.metrics_path.unlink()
+    folder.metrics_path.mkdir()
+    (denied.dir / "provenance.json").write_text("{}")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self == denied.dir / "provenance.json":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    rep = build_report(runs, None)
+    assert set(rep.frame["run"]) == {good.id}
+    why = dict(rep.skipped)
+    assert why[folder.id].startswith("metrics.json unreadable (not a file): re-evaluate it")
+    assert why[denied.id].startswith("provenance.json unreadable (Permission denied): put a good copy back")
+
+
 def test_report_leaves_out_and_lists_a_run_whose_provenance_cannot_be_read(tmp_path):
     runs = tmp_path / "runs"
     good = fake_run(runs, 0)
