@@ -123,7 +123,7 @@ def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeyp
     def bf16(seed):
         d = json.loads(json.dumps(TINY))
         d["seed"], d["method"]["latent_dim"] = seed, 7
-        d["train"].update(epochs=1, batch_size=24, precision="bf16")
+        d["train"].update(epochs=1, batch_size=24, precision="bf16", max_train=48, max_test=24)  # 2 steps
         return build_run_config(d)
 
     alone_dir, alone = trained_alone("bf16", [bf16(s) for s in range(2)])
@@ -716,7 +716,7 @@ def test_a_looping_bf16_pack_says_its_step_is_not_captured(tmp_path, data_root, 
     monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
-    runs = [Run(cfg(s, epochs=1, precision="bf16"), tmp_path) for s in range(2)]
+    runs = [Run(cfg(s, epochs=1, precision="bf16", max_train=32, max_test=32), tmp_path) for s in range(2)]
     out = train_pack(runs, data_root)
     for r in runs:
         assert out[r.id]["packed_with"] == 2

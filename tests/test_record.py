@@ -122,7 +122,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     checkpoint again (no training), sets the fp32 metrics aside, and asking for fp32 again brings them back."""
     base = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
             "train": {"epochs": 1, "batch_size": 64, "max_train": 128},
-            "eval": {"metrics": ["loglik"], "test_samples": 32, "ll_samples": 2}}
+            "eval": {"metrics": ["loglik"], "test_samples": 12, "ll_samples": 2}}
     fp32 = Run(build_run_config(base), tmp_path / "runs")
     execute(fp32, data_root)
     first = json.loads(fp32.metrics_path.read_text())
@@ -135,7 +135,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "s", "experiments": [
         {"name": "e", "dataset": "polydigits", "methods": ["mopoe"], "metrics": ["loglik"],
-         "overrides": {"method": {"latent_dim": 8}, "train": base["train"], "eval": {"test_samples": 32, "ll_samples": 2}}}]}))
+         "overrides": {"method": {"latent_dim": 8}, "train": base["train"], "eval": {"test_samples": 12, "ll_samples": 2}}}]}))
     dry = CliRunner().invoke(app, ["run", str(suite), "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--data-root",
                                    str(data_root), "--set", "eval.precision=bf16"])
     said = " ".join(dry.output.split())
@@ -156,7 +156,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     assert trained["train_seconds"] > 0 and len(trained["trained_with"]) == 1  # carried over from the fp32 evaluation
     # `mmbench evaluate` of a run scored otherwise keeps the earlier evaluation and the training's provenance
     sets = ["method.latent_dim=8", "train.epochs=1", "train.batch_size=64", "train.max_train=128",
-            "eval.metrics=[loglik]", "eval.test_samples=32", "eval.ll_samples=2", "eval.precision=bf16"]
+            "eval.metrics=[loglik]", "eval.test_samples=12", "eval.ll_samples=2", "eval.precision=bf16"]
     cli = CliRunner().invoke(app, ["evaluate", "polydigits", "mopoe", "--runs-dir", str(tmp_path / "runs"),
                                    "--data-root", str(data_root), *[a for s_ in sets for a in ("--set", s_)]])
     assert cli.exit_code == 0, cli.output
