@@ -570,6 +570,22 @@ def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monk
     assert "objective r reads each step's largest subspace size" in unpackable_reason(r_objective)
 
 
+def packable_stacks(mods, runs):
+    """(name, StackedModel of `runs` runs seeded 0..runs-1) for every packable method, latent 8, on `mods`."""
+    from mmbench.methods.base import MethodConfig
+    from mmbench.pack import StackedModel
+    from mmbench.registry import METHODS
+
+    for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
+        cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0)
+        states = []
+        for s in range(runs):
+            torch.manual_seed(s)
+            states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
+        yield name, StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * runs, 1e-3,
+                                 torch.device("cpu"))
+
+
 def test_packed_losses_use_batching_rules_only(recwarn):
     """Under vmap an operation without a batching rule falls back to a loop over the runs (a warning, "performance
     drop"): on a GPU R launches where one was meant. Every packable method's vmapped loss and backward use batching
@@ -577,18 +593,9 @@ def test_packed_losses_use_batching_rules_only(recwarn):
     import warnings
 
     from mmbench.data.base import Modality
-    from mmbench.methods.base import MethodConfig
-    from mmbench.pack import StackedModel
-    from mmbench.registry import METHODS
 
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
-    for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
-        cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0)
-        states = []
-        for s in range(2):
-            torch.manual_seed(s)
-            states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
-        sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * 2, 1e-3, torch.device("cpu"))
+    for name, sm in packable_stacks(mods, 2):
         sm.vectorised = True
         x = {m.name: torch.rand(2, 4, 3, 28, 28) for m in mods}
         with warnings.catch_warnings(record=True) as caught:
@@ -839,20 +846,12 @@ def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient():
     (its own weights, batch and noise) to float rounding (measured: losses 1e-7, gradients 2.4e-5 relative). The
     tight, step-level half of the packed-equals-alone claim; TRAJECTORY_TOL says why trajectories drift further."""
     from mmbench.data.base import Modality
-    from mmbench.methods.base import MethodConfig
-    from mmbench.pack import StackedModel, draw
-    from mmbench.registry import METHODS
+    from mmbench.pack import draw
 
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
     g = torch.Generator().manual_seed(0)
     x = {m.name: torch.rand(3, 8, 3, 28, 28, generator=g) for m in mods}  # a different batch per run
-    for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
-        cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0)
-        states = []
-        for s in range(3):
-            torch.manual_seed(s)
-            states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
-        sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * 3, 1e-3, torch.device("cpu"))
+    for name, sm in packable_stacks(mods, 3):
         noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
         params = list(sm.params.values())
         packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
