@@ -106,6 +106,20 @@ def test_network_equals_pytorch_fid_inception_v3(weights, monkeypatch):
     assert got.abs().mean() > 1e-3
 
 
+def test_weights_url_is_pytorch_fids_and_the_cli_starts_without_torchvision():
+    """The URL is written out in mmbench so that loading the metric registry (every CLI call, every worker and
+    Slurm task) does not import torchvision and, through it, torch._dynamo (~2 s a process)."""
+    import subprocess
+    import sys
+    assert fidm.FID_WEIGHTS_URL == pfid.FID_WEIGHTS_URL
+    code = ("import sys, mmbench.cli, mmbench.train, mmbench.evaluate, mmbench.runner\n"
+            "from mmbench.registry import DATASETS, METHODS, METRICS\n"
+            "assert METRICS.names() and METHODS.names() and DATASETS.names()\n"
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'pytorch_fid') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_missing_or_wrong_weights_are_refused_with_instructions(weights, tmp_path, monkeypatch):
     path, sha = weights
     with pytest.raises(MMBenchError, match="--fid-weights") as e:

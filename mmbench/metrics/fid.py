@@ -31,8 +31,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from pytorch_fid import inception as pfid
 from torch import nn
 
 from ..data.base import DataSplit, Modality, default_data_root
@@ -45,7 +43,9 @@ from ..results import atomic_write
 from .batched import chunked
 from .context import EvalContext
 
-FID_WEIGHTS_URL = pfid.FID_WEIGHTS_URL
+# pytorch-fid 0.3.0 inception.py FID_WEIGHTS_URL (tests/test_metrics_fid.py holds the two equal); written out so
+# that importing this module (every CLI call loads the metric registry) does not import torchvision (~2 s).
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_FILE = FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 # sha256 of the published file (95,628,359 bytes); torch hub's name suffix 6726825d is its prefix.
 FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
@@ -58,6 +58,8 @@ SUBSET_CHOICES = ("all", "unimodal", "unimodal_and_full", "none")
 def build_inception() -> nn.Module:
     """pytorch-fid's FID InceptionV3 trunk (torchvision Inception3, 1008 classes, with pytorch-fid's
     patched blocks), randomly initialised: the caller loads the verified weights into it."""
+    import torchvision  # here, not at the top: see FID_WEIGHTS_URL
+    from pytorch_fid import inception as pfid
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     net.Mixed_5b = pfid.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pfid.FIDInceptionA(256, pool_features=64)
