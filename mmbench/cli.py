@@ -785,6 +785,10 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         raise MMBenchError(f"--pack {pack!r}: pack sizes must be >= 1")
     where = (torch.cuda.get_device_name(0) if device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    from .train import slow_bf16_note
+    note = slow_bf16_note(precision, device, "timing")
+    if note:
+        err_console.print(note)
     if packs:
         with err_console.status("timing") as status:
             rows = pack_table(names, [n for n in packs if n > 1] or packs, batch_size, latent_dim, steps,

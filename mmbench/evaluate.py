@@ -13,7 +13,7 @@ from .metrics.batched import for_eval
 from .metrics.context import EvalContext
 from .registry import DATASETS, METRICS
 from .results import RecordError, Run, atomic_json, parse_provenance
-from .train import ProgressFn, device_of, load_data, load_trained, train
+from .train import ProgressFn, device_of, load_data, load_trained, slow_bf16_note, train
 
 
 def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
@@ -24,6 +24,9 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     spec = DATASETS.get(cfg.dataset)()
     variant = spec.check_variant(cfg.variant)
     model = for_eval(load_trained(run, device), device, cfg.eval.precision)
+    note = slow_bf16_note(cfg.eval.precision, device, "evaluating the decoders (eval.precision)")
+    if note:
+        run.log(note)
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,

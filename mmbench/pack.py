@@ -507,8 +507,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     if capture:
         sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
+    note = train_mod.slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
+        if note:
+            m.run.log(note)
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
     t0 = time.time()

@@ -276,6 +276,27 @@ def autocast(precision: str, device) -> contextlib.AbstractContextManager:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic instructions (AVX512-BF16 or AMX-BF16). Without them bf16 is
+    converted to and from fp32 around fp32 arithmetic (AVX-512) or run by generic kernels (AVX2): slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: oneDNN's own probe (which also says yes for plain AVX-512)
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def slow_bf16_note(precision: str, device, what: str) -> Optional[str]:
+    """A line for the run's log where bf16 is asked of a CPU without bfloat16 instructions: it computes what was
+    asked, but slower than fp32 (bf16 decoders 12x slower on an AVX2-only CPU: docs/metrics.md, "On a CPU without
+    bfloat16 instructions")."""
+    if precision != "bf16" or torch.device(device).type != "cpu" or cpu_has_bf16():
+        return None
+    return (f"note: {what} in bf16 on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16; torch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}): it runs slower than fp32 here")
+
+
 @torch.no_grad()
 def test_loss(model: MultimodalVAE, test: DataSplit, batch_size: int, seed: int, device,
               precision: str = "fp32") -> float:
@@ -338,6 +359,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                      "state": state})
 
     model.train()
+    note = slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
+    if note:
+        run.log(note)
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")

@@ -206,3 +206,23 @@ def test_bench_steps_pack_reports_the_best_pack_per_method(monkeypatch, tmp_path
     best = out.read_text().split("Pack size with the most run-steps per second:")[1].strip().splitlines()[2:]
     assert [[c.strip() for c in line.strip("|").split("|")] for line in best] == [
         ["mopoe", "4", "30.000"], ["mvae", "2", "12.000"]]
+
+
+def test_bench_steps_in_bf16_says_where_the_cpu_emulates_it(monkeypatch, tmp_path, capsys):
+    """`bench steps --precision bf16` on a CPU without bfloat16 instructions says its times are not bf16's best."""
+    from mmbench import bench, cli
+
+    seen = []
+    monkeypatch.setattr(bench, "pack_table", lambda m, p, *a, **k: seen.append(k["precision"]) or [
+        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
+    for has, expected in ((False, 1), (True, 0)):
+        monkeypatch.setattr("mmbench.train.cpu_has_bf16", lambda: has)
+        monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2",
+                                          "--precision", "bf16", "--out", str(tmp_path / "t.md")])
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert e.code in (0, None)
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.count("note: timing in bf16 on a CPU without bfloat16 instructions") == expected, err
+    assert seen == ["bf16", "bf16"]

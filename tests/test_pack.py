@@ -126,10 +126,13 @@ def test_bf16_pack_draws_the_numbers_it_draws_alone(tmp_path, data_root, monkeyp
         d["train"].update(epochs=1, batch_size=24, precision="bf16", max_train=48, max_test=24)  # 2 steps
         return build_run_config(d)
 
+    monkeypatch.setattr("mmbench.train.cpu_has_bf16", lambda: False)  # the log says where bf16 is emulated
     alone_dir, alone = trained_alone("bf16", [bf16(s) for s in range(2)])
     runs = [Run(bf16(s), tmp_path / "packed") for s in range(2)]
     packed = train_pack(runs, data_root)
+    slow = "training (train.precision) in bf16 on a CPU without bfloat16 instructions"
     for s, r in enumerate(runs):
+        assert slow in r.log_path.read_text() and slow in Run(bf16(s), alone_dir).log_path.read_text()
         assert packed[r.id]["packed_with"] == 2
         for k, v in alone[s]["history"][0].items():
             assert packed[r.id]["history"][0][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (s, k)

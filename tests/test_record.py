@@ -117,9 +117,12 @@ def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path)
     assert build_report(runs3, refs).cells[0].mixed == ["eval precision"]
 
 
-def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tmp_path, data_root):
+def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tmp_path, data_root, monkeypatch):
     """eval.precision is not part of the run id: asking for bf16 after an fp32 evaluation evaluates the same
-    checkpoint again (no training), sets the fp32 metrics aside, and asking for fp32 again brings them back."""
+    checkpoint again (no training), sets the fp32 metrics aside, and asking for fp32 again brings them back.
+    On a CPU without bfloat16 instructions the bf16 evaluation's log says it is emulated (slower than fp32)."""
+    monkeypatch.setattr("mmbench.train.cpu_has_bf16", lambda: False)
+    slow = "evaluating the decoders (eval.precision) in bf16 on a CPU without bfloat16 instructions"
     base = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
             "train": {"epochs": 1, "batch_size": 64, "max_train": 128},
             "eval": {"metrics": ["loglik"], "test_samples": 12, "ll_samples": 2}}
@@ -152,6 +155,7 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     assert execute(fp32, data_root) == first  # brought back, not recomputed
     assert json.loads((low.dir / "metrics.bf16.json").read_text())["metrics"] == out["metrics"]
     assert "evaluating again as bf16 (kept fp32 as metrics.fp32.json)" in low.log_path.read_text()
+    assert low.log_path.read_text().count(slow) == 1  # the bf16 evaluation's, not the fp32 one's
     trained = {k: json.loads((low.dir / "provenance.bf16.json").read_text())[k] for k in ("train_seconds", "trained_with")}
     assert trained["train_seconds"] > 0 and len(trained["trained_with"]) == 1  # carried over from the fp32 evaluation
     # `mmbench evaluate` of a run scored otherwise keeps the earlier evaluation and the training's provenance

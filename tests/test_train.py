@@ -556,3 +556,22 @@ def test_an_unreadable_best_checkpoint_names_the_folder_whose_removal_retrains(t
     shutil.rmtree(folder)
     train(run, data_root)
     load_trained(run)  # best.pt rebuilt
+
+
+def test_bf16_on_a_cpu_without_bfloat16_instructions_is_noted(monkeypatch):
+    """bf16 is emulated (slower than fp32) on a CPU without AVX512-BF16/AMX: the run's log says so, only there."""
+    import mmbench.train as tr
+
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: False)
+    note = tr.slow_bf16_note("bf16", "cpu", "training (train.precision)")
+    assert note.startswith("note: training (train.precision) in bf16 on a CPU without bfloat16 instructions")
+    assert tr.slow_bf16_note("fp32", "cpu", "x") is None and tr.slow_bf16_note("bf16", "cuda", "x") is None
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: True)
+    assert tr.slow_bf16_note("bf16", "cpu", "x") is None
+
+
+def test_the_bf16_probe_agrees_with_onednn():
+    """On this machine: a CPU with bfloat16 instructions (cpu_has_bf16) is one oneDNN runs bf16 on too."""
+    from mmbench.train import cpu_has_bf16
+
+    assert not cpu_has_bf16() or torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -52,7 +52,8 @@ def for_eval(module: nn.Module, device: torch.device, precision: str = "fp32") -
 class Bfloat16Decoder(nn.Module):
     """A decoder evaluated in bfloat16: its parameters cast once, the latent cast on the way in, the output
     returned as float32, so the likelihood's log-density and every sum after it are fp32. On this project's
-    CPU (AMX) a PolyMNIST decoder runs ~3x faster per row; docs/metrics.md, "Evaluation in bf16", gives the
+    CPU of 2026-12-02 (AMX) a PolyMNIST decoder ran ~3x faster per row, on an AVX2-only one 12x slower (the run's
+    log says so: train.slow_bf16_note); docs/metrics.md, "Evaluation in bf16", gives the
     measured effect on the metrics."""
 
     def __init__(self, inner: nn.Module):
