@@ -65,15 +65,28 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("MMBENCH_RUNS", "runs"))
 
 
+def durable_writes() -> bool:
+    """Whether atomic_write syncs each file to the disk before renaming it into place (the default). With
+    MMBENCH_FSYNC=0 it does not: a crash of the machine (not of mmbench) may then lose the last writes, and
+    nothing else changes. For scratch runs and the test suite (tests/conftest.py), where it saves ~15 % of the time."""
+    value = os.environ.get("MMBENCH_FSYNC", "1")
+    if value not in ("0", "1"):
+        raise MMBenchError(f"MMBENCH_FSYNC={value!r}: use 1 (sync every write, the default) or 0 (do not)")
+    return value == "1"
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file whole or not at all: a temporary file beside it, synced (durable_writes), renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sync = durable_writes()
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

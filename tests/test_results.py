@@ -164,8 +164,12 @@ def test_an_unreadable_evaluation_set_aside_is_neither_read_as_the_scoring_nor_b
 
 # ----- behaviours a mutation pass found unguarded -----
 def test_atomic_write_keeps_the_old_content_when_fsync_fails(tmp_path, monkeypatch):
+    """By default every write is synced (the suite runs with MMBENCH_FSYNC=0, tests/conftest.py); a failed sync
+    keeps the old file. MMBENCH_FSYNC=0 skips the sync; any other value is refused by name."""
     import os
     from mmbench import results
+    from mmbench.errors import MMBenchError
+    monkeypatch.delenv("MMBENCH_FSYNC")
     p = tmp_path / "metrics.json"
     results.atomic_write(p, "old")
     def boom(fd):
@@ -174,6 +178,13 @@ def test_atomic_write_keeps_the_old_content_when_fsync_fails(tmp_path, monkeypat
     with pytest.raises(OSError):
         results.atomic_write(p, "new")
     assert p.read_text() == "old" and [x.name for x in tmp_path.iterdir()] == ["metrics.json"]
+    monkeypatch.setenv("MMBENCH_FSYNC", "0")
+    results.atomic_write(p, "new")  # not synced: the failing fsync is not called
+    assert p.read_text() == "new"
+    monkeypatch.setenv("MMBENCH_FSYNC", "no")
+    with pytest.raises(MMBenchError, match=r"MMBENCH_FSYNC='no': use 1 \(sync every write, the default\) or 0"):
+        results.atomic_write(p, "newer")
+    assert p.read_text() == "new"
 
 
 def test_init_merges_tables_across_invocations(tmp_path):
