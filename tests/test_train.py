@@ -171,6 +171,7 @@ def test_atomic_writes_leave_the_old_file_when_the_write_fails(tmp_path, monkeyp
     def boom(*a, **k):
         raise OSError(f"{fail} failed (disk full)")
 
+    monkeypatch.setenv("MMBENCH_FSYNC", "1")  # the default, synced path (the suite runs with 0: conftest.py)
     monkeypatch.setattr(results.os, fail, boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_json(path, {"a": 2})
