@@ -108,7 +108,7 @@ def test_network_equals_pytorch_fid_inception_v3(weights, monkeypatch):
 
 def test_weights_url_is_pytorch_fids_and_the_cli_starts_without_torchvision():
     """The URL is written out in mmbench so that loading the metric registry (every CLI call, every worker and
-    Slurm task) does not import torchvision and, through it, torch._dynamo (~2 s a process)."""
+    Slurm task) does not import torchvision and, through it, torch._dynamo (~3 s a process)."""
     import subprocess
     import sys
     assert fidm.FID_WEIGHTS_URL == pfid.FID_WEIGHTS_URL

@@ -120,7 +120,7 @@ def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path)
 def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tmp_path, data_root, monkeypatch):
     """eval.precision is not part of the run id: asking for bf16 after an fp32 evaluation evaluates the same
     checkpoint again (no training), sets the fp32 metrics aside, and asking for fp32 again brings them back.
-    On a CPU without bfloat16 instructions the bf16 evaluation's log says it is emulated (slower than fp32)."""
+    On a CPU without bfloat16 instructions the bf16 evaluation's log says it runs slower than fp32 there."""
     monkeypatch.setattr("mmbench.train.cpu_has_bf16", lambda: False)
     slow = "evaluating the decoders (eval.precision) in bf16 on a CPU without bfloat16 instructions"
     base = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},

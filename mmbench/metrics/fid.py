@@ -44,7 +44,7 @@ from .batched import chunked
 from .context import EvalContext
 
 # pytorch-fid 0.3.0 inception.py FID_WEIGHTS_URL (tests/test_metrics_fid.py holds the two equal); written out so
-# that importing this module (every CLI call loads the metric registry) does not import torchvision (~2 s).
+# that importing this module (every CLI call loads the metric registry) does not import torchvision (~3 s).
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_FILE = FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
 # sha256 of the published file (95,628,359 bytes); torch hub's name suffix 6726825d is its prefix.
