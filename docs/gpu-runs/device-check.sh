@@ -30,6 +30,11 @@
 # The device image lacks pytorch-fid (mmbench imports it with its metrics) and cannot download: WHEELS (default
 # DATA/wheels) holds its wheel, made here with `pip download --no-deps -d DATA/wheels pytorch-fid==0.3.0`; any of
 # mmbench's imports still missing after that stops the script at once, naming it.
+# A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
+#   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
+# PARTS (default all): correctness, steps, fig3, evaltime, report, projection, captured (data is always prepared);
+# EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
+# after it (default 170); GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -38,6 +43,8 @@ SHARED=${DATA:?"set DATA to the folder holding mnist-t10k/ and backgrounds/"}
 export MMBENCH_DATA=${MMBENCH_DATA:-/tmp/dc/data} MMBENCH_RUNS=${MMBENCH_RUNS:-/tmp/dc/runs} PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
+PARTS=${PARTS:-all}
+part() { [ "$PARTS" = all ] || [[ ",$PARTS," == *",$1,"* ]]; }
 M="$PY -m mmbench"
 rm -rf "$RES"  # this run's results only (a warm machine or a second dry run may hold an earlier run's)
 # and its runs only: an earlier attempt's runs (other epochs: other run ids) would be picked up beside this one's
@@ -100,6 +107,7 @@ if [ "$DEVICE" = cuda ] && ! $PY -c "import sys, torch; sys.exit(not torch.cuda.
   echo "error: torch sees no GPU here; every part would run on the CPU and measure nothing of the GPU"; snap; exit 3
 fi
 
+if part correctness; then
 say "correctness on $DEVICE: random streams, resume, packed = alone (pytest)"
 # resume is compared bitwise: deterministic cuBLAS workspaces; a cuDNN weight gradient may still use atomics, so a
 # failure of that test alone, by float rounding, is nondeterminism, not a lost random stream (read its diff)
@@ -107,17 +115,19 @@ say "correctness on $DEVICE: random streams, resume, packed = alone (pytest)"
 # them fail, not pass on the CPU, where no GPU is visible
 GPUT=""; [ "$DEVICE" = cuda ] && GPUT=1
 MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 120) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
-  tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
+  ${GPU_TESTS:-tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
-  tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
+  tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone} \
   > "$RES/gpu-tests.txt" 2>&1
 tail -4 "$RES/gpu-tests.txt"
+fi
 
 say "prepare PolyMNIST from the MNIST test split (multiplicity $MULT) + coherence classifiers"
 $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" --backgrounds "$SHARED/backgrounds" \
    -o mnist_source=test-halves -o "multiplicity=$MULT" \
   && $M classifiers train polymnist --variant vanilla --epochs "$CLF_EPOCHS"
 
+if part steps; then
 say "step table, packed and unpacked (fp32)"
 timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-packed.md"
@@ -134,11 +144,14 @@ timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DE
 say "mrVAE packed (5 runs)"
 timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae-packed.md"
+fi
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
 # measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).
 # Prints "EPOCHS MAX_TRAIN": when not even one epoch of the 60,000 tuples fits, one epoch of fewer (train.max_train),
 # so that the runs finish and are evaluated rather than being killed by their time limit.
+if part fig3; then
+if [ -n "${EPOCHS:-}" ]; then FIT="$EPOCHS 0"; echo "EPOCHS=$EPOCHS fixed (not sized)" >> "$RES/fig3-epochs.txt"; else
 FIT=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" "$RES/steps-packed-bf16.md" 2>>"$RES/fig3-epochs.txt" <<'EOF'
 import sys
 from mmbench.bench import pack_rate, read_step_times
@@ -166,7 +179,7 @@ print(f"{left} s left; slowest 5-pack {slowest:.0f} run-steps/s, bf16 5-pack {bf
       f"training budget {train_s} s -> {epochs} epochs" + (f", so 1 epoch of {max_train} tuples" if max_train else ""),
       file=sys.stderr)
 EOF
-)
+); fi
 read -r EPOCHS MAXTRAIN <<< "$(echo "$FIT" | head -1)"
 EPOCHS=${EPOCHS:-1}; MAXTRAIN=${MAXTRAIN:-0}
 [ "$MAXTRAIN" -gt 0 ] && RUNSET+=(--set "train.max_train=$MAXTRAIN")
@@ -195,7 +208,7 @@ experiments:
     seeds: [0, 1, 2, 3, 4]
     metrics: [latent_classification, coherence, loglik]
 EOF
-LIM=$(( $(left) - 170 )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
+LIM=$(( $(left) - ${RESERVE:-170} ))  # RESERVE: seconds kept for the parts after it; [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
 p1=$!
@@ -212,8 +225,10 @@ tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
 $PY docs/gpu-runs/precision_agreement.py > "$RES/bf16-vs-fp32.md" 2>&1
 cat "$RES/bf16-vs-fp32.md"
+fi
 
 snap
+if part evaltime; then
 say "full-budget evaluation time of one Fig. 3 MoPoE model"
 # full: the issue's budget on 10,000 tuples (both rebuilt splits together, as the CPU figures in docs/metrics.md;
 # the rebuilt test split alone has 5,000), for timing only
@@ -221,28 +236,36 @@ if [ "$SCALE" = tiny ]; then EB=(quick); else EB=(full both-splits 10000); fi
 EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 90) $PY docs/eval_time.py "${EB[@]}" 2>&1 | tail -3 | tee "$RES/eval-time.txt"
 EVALTIME_RUNS=/tmp/dc/evaltime timeout $(to 60) $PY docs/eval_time.py "${EB[@]}" bf16 2>&1 | tail -3 \
   | tee -a "$RES/eval-time.txt"
+fi
 
 snap
+if part report; then
 say "report"
 $M report --compare reference_results/ --allow-missing --format md --out "$RES/report.md" \
   --title "device-check: MoPoE Fig. 3, $EPOCHS epochs, PolyMNIST from the MNIST test split" > "$RES/report.txt" 2>&1
 tail -5 "$RES/report.txt"
+fi
 
 snap
+if part projection; then
 say "projected cost of every suite's full tier on this GPU (packed)"
 for s in suites/*.yaml; do
   echo "== $s"; timeout $(to 30) $M run "$s" --tier full --dry-run --step-times "$RES/steps-packed.md" 2>&1 | tail -4
 done > "$RES/projection.txt"
 tail -3 "$RES/projection.txt"
+fi
 
 snap
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
-if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
+if part captured && [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
   say "captured steps (torch.compile reduce-overhead): mrVAE and MoPoE unpacked, then MoPoE packed"
+  # CAPTURE_PACKS=15 (say): only the packed MoPoE step, in packs of that size
+  if [ -z "${CAPTURE_PACKS:-}" ]; then
   timeout $(( ($(left) - 10) / 2 )) $M bench steps --methods mrvae,mopoe --scaling "" --device cuda --batch-size $B \
     --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md"
   snap
-  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack 5,15 --device cuda --batch-size $B --latent-dim $LAT \
+  fi
+  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B --latent-dim $LAT \
     --steps $STEPS --compile --out "$RES/steps-compiled.md"
 fi
 snap
