@@ -355,6 +355,12 @@ def pack_rate(rates: Dict[int, float], size: int) -> float:
     return rates[max(below)] if below else rates[min(rates)]
 
 
+def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:
+    """Each method's pack size with the most run-steps per second, for the methods measured at two or more sizes
+    (a table of unpacked steps alone says nothing about packing). 1: packing measured slower than a run alone."""
+    return {m: max(sorted(r), key=lambda n: r[n]) for m, r in rates.items() if len(r) > 1}
+
+
 def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:
     """Seconds of training each run costs on the measured GPU when its pack trains together (a pack of R
     runs of S steps takes R·S / rate(R) seconds, shared by its runs); None where no step time or step count."""

@@ -222,9 +222,10 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                            "1: every run alone)."),
         compile: bool = typer.Option(False, "--compile", help="Capture training steps (packed and unpacked) with "
                                      "torch.compile (reduce-overhead, CUDA graphs); GPU workers only."),
-        step_times: Optional[Path] = typer.Option(None, "--step-times", help="With --dry-run: a `mmbench bench steps "
-                                                  "--pack` table (e.g. docs/step_times_h100.md) to project the "
-                                                  "tier's training time on that GPU."),
+        step_times: Optional[Path] = typer.Option(None, "--step-times", help="A `mmbench bench steps --pack` table "
+                                                  "(e.g. docs/step_times_h200.md): each method's packs are capped "
+                                                  "at its fastest measured pack size; with --dry-run it also "
+                                                  "projects the tier's training time on that GPU."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT,
         executor: str = typer.Option("local", "--executor", help="local (worker processes here) or slurm (a job "
                                                                   "array through submitit)."),
@@ -260,8 +261,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if jobs != 1:
             raise MMBenchError("--jobs sets CPU workers; with --gpus each listed id is one worker (repeat an id, "
                                "e.g. --gpus 0,0, for two on one GPU); drop one of the two")
-    if step_times is not None and not dry_run:
-        raise MMBenchError("--step-times projects the training time of a --dry-run; add --dry-run")
+    caps = _pack_caps(step_times) if step_times is not None else None
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
@@ -276,7 +276,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
         for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
-        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack) if step_times else None
+        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps) if step_times else None
         if gpu:
             t.add_column("GPU time (packed)")
         slurm_states = _slurm_states(configs, runs_dir)
@@ -342,7 +342,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if reason:
             raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
         _prepare_for(configs, data_root)
-        results = run_slurm(configs, runs_dir, data_root, options, err_console, wait=not detach)
+        results = run_slurm(configs, runs_dir, data_root, options, err_console, wait=not detach, caps=caps)
         if detach:
             console.print(f"submitted; follow with `mmbench run {suite} --tier {tier} --dry-run`")
             return
@@ -358,7 +358,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
 
         check_gpus_visible(gpu_slots(gpus))  # before preparing data or writing run directories
     _prepare_for(configs, data_root)
-    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack)
+    outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack,
+                       caps=caps)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:
@@ -377,10 +378,25 @@ def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
     return run_states(runs)
 
 
+def _pack_caps(step_times: Path) -> Dict[str, int]:
+    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs), said on stderr where it
+    keeps a method's runs apart or in smaller packs."""
+    from .bench import best_packs, read_step_times
+
+    if not step_times.exists():
+        raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
+                           f"--device cuda --out FILE`")
+    caps = best_packs(read_step_times(step_times))
+    if caps:
+        err_console.print(f"--step-times {step_times}: packs capped at the fastest measured size: "
+                          + ", ".join(f"{m} {n}" + (" (alone)" if n == 1 else "") for m, n in sorted(caps.items())))
+    return caps
+
+
 def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_times: Path,
-                    pack: Optional[int]) -> Dict:
+                    pack: Optional[int], caps: Optional[Dict[str, int]] = None) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
-    the runs packed as `mmbench run --pack` would pack them on one GPU."""
+    the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
     from .bench import projected_seconds, read_step_times
     from .results import Run
     from .runner import make_packs, resume_point
@@ -398,7 +414,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
         epochs = r.cfg.train.epochs  # a run resumed from a checkpoint trains only its remaining epochs
         return None if n is None else (epochs - resume_point(r)[0]) * max(n // epochs // r.cfg.train.batch_size, 1)
 
-    packs = make_packs(todo, pack, 1)
+    packs = make_packs(todo, pack, 1, caps)
     per_run = projected_seconds(packs, rates, steps_of)
     known = [v for v in per_run.values() if v is not None]
     import re

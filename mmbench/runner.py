@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -126,10 +126,12 @@ def unique_runs(runs: Sequence[Run]) -> List[Run]:
     return list(first.values())
 
 
-def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> List[List[Run]]:
+def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps: Optional[Dict[str, int]] = None,
+               note: Optional[Callable[[Run, str], None]] = None) -> List[List[Run]]:
     """Runs grouped into packs: same pack key (all but the seed), same resume point (epoch, step), packable method and
     architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
-    `workers`, so that no worker idles while another trains a big pack), in the order given."""
+    `workers`, so that no worker idles while another trains a big pack), in the order given. `caps`: a method's
+    largest useful pack (bench.best_packs of a measured step table); `note(run, text)` hears of each run it splits."""
     from .pack import pack_key, unpackable_reason
 
     if pack is not None and pack < 1:
@@ -149,6 +151,13 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1) -> Li
     out: List[List[Run]] = []
     for g in groups.values():
         cap = pack or -(-len(g) // max(workers, 1))
+        best = (caps or {}).get(g[0].cfg.method.name)
+        if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
+            for r in g:
+                if note:
+                    note(r, f"packs of {r.cfg.method.name} capped at {best} run(s) instead of {min(cap, len(g))}: "
+                            f"the most run-steps/s of the step-time table given (--step-times)")
+            cap = best
         out += [g[i:i + cap] for i in range(0, len(g), cap)]
     return out
 
@@ -161,7 +170,8 @@ def _read_progress(run: Run) -> Optional[dict]:
 
 
 def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path], gpus: Optional[str] = None,
-            jobs: int = 1, console: Optional[Console] = None, pack: Optional[int] = 1) -> List[Outcome]:
+            jobs: int = 1, console: Optional[Console] = None, pack: Optional[int] = 1,
+            caps: Optional[Dict[str, int]] = None) -> List[Outcome]:
     console = console or Console()
     slots = worker_slots(gpus, jobs)  # before any run directory is written
     runs = unique_runs([Run(c, runs_dir) for c in configs])
@@ -174,7 +184,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         else:
             r.init()
             pending.append(r)
-    for group in make_packs(pending, pack, len(slots)):
+    for group in make_packs(pending, pack, len(slots), caps, note=lambda r, text: r.log(text)):
         todo.put(group)
     active: Dict[int, Optional[Run]] = {i: None for i in range(len(slots))}
     lock = threading.Lock()

@@ -399,9 +399,10 @@ def _partition_nodes(partition: Optional[str]) -> int:
 
 def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path],
               options: Sequence[Tuple[RunConfig, SlurmOptions]], console, wait: bool = True,
-              poll_s: float = 3.0) -> List[Tuple[Run, bool, str]]:
+              poll_s: float = 3.0, caps: Optional[Dict[str, int]] = None) -> List[Tuple[Run, bool, str]]:
     """Submit every unfinished run (skipping runs whose job is still queued or running, from this or another
     submission), then, with `wait`, follow the jobs until each run is done or its job ended without it.
+    `caps`: each method's largest pack (`--step-times`, runner.make_packs).
     Returns (run, ok, message) per run."""
     reason = available()
     if reason:
@@ -432,7 +433,8 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
                 r.init()
                 o = opts_of[r.id]
                 groups.setdefault(json.dumps(dataclasses.asdict(o), sort_keys=True), (o, []))[1].append(r)
-        packed = [(o, make_packs(rs, o.pack, o.array_parallelism)) for o, rs in groups.values()]
+        packed = [(o, make_packs(rs, o.pack, o.array_parallelism, caps, note=lambda r, text: r.log(text)))
+                  for o, rs in groups.values()]
         submitted = submit(packed, runs_dir, data_root)
     for o, packs in packed:
         rs = [r for p in packs for r in p]

@@ -169,7 +169,7 @@ def test_suite_end_to_end(workspace, mmbench_here):
     (["report", "--compare", str(ROOT / "suites")], "unknown key of a reference file"),
     (["run", str(ROOT / "suites" / "quickstart.yaml"), "--set", "train.epochs=ten", "--dry-run"],
      "error: --set train.epochs: expected an integer, got 'ten'"),  # the command line's value, not the suite's
-    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--step-times", "t.md"], "--step-times projects the training"),
+    (["run", str(ROOT / "suites" / "quickstart.yaml"), "--step-times", "t.md"], "--step-times t.md: no such file"),
     (["train", "polydigits", "mopoe", "--set", "method.name=mvae"], "the method is the METHOD argument"),
     (["evaluate", "polydigits", "mopoe", "--variant", "vanilla", "--set", "variant=extended"],
      "the variant is set by --variant"),

@@ -210,6 +210,43 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
         {**TINY, "seed": 1, "method": {"name": "mmvamp", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
 
 
+def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
+    """`--step-times`: a method whose packs measured slower than a run alone (mopoe_eq5 on an H200,
+    docs/step_times_h200.md) trains its runs alone; one fastest at 2 in packs of at most 2; a method absent from the
+    table, or measured unpacked only, packs as before. Each run split says so; run_all writes it to the run's log."""
+    from mmbench import runner
+    from mmbench.bench import best_packs
+
+    rates = {"mopoe": {1: 27.0, 5: 23.0, 15: 21.0}, "mvae": {1: 10.0, 2: 30.0, 3: 25.0}, "mmvae": {1: 40.0}}
+    caps = best_packs(rates)
+    assert caps == {"mopoe": 1, "mvae": 2}  # mmvae: one size measured, no cap
+    a = [Run(cfg(s), tmp_path) for s in range(3)]
+    mv = [Run(build_run_config({**TINY, "seed": s, "method": {"name": "mvae", "latent_dim": 8}}), tmp_path)
+          for s in range(3)]
+    notes = []
+    packs = make_packs(a + mv, None, caps=caps, note=lambda r, t: notes.append((r.id, t)))
+    assert [len(p) for p in packs] == [1, 1, 1, 2, 1]
+    assert [r for r, _ in notes] == [r.id for r in a + mv]
+    assert "packs of mopoe capped at 1 run(s) instead of 3" in notes[0][1]
+    assert [len(p) for p in make_packs(a, None, caps={"mvae": 1})] == [3]  # another method's cap
+    assert [len(p) for p in make_packs(a, 2, caps={"mopoe": 5})] == [2, 1]  # a cap above --pack changes nothing
+    notes.clear()
+    make_packs(a[:1], None, caps=caps, note=lambda r, t: notes.append(t))
+    assert notes == []  # a lone run is not split
+
+    # run_all passes the caps and logs the note (workers stubbed: this is about the grouping)
+    seen = []
+
+    def fake_worker(cmd, **kw):
+        seen.append(len(cmd) - 3)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    runner.run_all([r.cfg for r in a], tmp_path / "runs", None, pack=None, caps={"mopoe": 1})
+    assert seen == [1, 1, 1]
+    assert all("capped at 1 run(s)" in Run(r.cfg, tmp_path / "runs").log_path.read_text() for r in a)
+
+
 def test_killed_pack_resumes_every_run(tmp_path, data_root, monkeypatch):
     # A worker training a pack of 3 is SIGKILLed mid-epoch (after the first epoch's checkpoints); running
     # the same worker again resumes all three from their checkpoints and finishes them. The killed worker is a
@@ -425,6 +462,12 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here):
     # 3 runs x 2 epochs x (polydigits train split // 32) steps in one pack of 3 at 300 run-steps/s
     out = " ".join(r.stdout.split())
     assert "one GPU (NVIDIA Y," in out and "for 3 of 3 unfinished run(s) in 1 pack(s)" in out
+    # a table where packing is slower: the projection packs as the run would, every run alone, and says why
+    times.write_text(times.read_text().replace("| 3 | packed | 0.01 | 300 |", "| 3 | packed | 0.01 | 50 |"))
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "for 3 of 3 unfinished run(s) in 3 pack(s)" in " ".join(r.stdout.split())
+    assert "packs capped at the fastest measured size: mopoe 1 (alone)" in " ".join(r.stderr.split())
     for run, args, msg in [(mm, ("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
                            (mmbench_here, ("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
                            (mmbench_here, ("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),

@@ -409,6 +409,7 @@ def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch
 
     monkeypatch.setattr(slurm, "available", lambda: None)
     monkeypatch.setattr(slurm, "_job_states", lambda: {})
+    monkeypatch.setattr(slurm, "_partition_nodes", lambda part: 1)  # sinfo waits ~9 s for a controller that is down
     monkeypatch.setattr(slurm, "submit", fake_submit)
 
     class Quiet:
@@ -422,6 +423,37 @@ def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch
 
     tables = yaml.safe_load((tmp_path / "runs" / a.run_id() / "config.yaml").read_text())["tables"]
     assert tables == ["Fig. 2", "Fig. 3"]
+
+
+def test_measured_pack_caps_reach_the_array_tasks(tmp_path, monkeypatch):
+    """`mmbench run --executor slurm --step-times FILE`: a method measured slower packed trains one run per array
+    task, and each run's log says why (runner.make_packs). Slurm itself is replaced at its edges."""
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+
+    cfgs = [build_run_config({"dataset": "polydigits", "seed": s, "method": {"name": "mopoe"}}) for s in range(3)]
+    sizes = []
+
+    def fake_submit(groups, runs_dir, data_root):
+        sizes.extend(len(p) for _, packs in groups for p in packs)
+        return {r.id: "42_0" for _, packs in groups for p in packs for r in p}
+
+    monkeypatch.setattr(slurm, "available", lambda: None)
+    monkeypatch.setattr(slurm, "_job_states", lambda: {})
+    monkeypatch.setattr(slurm, "_partition_nodes", lambda part: 1)  # sinfo waits ~9 s for a controller that is down
+    monkeypatch.setattr(slurm, "submit", fake_submit)
+
+    class Quiet:
+        def print(self, *a, **k):
+            pass
+
+    opts = [(c, SlurmOptions(pack=3)) for c in cfgs]
+    slurm.run_slurm(cfgs, tmp_path / "a", None, opts, Quiet(), wait=False)
+    assert sizes == [3]
+    sizes.clear()
+    slurm.run_slurm(cfgs, tmp_path / "b", None, opts, Quiet(), wait=False, caps={"mopoe": 1})
+    assert sizes == [1, 1, 1]
+    assert all("packs of mopoe capped at 1" in (tmp_path / "b" / c.run_id() / "log.txt").read_text() for c in cfgs)
 
 
 def test_a_task_that_asked_for_gpus_and_sees_none_fails_instead_of_training_on_the_cpu(tmp_path):
