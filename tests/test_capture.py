@@ -127,7 +127,12 @@ def test_a_graph_break_in_a_loss_is_found():
 def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tmp_path, data_root, monkeypatch):
     """`mmbench run --compile` (MMBENCH_COMPILE=1) captures an unpacked run's step too (on a GPU with CUDA graphs; here
     traced with the aot_eager backend): the run says so in its log and ends with the history and weights of the
-    uncaptured run (same random numbers). A compiler failure is logged and the run goes on uncaptured."""
+    uncaptured run (same random numbers). A compiler failure is logged and the run goes on uncaptured.
+    Under MMBENCH_GPU_TESTS=1 (docs/gpu-runs/device-check.sh) it runs on the GPU with the real backend (inductor,
+    CUDA graphs): its fused kernels round differently from the eager ones, so there the bounds are 1e-3 relative
+    on the history and on each weight tensor's norm of difference (an estimate, not yet measured on a GPU: a
+    failure prints the sizes)."""
+    from conftest import on_gpu_if_asked
     from mmbench.config import build_run_config
     from mmbench.results import Run
     from mmbench.train import train
@@ -136,18 +141,26 @@ def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tm
         return build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
                                  "train": {"epochs": 2, "batch_size": 50, "max_train": 100, "max_test": 50}})
 
+    on_gpu_if_asked()
+    gpu = torch.cuda.is_available()  # only under MMBENCH_GPU_TESTS=1: the suite hides GPUs from every test
     plain = Run(config(), tmp_path / "plain")
     ref = train(plain, data_root)
     torch._dynamo.reset()
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
-    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    if not gpu:
+        monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
     cap = Run(config(), tmp_path / "captured")
     out = train(cap, data_root)
     assert "training step captured with torch.compile" in cap.log_path.read_text()
+    assert ("on cuda" in cap.log_path.read_text()) == gpu
     for a, b in zip(ref["history"], out["history"]):
-        assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-6) for k in a)
+        assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-3 if gpu else 1e-6) for k in a), (a, b)
     wa, wb = (torch.load(r.ckpt_dir / "last.pt", weights_only=False)["model"] for r in (plain, cap))
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-5, atol=1e-6) for k in wa)
+    if gpu:
+        rel = {k: float((wa[k].float() - wb[k].float()).norm() / wa[k].float().norm().clamp_min(1e-12)) for k in wa}
+        assert max(rel.values()) <= 1e-3, sorted(rel.items(), key=lambda kv: -kv[1])[:3]
+    else:
+        assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-5, atol=1e-6) for k in wa)
     # a captured step that fails (here: every call raises): logged, trained uncaptured, the same results
     def fails(*args, **kwargs):
         raise RuntimeError("the compiler gave up")
@@ -156,4 +169,5 @@ def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tm
     failed = Run(config(), tmp_path / "failed")
     again = train(failed, data_root)
     assert "torch.compile failed (RuntimeError: the compiler gave up); training uncaptured" in failed.log_path.read_text()
-    assert [h["test_loss"] for h in again["history"]] == [h["test_loss"] for h in ref["history"]]
+    same = [h["test_loss"] for h in ref["history"]]  # a GPU's cuDNN may sum a weight gradient in another order
+    assert [h["test_loss"] for h in again["history"]] == (pytest.approx(same, rel=1e-5) if gpu else same)

@@ -766,7 +766,8 @@ def test_runs_that_leave_the_pack_open_one_tensorboard_writer(tmp_path, data_roo
 
 
 def test_a_looping_bf16_pack_says_its_step_is_not_captured(tmp_path, data_root, monkeypatch):
-    """--compile captures the vmapped fp32 loss only; a bf16 pack (which loops) trains uncaptured and says so."""
+    """--compile captures the vmapped fp32 loss only; a bf16 pack (which loops) trains uncaptured and says so; an fp32
+    pack says it is captured (traced with aot_eager here)."""
     monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
@@ -775,6 +776,12 @@ def test_a_looping_bf16_pack_says_its_step_is_not_captured(tmp_path, data_root, 
     for r in runs:
         assert out[r.id]["packed_with"] == 2
         assert "a bf16 pack loops over its runs; its step is not captured" in r.log_path.read_text()
+        assert "packed training step captured" not in r.log_path.read_text()
+    fp32 = [Run(cfg(s, epochs=1, max_train=32, max_test=32), tmp_path) for s in range(2)]  # captured, and says so
+    out = train_pack(fp32, data_root)
+    for r in fp32:
+        assert out[r.id]["packed_with"] == 2
+        assert "packed training step captured with torch.compile on cpu" in r.log_path.read_text()
 
 
 def test_a_resumed_run_projects_only_its_remaining_epochs(tmp_path, data_root):

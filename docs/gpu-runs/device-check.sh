@@ -5,7 +5,8 @@
 # of steps-packed.md, eval-time.txt, bf16-vs-fp32.md and report.md. The files of results.tgz:
 #   env.txt                 GPU, torch, git commit, the Python packages installed from $WHEELS
 #   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
-#                           a pack of 3 against 3 runs alone, bf16 packs, run as pytest tests
+#                           a pack of 3 against 3 runs alone, bf16 packs, a run trained with captured steps
+#                           (`mmbench run --compile`, CUDA graphs) against the same run uncaptured, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
 #   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
@@ -34,7 +35,8 @@
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
 # PARTS (default all): correctness, steps, fig3, evaltime, report, projection, captured (data is always prepared);
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
-# after it (default 170); GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only.
+# after it (default 170); GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
+# RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps).
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -121,7 +123,8 @@ GPUT=""; [ "$DEVICE" = cuda ] && GPUT=1
 MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 120) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
   ${GPU_TESTS:-tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
-  tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone} \
+  tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
+  tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results} \
   > "$RES/gpu-tests.txt" 2>&1
 tail -4 "$RES/gpu-tests.txt"
 fi
@@ -214,7 +217,7 @@ experiments:
 EOF
 LIM=$(( $(left) - ${RESERVE:-170} ))  # RESERVE: seconds kept for the parts after it; [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
-  --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
+  --set "train.epochs=$EPOCHS" "${RUNSET[@]}" ${RUN_FLAGS:-} &
 p1=$!
 timeout "$LIM" $M run "$RES/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
@@ -222,7 +225,7 @@ p2=$!
 wait "$p1"; rc1=$?; wait "$p2"; rc2=$?  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
 { echo "exit status: Fig. 3 runs $rc1, bf16 runs $rc2 (124: stopped by the ${LIM} s limit)"
   echo "how the runs trained (from their logs):"
-  grep -h -o "packed with [0-9]* other run(s) on [a-z0-9:]*\|training unpacked: .*\|step is not captured" \
+  grep -h -o "packed with [0-9]* other run(s) on [a-z0-9:]*\|training unpacked: .*\|step is not captured\|step captured with torch.compile\|torch.compile failed.*" \
     "$MMBENCH_RUNS"/*/log.txt 2>/dev/null | sort | uniq -c; } | tee -a "$RES/fig3-epochs.txt"
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
 
