@@ -393,6 +393,24 @@ def test_stop_requested_in_the_last_epoch_takes_effect_before_evaluation(tmp_pat
             signal.signal(s, h)
 
 
+def submitted_packs(monkeypatch) -> list:
+    """Slurm replaced at its edges (no controller, no queue, submission recorded): the packs run_slurm submits, as
+    lists of runs, appended to the list returned."""
+    import mmbench.slurm as slurm
+
+    packs_seen: list = []
+
+    def fake_submit(groups, runs_dir, data_root):
+        packs_seen.extend(p for _, packs in groups for p in packs)
+        return {r.id: "42_0" for _, packs in groups for p in packs for r in p}
+
+    monkeypatch.setattr(slurm, "available", lambda: None)
+    monkeypatch.setattr(slurm, "_job_states", lambda: {})
+    monkeypatch.setattr(slurm, "_partition_nodes", lambda part: 1)  # sinfo waits ~9 s for a controller that is down
+    monkeypatch.setattr(slurm, "submit", fake_submit)
+    return packs_seen
+
+
 def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch):
     """SMVAE Figs. 2 and 3 share their PolyMNIST runs: one array task per run, its config serving both tables
     (run_slurm once submitted it twice, two tasks training one run). Slurm itself is replaced at its edges."""
@@ -401,24 +419,10 @@ def test_a_run_listed_by_two_experiments_is_submitted_once(tmp_path, monkeypatch
 
     a = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["Fig. 2"]})
     b = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "tables": ["Fig. 3"]})
-    seen = []
-
-    def fake_submit(groups, runs_dir, data_root):
-        seen.extend(r.id for _, packs in groups for p in packs for r in p)
-        return {rid: "42_0" for rid in seen}
-
-    monkeypatch.setattr(slurm, "available", lambda: None)
-    monkeypatch.setattr(slurm, "_job_states", lambda: {})
-    monkeypatch.setattr(slurm, "_partition_nodes", lambda part: 1)  # sinfo waits ~9 s for a controller that is down
-    monkeypatch.setattr(slurm, "submit", fake_submit)
-
-    class Quiet:
-        def print(self, *a, **k):
-            pass
-
+    packs = submitted_packs(monkeypatch)
     opts = SlurmOptions()
-    out = slurm.run_slurm([a, b], tmp_path / "runs", None, [(a, opts), (b, opts)], Quiet(), wait=False)
-    assert seen == [a.run_id()] and len(out) == 1
+    out = slurm.run_slurm([a, b], tmp_path / "runs", None, [(a, opts), (b, opts)], _Quiet(), wait=False)
+    assert [r.id for p in packs for r in p] == [a.run_id()] and len(out) == 1
     import yaml
 
     tables = yaml.safe_load((tmp_path / "runs" / a.run_id() / "config.yaml").read_text())["tables"]
@@ -432,27 +436,13 @@ def test_measured_pack_caps_reach_the_array_tasks(tmp_path, monkeypatch):
     from mmbench.config import build_run_config
 
     cfgs = [build_run_config({"dataset": "polydigits", "seed": s, "method": {"name": "mopoe"}}) for s in range(3)]
-    sizes = []
-
-    def fake_submit(groups, runs_dir, data_root):
-        sizes.extend(len(p) for _, packs in groups for p in packs)
-        return {r.id: "42_0" for _, packs in groups for p in packs for r in p}
-
-    monkeypatch.setattr(slurm, "available", lambda: None)
-    monkeypatch.setattr(slurm, "_job_states", lambda: {})
-    monkeypatch.setattr(slurm, "_partition_nodes", lambda part: 1)  # sinfo waits ~9 s for a controller that is down
-    monkeypatch.setattr(slurm, "submit", fake_submit)
-
-    class Quiet:
-        def print(self, *a, **k):
-            pass
-
+    packs = submitted_packs(monkeypatch)
     opts = [(c, SlurmOptions(pack=3)) for c in cfgs]
-    slurm.run_slurm(cfgs, tmp_path / "a", None, opts, Quiet(), wait=False)
-    assert sizes == [3]
-    sizes.clear()
-    slurm.run_slurm(cfgs, tmp_path / "b", None, opts, Quiet(), wait=False, caps={"mopoe": 1})
-    assert sizes == [1, 1, 1]
+    slurm.run_slurm(cfgs, tmp_path / "a", None, opts, _Quiet(), wait=False)
+    assert [len(p) for p in packs] == [3]
+    packs.clear()
+    slurm.run_slurm(cfgs, tmp_path / "b", None, opts, _Quiet(), wait=False, caps={"mopoe": 1})
+    assert [len(p) for p in packs] == [1, 1, 1]
     assert all("packs of mopoe capped at 1" in (tmp_path / "b" / c.run_id() / "log.txt").read_text() for c in cfgs)
 
 
