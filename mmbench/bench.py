@@ -356,9 +356,11 @@ def pack_rate(rates: Dict[int, float], size: int) -> float:
 
 
 def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:
-    """Each method's pack size with the most run-steps per second, for the methods measured at two or more sizes
-    (a table of unpacked steps alone says nothing about packing). 1: packing measured slower than a run alone."""
-    return {m: max(sorted(r), key=lambda n: r[n]) for m, r in rates.items() if len(r) > 1}
+    """Caps on pack sizes: each method's pack size with the most run-steps per second, where a larger size was
+    measured slower (a method measured at one size, or fastest at its largest, is not capped: beyond the table
+    nothing is known). 1: packing measured slower than a run alone."""
+    best = {m: max(sorted(r), key=lambda n: r[n]) for m, r in rates.items()}
+    return {m: n for m, n in best.items() if n < max(rates[m])}
 
 
 def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:

@@ -211,15 +211,16 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
 
 
 def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
-    """`--step-times`: a method whose packs measured slower than a run alone (mopoe_eq5 on an H200,
-    docs/step_times_h200.md) trains its runs alone; one fastest at 2 in packs of at most 2; a method absent from the
-    table, or measured unpacked only, packs as before. Each run split says so; run_all writes it to the run's log."""
+    """`--step-times`: a method whose packs measured slower than a run alone (as mopoe_eq5's, by a little, on an H200,
+    docs/step_times_h200.md) trains its runs alone; one fastest at 2 of 1-3 in packs of at most 2; a method absent
+    from the table, measured unpacked only, or fastest at its largest measured size packs as before. Each run split says so; run_all writes it to the run's log."""
     from mmbench import runner
     from mmbench.bench import best_packs
 
-    rates = {"mopoe": {1: 27.0, 5: 23.0, 15: 21.0}, "mvae": {1: 10.0, 2: 30.0, 3: 25.0}, "mmvae": {1: 40.0}}
+    rates = {"mopoe": {1: 27.0, 5: 23.0, 15: 21.0}, "mvae": {1: 10.0, 2: 30.0, 3: 25.0}, "mmvae": {1: 40.0},
+             "aggregated": {1: 50.0, 5: 120.0, 15: 210.0}}
     caps = best_packs(rates)
-    assert caps == {"mopoe": 1, "mvae": 2}  # mmvae: one size measured, no cap
+    assert caps == {"mopoe": 1, "mvae": 2}  # mmvae: one size measured; aggregated: fastest at its largest measured
     a = [Run(cfg(s), tmp_path) for s in range(3)]
     mv = [Run(build_run_config({**TINY, "seed": s, "method": {"name": "mvae", "latent_dim": 8}}), tmp_path)
           for s in range(3)]
@@ -438,7 +439,7 @@ def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
 
 
-def test_cli_pack_options(tmp_path, data_root, mmbench_here):
+def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
     """The dry run and three of the four refusals in this process (conftest._mmbench_here: cli.main's exit 2 and
     one line for an MMBenchError); one refusal through the real entry point, a new interpreter (~2.5 s of
     importing torch each, what the other four added), for cli.main's exit code and its one line on stderr."""
@@ -468,6 +469,20 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here):
     assert r.returncode == 0, r.stderr
     assert "for 3 of 3 unfinished run(s) in 3 pack(s)" in " ".join(r.stdout.split())
     assert "packs capped at the fastest measured size: mopoe 1 (alone)" in " ".join(r.stderr.split())
+    # and a run, not only its dry run, hands the caps to the runner (the runner stubbed: the grouping is tested above)
+    import mmbench.runner
+
+    got = {}
+
+    def fake_run_all(configs, runs_dir, data_root, **kw):
+        got.update(kw)
+        return []
+
+    monkeypatch.setattr(mmbench.runner, "run_all", fake_run_all)
+    monkeypatch.setattr("mmbench.cli._prepare_for", lambda configs, data_root: None)  # no classifiers to train
+    r = mmbench_here("run", suite, "--step-times", times, env=env)
+    assert r.returncode == 0, r.stderr
+    assert got["caps"] == {"mopoe": 1} and got["pack"] is None
     for run, args, msg in [(mm, ("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
                            (mmbench_here, ("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
                            (mmbench_here, ("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),

@@ -36,7 +36,8 @@
 # PARTS (default all): correctness, steps, fig3, evaltime, report, projection, captured (data is always prepared);
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
-# RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps).
+# RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps;
+# GPU only). Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -120,7 +121,7 @@ say "correctness on $DEVICE: random streams, resume, packed = alone (pytest)"
 # MMBENCH_GPU_TESTS=1 keeps the GPU visible to these tests (the suite hides it from every test otherwise) and makes
 # them fail, not pass on the CPU, where no GPU is visible
 GPUT=""; [ "$DEVICE" = cuda ] && GPUT=1
-MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 120) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
+MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m pytest -q -p no:cacheprovider -o addopts="" \
   ${GPU_TESTS:-tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
@@ -215,7 +216,8 @@ experiments:
     seeds: [0, 1, 2, 3, 4]
     metrics: [latent_classification, coherence, loglik]
 EOF
-LIM=$(( $(left) - ${RESERVE:-170} ))  # RESERVE: seconds kept for the parts after it; [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
+# RESERVE: seconds kept for the parts after it (default 170: the agreement, eval-time, report, projection)
+LIM=$(( $(left) - ${RESERVE:-170} )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" ${RUN_FLAGS:-} &
 p1=$!
@@ -249,7 +251,7 @@ snap
 if part report; then
 say "report"
 $M report --compare reference_results/ --allow-missing --format md --out "$RES/report.md" \
-  --title "device-check: MoPoE Fig. 3, $EPOCHS epochs, PolyMNIST from the MNIST test split" > "$RES/report.txt" 2>&1
+  --title "device-check: MoPoE Fig. 3, ${EPOCHS:-?} epochs, PolyMNIST from the MNIST test split" > "$RES/report.txt" 2>&1
 tail -5 "$RES/report.txt"
 fi
 
