@@ -245,7 +245,9 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                progress: Optional[Callable[[str], None]] = None, device: str = "cpu", precision: str = "fp32",
                compile: bool = False, n_modalities: int = 5) -> List[dict]:
     """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size, with
-    the device operations per run-step (device_ops of the uncaptured fp32 step, divided by the pack size)."""
+    the device operations per run-step (device_ops of the uncaptured fp32 step, divided by the pack size). With
+    `compile` each pack size is timed uncaptured and then captured, one row each, so that the gain of capture is
+    measured within one call (across calls the same step varied up to 1.65x on one H200, docs/gpu-runs/)."""
     check_counts(steps, batch_size, latent_dim, [n_modalities])
     say = progress or (lambda s: None)
     rows = []
@@ -256,17 +258,18 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
         rows.append({"method": m, "pack": 1, "mode": "unpacked", "median_s": r["median_s"],
                      "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops})
         for n in packs:
-            say(f"{m} pack {n}")
-            try:
-                r = pack_step_time(m, n, n_modalities, batch_size, latent_dim, steps, device=device,
-                                   precision=precision, compile=compile)
-                ops = device_ops(pack_step(m, n, n_modalities, batch_size, latent_dim, device="meta")[0]) / n
-                rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if compile else ""),
-                             "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
-                             "ops_per_run_step": ops})
-            except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
-                rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
-                             "median_s": float("nan"), "run_steps_per_s": float("nan")})
+            for captured in ([False, True] if compile else [False]):
+                say(f"{m} pack {n}" + (" captured" if captured else ""))
+                try:
+                    r = pack_step_time(m, n, n_modalities, batch_size, latent_dim, steps, device=device,
+                                       precision=precision, compile=captured)
+                    ops = device_ops(pack_step(m, n, n_modalities, batch_size, latent_dim, device="meta")[0]) / n
+                    rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if captured else ""),
+                                 "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
+                                 "ops_per_run_step": ops})
+                except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
+                    rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
+                                 "median_s": float("nan"), "run_steps_per_s": float("nan")})
     return rows
 
 
@@ -312,13 +315,15 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
 
 
 # ----- projected cost of a suite's tier on one GPU (mmbench run --dry-run --step-times FILE) -------------
-def read_step_times(path) -> Dict[str, Dict[int, float]]:
+def read_step_times(path, compiled: bool = False) -> Dict[str, Dict[int, float]]:
     """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
     `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
-    whose median_s gives the unpacked rate 1 / median_s."""
+    whose median_s gives the unpacked rate 1 / median_s. Rows of captured packs ("packed (compiled)") count only
+    with `compiled` (runs trained with `mmbench run --compile`), and then in place of the uncaptured ones."""
     from pathlib import Path
 
     rates: Dict[str, Dict[int, float]] = {}
+    captured: Dict[str, set] = {}  # (with `compiled`) the packs whose rate came from a captured row
     head: List[str] = []
     for line in Path(path).read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
@@ -334,10 +339,18 @@ def read_step_times(path) -> Dict[str, Dict[int, float]]:
         try:
             if "run_steps_per_s" in row and "pack" in row and row.get("method"):
                 v = float(row["run_steps_per_s"])
-                if row.get("mode") == "packed" and int(row["pack"]) == 1:
+                mode = row.get("mode", "")
+                if mode.startswith("packed") and int(row["pack"]) == 1:
                     continue  # `--pack 1`'s vmapped pack of one: `mmbench run` trains a lone run unpacked, so pack 1 is that row
+                is_captured = mode.endswith("(compiled)")
+                if is_captured and not compiled:
+                    continue  # a captured step's rate; the runs train uncaptured
+                if compiled and not is_captured and int(row["pack"]) in captured.get(row["method"], ()):
+                    continue  # the captured row of this pack size, read already, stands
                 if v == v:  # not nan
                     rates.setdefault(row["method"], {})[int(row["pack"])] = v
+                    if is_captured:
+                        captured.setdefault(row["method"], set()).add(int(row["pack"]))
             elif "median_s" in row and "M" in row and row.get("method"):
                 rates.setdefault(row["method"], {}).setdefault(1, 1.0 / float(row["median_s"]))
         except ValueError:

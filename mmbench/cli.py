@@ -225,7 +225,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         step_times: Optional[Path] = typer.Option(None, "--step-times", help="A `mmbench bench steps --pack` table "
                                                   "(e.g. docs/step_times_h200.md): each method's packs are capped "
                                                   "at its fastest measured pack size; with --dry-run it also "
-                                                  "projects the tier's training time on that GPU."),
+                                                  "projects the tier's training time on that GPU (with --compile "
+                                                  "from its captured rows)."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT,
         executor: str = typer.Option("local", "--executor", help="local (worker processes here) or slurm (a job "
                                                                   "array through submitit)."),
@@ -261,7 +262,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if jobs != 1:
             raise MMBenchError("--jobs sets CPU workers; with --gpus each listed id is one worker (repeat an id, "
                                "e.g. --gpus 0,0, for two on one GPU); drop one of the two")
-    caps = _pack_caps(step_times) if step_times is not None else None
+    caps = _pack_caps(step_times, compile) if step_times is not None else None
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
@@ -276,7 +277,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
         for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
-        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps) if step_times else None
+        gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps, compile) if step_times else None
         if gpu:
             t.add_column("GPU time (packed)")
         slurm_states = _slurm_states(configs, runs_dir)
@@ -378,15 +379,15 @@ def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
     return run_states(runs)
 
 
-def _pack_caps(step_times: Path) -> Dict[str, int]:
-    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs), said on stderr where it
-    keeps a method's runs apart or in smaller packs."""
+def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
+    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs; from the captured rows where
+    the runs are captured, `--compile`), said on stderr."""
     from .bench import best_packs, read_step_times
 
     if not step_times.exists():
         raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
                            f"--device cuda --out FILE`")
-    caps = best_packs(read_step_times(step_times))
+    caps = best_packs(read_step_times(step_times, compiled))
     if caps:
         err_console.print(f"--step-times {step_times}: packs capped at the fastest measured size: "
                           + ", ".join(f"{m} {n}" + (" (alone)" if n == 1 else "") for m, n in sorted(caps.items())))
@@ -394,7 +395,7 @@ def _pack_caps(step_times: Path) -> Dict[str, int]:
 
 
 def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_times: Path,
-                    pack: Optional[int], caps: Optional[Dict[str, int]] = None) -> Dict:
+                    pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
     from .bench import projected_seconds, read_step_times
@@ -405,7 +406,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     if not step_times.exists():
         raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
                            f"--device cuda --out FILE`")
-    rates = read_step_times(step_times)
+    rates = read_step_times(step_times, compiled)
     todo = [Run(c, runs_dir) for c in configs]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
 

@@ -180,6 +180,27 @@ def test_pack_table_known_answers(monkeypatch):
     assert calls == [("step_time", "mopoe", 3), ("pack_step_time", "mopoe", 4, 3)]
 
 
+def test_compiled_pack_table_times_each_pack_uncaptured_and_captured(monkeypatch, tmp_path):
+    """`bench steps --pack 4 --compile`: the pack timed uncaptured and then captured in the same call (one row each),
+    so that capture's gain is not confounded with the machine; a table reader takes the captured rows only for
+    captured runs (`mmbench run --compile`), then in place of the uncaptured ones."""
+    from mmbench import bench
+
+    calls, flags = [], []
+    _fake_timings(monkeypatch, calls)
+    timed = bench.pack_step_time
+    monkeypatch.setattr(bench, "pack_step_time", lambda *a, **k: flags.append(k["compile"]) or timed(*a, **k))
+    rows = bench.pack_table(["mopoe"], [4], batch_size=8, latent_dim=4, steps=1, n_modalities=3, compile=True)
+    assert [(r["pack"], r["mode"]) for r in rows] == [(1, "unpacked"), (4, "packed"), (4, "packed (compiled)")]
+    assert flags == [False, True]
+    f = tmp_path / "t.md"
+    f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n"
+                 "| mopoe | 4 | packed | 0.2 | 20 |\n| mopoe | 4 | packed (compiled) | 0.1 | 40 |\n"
+                 "| mvae | 4 | packed (compiled) | 0.1 | 30 |\n| mvae | 4 | packed | 0.1 | 15 |\n")
+    assert bench.read_step_times(f) == {"mopoe": {1: 10.0, 4: 20.0}, "mvae": {4: 15.0}}
+    assert bench.read_step_times(f, compiled=True) == {"mopoe": {1: 10.0, 4: 40.0}, "mvae": {4: 30.0}}
+
+
 def test_bench_steps_pack_reports_the_best_pack_per_method(monkeypatch, tmp_path):
     """`bench steps --pack 1,2,4 --modalities 2,3`: packs 2 and 4 (1 is the unpacked row) at M = 3; the summary
     names the pack with the most run-steps/s per method (MoPoE 4 at 30, MVAE 2 at 12), not the fewest."""

@@ -102,7 +102,7 @@ torch.backends.cudnn.allow_tf32, 'matmul.allow_tf32', torch.backends.cuda.matmul
   # the device's copy may come without .git, or with the .git of an older checkout under a newer working tree
   # (seen 2026-12-04: HEAD said the session's first commit, the tree was a later one): commit.txt, written where
   # the tree was staged, is the commit; HEAD is recorded beside it
-  echo "commit.txt (staged with the data): $(tr '\n' ' ' < "$SHARED/commit.txt" 2>/dev/null)"
+  echo "commit.txt (staged with the data): $(cat "$SHARED/commit.txt" 2>/dev/null | tr '\n' ' ' || true)"
   echo "git HEAD of the copy here: $(git rev-parse HEAD 2>/dev/null)$(git status --porcelain 2>/dev/null | grep -q . && echo ' (working tree differs)')"
   echo "DEVICE=$DEVICE SCALE=$SCALE BUDGET=$BUDGET"
   ls "$WHEELS" 2>/dev/null | sed 's/^/wheel available: /'; } > "$RES/env.txt" 2>&1
