@@ -35,7 +35,8 @@
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
 # PARTS (default all): correctness, steps, fig3, evaltime, report, projection, captured (data is always prepared);
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
-# after it (default 170); GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
+# after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
+# when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
 # RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps;
 # GPU only). Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
@@ -160,14 +161,17 @@ fi
 # so that the runs finish and are evaluated rather than being killed by their time limit.
 if part fig3; then
 if [ -n "${EPOCHS:-}" ]; then FIT="$EPOCHS 0"; echo "EPOCHS=$EPOCHS fixed (not sized)" >> "$RES/fig3-epochs.txt"; else
-FIT=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" "$RES/steps-packed-bf16.md" 2>>"$RES/fig3-epochs.txt" <<'EOF'
+FIT=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" "$RES/steps-packed-bf16.md" "${RESERVE:-170}" "${OVERLAP:-2.5}" \
+  2>>"$RES/fig3-epochs.txt" <<'EOF'
 import sys
 from mmbench.bench import pack_rate, read_step_times
 path, left, scale, bf16_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+reserve, overlap = int(sys.argv[5]), float(sys.argv[6])
 if scale == "tiny":
     print(1, 0); sys.exit()
 steps_per_epoch = 60000 // 256
-train_s = max(left - 230, 20)  # after: evaluation of 20 runs (~60 s), eval-time twice, report, projection (~170 s)
+# after training: the runs' start and evaluation (~70 s for the 20 runs on an H200, 2026-12-04; 90 allowed), then RESERVE
+train_s = max(left - reserve - 90, 20)
 try:
     rates = read_step_times(path)
     slowest = min(pack_rate(rates[m], 5) for m in ("mopoe", "mvae", "mmvae"))
@@ -178,12 +182,14 @@ try:  # a bf16 pack loops over its runs (slower than a vmapped one): its own mea
     bf16 = pack_rate(read_step_times(bf16_path)["mopoe"], 5)
 except Exception:  # noqa: BLE001
     bf16 = slowest
-# 15 fp32 runs at about the slowest 5-pack's run-steps/s and 5 bf16 runs at the bf16 5-pack's, sharing the GPU
-epoch_s = steps_per_epoch * (15 / slowest + 5 / bf16)
+# 15 fp32 runs at about the slowest 5-pack's run-steps/s and 5 bf16 runs at the bf16 5-pack's; packs sharing the GPU
+# overlap (OVERLAP: on an H200, 2026-12-04, the four packs ran an epoch in ~30 s against ~75 s one after another)
+epoch_s = steps_per_epoch * (15 / slowest + 5 / bf16) / overlap
 epochs = int(train_s / epoch_s)
 max_train = 0 if epochs >= 1 else max(2560, int(60000 * train_s / epoch_s) // 256 * 256)
 print(max(1, min(epochs, 300)), max_train)
-print(f"{left} s left; slowest 5-pack {slowest:.0f} run-steps/s, bf16 5-pack {bf16:.0f}; one epoch {epoch_s:.0f} s; "
+print(f"{left} s left; slowest 5-pack {slowest:.0f} run-steps/s, bf16 5-pack {bf16:.0f}, overlap {overlap}; one epoch "
+      f"{epoch_s:.0f} s; "
       f"training budget {train_s} s -> {epochs} epochs" + (f", so 1 epoch of {max_train} tuples" if max_train else ""),
       file=sys.stderr)
 EOF
