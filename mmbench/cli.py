@@ -379,15 +379,21 @@ def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
     return run_states(runs)
 
 
-def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
-    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs; from the captured rows where
-    the runs are captured, `--compile`), said on stderr."""
-    from .bench import best_packs, read_step_times
+def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict[int, float]]:
+    """`--step-times FILE` read (bench.read_step_times; its captured rows where the runs are captured, `--compile`)."""
+    from .bench import read_step_times
 
     if not step_times.exists():
         raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
                            f"--device cuda --out FILE`")
-    caps = best_packs(read_step_times(step_times, compiled))
+    return read_step_times(step_times, compiled)
+
+
+def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
+    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs), said on stderr."""
+    from .bench import best_packs
+
+    caps = best_packs(_step_time_rates(step_times, compiled))
     if caps:
         err_console.print(f"--step-times {step_times}: packs capped at the fastest measured size: "
                           + ", ".join(f"{m} {n}" + (" (alone)" if n == 1 else "") for m, n in sorted(caps.items())))
@@ -398,15 +404,12 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .bench import projected_seconds, read_step_times
+    from .bench import projected_seconds
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_samples
 
-    if not step_times.exists():
-        raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
-                           f"--device cuda --out FILE`")
-    rates = read_step_times(step_times, compiled)
+    rates = _step_time_rates(step_times, compiled)
     todo = [Run(c, runs_dir) for c in configs]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
 

@@ -153,8 +153,8 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
         cap = pack or -(-len(g) // max(workers, 1))
         best = (caps or {}).get(g[0].cfg.method.name)
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
-            for r in g:
-                if note:
+            if note:
+                for r in g:
                     note(r, f"packs of {r.cfg.method.name} capped at {best} run(s) instead of {min(cap, len(g))}: "
                             f"the most run-steps/s of the step-time table given (--step-times)")
             cap = best
@@ -184,7 +184,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         else:
             r.init()
             pending.append(r)
-    for group in make_packs(pending, pack, len(slots), caps, note=lambda r, text: r.log(text)):
+    for group in make_packs(pending, pack, len(slots), caps, note=Run.log):
         todo.put(group)
     active: Dict[int, Optional[Run]] = {i: None for i in range(len(slots))}
     lock = threading.Lock()

@@ -433,8 +433,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
                 r.init()
                 o = opts_of[r.id]
                 groups.setdefault(json.dumps(dataclasses.asdict(o), sort_keys=True), (o, []))[1].append(r)
-        packed = [(o, make_packs(rs, o.pack, o.array_parallelism, caps, note=lambda r, text: r.log(text)))
-                  for o, rs in groups.values()]
+        packed = [(o, make_packs(rs, o.pack, o.array_parallelism, caps, note=Run.log)) for o, rs in groups.values()]
         submitted = submit(packed, runs_dir, data_root)
     for o, packs in packed:
         rs = [r for p in packs for r in p]
