@@ -11,9 +11,12 @@ an unpacked step does 1 / (seconds per step).
 """
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -56,6 +59,84 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
             "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
 
 
+# ----- where a step's time goes (`mmbench bench steps --profile DIR`) ---------------------------------------
+PROFILED_STEPS = 3
+
+
+def busy_seconds(intervals: Iterable[Tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the time a device ran at least one kernel (kernels that overlap,
+    on several streams, count once)."""
+    total, end = 0.0, -math.inf
+    for s, e in sorted(intervals):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def kernel_seconds(events, steps: int) -> float:
+    """Seconds per step during which the GPU ran a kernel (or a copy), from torch.profiler's events (their
+    time_range in microseconds; the device's events are those of DeviceType.CUDA)."""
+    from torch.autograd import DeviceType
+
+    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+    if not kernels:  # CUPTI gave no kernel trace: say so rather than report an idle device
+        raise MMBenchError("--profile: torch.profiler recorded no GPU kernels (is CUPTI available to torch?); "
+                           "time without --profile")
+    return busy_seconds(kernels) / 1e6 / steps
+
+
+def profile_step(step: Callable[[], None], dev: torch.device, steps: int = PROFILED_STEPS) -> Tuple[Optional[float], str]:
+    """`steps` calls of a warm `step` under torch.profiler: (on a GPU, the seconds per step during which its
+    kernels kept the device busy, else None; the operator table, the 30 operators and kernels with the most self
+    time on the device (GPU) or on the host (CPU))."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    if not cuda:  # kineto's "gpuGetDeviceCount failed" on a machine without a GPU; on one its messages stay
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    kernel_s = kernel_seconds(prof.events(), steps) if cuda else None
+    table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=30, max_name_column_width=100)
+    return kernel_s, table
+
+
+def _profiled(result: Dict[str, float], step: Callable[[], None], dev: torch.device, path: Optional[Path],
+              what: str) -> Dict[str, float]:
+    """`result` (a timing by _timed) with, when `path` is given, the step profiled into that file: kernel_ms (device
+    busy milliseconds per step; GPU only) and kernel_share (that time over the timed median: well below 1, the device
+    waits on the host -- launches, Python, synchronisation -- and packing or capture pay; near 1, the kernels
+    themselves bound the step)."""
+    if path is None:
+        return result
+    try:
+        kernel_s, table = profile_step(step, dev)
+    except Exception as e:  # noqa: BLE001 - a diagnostic: the timing measured above stands without it
+        Path(path).write_text(f"{what}: timed median {result['median_s'] * 1e3:.2f} ms per step; profiling failed: "
+                              f"{brief(e)}\n")
+        return {**result, "kernel_ms": float("nan"), "kernel_share": float("nan")}
+    share = kernel_s / result["median_s"] if kernel_s is not None else None
+    busy = (f"device busy {kernel_s * 1e3:.2f} ms per step (union of its kernels' intervals), "
+            f"{share:.0%} of the timed median" if kernel_s is not None else "no device kernels (a CPU): host times only")
+    Path(path).write_text(f"{what}: timed median {result['median_s'] * 1e3:.2f} ms per step; {busy}; "
+                          f"profiled over {PROFILED_STEPS} steps after the timed ones (torch.profiler, "
+                          f"torch {torch.__version__}).\n\n{table}\n")
+    return {**result, "kernel_ms": kernel_s * 1e3 if kernel_s is not None else float("nan"),
+            "kernel_share": share if share is not None else float("nan")}
+
+
+def _profile_file(profile: Optional[Path], name: str) -> Optional[Path]:
+    return None if profile is None else Path(profile) / f"{name}.txt"
+
+
 def _foreach(dev: torch.device):
     """Adam's implementation as the trainer gets it on a GPU (multi-tensor kernels), also on meta, where op counts
     stand for a GPU's launches; the default elsewhere."""
@@ -89,15 +170,18 @@ def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, laten
 
 def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
               warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-              device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+              device: str = "cpu", precision: str = "fp32", compile: bool = False,
+              profile_to: Optional[Path] = None) -> Dict[str, float]:
     """Median seconds per training step (and the spread) of one method, on `device` (cpu or cuda).
     `compile`: the loss captured with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only); its first
-    steps compile and record, so at least 3 warm-up steps are run."""
+    steps compile and record, so at least 3 warm-up steps are run. `profile_to`: also profile the step into this
+    file (_profiled)."""
     if compile and torch.device(device).type != "cuda":
         raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
     step, params = method_step(method, n_modalities, batch_size, latent_dim, architecture, seed, device, precision,
                                compile)
-    return _timed(step, max(warmup, 3) if compile else warmup, steps, torch.device(device), params)
+    r = _timed(step, max(warmup, 3) if compile else warmup, steps, torch.device(device), params)
+    return _profiled(r, step, torch.device(device), profile_to, f"{method}, unpacked" + (", captured" if compile else ""))
 
 
 def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
@@ -135,10 +219,11 @@ def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 5
 
 def floor_step_time(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
                     warmup: int = 1, architecture: str = "polymnist_cnn", seed: int = 0,
-                    device: str = "cpu", precision: str = "fp32") -> Dict[str, float]:
+                    device: str = "cpu", precision: str = "fp32", profile_to: Optional[Path] = None) -> Dict[str, float]:
     """Seconds per step of floor_step. A method's step / this (same precision) = its overhead."""
     step, params = floor_step(n_modalities, batch_size, latent_dim, architecture, seed, device, precision)
-    return _timed(step, warmup, steps, torch.device(device), params)
+    return _profiled(_timed(step, warmup, steps, torch.device(device), params), step, torch.device(device),
+                     profile_to, "bare networks (floor)")
 
 
 # operations that launch no kernel: views, and allocations without a fill
@@ -229,66 +314,82 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
 
 def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
                    steps: int = 5, warmup: int = 2, architecture: str = "polymnist_cnn", device: str = "cpu",
-                   precision: str = "fp32", compile: bool = False) -> Dict[str, float]:
+                   precision: str = "fp32", compile: bool = False, profile_to: Optional[Path] = None) -> Dict[str, float]:
     """Median seconds per packed step of `pack` runs (seeds 0..pack-1) and the run-steps per second.
-    `compile`: capture the packed loss with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only)."""
+    `compile`: capture the packed loss with torch.compile(mode="reduce-overhead") (CUDA graphs; GPU only).
+    `profile_to`: also profile the step into this file (_profiled)."""
     if compile and torch.device(device).type != "cuda":
         raise MMBenchError("--compile captures CUDA graphs; it needs --device cuda")
     step, params = pack_step(method, pack, n_modalities, batch_size, latent_dim, architecture, device, precision,
                              compile)
     r = _timed(step, warmup, steps, torch.device(device), params)
+    r = _profiled(r, step, torch.device(device), profile_to, f"{method}, pack of {pack}" + (", captured" if compile else ""))
     return {"pack": pack, "median_s": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],
-            "run_steps_per_s": pack / r["median_s"]}
+            "run_steps_per_s": pack / r["median_s"],
+            **{k: r[k] for k in ("kernel_ms", "kernel_share") if k in r}}
 
 
 def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, latent_dim: int, steps: int,
                progress: Optional[Callable[[str], None]] = None, device: str = "cpu", precision: str = "fp32",
-               compile: bool = False, n_modalities: int = 5) -> List[dict]:
+               compile: bool = False, n_modalities: int = 5, profile: Optional[Path] = None) -> List[dict]:
     """Run-steps per second of every method unpacked (pack 1, the plain trainer's step) and at each pack size, with
     the device operations per run-step (device_ops of the uncaptured fp32 step, divided by the pack size). With
     `compile` each pack size is timed uncaptured and then captured, one row each, so that the gain of capture is
-    measured within one call (across calls the same step varied up to 1.65x on one H200, docs/gpu-runs/)."""
+    measured within one call (across calls the same step varied up to 1.65x on one H200, docs/gpu-runs/). `profile`:
+    a folder; each row's step is also profiled into a file there (_profiled: `<method>-unpacked.txt`,
+    `<method>-pack<N>[-captured].txt`) and the rows get kernel_ms and kernel_share."""
     check_counts(steps, batch_size, latent_dim, [n_modalities])
     say = progress or (lambda s: None)
     rows = []
     for m in methods:
         say(f"{m} unpacked")
-        r = step_time(m, n_modalities, batch_size, latent_dim, steps, device=device, precision=precision)
+        r = step_time(m, n_modalities, batch_size, latent_dim, steps, device=device, precision=precision,
+                      profile_to=_profile_file(profile, f"{m}-unpacked"))
         ops = device_ops(method_step(m, n_modalities, batch_size, latent_dim, device="meta")[0])
         rows.append({"method": m, "pack": 1, "mode": "unpacked", "median_s": r["median_s"],
-                     "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops})
+                     "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops, **_kernel_cols(r, profile)})
         for n in packs:
             for captured in ([False, True] if compile else [False]):
                 say(f"{m} pack {n}" + (" captured" if captured else ""))
                 try:
                     r = pack_step_time(m, n, n_modalities, batch_size, latent_dim, steps, device=device,
-                                       precision=precision, compile=captured)
+                                       precision=precision, compile=captured,
+                                       profile_to=_profile_file(profile, f"{m}-pack{n}" + ("-captured" if captured else "")))
                     ops = device_ops(pack_step(m, n, n_modalities, batch_size, latent_dim, device="meta")[0]) / n
                     rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if captured else ""),
                                  "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
-                                 "ops_per_run_step": ops})
+                                 "ops_per_run_step": ops, **_kernel_cols(r, profile)})
                 except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                     rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
                                  "median_s": float("nan"), "run_steps_per_s": float("nan")})
     return rows
 
 
+def _kernel_cols(r: Dict[str, float], profile: Optional[Path]) -> Dict[str, float]:
+    """A profiled row's kernel_ms and kernel_share (nan on a CPU); nothing when not profiling."""
+    return {} if profile is None else {k: r.get(k, float("nan")) for k in ("kernel_ms", "kernel_share")}
+
+
 def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalities: Sequence[int], batch_size: int,
                latent_dim: int, steps: int, progress: Optional[Callable[[str], None]] = None,
-               device: str = "cpu", precision: str = "fp32", compile: bool = False) -> Dict[str, list]:
+               device: str = "cpu", precision: str = "fp32", compile: bool = False,
+               profile: Optional[Path] = None) -> Dict[str, list]:
     """Rows for every method at M = max(modalities), and for `scaling_methods` at every M. `compile`: each method's
-    loss captured (step_time); a method that cannot be captured gets a row saying why (the floor is not captured)."""
+    loss captured (step_time); a method that cannot be captured gets a row saying why (the floor is not captured).
+    `profile`: a folder; each method's step and the floor's are also profiled into a file there (`<method>.txt`,
+    `floor.txt`; _profiled), the scaling rows not."""
     check_counts(steps, batch_size, latent_dim, modalities)
     say = progress or (lambda s: None)
     top = max(modalities)
     rows, scaling = [], []
     say(f"bare networks, M={top}")
-    floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision)
+    floor = floor_step_time(top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision,
+                            profile_to=_profile_file(profile, "floor"))
     for m in methods:
         say(f"{m}, M={top}")
         try:
             r = step_time(m, top, batch_size, latent_dim, steps, warmup=2, device=device, precision=precision,
-                          compile=compile)
+                          compile=compile, profile_to=_profile_file(profile, m + ("-captured" if compile else "")))
         except Exception as e:  # noqa: BLE001 - only with compile: a method the compiler cannot capture
             if not compile:
                 raise

@@ -58,12 +58,22 @@ def progress_bar() -> Iterator:
             prog.stop()
 
 
-def _writable(path: Path, option: str, folder: bool = False) -> None:
+def _profile_note(profile: Optional[Path]) -> list:
+    """The footnote of the kernel columns `bench steps --profile` adds (Markdown lines), or none."""
+    if profile is None:
+        return []
+    return [f"kernel_ms: milliseconds per step during which the device ran at least one kernel (torch.profiler over "
+            f"3 steps after the timed ones; per-operator tables in {profile}/); kernel_share: that over median_s. Well "
+            f"below 1, the device waits on the host (launches, Python, synchronisation), which packing and capture "
+            f"remove; near 1, the kernels themselves bound the step. nan on a CPU (no device kernels).", ""]
+
+
+def _writable(path: Path, option: str, folder: bool = False, what: str = "the figures") -> None:
     """Refuse, before any work, an output path that cannot be made: a file where a folder is wanted or the other
     way round, or a file where one of its parent folders would have to be."""
     if path.exists() and path.is_dir() != folder:
         raise MMBenchError(f"{option} {path} is a {'file' if folder else 'directory'}; name "
-                           f"{'a folder for the figures (made if missing)' if folder else 'the file to write'}")
+                           f"{f'a folder for {what} (made if missing)' if folder else 'the file to write'}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -222,6 +232,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                            "1: every run alone)."),
         compile: bool = typer.Option(False, "--compile", help="Capture training steps (packed and unpacked) with "
                                      "torch.compile (reduce-overhead, CUDA graphs); GPU workers only."),
+        cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="cuDNN benchmark mode on GPU workers: "
+                                             "convolution algorithms chosen by timing (said in each run's log)."),
         step_times: Optional[Path] = typer.Option(None, "--step-times", help="A `mmbench bench steps --pack` table "
                                                   "(e.g. docs/step_times_h200.md): each method's packs are capped "
                                                   "at its fastest measured pack size; with --dry-run it also "
@@ -265,6 +277,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     caps = _pack_caps(step_times, compile) if step_times is not None else None
     if compile and not gpus:
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
+    if cudnn_benchmark and not gpus:
+        raise MMBenchError("--cudnn-benchmark tunes cuDNN's convolutions on GPU workers; use it with --gpus")
     _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only is not None else None)
@@ -322,6 +336,10 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         import os
 
         os.environ["MMBENCH_COMPILE"] = "1"  # read by the trainers in each worker (pack.py, train.py captured)
+    if cudnn_benchmark:
+        import os
+
+        os.environ["MMBENCH_CUDNN_BENCHMARK"] = "1"  # read by the trainers in each worker (train.cudnn_autotune)
     if executor not in ("local", "slurm"):
         raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
     cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,
@@ -763,11 +781,18 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast), as train.precision."),
                 compile: bool = typer.Option(False, "--compile", help="On cuda: capture the loss (packed with --pack) "
                                              "with torch.compile mode reduce-overhead (CUDA graphs)."),
-                out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here.")) -> None:
+                cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="On cuda: cuDNN benchmark mode "
+                                                     "(convolution algorithms chosen by timing during the warm-up), "
+                                                     "as `mmbench run --cudnn-benchmark`."),
+                out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here."),
+                profile: Optional[Path] = typer.Option(None, "--profile", help="A folder: also profile each timed step "
+                                                       "(torch.profiler) into a file there, and add the device's busy "
+                                                       "time per step (kernel_ms, kernel_share; GPU) to the table.")) -> None:
     """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
 
     Example: mmbench bench steps --steps 5 --out docs/step_times.md
     Example: mmbench bench steps --methods mopoe,mvae,mmvae --pack 1,5,15 --device cuda
+    Example: mmbench bench steps --methods mopoe --pack 15 --device cuda --profile profiles/
     """
     import platform
 
@@ -780,6 +805,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
 
     if out is not None:
         _writable(out, "--out")  # before the measurement, not after it
+    if profile is not None:
+        _writable(profile, "--profile", folder=True, what="the profiles")
+        profile.mkdir(parents=True, exist_ok=True)
     names = methods.split(",") if methods else METHODS.names()
     scaling_names = [m for m in scaling.split(",") if m]
     for n in names + scaling_names:
@@ -797,6 +825,10 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         raise MMBenchError(f"--precision {precision!r} is not allowed; choose fp32 or bf16")
     if compile and device != "cuda":
         raise MMBenchError("--compile captures CUDA graphs; use it with --device cuda")
+    if cudnn_benchmark:
+        if device != "cuda":
+            raise MMBenchError("--cudnn-benchmark tunes cuDNN's convolutions; use it with --device cuda")
+        torch.backends.cudnn.benchmark = True
     try:
         packs = [int(v) for v in pack.split(",")] if pack else []
     except ValueError:
@@ -805,6 +837,8 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         raise MMBenchError(f"--pack {pack!r}: pack sizes must be >= 1")
     where = (torch.cuda.get_device_name(0) if device == "cuda"
              else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    if cudnn_benchmark:
+        where += " (cuDNN benchmark mode)"
     from .train import slow_bf16_note
     note = slow_bf16_note(precision, device, "timing")
     if note:
@@ -813,7 +847,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         with err_console.status("timing") as status:
             rows = pack_table(names, [n for n in packs if n > 1] or packs, batch_size, latent_dim, steps,
                               progress=lambda s: status.update(f"timing {s}"), device=device,
-                              precision=precision, compile=compile, n_modalities=max(ms))
+                              precision=precision, compile=compile, n_modalities=max(ms), profile=profile)
         t = pd.DataFrame(rows)
         head = (f"Run-steps per second, unpacked and packed (mmbench/pack.py), PolyMNIST-shaped batches (M = {max(ms)} "
                 f"× 3×28×28, PolyMNIST CNN), batch {batch_size}, latent {latent_dim}, {precision}, median of {steps} "
@@ -824,14 +858,14 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
               "ops_per_run_step: the tensor operations an uncaptured fp32 step issues on the device, per run "
               "(views and bare allocations excluded; counted on PyTorch's meta device for the vmapped pack a GPU runs, "
               "mmbench/bench.py device_ops; a pack's operations batch its runs, so where launches bound a GPU step, "
-              "packing divides its cost per run).", "",
+              "packing divides its cost per run).", "", *_profile_note(profile),
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:
         with err_console.status("timing") as status:
             res = step_table(names, scaling_names, ms, batch_size, latent_dim, steps,
                              progress=lambda s: status.update(f"timing {s}"), device=device, precision=precision,
-                             compile=compile)
+                             compile=compile, profile=profile)
         head = (f"Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch "
                 f"{batch_size}, latent {latent_dim}, {precision}, median of {steps} steps; {where}, torch "
                 f"{torch.__version__}" + ("; each method's loss captured with torch.compile(mode=\"reduce-overhead\") "
@@ -843,7 +877,7 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
               "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes and precision.",
               "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
-              "where launches bound the step (small networks) its time grows with them.", ""]
+              "where launches bound the step (small networks) its time grows with them.", "", *_profile_note(profile)]
         if not t2.empty:
             wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
             wide["M"] = wide["M"].astype(str)

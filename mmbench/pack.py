@@ -508,12 +508,15 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
     note = train_mod.slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
+    tuned = train_mod.cudnn_autotune(device)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
         if capture:  # as the unpacked trainer says it (train.py); a compiler failure at the first step is logged too
             m.run.log(f"packed training step captured with torch.compile on {device} (mmbench run --compile)")
         if note:
             m.run.log(note)
+        if tuned:
+            m.run.log(tuned)
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
     t0 = time.time()

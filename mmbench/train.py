@@ -230,6 +230,18 @@ def device_of() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cudnn_autotune(device) -> Optional[str]:
+    """cuDNN's benchmark mode (convolution algorithms chosen by timing each on the first call of a shape, instead of
+    by heuristics) where `mmbench run --cudnn-benchmark` asks (MMBENCH_CUDNN_BENCHMARK=1) and the run is on a GPU:
+    switched on, and the line the run's log gets (the run id does not change: the same experiment, other kernels);
+    None otherwise. The run's provenance records the flag (results.py, "determinism")."""
+    if os.environ.get("MMBENCH_CUDNN_BENCHMARK") != "1" or torch.device(device).type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True
+    return (f"cuDNN benchmark mode on {device} (mmbench run --cudnn-benchmark): convolution algorithms chosen by "
+            f"timing, so float rounding may differ from another process's")
+
+
 def captured(fn: Callable, device) -> Optional[Callable]:
     """`fn` (a training loss) captured as `mmbench run --compile` asks (MMBENCH_COMPILE=1), or None: on a GPU,
     torch.compile mode "reduce-overhead" (CUDA graphs) with the random operations left to the eager kernels
@@ -362,6 +374,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     note = slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
     if note:
         run.log(note)
+    tuned = cudnn_autotune(device)
+    if tuned:
+        run.log(tuned)
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")

@@ -247,3 +247,77 @@ def test_bench_steps_in_bf16_says_where_the_cpu_emulates_it(monkeypatch, tmp_pat
         err = " ".join(capsys.readouterr().err.split())
         assert err.count("note: timing in bf16 on a CPU without bfloat16 instructions") == expected, err
     assert seen == ["bf16", "bf16"]
+
+
+# ----- `bench steps --profile DIR`: where a step's time goes ----------------------------------------------
+def test_busy_seconds_is_the_union_of_the_kernels_intervals():
+    """Overlapping kernels (streams) count once, a gap not at all, a kernel inside another adds nothing."""
+    from mmbench.bench import busy_seconds
+
+    assert busy_seconds([]) == 0.0
+    assert busy_seconds([(5, 6), (0, 2), (1, 3)]) == 4.0
+    assert busy_seconds([(0, 10), (2, 3), (4, 12)]) == 12.0
+
+
+def test_kernel_seconds_reads_the_gpu_events_only_and_refuses_a_trace_without_kernels():
+    """From the profiler's events (microseconds): the device's kernels, not the host operators that launched them
+    (their intervals would count the host's time as the device's); no kernel recorded -> an error, not 0 % busy."""
+    import types
+
+    from torch.autograd import DeviceType
+
+    from mmbench.bench import kernel_seconds
+
+    def ev(kind, start, end):
+        return types.SimpleNamespace(device_type=kind, time_range=types.SimpleNamespace(start=start, end=end))
+
+    events = [ev(DeviceType.CPU, 0, 10_000), ev(DeviceType.CUDA, 100, 400), ev(DeviceType.CUDA, 300, 600),
+              ev(DeviceType.CUDA, 1_000, 1_500)]
+    assert kernel_seconds(events, steps=2) == pytest.approx(1_000 / 1e6 / 2)
+    with pytest.raises(MMBenchError, match="recorded no GPU kernels"):
+        kernel_seconds([ev(DeviceType.CPU, 0, 10)], steps=1)
+
+
+def test_bench_steps_profile_writes_one_table_per_timed_step(monkeypatch, tmp_path):
+    """`bench steps --pack 2 --profile DIR` (tiny shapes, the CPU): each timed step, unpacked and packed, profiled
+    into its own file holding the operators it ran; the table gains kernel_ms / kernel_share (nan: a CPU has no
+    device kernels) and says what they mean; a file given as the folder is refused before any timing."""
+    from mmbench import bench, cli
+
+    prof, out = tmp_path / "prof", tmp_path / "t.md"
+
+    def run(*extra):
+        monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--batch-size", "4",
+                                          "--latent-dim", "4", "--modalities", "2", "--steps", "1", *extra])
+        try:
+            cli.main()
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    assert run("--pack", "2", "--profile", str(prof), "--out", str(out)) in (0, None)
+    assert sorted(p.name for p in prof.iterdir()) == ["mopoe-pack2.txt", "mopoe-unpacked.txt"]
+    for name, what in (("mopoe-unpacked.txt", "mopoe, unpacked"), ("mopoe-pack2.txt", "mopoe, pack of 2")):
+        text = (prof / name).read_text()
+        assert text.startswith(f"{what}: timed median") and "aten::convolution_backward" in text
+    md = out.read_text()
+    assert "kernel_ms |   kernel_share" in md and "kernel_share: that over median_s" in md
+    assert run("--scaling", "", "--profile", str(prof / "steps")) in (0, None)
+    assert sorted(p.name for p in (prof / "steps").iterdir()) == ["floor.txt", "mopoe.txt"]
+    monkeypatch.setattr(bench, "_timed", lambda *a, **k: pytest.fail("timed before checking --profile"))
+    assert run("--pack", "2", "--profile", str(out)) == 2
+
+
+def test_a_failed_profile_keeps_the_timing(monkeypatch, tmp_path):
+    """The profile is a diagnostic: when it fails (no kernel trace, a profiler error) the row keeps its measured time,
+    its kernel columns are nan and the file says why."""
+    from mmbench import bench
+
+    def fails(step, dev, steps=3):
+        raise MMBenchError("--profile: torch.profiler recorded no GPU kernels")
+
+    monkeypatch.setattr(bench, "profile_step", fails)
+    f = tmp_path / "p.txt"
+    r = bench._profiled({"median_s": 0.5}, lambda: None, __import__("torch").device("cpu"), f, "mopoe, pack of 2")
+    assert r["median_s"] == 0.5 and r["kernel_ms"] != r["kernel_ms"] and r["kernel_share"] != r["kernel_share"]
+    assert f.read_text().startswith("mopoe, pack of 2: timed median 500.00 ms per step; profiling failed: MMBenchError: --profile:")

@@ -491,6 +491,10 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
     assert got["caps"] == {"mopoe": 1} and got["pack"] is None
     for run, args, msg in [(mm, ("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
                            (mmbench_here, ("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
+                           (mmbench_here, ("run", suite, "--cudnn-benchmark"),
+                            "--cudnn-benchmark tunes cuDNN's convolutions on GPU workers; use it with --gpus"),
+                           (mmbench_here, ("bench", "steps", "--cudnn-benchmark"),
+                            "--cudnn-benchmark tunes cuDNN's convolutions; use it with --device cuda"),
                            (mmbench_here, ("bench", "steps", "--pack", "0"), "pack sizes must be >= 1"),
                            (mmbench_here, ("bench", "steps", "--compile"),
                             "--compile captures CUDA graphs; use it with --device cuda")]:

@@ -253,3 +253,24 @@ def test_a_run_whose_test_loss_is_not_finite_fails_as_diverged(tmp_path, data_ro
     with pytest.raises(MMBenchError, match=r"^training diverged \(a non-finite loss\) in epoch 2; lower train.lr"):
         train(run, data_root)
     assert last(run)["state"]["epoch"] == 1
+
+
+def test_cudnn_benchmark_mode_is_switched_on_for_gpu_runs_only_and_said_in_each_log(tmp_path, data_root, monkeypatch):
+    """`mmbench run --cudnn-benchmark` (MMBENCH_CUDNN_BENCHMARK=1): train.cudnn_autotune switches cuDNN's benchmark
+    mode on where the run is on a GPU, not on the CPU nor unasked; the unpacked trainer and every run of a pack log it
+    (here with the device check stubbed, since this machine has no GPU)."""
+    import mmbench.train as train_mod
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert train_mod.cudnn_autotune(torch.device("cuda")) is None and not torch.backends.cudnn.benchmark  # unasked
+    monkeypatch.setenv("MMBENCH_CUDNN_BENCHMARK", "1")
+    assert train_mod.cudnn_autotune(torch.device("cpu")) is None and not torch.backends.cudnn.benchmark
+    note = train_mod.cudnn_autotune(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark and note.startswith("cuDNN benchmark mode on cuda")
+    real = train_mod.cudnn_autotune
+    monkeypatch.setattr(train_mod, "cudnn_autotune", lambda device: real(torch.device("cuda")))
+    runs = [Run(cfg(0, epochs=1), tmp_path / "alone")] + [Run(cfg(s, epochs=1), tmp_path / "pack") for s in range(2)]
+    train(runs[0], data_root)
+    train_pack(runs[1:], data_root)
+    for r in runs:
+        assert "cuDNN benchmark mode on cuda (mmbench run --cudnn-benchmark)" in r.log_path.read_text()

@@ -9,6 +9,7 @@
 #                           (`mmbench run --compile`, CUDA graphs) against the same run uncaptured, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
+#   steps-packed-cudnn.md   MoPoE's packs again with cuDNN benchmark mode (`--cudnn-benchmark`; GPU only)
 #   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
 #   steps-mrvae.md          the mrVAE step next to MoPoE's and the bare-network floor (step-time table)
 #   steps-mrvae-packed.md   mrVAE's run-steps/s unpacked and in a pack of 5
@@ -21,6 +22,9 @@
 #                           per metric, with fp32 and with bf16 decoders (eval.precision)
 #   report.md / report.txt  `mmbench report --compare reference_results/ --allow-missing`
 #   steps-compiled.md       packed MoPoE step captured with torch.compile(mode="reduce-overhead"), if time is left
+#   profiles/               every timed step of the step tables profiled (`bench steps --profile`): per table a folder,
+#                           per step the operators and kernels with the most device time, and in the tables the
+#                           device's busy time per step (kernel_ms, kernel_share: launch-bound or kernel-bound)
 #   steps-mrvae-captured.md the unpacked mrVAE and MoPoE steps captured the same way, if time is left
 #   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
 #   log.txt                 everything printed (also in $OUT)
@@ -38,7 +42,7 @@
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
 # when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
 # RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps;
-# GPU only). Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
+# GPU only); PROFILE=0 leaves the steps unprofiled. Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -66,6 +70,8 @@ T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 say() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
 
+# prof NAME: the option profiling a step table's steps into profiles/NAME/ (PROFILE=0: none)
+prof() { [ "${PROFILE:-1}" = 0 ] || echo "--profile $RES/profiles/$1"; }
 # to SECONDS: a part's time limit on the GPU; none in the dry mode (a shared CPU may be arbitrarily slow)
 to() { if [ "$SCALE" = tiny ]; then echo 0; else echo "$1"; fi; }
 if [ "$SCALE" = tiny ]; then
@@ -138,18 +144,23 @@ $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" -
 
 if part steps; then
 say "step table, packed and unpacked (fp32)"
-timeout $(to 90) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$RES/steps-packed.md"
+timeout $(to 120) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+  --steps $STEPS --out "$RES/steps-packed.md" $(prof steps)
 snap
 say "step table, packed and unpacked (bf16)"
 timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
   --latent-dim $LAT --steps $STEPS --precision bf16 --out "$RES/steps-packed-bf16.md"
+if [ "$DEVICE" = cuda ]; then
+say "MoPoE packed with cuDNN benchmark mode (convolution algorithms chosen by timing), for comparison"
+timeout $(to 60) $M bench steps --methods mopoe --pack "$PACKS" --device cuda --batch-size $B --latent-dim $LAT \
+  --steps $STEPS --cudnn-benchmark --out "$RES/steps-packed-cudnn.md" $(prof cudnn)
+fi
 say "packed step looped over the runs instead of vmapped (a CPU's default), for comparison"
 MMBENCH_PACK_MODE=loop timeout $(to 30) $M bench steps --methods mopoe --pack 5 --device "$DEVICE" --batch-size $B \
-  --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-loop.md"
+  --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-loop.md" $(prof loop)
 say "mrVAE step next to MoPoE's"
 timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$RES/steps-mrvae.md"
+  --steps $STEPS --out "$RES/steps-mrvae.md" $(prof mrvae)
 say "mrVAE packed (5 runs)"
 timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae-packed.md"
@@ -277,11 +288,11 @@ if part captured && [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
   # CAPTURE_PACKS=15 (say): only the packed MoPoE step, in packs of that size
   if [ -z "${CAPTURE_PACKS:-}" ]; then
   timeout $(( ($(left) - 10) / 2 )) $M bench steps --methods mrvae,mopoe --scaling "" --device cuda --batch-size $B \
-    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md"
+    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md" $(prof mrvae-captured)
   snap
   fi
   timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B --latent-dim $LAT \
-    --steps $STEPS --compile --out "$RES/steps-compiled.md"
+    --steps $STEPS --compile --out "$RES/steps-compiled.md" $(prof captured)
 fi
 snap
 say "done ($(left) s of the budget left)"
