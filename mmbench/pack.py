@@ -63,7 +63,7 @@ from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import train as train_mod
-from .train import ProgressFn, TrainingInterrupted, _save, autocast, build_model, device_of, diverged, load_data
+from .train import ProgressFn, TrainingInterrupted, autocast, build_model, device_of, diverged, load_data
 
 NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 
@@ -348,8 +348,8 @@ class _Member:
 
     def save_last(self, model_sd: Dict, opt_sd: Dict) -> None:
         """last.pt in the unpacked trainer's format: weights, Adam, training state, random stream."""
-        _save(self.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd, "state": self.state,
-                                              **self.rng_state()})
+        train_mod.CHECKPOINTS.save(self.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd,
+                                                                   "state": self.state, **self.rng_state()}, owned=True)
 
 
 def _split_batch(split: DataSplit, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -553,6 +553,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             due = every_s is not None and time.time() - saved_at >= every_s
             if (train_mod.stop_requested() is not None or due) and b + 1 < n_batches:
                 ok = finite.tolist()
+                train_mod.CHECKPOINTS.wait()
                 for r, m in enumerate(live):
                     if not ok[r]:  # a diverged model is never checkpointed; it leaves the pack at the epoch's end
                         continue
@@ -569,6 +570,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         means = {k: (v / n_batches).tolist() for k, v in sums.items()}
         keep = []
         stop = train_mod.stop_requested() is not None  # read once: every run saves for a stop, or none stops
+        train_mod.CHECKPOINTS.wait()  # the previous epoch's files (written while this epoch trained)
         for r, m in enumerate(live):
             if not ok[r]:
                 m.error = diverged(epoch)
@@ -589,7 +591,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             model_sd, opt_sd = sm.state(r)
             if tl[r] < m.state["best_test_loss"]:
                 m.state["best_test_loss"] = tl[r]
-                _save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1, "test_loss": tl[r]})
+                train_mod.CHECKPOINTS.save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1,
+                                                                        "test_loss": tl[r]}, owned=True)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
                 m.save_last(model_sd, opt_sd)
                 saved_at = time.time()
@@ -609,6 +612,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     for m in members:
         if m.writer is not None:
             m.writer.close()
+    train_mod.CHECKPOINTS.wait()  # runs that return have their checkpoints on disk
     for m in live:
         atomic_json(m.run.dir / train_mod.HISTORY, m.state["history"])  # the report's training curves
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
@@ -622,6 +626,7 @@ def _stopped(live: List[_Member], where: str, ok: List[bool]) -> None:
     """A stop was requested: every run of the pack has its checkpoint; say so in each log and end the pack."""
     why = train_mod.stop_requested()
     train_mod.clear_stop()
+    train_mod.CHECKPOINTS.wait()  # stopped means checkpointed
     for r, m in enumerate(live):
         m.run.log(f"stopped ({why}) {where} (packed)" + ("; checkpoint " + str(m.run.ckpt_dir / "last.pt")
                                                         if ok[r] else "; diverged, not checkpointed"))

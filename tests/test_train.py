@@ -154,6 +154,64 @@ def test_lock_stops_a_second_writer(tmp_path):
         pass
 
 
+def test_checkpoints_are_written_off_the_training_path_as_the_state_was_when_saved(tmp_path, monkeypatch):
+    """CHECKPOINTS.save returns before the file is written (the writer thread is held here until released) and the
+    file holds the state as it was at the call, though the caller changes its tensors and lists right after (as
+    training goes on); wait() returns once the file is on disk, and the file reads as a synchronous _save's."""
+    import threading
+
+    import mmbench.train as train_mod
+
+    gate, real = threading.Event(), train_mod._save
+    monkeypatch.setattr(train_mod, "_save", lambda path, state: gate.wait(10) and real(path, state))
+    w = train_mod._CheckpointWriter()
+    live = {"model": {"w": torch.zeros(3)}, "state": {"history": [1.0]}}
+    path = tmp_path / "checkpoints" / "last.pt"
+    w.save(path, live)
+    assert not path.exists()  # returned while the write is still held
+    live["model"]["w"] += 5
+    live["state"]["history"].append(2.0)
+    gate.set()
+    w.wait()
+    got = torch.load(path, weights_only=False)
+    assert torch.equal(got["model"]["w"], torch.zeros(3)) and got["state"]["history"] == [1.0]
+    real(tmp_path / "sync.pt", {"model": {"w": torch.zeros(3)}, "state": {"history": [1.0]}})
+    assert path.read_bytes() == (tmp_path / "sync.pt").read_bytes()
+
+
+def test_a_failed_background_checkpoint_write_is_an_error_naming_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    import mmbench.results as results
+    import mmbench.train as train_mod
+
+    w = train_mod._CheckpointWriter()
+    path = tmp_path / "checkpoints" / "last.pt"
+    w.save(path, {"model": {"w": torch.zeros(3)}})
+    w.wait()
+    old = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    w.save(path, {"model": {"w": torch.ones(3)}})
+    with pytest.raises(MMBenchError, match=f"writing checkpoint {path} failed .*No space left on device.*re-run to resume"):
+        w.wait()
+    monkeypatch.undo()
+    assert path.read_bytes() == old
+    w.wait()  # reported once
+
+
+def test_checkpoints_handed_over_are_on_disk_when_the_process_exits(tmp_path):
+    """A process that ends (here by an error) right after handing a checkpoint over still writes it whole: the
+    writer's thread finishes its files before the interpreter exits."""
+    path = tmp_path / "last.pt"
+    code = ("import torch, sys; from mmbench.train import CHECKPOINTS; "
+            f"CHECKPOINTS.save({str(path)!r}, {{'model': {{'w': torch.arange(2_000_000.)}}}}); sys.exit(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert torch.equal(torch.load(path, weights_only=False)["model"]["w"], torch.arange(2_000_000.))
+
+
 @pytest.mark.parametrize("fail", ["replace", "fsync"])
 def test_atomic_writes_leave_the_old_file_when_the_write_fails(tmp_path, monkeypatch, fail):
     """The write itself fails (os.replace or os.fsync inside atomic_write): the old bytes stay, no temp file."""
