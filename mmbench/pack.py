@@ -393,6 +393,7 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
     return None
 
 
+@train_mod.settles_checkpoints
 def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
                stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
     """Train (or resume) runs of one pack key together; returns {run id: summary dict or error string}.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
 import math
 import os
 import platform
@@ -387,6 +388,23 @@ class _CheckpointWriter:
 CHECKPOINTS = _CheckpointWriter()
 
 
+def settles_checkpoints(trainer: Callable) -> Callable:
+    """A trainer that, however it ends (a divergence, an interruption, any error), returns or raises only once the
+    checkpoints it handed over are on disk; a failed write is then reported only when nothing else failed."""
+    @functools.wraps(trainer)
+    def wrapped(*args, **kwargs):
+        try:
+            return trainer(*args, **kwargs)
+        except BaseException:
+            try:
+                CHECKPOINTS.wait()
+            except MMBenchError:
+                pass  # the trainer's own error is the one to report; the previous checkpoint stays
+            raise
+    return wrapped
+
+
+@settles_checkpoints
 def train(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
           stop_after_epoch: Optional[int] = None) -> Dict[str, float]:
     """Train (or resume) the run's model; returns a summary. `stop_after_epoch` simulates an interruption."""

@@ -634,3 +634,26 @@ def test_the_bf16_probe_agrees_with_onednn():
     from mmbench.train import cpu_has_bf16
 
     assert not cpu_has_bf16() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_a_trainer_that_fails_has_its_checkpoints_on_disk_when_its_error_arrives(tmp_path, monkeypatch):
+    """settles_checkpoints: an error leaves a trainer only once the files it handed over are written (a test or a
+    caller reading last.pt right after the error reads the file whole); a write failing meanwhile does not replace the
+    trainer's own error."""
+    import threading
+
+    import mmbench.train as train_mod
+
+    gate, real, done = threading.Event(), train_mod._save, []
+    monkeypatch.setattr(train_mod, "_save", lambda path, state: (gate.wait(10), real(path, state), done.append(path)))
+    path = tmp_path / "last.pt"
+
+    @train_mod.settles_checkpoints
+    def trainer():
+        train_mod.CHECKPOINTS.save(path, {"model": {"w": torch.ones(2)}})
+        threading.Timer(0.2, gate.set).start()
+        raise MMBenchError("diverged at epoch 2")
+
+    with pytest.raises(MMBenchError, match="diverged at epoch 2"):
+        trainer()
+    assert done == [path] and path.exists()
