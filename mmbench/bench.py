@@ -76,10 +76,13 @@ def busy_seconds(intervals: Iterable[Tuple[float, float]]) -> float:
 
 def kernel_seconds(events, steps: int) -> float:
     """Seconds per step during which the GPU ran a kernel (or a copy), from torch.profiler's events (their
-    time_range in microseconds; the device's events are those of DeviceType.CUDA)."""
+    time_range in microseconds; the device's events are those of DeviceType.CUDA). The GPU copies of annotated
+    ranges (Adam's `Optimizer.step`, a compiled graph's call) are device events too, spanning from their first
+    kernel to their last with the gaps between: they are left out, as torch's own device totals leave them."""
     from torch.autograd import DeviceType
 
-    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+    kernels = [(e.time_range.start, e.time_range.end) for e in events
+               if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     if not kernels:  # CUPTI gave no kernel trace: say so rather than report an idle device
         raise MMBenchError("--profile: torch.profiler recorded no GPU kernels (is CUPTI available to torch?); "
                            "time without --profile")

@@ -807,7 +807,6 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         _writable(out, "--out")  # before the measurement, not after it
     if profile is not None:
         _writable(profile, "--profile", folder=True, what="the profiles")
-        profile.mkdir(parents=True, exist_ok=True)
     names = methods.split(",") if methods else METHODS.names()
     scaling_names = [m for m in scaling.split(",") if m]
     for n in names + scaling_names:
@@ -841,6 +840,8 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         where += " (cuDNN benchmark mode)"
     from .train import slow_bf16_note
     note = slow_bf16_note(precision, device, "timing")
+    if profile is not None:  # every option checked: the folder is made only for a measurement
+        profile.mkdir(parents=True, exist_ok=True)
     if note:
         err_console.print(note)
     if packs:

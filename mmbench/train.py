@@ -374,10 +374,11 @@ class _CheckpointWriter:
         self._pending.append((Path(path), self._pool.submit(_save, Path(path), snapshot)))
 
     def wait(self) -> None:
-        pending, self._pending = self._pending, []
         failed = None
-        for path, future in pending:
+        while self._pending:  # a file leaves the list once written: a wait cut short (Ctrl-C) leaves the rest to the next
+            path, future = self._pending[0]
             e = future.exception()
+            self._pending.pop(0)
             if e is not None and failed is None:
                 failed = (path, e)
         if failed:
@@ -385,7 +386,13 @@ class _CheckpointWriter:
                                f"checkpoint is left as it was: free space or fix the folder, then re-run to resume")
 
 
+    def _forget(self) -> None:
+        """In a forked child: the parent's writer thread is not there, so the child starts its own."""
+        self._pool, self._pending = None, []
+
+
 CHECKPOINTS = _CheckpointWriter()
+os.register_at_fork(after_in_child=CHECKPOINTS._forget)
 
 
 def settles_checkpoints(trainer: Callable) -> Callable:

@@ -268,11 +268,13 @@ def test_kernel_seconds_reads_the_gpu_events_only_and_refuses_a_trace_without_ke
 
     from mmbench.bench import kernel_seconds
 
-    def ev(kind, start, end):
-        return types.SimpleNamespace(device_type=kind, time_range=types.SimpleNamespace(start=start, end=end))
+    def ev(kind, start, end, annotation=False):
+        return types.SimpleNamespace(device_type=kind, time_range=types.SimpleNamespace(start=start, end=end),
+                                     is_user_annotation=annotation)
 
     events = [ev(DeviceType.CPU, 0, 10_000), ev(DeviceType.CUDA, 100, 400), ev(DeviceType.CUDA, 300, 600),
-              ev(DeviceType.CUDA, 1_000, 1_500)]
+              ev(DeviceType.CUDA, 1_000, 1_500),
+              ev(DeviceType.CUDA, 100, 1_500, annotation=True)]  # e.g. Optimizer.step's range on the GPU, gaps and all
     assert kernel_seconds(events, steps=2) == pytest.approx(1_000 / 1e6 / 2)
     with pytest.raises(MMBenchError, match="recorded no GPU kernels"):
         kernel_seconds([ev(DeviceType.CPU, 0, 10)], steps=1)

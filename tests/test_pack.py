@@ -489,6 +489,14 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
     r = mmbench_here("run", suite, "--step-times", times, env=env)
     assert r.returncode == 0, r.stderr
     assert got["caps"] == {"mopoe": 1} and got["pack"] is None
+    # --cudnn-benchmark reaches the workers through their environment (train.cudnn_autotune reads it there)
+    monkeypatch.setenv("MMBENCH_CUDNN_BENCHMARK", "0")  # restored after the test: the CLI sets it in this process
+    monkeypatch.setattr(mmbench.runner, "check_gpus_visible", lambda ids: None)  # no GPU here
+    monkeypatch.setattr(mmbench.runner, "run_all", lambda *a, **k: got.update(
+        cudnn=os.environ.get("MMBENCH_CUDNN_BENCHMARK")) or [])
+    r = mmbench_here("run", suite, "--gpus", "0", "--cudnn-benchmark", env=env)
+    assert r.returncode == 0, r.stderr
+    assert got["cudnn"] == "1"
     for run, args, msg in [(mm, ("run", suite, "--pack", "0"), "--pack 0: must be >= 1"),
                            (mmbench_here, ("run", suite, "--compile"), "--compile captures CUDA graphs; use it with --gpus"),
                            (mmbench_here, ("run", suite, "--cudnn-benchmark"),

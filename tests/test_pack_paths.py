@@ -3,6 +3,7 @@ different epochs, a compile failure after the step drew its noise (packed and un
 reads per epoch of both trainers."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -274,3 +275,22 @@ def test_cudnn_benchmark_mode_is_switched_on_for_gpu_runs_only_and_said_in_each_
     train_pack(runs[1:], data_root)
     for r in runs:
         assert "cuDNN benchmark mode on cuda (mmbench run --cudnn-benchmark)" in r.log_path.read_text()
+
+
+def test_both_trainers_write_their_checkpoints_on_the_writer_thread(tmp_path, data_root, monkeypatch):
+    """train and train_pack hand last.pt and best.pt to train.CHECKPOINTS (written off the training path), not to a
+    write in the training thread; the files are on disk when they return."""
+    import threading
+
+    import mmbench.train as train_mod
+
+    threads, real = [], train_mod._save
+    monkeypatch.setattr(train_mod, "_save", lambda path, state: threads.append(
+        (Path(path).name, threading.current_thread().name)) or real(path, state))
+    alone = Run(cfg(0, epochs=1), tmp_path / "alone")
+    train(alone, data_root)
+    packed = [Run(cfg(s, epochs=1), tmp_path / "pack") for s in range(2)]
+    train_pack(packed, data_root)
+    assert sorted(name for name, _ in threads) == ["best.pt"] * 3 + ["last.pt"] * 3
+    assert all(t.startswith("mmbench-checkpoints") for _, t in threads), threads
+    assert all((r.ckpt_dir / "last.pt").exists() and (r.ckpt_dir / "best.pt").exists() for r in [alone, *packed])

@@ -6,6 +6,7 @@ import resource
 import subprocess
 import sys
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 import torch
@@ -649,11 +650,63 @@ def test_a_trainer_that_fails_has_its_checkpoints_on_disk_when_its_error_arrives
     path = tmp_path / "last.pt"
 
     @train_mod.settles_checkpoints
-    def trainer():
-        train_mod.CHECKPOINTS.save(path, {"model": {"w": torch.ones(2)}})
+    def trainer(target):
+        train_mod.CHECKPOINTS.save(target, {"model": {"w": torch.ones(2)}})
         threading.Timer(0.2, gate.set).start()
         raise MMBenchError("diverged at epoch 2")
 
     with pytest.raises(MMBenchError, match="diverged at epoch 2"):
-        trainer()
+        trainer(path)
     assert done == [path] and path.exists()
+    (tmp_path / "a-file").write_text("")  # a folder that cannot be made: the write fails, the trainer's error stands
+    with pytest.raises(MMBenchError, match="diverged at epoch 2"):
+        trainer(tmp_path / "a-file" / "last.pt")
+    assert train_mod.CHECKPOINTS._pending == []
+
+
+def test_a_wait_cut_short_keeps_the_files_not_yet_written(monkeypatch):
+    """Ctrl-C during wait(): the files whose writes were not yet waited for stay pending, so the next wait (the
+    trainer's on its way out) still waits for them and still reports their failure."""
+    import mmbench.train as train_mod
+
+    class Future:
+        calls = 0
+
+        def exception(self):
+            Future.calls += 1
+            if Future.calls == 1:
+                raise KeyboardInterrupt
+            return OSError("No space left on device")
+
+    w = train_mod._CheckpointWriter()
+    w._pending = [(Path("last.pt"), Future())]
+    with pytest.raises(KeyboardInterrupt):
+        w.wait()
+    assert len(w._pending) == 1
+    with pytest.raises(MMBenchError, match="writing checkpoint last.pt failed"):
+        w.wait()
+    assert w._pending == []
+
+
+def _save_in_forked_child(path):
+    from mmbench.train import CHECKPOINTS
+
+    CHECKPOINTS.save(path, {"model": {"w": torch.ones(2)}})
+    CHECKPOINTS.wait()
+
+
+def test_a_forked_child_writes_its_checkpoints_with_a_thread_of_its_own(tmp_path):
+    """A child forked after the parent wrote a checkpoint has no writer thread of the parent's; it starts its own
+    (before, its first save waited forever)."""
+    from mmbench.train import CHECKPOINTS
+
+    CHECKPOINTS.save(tmp_path / "parent.pt", {"model": {"w": torch.zeros(2)}})
+    CHECKPOINTS.wait()
+    child = mp.get_context("fork").Process(target=_save_in_forked_child, args=(tmp_path / "child.pt",))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert torch.equal(torch.load(tmp_path / "child.pt", weights_only=False)["model"]["w"], torch.ones(2))
