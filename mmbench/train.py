@@ -237,7 +237,8 @@ def cudnn_autotune(device) -> Optional[str]:
     """cuDNN's benchmark mode (convolution algorithms chosen by timing each on the first call of a shape, instead of
     by heuristics) where `mmbench run --cudnn-benchmark` asks (MMBENCH_CUDNN_BENCHMARK=1) and the run is on a GPU:
     switched on, and the line the run's log gets (the run id does not change: the same experiment, other kernels);
-    None otherwise. The run's provenance records the flag (results.py, "determinism")."""
+    None otherwise. The provenance of an evaluation in the same process records the flag (results.py,
+    "determinism"); the log is the record of which sessions trained with it."""
     if os.environ.get("MMBENCH_CUDNN_BENCHMARK") != "1" or torch.device(device).type != "cuda":
         return None
     torch.backends.cudnn.benchmark = True
