@@ -704,7 +704,14 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
             r.init()
             r.log(f"run {r.id} on {device_of()} (pack of {len(todo)})")
         t0 = time.time()
-        summaries = train_pack(todo, data_root, progress) if todo else {}
+        try:
+            summaries = train_pack(todo, data_root, progress) if todo else {}
+        except TrainingInterrupted:
+            raise
+        except Exception as e:  # a pack-wide failure (e.g. a checkpoint write that failed): each run's log says it
+            for r in todo:
+                r.log(f"error: {e if isinstance(e, MMBenchError) else brief(e, 300)} (the pack's training stopped)")
+            raise
         for r in todo:
             s = summaries.get(r.id)
             if not isinstance(s, dict):

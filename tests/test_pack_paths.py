@@ -294,3 +294,21 @@ def test_both_trainers_write_their_checkpoints_on_the_writer_thread(tmp_path, da
     assert sorted(name for name, _ in threads) == ["best.pt"] * 3 + ["last.pt"] * 3
     assert all(t.startswith("mmbench-checkpoints") for _, t in threads), threads
     assert all((r.ckpt_dir / "last.pt").exists() and (r.ckpt_dir / "best.pt").exists() for r in [alone, *packed])
+
+
+def test_a_pack_wide_failure_is_in_every_run_log(tmp_path, data_root, monkeypatch):
+    """A failure of the pack's training as a whole (here a checkpoint write that failed) still stops the worker with
+    that error, and every run of the pack has it in its log.txt (before, only the worker's output had it)."""
+    from mmbench.errors import MMBenchError
+    from mmbench.pack import execute_pack
+
+    def fails(runs, *a, **k):
+        raise MMBenchError("writing checkpoint /x/last.pt failed (OSError: No space left on device)")
+
+    monkeypatch.setattr(pack_mod, "train_pack", fails)
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
+    with pytest.raises(MMBenchError, match="No space left on device"):
+        execute_pack(runs, data_root)
+    for r in runs:
+        assert "error: writing checkpoint /x/last.pt failed (OSError: No space left on device) (the pack's training " \
+               "stopped)" in r.log_path.read_text()
