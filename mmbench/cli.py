@@ -332,14 +332,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if gpu:
             console.print(gpu["summary"])
         return
-    if compile:
-        import os
+    import os
 
-        os.environ["MMBENCH_COMPILE"] = "1"  # read by the trainers in each worker (pack.py, train.py captured)
-    if cudnn_benchmark:
-        import os
-
-        os.environ["MMBENCH_CUDNN_BENCHMARK"] = "1"  # read by the trainers in each worker (train.cudnn_autotune)
+    # read by the trainers in each worker (pack.py; train.py captured, cudnn_autotune)
+    for asked, name in ((compile, "MMBENCH_COMPILE"), (cudnn_benchmark, "MMBENCH_CUDNN_BENCHMARK")):
+        if asked:
+            os.environ[name] = "1"
     if executor not in ("local", "slurm"):
         raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
     cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,

@@ -613,7 +613,6 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     for m in members:
         if m.writer is not None:
             m.writer.close()
-    train_mod.CHECKPOINTS.wait()  # runs that return have their checkpoints on disk
     for m in live:
         atomic_json(m.run.dir / train_mod.HISTORY, m.state["history"])  # the report's training curves
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,

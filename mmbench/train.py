@@ -356,11 +356,11 @@ class _CheckpointWriter:
     """Checkpoints written off the training path: `save` copies the state to host memory at once, and one background
     thread serialises and writes the files in the order given (atomic_write: each whole or not at all, synced unless
     MMBENCH_FSYNC=0), while the device trains on. A PolyMNIST run's last.pt is 169 MB: serialising, writing and
-    syncing it took 0.3-0.8 s on this project's CPU machine (2026-12-04), per run and epoch, time a GPU would sit idle.
-    `wait` returns once every file handed over is on disk and raises the first failed write's error, naming the
-    file. The trainers wait before reading a checkpoint, before an epoch's saves (so at most one epoch's
-    checkpoints are held in memory), before a stop and before returning; the thread finishes its files before the
-    process exits."""
+    syncing it took 0.5-0.95 s on this project's CPU machine (2026-12-04), per run and epoch, time a GPU would sit
+    idle; handing it over takes 0.08 s. `wait` returns once every file handed over is on disk and raises the first
+    failed write's error, naming the file. The trainers wait before reading a checkpoint, before an epoch's saves
+    (so at most one epoch's checkpoints are held in memory), before a stop and on every exit (settles_checkpoints);
+    the thread finishes its files before the process exits."""
 
     def __init__(self):
         self._pool = None
@@ -386,7 +386,6 @@ class _CheckpointWriter:
             raise MMBenchError(f"writing checkpoint {failed[0]} failed ({brief(failed[1])}); the run's previous "
                                f"checkpoint is left as it was: free space or fix the folder, then re-run to resume")
 
-
     def _forget(self) -> None:
         """In a forked child: the parent's writer thread is not there, so the child starts its own."""
         self._pool, self._pending = None, []
@@ -397,18 +396,20 @@ os.register_at_fork(after_in_child=CHECKPOINTS._forget)
 
 
 def settles_checkpoints(trainer: Callable) -> Callable:
-    """A trainer that, however it ends (a divergence, an interruption, any error), returns or raises only once the
-    checkpoints it handed over are on disk; a failed write is then reported only when nothing else failed."""
+    """A trainer that, however it ends (a return, a divergence, an interruption, any error), returns or raises only
+    once the checkpoints it handed over are on disk; a failed write is its error when nothing else failed."""
     @functools.wraps(trainer)
     def wrapped(*args, **kwargs):
         try:
-            return trainer(*args, **kwargs)
+            out = trainer(*args, **kwargs)
         except BaseException:
             try:
                 CHECKPOINTS.wait()
             except MMBenchError:
                 pass  # the trainer's own error is the one to report; the previous checkpoint stays
             raise
+        CHECKPOINTS.wait()
+        return out
     return wrapped
 
 
@@ -539,7 +540,6 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             break
     if writer is not None:
         writer.close()
-    CHECKPOINTS.wait()  # a run that returns has its checkpoints on disk
     atomic_json(run.dir / HISTORY, state["history"])
     return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "tuples_per_second": speed.rate(),
             "history": state["history"],

@@ -658,6 +658,15 @@ def test_a_trainer_that_fails_has_its_checkpoints_on_disk_when_its_error_arrives
     with pytest.raises(MMBenchError, match="diverged at epoch 2"):
         trainer(path)
     assert done == [path] and path.exists()
+    gate.clear()
+
+    @train_mod.settles_checkpoints
+    def returns(target):  # and one that returns: its return waits the same
+        train_mod.CHECKPOINTS.save(target, {"model": {"w": torch.ones(2)}})
+        threading.Timer(0.2, gate.set).start()
+        return "summary"
+
+    assert returns(tmp_path / "returned.pt") == "summary" and (tmp_path / "returned.pt").exists()
     (tmp_path / "a-file").write_text("")  # a folder that cannot be made: the write fails, the trainer's error stands
     with pytest.raises(MMBenchError, match="diverged at epoch 2"):
         trainer(tmp_path / "a-file" / "last.pt")
