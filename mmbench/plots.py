@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from .errors import MMBenchError
-from .report import by_figure, group_title, series_names
+from .tables import by_figure, group_title, series_names
 
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from tabulate import tabulate
 
-from .report import Claim
+from .references import Claim
 
 
 def verdict(claim: Claim) -> str:

@@ -10,7 +10,8 @@ import yaml
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
-from mmbench.report import build_report, load_reference_files
+from mmbench.references import load_reference_files
+from mmbench.report import build_report
 from mmbench.results import Run
 
 ROOT = Path(__file__).resolve().parents[1]

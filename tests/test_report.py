@@ -11,7 +11,8 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
-from mmbench.report import build_report, load_references, matches
+from mmbench.references import load_references
+from mmbench.report import build_report, matches
 from mmbench.results import Run
 from mmbench.verdicts import welch_p
 
@@ -142,7 +143,7 @@ def _producers(runs, table, method, metric, *wheres):
 def test_every_reference_cell_and_claim_is_reachable_from_a_suite():
     """Each cell's table, method, filters and metric key are produced by some run of some suite (full
     tier); so is each side of each claim."""
-    from mmbench.report import load_reference_files
+    from mmbench.references import load_reference_files
     from mmbench.suite import load_suite
 
     runs = [r for p in sorted((ROOT / "suites").glob("*.yaml")) for r in load_suite(p).runs("full")]
@@ -278,7 +279,7 @@ def test_claim_operators_margin_strict_less_and_for_each(tmp_path):
 
 
 def test_malformed_claims_are_named(tmp_path):
-    from mmbench.report import load_reference_files
+    from mmbench.references import load_reference_files
     bad = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "s",
            "holds": [{"left": {"method": "m", "metric": "k"}, "op": "=>", "right": 1}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"claims": [bad]}))
@@ -621,7 +622,7 @@ def test_markdown_carries_paper_lines_table_summaries_claim_quotes_and_figures(t
     """The Markdown report lists the paper lines, each reference table's summary, the claims' quotes and the figures."""
     import pandas as pd
 
-    from mmbench.report import Claim
+    from mmbench.references import Claim
 
     claim = Claim(id="c", paper="P", figure="F", quote="said so", source="p. 3", holds=[], status="holds")
     md = render_markdown([("S", pd.DataFrame({"metric": ["m"]}))], [("P — T", pd.DataFrame({"model": ["x"]}), "1 of 1")],
@@ -634,7 +635,7 @@ def test_markdown_carries_paper_lines_table_summaries_claim_quotes_and_figures(t
 def test_html_escapes_the_text_in_its_tables():
     """Text from a reference file (a quote with '<' in it) is escaped in the HTML tables, not read as markup."""
     from mmbench.render import render_html
-    from mmbench.report import Claim
+    from mmbench.references import Claim
 
     claim = Claim(id="c", paper="P", figure="F", quote="<b>x</b> < y", source="s", holds=[], status="holds")
     page = render_html([], [], [claim])
@@ -647,7 +648,7 @@ def test_latex_and_terminal_carry_the_paper_lines_and_escape_ampersands():
     from rich.console import Console
 
     from mmbench.render import render_latex, render_terminal
-    from mmbench.report import Claim
+    from mmbench.references import Claim
 
     summaries = [("MoPoE & MMVAE", pd.DataFrame({"metric": ["a & b"]}))]
     claim = Claim(id="claim-c", paper="P", figure="F", quote="q", source="s", holds=[], status="fails")

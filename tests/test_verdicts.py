@@ -13,7 +13,8 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import ConfigError
 from mmbench.render import render_markdown
-from mmbench.report import Cell, build_report
+from mmbench.references import Cell
+from mmbench.report import build_report
 from mmbench.results import Run
 from mmbench.verdicts import TIDY_COLUMNS, apply, holm, one_run_p, tidy_rows, welch_p
 

@@ -1,0 +1,237 @@
+"""The papers' numbers and statements as data: reference files (``reference_results/*.yaml``, one per paper),
+read and validated here (errors name file, entry and field); mmbench/report.py matches them with runs.
+
+A reference file holds
+
+* **cells**: paper, table, row, column, method, metric key, value, std where printed, tolerance, source
+  and an optional ``where`` (dotted config paths the matching runs must have, e.g.
+  ``{method.beta: 2.5}``). A cell is matched by the runs whose config says they reproduce that table
+  (``tables``), use the cell's method and satisfy ``where``; it passes when
+  |produced mean - value| <= tolerance. Cells with no run are missing.
+* **claims**: qualitative statements about figures (quoted with page/section), each a list of
+  comparisons ``left op right`` between produced means (or a number) that must all hold, optionally
+  for each value of a config path (``for_each: method.beta``); or, with ``for_each``, where along that path a
+  side is lowest or highest (``op: lowest_at``/``highest_at``, ``right``: the values it may be at); a side metric
+  ending in ``/*`` with ``quantifier: most|all`` counts the keys under that prefix (e.g. every attribute). A
+  claim's ``strength`` is ``strict``
+  (default: the quote states the comparison and the keys measure what the paper plotted; a claim that
+  does not hold fails ``--compare``) or ``hedged`` (the quote hedges -- "typically", "may", "most" -- or
+  the check is a reading or proxy of ours: shown with its evidence, never a failure).
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import yamlio
+from .config import check_path, check_settings
+from .errors import ConfigError, MMBenchError
+from .registry import METHODS
+
+CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
+CLAIM_FIELDS = ("id", "paper", "figure", "quote", "source", "holds")
+STRENGTHS = ("strict", "hedged")
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+EXTREMA = {"lowest_at": min, "highest_at": max}  # where along `for_each` a side's mean is extreme (right: allowed values)
+
+
+@dataclass
+class Cell:
+    paper: str
+    table: str
+    row: str
+    column: str
+    method: str
+    metric: str
+    value: float
+    tolerance: float
+    std: Optional[float] = None
+    source: str = ""
+    where: Optional[Dict[str, Any]] = None
+    produced: Optional[float] = None
+    produced_std: Optional[float] = None
+    n_runs: int = 0
+    mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs behind it differ
+    # set when runs of several configurations (beyond the seed) match the cell: nothing is averaged, the cell
+    # is not scored, and this names the settings that differ (narrow it with `where` or separate runs directories)
+    ambiguous: Optional[str] = None
+    nonfinite: int = 0  # matching runs whose value is NaN or infinite (left out of the mean and of n_runs)
+    # set when no run matches but runs of this table, method and metric fail the cell's `where`: which settings
+    # keep them out, e.g. 'eval.lr_protocol is mopoe, the paper's is smvae (2 runs)'
+    excluded: Optional[str] = None
+    paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
+    runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
+    p_value: Optional[float] = None  # Welch's (one run: prediction-interval) t-test, produced vs printed (mmbench/verdicts.py)
+    p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
+    verdict: Optional[str] = None  # consistent / differs / underpowered
+
+    @property
+    def status(self) -> str:
+        if self.ambiguous:
+            return "ambiguous"
+        if self.produced is None:
+            return "missing"
+        return "pass" if abs(self.produced - self.value) <= self.tolerance + 1e-12 else "fail"
+
+
+@dataclass
+class Claim:
+    id: str
+    paper: str
+    figure: str
+    quote: str
+    source: str
+    holds: List[Dict[str, Any]]
+    where: Optional[Dict[str, Any]] = None
+    for_each: Optional[str] = None
+    strength: str = "strict"  # strict: a failure fails --compare; hedged: evidence only (STRENGTHS)
+    status: str = "missing"  # holds / fails / missing
+    details: List[str] = field(default_factory=list)
+    excluded: Optional[str] = None  # a side's runs left out by its filter (as Cell.excluded), the first such
+
+
+def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "each entry must be a mapping")
+    missing = [f for f in required if f not in raw]
+    if missing:
+        raise ConfigError(where, f"missing field(s) {', '.join(missing)}; an entry needs {', '.join(required)}")
+    known = set(required) | set(optional)
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown field; allowed: {', '.join(sorted(known))}")
+    if raw.get("where") is not None:
+        check_settings(raw["where"], f"{where}.where")
+    if "method" in raw:
+        _check_method(f"{where}.method", raw["method"])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_number(where: str, v: Any, non_negative: bool = False) -> None:
+    if not _is_number(v) or (non_negative and v < 0):
+        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {v!r}")
+
+
+def _check_method(where: str, name: Any) -> None:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(where, f"unknown method {name!r}; choose one of: {', '.join(METHODS.names())}")
+
+
+def _check_side(where: str, side: Any, number_ok: bool) -> None:
+    if number_ok and _is_number(side):
+        return
+    if not isinstance(side, dict) or not {"method", "metric"} <= set(side) or set(side) - {"method", "metric", "where"}:
+        raise ConfigError(where, "must be {method, metric[, where]}" + (" or a number" if number_ok else ""))
+    _check_method(f"{where}.method", side["method"])
+    if side.get("where") is not None:
+        check_settings(side["where"], f"{where}.where")
+
+
+QUANTIFIERS = ("most", "all")  # over the keys a metric ending in /* matches: more than half of them, or every one
+
+
+def _check_quantifier(where: str, h: Dict[str, Any]) -> None:
+    """A side metric ending in `/*` (e.g. latent_ap/img/*: every attribute) needs a `quantifier`, and the other side
+    the same wildcard or a number; a quantifier needs the wildcard."""
+    metrics = [side["metric"] for side in (h["left"], h["right"]) if isinstance(side, dict)]
+    wild = any("*" in m for m in metrics)
+    if not wild and "quantifier" not in h:
+        return
+    if h["op"] in EXTREMA or not wild:
+        raise ConfigError(f"{where}.quantifier", f"needs a comparison ({', '.join(OPS)}) whose left metric ends in "
+                          "/* (the keys it counts, e.g. latent_ap/img/*)")
+    if h.get("quantifier") not in QUANTIFIERS:
+        raise ConfigError(f"{where}.quantifier", f"a metric ending in /* needs quantifier {' or '.join(QUANTIFIERS)} "
+                          f"(for how many of the keys it matches the comparison must hold), not {h.get('quantifier')!r}")
+    if any(not m.endswith("/*") or m.count("*") > 1 for m in metrics):  # every metric side, the left one included
+        raise ConfigError(f"{where}.left", "with a quantifier, the left metric (and a right one) end in /*, "
+                          "with no other *")
+
+
+REFERENCE_KEYS = ("paper", "runs", "cells", "claims")
+
+
+def load_references(directory: Path) -> List[Cell]:
+    return load_reference_files(directory)[0]
+
+
+def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
+    """Every cell and claim of every reference file, validated (errors name file, entry and field)."""
+    directory = Path(directory)
+    if directory.is_file():
+        raise MMBenchError(f"{directory} is a file; --compare takes the directory holding the reference files, e.g. "
+                           f"reference_results/")
+    if not directory.is_dir():
+        raise MMBenchError(f"reference directory {directory} does not exist; pass --compare reference_results/")
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise MMBenchError(f"reference directory {directory} holds no reference files (*.yaml); pass the directory "
+                           f"that does, e.g. --compare reference_results/")
+    cells: List[Cell] = []
+    claims: List[Claim] = []
+    for path in paths:
+        raw = yamlio.load(path.read_text(), str(path)) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(str(path), "a reference file must be a mapping with `cells` and/or `claims` (and "
+                                         "optionally `paper`, `runs`)")
+        unknown = sorted(set(map(str, raw)) - set(REFERENCE_KEYS))
+        if unknown:  # e.g. a suite file: --compare given the wrong directory
+            raise ConfigError(f"{path}: {unknown[0]}", f"unknown key of a reference file (allowed: "
+                              f"{', '.join(REFERENCE_KEYS)}); --compare takes the reference directory, e.g. "
+                              f"reference_results/")
+        for key in ("cells", "claims"):
+            if raw.get(key) is not None and not isinstance(raw[key], list):
+                raise ConfigError(f"{path}: {key}", "must be a list of entries")
+        if not raw.get("cells") and not raw.get("claims"):
+            raise ConfigError(str(path), "holds no `cells` or `claims`; a reference file lists the paper's numbers "
+                                         "(cells) and statements (claims)")
+        # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
+        file_runs = raw.get("runs")
+        for i, c in enumerate(raw.get("cells") or []):
+            where = f"{path}: cells[{i}]"
+            _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            _check_number(f"{where}.value", c["value"])
+            _check_number(f"{where}.tolerance", c["tolerance"], non_negative=True)
+            if c.get("std") is not None:
+                _check_number(f"{where}.std", c["std"], non_negative=True)
+            n = c.get("runs", file_runs)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ConfigError(f"{where}.runs" if "runs" in c else f"{path}: runs",
+                                  f"must be a positive integer (the paper's number of runs), got {n!r}")
+            cells.append(Cell(**{k: v for k, v in c.items() if k != "runs"}, paper_runs=n))
+        for i, c in enumerate(raw.get("claims") or []):
+            where = f"{path}: claims[{i}]"
+            _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each", "strength"))
+            if c.get("for_each") is not None:
+                check_path(c["for_each"], f"{where}.for_each")
+            if c.get("strength", "strict") not in STRENGTHS:
+                raise ConfigError(f"{where}.strength", f"must be one of {', '.join(STRENGTHS)}, not {c['strength']!r}")
+            if not isinstance(c["holds"], list) or not c["holds"]:
+                raise ConfigError(f"{where}.holds", "must be a non-empty list of {left, op, right} comparisons")
+            for j, h in enumerate(c["holds"]):
+                hw = f"{where}.holds[{j}]"
+                if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin", "quantifier"} or not {"left", "op", "right"} <= set(h):
+                    raise ConfigError(hw, "must be {left, op, right[, margin][, quantifier]}")
+                if h["op"] not in OPS and h["op"] not in EXTREMA:
+                    raise ConfigError(f"{hw}.op", f"must be one of {', '.join([*OPS, *EXTREMA])}")
+                if "margin" in h:
+                    _check_number(f"{hw}.margin", h["margin"])
+                _check_side(f"{hw}.left", h["left"], number_ok=False)
+                if h["op"] in EXTREMA:
+                    if not c.get("for_each"):
+                        raise ConfigError(f"{where}.for_each", f"op {h['op']} needs for_each (the config path "
+                                          "along which the side is lowest or highest)")
+                    if not isinstance(h["right"], list) or not h["right"] or "margin" in h:
+                        raise ConfigError(f"{hw}.right", f"with op {h['op']}, a non-empty list of {c['for_each']} "
+                                          "values the extreme may be at (and no margin)")
+                else:
+                    _check_side(f"{hw}.right", h["right"], number_ok=True)
+                _check_quantifier(hw, h)
+            claims.append(Claim(**c))
+    return cells, claims
