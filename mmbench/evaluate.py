@@ -13,7 +13,8 @@ from .metrics.batched import for_eval
 from .metrics.context import EvalContext
 from .registry import DATASETS, METRICS
 from .results import RecordError, Run, atomic_json, parse_provenance
-from .train import ProgressFn, device_of, load_data, load_trained, slow_bf16_note, train
+from .devices import device_of
+from .train import ProgressFn, load_data, load_trained, slow_bf16_note, train
 
 
 def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,

@@ -63,7 +63,8 @@ from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import train as train_mod
-from .train import ProgressFn, TrainingInterrupted, autocast, build_model, device_of, diverged, load_data
+from .devices import device_of
+from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
 NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
 

@@ -32,6 +32,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import DataSplit, load_split
+from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
@@ -229,10 +230,6 @@ def read_checkpoint(path: Path, device="cpu", resumable: bool = True) -> Dict:
     return ck
 
 
-def device_of() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def cudnn_autotune(device) -> Optional[str]:
     """cuDNN's benchmark mode (convolution algorithms chosen by timing each on the first call of a shape, instead of
     by heuristics) where `mmbench run --cudnn-benchmark` asks (MMBENCH_CUDNN_BENCHMARK=1) and the run is on a GPU:
@@ -277,12 +274,6 @@ def rng_checkpoint(device) -> Dict[str, torch.Tensor]:
     """The streams as a checkpoint holds them ("rng": CPU; "rng_device": the GPU's, as pack.py writes it too)."""
     cpu, gpu = rng_states(device)
     return {"rng": cpu} if gpu is None else {"rng": cpu, "rng_device": gpu}
-
-
-def devices_of_rng(device) -> list:
-    """fork_rng's devices for a run on `device`: torch.manual_seed reseeds the GPU's stream too, so a fork that
-    reseeds must save and restore it where the run draws from it."""
-    return [torch.device(device)] if torch.device(device).type == "cuda" else []
 
 
 def autocast(precision: str, device) -> contextlib.AbstractContextManager:

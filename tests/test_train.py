@@ -372,7 +372,8 @@ def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root)
     noise. A checkpoint holds the GPU's stream next to the CPU's (that a resumed run continues both:
     test_interrupted_and_resumed_equals_uninterrupted). On the CPU the GPU parts are absent;
     docs/gpu-runs/device-check.sh runs both tests on a GPU."""
-    from mmbench.train import build_model, device_of, load_data, read_checkpoint, rng_states, test_loss
+    from mmbench.devices import device_of
+    from mmbench.train import build_model, load_data, read_checkpoint, rng_states, test_loss
 
     on_gpu_if_asked()
     device = device_of()

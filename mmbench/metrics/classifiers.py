@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..config import EvalConfig
 from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root, manifest_digest, read_manifest,
                          to_float)
+from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
@@ -41,7 +42,6 @@ def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epoc
               lr: float = 1e-3) -> torch.nn.Module:
     """One modality's classifier, trained from `seed` on its own random stream: the caller's global RNG state is
     as before (a metric that trains a missing classifier draws the same samples as with a warm cache)."""
-    from ..train import devices_of_rng  # (train imports the registry, which imports the metrics)
 
     with torch.random.fork_rng(devices=devices_of_rng(device)):
         return _train_one(spec, variant, split, name, epochs, device, progress, seed, batch_size, lr)
@@ -79,7 +79,6 @@ def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: Dat
     With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py).
     The global RNG state is left as it was (building a network draws its initial weights; training reseeds), so a
     metric that asks for the classifiers draws the same samples whether they were cached, trained or imported."""
-    from ..train import device_of, devices_of_rng  # (train imports the registry, which imports the metrics)
 
     with torch.random.fork_rng(devices=devices_of_rng(device_of())):
         return _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check)
@@ -91,7 +90,6 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         if check:
             _check_floor(spec, cfg, accs)
         return clfs, accs
-    from ..train import device_of
 
     device = device_of()
     directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
