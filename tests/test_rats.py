@@ -1,4 +1,6 @@
 """The five-rat dataset: windows, pairing, protocols, errors, the simulator and a tiny training run."""
+import shutil
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -356,3 +358,29 @@ def test_a_simulated_build_follows_its_seed(tmp_path, monkeypatch):
                        options={"split": "in_sample", "trial_info": str(tables)})
         files.append(read_manifest(path)["source"]["files"])
     assert files[0]["mitt/Mitt_spike_data_binned.npy"] != files[1]["mitt/Mitt_spike_data_binned.npy"]
+
+
+def test_rats_coherence_classifiers_train_at_the_authors_batch_of_128(simulated, monkeypatch):
+    """The per-rat classifiers' recipe is the authors' (mmvampvae config/MyClfRatsConfig.py: batch 128, lr 1e-3), and
+    their cache is not the one a batch of 256 would have filled."""
+    from mmbench.config import EvalConfig
+    from mmbench.metrics import classifiers
+
+    spec = DATASETS.get("rats")()
+    train, test = (load_split(spec, "simulated", s, simulated).select(["barat"]) for s in ("train", "test"))
+    seen = []
+
+    def fake(spec_, variant, split, name, epochs, device, progress, seed, batch_size, lr):
+        seen.append((name, batch_size, lr))
+        return classifiers.build(spec_, next(m for m in split.modalities if m.name == name), variant)
+
+    monkeypatch.setattr(classifiers, "_train_one", fake)
+    directory = classifiers.cache_dir(spec, "simulated", 51, simulated)
+    try:
+        classifiers.get_classifiers(spec, "simulated", train, test, EvalConfig(classifier_epochs=51), simulated,
+                                    lambda *a: None, check=False)
+        assert seen == [("barat", 128, 1e-3)]
+        assert directory.name.endswith("-e51-b128-rat_clf") and (directory / "barat.pt").is_file()
+    finally:  # the untrained stand-in must not serve the module's other tests
+        shutil.rmtree(directory, ignore_errors=True)
+    assert "-b" not in classifiers.cache_dir(DATASETS.get("polymnist")(), "vanilla", 30, simulated).name

@@ -58,6 +58,7 @@ class DatasetSpec:
     multilabel: ClassVar[bool] = False
     default_architecture: ClassVar[str] = ""
     classifier_architecture: ClassVar[str] = ""
+    classifier_batch_size: ClassVar[int] = 256  # the coherence classifiers' training batch (metrics/classifiers.py)
     option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help
     location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
     needs: ClassVar[Dict[str, str]] = {}  # variant -> what a first `mmbench prepare` of it must be given

@@ -252,6 +252,7 @@ class Rats(DatasetSpec):
     n_classes = len(ODORS)
     default_architecture = "rat_mlp"
     classifier_architecture = "rat_clf"
+    classifier_batch_size = 128  # the per-rat classifiers' batch (mmvampvae config/MyClfRatsConfig.py ModelConfig)
     option_names = {
         "source": "directory with the Dryad deposit's <rat>_spike_data_binned.npy and <rat>_trial_info.npy",
         "trials": "all (the authors' code; default) or correct_in_sequence",

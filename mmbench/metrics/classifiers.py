@@ -30,7 +30,9 @@ def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     digest = manifest_digest(manifest) if manifest else "unprepared"
     root = Path(data_root or default_data_root())
-    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}-{spec.classifier_for(variant)}"
+    # the batch size names the directory where it is not the default 256 (rats: 128), so no cache trained otherwise serves
+    batch = "" if spec.classifier_batch_size == 256 else f"-b{spec.classifier_batch_size}"
+    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}{batch}-{spec.classifier_for(variant)}"
 
 
 def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
@@ -100,7 +102,8 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         path = directory / f"{mod.name}.pt"
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
-            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
+            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress,
+                            batch_size=spec.classifier_batch_size)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
