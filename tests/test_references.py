@@ -28,6 +28,7 @@ def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, **method_fiel
 
 SMVAE_LR = {"lr_protocol": "smvae"}  # the suites' latent-classification protocols, pinned by the reference files
 MMVAMP_LR = {"lr_protocol": "mmvamp"}
+MIXTURE_AS_AUTHORS = {"mixture_representation": "component", "ll_proposal": "component"}  # the suites' MMVAE reading
 
 
 def shipped_claim(rep, claim_id):
@@ -112,7 +113,8 @@ def test_smvae_fig2_claims_read_end_to_end_runs_only(tmp_path):
     runs = tmp_path / "runs"
     keys = [f"{f}/{n}" for f in ("latent_acc_by_n", "coherence_by_n") for n in (1, 2, 3, 4)]
     for method in ("mvae", "mmvae", "mopoe"):
-        run_with(runs, method, {k: 0.6 for k in keys}, ["SMVAE Fig. 2"], eval=SMVAE_LR)
+        run_with(runs, method, {k: 0.6 for k in keys}, ["SMVAE Fig. 2"],
+                 eval={**SMVAE_LR, **(MIXTURE_AS_AUTHORS if method == "mmvae" else {})})
     run_with(runs, "smvgon", {k: 0.3 for k in keys}, ["SMVAE Fig. 2"], eval=SMVAE_LR, options={"schedule": "end_to_end"})
     run_with(runs, "smvae", {k: 0.7 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], eval=SMVAE_LR, options={"schedule": "end_to_end"})
     run_with(runs, "smvae", {k: 0.3 for k in keys}, ["SMVAE Fig. 2", "SMVAE Fig. 3"], eval=SMVAE_LR, options={"schedule": "two_stage"})
@@ -132,6 +134,8 @@ def test_mopoe_tables_2_to_4_read_the_beta_of_app_c2(tmp_path):
     for c in cells:
         if c.table in ("MoPoE Table 2", "MoPoE Table 3", "MoPoE Table 4"):
             pinned = {"eval.lr_protocol": "mopoe"} if c.metric.startswith("latent_") else {}
+            setting = mixture_setting(c.method, c.metric, pinned)
+            pinned.update({setting: "component"} if setting else {})
             assert c.where == {**pinned, "method.beta": 5.0}, f"{c.table} {c.row} {c.column}: where {c.where}"
     runs = tmp_path / "runs"
     run_with(runs, "mmvae", {"latent_acc/mnist": 0.95, "coherence/joint": 0.28}, ["MoPoE Table 2", "MoPoE Table 3"], beta=5.0)
@@ -192,6 +196,52 @@ def test_every_latent_cell_and_claim_side_pins_its_papers_protocol():
             else:
                 assert "eval.lr_protocol" not in where, f"{path.name}: {what} {metric} does not depend on it"
     assert seen > 200
+
+
+def mixture_setting(method: str, metric: str, where: dict):
+    """The eval setting an MMVAE number depends on (how a mixture posterior q(z | X_S), |S| >= 2, is read), or None."""
+    if not method.startswith("mmvae") or metric == "coherence/joint":  # prior samples: no posterior
+        return None
+    family, _, arg = metric.partition("/")
+    setting = "eval.ll_proposal" if family.startswith("loglik") else "eval.mixture_representation"
+    if family.endswith("_by_n"):
+        mixture = int(arg) >= 2
+    else:
+        mixture = arg == "joint" or "+" in arg.split("->")[0].split("/")[0]
+    if family.startswith("latent") and where.get("eval.lr_protocol") == "smvae":
+        mixture = True  # fitted on the full set's representation whatever subset is scored
+    return setting if mixture else None
+
+
+def test_every_mmvae_cell_and_claim_side_pins_how_a_mixture_posterior_is_read():
+    """An MMVAE number over |S| >= 2 inputs means another quantity when the mixture is read as its mean (an ensemble:
+    accuracy rises with the inputs) than as the selected component (the authors' evaluation, MoPoE utils/BaseMMVae.py
+    moe_fusion; the suites' setting): every such cell and claim side pins the suites' reading."""
+    pinned = 0
+    for path in sorted(REFS.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        sides = [(c["method"], c["metric"], c.get("where") or {}, f"cell {c['table']} {c['row']}/{c['column']}")
+                 for c in data["cells"]]
+        sides += [(s["method"], s["metric"], {**(k.get("where") or {}), **(s.get("where") or {})}, f"claim {k['id']}")
+                  for k in data["claims"] for h in k["holds"] for s in (h["left"], h["right"]) if isinstance(s, dict)]
+        for method, metric, where, what in sides:
+            setting = mixture_setting(method, metric, where)
+            if setting:
+                pinned += 1
+                assert where.get(setting) == "component", f"{path.name}: {what} {method} {metric} needs {setting}"
+    assert pinned == 52  # 12 cells and 8 claim sides of MoPoE, 18 and 14 of SMVAE
+    suite_eval = {name: yaml.safe_load((ROOT / "suites" / name).read_text())["defaults"]["eval"]
+                  for name in ("mopoe_iclr21.yaml", "smvae_iclr22.yaml")}
+    for name, ev in suite_eval.items():
+        assert ev["mixture_representation"] == ev["ll_proposal"] == "component", name
+
+
+def test_a_run_reading_the_mixture_as_its_mean_does_not_fill_an_mmvae_multi_input_cell(tmp_path):
+    runs = tmp_path / "runs"
+    run_with(runs, "mmvae", {"latent_acc/mnist+svhn": 0.96}, ["MoPoE Table 2"], beta=5.0)  # eval defaults: mean
+    cell = next(c for c in build_report(runs, REFS).cells
+                if c.table == "MoPoE Table 2" and c.method == "mmvae" and c.metric == "latent_acc/mnist+svhn")
+    assert cell.produced is None and "eval.mixture_representation is 'mean', the paper's is 'component'" in cell.excluded
 
 
 def test_runs_of_another_protocol_do_not_fill_a_latent_cell_and_the_report_says_why(tmp_path):
