@@ -136,6 +136,7 @@ def test_mopoe_tables_2_to_4_read_the_beta_of_app_c2(tmp_path):
             pinned = {"eval.lr_protocol": "mopoe"} if c.metric.startswith("latent_") else {}
             setting = mixture_setting(c.method, c.metric, pinned)
             pinned.update({setting: "component"} if setting else {})
+            pinned.update({"eval.ll_samples": 15} if c.metric.startswith("loglik") else {})
             assert c.where == {**pinned, "method.beta": 5.0}, f"{c.table} {c.row} {c.column}: where {c.where}"
     runs = tmp_path / "runs"
     run_with(runs, "mmvae", {"latent_acc/mnist": 0.95, "coherence/joint": 0.28}, ["MoPoE Table 2", "MoPoE Table 3"], beta=5.0)
@@ -242,6 +243,38 @@ def test_a_run_reading_the_mixture_as_its_mean_does_not_fill_an_mmvae_multi_inpu
     cell = next(c for c in build_report(runs, REFS).cells
                 if c.table == "MoPoE Table 2" and c.method == "mmvae" and c.metric == "latent_acc/mnist+svhn")
     assert cell.produced is None and "eval.mixture_representation is 'mean', the paper's is 'component'" in cell.excluded
+
+
+def test_budget_biased_cells_pin_the_papers_budget_and_the_full_tiers_meet_it():
+    """FID rises as its sample count falls and the K-sample log-likelihood bound falls with K: every FID cell pins
+    eval.fid_samples 10000 and every log-likelihood cell eval.ll_samples 15 (MoPoE App. B), and the full tier of each
+    suite that serves them runs at that budget (so its runs fill the cells; the quick/smoke tiers' do not)."""
+    budget = {"fid": ("eval.fid_samples", 10000), "loglik": ("eval.ll_samples", 15)}
+    counted = {}
+    for path in sorted(REFS.glob("*.yaml")):
+        for c in yaml.safe_load(path.read_text())["cells"]:
+            family = c["metric"].split("/")[0]
+            if family in budget:
+                key, value = budget[family]
+                counted[family] = counted.get(family, 0) + 1
+                assert (c.get("where") or {}).get(key) == value, f"{path.name}: {c['table']} {c['row']}/{c['column']}"
+    assert counted == {"fid": 12, "loglik": 35}
+    for suite, (section, value) in {"mrvae.yaml": ("fid_samples", 10000), "mopoe_iclr21.yaml": ("ll_samples", 15)}.items():
+        data = yaml.safe_load((ROOT / "suites" / suite).read_text())
+        assert data["defaults"]["eval"][section] == value and not data["tiers"]["full"], suite
+
+
+def test_a_quick_tier_fid_does_not_fill_a_paper_fid_cell(tmp_path):
+    runs = tmp_path / "runs"
+    cfg = build_run_config({"dataset": "polydigits", "variant": "vanilla", "method": {"name": "mrvae"}, "seed": 0,
+                            "tables": ["mrVAE Table 2a"], "train": {"select": "best_test_loss"},
+                            "eval": {"fid_samples": 2000}})
+    run = Run(cfg, runs)
+    run.init()
+    run.write_metrics({"fid/m0->m0": 100.0})
+    cell = next(c for c in build_report(runs, REFS).cells if c.table == "mrVAE Table 2a" and c.method == "mrvae"
+                and c.metric == "fid/m0->m0")
+    assert cell.produced is None and "eval.fid_samples is 2000, the paper's is 10000" in (cell.excluded or ""), cell
 
 
 def test_runs_of_another_protocol_do_not_fill_a_latent_cell_and_the_report_says_why(tmp_path):
