@@ -144,12 +144,13 @@ def ka_nll(z, names, weighted=True):
     return sum(w[m] * np.sum(np.log(2 * 0.75) + np.abs(KA_X[m] - KA_A[m] @ z - KA_C[m]) / 0.75) for m in names)
 
 
-def expected_loss(name, var):
+def expected_loss(name, var, unimodal_weighted=False):
     """The objective with z at the posterior mean (sharp: σ² = 1e-12, a sample is the mean ± 1e-4)."""
     both, beta = ["m0", "m1"], 1.5
     if name == "mvae":  # joint ELBO with PoE(prior, m0, m1) + one ELBO per modality with PoE(prior, m), weight 1
         comps = [ka_poe([0, 1], var, True), ka_poe([0], var, True), ka_poe([1], var, True)]
-        nll = ka_nll(comps[0][0], both) + ka_nll(comps[1][0], ["m0"], False) + ka_nll(comps[2][0], ["m1"], False)
+        uw = unimodal_weighted  # unimodal_weights: rec_weights (SMVAE §5) weighs each unimodal term as the joint's
+        nll = ka_nll(comps[0][0], both) + ka_nll(comps[1][0], ["m0"], uw) + ka_nll(comps[2][0], ["m1"], uw)
         return nll + beta * sum(ka_kl(*c) for c in comps)
     if name in ("mopoe", "mopoe_eq5"):  # the subsets' PoEs (prior expert on the full set only), KL averaged;
         # mopoe_eq5 (MoPoE Eq. 5): every subset's ELBO, uniformly averaged -- the same number at a sharp posterior
@@ -186,3 +187,21 @@ def test_objective_known_answer(name, var):
     # sharp: the PoE variance is ≥ 1e-8 (the 1e-8 in the precision), so z = mean ± 1e-4: abs 0.01 on a loss ~36
     # wide: rel 1e-7 (the Laplace normaliser log(2b) is a float32 scalar)
     assert loss.item() == pytest.approx(want, rel=1e-7, abs=1e-2 if var[0] < 1e-6 else 0)
+
+
+@pytest.mark.parametrize("weights", ["one", "rec_weights"])
+def test_mvae_unimodal_elbos_weigh_their_reconstruction_as_the_option_says(weights):
+    """MVAE's unimodal ELBOs: weight 1 by default (MoPoE run_epochs.py, the authors' MVAE); with unimodal_weights
+    rec_weights, each modality's reconstruction weight (SMVAE §5 scales every likelihood); m1 weighs 2 here."""
+    model = ka_model("mvae", (1e-12, 1e-12), unimodal_weights=weights)
+    x = {m: torch.tensor(KA_X[m]).expand(4, -1) for m in KA_X}
+    torch.manual_seed(0)
+    loss, _ = model.loss(x)
+    want = expected_loss("mvae", np.array((1e-12, 1e-12)), unimodal_weighted=weights == "rec_weights")
+    other = expected_loss("mvae", np.array((1e-12, 1e-12)), unimodal_weighted=weights != "rec_weights")
+    assert loss.item() == pytest.approx(want, abs=1e-2) and abs(want - other) > 1.0
+
+
+def test_mvae_refuses_an_unknown_unimodal_weighting():
+    with pytest.raises(Exception, match="method.options.unimodal_weights of mvae is 'all'; choose one of: one, rec_weights"):
+        ka_model("mvae", (1e-12, 1e-12), unimodal_weights="all")

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from ..registry import METHODS
 from .base import MultimodalVAE, PoEMixin
+from .independent import check_choice
+
+# What weighs each unimodal ELBO's reconstruction: "one" = weight 1 (MoPoE run_epochs.py basic_routine_epoch, the
+# authors' MVAE); "rec_weights" = the modality's likelihood scaling, as every likelihood in SMVAE §5 ("divided each
+# likelihood by the dimension of each modality and multiplied the largest dimension value by all likelihoods").
+UNIMODAL_WEIGHTS = ("one", "rec_weights")
 
 
 @METHODS.register("mvae")
@@ -13,6 +19,12 @@ class MVAE(PoEMixin, MultimodalVAE):
     paper = "MoPoE-VAE, ICLR 2021, Eqs. (7)-(8) (Wu & Goodman 2018 as implemented by the MoPoE authors)"
     properties = {"posterior form": "PoE", "aggregate modalities": "yes",
                   "multi-modal posterior": "no", "missing modalities": "(yes): needs sub-sampled unimodal ELBOs"}  # MoPoE Table 1
+    options = {"unimodal_weights": "one"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "unimodal_weights" in self.options:  # (mvae_style, a subclass, has its own options and loss)
+            check_choice("mvae", "unimodal_weights", self.opt["unimodal_weights"], UNIMODAL_WEIGHTS)
 
     def prior_expert(self, subset) -> bool:
         return True
@@ -25,7 +37,8 @@ class MVAE(PoEMixin, MultimodalVAE):
         kl = q.kl_standard_normal()  # (1+M)×B
         z = q.rsample()
         joint_nll = self.weighted_nll(z[0], x)
-        # Unimodal ELBOs reconstruct only their own modality, with weight 1 (not rec_weight).
-        uni_nll = sum(self.weighted_nll(z[i + 1], x, [n], weighted=False) for i, n in enumerate(self.names))
+        # Unimodal ELBOs reconstruct only their own modality: weight 1 (the authors' code) or its rec_weight.
+        weighted = self.opt["unimodal_weights"] == "rec_weights"
+        uni_nll = sum(self.weighted_nll(z[i + 1], x, [n], weighted=weighted) for i, n in enumerate(self.names))
         loss = (joint_nll + uni_nll + self.beta * kl.sum(0)).mean()
         return loss, {"loss": loss.detach(), "nll": joint_nll.mean().detach(), "kl": kl[0].mean().detach()}
