@@ -388,6 +388,18 @@ def test_mrvae_runs_at_beta_one_with_objective_q_in_every_tier():
         assert got == {("mrvae", 1.0, "q"), ("mopoe", 2.5, None)}, (tier, got)
 
 
+def test_smvae_suite_scales_mvaes_unimodal_elbos_where_weights_differ():
+    """SMVAE §5 scales every likelihood: the suite's MVAE runs weigh their unimodal ELBOs by the reconstruction
+    weights on MNIST-SVHN-Text and CelebA (weights not all 1); on PolyMNIST (all 1) both readings agree and the runs
+    keep the MoPoE suite's ids."""
+    from mmbench.suite import load_suite
+
+    suite = load_suite(ROOT / "suites" / "smvae_iclr22.yaml")
+    for tier in ("full", "quick", "smoke"):
+        got = {(r.dataset, r.method.options.get("unimodal_weights")) for r in suite.runs(tier) if r.method.name == "mvae"}
+        assert got == {("mnist-svhn-text", "rec_weights"), ("celeba", "rec_weights"), ("polymnist", None)}, (tier, got)
+
+
 def test_provenance_names_real_options():
     """docs/provenance.md: every `method.options.X` it offers is an option of some method, and every
     `--set PATH=` is a field of the run config (a stale name would send a reader nowhere)."""
