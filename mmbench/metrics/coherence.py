@@ -6,9 +6,10 @@
   (`coherence/<S>-><m>`; targets inside S included, as the authors' code);
 * by number of inputs (MoPoE Fig. 3): mean over subsets of size n of the targets outside S
   (`coherence_by_n/<n>`); and over every target, those in S included (`coherence_all_by_n/<n>`: with n = 1
-  the mean of the M x M matrix m -> m~, diagonal included, as MM-VAMP's "average coherence of all possible
-  conditional generations given a single modality" is computed by mmvampvae utils/eval.py and
-  mv_vaes/spike_vae.py);
+  the mean of the M x M matrix m -> m~, diagonal included: MM-VAMP's "average coherence of all possible
+  conditional generations given a single modality" as the rats code averages it, mmvmvae-hippocampal
+  mv_vaes/spike_vae.py `val/coherence/acc`; mmvampvae mv_vaes/mv_vae.py logs the PolyMNIST/CelebA matrix
+  unaveraged, and `coherence_by_n/1` is its off-diagonal mean);
 * joint: z ~ N(0, I), every modality decoded; the fraction of samples on which all modality
   classifiers agree (`coherence/joint`).
 """
