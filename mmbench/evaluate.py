@@ -49,7 +49,11 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     if "classifier_set" in ctx.extra:  # a metric scored samples with coherence classifiers: which, and how
         prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
-        dataset_digest=manifest_digest(manifest) if manifest else None, eval_seconds=eval_seconds,
+        dataset_digest=manifest_digest(manifest) if manifest else None,
+        # how the data were built (`mmbench prepare` options and seed), for the report's reader: e.g. PolyMNIST rebuilt
+        # from the MNIST test split is "vanilla" too, but not the paper's data
+        dataset_build={"seed": manifest.get("seed"), "options": manifest.get("options") or {}} if manifest else None,
+        eval_seconds=eval_seconds,
         eval_precision=cfg.eval.precision,
         wall_seconds=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
     run.write_metrics(metrics, eval_seconds=eval_seconds, metric_seconds=metric_seconds, test_tuples=len(ctx.test),

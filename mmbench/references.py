@@ -64,6 +64,7 @@ class Cell:
     excluded: Optional[str] = None
     paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
     runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
+    data: List[str] = field(default_factory=list)  # non-default data builds of those runs (results.data_build)
     p_value: Optional[float] = None  # Welch's (one run: prediction-interval) t-test, produced vs printed (mmbench/verdicts.py)
     p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
     verdict: Optional[str] = None  # consistent / differs / underpowered

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .errors import MMBenchError
 from .references import EXTREMA, OPS, Cell, Claim, load_reference_files
-from .results import default_runs_dir, load_runs, number_provenance
+from .results import data_build, default_runs_dir, load_runs, number_provenance
 from .tables import paper_summaries, reference_tables, summary_tables
 from .verdicts import apply as apply_verdicts
 
@@ -77,9 +77,9 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
                          "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat,
-                         "prov": prov})
+                         "prov": prov, "data": data_build(r["provenance"])})
     frame = pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
-                                        "value", "cfg", "prov"])
+                                        "value", "cfg", "prov", "data"])
     frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs
     return frame
 
@@ -149,6 +149,7 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
             c.n_runs = len(sel)
             c.runs = sorted(sel["run"])
             c.mixed = mixed_fields(sel)
+            c.data = sorted({d for d in sel["data"] if d})
     return cells
 
 

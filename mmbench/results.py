@@ -191,6 +191,17 @@ def environment() -> Dict[str, Any]:
             "threads": thread_settings(), "determinism": determinism_settings()}
 
 
+def data_build(prov: Dict[str, Any]) -> str:
+    """How a run's data were built, where not by default: 'mnist_source=test-halves, multiplicity=12' (the `mmbench
+    prepare` options), ', seed 3' after them for another build seed; '' for a default build or a run recorded before
+    provenance said (`dataset_build`)."""
+    build = prov.get("dataset_build") or {}
+    parts = [f"{k}={v}" for k, v in sorted((build.get("options") or {}).items())]
+    if build.get("seed") not in (None, 0):
+        parts.append(f"seed {build['seed']}")
+    return ", ".join(parts)
+
+
 def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a run's provenance that can change its numbers, flattened: the report flags a cell whose
     runs disagree on any of them (code, data, classifiers, evaluation precision, FID weights, numerical packages)."""

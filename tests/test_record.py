@@ -53,6 +53,7 @@ def test_provenance_records_what_can_change_a_number(tmp_path, data_root):
     from mmbench.data.base import manifest_digest
 
     assert prov["dataset_digest"] == manifest_digest(manifest)
+    assert prov["dataset_build"] == {"seed": manifest["seed"], "options": manifest["options"]}
     # The classifier digest is the digest of the classifiers coherence used (the cached files).
     clf_dir = next((data_root / "classifiers").iterdir())
     from mmbench.metrics.classifiers import build
@@ -582,3 +583,32 @@ def test_export_refuses_a_directory_as_the_bundle(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(MMBenchError, match="out is a directory; name the bundle file to write, e.g. .*results.tar.gz"):
         export_runs(tmp_path / "a", tmp_path / "out", force=True)
+
+
+def test_the_report_says_on_what_data_a_table_was_produced(tmp_path):
+    """PolyMNIST rebuilt from the MNIST test split is variant "vanilla" too: the report names the build options in the
+    produced table's title and in the paper table's summary line; a default build adds nothing."""
+    from mmbench.results import data_build
+
+    assert data_build({"dataset_build": {"seed": 0, "options": {}}}) == "" == data_build({})
+    assert data_build({"dataset_build": {"seed": 3, "options": {"multiplicity": 12, "mnist_source": "test-halves"}}}) \
+        == "mnist_source=test-halves, multiplicity=12, seed 3"
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        r = fake_run(runs, seed, {"latent_acc/m0": 0.5, "latent_acc_by_n/1": 0.5}, tables=("T1",))
+        prov = json.loads((r.dir / "provenance.json").read_text())
+        prov["dataset_build"] = {"seed": 0, "options": {"mnist_source": "test-halves", "multiplicity": 12}}
+        (r.dir / "provenance.json").write_text(json.dumps(prov))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"cells": [
+        {"paper": "P", "table": "T1", "row": "MoPoE", "column": "m0", "method": "mopoe", "metric": "latent_acc/m0",
+         "value": 0.5, "tolerance": 0.1}]}))
+    rep = build_report(runs, refs)
+    assert rep.cells[0].data == ["mnist_source=test-halves, multiplicity=12"]
+    assert any("[data built with mnist_source=test-halves, multiplicity=12]" in title for title, _ in rep.summaries)
+    assert "produced on data built with mnist_source=test-halves, multiplicity=12" in rep.refs[0][2]
+    md = render_markdown(rep.summaries, rep.refs, rep.claims)
+    assert "data built with mnist_source=test-halves" in md
+    fake_run(runs, 2, {"latent_acc/m0": 0.5, "latent_acc_by_n/1": 0.5}, tables=("T2",))  # a default build
+    assert not any("data built" in title for title, _ in build_report(runs, refs).summaries if "T2" in title)
