@@ -80,8 +80,27 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
                          "prov": prov, "data": data_build(r["provenance"])})
     frame = pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
                                         "value", "cfg", "prov", "data"])
-    frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs
+    frame = one_run_per_seed(frame, skipped)
+    frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs, one_run_per_seed
     return frame
+
+
+def one_run_per_seed(frame: pd.DataFrame, skipped: List[Tuple[str, str]]) -> pd.DataFrame:
+    """Runs of one configuration and seed count once: two run directories can hold the same experiment when they
+    differ only in NUMBER_NEUTRAL settings (checkpointing is part of the run id, not of the configuration), and
+    averaging both would count a seed twice (a smaller std, a stronger Welch verdict). The first by run id is kept;
+    the others are listed as left out, with the run they repeat."""
+    if frame.empty:
+        return frame
+    runs = frame.drop_duplicates("run")[["run", "group", "seed"]].sort_values("run")
+    repeats = runs.duplicated(["group", "seed"], keep="first")
+    if not repeats.any():
+        return frame
+    kept = {(g, s): r for r, g, s in runs[~repeats].itertuples(index=False)}
+    for r, g, s in runs[repeats].itertuples(index=False):
+        skipped.append((r, f"the same configuration and seed as run {kept[(g, s)]} (they differ only in settings that "
+                           f"change no number: {', '.join(NUMBER_NEUTRAL)}): that seed is counted once"))
+    return frame[~frame["run"].isin(set(runs[repeats]["run"]))].reset_index(drop=True)
 
 
 def mixed_fields(sel: pd.DataFrame) -> List[str]:
@@ -209,11 +228,14 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
         return None, f"{label}: no runs at {claim.for_each}={lacking[0]}"
     if len(listed) == len(vals):
         return None, f"{label}: no runs at any other {claim.for_each} to compare with"
-    at = EXTREMA[h["op"]](vals, key=vals.get)
-    ok = at in listed
+    best = EXTREMA[h["op"]](vals.values())
+    ats = [k for k, v in vals.items() if v == best]  # every value at the extreme: a tie does not depend on run order
+    inside = [k for k in ats if k in listed]
+    ok = None if inside and len(inside) < len(ats) else bool(inside)  # tied inside and outside the list: undecided
+    where = ", ".join(f"{claim.for_each}={k}" for k in ats)
+    verdict = "yes" if ok else "NO" if ok is False else "undecided (tied with a value outside the list)"
     return ok, (f"{_side_label(h['left'])} is {'lowest' if h['op'] == 'lowest_at' else 'highest'} at "
-                f"{claim.for_each}={at} ({vals[at]:.3f}; over {len(vals)} values), wanted one of {h['right']}: "
-                f"{'yes' if ok else 'NO'}")
+                f"{where} ({best:.3f}; over {len(vals)} values), wanted one of {h['right']}: {verdict}")
 
 
 def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[List[Optional[bool]], List[str]]:

@@ -118,12 +118,23 @@ def _metric_order(metrics) -> List[str]:
     return sorted(metrics, key=lambda k: (not k.startswith(("latent_acc", "coherence_by")), k.startswith("coherence/"), k))
 
 
+def aggregate(sub: pd.DataFrame, keys: List[str]) -> pd.DataFrame:
+    """Mean ± sample std over the finite values per `keys`, and the shown `cell`: a NaN/inf run (a diverged one) is
+    left out of the mean and said in the cell, as the reference cells do, not averaged in or dropped unsaid."""
+    finite = sub["value"].apply(math.isfinite)
+    agg = sub[finite].groupby(keys)["value"].agg(["mean", "std", "count"])
+    bad = sub[~finite].groupby(keys)["value"].size().rename("nonfinite")
+    agg = agg.join(bad, how="outer").fillna({"count": 0, "nonfinite": 0}).reset_index()
+    agg["cell"] = [pm(m, sd if c > 1 else None) + (f" ({int(k)} non-finite left out)" if k else "")
+                   for m, sd, c, k in zip(agg["mean"], agg["std"], agg["count"], agg["nonfinite"])]
+    return agg
+
+
 def long_sweep_tables(title: str, sub: pd.DataFrame, key: str) -> List[Tuple[str, pd.DataFrame]]:
     """A sweep in long form: one table per metric, the swept setting's values as rows, methods as columns
     (mean ± std over seeds), instead of one column per (method, value)."""
     sub = sub.assign(sweep=[c.get(key) for c in sub["cfg"]])
-    agg = sub.groupby(["metric", "sweep", "method"])["value"].agg(["mean", "std", "count"]).reset_index()
-    agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
+    agg = aggregate(sub, ["metric", "sweep", "method"])
     seeds = sub.groupby(["method", "sweep"])["seed"].nunique()
     methods = list(dict.fromkeys(sorted(sub["method"])))
     header = {m: _seed_label(m, list(seeds[m])) for m in methods}
@@ -160,8 +171,7 @@ def summary_tables(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
             continue
         names = series_names(sub)
         sub = sub.assign(series=[names[k] for k in zip(sub["method"], sub["group"])])
-        agg = sub.groupby(["series", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-        agg["cell"] = [pm(m, s if c > 1 else None) for m, s, c in zip(agg["mean"], agg["std"], agg["count"])]
+        agg = aggregate(sub, ["series", "metric"])
         wide = agg.pivot_table(index="metric", columns="series", values="cell", aggfunc="first")
         wide = wide.loc[_metric_order(wide.index)]
         seeds = sub.groupby("series")["seed"].nunique()

@@ -66,7 +66,7 @@ def apply(cells: list) -> list:
     for c in cells:
         c.p_value = c.p_holm = None
         c.verdict = None if c.produced is None else "underpowered"
-        if c.produced is None or not c.std or not c.paper_runs:
+        if c.produced is None or c.std is None or not c.paper_runs:  # a printed std of 0 is tested (welch_p, one_run_p)
             continue
         c.p_value = (one_run_p(c.produced, c.value, c.std, c.paper_runs) if c.n_runs == 1 else
                      welch_p(c.produced, c.produced_std, c.n_runs, c.value, c.std, c.paper_runs))
@@ -112,9 +112,10 @@ def tidy_rows(cells: list, frame) -> list:
     if frame is None or frame.empty:
         return rows
     for (tables, method, group, metric), g in frame.groupby(["tables", "method", "group", "metric"], sort=True):
+        g = g[g["value"].apply(math.isfinite)]  # NaN/inf runs left out of the mean and of n, as in the cells
         n = len(g)
         rows.append({"paper": None, "table": ", ".join(tables), "row": None, "column": None, "method": method,
-                     "metric": metric, "produced_mean": float(g["value"].mean()),
+                     "metric": metric, "produced_mean": float(g["value"].mean()) if n else None,
                      "produced_std": float(g["value"].std(ddof=1)) if n > 1 else None, "n_runs": n,
                      "printed_value": None, "printed_std": None, "paper_runs": None, "tolerance": None,
                      "difference": None, "tolerance_verdict": None, "welch_p": None, "welch_p_holm": None,

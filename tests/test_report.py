@@ -658,3 +658,56 @@ def test_latex_and_terminal_carry_the_paper_lines_and_escape_ampersands():
     render_terminal(console, summaries, [], [claim], ["P: 1 of 2 cells"])
     text = console.export_text()
     assert "P: 1 of 2 cells" in text and "claim-c" in text and "✗ fails" in text
+
+
+def test_a_seed_run_twice_with_other_checkpointing_counts_once(tmp_path):
+    """Checkpointing is part of the run id but changes no number: two directories of one configuration and seed are
+    one experiment. Counting both would shrink the std and turn 'underpowered' into 'differs'."""
+    runs = tmp_path / "runs"
+    a = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50})
+    b = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, train={"checkpoint_minutes": 5.0})
+    fake_run(runs, "mopoe", 1, {"coherence/joint": 0.52})
+    assert a.id != b.id
+    cell = dict(REF_CELL, value=0.55, std=0.02, tolerance=0.1, runs=5)
+    rep = build_report(runs, _refs(tmp_path, {"cells": [cell]}))
+    (c,) = rep.cells
+    assert c.n_runs == 2 and c.produced == pytest.approx(0.51) and c.verdict == "underpowered"
+    kept, repeated = sorted([a.id, b.id])
+    assert c.runs == sorted([kept, next(r for r in c.runs if r != kept)]) and repeated not in c.runs
+    assert dict(rep.skipped)[repeated].startswith(f"the same configuration and seed as run {kept}")
+    assert any("(2 seeds)" in col for _, t in rep.summaries for col in t.columns)
+
+
+def test_a_diverged_run_is_left_out_of_the_summary_mean_and_said(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, v in enumerate((0.50, 0.52, float("inf"))):
+        fake_run(runs, "mopoe", seed, {"coherence/joint": v})
+    (_, table), = build_report(runs, None).summaries
+    assert list(table.iloc[:, 1]) == ["0.510 ± 0.014 (1 non-finite left out)"]
+    from mmbench.verdicts import tidy_rows
+
+    (row,) = tidy_rows([], build_report(runs, None).frame)
+    assert (row["n_runs"], row["produced_mean"]) == (2, pytest.approx(0.51))
+
+
+def test_a_tie_at_the_extreme_does_not_depend_on_run_order(tmp_path):
+    """lowest_at with two β tied at the lowest mean: holds when both are listed, undecided when only one is
+    (before: whichever the run directories listed first decided it)."""
+    runs = tmp_path / "runs"
+    for beta, v in ((1.0, 5.0), (2.0, 6.0), (3.0, 5.0)):
+        _beta_run(runs, beta, v)
+    side = {"method": "mopoe", "metric": "recon/joint"}
+    base = {"paper": "P", "figure": "F", "quote": "q", "source": "p. 1", "for_each": "method.beta"}
+    refs = _refs(tmp_path, {"claims": [
+        {**base, "id": "both", "holds": [{"left": side, "op": "lowest_at", "right": [1.0, 3.0]}]},
+        {**base, "id": "one", "holds": [{"left": side, "op": "lowest_at", "right": [1.0]}]},
+        {**base, "id": "none", "holds": [{"left": side, "op": "lowest_at", "right": [2.0]}]}]})
+    status = {c.id: c.status for c in build_report(runs, refs).claims}
+    assert status == {"both": "holds", "one": "missing", "none": "fails"}
+
+
+def _beta_run(runs, beta, value):
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta}, "tables": ["F"]}),
+              runs)
+    run.init()
+    run.write_metrics({"recon/joint": value})

@@ -194,3 +194,15 @@ def test_an_untested_cell_still_says_underpowered_in_its_grid(tmp_path):
     (grid,) = [g for _, g, _ in rep.refs]
     none = grid.set_index("model").loc["MVAE", "none"]
     assert none.endswith("✓ | underpowered") and "p_Holm" not in none
+
+
+def test_a_printed_std_of_zero_is_still_tested():
+    """A printed std of 0 (all the paper's runs equal) leaves Welch defined when the produced runs spread; only a
+    missing std makes a cell untestable (before: `not std` skipped both)."""
+    zero = Cell(paper="P", table="T", row="r", column="c", method="mopoe", metric="m", value=0.5, tolerance=0.1,
+                std=0.0, produced=0.9, produced_std=0.01, n_runs=5, paper_runs=5)
+    unknown = Cell(paper="P", table="T", row="r", column="d", method="mopoe", metric="m", value=0.5, tolerance=0.1,
+                   std=None, produced=0.9, produced_std=0.01, n_runs=5, paper_runs=5)
+    apply([zero, unknown])
+    assert zero.p_value == pytest.approx(welch_p(0.9, 0.01, 5, 0.5, 0.0, 5)) and zero.verdict == "differs"
+    assert unknown.p_value is None and unknown.verdict == "underpowered"
