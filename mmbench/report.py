@@ -188,6 +188,31 @@ def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict
     return out
 
 
+# The settings that size a run's training and evaluation (a suite's tier): two sides of a comparison trained or scored
+# with other budgets (a full-tier run against a quick-tier one) are not compared.
+BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
+          "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
+
+
+def side_budgets(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, set]:
+    """The BUDGET settings of one side's runs, per `for_each` value (as side_values keys them)."""
+    sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
+    out: Dict[Any, set] = {}
+    for c in sel["cfg"] if len(sel) else []:
+        k = _key(c.get(claim.for_each)) if claim.for_each else None
+        out.setdefault(k, set()).add(tuple(repr(c.get(b)) for b in BUDGET))
+    return out
+
+
+def budget_gap(a: set, b: set) -> Optional[str]:
+    """None when both sides' runs share one budget; else the settings on which they differ, with their values."""
+    if a == b and len(a) == 1:
+        return None
+    both = list(a | b)
+    return "; ".join(f"{name} ({', '.join(sorted({t[i] for t in both}))})" for i, name in enumerate(BUDGET)
+                     if len({t[i] for t in both}) > 1) or None
+
+
 def side_excluded(frame: pd.DataFrame, claim: Claim, side: Any) -> Optional[str]:
     """Why a side has no runs although runs of its figure, method and metric exist: the filter settings they fail."""
     if not isinstance(side, dict) or not finite(select(frame, claim.figure, side["method"], side["metric"], claim.where,
@@ -250,6 +275,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
     seen: Dict[Any, None] = {}  # for_each values either side has runs at
     mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
+    gaps: Dict[Any, Optional[str]] = {}  # for_each value -> the budget settings on which the two sides differ
     for name in names:
         left = side_values(frame, claim, dict(h["left"], metric=lp + name))
         rv = (side_values(frame, claim, dict(right, metric=right["metric"][:-1] + name)) if isinstance(right, dict)
@@ -258,6 +284,12 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
         for k in [k for k in left if k in rv]:
             if isinstance(left[k], str) or isinstance(rv[k], str):
                 mixed[k] = left[k] if isinstance(left[k], str) else rv[k]
+                continue
+            if isinstance(right, dict) and k not in gaps:  # the sides' budgets, once per for_each value
+                gaps[k] = budget_gap(side_budgets(frame, claim, dict(h["left"], metric=lp + name)).get(k, set()),
+                                     side_budgets(frame, claim, dict(right, metric=right["metric"][:-1] + name)
+                                                  ).get(k, set()))
+            if gaps.get(k):
                 continue
             c = counts.setdefault(k, [0, 0])
             c[0] += _holds(h, left[k], rv[k])
@@ -271,6 +303,10 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
             verdicts.append(None)
             details.append(f"{label}{at}: runs of several configurations match ({mixed[k]}); narrow it with `where` "
                            f"or separate runs directories")
+        elif gaps.get(k):
+            verdicts.append(None)
+            details.append(f"{label}{at}: the sides' runs were trained or scored with other budgets ({gaps[k]}); "
+                           f"compare runs of one tier")
         elif k not in counts:
             verdicts.append(None)
             details.append(f"{label}{at}: no key under {lp}* has runs of both sides")
@@ -321,6 +357,17 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                                      f"several configurations match ({bad[0]}); narrow it with `where` or separate "
                                      f"runs directories")
                     common.remove(k)
+            if isinstance(h["right"], dict):
+                lb, rb = side_budgets(frame, c, h["left"]), side_budgets(frame, c, h["right"])
+                for k in list(common):
+                    gap = budget_gap(lb.get(k, set()), rb.get(k, set()))
+                    if gap:
+                        verdicts.append(None)
+                        at = f" at {c.for_each}={k}" if c.for_each else ""
+                        c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: the sides' "
+                                         f"runs were trained or scored with other budgets ({gap}); compare runs of one "
+                                         f"tier")
+                        common.remove(k)
             for k in common:
                 ok = _holds(h, left[k], right[k])
                 verdicts.append(ok)

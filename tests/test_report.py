@@ -711,3 +711,34 @@ def _beta_run(runs, beta, value):
               runs)
     run.init()
     run.write_metrics({"recon/joint": value})
+
+
+def test_a_claim_does_not_compare_runs_of_other_budgets(tmp_path):
+    """MoPoE trained 300 epochs against MVAE trained 15 (a full-tier run against a quick-tier one) says nothing about
+    the methods: the comparison is undecided and says which settings differ; at one budget it is decided."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.6}, tables=("F",), train={"epochs": 300})
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.4}, tables=("F",), train={"epochs": 15})
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+                        "right": {"method": "mvae", "metric": "coherence/joint"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
+    fake_run(runs, "mvae", 1, {"coherence/joint": 0.4}, tables=("G",), train={"epochs": 300})
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [dict(claim, figure="G")]})).claims
+    assert c.status == "missing"  # no MoPoE run serves G
+    fake_run(runs, "mopoe", 1, {"coherence/joint": 0.6}, tables=("G",), train={"epochs": 300})
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [dict(claim, figure="G")]})).claims
+    assert c.status == "holds", c.details
+
+
+def test_a_quantified_claim_does_not_compare_runs_of_other_budgets(tmp_path):
+    runs = tmp_path / "runs"
+    keys = {"latent_ap/img/a": 0.6, "latent_ap/img/b": 0.7}
+    fake_run(runs, "mopoe", 0, keys, tables=("F",), train={"epochs": 300})
+    fake_run(runs, "mvae", 0, {k: v - 0.2 for k, v in keys.items()}, tables=("F",), train={"epochs": 15})
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "latent_ap/img/*"}, "op": ">", "quantifier": "all",
+                        "right": {"method": "mvae", "metric": "latent_ap/img/*"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
