@@ -147,7 +147,8 @@ def test_canonical_urls_and_published_md5s():
                             "list_attr_celeba.txt": "75e246fa4810816ffd6ee81facbd244c",
                             "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668"}
     assert (polymnist.ARCHIVE.filename, tuple(polymnist.ARCHIVE.urls)) == (
-        "PolyMNIST.zip", ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
+        "PolyMNIST.zip", ("https://zenodo.org/records/4899160/files/PolyMNIST.zip?download=1",
+                          "https://zenodo.org/record/4899160/files/PolyMNIST.zip"))
 
 
 @pytest.mark.parametrize("extra", [b"", b"x"])

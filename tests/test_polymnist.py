@@ -59,6 +59,26 @@ def test_archive_is_verified_paired_by_sorted_name_and_converted(tmp_path, small
         assert tags[:, 2].tolist() == [int(n.split(".")[0]) for n in names]
 
 
+def test_another_archive_does_not_pass_for_the_prepared_copy(tmp_path, small_counts):
+    """No digest of PolyMNIST.zip is published, so the one a copy was read from is its reference: preparing again
+    from another archive is refused (the copy kept, --force named) instead of returning data it does not describe;
+    the same archive again returns the copy."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        write_zip(d / "PolyMNIST.zip", small_counts)
+    with zipfile.ZipFile(b / "PolyMNIST.zip", "a") as zf:  # a different archive: one more (ignored) member
+        zf.writestr("PolyMNIST/README.txt", "another build")
+    spec = DATASETS.get("polymnist")()
+    path = prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(a)})
+    before = read_manifest(path)
+    assert prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(a)}) == path
+    with pytest.raises(MMBenchError, match=r"was built from other input files: --source .* holds a PolyMNIST\.zip of "
+                                           r"sha256 [0-9a-f]{64}, the copy was read from [0-9a-f]{64}; pass --force"):
+        prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(b)})
+    assert read_manifest(path) == before
+
+
 def test_archive_with_a_missing_image_is_refused(tmp_path, small_counts):
     src = tmp_path / "src"
     src.mkdir()

@@ -27,7 +27,8 @@ from . import mnist, polygen
 from .base import DatasetSpec, Modality, whole_option
 from .download import Resource, damaged, fetch, file_digest
 
-ARCHIVE = Resource("PolyMNIST.zip", None, ("https://zenodo.org/record/4899160/files/PolyMNIST.zip",))
+ARCHIVE = Resource("PolyMNIST.zip", None, ("https://zenodo.org/records/4899160/files/PolyMNIST.zip?download=1",
+                                           "https://zenodo.org/record/4899160/files/PolyMNIST.zip"))  # Zenodo's old form
 COUNTS = {"train": 60_000, "test": 10_000}
 NAME = re.compile(r"^(\d+)\.(\d)\.png$")
 
@@ -142,7 +143,15 @@ class PolyMNIST(DatasetSpec):
         return [Modality(f"m{m}", (3, 28, 28), "image", "laplace") for m in range(self.n_modalities)]
 
     def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
-        """--backgrounds naming other images than the copy was rebuilt with (file names and sha256 of the five used)."""
+        """--source naming another PolyMNIST.zip than the copy was read from (its sha256: no digest of the archive is
+        published, so the first one read is the reference), or --backgrounds naming other images than the copy was
+        rebuilt with (file names and sha256 of the five used)."""
+        read = manifest.get("source", {}).get("sha256")
+        archive = Path(options["source"]) / ARCHIVE.filename if options.get("source") else None
+        if read is not None and archive is not None and archive.is_file():
+            now = file_digest(archive, "sha256")
+            if now != read:
+                return f"--source {options['source']} holds a {ARCHIVE.filename} of sha256 {now}, the copy was read from {read}"
         built = manifest.get("source", {}).get("backgrounds_sha256")
         if not options.get("backgrounds") or built is None:
             return None
