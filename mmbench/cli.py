@@ -594,6 +594,11 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(rep.ambiguous)} cells are matched by runs of several configurations and not scored, e.g. "
                       f"{first.paper} {first.table} {first.row}/{first.column}: {first.ambiguous}; report each "
                       f"configuration from its own runs directory (e.g. one per tier)")
+        if rep.ambiguous_claims:
+            first = rep.ambiguous_claims[0]
+            say.print(f"{len(rep.ambiguous_claims)} claims cannot compare their runs as they are, e.g. claim {first.id} "
+                      f"({first.figure}): {first.ambiguous}; report each configuration or tier from its own runs "
+                      f"directory", highlight=False, soft_wrap=True)
         filtered = [c for c in rep.cells if c.status == "missing" and c.excluded]
         filtered_claims = [c for c in rep.claims if c.status == "missing" and c.excluded]
         if filtered or filtered_claims:
@@ -603,7 +608,8 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(filtered)} missing cells and {len(filtered_claims)} missing claims have runs that their "
                       f"filter leaves out, e.g. {example}; run with the paper's setting (the suite's default) for "
                       f"these", highlight=False, soft_wrap=True)
-        if rep.failures or rep.ambiguous or (rep.missing and not allow_missing) or (refuse_mixed and rep.mixed):
+        if (rep.failures or rep.ambiguous or rep.ambiguous_claims or (rep.missing and not allow_missing)
+                or (refuse_mixed and rep.mixed)):
             raise typer.Exit(1)
 
 

@@ -92,6 +92,9 @@ class Claim:
     status: str = "missing"  # holds / fails / missing
     details: List[str] = field(default_factory=list)
     excluded: Optional[str] = None  # a side's runs left out by its filter (as Cell.excluded), the first such
+    # set when a comparison is undecided because its runs cannot be compared as they are (several configurations
+    # match a side; the sides' budgets differ): the first such detail (report.evaluate_claims)
+    ambiguous: Optional[str] = None
 
 
 def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:

@@ -383,7 +383,14 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
             c.status = "holds"
         else:
             c.status = "missing"
+        # undecided because the runs cannot be compared as they are (several configurations; other budgets), not for
+        # want of runs: like an ambiguous cell, it fails --compare even with --allow-missing
+        c.ambiguous = next((d for d in c.details if any(m in d for m in UNCOMPARABLE)), None) \
+            if c.status == "missing" else None
     return claims
+
+
+UNCOMPARABLE = ("runs of several configurations match", "trained or scored with other budgets")
 
 
 @dataclass
@@ -420,6 +427,11 @@ class Report:
     def ambiguous(self) -> List[Cell]:
         """Cells matched by runs of several configurations (not scored; --compare fails on them)."""
         return [c for c in self.cells if c.ambiguous]
+
+    @property
+    def ambiguous_claims(self) -> List[Claim]:
+        """Strict claims left undecided by runs that cannot be compared as they are (--compare fails on them)."""
+        return [c for c in self.strict_claims if c.ambiguous]
 
     @property
     def skipped(self) -> List[Tuple[str, str]]:

@@ -724,6 +724,14 @@ def test_a_claim_does_not_compare_runs_of_other_budgets(tmp_path):
                         "right": {"method": "mvae", "metric": "coherence/joint"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
     assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
+    assert c.ambiguous == c.details[0]  # like an ambiguous cell, it fails --compare even with --allow-missing
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+    out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(tmp_path / "refs"),
+                                   "--allow-missing"], env={"COLUMNS": "300"})
+    assert out.exit_code == 1 and "1 claims cannot compare their runs as they are, e.g. claim c (F)" in \
+        " ".join(out.output.split()), out.output
     fake_run(runs, "mvae", 1, {"coherence/joint": 0.4}, tables=("G",), train={"epochs": 300})
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [dict(claim, figure="G")]})).claims
     assert c.status == "missing"  # no MoPoE run serves G
