@@ -31,6 +31,8 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def _same(actual: Any, wanted: Any) -> bool:
+    if isinstance(actual, bool) != isinstance(wanted, bool):  # a flag set True is not the number 1
+        return False
     if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
         return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
     return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list) and actual == _key(wanted))
@@ -50,7 +52,8 @@ def matches(cfg: Dict[str, Any], where: Optional[Dict[str, Any]]) -> bool:
 
 
 def _holds(h: Dict[str, Any], left: float, right: float) -> bool:
-    """`left op right`, with `margin` loosening the comparison: added to left for > and >=, taken off for < and <=."""
+    """`left op right`, with `margin` loosening the comparison: added to left for > and >=, taken off for < and <=
+    (a negative margin demands a gap: `left > right` by more than |margin|)."""
     margin = float(h.get("margin", 0.0))
     return bool(OPS[h["op"]](left + (margin if h["op"] in (">", ">=") else -margin), right))
 
@@ -276,11 +279,14 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     seen: Dict[Any, None] = {}  # for_each values either side has runs at
     mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
     gaps: Dict[Any, Optional[str]] = {}  # for_each value -> the budget settings on which the two sides differ
+    unmatched: Dict[Any, int] = {}  # for_each value -> keys under the prefix only one side reports
     for name in names:
         left = side_values(frame, claim, dict(h["left"], metric=lp + name))
         rv = (side_values(frame, claim, dict(right, metric=right["metric"][:-1] + name)) if isinstance(right, dict)
               else {k: float(right) for k in left})
         seen.update(dict.fromkeys([*left, *rv]))
+        for k in set(left) ^ set(rv) if isinstance(right, dict) else ():  # a key one side reports and the other not
+            unmatched[k] = unmatched.get(k, 0) + 1
         for k in [k for k in left if k in rv]:
             if isinstance(left[k], str) or isinstance(rv[k], str):
                 mixed[k] = left[k] if isinstance(left[k], str) else rv[k]
@@ -310,6 +316,10 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
         elif k not in counts:
             verdicts.append(None)
             details.append(f"{label}{at}: no key under {lp}* has runs of both sides")
+        elif unmatched.get(k):  # "all"/"most" over the keys both report would count a part as the whole
+            verdicts.append(None)
+            details.append(f"{label}{at}: {unmatched[k]} key(s) under {lp}* reported by one side only; the sides must "
+                           f"report the same keys")
         else:
             held, n = counts[k]
             ok = held * 2 > n if h["quantifier"] == "most" else held == n

@@ -750,3 +750,26 @@ def test_a_quantified_claim_does_not_compare_runs_of_other_budgets(tmp_path):
                         "right": {"method": "mvae", "metric": "latent_ap/img/*"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
     assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
+
+
+def test_a_quantified_claim_needs_the_same_keys_on_both_sides(tmp_path):
+    """'all attributes' over the one attribute both sides report would count a part as the whole: undecided."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"latent_ap/img/a": 0.6, "latent_ap/img/b": 0.7}, tables=("F",))
+    fake_run(runs, "mvae", 0, {"latent_ap/img/a": 0.4}, tables=("F",))
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "latent_ap/img/*"}, "op": ">", "quantifier": "all",
+                        "right": {"method": "mvae", "metric": "latent_ap/img/*"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and "1 key(s) under latent_ap/img/* reported by one side only" in c.details[0]
+
+
+def test_a_where_number_does_not_match_a_flag(tmp_path):
+    assert not matches({"x": True}, {"x": 1}) and matches({"x": 1}, {"x": 1.0}) and matches({"x": True}, {"x": True})
+
+
+def test_a_negative_margin_demands_a_gap():
+    from mmbench.report import _holds
+
+    assert _holds({"op": ">", "margin": -0.1}, 0.75, 0.6) and not _holds({"op": ">", "margin": -0.1}, 0.65, 0.6)
+    assert _holds({"op": "<", "margin": -0.1}, 0.45, 0.6) and not _holds({"op": "<", "margin": -0.1}, 0.55, 0.6)
