@@ -108,11 +108,16 @@ class RunConfig:
         d["eval"].pop("classifier_dropout", None)
         d["eval"].pop("precision", None)  # likewise the decoders' arithmetic in evaluation
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
-        from .registry import METHODS
+        from .registry import ARCHITECTURES, DATASETS, METHODS
 
         version = getattr(METHODS.get(self.method.name), "id_version", 1) if self.method.name in METHODS else 1
         if version != 1:  # the method's numerics changed since run ids were first made (methods/base.py)
             d["method_version"] = version
+        arch = self.method.architecture or (DATASETS.get(self.dataset).default_architecture
+                                            if self.dataset in DATASETS else None)
+        arch_version = getattr(ARCHITECTURES.get(arch), "id_version", 1) if arch and arch in ARCHITECTURES else 1
+        if arch_version != 1:  # likewise an architecture's (e.g. nets/rats.py's log σ head)
+            d["architecture_version"] = arch_version
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-{self.variant or 'default'}-{self.method.name}-s{self.seed}-{digest}"
 

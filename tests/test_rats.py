@@ -384,3 +384,37 @@ def test_rats_coherence_classifiers_train_at_the_authors_batch_of_128(simulated,
     finally:  # the untrained stand-in must not serve the module's other tests
         shutil.rmtree(directory, ignore_errors=True)
     assert "-b" not in classifiers.cache_dir(DATASETS.get("polymnist")(), "vanilla", 30, simulated).name
+
+
+def test_the_encoders_second_head_is_the_authors_log_sigma_with_its_floor():
+    """σ = exp(head) + 1e-6 (mmvmvae-hippocampal mv_vaes/spike_vae.py reparametrize), returned as a log variance."""
+    import math
+
+    import torch
+
+    from mmbench.nets.rats import RatEncoder
+
+    enc = RatEncoder(20, 2)
+    with torch.no_grad():
+        enc.logvar.weight.zero_()
+        for head, want in ((1.0, math.e + 1e-6), (-40.0, math.exp(-40.0) + 1e-6), (0.0, 1.0 + 1e-6)):
+            enc.logvar.bias.fill_(head)
+            _, logvar = enc(torch.rand(3, 2, 10))
+            assert torch.allclose(torch.exp(0.5 * logvar.double()), torch.tensor(want, dtype=torch.float64), rtol=1e-5)
+
+
+def test_rats_runs_get_new_ids_with_the_log_sigma_head():
+    """Runs trained with the version-1 head (read as a log variance) are not taken for new ones; every other
+    architecture keeps its ids."""
+    from mmbench.registry import ARCHITECTURES
+
+    cfg = build_run_config({"dataset": "rats", "variant": "simulated"})
+    arch = ARCHITECTURES.get("rat_mlp")
+    assert arch.id_version == 2
+    arch.id_version = 1
+    try:
+        before = cfg.run_id()
+    finally:
+        arch.id_version = 2
+    assert cfg.run_id() != before
+    assert all(getattr(ARCHITECTURES.get(n), "id_version", 1) == 1 for n in ARCHITECTURES.names() if n != "rat_mlp")

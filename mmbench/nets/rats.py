@@ -20,17 +20,25 @@ def act() -> nn.Module:
     return nn.LeakyReLU(0.01)  # PyTorch's default slope, as the authors
 
 
+SIGMA_FLOOR = 1e-6  # σ = exp(head) + 1e-6 (mmvmvae-hippocampal mv_vaes/spike_vae.py reparametrize, kl_div_z)
+
+
 class RatEncoder(nn.Module):
     def __init__(self, dim: int, latent_dim: int):
         super().__init__()
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(dim, dim), act(), nn.Linear(dim, dim), act(),
                                    nn.Linear(dim, latent_dim), act())
         self.mu = nn.Linear(latent_dim, latent_dim)
-        self.logvar = nn.Linear(latent_dim, latent_dim)
+        self.logvar = nn.Linear(latent_dim, latent_dim)  # its output is read as a log σ, as the authors'
 
     def forward(self, x: torch.Tensor):
         h = self.trunk(x)
-        return self.mu(h), self.logvar(h)
+        # the head is the authors' log σ: σ = exp(head) + 1e-6, returned as the log variance the methods take:
+        # 2 log σ = 2 logaddexp(head, c), c = log 1e-6, as max(head, c) + log1p(exp(-|head - c|)) (scalars only: no
+        # tensor sent from the host in a step)
+        head, c = self.logvar(h), math.log(SIGMA_FLOOR)
+        log_sigma = torch.clamp(head, min=c) + torch.log1p(torch.exp(-(head - c).abs()))
+        return self.mu(h), 2.0 * log_sigma
 
 
 class RatDecoder(nn.Module):
@@ -46,12 +54,16 @@ class RatDecoder(nn.Module):
 
 @ARCHITECTURES.register("rat_mlp")
 class RatMLP:
-    """Per-rat MLP VAE nets: two hidden layers of width neurons×10, LeakyReLU 0.01, linear mu/logvar heads.
+    """Per-rat MLP VAE nets: two hidden layers of width neurons×10, LeakyReLU 0.01, linear mu and log σ heads.
 
-    The authors' second head is a log standard deviation; here it is a log variance, the same network
-    read on another scale (the method's posterior takes logvar). Where posteriors are averaged the scale matters:
-    the rats suite's aggregated VAE averages standard deviations, as the authors' code does.
+    The second head is a log standard deviation with a floor, σ = exp(head) + 1e-6, as the authors' code
+    (mmvmvae-hippocampal mv_vaes/spike_vae.py reparametrize); the encoder returns it as the log variance the
+    methods take. (Version 1 read the head as a log variance: the same family, but each Adam step moved log σ half
+    as far and σ had no floor, which the β sweep's 1e-5 reaches; runs made with it keep their old ids.)
+    The rats suite's aggregated VAE averages standard deviations, as the authors' code does.
     """
+
+    id_version = 2  # enters the run ids of every run on this architecture (config.RunConfig.run_id)
 
     @staticmethod
     def encoder(modality: Modality, latent_dim: int) -> nn.Module:
