@@ -338,6 +338,7 @@ class _Member:
             elif "rng_device" in ck:
                 self.gen.set_state(ck["rng_device"])
             run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
+            train_mod.adopt_later_best(run, self.state)
         train_mod.note_code(self.state)
         self.error: Optional[str] = None
         self.writer = None  # train.tensorboard's writer, opened once the run trains packed (_train_group)

@@ -210,6 +210,21 @@ def resume_problem(ck: Dict) -> Optional[str]:
     return None
 
 
+def adopt_later_best(run: Run, state: Dict) -> None:
+    """On a resume, a best.pt saved after the epoch last.pt holds (a run stopped between the two writes, or
+    checkpoint_every > 1) already replaced the best weights up to that epoch, so it is kept, and its test loss
+    becomes the one the retrained epochs must beat; else the record (last.pt's best) and the file would disagree. On
+    the CPU the retrained epochs repeat the lost ones exactly; on a GPU they may differ by float rounding."""
+    best = run.ckpt_dir / "best.pt"
+    if not best.exists():
+        return
+    ck = read_checkpoint(best, resumable=False)
+    if ck.get("epoch", 0) > state["epoch"] and ck.get("test_loss", math.inf) < state["best_test_loss"]:
+        state["best_test_loss"] = ck["test_loss"]
+        run.log(f"kept {best} of epoch {ck['epoch']} (after the resumed epoch {state['epoch']}): its test loss "
+                f"{ck['test_loss']:.4f} is the best the retrained epochs must beat")
+
+
 def read_checkpoint(path: Path, device="cpu", resumable: bool = True) -> Dict:
     """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) or, with
     `resumable` (last.pt), lacks what a resume or an evaluation reads (`resume_problem`) is an error naming the file
@@ -424,6 +439,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         state = ck["state"]
         at = f", step {state['step']}" if state.get("step") else ""
         run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
+        adopt_later_best(run, state)
     note_code(state)
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
@@ -580,7 +596,12 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     path = last
     if cfg.train.select == "best_test_loss":
         path = run.ckpt_dir / "best.pt"
+        best = ck["state"]["best_test_loss"]
         ck = read_checkpoint(path, device or "cpu", resumable=False)
+        if ck.get("test_loss") != best:  # saved by another trajectory than the one last.pt records
+            raise MMBenchError(f"{path} holds the weights of a test loss of {ck.get('test_loss')}, but {last} records "
+                               f"a best of {best}: it is not this training's best; delete {run.ckpt_dir} and train the "
+                               f"run again")
     model = build_model(cfg).to(device or "cpu")
     load_weights(model, ck["model"], path)
     model.eval()

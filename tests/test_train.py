@@ -720,3 +720,27 @@ def test_a_forked_child_writes_its_checkpoints_with_a_thread_of_its_own(tmp_path
         child.kill()
     assert not alive and child.exitcode == 0
     assert torch.equal(torch.load(tmp_path / "child.pt", weights_only=False)["model"]["w"], torch.ones(2))
+
+
+def test_a_best_pt_beyond_the_resumed_epoch_is_kept_and_a_foreign_one_refused(tmp_path, data_root):
+    """A run stopped between writing best.pt and last.pt (or checkpointing every k epochs) resumes from an earlier
+    epoch while best.pt already holds a later epoch's weights (the earlier best is gone): it is kept and its test loss
+    is the one to beat, so last.pt's record and the file agree; a best.pt whose test loss is not the one last.pt
+    records is refused when the run is evaluated."""
+    c = cfg(train={"epochs": 2, "max_test": 64, "select": "best_test_loss"})
+    run = Run(c, tmp_path / "runs")
+    train(run, data_root, stop_after_epoch=1)
+    best = run.ckpt_dir / "best.pt"
+    later = torch.load(best, weights_only=False)
+    later.update(epoch=2, test_loss=-1e9)  # as if epoch 2 of the lost run had been saved as best before last.pt
+    torch.save(later, best)
+    state = train(run, data_root)
+    kept = torch.load(best, weights_only=False)
+    assert kept["test_loss"] == state["best_test_loss"] == -1e9 and kept["epoch"] == 2
+    assert "is the best the retrained epochs must beat" in (run.dir / "log.txt").read_text()
+    load_trained(run)  # consistent: evaluates
+    kept["test_loss"] = -2e9
+    torch.save(kept, best)
+    with pytest.raises(MMBenchError, match=r"best\.pt holds the weights of a test loss of .* records a best of .*: it is "
+                                           r"not this training's best; delete .* and train the run again"):
+        load_trained(run)
