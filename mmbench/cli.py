@@ -279,9 +279,19 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         raise MMBenchError("--compile captures CUDA graphs; use it with --gpus")
     if cudnn_benchmark and not gpus:
         raise MMBenchError("--cudnn-benchmark tunes cuDNN's convolutions on GPU workers; use it with --gpus")
+    if executor not in ("local", "slurm"):
+        raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
+    cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,
+                                        mem=slurm_mem, time=slurm_time, array_parallelism=slurm_parallel).items()
+                 if v is not None}
+    if executor != "slurm" and (cli_slurm or slurm_opt or detach):  # checked before a dry run too
+        raise MMBenchError("--slurm-* options and --detach apply to --executor slurm; add --executor slurm")
     _folder_given(runs_dir, "--runs-dir", "run directories are kept in (made if missing)", must_exist=False)
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only is not None else None)
+    if tier != "full" and tier not in s.tiers:  # the suite's full settings under another tier's name: say so
+        err_console.print(f"note: {suite} defines no {tier!r} tier, so its runs use the suite's full settings "
+                          f"(tiers it defines: {', '.join(s.tiers) or 'none'})", highlight=False, soft_wrap=True)
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
         from .runner import resume_point
@@ -338,11 +348,6 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     for asked, name in ((compile, "MMBENCH_COMPILE"), (cudnn_benchmark, "MMBENCH_CUDNN_BENCHMARK")):
         if asked:
             os.environ[name] = "1"
-    if executor not in ("local", "slurm"):
-        raise MMBenchError(f"--executor {executor!r}: choose local or slurm")
-    cli_slurm = {k: v for k, v in dict(partition=slurm_partition, gpus_per_job=slurm_gpus, cpus_per_job=slurm_cpus,
-                                        mem=slurm_mem, time=slurm_time, array_parallelism=slurm_parallel).items()
-                 if v is not None}
     if executor == "slurm":
         from .slurm import available, parse_sbatch, resolve_options, run_slurm, site_config_path, site_options
 
@@ -368,8 +373,6 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if failed:
             raise typer.Exit(1)
         return
-    if cli_slurm or slurm_opt or detach:
-        raise MMBenchError("--slurm-* options and --detach apply to --executor slurm; add --executor slurm")
     if gpus is not None:
         from .runner import check_gpus_visible, gpu_slots
 

@@ -324,8 +324,12 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         if opt not in allowed:
             raise ConfigError(f"{pre}method.options.{opt}",
                               f"not an option of {cfg.method.name}; allowed: {', '.join(allowed) or '(none)'}")
+    vae_nets = [n for n, a in ARCHITECTURES.items() if hasattr(a, "encoder") and hasattr(a, "decoder")]
     if cfg.method.architecture is not None and cfg.method.architecture not in ARCHITECTURES:
-        raise ConfigError(f"{pre}method.architecture", f"unknown architecture {cfg.method.architecture!r}; choose one of: {', '.join(ARCHITECTURES.names())}")
+        raise ConfigError(f"{pre}method.architecture", f"unknown architecture {cfg.method.architecture!r}; choose one of: {', '.join(vae_nets)}")
+    if cfg.method.architecture is not None and cfg.method.architecture not in vae_nets:  # e.g. a coherence classifier
+        raise ConfigError(f"{pre}method.architecture", f"{cfg.method.architecture!r} has no VAE encoder and decoder (a "
+                          f"classifier's layers); choose one of: {', '.join(vae_nets)}")
     if cfg.method.image_likelihood is not None and cfg.method.image_likelihood not in LIKELIHOODS:
         raise ConfigError(f"{pre}method.image_likelihood", f"unknown likelihood {cfg.method.image_likelihood!r}; choose one of: {', '.join(LIKELIHOODS.names())}")
     for i, m in enumerate(cfg.eval.metrics):

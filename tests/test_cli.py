@@ -358,3 +358,31 @@ def test_a_failed_command_removes_the_run_directory_it_made_holding_only_its_loc
         (run.dir / "run.lock").touch()
         raise RuntimeError("failed before config.yaml was written")
     assert not run.dir.exists()
+
+
+def test_a_dry_run_checks_the_flags_a_run_checks_and_says_a_tier_is_missing(tmp_path):
+    """--dry-run refuses what the run would refuse (--executor, --slurm-* / --detach without slurm), and a tier the
+    suite does not define is said: its runs are the suite's full settings under that name."""
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+    from mmbench.errors import MMBenchError
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    base = ["run", str(suite), "--dry-run", "--runs-dir", str(tmp_path / "runs")]
+    for extra, says in ((["--executor", "k8s"], "--executor 'k8s': choose local or slurm"),
+                        (["--slurm-partition", "gpu"], "--slurm-* options and --detach apply to --executor slurm"),
+                        (["--detach"], "--slurm-* options and --detach apply to --executor slurm")):
+        out = CliRunner().invoke(app, base + extra, env={"COLUMNS": "300"})
+        assert isinstance(out.exception, MMBenchError) and says in str(out.exception), (extra, out.output)
+    out = CliRunner().invoke(app, base + ["--tier", "smoke"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "defines no 'smoke' tier, so its runs use the suite's full settings" in \
+        " ".join(out.output.split()), out.output
+
+
+def test_a_classifier_is_not_a_vae_architecture():
+    from mmbench.config import build_run_config
+    from mmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^method\.architecture: 'polymnist_clf' has no VAE encoder and decoder"):
+        build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "architecture": "polymnist_clf"}})
