@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import RunConfig
 from .errors import MMBenchError
-from .results import Run
+from .results import Run, left_out_because, read_run
 
 
 @dataclass
@@ -180,6 +181,11 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
     pending = []
     for r in runs:
         if r.status() == "done":
+            try:  # a finished run the report cannot read is not done: say which record and the fix
+                read_run(r.dir)
+            except MMBenchError as e:
+                outcomes.append(Outcome(r, False, f"finished, but {left_out_because(e)}"))
+                continue
             outcomes.append(Outcome(r, True, "already done"))
         else:
             r.init()
@@ -212,11 +218,14 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                         outcomes.append(Outcome(g, False, lines[-1] if lines else f"exit code {proc.returncode}"))
 
     n_todo = len(pending)
+    unreadable = len(outcomes) - sum(o.message == "already done" for o in outcomes)  # finished, records damaged
     threads = [threading.Thread(target=work, args=(i, d), daemon=True) for i, d in enumerate(slots)]
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as prog:
-        overall = prog.add_task(f"runs ({len(runs) - n_todo} already done)", total=max(n_todo, 1))
+        overall = prog.add_task(f"runs ({len(runs) - n_todo - unreadable} already done"
+                                + (f", {unreadable} with unreadable records" if unreadable else "") + ")",
+                                total=max(n_todo, 1))
         bars = {i: prog.add_task(f"worker {i} [{d or 'cpu'}] idle", total=1, visible=n_todo > 0)
                 for i, d in enumerate(slots)}
         for t in threads:
@@ -224,7 +233,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
             with lock:
-                finished = sum(1 for o in outcomes if o.message != "already done")
+                finished = sum(1 for o in outcomes if o.message != "already done") - unreadable
                 # (a pack's runs are counted when the pack ends)
                 for i, r in active.items():
                     p = _read_progress(r) if r else None
@@ -237,5 +246,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         prog.update(overall, completed=n_todo)
     for o in outcomes:
         if not o.ok:
-            console.print(f"[red]FAILED[/red] {o.run.id}: {o.message} (log: {o.run.log_path})")
+            # one line whatever the width (a pipe or a log file: no hard wrap at 80 columns), markup-free message
+            console.print(f"[red]FAILED[/red] {o.run.id}: {escape(o.message)} (log: {o.run.log_path})",
+                          soft_wrap=True, highlight=False)
     return outcomes

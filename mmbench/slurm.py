@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from rich.markup import escape
 
 from . import yamlio
 from .config import RunConfig, from_dict
@@ -459,7 +460,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
             else:
                 msg = f"Slurm job {st['job']} {st['detail']}: {_tail(st['log']) or 'no output'}"
                 results[r.id] = (False, msg)
-                console.print(f"[red]FAILED[/red] {r.id}: {msg} (log: {st['log']}; run log: {r.log_path}); "
-                              f"run the same command again to resume it")
+                console.print(f"[red]FAILED[/red] {r.id}: {escape(msg)} (log: {st['log']}; run log: {r.log_path}); "
+                              f"run the same command again to resume it", soft_wrap=True, highlight=False)
         pending = still
     return [(r, *results[r.id]) for r in runs]

@@ -111,3 +111,29 @@ def test_run_all_gives_each_worker_its_gpu_and_reports_each_run_of_a_pack(tmp_pa
     assert seen == ["1", "1"]
     assert {o.run.id: o.ok for o in out} == {single[0].id: False, pack[0].id: True, pack[1].id: False}
     assert [o.message for o in out if o.run.id == single[0].id] == ["error: boom"]  # the last line of its log
+
+
+def test_a_finished_run_whose_config_cannot_be_read_is_not_done(tmp_path):
+    """`mmbench run` took a run with metrics.json for done even when its config.yaml was damaged (the report then
+    leaves it out): now that run fails with the record and the fix, and nothing of it is touched."""
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+    from mmbench.runner import run_all
+
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}})
+    run = Run(cfg, tmp_path / "runs")
+    run.init()
+    run.write_metrics({"coherence/joint": 0.3})
+    (run.dir / "config.yaml").write_text(": : :")
+    metrics = (run.dir / "metrics.json").read_bytes()
+    import io
+
+    from rich.console import Console
+    out = io.StringIO()
+    (outcome,) = run_all([cfg], tmp_path / "runs", None, console=Console(file=out, width=60))
+    assert not outcome.ok and outcome.message.startswith("finished, but config.yaml unreadable (")
+    header, line = [ln for ln in out.getvalue().splitlines() if ln.strip()]  # FAILED: one line, not wrapped at 60
+    assert header.startswith("runs (0 already done, 1 with unreadable records)")
+    assert line.startswith(f"FAILED {run.id}: finished, but config.yaml unreadable") and line.endswith("log.txt)")
+    assert outcome.message.endswith("put a good copy back, or delete the run directory")
+    assert (run.dir / "config.yaml").read_text() == ": : :" and (run.dir / "metrics.json").read_bytes() == metrics
