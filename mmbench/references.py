@@ -127,12 +127,27 @@ def _check_method(where: str, name: Any) -> None:
         raise ConfigError(where, f"unknown method {name!r}; choose one of: {', '.join(METHODS.names())}")
 
 
+# The families of metric keys the metrics write (docs/metrics.md's key tables): the part of a key before its first /.
+METRIC_FAMILIES = ("latent_acc", "latent_acc_by_n", "latent_lr_unconverged", "latent_ap", "latent_ap_by_n",
+                   "ap_attributes_scored", "coherence", "coherence_by_n", "coherence_all_by_n", "coherence_ap",
+                   "coherence_ap_by_n", "fid", "fid_by_n", "loglik", "loglik_by_n", "loglik_mod", "recon", "recon_mse",
+                   "latent_scatter")
+
+
+def _check_metric(where: str, key: Any) -> None:
+    """A metric key of a family the metrics write: a typo ('latent_accc/mnist') is an error, not a missing cell."""
+    if not isinstance(key, str) or key.split("/")[0] not in METRIC_FAMILIES:
+        raise ConfigError(where, f"{key!r} is not a metric key mmbench writes; a key starts with one of: "
+                          f"{', '.join(METRIC_FAMILIES)} (docs/metrics.md)")
+
+
 def _check_side(where: str, side: Any, number_ok: bool) -> None:
     if number_ok and _is_number(side):
         return
     if not isinstance(side, dict) or not {"method", "metric"} <= set(side) or set(side) - {"method", "metric", "where"}:
         raise ConfigError(where, "must be {method, metric[, where]}" + (" or a number" if number_ok else ""))
     _check_method(f"{where}.method", side["method"])
+    _check_metric(f"{where}.metric", side["metric"])
     if side.get("where") is not None:
         check_settings(side["where"], f"{where}.where")
 
@@ -200,6 +215,7 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
             _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            _check_metric(f"{where}.metric", c["metric"])
             _check_number(f"{where}.value", c["value"])
             _check_number(f"{where}.tolerance", c["tolerance"], non_negative=True)
             if c.get("std") is not None:

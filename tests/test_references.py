@@ -626,3 +626,25 @@ def test_a_quantified_claim_never_counts_over_two_configurations(tmp_path):
         {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "holds": [hold]}]}))
     claim = build_report(runs, refs).claims[0]
     assert claim.status == "missing" and "several configurations match (method.latent_dim (16, 8))" in claim.details[0]
+
+
+def test_a_typo_in_a_metric_key_is_an_error_and_the_families_are_the_documented_ones(tmp_path):
+    """'latent_accc/mnist' would only ever show as a missing cell: it is refused at load, naming the entry; the
+    families accepted are those docs/metrics.md documents."""
+    from mmbench.references import METRIC_FAMILIES
+
+    documented = set(re.findall(r"^\| `([a-z_]+)[/`]", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    assert set(METRIC_FAMILIES) == documented | {"latent_scatter"}  # latent_scatter: documented in prose
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    cell = {"paper": "P", "table": "T", "row": "r", "column": "c", "method": "mopoe", "metric": "latent_accc/mnist",
+            "value": 0.5, "tolerance": 0.1}
+    (refs / "p.yaml").write_text(yaml.safe_dump({"cells": [cell]}))
+    with pytest.raises(ConfigError, match=r"cells\[0\]\.metric: 'latent_accc/mnist' is not a metric key mmbench writes"):
+        load_reference_files(refs)
+    side = {"method": "mopoe", "metric": "coherance/joint"}
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [{"id": "c", "paper": "P", "figure": "F", "quote": "q",
+                                                             "source": "s", "holds": [{"left": side, "op": ">",
+                                                                                       "right": 0.1}]}]}))
+    with pytest.raises(ConfigError, match=r"holds\[0\]\.left\.metric: 'coherance/joint' is not a metric key"):
+        load_reference_files(refs)

@@ -103,7 +103,7 @@ def test_verdicts_per_cell_and_paper_line(tmp_path):
 
 def test_bad_paper_runs_is_named(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"runs": "five", "cells": [
-        {"paper": "P", "table": "T", "row": "r", "column": "c", "method": "mopoe", "metric": "m", "value": 1,
+        {"paper": "P", "table": "T", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint", "value": 1,
          "tolerance": 0.1}]}))
     with pytest.raises(ConfigError, match=r"p.yaml: runs.*positive integer"):
         build_report(tmp_path / "runs", tmp_path)
