@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import MMBenchError
-from .files import temp_beside
+from .files import temp_beside, usual_dir_mode
 from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
                       parse_provenance, read_run)
 
@@ -203,6 +203,7 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     for rid in added:
         tmp = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
+        os.chmod(tmp, usual_dir_mode())  # the run folder colleagues can read, as every folder mmbench makes
         try:
             for rel in manifest["runs"][rid]["files"]:
                 target = tmp / rel

@@ -31,3 +31,8 @@ def temp_beside(target: Path) -> Tuple[int, str]:
 def usual_mode() -> int:
     """The mode an ordinary new file of this user gets: 0666 less the umask."""
     return 0o666 & ~_umask()
+
+
+def usual_dir_mode() -> int:
+    """The mode an ordinary new folder of this user gets: 0777 less the umask (not mkdtemp's private 0700)."""
+    return 0o777 & ~_umask()

@@ -294,6 +294,8 @@ def test_export_import_cli(tmp_path):
     assert (tmp_path / "x.tar.gz").stat().st_mode & 0o777 == 0o666 & ~_umask()
     written = [f for d in (a, b) for f in d.glob("*/*.json")]
     assert written and all(f.stat().st_mode & 0o777 == 0o666 & ~_umask() for f in written)
+    imported = [d for d in b.iterdir() if d.is_dir()]  # and folders theirs, not mkdtemp's private 0700
+    assert imported and all(d.stat().st_mode & 0o777 == 0o777 & ~_umask() for d in imported)
 
 
 def _umask() -> int:
