@@ -87,6 +87,16 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
     manifest = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "mmbench_version": __version__, "git_commit": git_commit(), "checkpoints": checkpoints, "runs": {}}
     payload = []
+    if checkpoints:  # a checkpoint that cannot be read would be shipped as if it could: refused before writing
+        from .train import read_checkpoint
+
+        for d in dirs:
+            for p in (d / "checkpoints").glob("*.pt") if (d / "checkpoints").is_dir() else ():
+                try:
+                    read_checkpoint(p, resumable=False)
+                except MMBenchError as e:
+                    raise MMBenchError(f"run {d.name}: {e}; put a good copy back, or export without --checkpoints "
+                                       f"(nothing was written)") from None
     for d in dirs:
         files = {}
         for p in _run_files(d, checkpoints):

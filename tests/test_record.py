@@ -614,3 +614,19 @@ def test_the_report_says_on_what_data_a_table_was_produced(tmp_path):
     assert "data built with mnist_source=test-halves" in md
     fake_run(runs, 2, {"latent_acc/m0": 0.5, "latent_acc_by_n/1": 0.5}, tables=("T2",))  # a default build
     assert not any("data built" in title for title, _ in build_report(runs, refs).summaries if "T2" in title)
+
+
+def test_export_refuses_a_checkpoint_it_cannot_read(tmp_path):
+    """With --checkpoints, a truncated last.pt is not shipped as if it were whole: the export names it and writes
+    nothing; without --checkpoints the run's records export as before."""
+    a = tmp_path / "a"
+    run = fake_run(a, 0, {"coherence/joint": 0.30})
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, buf)
+    (run.ckpt_dir / "last.pt").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(MMBenchError, match=r"last\.pt.*; put a good copy back, or export without --checkpoints "
+                                           r"\(nothing was written\)"):
+        export_runs(a, tmp_path / "x.tar.gz", checkpoints=True)
+    assert not (tmp_path / "x.tar.gz").exists()
+    export_runs(a, tmp_path / "y.tar.gz")
