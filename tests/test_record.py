@@ -193,7 +193,7 @@ def test_bundle_round_trip_gives_the_same_report(tmp_path):
     (r1.dir / "artifacts").mkdir()
     (r1.dir / "artifacts" / "latents.npz").write_bytes(b"x" * 100)
     (r1.dir / "checkpoints").mkdir()
-    (r1.dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    torch.save({"model": {"w": torch.zeros(3)}, "epoch": 1}, r1.dir / "checkpoints" / "last.pt")
     unfinished = Run(build_run_config({"dataset": "polydigits", "seed": 7}), a)
     unfinished.init()
     manifest = export_runs(a, tmp_path / "x.tar.gz")
