@@ -268,6 +268,9 @@ def parse_overrides(items: List[str], option: str = "--set") -> Dict[str, Any]:
             raise ConfigError(f"{option} {item}", "expected KEY=VALUE, e.g. "
                               + ("train.epochs=3" if option == "--set" else "mnist_source=test-halves"))
         key, raw = item.split("=", 1)
+        if not key.strip() or any(not part for part in key.split(".")):
+            raise ConfigError(f"{option} {item}", "the KEY before = is empty or has an empty part; expected KEY=VALUE, "
+                              "e.g. " + ("train.epochs=3" if option == "--set" else "mnist_source=test-halves"))
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:

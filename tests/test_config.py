@@ -478,3 +478,11 @@ def test_eval_metrics_stays_a_default_an_experiment_s_metrics_replaces(tmp_path)
     text = GOOD.replace("defaults: {train: {epochs: 1}, method: {latent_dim: 8}}",
                         "defaults: {train: {epochs: 1}, eval: {metrics: [coherence]}}")
     assert {tuple(r.eval.metrics) for r in load_suite(write(tmp_path, text)).runs("full")} == {("coherence",)}
+
+
+@pytest.mark.parametrize("item", ["=3", "train..epochs=3", "train.=3"])
+def test_an_override_without_a_key_names_itself(item):
+    from mmbench.config import parse_overrides
+
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(item)}: the KEY before = is empty or has an empty part"):
+        parse_overrides([item])
