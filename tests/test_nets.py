@@ -158,11 +158,20 @@ def test_polymnist_resnet_is_the_authors():
 
 # ----- Rats (mmvmvae-hippocampal Encoder / Decoder / ClfOdorRats) ------------------------------------------------
 
+class LogSigmaHeads(Heads):
+    """The rats encoders' ending: the second head is a log σ, σ = exp(head) + 1e-6 (mmvmvae-hippocampal
+    spike_vae.py reparametrize), given to the methods as the log variance 2 log σ."""
+
+    def forward(self, x):
+        mu, head = super().forward(x)
+        return mu, 2 * torch.log(torch.exp(head.double()) + 1e-6).to(head.dtype)
+
+
 def test_rat_mlps_are_the_authors():
     torch.manual_seed(0)
     m, L, D = Modality("rat", (46, 10)), 2, 460  # the smallest rat: 46 neurons × 10 bins
-    enc_ref = Heads(nn.Sequential(nn.Flatten(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D), nn.LeakyReLU(),
-                                  nn.Linear(D, L), nn.LeakyReLU()), L, L)
+    enc_ref = LogSigmaHeads(nn.Sequential(nn.Flatten(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D),
+                                          nn.LeakyReLU(), nn.Linear(D, L), nn.LeakyReLU()), L, L)
     dec_ref = nn.Sequential(nn.Linear(L, D), nn.LeakyReLU(), nn.Linear(D, D), nn.LeakyReLU(), nn.Linear(D, D),
                             nn.Unflatten(1, (46, 10)))  # linear output: the mean of the fixed-variance Gaussian
     clf_ref = nn.Sequential(nn.Flatten(), nn.Linear(D, 1024), nn.LeakyReLU(), nn.Linear(1024, 512), nn.LeakyReLU(),
