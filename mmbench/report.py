@@ -358,26 +358,19 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 lacking = _side_label(h["right"] if k in left else h["left"])
                 c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])} at {c.for_each}={k}: "
                                  f"no runs of {lacking}")
-            for k in list(common):
+            two_sided = isinstance(h["right"], dict)
+            lb, rb = (side_budgets(frame, c, h["left"]), side_budgets(frame, c, h["right"])) if two_sided else ({}, {})
+            for k in list(common):  # undecided where the runs cannot be compared as they are
                 bad = [v for v in (left[k], right[k]) if isinstance(v, str)]
-                if bad:
+                gap = budget_gap(lb.get(k, set()), rb.get(k, set())) if two_sided and not bad else None
+                if bad or gap:
                     verdicts.append(None)
                     at = f" at {c.for_each}={k}" if c.for_each else ""
-                    c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: runs of "
-                                     f"several configurations match ({bad[0]}); narrow it with `where` or separate "
-                                     f"runs directories")
+                    why = (f"runs of several configurations match ({bad[0]}); narrow it with `where` or separate runs "
+                           f"directories" if bad else f"the sides' runs were trained or scored with other budgets "
+                           f"({gap}); compare runs of one tier")
+                    c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: {why}")
                     common.remove(k)
-            if isinstance(h["right"], dict):
-                lb, rb = side_budgets(frame, c, h["left"]), side_budgets(frame, c, h["right"])
-                for k in list(common):
-                    gap = budget_gap(lb.get(k, set()), rb.get(k, set()))
-                    if gap:
-                        verdicts.append(None)
-                        at = f" at {c.for_each}={k}" if c.for_each else ""
-                        c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: the sides' "
-                                         f"runs were trained or scored with other budgets ({gap}); compare runs of one "
-                                         f"tier")
-                        common.remove(k)
             for k in common:
                 ok = _holds(h, left[k], right[k])
                 verdicts.append(ok)
