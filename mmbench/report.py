@@ -175,20 +175,21 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     return cells
 
 
-def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, Any]:
-    """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None); where runs of
-    several configurations match one key, the value is the string naming the settings that differ (not scored)."""
+def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, pd.DataFrame]:
+    """The finite rows of one side of a comparison, keyed by the claim's `for_each` value (or None)."""
     sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
     if sel.empty:
         return {}
     if not claim.for_each:
-        return {None: configurations(sel) or float(sel["value"].mean())}
+        return {None: sel}
     keys = [_key(c.get(claim.for_each)) for c in sel["cfg"]]
-    out = {}
-    for k in dict.fromkeys(keys):
-        at = sel[[x == k for x in keys]]
-        out[k] = configurations(at) or float(at["value"].mean())
-    return out
+    return {k: sel[[x == k for x in keys]] for k in dict.fromkeys(keys)}
+
+
+def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, Any]:
+    """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None); where runs of
+    several configurations match one key, the value is the string naming the settings that differ (not scored)."""
+    return {k: configurations(at) or float(at["value"].mean()) for k, at in side_rows(frame, claim, side).items()}
 
 
 # The settings that size a run's training and evaluation (a suite's tier): two sides of a comparison trained or scored
@@ -199,12 +200,21 @@ BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_sample
 
 def side_budgets(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, set]:
     """The BUDGET settings of one side's runs, per `for_each` value (as side_values keys them)."""
-    sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
-    out: Dict[Any, set] = {}
-    for c in sel["cfg"] if len(sel) else []:
-        k = _key(c.get(claim.for_each)) if claim.for_each else None
-        out.setdefault(k, set()).add(tuple(repr(c.get(b)) for b in BUDGET))
-    return out
+    return {k: {tuple(repr(c.get(b)) for b in BUDGET) for c in at["cfg"]}
+            for k, at in side_rows(frame, claim, side).items()}
+
+
+SEVERAL = "runs of several configurations match"
+OTHER_BUDGETS = "the sides' runs were trained or scored with other budgets"
+UNCOMPARABLE = (SEVERAL, OTHER_BUDGETS)  # a claim undecided for these fails --compare (Claim.ambiguous)
+
+
+def several(settings: str) -> str:
+    return f"{SEVERAL} ({settings}); narrow it with `where` or separate runs directories"
+
+
+def other_budgets(gap: str) -> str:
+    return f"{OTHER_BUDGETS} ({gap}); compare runs of one tier"
 
 
 def budget_gap(a: set, b: set) -> Optional[str]:
@@ -248,8 +258,7 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
         return None, _no_runs(frame, claim, label, [h["left"]])
     bad = [v for v in vals.values() if isinstance(v, str)]
     if bad:
-        return None, (f"{label}: runs of several configurations match ({bad[0]}); narrow it with `where` or separate "
-                      f"runs directories")
+        return None, f"{label}: {several(bad[0])}"
     listed = [k for k in vals if any(_same(k, w) for w in h["right"])]
     lacking = [w for w in h["right"] if not any(_same(k, w) for k in vals)]
     if lacking:
@@ -307,12 +316,10 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
         at = f" at {claim.for_each}={k}" if claim.for_each else ""
         if k in mixed:  # as a plain comparison: never averaged over configurations
             verdicts.append(None)
-            details.append(f"{label}{at}: runs of several configurations match ({mixed[k]}); narrow it with `where` "
-                           f"or separate runs directories")
+            details.append(f"{label}{at}: {several(mixed[k])}")
         elif gaps.get(k):
             verdicts.append(None)
-            details.append(f"{label}{at}: the sides' runs were trained or scored with other budgets ({gaps[k]}); "
-                           f"compare runs of one tier")
+            details.append(f"{label}{at}: {other_budgets(gaps[k])}")
         elif k not in counts:
             verdicts.append(None)
             details.append(f"{label}{at}: no key under {lp}* has runs of both sides")
@@ -366,9 +373,7 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                 if bad or gap:
                     verdicts.append(None)
                     at = f" at {c.for_each}={k}" if c.for_each else ""
-                    why = (f"runs of several configurations match ({bad[0]}); narrow it with `where` or separate runs "
-                           f"directories" if bad else f"the sides' runs were trained or scored with other budgets "
-                           f"({gap}); compare runs of one tier")
+                    why = several(bad[0]) if bad else other_budgets(gap)
                     c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: {why}")
                     common.remove(k)
             for k in common:
@@ -391,9 +396,6 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
         c.ambiguous = next((d for d in c.details if any(m in d for m in UNCOMPARABLE)), None) \
             if c.status == "missing" else None
     return claims
-
-
-UNCOMPARABLE = ("runs of several configurations match", "trained or scored with other budgets")
 
 
 @dataclass
