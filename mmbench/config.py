@@ -98,6 +98,15 @@ class RunConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def architecture_name(self) -> Optional[str]:
+        """The architecture the run builds: method.architecture, else its dataset's default (None for an unknown
+        dataset, which validation refuses)."""
+        from .registry import DATASETS
+
+        if self.method.architecture is not None or self.dataset not in DATASETS:
+            return self.method.architecture
+        return DATASETS.get(self.dataset).default_architecture
+
     def run_id(self) -> str:
         d = self.to_dict()
         d.pop("tables")
@@ -108,13 +117,12 @@ class RunConfig:
         d["eval"].pop("classifier_dropout", None)
         d["eval"].pop("precision", None)  # likewise the decoders' arithmetic in evaluation
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
-        from .registry import ARCHITECTURES, DATASETS, METHODS
+        from .registry import ARCHITECTURES, METHODS
 
         version = getattr(METHODS.get(self.method.name), "id_version", 1) if self.method.name in METHODS else 1
         if version != 1:  # the method's numerics changed since run ids were first made (methods/base.py)
             d["method_version"] = version
-        arch = self.method.architecture or (DATASETS.get(self.dataset).default_architecture
-                                            if self.dataset in DATASETS else None)
+        arch = self.architecture_name()
         arch_version = getattr(ARCHITECTURES.get(arch), "id_version", 1) if arch and arch in ARCHITECTURES else 1
         if arch_version != 1:  # likewise an architecture's (e.g. nets/rats.py's log σ head)
             d["architecture_version"] = arch_version

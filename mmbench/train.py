@@ -95,9 +95,7 @@ def run_modalities(cfg: RunConfig) -> list:
 
 
 def build_model(cfg: RunConfig) -> MultimodalVAE:
-    spec = DATASETS.get(cfg.dataset)()
-    arch = cfg.method.architecture or spec.default_architecture
-    return METHODS.get(cfg.method.name)(run_modalities(cfg), cfg.method, arch)
+    return METHODS.get(cfg.method.name)(run_modalities(cfg), cfg.method, cfg.architecture_name())
 
 
 def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
