@@ -218,12 +218,13 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                         outcomes.append(Outcome(g, False, lines[-1] if lines else f"exit code {proc.returncode}"))
 
     n_todo = len(pending)
-    unreadable = len(outcomes) - sum(o.message == "already done" for o in outcomes)  # finished, records damaged
+    before = len(outcomes)  # the finished runs: done, or (not ok) with records the report cannot read
+    unreadable = sum(not o.ok for o in outcomes)
     threads = [threading.Thread(target=work, args=(i, d), daemon=True) for i, d in enumerate(slots)]
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as prog:
-        overall = prog.add_task(f"runs ({len(runs) - n_todo - unreadable} already done"
+        overall = prog.add_task(f"runs ({before - unreadable} already done"
                                 + (f", {unreadable} with unreadable records" if unreadable else "") + ")",
                                 total=max(n_todo, 1))
         bars = {i: prog.add_task(f"worker {i} [{d or 'cpu'}] idle", total=1, visible=n_todo > 0)
@@ -233,7 +234,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
             with lock:
-                finished = sum(1 for o in outcomes if o.message != "already done") - unreadable
+                finished = len(outcomes) - before
                 # (a pack's runs are counted when the pack ends)
                 for i, r in active.items():
                     p = _read_progress(r) if r else None
