@@ -30,8 +30,8 @@ def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     digest = manifest_digest(manifest) if manifest else "unprepared"
     root = Path(data_root or default_data_root())
-    # the batch size names the directory where it is not the default 256 (rats: 128), so no cache trained otherwise serves
-    batch = "" if spec.classifier_batch_size == 256 else f"-b{spec.classifier_batch_size}"
+    # the batch size names the directory where it is not the default (rats: 128), so no cache trained otherwise serves
+    batch = "" if spec.classifier_batch_size == DatasetSpec.classifier_batch_size else f"-b{spec.classifier_batch_size}"
     return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}{batch}-{spec.classifier_for(variant)}"
 
 
@@ -40,13 +40,13 @@ def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
 
 
 def train_one(spec: DatasetSpec, variant: str, split: DataSplit, name: str, epochs: int, device,
-              progress: Callable[[str, int, int], None], seed: int = 0, batch_size: int = 256,
-              lr: float = 1e-3) -> torch.nn.Module:
-    """One modality's classifier, trained from `seed` on its own random stream: the caller's global RNG state is
-    as before (a metric that trains a missing classifier draws the same samples as with a warm cache)."""
+              progress: Callable[[str, int, int], None], seed: int = 0, lr: float = 1e-3) -> torch.nn.Module:
+    """One modality's classifier, trained from `seed` on its own random stream at the dataset's classifier batch size
+    (DatasetSpec.classifier_batch_size): the caller's global RNG state is as before (a metric that trains a missing
+    classifier draws the same samples as with a warm cache)."""
 
     with torch.random.fork_rng(devices=devices_of_rng(device)):
-        return _train_one(spec, variant, split, name, epochs, device, progress, seed, batch_size, lr)
+        return _train_one(spec, variant, split, name, epochs, device, progress, seed, spec.classifier_batch_size, lr)
 
 
 @torch.enable_grad()  # may be called lazily from inside a no-grad metric
@@ -102,8 +102,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         path = directory / f"{mod.name}.pt"
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
-            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress,
-                            batch_size=spec.classifier_batch_size)
+            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
