@@ -62,8 +62,10 @@ def _profile_note(profile: Optional[Path]) -> list:
     """The footnote of the kernel columns `bench steps --profile` adds (Markdown lines), or none."""
     if profile is None:
         return []
+    from .bench import PROFILED_STEPS
+
     return [f"kernel_ms: milliseconds per step during which the device ran at least one kernel (torch.profiler over "
-            f"3 steps after the timed ones; per-operator tables in {profile}/); kernel_share: that over median_s. Well "
+            f"{PROFILED_STEPS} steps after the timed ones; per-operator tables in {profile}/); kernel_share: that over median_s. Well "
             f"below 1, the device waits on the host (launches, Python, synchronisation), which packing and capture "
             f"remove; near 1, the kernels themselves bound the step. nan on a CPU (no device kernels).", ""]
 
