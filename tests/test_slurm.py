@@ -207,8 +207,8 @@ def test_requeue_and_pre_timeout_signal_resume_to_identical_metrics(tmp_path, da
 def test_scancel_then_same_command_resumes_without_recomputing(tmp_path, data_root, local_ref, mmbench_here):
     suite, runs = write_suite(tmp_path), tmp_path / "runs"
     proc = mmbench(suite, "--executor", "slurm", data_root=data_root, runs_dir=runs, background=True)
-    t0 = time.time()
-    while "mopoe" not in (run_dirs(runs) if runs.exists() else {}) and time.time() - t0 < 180:
+    t0 = time.time()  # both run folders: they are made one after the other, so seeing mopoe's is not seeing mvae's
+    while not {"mopoe", "mvae"} <= set(run_dirs(runs) if runs.exists() else {}) and time.time() - t0 < 180:
         time.sleep(0.2)
     dirs = run_dirs(runs)
     job_a = wait_training(dirs["mopoe"], 3)["job_id"]
