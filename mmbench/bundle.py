@@ -9,7 +9,8 @@ no longer validates or hashes to its directory name (results.read_run). Import v
 same of every run, and then adds the runs this machine does not have. It never overwrites: a run that exists here with different
 results, or unfinished, stops the whole import before anything is written (the message names it and the
 fix); a run that exists here with the same results is skipped. Each new run is unpacked into a temporary
-folder inside the runs directory and renamed into place, so an interrupted import leaves no half run.
+folder inside the runs directory and renamed into place, so an interrupted import leaves no half run. Files are
+hashed, packed, verified and unpacked in pieces (CHUNK), so neither command holds a bundle of checkpoints in memory.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -36,8 +38,36 @@ RUN_FILES = ("config.yaml", "metrics.json", "provenance.json", "log.txt")
 ARTIFACT_MAX_BYTES = 20 * 2 ** 20  # larger artifacts stay behind (the report's arrays are far smaller)
 
 
+CHUNK = 2 ** 20  # files are hashed, written and read in pieces: a bundle of checkpoints never sits in memory whole
+KEPT = {MANIFEST, "config.yaml", "metrics.json", "provenance.json"}  # the only members import reads into memory
+KEPT_MAX_BYTES = 64 * 2 ** 20
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_digest(path: Path) -> Tuple[str, int]:
+    """(sha256, size) of a file, read in pieces."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+class _Hashing:
+    """A file object that hashes what is read through it (what a tar member's writer or reader copies)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.h.update(data)
+        self.n += len(data)
+        return data
 
 
 def _run_files(run_dir: Path, checkpoints: bool) -> List[Path]:
@@ -86,7 +116,6 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
                                                                       "--runs-dir at them"))
     manifest = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "mmbench_version": __version__, "git_commit": git_commit(), "checkpoints": checkpoints, "runs": {}}
-    payload = []
     if checkpoints:  # a checkpoint that cannot be read would be shipped as if it could: refused before writing
         from .train import read_checkpoint
 
@@ -97,23 +126,34 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
                 except MMBenchError as e:
                     raise MMBenchError(f"run {d.name}: {e}; put a good copy back, or export without --checkpoints "
                                        f"(nothing was written)") from None
+    payload = []  # (member name, file): digests first (the manifest leads the tar), then the files copied in pieces
     for d in dirs:
         files = {}
         for p in _run_files(d, checkpoints):
-            data = p.read_bytes()
             rel = p.relative_to(d).as_posix()
-            files[rel] = {"sha256": _sha256(data), "size": len(data)}
-            payload.append((f"runs/{d.name}/{rel}", data))
+            digest, size = _file_digest(p)
+            files[rel] = {"sha256": digest, "size": size}
+            payload.append((f"runs/{d.name}/{rel}", p, files[rel]))
         manifest["runs"][d.name] = {"files": files}
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(out)
     os.close(fd)
     try:
         with tarfile.open(tmp, "w:gz") as tar:
-            for name, data in [(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())] + payload:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-                tar.addfile(info, io.BytesIO(data))
+            head = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            tar.addfile(_member(MANIFEST, len(head)), io.BytesIO(head))
+            for name, p, meta in payload:
+                with open(p, "rb") as f:
+                    src = _Hashing(f)
+                    try:
+                        tar.addfile(_member(name, meta["size"]), src)
+                    except OSError:
+                        if os.fstat(f.fileno()).st_size == meta["size"]:
+                            raise  # not the file (a full disk, say)
+                        src.n = -1  # shorter than when it was hashed
+                    if src.n != meta["size"] or f.read(1) or src.h.hexdigest() != meta["sha256"]:
+                        raise MMBenchError(f"{p} changed while it was being exported; export again when no run is "
+                                           f"writing to {p.parent} (nothing was written)")
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -122,60 +162,120 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
     return manifest
 
 
-def read_bundle(path: Path) -> tuple[Dict, Dict[str, bytes]]:
-    """The manifest and every run file, verified against the manifest's digests (else a one-line error)."""
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
+    return info
+
+
+class BundleFiles:
+    """What `read_bundle` found in a bundle: every run file's (sha256, size), verified against the manifest, and the
+    bytes of the few small records import reads (KEPT); the rest is copied out of the tar in pieces by `unpack`."""
+
+    def __init__(self, path: Path, prefix: str, names: Dict[str, str], kept: Dict[str, bytes]):
+        self.path, self.prefix, self.names, self.kept = path, prefix, names, kept
+
+    def unpack(self, targets: Dict[str, Path], listed: Dict[str, Dict]) -> None:
+        """Copy the members `targets` names (bundle names, as the manifest lists them) to those paths, each checked
+        against its digest again as it is copied (the bundle may have changed since it was read)."""
+        left = dict(targets)
+        for member, f in _members(self.path):
+            name = self.names.get(member)
+            if name is None or name not in left or f is None:
+                continue
+            target = left.pop(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = _Hashing(f)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+            if src.h.hexdigest() != listed[name]["sha256"] or src.n != listed[name]["size"]:
+                raise MMBenchError(f"bundle {self.path}: {name} changed since it was verified (is the bundle being "
+                                   f"copied over?); nothing imported; import again once it is whole")
+        if left:
+            raise MMBenchError(f"bundle {self.path} lost {sorted(left)[0]} since it was verified (is it being copied "
+                               f"over?); import again once it is whole")
+
+
+def _members(path: Path):
+    """(normalised name, file object or None for a folder) of each member of a .tar.gz, read as a stream; a member
+    that is not a plain file or folder inside the bundle is an error."""
+    try:
+        with tarfile.open(path, "r|gz") as tar:
+            for m in tar:
+                parts = Path(m.name).parts  # "./runs/x" -> ("runs", "x"): a bundle unpacked and packed again with tar
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                    raise MMBenchError(f"bundle {path} holds {m.name!r}, which is not a plain file inside the "
+                                       f"bundle; refusing it (was it made by `mmbench export`?)")
+                yield "/".join(parts), tar.extractfile(m) if m.isfile() else None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
+
+
+def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
+    """The manifest and the bundle's files, every one verified against the manifest's digests (else a one-line
+    error); read as a stream in pieces, so a bundle of checkpoints needs little memory."""
     path = Path(path)
     if path.is_dir():
         raise MMBenchError(f"bundle {path} is a directory; give the .tar.gz file that `mmbench export` wrote")
     if not path.is_file():
         raise MMBenchError(f"bundle {path} does not exist; make one with `mmbench export {path.name}`")
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = {}
-            for m in tar.getmembers():
-                parts = Path(m.name).parts  # "./runs/x" -> ("runs", "x"): a bundle unpacked and packed again with tar
-                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-                    raise MMBenchError(f"bundle {path} holds {m.name!r}, which is not a plain file inside the "
-                                       f"bundle; refusing it (was it made by `mmbench export`?)")
-                if m.isfile():
-                    name = "/".join(parts)
-                    if name in members:  # e.g. "runs/x" and "./runs/x": which one a reader takes would differ
-                        raise MMBenchError(f"bundle {path} holds {name} twice (as {m.name!r} too); refusing it (was "
-                                           f"it made by `mmbench export`?)")
-                    members[name] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
-    tops = {name.split("/")[0] for name in members}
-    if MANIFEST not in members and len(tops) == 1 and all("/" in name for name in members):
+    found: Dict[str, Tuple[str, int]] = {}
+    kept: Dict[str, bytes] = {}
+    for name, f in _members(path):
+        if f is None:
+            continue
+        if name in found:  # e.g. "runs/x" and "./runs/x": which one a reader takes would differ
+            raise MMBenchError(f"bundle {path} holds {name} twice; refusing it (was it made by `mmbench export`?)")
+        src, piece = _Hashing(f), b""
+        keep = name.rsplit("/", 1)[-1] in KEPT
+        while True:
+            piece = src.read(CHUNK)
+            if not piece:
+                break
+            if keep and src.n <= KEPT_MAX_BYTES:
+                kept[name] = kept.get(name, b"") + piece
+        found[name] = (src.h.hexdigest(), src.n)
+        if src.n > KEPT_MAX_BYTES:
+            kept.pop(name, None)
+    tops = {name.split("/")[0] for name in found}
+    prefix = ""
+    if MANIFEST not in found and len(tops) == 1 and all("/" in name for name in found):
         (top,) = tops  # packed again from above its folder (tar czf b.tar.gz folder/): read inside it
-        if f"{top}/{MANIFEST}" in members:
-            members = {name[len(top) + 1:]: data for name, data in members.items()}
+        if f"{top}/{MANIFEST}" in found:
+            prefix = f"{top}/"
+    found = {name[len(prefix):]: v for name, v in found.items()}
+    kept = {name[len(prefix):]: v for name, v in kept.items()}
     try:
-        manifest = json.loads(members.pop(MANIFEST))
+        manifest = json.loads(kept.pop(MANIFEST))
+        found.pop(MANIFEST)
     except (KeyError, ValueError):
         raise MMBenchError(f"bundle {path} has no valid {MANIFEST}; it was not made by `mmbench export`") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise MMBenchError(f"bundle {path} is format {manifest.get('format')!r} v{manifest.get('version')}; this "
                            f"mmbench reads {FORMAT} v{VERSION}")
-    listed = {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
-    for name in sorted(set(listed) | set(members)):
-        if name not in members:
+    listed = _listed(manifest)
+    for name in sorted(set(listed) | set(found)):
+        if name not in found:
             raise MMBenchError(f"bundle {path} lacks {name}, which its manifest lists; the bundle is incomplete")
         if name not in listed:
             raise MMBenchError(f"bundle {path} holds {name}, which its manifest does not list; refusing it")
-        if _sha256(members[name]) != listed[name]["sha256"] or len(members[name]) != listed[name]["size"]:
+        if found[name] != (listed[name]["sha256"], listed[name]["size"]):
             raise MMBenchError(f"bundle {path}: {name} does not match its sha256 in {MANIFEST} (corrupted or "
                                f"edited); export it again")
-    return manifest, members
+    return manifest, BundleFiles(path, prefix, {prefix + name: name for name in found}, kept)
+
+
+def _listed(manifest: Dict) -> Dict[str, Dict]:
+    return {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
 
 
 def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     """Merge a bundle into `runs_dir`: {"added": [...], "present": [...]} (conflicts raise, nothing written)."""
-    manifest, members = read_bundle(path)
+    manifest, bundle = read_bundle(path)
     runs_dir = Path(runs_dir)
     added, present, problems = [], [], []
     for rid, entry in sorted(manifest["runs"].items()):
-        files = {rel: members[f"runs/{rid}/{rel}"] for rel in entry["files"]}
+        files = {rel: bundle.kept[name] for rel in entry["files"] if (name := f"runs/{rid}/{rel}") in bundle.kept}
         for need in ("config.yaml", "metrics.json"):
             if need not in files:
                 raise MMBenchError(f"bundle {path}: run {rid} has no {need}; it is not a finished run")
@@ -211,16 +311,23 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     if problems:
         raise MMBenchError(f"bundle {path}: {len(problems)} conflicting run(s), nothing imported; first: {problems[0]}")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    for rid in added:
-        tmp = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
-        os.chmod(tmp, usual_dir_mode())  # the run folder colleagues can read, as every folder mmbench makes
-        try:
-            for rel in manifest["runs"][rid]["files"]:
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(members[f"runs/{rid}/{rel}"])
-            os.rename(tmp, runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
-        except BaseException:
+    # Every new run is unpacked into a temporary folder beside the runs (one pass over the bundle), then each is
+    # renamed into place: an interrupted import leaves no half run.
+    tmps: Dict[str, Path] = {}
+    try:
+        for rid in added:
+            tmps[rid] = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
+            os.chmod(tmps[rid], usual_dir_mode())  # the run folder colleagues can read, as every folder mmbench makes
+        bundle.unpack({f"runs/{rid}/{rel}": tmps[rid] / rel for rid in added for rel in manifest["runs"][rid]["files"]},
+                      _listed(manifest))
+        for rid in added:
+            try:
+                os.rename(tmps[rid], runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
+                del tmps[rid]
+            except OSError:
+                raise MMBenchError(f"run {rid} appeared in {runs_dir} while the bundle was being imported; it was "
+                                   f"left as it is; import again to add the runs still missing") from None
+    finally:
+        for tmp in tmps.values():
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return {"added": added, "present": present}

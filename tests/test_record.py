@@ -575,7 +575,8 @@ def test_import_never_replaces_a_run_that_appears_while_it_unpacks(tmp_path, mon
         return mkdtemp(*args, **kw)
 
     monkeypatch.setattr(bundle.tempfile, "mkdtemp", meanwhile)
-    with pytest.raises(OSError):
+    with pytest.raises(MMBenchError, match=rf"run {run.id} appeared in .* while the bundle was being imported; it was "
+                                           r"left as it is; import again to add the runs still missing"):
         import_bundle(tmp_path / "x.tar.gz", b)
     assert (b / run.id / "metrics.json").read_text() == "theirs" and not list(b.glob(".import-*"))
 
@@ -630,3 +631,89 @@ def test_export_refuses_a_checkpoint_it_cannot_read(tmp_path):
         export_runs(a, tmp_path / "x.tar.gz", checkpoints=True)
     assert not (tmp_path / "x.tar.gz").exists()
     export_runs(a, tmp_path / "y.tar.gz")
+
+
+def _big_checkpoint_run(runs_dir, size=50_000):
+    run = fake_run(runs_dir, 0, {"coherence/joint": 0.30})
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"w": torch.arange(size, dtype=torch.float32)}, "epoch": 1}, run.ckpt_dir / "last.pt")
+    return run
+
+
+def test_bundles_copy_files_in_pieces_and_never_read_one_whole(tmp_path, monkeypatch):
+    """Export hashes and copies each file in pieces of CHUNK bytes and import verifies and unpacks them so too: a table's
+    checkpoints (hundreds of MB each) never sit in memory together. A whole-file read of a large file fails here."""
+    import mmbench.bundle as bundle
+    import mmbench.train as train_mod
+
+    monkeypatch.setattr(bundle, "CHUNK", 4096)
+    run = _big_checkpoint_run(tmp_path / "a")
+    big = run.ckpt_dir / "last.pt"
+    assert big.stat().st_size > 40 * 4096
+    path_read_bytes, tar_read = Path.read_bytes, tarfile.ExFileObject.read
+
+    def read_bytes(self):
+        assert self.stat().st_size <= 4096, f"{self} read whole"
+        return path_read_bytes(self)
+
+    def read(self, size=-1):
+        assert size is not None and 0 <= size <= 4096, f"a bundle member read whole ({size})"
+        return tar_read(self, size)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(tarfile.ExFileObject, "read", read)
+    monkeypatch.setattr(train_mod, "read_checkpoint", lambda *a, **k: None)  # torch.load reads the file whole
+    manifest = export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    assert manifest["runs"][run.id]["files"]["checkpoints/last.pt"]["size"] == big.stat().st_size
+    assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")["added"] == [run.id]
+    monkeypatch.undo()
+    for p in run.dir.rglob("*"):
+        if p.is_file():
+            assert (tmp_path / "b" / run.id / p.relative_to(run.dir)).read_bytes() == p.read_bytes(), p
+
+
+def test_export_refuses_a_file_that_changes_while_it_is_exported(tmp_path, monkeypatch):
+    """A checkpoint rewritten between its hashing and its copy (a run still writing) would ship a digest that does
+    not match it: the export stops, names the file, and writes no bundle."""
+    import mmbench.bundle as bundle
+
+    run = _big_checkpoint_run(tmp_path / "a")
+    digest = bundle._file_digest
+
+    def then_changed(path):
+        out = digest(path)
+        if path.name == "last.pt":
+            with open(path, "r+b") as f:
+                f.seek(100)
+                f.write(b"\xff" * 8)
+        return out
+
+    monkeypatch.setattr(bundle, "_file_digest", then_changed)
+    with pytest.raises(MMBenchError, match=rf"{run.id}/checkpoints/last.pt changed while it was being exported; "
+                                           r"export again when no run is writing to .* \(nothing was written\)"):
+        export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    assert not (tmp_path / "x.tar.gz").exists() and not list(tmp_path.glob("*.tmp*")) and \
+        sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_import_refuses_a_bundle_that_changes_after_it_was_verified(tmp_path, monkeypatch):
+    """The bundle is read twice (verified, then unpacked); one copied over in between is checked again as it is
+    unpacked: nothing is imported and no temporary folder stays."""
+    import mmbench.bundle as bundle
+
+    run = _big_checkpoint_run(tmp_path / "a")
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    _rewrite(tmp_path / "x.tar.gz", tmp_path / "edited.tar.gz",
+             lambda n, d: (n, d[:-8] + b"\x00" * 8 if n.endswith("last.pt") else d))
+    unpack = bundle.BundleFiles.unpack
+
+    def copied_over(self, *args):
+        shutil.copy(tmp_path / "edited.tar.gz", self.path)
+        return unpack(self, *args)
+
+    monkeypatch.setattr(bundle.BundleFiles, "unpack", copied_over)
+    b = tmp_path / "b"
+    with pytest.raises(MMBenchError, match=rf"runs/{run.id}/checkpoints/last.pt changed since it was verified .*"
+                                           r"nothing imported"):
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert list(b.iterdir()) == []
