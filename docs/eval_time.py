@@ -18,7 +18,7 @@ from mmbench.results import Run
 import mmbench.evaluate
 from mmbench.data.base import DataSplit
 from mmbench.evaluate import evaluate
-from mmbench.train import tune_host_allocator
+from mmbench.hostmem import tune_host_allocator
 tune_host_allocator()  # as the CLI and its workers do (MMBENCH_MALLOC=default: glibc's defaults)
 runs = Path(os.environ.get("MMBENCH_RUNS", "/tmp/ex/runs")); data = Path(os.environ.get("MMBENCH_DATA", "/tmp/ex/data"))
 # EVALTIME_SRC: the trained run to evaluate (default: the MoPoE Fig. 3 PolyMNIST run under MMBENCH_RUNS)

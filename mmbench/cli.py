@@ -931,7 +931,7 @@ INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume fro
 
 
 def main() -> None:
-    from .train import tune_host_allocator
+    from .hostmem import tune_host_allocator
 
     try:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment

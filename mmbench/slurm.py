@@ -131,10 +131,11 @@ class SlurmRun:
     def __call__(self) -> Dict[str, Any]:
         from . import train as train_mod
         from .evaluate import execute_when_free
+        from .hostmem import tune_host_allocator
         from .pack import execute_pack
         from .worker import load_run, progress_writer
 
-        train_mod.tune_host_allocator()
+        tune_host_allocator()
         runs = [load_run(rd) for rd in self.run_dirs]
         phase = [""]
         caught: List[int] = []

@@ -18,7 +18,7 @@ from .config import build_run_config
 from .errors import MMBenchError
 from .evaluate import execute_when_free
 from .results import Run
-from .train import tune_host_allocator
+from .hostmem import tune_host_allocator
 
 
 def load_run(run_dir: str) -> Run:

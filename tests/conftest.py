@@ -19,7 +19,7 @@ import pytest
 
 from mmbench.data.base import prepare
 from mmbench.registry import DATASETS
-from mmbench.train import tune_host_allocator
+from mmbench.hostmem import tune_host_allocator
 
 # As the CLI does, once for the whole session: the tests that call cli.main or a Slurm task in this process would
 # otherwise switch it on part way, for the tests (and workers) that come after them.
