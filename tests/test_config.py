@@ -63,6 +63,7 @@ def test_good_suite_expands(tmp_path):
     ("name: x\nexperiments: []", "experiments: must be a non-empty list"),
     ("name: [x]\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: must be a non-empty string"),
     ("name: 3\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: must be a non-empty string"),
+    ("name: '  '\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: must be a non-empty string"),
     ("experiments: [{name: e, dataset: polydigits, methods: [mopoe]}]", "name: missing"),
     ("name: x\nexperiment: []", "experiment: unknown top-level key"),
     ("name: x\nexperiments: [{dataset: polydigits, methods: [mopoe]}]", "experiments[0].name: missing"),
@@ -480,7 +481,7 @@ def test_eval_metrics_stays_a_default_an_experiment_s_metrics_replaces(tmp_path)
     assert {tuple(r.eval.metrics) for r in load_suite(write(tmp_path, text)).runs("full")} == {("coherence",)}
 
 
-@pytest.mark.parametrize("item", ["=3", "train..epochs=3", "train.=3"])
+@pytest.mark.parametrize("item", ["=3", " =3", "train..epochs=3", "train.=3"])
 def test_an_override_without_a_key_names_itself(item):
     from mmbench.config import parse_overrides
 

@@ -189,11 +189,12 @@ def test_objective_known_answer(name, var):
     assert loss.item() == pytest.approx(want, rel=1e-7, abs=1e-2 if var[0] < 1e-6 else 0)
 
 
-@pytest.mark.parametrize("weights", ["one", "rec_weights"])
+@pytest.mark.parametrize("weights", [None, "one", "rec_weights"])
 def test_mvae_unimodal_elbos_weigh_their_reconstruction_as_the_option_says(weights):
-    """MVAE's unimodal ELBOs: weight 1 by default (MoPoE run_epochs.py, the authors' MVAE); with unimodal_weights
-    rec_weights, each modality's reconstruction weight (SMVAE §5 scales every likelihood); m1 weighs 2 here."""
-    model = ka_model("mvae", (1e-12, 1e-12), unimodal_weights=weights)
+    """MVAE's unimodal ELBOs: weight 1 by default (None: the option left out; MoPoE run_epochs.py, the authors' MVAE);
+    with unimodal_weights rec_weights, each modality's reconstruction weight (SMVAE §5 scales every likelihood); m1
+    weighs 2 here."""
+    model = ka_model("mvae", (1e-12, 1e-12), **({} if weights is None else {"unimodal_weights": weights}))
     x = {m: torch.tensor(KA_X[m]).expand(4, -1) for m in KA_X}
     torch.manual_seed(0)
     loss, _ = model.loss(x)

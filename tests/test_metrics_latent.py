@@ -121,6 +121,50 @@ def test_iteration_cap_follows_each_protocols_code_and_a_fit_that_hits_it_is_cou
         assert run("mopoe")["latent_lr_unconverged"] == 3  # m0, m1, m0+m1: each stopped after one iteration
 
 
+def test_capped_fits_are_counted_with_standardised_features_and_the_pooled_fit(monkeypatch):
+    """latent_lr_unconverged counts the pooled mmvamp regression too, and reads the fit inside eval.lr_standardize's
+    pipeline (a pipeline has no n_iter_ of its own)."""
+    import warnings
+
+    from mmbench.metrics import latent
+
+    monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, real=latent.regression:
+                        real(True, max_iter))  # as with eval.lr_standardize: true
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run("mmvamp")["latent_lr_unconverged"] == 3  # m0, m1 and the pooled one
+
+
+def test_latent_ap_fits_with_its_protocols_cap_and_counts_capped_fits(monkeypatch):
+    """latent_ap's attribute regressions take eval.lr_protocol's lbfgs cap (mmvamp: 10000, as latent_classification)
+    and those stopped at it are counted in latent_lr_unconverged (an attribute without positives is no fit: never)."""
+    import warnings
+
+    from mmbench.metrics import average_precision as ap_mod, latent
+
+    def multilabel(n, seed):
+        s = split(n, seed)  # attributes: class < 5, class odd, never
+        y = s.labels
+        return DataSplit(MODS, s.x, torch.stack([(y < 5).long(), (y % 2).long(), torch.zeros_like(y)], 1))
+
+    caps, real = [], latent.regression
+    monkeypatch.setattr(ap_mod, "regression", lambda standardize, max_iter: caps.append(max_iter) or
+                        real(standardize, max_iter))
+    monkeypatch.setattr(ap_mod, "attribute_names", lambda ctx: ["young", "odd", "never"])
+    train, test = multilabel(600, 0), multilabel(400, 1)
+    spec = DATASETS.get("celeba")()
+    ctx = EvalContext(model=Fake(), spec=spec, variant=spec.variants[0], train=train, test=test, test_full=test,
+                      cfg=EvalConfig(lr_train_samples=500, lr_protocol="mmvamp", batch_size=128),
+                      device=torch.device("cpu"))
+    out = ap_mod.latent_ap(ctx)
+    assert set(caps) == {10000} and len(caps) == 4 and out["latent_lr_unconverged"] == 0  # m0, m1 × 2 attributes
+    monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ap_mod.latent_ap(ctx)["latent_lr_unconverged"] == 4
+
+
 @pytest.mark.parametrize("metric", ["mopoe", "mmvamp", "latent_ap"])
 def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metric):
     """The regressions run with numpy/scipy's BLAS on one thread (faster for these small products, and the

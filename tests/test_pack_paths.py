@@ -312,3 +312,19 @@ def test_a_pack_wide_failure_is_in_every_run_log(tmp_path, data_root, monkeypatc
     for r in runs:
         assert "error: writing checkpoint /x/last.pt failed (OSError: No space left on device) (the pack's training " \
                "stopped)" in r.log_path.read_text()
+
+
+def test_a_packed_resume_keeps_a_best_pt_saved_after_the_resumed_epoch(tmp_path, data_root):
+    """As the unpacked trainer (tests/test_train.py): a pack resumed from epoch 1 while each best.pt already holds a
+    later epoch's weights keeps them, and their test loss is the one the retrained epochs must beat."""
+    runs = [Run(cfg(s), tmp_path / "p") for s in range(2)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    for i, r in enumerate(runs):
+        later = torch.load(r.ckpt_dir / "best.pt", weights_only=False)
+        later.update(epoch=2, test_loss=-1e9 - i)  # as if the lost epoch 2 had been saved as best before last.pt
+        torch.save(later, r.ckpt_dir / "best.pt")
+    out = train_pack(runs, data_root)
+    for i, r in enumerate(runs):
+        kept = torch.load(r.ckpt_dir / "best.pt", weights_only=False)
+        assert kept["epoch"] == 2 and kept["test_loss"] == out[r.id]["best_test_loss"] == last(r)["state"]["best_test_loss"] == -1e9 - i
+        assert "is the best the retrained epochs must beat" in r.log_path.read_text()

@@ -77,6 +77,9 @@ def test_another_archive_does_not_pass_for_the_prepared_copy(tmp_path, small_cou
                                            r"sha256 [0-9a-f]{64}, the copy was read from [0-9a-f]{64}; pass --force"):
         prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(b)})
     assert read_manifest(path) == before
+    c = tmp_path / "c"  # a --source folder without the archive: nothing to compare, the copy is returned
+    c.mkdir()
+    assert prepare(spec, "vanilla", data_root=tmp_path / "data", options={"source": str(c)}) == path
 
 
 def test_archive_with_a_missing_image_is_refused(tmp_path, small_counts):
@@ -296,6 +299,7 @@ def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, 
     spec = DATASETS.get("polymnist")()
     opts = {"source": str(src), "backgrounds": str(bg), "rebuild": True}
     path = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options=opts)
+    assert read_manifest(path)["counts"] == {"train": 30, "test": 20}  # multiplicity 1 by default: MNIST's splits
     import shutil
 
     same = shutil.copytree(bg, tmp_path / "bg-copy")
@@ -313,8 +317,9 @@ def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, 
     for folder, says in ((renamed, "gives x0.jpg, x1.jpg, x2.jpg, x3.jpg, x4.jpg, the copy was built with 0.jpg"),
                          (fewer, "gives 0.jpg, 1.jpg, 2.jpg, the copy was built with 0.jpg"),
                          (tmp_path / "no-such-folder", "gives no .jpg files")):
-        with pytest.raises(MMBenchError, match=re.escape(says)):
+        with pytest.raises(MMBenchError, match=re.escape(says)) as e:
             prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(folder)})
+        assert "same names" not in str(e.value)  # said only where the names agree
     rebuilt = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)},
                       force=True)
     assert read_manifest(rebuilt)["source"]["backgrounds_sha256"] != before["source"]["backgrounds_sha256"]

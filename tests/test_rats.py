@@ -397,7 +397,9 @@ def test_the_encoders_second_head_is_the_authors_log_sigma_with_its_floor():
     enc = RatEncoder(20, 2)
     with torch.no_grad():
         enc.logvar.weight.zero_()
-        for head, want in ((1.0, math.e + 1e-6), (-40.0, math.exp(-40.0) + 1e-6), (0.0, 1.0 + 1e-6)):
+        # log 1e-6 (-13.8): where exp(head) equals the floor, σ = 2e-6 (a max of the two would give 1e-6)
+        for head, want in ((1.0, math.e + 1e-6), (-40.0, math.exp(-40.0) + 1e-6), (0.0, 1.0 + 1e-6),
+                           (math.log(1e-6), 2e-6), (-12.0, math.exp(-12.0) + 1e-6)):
             enc.logvar.bias.fill_(head)
             _, logvar = enc(torch.rand(3, 2, 10))
             assert torch.allclose(torch.exp(0.5 * logvar.double()), torch.tensor(want, dtype=torch.float64), rtol=1e-5)

@@ -81,6 +81,23 @@ def _refs(tmp_path):
     return refs
 
 
+def test_provenance_records_the_prepare_options_the_data_were_built_with(tmp_path, data_root, monkeypatch):
+    """provenance's dataset_build carries the manifest's prepare options (e.g. PolyMNIST rebuilt from MNIST's test
+    split), not only its seed: the report says the data are not the paper's."""
+    import mmbench.evaluate as ev
+
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+                            "train": {"epochs": 1, "batch_size": 64, "max_train": 64, "max_test": 64},
+                            "eval": {"metrics": []}})
+    run = Run(cfg, tmp_path / "runs")
+    real = ev.read_manifest
+    options = {"mnist_source": "test-halves", "multiplicity": 12}
+    monkeypatch.setattr(ev, "read_manifest", lambda d: {**real(d), "seed": 3, "options": options})
+    execute(run, data_root)
+    prov = json.loads((run.dir / "provenance.json").read_text())
+    assert prov["dataset_build"] == {"seed": 3, "options": options}
+
+
 def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path):
     runs = tmp_path / "runs"
     base = {"git_commit": "aaa", "dataset_digest": "d1", "packages": {"torch": "2.14.1", "numpy": "2.4.6"}}

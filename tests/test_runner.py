@@ -1,6 +1,7 @@
 import pytest
 from conftest import seed_runs
 
+from mmbench.errors import MMBenchError
 from mmbench.runner import worker_slots
 
 
@@ -137,3 +138,26 @@ def test_a_finished_run_whose_config_cannot_be_read_is_not_done(tmp_path):
     assert line.startswith(f"FAILED {run.id}: finished, but config.yaml unreadable") and line.endswith("log.txt)")
     assert outcome.message.endswith("put a good copy back, or delete the run directory")
     assert (run.dir / "config.yaml").read_text() == ": : :" and (run.dir / "metrics.json").read_bytes() == metrics
+
+
+def test_a_failure_message_with_brackets_is_printed_as_it_is(tmp_path, monkeypatch):
+    """The FAILED line prints the message verbatim: brackets in it (a path, an errno) are not read as rich markup
+    (dropped, or a MarkupError after every run has finished)."""
+    import io
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}})
+    run = Run(cfg, tmp_path / "runs")
+    run.init()
+    run.write_metrics({"coherence/joint": 0.3})
+    monkeypatch.setattr(runner, "read_run", lambda d: (_ for _ in ()).throw(MMBenchError("x")))
+    monkeypatch.setattr(runner, "left_out_because", lambda e: "metrics.json unreadable ([Errno 13] [bold] [/odd])")
+    out = io.StringIO()
+    (outcome,) = runner.run_all([cfg], tmp_path / "runs", None, console=Console(file=out, width=60))
+    assert not outcome.ok
+    assert "finished, but metrics.json unreadable ([Errno 13] [bold] [/odd])" in out.getvalue()

@@ -634,6 +634,17 @@ def test_bf16_on_a_cpu_without_bfloat16_instructions_is_noted(monkeypatch):
     assert tr.slow_bf16_note("bf16", "cpu", "x") is None
 
 
+def test_the_bf16_probe_reads_the_bf16_flags_not_plain_avx512(monkeypatch):
+    """cpu_has_bf16 is yes for avx512_bf16 or amx_bf16 in /proc/cpuinfo, not for AVX-512 alone (which emulates bf16)."""
+    import io
+
+    import mmbench.train as tr
+
+    for flags, has in (("fpu avx2 avx512f avx512bw", False), ("avx512f avx512_bf16", True), ("avx2 amx_bf16", True)):
+        monkeypatch.setattr(tr, "open", lambda *a, f=flags, **k: io.StringIO(f"flags\t\t: {f}\n"), raising=False)
+        assert tr.cpu_has_bf16() is has, flags
+
+
 def test_the_bf16_probe_agrees_with_onednn():
     """On this machine: a CPU with bfloat16 instructions (cpu_has_bf16) is one oneDNN runs bf16 on too."""
     from mmbench.train import cpu_has_bf16
