@@ -524,6 +524,19 @@ CLAIM = {"id": "k", "paper": "P", "figure": "F", "quote": "q", "source": "s", "f
                                       "quantifier": "most"}]}]}, r"claims\[0\]\.holds\[0\]\.left: with a quantifier"),
     ([{"cells": [CELL]}], r"p\.yaml: a reference file must be a mapping"),
     ({"cells": CELL}, r"p\.yaml: cells: must be a list"),
+    ({"cells": [{**CELL, "value": float("nan")}]}, r"cells\[0\]\.value: must be a number, got nan"),
+    ({"cells": [{**CELL, "runs": 0}]}, r"cells\[0\]\.runs: must be a positive integer \(the paper's number of runs\), got 0"),
+    ({"cells": [{**CELL, "runs": True}]}, r"cells\[0\]\.runs: must be a positive integer .*got True"),
+    ({"cells": [], "claims": []}, r"p\.yaml: holds no `cells` or `claims`"),
+    ({"claims": [{**CLAIM, "holds": []}]}, r"claims\[0\]\.holds: must be a non-empty list"),
+    ({"claims": [{**CLAIM, "holds": [{"left": SIDE, "op": "lowest_at", "right": [1.0], "margin": 0.1}]}]},
+     r"claims\[0\]\.holds\[0\]\.right: with op lowest_at, a non-empty list of method\.beta values .*no margin"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "metric": "latent_ap/img/*"}, "op": ">", "right": 0.1,
+                                      "quantifier": "some"}]}]}, r"quantifier: a metric ending in /\* needs .*not 'some'"),
+    ({"claims": [{**CLAIM, "holds": [{"left": SIDE, "op": ">", "right": {**SIDE, "metric": "latent_ap/img/*"}}]}]},
+     r"claims\[0\]\.holds\[0\]\.quantifier: a metric ending in /\* needs quantifier most or all"),
+    ({"claims": [{**CLAIM, "holds": [{"left": {**SIDE, "metric": "latent_ap/img/*"}, "op": "lowest_at", "right": [1.0],
+                                      "quantifier": "most"}]}]}, r"claims\[0\]\.holds\[0\]\.quantifier: needs a comparison"),
 ])
 def test_malformed_reference_files_are_named(tmp_path, content, message):
     """A cell or claim that could never match a run (a setting or method that does not exist) or whose numbers make

@@ -773,3 +773,129 @@ def test_a_negative_margin_demands_a_gap():
 
     assert _holds({"op": ">", "margin": -0.1}, 0.75, 0.6) and not _holds({"op": ">", "margin": -0.1}, 0.65, 0.6)
     assert _holds({"op": "<", "margin": -0.1}, 0.45, 0.6) and not _holds({"op": "<", "margin": -0.1}, 0.55, 0.6)
+
+
+def test_a_where_number_matches_only_its_value_up_to_float_error():
+    """`where: {method.beta: 1.0}` matches β = 1.0 (and its float noise), never a nearby β such as 1.005."""
+    assert matches({"method.beta": 1.0 + 1e-12}, {"method.beta": 1.0})
+    assert not matches({"method.beta": 1.005}, {"method.beta": 1.0})
+    assert not matches({"method.beta": 2.49}, {"method.beta": 2.5})
+
+
+@pytest.mark.parametrize("section, key, other", [
+    ("train", "max_train", 100), ("train", "max_test", 100), ("eval", "test_samples", 64),
+    ("eval", "lr_train_samples", 128), ("eval", "joint_samples", 32), ("eval", "ll_samples", 2),
+    ("eval", "fid_samples", 500), ("eval", "classifier_epochs", 1)])
+def test_every_budget_setting_keeps_two_sides_apart(tmp_path, section, key, other):
+    """Sides differing only in one budget setting of a quick tier (test subset, samples, classifier epochs) are not
+    compared: the comparison is undecided and names that setting."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.6}, tables=("F",))
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.4}, tables=("F",), **{section: {key: other}})
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+                        "right": {"method": "mvae", "metric": "coherence/joint"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and f"other budgets ({section}.{key} (" in c.details[0], c.details
+
+
+def test_a_quantified_claim_needs_the_keys_the_right_side_reports_too(tmp_path):
+    """A key only the right side reports (attribute b of mvae) also leaves 'all attributes' undecided, as one only
+    the left side reports does: counted over a alone, the claim would hold."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"latent_ap/img/a": 0.6}, tables=("F",))
+    fake_run(runs, "mvae", 0, {"latent_ap/img/a": 0.4, "latent_ap/img/b": 0.9}, tables=("F",))
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "latent_ap/img/*"}, "op": ">", "quantifier": "all",
+                        "right": {"method": "mvae", "metric": "latent_ap/img/*"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and "1 key(s) under latent_ap/img/* reported by one side only" in c.details[0]
+
+
+def test_a_claim_over_several_configurations_fails_compare_even_with_allow_missing(tmp_path):
+    """A right side matched by runs of two configurations leaves the claim undecided and marked ambiguous: --compare
+    fails even with --allow-missing, as for other budgets."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.6}, tables=("F",))
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.4}, tables=("F",))
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.1}, tables=("F",), train={"lr": 5e-4})
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+                        "right": {"method": "mvae", "metric": "coherence/joint"}}]}
+    refs = _refs(tmp_path, {"claims": [claim]})
+    rep = build_report(runs, refs)
+    assert rep.claims[0].ambiguous == rep.claims[0].details[0] and rep.ambiguous_claims == rep.claims
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs), "--allow-missing"])
+    assert res.exit_code == 1, res.output
+
+
+def test_an_uncomparable_hedged_claim_or_a_failing_one_is_not_counted_as_ambiguous(tmp_path):
+    """Ambiguity decides --compare only for a strict claim left undecided: a hedged one is evidence only, and a claim
+    that fails elsewhere is a failure, not an ambiguity."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.6}, tables=("F",), train={"epochs": 300})
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.4}, tables=("F",), train={"epochs": 15})
+    gap = {"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+           "right": {"method": "mvae", "metric": "coherence/joint"}}
+    base = {"paper": "P", "figure": "F", "quote": "q", "source": "p. 1"}
+    refs = _refs(tmp_path, {"claims": [
+        {**base, "id": "hedged", "strength": "hedged", "holds": [gap]},
+        {**base, "id": "fails", "holds": [gap, {"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+                                                "right": 0.9}]}]})
+    rep = build_report(runs, refs)
+    hedged, fails = rep.claims
+    assert hedged.status == "missing" and hedged.ambiguous and rep.ambiguous_claims == []
+    assert fails.status == "fails" and fails.ambiguous is None
+    res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(refs), "--allow-missing"])
+    assert res.exit_code == 1 and "cannot compare their runs" not in res.output, res.output  # 1: the failing claim
+
+
+def test_a_claims_own_filter_is_named_when_it_leaves_a_sides_runs_out(tmp_path):
+    """The claim's `where` (not only a side's) is named when it keeps every run of a side out."""
+    runs = tmp_path / "runs"
+    for method in ("mopoe", "mvae"):
+        _sweep_run(runs, method, 1.0, 0, {"coherence/joint": 0.5}, tables=("F",))
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1", "where": {"method.beta": 2.0},
+             "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">", "right": 0.1}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and c.excluded == "mopoe coherence/joint: method.beta is 1.0, the paper's is 2.0 (1 run)"
+
+
+def test_a_table_pooling_a_default_and_another_data_build_names_both(tmp_path):
+    """Seeds on the default data and on a rebuilt one in one table: the title names both builds, the default one as
+    such (not an empty name)."""
+    import json
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.5})
+    r = fake_run(runs, "mopoe", 1, {"coherence/joint": 0.5})
+    prov = {**r.provenance(), "dataset_build": {"seed": 0, "options": {"multiplicity": 12}}}
+    (r.dir / "provenance.json").write_text(json.dumps(prov))
+    (title, _), = build_report(runs, None).summaries
+    assert title.endswith("[data built with the defaults | multiplicity=12]"), title
+
+
+def test_a_sweep_table_says_a_diverged_run_was_left_out(tmp_path):
+    """In the long form of a β sweep too, a NaN/inf seed is left out of the mean and said in its cell."""
+    runs = tmp_path / "runs"
+    for beta in (0.5, 1.0, 2.0):
+        _sweep_run(runs, "mopoe", beta, 0, {"latent_acc_by_n/1": 0.5})
+    _sweep_run(runs, "mopoe", 1.0, 1, {"latent_acc_by_n/1": float("nan")})
+    cells = [c for _, t in build_report(runs, None).summaries for c in t.iloc[:, 1]]
+    assert "0.500 (1 non-finite left out)" in cells, cells
+
+
+def test_a_cell_whose_only_runs_diverged_or_are_filtered_out_says_why_it_is_missing(tmp_path):
+    """A missing cell says its runs were all non-finite, or which filter setting kept them out (grid and tidy rows)."""
+    from mmbench.verdicts import tidy_rows
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": float("nan")})
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.5})
+    rep = build_report(runs, _refs(tmp_path, {"cells": [REF_CELL, {**REF_CELL, "row": "MVAE", "method": "mvae",
+                                                                   "where": {"train.epochs": 1}}]}))
+    grid = rep.refs[0][1]
+    assert grid.iloc[0, 1].startswith("missing (1 run(s) with a non-finite value) | ")
+    assert "runs left out by the cell's filter: train.epochs is" in grid.iloc[1, 1]
+    rows = tidy_rows(rep.cells, None)
+    assert rows[0]["excluded_by_filter"] is None and rows[1]["excluded_by_filter"] == rep.cells[1].excluded is not None
