@@ -66,3 +66,29 @@ def test_refuses_too_few_runs_or_runs_of_different_settings(tmp_path, monkeypatc
     fake_runs(tmp_path / "b", "bf16", {"m/x": [0, 1]}, latent_dim=64)
     with pytest.raises(SystemExit, match="the runs differ in method.latent_dim besides seed and precision"):
         agreement(tmp_path / "b", monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("tier", ["full", "quick", "smoke"])
+def test_the_bf16_suite_is_fig_3s_mopoe_runs_in_bf16(tmp_path, tier):
+    """device-check.sh's bf16 runs (docs/gpu-runs/bf16_suite.py) have every setting of MoPoE Fig. 3's MoPoE runs in
+    suites/mopoe_iclr21.yaml but the precision (and the tables they are listed under), in every tier: else
+    precision_agreement.py refuses to compare them (a copy typed into the script once lacked eval.joint_samples)."""
+    import yaml
+
+    from mmbench.suite import load_suite
+
+    made = runpy.run_path(str(SCRIPT.parent / "bf16_suite.py"))["bf16_suite"]()
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(made))
+
+    def settings(cfg):
+        d = cfg.to_dict()
+        d["train"].pop("precision")
+        d.pop("tables")
+        return d
+
+    fp32 = [c for c in load_suite(SCRIPT.parents[2] / "suites" / "mopoe_iclr21.yaml").runs(tier)
+            if c.method.name == "mopoe" and "MoPoE Fig. 3" in c.tables]
+    bf16 = load_suite(tmp_path / "bf16.yaml").runs(tier)
+    assert {c.train.precision for c in fp32} == {"fp32"} and {c.train.precision for c in bf16} == {"bf16"}
+    assert sorted(map(settings, bf16), key=lambda d: d["seed"]) == sorted(map(settings, fp32), key=lambda d: d["seed"])
+    assert len(bf16) == (5 if tier == "full" else 1)

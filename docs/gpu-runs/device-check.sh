@@ -214,26 +214,7 @@ echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)$([ "$MAXTRAIN" -gt 0 ] && echo " on 
 
 snap
 say "MoPoE Fig. 3 (15 runs, packed) and MoPoE x 5 in bf16, $EPOCHS epochs"
-cat > "$RES/bf16-suite.yaml" <<EOF
-name: bf16-check
-description: MoPoE x 5 seeds as in MoPoE Fig. 3 but with train.precision bf16 (device-check.sh).
-defaults:
-  method: {latent_dim: 512, beta: 2.5}
-  train: {epochs: 300, batch_size: 256, lr: 1.0e-3, precision: bf16}
-  # the evaluation settings of suites/mopoe_iclr21.yaml, so that precision_agreement.py compares like with like
-  eval: {lr_train_samples: 500, classifier_epochs: 10, classifier_min_accuracy: 0.9, ll_samples: 15,
-         mixture_representation: component, ll_proposal: component}
-tiers:
-  full: {}
-experiments:
-  - name: mopoe-bf16
-    reproduces: ["bf16 check"]
-    dataset: polymnist
-    variant: vanilla
-    methods: [mopoe]
-    seeds: [0, 1, 2, 3, 4]
-    metrics: [latent_classification, coherence, loglik]
-EOF
+$PY docs/gpu-runs/bf16_suite.py "$RES/bf16-suite.yaml"  # Fig. 3's MoPoE entry, read from the suite, in bf16
 # RESERVE: seconds kept for the parts after it (default 170: the agreement, eval-time, report, projection)
 LIM=$(( $(left) - ${RESERVE:-170} )); [ $LIM -lt 60 ] && LIM=60; [ "$SCALE" = tiny ] && LIM=0
 timeout "$LIM" $M run suites/mopoe_iclr21.yaml --tier full --only polymnist-fig-3 "${GPUS[@]}" --pack 5 \
@@ -243,7 +224,7 @@ timeout "$LIM" $M run "$RES/bf16-suite.yaml" --tier full "${GPU4[@]}" --pack 5 \
   --set "train.epochs=$EPOCHS" "${RUNSET[@]}" &
 p2=$!
 wait "$p1"; rc1=$?; wait "$p2"; rc2=$?  # not a bare `wait`: it would also wait for the `tee` of the log, i.e. forever
-{ echo "exit status: Fig. 3 runs $rc1, bf16 runs $rc2 (124: stopped by the ${LIM} s limit)"
+{ echo "exit status: Fig. 3 runs $rc1, bf16 runs $rc2 ($([ "$LIM" -gt 0 ] && echo "124: stopped by the ${LIM} s limit" || echo "no time limit in dry mode"))"
   echo "how the runs trained (from their logs):"
   grep -h -o "packed with [0-9]* other run(s) on [a-z0-9:]*\|training unpacked: .*\|step is not captured\|step captured with torch.compile\|torch.compile failed.*" \
     "$MMBENCH_RUNS"/*/log.txt 2>/dev/null | sort | uniq -c; } | tee -a "$RES/fig3-epochs.txt"
