@@ -14,6 +14,8 @@ hashed, packed, verified and unpacked in pieces (CHUNK), so neither command hold
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -186,7 +188,7 @@ class BundleFiles:
             target = left.pop(name)
             target.parent.mkdir(parents=True, exist_ok=True)
             src = _Hashing(f)
-            with open(target, "wb") as out:
+            with open(target, "wb") as out, _reading(self.path):
                 shutil.copyfileobj(src, out, CHUNK)
             if src.h.hexdigest() != listed[name]["sha256"] or src.n != listed[name]["size"]:
                 raise MMBenchError(f"bundle {self.path}: {name} changed since it was verified (is the bundle being "
@@ -194,6 +196,15 @@ class BundleFiles:
         if left:
             raise MMBenchError(f"bundle {self.path} lost {sorted(left)[0]} since it was verified (is it being copied "
                                f"over?); import again once it is whole")
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """A bundle whose data end early or do not decompress (a download cut short) is a one-line error."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
 
 
 def _members(path: Path):
@@ -229,7 +240,8 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
         src, piece = _Hashing(f), b""
         keep = name.rsplit("/", 1)[-1] in KEPT
         while True:
-            piece = src.read(CHUNK)
+            with _reading(path):
+                piece = src.read(CHUNK)
             if not piece:
                 break
             if keep and src.n <= KEPT_MAX_BYTES:

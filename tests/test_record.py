@@ -734,3 +734,15 @@ def test_import_refuses_a_bundle_that_changes_after_it_was_verified(tmp_path, mo
                                            r"nothing imported"):
         import_bundle(tmp_path / "x.tar.gz", b)
     assert list(b.iterdir()) == []
+
+
+def test_a_bundle_cut_short_is_a_one_line_error_and_nothing_is_imported(tmp_path):
+    """A download cut off in the middle of a checkpoint's data (the bundle is read as a stream, member by member) is
+    named as an unreadable .tar.gz, not a traceback, and nothing is written."""
+    _big_checkpoint_run(tmp_path / "a", size=300_000)
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    data = (tmp_path / "x.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MMBenchError, match=r"cut.tar.gz is not a readable .tar.gz \(.*\); copy it again"):
+        import_bundle(tmp_path / "cut.tar.gz", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
