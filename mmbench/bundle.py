@@ -45,10 +45,6 @@ KEPT = {MANIFEST, "config.yaml", "metrics.json", "provenance.json"}  # the only 
 KEPT_MAX_BYTES = 64 * 2 ** 20
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _file_digest(path: Path) -> Tuple[str, int]:
     """(sha256, size) of a file, read in pieces."""
     h, n = hashlib.sha256(), 0
@@ -171,13 +167,14 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 
 class BundleFiles:
-    """What `read_bundle` found in a bundle: every run file's (sha256, size), verified against the manifest, and the
-    bytes of the few small records import reads (KEPT); the rest is copied out of the tar in pieces by `unpack`."""
+    """What `read_bundle` verified in a bundle: its member names (as in the tar) -> the names the manifest lists,
+    the manifest's (sha256, size) of each, and the bytes of the few small records import reads (KEPT); the rest is
+    copied out of the tar in pieces by `unpack`."""
 
-    def __init__(self, path: Path, prefix: str, names: Dict[str, str], kept: Dict[str, bytes]):
-        self.path, self.prefix, self.names, self.kept = path, prefix, names, kept
+    def __init__(self, path: Path, names: Dict[str, str], listed: Dict[str, Dict], kept: Dict[str, bytes]):
+        self.path, self.names, self.listed, self.kept = path, names, listed, kept
 
-    def unpack(self, targets: Dict[str, Path], listed: Dict[str, Dict]) -> None:
+    def unpack(self, targets: Dict[str, Path]) -> None:
         """Copy the members `targets` names (bundle names, as the manifest lists them) to those paths, each checked
         against its digest again as it is copied (the bundle may have changed since it was read)."""
         left = dict(targets)
@@ -190,7 +187,7 @@ class BundleFiles:
             src = _Hashing(f)
             with open(target, "wb") as out, _reading(self.path):
                 shutil.copyfileobj(src, out, CHUNK)
-            if src.h.hexdigest() != listed[name]["sha256"] or src.n != listed[name]["size"]:
+            if (src.h.hexdigest(), src.n) != (self.listed[name]["sha256"], self.listed[name]["size"]):
                 raise MMBenchError(f"bundle {self.path}: {name} changed since it was verified (is the bundle being "
                                    f"copied over?); nothing imported; import again once it is whole")
         if left:
@@ -237,7 +234,7 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
             continue
         if name in found:  # e.g. "runs/x" and "./runs/x": which one a reader takes would differ
             raise MMBenchError(f"bundle {path} holds {name} twice; refusing it (was it made by `mmbench export`?)")
-        src, piece = _Hashing(f), b""
+        src, pieces = _Hashing(f), []
         keep = name.rsplit("/", 1)[-1] in KEPT
         while True:
             with _reading(path):
@@ -245,10 +242,10 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
             if not piece:
                 break
             if keep and src.n <= KEPT_MAX_BYTES:
-                kept[name] = kept.get(name, b"") + piece
+                pieces.append(piece)
         found[name] = (src.h.hexdigest(), src.n)
-        if src.n > KEPT_MAX_BYTES:
-            kept.pop(name, None)
+        if keep and src.n <= KEPT_MAX_BYTES:
+            kept[name] = b"".join(pieces)
     tops = {name.split("/")[0] for name in found}
     prefix = ""
     if MANIFEST not in found and len(tops) == 1 and all("/" in name for name in found):
@@ -265,7 +262,7 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise MMBenchError(f"bundle {path} is format {manifest.get('format')!r} v{manifest.get('version')}; this "
                            f"mmbench reads {FORMAT} v{VERSION}")
-    listed = _listed(manifest)
+    listed = {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
     for name in sorted(set(listed) | set(found)):
         if name not in found:
             raise MMBenchError(f"bundle {path} lacks {name}, which its manifest lists; the bundle is incomplete")
@@ -274,11 +271,7 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
         if found[name] != (listed[name]["sha256"], listed[name]["size"]):
             raise MMBenchError(f"bundle {path}: {name} does not match its sha256 in {MANIFEST} (corrupted or "
                                f"edited); export it again")
-    return manifest, BundleFiles(path, prefix, {prefix + name: name for name in found}, kept)
-
-
-def _listed(manifest: Dict) -> Dict[str, Dict]:
-    return {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
+    return manifest, BundleFiles(path, {prefix + name: name for name in found}, listed, kept)
 
 
 def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
@@ -330,8 +323,7 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
         for rid in added:
             tmps[rid] = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
             os.chmod(tmps[rid], usual_dir_mode())  # the run folder colleagues can read, as every folder mmbench makes
-        bundle.unpack({f"runs/{rid}/{rel}": tmps[rid] / rel for rid in added for rel in manifest["runs"][rid]["files"]},
-                      _listed(manifest))
+        bundle.unpack({f"runs/{rid}/{rel}": tmps[rid] / rel for rid in added for rel in manifest["runs"][rid]["files"]})
         for rid in added:
             try:
                 os.rename(tmps[rid], runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
