@@ -22,7 +22,7 @@ def bf16_suite(src: Path = SUITE) -> dict:
     overrides = exp.setdefault("overrides", {})
     overrides["train"] = {**overrides.get("train", {}), "precision": "bf16"}
     return {"name": "bf16-check",
-            "description": f"MoPoE x {len(exp['seeds'])} seeds as {ENTRY} of {SUITE.name}, with train.precision bf16 "
+            "description": f"MoPoE x {len(exp['seeds'])} seeds as {ENTRY} of {Path(src).name}, with train.precision bf16 "
                            f"(docs/gpu-runs/bf16_suite.py, for device-check.sh).",
             "defaults": suite.get("defaults", {}), "tiers": suite.get("tiers", {}), "experiments": [exp]}
 
