@@ -847,6 +847,12 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
              else f"{torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
     if cudnn_benchmark:
         where += " (cuDNN benchmark mode)"
+    if packs:  # how a pack computes its loss, set by the environment (mmbench/pack.py, mmbench/packconv.py)
+        from .pack import vectorised_on
+        from .packconv import conv_mode
+        vmapped = vectorised_on(device)
+        where += ("; packs vmapped" + (", convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)"
+                                       if conv_mode() == "bmm" else "") if vmapped else "; packs looped over their runs")
     from .train import slow_bf16_note
     note = slow_bf16_note(precision, device, "timing")
     if profile is not None:  # every option checked: the folder is made only for a measurement

@@ -41,7 +41,8 @@ after the current step when a stop is requested (train.request_stop, e.g. Slurm'
 a stop then raises train.TrainingInterrupted for the whole pack, and a re-run resumes every run of it.
 With MMBENCH_COMPILE=1 (`mmbench run --compile`) on a GPU the packed loss is captured with
 torch.compile(mode="reduce-overhead") (the vmapped fp32 loss only; a looped bf16 pack says so in its logs
-and runs uncaptured); a compiler failure falls back to the uncaptured step, logged.
+and runs uncaptured); a compiler failure falls back to the uncaptured step, logged. With MMBENCH_PACK_CONV=bmm the
+vmapped loss computes its convolutions as batched matmuls instead of vmap's grouped convolutions (mmbench/packconv.py).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ from .errors import MMBenchError, brief
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
-from . import train as train_mod
+from . import packconv, train as train_mod
 from .devices import device_of
 from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
@@ -206,8 +207,13 @@ class StackedModel:
             raise MMBenchError("a pack mixes runs whose optimiser has stepped with runs whose has not; "
                                "pack only runs resumed at the same epoch")
         self._draws: Dict[Tuple, List[Tuple]] = {}
-        self._replay = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")
-        self._replay_shared_x = torch.func.vmap(self._fn("replay"), in_dims=(0, 0, None, 0), randomness="error")
+        # the template the vmapped loss calls: MMBENCH_PACK_CONV=bmm swaps its convolutions for batched matmuls
+        # (mmbench/packconv.py); the looped loss and each run's loss alone keep PyTorch's
+        self.conv = packconv.conv_mode()
+        self.vtemplate, self.matmul_convs = (packconv.matmul_convs(self.template) if self.conv == "bmm"
+                                             else (self.template, 0))
+        self._replay = torch.func.vmap(self.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")
+        self._replay_shared_x = torch.func.vmap(self.vmapped_fn(), in_dims=(0, 0, None, 0), randomness="error")
         self.vectorised = vectorised_on(device)
 
     def compile(self, captured_replay: Optional[Callable] = None) -> None:
@@ -225,11 +231,22 @@ class StackedModel:
     def size(self) -> int:
         return next(iter(self.params.values())).shape[0]
 
-    def _fn(self, noise_mode):
+    def set_training(self, on: bool) -> None:
+        """train() or eval() the template and the vmapped template (a copy under MMBENCH_PACK_CONV=bmm)."""
+        self.template.train(on)
+        self.vtemplate.train(on)
+
+    def vmapped_fn(self):
+        """One run's loss as the vmapped pack computes it (from the noise given)."""
+        return self._fn("replay", self.vtemplate)
+
+    def _fn(self, noise_mode, template: Optional[nn.Module] = None):
+        template = self.template if template is None else template
+
         def f(params, buffers, x, noise):
             source = _Recorder() if noise_mode == "record" else _Replay(noise)
             with use_noise(source):
-                loss, logs = torch.func.functional_call(self.template, (params, buffers), (x,))
+                loss, logs = torch.func.functional_call(template, (params, buffers), (x,))
             if noise_mode == "record":
                 self._recorded = source.draws
             return loss, _as_tensors(logs, loss)
@@ -376,7 +393,7 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
             draws = sm.draws_for(x, 0, sm.template.training)
             noise = draw(draws, copies, sm.device)
             if sm.vectorised:  # vmapped, as fp32 training computes it (a draw bypassing the noise source fails here)
-                packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
+                packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
                     sm.params, sm.fresh_buffers(), x, noise)
             else:  # looped: a draw bypassing the source moves the global streams (and takes other numbers than alone)
                 streams = train_mod.rng_states(sm.device)
@@ -520,6 +537,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             m.run.log(note)
         if tuned:
             m.run.log(tuned)
+        if sm.matmul_convs and sm.vectorised_for(cfg.train.precision):
+            m.run.log(f"the pack's {sm.matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
     t0 = time.time()
@@ -646,7 +665,7 @@ def _shrink(sm: StackedModel, keep: List[int], template, cfg, device) -> Stacked
 def _test_losses(sm: StackedModel, test: DataSplit, batch_size: int, seeds: Sequence[int], device,
                  precision: str) -> List[float]:
     """train.test_loss for every run of the pack: each run's noise from a generator seeded with its seed."""
-    sm.template.eval()
+    sm.set_training(False)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     total = torch.zeros(len(seeds), dtype=torch.float64, device=device)
     n = 0
@@ -655,7 +674,7 @@ def _test_losses(sm: StackedModel, test: DataSplit, batch_size: int, seeds: Sequ
         losses, _ = sm.loss(_split_batch(test, idx), gens, None, precision)
         total += losses.detach().double() * len(idx)
         n += len(idx)
-    sm.template.train()
+    sm.set_training(True)
     return (total / max(n, 1)).tolist()
 
 

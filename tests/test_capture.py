@@ -61,6 +61,22 @@ def test_packed_loss_is_captured_as_one_graph_with_the_same_losses(method):
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
 
 
+def test_a_pack_with_matmul_convolutions_is_captured_as_one_graph(monkeypatch):
+    """MMBENCH_PACK_CONV=bmm (mmbench/packconv.py: unfold, matmul, fold under vmap) is traced whole too, forward and
+    backward, with the uncaptured pack's losses."""
+    import mmbench.packconv as packconv
+
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")
+    swapped = []
+    real = packconv.matmul_convs
+    monkeypatch.setattr(packconv, "matmul_convs", lambda m: swapped.append(1) or real(m))
+    torch._dynamo.reset()
+    eager = pack_losses("mopoe", capture=False)
+    captured = pack_losses("mopoe", capture=True)
+    assert len(swapped) == 2  # both packs computed their convolutions as matmuls
+    torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
+
+
 # Unpacked steps that can be captured: the methods that do not pack, and mrVAE (it packs with objective q, the
 # default, but runs unpacked with objective r or --pack 1); vgon and smvgon cannot be captured (their posterior is an
 # inner gradient step: autograd inside the loss).

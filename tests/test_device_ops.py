@@ -6,6 +6,7 @@ issues them, not arithmetic. `mmbench.bench.device_ops` counts the tensor operat
 rows is taken), views excluded. These tests check the counter and hold mrVAE's step to the issue's bound against
 MoPoE's, so that a change putting a Python loop back into its step fails here rather than on a GPU.
 """
+import pytest
 import torch
 
 from mmbench.bench import device_ops, floor_step, method_step
@@ -43,13 +44,17 @@ def test_mrvae_step_issues_at_most_three_times_mopoes_operations():
     assert ops["mrvae"] <= 3 * ops["mopoe"], ops
 
 
-def test_a_packs_operations_do_not_grow_with_its_runs():
+@pytest.mark.parametrize("conv", ["grouped", "bmm"])
+def test_a_packs_operations_do_not_grow_with_its_runs(monkeypatch, conv):
     """A pack's loss is vmapped: one batched kernel per operation for all its runs, so a pack of R runs issues about
     the operations of one run's step (plus vmap's reshapes) and a launch-bound GPU step costs ~1/R per run. A
     batching rule that loops over the runs breaks that silently (no warning: mrVAE's index_add over a buffer's
-    indices did, one launch per run and subspace); here every packable method's packed step issues the same operations for 2 and 4 runs."""
+    indices did, one launch per run and subspace); here every packable method's packed step issues the same operations
+    for 2 and 4 runs, with vmap's grouped convolutions and with the convolutions as batched matmuls (MMBENCH_PACK_CONV)."""
     from mmbench.bench import pack_step
     from mmbench.registry import METHODS
+
+    monkeypatch.setenv("MMBENCH_PACK_CONV", conv)
 
     for m in [m for m in METHODS.names() if METHODS.get(m).packable]:
         two, four = (device_ops(pack_step(m, r, n_modalities=3, batch_size=4, latent_dim=8, device="meta")[0])

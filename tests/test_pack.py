@@ -44,7 +44,16 @@ def last(run):
 # Measured over 6 steps (MoPoE seeds 0-2, mrVAE seeds 0-1, with ATEN_CPU_CAPABILITY=avx2 and =default): up to 3.7 %
 # of the distance the weights moved and 2.4e-4 relative in an epoch's metrics; a pack that hands a run another run's
 # noise or batches moves it 44-79 % away and its metrics 2e-3 to 0.7 relative.
+# Vmapped with the convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm, mmbench/packconv.py): other kernels, the
+# same rounding-level difference.
 TRAJECTORY_TOL = {"loop": {"metric": 1e-4, "moved": 1e-2}, "vmap": {"metric": 1e-3, "moved": 0.15}}
+TRAJECTORY_TOL["vmap-bmm"] = TRAJECTORY_TOL["vmap"]
+
+
+def set_pack_mode(monkeypatch, mode):
+    """loop, vmap or vmap-bmm (vmapped, its convolutions as batched matmuls) for the packs built after the call."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode.split("-")[0])
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm" if mode.endswith("-bmm") else "grouped")
 
 
 def assert_same_trajectory(run_cfg, alone_summary, alone_ck, packed_summary, packed_ck, mode, steps):
@@ -86,14 +95,14 @@ def trained_alone(tmp_path_factory, data_root):
     return train_once
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
+@pytest.mark.parametrize("mode", ["loop", "vmap", "vmap-bmm"])
 def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
     # The same runs (same ids) trained alone and as one pack: per-run generators replay each run's own noise
     # stream (on the CPU the stream the run draws from alone), so only float rounding of the batched kernels
-    # differs (TRAJECTORY_TOL). Both ways of computing a pack's loss: looped over parameter views (a CPU's
-    # default) and vmapped (a GPU's).
+    # differs (TRAJECTORY_TOL). Every way of computing a pack's loss: looped over parameter views (a CPU's
+    # default), vmapped (a GPU's), and vmapped with the convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm).
     on_gpu_if_asked()
-    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    set_pack_mode(monkeypatch, mode)
     alone_dir, alone = trained_alone("three", [cfg(s) for s in range(3)])
     runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
     packed = train_pack(runs, data_root)
@@ -101,6 +110,9 @@ def test_pack_of_three_equals_three_alone(tmp_path, data_root, monkeypatch, mode
         assert r.id == Run(cfg(s), alone_dir).id
         assert packed[r.id]["packed_with"] == 3
         assert "packed with 2 other run(s)" in r.log_path.read_text()
+        # polydigits' MoPoE: 5 modalities, 3 convolutions in each encoder and 3 transposed ones in each decoder
+        assert ("the pack's 30 convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)"
+                in r.log_path.read_text()) == (mode == "vmap-bmm")
         assert [h["epoch"] for h in packed[r.id]["history"]] == [1, 2]
         ca, cp = last(Run(cfg(s), alone_dir)), last(r)
         assert_same_trajectory(cfg(s), alone[s], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
@@ -666,14 +678,17 @@ def packable_stacks(mods, runs):
                                  torch.device("cpu"))
 
 
-def test_packed_losses_use_batching_rules_only(recwarn):
+@pytest.mark.parametrize("conv", ["grouped", "bmm"])
+def test_packed_losses_use_batching_rules_only(recwarn, monkeypatch, conv):
     """Under vmap an operation without a batching rule falls back to a loop over the runs (a warning, "performance
     drop"): on a GPU R launches where one was meant. Every packable method's vmapped loss and backward use batching
-    rules only (mrVAE's permutation positions were once an in-place scatter_, which has none)."""
+    rules only (mrVAE's permutation positions were once an in-place scatter_, which has none), also with the
+    convolutions as batched matmuls (unfold, fold)."""
     import warnings
 
     from mmbench.data.base import Modality
 
+    monkeypatch.setenv("MMBENCH_PACK_CONV", conv)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
     for name, sm in packable_stacks(mods, 2):
         sm.vectorised = True
@@ -928,20 +943,25 @@ class _CountingLoss(torch.nn.Module):
         return self.w * x["a"].mean() * self.calls, {}
 
 
-def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient():
+@pytest.mark.parametrize("conv", ["grouped", "bmm"])
+def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient(monkeypatch, conv):
     """One vmapped step of every packable method: each run's loss and gradient are those of the run computed alone
-    (its own weights, batch and noise) to float rounding (measured: losses 1e-7, gradients 2.4e-5 relative). The
+    (its own weights, batch and noise) to float rounding (measured: losses 1e-7, gradients 2.4e-5 relative), with
+    vmap's grouped convolutions and with the convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm). The
     tight, step-level half of the packed-equals-alone claim; TRAJECTORY_TOL says why trajectories drift further."""
     from mmbench.data.base import Modality
     from mmbench.pack import draw
 
+    monkeypatch.setenv("MMBENCH_PACK_CONV", conv)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
     g = torch.Generator().manual_seed(0)
     x = {m.name: torch.rand(3, 8, 3, 28, 28, generator=g) for m in mods}  # a different batch per run
     for name, sm in packable_stacks(mods, 3):
+        convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in sm.template.modules())
+        assert convs >= 6 * len(mods) and sm.matmul_convs == (convs if conv == "bmm" else 0), name  # all swapped
         noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
         params = list(sm.params.values())
-        packed, _ = torch.func.vmap(sm._fn("replay"), in_dims=(0, 0, 0, 0), randomness="error")(
+        packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
             sm.params, sm.fresh_buffers(), x, noise)
         g_packed = torch.autograd.grad(packed.sum(), params, allow_unused=True)
         for r in range(3):
