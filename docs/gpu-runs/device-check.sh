@@ -13,6 +13,10 @@
 #   steps-packed-loop.md    MoPoE pack of 5 looped over the runs (MMBENCH_PACK_MODE=loop) instead of vmapped
 #   steps-mrvae.md          the mrVAE step next to MoPoE's and the bare-network floor (step-time table)
 #   steps-mrvae-packed.md   mrVAE's run-steps/s unpacked and in a pack of 5
+#   kernel-choices.md       per layer of the PolyMNIST CNN at packs of 5 and 15: vmapped (grouped convolutions, what a
+#                           pack runs) against looped, im2col + bmm (fp32, TF32) and channels_last grouped kernels;
+#                           Adam foreach against fused and for-loop (docs/gpu-runs/kernel_choices.py; each checked equal)
+#   steps-packed-bmm.md     MoPoE's packs of 5 and 15 with their convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)
 #   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
@@ -38,7 +42,7 @@
 # mmbench's imports still missing after that stops the script at once, naming it.
 # A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
-# PARTS (default all): correctness, steps, fig3, evaltime, report, projection, captured (data is always prepared);
+# PARTS (default all): correctness, steps, kernels, fig3, evaltime, report, projection, captured (data is always prepared);
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
 # when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
@@ -165,6 +169,20 @@ timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DE
 say "mrVAE packed (5 runs)"
 timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae-packed.md"
+fi
+
+if part kernels; then
+say "kernel choices for packs: grouped (vmapped) against looped, im2col + bmm, channels_last; Adam implementations"
+if [ "$SCALE" = tiny ]; then KC=(--packs 1,3 --repeats 1); else KC=(--packs 5,15 --repeats 10); fi
+timeout $(to 60) $PY docs/gpu-runs/kernel_choices.py --device "$DEVICE" --batch-size $B --latent-dim $LAT "${KC[@]}" \
+  --out "$RES/kernel-choices.md" > /dev/null 2> "$RES/kernel-choices.err" || tail -2 "$RES/kernel-choices.err"
+tail -7 "$RES/kernel-choices.md" 2>/dev/null
+snap
+say "MoPoE packed with its convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm), against steps-packed.md's"
+if [ "$SCALE" = tiny ]; then KP=3; else KP=5,15; fi
+MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm timeout $(to 45) $M bench steps --methods mopoe --pack $KP --device "$DEVICE" \
+  --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm.md" $(prof bmm)
+snap
 fi
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
