@@ -140,10 +140,13 @@ def _profile_file(profile: Optional[Path], name: str) -> Optional[Path]:
     return None if profile is None else Path(profile) / f"{name}.txt"
 
 
-def _foreach(dev: torch.device):
-    """Adam's implementation as the trainer gets it on a GPU (multi-tensor kernels), also on meta, where op counts
-    stand for a GPU's launches; the default elsewhere."""
-    return True if dev.type == "meta" else None
+def _adam(params, dev: torch.device) -> torch.optim.Adam:
+    """Adam as the trainers make it (train.new_adam: MMBENCH_ADAM); on meta, where op counts stand for a GPU's
+    launches, the multi-tensor kernels a GPU gets by default (fused Adam has no meta kernel: with MMBENCH_ADAM=fused
+    the counts keep foreach's ~10 operations per step where a GPU issues one)."""
+    from .train import new_adam
+
+    return torch.optim.Adam(params, lr=1e-4, foreach=True) if dev.type == "meta" else new_adam(params, 1e-4)
 
 
 def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512,
@@ -156,7 +159,7 @@ def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, laten
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     model = METHODS.get(method)(mods, MethodConfig(method, latent_dim=latent_dim, beta=1.0), architecture).to(dev)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=_foreach(dev))
+    opt = _adam(model.parameters(), dev)
     g = torch.Generator().manual_seed(seed)
     x = {m.name: torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
     loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
@@ -202,7 +205,7 @@ def floor_step(n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 5
     nets = torch.nn.ModuleList([torch.nn.ModuleList([arch.encoder(m, latent_dim), arch.decoder(m, latent_dim)])
                                 for m in mods]).to(dev)
     nets.train()
-    opt = torch.optim.Adam(nets.parameters(), lr=1e-4, foreach=_foreach(dev))
+    opt = _adam(nets.parameters(), dev)
     g = torch.Generator().manual_seed(seed)
     x = [torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for _ in mods]
 
@@ -295,7 +298,7 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
     template.train()
     sm = StackedModel(template, states, [None] * pack, 1e-4, dev)
     if dev.type == "meta":
-        sm.opt = torch.optim.Adam(list(sm.params.values()), lr=1e-4, foreach=_foreach(dev))
+        sm.opt = _adam(list(sm.params.values()), dev)
     if compile:
         if not sm.vectorised_for(precision):
             raise MMBenchError(f"this pack loops over its runs ({precision} on {dev.type}; pack.StackedModel."

@@ -853,7 +853,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         vmapped = vectorised_on(device)
         where += ("; packs vmapped" + (", convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)"
                                        if conv_mode() == "bmm" else "") if vmapped else "; packs looped over their runs")
-    from .train import slow_bf16_note
+    from .train import adam_options, slow_bf16_note
+    if adam_options()["fused"]:
+        where += "; Adam fused (MMBENCH_ADAM=fused)"
     note = slow_bf16_note(precision, device, "timing")
     if profile is not None:  # every option checked: the folder is made only for a measurement
         profile.mkdir(parents=True, exist_ok=True)

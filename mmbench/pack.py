@@ -199,10 +199,10 @@ class StackedModel:
                        for n in pnames}
         own = dict(template.named_buffers())  # non-persistent buffers are not in a state_dict: the template's
         self.buffers = {f"model.{n}": torch.stack([s.get(n, own[n]).to(device) for s in states]) for n in bnames}
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)
+        self.opt = train_mod.new_adam(list(self.params.values()), lr)
         started = [o is not None and bool(o["state"]) for o in opt_states]
         if all(started):
-            self.opt.load_state_dict(_stack_opt(opt_states))
+            train_mod.load_adam_state(self.opt, _stack_opt(opt_states))
         elif any(started):
             raise MMBenchError("a pack mixes runs whose optimiser has stepped with runs whose has not; "
                                "pack only runs resumed at the same epoch")
@@ -535,8 +535,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             m.run.log(f"packed training step captured with torch.compile on {device} (mmbench run --compile)")
         if note:
             m.run.log(note)
-        if tuned:
-            m.run.log(tuned)
+        for line in (tuned, train_mod.adam_note()):
+            if line:
+                m.run.log(line)
         if sm.matmul_convs and sm.vectorised_for(cfg.train.precision):
             m.run.log(f"the pack's {sm.matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it

@@ -142,8 +142,8 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
     an error naming the checkpoint (Adam itself would only fail at its next step)."""
     load_weights(model, ck["model"], path)
     try:
-        opt.load_state_dict(ck["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        load_adam_state(opt, ck["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise MMBenchError(f"checkpoint {path}: its optimiser state does not fit this run's model ({brief(e, 200)}); "
                            f"{MISFIT}") from None
     for name, p in model.named_parameters():
@@ -227,6 +227,39 @@ def cudnn_autotune(device) -> Optional[str]:
     torch.backends.cudnn.benchmark = True
     return (f"cuDNN benchmark mode on {device} (mmbench run --cudnn-benchmark): convolution algorithms chosen by "
             f"timing, so float rounding may differ from another process's")
+
+
+def adam_options() -> Dict[str, Optional[bool]]:
+    """Which of PyTorch's Adam implementations the trainers use (MMBENCH_ADAM): `default`, PyTorch's choice for the
+    device (a loop over the tensors on a CPU, multi-tensor foreach kernels on a GPU), or `fused` (one kernel for all
+    parameters). The same update to float rounding (docs/gpu-runs/kernel_choices.py checks that before timing both);
+    not a run setting (a run id names the experiment, not its kernels): a run's log names a non-default choice."""
+    mode = os.environ.get("MMBENCH_ADAM", "") or "default"
+    if mode not in ("default", "fused"):
+        raise MMBenchError(f"MMBENCH_ADAM={mode!r}: use default or fused (or leave it unset: default)")
+    return {"foreach": None, "fused": True if mode == "fused" else None}
+
+
+def new_adam(params, lr: float) -> torch.optim.Adam:
+    """The trainers' optimiser: Adam (MoPoE's and every paper's) in the implementation MMBENCH_ADAM chooses."""
+    return torch.optim.Adam(params, lr=lr, **adam_options())
+
+
+def load_adam_state(opt: torch.optim.Optimizer, sd: Dict) -> None:
+    """opt.load_state_dict(sd) in this process's implementation: Adam takes foreach/fused from the saved groups (a
+    checkpoint of a fused run would make every resume of it fused) and places its step counters by them (fused: on
+    the parameters' device; otherwise on the host, where a step counter on a GPU would be read back every step)."""
+    impl = adam_options()
+    state = {i: {k: (v.cpu() if k == "step" and torch.is_tensor(v) and not impl["fused"] else v) for k, v in st.items()}
+             for i, st in sd["state"].items()}
+    opt.load_state_dict({**sd, "state": state, "param_groups": [{**g, **impl} for g in sd["param_groups"]]})
+
+
+def adam_note() -> Optional[str]:
+    """The line a run's log gets when its Adam is not PyTorch's default implementation."""
+    if adam_options()["fused"]:
+        return "Adam fused (MMBENCH_ADAM=fused): one kernel for all parameters, the default's update to float rounding"
+    return None
 
 
 def captured(fn: Callable, device) -> Optional[Callable]:
@@ -400,7 +433,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     train_split, test_split = load_data(cfg, data_root)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = new_adam(model.parameters(), cfg.train.lr)
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
     last = run.ckpt_dir / "last.pt"
     if last.exists():
@@ -432,8 +465,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     if note:
         run.log(note)
     tuned = cudnn_autotune(device)
-    if tuned:
-        run.log(tuned)
+    for line in (tuned, adam_note()):
+        if line:
+            run.log(line)
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")

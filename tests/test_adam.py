@@ -1,0 +1,89 @@
+"""MMBENCH_ADAM=fused: the trainers' Adam in PyTorch's fused implementation (one kernel for all parameters) for a GPU
+to measure against the default (docs/gpu-runs/kernel_choices.py). The same experiment: same run id, the default's
+update to float rounding, named in the run's log; a resume continues in the implementation its process chose,
+whichever wrote the checkpoint; packed runs use it too."""
+import pytest
+import torch
+
+from mmbench.errors import MMBenchError
+from mmbench.pack import train_pack
+from mmbench.results import Run
+from mmbench.train import adam_options, build_model, load_adam_state, new_adam, train
+from test_train import cfg, weights
+
+NOTE = "Adam fused (MMBENCH_ADAM=fused)"
+
+
+def _saved_impl(run):
+    group = torch.load(run.ckpt_dir / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    return group["fused"], group["foreach"]
+
+
+def _close(run_cfg, a, b):
+    """Weights a and b apart by a small fraction of what training moved them (float rounding, not another update)."""
+    torch.manual_seed(run_cfg.seed)
+    init = build_model(run_cfg).state_dict()
+    keys = [k for k, w in a.items() if w.is_floating_point()]
+    moved = torch.cat([(a[k] - init[k]).flatten() for k in keys]).norm()
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm()
+    assert float(moved) > 0 and float(apart) <= 1e-3 * float(moved), (float(apart), float(moved))
+
+
+def test_an_unknown_implementation_is_refused(monkeypatch):
+    monkeypatch.setenv("MMBENCH_ADAM", "apex")
+    with pytest.raises(MMBenchError, match=r"MMBENCH_ADAM='apex': use default or fused"):
+        adam_options()
+    monkeypatch.setenv("MMBENCH_ADAM", "")
+    assert adam_options() == {"foreach": None, "fused": None}
+
+
+def test_a_fused_run_is_the_default_run_to_float_rounding_and_says_so(tmp_path, data_root, monkeypatch):
+    c = cfg(train={"max_test": 64})
+    default = Run(c, tmp_path / "default")
+    train(default, data_root)
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    fused = Run(c, tmp_path / "fused")
+    train(fused, data_root)
+    assert fused.id == default.id
+    assert NOTE in fused.log_path.read_text() and NOTE not in default.log_path.read_text()
+    assert _saved_impl(fused) == (True, None) and _saved_impl(default) == (None, None)
+    _close(c, weights(default), weights(fused))
+
+
+@pytest.mark.parametrize("first,then", [("fused", "default"), ("default", "fused")])
+def test_a_resume_continues_in_its_processs_implementation(tmp_path, data_root, monkeypatch, first, then):
+    c = cfg(train={"epochs": 3, "max_test": 64})
+    whole = Run(c, tmp_path / "whole")
+    train(whole, data_root)
+    monkeypatch.setenv("MMBENCH_ADAM", first)
+    part = Run(c, tmp_path / "part")
+    train(part, data_root, stop_after_epoch=1)
+    assert _saved_impl(part)[0] == (True if first == "fused" else None)
+    monkeypatch.setenv("MMBENCH_ADAM", then)
+    train(part, data_root)
+    assert _saved_impl(part)[0] == (True if then == "fused" else None)  # not the implementation that wrote last.pt
+    _close(c, weights(whole), weights(part))
+
+
+def test_loading_a_state_sets_the_processs_implementation_and_leaves_the_state(monkeypatch):
+    p = [torch.nn.Parameter(torch.randn(4))]
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    opt = new_adam(p, 1e-3)
+    p[0].grad = torch.randn(4)
+    opt.step()
+    saved = opt.state_dict()
+    monkeypatch.setenv("MMBENCH_ADAM", "default")
+    other = new_adam(p, 1e-3)
+    load_adam_state(other, saved)
+    assert other.param_groups[0]["fused"] is None and saved["param_groups"][0]["fused"] is True
+    assert torch.equal(other.state[p[0]]["exp_avg"], opt.state[p[0]]["exp_avg"])
+    other.step()  # steps in the default implementation from the fused one's moments
+
+
+def test_packed_runs_use_it_too(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path) for s in range(2)]
+    done = train_pack(runs, data_root)
+    for r in runs:
+        assert done[r.id]["packed_with"] == 2
+        assert NOTE in r.log_path.read_text() and _saved_impl(r) == (True, None)
