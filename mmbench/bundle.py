@@ -120,7 +120,7 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
         for d in dirs:
             for p in (d / "checkpoints").glob("*.pt") if (d / "checkpoints").is_dir() else ():
                 try:
-                    read_checkpoint(p, resumable=False)
+                    read_checkpoint(p, resumable=False, mmap=True)  # structure and records; the weights not read
                 except MMBenchError as e:
                     raise MMBenchError(f"run {d.name}: {e}; put a good copy back, or export without --checkpoints "
                                        f"(nothing was written)") from None

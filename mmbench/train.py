@@ -189,20 +189,22 @@ def adopt_later_best(run: Run, state: Dict) -> None:
     best = run.ckpt_dir / "best.pt"
     if not best.exists():
         return
-    ck = read_checkpoint(best, resumable=False)
+    ck = read_checkpoint(best, resumable=False, mmap=True)  # its epoch and test loss: the weights stay on disk
     if ck.get("epoch", 0) > state["epoch"] and ck.get("test_loss", math.inf) < state["best_test_loss"]:
         state["best_test_loss"] = ck["test_loss"]
         run.log(f"kept {best} of epoch {ck['epoch']} (after the resumed epoch {state['epoch']}): its test loss "
                 f"{ck['test_loss']:.4f} is the best the retrained epochs must beat")
 
 
-def read_checkpoint(path: Path, device="cpu", resumable: bool = True) -> Dict:
+def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool = False) -> Dict:
     """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) or, with
     `resumable` (last.pt), lacks what a resume or an evaluation reads (`resume_problem`) is an error naming the file
-    and the fix, and stays on disk (it is never replaced without the user's say)."""
+    and the fix, and stays on disk (it is never replaced without the user's say). `mmap`: the tensors mapped from
+    the file, not read (a check of the file's structure and records, e.g. before an export: a checkpoint cut short
+    still fails, its zip directory being at its end)."""
     CHECKPOINTS.wait()  # a checkpoint this process is still writing is read whole
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = torch.load(path, map_location=device, weights_only=False, mmap=mmap)
         if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
             raise ValueError("no model weights in it")
     except Exception as e:  # noqa: BLE001 - unpickling raises anything

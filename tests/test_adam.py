@@ -9,6 +9,7 @@ from mmbench.errors import MMBenchError
 from mmbench.pack import train_pack
 from mmbench.results import Run
 from mmbench.train import adam_options, build_model, load_adam_state, new_adam, train
+from conftest import on_gpu_if_asked
 from test_train import cfg, weights
 
 NOTE = "Adam fused (MMBENCH_ADAM=fused)"
@@ -52,6 +53,9 @@ def test_a_fused_run_is_the_default_run_to_float_rounding_and_says_so(tmp_path, 
 
 @pytest.mark.parametrize("first,then", [("fused", "default"), ("default", "fused")])
 def test_a_resume_continues_in_its_processs_implementation(tmp_path, data_root, monkeypatch, first, then):
+    """On a GPU (docs/gpu-runs/device-check.sh) this also moves Adam's step counters between the device (fused) and
+    the host (foreach)."""
+    on_gpu_if_asked()
     c = cfg(train={"epochs": 3, "max_test": 64})
     whole = Run(c, tmp_path / "whole")
     train(whole, data_root)

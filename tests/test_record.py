@@ -650,6 +650,21 @@ def test_export_refuses_a_checkpoint_it_cannot_read(tmp_path):
     export_runs(a, tmp_path / "y.tar.gz")
 
 
+def test_export_checks_a_checkpoint_without_reading_its_weights(tmp_path, monkeypatch):
+    """The readability check before an export maps the tensors (torch.load mmap=True: the file's zip directory and
+    records are read, a file cut short still fails, above) instead of reading a table's gigabytes a third time."""
+    run = _big_checkpoint_run(tmp_path / "a")
+    real, seen = torch.load, []
+
+    def load(path, *a, **k):
+        seen.append((Path(path).name, k.get("mmap")))
+        return real(path, *a, **k)
+    monkeypatch.setattr(torch, "load", load)
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    assert seen == [("last.pt", True)], seen
+    assert run.id in import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")["added"]
+
+
 def _big_checkpoint_run(runs_dir, size=50_000):
     run = fake_run(runs_dir, 0, {"coherence/joint": 0.30})
     run.ckpt_dir.mkdir(parents=True, exist_ok=True)

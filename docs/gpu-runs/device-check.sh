@@ -5,8 +5,9 @@
 # of steps-packed.md, eval-time.txt, bf16-vs-fp32.md and report.md. The files of results.tgz:
 #   env.txt                 GPU, torch, git commit, the Python packages installed from $WHEELS
 #   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
-#                           a pack of 3 against 3 runs alone, bf16 packs, a run trained with captured steps
-#                           (`mmbench run --compile`, CUDA graphs) against the same run uncaptured, as pytest tests
+#                           a pack of 3 against 3 runs alone (looped, vmapped, vmapped with MMBENCH_PACK_CONV=bmm), bf16
+#                           packs, a run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the
+#                           same run uncaptured, a resume from fused Adam to foreach and back, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
 #   steps-packed-cudnn.md   MoPoE's packs again with cuDNN benchmark mode (`--cudnn-benchmark`; GPU only)
@@ -137,7 +138,8 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   ${GPU_TESTS:-tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
-  tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results} \
+  tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
+  tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation} \
   > "$RES/gpu-tests.txt" 2>&1
 tail -4 "$RES/gpu-tests.txt"
 fi
