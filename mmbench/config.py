@@ -17,7 +17,22 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .errors import ConfigError
-from .methods.base import MethodConfig
+
+
+@dataclass
+class MethodConfig:
+    """Hyperparameters of a method. `options` holds method-specific settings."""
+
+    name: str = "mopoe"
+    latent_dim: int = 512
+    beta: float = 2.5
+    architecture: Optional[str] = None  # None: the dataset's default
+    image_likelihood: Optional[str] = None  # None: the dataset's (Laplace, scale 0.75, for every image modality)
+    options: Dict[str, Any] = field(default_factory=dict)
+    # Reconstruction weights {modality: w} replacing the dataset's (`Modality.rec_weight`) for the modalities
+    # named; None: the dataset's. Suites set them where a paper or code scales the likelihoods differently
+    # (e.g. SMVAE §5 on CelebA, mmvmvae's CelebA); docs/provenance.md.
+    rec_weights: Optional[Dict[str, float]] = None
 
 
 @dataclass

@@ -487,3 +487,13 @@ def test_an_override_without_a_key_names_itself(item):
 
     with pytest.raises(ConfigError, match=rf"^--set {re.escape(item)}: the KEY before = is empty or has an empty part"):
         parse_overrides([item])
+
+
+def test_configs_are_plain_data_without_torch():
+    """The typed configs (MethodConfig among them) live in config.py, below the methods: reading a suite's or a run's
+    settings loads no torch (methods/base.py imports MethodConfig from here, not the other way round)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mmbench.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

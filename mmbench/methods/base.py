@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..config import MethodConfig  # noqa: F401 - the methods' hyperparameters, imported from here by the methods
 from ..data.base import Modality
 from ..errors import MMBenchError
 from ..likelihoods import likelihood_name
@@ -210,22 +210,6 @@ def stratified_components(batch: int, k: int, device: Any = None) -> torch.Tenso
         return torch.full((batch,), k - 1, dtype=torch.long, device=device)
     comp = torch.arange(batch, device=device) // size
     return comp.clamp(max=k - 1)
-
-
-@dataclass
-class MethodConfig:
-    """Hyperparameters of a method. `options` holds method-specific settings."""
-
-    name: str = "mopoe"
-    latent_dim: int = 512
-    beta: float = 2.5
-    architecture: Optional[str] = None  # None: the dataset's default
-    image_likelihood: Optional[str] = None  # None: the dataset's (Laplace, scale 0.75, for every image modality)
-    options: Dict[str, Any] = field(default_factory=dict)
-    # Reconstruction weights {modality: w} replacing the dataset's (`Modality.rec_weight`) for the modalities
-    # named; None: the dataset's. Suites set them where a paper or code scales the likelihoods differently
-    # (e.g. SMVAE §5 on CelebA, mmvmvae's CelebA); docs/provenance.md.
-    rec_weights: Optional[Dict[str, float]] = None
 
 
 def resolve_rec_weights(modalities: Sequence[Modality], override: Optional[Dict[str, Any]]) -> Dict[str, float]:
