@@ -45,7 +45,7 @@ TOL_FP32, TOL_TF32 = 1e-4, 2e-2
 TOL_ADAM = 1e-4
 
 
-def layers(latent_dim: int, batch_size: int) -> List[tuple]:
+def layers(latent_dim: int) -> List[tuple]:
     """(name, module, input shape without the batch) of every convolution and linear layer of one PolyMNIST
     encoder and decoder, in the order a forward pass runs them."""
     found = []
@@ -53,13 +53,13 @@ def layers(latent_dim: int, batch_size: int) -> List[tuple]:
     def hook(mod, inp, _out):
         found.append((mod, tuple(inp[0].shape[1:])))
     enc, dec = CNNEncoder(latent_dim), CNNDecoder(latent_dim)
-    for net in (enc, dec):
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                m.register_forward_hook(hook)
+    hooks = [m.register_forward_hook(hook) for net in (enc, dec) for m in net.modules()
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     with torch.no_grad():
         mu, _ = enc(torch.zeros(2, 3, 28, 28))
         dec(mu)
+    for h in hooks:  # the layers are timed next, copies of them too: without the hook
+        h.remove()
     kind = {nn.Conv2d: "conv", nn.ConvTranspose2d: "convT", nn.Linear: "linear"}
     out = []
     for i, (m, shape) in enumerate(found):
@@ -173,7 +173,7 @@ def variants(layer: nn.Module, device) -> Dict[str, tuple]:
 def layer_table(device, packs: Sequence[int], batch_size: int, latent_dim: int, repeats: int) -> tuple:
     """Rows (layer, R, {variant: (ms, rel diff)}) and the variants' names in column order."""
     rows, names = [], []
-    for name, layer, shape in layers(latent_dim, batch_size):
+    for name, layer, shape in layers(latent_dim):
         layer = layer.to(device)
         for R in packs:
             p = stacked(layer, R, device)
@@ -245,7 +245,7 @@ def cell(c) -> str:
 
 def render(device, packs, batch_size, latent_dim, repeats, rows, names, adam_rows) -> str:
     cuda = torch.device(device).type == "cuda"
-    head = [f"# Kernel choices for packed steps (docs/gpu-runs/kernel_choices.py)", "",
+    head = ["# Kernel choices for packed steps (docs/gpu-runs/kernel_choices.py)", "",
             f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch {torch.__version__}, "
             f"cudnn.allow_tf32 {torch.backends.cudnn.allow_tf32}, matmul.allow_tf32 "
             f"{torch.backends.cuda.matmul.allow_tf32}, cudnn.benchmark {torch.backends.cudnn.benchmark}, "
