@@ -5,6 +5,7 @@ whichever wrote the checkpoint; packed runs use it too."""
 import pytest
 import torch
 
+from mmbench.devices import device_of
 from mmbench.errors import MMBenchError
 from mmbench.pack import train_pack
 from mmbench.results import Run
@@ -70,17 +71,22 @@ def test_a_resume_continues_in_its_processs_implementation(tmp_path, data_root, 
 
 
 def test_loading_a_state_sets_the_processs_implementation_and_leaves_the_state(monkeypatch):
-    p = [torch.nn.Parameter(torch.randn(4))]
+    """On a GPU (device-check.sh) the fused state's step counter, on the GPU, comes back to the host."""
+    on_gpu_if_asked()
+    dev = device_of()
+    p = [torch.nn.Parameter(torch.randn(4, device=dev))]
     monkeypatch.setenv("MMBENCH_ADAM", "fused")
-    opt = new_adam(p, 1e-3)
-    p[0].grad = torch.randn(4)
+    opt = new_adam(p, 0.25)
+    p[0].grad = torch.randn(4, device=dev)
     opt.step()
     saved = opt.state_dict()
     monkeypatch.setenv("MMBENCH_ADAM", "default")
-    other = new_adam(p, 1e-3)
+    other = new_adam(p, 0.25)
     load_adam_state(other, saved)
     assert other.param_groups[0]["fused"] is None and saved["param_groups"][0]["fused"] is True
+    assert other.param_groups[0]["lr"] == saved["param_groups"][0]["lr"] == 0.25  # the run's, not Adam's default
     assert torch.equal(other.state[p[0]]["exp_avg"], opt.state[p[0]]["exp_avg"])
+    assert other.state[p[0]]["step"].device.type == "cpu"  # not read back from the GPU at every step
     other.step()  # steps in the default implementation from the fused one's moments
 
 
@@ -91,3 +97,26 @@ def test_packed_runs_use_it_too(tmp_path, data_root, monkeypatch):
     for r in runs:
         assert done[r.id]["packed_with"] == 2
         assert NOTE in r.log_path.read_text() and _saved_impl(r) == (True, None)
+
+
+def test_a_resumed_pack_continues_in_its_processs_implementation(monkeypatch):
+    """A pack's Adam is loaded from its runs' saved states (stacked) as a single run's is: in the resuming process's
+    implementation, whichever wrote the checkpoints, with the runs' moments."""
+    from mmbench.pack import StackedModel
+
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    states, opt_states = [], []
+    for s in range(2):
+        torch.manual_seed(s)
+        net = torch.nn.Linear(2, 1)
+        opt = new_adam(net.parameters(), 1e-3)
+        net(torch.randn(3, 2)).sum().backward()
+        opt.step()
+        states.append(net.state_dict())
+        opt_states.append(opt.state_dict())
+    assert opt_states[0]["param_groups"][0]["fused"] is True
+    monkeypatch.setenv("MMBENCH_ADAM", "default")
+    sm = StackedModel(torch.nn.Linear(2, 1), states, opt_states, 1e-3, "cpu")
+    assert sm.opt.param_groups[0]["fused"] is None and sm.opt.param_groups[0]["foreach"] is None
+    first = sm.opt.state[sm.params["model.weight"]]["exp_avg"]
+    assert torch.equal(first, torch.stack([o["state"][0]["exp_avg"] for o in opt_states]))

@@ -323,3 +323,56 @@ def test_a_failed_profile_keeps_the_timing(monkeypatch, tmp_path):
     r = bench._profiled({"median_s": 0.5}, lambda: None, __import__("torch").device("cpu"), f, "mopoe, pack of 2")
     assert r["median_s"] == 0.5 and r["kernel_ms"] != r["kernel_ms"] and r["kernel_share"] != r["kernel_share"]
     assert f.read_text().startswith("mopoe, pack of 2: timed median 500.00 ms per step; profiling failed: MMBenchError: --profile:")
+
+
+@pytest.mark.parametrize("env, says", [
+    ({}, "; packs looped over their runs, torch"),
+    ({"MMBENCH_PACK_CONV": "bmm"}, "; packs looped over their runs, torch"),  # bmm changes only a vmapped pack
+    ({"MMBENCH_PACK_MODE": "vmap"}, "; packs vmapped, torch"),
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm", "MMBENCH_ADAM": "fused"},
+     "; packs vmapped, convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm); Adam fused (MMBENCH_ADAM=fused), "
+     "torch"),
+    ({"MMBENCH_ADAM": "fused"}, "; packs looped over their runs; Adam fused (MMBENCH_ADAM=fused), torch"),
+    # a bf16 pack loops over its runs wherever packs are vmapped (StackedModel.vectorised_for); the header once said
+    # "vmapped, convolutions as batched matmuls" of bf16 steps timed looped with PyTorch's convolutions
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm", "precision": "bf16"},
+     "; packs looped over their runs, torch"),
+])
+def test_bench_steps_pack_header_names_the_kernels_the_environment_chose(monkeypatch, tmp_path, env, says):
+    """The table's header says how the packs computed (vmapped or looped, the convolutions' kernels, Adam's), as the
+    environment set them for the timed steps (MMBENCH_PACK_MODE, MMBENCH_PACK_CONV, MMBENCH_ADAM) and the
+    precision allows."""
+    from mmbench import bench, cli
+
+    env = dict(env)
+    precision = env.pop("precision", "fp32")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(bench, "pack_table", lambda *a, **k: [
+        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
+    out = tmp_path / "t.md"
+    monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2",
+                                      "--precision", precision, "--out", str(out)])
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert e.code in (0, None)
+    head = out.read_text().splitlines()[0]
+    assert says in head, head
+    assert head.count("Adam fused") == ("MMBENCH_ADAM" in env)
+    assert head.count("batched matmuls") == ("matmuls" in says)
+
+
+def test_bench_steps_time_the_trainers_adam_and_count_foreach_on_meta(monkeypatch):
+    """Timed steps use the trainers' Adam (train.new_adam: fused under MMBENCH_ADAM=fused, as the header says); the
+    operation counts on meta use the multi-tensor kernels a GPU gets by default (a for-loop Adam issues ~10
+    operations per parameter tensor, not per step)."""
+    import torch
+
+    from mmbench.bench import _adam
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    assert _adam(p, torch.device("cpu")).defaults["fused"] is True
+    monkeypatch.setenv("MMBENCH_ADAM", "default")
+    assert _adam(p, torch.device("meta")).defaults["foreach"] is True

@@ -497,3 +497,7 @@ def test_configs_are_plain_data_without_torch():
 
     code = "import sys, mmbench.config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    from mmbench.config import MethodConfig
+    from mmbench.methods import base
+
+    assert base.MethodConfig is MethodConfig  # one class, not a copy left behind

@@ -71,3 +71,41 @@ def test_an_adam_that_updates_otherwise_stops_the_script(kc, monkeypatch):
     monkeypatch.setattr(kc.torch.optim, "Adam", adam)
     with pytest.raises(SystemExit, match="Adam, R=2: fused moves the parameters differently"):
         kc.adam_table("cpu", [2], 4, 1)
+
+
+def test_an_adam_a_twentieth_of_a_percent_off_stops_the_script(kc, monkeypatch):
+    """The check compares the parameters' change, not the parameters (3 steps move them ~10 % of their size, so a
+    difference in the update would look 10 times smaller): a step 0.05 % longer (lr 1.0005 times) is another update,
+    5 times TOL_ADAM in the change (0.5 times in the parameters)."""
+    real = torch.optim.Adam
+
+    def adam(params, lr, **kw):
+        return real(params, lr=lr * 1.0005 if kw.get("fused") else lr, **kw)
+    monkeypatch.setattr(kc.torch.optim, "Adam", adam)
+    with pytest.raises(SystemExit, match="Adam, R=2: fused moves the parameters differently"):
+        kc.adam_table("cpu", [2], 4, 1)
+
+
+def test_a_variant_with_another_gradient_stops_the_script(kc, monkeypatch):
+    """The check compares every gradient, the input's too, not only the outputs: a variant whose forward is right
+    and whose input gradient is a tenth of a percent off (beyond fp32 rounding) is another layer."""
+    real = kc.as_matmul
+
+    def off(layer):  # the same output; d(output)/d(input) 1.001 times the layer's
+        m = real(layer)
+        forward = m.forward
+        m.forward = lambda x: forward(x + 1e-3 * (x - x.detach()))
+        return m
+    monkeypatch.setattr(kc, "as_matmul", off)
+    with pytest.raises(SystemExit, match="bmm differs from the vmapped result.*does not compute the same layer"):
+        kc.main(["--device", "cpu", "--packs", "2", "--batch-size", "2", "--latent-dim", "4", "--repeats", "1"])
+
+
+def test_layers_are_timed_without_the_hooks_that_found_them_and_tf32_is_restored(kc):
+    found = kc.layers(4)
+    assert len(found) == 10 and not any(m._forward_hooks for _, m, _ in found)
+    before = torch.backends.cuda.matmul.allow_tf32
+    for on in (True, False):
+        with kc.tf32_matmuls(on):
+            assert torch.backends.cuda.matmul.allow_tf32 is on
+        assert torch.backends.cuda.matmul.allow_tf32 is before

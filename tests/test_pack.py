@@ -1003,3 +1003,84 @@ def test_architectures_with_dropout_or_batchnorm_are_not_packed():
     reason = unpackable_reason(build_run_config({"dataset": "celeba", "method": {"name": "mopoe"}}))
     assert reason and all(n in reason for n in ("BatchNorm2d", "Dropout2d", "Dropout,"))
     assert unpackable_reason(cfg(0)) is None
+
+
+def _stack(method, mods, runs):
+    """A StackedModel of `method` (latent 8) of `runs` runs seeded 0..runs-1, vmapped, built with the current
+    MMBENCH_PACK_CONV."""
+    from mmbench.methods.base import MethodConfig
+    from mmbench.pack import StackedModel
+    from mmbench.registry import METHODS
+
+    cls, mcfg = METHODS.get(method), MethodConfig(method, latent_dim=8, beta=1.0)
+    states = []
+    for s in range(runs):
+        torch.manual_seed(s)
+        states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
+    sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * runs, 1e-3, torch.device("cpu"))
+    sm.vectorised = True
+    return sm
+
+
+def test_a_bmm_packs_every_vmapped_loss_computes_with_the_matmul_convolutions(monkeypatch):
+    """MMBENCH_PACK_CONV=bmm: the training loss (a batch per run), the test loss (one batch for all runs) and the
+    trial's packed loss all go through the swapped convolutions, and the trial compares them with each run's loss
+    alone in PyTorch's: matmul convolutions made 1 % off change both losses and the trial refuses the pack."""
+    from mmbench import packconv
+    from mmbench.data.base import Modality
+    from mmbench.pack import trial
+
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(2)]
+    sm = _stack("mopoe", mods, 2)
+    assert sm.vtemplate is not sm.template and sm.matmul_convs == 12
+    x = {m.name: torch.rand(2, 4, 3, 28, 28, generator=torch.Generator().manual_seed(0)) for m in mods}
+
+    def losses():
+        with torch.no_grad():
+            return [sm.loss(xs, [torch.Generator().manual_seed(s) for s in range(2)], x_dim)[0]
+                    for x_dim, xs in ((0, x), (None, {k: v[0] for k, v in x.items()}))]
+    right = losses()
+    assert trial(sm, x, [torch.Generator().manual_seed(s) for s in range(2)]) is None
+    for cls in (packconv.MatmulConv2d, packconv.MatmulConvTranspose2d):
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _f=cls.forward, **k: 1.01 * _f(self, *a, **k))
+    for a, b in zip(right, losses()):
+        assert not torch.allclose(a, b, rtol=1e-4, atol=0), (a, b)
+    assert "the packed loss differs from the runs' own losses" in (
+        trial(sm, x, [torch.Generator().manual_seed(s) for s in range(2)]) or "")
+
+
+def test_a_bmm_packs_test_loss_puts_both_templates_in_eval_mode(monkeypatch):
+    """The test loss evaluates with the plain template (it records the draws) and the bmm copy (it computes the
+    vmapped loss) both in eval mode, and leaves both training: a copy left training would count mrVAE's test batches
+    as training steps (its step buffer, the Gumbel temperature's schedule, moves in place) and skew the runs."""
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.pack import _test_losses
+
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(2)]
+    g = torch.Generator().manual_seed(0)
+    test = DataSplit(mods, {m.name: torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8, generator=g)
+                            for m in mods}, torch.zeros(6, dtype=torch.long))
+    got = {}
+    for conv in ("grouped", "bmm"):
+        monkeypatch.setenv("MMBENCH_PACK_CONV", conv)
+        sm = _stack("mrvae", mods, 2)
+        before = {k: v.clone() for k, v in sm.buffers.items()}
+        got[conv] = _test_losses(sm, test, 4, [0, 1], "cpu", "fp32")
+        assert all(torch.equal(v, before[k]) for k, v in sm.buffers.items()), (conv, sm.buffers)
+        assert all(m.training for t in (sm.template, sm.vtemplate) for m in t.modules())
+        sm.set_training(False)
+        assert not any(m.training for t in (sm.template, sm.vtemplate) for m in t.modules())
+    assert got["bmm"] == pytest.approx(got["grouped"], rel=1e-5)
+
+
+def test_a_looped_pack_does_not_claim_matmul_convolutions(tmp_path, data_root, monkeypatch):
+    """MMBENCH_PACK_CONV=bmm changes only a vmapped pack's loss: a looped pack (a CPU's default) computes PyTorch's
+    convolutions, and its runs' logs do not say otherwise."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "loop")
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")
+    runs = [Run(cfg(s, epochs=1, max_train=32, max_test=32), tmp_path) for s in range(2)]
+    done = train_pack(runs, data_root)
+    for r in runs:
+        assert done[r.id]["packed_with"] == 2
+        assert "batched matmuls" not in r.log_path.read_text()

@@ -736,6 +736,33 @@ def test_a_forked_child_writes_its_checkpoints_with_a_thread_of_its_own(tmp_path
     assert torch.equal(torch.load(tmp_path / "child.pt", weights_only=False)["model"]["w"], torch.ones(2))
 
 
+def test_resume_refuses_an_optimiser_state_of_another_form_in_one_line(tmp_path):
+    """An optimiser state that is not Adam's state_dict (its per-parameter state not a mapping) is the checkpoint's
+    misfit, named, not a traceback from loading it."""
+    from mmbench.train import build_model, new_adam, restore
+
+    model = build_model(cfg())
+    opt = new_adam(model.parameters(), 1e-3)
+    ck = {"model": model.state_dict(), "optimizer": {"state": [], "param_groups": opt.state_dict()["param_groups"]}}
+    with pytest.raises(MMBenchError, match=r"last\.pt: its optimiser state does not fit this run's model"):
+        restore(model, opt, ck, tmp_path / "last.pt")
+
+
+def test_a_later_best_pt_is_read_for_its_records_only(tmp_path, monkeypatch):
+    """A resume's look at a best.pt beyond its epoch maps the file's tensors (torch.load mmap=True): it reads the
+    epoch and test loss, not a big model's weights into memory."""
+    from mmbench.train import adopt_later_best
+
+    run = Run(cfg(), tmp_path / "runs")
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"w": torch.zeros(3)}, "epoch": 2, "test_loss": 1.0}, run.ckpt_dir / "best.pt")
+    real, seen = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k.get("mmap")) or real(*a, **k))
+    state = {"epoch": 1, "best_test_loss": 2.0}
+    adopt_later_best(run, state)
+    assert seen == [True] and state["best_test_loss"] == 1.0
+
+
 def test_a_best_pt_beyond_the_resumed_epoch_is_kept_and_a_foreign_one_refused(tmp_path, data_root):
     """A run stopped between writing best.pt and last.pt (or checkpointing every k epochs) resumes from an earlier
     epoch while best.pt already holds a later epoch's weights (the earlier best is gone): it is kept and its test loss
