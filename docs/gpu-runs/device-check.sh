@@ -43,7 +43,8 @@
 # mmbench's imports still missing after that stops the script at once, naming it.
 # A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
-# PARTS (default all): correctness, steps, kernels, fig3, evaltime, report, projection, captured (data is always prepared);
+# PARTS (default all), in the order they run: correctness, steps, fig3, evaltime, report, projection, captured, kernels
+# (then the captured steps' profiles, with captured); data is always prepared;
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
 # when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
@@ -173,20 +174,6 @@ timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --ba
   --steps $STEPS --out "$RES/steps-mrvae-packed.md"
 fi
 
-if part kernels; then
-say "kernel choices for packs: grouped (vmapped) against looped, im2col + bmm, channels_last; Adam implementations"
-if [ "$SCALE" = tiny ]; then KC=(--packs 1,3 --repeats 1); else KC=(--packs 5,15 --repeats 10); fi
-timeout $(to 60) $PY docs/gpu-runs/kernel_choices.py --device "$DEVICE" --batch-size $B --latent-dim $LAT "${KC[@]}" \
-  --out "$RES/kernel-choices.md" > /dev/null 2> "$RES/kernel-choices.err" || tail -2 "$RES/kernel-choices.err"
-tail -7 "$RES/kernel-choices.md" 2>/dev/null
-snap
-say "MoPoE packed with its convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm), against steps-packed.md's"
-if [ "$SCALE" = tiny ]; then KP=3; else KP=5,15; fi
-MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm timeout $(to 45) $M bench steps --methods mopoe --pack $KP --device "$DEVICE" \
-  --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm.md" $(prof bmm)
-snap
-fi
-
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
 # measured packed rate of the slowest of the three methods (packs of 5 in three workers share the GPU).
 # Prints "EPOCHS MAX_TRAIN": when not even one epoch of the 60,000 tuples fits, one epoch of fewer (train.max_train),
@@ -295,6 +282,27 @@ if part captured && [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
   fi
   timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B --latent-dim $LAT \
     --steps $STEPS --compile --out "$RES/steps-compiled.md"
+fi
+snap
+# the kernel choices after the captured table (the issue's figure) and before the captured steps' profiles; each call
+# limited by what is left of the budget (always in the dry mode)
+if part kernels && { [ "$SCALE" = tiny ] || [ "$(left)" -gt 40 ]; }; then
+say "kernel choices for packs: grouped (vmapped) against looped, im2col + bmm, channels_last; Adam implementations"
+if [ "$SCALE" = tiny ]; then KC=(--packs 1,3 --repeats 1); else KC=(--packs 5,15 --repeats 10); fi
+lim() { if [ "$SCALE" = tiny ]; then echo 0; else l=$(( $(left) - 5 )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; fi; }
+timeout $(lim 60) $PY docs/gpu-runs/kernel_choices.py --device "$DEVICE" --batch-size $B --latent-dim $LAT "${KC[@]}" \
+  --out "$RES/kernel-choices.md" > /dev/null 2> "$RES/kernel-choices.err" || tail -2 "$RES/kernel-choices.err"
+tail -7 "$RES/kernel-choices.md" 2>/dev/null
+snap
+if [ "$SCALE" = tiny ] || [ "$(left)" -gt 25 ]; then
+say "MoPoE packed with its convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm), against steps-packed.md's"
+if [ "$SCALE" = tiny ]; then KP=3; else KP=5,15; fi
+MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm timeout $(lim 45) $M bench steps --methods mopoe --pack $KP --device "$DEVICE" \
+  --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm.md" $(prof bmm)
+snap
+fi
+fi
+if part captured && [ "$DEVICE" = cuda ]; then
   # the captured steps profiled in a call of their own, after the table above is safe: the profiler's tracing of CUDA
   # graphs has not been tried here, and a crash would take the table of its call with it
   if [ "${PROFILE:-1}" != 0 ] && [ "$(left)" -gt 60 ]; then
