@@ -848,9 +848,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     if cudnn_benchmark:
         where += " (cuDNN benchmark mode)"
     if packs:  # how a pack computes its loss, set by the environment (mmbench/pack.py, mmbench/packconv.py)
-        from .pack import vectorised_on
+        from .pack import vectorised_on, vmaps_at
         from .packconv import conv_mode
-        vmapped = vectorised_on(device) and precision == "fp32"  # a bf16 pack loops (StackedModel.vectorised_for)
+        vmapped = vectorised_on(device) and vmaps_at(precision)  # as StackedModel.vectorised_for decides it
         where += ("; packs vmapped" + (", convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)"
                                        if conv_mode() == "bmm" else "") if vmapped else "; packs looped over their runs")
     from .train import adam_options, slow_bf16_note

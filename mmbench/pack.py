@@ -184,6 +184,14 @@ def vectorised_on(device) -> bool:
     return mode == "vmap" if mode else torch.device(device).type != "cpu"
 
 
+def vmaps_at(precision: str) -> bool:
+    """Whether a pack that vmaps (vectorised_on) does so at this precision. bf16 loops: under vmap, autocast misses
+    the operations a batching rule rewrites (a convolution becomes a grouped one below autocast's conv2d, so it runs
+    in fp32; a Linear with a weight shared by the runs likewise), so a vmapped bf16 pack would not compute what its
+    runs compute alone (tests/test_pack.py)."""
+    return precision == "fp32"
+
+
 class StackedModel:
     """R models of one architecture as stacked parameters, with one loss over all runs (vmapped on a GPU in
     fp32, looped over parameter views on a CPU and in bf16: `vectorised_for`) and one Adam."""
@@ -266,11 +274,8 @@ class StackedModel:
         return self._draws[key]
 
     def vectorised_for(self, precision: str) -> bool:
-        """Whether the loss is vmapped at this precision. bf16 loops: under vmap, autocast misses the operations a
-        batching rule rewrites (a convolution becomes a grouped one below autocast's conv2d, so it runs in fp32;
-        a Linear with a weight shared by the runs likewise), so a vmapped bf16 pack would not compute what its runs
-        compute alone (tests/test_pack.py)."""
-        return self.vectorised and precision == "fp32"
+        """Whether the loss is vmapped at this precision (`vmaps_at`)."""
+        return self.vectorised and vmaps_at(precision)
 
     def loss(self, x, gens, x_dim: Optional[int] = 0, precision: str = "fp32"):
         """Per-run losses (R) and logs (each R), every run drawing its noise from its own generator."""

@@ -21,9 +21,7 @@ python docs/gpu-runs/kernel_choices.py [--device cuda] [--packs 5,15] [--batch-s
 import argparse
 import contextlib
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -33,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from mmbench.bench import _timed  # noqa: E402
 from mmbench.nets.polymnist import CNNDecoder, CNNEncoder  # noqa: E402
 from mmbench.packconv import matmul_convs  # noqa: E402
 
@@ -114,11 +113,6 @@ def grouped_nhwc(layer: nn.Module) -> Callable:
     return f
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def fwd_bwd(f: Callable, p: Params, x: torch.Tensor, g: torch.Tensor) -> List[torch.Tensor]:
     out = f(p, x)
     return [out.detach()] + list(torch.autograd.grad(out, [*p.values(), x], g))
@@ -130,17 +124,9 @@ def rel_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 
 
 def timed(work: Callable[[], object], device, repeats: int) -> float:
-    """Median milliseconds of `work` over `repeats` calls, after two warm-up calls, with the device synchronised."""
-    for _ in range(2):
-        work()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        work()
-        _sync(device)
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
+    """Median milliseconds of `work` over `repeats` calls after two warm-up calls, timed as `bench steps` times a
+    step (mmbench/bench.py _timed: the device synchronised around each call)."""
+    return 1e3 * _timed(work, 2, repeats, torch.device(device), [])["median_s"]
 
 
 @contextlib.contextmanager
@@ -162,10 +148,11 @@ def variants(layer: nn.Module, device) -> Dict[str, tuple]:
     conv_tol = TOL_TF32 if cuda and torch.backends.cudnn.allow_tf32 else TOL_FP32
     if not isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
         return {"vmapped": (vmapped(layer), 0.0, tf32), "looped": (looped(layer), TOL_FP32, tf32)}
+    bmm = vmapped(as_matmul(layer))
     out = {"vmapped": (vmapped(layer), 0.0, tf32), "looped": (looped(layer), conv_tol, tf32),
-           "bmm": (vmapped(as_matmul(layer)), conv_tol, False)}
+           "bmm": (bmm, conv_tol, False)}
     if cuda:
-        out["bmm tf32"] = (vmapped(as_matmul(layer)), TOL_TF32, True)
+        out["bmm tf32"] = (bmm, TOL_TF32, True)
     out["grouped nhwc"] = (grouped_nhwc(layer), conv_tol, tf32)
     return out
 
