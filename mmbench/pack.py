@@ -532,17 +532,13 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     if capture:
         sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
-    note = train_mod.slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
-    tuned = train_mod.cudnn_autotune(device)
+    notes = train_mod.setup_notes(cfg.train.precision, device)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
         if capture:  # as the unpacked trainer says it (train.py); a compiler failure at the first step is logged too
             m.run.log(f"packed training step captured with torch.compile on {device} (mmbench run --compile)")
-        if note:
-            m.run.log(note)
-        for line in (tuned, train_mod.adam_note()):
-            if line:
-                m.run.log(line)
+        for line in notes:
+            m.run.log(line)
         if sm.matmul_convs and sm.vectorised_for(cfg.train.precision):
             m.run.log(f"the pack's {sm.matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it

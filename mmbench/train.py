@@ -264,6 +264,14 @@ def adam_note() -> Optional[str]:
     return None
 
 
+def setup_notes(precision: str, device) -> List[str]:
+    """Switch on what the process asks for the training (cuDNN benchmark mode) and return the lines every run's log
+    gets about how it computes here: bf16 without bfloat16 instructions, cuDNN benchmark mode, a non-default Adam.
+    Called once per trainer (plain or packed), so both logs say the same."""
+    lines = (slow_bf16_note(precision, device, "training (train.precision)"), cudnn_autotune(device), adam_note())
+    return [line for line in lines if line]
+
+
 def captured(fn: Callable, device) -> Optional[Callable]:
     """`fn` (a training loss) captured as `mmbench run --compile` asks (MMBENCH_COMPILE=1), or None: on a GPU,
     torch.compile mode "reduce-overhead" (CUDA graphs) with the random operations left to the eager kernels
@@ -463,13 +471,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                                 "state": state})
 
     model.train()
-    note = slow_bf16_note(cfg.train.precision, device, "training (train.precision)")
-    if note:
-        run.log(note)
-    tuned = cudnn_autotune(device)
-    for line in (tuned, adam_note()):
-        if line:
-            run.log(line)
+    for line in setup_notes(cfg.train.precision, device):
+        run.log(line)
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")
