@@ -9,9 +9,9 @@ from mmbench.devices import device_of
 from mmbench.errors import MMBenchError
 from mmbench.pack import train_pack
 from mmbench.results import Run
-from mmbench.train import adam_options, build_model, load_adam_state, new_adam, train
+from mmbench.train import adam_options, load_adam_state, new_adam, train
 from conftest import on_gpu_if_asked
-from test_train import cfg, weights
+from test_train import cfg, moved_and_apart, weights
 
 NOTE = "Adam fused (MMBENCH_ADAM=fused)"
 
@@ -23,11 +23,7 @@ def _saved_impl(run):
 
 def _close(run_cfg, a, b):
     """Weights a and b apart by a small fraction of what training moved them (float rounding, not another update)."""
-    torch.manual_seed(run_cfg.seed)
-    init = build_model(run_cfg).state_dict()
-    keys = [k for k, w in a.items() if w.is_floating_point()]
-    moved = torch.cat([(a[k] - init[k]).flatten() for k in keys]).norm()
-    apart = torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm()
+    moved, apart = (v.norm() for v in moved_and_apart(run_cfg, a, b))
     assert float(moved) > 0 and float(apart) <= 1e-3 * float(moved), (float(apart), float(moved))
 
 

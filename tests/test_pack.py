@@ -19,6 +19,7 @@ from mmbench.results import Run
 from mmbench.runner import make_packs
 from mmbench.train import build_model, train
 from conftest import on_gpu_if_asked
+from test_train import moved_and_apart
 
 TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 96, "max_test": 64}}
@@ -66,11 +67,7 @@ def assert_same_trajectory(run_cfg, alone_summary, alone_ck, packed_summary, pac
         assert set(a) == set(p)
         for k in a:
             assert p[k] == pytest.approx(a[k], rel=tol["metric"]), (run_cfg.seed, k)
-    torch.manual_seed(run_cfg.seed)  # the run's initialisation, as train.train draws it
-    init = build_model(run_cfg).state_dict()
-    keys = [k for k, w in alone_ck["model"].items() if w.is_floating_point()]
-    moved = torch.cat([(alone_ck["model"][k].cpu() - init[k]).flatten() for k in keys])
-    apart = torch.cat([(packed_ck["model"][k].cpu() - alone_ck["model"][k].cpu()).flatten() for k in keys])
+    moved, apart = moved_and_apart(run_cfg, alone_ck["model"], packed_ck["model"])
     assert float(moved.norm()) > 0
     assert torch.linalg.norm(apart) <= tol["moved"] * torch.linalg.norm(moved), run_cfg.seed
     # Adam moves a weight by at most ~lr a step, so two trajectories from one start stay within 2·lr·steps

@@ -14,7 +14,7 @@ import torch
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
 from mmbench.results import Run, atomic_json
-from mmbench.train import load_trained, train
+from mmbench.train import build_model, load_trained, train
 from mmbench.hostmem import tune_host_allocator
 from conftest import gpu_tests_asked, on_gpu_if_asked
 
@@ -31,6 +31,17 @@ def cfg(**over):
 
 def weights(run):
     return torch.load(run.ckpt_dir / "last.pt", weights_only=False)["model"]
+
+
+def moved_and_apart(run_cfg, a, b):
+    """(training's move of weights a from the run's initialisation, the distance of weights b from a): flattened over
+    the floating-point tensors, for tests that hold two trajectories of one run to each other."""
+    torch.manual_seed(run_cfg.seed)  # the run's initialisation, as train.train draws it
+    init = build_model(run_cfg).state_dict()
+    keys = [k for k, w in a.items() if w.is_floating_point()]
+    moved = torch.cat([(a[k].cpu() - init[k]).flatten() for k in keys])
+    apart = torch.cat([(b[k].cpu() - a[k].cpu()).flatten() for k in keys])
+    return moved, apart
 
 
 def test_same_seed_same_losses(tmp_path, data_root):
