@@ -853,9 +853,14 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         vmapped = vectorised_on(device) and vmaps_at(precision)  # as StackedModel.vectorised_for decides it
         where += ("; packs vmapped" + (", convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)"
                                        if conv_mode() == "bmm" else "") if vmapped else "; packs looped over their runs")
-    from .train import adam_options, slow_bf16_note
+    from .train import adam_options, matmul_tf32, slow_bf16_note
     if adam_options()["fused"]:
         where += "; Adam fused (MMBENCH_ADAM=fused)"
+    tf32 = matmul_tf32(device)  # MMBENCH_MATMUL_TF32=1: switched on for every step timed here, as the trainers do
+    if tf32 and device == "cuda":
+        where += "; TF32 matmuls (MMBENCH_MATMUL_TF32=1)"
+    elif tf32:
+        err_console.print(tf32)
     note = slow_bf16_note(precision, device, "timing")
     if profile is not None:  # every option checked: the folder is made only for a measurement
         profile.mkdir(parents=True, exist_ok=True)

@@ -417,6 +417,7 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
     return None
 
 
+@train_mod.keeps_matmul_precision
 @train_mod.settles_checkpoints
 def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
                stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
@@ -519,6 +520,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         return torch.stack([torch.randperm(len(train_split), generator=torch.Generator().manual_seed(
             m.cfg.seed * 100_003 + epoch)) for m in ms]).to(device)
 
+    notes = train_mod.setup_notes(cfg.train.precision, device)  # before the trial: it checks the kernels that train
     why = trial(sm, _split_batch(train_split, perms(members, first)[:, :B]), [m.gen for m in members])
     if why:
         alone([m.run for m in members], why)
@@ -532,7 +534,6 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     if capture:
         sm.compile(replay)
     ids = ", ".join(m.run.id for m in members)
-    notes = train_mod.setup_notes(cfg.train.precision, device)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
         if capture:  # as the unpacked trainer says it (train.py); a compiler failure at the first step is logged too

@@ -202,13 +202,21 @@ def data_build(prov: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def trainer_label(code: Dict[str, Any]) -> str:
+    """One `trained_with` entry as the report names it: its commit, and its kernel choices where any were made
+    ('abc123 (MMBENCH_ADAM=fused, MMBENCH_MATMUL_TF32=1)')."""
+    kernels = code.get("kernels") or {}
+    return (code.get("git_commit") or "?") + (f" ({', '.join(f'{k}={v}' for k, v in sorted(kernels.items()))})"
+                                             if kernels else "")
+
+
 def number_provenance(prov: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a run's provenance that can change its numbers, flattened: the report flags a cell whose
     runs disagree on any of them (code, data, classifiers, evaluation precision, FID weights, numerical packages)."""
     clf = prov.get("classifiers") or {}
     trained = prov.get("trained_with")  # absent in runs recorded before it existed
     out = {"mmbench commit": prov.get("git_commit"),
-           "trained by": " + ".join(c.get("git_commit") or "?" for c in trained) if trained else None,
+           "trained by": " + ".join(trainer_label(c) for c in trained) if trained else None,
            "dataset digest": prov.get("dataset_digest"),
            "classifier set": f"{clf.get('set')}:{clf.get('digest')}" if clf else None,
            "eval precision": prov.get("eval_precision") or "fp32",  # absent before eval.precision: fp32

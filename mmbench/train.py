@@ -104,15 +104,29 @@ def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
     return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
 
 
+# The environment's kernel choices: the same experiment (same run id), other float rounding.
+KERNEL_CHOICES = ("MMBENCH_ADAM", "MMBENCH_COMPILE", "MMBENCH_CUDNN_BENCHMARK", "MMBENCH_MATMUL_TF32",
+                  "MMBENCH_PACK_CONV", "MMBENCH_PACK_MODE")
+
+
+def kernel_choices() -> Dict[str, str]:
+    """The kernel choices this process was given (KERNEL_CHOICES set and not empty), as asked: a choice a device
+    ignores (TF32 on a CPU, a pack's convolutions in an unpacked run) is listed too."""
+    return {k: os.environ[k] for k in KERNEL_CHOICES if os.environ.get(k)}
+
+
 def note_code(state: Dict) -> None:
     """Record in the training state (saved with every checkpoint) the code that trains from here: the git commit
-    and version, with the epoch and step it took over at; a run resumed under other code lists both. Evaluation
-    copies the list into provenance.json as `trained_with` (its own `git_commit` is the evaluating code's)."""
+    and version, and the kernel choices where any were made, with the epoch and step it took over at; a run resumed
+    under other code or other choices lists both. Evaluation copies the list into provenance.json as `trained_with`
+    (its own `git_commit` is the evaluating code's)."""
     from . import __version__
 
     code = state.setdefault("code", [])
     here = {"git_commit": results_mod.git_commit(), "mmbench_version": __version__}
-    if not code or {k: code[-1].get(k) for k in here} != here:
+    if kernel_choices():
+        here["kernels"] = kernel_choices()
+    if not code or {k: v for k, v in code[-1].items() if k not in ("from_epoch", "from_step")} != here:
         code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0)})
 
 
@@ -264,11 +278,43 @@ def adam_note() -> Optional[str]:
     return None
 
 
+def matmul_tf32(device) -> Optional[str]:
+    """MMBENCH_MATMUL_TF32=1 on a GPU: float32 matrix products in TF32 (tensor cores), as cuDNN already runs the
+    convolutions by PyTorch's default; switched on, and the line the run's log gets (on a CPU, which has no TF32, a
+    line saying it has no effect). Unset or 0: PyTorch's default, fp32 matmuls. Like MMBENCH_ADAM a kernel choice,
+    not a run setting (same run id); with MMBENCH_PACK_CONV=bmm it puts a pack's convolutions, computed as matmuls
+    there, back in TF32. The trainers restore the flag when they end (`keeps_matmul_precision`): evaluation is fp32."""
+    mode = os.environ.get("MMBENCH_MATMUL_TF32", "") or "0"
+    if mode not in ("0", "1"):
+        raise MMBenchError(f"MMBENCH_MATMUL_TF32={mode!r}: use 1 (TF32 matmuls on a GPU) or 0 (or leave it unset: fp32)")
+    if mode != "1":
+        return None
+    if torch.device(device).type != "cuda":
+        return f"MMBENCH_MATMUL_TF32=1 has no effect on {device} (TF32 is a GPU's): matmuls in fp32"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return (f"float32 matmuls in TF32 on {device} (MMBENCH_MATMUL_TF32=1), as cuDNN's convolutions are by default: "
+            f"the training's float rounding differs from an fp32-matmul run's; its evaluation is fp32")
+
+
+def keeps_matmul_precision(trainer: Callable) -> Callable:
+    """A trainer after which the process's matmul precision is what it was before (MMBENCH_MATMUL_TF32 holds for the
+    training only: an evaluation in the same worker computes as an evaluation alone)."""
+    @functools.wraps(trainer)
+    def wrapped(*args, **kwargs):
+        before = torch.backends.cuda.matmul.allow_tf32
+        try:
+            return trainer(*args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+    return wrapped
+
+
 def setup_notes(precision: str, device) -> List[str]:
-    """Switch on what the process asks for the training (cuDNN benchmark mode) and return the lines every run's log
-    gets about how it computes here: bf16 without bfloat16 instructions, cuDNN benchmark mode, a non-default Adam.
-    Called once per trainer (plain or packed), so both logs say the same."""
-    lines = (slow_bf16_note(precision, device, "training (train.precision)"), cudnn_autotune(device), adam_note())
+    """Switch on what the process asks for the training (cuDNN benchmark mode, TF32 matmuls) and return the lines
+    every run's log gets about how it computes here: bf16 without bfloat16 instructions, cuDNN benchmark mode, TF32
+    matmuls, a non-default Adam. Called once per trainer (plain or packed), so both logs say the same."""
+    lines = (slow_bf16_note(precision, device, "training (train.precision)"), cudnn_autotune(device),
+             matmul_tf32(device), adam_note())
     return [line for line in lines if line]
 
 
@@ -433,6 +479,7 @@ def settles_checkpoints(trainer: Callable) -> Callable:
     return wrapped
 
 
+@keeps_matmul_precision
 @settles_checkpoints
 def train(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
           stop_after_epoch: Optional[int] = None) -> Dict[str, float]:

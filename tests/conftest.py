@@ -40,7 +40,7 @@ def data_root(tmp_path_factory) -> Path:
 def _no_env_leak(monkeypatch):
     monkeypatch.delenv("MMBENCH_DATA", raising=False)
     monkeypatch.delenv("MMBENCH_RUNS", raising=False)
-    for kernels in ("MMBENCH_ADAM", "MMBENCH_PACK_CONV", "MMBENCH_PACK_MODE"):  # a shell's choice, not the tests'
+    for kernels in ("MMBENCH_ADAM", "MMBENCH_MATMUL_TF32", "MMBENCH_PACK_CONV", "MMBENCH_PACK_MODE"):  # a shell's choice, not the tests'
         monkeypatch.delenv(kernels, raising=False)
     if not gpu_tests_asked():  # the suite runs on the CPU; device-check.sh asks for its GPU tests to see the GPU
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -18,6 +18,7 @@
 #                           pack runs) against looped, im2col + bmm (fp32, TF32) and channels_last grouped kernels;
 #                           Adam foreach against fused and for-loop (docs/gpu-runs/kernel_choices.py; each checked equal)
 #   steps-packed-bmm.md     MoPoE's packs of 5 and 15 with their convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm)
+#   steps-packed-bmm-tf32.md  the same with TF32 matmuls (MMBENCH_MATMUL_TF32=1), if time is left
 #   fig3-epochs.txt         how many epochs of MoPoE Fig. 3 the remaining budget allows, and why
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
@@ -299,6 +300,13 @@ say "MoPoE packed with its convolutions as batched matmuls (MMBENCH_PACK_CONV=bm
 if [ "$SCALE" = tiny ]; then KP=3; else KP=5,15; fi
 MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm timeout $(lim 45) $M bench steps --methods mopoe --pack $KP --device "$DEVICE" \
   --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm.md" $(prof bmm)
+snap
+fi
+if [ "$SCALE" = tiny ] || [ "$(left)" -gt 25 ]; then
+say "the same with TF32 matmuls (MMBENCH_MATMUL_TF32=1: the batched matmuls at the precision of cuDNN's convolutions)"
+MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm MMBENCH_MATMUL_TF32=1 timeout $(lim 45) $M bench steps --methods mopoe \
+  --pack $KP --device "$DEVICE" --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm-tf32.md" \
+  $(prof bmm-tf32)
 snap
 fi
 fi

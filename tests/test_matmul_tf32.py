@@ -1,0 +1,169 @@
+"""MMBENCH_MATMUL_TF32=1: a GPU trains with float32 matmuls in TF32 (a kernel choice for docs/gpu-runs: with
+MMBENCH_PACK_CONV=bmm a pack's convolutions become matmuls, which would otherwise run in full fp32 where cuDNN's
+convolutions run in TF32). Named in the run's log and in its `trained_with`, restored when the trainer ends (the
+evaluation after it is fp32), refused when misspelt; a CPU says it has no effect."""
+import json
+import sys
+
+import pytest
+import torch
+
+from mmbench import train as train_mod
+from mmbench.errors import MMBenchError
+from mmbench.pack import train_pack
+from mmbench.results import Run, number_provenance, trainer_label
+from mmbench.train import keeps_matmul_precision, kernel_choices, matmul_tf32, note_code, train
+from test_train import cfg, weights
+
+
+@pytest.fixture(autouse=True)
+def _flag_restored():
+    before = torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_choice_is_read_checked_and_applied_on_a_gpu_only(monkeypatch):
+    assert matmul_tf32("cuda") is None and kernel_choices() == {}  # unset: PyTorch's default
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "yes")
+    with pytest.raises(MMBenchError, match=r"MMBENCH_MATMUL_TF32='yes': use 1 .* or 0"):
+        matmul_tf32("cuda")
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "0")
+    assert matmul_tf32("cuda") is None and not torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
+    assert "no effect on cpu" in matmul_tf32("cpu") and not torch.backends.cuda.matmul.allow_tf32
+    assert "TF32 on cuda:0 (MMBENCH_MATMUL_TF32=1)" in matmul_tf32("cuda:0")
+    assert torch.backends.cuda.matmul.allow_tf32  # the flag cuBLAS reads (set without a GPU; nothing runs here)
+    assert kernel_choices() == {"MMBENCH_MATMUL_TF32": "1"}
+
+
+def test_a_trainer_leaves_the_flag_as_it_found_it_whether_it_returns_or_fails():
+    @keeps_matmul_precision
+    def trainer(fail):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        if fail:
+            raise RuntimeError("diverged")
+        return "done"
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert trainer(False) == "done" and not torch.backends.cuda.matmul.allow_tf32
+    with pytest.raises(RuntimeError):
+        trainer(True)
+    assert not torch.backends.cuda.matmul.allow_tf32
+
+
+def _as_on_a_gpu(monkeypatch, seen):
+    """matmul_tf32 as a GPU process applies it (this machine has none): the flag switched on, the line returned;
+    `seen` gets the flag at each training-loss call, i.e. while the run trains."""
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
+
+    def applied(device):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return "float32 matmuls in TF32 (test)"
+
+    monkeypatch.setattr(train_mod, "matmul_tf32", applied)
+    from mmbench.methods.mopoe import MoPoE  # the method of test_train's cfg
+
+    loss = MoPoE.loss
+
+    def watched(self, *a, **k):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return loss(self, *a, **k)
+
+    monkeypatch.setattr(MoPoE, "loss", watched)
+
+
+def test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off(tmp_path, data_root, monkeypatch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    seen = []
+    _as_on_a_gpu(monkeypatch, seen)
+    run = Run(cfg(train={"epochs": 1, "max_test": 32}), tmp_path / "one")
+    summary = train(run, data_root)
+    assert seen and all(seen)
+    assert not torch.backends.cuda.matmul.allow_tf32  # what an evaluation in this worker computes with
+    assert "float32 matmuls in TF32 (test)" in run.log_path.read_text()
+    assert summary["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
+
+
+def test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off(tmp_path, data_root, monkeypatch):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    seen = []
+    _as_on_a_gpu(monkeypatch, seen)
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path) for s in range(2)]
+    done = train_pack(runs, data_root)
+    # the trial's reference losses (each run alone) are computed under the flag too: it checks what trains
+    assert seen and all(seen)
+    assert not torch.backends.cuda.matmul.allow_tf32
+    for r in runs:
+        assert done[r.id]["packed_with"] == 2 and "float32 matmuls in TF32 (test)" in r.log_path.read_text()
+        assert done[r.id]["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
+
+
+def test_on_a_cpu_the_run_says_it_has_no_effect_and_is_the_default_run(tmp_path, data_root, monkeypatch):
+    c = cfg(train={"epochs": 1, "max_test": 32})
+    default = Run(c, tmp_path / "default")
+    train(default, data_root)
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
+    asked = Run(c, tmp_path / "asked")
+    train(asked, data_root)
+    assert asked.id == default.id
+    assert "MMBENCH_MATMUL_TF32=1 has no effect on cpu" in asked.log_path.read_text()
+    assert "MMBENCH_MATMUL_TF32" not in default.log_path.read_text()
+    a, d = weights(asked), weights(default)
+    assert all(torch.equal(a[k], d[k]) for k in d)
+
+
+def test_trained_with_lists_each_change_of_code_or_kernels_on_resume(monkeypatch):
+    monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "c1")
+    state = {"epoch": 0}
+    note_code(state)
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    state["epoch"] = 2
+    note_code(state)
+    note_code(state)  # the same again: nothing new
+    monkeypatch.delenv("MMBENCH_ADAM")
+    state["epoch"] = 3
+    note_code(state)  # back to the defaults: listed, though the defaults name no choice
+    assert [(c["from_epoch"], c.get("kernels")) for c in state["code"]] == [
+        (0, None), (2, {"MMBENCH_ADAM": "fused"}), (3, None)]
+    assert trainer_label(state["code"][1]) == "c1 (MMBENCH_ADAM=fused)" and trainer_label(state["code"][0]) == "c1"
+    assert number_provenance({"trained_with": state["code"]})["trained by"] == "c1 + c1 (MMBENCH_ADAM=fused) + c1"
+
+
+def test_bench_steps_names_it_on_a_gpu_and_says_it_has_no_effect_on_a_cpu(monkeypatch, tmp_path, capsys):
+    from mmbench import bench, cli
+
+    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
+    monkeypatch.setattr(bench, "pack_table", lambda *a, **k: [
+        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
+    heads = {}
+    for device in ("cpu", "cuda"):
+        if device == "cuda":  # no GPU here: the header is what is checked, the timing is stubbed above
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+            monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out = tmp_path / f"{device}.md"
+        monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2",
+                                          "--device", device, "--out", str(out)])
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert e.code in (0, None)
+        heads[device] = (out.read_text().splitlines()[0], capsys.readouterr().err,
+                         torch.backends.cuda.matmul.allow_tf32)
+    head, err, flag = heads["cpu"]
+    assert "TF32" not in head and "has no effect on cpu" in " ".join(err.split()) and not flag
+    head, err, flag = heads["cuda"]
+    assert "; TF32 matmuls (MMBENCH_MATMUL_TF32=1)" in head and flag  # on for every step timed
+
+
+def test_provenance_json_carries_the_choices(tmp_path, data_root, monkeypatch):
+    """`trained_with` reaches provenance.json through evaluation, as the report reads it."""
+    from mmbench.evaluate import evaluate, trained_provenance
+
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    run = Run(cfg(train={"epochs": 1, "max_test": 32}, eval={"metrics": ["loglik"], "test_samples": 16,
+                                                              "ll_samples": 2}), tmp_path / "r")
+    evaluate(run, data_root, provenance=trained_provenance(train(run, data_root), 0.0))  # as the runner does
+    prov = json.loads((run.dir / "provenance.json").read_text())
+    assert prov["trained_with"][-1]["kernels"] == {"MMBENCH_ADAM": "fused"}
