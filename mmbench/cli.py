@@ -945,9 +945,11 @@ INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume fro
 
 def main() -> None:
     from .hostmem import tune_host_allocator
+    from .kernels import check_all
 
     try:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
+        check_all()  # the environment's kernel choices, before any work that a misspelt one would stop in every worker
         app()
     except MMBenchError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -63,7 +62,7 @@ from .errors import MMBenchError, brief
 from .methods.base import NoiseSource, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
-from . import packconv, train as train_mod
+from . import kernels, packconv, train as train_mod
 from .devices import device_of
 from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
@@ -178,9 +177,7 @@ def vectorised_on(device) -> bool:
     views of the stacked parameters. vmap turns each convolution into a grouped one, which oneDNN runs slower
     on a CPU than R separate ones (`mmbench bench steps --pack 3` at batch 256, latent 512 on 2 cores: MoPoE
     0.68× the unpacked run-steps/s), so a CPU loops; MMBENCH_PACK_MODE=vmap|loop overrides (the tests run both)."""
-    mode = os.environ.get("MMBENCH_PACK_MODE", "")
-    if mode not in ("", "vmap", "loop"):
-        raise MMBenchError(f"MMBENCH_PACK_MODE={mode!r}: use vmap or loop (or leave it unset)")
+    mode = kernels.choice("MMBENCH_PACK_MODE")
     return mode == "vmap" if mode else torch.device(device).type != "cpu"
 
 

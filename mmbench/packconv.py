@@ -12,24 +12,19 @@ convolutions run in TF32 by PyTorch's default; docs/gpu-runs/kernel_choices.py t
 from __future__ import annotations
 
 import copy
-import os
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import MMBenchError
-
-MODES = ("grouped", "bmm")
 
 
 def conv_mode() -> str:
     """MMBENCH_PACK_CONV: how a vmapped pack computes its convolutions (grouped, the default, or bmm)."""
-    mode = os.environ.get("MMBENCH_PACK_CONV", "") or "grouped"
-    if mode not in MODES:
-        raise MMBenchError(f"MMBENCH_PACK_CONV={mode!r}: use grouped or bmm (or leave it unset: grouped)")
-    return mode
+    return kernels.choice("MMBENCH_PACK_CONV") or "grouped"
 
 
 def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:

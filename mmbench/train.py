@@ -34,7 +34,7 @@ from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
-from . import results as results_mod
+from . import kernels, results as results_mod
 from .results import Run, atomic_json, atomic_write
 
 ProgressFn = Callable[[str, int, int], None]
@@ -104,17 +104,6 @@ def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
     return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
 
 
-# The environment's kernel choices: the same experiment (same run id), other float rounding.
-KERNEL_CHOICES = ("MMBENCH_ADAM", "MMBENCH_COMPILE", "MMBENCH_CUDNN_BENCHMARK", "MMBENCH_MATMUL_TF32",
-                  "MMBENCH_PACK_CONV", "MMBENCH_PACK_MODE")
-
-
-def kernel_choices() -> Dict[str, str]:
-    """The kernel choices this process was given (KERNEL_CHOICES set and not empty), as asked: a choice a device
-    ignores (TF32 on a CPU, a pack's convolutions in an unpacked run) is listed too."""
-    return {k: os.environ[k] for k in KERNEL_CHOICES if os.environ.get(k)}
-
-
 def note_code(state: Dict) -> None:
     """Record in the training state (saved with every checkpoint) the code that trains from here: the git commit
     and version, and the kernel choices where any were made, with the epoch and step it took over at; a run resumed
@@ -124,8 +113,8 @@ def note_code(state: Dict) -> None:
 
     code = state.setdefault("code", [])
     here = {"git_commit": results_mod.git_commit(), "mmbench_version": __version__}
-    if kernel_choices():
-        here["kernels"] = kernel_choices()
+    if kernels.chosen():
+        here["kernels"] = kernels.chosen()
     if not code or {k: v for k, v in code[-1].items() if k not in ("from_epoch", "from_step")} != here:
         code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0)})
 
@@ -238,7 +227,7 @@ def cudnn_autotune(device) -> Optional[str]:
     switched on, and the line the run's log gets (the run id does not change: the same experiment, other kernels);
     None otherwise. The provenance of an evaluation in the same process records the flag (results.py,
     "determinism"); the log is the record of which sessions trained with it."""
-    if os.environ.get("MMBENCH_CUDNN_BENCHMARK") != "1" or torch.device(device).type != "cuda":
+    if kernels.choice("MMBENCH_CUDNN_BENCHMARK") != "1" or torch.device(device).type != "cuda":
         return None
     torch.backends.cudnn.benchmark = True
     return (f"cuDNN benchmark mode on {device} (mmbench run --cudnn-benchmark): convolution algorithms chosen by "
@@ -250,9 +239,7 @@ def adam_options() -> Dict[str, Optional[bool]]:
     device (a loop over the tensors on a CPU, multi-tensor foreach kernels on a GPU), or `fused` (one kernel for all
     parameters). The same update to float rounding (docs/gpu-runs/kernel_choices.py checks that before timing both);
     not a run setting (a run id names the experiment, not its kernels): a run's log names a non-default choice."""
-    mode = os.environ.get("MMBENCH_ADAM", "") or "default"
-    if mode not in ("default", "fused"):
-        raise MMBenchError(f"MMBENCH_ADAM={mode!r}: use default or fused (or leave it unset: default)")
+    mode = kernels.choice("MMBENCH_ADAM") or "default"
     return {"foreach": None, "fused": True if mode == "fused" else None}
 
 
@@ -284,10 +271,7 @@ def matmul_tf32(device) -> Optional[str]:
     line saying it has no effect). Unset or 0: PyTorch's default, fp32 matmuls. Like MMBENCH_ADAM a kernel choice,
     not a run setting (same run id); with MMBENCH_PACK_CONV=bmm it puts a pack's convolutions, computed as matmuls
     there, back in TF32. The trainers restore the flag when they end (`keeps_matmul_precision`): evaluation is fp32."""
-    mode = os.environ.get("MMBENCH_MATMUL_TF32", "") or "0"
-    if mode not in ("0", "1"):
-        raise MMBenchError(f"MMBENCH_MATMUL_TF32={mode!r}: use 1 (TF32 matmuls on a GPU) or 0 (or leave it unset: fp32)")
-    if mode != "1":
+    if kernels.choice("MMBENCH_MATMUL_TF32") != "1":
         return None
     if torch.device(device).type != "cuda":
         return f"MMBENCH_MATMUL_TF32=1 has no effect on {device} (TF32 is a GPU's): matmuls in fp32"
@@ -324,7 +308,7 @@ def captured(fn: Callable, device) -> Optional[Callable]:
     (inductor's fallback_random), so a run draws the numbers it draws uncaptured; MMBENCH_COMPILE_BACKEND names
     another backend, on any device (the tests trace with "aot_eager" on the CPU)."""
     backend = os.environ.get("MMBENCH_COMPILE_BACKEND")
-    if os.environ.get("MMBENCH_COMPILE") != "1" or (torch.device(device).type != "cuda" and not backend):
+    if kernels.choice("MMBENCH_COMPILE") != "1" or (torch.device(device).type != "cuda" and not backend):
         return None
     if backend:
         return torch.compile(fn, backend=backend)

@@ -20,6 +20,7 @@ import pytest
 from mmbench.data.base import prepare
 from mmbench.registry import DATASETS
 from mmbench.hostmem import tune_host_allocator
+from mmbench.kernels import CHOICES
 
 # As the CLI does, once for the whole session: the tests that call cli.main or a Slurm task in this process would
 # otherwise switch it on part way, for the tests (and workers) that come after them.
@@ -40,8 +41,8 @@ def data_root(tmp_path_factory) -> Path:
 def _no_env_leak(monkeypatch):
     monkeypatch.delenv("MMBENCH_DATA", raising=False)
     monkeypatch.delenv("MMBENCH_RUNS", raising=False)
-    for kernels in ("MMBENCH_ADAM", "MMBENCH_MATMUL_TF32", "MMBENCH_PACK_CONV", "MMBENCH_PACK_MODE"):  # a shell's choice, not the tests'
-        monkeypatch.delenv(kernels, raising=False)
+    for name in CHOICES:  # the kernel choices: a shell's (or an earlier test's `mmbench run --compile`), not the tests'
+        monkeypatch.delenv(name, raising=False)
     if not gpu_tests_asked():  # the suite runs on the CPU; device-check.sh asks for its GPU tests to see the GPU
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     yield

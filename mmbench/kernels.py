@@ -1,0 +1,43 @@
+"""The environment's kernel choices: how a run computes, never what (the same run id; other kernels, other float
+rounding). Read by the trainers, `bench steps` and packs; checked by every `mmbench` command before it starts, so a
+misspelt value is one line at once, not a failure in every worker after the data and classifiers are made; recorded
+in each run's `trained_with` (train.note_code). Kept free of torch, as hostmem.py is, for the CLI's first check."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+from .errors import MMBenchError
+
+# name -> (the values allowed, the default among them ('' where the default depends on the device), what leaving it
+# unset means, in words)
+CHOICES: Dict[str, Tuple[Tuple[str, ...], str, str]] = {
+    "MMBENCH_ADAM": (("default", "fused"), "default", "default"),  # train.adam_options
+    "MMBENCH_MATMUL_TF32": (("0", "1"), "0", "0, fp32 matmuls"),  # train.matmul_tf32
+    "MMBENCH_PACK_CONV": (("grouped", "bmm"), "grouped", "grouped"),  # packconv.conv_mode
+    "MMBENCH_PACK_MODE": (("vmap", "loop"), "", "vmap on a GPU, loop on a CPU"),  # pack.vectorised_on
+    # set to 1 for the workers by `mmbench run --compile` and `--cudnn-benchmark` (train.captured, cudnn_autotune)
+    "MMBENCH_COMPILE": (("0", "1"), "0", "0"),
+    "MMBENCH_CUDNN_BENCHMARK": (("0", "1"), "0", "0"),
+}
+
+
+def choice(name: str) -> str:
+    """The value the environment gives `name` ('' where unset or empty), refused unless allowed."""
+    value = os.environ.get(name, "")
+    allowed, _, unset = CHOICES[name]
+    if value and value not in allowed:
+        raise MMBenchError(f"{name}={value!r}: use {' or '.join(allowed)} (or leave it unset: {unset})")
+    return value
+
+
+def check_all() -> None:
+    """Every kernel choice of the environment, checked (the CLI's entry point calls this first)."""
+    for name in CHOICES:
+        choice(name)
+
+
+def chosen() -> Dict[str, str]:
+    """The kernel choices this process was given other than the defaults, as asked: a choice a device ignores (TF32
+    on a CPU, a pack's convolutions in an unpacked run) is listed too; {} for PyTorch's and mmbench's defaults."""
+    return {name: v for name, (_, default, _) in CHOICES.items() if (v := choice(name)) and v != default}
