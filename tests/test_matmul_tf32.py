@@ -14,6 +14,7 @@ from mmbench.pack import train_pack
 from mmbench.results import Run, number_provenance, trainer_label
 from mmbench.kernels import chosen as kernel_choices
 from mmbench.train import keeps_matmul_precision, matmul_tf32, note_code, train
+from conftest import gpu_tests_asked, on_gpu_if_asked
 from test_train import cfg, weights
 
 
@@ -53,16 +54,22 @@ def test_a_trainer_leaves_the_flag_as_it_found_it_whether_it_returns_or_fails():
     assert not torch.backends.cuda.matmul.allow_tf32
 
 
-def _as_on_a_gpu(monkeypatch, seen):
-    """matmul_tf32 as a GPU process applies it (this machine has none): the flag switched on, the line returned;
-    `seen` gets the flag at each training-loss call, i.e. while the run trains."""
+def _as_on_a_gpu(monkeypatch, seen) -> str:
+    """MMBENCH_MATMUL_TF32=1 as a GPU process applies it: on the GPU of device-check.sh (MMBENCH_GPU_TESTS=1) the real
+    thing, elsewhere matmul_tf32 doing what it does there (the flag switched on, a line returned). `seen` gets the flag
+    at each training-loss call, i.e. while the run trains. Returns the line the run's log must have."""
     monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
+    on_gpu_if_asked()
+    if gpu_tests_asked():
+        said = "float32 matmuls in TF32 on cuda"
+    else:
+        said = "float32 matmuls in TF32 (test)"
 
-    def applied(device):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        return "float32 matmuls in TF32 (test)"
+        def applied(device):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            return said
 
-    monkeypatch.setattr(train_mod, "matmul_tf32", applied)
+        monkeypatch.setattr(train_mod, "matmul_tf32", applied)
     from mmbench.methods.mopoe import MoPoE  # the method of test_train's cfg
 
     loss = MoPoE.loss
@@ -72,31 +79,32 @@ def _as_on_a_gpu(monkeypatch, seen):
         return loss(self, *a, **k)
 
     monkeypatch.setattr(MoPoE, "loss", watched)
+    return said
 
 
 def test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off(tmp_path, data_root, monkeypatch):
     torch.backends.cuda.matmul.allow_tf32 = False
     seen = []
-    _as_on_a_gpu(monkeypatch, seen)
+    said = _as_on_a_gpu(monkeypatch, seen)
     run = Run(cfg(train={"epochs": 1, "max_test": 32}), tmp_path / "one")
     summary = train(run, data_root)
     assert seen and all(seen)
     assert not torch.backends.cuda.matmul.allow_tf32  # what an evaluation in this worker computes with
-    assert "float32 matmuls in TF32 (test)" in run.log_path.read_text()
+    assert said in run.log_path.read_text()
     assert summary["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
 
 
 def test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off(tmp_path, data_root, monkeypatch):
     torch.backends.cuda.matmul.allow_tf32 = False
     seen = []
-    _as_on_a_gpu(monkeypatch, seen)
+    said = _as_on_a_gpu(monkeypatch, seen)
     runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path) for s in range(2)]
     done = train_pack(runs, data_root)
     # the trial's reference losses (each run alone) are computed under the flag too: it checks what trains
     assert seen and all(seen)
     assert not torch.backends.cuda.matmul.allow_tf32
     for r in runs:
-        assert done[r.id]["packed_with"] == 2 and "float32 matmuls in TF32 (test)" in r.log_path.read_text()
+        assert done[r.id]["packed_with"] == 2 and said in r.log_path.read_text()
         assert done[r.id]["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
 
 

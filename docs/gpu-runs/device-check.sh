@@ -7,7 +7,8 @@
 #   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
 #                           a pack of 3 against 3 runs alone (looped, vmapped, vmapped with MMBENCH_PACK_CONV=bmm), bf16
 #                           packs, a run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the
-#                           same run uncaptured, a resume from fused Adam to foreach and back, as pytest tests
+#                           same run uncaptured, a resume from fused Adam to foreach and back, training with TF32
+#                           matmuls (MMBENCH_MATMUL_TF32=1) and evaluating without, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
 #   steps-packed-cudnn.md   MoPoE's packs again with cuDNN benchmark mode (`--cudnn-benchmark`; GPU only)
@@ -141,7 +142,9 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
   tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
-  tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation} \
+  tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation \
+  tests/test_matmul_tf32.py::test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off \
+  tests/test_matmul_tf32.py::test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off} \
   > "$RES/gpu-tests.txt" 2>&1
 tail -4 "$RES/gpu-tests.txt"
 fi
