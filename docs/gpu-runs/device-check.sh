@@ -24,6 +24,8 @@
 #   fig3 runs               MoPoE Fig. 3 (MVAE, MMVAE, MoPoE x 5 seeds) on PolyMNIST rebuilt from the real
 #                           MNIST test split, packed (one pack of 5 per method), for that many epochs;
 #                           alongside, MoPoE x 5 seeds in bf16 (a 4th worker) for the bf16-vs-fp32 check
+#   fig3-pace.md            each pack's recorded training rate, the fp32 packs' sum and the GPU-hours of Fig. 3's
+#                           paper budget at that pace (docs/gpu-runs/fig3_pace.py)
 #   bf16-vs-fp32.md         per metric: fp32 mean ± sd over 5 seeds vs bf16, and whether they agree
 #   eval-time.txt           full-budget evaluation time of one Fig. 3 MoPoE model (docs/eval_time.py full [bf16]),
 #                           per metric, with fp32 and with bf16 decoders (eval.precision)
@@ -51,7 +53,8 @@
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
 # when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
 # RUN_FLAGS: more options for the fp32 Fig. 3 `mmbench run` (e.g. --compile: its packs trained with captured steps;
-# GPU only); PROFILE=0 leaves the steps unprofiled. Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
+# GPU only); MPS=1: Fig. 3's four packs share the GPU through CUDA MPS, where it starts (else they time-slice it, as
+# by default); PROFILE=0 leaves the steps unprofiled. Parts depend on earlier ones: projection on steps, evaltime on fig3's runs; report names EPOCHS.
 # Dry mode on the CPU (tiny shapes, 1 epoch, a 256-tuple subset; checks the script, measures nothing):
 #   DATA=/path/to/data DEVICE=cpu SCALE=tiny OUT=/tmp/dc bash docs/gpu-runs/device-check.sh
 set -uo pipefail
@@ -224,6 +227,27 @@ echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)$([ "$MAXTRAIN" -gt 0 ] && echo " on 
   | tee -a "$RES/fig3-epochs.txt"
 
 snap
+# MPS=1: the four packs' processes share the GPU through CUDA MPS (kernels of different processes run side by side;
+# without it the GPU time-slices between them), if the daemon starts and a process can use it; stopped after the runs
+MPS_ON=""
+if [ "${MPS:-0}" = 1 ]; then
+  if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/dc/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/dc/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && timeout 60 $PY -c "import torch; torch.zeros(1, device='cuda').sum().item()"; then
+      MPS_ON=1; trap 'echo quit | nvidia-cuda-mps-control' EXIT
+      echo "MPS: on (the packs' processes share the GPU through CUDA MPS)" | tee -a "$RES/fig3-epochs.txt"
+    else
+      echo quit | nvidia-cuda-mps-control 2> /dev/null
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      echo "MPS: asked, but the daemon did not start or a process could not use it; the packs time-slice the GPU" \
+        | tee -a "$RES/fig3-epochs.txt"
+    fi
+  else
+    echo "MPS: asked, but there is no nvidia-cuda-mps-control here (or no GPU); the packs time-slice the GPU" \
+      | tee -a "$RES/fig3-epochs.txt"
+  fi
+fi
 say "MoPoE Fig. 3 (15 runs, packed) and MoPoE x 5 in bf16, $EPOCHS epochs"
 $PY docs/gpu-runs/bf16_suite.py "$RES/bf16-suite.yaml"  # Fig. 3's MoPoE entry, read from the suite, in bf16
 # RESERVE: seconds kept for the parts after it (default 170: the agreement, eval-time, report, projection)
@@ -240,6 +264,10 @@ wait "$p1"; rc1=$?; wait "$p2"; rc2=$?  # not a bare `wait`: it would also wait 
   grep -h -o "packed with [0-9]* other run(s) on [a-z0-9:]*\|training unpacked: .*\|step is not captured\|step captured with torch.compile\|torch.compile failed.*" \
     "$MMBENCH_RUNS"/*/log.txt 2>/dev/null | sort | uniq -c; } | tee -a "$RES/fig3-epochs.txt"
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
+$PY docs/gpu-runs/fig3_pace.py "$MMBENCH_RUNS" > "$RES/fig3-pace.md" 2>&1; tail -1 "$RES/fig3-pace.md"
+if [ -n "$MPS_ON" ]; then  # the parts after it time one process alone: MPS off again
+  echo quit | nvidia-cuda-mps-control; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
 
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
 $PY docs/gpu-runs/precision_agreement.py > "$RES/bf16-vs-fp32.md" 2>&1

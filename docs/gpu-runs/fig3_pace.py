@@ -1,0 +1,67 @@
+"""The pace of MoPoE Fig. 3's packs as device-check.sh trained them, and what it makes of the whole figure.
+
+Reads every run directory under MMBENCH_RUNS (or the folder given): its config (method, train.precision, batch size)
+and provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the
+first where there are several; `packed_with`). One row per pack; then the fp32 packs' rates summed, which is the pace
+of Fig. 3 when its three packs share one GPU, and the GPU time of the paper's budget at that pace: 15 runs × 300
+epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split). Packs that shared the GPU slowed each other,
+the bf16 pack included, so the figure is a pace measured with a fourth pack beside the three.
+
+    python docs/gpu-runs/fig3_pace.py [RUNS_DIR] > fig3-pace.md
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+RUNS, EPOCHS, TUPLES = 15, 300, 60_000  # the paper's Fig. 3: 3 methods × 5 seeds, 300 epochs of the training split
+
+
+def packs(runs_dir: Path):
+    """{(method, precision, batch, pack size): [pack tuples/s as each of its runs recorded it]} over the trained runs."""
+    out = defaultdict(list)
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        if not (d / "provenance.json").exists() or not (d / "config.yaml").exists():
+            continue
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        prov = json.loads((d / "provenance.json").read_text())
+        rate = prov.get("train_tuples_per_second")
+        if rate is None:
+            continue
+        key = (cfg["method"]["name"], cfg["train"].get("precision") or "fp32", cfg["train"]["batch_size"],
+               prov.get("packed_with", 1))
+        out[key].append(rate)
+    return out
+
+
+def report(runs_dir: Path) -> str:
+    found = packs(runs_dir)
+    if not found:
+        raise SystemExit(f"no trained run with a recorded training rate under {runs_dir}")
+    lines = ["| method | precision | runs per pack | runs | pack tuples/s | run-steps/s |", "|---|---|---|---|---|---|"]
+    fp32_steps = 0.0
+    for (method, precision, batch, size), rates in sorted(found.items()):
+        rate = max(rates)  # every run of a pack records the pack's rate: one value (max: robust to a stopped run)
+        steps = rate / batch
+        lines.append(f"| {method} | {precision} | {size} | {len(rates)} | {rate:,.0f} | {steps:.1f} |")
+        if precision == "fp32":
+            fp32_steps += steps
+    lines.append("")
+    fp32 = [k for k in found if k[1] == "fp32"]
+    batch = fp32[0][2] if fp32 else 256
+    if fp32_steps:
+        total = RUNS * EPOCHS * (TUPLES // batch)
+        lines.append(f"The fp32 packs together: {fp32_steps:.1f} run-steps/s. At that pace the paper's budget ({RUNS} "
+                     f"runs × {EPOCHS} epochs × {TUPLES // batch} steps = {total:,} run-steps) takes "
+                     f"{total / fp32_steps / 3600:.2f} GPU-hours (the target: 1), with every pack sharing the GPU "
+                     f"as it did here ({len(found)} packs, bf16 included).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("MMBENCH_RUNS", "runs"))))
