@@ -285,3 +285,60 @@ def test_coherence_ap_by_n_counts_only_targets_outside_the_subset(tmp_path):
     assert out["coherence_ap/img->img"] > out["coherence_ap/img->text"] + 0.2
     assert out["coherence_ap_by_n/1"] == pytest.approx(
         (out["coherence_ap/img->text"] + out["coherence_ap/text->img"]) / 2, abs=1e-12)
+
+
+class WideFake(FakeModel):
+    """FakeModel with q(z | X_S) = N(mean of its vectors, 2² I): a draw is the attributes plus wide noise."""
+
+    def encode_subsets(self, x, subsets):
+        return [Gaussian(q.mu, torch.full_like(q.mu, 2 * np.log(2.0))) for q in super().encode_subsets(x, subsets)]
+
+
+def test_coherence_ap_scores_a_posterior_draw_not_its_mean(tmp_path):
+    # as coherence (MoPoE App. B, its cond_generation reparameterises): x̂_m = decode(z, m), z ~ q(z | X_S) once per
+    # tuple; the known answer is the AP of y + 0.2 ε + 2 ε' (this test's own draws), not the mean's AP (> 0.95)
+    y = labels(400, 2)
+    torch.manual_seed(0)
+    out = METRICS.get("coherence_ap")(context(tmp_path, CELEBA, split(y, 0.2, 0), split(y, 0.2, 3), model=WideFake()))
+    g = torch.Generator().manual_seed(9)
+    sim = y.float() + 0.2 * torch.randn(400, 40, generator=g) + 2.0 * torch.randn(400, 40, generator=g)
+    want = np.nanmean(average_precisions(y.numpy(), sim.numpy()))
+    assert want < 0.8 and abs(want - y.float().mean().item()) > 0.1  # between chance and the mean's AP
+    for key in ("img->text", "text->img", "img+text->img"):
+        assert out[f"coherence_ap/{key}"] == pytest.approx(want, abs=0.04), key
+
+
+def test_latent_ap_fits_on_the_regression_tuples(tmp_path):
+    """latent_ap's regressions are fitted on EvalContext.regression_tuples (eval.lr_train_samples seeded rows, as
+    latent_classification), not the whole train split: every train row outside that sample has its attributes
+    inverted, which a fit on the whole split would average away."""
+    y_train, y_test = labels(600, 0), labels(300, 1)
+    ctx = context(tmp_path, CELEBA, split(y_train, 0.15, 0), split(y_test, 0.15, 1))
+    rows = ctx.regression_tuples().x["img"]
+    sampled = (ctx.train.x["img"][:, None, :] == rows[None]).all(-1).any(1)
+    assert int(sampled.sum()) == 300 == ctx.cfg.lr_train_samples
+    ctx.train.labels = torch.where(sampled[:, None], y_train, 1 - y_train)
+    out = METRICS.get("latent_ap")(ctx)
+    for s in ("img", "text", "img+text"):
+        assert out[f"latent_ap/{s}"] > 0.95
+
+
+@pytest.mark.parametrize("scores", ["hard", "proba"])
+def test_latent_ap_ranks_what_eval_ap_scores_says(tmp_path, scores):
+    """eval.ap_scores hard (default): the AP of each regression's 0/1 predictions, as the MoPoE and MMVM codes call
+    average_precision_score on clf.predict; proba: of its probabilities. Re-derived with sklearn on the means."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    y_train, y_test = labels(300, 0), labels(300, 1)
+    cfg = {} if scores == "hard" else {"ap_scores": "proba"}
+    assert EvalConfig().ap_scores == "hard"
+    ctx = context(tmp_path, CELEBA, split(y_train, 0.6, 0), split(y_test, 0.6, 1), **cfg)
+    out = METRICS.get("latent_ap")(ctx)
+    z_train, z_test = ctx.regression_tuples().x["img"].numpy(), ctx.test.x["img"].numpy()
+    for a in (0, 20, 39):
+        clf = LogisticRegression(max_iter=1000).fit(z_train, ctx.regression_tuples().labels[:, a].numpy())
+        ap = {"hard": average_precision_score(y_test[:, a], clf.predict(z_test)),
+              "proba": average_precision_score(y_test[:, a], clf.predict_proba(z_test)[:, 1])}
+        assert abs(ap["hard"] - ap["proba"]) > 0.02  # noisy enough that the two differ
+        assert out[f"latent_ap/img/{NAMES[a]}"] == pytest.approx(ap[scores], abs=1e-6)

@@ -27,3 +27,28 @@ def test_gaussian_and_laplace_match_scipy_summed_over_the_dims():
         want = dist(out, scale).logpdf(x).reshape(2, -1).sum(1)
         got = cls.log_prob(torch.tensor(out), torch.tensor(x)).numpy()
         assert np.allclose(got, want, rtol=1e-12, atol=1e-9)
+
+
+def test_summed_squared_error_is_a_gaussian_of_variance_half_without_its_constant():
+    # -log p = Σ_i (x_i - mu_i)² (mmvmvae-hippocampal spike_vae.py); a N(mu, 1/2) log-density plus N/2·log π
+    from mmbench.likelihoods import SummedSquaredError
+
+    rng = np.random.default_rng(1)
+    out, x = rng.normal(size=(3, 2, 5)), rng.normal(size=(3, 2, 5))
+    got = SummedSquaredError.log_prob(torch.tensor(out), torch.tensor(x)).numpy()
+    assert np.allclose(got, -((x - out) ** 2).reshape(3, -1).sum(1), rtol=1e-12, atol=0)
+    gauss = stats.norm(out, np.sqrt(0.5)).logpdf(x).reshape(3, -1).sum(1)
+    assert np.allclose(got, gauss + 10 / 2 * np.log(np.pi), rtol=1e-12, atol=1e-9)
+    assert SummedSquaredError.normalised is False
+
+
+def test_image_likelihood_applies_to_image_modalities_only():
+    # method.image_likelihood overrides the dataset's likelihood of image modalities; text and vectors keep theirs
+    from mmbench.data.base import Modality
+    from mmbench.likelihoods import likelihood_name
+
+    img = Modality("img", (3, 4, 4), kind="image", likelihood="laplace")
+    text = Modality("text", (8, 5), kind="text", likelihood="categorical")
+    vec = Modality("v", (3,), kind="vector", likelihood="gaussian")
+    assert likelihood_name(img, "gaussian") == "gaussian" and likelihood_name(img, None) == "laplace"
+    assert likelihood_name(text, "gaussian") == "categorical" and likelihood_name(vec, "laplace") == "gaussian"

@@ -298,3 +298,18 @@ def test_a_retrained_classifier_replaces_its_cached_score(tmp_path):
     measured = accuracy(clfs["m0"], split, "m0", torch.device("cpu"))
     assert accs == {"m0": measured} and measured != 0.123456
     assert json.loads((directory / "accuracy.json").read_text()) == {"m0": measured}
+
+
+def test_coherence_scores_against_the_test_tuples_labels():
+    """Conditional coherence compares x̂_m's class with the label of the test tuple it was generated from (MoPoE §4):
+    a copying model scores 1 on ctx.test even when the train split (and the full test split) hold other labels."""
+    torch.manual_seed(0)
+    y = torch.as_tensor(np.random.default_rng(0).integers(0, 10, 300))
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    test = DataSplit(MODS, {m: onehot for m in NAMES}, y)
+    other = DataSplit(MODS, {m: onehot for m in NAMES}, (y + 1) % 10)  # every label wrong
+    ctx = EvalContext(model=Copier(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=other, test=test,
+                      test_full=other, cfg=EvalConfig(joint_samples=100, batch_size=128), device=torch.device("cpu"))
+    ctx._classifiers = {m: torch.nn.Identity() for m in NAMES}
+    out = coherence(ctx)
+    assert all(out[f"coherence/{k}"] == 1.0 for k in ("m0->m1", "m1+m2->m0", "m0+m1+m2->m2"))

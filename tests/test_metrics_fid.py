@@ -280,3 +280,31 @@ def test_fid_reference_is_the_evaluated_test_tuples_not_train(data_root, monkeyp
                 dist[name] = fidm.Reference(*fidm.feature_stats(real)).distance(generated)
             assert out[f"fid/prior->{m.name}"] == pytest.approx(dist["test"], rel=1e-6)
             assert abs(dist["train"] - dist["test"]) > 1e-3 * dist["test"], m.name  # the check can tell them apart
+
+
+def test_fid_reference_is_the_capped_test_split_not_the_full_one(data_root, monkeypatch):
+    """compute_fid draws its tuples from ctx.test (capped to eval.test_samples), as every metric, not from test_full
+    (which only the classifiers' accuracy reads). Inception replaced by a fixed linear map, as above."""
+    spec = DATASETS.get("polydigits")()
+    full = load_split(spec, "vanilla", "test", data_root)
+    test = full.subset(40, seed=7)  # eval.test_samples = 40
+    proj = torch.randn(3 * 28 * 28, 5, generator=torch.Generator().manual_seed(0))
+    net = lambda x: x.flatten(1) @ proj  # noqa: E731
+    monkeypatch.setattr(fidm, "fid_network", lambda path, device, sha=None: net)
+    torch.manual_seed(0)
+    model = METHODS.get("mopoe")(test.modalities, MethodConfig("mopoe", latent_dim=4, beta=1.0), "polymnist_cnn").eval()
+    n, m = 24, test.modalities[0]
+    ctx = EvalContext(model=model, spec=spec, variant="vanilla", train=full, test=test, test_full=full,
+                      cfg=EvalConfig(fid_samples=n, fid_batch_size=n, fid_subsets="none"), device=torch.device("cpu"),
+                      data_root=data_root)
+    torch.manual_seed(1)
+    out = fidm.compute_fid(ctx, weights_sha256="0" * 64)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        generated = net(fidm.inception_input(model.decode(model.sample_prior(n), m.name)))
+        dist = {}
+        for name, split in (("test", test), ("full", full)):
+            real = net(fidm.inception_input(split.subset(n, seed=3).batch(torch.arange(n))[m.name]))
+            dist[name] = fidm.Reference(*fidm.feature_stats(real)).distance(generated)
+    assert out[f"fid/prior->{m.name}"] == pytest.approx(dist["test"], rel=1e-6)
+    assert abs(dist["full"] - dist["test"]) > 1e-3 * dist["test"]

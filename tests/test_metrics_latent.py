@@ -212,3 +212,37 @@ def test_regression_tuples_differ_between_run_seeds_and_not_between_methods():
 def test_by_size_averages_subsets_of_exactly_that_size():
     subsets = [("a",), ("b",), ("a", "b")]
     assert by_size({"a": 1.0, "b": 0.0, "a+b": 0.25}, subsets, "x") == {"x/1": 0.5, "x/2": 0.25}
+
+
+def test_regression_is_sklearns_default_logistic_regression_and_standardises_only_when_asked():
+    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1) on the raw posterior means;
+    eval.lr_standardize (default off) fits the same regression on standardised features instead."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mmbench.metrics.latent import regression
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    z = 0.05 * (np.eye(3)[y] + 0.8 * rng.normal(size=(200, 3))) + np.array([0.0, 3.0, -1.0])  # small-scale latents
+    raw = LogisticRegression(max_iter=1000).fit(z, y).predict_proba(z)
+    std = LogisticRegression(max_iter=1000).fit((z - z.mean(0)) / z.std(0), y).predict_proba((z - z.mean(0)) / z.std(0))
+    assert np.abs(raw - std).max() > 0.05  # C = 1 regularises the small-scale features: the two differ
+    np.testing.assert_allclose(regression(False, 1000).fit(z, y).predict_proba(z), raw, atol=1e-6)
+    np.testing.assert_allclose(regression(True, 1000).fit(z, y).predict_proba(z), std, atol=1e-6)
+    assert EvalConfig().lr_standardize is False
+
+
+def test_latent_classification_fits_on_the_regression_tuples_only():
+    """The regressions are fitted on EvalContext.regression_tuples (eval.lr_train_samples seeded rows, MoPoE App. B),
+    not on the whole train split: here every train row outside that sample has a wrong label, so a fit on the whole
+    split reads m0's slots at about chance between two classes, a fit on the sample reads them all."""
+    train, test = split(600, 0), split(400, 1)
+    train.x["m1"] = torch.arange(600, dtype=torch.float32)[:, None]  # row ids (Fake ignores m1's values)
+    cfg = EvalConfig(lr_train_samples=300, lr_protocol="mopoe", batch_size=128)
+    ctx = EvalContext(model=Fake(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=train, test=test,
+                      test_full=test, cfg=cfg, device=torch.device("cpu"))
+    sampled = torch.zeros(600, dtype=torch.bool)
+    sampled[ctx.regression_tuples().x["m1"][:, 0].long()] = True
+    assert sampled.sum() == 300
+    train.labels = torch.where(sampled, train.labels, (train.labels + 1) % 10)
+    assert latent_classification(ctx)["latent_acc/m0"] > 0.95

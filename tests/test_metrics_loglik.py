@@ -207,7 +207,7 @@ def test_metrics_skip_subsets_the_method_cannot_encode():
 def test_loglik_refuses_a_likelihood_without_its_constant():
     """The rats' summed squared error drops the Gaussian's N/2·log π: a 'log-likelihood' from it would be off by
     ~2,100 nats on the five rats, so the metric refuses, naming the modalities and the metric to use instead."""
-    from mmbench.methods.base import MethodConfig
+    from mmbench.config import MethodConfig
     from mmbench.registry import DATASETS, METHODS
 
     spec = DATASETS.get("rats")()
@@ -243,3 +243,68 @@ def test_reconstruction_weights_the_log_likelihood_only():
     assert out["recon_mse/joint"] == pytest.approx(out["recon_mse/joint->a"] + out["recon_mse/joint->b"])
     assert out["recon_mse/self"] == pytest.approx(out["recon_mse/a->a"] + out["recon_mse/b->b"])
     assert out["recon/self_mean"] == pytest.approx((out["recon/a->a"] + out["recon/b->b"]) / 2)
+
+
+def test_metrics_score_the_capped_test_split_only():
+    """loglik and reconstruction read ctx.test (capped to eval.test_samples), never test_full or train; a partial last
+    batch counts its own rows (130 tuples, batch_size 100)."""
+    test, full, train = data(130, seed=7), data(400, seed=8), data(300, seed=9)
+    x = test.batch(torch.arange(len(test)))
+    ctx = EvalContext(model=LinearGaussian("exact"), spec=None, variant="default", train=train, test=test,
+                      test_full=full, cfg=EvalConfig(batch_size=100, ll_samples=1), device=torch.device("cpu"))
+    torch.manual_seed(0)
+    # exact posterior as proposal: one importance sample is log p(X) exactly (MoPoE App. B estimator with K = 1)
+    assert loglik(ctx)["loglik/a+b"] == pytest.approx(exact_log_marginal(x, ["a", "b"]).mean().item(), abs=1e-6)
+
+    class Sharp(LinearGaussian):  # the posterior means with σ_q -> 0: z is deterministic
+        def encode_subsets(self, x, subsets):
+            return [Gaussian(self.exact(x, s).mu, torch.full((len(x["a"]), 2), -40.0, dtype=torch.float64))
+                    for s in subsets]
+
+    ctx.model = Sharp()
+    out = reconstruction(ctx)
+    for m in ("a", "b"):
+        for src, names in (("joint", ["a", "b"]), (m, [m])):
+            mu = LinearGaussian().exact(x, names).mu
+            se = ((x[m].double() - (mu @ W[m].T + BIAS[m])) ** 2).sum(1)
+            assert out[f"recon_mse/{src}->{m}"] == pytest.approx(se.mean().item(), rel=1e-6)
+            nll = 3 * 0.5 * math.log(2 * math.pi * SIGMA ** 2) + se / (2 * SIGMA ** 2)  # -log N(x; Wz + b, σ² I)
+            assert out[f"recon/{src}->{m}"] == pytest.approx(nll.mean().item(), rel=1e-6)
+
+
+def test_loglik_uses_the_models_own_prior_density():
+    """log p(X) ≈ logsumexp_k[log p(X | z_k) + log p(z_k) - log q(z_k | X_S)] - log K (MoPoE App. B) is linear in
+    log p(z): a prior_log_prob shifted by c nats moves every estimate by exactly c."""
+
+    class Shifted(LinearGaussian):
+        def prior_log_prob(self, z):
+            return -0.5 * (math.log(2 * math.pi) * 2 + (z ** 2).sum(-1)) + 3.0
+
+    split = data(50, seed=10)
+    torch.manual_seed(0)
+    base = loglik(context(LinearGaussian("wide"), split, ll_samples=4))
+    torch.manual_seed(0)
+    shifted = loglik(context(Shifted("wide"), split, ll_samples=4))
+    for k in ("loglik/a", "loglik/a+b", "loglik_mod/b->a"):
+        assert shifted[k] == pytest.approx(base[k] + 3.0, abs=1e-9)
+
+
+def test_loglik_refuses_a_custom_prior_without_its_density():
+    """A method that overrides sample_prior (mrVAE's prior is not N(0, I)) without prior_log_prob is refused."""
+    from mmbench.config import MethodConfig
+    from mmbench.metrics.loglik import prior_log_prob
+    from mmbench.registry import METHODS
+
+    cls = METHODS.get("mopoe")
+
+    class OwnPrior(cls):
+        def sample_prior(self, n):
+            return 2 * super().sample_prior(n)
+
+    mods = [Modality(m, (3, 28, 28)) for m in ("a", "b")]
+    model = OwnPrior(mods, MethodConfig("mopoe", latent_dim=2), "polymnist_cnn")
+    with pytest.raises(MMBenchError, match="overrides sample_prior but has no prior_log_prob"):
+        prior_log_prob(model, torch.zeros(3, 2))
+    z = torch.randn(3, 2)  # the standard-normal default for the base prior: Σ_j log N(z_j; 0, 1)
+    want = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(prior_log_prob(cls(mods, MethodConfig("mopoe", latent_dim=2), "polymnist_cnn"), z), want)

@@ -168,3 +168,49 @@ def test_every_methods_posteriors_give_a_representation(name):
             rep = q.represent("component")
             assert rep.mean.shape[0] == 5 and rep.rsample().shape[0] == 5
             assert (rep is q) != isinstance(q, Mixture)
+
+
+class BlockRight(nn.Module):
+    """Three-component mixture posterior over a 10-slot class code: component k holds the tuple's class on the rows
+    the contiguous-block rule assigns to k and the next class elsewhere; every decoder returns z."""
+
+    names = ["m0", "m1", "m2"]
+
+    def supports(self, subset):
+        return True
+
+    def encode_subsets(self, x, subsets):
+        y = x["m0"].argmax(1)
+        B = len(y)
+        sel = stratified_components(B, 3)
+        comps = torch.stack([nn.functional.one_hot(torch.where(sel == k, y, (y + 1) % 10), 10).float()
+                             for k in range(3)])
+        return [Mixture(Gaussian(comps, torch.full_like(comps, -30.0))) for _ in subsets]
+
+    def decode(self, z, m):
+        return z
+
+    def sample_prior(self, n):
+        return nn.functional.one_hot(torch.randint(0, 10, (n,)), 10).float()
+
+
+@pytest.mark.parametrize("how", ["mean", "component"])
+def test_coherence_follows_eval_mixture_representation(how):
+    """coherence decodes a draw from EvalContext.posteriors: under "component" the selected component (always the
+    right class here: coherence 1), under "mean" the whole mixture (a component drawn per row: right 1/3 of the time)."""
+    from mmbench.metrics.coherence import coherence
+    from mmbench.registry import DATASETS
+
+    y = torch.arange(600) % 10
+    onehot = nn.functional.one_hot(y, 10).float()
+    mods = [Modality(m, (10,), kind="vector") for m in BlockRight.names]
+    split = DataSplit(mods, {m.name: onehot for m in mods}, y)
+    ctx = EvalContext(model=BlockRight(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=split, test=split,
+                      test_full=split, cfg=EvalConfig(joint_samples=10, batch_size=300, mixture_representation=how),
+                      device=torch.device("cpu"))
+    ctx._classifiers = {m: nn.Identity() for m in BlockRight.names}
+    torch.manual_seed(0)
+    out = coherence(ctx)
+    want = 1.0 if how == "component" else 1 / 3  # SE of the mixture's: sqrt(2/9 / 600) = 0.02
+    for key in ("m0->m1", "m1+m2->m0"):
+        assert out[f"coherence/{key}"] == pytest.approx(want, abs=0.07)
