@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rich.markup import escape
 
-from . import yamlio
+from . import kernels, yamlio
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
 from .results import Run, atomic_json
@@ -296,7 +297,9 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
         params: Dict[str, Any] = dict(time=opts.time, cpus_per_task=opts.cpus_per_job, ntasks_per_node=1, nodes=1,
                                       array_parallelism=opts.array_parallelism, signal_delay_s=opts.signal_delay_s,
                                       job_name="mmbench", stderr_to_stdout=False,
-                                      setup=[f"export OMP_NUM_THREADS={opts.cpus_per_job}"])
+                                      setup=[f"export OMP_NUM_THREADS={opts.cpus_per_job}",
+                                             # the kernel choices, also where a site's sbatch exports no environment
+                                             *(f"export {k}={shlex.quote(v)}" for k, v in kernels.chosen().items())])
         if opts.partition:
             params["partition"] = opts.partition
         if opts.gpus_per_job:
