@@ -949,7 +949,8 @@ def main() -> None:
 
     try:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
-        check_all()  # the environment's kernel choices, before any work that a misspelt one would stop in every worker
+        if "--help" not in sys.argv[1:]:  # the environment's kernel choices, before any work a misspelt one would stop
+            check_all()
         app()
     except MMBenchError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

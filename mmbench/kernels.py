@@ -1,7 +1,8 @@
 """The environment's kernel choices: how a run computes, never what (the same run id; other kernels, other float
 rounding). Read by the trainers, `bench steps` and packs; checked by every `mmbench` command before it starts, so a
-misspelt value is one line at once, not a failure in every worker after the data and classifiers are made; recorded
-in each run's `trained_with` (train.note_code). Kept free of torch, as hostmem.py is, for the CLI's first check."""
+misspelt value is one line at once, not a failure in every worker after the data and classifiers are made; those that
+take effect are recorded in each run's `trained_with` (train.note_code). Kept free of torch, as hostmem.py is, for
+the CLI's first check."""
 from __future__ import annotations
 
 import os
@@ -41,3 +42,17 @@ def chosen() -> Dict[str, str]:
     """The kernel choices this process was given other than the defaults, as asked: a choice a device ignores (TF32
     on a CPU, a pack's convolutions in an unpacked run) is listed too; {} for PyTorch's and mmbench's defaults."""
     return {name: v for name, (_, default, _) in CHOICES.items() if (v := choice(name)) and v != default}
+
+
+def effective(device_type: str, packed: bool = False, matmul_convs: bool = False,
+              captured: bool = False) -> Dict[str, str]:
+    """The choices of `chosen()` that change how a training computes here, as its `trained_with` records them: TF32
+    and cuDNN's benchmark mode on a GPU only, capture where the step was captured, the pack mode in a pack where it is
+    not the device's default, a pack's convolutions where they are computed as matmuls (a vmapped pack with
+    convolutions); Adam's everywhere. A choice that changes nothing (TF32 on a CPU, a pack's convolutions in an
+    unpacked run) is left out, so that the report does not flag runs as trained differently when they were not."""
+    gpu = device_type == "cuda"
+    keep = {"MMBENCH_ADAM": True, "MMBENCH_MATMUL_TF32": gpu, "MMBENCH_CUDNN_BENCHMARK": gpu, "MMBENCH_COMPILE": captured,
+            "MMBENCH_PACK_MODE": packed, "MMBENCH_PACK_CONV": matmul_convs}
+    device_default = {"MMBENCH_PACK_MODE": "loop" if device_type == "cpu" else "vmap"}  # pack.vectorised_on
+    return {k: v for k, v in chosen().items() if keep[k] and v != device_default.get(k)}

@@ -358,7 +358,6 @@ class _Member:
                 self.gen.set_state(ck["rng_device"])
             run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
             train_mod.adopt_later_best(run, self.state)
-        train_mod.note_code(self.state)
         self.error: Optional[str] = None
         self.writer = None  # train.tensorboard's writer, opened once the run trains packed (_train_group)
 
@@ -530,6 +529,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     capture = replay is not None
     if capture:
         sm.compile(replay)
+    if first < E:  # the code and kernels that train what is left, as train.train records them
+        here = kernels.effective(torch.device(device).type, packed=True, captured=capture,
+                                 matmul_convs=bool(sm.matmul_convs) and sm.vectorised_for(cfg.train.precision))
+        for m in members:
+            train_mod.note_code(m.state, here, step=first_step)
     ids = ", ".join(m.run.id for m in members)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
@@ -639,7 +643,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
                              "tuples_per_second": speed.rate(),  # the pack's: all its runs' tuples
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
-                             "packed_with": len(members), "trained_with": m.state["code"]}
+                             "packed_with": len(members), "trained_with": m.state.get("code", [])}
     return results
 
 

@@ -104,19 +104,20 @@ def load_data(cfg: RunConfig, data_root: Optional[Path] = None):
     return train.subset(cfg.train.max_train, seed=cfg.data_seed), test
 
 
-def note_code(state: Dict) -> None:
+def note_code(state: Dict, kernel_choices: Dict[str, str], step: Optional[int] = None) -> None:
     """Record in the training state (saved with every checkpoint) the code that trains from here: the git commit
-    and version, and the kernel choices where any were made, with the epoch and step it took over at; a run resumed
-    under other code or other choices lists both. Evaluation copies the list into provenance.json as `trained_with`
-    (its own `git_commit` is the evaluating code's)."""
+    and version, and the kernel choices that take effect (kernels.effective) where there are any, with the epoch and
+    step it took over at (`step`: the state's own where not given); a run resumed under other code or other choices
+    lists both. The trainers call it only where epochs are left to train. Evaluation copies the list into
+    provenance.json as `trained_with` (its own `git_commit` is the evaluating code's)."""
     from . import __version__
 
     code = state.setdefault("code", [])
     here = {"git_commit": results_mod.git_commit(), "mmbench_version": __version__}
-    if kernels.chosen():
-        here["kernels"] = kernels.chosen()
+    if kernel_choices:
+        here["kernels"] = dict(kernel_choices)
     if not code or {k: v for k, v in code[-1].items() if k not in ("from_epoch", "from_step")} != here:
-        code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0)})
+        code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0) if step is None else step})
 
 
 MISFIT = ("it was written by another configuration or mmbench version: move it away to train this run from the "
@@ -270,7 +271,8 @@ def matmul_tf32(device) -> Optional[str]:
     convolutions by PyTorch's default; switched on, and the line the run's log gets (on a CPU, which has no TF32, a
     line saying it has no effect). Unset or 0: PyTorch's default, fp32 matmuls. Like MMBENCH_ADAM a kernel choice,
     not a run setting (same run id); with MMBENCH_PACK_CONV=bmm it puts a pack's convolutions, computed as matmuls
-    there, back in TF32. The trainers restore the flag when they end (`keeps_matmul_precision`): evaluation is fp32."""
+    there, back in TF32. The trainers restore the flag when they end (`keeps_matmul_precision`): an evaluation's
+    matmuls are fp32 (its convolutions are TF32 on a GPU by PyTorch's default, trained with this or not)."""
     if kernels.choice("MMBENCH_MATMUL_TF32") != "1":
         return None
     if torch.device(device).type != "cuda":
@@ -282,14 +284,17 @@ def matmul_tf32(device) -> Optional[str]:
 
 def keeps_matmul_precision(trainer: Callable) -> Callable:
     """A trainer after which the process's matmul precision is what it was before (MMBENCH_MATMUL_TF32 holds for the
-    training only: an evaluation in the same worker computes as an evaluation alone)."""
+    training only: an evaluation in the same worker computes its matmuls as an evaluation alone). Written back only
+    where the training changed it: PyTorch refuses to read a precision set through its newer API
+    (torch.set_float32_matmul_precision) once the legacy flag has been written."""
     @functools.wraps(trainer)
     def wrapped(*args, **kwargs):
         before = torch.backends.cuda.matmul.allow_tf32
         try:
             return trainer(*args, **kwargs)
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
+            if torch.backends.cuda.matmul.allow_tf32 != before:
+                torch.backends.cuda.matmul.allow_tf32 = before
     return wrapped
 
 
@@ -485,7 +490,6 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         at = f", step {state['step']}" if state.get("step") else ""
         run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
         adopt_later_best(run, state)
-    note_code(state)
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)  # per-epoch test loss
@@ -507,6 +511,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")
+    if state["epoch"] < E:  # the code and kernels that train what is left (a trained run's record stays as it is)
+        note_code(state, kernels.effective(torch.device(device).type, captured=loss_fn is not None))
     speed = Throughput()
     for epoch in range(state["epoch"], E):
         speed.start()
@@ -591,7 +597,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     atomic_json(run.dir / HISTORY, state["history"])
     return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "tuples_per_second": speed.rate(),
             "history": state["history"],
-            "best_test_loss": state["best_test_loss"], "trained_with": state["code"]}
+            "best_test_loss": state["best_test_loss"], "trained_with": state.get("code", [])}
 
 
 class Throughput:

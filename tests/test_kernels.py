@@ -55,3 +55,10 @@ def test_a_command_refuses_a_misspelt_choice_before_it_starts(tmp_path):
     assert lines == ["error: MMBENCH_PACK_MODE='vmapped': use vmap or loop (or leave it unset: vmap on a GPU, loop on "
                      "a CPU)"], p.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_help_answers_whatever_the_choices(tmp_path):
+    env = {**os.environ, "MMBENCH_ADAM": "apex"}
+    p = subprocess.run([sys.executable, "-m", "mmbench", "run", "--help"], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert p.returncode == 0 and "Usage" in p.stdout, p.stderr

@@ -54,6 +54,20 @@ def test_a_trainer_leaves_the_flag_as_it_found_it_whether_it_returns_or_fails():
     assert not torch.backends.cuda.matmul.allow_tf32
 
 
+def test_a_trainer_that_changed_nothing_writes_nothing_back():
+    """A precision set through PyTorch's newer API stays readable after a trainer (writing the legacy flag back would
+    make torch.get_float32_matmul_precision, which provenance reads, refuse)."""
+    @keeps_matmul_precision
+    def trainer():
+        return "done"
+
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert trainer() == "done" and torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
 def _as_on_a_gpu(monkeypatch, seen) -> str:
     """MMBENCH_MATMUL_TF32=1 as a GPU process applies it: on the GPU of device-check.sh (MMBENCH_GPU_TESTS=1) the real
     thing, elsewhere matmul_tf32 doing what it does there (the flag switched on, a line returned). `seen` gets the flag
@@ -91,7 +105,9 @@ def test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off(tmp_path, data_
     assert seen and all(seen)
     assert not torch.backends.cuda.matmul.allow_tf32  # what an evaluation in this worker computes with
     assert said in run.log_path.read_text()
-    assert summary["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
+    # recorded where it takes effect: on a GPU (kernels.effective), not in this CPU simulation
+    want = {"MMBENCH_MATMUL_TF32": "1"} if gpu_tests_asked() else None
+    assert summary["trained_with"][-1].get("kernels") == want
 
 
 def test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off(tmp_path, data_root, monkeypatch):
@@ -105,7 +121,8 @@ def test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off(tmp_path, d
     assert not torch.backends.cuda.matmul.allow_tf32
     for r in runs:
         assert done[r.id]["packed_with"] == 2 and said in r.log_path.read_text()
-        assert done[r.id]["trained_with"][-1]["kernels"] == {"MMBENCH_MATMUL_TF32": "1"}
+        want = {"MMBENCH_MATMUL_TF32": "1"} if gpu_tests_asked() else None
+        assert done[r.id]["trained_with"][-1].get("kernels") == want
 
 
 def test_on_a_cpu_the_run_says_it_has_no_effect_and_is_the_default_run(tmp_path, data_root, monkeypatch):
@@ -125,18 +142,60 @@ def test_on_a_cpu_the_run_says_it_has_no_effect_and_is_the_default_run(tmp_path,
 def test_trained_with_lists_each_change_of_code_or_kernels_on_resume(monkeypatch):
     monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "c1")
     state = {"epoch": 0}
-    note_code(state)
-    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    note_code(state, {})
     state["epoch"] = 2
-    note_code(state)
-    note_code(state)  # the same again: nothing new
-    monkeypatch.delenv("MMBENCH_ADAM")
-    state["epoch"] = 3
-    note_code(state)  # back to the defaults: listed, though the defaults name no choice
-    assert [(c["from_epoch"], c.get("kernels")) for c in state["code"]] == [
-        (0, None), (2, {"MMBENCH_ADAM": "fused"}), (3, None)]
+    note_code(state, {"MMBENCH_ADAM": "fused"})
+    note_code(state, {"MMBENCH_ADAM": "fused"})  # the same again: nothing new
+    state["epoch"], state["step"] = 3, 7
+    note_code(state, {})  # back to the defaults: listed, though the defaults name no choice
+    note_code(state, {"MMBENCH_ADAM": "fused"}, step=9)
+    assert [(c["from_epoch"], c["from_step"], c.get("kernels")) for c in state["code"]] == [
+        (0, 0, None), (2, 0, {"MMBENCH_ADAM": "fused"}), (3, 7, None), (3, 9, {"MMBENCH_ADAM": "fused"})]
     assert trainer_label(state["code"][1]) == "c1 (MMBENCH_ADAM=fused)" and trainer_label(state["code"][0]) == "c1"
-    assert number_provenance({"trained_with": state["code"]})["trained by"] == "c1 + c1 (MMBENCH_ADAM=fused) + c1"
+    assert number_provenance({"trained_with": state["code"][:3]})["trained by"] == "c1 + c1 (MMBENCH_ADAM=fused) + c1"
+
+
+@pytest.mark.parametrize("env, where, want", [
+    ({"MMBENCH_ADAM": "fused"}, dict(device_type="cpu"), {"MMBENCH_ADAM": "fused"}),  # Adam's counts everywhere
+    ({"MMBENCH_MATMUL_TF32": "1", "MMBENCH_CUDNN_BENCHMARK": "1"}, dict(device_type="cpu"), {}),  # GPU-only switches
+    ({"MMBENCH_MATMUL_TF32": "1", "MMBENCH_CUDNN_BENCHMARK": "1"}, dict(device_type="cuda"),
+     {"MMBENCH_MATMUL_TF32": "1", "MMBENCH_CUDNN_BENCHMARK": "1"}),
+    ({"MMBENCH_COMPILE": "1"}, dict(device_type="cuda"), {}),  # asked, but the step was not captured
+    ({"MMBENCH_COMPILE": "1"}, dict(device_type="cuda", captured=True), {"MMBENCH_COMPILE": "1"}),
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu"), {}),  # unpacked
+    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cpu", packed=True), {}),  # a CPU's default
+    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cuda", packed=True), {"MMBENCH_PACK_MODE": "loop"}),
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", packed=True),
+     {"MMBENCH_PACK_MODE": "vmap"}),  # a bf16 pack, or one without convolutions: no matmul convolutions
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", packed=True, matmul_convs=True),
+     {"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}),
+])
+def test_trained_with_records_the_choices_that_take_effect(monkeypatch, env, where, want):
+    from mmbench.kernels import effective
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert effective(**where) == want
+
+
+def test_a_trained_run_trained_again_keeps_its_record(tmp_path, data_root, monkeypatch):
+    """train() of a run with no epochs left (e.g. its evaluation was interrupted) trains nothing and adds no entry,
+    whatever the process's code or choices."""
+    run = Run(cfg(train={"epochs": 1, "max_test": 32}), tmp_path / "r")
+    first = train(run, data_root)["trained_with"]
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "other")
+    assert train(run, data_root)["trained_with"] == first and len(first) == 1
+
+
+def test_a_packs_record_names_its_matmul_convolutions_only_where_it_vmaps(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")
+    for mode, want in (("loop", None), ("vmap", {"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"})):
+        monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+        runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path / mode) for s in range(2)]
+        done = train_pack(runs, data_root)
+        assert [done[r.id]["packed_with"] for r in runs] == [2, 2]
+        assert [done[r.id]["trained_with"][-1].get("kernels") for r in runs] == [want, want], mode
 
 
 def test_bench_steps_names_it_on_a_gpu_and_says_it_has_no_effect_on_a_cpu(monkeypatch, tmp_path, capsys):

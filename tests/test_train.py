@@ -593,12 +593,12 @@ def test_note_code_adds_the_code_that_takes_over_at_its_epoch_and_step(monkeypat
 
     monkeypatch.setattr(results_mod, "git_commit", lambda: "aaa")
     state = {"epoch": 0}
-    note_code(state)
+    note_code(state, {})
     state.update(epoch=1, step=4)
-    note_code(state)
+    note_code(state, {})
     assert state["code"] == [{"git_commit": "aaa", "mmbench_version": __version__, "from_epoch": 0, "from_step": 0}]
     monkeypatch.setattr(results_mod, "git_commit", lambda: "bbb")
-    note_code(state)
+    note_code(state, {})
     assert state["code"][1:] == [{"git_commit": "bbb", "mmbench_version": __version__, "from_epoch": 1, "from_step": 4}]
 
 
