@@ -30,14 +30,24 @@ def test_the_fp32_packs_rates_sum_into_the_figures_pace(tmp_path):
         _run(tmp_path, f"mopoe-{s}", "mopoe", "fp32", 25_600.0)  # 100 run-steps/s at batch 256
         _run(tmp_path, f"mvae-{s}", "mvae", "fp32", 12_800.0 if s else 11_000.0)  # a stopped run's lower rate
         _run(tmp_path, f"bf16-{s}", "mopoe", "bf16", 51_200.0)  # shares the GPU, not part of the figure
-    _run(tmp_path, "untrained", "mmvae", "fp32", None)
+        _run(tmp_path, f"mmvae-{s}", "mmvae", "fp32", 12_800.0)
+    _run(tmp_path, "untrained", "jmvae", "fp32", None)
     (tmp_path / "not-a-run").mkdir()
     out = _script().report(tmp_path)
     assert "| mopoe | fp32 | 5 | 5 | 25,600 | 100.0 |" in out and "| mvae | fp32 | 5 | 5 | 12,800 | 50.0 |" in out
-    assert "| mopoe | bf16 | 5 | 5 | 51,200 | 200.0 |" in out and "mmvae" not in out
-    # 15 × 300 × 234 = 1,053,000 run-steps at 150 run-steps/s = 7,020 s
-    assert "The fp32 packs together: 150.0 run-steps/s" in out and "1,053,000 run-steps" in out
-    assert "takes 1.95 GPU-hours" in out and "(3 packs, bf16 included)" in out
+    assert "| mopoe | bf16 | 5 | 5 | 51,200 | 200.0 |" in out and "jmvae" not in out
+    # 15 × 300 × 234 = 1,053,000 run-steps at 100 + 50 + 50 = 200 run-steps/s: 5,265 s
+    assert "The fp32 packs together: 200.0 run-steps/s" in out and "1,053,000 run-steps" in out
+    assert "takes 1.46 GPU-hours" in out and "(4 rows above, bf16 included" in out
+
+
+def test_a_method_without_a_rate_stops_the_projection(tmp_path):
+    for s in range(5):
+        _run(tmp_path, f"mopoe-{s}", "mopoe", "fp32", 25_600.0)
+        _run(tmp_path, f"mvae-{s}", "mvae", "fp32", 25_600.0)
+        _run(tmp_path, f"mmvae-{s}", "mmvae", "bf16", 25_600.0)  # only in bf16: the figure's mmvae is fp32
+    out = _script().report(tmp_path)
+    assert "No recorded fp32 rate for mmvae: no pace of the whole figure" in out and "GPU-hours" not in out
 
 
 def test_no_trained_run_is_an_error_naming_the_folder(tmp_path):

@@ -186,6 +186,33 @@ fi
 # Prints "EPOCHS MAX_TRAIN": when not even one epoch of the 60,000 tuples fits, one epoch of fewer (train.max_train),
 # so that the runs finish and are evaluated rather than being killed by their time limit.
 if part fig3; then
+# MPS=1: the four packs' processes share the GPU through CUDA MPS (kernels of different processes run side by side;
+# without it the GPU time-slices between them), where the daemon starts and serves a process: a CUDA program that
+# cannot reach it runs without MPS and says nothing, so a server must be listed after a tensor was made on the GPU.
+# Started before Fig. 3's epochs are sized (its seconds count); stopped after the runs. Every call to the control
+# program has a time limit (a quit waits for its clients).
+MPS_ON=""
+mps() { timeout 20 sh -c "echo $1 | nvidia-cuda-mps-control"; }
+if [ "${MPS:-0}" = 1 ]; then
+  if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/dc/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/dc/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if timeout 20 nvidia-cuda-mps-control -d \
+        && timeout 60 $PY -c "import torch; torch.zeros(1, device='cuda').sum().item()" \
+        && [ -n "$(mps get_server_list 2> /dev/null)" ]; then
+      MPS_ON=1; trap 'mps quit' EXIT
+      echo "MPS: on (server $(mps get_server_list | tr '\n' ' ')serves the packs' processes)" | tee -a "$RES/fig3-epochs.txt"
+    else
+      mps quit 2> /dev/null
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      echo "MPS: asked, but the daemon did not start or served no process; the packs time-slice the GPU" \
+        | tee -a "$RES/fig3-epochs.txt"
+    fi
+  else
+    echo "MPS: asked, but there is no nvidia-cuda-mps-control here (or no GPU); the packs time-slice the GPU" \
+      | tee -a "$RES/fig3-epochs.txt"
+  fi
+fi
 if [ -n "${EPOCHS:-}" ]; then FIT="$EPOCHS 0"; echo "EPOCHS=$EPOCHS fixed (not sized)" >> "$RES/fig3-epochs.txt"; else
 FIT=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" "$RES/steps-packed-bf16.md" "${RESERVE:-170}" "${OVERLAP:-2.5}" \
   2>>"$RES/fig3-epochs.txt" <<'EOF'
@@ -227,27 +254,6 @@ echo "MoPoE Fig. 3: $EPOCHS epochs (of 300)$([ "$MAXTRAIN" -gt 0 ] && echo " on 
   | tee -a "$RES/fig3-epochs.txt"
 
 snap
-# MPS=1: the four packs' processes share the GPU through CUDA MPS (kernels of different processes run side by side;
-# without it the GPU time-slices between them), if the daemon starts and a process can use it; stopped after the runs
-MPS_ON=""
-if [ "${MPS:-0}" = 1 ]; then
-  if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/dc/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/dc/mps-log
-    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    if nvidia-cuda-mps-control -d && timeout 60 $PY -c "import torch; torch.zeros(1, device='cuda').sum().item()"; then
-      MPS_ON=1; trap 'echo quit | nvidia-cuda-mps-control' EXIT
-      echo "MPS: on (the packs' processes share the GPU through CUDA MPS)" | tee -a "$RES/fig3-epochs.txt"
-    else
-      echo quit | nvidia-cuda-mps-control 2> /dev/null
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-      echo "MPS: asked, but the daemon did not start or a process could not use it; the packs time-slice the GPU" \
-        | tee -a "$RES/fig3-epochs.txt"
-    fi
-  else
-    echo "MPS: asked, but there is no nvidia-cuda-mps-control here (or no GPU); the packs time-slice the GPU" \
-      | tee -a "$RES/fig3-epochs.txt"
-  fi
-fi
 say "MoPoE Fig. 3 (15 runs, packed) and MoPoE x 5 in bf16, $EPOCHS epochs"
 $PY docs/gpu-runs/bf16_suite.py "$RES/bf16-suite.yaml"  # Fig. 3's MoPoE entry, read from the suite, in bf16
 # RESERVE: seconds kept for the parts after it (default 170: the agreement, eval-time, report, projection)
@@ -266,7 +272,7 @@ wait "$p1"; rc1=$?; wait "$p2"; rc2=$?  # not a bare `wait`: it would also wait 
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
 $PY docs/gpu-runs/fig3_pace.py "$MMBENCH_RUNS" > "$RES/fig3-pace.md" 2>&1; tail -1 "$RES/fig3-pace.md"
 if [ -n "$MPS_ON" ]; then  # the parts after it time one process alone: MPS off again
-  echo quit | nvidia-cuda-mps-control; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  mps quit; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 fi
 
 say "bf16 vs fp32 (MoPoE, 5 seeds each)"
