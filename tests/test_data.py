@@ -667,3 +667,24 @@ def test_translated_copies_carry_recipe_version_2_and_older_copies_are_refused_w
         load_split(spec, "translated", "test", tmp_path)
     with pytest.raises(MMBenchError, match="recipe version 1 where this mmbench builds 2.*--force"):
         prepare(spec, "translated", seed=0, data_root=tmp_path)
+
+
+# ----- behaviours a third mutation pass found unguarded -----
+def test_a_subset_keeps_every_modality_label_and_extra_label_of_the_same_rows_and_follows_its_seed():
+    """DataSplit.subset: the first n rows of a seeded permutation, taken alike from every modality (an Indexed one,
+    as MNIST-SVHN-Text's pairing, through its own index), the labels and the extra labels; another seed, other rows."""
+    from mmbench.data.base import DataSplit, Indexed, Modality
+
+    n = 50
+    rows = torch.arange(n)
+    base = torch.arange(1000, 1000 + n)  # the paired source images, stored once
+    index = torch.from_numpy(np.random.default_rng(0).permutation(n))  # row r shows base[index[r]]
+    split = DataSplit([Modality("a", (1,)), Modality("b", (1,))], {"a": rows * 2, "b": Indexed(base, index)},
+                      rows + 100, {"trial": rows + 200})
+    subs = [split.subset(10, seed=s) for s in (0, 0, 1)]
+    for sub in subs:
+        picked = sub.x["a"] // 2  # the original row of each subset row
+        assert len(sub) == 10 and len(set(picked.tolist())) == 10
+        assert torch.equal(sub.x["b"][:], base[index[picked]])
+        assert torch.equal(sub.labels, picked + 100) and torch.equal(sub.extra_labels["trial"], picked + 200)
+    assert torch.equal(subs[0].x["a"], subs[1].x["a"]) and not torch.equal(subs[0].x["a"], subs[2].x["a"])

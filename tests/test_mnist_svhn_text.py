@@ -344,3 +344,14 @@ def test_pairing_and_text_follow_the_seed(tmp_path, raw):
               for s in (3, 4)]
     for key in ("test_index_mnist", "test_index_svhn", "test_text"):
         assert arrays[0][key]["sha256"] != arrays[1][key]["sha256"], key
+
+
+# ----- behaviours a third mutation pass found unguarded -----
+def test_each_label_is_written_as_its_english_number_word():
+    # MoPoE utils/text.py create_text_from_label_mnist: the text of digit d is the English word for d (its list
+    # digit_text_english), so the text modality carries the same digit as the images
+    english = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
+               9: "nine"}
+    rows = mst.make_text(np.arange(10), np.random.default_rng(0))
+    for label, row in enumerate(rows.tolist()):
+        assert "".join(mst.ALPHABET[c] for c in row).strip() == english[label], label

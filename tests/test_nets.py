@@ -320,3 +320,129 @@ def test_celeba_nets_sizes_and_parameter_counts():
             block_params(a, b, 16, 2) for a, b in zip(w, w[1:])) + linear(640, 40)
         assert n_params(clfs.classifier(text, 40)) == conv(A, 128, 3) + sum(
             block_params(a, b, 4, 1) for a, b in zip(wt, wt[1:])) + linear(896, 40)
+
+
+# ----- behaviours a third mutation pass found unguarded: the dropout layers, which eval mode hides --------------
+
+def same_in_training(ours, ref, x, seed=0):
+    """Copy `ours`' parameters and buffers (in order) into `ref` after checking their shapes; then the same outputs in
+    training mode from the same random state: only the same dropout layers (kind, rate and place) draw the same
+    masks (Dropout2d drops whole channels, Dropout single values)."""
+    ps, qs = list(ours.parameters()) + list(ours.buffers()), list(ref.parameters()) + list(ref.buffers())
+    assert [tuple(p.shape) for p in ps] == [tuple(q.shape) for q in qs]
+    with torch.no_grad():
+        for p, q in zip(ps, qs):
+            q.copy_(p)
+        torch.manual_seed(seed)
+        a = ours.train()(x)
+        torch.manual_seed(seed)
+        b = ref.train()(x)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, ours.eval()(x), atol=1e-5)  # dropout was active
+    return a
+
+
+class LastAxisFirst(nn.Module):
+    def forward(self, x):
+        return x.transpose(-2, -1)
+
+
+def test_digit_classifiers_drop_out_as_their_authors():
+    # MoPoE mmnist/networks/ConvNetworkImgClfCMNIST.py ClfImg (Dropout2d after each conv, Dropout after the hidden
+    # linear); mnistsvhntext/networks/ConvNetworkImgClfMNIST.py ClfImg (Dropout before the linear);
+    # ConvNetworkImgClfSVHN.py ClfImgSVHN (conv, Dropout, BN, ReLU); mmbench's text classifier: the text encoder's
+    # trunk, Dropout 0.5, linear (its own simplification, mmbench/nets/mnist_svhn_text.py). Logits, no sigmoid.
+    torch.manual_seed(0)
+    poly = nn.Sequential(nn.Conv2d(3, 10, 4, 2, 1), nn.Dropout2d(0.5), nn.ReLU(), nn.Conv2d(10, 20, 4, 2, 1),
+                         nn.Dropout2d(0.5), nn.ReLU(), nn.Flatten(), nn.Linear(980, 128), nn.Dropout(0.5), nn.ReLU(),
+                         nn.Linear(128, 10))
+    same_in_training(ARCHITECTURES.get("polymnist_clf").classifier(Modality("m0", (3, 28, 28)), 10), poly,
+                     torch.rand(8, 3, 28, 28))
+    clfs = ARCHITECTURES.get("mnist_svhn_text_clf")
+    mnist = nn.Sequential(nn.Conv2d(1, 32, 4, 2), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 128, 4, 2),
+                          nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(128, 10))
+    same_in_training(clfs.classifier(Modality("mnist", (1, 28, 28)), 10), mnist, torch.rand(8, 1, 28, 28))
+    svhn = []
+    for cin, cout, pad in ((3, 32, 1), (32, 64, 1), (64, 64, 1), (64, 128, 0)):
+        svhn += [nn.Conv2d(cin, cout, 4, 2, pad), nn.Dropout(0.5), nn.BatchNorm2d(cout), nn.ReLU()]
+    same_in_training(clfs.classifier(Modality("svhn", (3, 32, 32)), 10),
+                     nn.Sequential(*svhn, nn.Flatten(), nn.Linear(128, 10)), torch.rand(8, 3, 32, 32))
+    text = nn.Sequential(LastAxisFirst(), nn.Conv1d(71, 128, 1), nn.ReLU(), nn.Conv1d(128, 128, 4, 2, 1), nn.ReLU(),
+                         nn.Conv1d(128, 128, 4, 2, 0), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(128, 10))
+    same_in_training(clfs.classifier(Modality("text", (8, 71), kind="text"), 10), text,
+                     F.one_hot(torch.randint(0, 71, (8, 8)), 71).float())
+
+
+class AuthorsCelebABlock(nn.Module):
+    """MoPoE celeba/networks/ResidualBlocks.py ResidualBlock{1,2}d[Transpose]Conv: BN, ReLU, 1×1 conv, dropout, BN,
+    ReLU, conv, dropout; Dropout2d in the 2-d blocks, Dropout in the 1-d ones; a · downsample(x) + b · branch
+    (the shortcut registered first, as mmbench's)."""
+
+    def __init__(self, cin, cout, dims, up):
+        super().__init__()
+        bias = dims == 1
+        Conv = {(1, False): nn.Conv1d, (2, False): nn.Conv2d, (1, True): nn.ConvTranspose1d,
+                (2, True): nn.ConvTranspose2d}[dims, up]
+        BN, Drop = (nn.BatchNorm1d, nn.Dropout) if dims == 1 else (nn.BatchNorm2d, nn.Dropout2d)
+        self.downsample = nn.Sequential(Conv(cin, cout, 4, 2, 1, bias=bias), BN(cout))
+        self.bn1, self.conv1, self.dropout1 = BN(cin), Conv(cin, cin, 1, bias=bias), Drop(0.5)
+        self.bn2, self.conv2, self.dropout2 = BN(cin), Conv(cin, cout, 4, 2, 1, bias=bias), Drop(0.5)
+
+    def forward(self, x):
+        out = self.dropout1(self.conv1(torch.relu(self.bn1(x))))
+        out = self.dropout2(self.conv2(torch.relu(self.bn2(out))))
+        return 2.0 * self.downsample(x) + 0.3 * out
+
+
+@pytest.mark.parametrize("dims,up", [(2, False), (2, True), (1, False), (1, True)])
+def test_celeba_residual_blocks_drop_out_as_the_authors(dims, up):
+    from mmbench.nets.celeba import ResBlock
+
+    torch.manual_seed(0)
+    ours = ResBlock(6, 5, 4, 2, 1, dims=dims, up=up)
+    ref = AuthorsCelebABlock(6, 5, dims, up)
+    ref_order = [ref.bn1, ref.conv1, ref.bn2, ref.conv2, ref.downsample[0], ref.downsample[1]]
+    ours_order = [ours.branch[0], ours.branch[2], ours.branch[4], ours.branch[6], ours.shortcut[0], ours.shortcut[1]]
+    with torch.no_grad():  # parameters copied module by module (the registration orders differ)
+        for o, r in zip(ours_order, ref_order):
+            for p, q in zip(list(o.parameters()) + list(o.buffers()), list(r.parameters()) + list(r.buffers())):
+                q.copy_(p)
+    x = torch.randn(4, 6, *([8] * dims))
+    torch.manual_seed(1)
+    a = ours.train()(x)
+    torch.manual_seed(1)
+    assert torch.allclose(a, ref.train()(x), atol=1e-5)
+
+
+def test_celeba_classifiers_end_in_dropout_then_linear():
+    # MoPoE celeba/networks/ConvNetworkImgClfCelebA.py ClfImg and ConvNetworkTextClfCelebA.py ClfText: the features,
+    # Dropout 0.5, linear to the 40 attributes (the trunk shared here, so only the head is compared)
+    clfs = ARCHITECTURES.get("celeba_clf")
+    torch.manual_seed(0)
+    for modality, x in ((Modality("img", (3, 64, 64)), torch.rand(4, 3, 64, 64)),
+                        (Modality("text", (256, 71), kind="text"), F.one_hot(torch.randint(0, 71, (4, 256)), 71).float())):
+        ours = clfs.classifier(modality, 40)
+        trunk, linear = ours[0], ours[-1]
+        ref = nn.Sequential(trunk, nn.Dropout(0.5), nn.Linear(linear.in_features, 40))
+        with torch.no_grad():
+            ref[2].weight.copy_(linear.weight), ref[2].bias.copy_(linear.bias)
+            trunk.eval()  # the trunk's own dropout off: the head's dropout alone differs between the passes
+            torch.manual_seed(1)
+            a = nn.Sequential(*list(ours)[1:]).train()(trunk(x))
+            torch.manual_seed(1)
+            b = nn.Sequential(*list(ref)[1:]).train()(trunk(x))
+        assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, ours.eval()(x), atol=1e-5), modality.name
+
+
+def test_celeba_resnet_keeps_the_default_initialisation_and_lv0_zeroes_only_the_log_variance_heads():
+    # mmbench/nets/celeba.py: all layers use PyTorch's default initialisation, as the authors' code, except in
+    # celeba_resnet_lv0, whose encoders' log-variance heads (weights and bias) start at zero
+    img = Modality("img", (3, 64, 64))
+    torch.manual_seed(0)
+    a = ARCHITECTURES.get("celeba_resnet").encoder(img, 8)
+    torch.manual_seed(0)
+    b = ARCHITECTURES.get("celeba_resnet_lv0").encoder(img, 8)
+    assert a.logvar.weight.std() > 0 and a.logvar.bias.std() > 0
+    assert not b.logvar.weight.any() and not b.logvar.bias.any()
+    rest = [(n, p, q) for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()) if not n.startswith("logvar.")]
+    assert len(rest) == len(list(a.parameters())) - 2 and all(torch.equal(p, q) for _, p, q in rest)
