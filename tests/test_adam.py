@@ -11,7 +11,7 @@ from mmbench.pack import train_pack
 from mmbench.results import Run
 from mmbench.train import adam_options, load_adam_state, new_adam, train
 from conftest import on_gpu_if_asked
-from test_train import cfg, moved_and_apart, weights
+from test_train import cfg, moved_and_apart, trained_with_and_without, weights
 
 NOTE = "Adam fused (MMBENCH_ADAM=fused)"
 
@@ -37,11 +37,7 @@ def test_an_unknown_implementation_is_refused(monkeypatch):
 
 def test_a_fused_run_is_the_default_run_to_float_rounding_and_says_so(tmp_path, data_root, monkeypatch):
     c = cfg(train={"max_test": 64})
-    default = Run(c, tmp_path / "default")
-    train(default, data_root)
-    monkeypatch.setenv("MMBENCH_ADAM", "fused")
-    fused = Run(c, tmp_path / "fused")
-    train(fused, data_root)
+    default, fused = trained_with_and_without(c, tmp_path, data_root, monkeypatch, "MMBENCH_ADAM", "fused")
     assert fused.id == default.id
     assert NOTE in fused.log_path.read_text() and NOTE not in default.log_path.read_text()
     assert _saved_impl(fused) == (True, None) and _saved_impl(default) == (None, None)

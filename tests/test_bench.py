@@ -325,6 +325,21 @@ def test_a_failed_profile_keeps_the_timing(monkeypatch, tmp_path):
     assert f.read_text().startswith("mopoe, pack of 2: timed median 500.00 ms per step; profiling failed: MMBenchError: --profile:")
 
 
+def pack_table_header(monkeypatch, out, *options) -> str:
+    """The first line of `mmbench bench steps --methods mopoe --pack 2 [options]`'s table, its timing stubbed."""
+    from mmbench import bench, cli
+
+    monkeypatch.setattr(bench, "pack_table", lambda *a, **k: [
+        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
+    monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2", *options,
+                                      "--out", str(out)])
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert e.code in (0, None)
+    return out.read_text().splitlines()[0]
+
+
 @pytest.mark.parametrize("env, says", [
     ({}, "; packs looped over their runs, torch"),
     ({"MMBENCH_PACK_CONV": "bmm"}, "; packs looped over their runs, torch"),  # bmm changes only a vmapped pack
@@ -342,22 +357,11 @@ def test_bench_steps_pack_header_names_the_kernels_the_environment_chose(monkeyp
     """The table's header says how the packs computed (vmapped or looped, the convolutions' kernels, Adam's), as the
     environment set them for the timed steps (MMBENCH_PACK_MODE, MMBENCH_PACK_CONV, MMBENCH_ADAM) and the
     precision allows."""
-    from mmbench import bench, cli
-
     env = dict(env)
     precision = env.pop("precision", "fp32")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(bench, "pack_table", lambda *a, **k: [
-        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
-    out = tmp_path / "t.md"
-    monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2",
-                                      "--precision", precision, "--out", str(out)])
-    try:
-        cli.main()
-    except SystemExit as e:
-        assert e.code in (0, None)
-    head = out.read_text().splitlines()[0]
+    head = pack_table_header(monkeypatch, tmp_path / "t.md", "--precision", precision)
     assert says in head, head
     assert head.count("Adam fused") == ("MMBENCH_ADAM" in env)
     assert head.count("batched matmuls") == ("matmuls" in says)

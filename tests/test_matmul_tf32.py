@@ -3,7 +3,6 @@ MMBENCH_PACK_CONV=bmm a pack's convolutions become matmuls, which would otherwis
 convolutions run in TF32). Named in the run's log and in its `trained_with`, restored when the trainer ends (the
 evaluation after it is fp32), refused when misspelt; a CPU says it has no effect."""
 import json
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from mmbench.results import Run, number_provenance, trainer_label
 from mmbench.kernels import chosen as kernel_choices
 from mmbench.train import keeps_matmul_precision, matmul_tf32, note_code, train
 from conftest import gpu_tests_asked, on_gpu_if_asked
-from test_train import cfg, weights
+from test_bench import pack_table_header
+from test_train import cfg, trained_with_and_without, weights
 
 
 @pytest.fixture(autouse=True)
@@ -127,11 +127,7 @@ def test_a_pack_checks_and_trains_with_the_flag_on_and_leaves_it_off(tmp_path, d
 
 def test_on_a_cpu_the_run_says_it_has_no_effect_and_is_the_default_run(tmp_path, data_root, monkeypatch):
     c = cfg(train={"epochs": 1, "max_test": 32})
-    default = Run(c, tmp_path / "default")
-    train(default, data_root)
-    monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
-    asked = Run(c, tmp_path / "asked")
-    train(asked, data_root)
+    default, asked = trained_with_and_without(c, tmp_path, data_root, monkeypatch, "MMBENCH_MATMUL_TF32", "1")
     assert asked.id == default.id
     assert "MMBENCH_MATMUL_TF32=1 has no effect on cpu" in asked.log_path.read_text()
     assert "MMBENCH_MATMUL_TF32" not in default.log_path.read_text()
@@ -199,26 +195,15 @@ def test_a_packs_record_names_its_matmul_convolutions_only_where_it_vmaps(tmp_pa
 
 
 def test_bench_steps_names_it_on_a_gpu_and_says_it_has_no_effect_on_a_cpu(monkeypatch, tmp_path, capsys):
-    from mmbench import bench, cli
-
     monkeypatch.setenv("MMBENCH_MATMUL_TF32", "1")
-    monkeypatch.setattr(bench, "pack_table", lambda *a, **k: [
-        {"method": "mopoe", "pack": 2, "mode": "x", "median_s": 1.0, "run_steps_per_s": 2.0, "ops_per_run_step": 1.0}])
     heads = {}
     for device in ("cpu", "cuda"):
-        if device == "cuda":  # no GPU here: the header is what is checked, the timing is stubbed above
+        if device == "cuda":  # no GPU here: the header is what is checked, the timing is stubbed
             monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
             monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
         torch.backends.cuda.matmul.allow_tf32 = False
-        out = tmp_path / f"{device}.md"
-        monkeypatch.setattr(sys, "argv", ["mmbench", "bench", "steps", "--methods", "mopoe", "--pack", "2",
-                                          "--device", device, "--out", str(out)])
-        try:
-            cli.main()
-        except SystemExit as e:
-            assert e.code in (0, None)
-        heads[device] = (out.read_text().splitlines()[0], capsys.readouterr().err,
-                         torch.backends.cuda.matmul.allow_tf32)
+        head = pack_table_header(monkeypatch, tmp_path / f"{device}.md", "--device", device)
+        heads[device] = (head, capsys.readouterr().err, torch.backends.cuda.matmul.allow_tf32)
     head, err, flag = heads["cpu"]
     assert "TF32" not in head and "has no effect on cpu" in " ".join(err.split()) and not flag
     head, err, flag = heads["cuda"]

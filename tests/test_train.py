@@ -33,6 +33,16 @@ def weights(run):
     return torch.load(run.ckpt_dir / "last.pt", weights_only=False)["model"]
 
 
+def trained_with_and_without(run_cfg, root, data_root, monkeypatch, name, value):
+    """The run trained twice, in root/default and (with the environment's `name` set to `value`) root/asked."""
+    default = Run(run_cfg, root / "default")
+    train(default, data_root)
+    monkeypatch.setenv(name, value)
+    asked = Run(run_cfg, root / "asked")
+    train(asked, data_root)
+    return default, asked
+
+
 def moved_and_apart(run_cfg, a, b):
     """(training's move of weights a from the run's initialisation, the distance of weights b from a): flattened over
     the floating-point tensors, for tests that hold two trajectories of one run to each other."""
