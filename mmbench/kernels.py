@@ -44,6 +44,12 @@ def chosen() -> Dict[str, str]:
     return {name: v for name, (_, default, _) in CHOICES.items() if (v := choice(name)) and v != default}
 
 
+def default_pack_mode(device_type: str) -> str:
+    """How a pack computes its loss on this device where MMBENCH_PACK_MODE leaves it open: vmap on a GPU, loop on a
+    CPU (pack.vectorised_on says why)."""
+    return "loop" if device_type == "cpu" else "vmap"
+
+
 def effective(device_type: str, packed: bool = False, matmul_convs: bool = False,
               captured: bool = False) -> Dict[str, str]:
     """The choices of `chosen()` that change how a training computes here, as its `trained_with` records them: TF32
@@ -54,5 +60,5 @@ def effective(device_type: str, packed: bool = False, matmul_convs: bool = False
     gpu = device_type == "cuda"
     keep = {"MMBENCH_ADAM": True, "MMBENCH_MATMUL_TF32": gpu, "MMBENCH_CUDNN_BENCHMARK": gpu, "MMBENCH_COMPILE": captured,
             "MMBENCH_PACK_MODE": packed, "MMBENCH_PACK_CONV": matmul_convs}
-    device_default = {"MMBENCH_PACK_MODE": "loop" if device_type == "cpu" else "vmap"}  # pack.vectorised_on
+    device_default = {"MMBENCH_PACK_MODE": default_pack_mode(device_type)}
     return {k: v for k, v in chosen().items() if keep[k] and v != device_default.get(k)}

@@ -177,8 +177,7 @@ def vectorised_on(device) -> bool:
     views of the stacked parameters. vmap turns each convolution into a grouped one, which oneDNN runs slower
     on a CPU than R separate ones (`mmbench bench steps --pack 3` at batch 256, latent 512 on 2 cores: MoPoE
     0.68× the unpacked run-steps/s), so a CPU loops; MMBENCH_PACK_MODE=vmap|loop overrides (the tests run both)."""
-    mode = kernels.choice("MMBENCH_PACK_MODE")
-    return mode == "vmap" if mode else torch.device(device).type != "cpu"
+    return (kernels.choice("MMBENCH_PACK_MODE") or kernels.default_pack_mode(torch.device(device).type)) == "vmap"
 
 
 def vmaps_at(precision: str) -> bool:
@@ -529,9 +528,10 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     capture = replay is not None
     if capture:
         sm.compile(replay)
+    matmul_convs = sm.matmul_convs if sm.vectorised_for(cfg.train.precision) else 0  # MMBENCH_PACK_CONV=bmm at work
     if first < E:  # the code and kernels that train what is left, as train.train records them
         here = kernels.effective(torch.device(device).type, packed=True, captured=capture,
-                                 matmul_convs=bool(sm.matmul_convs) and sm.vectorised_for(cfg.train.precision))
+                                 matmul_convs=bool(matmul_convs))
         for m in members:
             train_mod.note_code(m.state, here, step=first_step)
     ids = ", ".join(m.run.id for m in members)
@@ -541,8 +541,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             m.run.log(f"packed training step captured with torch.compile on {device} (mmbench run --compile)")
         for line in notes:
             m.run.log(line)
-        if sm.matmul_convs and sm.vectorised_for(cfg.train.precision):
-            m.run.log(f"the pack's {sm.matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
+        if matmul_convs:
+            m.run.log(f"the pack's {matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
     t0 = time.time()

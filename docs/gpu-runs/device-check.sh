@@ -199,9 +199,9 @@ if [ "${MPS:-0}" = 1 ]; then
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if timeout 20 nvidia-cuda-mps-control -d \
         && timeout 60 $PY -c "import torch; torch.zeros(1, device='cuda').sum().item()" \
-        && [ -n "$(mps get_server_list 2> /dev/null)" ]; then
+        && SERVERS=$(mps get_server_list 2> /dev/null) && [ -n "$SERVERS" ]; then
       MPS_ON=1; trap 'mps quit' EXIT
-      echo "MPS: on (server $(mps get_server_list | tr '\n' ' ')serves the packs' processes)" | tee -a "$RES/fig3-epochs.txt"
+      echo "MPS: on (server $(echo $SERVERS) serves the packs' processes)" | tee -a "$RES/fig3-epochs.txt"
     else
       mps quit 2> /dev/null
       unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
@@ -332,20 +332,18 @@ timeout $(lim 60) $PY docs/gpu-runs/kernel_choices.py --device "$DEVICE" --batch
   --out "$RES/kernel-choices.md" > /dev/null 2> "$RES/kernel-choices.err" || tail -2 "$RES/kernel-choices.err"
 tail -7 "$RES/kernel-choices.md" 2>/dev/null
 snap
-if [ "$SCALE" = tiny ] || [ "$(left)" -gt 25 ]; then
-say "MoPoE packed with its convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm), against steps-packed.md's"
 if [ "$SCALE" = tiny ]; then KP=3; else KP=5,15; fi
-MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm timeout $(lim 45) $M bench steps --methods mopoe --pack $KP --device "$DEVICE" \
-  --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm.md" $(prof bmm)
-snap
-fi
-if [ "$SCALE" = tiny ] || [ "$(left)" -gt 25 ]; then
-say "the same with TF32 matmuls (MMBENCH_MATMUL_TF32=1: the batched matmuls at the precision of cuDNN's convolutions)"
-MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm MMBENCH_MATMUL_TF32=1 timeout $(lim 45) $M bench steps --methods mopoe \
-  --pack $KP --device "$DEVICE" --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-bmm-tf32.md" \
-  $(prof bmm-tf32)
-snap
-fi
+# MoPoE's packs with their convolutions as batched matmuls (against steps-packed.md's), then the same with TF32
+# matmuls (MMBENCH_MATMUL_TF32=1: the batched matmuls at the precision of cuDNN's convolutions)
+for TF32 in 0 1; do
+  { [ "$SCALE" = tiny ] || [ "$(left)" -gt 25 ]; } || break
+  NAME=bmm$([ $TF32 = 1 ] && echo -tf32)
+  say "MoPoE packed with MMBENCH_PACK_CONV=bmm MMBENCH_MATMUL_TF32=$TF32 ($RES/steps-packed-$NAME.md)"
+  MMBENCH_PACK_MODE=vmap MMBENCH_PACK_CONV=bmm MMBENCH_MATMUL_TF32=$TF32 timeout $(lim 45) $M bench steps --methods mopoe \
+    --pack $KP --device "$DEVICE" --batch-size $B --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-$NAME.md" \
+    $(prof $NAME)
+  snap
+done
 fi
 if part captured && [ "$DEVICE" = cuda ]; then
   # the captured steps profiled in a call of their own, after the table above is safe: the profiler's tracing of CUDA
