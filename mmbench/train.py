@@ -610,10 +610,10 @@ class Throughput:
         self.t = 0.0  # when the current epoch started
 
     def start(self) -> None:
-        self.t = time.time()
+        self.t = time.perf_counter()  # monotonic: a clock set back mid-epoch cannot make a duration negative
 
     def stop(self, tuples: int) -> None:  # call after the epoch's read-back, so the device's work is done
-        self.epochs.append((tuples, time.time() - self.t))
+        self.epochs.append((tuples, time.perf_counter() - self.t))
 
     def rate(self) -> Optional[float]:
         use = self.epochs[1:] or self.epochs

@@ -850,18 +850,23 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     from mmbench.suite import seconds_per_sample
 
     clock = iter([0.0, 50.0, 100.0, 102.0, 200.0, 204.0])  # epochs of 50, 2 and 4 s (gaps: test losses)
-    monkeypatch.setattr(train_mod.time, "time", lambda: next(clock))
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: next(clock))
     t = train_mod.Throughput()
     for n in (960, 96, 96):
         t.start()
         t.stop(n)
     assert t.rate() == pytest.approx(192 / 6)
-    monkeypatch.undo()
+    clock = iter([7.0, 7.5, 9.0, 9.0])  # one epoch of 0.5 s: that one counts; then one the clock cannot resolve
     single = train_mod.Throughput()
     assert single.rate() is None
     single.start()
     single.stop(10)
-    assert single.rate() > 0
+    assert single.rate() == pytest.approx(20.0)
+    instant = train_mod.Throughput()
+    instant.start()
+    instant.stop(10)
+    assert instant.rate() is None  # no division by a zero duration
+    monkeypatch.undo()
     # trained for real: each run's provenance carries its rate, unpacked and packed
     runs_dir = tmp_path / "runs"
     s = train(Run(cfg(0, epochs=2, max_train=64), runs_dir), data_root)
