@@ -50,15 +50,17 @@ def default_pack_mode(device_type: str) -> str:
     return "loop" if device_type == "cpu" else "vmap"
 
 
-def effective(device_type: str, packed: bool = False, matmul_convs: bool = False,
+def effective(device_type: str, pack_mode_applies: bool = False, matmul_convs: bool = False,
               captured: bool = False) -> Dict[str, str]:
     """The choices of `chosen()` that change how a training computes here, as its `trained_with` records them: TF32
-    and cuDNN's benchmark mode on a GPU only, capture where the step was captured, the pack mode in a pack where it is
-    not the device's default, a pack's convolutions where they are computed as matmuls (a vmapped pack with
+    and cuDNN's benchmark mode on a GPU only, capture where the step was captured, the pack mode where it decides a
+    pack's schedule (`pack_mode_applies`: an fp32 pack; a bf16 pack loops whatever the mode, pack.vmaps_at) and is not
+    the device's default, a pack's convolutions where they are computed as matmuls (a vmapped pack with
     convolutions); Adam's everywhere. A choice that changes nothing (TF32 on a CPU, a pack's convolutions in an
-    unpacked run) is left out, so that the report does not flag runs as trained differently when they were not."""
+    unpacked run, the pack mode of a bf16 pack) is left out, so that the report does not flag runs as trained
+    differently when they were not."""
     gpu = device_type == "cuda"
     keep = {"MMBENCH_ADAM": True, "MMBENCH_MATMUL_TF32": gpu, "MMBENCH_CUDNN_BENCHMARK": gpu, "MMBENCH_COMPILE": captured,
-            "MMBENCH_PACK_MODE": packed, "MMBENCH_PACK_CONV": matmul_convs}
+            "MMBENCH_PACK_MODE": pack_mode_applies, "MMBENCH_PACK_CONV": matmul_convs}
     device_default = {"MMBENCH_PACK_MODE": default_pack_mode(device_type)}
     return {k: v for k, v in chosen().items() if keep[k] and v != device_default.get(k)}

@@ -530,8 +530,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         sm.compile(replay)
     matmul_convs = sm.matmul_convs if sm.vectorised_for(cfg.train.precision) else 0  # MMBENCH_PACK_CONV=bmm at work
     if first < E:  # the code and kernels that train what is left, as train.train records them
-        here = kernels.effective(torch.device(device).type, packed=True, captured=capture,
-                                 matmul_convs=bool(matmul_convs))
+        here = kernels.effective(torch.device(device).type, pack_mode_applies=vmaps_at(cfg.train.precision),
+                                 captured=capture, matmul_convs=bool(matmul_convs))
         for m in members:
             train_mod.note_code(m.state, here, step=first_step)
     ids = ", ".join(m.run.id for m in members)

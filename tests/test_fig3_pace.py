@@ -1,6 +1,8 @@
 """docs/gpu-runs/fig3_pace.py: the fp32 packs' recorded rates summed into Fig. 3's pace and its GPU-hours."""
 import importlib.util
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,16 @@ def _script():
     return mod
 
 
-def _run(root: Path, name: str, method: str, precision: str, rate, packed_with=5):
+def _run(root: Path, name: str, method: str, precision: str, rate, packed_with=5, batch=256):
+    """A run directory as fig3_pace reads it; precision None: a config without train.precision, packed_with None: a
+    provenance without packed_with (an unpacked run's)."""
     d = root / name
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method},
-                                                   "train": {"precision": precision, "batch_size": 256}}))
+    train = {"batch_size": batch, **({"precision": precision} if precision is not None else {})}
+    (d / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": train}))
     prov = {"train_tuples_per_second": rate, "packed_with": packed_with} if rate is not None else {}
+    if packed_with is None:
+        prov.pop("packed_with", None)
     (d / "provenance.json").write_text(json.dumps(prov))
 
 
@@ -53,3 +59,52 @@ def test_a_method_without_a_rate_stops_the_projection(tmp_path):
 def test_no_trained_run_is_an_error_naming_the_folder(tmp_path):
     with pytest.raises(SystemExit, match="no trained run with a recorded training rate under"):
         _script().report(tmp_path)
+
+
+def test_rows_count_runs_apart_from_pack_size_and_come_in_order(tmp_path):
+    """The rows are sorted by method, precision, batch and pack size (not by the folders' names); "runs per pack" is
+    the recorded packed_with (1 where the provenance has none: an unpacked run), "runs" how many runs recorded a
+    rate, the rate their largest; a config without train.precision is fp32; a run still training (a config, no
+    provenance yet) is left out."""
+    for s in range(3):
+        _run(tmp_path, f"1-mvae-{s}", "mvae", "fp32", 12_800.0, packed_with=None)  # unpacked
+        _run(tmp_path, f"2-mopoe-{s}", "mopoe", None, 25_600.0, packed_with=4)  # one run of the pack of 4 unfinished
+        _run(tmp_path, f"3-mmvae-{s}", "mmvae", "fp32", 11_000.0 if s == 2 else 12_800.0)  # the last one stopped
+    (tmp_path / "2-mopoe-3").mkdir()
+    (tmp_path / "2-mopoe-3" / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "mopoe"},
+                                                                         "train": {"batch_size": 256}}))
+    out = _script().report(tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| m")][1:]
+    assert rows == ["| mmvae | fp32 | 5 | 3 | 12,800 | 50.0 |", "| mopoe | fp32 | 4 | 3 | 25,600 | 100.0 |",
+                    "| mvae | fp32 | 1 | 3 | 12,800 | 50.0 |"]
+    assert "The fp32 packs together: 200.0 run-steps/s" in out
+
+
+def test_the_projection_counts_the_steps_of_the_runs_batch_size(tmp_path):
+    """At batch 128 an epoch is 60,000 // 128 = 468 steps: 15 × 300 × 468 = 2,106,000 run-steps."""
+    for m in ("mvae", "mmvae", "mopoe"):
+        _run(tmp_path, m, m, "fp32", 12_800.0, batch=128)  # 100 run-steps/s each
+    out = _script().report(tmp_path)
+    assert "× 468 steps = 2,106,000 run-steps" in out and "takes 1.95 GPU-hours" in out
+
+
+def test_packs_that_recorded_no_progress_give_no_projection(tmp_path):
+    for m in ("mvae", "mmvae", "mopoe"):
+        _run(tmp_path, m, m, "fp32", 0.0)
+    out = _script().report(tmp_path)
+    assert "| mopoe | fp32 | 5 | 1 | 0 | 0.0 |" in out and "GPU-hours" not in out
+
+
+@pytest.mark.parametrize("how", ["argument", "MMBENCH_RUNS"])
+def test_the_script_reads_the_folder_given_or_mmbench_runs(tmp_path, monkeypatch, capsys, how):
+    for m in ("mvae", "mmvae", "mopoe"):
+        _run(tmp_path / "elsewhere", m, m, "fp32", 25_600.0)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ./runs to fall back on
+    if how == "argument":
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(tmp_path / "elsewhere")])
+    else:
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
+        monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "elsewhere"))
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert "The fp32 packs together: 300.0 run-steps/s" in capsys.readouterr().out

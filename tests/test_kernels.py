@@ -37,6 +37,24 @@ def test_each_reader_refuses_an_unknown_value_naming_the_allowed_ones(name, monk
         assert kernels.chosen() == ({name: value} if value and value != default else {})
 
 
+@pytest.mark.parametrize("name", sorted(kernels.CHOICES))
+def test_every_command_checks_each_choice(name, monkeypatch):
+    """check_all (the CLI's first step) reads every choice, not only those the command would read later."""
+    monkeypatch.setenv(name, "typo")
+    with pytest.raises(MMBenchError, match=rf"^{name}='typo': use "):
+        kernels.check_all()
+
+
+def test_a_refusal_describes_leaving_a_choice_unset_as_its_default():
+    """"(or leave it unset: ...)" begins with the default where a choice has a fixed one (PACK_MODE's depends on the
+    device)."""
+    for name, (allowed, default, unset) in kernels.CHOICES.items():
+        if name == "MMBENCH_PACK_MODE":
+            assert default == "" and unset == "vmap on a GPU, loop on a CPU"
+        else:
+            assert default in allowed and unset.split(",")[0] == default, name
+
+
 def test_chosen_lists_what_differs_from_the_defaults(monkeypatch):
     monkeypatch.setenv("MMBENCH_ADAM", "default")
     monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")

@@ -54,6 +54,12 @@ def test_a_trainer_leaves_the_flag_as_it_found_it_whether_it_returns_or_fails():
     assert not torch.backends.cuda.matmul.allow_tf32
 
 
+def test_the_trainers_keep_their_names_and_documentation():
+    """keeps_matmul_precision wraps a trainer as functools.wraps does (its name in tracebacks and help)."""
+    assert (train.__name__, train_pack.__name__) == ("train", "train_pack")
+    assert train.__doc__.startswith("Train (or resume) the run's model") and "pack key" in train_pack.__doc__
+
+
 def test_a_trainer_that_changed_nothing_writes_nothing_back():
     """A precision set through PyTorch's newer API stays readable after a trainer (writing the legacy flag back would
     make torch.get_float32_matmul_precision, which provenance reads, refuse)."""
@@ -135,6 +141,15 @@ def test_on_a_cpu_the_run_says_it_has_no_effect_and_is_the_default_run(tmp_path,
     assert all(torch.equal(a[k], d[k]) for k in d)
 
 
+def test_the_report_names_the_choices_sorted_and_a_commit_it_does_not_know():
+    """trainer_label: the choices in name order, whatever order the record holds them in (two runs with the same
+    choices are one trainer to the report), ', '-separated; '?' for an entry without a commit."""
+    two = {"git_commit": "c1", "kernels": {"MMBENCH_MATMUL_TF32": "1", "MMBENCH_ADAM": "fused"}}
+    assert trainer_label(two) == "c1 (MMBENCH_ADAM=fused, MMBENCH_MATMUL_TF32=1)"
+    assert trainer_label({"kernels": {"MMBENCH_ADAM": "fused"}}) == "? (MMBENCH_ADAM=fused)"
+    assert trainer_label({"git_commit": "c1", "kernels": {}}) == "c1"
+
+
 def test_trained_with_lists_each_change_of_code_or_kernels_on_resume(monkeypatch):
     monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "c1")
     state = {"epoch": 0}
@@ -159,11 +174,12 @@ def test_trained_with_lists_each_change_of_code_or_kernels_on_resume(monkeypatch
     ({"MMBENCH_COMPILE": "1"}, dict(device_type="cuda"), {}),  # asked, but the step was not captured
     ({"MMBENCH_COMPILE": "1"}, dict(device_type="cuda", captured=True), {"MMBENCH_COMPILE": "1"}),
     ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu"), {}),  # unpacked
-    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cpu", packed=True), {}),  # a CPU's default
-    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cuda", packed=True), {"MMBENCH_PACK_MODE": "loop"}),
-    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", packed=True),
-     {"MMBENCH_PACK_MODE": "vmap"}),  # a bf16 pack, or one without convolutions: no matmul convolutions
-    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", packed=True, matmul_convs=True),
+    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cpu", pack_mode_applies=True), {}),  # a CPU's default
+    ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cuda", pack_mode_applies=True), {"MMBENCH_PACK_MODE": "loop"}),
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", pack_mode_applies=True),
+     {"MMBENCH_PACK_MODE": "vmap"}),  # an fp32 pack without convolutions: no matmul convolutions
+    ({"MMBENCH_PACK_MODE": "loop", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cuda"), {}),  # a bf16 pack: loops anyway
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", pack_mode_applies=True, matmul_convs=True),
      {"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}),
 ])
 def test_trained_with_records_the_choices_that_take_effect(monkeypatch, env, where, want):
@@ -220,3 +236,62 @@ def test_provenance_json_carries_the_choices(tmp_path, data_root, monkeypatch):
     evaluate(run, data_root, provenance=trained_provenance(train(run, data_root), 0.0))  # as the runner does
     prov = json.loads((run.dir / "provenance.json").read_text())
     assert prov["trained_with"][-1]["kernels"] == {"MMBENCH_ADAM": "fused"}
+
+
+def test_both_trainers_record_a_captured_step(tmp_path, data_root, monkeypatch):
+    """MMBENCH_COMPILE=1 is in `trained_with` where the step was captured: train.captured stubbed to capture (as the
+    identity, no compiler), unpacked and in a vmapped pack."""
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setattr(train_mod, "captured", lambda fn, device: fn)
+    alone = train(Run(cfg(train={"epochs": 1, "max_test": 32}), tmp_path / "alone"), data_root)
+    assert alone["trained_with"][-1]["kernels"] == {"MMBENCH_COMPILE": "1"}
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path / "pack") for s in range(2)]
+    done = train_pack(runs, data_root)
+    for r in runs:
+        assert "packed training step captured" in r.log_path.read_text()
+        assert done[r.id]["trained_with"][-1]["kernels"] == {"MMBENCH_PACK_MODE": "vmap", "MMBENCH_COMPILE": "1"}
+
+
+def test_a_trained_pack_trained_again_keeps_its_record(tmp_path, data_root, monkeypatch):
+    """As test_a_trained_run_trained_again_keeps_its_record, for train_pack: no epochs left, no entry added."""
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path) for s in range(2)]
+    first = train_pack(runs, data_root)
+    monkeypatch.setenv("MMBENCH_ADAM", "fused")
+    monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "other")
+    again = train_pack(runs, data_root)
+    for r in runs:
+        assert len(first[r.id]["trained_with"]) == 1 and again[r.id]["trained_with"] == first[r.id]["trained_with"]
+
+
+def test_a_pack_resumed_mid_epoch_records_the_step_its_code_took_over_at(tmp_path, data_root, monkeypatch):
+    """A pack stopped after step 2 of its first epoch and resumed under another commit: every run's `trained_with`
+    lists the second commit from epoch 0 (the state's count), step 2: the step the pack resumed at, which _train_group
+    takes out of the runs' state before it records the code."""
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_test": 32}), tmp_path) for s in range(2)]
+
+    def progress(phase, done, total):
+        if done == 2:
+            train_mod.request_stop("test stop")
+
+    with pytest.raises(train_mod.TrainingInterrupted):
+        train_pack(runs, data_root, progress)
+    monkeypatch.setattr(train_mod.results_mod, "git_commit", lambda: "other")
+    done = train_pack(runs, data_root)
+    for r in runs:
+        assert done[r.id]["packed_with"] == 2
+        assert [(c["git_commit"], c["from_epoch"], c["from_step"]) for c in done[r.id]["trained_with"]][1:] == [
+            ("other", 0, 2)]
+
+
+def test_a_bf16_packs_record_names_no_matmul_convolutions(tmp_path, data_root, monkeypatch):
+    """A bf16 pack loops over its runs wherever packs are vmapped (pack.vmaps_at): neither MMBENCH_PACK_CONV=bmm nor
+    MMBENCH_PACK_MODE changes how it computes, so neither its record nor its log names them."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_train": 32, "max_test": 32, "precision": "bf16"}), tmp_path)
+            for s in range(2)]
+    done = train_pack(runs, data_root)
+    for r in runs:
+        assert done[r.id]["packed_with"] == 2 and "batched matmuls" not in r.log_path.read_text()
+        assert "kernels" not in done[r.id]["trained_with"][-1]
