@@ -313,19 +313,63 @@ def test_worker_exit_codes_for_a_cpu_worker_a_failed_pack_run_and_ctrl_c(tmp_pat
     assert worker.main(a) == 130 and "the run resumes from its last checkpoint" in capsys.readouterr().out
 
 
-def test_progress_is_written_at_each_phase_end_and_only_for_runs_held_here(tmp_path):
+def test_worker_tunes_the_allocator_and_exits_1_on_an_error_of_its_run_or_pack(tmp_path, monkeypatch, capsys):
+    """The worker entry point applies the host allocator's settings before any run; an MMBenchError of its run (or
+    of its pack as a whole) is one `error:` line in the log and exit code 1, so the scheduler reports it failed."""
+    import mmbench.pack as pack
+    from mmbench import worker
+    from mmbench.errors import MMBenchError
+
+    runs = {str(r.dir): r for r in seed_runs(tmp_path, 2)}
+    a, b = runs
+    tuned = []
+    monkeypatch.setattr(worker, "load_run", runs.__getitem__)
+    monkeypatch.setattr(worker, "tune_host_allocator", lambda: tuned.append(True))
+    monkeypatch.setenv("MMBENCH_WORKER_GPU", "")
+
+    def fails(*args, **kw):
+        raise MMBenchError("the data are gone")
+
+    monkeypatch.setattr(worker, "execute_when_free", fails)
+    assert worker.main(a) == 1 and "error: the data are gone" in capsys.readouterr().out and tuned == [True]
+    monkeypatch.setattr(pack, "execute_pack", fails)
+    assert worker.main(a, b) == 1 and "error: the data are gone" in capsys.readouterr().out
+
+
+def test_load_run_reads_the_run_of_its_directory(tmp_path):
+    from mmbench.worker import load_run
+
+    run = seed_runs(tmp_path / "runs", 1)[0]
+    run.init()
+    loaded = load_run(str(run.dir))
+    assert (loaded.id, loaded.dir) == (run.id, run.dir)
+
+
+def test_progress_is_written_at_each_phase_end_and_only_for_runs_held_here(tmp_path, monkeypatch):
     """progress.json: throttled within a phase but always written at its end; never for a run another process holds."""
     import json
 
+    from types import SimpleNamespace
+
+    from mmbench import worker
     from mmbench.worker import progress_writer
 
+    clock = [1000.0]
+    monkeypatch.setattr(worker, "time", SimpleNamespace(time=lambda: clock[0]))
     mine, theirs = seed_runs(tmp_path, 2)
     mine.init()
     theirs.init()
     (theirs.dir / "run.lock").write_text("999999999")  # another process's pid
     write = progress_writer([mine, theirs])
-    for done in (1, 2, 10):
-        write("train epoch 1/1", done, 10)
+    write("train epoch 1/1", 1, 10)  # the first call of a phase is written (nothing was for half a second)
+    assert json.loads((mine.dir / "progress.json").read_text())["done"] == 1
+    clock[0] += 0.4
+    write("train epoch 1/1", 2, 10)  # within half a second of it: throttled
+    assert json.loads((mine.dir / "progress.json").read_text())["done"] == 1
+    clock[0] += 0.2
+    write("train epoch 1/1", 3, 10)  # more than half a second after the last write
+    assert json.loads((mine.dir / "progress.json").read_text())["done"] == 3
+    write("train epoch 1/1", 10, 10)  # the phase's end: at once
     assert json.loads((mine.dir / "progress.json").read_text())["done"] == 10
     assert not (theirs.dir / "progress.json").exists()
 

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from importlib.metadata import version
@@ -230,6 +231,10 @@ def test_bundle_round_trip_gives_the_same_report(tmp_path):
     assert import_bundle(tmp_path / "x.tar.gz", b) == {"added": [], "present": sorted(manifest["runs"])}
     with_ckpt = export_runs(a, tmp_path / "y.tar.gz", checkpoints=True)
     assert "checkpoints/last.pt" in with_ckpt["runs"][r1.id]["files"]
+    # the manifest says whether checkpoints travel; import holds only the small records in memory
+    assert (manifest["checkpoints"], read_bundle(tmp_path / "y.tar.gz")[0]["checkpoints"]) == (False, True)
+    assert sorted(read_bundle(tmp_path / "y.tar.gz")[1].kept) == sorted(
+        f"runs/{rid}/{f}" for rid in manifest["runs"] for f in ("config.yaml", "metrics.json", "provenance.json"))
 
 
 def test_import_refuses_conflicts_and_writes_nothing(tmp_path):
@@ -761,3 +766,152 @@ def test_a_bundle_cut_short_is_a_one_line_error_and_nothing_is_imported(tmp_path
     with pytest.raises(MMBenchError, match=r"cut.tar.gz is not a readable .tar.gz \(.*\); copy it again"):
         import_bundle(tmp_path / "cut.tar.gz", tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+# ----- behaviours a mutation pass over bundle.py (streamed copies, checks after verification) found unguarded -----
+@pytest.mark.parametrize("change", ["cut", "grown"])
+def test_export_refuses_a_file_cut_short_or_grown_while_it_is_exported(tmp_path, monkeypatch, change):
+    """A checkpoint that shrinks (tar's copy runs out of data: an OSError inside tarfile) or grows (the first `size`
+    bytes still match their digest) between its hashing and its copy is named like one rewritten in place, and no
+    bundle or temporary file is left."""
+    import mmbench.bundle as bundle
+
+    run = _big_checkpoint_run(tmp_path / "a")
+    digest = bundle._file_digest
+
+    def then_changed(path):
+        out = digest(path)
+        if path.name == "last.pt":
+            data = path.read_bytes()
+            path.write_bytes(data[:1000] if change == "cut" else data + b"more")
+        return out
+
+    monkeypatch.setattr(bundle, "_file_digest", then_changed)
+    with pytest.raises(MMBenchError, match=rf"{run.id}/checkpoints/last.pt changed while it was being exported; "
+                                           rf"export again when no run is writing to {re.escape(str(run.ckpt_dir))} "
+                                           r"\(nothing was written\)"):
+        export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_an_interrupted_export_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) in the middle of a copy removes the half-written bundle too."""
+    import mmbench.bundle as bundle
+
+    _big_checkpoint_run(tmp_path / "a")
+
+    def interrupted(self, size=-1):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle._Hashing, "read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_bundle_members_are_readable_by_everyone_who_unpacks_them_with_tar(tmp_path):
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as t:
+        modes = {m.name: m.mode for m in t.getmembers()}
+    assert f"runs/{run.id}/metrics.json" in modes and set(modes.values()) == {0o644}, modes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "x.tar.gz"]  # the temporary file renamed, not copied
+
+
+def test_an_interrupted_import_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) while a run is unpacked removes its temporary folder."""
+    import mmbench.bundle as bundle
+
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle.shutil, "copyfileobj", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_export_cli_with_checkpoints_ships_them(tmp_path):
+    run = _big_checkpoint_run(tmp_path / "a", size=1000)
+    out = CliRunner().invoke(app, ["export", str(tmp_path / "x.tar.gz"), "--runs-dir", str(tmp_path / "a"),
+                                   "--checkpoints"])
+    assert out.exit_code == 0, out.output
+    assert "checkpoints/last.pt" in read_bundle(tmp_path / "x.tar.gz")[0]["runs"][run.id]["files"]
+
+
+@pytest.mark.parametrize("after", ["lost", "cut"])
+def test_import_refuses_a_bundle_that_loses_a_file_or_is_cut_short_after_it_was_verified(tmp_path, monkeypatch, after):
+    """The bundle copied over between its verification and its unpacking by one that lacks a listed file (which
+    would import the run without it) or that ends early in a checkpoint's data (a tar error inside the copy, outside
+    the member reader's guard): a one-line error, nothing imported, no temporary folder left."""
+    import mmbench.bundle as bundle
+
+    run = _big_checkpoint_run(tmp_path / "a", size=300_000)
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)
+    changed = tmp_path / "changed.tar.gz"
+    if after == "lost":
+        _rewrite(tmp_path / "x.tar.gz", changed, lambda n, d: (None, d) if n.endswith("log.txt") else (n, d))
+        expect = rf"lost runs/{run.id}/log.txt since it was verified .*import again once it is whole"
+    else:
+        data = (tmp_path / "x.tar.gz").read_bytes()
+        changed.write_bytes(data[: len(data) // 2])
+        expect = r"x.tar.gz is not a readable .tar.gz \(.*\); copy it again"
+    unpack = bundle.BundleFiles.unpack
+
+    def copied_over(self, *args):
+        shutil.copy(changed, self.path)
+        return unpack(self, *args)
+
+    monkeypatch.setattr(bundle.BundleFiles, "unpack", copied_over)
+    b = tmp_path / "b"
+    with pytest.raises(MMBenchError, match=expect):
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert list(b.iterdir()) == []
+
+
+def test_read_bundle_refuses_an_absolute_member_and_a_tarball_of_several_folders(tmp_path):
+    """A member named from / is refused as outside the bundle (not merely as unlisted); a tarball of several top
+    folders and no bundle.json is "not made by mmbench export", not a traceback."""
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    _rewrite(tmp_path / "x.tar.gz", tmp_path / "abs.tar.gz",
+             lambda n, d: ("/" + n, d) if n.endswith("log.txt") else (n, d))
+    with pytest.raises(MMBenchError, match=rf"holds '/runs/{run.id}/log.txt', which is not a plain file inside"):
+        read_bundle(tmp_path / "abs.tar.gz")
+    _write_tar(tmp_path / "other.tar.gz", [("one/a.txt", b"a"), ("two/b.txt", b"b")])
+    with pytest.raises(MMBenchError, match="has no valid bundle.json; it was not made by `mmbench export`"):
+        read_bundle(tmp_path / "other.tar.gz")
+
+
+def test_a_bundle_that_cannot_be_opened_is_a_one_line_error(tmp_path, monkeypatch):
+    """An OSError opening or reading the bundle (permissions, an I/O error on a network disk) names the bundle."""
+    import mmbench.bundle as bundle
+
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(bundle.tarfile, "open", denied)
+    with pytest.raises(MMBenchError, match=r"x.tar.gz is not a readable .tar.gz \(.*Permission denied\)"):
+        import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
+
+
+def test_import_reads_a_record_of_exactly_the_kept_size_whole(tmp_path, monkeypatch):
+    """Import reads records up to KEPT_MAX_BYTES into memory; one of exactly that size is kept whole (not cut at
+    its last piece), one byte larger is not kept."""
+    import mmbench.bundle as bundle
+
+    run = fake_run(tmp_path / "a", 0, {f"coherence/m{i}": 0.30 for i in range(300)})  # the largest record
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    size = run.metrics_path.stat().st_size
+    assert size > max(p.stat().st_size for p in run.dir.iterdir() if p.name != "metrics.json") + 2000
+    monkeypatch.setattr(bundle, "CHUNK", 16)
+    monkeypatch.setattr(bundle, "KEPT_MAX_BYTES", size)
+    assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")["added"] == [run.id]
+    monkeypatch.setattr(bundle, "KEPT_MAX_BYTES", size - 1)
+    assert f"runs/{run.id}/metrics.json" not in read_bundle(tmp_path / "x.tar.gz")[1].kept

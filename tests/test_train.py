@@ -390,6 +390,53 @@ def test_host_allocator_reuses_freed_tensors_instead_of_faulting_pages_in_again(
         tune_host_allocator()
 
 
+class _Libc:
+    """glibc's mallopt, recorded: (parameter, value) of each call; returns `ok` in turn."""
+
+    def __init__(self, ok=(1, 1)):
+        self.calls, self.ok = [], list(ok)
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.ok[len(self.calls) - 1]
+
+
+@pytest.mark.parametrize("case", ["unset", "user's values", "default", "refused by glibc", "not a number", "not glibc"])
+def test_host_allocator_settings_what_it_asks_of_glibc_and_passes_to_children(monkeypatch, case):
+    """Unset, MMBENCH_MALLOC means tuned: mallopt(M_MMAP_MAX=-4, 0) and mallopt(M_TRIM_THRESHOLD=-1, 2**31-1), the same
+    exported as MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ for the workers; values the user exported are kept; with
+    MMBENCH_MALLOC=default, a mallopt that fails, a value that is no number, or another libc, nothing is set and it
+    says so (False). glibc is stood in for, so the probe test's fresh process is not needed."""
+    import mmbench.hostmem as hostmem
+
+    names = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MMBENCH_MALLOC")
+    for k in names:  # recorded, so whatever the call sets is undone
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
+    libc = _Libc(ok=(1, 0) if case == "refused by glibc" else (1, 1))
+    monkeypatch.setattr(hostmem.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(hostmem.platform, "libc_ver", lambda: ("" if case == "not glibc" else "glibc", "2.35"))
+    if case == "user's values":
+        monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    if case == "default":
+        monkeypatch.setenv("MMBENCH_MALLOC", "default")
+    if case == "not a number":
+        monkeypatch.setenv("MALLOC_MMAP_MAX_", "lots")
+    applied = tune_host_allocator()
+    env = {k: os.environ.get(k) for k in names[:2]}
+    if case == "unset":
+        assert applied and libc.calls == [(-4, 0), (-1, 2 ** 31 - 1)]
+        assert env == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 31 - 1)}
+    elif case == "user's values":
+        assert applied and libc.calls == [(-4, 65536), (-1, 1000000)]
+        assert env == {"MALLOC_MMAP_MAX_": "65536", "MALLOC_TRIM_THRESHOLD_": "1000000"}
+    else:
+        assert applied is False
+        assert libc.calls == {"refused by glibc": [(-4, 0), (-1, 2 ** 31 - 1)]}.get(case, [])
+        assert env == {"MALLOC_MMAP_MAX_": "lots" if case == "not a number" else None, "MALLOC_TRIM_THRESHOLD_": None}
+
+
 def test_test_loss_and_checkpoints_keep_every_random_stream(tmp_path, data_root):
     """The per-epoch test loss reseeds inside a fork of the random streams: on a GPU torch.manual_seed reseeds the
     GPU's stream too, so the fork must hold it as well, or every epoch after the first would train on the same
