@@ -3,6 +3,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 class Handler(http.server.BaseHTTPRequestHandler):
     ranges = []
     paths = []  # every requested path, in order
+    release = threading.Event()  # "stall" mode: the rest of the body is sent once this is set (or after 5 s)
 
     def log_message(self, *a):
         pass
@@ -40,8 +42,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         data = body[start:]
-        self.send_header("Content-Length", str(len(data)))
+        if mode != "nolength":  # "nolength": no Content-Length, the body ends where the connection closes
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if mode in ("short1", "stall"):  # all but the last byte, then close; or four fifths, a pause, then the rest
+            cut = len(data) - 1 if mode == "short1" else len(data) * 4 // 5
+            self.wfile.write(data[:cut])
+            self.wfile.flush()
+            if mode == "stall":
+                Handler.release.wait(5)
+                try:
+                    self.wfile.write(data[cut:])
+                except OSError:  # the client gave up waiting
+                    pass
+            self.connection.close()
+            return
         if mode == "truncated":
             self.wfile.write(data[: len(data) // 3])
             self.wfile.flush()
@@ -60,6 +75,7 @@ def server():
     t.start()
     Handler.ranges = []
     Handler.paths = []
+    Handler.release = threading.Event()
     yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
 
@@ -239,8 +255,9 @@ def test_source_dir(tmp_path):
     (src / "f.bin").write_bytes(PAYLOAD)
     path = fetch(Resource("f.bin", md5(PAYLOAD), []), tmp_path / "raw", source=src)
     assert path.read_bytes() == PAYLOAD
-    with pytest.raises(MMBenchError, match="g.bin is not in --source"):
+    with pytest.raises(MMBenchError) as e:
         fetch(Resource("g.bin", md5(PAYLOAD), []), tmp_path / "raw", source=src)
+    assert str(e.value) == f"g.bin is not in --source {src}; put it there or drop --source to download it"
     (src / "f.bin").write_bytes(PAYLOAD[:-1])
     with pytest.raises(MMBenchError, match="replace .* with an intact copy"):
         fetch(Resource("f.bin", md5(PAYLOAD), []), tmp_path / "raw2", source=src)
@@ -304,3 +321,81 @@ def test_a_source_copy_that_fails_its_checksum_is_the_users_to_replace(tmp_path)
     assert message.startswith(f"{src / 'f.bin'} fails its checksum (md5 {md5(PAYLOAD[:-1])}, published {md5(PAYLOAD)})")
     assert "your copy (from --source)" in message and "download it from https://example.org/f.bin" in message
     assert "delete" not in message and (src / "f.bin").read_bytes() == PAYLOAD[:-1]
+
+
+@pytest.mark.parametrize("md5sum", [md5(PAYLOAD), None])
+def test_a_download_one_byte_short_is_kept_to_resume_not_put_in_place(server, tmp_path, md5sum):
+    """The connection closes one byte before the Content-Length: the .part is kept for the next run to resume (with
+    or without a published md5 to catch it later), never renamed into place."""
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    with pytest.raises(MMBenchError, match=f"stopped at {len(PAYLOAD) - 1} of {len(PAYLOAD)} bytes"):
+        fetch(Resource("f.bin", md5sum, [f"{url}/short1/f.bin"]), tmp_path)
+    assert (tmp_path / "f.bin.part").read_bytes() == PAYLOAD[:-1] and not (tmp_path / "f.bin").exists()
+    assert fetch(Resource("f.bin", md5sum, [f"{url}/good/f.bin"]), tmp_path).read_bytes() == PAYLOAD
+    assert Handler.ranges[-1] == f"bytes={len(PAYLOAD) - 1}-"
+
+
+def test_every_failed_mirror_is_named_with_its_own_error(server, tmp_path):
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    first, second = f"{url}/good/nothere", f"{url}/short1/f.bin"
+    with pytest.raises(MMBenchError) as e:
+        fetch(Resource("f.bin", md5(PAYLOAD), [first, second]), tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"could not download f.bin ({first}: Not Found; {second}: download of {second} stopped at")
+    assert message.endswith("); download it yourself and pass --source DIR")
+
+
+def test_a_file_without_urls_or_source_says_to_download_it_yourself(tmp_path):
+    with pytest.raises(MMBenchError, match=r"^f.bin has no download URL; download it yourself and pass --source DIR$"):
+        fetch(Resource("f.bin", md5(PAYLOAD), []), tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["good", "nolength"])
+def test_download_progress_names_the_file_and_counts_the_whole_file(server, tmp_path, mode):
+    """Progress is reported as ("download <name>", bytes held, whole size), a resumed download counting the bytes it
+    already had; without a Content-Length the size is what has arrived."""
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:1000])
+    calls = []
+    fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/{mode}/f.bin"]), tmp_path, progress=lambda *a: calls.append(a))
+    assert {label for label, _, _ in calls} == {"download f.bin"}
+    assert calls[-1][1:] == (len(PAYLOAD), len(PAYLOAD))
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and done[0] > 1000
+    if mode == "good":
+        assert {t for _, _, t in calls} == {len(PAYLOAD)}
+    else:
+        assert all(t == d for _, d, t in calls)
+
+
+def test_a_stalled_download_times_out_and_keeps_its_bytes(server, tmp_path):
+    """A server that stops sending mid-file: `timeout` bounds the wait, the failure is reported as a failed download
+    (not a raw socket error) and the bytes that came stay in the .part for the next run."""
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    Handler.release.clear()  # a class-wide event: set by an earlier run of this test in the same process
+    t0 = time.monotonic()
+    try:  # 1 s: long enough for a loaded machine to send the first four fifths, well short of the server's 5 s pause
+        with pytest.raises(MMBenchError, match=f"could not download f.bin .*{url}/stall/f.bin: "):
+            fetch(Resource("f.bin", md5(PAYLOAD), [f"{url}/stall/f.bin"]), tmp_path, timeout=1.0)
+    finally:
+        Handler.release.set()
+    assert time.monotonic() - t0 < 4.5
+    part = (tmp_path / "f.bin.part").read_bytes()  # the whole blocks read before the stall
+    assert 0 < len(part) <= len(PAYLOAD) * 4 // 5 and PAYLOAD.startswith(part)
+
+
+def test_source_is_read_in_place_before_any_copy_in_the_raw_folder(tmp_path):
+    """--source wins over a file already in the raw folder (even a corrupt one, which it leaves alone), and the user's
+    copy is returned where it is, not duplicated into the raw folder."""
+    src, raw = tmp_path / "src", tmp_path / "raw"
+    src.mkdir()
+    (src / "f.bin").write_bytes(PAYLOAD)
+    assert fetch(Resource("f.bin", md5(PAYLOAD), []), raw, source=src) == src / "f.bin"
+    assert not (raw / "f.bin").exists()
+    (raw / "f.bin").write_bytes(b"stale")
+    assert fetch(Resource("f.bin", md5(PAYLOAD), []), raw, source=src) == src / "f.bin"
+    assert (raw / "f.bin").read_bytes() == b"stale"
