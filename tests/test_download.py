@@ -376,7 +376,6 @@ def test_a_stalled_download_times_out_and_keeps_its_bytes(server, tmp_path):
     (not a raw socket error) and the bytes that came stay in the .part for the next run."""
     srv, url = server
     srv.files["f.bin"] = PAYLOAD
-    Handler.release.clear()  # a class-wide event: set by an earlier run of this test in the same process
     t0 = time.monotonic()
     try:  # 1 s: long enough for a loaded machine to send the first four fifths, well short of the server's 5 s pause
         with pytest.raises(MMBenchError, match=f"could not download f.bin .*{url}/stall/f.bin: "):

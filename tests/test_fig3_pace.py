@@ -25,9 +25,8 @@ def _run(root: Path, name: str, method: str, precision: str, rate, packed_with=5
     d.mkdir(parents=True)
     train = {"batch_size": batch, **({"precision": precision} if precision is not None else {})}
     (d / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": train}))
-    prov = {"train_tuples_per_second": rate, "packed_with": packed_with} if rate is not None else {}
-    if packed_with is None:
-        prov.pop("packed_with", None)
+    prov = {} if rate is None else {"train_tuples_per_second": rate,
+                                    **({"packed_with": packed_with} if packed_with is not None else {})}
     (d / "provenance.json").write_text(json.dumps(prov))
 
 

@@ -178,8 +178,10 @@ def test_trained_with_lists_each_change_of_code_or_kernels_on_resume(monkeypatch
     ({"MMBENCH_PACK_MODE": "loop"}, dict(device_type="cuda", pack_mode_applies=True), {"MMBENCH_PACK_MODE": "loop"}),
     ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", pack_mode_applies=True),
      {"MMBENCH_PACK_MODE": "vmap"}),  # an fp32 pack without convolutions: no matmul convolutions
-    ({"MMBENCH_PACK_MODE": "loop", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cuda"), {}),  # a bf16 pack: loops anyway
-    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cpu", pack_mode_applies=True, matmul_convs=True),
+    ({"MMBENCH_PACK_MODE": "loop", "MMBENCH_PACK_CONV": "bmm"}, dict(device_type="cuda"),
+     {}),  # a bf16 pack: it loops whatever the mode
+    ({"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"},
+     dict(device_type="cpu", pack_mode_applies=True, matmul_convs=True),
      {"MMBENCH_PACK_MODE": "vmap", "MMBENCH_PACK_CONV": "bmm"}),
 ])
 def test_trained_with_records_the_choices_that_take_effect(monkeypatch, env, where, want):
@@ -284,7 +286,7 @@ def test_a_pack_resumed_mid_epoch_records_the_step_its_code_took_over_at(tmp_pat
             ("other", 0, 2)]
 
 
-def test_a_bf16_packs_record_names_no_matmul_convolutions(tmp_path, data_root, monkeypatch):
+def test_a_bf16_packs_record_names_neither_its_mode_nor_matmul_convolutions(tmp_path, data_root, monkeypatch):
     """A bf16 pack loops over its runs wherever packs are vmapped (pack.vmaps_at): neither MMBENCH_PACK_CONV=bmm nor
     MMBENCH_PACK_MODE changes how it computes, so neither its record nor its log names them."""
     monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
