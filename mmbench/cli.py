@@ -297,11 +297,12 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
     runs_dir = runs_dir or default_runs_dir()
     if dry_run:
         from .runner import resume_point
-        from .suite import human_seconds, seconds_per_sample, train_samples
+        from .suite import human_seconds, seconds_per_sample, train_tuples
 
         rates = seconds_per_sample(runs_dir, data_root)
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
-        for c in ("run", "reproduces", "epochs", "train tuples", "est. train time", "status"):
+        t.add_column("run", overflow="fold")  # a narrow terminal folds the id rather than cutting its seed off
+        for c in ("reproduces", "epochs", "train tuples", "est. train time", "status"):
             t.add_column(c)
         gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps, compile) if step_times else None
         if gpu:
@@ -310,12 +311,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if slurm_states:
             t.add_column("Slurm job (log)")
         counts: Dict[str, int] = {}
-        total, unknown, pending = 0.0, 0, 0
+        total, unknown, pending, expected = 0.0, 0, 0, 0
         for c in configs:
             r = Run(c, runs_dir)
             status = r.status()
             counts[status] = counts.get(status, 0) + 1
-            n = train_samples(c, data_root)
+            n, prepared = train_tuples(c, data_root)
+            expected += bool(n) and not prepared
             rate = rates.get((c.dataset, c.variant, c.method.name))
             trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
             left = n * (1 - resume_point(r)[0] / max(c.train.epochs, 1)) if n and trains else n  # a resumed run's rest
@@ -324,7 +326,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                 total += est or 0.0
                 unknown += est is None
                 pending += 1
-            row = [r.id, ", ".join(c.tables), str(c.train.epochs), f"{n:,}" if n else "? (not prepared)",
+            row = [r.id, _tables_brief(c.tables), str(c.train.epochs),
+                   ("" if prepared else "~") + f"{n:,}" if n else "? (not prepared)",
                    "- (evaluation only)" if status == "rescore" else human_seconds(est) if est else "?", status]
             if gpu:
                 g = gpu["per_run"].get(r.id)
@@ -340,7 +343,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                       (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} on this machine" if known
                        else "nothing to train" if not pending else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
-                       f"dataset, variant and method)" if unknown else ""))
+                       f"dataset, variant and method)" if unknown else "") +
+                      (f"; ~: {expected} run(s) sized by their dataset's default recipe (not prepared here)"
+                       if expected else ""))
         if gpu:
             console.print(gpu["summary"])
         return
@@ -421,6 +426,16 @@ def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
     return caps
 
 
+def _tables_brief(tables: List[str]) -> str:
+    """A run's tables with each paper named once: "MoPoE Table 5, Fig. 12, Fig. 13"."""
+    out, last = [], None
+    for t in tables:
+        paper, _, rest = t.partition(" ")
+        out.append(rest if paper == last and rest else t)
+        last = paper
+    return ", ".join(out)
+
+
 def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_times: Path,
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
@@ -428,14 +443,14 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     from .bench import projected_seconds
     from .results import Run
     from .runner import make_packs, resume_point
-    from .suite import human_seconds, train_samples
+    from .suite import human_seconds, train_tuples
 
     rates = _step_time_rates(step_times, compiled)
     todo = [Run(c, runs_dir) for c in configs]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
 
     def steps_of(r):
-        n = train_samples(r.cfg, data_root)
+        n = train_tuples(r.cfg, data_root)[0]  # unprepared: the size its default recipe builds
         epochs = r.cfg.train.epochs  # a run resumed from a checkpoint trains only its remaining epochs
         return None if n is None else (epochs - resume_point(r)[0]) * max(n // epochs // r.cfg.train.batch_size, 1)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 from . import yamlio
@@ -274,6 +274,22 @@ def train_samples(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[
     if n is None:
         return None
     return cfg.train.epochs * min(int(n), cfg.train.max_train or int(n))
+
+
+def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Optional[int], bool]:
+    """(training tuples one run processes in all, whether that count is the prepared copy's): from the manifest
+    where the dataset is prepared, else from the size its default recipe builds (`DatasetSpec.expected_counts`),
+    else (None, False). For projections only; a run's own numbers read the manifest (`train_samples`)."""
+    from .registry import DATASETS
+
+    n = train_samples(cfg, data_root)
+    if n is not None:
+        return n, True
+    spec = DATASETS.get(cfg.dataset)()
+    expected = (spec.expected_counts(spec.check_variant(cfg.variant)) or {}).get("train")
+    if expected is None:
+        return None, False
+    return cfg.train.epochs * min(int(expected), cfg.train.max_train or int(expected)), False
 
 
 def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:

@@ -377,6 +377,30 @@ def test_train_samples_counts_epochs_times_the_used_train_split(data_root):
     assert train_samples(run(epochs=2), data_root) == 2 * n
 
 
+def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_path):
+    """Projections size a run from its prepared copy's manifest (prepared: True); an unprepared PolyMNIST from the
+    split its default recipe builds (60,000 train tuples: the archive's checked count and MNIST's train file), marked
+    not prepared; a dataset whose size only a build tells (MNIST-SVHN-Text) stays unknown. A prepared copy of
+    another size (a rebuild at another multiplicity) is read, not the default."""
+    import json
+
+    from mmbench.data.base import dataset_dir
+    from mmbench.suite import train_tuples
+
+    n = json.loads((dataset_dir("polydigits", "vanilla", data_root) / "manifest.json").read_text())["counts"]["train"]
+    assert train_tuples(build_run_config({"dataset": "polydigits", "train": {"epochs": 2}}), data_root) == (2 * n, True)
+    empty = tmp_path / "data"
+    poly = lambda **t: build_run_config({"dataset": "polymnist", "variant": "extended", "train": t})  # noqa: E731
+    assert train_tuples(poly(epochs=3), empty) == (3 * 60_000, False)
+    assert train_tuples(poly(epochs=3, max_train=1000), empty) == (3 * 1000, False)
+    assert train_tuples(build_run_config({"dataset": "mnist-svhn-text", "train": {"epochs": 3}}), empty) == (None, False)
+    d = dataset_dir("polymnist", "extended", empty)
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"dataset": "polymnist", "variant": "extended", "arrays": {},
+                                                 "counts": {"train": 720_000, "test": 10_000}}))
+    assert train_tuples(poly(epochs=3), empty) == (3 * 720_000, True)
+
+
 def test_an_experiment_with_no_metrics_evaluates_none(tmp_path):
     p = write(tmp_path, "name: x\nexperiments: [{name: e, dataset: polydigits, methods: [mopoe], metrics: []}]")
     assert [r.eval.metrics for r in load_suite(p).runs("full")] == [[]]

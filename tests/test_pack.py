@@ -437,6 +437,33 @@ def test_dry_run_projection_counts_the_trainers_steps(tmp_path, data_root):
         Run(big, runs_dir).id: pytest.approx(0.2)}
 
 
+def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_path, mmbench_here):
+    """Before `prepare`, a PolyMNIST run is sized by the split its default recipe builds (60,000 tuples: 234 steps
+    of 256 an epoch), said to be expected; 2 epochs, 3 seeds in one pack at 30 run-steps/s: 3 x 468 / 30 = 46.8 s.
+    A dataset whose size only a build tells (MNIST-SVHN-Text) stays unknown; the table keeps every run id whole
+    in a narrow terminal and names each paper once in "reproduces"."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  train: {epochs: 2, batch_size: 256}\nexperiments:\n"
+                     "  - name: e\n    reproduces: [MoPoE Fig. 3, MoPoE Fig. 11]\n    dataset: polymnist\n"
+                     "    methods: [mopoe]\n    seeds: [0, 1, 2]\n"
+                     "  - name: t\n    reproduces: [MoPoE Table 2]\n    dataset: mnist-svhn-text\n    methods: [mopoe]\n")
+    times = tmp_path / "t.md"
+    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 3 | packed | 0.1 | 30 |\n")
+    env = {"MMBENCH_DATA": str(tmp_path / "data"), "MMBENCH_RUNS": str(tmp_path / "runs")}
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=80)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "47 s for 3 of 4 unfinished run(s)" in out, out
+    assert "~: 3 run(s) sized by their dataset's default recipe (not prepared here)" in out
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines() if line.startswith("│")]
+    assert [row[3] for row in cells if row[3].startswith(("~", "?"))] == ["~120,000"] * 3 + ["? (not"]
+    ids = "".join(row[0] for row in cells)  # the folded id's pieces, read down the column
+    for seed in range(3):
+        assert f"polymnist-vanilla-mopoe-s{seed}-" in ids
+    assert "MoPoE Fig. 3, Fig. 11" in " ".join(" ".join(row[1] for row in cells).split())
+
+
 def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     from mmbench.errors import ConfigError
 

@@ -80,6 +80,11 @@ class DatasetSpec:
     def modalities(self, variant: str) -> List[Modality]:
         raise NotImplementedError
 
+    def expected_counts(self, variant: str) -> Optional[Dict[str, int]]:
+        """The split sizes `mmbench prepare` builds of `variant` with its default options, where the sources' checked
+        files fix them; None where only a build tells (`run --dry-run` then waits for the prepared manifest)."""
+        return None
+
     def classifier_for(self, variant: str) -> str:
         """The coherence classifier architecture of a variant (default: `classifier_architecture`)."""
         return self.classifier_architecture
