@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -466,6 +467,51 @@ def read_step_times(path, compiled: bool = False) -> Dict[str, Dict[int, float]]
         raise MMBenchError(f"{path}: no step times found; expected the Markdown output of "
                            f"`mmbench bench steps` (optionally with --pack)")
     return rates
+
+
+# The header `mmbench bench steps` writes above its tables (cli.py bench_steps): what the rates were measured at.
+SHAPES_HEAD = re.compile(r"PolyMNIST-shaped batches \((?:M = (\d+) × )?3×28×28(?: per modality)?, PolyMNIST CNN\), "
+                         r"batch (\d+), latent (\d+)(?:, (fp32|bf16))?")
+
+
+def step_table_shapes(path) -> Dict[str, object]:
+    """The shapes a `mmbench bench steps` Markdown file was measured at, from its header: architecture, number of
+    3×28×28 modalities (the header's M, else the step table's M column), batch size, latent size and precision (fp32
+    where an older header names none). A file that does not say them is refused: its rates would be applied to runs
+    of any shape."""
+    text = Path(path).read_text()
+    found = SHAPES_HEAD.search(text)
+    if not found:
+        raise MMBenchError(f"--step-times {path}: its header does not say the shapes its steps were measured at "
+                           f"(\"PolyMNIST-shaped batches (…, PolyMNIST CNN), batch B, latent D\"); use a table written "
+                           f"by `mmbench bench steps --out FILE`")
+    m = found.group(1)
+    if m is None:  # the step table: its methods' rows give M
+        rows = re.search(r"^\|\s*method\s*\|\s*M\s*\|.*\n\|[-|: ]+\|\n\|[^|]*\|\s*(\d+)\s*\|", text, re.MULTILINE)
+        m = rows.group(1) if rows else None
+    return {"architecture": "polymnist_cnn", "modalities": int(m) if m else None, "batch_size": int(found.group(2)),
+            "latent_dim": int(found.group(3)), "precision": found.group(4) or "fp32"}
+
+
+def shapes_differ(cfg, shapes: Dict[str, object]) -> Optional[str]:
+    """How a run's shapes differ from those a step table was measured at (step_table_shapes); None when they match.
+    Only a matching run is projected from the table: a step's time depends on its networks and sizes."""
+    from .registry import DATASETS
+
+    spec = DATASETS.get(cfg.dataset)()
+    mods = [m for m in spec.modalities(spec.check_variant(cfg.variant))
+            if cfg.modalities is None or m.name in cfg.modalities]
+    if any(tuple(m.shape) != (3, 28, 28) for m in mods):
+        return f"modalities of {cfg.dataset} not 3×28×28 images"
+    if shapes["modalities"] is not None and len(mods) != shapes["modalities"]:
+        return f"{len(mods)} modalities, not {shapes['modalities']}"
+    for what, have, want in (("architecture", cfg.architecture_name(), shapes["architecture"]),
+                             ("batch", cfg.train.batch_size, shapes["batch_size"]),
+                             ("latent", cfg.method.latent_dim, shapes["latent_dim"]),
+                             ("precision", cfg.train.precision, shapes["precision"])):
+        if have != want:
+            return f"{what} {have}, not {want}"
+    return None
 
 
 def pack_rate(rates: Dict[int, float], size: int) -> float:

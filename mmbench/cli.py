@@ -440,16 +440,22 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .bench import projected_seconds
+    from .bench import projected_seconds, shapes_differ, step_table_shapes
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_tuples
 
     rates = _step_time_rates(step_times, compiled)
+    shapes = step_table_shapes(step_times)
     todo = [Run(c, runs_dir) for c in configs]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
+    other: Dict[str, int] = {}  # how runs differ from the table's shapes -> how many
 
     def steps_of(r):
+        why = shapes_differ(r.cfg, shapes)
+        if why:
+            other[why] = other.get(why, 0) + 1
+            return None
         n = train_tuples(r.cfg, data_root)[0]  # unprepared: the size its default recipe builds
         epochs = r.cfg.train.epochs  # a run resumed from a checkpoint trains only its remaining epochs
         return None if n is None else (epochs - resume_point(r)[0]) * max(n // epochs // r.cfg.train.batch_size, 1)
@@ -461,11 +467,17 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
 
     found = re.search(r"steps; ([^,]+),", step_times.read_text())
     where = found.group(1) if found else "the measured device"
+    n_other = sum(other.values())
+    shown = ", ".join(f"{why}: {n}" for why, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
     summary = (f"projected training on one GPU ({where}, step times from {step_times}): "
                f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
-               f"{len(packs)} pack(s)" + (f"; {len(todo) - len(known)} without a step time or a prepared dataset"
-                                         if len(known) < len(todo) else "")
-               + ". Step times are PolyMNIST-shaped (M=5, batch 256); other datasets are approximated by them.")
+               f"{len(packs)} pack(s)"
+               + (f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "
+                  f"{shapes['batch_size']}, latent {shapes['latent_dim']}, {shapes['precision']}; {shown}"
+                  + (", ..." if len(other) > 3 else "") + "), not projected from this table"
+                  if n_other else "")
+               + (f"; {len(todo) - len(known) - n_other} without a step time for their method or a known dataset size"
+                  if len(todo) - len(known) - n_other else "") + ".")
     return {"per_run": per_run, "summary": summary}
 
 

@@ -1,5 +1,6 @@
 """`mmbench bench`: counts it cannot time with are one line, before any timing."""
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -380,3 +381,25 @@ def test_bench_steps_time_the_trainers_adam_and_count_foreach_on_meta(monkeypatc
     assert _adam(p, torch.device("cpu")).defaults["fused"] is True
     monkeypatch.setenv("MMBENCH_ADAM", "default")
     assert _adam(p, torch.device("meta")).defaults["foreach"] is True
+
+
+def test_step_table_shapes_read_from_what_bench_steps_writes(monkeypatch, tmp_path):
+    """`run --dry-run --step-times` projects only runs at a table's shapes, read from the header `bench steps`
+    writes: the pack table's (M, batch, latent, precision as asked), the step table's (M from its rows) as in the
+    H100 record (written before headers named the precision: fp32), the H200 record's."""
+    from mmbench.bench import step_table_shapes
+
+    out = tmp_path / "t.md"
+    pack_table_header(monkeypatch, out, "--batch-size", "64", "--latent-dim", "16", "--modalities", "2,3",
+                      "--precision", "bf16")
+    assert step_table_shapes(out) == {"architecture": "polymnist_cnn", "modalities": 3, "batch_size": 64,
+                                      "latent_dim": 16, "precision": "bf16"}
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name in ("step_times_h100.md", "step_times_h200.md"):
+        assert step_table_shapes(docs / name) == {"architecture": "polymnist_cnn", "modalities": 5, "batch_size": 256,
+                                                  "latent_dim": 512, "precision": "fp32"}, name
+    (tmp_path / "steps.md").write_text(
+        "Training-step time on PolyMNIST-shaped batches (3×28×28 per modality, PolyMNIST CNN), batch 128, latent 32, "
+        "bf16, median of 5 steps; cpu, torch 2\n\n| method | M | median_s |\n|---|---|---|\n| mopoe | 4 | 0.5 |\n")
+    assert step_table_shapes(tmp_path / "steps.md") == {"architecture": "polymnist_cnn", "modalities": 4,
+                                                        "batch_size": 128, "latent_dim": 32, "precision": "bf16"}

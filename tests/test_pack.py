@@ -25,6 +25,12 @@ TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 96, "max_test": 64}}
 
 
+def shapes_head(where="GPU Z", batch=32, latent=8, m=5):
+    """The header `mmbench bench steps` writes above a step table: the shapes its rates were measured at."""
+    return (f"Run-steps per second, unpacked and packed (mmbench/pack.py), PolyMNIST-shaped batches (M = {m} × "
+            f"3×28×28, PolyMNIST CNN), batch {batch}, latent {latent}, fp32, median of 5 steps; {where}, torch")
+
+
 def cfg(seed=0, **train_over):
     d = json.loads(json.dumps(TINY))
     d["seed"] = seed
@@ -421,7 +427,7 @@ def test_dry_run_projection_counts_the_trainers_steps(tmp_path, data_root):
 
     assert read_manifest(dataset_dir("polydigits", "vanilla", data_root))["counts"]["train"] > 128
     times = tmp_path / "t.md"
-    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+    times.write_text(shapes_head() + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 3 | packed | 0.1 | 30 |\n")
     runs_dir = tmp_path / "runs"
     configs = [cfg(s, max_train=100) for s in range(4)]
@@ -433,8 +439,48 @@ def test_dry_run_projection_counts_the_trainers_steps(tmp_path, data_root):
     assert gpu["per_run"] == {Run(c, runs_dir).id: pytest.approx(0.2) for c in configs[:3]}
     assert "for 3 of 3 unfinished run(s) in 1 pack(s)" in gpu["summary"] and "(GPU Z," in gpu["summary"]
     big = cfg(0, max_train=100, batch_size=128)
+    times.write_text(times.read_text().replace("batch 32,", "batch 128,"))  # a table measured at the run's batch
     assert _gpu_projection([big], runs_dir, data_root, times, None)["per_run"] == {
         Run(big, runs_dir).id: pytest.approx(0.2)}
+
+
+def test_dry_run_projects_only_runs_at_the_step_tables_shapes(tmp_path, data_root):
+    """A step table's rates hold for the shapes it was measured at (its header: PolyMNIST CNN, M, batch, latent,
+    precision): a run at another latent size, batch, precision, architecture or number of modalities, or of a
+    dataset without 3×28×28 images, is not projected from it, and the summary says why. A table whose header does
+    not say its shapes is refused."""
+    from mmbench.cli import _gpu_projection
+    from mmbench.errors import MMBenchError
+
+    times = tmp_path / "t.md"
+    times.write_text(shapes_head() + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n")
+    runs_dir = tmp_path / "runs"
+    ok = cfg(0, max_train=100)
+
+    def other(**over):
+        d = json.loads(json.dumps(TINY))
+        for key, value in over.items():
+            section, _, field = key.partition(".")
+            (d.setdefault(section, {}) if field else d)[field or section] = value
+        return build_run_config(d)
+
+    cases = {"latent 16, not 8": other(**{"method.latent_dim": 16}),
+             "batch 64, not 32": other(**{"train.batch_size": 64}),
+             "precision bf16, not fp32": other(**{"train.precision": "bf16"}),
+             "architecture polymnist_resnet, not polymnist_cnn": other(**{"method.architecture": "polymnist_resnet"}),
+             "3 modalities, not 5": other(modalities=["m0", "m1", "m2"]),
+             "modalities of mnist-svhn-text not 3×28×28 images": other(dataset="mnist-svhn-text")}
+    for why, c in cases.items():
+        gpu = _gpu_projection([ok, c], runs_dir, data_root, times, None)
+        assert gpu["per_run"][Run(c, runs_dir).id] is None, why
+        assert gpu["per_run"][Run(ok, runs_dir).id] == pytest.approx(0.6), why  # 2 x floor(100 / 32) / 10
+        assert f"1 not at the table's shapes (PolyMNIST CNN, M=5, batch 32, latent 8, fp32; {why}: 1)" in gpu["summary"]
+    bare = tmp_path / "bare.md"
+    bare.write_text("median of 5 steps; GPU Z\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                    "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n")
+    with pytest.raises(MMBenchError, match="does not say the shapes"):
+        _gpu_projection([ok], runs_dir, data_root, bare, None)
 
 
 def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_path, mmbench_here):
@@ -443,12 +489,13 @@ def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_pa
     A dataset whose size only a build tells (MNIST-SVHN-Text) stays unknown; the table keeps every run id whole
     in a narrow terminal and names each paper once in "reproduces"."""
     suite = tmp_path / "suite.yaml"
-    suite.write_text("name: s\ndescription: d\ndefaults:\n  train: {epochs: 2, batch_size: 256}\nexperiments:\n"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 512}\n  train: {epochs: 2, batch_size: 256}\n"
+                     "experiments:\n"
                      "  - name: e\n    reproduces: [MoPoE Fig. 3, MoPoE Fig. 11]\n    dataset: polymnist\n"
                      "    methods: [mopoe]\n    seeds: [0, 1, 2]\n"
                      "  - name: t\n    reproduces: [MoPoE Table 2]\n    dataset: mnist-svhn-text\n    methods: [mopoe]\n")
     times = tmp_path / "t.md"
-    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+    times.write_text(shapes_head(batch=256, latent=512) + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 3 | packed | 0.1 | 30 |\n")
     env = {"MMBENCH_DATA": str(tmp_path / "data"), "MMBENCH_RUNS": str(tmp_path / "runs")}
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=80)
@@ -486,7 +533,7 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
                      "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
                      "    seeds: [0, 1, 2]\n")
     times = tmp_path / "t.md"
-    times.write_text("median of 5 steps; NVIDIA Y, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
                      "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
 
@@ -862,7 +909,7 @@ def test_a_resumed_run_projects_only_its_remaining_epochs(tmp_path, data_root):
     from mmbench.cli import _gpu_projection
 
     times = tmp_path / "t.md"
-    times.write_text("median of 5 steps; GPU Z, torch\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+    times.write_text(shapes_head() + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n")
     runs_dir = tmp_path / "runs"
     c = cfg(0, max_train=100)
