@@ -206,3 +206,11 @@ def test_a_malformed_partition_line_is_one_line(tmp_path):
         path.write_text(f"000001.jpg 0\n{bad}\n")
         with pytest.raises(MMBenchError, match=f"line 2: expected 'IMAGE.jpg PARTITION' .*got {bad!r}; replace it"):
             read_partition(path)
+
+
+# ----- behaviours a fourth mutation pass found unguarded -----
+def test_blank_lines_in_the_partition_file_are_skipped(tmp_path):
+    # celeba.read_partition: only non-blank lines are 'IMAGE.jpg PARTITION' records (a copy may end in a blank line)
+    path = tmp_path / "list_eval_partition.txt"
+    path.write_text("000001.jpg 0\n\n000002.jpg 1\n   \n000003.jpg 2\n\n")
+    assert celeba.read_partition(path) == {"000001.jpg": 0, "000002.jpg": 1, "000003.jpg": 2}

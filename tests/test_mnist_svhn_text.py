@@ -355,3 +355,31 @@ def test_each_label_is_written_as_its_english_number_word():
     rows = mst.make_text(np.arange(10), np.random.default_rng(0))
     for label, row in enumerate(rows.tolist()):
         assert "".join(mst.ALPHABET[c] for c in row).strip() == english[label], label
+
+
+# ----- behaviours a fourth mutation pass found unguarded -----
+def test_each_round_draws_every_matching_of_a_class():
+    # mnist_svhn_text docstring (rand_match_on_idx): each round permutes the MNIST and the SVHN slice independently,
+    # so a round's matching of a class's 3 + 3 images is any of the 3! = 6 one-to-one matchings, not only some
+    # (a permutation derived from the other slice's, e.g. its square, reaches only the even ones)
+    lab = np.zeros(3, np.int64)
+    i1, i2 = mst.pair(lab, lab.copy(), 10_000, 200, np.random.default_rng(0))
+    matchings = {tuple(b for _, b in sorted(zip(r1, r2))) for r1, r2 in zip(i1.reshape(200, 3).tolist(),
+                                                                          i2.reshape(200, 3).tolist())}
+    assert len(matchings) == 6
+
+
+def test_paired_images_are_the_source_images_as_they_are(tmp_path, raw):
+    # mnist_svhn_text docstring: each source image is stored once and paired by index: a tuple's MNIST image is an
+    # image of the IDX file (rows and columns kept), and its SVHN image one of the .mat's
+    src, _ = raw
+    spec = DATASETS.get("mnist-svhn-text")()
+    prepare(spec, None, seed=0, data_root=tmp_path / "d", options={"source": str(src), "rounds": 1, "max_per_class": 3})
+    m_x, m_y = mnist.read_idx(src / "t10k-images-idx3-ubyte.gz"), mnist.read_idx(src / "t10k-labels-idx1-ubyte.gz")
+    s_x, s_y = mst.load_svhn(src / "test_32x32.mat")
+    sources = {("mnist", m_x[i, None].tobytes()): int(m_y[i]) for i in range(len(m_y))}
+    sources.update({("svhn", s_x[i].tobytes()): int(s_y[i]) for i in range(len(s_y))})
+    test = load_split(spec, None, "test", tmp_path / "d")
+    for name in ("mnist", "svhn"):
+        images = test.x[name][:].numpy()
+        assert [sources.get((name, x.tobytes())) for x in images] == test.labels.tolist(), name

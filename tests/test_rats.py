@@ -420,3 +420,61 @@ def test_rats_runs_get_new_ids_with_the_log_sigma_head():
         arch.id_version = 2
     assert cfg.run_id() != before
     assert all(getattr(ARCHITECTURES.get(n), "id_version", 1) == 1 for n in ARCHITECTURES.names() if n != "rat_mlp")
+
+
+# ----- behaviours a fourth mutation pass found unguarded -----
+def test_spike_files_with_more_or_fewer_trials_than_their_trial_info_are_refused(tmp_path):
+    # Rats.build: spike_data_binned has one row per trial_info row (trials × neurons × 400); a file with another
+    # trial count would silently pair the wrong trials' spikes with the table's odors
+    tiny_deposit(tmp_path / "src", n_trials=12)
+    spikes = tmp_path / "src" / "stattensor" / "STELLA" / "Stella_Spike_Data_Binned.npy"  # 12 + 9 trials
+    for n in (22, 20):
+        np.save(spikes, np.zeros((n, 49, 400)))
+        with pytest.raises(MMBenchError, match=fr"shape \({n}, 49, 400\), expected \(21, 49, 400\)"):
+            prepare(DATASETS.get("rats")(), "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+
+
+def test_negative_or_missing_spike_values_are_refused():
+    # rats.to_counts: the deposit's values are spikes / 10 (0, 0.1, 0.2, ...); a negative value would wrap in uint8
+    # and a NaN or an infinity has no count, so each is refused rather than stored as some count
+    assert rats.to_counts(np.array([0.0, 0.1, 2.0]), "x").tolist() == [0, 1, 20]
+    for bad in (-0.1, np.nan, np.inf):
+        with pytest.raises(MMBenchError, match="x: values are not spike counts / 10"):
+            rats.to_counts(np.array([0.1, bad]), "x")
+
+
+def test_an_in_sequence_flag_other_than_0_or_1_is_refused():
+    # rats.check_trial_info: performance and in-sequence (columns 1-2) are 0/1 flags; the correct_in_sequence
+    # filter compares both with 1, so a 2 in either would silently drop the trial
+    table = np.array([[1, 1, 1, 1, 1, 1, 1.2, 0, 1], [1, 2, 2, 2, 2, 1, 1.2, 0, 1]], np.float64)
+    with pytest.raises(MMBenchError, match="performance/in-sequence \\(columns 1-2\\) 0 or 1"):
+        rats.check_trial_info(table, "t.npy")
+
+
+def test_a_trial_info_option_missing_a_rat_or_not_a_folder_is_refused(tmp_path):
+    # rats.trial_tables (simulated variant, -o trial_info=DIR): the five <rat>_trial_info.npy, names matched
+    # case-insensitively; a missing one is named, not a KeyError
+    table = rats.synthetic_trial_info(20, np.random.default_rng(0))
+    for rat in rats.RATS[:-1]:
+        np.save(tmp_path / f"{rat.upper()}_trial_info.npy", table)
+    with pytest.raises(MMBenchError, match=r"^superchris_trial_info.npy not in trial_info=.* \(names match"):
+        rats.trial_tables(str(tmp_path), 0)
+    np.save(tmp_path / "SuperChris_trial_info.npy", table)
+    tables, origin = rats.trial_tables(str(tmp_path), 0)
+    assert origin == str(tmp_path.resolve()) and all(np.array_equal(tables[r], table) for r in rats.RATS)
+    with pytest.raises(MMBenchError, match="is not a directory of <rat>_trial_info.npy files"):
+        rats.trial_tables(str(tmp_path / "SuperChris_trial_info.npy"), 0)
+
+
+def test_simulated_rates_follow_the_odor_not_the_sequence_position():
+    # rats docstring: simulated spikes have rates that depend on the odor (column 4) through a code shared by all
+    # rats; the sequence position (column 3) plays no part, so out-of-sequence trials carry their odor's code
+    table = rats.synthetic_trial_info(12, np.random.default_rng(0))
+    moved = table.copy()
+    moved[:, 2] = moved[::-1, 2]  # other positions, same odors
+    smelled = table.copy()
+    smelled[:, 3] = smelled[:, 3] % 5 + 1  # same positions, other odors
+    codes = np.random.default_rng(0).normal(0.0, 1.0, (5, 4))
+    a, b, c = (rats.simulate_spikes(t, "stella", codes, np.random.default_rng(1), gain=4.0)
+               for t in (table, moved, smelled))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
