@@ -1,6 +1,7 @@
 """`mmbench classifiers import`: the MoPoE authors' classifier files (written here in their exact module layout,
 never the real files) load into mmbench's networks, give the same outputs, refuse a mismatch in one line, and
 `eval.classifiers: authors` makes coherence use them without changing run ids."""
+import hashlib
 import json
 import re
 
@@ -119,7 +120,7 @@ def imported(data_root, tmp_path_factory):
 
 
 def test_import_reproduces_the_authors_outputs_and_records_accuracy(imported, data_root):
-    nets, _ = imported
+    nets, src = imported
     spec = DATASETS.get("polydigits")()
     test = load_split(spec, "vanilla", "test", data_root)
     clfs, accs = load_classifiers(spec, "vanilla", test.modalities, data_root)
@@ -132,7 +133,9 @@ def test_import_reproduces_the_authors_outputs_and_records_accuracy(imported, da
     directory = cache_dir(spec, "vanilla", data_root)
     assert directory.parent.name == "classifiers-authors"  # never mixed with mmbench's own cache
     source = json.loads((directory / "source.json").read_text())
-    assert len(source["m0"]["sha256"]) == 64 and source["architecture"] == "authors_polymnist_clf"
+    path = src / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m0"
+    assert source["m0"] == {"file": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert source["architecture"] == "authors_polymnist_clf"
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -189,6 +192,8 @@ def test_mnist_svhn_text_layouts_map_onto_mmbench(tmp_path):
     spec = DATASETS.get("mnist-svhn-text")()
     mods = {m.name: m for m in spec.modalities(spec.variants[0])}
     arch = ARCHITECTURES.get("authors_mnist_svhn_text_clf")
+    # the authors' files: flags.clf_save_m1 (MNIST), clf_save_m2 (SVHN), clf_save_m3 (text)
+    assert {n: arch.files(m) for n, m in mods.items()} == {"mnist": ["clf_m1"], "svhn": ["clf_m2"], "text": ["clf_m3"]}
     nets = {"mnist": MnistClfImg(), "svhn": _randomize_bn(SvhnClfImg()), "text": _randomize_bn(TextClf(mods["text"].shape[1]))}
     inputs = {"mnist": torch.rand(4, 1, 28, 28), "svhn": torch.rand(4, 3, 32, 32),
               "text": nn.functional.one_hot(torch.randint(0, mods["text"].shape[1], (4, mods["text"].shape[0])),
@@ -401,3 +406,170 @@ def test_a_corrupt_import_cache_is_one_line_and_import_again_mends_it(tmp_path):
         assert load_classifiers(spec, "vanilla", test.modalities, tmp_path)[1] == first
     assert (directory / "accuracy.json.corrupt").read_text() == "{"
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == originals
+
+
+def test_each_dataset_gets_its_authors_set_and_others_are_refused_naming_those_that_have_them():
+    from mmbench.metrics.authors_classifiers import authors_set
+
+    assert {d: authors_set(DATASETS.get(d)()).registry_name for d in ("polymnist", "polydigits", "mnist-svhn-text",
+                                                                          "celeba")} == {
+        "polymnist": "authors_polymnist_clf", "polydigits": "authors_polymnist_clf",
+        "mnist-svhn-text": "authors_mnist_svhn_text_clf", "celeba": "authors_celeba_clf"}
+    with pytest.raises(MMBenchError, match=r"no authors' classifiers are known for dataset rats; they exist for: "
+                                           r".*polydigits.*\(use eval\.classifiers: mmbench\)"):
+        authors_set(DATASETS.get("rats")())
+
+
+def test_map_state_dict_refuses_non_tensors_and_any_extra_entry():
+    """Every entry of the authors' file is checked: a value that is not a tensor, and an unexpected bias or buffer as
+    well as an unexpected weight."""
+    from mmbench.metrics.authors_classifiers import map_state_dict
+
+    target = {"0.weight": torch.zeros(2, 3), "0.bias": torch.zeros(2)}
+    state = {"encoder.0.weight": torch.ones(2, 3), "encoder.0.bias": torch.ones(2)}
+    prefixes = [("encoder.0.", "0.")]
+    assert set(map_state_dict(state, target, prefixes, "f")) == set(target)
+    with pytest.raises(MMBenchError, match=r"^f: parameter encoder\.0\.bias is not a tensor but int$"):
+        map_state_dict({**state, "encoder.0.bias": 3}, target, prefixes, "f")
+    for extra in ("encoder.1.bias", "encoder.0.num_batches_tracked"):
+        with pytest.raises(MMBenchError, match=rf"^f: unexpected parameter {re.escape(extra)} \(1 in all\)"):
+            map_state_dict({**state, extra: torch.zeros(1)}, target, prefixes, "f")
+
+
+def test_a_file_that_is_not_a_plain_state_dict_is_refused_unread(tmp_path):
+    """The files are read with torch.load(weights_only=True): one pickling anything else (here a Fraction) is refused
+    unread, and a tensor list is not a state dict."""
+    from fractions import Fraction
+
+    arch = ARCHITECTURES.get("authors_polymnist_clf")
+    mod = DATASETS.get("polydigits")().modalities("vanilla")[0]
+    path = tmp_path / "pretrained_img_to_digit_clf_m0"
+    state = PolyClfImg().state_dict()
+    torch.save({**state, "encoder.0.bias": Fraction(1, 2)}, path)
+    with pytest.raises(MMBenchError, match=rf"^{re.escape(str(path))}: not a readable state dict "):
+        load_file(arch, mod, 10, path)
+    torch.save(list(state.values()), path)
+    with pytest.raises(MMBenchError, match=rf"^{re.escape(str(path))}: holds a list, not a state dict"):
+        load_file(arch, mod, 10, path)
+
+
+def test_import_from_a_file_not_a_folder_says_so(tmp_path):
+    from mmbench.metrics.authors_classifiers import import_classifiers
+
+    (tmp_path / "clfs.tar").write_bytes(b"x")
+    with pytest.raises(MMBenchError, match=r"clfs\.tar: not a directory; pass the folder"):
+        import_classifiers(DATASETS.get("polydigits")(), "vanilla", None, tmp_path / "clfs.tar", tmp_path)
+
+
+def test_multilabel_datasets_are_scored_by_mean_ap_at_import(tmp_path, monkeypatch):
+    """authors_classifiers.py docstring: the import records the test accuracy, mean AP on multi-label data (CelebA)."""
+    import mmbench.metrics.authors_classifiers as authors
+
+    spec = DATASETS.get("celeba")()
+    mods = spec.modalities(spec.variants[0])
+    monkeypatch.setattr(authors, "find_file", lambda arch, mod, source: source / f"{mod.name}.pt")
+    monkeypatch.setattr(authors, "load_file", lambda arch, mod, n, path: nn.Linear(1, 1))
+    monkeypatch.setattr(authors, "mean_ap", lambda *a: 0.25)
+    monkeypatch.setattr(authors, "accuracy", lambda *a: 0.75)
+    for mod in mods:
+        (tmp_path / f"{mod.name}.pt").write_bytes(b"x")  # (hashed for source.json)
+    test = type("Split", (), {"modalities": mods})()
+    assert authors.import_classifiers(spec, spec.variants[0], test, tmp_path, tmp_path) == {m.name: 0.25 for m in mods}
+
+
+def test_a_second_import_replaces_the_recorded_scores(tmp_path, data_root):
+    """Importing other files again: accuracy.json records the new files' scores, source.json their digests."""
+    from mmbench.metrics.authors_classifiers import import_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "polydigits").symlink_to(data_root / "polydigits")  # the prepared data, a fresh classifier cache
+    test = load_split(spec, "vanilla", "test", data_root).subset(256)
+    first = import_classifiers(spec, "vanilla", test, _poly_folder(tmp_path / "a", seed=0), root)
+    src = _poly_folder(tmp_path / "b", seed=1)
+    second = import_classifiers(spec, "vanilla", test, src, root)
+    assert first != second
+    assert load_classifiers(spec, "vanilla", test.modalities, root)[1] == second
+    source = json.loads((cache_dir(spec, "vanilla", root) / "source.json").read_text())
+    path = src / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m4"
+    assert source["m4"] == {"file": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _poly_folder(folder, seed):
+    write_poly(folder, seed=seed)
+    return folder
+
+
+@pytest.mark.parametrize("accuracy_json, message", [
+    ("[0.9, 0.9]", r"accuracy\.json holds a JSON list, not an object; this cache .* is corrupt"),
+    ('{"m0": "high", "m1": 0.9}', r"accuracy\.json holds scores that are not numbers; this cache .* is corrupt"),
+    ('{"m0": 0.9}', r"modality m1 is not imported"),  # m1.pt is there, its score is not
+])
+def test_an_incomplete_import_cache_is_refused(tmp_path, accuracy_json, message):
+    spec = DATASETS.get("polydigits")()
+    mods = spec.modalities("vanilla")[:2]
+    directory = cache_dir(spec, "vanilla", tmp_path)
+    directory.mkdir(parents=True)
+    arch = ARCHITECTURES.get("authors_polymnist_clf")
+    for mod in mods:
+        torch.save(arch.classifier(mod, 10).state_dict(), directory / f"{mod.name}.pt")
+    (directory / "accuracy.json").write_text(accuracy_json)
+    with pytest.raises(MMBenchError, match=message):
+        load_classifiers(spec, "vanilla", mods, tmp_path)
+
+
+def test_load_classifiers_returns_the_scores_of_the_modalities_asked_for(tmp_path):
+    spec = DATASETS.get("polydigits")()
+    mods = spec.modalities("vanilla")
+    directory = cache_dir(spec, "vanilla", tmp_path)
+    directory.mkdir(parents=True)
+    torch.save(ARCHITECTURES.get("authors_polymnist_clf").classifier(mods[1], 10).state_dict(), directory / "m1.pt")
+    (directory / "accuracy.json").write_text(json.dumps({"m0": 0.5, "m1": 0.75, "m2": 0.25}))
+    clfs, accs = load_classifiers(spec, "vanilla", [mods[1]], tmp_path)
+    assert list(clfs) == ["m1"] and accs == {"m1": 0.75} and not clfs["m1"].training
+
+
+def test_the_authors_dropout_is_kept_for_classifier_dropout_as_authors():
+    """eval.classifier_dropout: as_authors leaves the classifiers' dropout on, so its kinds and rates are the authors':
+    Dropout2d(0.5) twice in each of CelebA ClfImg's residual blocks, Dropout(0.5) before the linear heads."""
+    from mmbench.nets.authors_clf_celeba import AuthorsImageClassifier
+    from mmbench.nets.authors_clf_mnist_svhn_text import AuthorsTextClassifier
+
+    def dropouts(net):
+        return [(type(m).__name__, m.p) for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+    assert dropouts(AuthorsImageClassifier(3, 40, dim=4)) == [("Dropout2d", 0.5)] * 8 + [("Dropout", 0.5)]
+    assert dropouts(AuthorsTextClassifier(5, 10, dim=4)) == [("Dropout", 0.5)]
+
+
+def test_the_authors_text_classifier_refuses_other_text_lengths():
+    from mmbench.nets.authors_clf_mnist_svhn_text import AuthorsTextClassifier
+
+    net = AuthorsTextClassifier(5, 10, dim=4).eval()
+    assert net(torch.zeros(2, 8, 5)).shape == (2, 10)
+    with pytest.raises(MMBenchError, match=r"needs 8-character texts; got 16$"):
+        net(torch.zeros(2, 16, 5))
+
+
+def test_a_modality_the_authors_have_no_classifier_for_is_refused():
+    from mmbench.data.base import Modality
+
+    with pytest.raises(MMBenchError, match=r"CelebA classifiers for the image and the text; 'x' is 'spikes'$"):
+        ARCHITECTURES.get("authors_celeba_clf").files(Modality("x", (4,), kind="spikes"))
+    with pytest.raises(MMBenchError, match=r"no MNIST-SVHN-Text classifier for modality 'fashion'; they have mnist, "
+                                           r"svhn, text$"):
+        ARCHITECTURES.get("authors_mnist_svhn_text_clf").classifier(Modality("fashion", (1, 28, 28)), 10)
+
+
+def test_polymnist_files_are_found_beside_or_in_the_authors_folder(tmp_path):
+    """The authors' file for m<i> is taken from the folder given, or from its trained_clfs_polyMNIST/ subfolder."""
+    from mmbench.metrics.authors_classifiers import find_file
+
+    arch = ARCHITECTURES.get("authors_polymnist_clf")
+    m0, m1 = DATASETS.get("polydigits")().modalities("vanilla")[:2]
+    (tmp_path / "pretrained_img_to_digit_clf_m0").touch()
+    (tmp_path / "trained_clfs_polyMNIST").mkdir()
+    (tmp_path / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m1").touch()
+    assert find_file(arch, m0, tmp_path) == tmp_path / "pretrained_img_to_digit_clf_m0"
+    assert find_file(arch, m1, tmp_path) == tmp_path / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m1"

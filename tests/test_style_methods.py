@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mmbench.data.base import Modality
+from mmbench.errors import MMBenchError
 from mmbench.methods.base import Gaussian, MethodConfig, Mixture, all_subsets
 from mmbench.methods.style import StyleLatents
 from mmbench.registry import METHODS
@@ -84,10 +85,13 @@ def test_mmvae_style_loss_is_the_authors_factorized_moe_objective():
                                                           style_betas={"m1": 5.0})
     comps = Gaussian(mu, lv)  # the unimodal content experts (no prior expert)
     c = comps[torch.tensor([0, 0, 0, 1, 1, 1]), torch.arange(6)].rsample()  # rows 0-2: m0's, 3-5: m1's
-    nlls, kl = 0.0, 1.0 * comps.kl_standard_normal().mean(0)
+    nlls, kl_content, kl_style = 0.0, comps.kl_standard_normal().mean(0), 0.0
     for m, rw, w in zip(model.names, (1.0, 3.0), (1.0, 5.0)):
         nlls = nlls + rw * nll(model, c, styles[m].rsample(), x, m)
-        kl = kl + 2.0 * w * styles[m].kl_standard_normal()
+        kl_style = kl_style + w * styles[m].kl_standard_normal()
+    kl = 1.0 * kl_content + 2.0 * kl_style
+    assert logs["kl_content"].item() == pytest.approx(kl_content.mean().item(), rel=1e-5)
+    assert logs["kl_style"].item() == pytest.approx(kl_style.mean().item(), rel=1e-5)
     # the KL part on its own: beside a reconstruction term of ~1e4 nats a KL term of 0.1 hides in the loss's rounding
     assert logs["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
     assert loss.item() == pytest.approx((nlls + 1.5 * kl).mean().item(), rel=1e-4)
@@ -112,3 +116,47 @@ def test_mvae_style_loss_is_the_authors_factorized_poe_objective():
     # the KL part on its own: beside a reconstruction term of ~1e4 nats a KL term of 0.1 hides in the loss's rounding
     assert logs["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
     assert loss.item() == pytest.approx((nlls + 1.5 * kl).mean().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 2.5, "3"])
+def test_style_dim_must_be_a_positive_integer(bad):
+    with pytest.raises(MMBenchError, match=r"style_dim must be a positive integer, got"):
+        make("mopoe_style", style_dim=bad)
+
+
+def test_style_betas_given_replace_the_jobs_defaults_and_others_weigh_one():
+    """style.py: style_betas default to the CelebA job's (img 1.0, text 5.0), a modality not named weighs 1.0, and the
+    ones given replace the defaults."""
+    mods = [Modality("img", (3, 28, 28)), Modality("text", (3, 28, 28)), Modality("m2", (3, 28, 28))]
+
+    def betas(**options):
+        return METHODS.get("mopoe_style")(mods, MethodConfig("mopoe_style", latent_dim=CONTENT,
+                                                             options={"style_dim": STYLE, **options}),
+                                          "polymnist_cnn").style_betas
+
+    assert betas() == {"img": 1.0, "text": 5.0, "m2": 1.0}
+    assert betas(style_betas={"text": 0.5, "m2": 3}) == {"img": 1.0, "text": 0.5, "m2": 3.0}
+
+
+def test_styled_terms_weigh_the_reconstruction_only_when_weighted():
+    """styled_terms: w_m = rec_weight, or 1 with weighted=False (MVAE's unimodal ELBOs); the style KL is the same."""
+    model = make("mvae_style", rec_weights={"m1": 3.0})
+    x = batch()
+    _, _, styles = model.encode_all(x, model.names)
+    c = torch.zeros(6, CONTENT)
+    torch.manual_seed(1)
+    nll_w, kl_w = model.styled_terms(c, x, styles, ["m0", "m1"])
+    torch.manual_seed(1)
+    nll_u, kl_u = model.styled_terms(c, x, styles, ["m0", "m1"], weighted=False)
+    torch.manual_seed(1)
+    nll_0, _ = model.styled_terms(c, x, styles, ["m0"], weighted=False)
+    assert torch.allclose(nll_w, nll_0 + 3.0 * (nll_u - nll_0), rtol=1e-5)
+    assert torch.equal(kl_w, kl_u)
+
+
+def test_decoding_a_z_of_another_size_is_refused():
+    model = make("mmvae_style")
+    for dims in (CONTENT - 1, CONTENT + 1, CONTENT + STYLE + 1):
+        with pytest.raises(MMBenchError, match=rf"decodes z of {CONTENT} \(content\) or {CONTENT + STYLE} "
+                                               rf"\(content\+style\) dims, got {dims}$"):
+            model.decode(torch.zeros(2, dims), "m0")
