@@ -137,9 +137,24 @@ def _sweep_axes(g: pd.DataFrame):
     return (xs[0], ys) if xs and ys else None
 
 
+def _sweep_lines(g: pd.DataFrame) -> List[str]:
+    """Each row's line in the β-sweep figure: its method, plus the settings other than β that tell that method's
+    configurations apart (series_names, with β left out), so that two configurations at one β (e.g. latent 8 and
+    16) are two lines, never averaged into one point as if they were seeds."""
+    import hashlib
+
+    from .report import NUMBER_NEUTRAL
+
+    cfgs = [{k: v for k, v in c.items() if k != "method.beta"} for c in g["cfg"]]
+    keys = [hashlib.sha256(json.dumps({k: v for k, v in c.items() if k not in ("seed", "tables", *NUMBER_NEUTRAL)},
+                                      sort_keys=True, default=str).encode()).hexdigest()[:8] for c in cfgs]
+    names = series_names(g.assign(group=keys, cfg=cfgs))
+    return [names[k] for k in zip(g["method"], keys)]
+
+
 def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
     """Per (dataset, variant, tables) group with several β: y metric vs x metric, points labelled by β,
-    one line per method (mean over seeds)."""
+    one line per method and configuration apart from β (_sweep_lines; mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,14 +170,15 @@ def beta_sweep(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
         if axes_of is None:
             continue
         (xkey, xlab), ys = axes_of
-        means = g.groupby(["method", "beta", "metric"])["value"].mean().unstack("metric")
-        stds = g.groupby(["method", "beta", "metric"])["value"].std().unstack("metric").fillna(0.0)
+        g = g.assign(line=_sweep_lines(g))
+        means = g.groupby(["line", "beta", "metric"])["value"].mean().unstack("metric")
+        stds = g.groupby(["line", "beta", "metric"])["value"].std().unstack("metric").fillna(0.0)
         out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
-        methods = sorted(means.index.get_level_values("method").unique())  # one style per method in every panel
+        methods = sorted(means.index.get_level_values("line").unique())  # one style per line in every panel
         for ax, (ykey, ylab) in zip(axes[0], ys):
-            for method, mg in means.groupby(level="method"):
-                mg = mg.droplevel("method").sort_index()
+            for method, mg in means.groupby(level="line"):
+                mg = mg.droplevel("line").sort_index()
                 sd = stds.loc[method].reindex(mg.index)
                 if xkey not in mg or ykey not in mg:
                     continue

@@ -300,3 +300,37 @@ def test_reproduction_bars_are_the_tolerance(tmp_path, monkeypatch):
     reproduction(build_report(runs, _refs(tmp_path)).cells, tmp_path / "figs")
     fractions = {c.get_label(): _bars(c)[1] for c in saved[0].axes[0].containers}
     assert fractions == {"within tolerance": pytest.approx([0.05]), "outside tolerance": pytest.approx([0.1])}
+
+
+def test_reproduction_draws_printed_across_produced_up_and_counts_the_missing_cells(tmp_path, monkeypatch):
+    """x: the paper's printed value, y: the produced mean (the bars, the tolerance, are vertical); the title counts
+    the cells within tolerance among those drawn and the cells left out for want of a produced value."""
+    runs = tmp_path / "runs"
+    _run(runs, "mopoe", 0, {"coherence/joint": 0.30, "latent_acc_by_n/1": 0.9, "fid/m0": 100.0})
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: saved.append(fig) or [])
+    reproduction(build_report(runs, _refs(tmp_path)).cells, tmp_path / "figs")
+    fig = saved[0]  # paper "P, 2021": ok (pass), far (fail), fid (pass), none (missing)
+    points = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for c in fig.axes[0].containers}
+    assert points == {"within tolerance": ([0.33], [0.30]), "outside tolerance": ([0.5], [0.9])}
+    assert fig.axes[0].get_xlabel().startswith("printed") and fig.axes[0].get_ylabel().startswith("produced")
+    assert fig._suptitle.get_text() == ("P, 2021\n2 of 3 produced cells within tolerance (1 of 4 cells missing, "
+                                        "not shown)")
+
+
+def test_beta_sweep_draws_two_configurations_of_a_method_as_two_lines(tmp_path, monkeypatch):
+    """Runs of one method at latent 8 and latent 16 over the same β are two lines (as the summary table keeps them two
+    columns), not one line whose points average the two configurations as if they were seeds."""
+    runs = tmp_path / "runs"
+    for dim, acc in ((8, 0.1), (16, 0.5)):
+        for beta in (0.5, 2.0):
+            cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta, "latent_dim": dim},
+                                    "tables": ["T1"]})
+            run = Run(cfg, runs)
+            run.init()
+            run.write_metrics({"recon/joint": 10 * beta, "latent_acc_by_n/1": acc})
+    drawn = _drawn(monkeypatch)
+    plots.beta_sweep(build_report(runs, None).frame, tmp_path / "figs")
+    (panels,) = drawn
+    lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in panels[0].containers}
+    assert lines == {"mopoe latent=8": [0.1, 0.1], "mopoe latent=16": [0.5, 0.5]}

@@ -50,6 +50,8 @@ def test_mean_std_over_seeds_and_verdicts(tmp_path):
     assert [cells[r].status for r in ("MoPoE", "MoPoE-tight", "MVAE")] == ["pass", "fail", "missing"]
     title, grid, summary = rep["refs"][0]
     assert summary == "1 of 3 cells within tolerance, 1 failing, 1 missing"
+    # the paper's line counts the same: a missing cell is not within tolerance
+    assert rep["paper_lines"][0].startswith("P: 1 of 3 cells within tolerance, 0 of 0 claims hold, 1 missing")
     assert list(grid["model"]) == ["MoPoE", "MoPoE-tight", "MVAE"]  # rows kept in the paper's order, none dropped
     md = render_markdown(rep["summaries"], rep["refs"])
     assert f"0.350 ± {std:.3f} | 0.330 ± 0.030 | Δ +0.020 ✓" in md  # the reference cell ...
@@ -265,12 +267,14 @@ def test_claim_operators_margin_strict_less_and_for_each(tmp_path):
         claim("lt", {"left": mopoe, "op": "<", "right": mmvae}, for_each="method.beta"),
         claim("lt-strict", {"left": mopoe, "op": "<", "right": 0.6}, where=at4),  # 0.6 < 0.6 is false
         claim("le-equal", {"left": mopoe, "op": "<=", "right": 0.6}, where=at4),
+        claim("ge-equal", {"left": mopoe, "op": ">=", "right": 0.6}, where=at4),  # 0.6 >= 0.6 holds
+        claim("gt-strict", {"left": mopoe, "op": ">", "right": 0.6}, where=at4),
     ]}))
     rep = build_report(runs, refs)
     verdicts = {c.id: c.status for c in rep.claims}
     assert verdicts == {"ge-margin-5": "fails", "ge-margin-11": "holds", "ge-no-margin": "fails",
                         "le-margin-5": "holds", "le-margin-3": "fails", "lt": "holds", "lt-strict": "fails",
-                        "le-equal": "holds"}
+                        "le-equal": "holds", "ge-equal": "holds", "gt-strict": "fails"}
     details = {c.id: c.details for c in rep.claims}
     assert len(details["ge-margin-5"]) == 2  # one comparison per β value
     assert details["ge-margin-5"][0].endswith("at method.beta=1.0: yes")
@@ -409,6 +413,17 @@ def test_a_beta_sweep_renders_long_in_every_format(tmp_path):
     render_terminal(console, summaries, [])
     text = console.export_text()
     assert "by β" in text and "0.550 ± 0.071" in text
+
+
+def test_a_sweep_column_says_the_range_of_seeds_behind_its_rows(tmp_path):
+    """Two seeds at β 0.5 and 1, one at β 2: the column says 1-2 seeds, not 2 (the β = 2 row is one run, no std)."""
+    runs = tmp_path / "runs"
+    for beta, seeds in ((0.5, (0, 1)), (1.0, (0, 1)), (2.0, (0,))):
+        for seed in seeds:
+            _sweep_run(runs, "mopoe", beta, seed, {"latent_acc_by_n/1": beta / 4 + seed / 10})
+    (_, acc), = build_report(runs, None)["summaries"]
+    assert list(acc.columns) == ["β", "mopoe (1-2 seeds)"]
+    assert list(acc["mopoe (1-2 seeds)"]) == ["0.175 ± 0.071", "0.300 ± 0.071", "0.500"]
 
 
 def test_a_group_varying_in_two_settings_or_few_values_stays_wide(tmp_path):
@@ -599,6 +614,32 @@ def test_a_mean_exactly_at_the_tolerance_edge_passes(tmp_path):
     assert cell.produced - cell.value > cell.tolerance and cell.status == "pass"
 
 
+def test_seeds_tagged_with_other_tables_are_one_configuration_averaged_by_the_mean(tmp_path):
+    """A seed that also serves another table (its `tables` merged by a second suite) is the same experiment as the
+    other seeds: the cell averages all three (mean, not median: 0.30, 0.40, 0.80 give 0.50), not 'ambiguous'."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.30}, tables=("T1", "T2"))
+    fake_run(runs, "mopoe", 1, {"coherence/joint": 0.40})
+    fake_run(runs, "mopoe", 2, {"coherence/joint": 0.80})
+    (cell,) = build_report(runs, _refs(tmp_path, {"cells": [dict(REF_CELL, tolerance=0.01)]})).cells
+    assert cell.ambiguous is None and cell.n_runs == 3 and cell.status == "pass"
+    assert cell.produced == pytest.approx(0.50) and cell.produced_std == pytest.approx(statistics.stdev([0.3, 0.4, 0.8]))
+
+
+def test_a_claim_side_is_the_mean_over_its_seeds(tmp_path):
+    """A side of a comparison is the mean over the seeds of its configuration (0.9 and 0.1: 0.5), not one run's."""
+    runs = tmp_path / "runs"
+    for seed, v in enumerate((0.9, 0.1)):
+        fake_run(runs, "mopoe", seed, {"latent_acc_by_n/1": v}, tables=("F",))
+    side = {"method": "mopoe", "metric": "latent_acc_by_n/1"}
+    claim = {"paper": "P", "figure": "F", "quote": "q", "source": "p. 1"}
+    (above, below) = build_report(runs, _refs(tmp_path, {"claims": [
+        {**claim, "id": "above", "holds": [{"left": side, "op": ">", "right": 0.6}]},
+        {**claim, "id": "below", "holds": [{"left": side, "op": "<", "right": 0.6}]}]})).claims
+    assert (above.status, below.status) == ("fails", "holds")
+    assert above.details == ["mopoe latent_acc_by_n/1 = 0.500 > 0.600: NO"]
+
+
 def test_a_claim_side_leaves_non_finite_runs_out(tmp_path):
     """An infinite seed is left out of a claim side's mean (as of a cell's), not turned into a failing comparison."""
     for seed, v in enumerate([0.8, float("inf")]):
@@ -658,6 +699,19 @@ def test_latex_and_terminal_carry_the_paper_lines_and_escape_ampersands():
     render_terminal(console, summaries, [], [claim], ["P: 1 of 2 cells"])
     text = console.export_text()
     assert "P: 1 of 2 cells" in text and "claim-c" in text and "✗ fails" in text
+
+
+def test_latex_escapes_a_reference_cells_bars_and_backslashes_once():
+    """A reference cell 'produced | paper | Δ' keeps its separators in LaTeX (each | once \\textbar{}, a backslash once
+    \\textbackslash{}): escaping the backslash after the bar would garble every cell into \\textbackslash{}textbar{}."""
+    import pandas as pd
+
+    from mmbench.render import render_latex
+
+    grid = pd.DataFrame({"model": ["MoPoE"], "Joint": ["0.350 ± 0.071 | 0.330 | Δ +0.020 ✓"]})
+    tex = render_latex([], [("P — T1", grid, r"1 of 1 cells within tolerance, a\b")])
+    assert r"MoPoE & 0.350 $\pm$ 0.071 \textbar{} 0.330 \textbar{} $\Delta$ +0.020 \checkmark \\" in tex
+    assert r"a\textbackslash{}b" in tex and r"\textbackslash{}textbar" not in tex
 
 
 def test_a_seed_run_twice_with_other_checkpointing_counts_once(tmp_path):

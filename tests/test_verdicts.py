@@ -206,3 +206,15 @@ def test_a_printed_std_of_zero_is_still_tested():
     apply([zero, unknown])
     assert zero.p_value == pytest.approx(welch_p(0.9, 0.01, 5, 0.5, 0.0, 5)) and zero.verdict == "differs"
     assert unknown.p_value is None and unknown.verdict == "underpowered"
+
+
+def test_tidy_row_of_a_one_run_cell_has_no_std_and_a_signed_difference():
+    """One produced run has no sample std: the tidy export leaves it empty (a 0.0 would read as no spread over
+    seeds); the difference is produced − printed, negative when the reproduction is below the paper."""
+    cell = Cell(paper="P", table="T", row="r", column="c", method="mopoe", metric="coherence/joint", value=0.80,
+                tolerance=0.02, std=0.05, produced=0.62, produced_std=0.0, n_runs=1, paper_runs=5, runs=["a"])
+    apply([cell])
+    (row,) = tidy_rows([cell], None)
+    assert row["produced_std"] is None and row["n_runs"] == 1 and row["produced_mean"] == pytest.approx(0.62)
+    assert row["difference"] == pytest.approx(-0.18) and row["tolerance_verdict"] == "fail"
+    assert row["welch_p"] == pytest.approx(one_run_p(0.62, 0.80, 0.05, 5)) and row["welch_verdict"] == "differs"
