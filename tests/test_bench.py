@@ -14,6 +14,8 @@ from mmbench.errors import MMBenchError
     (["--latent-dim", "0"], "error: --latent-dim 0: must be at least 1"),
     (["--modalities", "2,0"], "error: --modalities 2,0: numbers of modalities must be at least 1"),
     (["--modalities", "2,x"], "error: --modalities '2,x': expected comma-separated numbers of modalities"),
+    (["--pack", "1,0"], "error: --pack '1,0': pack sizes must be >= 1"),
+    (["--pack", "1,x"], "error: --pack '1,x': expected comma-separated pack sizes"),
 ])
 def test_bench_steps_counts_are_checked_first(args, message, monkeypatch, capsys):
     import mmbench.bench as bench

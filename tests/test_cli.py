@@ -389,6 +389,26 @@ def test_prepare_records_an_absolute_source_and_previews_the_test_split(tmp_path
     assert seen["source"] == str(tmp_path.resolve() / "raw") and seen["split"] == "test"
 
 
+def test_prepare_simulate_accepts_the_simulated_variant_named(tmp_path, monkeypatch, mmbench_here):
+    """`--simulate` builds the 'simulated' variant: with or without `--variant simulated` (only another is refused)."""
+    from mmbench.data import base
+
+    seen = []
+    monkeypatch.setattr(base, "prepare", lambda spec, variant, **kw: seen.append(variant) or tmp_path)
+    for extra in ([], ["--variant", "simulated"]):
+        r = mmbench_here("prepare", "rats", "--simulate", *extra)
+        assert r.returncode == 0, (extra, r.stderr)
+    assert seen == ["simulated", "simulated"]
+
+
+def test_tables_brief_names_each_paper_once():
+    """The dry run's "reproduces": a paper's later tables without its name; a bare name is kept whole."""
+    from mmbench.cli import _tables_brief
+
+    assert _tables_brief(["MoPoE Table 5", "MoPoE Fig. 12", "MVAE Table 2"]) == "MoPoE Table 5, Fig. 12, MVAE Table 2"
+    assert _tables_brief(["MoPoE Table 5", "MoPoE", "T"]) == "MoPoE Table 5, MoPoE, T"
+
+
 def test_evaluate_takes_fid_weights_as_an_absolute_path(tmp_path, monkeypatch, mmbench_here):
     """`mmbench evaluate --fid-weights FILE` evaluates with eval.fid_weights set to FILE's absolute path."""
     import mmbench.evaluate as evaluate_module
@@ -433,6 +453,8 @@ def test_a_dry_run_checks_the_flags_a_run_checks_and_says_a_tier_is_missing(tmp_
     out = CliRunner().invoke(app, base + ["--tier", "smoke"], env={"COLUMNS": "300"})
     assert out.exit_code == 0 and "defines no 'smoke' tier, so its runs use the suite's full settings" in \
         " ".join(out.output.split()), out.output
+    out = CliRunner().invoke(app, base, env={"COLUMNS": "300"})  # the full tier is the suite's settings: nothing to say
+    assert out.exit_code == 0 and "defines no" not in out.output, out.output
 
 
 def test_a_classifier_is_not_a_vae_architecture():

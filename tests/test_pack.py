@@ -236,6 +236,7 @@ def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
              "aggregated": {1: 50.0, 5: 120.0, 15: 210.0}}
     caps = best_packs(rates)
     assert caps == {"mopoe": 1, "mvae": 2}  # mmvae: one size measured; aggregated: fastest at its largest measured
+    assert best_packs({"mopoe": {5: 20.0, 1: 20.0, 15: 10.0}}) == {"mopoe": 1}  # a tie: the smaller pack, whatever the order
     a = [Run(cfg(s), tmp_path) for s in range(3)]
     mv = [Run(build_run_config({**TINY, "seed": s, "method": {"name": "mvae", "latent_dim": 8}}), tmp_path)
           for s in range(3)]
@@ -249,6 +250,8 @@ def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
     notes.clear()
     make_packs(a[:1], None, caps=caps, note=lambda r, t: notes.append(t))
     assert notes == []  # a lone run is not split
+    assert [len(p) for p in make_packs(a, 5, caps={"mopoe": 3}, note=lambda r, t: notes.append(t))] == [3]
+    assert notes == []  # a cap below --pack but not below the group's size splits nothing, so says nothing
 
     # run_all passes the caps and logs the note (workers stubbed: this is about the grouping)
     seen = []
@@ -509,6 +512,53 @@ def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_pa
     for seed in range(3):
         assert f"polymnist-vanilla-mopoe-s{seed}-" in ids
     assert "MoPoE Fig. 3, Fig. 11" in " ".join(" ".join(row[1] for row in cells).split())
+
+
+def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, data_root, mmbench_here, monkeypatch):
+    """`run --dry-run --step-times` on a prepared dataset: seeds 0-2 of mopoe (192 tuples, 6 steps of 32 a run), seed 0
+    resumed at epoch 1 of 2, seed 3 a rescore (evaluated again, not trained), a mopoe run at latent 16 (not the table's
+    shapes) and an mvae run (no step time). At 1 s a tuple here, the 4 mopoe runs to train: 96 + 3 x 192 = 672 s ≈ 11 min. On the GPU: seed 0's 3
+    steps alone at 0.05 run-steps/s (60 s), seeds 1-2 one pack of 2 at 0.1 (120 s): 3 min for 3 of the 5 unfinished runs
+    in 4 packs, one not at the table's shapes and one without a step time; `--pack 1`: every run alone, 5 min. The
+    train tuples of a prepared copy carry no "~"."""
+    from mmbench import runner, suite as suite_mod
+    from mmbench.suite import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                     "  train: {epochs: 2, batch_size: 32, max_train: 96}\nexperiments:\n"
+                     "  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     "    seeds: [0, 1, 2, 3]\n"
+                     "  - name: wide\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     "    seeds: [5]\n    overrides: {method: {latent_dim: 16}}\n"
+                     "  - name: other\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mvae]\n")
+    times = tmp_path / "t.md"
+    times.write_text(shapes_head() + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 20 | 0.05 |\n| mopoe | 2 | packed | 20 | 0.1 |\n")
+    runs_dir = tmp_path / "runs"
+    configs = load_suite(suite).runs("full")
+    rescore = Run(configs[3], runs_dir)
+    rescore.init()
+    rescore.metrics_path.write_text("[1, 2]")  # evaluated before, unreadable now: evaluated again, not trained
+    assert rescore.status() == "rescore"
+    monkeypatch.setattr(suite_mod, "seconds_per_sample", lambda *a: {(configs[0].dataset, configs[0].variant, "mopoe"): 1.0})
+    monkeypatch.setattr(runner, "resume_point", lambda r: (1, 0) if r.cfg.seed == 0 and r.cfg.method.name == "mopoe"
+                        and r.cfg.method.latent_dim == 8 else (0, 0))
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(runs_dir)}
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=300)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "remaining training of 4 timed run(s) ≈ 11 min on this machine" in out, out
+    assert "3 min for 3 of 5 unfinished run(s) in 4 pack(s); 1 not at the table's shapes" in out, out
+    assert "; 1 without a step time for their method" in out, out
+    cells = {row[0]: row for row in ([c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()
+                                     if line.startswith("│"))}
+    s0, s3 = Run(configs[0], runs_dir).id, rescore.id
+    assert cells[s0][3:5] == ["192", "96 s"] and cells[s0][6] == "60 s", cells[s0]
+    assert cells[s3][4:7] == ["- (evaluation only)", "rescore", "-"], cells[s3]
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, "--pack", "1", env=env, width=300)
+    assert r.returncode == 0, r.stderr
+    assert "5 min for 3 of 5 unfinished run(s) in 5 pack(s)" in " ".join(r.stdout.split())
 
 
 def test_precision_field_validated_and_id_stable(data_root, tmp_path):

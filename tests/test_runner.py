@@ -84,6 +84,15 @@ def test_packs_split_evenly_cap_and_only_join_runs_at_the_same_step(tmp_path):
     assert [[r.id for r in p] for p in make_packs(runs, None, 1)] == [[runs[0].id, runs[1].id], [runs[2].id, runs[3].id]]
 
 
+def test_pack_one_keeps_the_runs_in_the_order_given(tmp_path):
+    """--pack 1: every run alone, dispatched in the suite's order, not regrouped by method."""
+    from mmbench.runner import make_packs
+
+    a, b = seed_runs(tmp_path, 2), seed_runs(tmp_path, 1, method="mvae")
+    runs = [a[0], b[0], a[1]]
+    assert [[r.id for r in p] for p in make_packs(runs, 1)] == [[r.id] for r in runs]
+
+
 def test_run_all_gives_each_worker_its_gpu_and_reports_each_run_of_a_pack(tmp_path, monkeypatch):
     """Workers (here faked) get their --gpus device; a failed single run and the unfinished run of a pack are failures."""
     import io
