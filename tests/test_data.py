@@ -335,7 +335,9 @@ def test_unprepared_dataset_message(tmp_path):
 @pytest.mark.parametrize("text, problem", [
     ('{"x', "is unreadable"), ("[]", "is corrupt"), ('{"seed": 0}', "is corrupt"),
     ('{"dataset": "polydigits", "variant": "translated", "arrays": [1]}', "is corrupt"),
-    ('{"dataset": "polydigits", "arrays": {}}', r"is corrupt \(no variant\)")])
+    ('{"dataset": "polydigits", "arrays": {}}', r"is corrupt \(no variant\)"),
+    ('{"dataset": "polydigits", "variant": "translated", "arrays": {"test_m0": {"shape": [1080, 3, 28, 28]}}}',
+     r"is corrupt \(its arrays are not listed with shape, dtype and sha256\)")])
 def test_corrupt_manifest_is_one_line_and_force_rebuilds_it(tmp_path, text, problem, monkeypatch, capsys):
     """A manifest.json that is not JSON, or not a manifest: loading, preparing and the CLI say so in one line
     naming `prepare --force`, which rebuilds the dataset."""
@@ -688,3 +690,66 @@ def test_a_subset_keeps_every_modality_label_and_extra_label_of_the_same_rows_an
         assert torch.equal(sub.x["b"][:], base[index[picked]])
         assert torch.equal(sub.labels, picked + 100) and torch.equal(sub.extra_labels["trial"], picked + 200)
     assert torch.equal(subs[0].x["a"], subs[1].x["a"]) and not torch.equal(subs[0].x["a"], subs[2].x["a"])
+
+
+# ----- behaviours a fourth mutation pass found unguarded -----
+@pytest.mark.parametrize("field, value", [("recipe_version", 3), ("counts", {"train": 1, "test": 1})])
+def test_a_manifest_whose_recipe_version_or_counts_were_edited_is_refused_as_edited(tmp_path, field, value):
+    """manifest_sha256 covers every field but itself and the stamps: a recipe version raised by hand (to pass a copy
+    of an older recipe for current) or edited counts are refused as an edit, by loading and by preparing again."""
+    import json
+
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    newer = type(spec)()
+    newer.variant_recipe_versions = {**spec.variant_recipe_versions, "translated": 3}
+    current = newer if field == "recipe_version" else spec
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest[field] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MMBenchError, match=r"manifest.json was edited .*--force"):
+        load_split(current, "translated", "test", tmp_path)
+    with pytest.raises(MMBenchError, match=r"manifest.json was edited .*--force"):
+        prepare(current, "translated", seed=0, data_root=tmp_path)
+
+
+def test_a_forced_rebuild_that_fails_keeps_the_prepared_copy(tmp_path, monkeypatch):
+    """--force builds in a sibling directory and replaces the copy only once the new one is complete: an interrupted
+    rebuild leaves the prepared copy as it was (and no partial build beside it)."""
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    before = read_manifest(path)
+    labels = load_split(spec, "translated", "test", tmp_path).labels
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(polygen, "compose", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
+    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert read_manifest(path) == before
+    assert torch.equal(load_split(spec, "translated", "test", tmp_path).labels, labels)
+
+
+def test_a_forced_rebuild_whose_final_rename_fails_puts_the_prepared_copy_back(tmp_path, monkeypatch):
+    """prepare --force moves the prepared copy aside only to rename the complete new build into its place; when that
+    rename fails (or is interrupted), the copy is put back where it was instead of being left under a hidden name."""
+    import pathlib
+
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    before = read_manifest(path)
+    rename = pathlib.Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(".translated.building-"):
+            raise OSError("rename failed")
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", failing)
+    with pytest.raises(OSError, match="rename failed"):
+        prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
+    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert read_manifest(path) == before
+    assert len(load_split(spec, "translated", "test", tmp_path)) == 1080

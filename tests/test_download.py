@@ -398,3 +398,30 @@ def test_source_is_read_in_place_before_any_copy_in_the_raw_folder(tmp_path):
     (raw / "f.bin").write_bytes(b"stale")
     assert fetch(Resource("f.bin", md5(PAYLOAD), []), raw, source=src) == src / "f.bin"
     assert (raw / "f.bin").read_bytes() == b"stale"
+
+
+# ----- behaviours a mutation pass found unguarded -----
+def test_idx_magic_bytes_and_a_file_longer_than_its_header_are_refused(tmp_path):
+    # IDX format: the magic number's first two bytes are zero; the data is exactly the header's dims × item size
+    (tmp_path / "y").write_bytes(bytes([0, 0, 0x08, 1]) + (2).to_bytes(4, "big") + bytes([3, 7]))
+    assert mnist.read_idx(tmp_path / "y").tolist() == [3, 7]
+    for i in (0, 1):
+        bad = bytearray((tmp_path / "y").read_bytes())
+        bad[i] = 1
+        (tmp_path / "bad").write_bytes(bytes(bad))
+        with pytest.raises(MMBenchError, match="not an IDX file"):
+            mnist.read_idx(tmp_path / "bad")
+    (tmp_path / "long").write_bytes((tmp_path / "y").read_bytes() + b"\x00")
+    with pytest.raises(MMBenchError, match="IDX header promises 2 values of uint8, the file holds 3 bytes"):
+        mnist.read_idx(tmp_path / "long")
+
+
+@pytest.mark.parametrize("n_images, n_labels", [(4, 3), (3, 4)])
+def test_mnist_images_and_labels_of_other_counts_are_refused(tmp_path, monkeypatch, n_images, n_labels):
+    # mnist.load: the images file and the labels file of a split must describe the same digits
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((n_images, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(n_labels, dtype=np.uint8))
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        monkeypatch.setitem(mnist.FILES, name, hashlib.md5((tmp_path / name).read_bytes()).hexdigest())
+    with pytest.raises(MMBenchError, match=f"MNIST test: {n_images} images but {n_labels} labels"):
+        mnist.load("test", tmp_path / "raw", source=tmp_path)

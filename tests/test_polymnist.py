@@ -323,3 +323,11 @@ def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, 
     rebuilt = prepare(spec, "vanilla", seed=0, data_root=tmp_path / "d", options={**opts, "backgrounds": str(other)},
                       force=True)
     assert read_manifest(rebuilt)["source"]["backgrounds_sha256"] != before["source"]["backgrounds_sha256"]
+
+
+# ----- behaviours a fourth mutation pass found unguarded -----
+def test_fewer_than_five_backgrounds_are_refused_by_count(tmp_path):
+    # polymnist docstring: a rebuild needs five backgrounds, modality m using the m-th *.jpg in sorted order
+    bg = write_backgrounds(tmp_path / "bg", ["a.jpg", "b.jpg", "c.jpg", "d.png"])
+    with pytest.raises(MMBenchError, match=r"holds 3 .jpg files; PolyMNIST needs 5"):
+        polymnist.load_backgrounds(bg, 5)

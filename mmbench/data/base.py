@@ -336,7 +336,12 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         if target.exists():  # --force: move the old copy aside only once the new one is complete
             old = target.with_name(f".{variant}.old-{os.getpid()}")
             target.rename(old)
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except BaseException:  # put the prepared copy back where it was
+                if not target.exists():
+                    old.rename(target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
