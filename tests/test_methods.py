@@ -206,3 +206,11 @@ def test_mvae_unimodal_elbos_weigh_their_reconstruction_as_the_option_says(weigh
 def test_mvae_refuses_an_unknown_unimodal_weighting():
     with pytest.raises(Exception, match="method.options.unimodal_weights of mvae is 'all'; choose one of: one, rec_weights"):
         ka_model("mvae", (1e-12, 1e-12), unimodal_weights="all")
+
+
+def test_subset_masks_of_the_same_subsets_over_other_inputs_are_kept_apart():
+    """subset_mask is built once per (subsets, input names): the same subsets over other inputs get their own mask."""
+    model = make("mopoe")
+    assert model.subset_mask([("m1",)], ["m1"]).tolist() == [[1.0]]
+    assert model.subset_mask([("m1",)], model.names).tolist() == [[0.0, 1.0, 0.0]]
+    assert model.subset_mask([("m1",)], ["m1", "m2"]).tolist() == [[1.0, 0.0]]

@@ -446,3 +446,20 @@ def test_a_failure_after_the_new_metrics_are_written_keeps_them(tmp_path):
             raise RuntimeError("failed after the metrics were written")
     assert json.loads(run.metrics_path.read_text())["metrics"] == {"coherence/joint": 0.9}
     assert json.loads((run.dir / "metrics.fp32.json").read_text())["metrics"] == {"coherence/joint": 0.3}
+
+
+# ----- behaviours a mutation pass of training and evaluation found unguarded -----
+def test_executing_a_done_run_again_neither_trains_nor_evaluates_nor_rewrites_its_metrics(tmp_path, monkeypatch):
+    import mmbench.evaluate as evaluate_mod
+
+    run = fake_run(tmp_path, 0)
+    assert run.status() == "done"
+    before = run.metrics_path.read_bytes()
+
+    def refuse(*a, **k):
+        raise AssertionError("a done run was trained or evaluated again")
+
+    monkeypatch.setattr(evaluate_mod, "train", refuse)
+    monkeypatch.setattr(evaluate_mod, "evaluate", refuse)
+    assert execute(run) == run.read_metrics()
+    assert run.metrics_path.read_bytes() == before

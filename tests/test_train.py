@@ -853,3 +853,97 @@ def test_a_best_pt_beyond_the_resumed_epoch_is_kept_and_a_foreign_one_refused(tm
     with pytest.raises(MMBenchError, match=r"best\.pt holds the weights of a test loss of .* records a best of .*: it is "
                                            r"not this training's best; delete .* and train the run again"):
         load_trained(run)
+
+
+# ----- behaviours a mutation pass of training found unguarded -----
+def test_each_epoch_shuffles_anew_and_the_test_loss_reads_the_test_split_with_one_seed(tmp_path, data_root, monkeypatch):
+    """Epoch e's order differs from epoch e-1's (a permutation seeded by the run seed alone would repeat it); the
+    per-epoch test loss, which picks best.pt, is computed on the test split's max_test tuples (not the training
+    data) with the same seed every epoch, so the epochs' losses are comparable."""
+    import mmbench.train as train_mod
+    from mmbench.train import load_data
+
+    c = cfg(train={"epochs": 2, "max_train": 64, "max_test": 32})
+    perms, calls = [], []
+    real_randperm, real_test_loss = torch.randperm, train_mod.test_loss
+
+    def randperm(n, *a, **k):
+        p = real_randperm(n, *a, **k)
+        perms.append(p.clone())
+        return p
+
+    def spy(model, split, batch_size, seed, *a, **k):
+        calls.append((split, seed))
+        return real_test_loss(model, split, batch_size, seed, *a, **k)
+
+    monkeypatch.setattr(torch, "randperm", randperm)
+    monkeypatch.setattr(train_mod, "test_loss", spy)
+    train(Run(c, tmp_path), data_root)
+    epochs = [p for p in perms if len(p) == 64]  # the epochs' orders of the 64 training tuples
+    assert len(epochs) == 2 and not torch.equal(epochs[0], epochs[1])
+    assert [s for _, s in calls] == [c.seed, c.seed]
+    want = load_data(c, data_root)[1].subset(32, seed=c.data_seed + 1)
+    for split, _ in calls:
+        got, ref = split.batch(torch.arange(len(split))), want.batch(torch.arange(len(want)))
+        assert len(split) == 32 and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_the_last_epoch_is_checkpointed_when_checkpoint_every_does_not_divide_the_epochs(tmp_path, data_root):
+    run = Run(cfg(train={"epochs": 3, "checkpoint_every": 2, "max_train": 32, "max_test": 32}), tmp_path)
+    train(run, data_root)
+    assert torch.load(run.ckpt_dir / "last.pt", weights_only=False)["state"]["epoch"] == 3
+    assert not load_trained(run).training  # the trained run is evaluable
+
+
+def test_a_non_finite_loss_at_an_epochs_last_step_fails_the_run_though_the_weights_stay_finite(tmp_path, data_root,
+                                                                                               monkeypatch):
+    """The loss is NaN at step 3 of 3 by a term without gradient: the weights and the test loss stay finite, so only
+    the end-of-epoch check of the training losses notices; the run fails and writes no checkpoint."""
+    from mmbench.methods.mopoe import MoPoE
+
+    real, calls = MoPoE.loss, {"n": 0}
+
+    def poisoned(self, x):
+        loss, logs = real(self, x)
+        if not self.training:  # the test loss stays finite
+            return loss, logs
+        calls["n"] += 1
+        return (loss + float("nan") * loss.detach(), logs) if calls["n"] == 3 else (loss, logs)
+
+    monkeypatch.setattr(MoPoE, "loss", poisoned)
+    run = Run(cfg(train={"epochs": 1, "max_train": 96, "max_test": 32}), tmp_path)
+    with pytest.raises(MMBenchError, match=r"training diverged \(a non-finite loss\) in epoch 1"):
+        train(run, data_root)
+    assert calls["n"] == 3 and not (run.ckpt_dir / "last.pt").exists() and not (run.ckpt_dir / "best.pt").exists()
+
+
+def test_throughput_counts_only_the_steps_a_resumed_epoch_trains(tmp_path, data_root, monkeypatch):
+    """Stopped after step 1 of 3 and resumed: the resumed epoch trained 2 steps of 32 tuples, not 3."""
+    from mmbench.train import Throughput, TrainingInterrupted, request_stop
+
+    tuples, real_stop = [], Throughput.stop
+    monkeypatch.setattr(Throughput, "stop", lambda self, n: (tuples.append(n), real_stop(self, n))[1])
+    run = Run(cfg(train={"epochs": 1, "max_train": 96, "max_test": 32}), tmp_path)
+    with pytest.raises(TrainingInterrupted, match="at epoch 1, step 1"):
+        train(run, data_root, lambda phase, done, total: request_stop("test") if done == 1 else None)
+    train(run, data_root)
+    assert tuples == [64]
+
+
+def test_test_loss_evaluates_in_eval_mode_and_hands_the_model_back_in_training_mode():
+    """Dropout, batch norm and the methods' `self.training` branches (smvae, mrvae, mmvamp): the test loss sees eval
+    mode, and the epochs after it train in training mode again."""
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.train import test_loss
+
+    class Modes(_MeanOfX):
+        def loss(self, x):
+            seen.append(self.training)
+            return super().loss(x)
+
+    seen = []
+    split = DataSplit([Modality("a", (1,), kind="vector")], {"a": torch.ones(4, 1)}, torch.zeros(4, dtype=torch.long))
+    model = Modes()
+    model.train()
+    test_loss(model, split, 2, seed=0, device="cpu")
+    assert seen == [False, False] and model.training
