@@ -271,9 +271,12 @@ def train_samples(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[
     variant = DATASETS.get(cfg.dataset)().check_variant(cfg.variant)
     manifest = read_manifest(dataset_dir(cfg.dataset, variant, data_root))
     n = ((manifest or {}).get("counts") or {}).get("train")
-    if n is None:
-        return None
-    return cfg.train.epochs * min(int(n), cfg.train.max_train or int(n))
+    return None if n is None else _tuples_trained(cfg, n)
+
+
+def _tuples_trained(cfg: RunConfig, train_split: int) -> int:
+    """Training tuples a run processes over its epochs from a train split of `train_split` (capped by max_train)."""
+    return cfg.train.epochs * min(int(train_split), cfg.train.max_train or int(train_split))
 
 
 def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Optional[int], bool]:
@@ -287,9 +290,7 @@ def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Opti
         return n, True
     spec = DATASETS.get(cfg.dataset)()
     expected = (spec.expected_counts(spec.check_variant(cfg.variant)) or {}).get("train")
-    if expected is None:
-        return None, False
-    return cfg.train.epochs * min(int(expected), cfg.train.max_train or int(expected)), False
+    return (None if expected is None else _tuples_trained(cfg, expected)), False
 
 
 def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:

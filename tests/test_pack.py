@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmbench.config import build_run_config
+from mmbench.config import build_run_config, deep_merge
 from mmbench.methods.base import Gaussian
 from mmbench.methods.mopoe import MoPoE
 from mmbench.pack import pack_key, train_pack, unpackable_reason
@@ -461,19 +461,15 @@ def test_dry_run_projects_only_runs_at_the_step_tables_shapes(tmp_path, data_roo
     runs_dir = tmp_path / "runs"
     ok = cfg(0, max_train=100)
 
-    def other(**over):
-        d = json.loads(json.dumps(TINY))
-        for key, value in over.items():
-            section, _, field = key.partition(".")
-            (d.setdefault(section, {}) if field else d)[field or section] = value
-        return build_run_config(d)
+    def other(update):
+        return build_run_config(deep_merge(TINY, update))
 
-    cases = {"latent 16, not 8": other(**{"method.latent_dim": 16}),
-             "batch 64, not 32": other(**{"train.batch_size": 64}),
-             "precision bf16, not fp32": other(**{"train.precision": "bf16"}),
-             "architecture polymnist_resnet, not polymnist_cnn": other(**{"method.architecture": "polymnist_resnet"}),
-             "3 modalities, not 5": other(modalities=["m0", "m1", "m2"]),
-             "modalities of mnist-svhn-text not 3×28×28 images": other(dataset="mnist-svhn-text")}
+    cases = {"latent 16, not 8": other({"method": {"latent_dim": 16}}),
+             "batch 64, not 32": other({"train": {"batch_size": 64}}),
+             "precision bf16, not fp32": other({"train": {"precision": "bf16"}}),
+             "architecture polymnist_resnet, not polymnist_cnn": other({"method": {"architecture": "polymnist_resnet"}}),
+             "3 modalities, not 5": other({"modalities": ["m0", "m1", "m2"]}),
+             "modalities of mnist-svhn-text not 3×28×28 images": other({"dataset": "mnist-svhn-text"})}
     for why, c in cases.items():
         gpu = _gpu_projection([ok, c], runs_dir, data_root, times, None)
         assert gpu["per_run"][Run(c, runs_dir).id] is None, why
