@@ -16,6 +16,7 @@ import os
 import re
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -423,15 +424,17 @@ def step_table(methods: Sequence[str], scaling_methods: Sequence[str], modalitie
 
 
 # ----- projected cost of a suite's tier on one GPU (mmbench run --dry-run --step-times FILE) -------------
-def read_step_times(path, compiled: bool = False) -> Dict[str, Dict[int, float]]:
+def read_step_times(path, compiled: bool = False) -> Dict[object, Dict[int, float]]:
     """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
     `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
-    whose median_s gives the unpacked rate 1 / median_s. Rows of captured packs ("packed (compiled)") count only
-    with `compiled` (runs trained with `mmbench run --compile`), and then in place of the uncaptured ones."""
+    whose median_s gives the unpacked rate 1 / median_s. Rows of captured steps ("(compiled)") count only
+    with `compiled` (runs trained with `mmbench run --compile`), and then in place of the uncaptured ones.
+    A table measured at a suite's shapes (`--suite`: the KEY_COLUMNS in its head) is keyed by those cells
+    (step_key) instead of the method name."""
     from pathlib import Path
 
-    rates: Dict[str, Dict[int, float]] = {}
-    captured: Dict[str, set] = {}  # (with `compiled`) the packs whose rate came from a captured row
+    rates: Dict[object, Dict[int, float]] = {}
+    captured: Dict[object, set] = {}  # (with `compiled`) the packs whose rate came from a captured row
     head: List[str] = []
     for line in Path(path).read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
@@ -446,6 +449,7 @@ def read_step_times(path, compiled: bool = False) -> Dict[str, Dict[int, float]]
         row = dict(zip(head, cells))
         try:
             if "run_steps_per_s" in row and "pack" in row and row.get("method"):
+                key = tuple(row[c] for c in KEY_COLUMNS) if all(c in row for c in KEY_COLUMNS) else row["method"]
                 v = float(row["run_steps_per_s"])
                 mode = row.get("mode", "")
                 if mode.startswith("packed") and int(row["pack"]) == 1:
@@ -453,12 +457,12 @@ def read_step_times(path, compiled: bool = False) -> Dict[str, Dict[int, float]]
                 is_captured = mode.endswith("(compiled)")
                 if is_captured and not compiled:
                     continue  # a captured step's rate; the runs train uncaptured
-                if compiled and not is_captured and int(row["pack"]) in captured.get(row["method"], ()):
+                if compiled and not is_captured and int(row["pack"]) in captured.get(key, ()):
                     continue  # the captured row of this pack size, read already, stands
                 if v == v:  # not nan
-                    rates.setdefault(row["method"], {})[int(row["pack"])] = v
+                    rates.setdefault(key, {})[int(row["pack"])] = v
                     if is_captured:
-                        captured.setdefault(row["method"], set()).add(int(row["pack"]))
+                        captured.setdefault(key, set()).add(int(row["pack"]))
             elif "median_s" in row and "M" in row and row.get("method"):
                 rates.setdefault(row["method"], {}).setdefault(1, 1.0 / float(row["median_s"]))
         except ValueError:
@@ -529,12 +533,24 @@ def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:
     return {m: n for m, n in best.items() if n < max(rates[m])}
 
 
-def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:
+def by_shape(rates: Dict[object, Dict[int, float]]) -> bool:
+    """Whether read_step_times read a table measured at a suite's shapes (keys: step_key cells, not method names)."""
+    return any(isinstance(k, tuple) for k in rates)
+
+
+def rate_key(rates: Dict[object, Dict[int, float]]) -> Callable:
+    """The function from a run's config to its key in `rates`: its step shapes (step_key) or its method's name."""
+    return step_key if by_shape(rates) else (lambda cfg: cfg.method.name)
+
+
+def projected_seconds(packs, rates: Dict[object, Dict[int, float]], steps_of: Callable) -> Dict[str, Optional[float]]:
     """Seconds of training each run costs on the measured GPU when its pack trains together (a pack of R
-    runs of S steps takes R·S / rate(R) seconds, shared by its runs); None where no step time or step count."""
+    runs of S steps takes R·S / rate(R) seconds, shared by its runs); None where no step time or step count.
+    `rates` by method name, or by step shapes (by_shape)."""
+    key_of = rate_key(rates)
     out: Dict[str, Optional[float]] = {}
     for group in packs:
-        m = group[0].cfg.method.name
+        m = key_of(group[0].cfg)
         steps = [steps_of(r) for r in group]
         if m not in rates or any(s is None for s in steps):
             out.update({r.id: None for r in group})
@@ -543,3 +559,173 @@ def projected_seconds(packs, rates: Dict[str, Dict[int, float]], steps_of: Calla
         total = len(group) * max(steps) / rate
         out.update({r.id: total / len(group) for r in group})
     return out
+
+
+# ----- steps at a suite's own shapes (`mmbench bench steps --suite SUITE`) -----------------------------------
+# What a training step's time depends on, one table column each: the data's shapes, the networks, the method and its
+# options, the batch, the latent size, the precision. Not the seed, β, the learning rate or the epochs.
+KEY_COLUMNS = ("dataset", "variant", "modalities", "architecture", "method", "options", "batch", "latent", "precision")
+
+
+def step_key(cfg) -> Tuple[str, ...]:
+    """A run's step shapes as the KEY_COLUMNS cells of a `bench steps --suite` table (runs with equal keys train
+    equal steps)."""
+    import json
+
+    from .registry import DATASETS
+    from .train import run_modalities
+
+    variant = DATASETS.get(cfg.dataset)().check_variant(cfg.variant)
+    return (cfg.dataset, variant, ",".join(m.name for m in run_modalities(cfg)), cfg.architecture_name(),
+            cfg.method.name, json.dumps(dict(cfg.method.options), sort_keys=True, default=str), str(cfg.train.batch_size),
+            str(cfg.method.latent_dim), cfg.train.precision)
+
+
+def key_label(key) -> str:
+    """A rate key for a message: a method name (a PolyMNIST-shaped table) or "method (dataset/variant, architecture,
+    batch B, latent D)" (a table at a suite's shapes)."""
+    if isinstance(key, str):
+        return key
+    k = dict(zip(KEY_COLUMNS, key))
+    return (f"{k['method']} ({k['dataset']}/{k['variant']}, {k['architecture']}, batch {k['batch']}, latent "
+            f"{k['latent']}" + (f", {k['options']}" if k["options"] != "{}" else "") + ")")
+
+
+def synthetic_batch(modalities: Sequence[Modality], batch_size: int, generator: torch.Generator,
+                    lead: Tuple[int, ...] = ()) -> Dict[str, torch.Tensor]:
+    """A random batch as the trainers take it: each modality drawn as prepared data stores it (image bytes, text
+    character indices, spike counts) and converted by data.base.to_float; `lead`: leading axes (a pack's runs)."""
+    from .data.base import to_float
+
+    out = {}
+    for m in modalities:
+        if m.kind == "text":  # stored: one character index per position; to_float one-hots them over the alphabet
+            raw = torch.randint(0, m.shape[-1], (*lead, batch_size, *m.shape[:-1]), generator=generator)
+        else:  # images 0..255, spikes a few per 10-ms bin
+            raw = torch.randint(0, 256 if m.kind == "image" else 4, (*lead, batch_size, *m.shape), generator=generator,
+                                dtype=torch.uint8)
+        out[m.name] = to_float(m, raw)
+    return out
+
+
+def _run_model(cfg, dev: torch.device):
+    """The run's model as its trainer builds it (train.build_model, seeded by the run's seed), in training mode; a
+    method with a step schedule is told of a run far longer than the timed steps (its schedule's first stage)."""
+    from .train import build_model
+
+    torch.manual_seed(cfg.seed)
+    if dev.type == "meta":
+        with torch.device("meta"):
+            model = build_model(cfg)
+    else:
+        model = build_model(cfg).to(dev)
+    model.train()
+    if hasattr(model, "plan_steps"):
+        model.plan_steps(10 ** 9)
+    return model
+
+
+def config_step(cfg, device: str = "cpu", compile: bool = False) -> tuple:
+    """(one training step of run `cfg` as a function, its parameters): its model, Adam, precision and batch size on
+    one fixed random batch of its dataset's shapes (synthetic_batch). `compile`: the loss captured as by
+    `mmbench run --compile` (torch.compile mode reduce-overhead)."""
+    from .train import run_modalities
+
+    dev = torch.device(device)
+    model = _run_model(cfg, dev)
+    opt = _adam(model.parameters(), dev)
+    x = {k: v.to(dev) for k, v in synthetic_batch(run_modalities(cfg), cfg.train.batch_size,
+                                                 torch.Generator().manual_seed(cfg.seed)).items()}
+    loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
+
+    def step() -> None:
+        with _autocast(cfg.train.precision, dev):
+            loss, _ = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, list(model.parameters())
+
+
+def config_pack_step(cfg, pack: int, device: str = "cpu", compile: bool = False) -> tuple:
+    """(one packed step of `pack` runs of `cfg` (seeds cfg.seed, cfg.seed + 1, ...) as a function, the stacked
+    parameters), each run on its own random batch of the dataset's shapes, as `mmbench run` packs them."""
+    from .pack import StackedModel, unpackable_reason
+    from .train import run_modalities
+
+    why = unpackable_reason(cfg)
+    if why:
+        raise MMBenchError(f"not packed: {why}")
+    dev = torch.device(device)
+    states = [_run_model(replace(cfg, seed=cfg.seed + s), dev).state_dict() for s in range(pack)]
+    template = _run_model(cfg, dev)
+    sm = StackedModel(template, states, [None] * pack, cfg.train.lr, dev)
+    if dev.type == "meta":
+        sm.opt = _adam(list(sm.params.values()), dev)
+    if compile:
+        if not sm.vectorised_for(cfg.train.precision):
+            raise MMBenchError(f"this pack loops over its runs ({cfg.train.precision} on {dev.type}): only a vmapped "
+                               f"fp32 pack is captured")
+        sm.compile()
+    gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(cfg.seed + s) for s in range(pack)]
+    x = {k: v.to(dev) for k, v in synthetic_batch(run_modalities(cfg), cfg.train.batch_size,
+                                                 torch.Generator().manual_seed(cfg.seed), (pack,)).items()}
+
+    def step() -> None:
+        losses, _ = sm.loss(x, gens, 0, cfg.train.precision)
+        sm.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        sm.opt.step()
+
+    return step, list(sm.params.values())
+
+
+def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device: str = "cpu", compile: bool = False,
+                    progress: Optional[Callable[[str], None]] = None, time_limit: Optional[float] = None) -> List[dict]:
+    """Run-steps per second at every step shape (step_key) among `configs`, in the order first met: unpacked, and
+    packed at each size in `packs` up to the largest pack those runs form (runs that differ only in their seed,
+    pack.pack_key); with `compile` each also captured, one row each. A shape that cannot be packed, or a pack that
+    does not fit, gets a row saying why. `time_limit` (seconds): no shape but the first is started after it;
+    each shape not measured gets a row saying so. Each row names its shape (KEY_COLUMNS) and how many of the runs have it."""
+    from collections import Counter
+
+    from .pack import pack_key
+
+    if steps < 1:
+        raise MMBenchError(f"--steps {steps}: must be at least 1")
+    say = progress or (lambda s: None)
+    shapes: Dict[Tuple[str, ...], List] = {}
+    for c in configs:
+        shapes.setdefault(step_key(c), []).append(c)
+    start, rows = time.perf_counter(), []
+    dev = torch.device(device)
+    for n_shape, (key, cs) in enumerate(shapes.items()):
+        head = {**dict(zip(KEY_COLUMNS, key)), "runs": len(cs)}
+        if time_limit is not None and n_shape and time.perf_counter() - start > time_limit:  # the first always runs
+            rows.append({**head, "pack": 1, "mode": f"not measured: --time-limit {time_limit:g} s reached",
+                         "median_s": float("nan"), "run_steps_per_s": float("nan")})
+            continue
+        largest = max(Counter(pack_key(c) for c in cs).values())
+        cfg = cs[0]
+        timings = [(1, False)] + ([(1, True)] if compile else [])
+        timings += [(n, cap) for n in packs if 1 < n <= largest for cap in ([False, True] if compile else [False])]
+        for n, cap in timings:
+            label = ("unpacked" if n == 1 else "packed") + (" (compiled)" if cap else "")
+            say(f"shape {n_shape + 1}/{len(shapes)}: {key_label(key)}, {label}" + (f" {n}" if n > 1 else ""))
+            try:
+                step, params = config_step(cfg, device, cap) if n == 1 else config_pack_step(cfg, n, device, cap)
+                r = _timed(step, 3 if cap else 2, steps, dev, params)
+                rows.append({**head, "pack": n, "mode": label, "median_s": r["median_s"],
+                             "run_steps_per_s": n / r["median_s"]})
+            except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
+                why = str(e) if isinstance(e, MMBenchError) else brief(e, 80)
+                rows.append({**head, "pack": n, "mode": "n/a: " + why.replace("|", "/"),
+                             "median_s": float("nan"), "run_steps_per_s": float("nan")})
+                if "not packed" in str(e):
+                    break  # no other pack size of this shape packs either
+            finally:
+                step = params = None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows

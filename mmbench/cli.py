@@ -417,12 +417,13 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
 
 def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
     """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs), said on stderr."""
-    from .bench import best_packs
+    from .bench import best_packs, key_label
 
     caps = best_packs(_step_time_rates(step_times, compiled))
     if caps:
         err_console.print(f"--step-times {step_times}: packs capped at the fastest measured size: "
-                          + ", ".join(f"{m} {n}" + (" (alone)" if n == 1 else "") for m, n in sorted(caps.items())))
+                          + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
+                                      for m, n in sorted(caps.items())), highlight=False, soft_wrap=True)
     return caps
 
 
@@ -440,19 +441,21 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .bench import projected_seconds, shapes_differ, step_table_shapes
+    from .bench import by_shape, projected_seconds, shapes_differ, step_key, step_table_shapes
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_tuples
 
     rates = _step_time_rates(step_times, compiled)
-    shapes = step_table_shapes(step_times)
+    shaped = by_shape(rates)  # measured at a suite's shapes (`bench steps --suite`): each run looked up by its own
+    shapes = None if shaped else step_table_shapes(step_times)
     todo = [Run(c, runs_dir) for c in configs]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
     other: Dict[str, int] = {}  # how runs differ from the table's shapes -> how many
 
     def steps_of(r):
-        why = shapes_differ(r.cfg, shapes)
+        why = (("not a step shape this table measured" if step_key(r.cfg) not in rates else None) if shaped
+               else shapes_differ(r.cfg, shapes))
         if why:
             other[why] = other.get(why, 0) + 1
             return None
@@ -469,10 +472,13 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     where = found.group(1) if found else "the measured device"
     n_other = sum(other.values())
     shown = ", ".join(f"{why}: {n}" for why, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
-    summary = (f"projected training on one GPU ({where}, step times from {step_times}): "
+    summary = (f"projected training on {'the CPU' if 'CPU threads' in where else 'one GPU'} ({where}, step times from "
+               f"{step_times}): "
                f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
                f"{len(packs)} pack(s)"
-               + (f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "
+               + (f"; {n_other} at step shapes this table did not measure (`mmbench bench steps --suite SUITE` "
+                  f"measures a suite's), not projected" if n_other and shaped else
+                  f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "
                   f"{shapes['batch_size']}, latent {shapes['latent_dim']}, {shapes['precision']}; {shown}"
                   + (", ..." if len(other) > 3 else "") + "), not projected from this table"
                   if n_other else "")
@@ -804,7 +810,8 @@ def bench_load(dataset: str = typer.Argument(..., help="A prepared dataset."),
 
 
 @bench_app.command("steps")
-def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all registered)."),
+def bench_steps(ctx: typer.Context,
+                methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all registered)."),
                 scaling: str = typer.Option("mopoe,smvae,mmvamp", help="Methods timed for every M in --modalities."),
                 modalities: str = typer.Option("2,3,4,5", help="Numbers of modalities for the scaling table."),
                 batch_size: int = typer.Option(256, "--batch-size"),
@@ -823,12 +830,24 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
                 out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here."),
                 profile: Optional[Path] = typer.Option(None, "--profile", help="A folder: also profile each timed step "
                                                        "(torch.profiler) into a file there, and add the device's busy "
-                                                       "time per step (kernel_ms, kernel_share; GPU) to the table.")) -> None:
-    """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches.
+                                                       "time per step (kernel_ms, kernel_share; GPU) to the table."),
+                suite: Optional[Path] = typer.Option(None, "--suite", help="Time the steps of this suite's runs at "
+                                                     "their own shapes (dataset, modalities, architecture, method and "
+                                                     "options, batch, latent, precision), one row per shape, unpacked "
+                                                     "and at each --pack size up to the runs' own packs: the table "
+                                                     "`mmbench run SUITE --dry-run --step-times FILE` projects every "
+                                                     "run from. --methods filters its methods."),
+                tier: str = typer.Option("full", help="With --suite: the tier whose runs are timed."),
+                time_limit: Optional[float] = typer.Option(None, "--time-limit", help="With --suite: seconds after "
+                                                           "which no new shape is started (the table lists the rest "
+                                                           "as not measured).")) -> None:
+    """Time one training step (loss, backward, Adam) of every method on PolyMNIST-shaped batches, or (--suite) at
+    the shapes of a suite's runs.
 
     Example: mmbench bench steps --steps 5 --out docs/step_times.md
     Example: mmbench bench steps --methods mopoe,mvae,mmvae --pack 1,5,15 --device cuda
     Example: mmbench bench steps --methods mopoe --pack 15 --device cuda --profile profiles/
+    Example: mmbench bench steps --suite suites/mmvamp.yaml --pack 5 --device cuda --out steps-mmvamp.md
     """
     import platform
 
@@ -839,6 +858,21 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
     from .bench import pack_table, step_table
     from .registry import METHODS
 
+    def given(name: str) -> bool:  # on the command line, not a default
+        return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+    if suite is None:
+        for name, option in (("tier", "--tier"), ("time_limit", "--time-limit")):
+            if given(name):
+                raise MMBenchError(f"{option} applies to --suite (the runs of a suite); add --suite SUITE or drop it")
+    else:
+        for name, option in (("scaling", "--scaling"), ("modalities", "--modalities"), ("batch_size", "--batch-size"),
+                             ("latent_dim", "--latent-dim"), ("precision", "--precision"), ("profile", "--profile")):
+            if given(name):
+                raise MMBenchError(f"{option}: with --suite each run's own settings are timed; drop {option} (or "
+                                   f"change the suite, e.g. with --set on `mmbench run`)")
+        if time_limit is not None and time_limit <= 0:
+            raise MMBenchError(f"--time-limit {time_limit:g}: must be a positive number of seconds")
     if out is not None:
         _writable(out, "--out")  # before the measurement, not after it
     if profile is not None:
@@ -893,7 +927,9 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
         profile.mkdir(parents=True, exist_ok=True)
     if note:
         err_console.print(note)
-    if packs:
+    if suite is not None:
+        md = _suite_step_table(suite, tier, methods, packs, steps, device, compile, time_limit, where)
+    elif packs:
         with err_console.status("timing") as status:
             rows = pack_table(names, [n for n in packs if n > 1] or packs, batch_size, latent_dim, steps,
                               progress=lambda s: status.update(f"timing {s}"), device=device,
@@ -940,6 +976,41 @@ def bench_steps(methods: Optional[str] = typer.Option(None, help="Comma-separate
 
         atomic_write(out, text)
         console.print(f"wrote {out}")
+
+
+def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: List[int], steps: int, device: str,
+                      compile: bool, time_limit: Optional[float], where: str) -> List[str]:
+    """`bench steps --suite`: the Markdown lines of the table of run-steps per second at the suite's step shapes."""
+    import torch
+    from tabulate import tabulate
+
+    from .bench import KEY_COLUMNS, suite_step_rows
+    from .suite import load_suite
+
+    s = load_suite(suite)
+    configs = s.runs(tier)
+    if methods:
+        keep = methods.split(",")
+        configs = [c for c in configs if c.method.name in keep]
+        if not configs:
+            raise MMBenchError(f"--methods {methods}: none of {suite}'s {tier} runs uses them (its methods: "
+                               f"{', '.join(dict.fromkeys(c.method.name for c in s.runs(tier)))})")
+    with err_console.status("timing") as status:
+        rows = suite_step_rows(configs, [n for n in packs if n > 1], steps, device, compile,
+                               progress=lambda t: status.update(f"timing {t}"), time_limit=time_limit)
+    cols = [*KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
+    cells = [[r[c] if c not in ("median_s", "run_steps_per_s") else
+              ("" if r[c] != r[c] else f"{r[c]:.4f}" if c == "median_s" else f"{r[c]:.2f}") for c in cols] for r in rows]
+    n_shapes = len({tuple(r[c] for c in KEY_COLUMNS) for r in rows})
+    head = (f"Run-steps per second at the step shapes of {suite}'s {tier} runs ({len(configs)} runs, {n_shapes} "
+            f"shapes: one per dataset, variant, modalities, architecture, method and options, batch, latent and "
+            f"precision; mmbench/bench.py suite_step_rows), on random batches of each dataset's shapes, unpacked and "
+            f"packed up to the runs' own packs, median of {steps} steps; {where}, torch {torch.__version__}.")
+    return [head, "", tabulate(cells, headers=cols, tablefmt="github", disable_numparse=True), "",
+            "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
+            "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
+            "row of its shape (bench.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
+            "fastest size.", ""]
 
 
 @app.command("list")

@@ -37,6 +37,8 @@
 #                           device's busy time per step (kernel_ms, kernel_share: launch-bound or kernel-bound)
 #   steps-mrvae-captured.md the unpacked mrVAE and MoPoE steps captured the same way, if time is left
 #   projection.txt          `mmbench run SUITE --dry-run --step-times steps-packed.md` for every suite
+#   steps-suite-SUITE.md    `bench steps --suite suites/SUITE.yaml`: run-steps/s at each step shape of the suite's runs
+#   projection-suites.txt   `mmbench run SUITE --dry-run --step-times steps-suite-SUITE.md`: every run from its own shape
 #   log.txt                 everything printed (also in $OUT)
 #
 # On the device (repository root; DATA names the folder holding mnist-t10k/ (the MNIST test IDX files) and
@@ -48,7 +50,8 @@
 # A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
 # PARTS (default all), in the order they run: correctness, steps, fig3, evaltime, report, projection, captured, kernels
-# (then the captured steps' profiles, with captured); data is always prepared;
+# (then the captured steps' profiles, with captured), suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
+# data is always prepared;
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
 # when EPOCHS are sized; GPU_TESTS replaces the correctness tests; CAPTURE_PACKS: captured MoPoE packs only;
@@ -354,6 +357,27 @@ if part captured && [ "$DEVICE" = cuda ]; then
     timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B \
       --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-compiled-profiled.md" $(prof captured)
   fi
+fi
+snap
+# every suite's step shapes (ResNets, CelebA, MNIST-SVHN-Text, the rats, latent 256), for the projections of the suites
+# whose runs the PolyMNIST-CNN table cannot project; the time left split over SUITES, each table then read back by
+# the suite's dry run
+if part suitesteps && { [ "$SCALE" = tiny ] || [ "$(left)" -gt 30 ]; }; then
+  if [ "$SCALE" = tiny ]; then SUITES=${SUITES:-mrvae}; ST=(--tier smoke --pack 3 --steps 1); else
+    SUITES=${SUITES:-mmvamp,smvae_iclr22,mopoe_iclr21,mrvae}; ST=(--pack "${SUITE_PACKS:-5,15}" --steps 3); fi
+  IFS=, read -ra SL <<< "$SUITES"
+  for i in "${!SL[@]}"; do
+    s=${SL[$i]}
+    share=$(( ($(left) - 15) / (${#SL[@]} - i) ))
+    [ "$SCALE" = tiny ] || [ "$share" -gt 10 ] || break
+    say "$s: step times at its runs' shapes (bench steps --suite; ${share} s)"
+    timeout $(to $(( share + 20 ))) $M bench steps --suite "suites/$s.yaml" "${ST[@]}" --device "$DEVICE" \
+      --time-limit "$share" --out "$RES/steps-suite-$s.md" > /dev/null 2> "$RES/steps-suite-$s.err" || tail -2 "$RES/steps-suite-$s.err"
+    { echo "== $s"; timeout $(to 30) $M run "suites/$s.yaml" $([ "$SCALE" = tiny ] && echo --tier smoke) --dry-run \
+        --step-times "$RES/steps-suite-$s.md" 2>&1 | tail -4; } >> "$RES/projection-suites.txt"
+    snap
+  done
+  tail -4 "$RES/projection-suites.txt" 2>/dev/null
 fi
 snap
 say "done ($(left) s of the budget left)"

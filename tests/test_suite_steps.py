@@ -1,0 +1,190 @@
+"""`mmbench bench steps --suite`: step times at the shapes of a suite's own runs (datasets, networks, methods, batch,
+latent, precision), and the projections and pack caps `mmbench run --step-times` reads from such a table."""
+import re
+
+import pytest
+import torch
+
+from mmbench import bench
+from mmbench.config import build_run_config, deep_merge
+from mmbench.data.base import Modality
+from mmbench.results import Run
+from mmbench.runner import make_packs
+
+TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+        "train": {"epochs": 2, "batch_size": 32, "max_train": 100, "max_test": 64}}
+
+
+def cfg(update=None, seed=0):
+    d = deep_merge(TINY, update or {})
+    d["seed"] = seed
+    return build_run_config(d)
+
+
+def shape_table(rows, where="GPU Z"):
+    """A `bench steps --suite` table: (config, pack, run-steps/s) rows under the columns the command writes."""
+    cols = [*bench.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
+    lines = [f"Run-steps per second at the step shapes of s.yaml's full runs (…), median of 5 steps; {where}, torch 2.",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for c, pack, rate in rows:
+        mode = "unpacked" if pack == 1 else "packed"
+        lines.append("| " + " | ".join([*bench.step_key(c), "1", str(pack), mode, f"{pack / rate:.4f}", str(rate)])
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def test_synthetic_batch_is_drawn_as_data_is_stored_and_converted_as_the_trainers_convert_it():
+    """Images: bytes / 255; text: one-hot character indices over the alphabet; spikes: counts / 10; `lead` axes in
+    front (a pack's runs); the same generator seed draws the same batch."""
+    mods = [Modality("img", (3, 4, 4)), Modality("txt", (6, 5), "text", "categorical"),
+            Modality("rat", (7, 3), "spikes", "sse")]
+    x = bench.synthetic_batch(mods, 8, torch.Generator().manual_seed(0), lead=(2,))
+    img, txt, rat = x["img"], x["txt"], x["rat"]
+    assert img.shape == (2, 8, 3, 4, 4) and img.dtype == torch.float32
+    assert 0 <= img.min() and img.max() <= 1 and torch.allclose(img * 255, (img * 255).round(), atol=1e-4)
+    assert img.unique().numel() > 100  # bytes over the whole range, not a constant
+    assert txt.shape == (2, 8, 6, 5) and (txt.sum(-1) == 1).all() and set(txt.argmax(-1).unique().tolist()) == set(range(5))
+    counts = rat * 10
+    assert rat.shape == (2, 8, 7, 3) and torch.allclose(counts, counts.round())
+    assert set(counts.round().unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    again = bench.synthetic_batch(mods, 8, torch.Generator().manual_seed(0), lead=(2,))
+    assert all(torch.equal(x[k], again[k]) for k in x)
+
+
+def test_step_key_holds_what_a_step_costs_and_nothing_else():
+    """Seed, β, learning rate and epochs do not change a step; the method, its options, the latent size, the batch,
+    the precision, the modalities and the networks do."""
+    base = bench.step_key(cfg())
+    assert dict(zip(bench.KEY_COLUMNS, base)) == {
+        "dataset": "polydigits", "variant": "vanilla", "modalities": "m0,m1,m2,m3,m4", "architecture": "polymnist_cnn",
+        "method": "mopoe", "options": "{}", "batch": "32", "latent": "8", "precision": "fp32"}
+    assert bench.key_label(base) == "mopoe (polydigits/vanilla, polymnist_cnn, batch 32, latent 8)"
+    assert bench.step_key(cfg(seed=3)) == base
+    assert bench.step_key(cfg({"method": {"beta": 2.5}, "train": {"lr": 1e-3, "epochs": 9}})) == base
+    others = [{"method": {"latent_dim": 16}}, {"train": {"batch_size": 64}}, {"train": {"precision": "bf16"}},
+              {"method": {"name": "mvae"}}, {"modalities": ["m0", "m1"]},
+              {"method": {"architecture": "polymnist_resnet"}}]
+    keys = [bench.step_key(cfg(u)) for u in others]
+    assert base not in keys and len(set(keys)) == len(keys)
+    q, r = (bench.step_key(cfg({"method": {"name": "mrvae", "options": {"objective": o}}})) for o in "qr")
+    assert q != r and r[5] == '{"objective": "r"}'
+
+
+def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkeypatch):
+    """MoPoE at 2 β × 2 seeds (packs of 2: pack 3 is not timed), MVAE alone (unpacked only), SMVAE × 2 seeds (not
+    packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
+    pack / median; a time limit leaves later shapes listed as not measured."""
+    ran = []
+
+    def fake_timed(step, warmup, steps, dev, params):
+        step()
+        ran.append(tuple(params[0].shape))
+        return {"median_s": 0.25}
+
+    monkeypatch.setattr(bench, "_timed", fake_timed)
+    mopoe = [cfg({"method": {"beta": b}}, s) for b in (1.0, 2.0) for s in (0, 1)]
+    configs = mopoe + [cfg({"method": {"name": "mvae"}})] + [cfg({"method": {"name": "smvae"}}, s) for s in (0, 1)]
+    rows = bench.suite_step_rows(configs, [2, 3], steps=1)
+    got = [(r["method"], r["runs"], r["pack"], r["mode"].split(":")[0], r["run_steps_per_s"]) for r in rows]
+    assert got[:4] == [("mopoe", 4, 1, "unpacked", 4.0), ("mopoe", 4, 2, "packed", 8.0),
+                       ("mvae", 1, 1, "unpacked", 4.0), ("smvae", 2, 1, "unpacked", 4.0)]
+    assert got[4][:4] == ("smvae", 2, 2, "n/a") and got[4][4] != got[4][4] and len(got) == 5
+    assert "not packed: method smvae is not packable" in rows[4]["mode"]
+    first = tuple(next(p for p in bench._run_model(mopoe[0], torch.device("cpu")).parameters()).shape)
+    assert ran[:2] == [first, (2, *first)]  # the packed step's parameters are stacked over its 2 runs
+    limited = bench.suite_step_rows(configs, [2], steps=1, time_limit=1e-9)
+    assert [r["method"] for r in limited if r["mode"].startswith("not measured")] == ["mvae", "smvae"]
+    assert [r["mode"] for r in limited[:2]] == ["unpacked", "packed"]  # the first shape always runs
+    with pytest.raises(Exception, match="--steps 0"):
+        bench.suite_step_rows(configs, [2], steps=0)
+
+
+def test_a_suite_table_projects_each_run_from_its_own_shape(tmp_path, data_root):
+    """Read back, a table at a suite's shapes is keyed by shape: MoPoE at latent 8 (3 seeds: one pack of 3 at the
+    pack-3 rate, 30 run-steps/s; 2 epochs x floor(100 / 32) = 6 steps a run: 3 x 6 / 30 = 0.6 s, 0.2 s a run) and at
+    latent 16 (alone, 5 run-steps/s: 1.2 s) each from its own row; a run at a shape the table lacks is not projected
+    and the summary says so; a table measured on a CPU says it projects the CPU."""
+    from mmbench.cli import _gpu_projection
+
+    runs_dir = tmp_path / "runs"
+    small = [cfg(seed=s) for s in range(3)]
+    wide = cfg({"method": {"latent_dim": 16}})
+    times = tmp_path / "t.md"
+    times.write_text(shape_table([(small[0], 1, 10.0), (small[0], 3, 30.0), (wide, 1, 5.0)]))
+    rates = bench.read_step_times(times)
+    assert rates == {bench.step_key(small[0]): {1: 10.0, 3: 30.0}, bench.step_key(wide): {1: 5.0}}
+    gpu = _gpu_projection(small + [wide], runs_dir, data_root, times, None)
+    assert gpu["per_run"] == {**{Run(c, runs_dir).id: pytest.approx(0.2) for c in small},
+                              Run(wide, runs_dir).id: pytest.approx(1.2)}
+    assert "projected training on one GPU (GPU Z," in gpu["summary"] and "for 4 of 4 unfinished" in gpu["summary"]
+    lost = cfg({"train": {"batch_size": 64}})
+    gpu = _gpu_projection(small + [lost], runs_dir, data_root, times, None)
+    assert gpu["per_run"][Run(lost, runs_dir).id] is None
+    assert "1 at step shapes this table did not measure" in gpu["summary"]
+    times.write_text(shape_table([(small[0], 1, 10.0)], where="2 CPU threads, x86_64"))
+    assert "projected training on the CPU (2 CPU threads" in _gpu_projection(small, runs_dir, data_root, times,
+                                                                             None)["summary"]
+
+
+def test_a_suite_table_caps_each_shapes_packs_at_its_fastest_size(tmp_path):
+    """Caps from a table at a suite's shapes hold per shape: MoPoE at latent 8 fastest at 2 of 1-3 trains 3 seeds in
+    packs of 2 and 1, while MoPoE at latent 16, fastest at 3, keeps its pack of 3."""
+    small = [cfg(seed=s) for s in range(3)]
+    wide = [cfg({"method": {"latent_dim": 16}}, s) for s in range(3)]
+    times = tmp_path / "t.md"
+    times.write_text(shape_table([(small[0], 1, 10.0), (small[0], 2, 20.0), (small[0], 3, 15.0),
+                                  (wide[0], 1, 10.0), (wide[0], 3, 25.0)]))
+    caps = bench.best_packs(bench.read_step_times(times))
+    assert caps == {bench.step_key(small[0]): 2}
+    packs = make_packs([Run(c, tmp_path) for c in small + wide], None, 1, caps)
+    assert sorted(len(p) for p in packs) == [1, 2, 3]
+    assert [len(p) for p in packs if p[0].cfg.method.latent_dim == 16] == [3]
+
+
+def test_bench_steps_suite_writes_the_table_dry_run_projects_from(tmp_path, mmbench_here, data_root):
+    """The command end to end on a CPU: a suite of MoPoE × 2 seeds and MVAE; each shape's rows as measured; the dry
+    run then projects every run of the suite from that file, each from its shape's rate."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                     "  train: {epochs: 1, batch_size: 16, max_train: 64, max_test: 32}\n"
+                     "experiments:\n  - name: e\n    reproduces: [MoPoE Fig. 3]\n    dataset: polydigits\n"
+                     "    methods: [mopoe, mvae]\n    seeds: [0, 1]\n")
+    out = tmp_path / "steps.md"
+    r = mmbench_here("bench", "steps", "--suite", suite, "--pack", "2,4", "--steps", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    rates = bench.read_step_times(out)
+    from mmbench.suite import load_suite
+
+    configs = load_suite(suite).runs("full")
+    keys = [bench.step_key(c) for c in configs]
+    assert set(rates) == set(keys) and all(set(v) == {1, 2} for v in rates.values())  # pack 4 > the 2 seeds
+    text = out.read_text()
+    assert "s.yaml's full runs (4 runs, 2 shapes" in text.replace(str(suite), "s.yaml") and "CPU threads" in text
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs")}
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", out, env=env, width=300)
+    assert r.returncode == 0, r.stderr
+    summary = " ".join(r.stdout.split())
+    assert "projected training on the CPU (" in summary and "for 4 of 4 unfinished run(s) in 2 pack(s)" in summary
+    # 1 epoch of 64 tuples at batch 16: 4 steps a run; a pack of 2 at its pack-2 rate: 2 x 4 / rate, 4 / rate a run
+    shown = re.findall(r"│ (polydigits-vanilla-(mopoe|mvae)-\S+).*│ ([\d.]+ (?:ms|s)) *│\s*$", r.stdout, re.MULTILINE)
+    assert len(shown) == 4
+    from mmbench.cli import _gpu_projection
+
+    gpu = _gpu_projection(configs, tmp_path / "runs", data_root, out, None)
+    for c in configs:
+        assert gpu["per_run"][Run(c, tmp_path / "runs").id] == pytest.approx(4 / rates[bench.step_key(c)][2])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "64"], "--batch-size: with --suite each run's own settings are timed"),
+    (["--precision", "bf16"], "--precision: with --suite"),
+    (["--time-limit", "0"], "--time-limit 0: must be a positive number of seconds"),
+    (["--methods", "jmvae"], "--methods jmvae: none of"),
+])
+def test_bench_steps_suite_refuses_options_it_would_not_use(args, message, tmp_path, mmbench_here):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\nexperiments:\n  - name: e\n    dataset: polydigits\n    methods: [mopoe]\n")
+    r = mmbench_here("bench", "steps", "--suite", suite, *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    r = mmbench_here("bench", "steps", "--tier", "quick")
+    assert r.returncode == 2 and "--tier applies to --suite" in r.stderr, r.stderr
