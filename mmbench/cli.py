@@ -300,10 +300,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         from .suite import human_seconds, seconds_per_sample, train_tuples
 
         rates = seconds_per_sample(runs_dir, data_root)
-        t = Table(title=f"{s.name} ({tier}): {len(configs)} runs")
+        distinct = len({Run(c, runs_dir).id for c in configs})
+        t = Table(title=f"{s.name} ({tier}): {len(configs)} runs" + (f" ({distinct} distinct: a run two experiments "
+                                                                      f"share is listed under each)"
+                                                                      if distinct < len(configs) else ""))
         t.add_column("run", overflow="fold")  # a narrow terminal folds the id rather than cutting its seed off
         for c in ("reproduces", "epochs", "train tuples", "est. train time", "status"):
-            t.add_column(c)
+            t.add_column(c, min_width=11 if c == "train tuples" else None)  # "~1,121,360" whole in a narrow terminal
         gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps, compile) if step_times else None
         if gpu:
             t.add_column("GPU time (packed)")
@@ -312,17 +315,20 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             t.add_column("Slurm job (log)")
         counts: Dict[str, int] = {}
         total, unknown, pending, expected = 0.0, 0, 0, 0
+        listed: set = set()  # run ids already counted: a run two experiments share is shown twice, counted once
         for c in configs:
             r = Run(c, runs_dir)
             status = r.status()
-            counts[status] = counts.get(status, 0) + 1
+            again = r.id in listed
+            listed.add(r.id)
+            counts[status] = counts.get(status, 0) + (not again)
             n, prepared = train_tuples(c, data_root)
-            expected += bool(n) and not prepared
+            expected += bool(n) and not prepared and not again
             rate = rates.get((c.dataset, c.variant, c.method.name))
             trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
             left = n * (1 - resume_point(r)[0] / max(c.train.epochs, 1)) if n and trains else n  # a resumed run's rest
             est = left * rate if n and rate else None
-            if trains:
+            if trains and not again:
                 total += est or 0.0
                 unknown += est is None
                 pending += 1
@@ -449,7 +455,8 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     rates = _step_time_rates(step_times, compiled)
     shaped = by_shape(rates)  # measured at a suite's shapes (`bench steps --suite`): each run looked up by its own
     shapes = None if shaped else step_table_shapes(step_times)
-    todo = [Run(c, runs_dir) for c in configs]
+    seen: set = set()  # a run listed by two experiments (a shared configuration) trains once
+    todo = [r for r in (Run(c, runs_dir) for c in configs) if not (r.id in seen or seen.add(r.id))]
     todo = [r for r in todo if r.status() not in ("done", "rescore")]  # a rescore is not trained again
     other: Dict[str, int] = {}  # how runs differ from the table's shapes -> how many
 

@@ -214,3 +214,11 @@ def test_blank_lines_in_the_partition_file_are_skipped(tmp_path):
     path = tmp_path / "list_eval_partition.txt"
     path.write_text("000001.jpg 0\n\n000002.jpg 1\n   \n000003.jpg 2\n\n")
     assert celeba.read_partition(path) == {"000001.jpg": 0, "000002.jpg": 1, "000003.jpg": 2}
+
+
+def test_expected_counts_are_the_partitions_a_default_build_takes():
+    """Before `prepare`, a run is sized by the partitions the default build takes: train partition 0 (162,770) and
+    test partition 1 (19,867, `test_partition` 1), of the 202,599 images the checked partition file lists."""
+    spec = DATASETS.get("celeba")()
+    assert spec.expected_counts("default") == {"train": 162_770, "test": 19_867}
+    assert sum(celeba.PARTITION_SIZES.values()) == 202_599 and celeba.PARTITION_SIZES[2] == 19_962

@@ -1,5 +1,6 @@
 """MNIST-SVHN-Text from fixtures in the canonical formats (gzip'd IDX, MATLAB v5 .mat)."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from mmbench.data.download import Resource
 from mmbench.errors import MMBenchError
 from mmbench.registry import DATASETS
 from test_download import write_idx
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # absent in a user's checkout: tests skip
 
 
 @pytest.fixture()
@@ -42,7 +45,28 @@ def raw(tmp_path, monkeypatch):
 
 
 def expected_count(l1, l2, cap, rounds):
-    return rounds * sum(min((l1 == c).sum(), (l2 == c).sum(), cap) for c in range(10))
+    """mst.paired_count, the formula `run --dry-run` sizes an unprepared copy by, on the classes of two label arrays
+    (checked here against what `pair` makes)."""
+    return mst.paired_count(np.bincount(l1, minlength=10), np.bincount(l2, minlength=10), cap, rounds)
+
+
+def test_expected_counts_follow_from_the_source_files_classes():
+    """The default recipe (20 rounds, at most 10,000 a class) on MNIST's and SVHN's class counts: 1,121,360 train and
+    200,000 test triples; each class table sums to its file's size (60,000 / 10,000 MNIST, 73,257 / 26,032 SVHN)."""
+    spec = DATASETS.get("mnist-svhn-text")()
+    assert spec.expected_counts("default") == {"train": 1_121_360, "test": 200_000}
+    assert [sum(mst.CLASS_COUNTS[d][s]) for d in ("mnist", "svhn") for s in ("train", "test")] == [
+        60_000, 10_000, 73_257, 26_032]
+    assert mst.paired_count((5, 1), (2, 9), 3, 4) == 4 * (2 + 1) and mst.paired_count((5, 9), (7, 9), 3, 2) == 12
+
+
+@pytest.mark.skipif(not (SHARED / "mnist-t10k").exists(), reason="../shared/data/mnist-t10k (the real MNIST test "
+                    "split) is not here")
+def test_mnist_test_class_counts_are_the_real_files():
+    from mmbench.data.mnist import read_idx
+
+    y = read_idx(SHARED / "mnist-t10k" / "t10k-labels-idx1-ubyte.gz").astype(int)
+    assert tuple(np.bincount(y, minlength=10).tolist()) == mst.CLASS_COUNTS["mnist"]["test"]
 
 
 def test_pairing_text_and_counts(tmp_path, raw):

@@ -485,14 +485,16 @@ def test_dry_run_projects_only_runs_at_the_step_tables_shapes(tmp_path, data_roo
 def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_path, mmbench_here):
     """Before `prepare`, a PolyMNIST run is sized by the split its default recipe builds (60,000 tuples: 234 steps
     of 256 an epoch), said to be expected; 2 epochs, 3 seeds in one pack at 30 run-steps/s: 3 x 468 / 30 = 46.8 s.
-    A dataset whose size only a build tells (MNIST-SVHN-Text) stays unknown; the table keeps every run id whole
-    in a narrow terminal and names each paper once in "reproduces"."""
+    MNIST-SVHN-Text is sized likewise (1,121,360 triples a default build pairs: 2 epochs, ~2,242,720), but not
+    projected from a PolyMNIST table; a dataset whose size only a build tells (the rats) stays unknown; the table keeps
+    every run id whole in a narrow terminal and names each paper once in "reproduces"."""
     suite = tmp_path / "suite.yaml"
     suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 512}\n  train: {epochs: 2, batch_size: 256}\n"
                      "experiments:\n"
                      "  - name: e\n    reproduces: [MoPoE Fig. 3, MoPoE Fig. 11]\n    dataset: polymnist\n"
                      "    methods: [mopoe]\n    seeds: [0, 1, 2]\n"
-                     "  - name: t\n    reproduces: [MoPoE Table 2]\n    dataset: mnist-svhn-text\n    methods: [mopoe]\n")
+                     "  - name: t\n    reproduces: [MoPoE Table 2]\n    dataset: mnist-svhn-text\n    methods: [mopoe]\n"
+                     "  - name: r\n    reproduces: [MMVAMP Fig. 5]\n    dataset: rats\n    methods: [mopoe]\n")
     times = tmp_path / "t.md"
     times.write_text(shapes_head(batch=256, latent=512) + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 3 | packed | 0.1 | 30 |\n")
@@ -500,10 +502,10 @@ def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_pa
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=80)
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
-    assert "47 s for 3 of 4 unfinished run(s)" in out, out
-    assert "~: 3 run(s) sized by their dataset's default recipe (not prepared here)" in out
+    assert "47 s for 3 of 5 unfinished run(s)" in out, out
+    assert "~: 4 run(s) sized by their dataset's default recipe (not prepared here)" in out
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines() if line.startswith("│")]
-    assert [row[3] for row in cells if row[3].startswith(("~", "?"))] == ["~120,000"] * 3 + ["? (not"]
+    assert [row[3] for row in cells if row[3].startswith(("~", "?"))] == ["~120,000"] * 3 + ["~2,242,720", "? (not"]
     ids = "".join(row[0] for row in cells)  # the folded id's pieces, read down the column
     for seed in range(3):
         assert f"polymnist-vanilla-mopoe-s{seed}-" in ids

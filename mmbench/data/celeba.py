@@ -35,6 +35,9 @@ FILES = {
     "list_attr_celeba.txt": "75e246fa4810816ffd6ee81facbd244c",
     "list_eval_partition.txt": "d32c9cbf5e040fd4025c592c306e6668",
 }
+# Images per partition (0 train, 1 validation, 2 test) listed by the md5-checked list_eval_partition.txt (the CelebA
+# page: 162,770 / 19,867 / 19,962 of 202,599): the split sizes of a build, for `run --dry-run` before `prepare`.
+PARTITION_SIZES = {0: 162_770, 1: 19_867, 2: 19_962}
 TEXT_LEN = 256
 CROP = (35, 183, 15, 163)  # rows, cols of the 148-pixel centre crop of a 218×178 image
 
@@ -104,6 +107,10 @@ class CelebA(DatasetSpec):
                     "test_partition": "partition used as test: 1 (validation, MoPoE code; default) or 2"}
     location_options = ("source",)
     needs = {"default": "--source DIR"}  # no stable file URL (build)
+
+    def expected_counts(self, variant: str) -> Dict[str, int]:
+        # default options: train = partition 0, test = partition 1 (test_partition)
+        return {"train": PARTITION_SIZES[0], "test": PARTITION_SIZES[1]}
 
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights as the MoPoE code: 4096/12288 for the image, 4096/256 for the text.

@@ -91,6 +91,23 @@ def load_svhn(path, user_copy: bool = False) -> tuple:
     return x, y
 
 
+# Images per digit 0-9 in the md5-checked source files (SVHN's "10" counted as 0): what the default recipe's split sizes
+# follow from (paired_count), for `run --dry-run` before anything is prepared (tests/test_mnist_svhn_text.py checks
+# MNIST's test counts against the real file where it is at hand).
+CLASS_COUNTS = {
+    "mnist": {"train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)},
+    "svhn": {"train": (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659),
+             "test": (1744, 5099, 4149, 2882, 2523, 2384, 1977, 2019, 1660, 1595)},
+}
+
+
+def paired_count(counts_a, counts_b, max_per_class: int, rounds: int) -> int:
+    """How many pairs `pair` makes from two datasets with these images per class: per class the first
+    min(a, b, max_per_class) of each, matched `rounds` times."""
+    return rounds * sum(min(a, b, max_per_class) for a, b in zip(counts_a, counts_b))
+
+
 def pair(l1: np.ndarray, l2: np.ndarray, max_per_class: int, rounds: int, rng: np.random.Generator) -> tuple:
     """Index pairs as the authors' `rand_match_on_idx`, seeded."""
     o1, o2 = np.argsort(l1, kind="stable"), np.argsort(l2, kind="stable")
@@ -125,6 +142,11 @@ class MNISTSVHNText(DatasetSpec):
         per_epoch = manifest.get("text", {}).get("start") == "per_epoch"
         return {"text": redraw_start} if per_epoch and split == "train" else {}
 
+    def expected_counts(self, variant: str) -> Dict[str, int]:
+        # default options: 20 rounds, at most 10,000 images a class (1,121,360 train and 200,000 test triples)
+        return {split: paired_count(CLASS_COUNTS["mnist"][split], CLASS_COUNTS["svhn"][split], 10_000, 20)
+                for split in ("train", "test")}
+
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights relative to SVHN's 3,072 values (MoPoE mnistsvhntext/experiment.py set_rec_weights).
         return [Modality("mnist", (1, 28, 28), "image", "laplace", 3072 / 784),
@@ -134,7 +156,7 @@ class MNISTSVHNText(DatasetSpec):
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         source = Path(options["source"]) if options.get("source") else None
-        rounds, cap = whole_option(options, "rounds", 20), whole_option(options, "max_per_class", 10_000)
+        rounds, cap = whole_option(options, "rounds", 20), whole_option(options, "max_per_class", 10_000)  # expected_counts
         if rounds < 1 or cap < 1:
             raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
         text_start = options.get("text_start", "fixed")
