@@ -319,4 +319,7 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
 
 
 def human_seconds(s: float) -> str:
+    """Seconds as a person reads them: s below 2 min, min below 2 h, h below 4 days, then days (with the hours)."""
+    if s >= 4 * 86400:
+        return f"{s / 86400:,.0f} days ({s / 3600:,.0f} h)"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

@@ -460,6 +460,8 @@ def test_human_seconds_switches_units_at_two_minutes_and_two_hours():
     from mmbench.suite import human_seconds
 
     assert [human_seconds(s) for s in (119, 120, 7199, 7200)] == ["119 s", "2 min", "120 min", "2.0 h"]
+    assert [human_seconds(s) for s in (4 * 86400 - 1, 4 * 86400, 2007.4 * 86400)] == [
+        "96.0 h", "4 days (96 h)", "2,007 days (48,178 h)"]
 
 
 def test_authors_classifiers_are_refused_for_a_dataset_they_do_not_cover():
