@@ -504,6 +504,7 @@ def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_pa
     out = " ".join(r.stdout.split())
     assert "47 s for 3 of 5 unfinished run(s)" in out, out
     assert "~: 4 run(s) sized by their dataset's default recipe (not prepared here)" in out
+    assert "s (full): 5 runs" in out and "distinct" not in out  # no run shared by two experiments: nothing to say
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines() if line.startswith("│")]
     assert [row[3] for row in cells if row[3].startswith(("~", "?"))] == ["~120,000"] * 3 + ["~2,242,720", "? (not"]
     ids = "".join(row[0] for row in cells)  # the folded id's pieces, read down the column

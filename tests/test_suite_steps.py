@@ -136,6 +136,20 @@ def test_a_suite_table_caps_each_shapes_packs_at_its_fastest_size(tmp_path):
                                   (wide[0], 1, 10.0), (wide[0], 3, 25.0)]))
     caps = bench.best_packs(bench.read_step_times(times))
     assert caps == {bench.step_key(small[0]): 2}
+    import io
+
+    from rich.console import Console
+
+    import mmbench.cli as cli
+
+    err, saved = io.StringIO(), cli.err_console
+    cli.err_console = Console(file=err, width=80)
+    try:
+        assert cli._pack_caps(times) == caps
+    finally:
+        cli.err_console = saved
+    assert " ".join(err.getvalue().split()).endswith(  # each shape said as a person reads it, not as a tuple
+        "packs capped at the fastest measured size: mopoe (polydigits/vanilla, polymnist_cnn, batch 32, latent 8) 2")
     packs = make_packs([Run(c, tmp_path) for c in small + wide], None, 1, caps)
     assert sorted(len(p) for p in packs) == [1, 2, 3]
     assert [len(p) for p in packs if p[0].cfg.method.latent_dim == 16] == [3]
@@ -185,6 +199,10 @@ def test_bench_steps_suite_writes_the_table_dry_run_projects_from(tmp_path, mmbe
     (["--precision", "bf16"], "--precision: with --suite"),
     (["--time-limit", "0"], "--time-limit 0: must be a positive number of seconds"),
     (["--methods", "jmvae"], "--methods jmvae: none of"),
+    (["--latent-dim", "16"], "--latent-dim: with --suite each run's own settings are timed; drop --latent-dim"),
+    (["--scaling", "mopoe"], "--scaling: with --suite"),
+    (["--modalities", "2,3"], "--modalities: with --suite"),
+    (["--profile", "profiles"], "--profile: with --suite"),
 ])
 def test_bench_steps_suite_refuses_options_it_would_not_use(args, message, tmp_path, mmbench_here):
     suite = tmp_path / "suite.yaml"
@@ -193,6 +211,42 @@ def test_bench_steps_suite_refuses_options_it_would_not_use(args, message, tmp_p
     assert r.returncode == 2 and message in r.stderr, r.stderr
     r = mmbench_here("bench", "steps", "--tier", "quick")
     assert r.returncode == 2 and "--tier applies to --suite" in r.stderr, r.stderr
+    r = mmbench_here("bench", "steps", "--time-limit", "60", "--methods", "nosuch")  # an error either way: not timed
+    assert r.returncode == 2 and "--time-limit applies to --suite" in r.stderr, r.stderr
+
+
+def test_bench_steps_suite_times_the_tiers_runs_of_the_methods_asked(tmp_path, mmbench_here, monkeypatch):
+    """--tier picks the runs timed and --methods filters their methods (the timing stubbed: this is about which runs
+    reach bench.suite_step_rows and the table written from its rows): the quick tier's 2 seeds at batch 16 of MoPoE
+    and MVAE, not MMVAE; the header counts the runs (4) and shapes (2), not the rows (3); a shape not measured has
+    empty time cells."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                     "tiers:\n  quick: {seeds: 2, train: {batch_size: 16}}\n"
+                     "experiments:\n  - name: e\n    dataset: polydigits\n    methods: [mopoe, mvae, mmvae]\n"
+                     "    seeds: [0, 1, 2]\n")
+    seen = []
+
+    def rows(configs, packs, steps, device, compile, progress=None, time_limit=None):
+        seen.extend(configs)
+        heads = [dict(zip(bench.KEY_COLUMNS, bench.step_key(c)), runs=2) for c in (configs[0], configs[-1])]
+        return [{**heads[0], "pack": 1, "mode": "unpacked", "median_s": 0.5, "run_steps_per_s": 2.0},
+                {**heads[0], "pack": 2, "mode": "packed", "median_s": 0.5, "run_steps_per_s": 4.0},
+                {**heads[1], "pack": 1, "mode": "not measured: --time-limit 1 s reached",
+                 "median_s": float("nan"), "run_steps_per_s": float("nan")}]
+
+    monkeypatch.setattr(bench, "suite_step_rows", rows)
+    out = tmp_path / "steps.md"
+    r = mmbench_here("bench", "steps", "--suite", suite, "--tier", "quick", "--methods", "mopoe,mvae", "--pack", "2",
+                     "--steps", "3", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted((c.method.name, c.seed, c.train.batch_size) for c in seen) == [
+        ("mopoe", 0, 16), ("mopoe", 1, 16), ("mvae", 0, 16), ("mvae", 1, 16)]
+    text = out.read_text()
+    assert "s.yaml's quick runs (4 runs, 2 shapes: one per dataset" in text.replace(str(suite), "s.yaml"), text
+    lines = [line for line in text.splitlines() if line.startswith("| polydigits")]
+    assert [[c.strip() for c in line.split("|")[-4:-1]] for line in lines] == [
+        ["unpacked", "0.5000", "2.00"], ["packed", "0.5000", "4.00"], ["not measured: --time-limit 1 s reached", "", ""]]
 
 
 def test_dry_run_counts_a_run_two_experiments_share_once(tmp_path, mmbench_here, data_root):
@@ -211,4 +265,13 @@ def test_dry_run_counts_a_run_two_experiments_share_once(tmp_path, mmbench_here,
     out = " ".join(r.stdout.split())
     assert "s (full): 2 runs (1 distinct: a run two experiments share is listed under each)" in out
     assert "1 pending;" in out and "for 1 of 1 unfinished run(s) in 1 pack(s)" in out  # 2 x floor(100/32) / 10 = 0.6 s
+    assert "no timing yet; 1 run(s) without an estimate" in out  # nothing finished here to time it by, once
     assert r.stdout.count("polydigits-vanilla-mopoe-s0-") == 2
+    # unprepared, the shared run is sized by its dataset's default recipe, and said to be so, once
+    suite.write_text(suite.read_text().replace("polydigits", "polymnist"))
+    env = {"MMBENCH_DATA": str(tmp_path / "nodata"), "MMBENCH_RUNS": str(tmp_path / "runs")}
+    r = mmbench_here("run", suite, "--dry-run", env=env, width=250)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "1 pending; no timing yet; 1 run(s) without an estimate" in out, out
+    assert "~: 1 run(s) sized by their dataset's default recipe (not prepared here)" in out, out
