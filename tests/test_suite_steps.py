@@ -275,3 +275,118 @@ def test_dry_run_counts_a_run_two_experiments_share_once(tmp_path, mmbench_here,
     out = " ".join(r.stdout.split())
     assert "1 pending; no timing yet; 1 run(s) without an estimate" in out, out
     assert "~: 1 run(s) sized by their dataset's default recipe (not prepared here)" in out, out
+
+
+def test_synthetic_images_span_every_byte_value():
+    """Image bytes are drawn over 0..255 inclusive (a full-white pixel occurs), not 0..254."""
+    x = bench.synthetic_batch([Modality("img", (3, 8, 8))], 16, torch.Generator().manual_seed(0))["img"]
+    assert set((x * 255).round().long().unique().tolist()) == set(range(256))
+
+
+def test_a_packed_suite_step_stacks_one_model_per_seed_and_draws_with_each_runs_generator(monkeypatch):
+    """config_pack_step of 2 runs of a seed-5 config: run s's parameters are those of the run with seed 5 + s as its
+    trainer builds it, its batch has the pack's axis in front, and its noise comes from a generator seeded 5 + s."""
+    from mmbench.pack import StackedModel
+
+    seen = {}
+    original = StackedModel.loss
+
+    def loss(self, x, gens, *args, **kwargs):
+        seen["gens"] = [g.initial_seed() for g in gens]
+        seen["x"] = {k: tuple(v.shape) for k, v in x.items()}
+        return original(self, x, gens, *args, **kwargs)
+
+    monkeypatch.setattr(StackedModel, "loss", loss)
+    c = cfg(seed=5)
+    step, params = bench.config_pack_step(c, 2)
+    alone = [list(bench._run_model(cfg(seed=s), torch.device("cpu")).parameters()) for s in (5, 6)]
+    assert len(params) == len(alone[0])
+    for i, p in enumerate(params):
+        assert torch.equal(p[0].detach(), alone[0][i].detach()) and torch.equal(p[1].detach(), alone[1][i].detach())
+    assert not torch.equal(params[0][0], params[0][1])
+    step()
+    assert seen["gens"] == [5, 6]
+    assert seen["x"] == {f"m{i}": (2, 32, 3, 28, 28) for i in range(5)}
+
+
+def test_suite_step_rows_warm_a_captured_step_longer_and_stop_a_shape_only_when_it_cannot_pack(monkeypatch):
+    """With `compile` each size is timed uncaptured (2 warm-up steps) and captured (3); a shape that cannot be packed
+    gets one row saying why and no other pack size is tried; a pack that fails otherwise (out of memory) gets a row
+    and the larger sizes are still tried."""
+    made, warmups = [], []
+    real_pack_step = bench.config_pack_step
+
+    def fake_step(c, device="cpu", compile=False):
+        made.append((c.method.name, 1, compile))
+        return (lambda: None), [torch.zeros(1)]
+
+    def fake_pack_step(c, n, device="cpu", compile=False):
+        made.append((c.method.name, n, compile))
+        if c.method.name == "mvae":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if c.method.name == "smvae":
+            return real_pack_step(c, n, device, compile)  # refuses: not packed
+        return (lambda: None), [torch.zeros(1)]
+
+    def fake_timed(step, warmup, steps, dev, params):
+        warmups.append(warmup)
+        return {"median_s": 0.5}
+
+    monkeypatch.setattr(bench, "config_step", fake_step)
+    monkeypatch.setattr(bench, "config_pack_step", fake_pack_step)
+    monkeypatch.setattr(bench, "_timed", fake_timed)
+    configs = [cfg({"method": {"name": m}}, s) for m in ("mopoe", "mvae", "smvae") for s in range(3)]
+    rows = bench.suite_step_rows(configs, [1, 2, 3], steps=1, compile=True)  # pack 1 is the unpacked row
+    got = [(r["method"], r["pack"], r["mode"].split(":")[0], r["run_steps_per_s"]) for r in rows]
+    nan = [r["run_steps_per_s"] != r["run_steps_per_s"] for r in rows]
+    timed = [(m, n, mode, v) for (m, n, mode, v), missing in zip(got, nan) if not missing]
+    assert timed == [("mopoe", 1, "unpacked", 2.0), ("mopoe", 1, "unpacked (compiled)", 2.0),
+                     ("mopoe", 2, "packed", 4.0), ("mopoe", 2, "packed (compiled)", 4.0),
+                     ("mopoe", 3, "packed", 6.0), ("mopoe", 3, "packed (compiled)", 6.0),
+                     ("mvae", 1, "unpacked", 2.0), ("mvae", 1, "unpacked (compiled)", 2.0),
+                     ("smvae", 1, "unpacked", 2.0), ("smvae", 1, "unpacked (compiled)", 2.0)]
+    assert warmups == [2, 3] * 5
+    failed = [(r["method"], r["pack"], r["mode"]) for r, missing in zip(rows, nan) if missing]
+    assert [(m, n) for m, n, _ in failed] == [("mvae", 2), ("mvae", 2), ("mvae", 3), ("mvae", 3), ("smvae", 2)]
+    assert all(mode.startswith("n/a: ") and "out of memory" in mode for m, _, mode in failed if m == "mvae")
+    assert failed[-1][2].startswith("n/a: not packed: method smvae is not packable")
+    assert made[-3:] == [("smvae", 1, False), ("smvae", 1, True), ("smvae", 2, False)]
+
+
+def test_config_step_trains_in_the_runs_precision_and_captures_its_loss_only_when_asked(monkeypatch):
+    """config_step's step runs under the run's own precision (autocast bf16 for a bf16 run) and, with `compile`,
+    calls torch.compile on the model's loss in mode reduce-overhead."""
+    precisions, compiled = [], []
+    real_autocast = bench._autocast
+
+    def autocast(precision, dev):
+        precisions.append(precision)
+        return real_autocast(precision, dev)
+
+    def fake_compile(fn, mode=None, **kwargs):
+        compiled.append(mode)
+        return fn
+
+    monkeypatch.setattr(bench, "_autocast", autocast)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    step, _ = bench.config_step(cfg({"train": {"precision": "bf16"}}))
+    step()
+    assert precisions == ["bf16"] and compiled == []
+    step, _ = bench.config_step(cfg(), compile=True)
+    step()
+    assert precisions == ["bf16", "fp32"] and compiled == ["reduce-overhead"]
+
+
+def test_a_suite_table_read_for_compiled_runs_prefers_each_shapes_captured_rows(tmp_path):
+    """Read with `compiled`, a captured row of a shape's pack size stands even when its uncaptured row comes after it;
+    read without, captured rows are skipped."""
+    c = cfg()
+    cols = [*bench.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for pack, mode, rate in ((1, "unpacked (compiled)", 12.0), (1, "unpacked", 10.0),
+                             (2, "packed (compiled)", 30.0), (2, "packed", 20.0)):
+        lines.append("| " + " | ".join([*bench.step_key(c), "2", str(pack), mode, f"{pack / rate:.4f}", str(rate)]) + " |")
+    times = tmp_path / "t.md"
+    times.write_text("\n".join(lines) + "\n")
+    assert bench.read_step_times(times, compiled=True) == {bench.step_key(c): {1: 12.0, 2: 30.0}}
+    assert bench.read_step_times(times) == {bench.step_key(c): {1: 10.0, 2: 20.0}}
