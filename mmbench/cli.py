@@ -412,8 +412,8 @@ def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
 
 
 def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict[int, float]]:
-    """`--step-times FILE` read (bench.read_step_times; its captured rows where the runs are captured, `--compile`)."""
-    from .bench import read_step_times
+    """`--step-times FILE` read (projection.read_step_times; its captured rows where the runs are captured, `--compile`)."""
+    from .projection import read_step_times
 
     if not step_times.exists():
         raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
@@ -422,8 +422,8 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
 
 
 def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
-    """`--step-times FILE`: each method's fastest measured pack size (bench.best_packs), said on stderr."""
-    from .bench import best_packs, key_label
+    """`--step-times FILE`: each method's fastest measured pack size (projection.best_packs), said on stderr."""
+    from .projection import best_packs, key_label
 
     caps = best_packs(_step_time_rates(step_times, compiled))
     if caps:
@@ -447,7 +447,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .bench import by_shape, projected_seconds, shapes_differ, step_key, step_table_shapes
+    from .projection import by_shape, projected_seconds, shapes_differ, step_key, step_table_shapes
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_tuples
@@ -991,7 +991,8 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
     import torch
     from tabulate import tabulate
 
-    from .bench import KEY_COLUMNS, suite_step_rows
+    from .bench import suite_step_rows
+    from .projection import KEY_COLUMNS
     from .suite import load_suite
 
     s = load_suite(suite)
@@ -1016,7 +1017,7 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
     return [head, "", tabulate(cells, headers=cols, tablefmt="github", disable_numparse=True), "",
             "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
             "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
-            "row of its shape (bench.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
+            "row of its shape (projection.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
             "fastest size.", ""]
 
 

@@ -132,9 +132,9 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     """Runs grouped into packs: same pack key (all but the seed), same resume point (epoch, step), packable method and
     architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
     `workers`, so that no worker idles while another trains a big pack), in the order given. `caps`: a method's
-    (or, from a table at a suite's shapes, a step shape's: bench.step_key) largest useful pack (bench.best_packs of a
+    (or, from a table at a suite's shapes, a step shape's: projection.step_key) largest useful pack (projection.best_packs of a
     measured step table); `note(run, text)` hears of each run it splits."""
-    from .bench import rate_key
+    from .projection import rate_key
     from .pack import pack_key, unpackable_reason
 
     if pack is not None and pack < 1:

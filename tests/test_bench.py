@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mmbench import projection
 from mmbench.errors import MMBenchError
 
 
@@ -200,8 +201,8 @@ def test_compiled_pack_table_times_each_pack_uncaptured_and_captured(monkeypatch
     f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n"
                  "| mopoe | 4 | packed | 0.2 | 20 |\n| mopoe | 4 | packed (compiled) | 0.1 | 40 |\n"
                  "| mvae | 4 | packed (compiled) | 0.1 | 30 |\n| mvae | 4 | packed | 0.1 | 15 |\n")
-    assert bench.read_step_times(f) == {"mopoe": {1: 10.0, 4: 20.0}, "mvae": {4: 15.0}}
-    assert bench.read_step_times(f, compiled=True) == {"mopoe": {1: 10.0, 4: 40.0}, "mvae": {4: 30.0}}
+    assert projection.read_step_times(f) == {"mopoe": {1: 10.0, 4: 20.0}, "mvae": {4: 15.0}}
+    assert projection.read_step_times(f, compiled=True) == {"mopoe": {1: 10.0, 4: 40.0}, "mvae": {4: 30.0}}
 
 
 def test_bench_steps_pack_reports_the_best_pack_per_method(monkeypatch, tmp_path):
@@ -389,7 +390,7 @@ def test_step_table_shapes_read_from_what_bench_steps_writes(monkeypatch, tmp_pa
     """`run --dry-run --step-times` projects only runs at a table's shapes, read from the header `bench steps`
     writes: the pack table's (M, batch, latent, precision as asked), the step table's (M from its rows) as in the
     H100 record (written before headers named the precision: fp32), the H200 record's."""
-    from mmbench.bench import step_table_shapes
+    from mmbench.projection import step_table_shapes
 
     out = tmp_path / "t.md"
     pack_table_header(monkeypatch, out, "--batch-size", "64", "--latent-dim", "16", "--modalities", "2,3",

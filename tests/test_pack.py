@@ -230,7 +230,7 @@ def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
     docs/step_times_h200.md) trains its runs alone; one fastest at 2 of 1-3 in packs of at most 2; a method absent
     from the table, measured unpacked only, or fastest at its largest measured size packs as before. Each run split says so; run_all writes it to the run's log."""
     from mmbench import runner
-    from mmbench.bench import best_packs
+    from mmbench.projection import best_packs
 
     rates = {"mopoe": {1: 27.0, 5: 23.0, 15: 21.0}, "mvae": {1: 10.0, 2: 30.0, 3: 25.0}, "mmvae": {1: 40.0},
              "aggregated": {1: 50.0, 5: 120.0, 15: 210.0}}
@@ -375,7 +375,7 @@ def test_captured_step_table_records_a_method_that_cannot_be_captured(monkeypatc
 
 
 def test_gpu_projection_uses_pack_rates(tmp_path):
-    from mmbench.bench import projected_seconds, read_step_times
+    from mmbench.projection import projected_seconds, read_step_times
 
     f = tmp_path / "times.md"
     f.write_text("Run-steps per second ...; NVIDIA X, torch 2\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
@@ -395,7 +395,7 @@ def test_gpu_projection_uses_pack_rates(tmp_path):
 def test_pack_rate_is_the_largest_measured_pack_not_above_the_pack():
     """Measured packs 1, 5 and 15 (10, 40, 90 run-steps/s): a pack of 5 runs at 40, of 14 at 40, of 15 and 20 at
     90; measured only 5 and 15, a pack of 2 runs at the smallest measured (40)."""
-    from mmbench.bench import pack_rate
+    from mmbench.projection import pack_rate
 
     rates = {1: 10.0, 5: 40.0, 15: 90.0}
     assert [pack_rate(rates, n) for n in (1, 4, 5, 14, 15, 20)] == [10.0, 10.0, 40.0, 40.0, 90.0, 90.0]
@@ -405,7 +405,7 @@ def test_pack_rate_is_the_largest_measured_pack_not_above_the_pack():
 def test_read_step_times_from_the_step_table(tmp_path):
     """The step table (no --pack) gives the unpacked rate 1 / median_s (0.25 s -> 4 run-steps/s); where a file holds
     both tables, the pack table's measured pack 1 is kept."""
-    from mmbench.bench import read_step_times
+    from mmbench.projection import read_step_times
 
     steps = "| method | M | median_s | min_s |\n|---|---|---|---|\n| mopoe | 5 | 0.25 | 0.2 |\n| mvae | 5 | 0.5 | 0.4 |\n"
     packs = ("| method | pack | mode | median_s | run_steps_per_s |\n|---|---|---|---|---|\n"

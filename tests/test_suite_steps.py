@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from mmbench import bench
+from mmbench import bench, projection
 from mmbench.config import build_run_config, deep_merge
 from mmbench.data.base import Modality
 from mmbench.results import Run
@@ -23,12 +23,12 @@ def cfg(update=None, seed=0):
 
 def shape_table(rows, where="GPU Z"):
     """A `bench steps --suite` table: (config, pack, run-steps/s) rows under the columns the command writes."""
-    cols = [*bench.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
+    cols = [*projection.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
     lines = [f"Run-steps per second at the step shapes of s.yaml's full runs (…), median of 5 steps; {where}, torch 2.",
              "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c, pack, rate in rows:
         mode = "unpacked" if pack == 1 else "packed"
-        lines.append("| " + " | ".join([*bench.step_key(c), "1", str(pack), mode, f"{pack / rate:.4f}", str(rate)])
+        lines.append("| " + " | ".join([*projection.step_key(c), "1", str(pack), mode, f"{pack / rate:.4f}", str(rate)])
                      + " |")
     return "\n".join(lines) + "\n"
 
@@ -54,19 +54,19 @@ def test_synthetic_batch_is_drawn_as_data_is_stored_and_converted_as_the_trainer
 def test_step_key_holds_what_a_step_costs_and_nothing_else():
     """Seed, β, learning rate and epochs do not change a step; the method, its options, the latent size, the batch,
     the precision, the modalities and the networks do."""
-    base = bench.step_key(cfg())
-    assert dict(zip(bench.KEY_COLUMNS, base)) == {
+    base = projection.step_key(cfg())
+    assert dict(zip(projection.KEY_COLUMNS, base)) == {
         "dataset": "polydigits", "variant": "vanilla", "modalities": "m0,m1,m2,m3,m4", "architecture": "polymnist_cnn",
         "method": "mopoe", "options": "{}", "batch": "32", "latent": "8", "precision": "fp32"}
-    assert bench.key_label(base) == "mopoe (polydigits/vanilla, polymnist_cnn, batch 32, latent 8)"
-    assert bench.step_key(cfg(seed=3)) == base
-    assert bench.step_key(cfg({"method": {"beta": 2.5}, "train": {"lr": 1e-3, "epochs": 9}})) == base
+    assert projection.key_label(base) == "mopoe (polydigits/vanilla, polymnist_cnn, batch 32, latent 8)"
+    assert projection.step_key(cfg(seed=3)) == base
+    assert projection.step_key(cfg({"method": {"beta": 2.5}, "train": {"lr": 1e-3, "epochs": 9}})) == base
     others = [{"method": {"latent_dim": 16}}, {"train": {"batch_size": 64}}, {"train": {"precision": "bf16"}},
               {"method": {"name": "mvae"}}, {"modalities": ["m0", "m1"]},
               {"method": {"architecture": "polymnist_resnet"}}]
-    keys = [bench.step_key(cfg(u)) for u in others]
+    keys = [projection.step_key(cfg(u)) for u in others]
     assert base not in keys and len(set(keys)) == len(keys)
-    q, r = (bench.step_key(cfg({"method": {"name": "mrvae", "options": {"objective": o}}})) for o in "qr")
+    q, r = (projection.step_key(cfg({"method": {"name": "mrvae", "options": {"objective": o}}})) for o in "qr")
     assert q != r and r[5] == '{"objective": "r"}'
 
 
@@ -111,8 +111,8 @@ def test_a_suite_table_projects_each_run_from_its_own_shape(tmp_path, data_root)
     wide = cfg({"method": {"latent_dim": 16}})
     times = tmp_path / "t.md"
     times.write_text(shape_table([(small[0], 1, 10.0), (small[0], 3, 30.0), (wide, 1, 5.0)]))
-    rates = bench.read_step_times(times)
-    assert rates == {bench.step_key(small[0]): {1: 10.0, 3: 30.0}, bench.step_key(wide): {1: 5.0}}
+    rates = projection.read_step_times(times)
+    assert rates == {projection.step_key(small[0]): {1: 10.0, 3: 30.0}, projection.step_key(wide): {1: 5.0}}
     gpu = _gpu_projection(small + [wide], runs_dir, data_root, times, None)
     assert gpu["per_run"] == {**{Run(c, runs_dir).id: pytest.approx(0.2) for c in small},
                               Run(wide, runs_dir).id: pytest.approx(1.2)}
@@ -134,8 +134,8 @@ def test_a_suite_table_caps_each_shapes_packs_at_its_fastest_size(tmp_path):
     times = tmp_path / "t.md"
     times.write_text(shape_table([(small[0], 1, 10.0), (small[0], 2, 20.0), (small[0], 3, 15.0),
                                   (wide[0], 1, 10.0), (wide[0], 3, 25.0)]))
-    caps = bench.best_packs(bench.read_step_times(times))
-    assert caps == {bench.step_key(small[0]): 2}
+    caps = projection.best_packs(projection.read_step_times(times))
+    assert caps == {projection.step_key(small[0]): 2}
     import io
 
     from rich.console import Console
@@ -166,11 +166,11 @@ def test_bench_steps_suite_writes_the_table_dry_run_projects_from(tmp_path, mmbe
     out = tmp_path / "steps.md"
     r = mmbench_here("bench", "steps", "--suite", suite, "--pack", "2,4", "--steps", "1", "--out", out)
     assert r.returncode == 0, r.stderr
-    rates = bench.read_step_times(out)
+    rates = projection.read_step_times(out)
     from mmbench.suite import load_suite
 
     configs = load_suite(suite).runs("full")
-    keys = [bench.step_key(c) for c in configs]
+    keys = [projection.step_key(c) for c in configs]
     assert set(rates) == set(keys) and all(set(v) == {1, 2} for v in rates.values())  # pack 4 > the 2 seeds
     text = out.read_text()
     assert "s.yaml's full runs (4 runs, 2 shapes" in text.replace(str(suite), "s.yaml") and "CPU threads" in text
@@ -179,7 +179,7 @@ def test_bench_steps_suite_writes_the_table_dry_run_projects_from(tmp_path, mmbe
     assert r.returncode == 0, r.stderr
     summary = " ".join(r.stdout.split())
     # a shape whose pack of 2 measured slower than a run alone (the CPU loops a pack) is capped: its seeds train alone
-    caps = bench.best_packs(rates)
+    caps = projection.best_packs(rates)
     n_packs = sum(2 if caps.get(k) == 1 else 1 for k in set(keys))
     assert "projected training on the CPU (" in summary
     assert f"for 4 of 4 unfinished run(s) in {n_packs} pack(s)" in summary
@@ -190,7 +190,7 @@ def test_bench_steps_suite_writes_the_table_dry_run_projects_from(tmp_path, mmbe
     # 1 epoch of 64 tuples at batch 16: 4 steps a run; a pack of 2 at its pack-2 rate: 2 x 4 / rate, 4 / rate a run
     gpu = _gpu_projection(configs, tmp_path / "runs", data_root, out, None, caps)
     for c in configs:
-        k = bench.step_key(c)
+        k = projection.step_key(c)
         assert gpu["per_run"][Run(c, tmp_path / "runs").id] == pytest.approx(4 / rates[k][caps.get(k, 2)])
 
 
@@ -229,7 +229,7 @@ def test_bench_steps_suite_times_the_tiers_runs_of_the_methods_asked(tmp_path, m
 
     def rows(configs, packs, steps, device, compile, progress=None, time_limit=None):
         seen.extend(configs)
-        heads = [dict(zip(bench.KEY_COLUMNS, bench.step_key(c)), runs=2) for c in (configs[0], configs[-1])]
+        heads = [dict(zip(projection.KEY_COLUMNS, projection.step_key(c)), runs=2) for c in (configs[0], configs[-1])]
         return [{**heads[0], "pack": 1, "mode": "unpacked", "median_s": 0.5, "run_steps_per_s": 2.0},
                 {**heads[0], "pack": 2, "mode": "packed", "median_s": 0.5, "run_steps_per_s": 4.0},
                 {**heads[1], "pack": 1, "mode": "not measured: --time-limit 1 s reached",
@@ -381,12 +381,12 @@ def test_a_suite_table_read_for_compiled_runs_prefers_each_shapes_captured_rows(
     """Read with `compiled`, a captured row of a shape's pack size stands even when its uncaptured row comes after it;
     read without, captured rows are skipped."""
     c = cfg()
-    cols = [*bench.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
+    cols = [*projection.KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for pack, mode, rate in ((1, "unpacked (compiled)", 12.0), (1, "unpacked", 10.0),
                              (2, "packed (compiled)", 30.0), (2, "packed", 20.0)):
-        lines.append("| " + " | ".join([*bench.step_key(c), "2", str(pack), mode, f"{pack / rate:.4f}", str(rate)]) + " |")
+        lines.append("| " + " | ".join([*projection.step_key(c), "2", str(pack), mode, f"{pack / rate:.4f}", str(rate)]) + " |")
     times = tmp_path / "t.md"
     times.write_text("\n".join(lines) + "\n")
-    assert bench.read_step_times(times, compiled=True) == {bench.step_key(c): {1: 12.0, 2: 30.0}}
-    assert bench.read_step_times(times) == {bench.step_key(c): {1: 10.0, 2: 20.0}}
+    assert projection.read_step_times(times, compiled=True) == {projection.step_key(c): {1: 12.0, 2: 30.0}}
+    assert projection.read_step_times(times) == {projection.step_key(c): {1: 10.0, 2: 20.0}}

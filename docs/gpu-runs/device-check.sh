@@ -220,7 +220,7 @@ if [ -n "${EPOCHS:-}" ]; then FIT="$EPOCHS 0"; echo "EPOCHS=$EPOCHS fixed (not s
 FIT=$($PY - "$RES/steps-packed.md" "$(left)" "$SCALE" "$RES/steps-packed-bf16.md" "${RESERVE:-170}" "${OVERLAP:-2.5}" \
   2>>"$RES/fig3-epochs.txt" <<'EOF'
 import sys
-from mmbench.bench import pack_rate, read_step_times
+from mmbench.projection import pack_rate, read_step_times
 path, left, scale, bf16_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 reserve, overlap = int(sys.argv[5]), float(sys.argv[6])
 if scale == "tiny":
