@@ -390,3 +390,33 @@ def test_a_suite_table_read_for_compiled_runs_prefers_each_shapes_captured_rows(
     times.write_text("\n".join(lines) + "\n")
     assert projection.read_step_times(times, compiled=True) == {projection.step_key(c): {1: 12.0, 2: 30.0}}
     assert projection.read_step_times(times) == {projection.step_key(c): {1: 10.0, 2: 20.0}}
+
+
+def test_a_step_schedule_is_timed_in_its_first_stage_and_options_order_does_not_change_a_shape(monkeypatch):
+    """SMVAE two_stage by its default stage-1 fraction needs the run's planned length (plan_steps) before a step:
+    the suite's timed step is planned as a long run and times, not a row saying it cannot. The options' order does
+    not change a step's key, and a shape's label names its options (two shapes that differ only there read apart)."""
+    monkeypatch.setattr(bench, "_timed", lambda step, warmup, steps, dev, params: (step(), {"median_s": 0.5})[1])
+    two = cfg({"method": {"name": "smvae", "options": {"schedule": "two_stage"}}})
+    rows = bench.suite_step_rows([two], [2], steps=1)
+    assert [(r["pack"], r["mode"], r["run_steps_per_s"]) for r in rows[:1]] == [(1, "unpacked", 2.0)]
+    assert bench._run_model(two, torch.device("cpu")).total_steps == 10 ** 9
+    a = projection.step_key(cfg({"method": {"name": "smvae", "options": {"schedule": "two_stage", "stage1_steps": 3}}}))
+    b = projection.step_key(cfg({"method": {"name": "smvae", "options": {"stage1_steps": 3, "schedule": "two_stage"}}}))
+    assert a == b and a[5] == '{"schedule": "two_stage", "stage1_steps": 3}'
+    assert projection.key_label(a) == ('smvae (polydigits/vanilla, polymnist_cnn, batch 32, latent 8, '
+                                       '{"schedule": "two_stage", "stage1_steps": 3})')
+    assert projection.key_label(projection.step_key(two)) != projection.key_label(projection.step_key(cfg(
+        {"method": {"name": "smvae"}})))
+    # a file holding a suite table (step-shape keys) beside a PolyMNIST-shaped one (method names) is read by shape
+    assert projection.by_shape({a: {1: 2.0}, "mopoe": {1: 3.0}}) is True
+
+
+def test_shapes_differ_leaves_the_modality_count_unchecked_where_the_table_does_not_say_it():
+    """A step table whose header and rows do not give M (modalities None) still projects a run at its other shapes;
+    where the table says M, a run with another number of modalities differs."""
+    shapes = {"architecture": "polymnist_cnn", "modalities": None, "batch_size": 32, "latent_dim": 8,
+              "precision": "fp32"}
+    assert projection.shapes_differ(cfg(), shapes) is None
+    assert projection.shapes_differ(cfg(), {**shapes, "modalities": 5}) is None
+    assert projection.shapes_differ(cfg(), {**shapes, "modalities": 3}) == "5 modalities, not 3"
