@@ -393,8 +393,9 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
 def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_path):
     """Projections size a run from its prepared copy's manifest (prepared: True); an unprepared PolyMNIST from the
     split its default recipe builds (60,000 train tuples: the archive's checked count and MNIST's train file), marked
-    not prepared; a dataset whose size only a build tells (MNIST-SVHN-Text) stays unknown. A prepared copy of
-    another size (a rebuild at another multiplicity) is read, not the default."""
+    not prepared; MNIST-SVHN-Text from its default pairing (1,121,360 triples); a dataset whose size only a build tells
+    (the rats) stays unknown. A prepared copy of another size (a rebuild at another multiplicity) is read, not the
+    default."""
     import json
 
     from mmbench.data.base import dataset_dir
@@ -406,7 +407,9 @@ def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_
     poly = lambda **t: build_run_config({"dataset": "polymnist", "variant": "extended", "train": t})  # noqa: E731
     assert train_tuples(poly(epochs=3), empty) == (3 * 60_000, False)
     assert train_tuples(poly(epochs=3, max_train=1000), empty) == (3 * 1000, False)
-    assert train_tuples(build_run_config({"dataset": "mnist-svhn-text", "train": {"epochs": 3}}), empty) == (None, False)
+    assert train_tuples(build_run_config({"dataset": "mnist-svhn-text", "train": {"epochs": 3}}), empty) == (
+        3 * 1_121_360, False)
+    assert train_tuples(build_run_config({"dataset": "rats", "train": {"epochs": 3}}), empty) == (None, False)
     d = dataset_dir("polymnist", "extended", empty)
     d.mkdir(parents=True)
     (d / "manifest.json").write_text(json.dumps({"dataset": "polymnist", "variant": "extended", "arrays": {},
