@@ -164,6 +164,13 @@ def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, laten
     opt = _adam(model.parameters(), dev)
     g = torch.Generator().manual_seed(seed)
     x = {m.name: torch.rand(batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
+    return _optimiser_step(model, opt, x, precision, dev, compile), list(model.parameters())
+
+
+def _optimiser_step(model, opt, x: Dict[str, torch.Tensor], precision: str, dev: torch.device,
+                    compile: bool) -> Callable[[], None]:
+    """One training step of `model` on the batch `x` as a function: its loss (under autocast at `precision`;
+    `compile`: captured with torch.compile mode reduce-overhead), backward, the optimiser's update."""
     loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
 
     def step() -> None:
@@ -173,7 +180,7 @@ def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, laten
         loss.backward()
         opt.step()
 
-    return step, list(model.parameters())
+    return step
 
 
 def step_time(method: str, n_modalities: int = 5, batch_size: int = 256, latent_dim: int = 512, steps: int = 5,
@@ -284,8 +291,6 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
               compile: bool = False) -> tuple:
     """(one packed training step of `pack` runs (seeds 0..pack-1) as a function, the stacked parameters), each run
     on its own fixed random batch. On `meta` (counting operations) the pack is vmapped as on a GPU."""
-    from .pack import StackedModel
-
     dev = torch.device(device)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(n_modalities)]
     mcfg = MethodConfig(method, latent_dim=latent_dim, beta=1.0)
@@ -298,7 +303,20 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
         states.append(_build(cls, mods, mcfg, architecture, dev).state_dict())
     template = _build(cls, mods, mcfg, architecture, dev).to(dev)
     template.train()
-    sm = StackedModel(template, states, [None] * pack, 1e-4, dev)
+    g = torch.Generator().manual_seed(0)
+    x = {m.name: torch.rand(pack, batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
+    return _stacked_step(template, states, range(pack), 1e-4, x, precision, dev, compile)
+
+
+def _stacked_step(template, states: Sequence[Dict], seeds: Sequence[int], lr: float, x: Dict[str, torch.Tensor],
+                  precision: str, dev: torch.device, compile: bool) -> tuple:
+    """(one packed training step as a function, the stacked parameters): the runs' `states` stacked over
+    `template` (pack.StackedModel), each run drawing its noise from a generator seeded by its seed in `seeds` and
+    taking its own batch from `x` (leading axis: the runs); one loss summed over them, backward, one Adam.
+    `compile`: the packed loss captured (a vmapped fp32 pack only)."""
+    from .pack import StackedModel
+
+    sm = StackedModel(template, states, [None] * len(states), lr, dev)
     if dev.type == "meta":
         sm.opt = _adam(list(sm.params.values()), dev)
     if compile:
@@ -307,9 +325,7 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
                                f"vectorised_for): only a vmapped fp32 pack is captured; drop --compile or use fp32")
         sm.compile()
     # meta has no generators: pack.draw gives it empty noise of the recorded shapes
-    gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(s) for s in range(pack)]
-    g = torch.Generator().manual_seed(0)
-    x = {m.name: torch.rand(pack, batch_size, 3, 28, 28, generator=g).to(dev) for m in mods}
+    gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(s) for s in seeds]
 
     def step() -> None:
         losses, _ = sm.loss(x, gens, 0, precision)
@@ -469,49 +485,24 @@ def config_step(cfg, device: str = "cpu", compile: bool = False) -> tuple:
     opt = _adam(model.parameters(), dev)
     x = {k: v.to(dev) for k, v in synthetic_batch(run_modalities(cfg), cfg.train.batch_size,
                                                  torch.Generator().manual_seed(cfg.seed)).items()}
-    loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
-
-    def step() -> None:
-        with _autocast(cfg.train.precision, dev):
-            loss, _ = loss_fn(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step, list(model.parameters())
+    return _optimiser_step(model, opt, x, cfg.train.precision, dev, compile), list(model.parameters())
 
 
 def config_pack_step(cfg, pack: int, device: str = "cpu", compile: bool = False) -> tuple:
     """(one packed step of `pack` runs of `cfg` (seeds cfg.seed, cfg.seed + 1, ...) as a function, the stacked
     parameters), each run on its own random batch of the dataset's shapes, as `mmbench run` packs them."""
-    from .pack import StackedModel, unpackable_reason
+    from .pack import unpackable_reason
     from .train import run_modalities
 
     why = unpackable_reason(cfg)
     if why:
         raise MMBenchError(f"not packed: {why}")
     dev = torch.device(device)
-    states = [_run_model(replace(cfg, seed=cfg.seed + s), dev).state_dict() for s in range(pack)]
-    template = _run_model(cfg, dev)
-    sm = StackedModel(template, states, [None] * pack, cfg.train.lr, dev)
-    if dev.type == "meta":
-        sm.opt = _adam(list(sm.params.values()), dev)
-    if compile:
-        if not sm.vectorised_for(cfg.train.precision):
-            raise MMBenchError(f"this pack loops over its runs ({cfg.train.precision} on {dev.type}): only a vmapped "
-                               f"fp32 pack is captured")
-        sm.compile()
-    gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(cfg.seed + s) for s in range(pack)]
+    seeds = [cfg.seed + s for s in range(pack)]
+    states = [_run_model(replace(cfg, seed=s), dev).state_dict() for s in seeds]
     x = {k: v.to(dev) for k, v in synthetic_batch(run_modalities(cfg), cfg.train.batch_size,
                                                  torch.Generator().manual_seed(cfg.seed), (pack,)).items()}
-
-    def step() -> None:
-        losses, _ = sm.loss(x, gens, 0, cfg.train.precision)
-        sm.opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        sm.opt.step()
-
-    return step, list(sm.params.values())
+    return _stacked_step(_run_model(cfg, dev), states, seeds, cfg.train.lr, x, cfg.train.precision, dev, compile)
 
 
 def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device: str = "cpu", compile: bool = False,
