@@ -300,7 +300,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         from .suite import human_seconds, seconds_per_sample, train_tuples
 
         rates = seconds_per_sample(runs_dir, data_root)
-        distinct = len({Run(c, runs_dir).id for c in configs})
+        runs = [Run(c, runs_dir) for c in configs]
+        distinct = len({r.id for r in runs})
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs" + (f" ({distinct} distinct: a run two experiments "
                                                                       f"share is listed under each)"
                                                                       if distinct < len(configs) else ""))
@@ -316,8 +317,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         counts: Dict[str, int] = {}
         total, unknown, pending, expected = 0.0, 0, 0, 0
         listed: set = set()  # run ids already counted: a run two experiments share is shown twice, counted once
-        for c in configs:
-            r = Run(c, runs_dir)
+        for c, r in zip(configs, runs):
             status = r.status()
             again = r.id in listed
             listed.add(r.id)

@@ -154,7 +154,7 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     out: List[List[Run]] = []
     for g in groups.values():
         cap = pack or -(-len(g) // max(workers, 1))
-        best = (caps or {}).get(rate_key(caps)(g[0].cfg)) if caps else None
+        best = caps.get(rate_key(caps)(g[0].cfg)) if caps else None
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
             if note:
                 for r in g:

@@ -38,6 +38,7 @@ FILES = {
 # Images per partition (0 train, 1 validation, 2 test) listed by the md5-checked list_eval_partition.txt (the CelebA
 # page: 162,770 / 19,867 / 19,962 of 202,599): the split sizes of a build, for `run --dry-run` before `prepare`.
 PARTITION_SIZES = {0: 162_770, 1: 19_867, 2: 19_962}
+TEST_PARTITION = 1  # the default test split: the validation partition, what the MoPoE code calls "test"
 TEXT_LEN = 256
 CROP = (35, 183, 15, 163)  # rows, cols of the 148-pixel centre crop of a 218×178 image
 
@@ -109,8 +110,8 @@ class CelebA(DatasetSpec):
     needs = {"default": "--source DIR"}  # no stable file URL (build)
 
     def expected_counts(self, variant: str) -> Dict[str, int]:
-        # default options: train = partition 0, test = partition 1 (test_partition)
-        return {"train": PARTITION_SIZES[0], "test": PARTITION_SIZES[1]}
+        # default options: train = partition 0, test = TEST_PARTITION
+        return {"train": PARTITION_SIZES[0], "test": PARTITION_SIZES[TEST_PARTITION]}
 
     def modalities(self, variant: str) -> List[Modality]:
         # Reconstruction weights as the MoPoE code: 4096/12288 for the image, 4096/256 for the text.
@@ -122,7 +123,7 @@ class CelebA(DatasetSpec):
         if not options.get("source"):
             raise MMBenchError("CelebA has no stable download URL; download img_align_celeba.zip, list_attr_celeba.txt "
                                "and list_eval_partition.txt from the CelebA page and pass --source DIR")
-        test_part = whole_option(options, "test_partition", 1)
+        test_part = whole_option(options, "test_partition", TEST_PARTITION)
         if test_part not in (1, 2):
             raise MMBenchError(f"option test_partition={test_part} is not allowed; choose 1 or 2")
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)

@@ -102,6 +102,9 @@ CLASS_COUNTS = {
 }
 
 
+ROUNDS, MAX_PER_CLASS = 20, 10_000  # the default pairing: the authors' 20 matchings of at most 10,000 images a class
+
+
 def paired_count(counts_a, counts_b, max_per_class: int, rounds: int) -> int:
     """How many pairs `pair` makes from two datasets with these images per class: per class the first
     min(a, b, max_per_class) of each, matched `rounds` times."""
@@ -143,8 +146,8 @@ class MNISTSVHNText(DatasetSpec):
         return {"text": redraw_start} if per_epoch and split == "train" else {}
 
     def expected_counts(self, variant: str) -> Dict[str, int]:
-        # default options: 20 rounds, at most 10,000 images a class (1,121,360 train and 200,000 test triples)
-        return {split: paired_count(CLASS_COUNTS["mnist"][split], CLASS_COUNTS["svhn"][split], 10_000, 20)
+        # the default pairing (ROUNDS, MAX_PER_CLASS): 1,121,360 train and 200,000 test triples
+        return {split: paired_count(CLASS_COUNTS["mnist"][split], CLASS_COUNTS["svhn"][split], MAX_PER_CLASS, ROUNDS)
                 for split in ("train", "test")}
 
     def modalities(self, variant: str) -> List[Modality]:
@@ -156,7 +159,7 @@ class MNISTSVHNText(DatasetSpec):
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         source = Path(options["source"]) if options.get("source") else None
-        rounds, cap = whole_option(options, "rounds", 20), whole_option(options, "max_per_class", 10_000)  # expected_counts
+        rounds, cap = whole_option(options, "rounds", ROUNDS), whole_option(options, "max_per_class", MAX_PER_CLASS)
         if rounds < 1 or cap < 1:
             raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
         text_start = options.get("text_start", "fixed")
