@@ -195,6 +195,16 @@ def test_polydigits_sources_split_is_stratified():
         assert np.abs(np.bincount(labels[te], minlength=10) - 0.2 * np.bincount(labels)).max() <= 1
 
 
+def test_polydigits_expected_counts_are_what_a_build_writes(data_root):
+    """expected_counts, the sizes `run --dry-run` projects an unprepared copy by: the prepared manifest's counts, for
+    every variant, since the stratified split's sizes do not depend on the build's seed."""
+    spec = DATASETS.get("polydigits")()
+    built = read_manifest(dataset_dir("polydigits", "vanilla", data_root))["counts"]
+    assert all(spec.expected_counts(v) == built for v in spec.variants)
+    _, labels = source_digits()
+    assert {tuple(map(len, split_sources(labels, spec.test_fraction, seed))) for seed in range(5)} == {(1437, 360)}
+
+
 def test_images_become_floats_over_255():
     # base.to_float docstring: images uint8 -> [0, 1], i.e. x / 255 (255 -> 1.0, 51 -> 0.2 exactly in float32)
     from mmbench.data.base import Modality, to_float
@@ -238,6 +248,7 @@ def test_prepare_is_idempotent_seeded_and_verified(tmp_path, data_root):
 def test_corrupted_array_is_refused(tmp_path):
     spec = DATASETS.get("polydigits")()
     path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    assert read_manifest(path)["counts"] == spec.expected_counts("translated")  # what `run --dry-run` sized it by
     split = load_split(spec, "translated", "test", tmp_path)
     assert split.x["m0"].dtype == torch.uint8 and len(split) == len(split.labels)
     arr = np.load(path / "test_m1.npy")

@@ -84,6 +84,14 @@ class PolyDigits(DatasetSpec):
     def modalities(self, variant: str) -> List[Modality]:
         return [Modality(f"m{m}", (3, 28, 28), "image", "laplace") for m in range(self.n_modalities)]
 
+    def expected_counts(self, variant: str) -> Dict[str, int]:
+        # Every variant pairs each source image of a split once per round (polygen.pair_indices), and the stratified
+        # split's sizes do not depend on its seed, so any seed's split sizes times the multiplicity are the counts.
+        from sklearn.datasets import load_digits
+
+        idx = dict(zip(("train", "test"), split_sources(load_digits().target, self.test_fraction, seed=0)))
+        return {split: self.multiplicity[split] * len(idx[split]) for split in ("train", "test")}
+
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         rng = np.random.default_rng(seed)
