@@ -446,3 +446,66 @@ def test_celeba_resnet_keeps_the_default_initialisation_and_lv0_zeroes_only_the_
     assert not b.logvar.weight.any() and not b.logvar.bias.any()
     rest = [(n, p, q) for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()) if not n.startswith("logvar.")]
     assert len(rest) == len(list(a.parameters())) - 2 and all(torch.equal(p, q) for _, p, q in rest)
+
+
+# ----- behaviours the fifteenth mutation pass found unguarded: head order, dropout and batch-norm settings that eval-mode
+# comparisons hide ------------------------------------------------------------------------------------------------
+
+def test_celeba_heads_return_mu_then_log_variance_in_training_mode_too():
+    # MoPoE celeba/networks/FeatureCompressor.py and mmvmvae networks/FeatureCompressor.py, LinearFeatureCompressor
+    # forward: the flattened features go, untouched, into the mu head and the logvar head, returned in that order
+    from mmbench.nets.celeba import GaussianHeads
+
+    torch.manual_seed(0)
+    heads, x = GaussianHeads(nn.Identity(), 64, 3).train(), torch.randn(4, 64)
+    mu, logvar = heads(x)
+    assert torch.equal(mu, heads.mu(x)) and torch.equal(logvar, heads.logvar(x))
+    # ... and every CelebA encoder is such a pair of heads on its trunk (celeba_resnet_lv0 zeroes the second one)
+    with torch.device("meta"):
+        for name in ("celeba_resnet", "celeba_resnet_lv0", "celeba_mmvm"):
+            for m in (Modality("img", (3, 64, 64)), Modality("text", (256, 71), kind="text")):
+                assert type(ARCHITECTURES.get(name).encoder(m, 4)) is GaussianHeads, name
+    # the MM-VAMP heads keep PyTorch's default initialisation (LinearFeatureCompressor: nn.Linear(..., bias=False))
+    mmvm = ARCHITECTURES.get("celeba_mmvm").encoder(Modality("img", (3, 64, 64)), 4)
+    assert mmvm.logvar.weight.std() > 0 and mmvm.mu.weight.std() > 0
+
+
+def test_mst_rats_and_resnet_nets_have_no_dropout():
+    # MoPoE mnistsvhntext/networks/ConvNetworks{ImgMNIST,ImgSVHN,TextMNIST}.py, mmvmvae networks/
+    # ConvNetworksPolyMNIST.py ResnetEncoder/ResnetDecoder, ClfImgPolyMNIST.py and mmvmvae-hippocampal networks/
+    # NetworksRatsspike.py, ClfOdorRats.py have no dropout (nor batch norm): two seeds give the same training outputs
+    mst, resnet, rats = (ARCHITECTURES.get(n) for n in ("mnist_svhn_text", "polymnist_resnet", "rat_mlp"))
+    poly, rat = Modality("m0", (3, 28, 28)), Modality("rat", (46, 10))
+    torch.manual_seed(0)
+    digits = [(Modality("mnist", (1, 28, 28)), torch.rand(4, 1, 28, 28)),
+              (Modality("svhn", (3, 32, 32)), torch.rand(4, 3, 32, 32)),
+              (Modality("text", (8, 71), kind="text"), F.one_hot(torch.randint(0, 71, (4, 8)), 71).float())]
+    nets = [(mst.encoder(m, 2), x) for m, x in digits] + [(mst.decoder(m, 2), torch.randn(4, 2)) for m, _ in digits]
+    nets += [(resnet.encoder(poly, 2), torch.rand(1, 3, 28, 28)), (resnet.decoder(poly, 2), torch.randn(1, 2)),
+             (ARCHITECTURES.get("polymnist_resnet_clf").classifier(poly, 10), torch.rand(1, 3, 28, 28)),
+             (rats.encoder(rat, 2), torch.randn(4, 46, 10)), (rats.decoder(rat, 2), torch.randn(4, 2)),
+             (ARCHITECTURES.get("rat_clf").classifier(rat, 4), torch.randn(4, 46, 10))]
+    with torch.no_grad():
+        for net, x in nets:
+            outs = []
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                out = net.train()(x)
+                outs.append(out if isinstance(out, tuple) else (out,))
+            assert all(torch.equal(a, b) for a, b in zip(*outs)), type(net).__name__
+
+
+@pytest.mark.parametrize("name", ["celeba_resnet", "celeba_mmvm", "celeba_clf", "mnist_svhn_text_clf"])
+def test_batch_norms_keep_pytorchs_defaults(name):
+    # MoPoE celeba/networks/ResidualBlocks.py, FeatureExtractor{Img,Text}.py, DataGenerator{Img,Text}.py (mmvmvae
+    # networks/ likewise) and mnistsvhntext/networks/ConvNetworkImgClfSVHN.py: nn.BatchNorm{1,2}d(channels), i.e.
+    # eps 1e-5, momentum 0.1, affine, running statistics (train-mode updates, which eval-mode comparisons do not see)
+    arch = ARCHITECTURES.get(name)
+    mods = ([Modality("svhn", (3, 32, 32))] if name == "mnist_svhn_text_clf" else
+            [Modality("img", (3, 64, 64)), Modality("text", (256, 71), kind="text")])
+    with torch.device("meta"):
+        nets = ([arch.classifier(m, 10) for m in mods] if "clf" in name else
+                [f(m, 8) for m in mods for f in (arch.encoder, arch.decoder)])
+    bns = [m for net in nets for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == {"celeba_resnet": 60, "celeba_mmvm": 60, "celeba_clf": 30, "mnist_svhn_text_clf": 4}[name]
+    assert {(m.eps, m.momentum, m.affine, m.track_running_stats) for m in bns} == {(1e-5, 0.1, True, True)}
