@@ -543,3 +543,11 @@ def test_configs_are_plain_data_without_torch():
     from mmbench.methods import base
 
     assert base.MethodConfig is MethodConfig  # one class, not a copy left behind
+
+
+def test_an_unhashable_key_is_a_config_error_naming_the_file():
+    """yamlio.load: every YAML problem is a ConfigError naming the file (a complex key PyYAML cannot hash too)."""
+    from mmbench.yamlio import load
+
+    with pytest.raises(ConfigError, match=r"s\.yaml.*not valid YAML at line 1.*unhashable"):
+        load("? [a, b]\n: 1\n", "s.yaml")

@@ -74,3 +74,35 @@ def test_digest_ignores_dependency_order_and_pins_ignore_name_case(tmp_path):
     assert lockfile.digest(pyproject) == before
     lock.write_text("PyYAML==6.0.1 \\\n")
     assert lockfile.pins(lock) == {"pyyaml": "6.0.1"}
+
+
+# ----- behaviours a mutation pass (small modules) found unguarded -----
+def test_check_reads_the_lock_it_is_given_and_reports_each_problem_on_stderr(tmp_path, monkeypatch, capsys):
+    """`check LOCK` judges LOCK (not ./requirements.lock) and prints each problem as `error: ...` on stderr."""
+    _copy(tmp_path)  # ./pyproject.toml and a current ./requirements.lock
+    stale = tmp_path / "other.lock"
+    stale.write_text(re.sub(r"^pyyaml==\S+", "pyyaml==5.4.1", (tmp_path / "requirements.lock").read_text(), flags=re.M))
+    monkeypatch.chdir(tmp_path)
+    assert lockfile.main(["check"]) == 0
+    capsys.readouterr()
+    assert lockfile.main(["check", str(stale)]) == 1
+    assert capsys.readouterr().err == ("error: pyyaml==5.4.1 in other.lock does not satisfy pyproject.toml's "
+                                       "'pyyaml>=6'; run `make lock`\n")
+
+
+def test_usage_and_a_missing_lock(tmp_path, capsys):
+    """Module docstring: the commands are check and stamp (anything else: usage, exit 2); no lock: `make lock`."""
+    for argv in ([], ["chek"], ["lock"]):
+        assert lockfile.main(argv) == 2
+        assert "usage: python -m mmbench.lockfile check|stamp [LOCK]" in capsys.readouterr().err
+    pyproject, _ = _copy(tmp_path)
+    missing = tmp_path / "none.lock"
+    assert lockfile.problems(pyproject, missing) == [f"{missing} is missing; run `make lock`"]
+
+
+def test_pins_normalise_names_as_pep_503_and_stop_at_an_environment_marker(tmp_path):
+    """PEP 503 names (runs of -, _ and . are one -, lower case); a pin's version ends at a space, ';' or '\\'."""
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("ruamel.yaml==0.18.6 \\\nTyping_Extensions==4.12.2 ; python_version < '3.11' \\\n"
+                    "zope..interface==6.4;python_version<'3.12'\n    --hash=sha256:00\n")
+    assert lockfile.pins(lock) == {"ruamel-yaml": "0.18.6", "typing-extensions": "4.12.2", "zope-interface": "6.4"}

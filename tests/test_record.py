@@ -915,3 +915,36 @@ def test_import_reads_a_record_of_exactly_the_kept_size_whole(tmp_path, monkeypa
     assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")["added"] == [run.id]
     monkeypatch.setattr(bundle, "KEPT_MAX_BYTES", size - 1)
     assert f"runs/{run.id}/metrics.json" not in read_bundle(tmp_path / "x.tar.gz")[1].kept
+
+
+# ----- behaviours a mutation pass (style methods, small metrics modules) found unguarded -----
+def test_state_digest_reads_the_modules_names():
+    """state_digest docstring: the digest covers the names too: the same classifier under another modality differs."""
+    module = torch.nn.Linear(2, 2)
+    assert state_digest({"img": module}) != state_digest({"text": module})
+
+
+@pytest.mark.parametrize("multilabel,dropout", [(False, "off"), (True, "as_authors")])
+def test_eval_context_loads_the_classifiers_once_and_records_what_they_are(monkeypatch, multilabel, dropout):
+    """EvalContext.classifiers: one get_classifiers call per context; the accuracies under classifier_accuracy
+    (classifier_ap on a multi-label dataset); provenance names the set, dropout, architecture and epochs; dropout
+    stays active only for classifier_dropout: as_authors (the MoPoE code never calls .eval() on them)."""
+    from types import SimpleNamespace
+
+    import mmbench.metrics.context as context
+    from mmbench.config import EvalConfig
+
+    clfs = {"m0": torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(3, 2))}
+    calls = []
+    monkeypatch.setattr(context, "get_classifiers", lambda *a: calls.append(a) or (clfs, {"m0": 0.75}))
+    spec = SimpleNamespace(multilabel=multilabel, classifier_for=lambda variant: f"net-{variant}")
+    cfg = EvalConfig(classifier_dropout=dropout, classifier_epochs=7)
+    ctx = context.EvalContext(model=None, spec=spec, variant="v", train=None, test=None, test_full=None, cfg=cfg,
+                              device=torch.device("cpu"))
+    got = ctx.classifiers()
+    assert ctx.classifiers() is got and len(calls) == 1
+    assert ctx.extra == {("classifier_ap" if multilabel else "classifier_accuracy"): {"m0": 0.75},
+                         "classifier_set": "mmbench", "classifier_dropout": dropout}
+    assert ctx.provenance["classifiers"] == {"set": "mmbench", "dropout": dropout, "architecture": "net-v",
+                                             "epochs": 7, "digest": state_digest(clfs)}
+    assert got["m0"].training is (dropout == "as_authors")

@@ -345,6 +345,33 @@ def test_latent_scatter_projects_a_larger_latent_on_its_first_two_principal_comp
         assert np.allclose(got[:, k] * np.sign(got[0, k] * want[0, k]), want[:, k], atol=1e-5)
 
 
+def test_latent_scatter_keeps_a_2d_latent_as_is_and_needs_a_run_directory(tmp_path, monkeypatch):
+    """latent_scatter docstring: a 2-d latent space is plotted as is (only a larger one is projected); the test
+    split's labels go with the points; the metric counts every modality's points; without a run directory it refuses."""
+    import numpy as np
+    import torch
+    from types import SimpleNamespace
+
+    import mmbench.metrics.latent_scatter as ls
+    from mmbench.data.base import DataSplit, Modality
+    from mmbench.errors import MMBenchError
+
+    means = [np.array([[1.0, 2.0], [3.0, -4.0], [0.5, 0.0]]), np.array([[9.0, 1.0], [-2.0, 7.0], [4.0, 4.0]])]
+    seen = []
+    monkeypatch.setattr(ls, "encode_means", lambda ctx, split, subsets: seen.append((split, subsets)) or means)
+    test = DataSplit([Modality(m, (2,), "vector") for m in "ab"], {m: torch.zeros(3, 2) for m in "ab"},
+                     torch.tensor([2, 0, 1]))
+    ctx = SimpleNamespace(out_dir=tmp_path / "artifacts", model=SimpleNamespace(names=["a", "b"]), test=test)
+    assert ls.latent_scatter(ctx) == {"latent_scatter/points": 6.0}  # 3 test tuples × 2 modalities
+    assert seen == [(test, [("a",), ("b",)])]  # the unimodal posteriors q(z | x_m) of the test split
+    saved = np.load(tmp_path / "artifacts" / "latents.npz")
+    assert str(saved["projection"]) == "identity" and list(saved["names"]) == ["a", "b"]
+    assert np.array_equal(saved["z_a"], means[0]) and np.array_equal(saved["z_b"], means[1])
+    assert list(saved["labels"]) == [2, 0, 1]
+    with pytest.raises(MMBenchError, match="needs a run directory"):
+        ls.latent_scatter(SimpleNamespace(out_dir=None, model=ctx.model, test=test))
+
+
 def test_figures_of_sweeps_and_attributes(tmp_path):
     """β-sweep and per-attribute figures come out of the report for the runs that support them."""
     from mmbench.plots import all_figures

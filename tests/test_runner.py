@@ -170,3 +170,29 @@ def test_a_failure_message_with_brackets_is_printed_as_it_is(tmp_path, monkeypat
     (outcome,) = runner.run_all([cfg], tmp_path / "runs", None, console=Console(file=out, width=60))
     assert not outcome.ok
     assert "finished, but metrics.json unreadable ([Errno 13] [bold] [/odd])" in out.getvalue()
+
+
+def test_gpu_ids_are_whole_indices_or_uuids():
+    """gpu_slots: an id is a whole index (any number of digits) or a GPU-/MIG- UUID, nothing appended."""
+    from mmbench.runner import gpu_slots
+
+    assert gpu_slots("10,11") == ["10", "11"]
+    for bad in ("0x", "1a", "GPU-", "0 1"):
+        with pytest.raises(MMBenchError, match=f"{bad!r} is not a GPU id"):
+            gpu_slots(f"0,{bad}")
+
+
+def test_a_gpu_run_saves_its_gpus_random_stream_and_picks_cuda_when_torch_sees_one(monkeypatch):
+    """devices.py: fork_rng must save the GPU stream of a run on cuda (any index), none on the CPU; device_of
+    computes on cuda whenever torch sees a GPU."""
+    import torch
+
+    from mmbench.devices import device_of, devices_of_rng
+
+    assert devices_of_rng("cuda:1") == [torch.device("cuda:1")] and devices_of_rng(torch.device("cuda")) == [
+        torch.device("cuda")]
+    assert devices_of_rng("cpu") == [] and devices_of_rng("meta") == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_of() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_of() == torch.device("cpu")

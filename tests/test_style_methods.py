@@ -160,3 +160,88 @@ def test_decoding_a_z_of_another_size_is_refused():
         with pytest.raises(MMBenchError, match=rf"decodes z of {CONTENT} \(content\) or {CONTENT + STYLE} "
                                                rf"\(content\+style\) dims, got {dims}$"):
             model.decode(torch.zeros(2, dims), "m0")
+
+
+# ----- behaviours a mutation pass (style methods' objectives) found unguarded -----
+# Beside a reconstruction term of ~1e4 nats, which content sample feeds which ELBO (and β itself) hides in the
+# loss's rounding; these tests spy on styled_terms: they see each call's content sample and weighting, and
+# replace its NLL by a tag (10^j for call j), so the loss is Σ tags + β·kl to float precision.
+def spied_loss(name, seed, **options):
+    model, x, _, _, mu, lv, styles = loss_and_parts(name, seed, **options)
+    calls, real = [], model.styled_terms
+
+    def spy(c, x, styles, modalities, weighted=True):
+        nll, kl = real(c, x, styles, modalities, weighted)
+        calls.append((c.detach(), tuple(modalities), weighted))
+        return torch.full_like(nll, 10.0 ** (len(calls) - 1)), kl
+
+    model.styled_terms = spy
+    torch.manual_seed(seed)
+    loss, logs = model.loss(x)
+    torch.manual_seed(seed)
+    return model, loss, logs, calls, mu, lv
+
+
+def test_mvae_style_joint_elbo_uses_the_joint_content_and_unimodal_elbos_their_own():
+    """MoPoE run_epochs.py basic_routine_epoch (modality_poe) with utils/utils.py calc_elbo: the joint ELBO decodes every
+    modality from the joint PoE's c with rec_weights; modality m's ELBO decodes x_m from q(c | x_m)'s c with weight 1;
+    elbo = rec + β·div. The logs' nll, kl_content and kl_style are the joint ELBO's."""
+    model, loss, logs, calls, mu, lv = spied_loss("mvae_style", 5, rec_weights={"m1": 3.0}, beta_content=0.5)
+
+    def poe(idx):  # with the N(0, I) expert
+        prec = 1 + (1 / lv[idx].exp()).sum(0)
+        return Gaussian((mu[idx] / lv[idx].exp()).sum(0) / prec, -prec.log())
+
+    qs = [poe([0, 1]), poe([0]), poe([1])]  # joint, then m0's and m1's unimodal content posteriors
+    c = Gaussian(torch.stack([q.mu for q in qs]), torch.stack([q.logvar for q in qs])).rsample()
+    assert [(mods, weighted) for _, mods, weighted in calls] == [(("m0", "m1"), True), (("m0",), False),
+                                                                 (("m1",), False)]
+    for i, (ci, _, _) in enumerate(calls):
+        assert torch.allclose(ci, c[i], atol=1e-5), i
+    assert loss.item() == pytest.approx(111.0 + 1.5 * logs["kl"].item(), rel=1e-6)  # tags 1 + 10 + 100, β = 1.5
+    assert logs["nll"].item() == 1.0  # the joint ELBO's reconstruction only
+    assert logs["kl_content"].item() == pytest.approx(qs[0].kl_standard_normal().mean().item(), rel=1e-5)
+    kl_style = sum(model.style_betas[m] * s.kl_standard_normal() for m, s in styles_and_content(model, batch())[2].items())
+    assert logs["kl_style"].item() == pytest.approx(kl_style.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name,subsets", [("mmvae_style", [(0,), (1,)]), ("mopoe_style", [(0,), (1,), (0, 1)])])
+def test_mixture_style_rows_take_their_stratified_components_content_and_beta_content_weighs_it(name, subsets):
+    """mixture_style_loss: row b's c is drawn from component k(b) (contiguous blocks, MoPoE utils/utils.py
+    mixture_component_selection); kl = beta_style·Σ_m style_betas[m] KL(s_m) + beta_content·mean_S KL(q_S(c))
+    (run_epochs.py basic_routine_epoch: beta_style·kld_style + beta_content·kld_content), loss = NLL + β·kl."""
+    model, loss, logs, calls, mu, lv = spied_loss(name, 6, beta_content=0.5)
+    comps = model.poe(mu, lv, model.names, [tuple(model.names[i] for i in s) for s in subsets])
+    k = torch.arange(6) // (6 // len(subsets))  # 6 rows: 3 per component (MMVAE), 2 per component (MoPoE)
+    c = comps[k, torch.arange(6)].rsample()
+    assert len(calls) == 1 and calls[0][1:] == (("m0", "m1"), True)
+    assert torch.allclose(calls[0][0], c, atol=1e-5)
+    kl_style = sum(model.style_betas[m] * s.kl_standard_normal() for m, s in styles_and_content(model, batch())[2].items())
+    want = 2.0 * kl_style + 0.5 * comps.kl_standard_normal().mean(0)
+    assert logs["kl"].item() == pytest.approx(want.mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(1.0 + 1.5 * logs["kl"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mvae_style", "mmvae_style", "mopoe_style"])
+def test_each_style_method_defaults_to_the_celeba_jobs_weights_and_style_dim(name):
+    """MoPoE job_celeba: beta_style 2.0, beta_content 1.0, beta_m1_style (img) 1.0, beta_m2_style (text) 5.0;
+    App. E.2: a 32-dimensional style latent per modality."""
+    mods = [Modality("img", (3, 28, 28)), Modality("text", (3, 28, 28))]
+    model = METHODS.get(name)(mods, MethodConfig(name, latent_dim=CONTENT), "polymnist_cnn")
+    assert model.style_dim == 32 and model.latent_dim == CONTENT
+    assert model.style_betas == {"img": 1.0, "text": 5.0}
+    assert (model.opt["beta_style"], model.opt["beta_content"]) == (2.0, 1.0)
+    assert model.encoders["img"](torch.zeros(1, 3, 28, 28))[0].shape == (1, CONTENT + 32)
+
+
+def test_a_content_sized_z_is_decoded_with_a_prior_style_draw():
+    """style.py (MoPoE utils/BaseMMVae.py cond_generation/generate): a content-sized z gets s_m ~ N(0, I)."""
+    model = make("mopoe_style")
+    model.eval()
+    z = torch.zeros(2, CONTENT)
+    torch.manual_seed(7)
+    got = model.decode(z, "m0")
+    torch.manual_seed(7)
+    want = model.likelihoods["m0"].mean(model.decoders["m0"](torch.cat([z, torch.randn(2, STYLE)], -1)))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(model.decode(z, "m0"), got)
