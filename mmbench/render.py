@@ -33,21 +33,27 @@ CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (
             "tolerance verdict | Welch's test against the printed mean ± std, one run's prediction-interval t-test (Holm-corrected per paper).")
 
 
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub table of the cells as report.py wrote them: tabulate would read "0.800" back as a number and print
+    "0.8", so one column would mix 3 decimals and fewer."""
+    return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
 def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
                     images: Optional[List[Path]] = None, title: str = "mmbench report") -> str:
     parts = [f"# {title}", ""]
     if paper_lines:
         parts += [f"- {line}" for line in paper_lines] + [""]
     for title, df in summaries:
-        parts += [f"## {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), ""]
+        parts += [f"## {title}", "", md_table(df), ""]
     if refs:
         parts += ["## Comparison with the papers", "", CELL_KEY, ""]
     for title, df, summary in refs:
-        parts += [f"### {title}", "", tabulate(df, headers="keys", tablefmt="github", showindex=False), "",
+        parts += [f"### {title}", "", md_table(df), "",
                   f"*{summary}*", ""]
     if claims:
         parts += ["## Claims about the papers' figures", "",
-                  tabulate(claims_table(claims), headers="keys", tablefmt="github", showindex=False), ""]
+                  md_table(claims_table(claims)), ""]
     for img in images or []:
         parts += [f"![{img.stem}]({img.name})", ""]
     return "\n".join(parts)

@@ -99,6 +99,17 @@ def test_provenance_records_the_prepare_options_the_data_were_built_with(tmp_pat
     assert prov["dataset_build"] == {"seed": 3, "options": options}
 
 
+def test_markdown_report_keeps_the_three_decimals_of_every_cell(tmp_path):
+    """The Markdown tables print each cell as report.py formats it (tabulate would turn "0.800" into "0.8", so a column
+    mixed 3 decimals and fewer), in the summary and in the comparison with the paper alike."""
+    runs = tmp_path / "runs"
+    fake_run(runs, 0, {"coherence/joint": 0.8})
+    md = render_markdown(*(lambda rep: (rep.summaries, rep.refs))(build_report(runs, _refs(tmp_path))))
+    rows = [line for line in md.splitlines() if line.startswith("| joint coherence") or line.startswith("| MoPoE")]
+    assert len(rows) == 2 and all("0.800" in row for row in rows), rows
+    assert "0.350" in rows[1] and "| 0.8 " not in md and "0.35 " not in md
+
+
 def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path):
     runs = tmp_path / "runs"
     base = {"git_commit": "aaa", "dataset_digest": "d1", "packages": {"torch": "2.14.1", "numpy": "2.4.6"}}
