@@ -10,6 +10,7 @@ $M run suites/mrvae.yaml --tier smoke --set 'eval.metrics=[coherence]' 2>&1 | ta
 $M run suites/smvae_iclr22.yaml --tier smoke --only polymnist-fig-2,polymnist-fig-3 2>&1 | tail -1
 $M run suites/mmvamp.yaml --tier smoke --only rats --set variant=simulated 2>&1 | tail -1
 $M run suites/mmvamp.yaml --tier smoke --only translated-polymnist 2>&1 | tail -1
+rm -f docs/example-report/*.png  # figures of runs no longer in the runs directory would stay behind
 T="mmbench example report (SMOKE TIER: pipeline check, not results)"
 $M report --compare reference_results/ --allow-missing --title "$T" --format html --out docs/example-report/index.html --plots docs/example-report/
 $M report --compare reference_results/ --allow-missing --title "$T" --format md --out docs/example-report/report.md
