@@ -606,3 +606,74 @@ def test_resume_from_a_per_unit_checkpoint_converts_the_adam_moments(tmp_path):
                                            "from the start"):
         fresh = make()
         restore(fresh, torch.optim.Adam(fresh.parameters()), {"model": sd, "optimizer": bad}, tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("how", ["prior", "prior_dense", "r"])
+def test_z_kl_is_the_kl_of_the_relational_posterior_over_its_active_slots(how):
+    """Eq. (4)'s z-term is KL(q(z | n, y, X) || N(0, I)): one N(0, 1) KL per private factor and per *active* slot
+    (r < n_A), each shared slot once. Computed independently from posterior(): kl_elem at each distinct coordinate
+    (`primary`) of the interface latent. Wide posteriors make the inactive picked rows' KL far from zero."""
+    model = make(objective="r" if how == "r" else "q")
+    model.dense = how == "prior_dense"
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(3, 64, D, generator=g) * 2, torch.randn(3, 64, D, generator=g)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        rel = model.relate(mu, logvar, [True] * 3, sample=True, from_prior=how != "r", with_kl=how == "r")
+        post = rel.posterior()
+        want = (kl_elem(Gaussian(post.mean, post.logvar)) * post.primary).sum(-1)
+        sizes = rel.sizes()
+    assert (sizes > 0).any() and (sizes < D).any()  # shared slots and inactive picked rows both occur
+    assert torch.allclose(rel.kl(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_objective_r_loss_samples_the_relation_at_a_sample_of_the_unimodal_posteriors():
+    """App. A.1 Eq. (7): objective r's expectation is under q(z_j | x_j) and r(n, y | z), so the loss draws the relation
+    (Gumbel noise) from r's networks read at z ~ q(z_j | x_j), not at the means: unimodal posteriors N(0, 4) give the
+    networks inputs of standard deviation 2, where the mode would feed them exact zeros."""
+    model = make(objective="r", hidden=8)
+    model.unimodal = lambda x, names: (torch.zeros(3, 256, D), torch.full((3, 256, D), math.log(4.0)))
+    seen = []
+    model.size_net.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.loss(batch(256))
+    assert seen and abs(float(seen[0].std()) - 2.0) < 0.1
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_objective_q_scores_each_subspace_and_pair_with_its_own_network_output(dense):
+    """mrVAE Eq. (4), App. A.1 second case: log r(n, y | z) - log q(n, y) = Σ_A [log r(n_A | ·) - log q(n_A | ·)]
+    + Σ_(A,j) [log PL_w(y_jA) - log PL_0(y_jA)], subspace A scored by its own size logits c_A (Eq. 35, over the sizes
+    every modality of A still allows) and pair (A, j) by its own scores w_jA (Eq. 38). Written out row by row from a
+    prior-drawn relation, with distinct random logits and scores per subspace and per pair."""
+    from mmbench.methods.mrvae import Picks
+
+    model = make(hidden=8)
+    model.dense = dense
+    B = 4
+    g = torch.Generator().manual_seed(2)
+    mu, logvar = torch.randn(3, B, D, generator=g), torch.randn(3, B, D, generator=g)
+    size_logits = torch.randn(len(model.shared), B, D + 1, generator=g) * 2
+    scores = torch.randn(len(model.pairs), B, D, generator=g) * 2
+    with torch.no_grad():
+        torch.manual_seed(0)
+        rel = model.relate(mu, logvar, [True] * 3, sample=True, from_prior=True)
+        lr_n, lr_y = rel.log_ratio(size_logits, scores, model.pair_index)
+    n = rel.sizes().long()
+    assert (n > 0).any()
+    for b in range(B):
+        left, log_r_n, log_pl = {j: set(range(D)) for j in range(3)}, 0.0, 0.0
+        for a, A in enumerate(model.shared):
+            k = int(n[b, a])
+            log_r_n += float(torch.log_softmax(size_logits[a, b, :min(len(left[j]) for j in A) + 1], -1)[k])
+            for j in A:
+                Y = rel.blocks[a][2][j]
+                picks = (Y.idx[b] if isinstance(Y, Picks) else Y[b].argmax(-1))[:k].tolist()
+                w = scores[model.pair_index[(a, j)], b]
+                for f in picks:  # Plackett-Luce with scores w against the uniform order, over j's free factors
+                    free = sorted(left[j])
+                    log_pl += float(w[f] - torch.logsumexp(w[free], 0)) + math.log(len(free))
+                    left[j].remove(f)
+        assert float(lr_n[b]) == pytest.approx(log_r_n - float(rel.log_q_n[b]), abs=1e-4)
+        assert float(lr_y[b]) == pytest.approx(log_pl, abs=1e-4)

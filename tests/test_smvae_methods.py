@@ -459,3 +459,17 @@ def test_jmvae_joint_elbo_kl_has_weight_one():
     div = sum(0.5 * (np.log(np.exp(lvs[i].numpy()) / vj) + (vj + (mj - mus[i].numpy()) ** 2) / np.exp(lvs[i].numpy()) - 1).sum(-1)
               for i in range(3))
     assert loss.item() - float(logs["nll"]) == pytest.approx(np.mean(kl + 0.3 * div), rel=1e-9)
+
+
+def test_smvae_end_to_end_loss_is_nll_plus_unit_weight_kl_plus_divergence_exactly():
+    """SMVAE Eq. 11: -L = -E_q_Λ[log p(X | z)] + KL(q_Λ(z | X) || p(z)) (weight 1, Eq. 1) + β/2^M Σ_c KL(q_c || q_Λ).
+    β = 0.7, a fixed wide surrogate, float64: loss - nll is KL + div to 1e-10 (a β on the KL would move it by
+    0.3 KL), and the logged KL is the closed form of the surrogate against N(0, I), in numpy."""
+    model = vec_model("smvae", beta=0.7)
+    mu, logvar = np.array([0.6, -0.4]), np.array([0.3, -0.2])
+    model.surrogate = lambda x: Gaussian(torch.tensor(mu).expand(3, -1), torch.tensor(logvar).expand(3, -1))
+    torch.manual_seed(0)
+    loss, logs = model.loss(vec_batch())
+    kl = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar)
+    assert float(logs["kl"]) == pytest.approx(kl, rel=1e-12) and float(logs["div"]) > 0.1
+    assert loss.item() - float(logs["nll"]) == pytest.approx(kl + float(logs["div"]), rel=1e-10)
