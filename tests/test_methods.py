@@ -214,3 +214,127 @@ def test_subset_masks_of_the_same_subsets_over_other_inputs_are_kept_apart():
     assert model.subset_mask([("m1",)], ["m1"]).tolist() == [[1.0]]
     assert model.subset_mask([("m1",)], model.names).tolist() == [[0.0, 1.0, 0.0]]
     assert model.subset_mask([("m1",)], ["m1", "m2"]).tolist() == [[1.0, 0.0]]
+
+
+# ----- each objective term by term: a spy likelihood, leaf experts, replayed noise, the gradient ---------------
+# The reconstruction term of a real model is ~1e3 nats, so a whole-loss comparison cannot see a wrong sample, a
+# dropped β or a wrong subset weight. Here log p(x_m | z) is replaced by a tag -c_m ||z - x_m||² (x_m: B×D
+# targets, distinct rows), the unimodal experts are float64 leaves, and the loss *and its gradient* must equal
+# the objective written out independently (the KL term is then the same size as the reconstruction term).
+SPY_W = {"m0": 1.0, "m1": 0.25, "m2": 3.0}  # rec_weights, one of them small
+SPY_C = {"m0": 1.0, "m1": 2.0, "m2": 0.5}
+
+
+def spy_setup(name, B=10, D=3, beta=1.7, **options):
+    torch.manual_seed(0)
+    cfg = MethodConfig(name, latent_dim=D, beta=beta, rec_weights=SPY_W, options=options)
+    model = METHODS.get(name)(MODS, cfg, "polymnist_cnn").double()
+    g = torch.Generator().manual_seed(1)
+    mu = torch.randn(3, B, D, generator=g, dtype=torch.float64).requires_grad_(True)
+    logvar = (0.5 * torch.randn(3, B, D, generator=g, dtype=torch.float64)).requires_grad_(True)
+    x = {m: torch.randn(B, D, generator=g, dtype=torch.float64) for m in model.names}
+    model.unimodal = lambda x, names: (mu[[model.names.index(n) for n in names]],
+                                       logvar[[model.names.index(n) for n in names]])
+    model.rec_log_prob = lambda z, x, m: -SPY_C[m] * ((z - x[m]) ** 2).sum(-1)
+    return model, mu, logvar, x
+
+
+def spy_nll(z, x, weights):
+    return sum(weights[m] * SPY_C[m] * ((z - x[m]) ** 2).sum(-1) for m in x)
+
+
+def ref_poe(mu, logvar, idx, prior):
+    """MoPoE divergence_measures/mm_div.py poe: precisions 1/(σ² + 1e-8), plus 1 for the N(0, I) expert."""
+    prec = sum(1 / (logvar[i].exp() + 1e-8) for i in idx) + float(prior)
+    return sum(mu[i] / (logvar[i].exp() + 1e-8) for i in idx) / prec, -torch.log(prec)
+
+
+def ref_kl(mu, logvar):
+    return 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1)
+
+
+def ref_blocks(B, K):
+    """MoPoE utils/utils.py mixture_component_selection: blocks of floor(B/K) rows, the last takes the rest."""
+    size = B // K
+    return [K - 1 if size == 0 else min(b // size, K - 1) for b in range(B)]
+
+
+def assert_loss_and_gradient(loss, want, leaves):
+    assert loss.item() == pytest.approx(want.item(), rel=1e-12)
+    got = torch.autograd.grad(loss, leaves, retain_graph=True)
+    ref = torch.autograd.grad(want, leaves)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mopoe", "mmvae"])
+def test_mixture_objective_term_by_term_with_its_gradient(name):
+    """MoPoE Def. 1 / Eq. (6) as the authors train it (run_epochs.py basic_routine_epoch): row b decodes one
+    reparameterised sample of its stratified subset posterior (utils/utils.py mixture_component_selection) into
+    every modality, weighted by rec_weights, + β · the subsets' KLs averaged per row (mm_div.py
+    calc_group_divergence_moe); PoE prior expert on the full set only (BaseMMVae.py poe_fusion). mmvae: the same
+    over the unimodal posteriors (MoPoE Eqs. 9-10)."""
+    B = 10
+    model, mu, logvar, x = spy_setup(name, B=B)
+    subsets = [(0,), (1,), (2,)] + ([] if name == "mmvae" else [(0, 1), (0, 2), (1, 2), (0, 1, 2)])
+    torch.manual_seed(7)
+    loss, logs = model.loss(x)
+    torch.manual_seed(7)
+    eps = torch.randn(B, 3, dtype=torch.float64)
+    comps = [ref_poe(mu, logvar, s, prior=len(s) == 3) for s in subsets]
+    rows = ref_blocks(B, len(subsets))
+    z = torch.stack([comps[k][0][b] + eps[b] * (0.5 * comps[k][1][b]).exp() for b, k in enumerate(rows)])
+    kl = torch.stack([ref_kl(*c) for c in comps]).mean(0)
+    want = (spy_nll(z, x, SPY_W) + 1.7 * kl).mean()
+    assert float(logs["kl"]) == pytest.approx(kl.mean().item(), rel=1e-12)
+    assert_loss_and_gradient(loss, want, (mu, logvar))
+
+
+@pytest.mark.parametrize("weights", ["one", "rec_weights"])
+def test_mvae_objective_term_by_term_with_its_gradient(weights):
+    """MVAE as the MoPoE authors train it (run_epochs.py basic_routine_epoch, poe_unimodal_elbos; utils.py
+    calc_elbo): joint ELBO of PoE(prior, all) decoding every modality with rec_weights, + one ELBO per modality
+    whose own PoE(prior, x_m) sample reconstructs x_m alone (weight 1, or its rec_weight with the option), every
+    KL weighted by β."""
+    B = 6
+    model, mu, logvar, x = spy_setup("mvae", B=B, unimodal_weights=weights)
+    torch.manual_seed(7)
+    loss, logs = model.loss(x)
+    torch.manual_seed(7)
+    eps = torch.randn(4, B, 3, dtype=torch.float64)
+    comps = [ref_poe(mu, logvar, s, prior=True) for s in [(0, 1, 2), (0,), (1,), (2,)]]
+    z = [m_ + e * (0.5 * lv).exp() for (m_, lv), e in zip(comps, eps)]
+    want = spy_nll(z[0], x, SPY_W) + 1.7 * sum(ref_kl(*c) for c in comps)
+    for i, m in enumerate(model.names):
+        want = want + spy_nll(z[i + 1], {m: x[m]}, SPY_W if weights == "rec_weights" else {m: 1.0})
+    assert float(logs["nll"]) == pytest.approx(spy_nll(z[0], x, SPY_W).mean().item(), rel=1e-12)
+    assert_loss_and_gradient(loss, want.mean(), (mu, logvar))
+
+
+def test_eq5_objective_term_by_term_with_its_gradient():
+    """MoPoE Eqs. (4)-(5) (Table 7): every subset posterior's reparameterised sample reconstructs every modality of
+    the same row (rec_weights), + β · its KL, averaged uniformly over the 2^M - 1 subsets and the batch."""
+    B = 5
+    model, mu, logvar, x = spy_setup("mopoe_eq5", B=B)
+    subsets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    torch.manual_seed(7)
+    loss, _ = model.loss(x)
+    torch.manual_seed(7)
+    eps = torch.randn(len(subsets), B, 3, dtype=torch.float64)
+    terms = []
+    for s, e in zip(subsets, eps):
+        m_, lv = ref_poe(mu, logvar, s, prior=len(s) == 3)
+        terms.append(spy_nll(m_ + e * (0.5 * lv).exp(), x, SPY_W) + 1.7 * ref_kl(m_, lv))
+    assert_loss_and_gradient(loss, torch.stack(terms).mean(), (mu, logvar))
+
+
+@pytest.mark.parametrize("name", ["mopoe", "mvae", "mmvae", "mopoe_eq5"])
+def test_reconstruction_term_trains_the_encoders(name):
+    """The reconstruction term is E_q[log p(X | z)] with z = μ + ε σ (reparameterised, MoPoE BaseMMVae.py
+    reparameterize): with β = 0 (no KL) the encoders still get a gradient, through the decoded sample."""
+    model = make(name, latent=4)
+    model.beta = 0.0
+    torch.manual_seed(0)
+    model.loss(batch(4))[0].backward()
+    for m in model.names:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[m].parameters()), m
