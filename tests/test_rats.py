@@ -10,6 +10,7 @@ from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.data import rats
 from mmbench.data.base import load_split, prepare, read_manifest
+from mmbench.data.download import file_digest
 from mmbench.errors import MMBenchError
 from mmbench.evaluate import execute
 from mmbench.registry import DATASETS
@@ -461,7 +462,10 @@ def test_a_trial_info_option_missing_a_rat_or_not_a_folder_is_refused(tmp_path):
         rats.trial_tables(str(tmp_path), 0)
     np.save(tmp_path / "SuperChris_trial_info.npy", table)
     tables, origin = rats.trial_tables(str(tmp_path), 0)
-    assert origin == str(tmp_path.resolve()) and all(np.array_equal(tables[r], table) for r in rats.RATS)
+    assert all(np.array_equal(tables[r], table) for r in rats.RATS)
+    assert origin == {r: file_digest(p, "sha256") for r, p in rats.trial_info_files(str(tmp_path)).items()}
+    assert len(set(origin.values())) == 1 and rats.trial_info_files(str(tmp_path))["superchris"].name == (
+        "SuperChris_trial_info.npy")
     with pytest.raises(MMBenchError, match="is not a directory of <rat>_trial_info.npy files"):
         rats.trial_tables(str(tmp_path / "SuperChris_trial_info.npy"), 0)
 
@@ -478,3 +482,35 @@ def test_simulated_rates_follow_the_odor_not_the_sequence_position():
     a, b, c = (rats.simulate_spikes(t, "stella", codes, np.random.default_rng(1), gain=4.0)
                for t in (table, moved, smelled))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_simulated_copy_is_known_by_its_trial_tables_content_not_their_path(tmp_path):
+    """trial_info is a location option: the copy records the five tables' sha256, not the folder, so the same tables
+    in another folder are the same copy (no rebuild, and no machine's path in the report's "data built with"),
+    while other tables, or recorded tables for a copy simulated on synthetic ones, are refused without --force."""
+    from mmbench.results import data_build
+
+    first, moved, other = (tmp_path / n for n in ("first", "moved", "other"))
+    for folder, cut in ((first, 40), (moved, 40), (other, 39)):
+        folder.mkdir()
+        for rat, table in rats.trial_tables(None, 0)[0].items():
+            np.save(folder / f"{rat}_trial_info.npy", table[:cut])
+    spec, root = DATASETS.get("rats")(), tmp_path / "data"
+    path = prepare(spec, "simulated", data_root=root, options={"split": "in_sample", "trial_info": str(first)})
+    manifest = read_manifest(path)
+    assert manifest["options"] == {"split": "in_sample"} and manifest["locations"] == {"trial_info": str(first)}
+    assert manifest["simulator"]["trial_info"] == {rat: file_digest(first / f"{rat}_trial_info.npy", "sha256")
+                                                   for rat in rats.RATS}
+    assert data_build({"dataset_build": {"seed": 0, "options": manifest["options"]}}) == "split=in_sample"
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    for same in ({"trial_info": str(moved)}, {}):  # the same tables elsewhere, or no option: the copy as it is
+        assert prepare(spec, "simulated", data_root=root, options={"split": "in_sample", **same}) == path
+    assert (path / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(MMBenchError, match=r"holds other tables than the copy was simulated on \(sha256 differs for "
+                                           r"barat, buchanan, mitt, stella, superchris\); pass --force"):
+        prepare(spec, "simulated", data_root=root, options={"split": "in_sample", "trial_info": str(other)})
+    synthetic = prepare(spec, "simulated", data_root=tmp_path / "syn", options={"split": "in_sample"})
+    assert read_manifest(synthetic)["simulator"]["trial_info"] == "synthetic"
+    with pytest.raises(MMBenchError, match=r"gives recorded trial tables, the copy simulated synthetic ones; pass "
+                                           r"--force"):
+        prepare(spec, "simulated", data_root=tmp_path / "syn", options={"split": "in_sample", "trial_info": str(first)})

@@ -228,11 +228,8 @@ def simulate_deposit(directory: Path, tables: Dict[str, np.ndarray], seed: int,
         progress("rats simulate", i + 1, len(RATS))
 
 
-def trial_tables(directory: Optional[str], seed: int) -> Tuple[Dict[str, np.ndarray], str]:
-    """The simulator's trial_info tables: the five files in `directory`, or synthetic ones."""
-    if not directory:
-        rng = np.random.default_rng([seed, 3])
-        return {rat: synthetic_trial_info(REAL_TRIALS[rat], rng) for rat in RATS}, "synthetic"
+def trial_info_files(directory: str) -> Dict[str, Path]:
+    """The five `<rat>_trial_info.npy` of `-o trial_info=DIR`, by rat (names match case-insensitively)."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise MMBenchError(f"option trial_info={directory} is not a directory of <rat>_trial_info.npy files")
@@ -240,7 +237,18 @@ def trial_tables(directory: Optional[str], seed: int) -> Tuple[Dict[str, np.ndar
     missing = [f"{rat}_trial_info.npy" for rat in RATS if f"{rat}_trial_info.npy" not in names]
     if missing:
         raise MMBenchError(f"{', '.join(missing)} not in trial_info={directory} (names match case-insensitively)")
-    return {rat: read_trial_info(names[f"{rat}_trial_info.npy"]) for rat in RATS}, str(d.resolve())
+    return {rat: names[f"{rat}_trial_info.npy"] for rat in RATS}
+
+
+def trial_tables(directory: Optional[str], seed: int) -> Tuple[Dict[str, np.ndarray], Any]:
+    """The simulator's trial_info tables and where they came from: the five files in `directory` (their sha256 by
+    rat: the copy's identity is their content, not where they were), or synthetic ones ("synthetic")."""
+    if not directory:
+        rng = np.random.default_rng([seed, 3])
+        return {rat: synthetic_trial_info(REAL_TRIALS[rat], rng) for rat in RATS}, "synthetic"
+    files = trial_info_files(directory)
+    return ({rat: read_trial_info(path) for rat, path in files.items()},
+            {rat: file_digest(path, "sha256") for rat, path in files.items()})
 
 
 @DATASETS.register("rats")
@@ -260,12 +268,28 @@ class Rats(DatasetSpec):
                  "the authors' protocol)",
         "trial_info": "simulated variant: directory of the five <rat>_trial_info.npy to simulate on (default: synthetic)",
     }
-    location_options = ("source",)
+    # where the files are, not what is built: trial_info's tables are part of a simulated copy's identity by their
+    # content (changed_inputs), so the same tables elsewhere are the same copy and no path reaches a report
+    location_options = ("source", "trial_info")
     needs = {"deposit": "--source DIR"}  # the Dryad deposit has no stable file URL (build)
 
     def modalities(self, variant: str) -> List[Modality]:
         # Summed squared error per rat, unweighted sum over rats (mmvmvae-hippocampal mv_vaes/spike_vae.py).
         return [Modality(rat, (NEURONS[rat], SUB_BINS), "spikes", "sse", 1.0) for rat in RATS]
+
+    def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
+        """-o trial_info=DIR naming other tables than a simulated copy was built from (or tables where it simulated
+        synthetic ones); without the option the copy is used as it is."""
+        if not options.get("trial_info") or manifest.get("variant") != "simulated":
+            return None
+        built = (manifest.get("simulator") or {}).get("trial_info")
+        now = {rat: file_digest(path, "sha256") for rat, path in trial_info_files(options["trial_info"]).items()}
+        if now == built:
+            return None
+        if not isinstance(built, dict):
+            return f"trial_info={options['trial_info']} gives recorded trial tables, the copy simulated {built} ones"
+        return (f"trial_info={options['trial_info']} holds other tables than the copy was simulated on (sha256 differs "
+                f"for {', '.join(rat for rat in RATS if now.get(rat) != built.get(rat))})")
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
