@@ -49,11 +49,9 @@ def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper
     if refs:
         parts += ["## Comparison with the papers", "", CELL_KEY, ""]
     for title, df, summary in refs:
-        parts += [f"### {title}", "", md_table(df), "",
-                  f"*{summary}*", ""]
+        parts += [f"### {title}", "", md_table(df), "", f"*{summary}*", ""]
     if claims:
-        parts += ["## Claims about the papers' figures", "",
-                  md_table(claims_table(claims)), ""]
+        parts += ["## Claims about the papers' figures", "", md_table(claims_table(claims)), ""]
     for img in images or []:
         parts += [f"![{img.stem}]({img.name})", ""]
     return "\n".join(parts)

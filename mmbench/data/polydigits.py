@@ -89,8 +89,8 @@ class PolyDigits(DatasetSpec):
         # split's sizes do not depend on its seed, so any seed's split sizes times the multiplicity are the counts.
         from sklearn.datasets import load_digits
 
-        idx = dict(zip(("train", "test"), split_sources(load_digits().target, self.test_fraction, seed=0)))
-        return {split: self.multiplicity[split] * len(idx[split]) for split in ("train", "test")}
+        train, test = split_sources(load_digits().target, self.test_fraction, seed=0)
+        return {"train": self.multiplicity["train"] * len(train), "test": self.multiplicity["test"] * len(test)}
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:

@@ -240,6 +240,11 @@ def trial_info_files(directory: str) -> Dict[str, Path]:
     return {rat: names[f"{rat}_trial_info.npy"] for rat in RATS}
 
 
+def trial_info_digests(files: Dict[str, Path]) -> Dict[str, str]:
+    """The sha256 of each rat's trial_info file: a simulated copy's record of its tables (build, changed_inputs)."""
+    return {rat: file_digest(path, "sha256") for rat, path in files.items()}
+
+
 def trial_tables(directory: Optional[str], seed: int) -> Tuple[Dict[str, np.ndarray], Any]:
     """The simulator's trial_info tables and where they came from: the five files in `directory` (their sha256 by
     rat: the copy's identity is their content, not where they were), or synthetic ones ("synthetic")."""
@@ -247,8 +252,7 @@ def trial_tables(directory: Optional[str], seed: int) -> Tuple[Dict[str, np.ndar
         rng = np.random.default_rng([seed, 3])
         return {rat: synthetic_trial_info(REAL_TRIALS[rat], rng) for rat in RATS}, "synthetic"
     files = trial_info_files(directory)
-    return ({rat: read_trial_info(path) for rat, path in files.items()},
-            {rat: file_digest(path, "sha256") for rat, path in files.items()})
+    return {rat: read_trial_info(path) for rat, path in files.items()}, trial_info_digests(files)
 
 
 @DATASETS.register("rats")
@@ -283,7 +287,7 @@ class Rats(DatasetSpec):
         if not options.get("trial_info") or manifest.get("variant") != "simulated":
             return None
         built = (manifest.get("simulator") or {}).get("trial_info")
-        now = {rat: file_digest(path, "sha256") for rat, path in trial_info_files(options["trial_info"]).items()}
+        now = trial_info_digests(trial_info_files(options["trial_info"]))
         if now == built:
             return None
         if not isinstance(built, dict):
