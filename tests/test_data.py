@@ -423,8 +423,9 @@ def test_prepare_refuses_other_options_and_ignores_locations(tmp_path):
 
     prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/a"})
     prepare(Tiny(), None, data_root=tmp_path, options={"n": 2, "source": "/b"})  # a location: same data
-    with pytest.raises(MMBenchError, match="prepared with other settings.*--force"):
-        prepare(Tiny(), None, data_root=tmp_path, options={"n": 3})
+    with pytest.raises(MMBenchError, match=r"prepared with other settings \(seed 0, options \{'n': 2\}\); pass "
+                                           r"--force to rebuild it with seed 0 and options \{'n': 3\}$"):
+        prepare(Tiny(), None, data_root=tmp_path, options={"n": 3, "source": "/c"})  # the advice names no location
     with pytest.raises(MMBenchError, match="no prepare option 'm'; allowed: n, source"):
         prepare(Tiny(), None, data_root=tmp_path / "other", options={"m": 1})
 

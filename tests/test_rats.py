@@ -1,4 +1,5 @@
 """The five-rat dataset: windows, pairing, protocols, errors, the simulator and a tiny training run."""
+import re
 import shutil
 
 import numpy as np
@@ -514,3 +515,72 @@ def test_a_simulated_copy_is_known_by_its_trial_tables_content_not_their_path(tm
     with pytest.raises(MMBenchError, match=r"gives recorded trial tables, the copy simulated synthetic ones; pass "
                                            r"--force"):
         prepare(spec, "simulated", data_root=tmp_path / "syn", options={"split": "in_sample", "trial_info": str(first)})
+
+
+def test_other_trial_tables_are_refused_naming_the_option_and_only_the_rats_whose_tables_differ(tmp_path):
+    """changed_inputs compares each rat's sha256 with the one recorded for that rat: two rats' tables swapped are other
+    tables (the same five digests in other places), the refusal names -o trial_info and just those two rats; a
+    copy prepared with other settings is refused for them first (leaving -o trial_info out would not make it usable);
+    a folder named like a table is not a table."""
+    tables = rats.trial_tables(None, 0)[0]
+    first, swapped, odd = (tmp_path / n for n in ("first", "swapped", "odd"))
+    for folder, order in ((first, rats.RATS), (swapped, ("barat", "buchanan", "stella", "mitt", "superchris"))):
+        folder.mkdir()
+        for rat, src in zip(rats.RATS, order):
+            np.save(folder / f"{rat}_trial_info.npy", tables[src][:40])
+    spec, root = DATASETS.get("rats")(), tmp_path / "data"
+    prepare(spec, "simulated", data_root=root, options={"split": "in_sample", "trial_info": str(first)})
+    with pytest.raises(MMBenchError, match=rf"other input files: trial_info={re.escape(str(swapped))} holds other "
+                                           r"tables than the copy was simulated on \(sha256 differs for mitt, "
+                                           r"stella\); pass --force"):
+        prepare(spec, "simulated", data_root=root, options={"split": "in_sample", "trial_info": str(swapped)})
+    with pytest.raises(MMBenchError, match=r"prepared with other settings \(seed 0, options \{'split': 'in_sample'\}\); "
+                                           r"pass --force to rebuild it with seed 0 and options \{\}$"):
+        prepare(spec, "simulated", data_root=root, options={"trial_info": str(swapped)})
+    shutil.copytree(first, odd)
+    (odd / "mitt_trial_info.npy").unlink()
+    (odd / "mitt_trial_info.npy").mkdir()
+    with pytest.raises(MMBenchError, match=r"^mitt_trial_info.npy not in trial_info="):
+        rats.trial_info_files(str(odd))
+
+
+def test_the_rebuild_advice_of_a_copy_simulated_on_recorded_tables_is_a_command_that_runs(tmp_path):
+    """prepare_command names a location that is a prepare flag as --source/--backgrounds and trial_info, which is
+    none, as -o trial_info=DIR: `--trial_info DIR` is no option of `mmbench prepare`, so the advice of a damaged
+    copy would fail; run as given, it rebuilds the same copy."""
+    import shlex
+
+    from mmbench.data.base import manifest_digest, prepare_command
+
+    tables = tmp_path / "my tables"
+    tables.mkdir()
+    for rat, table in rats.trial_tables(None, 0)[0].items():
+        np.save(tables / f"{rat}_trial_info.npy", table[:40])
+    spec, root = DATASETS.get("rats")(), tmp_path / "data"
+    path = prepare(spec, "simulated", seed=2, data_root=root, options={"split": "in_sample", "trial_info": str(tables)})
+    built, stamp = read_manifest(path), (path / "manifest.json").stat().st_mtime_ns
+    command = prepare_command(built)
+    assert command == (f"mmbench prepare rats --variant simulated --seed 2 -o split=in_sample "
+                       f"-o {shlex.quote(f'trial_info={tables}')} --force")
+    result = CliRunner().invoke(app, shlex.split(command)[1:] + ["--data-root", str(root)])
+    assert result.exit_code == 0, result.output
+    again = read_manifest(path)
+    assert (path / "manifest.json").stat().st_mtime_ns != stamp and manifest_digest(again) == manifest_digest(built)
+    assert again["simulator"] == built["simulator"] and again["locations"] == built["locations"]
+
+
+def test_a_relative_trial_info_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """`-o trial_info=tables` given relative is recorded as the absolute folder (as --source is), so the manifest's
+    locations and its rebuild advice hold from any working directory."""
+    from mmbench.data.base import prepare_command
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for rat, table in rats.trial_tables(None, 0)[0].items():
+        np.save(tables / f"{rat}_trial_info.npy", table[:40])
+    monkeypatch.chdir(tmp_path)
+    path = prepare(DATASETS.get("rats")(), "simulated", seed=0, data_root=tmp_path / "data",
+                   options={"trial_info": "tables"})
+    built = read_manifest(path)
+    assert built["locations"] == {"trial_info": str(tables.resolve())}
+    assert f"trial_info={tables.resolve()}" in prepare_command(built)

@@ -700,6 +700,37 @@ def test_markdown_carries_paper_lines_table_summaries_claim_quotes_and_figures(t
     assert "paper says" in md and "“said so” (p. 3)" in md
 
 
+
+def test_markdown_prints_every_table_as_written_under_its_headings():
+    """render_markdown: the title given, then each summary (##), the comparison heading with the cell key (only when
+    there are reference tables), each reference table (###) and the claims, each a GitHub table (a |---| rule under
+    its header) whose number-like cells stay as written ("0.800", "1.0", "3.10"), every column kept, a blank line
+    around each heading and table."""
+    import re
+
+    import pandas as pd
+
+    from mmbench.references import Claim
+    from mmbench.render import CELL_KEY
+
+    claim = Claim(id="c1", paper="P", figure="3.10", quote="q", source="s", holds=[], status="holds")
+    summaries = [("S", pd.DataFrame({"metric": ["m"], "value": ["0.800"]}))]
+    refs = [("P — T", pd.DataFrame({"row": ["1.0"], "Joint": ["0.350"]}), "1 of 1")]
+    lines = render_markdown(summaries, refs, [claim], title="R").splitlines()
+    heads = ["# R", "## S", "## Comparison with the papers", CELL_KEY, "### P — T", "*1 of 1*",
+             "## Claims about the papers' figures"]
+    at = [lines.index(h) for h in heads]
+    assert at == sorted(at) and all(lines[i + 1] == "" for i in at) and all(lines[i - 1] == "" for i in at[1:])
+    tables = [[line for line in lines[i + 2:] if line.startswith("|")][:3] for i in (at[1], at[4], at[6])]
+    cells = [[[c.strip() for c in row.strip("|").split("|")] for row in t] for t in tables]
+    assert [c[0] for c in cells] == [["metric", "value"], ["row", "Joint"],
+                                     ["claim", "figure", "verdict", "evidence", "paper says"]]
+    assert all(re.fullmatch(r"\|(-+\|)+", t[1]) for t in tables), tables
+    assert cells[0][2] == ["m", "0.800"] and cells[1][2] == ["1.0", "0.350"] and cells[2][2][:3] == [
+        "c1", "3.10", "✓ holds"]
+    assert "## Comparison with the papers" in render_markdown([], refs)
+    assert "## Comparison with the papers" not in render_markdown(summaries, [], [claim])
+
 def test_html_escapes_the_text_in_its_tables():
     """Text from a reference file (a quote with '<' in it) is escaped in the HTML tables, not read as markup."""
     from mmbench.render import render_html

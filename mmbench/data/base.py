@@ -158,6 +158,7 @@ def whole_option(options: Dict[str, Any], name: str, default: int, least: Option
 
 
 FLAGS = {"rebuild": "--rebuild"}  # prepare options that are CLI flags; the others are `-o KEY=VALUE`
+LOCATION_FLAGS = ("source", "backgrounds")  # location options that are CLI flags (--source DIR); the others, `-o`
 
 
 def prepare_command(manifest: Dict[str, Any]) -> str:
@@ -175,7 +176,8 @@ def prepare_command(manifest: Dict[str, Any]) -> str:
         text = ("true" if value else "false") if isinstance(value, bool) else value
         parts += ["-o", shlex.quote(f"{key}={text}")]
     for key, where in sorted((manifest.get("locations") or {}).items()):
-        parts += [f"--{key}", shlex.quote(str(where))]
+        parts += ([f"--{key}", shlex.quote(str(where))] if key in LOCATION_FLAGS
+                  else ["-o", shlex.quote(f"{key}={where}")])  # rats' trial_info: no `--trial_info` flag
     return " ".join(parts + ["--force"])
 
 
@@ -292,6 +294,9 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     """Build the dataset unless an identical, verified one is already there. Idempotent."""
     variant = spec.check_variant(variant)
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    # a folder given relative (`-o trial_info=tables`) recorded absolute, so the rebuild advice runs from anywhere
+    options = {k: str(Path(v).expanduser().resolve()) if k in spec.location_options and isinstance(v, (str, Path))
+               else v for k, v in options.items()}
     for key in options:
         if key not in spec.option_names:
             allowed = ", ".join(spec.option_names) or "(none)"
