@@ -104,6 +104,9 @@ else
   EVAL_SET=()
 fi
 if [ "$DEVICE" = cuda ]; then GPUS=(--gpus 0,0,0); GPU4=(--gpus 0); else GPUS=(--jobs 1); GPU4=(--jobs 1); fi
+if [ "$DEVICE" != cuda ] && [[ " ${RUN_FLAGS:-} " == *" --compile "* ]]; then  # CUDA graphs need a GPU
+  RUN_FLAGS=$(echo " $RUN_FLAGS " | sed 's/ --compile / /g'); echo "dry mode: --compile left out of RUN_FLAGS (GPU only)"
+fi
 
 say "environment"
 WHEELS=${WHEELS:-$SHARED/wheels}
@@ -369,7 +372,7 @@ if part suitesteps && { [ "$SCALE" = tiny ] || [ "$(left)" -gt 30 ]; }; then
   for i in "${!SL[@]}"; do
     s=${SL[$i]}
     share=$(( ($(left) - 15) / (${#SL[@]} - i) ))
-    [ "$SCALE" = tiny ] || [ "$share" -gt 10 ] || break
+    if [ "$share" -le 10 ]; then [ "$SCALE" = tiny ] || break; share=60; fi  # dry mode: every suite, budget or not
     say "$s: step times at its runs' shapes (bench steps --suite; ${share} s)"
     timeout $(to $(( share + 20 ))) $M bench steps --suite "suites/$s.yaml" "${ST[@]}" --device "$DEVICE" \
       --time-limit "$share" --out "$RES/steps-suite-$s.md" > /dev/null 2> "$RES/steps-suite-$s.err" || tail -2 "$RES/steps-suite-$s.err"
