@@ -306,8 +306,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                                                       f"share is listed under each)"
                                                                       if distinct < len(configs) else ""))
         t.add_column("run", overflow="fold")  # a narrow terminal folds the id rather than cutting its seed off
-        for c in ("reproduces", "epochs", "train tuples", "est. train time", "status"):
-            t.add_column(c, min_width=11 if c == "train tuples" else None)  # "~1,121,360" whole in a narrow terminal
+        for c in ("reproduces", "epochs", "tuples trained", "est. train time", "status"):  # tuples: epochs × split
+            t.add_column(c, min_width=12 if c == "tuples trained" else None)  # "~18,000,000" whole in a narrow terminal
         gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps, compile) if step_times else None
         if gpu:
             t.add_column("GPU time (packed)")
