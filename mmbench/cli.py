@@ -378,8 +378,18 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
             raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
         _prepare_for(configs, data_root)
         results = run_slurm(configs, runs_dir, data_root, options, err_console, wait=not detach, caps=caps)
-        if detach:
-            console.print(f"submitted; follow with `mmbench run {suite} --tier {tier} --dry-run`")
+        if detach:  # the dry run of these runs: the same selection, settings (--set: other run ids) and directories
+            import shlex
+
+            follow = ["mmbench run", shlex.quote(str(suite)), "--tier", shlex.quote(tier)]
+            follow += ["--only", shlex.quote(only)] if only is not None else []
+            follow += [w for o in overrides for w in ("--set", shlex.quote(o))]
+            if runs_dir.resolve() != default_runs_dir().resolve():
+                follow += ["--runs-dir", shlex.quote(str(runs_dir.resolve()))]
+            from .data.base import data_root_words
+
+            follow += data_root_words(data_root)
+            console.print(f"submitted; follow with `{' '.join(follow)} --dry-run`", highlight=False, soft_wrap=True)
             return
         failed = [r for r, ok, _ in results if not ok]
         console.print(f"{len(results) - len(failed)} of {len(results)} runs finished; results in {runs_dir}")
@@ -516,7 +526,7 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
         if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
             if not getattr(spec, "embedded", False):
                 raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
-                                   f"`{spec.prepare_hint(variant)}` first")
+                                   f"`{spec.prepare_hint(variant, data_root)}` first")
             with progress_bar() as progress:
                 do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
         if "coherence" in c.eval.metrics:
@@ -877,7 +887,7 @@ def bench_steps(ctx: typer.Context,
                              ("latent_dim", "--latent-dim"), ("precision", "--precision"), ("profile", "--profile")):
             if given(name):
                 raise MMBenchError(f"{option}: with --suite each run's own settings are timed; drop {option} (or "
-                                   f"change the suite, e.g. with --set on `mmbench run`)")
+                                   f"time a suite whose runs have that setting: edit the suite file)")
         if time_limit is not None and time_limit <= 0:
             raise MMBenchError(f"--time-limit {time_limit:g}: must be a positive number of seconds")
     if out is not None:

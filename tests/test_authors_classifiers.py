@@ -287,6 +287,19 @@ def test_not_imported_is_a_one_line_error(tmp_path, data_root):
         load_classifiers(spec, "vanilla", spec.modalities("vanilla"), tmp_path)
 
 
+def test_the_import_advice_imports_into_the_data_root_that_was_searched(tmp_path):
+    """The classifiers are cached under their data root (cache_dir): the advice for data under `--data-root DIR`
+    names it, else the import it suggests fills ./data's cache and the run still finds none; each option it shows
+    is one of `mmbench classifiers import`."""
+    spec = DATASETS.get("polydigits")()
+    with pytest.raises(MMBenchError, match="not imported") as e:
+        load_classifiers(spec, "vanilla", spec.modalities("vanilla"), tmp_path)
+    command = re.search(r"run `([^`]+)`", str(e.value)).group(1)
+    assert command == f"mmbench classifiers import polydigits --variant vanilla --from DIR --data-root {tmp_path}"
+    usage = CliRunner().invoke(app, ["classifiers", "import", "--help"], env={"COLUMNS": "200"}).output
+    assert all(f" {word} " in usage for word in command.split() if word.startswith("--"))
+
+
 class CelebaBlock(nn.Module):
     """The authors' ResidualBlock2dConv / ResidualBlock1dConv (celeba/networks/ResidualBlocks.py), a=2, b=0.3."""
 
@@ -395,7 +408,7 @@ def test_a_corrupt_import_cache_is_one_line_and_import_again_mends_it(tmp_path):
     originals = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     first = import_classifiers(spec, "vanilla", test, src, tmp_path)
     directory = cache_dir(spec, "vanilla", tmp_path)
-    fix = "import them again with `mmbench classifiers import polydigits --variant vanilla --from DIR`"
+    fix = f"import them again with `mmbench classifiers import polydigits --variant vanilla --from DIR --data-root {tmp_path}`"
     for name, damage in (("m2.pt", lambda p: p.write_bytes(p.read_bytes()[:1000])),
                          ("accuracy.json", lambda p: p.write_text("{"))):
         damage(directory / name)

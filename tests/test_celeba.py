@@ -222,3 +222,29 @@ def test_expected_counts_are_the_partitions_a_default_build_takes():
     spec = DATASETS.get("celeba")()
     assert spec.expected_counts("default") == {"train": 162_770, "test": 19_867}
     assert sum(celeba.PARTITION_SIZES.values()) == 202_599 and celeba.PARTITION_SIZES[2] == 19_962
+
+
+def test_a_manifest_without_attribute_names_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+    """The advice rebuilds the copy as it was built, where it is: `mmbench prepare celeba --force` alone is refused
+    (CelebA has no download URL: it needs --source DIR), builds another test partition and goes to ./data."""
+    import json
+    import shlex
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmbench.data.base import dataset_dir
+    from mmbench.metrics.average_precision import attribute_names
+
+    path = dataset_dir("celeba", "default", tmp_path)
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({
+        "dataset": "celeba", "variant": "default", "seed": 0, "arrays": {}, "options": {"test_partition": 2},
+        "locations": {"source": "/data/my celeba"}}))
+    ctx = SimpleNamespace(spec=DATASETS.get("celeba")(), variant="default", data_root=tmp_path,
+                          test=SimpleNamespace(labels=torch.zeros(2, 40)))
+    with pytest.raises(MMBenchError, match="lists no 40 attribute names") as e:
+        attribute_names(ctx)
+    assert str(e.value).endswith(
+        f"rebuild it with `mmbench prepare celeba --variant default -o test_partition=2 --source '/data/my celeba' "
+        f"--data-root {shlex.quote(str(tmp_path.resolve()))} --force`")

@@ -288,7 +288,8 @@ def test_tampered_datasets_are_refused(tmp_path):
     def refused(root, match):
         with pytest.raises(MMBenchError, match=match) as e:
             load_split(spec, "translated", "test", root)
-        assert re.search(r"`mmbench prepare polydigits --variant translated( --seed \d+)? --force`", str(e.value))
+        assert re.search(rf"`mmbench prepare polydigits --variant translated( --seed \d+)? --data-root "
+                         rf"{re.escape(str(root))} --force`", str(e.value))
 
     # same-size edit of the data, mtime (and atime) set back
     root, path = copy("same-size")
@@ -339,7 +340,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
 
 def test_unprepared_dataset_message(tmp_path):
     spec = DATASETS.get("polydigits")()
-    with pytest.raises(MMBenchError, match="run `mmbench prepare polydigits --variant extended`"):
+    with pytest.raises(MMBenchError, match=re.escape(f"run `mmbench prepare polydigits --variant extended --data-root {tmp_path}`")):
         load_split(spec, "extended", "train", tmp_path)
 
 
@@ -359,7 +360,7 @@ def test_corrupt_manifest_is_one_line_and_force_rebuilds_it(tmp_path, text, prob
     spec = DATASETS.get("polydigits")()
     path = prepare(spec, "translated", seed=0, data_root=tmp_path)
     (path / "manifest.json").write_text(text)
-    fix = "rebuild the dataset with `mmbench prepare polydigits --variant translated --force`"
+    fix = f"rebuild the dataset with `mmbench prepare polydigits --variant translated --data-root {tmp_path} --force`"
     for attempt in (lambda: load_split(spec, "translated", "test", tmp_path),
                     lambda: prepare(spec, "translated", seed=0, data_root=tmp_path)):
         with pytest.raises(MMBenchError, match=f"manifest.json of {path} {problem}") as e:
@@ -454,9 +455,41 @@ def test_a_build_records_where_its_files_came_from_and_a_first_prepare_names_wha
                                 ("celeba", "default", "--source DIR")):
         with pytest.raises(MMBenchError, match="is not prepared") as e:
             load_split(DATASETS.get(name)(), variant, "test", tmp_path)
-        assert str(e.value).endswith(f"run `mmbench prepare {name} --variant {variant} {need}`")
+        assert str(e.value).endswith(f"run `mmbench prepare {name} --variant {variant} {need} --data-root {tmp_path}`")
     with pytest.raises(MMBenchError, match="has no split 'val'; choose one of: test, train"):
         load_split(spec, "translated", "val", tmp_path)
+
+
+def test_the_advice_about_data_outside_the_default_root_names_its_root_and_rebuilds_that_copy(tmp_path, data_root,
+                                                                                                  monkeypatch):
+    """A damaged copy under `--data-root DIR` is rebuilt by the advice it is refused with, run as given from another
+    working directory: without `--data-root DIR` the advice built a second copy in ./data and left the damaged one
+    (and a first build's hint prepared where the command did not look). The default root is not named."""
+    import shlex
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    spec, root = DATASETS.get("polydigits")(), tmp_path / "elsewhere"
+    path = dataset_dir("polydigits", "vanilla", root)
+    shutil.copytree(dataset_dir("polydigits", "vanilla", data_root), path)
+    (path / "test_labels.npy").unlink()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(MMBenchError, match="is missing test_labels.npy") as e:
+        load_split(spec, "vanilla", "test", root)
+    command = re.search(r"rebuild it with `([^`]+)`", str(e.value)).group(1)
+    assert command == f"mmbench prepare polydigits --variant vanilla --data-root {shlex.quote(str(root))} --force"
+    result = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert result.exit_code == 0, result.output
+    assert len(load_split(spec, "vanilla", "test", root)) > 0 and not (tmp_path / "cwd" / "data").exists()
+    for where, named in ((root, f" --data-root {root}"), (None, ""), (tmp_path / "cwd" / "data", ""),
+                         (root.parent / "elsewhere" / ".." / "elsewhere", f" --data-root {root}")):
+        with pytest.raises(MMBenchError, match="is not prepared") as e:
+            load_split(spec, "extended", "test", where)
+        assert str(e.value).endswith(f"run `mmbench prepare polydigits --variant extended{named}`")
 
 
 def test_the_rebuild_advice_quotes_option_values_and_spells_false_options():
@@ -677,7 +710,7 @@ def test_translated_copies_carry_recipe_version_2_and_older_copies_are_refused_w
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MMBenchError, match=r"built by recipe version 1 of polydigits \(translated\); this mmbench builds "
                                            r"version 2: rebuild it with `mmbench prepare polydigits --variant translated "
-                                           r"--force`"):
+                                           rf"--data-root {re.escape(str(tmp_path))} --force`"):
         load_split(spec, "translated", "test", tmp_path)
     with pytest.raises(MMBenchError, match="recipe version 1 where this mmbench builds 2.*--force"):
         prepare(spec, "translated", seed=0, data_root=tmp_path)

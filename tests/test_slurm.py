@@ -734,3 +734,25 @@ def test_job_states_lists_each_pending_array_task(tmp_path):
     finally:
         subprocess.run(["scancel", job])
     assert _partition_nodes(None) >= 1 and _partition_nodes("no-such-partition") == 0
+
+
+def test_the_follow_up_of_a_detached_submission_lists_the_runs_it_submitted(tmp_path, data_root, monkeypatch,
+                                                                            mmbench_here):
+    """`mmbench run --executor slurm --detach` names the dry run that follows its jobs: with the submission's --only,
+    --set (other settings, other run ids) and --runs-dir; without them that dry run listed other runs, in ./runs.
+    Run as given, it lists exactly the runs submitted. Slurm itself is replaced at its edges."""
+    import shlex
+
+    suite, runs = write_suite(tmp_path), tmp_path / "my runs"
+    packs = submitted_packs(monkeypatch)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    r = mmbench_here("run", suite, "--executor", "slurm", "--detach", "--only", "a", "--set", "train.epochs=1",
+                     "--runs-dir", runs, "--data-root", data_root, width=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    follow = re.search(r"follow with `([^`]+)`", r.stdout).group(1)
+    assert f"--runs-dir {shlex.quote(str(runs))}" in follow and follow.endswith(" --dry-run")
+    listed = mmbench_here(*shlex.split(follow)[1:], width=400)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    submitted = [run.id for p in packs for run in p]
+    assert len(submitted) == 1 and submitted[0] in listed.stdout and "1 runs" in listed.stdout

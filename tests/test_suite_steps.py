@@ -209,6 +209,13 @@ def test_bench_steps_suite_refuses_options_it_would_not_use(args, message, tmp_p
     suite.write_text("name: s\ndescription: d\nexperiments:\n  - name: e\n    dataset: polydigits\n    methods: [mopoe]\n")
     r = mmbench_here("bench", "steps", "--suite", suite, *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+    # what the refusal suggests is an option of `bench steps` (it once sent the user to --set, which it lacks)
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    usage = CliRunner().invoke(app, ["bench", "steps", "--help"], env={"COLUMNS": "200"}).output
+    assert all(f" {o} " in usage for o in re.findall(r"--[a-z][a-z-]+", r.stderr)), r.stderr
     r = mmbench_here("bench", "steps", "--tier", "quick")
     assert r.returncode == 2 and "--tier applies to --suite" in r.stderr, r.stderr
     r = mmbench_here("bench", "steps", "--time-limit", "60", "--methods", "nosuch")  # an error either way: not timed

@@ -72,10 +72,12 @@ class DatasetSpec:
         point at now (location options are not part of a copy's identity, their content is); None when nothing."""
         return None
 
-    def prepare_hint(self, variant: str) -> str:
-        """The command that prepares `variant` here for the first time, with what it cannot do without."""
+    def prepare_hint(self, variant: str, data_root: Optional[Path] = None) -> str:
+        """The command that prepares `variant` here for the first time, with what it cannot do without (and the data
+        root it was looked for in, where that is not the default: data_root_words)."""
         need = self.needs.get(variant)
-        return f"mmbench prepare {self.registry_name} --variant {variant}" + (f" {need}" if need else "")
+        return " ".join([f"mmbench prepare {self.registry_name} --variant {variant}", *([need] if need else []),
+                         *data_root_words(data_root)])
 
     def modalities(self, variant: str) -> List[Modality]:
         raise NotImplementedError
@@ -121,6 +123,18 @@ class ArrayWriter:
         self.arrays[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": file_digest(path, "sha256")}
 
 
+def data_root_words(data_root: Optional[Path]) -> List[str]:
+    """`--data-root DIR` for a `mmbench prepare` suggested about data under `data_root` (absolute, so it holds from
+    any working directory); none where that is the root a command uses without the option ($MMBENCH_DATA or ./data).
+    Without it the suggested build would go to the default root and leave the data the message is about as it was."""
+    import shlex
+
+    if data_root is None:
+        return []
+    root = Path(data_root).expanduser().resolve()
+    return [] if root == default_data_root().expanduser().resolve() else ["--data-root", shlex.quote(str(root))]
+
+
 def dataset_dir(name: str, variant: str, data_root: Optional[Path] = None) -> Path:
     return Path(data_root or default_data_root()) / name / variant
 
@@ -140,7 +154,19 @@ def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
         if problem is None:
             return manifest
     raise MMBenchError(f"{MANIFEST} of {directory} {problem}; rebuild the dataset with "
-                       f"`mmbench prepare {directory.parent.name} --variant {directory.name} --force`")
+                       f"`{_first_prepare(directory)} --force`")
+
+
+def _first_prepare(directory: Path) -> str:
+    """The `mmbench prepare` of the dataset in `directory` (``<data_root>/<name>/<variant>``) when no manifest tells
+    how it was built: with what a first build of it needs (e.g. --source DIR) and its data root."""
+    from ..registry import DATASETS
+
+    name, variant, root = directory.parent.name, directory.name, directory.parent.parent
+    try:
+        return DATASETS.get(name)().prepare_hint(variant, root)
+    except MMBenchError:  # not a registered dataset: the bare command
+        return " ".join([f"mmbench prepare {name} --variant {variant}", *data_root_words(root)])
 
 
 def whole_option(options: Dict[str, Any], name: str, default: int, least: Optional[int] = None) -> int:
@@ -161,9 +187,10 @@ FLAGS = {"rebuild": "--rebuild"}  # prepare options that are CLI flags; the othe
 LOCATION_FLAGS = ("source", "backgrounds")  # location options that are CLI flags (--source DIR); the others, `-o`
 
 
-def prepare_command(manifest: Dict[str, Any]) -> str:
+def prepare_command(manifest: Dict[str, Any], data_root: Optional[Path] = None) -> str:
     """The `mmbench prepare ... --force` that rebuilds the dataset of `manifest` as it was built: its seed, its
-    options and where its files came from (`locations`; a manifest written before that field names none)."""
+    options and where its files came from (`locations`; a manifest written before that field names none), in
+    `data_root` (--data-root where that is not the default root: data_root_words)."""
     import shlex
 
     parts = ["mmbench prepare", manifest["dataset"], "--variant", manifest["variant"]]
@@ -178,7 +205,7 @@ def prepare_command(manifest: Dict[str, Any]) -> str:
     for key, where in sorted((manifest.get("locations") or {}).items()):
         parts += ([f"--{key}", shlex.quote(str(where))] if key in LOCATION_FLAGS
                   else ["-o", shlex.quote(f"{key}={where}")])  # rats' trial_info: no `--trial_info` flag
-    return " ".join(parts + ["--force"])
+    return " ".join(parts + data_root_words(data_root) + ["--force"])
 
 
 def _manifest_problem(manifest: Any) -> Optional[str]:
@@ -241,7 +268,7 @@ def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> Non
     top-level `stamps` (the `arrays` entries, and so `manifest_digest`, stay as built), so the next load
     takes the fast path again.
     """
-    fix = f"rebuild it with `{prepare_command(manifest)}`"
+    fix = f"rebuild it with `{prepare_command(manifest, directory.parent.parent)}`"
     recorded = manifest.get("manifest_sha256")
     if recorded is not None and recorded != manifest_checksum(manifest):
         raise MMBenchError(f"{directory / MANIFEST} was edited (it no longer matches its own checksum); {fix}")
@@ -453,12 +480,12 @@ def load_split(spec: DatasetSpec, variant: Optional[str], split: str, data_root:
     if manifest is None:
         raise MMBenchError(
             f"dataset {spec.registry_name} ({variant}) is not prepared under {directory.parent.parent}; "
-            f"run `{spec.prepare_hint(variant)}`")
+            f"run `{spec.prepare_hint(variant, data_root)}`")
     version = spec.recipe_version_of(variant)
     if manifest.get("recipe_version") != version:  # built by an mmbench with another recipe
         raise MMBenchError(f"{directory} was built by recipe version {manifest.get('recipe_version')} of "
                            f"{spec.registry_name} ({variant}); this mmbench builds version {version}: rebuild it "
-                           f"with `{prepare_command(manifest)}`")
+                           f"with `{prepare_command(manifest, data_root)}`")
     verify(directory, manifest)
     mods = spec.modalities(variant)
     if f"{split}_labels" not in manifest["arrays"]:

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..data.base import (DataSplit, DatasetSpec, Modality, dataset_dir, default_data_root, manifest_digest,
-                         read_manifest)
+from ..data.base import (DataSplit, DatasetSpec, Modality, data_root_words, dataset_dir, default_data_root,
+                         manifest_digest, read_manifest)
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
@@ -165,9 +165,15 @@ def _read_json(path: Path, fix: Optional[str]) -> dict:
     raise MMBenchError(f"{path} {problem}; {fix}")
 
 
-def _reimport(spec: DatasetSpec, variant: str) -> str:
-    return (f"this cache of the imported authors' classifiers is corrupt: import them again with `mmbench classifiers "
-            f"import {spec.registry_name} --variant {variant} --from DIR`")
+def import_command(spec: DatasetSpec, variant: str, data_root: Optional[Path]) -> str:
+    """The `mmbench classifiers import` that fills the cache of this data root (cache_dir)."""
+    return " ".join([f"mmbench classifiers import {spec.registry_name} --variant {variant} --from DIR",
+                     *data_root_words(data_root)])
+
+
+def _reimport(spec: DatasetSpec, variant: str, data_root: Optional[Path]) -> str:
+    return (f"this cache of the imported authors' classifiers is corrupt: import them again with "
+            f"`{import_command(spec, variant, data_root)}`")
 
 
 def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality], data_root: Optional[Path]
@@ -175,21 +181,21 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
     """The imported classifiers of these modalities with their recorded test scores; refuses if not imported."""
     arch = authors_set(spec)
     directory = cache_dir(spec, variant, data_root)
-    accs = _read_json(directory / "accuracy.json", _reimport(spec, variant))
+    accs = _read_json(directory / "accuracy.json", _reimport(spec, variant, data_root))
     if not all(isinstance(v, (int, float)) for v in accs.values()):
         raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; "
-                           f"{_reimport(spec, variant)}")
+                           f"{_reimport(spec, variant, data_root)}")
     clfs = {}
     for mod in modalities:
         path = directory / f"{mod.name}.pt"
         if not path.exists() or mod.name not in accs:
             raise MMBenchError(f"the authors' classifier for {spec.registry_name} ({variant}) modality {mod.name} is "
-                               f"not imported (for this prepared data); run `mmbench classifiers import "
-                               f"{spec.registry_name} --variant {variant} --from DIR`, or use eval.classifiers: mmbench")
+                               f"not imported (for this prepared data); run `{import_command(spec, variant, data_root)}`, "
+                               f"or use eval.classifiers: mmbench")
         clf = arch.classifier(mod, spec.n_classes)
         try:
             clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as e:  # noqa: BLE001 - a damaged file raises anything from unpickling to a shape mismatch
-            raise MMBenchError(f"{path} cannot be loaded ({brief(e)}); {_reimport(spec, variant)}") from None
+            raise MMBenchError(f"{path} cannot be loaded ({brief(e)}); {_reimport(spec, variant, data_root)}") from None
         clfs[mod.name] = clf.eval()
     return clfs, {m: accs[m] for m in clfs}

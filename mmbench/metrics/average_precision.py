@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
-from ..data.base import dataset_dir, read_manifest
+from ..data.base import dataset_dir, prepare_command, read_manifest
 from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
@@ -50,9 +50,11 @@ def attribute_names(ctx: EvalContext) -> List[str]:
     manifest = read_manifest(dataset_dir(ctx.spec.registry_name, ctx.variant, ctx.data_root)) or {}
     names = manifest.get("attributes")
     n = int(ctx.test.labels.shape[1])
-    if not names or len(names) != n:
+    if not names or len(names) != n:  # rebuilt as it was built (celeba: from its --source DIR, not by --force alone)
+        rebuild = (prepare_command(manifest, ctx.data_root) if manifest
+                   else f"{ctx.spec.prepare_hint(ctx.variant, ctx.data_root)} --force")
         raise MMBenchError(f"the prepared {ctx.spec.registry_name} manifest lists no {n} attribute names; rebuild it "
-                           f"with `mmbench prepare {ctx.spec.registry_name} --force`")
+                           f"with `{rebuild}`")
     return list(names)
 
 
