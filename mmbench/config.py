@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -160,6 +161,9 @@ CHOICES = {
 }
 POSITIVE = {"epochs", "batch_size", "lr", "checkpoint_every", "checkpoint_minutes", "latent_dim", "lr_train_samples", "joint_samples",
             "classifier_epochs", "max_train", "max_test", "test_samples", "fid_samples", "fid_batch_size", "ll_samples"}
+# Seeds go to numpy (data preparation: 0 <= seed < 2**32), torch and sklearn; a negative or huge one would fail
+# there, after the runs were planned.
+SEEDS = {"seed", "data_seed"}
 NONNEGATIVE = {"beta"}  # β = 0 is a plain autoencoder's objective, a legitimate end of a β sweep
 # The fields run ids were first computed from. A field added later is left out of the id while it is at
 # its default, so adding a setting never orphans finished runs (changing a default would, on purpose).
@@ -181,6 +185,12 @@ def _drop_added_defaults(d: Dict[str, Any], defaults: Dict[str, Any], v1: Dict[s
             for sub in list(d[key]):
                 if sub not in v1[key] and d[key][sub] == defaults[key].get(sub):
                     del d[key][sub]
+
+
+def _show(value: Any, width: int = 80) -> str:
+    """repr(value), cut to about `width` characters: an error quoting a whole misplaced block stays readable."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "…"
 
 
 def _type_name(tp: Any) -> str:
@@ -205,14 +215,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(value, args[0], where)
     if dataclasses.is_dataclass(tp):
+        if value is None:  # merged over a block of settings, `train:` left empty would reset it to the defaults
+            raise ConfigError(where, f"expected a mapping of {tp.__name__} fields, got None; give the settings "
+                              f"(e.g. {{{_EXAMPLE.get(tp.__name__, 'KEY: VALUE')}}}) or drop the key")
         return from_dict(tp, value, where)
     if origin in (list, List):
         if not isinstance(value, list):
-            raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(where, f"expected {_type_name(tp)}, got {_show(value)}")
         return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {value!r}")
+            raise ConfigError(where, f"expected a mapping, got {_show(value)}")
         return dict(value)
     if tp is bool:
         ok = isinstance(value, bool)
@@ -220,6 +233,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-3 as text
+            raise ConfigError(where, f"expected a number, got {value!r} (text to YAML, whose numbers with an exponent need "
+                              f"a decimal point and a signed exponent); write {_with_point(value.strip())}")
         value = float(value) if ok else value
         if ok and not math.isfinite(value):  # YAML's .inf / .nan: a run would train on NaN and report garbage
             raise ConfigError(where, f"must be a finite number, got {value!r}")
@@ -228,8 +244,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     else:
         ok = True
     if not ok:
-        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {_show(value)}")
     return value
+
+
+# A number with an exponent that PyYAML (YAML 1.1) reads as a string: 1e-3 (no decimal point), 1.0e3 (no sign
+# after the e). YAML 1.2 and Python read a float; YAML 1.1 wants 1.0e-3, 1.0e+3.
+_YAML12_FLOAT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+_EXAMPLE = {"MethodConfig": "beta: 2.5", "TrainConfig": "epochs: 10", "EvalConfig": "metrics: [coherence]"}
+
+
+def _with_point(text: str) -> str:
+    """'1e-3' -> '1.0e-3', '1.5e3' -> '1.5e+3': the number written as YAML 1.1 reads a float."""
+    mantissa, exp = re.split("[eE]", text, maxsplit=1)
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exp if exp[0] in '+-' else '+' + exp}"
 
 
 def _field_type(cls: type, key: Any, where: str) -> Any:
@@ -245,7 +273,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {data!r}")
+        raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {_show(data)}")
     kwargs = {}
     for key, value in data.items():
         sub = f"{where}.{key}" if where else str(key)
@@ -257,6 +285,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             raise ConfigError(sub, f"must be > 0, got {value!r}")
         if key in NONNEGATIVE and value is not None and value < 0:
             raise ConfigError(sub, f"must be >= 0, got {value!r}")
+        if key in SEEDS and cls.__name__ == "RunConfig" and not 0 <= value < 2 ** 32:
+            raise ConfigError(sub, f"must be an integer from 0 to {2 ** 32 - 1} (a seed of numpy and torch), got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 

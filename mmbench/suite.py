@@ -27,6 +27,7 @@ file, the entry and the field.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -129,8 +130,22 @@ class Suite:
                     p = deep_merge(p, tier_methods.get(method) or {})
                     p = deep_merge(p, overrides or {})
                     for seed in seeds:
-                        out.append((build_run_config(deep_merge(p, {"seed": seed}), where), exp))
+                        try:
+                            out.append((build_run_config(deep_merge(p, {"seed": seed}), where), exp))
+                        except ConfigError as e:
+                            raise _blame_set(e, where, overrides, f"{exp.name}, {method}") from None
         return out
+
+
+def _blame_set(e: ConfigError, where: str, overrides: Optional[Dict[str, Any]], run: str) -> ConfigError:
+    """A run's config error `e` at `where`, as the command line's when --set gave the field it names (e.g. a
+    --set eval.metrics=[nosuch] that validation refuses), else `e`: the fix is then on the command line."""
+    field = e.where[len(where) + 1:] if e.where.startswith(where + ".") else ""
+    path = re.sub(r"\[\d+\]", "", field)
+    parts = path.split(".")
+    if overrides and field and any(_gives(overrides, ".".join(parts[:n])) for n in range(1, len(parts) + 1)):
+        return ConfigError(f"--set {field} (for {run})", e.problem)
+    return e
 
 
 # run settings an experiment names in its own fields (a sweep over them would silently replace those)
@@ -154,7 +169,13 @@ def _gives(d: Dict[str, Any], dotted: str) -> bool:
         d = d.get(p)
         if not isinstance(d, dict):
             return False
-    return leaf in d
+    return isinstance(d, dict) and leaf in d
+
+
+def _check_block(block: Any, where: str) -> None:
+    """A method's overrides: a mapping of run settings (or empty); a ConfigError at `where` if not."""
+    if block is not None and not isinstance(block, dict):
+        raise ConfigError(where, f"must be a mapping of run settings (e.g. {{method: {{beta: 1.0}}}}), got {block!r}")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -189,6 +210,9 @@ def load_suite(path: str | Path) -> Suite:
         for req in ("name", "dataset", "methods"):
             if not getattr(exp, req):
                 raise ConfigError(f"{where}.{req}", "missing; every experiment needs name, dataset and methods")
+        if not exp.name.strip() or "," in exp.name:  # --only takes a comma-separated list of names
+            raise ConfigError(f"{where}.name", f"must be a non-blank name without commas (--only a,b selects "
+                              f"experiments by it), got {exp.name!r}")
         if not exp.seeds:  # would make no runs, and say nothing
             raise ConfigError(f"{where}.seeds", "must be a non-empty list of seeds, e.g. [0, 1, 2]")
         for key in ("methods", "seeds"):  # a repeated one would list the same run twice
@@ -198,6 +222,7 @@ def load_suite(path: str | Path) -> Suite:
         for m in exp.method_overrides:
             if m not in exp.methods:
                 raise ConfigError(f"{where}.method_overrides.{m}", f"not one of this experiment's methods: {', '.join(exp.methods)}")
+            _check_block(exp.method_overrides[m], f"{where}.method_overrides.{m}")
             refuse_set_by_fields(exp.method_overrides[m], f"{where}.method_overrides.{m}.", "set it there")
         refuse_set_by_fields(exp.overrides, f"{where}.overrides.", "set it there")
         for k, v in exp.sweep.items():
@@ -207,6 +232,9 @@ def load_suite(path: str | Path) -> Suite:
                 raise ConfigError(f"{where}.sweep.{k}", f"is set by the experiment's `{SET_BY_FIELDS[k]}`; list the "
                                   f"values there (or write one experiment per value)")
             check_path(k, f"{where}.sweep.{k}")
+            above = [a for a in exp.sweep if isinstance(a, str) and k.startswith(a + ".")]
+            if above:  # a key under a swept mapping setting (method.options.x and method.options.x.y)
+                raise ConfigError(f"{where}.sweep.{k}", f"lies under {above[0]}, which the sweep sets too; sweep one of them")
             if len({repr(x) for x in v}) < len(v):
                 raise ConfigError(f"{where}.sweep.{k}", f"repeats a value ({v}); each value is one run per seed")
         if any(exp.name == p.name for p in parsed):
@@ -233,6 +261,7 @@ def load_suite(path: str | Path) -> Suite:
             if m not in every_method:
                 raise ConfigError(f"{path}: tiers.{t}.method_overrides.{m}",
                                   f"not a method of any experiment: {', '.join(every_method)}")
+            _check_block(per_method[m], f"{path}: tiers.{t}.method_overrides.{m}")
             refuse_set_by_fields(per_method[m], f"{path}: tiers.{t}.method_overrides.{m}.",
                                  "a tier changes how runs train and are scored, not which runs a suite has")
         refuse_set_by_fields(tiers[t], f"{path}: tiers.{t}.",
@@ -248,7 +277,10 @@ def load_suite(path: str | Path) -> Suite:
     resolve_options([(raw.get("slurm") or {}, f"{path}: slurm")])  # option names and types, checked now
     for i, exp in enumerate(parsed):
         resolve_options([(exp.slurm, f"{path}: experiments[{i}].slurm")])
-    suite = Suite(name=str(raw["name"]), description=str(raw.get("description", "")),
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError(f"{path}: description", f"must be a string, got {description!r}")
+    suite = Suite(name=str(raw["name"]), description=description or "",
                   defaults=raw.get("defaults") or {}, tiers=tiers, experiments=parsed, path=str(path),
                   slurm=raw.get("slurm") or {})
     for t in TIERS:  # validate every tier now, so a typo fails at load time, not hours into a run

@@ -43,7 +43,14 @@ def load(text: str, where: str) -> Any:
     """The YAML document in `text`; a syntax error or a repeated key is a ConfigError naming `where` and the line."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow; its str() spans two lines
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(where, f"not valid YAML at line {line}: {e.reason} (#x{e.character:04x}); remove it") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(where, f"not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+        problem = (getattr(e, "problem", None) or str(e)).splitlines()[0]
+        raise ConfigError(where, f"not valid YAML{at}: {problem}") from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise ConfigError(where, "not valid YAML: nested too deeply (lists or mappings inside one another "
+                          "hundreds of levels deep)") from None

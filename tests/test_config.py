@@ -551,3 +551,98 @@ def test_an_unhashable_key_is_a_config_error_naming_the_file():
 
     with pytest.raises(ConfigError, match=r"s\.yaml.*not valid YAML at line 1.*unhashable"):
         load("? [a, b]\n: 1\n", "s.yaml")
+
+
+# ----- found by fuzzing mutated suites and --set values: each was a traceback or a silent acceptance -----
+@pytest.mark.parametrize("block, where", [
+    ("method_overrides: {mvae: [1]}", "experiments[0].method_overrides.mvae"),  # was AttributeError in _gives
+    ("method_overrides: {mvae: 3}", "experiments[0].method_overrides.mvae"),  # was TypeError in _gives
+    ("method_overrides: {mvae: dataset}", "experiments[0].method_overrides.mvae"),  # was "dataset: is set by ..."
+    ("tiers: {quick: {method_overrides: {mvae: abc}}}", "tiers.quick.method_overrides.mvae"),
+])
+def test_a_method_s_overrides_that_are_not_a_mapping_are_refused(tmp_path, block, where):
+    text = GOOD.replace("method_overrides: {mvae: {method: {beta: 2.0}}}", block if "tiers" not in block else "")
+    if "tiers" in block:
+        text = text.replace("tiers: {smoke: {seeds: 1, train: {max_train: 64}}}", block)
+    with pytest.raises(ConfigError, match=rf"suite.yaml: {re.escape(where)}: must be a mapping of run settings"):
+        load_suite(write(tmp_path, text))
+
+
+def test_a_sweep_key_under_another_swept_key_is_refused(tmp_path):
+    """sweep_points set method.options.a, then could not set a key below that value (TypeError)."""
+    text = GOOD.replace("method_overrides: {mvae: {method: {beta: 2.0}}}",
+                        "sweep: {method.rec_weights.m0: [1.0], method.rec_weights.m0.x: [2.0]}")
+    with pytest.raises(ConfigError, match=r"sweep\.method\.rec_weights\.m0\.x: lies under method\.rec_weights\.m0, "
+                                          r"which the sweep sets too"):
+        load_suite(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("given, field", [({"seeds": "[-1]"}, "seed"), ({"seeds": "[4294967296]"}, "seed"),
+                                          ({"overrides": "{data_seed: -5}"}, "data_seed")])
+def test_a_seed_numpy_and_torch_cannot_take_is_refused(tmp_path, given, field):
+    """A negative data seed failed in numpy's default_rng when the data was prepared, a huge run seed in torch's
+    manual_seed when training began: refused when the suite loads."""
+    (key, value), = given.items()
+    text = GOOD.replace("seeds: [0, 1]", f"seeds: {value}" if key == "seeds" else "seeds: [0, 1]\n    overrides: " + value)
+    with pytest.raises(ConfigError, match=rf"\(e1, mopoe\)\.{field}: must be an integer from 0 to 4294967295"):
+        load_suite(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"^--set data_seed: must be an integer from 0 to 4294967295"):
+        load_suite(write(tmp_path, GOOD)).runs("full", parse_overrides(["data_seed=-1"]))
+
+
+def test_an_empty_settings_block_is_refused_not_reset_to_the_defaults(tmp_path):
+    """A tier's `train:` left empty (null) replaced the suite's defaults' train block, so the tier's runs silently
+    trained with the dataclass defaults (10 epochs) instead of the suite's."""
+    text = GOOD.replace("tiers: {smoke: {seeds: 1, train: {max_train: 64}}}", "tiers: {quick: {train: }}")
+    with pytest.raises(ConfigError, match=r"\(e1, mopoe\)\.train: expected a mapping of TrainConfig fields, got None"):
+        load_suite(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"^--set method: expected a mapping of MethodConfig fields, got None"):
+        load_suite(write(tmp_path, GOOD)).runs("full", parse_overrides(["method=null"]))
+
+
+def test_a_number_yaml_reads_as_text_names_how_to_write_it():
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a number, got '1e-3' \(text to YAML.*; write 1\.0e-3$"):
+        build_run_config({"dataset": "polydigits", "train": {"lr": "1e-3"}})
+    with pytest.raises(ConfigError, match=r"^--set method\.beta: .*got '2\.5e2' .*; write 2\.5e\+2$"):
+        load_suite("suites/quickstart.yaml").runs("full", parse_overrides(["method.beta=2.5e2"]))
+
+
+@pytest.mark.parametrize("name", ["'  '", "'a,b'"])
+def test_an_experiment_name_that_only_cannot_select_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"experiments\[0\]\.name: must be a non-blank name without commas"):
+        load_suite(write(tmp_path, GOOD.replace("name: e1", f"name: {name}")))
+
+
+def test_a_description_that_is_not_text_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"suite\.yaml: description: must be a string, got \['a', 'b'\]"):
+        load_suite(write(tmp_path, "description: [a, b]\n" + GOOD))
+    assert load_suite(write(tmp_path, "description:\n" + GOOD)).description == ""  # was the text 'None'
+
+
+def test_a_set_value_validation_refuses_is_blamed_on_the_set(tmp_path):
+    """--set eval.metrics=[nosuch] was reported as the suite file's experiments[0] error."""
+    suite = load_suite(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=r"^--set eval\.metrics\[0\] \(for e1, mopoe\): unknown metric 'nosuch'"):
+        suite.runs("full", parse_overrides(["eval.metrics=[nosuch]"]))
+    with pytest.raises(ConfigError, match=r"^--set eval\.classifier_min_accuracy \(for e1, mopoe\): must be between"):
+        suite.runs("full", parse_overrides(["eval.classifier_min_accuracy=2"]))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\x00\n", r"not valid YAML at line 1: special characters are not allowed \(#x0000\); remove it$"),
+    ("name: " + "[" * 3000 + "]" * 3000 + "\n", r"not valid YAML: nested too deeply"),
+])
+def test_yaml_a_reader_cannot_take_is_one_line_naming_the_file(text, expected):
+    """A NUL character gave a two-line message; deep nesting a RecursionError traceback."""
+    from mmbench.yamlio import load
+
+    with pytest.raises(ConfigError, match=r"^s\.yaml: " + expected) as e:
+        load(text, "s.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_an_error_quoting_a_misplaced_block_stays_short(tmp_path):
+    text = "name: x\nexperiments: [[" + ", ".join(f"{{name: e{i}, dataset: polydigits, methods: [mopoe]}}" for i in range(9)) + "]]"
+    with pytest.raises(ConfigError, match=r"experiments\[0\]: expected a mapping of Experiment fields, got \[\{.*…$") as e:
+        load_suite(write(tmp_path, text))
+    assert len(str(e.value)) < 250
