@@ -187,7 +187,7 @@ def _drop_added_defaults(d: Dict[str, Any], defaults: Dict[str, Any], v1: Dict[s
                     del d[key][sub]
 
 
-def _show(value: Any, width: int = 80) -> str:
+def show_value(value: Any, width: int = 80) -> str:
     """repr(value), cut to about `width` characters: an error quoting a whole misplaced block stays readable."""
     text = repr(value)
     return text if len(text) <= width else text[:width] + "…"
@@ -221,11 +221,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if origin in (list, List):
         if not isinstance(value, list):
-            raise ConfigError(where, f"expected {_type_name(tp)}, got {_show(value)}")
+            raise ConfigError(where, f"expected {_type_name(tp)}, got {show_value(value)}")
         return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
-            raise ConfigError(where, f"expected a mapping, got {_show(value)}")
+            raise ConfigError(where, f"expected a mapping, got {show_value(value)}")
         return dict(value)
     if tp is bool:
         ok = isinstance(value, bool)
@@ -233,10 +233,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-3 as text
+        if isinstance(value, str) and EXPONENT_AS_TEXT.match(value.strip()):  # YAML 1.1 reads 1e-3 as text
             raise ConfigError(where, f"expected a number, got {value!r} (text to YAML, whose numbers with an exponent need "
-                              f"a decimal point and a signed exponent); write {_with_point(value.strip())}")
-        value = float(value) if ok else value
+                              f"a decimal point and a signed exponent); write {with_point(value.strip())}")
+        value = float(value) + 0.0 if ok else value  # + 0.0: -0.0 is 0.0 (one run id); any other value is unchanged
         if ok and not math.isfinite(value):  # YAML's .inf / .nan: a run would train on NaN and report garbage
             raise ConfigError(where, f"must be a finite number, got {value!r}")
     elif tp is str:
@@ -244,17 +244,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     else:
         ok = True
     if not ok:
-        raise ConfigError(where, f"expected {_type_name(tp)}, got {_show(value)}")
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {show_value(value)}")
     return value
 
 
 # A number with an exponent that PyYAML (YAML 1.1) reads as a string: 1e-3 (no decimal point), 1.0e3 (no sign
 # after the e). YAML 1.2 and Python read a float; YAML 1.1 wants 1.0e-3, 1.0e+3.
-_YAML12_FLOAT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+EXPONENT_AS_TEXT = re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _EXAMPLE = {"MethodConfig": "beta: 2.5", "TrainConfig": "epochs: 10", "EvalConfig": "metrics: [coherence]"}
 
 
-def _with_point(text: str) -> str:
+def with_point(text: str) -> str:
     """'1e-3' -> '1.0e-3', '1.5e3' -> '1.5e+3': the number written as YAML 1.1 reads a float."""
     mantissa, exp = re.split("[eE]", text, maxsplit=1)
     return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exp if exp[0] in '+-' else '+' + exp}"
@@ -273,7 +273,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {_show(data)}")
+        raise ConfigError(where, f"expected a mapping of {cls.__name__} fields, got {show_value(data)}")
     kwargs = {}
     for key, value in data.items():
         sub = f"{where}.{key}" if where else str(key)
@@ -375,11 +375,6 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
     cfg.variant = cfg.variant or spec.variants[0]  # resolved, so the run id names it
     if cfg.method.name not in METHODS:
         raise ConfigError(f"{pre}method.name", f"unknown method {cfg.method.name!r}; choose one of: {', '.join(METHODS.names())}")
-    allowed = METHODS.get(cfg.method.name).options
-    for opt in cfg.method.options:
-        if opt not in allowed:
-            raise ConfigError(f"{pre}method.options.{opt}",
-                              f"not an option of {cfg.method.name}; allowed: {', '.join(allowed) or '(none)'}")
     vae_nets = [n for n, a in ARCHITECTURES.items() if hasattr(a, "encoder") and hasattr(a, "decoder")]
     if cfg.method.architecture is not None and cfg.method.architecture not in ARCHITECTURES:
         raise ConfigError(f"{pre}method.architecture", f"unknown architecture {cfg.method.architecture!r}; choose one of: {', '.join(vae_nets)}")
@@ -422,6 +417,11 @@ def validate(cfg: RunConfig, where: str = "") -> RunConfig:
         if bad or not cfg.modalities or len(set(cfg.modalities)) != len(cfg.modalities):
             raise ConfigError(f"{pre}modalities", f"must be distinct modality names of {cfg.dataset}: {', '.join(names)}"
                               + (f"; got {bad[0]!r}" if bad else ""))
+    try:  # names, types, choices and ranges, as the method's constructor checks them (methods/base.py)
+        METHODS.get(cfg.method.name).check_options(cfg.method.options, cfg.modalities or [
+            m.name for m in spec.modalities(cfg.variant)])
+    except ConfigError as e:
+        raise ConfigError(f"{pre}{e.where}", e.problem) from None
     if cfg.method.rec_weights is not None:
         names = cfg.modalities or [m.name for m in spec.modalities(cfg.variant)]
         for k, v in cfg.method.rec_weights.items():

@@ -646,3 +646,149 @@ def test_an_error_quoting_a_misplaced_block_stays_short(tmp_path):
     with pytest.raises(ConfigError, match=r"experiments\[0\]: expected a mapping of Experiment fields, got \[\{.*…$") as e:
         load_suite(write(tmp_path, text))
     assert len(str(e.value)) < 250
+
+
+# ----- method options' values: checked when the config is built, as the method's constructor checks them -----
+# (method, option, bad value, what the one-line error says after "method.options.<option>[.<key>]: ")
+BAD_OPTIONS = [
+    ("aggregated", "average", "median", "'median' is not allowed; choose one of: variance, std"),
+    ("aggregated", "aggregation", "sum", "'sum' is not allowed; choose one of: avg, poe"),
+    ("aggregated", "beta_convention", 1, "expected a string, got 1"),
+    ("independent", "beta_convention", "sometimes", "'sometimes' is not allowed; choose one of: paper, code"),
+    ("jmvae", "alpha", "abc", "expected a number or null (null: method.beta), got 'abc'"),
+    ("jmvae", "alpha", -1.0, "must be a number >= 0, got -1.0"),
+    ("jmvae", "alpha", True, "expected a number or null (null: method.beta), got True"),
+    ("mmvamp", "rate", "nosuch", "'nosuch' is not allowed; choose one of: bound, mc"),
+    ("mmvamp", "alpha", 1.5, "must be a number in [0, 1], got 1.5 (0: the paper's prior)"),
+    ("mmvamp", "alpha", "1e-3", "expected a number, got '1e-3' (text to YAML); write 1.0e-3"),
+    ("mmvamp", "alpha_anneal_steps", 10.5, "expected an integer, got 10.5"),
+    ("mmvamp", "alpha_anneal_batch", -1, "must be an integer >= 0, got -1"),
+    ("mmvamp", "beta_convention", "both", "'both' is not allowed; choose one of: paper, code"),
+    ("mrvae", "hidden", 1.5, "expected an integer, got 1.5"),
+    ("mrvae", "hidden", 0, "must be an integer >= 1, got 0"),
+    ("mrvae", "objective", "elbo", "'elbo' is not allowed; choose one of: q, r (q: App. A.1"),
+    ("mrvae", "size_prior", "max", "'max' is not allowed; choose one of: mean, product"),
+    ("mrvae", "tau_n", 0, "must be a number > 0, got 0"),
+    ("mrvae", "tau_y", float("inf"), "must be a finite number, got inf"),
+    ("mrvae", "tau_min", "half", "expected a number, got 'half'"),
+    ("mrvae", "anneal_rate", -0.1, "must be a number >= 0, got -0.1"),
+    ("mvae", "unimodal_weights", "all", "'all' is not allowed; choose one of: one, rec_weights"),
+    ("smvae", "schedule", "sometimes", "'sometimes' is not allowed; choose one of: end_to_end, two_stage"),
+    ("smvae", "prior_expert", "some", "'some' is not allowed; choose one of: full, all, none"),
+    ("smvae", "stage1_fraction", 1.0, "must be a number in (0, 1), got 1.0"),
+    ("smvae", "stage1_steps", 0, "must be an integer >= 1, got 0"),
+    ("smvae", "stage1_steps", 2.5, "expected an integer or null (null: stage1_fraction of the run), got 2.5"),
+    ("smvae", "detach_surrogate", "yes", "expected true/false, got 'yes'"),
+    ("smvgon", "inner_step", 0, "must be a number > 0, got 0 (default 1/256)"),
+    ("smvgon", "schedule", "never", "'never' is not allowed; choose one of: end_to_end, two_stage"),
+    ("vgon", "inner_step", "small", "expected a number, got 'small'"),
+    ("mopoe_style", "style_dim", 2.5, "expected an integer, got 2.5"),
+    ("mopoe_style", "beta_style", -1, "must be a number >= 0, got -1"),
+    ("mvae_style", "style_dim", 0, "must be an integer >= 1, got 0"),
+    ("mvae_style", "beta_content", [1], "expected a number, got [1]"),
+    ("mmvae_style", "style_betas", 2.0, "expected a mapping of modality names to numbers, got 2.0"),
+    ("mmvae_style", "style_betas", {"m9": 1.0}, "names m9, not modalities of this run; use some of: m0, m1, m2, m3, m4"),
+    ("mmvae_style", "style_betas.m0", "x", "expected a number, got 'x'"),
+]
+
+
+def _option(option, value):
+    name, _, key = option.partition(".")
+    return {name: {key: value} if key else value}
+
+
+@pytest.mark.parametrize("method, option, value, expected", BAD_OPTIONS, ids=lambda v: str(v))
+def test_a_bad_method_option_value_is_refused_when_the_config_is_built(tmp_path, method, option, value, expected):
+    """method.options values were checked only by the model's constructor, once a run started (float('abc'),
+    int(1.5) tracebacks among them): suites, --set and build_run_config now refuse them, on one line naming the option."""
+    import yaml
+
+    want = re.escape(f"method.options.{option}: {expected}")
+    data = {"dataset": "polydigits", "method": {"name": method, "options": _option(option, value)}}
+    with pytest.raises(ConfigError, match="^" + want) as e:
+        build_run_config(data)  # builds no model
+    assert "\n" not in str(e.value)
+    suite = {"name": "x", "experiments": [{"name": "e", "dataset": "polydigits", "methods": [method],
+                                           "overrides": {"method": {"options": _option(option, value)}}}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: experiments\[0\] \(e, {method}\)\.{want}"):
+        load_suite(path)
+    path.write_text(yaml.safe_dump({**suite, "experiments": [{**suite["experiments"][0], "overrides": {}}]}))
+    if "." not in option and not isinstance(value, (dict, list)):  # the same value given by --set
+        item = f"method.options.{option}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        blamed = re.escape(f"--set method.options.{option} (for e, {method}): {expected}")
+        with pytest.raises(ConfigError, match="^" + blamed):
+            load_suite(path).runs("full", parse_overrides([item]))
+
+
+@pytest.mark.parametrize("method, option, value, expected", BAD_OPTIONS, ids=lambda v: str(v))
+def test_the_constructor_refuses_a_bad_option_with_the_same_message(method, option, value, expected):
+    """One place: the model's constructor runs the check config.validate runs (MultimodalVAE.check_options), so a
+    model built without a suite says exactly what loading the suite would."""
+    from mmbench.config import MethodConfig
+    from mmbench.data.base import Modality
+    from mmbench.registry import METHODS
+
+    options = _option(option, value)
+    with pytest.raises(ConfigError) as by_config:
+        METHODS.get(method).check_options(options, [f"m{i}" for i in range(5)])
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(5)]
+    with pytest.raises(ConfigError) as by_model:
+        METHODS.get(method)(mods, MethodConfig(method, latent_dim=4, options=options), "polymnist_cnn")
+    assert str(by_model.value) == str(by_config.value)
+    assert str(by_config.value).startswith(f"method.options.{option}: {expected}")
+
+
+def test_every_method_with_options_has_a_bad_value_case():
+    from mmbench.registry import METHODS
+
+    with_options = {name for name, cls in METHODS.items() if cls.options}
+    assert with_options == {m for m, *_ in BAD_OPTIONS}
+    covered = {id(METHODS.get(m).option_rules.get(o.split(".")[0])) for m, o, *_ in BAD_OPTIONS}
+    for name, cls in METHODS.items():  # and each choice or range a method sets (some shared by several methods)
+        for option, rule in cls.option_rules.items():
+            assert option in cls.options, (name, option)
+            assert id(rule) in covered, (name, option)
+
+
+def test_every_method_s_defaults_and_every_shipped_suite_s_options_pass_the_check():
+    from pathlib import Path
+
+    from mmbench.registry import METHODS
+    from mmbench.suite import TIERS
+
+    for name, cls in METHODS.items():
+        cls.check_options(dict(cls.options), None)
+        cls.check_options(dict(cls.options), ["img", "text"])  # style_betas' defaults name CelebA's modalities
+        cls.check_options({})
+    suites = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        suite = load_suite(path)  # validates every tier
+        for tier in TIERS:
+            for run in suite.runs(tier):
+                METHODS.get(run.method.name).check_options(run.method.options, run.modalities)
+
+
+def test_valid_method_options_are_kept_as_written():
+    """Checked, not converted: an integer α stays 1 (run ids of existing runs do not change), null means β."""
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp", "options": {"alpha": 1, "rate": "mc"}}})
+    assert cfg.method.options == {"alpha": 1, "rate": "mc"} and type(cfg.method.options["alpha"]) is int
+    assert build_run_config({"dataset": "polydigits", "method": {"name": "jmvae", "options": {"alpha": None}}})
+    assert build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "options": {"stage1_steps": 5}}})
+    with pytest.raises(ConfigError, match=r"^method\.options\.stage1_steps: set stage1_steps or stage1_fraction, not both$"):
+        build_run_config({"dataset": "polydigits", "method": {"name": "smvae",
+                                                               "options": {"stage1_steps": 5, "stage1_fraction": 0.5}}})
+
+
+def test_minus_zero_is_the_run_zero_is_and_other_numbers_keep_their_ids():
+    """method.beta: -0.0 hashed to another run than 0.0 (json writes -0.0); ids computed before the change."""
+    def run_id(method, **rest):
+        return build_run_config({"dataset": "polydigits", "method": method, **rest}).run_id()
+
+    zero = "polydigits-vanilla-mopoe-s0-343ef34a53"
+    assert run_id({"beta": 0.0}) == run_id({"beta": 0}) == run_id({"beta": -0.0}) == zero
+    assert run_id({"name": "mmvamp", "beta": 1.0, "options": {"alpha": 0.5, "alpha_anneal_steps": 10}},
+                  train={"lr": 0.0005}, eval={"classifier_min_accuracy": 0.0}) == "polydigits-vanilla-mmvamp-s0-b87c6b0ed0"
+    assert build_run_config({"dataset": "polydigits", "eval": {"classifier_min_accuracy": -0.0}}).eval.classifier_min_accuracy.hex() == "0x0.0p+0"

@@ -120,7 +120,7 @@ def test_mvae_style_loss_is_the_authors_factorized_poe_objective():
 
 @pytest.mark.parametrize("bad", [0, -2, True, 2.5, "3"])
 def test_style_dim_must_be_a_positive_integer(bad):
-    with pytest.raises(MMBenchError, match=r"style_dim must be a positive integer, got"):
+    with pytest.raises(MMBenchError, match=r"^method\.options\.style_dim: (expected an integer|must be an integer >= 1), got"):
         make("mopoe_style", style_dim=bad)
 
 

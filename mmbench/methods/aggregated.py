@@ -7,7 +7,7 @@ import torch
 
 from ..registry import METHODS
 from .base import Gaussian, MultimodalVAE, product_of_experts
-from .independent import BETA_CONVENTIONS, check_choice
+from .independent import BETA_CONVENTIONS
 
 AGGREGATIONS = ("avg", "poe")
 AVERAGES = ("variance", "std")
@@ -55,12 +55,8 @@ class Aggregated(MultimodalVAE):
 
     paper = "MM-VAMP VAE (Sutter et al. 2024), App. B.2 Eqs. (15)-(16) (Hosoya 2018)"
     options = {"average": "variance", "aggregation": "avg", "beta_convention": "paper"}
-
-    def __init__(self, modalities, cfg, architecture):
-        super().__init__(modalities, cfg, architecture)
-        check_choice("aggregated", "average", self.opt["average"], AVERAGES)
-        check_choice("aggregated", "aggregation", self.opt["aggregation"], AGGREGATIONS)
-        check_choice("aggregated", "beta_convention", self.opt["beta_convention"], BETA_CONVENTIONS)
+    option_rules = {"average": {"choices": AVERAGES}, "aggregation": {"choices": AGGREGATIONS},
+                    "beta_convention": {"choices": BETA_CONVENTIONS}}
 
     def aggregate(self, mu, logvar, names, subsets) -> Gaussian:
         mask = self.subset_mask(subsets, names, mu.device)

@@ -30,9 +30,10 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
+from ..config import EXPONENT_AS_TEXT, show_value, with_point  # the config fields' wording, for the options too
 from ..config import MethodConfig  # noqa: F401 - the methods' hyperparameters, imported from here by the methods
 from ..data.base import Modality
-from ..errors import MMBenchError
+from ..errors import ConfigError, MMBenchError
 from ..likelihoods import likelihood_name
 from ..registry import ARCHITECTURES, LIKELIHOODS
 
@@ -225,12 +226,92 @@ def resolve_rec_weights(modalities: Sequence[Modality], override: Optional[Dict[
     return {m.name: float(override.get(m.name, m.rec_weight)) for m in modalities}
 
 
+# ----- method options: what a value may be (checked by config.validate at load time and by the constructor) -----
+# A method's `option_rules` maps an option name to a dict of constraints beyond its default's type:
+#   choices: the allowed strings (a trailing `note` explains them); ge/gt/le/lt: bounds on a number;
+#   type: float or int, for an option whose default is None (null then means `null`, e.g. "use β").
+# The type itself comes from the default: str -> a string, float -> a finite number (an integer too),
+# int -> an integer (not true/false), bool -> true/false, dict -> a mapping of modality names to numbers.
+_TYPE_NAMES = {str: "a string", float: "a number", int: "an integer", bool: "true/false"}
+
+
+def _option_problem(value: Any, default: Any, rule: Dict[str, Any], modalities: Optional[Sequence[str]]) -> Optional[str]:
+    """What is wrong with one option's `value` (None: nothing), given its `default` and its method's `rule`."""
+    note = f" ({rule['note']})" if rule.get("note") else ""
+    if value is None and default is None:
+        return None  # null: the method's documented default behaviour
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            return f"expected a mapping of modality names to numbers, got {show_value(value)}"
+        unknown = [str(k) for k in value if modalities is not None and k not in modalities]
+        if unknown:
+            return f"names {', '.join(unknown)}, not modalities of this run; use some of: {', '.join(modalities)}"
+        return None  # the values: one by one, by check_options
+    tp = rule.get("type", type(default))
+    want = _TYPE_NAMES[tp] + (f" or null (null: {rule['null']})" if default is None else "")
+    if tp is float:
+        if isinstance(value, str) and EXPONENT_AS_TEXT.match(value.strip()):  # YAML 1.1 reads 1e-3 as text
+            return f"expected a number, got {value!r} (text to YAML); write {with_point(value.strip())}"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        return f"expected {want}, got {show_value(value)}"
+    if "choices" in rule and value not in rule["choices"]:
+        return f"{value!r} is not allowed; choose one of: {', '.join(rule['choices'])}{note}"
+    bounds = [(op, rule[op]) for op in ("gt", "ge", "lt", "le") if op in rule]
+    fails = {"gt": lambda b: not value > b, "ge": lambda b: not value >= b, "lt": lambda b: not value < b,
+             "le": lambda b: not value <= b}
+    if any(fails[op](b) for op, b in bounds):
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        if len(bounds) == 2:
+            (op1, lo), (op2, hi) = bounds
+            allowed = f"in {'(' if op1 == 'gt' else '['}{lo:g}, {hi:g}{')' if op2 == 'lt' else ']'}"
+        else:
+            allowed = f"{signs[bounds[0][0]]} {bounds[0][1]:g}"
+        return f"must be {'an integer' if tp is int else 'a number'} {allowed}, got {value!r}{note}"
+    return None
+
+
 class MultimodalVAE(nn.Module):
     """Base class: per-modality encoders/decoders from a registered architecture, and the interface."""
 
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     options: ClassVar[Dict[str, Any]] = {}  # allowed option names -> defaults
+    # Constraints on the options' values beyond their defaults' types (see `_option_problem`): the one place
+    # config.validate (at load time) and the constructor check them.
+    option_rules: ClassVar[Dict[str, Dict[str, Any]]] = {}
+
+    @classmethod
+    def check_options(cls, options: Dict[str, Any], modalities: Optional[Sequence[str]] = None) -> None:
+        """Check the options a config gives (`cfg.options`, as written: nothing is converted) against this method:
+        names, types (those of the defaults), choices and ranges; `modalities`, the run's modality names, for an
+        option keyed by modality (None: not checked). A ConfigError naming method.options.<name> if one is bad."""
+        if not isinstance(options, dict):
+            raise ConfigError("method.options", f"expected a mapping, got {show_value(options)}")
+        for name, value in options.items():
+            if name not in cls.options:
+                raise ConfigError(f"method.options.{name}", f"not an option of {getattr(cls, 'registry_name', cls.__name__)}; "
+                                  f"allowed: {', '.join(cls.options) or '(none)'}")
+            default, rule = cls.options[name], cls.option_rules.get(name, {})
+            problem = _option_problem(value, default, rule, modalities)
+            if problem:
+                raise ConfigError(f"method.options.{name}", problem)
+            for k, v in value.items() if isinstance(default, dict) else ():  # a mapping's numbers (style_betas)
+                problem = _option_problem(v, 1.0, rule, None)
+                if problem:
+                    raise ConfigError(f"method.options.{name}.{k}", problem)
+        cls.check_option_combination(options)
+
+    @classmethod
+    def check_option_combination(cls, options: Dict[str, Any]) -> None:
+        """Hook: refuse options that are each valid but not together (ConfigError); nothing by default."""
+
     # Whether the packed trainer (mmbench/pack.py) may train several runs of this method as one vmapped,
     # stacked model. False for methods whose loss keeps Python-side state between steps (step counters,
     # schedules), which one shared template module cannot keep per run; such runs train unpacked.
@@ -256,6 +337,7 @@ class MultimodalVAE(nn.Module):
         super().__init__()
         self.modalities = list(modalities)
         self.names = [m.name for m in self.modalities]
+        self.check_options(cfg.options, self.names)  # as config.validate did (a model built without a RunConfig too)
         self.cfg = cfg
         self.latent_dim = cfg.latent_dim
         self.beta = cfg.beta

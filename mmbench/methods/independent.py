@@ -1,16 +1,10 @@
 """Independent VAEs: one VAE per modality, each with its own N(0, I) prior (MM-VAMP paper baseline, Fig. 1a)."""
 from __future__ import annotations
 
-from ..errors import MMBenchError
 from ..registry import METHODS
 from .base import Gaussian, MultimodalVAE, unimodal_mixtures
 
 BETA_CONVENTIONS = ("paper", "code")
-
-
-def check_choice(method: str, option: str, value, allowed) -> None:
-    if value not in allowed:
-        raise MMBenchError(f"method.options.{option} of {method} is {value!r}; choose one of: {', '.join(allowed)}")
 
 
 @METHODS.register("independent")
@@ -36,10 +30,7 @@ class Independent(MultimodalVAE):
     paper = "MM-VAMP VAE (Sutter et al. 2024), §5 baselines and Fig. 1a (Kingma & Welling 2014)"
     own_latent_per_modality = True  # z_m per modality (Fig. 1a); metrics read it (MMVAMP inherits it)
     options = {"beta_convention": "paper"}
-
-    def __init__(self, modalities, cfg, architecture):
-        super().__init__(modalities, cfg, architecture)
-        check_choice(self.registry_name, "beta_convention", self.opt["beta_convention"], BETA_CONVENTIONS)
+    option_rules = {"beta_convention": {"choices": BETA_CONVENTIONS}}
 
     def encode_subsets(self, x, subsets):
         return unimodal_mixtures(self, x, subsets)

@@ -22,6 +22,8 @@ class JMVAE(PoEMixin, MultimodalVAE):
 
     paper = "SMVAE (ICLR 2022 submission), App. A, Eq. (13) (JMVAE-kl, Suzuki et al. 2016)"
     options = {"alpha": None}
+    # α weighs a KL divergence as β does (Eq. 13), so it is >= 0 as method.beta is
+    option_rules = {"alpha": {"type": float, "null": "method.beta", "ge": 0}}
 
     def __init__(self, modalities, cfg, architecture: str):
         super().__init__(modalities, cfg, architecture)

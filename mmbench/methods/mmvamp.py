@@ -5,10 +5,9 @@ import math
 
 import torch
 
-from ..errors import MMBenchError
 from ..registry import METHODS
 from .base import Gaussian
-from .independent import Independent, check_choice
+from .independent import BETA_CONVENTIONS, Independent
 
 RATES = ("bound", "mc")
 
@@ -99,19 +98,15 @@ class MMVAMP(Independent):
     paper = "MM-VAMP VAE (Sutter et al. 2024), Eqs. (1)-(4)"
     options = {"beta_convention": "paper", "rate": "bound", "alpha": 0.0, "alpha_anneal_steps": 0,
                "alpha_anneal_batch": 0}
+    option_rules = {"beta_convention": {"choices": BETA_CONVENTIONS}, "rate": {"choices": RATES},
+                    # α is a mixture weight of the prior h_α
+                    "alpha": {"ge": 0, "le": 1, "note": "0: the paper's prior"},
+                    "alpha_anneal_steps": {"ge": 0, "note": "0: no annealing"},
+                    "alpha_anneal_batch": {"ge": 0, "note": "the batch size alpha_anneal_steps are counted in, e.g. 128 "
+                                                           "as the authors' runs; 0: this run's own steps"}}
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
-        check_choice(self.registry_name, "rate", self.opt["rate"], RATES)
-        a, steps = self.opt["alpha"], self.opt["alpha_anneal_steps"]
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
-            raise MMBenchError(f"method.options.alpha of mmvamp is {a!r}; give a number in [0, 1] (0: the paper's prior)")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise MMBenchError(f"method.options.alpha_anneal_steps of mmvamp is {steps!r}; give an integer >= 0 (0: no annealing)")
-        ab = self.opt["alpha_anneal_batch"]
-        if isinstance(ab, bool) or not isinstance(ab, int) or ab < 0:
-            raise MMBenchError(f"method.options.alpha_anneal_batch of mmvamp is {ab!r}; give an integer >= 0 (the batch "
-                               f"size alpha_anneal_steps are counted in, e.g. 128 as the authors' runs; 0: own steps)")
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the α schedule; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))  # training rows seen; checkpointed
         self.counts = [0, 0]  # host copies of (train_steps, train_samples): α is computed without a device read

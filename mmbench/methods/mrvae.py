@@ -509,6 +509,12 @@ class MrVAE(MultimodalVAE):
     # with the same options trains another model than before, so it gets another run id.
     id_version = 2
     options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
+    option_rules = {"objective": {"choices": ("q", "r"), "note": "q: App. A.1's second case, Eqs. 4 and 8; r: the first "
+                                                                 "case, Eq. 7"},
+                    "size_prior": {"choices": ("mean", "product")},
+                    # Gumbel-softmax temperatures (Jang et al. 2016) are > 0; the anneal rate never raises them
+                    "tau_n": {"gt": 0}, "tau_y": {"gt": 0}, "tau_min": {"gt": 0}, "anneal_rate": {"ge": 0},
+                    "hidden": {"ge": 1, "note": "the width of the networks of Eqs. 34-35 and 37-38"}}
 
     # Packable (mmbench/pack.py): the annealing's step counter is a buffer, so each run of a pack keeps its own.
     @classmethod
@@ -520,21 +526,6 @@ class MrVAE(MultimodalVAE):
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
-        def check(key, ok, rule):
-            v = self.opt[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-                raise MMBenchError(f"method.options.{key} of mrvae must be {rule} (got {v!r})")
-
-        if self.opt["objective"] not in ("q", "r"):
-            raise MMBenchError(f"method.options.objective of mrvae must be 'q' (App. A.1's second case, Eqs. 4 and 8) "
-                               f"or 'r' (the first case, Eq. 7) (got {self.opt['objective']!r})")
-        if self.opt["size_prior"] not in ("mean", "product"):
-            raise MMBenchError(f"method.options.size_prior of mrvae must be 'mean' or 'product' "
-                               f"(got {self.opt['size_prior']!r})")
-        for key in ("tau_n", "tau_y", "tau_min"):
-            check(key, lambda v: v > 0, "> 0")
-        check("anneal_rate", lambda v: v >= 0, ">= 0")
-        check("hidden", lambda v: v >= 1 and float(v).is_integer(), "a positive integer")
         M, D, H = len(self.names), cfg.latent_dim, int(self.opt["hidden"])
         if M < 2:
             raise MMBenchError("mrvae needs at least two modalities; use a multimodal dataset")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..registry import METHODS
 from .base import MultimodalVAE, PoEMixin
-from .independent import check_choice
 
 # What weighs each unimodal ELBO's reconstruction: "one" = weight 1 (MoPoE run_epochs.py basic_routine_epoch, the
 # authors' MVAE); "rec_weights" = the modality's likelihood scaling, as every likelihood in SMVAE §5 ("divided each
@@ -20,11 +19,7 @@ class MVAE(PoEMixin, MultimodalVAE):
     properties = {"posterior form": "PoE", "aggregate modalities": "yes",
                   "multi-modal posterior": "no", "missing modalities": "(yes): needs sub-sampled unimodal ELBOs"}  # MoPoE Table 1
     options = {"unimodal_weights": "one"}
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if "unimodal_weights" in self.options:  # (mvae_style, a subclass, has its own options and loss)
-            check_choice("mvae", "unimodal_weights", self.opt["unimodal_weights"], UNIMODAL_WEIGHTS)
+    option_rules = {"unimodal_weights": {"choices": UNIMODAL_WEIGHTS}}
 
     def prior_expert(self, subset) -> bool:
         return True

@@ -94,22 +94,17 @@ class SMVAE(PoEMixin, MultimodalVAE):
     paper = "SMVAE (Scalable multimodal VAEs with surrogate joint posterior, ICLR 2022 submission), Eqs. (3), (10), (11)"
     options = {"schedule": "end_to_end", "stage1_fraction": 2 / 3, "stage1_steps": None, "detach_surrogate": False,
                "prior_expert": "full"}
+    option_rules = {"schedule": {"choices": ("end_to_end", "two_stage")}, "prior_expert": {"choices": ("full", "all", "none")},
+                    "stage1_fraction": {"gt": 0, "lt": 1, "note": "of the training steps"},
+                    "stage1_steps": {"type": int, "null": "stage1_fraction of the run", "ge": 1, "note": "training steps"}}
+
+    @classmethod
+    def check_option_combination(cls, options):
+        if options.get("stage1_steps") is not None and "stage1_fraction" in options:
+            raise ConfigError("method.options.stage1_steps", "set stage1_steps or stage1_fraction, not both")
 
     def __init__(self, modalities, cfg, architecture: str):
         super().__init__(modalities, cfg, architecture)
-        if self.opt["schedule"] not in ("end_to_end", "two_stage"):
-            raise ConfigError("method.options.schedule",
-                              f"unknown schedule {self.opt['schedule']!r}; choose end_to_end or two_stage")
-        if self.opt["prior_expert"] not in ("full", "all", "none"):
-            raise ConfigError("method.options.prior_expert",
-                              f"unknown value {self.opt['prior_expert']!r}; choose full, all or none")
-        s, f = self.opt["stage1_steps"], self.opt["stage1_fraction"]
-        if s is not None and "stage1_fraction" in cfg.options:
-            raise ConfigError("method.options.stage1_steps", "set stage1_steps or stage1_fraction, not both")
-        if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1):
-            raise ConfigError("method.options.stage1_steps", f"must be a positive integer of training steps, got {s!r}")
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
-            raise ConfigError("method.options.stage1_fraction", f"must be a number in (0, 1), got {f!r}")
         self.total_steps = None  # set by plan_steps
         self.build_surrogate(architecture)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # checkpointed; `steps`: host copy

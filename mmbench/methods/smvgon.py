@@ -20,7 +20,6 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..registry import METHODS
 from .base import Gaussian, MultimodalVAE, randn_like
 from .smvae import SMVAE
@@ -28,11 +27,11 @@ from .smvae import SMVAE
 INNER_STEP = 1 / 256  # per-sample step of Eq. 9: the GON code's batch-mean gradient at the paper's batch size 256
 
 
+INNER_STEP_RULE = {"gt": 0, "note": "default 1/256"}
+
+
 def inner_step(opt) -> float:
-    s = opt["inner_step"]
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
-        raise ConfigError("method.options.inner_step", f"must be a positive number (default 1/256), got {s!r}")
-    return float(s)
+    return float(opt["inner_step"])  # checked by check_options (option_rules)
 
 class VGONHead(nn.Module):
     """μ_λ and log σ²_λ: two Linear(D, D) maps from the (stepped) origin (GON Variational-GON.py fc21, fc22)."""
@@ -91,6 +90,7 @@ class SMVGON(SMVAE):
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8), (9), (12)"
     options = {**SMVAE.options, "inner_step": INNER_STEP}
+    option_rules = {**SMVAE.option_rules, "inner_step": INNER_STEP_RULE}
 
     def build_surrogate(self, architecture: str) -> None:
         self.step_size = inner_step(self.opt)
@@ -118,6 +118,7 @@ class VGON(MultimodalVAE):
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8)-(9), App. B-C, Tables 5-6 (Bond-Taylor & Willcocks 2020)"
     options = {"inner_step": INNER_STEP}
+    option_rules = {"inner_step": INNER_STEP_RULE}
 
     def __init__(self, modalities, cfg, architecture: str):
         super().__init__(modalities, cfg, architecture)

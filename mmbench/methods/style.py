@@ -13,6 +13,8 @@ from .base import Gaussian, randn_like, stratified_components
 # The MoPoE authors' CelebA job (MoPoE job_celeba): style_dim 32 (App. E.2), beta_style 2.0, beta_content 1.0,
 # beta_m1_style (img) 1.0, beta_m2_style (text) 5.0.
 STYLE_OPTIONS = {"style_dim": 32, "beta_style": 2.0, "beta_content": 1.0, "style_betas": {"img": 1.0, "text": 5.0}}
+# The betas weigh KL divergences as method.beta does (Eq. 34, all 1), so they are >= 0 as it is.
+STYLE_RULES = {"style_dim": {"ge": 1}, "beta_style": {"ge": 0}, "beta_content": {"ge": 0}, "style_betas": {"ge": 0}}
 
 
 class StyleLatents:
@@ -35,20 +37,15 @@ class StyleLatents:
       estimates stay unbiased. A z of size content+style is used as given ([c, s_m]).
     """
 
+    option_rules = STYLE_RULES
+
     def __init__(self, modalities, cfg, architecture):
-        opt = {**self.options, **cfg.options}
-        style_dim = opt["style_dim"]
-        if not isinstance(style_dim, int) or isinstance(style_dim, bool) or style_dim <= 0:
-            raise MMBenchError(f"method option style_dim must be a positive integer, got {style_dim!r}")
+        self.check_options(cfg.options, [m.name for m in modalities])  # style_dim is read before the base class's check
+        style_dim = {**self.options, **cfg.options}["style_dim"]
         # Encoders and decoders are built for content+style dims; the model's latent is the content.
         super().__init__(modalities, dataclasses.replace(cfg, latent_dim=cfg.latent_dim + style_dim), architecture)
         self.cfg, self.latent_dim, self.style_dim = cfg, cfg.latent_dim, style_dim
-        user = cfg.options.get("style_betas", {})
-        unknown = [k for k in user if k not in self.names] if isinstance(user, dict) else ["(not a mapping)"]
-        if unknown:
-            raise MMBenchError(f"method option style_betas names {', '.join(map(str, unknown))}, not modalities; "
-                               f"give a mapping over {', '.join(self.names)}")
-        betas = {**self.options["style_betas"], **user}
+        betas = {**self.options["style_betas"], **cfg.options.get("style_betas", {})}
         self.style_betas = {m: float(betas.get(m, 1.0)) for m in self.names}
 
     def encode_all(self, x, names):
