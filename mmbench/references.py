@@ -114,12 +114,24 @@ def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tup
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float (YAML reads 1e400 written out as one)
+        return False
+
+
+def _check_text(where: str, v: Any) -> None:
+    """A label the report prints and groups by (paper, table, row, column, id, ...): a non-empty string."""
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(where, f"must be a non-empty string (quote it in the YAML), got {v!r}")
 
 
 def _check_number(where: str, v: Any, non_negative: bool = False) -> None:
     if not _is_number(v) or (non_negative and v < 0):
-        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {v!r}")
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {shown}")
 
 
 def _check_method(where: str, name: Any) -> None:
@@ -194,8 +206,15 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                            f"that does, e.g. --compare reference_results/")
     cells: List[Cell] = []
     claims: List[Claim] = []
+    seen_cells: Dict[Tuple[str, str, str, str], str] = {}  # (paper, table, row, column) -> the entry that gave it
+    seen_claims: Dict[str, str] = {}  # claim id -> the entry that gave it
     for path in paths:
-        raw = yamlio.load(path.read_text(), str(path)) or {}
+        try:
+            text = path.read_bytes()  # bytes: yamlio names the line of a byte that is not UTF-8
+        except OSError as e:  # e.g. a directory named *.yaml
+            raise ConfigError(str(path), f"cannot be read ({e.strerror or type(e).__name__}); --compare takes a "
+                                         f"directory of reference files, e.g. reference_results/") from None
+        raw = yamlio.load(text, str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(str(path), "a reference file must be a mapping with `cells` and/or `claims` (and "
                                          "optionally `paper`, `runs`)")
@@ -215,6 +234,14 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         for i, c in enumerate(raw.get("cells") or []):
             where = f"{path}: cells[{i}]"
             _check_fields(where, c, CELL_FIELDS, ("std", "source", "where", "runs"))
+            for f in ("paper", "table", "row", "column", "source"):
+                if f in c:
+                    _check_text(f"{where}.{f}", c[f])
+            at = (c["paper"], c["table"], c["row"], c["column"])
+            if at in seen_cells:  # the report's grid would show one of them and count both
+                raise ConfigError(where, f"the same paper, table, row and column as {seen_cells[at]}; a cell is given "
+                                         f"once (merge the two, or tell them apart by row or column)")
+            seen_cells[at] = where
             _check_metric(f"{where}.metric", c["metric"])
             _check_number(f"{where}.value", c["value"])
             _check_number(f"{where}.tolerance", c["tolerance"], non_negative=True)
@@ -228,6 +255,12 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         for i, c in enumerate(raw.get("claims") or []):
             where = f"{path}: claims[{i}]"
             _check_fields(where, c, CLAIM_FIELDS, ("where", "for_each", "strength"))
+            for f in ("id", "paper", "figure", "quote", "source"):
+                _check_text(f"{where}.{f}", c[f])
+            if c["id"] in seen_claims:
+                raise ConfigError(f"{where}.id", f"{c['id']!r} is also the id of {seen_claims[c['id']]}; give each "
+                                                 f"claim its own id")
+            seen_claims[c["id"]] = where
             if c.get("for_each") is not None:
                 check_path(c["for_each"], f"{where}.for_each")
             if c.get("strength", "strict") not in STRENGTHS:
@@ -238,7 +271,7 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                 hw = f"{where}.holds[{j}]"
                 if not isinstance(h, dict) or set(h) - {"left", "op", "right", "margin", "quantifier"} or not {"left", "op", "right"} <= set(h):
                     raise ConfigError(hw, "must be {left, op, right[, margin][, quantifier]}")
-                if h["op"] not in OPS and h["op"] not in EXTREMA:
+                if not isinstance(h["op"], str) or (h["op"] not in OPS and h["op"] not in EXTREMA):
                     raise ConfigError(f"{hw}.op", f"must be one of {', '.join([*OPS, *EXTREMA])}")
                 if "margin" in h:
                     _check_number(f"{hw}.margin", h["margin"])

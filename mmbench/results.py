@@ -244,14 +244,50 @@ def parse_metrics(text: str | bytes, where: str) -> Dict[str, Any]:
     values = m.get("metrics")
     if not isinstance(values, dict):
         raise RecordError(where, "has no `metrics` mapping")
-    bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    bad = [k for k, v in values.items() if not _is_float(v)]
     if bad:
-        raise RecordError(where, f"metric {bad[0]!r} is {values[bad[0]]!r}, not a number")
+        shown = repr(values[bad[0]]) if len(repr(values[bad[0]])) <= 40 else repr(values[bad[0]])[:37] + "..."
+        raise RecordError(where, f"metric {bad[0]!r} is {shown}, not a number")
+    for key in ("classifier_set", "classifier_dropout", "eval_precision"):  # how it was scored (_scoring_of)
+        if key in m and not isinstance(m[key], str):
+            raise RecordError(where, f"`{key}` is {m[key]!r}, not the name mmbench writes")
     return m
 
 
+def _is_float(v: Any) -> bool:
+    """A number the report can average: an int or float (NaN and infinity included: a diverged run, said as such),
+    not a bool, and not an integer too large for a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
+# The provenance.json entries the report reads (number_provenance, data_build, trainer_label) and the suite's cost
+# estimate, with the types mmbench writes them as (null: not recorded); anything else is a damaged file.
+PROVENANCE_TYPES = {"classifiers": (dict, "mapping"), "trained_with": (list, "list"), "packages": (dict, "mapping"),
+                    "dataset_build": (dict, "mapping"), "train_seconds": ((int, float), "number"),
+                    "train_tuples_per_second": ((int, float), "number")}
+
+
 def parse_provenance(text: str | bytes, where: str) -> Dict[str, Any]:
-    return _json_mapping(text, where)
+    """A provenance.json's contents, checked where the report and the cost estimate read them."""
+    p = _json_mapping(text, where)
+    for key, (types, kind) in PROVENANCE_TYPES.items():
+        v = p.get(key)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+            raise RecordError(where, f"`{key}` is {v!r}, not the {kind} mmbench writes")
+    for i, code in enumerate(p.get("trained_with") or []):
+        if not isinstance(code, dict) or not isinstance(code.get("kernels") or {}, dict):
+            raise RecordError(where, f"`trained_with[{i}]` is {code!r}, not the mapping (git_commit, kernels) mmbench "
+                                     f"writes")
+    if not isinstance((p.get("dataset_build") or {}).get("options") or {}, dict):
+        raise RecordError(where, f"`dataset_build.options` is {p['dataset_build']['options']!r}, not the mapping "
+                                 f"mmbench writes")
+    return p
 
 
 def parse_config(text: str | bytes, where: str) -> Tuple[Dict[str, Any], RunConfig]:

@@ -83,6 +83,12 @@ def _check(d: Dict[str, Any], where: str) -> Dict[str, Any]:
             raise ConfigError(f"{where}.{k}", f"must be >= 0, got {v!r}")
         if k == "pack" and v is not None and v < 1:
             raise ConfigError(f"{where}.pack", f"must be >= 1 (1 trains every run alone) or null, got {v!r}")
+        if k == "sbatch":  # submitit writes `#SBATCH --KEY=VALUE` (`--KEY` for true): None or a list is no value
+            for key, value in v.items():
+                if not isinstance(key, str) or not (value is True or isinstance(value, str)
+                                                    or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+                    raise ConfigError(f"{where}.sbatch.{key}", f"must be a string or number (or true for a flag, e.g. "
+                                      f"exclusive: true), got {value!r}")
     return dict(d)
 
 
@@ -93,8 +99,21 @@ def site_options() -> Dict[str, Any]:
             raise MMBenchError(f"MMBENCH_SLURM_CONFIG={path}: no such file; fix the path, or unset it to use "
                                f"~/.config/mmbench/slurm.yaml (if any)")
         return {}
-    raw = yamlio.load(path.read_text(), str(path)) or {}
-    return _check(raw.get("slurm", raw), str(path))
+    try:
+        text = path.read_bytes()  # bytes: yamlio names the line of a byte that is not UTF-8
+    except OSError as e:  # e.g. a directory
+        raise MMBenchError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); the Slurm site config is a "
+                           f"YAML file of options, e.g. {{partition: gpu, time: 120}}") from None
+    raw = yamlio.load(text, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), f"expected a mapping of Slurm options (optionally under `slurm:`), e.g. "
+                                     f"{{partition: gpu, time: 120}}; got a {type(raw).__name__}")
+    if "slurm" in raw and len(raw) > 1:  # the options beside the block would be ignored without a word
+        other = next(k for k in sorted(map(str, raw)) if k != "slurm")
+        raise ConfigError(f"{path}: {other}", "beside a `slurm:` block; put every option inside it (or drop the block)")
+    return _check(raw.get("slurm", raw) or {}, str(path) + (".slurm" if "slurm" in raw else ""))
 
 
 def resolve_options(layers: Sequence[Tuple[Dict[str, Any], str]]) -> SlurmOptions:

@@ -39,12 +39,12 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load(text: str, where: str) -> Any:
+def load(text: str | bytes, where: str) -> Any:
     """The YAML document in `text`; a syntax error or a repeated key is a ConfigError naming `where` and the line."""
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.reader.ReaderError as e:  # a character YAML does not allow; its str() spans two lines
-        line = text.count("\n", 0, e.position) + 1
+        line = text.count(b"\n" if isinstance(text, bytes) else "\n", 0, e.position) + 1  # bytes: a file read whole
         raise ConfigError(where, f"not valid YAML at line {line}: {e.reason} (#x{e.character:04x}); remove it") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -1001,3 +1001,45 @@ def test_a_cell_whose_only_runs_diverged_or_are_filtered_out_says_why_it_is_miss
     assert "runs left out by the cell's filter: train.epochs is" in grid.iloc[1, 1]
     rows = tidy_rows(rep.cells, None)
     assert rows[0]["excluded_by_filter"] is None and rows[1]["excluded_by_filter"] == rep.cells[1].excluded is not None
+
+
+def _one_cell(**change):
+    cell = {"paper": "P", "table": "T1", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint",
+            "value": 0.5, "tolerance": 0.02, "source": "P, Table 1"}
+    return {**cell, **change}
+
+
+def test_a_damaged_reference_file_is_a_one_line_error_naming_it(tmp_path):
+    """A byte that is not UTF-8, an integer too large for a float and an op that is a mapping raised a
+    UnicodeDecodeError, an OverflowError and a TypeError (a traceback) instead of naming the file and entry."""
+    path = tmp_path / "p.yaml"
+    text = yaml.safe_dump({"cells": [_one_cell()]})
+    path.write_bytes(text.encode().replace(b"P, Table 1", b"P, Table \xff1"))
+    with pytest.raises(ConfigError, match=r"p.yaml: not valid YAML at line \d+: .*remove it"):
+        load_references(tmp_path)
+    path.write_text(text.replace("tolerance: 0.02", "tolerance: 1" + "0" * 400))
+    with pytest.raises(ConfigError, match=r"p.yaml: cells\[0\].tolerance: must be a number >= 0, got 1000"):
+        load_references(tmp_path)
+    side = {"method": "mopoe", "metric": "coherence/joint"}
+    path.write_text(yaml.safe_dump({"claims": [{"id": "a", "paper": "P", "figure": "F", "quote": "q", "source": "s",
+                                                "holds": [{"left": side, "op": {"a": 1}, "right": 0.5}]}]}))
+    with pytest.raises(ConfigError, match=r"p.yaml: claims\[0\].holds\[0\].op: must be one of"):
+        load_references(tmp_path)
+
+
+def test_reference_labels_are_strings_and_a_cell_or_claim_id_is_given_once(tmp_path):
+    """A row that is a mapping crashed the report's table (unhashable); a cell given twice at one row and column was
+    counted twice and shown once; a claim id given twice made two claims of one name."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"cells": [_one_cell(row={"a": 1})]}))
+    with pytest.raises(ConfigError, match=r"p.yaml: cells\[0\].row: must be a non-empty string"):
+        load_references(tmp_path)
+    path.write_text(yaml.safe_dump({"cells": [_one_cell(), _one_cell(value=0.7)]}))
+    with pytest.raises(ConfigError, match=r"p.yaml: cells\[1\]: the same paper, table, row and column as .*cells\[0\]"):
+        load_references(tmp_path)
+    side = {"method": "mopoe", "metric": "coherence/joint"}
+    claim = {"id": "a", "paper": "P", "figure": "F", "quote": "q", "source": "s",
+             "holds": [{"left": side, "op": ">", "right": 0.5}]}
+    path.write_text(yaml.safe_dump({"claims": [claim, claim]}))
+    with pytest.raises(ConfigError, match=r"p.yaml: claims\[1\].id: 'a' is also the id of .*claims\[0\]"):
+        load_references(tmp_path)

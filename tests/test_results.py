@@ -463,3 +463,29 @@ def test_executing_a_done_run_again_neither_trains_nor_evaluates_nor_rewrites_it
     monkeypatch.setattr(evaluate_mod, "evaluate", refuse)
     assert execute(run) == run.read_metrics()
     assert run.metrics_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: (d / "provenance.json").write_text(json.dumps({"trained_with": [{"git_commit": "a", "kernels": [1]}]})),
+    lambda d: (d / "provenance.json").write_text(json.dumps({"classifiers": "mmbench"})),
+    lambda d: (d / "provenance.json").write_text(json.dumps({"dataset_build": {"options": [1]}})),
+    lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace("0.5", "1" + "0" * 400)),
+    lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace('"fp32"', "5")),
+    lambda d: (d / "config.yaml").write_bytes((d / "config.yaml").read_bytes().replace(b"tables", b"t\xffables")),
+], ids=["kernels a list", "classifiers a string", "build options a list", "a metric too large for a float",
+        "eval_precision a number", "config.yaml not UTF-8"])
+def test_report_and_export_leave_out_a_run_whose_records_hold_the_wrong_types(tmp_path, damage):
+    """Each of these raised a traceback (AttributeError, OverflowError, TypeError) out of `mmbench report` and
+    `mmbench export` instead of leaving the run out and naming it."""
+    runs = tmp_path / "runs"
+    good = fake_run(runs, 0)
+    bad = fake_run(runs, 1, value=0.5)
+    damage(bad.dir)
+    files = {p: p.read_bytes() for p in bad.dir.iterdir()}
+    rep = build_report(runs, None)
+    assert set(rep.frame["run"]) == {good.id}
+    assert "unreadable" in dict(rep.skipped)[bad.id]
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "b.tar.gz"), "--runs-dir", str(runs)])
+    assert res.exit_code == 0, res.output
+    assert f"left out {bad.id}" in " ".join(res.output.split())
+    assert {p: p.read_bytes() for p in bad.dir.iterdir()} == files  # nothing rewritten or deleted

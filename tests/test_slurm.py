@@ -126,6 +126,28 @@ def test_options_merge_and_validate(tmp_path, monkeypatch):
     assert site_options() == {}
 
 
+@pytest.mark.parametrize("text, error", [
+    (b"- gpu\n", r"slurm.yaml: expected a mapping of Slurm options"),
+    (b"hello\n", r"slurm.yaml: expected a mapping of Slurm options"),
+    (b"partition: g\xffpu\n", r"slurm.yaml: not valid YAML at line 1"),
+    (b"slurm: {time: 30}\ntime: 5\n", r"slurm.yaml: time: beside a `slurm:` block"),
+    (b"sbatch: {account: null}\n", r"slurm.yaml.sbatch.account: must be a string or number"),
+])
+def test_a_damaged_site_config_is_a_one_line_error_naming_it(tmp_path, monkeypatch, text, error):
+    """A list or a string at the top and a byte that is not UTF-8 raised AttributeError / UnicodeDecodeError (a
+    traceback); options beside a `slurm:` block were ignored without a word; `account: null` became --account=None."""
+    from mmbench.errors import ConfigError
+    from mmbench.slurm import site_options
+
+    site = tmp_path / "slurm.yaml"
+    site.write_bytes(text)
+    monkeypatch.setenv("MMBENCH_SLURM_CONFIG", str(site))
+    with pytest.raises(ConfigError, match=error):
+        site_options()
+    site.write_text("slurm: null\n")  # an empty block: no site options
+    assert site_options() == {}
+
+
 def test_slurm_options_need_slurm_executor(tmp_path):
     from typer.testing import CliRunner
 
