@@ -1050,7 +1050,8 @@ def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metri
             t.add_row(str(p), s.description.strip().splitlines()[0] if s.description.strip() else s.name)
     elif what in tables:
         for name, obj in tables[what].items():
-            t.add_row(name, describe(obj))
+            summary = obj.options_summary() if what == "methods" else ""  # method.options: defaults, what is allowed
+            t.add_row(name, describe(obj) + (f"\n[dim]options: {escape(summary)}[/dim]" if summary else ""))
     else:
         raise MMBenchError(f"cannot list {what!r}; choose one of: {', '.join([*tables, 'suites'])}")
     console.print(t)

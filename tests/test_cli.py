@@ -253,6 +253,24 @@ def test_list(tmp_path, mmbench_here):
     assert r.returncode == 0 and "quickstart.yaml" in r.stdout
 
 
+def test_list_methods_names_each_method_s_options_with_defaults_and_what_is_allowed(mmbench_here):
+    """`mmbench list methods` shows every option of every method, its default as a suite writes it and the values
+    its option_rules allow (the same rules config.validate checks), so a user can write method.options."""
+    from mmbench.registry import METHODS
+
+    assert METHODS.get("mrvae").options_summary().startswith("objective=q (q|r), size_prior=mean (mean|product), "
+                                                              "tau_n=1.0 (> 0)")
+    assert "stage1_fraction=0.6667 (> 0, < 1), stage1_steps=null (>= 1), detach_surrogate=false" in \
+        METHODS.get("smvae").options_summary()
+    assert "style_betas={img: 1.0, text: 5.0} (>= 0)" in METHODS.get("mopoe_style").options_summary()
+    assert METHODS.get("mopoe").options_summary() == ""
+    out = mmbench_here("list", "methods", width=400).stdout
+    for name, cls in METHODS.items():
+        for option in cls.options:
+            assert f"{option}=" in out, (name, option)
+    assert "alpha=0.0 (>= 0, <= 1)" in out and "unimodal_weights=one (one|rec_weights)" in out
+
+
 def test_worker_env_shows_each_worker_its_own_gpu_only(tmp_path):
     from mmbench.runner import worker_env, worker_slots
 

@@ -277,6 +277,18 @@ def _option_problem(value: Any, default: Any, rule: Dict[str, Any], modalities: 
     return None
 
 
+def _yaml_text(value: Any) -> str:
+    """A default as a suite would write it: null, true/false, 2.0, 0.6667, {img: 1.0, text: 5.0}."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 class MultimodalVAE(nn.Module):
     """Base class: per-modality encoders/decoders from a registered architecture, and the interface."""
 
@@ -307,6 +319,19 @@ class MultimodalVAE(nn.Module):
                 if problem:
                     raise ConfigError(f"method.options.{name}.{k}", problem)
         cls.check_option_combination(options)
+
+    @classmethod
+    def options_summary(cls) -> str:
+        """The options with their defaults and what else each may be, from `options` and `option_rules` (what
+        `mmbench list methods` shows), e.g. "objective=q (q|r), tau_n=1.0 (> 0)"; "" for a method with none."""
+        signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        parts = []
+        for name, default in cls.options.items():
+            rule = cls.option_rules.get(name, {})
+            allowed = "|".join(rule["choices"]) if "choices" in rule else ", ".join(
+                f"{signs[op]} {rule[op]:g}" for op in ("gt", "ge", "lt", "le") if op in rule)
+            parts.append(f"{name}={_yaml_text(default)}" + (f" ({allowed})" if allowed else ""))
+        return ", ".join(parts)
 
     @classmethod
     def check_option_combination(cls, options: Dict[str, Any]) -> None:
