@@ -84,7 +84,8 @@ def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[P
         return []
     wanted = set(ids) if ids is not None else None
     return [d for d in sorted(runs_dir.iterdir())
-            if d.is_dir() and (d / "metrics.json").is_file() and (wanted is None or d.name in wanted)]
+            if d.is_dir() and ((d / "metrics.json").exists() or (d / "metrics.json").is_symlink())  # not a file:
+            and (wanted is None or d.name in wanted)]  # listed by export_runs (read_run), not passed over
 
 
 def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, checkpoints: bool = False,

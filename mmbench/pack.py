@@ -347,8 +347,9 @@ class _Member:
             self.gen.manual_seed(self.cfg.seed)
         self.cpu_rng = cpu_state
         last = run.ckpt_dir / "last.pt"
-        if last.exists():
+        if last.exists() or last.is_symlink():  # a link to nowhere: read_checkpoint names it
             ck = train_mod.read_checkpoint(last)
+            train_mod.check_plan(ck["state"], self.cfg, last)
             self.model_state, self.opt_state, self.state = ck["model"], ck["optimizer"], ck["state"]
             self.cpu_rng = ck["rng"]
             if torch.device(device).type == "cpu":
@@ -496,6 +497,15 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)
     train_split = train_split.to(device)
     n_batches = max(len(train_split) // B, 1)
+    if members[0].state.get("step", 0) >= n_batches:  # grouped by (epoch, step): every run's checkpoint is another's
+        failed = {}
+        for m in members:
+            try:
+                train_mod.check_plan(m.state, cfg, m.run.ckpt_dir / "last.pt", n_batches)
+            except MMBenchError as e:
+                m.run.log(f"error: {e}")
+                failed[m.run.id] = str(e)
+        return failed
     torch.manual_seed(cfg.seed)
     template = build_model(cfg).to(device)
     template.train()

@@ -239,7 +239,7 @@ def _json_mapping(text: str | bytes, where: str) -> Dict[str, Any]:
 def parse_metrics(text: str | bytes, where: str) -> Dict[str, Any]:
     """A metrics.json's contents, checked: a mapping of this schema version whose `metrics` map names to numbers."""
     m = _json_mapping(text, where)
-    if m.get("schema_version") != SCHEMA_VERSION:
+    if type(m.get("schema_version")) is not int or m["schema_version"] != SCHEMA_VERSION:  # not true, not 1.0
         raise RecordError(where, f"schema version {m.get('schema_version')!r}, this mmbench reads {SCHEMA_VERSION}")
     values = m.get("metrics")
     if not isinstance(values, dict):
@@ -308,6 +308,8 @@ def read_run(d: Path) -> Dict[str, Any]:
     c, m, p = d / "config.yaml", d / "metrics.json", d / "provenance.json"
 
     def read(path: Path) -> bytes:  # any file system refusal (a directory, no permission) is this run's, named
+        if path.is_symlink() and not path.exists():
+            raise RecordError(str(path), f"a link to {os.readlink(path)}, which does not exist")
         if not path.exists():
             raise RecordError(str(path), "missing")
         if not path.is_file():
@@ -323,7 +325,9 @@ def read_run(d: Path) -> Dict[str, Any]:
         raise ForeignRunError(f"its config hashes to {cfg.run_id()} with this mmbench (made by another version); "
                               f"run it again to report it")
     metrics = parse_metrics(metrics_bytes, str(m))
-    prov = parse_provenance(read(p), str(p)) if p.exists() else {}
+    if "run_id" in metrics and metrics["run_id"] != d.name:  # copied from another run's directory
+        raise RecordError(str(m), f"names run {metrics['run_id']!r}, not {d.name}: another run's results")
+    prov = parse_provenance(read(p), str(p)) if p.exists() or p.is_symlink() else {}  # a link to nowhere: named
     return {"id": d.name, "config": cfg, "tables": raw.get("tables", []), "metrics": metrics["metrics"],
             "extra": metrics, "provenance": prov}
 
@@ -577,7 +581,8 @@ def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str,
     if not root.exists():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not (d / "metrics.json").exists():  # unfinished; metrics.json without config.yaml is listed (read_run)
+        if not (d / "metrics.json").exists() and not (d / "metrics.json").is_symlink():  # unfinished; metrics.json
+            # without config.yaml (or a link to nowhere) is listed (read_run)
             continue
         try:
             run = read_run(d)

@@ -66,6 +66,15 @@ class SlurmOptions:
 
 
 POSITIVE = ("cpus_per_job", "time", "array_parallelism", "signal_delay_s")
+OPTION_NAMES = {f.name for f in dataclasses.fields(SlurmOptions)}
+# The sbatch options submit() writes from SlurmOptions (the option to set instead) or for every job (why).
+SBATCH_OWNED = {"time": "time", "t": "time", "partition": "partition", "p": "partition", "mem": "mem",
+                "cpus_per_task": "cpus_per_job", "c": "cpus_per_job", "gpus_per_node": "gpus_per_job",
+                "array": "array_parallelism", "signal": "signal_delay_s",
+                "nodes": "one node per array task", "N": "one node per array task",
+                "ntasks_per_node": "one task per array task", "job_name": "job name mmbench",
+                "output": "submitit's log files", "o": "submitit's log files", "error": "submitit's log files",
+                "e": "submitit's log files"}
 
 
 def site_config_path() -> Path:
@@ -83,12 +92,19 @@ def _check(d: Dict[str, Any], where: str) -> Dict[str, Any]:
             raise ConfigError(f"{where}.{k}", f"must be >= 0, got {v!r}")
         if k == "pack" and v is not None and v < 1:
             raise ConfigError(f"{where}.pack", f"must be >= 1 (1 trains every run alone) or null, got {v!r}")
+        if k in ("partition", "mem") and v is not None and not v.strip():  # submit() would leave it out without a word
+            raise ConfigError(f"{where}.{k}", f"must name a {'partition' if k == 'partition' else 'size, e.g. 4G'} or "
+                                              f"be null (the cluster's default), got {v!r}")
         if k == "sbatch":  # submitit writes `#SBATCH --KEY=VALUE` (`--KEY` for true): None or a list is no value
             for key, value in v.items():
                 if not isinstance(key, str) or not (value is True or isinstance(value, str)
                                                     or (isinstance(value, (int, float)) and not isinstance(value, bool))):
                     raise ConfigError(f"{where}.sbatch.{key}", f"must be a string or number (or true for a flag, e.g. "
                                       f"exclusive: true), got {value!r}")
+                own = SBATCH_OWNED.get(key.replace("-", "_"))
+                if own is not None:  # submit() writes that sbatch line itself: two lines, one of them ignored
+                    raise ConfigError(f"{where}.sbatch.{key}", f"clashes with the `{own}` option; set {own}: instead"
+                                      if own in OPTION_NAMES else f"mmbench sets --{key} itself ({own})")
     return dict(d)
 
 

@@ -127,6 +127,12 @@ MISFIT = ("it was written by another configuration or mmbench version: move it a
 def load_weights(model: torch.nn.Module, weights: Dict, path: Path) -> None:
     """A checkpoint's model weights into `model`; weights of another method, architecture or size are an error naming
     the checkpoint, which stays as it is."""
+    own = model.state_dict()
+    cast = next((k for k, w in weights.items() if k in own and torch.is_tensor(w) and own[k].is_floating_point()
+                 and w.dtype != own[k].dtype), None)
+    if cast is not None:  # load_state_dict would cast it without a word (integers: the weights rounded)
+        raise MMBenchError(f"checkpoint {path} does not fit this run's model ({cast} is {weights[cast].dtype}, the "
+                           f"model's {own[cast].dtype}); {MISFIT}")
     try:
         model.load_state_dict(weights)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -150,6 +156,13 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise MMBenchError(f"checkpoint {path}: its optimiser state does not fit this run's model ({brief(e, 200)}); "
                            f"{MISFIT}") from None
+    for group in opt.param_groups:  # Adam would fail at its first step on a setting that is not a number
+        betas = group.get("betas")
+        bad = next((k for k in ("lr", "eps", "weight_decay") if not _number(group.get(k))), None) or (
+            None if isinstance(betas, (tuple, list)) and len(betas) == 2 and all(map(_number, betas)) else "betas")
+        if bad:
+            raise MMBenchError(f"checkpoint {path}: its optimiser state sets {bad} to {group.get(bad)!r}, not the "
+                               f"number(s) Adam takes; {MISFIT}")
     for name, p in model.named_parameters():
         for key, v in opt.state.get(p, {}).items():
             if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
@@ -160,6 +173,11 @@ def restore(model: MultimodalVAE, opt: torch.optim.Optimizer, ck: Dict, path: Pa
                 raise MMBenchError(f"{path}: the optimiser state {key!r} of {name} has shape {tuple(v.shape)}, the "
                                    f"parameter {tuple(p.shape)}; {MISFIT}")
             opt.state[p][key] = v
+
+
+def _number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.numel() == 1
+                                                                         and v.is_floating_point())
 
 
 def _whole(v) -> bool:
@@ -173,6 +191,10 @@ def resume_problem(ck: Dict) -> Optional[str]:
         return "holds no optimiser state"
     if not (torch.is_tensor(ck.get("rng")) and ck["rng"].dtype == torch.uint8):
         return "holds no random-number state (rng)"
+    if ck["rng"].shape != torch.get_rng_state().shape:  # torch.set_rng_state would fail on the resume
+        return f"holds a random-number state of {ck['rng'].numel()} bytes, not the {torch.get_rng_state().numel()} of one"
+    if "rng_device" in ck and not (torch.is_tensor(ck["rng_device"]) and ck["rng_device"].dtype == torch.uint8):
+        return "holds a GPU random-number state (rng_device) that is not one"
     state = ck.get("state")
     if not isinstance(state, dict):
         return "holds no training state (its 'state' entry)"
@@ -182,7 +204,24 @@ def resume_problem(ck: Dict) -> Optional[str]:
         return f"records step {state['step']!r}, not a whole number of steps"
     if not isinstance(state.get("history"), list) or not isinstance(state.get("best_test_loss"), (int, float)):
         return "has a training state without its history or best test loss"
+    if not all(isinstance(h, dict) for h in state["history"]):
+        return "has a training history whose entries are not the per-epoch records mmbench writes"
+    if "sums" in state and not isinstance(state["sums"], dict):
+        return "records the running sums of a mid-epoch checkpoint ('sums') as something other than a mapping"
+    if "code" in state and not (isinstance(state["code"], list) and all(isinstance(c, dict) for c in state["code"])):
+        return "records the code that trained it ('code') as something other than a list of mappings"
     return None
+
+
+def check_plan(state: Dict, cfg: RunConfig, path: Path, n_batches: Optional[int] = None) -> None:
+    """A checkpoint's training state beyond the run's plan (an epoch after `train.epochs`, or with `n_batches`, a
+    mid-epoch step at or after the epoch's last) was written by another run (epochs and the data's size are part of
+    the run id): an error naming it, not a run reported as trained for other epochs, or an epoch of no steps."""
+    if state["epoch"] > cfg.train.epochs:
+        raise MMBenchError(f"checkpoint {path} records epoch {state['epoch']}, beyond this run's train.epochs "
+                           f"{cfg.train.epochs}; {MISFIT}")
+    if n_batches is not None and state.get("step", 0) >= n_batches:
+        raise MMBenchError(f"checkpoint {path} records step {state['step']} of an epoch of {n_batches} steps; {MISFIT}")
 
 
 def adopt_later_best(run: Run, state: Dict) -> None:
@@ -194,6 +233,11 @@ def adopt_later_best(run: Run, state: Dict) -> None:
     if not best.exists():
         return
     ck = read_checkpoint(best, resumable=False, mmap=True)  # its epoch and test loss: the weights stay on disk
+    if not _whole(ck.get("epoch", 0)) or not isinstance(ck.get("test_loss", math.inf), (int, float)) \
+            or isinstance(ck.get("test_loss"), bool):
+        raise MMBenchError(f"checkpoint {best} records epoch {ck.get('epoch')!r} and test loss {ck.get('test_loss')!r}, "
+                           f"not the whole number and number mmbench writes; move or delete the folder {best.parent} "
+                           f"to train this run again from the start")
     if ck.get("epoch", 0) > state["epoch"] and ck.get("test_loss", math.inf) < state["best_test_loss"]:
         state["best_test_loss"] = ck["test_loss"]
         run.log(f"kept {best} of epoch {ck['epoch']} (after the resumed epoch {state['epoch']}): its test loss "
@@ -482,8 +526,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     opt = new_adam(model.parameters(), cfg.train.lr)
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
     last = run.ckpt_dir / "last.pt"
-    if last.exists():
+    if last.exists() or last.is_symlink():  # a link to nowhere is an unreadable checkpoint, not none (read_checkpoint)
         ck = read_checkpoint(last, device)
+        check_plan(ck["state"], cfg, last)
         restore(model, opt, ck, last)
         set_rng_states((ck["rng"], ck.get("rng_device")), device)  # a GPU run continues its GPU stream too
         state = ck["state"]
@@ -495,6 +540,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)  # per-epoch test loss
     train_split = train_split.to(device)
     n_batches = max(len(train_split) // B, 1)
+    check_plan(state, cfg, last, n_batches)
     if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
         model.plan_steps(E * n_batches)
     t0 = time.time()
@@ -625,7 +671,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     """The model chosen by `train.select` (last epoch or lowest test loss), in eval mode."""
     cfg = run.cfg
     last = run.ckpt_dir / "last.pt"
-    if not last.exists():
+    if not last.exists() and not last.is_symlink():  # a link to nowhere: read_checkpoint names it
         if run.metrics_path.exists() or any(run.dir.glob("metrics.*json*")):
             raise MMBenchError(f"run {run.id} has results but no checkpoint to evaluate again (a bundle exported without "
                                f"--checkpoints holds none); import it from one made with `mmbench export --checkpoints`, "
@@ -637,6 +683,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
                                f"`mmbench run`), or evaluate with {twin.name}'s eval settings")
         raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
     ck = read_checkpoint(last, device or "cpu")
+    check_plan(ck["state"], cfg, last)
     if ck["state"]["epoch"] < cfg.train.epochs:
         raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
                            f"resume it with `mmbench train` or `mmbench run`")

@@ -472,20 +472,29 @@ def test_executing_a_done_run_again_neither_trains_nor_evaluates_nor_rewrites_it
     lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace("0.5", "1" + "0" * 400)),
     lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace('"fp32"', "5")),
     lambda d: (d / "config.yaml").write_bytes((d / "config.yaml").read_bytes().replace(b"tables", b"t\xffables")),
+    lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace(d.name, d.name[:-1] + "x")),
+    lambda d: (d / "provenance.json").symlink_to(d / "gone" / "provenance.json"),
+    lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace('"schema_version": 1', '"schema_version": true')),
+    lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace('"schema_version": 1', '"schema_version": 1.0')),
+    lambda d: ((d / "metrics.json").unlink(), (d / "metrics.json").mkdir()),
+    lambda d: ((d / "metrics.json").unlink(), (d / "metrics.json").symlink_to(d / "gone.json")),
 ], ids=["kernels a list", "classifiers a string", "build options a list", "a metric too large for a float",
-        "eval_precision a number", "config.yaml not UTF-8"])
+        "eval_precision a number", "config.yaml not UTF-8", "metrics.json of another run", "provenance.json a link to nowhere",
+        "schema_version true", "schema_version 1.0", "metrics.json a directory", "metrics.json a link to nowhere"])
 def test_report_and_export_leave_out_a_run_whose_records_hold_the_wrong_types(tmp_path, damage):
     """Each of these raised a traceback (AttributeError, OverflowError, TypeError) out of `mmbench report` and
-    `mmbench export` instead of leaving the run out and naming it."""
+    `mmbench export` instead of leaving the run out and naming it; another run's metrics.json (its run_id), a
+    provenance.json link to nowhere and a schema_version of true or 1.0 were reported as this run's; a metrics.json
+    that is a directory (or a link to nowhere) was passed over by export without being listed."""
     runs = tmp_path / "runs"
     good = fake_run(runs, 0)
     bad = fake_run(runs, 1, value=0.5)
     damage(bad.dir)
-    files = {p: p.read_bytes() for p in bad.dir.iterdir()}
+    files = {p: p.read_bytes() if p.is_file() else None for p in bad.dir.iterdir()}
     rep = build_report(runs, None)
     assert set(rep.frame["run"]) == {good.id}
     assert "unreadable" in dict(rep.skipped)[bad.id]
     res = CliRunner().invoke(app, ["export", str(tmp_path / "b.tar.gz"), "--runs-dir", str(runs)])
     assert res.exit_code == 0, res.output
     assert f"left out {bad.id}" in " ".join(res.output.split())
-    assert {p: p.read_bytes() for p in bad.dir.iterdir()} == files  # nothing rewritten or deleted
+    assert {p: p.read_bytes() if p.is_file() else None for p in bad.dir.iterdir()} == files  # nothing rewritten

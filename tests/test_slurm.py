@@ -132,10 +132,17 @@ def test_options_merge_and_validate(tmp_path, monkeypatch):
     (b"partition: g\xffpu\n", r"slurm.yaml: not valid YAML at line 1"),
     (b"slurm: {time: 30}\ntime: 5\n", r"slurm.yaml: time: beside a `slurm:` block"),
     (b"sbatch: {account: null}\n", r"slurm.yaml.sbatch.account: must be a string or number"),
+    (b"partition: ''\n", r"slurm.yaml.partition: must name a partition or be null"),
+    (b"mem: ' '\n", r"slurm.yaml.mem: must name a size, e.g. 4G or be null"),
+    (b"sbatch: {time: 5}\n", r"slurm.yaml.sbatch.time: clashes with the `time` option; set time: instead"),
+    (b"sbatch: {cpus-per-task: 4}\n", r"slurm.yaml.sbatch.cpus-per-task: clashes with the `cpus_per_job` option"),
+    (b"sbatch: {job_name: x}\n", r"slurm.yaml.sbatch.job_name: mmbench sets --job_name itself"),
 ])
 def test_a_damaged_site_config_is_a_one_line_error_naming_it(tmp_path, monkeypatch, text, error):
     """A list or a string at the top and a byte that is not UTF-8 raised AttributeError / UnicodeDecodeError (a
-    traceback); options beside a `slurm:` block were ignored without a word; `account: null` became --account=None."""
+    traceback); options beside a `slurm:` block were ignored without a word; `account: null` became --account=None;
+    an empty partition or mem was left out of the job without a word; an sbatch entry for an option submit() writes
+    itself (time, cpus-per-task, job_name) gave the job two such lines."""
     from mmbench.errors import ConfigError
     from mmbench.slurm import site_options
 

@@ -509,6 +509,13 @@ def small_trained(tmp_path_factory, data_root):
     (lambda ck: ck["state"].__setitem__("epoch", 1.5), "records epoch 1.5, not a whole number of epochs"),
     (lambda ck: ck["state"].__setitem__("epoch", "1"), "records epoch '1', not a whole number of epochs"),
     (lambda ck: ck.pop("rng"), r"holds no random-number state"),
+    (lambda ck: ck.__setitem__("rng", torch.zeros(10, dtype=torch.uint8)), r"holds a random-number state of 10 bytes"),
+    (lambda ck: ck["state"].__setitem__("code", "abc"), r"records the code that trained it \('code'\)"),
+    (lambda ck: ck["state"].__setitem__("history", [1]), r"has a training history whose entries are not"),
+    (lambda ck: ck["state"].update(step=1, sums=[1]), r"records the running sums of a mid-epoch checkpoint"),
+    (lambda ck: ck["state"].__setitem__("epoch", 5), r"records epoch 5, beyond this run's train.epochs 1"),
+    (lambda ck: ck["model"].__setitem__(_first(ck), ck["model"][_first(ck)].round().long()),
+     r"does not fit this run's model \(\S+ is torch.int64, the model's torch.float32\)"),
 ])
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root, edit, problem, small_trained):
     """last.pt of other shapes or keys, without its training state or with a non-integer epoch: resuming and
@@ -526,6 +533,68 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root
             attempt()
         assert str(e.value).endswith(MISFIT) and "\n" not in str(e.value)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda ck: [g.__setitem__("lr", "x") for g in ck["optimizer"]["param_groups"]],
+     r": its optimiser state sets lr to 'x', not the number\(s\) Adam takes"),
+    (lambda ck: ck["state"].__setitem__("step", 99), r" records step 99 of an epoch of 1 steps"),
+])
+def test_a_resume_refuses_a_checkpoint_beyond_its_plan_or_with_adam_settings_that_are_no_numbers(
+        tmp_path, data_root, edit, problem, small_trained):
+    """A step at or after the epoch's last (the loop trained none and recorded an epoch without losses) and an Adam
+    setting that is no number (a TypeError at Adam's first step) are the checkpoint's misfit, named; the file stays."""
+    from mmbench.train import MISFIT
+
+    run = small_trained(tmp_path)
+    path = run.ckpt_dir / "last.pt"
+    ck = torch.load(path, weights_only=False)
+    ck["state"]["epoch"] = 0  # at the start of its one epoch
+    edit(ck)
+    torch.save(ck, path)
+    before = path.read_bytes()
+    with pytest.raises(MMBenchError, match=f"checkpoint {path}{problem}") as e:
+        train(run, data_root)
+    assert str(e.value).endswith(MISFIT) and "\n" not in str(e.value) and path.read_bytes() == before
+
+
+def test_a_packed_resume_refuses_a_checkpoint_beyond_the_runs_epochs(tmp_path, small_trained):
+    """The packed trainer reads last.pt as the unpacked one does: an epoch after train.epochs is another run's."""
+    from mmbench.pack import _Member
+
+    run = small_trained(tmp_path)
+    path = run.ckpt_dir / "last.pt"
+    ck = torch.load(path, weights_only=False)
+    ck["state"]["epoch"] = 3
+    torch.save(ck, path)
+    with pytest.raises(MMBenchError, match=f"checkpoint {path} records epoch 3, beyond this run's train.epochs 1"):
+        _Member(run, "cpu")
+
+
+def test_a_best_pt_with_records_of_other_types_is_named_on_resume(tmp_path, data_root, small_trained):
+    """A resume compares best.pt's epoch and test loss with last.pt's: a string there raised TypeError."""
+    run = small_trained(tmp_path)
+    best = run.ckpt_dir / "best.pt"
+    ck = torch.load(best, weights_only=False)
+    ck["epoch"] = "2"
+    torch.save(ck, best)
+    with pytest.raises(MMBenchError, match=f"checkpoint {best} records epoch '2' and test loss .*, not the whole number "
+                                           f"and number mmbench writes; move or delete the folder"):
+        train(run, data_root)
+
+
+def test_a_last_pt_link_to_nowhere_is_named_not_trained_over(tmp_path, data_root, small_trained):
+    """last.pt a symbolic link whose target is gone (a scratch disk not mounted): the run trained from the start
+    without a word and wrote its best.pt over the one kept; now it is an unreadable checkpoint, named."""
+    run = small_trained(tmp_path)
+    last, best = run.ckpt_dir / "last.pt", run.ckpt_dir / "best.pt"
+    kept = best.read_bytes()
+    last.unlink()
+    last.symlink_to(tmp_path / "scratch" / "last.pt")
+    for attempt in (lambda: train(run, data_root), lambda: load_trained(run)):
+        with pytest.raises(MMBenchError, match=f"checkpoint {last} cannot be read \\(FileNotFoundError"):
+            attempt()
+    assert best.read_bytes() == kept and last.is_symlink()
 
 
 def test_best_checkpoint_that_does_not_fit_is_named(tmp_path, data_root):
@@ -635,7 +704,7 @@ def test_resume_problem_names_what_a_checkpoint_lacks(edit, problem):
     """What train.resume_problem accepts in a last.pt (a mid-epoch one has a whole step), and each thing it refuses."""
     from mmbench.train import resume_problem
 
-    ck = {"model": {}, "optimizer": {"state": {}}, "rng": torch.zeros(3, dtype=torch.uint8),
+    ck = {"model": {}, "optimizer": {"state": {}}, "rng": torch.get_rng_state(),
           "state": {"epoch": 1, "history": [], "best_test_loss": float("inf")}}
     edit(ck)
     assert resume_problem(ck) == problem
