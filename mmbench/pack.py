@@ -348,7 +348,7 @@ class _Member:
         self.cpu_rng = cpu_state
         last = run.ckpt_dir / "last.pt"
         if last.exists() or last.is_symlink():  # a link to nowhere: read_checkpoint names it
-            ck = train_mod.read_checkpoint(last)
+            ck = train_mod.read_checkpoint(last, run_id=run.id)
             train_mod.check_plan(ck["state"], self.cfg, last)
             self.model_state, self.opt_state, self.state = ck["model"], ck["optimizer"], ck["state"]
             self.cpu_rng = ck["rng"]
@@ -369,7 +369,8 @@ class _Member:
     def save_last(self, model_sd: Dict, opt_sd: Dict) -> None:
         """last.pt in the unpacked trainer's format: weights, Adam, training state, random stream."""
         train_mod.CHECKPOINTS.save(self.run.ckpt_dir / "last.pt", {"model": model_sd, "optimizer": opt_sd,
-                                                                   "state": self.state, **self.rng_state()}, owned=True)
+                                                                   "state": self.state, **self.rng_state(),
+                                                                   "run_id": self.run.id}, owned=True)
 
 
 def _split_batch(split: DataSplit, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -628,7 +629,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             if tl[r] < m.state["best_test_loss"]:
                 m.state["best_test_loss"] = tl[r]
                 train_mod.CHECKPOINTS.save(m.run.ckpt_dir / "best.pt", {"model": model_sd, "epoch": epoch + 1,
-                                                                        "test_loss": tl[r]}, owned=True)
+                                                                        "test_loss": tl[r], "run_id": m.run.id}, owned=True)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
                 m.save_last(model_sd, opt_sd)
                 saved_at = time.time()

@@ -232,7 +232,7 @@ def adopt_later_best(run: Run, state: Dict) -> None:
     best = run.ckpt_dir / "best.pt"
     if not best.exists():
         return
-    ck = read_checkpoint(best, resumable=False, mmap=True)  # its epoch and test loss: the weights stay on disk
+    ck = read_checkpoint(best, resumable=False, mmap=True, run_id=run.id)  # its records: the weights stay on disk
     if not _whole(ck.get("epoch", 0)) or not isinstance(ck.get("test_loss", math.inf), (int, float)) \
             or isinstance(ck.get("test_loss"), bool):
         raise MMBenchError(f"checkpoint {best} records epoch {ck.get('epoch')!r} and test loss {ck.get('test_loss')!r}, "
@@ -244,7 +244,8 @@ def adopt_later_best(run: Run, state: Dict) -> None:
                 f"{ck['test_loss']:.4f} is the best the retrained epochs must beat")
 
 
-def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool = False) -> Dict:
+def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool = False,
+                    run_id: Optional[str] = None) -> Dict:
     """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) or, with
     `resumable` (last.pt), lacks what a resume or an evaluation reads (`resume_problem`) is an error naming the file
     and the fix, and stays on disk (it is never replaced without the user's say). `mmap`: the tensors mapped from
@@ -263,6 +264,9 @@ def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool
     problem = resume_problem(ck) if resumable else None
     if problem:
         raise MMBenchError(f"checkpoint {path} {problem}; {MISFIT}")
+    owner = ck.get("run_id")  # written since 2026-12-05; a checkpoint from before names no run
+    if run_id is not None and owner is not None and owner != run_id:  # e.g. copied from another seed's folder
+        raise MMBenchError(f"checkpoint {path} was written by run {owner}, not {run_id}; {MISFIT}")
     return ck
 
 
@@ -527,7 +531,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
     last = run.ckpt_dir / "last.pt"
     if last.exists() or last.is_symlink():  # a link to nowhere is an unreadable checkpoint, not none (read_checkpoint)
-        ck = read_checkpoint(last, device)
+        ck = read_checkpoint(last, device, run_id=run.id)
         check_plan(ck["state"], cfg, last)
         restore(model, opt, ck, last)
         set_rng_states((ck["rng"], ck.get("rng_device")), device)  # a GPU run continues its GPU stream too
@@ -549,7 +553,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
 
     def save_last() -> None:
         CHECKPOINTS.save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), **rng_checkpoint(device),
-                                "state": state})
+                                "state": state, "run_id": run.id})
 
     model.train()
     for line in setup_notes(cfg.train.precision, device):
@@ -624,7 +628,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         CHECKPOINTS.wait()  # the previous epoch's files (written while this epoch trained)
         if tl < state["best_test_loss"]:
             state["best_test_loss"] = tl
-            CHECKPOINTS.save(run.ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "test_loss": tl})
+            CHECKPOINTS.save(run.ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "test_loss": tl,
+                                                     "run_id": run.id})
         stop = bool(_stop_reason)  # read once: a stop always follows a save
         if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
             save_last()
@@ -682,7 +687,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
                                f"settings, and eval settings are part of the run id; train this run (`mmbench train` or "
                                f"`mmbench run`), or evaluate with {twin.name}'s eval settings")
         raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
-    ck = read_checkpoint(last, device or "cpu")
+    ck = read_checkpoint(last, device or "cpu", run_id=run.id)
     check_plan(ck["state"], cfg, last)
     if ck["state"]["epoch"] < cfg.train.epochs:
         raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
@@ -691,7 +696,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     if cfg.train.select == "best_test_loss":
         path = run.ckpt_dir / "best.pt"
         best = ck["state"]["best_test_loss"]
-        ck = read_checkpoint(path, device or "cpu", resumable=False)
+        ck = read_checkpoint(path, device or "cpu", resumable=False, run_id=run.id)
         if ck.get("test_loss") != best:  # saved by another trajectory than the one last.pt records
             raise MMBenchError(f"{path} holds the weights of a test loss of {ck.get('test_loss')}, but {last} records "
                                f"a best of {best}: it is not this training's best; delete {run.ckpt_dir} and train the "

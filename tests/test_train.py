@@ -117,7 +117,9 @@ def test_model_selection_best_test_loss(tmp_path, data_root, monkeypatch):
     assert not model.training
     # select: last (the default) loads the last epoch's weights
     last_cfg = Run(cfg(train={"epochs": 3, "max_test": 32}), tmp_path / "sel")
-    last_cfg.dir = run.dir  # same checkpoints, read with select=last
+    last_cfg.dir = run.dir  # same checkpoints, read with select=last (another run id: last.pt relabelled for it)
+    ck = torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+    torch.save({**ck, "run_id": last_cfg.id}, run.ckpt_dir / "last.pt")
     loaded_last = load_trained(last_cfg).state_dict()
     assert all(torch.equal(loaded_last[k], at3[k]) for k in at3)
 
@@ -595,6 +597,43 @@ def test_a_last_pt_link_to_nowhere_is_named_not_trained_over(tmp_path, data_root
         with pytest.raises(MMBenchError, match=f"checkpoint {last} cannot be read \\(FileNotFoundError"):
             attempt()
     assert best.read_bytes() == kept and last.is_symlink()
+
+
+def test_a_checkpoint_copied_from_another_run_is_named_and_kept(tmp_path, data_root, small_trained):
+    """Checkpoints record the run that wrote them: another seed's last.pt or best.pt (same architecture, so its
+    weights load) copied into a run's folder is refused by a resume, an evaluation and a packed resume, naming both
+    runs, and stays as it is; a checkpoint that names no run (written before the field) is read as before."""
+    import shutil
+
+    from mmbench.pack import train_pack
+
+    run = small_trained(tmp_path)
+    assert torch.load(run.ckpt_dir / "last.pt", weights_only=False)["run_id"] == run.id
+    other = Run(cfg(train=SMALL, seed=1), tmp_path / "other")
+    other.ckpt_dir.mkdir(parents=True)
+    shutil.copy(run.ckpt_dir / "last.pt", other.ckpt_dir / "last.pt")
+    kept = (other.ckpt_dir / "last.pt").read_bytes()
+    for attempt in (lambda: train(other, data_root), lambda: load_trained(other),
+                    lambda: train_pack([other], data_root)[other.id]):
+        try:
+            said = attempt()
+        except MMBenchError as e:
+            said = str(e)
+        assert f"was written by run {run.id}, not {other.id}" in str(said), said
+    assert (other.ckpt_dir / "last.pt").read_bytes() == kept
+
+    best_of = {s: Run(cfg(train={**SMALL, "select": "best_test_loss"}, seed=s), tmp_path / "best") for s in (0, 1)}
+    for r in best_of.values():
+        train(r, data_root)
+    assert torch.load(best_of[0].ckpt_dir / "best.pt", weights_only=False)["run_id"] == best_of[0].id
+    shutil.copy(best_of[0].ckpt_dir / "best.pt", best_of[1].ckpt_dir / "best.pt")
+    with pytest.raises(MMBenchError, match=f"best.pt was written by run {best_of[0].id}, not {best_of[1].id}"):
+        load_trained(best_of[1])
+
+    ck = torch.load(run.ckpt_dir / "last.pt", weights_only=False)
+    del ck["run_id"]
+    torch.save(ck, run.ckpt_dir / "last.pt")
+    load_trained(run)  # a checkpoint from before the field
 
 
 def test_best_checkpoint_that_does_not_fit_is_named(tmp_path, data_root):
