@@ -400,6 +400,28 @@ def test_source_is_read_in_place_before_any_copy_in_the_raw_folder(tmp_path):
     assert (raw / "f.bin").read_bytes() == b"stale"
 
 
+def test_a_folder_in_place_of_a_raw_file_or_a_file_in_place_of_the_raw_folder_says_what_to_move(tmp_path):
+    """A folder named as the file (an archive unpacked into a folder of its name) in --source or in the raw folder was
+    an IsADirectoryError from the md5 check, a file where the raw folder goes a FileExistsError / NotADirectoryError
+    (the CLI showed them as "PATH: Is a directory (check the path and its permissions)", without the fix)."""
+    src, raw = tmp_path / "src", tmp_path / "raw"
+    (src / "f.bin").mkdir(parents=True)
+    with pytest.raises(MMBenchError, match=r"src/f.bin is a folder, not the file f.bin; put the file itself in "
+                                           r"--source .*src$"):
+        fetch(Resource("f.bin", md5(PAYLOAD), []), raw, source=src)
+    (raw / "f.bin").mkdir(parents=True)
+    with pytest.raises(MMBenchError, match=r"raw/f.bin is a folder where the downloaded f.bin belongs; remove it"):
+        fetch(Resource("f.bin", md5(PAYLOAD), ["http://127.0.0.1:9/f.bin"]), raw)
+    assert (raw / "f.bin").is_dir()  # not ours to delete
+    (src / "f.bin").rmdir()
+    (src / "f.bin").write_bytes(PAYLOAD)
+    (raw / "mnist").write_bytes(b"")
+    for where in (raw / "mnist", raw / "mnist" / "x"):  # were FileExistsError, NotADirectoryError
+        with pytest.raises(MMBenchError, match=fr"{where} cannot be made, a file is in the way .*; move that file away") as e:
+            fetch(Resource("f.bin", md5(PAYLOAD), []), where, source=src)
+        assert "\n" not in str(e.value)
+
+
 # ----- behaviours a mutation pass found unguarded -----
 def test_idx_magic_bytes_and_a_file_longer_than_its_header_are_refused(tmp_path):
     # IDX format: the magic number's first two bytes are zero; the data is exactly the header's dims × item size

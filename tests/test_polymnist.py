@@ -193,6 +193,56 @@ def test_archive_labels_are_the_file_names_digit_and_images_keep_their_orientati
         assert np.array_equal(out[f"m{m}"][1], np.stack([9 * r, 9 * c, np.full_like(r, 40 * m)]).astype(np.uint8))
 
 
+def test_archive_images_of_another_size_or_two_different_copies_of_an_image_are_refused(tmp_path):
+    # polymnist._read_open_archive: a member of another size was a numpy broadcast ValueError traceback, one whose
+    # header claims a huge image (in the archive or as a background) a DecompressionBombError traceback, and of two
+    # MMNIST trees in one zip the later silently replaced the earlier's image; identical copies stay harmless
+    img = np.zeros((28, 28, 3), np.uint8)
+
+    def archive(extra):
+        path = tmp_path / "PolyMNIST.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            for m in range(5):
+                zf.writestr(f"PolyMNIST/MMNIST/test/m{m}/0.3.png", png_bytes(img))
+            for name, data in extra:
+                zf.writestr(name, data)
+        return path
+
+    extra = archive([])
+    with zipfile.ZipFile(extra, "a") as zf:
+        zf.writestr("PolyMNIST/MMNIST/test/m5/0.3.png", b"")  # an extra modality is not read
+    out = polymnist.read_archive(extra, 5, {"test": 1}, lambda *a: None)["test"]
+    assert out["labels"].tolist() == [3]
+    path = tmp_path / "small.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for m in range(5):
+            zf.writestr(f"MMNIST/test/m{m}/0.3.png", png_bytes(np.zeros((32, 32, 3) if m == 2 else (28, 28, 3), np.uint8)))
+    with pytest.raises(MMBenchError, match=r"small.zip: MMNIST/test/m2/0.3.png is 32×32 pixels, PolyMNIST's images "
+                                           r"are 28×28; the archive is damaged or not PolyMNIST$"):
+        polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    with zipfile.ZipFile(path, "w") as zf:  # a header claiming 20000×20000 pixels: PIL's DecompressionBombError
+        for m in range(5):
+            zf.writestr(f"MMNIST/test/m{m}/0.3.png", bomb if m == 1 else png_bytes(img))
+    with pytest.raises(MMBenchError, match=r"small.zip: MMNIST/test/m1/0.3.png is not a 28×28 image \(Decompression"):
+        polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
+    bg = write_backgrounds(tmp_path / "bg", [f"{i}.jpg" for i in range(5)])
+    (bg / "4.jpg").write_bytes(bomb)
+    with pytest.raises(MMBenchError, match=r"4.jpg \(from --backgrounds\) is not a readable image \(Decompression"):
+        polymnist.load_backgrounds(bg, 5)
+    same = archive([("copy/PolyMNIST/MMNIST/test/m1/0.3.png", png_bytes(img))])
+    assert polymnist.read_archive(same, 5, {"test": 1}, lambda *a: None)["test"]["m1"].max() == 0
+    other = archive([("copy/PolyMNIST/MMNIST/test/m1/0.3.png", png_bytes(img + 9))])
+    with pytest.raises(MMBenchError, match=r"holds two different images as MMNIST/test/m1/0.3.png \(PolyMNIST/MMNIST/"
+                                           r"test/m1/0.3.png and copy/PolyMNIST/MMNIST/test/m1/0.3.png\)"):
+        polymnist.read_archive(other, 5, {"test": 1}, lambda *a: None)
+
+
 def test_archive_modalities_with_other_file_names_are_refused(tmp_path):
     # polymnist docstring: identical file names across modalities pair the modalities; a mismatch cannot be paired
     img = np.zeros((28, 28, 3), np.uint8)
@@ -289,6 +339,22 @@ def test_a_background_too_small_to_crop_is_one_line(tmp_path):
     Image.fromarray(np.zeros((28, 60, 3), np.uint8)).save(bg / "3.jpg")
     with pytest.raises(MMBenchError, match=r"3.jpg \(from --backgrounds\) is 60×28 pixels; a background must be larger"):
         polymnist.load_backgrounds(bg, 5)
+
+
+def test_a_background_that_is_a_folder_or_a_broken_link_is_one_line_beside_a_prepared_copy(tmp_path):
+    # PolyMNIST.changed_inputs hashes the backgrounds a prepared copy is compared with (a prepare without --force): a
+    # folder, a link loop or a dangling link named *.jpg raised an OSError there (which the CLI showed as "PATH: Is a
+    # directory (check the path and its permissions)"), where the same file met on a build is named with the fix
+    bg = write_backgrounds(tmp_path / "bg", [f"{i}.jpg" for i in range(5)])
+    spec = DATASETS.get("polymnist")()
+    manifest = {"source": {"backgrounds_sha256": polymnist.background_digests(polymnist.background_files(bg, 5))}}
+    assert spec.changed_inputs(manifest, {"backgrounds": str(bg)}) is None
+    for make in (lambda p: p.mkdir(), lambda p: p.symlink_to(p), lambda p: p.symlink_to(bg / "nowhere")):
+        (bg / "2.jpg").unlink() if (bg / "2.jpg").is_symlink() or (bg / "2.jpg").is_file() else (bg / "2.jpg").rmdir()
+        make(bg / "2.jpg")
+        with pytest.raises(MMBenchError, match=r"bg/2.jpg \(from --backgrounds\) is not a readable image \(.*\); "
+                                               r"replace it with an intact copy$"):
+            spec.changed_inputs(manifest, {"backgrounds": str(bg)})
 
 
 def test_prepared_copy_with_other_backgrounds_is_refused_not_returned(tmp_path, mnist_source):

@@ -322,7 +322,12 @@ def test_a_deposit_without_some_odor_in_some_rat_or_with_trial_info_is_refused(t
     table = np.load(path)
     table[table[:, 3] == 4, 3] = 5  # Stella never smells odor D
     np.save(path, table)
-    with pytest.raises(MMBenchError, match=r"some odor has no all trial in some rat \(paired trials per odor: \[\d+, \d+, \d+, 0\]\)"):
+    with pytest.raises(MMBenchError, match=r"STELLA_trial_info.npy has no trial of odor D, so odor D has no paired "
+                                           r"trial \(paired trials per odor: \[\d+, \d+, \d+, 0\]\)"):
+        prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+    np.save(path, table[:0])  # no trials at all: was "some odor has no all trial in some rat", naming no file
+    with pytest.raises(MMBenchError, match=r"STELLA_trial_info.npy has no trial of odor A.*is this the deposit's "
+                                           r"stella_trial_info.npy\?$"):
         prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
 
 
@@ -434,6 +439,20 @@ def test_spike_files_with_more_or_fewer_trials_than_their_trial_info_are_refused
         np.save(spikes, np.zeros((n, 49, 400)))
         with pytest.raises(MMBenchError, match=fr"shape \({n}, 49, 400\), expected \(21, 49, 400\)"):
             prepare(DATASETS.get("rats")(), "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+
+
+def test_spike_files_of_integer_or_text_dtype_are_refused_naming_the_file(tmp_path):
+    # Rats.build: the deposit's spike_data_binned is float64 counts / 10; integer counts passed as counts / 10 (ten
+    # times too many spikes, silently), and a text array was a ValueError traceback while cutting the windows
+    tiny_deposit(tmp_path / "src", n_trials=12)
+    spikes = tmp_path / "src" / "stattensor" / "STELLA" / "Stella_Spike_Data_Binned.npy"
+    good = np.load(spikes)
+    for bad in ((good * 10).round().astype(np.int64), np.zeros(good.shape, "U1"), good > 0):
+        np.save(spikes, bad)
+        with pytest.raises(MMBenchError, match=f"Stella_Spike_Data_Binned.npy: a {bad.dtype} array, expected float "
+                                               f"spike counts / 10") as e:
+            prepare(DATASETS.get("rats")(), "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+        assert "\n" not in str(e.value)
 
 
 def test_negative_or_missing_spike_values_are_refused():

@@ -99,15 +99,25 @@ def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
     """The verified raw file `res`: the user's copy in `source`, or in `raw_dir` (already there or downloaded)."""
     progress = progress or (lambda *a: None)
     raw_dir = Path(raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MMBenchError(f"{raw_dir} cannot be made, a file is in the way (it or one of its parent folders); move "
+                           f"that file away, downloads are kept in {raw_dir}") from None
     dest = raw_dir / res.filename
     if source is not None:
         src = Path(source) / res.filename
         if not src.exists():
             raise MMBenchError(f"{res.filename} is not in --source {source}; put it there or drop --source to download it")
+        if not src.is_file():  # e.g. a folder the archive was unpacked into, named as the archive
+            raise MMBenchError(f"{src} is {'a folder' if src.is_dir() else 'not a regular file'}, not the file "
+                               f"{res.filename}; put the file itself in --source {source}")
         _check(src, res, delete=False)
         return src  # read in place: the user's copy is verified, not duplicated
     if dest.exists():
+        if not dest.is_file():  # not ours to delete
+            raise MMBenchError(f"{dest} is {'a folder' if dest.is_dir() else 'not a regular file'} where the downloaded "
+                               f"{res.filename} belongs; remove it and run the command again to download the file")
         _check(dest, res, delete=True)
         return dest
     part = raw_dir / (res.filename + ".part")

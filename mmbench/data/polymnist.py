@@ -40,7 +40,14 @@ def background_files(directory: Path, n: int) -> List[Path]:
 
 def background_digests(paths: List[Path]) -> Dict[str, str]:
     """File name -> sha256 of the backgrounds used (recorded in the manifest, compared on a later prepare)."""
-    return {p.name: file_digest(p, "sha256") for p in paths}
+    digests = {}
+    for p in paths:
+        try:
+            digests[p.name] = file_digest(p, "sha256")
+        except OSError as e:  # a folder, a dangling link or a link loop named *.jpg
+            raise MMBenchError(f"{p} (from --backgrounds) is not a readable image ({brief(e)}); replace it with an "
+                               f"intact copy") from None
+    return digests
 
 
 def load_backgrounds(directory: Path, n: int) -> tuple:
@@ -54,7 +61,8 @@ def load_backgrounds(directory: Path, n: int) -> tuple:
     for p in paths:
         try:
             images.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8))
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
+        except (OSError, Image.DecompressionBombError) as e:  # PIL's UnidentifiedImageError and truncated-file errors
+            # are OSErrors; a header claiming a huge image is not
             raise MMBenchError(f"{p} (from --backgrounds) is not a readable image ({brief(e)}); replace it with an "
                                f"intact copy") from None
         if min(images[-1].shape[:2]) <= polygen.CANVAS:  # a 28×28 crop needs room to move (official code)
@@ -88,7 +96,13 @@ def _read_open_archive(zf, path, n_modalities, counts, progress):
     for info in zf.infolist():
         parts = info.filename.split("/")
         if len(parts) >= 4 and parts[-4] == "MMNIST" and NAME.match(parts[-1]):
-            files[(parts[-3], parts[-2], parts[-1])] = info.filename
+            key = (parts[-3], parts[-2], parts[-1])
+            if key in files:  # two MMNIST trees: which image is the tuple's would depend on their order in the zip
+                first = zf.getinfo(files[key])
+                if (first.CRC, first.file_size) != (info.CRC, info.file_size):
+                    raise MMBenchError(f"{path} holds two different images as MMNIST/{'/'.join(key)} ({first.filename} "
+                                       f"and {info.filename}); the archive is not PolyMNIST as published")
+            files[key] = info.filename
     out = {}
     for split, expected in counts.items():
         names = None
@@ -104,8 +118,17 @@ def _read_open_archive(zf, path, n_modalities, counts, progress):
         for m in range(n_modalities):
             imgs = np.empty((expected, 3, 28, 28), np.uint8)
             for i, name in enumerate(names):  # sorted names pair the modalities (official code: glob order)
-                with zf.open(files[(split, f"m{m}", name)]) as f:
-                    imgs[i] = np.asarray(Image.open(BytesIO(f.read())).convert("RGB"), np.uint8).transpose(2, 0, 1)
+                member = files[(split, f"m{m}", name)]
+                with zf.open(member) as f:
+                    try:
+                        image = Image.open(BytesIO(f.read()))
+                    except Image.DecompressionBombError as e:  # not an OSError: a header claiming a huge image
+                        raise MMBenchError(f"{path}: {member} is not a 28×28 image ({brief(e)}); the archive is "
+                                           f"damaged or not PolyMNIST") from None
+                    if image.size != (28, 28):  # would not fit its row of the N×3×28×28 array
+                        raise MMBenchError(f"{path}: {member} is {image.size[0]}×{image.size[1]} pixels, PolyMNIST's "
+                                           f"images are 28×28; the archive is damaged or not PolyMNIST")
+                    imgs[i] = np.asarray(image.convert("RGB"), np.uint8).transpose(2, 0, 1)
                 if i % 1000 == 0 or i == expected - 1:
                     progress(f"convert {split} m{m}", i + 1, expected)
             arrays[f"m{m}"] = imgs

@@ -123,17 +123,19 @@ def read_trial_info(path: Path) -> np.ndarray:
     return check_trial_info(read_npy(path), path)
 
 
+def kept_trials(table: np.ndarray, odor: int, trials: str = "all") -> np.ndarray:
+    """The indices (file order) of a rat's trials of `odor` (1..5) that the `trials` filter keeps."""
+    mask = table[:, 3] == odor
+    if trials == "correct_in_sequence":  # Shahbaba et al.'s filter; not in the MM-VAMP code
+        mask &= (table[:, 0] == 1) & (table[:, 1] == 1)
+    return np.flatnonzero(mask)
+
+
 def pair_trials(tables: Dict[str, np.ndarray], trials: str = "all") -> List[Dict[str, np.ndarray]]:
     """Per odor A-D, the indices (file order) of each rat's first n_l kept trials, n_l = min over rats."""
     out = []
     for odor in range(1, len(ODORS) + 1):
-        kept = {}
-        for rat in RATS:
-            t = tables[rat]
-            mask = t[:, 3] == odor
-            if trials == "correct_in_sequence":  # Shahbaba et al.'s filter; not in the MM-VAMP code
-                mask &= (t[:, 0] == 1) & (t[:, 1] == 1)
-            kept[rat] = np.flatnonzero(mask)
+        kept = {rat: kept_trials(tables[rat], odor, trials) for rat in RATS}
         n = min(len(v) for v in kept.values())
         out.append({rat: v[:n] for rat, v in kept.items()})
     return out
@@ -323,7 +325,12 @@ class Rats(DatasetSpec):
         paired = pair_trials(tables, trials)
         per_odor = [len(p[RATS[0]]) for p in paired]
         if min(per_odor) == 0:
-            raise MMBenchError(f"some odor has no {trials} trial in some rat (paired trials per odor: {per_odor})")
+            odor = per_odor.index(0)
+            rat = next(r for r in RATS if not len(kept_trials(tables[r], odor + 1, trials)))
+            which = "" if trials == "all" else "correct in-sequence "
+            raise MMBenchError(f"{files[rat]['trial_info']} has no {which}trial of odor {ODORS[odor]}, so odor "
+                               f"{ODORS[odor]} has no paired trial (paired trials per odor: {per_odor}); every rat needs "
+                               f"trials of each odor A-D: is this the deposit's {rat}_trial_info.npy?")
         labels = np.repeat(np.arange(len(ODORS)), per_odor)  # one label per paired trial, odor-major
         train_t, test_t = split_trials(labels, split, seed)
         rows = {s: (t[:, None] * N_SUB + np.arange(N_SUB)).reshape(-1) for s, t in (("train", train_t), ("test", test_t))}
@@ -334,6 +341,9 @@ class Rats(DatasetSpec):
             if spikes.shape != expected:
                 raise MMBenchError(f"{path}: shape {spikes.shape}, expected {expected} (trials of its trial_info × "
                                    f"{NEURONS[rat]} neurons × {N_BINS} bins)")
+            if not np.issubdtype(spikes.dtype, np.floating):  # integer counts would pass as counts / 10 (ten times more)
+                raise MMBenchError(f"{path}: a {spikes.dtype} array, expected float spike counts / 10 (0, 0.1, 0.2, ...) "
+                                   f"as the deposit's float64 spike_data_binned; is this the right file?")
             idx = np.concatenate([p[rat] for p in paired])
             windows = cut_windows(spikes, idx, start_bin(rat), str(path))
             for s in ("train", "test"):
