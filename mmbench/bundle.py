@@ -15,6 +15,7 @@ hashed, packed, verified and unpacked in pieces (CHUNK), so neither command hold
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -184,9 +185,16 @@ class BundleFiles:
             if name is None or name not in left or f is None:
                 continue
             target = left.pop(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                out = open(target, "wb")
+            except OSError as e:  # a name over NAME_MAX or PATH_MAX: the bundle's fault, not a path the user gave
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                raise MMBenchError(f"bundle {self.path}: {name} has a name too long for the file system here; nothing "
+                                   f"imported; shorten it where the run was made and export it again") from None
             src = _Hashing(f)
-            with open(target, "wb") as out, _reading(self.path):
+            with out, _reading(self.path):
                 shutil.copyfileobj(src, out, CHUNK)
             if (src.h.hexdigest(), src.n) != (self.listed[name]["sha256"], self.listed[name]["size"]):
                 raise MMBenchError(f"bundle {self.path}: {name} changed since it was verified (is the bundle being "
@@ -218,6 +226,26 @@ def _members(path: Path):
                 yield "/".join(parts), tar.extractfile(m) if m.isfile() else None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise MMBenchError(f"bundle {path} is not a readable .tar.gz ({e}); copy it again") from None
+
+
+def _listed(path: Path, manifest: Dict) -> Dict[str, Dict]:
+    """The manifest's {bundle name: {"sha256", "size"}}, its shape checked (else a one-line error, not a traceback)."""
+    def damaged(what: str) -> MMBenchError:
+        return MMBenchError(f"bundle {path} has a {MANIFEST} whose {what} is not what `mmbench export` writes (damaged "
+                            f"or edited); export it again")
+
+    if not isinstance(manifest.get("runs"), dict):
+        raise damaged("`runs`")
+    listed = {}
+    for rid, r in manifest["runs"].items():
+        if not isinstance(r, dict) or not isinstance(r.get("files"), dict):
+            raise damaged(f"entry for run {rid}")
+        for rel, meta in r["files"].items():
+            if (not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str)
+                    or type(meta.get("size")) is not int):
+                raise damaged(f"entry for runs/{rid}/{rel}")
+            listed[f"runs/{rid}/{rel}"] = meta
+    return listed
 
 
 def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
@@ -258,12 +286,15 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
     try:
         manifest = json.loads(kept.pop(MANIFEST))
         found.pop(MANIFEST)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: JSON nested thousands of levels deep
         raise MMBenchError(f"bundle {path} has no valid {MANIFEST}; it was not made by `mmbench export`") from None
+    if not isinstance(manifest, dict):
+        raise MMBenchError(f"bundle {path} has no valid {MANIFEST} (it holds a JSON {type(manifest).__name__}); it was "
+                           f"not made by `mmbench export`")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise MMBenchError(f"bundle {path} is format {manifest.get('format')!r} v{manifest.get('version')}; this "
                            f"mmbench reads {FORMAT} v{VERSION}")
-    listed = {f"runs/{rid}/{rel}": meta for rid, r in manifest["runs"].items() for rel, meta in r["files"].items()}
+    listed = _listed(path, manifest)
     for name in sorted(set(listed) | set(found)):
         if name not in found:
             raise MMBenchError(f"bundle {path} lacks {name}, which its manifest lists; the bundle is incomplete")
@@ -272,13 +303,25 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
         if found[name] != (listed[name]["sha256"], listed[name]["size"]):
             raise MMBenchError(f"bundle {path}: {name} does not match its sha256 in {MANIFEST} (corrupted or "
                                f"edited); export it again")
+    for name in listed:  # runs/x/artifacts and runs/x/artifacts/a.npz cannot both be unpacked
+        parts = name.split("/")
+        for i in range(3, len(parts)):
+            if (folder := "/".join(parts[:i])) in listed:
+                raise MMBenchError(f"bundle {path} holds {folder} both as a file and as a folder ({name}); refusing it "
+                                   f"(was it made by `mmbench export`?)")
     return manifest, BundleFiles(path, {prefix + name: name for name in found}, listed, kept)
 
 
 def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     """Merge a bundle into `runs_dir`: {"added": [...], "present": [...]} (conflicts raise, nothing written)."""
-    manifest, bundle = read_bundle(path)
     runs_dir = Path(runs_dir)
+    above = runs_dir  # the runs directory, or the nearest folder above it that exists (it is made if missing)
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():  # else mkdir's bare FileExistsError / NotADirectoryError, after the bundle was read
+        raise MMBenchError(f"runs directory {runs_dir}{'' if above == runs_dir else f': {above}'} is a file, not a "
+                           f"directory; point --runs-dir at the folder the runs are kept in (made if missing)")
+    manifest, bundle = read_bundle(path)
     added, present, problems = [], [], []
     for rid, entry in sorted(manifest["runs"].items()):
         files = {rel: bundle.kept[name] for rel in entry["files"] if (name := f"runs/{rid}/{rel}") in bundle.kept}
@@ -298,8 +341,12 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
                                f"from an mmbench whose run ids differ (its version {manifest.get('mmbench_version')}, "
                                f"commit {manifest.get('git_commit')}); import it with that version")
         local = Run(cfg, runs_dir)
-        if not local.dir.exists():
+        if not os.path.lexists(local.dir):
             added.append(rid)
+            continue
+        if not local.dir.exists():  # a symlink to nothing: no run can be renamed onto it
+            problems.append(f"run {rid} exists here as a link to nothing ({os.readlink(local.dir)}); remove "
+                            f"{local.dir} or put back what it points to")
             continue
         try:
             mine = local.read_metrics()

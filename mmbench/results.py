@@ -231,6 +231,9 @@ def _json_mapping(text: str | bytes, where: str) -> Dict[str, Any]:
         d = json.loads(text)
     except ValueError as e:  # also an empty file, and bytes that are not UTF-8
         raise RecordError(where, f"not valid JSON: {e}") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise RecordError(where, "not valid JSON: nested too deeply (lists or mappings inside one another thousands "
+                                 "of levels deep)") from None
     if not isinstance(d, dict):
         raise RecordError(where, f"holds a JSON {type(d).__name__}, not the mapping mmbench writes")
     return d

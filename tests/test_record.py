@@ -959,3 +959,97 @@ def test_eval_context_loads_the_classifiers_once_and_records_what_they_are(monke
     assert ctx.provenance["classifiers"] == {"set": "mmbench", "dropout": dropout, "architecture": "net-v",
                                              "epochs": 7, "digest": state_digest(clfs)}
     assert got["m0"].training is (dropout == "as_authors")
+
+
+def _bundle_with(tmp_path, edit_files=None, edit_manifest=None, name="y.tar.gz"):
+    """A bundle of one exported run, its files edited (name -> bytes) and its manifest listing them again."""
+    import hashlib
+
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    with tarfile.open(tmp_path / "x.tar.gz", "r:gz") as tin:
+        files = {m.name: tin.extractfile(m).read() for m in tin.getmembers()}
+    manifest = json.loads(files.pop("bundle.json"))
+    files.update((edit_files or (lambda rid: {}))(run.id))
+    manifest["runs"][run.id]["files"] = {n.split("/", 2)[2]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+                                         for n, d in files.items()}
+    if edit_manifest:
+        manifest = edit_manifest(manifest, run.id)
+    head = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    _write_tar(tmp_path / name, [("bundle.json", head), *files.items()])
+    return run, tmp_path / name
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m, rid: [m], lambda m, rid: None, lambda m, rid: {**m, "runs": None}, lambda m, rid: {**m, "runs": [rid]},
+    lambda m, rid: {**m, "runs": {rid: []}}, lambda m, rid: {**m, "runs": {rid: {}}},
+    lambda m, rid: {**m, "runs": {rid: {"files": {"log.txt": None}}}},
+    lambda m, rid: {**m, "runs": {rid: {"files": {"log.txt": {"size": 1}}}}},
+    lambda m, rid: b"[" * 100000 + b"]" * 100000],
+    ids=["list", "null", "runs null", "runs list", "run list", "run without files", "file null", "file without sha256",
+         "nested deep"])
+def test_import_refuses_a_manifest_of_another_shape_in_one_line(tmp_path, edit):
+    """A bundle.json that is JSON but not the mapping export writes (a list, `runs` or a file's entry missing or of
+    another type, nested thousands deep) is a one-line error, not a traceback."""
+    _, bundle = _bundle_with(tmp_path, edit_manifest=edit)
+    with pytest.raises(MMBenchError, match=r"bundle.json|not made by `mmbench export`"):
+        import_bundle(bundle, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("clash", ["artifacts", "log.txt/x"])
+def test_import_refuses_a_name_listed_both_as_a_file_and_as_a_folder(tmp_path, clash):
+    """runs/<id>/artifacts as a file beside runs/<id>/artifacts/lat.npz (or a file under log.txt/) cannot both be
+    unpacked: refused while verifying, before anything is written, in one line naming the two."""
+    def edit(rid):
+        extra = {f"runs/{rid}/{clash}": b"plain"}
+        return {**extra, f"runs/{rid}/artifacts/lat.npz": b"x"} if clash == "artifacts" else extra
+
+    run, bundle = _bundle_with(tmp_path, edit_files=edit)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(MMBenchError, match=rf"holds runs/{run.id}/{clash.split('/')[0]} both as a file and as a "
+                                           rf"folder"):
+        import_bundle(bundle, tmp_path / "b")
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_import_of_a_name_too_long_for_the_file_system_is_one_line_and_leaves_nothing(tmp_path):
+    run, bundle = _bundle_with(tmp_path, edit_files=lambda rid: {f"runs/{rid}/artifacts/{'n' * 300}.npz": b"x"})
+    with pytest.raises(MMBenchError, match=rf"runs/{run.id}/artifacts/n+\.npz has a name too long for the file "
+                                           r"system here; nothing imported"):
+        import_bundle(bundle, tmp_path / "b")
+    assert list((tmp_path / "b").iterdir()) == []  # no temporary folder left
+
+
+def test_import_refuses_a_link_to_nothing_in_place_of_a_run(tmp_path):
+    """A dangling symlink named as a bundled run is a conflict found before anything is written (it does not
+    `exist()`, but no run can be renamed onto it): not an error half-way with the other runs already added."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a, 0, {"coherence/joint": 0.30})
+    r1 = fake_run(a, 1, {"coherence/joint": 0.40})
+    export_runs(a, tmp_path / "x.tar.gz")
+    b.mkdir()
+    (b / r1.id).symlink_to(tmp_path / "gone")
+    with pytest.raises(MMBenchError, match=rf"nothing imported; first: run {r1.id} exists here as a link to "
+                                           rf"nothing"):
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert [p.name for p in b.iterdir()] == [r1.id]
+
+
+@pytest.mark.parametrize("where", ["runs", "runs/sub"])
+def test_import_into_a_runs_dir_that_is_a_file_is_one_line(tmp_path, where):
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(MMBenchError, match=rf"{tmp_path / 'runs'} is a file, not a directory"):
+        import_bundle(tmp_path / "x.tar.gz", tmp_path / where)
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("record", ["metrics.json", "provenance.json"])
+def test_a_record_nested_thousands_deep_is_refused_in_one_line(tmp_path, record):
+    """json.loads raises RecursionError, not ValueError, on arrays nested ~100000 deep: a damaged record, not a
+    traceback (as yamlio does for config.yaml)."""
+    run, bundle = _bundle_with(tmp_path, edit_files=lambda rid: {f"runs/{rid}/{record}": b"[" * 100000 + b"]" * 100000})
+    with pytest.raises(MMBenchError, match=rf"{record} cannot be read \(not valid JSON: nested too deeply"):
+        import_bundle(bundle, tmp_path / "b")
