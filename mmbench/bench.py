@@ -34,13 +34,23 @@ def _autocast(precision: str, dev):
     return autocast(precision, dev)
 
 
+MAX_SIZE = 2 ** 20  # the largest --batch-size and --latent-dim bench steps accepts
+MAX_MODALITIES = 16  # and --modalities: 65,535 subsets
+
+
 def check_counts(steps: int, batch_size: int, latent_dim: int, modalities: Sequence[int]) -> None:
     """Refuse a count `mmbench bench steps` cannot time with (--steps 0 would time nothing), naming its option."""
     for option, n in (("--steps", steps), ("--batch-size", batch_size), ("--latent-dim", latent_dim)):
         if n < 1:
             raise MMBenchError(f"{option} {n}: must be at least 1")
+    for option, n in (("--batch-size", batch_size), ("--latent-dim", latent_dim)):  # torch's sizes overflow first
+        if n > MAX_SIZE:
+            raise MMBenchError(f"{option} {n}: at most {MAX_SIZE:,} (a tensor of that size fits no device)")
     if not modalities or min(modalities) < 1:
         raise MMBenchError(f"--modalities {','.join(map(str, modalities))}: numbers of modalities must be at least 1")
+    if max(modalities) > MAX_MODALITIES:  # MoPoE's 2^M - 1 subsets: M = 30 would be a billion
+        raise MMBenchError(f"--modalities {','.join(map(str, modalities))}: at most {MAX_MODALITIES} (the subset "
+                           f"methods' 2^M - 1 subsets)")
 
 
 def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device, params) -> Dict[str, float]:

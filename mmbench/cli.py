@@ -20,8 +20,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(emoji=False)  # :name: in a user's text is printed as typed
 err_console = Console(stderr=True, emoji=False)
 
-DATA_ROOT = typer.Option(None, "--data-root", help="Prepared datasets live here (default: $MMBENCH_DATA or ./data).")
-RUNS_DIR = typer.Option(None, "--runs-dir", help="Run directories live here (default: $MMBENCH_RUNS or ./runs).")
+def _path(option: str):
+    """The parser of a path option or argument: an empty value (often an unset shell variable, `--runs-dir "$RUNS"`)
+    is refused, where Path("") would silently be the current folder (runs, data or figures written there)."""
+    def parse(value: str) -> Path:
+        if not value.strip():
+            raise MMBenchError(f"{option} {value!r}: an empty path would mean the current folder; give the path (is a shell "
+                               f"variable unset?)")
+        return Path(value)
+
+    return parse
+
+
+DATA_ROOT = typer.Option(None, "--data-root", parser=_path("--data-root"), metavar="PATH",
+                         help="Prepared datasets live here (default: $MMBENCH_DATA or ./data).")
+RUNS_DIR = typer.Option(None, "--runs-dir", parser=_path("--runs-dir"), metavar="PATH",
+                        help="Run directories live here (default: $MMBENCH_RUNS or ./runs).")
 SET = typer.Option([], "--set", "-s", help="Override a config field, e.g. --set train.epochs=3 --set method.beta=2.5.")
 
 
@@ -121,9 +135,12 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
             variant: Optional[str] = typer.Option(None, "--variant", "-v", help="Dataset variant, e.g. extended."),
             seed: int = typer.Option(0, help="Seed of every random choice of the recipe."),
             force: bool = typer.Option(False, "--force", help="Rebuild even if a complete copy exists."),
-            preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG grid of test tuples here."),
-            source: Optional[Path] = typer.Option(None, "--source", help="Directory holding the raw files you already have."),
-            backgrounds: Optional[Path] = typer.Option(None, "--backgrounds", help="Background .jpg directory (PolyMNIST rebuilds)."),
+            preview: Optional[Path] = typer.Option(None, "--preview", parser=_path("--preview"), metavar="PATH",
+                                                   help="Write a PNG grid of test tuples here."),
+            source: Optional[Path] = typer.Option(None, "--source", parser=_path("--source"), metavar="PATH",
+                                                  help="Directory holding the raw files you already have."),
+            backgrounds: Optional[Path] = typer.Option(None, "--backgrounds", parser=_path("--backgrounds"), metavar="PATH",
+                                                       help="Background .jpg directory (PolyMNIST rebuilds)."),
             rebuild: bool = typer.Option(False, "--rebuild", help="Regenerate from the raw sources instead of a prebuilt archive."),
             simulate: bool = typer.Option(False, "--simulate", help="Build the 'simulated' variant: raw files simulated in the real format (rats)."),
             option: List[str] = typer.Option([], "--option", "-o", help="Dataset-specific KEY=VALUE, e.g. -o mnist_source=test-halves."),
@@ -191,7 +208,8 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
              overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR,
              data_root: Optional[Path] = DATA_ROOT,
              fid_weights: Optional[Path] = typer.Option(
-                 None, "--fid-weights", help="pytorch-fid Inception weights file pt_inception-2015-12-05-6726825d.pth "
+                 None, "--fid-weights", parser=_path("--fid-weights"), metavar="PATH",
+                     help="pytorch-fid Inception weights file pt_inception-2015-12-05-6726825d.pth "
                                              "(sha256-checked; default: the torch hub cache).")) -> None:
     """Evaluate a trained model with its configured metrics and write metrics.json.
 
@@ -222,7 +240,8 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
 
 
 @app.command()
-def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/quickstart.yaml."),
+def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE",
+                                     help="Suite YAML file, e.g. suites/quickstart.yaml."),
         tier: str = typer.Option("full", help="full (paper settings), quick or smoke."),
         gpus: Optional[str] = typer.Option(None, "--gpus", help="Comma-separated GPU ids, one worker each (e.g. 0,1)."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="CPU workers when no --gpus are given."),
@@ -236,7 +255,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
                                      "torch.compile (reduce-overhead, CUDA graphs); GPU workers only."),
         cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="cuDNN benchmark mode on GPU workers: "
                                              "convolution algorithms chosen by timing (said in each run's log)."),
-        step_times: Optional[Path] = typer.Option(None, "--step-times", help="A `mmbench bench steps --pack` table "
+        step_times: Optional[Path] = typer.Option(None, "--step-times", parser=_path("--step-times"), metavar="PATH",
+                                                  help="A `mmbench bench steps --pack` table "
                                                   "(e.g. docs/step_times_h200.md): each method's packs are capped "
                                                   "at its fastest measured pack size; with --dry-run it also "
                                                   "projects the tier's training time on that GPU (with --compile "
@@ -295,6 +315,19 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         err_console.print(f"note: {suite} defines no {tier!r} tier, so its runs use the suite's full settings "
                           f"(tiers it defines: {', '.join(s.tiers) or 'none'})", highlight=False, soft_wrap=True)
     runs_dir = runs_dir or default_runs_dir()
+    options = None
+    if executor == "slurm":  # the --slurm-* values checked before a dry run too: it previews what the run submits
+        from .slurm import parse_sbatch, resolve_options, site_config_path, site_options
+
+        if slurm_opt:
+            cli_slurm["sbatch"] = parse_sbatch(slurm_opt)
+        if pack is not None:
+            cli_slurm["pack"] = pack  # runs per array task
+        site = site_options()
+        options = [(c, resolve_options([(site, str(site_config_path())), (s.slurm, f"{suite}: slurm"),
+                                        (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))
+                   for c, e in s.runs_with_experiments(tier, parse_overrides(overrides),
+                                                       only=only.split(",") if only is not None else None)]
     if dry_run:
         from .runner import resume_point
         from .suite import human_seconds, seconds_per_sample, train_tuples
@@ -362,17 +395,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file, e.g. suites/qui
         if asked:
             os.environ[name] = "1"
     if executor == "slurm":
-        from .slurm import available, parse_sbatch, resolve_options, run_slurm, site_config_path, site_options
+        from .slurm import available, run_slurm
 
-        if slurm_opt:
-            cli_slurm["sbatch"] = parse_sbatch(slurm_opt)
-        if pack is not None:
-            cli_slurm["pack"] = pack  # runs per array task
-        site = site_options()
-        options = [(c, resolve_options([(site, str(site_config_path())), (s.slurm, f"{suite}: slurm"),
-                                        (e.slurm, f"{suite}: {e.name}.slurm"), (cli_slurm, "--slurm-*")]))
-                   for c, e in s.runs_with_experiments(tier, parse_overrides(overrides),
-                                                       only=only.split(",") if only is not None else None)]
         reason = available()  # before preparing data or training classifiers here
         if reason:
             raise MMBenchError(f"--executor slurm: Slurm cannot be used here: {reason}")
@@ -425,9 +449,16 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
     """`--step-times FILE` read (projection.read_step_times; its captured rows where the runs are captured, `--compile`)."""
     from .projection import read_step_times
 
+    write = "write one with `mmbench bench steps --pack 1,5,15 --device cuda --out FILE`"
     if not step_times.exists():
-        raise MMBenchError(f"--step-times {step_times}: no such file; write one with `mmbench bench steps --pack 1,5,15 "
-                           f"--device cuda --out FILE`")
+        raise MMBenchError(f"--step-times {step_times}: no such file; {write}")
+    if step_times.is_dir():
+        raise MMBenchError(f"--step-times {step_times} is a directory; give the Markdown file of step times ({write})")
+    try:
+        step_times.read_text()
+    except UnicodeDecodeError as e:
+        raise MMBenchError(f"--step-times {step_times} is not UTF-8 text (byte {e.start}); give the Markdown file of "
+                           f"step times ({write})") from None
     return read_step_times(step_times, compiled)
 
 
@@ -595,12 +626,15 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
 
 @app.command()
 def report(runs_dir: Optional[Path] = RUNS_DIR,
-           compare: Optional[Path] = typer.Option(None, "--compare", help="Reference directory, e.g. reference_results/."),
+           compare: Optional[Path] = typer.Option(None, "--compare", parser=_path("--compare"), metavar="PATH",
+                                                  help="Reference directory, e.g. reference_results/."),
            fmt: str = typer.Option("terminal", "--format", help="terminal, md, latex, html, or csv/json (one tidy row "
                                    "per reference cell: produced and printed statistics, verdicts, run ids)."),
-           out: Optional[Path] = typer.Option(None, "--out", help="Also write the report to this file (Markdown for "
+           out: Optional[Path] = typer.Option(None, "--out", parser=_path("--out"), metavar="PATH",
+                                              help="Also write the report to this file (Markdown for "
                                                                   "terminal/md, else the chosen format)."),
-           plots: Optional[Path] = typer.Option(None, "--plots", help="Write the figures (PNG and SVG) into this folder."),
+           plots: Optional[Path] = typer.Option(None, "--plots", parser=_path("--plots"), metavar="PATH",
+                                                help="Write the figures (PNG and SVG) into this folder."),
            allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
            refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
                                              "whose code, data, classifiers or numerical packages differ."),
@@ -669,8 +703,10 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
 
 
 @app.command("export")
-def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. results-gpubox.tar.gz."),
-           suite: Optional[Path] = typer.Option(None, "--suite", help="Only the finished runs of this suite."),
+def export(out: Path = typer.Argument(..., parser=_path("OUT"), metavar="OUT",
+                                      help="The bundle to write, e.g. results-gpubox.tar.gz."),
+           suite: Optional[Path] = typer.Option(None, "--suite", parser=_path("--suite"), metavar="PATH",
+                                                help="Only the finished runs of this suite."),
            tier: Optional[str] = typer.Option(None, help="With --suite: which tier's runs (default: full)."),
            checkpoints: bool = typer.Option(False, "--checkpoints", help="Include the checkpoints (large)."),
            force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (else refused)."),
@@ -705,7 +741,8 @@ def export(out: Path = typer.Argument(..., help="The bundle to write, e.g. resul
 
 
 @app.command("import")
-def import_(bundle: Path = typer.Argument(..., help="A bundle made by `mmbench export`."),
+def import_(bundle: Path = typer.Argument(..., parser=_path("BUNDLE"), metavar="BUNDLE",
+                                          help="A bundle made by `mmbench export`."),
             runs_dir: Optional[Path] = RUNS_DIR) -> None:
     """Merge a bundle's runs into the runs directory (digests verified; never overwrites; conflicts refused).
 
@@ -765,7 +802,8 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
 
 @classifiers_app.command("import")
 def classifiers_import(dataset: str = typer.Argument(..., help="A prepared dataset: polymnist, mnist-svhn-text or celeba."),
-                       source: Path = typer.Option(..., "--from", help="Folder with the MoPoE authors' classifier files."),
+                       source: Path = typer.Option(..., "--from", parser=_path("--from"), metavar="PATH",
+                                                   help="Folder with the MoPoE authors' classifier files."),
                        variant: Optional[str] = typer.Option(None, "--variant", "-v"),
                        data_root: Optional[Path] = DATA_ROOT) -> None:
     """Import the MoPoE authors' trained coherence classifiers, checked parameter by parameter; measure them.
@@ -844,11 +882,14 @@ def bench_steps(ctx: typer.Context,
                 cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="On cuda: cuDNN benchmark mode "
                                                      "(convolution algorithms chosen by timing during the warm-up), "
                                                      "as `mmbench run --cudnn-benchmark`."),
-                out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as Markdown here."),
-                profile: Optional[Path] = typer.Option(None, "--profile", help="A folder: also profile each timed step "
+                out: Optional[Path] = typer.Option(None, "--out", parser=_path("--out"), metavar="PATH",
+                                                   help="Also write the tables as Markdown here."),
+                profile: Optional[Path] = typer.Option(None, "--profile", parser=_path("--profile"), metavar="PATH",
+                                                       help="A folder: also profile each timed step "
                                                        "(torch.profiler) into a file there, and add the device's busy "
                                                        "time per step (kernel_ms, kernel_share; GPU) to the table."),
-                suite: Optional[Path] = typer.Option(None, "--suite", help="Time the steps of this suite's runs at "
+                suite: Optional[Path] = typer.Option(None, "--suite", parser=_path("--suite"), metavar="PATH",
+                                                     help="Time the steps of this suite's runs at "
                                                      "their own shapes (dataset, modalities, architecture, method and "
                                                      "options, batch, latent, precision), one row per shape, unpacked "
                                                      "and at each --pack size up to the runs' own packs: the table "

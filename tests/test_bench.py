@@ -17,6 +17,10 @@ from mmbench.errors import MMBenchError
     (["--modalities", "2,x"], "error: --modalities '2,x': expected comma-separated numbers of modalities"),
     (["--pack", "1,0"], "error: --pack '1,0': pack sizes must be >= 1"),
     (["--pack", "1,x"], "error: --pack '1,x': expected comma-separated pack sizes"),
+    # sizes torch cannot allocate (an overflow traceback before) and a subset count that never ends (a hang before)
+    (["--batch-size", "99999999999999999999"], "error: --batch-size 99999999999999999999: at most 1,048,576"),
+    (["--latent-dim", str(2 ** 20 + 1)], "error: --latent-dim 1048577: at most 1,048,576"),
+    (["--modalities", "2,17"], "error: --modalities 2,17: at most 16 (the subset methods' 2^M - 1 subsets)"),
 ])
 def test_bench_steps_counts_are_checked_first(args, message, monkeypatch, capsys):
     import mmbench.bench as bench

@@ -481,3 +481,38 @@ def test_a_classifier_is_not_a_vae_architecture():
 
     with pytest.raises(ConfigError, match=r"^method\.architecture: 'polymnist_clf' has no VAE encoder and decoder"):
         build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "architecture": "polymnist_clf"}})
+
+
+@pytest.mark.parametrize("args, message", [
+    # a --step-times that is no text file: a directory, or binary (a traceback: UnicodeDecodeError)
+    (["run", "QUICK", "--step-times", ".", "--dry-run"], "--step-times . is a directory; give the Markdown file"),
+    (["run", "QUICK", "--step-times", "binary.md", "--dry-run"], "--step-times binary.md is not UTF-8 text (byte 0)"),
+    # the dry run of a Slurm submission checks the --slurm-* values the submission checks (it listed the runs)
+    (["run", "QUICK", "--executor", "slurm", "--slurm-time", "-5", "--dry-run"], "--slurm-*.time: must be > 0"),
+    (["run", "QUICK", "--executor", "slurm", "--slurm-array-parallelism", "0", "--dry-run"], "must be > 0, got 0"),
+    (["run", "QUICK", "--executor", "slurm", "--slurm-opt", "=x", "--dry-run"], "--slurm-opt =x: expected an sbatch"),
+    # an empty path (an unset shell variable) was the current folder: runs, data or figures written there
+    (["train", "polydigits", "mopoe", "--runs-dir", ""], "--runs-dir '': an empty path would mean the current folder"),
+    (["prepare", "polydigits", "--data-root", " "], "--data-root ' ': an empty path would mean the current folder"),
+    (["report", "--plots", ""], "--plots '': an empty path"),
+    (["report", "--compare", ""], "--compare '': an empty path"),
+    (["run", "", "--dry-run"], "SUITE '': an empty path"),
+    (["export", ""], "OUT '': an empty path"),
+])
+def test_a_path_option_s_bad_value_is_one_line_before_any_work(tmp_path, args, message, monkeypatch, capsys):
+    from mmbench import cli
+
+    monkeypatch.setenv("MMBENCH_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "r"))
+    monkeypatch.delenv("MMBENCH_SLURM_CONFIG", raising=False)  # a site file named elsewhere is not read
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "binary.md").write_bytes(bytes([0xbb, 0xff, 0x00, 0x81]) * 50)
+    argv = [str(ROOT / "suites" / "quickstart.yaml") if a == "QUICK" else a for a in args]
+    monkeypatch.setattr(sys, "argv", ["mmbench", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.md"]  # nothing made: no runs, data or figures
