@@ -313,3 +313,38 @@ def test_coherence_scores_against_the_test_tuples_labels():
     ctx._classifiers = {m: torch.nn.Identity() for m in NAMES}
     out = coherence(ctx)
     assert all(out[f"coherence/{k}"] == 1.0 for k in ("m0->m1", "m1+m2->m0", "m0+m1+m2->m2"))
+
+
+@pytest.mark.parametrize("damage", ["nan", "above_one", "bool", "folder", "replaced_pt"])
+def test_a_damaged_score_or_a_replaced_classifier_is_measured_again(tmp_path, damage, capsys):
+    # classifiers.get_classifiers: a NaN score passed every `score < floor` check; a folder for accuracy.json was a
+    # traceback; a <modality>.pt replaced after its score was measured (an untrained one here) kept the old score
+    import json
+
+    from mmbench.metrics.classifiers import accuracy, build, cache_dir, get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    gen = torch.Generator().manual_seed(0)
+    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
+                      torch.arange(20) % 10)
+    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.0)
+
+    def get():
+        return get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None)
+
+    get()
+    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    acc = directory / "accuracy.json"
+    if damage == "folder":
+        acc.unlink()
+        acc.mkdir()
+    elif damage == "replaced_pt":
+        torch.manual_seed(7)
+        torch.save(build(spec, mods[0], "vanilla").state_dict(), directory / "m0.pt")
+    else:
+        acc.write_text(json.dumps({"m0": {"nan": float("nan"), "above_one": 7.0, "bool": True}[damage]}))
+    capsys.readouterr()
+    clfs, accs = get()
+    assert accs == {"m0": accuracy(clfs["m0"], split, "m0", torch.device("cpu"))}
+    assert "measuring the classifier" in capsys.readouterr().err

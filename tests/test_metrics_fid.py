@@ -308,3 +308,36 @@ def test_fid_reference_is_the_capped_test_split_not_the_full_one(data_root, monk
             dist[name] = fidm.Reference(*fidm.feature_stats(real)).distance(generated)
     assert out[f"fid/prior->{m.name}"] == pytest.approx(dist["test"], rel=1e-6)
     assert abs(dist["full"] - dist["test"]) > 1e-3 * dist["test"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing_key", "wrong_shape", "nan", "folder"])
+def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(data_root, tmp_path, damage, capsys):
+    # fid.real_reference read <data_root>/fid_stats/*.npz unchecked: a traceback, or a NaN FID from NaN statistics
+    import io
+    import shutil
+    import types
+
+    spec = DATASETS.get("polydigits")()
+    split = load_split(spec, "vanilla", "test", data_root).subset(6)
+    root = tmp_path / "root"
+    ctx = types.SimpleNamespace(data_root=root, spec=spec, variant="vanilla", device=torch.device("cpu"),
+                                cfg=EvalConfig(fid_batch_size=4))
+    net = lambda x: x.flatten(1)[:, :fidm.FID_DIMS]  # noqa: E731 - a stand-in for the Inception: 2048 features
+    good = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    (path,) = (root / "fid_stats").glob("*.npz")
+    buf = io.BytesIO()
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        mu, sigma = good.mu.numpy(), good.sigma.numpy()
+        np.savez(buf, **{"missing_key": dict(mu=mu), "wrong_shape": dict(mu=mu[:3], sigma=sigma[:3, :3]),
+                         "nan": dict(mu=mu * np.nan, sigma=sigma)}[damage])
+        path.write_bytes(buf.getvalue())
+    capsys.readouterr()
+    again = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    assert torch.equal(again.mu, good.mu) and torch.equal(again.sigma, good.sigma)
+    assert f"note: {path} is corrupt" in capsys.readouterr().err and path.with_name(path.name + ".corrupt").exists()
+    shutil.rmtree(root)

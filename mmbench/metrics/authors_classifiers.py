@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -27,6 +24,7 @@ from ..data.base import (DataSplit, DatasetSpec, Modality, data_root_words, data
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
+from .cache import read_cached_json, set_aside, valid_score
 from .quality import accuracy, mean_ap
 
 
@@ -132,27 +130,6 @@ def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source:
     return accs
 
 
-def set_aside(path: Path, problem: str, doing: str) -> None:
-    """Move a corrupt cache file (derived data) out of the way as `<name>.corrupt`, kept for a look, saying so on
-    stderr and what is done instead (`doing`)."""
-    aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
-    print(f"note: {path} {problem}; moved it to {aside.name}, {doing}", file=sys.stderr)
-
-
-def read_cached_json(path: Path) -> Tuple[dict, Optional[str]]:
-    """A cached JSON object and None ({} and None when there is none), or {} and what is wrong with the file."""
-    if not path.exists():
-        return {}, None
-    try:
-        found = json.loads(path.read_text())
-    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
-        return {}, f"is not JSON ({e})"
-    if not isinstance(found, dict):
-        return {}, f"holds a JSON {type(found).__name__}, not an object"
-    return found, None
-
-
 def _read_json(path: Path, fix: Optional[str]) -> dict:
     """A cached JSON object ({} when there is none). A corrupt one is an error naming the file and `fix`, or with
     no fix (an import, which writes every entry again) set aside."""
@@ -182,7 +159,7 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
     arch = authors_set(spec)
     directory = cache_dir(spec, variant, data_root)
     accs = _read_json(directory / "accuracy.json", _reimport(spec, variant, data_root))
-    if not all(isinstance(v, (int, float)) for v in accs.values()):
+    if not all(valid_score(v) for v in accs.values()):
         raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; "
                            f"{_reimport(spec, variant, data_root)}")
     clfs = {}

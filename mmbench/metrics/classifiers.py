@@ -1,14 +1,17 @@
 """Coherence classifiers: one per modality, trained by mmbench on the train split, cached, used in eval mode.
 
 Cached under ``<data_root>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/`` with their
-test accuracies; a classifier below ``eval.classifier_min_accuracy`` makes coherence refuse.
+test accuracies (accuracy.json) and the sha256 of each file they were measured on (sha256.json, with the cache's
+name): a file that is not the one measured (replaced, copied in from another cache) is measured again; a classifier below ``eval.classifier_min_accuracy`` makes coherence refuse.
 Multi-label datasets (``spec.multilabel``, CelebA's 40 attributes) train one logit per attribute with
 BCE-with-logits (not the MMVM code's cross-entropy on sigmoid outputs, mmvmvae clfs/celeba_clf.py) and record the
 test *mean average precision* instead of accuracy, held to ``eval.classifier_min_ap``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -22,7 +25,8 @@ from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .authors_classifiers import load_classifiers, read_cached_json, set_aside
+from .authors_classifiers import load_classifiers
+from .cache import read_cached_json, set_aside, valid_score
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
@@ -97,6 +101,8 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
     directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
+    sums_path = directory / "sha256.json"
+    sums = _cached_digests(sums_path, directory.name)
     clfs = {}
     for mod in train.modalities:
         path = directory / f"{mod.name}.pt"
@@ -107,9 +113,16 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
             atomic_write(path, buf.getvalue())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if mod.name in accs and sums.get(mod.name) != digest:  # replaced since measured, or a cache from before
+            print(f"note: {path} is not the file its score in {acc_path.name} was measured on (no or another sha256 "
+                  f"in {sums_path.name}); measuring the classifier again", file=sys.stderr)
+            accs.pop(mod.name)
         if mod.name not in accs:  # trained now, or its score was lost with a corrupt accuracy.json
             accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf.to(device), test, mod.name, device)
             atomic_json(acc_path, accs)
+            sums[mod.name] = digest
+            atomic_json(sums_path, {"cache": directory.name, "sha256": sums})
         clfs[mod.name] = clf.eval()
     if check:
         _check_floor(spec, cfg, {m: accs[m] for m in clfs})
@@ -120,12 +133,25 @@ def _cached_scores(path: Path) -> Dict[str, float]:
     """The cached test scores by modality ({} when none); a corrupt accuracy.json is set aside (`set_aside`), and
     the scores of the cached classifiers are measured again."""
     accs, problem = read_cached_json(path)
-    if problem is None and not all(isinstance(v, (int, float)) for v in accs.values()):
-        problem = "is not a modality -> score object"
+    if problem is None and not all(valid_score(v) for v in accs.values()):
+        problem = "is not a modality -> score object (finite numbers in [0, 1])"
     if problem is not None:
         set_aside(path, problem, "measuring the classifiers again")
         return {}
     return accs
+
+
+def _cached_digests(path: Path, cache: str) -> Dict[str, str]:
+    """The sha256 by modality of the classifier files the cached scores were measured on ({} when none, when the
+    file is corrupt (set aside) or when it belongs to another cache directory, copied in: all are measured again)."""
+    found, problem = read_cached_json(path)
+    if problem is None and found and not (found.get("cache") == cache and isinstance(found.get("sha256"), dict)
+                                          and all(isinstance(v, str) for v in found["sha256"].values())):
+        problem = f"is not the digest record of this cache ({cache})"
+    if problem is not None:
+        set_aside(path, problem, "measuring the classifiers again")
+        return {}
+    return dict(found.get("sha256", {}))
 
 
 def _cached_classifier(spec: DatasetSpec, mod, variant: str, path: Path) -> Optional[torch.nn.Module]:

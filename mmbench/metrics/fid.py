@@ -35,12 +35,13 @@ from torch import nn
 
 from ..data.base import DataSplit, Modality, default_data_root
 from ..data.download import file_digest
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from ..files import temp_beside, usual_mode
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
 from .batched import chunked
+from .cache import set_aside
 from .context import EvalContext
 
 # pytorch-fid 0.3.0 inception.py FID_WEIGHTS_URL (tests/test_metrics_fid.py holds the two equal); written out so
@@ -232,6 +233,26 @@ def inception_input(images: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _cached_stats(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The cached (mu, sigma) of real features; None when there is none, or when the file cannot be read or does not
+    hold a finite (2048,) mean and (2048, 2048) covariance (it is set aside and the statistics computed again)."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            mu, sigma = f["mu"], f["sigma"]
+        if mu.dtype != np.float64 or sigma.dtype != np.float64:
+            raise ValueError(f"dtypes {mu.dtype}, {sigma.dtype}; expected float64")
+        if mu.shape != (FID_DIMS,) or sigma.shape != (FID_DIMS, FID_DIMS):
+            raise ValueError(f"mu {mu.shape}, sigma {sigma.shape}; expected ({FID_DIMS},), ({FID_DIMS}, {FID_DIMS})")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise ValueError("not finite")
+    except Exception as e:  # noqa: BLE001 - a damaged file raises anything from a zip error to a missing key
+        set_aside(path, f"is corrupt ({brief(e)})", "computing the reference statistics again")
+        return None
+    return mu, sigma
+
+
 def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: Modality, weights_sha: str) -> Reference:
     """Reference statistics of `split`'s images of `mod`, cached by content digest and weights digest."""
     raw = split.x[mod.name][torch.arange(len(split))]
@@ -239,9 +260,9 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
     root = Path(ctx.data_root or default_data_root()) / "fid_stats"
     name = getattr(ctx.spec, "registry_name", "data")
     path = root / f"{name}-{ctx.variant}-test-{mod.name}-n{len(split)}-{digest}-w{weights_sha[:12]}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return Reference(torch.from_numpy(f["mu"]).to(ctx.device), torch.from_numpy(f["sigma"]).to(ctx.device))
+    cached = _cached_stats(path)
+    if cached is not None:
+        return Reference(torch.from_numpy(cached[0]).to(ctx.device), torch.from_numpy(cached[1]).to(ctx.device))
     feats = []
     bs = ctx.cfg.fid_batch_size
     for start in range(0, len(split), bs):

@@ -1,0 +1,47 @@
+"""Cached derived data of the metrics (classifier scores and digests, FID reference statistics): read back with
+their damage said, and set aside (never deleted) where they are rebuilt."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..errors import brief
+
+
+def set_aside(path: Path, problem: str, doing: str) -> None:
+    """Move a corrupt cache file (derived data) out of the way as `<name>.corrupt`, kept for a look, saying so on
+    stderr and what is done instead (`doing`)."""
+    aside = path.with_name(path.name + ".corrupt")
+    if aside.is_dir() and not aside.is_symlink():  # an earlier set-aside folder: os.replace cannot replace it
+        shutil.rmtree(aside)
+    elif path.is_dir() and not path.is_symlink() and os.path.lexists(aside):  # a folder cannot replace a file
+        os.unlink(aside)
+    os.replace(path, aside)
+    print(f"note: {path} {problem}; moved it to {aside.name}, {doing}", file=sys.stderr)
+
+
+def read_cached_json(path: Path) -> Tuple[dict, Optional[str]]:
+    """A cached JSON object and None ({} and None when there is none), or {} and what is wrong with the file."""
+    if not path.exists():
+        return {}, None
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
+        return {}, f"is not JSON ({e})"
+    except OSError as e:  # a folder, an unreadable file
+        return {}, f"cannot be read ({brief(e)})"
+    if not isinstance(found, dict):
+        return {}, f"holds a JSON {type(found).__name__}, not an object"
+    return found, None
+
+
+def valid_score(value) -> bool:
+    """A test accuracy or mean AP as recorded in an accuracy.json: a finite number in [0, 1] (not a bool, which
+    JSON's true would give). NaN would pass every `score < floor` check (eval.classifier_min_accuracy)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0.0 <= value <= 1.0)
