@@ -368,6 +368,9 @@ def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
             history = json.loads(path.read_text())
         except ValueError as e:
             raise MMBenchError(f"{path} is not valid JSON ({e})") from None
+        except OSError as e:  # a folder, an unreadable file
+            raise MMBenchError(f"{path} cannot be read ({e.strerror or type(e).__name__}); move it away and the "
+                               f"history in the run's checkpoints/last.pt is drawn") from None
     else:
         last = Path(run_dir) / "checkpoints" / "last.pt"
         if not last.exists():

@@ -438,7 +438,11 @@ class Run:
     @contextmanager
     def lock(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / "run.lock", "a+")
+        try:
+            f = open(self.dir / "run.lock", "a+")
+        except OSError as e:  # a folder or a link to nowhere in its place: said in one line (the worker's log too)
+            raise MMBenchError(f"run {self.id}: its lock {self.dir / 'run.lock'} cannot be opened "
+                               f"({e.strerror or type(e).__name__}); move it away (no process holds a lock there)") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

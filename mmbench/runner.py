@@ -166,10 +166,16 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
 
 
 def _read_progress(run: Run) -> Optional[dict]:
+    """progress.json as Run.progress writes it ({phase, done, total}); None while it is missing, half written or
+    not that (a stale or damaged file: the bar waits for the worker's next write instead of stopping the run)."""
     try:
-        return json.loads((run.dir / "progress.json").read_text())
+        p = json.loads((run.dir / "progress.json").read_text())
     except (OSError, ValueError):
         return None
+    if (not isinstance(p, dict) or not isinstance(p.get("phase"), str)
+            or any(isinstance(p.get(k), bool) or not isinstance(p.get(k), (int, float)) for k in ("done", "total"))):
+        return None
+    return p
 
 
 def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Path], gpus: Optional[str] = None,
@@ -207,7 +213,16 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
             with lock:
                 active[slot] = r
             env = worker_env(device, data_root)
-            with open(r.log_path, "a") as log:
+            try:
+                log = open(r.log_path, "a")
+            except OSError as e:  # e.g. log.txt a folder: the run fails with a line, not a dead worker thread
+                with lock:
+                    active[slot] = None
+                    outcomes.extend(Outcome(g, False, f"cannot write its log {r.log_path} "
+                                                      f"({e.strerror or type(e).__name__}); move it away")
+                                    for g in group)
+                continue
+            with log:
                 proc = subprocess.run([sys.executable, "-m", "mmbench.worker", *(str(g.dir) for g in group)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT)
             with lock:
@@ -216,7 +231,10 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                     if (proc.returncode == 0 and len(group) == 1) or (len(group) > 1 and g.status() == "done"):
                         outcomes.append(Outcome(g, True, "done"))
                     else:
-                        lines = g.log_path.read_text().strip().splitlines() if g.log_path.exists() else []
+                        try:
+                            lines = g.log_path.read_text(errors="replace").strip().splitlines()
+                        except OSError:  # missing, or not a file (another run of the pack)
+                            lines = []
                         outcomes.append(Outcome(g, False, lines[-1] if lines else f"exit code {proc.returncode}"))
 
     n_todo = len(pending)

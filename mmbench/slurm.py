@@ -284,10 +284,16 @@ def _ended_state(job_id: str) -> str:
 
 
 def read_job(run: Run) -> Optional[Dict[str, Any]]:
+    """The run's slurm.json as submit writes it (a mapping with its job_id); None when there is none, or when it
+    cannot be read or is not that (the run is then shown by its own status, as if never submitted)."""
     try:
-        return json.loads((run.dir / "slurm.json").read_text())
+        job = json.loads((run.dir / "slurm.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(job, dict) or not isinstance(job.get("job_id"), (str, int)) or isinstance(job["job_id"], bool):
+        return None
+    return {**job, "job_id": str(job["job_id"]), "stderr": job.get("stderr") if isinstance(job.get("stderr"), str)
+            else None}
 
 
 def run_states(runs: Sequence[Run], queue: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, Any]]:

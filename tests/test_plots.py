@@ -87,6 +87,14 @@ def test_a_run_whose_history_cannot_be_read_leaves_its_curve_out_with_a_note(tmp
     written = training_curves(build_report(runs, None).frame, runs, tmp_path / "figs", notes)
     assert [p.suffix for p in written] == [".png", ".svg"]  # the other run's curve is drawn
     assert len(notes) == 1 and notes[0].startswith(f"training curve of {bad.id} left out: ")
+    (bad.dir / "history.json").unlink()
+    (bad.dir / "history.json").mkdir()  # a folder: left out with its note too, not a stop of the whole report
+    with pytest.raises(MMBenchError, match="history.json cannot be read"):
+        run_history(bad.dir)
+    notes = []
+    assert training_curves(build_report(runs, None).frame, runs, tmp_path / "figs", notes)
+    assert len(notes) == 1 and "cannot be read" in notes[0]
+    (bad.dir / "history.json").rmdir()
     (bad.dir / "history.json").write_text('{"epoch": 1}')  # valid JSON, but no list of epochs
     res = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--plots", str(tmp_path / "p2")])
     assert res.exit_code == 0, res.output

@@ -498,3 +498,18 @@ def test_report_and_export_leave_out_a_run_whose_records_hold_the_wrong_types(tm
     assert res.exit_code == 0, res.output
     assert f"left out {bad.id}" in " ".join(res.output.split())
     assert {p: p.read_bytes() if p.is_file() else None for p in bad.dir.iterdir()} == files  # nothing rewritten
+
+
+def test_a_run_lock_that_is_a_folder_is_refused_in_one_line(tmp_path):
+    """run.lock a folder (or a link to one, or to nowhere): Run.lock raised IsADirectoryError, which a worker wrote
+    to log.txt as a traceback; now an MMBenchError names the file and the fix, and nothing of the run is touched."""
+    from mmbench.config import build_run_config
+    from mmbench.errors import MMBenchError
+    from mmbench.results import Run
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    (run.dir / "run.lock").mkdir(parents=True)
+    with pytest.raises(MMBenchError, match=r"its lock .*run\.lock cannot be opened \(Is a directory\); move it away"):
+        with run.lock():
+            pass
+    assert (run.dir / "run.lock").is_dir()

@@ -172,6 +172,57 @@ def test_a_failure_message_with_brackets_is_printed_as_it_is(tmp_path, monkeypat
     assert "finished, but metrics.json unreadable ([Errno 13] [bold] [/odd])" in out.getvalue()
 
 
+def test_a_damaged_progress_json_leaves_the_bar_waiting_not_the_scheduler_dead(tmp_path, monkeypatch):
+    """A progress.json that parses but is not {phase, done, total} (a stale or hand-edited file: a list, a string,
+    null counts) stopped `mmbench run` with a TypeError traceback while its worker trained on; now the bar waits for
+    the worker's next write and the run finishes."""
+    import io
+    import subprocess
+    import time
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    (run,) = seed_runs(tmp_path, 1)
+    for bad in ('[1, 2]', '"hello"', '{"phase": 3, "done": "x", "total": null}', '{"phase": "a", "done": true, '
+                '"total": 1}'):
+        (run.dir).mkdir(parents=True, exist_ok=True)
+        (run.dir / "progress.json").write_text(bad)
+        assert runner._read_progress(run) is None, bad
+
+    def fake_worker(cmd, env, stdout, stderr):
+        (run.dir / "progress.json").write_text('{"phase": 3, "done": "x", "total": null}')
+        time.sleep(1.2)  # the scheduler reads progress.json twice a second
+        run.write_metrics({"x": 1.0})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=io.StringIO()))
+    assert outcome.ok
+
+
+def test_a_run_whose_log_is_a_folder_fails_with_a_line_and_is_counted(tmp_path, monkeypatch):
+    """log.txt a folder: the worker thread died with an IsADirectoryError traceback, the run vanished from the
+    outcomes and `mmbench run` said "0 of 0 runs finished" with exit code 0; now the run fails with one line."""
+    import io
+    import subprocess
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    (run,) = seed_runs(tmp_path, 1)
+    run.dir.mkdir(parents=True)
+    run.log_path.mkdir()
+    monkeypatch.setattr(runner.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0))
+    out = io.StringIO()
+    (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=out, width=300))
+    assert not outcome.ok and outcome.message.startswith(f"cannot write its log {run.log_path} (Is a directory)")
+    assert "Traceback" not in out.getvalue() and f"FAILED {run.id}: cannot write its log" in out.getvalue()
+    assert run.log_path.is_dir()  # left as it is
+
+
 def test_gpu_ids_are_whole_indices_or_uuids():
     """gpu_slots: an id is a whole index (any number of digits) or a GPU-/MIG- UUID, nothing appended."""
     from mmbench.runner import gpu_slots

@@ -631,6 +631,23 @@ def test_run_states_of_a_done_run_or_without_squeue(tmp_path, monkeypatch):
     assert slurm.run_states([partial])[partial.id]["state"] == partial.status() != "failed"
 
 
+def test_run_states_of_a_damaged_job_record(tmp_path):
+    """A slurm.json that parses but is not the mapping submit writes (a list, no job_id) stopped the dry run with a
+    TypeError / KeyError traceback; now the run is shown by its own status, as a truncated record already was."""
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}}), tmp_path)
+    run.init()
+    for bad in ("[1]", '{"a": 1}', '{"job_id": null}', '"5_0"', '{"job_id": true}'):
+        (run.dir / "slurm.json").write_text(bad)
+        assert slurm.read_job(run) is None, bad
+        assert slurm.run_states([run], {})[run.id] == {"state": "pending", "job": None, "log": None, "detail": ""}
+    (run.dir / "slurm.json").write_text('{"job_id": 5, "stderr": 7}')  # a number where a string was written
+    assert slurm.run_states([run], {"5": "RUNNING"})[run.id]["state"] == "running"
+
+
 class _FakeExecutor:
     """submitit.SlurmExecutor without sbatch: records what `submit` asks of it."""
     made = []
