@@ -1102,6 +1102,7 @@ INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume fro
 
 
 def main() -> None:
+    from .files import check_environment
     from .hostmem import tune_host_allocator
     from .kernels import check_all
 
@@ -1109,6 +1110,7 @@ def main() -> None:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
         if "--help" not in sys.argv[1:]:  # the environment's kernel choices, before any work a misspelt one would stop
             check_all()
+            check_environment()  # the runs and data folders and MMBENCH_FSYNC, before the work, not at its first write
         app()
     except MMBenchError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

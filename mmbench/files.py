@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Tuple
 
+from .errors import MMBenchError
+
 
 def _umask() -> int:
     try:  # Linux >= 4.7 reports it without changing it
@@ -36,3 +38,36 @@ def usual_mode() -> int:
 def usual_dir_mode() -> int:
     """The mode an ordinary new folder of this user gets: 0777 less the umask (not mkdtemp's private 0700)."""
     return 0o777 & ~_umask()
+
+
+def env_folder(name: str, default: str) -> Path:
+    """The folder the environment variable `name` names (./`default` where unset). An empty or blank value (often
+    `export MMBENCH_RUNS=$UNSET`) is refused, as `--runs-dir ""` is, where Path("") would silently be the current
+    folder (runs or datasets written there) and Path(" ") a folder named by a space."""
+    value = os.environ.get(name)
+    if value is None:
+        return Path(default)
+    if not value.strip():
+        raise MMBenchError(f"{name}={value!r}: an empty path would mean the current folder; give the path, or unset "
+                           f"it to use ./{default} (is a shell variable unset?)")
+    return Path(value)
+
+
+def durable_writes() -> bool:
+    """Whether atomic_write syncs each file to the disk before renaming it into place (the default). With
+    MMBENCH_FSYNC=0 it does not: a crash of the machine (not of mmbench) may then lose the last writes, and
+    nothing else changes. For scratch runs and the test suite (tests/conftest.py: 3–5 % faster on the
+    files that write most, interleaved runs of 2026-12-04; more on a slow or network disk). Checked by the CLI
+    before any work, so that a misspelt value does not stop a command at its first write, after the work."""
+    value = os.environ.get("MMBENCH_FSYNC", "1")
+    if value not in ("0", "1"):
+        raise MMBenchError(f"MMBENCH_FSYNC={value!r}: use 1 (sync every write, the default) or 0 (do not)")
+    return value == "1"
+
+
+def check_environment() -> None:
+    """The environment's folders and MMBENCH_FSYNC, checked (the CLI's entry point calls this first, with
+    kernels.check_all)."""
+    env_folder("MMBENCH_RUNS", "runs")
+    env_folder("MMBENCH_DATA", "data")
+    durable_writes()

@@ -30,7 +30,7 @@ import yaml
 from . import __version__, yamlio
 from .config import RunConfig, build_run_config
 from .errors import ConfigError, MMBenchError
-from .files import temp_beside
+from .files import durable_writes, env_folder, temp_beside
 
 SCHEMA_VERSION = 1
 
@@ -62,18 +62,7 @@ RECORD_FIXES = {
 
 
 def default_runs_dir() -> Path:
-    return Path(os.environ.get("MMBENCH_RUNS", "runs"))
-
-
-def durable_writes() -> bool:
-    """Whether atomic_write syncs each file to the disk before renaming it into place (the default). With
-    MMBENCH_FSYNC=0 it does not: a crash of the machine (not of mmbench) may then lose the last writes, and
-    nothing else changes. For scratch runs and the test suite (tests/conftest.py: 3–5 % faster on the
-    files that write most, interleaved runs of 2026-12-04; more on a slow or network disk)."""
-    value = os.environ.get("MMBENCH_FSYNC", "1")
-    if value not in ("0", "1"):
-        raise MMBenchError(f"MMBENCH_FSYNC={value!r}: use 1 (sync every write, the default) or 0 (do not)")
-    return value == "1"
+    return env_folder("MMBENCH_RUNS", "runs")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

@@ -516,3 +516,34 @@ def test_a_path_option_s_bad_value_is_one_line_before_any_work(tmp_path, args, m
     assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.md"]  # nothing made: no runs, data or figures
+
+
+@pytest.mark.parametrize("var, value, args, message", [
+    ("MMBENCH_RUNS", "", ["run", "suites/quickstart.yaml", "--tier", "smoke", "--dry-run"],
+     "MMBENCH_RUNS='': an empty path would mean the current folder"),
+    ("MMBENCH_RUNS", " ", ["report"], "MMBENCH_RUNS=' ': an empty path would mean the current folder"),
+    ("MMBENCH_DATA", "", ["prepare", "polydigits"], "MMBENCH_DATA='': an empty path would mean the current folder"),
+    ("MMBENCH_DATA", " ", ["prepare", "polydigits"], "MMBENCH_DATA=' ': an empty path would mean the current folder"),
+    ("MMBENCH_FSYNC", "yes", ["bench", "steps", "--steps", "1", "--batch-size", "4", "--latent-dim", "4", "--methods",
+                              "mopoe", "--out", "t.md"], "MMBENCH_FSYNC='yes': use 1"),
+])
+def test_bad_environment_folder_or_fsync_is_one_line_before_any_work(tmp_path, var, value, args, message, monkeypatch,
+                                                                      capsys):
+    """An empty MMBENCH_RUNS / MMBENCH_DATA is refused (Path("") would silently be the current folder, Path(" ") a
+    folder named by a space), and a misspelt MMBENCH_FSYNC before the work, not at its first write after it."""
+    from mmbench import cli
+
+    for name, folder in (("MMBENCH_RUNS", "r"), ("MMBENCH_DATA", "d")):
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "quickstart.yaml").write_text((ROOT / "suites" / "quickstart.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mmbench", *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.strip(), (out, err)  # refused before measuring anything
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suites"]  # nothing written here, nor a folder " "

@@ -23,13 +23,13 @@ import torch
 
 from ..errors import MMBenchError
 from .download import file_digest
-from ..files import temp_beside
+from ..files import env_folder, temp_beside
 
 MANIFEST = "manifest.json"
 
 
 def default_data_root() -> Path:
-    return Path(os.environ.get("MMBENCH_DATA", "data"))
+    return env_folder("MMBENCH_DATA", "data")
 
 
 @dataclass(frozen=True)
