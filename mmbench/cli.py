@@ -632,7 +632,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                                    "per reference cell: produced and printed statistics, verdicts, run ids)."),
            out: Optional[Path] = typer.Option(None, "--out", parser=_path("--out"), metavar="PATH",
                                               help="Also write the report to this file (Markdown for "
-                                                                  "terminal/md, else the chosen format)."),
+                                                                  "terminal/md, else the chosen format; an existing "
+                                                                  "file is replaced: a report is made again from the "
+                                                                  "runs)."),
            plots: Optional[Path] = typer.Option(None, "--plots", parser=_path("--plots"), metavar="PATH",
                                                 help="Write the figures (PNG and SVG) into this folder."),
            allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),

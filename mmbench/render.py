@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tabulate import tabulate
 
@@ -36,7 +38,14 @@ CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (
 def md_table(df: pd.DataFrame) -> str:
     """A GitHub table of the cells as report.py wrote them: tabulate would read "0.800" back as a number and print
     "0.8", so one column would mix 3 decimals and fewer."""
+    df = df.rename(columns=lambda c: md_cell(str(c))).map(lambda v: md_cell(str(v)))
     return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def md_cell(text: str) -> str:
+    """A `|` inside a cell (the reference cells' 'produced | paper | Δ' separator, a table name) escaped, or a GitHub
+    table splits the cell and drops the columns past the header's."""
+    return text.replace("|", "\\|")
 
 
 def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
@@ -57,16 +66,18 @@ def render_markdown(summaries, refs, claims: Optional[List[Claim]] = None, paper
     return "\n".join(parts)
 
 
+LATEX = {"\\": r"\textbackslash{}", "|": r"\textbar{}", ">=": r"$\geq$", "<=": r"$\leq$", ">": r"$>$", "<": r"$<$",
+         "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+         "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "✓": r"\checkmark", "✗": r"$\times$", "×": r"$\times$",
+         "—": "--", "β": r"$\beta$", "→": r"$\to$", "“": "``", "”": "''"}
+LATEX_SPECIAL = re.compile("|".join(re.escape(k) for k in sorted(LATEX, key=len, reverse=True)))
+
+
 def render_latex(summaries, refs, claims: Optional[List[Claim]] = None, paper_lines: Optional[List[str]] = None,
                  title: str = "mmbench report") -> str:
     """A LaTeX fragment (booktabs tables) to \\input into a document."""
-    def esc(text: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("|", r"\textbar{}"), (">=", r"$\geq$"), ("<=", r"$\leq$"),
-                     (">", r"$>$"), ("<", r"$<$"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("✓", r"\checkmark"), ("✗", r"$\times$"),
-                     ("—", "--"), ("β", r"$\beta$"), ("→", r"$\to$"), ("“", "``"), ("”", "''")):
-            text = text.replace(a, b)
-        return text
+    def esc(text: str) -> str:  # one pass, so that no replacement's own `\`, `{}` or `$` is escaped again
+        return LATEX_SPECIAL.sub(lambda m: LATEX[m.group(0)], text)
 
     def table(title: str, df: pd.DataFrame, caption: str = "") -> List[str]:
         head = " & ".join(rf"\textbf{{{esc(str(c))}}}" for c in df.columns) + r" \\"
@@ -122,11 +133,12 @@ def render_html(summaries, refs, claims: Optional[List[Claim]] = None, paper_lin
 def render_terminal(console: Console, summaries, refs, claims: Optional[List[Claim]] = None,
                     paper_lines: Optional[List[str]] = None) -> None:
     def show(title: str, df: pd.DataFrame, caption: str = "") -> None:
-        t = Table(title=title, caption=caption or None, show_lines=False)
+        # rich reads `[...]` as markup: a label such as 'mopoe [e3b0c442]' or a table named '[/b]' is escaped
+        t = Table(title=escape(title), caption=escape(caption) if caption else None, show_lines=False)
         for c in df.columns:
-            t.add_column(str(c), overflow="fold")
+            t.add_column(escape(str(c)), overflow="fold")
         for _, row in df.iterrows():
-            t.add_row(*[str(v) for v in row.values])
+            t.add_row(*[escape(str(v)) for v in row.values])
         console.print(t)
 
     if not summaries and not refs and not claims:
@@ -138,4 +150,4 @@ def render_terminal(console: Console, summaries, refs, claims: Optional[List[Cla
     if claims:
         show("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
     for line in paper_lines or []:
-        console.print(line)
+        console.print(line, markup=False, highlight=False)

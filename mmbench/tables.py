@@ -57,11 +57,24 @@ def series_names(sub: pd.DataFrame) -> Dict[Tuple[str, str], str]:
             continue
         cfgs = list(rows["cfg"])
         keys = sorted(k for k in set().union(*cfgs) if k != "seed" and len({repr(c.get(k)) for c in cfgs}) > 1)
+        shown = {}  # a float setting's label per value (number_labels)
+        for k in keys:
+            vals = [c.get(k) for c in cfgs]
+            if all(isinstance(v, float) for v in vals):
+                shown[k] = dict(zip(map(repr, vals), number_labels(vals)))
         for g, c in zip(rows["group"], cfgs):
-            label = ", ".join(f"{SHORT.get(k, k)}={c.get(k):g}" if isinstance(c.get(k), float)
+            label = ", ".join(f"{SHORT.get(k, k)}={shown[k][repr(c.get(k))]}" if k in shown
                               else f"{SHORT.get(k, k)}={c.get(k)}" for k in keys)
             out[(method, g)] = f"{method} {label}" if label else f"{method} [{g}]"
     return out
+
+
+def number_labels(values: List[float]) -> List[str]:
+    """Each value as `:g` prints it (0.5, 1e-09), or in full (repr) where `:g` would print two different values alike
+    (0.1 + 0.2 and 0.3 both print as 0.3): two configurations never share a label."""
+    short = [f"{v:g}" for v in values]
+    clash = {t for t in short if len({repr(v) for v, u in zip(values, short) if u == t}) > 1}
+    return [repr(v) if t in clash else t for v, t in zip(values, short)]
 
 
 def by_figure(frame: pd.DataFrame) -> pd.DataFrame:
@@ -145,7 +158,7 @@ def long_sweep_tables(title: str, sub: pd.DataFrame, key: str) -> List[Tuple[str
         long = part.pivot_table(index="sweep", columns="method", values="cell", aggfunc="first")
         long = long.reindex(columns=[m for m in methods if m in long.columns]).sort_index()
         long.columns = [header[m] for m in long.columns]
-        long.index = [f"{v:g}" for v in long.index]
+        long.index = number_labels(list(long.index))
         out.append((f"{title} — {metric_label(metric)}, by {label}",
                     long.reset_index().rename(columns={"index": label}).fillna("—")))
     return out

@@ -54,8 +54,8 @@ def test_mean_std_over_seeds_and_verdicts(tmp_path):
     assert rep["paper_lines"][0].startswith("P: 1 of 3 cells within tolerance, 0 of 0 claims hold, 1 missing")
     assert list(grid["model"]) == ["MoPoE", "MoPoE-tight", "MVAE"]  # rows kept in the paper's order, none dropped
     md = render_markdown(rep["summaries"], rep["refs"])
-    assert f"0.350 ± {std:.3f} | 0.330 ± 0.030 | Δ +0.020 ✓" in md  # the reference cell ...
-    assert "missing | 0.120" in md
+    assert f"0.350 ± {std:.3f} \\| 0.330 ± 0.030 \\| Δ +0.020 ✓" in md  # the reference cell (its `|` escaped) ...
+    assert "missing \\| 0.120" in md
     summaries = dict(rep["summaries"])
     t1 = summaries["polydigits (vanilla) — T1"]
     assert list(t1.columns) == ["metric", "mopoe (2 seeds)"]
@@ -1043,3 +1043,65 @@ def test_reference_labels_are_strings_and_a_cell_or_claim_id_is_given_once(tmp_p
     path.write_text(yaml.safe_dump({"claims": [claim, claim]}))
     with pytest.raises(ConfigError, match=r"p.yaml: claims\[1\].id: 'a' is also the id of .*claims\[0\]"):
         load_references(tmp_path)
+
+
+def _md_columns(md):
+    """The column count of every Markdown table row (a `|` escaped as `\\|` is inside a cell)."""
+    import re
+
+    return [len(re.split(r"(?<!\\)\|", line.strip()[1:-1])) for line in md.splitlines() if line.startswith("|")]
+
+
+def test_markdown_cells_with_a_pipe_stay_in_their_column(tmp_path):
+    """The reference cells read 'produced | paper | Δ': unescaped, GitHub splits the cell and drops the columns past
+    the header's (the paper value and the verdict), and a table named 'p|q' shifts every cell of its row."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, tables=("T1", "p|q"))
+    rep = build_report(runs, _refs(tmp_path, {"cells": [REF_CELL, {**REF_CELL, "row": "a|b", "method": "mvae"}]}))
+    md = render_markdown(rep.summaries, rep.refs, title="x")
+    assert len(set(_md_columns(md))) == 1, md
+    assert "0.500 \\| 0.500 ± 0.020 \\| Δ +0.000 ✓" in md and "| a\\|b " in md
+
+
+def test_latex_escapes_every_special_character(tmp_path):
+    """A table named with TeX's specials must come out as text: balanced braces, one `&` per column break."""
+    from mmbench.render import render_latex
+
+    runs = tmp_path / "runs"
+    name = "50% & #1 $x$ {a} a~b^c\\d_e"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, tables=(name,))
+    fake_run(runs, "mvae", 0, {"coherence/joint": 0.70}, tables=(name,))
+    tex = render_latex(build_report(runs, None).summaries, [])
+    escaped = r"50\% \& \#1 \$x\$ \{a\} a\textasciitilde{}b\textasciicircum{}c\textbackslash{}d\_e"
+    assert escaped in tex, tex
+    row = next(line for line in tex.splitlines() if "0.500" in line)
+    assert row.count("&") == 2
+
+
+def test_terminal_tables_print_brackets_as_text(tmp_path):
+    """rich reads `[...]` as markup: a table named '[bold]T[/bold]' lost its brackets (and '[/b]' alone raises)."""
+    from rich.console import Console
+
+    from mmbench.render import render_terminal
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, tables=("[bold]T[/bold] [/b]",))
+    console = Console(record=True, width=200)
+    render_terminal(console, build_report(runs, None).summaries, [])
+    assert "[bold]T[/bold] [/b]" in console.export_text()
+
+
+def test_sweep_values_that_print_alike_are_told_apart(tmp_path):
+    """β = 0.1 + 0.2 and β = 0.3 are two configurations: `:g` printed both rows (or columns) as 0.3."""
+    runs = tmp_path / "runs"
+    for beta, v in ((0.1 + 0.2, 0.1), (0.3, 0.9), (1.0, 0.5)):
+        _sweep_run(runs, "mopoe", beta, 0, {"latent_acc_by_n/1": v})
+    (_, acc), = build_report(runs, None).summaries
+    assert list(acc["β"]) == ["0.3", "0.30000000000000004", "1"]
+    assert list(acc["mopoe (1 seed)"]) == ["0.900", "0.100", "0.500"]
+    from mmbench.tables import series_names  # the wide table's column labels (fewer than SWEEP_MIN values)
+    runs2 = tmp_path / "runs2"
+    for beta in (0.1 + 0.2, 0.3):
+        _sweep_run(runs2, "mopoe", beta, 0, {"latent_acc_by_n/1": beta})
+    (_, wide), = build_report(runs2, None).summaries
+    assert list(wide.columns) == ["metric", "mopoe β=0.3 (1 seed)", "mopoe β=0.30000000000000004 (1 seed)"]
