@@ -1099,7 +1099,7 @@ def test_sweep_values_that_print_alike_are_told_apart(tmp_path):
     (_, acc), = build_report(runs, None).summaries
     assert list(acc["β"]) == ["0.3", "0.30000000000000004", "1"]
     assert list(acc["mopoe (1 seed)"]) == ["0.900", "0.100", "0.500"]
-    from mmbench.tables import series_names  # the wide table's column labels (fewer than SWEEP_MIN values)
+    # the wide table's column labels (tables.series_names; fewer than SWEEP_MIN values)
     runs2 = tmp_path / "runs2"
     for beta in (0.1 + 0.2, 0.3):
         _sweep_run(runs2, "mopoe", beta, 0, {"latent_acc_by_n/1": beta})
