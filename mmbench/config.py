@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, show_value
 
 
 @dataclass
@@ -185,12 +185,6 @@ def _drop_added_defaults(d: Dict[str, Any], defaults: Dict[str, Any], v1: Dict[s
             for sub in list(d[key]):
                 if sub not in v1[key] and d[key][sub] == defaults[key].get(sub):
                     del d[key][sub]
-
-
-def show_value(value: Any, width: int = 80) -> str:
-    """repr(value), cut to about `width` characters: an error quoting a whole misplaced block stays readable."""
-    text = repr(value)
-    return text if len(text) <= width else text[:width] + "…"
 
 
 def _type_name(tp: Any) -> str:

@@ -1,4 +1,7 @@
 """User-facing errors: one line saying what is wrong and how to fix it."""
+from __future__ import annotations
+
+from typing import Any
 
 
 class MMBenchError(Exception):
@@ -31,3 +34,10 @@ class ConfigError(MMBenchError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+def show_value(value: Any, width: int = 80) -> str:
+    """repr(value), cut to about `width` characters: an error quoting a whole misplaced block, or a number of
+    hundreds of digits, stays readable."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "…"

@@ -348,8 +348,7 @@ class _Member:
         self.cpu_rng = cpu_state
         last = run.ckpt_dir / "last.pt"
         if last.exists() or last.is_symlink():  # a link to nowhere: read_checkpoint names it
-            ck = train_mod.read_checkpoint(last, run_id=run.id)
-            train_mod.check_plan(ck["state"], self.cfg, last)
+            ck = train_mod.read_checkpoint(last, run=run)
             self.model_state, self.opt_state, self.state = ck["model"], ck["optimizer"], ck["state"]
             self.cpu_rng = ck["rng"]
             if torch.device(device).type == "cpu":

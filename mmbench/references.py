@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import yamlio
 from .config import check_path, check_settings
-from .errors import ConfigError, MMBenchError
+from .errors import ConfigError, MMBenchError, show_value
 from .registry import METHODS
 
 CELL_FIELDS = ("paper", "table", "row", "column", "method", "metric", "value", "tolerance")
@@ -130,8 +130,7 @@ def _check_text(where: str, v: Any) -> None:
 
 def _check_number(where: str, v: Any, non_negative: bool = False) -> None:
     if not _is_number(v) or (non_negative and v < 0):
-        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {shown}")
+        raise ConfigError(where, f"must be a {'number >= 0' if non_negative else 'number'}, got {show_value(v, 40)}")
 
 
 def _check_method(where: str, name: Any) -> None:

@@ -29,7 +29,7 @@ import yaml
 
 from . import __version__, yamlio
 from .config import RunConfig, build_run_config
-from .errors import ConfigError, MMBenchError
+from .errors import ConfigError, MMBenchError, show_value
 from .files import durable_writes, env_folder, temp_beside
 
 SCHEMA_VERSION = 1
@@ -238,8 +238,7 @@ def parse_metrics(text: str | bytes, where: str) -> Dict[str, Any]:
         raise RecordError(where, "has no `metrics` mapping")
     bad = [k for k, v in values.items() if not _is_float(v)]
     if bad:
-        shown = repr(values[bad[0]]) if len(repr(values[bad[0]])) <= 40 else repr(values[bad[0]])[:37] + "..."
-        raise RecordError(where, f"metric {bad[0]!r} is {shown}, not a number")
+        raise RecordError(where, f"metric {bad[0]!r} is {show_value(values[bad[0]], 40)}, not a number")
     for key in ("classifier_set", "classifier_dropout", "eval_precision"):  # how it was scored (_scoring_of)
         if key in m and not isinstance(m[key], str):
             raise RecordError(where, f"`{key}` is {m[key]!r}, not the name mmbench writes")

@@ -232,7 +232,7 @@ def adopt_later_best(run: Run, state: Dict) -> None:
     best = run.ckpt_dir / "best.pt"
     if not best.exists():
         return
-    ck = read_checkpoint(best, resumable=False, mmap=True, run_id=run.id)  # its records: the weights stay on disk
+    ck = read_checkpoint(best, resumable=False, mmap=True, run=run)  # its records: the weights stay on disk
     if not _whole(ck.get("epoch", 0)) or not isinstance(ck.get("test_loss", math.inf), (int, float)) \
             or isinstance(ck.get("test_loss"), bool):
         raise MMBenchError(f"checkpoint {best} records epoch {ck.get('epoch')!r} and test loss {ck.get('test_loss')!r}, "
@@ -245,7 +245,7 @@ def adopt_later_best(run: Run, state: Dict) -> None:
 
 
 def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool = False,
-                    run_id: Optional[str] = None) -> Dict:
+                    run: Optional[Run] = None) -> Dict:
     """A checkpoint file's contents; one that cannot be read (truncated, overwritten, not a checkpoint) or, with
     `resumable` (last.pt), lacks what a resume or an evaluation reads (`resume_problem`) is an error naming the file
     and the fix, and stays on disk (it is never replaced without the user's say). `mmap`: the tensors mapped from
@@ -264,9 +264,12 @@ def read_checkpoint(path: Path, device="cpu", resumable: bool = True, mmap: bool
     problem = resume_problem(ck) if resumable else None
     if problem:
         raise MMBenchError(f"checkpoint {path} {problem}; {MISFIT}")
-    owner = ck.get("run_id")  # written since 2026-12-05; a checkpoint from before names no run
-    if run_id is not None and owner is not None and owner != run_id:  # e.g. copied from another seed's folder
-        raise MMBenchError(f"checkpoint {path} was written by run {owner}, not {run_id}; {MISFIT}")
+    if run is not None:  # the run reading it: its own checkpoint (and, for last.pt, within its plan)
+        owner = ck.get("run_id")  # written since 2026-12-05; a checkpoint from before names no run
+        if owner is not None and owner != run.id:  # e.g. copied from another seed's folder
+            raise MMBenchError(f"checkpoint {path} was written by run {owner}, not {run.id}; {MISFIT}")
+        if resumable:
+            check_plan(ck["state"], run.cfg, path)
     return ck
 
 
@@ -531,8 +534,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
     last = run.ckpt_dir / "last.pt"
     if last.exists() or last.is_symlink():  # a link to nowhere is an unreadable checkpoint, not none (read_checkpoint)
-        ck = read_checkpoint(last, device, run_id=run.id)
-        check_plan(ck["state"], cfg, last)
+        ck = read_checkpoint(last, device, run=run)
         restore(model, opt, ck, last)
         set_rng_states((ck["rng"], ck.get("rng_device")), device)  # a GPU run continues its GPU stream too
         state = ck["state"]
@@ -687,8 +689,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
                                f"settings, and eval settings are part of the run id; train this run (`mmbench train` or "
                                f"`mmbench run`), or evaluate with {twin.name}'s eval settings")
         raise MMBenchError(f"no checkpoint {last}; train the run first (`mmbench train` or `mmbench run`)")
-    ck = read_checkpoint(last, device or "cpu", run_id=run.id)
-    check_plan(ck["state"], cfg, last)
+    ck = read_checkpoint(last, device or "cpu", run=run)
     if ck["state"]["epoch"] < cfg.train.epochs:
         raise MMBenchError(f"run {run.id} stopped at epoch {ck['state']['epoch']} of {cfg.train.epochs}; "
                            f"resume it with `mmbench train` or `mmbench run`")
@@ -696,7 +697,7 @@ def load_trained(run: Run, device=None) -> MultimodalVAE:
     if cfg.train.select == "best_test_loss":
         path = run.ckpt_dir / "best.pt"
         best = ck["state"]["best_test_loss"]
-        ck = read_checkpoint(path, device or "cpu", resumable=False, run_id=run.id)
+        ck = read_checkpoint(path, device or "cpu", resumable=False, run=run)
         if ck.get("test_loss") != best:  # saved by another trajectory than the one last.pt records
             raise MMBenchError(f"{path} holds the weights of a test loss of {ck.get('test_loss')}, but {last} records "
                                f"a best of {best}: it is not this training's best; delete {run.ckpt_dir} and train the "

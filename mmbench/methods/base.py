@@ -30,10 +30,10 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from ..config import EXPONENT_AS_TEXT, show_value, with_point  # the config fields' wording, for the options too
+from ..config import EXPONENT_AS_TEXT, with_point  # the config fields' wording, for the options too
 from ..config import MethodConfig  # noqa: F401 - the methods' hyperparameters, imported from here by the methods
 from ..data.base import Modality
-from ..errors import ConfigError, MMBenchError
+from ..errors import ConfigError, MMBenchError, show_value
 from ..likelihoods import likelihood_name
 from ..registry import ARCHITECTURES, LIKELIHOODS
 

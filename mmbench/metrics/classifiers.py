@@ -9,7 +9,6 @@ test *mean average precision* instead of accuracy, held to ``eval.classifier_min
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from ..config import EvalConfig
 from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root, manifest_digest, read_manifest,
                          to_float)
+from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
@@ -113,7 +113,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)
             atomic_write(path, buf.getvalue())
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_digest(path, "sha256")
         if mod.name in accs and sums.get(mod.name) != digest:  # replaced since measured, or a cache from before
             print(f"note: {path} is not the file its score in {acc_path.name} was measured on (no or another sha256 "
                   f"in {sums_path.name}); measuring the classifier again", file=sys.stderr)
