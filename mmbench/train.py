@@ -204,6 +204,9 @@ def resume_problem(ck: Dict) -> Optional[str]:
         return f"records step {state['step']!r}, not a whole number of steps"
     if not isinstance(state.get("history"), list) or not isinstance(state.get("best_test_loss"), (int, float)):
         return "has a training state without its history or best test loss"
+    best = state["best_test_loss"]  # +inf until a test loss is measured; NaN would never be beaten (best.pt frozen)
+    if isinstance(best, bool) or (isinstance(best, float) and (math.isnan(best) or best == -math.inf)):
+        return f"records a best test loss of {best!r}, not a test loss or +inf (none measured yet)"
     if not all(isinstance(h, dict) for h in state["history"]):
         return "has a training history whose entries are not the per-epoch records mmbench writes"
     if "sums" in state and not isinstance(state["sums"], dict):

@@ -586,3 +586,47 @@ def test_polymnist_files_are_found_beside_or_in_the_authors_folder(tmp_path):
     (tmp_path / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m1").touch()
     assert find_file(arch, m0, tmp_path) == tmp_path / "pretrained_img_to_digit_clf_m0"
     assert find_file(arch, m1, tmp_path) == tmp_path / "trained_clfs_polyMNIST" / "pretrained_img_to_digit_clf_m1"
+
+
+def test_a_file_where_the_import_cache_belongs_is_named_before_the_files_are_read(tmp_path, monkeypatch):
+    # authors_classifiers.import_classifiers (metrics/cache.cache_folder): a file at <data_root>/classifiers-authors
+    # was an OS error after every classifier had been loaded and measured
+    import mmbench.metrics.authors_classifiers as authors
+
+    spec = DATASETS.get("polydigits")()
+    (tmp_path / "authors").mkdir()
+    (tmp_path / "classifiers-authors").write_text("not a folder")
+    monkeypatch.setattr(authors, "find_file", lambda *a: pytest.fail("read before the cache was checked"))
+    test = type("Split", (), {"modalities": spec.modalities("vanilla")})()
+    with pytest.raises(MMBenchError, match=f"^{re.escape(str(tmp_path / 'classifiers-authors'))} is a file where "
+                                           f"mmbench keeps the authors' classifiers' cache"):
+        authors.import_classifiers(spec, "vanilla", test, tmp_path / "authors", tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["replaced", "record_not_a_mapping"])
+def test_a_cached_classifier_replaced_after_its_import_is_refused(tmp_path, data_root, damage):
+    # authors_classifiers.load_classifiers: source.json recorded the digests of the authors' files only, so a cached
+    # m2.pt replaced afterwards (here by m3's network, which loads) scored coherence under m2's recorded accuracy
+    from mmbench.metrics.authors_classifiers import CACHED, import_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "polydigits").symlink_to(data_root / "polydigits")
+    test = load_split(spec, "vanilla", "test", data_root).subset(64)
+    src = _poly_folder(tmp_path / "a", seed=0)
+    first = import_classifiers(spec, "vanilla", test, src, root)
+    directory = cache_dir(spec, "vanilla", root)
+    source = json.loads((directory / "source.json").read_text())
+    assert source[CACHED] == {m: hashlib.sha256((directory / f"{m}.pt").read_bytes()).hexdigest() for m in first}
+    if damage == "replaced":
+        (directory / "m2.pt").write_bytes((directory / "m3.pt").read_bytes())
+        message = f"{directory / 'm2.pt'} is not the file imported"
+    else:
+        (directory / "source.json").write_text(json.dumps({**source, CACHED: ["m0"]}))
+        message = f"{directory / 'source.json'} records the cached files' sha256"
+    with pytest.raises(MMBenchError, match=f"^{re.escape(message)}.*import them again with") as e:
+        load_classifiers(spec, "vanilla", test.modalities, root)
+    assert "\n" not in str(e.value)
+    assert import_classifiers(spec, "vanilla", test, src, root) == first  # the advice mends it
+    assert load_classifiers(spec, "vanilla", test.modalities, root)[1] == first

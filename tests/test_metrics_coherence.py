@@ -1,4 +1,6 @@
 """Coherence on known answers: a model that copies its input scores 1, a random one scores chance."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -348,3 +350,29 @@ def test_a_damaged_score_or_a_replaced_classifier_is_measured_again(tmp_path, da
     clfs, accs = get()
     assert accs == {"m0": accuracy(clfs["m0"], split, "m0", torch.device("cpu"))}
     assert "measuring the classifier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("blocker", ["classifiers_file", "cache_file", "dangling_link"])
+def test_a_file_where_the_classifier_cache_belongs_is_named_before_any_training(tmp_path, blocker, monkeypatch):
+    # classifiers.get_classifiers (metrics/cache.cache_folder): a file at <data_root>/classifiers was an OS error
+    # ("File exists" or "Not a directory") once the first classifier had been trained
+    import mmbench.metrics.classifiers as clsm
+    from mmbench.errors import MMBenchError
+
+    spec = DATASETS.get("polydigits")()
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    split = DataSplit(mods, {"m0": torch.zeros(20, 3, 28, 28, dtype=torch.uint8)}, torch.arange(20) % 10)
+    directory = clsm.cache_dir(spec, "vanilla", 1, tmp_path)
+    blocked = directory.parent if blocker == "classifiers_file" else directory
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    if blocker == "dangling_link":
+        blocked.symlink_to(tmp_path / "nowhere")
+    else:
+        blocked.write_text("not a folder")
+    monkeypatch.setattr(clsm, "train_one", lambda *a, **k: pytest.fail("trained before the cache was checked"))
+    kind = "a link to nowhere" if blocker == "dangling_link" else "a file"
+    message = (f"{blocked} is {kind} where mmbench keeps the coherence classifiers' cache (in the folder "
+               f"{directory}); move it away, and run again")
+    with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
+        clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), tmp_path,
+                             lambda *a: None, check=False)

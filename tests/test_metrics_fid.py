@@ -4,6 +4,7 @@ The real Inception weights cannot be downloaded in the tests: a randomly initial
 dict is saved to a temporary file and its sha256 passed in, so every check of the real path runs.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -341,3 +342,34 @@ def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(da
     assert torch.equal(again.mu, good.mu) and torch.equal(again.sigma, good.sigma)
     assert f"note: {path} is corrupt" in capsys.readouterr().err and path.with_name(path.name + ".corrupt").exists()
     shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling_link", "file_above"])
+def test_a_file_where_the_statistics_folder_belongs_is_named_before_the_features_are_computed(data_root, tmp_path,
+                                                                                              blocker):
+    # fid.real_reference (metrics/cache.cache_folder): a file at <data_root>/fid_stats was an OS error ("File
+    # exists") after the Inception pass over the test split
+    import types
+
+    spec = DATASETS.get("polydigits")()
+    split = load_split(spec, "vanilla", "test", data_root).subset(6)
+    root = tmp_path / "root"
+    root.mkdir()
+    blocked = root if blocker == "file_above" else root / "fid_stats"
+    if blocker == "file_above":
+        root.rmdir()
+        root.write_text("not a folder")
+    elif blocker == "file":
+        blocked.write_text("not a folder")
+    else:
+        blocked.symlink_to(tmp_path / "nowhere")
+    ctx = types.SimpleNamespace(data_root=root, spec=spec, variant="vanilla", device=torch.device("cpu"),
+                                cfg=EvalConfig(fid_batch_size=4))
+    calls = []
+    net = lambda x: calls.append(1) or x.flatten(1)[:, :fidm.FID_DIMS]  # noqa: E731
+    kind = "a link to nowhere" if blocker == "dangling_link" else "a file"
+    message = (f"{blocked} is {kind} where mmbench keeps FID's reference statistics (in the folder "
+               f"{root / 'fid_stats'}); move it away, and run again")
+    with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
+        fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    assert calls == []

@@ -736,6 +736,15 @@ def test_bf16_computes_under_bfloat16_autocast_and_fp32_without():
     (lambda ck: ck["state"].__setitem__("epoch", -1), "records epoch -1, not a whole number of epochs"),
     (lambda ck: ck["state"].pop("history"), "has a training state without its history or best test loss"),
     (lambda ck: ck["state"].__setitem__("best_test_loss", None), "has a training state without its history or best test loss"),
+    (lambda ck: ck["state"].__setitem__("best_test_loss", 12.5), None),
+    (lambda ck: ck["state"].__setitem__("best_test_loss", 10 ** 400), None),  # an int, finite (no float overflow)
+    # NaN is never beaten (best.pt would stay where it is for the rest of the training); -inf neither
+    (lambda ck: ck["state"].__setitem__("best_test_loss", float("nan")),
+     "records a best test loss of nan, not a test loss or +inf (none measured yet)"),
+    (lambda ck: ck["state"].__setitem__("best_test_loss", -float("inf")),
+     "records a best test loss of -inf, not a test loss or +inf (none measured yet)"),
+    (lambda ck: ck["state"].__setitem__("best_test_loss", False),
+     "records a best test loss of False, not a test loss or +inf (none measured yet)"),
     (lambda ck: ck.__setitem__("optimizer", None), "holds no optimiser state"),
     (lambda ck: ck.__setitem__("rng", torch.zeros(3)), "holds no random-number state (rng)"),
 ])

@@ -21,10 +21,11 @@ import torch
 
 from ..data.base import (DataSplit, DatasetSpec, Modality, data_root_words, dataset_dir, default_data_root,
                          manifest_digest, read_manifest)
+from ..data.download import file_digest
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .cache import read_cached_json, set_aside, valid_score
+from .cache import cache_folder, read_cached_json, set_aside, valid_score
 from .quality import accuracy, mean_ap
 
 
@@ -36,6 +37,9 @@ def authors_set(spec: DatasetSpec):
         raise MMBenchError(f"no authors' classifiers are known for dataset {spec.registry_name}; "
                            f"they exist for: {', '.join(served)} (use eval.classifiers: mmbench)")
     return found[0]
+
+
+CACHED = "cached_sha256"  # source.json's record of the cached <modality>.pt files' sha256
 
 
 def cache_dir(spec: DatasetSpec, variant: str, data_root: Optional[Path]) -> Path:
@@ -109,6 +113,7 @@ def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source:
     source = Path(source)
     if not source.is_dir():
         raise MMBenchError(f"--from {source}: not a directory; pass the folder holding the authors' classifier files")
+    directory = cache_folder(cache_dir(spec, variant, data_root), "the authors' classifiers' cache")
     clfs, sources = {}, {}
     for mod in test.modalities:
         path = find_file(arch, mod, source)
@@ -118,14 +123,18 @@ def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     score = mean_ap if spec.multilabel else accuracy
     accs = {m: score(c.to(device), test, m, device) for m, c in clfs.items()}
-    directory = cache_dir(spec, variant, data_root)
+    cached = {}
     for m, c in clfs.items():
         buf = io.BytesIO()
         torch.save({k: v.cpu() for k, v in c.state_dict().items()}, buf)
         atomic_write(directory / f"{m}.pt", buf.getvalue())
+        cached[m] = hashlib.sha256(buf.getvalue()).hexdigest()
     old = _read_json(directory / "accuracy.json", None)
-    atomic_json(directory / "source.json", {**_read_json(directory / "source.json", None), **sources,
-                                            "architecture": arch.registry_name})
+    recorded = _read_json(directory / "source.json", None)
+    kept = recorded.get(CACHED) if isinstance(recorded.get(CACHED), dict) else {}
+    # the cached files' own sha256, checked by load_classifiers: a file replaced after its score was measured
+    atomic_json(directory / "source.json", {**recorded, **sources, "architecture": arch.registry_name,
+                                            CACHED: {**kept, **cached}})
     atomic_json(directory / "accuracy.json", {**old, **accs})
     return accs
 
@@ -162,6 +171,11 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
     if not all(valid_score(v) for v in accs.values()):
         raise MMBenchError(f"{directory / 'accuracy.json'} holds scores that are not numbers; "
                            f"{_reimport(spec, variant, data_root)}")
+    # imports before 2026-12-06 recorded no digest of the cached files: read as before
+    sums = _read_json(directory / "source.json", _reimport(spec, variant, data_root)).get(CACHED, {})
+    if not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+        raise MMBenchError(f"{directory / 'source.json'} records the cached files' sha256 ({CACHED}) as something "
+                           f"other than a modality -> digest mapping; {_reimport(spec, variant, data_root)}")
     clfs = {}
     for mod in modalities:
         path = directory / f"{mod.name}.pt"
@@ -169,6 +183,9 @@ def load_classifiers(spec: DatasetSpec, variant: str, modalities: List[Modality]
             raise MMBenchError(f"the authors' classifier for {spec.registry_name} ({variant}) modality {mod.name} is "
                                f"not imported (for this prepared data); run `{import_command(spec, variant, data_root)}`, "
                                f"or use eval.classifiers: mmbench")
+        if mod.name in sums and path.is_file() and file_digest(path, "sha256") != sums[mod.name]:
+            raise MMBenchError(f"{path} is not the file imported (its sha256 is not the one {directory.name}/source.json "
+                               f"records), so its recorded score is not its own; {_reimport(spec, variant, data_root)}")
         clf = arch.classifier(mod, spec.n_classes)
         try:
             clf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -10,7 +10,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..errors import brief
+from ..errors import MMBenchError, brief
+
+
+def cache_folder(folder: Path, what: str) -> Path:
+    """`folder`, where a cache is written, checked before the work that fills it: a file or a link to nowhere in its
+    place or a folder's above it is an error naming it (not an OS error once the classifiers are trained)."""
+    for p in [folder, *folder.parents]:
+        if p.is_dir():
+            break
+        if os.path.lexists(p):
+            kind = "a link to nowhere" if p.is_symlink() and not p.exists() else "a file"
+            raise MMBenchError(f"{p} is {kind} where mmbench keeps {what} (in the folder {folder}); move it away, "
+                               f"and run again")
+    return folder
 
 
 def set_aside(path: Path, problem: str, doing: str) -> None:

@@ -26,7 +26,7 @@ from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
-from .cache import read_cached_json, set_aside, valid_score
+from .cache import cache_folder, read_cached_json, set_aside, valid_score
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
@@ -98,7 +98,8 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         return clfs, accs
 
     device = device_of()
-    directory = cache_dir(spec, variant, cfg.classifier_epochs, data_root)
+    directory = cache_folder(cache_dir(spec, variant, cfg.classifier_epochs, data_root),
+                             "the coherence classifiers' cache")
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
     sums_path = directory / "sha256.json"

@@ -41,7 +41,7 @@ from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
 from .batched import chunked
-from .cache import set_aside
+from .cache import cache_folder, set_aside
 from .context import EvalContext
 
 # pytorch-fid 0.3.0 inception.py FID_WEIGHTS_URL (tests/test_metrics_fid.py holds the two equal); written out so
@@ -257,7 +257,7 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
     """Reference statistics of `split`'s images of `mod`, cached by content digest and weights digest."""
     raw = split.x[mod.name][torch.arange(len(split))]
     digest = hashlib.sha256(str(tuple(raw.shape)).encode() + raw.contiguous().numpy().tobytes()).hexdigest()[:16]
-    root = Path(ctx.data_root or default_data_root()) / "fid_stats"
+    root = cache_folder(Path(ctx.data_root or default_data_root()) / "fid_stats", "FID's reference statistics")
     name = getattr(ctx.spec, "registry_name", "data")
     path = root / f"{name}-{ctx.variant}-test-{mod.name}-n{len(split)}-{digest}-w{weights_sha[:12]}.npz"
     cached = _cached_stats(path)
