@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def png_bytes(img) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """Writes past `nbytes` in any file fail, as on a full disk, in this process only (RLIMIT_FSIZE, with SIGXFSZ
+    ignored so the write raises instead of killing the process): a real short write (numpy: "... requested and N
+    written"; Python: EFBIG), no root and no small file system needed."""
+    import resource
+    import signal
+
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)

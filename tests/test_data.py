@@ -798,3 +798,22 @@ def test_a_forced_rebuild_whose_final_rename_fails_puts_the_prepared_copy_back(t
     assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
     assert read_manifest(path) == before
     assert len(load_split(spec, "translated", "test", tmp_path)) == 1080
+
+
+def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_says_so(tmp_path):
+    # data/base.ArrayWriter.write: numpy's short write on a full disk is an OSError naming no file, which the CLI
+    # shows as a traceback; now one line naming the array and the fix, the prepared copy untouched
+    from conftest import file_size_limit
+
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "translated", seed=0, data_root=tmp_path)
+    files = {p.name: p.read_bytes() for p in path.iterdir()}
+    with file_size_limit(100_000), pytest.raises(MMBenchError) as e:  # the image arrays are ~2 MB
+        prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
+    message = str(e.value)
+    assert re.match(r"writing \w+\.npy of the build failed \(OSError: .*\); the unfinished build is removed and any "
+                    r"prepared copy is left as it was: free space in " + re.escape(str(tmp_path / "polydigits")) +
+                    r" \(a full disk or a quota\?\) and run the command again$", message), message
+    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
+    assert prepare(spec, "translated", seed=0, data_root=tmp_path) == path  # still verified as prepared

@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import http.server
+import re
 import threading
 import time
 
@@ -447,3 +448,24 @@ def test_mnist_images_and_labels_of_other_counts_are_refused(tmp_path, monkeypat
         monkeypatch.setitem(mnist.FILES, name, hashlib.md5((tmp_path / name).read_bytes()).hexdigest())
     with pytest.raises(MMBenchError, match=f"MNIST test: {n_images} images but {n_labels} labels"):
         mnist.load("test", tmp_path / "raw", source=tmp_path)
+
+
+def test_a_full_disk_during_a_download_keeps_its_bytes_tries_no_other_mirror_and_says_to_free_space(server, tmp_path):
+    # download._download: a failed write of the partial file was taken for the mirror's failure, so every other
+    # mirror was tried (each failing the same way) and the advice was to download the file by hand
+    from conftest import file_size_limit
+
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    res = Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin", f"{url}/norange/f.bin"])
+    part = tmp_path / "f.bin.part"
+    with file_size_limit(len(PAYLOAD) // 2), pytest.raises(MMBenchError) as e:
+        fetch(res, tmp_path)
+    assert Handler.paths == ["/good/f.bin"]
+    held = part.stat().st_size
+    assert 0 < held <= len(PAYLOAD) // 2 and part.read_bytes() == PAYLOAD[:held]
+    assert re.match(rf"writing the download {re.escape(str(part))} failed after [\d,]+ bytes \(OSError: .*\); they "
+                    rf"are kept: free space in {re.escape(str(tmp_path))} \(a full disk or a quota\?\) and run the "
+                    rf"command again to resume$", str(e.value)), str(e.value)
+    assert fetch(res, tmp_path).read_bytes() == PAYLOAD  # with the space back, the download resumes
+    assert Handler.ranges[-1] == f"bytes={held}-"

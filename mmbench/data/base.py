@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 from .download import file_digest
 from ..files import env_folder, temp_beside
 
@@ -119,8 +119,19 @@ class ArrayWriter:
 
     def write(self, key: str, array: np.ndarray) -> None:
         path = self.dir / f"{key}.npy"
-        np.save(path, np.ascontiguousarray(array))
+        try:
+            np.save(path, np.ascontiguousarray(array))
+        except OSError as e:  # numpy's short write names no file (and no errno): a full disk, a quota
+            raise build_write_error(path, e) from None
         self.arrays[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": file_digest(path, "sha256")}
+
+
+def build_write_error(path: Path, e: OSError) -> MMBenchError:
+    """A build's file that could not be written (a full disk, a quota, a size limit): one line naming it; `prepare`
+    removes the unfinished build, and a prepared copy already there stays as it was."""
+    return MMBenchError(f"writing {path.name} of the build failed ({brief(e)}); the unfinished build is removed and "
+                        f"any prepared copy is left as it was: free space in {path.parent.parent} (a full disk or a "
+                        f"quota?) and run the command again")
 
 
 def data_root_words(data_root: Optional[Path]) -> List[str]:
@@ -363,8 +374,11 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
         }
         manifest["manifest_sha256"] = manifest_checksum(manifest)
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
+        try:
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1)
+        except OSError as e:
+            raise build_write_error(tmp / MANIFEST, e) from None
         if target.exists():  # --force: move the old copy aside only once the new one is complete
             old = target.with_name(f".{variant}.old-{os.getpid()}")
             target.rename(old)

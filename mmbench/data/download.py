@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..errors import MMBenchError
+from ..errors import MMBenchError, brief
 
 CHUNK = 1 << 16
 
@@ -60,6 +60,15 @@ def _check(path: Path, res: Resource, delete: bool) -> None:
         raise damaged(path, f"fails its checksum (md5 {actual}, published {res.md5})", res, user_copy=True)
 
 
+class PartWriteError(MMBenchError):
+    """The partial download could not be written here (a full disk, a quota): not the mirror's fault, so no other
+    mirror is tried (each would fail the same way); what was written is kept for the resume."""
+
+    def __init__(self, part: Path, done: int, e: OSError):
+        super().__init__(f"writing the download {part} failed after {done:,} bytes ({brief(e)}); they are kept: free "
+                         f"space in {part.parent} (a full disk or a quota?) and run the command again to resume")
+
+
 def _open(url: str, have: int, timeout: float):
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     return urllib.request.urlopen(req, timeout=timeout)
@@ -81,15 +90,30 @@ def _download(url: str, part: Path, progress: Callable[[str, int, int], None], t
             have = 0
         total = resp.headers.get("Content-Length")
         total = int(total) + have if total is not None else 0
-        with open(part, "ab" if have else "wb") as f:
-            done = have
-            while True:
-                block = resp.read(CHUNK)
+        done, failed = have, None
+        try:
+            f = open(part, "ab" if have else "wb")
+        except OSError as e:
+            raise PartWriteError(part, done, e) from None
+        try:
+            while failed is None:
+                block = resp.read(CHUNK)  # a network error (an OSError too) propagates as the mirror's failure
                 if not block:
                     break
-                f.write(block)
+                try:
+                    f.write(block)
+                except OSError as e:  # the disk's failure, not the mirror's
+                    failed = e
+                    break
                 done += len(block)
                 progress(f"download {part.name[:-5]}", done, max(total, done))
+        finally:
+            try:
+                f.close()  # writes what is buffered: a full disk may first show here
+            except OSError as e:
+                failed = failed or e
+        if failed is not None:
+            raise PartWriteError(part, done, failed)
         if total and done < total:
             raise MMBenchError(f"download of {url} stopped at {done} of {total} bytes; run again to resume")
 
@@ -125,6 +149,8 @@ def fetch(res: Resource, raw_dir: Path, source: Optional[Path] = None,
     for url in res.urls:
         try:
             _download(url, part, progress, timeout)
+        except PartWriteError:
+            raise
         except (urllib.error.URLError, OSError, http.client.HTTPException, MMBenchError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
             continue
