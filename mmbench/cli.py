@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import MMBenchError
+from .errors import MMBenchError, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce the tables and figures of multimodal-VAE papers.\n\n"
@@ -1118,11 +1118,10 @@ def main() -> None:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:
-        if e.filename is None:  # not about a path the user gave: a bug, shown in full
+        line = os_error_line(e)
+        if line is None:  # not about a path the user gave: a bug, shown in full
             raise
-        to = f" -> {e.filename2}" if e.filename2 else ""
-        err_console.print(f"[red]error:[/red] {escape(f'{e.filename}{to}: {e.strerror or e}')} (check the path and its "
-                          f"permissions)", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED)

@@ -1,7 +1,8 @@
 """User-facing errors: one line saying what is wrong and how to fix it."""
 from __future__ import annotations
 
-from typing import Any
+import errno
+from typing import Any, Optional
 
 
 class MMBenchError(Exception):
@@ -41,3 +42,17 @@ def show_value(value: Any, width: int = 80) -> str:
     hundreds of digits, stays readable."""
     text = repr(value)
     return text if len(text) <= width else text[:width] + "…"
+
+
+DISK_FULL = ("a full disk or a quota: free space and run the command again; files already written are kept, and "
+             "unfinished runs resume from their last checkpoint")
+
+
+def os_error_line(e: OSError) -> Optional[str]:
+    """An OSError about a path as one line with its fix (a full disk: free space; else: the path and its
+    permissions), as the CLI and a run's worker print it; None for one naming no path (a bug, shown in full)."""
+    if e.filename is None:
+        return None
+    to = f" -> {e.filename2}" if e.filename2 else ""
+    fix = DISK_FULL if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the path and its permissions"
+    return f"{e.filename}{to}: {e.strerror or e} ({fix})"

@@ -78,9 +78,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a short write (a full disk) names no file: this one
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
@@ -414,6 +416,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.yaml"
         d = self.cfg.to_dict()
+        text = None
         if cfg_path.exists():
             text = cfg_path.read_text()
             old = yamlio.load(text, str(cfg_path)) or {}
@@ -421,7 +424,8 @@ class Run:
             if (yaml.safe_dump(d, sort_keys=False) != text and self.metrics_path.exists()
                     and not self.config_before_rescore.exists() and self.status() == "rescore"):
                 atomic_write(self.config_before_rescore, text)
-        atomic_write(cfg_path, yaml.safe_dump(d, sort_keys=False))
+        if yaml.safe_dump(d, sort_keys=False) != text:  # the same text is not written again (a full disk: no need)
+            atomic_write(cfg_path, yaml.safe_dump(d, sort_keys=False))
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from . import yamlio
 from .config import build_run_config
-from .errors import MMBenchError
+from .errors import MMBenchError, os_error_line
 from .evaluate import execute_when_free
 from .results import Run
 from .hostmem import tune_host_allocator
@@ -65,6 +65,12 @@ def main(*run_dirs: str) -> int:
         except MMBenchError as e:
             print(f"error: {e}", flush=True)
             return 1
+        except OSError as e:
+            line = os_error_line(e)
+            if line is None:
+                raise
+            print(f"error: {line}", flush=True)
+            return 1
         for rid, err in errors.items():
             if err:
                 print(f"error: {rid}: {err}", flush=True)
@@ -73,6 +79,12 @@ def main(*run_dirs: str) -> int:
         execute_when_free(runs[0], None, progress)  # another `mmbench run` on this run: wait, never twice
     except MMBenchError as e:
         print(f"error: {e}", flush=True)
+        return 1
+    except OSError as e:  # about a path (a full disk): one line with its fix, as the CLI says it; else a traceback
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", flush=True)
         return 1
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: a line in log.txt, not a traceback
         print("interrupted; the run resumes from its last checkpoint", flush=True)

@@ -547,3 +547,34 @@ def test_bad_environment_folder_or_fsync_is_one_line_before_any_work(tmp_path, v
     assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and not out.strip(), (out, err)  # refused before measuring anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suites"]  # nothing written here, nor a folder " "
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_saying_to_free_space(tmp_path, monkeypatch, capsys):
+    # results.atomic_write: a short write's OSError names no file, so cli.main showed a full disk as a traceback (a
+    # bug); now the file, and the fix (free space) rather than "check the path and its permissions"
+    from conftest import file_size_limit
+
+    from mmbench import cli
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = tmp_path / "report.md"
+    out.write_text("the report before")
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(sys, "argv", ["mmbench", "report", "--runs-dir", str(runs), "--out", str(out)])
+    with file_size_limit(5), pytest.raises(SystemExit) as exit_:  # an empty report is ~20 bytes
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: {out}: File too large (a full disk or a quota: free space and run the command again; files " \
+           f"already written are kept" in err
+    assert out.read_text() == "the report before" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "runs"]
+
+
+@pytest.mark.parametrize("code,fix", [(28, "a full disk or a quota"), (122, "a full disk or a quota"),
+                                      (27, "a full disk or a quota"), (13, "check the path and its permissions")])
+def test_os_error_line_says_the_fix_of_each_error(code, fix):
+    from mmbench.errors import os_error_line
+
+    assert os_error_line(OSError(code, os.strerror(code), "/x/y")).startswith(f"/x/y: {os.strerror(code)} ({fix}")
+    assert os_error_line(OSError(code, os.strerror(code))) is None  # no path: a bug, shown in full

@@ -513,3 +513,21 @@ def test_a_run_lock_that_is_a_folder_is_refused_in_one_line(tmp_path):
         with run.lock():
             pass
     assert (run.dir / "run.lock").is_dir()
+
+
+def test_init_leaves_an_identical_config_unwritten(tmp_path):
+    # results.Run.init rewrote config.yaml on every start, so a finished run could not even be re-scored on a full
+    # disk; the same text is not written again, a changed one is (its tables merged)
+    from conftest import file_size_limit
+
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T1"]})
+    run = Run(cfg, tmp_path)
+    run.init()
+    before = (run.dir / "config.yaml").stat()
+    with file_size_limit(1):  # any write of config.yaml would fail
+        Run(cfg, tmp_path).init()
+    after = (run.dir / "config.yaml").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    again = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T2"]})
+    Run(again, tmp_path).init()
+    assert "- T1\n- T2\n" in (run.dir / "config.yaml").read_text()

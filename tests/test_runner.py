@@ -1,3 +1,5 @@
+import types
+
 import pytest
 from conftest import seed_runs
 
@@ -247,3 +249,23 @@ def test_a_gpu_run_saves_its_gpus_random_stream_and_picks_cuda_when_torch_sees_o
     assert device_of() == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert device_of() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_worker_says_a_full_disk_in_one_line_with_its_fix(tmp_path, monkeypatch, capsys, pack):
+    # worker.main: an OSError about a path (a full disk while writing a run's files) was a traceback in log.txt,
+    # whose last line the runner shows; now the line cli.main would print, and exit status 1
+    import mmbench.pack
+    import mmbench.worker as worker
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "r" / "history.json"))
+
+    monkeypatch.setattr(worker, "load_run", lambda d: types.SimpleNamespace(held_here=lambda: False))
+    monkeypatch.setattr(worker, "execute_when_free", full)
+    monkeypatch.setattr(mmbench.pack, "execute_pack", full)
+    assert worker.main(*(["a", "b"] if pack else ["a"])) == 1
+    out = capsys.readouterr().out
+    assert out == (f"error: {tmp_path / 'r' / 'history.json'}: No space left on device (a full disk or a quota: free "
+                   f"space and run the command again; files already written are kept, and unfinished runs resume from "
+                   f"their last checkpoint)\n")
