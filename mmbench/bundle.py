@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
-from .errors import MMBenchError
+from .errors import MMBenchError, naming
 from .files import temp_beside, usual_dir_mode
 from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
                       parse_provenance, read_run)
@@ -155,9 +155,11 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
                         raise MMBenchError(f"{p} changed while it was being exported; export again when no run is "
                                            f"writing to {p.parent} (nothing was written)")
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if naming(e, out) is not e:  # the bundle's short write (a full disk) names no file
+            raise naming(e, out) from None
         raise
     return manifest
 
@@ -194,8 +196,13 @@ class BundleFiles:
                 raise MMBenchError(f"bundle {self.path}: {name} has a name too long for the file system here; nothing "
                                    f"imported; shorten it where the run was made and export it again") from None
             src = _Hashing(f)
-            with out, _reading(self.path):
-                shutil.copyfileobj(src, out, CHUNK)
+            try:
+                with out, _reading(self.path):
+                    shutil.copyfileobj(src, out, CHUNK)
+            except OSError as e:  # a full disk names no file: the one being written (not the bundle, being read)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise naming(e, target) from None
+                raise
             if (src.h.hexdigest(), src.n) != (self.listed[name]["sha256"], self.listed[name]["size"]):
                 raise MMBenchError(f"bundle {self.path}: {name} changed since it was verified (is the bundle being "
                                    f"copied over?); nothing imported; import again once it is whole")

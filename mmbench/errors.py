@@ -48,6 +48,14 @@ DISK_FULL = ("a full disk or a quota: free space and run the command again; file
              "unfinished runs resume from their last checkpoint")
 
 
+def naming(e: BaseException, path) -> BaseException:
+    """`e`, or where it is an OSError naming no file (a short write on a full disk, a failed flush) the same error
+    naming `path`, the file being written: what `os_error_line` and the user can act on."""
+    if isinstance(e, OSError) and e.filename is None:
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
 def os_error_line(e: OSError) -> Optional[str]:
     """An OSError about a path as one line with its fix (a full disk: free space; else: the path and its
     permissions), as the CLI and a run's worker print it; None for one naming no path (a bug, shown in full)."""

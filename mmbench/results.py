@@ -29,7 +29,7 @@ import yaml
 
 from . import __version__, yamlio
 from .config import RunConfig, build_run_config
-from .errors import ConfigError, MMBenchError, show_value
+from .errors import ConfigError, MMBenchError, naming, show_value
 from .files import durable_writes, env_folder, temp_beside
 
 SCHEMA_VERSION = 1
@@ -81,8 +81,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # a short write (a full disk) names no file: this one
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        if naming(e, path) is not e:  # a short write (a full disk) names no file: this one
+            raise naming(e, path) from None
         raise
 
 

@@ -1053,3 +1053,27 @@ def test_a_record_nested_thousands_deep_is_refused_in_one_line(tmp_path, record)
     run, bundle = _bundle_with(tmp_path, edit_files=lambda rid: {f"runs/{rid}/{record}": b"[" * 100000 + b"]" * 100000})
     with pytest.raises(MMBenchError, match=rf"{record} cannot be read \(not valid JSON: nested too deeply"):
         import_bundle(bundle, tmp_path / "b")
+
+
+def test_a_full_disk_during_export_or_import_names_the_file_and_leaves_nothing(tmp_path):
+    # bundle.export_runs and BundleFiles.unpack: the tar's or a member's short write (a full disk) named no file, so
+    # mmbench showed a traceback; it now names the file being written (os_error_line: free space), and no partial
+    # bundle, staging folder or run is left
+    from conftest import file_size_limit
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = fake_run(a, 0, {"coherence/joint": 0.30})
+    (r.dir / "artifacts").mkdir()
+    (r.dir / "artifacts" / "latents.npz").write_bytes(os.urandom(200_000))  # does not compress
+    (tmp_path / "x.tar.gz").write_bytes(b"the bundle before")
+    with file_size_limit(50_000), pytest.raises(OSError) as e:
+        export_runs(a, tmp_path / "x.tar.gz", force=True)
+    assert (e.value.errno, e.value.filename) == (27, str(tmp_path / "x.tar.gz"))
+    assert (tmp_path / "x.tar.gz").read_bytes() == b"the bundle before" and sorted(os.listdir(tmp_path)) == ["a", "x.tar.gz"]
+    export_runs(a, tmp_path / "x.tar.gz", force=True)
+    with file_size_limit(50_000), pytest.raises(OSError) as e:
+        import_bundle(tmp_path / "x.tar.gz", b)
+    assert e.value.errno == 27  # the file named is the one being written, in the run's staging folder
+    assert re.fullmatch(rf"{re.escape(str(b))}/\.import-{r.id}-\w+/artifacts/latents\.npz", e.value.filename)
+    assert not list(b.iterdir())  # no staging folder left, no run
+    assert import_bundle(tmp_path / "x.tar.gz", b)["added"] == [r.id]
