@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from .errors import MMBenchError
+from .results import atomic_write
 from .tables import by_figure, group_title, series_names
 
 PANELS = [("latent_acc_by_n", "latent classification accuracy"), ("coherence_by_n", "conditional coherence")]
@@ -112,7 +114,9 @@ def _save(fig, out_dir: Path, stem: str) -> List[Path]:
     written = []
     for ext in ("png", "svg"):
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend right of the panels
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")  # "tight" keeps the legend right of the panels
+        atomic_write(path, buf.getvalue())  # whole or not at all: a full disk leaves the previous figure as it was
         written.append(path)
     plt.close(fig)
     return written

@@ -1,5 +1,6 @@
 """The reviewer's figures: produced vs printed per paper, and training curves from the runs' histories."""
 import json
+import os
 import math
 import statistics
 
@@ -342,3 +343,27 @@ def test_beta_sweep_draws_two_configurations_of_a_method_as_two_lines(tmp_path, 
     (panels,) = drawn
     lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in panels[0].containers}
     assert lines == {"mopoe latent=8": [0.1, 0.1], "mopoe latent=16": [0.5, 0.5]}
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
+    # plots._save: savefig wrote the file in place, so a full disk left a cut-off PNG where the previous figure was
+    # (and an OSError naming no file: a traceback); now rendered in memory and written atomically
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from conftest import file_size_limit
+
+    from mmbench.plots import _save
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    (tmp_path / "fig.png").write_bytes(b"the figure before")
+    with file_size_limit(2_000), pytest.raises(OSError) as e:
+        _save(fig, tmp_path, "fig")
+    assert (e.value.errno, e.value.filename) == (27, str(tmp_path / "fig.png"))
+    assert sorted(os.listdir(tmp_path)) == ["fig.png"] and (tmp_path / "fig.png").read_bytes() == b"the figure before"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert _save(fig, tmp_path, "fig") == [tmp_path / "fig.png", tmp_path / "fig.svg"]
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and b"<svg" in (tmp_path / "fig.svg").read_bytes()
