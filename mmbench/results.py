@@ -458,8 +458,11 @@ class Run:
 
     def log(self, message: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        except OSError as e:  # a full disk's failed write names no file
+            raise naming(e, self.log_path) from None
 
     def progress(self, phase: str, done: int, total: int) -> None:
         atomic_json(self.dir / "progress.json", {"phase": phase, "done": done, "total": total})

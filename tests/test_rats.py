@@ -603,3 +603,16 @@ def test_a_relative_trial_info_folder_is_recorded_absolute(tmp_path, monkeypatch
     built = read_manifest(path)
     assert built["locations"] == {"trial_info": str(tables.resolve())}
     assert f"trial_info={tables.resolve()}" in prepare_command(built)
+
+
+def test_a_full_disk_while_simulating_the_deposit_is_one_line(tmp_path):
+    # rats.simulate_deposit: numpy's short write of a simulated spike file (a full disk) named no file (a traceback)
+    from conftest import file_size_limit
+
+    from mmbench.errors import MMBenchError
+
+    spec = DATASETS.get("rats")()
+    with file_size_limit(20_000), pytest.raises(MMBenchError, match=r"^writing \w+_spike_data_binned\.npy of the build "
+                                                                    r"failed \(OSError: .*free space in "):
+        prepare(spec, "simulated", data_root=tmp_path)
+    assert not (tmp_path / "rats").exists() or not list((tmp_path / "rats").iterdir())

@@ -531,3 +531,15 @@ def test_init_leaves_an_identical_config_unwritten(tmp_path):
     again = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0, "tables": ["T2"]})
     Run(again, tmp_path).init()
     assert "- T1\n- T2\n" in (run.dir / "config.yaml").read_text()
+
+
+def test_a_log_line_that_cannot_be_written_names_the_log(tmp_path):
+    # results.Run.log: a full disk's failed append named no file (a traceback in the worker, whose last line the
+    # runner shows); it now names log.txt, which cli.main and the workers print with the fix
+    from conftest import file_size_limit
+
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": 0}), tmp_path)
+    run.log("first")
+    with file_size_limit(run.log_path.stat().st_size), pytest.raises(OSError) as e:
+        run.log("second")
+    assert (e.value.errno, e.value.filename) == (27, str(run.log_path))

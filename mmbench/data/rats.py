@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import MMBenchError
 from ..registry import DATASETS
-from .base import DatasetSpec, Modality
+from .base import DatasetSpec, Modality, build_write_error
 from .download import file_digest
 
 DRYAD = "https://datadryad.org/stash/dataset/doi:10.7280/D14X30"
@@ -225,8 +225,12 @@ def simulate_deposit(directory: Path, tables: Dict[str, np.ndarray], seed: int,
     for i, rat in enumerate(RATS):
         folder = directory / FOLDERS[rat]
         folder.mkdir(parents=True)
-        np.save(folder / f"{FOLDERS[rat]}_trial_info.npy", tables[rat])
-        np.save(folder / f"{FOLDERS[rat]}_spike_data_binned.npy", simulate_spikes(tables[rat], rat, codes, rng))
+        for path, array in ((folder / f"{FOLDERS[rat]}_trial_info.npy", tables[rat]),
+                            (folder / f"{FOLDERS[rat]}_spike_data_binned.npy", simulate_spikes(tables[rat], rat, codes, rng))):
+            try:
+                np.save(path, array)
+            except OSError as e:  # numpy's short write (a full disk) names no file
+                raise build_write_error(path, e) from None
         progress("rats simulate", i + 1, len(RATS))
 
 
