@@ -1,6 +1,7 @@
 """The PolyMNIST generator and the embedded polydigits dataset."""
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -817,3 +818,31 @@ def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_say
     assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
     assert {p.name: p.read_bytes() for p in path.iterdir()} == files
     assert prepare(spec, "translated", seed=0, data_root=tmp_path) == path  # still verified as prepared
+
+
+def test_a_second_prepare_waits_for_the_first_and_builds_nothing(tmp_path, capsys):
+    # data/base.prepare: two processes preparing the same data (two `mmbench run` of suites on polydigits) both
+    # built it, and the second replaced the first's copy under it (with other settings, without --force); the build
+    # now holds a lock on the dataset's folder, and the second finds the copy the first built
+    import threading
+
+    spec = DATASETS.get("polydigits")()
+    build, started, builds = spec.build, threading.Event(), []
+
+    def slow_build(*a, **k):
+        builds.append(1)
+        started.set()
+        time.sleep(1.0)
+        return build(*a, **k)
+
+    spec.build = slow_build
+    first = threading.Thread(target=prepare, args=(spec, "vanilla"), kwargs={"seed": 0, "data_root": tmp_path})
+    first.start()
+    assert started.wait(60)
+    path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)  # waits for the first, then finds its copy
+    first.join()
+    assert builds == [1] and path == dataset_dir("polydigits", "vanilla", tmp_path) and read_manifest(path)["seed"] == 0
+    assert f"waiting for another process building a dataset in {tmp_path / 'polydigits'}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["vanilla"]  # no lock file left
+    with pytest.raises(MMBenchError, match="was prepared with other settings"):  # not replaced without --force
+        prepare(spec, "vanilla", seed=1, data_root=tmp_path)

@@ -7,16 +7,19 @@ is renamed into place only when complete, so an interrupted prepare never looks 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -341,24 +344,62 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
             raise MMBenchError(f"dataset {spec.registry_name} has no prepare option {key!r}; allowed: {allowed}")
     identity = {k: v for k, v in options.items() if k not in spec.location_options}
     target = dataset_dir(spec.registry_name, variant, data_root)
-    existing = None if force else read_manifest(target)  # --force rebuilds whatever is there, a corrupt manifest too
     version = spec.recipe_version_of(variant)
-    if existing is not None:
-        same = (existing.get("seed") == seed and existing.get("recipe_version") == version
-                and existing.get("options", {}) == identity)
-        changed = spec.changed_inputs(existing, options) if same else None
-        if changed:
-            raise MMBenchError(f"{target} was built from other input files: {changed}; pass --force to rebuild it "
-                               f"from these, or leave the option out to use it as it is")
-        if same:
-            verify(target, existing)
-            return target
-        recipe = ("" if existing.get("recipe_version") == version else
-                  f", recipe version {existing.get('recipe_version')} where this mmbench builds {version}")
-        raise MMBenchError(
-            f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}"
-            f"{recipe}); pass --force to rebuild it with seed {seed} and options {identity}")
+    if not force and _prepared_as_asked(spec, target, seed, version, identity, options):  # --force rebuilds whatever
+        return target                                                                       # is there, a corrupt manifest too
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent):
+        # another process (a second `mmbench run` of the same data) may have built it while this one waited
+        if not force and _prepared_as_asked(spec, target, seed, version, identity, options):
+            return target
+        _build(spec, variant, seed, options, identity, version, target, data_root, progress)
+    return target
+
+
+def _prepared_as_asked(spec: DatasetSpec, target: Path, seed: int, version: int, identity: Dict[str, Any],
+                       options: Dict[str, Any]) -> bool:
+    """True when `target` holds a verified build of these settings; False when nothing is prepared there; an error
+    naming what differs when another build is (or when its input files changed)."""
+    existing = read_manifest(target)
+    if existing is None:
+        return False
+    same = (existing.get("seed") == seed and existing.get("recipe_version") == version
+            and existing.get("options", {}) == identity)
+    changed = spec.changed_inputs(existing, options) if same else None
+    if changed:
+        raise MMBenchError(f"{target} was built from other input files: {changed}; pass --force to rebuild it "
+                           f"from these, or leave the option out to use it as it is")
+    if same:
+        verify(target, existing)
+        return True
+    recipe = ("" if existing.get("recipe_version") == version else
+              f", recipe version {existing.get('recipe_version')} where this mmbench builds {version}")
+    raise MMBenchError(
+        f"{target} was prepared with other settings (seed {existing.get('seed')}, options {existing.get('options')}"
+        f"{recipe}); pass --force to rebuild it with seed {seed} and options {identity}")
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One build at a time in a dataset's folder (an flock on the folder itself, so no lock file is left): a
+    second process waits, saying so, then finds the copy the first one built instead of building and replacing it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building a dataset in {folder} (another `mmbench prepare` or "
+                  f"`mmbench run`)", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build(spec: DatasetSpec, variant: str, seed: int, options: Dict[str, Any], identity: Dict[str, Any],
+           version: int, target: Path, data_root: Optional[Path], progress) -> None:
+    """Build into a temporary sibling of `target` and rename it into place (moving a copy already there aside only
+    once the new one is complete)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{variant}.building-", dir=target.parent))
     os.chmod(tmp, 0o755)
     try:
@@ -394,7 +435,6 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 class Indexed:
