@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -51,6 +51,9 @@ def load(text: str | bytes, where: str) -> Any:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = (getattr(e, "problem", None) or str(e)).splitlines()[0]
         raise ConfigError(where, f"not valid YAML{at}: {problem}") from None
+    except (ValueError, TypeError) as e:  # a tagged value its tag cannot take: !!int x, !!timestamp 2020-13-45, !!map [1]
+        raise ConfigError(where, f"not valid YAML: a value its tag cannot take ({brief(e)}); drop the "
+                          f"tag (!!int, !!float, ...) or fix the value") from None
     except RecursionError:  # PyYAML's parser recurses once per level of nesting
         raise ConfigError(where, "not valid YAML: nested too deeply (lists or mappings inside one another "
                           "hundreds of levels deep)") from None

@@ -36,6 +36,13 @@ def test_bench_steps_counts_are_checked_first(args, message, monkeypatch, capsys
     assert len(err.strip().splitlines()) == 1
 
 
+def test_bench_steps_counts_at_their_bounds_are_allowed():
+    from mmbench.bench import MAX_MODALITIES, MAX_SIZE, check_counts
+
+    assert (MAX_SIZE, MAX_MODALITIES) == (2 ** 20, 16)
+    check_counts(1, MAX_SIZE, MAX_SIZE, [1, MAX_MODALITIES])  # the largest values the messages name: no error
+
+
 def test_bench_load_repeats_must_be_positive(monkeypatch, capsys, tmp_path):
     from mmbench import cli
 

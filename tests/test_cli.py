@@ -486,7 +486,8 @@ def test_a_classifier_is_not_a_vae_architecture():
 @pytest.mark.parametrize("args, message", [
     # a --step-times that is no text file: a directory, or binary (a traceback: UnicodeDecodeError)
     (["run", "QUICK", "--step-times", ".", "--dry-run"], "--step-times . is a directory; give the Markdown file"),
-    (["run", "QUICK", "--step-times", "binary.md", "--dry-run"], "--step-times binary.md is not UTF-8 text (byte 0)"),
+    (["run", "QUICK", "--step-times", "binary.md", "--dry-run"], "--step-times binary.md is not UTF-8 text (byte 0); give "
+     "the Markdown file of step times (write one with `mmbench bench steps --pack 1,5,15 --device cuda --out FILE`)"),
     # the dry run of a Slurm submission checks the --slurm-* values the submission checks (it listed the runs)
     (["run", "QUICK", "--executor", "slurm", "--slurm-time", "-5", "--dry-run"], "--slurm-*.time: must be > 0"),
     (["run", "QUICK", "--executor", "slurm", "--slurm-array-parallelism", "0", "--dry-run"], "must be > 0, got 0"),
@@ -524,6 +525,9 @@ def test_a_path_option_s_bad_value_is_one_line_before_any_work(tmp_path, args, m
     ("MMBENCH_RUNS", " ", ["report"], "MMBENCH_RUNS=' ': an empty path would mean the current folder"),
     ("MMBENCH_DATA", "", ["prepare", "polydigits"], "MMBENCH_DATA='': an empty path would mean the current folder"),
     ("MMBENCH_DATA", " ", ["prepare", "polydigits"], "MMBENCH_DATA=' ': an empty path would mean the current folder"),
+    # checked by the entry point, also for a command that never reads the folder
+    ("MMBENCH_RUNS", "", ["list", "methods"], "MMBENCH_RUNS='': an empty path would mean the current folder"),
+    ("MMBENCH_DATA", " ", ["list", "methods"], "MMBENCH_DATA=' ': an empty path would mean the current folder"),
     ("MMBENCH_FSYNC", "yes", ["bench", "steps", "--steps", "1", "--batch-size", "4", "--latent-dim", "4", "--methods",
                               "mopoe", "--out", "t.md"], "MMBENCH_FSYNC='yes': use 1"),
 ])

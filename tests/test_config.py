@@ -159,7 +159,7 @@ def test_overrides_parse_and_validate():
     assert cfg.train.epochs == 3 and cfg.method.beta == 2.5
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_overrides(["train.epochs"])
-    with pytest.raises(ConfigError, match=r"--set\.method\.options\.foo: not an option of mopoe"):
+    with pytest.raises(ConfigError, match=r"--set\.method\.options\.foo: not an option of mopoe; allowed: \(none\)$"):
         build_run_config({"dataset": "polydigits", "method": {"options": {"foo": 1}}}, "--set")
     with pytest.raises(ConfigError, match="eval.classifier_min_accuracy: must be between 0 and 1"):
         build_run_config({"dataset": "polydigits", "eval": {"classifier_min_accuracy": 2}}, "")
@@ -558,6 +558,7 @@ def test_an_unhashable_key_is_a_config_error_naming_the_file():
     ("method_overrides: {mvae: [1]}", "experiments[0].method_overrides.mvae"),  # was AttributeError in _gives
     ("method_overrides: {mvae: 3}", "experiments[0].method_overrides.mvae"),  # was TypeError in _gives
     ("method_overrides: {mvae: dataset}", "experiments[0].method_overrides.mvae"),  # was "dataset: is set by ..."
+    ("method_overrides: {mvae: []}", "experiments[0].method_overrides.mvae"),  # an empty list: not "no overrides"
     ("tiers: {quick: {method_overrides: {mvae: abc}}}", "tiers.quick.method_overrides.mvae"),
 ])
 def test_a_method_s_overrides_that_are_not_a_mapping_are_refused(tmp_path, block, where):
@@ -588,13 +589,16 @@ def test_a_seed_numpy_and_torch_cannot_take_is_refused(tmp_path, given, field):
         load_suite(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"^--set data_seed: must be an integer from 0 to 4294967295"):
         load_suite(write(tmp_path, GOOD)).runs("full", parse_overrides(["data_seed=-1"]))
+    cfg = build_run_config({"dataset": "polydigits", "seed": 2 ** 32 - 1, "data_seed": 0})  # both ends: numpy takes them
+    assert (cfg.seed, cfg.data_seed) == (4294967295, 0)
 
 
 def test_an_empty_settings_block_is_refused_not_reset_to_the_defaults(tmp_path):
     """A tier's `train:` left empty (null) replaced the suite's defaults' train block, so the tier's runs silently
     trained with the dataclass defaults (10 epochs) instead of the suite's."""
     text = GOOD.replace("tiers: {smoke: {seeds: 1, train: {max_train: 64}}}", "tiers: {quick: {train: }}")
-    with pytest.raises(ConfigError, match=r"\(e1, mopoe\)\.train: expected a mapping of TrainConfig fields, got None"):
+    with pytest.raises(ConfigError, match=r"\(e1, mopoe\)\.train: expected a mapping of TrainConfig fields, got None; "
+                                          r"give the settings \(e\.g\. \{epochs: 10\}\) or drop the key$"):
         load_suite(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"^--set method: expected a mapping of MethodConfig fields, got None"):
         load_suite(write(tmp_path, GOOD)).runs("full", parse_overrides(["method=null"]))
@@ -605,6 +609,9 @@ def test_a_number_yaml_reads_as_text_names_how_to_write_it():
         build_run_config({"dataset": "polydigits", "train": {"lr": "1e-3"}})
     with pytest.raises(ConfigError, match=r"^--set method\.beta: .*got '2\.5e2' .*; write 2\.5e\+2$"):
         load_suite("suites/quickstart.yaml").runs("full", parse_overrides(["method.beta=2.5e2"]))
+    for text, fix in (("-1e-3", "-1.0e-3"), ("+2e5", "+2.0e+5"), (".5e3", ".5e+3")):  # a sign, no digit before the point
+        with pytest.raises(ConfigError, match=rf"^train\.lr: expected a number, got '{re.escape(text)}' .*; write {re.escape(fix)}$"):
+            build_run_config({"dataset": "polydigits", "train": {"lr": text}})
 
 
 @pytest.mark.parametrize("name", ["'  '", "'a,b'"])
@@ -617,6 +624,8 @@ def test_a_description_that_is_not_text_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"suite\.yaml: description: must be a string, got \['a', 'b'\]"):
         load_suite(write(tmp_path, "description: [a, b]\n" + GOOD))
     assert load_suite(write(tmp_path, "description:\n" + GOOD)).description == ""  # was the text 'None'
+    with pytest.raises(ConfigError, match=r"suite\.yaml: description: must be a string, got False"):  # not read as ""
+        load_suite(write(tmp_path, "description: false\n" + GOOD))
 
 
 def test_a_set_value_validation_refuses_is_blamed_on_the_set(tmp_path):
@@ -626,11 +635,25 @@ def test_a_set_value_validation_refuses_is_blamed_on_the_set(tmp_path):
         suite.runs("full", parse_overrides(["eval.metrics=[nosuch]"]))
     with pytest.raises(ConfigError, match=r"^--set eval\.classifier_min_accuracy \(for e1, mopoe\): must be between"):
         suite.runs("full", parse_overrides(["eval.classifier_min_accuracy=2"]))
+    with pytest.raises(ConfigError, match=r"^--set modalities \(for e1, mopoe\): must be distinct modality names"):
+        suite.runs("full", parse_overrides(["modalities=[m0, nosuch]"]))  # a top-level field
+
+
+def test_a_set_option_that_clashes_with_the_suite_s_is_blamed_on_the_set(tmp_path):
+    """The error names stage1_steps (the suite's), the clash is the --set of stage1_fraction: a setting above it."""
+    suite = load_suite(write(tmp_path, GOOD.replace("methods: [mopoe, mvae]", "methods: [smvae]").replace(
+        "method_overrides: {mvae: {method: {beta: 2.0}}}", "overrides: {method: {options: {stage1_steps: 5}}}")))
+    with pytest.raises(ConfigError, match=r"^--set method\.options\.stage1_steps \(for e1, smvae\): set stage1_steps or "):
+        suite.runs("full", parse_overrides(["method.options.stage1_fraction=0.5"]))
 
 
 @pytest.mark.parametrize("text, expected", [
     ("name: x\x00\n", r"not valid YAML at line 1: special characters are not allowed \(#x0000\); remove it$"),
     ("name: " + "[" * 3000 + "]" * 3000 + "\n", r"not valid YAML: nested too deeply"),
+    # a value its explicit tag cannot take was a ValueError or TypeError traceback from PyYAML's constructor
+    ("epochs: !!int x\n", r"not valid YAML: a value its tag cannot take \(ValueError: invalid literal for int\(\) .*\); drop the tag"),
+    ("day: !!timestamp 2020-13-45\n", r"not valid YAML: a value its tag cannot take \(ValueError: month must be in 1\.\.12\)"),
+    ("- !!map [1]\n", r"not valid YAML: a value its tag cannot take"),
 ])
 def test_yaml_a_reader_cannot_take_is_one_line_naming_the_file(text, expected):
     """A NUL character gave a two-line message; deep nesting a RecursionError traceback."""
@@ -648,12 +671,30 @@ def test_an_error_quoting_a_misplaced_block_stays_short(tmp_path):
     assert len(str(e.value)) < 250
 
 
+@pytest.mark.parametrize("section, value", [("eval", {"metrics": "x" * 500}),  # a list's field
+                                            ("method", {"rec_weights": list(range(500))}),  # a mapping's
+                                            ("train", {"epochs": "x" * 500})])  # a number's
+def test_a_long_value_of_the_wrong_type_is_quoted_short(section, value):
+    with pytest.raises(ConfigError, match=r"expected .*, got .*…$") as e:
+        build_run_config({"dataset": "polydigits", section: value})
+    assert len(str(e.value)) < 150
+
+
+def test_show_value_cuts_only_what_is_longer_than_its_width():
+    from mmbench.errors import show_value
+
+    assert show_value("a" * 78) == "'" + "a" * 78 + "'"  # 80 characters: whole
+    assert show_value("a" * 79) == "'" + "a" * 79 + "…"  # 81: its first 80, and the mark of the cut
+    assert show_value(list(range(100)), 10) == "[0, 1, 2, …"
+
+
 # ----- method options' values: checked when the config is built, as the method's constructor checks them -----
 # (method, option, bad value, what the one-line error says after "method.options.<option>[.<key>]: ")
 BAD_OPTIONS = [
     ("aggregated", "average", "median", "'median' is not allowed; choose one of: variance, std"),
     ("aggregated", "aggregation", "sum", "'sum' is not allowed; choose one of: avg, poe"),
     ("aggregated", "beta_convention", 1, "expected a string, got 1"),
+    ("aggregated", "beta_convention", "both", "'both' is not allowed; choose one of: paper, code"),
     ("independent", "beta_convention", "sometimes", "'sometimes' is not allowed; choose one of: paper, code"),
     ("jmvae", "alpha", "abc", "expected a number or null (null: method.beta), got 'abc'"),
     ("jmvae", "alpha", -1.0, "must be a number >= 0, got -1.0"),
@@ -662,6 +703,8 @@ BAD_OPTIONS = [
     ("mmvamp", "alpha", 1.5, "must be a number in [0, 1], got 1.5 (0: the paper's prior)"),
     ("mmvamp", "alpha", "1e-3", "expected a number, got '1e-3' (text to YAML); write 1.0e-3"),
     ("mmvamp", "alpha_anneal_steps", 10.5, "expected an integer, got 10.5"),
+    ("mmvamp", "alpha_anneal_steps", True, "expected an integer, got True"),
+    ("mmvamp", "rate", None, "expected a string, got None"),  # null is a value only where the default is
     ("mmvamp", "alpha_anneal_batch", -1, "must be an integer >= 0, got -1"),
     ("mmvamp", "beta_convention", "both", "'both' is not allowed; choose one of: paper, code"),
     ("mrvae", "hidden", 1.5, "expected an integer, got 1.5"),
@@ -671,6 +714,7 @@ BAD_OPTIONS = [
     ("mrvae", "tau_n", 0, "must be a number > 0, got 0"),
     ("mrvae", "tau_y", float("inf"), "must be a finite number, got inf"),
     ("mrvae", "tau_min", "half", "expected a number, got 'half'"),
+    ("mrvae", "tau_min", 0, "must be a number > 0, got 0"),
     ("mrvae", "anneal_rate", -0.1, "must be a number >= 0, got -0.1"),
     ("mvae", "unimodal_weights", "all", "'all' is not allowed; choose one of: one, rec_weights"),
     ("smvae", "schedule", "sometimes", "'sometimes' is not allowed; choose one of: end_to_end, two_stage"),
@@ -686,9 +730,13 @@ BAD_OPTIONS = [
     ("mopoe_style", "beta_style", -1, "must be a number >= 0, got -1"),
     ("mvae_style", "style_dim", 0, "must be an integer >= 1, got 0"),
     ("mvae_style", "beta_content", [1], "expected a number, got [1]"),
+    ("mvae_style", "beta_content", list(range(40)), f"expected a number, got {repr(list(range(40)))[:80]}…"),
     ("mmvae_style", "style_betas", 2.0, "expected a mapping of modality names to numbers, got 2.0"),
+    ("mmvae_style", "style_betas", list(range(40)),  # quoted short
+     f"expected a mapping of modality names to numbers, got {repr(list(range(40)))[:80]}…"),
     ("mmvae_style", "style_betas", {"m9": 1.0}, "names m9, not modalities of this run; use some of: m0, m1, m2, m3, m4"),
     ("mmvae_style", "style_betas.m0", "x", "expected a number, got 'x'"),
+    ("mmvae_style", "style_betas.m1", -1.0, "must be a number >= 0, got -1.0"),
 ]
 
 
@@ -740,6 +788,13 @@ def test_the_constructor_refuses_a_bad_option_with_the_same_message(method, opti
     assert str(by_config.value).startswith(f"method.options.{option}: {expected}")
 
 
+def test_method_options_that_are_not_a_mapping_are_refused_by_the_method():
+    from mmbench.registry import METHODS
+
+    with pytest.raises(ConfigError, match=r"^method\.options: expected a mapping, got \['alpha'\]$"):
+        METHODS.get("mmvamp").check_options(["alpha"])
+
+
 def test_every_method_with_options_has_a_bad_value_case():
     from mmbench.registry import METHODS
 
@@ -777,6 +832,8 @@ def test_valid_method_options_are_kept_as_written():
     assert cfg.method.options == {"alpha": 1, "rate": "mc"} and type(cfg.method.options["alpha"]) is int
     assert build_run_config({"dataset": "polydigits", "method": {"name": "jmvae", "options": {"alpha": None}}})
     assert build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "options": {"stage1_steps": 5}}})
+    assert build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "options": {  # null: the fraction's
+        "stage1_steps": None, "stage1_fraction": 0.5}}})
     with pytest.raises(ConfigError, match=r"^method\.options\.stage1_steps: set stage1_steps or stage1_fraction, not both$"):
         build_run_config({"dataset": "polydigits", "method": {"name": "smvae",
                                                                "options": {"stage1_steps": 5, "stage1_fraction": 0.5}}})

@@ -493,6 +493,26 @@ def test_the_advice_about_data_outside_the_default_root_names_its_root_and_rebui
         assert str(e.value).endswith(f"run `mmbench prepare polydigits --variant extended{named}`")
 
 
+def test_the_data_root_in_advice_is_quoted_for_the_shell(tmp_path):
+    import shlex
+
+    from mmbench.data.base import data_root_words
+
+    root = tmp_path / "my data"
+    assert data_root_words(root) == ["--data-root", shlex.quote(str(root.resolve()))] and " " in shlex.split(
+        " ".join(data_root_words(root)))[1]
+
+
+def test_run_s_advice_for_an_unprepared_dataset_prepares_it_in_its_data_root(tmp_path):
+    from mmbench.cli import _prepare_for
+    from mmbench.config import build_run_config
+
+    cfg = build_run_config({"dataset": "polymnist", "eval": {"metrics": []}})  # not embedded: prepared by the user
+    with pytest.raises(MMBenchError, match="is not prepared") as e:
+        _prepare_for([cfg], tmp_path)
+    assert str(e.value).endswith(f" --data-root {tmp_path}` first")
+
+
 def test_the_rebuild_advice_quotes_option_values_and_spells_false_options():
     """prepare_command: an option value with a space is one shell word; a False flag option is `-o key=false`."""
     import shlex

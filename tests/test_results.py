@@ -185,6 +185,9 @@ def test_atomic_write_keeps_the_old_content_when_fsync_fails(tmp_path, monkeypat
     with pytest.raises(MMBenchError, match=r"MMBENCH_FSYNC='no': use 1 \(sync every write, the default\) or 0"):
         results.atomic_write(p, "newer")
     assert p.read_text() == "new"
+    monkeypatch.setenv("MMBENCH_FSYNC", "")  # an unset shell variable: not "do not sync"
+    with pytest.raises(MMBenchError, match=r"MMBENCH_FSYNC='': use 1"):
+        results.atomic_write(p, "newer")
 
 
 def test_init_merges_tables_across_invocations(tmp_path):

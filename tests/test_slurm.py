@@ -798,6 +798,7 @@ def test_the_follow_up_of_a_detached_submission_lists_the_runs_it_submitted(tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     follow = re.search(r"follow with `([^`]+)`", r.stdout).group(1)
     assert f"--runs-dir {shlex.quote(str(runs))}" in follow and follow.endswith(" --dry-run")
+    assert f"--data-root {shlex.quote(str(data_root.resolve()))}" in follow  # its tuples counted from that data
     listed = mmbench_here(*shlex.split(follow)[1:], width=400)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     submitted = [run.id for p in packs for run in p]
