@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from .errors import MMBenchError
 
@@ -53,6 +53,20 @@ def env_folder(name: str, default: str) -> Path:
     return Path(value)
 
 
+def cache_folder_override() -> Optional[Path]:
+    """$MMBENCH_CACHE: where the metrics' derived caches go (coherence classifiers, the authors' imported ones, FID's
+    reference statistics) instead of the data root, e.g. a writable folder beside a read-only shared data root
+    (the caches are keyed by the prepared data's digest, so one folder serves several data roots). None where unset;
+    an empty or blank value is refused as MMBENCH_DATA's is."""
+    value = os.environ.get("MMBENCH_CACHE")
+    if value is None:
+        return None
+    if not value.strip():
+        raise MMBenchError(f"MMBENCH_CACHE={value!r}: an empty path would mean the current folder; give the path, or "
+                           f"unset it to keep the caches in the data root (is a shell variable unset?)")
+    return Path(value)
+
+
 def durable_writes() -> bool:
     """Whether atomic_write syncs each file to the disk before renaming it into place (the default). With
     MMBENCH_FSYNC=0 it does not: a crash of the machine (not of mmbench) may then lose the last writes, and
@@ -70,4 +84,5 @@ def check_environment() -> None:
     kernels.check_all)."""
     env_folder("MMBENCH_RUNS", "runs")
     env_folder("MMBENCH_DATA", "data")
+    cache_folder_override()
     durable_writes()

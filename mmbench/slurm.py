@@ -38,6 +38,7 @@ from rich.markup import escape
 from . import kernels, yamlio
 from .config import RunConfig, from_dict
 from .errors import ConfigError, MMBenchError
+from .files import cache_folder_override
 from .results import Run, atomic_json
 from .runner import make_packs, unique_runs
 
@@ -325,6 +326,13 @@ def _tail(path: Optional[str], n: int = 3) -> str:
         return ""
 
 
+def cache_export() -> List[str]:
+    """The jobs' $MMBENCH_CACHE, where the submitting shell sets one (absolute: a job may start elsewhere), also
+    where a site's sbatch exports no environment; none where unset (the data root's caches)."""
+    folder = cache_folder_override()
+    return [f"export MMBENCH_CACHE={shlex.quote(str(folder.expanduser().resolve()))}"] if folder else []
+
+
 def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
            data_root: Optional[Path]) -> Dict[str, str]:
     """Submit one job array per option set, one array task per pack of runs (runner.make_packs); record each
@@ -340,7 +348,8 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
                                       job_name="mmbench", stderr_to_stdout=False,
                                       setup=[f"export OMP_NUM_THREADS={opts.cpus_per_job}",
                                              # the kernel choices, also where a site's sbatch exports no environment
-                                             *(f"export {k}={shlex.quote(v)}" for k, v in kernels.chosen().items())])
+                                             *(f"export {k}={shlex.quote(v)}" for k, v in kernels.chosen().items()),
+                                             *cache_export()])
         if opts.partition:
             params["partition"] = opts.partition
         if opts.gpus_per_job:

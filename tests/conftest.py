@@ -42,6 +42,7 @@ def data_root(tmp_path_factory) -> Path:
 def _no_env_leak(monkeypatch):
     monkeypatch.delenv("MMBENCH_DATA", raising=False)
     monkeypatch.delenv("MMBENCH_RUNS", raising=False)
+    monkeypatch.delenv("MMBENCH_CACHE", raising=False)
     for name in CHOICES:  # the kernel choices: a shell's (or an earlier test's `mmbench run --compile`), not the tests'
         monkeypatch.delenv(name, raising=False)
     if not gpu_tests_asked():  # the suite runs on the CPU; device-check.sh asks for its GPU tests to see the GPU

@@ -528,6 +528,8 @@ def test_a_path_option_s_bad_value_is_one_line_before_any_work(tmp_path, args, m
     # checked by the entry point, also for a command that never reads the folder
     ("MMBENCH_RUNS", "", ["list", "methods"], "MMBENCH_RUNS='': an empty path would mean the current folder"),
     ("MMBENCH_DATA", " ", ["list", "methods"], "MMBENCH_DATA=' ': an empty path would mean the current folder"),
+    ("MMBENCH_CACHE", "", ["prepare", "polydigits"], "MMBENCH_CACHE='': an empty path would mean the current folder; "
+                                                     "give the path, or unset it to keep the caches in the data root"),
     ("MMBENCH_FSYNC", "yes", ["bench", "steps", "--steps", "1", "--batch-size", "4", "--latent-dim", "4", "--methods",
                               "mopoe", "--out", "t.md"], "MMBENCH_FSYNC='yes': use 1"),
 ])

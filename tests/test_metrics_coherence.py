@@ -1,5 +1,6 @@
 """Coherence on known answers: a model that copies its input scores 1, a random one scores chance."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -376,3 +377,32 @@ def test_a_file_where_the_classifier_cache_belongs_is_named_before_any_training(
     with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
         clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), tmp_path,
                              lambda *a: None, check=False)
+
+
+def test_mmbench_cache_moves_the_caches_and_a_read_only_one_is_named_before_any_training(tmp_path, monkeypatch):
+    # metrics/cache.cache_root and writable_folder: with the data root read-only (a shared cluster copy), the first
+    # classifier was trained and then its write failed; MMBENCH_CACHE now puts the caches elsewhere, and an
+    # unwritable cache folder is named, with that fix, before the training
+    import mmbench.metrics.cache as cachem
+    import mmbench.metrics.classifiers as clsm
+    from mmbench.errors import MMBenchError
+    from mmbench.metrics import authors_classifiers, fid
+
+    spec = DATASETS.get("polydigits")()
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    split = DataSplit(mods, {"m0": torch.zeros(20, 3, 28, 28, dtype=torch.uint8)}, torch.arange(20) % 10)
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    assert clsm.cache_dir(spec, "vanilla", 1, data).parent == data / "classifiers"
+    monkeypatch.setenv("MMBENCH_CACHE", str(cache))
+    directory = clsm.cache_dir(spec, "vanilla", 1, data)
+    assert directory.parent == cache / "classifiers"
+    assert authors_classifiers.cache_dir(spec, "vanilla", data).parent == cache / "classifiers-authors"
+    assert cachem.cache_root(data) == cache and fid.cache_root is cachem.cache_root
+    monkeypatch.setattr(cachem.os, "access", lambda path, mode: Path(path) != tmp_path)  # tmp_path read-only
+    monkeypatch.setattr(clsm, "train_one", lambda *a, **k: pytest.fail("trained before the cache was checked"))
+    message = (f"{tmp_path} is not writable, and mmbench keeps the coherence classifiers' cache in {directory} (a "
+               f"read-only data root?); set MMBENCH_CACHE to a writable folder for mmbench's caches, or make it "
+               f"writable")
+    with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
+        clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), data, lambda *a: None,
+                             check=False)

@@ -373,3 +373,22 @@ def test_a_file_where_the_statistics_folder_belongs_is_named_before_the_features
     with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
         fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
     assert calls == []
+
+
+def test_a_read_only_statistics_folder_is_named_before_the_features_are_computed(data_root, tmp_path, monkeypatch):
+    # fid.real_reference (metrics/cache.writable_folder): the Inception pass ran, then the write failed
+    import types
+
+    import mmbench.metrics.cache as cachem
+
+    spec = DATASETS.get("polydigits")()
+    split = load_split(spec, "vanilla", "test", data_root).subset(6)
+    ctx = types.SimpleNamespace(data_root=tmp_path / "root", spec=spec, variant="vanilla", device=torch.device("cpu"),
+                                cfg=EvalConfig(fid_batch_size=4))
+    monkeypatch.setattr(cachem.os, "access", lambda path, mode: False)
+    calls = []
+    net = lambda x: calls.append(1) or x.flatten(1)[:, :fidm.FID_DIMS]  # noqa: E731
+    with pytest.raises(MMBenchError, match=f"^{re.escape(str(tmp_path))} is not writable, and mmbench keeps FID's "
+                                           f"reference statistics in .*; set MMBENCH_CACHE to a writable folder"):
+        fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    assert calls == []

@@ -685,6 +685,8 @@ def test_submit_passes_every_option_to_the_job_array(tmp_path, monkeypatch):
     monkeypatch.setenv("MMBENCH_PACK_CONV", "bmm")  # a kernel choice reaches the tasks even where sbatch exports none
     monkeypatch.setenv("MMBENCH_PACK_MODE", "loop")  # each choice made is exported, in kernels.CHOICES's order
     monkeypatch.setenv("MMBENCH_ADAM", "default")  # the default: nothing to pass
+    monkeypatch.setenv("MMBENCH_CACHE", "rel cache")  # the caches' folder too, made absolute (a job starts elsewhere)
+    monkeypatch.chdir(tmp_path)
     _FakeExecutor.made.clear()
     runs = [Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": s}), tmp_path)
             for s in (0, 1, 2)]
@@ -699,7 +701,8 @@ def test_submit_passes_every_option_to_the_job_array(tmp_path, monkeypatch):
     assert {k: ex.params[k] for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time", "array_parallelism",
                                       "signal_delay_s", "setup", "additional_parameters")} == dict(
         partition="gpu", gpus_per_node=2, cpus_per_task=3, mem="4G", time=30, array_parallelism=5, signal_delay_s=45,
-        setup=["export OMP_NUM_THREADS=3", "export MMBENCH_PACK_CONV=bmm", "export MMBENCH_PACK_MODE=loop"],
+        setup=["export OMP_NUM_THREADS=3", "export MMBENCH_PACK_CONV=bmm", "export MMBENCH_PACK_MODE=loop",
+               f"export MMBENCH_CACHE='{tmp_path.resolve() / 'rel cache'}'"],
         additional_parameters={"account": "lab"})
     assert [(t.run_dirs, t.data_root, t.gpus) for t in ex.tasks] == [
         ([str(runs[0].dir.resolve()), str(runs[1].dir.resolve())], str((tmp_path / "data").resolve()), 2),

@@ -7,7 +7,7 @@ modules onto mmbench's (`prefixes`: (authors' prefix, mmbench prefix) pairs). Th
 state dict (the authors save `model.state_dict()`), checks it name by name and shape by shape against the
 mmbench module — the first missing, unexpected or mis-shaped parameter is a one-line error naming the file —
 loads it, measures its test accuracy (mean AP on multi-label data) on the prepared test split in eval mode,
-and caches the converted state dicts under ``<data_root>/classifiers-authors/<dataset>-<variant>-<digest>/``
+and caches the converted state dicts under ``<data_root or $MMBENCH_CACHE>/classifiers-authors/<dataset>-<variant>-<digest>/``
 (next to, never inside, mmbench's own ``classifiers/``), with the sha256 of every source file.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..data.base import (DataSplit, DatasetSpec, Modality, data_root_words, dataset_dir, default_data_root,
+from ..data.base import (DataSplit, DatasetSpec, Modality, data_root_words, dataset_dir,
                          manifest_digest, read_manifest)
 from ..data.download import file_digest
 from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
-from .cache import cache_folder, read_cached_json, set_aside, valid_score
+from .cache import cache_root, read_cached_json, set_aside, valid_score, writable_folder
 from .quality import accuracy, mean_ap
 
 
@@ -45,8 +45,7 @@ CACHED = "cached_sha256"  # source.json's record of the cached <modality>.pt fil
 def cache_dir(spec: DatasetSpec, variant: str, data_root: Optional[Path]) -> Path:
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     digest = manifest_digest(manifest) if manifest else "unprepared"
-    root = Path(data_root or default_data_root())
-    return root / "classifiers-authors" / f"{spec.registry_name}-{variant}-{digest}"
+    return cache_root(data_root) / "classifiers-authors" / f"{spec.registry_name}-{variant}-{digest}"
 
 
 def map_state_dict(state: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
@@ -113,7 +112,7 @@ def import_classifiers(spec: DatasetSpec, variant: str, test: DataSplit, source:
     source = Path(source)
     if not source.is_dir():
         raise MMBenchError(f"--from {source}: not a directory; pass the folder holding the authors' classifier files")
-    directory = cache_folder(cache_dir(spec, variant, data_root), "the authors' classifiers' cache")
+    directory = writable_folder(cache_dir(spec, variant, data_root), "the authors' classifiers' cache")
     clfs, sources = {}, {}
     for mod in test.modalities:
         path = find_file(arch, mod, source)

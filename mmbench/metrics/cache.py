@@ -10,7 +10,26 @@ import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..data.base import default_data_root
 from ..errors import MMBenchError, brief
+from ..files import cache_folder_override
+
+
+def cache_root(data_root: Optional[Path]) -> Path:
+    """Where the derived caches live: $MMBENCH_CACHE where set (e.g. beside a read-only shared data root), else the
+    data root (`--data-root`, $MMBENCH_DATA or ./data)."""
+    return cache_folder_override() or Path(data_root or default_data_root())
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """`folder` (`cache_folder`), checked writable before the work whose result goes there (a classifier trained,
+    an Inception pass): a read-only data root is said with its fix, not found at the first write, after the work."""
+    cache_folder(folder, what)
+    here = next(p for p in [folder, *folder.parents] if p.exists())
+    if not os.access(here, os.W_OK):
+        raise MMBenchError(f"{here} is not writable, and mmbench keeps {what} in {folder} (a read-only data root?); "
+                           f"set MMBENCH_CACHE to a writable folder for mmbench's caches, or make it writable")
+    return folder
 
 
 def cache_folder(folder: Path, what: str) -> Path:

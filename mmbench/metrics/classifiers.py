@@ -1,6 +1,6 @@
 """Coherence classifiers: one per modality, trained by mmbench on the train split, cached, used in eval mode.
 
-Cached under ``<data_root>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/`` with their
+Cached under ``<data_root or $MMBENCH_CACHE>/classifiers/<dataset>-<variant>-<dataset digest>-e<epochs>/`` with their
 test accuracies (accuracy.json) and the sha256 of each file they were measured on (sha256.json, with the cache's
 name): a file that is not the one measured (replaced, copied in from another cache) is measured again; a classifier below ``eval.classifier_min_accuracy`` makes coherence refuse.
 Multi-label datasets (``spec.multilabel``, CelebA's 40 attributes) train one logit per attribute with
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import EvalConfig
-from ..data.base import (DataSplit, DatasetSpec, dataset_dir, default_data_root, manifest_digest, read_manifest,
+from ..data.base import (DataSplit, DatasetSpec, dataset_dir, manifest_digest, read_manifest,
                          to_float)
 from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
@@ -26,14 +26,14 @@ from ..errors import MMBenchError, brief
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
-from .cache import cache_folder, read_cached_json, set_aside, valid_score
+from .cache import cache_folder, cache_root, read_cached_json, set_aside, valid_score, writable_folder
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
 
 
 def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[Path]) -> Path:
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     digest = manifest_digest(manifest) if manifest else "unprepared"
-    root = Path(data_root or default_data_root())
+    root = cache_root(data_root)
     # the batch size names the directory where it is not the default (rats: 128), so no cache trained otherwise serves
     batch = "" if spec.classifier_batch_size == DatasetSpec.classifier_batch_size else f"-b{spec.classifier_batch_size}"
     return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}{batch}-{spec.classifier_for(variant)}"
@@ -109,6 +109,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         path = directory / f"{mod.name}.pt"
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
+            writable_folder(directory, "the coherence classifiers' cache")  # before the training, not after it
             clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
@@ -120,6 +121,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
                   f"in {sums_path.name}); measuring the classifier again", file=sys.stderr)
             accs.pop(mod.name)
         if mod.name not in accs:  # trained now, or its score was lost with a corrupt accuracy.json
+            writable_folder(directory, "the coherence classifiers' cache")
             accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf.to(device), test, mod.name, device)
             atomic_json(acc_path, accs)
             sums[mod.name] = digest

@@ -8,7 +8,7 @@
   or else in the torch hub cache (``torch.hub.get_dir()/checkpoints/``), downloaded there when missing.
   A missing or different file is a hard error: never an untrained network, never another checkpoint.
 * Real statistics (mean, covariance of the features of the test images of each image modality) are
-  cached under ``<data_root>/fid_stats/``, keyed by the images' content digest and the weights' sha256.
+  cached under ``<data_root or $MMBENCH_CACHE>/fid_stats/``, keyed by the images' content digest and the weights' sha256.
 * Generated images are the likelihood means, clamped to [0, 1] and quantised to 8 bits as a saved PNG
   would be (MoPoE saves each sample as a PNG before its Inception pass); one-channel images are repeated
   to three channels; text modalities get no FID.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import DataSplit, Modality, default_data_root
+from ..data.base import DataSplit, Modality
 from ..data.download import file_digest
 from ..errors import MMBenchError, brief
 from ..files import temp_beside, usual_mode
@@ -41,7 +41,7 @@ from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
 from .batched import chunked
-from .cache import cache_folder, set_aside
+from .cache import cache_folder, cache_root, set_aside, writable_folder
 from .context import EvalContext
 
 # pytorch-fid 0.3.0 inception.py FID_WEIGHTS_URL (tests/test_metrics_fid.py holds the two equal); written out so
@@ -257,12 +257,13 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
     """Reference statistics of `split`'s images of `mod`, cached by content digest and weights digest."""
     raw = split.x[mod.name][torch.arange(len(split))]
     digest = hashlib.sha256(str(tuple(raw.shape)).encode() + raw.contiguous().numpy().tobytes()).hexdigest()[:16]
-    root = cache_folder(Path(ctx.data_root or default_data_root()) / "fid_stats", "FID's reference statistics")
+    root = cache_folder(cache_root(ctx.data_root) / "fid_stats", "FID's reference statistics")
     name = getattr(ctx.spec, "registry_name", "data")
     path = root / f"{name}-{ctx.variant}-test-{mod.name}-n{len(split)}-{digest}-w{weights_sha[:12]}.npz"
     cached = _cached_stats(path)
     if cached is not None:
         return Reference(torch.from_numpy(cached[0]).to(ctx.device), torch.from_numpy(cached[1]).to(ctx.device))
+    writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
     feats = []
     bs = ctx.cfg.fid_batch_size
     for start in range(0, len(split), bs):
