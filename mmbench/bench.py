@@ -136,14 +136,14 @@ def _profiled(result: Dict[str, float], step: Callable[[], None], dev: torch.dev
         kernel_s, table = profile_step(step, dev)
     except Exception as e:  # noqa: BLE001 - a diagnostic: the timing measured above stands without it
         Path(path).write_text(f"{what}: timed median {result['median_s'] * 1e3:.2f} ms per step; profiling failed: "
-                              f"{brief(e)}\n")
+                              f"{brief(e)}\n", encoding="utf-8")
         return {**result, "kernel_ms": float("nan"), "kernel_share": float("nan")}
     share = kernel_s / result["median_s"] if kernel_s is not None else None
     busy = (f"device busy {kernel_s * 1e3:.2f} ms per step (union of its kernels' intervals), "
             f"{share:.0%} of the timed median" if kernel_s is not None else "no device kernels (a CPU): host times only")
     Path(path).write_text(f"{what}: timed median {result['median_s'] * 1e3:.2f} ms per step; {busy}; "
                           f"profiled over {PROFILED_STEPS} steps after the timed ones (torch.profiler, "
-                          f"torch {torch.__version__}).\n\n{table}\n")
+                          f"torch {torch.__version__}).\n\n{table}\n", encoding="utf-8")
     return {**result, "kernel_ms": kernel_s * 1e3 if kernel_s is not None else float("nan"),
             "kernel_share": share if share is not None else float("nan")}
 

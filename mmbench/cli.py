@@ -455,7 +455,7 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
     if step_times.is_dir():
         raise MMBenchError(f"--step-times {step_times} is a directory; give the Markdown file of step times ({write})")
     try:
-        step_times.read_text()
+        step_times.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise MMBenchError(f"--step-times {step_times} is not UTF-8 text (byte {e.start}); give the Markdown file of "
                            f"step times ({write})") from None
@@ -516,7 +516,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     known = [v for v in per_run.values() if v is not None]
     import re
 
-    found = re.search(r"steps; ([^,]+),", step_times.read_text())
+    found = re.search(r"steps; ([^,]+),", step_times.read_text(encoding="utf-8"))
     where = found.group(1) if found else "the measured device"
     n_other = sum(other.values())
     shown = ", ".join(f"{why}: {n}" for why, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
@@ -1103,11 +1103,22 @@ def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metri
 INTERRUPTED = "interrupted; finished work is kept and unfinished runs resume from their last checkpoint"
 
 
+def tolerant_output() -> None:
+    """A terminal or pipe whose encoding is not UTF-8 (a Latin-1 or ASCII locale, PYTHONIOENCODING=ascii) shows the
+    characters it cannot print (—, β, ✓) as "?" instead of stopping the command with a UnicodeEncodeError; files
+    mmbench writes are UTF-8 whatever the locale."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding not in ("utf8", "utf8sig") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     from .files import check_environment
     from .hostmem import tune_host_allocator
     from .kernels import check_all
 
+    tolerant_output()
     try:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
         if "--help" not in sys.argv[1:]:  # the environment's kernel choices, before any work a misspelt one would stop

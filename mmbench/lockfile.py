@@ -28,7 +28,7 @@ def _load_toml(path: Path) -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
-    return tomllib.loads(path.read_text())
+    return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
 def requirements(pyproject: Path) -> List[str]:
@@ -51,7 +51,7 @@ def _norm(name: str) -> str:
 def pins(lock: Path) -> Dict[str, str]:
     """name -> pinned version, from `name==version` lines."""
     out = {}
-    for line in lock.read_text().splitlines():
+    for line in lock.read_text(encoding="utf-8").splitlines():
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
         if m:
             out[_norm(m.group(1))] = m.group(2)
@@ -62,7 +62,7 @@ def problems(pyproject: Path, lock: Path) -> List[str]:
     """Why the lock does not serve pyproject.toml (empty: it does)."""
     if not lock.exists():
         return [f"{lock} is missing; run `make lock`"]
-    text = lock.read_text()
+    text = lock.read_text(encoding="utf-8")
     stamped = next((l[len(STAMP):].strip() for l in text.splitlines() if l.startswith(STAMP)), None)
     out = []
     if stamped is None:
@@ -86,9 +86,9 @@ def problems(pyproject: Path, lock: Path) -> List[str]:
 
 
 def stamp(pyproject: Path, lock: Path) -> None:
-    lines = [l for l in lock.read_text().splitlines() if not l.startswith(STAMP)]
+    lines = [l for l in lock.read_text(encoding="utf-8").splitlines() if not l.startswith(STAMP)]
     lines.insert(0, STAMP + digest(pyproject))
-    lock.write_text("\n".join(lines) + "\n")
+    lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

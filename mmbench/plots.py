@@ -369,7 +369,7 @@ def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
     path = Path(run_dir) / "history.json"
     if path.exists():
         try:
-            history = json.loads(path.read_text())
+            history = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise MMBenchError(f"{path} is not valid JSON ({e})") from None
         except OSError as e:  # a folder, an unreadable file

@@ -53,7 +53,7 @@ def read_step_times(path, compiled: bool = False) -> Dict[object, Dict[int, floa
     rates: Dict[object, Dict[int, float]] = {}
     captured: Dict[object, set] = {}  # (with `compiled`) the packs whose rate came from a captured row
     head: List[str] = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
         if not cells:
             head = []
@@ -100,7 +100,7 @@ def step_table_shapes(path) -> Dict[str, object]:
     3×28×28 modalities (the header's M, else the step table's M column), batch size, latent size and precision (fp32
     where an older header names none). A file that does not say them is refused: its rates would be applied to runs
     of any shape."""
-    text = Path(path).read_text()
+    text = Path(path).read_text(encoding="utf-8")
     found = SHAPES_HEAD.search(text)
     if not found:
         raise MMBenchError(f"--step-times {path}: its header does not say the shapes its steps were measured at "

@@ -418,7 +418,7 @@ class Run:
         d = self.cfg.to_dict()
         text = None
         if cfg_path.exists():
-            text = cfg_path.read_text()
+            text = cfg_path.read_text(encoding="utf-8")
             old = yamlio.load(text, str(cfg_path)) or {}
             d["tables"] = sorted(set(old.get("tables", [])) | set(d["tables"]))
             if (yaml.safe_dump(d, sort_keys=False) != text and self.metrics_path.exists()
@@ -451,7 +451,7 @@ class Run:
     def held_here(self) -> bool:
         """Whether this process holds the run's lock (run.lock records the holder's pid), or nobody has yet."""
         try:
-            holder = (self.dir / "run.lock").read_text().strip()
+            holder = (self.dir / "run.lock").read_text(encoding="utf-8").strip()
         except OSError:
             return True
         return holder in ("", str(os.getpid()))
@@ -459,7 +459,7 @@ class Run:
     def log(self, message: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            with open(self.log_path, "a") as f:
+            with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         except OSError as e:  # a full disk's failed write names no file
             raise naming(e, self.log_path) from None
@@ -541,7 +541,7 @@ class Run:
             self.log(f"metrics.json cannot be read ({e.problem}); kept as {unreadable.name}, evaluating again")
         before = self.config_before_rescore
         source = before if before.exists() and (old is not None or unreadable is not None) else cfg_path
-        cfg_text = source.read_text() if source.exists() else None
+        cfg_text = source.read_text(encoding="utf-8") if source.exists() else None
         if old is not None:
             for name in ("metrics", "provenance"):  # metrics first: from here on the run is not done
                 if (self.dir / f"{name}.json").exists():

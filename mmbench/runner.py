@@ -84,7 +84,9 @@ def worker_slots(gpus: Optional[str], jobs: int) -> List[str]:
 
 def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
     """A worker's environment: it sees only its own GPU (none for ""), and knows it was given one."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, MMBENCH_WORKER_GPU=device, PYTHONUNBUFFERED="1")
+    # PYTHONIOENCODING: its output goes to the run's log.txt, which is UTF-8 whatever the locale
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, MMBENCH_WORKER_GPU=device, PYTHONUNBUFFERED="1",
+               PYTHONIOENCODING="utf-8")
     if data_root is not None:
         env["MMBENCH_DATA"] = str(Path(data_root).resolve())
     return env
@@ -169,7 +171,7 @@ def _read_progress(run: Run) -> Optional[dict]:
     """progress.json as Run.progress writes it ({phase, done, total}); None while it is missing, half written or
     not that (a stale or damaged file: the bar waits for the worker's next write instead of stopping the run)."""
     try:
-        p = json.loads((run.dir / "progress.json").read_text())
+        p = json.loads((run.dir / "progress.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if (not isinstance(p, dict) or not isinstance(p.get("phase"), str)

@@ -288,7 +288,7 @@ def read_job(run: Run) -> Optional[Dict[str, Any]]:
     """The run's slurm.json as submit writes it (a mapping with its job_id); None when there is none, or when it
     cannot be read or is not that (the run is then shown by its own status, as if never submitted)."""
     try:
-        job = json.loads((run.dir / "slurm.json").read_text())
+        job = json.loads((run.dir / "slurm.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(job, dict) or not isinstance(job.get("job_id"), (str, int)) or isinstance(job["job_id"], bool):
@@ -347,6 +347,7 @@ def submit(groups: List[Tuple[SlurmOptions, List[List[Run]]]], runs_dir: Path,
                                       array_parallelism=opts.array_parallelism, signal_delay_s=opts.signal_delay_s,
                                       job_name="mmbench", stderr_to_stdout=False,
                                       setup=[f"export OMP_NUM_THREADS={opts.cpus_per_job}",
+                                             "export PYTHONIOENCODING=utf-8",  # its output, whatever the locale
                                              # the kernel choices, also where a site's sbatch exports no environment
                                              *(f"export {k}={shlex.quote(v)}" for k, v in kernels.chosen().items()),
                                              *cache_export()])

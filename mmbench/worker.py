@@ -24,7 +24,7 @@ from .hostmem import tune_host_allocator
 def load_run(run_dir: str) -> Run:
     """The run whose directory (with its config.yaml) this is; used by workers and Slurm tasks."""
     d = Path(run_dir)
-    cfg = build_run_config(yamlio.load((d / "config.yaml").read_text(), str(d / "config.yaml")), str(d / "config.yaml"))
+    cfg = build_run_config(yamlio.load((d / "config.yaml").read_text(encoding="utf-8"), str(d / "config.yaml")), str(d / "config.yaml"))
     return Run(cfg, d.parent)
 
 

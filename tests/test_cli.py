@@ -584,3 +584,42 @@ def test_os_error_line_says_the_fix_of_each_error(code, fix):
 
     assert os_error_line(OSError(code, os.strerror(code), "/x/y")).startswith(f"/x/y: {os.strerror(code)} ({fix}")
     assert os_error_line(OSError(code, os.strerror(code))) is None  # no path: a bug, shown in full
+
+
+def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_traceback(monkeypatch):
+    # cli.tolerant_output: under a Latin-1 or ASCII locale (or PYTHONIOENCODING=ascii) the first β or — printed
+    # stopped the command with a UnicodeEncodeError
+    import io
+
+    from mmbench import cli
+
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding=enc) for enc in ("ascii", "latin-1"))
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setattr(sys, "argv", ["mmbench", "list", "methods"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code in (0, None)
+    out.flush()
+    text = out.buffer.getvalue().decode("ascii")
+    assert "JMVAE: ELBO of a joint encoder q(z | X) minus ? ?_m KL" in text  # α Σ_m
+    assert (out.errors, err.errors) == ("replace", "replace")
+    utf8 = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", utf8)
+    cli.tolerant_output()
+    assert utf8.errors == "strict"  # a UTF-8 stream is left as it is
+
+
+def test_files_are_utf8_whatever_the_locale(tmp_path):
+    # results.Run.log, data/base's manifest and the runs' records: open() took the locale's encoding, so under an
+    # ASCII locale a log line with a β was a UnicodeEncodeError, and under Latin-1 the files were not UTF-8
+    code = ("import sys; from pathlib import Path; from mmbench.config import build_run_config; "
+            "from mmbench.results import Run; "
+            "run = Run(build_run_config({'dataset': 'polydigits', 'method': {'name': 'mopoe'}, 'seed': 0}), Path(sys.argv[1])); "
+            "run.log('\\u03b2 \\u2014 \\u2713'); print(run.log_path)")  # escaped: the command line is ASCII too
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(PYTHONCOERCECLOCALE="0", PYTHONUTF8="0", LC_ALL="C", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert Path(r.stdout.decode().strip()).read_bytes().decode("utf-8").endswith(" β — ✓\n")

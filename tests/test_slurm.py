@@ -701,7 +701,8 @@ def test_submit_passes_every_option_to_the_job_array(tmp_path, monkeypatch):
     assert {k: ex.params[k] for k in ("partition", "gpus_per_node", "cpus_per_task", "mem", "time", "array_parallelism",
                                       "signal_delay_s", "setup", "additional_parameters")} == dict(
         partition="gpu", gpus_per_node=2, cpus_per_task=3, mem="4G", time=30, array_parallelism=5, signal_delay_s=45,
-        setup=["export OMP_NUM_THREADS=3", "export MMBENCH_PACK_CONV=bmm", "export MMBENCH_PACK_MODE=loop",
+        setup=["export OMP_NUM_THREADS=3", "export PYTHONIOENCODING=utf-8", "export MMBENCH_PACK_CONV=bmm",
+               "export MMBENCH_PACK_MODE=loop",
                f"export MMBENCH_CACHE='{tmp_path.resolve() / 'rel cache'}'"],
         additional_parameters={"account": "lab"})
     assert [(t.run_dirs, t.data_root, t.gpus) for t in ex.tasks] == [

@@ -160,7 +160,7 @@ def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         problem = f"is unreadable ({type(e).__name__}: {e})"
     else:
@@ -320,7 +320,7 @@ def verify(directory: Path, manifest: Dict[str, Any], full: bool = False) -> Non
 def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
     fd, tmp = temp_beside(directory / MANIFEST)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
         os.replace(tmp, directory / MANIFEST)
     except BaseException:
@@ -416,7 +416,7 @@ def _build(spec: DatasetSpec, variant: str, seed: int, options: Dict[str, Any], 
         }
         manifest["manifest_sha256"] = manifest_checksum(manifest)
         try:
-            with open(tmp / MANIFEST, "w") as f:
+            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
         except OSError as e:
             raise build_write_error(tmp / MANIFEST, e) from None

@@ -44,7 +44,7 @@ CROP = (35, 183, 15, 163)  # rows, cols of the 148-pixel centre crop of a 218×1
 
 
 def read_attributes(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
-    lines = Path(path).read_text().splitlines()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
     try:
         n = int(lines[0].strip())
         names = lines[1].split()
@@ -61,7 +61,7 @@ def read_attributes(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
 
 def read_partition(path: Path) -> Dict[str, int]:
     out = {}
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             fields = line.split()
             if len(fields) != 2 or not fields[1].isdigit():

@@ -62,7 +62,7 @@ def read_cached_json(path: Path) -> Tuple[dict, Optional[str]]:
     if not path.exists():
         return {}, None
     try:
-        found = json.loads(path.read_text())
+        found = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:  # not JSON (JSONDecodeError), not text (UnicodeDecodeError)
         return {}, f"is not JSON ({e})"
     except OSError as e:  # a folder, an unreadable file
