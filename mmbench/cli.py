@@ -1,7 +1,9 @@
 """The `mmbench` command line: prepare, train, evaluate, run, report, list."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -1113,12 +1115,23 @@ def tolerant_output() -> None:
             stream.reconfigure(errors="replace")
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (`kill PID`, a batch system's stop) handled as Ctrl-C: the workers of a `mmbench run` are interrupted
+    too (they would go on training, orphaned), and the command ends with the interrupted line and status 130."""
+    runner = sys.modules.get("mmbench.runner")  # imported where a run started workers
+    if runner is not None:
+        runner.stop_workers()
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     from .files import check_environment
     from .hostmem import tune_host_allocator
     from .kernels import check_all
 
     tolerant_output()
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         tune_host_allocator()  # before any command's tensors; workers inherit it through the environment
         if "--help" not in sys.argv[1:]:  # the environment's kernel choices, before any work a misspelt one would stop
@@ -1141,6 +1154,9 @@ def main() -> None:
         if e.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
             err_console.print(INTERRUPTED)
         raise
+    finally:
+        if previous is not None:  # a process calling main() (the tests) gets its own handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

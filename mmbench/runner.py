@@ -16,13 +16,14 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -90,6 +91,32 @@ def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
     if data_root is not None:
         env["MMBENCH_DATA"] = str(Path(data_root).resolve())
     return env
+
+
+_WORKERS: Set[subprocess.Popen] = set()  # the live worker processes of this process's run_all (stop_workers)
+_WORKERS_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_workers(grace_s: float = 30.0) -> None:
+    """Interrupt the workers this process started, as Ctrl-C would (SIGINT: each run resumes from its last
+    checkpoint), where a signal reached this process alone (`kill PID`, a batch system's SIGTERM): orphaned, they
+    would go on training. Waits up to `grace_s` for them to stop, then kills what is left (its files are written
+    atomically: a re-run resumes it as well)."""
+    with _WORKERS_LOCK:
+        _STOPPING.set()  # no worker starts after this
+        procs = [p for p in _WORKERS if p.poll() is None]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 _RESUME_POINTS: Dict[tuple, Tuple[int, int]] = {}
@@ -185,6 +212,7 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
             caps: Optional[Dict[str, int]] = None) -> List[Outcome]:
     console = console or Console()
     slots = worker_slots(gpus, jobs)  # before any run directory is written
+    _STOPPING.clear()  # a stop_workers of an earlier run_all in this process
     runs = unique_runs([Run(c, runs_dir) for c in configs])
     todo: "queue.Queue[List[Run]]" = queue.Queue()
     outcomes: List[Outcome] = []
@@ -225,8 +253,22 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                                     for g in group)
                 continue
             with log:
-                proc = subprocess.run([sys.executable, "-m", "mmbench.worker", *(str(g.dir) for g in group)],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT)
+                with _WORKERS_LOCK:
+                    stopping = _STOPPING.is_set()  # stop_workers: the rest stays pending for the next `mmbench run`
+                    if not stopping:
+                        proc = subprocess.Popen([sys.executable, "-m", "mmbench.worker",
+                                                 *(str(g.dir) for g in group)],
+                                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                        _WORKERS.add(proc)
+                if stopping:
+                    with lock:
+                        active[slot] = None
+                    return
+                try:
+                    proc.wait()
+                finally:
+                    with _WORKERS_LOCK:
+                        _WORKERS.discard(proc)
             with lock:
                 active[slot] = None
                 for g in group:  # a pack's runs succeed or fail one by one

@@ -7,18 +7,24 @@ when every run of the pack finished.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+# A Ctrl-C (or runner.stop_workers) while the imports below load torch: noted, and acted on when `main` starts (the
+# default handler would end the worker with a traceback in the run's log). Only where this is the worker process.
+_EARLY_INTERRUPT: list = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: _EARLY_INTERRUPT.append(signum))
 
-from . import yamlio
-from .config import build_run_config
-from .errors import MMBenchError, os_error_line
-from .evaluate import execute_when_free
-from .results import Run
-from .hostmem import tune_host_allocator
+from . import yamlio  # noqa: E402
+from .config import build_run_config  # noqa: E402
+from .errors import MMBenchError, os_error_line  # noqa: E402
+from .evaluate import execute_when_free  # noqa: E402
+from .results import Run  # noqa: E402
+from .hostmem import tune_host_allocator  # noqa: E402
 
 
 def load_run(run_dir: str) -> Run:
@@ -45,6 +51,11 @@ def progress_writer(runs: Sequence[Run]) -> Callable[[str, int, int], None]:
 
 
 def main(*run_dirs: str) -> int:
+    if __name__ == "__main__":  # Ctrl-C raises KeyboardInterrupt again from here on
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _EARLY_INTERRUPT:
+        print("interrupted before the run started; it resumes from its last checkpoint", flush=True)
+        return 130
     tune_host_allocator()
     gpu = os.environ.get("MMBENCH_WORKER_GPU")  # set by `mmbench run --gpus` (runner.worker_env)
     if gpu:
@@ -71,6 +82,9 @@ def main(*run_dirs: str) -> int:
                 raise
             print(f"error: {line}", flush=True)
             return 1
+        except KeyboardInterrupt:  # as for one run: a line in log.txt, not a traceback
+            print("interrupted; the runs of this pack resume from their last checkpoints", flush=True)
+            return 130
         for rid, err in errors.items():
             if err:
                 print(f"error: {rid}: {err}", flush=True)

@@ -269,3 +269,56 @@ def test_a_worker_says_a_full_disk_in_one_line_with_its_fix(tmp_path, monkeypatc
     assert out == (f"error: {tmp_path / 'r' / 'history.json'}: No space left on device (a full disk or a quota: free "
                    f"space and run the command again; files already written are kept, and unfinished runs resume from "
                    f"their last checkpoint)\n")
+
+
+def _workers_of(runs_dir) -> list:
+    """The pids of live `mmbench.worker` processes working in `runs_dir`."""
+    import os
+
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"mmbench.worker" in cmd and any(str(runs_dir).encode() in c for c in cmd):
+            pids.append(int(pid))
+    return pids
+
+
+def test_sigterm_to_mmbench_run_interrupts_its_workers_and_starts_no_more(tmp_path, data_root):
+    # cli._terminated and runner.stop_workers: `kill PID` (or a batch system's SIGTERM) killed the parent alone, and
+    # its worker went on training, orphaned; the threads would also have started the next runs' workers
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    runs = tmp_path / "runs"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mmbench.cli", "run", str(root / "suites" / "quickstart.yaml"),
+                             "--tier", "smoke", "--runs-dir", str(runs), "--data-root", str(data_root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**__import__("os").environ,
+                                                                                 "COLUMNS": "200"})
+    try:
+        deadline = time.time() + 120
+        while not _workers_of(runs) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert _workers_of(runs), proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted; finished work is kept" in err.decode()
+    time.sleep(1.0)
+    assert _workers_of(runs) == []  # interrupted, and no other started after it
+    logs = [p.read_text() for p in runs.glob("*/log.txt")]
+    # interrupted while it loaded torch, or once it ran: a line in its log either way, never a traceback
+    assert sum(("interrupted; the run resumes from its last checkpoint" in t or
+                "interrupted before the run started; it resumes from its last checkpoint" in t) for t in logs) == 1
+    assert not any("Traceback" in t for t in logs)
+    assert len(list(runs.glob("*/metrics.json"))) < 3
