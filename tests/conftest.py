@@ -183,3 +183,20 @@ def file_size_limit(nbytes: int):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def fake_popen(run):
+    """A stand-in for subprocess.Popen (the runner's workers) that calls `run(cmd, env=..., stdout=..., stderr=...)`,
+    written like subprocess.run (returning a CompletedProcess), at once; `wait` and `poll` give its return code."""
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            self.returncode = run(cmd, **kw).returncode
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+        def poll(self):
+            return self.returncode
+
+    return FakePopen

@@ -18,7 +18,7 @@ from mmbench.pack import pack_key, train_pack, unpackable_reason
 from mmbench.results import Run
 from mmbench.runner import make_packs
 from mmbench.train import build_model, train
-from conftest import on_gpu_if_asked
+from conftest import fake_popen, on_gpu_if_asked
 from test_train import moved_and_apart
 
 TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
@@ -260,7 +260,7 @@ def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
         seen.append(len(cmd) - 3)
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(fake_worker))
     runner.run_all([r.cfg for r in a], tmp_path / "runs", None, pack=None, caps={"mopoe": 1})
     assert seen == [1, 1, 1]
     assert all("capped at 1 run(s)" in Run(r.cfg, tmp_path / "runs").log_path.read_text() for r in a)

@@ -1,7 +1,7 @@
 import types
 
 import pytest
-from conftest import seed_runs
+from conftest import fake_popen, seed_runs
 
 from mmbench.errors import MMBenchError
 from mmbench.runner import worker_slots
@@ -115,7 +115,7 @@ def test_run_all_gives_each_worker_its_gpu_and_reports_each_run_of_a_pack(tmp_pa
         stdout.write("error: boom\n")
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(fake_worker))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     out = runner.run_all([r.cfg for r in single + pack], tmp_path, None, gpus="1", console=Console(file=io.StringIO()),
@@ -199,7 +199,7 @@ def test_a_damaged_progress_json_leaves_the_bar_waiting_not_the_scheduler_dead(t
         run.write_metrics({"x": 1.0})
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(runner.subprocess, "run", fake_worker)
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(fake_worker))
     (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=io.StringIO()))
     assert outcome.ok
 
@@ -217,7 +217,7 @@ def test_a_run_whose_log_is_a_folder_fails_with_a_line_and_is_counted(tmp_path, 
     (run,) = seed_runs(tmp_path, 1)
     run.dir.mkdir(parents=True)
     run.log_path.mkdir()
-    monkeypatch.setattr(runner.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0)))
     out = io.StringIO()
     (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=out, width=300))
     assert not outcome.ok and outcome.message.startswith(f"cannot write its log {run.log_path} (Is a directory)")
