@@ -517,6 +517,8 @@ def _poly_folder(folder, seed):
 @pytest.mark.parametrize("accuracy_json, message", [
     ("[0.9, 0.9]", r"accuracy\.json holds a JSON list, not an object; this cache .* is corrupt"),
     ('{"m0": "high", "m1": 0.9}', r"accuracy\.json holds scores that are not numbers; this cache .* is corrupt"),
+    ('{"m0": NaN, "m1": 0.9}', r"accuracy\.json holds scores that are not numbers; this cache .* is corrupt"),
+    ('{"m0": 1.5, "m1": 0.9}', r"accuracy\.json holds scores that are not numbers; this cache .* is corrupt"),
     ('{"m0": 0.9}', r"modality m1 is not imported"),  # m1.pt is there, its score is not
 ])
 def test_an_incomplete_import_cache_is_refused(tmp_path, accuracy_json, message):

@@ -461,6 +461,17 @@ def test_a_build_records_where_its_files_came_from_and_a_first_prepare_names_wha
         load_split(spec, "translated", "val", tmp_path)
 
 
+def test_a_corrupt_manifest_of_an_unregistered_dataset_names_its_data_root(tmp_path):
+    """A folder under a data root whose name is no registered dataset (a leftover, a renamed one): its corrupt
+    manifest's advice is the bare `mmbench prepare`, still with the root it was found in."""
+    path = tmp_path / "nosuch" / "v1"
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text("not json")
+    with pytest.raises(MMBenchError, match="manifest.json of") as e:
+        read_manifest(path)
+    assert str(e.value).endswith(f"`mmbench prepare nosuch --variant v1 --data-root {tmp_path} --force`")
+
+
 def test_the_advice_about_data_outside_the_default_root_names_its_root_and_rebuilds_that_copy(tmp_path, data_root,
                                                                                                   monkeypatch):
     """A damaged copy under `--data-root DIR` is rebuilt by the advice it is refused with, run as given from another
@@ -473,7 +484,7 @@ def test_the_advice_about_data_outside_the_default_root_names_its_root_and_rebui
 
     from mmbench.cli import app
 
-    spec, root = DATASETS.get("polydigits")(), tmp_path / "elsewhere"
+    spec, root = DATASETS.get("polydigits")(), tmp_path / "else where"  # a space: the root is one shell word
     path = dataset_dir("polydigits", "vanilla", root)
     shutil.copytree(dataset_dir("polydigits", "vanilla", data_root), path)
     (path / "test_labels.npy").unlink()
@@ -486,8 +497,8 @@ def test_the_advice_about_data_outside_the_default_root_names_its_root_and_rebui
     result = CliRunner().invoke(app, shlex.split(command)[1:])
     assert result.exit_code == 0, result.output
     assert len(load_split(spec, "vanilla", "test", root)) > 0 and not (tmp_path / "cwd" / "data").exists()
-    for where, named in ((root, f" --data-root {root}"), (None, ""), (tmp_path / "cwd" / "data", ""),
-                         (root.parent / "elsewhere" / ".." / "elsewhere", f" --data-root {root}")):
+    for where, named in ((root, f" --data-root {shlex.quote(str(root))}"), (None, ""), (tmp_path / "cwd" / "data", ""),
+                         (root.parent / "else where" / ".." / "else where", f" --data-root {shlex.quote(str(root))}")):
         with pytest.raises(MMBenchError, match="is not prepared") as e:
             load_split(spec, "extended", "test", where)
         assert str(e.value).endswith(f"run `mmbench prepare polydigits --variant extended{named}`")

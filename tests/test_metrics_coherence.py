@@ -406,3 +406,52 @@ def test_mmbench_cache_moves_the_caches_and_a_read_only_one_is_named_before_any_
     with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
         clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), data, lambda *a: None,
                              check=False)
+
+
+def test_cached_scores_are_trusted_only_with_this_caches_digest_record(tmp_path, capsys):
+    # classifiers._cached_digests: a second evaluation reads the scores back without measuring again (sha256.json
+    # written beside accuracy.json); a sha256.json copied in from another cache directory is set aside and measured again
+    import hashlib
+    import json
+
+    from mmbench.metrics.classifiers import cache_dir, get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    gen = torch.Generator().manual_seed(0)
+    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
+                      torch.arange(20) % 10)
+    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.0)
+
+    def get():
+        return get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None)
+
+    get()
+    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    capsys.readouterr()
+    get()
+    assert "note:" not in capsys.readouterr().err
+    sums = directory / "sha256.json"
+    record = json.loads(sums.read_text())
+    assert record == {"cache": directory.name,
+                      "sha256": {"m0": hashlib.sha256((directory / "m0.pt").read_bytes()).hexdigest()}}
+    sums.write_text(json.dumps({**record, "cache": "polydigits-vanilla-0123456789ab-e1"}))
+    get()
+    assert "is not the digest record of this cache" in capsys.readouterr().err
+    assert (directory / "sha256.json.corrupt").exists() and json.loads(sums.read_text()) == record
+
+
+def test_set_aside_replaces_an_earlier_set_aside_file_or_folder(tmp_path, capsys):
+    # cache.set_aside: os.replace cannot put a file over a folder or a folder over a file; the earlier copy goes
+    from mmbench.metrics.cache import set_aside
+
+    path, aside = tmp_path / "accuracy.json", tmp_path / "accuracy.json.corrupt"
+    aside.mkdir()  # a folder set aside before
+    (aside / "x").write_text("x")
+    path.write_text("not json")
+    set_aside(path, "is not JSON", "measuring the classifiers again")
+    assert aside.read_text() == "not json" and not path.exists()
+    path.mkdir()  # now a folder in its place, with a file set aside before
+    set_aside(path, "cannot be read", "measuring the classifiers again")
+    assert aside.is_dir() and not path.exists()
+    assert capsys.readouterr().err.count("moved it to accuracy.json.corrupt") == 2

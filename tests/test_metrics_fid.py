@@ -311,7 +311,7 @@ def test_fid_reference_is_the_capped_test_split_not_the_full_one(data_root, monk
     assert abs(dist["full"] - dist["test"]) > 1e-3 * dist["test"]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing_key", "wrong_shape", "nan", "folder"])
+@pytest.mark.parametrize("damage", ["truncated", "missing_key", "wrong_shape", "nan", "folder", "mu_shape", "float32"])
 def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(data_root, tmp_path, damage, capsys):
     # fid.real_reference read <data_root>/fid_stats/*.npz unchecked: a traceback, or a NaN FID from NaN statistics
     import io
@@ -335,7 +335,8 @@ def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(da
     else:
         mu, sigma = good.mu.numpy(), good.sigma.numpy()
         np.savez(buf, **{"missing_key": dict(mu=mu), "wrong_shape": dict(mu=mu[:3], sigma=sigma[:3, :3]),
-                         "nan": dict(mu=mu * np.nan, sigma=sigma)}[damage])
+                         "nan": dict(mu=mu * np.nan, sigma=sigma), "mu_shape": dict(mu=mu[:3], sigma=sigma),
+                         "float32": dict(mu=mu.astype(np.float32), sigma=sigma.astype(np.float32))}[damage])
         path.write_bytes(buf.getvalue())
     capsys.readouterr()
     again = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)

@@ -163,6 +163,25 @@ def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
     assert s["epochs"] == 2 and "resumed from" in runs[0].log_path.read_text()
 
 
+def test_a_packed_resume_refuses_a_step_past_the_epochs_last_and_checkpoints_name_their_run(tmp_path, data_root):
+    """The packed trainer's last.pt and best.pt record the run that wrote them (a copy into another seed's folder is
+    refused); a resumed step at the epoch's last (96 // 32 = 3 steps: step 3 is past it) is each run's misfit, named,
+    and its checkpoint stays as it is."""
+    runs = [Run(cfg(s), tmp_path) for s in range(2)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    for r in runs:
+        assert last(r)["run_id"] == r.id
+        assert torch.load(r.ckpt_dir / "best.pt", weights_only=False)["run_id"] == r.id
+        ck = last(r)
+        ck["state"]["step"] = 3
+        torch.save(ck, r.ckpt_dir / "last.pt")
+    kept = [(r.ckpt_dir / "last.pt").read_bytes() for r in runs]
+    out = train_pack(runs, data_root)
+    for r, before in zip(runs, kept):
+        assert isinstance(out[r.id], str) and f"last.pt records step 3 of an epoch of 3 steps" in out[r.id], out[r.id]
+        assert (r.ckpt_dir / "last.pt").read_bytes() == before
+
+
 def test_one_diverged_run_leaves_the_pack(tmp_path, data_root):
     """A run that starts with NaN weights fails the pack's trial step, so all three train unpacked here; a run
     diverging inside a trained pack: tests/test_pack_paths.py."""

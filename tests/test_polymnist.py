@@ -214,12 +214,13 @@ def test_archive_images_of_another_size_or_two_different_copies_of_an_image_are_
     out = polymnist.read_archive(extra, 5, {"test": 1}, lambda *a: None)["test"]
     assert out["labels"].tolist() == [3]
     path = tmp_path / "small.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for m in range(5):
-            zf.writestr(f"MMNIST/test/m{m}/0.3.png", png_bytes(np.zeros((32, 32, 3) if m == 2 else (28, 28, 3), np.uint8)))
-    with pytest.raises(MMBenchError, match=r"small.zip: MMNIST/test/m2/0.3.png is 32×32 pixels, PolyMNIST's images "
-                                           r"are 28×28; the archive is damaged or not PolyMNIST$"):
-        polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
+    for shape, said in (((32, 32, 3), "32×32"), ((30, 28, 3), "28×30")):  # 28 wide, 30 high: the height alone differs
+        with zipfile.ZipFile(path, "w") as zf:
+            for m in range(5):
+                zf.writestr(f"MMNIST/test/m{m}/0.3.png", png_bytes(np.zeros(shape if m == 2 else (28, 28, 3), np.uint8)))
+        with pytest.raises(MMBenchError, match=rf"small.zip: MMNIST/test/m2/0.3.png is {said} pixels, PolyMNIST's "
+                                               r"images are 28×28; the archive is damaged or not PolyMNIST$"):
+            polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
     import struct
     import zlib
 
@@ -241,6 +242,14 @@ def test_archive_images_of_another_size_or_two_different_copies_of_an_image_are_
     with pytest.raises(MMBenchError, match=r"holds two different images as MMNIST/test/m1/0.3.png \(PolyMNIST/MMNIST/"
                                            r"test/m1/0.3.png and copy/PolyMNIST/MMNIST/test/m1/0.3.png\)"):
         polymnist.read_archive(other, 5, {"test": 1}, lambda *a: None)
+    a, b = png_bytes(img + 1), png_bytes(img + 2)
+    assert len(a) == len(b)  # two images of one file size: only their CRCs tell them apart
+    with zipfile.ZipFile(path, "w") as zf:
+        for m in range(5):
+            zf.writestr(f"MMNIST/test/m{m}/0.3.png", a)
+        zf.writestr("copy/MMNIST/test/m1/0.3.png", b)
+    with pytest.raises(MMBenchError, match=r"holds two different images as MMNIST/test/m1/0.3.png"):
+        polymnist.read_archive(path, 5, {"test": 1}, lambda *a: None)
 
 
 def test_archive_modalities_with_other_file_names_are_refused(tmp_path):

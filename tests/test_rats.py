@@ -325,6 +325,12 @@ def test_a_deposit_without_some_odor_in_some_rat_or_with_trial_info_is_refused(t
     with pytest.raises(MMBenchError, match=r"STELLA_trial_info.npy has no trial of odor D, so odor D has no paired "
                                            r"trial \(paired trials per odor: \[\d+, \d+, \d+, 0\]\)"):
         prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src")})
+    table[table[:, 3] == 5, 3] = 4  # odor D back, none of its trials correct: a filter's empty odor says the filter
+    table[table[:, 3] == 4, 0] = 0
+    np.save(path, table)
+    with pytest.raises(MMBenchError, match=r"STELLA_trial_info.npy has no correct in-sequence trial of odor D"):
+        prepare(spec, "deposit", data_root=tmp_path / "d", options={"source": str(tmp_path / "src"),
+                                                                    "trials": "correct_in_sequence"})
     np.save(path, table[:0])  # no trials at all: was "some odor has no all trial in some rat", naming no file
     with pytest.raises(MMBenchError, match=r"STELLA_trial_info.npy has no trial of odor A.*is this the deposit's "
                                            r"stella_trial_info.npy\?$"):

@@ -1034,6 +1034,10 @@ def test_reference_labels_are_strings_and_a_cell_or_claim_id_is_given_once(tmp_p
     path.write_text(yaml.safe_dump({"cells": [_one_cell(row={"a": 1})]}))
     with pytest.raises(ConfigError, match=r"p.yaml: cells\[0\].row: must be a non-empty string"):
         load_references(tmp_path)
+    for field, value in (("row", "  "), ("source", 3)):  # blank: a row of no name; source: printed as a label
+        path.write_text(yaml.safe_dump({"cells": [_one_cell(**{field: value})]}))
+        with pytest.raises(ConfigError, match=rf"p.yaml: cells\[0\].{field}: must be a non-empty string"):
+            load_references(tmp_path)
     path.write_text(yaml.safe_dump({"cells": [_one_cell(), _one_cell(value=0.7)]}))
     with pytest.raises(ConfigError, match=r"p.yaml: cells\[1\]: the same paper, table, row and column as .*cells\[0\]"):
         load_references(tmp_path)
@@ -1091,6 +1095,31 @@ def test_terminal_tables_print_brackets_as_text(tmp_path):
     assert "[bold]T[/bold] [/b]" in console.export_text()
 
 
+def test_terminal_captions_and_paper_lines_print_brackets_as_text():
+    """A reference table's summary (its caption) and the paper lines carry names from the reference files, as a
+    paper '[Sutter 2021]': printed as text, not read as markup ('[/b]' alone raised)."""
+    import pandas as pd
+    from rich.console import Console
+
+    from mmbench.render import render_terminal
+
+    console = Console(record=True, width=200)
+    render_terminal(console, [], [("T", pd.DataFrame({"a": ["x"]}), "[Sutter 2021] 1 of 1 [/b]")], None,
+                    ["[bold]P[/bold]: 1 of 2 cells [/b]"])
+    text = "".join(console.export_text().split())  # the caption is wrapped to the table's width
+    assert "[Sutter2021]1of1[/b]" in text and "[bold]P[/bold]:1of2cells[/b]" in text
+
+
+def test_markdown_headers_with_a_pipe_stay_in_their_column():
+    """A column header with a `|` (a method label, a sweep setting's value) splits the header row like a cell."""
+    import pandas as pd
+
+    from mmbench.render import md_table
+
+    md = md_table(pd.DataFrame({"a|b": ["x"], "c": ["y"]}))
+    assert len(set(_md_columns(md))) == 1 and "a\\|b" in md, md
+
+
 def test_sweep_values_that_print_alike_are_told_apart(tmp_path):
     """β = 0.1 + 0.2 and β = 0.3 are two configurations: `:g` printed both rows (or columns) as 0.3."""
     runs = tmp_path / "runs"
@@ -1105,3 +1134,10 @@ def test_sweep_values_that_print_alike_are_told_apart(tmp_path):
         _sweep_run(runs2, "mopoe", beta, 0, {"latent_acc_by_n/1": beta})
     (_, wide), = build_report(runs2, None).summaries
     assert list(wide.columns) == ["metric", "mopoe β=0.3 (1 seed)", "mopoe β=0.30000000000000004 (1 seed)"]
+    # one value shared by two configurations (told apart by another setting) prints as `:g` does, not in full
+    runs3 = tmp_path / "runs3"
+    for beta, latent in ((1.0, 8), (1.0, 16), (0.5, 8)):
+        _sweep_run(runs3, "mopoe", beta, 0, {"latent_acc_by_n/1": beta}, latent_dim=latent)
+    (_, wide), = build_report(runs3, None).summaries
+    assert list(wide.columns) == ["metric", "mopoe β=0.5, latent=8 (1 seed)", "mopoe β=1, latent=16 (1 seed)",
+                                  "mopoe β=1, latent=8 (1 seed)"]

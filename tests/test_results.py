@@ -481,9 +481,11 @@ def test_executing_a_done_run_again_neither_trains_nor_evaluates_nor_rewrites_it
     lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text().replace('"schema_version": 1', '"schema_version": 1.0')),
     lambda d: ((d / "metrics.json").unlink(), (d / "metrics.json").mkdir()),
     lambda d: ((d / "metrics.json").unlink(), (d / "metrics.json").symlink_to(d / "gone.json")),
+    lambda d: (d / "provenance.json").write_text(json.dumps({"train_seconds": True})),
 ], ids=["kernels a list", "classifiers a string", "build options a list", "a metric too large for a float",
         "eval_precision a number", "config.yaml not UTF-8", "metrics.json of another run", "provenance.json a link to nowhere",
-        "schema_version true", "schema_version 1.0", "metrics.json a directory", "metrics.json a link to nowhere"])
+        "schema_version true", "schema_version 1.0", "metrics.json a directory", "metrics.json a link to nowhere",
+        "train_seconds true"])
 def test_report_and_export_leave_out_a_run_whose_records_hold_the_wrong_types(tmp_path, damage):
     """Each of these raised a traceback (AttributeError, OverflowError, TypeError) out of `mmbench report` and
     `mmbench export` instead of leaving the run out and naming it; another run's metrics.json (its run_id), a

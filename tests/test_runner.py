@@ -188,7 +188,7 @@ def test_a_damaged_progress_json_leaves_the_bar_waiting_not_the_scheduler_dead(t
 
     (run,) = seed_runs(tmp_path, 1)
     for bad in ('[1, 2]', '"hello"', '{"phase": 3, "done": "x", "total": null}', '{"phase": "a", "done": true, '
-                '"total": 1}'):
+                '"total": 1}', '{"phase": 3, "done": 1, "total": 2}'):
         (run.dir).mkdir(parents=True, exist_ok=True)
         (run.dir / "progress.json").write_text(bad)
         assert runner._read_progress(run) is None, bad
@@ -223,6 +223,30 @@ def test_a_run_whose_log_is_a_folder_fails_with_a_line_and_is_counted(tmp_path, 
     assert not outcome.ok and outcome.message.startswith(f"cannot write its log {run.log_path} (Is a directory)")
     assert "Traceback" not in out.getvalue() and f"FAILED {run.id}: cannot write its log" in out.getvalue()
     assert run.log_path.is_dir()  # left as it is
+
+
+def test_a_failed_run_whose_log_holds_bytes_that_are_not_utf8_fails_with_its_last_line(tmp_path, monkeypatch):
+    """A worker's log with a byte that is not UTF-8 (a library's output, a binary dump): the failed run's line is the
+    log's last (undecodable bytes replaced), not a UnicodeDecodeError that kills the worker thread and loses the run."""
+    import io
+    import subprocess
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    (run,) = seed_runs(tmp_path, 1)
+
+    def failing_worker(cmd, env, stdout, stderr):
+        stdout.write("error: an earlier line\n")
+        stdout.flush()
+        with open(run.log_path, "ab") as log:
+            log.write(b"noise \xff\xfe\nerror: boom\n")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(failing_worker))
+    (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=io.StringIO(), width=300))
+    assert not outcome.ok and outcome.message == "error: boom"
 
 
 def test_gpu_ids_are_whole_indices_or_uuids():

@@ -513,6 +513,8 @@ def small_trained(tmp_path_factory, data_root):
     (lambda ck: ck.pop("rng"), r"holds no random-number state"),
     (lambda ck: ck.__setitem__("rng", torch.zeros(10, dtype=torch.uint8)), r"holds a random-number state of 10 bytes"),
     (lambda ck: ck["state"].__setitem__("code", "abc"), r"records the code that trained it \('code'\)"),
+    (lambda ck: ck["state"].__setitem__("code", [1]), r"records the code that trained it \('code'\)"),
+    (lambda ck: ck.__setitem__("rng_device", "abc"), r"holds a GPU random-number state \(rng_device\) that is not one"),
     (lambda ck: ck["state"].__setitem__("history", [1]), r"has a training history whose entries are not"),
     (lambda ck: ck["state"].update(step=1, sums=[1]), r"records the running sums of a mid-epoch checkpoint"),
     (lambda ck: ck["state"].__setitem__("epoch", 5), r"records epoch 5, beyond this run's train.epochs 1"),
@@ -541,6 +543,9 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_kept(tmp_path, data_root
     (lambda ck: [g.__setitem__("lr", "x") for g in ck["optimizer"]["param_groups"]],
      r": its optimiser state sets lr to 'x', not the number\(s\) Adam takes"),
     (lambda ck: ck["state"].__setitem__("step", 99), r" records step 99 of an epoch of 1 steps"),
+    (lambda ck: ck["state"].__setitem__("step", 1), r" records step 1 of an epoch of 1 steps"),  # the first past the last
+    (lambda ck: [g.__setitem__("betas", (0.9, 0.999, 0.5)) for g in ck["optimizer"]["param_groups"]],
+     r": its optimiser state sets betas to \(0.9, 0.999, 0.5\), not the number\(s\) Adam takes"),
 ])
 def test_a_resume_refuses_a_checkpoint_beyond_its_plan_or_with_adam_settings_that_are_no_numbers(
         tmp_path, data_root, edit, problem, small_trained):
@@ -567,22 +572,23 @@ def test_a_packed_resume_refuses_a_checkpoint_beyond_the_runs_epochs(tmp_path, s
     run = small_trained(tmp_path)
     path = run.ckpt_dir / "last.pt"
     ck = torch.load(path, weights_only=False)
-    ck["state"]["epoch"] = 3
-    torch.save(ck, path)
-    with pytest.raises(MMBenchError, match=f"checkpoint {path} records epoch 3, beyond this run's train.epochs 1"):
-        _Member(run, "cpu")
+    for epoch in (3, 2):  # 2: the first epoch past the run's one
+        ck["state"]["epoch"] = epoch
+        torch.save(ck, path)
+        with pytest.raises(MMBenchError, match=f"checkpoint {path} records epoch {epoch}, beyond this run's train.epochs 1"):
+            _Member(run, "cpu")
 
 
 def test_a_best_pt_with_records_of_other_types_is_named_on_resume(tmp_path, data_root, small_trained):
     """A resume compares best.pt's epoch and test loss with last.pt's: a string there raised TypeError."""
     run = small_trained(tmp_path)
     best = run.ckpt_dir / "best.pt"
-    ck = torch.load(best, weights_only=False)
-    ck["epoch"] = "2"
-    torch.save(ck, best)
-    with pytest.raises(MMBenchError, match=f"checkpoint {best} records epoch '2' and test loss .*, not the whole number "
-                                           f"and number mmbench writes; move or delete the folder"):
-        train(run, data_root)
+    kept = torch.load(best, weights_only=False)
+    for field, value, said in (("epoch", "2", "epoch '2' and test loss .*"), ("test_loss", True, "epoch 1 and test loss True")):
+        torch.save({**kept, field: value}, best)
+        with pytest.raises(MMBenchError, match=f"checkpoint {best} records {said}, not the whole number "
+                                               f"and number mmbench writes; move or delete the folder"):
+            train(run, data_root)
 
 
 def test_a_last_pt_link_to_nowhere_is_named_not_trained_over(tmp_path, data_root, small_trained):
@@ -593,7 +599,9 @@ def test_a_last_pt_link_to_nowhere_is_named_not_trained_over(tmp_path, data_root
     kept = best.read_bytes()
     last.unlink()
     last.symlink_to(tmp_path / "scratch" / "last.pt")
-    for attempt in (lambda: train(run, data_root), lambda: load_trained(run)):
+    from mmbench.pack import _Member
+
+    for attempt in (lambda: train(run, data_root), lambda: load_trained(run), lambda: _Member(run, "cpu")):
         with pytest.raises(MMBenchError, match=f"checkpoint {last} cannot be read \\(FileNotFoundError"):
             attempt()
     assert best.read_bytes() == kept and last.is_symlink()
