@@ -70,13 +70,22 @@ class _Hashing:
 
 
 def _run_files(run_dir: Path, checkpoints: bool) -> List[Path]:
+    """The files of a run that travel; a hidden one (".last.pt.x1y2z3": atomic_write's temporary file, left half
+    written by a process killed while it wrote) is not the run's and stays behind."""
     files = [run_dir / f for f in RUN_FILES if (run_dir / f).is_file()]
     art = run_dir / "artifacts"
     if art.is_dir():
-        files += sorted(p for p in art.rglob("*") if p.is_file() and p.stat().st_size <= ARTIFACT_MAX_BYTES)
+        files += sorted(p for p in art.rglob("*") if p.is_file() and not _hidden(p, art)
+                        and p.stat().st_size <= ARTIFACT_MAX_BYTES)
     if checkpoints and (run_dir / "checkpoints").is_dir():
-        files += sorted(p for p in (run_dir / "checkpoints").rglob("*") if p.is_file())
+        files += sorted(p for p in (run_dir / "checkpoints").rglob("*") if p.is_file()
+                        and not _hidden(p, run_dir / "checkpoints"))
     return files
+
+
+def _hidden(path: Path, under: Path) -> bool:
+    """Whether a part of `path` below `under` starts with a dot (a temporary file or folder, never a result)."""
+    return any(part.startswith(".") for part in path.relative_to(under).parts)
 
 
 def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[Path]:
@@ -85,7 +94,8 @@ def finished_runs(runs_dir: Path, ids: Optional[Iterable[str]] = None) -> List[P
         return []
     wanted = set(ids) if ids is not None else None
     return [d for d in sorted(runs_dir.iterdir())
-            if d.is_dir() and ((d / "metrics.json").exists() or (d / "metrics.json").is_symlink())  # not a file:
+            if d.is_dir() and not d.name.startswith(".")  # an import's temporary folder (.import-*), not a run
+            and ((d / "metrics.json").exists() or (d / "metrics.json").is_symlink())  # not a file:
             and (wanted is None or d.name in wanted)]  # listed by export_runs (read_run), not passed over
 
 
@@ -319,6 +329,24 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
     return manifest, BundleFiles(path, {prefix + name: name for name in found}, listed, kept)
 
 
+@contextlib.contextmanager
+def _unpacking_in(runs_dir: Path):
+    """One import at a time unpacks into `runs_dir` (an flock on the folder itself, as a dataset build's: no lock file
+    left); under it, any .import-* folder there is one an import killed outright (SIGKILL: its `finally` never ran) left
+    behind, half unpacked or never renamed, and is removed."""
+    import fcntl
+
+    fd = os.open(runs_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for p in runs_dir.iterdir():
+            if p.name.startswith(".import-") and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     """Merge a bundle into `runs_dir`: {"added": [...], "present": [...]} (conflicts raise, nothing written)."""
     runs_dir = Path(runs_dir)
@@ -373,20 +401,22 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     # Every new run is unpacked into a temporary folder beside the runs (one pass over the bundle), then each is
     # renamed into place: an interrupted import leaves no half run.
-    tmps: Dict[str, Path] = {}
-    try:
-        for rid in added:
-            tmps[rid] = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
-            os.chmod(tmps[rid], usual_dir_mode())  # the run folder colleagues can read, as every folder mmbench makes
-        bundle.unpack({f"runs/{rid}/{rel}": tmps[rid] / rel for rid in added for rel in manifest["runs"][rid]["files"]})
-        for rid in added:
-            try:
-                os.rename(tmps[rid], runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
-                del tmps[rid]
-            except OSError:
-                raise MMBenchError(f"run {rid} appeared in {runs_dir} while the bundle was being imported; it was "
-                                   f"left as it is; import again to add the runs still missing") from None
-    finally:
-        for tmp in tmps.values():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _unpacking_in(runs_dir):
+        tmps: Dict[str, Path] = {}
+        try:
+            for rid in added:
+                tmps[rid] = Path(tempfile.mkdtemp(prefix=f".import-{rid}-", dir=runs_dir))
+                os.chmod(tmps[rid], usual_dir_mode())  # readable by colleagues, as every folder mmbench makes
+            bundle.unpack({f"runs/{rid}/{rel}": tmps[rid] / rel for rid in added
+                           for rel in manifest["runs"][rid]["files"]})
+            for rid in added:
+                try:
+                    os.rename(tmps[rid], runs_dir / rid)  # fails rather than replace a run that appeared meanwhile
+                    del tmps[rid]
+                except OSError:
+                    raise MMBenchError(f"run {rid} appeared in {runs_dir} while the bundle was being imported; it was "
+                                       f"left as it is; import again to add the runs still missing") from None
+        finally:
+            for tmp in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)
     return {"added": added, "present": present}

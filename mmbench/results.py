@@ -582,7 +582,8 @@ def load_runs(runs_dir: Optional[Path] = None, skipped: Optional[List[Tuple[str,
     root = Path(runs_dir or default_runs_dir())
     if not root.exists():
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):  # not a temporary
+        # folder (.import-*: an import killed before it renamed the run into place; run ids never start with a dot)
         if not (d / "metrics.json").exists() and not (d / "metrics.json").is_symlink():  # unfinished; metrics.json
             # without config.yaml (or a link to nowhere) is listed (read_run)
             continue

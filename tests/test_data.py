@@ -877,3 +877,26 @@ def test_a_second_prepare_waits_for_the_first_and_builds_nothing(tmp_path, capsy
     assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["vanilla"]  # no lock file left
     with pytest.raises(MMBenchError, match="was prepared with other settings"):  # not replaced without --force
         prepare(spec, "vanilla", seed=1, data_root=tmp_path)
+
+
+def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, monkeypatch):
+    """A prepare killed by SIGKILL (no `finally` runs: its unfinished .<variant>.building-* folder stays, as does a
+    copy a --force rebuild had moved aside, .<variant>.old-<pid>) is cleaned up by the next build in that folder,
+    which holds the build lock, so no build is still writing there; the data it builds are the same."""
+    import mmbench.data.base as base
+
+    spec = DATASETS.get("polydigits")()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # as a SIGKILL in the middle of the build: the cleanup never runs
+        m.setattr(polygen, "compose", killed)
+        m.setattr(base.shutil, "rmtree", lambda *a, **k: None)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(spec, "vanilla", seed=0, data_root=tmp_path)
+    (tmp_path / "polydigits" / ".vanilla.old-99999").mkdir()  # killed between a --force's two renames
+    assert len(list((tmp_path / "polydigits").iterdir())) == 2
+    path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
+    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["vanilla"]
+    assert read_manifest(path)["seed"] == 0

@@ -1077,3 +1077,41 @@ def test_a_full_disk_during_export_or_import_names_the_file_and_leaves_nothing(t
     assert re.fullmatch(rf"{re.escape(str(b))}/\.import-{r.id}-\w+/artifacts/latents\.npz", e.value.filename)
     assert not list(b.iterdir())  # no staging folder left, no run
     assert import_bundle(tmp_path / "x.tar.gz", b)["added"] == [r.id]
+
+
+def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_reads(tmp_path, monkeypatch):
+    """A SIGKILL (no `finally` runs) between unpacking a run into its .import-* folder and renaming it into place
+    leaves that folder, holding the run's records; the report and export are not about it (it is no run directory,
+    not one left out), and importing again adds the run and removes the folder (no import is using it: imports
+    into one runs directory unpack one at a time)."""
+    import mmbench.bundle as bundle
+
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # as a SIGKILL: the rename never happens and the temporary folder stays
+        m.setattr(bundle.os, "rename", killed)
+        m.setattr(bundle.shutil, "rmtree", lambda *a, **k: None)
+        with pytest.raises(KeyboardInterrupt):
+            import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
+    assert [p.name.startswith(f".import-{run.id}-") for p in (tmp_path / "b").iterdir()] == [True]
+    assert build_report(tmp_path / "b", _refs(tmp_path)).skipped == []
+    assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [run.id], "present": []}
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [run.id]  # the killed import's folder removed
+    left_out = []
+    assert sorted(export_runs(tmp_path / "b", tmp_path / "y.tar.gz", left_out=left_out)["runs"]) == [run.id]
+    assert left_out == []
+
+
+def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
+    """A process killed while atomic_write wrote last.pt leaves its hidden temporary file (.last.pt.<random>)
+    beside the checkpoints: half a file, not the run's; it does not travel."""
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    (run.dir / "checkpoints").mkdir()
+    torch.save({"model": {"w": torch.zeros(3)}, "epoch": 1}, run.dir / "checkpoints" / "last.pt")
+    (run.dir / "checkpoints" / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
+    files = export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)["runs"][run.id]["files"]
+    assert "checkpoints/last.pt" in files and not [f for f in files if "/." in f or f.startswith(".")]

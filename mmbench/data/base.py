@@ -352,6 +352,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         # another process (a second `mmbench run` of the same data) may have built it while this one waited
         if not force and _prepared_as_asked(spec, target, seed, version, identity, options):
             return target
+        _remove_stale_builds(target.parent)
         _build(spec, variant, seed, options, identity, version, target, data_root, progress)
     return target
 
@@ -394,6 +395,16 @@ def _build_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Remove what builds killed outright (SIGKILL, a lost node: no `finally` ran) left in a dataset's folder: their
+    unfinished .<variant>.building-* folders and a prepared copy a --force rebuild had moved aside (.<variant>.old-*).
+    Only called under _build_lock, which every build holds from start to end, so none of them is still in use."""
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (".building-" in p.name or ".old-" in p.name) and p.is_dir() \
+                and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _build(spec: DatasetSpec, variant: str, seed: int, options: Dict[str, Any], identity: Dict[str, Any],
