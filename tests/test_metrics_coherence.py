@@ -281,6 +281,30 @@ def test_classifier_cache_is_keyed_by_the_dataset_digest(tmp_path, monkeypatch):
     assert [d.name for d in dirs] == [f"polydigits-vanilla-{manifest_digest(m)}-e3-polymnist_clf" for m in manifests]
 
 
+def _random_m0_split():
+    """One image modality of 20 random tuples, labels 0..9 twice: what the classifier-cache tests train on."""
+    mods = [Modality("m0", (3, 28, 28), "image")]
+    gen = torch.Generator().manual_seed(0)
+    return mods, DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
+                           torch.arange(20) % 10)
+
+
+def _trained_cache(root):
+    """A classifier cache trained once under `root` (floor 0): (spec, modalities, split, get, the cache folder), where
+    `get()` asks for the classifiers again."""
+    from mmbench.metrics.classifiers import cache_dir, get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    mods, split = _random_m0_split()
+    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.0)
+
+    def get():
+        return get_classifiers(spec, "vanilla", split, split, cfg, root, lambda *a: None)
+
+    get()
+    return spec, mods, split, get, cache_dir(spec, "vanilla", 1, root)
+
+
 def test_a_retrained_classifier_replaces_its_cached_score(tmp_path):
     # classifiers.get_classifiers: a missing <modality>.pt is trained again and its score measured anew; a score
     # left in accuracy.json belonged to the lost classifier
@@ -289,10 +313,7 @@ def test_a_retrained_classifier_replaces_its_cached_score(tmp_path):
     from mmbench.metrics.classifiers import accuracy, cache_dir, get_classifiers
 
     spec = DATASETS.get("polydigits")()
-    mods = [Modality("m0", (3, 28, 28), "image")]
-    gen = torch.Generator().manual_seed(0)
-    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
-                      torch.arange(20) % 10)
+    mods, split = _random_m0_split()
     directory = cache_dir(spec, "vanilla", 1, tmp_path)
     directory.mkdir(parents=True)
     (directory / "accuracy.json").write_text(json.dumps({"m0": 0.123456}))  # stale: no m0.pt next to it
@@ -324,20 +345,9 @@ def test_a_damaged_score_or_a_replaced_classifier_is_measured_again(tmp_path, da
     # traceback; a <modality>.pt replaced after its score was measured (an untrained one here) kept the old score
     import json
 
-    from mmbench.metrics.classifiers import accuracy, build, cache_dir, get_classifiers
+    from mmbench.metrics.classifiers import accuracy, build
 
-    spec = DATASETS.get("polydigits")()
-    mods = [Modality("m0", (3, 28, 28), "image")]
-    gen = torch.Generator().manual_seed(0)
-    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
-                      torch.arange(20) % 10)
-    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.0)
-
-    def get():
-        return get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None)
-
-    get()
-    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    spec, mods, split, get, directory = _trained_cache(tmp_path)
     acc = directory / "accuracy.json"
     if damage == "folder":
         acc.unlink()
@@ -414,20 +424,7 @@ def test_cached_scores_are_trusted_only_with_this_caches_digest_record(tmp_path,
     import hashlib
     import json
 
-    from mmbench.metrics.classifiers import cache_dir, get_classifiers
-
-    spec = DATASETS.get("polydigits")()
-    mods = [Modality("m0", (3, 28, 28), "image")]
-    gen = torch.Generator().manual_seed(0)
-    split = DataSplit(mods, {"m0": torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8, generator=gen)},
-                      torch.arange(20) % 10)
-    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.0)
-
-    def get():
-        return get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None)
-
-    get()
-    directory = cache_dir(spec, "vanilla", 1, tmp_path)
+    spec, mods, split, get, directory = _trained_cache(tmp_path)
     capsys.readouterr()
     get()
     assert "note:" not in capsys.readouterr().err

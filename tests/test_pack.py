@@ -178,7 +178,7 @@ def test_a_packed_resume_refuses_a_step_past_the_epochs_last_and_checkpoints_nam
     kept = [(r.ckpt_dir / "last.pt").read_bytes() for r in runs]
     out = train_pack(runs, data_root)
     for r, before in zip(runs, kept):
-        assert isinstance(out[r.id], str) and f"last.pt records step 3 of an epoch of 3 steps" in out[r.id], out[r.id]
+        assert isinstance(out[r.id], str) and "last.pt records step 3 of an epoch of 3 steps" in out[r.id], out[r.id]
         assert (r.ckpt_dir / "last.pt").read_bytes() == before
 
 
