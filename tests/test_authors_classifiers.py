@@ -605,7 +605,7 @@ def test_a_file_where_the_import_cache_belongs_is_named_before_the_files_are_rea
         authors.import_classifiers(spec, "vanilla", test, tmp_path / "authors", tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["replaced", "record_not_a_mapping"])
+@pytest.mark.parametrize("damage", ["replaced", "record_not_a_mapping", "digest_not_text"])
 def test_a_cached_classifier_replaced_after_its_import_is_refused(tmp_path, data_root, damage):
     # authors_classifiers.load_classifiers: source.json recorded the digests of the authors' files only, so a cached
     # m2.pt replaced afterwards (here by m3's network, which loads) scored coherence under m2's recorded accuracy
@@ -624,8 +624,9 @@ def test_a_cached_classifier_replaced_after_its_import_is_refused(tmp_path, data
     if damage == "replaced":
         (directory / "m2.pt").write_bytes((directory / "m3.pt").read_bytes())
         message = f"{directory / 'm2.pt'} is not the file imported"
-    else:
-        (directory / "source.json").write_text(json.dumps({**source, CACHED: ["m0"]}))
+    else:  # a digest that is not text is the record's damage, not the file's
+        record = ["m0"] if damage == "record_not_a_mapping" else {**source[CACHED], "m0": None}
+        (directory / "source.json").write_text(json.dumps({**source, CACHED: record}))
         message = f"{directory / 'source.json'} records the cached files' sha256"
     with pytest.raises(MMBenchError, match=f"^{re.escape(message)}.*import them again with") as e:
         load_classifiers(spec, "vanilla", test.modalities, root)

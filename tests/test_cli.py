@@ -278,6 +278,7 @@ def test_worker_env_shows_each_worker_its_own_gpu_only(tmp_path):
     gpu, cpu = worker_env("5", tmp_path), worker_env("", None)
     assert (gpu["CUDA_VISIBLE_DEVICES"], gpu["MMBENCH_WORKER_GPU"], gpu["MMBENCH_DATA"]) == ("5", "5", str(tmp_path))
     assert (cpu["CUDA_VISIBLE_DEVICES"], cpu["MMBENCH_WORKER_GPU"]) == ("", "")
+    assert gpu["PYTHONIOENCODING"] == cpu["PYTHONIOENCODING"] == "utf-8"  # their output: log.txt, UTF-8 in any locale
 
 
 def test_a_worker_given_a_gpu_it_cannot_see_refuses_to_train_on_the_cpu(tmp_path):
@@ -530,6 +531,7 @@ def test_a_path_option_s_bad_value_is_one_line_before_any_work(tmp_path, args, m
     ("MMBENCH_DATA", " ", ["list", "methods"], "MMBENCH_DATA=' ': an empty path would mean the current folder"),
     ("MMBENCH_CACHE", "", ["prepare", "polydigits"], "MMBENCH_CACHE='': an empty path would mean the current folder; "
                                                      "give the path, or unset it to keep the caches in the data root"),
+    ("MMBENCH_CACHE", " ", ["list", "methods"], "MMBENCH_CACHE=' ': an empty path would mean the current folder"),
     ("MMBENCH_FSYNC", "yes", ["bench", "steps", "--steps", "1", "--batch-size", "4", "--latent-dim", "4", "--methods",
                               "mopoe", "--out", "t.md"], "MMBENCH_FSYNC='yes': use 1"),
 ])
@@ -584,6 +586,20 @@ def test_os_error_line_says_the_fix_of_each_error(code, fix):
 
     assert os_error_line(OSError(code, os.strerror(code), "/x/y")).startswith(f"/x/y: {os.strerror(code)} ({fix}")
     assert os_error_line(OSError(code, os.strerror(code))) is None  # no path: a bug, shown in full
+    renamed = OSError(code, os.strerror(code), "/x/y", None, "/x/z")  # a rename or a link: both paths
+    assert os_error_line(renamed).startswith(f"/x/y -> /x/z: {os.strerror(code)} ({fix}")
+
+
+def test_naming_names_the_file_only_where_the_error_names_none():
+    # errors.naming: a short write's OSError gets the file being written; one that names its own file keeps it
+    from mmbench.errors import naming
+
+    short = naming(OSError(28, os.strerror(28)), "/x/written")
+    assert (short.errno, short.strerror, short.filename) == (28, os.strerror(28), "/x/written")
+    own = OSError(13, os.strerror(13), "/x/other")
+    assert naming(own, "/x/written") is own
+    other = ValueError("not an OSError")
+    assert naming(other, "/x/written") is other
 
 
 def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_traceback(monkeypatch):
@@ -598,9 +614,13 @@ def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_traceback(monkeyp
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setenv("COLUMNS", "300")
     monkeypatch.setattr(sys, "argv", ["mmbench", "list", "methods"])
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     assert exit_.value.code in (0, None)
+    assert signal.getsignal(signal.SIGTERM) is before  # cli._terminated is main's alone: a caller's handler is back
     out.flush()
     text = out.buffer.getvalue().decode("ascii")
     assert "JMVAE: ELBO of a joint encoder q(z | X) minus ? ?_m KL" in text  # α Σ_m

@@ -832,7 +832,7 @@ def test_a_forced_rebuild_whose_final_rename_fails_puts_the_prepared_copy_back(t
     assert len(load_split(spec, "translated", "test", tmp_path)) == 1080
 
 
-def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_says_so(tmp_path):
+def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_says_so(tmp_path, monkeypatch):
     # data/base.ArrayWriter.write: numpy's short write on a full disk is an OSError naming no file, which the CLI
     # shows as a traceback; now one line naming the array and the fix, the prepared copy untouched
     from conftest import file_size_limit
@@ -849,6 +849,17 @@ def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_say
     assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
     assert {p.name: p.read_bytes() for p in path.iterdir()} == files
     assert prepare(spec, "translated", seed=0, data_root=tmp_path) == path  # still verified as prepared
+    import mmbench.data.base as base
+
+    def full(*a, **k):  # the arrays written, the manifest last
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(base.json, "dump", full)
+    with pytest.raises(MMBenchError, match=r"^writing manifest\.json of the build failed \(OSError: "):
+        prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
 
 
 def test_a_second_prepare_waits_for_the_first_and_builds_nothing(tmp_path, capsys):
@@ -875,6 +886,19 @@ def test_a_second_prepare_waits_for_the_first_and_builds_nothing(tmp_path, capsy
     assert builds == [1] and path == dataset_dir("polydigits", "vanilla", tmp_path) and read_manifest(path)["seed"] == 0
     assert f"waiting for another process building a dataset in {tmp_path / 'polydigits'}" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["vanilla"]  # no lock file left
+    import fcntl
+    import os
+
+    fd = os.open(tmp_path / "polydigits", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another build under way (another variant, say): a prepared copy needs no wait
+    found = threading.Thread(target=prepare, args=(spec, "vanilla"), kwargs={"seed": 0, "data_root": tmp_path})
+    try:
+        found.start()
+        found.join(10)
+        assert not found.is_alive()
+    finally:
+        os.close(fd)
+        found.join()
     with pytest.raises(MMBenchError, match="was prepared with other settings"):  # not replaced without --force
         prepare(spec, "vanilla", seed=1, data_root=tmp_path)
 
@@ -897,6 +921,7 @@ def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, m
             prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     (tmp_path / "polydigits" / ".vanilla.old-99999").mkdir()  # killed between a --force's two renames
     assert len(list((tmp_path / "polydigits").iterdir())) == 2
+    (tmp_path / "polydigits" / "notes.old-2025").mkdir()  # not hidden: the user's, never a build's
     path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
-    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["vanilla"]
+    assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["notes.old-2025", "vanilla"]
     assert read_manifest(path)["seed"] == 0

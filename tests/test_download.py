@@ -5,6 +5,7 @@ import http.server
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -469,3 +470,41 @@ def test_a_full_disk_during_a_download_keeps_its_bytes_tries_no_other_mirror_and
                     rf"command again to resume$", str(e.value)), str(e.value)
     assert fetch(res, tmp_path).read_bytes() == PAYLOAD  # with the space back, the download resumes
     assert Handler.ranges[-1] == f"bytes={held}-"
+
+
+@pytest.mark.parametrize("fails", ["open", "close"])
+def test_a_partial_download_that_cannot_be_opened_or_closed_tries_no_other_mirror(server, tmp_path, monkeypatch, fails):
+    # download._download: the partial file's open failing (a full disk, a quota) is the disk's failure, not the
+    # mirror's; so is its close (which writes what is buffered)
+    import builtins
+
+    import mmbench.data.download as download
+
+    srv, url = server
+    srv.files["f.bin"] = PAYLOAD
+    res = Resource("f.bin", md5(PAYLOAD), [f"{url}/good/f.bin", f"{url}/norange/f.bin"])
+    part = tmp_path / "f.bin.part"
+
+    class ClosingFails:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, block):
+            return self.f.write(block)
+
+        def close(self):
+            self.f.close()
+            raise OSError(28, "No space left on device")
+
+    def full(path, *a, **k):
+        if Path(path) != part:
+            return builtins.open(path, *a, **k)
+        if fails == "open":
+            raise OSError(28, "No space left on device")
+        return ClosingFails(builtins.open(path, *a, **k))
+
+    monkeypatch.setattr(download, "open", full, raising=False)
+    done = 0 if fails == "open" else len(PAYLOAD)
+    with pytest.raises(MMBenchError, match=f"^writing the download {re.escape(str(part))} failed after {done:,} bytes"):
+        fetch(res, tmp_path)
+    assert Handler.paths == ["/good/f.bin"]

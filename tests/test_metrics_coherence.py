@@ -416,6 +416,14 @@ def test_mmbench_cache_moves_the_caches_and_a_read_only_one_is_named_before_any_
     with pytest.raises(MMBenchError, match=f"^{re.escape(message)}$"):
         clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), data, lambda *a: None,
                              check=False)
+    # a cached classifier whose score was lost: named before it is measured, not at accuracy.json's write after it
+    directory.mkdir(parents=True)
+    torch.save(clsm.build(spec, mods[0], "vanilla").state_dict(), directory / "m0.pt")
+    monkeypatch.setattr(cachem.os, "access", lambda path, mode: Path(path) != directory)  # the cache read-only
+    monkeypatch.setattr(clsm, "accuracy", lambda *a, **k: pytest.fail("measured before the cache was checked"))
+    with pytest.raises(MMBenchError, match=f"^{re.escape(str(directory))} is not writable"):
+        clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), data, lambda *a: None,
+                             check=False)
 
 
 def test_cached_scores_are_trusted_only_with_this_caches_digest_record(tmp_path, capsys):

@@ -897,12 +897,18 @@ def test_read_bundle_refuses_an_absolute_member_and_a_tarball_of_several_folders
         read_bundle(tmp_path / "other.tar.gz")
 
 
+def _one_run_bundle(tmp_path) -> Path:
+    """tmp_path/x.tar.gz: a bundle of one finished run (in tmp_path/a)."""
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    return tmp_path / "x.tar.gz"
+
+
 def test_a_bundle_that_cannot_be_opened_is_a_one_line_error(tmp_path, monkeypatch):
     """An OSError opening or reading the bundle (permissions, an I/O error on a network disk) names the bundle."""
     import mmbench.bundle as bundle
 
-    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
-    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    _one_run_bundle(tmp_path)
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -1079,6 +1085,23 @@ def test_a_full_disk_during_export_or_import_names_the_file_and_leaves_nothing(t
     assert import_bundle(tmp_path / "x.tar.gz", b)["added"] == [r.id]
 
 
+def test_an_unpacking_error_that_is_not_a_full_disk_is_not_blamed_on_the_file_written(tmp_path, monkeypatch):
+    # BundleFiles.unpack names the member being written only for a full disk's errors (ENOSPC, EDQUOT, EFBIG); an
+    # I/O error (reading the bundle, say) keeps naming nothing: not the written file's fault
+    import mmbench.bundle as bundle
+
+    _one_run_bundle(tmp_path)
+
+    def failing(*a, **k):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(bundle.shutil, "copyfileobj", failing)
+    with pytest.raises(OSError) as e:
+        import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
+    assert (e.value.errno, e.value.filename) == (5, None)
+    assert not list((tmp_path / "b").iterdir())
+
+
 def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_reads(tmp_path, monkeypatch):
     """A SIGKILL (no `finally` runs) between unpacking a run into its .import-* folder and renaming it into place
     leaves that folder, holding the run's records; the report and export are not about it (it is no run directory,
@@ -1099,11 +1122,39 @@ def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_
             import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
     assert [p.name.startswith(f".import-{run.id}-") for p in (tmp_path / "b").iterdir()] == [True]
     assert build_report(tmp_path / "b", _refs(tmp_path)).skipped == []
+    assert bundle.finished_runs(tmp_path / "b") == []  # export: no run there yet
     assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [run.id], "present": []}
-    assert [p.name for p in (tmp_path / "b").iterdir()] == [run.id]  # the killed import's folder removed
+    (tmp_path / "b" / ".snapshot").mkdir()  # hidden but not an import's: the user's (a file system's), kept
+    assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [], "present": [run.id]}
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".snapshot", run.id]  # the killed import's removed
     left_out = []
     assert sorted(export_runs(tmp_path / "b", tmp_path / "y.tar.gz", left_out=left_out)["runs"]) == [run.id]
     assert left_out == []
+
+
+def test_an_import_waits_for_another_unpacking_into_the_same_runs(tmp_path):
+    """bundle._unpacking_in: imports into one runs directory unpack one at a time (an flock on the folder), so one
+    never removes the .import-* folder of another still unpacking."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    (tmp_path / "b").mkdir()
+    fd = os.open(tmp_path / "b", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another import unpacking
+    done = []
+    t = threading.Thread(target=lambda: done.append(import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")))
+    try:
+        t.start()
+        time.sleep(0.5)
+        assert done == [] and not (tmp_path / "b" / run.id).exists()
+    finally:
+        os.close(fd)
+        t.join(30)
+    assert done == [{"added": [run.id], "present": []}]
 
 
 def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
@@ -1113,5 +1164,11 @@ def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
     (run.dir / "checkpoints").mkdir()
     torch.save({"model": {"w": torch.zeros(3)}, "epoch": 1}, run.dir / "checkpoints" / "last.pt")
     (run.dir / "checkpoints" / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
+    (run.dir / "checkpoints" / ".staging").mkdir()  # a hidden folder's files are not the run's either
+    (run.dir / "checkpoints" / ".staging" / "best.pt").write_bytes(b"half")
+    (run.dir / "artifacts").mkdir(exist_ok=True)
+    (run.dir / "artifacts" / "fig.png").write_bytes(b"png")
+    (run.dir / "artifacts" / ".fig.png.k1ll3d_y").write_bytes(b"half a figure")
     files = export_runs(tmp_path / "a", tmp_path / "x.tar.gz", checkpoints=True)["runs"][run.id]["files"]
     assert "checkpoints/last.pt" in files and not [f for f in files if "/." in f or f.startswith(".")]
+    assert "artifacts/fig.png" in files

@@ -346,3 +346,74 @@ def test_sigterm_to_mmbench_run_interrupts_its_workers_and_starts_no_more(tmp_pa
                 "interrupted before the run started; it resumes from its last checkpoint" in t) for t in logs) == 1
     assert not any("Traceback" in t for t in logs)
     assert len(list(runs.glob("*/metrics.json"))) < 3
+
+
+def test_stop_workers_interrupts_then_kills_what_is_left_and_a_later_run_all_starts_workers(tmp_path, monkeypatch):
+    """runner.stop_workers: SIGINT to each live worker, a grace period, then kill for one still running; a worker
+    already finished is left alone. A later run_all in the same process (the tests, a library caller) starts its
+    workers again."""
+    import io
+    import signal
+    import subprocess
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    class Proc:
+        def __init__(self, stops, done=False):
+            self.stops, self.done, self.calls = stops, done, []
+
+        def poll(self):
+            return 0 if self.done else None
+
+        def send_signal(self, sig):
+            self.calls.append(sig)
+
+        def wait(self, timeout=None):
+            self.calls.append("wait")
+            if not self.stops:
+                raise subprocess.TimeoutExpired("worker", timeout)
+
+        def kill(self):
+            self.calls.append("kill")
+
+    obeys, deaf, finished = Proc(True), Proc(False), Proc(True, done=True)
+    monkeypatch.setattr(runner, "_WORKERS", {obeys, deaf, finished})
+    runner.stop_workers(grace_s=0.01)
+    assert obeys.calls == [signal.SIGINT, "wait"] and deaf.calls == [signal.SIGINT, "wait", "kill"]
+    assert finished.calls == [] and runner._STOPPING.is_set()
+    (run,) = seed_runs(tmp_path, 1)
+
+    def worker(cmd, env, stdout, stderr):
+        run.write_metrics({"x": 1.0})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(worker))
+    (outcome,) = runner.run_all([run.cfg], tmp_path, None, console=Console(file=io.StringIO()))
+    assert outcome.ok and not runner._STOPPING.is_set()
+
+
+@pytest.mark.parametrize("when", ["loading", "single", "pack"])
+def test_an_interrupted_worker_writes_a_line_and_exits_130(monkeypatch, capsys, when):
+    """worker.main: a Ctrl-C (or runner.stop_workers' SIGINT) while the worker loads torch, runs one run or a pack:
+    one line in the run's log and status 130, not a traceback."""
+    import mmbench.pack
+    import mmbench.worker as worker
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "load_run", lambda d: types.SimpleNamespace(held_here=lambda: False))
+    monkeypatch.setattr(worker, "execute_when_free", interrupted)
+    monkeypatch.setattr(mmbench.pack, "execute_pack", interrupted)
+    monkeypatch.setattr(worker, "_EARLY_INTERRUPT", [2] if when == "loading" else [])
+    try:
+        status = worker.main(*(["a", "b"] if when == "pack" else ["a"]))
+    except KeyboardInterrupt:  # (pytest would stop the whole session)
+        pytest.fail("the interrupt escaped worker.main: a traceback in the run's log")
+    assert status == 130
+    assert capsys.readouterr().out == {
+        "loading": "interrupted before the run started; it resumes from its last checkpoint\n",
+        "single": "interrupted; the run resumes from its last checkpoint\n",
+        "pack": "interrupted; the runs of this pack resume from their last checkpoints\n"}[when]

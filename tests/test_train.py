@@ -746,6 +746,7 @@ def test_bf16_computes_under_bfloat16_autocast_and_fp32_without():
     (lambda ck: ck["state"].__setitem__("best_test_loss", None), "has a training state without its history or best test loss"),
     (lambda ck: ck["state"].__setitem__("best_test_loss", 12.5), None),
     (lambda ck: ck["state"].__setitem__("best_test_loss", 10 ** 400), None),  # an int, finite (no float overflow)
+    (lambda ck: ck["state"].__setitem__("best_test_loss", -3.5), None),  # a Gaussian likelihood's loss may be negative
     # NaN is never beaten (best.pt would stay where it is for the rest of the training); -inf neither
     (lambda ck: ck["state"].__setitem__("best_test_loss", float("nan")),
      "records a best test loss of nan, not a test loss or +inf (none measured yet)"),
