@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
-from .errors import MMBenchError, naming
-from .files import temp_beside, usual_dir_mode
+from .errors import DISK_FULL_ERRNOS, MMBenchError, naming
+from .files import folder_lock, temp_beside, usual_dir_mode
 from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
                       parse_provenance, read_run)
 
@@ -168,8 +168,9 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if naming(e, out) is not e:  # the bundle's short write (a full disk) names no file
-            raise naming(e, out) from None
+        named = naming(e, out)
+        if named is not e:  # the bundle's short write (a full disk) names no file
+            raise named from None
         raise
     return manifest
 
@@ -210,7 +211,7 @@ class BundleFiles:
                 with out, _reading(self.path):
                     shutil.copyfileobj(src, out, CHUNK)
             except OSError as e:  # a full disk names no file: the one being written (not the bundle, being read)
-                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                if e.errno in DISK_FULL_ERRNOS:
                     raise naming(e, target) from None
                 raise
             if (src.h.hexdigest(), src.n) != (self.listed[name]["sha256"], self.listed[name]["size"]):
@@ -329,24 +330,6 @@ def read_bundle(path: Path) -> Tuple[Dict, BundleFiles]:
     return manifest, BundleFiles(path, {prefix + name: name for name in found}, listed, kept)
 
 
-@contextlib.contextmanager
-def _unpacking_in(runs_dir: Path):
-    """One import at a time unpacks into `runs_dir` (an flock on the folder itself, as a dataset build's: no lock file
-    left); under it, any .import-* folder there is one an import killed outright (SIGKILL: its `finally` never ran) left
-    behind, half unpacked or never renamed, and is removed."""
-    import fcntl
-
-    fd = os.open(runs_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        for p in runs_dir.iterdir():
-            if p.name.startswith(".import-") and p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     """Merge a bundle into `runs_dir`: {"added": [...], "present": [...]} (conflicts raise, nothing written)."""
     runs_dir = Path(runs_dir)
@@ -401,7 +384,12 @@ def import_bundle(path: Path, runs_dir: Path) -> Dict[str, List[str]]:
     runs_dir.mkdir(parents=True, exist_ok=True)
     # Every new run is unpacked into a temporary folder beside the runs (one pass over the bundle), then each is
     # renamed into place: an interrupted import leaves no half run.
-    with _unpacking_in(runs_dir):
+    # one import at a time unpacks here; under the lock, any .import-* folder is one an import killed outright
+    # (SIGKILL: its `finally` never ran) left behind, half unpacked or never renamed
+    with folder_lock(runs_dir):
+        for p in runs_dir.iterdir():
+            if p.name.startswith(".import-") and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
         tmps: Dict[str, Path] = {}
         try:
             for rid in added:

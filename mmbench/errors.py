@@ -44,6 +44,7 @@ def show_value(value: Any, width: int = 80) -> str:
     return text if len(text) <= width else text[:width] + "…"
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over a file-size limit
 DISK_FULL = ("a full disk or a quota: free space and run the command again; files already written are kept, and "
              "unfinished runs resume from their last checkpoint")
 
@@ -62,5 +63,5 @@ def os_error_line(e: OSError) -> Optional[str]:
     if e.filename is None:
         return None
     to = f" -> {e.filename2}" if e.filename2 else ""
-    fix = DISK_FULL if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the path and its permissions"
+    fix = DISK_FULL if e.errno in DISK_FULL_ERRNOS else "check the path and its permissions"
     return f"{e.filename}{to}: {e.strerror or e} ({fix})"

@@ -3,10 +3,13 @@ an ordinary file of this user gets (0666 less the umask), not mkstemp's private 
 cluster can read the runs, bundles and datasets mmbench writes."""
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from .errors import MMBenchError
 
@@ -86,3 +89,20 @@ def check_environment() -> None:
     env_folder("MMBENCH_DATA", "data")
     cache_folder_override()
     durable_writes()
+
+
+@contextmanager
+def folder_lock(folder: Path, waiting: Optional[str] = None) -> Iterator[None]:
+    """One process at a time in `folder` (an flock on the folder itself, so no lock file is left; released when the
+    process ends, however it ends). `waiting`: the line said on stderr when another process holds it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -81,8 +81,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if naming(e, path) is not e:  # a short write (a full disk) names no file: this one
-            raise naming(e, path) from None
+        named = naming(e, path)
+        if named is not e:  # a short write (a full disk) names no file: this one
+            raise named from None
         raise
 
 

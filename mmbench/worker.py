@@ -71,40 +71,38 @@ def main(*run_dirs: str) -> int:
     if len(runs) > 1:
         from .pack import execute_pack
 
-        try:
-            errors = execute_pack(runs, None, progress)
-        except MMBenchError as e:
-            print(f"error: {e}", flush=True)
-            return 1
-        except OSError as e:
-            line = os_error_line(e)
-            if line is None:
-                raise
-            print(f"error: {line}", flush=True)
-            return 1
-        except KeyboardInterrupt:  # as for one run: a line in log.txt, not a traceback
-            print("interrupted; the runs of this pack resume from their last checkpoints", flush=True)
-            return 130
+        errors: dict = {}
+        code = _said_in_one_line(lambda: errors.update(execute_pack(runs, None, progress)),
+                                 "the runs of this pack resume from their last checkpoints")
+        if code:
+            return code
         for rid, err in errors.items():
             if err:
                 print(f"error: {rid}: {err}", flush=True)
         return 1 if any(errors.values()) else 0
+    # another `mmbench run` on this run: wait, never twice
+    return _said_in_one_line(lambda: execute_when_free(runs[0], None, progress), "the run resumes from its last checkpoint")
+
+
+def _said_in_one_line(work: Callable[[], object], resumes: str) -> int:
+    """Do `work`; its failure is one line in log.txt (whose last line the runner shows), not a traceback: the
+    user's error (1), an OSError about a path, e.g. a full disk, said with its fix as the CLI says it (1; one naming
+    no path is a bug and propagates), Ctrl-C, which reaches the whole process group (130). 0 when it ends."""
     try:
-        execute_when_free(runs[0], None, progress)  # another `mmbench run` on this run: wait, never twice
+        work()
     except MMBenchError as e:
         print(f"error: {e}", flush=True)
         return 1
-    except OSError as e:  # about a path (a full disk): one line with its fix, as the CLI says it; else a traceback
+    except OSError as e:
         line = os_error_line(e)
         if line is None:
             raise
         print(f"error: {line}", flush=True)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: a line in log.txt, not a traceback
-        print("interrupted; the run resumes from its last checkpoint", flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted; {resumes}", flush=True)
         return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(*sys.argv[1:]))

@@ -1133,7 +1133,7 @@ def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_
 
 
 def test_an_import_waits_for_another_unpacking_into_the_same_runs(tmp_path):
-    """bundle._unpacking_in: imports into one runs directory unpack one at a time (an flock on the folder), so one
+    """bundle.import_bundle: imports into one runs directory unpack one at a time (an flock on the folder), so one
     never removes the .import-* folder of another still unpacking."""
     import fcntl
     import os

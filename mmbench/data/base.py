@@ -7,26 +7,23 @@ is renamed into place only when complete, so an interrupted prepare never looks 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import textwrap
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import MMBenchError, brief
 from .download import file_digest
-from ..files import env_folder, temp_beside
+from ..files import env_folder, folder_lock, temp_beside
 
 MANIFEST = "manifest.json"
 
@@ -348,7 +345,9 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     if not force and _prepared_as_asked(spec, target, seed, version, identity, options):  # --force rebuilds whatever
         return target                                                                       # is there, a corrupt manifest too
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent):
+    # one build at a time in a dataset's folder: a second process waits, then finds the copy the first one built
+    with folder_lock(target.parent, f"waiting for another process building a dataset in {target.parent} (another "
+                                    f"`mmbench prepare` or `mmbench run`)"):
         # another process (a second `mmbench run` of the same data) may have built it while this one waited
         if not force and _prepared_as_asked(spec, target, seed, version, identity, options):
             return target
@@ -380,27 +379,10 @@ def _prepared_as_asked(spec: DatasetSpec, target: Path, seed: int, version: int,
         f"{recipe}); pass --force to rebuild it with seed {seed} and options {identity}")
 
 
-@contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
-    """One build at a time in a dataset's folder (an flock on the folder itself, so no lock file is left): a
-    second process waits, saying so, then finds the copy the first one built instead of building and replacing it."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process building a dataset in {folder} (another `mmbench prepare` or "
-                  f"`mmbench run`)", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _remove_stale_builds(folder: Path) -> None:
     """Remove what builds killed outright (SIGKILL, a lost node: no `finally` ran) left in a dataset's folder: their
     unfinished .<variant>.building-* folders and a prepared copy a --force rebuild had moved aside (.<variant>.old-*).
-    Only called under _build_lock, which every build holds from start to end, so none of them is still in use."""
+    Only called under the folder's lock (prepare), which every build holds from start to end, so none of them is still in use."""
     for p in folder.iterdir():
         if p.name.startswith(".") and (".building-" in p.name or ".old-" in p.name) and p.is_dir() \
                 and not p.is_symlink():
