@@ -91,11 +91,23 @@ def check_environment() -> None:
     durable_writes()
 
 
+LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it
+
+
 @contextmanager
 def folder_lock(folder: Path, waiting: Optional[str] = None) -> Iterator[None]:
-    """One process at a time in `folder` (an flock on the folder itself, so no lock file is left; released when the
-    process ends, however it ends). `waiting`: the line said on stderr when another process holds it."""
-    fd = os.open(folder, os.O_RDONLY)
+    """One process at a time in `folder`: an flock on its LOCK_FILE, released when the process ends, however it ends.
+    A file opened for writing, not the folder itself: NFS emulates flock with fcntl locks, and an exclusive one needs
+    a file open for writing (flock(2), NOTES), which a folder cannot be. The file stays: removing it while another
+    process, on another node, waits on it would leave that process a stale handle. `waiting`: the line said on stderr
+    when another process holds it."""
+    path = folder / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # 0666 less the umask: colleagues' processes lock it too
+    except OSError as e:  # a read-only folder, a folder in the file's place
+        fix = "move it away" if os.path.lexists(path) else f"make {folder} writable"
+        raise MMBenchError(f"cannot open the lock file {path} ({e.strerror or type(e).__name__}); {fix}, "
+                           f"and run again") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -185,6 +185,25 @@ def file_size_limit(nbytes: int):
         signal.signal(signal.SIGXFSZ, old_handler)
 
 
+@pytest.fixture()
+def nfs_flock(monkeypatch):
+    """flock as an NFS client does it: emulated with an fcntl lock on the whole file, so an exclusive lock on a file
+    not open for writing (a folder opened to lock it) fails with EBADF (flock(2), NOTES). No NFS mount needed."""
+    import errno
+    import fcntl
+    import os
+
+    real = fcntl.flock
+
+    def flock(fd, op):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
 def fake_popen(run):
     """A stand-in for subprocess.Popen (the runner's workers) that calls `run(cmd, env=..., stdout=..., stderr=...)`,
     written like subprocess.run (returning a CompletedProcess), at once; `wait` and `poll` give its return code."""

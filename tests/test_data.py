@@ -885,22 +885,34 @@ def test_a_second_prepare_waits_for_the_first_and_builds_nothing(tmp_path, capsy
     first.join()
     assert builds == [1] and path == dataset_dir("polydigits", "vanilla", tmp_path) and read_manifest(path)["seed"] == 0
     assert f"waiting for another process building a dataset in {tmp_path / 'polydigits'}" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["vanilla"]  # no lock file left
-    import fcntl
-    import os
+    assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == [".mmbench.lock", "vanilla"]  # hidden
+    from mmbench.files import folder_lock
 
-    fd = os.open(tmp_path / "polydigits", os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # another build under way (another variant, say): a prepared copy needs no wait
     found = threading.Thread(target=prepare, args=(spec, "vanilla"), kwargs={"seed": 0, "data_root": tmp_path})
-    try:
+    with folder_lock(tmp_path / "polydigits"):  # another build under way (another variant): no wait for a copy
         found.start()
         found.join(10)
         assert not found.is_alive()
-    finally:
-        os.close(fd)
-        found.join()
+    found.join()
     with pytest.raises(MMBenchError, match="was prepared with other settings"):  # not replaced without --force
         prepare(spec, "vanilla", seed=1, data_root=tmp_path)
+
+
+def test_a_dataset_builds_where_flock_is_emulated_with_fcntl_locks_as_on_nfs(tmp_path, nfs_flock):
+    # files.folder_lock took its flock on the dataset's folder, opened read-only (a folder cannot be opened for
+    # writing); an NFS client emulates flock with fcntl locks, whose exclusive lock needs a file open for writing, so
+    # on a cluster's NFS data root every prepare failed with EBADF. It locks a hidden file in the folder now.
+    spec = DATASETS.get("polydigits")()
+    path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
+    assert read_manifest(path)["seed"] == 0
+    from mmbench.files import folder_lock
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / ".mmbench.lock").mkdir()  # what cannot be opened is named, with its fix
+    with pytest.raises(MMBenchError, match=r"^cannot open the lock file .*ro/\.mmbench\.lock \(Is a directory\); "
+                                           r"move it away, and run again$"):
+        with folder_lock(tmp_path / "ro"):
+            pass
 
 
 def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, monkeypatch):

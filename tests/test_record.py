@@ -1133,28 +1133,34 @@ def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_
 
 
 def test_an_import_waits_for_another_unpacking_into_the_same_runs(tmp_path):
-    """bundle.import_bundle: imports into one runs directory unpack one at a time (an flock on the folder), so one
-    never removes the .import-* folder of another still unpacking."""
-    import fcntl
-    import os
+    """bundle.import_bundle: imports into one runs directory unpack one at a time (files.folder_lock), so one never
+    removes the .import-* folder of another still unpacking."""
     import threading
     import time
+
+    from mmbench.files import folder_lock
 
     run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
     export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
     (tmp_path / "b").mkdir()
-    fd = os.open(tmp_path / "b", os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # as another import unpacking
     done = []
     t = threading.Thread(target=lambda: done.append(import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")))
     try:
-        t.start()
-        time.sleep(0.5)
-        assert done == [] and not (tmp_path / "b" / run.id).exists()
+        with folder_lock(tmp_path / "b"):  # as another import unpacking (another open file: flock tells them apart)
+            t.start()
+            time.sleep(0.5)
+            assert done == [] and not (tmp_path / "b" / run.id).exists()
     finally:
-        os.close(fd)
         t.join(30)
     assert done == [{"added": [run.id], "present": []}]
+
+
+def test_an_import_unpacks_where_flock_is_emulated_with_fcntl_locks_as_on_nfs(tmp_path, nfs_flock):
+    # bundle.import_bundle's lock on the runs folder (files.folder_lock) failed with EBADF on NFS (see test_data's
+    # test of prepare on NFS)
+    run = fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    export_runs(tmp_path / "a", tmp_path / "x.tar.gz")
+    assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [run.id], "present": []}
 
 
 def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
