@@ -185,6 +185,13 @@ def file_size_limit(nbytes: int):
         signal.signal(signal.SIGXFSZ, old_handler)
 
 
+def left_in(folder) -> list:
+    """The names in `folder`, sorted, but the lock file every process that writes there keeps (files.LOCK_FILE)."""
+    from mmbench.files import LOCK_FILE
+
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != LOCK_FILE)
+
+
 @pytest.fixture()
 def nfs_flock(monkeypatch):
     """flock as an NFS client does it: emulated with an fcntl lock on the whole file, so an exclusive lock on a file

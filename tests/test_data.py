@@ -13,6 +13,8 @@ from mmbench.data.polydigits import make_backgrounds, source_digits, split_sourc
 from mmbench.errors import MMBenchError
 from mmbench.registry import DATASETS
 
+from conftest import left_in
+
 
 def fake_sources(n_per_class=6, seed=0):
     rng = np.random.default_rng(seed)
@@ -336,7 +338,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     assert not dataset_dir("polydigits", "vanilla", tmp_path).exists()
-    assert list((tmp_path / "polydigits").iterdir()) == []
+    assert left_in(tmp_path / "polydigits") == []
 
 
 def test_unprepared_dataset_message(tmp_path):
@@ -804,7 +806,7 @@ def test_a_forced_rebuild_that_fails_keeps_the_prepared_copy(tmp_path, monkeypat
     monkeypatch.setattr(polygen, "compose", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
-    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert left_in(tmp_path / "polydigits") == ["translated"]
     assert read_manifest(path) == before
     assert torch.equal(load_split(spec, "translated", "test", tmp_path).labels, labels)
 
@@ -827,7 +829,7 @@ def test_a_forced_rebuild_whose_final_rename_fails_puts_the_prepared_copy_back(t
     monkeypatch.setattr(pathlib.Path, "rename", failing)
     with pytest.raises(OSError, match="rename failed"):
         prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
-    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert left_in(tmp_path / "polydigits") == ["translated"]
     assert read_manifest(path) == before
     assert len(load_split(spec, "translated", "test", tmp_path)) == 1080
 
@@ -846,7 +848,7 @@ def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_say
     assert re.match(r"writing \w+\.npy of the build failed \(OSError: .*\); the unfinished build is removed and any "
                     r"prepared copy is left as it was: free space in " + re.escape(str(tmp_path / "polydigits")) +
                     r" \(a full disk or a quota\?\) and run the command again$", message), message
-    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert left_in(tmp_path / "polydigits") == ["translated"]
     assert {p.name: p.read_bytes() for p in path.iterdir()} == files
     assert prepare(spec, "translated", seed=0, data_root=tmp_path) == path  # still verified as prepared
     import mmbench.data.base as base
@@ -858,7 +860,7 @@ def test_a_forced_rebuild_that_runs_out_of_space_keeps_the_prepared_copy_and_say
     with pytest.raises(MMBenchError, match=r"^writing manifest\.json of the build failed \(OSError: "):
         prepare(spec, "translated", seed=0, data_root=tmp_path, force=True)
     monkeypatch.undo()
-    assert [p.name for p in (tmp_path / "polydigits").iterdir()] == ["translated"]
+    assert left_in(tmp_path / "polydigits") == ["translated"]
     assert {p.name: p.read_bytes() for p in path.iterdir()} == files
 
 
@@ -932,8 +934,8 @@ def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, m
         with pytest.raises(KeyboardInterrupt):
             prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     (tmp_path / "polydigits" / ".vanilla.old-99999").mkdir()  # killed between a --force's two renames
-    assert len(list((tmp_path / "polydigits").iterdir())) == 2
+    assert len(left_in(tmp_path / "polydigits")) == 2
     (tmp_path / "polydigits" / "notes.old-2025").mkdir()  # not hidden: the user's, never a build's
     path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
-    assert sorted(p.name for p in (tmp_path / "polydigits").iterdir()) == ["notes.old-2025", "vanilla"]
+    assert left_in(tmp_path / "polydigits") == ["notes.old-2025", "vanilla"]
     assert read_manifest(path)["seed"] == 0

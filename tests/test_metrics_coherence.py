@@ -324,6 +324,46 @@ def test_a_retrained_classifier_replaces_its_cached_score(tmp_path):
     assert json.loads((directory / "accuracy.json").read_text()) == {"m0": measured}
 
 
+def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, monkeypatch, capsys):
+    # classifiers.get_classifiers: two `mmbench run` at once (or Slurm jobs starting together) each trained the same
+    # coherence classifiers; the second now waits on the cache folder's lock, then loads what the first trained
+    import threading
+    import time
+
+    import mmbench.metrics.classifiers as clsm
+
+    spec = DATASETS.get("polydigits")()
+    mods, split = _random_m0_split()
+    real, trained, started = clsm.train_one, [], threading.Event()
+
+    def slow(*a, **k):
+        trained.append(a[3])
+        started.set()
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(clsm, "train_one", slow)
+
+    def get():
+        return clsm.get_classifiers(spec, "vanilla", split, split, EvalConfig(classifier_epochs=1), tmp_path,
+                                    lambda *a: None, check=False)
+
+    found = []
+    first = threading.Thread(target=lambda: found.append(get()))
+    first.start()
+    assert started.wait(60)
+    clfs, accs = get()
+    first.join()
+    assert trained == ["m0"] and accs == found[0][1]
+    assert all(torch.equal(v, found[0][0]["m0"].state_dict()[k]) for k, v in clfs["m0"].state_dict().items())
+    directory = clsm.cache_dir(spec, "vanilla", 1, tmp_path)
+    assert f"waiting for another mmbench process filling {directory}" in capsys.readouterr().err
+    # a read-only cache with every classifier trained and scored (a shared copy) is read without taking the lock
+    monkeypatch.setattr(clsm, "folder_lock", lambda *a, **k: pytest.fail("locked a read-only cache"))
+    monkeypatch.setattr(clsm.os, "access", lambda path, mode: Path(path) != directory)
+    assert get()[1] == accs
+
+
 def test_coherence_scores_against_the_test_tuples_labels():
     """Conditional coherence compares x̂_m's class with the label of the test tuple it was generated from (MoPoE §4):
     a copying model scores 1 on ctx.test even when the train split (and the full test split) hold other labels."""

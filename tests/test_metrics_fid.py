@@ -345,6 +345,38 @@ def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(da
     shutil.rmtree(root)
 
 
+def test_two_processes_needing_the_same_reference_statistics_compute_them_once(data_root, tmp_path, capsys):
+    # fid.real_reference: workers on two GPUs (or Slurm jobs) evaluating at once each ran the Inception over the test
+    # split for the same statistics; the second now waits on the folder's lock, then reads what the first wrote
+    import threading
+    import time
+    import types
+
+    spec = DATASETS.get("polydigits")()
+    split = load_split(spec, "vanilla", "test", data_root).subset(6)
+    ctx = types.SimpleNamespace(data_root=tmp_path, spec=spec, variant="vanilla", device=torch.device("cpu"),
+                                cfg=EvalConfig(fid_batch_size=6))
+    passes, started = [], threading.Event()
+
+    def net(x):  # a stand-in for the Inception: 2048 features, slow
+        passes.append(len(x))
+        started.set()
+        time.sleep(0.5)
+        return x.flatten(1)[:, :fidm.FID_DIMS]
+
+    found = []
+    first = threading.Thread(target=lambda: found.append(fidm.real_reference(ctx, net, split, split.modalities[0],
+                                                                             "ab" * 32)))
+    first.start()
+    assert started.wait(60)
+    second = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    first.join()
+    assert passes == [6]  # one Inception pass, the first's
+    assert torch.equal(second.mu, found[0].mu.double()) and torch.equal(second.sigma, found[0].sigma.double())
+    assert f"waiting for another mmbench process computing FID reference statistics in {tmp_path / 'fid_stats'}" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("blocker", ["file", "dangling_link", "file_above"])
 def test_a_file_where_the_statistics_folder_belongs_is_named_before_the_features_are_computed(data_root, tmp_path,
                                                                                               blocker):

@@ -24,6 +24,8 @@ from mmbench.render import render_markdown
 from mmbench.report import build_report
 from mmbench.results import NUMERIC_PACKAGES, Run
 
+from conftest import left_in
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -764,7 +766,7 @@ def test_import_refuses_a_bundle_that_changes_after_it_was_verified(tmp_path, mo
     with pytest.raises(MMBenchError, match=rf"runs/{run.id}/checkpoints/last.pt changed since it was verified .*"
                                            r"nothing imported"):
         import_bundle(tmp_path / "x.tar.gz", b)
-    assert list(b.iterdir()) == []
+    assert left_in(b) == []
 
 
 def test_a_bundle_cut_short_is_a_one_line_error_and_nothing_is_imported(tmp_path):
@@ -842,7 +844,7 @@ def test_an_interrupted_import_leaves_no_temporary_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(bundle.shutil, "copyfileobj", interrupted)
     with pytest.raises(KeyboardInterrupt):
         import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
-    assert list((tmp_path / "b").iterdir()) == []
+    assert left_in(tmp_path / "b") == []
 
 
 def test_export_cli_with_checkpoints_ships_them(tmp_path):
@@ -880,7 +882,7 @@ def test_import_refuses_a_bundle_that_loses_a_file_or_is_cut_short_after_it_was_
     b = tmp_path / "b"
     with pytest.raises(MMBenchError, match=expect):
         import_bundle(tmp_path / "x.tar.gz", b)
-    assert list(b.iterdir()) == []
+    assert left_in(b) == []
 
 
 def test_read_bundle_refuses_an_absolute_member_and_a_tarball_of_several_folders(tmp_path):
@@ -1016,7 +1018,7 @@ def test_import_refuses_a_name_listed_both_as_a_file_and_as_a_folder(tmp_path, c
     with pytest.raises(MMBenchError, match=rf"holds runs/{run.id}/{clash.split('/')[0]} both as a file and as a "
                                            rf"folder"):
         import_bundle(bundle, tmp_path / "b")
-    assert list((tmp_path / "b").iterdir()) == []
+    assert left_in(tmp_path / "b") == []
 
 
 def test_import_of_a_name_too_long_for_the_file_system_is_one_line_and_leaves_nothing(tmp_path):
@@ -1024,7 +1026,7 @@ def test_import_of_a_name_too_long_for_the_file_system_is_one_line_and_leaves_no
     with pytest.raises(MMBenchError, match=rf"runs/{run.id}/artifacts/n+\.npz has a name too long for the file "
                                            r"system here; nothing imported"):
         import_bundle(bundle, tmp_path / "b")
-    assert list((tmp_path / "b").iterdir()) == []  # no temporary folder left
+    assert left_in(tmp_path / "b") == []  # no temporary folder left
 
 
 def test_import_refuses_a_link_to_nothing_in_place_of_a_run(tmp_path):
@@ -1081,7 +1083,7 @@ def test_a_full_disk_during_export_or_import_names_the_file_and_leaves_nothing(t
         import_bundle(tmp_path / "x.tar.gz", b)
     assert e.value.errno == 27  # the file named is the one being written, in the run's staging folder
     assert re.fullmatch(rf"{re.escape(str(b))}/\.import-{r.id}-\w+/artifacts/latents\.npz", e.value.filename)
-    assert not list(b.iterdir())  # no staging folder left, no run
+    assert not left_in(b)  # no staging folder left, no run
     assert import_bundle(tmp_path / "x.tar.gz", b)["added"] == [r.id]
 
 
@@ -1099,7 +1101,7 @@ def test_an_unpacking_error_that_is_not_a_full_disk_is_not_blamed_on_the_file_wr
     with pytest.raises(OSError) as e:
         import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
     assert (e.value.errno, e.value.filename) == (5, None)
-    assert not list((tmp_path / "b").iterdir())
+    assert not left_in(tmp_path / "b")
 
 
 def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_reads(tmp_path, monkeypatch):
@@ -1120,13 +1122,13 @@ def test_an_import_killed_before_its_rename_leaves_nothing_the_report_or_export_
         m.setattr(bundle.shutil, "rmtree", lambda *a, **k: None)
         with pytest.raises(KeyboardInterrupt):
             import_bundle(tmp_path / "x.tar.gz", tmp_path / "b")
-    assert [p.name.startswith(f".import-{run.id}-") for p in (tmp_path / "b").iterdir()] == [True]
+    assert [n.startswith(f".import-{run.id}-") for n in left_in(tmp_path / "b")] == [True]
     assert build_report(tmp_path / "b", _refs(tmp_path)).skipped == []
     assert bundle.finished_runs(tmp_path / "b") == []  # export: no run there yet
     assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [run.id], "present": []}
     (tmp_path / "b" / ".snapshot").mkdir()  # hidden but not an import's: the user's (a file system's), kept
     assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [], "present": [run.id]}
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".snapshot", run.id]  # the killed import's removed
+    assert left_in(tmp_path / "b") == [".snapshot", run.id]  # the killed import's removed
     left_out = []
     assert sorted(export_runs(tmp_path / "b", tmp_path / "y.tar.gz", left_out=left_out)["runs"]) == [run.id]
     assert left_out == []

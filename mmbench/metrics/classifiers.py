@@ -10,7 +10,9 @@ test *mean average precision* instead of accuracy, held to ``eval.classifier_min
 from __future__ import annotations
 
 import io
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -23,11 +25,15 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, manifest_digest, r
 from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
+from ..files import folder_lock
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
 from .cache import cache_folder, cache_root, read_cached_json, set_aside, valid_score, writable_folder
 from .quality import accuracy, mean_ap  # noqa: F401 (the classifiers' test quality, also imported from here)
+
+
+_WHAT = "the coherence classifiers' cache"
 
 
 def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[Path]) -> Path:
@@ -97,9 +103,23 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
             _check_floor(spec, cfg, accs)
         return clfs, accs
 
+    directory = cache_folder(cache_dir(spec, variant, cfg.classifier_epochs, data_root), _WHAT)
+    if not directory.is_dir():
+        writable_folder(directory, _WHAT)  # before the training, not after it
+        directory.mkdir(parents=True, exist_ok=True)
+    # one process at a time fills the cache (two `mmbench run` at once, Slurm jobs starting together): the second waits,
+    # then loads what the first trained; a read-only cache (a shared copy, all trained) is read without the lock
+    held = (folder_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
+                                   f"classifiers?)") if os.access(directory, os.W_OK) else nullcontext())
+    with held:
+        clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress)
+    if check:
+        _check_floor(spec, cfg, accs)
+    return clfs, accs
+
+
+def _load_or_train(spec, variant, train, test, cfg, directory, progress):
     device = device_of()
-    directory = cache_folder(cache_dir(spec, variant, cfg.classifier_epochs, data_root),
-                             "the coherence classifiers' cache")
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
     sums_path = directory / "sha256.json"
@@ -109,7 +129,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         path = directory / f"{mod.name}.pt"
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
-            writable_folder(directory, "the coherence classifiers' cache")  # before the training, not after it
+            writable_folder(directory, _WHAT)  # before the training, not after it
             clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
@@ -121,14 +141,12 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
                   f"in {sums_path.name}); measuring the classifier again", file=sys.stderr)
             accs.pop(mod.name)
         if mod.name not in accs:  # trained now, or its score was lost with a corrupt accuracy.json
-            writable_folder(directory, "the coherence classifiers' cache")
+            writable_folder(directory, _WHAT)
             accs[mod.name] = (mean_ap if spec.multilabel else accuracy)(clf.to(device), test, mod.name, device)
             atomic_json(acc_path, accs)
             sums[mod.name] = digest
             atomic_json(sums_path, {"cache": directory.name, "sha256": sums})
         clfs[mod.name] = clf.eval()
-    if check:
-        _check_floor(spec, cfg, {m: accs[m] for m in clfs})
     return clfs, {m: accs[m] for m in clfs}
 
 

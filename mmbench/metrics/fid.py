@@ -36,7 +36,7 @@ from torch import nn
 from ..data.base import DataSplit, Modality
 from ..data.download import file_digest
 from ..errors import MMBenchError, brief
-from ..files import temp_beside, usual_mode
+from ..files import folder_lock, temp_beside, usual_mode
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
@@ -261,9 +261,18 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
     name = getattr(ctx.spec, "registry_name", "data")
     path = root / f"{name}-{ctx.variant}-test-{mod.name}-n{len(split)}-{digest}-w{weights_sha[:12]}.npz"
     cached = _cached_stats(path)
-    if cached is not None:
-        return Reference(torch.from_numpy(cached[0]).to(ctx.device), torch.from_numpy(cached[1]).to(ctx.device))
-    writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
+    if cached is None:
+        writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
+        root.mkdir(parents=True, exist_ok=True)
+        # one process at a time computes them (workers on several GPUs, Slurm jobs): the second waits, then reads them
+        with folder_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}"):
+            cached = _cached_stats(path)
+            if cached is None:
+                return _compute_reference(ctx, net, split, mod, path)
+    return Reference(torch.from_numpy(cached[0]).to(ctx.device), torch.from_numpy(cached[1]).to(ctx.device))
+
+
+def _compute_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: Modality, path: Path) -> Reference:
     feats = []
     bs = ctx.cfg.fid_batch_size
     for start in range(0, len(split), bs):
