@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .errors import MMBenchError
 
@@ -31,6 +32,22 @@ def temp_beside(target: Path) -> Tuple[int, str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", dir=Path(target).parent)
     os.fchmod(fd, usual_mode())
     return fd, tmp
+
+
+def remove_stale_temps(folder: Path) -> List[str]:
+    """Remove from `folder` the temporary files (temp_beside's `.<name>.<8 random characters>`) of writes a process
+    killed outright (SIGKILL, a lost node: no `finally` ran) left there, e.g. half a 169 MB last.pt; their names.
+    Only for a folder whose writers hold a lock the caller holds now (a run's checkpoints: its run lock, with no
+    checkpoint of this process still being written), so no file it removes is being written."""
+    removed = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # tempfile.mkstemp(prefix=".<name>."): 8 of [a-z0-9_]
 
 
 def usual_mode() -> int:

@@ -346,6 +346,7 @@ class _Member:
         else:
             self.gen.manual_seed(self.cfg.seed)
         self.cpu_rng = cpu_state
+        train_mod.clear_killed_writes(run)
         last = run.ckpt_dir / "last.pt"
         if last.exists() or last.is_symlink():  # a link to nowhere: read_checkpoint names it
             ck = train_mod.read_checkpoint(last, run=run)

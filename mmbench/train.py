@@ -32,6 +32,7 @@ from .config import RunConfig
 from .data.base import DataSplit, load_split
 from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
+from .files import remove_stale_temps
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
 from . import kernels, results as results_mod
@@ -225,6 +226,14 @@ def check_plan(state: Dict, cfg: RunConfig, path: Path, n_batches: Optional[int]
                            f"{cfg.train.epochs}; {MISFIT}")
     if n_batches is not None and state.get("step", 0) >= n_batches:
         raise MMBenchError(f"checkpoint {path} records step {state['step']} of an epoch of {n_batches} steps; {MISFIT}")
+
+
+def clear_killed_writes(run: Run) -> None:
+    """Before a run trains: remove the half checkpoints (atomic_write's temporary files) that a process killed while
+    writing them left in its checkpoints folder. Called under the run's lock, with this process' earlier checkpoints
+    written (settles_checkpoints), so none of them is being written."""
+    for name in remove_stale_temps(run.ckpt_dir):
+        run.log(f"removed {run.ckpt_dir / name}: a checkpoint write that a process killed outright left unfinished")
 
 
 def adopt_later_best(run: Run, state: Dict) -> None:
@@ -535,6 +544,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     model = build_model(cfg).to(device)
     opt = new_adam(model.parameters(), cfg.train.lr)
     state = {"epoch": 0, "history": [], "best_test_loss": math.inf}
+    clear_killed_writes(run)
     last = run.ckpt_dir / "last.pt"
     if last.exists() or last.is_symlink():  # a link to nowhere is an unreadable checkpoint, not none (read_checkpoint)
         ck = read_checkpoint(last, device, run=run)

@@ -163,6 +163,22 @@ def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
     assert s["epochs"] == 2 and "resumed from" in runs[0].log_path.read_text()
 
 
+def test_a_resume_removes_the_half_checkpoints_a_killed_writer_left(tmp_path, data_root):
+    # train.clear_killed_writes: a process killed outright while atomic_write wrote last.pt (a Slurm preemption's
+    # SIGKILL) left its temporary file, half a checkpoint (169 MB for PolyMNIST), in checkpoints/ for ever; the run's
+    # next trainer, alone or packed, holds the run's lock and removes it
+    runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(3)]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    for r in runs:
+        (r.ckpt_dir / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
+        (r.ckpt_dir / ".notes").write_text("the user's")  # hidden, not a temporary file's name: kept
+    train(runs[0], data_root)
+    train_pack(runs[1:], data_root)  # a pack of two (one run alone would train unpacked)
+    for r in runs:
+        assert sorted(p.name for p in r.ckpt_dir.iterdir()) == [".notes", "best.pt", "last.pt"]
+        assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a checkpoint write" in r.log_path.read_text()
+
+
 def test_a_packed_resume_refuses_a_step_past_the_epochs_last_and_checkpoints_name_their_run(tmp_path, data_root):
     """The packed trainer's last.pt and best.pt record the run that wrote them (a copy into another seed's folder is
     refused); a resumed step at the epoch's last (96 // 32 = 3 steps: step 3 is past it) is each run's misfit, named,
