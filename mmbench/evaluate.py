@@ -37,12 +37,12 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     torch.manual_seed(cfg.seed + 1)
     metrics: Dict[str, float] = {}
     metric_seconds: Dict[str, float] = {}  # wall time of each metric (with set-up it is first to need), in metrics.json
-    t0 = time.time()
+    t0 = time.monotonic()
     for name in cfg.eval.metrics:
-        t = time.time()
+        t = time.monotonic()
         metrics.update(METRICS.get(name)(ctx))
-        metric_seconds[name] = round(time.time() - t, 2)
-    eval_seconds = round(time.time() - t0, 2)
+        metric_seconds[name] = round(time.monotonic() - t, 2)
+    eval_seconds = round(time.monotonic() - t0, 2)
     manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     prov = dict(provenance or {})
     started = prov.pop("started", t0)
@@ -55,7 +55,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
         dataset_build={"seed": manifest.get("seed"), "options": manifest.get("options") or {}} if manifest else None,
         eval_seconds=eval_seconds,
         eval_precision=cfg.eval.precision,
-        wall_seconds=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
+        wall_seconds=round(time.monotonic() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))
     run.write_metrics(metrics, eval_seconds=eval_seconds, metric_seconds=metric_seconds, test_tuples=len(ctx.test),
                       eval_precision=cfg.eval.precision, **ctx.extra)
     return metrics
@@ -118,7 +118,7 @@ def execute(run: Run, data_root: Optional[Path] = None, progress: Optional[Progr
                     evaluate(run, data_root, progress, provenance=training_provenance(run))
             return run.read_metrics()
         run.init()
-        t0 = time.time()
+        t0 = time.monotonic()
         run.log(f"run {run.id} on {device_of()}")
         summary = train(run, data_root, progress)
         evaluate(run, data_root, progress, provenance=trained_provenance(summary, t0))

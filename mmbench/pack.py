@@ -520,7 +520,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         k: torch.stack([torch.as_tensor(s[k], dtype=torch.float64) for s in saved_sums]).to(device)
         for k in saved_sums[0]} if first_step else {}
     every_s = cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None
-    saved_at = time.time()
+    saved_at = time.monotonic()
 
     def perms(ms, epoch):
         return torch.stack([torch.randperm(len(train_split), generator=torch.Generator().manual_seed(
@@ -556,7 +556,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             m.run.log(f"the pack's {matmul_convs} convolutions computed as batched matmuls (MMBENCH_PACK_CONV=bmm)")
         m.writer = train_mod.tensorboard_writer(m.run)  # train.tensorboard, as the unpacked trainer writes it
     results: Dict[str, Any] = {}
-    t0 = time.time()
+    t0 = time.monotonic()
     live = list(members)
     speed = train_mod.Throughput()
     for epoch in range(first, E):
@@ -587,7 +587,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)
-            due = every_s is not None and time.time() - saved_at >= every_s
+            due = every_s is not None and time.monotonic() - saved_at >= every_s
             if (train_mod.stop_requested() is not None or due) and b + 1 < n_batches:
                 ok = finite.tolist()
                 train_mod.CHECKPOINTS.wait()
@@ -597,7 +597,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     m.state.update(step=b + 1, sums={k: v[r].clone() for k, v in sums.items()})
                     m.save_last(*sm.state(r))
                     del m.state["step"], m.state["sums"]
-                saved_at = time.time()
+                saved_at = time.monotonic()
                 if train_mod.stop_requested() is not None:
                     _stopped(live, f"at epoch {epoch + 1}, step {b + 1} of {n_batches}", ok)
         ok = finite.tolist()  # the epoch's one read-back
@@ -632,7 +632,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                                                                         "test_loss": tl[r], "run_id": m.run.id}, owned=True)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
                 m.save_last(model_sd, opt_sd)
-                saved_at = time.time()
+                saved_at = time.monotonic()
         if len(keep) < len(live):
             live = [live[r] for r in keep]
             if not live:
@@ -651,7 +651,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             m.writer.close()
     for m in live:
         atomic_json(m.run.dir / train_mod.HISTORY, m.state["history"])  # the report's training curves
-        results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.time() - t0,
+        results[m.run.id] = {"epochs": m.state["epoch"], "train_seconds": time.monotonic() - t0,
                              "tuples_per_second": speed.rate(),  # the pack's: all its runs' tuples
                              "history": m.state["history"], "best_test_loss": m.state["best_test_loss"],
                              "packed_with": len(members), "trained_with": m.state.get("code", [])}
@@ -738,7 +738,7 @@ def execute_pack(runs: Sequence[Run], data_root: Optional[Path] = None,
         for r in todo:
             r.init()
             r.log(f"run {r.id} on {device_of()} (pack of {len(todo)})")
-        t0 = time.time()
+        t0 = time.monotonic()
         try:
             summaries = train_pack(todo, data_root, progress) if todo else {}
         except TrainingInterrupted:

@@ -111,10 +111,10 @@ def stop_workers(grace_s: float = 30.0) -> None:
             p.send_signal(signal.SIGINT)
         except ProcessLookupError:
             pass
-    deadline = time.time() + grace_s
+    deadline = time.monotonic() + grace_s
     for p in procs:
         try:
-            p.wait(timeout=max(deadline - time.time(), 0.1))
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             p.kill()
 

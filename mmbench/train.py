@@ -562,9 +562,9 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     check_plan(state, cfg, last, n_batches)
     if hasattr(model, "plan_steps"):  # methods with a step schedule (smvae two_stage) learn the run's length
         model.plan_steps(E * n_batches)
-    t0 = time.time()
+    t0 = time.monotonic()
     every_s = cfg.train.checkpoint_minutes * 60 if cfg.train.checkpoint_minutes else None
-    saved_at = time.time()
+    saved_at = time.monotonic()
 
     def save_last() -> None:
         CHECKPOINTS.save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), **rng_checkpoint(device),
@@ -608,7 +608,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)
-            due = every_s is not None and time.time() - saved_at >= every_s
+            due = every_s is not None and time.monotonic() - saved_at >= every_s
             if (_stop_reason or due) and b + 1 < n_batches:
                 if not bool(finite):  # a diverged model is never checkpointed
                     raise MMBenchError(diverged(epoch))
@@ -616,7 +616,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                 CHECKPOINTS.wait()
                 save_last()
                 del state["step"], state["sums"]
-                saved_at = time.time()
+                saved_at = time.monotonic()
                 if _stop_reason:
                     why = _stop_reason[0]
                     clear_stop()
@@ -648,7 +648,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         stop = bool(_stop_reason)  # read once: a stop always follows a save
         if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == E or stop:
             save_last()
-            saved_at = time.time()
+            saved_at = time.monotonic()
         if stop and epoch + 1 < E:
             why = _stop_reason[0]
             clear_stop()
@@ -661,7 +661,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     if writer is not None:
         writer.close()
     atomic_json(run.dir / HISTORY, state["history"])
-    return {"epochs": state["epoch"], "train_seconds": time.time() - t0, "tuples_per_second": speed.rate(),
+    return {"epochs": state["epoch"], "train_seconds": time.monotonic() - t0, "tuples_per_second": speed.rate(),
             "history": state["history"],
             "best_test_loss": state["best_test_loss"], "trained_with": state.get("code", [])}
 

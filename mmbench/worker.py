@@ -40,7 +40,7 @@ def progress_writer(runs: Sequence[Run]) -> Callable[[str, int, int], None]:
     last = [0.0]
 
     def progress(phase: str, done: int, total: int) -> None:
-        now = time.time()
+        now = time.monotonic()
         if now - last[0] > 0.5 or done == total:
             last[0] = now
             for run in runs:

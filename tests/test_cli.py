@@ -374,7 +374,7 @@ def test_progress_is_written_at_each_phase_end_and_only_for_runs_held_here(tmp_p
     from mmbench.worker import progress_writer
 
     clock = [1000.0]
-    monkeypatch.setattr(worker, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(worker, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     mine, theirs = seed_runs(tmp_path, 2)
     mine.init()
     theirs.init()

@@ -323,6 +323,30 @@ def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, 
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_clock_stepped_back_does_not_stop_the_mid_epoch_checkpoints(tmp_path, data_root, monkeypatch):
+    # train.checkpoint_minutes timed its interval with the wall clock: an NTP step back by an hour (a node's clock
+    # corrected at boot) meant no mid-epoch checkpoint for an hour, all lost to a preemption; the trainers, the
+    # progress throttle and the workers' grace period now measure intervals with the monotonic clock
+    import time as time_mod
+
+    real, calls = time_mod.time, []
+
+    def stepped_back():
+        calls.append(1)
+        return real() - (3600.0 if len(calls) > 2 else 0.0)  # from the first step on
+
+    monkeypatch.setattr(time_mod, "time", stepped_back)
+    run = Run(cfg(train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 1e-9}), tmp_path)
+
+    def crash(phase, done, total):
+        if done == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train(run, data_root, crash)
+    assert torch.load(run.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4
+
+
 def test_checkpoint_minutes_at_default_keeps_run_ids():
     base = cfg()
     # the id of the default polydigits config before checkpoint_minutes existed (tests/test_config.py)

@@ -397,13 +397,13 @@ def _build(spec: DatasetSpec, variant: str, seed: int, options: Dict[str, Any], 
     os.chmod(tmp, 0o755)
     try:
         writer = ArrayWriter(tmp, Path(data_root or default_data_root()) / "raw")
-        t0 = time.time()
+        t0 = time.monotonic()
         extra = spec.build(writer, variant, seed, options, progress or (lambda *a: None))
         for key, meta in writer.arrays.items():
             meta["stat"] = file_stamp(tmp / f"{key}.npy")
         manifest = {
             "dataset": spec.registry_name, "variant": variant, "recipe_version": version,
-            "seed": seed, "options": identity, "build_seconds": round(time.time() - t0, 2),
+            "seed": seed, "options": identity, "build_seconds": round(time.monotonic() - t0, 2),
             "locations": {k: v for k, v in options.items() if k in spec.location_options},
             "modalities": [m.name for m in spec.modalities(variant)], "arrays": writer.arrays, **extra,
         }
