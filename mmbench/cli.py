@@ -1,7 +1,9 @@
 """The `mmbench` command line: prepare, train, evaluate, run, report, list."""
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import sys
 import threading
 from contextlib import contextmanager, nullcontext
@@ -14,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .errors import MMBenchError, os_error_line
+from .errors import DISK_FULL, DISK_FULL_ERRNOS, MMBenchError, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce the tables and figures of multimodal-VAE papers.\n\n"
@@ -1124,6 +1126,18 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _output_failed() -> bool:
+    """Whether an error of a full disk that names no file came from standard output: redirected to a file on a file
+    system with no space left (`mmbench report > report.txt`), or to /dev/full."""
+    try:
+        fd = sys.stdout.fileno()
+        st = os.fstat(fd)
+        return ((stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 7))  # /dev/full
+                or (stat.S_ISREG(st.st_mode) and os.fstatvfs(fd).f_bavail == 0))
+    except (OSError, ValueError, AttributeError):  # no file behind it (a test's capture)
+        return False
+
+
 def main() -> None:
     from .files import check_environment
     from .hostmem import tune_host_allocator
@@ -1143,6 +1157,8 @@ def main() -> None:
         sys.exit(2)
     except OSError as e:
         line = os_error_line(e)
+        if line is None and e.errno in DISK_FULL_ERRNOS and _output_failed():  # `mmbench report > r.txt`, disk full
+            line = f"writing the command's output failed: {e.strerror or e} ({DISK_FULL})"
         if line is None:  # not about a path the user gave: a bug, shown in full
             raise
         err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
