@@ -849,3 +849,53 @@ def test_minus_zero_is_the_run_zero_is_and_other_numbers_keep_their_ids():
     assert run_id({"name": "mmvamp", "beta": 1.0, "options": {"alpha": 0.5, "alpha_anneal_steps": 10}},
                   train={"lr": 0.0005}, eval={"classifier_min_accuracy": 0.0}) == "polydigits-vanilla-mmvamp-s0-b87c6b0ed0"
     assert build_run_config({"dataset": "polydigits", "eval": {"classifier_min_accuracy": -0.0}}).eval.classifier_min_accuracy.hex() == "0x0.0p+0"
+
+
+def test_a_run_config_is_read_by_libyaml_as_pyyaml_reads_it_and_its_errors_are_pyyamls(tmp_path, monkeypatch):
+    # yamlio.load(written_by_mmbench=True): `mmbench report` spent 8 of 13 s over 900 runs in PyYAML's pure-Python
+    # scanner, so the configs mmbench writes are read by libyaml; values and errors must be what PyYAML's give
+    import yaml
+
+    from mmbench import results, yamlio
+    from mmbench.results import Run
+
+    if yamlio._FastStrictLoader is None:
+        pytest.skip("this PyYAML has no libyaml")
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mmvae", "beta": 2.5}, "seed": 3,
+                                "tables": ["T1"], "train": {"lr": 1.0e-4}}), tmp_path)
+    run.init()
+    text = (run.dir / "config.yaml").read_text(encoding="utf-8")
+    fast = yamlio.load(text, "c", written_by_mmbench=True)
+    assert fast == yaml.load(text, Loader=yamlio._StrictLoader) and results.parse_config(text, "c")[1] == run.cfg
+    twice = text + "seed: 4\n"  # a key given twice: the strict constructor's error, through either parser
+    with pytest.raises(ConfigError, match="the key 'seed' is given twice"):
+        yamlio.load(twice, "c", written_by_mmbench=True)
+    parsers = []
+
+    class Spy(yamlio._FastStrictLoader):
+        def __init__(self, stream):
+            parsers.append(1)
+            super().__init__(stream)
+
+    monkeypatch.setattr(yamlio, "_FastStrictLoader", Spy)
+    results.parse_config(text, "c")
+    assert parsers == [1]  # the run records' reader takes the fast path
+    with pytest.raises(ConfigError, match=r"^c: not valid YAML at line 1, column 1: found character '\\t' that "):
+        yamlio.load("\tseed: 1\n", "c", written_by_mmbench=True)  # libyaml refuses it too: PyYAML's words
+
+
+def test_reading_many_run_configs_resolves_each_config_class_type_hints_once(monkeypatch):
+    # config._type_hints: typing.get_type_hints ran for every field of every config read, half of `mmbench report`'s
+    # time over 900 runs
+    import typing
+
+    from mmbench import config
+
+    calls = []
+    real = typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda cls: calls.append(cls) or real(cls))
+    config._type_hints.cache_clear()
+    for seed in range(20):
+        build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": seed,
+                          "train": {"epochs": 3}, "eval": {"metrics": ["coherence"]}})
+    assert len(calls) == len(set(calls)) <= 6
