@@ -882,6 +882,10 @@ def test_a_run_config_is_read_by_libyaml_as_pyyaml_reads_it_and_its_errors_are_p
     assert parsers == [1]  # the run records' reader takes the fast path
     with pytest.raises(ConfigError, match=r"^c: not valid YAML at line 1, column 1: found character '\\t' that "):
         yamlio.load("\tseed: 1\n", "c", written_by_mmbench=True)  # libyaml refuses it too: PyYAML's words
+    tabbed = "methods: [mopoe,\tmvae]\n"  # libyaml reads a list; PyYAML's parser refuses the tab
+    assert yamlio.load(tabbed, "c", written_by_mmbench=True) == {"methods": ["mopoe", "mvae"]}
+    with pytest.raises(ConfigError, match="found character '\\\\t' that cannot start any token"):
+        yamlio.load(tabbed, "suite.yaml")  # a file people write: PyYAML's parser, as before
 
 
 def test_reading_many_run_configs_resolves_each_config_class_type_hints_once(monkeypatch):

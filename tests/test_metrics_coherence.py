@@ -262,6 +262,21 @@ def test_the_accuracy_floor_admits_a_classifier_exactly_at_it():
         _check_floor(spec, cfg, {"m0": 0.4999, "m1": 0.75})
 
 
+def test_get_classifiers_refuses_classifiers_below_the_floor_trained_or_cached(tmp_path):
+    # classifiers.get_classifiers checks the floor after the cache's lock is let go: trained now, and read back
+    from mmbench.errors import MMBenchError
+    from mmbench.metrics.classifiers import get_classifiers
+
+    spec = DATASETS.get("polydigits")()
+    mods, split = _random_m0_split()  # random images: the classifier is near chance
+    cfg = EvalConfig(classifier_epochs=1, classifier_min_accuracy=0.99)
+    for _ in ("trained", "cached"):
+        with pytest.raises(MMBenchError, match=r"^mmbench coherence classifiers below eval.classifier_min_accuracy"
+                                               r"=0.99: m0 0\.\d+; train them longer"):
+            get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None)
+    assert get_classifiers(spec, "vanilla", split, split, cfg, tmp_path, lambda *a: None, check=False)[1]["m0"] < 0.99
+
+
 def fake_manifests(monkeypatch, module, manifests):
     """`module.read_manifest` returns the next of `manifests` at each call (two prepared datasets, no build)."""
     it = iter(manifests)

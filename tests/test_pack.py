@@ -172,10 +172,11 @@ def test_a_resume_removes_the_half_checkpoints_a_killed_writer_left(tmp_path, da
     for r in runs:
         (r.ckpt_dir / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
         (r.ckpt_dir / ".notes").write_text("the user's")  # hidden, not a temporary file's name: kept
+        (r.ckpt_dir / ".staging.k1ll3d_y").mkdir()  # a folder, whatever its name: not a write's temporary file
     train(runs[0], data_root)
     train_pack(runs[1:], data_root)  # a pack of two (one run alone would train unpacked)
     for r in runs:
-        assert sorted(p.name for p in r.ckpt_dir.iterdir()) == [".notes", "best.pt", "last.pt"]
+        assert sorted(p.name for p in r.ckpt_dir.iterdir()) == [".notes", ".staging.k1ll3d_y", "best.pt", "last.pt"]
         assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a checkpoint write" in r.log_path.read_text()
 
 

@@ -372,6 +372,7 @@ def test_stop_workers_interrupts_then_kills_what_is_left_and_a_later_run_all_sta
 
         def wait(self, timeout=None):
             self.calls.append("wait")
+            assert timeout is not None and timeout <= 0.1  # the grace left (at least 0.1 s), not hours
             if not self.stops:
                 raise subprocess.TimeoutExpired("worker", timeout)
 

@@ -347,6 +347,24 @@ def test_a_clock_stepped_back_does_not_stop_the_mid_epoch_checkpoints(tmp_path, 
     assert torch.load(run.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_checkpoint_minutes_not_yet_due_writes_no_mid_epoch_checkpoint(tmp_path, data_root, packed):
+    # train.checkpoint_minutes measured against another clock (the wall clock's time since 1970 against the monotonic
+    # clock's since boot) is always due: a checkpoint after every step, 169 MB each for PolyMNIST
+    from mmbench.pack import train_pack
+
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 60.0}),
+                tmp_path) for s in range(2 if packed else 1)]
+
+    def crash(phase, done, total):
+        if done == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train_pack(runs, data_root, crash) if packed else train(runs[0], data_root, crash)
+    assert not any((r.ckpt_dir / "last.pt").exists() for r in runs)
+
+
 def test_checkpoint_minutes_at_default_keeps_run_ids():
     base = cfg()
     # the id of the default polydigits config before checkpoint_minutes existed (tests/test_config.py)
