@@ -111,6 +111,14 @@ def check_environment() -> None:
 LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it
 
 
+def can_lock(folder: Path) -> bool:
+    """Whether this process may take `folder`'s lock (folder_lock): the folder is writable and its lock file, if
+    any, too. A colleague's lock file (0644 under their umask) in a folder shared with a group is not; a cache there
+    that needs no writing is then read without the lock."""
+    path = folder / LOCK_FILE
+    return os.access(folder, os.W_OK) and (not os.path.lexists(path) or os.access(path, os.W_OK))
+
+
 @contextmanager
 def folder_lock(folder: Path, waiting: Optional[str] = None) -> Iterator[None]:
     """One process at a time in `folder`: an flock on its LOCK_FILE, released when the process ends, however it ends.

@@ -345,7 +345,8 @@ def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(da
     shutil.rmtree(root)
 
 
-def test_two_processes_needing_the_same_reference_statistics_compute_them_once(data_root, tmp_path, capsys):
+def test_two_processes_needing_the_same_reference_statistics_compute_them_once(data_root, tmp_path, capsys,
+                                                                                 monkeypatch):
     # fid.real_reference: workers on two GPUs (or Slurm jobs) evaluating at once each ran the Inception over the test
     # split for the same statistics; the second now waits on the folder's lock, then reads what the first wrote
     import threading
@@ -375,6 +376,16 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
     assert torch.equal(second.mu, found[0].mu.double()) and torch.equal(second.sigma, found[0].sigma.double())
     assert f"waiting for another mmbench process computing FID reference statistics in {tmp_path / 'fid_stats'}" \
         in capsys.readouterr().err
+    # a colleague's lock file that this user cannot write: the statistics are computed without the lock, not refused
+    import os
+    from pathlib import Path
+
+    for p in (tmp_path / "fid_stats").glob("*.npz"):
+        p.unlink()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != ".mmbench.lock")
+    monkeypatch.setattr(fidm, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
+    again = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    assert passes == [6, 6] and torch.equal(again.mu, found[0].mu)
 
 
 @pytest.mark.parametrize("blocker", ["file", "dangling_link", "file_above"])

@@ -10,7 +10,6 @@ test *mean average precision* instead of accuracy, held to ``eval.classifier_min
 from __future__ import annotations
 
 import io
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, manifest_digest, r
 from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
-from ..files import folder_lock
+from ..files import can_lock, folder_lock
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
@@ -108,9 +107,10 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
         writable_folder(directory, _WHAT)  # before the training, not after it
         directory.mkdir(parents=True, exist_ok=True)
     # one process at a time fills the cache (two `mmbench run` at once, Slurm jobs starting together): the second waits,
-    # then loads what the first trained; a read-only cache (a shared copy, all trained) is read without the lock
+    # then loads what the first trained; a cache this process cannot lock (a shared copy, read-only, all trained) is
+    # read without the lock
     held = (folder_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
-                                   f"classifiers?)") if os.access(directory, os.W_OK) else nullcontext())
+                                   f"classifiers?)") if can_lock(directory) else nullcontext())
     with held:
         clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress)
     if check:
