@@ -3,9 +3,11 @@ an ordinary file of this user gets (0666 less the umask), not mkstemp's private 
 cluster can read the runs, bundles and datasets mmbench writes."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -119,27 +121,71 @@ def can_lock(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and (not os.path.lexists(path) or os.access(path, os.W_OK))
 
 
+# flock's errors where the file system keeps no locks: NFS without lockd (ENOLCK), Lustre without -o flock (ENOSYS),
+# some FUSE and SMB mounts (EOPNOTSUPP)
+NO_LOCKS_ERRNOS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
 @contextmanager
-def folder_lock(folder: Path, waiting: Optional[str] = None) -> Iterator[None]:
+def folder_lock(folder: Path, waiting: Optional[str] = None, required: bool = True) -> Iterator[None]:
     """One process at a time in `folder`: an flock on its LOCK_FILE, released when the process ends, however it ends.
     A file opened for writing, not the folder itself: NFS emulates flock with fcntl locks, and an exclusive one needs
     a file open for writing (flock(2), NOTES), which a folder cannot be. The file stays: removing it while another
-    process, on another node, waits on it would leave that process a stale handle. `waiting`: the line said on stderr
-    when another process holds it."""
+    process, on another node, waits on it would leave that process a stale handle. It is made writable by whoever may
+    write the folder (a group's shared data root); a colleague's that is not is locked read-only, which serves on a
+    local disk. `waiting`: the line said on stderr when another process holds it. Where the file system keeps no locks,
+    an error naming it, or, not `required` (a cache, filled twice at worst), a note and no lock."""
     path = folder / LOCK_FILE
+    fd, writable = _open_lock_file(folder, path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # 0666 less the umask: colleagues' processes lock it too
-    except OSError as e:  # a read-only folder, a folder in the file's place
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    print(waiting, file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno == errno.EBADF and not writable:  # NFS: an exclusive lock needs the file open for writing
+                problem = (f"it is another user's and not writable by you; ask them to `chmod g+w {path}` (or remove "
+                           f"it while no mmbench runs there)")
+            elif e.errno in NO_LOCKS_ERRNOS:
+                problem = ("its file system keeps no locks (NFS without lockd, Lustre without -o flock); mount it with "
+                           "locks, or use a folder on another file system")
+            else:
+                raise
+            if required:
+                raise MMBenchError(f"cannot lock {path} ({e.strerror}): {problem}") from None
+            print(f"note: cannot lock {path} ({e.strerror}), so another process could do this work at the same "
+                  f"time (done twice, not wrong): {problem}", file=sys.stderr, flush=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock_file(folder: Path, path: Path) -> Tuple[int, bool]:
+    """(descriptor, opened for writing) of `folder`'s lock file, created if missing."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except PermissionError as e:
+        if not os.path.isfile(path) or os.path.islink(path):  # no lock file: the folder is not writable
+            raise MMBenchError(f"cannot create the lock file {path} ({e.strerror}); make {folder} writable, and "
+                               f"run again") from None
+        try:  # a colleague's lock file, not writable by this user
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), False
+        except OSError as e2:
+            raise MMBenchError(f"cannot open the lock file {path} ({e2.strerror}); ask its owner to `chmod g+rw "
+                               f"{path}`") from None
+    except OSError as e:  # a folder, a link, or a read-only file system
         fix = "move it away" if os.path.lexists(path) else f"make {folder} writable"
         raise MMBenchError(f"cannot open the lock file {path} ({e.strerror or type(e).__name__}); {fix}, "
                            f"and run again") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                print(waiting, file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid():  # writable by whoever may write the folder (its group, say), so they lock it too
+            wanted = stat.S_IMODE(st.st_mode) | (stat.S_IMODE(os.stat(folder).st_mode) & (stat.S_IWGRP | stat.S_IWOTH))
+            if wanted != stat.S_IMODE(st.st_mode):
+                os.fchmod(fd, wanted)
+    except OSError:
+        pass  # the lock serves as it is
+    return fd, True

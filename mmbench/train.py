@@ -230,8 +230,10 @@ def check_plan(state: Dict, cfg: RunConfig, path: Path, n_batches: Optional[int]
 
 def clear_killed_writes(run: Run) -> None:
     """Before a run trains: remove the half checkpoints (atomic_write's temporary files) that a process killed while
-    writing them left in its checkpoints folder. Called under the run's lock, with this process' earlier checkpoints
-    written (settles_checkpoints), so none of them is being written."""
+    writing them left in its checkpoints folder. Called under the run's lock, once this process' own checkpoints are
+    written (settles_checkpoints has waited for them, unless a Ctrl-C cut that wait short: waited for here), so none of
+    them is being written."""
+    CHECKPOINTS.wait()
     for name in remove_stale_temps(run.ckpt_dir):
         run.log(f"removed {run.ckpt_dir / name}: a checkpoint write that a process killed outright left unfinished")
 

@@ -41,7 +41,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 # libyaml's parser (in PyYAML's wheels) with the same constructor and resolver, for the files mmbench writes itself:
 # 8 of the 13 s `mmbench report` took over 900 runs (profiled) went to PyYAML's pure-Python scanner reading their
 # config.yaml files. Not for files people write: libyaml accepts a few documents PyYAML's parser refuses (a tab
-# inside a flow list or before a value, a "?" inside a flow mapping's key, a byte-order mark inside the text).
+# inside a flow list or before a value, a "?" inside a flow mapping's key, a byte-order mark inside the text). A
+# config.yaml edited by hand or imported from a bundle is read the same way; what it says must still give its run id.
 _FastStrictLoader = None
 if getattr(yaml, "CSafeLoader", None) is not None:
     class _FastStrictLoader(yaml.CSafeLoader):  # type: ignore[no-redef]

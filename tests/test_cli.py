@@ -581,39 +581,41 @@ def test_a_full_disk_is_one_line_naming_the_file_and_saying_to_free_space(tmp_pa
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (a full disk's device) here")
 def test_output_redirected_to_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
-    # cli._output_failed: `mmbench report > report.txt` on a full disk failed in rich's write to standard output
-    # with an OSError naming no file, shown as a traceback (a bug); /dev/full fails every write the same way
+    # cli._Output: `mmbench report > report.txt` on a full disk failed in rich's write to standard output with an
+    # OSError naming no file, shown as a traceback (a bug); /dev/full fails every write the same way, and a quota
+    # (EDQUOT) is said the same
+    import errno
+    import io
+
     from mmbench import cli
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    full = open("/dev/full", "w")
-    monkeypatch.setattr(sys, "stdout", full)
-    monkeypatch.setattr(sys, "argv", ["mmbench", "list", "methods"])
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        full.close()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: writing the command's output failed: No space left on device (a full disk or a "
-                          "quota: free space")
+
+    class OverQuota(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    for argv in (["list", "methods"], ["report", "--runs-dir", str(runs)]):
+        for out, reason in ((open("/dev/full", "w"), "No space left on device"),
+                            (OverQuota(), os.strerror(errno.EDQUOT))):
+            monkeypatch.setattr(sys, "stdout", out)
+            monkeypatch.setattr(sys, "argv", ["mmbench", *argv])
+            with pytest.raises(SystemExit) as exit_:
+                cli.main()
+            out.close()
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+            assert err.startswith(f"error: standard output: {reason} (a full disk or a quota: free space"), err
     import mmbench.report
 
     def unnamed(*a, **k):
         raise OSError(28, os.strerror(28))
 
     monkeypatch.setattr(mmbench.report, "build_report", unnamed)
-    monkeypatch.setattr(sys, "argv", ["mmbench", "report", "--runs-dir", str(runs)])
-    with open(tmp_path / "out.txt", "w") as regular:  # output to a file on a disk with space left
-        monkeypatch.setattr(sys, "stdout", regular)
-        with pytest.raises(OSError):  # a full disk's error naming no file, not the output's: a bug, shown in full
-            cli.main()
-    with open("/dev/full", "w") as full:
+    with open("/dev/full", "w") as full:  # a full disk's error naming no file, not the output's: a bug, in full
         monkeypatch.setattr(sys, "stdout", full)
-        monkeypatch.setattr(mmbench.report, "build_report", lambda *a, **k: (_ for _ in ()).throw(OSError(13, "x")))
-        with pytest.raises(OSError):  # another error naming no file, with the output on /dev/full: a bug too
+        with pytest.raises(OSError):
             cli.main()
 
 

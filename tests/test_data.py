@@ -917,6 +917,62 @@ def test_a_dataset_builds_where_flock_is_emulated_with_fcntl_locks_as_on_nfs(tmp
             pass
 
 
+def test_the_folder_lock_on_shared_folders_and_file_systems_without_locks(tmp_path, monkeypatch, capsys, request):
+    # files.folder_lock: (1) a group's shared folder: the lock file is made writable by whoever may write the folder;
+    # (2) a colleague's lock file this user cannot write is locked read-only (a local disk), and on NFS, where that
+    # fails with EBADF, one line says whose it is; (3) a file system that keeps no locks (NFS without lockd, Lustre
+    # without -o flock) is one line naming the lock file, or, for a cache (required=False), a note and no lock
+    import errno
+    import fcntl
+    import os
+    import stat
+
+    from mmbench import files
+    from mmbench.files import folder_lock
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o775)
+    old = os.umask(0o022)
+    try:
+        with folder_lock(shared):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((shared / ".mmbench.lock").stat().st_mode) == 0o664
+    real_open = os.open
+
+    def colleagues(path, flags, *a):  # the lock file exists and is not writable by this user
+        if str(path).endswith(".mmbench.lock") and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(files.os, "open", colleagues)
+    ran = []
+    with folder_lock(shared):
+        ran.append(1)
+    assert ran == [1]
+    request.getfixturevalue("nfs_flock")
+    with pytest.raises(MMBenchError, match=rf"^cannot lock {re.escape(str(shared))}/\.mmbench\.lock \(Bad file "
+                                           rf"descriptor\): it is another user's and not writable by you; ask them"):
+        with folder_lock(shared):
+            pass
+    monkeypatch.setattr(files.os, "open", real_open)
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(MMBenchError, match=r"\(No locks available\): its file system keeps no locks \(NFS without "
+                                           r"lockd, Lustre without -o flock\); mount it with locks"):
+        with folder_lock(shared):
+            pass
+    capsys.readouterr()
+    with folder_lock(shared, required=False):
+        ran.append(2)
+    assert ran == [1, 2] and "note: cannot lock" in capsys.readouterr().err
+
+
 def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, monkeypatch):
     """A prepare killed by SIGKILL (no `finally` runs: its unfinished .<variant>.building-* folder stays, as does a
     copy a --force rebuild had moved aside, .<variant>.old-<pid>) is cleaned up by the next build in that folder,

@@ -522,3 +522,6 @@ def test_set_aside_replaces_an_earlier_set_aside_file_or_folder(tmp_path, capsys
     set_aside(path, "cannot be read", "measuring the classifiers again")
     assert aside.is_dir() and not path.exists()
     assert capsys.readouterr().err.count("moved it to accuracy.json.corrupt") == 2
+    # another process that read the same damaged file moved it first (a race outside the cache's lock): nothing to do
+    set_aside(path, "is not JSON", "measuring the classifiers again")
+    assert aside.is_dir() and capsys.readouterr().err == ""

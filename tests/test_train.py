@@ -323,28 +323,37 @@ def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, 
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_clock_stepped_back_does_not_stop_the_mid_epoch_checkpoints(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_clock_stepped_back_does_not_stop_the_mid_epoch_checkpoints(tmp_path, data_root, monkeypatch, packed):
     # train.checkpoint_minutes timed its interval with the wall clock: an NTP step back by an hour (a node's clock
     # corrected at boot) meant no mid-epoch checkpoint for an hour, all lost to a preemption; the trainers, the
-    # progress throttle and the workers' grace period now measure intervals with the monotonic clock
+    # progress throttle and the workers' grace period now measure intervals with the monotonic clock. The trainer's
+    # clocks here: 30 s pass per step, and the wall clock steps back an hour during the first step
     import time as time_mod
+    import types
 
-    real, calls = time_mod.time, []
+    import mmbench.pack as pack_mod
+    import mmbench.train as train_mod
+    from mmbench.pack import train_pack
 
-    def stepped_back():
-        calls.append(1)
-        return real() - (3600.0 if len(calls) > 2 else 0.0)  # from the first step on
+    now, offset = [0.0], [0.0]
+    clock = types.SimpleNamespace(**{n: getattr(time_mod, n) for n in dir(time_mod) if not n.startswith("_")})
+    clock.monotonic, clock.time = (lambda: now[0]), (lambda: now[0] + offset[0])
+    monkeypatch.setattr(train_mod, "time", clock)  # the trainers' clocks alone, not every caller's in the process
+    monkeypatch.setattr(pack_mod, "time", clock)
+    runs = [Run(cfg(seed=s, train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 1.0}),
+                tmp_path) for s in range(2 if packed else 1)]
 
-    monkeypatch.setattr(time_mod, "time", stepped_back)
-    run = Run(cfg(train={"epochs": 1, "max_train": 192, "max_test": 64, "checkpoint_minutes": 1e-9}), tmp_path)
-
-    def crash(phase, done, total):
-        if done == 5:
+    def steps(phase, done, total):
+        now[0] += 30.0
+        if done == 1:
+            offset[0] = -3600.0
+        if done == 5:  # due after steps 2 and 4 (60 s each)
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        train(run, data_root, crash)
-    assert torch.load(run.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4
+        train_pack(runs, data_root, steps) if packed else train(runs[0], data_root, steps)
+    assert all(torch.load(r.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4 for r in runs)
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -49,11 +49,16 @@ def set_aside(path: Path, problem: str, doing: str) -> None:
     """Move a corrupt cache file (derived data) out of the way as `<name>.corrupt`, kept for a look, saying so on
     stderr and what is done instead (`doing`)."""
     aside = path.with_name(path.name + ".corrupt")
+    if not os.path.lexists(path):  # another process, reading the same damaged file at the same time, moved it first
+        return
     if aside.is_dir() and not aside.is_symlink():  # an earlier set-aside folder: os.replace cannot replace it
         shutil.rmtree(aside)
     elif path.is_dir() and not path.is_symlink() and os.path.lexists(aside):  # a folder cannot replace a file
         os.unlink(aside)
-    os.replace(path, aside)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # the same, between the check and the move
+        return
     print(f"note: {path} {problem}; moved it to {aside.name}, {doing}", file=sys.stderr)
 
 

@@ -110,7 +110,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
     # then loads what the first trained; a cache this process cannot lock (a shared copy, read-only, all trained) is
     # read without the lock
     held = (folder_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
-                                   f"classifiers?)") if can_lock(directory) else nullcontext())
+                                   f"classifiers?)", required=False) if can_lock(directory) else nullcontext())
     with held:
         clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress)
     if check:

@@ -266,8 +266,8 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
         writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
         root.mkdir(parents=True, exist_ok=True)
         # one process at a time computes them (workers on several GPUs, Slurm jobs): the second waits, then reads them
-        with (folder_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}")
-              if can_lock(root) else nullcontext()):  # a colleague's lock file: computed without it, as before
+        with (folder_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}",
+                          required=False) if can_lock(root) else nullcontext()):  # a colleague's lock file: no lock
             cached = _cached_stats(path)
             if cached is None:
                 return _compute_reference(ctx, net, split, mod, path)
