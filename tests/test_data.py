@@ -940,6 +940,25 @@ def test_the_folder_lock_on_shared_folders_and_file_systems_without_locks(tmp_pa
     finally:
         os.umask(old)
     assert stat.S_IMODE((shared / ".mmbench.lock").stat().st_mode) == 0o664
+    public = tmp_path / "public"  # writable by all: so is its lock file
+    public.mkdir()
+    os.chmod(public, 0o777)
+    with folder_lock(public):
+        pass
+    assert stat.S_IMODE((public / ".mmbench.lock").stat().st_mode) == 0o666
+    os.chmod(public / ".mmbench.lock", 0o644)  # a colleague's lock file (another owner): left as its owner made it
+    monkeypatch.setattr(files.os, "geteuid", lambda: os.getuid() + 1)
+    with folder_lock(public):
+        pass
+    assert stat.S_IMODE((public / ".mmbench.lock").stat().st_mode) == 0o644
+    monkeypatch.undo()
+    (tmp_path / "elsewhere").write_text("not a lock")
+    (tmp_path / "linked").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "linked" / ".mmbench.lock")  # a link planted in the lock's place
+    with pytest.raises(MMBenchError, match=r"^cannot open the lock file .*linked/\.mmbench\.lock \(Too many levels "
+                                           r"of symbolic links\); move it away"):
+        with folder_lock(tmp_path / "linked"):
+            pass
     real_open = os.open
 
     def colleagues(path, flags, *a):  # the lock file exists and is not writable by this user
@@ -948,6 +967,11 @@ def test_the_folder_lock_on_shared_folders_and_file_systems_without_locks(tmp_pa
         return real_open(path, flags, *a)
 
     monkeypatch.setattr(files.os, "open", colleagues)
+    with pytest.raises(MMBenchError, match=rf"^cannot create the lock file .*fresh/\.mmbench\.lock \(Permission "
+                                           rf"denied\); make {re.escape(str(tmp_path / 'fresh'))} writable"):
+        (tmp_path / "fresh").mkdir()
+        with folder_lock(tmp_path / "fresh"):  # no lock file yet, and none can be made: the folder is not writable
+            pass
     ran = []
     with folder_lock(shared):
         ran.append(1)

@@ -180,6 +180,32 @@ def test_a_resume_removes_the_half_checkpoints_a_killed_writer_left(tmp_path, da
         assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a checkpoint write" in r.log_path.read_text()
 
 
+def test_the_clean_up_of_killed_writes_waits_for_this_process_own_checkpoint_writes(tmp_path, monkeypatch):
+    # train.clear_killed_writes: a checkpoint this process handed to its writer thread and has not waited for (a
+    # wait cut short by Ctrl-C leaves the rest) is being written: its temporary file is not a killed write's
+    import time
+
+    import mmbench.train as train_mod
+    from mmbench.files import temp_beside
+
+    run = Run(cfg(0), tmp_path)
+    run.ckpt_dir.mkdir(parents=True)
+
+    def slow_save(path, state):  # atomic_write's steps, slowly: the temporary file exists half a second
+        fd, tmp = temp_beside(path)
+        time.sleep(0.5)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"a checkpoint")
+        os.replace(tmp, path)
+
+    monkeypatch.setattr(train_mod, "_save", slow_save)
+    train_mod.CHECKPOINTS.save(run.ckpt_dir / "last.pt", {"epoch": 1})
+    time.sleep(0.1)
+    train_mod.clear_killed_writes(run)
+    train_mod.CHECKPOINTS.wait()  # the write was not cut from under it
+    assert [p.name for p in run.ckpt_dir.iterdir()] == ["last.pt"]
+
+
 def test_a_packed_resume_refuses_a_step_past_the_epochs_last_and_checkpoints_name_their_run(tmp_path, data_root):
     """The packed trainer's last.pt and best.pt record the run that wrote them (a copy into another seed's folder is
     refused); a resumed step at the epoch's last (96 // 32 = 3 steps: step 3 is past it) is each run's misfit, named,
