@@ -413,6 +413,9 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
                        if expected else ""))
         if gpu:
             console.print(gpu["summary"])
+        disk = _checkpoint_space(runs)
+        if disk:
+            console.print(disk)
         return
     import os
 
@@ -420,6 +423,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
     for asked, name in ((compile, "MMBENCH_COMPILE"), (cudnn_benchmark, "MMBENCH_CUDNN_BENCHMARK")):
         if asked:
             os.environ[name] = "1"
+    _warn_if_no_room([Run(c, runs_dir) for c in configs])
     if executor == "slurm":
         from .slurm import available, run_slurm
 
@@ -457,6 +461,43 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
     if failed:
         raise typer.Exit(1)
+
+
+def _checkpoints_to_write(runs) -> tuple:
+    """(runs not started, the bytes their checkpoints will take): each distinct run without a checkpoint yet."""
+    from .suite import checkpoint_bytes
+
+    fresh = {r.id: r for r in runs if r.status() == "pending"}
+    return len(fresh), sum(checkpoint_bytes(r.cfg) for r in fresh.values())
+
+
+def _checkpoint_space(runs) -> Optional[str]:
+    """The dry run's line on disk space: what the checkpoints of the runs not started will take, and what is free."""
+    from .suite import free_bytes, human_bytes
+
+    n, need = _checkpoints_to_write(runs)
+    if not n:
+        return None
+    free = free_bytes(runs[0].dir.parent)
+    return (f"checkpoints of the {n} run(s) not started: ~{human_bytes(need)} on disk (last.pt and best.pt each); "
+            f"{human_bytes(free)} free in {runs[0].dir.parent}" + ("" if free >= need else " — not enough"))
+
+
+def _warn_if_no_room(runs) -> None:
+    """Before training: a warning where the checkpoints of the runs not started will not fit on the runs' disk (a
+    run that fills it stops with its last checkpoint kept, and resumes once space is freed; better known now)."""
+    from .suite import free_bytes, human_bytes
+
+    if not runs:
+        return
+    n, need = _checkpoints_to_write(runs)
+    free = free_bytes(runs[0].dir.parent)
+    if n and free < need:
+        where = escape(str(runs[0].dir.parent))
+        err_console.print(f"[yellow]warning:[/yellow] the checkpoints of the {n} run(s) not started will take "
+                          f"~{human_bytes(need)} (last.pt and best.pt each), and {where} has {human_bytes(free)} "
+                          f"free; free space, or runs will stop when the disk is full (each resumes from its last "
+                          f"checkpoint once there is room)", highlight=False, soft_wrap=True)
 
 
 def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:

@@ -575,6 +575,43 @@ def test_dry_run_projects_an_unprepared_polymnist_from_its_default_recipe(tmp_pa
     assert "MoPoE Fig. 3, Fig. 11" in " ".join(" ".join(row[1] for row in cells).split())
 
 
+def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_will_not_fit(tmp_path, data_root,
+                                                                                              mmbench_here, monkeypatch):
+    # cli._checkpoint_space and _warn_if_no_room: the checkpoints of a table's runs are gigabytes (a PolyMNIST MoPoE
+    # run's last.pt and best.pt: 225 MB; MoPoE's suite: 23 GB), which a run found out when the disk filled; the
+    # estimate counts the runs not started (seed 0 here has a checkpoint) once each, and is the checkpoints' real size
+    from mmbench import runner, suite as suite_mod
+    from mmbench.suite import checkpoint_bytes, human_bytes, load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                     "  train: {epochs: 1, batch_size: 32, max_train: 64, max_test: 64}\nexperiments:\n"
+                     "  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     "    seeds: [0, 1, 2]\n")
+    runs_dir = tmp_path / "runs"
+    configs = load_suite(suite).runs("full")
+    train(Run(configs[0], runs_dir), data_root)  # its checkpoints, as they are written
+    real = sum((Run(configs[0], runs_dir).ckpt_dir / f).stat().st_size for f in ("last.pt", "best.pt"))
+    per = checkpoint_bytes(configs[1])
+    assert 0.95 < real / per < 1.05, (real, per)
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(runs_dir)}
+    r = mmbench_here("run", suite, "--dry-run", env=env, width=300)
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 0 and f"checkpoints of the 2 run(s) not started: ~{human_bytes(2 * per)} on disk" in out, out
+    assert "not enough" not in out
+    monkeypatch.setattr(suite_mod, "free_bytes", lambda folder: per)  # room for one run's
+    out = " ".join(mmbench_here("run", suite, "--dry-run", env=env, width=300).stdout.split())
+    assert f"{human_bytes(per)} free in {runs_dir} — not enough" in out, out
+    trained = []
+    monkeypatch.setattr(runner, "run_all", lambda configs, *a, **k: trained.append(len(configs)) or [])
+    r = mmbench_here("run", suite, env=env, width=300)
+    err = " ".join(r.stderr.split())
+    assert trained == [3] and f"warning: the checkpoints of the 2 run(s) not started will take ~{human_bytes(2 * per)}" \
+        in err and f"and {runs_dir} has {human_bytes(per)} free; free space" in err, err
+    monkeypatch.setattr(suite_mod, "free_bytes", lambda folder: 2 * per)
+    assert "warning" not in mmbench_here("run", suite, env=env, width=300).stderr
+
+
 def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, data_root, mmbench_here, monkeypatch):
     """`run --dry-run --step-times` on a prepared dataset: seeds 0-2 of mopoe (192 tuples, 6 steps of 32 a run), seed 0
     resumed at epoch 1 of 2, seed 3 a rescore (evaluated again, not trained), a mopoe run at latent 16 (not the table's
