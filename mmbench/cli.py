@@ -464,11 +464,13 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
 
 
 def _checkpoints_to_write(runs) -> tuple:
-    """(runs not started, the bytes their checkpoints will take): each distinct run without a checkpoint yet."""
+    """(runs not started, the bytes their checkpoints will take): each distinct run without a checkpoint yet whose
+    model could be sized."""
     from .suite import checkpoint_bytes
 
     fresh = {r.id: r for r in runs if r.status() == "pending"}
-    return len(fresh), sum(checkpoint_bytes(r.cfg) for r in fresh.values())
+    sizes = [checkpoint_bytes(r.cfg) for r in fresh.values()]
+    return sum(s is not None for s in sizes), sum(s for s in sizes if s is not None)  # an estimate never stops a run
 
 
 def _checkpoint_space(runs) -> Optional[str]:

@@ -350,13 +350,13 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
-_PARAMETERS: Dict[str, int] = {}  # parameter counts by model (dataset, variant, modalities, method, architecture)
+_PARAMETERS: Dict[str, Optional[int]] = {}  # parameter counts by model (dataset, variant, modalities, method, architecture)
 
 
-def checkpoint_bytes(cfg: RunConfig) -> int:
+def checkpoint_bytes(cfg: RunConfig) -> Optional[int]:
     """About what one run's checkpoints take on disk: last.pt holds the fp32 weights and Adam's two moments, best.pt
     the weights, 4 bytes × 4 per parameter (a PolyMNIST MoPoE: 14.1 M parameters, last.pt 169 MB, best.pt 56 MB). The
-    model is built on the meta device: no memory, no initialisation."""
+    model is built on the meta device: no memory, no initialisation (None where it cannot be built there)."""
     import json
 
     import torch
@@ -367,9 +367,12 @@ def checkpoint_bytes(cfg: RunConfig) -> int:
     key = json.dumps([d["dataset"], d["variant"], d.get("modalities"), d["method"], cfg.architecture_name()],
                      sort_keys=True, default=str)
     if key not in _PARAMETERS:
-        with torch.device("meta"):
-            _PARAMETERS[key] = sum(p.numel() for p in build_model(cfg).parameters())
-    return 16 * _PARAMETERS[key]
+        try:
+            with torch.device("meta"):
+                _PARAMETERS[key] = sum(p.numel() for p in build_model(cfg).parameters())
+        except Exception:  # noqa: BLE001 - a model that cannot be built there (an operation meta tensors lack): unsized
+            _PARAMETERS[key] = None
+    return None if _PARAMETERS[key] is None else 16 * _PARAMETERS[key]
 
 
 def human_bytes(n: float) -> str:

@@ -610,6 +610,15 @@ def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_
         in err and f"and {runs_dir} has {human_bytes(per)} free; free space" in err, err
     monkeypatch.setattr(suite_mod, "free_bytes", lambda folder: 2 * per)
     assert "warning" not in mmbench_here("run", suite, env=env, width=300).stderr
+    import mmbench.train as train_mod
+
+    def unbuildable(cfg):
+        raise NotImplementedError("an operation meta tensors lack")
+
+    monkeypatch.setattr(train_mod, "build_model", unbuildable)  # a model that cannot be sized: the run still runs
+    monkeypatch.setattr(suite_mod, "_PARAMETERS", {})  # sized afresh, and the cache put back afterwards
+    r = mmbench_here("run", suite, env=env, width=300)
+    assert r.returncode == 0 and trained == [3, 3, 3] and "warning" not in r.stderr, r.stderr
 
 
 def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, data_root, mmbench_here, monkeypatch):
