@@ -10,6 +10,7 @@ import re
 import stat
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -108,6 +109,40 @@ def check_environment() -> None:
     env_folder("MMBENCH_DATA", "data")
     cache_folder_override()
     durable_writes()
+
+
+def hold_temp(fd: int) -> None:
+    """Take an flock on a temporary file being written (kept until its descriptor is closed): remove_abandoned_temps
+    then tells it from one whose writer was killed. A file system without locks: nothing held (it is kept, then)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
+
+
+def remove_abandoned_temps(target: Path, min_age_s: float = 2.0) -> List[str]:
+    """Remove the temporary files of `target` (temp_beside's `.<name>.<8 random characters>`) whose writer was killed
+    outright (a `mmbench export` killed mid-bundle left half a bundle beside it): those no process holds an flock on
+    (hold_temp) and not written to for `min_age_s` (a writer's first instant, before its flock). Their names."""
+    pattern = re.compile(r"^\." + re.escape(target.name) + r"\.[a-z0-9_]{8}$")
+    removed = []
+    for p in sorted(target.parent.iterdir()) if target.parent.is_dir() else ():
+        if not pattern.match(p.name) or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # another user's, or gone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if time.time() - os.fstat(fd).st_mtime >= min_age_s:  # a file's age: the wall clock, as its mtime
+                os.unlink(p)
+                removed.append(p.name)
+        except OSError:  # held by its writer, or no locks here: kept
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it

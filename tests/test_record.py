@@ -1165,6 +1165,53 @@ def test_an_import_unpacks_where_flock_is_emulated_with_fcntl_locks_as_on_nfs(tm
     assert import_bundle(tmp_path / "x.tar.gz", tmp_path / "b") == {"added": [run.id], "present": []}
 
 
+def test_an_export_removes_the_half_bundle_a_killed_export_left_and_no_other(tmp_path):
+    # bundle.export_runs (files.remove_abandoned_temps): an export killed outright (SIGKILL) left its half-written
+    # bundle, .B.tar.gz.<random>, beside the bundle for ever; an export holds an flock on its temporary file while it
+    # writes, so the next export removes only those no process holds, and not one just created
+    import fcntl
+    import os
+    import time
+
+    fake_run(tmp_path / "a", 0, {"coherence/joint": 0.30})
+    out = tmp_path / "B.tar.gz"
+    killed, writing, young, other = (tmp_path / n for n in (".B.tar.gz.k1ll3d_x", ".B.tar.gz.wr1t1ng_", ".B.tar.gz.n0w_0000",
+                                                           ".C.tar.gz.k1ll3d_y"))
+    for p in (killed, writing, young, other):
+        p.write_bytes(b"\x1f\x8b half a bundle")
+    for p in (killed, writing, other):
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    held = os.open(writing, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another export, still writing
+    try:
+        export_runs(tmp_path / "a", out)
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        ".B.tar.gz.n0w_0000", ".B.tar.gz.wr1t1ng_", ".C.tar.gz.k1ll3d_y"]
+    assert read_bundle(out)[0]["runs"]
+    import mmbench.bundle as bundle
+
+    real_open, probed = bundle.tarfile.open, []
+
+    def probing(name, *a, **k):  # while the bundle is written, another process cannot take its temporary file's lock
+        fd = os.open(name, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            probed.append(Path(name).name)
+        finally:
+            os.close(fd)
+        return real_open(name, *a, **k)
+
+    bundle.tarfile.open = probing
+    try:
+        export_runs(tmp_path / "a", tmp_path / "D.tar.gz")
+    finally:
+        bundle.tarfile.open = real_open
+    assert len(probed) == 1 and probed[0].startswith(".D.tar.gz.")
+
+
 def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
     """A process killed while atomic_write wrote last.pt leaves its hidden temporary file (.last.pt.<random>)
     beside the checkpoints: half a file, not the run's; it does not travel."""
