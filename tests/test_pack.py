@@ -608,8 +608,12 @@ def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_
     err = " ".join(r.stderr.split())
     assert trained == [3] and f"warning: the checkpoints of the 2 run(s) not started will take ~{human_bytes(2 * per)}" \
         in err and f"and {runs_dir} has {human_bytes(per)} free; free space" in err, err
-    monkeypatch.setattr(suite_mod, "free_bytes", lambda folder: 2 * per)
+    monkeypatch.setattr(suite_mod, "free_bytes", lambda folder: 2 * per)  # room for both, exactly
     assert "warning" not in mmbench_here("run", suite, env=env, width=300).stderr
+    assert "not enough" not in mmbench_here("run", suite, "--dry-run", env=env, width=300).stdout
+    wider = build_run_config({**configs[1].to_dict(), "method": {**configs[1].to_dict()["method"], "latent_dim": 16}})
+    assert checkpoint_bytes(wider) > per  # sized per model, not per dataset
+    assert [human_bytes(n) for n in (225e6, 999e6, 1e9, 2.28e10)] == ["225 MB", "999 MB", "1.0 GB", "22.8 GB"]
     import mmbench.train as train_mod
 
     def unbuildable(cfg):

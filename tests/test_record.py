@@ -1205,11 +1205,13 @@ def test_an_export_removes_the_half_bundle_a_killed_export_left_and_no_other(tmp
         return real_open(name, *a, **k)
 
     bundle.tarfile.open = probing
+    fds = len(os.listdir("/proc/self/fd"))
     try:
         export_runs(tmp_path / "a", tmp_path / "D.tar.gz")
     finally:
         bundle.tarfile.open = real_open
     assert len(probed) == 1 and probed[0].startswith(".D.tar.gz.")
+    assert len(os.listdir("/proc/self/fd")) == fds  # the held descriptor is let go with the bundle written
 
 
 def test_export_leaves_behind_a_checkpoint_write_cut_short_by_a_kill(tmp_path):
