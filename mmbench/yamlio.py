@@ -43,12 +43,19 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 # config.yaml files. Not for files people write: libyaml accepts a few documents PyYAML's parser refuses (a tab
 # inside a flow list or before a value, a "?" inside a flow mapping's key, a byte-order mark inside the text). A
 # config.yaml edited by hand or imported from a bundle is read the same way; what it says must still give its run id.
-_FastStrictLoader = None
-if getattr(yaml, "CSafeLoader", None) is not None:
-    class _FastStrictLoader(yaml.CSafeLoader):  # type: ignore[no-redef]
+def _fast_loader() -> Any:
+    """libyaml's safe loader with the strict mapping constructor; None where this PyYAML was built without libyaml."""
+    if getattr(yaml, "CSafeLoader", None) is None:
+        return None
+
+    class _FastStrictLoader(yaml.CSafeLoader):
         pass
 
     _FastStrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+    return _FastStrictLoader
+
+
+_FastStrictLoader = _fast_loader()
 
 
 def load(text: str | bytes, where: str, written_by_mmbench: bool = False) -> Any:
