@@ -42,7 +42,8 @@ class _Output:
         return getattr(sys.stdout, name)
 
 
-console = Console(file=_Output(), emoji=False)  # :name: in a user's text is printed as typed
+_OUTPUT = _Output()
+console = Console(file=_OUTPUT, emoji=False)  # :name: in a user's text is printed as typed
 err_console = Console(stderr=True, emoji=False)
 
 
@@ -196,12 +197,12 @@ def prepare(dataset: str = typer.Argument(..., help="Dataset name (see `mmbench 
     with progress_bar() as progress:
         path = do_prepare(spec, variant, seed=seed, data_root=data_root, force=force, options=options,
                           progress=progress)
-    console.print(f"prepared {dataset} ({spec.check_variant(variant)}) in {path}")
+    console.print(f"prepared {dataset} ({spec.check_variant(variant)}) in {path}", markup=False)
     if preview:
         from .data.base import load_split, save_preview
 
         save_preview(load_split(spec, variant, "test", data_root), preview)
-        console.print(f"preview grid: {preview}")
+        console.print(f"preview grid: {preview}", markup=False)
 
 
 @app.command()
@@ -223,7 +224,7 @@ def train(dataset: str = typer.Argument(..., help="Dataset name."),
             summary = do_train(run, data_root, progress)
     last = summary["history"][-1] if summary["history"] else {}
     console.print(f"trained {run.id}: {summary['epochs']} epochs, test loss {last.get('test_loss', float('nan')):.2f}; "
-                  f"checkpoints in {run.ckpt_dir}")
+                  f"checkpoints in {run.ckpt_dir}", markup=False)
 
 
 @app.command()
@@ -253,7 +254,8 @@ def evaluate(dataset: str = typer.Argument(..., help="Dataset name."),
         # Scored otherwise before (classifiers, eval.precision): that evaluation is kept, and put back on failure.
         with (run.scoring_aside() if run.status() == "rescore" else nullcontext()) as kept:
             if kept:
-                console.print(f"kept the earlier evaluation ({kept}) as {run.dir / f'metrics.{kept}.json'}")
+                console.print(f"kept the earlier evaluation ({kept}) as {run.dir / f'metrics.{kept}.json'}",
+                              markup=False)
             run.init()  # config.yaml says how metrics.json is scored
             with progress_bar() as progress:
                 metrics = do_evaluate(run, data_root, progress, provenance=trained)
@@ -338,7 +340,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
     s = load_suite(suite)
     configs = s.runs(tier, parse_overrides(overrides), only=only.split(",") if only is not None else None)
     if tier != "full" and tier not in s.tiers:  # the suite's full settings under another tier's name: say so
-        err_console.print(f"note: {suite} defines no {tier!r} tier, so its runs use the suite's full settings "
+        err_console.print(f"note: {escape(str(suite))} defines no {tier!r} tier, so its runs use the suite's full settings "
                           f"(tiers it defines: {', '.join(s.tiers) or 'none'})", highlight=False, soft_wrap=True)
     runs_dir = runs_dir or default_runs_dir()
     options = None
@@ -415,7 +417,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
             console.print(gpu["summary"])
         disk = _checkpoint_space(runs)
         if disk:
-            console.print(disk)
+            console.print(disk, markup=False, highlight=False)  # a folder named [x] is printed as named
         return
     import os
 
@@ -446,7 +448,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
             console.print(f"submitted; follow with `{' '.join(follow)} --dry-run`", highlight=False, soft_wrap=True)
             return
         failed = [r for r, ok, _ in results if not ok]
-        console.print(f"{len(results) - len(failed)} of {len(results)} runs finished; results in {runs_dir}")
+        console.print(f"{len(results) - len(failed)} of {len(results)} runs finished; results in {runs_dir}", markup=False)
         if failed:
             raise typer.Exit(1)
         return
@@ -458,7 +460,8 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
     outcomes = run_all(configs, runs_dir, data_root, gpus=gpus, jobs=jobs, console=err_console, pack=pack,
                        caps=caps)
     failed = [o for o in outcomes if not o.ok]
-    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}")
+    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished; results in {runs_dir}",
+                  markup=False)
     if failed:
         raise typer.Exit(1)
 
@@ -481,8 +484,8 @@ def _checkpoint_space(runs) -> Optional[str]:
     if not n:
         return None
     free = free_bytes(runs[0].dir.parent)
-    return (f"checkpoints of the {n} run(s) not started: ~{human_bytes(need)} on disk (last.pt and best.pt each); "
-            f"{human_bytes(free)} free in {runs[0].dir.parent}" + ("" if free >= need else " — not enough"))
+    return (f"checkpoints of the {n} run(s) not started: ~{human_bytes(need)} on disk (each run's last.pt and "
+            f"best.pt); {human_bytes(free)} free in {runs[0].dir.parent}" + ("" if free >= need else " — not enough"))
 
 
 def _warn_if_no_room(runs) -> None:
@@ -497,7 +500,7 @@ def _warn_if_no_room(runs) -> None:
     if n and free < need:
         where = escape(str(runs[0].dir.parent))
         err_console.print(f"[yellow]warning:[/yellow] the checkpoints of the {n} run(s) not started will take "
-                          f"~{human_bytes(need)} (last.pt and best.pt each), and {where} has {human_bytes(free)} "
+                          f"~{human_bytes(need)} (each run's last.pt and best.pt), and {where} has {human_bytes(free)} "
                           f"free; free space, or runs will stop when the disk is full (each resumes from its last "
                           f"checkpoint once there is room)", highlight=False, soft_wrap=True)
 
@@ -537,7 +540,7 @@ def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
 
     caps = best_packs(_step_time_rates(step_times, compiled))
     if caps:
-        err_console.print(f"--step-times {step_times}: packs capped at the fastest measured size: "
+        err_console.print(f"--step-times {escape(str(step_times))}: packs capped at the fastest measured size: "
                           + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
                                       for m, n in sorted(caps.items())), highlight=False, soft_wrap=True)
     return caps
@@ -657,9 +660,10 @@ def _write_tidy(rep, fmt: str, out: Optional[Path]) -> None:
         text = pd.DataFrame(flat, columns=TIDY_COLUMNS).to_csv(index=False)
     if out:
         atomic_write(out, text)
-        console.print(f"wrote {out}: {len(rows)} rows")
+        console.print(f"wrote {out}: {len(rows)} rows", markup=False)
     else:
-        sys.stdout.write(text)
+        _OUTPUT.write(text)  # standard output, named where its write fails (now, not at the interpreter's exit)
+        _OUTPUT.flush()
 
 
 def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], title: str) -> None:
@@ -677,7 +681,7 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
             images = [p for p in written if p.suffix == ".png"]
             if plots:
                 for path in written:
-                    console.print(f"wrote {path}")
+                    console.print(f"wrote {path}", markup=False)
             for note in notes:
                 console.print(escape(note), highlight=False, soft_wrap=True)
         args = (rep.summaries, rep.refs, rep.claims, rep.paper_lines)
@@ -690,7 +694,7 @@ def _render_report(rep, fmt: str, out: Optional[Path], plots: Optional[Path], ti
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         if out:
             atomic_write(out, text)
-            console.print(f"wrote {out}")
+            console.print(f"wrote {out}", markup=False)
 
 
 @app.command()
@@ -808,7 +812,7 @@ def export(out: Path = typer.Argument(..., parser=_path("OUT"), metavar="OUT",
         err_console.print(f"[yellow]left out[/yellow] {name}: {escape(why)}", highlight=False, soft_wrap=True)
     nfiles = sum(len(r["files"]) for r in manifest["runs"].values())
     console.print(f"wrote {out}: {len(manifest['runs'])} finished runs, {nfiles} files"
-                  + (f"; {len(left_out)} left out (listed above)" if left_out else ""))
+                  + (f"; {len(left_out)} left out (listed above)" if left_out else ""), markup=False)
 
 
 @app.command("import")
@@ -825,7 +829,7 @@ def import_(bundle: Path = typer.Argument(..., parser=_path("BUNDLE"), metavar="
     runs_dir = runs_dir or default_runs_dir()
     res = import_bundle(bundle, runs_dir)
     console.print(f"{bundle}: {len(res['added'])} runs added, {len(res['present'])} already here with the same "
-                  f"results; runs in {runs_dir}")
+                  f"results; runs in {runs_dir}", markup=False)
 
 
 classifiers_app = typer.Typer(no_args_is_help=True, help="Coherence classifiers.\n\n"
@@ -868,7 +872,7 @@ def classifiers_train(dataset: str = typer.Argument(..., help="A prepared datase
     for m, a in acc.items():
         t.add_row(m, f"{a:.4f}")
     console.print(t)
-    console.print(f"cached in {cache_dir(spec, variant, epochs, data_root)}")
+    console.print(f"cached in {cache_dir(spec, variant, epochs, data_root)}", markup=False)
 
 
 @classifiers_app.command("import")
@@ -898,7 +902,7 @@ def classifiers_import(dataset: str = typer.Argument(..., help="A prepared datas
     for m, a in acc.items():
         t.add_row(m, f"{a:.4f}")
     console.print(t)
-    console.print(f"cached in {authors_cache_dir(spec, variant, data_root)}")
+    console.print(f"cached in {authors_cache_dir(spec, variant, data_root)}", markup=False)
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure mmbench itself on this machine.\n\n"
@@ -1104,7 +1108,7 @@ def bench_steps(ctx: typer.Context,
         from .results import atomic_write
 
         atomic_write(out, text)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out}", markup=False)
 
 
 def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: List[int], steps: int, device: str,

@@ -312,6 +312,6 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
     for o in outcomes:
         if not o.ok:
             # one line whatever the width (a pipe or a log file: no hard wrap at 80 columns), markup-free message
-            console.print(f"[red]FAILED[/red] {o.run.id}: {escape(o.message)} (log: {o.run.log_path})",
+            console.print(f"[red]FAILED[/red] {o.run.id}: {escape(o.message)} (log: {escape(str(o.run.log_path))})",
                           soft_wrap=True, highlight=False)
     return outcomes

@@ -472,7 +472,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     for part in sorted({o.partition or "" for _, o in options}):
         warning = lock_warning(runs_dir, _partition_nodes(part or None))
         if warning:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     results: Dict[str, Tuple[bool, str]] = {}
     # One submitter at a time per runs directory: a second invocation sees the first one's jobs as queued.
     with open(runs_dir / ".slurm" / "submit.lock", "a+") as lockf:
@@ -484,7 +484,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
             if st["state"] == "done":
                 results[r.id] = (True, "already done")
             elif st["state"] in ("queued", "running"):
-                console.print(f"{r.id}: already {st['state']} as Slurm job {st['job']} (log: {st['log']})")
+                console.print(f"{r.id}: already {st['state']} as Slurm job {st['job']} (log: {st['log']})", markup=False)
             else:
                 r.init()
                 o = opts_of[r.id]
@@ -497,7 +497,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
         sizes = f" in {len(packs)} array task(s) (packs of up to {max(len(p) for p in packs)})" \
             if len(packs) < len(rs) else ""
         console.print(f"submitted {len(rs)} run(s){sizes} as Slurm job array {', '.join(ids)} ({o.describe()}); "
-                      f"logs under {(runs_dir / '.slurm').resolve()}")
+                      f"logs under {(runs_dir / '.slurm').resolve()}", markup=False)
     if not wait:
         return [(r, True, "submitted") for r in runs]
     pending = [r for r in runs if r.id not in results]
@@ -515,7 +515,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
             else:
                 msg = f"Slurm job {st['job']} {st['detail']}: {_tail(st['log']) or 'no output'}"
                 results[r.id] = (False, msg)
-                console.print(f"[red]FAILED[/red] {r.id}: {escape(msg)} (log: {st['log']}; run log: {r.log_path}); "
+                console.print(f"[red]FAILED[/red] {r.id}: {escape(msg)} (log: {escape(str(st['log']))}; run log: {escape(str(r.log_path))}); "
                               f"run the same command again to resume it", soft_wrap=True, highlight=False)
         pending = still
     return [(r, *results[r.id]) for r in runs]

@@ -588,7 +588,7 @@ def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_
                      "  train: {epochs: 1, batch_size: 32, max_train: 64, max_test: 64}\nexperiments:\n"
                      "  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
                      "    seeds: [0, 1, 2]\n")
-    runs_dir = tmp_path / "runs"
+    runs_dir = tmp_path / "runs [x]"  # rich's markup, printed as named
     configs = load_suite(suite).runs("full")
     train(Run(configs[0], runs_dir), data_root)  # its checkpoints, as they are written
     real = sum((Run(configs[0], runs_dir).ckpt_dir / f).stat().st_size for f in ("last.pt", "best.pt"))
