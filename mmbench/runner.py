@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -96,6 +96,17 @@ def worker_env(device: str, data_root: Optional[Path]) -> Dict[str, str]:
 _WORKERS: Set[subprocess.Popen] = set()  # the live worker processes of this process's run_all (stop_workers)
 _WORKERS_LOCK = threading.Lock()
 _STOPPING = threading.Event()
+
+
+def spawn_worker(cmd: List[str], **kw: Any) -> subprocess.Popen:
+    """A worker process started with SIGINT blocked (a mask its exec keeps): a Ctrl-C or stop_workers' SIGINT that
+    arrives while its interpreter starts stays pending until mmbench.worker has set its handler and unblocks it; it
+    ended the worker with a KeyboardInterrupt traceback in the run's log, or silently, before."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # this thread's mask, which the child inherits
+    try:
+        return subprocess.Popen(cmd, **kw)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def stop_workers(grace_s: float = 30.0) -> None:
@@ -256,9 +267,8 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                 with _WORKERS_LOCK:
                     stopping = _STOPPING.is_set()  # stop_workers: the rest stays pending for the next `mmbench run`
                     if not stopping:
-                        proc = subprocess.Popen([sys.executable, "-m", "mmbench.worker",
-                                                 *(str(g.dir) for g in group)],
-                                                env=env, stdout=log, stderr=subprocess.STDOUT)
+                        proc = spawn_worker([sys.executable, "-m", "mmbench.worker", *(str(g.dir) for g in group)],
+                                            env=env, stdout=log, stderr=subprocess.STDOUT)
                         _WORKERS.add(proc)
                 if stopping:
                     with lock:

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 _EARLY_INTERRUPT: list = []
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda signum, frame: _EARLY_INTERRUPT.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # runner.spawn_worker blocked it until now
 
 from . import yamlio  # noqa: E402
 from .config import build_run_config  # noqa: E402

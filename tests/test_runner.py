@@ -311,6 +311,30 @@ def _workers_of(runs_dir) -> list:
     return pids
 
 
+def test_a_worker_interrupted_while_its_interpreter_starts_says_so_in_its_log(tmp_path):
+    # runner.spawn_worker: a SIGINT (Ctrl-C, or stop_workers after a SIGTERM) that reached a worker before
+    # mmbench.worker had set its handler, while Python itself started, ended it with a KeyboardInterrupt traceback
+    # in the run's log, or silently; the worker now starts with SIGINT blocked, pending until its handler is set.
+    # The signal goes at once, before the child can have run anything
+    import signal
+    import subprocess
+    import sys
+
+    import mmbench.runner as runner
+
+    (run,) = seed_runs(tmp_path, 1)
+    run.init()
+    for _ in range(3):
+        with open(tmp_path / "log.txt", "w") as log:
+            proc = runner.spawn_worker([sys.executable, "-m", "mmbench.worker", str(run.dir)], stdout=log,
+                                       stderr=subprocess.STDOUT)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        text = (tmp_path / "log.txt").read_text()
+        assert text == "interrupted before the run started; it resumes from its last checkpoint\n", text
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == set()  # this thread's mask is as it was
+
+
 def test_sigterm_to_mmbench_run_interrupts_its_workers_and_starts_no_more(tmp_path, data_root):
     # cli._terminated and runner.stop_workers: `kill PID` (or a batch system's SIGTERM) killed the parent alone, and
     # its worker went on training, orphaned; the threads would also have started the next runs' workers
