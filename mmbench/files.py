@@ -11,7 +11,7 @@ import stat
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -154,6 +154,12 @@ def can_lock(folder: Path) -> bool:
     that needs no writing is then read without the lock."""
     path = folder / LOCK_FILE
     return os.access(folder, os.W_OK) and (not os.path.lexists(path) or os.access(path, os.W_OK))
+
+
+def cache_lock(folder: Path, waiting: str):
+    """The lock of a cache folder (the coherence classifiers', FID's statistics): folder_lock, not required (a cache
+    filled twice is not wrong), and none where this process cannot lock it (can_lock: read as it is)."""
+    return folder_lock(folder, waiting, required=False) if can_lock(folder) else nullcontext()
 
 
 # flock's errors where the file system keeps no locks: NFS without lockd (ENOLCK), Lustre without -o flock (ENOSYS),

@@ -346,6 +346,7 @@ def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, mo
     import time
 
     import mmbench.metrics.classifiers as clsm
+    from mmbench import files
 
     spec = DATASETS.get("polydigits")()
     mods, split = _random_m0_split()
@@ -374,14 +375,14 @@ def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, mo
     directory = clsm.cache_dir(spec, "vanilla", 1, tmp_path)
     assert f"waiting for another mmbench process filling {directory}" in capsys.readouterr().err
     # a read-only cache with every classifier trained and scored (a shared copy) is read without taking the lock
-    monkeypatch.setattr(clsm, "folder_lock", lambda *a, **k: pytest.fail("locked a read-only cache"))
+    monkeypatch.setattr(files, "folder_lock", lambda *a, **k: pytest.fail("locked a read-only cache"))
     import os
 
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != directory)
     assert get()[1] == accs
     monkeypatch.undo()
     # a colleague's lock file, not writable by this user, in a cache folder it may write: read without the lock too
-    monkeypatch.setattr(clsm, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
+    monkeypatch.setattr(files, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != directory / ".mmbench.lock")
     assert get()[1] == accs
 

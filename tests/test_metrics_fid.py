@@ -378,12 +378,14 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
         in capsys.readouterr().err
     # a colleague's lock file that this user cannot write: the statistics are computed without the lock, not refused
     import os
+
+    from mmbench import files
     from pathlib import Path
 
     for p in (tmp_path / "fid_stats").glob("*.npz"):
         p.unlink()
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != ".mmbench.lock")
-    monkeypatch.setattr(fidm, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
+    monkeypatch.setattr(files, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
     again = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
     assert passes == [6, 6] and torch.equal(again.mu, found[0].mu)
 

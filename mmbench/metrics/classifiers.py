@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -24,7 +23,7 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, manifest_digest, r
 from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
-from ..files import can_lock, folder_lock
+from ..files import cache_lock
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
@@ -109,9 +108,8 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
     # one process at a time fills the cache (two `mmbench run` at once, Slurm jobs starting together): the second waits,
     # then loads what the first trained; a cache this process cannot lock (a shared copy, read-only, all trained) is
     # read without the lock
-    held = (folder_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
-                                   f"classifiers?)", required=False) if can_lock(directory) else nullcontext())
-    with held:
+    with cache_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
+                               f"classifiers?)"):
         clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress)
     if check:
         _check_floor(spec, cfg, accs)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,7 +36,7 @@ from torch import nn
 from ..data.base import DataSplit, Modality
 from ..data.download import file_digest
 from ..errors import MMBenchError, brief
-from ..files import can_lock, folder_lock, temp_beside, usual_mode
+from ..files import cache_lock, temp_beside, usual_mode
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
@@ -266,8 +265,7 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
         writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
         root.mkdir(parents=True, exist_ok=True)
         # one process at a time computes them (workers on several GPUs, Slurm jobs): the second waits, then reads them
-        with (folder_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}",
-                          required=False) if can_lock(root) else nullcontext()):  # a colleague's lock file: no lock
+        with cache_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}"):
             cached = _cached_stats(path)
             if cached is None:
                 return _compute_reference(ctx, net, split, mod, path)
