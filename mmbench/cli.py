@@ -466,43 +466,44 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         raise typer.Exit(1)
 
 
-def _checkpoints_to_write(runs) -> tuple:
-    """(runs not started, the bytes their checkpoints will take): each distinct run without a checkpoint yet whose
-    model could be sized."""
-    from .suite import checkpoint_bytes
+def _checkpoint_room(runs) -> Optional[tuple]:
+    """(runs not started, the bytes their checkpoints will take, the bytes free, the runs folder): each distinct run
+    without a checkpoint yet whose model could be sized (an estimate never stops a run); None where there is none."""
+    from .suite import checkpoint_bytes, free_bytes
 
     fresh = {r.id: r for r in runs if r.status() == "pending"}
-    sizes = [checkpoint_bytes(r.cfg) for r in fresh.values()]
-    return sum(s is not None for s in sizes), sum(s for s in sizes if s is not None)  # an estimate never stops a run
+    sizes = [s for s in (checkpoint_bytes(r.cfg) for r in fresh.values()) if s is not None]
+    if not sizes:
+        return None
+    folder = runs[0].dir.parent
+    return len(sizes), sum(sizes), free_bytes(folder), folder
 
 
 def _checkpoint_space(runs) -> Optional[str]:
     """The dry run's line on disk space: what the checkpoints of the runs not started will take, and what is free."""
-    from .suite import free_bytes, human_bytes
+    from .suite import human_bytes
 
-    n, need = _checkpoints_to_write(runs)
-    if not n:
+    room = _checkpoint_room(runs)
+    if room is None:
         return None
-    free = free_bytes(runs[0].dir.parent)
+    n, need, free, folder = room
     return (f"checkpoints of the {n} run(s) not started: ~{human_bytes(need)} on disk (each run's last.pt and "
-            f"best.pt); {human_bytes(free)} free in {runs[0].dir.parent}" + ("" if free >= need else " — not enough"))
+            f"best.pt); {human_bytes(free)} free in {folder}" + ("" if free >= need else " — not enough"))
 
 
 def _warn_if_no_room(runs) -> None:
     """Before training: a warning where the checkpoints of the runs not started will not fit on the runs' disk (a
     run that fills it stops with its last checkpoint kept, and resumes once space is freed; better known now)."""
-    from .suite import free_bytes, human_bytes
+    from .suite import human_bytes
 
-    if not runs:
+    room = _checkpoint_room(runs)
+    if room is None or room[2] >= room[1]:
         return
-    n, need = _checkpoints_to_write(runs)
-    free = free_bytes(runs[0].dir.parent)
-    if n and free < need:
-        where = escape(str(runs[0].dir.parent))
-        err_console.print(f"[yellow]warning:[/yellow] the checkpoints of the {n} run(s) not started will take "
-                          f"~{human_bytes(need)} (each run's last.pt and best.pt), and {where} has {human_bytes(free)} "
-                          f"free; free space, or runs will stop when the disk is full (each resumes from its last "
-                          f"checkpoint once there is room)", highlight=False, soft_wrap=True)
+    n, need, free, folder = room
+    err_console.print(f"[yellow]warning:[/yellow] the checkpoints of the {n} run(s) not started will take "
+                      f"~{human_bytes(need)} (each run's last.pt and best.pt), and {escape(str(folder))} has "
+                      f"{human_bytes(free)} free; free space, or runs will stop when the disk is full (each resumes "
+                      f"from its last checkpoint once there is room)", highlight=False, soft_wrap=True)
 
 
 def _slurm_states(configs, runs_dir: Path) -> Dict[str, dict]:
