@@ -148,18 +148,19 @@ def remove_abandoned_temps(target: Path, min_age_s: float = 2.0) -> List[str]:
 LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it
 
 
-def can_lock(folder: Path) -> bool:
-    """Whether this process may take `folder`'s lock (folder_lock): the folder is writable and its lock file, if
-    any, too. A colleague's lock file (0644 under their umask) in a folder shared with a group is not; a cache there
-    that needs no writing is then read without the lock."""
-    path = folder / LOCK_FILE
+def can_lock(folder: Path, name: str = LOCK_FILE) -> bool:
+    """Whether this process may take `folder`'s lock `name` (folder_lock): the folder is writable and its lock file,
+    if any, too. A colleague's lock file (0644 under their umask) in a folder shared with a group is not; a cache
+    there that needs no writing is then read without the lock."""
+    path = folder / name
     return os.access(folder, os.W_OK) and (not os.path.lexists(path) or os.access(path, os.W_OK))
 
 
-def cache_lock(folder: Path, waiting: str):
-    """The lock of a cache folder (the coherence classifiers', FID's statistics): folder_lock, not required (a cache
-    filled twice is not wrong), and none where this process cannot lock it (can_lock: read as it is)."""
-    return folder_lock(folder, waiting, required=False) if can_lock(folder) else nullcontext()
+def cache_lock(folder: Path, waiting: str, name: str = LOCK_FILE):
+    """A lock of a cache folder (the coherence classifiers' folder; one of FID's statistics files, by its own lock
+    file `name`): folder_lock, not required (a cache filled twice is not wrong), and none where this process cannot
+    lock it (can_lock: read as it is)."""
+    return folder_lock(folder, waiting, required=False, name=name) if can_lock(folder, name) else nullcontext()
 
 
 # flock's errors where the file system keeps no locks: NFS without lockd (ENOLCK), Lustre without -o flock (ENOSYS),
@@ -168,15 +169,17 @@ NO_LOCKS_ERRNOS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 @contextmanager
-def folder_lock(folder: Path, waiting: Optional[str] = None, required: bool = True) -> Iterator[None]:
-    """One process at a time in `folder`: an flock on its LOCK_FILE, released when the process ends, however it ends.
+def folder_lock(folder: Path, waiting: Optional[str] = None, required: bool = True,
+                name: str = LOCK_FILE) -> Iterator[None]:
+    """One process at a time in `folder`: an flock on its lock file `name` (LOCK_FILE, or one per file in a folder of
+    independent files), released when the process ends, however it ends.
     A file opened for writing, not the folder itself: NFS emulates flock with fcntl locks, and an exclusive one needs
     a file open for writing (flock(2), NOTES), which a folder cannot be. The file stays: removing it while another
     process, on another node, waits on it would leave that process a stale handle. It is made writable by whoever may
     write the folder (a group's shared data root); a colleague's that is not is locked read-only, which serves on a
     local disk. `waiting`: the line said on stderr when another process holds it. Where the file system keeps no locks,
     an error naming it, or, not `required` (a cache, filled twice at worst), a note and no lock."""
-    path = folder / LOCK_FILE
+    path = folder / name
     fd, writable = _open_lock_file(folder, path)
     try:
         try:

@@ -348,7 +348,8 @@ def test_a_damaged_reference_statistics_cache_is_set_aside_and_computed_again(da
 def test_two_processes_needing_the_same_reference_statistics_compute_them_once(data_root, tmp_path, capsys,
                                                                                  monkeypatch):
     # fid.real_reference: workers on two GPUs (or Slurm jobs) evaluating at once each ran the Inception over the test
-    # split for the same statistics; the second now waits on the folder's lock, then reads what the first wrote
+    # split for the same statistics; the second now waits on the file's lock, then reads what the first wrote. Each
+    # file has its own lock: one on the whole folder made a process computing other statistics wait too
     import threading
     import time
     import types
@@ -374,8 +375,33 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
     first.join()
     assert passes == [6]  # one Inception pass, the first's
     assert torch.equal(second.mu, found[0].mu.double()) and torch.equal(second.sigma, found[0].sigma.double())
-    assert f"waiting for another mmbench process computing FID reference statistics in {tmp_path / 'fid_stats'}" \
-        in capsys.readouterr().err
+    (stats,) = (tmp_path / "fid_stats").glob("*.npz")
+    assert f"waiting for another mmbench process computing the FID reference statistics {stats.name} in " \
+           f"{tmp_path / 'fid_stats'}" in capsys.readouterr().err
+    # other statistics (another modality here; another dataset alike) have their own lock: not held up by these.
+    # The first pass waits for the second to start, which it cannot while waiting for the first (one lock per folder)
+    other_started, passes[:] = threading.Event(), []
+
+    def slow(x):
+        passes.append(len(x))
+        started.set()
+        assert other_started.wait(20), "the other statistics waited for these"
+        return x.flatten(1)[:, :fidm.FID_DIMS]
+
+    def other(x):
+        other_started.set()
+        return x.flatten(1)[:, :fidm.FID_DIMS]
+
+    for p in (tmp_path / "fid_stats").glob("*.npz"):
+        p.unlink()
+    started.clear()
+    first = threading.Thread(target=lambda: fidm.real_reference(ctx, slow, split, split.modalities[0], "ab" * 32))
+    first.start()
+    assert started.wait(60)
+    fidm.real_reference(ctx, other, split, split.modalities[1], "ab" * 32)
+    first.join()
+    assert passes == [6] and len(list((tmp_path / "fid_stats").glob("*.npz"))) == 2
+    assert "waiting" not in capsys.readouterr().err
     # a colleague's lock file that this user cannot write: the statistics are computed without the lock, not refused
     import os
 
@@ -384,7 +410,8 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
 
     for p in (tmp_path / "fid_stats").glob("*.npz"):
         p.unlink()
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != ".mmbench.lock")
+    passes[:] = [6]
+    monkeypatch.setattr(os, "access", lambda path, mode: not Path(path).name.endswith(".lock"))
     monkeypatch.setattr(files, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
     again = fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
     assert passes == [6, 6] and torch.equal(again.mu, found[0].mu)

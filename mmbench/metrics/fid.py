@@ -264,8 +264,10 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
     if cached is None:
         writable_folder(root, "FID's reference statistics")  # before the Inception pass, not after it
         root.mkdir(parents=True, exist_ok=True)
-        # one process at a time computes them (workers on several GPUs, Slurm jobs): the second waits, then reads them
-        with cache_lock(root, f"waiting for another mmbench process computing FID reference statistics in {root}"):
+        # one process at a time computes these statistics (workers on several GPUs, Slurm jobs): the second waits, then
+        # reads them; each file has its own lock, so processes computing other datasets' or modalities' go on
+        with cache_lock(root, f"waiting for another mmbench process computing the FID reference statistics {path.name} "
+                              f"in {root}", name=f".{path.stem}.lock"):
             cached = _cached_stats(path)
             if cached is None:
                 return _compute_reference(ctx, net, split, mod, path)
