@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .errors import DISK_FULL_ERRNOS, MMBenchError, naming
-from .files import folder_lock, hold_temp, remove_abandoned_temps, temp_beside, usual_dir_mode
+from .files import folder_lock, remove_abandoned_temps, temp_beside, usual_dir_mode
 from .results import (RecordError, Run, git_commit, left_out_because, parse_config, parse_metrics,
                       parse_provenance, read_run)
 
@@ -146,9 +146,8 @@ def export_runs(runs_dir: Path, out: Path, ids: Optional[Iterable[str]] = None, 
             payload.append((f"runs/{d.name}/{rel}", p, files[rel]))
         manifest["runs"][d.name] = {"files": files}
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temps(out)  # half a bundle an export killed outright left here
-    fd, tmp = temp_beside(out)
-    hold_temp(fd)  # held until the bundle is whole: a later export tells it from a killed one's
+    remove_abandoned_temps(out.parent, out.name)  # half a bundle an export killed outright left here
+    fd, tmp = temp_beside(out)  # held until the bundle is whole: a later export tells it from a killed one's
     try:
         with tarfile.open(tmp, "w:gz") as tar:
             head = json.dumps(manifest, indent=1, sort_keys=True).encode()

@@ -31,26 +31,16 @@ def _umask() -> int:
 
 
 def temp_beside(target: Path) -> Tuple[int, str]:
-    """(fd, path) of a new empty file in `target`'s folder, named after it, with the user's usual file mode."""
+    """(fd, path) of a new empty file in `target`'s folder, named after it (`.<name>.<8 random characters>`), with the
+    user's usual file mode, and held (hold_temp) until `fd` is closed: remove_abandoned_temps tells it from the
+    temporary file of a writer killed outright. Close `fd` only once the file is renamed into place (atomic_write)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", dir=Path(target).parent)
     os.fchmod(fd, usual_mode())
+    hold_temp(fd)
     return fd, tmp
 
 
-def remove_stale_temps(folder: Path) -> List[str]:
-    """Remove from `folder` the temporary files (temp_beside's `.<name>.<8 random characters>`) of writes a process
-    killed outright (SIGKILL, a lost node: no `finally` ran) left there, e.g. half a 169 MB last.pt; their names.
-    Only for a folder whose writers hold a lock the caller holds now (a run's checkpoints: its run lock, with no
-    checkpoint of this process still being written), so no file it removes is being written."""
-    removed = []
-    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
-            p.unlink()
-            removed.append(p.name)
-    return removed
-
-
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")  # tempfile.mkstemp(prefix=".<name>."): 8 of [a-z0-9_]
+_TEMP_NAME = r"\.[a-z0-9_]{8}$"  # after ".<target's name>": tempfile.mkstemp(prefix=".<name>.")'s 8 of [a-z0-9_]
 
 
 def usual_mode() -> int:
@@ -120,13 +110,16 @@ def hold_temp(fd: int) -> None:
         pass
 
 
-def remove_abandoned_temps(target: Path, min_age_s: float = 2.0) -> List[str]:
-    """Remove the temporary files of `target` (temp_beside's `.<name>.<8 random characters>`) whose writer was killed
-    outright (a `mmbench export` killed mid-bundle left half a bundle beside it): those no process holds an flock on
-    (hold_temp) and not written to for `min_age_s` (a writer's first instant, before its flock). Their names."""
-    pattern = re.compile(r"^\." + re.escape(target.name) + r"\.[a-z0-9_]{8}$")
+def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s: float = 2.0) -> List[str]:
+    """Remove from `folder` the temporary files (temp_beside's) whose writer was killed outright (SIGKILL, a lost node:
+    no `finally` ran), e.g. half a 169 MB last.pt or half a bundle: those no process holds an flock on (hold_temp)
+    and not written to for `min_age_s` (a writer's first instant, before its flock). Their names, sorted.
+    `target`: only the temporary files of that file (a user's folder, where other hidden files are theirs); None: any
+    temporary file's name, for a folder only mmbench writes (a run's, a cache's). A file system without locks: none
+    removed (a writer's hold cannot be seen)."""
+    pattern = re.compile(r"^\." + (re.escape(target) if target is not None else ".+") + _TEMP_NAME)
     removed = []
-    for p in sorted(target.parent.iterdir()) if target.parent.is_dir() else ():
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
         if not pattern.match(p.name) or not p.is_file() or p.is_symlink():
             continue
         try:

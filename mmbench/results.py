@@ -66,7 +66,8 @@ def default_runs_dir() -> Path:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file whole or not at all: a temporary file beside it, synced (durable_writes), renamed over it."""
+    """Write a file whole or not at all: a temporary file beside it, synced (durable_writes), renamed over it. The
+    temporary file is held (files.hold_temp) until renamed, so no clean-up of killed writes takes it for one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sync = durable_writes()
@@ -77,7 +78,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             f.flush()
             if sync:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before the close lets its hold go
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)

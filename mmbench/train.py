@@ -32,7 +32,7 @@ from .config import RunConfig
 from .data.base import DataSplit, load_split
 from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
-from .files import remove_stale_temps
+from .files import remove_abandoned_temps
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
 from . import kernels, results as results_mod
@@ -229,13 +229,14 @@ def check_plan(state: Dict, cfg: RunConfig, path: Path, n_batches: Optional[int]
 
 
 def clear_killed_writes(run: Run) -> None:
-    """Before a run trains: remove the half checkpoints (atomic_write's temporary files) that a process killed while
-    writing them left in its checkpoints folder. Called under the run's lock, once this process' own checkpoints are
-    written (settles_checkpoints has waited for them, unless a Ctrl-C cut that wait short: waited for here), so none of
-    them is being written."""
+    """Before a run trains: remove the temporary files that a process killed outright while writing left in the run's
+    folder and its checkpoints folder, e.g. half a 169 MB last.pt (files.remove_abandoned_temps: those no writer
+    holds). Called under the run's lock, once this process' own checkpoints are written (settles_checkpoints has
+    waited for them, unless a Ctrl-C cut that wait short: waited for here)."""
     CHECKPOINTS.wait()
-    for name in remove_stale_temps(run.ckpt_dir):
-        run.log(f"removed {run.ckpt_dir / name}: a checkpoint write that a process killed outright left unfinished")
+    for folder in (run.dir, run.ckpt_dir):
+        for name in remove_abandoned_temps(folder):
+            run.log(f"removed {folder / name}: a write that a process killed outright left unfinished")
 
 
 def adopt_later_best(run: Run, state: Dict) -> None:

@@ -385,6 +385,16 @@ def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, mo
     monkeypatch.setattr(files, "folder_lock", lambda *a, **k: pytest.fail("locked a colleague's lock file"))
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != directory / ".mmbench.lock")
     assert get()[1] == accs
+    monkeypatch.undo()
+    # a process killed outright while writing a classifier left its temporary file: removed under the lock, named
+    import time
+
+    half = directory / ".m0.pt.k1ll3d_x"
+    half.write_bytes(b"PK half a classifier")
+    os.utime(half, (time.time() - 60, time.time() - 60))
+    capsys.readouterr()
+    assert get()[1] == accs and not half.exists()
+    assert f"note: removed {half}: a write that a process killed outright left unfinished" in capsys.readouterr().err
 
 
 def test_coherence_scores_against_the_test_tuples_labels():

@@ -350,6 +350,7 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
     # fid.real_reference: workers on two GPUs (or Slurm jobs) evaluating at once each ran the Inception over the test
     # split for the same statistics; the second now waits on the file's lock, then reads what the first wrote. Each
     # file has its own lock: one on the whole folder made a process computing other statistics wait too
+    import os
     import threading
     import time
     import types
@@ -402,9 +403,17 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
     first.join()
     assert passes == [6] and len(list((tmp_path / "fid_stats").glob("*.npz"))) == 2
     assert "waiting" not in capsys.readouterr().err
+    # a process killed outright while writing statistics left its temporary file: removed when they are computed
+    # again, under their lock; another file's is not theirs to remove
+    stats.unlink()
+    half, others = (tmp_path / "fid_stats" / f".{n}.k1ll3d_x" for n in (stats.name, "other.npz"))
+    for p in (half, others):
+        p.write_bytes(b"PK half the statistics")
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
+    assert not half.exists() and others.exists()
+    assert f"note: removed {half}: a write that a process killed outright left unfinished" in capsys.readouterr().err
     # a colleague's lock file that this user cannot write: the statistics are computed without the lock, not refused
-    import os
-
     from mmbench import files
     from pathlib import Path
 

@@ -166,18 +166,27 @@ def test_packed_checkpoint_resumes_unpacked(tmp_path, data_root):
 def test_a_resume_removes_the_half_checkpoints_a_killed_writer_left(tmp_path, data_root):
     # train.clear_killed_writes: a process killed outright while atomic_write wrote last.pt (a Slurm preemption's
     # SIGKILL) left its temporary file, half a checkpoint (169 MB for PolyMNIST), in checkpoints/ for ever; the run's
-    # next trainer, alone or packed, holds the run's lock and removes it
+    # next trainer, alone or packed, removes it, and those of the run's own records (metrics.json's, history.json's)
+    import time
+
     runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(3)]
     train_pack(runs, data_root, stop_after_epoch=1)
+    old = (time.time() - 60, time.time() - 60)
     for r in runs:
         (r.ckpt_dir / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
+        (r.dir / ".history.json.k1ll3d_z").write_text('{"half": ')
+        for p in (r.ckpt_dir / ".last.pt.k1ll3d_x", r.dir / ".history.json.k1ll3d_z"):
+            os.utime(p, old)
         (r.ckpt_dir / ".notes").write_text("the user's")  # hidden, not a temporary file's name: kept
         (r.ckpt_dir / ".staging.k1ll3d_y").mkdir()  # a folder, whatever its name: not a write's temporary file
     train(runs[0], data_root)
     train_pack(runs[1:], data_root)  # a pack of two (one run alone would train unpacked)
     for r in runs:
         assert sorted(p.name for p in r.ckpt_dir.iterdir()) == [".notes", ".staging.k1ll3d_y", "best.pt", "last.pt"]
-        assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a checkpoint write" in r.log_path.read_text()
+        assert not any(p.name.startswith(".") for p in r.dir.iterdir())
+        log = r.log_path.read_text()
+        assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a write that a process killed outright" in log
+        assert f"removed {r.dir / '.history.json.k1ll3d_z'}: a write that a process killed outright" in log
 
 
 def test_the_clean_up_of_killed_writes_waits_for_this_process_own_checkpoint_writes(tmp_path, monkeypatch):

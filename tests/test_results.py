@@ -271,6 +271,78 @@ def test_temp_beside_is_in_the_targets_folder_with_the_usual_mode(tmp_path):
     assert os.stat(tmp).st_mode & 0o777 == usual_mode() == 0o666 & ~mask
 
 
+def _held(path) -> bool:
+    """Whether a process holds an flock on `path` (another open file cannot take one)."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_every_temporary_file_is_held_by_its_writer_until_it_is_in_place(tmp_path, monkeypatch):
+    # files.temp_beside holds every temporary file (an flock) while its writer has it open, and atomic_write renames it
+    # into place before letting go: a clean-up of killed writes (files.remove_abandoned_temps) tells a live write from
+    # a dead one. atomic_write closed the file first, so a write whose sync took more than 2 s could be removed
+    # between its close and its rename
+    import os
+
+    from mmbench import results
+    from mmbench.files import temp_beside
+
+    fd, tmp = temp_beside(tmp_path / "a.npz")
+    assert _held(tmp)
+    os.close(fd)
+    assert not _held(tmp)
+    seen, real_replace = [], os.replace
+
+    def replace(src, dst):
+        seen.append((os.path.basename(src), _held(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(results.os, "replace", replace)
+    results.atomic_write(tmp_path / "metrics.json", "{}")
+    assert len(seen) == 1 and seen[0][0].startswith(".metrics.json.") and seen[0][1]
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+def test_the_clean_up_of_killed_writes_removes_only_unheld_old_temporary_files(tmp_path):
+    # files.remove_abandoned_temps: a temporary file's name (.<name>.<8 of [a-z0-9_]>), a plain file, no writer holding
+    # it, not written to for 2 s; `target` limits it to one file's temporary files (a user's folder)
+    import os
+    import time
+
+    from mmbench.files import remove_abandoned_temps, temp_beside
+
+    names = [".last.pt.k1ll3d_x", ".metrics.json.abcd1234", ".notes", ".last.pt.short", ".last.pt.UPPERCAS",
+             "last.pt.k1ll3d_z", ".young.pt.n0w_0000"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+        if n != ".young.pt.n0w_0000":
+            os.utime(tmp_path / n, (time.time() - 60, time.time() - 60))
+    (tmp_path / ".dir.pt.k1ll3d_y").mkdir()
+    os.symlink(tmp_path / "last.pt.k1ll3d_z", tmp_path / ".link.pt.k1ll3d_w")
+    os.utime(tmp_path / ".link.pt.k1ll3d_w", (time.time() - 60, time.time() - 60), follow_symlinks=False)
+    fd, held = temp_beside(tmp_path / "best.pt")
+    os.utime(held, (time.time() - 60, time.time() - 60))
+    try:
+        assert remove_abandoned_temps(tmp_path, "last.pt") == [".last.pt.k1ll3d_x"]
+        assert remove_abandoned_temps(tmp_path) == [".metrics.json.abcd1234"]
+        assert remove_abandoned_temps(tmp_path, min_age_s=0) == [".young.pt.n0w_0000"]
+    finally:
+        os.close(fd)
+    assert remove_abandoned_temps(tmp_path) == [os.path.basename(held)]  # its writer gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dir.pt.k1ll3d_y", ".last.pt.UPPERCAS", ".last.pt.short",
+                                                           ".link.pt.k1ll3d_w", ".notes", "last.pt.k1ll3d_z"]
+    assert remove_abandoned_temps(tmp_path / "absent") == []
+
+
 # ----- behaviours a mutation pass of evaluation found unguarded -----
 def test_trained_provenance_keeps_the_trainers_summary_and_its_pack():
     """trained_provenance: seconds (rounded), epochs, throughput, code, start time, and a pack's members."""

@@ -319,7 +319,8 @@ def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
-        os.replace(tmp, directory / MANIFEST)
+            f.flush()
+            os.replace(tmp, directory / MANIFEST)  # held (files.temp_beside) until in place
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
