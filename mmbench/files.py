@@ -102,10 +102,14 @@ def check_environment() -> None:
 
 
 def hold_temp(fd: int) -> None:
-    """Take an flock on a temporary file being written (kept until its descriptor is closed): remove_abandoned_temps
-    then tells it from one whose writer was killed. A file system without locks: nothing held (it is kept, then)."""
+    """Take an flock on a temporary file being written (kept until its open file is closed, whichever descriptor of
+    it): remove_abandoned_temps then tells it from one whose writer was killed. A clean-up that holds it for the
+    instant it looks (a file this new it keeps) is waited for. A file system without locks: nothing held."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:
         pass
 
@@ -113,7 +117,8 @@ def hold_temp(fd: int) -> None:
 def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s: float = 2.0) -> List[str]:
     """Remove from `folder` the temporary files (temp_beside's) whose writer was killed outright (SIGKILL, a lost node:
     no `finally` ran), e.g. half a 169 MB last.pt or half a bundle: those no process holds an flock on (hold_temp)
-    and not written to for `min_age_s` (a writer's first instant, before its flock). Their names, sorted.
+    and not written to for `min_age_s` (a writer's first instant, before its flock; in a folder other machines
+    write, their clocks' skew and a file system whose locks only this machine sees: SHARED_TEMP_AGE_S). Their names.
     `target`: only the temporary files of that file (a user's folder, where other hidden files are theirs); None: any
     temporary file's name, for a folder only mmbench writes (a run's, a cache's). A file system without locks: none
     removed (a writer's hold cannot be seen)."""
@@ -137,6 +142,12 @@ def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s
             os.close(fd)
     return removed
 
+
+# the age of a temporary file in a folder that other processes write without a lock the clean-up holds (a cache, which
+# Slurm jobs on other nodes fill too; a run's folder, where `mmbench slurm` writes slurm.json) before it counts as
+# abandoned where no writer holds it: a clock skewed by minutes, or locks that do not reach across nodes (NFS mounted
+# with local_lock, Lustre's localflock), cost only a half file kept a while longer, never a live write
+SHARED_TEMP_AGE_S = 600.0
 
 LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it
 

@@ -72,20 +72,29 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sync = durable_writes()
     fd, tmp = temp_beside(path)
+    hold = None
     try:
+        hold = os.dup(fd)  # the flock is the open file's: this descriptor keeps it through the rename
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             if sync:
                 os.fsync(f.fileno())
-            os.replace(tmp, path)  # before the close lets its hold go
+        os.replace(tmp, path)  # after the close, whose error (NFS writes unsynced data back there) keeps the old file
     except BaseException as e:
-        if os.path.exists(tmp):
+        if hold is None:
+            os.close(fd)
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         named = naming(e, path)
         if named is not e:  # a short write (a full disk) names no file: this one
             raise named from None
         raise
+    finally:
+        if hold is not None:
+            os.close(hold)
 
 
 def atomic_json(path: Path, obj: Any) -> None:

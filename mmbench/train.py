@@ -32,7 +32,7 @@ from .config import RunConfig
 from .data.base import DataSplit, load_split
 from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
-from .files import remove_abandoned_temps
+from .files import SHARED_TEMP_AGE_S, remove_abandoned_temps
 from .methods.base import MultimodalVAE
 from .registry import DATASETS, METHODS
 from . import kernels, results as results_mod
@@ -234,8 +234,9 @@ def clear_killed_writes(run: Run) -> None:
     holds). Called under the run's lock, once this process' own checkpoints are written (settles_checkpoints has
     waited for them, unless a Ctrl-C cut that wait short: waited for here)."""
     CHECKPOINTS.wait()
-    for folder in (run.dir, run.ckpt_dir):
-        for name in remove_abandoned_temps(folder):
+    # checkpoints: only the run lock's holder writes them; the run's folder: `mmbench slurm`'s slurm.json too
+    for folder, min_age_s in ((run.dir, SHARED_TEMP_AGE_S), (run.ckpt_dir, 0.0)):
+        for name in remove_abandoned_temps(folder, min_age_s=min_age_s):
             run.log(f"removed {folder / name}: a write that a process killed outright left unfinished")
 
 

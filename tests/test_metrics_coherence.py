@@ -389,11 +389,12 @@ def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, mo
     # a process killed outright while writing a classifier left its temporary file: removed under the lock, named
     import time
 
-    half = directory / ".m0.pt.k1ll3d_x"
-    half.write_bytes(b"PK half a classifier")
-    os.utime(half, (time.time() - 60, time.time() - 60))
+    half, recent = directory / ".m0.pt.k1ll3d_x", directory / ".m1.pt.wr1t1ng_"
+    for p, age in ((half, 3600), (recent, 60)):  # a writer on another node, its lock unseen here: kept 10 minutes
+        p.write_bytes(b"PK half a classifier")
+        os.utime(p, (time.time() - age, time.time() - age))
     capsys.readouterr()
-    assert get()[1] == accs and not half.exists()
+    assert get()[1] == accs and not half.exists() and recent.exists()
     assert f"note: removed {half}: a write that a process killed outright left unfinished" in capsys.readouterr().err
 
 

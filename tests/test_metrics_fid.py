@@ -409,7 +409,7 @@ def test_two_processes_needing_the_same_reference_statistics_compute_them_once(d
     half, others = (tmp_path / "fid_stats" / f".{n}.k1ll3d_x" for n in (stats.name, "other.npz"))
     for p in (half, others):
         p.write_bytes(b"PK half the statistics")
-        os.utime(p, (time.time() - 60, time.time() - 60))
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
     fidm.real_reference(ctx, net, split, split.modalities[0], "ab" * 32)
     assert not half.exists() and others.exists()
     assert f"note: removed {half}: a write that a process killed outright left unfinished" in capsys.readouterr().err

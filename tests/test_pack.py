@@ -171,19 +171,22 @@ def test_a_resume_removes_the_half_checkpoints_a_killed_writer_left(tmp_path, da
 
     runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(3)]
     train_pack(runs, data_root, stop_after_epoch=1)
-    old = (time.time() - 60, time.time() - 60)
+    old, recent = (time.time() - 3600, time.time() - 3600), (time.time() - 60, time.time() - 60)
     for r in runs:
-        (r.ckpt_dir / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")
+        (r.ckpt_dir / ".last.pt.k1ll3d_x").write_bytes(b"PK\x03\x04 half a checkpoint")  # only the run lock's holder
+        # writes checkpoints: a half one goes at once; the run's folder (`mmbench slurm` writes slurm.json there
+        # unlocked): only those older than files.SHARED_TEMP_AGE_S
         (r.dir / ".history.json.k1ll3d_z").write_text('{"half": ')
-        for p in (r.ckpt_dir / ".last.pt.k1ll3d_x", r.dir / ".history.json.k1ll3d_z"):
-            os.utime(p, old)
+        os.utime(r.dir / ".history.json.k1ll3d_z", old)
+        (r.dir / ".slurm.json.wr1t1ng_").write_text('{"job')
+        os.utime(r.dir / ".slurm.json.wr1t1ng_", recent)
         (r.ckpt_dir / ".notes").write_text("the user's")  # hidden, not a temporary file's name: kept
         (r.ckpt_dir / ".staging.k1ll3d_y").mkdir()  # a folder, whatever its name: not a write's temporary file
     train(runs[0], data_root)
     train_pack(runs[1:], data_root)  # a pack of two (one run alone would train unpacked)
     for r in runs:
         assert sorted(p.name for p in r.ckpt_dir.iterdir()) == [".notes", ".staging.k1ll3d_y", "best.pt", "last.pt"]
-        assert not any(p.name.startswith(".") for p in r.dir.iterdir())
+        assert [p.name for p in r.dir.iterdir() if p.name.startswith(".")] == [".slurm.json.wr1t1ng_"]
         log = r.log_path.read_text()
         assert f"removed {r.ckpt_dir / '.last.pt.k1ll3d_x'}: a write that a process killed outright" in log
         assert f"removed {r.dir / '.history.json.k1ll3d_z'}: a write that a process killed outright" in log

@@ -307,14 +307,16 @@ def test_every_temporary_file_is_held_by_its_writer_until_it_is_in_place(tmp_pat
         return real_replace(src, dst)
 
     monkeypatch.setattr(results.os, "replace", replace)
+    fds = len(os.listdir("/proc/self/fd"))
     results.atomic_write(tmp_path / "metrics.json", "{}")
     assert len(seen) == 1 and seen[0][0].startswith(".metrics.json.") and seen[0][1]
+    assert len(os.listdir("/proc/self/fd")) == fds  # the hold let go with the file in place
     assert (tmp_path / "metrics.json").read_text() == "{}"
 
 
 def test_the_clean_up_of_killed_writes_removes_only_unheld_old_temporary_files(tmp_path):
     # files.remove_abandoned_temps: a temporary file's name (.<name>.<8 of [a-z0-9_]>), a plain file, no writer holding
-    # it, not written to for 2 s; `target` limits it to one file's temporary files (a user's folder)
+    # it, not written to for min_age_s; `target` limits it to one file's temporary files (a user's folder)
     import os
     import time
 
@@ -322,18 +324,19 @@ def test_the_clean_up_of_killed_writes_removes_only_unheld_old_temporary_files(t
 
     names = [".last.pt.k1ll3d_x", ".metrics.json.abcd1234", ".notes", ".last.pt.short", ".last.pt.UPPERCAS",
              "last.pt.k1ll3d_z", ".young.pt.n0w_0000"]
+    now = time.time()
     for n in names:
         (tmp_path / n).write_bytes(b"x")
-        if n != ".young.pt.n0w_0000":
-            os.utime(tmp_path / n, (time.time() - 60, time.time() - 60))
+        age = 10 if n == ".young.pt.n0w_0000" else 3600
+        os.utime(tmp_path / n, (now - age, now - age))
     (tmp_path / ".dir.pt.k1ll3d_y").mkdir()
     os.symlink(tmp_path / "last.pt.k1ll3d_z", tmp_path / ".link.pt.k1ll3d_w")
-    os.utime(tmp_path / ".link.pt.k1ll3d_w", (time.time() - 60, time.time() - 60), follow_symlinks=False)
+    os.utime(tmp_path / ".link.pt.k1ll3d_w", (now - 3600, now - 3600), follow_symlinks=False)
     fd, held = temp_beside(tmp_path / "best.pt")
-    os.utime(held, (time.time() - 60, time.time() - 60))
+    os.utime(held, (now - 3600, now - 3600))
     try:
-        assert remove_abandoned_temps(tmp_path, "last.pt") == [".last.pt.k1ll3d_x"]
-        assert remove_abandoned_temps(tmp_path) == [".metrics.json.abcd1234"]
+        assert remove_abandoned_temps(tmp_path, "last.pt", min_age_s=60) == [".last.pt.k1ll3d_x"]
+        assert remove_abandoned_temps(tmp_path, min_age_s=60) == [".metrics.json.abcd1234"]
         assert remove_abandoned_temps(tmp_path, min_age_s=0) == [".young.pt.n0w_0000"]
     finally:
         os.close(fd)
@@ -341,6 +344,55 @@ def test_the_clean_up_of_killed_writes_removes_only_unheld_old_temporary_files(t
     assert sorted(p.name for p in tmp_path.iterdir()) == [".dir.pt.k1ll3d_y", ".last.pt.UPPERCAS", ".last.pt.short",
                                                            ".link.pt.k1ll3d_w", ".notes", "last.pt.k1ll3d_z"]
     assert remove_abandoned_temps(tmp_path / "absent") == []
+
+
+def test_a_writer_waits_for_a_clean_up_looking_at_its_new_file_and_then_holds_it(tmp_path):
+    # files.hold_temp: a clean-up that had the brand-new file locked for the instant it looked made the writer's
+    # non-blocking flock fail, silently: the write went on unheld, and a later clean-up could remove it mid-write
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from mmbench.files import hold_temp
+
+    path = tmp_path / ".a.pt.n3w_0000"
+    path.write_bytes(b"")
+    sweeper = os.open(path, os.O_RDWR)
+    fcntl.flock(sweeper, fcntl.LOCK_EX)
+    threading.Timer(0.3, os.close, (sweeper,)).start()  # the clean-up lets go
+    writer = os.open(path, os.O_RDWR)
+    t0 = time.monotonic()
+    hold_temp(writer)
+    try:
+        assert time.monotonic() - t0 >= 0.25 and _held(path)
+    finally:
+        os.close(writer)
+
+
+def test_a_write_whose_close_fails_keeps_the_old_file(tmp_path, monkeypatch):
+    # results.atomic_write: closing a file can fail (NFS writes back unsynced data at its close: a quota, a full
+    # disk); the rename comes after the close, so the old file stays whole and no temporary file is left
+    import errno
+    import io
+    import os
+
+    from mmbench import results
+
+    monkeypatch.setenv("MMBENCH_FSYNC", "0")
+    target = tmp_path / "last.pt"
+    results.atomic_write(target, b"old")
+    real_fdopen = os.fdopen
+
+    class Failing(io.FileIO):
+        def close(self):
+            super().close()
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(results.os, "fdopen", lambda fd, mode: Failing(fd, "wb") if mode == "wb" else real_fdopen(fd, mode))
+    with pytest.raises(OSError, match="quota"):
+        results.atomic_write(target, b"new")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 # ----- behaviours a mutation pass of evaluation found unguarded -----

@@ -319,8 +319,7 @@ def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
-            f.flush()
-            os.replace(tmp, directory / MANIFEST)  # held (files.temp_beside) until in place
+        os.replace(tmp, directory / MANIFEST)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
