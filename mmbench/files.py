@@ -32,8 +32,9 @@ def _umask() -> int:
 
 def temp_beside(target: Path) -> Tuple[int, str]:
     """(fd, path) of a new empty file in `target`'s folder, named after it (`.<name>.<8 random characters>`), with the
-    user's usual file mode, and held (hold_temp) until `fd` is closed: remove_abandoned_temps tells it from the
-    temporary file of a writer killed outright. Close `fd` only once the file is renamed into place (atomic_write)."""
+    user's usual file mode, and held (hold_temp) while a descriptor of it is open: remove_abandoned_temps tells it
+    from the temporary file of a writer killed outright. Keep one open until the file is renamed into place
+    (atomic_write keeps a second descriptor for that)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", dir=Path(target).parent)
     os.fchmod(fd, usual_mode())
     hold_temp(fd)

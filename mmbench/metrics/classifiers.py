@@ -118,7 +118,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
 
 def _load_or_train(spec, variant, train, test, cfg, directory, progress):
     device = device_of()
-    for name in remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S):  # a process killed outright while writing a classifier
+    for name in remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S):  # a classifier's writer, killed
         print(f"note: removed {directory / name}: a write that a process killed outright left unfinished",
               file=sys.stderr)
     acc_path = directory / "accuracy.json"
