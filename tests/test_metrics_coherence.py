@@ -387,8 +387,6 @@ def test_two_processes_needing_the_same_classifiers_train_them_once(tmp_path, mo
     assert get()[1] == accs
     monkeypatch.undo()
     # a process killed outright while writing a classifier left its temporary file: removed under the lock, named
-    import time
-
     half, recent = directory / ".m0.pt.k1ll3d_x", directory / ".m1.pt.wr1t1ng_"
     for p, age in ((half, 3600), (recent, 60)):  # a writer on another node, its lock unseen here: kept 10 minutes
         p.write_bytes(b"PK half a classifier")
