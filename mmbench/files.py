@@ -13,7 +13,7 @@ import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from .errors import MMBenchError
 
@@ -115,14 +115,15 @@ def hold_temp(fd: int) -> None:
         pass
 
 
-def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s: float = 2.0) -> List[str]:
+def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s: float = 2.0,
+                           say: Optional[Callable[[str], None]] = None) -> List[str]:
     """Remove from `folder` the temporary files (temp_beside's) whose writer was killed outright (SIGKILL, a lost node:
     no `finally` ran), e.g. half a 169 MB last.pt or half a bundle: those no process holds an flock on (hold_temp)
     and not written to for `min_age_s` (a writer's first instant, before its flock; in a folder other machines
     write, their clocks' skew and a file system whose locks only this machine sees: SHARED_TEMP_AGE_S). Their names.
     `target`: only the temporary files of that file (a user's folder, where other hidden files are theirs); None: any
     temporary file's name, for a folder only mmbench writes (a run's, a cache's). A file system without locks: none
-    removed (a writer's hold cannot be seen)."""
+    removed (a writer's hold cannot be seen). `say`: given one line per file removed (a run's log, stderr_note)."""
     pattern = re.compile(r"^\." + (re.escape(target) if target is not None else ".+") + _TEMP_NAME)
     removed = []
     for p in sorted(folder.iterdir()) if folder.is_dir() else ():
@@ -137,11 +138,18 @@ def remove_abandoned_temps(folder: Path, target: Optional[str] = None, min_age_s
             if time.time() - os.fstat(fd).st_mtime >= min_age_s:  # a file's age: the wall clock, as its mtime
                 os.unlink(p)
                 removed.append(p.name)
+                if say:
+                    say(f"removed {p}: a write that a process killed outright left unfinished")
         except OSError:  # held by its writer, or no locks here: kept
             pass
         finally:
             os.close(fd)
     return removed
+
+
+def stderr_note(line: str) -> None:
+    """`line` as a note on stderr (a cache's clean-up, which has no run log to write to)."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 # the age of a temporary file in a folder that other processes write without a lock the clean-up holds (a cache, which

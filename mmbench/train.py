@@ -236,8 +236,7 @@ def clear_killed_writes(run: Run) -> None:
     CHECKPOINTS.wait()
     # checkpoints: only the run lock's holder writes them; the run's folder: `mmbench slurm`'s slurm.json too
     for folder, min_age_s in ((run.dir, SHARED_TEMP_AGE_S), (run.ckpt_dir, 0.0)):
-        for name in remove_abandoned_temps(folder, min_age_s=min_age_s):
-            run.log(f"removed {folder / name}: a write that a process killed outright left unfinished")
+        remove_abandoned_temps(folder, min_age_s=min_age_s, say=run.log)
 
 
 def adopt_later_best(run: Run, state: Dict) -> None:

@@ -23,7 +23,7 @@ from ..data.base import (DataSplit, DatasetSpec, dataset_dir, manifest_digest, r
 from ..data.download import file_digest
 from ..devices import device_of, devices_of_rng
 from ..errors import MMBenchError, brief
-from ..files import SHARED_TEMP_AGE_S, cache_lock, remove_abandoned_temps
+from ..files import SHARED_TEMP_AGE_S, cache_lock, remove_abandoned_temps, stderr_note
 from ..registry import ARCHITECTURES
 from ..results import atomic_json, atomic_write
 from .authors_classifiers import load_classifiers
@@ -118,9 +118,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
 
 def _load_or_train(spec, variant, train, test, cfg, directory, progress):
     device = device_of()
-    for name in remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S):  # a classifier's writer, killed
-        print(f"note: removed {directory / name}: a write that a process killed outright left unfinished",
-              file=sys.stderr)
+    remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S, say=stderr_note)  # a classifier's writer, killed
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
     sums_path = directory / "sha256.json"

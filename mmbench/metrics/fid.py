@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,7 +36,7 @@ from torch import nn
 from ..data.base import DataSplit, Modality
 from ..data.download import file_digest
 from ..errors import MMBenchError, brief
-from ..files import SHARED_TEMP_AGE_S, cache_lock, remove_abandoned_temps, temp_beside, usual_mode
+from ..files import SHARED_TEMP_AGE_S, cache_lock, remove_abandoned_temps, stderr_note, temp_beside, usual_mode
 from ..methods.base import all_subsets, subset_key
 from ..registry import METRICS
 from ..results import atomic_write
@@ -269,9 +268,7 @@ def real_reference(ctx: EvalContext, net: FIDInception, split: DataSplit, mod: M
         # reads them; each file has its own lock, so processes computing other datasets' or modalities' go on
         with cache_lock(root, f"waiting for another mmbench process computing the FID reference statistics {path.name} "
                               f"in {root}", name=f".{path.stem}.lock"):
-            for name in remove_abandoned_temps(root, path.name, SHARED_TEMP_AGE_S):  # a writer killed outright
-                print(f"note: removed {root / name}: a write that a process killed outright left unfinished",
-                      file=sys.stderr)
+            remove_abandoned_temps(root, path.name, SHARED_TEMP_AGE_S, say=stderr_note)  # a writer killed outright
             cached = _cached_stats(path)
             if cached is None:
                 return _compute_reference(ctx, net, split, mod, path)
