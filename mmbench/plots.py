@@ -297,6 +297,7 @@ def per_attribute(frame: pd.DataFrame, out_dir: Path) -> List[Path]:
 # Panels of the reproduction figure: metric families on one scale share a panel.
 SCALES = {"latent_acc": "accuracy / coherence / AP", "coherence": "accuracy / coherence / AP",
           "latent_ap": "accuracy / coherence / AP", "coherence_ap": "accuracy / coherence / AP",
+          "latent_ap_batchmean": "accuracy / coherence / AP", "coherence_ap_batchmean": "accuracy / coherence / AP",
           "fid": "FID", "loglik": "log-likelihood", "loglik_mod": "log-likelihood", "recon": "reconstruction error"}
 
 

@@ -140,8 +140,9 @@ def _check_method(where: str, name: Any) -> None:
 
 # The families of metric keys the metrics write (docs/metrics.md's key tables): the part of a key before its first /.
 METRIC_FAMILIES = ("latent_acc", "latent_acc_by_n", "latent_lr_unconverged", "latent_ap", "latent_ap_by_n",
-                   "ap_attributes_scored", "coherence", "coherence_by_n", "coherence_all_by_n", "coherence_ap",
-                   "coherence_ap_by_n", "fid", "fid_by_n", "loglik", "loglik_by_n", "loglik_mod", "recon", "recon_mse",
+                   "latent_ap_batchmean", "ap_attributes_scored", "ap_batchmean_batches", "ap_batchmean_empty",
+                   "coherence", "coherence_by_n", "coherence_all_by_n", "coherence_ap", "coherence_ap_by_n",
+                   "coherence_ap_batchmean", "fid", "fid_by_n", "loglik", "loglik_by_n", "loglik_mod", "recon", "recon_mse",
                    "latent_scatter")
 
 

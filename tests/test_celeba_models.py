@@ -1,5 +1,6 @@
 """CelebA nets and classifiers, mopoe_style, the average-precision metrics and the multi-label guards."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mmbench.metrics.context import EvalContext
 from mmbench.registry import ARCHITECTURES, DATASETS, METHODS, METRICS
 from conftest import train_steps
 
+ROOT = Path(__file__).resolve().parents[1]
 CELEBA = DATASETS.get("celeba")()
 MODS = CELEBA.modalities("default")
 
@@ -342,3 +344,104 @@ def test_latent_ap_ranks_what_eval_ap_scores_says(tmp_path, scores):
               "proba": average_precision_score(y_test[:, a], clf.predict_proba(z_test)[:, 1])}
         assert abs(ap["hard"] - ap["proba"]) > 0.02  # noisy enough that the two differ
         assert out[f"latent_ap/img/{NAMES[a]}"] == pytest.approx(ap[scores], abs=1e-6)
+
+
+def test_grouped_average_precisions_are_sklearns_with_ties_and_empty_groups():
+    """One vectorised AP serves the whole split and MoPoE's per-batch means: it is sklearn's average_precision_score
+    (tied scores one threshold: 0/1 predictions, rounded and continuous scores), NaN where a group has no positive."""
+    from sklearn.metrics import average_precision_score
+
+    from mmbench.metrics.precision import grouped_average_precisions
+
+    rng = np.random.default_rng(0)
+    for kind in ("hard", "rounded", "continuous"):
+        y = (rng.random((6, 50, 7)) < [0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]).astype(np.int64)
+        y[2, :, 3] = 0
+        s = {"hard": rng.integers(0, 2, y.shape).astype(float), "rounded": np.round(rng.random(y.shape), 1),
+             "continuous": rng.random(y.shape)}[kind]
+        got = grouped_average_precisions(y, s)
+        assert got.shape == (6, 7) and np.isnan(got[2, 3])
+        for g in range(6):
+            for a in range(7):
+                if y[g, :, a].any():
+                    assert got[g, a] == pytest.approx(average_precision_score(y[g, :, a], s[g, :, a]), abs=1e-12)
+                else:
+                    assert np.isnan(got[g, a])
+    with pytest.raises(ValueError, match="finite"):
+        grouped_average_precisions(np.ones((1, 2, 1)), np.array([[[0.5], [np.nan]]]))
+
+
+class SharpFake(FakeModel):
+    """FakeModel whose posterior draws are its means to float32 precision (σ = e^-30): coherence scores known."""
+
+    def encode_subsets(self, x, subsets):
+        return [Gaussian(q.mu, torch.full_like(q.mu, -60.0)) for q in super().encode_subsets(x, subsets)]
+
+
+def mopoe_batch_mean(y, scores, batches):
+    """MoPoE's average, re-derived with sklearn: per attribute the mean over batches with a positive of its AP,
+    then the mean over attributes."""
+    from sklearn.metrics import average_precision_score
+
+    per_attribute = []
+    for a in range(y.shape[1]):
+        aps = [average_precision_score(y[b, a], scores[b, a]) for b in batches if y[b, a].any()]
+        if aps:
+            per_attribute.append(np.mean(aps))
+    return float(np.mean(per_attribute))
+
+
+def test_batch_mean_aps_average_shuffled_batches_of_256_as_the_mopoe_code(tmp_path):
+    """MoPoE Table 5's APs are means of per-batch APs over the test split shuffled into batches of 256, the last
+    partial one dropped (celeba/experiment.py eval_label, mean_eval_metric): re-derived here with sklearn for the
+    latent regressions' 0/1 predictions and the coherence classifiers' scores, on a rare attribute too (one
+    positive: the batches without it are left out and counted). Not eval.batch_size's batches, not the whole split."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mmbench.metrics.average_precision import ap_batches
+
+    y_train, y_test = labels(300, 0), labels(700, 1)
+    y_test[:, 5] = 0
+    y_test[3, 5] = 1  # one positive among 700
+    y_test[:, 9] = 0  # none: no AP anywhere, so not counted among the empty cells either
+    ctx = context(tmp_path, CELEBA, split(y_train, 0.6, 0), split(y_test, 0.6, 1), model=SharpFake())
+    batches = ap_batches(ctx)
+    assert batches.shape == (2, 256) and len(set(batches.ravel().tolist())) == 512
+    assert not np.array_equal(np.sort(batches.ravel()), np.arange(512))  # shuffled, not the first 512 rows
+    ctx.run_seed = 1
+    assert not np.array_equal(ap_batches(ctx), batches)  # another run seed, other batches (as a fresh shuffle)
+    ctx.run_seed = 0
+    latent = METRICS.get("latent_ap")(ctx)
+    y = y_test.numpy()
+    with_rare = int(any(3 in b for b in batches))
+    assert latent["ap_batchmean_batches"] == 2 and latent["ap_batchmean_empty"] == 2 - with_rare
+    assert latent["ap_attributes_scored"] == 39
+    z_train, z_test = ctx.regression_tuples().x["img"].numpy(), ctx.test.x["img"].numpy()
+    hard = np.stack([LogisticRegression(max_iter=1000).fit(z_train, ctx.regression_tuples().labels[:, a].numpy())
+                     .predict(z_test) for a in range(40)], 1).astype(float)
+    want = mopoe_batch_mean(y, hard, batches)
+    assert latent["latent_ap_batchmean/img"] == pytest.approx(want, abs=1e-9)
+    assert abs(want - latent["latent_ap/img"]) > 1e-4  # the fixture tells the two averages apart (1e-9 above)
+
+    coherence = METRICS.get("coherence_ap")(ctx)
+    assert coherence["ap_batchmean_empty"] == latent["ap_batchmean_empty"]
+    x = {"img": ctx.test.x["img"], "text": ctx.test.x["text"]}
+    for key, mean in (("img->text", x["img"]), ("text->img", x["text"]), ("img+text->img", (x["img"] + x["text"]) / 2)):
+        scores = torch.sigmoid(10 * (mean - 0.5)).numpy()
+        assert coherence[f"coherence_ap_batchmean/{key}"] == pytest.approx(mopoe_batch_mean(y, scores, batches),
+                                                                           abs=1e-9), key
+    ctx.cfg.batch_size = 64  # eval.batch_size is a compute setting: the AP batches stay the authors' 256
+    assert METRICS.get("latent_ap")(ctx)["latent_ap_batchmean/img"] == latent["latent_ap_batchmean/img"]
+
+
+def test_batch_mean_keys_are_absent_below_256_test_tuples_and_table_5_compares_them(tmp_path):
+    out = METRICS.get("latent_ap")(context(tmp_path, CELEBA, split(labels(300, 0), 0.2, 0), split(labels(255, 1), 0.2, 1)))
+    assert out["ap_batchmean_batches"] == 0 and not [k for k in out if "batchmean/" in k]
+    assert "latent_ap/img" in out
+    from mmbench.references import load_reference_files
+
+    cells, _ = load_reference_files(ROOT / "reference_results")
+    ap = [c for c in cells if c.metric.split("/")[0] in ("latent_ap", "coherence_ap", "latent_ap_batchmean",
+                                                         "coherence_ap_batchmean")]
+    assert {c.table for c in ap if "batchmean" in c.metric} == {"MoPoE Table 5"}
+    assert not [c for c in ap if c.table == "MoPoE Table 5" and "batchmean" not in c.metric]

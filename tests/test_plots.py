@@ -3,6 +3,7 @@ import json
 import os
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -367,3 +368,13 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
     ax.plot([0, 1], [1, 0])
     assert _save(fig, tmp_path, "fig") == [tmp_path / "fig.png", tmp_path / "fig.svg"]
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and b"<svg" in (tmp_path / "fig.svg").read_bytes()
+
+
+def test_every_reference_cell_has_a_named_panel_of_the_reproduction_figure():
+    """A family missing from plots.SCALES gets a panel of its own under its raw name (MoPoE Table 5's batch-mean
+    APs once would have): every family the reference files compare is on a named scale."""
+    from mmbench.plots import SCALES
+    from mmbench.references import load_reference_files
+
+    cells, _ = load_reference_files(Path(__file__).resolve().parents[1] / "reference_results")
+    assert {c.metric.split("/")[0].removesuffix("_by_n") for c in cells} <= set(SCALES)

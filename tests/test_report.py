@@ -112,13 +112,15 @@ def test_shipped_references_are_complete_and_unchanged():
             f"{c.table} / {c.row} / {c.column}: tolerance {c.tolerance}, the rule gives {rule}"
 
 
-FRACTION_FAMILIES = {"latent_acc", "latent_acc_by_n", "coherence", "coherence_by_n", "coherence_all_by_n", "latent_ap", "coherence_ap"}
+FRACTION_FAMILIES = {"latent_acc", "latent_acc_by_n", "coherence", "coherence_by_n", "coherence_all_by_n", "latent_ap", "coherence_ap",
+                     "latent_ap_batchmean", "coherence_ap_batchmean"}
 METRIC_OF_KEY = {"latent_acc": "latent_classification", "latent_acc_by_n": "latent_classification",
                  "coherence": "coherence", "coherence_by_n": "coherence", "coherence_all_by_n": "coherence",
                  "fid": "fid", "fid_by_n": "fid",
                  "loglik": "loglik", "loglik_by_n": "loglik", "loglik_mod": "loglik", "recon": "reconstruction",
                  "latent_ap": "latent_ap", "latent_ap_by_n": "latent_ap", "coherence_ap": "coherence_ap",
-                 "coherence_ap_by_n": "coherence_ap"}
+                 "coherence_ap_by_n": "coherence_ap", "latent_ap_batchmean": "latent_ap",
+                 "coherence_ap_batchmean": "coherence_ap"}
 
 
 def _producers(runs, table, method, metric, *wheres):

@@ -16,11 +16,23 @@
   (``coherence_ap/<S>-><m>``, per attribute ``coherence_ap/<S>-><m>/<attribute>``, and
   ``coherence_ap_by_n/<n>`` over targets outside S). Both codes score coherence on classifier scores.
 
-AP is computed over all test tuples at once (the MoPoE code averages per-batch APs; the MMVM code pools
-the whole split). An attribute with no positive test tuple has no AP: it is left out of the means and
-its per-attribute key is absent; ``ap_attributes_scored`` says how many attributes the means cover
-(40 on the full CelebA test split). An attribute constant in the regression's training tuples gets that
-constant as its score (the only prediction the data supports).
+AP over the test split is computed two ways, from the same scores:
+* over all test tuples at once (``latent_ap/...``, ``coherence_ap/...``): the MMVM code (utils/eval.py
+  eval_clf_lr_celeba) pools the whole split;
+* as the MoPoE code does (``latent_ap_batchmean/<S>``, ``coherence_ap_batchmean/<S>-><m>``): per attribute,
+  the mean of its APs on the test split shuffled into batches of 256 with the last partial batch dropped
+  (celeba/experiment.py eval_label and mean_eval_metric over the DataLoader(shuffle=True, drop_last=True) of
+  eval_metrics/representation.py test_clf_lr_all_subsets and eval_metrics/coherence.py test_generation;
+  job_celeba: batch_size 256), then the mean over attributes. Per-batch APs of rare attributes are noisy and
+  AP is not additive, so the two differ. A batch without a positive of an attribute has no AP there (the
+  authors' scikit-learn 0.20 returns NaN, which makes that attribute's mean NaN; scikit-learn >= 1.1 returns
+  0): it is left out of that attribute's mean, and ``ap_batchmean_empty`` counts such (batch, attribute)
+  cells over the attributes scored (0: the number is the authors' exactly). ``ap_batchmean_batches`` is the
+  number of batches; with fewer than 256 test tuples there is none and the batch-mean keys are absent.
+An attribute with no positive test tuple has no AP: it is left out of the means and its per-attribute key is
+absent; ``ap_attributes_scored`` says how many attributes the means cover (40 on the full CelebA test split).
+An attribute constant in the regression's training tuples gets that constant as its score (the only
+prediction the data supports).
 """
 from __future__ import annotations
 
@@ -36,7 +48,7 @@ from ..registry import METRICS
 from .batched import classify, row_chunk
 from .context import EvalContext
 from .latent import LR_MAX_ITER, by_size, encode_means, one_blas_thread, protocol_subsets, regression, stopped_at_cap
-from .precision import average_precisions
+from .precision import average_precisions, grouped_average_precisions
 
 
 def require_multilabel(ctx: EvalContext, metric: str, single_label_metric: str) -> None:
@@ -74,6 +86,43 @@ def summarise(prefix: str, ap: np.ndarray, names: List[str]) -> Dict[str, float]
     return out
 
 
+MOPOE_AP_BATCH = 256  # the test batches MoPoE's CelebA APs are averaged over (job_celeba: --batch_size=256)
+
+
+def ap_batches(ctx: EvalContext) -> np.ndarray:
+    """The test rows of each batch MoPoE averages APs over (batches × 256): a seeded shuffle of the test split,
+    the last partial batch dropped (the authors' DataLoader(shuffle=True, drop_last=True)). The same batches
+    for latent_ap and coherence_ap, other ones for each run seed (the authors reshuffle at every evaluation)."""
+    n = len(ctx.test) // MOPOE_AP_BATCH * MOPOE_AP_BATCH
+    order = np.random.default_rng(2 + ctx.run_seed).permutation(len(ctx.test))
+    return order[:n].reshape(-1, MOPOE_AP_BATCH)
+
+
+def batch_mean(y: np.ndarray, scores: np.ndarray, batches: np.ndarray) -> float:
+    """MoPoE's AP over a split: per attribute, the mean of its per-batch APs (a batch without a positive of it
+    left out), then the mean over the attributes that have one; NaN where none has."""
+    per_batch = grouped_average_precisions(y[batches], scores[batches])  # batches × attributes
+    scored = np.isfinite(per_batch)
+    counts = scored.sum(0)
+    if not counts.any():
+        return float("nan")
+    return float((np.where(scored, per_batch, 0.0).sum(0)[counts > 0] / counts[counts > 0]).mean())
+
+
+def batch_means(ctx: EvalContext, y: np.ndarray) -> Tuple[Dict[str, float], Callable[[str, np.ndarray], Dict[str, float]]]:
+    """MoPoE's batch-mean APs over the test labels `y`: the counts (ap_batchmean_batches; ap_batchmean_empty, the
+    (batch, attribute) cells without a positive, over the attributes with a positive in the split) and
+    `add(key, scores)` -> {key: batch-mean AP}, empty with fewer than 256 test tuples."""
+    batches = ap_batches(ctx)
+    empty = (~y[batches].any(1))[:, y.any(0)].sum() if len(batches) else 0
+    counts = {"ap_batchmean_batches": float(len(batches)), "ap_batchmean_empty": float(empty)}
+
+    def add(key: str, scores: np.ndarray) -> Dict[str, float]:
+        value = batch_mean(y, scores, batches) if len(batches) else float("nan")
+        return {key: value} if np.isfinite(value) else {}
+    return counts, add
+
+
 def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool,
                   max_iter: int) -> Tuple[Callable[[np.ndarray], np.ndarray], bool]:
     """One attribute's logistic regression (sklearn defaults, as MoPoE App. B): a function from test latents to
@@ -104,6 +153,8 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
     out: Dict[str, float] = {"ap_attributes_scored": attributes_scored(ctx, y_test)}
     hard = ctx.cfg.ap_scores == "hard"
+    counts, batch_mean_of = batch_means(ctx, y_test)
+    out.update(counts)
     means = {}
     fitted = {}  # per fitting subset, one regression per attribute
     for k, s in enumerate(subsets):
@@ -113,6 +164,7 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
         scores = np.stack([f(z_test[k]) for f, _ in fitted[fit_on[s]]], 1)
         ap = average_precisions(y_test, scores)
         out.update(summarise(f"latent_ap/{subset_key(s)}", ap, names))
+        out.update(batch_mean_of(f"latent_ap_batchmean/{subset_key(s)}", scores))
         means[subset_key(s)] = out[f"latent_ap/{subset_key(s)}"]
         ctx.progress("latent AP: fitting", k + 1, len(subsets))
     out.update(by_size(means, subsets, "latent_ap_by_n"))
@@ -143,10 +195,13 @@ def coherence_ap(ctx: EvalContext) -> Dict[str, float]:
             for k in range(K):
                 scores[k][j].append(s[k])
         ctx.progress("coherence AP: conditional", b + 1, n_batches)
+    counts, batch_mean_of = batch_means(ctx, y)
+    out.update(counts)
     for k, s in enumerate(subsets):
         for j, m in enumerate(mods):
-            ap = average_precisions(y, np.concatenate(scores[k][j]))
-            out.update(summarise(f"coherence_ap/{subset_key(s)}->{m}", ap, names))
+            generated = np.concatenate(scores[k][j])
+            out.update(summarise(f"coherence_ap/{subset_key(s)}->{m}", average_precisions(y, generated), names))
+            out.update(batch_mean_of(f"coherence_ap_batchmean/{subset_key(s)}->{m}", generated))
     for n in range(1, len(mods)):
         vals = [out[f"coherence_ap/{subset_key(s)}->{m}"] for s in subsets if len(s) == n for m in mods if m not in s]
         if vals:
