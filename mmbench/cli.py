@@ -773,6 +773,11 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(filtered)} missing cells and {len(filtered_claims)} missing claims have runs that their "
                       f"filter leaves out, e.g. {example}; run with the paper's setting (the suite's default) for "
                       f"these", highlight=False, soft_wrap=True)
+        absent = [c for c in rep.cells if c.status == "missing" and c.absent]
+        if absent:
+            say.print(f"{len(absent)} missing cells have runs that write no such key, e.g. {absent[0].paper} "
+                      f"{absent[0].table} {absent[0].row}/{absent[0].column}: {absent[0].absent}",
+                      highlight=False, soft_wrap=True)
         if (rep.failures or rep.ambiguous or rep.ambiguous_claims or (rep.missing and not allow_missing)
                 or (refuse_mixed and rep.mixed)):
             raise typer.Exit(1)

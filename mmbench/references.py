@@ -62,6 +62,9 @@ class Cell:
     # set when no run matches but runs of this table, method and metric fail the cell's `where`: which settings
     # keep them out, e.g. 'eval.lr_protocol is mopoe, the paper's is smvae (2 runs)'
     excluded: Optional[str] = None
+    # set when runs of this table and method pass the `where` but write no such key, e.g. CelebA's batch-mean APs
+    # below 256 test tuples: '1 run of MoPoE Table 5 with mopoe_style writes no latent_ap_batchmean/img'
+    absent: Optional[str] = None
     paper_runs: Optional[int] = None  # runs behind the printed mean ± std (the reference file's `runs`)
     runs: List[str] = field(default_factory=list)  # ids of the runs behind the produced value
     data: List[str] = field(default_factory=list)  # non-default data builds of those runs (results.data_build)

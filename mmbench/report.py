@@ -153,12 +153,26 @@ def excluded_by(near: pd.DataFrame, where: Dict[str, Any]) -> Optional[str]:
     return f"{'; '.join(parts)} ({len(near)} run{'s' if len(near) > 1 else ''})" if parts else None
 
 
+def absent_from(frame: pd.DataFrame, c: Cell) -> Optional[str]:
+    """Why a cell has no value although runs of its table and method pass its `where`: they write no such key."""
+    if frame.empty:
+        return None
+    near = frame[(frame["method"] == c.method) & frame["tables"].apply(lambda t: c.table in t)]
+    if c.where and not near.empty:
+        near = near.loc[[matches(cfg, c.where) for cfg in near["cfg"]]]
+    n = near["run"].nunique()
+    return (f"{n} run{'s' if n > 1 else ''} of {c.table} with {c.method} write{'' if n > 1 else 's'} no {c.metric} "
+            f"(docs/metrics.md says when a key is written)") if n else None
+
+
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     """Each cell's produced mean, sample std and n over the seeds of the one configuration that matches it."""
     for c in cells:
         sel = select(frame, c.table, c.method, c.metric, c.where)
         if sel.empty and c.where:
             c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
+        if sel.empty and not c.excluded:
+            c.absent = absent_from(frame, c)
         c.ambiguous = configurations(sel) if len(sel) else None
         if c.ambiguous:
             c.runs = sorted(sel["run"])

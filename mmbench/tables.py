@@ -210,6 +210,7 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
             elif c.produced is None:
                 why = f" ({c.nonfinite} run(s) with a non-finite value)" if c.nonfinite else ""
                 why += f" (runs left out by the cell's filter: {c.excluded})" if c.excluded else ""
+                why += f" ({c.absent})" if c.absent else ""
                 txt = f"missing{why} | {pm(c.value, c.std)}"
             else:
                 mark = "✓" if c.status == "pass" else "✗"

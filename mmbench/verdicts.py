@@ -92,7 +92,7 @@ def counts(cells: list) -> Dict[str, int]:
 TIDY_COLUMNS = ["paper", "table", "row", "column", "method", "metric", "produced_mean", "produced_std", "n_runs",
                 "printed_value", "printed_std", "paper_runs", "tolerance", "difference", "tolerance_verdict",
                 "welch_p", "welch_p_holm", "welch_verdict", "mixed_provenance", "run_ids",
-                "excluded_by_filter"]
+                "excluded_by_filter", "absent_from_runs"]
 
 
 def tidy_rows(cells: list, frame) -> list:
@@ -106,7 +106,7 @@ def tidy_rows(cells: list, frame) -> list:
                  "tolerance": c.tolerance, "difference": None if c.produced is None else c.produced - c.value,
                  "tolerance_verdict": c.status, "welch_p": c.p_value, "welch_p_holm": c.p_holm,
                  "welch_verdict": c.verdict, "mixed_provenance": list(c.mixed), "run_ids": list(c.runs),
-                 "excluded_by_filter": c.excluded}
+                 "excluded_by_filter": c.excluded, "absent_from_runs": c.absent}
                 for c in cells]
     rows = []
     if frame is None or frame.empty:
@@ -120,5 +120,5 @@ def tidy_rows(cells: list, frame) -> list:
                      "printed_value": None, "printed_std": None, "paper_runs": None, "tolerance": None,
                      "difference": None, "tolerance_verdict": None, "welch_p": None, "welch_p_holm": None,
                      "welch_verdict": None, "mixed_provenance": [], "run_ids": sorted(g["run"]),
-                     "excluded_by_filter": None})
+                     "excluded_by_filter": None, "absent_from_runs": None})
     return rows

@@ -661,3 +661,23 @@ def test_a_typo_in_a_metric_key_is_an_error_and_the_families_are_the_documented_
                                                                                        "right": 0.1}]}]}))
     with pytest.raises(ConfigError, match=r"holds\[0\]\.left\.metric: 'coherance/joint' is not a metric key"):
         load_reference_files(refs)
+
+
+def test_table_5_runs_without_batch_means_leave_its_cells_missing_and_the_report_says_why(tmp_path):
+    """A CelebA run evaluated on fewer than 256 test tuples has whole-split APs but no batch means: MoPoE Table 5's
+    cells (the batch means) stay missing, not filled from the other average, and the report names the reason."""
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    runs = tmp_path / "runs"
+    run_with(runs, "mopoe_style", {"latent_ap/img": 0.4, "coherence_ap/img->text": 0.15, "ap_batchmean_batches": 0.0},
+             ["MoPoE Table 5"], beta=2.5)
+    rep = build_report(runs, REFS)
+    cell = next(c for c in rep.cells if c.table == "MoPoE Table 5" and c.method == "mopoe_style"
+                and c.column == "Latent I")
+    assert cell.metric == "latent_ap_batchmean/img" and cell.status == "missing" and cell.excluded is None
+    assert cell.absent.startswith("1 run of MoPoE Table 5 with mopoe_style writes no latent_ap_batchmean/img")
+    out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(REFS), "--format", "csv",
+                                   "--out", str(tmp_path / "r.csv")], env={"COLUMNS": "400"})
+    assert out.exit_code == 1 and "missing cells have runs that write no such key, e.g. " in " ".join(out.output.split())

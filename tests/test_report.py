@@ -1005,6 +1005,27 @@ def test_a_cell_whose_only_runs_diverged_or_are_filtered_out_says_why_it_is_miss
     assert rows[0]["excluded_by_filter"] is None and rows[1]["excluded_by_filter"] == rep.cells[1].excluded is not None
 
 
+def test_a_cell_whose_runs_write_no_such_key_says_so(tmp_path):
+    """Runs of the cell's table and method that pass its filter but lack its key (CelebA's batch-mean APs below 256
+    test tuples) leave the cell missing with that reason, in the grid and the tidy rows; a run of another table or
+    one the filter keeps out is not counted."""
+    from mmbench.verdicts import tidy_rows
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.5, "latent_ap/img": 0.3}, train={"epochs": 1})
+    fake_run(runs, "mopoe", 1, {"coherence/joint": 0.5, "latent_ap/img": 0.3}, train={"epochs": 1})
+    fake_run(runs, "mopoe", 2, {"latent_ap_batchmean/img": 0.3}, tables=("T2",), train={"epochs": 1})
+    fake_run(runs, "mopoe", 3, {"coherence/joint": 0.5}, train={"epochs": 2})
+    cell = {**REF_CELL, "column": "AP", "metric": "latent_ap_batchmean/img", "where": {"train.epochs": 1}}
+    rep = build_report(runs, _refs(tmp_path, {"cells": [cell, REF_CELL]}))
+    grid = rep.refs[0][1]
+    assert ("missing (2 runs of T1 with mopoe write no latent_ap_batchmean/img (docs/metrics.md says when a key is "
+            "written)) | ") in grid.iloc[0, 1]
+    assert rep.cells[1].absent is None and rep.cells[1].produced is None  # 2 configurations (epochs): ambiguous
+    rows = tidy_rows(rep.cells, None)
+    assert rows[0]["absent_from_runs"] == rep.cells[0].absent and rows[1]["absent_from_runs"] is None
+
+
 def _one_cell(**change):
     cell = {"paper": "P", "table": "T1", "row": "r", "column": "c", "method": "mopoe", "metric": "coherence/joint",
             "value": 0.5, "tolerance": 0.02, "source": "P, Table 1"}
