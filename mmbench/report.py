@@ -162,7 +162,8 @@ def absent_from(frame: pd.DataFrame, c: Cell) -> Optional[str]:
         near = near.loc[[matches(cfg, c.where) for cfg in near["cfg"]]]
     n = near["run"].nunique()
     return (f"{n} run{'s' if n > 1 else ''} of {c.table} with {c.method} write{'' if n > 1 else 's'} no {c.metric} "
-            f"(docs/metrics.md says when a key is written)") if n else None
+            f"(docs/metrics.md says when a key is written; a run scored before the key existed gets it from "
+            f"`mmbench evaluate` with the run's settings)") if n else None
 
 
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
@@ -171,7 +172,7 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
         sel = select(frame, c.table, c.method, c.metric, c.where)
         if sel.empty and c.where:
             c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
-        if sel.empty and not c.excluded:
+        if sel.empty:  # and runs at the cell's settings that write no such key (both reasons can hold)
             c.absent = absent_from(frame, c)
         c.ambiguous = configurations(sel) if len(sel) else None
         if c.ambiguous:

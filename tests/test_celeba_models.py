@@ -367,6 +367,7 @@ def test_grouped_average_precisions_are_sklearns_with_ties_and_empty_groups():
                     assert got[g, a] == pytest.approx(average_precision_score(y[g, :, a], s[g, :, a]), abs=1e-12)
                 else:
                     assert np.isnan(got[g, a])
+    assert np.isnan(grouped_average_precisions(np.zeros((2, 0, 3)), np.zeros((2, 0, 3)))).all()  # no rows: no AP
     with pytest.raises(ValueError, match="finite"):
         grouped_average_precisions(np.ones((1, 2, 1)), np.array([[[0.5], [np.nan]]]))
 

@@ -1015,12 +1015,14 @@ def test_a_cell_whose_runs_write_no_such_key_says_so(tmp_path):
     fake_run(runs, "mopoe", 0, {"coherence/joint": 0.5, "latent_ap/img": 0.3}, train={"epochs": 1})
     fake_run(runs, "mopoe", 1, {"coherence/joint": 0.5, "latent_ap/img": 0.3}, train={"epochs": 1})
     fake_run(runs, "mopoe", 2, {"latent_ap_batchmean/img": 0.3}, tables=("T2",), train={"epochs": 1})
-    fake_run(runs, "mopoe", 3, {"coherence/joint": 0.5}, train={"epochs": 2})
+    fake_run(runs, "mopoe", 3, {"coherence/joint": 0.5, "latent_ap_batchmean/img": 0.3}, train={"epochs": 2})
     cell = {**REF_CELL, "column": "AP", "metric": "latent_ap_batchmean/img", "where": {"train.epochs": 1}}
     rep = build_report(runs, _refs(tmp_path, {"cells": [cell, REF_CELL]}))
     grid = rep.refs[0][1]
-    assert ("missing (2 runs of T1 with mopoe write no latent_ap_batchmean/img (docs/metrics.md says when a key is "
-            "written)) | ") in grid.iloc[0, 1]
+    # both reasons: a run with the key at other settings, and runs at the cell's settings without it
+    assert "(runs left out by the cell's filter: train.epochs is 2, the paper's is 1 (1 run))" in grid.iloc[0, 1]
+    assert ("(2 runs of T1 with mopoe write no latent_ap_batchmean/img (docs/metrics.md says when a key is written; "
+            "a run scored before the key existed gets it from `mmbench evaluate` with the run's settings)) | ") in grid.iloc[0, 1]
     assert rep.cells[1].absent is None and rep.cells[1].produced is None  # 2 configurations (epochs): ambiguous
     rows = tidy_rows(rep.cells, None)
     assert rows[0]["absent_from_runs"] == rep.cells[0].absent and rows[1]["absent_from_runs"] is None

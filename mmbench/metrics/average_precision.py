@@ -114,7 +114,8 @@ def batch_means(ctx: EvalContext, y: np.ndarray) -> Tuple[Dict[str, float], Call
     (batch, attribute) cells without a positive, over the attributes with a positive in the split) and
     `add(key, scores)` -> {key: batch-mean AP}, empty with fewer than 256 test tuples."""
     batches = ap_batches(ctx)
-    empty = (~y[batches].any(1))[:, y.any(0)].sum() if len(batches) else 0
+    positive = np.asarray(y) > 0  # as grouped_average_precisions reads labels
+    empty = (~positive[batches].any(1))[:, positive.any(0)].sum() if len(batches) else 0
     counts = {"ap_batchmean_batches": float(len(batches)), "ap_batchmean_empty": float(empty)}
 
     def add(key: str, scores: np.ndarray) -> Dict[str, float]:

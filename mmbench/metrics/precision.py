@@ -19,6 +19,8 @@ def grouped_average_precisions(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels {y.shape} and scores {s.shape} must both be G×N×A")
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite")
+    if s.shape[1] == 0:  # no rows: no positive anywhere
+        return np.full((s.shape[0], s.shape[2]), np.nan)
     order = np.argsort(-s, axis=1, kind="stable")
     s, y = np.take_along_axis(s, order, 1), np.take_along_axis(y, order, 1)
     tps = np.cumsum(y, axis=1, dtype=np.float64)
