@@ -108,8 +108,8 @@ def test_iteration_cap_follows_each_protocols_code_and_a_fit_that_hits_it_is_cou
 
     caps = []
     real = latent.regression
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter: caps.append(max_iter) or
-                        real(standardize, max_iter))
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol: caps.append(max_iter) or
+                        real(standardize, max_iter, tol))
     assert run("mopoe")["latent_lr_unconverged"] == 0 and set(caps) == {1000}
     caps.clear()
     assert run("mmvamp")["latent_lr_unconverged"] == 0 and set(caps) == {10000} and len(caps) == 3  # m0, m1, pooled
@@ -129,8 +129,8 @@ def test_capped_fits_are_counted_with_standardised_features_and_the_pooled_fit(m
     from mmbench.metrics import latent
 
     monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, real=latent.regression:
-                        real(True, max_iter))  # as with eval.lr_standardize: true
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol, real=latent.regression:
+                        real(True, max_iter, tol))  # as with eval.lr_standardize: true
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert run("mmvamp")["latent_lr_unconverged"] == 3  # m0, m1 and the pooled one
@@ -149,8 +149,8 @@ def test_latent_ap_fits_with_its_protocols_cap_and_counts_capped_fits(monkeypatc
         return DataSplit(MODS, s.x, torch.stack([(y < 5).long(), (y % 2).long(), torch.zeros_like(y)], 1))
 
     caps, real = [], latent.regression
-    monkeypatch.setattr(ap_mod, "regression", lambda standardize, max_iter: caps.append(max_iter) or
-                        real(standardize, max_iter))
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol: caps.append((max_iter, tol)) or
+                        real(standardize, max_iter, tol))
     monkeypatch.setattr(ap_mod, "attribute_names", lambda ctx: ["young", "odd", "never"])
     train, test = multilabel(600, 0), multilabel(400, 1)
     spec = DATASETS.get("celeba")()
@@ -158,7 +158,12 @@ def test_latent_ap_fits_with_its_protocols_cap_and_counts_capped_fits(monkeypatc
                       cfg=EvalConfig(lr_train_samples=500, lr_protocol="mmvamp", batch_size=128),
                       device=torch.device("cpu"))
     out = ap_mod.latent_ap(ctx)
-    assert set(caps) == {10000} and len(caps) == 4 and out["latent_lr_unconverged"] == 0  # m0, m1 × 2 attributes
+    assert set(caps) == {(10000, 1e-4)} and len(caps) == 4 and out["latent_lr_unconverged"] == 0  # m0, m1 × 2 attributes
+    caps.clear()
+    ctx.cfg.lr_protocol = "mopoe"  # scikit-learn 0.20's stopping point: 1e-4 on the summed loss of 500 rows
+    ap_mod.latent_ap(ctx)
+    assert set(caps) == {(1000, 1e-4 / 500)} and len(caps) == 6  # m0, m1, m0+m1 × 2 attributes
+    ctx.cfg.lr_protocol = "mmvamp"
     monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -187,7 +192,7 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
             pytest.skip(f"numpy/scipy's BLAS cannot be given 2 threads here ({before})")
         if metric == "latent_ap":
             rng = np.random.default_rng(0)
-            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False, 1000)[0](rng.normal(size=(20, 4)))
+            fit_attribute(rng.normal(size=(60, 4)), rng.integers(0, 2, 60), True, False, "mopoe")[0](rng.normal(size=(20, 4)))
         else:
             run(metric)
         assert blas_threads() == before
@@ -246,3 +251,54 @@ def test_latent_classification_fits_on_the_regression_tuples_only():
     assert sampled.sum() == 300
     train.labels = torch.where(sampled, train.labels, (train.labels + 1) % 10)
     assert latent_classification(ctx)["latent_acc/m0"] > 0.95
+
+
+def sklearn_020_fit(z, y, tol=1e-4, max_iter=1000):
+    """The fit of MoPoE's pinned scikit-learn 0.20 (LogisticRegression(solver='lbfgs', multi_class='auto'), C = 1):
+    the summed multinomial log-loss plus ½‖W‖² (intercepts unpenalised), minimised by scipy's fmin_l_bfgs_b with
+    pgtol = tol and its default factr, on float64 features. Returns a predict function."""
+    from scipy import optimize
+    from scipy.special import logsumexp
+
+    z = z.astype(np.float64)
+    n, d = z.shape
+    k = int(y.max()) + 1
+    onehot, zb = np.eye(k)[y], np.hstack([z, np.ones((n, 1))])
+
+    def loss_grad(w):
+        w = w.reshape(k, d + 1)
+        logits = zb @ w.T
+        logp = logits - logsumexp(logits, axis=1, keepdims=True)
+        grad = (np.exp(logp) - onehot).T @ zb
+        grad[:, :-1] += w[:, :-1]
+        return -(onehot * logp).sum() + 0.5 * (w[:, :-1] ** 2).sum(), grad.ravel()
+
+    w = optimize.fmin_l_bfgs_b(loss_grad, np.zeros(k * (d + 1)), pgtol=tol, maxiter=max_iter)[0].reshape(k, d + 1)
+    return lambda x: np.argmax(x.astype(np.float64) @ w[:, :-1].T + w[:, -1], 1)
+
+
+def test_mopoe_regressions_stop_where_scikit_learn_0_20_stopped_and_mmvamps_where_1_4_does():
+    """MoPoE's environment pins scikit-learn 0.20.0, whose lbfgs stops at a gradient of 1e-4 on the summed loss;
+    scikit-learn >= 1.4 (mmvmvae's 1.4.0, ours) scales the loss by 1/n, so its default tol stops 500 times sooner at
+    500 rows: on weakly separable 512-d means its fit predicts otherwise. The mopoe (and smvae) fit reproduces the
+    0.20 fit's predictions; the mmvamp fit is scikit-learn's default on the float32 means, as the MM-VAMP code."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mmbench.metrics.latent import fit_regression, one_blas_thread
+
+    rng = np.random.default_rng(0)
+    means, mix = rng.normal(size=(10, 512)) * 0.1, rng.normal(size=(512, 512)) / np.sqrt(512)
+
+    def draw(n):
+        y = rng.integers(0, 10, n)
+        return ((means[y] + rng.normal(size=(n, 512)) @ mix) * 10).astype(np.float32), y
+
+    (z, y), (z_test, _) = draw(500), draw(4000)
+    with one_blas_thread():
+        old = sklearn_020_fit(z, y)(z_test)
+        for protocol in ("mopoe", "smvae"):
+            assert np.mean(fit_regression(z, y, False, protocol).predict(z_test) != old) <= 0.001, protocol
+        default = LogisticRegression(max_iter=10000, random_state=0).fit(z, y)
+        assert np.mean(default.predict(z_test) != old) > 0.1  # the fixture tells the two stopping rules apart
+        mmvamp = fit_regression(z, y, False, "mmvamp")
+        assert np.array_equal(mmvamp.coef_, default.coef_) and mmvamp.coef_.dtype == np.float32

@@ -47,7 +47,7 @@ from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .batched import classify, row_chunk
 from .context import EvalContext
-from .latent import LR_MAX_ITER, by_size, encode_means, one_blas_thread, protocol_subsets, regression, stopped_at_cap
+from .latent import by_size, encode_means, fit_regression, one_blas_thread, protocol_subsets, stopped_at_cap
 from .precision import average_precisions, grouped_average_precisions
 
 
@@ -125,13 +125,14 @@ def batch_means(ctx: EvalContext, y: np.ndarray) -> Tuple[Dict[str, float], Call
 
 
 def fit_attribute(z_train: np.ndarray, y_train: np.ndarray, hard: bool, standardize: bool,
-                  max_iter: int) -> Tuple[Callable[[np.ndarray], np.ndarray], bool]:
-    """One attribute's logistic regression (sklearn defaults, as MoPoE App. B): a function from test latents to
-    scores, and whether the fit stopped at `max_iter` unconverged."""
+                  protocol: str) -> Tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    """One attribute's logistic regression (sklearn defaults, as MoPoE App. B, fitted as eval.lr_protocol's code:
+    latent.fit_regression): a function from test latents to scores, and whether the fit stopped at its iteration
+    cap unconverged."""
     if y_train.min() == y_train.max():  # one class in the training tuples: the constant prediction
         return (lambda z: np.full(len(z), float(y_train[0]))), False
     with one_blas_thread():
-        clf = regression(standardize, max_iter).fit(z_train, y_train)
+        clf = fit_regression(z_train, y_train, standardize, protocol)
 
     def scores(z: np.ndarray) -> np.ndarray:
         with one_blas_thread():
@@ -161,7 +162,7 @@ def latent_ap(ctx: EvalContext) -> Dict[str, float]:
     for k, s in enumerate(subsets):
         if fit_on[s] not in fitted:
             fitted[fit_on[s]] = [fit_attribute(z_train[fit_on[s]], y_train[:, a], hard, ctx.cfg.lr_standardize,
-                                               LR_MAX_ITER[ctx.cfg.lr_protocol]) for a in range(len(names))]
+                                               ctx.cfg.lr_protocol) for a in range(len(names))]
         scores = np.stack([f(z_test[k]) for f, _ in fitted[fit_on[s]]], 1)
         ap = average_precisions(y_test, scores)
         out.update(summarise(f"latent_ap/{subset_key(s)}", ap, names))

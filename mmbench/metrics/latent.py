@@ -17,10 +17,26 @@ from .context import EvalContext
 # train_clf_lr_all_subsets; SMVAE has no code and follows MoPoE's protocol), 10000 (mmvmvae utils/eval.py
 # train_clf_lr_PM, train_clf_lr_celeba; mmvampvae's rats evaluation likewise).
 LR_MAX_ITER = {"mopoe": 1000, "smvae": 1000, "mmvamp": 10000}
+# Where lbfgs stops, per eval.lr_protocol, as each authors' scikit-learn: MoPoE's environment.yml pins 0.20.0, whose
+# lbfgs minimises the *summed* log-loss and stops at a projected gradient below tol = 1e-4 (fmin_l_bfgs_b's pgtol), on
+# float64 features (eval_metrics/representation.py fills np.zeros arrays); scikit-learn >= 1.4 (mmvmvae's and
+# mmvampvae's environment.yml pin 1.4.0; mmbench's is newer) minimises the *mean* (scikit-learn PR #26721), so the same
+# tol stops n times sooner: on 512-d latents up to 6 points of accuracy lower (docs/provenance.md). "summed" fits with
+# tol = 1e-4 / n on float64, the 0.20 fit's stopping point; "mean" with the default tol on the float32 means, as the
+# MM-VAMP code. SMVAE has no code and follows MoPoE's protocol.
+LR_LOSS = {"mopoe": "summed", "smvae": "summed", "mmvamp": "mean"}
+LR_TOL = 1e-4  # scikit-learn's default, in both versions
 
 
-def regression(standardize: bool, max_iter: int):
-    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), `max_iter` (LR_MAX_ITER). With
+def fit_regression(z: np.ndarray, y: np.ndarray, standardize: bool, protocol: str):
+    """`regression` fitted on (z, y) as eval.lr_protocol's authors' code fits it (LR_MAX_ITER, LR_LOSS)."""
+    if LR_LOSS[protocol] == "summed":
+        return regression(standardize, LR_MAX_ITER[protocol], LR_TOL / len(z)).fit(z.astype(np.float64), y)
+    return regression(standardize, LR_MAX_ITER[protocol], LR_TOL).fit(z, y)
+
+
+def regression(standardize: bool, max_iter: int, tol: float = LR_TOL):
+    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), `max_iter` (LR_MAX_ITER), `tol`. With
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
     linear separability independently of the latent's scale."""
@@ -29,7 +45,7 @@ def regression(standardize: bool, max_iter: int):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = LogisticRegression(max_iter=max_iter, random_state=0)
+    clf = LogisticRegression(max_iter=max_iter, tol=tol, random_state=0)
     return make_pipeline(StandardScaler(), clf) if standardize else clf
 
 
@@ -105,10 +121,8 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
     z_test = dict(zip(subsets, encode_means(ctx, ctx.test, subsets)))
     y_train, y_test = train.labels.numpy(), ctx.test.labels.numpy()
 
-    max_iter = LR_MAX_ITER[protocol]
-
     def fit(z: np.ndarray):
-        return regression(ctx.cfg.lr_standardize, max_iter).fit(z, y_train)
+        return fit_regression(z, y_train, ctx.cfg.lr_standardize, protocol)
 
     acc = {}
     with one_blas_thread():
@@ -122,7 +136,7 @@ def latent_classification(ctx: EvalContext) -> Dict[str, float]:
         if protocol == "mmvamp" and len(subsets) > 1:
             # One classifier on every modality's representations pooled together (MM-VAMP rats, shared latent space).
             zs = [z_train[s] for s in subsets]
-            pooled = regression(ctx.cfg.lr_standardize, max_iter).fit(np.concatenate(zs), np.tile(y_train, len(zs)))
+            pooled = fit_regression(np.concatenate(zs), np.tile(y_train, len(zs)), ctx.cfg.lr_standardize, protocol)
             pred = pooled.predict(np.concatenate([z_test[s] for s in subsets]))
             out["latent_acc/pooled"] = float((pred == np.tile(y_test, len(subsets))).mean())
             fitted["pooled"] = pooled
