@@ -1,0 +1,45 @@
+"""Latent accuracy of finished runs under both lbfgs stopping rules (docs/provenance.md, "latent regression: where
+lbfgs stops"): "summed" (tol 1e-4 on the summed log-loss over float64 features, MoPoE's pinned scikit-learn 0.20, the
+mopoe protocol's fit since 2026-12-06) and "mean" (scikit-learn >= 1.4's default on the mean loss, every protocol's
+fit before). Each run's own eval settings, test tuples and regression rows, as evaluate.py builds them.
+
+    make quickstart                      # or any runs with latent_classification among their metrics
+    python docs/lr_stopping.py [RUNS]    # RUNS: ./runs (or $MMBENCH_RUNS); data ./data (or $MMBENCH_DATA)
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from mmbench.evaluate import evaluation_split
+from mmbench.metrics import latent
+from mmbench.metrics.context import EvalContext
+from mmbench.registry import DATASETS
+from mmbench.results import Run, parse_config
+from mmbench.train import load_data, load_trained
+
+runs = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("MMBENCH_RUNS", "runs"))
+data = Path(os.environ.get("MMBENCH_DATA", "data"))
+rows = []
+for d in sorted(p for p in runs.iterdir() if (p / "metrics.json").exists()):
+    _, cfg = parse_config((d / "config.yaml").read_bytes(), str(d / "config.yaml"))
+    if "latent_classification" not in cfg.eval.metrics:
+        continue
+    run = Run(cfg, runs)
+    model = load_trained(run, torch.device("cpu"))
+    train, test_full = load_data(cfg, data)
+    got = {}
+    for rule in ("summed", "mean"):
+        latent.LR_LOSS[cfg.eval.lr_protocol] = rule
+        ctx = EvalContext(model=model, spec=DATASETS.get(cfg.dataset)(), variant=cfg.variant, train=train,
+                          test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
+                          run_seed=cfg.seed, device=torch.device("cpu"), data_root=data)
+        torch.manual_seed(cfg.seed + 1)  # as evaluate.py
+        got[rule] = latent.latent_classification(ctx)
+    keys = sorted(k for k in got["summed"] if k.startswith("latent_acc_by_n/"))
+    for k in keys:
+        rows.append((run.id, k, got["summed"][k], got["mean"][k]))
+print(f"{'run':48} {'key':20} {'summed':>8} {'mean':>8} {'diff':>8}")
+for rid, k, s, m in rows:
+    print(f"{rid:48} {k:20} {s:8.4f} {m:8.4f} {s - m:+8.4f}")
