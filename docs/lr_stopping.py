@@ -1,7 +1,7 @@
-"""Latent accuracy of finished runs under both lbfgs stopping rules (docs/provenance.md, "latent regression: where
-lbfgs stops"): "summed" (tol 1e-4 on the summed log-loss over float64 features, MoPoE's pinned scikit-learn 0.20, the
-mopoe protocol's fit since 2026-12-06) and "mean" (scikit-learn >= 1.4's default on the mean loss, every protocol's
-fit before). Each run's own eval settings, test tuples and regression rows, as evaluate.py builds them.
+"""Latent accuracy of finished runs with both regressions (docs/provenance.md, "latent regression: which scikit-learn
+fits it"): "0.20" (metrics/logistic020.py, MoPoE's pinned scikit-learn 0.20: the mopoe and smvae protocols' fit since
+2026-12-06) and "current" (the installed scikit-learn: every protocol's fit before). Each run's own eval settings, test
+tuples and regression rows, as evaluate.py builds them.
 
     make quickstart                      # or any runs with latent_classification among their metrics
     python docs/lr_stopping.py [RUNS]    # RUNS: ./runs (or $MMBENCH_RUNS); data ./data (or $MMBENCH_DATA)
@@ -30,16 +30,16 @@ for d in sorted(p for p in runs.iterdir() if (p / "metrics.json").exists()):
     model = load_trained(run, torch.device("cpu"))
     train, test_full = load_data(cfg, data)
     got = {}
-    for rule in ("summed", "mean"):
-        latent.LR_LOSS[cfg.eval.lr_protocol] = rule
+    for rule in ("0.20", "current"):
+        latent.LR_SKLEARN[cfg.eval.lr_protocol] = rule
         ctx = EvalContext(model=model, spec=DATASETS.get(cfg.dataset)(), variant=cfg.variant, train=train,
                           test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
                           run_seed=cfg.seed, device=torch.device("cpu"), data_root=data)
         torch.manual_seed(cfg.seed + 1)  # as evaluate.py
         got[rule] = latent.latent_classification(ctx)
-    keys = sorted(k for k in got["summed"] if k.startswith("latent_acc_by_n/"))
+    keys = sorted(k for k in got["0.20"] if k.startswith("latent_acc_by_n/"))
     for k in keys:
-        rows.append((run.id, k, got["summed"][k], got["mean"][k]))
-print(f"{'run':48} {'key':20} {'summed':>8} {'mean':>8} {'diff':>8}")
+        rows.append((run.id, k, got["0.20"][k], got["current"][k]))
+print(f"{'run':48} {'key':20} {'0.20':>8} {'current':>8} {'diff':>8}")
 for rid, k, s, m in rows:
     print(f"{rid:48} {k:20} {s:8.4f} {m:8.4f} {s - m:+8.4f}")

@@ -14,6 +14,7 @@ from mmbench.methods.base import Gaussian, MethodConfig, all_subsets
 from mmbench.metrics.average_precision import average_precisions
 from mmbench.metrics.classifiers import get_classifiers, mean_ap, train_one
 from mmbench.metrics.context import EvalContext
+from mmbench.metrics.logistic020 import LogisticRegression020
 from mmbench.registry import ARCHITECTURES, DATASETS, METHODS, METRICS
 from conftest import train_steps
 
@@ -339,9 +340,8 @@ def test_latent_ap_ranks_what_eval_ap_scores_says(tmp_path, scores):
     out = METRICS.get("latent_ap")(ctx)
     z_train, z_test = ctx.regression_tuples().x["img"].numpy(), ctx.test.x["img"].numpy()
     for a in (0, 20, 39):
-        # the mopoe protocol's fit: scikit-learn 0.20's stopping point (tol 1e-4 on the summed loss, float64)
-        clf = LogisticRegression(max_iter=1000, tol=1e-4 / len(z_train)).fit(z_train.astype(np.float64),
-                                                                            ctx.regression_tuples().labels[:, a].numpy())
+        # the mopoe protocol's fit: scikit-learn 0.20's (metrics/logistic020.py, tests/test_metrics_latent.py)
+        clf = LogisticRegression020(max_iter=1000).fit(z_train, ctx.regression_tuples().labels[:, a].numpy())
         ap = {"hard": average_precision_score(y_test[:, a], clf.predict(z_test)),
               "proba": average_precision_score(y_test[:, a], clf.predict_proba(z_test)[:, 1])}
         assert abs(ap["hard"] - ap["proba"]) > 0.02  # noisy enough that the two differ
@@ -420,8 +420,7 @@ def test_batch_mean_aps_average_shuffled_batches_of_256_as_the_mopoe_code(tmp_pa
     assert latent["ap_batchmean_batches"] == 2 and latent["ap_batchmean_empty"] == 2 - with_rare
     assert latent["ap_attributes_scored"] == 39
     z_train, z_test = ctx.regression_tuples().x["img"].numpy(), ctx.test.x["img"].numpy()
-    hard = np.stack([LogisticRegression(max_iter=1000, tol=1e-4 / 300).fit(z_train.astype(np.float64),
-                                                                         ctx.regression_tuples().labels[:, a].numpy())
+    hard = np.stack([LogisticRegression020(max_iter=1000).fit(z_train, ctx.regression_tuples().labels[:, a].numpy())
                      .predict(z_test) for a in range(40)], 1).astype(float)
     want = mopoe_batch_mean(y, hard, batches)
     assert latent["latent_ap_batchmean/img"] == pytest.approx(want, abs=1e-9)

@@ -108,8 +108,8 @@ def test_iteration_cap_follows_each_protocols_code_and_a_fit_that_hits_it_is_cou
 
     caps = []
     real = latent.regression
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol: caps.append(max_iter) or
-                        real(standardize, max_iter, tol))
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, sklearn: caps.append(max_iter) or
+                        real(standardize, max_iter, sklearn))
     assert run("mopoe")["latent_lr_unconverged"] == 0 and set(caps) == {1000}
     caps.clear()
     assert run("mmvamp")["latent_lr_unconverged"] == 0 and set(caps) == {10000} and len(caps) == 3  # m0, m1, pooled
@@ -129,8 +129,8 @@ def test_capped_fits_are_counted_with_standardised_features_and_the_pooled_fit(m
     from mmbench.metrics import latent
 
     monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol, real=latent.regression:
-                        real(True, max_iter, tol))  # as with eval.lr_standardize: true
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, sklearn, real=latent.regression:
+                        real(True, max_iter, sklearn))  # as with eval.lr_standardize: true
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert run("mmvamp")["latent_lr_unconverged"] == 3  # m0, m1 and the pooled one
@@ -149,8 +149,8 @@ def test_latent_ap_fits_with_its_protocols_cap_and_counts_capped_fits(monkeypatc
         return DataSplit(MODS, s.x, torch.stack([(y < 5).long(), (y % 2).long(), torch.zeros_like(y)], 1))
 
     caps, real = [], latent.regression
-    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, tol: caps.append((max_iter, tol)) or
-                        real(standardize, max_iter, tol))
+    monkeypatch.setattr(latent, "regression", lambda standardize, max_iter, sklearn: caps.append((max_iter, sklearn))
+                        or real(standardize, max_iter, sklearn))
     monkeypatch.setattr(ap_mod, "attribute_names", lambda ctx: ["young", "odd", "never"])
     train, test = multilabel(600, 0), multilabel(400, 1)
     spec = DATASETS.get("celeba")()
@@ -158,11 +158,11 @@ def test_latent_ap_fits_with_its_protocols_cap_and_counts_capped_fits(monkeypatc
                       cfg=EvalConfig(lr_train_samples=500, lr_protocol="mmvamp", batch_size=128),
                       device=torch.device("cpu"))
     out = ap_mod.latent_ap(ctx)
-    assert set(caps) == {(10000, 1e-4)} and len(caps) == 4 and out["latent_lr_unconverged"] == 0  # m0, m1 × 2 attributes
+    assert set(caps) == {(10000, "current")} and len(caps) == 4 and out["latent_lr_unconverged"] == 0  # m0, m1 × 2 attributes
     caps.clear()
-    ctx.cfg.lr_protocol = "mopoe"  # scikit-learn 0.20's stopping point: 1e-4 on the summed loss of 500 rows
+    ctx.cfg.lr_protocol = "mopoe"  # fitted as MoPoE's scikit-learn 0.20
     ap_mod.latent_ap(ctx)
-    assert set(caps) == {(1000, 1e-4 / 500)} and len(caps) == 6  # m0, m1, m0+m1 × 2 attributes
+    assert set(caps) == {(1000, "0.20")} and len(caps) == 6  # m0, m1, m0+m1 × 2 attributes
     ctx.cfg.lr_protocol = "mmvamp"
     monkeypatch.setitem(latent.LR_MAX_ITER, "mmvamp", 1)
     with warnings.catch_warnings():
@@ -178,14 +178,17 @@ def test_regressions_are_fitted_and_applied_on_one_blas_thread(monkeypatch, metr
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from mmbench.metrics.average_precision import fit_attribute
+    from mmbench.metrics.logistic020 import LogisticRegression020
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
     seen = []
-    fit, predict = LogisticRegression.fit, LogisticRegression.predict
-    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: (seen.append(blas_threads()), fit(self, *a, **k))[1])
-    monkeypatch.setattr(LogisticRegression, "predict", lambda self, *a: (seen.append(blas_threads()), predict(self, *a))[1])
+    for cls in (LogisticRegression, LogisticRegression020):  # mmvamp's fits, and mopoe's (scikit-learn 0.20's)
+        def hooked(method, real):
+            return lambda self, *a, **k: (seen.append(blas_threads()), real(self, *a, **k))[1]
+        monkeypatch.setattr(cls, "fit", hooked("fit", cls.fit))
+        monkeypatch.setattr(cls, "predict", hooked("predict", cls.predict))
     with threadpool_limits(limits=2, user_api="blas"):  # a machine (or CI setting) with one thread would prove nothing
         before = blas_threads()
         if before != {2}:
@@ -256,7 +259,7 @@ def test_latent_classification_fits_on_the_regression_tuples_only():
 def sklearn_020_fit(z, y, tol=1e-4, max_iter=1000):
     """The fit of MoPoE's pinned scikit-learn 0.20 (LogisticRegression(solver='lbfgs', multi_class='auto'), C = 1):
     the summed multinomial log-loss plus ½‖W‖² (intercepts unpenalised), minimised by scipy's fmin_l_bfgs_b with
-    pgtol = tol and its default factr, on float64 features. Returns a predict function."""
+    pgtol = tol and its default factr, on float64 features. Returns a predict function and the iterations taken."""
     from scipy import optimize
     from scipy.special import logsumexp
 
@@ -273,15 +276,17 @@ def sklearn_020_fit(z, y, tol=1e-4, max_iter=1000):
         grad[:, :-1] += w[:, :-1]
         return -(onehot * logp).sum() + 0.5 * (w[:, :-1] ** 2).sum(), grad.ravel()
 
-    w = optimize.fmin_l_bfgs_b(loss_grad, np.zeros(k * (d + 1)), pgtol=tol, maxiter=max_iter)[0].reshape(k, d + 1)
-    return lambda x: np.argmax(x.astype(np.float64) @ w[:, :-1].T + w[:, -1], 1)
+    w, _, info = optimize.fmin_l_bfgs_b(loss_grad, np.zeros(k * (d + 1)), pgtol=tol, maxiter=max_iter)
+    w = w.reshape(k, d + 1)
+    return (lambda x: np.argmax(x.astype(np.float64) @ w[:, :-1].T + w[:, -1], 1)), info["nit"]
 
 
 def test_mopoe_regressions_stop_where_scikit_learn_0_20_stopped_and_mmvamps_where_1_4_does():
-    """MoPoE's environment pins scikit-learn 0.20.0, whose lbfgs stops at a gradient of 1e-4 on the summed loss;
-    scikit-learn >= 1.4 (mmvmvae's 1.4.0, ours) scales the loss by 1/n, so its default tol stops 500 times sooner at
-    500 rows: on weakly separable 512-d means its fit predicts otherwise. The mopoe (and smvae) fit reproduces the
-    0.20 fit's predictions; the mmvamp fit is scikit-learn's default on the float32 means, as the MM-VAMP code."""
+    """MoPoE's environment pins scikit-learn 0.20.0, whose lbfgs minimises the summed loss (stopping at a gradient of
+    1e-4 or scipy's default relative reduction); scikit-learn >= 1.4 (mmvmvae's 1.4.0, ours) minimises the mean and
+    stops elsewhere: on weakly separable 512-d means its fit predicts otherwise. The mopoe (and smvae) fit reproduces
+    this file's re-implementation of the 0.20 fit; the mmvamp fit is scikit-learn's default on the float32 means, as
+    the MM-VAMP code."""
     from sklearn.linear_model import LogisticRegression
 
     from mmbench.metrics.latent import fit_regression, one_blas_thread
@@ -295,10 +300,62 @@ def test_mopoe_regressions_stop_where_scikit_learn_0_20_stopped_and_mmvamps_wher
 
     (z, y), (z_test, _) = draw(500), draw(4000)
     with one_blas_thread():
-        old = sklearn_020_fit(z, y)(z_test)
+        predict, iterations = sklearn_020_fit(z, y)
+        old = predict(z_test)
         for protocol in ("mopoe", "smvae"):
-            assert np.mean(fit_regression(z, y, False, protocol).predict(z_test) != old) <= 0.001, protocol
+            fitted = fit_regression(z, y, False, protocol)
+            assert np.mean(fitted.predict(z_test) != old) <= 0.001, protocol
+            assert fitted.n_iter_[0] == iterations, protocol  # stopped where 0.20 stops, not merely near its answer
         default = LogisticRegression(max_iter=10000, random_state=0).fit(z, y)
         assert np.mean(default.predict(z_test) != old) > 0.1  # the fixture tells the two stopping rules apart
         mmvamp = fit_regression(z, y, False, "mmvamp")
         assert np.array_equal(mmvamp.coef_, default.coef_) and mmvamp.coef_.dtype == np.float32
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_logistic020_minimises_scikit_learns_objective_and_predicts_as_it(k):
+    """metrics/logistic020.py minimises LogisticRegression's objective (C = 1, intercepts unpenalised; one logistic for
+    two classes, multinomial for more): run to convergence, it meets today's scikit-learn run to convergence, in
+    coefficients, probabilities and predicted labels (which keep their values), also behind eval.lr_standardize."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mmbench.metrics.latent import regression
+    from mmbench.metrics.logistic020 import LogisticRegression020
+
+    rng = np.random.default_rng(k)
+    labels = np.array([3, 7, 11, 20])[:k]
+    y = labels[rng.integers(0, k, 300)]
+    x = rng.normal(size=(300, 6)) + 0.8 * (y[:, None] == labels[None, :6 // k].repeat(6 // k, 1))
+    ours = LogisticRegression020(max_iter=100000, tol=1e-10).fit(x, y)
+    ref = LogisticRegression(max_iter=100000, tol=1e-12).fit(x, y)
+    # scipy's default relative-reduction stop (0.20's call) ends first: equal to ~1e-5
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=2e-4)
+    np.testing.assert_allclose(ours.predict_proba(x), ref.predict_proba(x), atol=1e-4)
+    assert np.array_equal(ours.predict(x), ref.predict(x)) and set(ours.predict(x)) <= set(labels)
+    x = np.hstack([x, np.full((300, 1), 2.0)])  # a constant feature: StandardScaler divides it by 1, not 0
+    scaled = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)  # eval.lr_standardize: StandardScaler's features
+    std_ref = LogisticRegression(max_iter=100000, tol=1e-12).fit(scaled, y)
+    std = regression(True, 100000, "0.20")
+    std.tol = 1e-10
+    np.testing.assert_allclose(std.fit(x, y).predict_proba(x + 0.5),
+                               std_ref.predict_proba(scaled + 0.5 / np.where(x.std(0) > 0, x.std(0), 1.0)), atol=1e-4)
+    with pytest.raises(ValueError, match="two classes"):
+        LogisticRegression020().fit(x, np.zeros(300))
+
+
+def test_logistic020_calls_lbfgs_as_scikit_learn_0_20_did(monkeypatch):
+    """0.20's _logistic_regression_path calls fmin_l_bfgs_b(func, w0, fprime=None, args=..., iprint=..., pgtol=tol,
+    maxiter=max_iter): scipy's defaults for the rest (factr 1e7, m 10, maxls 20) decide where it stops on nearly
+    separable latents, so no other setting may be passed; w0 is zeros."""
+    from scipy import optimize
+
+    from mmbench.metrics.latent import fit_regression
+
+    calls, real = [], optimize.fmin_l_bfgs_b
+    monkeypatch.setattr(optimize, "fmin_l_bfgs_b", lambda f, w0, **kw: calls.append((w0.copy(), kw)) or real(f, w0, **kw))
+    rng = np.random.default_rng(0)
+    fit_regression(rng.normal(size=(50, 3)).astype(np.float32), rng.integers(0, 3, 50), False, "mopoe")
+    fit_regression(rng.normal(size=(50, 3)).astype(np.float32), rng.integers(0, 2, 50), True, "smvae")
+    assert [kw for _, kw in calls] == [{"pgtol": 1e-4, "maxiter": 1000}] * 2
+    assert [w0.shape for w0, _ in calls] == [(12,), (4,)] and not any(w0.any() for w0, _ in calls)

@@ -11,32 +11,30 @@ from ..errors import MMBenchError
 from ..methods.base import evaluable_subsets, subset_key
 from ..registry import METRICS
 from .context import EvalContext
+from .logistic020 import LogisticRegression020
 
 
 # lbfgs's iteration cap per eval.lr_protocol, as each authors' code: 1000 (MoPoE eval_metrics/representation.py
 # train_clf_lr_all_subsets; SMVAE has no code and follows MoPoE's protocol), 10000 (mmvmvae utils/eval.py
 # train_clf_lr_PM, train_clf_lr_celeba; mmvampvae's rats evaluation likewise).
 LR_MAX_ITER = {"mopoe": 1000, "smvae": 1000, "mmvamp": 10000}
-# Where lbfgs stops, per eval.lr_protocol, as each authors' scikit-learn: MoPoE's environment.yml pins 0.20.0, whose
-# lbfgs minimises the *summed* log-loss and stops at a projected gradient below tol = 1e-4 (fmin_l_bfgs_b's pgtol), on
-# float64 features (eval_metrics/representation.py fills np.zeros arrays); scikit-learn >= 1.4 (mmvmvae's and
-# mmvampvae's environment.yml pin 1.4.0; mmbench's is newer) minimises the *mean* (scikit-learn PR #26721), so the same
-# tol stops n times sooner: on 512-d latents up to 6 points of accuracy lower (docs/provenance.md). "summed" fits with
-# tol = 1e-4 / n on float64, the 0.20 fit's stopping point; "mean" with the default tol on the float32 means, as the
-# MM-VAMP code. SMVAE has no code and follows MoPoE's protocol.
-LR_LOSS = {"mopoe": "summed", "smvae": "summed", "mmvamp": "mean"}
-LR_TOL = 1e-4  # scikit-learn's default, in both versions
+# Which scikit-learn fits the regressions, per eval.lr_protocol, as each authors' code: MoPoE's environment.yml pins
+# 0.20.0, whose lbfgs minimises the *summed* log-loss and stops at a projected gradient of 1e-4 or scipy's default
+# relative reduction; scikit-learn >= 1.4 (mmvmvae's and mmvampvae's environment.yml pin 1.4.0; mmbench's is newer)
+# minimises the *mean* (scikit-learn PR #26721) and stops elsewhere (on weakly separable 512-d means, up to 6 points
+# of accuracy apart; docs/provenance.md). "0.20": metrics/logistic020.py, 0.20's objective and call; "current":
+# sklearn's LogisticRegression, as the MM-VAMP code. SMVAE has no code and follows MoPoE's protocol.
+LR_SKLEARN = {"mopoe": "0.20", "smvae": "0.20", "mmvamp": "current"}
 
 
 def fit_regression(z: np.ndarray, y: np.ndarray, standardize: bool, protocol: str):
-    """`regression` fitted on (z, y) as eval.lr_protocol's authors' code fits it (LR_MAX_ITER, LR_LOSS)."""
-    if LR_LOSS[protocol] == "summed":
-        return regression(standardize, LR_MAX_ITER[protocol], LR_TOL / len(z)).fit(z.astype(np.float64), y)
-    return regression(standardize, LR_MAX_ITER[protocol], LR_TOL).fit(z, y)
+    """`regression` fitted on (z, y) as eval.lr_protocol's authors' code fits it (LR_MAX_ITER, LR_SKLEARN)."""
+    return regression(standardize, LR_MAX_ITER[protocol], LR_SKLEARN[protocol]).fit(z, y)
 
 
-def regression(standardize: bool, max_iter: int, tol: float = LR_TOL):
-    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1), `max_iter` (LR_MAX_ITER), `tol`. With
+def regression(standardize: bool, max_iter: int, sklearn: str = "current"):
+    """MoPoE App. B: sklearn's LogisticRegression with its defaults (lbfgs, C = 1, tol 1e-4), `max_iter` (LR_MAX_ITER),
+    as scikit-learn `sklearn` ("0.20": metrics/logistic020.py; "current": the installed one) fits it. With
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
     linear separability independently of the latent's scale."""
@@ -45,7 +43,9 @@ def regression(standardize: bool, max_iter: int, tol: float = LR_TOL):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = LogisticRegression(max_iter=max_iter, tol=tol, random_state=0)
+    if sklearn == "0.20":
+        return LogisticRegression020(max_iter=max_iter, standardize=standardize)
+    clf = LogisticRegression(max_iter=max_iter, random_state=0)
     return make_pipeline(StandardScaler(), clf) if standardize else clf
 
 
