@@ -329,8 +329,8 @@ def test_latent_ap_fits_on_the_regression_tuples(tmp_path):
 @pytest.mark.parametrize("scores", ["hard", "proba"])
 def test_latent_ap_ranks_what_eval_ap_scores_says(tmp_path, scores):
     """eval.ap_scores hard (default): the AP of each regression's 0/1 predictions, as the MoPoE and MMVM codes call
-    average_precision_score on clf.predict; proba: of its probabilities. Re-derived with sklearn on the means."""
-    from sklearn.linear_model import LogisticRegression
+    average_precision_score on clf.predict; proba: of its probabilities. Re-derived with sklearn's AP on the means,
+    fitted by the mopoe protocol's regression (scikit-learn 0.20's, tests/test_metrics_latent.py)."""
     from sklearn.metrics import average_precision_score
 
     y_train, y_test = labels(300, 0), labels(300, 1)
@@ -399,8 +399,6 @@ def test_batch_mean_aps_average_shuffled_batches_of_256_as_the_mopoe_code(tmp_pa
     partial one dropped (celeba/experiment.py eval_label, mean_eval_metric): re-derived here with sklearn for the
     latent regressions' 0/1 predictions and the coherence classifiers' scores, on a rare attribute too (one
     positive: the batches without it are left out and counted). Not eval.batch_size's batches, not the whole split."""
-    from sklearn.linear_model import LogisticRegression
-
     from mmbench.metrics.average_precision import ap_batches
 
     y_train, y_test = labels(300, 0), labels(700, 1)
