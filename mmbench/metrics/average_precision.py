@@ -27,7 +27,7 @@ AP over the test split is computed two ways, from the same scores:
   AP is not additive, so the two differ. A batch without a positive of an attribute has no AP there (the
   authors' scikit-learn 0.20 returns NaN, which makes that attribute's mean NaN; scikit-learn >= 1.1 returns
   0): it is left out of that attribute's mean, and ``ap_batchmean_empty`` counts such (batch, attribute)
-  cells over the attributes scored (0: the number is the authors' exactly). ``ap_batchmean_batches`` is the
+  cells over the attributes scored (0: the authors' computation exactly). ``ap_batchmean_batches`` is the
   number of batches; with fewer than 256 test tuples there is none and the batch-mean keys are absent.
 An attribute with no positive test tuple has no AP: it is left out of the means and its per-attribute key is
 absent; ``ap_attributes_scored`` says how many attributes the means cover (40 on the full CelebA test split).
