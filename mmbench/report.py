@@ -114,11 +114,12 @@ def mixed_fields(sel: pd.DataFrame) -> List[str]:
     return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in sel["prov"]}) > 1]
 
 
-def select(frame: pd.DataFrame, table: str, method: str, metric: str, *wheres: Optional[Dict[str, Any]]) -> pd.DataFrame:
-    """Rows of runs that serve `table`, use `method`, report `metric` and satisfy every `where`."""
+def select(frame: pd.DataFrame, table: str, method: str, metric: Optional[str],
+           *wheres: Optional[Dict[str, Any]]) -> pd.DataFrame:
+    """Rows of runs that serve `table`, use `method`, report `metric` (None: any) and satisfy every `where`."""
     if frame.empty:
         return frame
-    sel = frame[(frame["method"] == method) & (frame["metric"] == metric)
+    sel = frame[(frame["method"] == method) & ((frame["metric"] == metric) if metric is not None else True)
                 & frame["tables"].apply(lambda t: table in t)]
     for w in wheres:
         if w and not sel.empty:
@@ -155,12 +156,7 @@ def excluded_by(near: pd.DataFrame, where: Dict[str, Any]) -> Optional[str]:
 
 def absent_from(frame: pd.DataFrame, c: Cell) -> Optional[str]:
     """Why a cell has no value although runs of its table and method pass its `where`: they write no such key."""
-    if frame.empty:
-        return None
-    near = frame[(frame["method"] == c.method) & frame["tables"].apply(lambda t: c.table in t)]
-    if c.where and not near.empty:
-        near = near.loc[[matches(cfg, c.where) for cfg in near["cfg"]]]
-    n = near["run"].nunique()
+    n = select(frame, c.table, c.method, None, c.where)["run"].nunique() if not frame.empty else 0
     return (f"{n} run{'s' if n > 1 else ''} of {c.table} with {c.method} write{'' if n > 1 else 's'} no {c.metric} "
             f"(docs/metrics.md says when a key is written; a run scored before the key existed gets it from "
             f"`mmbench evaluate` with the run's settings)") if n else None

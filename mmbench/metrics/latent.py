@@ -38,13 +38,13 @@ def regression(standardize: bool, max_iter: int, sklearn: str = "current"):
     `standardize` (eval.lr_standardize, not in the papers) on standardised features: C = 1 regularises
     small-scale latents (an early-training posterior's means) towards chance; standardising first measures
     linear separability independently of the latent's scale."""
+    if sklearn == "0.20":  # (needs no scikit-learn at all)
+        return LogisticRegression020(max_iter=max_iter, standardize=standardize)
     # (imported here: scikit-learn costs every mmbench process ~1 s at start-up, most of which never fit one)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if sklearn == "0.20":
-        return LogisticRegression020(max_iter=max_iter, standardize=standardize)
     clf = LogisticRegression(max_iter=max_iter, random_state=0)
     return make_pipeline(StandardScaler(), clf) if standardize else clf
 
