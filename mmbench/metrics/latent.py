@@ -28,8 +28,10 @@ LR_SKLEARN = {"mopoe": "0.20", "smvae": "0.20", "mmvamp": "current"}
 
 
 def fit_regression(z: np.ndarray, y: np.ndarray, standardize: bool, protocol: str):
-    """`regression` fitted on (z, y) as eval.lr_protocol's authors' code fits it (LR_MAX_ITER, LR_SKLEARN)."""
-    return regression(standardize, LR_MAX_ITER[protocol], LR_SKLEARN[protocol]).fit(z, y)
+    """`regression` fitted on (z, y) as eval.lr_protocol's authors' code fits it (LR_MAX_ITER, LR_SKLEARN), on float64
+    features: both pinned versions fit lbfgs in float64 whatever the input (0.20.0 and 1.4.0 `LogisticRegression.fit`:
+    `_dtype = np.float64` for lbfgs), where today's keeps float32 means in float32 (docs/provenance.md)."""
+    return regression(standardize, LR_MAX_ITER[protocol], LR_SKLEARN[protocol]).fit(np.asarray(z, dtype=np.float64), y)
 
 
 def regression(standardize: bool, max_iter: int, sklearn: str = "current"):
