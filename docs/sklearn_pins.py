@@ -33,6 +33,7 @@ Then, from the repository root (mmbench's environment where a line says `python`
     python docs/sklearn_pins.py compare /tmp/pins-in.npz /tmp/pins-020.npz /tmp/pins-14.npz
     PYTHONPATH=/tmp/scikit-learn-0.20.0:mmbench/metrics /tmp/sk020/bin/python docs/sklearn_pins.py compare /tmp/pins-in.npz /tmp/pins-020.npz
     python docs/sklearn_pins.py fixture tests/data/sklearn_pins.npz /tmp/pins-020.npz /tmp/pins-14.npz
+    /tmp/sk14/bin/python docs/sklearn_pins.py rounding /tmp/pins-in.npz      # (and under 0.20.0, as `fit`)
 
 `inputs` writes the synthetic problems (`problems()`, `ap_problems()`; numpy only) and, given RUNS (finished runs with
 latent_classification, data in $MMBENCH_DATA), the regressions those runs evaluate: every subset's posterior means of
@@ -40,7 +41,9 @@ their regression rows and test tuples, as latent_classification builds them. `fi
 code whose pinned version is the one imported (0.20.0: MoPoE's; 1.4.0: mmvmvae's) on every problem and scores the
 average precision problems. `compare` fits mmbench's side on the same inputs and prints the differences; its second
 form runs logistic020.py alone under 0.20's own numpy and scipy, which separates a difference of the code from one of
-scipy's L-BFGS-B (a C rewrite since scipy 1.15). `fixture` keeps the synthetic problems' results (not the inputs, which
+scipy's L-BFGS-B (a C rewrite since scipy 1.15). `rounding` measures what float rounding alone moves in the
+imported pinned version: its fits on every problem as given and with the training rows shuffled (the same objective
+summed in another order), the yardstick for `compare`'s differences on ill-conditioned fits. `fixture` keeps the synthetic problems' results (not the inputs, which
 the tests rebuild with `problems()`) for tests/test_metrics_latent.py and tests/test_celeba_models.py.
 """
 import hashlib
@@ -85,8 +88,9 @@ def problems():
     return out
 
 
-# Where the stop of lbfgs depends on float rounding: 0.20.0 itself stops after 142 iterations on it, or after 173
-# given the same features in Fortran order, so only predictions and coefficients to ~1e-3 can agree there
+# Where the stop of lbfgs depends on float rounding: 0.20.0 itself stops after 142 iterations on it, and after 248,
+# 230, 257 or 261 given the same rows shuffled (the same objective, summed in another order), so only predictions and
+# coefficients to ~1e-3 can agree there
 ROUNDING_BOUND = {"latent64_10class_scaled"}
 
 
@@ -197,6 +201,33 @@ def fit(inp, outp):
     np.savez_compressed(outp, **arrays)
 
 
+def rounding(inp):
+    """How far the imported pinned version moves by float rounding alone: each problem fitted as given and with its
+    training rows shuffled (seeded; the same objective, summed in another order), summarised as `compare` does."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    v = sklearn.__version__
+    inputs = load_inputs(inp)
+    same, pred_diff, acc_diff = 0, 0.0, 0.0
+    print(f"{'problem':56} {'iter':>5} {'shuffled':>8} {'max|dcoef|':>10} {'pred diff':>9} {'acc':>7} {'shuffled':>8}")
+    for name, (xtr, ytr, xte, yte) in sorted(inputs.items()):
+        perm = np.random.default_rng(0).permutation(len(xtr))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = LogisticRegression(**CALLS[v]).fit(xtr, ytr)
+            b = LogisticRegression(**CALLS[v]).fit(xtr[perm], ytr[perm])
+        same += int(np.max(a.n_iter_)) == int(np.max(b.n_iter_))
+        pa, pb = a.predict(xte), b.predict(xte)
+        pred_diff = max(pred_diff, float(np.mean(pa != pb)))
+        acc_diff = max(acc_diff, abs(float(np.mean(pa == yte) - np.mean(pb == yte))))
+        print(f"{name[:56]:56} {int(np.max(a.n_iter_)):5d} {int(np.max(b.n_iter_)):8d} "
+              f"{np.abs(a.coef_ - b.coef_).max():10.1e} {np.mean(pa != pb):9.4f} {np.mean(pa == yte):7.4f} "
+              f"{np.mean(pb == yte):8.4f}")
+    print(f"{len(inputs)} regressions, {v} against itself on shuffled rows: the same iteration count in {same}; "
+          f"predictions differ on at most {pred_diff:.4f} of a problem's test rows; accuracy by at most {acc_diff:.4f}")
+
+
 def ours(version):
     """mmbench's fit of the authors' call under `version`: latent.fit_regression with the protocol that reproduces it;
     under 0.20's own environment (no torch, no mmbench) logistic020.py alone, on float64 features as fit_regression."""
@@ -230,7 +261,7 @@ def compare(inp, *outs):
             a, b = average_precisions_here()(y, s), ref[f"{v}|{name}|ap"]
             print(f"{name}: average precision of {len(b)} attributes, max |mmbench - {v}| "
                   f"{np.nanmax(np.abs(a - b)):.1e}, NaN where {v} gives NaN: {np.array_equal(np.isnan(a), np.isnan(b))}")
-        fit_ours = ours(v)
+        fit_ours, same_iter, pred_diff, acc_diff = ours(v), 0, 0.0, 0.0
         print(f"{'problem':56} {'iter ' + v:>11} {'ours':>5} {'max|dcoef|':>10} {'pred diff':>9} "
               f"{'acc ' + v:>10} {'ours':>7}")
         for name, (xtr, ytr, xte, yte) in sorted(inputs.items()):
@@ -239,9 +270,14 @@ def compare(inp, *outs):
                 warnings.simplefilter("ignore")
                 m = fit_ours(xtr, ytr)
             p, want = m.predict(xte), ref[f"{v}|{name}|predict"]
+            same_iter += int(np.max(m.n_iter_)) == int(ref[f"{v}|{name}|n_iter"].max())
+            pred_diff = max(pred_diff, float(np.mean(p != want)))
+            acc_diff = max(acc_diff, abs(float(np.mean(p == yte) - np.mean(want == yte))))
             print(f"{name[:56]:56} {int(ref[f'{v}|{name}|n_iter'].max()):11d} {int(np.max(m.n_iter_)):5d} "
                   f"{np.abs(m.coef_ - ref[f'{v}|{name}|coef']).max():10.1e} {np.mean(p != want):9.4f} "
                   f"{np.mean(want == yte):10.4f} {np.mean(p == yte):7.4f}")
+        print(f"{len(inputs)} regressions against {v}: the same iteration count in {same_iter}; predictions differ on "
+              f"at most {pred_diff:.4f} of a problem's test rows; accuracy by at most {acc_diff:.4f}")
 
 
 def fixture(out, *refs):
@@ -264,7 +300,7 @@ if __name__ == "__main__":
             probs.update(run_problems(args[1]))
         save_inputs(args[0], probs)
         print(f"{len(probs)} regression problems -> {args[0]}")
-    elif cmd in ("fit", "compare", "fixture"):
-        {"fit": fit, "compare": compare, "fixture": fixture}[cmd](*args)
+    elif cmd in ("fit", "compare", "rounding", "fixture"):
+        {"fit": fit, "compare": compare, "rounding": rounding, "fixture": fixture}[cmd](*args)
     else:
-        raise SystemExit(f"unknown command {cmd!r}: inputs, fit, compare or fixture (see the docstring)")
+        raise SystemExit(f"unknown command {cmd!r}: inputs, fit, compare, rounding or fixture (see the docstring)")

@@ -383,7 +383,7 @@ def test_regressions_fit_as_the_pinned_scikit_learns_themselves(version):
     fit lbfgs in float64) predicts every test row as the pinned version did, stops at its iteration and meets its
     coefficients to float rounding -- on numpy 2 and scipy's C L-BFGS-B as on the pins' numpy 1.2x and Fortran one.
     Except on the nearly separable scaled problem under 0.20.0's tolerances, where the stop depends on float rounding
-    (0.20.0 itself stops after 142 iterations, or 173 given the same features in Fortran order): there the
+    (0.20.0 itself stops after 142 iterations, and after 230-261 given the same rows shuffled): there the
     predictions and the coefficients to 2e-3. The other version's fit, and a float32 fit under 1.4's call, differ."""
     from sklearn.linear_model import LogisticRegression
 
