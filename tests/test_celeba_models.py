@@ -380,10 +380,10 @@ def test_average_precisions_are_the_pinned_scikit_learns():
     MoPoE's eval_label scores a test batch; tests/data/sklearn_pins.npz): equal to float rounding; NaN where MoPoE's
     0.20.0 gives NaN (an attribute without a positive), where 1.4.0 (mmvmvae's) gives 0 -- such an attribute is left
     out of the means (metrics/average_precision.py); on CelebA's whole test split every attribute has positives."""
-    from mmbench.metrics.precision import average_precisions
-
     import importlib.util
     from pathlib import Path
+
+    from mmbench.metrics.precision import average_precisions
 
     spec = importlib.util.spec_from_file_location("sklearn_pins", Path(__file__).resolve().parents[1] / "docs" / "sklearn_pins.py")
     script = importlib.util.module_from_spec(spec)
@@ -399,6 +399,7 @@ def test_average_precisions_are_the_pinned_scikit_learns():
                 assert not np.isnan(want).any() and want[np.isnan(got)] == 0
                 want = np.where(np.isnan(got), np.nan, want)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"{name}, {version}")
+
 
 class SharpFake(FakeModel):
     """FakeModel whose posterior draws are its means to float32 precision (σ = e^-30): coherence scores known."""

@@ -361,7 +361,6 @@ def test_logistic020_calls_lbfgs_as_scikit_learn_0_20_did(monkeypatch):
     assert [w0.shape for w0, _ in calls] == [(12,), (4,)] and not any(w0.any() for w0, _ in calls)
 
 
-
 def pins():
     """docs/sklearn_pins.py (its problems) and the pinned scikit-learns' results on them (tests/data/sklearn_pins.npz)."""
     import importlib.util
