@@ -201,6 +201,30 @@ def fit(inp, outp):
     np.savez_compressed(outp, **arrays)
 
 
+class Tally:
+    """One line per problem (iterations, coefficients, predictions and accuracy of fit `a` beside fit `b`) and the
+    summary over them: where the iteration counts agree, the largest share of test rows predicted otherwise, the
+    largest accuracy difference."""
+
+    def __init__(self, a_label: str, b_label: str):
+        self.n = self.same = 0
+        self.pred_diff = self.acc_diff = 0.0
+        print(f"{'problem':56} {'iter ' + a_label:>11} {b_label:>8} {'max|dcoef|':>10} {'pred diff':>9} "
+              f"{'acc ' + a_label:>10} {b_label:>8}")
+
+    def add(self, name, a_iter, b_iter, a_coef, b_coef, a_pred, b_pred, y):
+        self.n += 1
+        self.same += int(a_iter) == int(b_iter)
+        diff, a_acc, b_acc = float(np.mean(a_pred != b_pred)), float(np.mean(a_pred == y)), float(np.mean(b_pred == y))
+        self.pred_diff, self.acc_diff = max(self.pred_diff, diff), max(self.acc_diff, abs(a_acc - b_acc))
+        print(f"{name[:56]:56} {int(a_iter):11d} {int(b_iter):8d} {np.abs(a_coef - b_coef).max():10.1e} {diff:9.4f} "
+              f"{a_acc:10.4f} {b_acc:8.4f}")
+
+    def summary(self, what: str):
+        print(f"{self.n} regressions, {what}: the same iteration count in {self.same}; predictions differ on at most "
+              f"{self.pred_diff:.4f} of a problem's test rows; accuracy by at most {self.acc_diff:.4f}")
+
+
 def rounding(inp):
     """How far the imported pinned version moves by float rounding alone: each problem fitted as given and with its
     training rows shuffled (seeded; the same objective, summed in another order), summarised as `compare` does."""
@@ -208,25 +232,15 @@ def rounding(inp):
     from sklearn.linear_model import LogisticRegression
 
     v = sklearn.__version__
-    inputs = load_inputs(inp)
-    same, pred_diff, acc_diff = 0, 0.0, 0.0
-    print(f"{'problem':56} {'iter':>5} {'shuffled':>8} {'max|dcoef|':>10} {'pred diff':>9} {'acc':>7} {'shuffled':>8}")
-    for name, (xtr, ytr, xte, yte) in sorted(inputs.items()):
+    tally = Tally(v, "shuffled")
+    for name, (xtr, ytr, xte, yte) in sorted(load_inputs(inp).items()):
         perm = np.random.default_rng(0).permutation(len(xtr))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             a = LogisticRegression(**CALLS[v]).fit(xtr, ytr)
             b = LogisticRegression(**CALLS[v]).fit(xtr[perm], ytr[perm])
-        same += int(np.max(a.n_iter_)) == int(np.max(b.n_iter_))
-        pa, pb = a.predict(xte), b.predict(xte)
-        pred_diff = max(pred_diff, float(np.mean(pa != pb)))
-        acc_diff = max(acc_diff, abs(float(np.mean(pa == yte) - np.mean(pb == yte))))
-        print(f"{name[:56]:56} {int(np.max(a.n_iter_)):5d} {int(np.max(b.n_iter_)):8d} "
-              f"{np.abs(a.coef_ - b.coef_).max():10.1e} {np.mean(pa != pb):9.4f} {np.mean(pa == yte):7.4f} "
-              f"{np.mean(pb == yte):8.4f}")
-    print(f"{len(inputs)} regressions, {v} against itself on shuffled rows: the same iteration count in {same}; "
-          f"predictions differ on at most {pred_diff:.4f} of a problem's test rows; accuracy by at most {acc_diff:.4f}")
-
+        tally.add(name, np.max(a.n_iter_), np.max(b.n_iter_), a.coef_, b.coef_, a.predict(xte), b.predict(xte), yte)
+    tally.summary(f"{v} against itself on shuffled rows")
 
 def ours(version):
     """mmbench's fit of the authors' call under `version`: latent.fit_regression with the protocol that reproduces it;
@@ -238,6 +252,17 @@ def ours(version):
         assert version == "0.20.0", "only the 0.20.0 side runs without mmbench"
         return lambda x, y: LogisticRegression020(max_iter=CALLS[version]["max_iter"]).fit(x.astype(np.float64), y)
     return lambda x, y: fit_regression(x, y, False, PROTOCOL[version])
+
+
+def one_blas_thread():
+    """mmbench's fits run with numpy/scipy's BLAS on one thread (metrics/latent.py one_blas_thread); so do `compare`'s,
+    where mmbench imports (not in 0.20's environment)."""
+    try:
+        from mmbench.metrics.latent import one_blas_thread as limit
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return limit()
 
 
 def average_precisions_here():
@@ -254,30 +279,28 @@ def compare(inp, *outs):
     inputs = load_inputs(inp)
     for outp in outs:
         ref = np.load(outp)
-        v = next(k.split("|")[0] for k in ref.files if k.endswith("|versions"))
-        print(f"\nreference: {ref[f'{v}|versions']}; mmbench: eval.lr_protocol {PROTOCOL[v]}")
-        for name, (y, s) in ap_problems().items():
-            assert str(ref[f"{v}|{name}|digest"]) == digest((y, s)), f"{name}: not the inputs {v} scored"
-            a, b = average_precisions_here()(y, s), ref[f"{v}|{name}|ap"]
-            print(f"{name}: average precision of {len(b)} attributes, max |mmbench - {v}| "
-                  f"{np.nanmax(np.abs(a - b)):.1e}, NaN where {v} gives NaN: {np.array_equal(np.isnan(a), np.isnan(b))}")
-        fit_ours, same_iter, pred_diff, acc_diff = ours(v), 0, 0.0, 0.0
-        print(f"{'problem':56} {'iter ' + v:>11} {'ours':>5} {'max|dcoef|':>10} {'pred diff':>9} "
-              f"{'acc ' + v:>10} {'ours':>7}")
-        for name, (xtr, ytr, xte, yte) in sorted(inputs.items()):
-            assert str(ref[f"{v}|{name}|digest"]) == digest((xtr, ytr, xte)), f"{name}: not the inputs {v} fitted"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = fit_ours(xtr, ytr)
-            p, want = m.predict(xte), ref[f"{v}|{name}|predict"]
-            same_iter += int(np.max(m.n_iter_)) == int(ref[f"{v}|{name}|n_iter"].max())
-            pred_diff = max(pred_diff, float(np.mean(p != want)))
-            acc_diff = max(acc_diff, abs(float(np.mean(p == yte) - np.mean(want == yte))))
-            print(f"{name[:56]:56} {int(ref[f'{v}|{name}|n_iter'].max()):11d} {int(np.max(m.n_iter_)):5d} "
-                  f"{np.abs(m.coef_ - ref[f'{v}|{name}|coef']).max():10.1e} {np.mean(p != want):9.4f} "
-                  f"{np.mean(want == yte):10.4f} {np.mean(p == yte):7.4f}")
-        print(f"{len(inputs)} regressions against {v}: the same iteration count in {same_iter}; predictions differ on "
-              f"at most {pred_diff:.4f} of a problem's test rows; accuracy by at most {acc_diff:.4f}")
+        for v in [k.split("|")[0] for k in ref.files if k.endswith("|versions")]:
+            compare_one(inputs, ref, v)
+
+
+def compare_one(inputs, ref, v):
+    """mmbench against the results `ref` holds of scikit-learn `v` (a `fit` output or the tests' fixture)."""
+    print(f"\nreference: {ref[f'{v}|versions']}; mmbench: eval.lr_protocol {PROTOCOL[v]}")
+    for name, (y, s) in ap_problems().items():
+        assert str(ref[f"{v}|{name}|digest"]) == digest((y, s)), f"{name}: not the inputs {v} scored"
+        a, b = average_precisions_here()(y, s), ref[f"{v}|{name}|ap"]
+        print(f"{name}: average precision of {len(b)} attributes, max |mmbench - {v}| "
+              f"{np.nanmax(np.abs(a - b)):.1e}, NaN where {v} gives NaN: {np.array_equal(np.isnan(a), np.isnan(b))}")
+    fit_ours, tally = ours(v), Tally(v, "mmbench")
+    for name, (xtr, ytr, xte, yte) in sorted(inputs.items()):
+        assert str(ref[f"{v}|{name}|digest"]) == digest((xtr, ytr, xte)), f"{name}: not the inputs {v} fitted"
+        with warnings.catch_warnings(), one_blas_thread():
+            warnings.simplefilter("ignore")
+            m = fit_ours(xtr, ytr)
+            p = m.predict(xte)
+        tally.add(name, ref[f"{v}|{name}|n_iter"].max(), np.max(m.n_iter_), ref[f"{v}|{name}|coef"], m.coef_,
+                  ref[f"{v}|{name}|predict"], p, yte)
+    tally.summary(f"mmbench against {v}")
 
 
 def fixture(out, *refs):

@@ -185,6 +185,19 @@ def file_size_limit(nbytes: int):
         signal.signal(signal.SIGXFSZ, old_handler)
 
 
+def sklearn_pins():
+    """docs/sklearn_pins.py as a module (its problems, digest, calls) and the pinned scikit-learn versions' results on
+    its problems (tests/data/sklearn_pins.npz, made by the script's `fit` and `fixture`)."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("sklearn_pins", Path(__file__).resolve().parents[1] / "docs" / "sklearn_pins.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script, np.load(Path(__file__).parent / "data" / "sklearn_pins.npz")
+
+
 def left_in(folder) -> list:
     """The names in `folder`, sorted, but the lock file every process that writes there keeps (files.LOCK_FILE)."""
     from mmbench.files import LOCK_FILE

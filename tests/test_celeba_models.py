@@ -380,15 +380,10 @@ def test_average_precisions_are_the_pinned_scikit_learns():
     MoPoE's eval_label scores a test batch; tests/data/sklearn_pins.npz): equal to float rounding; NaN where MoPoE's
     0.20.0 gives NaN (an attribute without a positive), where 1.4.0 (mmvmvae's) gives 0 -- such an attribute is left
     out of the means (metrics/average_precision.py); on CelebA's whole test split every attribute has positives."""
-    import importlib.util
-    from pathlib import Path
-
+    from conftest import sklearn_pins
     from mmbench.metrics.precision import average_precisions
 
-    spec = importlib.util.spec_from_file_location("sklearn_pins", Path(__file__).resolve().parents[1] / "docs" / "sklearn_pins.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    ref = np.load(Path(__file__).parent / "data" / "sklearn_pins.npz")
+    script, ref = sklearn_pins()
     for name, (y, s) in script.ap_problems().items():
         got = average_precisions(y, s)
         assert np.isnan(got).sum() == 1 and not y[:, np.isnan(got)].any()  # the attribute without a positive

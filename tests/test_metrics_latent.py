@@ -1,8 +1,11 @@
 """Latent classification on known answers: separable vs shuffled latents, and the three protocols."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import sklearn_pins
 from mmbench.config import EvalConfig
 from mmbench.data.base import DataSplit, Modality
 from mmbench.methods.base import Gaussian
@@ -361,17 +364,6 @@ def test_logistic020_calls_lbfgs_as_scikit_learn_0_20_did(monkeypatch):
     assert [w0.shape for w0, _ in calls] == [(12,), (4,)] and not any(w0.any() for w0, _ in calls)
 
 
-def pins():
-    """docs/sklearn_pins.py (its problems) and the pinned scikit-learns' results on them (tests/data/sklearn_pins.npz)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("sklearn_pins", Path(__file__).resolve().parents[1] / "docs" / "sklearn_pins.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script, np.load(Path(__file__).parent / "data" / "sklearn_pins.npz")
-
-
 @pytest.mark.parametrize("version", ["0.20.0", "1.4.0"])
 def test_regressions_fit_as_the_pinned_scikit_learns_themselves(version):
     """Known answers of the scikit-learn versions the authors' code pins, run themselves (docs/sklearn_pins.py `fit`:
@@ -388,7 +380,7 @@ def test_regressions_fit_as_the_pinned_scikit_learns_themselves(version):
 
     from mmbench.metrics.latent import fit_regression, one_blas_thread
 
-    script, ref = pins()
+    script, ref = sklearn_pins()
     assert str(ref[f"{version}|versions"]).startswith(f"scikit-learn {version},")
     problems = script.problems()
     assert sorted(problems) == sorted(k.split("|")[1] for k in ref.files if k.startswith(f"{version}|") and k.endswith("|coef"))
@@ -413,3 +405,18 @@ def test_regressions_fit_as_the_pinned_scikit_learns_themselves(version):
         f32 = LogisticRegression(max_iter=10000).fit(x, y)
     if f32.coef_.dtype == np.float32:  # today's keeps float32 features in float32
         assert np.abs(f32.coef_ - ref["1.4.0|latent512_10class|coef"]).max() > 1e-7
+
+
+def test_sklearn_pins_compare_reads_the_fixture(tmp_path, capsys):
+    """docs/sklearn_pins.py `compare` (what docs/sklearn-pins/ was made with) runs mmbench's fits against a results file
+    holding both pinned versions (here the tests' fixture, on the script's own problems) and sums them up: all five
+    stop where 1.4.0 did; four where 0.20.0 did (the ill-conditioned one aside); the same predictions everywhere."""
+    script, _ = sklearn_pins()
+    inputs = tmp_path / "in.npz"
+    script.save_inputs(inputs, script.problems())
+    script.compare(str(inputs), str(Path(__file__).parent / "data" / "sklearn_pins.npz"))
+    out = capsys.readouterr().out
+    assert ("5 regressions, mmbench against 0.20.0: the same iteration count in 4; predictions differ on at most "
+            "0.0000 of a problem's test rows; accuracy by at most 0.0000") in out
+    assert "5 regressions, mmbench against 1.4.0: the same iteration count in 5; predictions differ on at most 0.0000" in out
+    assert out.count("NaN where 0.20.0 gives NaN: True") == 3 and out.count("NaN where 1.4.0 gives NaN: False") == 3
