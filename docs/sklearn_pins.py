@@ -13,7 +13,7 @@ scikit-learn 1.4.0 installs from its wheel:
     python3.11 -m venv /tmp/sk14 && /tmp/sk14/bin/pip install numpy==1.26.4 scipy==1.12.0 scikit-learn==1.4.0
 
 No wheel of 0.20.0 installs on a Python newer than 3.7: build it from the PyPI source in place (numpy 1.23 still has
-the distutils and np.float 0.20 uses; about 15 minutes on 2 cores). Its bundled joblib does not import on Python 3.11,
+the distutils and np.float 0.20 uses; the build took 2 minutes on 2 cores here). Its bundled joblib does not import on Python 3.11,
 so the folder is replaced by a link to joblib 1.2 (the regression does not use it):
 
     python3.11 -m venv /tmp/sk020 && /tmp/sk020/bin/pip install numpy==1.23.5 scipy==1.10.1 Cython==0.29.36 "setuptools<60" joblib==1.2.0
