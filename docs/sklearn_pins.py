@@ -317,6 +317,9 @@ def fixture(out, *refs):
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:] or ["?"]
+    need = {"inputs": 1, "fit": 2, "compare": 2, "rounding": 1, "fixture": 2}
+    if cmd in need and len(args) < need[cmd]:
+        raise SystemExit(f"`{cmd}` needs {need[cmd]} file argument(s); the commands are in this script's docstring")
     if cmd == "inputs":
         probs = problems()
         if len(args) > 1:
