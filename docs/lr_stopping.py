@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mmbench.evaluate import evaluation_split
+from mmbench.evaluate import eval_context
 from mmbench.metrics import latent
-from mmbench.metrics.context import EvalContext
-from mmbench.registry import DATASETS
 from mmbench.results import Run, parse_config
-from mmbench.train import load_data, load_trained
+from mmbench.train import load_trained
 
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("MMBENCH_RUNS", "runs"))
 data = Path(os.environ.get("MMBENCH_DATA", "data"))
@@ -27,15 +25,11 @@ for d in sorted(p for p in runs.iterdir() if (p / "metrics.json").exists()):
     if "latent_classification" not in cfg.eval.metrics:
         continue
     run = Run(cfg, runs)
-    model = load_trained(run, torch.device("cpu"))
-    train, test_full = load_data(cfg, data)
+    ctx = eval_context(run, load_trained(run, torch.device("cpu")), torch.device("cpu"), data)
     got = {}
     for rule in ("0.20", "current"):
         latent.LR_SKLEARN[cfg.eval.lr_protocol] = rule
-        ctx = EvalContext(model=model, spec=DATASETS.get(cfg.dataset)(), variant=cfg.variant, train=train,
-                          test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
-                          run_seed=cfg.seed, device=torch.device("cpu"), data_root=data)
-        torch.manual_seed(cfg.seed + 1)  # as evaluate.py
+        torch.manual_seed(cfg.seed + 1)  # as evaluate.py seeds it (eval_context), again for the second fit
         got[rule] = latent.latent_classification(ctx)
     keys = sorted(k for k in got["0.20"] if k.startswith("latent_acc_by_n/"))
     for k in keys:

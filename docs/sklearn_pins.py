@@ -127,13 +127,11 @@ def run_problems(runs):
 
     import torch
 
-    from mmbench.evaluate import evaluation_split
+    from mmbench.evaluate import eval_context
     from mmbench.methods.base import subset_key
     from mmbench.metrics import latent
-    from mmbench.metrics.context import EvalContext
-    from mmbench.registry import DATASETS
     from mmbench.results import Run, parse_config
-    from mmbench.train import load_data, load_trained
+    from mmbench.train import load_trained
 
     data = Path(os.environ.get("MMBENCH_DATA", "data"))
     out = {}
@@ -142,12 +140,7 @@ def run_problems(runs):
         if "latent_classification" not in cfg.eval.metrics:
             continue
         run = Run(cfg, Path(runs))
-        model = load_trained(run, torch.device("cpu"))
-        train, test_full = load_data(cfg, data)
-        ctx = EvalContext(model=model, spec=DATASETS.get(cfg.dataset)(), variant=cfg.variant, train=train,
-                          test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
-                          run_seed=cfg.seed, device=torch.device("cpu"), data_root=data)
-        torch.manual_seed(cfg.seed + 1)  # as evaluate.py
+        ctx = eval_context(run, load_trained(run, torch.device("cpu")), torch.device("cpu"), data)
         rows = ctx.regression_tuples()
         subsets, _ = latent.protocol_subsets(ctx)
         z_train = latent.encode_means(ctx, rows, subsets)

@@ -17,17 +17,14 @@ from .devices import device_of
 from .train import ProgressFn, load_data, load_trained, slow_bf16_note, train
 
 
-def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
-             provenance: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
-    """Run every configured metric; write provenance.json, then metrics.json (whose presence means done)."""
+def eval_context(run: Run, model, device, data_root: Optional[Path] = None,
+                 progress: Optional[ProgressFn] = None) -> EvalContext:
+    """What every metric of `run` reads: `model` on `device`, the run's data, its evaluation split of the test set
+    (eval.test_samples), its eval settings and seed; and torch's global generator seeded as evaluation seeds it, so
+    a metric called next draws what it draws inside `evaluate` (docs/ scripts re-score runs through this)."""
     cfg = run.cfg
-    device = device_of()
     spec = DATASETS.get(cfg.dataset)()
     variant = spec.check_variant(cfg.variant)
-    model = for_eval(load_trained(run, device), device, cfg.eval.precision)
-    note = slow_bf16_note(cfg.eval.precision, device, "evaluating the decoders (eval.precision)")
-    if note:
-        run.log(note)
     train_split, test_full = load_data(cfg, data_root)
     ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
                       test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
@@ -35,6 +32,21 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
                       device=device, data_root=data_root, progress=progress or (lambda *a: None),
                       out_dir=run.dir / "artifacts")
     torch.manual_seed(cfg.seed + 1)
+    return ctx
+
+
+def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+             provenance: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+    """Run every configured metric; write provenance.json, then metrics.json (whose presence means done)."""
+    cfg = run.cfg
+    device = device_of()
+    DATASETS.get(cfg.dataset)().check_variant(cfg.variant)  # (an unknown variant is refused before the model loads)
+    model = for_eval(load_trained(run, device), device, cfg.eval.precision)
+    note = slow_bf16_note(cfg.eval.precision, device, "evaluating the decoders (eval.precision)")
+    if note:
+        run.log(note)
+    ctx = eval_context(run, model, device, data_root, progress)
+    spec, variant = ctx.spec, ctx.variant
     metrics: Dict[str, float] = {}
     metric_seconds: Dict[str, float] = {}  # wall time of each metric (with set-up it is first to need), in metrics.json
     t0 = time.monotonic()
