@@ -229,8 +229,10 @@ reserve, overlap = int(sys.argv[5]), float(sys.argv[6])
 if scale == "tiny":
     print(1, 0); sys.exit()
 steps_per_epoch = 60000 // 256
-# after training: the runs' start and evaluation (~70 s for the 20 runs on an H200, 2026-12-04; 90 allowed), then RESERVE
-train_s = max(left - reserve - 90, 20)
+# after training: the runs' start and evaluation (~70 s for the 20 runs on an H200, 2026-12-04, with today's
+# scikit-learn's latent fits; since 2026-12-06 the MoPoE protocol fits as 0.20 did, ~20 s per 512-d MoPoE or MMVAE model
+# on one CPU core, and each pack's worker evaluates its 5 runs one after another: 180 allowed), then RESERVE
+train_s = max(left - reserve - 180, 20)
 try:
     rates = read_step_times(path)
     slowest = min(pack_rate(rates[m], 5) for m in ("mopoe", "mvae", "mmvae"))
