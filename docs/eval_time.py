@@ -60,6 +60,6 @@ for name in names:
     cfg = build_run_config(d)
     run = Run(cfg, Path(os.environ.get("EVALTIME_RUNS", "/tmp/evaltime/runs"))); run.init()
     t0, c0 = time.time(), time.process_time(); evaluate(run, data)
-    print(name, ev, f"{run.read_metrics()['test_tuples']} test tuples: {time.time() - t0:.0f} s wall, "
-          f"{time.process_time() - c0:.0f} s CPU, "
-          f"{torch.get_num_threads()} threads; per metric (s):", run.read_metrics()["metric_seconds"], flush=True)
+    wall, cpu, record = time.time() - t0, time.process_time() - c0, run.read_metrics()
+    print(name, ev, f"{record['test_tuples']} test tuples: {wall:.0f} s wall, {cpu:.0f} s CPU, "
+          f"{torch.get_num_threads()} threads; per metric (s):", record["metric_seconds"], flush=True)

@@ -235,6 +235,7 @@ def rounding(inp):
         tally.add(name, np.max(a.n_iter_), np.max(b.n_iter_), a.coef_, b.coef_, a.predict(xte), b.predict(xte), yte)
     tally.summary(f"{v} against itself on shuffled rows")
 
+
 def ours(version):
     """mmbench's fit of the authors' call under `version`: latent.fit_regression with the protocol that reproduces it;
     under 0.20's own environment (no torch, no mmbench) logistic020.py alone, on float64 features as fit_regression."""

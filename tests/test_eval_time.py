@@ -1,6 +1,7 @@
 """docs/eval_time.py (the full-budget evaluation time of docs/metrics.md and device-check.sh's `evaltime` part): it
 times a trained run's model under MoPoE Fig. 3's evaluation settings, read from the suite, and leaves the source
 run as it was."""
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_eval_time_times_a_trained_run_under_fig3s_evaluation_settings(tmp_path,
     assert (cfg["mixture_representation"], cfg["ll_proposal"], cfg["lr_protocol"]) == ("component", "component",
                                                                                        "mopoe")
     assert (cfg["test_samples"], cfg["ll_samples"], cfg["lr_train_samples"]) == (12, 2, 64)
-    metrics = yaml.safe_load((timed / "metrics.json").read_text())
+    metrics = json.loads((timed / "metrics.json").read_text())
     assert metrics["test_tuples"] == 12
     assert set(metrics["metric_seconds"]) == {"latent_classification", "coherence", "loglik"}
     values = metrics["metrics"]

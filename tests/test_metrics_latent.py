@@ -364,7 +364,6 @@ def test_logistic020_calls_lbfgs_as_scikit_learn_0_20_did(monkeypatch):
     assert [w0.shape for w0, _ in calls] == [(12,), (4,)] and not any(w0.any() for w0, _ in calls)
 
 
-
 def test_logistic020_log_sum_exp_is_the_classic_formula_without_overflow():
     """The 0.20 fit's log-sum-exp (metrics/logistic020.py log_sum_exp_rows) is the formula of the scipy of 0.20's time:
     per row, the largest value taken out, the log of the sum of exponentials, the largest added back, bit for bit
@@ -384,6 +383,7 @@ def test_logistic020_log_sum_exp_is_the_classic_formula_without_overflow():
     assert np.array_equal(got, np.log(np.exp(a - top).sum(1, keepdims=True)) + top)
     np.testing.assert_allclose(got, logsumexp(a, axis=1, keepdims=True), rtol=1e-14, atol=1e-12)
     assert got[0, 0] == pytest.approx(1000 + np.log(1 + np.exp(-0.5)), abs=1e-12)
+
 
 @pytest.mark.parametrize("version", ["0.20.0", "1.4.0"])
 def test_regressions_fit_as_the_pinned_scikit_learns_themselves(version):
