@@ -153,9 +153,9 @@ def stderr_note(line: str) -> None:
 
 
 # the age of a temporary file in a folder that other processes write without a lock the clean-up holds (a cache, which
-# Slurm jobs on other nodes fill too; a run's folder, where `mmbench slurm` writes slurm.json) before it counts as
-# abandoned where no writer holds it: a clock skewed by minutes, or locks that do not reach across nodes (NFS mounted
-# with local_lock, Lustre's localflock), cost only a half file kept a while longer, never a live write
+# Slurm jobs on other nodes fill too; a run's folder, where `mmbench run --executor slurm` writes slurm.json) before
+# it counts as abandoned where no writer holds it: a clock skewed by minutes, or locks that do not reach across nodes
+# (NFS mounted with local_lock, Lustre's localflock), cost only a half file kept a while longer, never a live write
 SHARED_TEMP_AGE_S = 600.0
 
 LOCK_FILE = ".mmbench.lock"  # a folder's lock file (folder_lock); hidden, so no listing of runs or variants sees it
