@@ -72,7 +72,8 @@ def set_paths(line: str):
 def documented_lines():
     """(file, text, prose) for the code of the Markdown documents, and the lines of the scripts, Makefile and suite
     files; prose: the text is a comment, where "mmbench" may begin a sentence ("mmbench itself ...")."""
-    for f in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+    # the documents (not the outputs recorded beside them, e.g. docs/gpu-runs/h200-2026-12-04/: what ran then)
+    for f in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs").glob("*/README.md"))]:
         for line in markdown_code(f.read_text()):
             yield f, line, False
     for f in [*sorted((ROOT / "docs").rglob("*.sh")), ROOT / "Makefile", ROOT / ".ci" / "run",
