@@ -2,7 +2,7 @@
 # Prepare the data first (see README.md here). Smoke-tier runs for the example report (docs/example-report). Data: PolyMNIST rebuilt from the real MNIST
 # test split (two halves) and five real photographs; rats from the simulator with the real trial tables.
 set -x
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 export MMBENCH_DATA=/tmp/ex/data MMBENCH_RUNS=/tmp/ex/runs OMP_NUM_THREADS=2
 M=.venv/bin/mmbench
 $M run suites/mopoe_iclr21.yaml --tier smoke --only polymnist-fig-3 2>&1 | tail -1

@@ -94,14 +94,12 @@ if [ "$SCALE" = tiny ]; then
   RUNSET=(--set train.max_train=256 --set train.max_test=128 --set eval.test_samples=128
           --set eval.lr_train_samples=128 --set eval.ll_samples=2 --set eval.classifier_min_accuracy=0
           --set method.latent_dim=16 --set eval.classifier_epochs=1)
-  EVAL_SET=(--set eval.test_samples=128)
 else
   B=256; LAT=512; STEPS=5; PACKS=${PACKS:-1,5,15}; MULT=12; CLF_EPOCHS=10
   # the Fig. 3 methods and two others fit the budget; METHODS=... for more (each takes ~10-15 s)
   METHODS=${METHODS:-mopoe,mvae,mmvae,mopoe_eq5,aggregated}
   # metrics on 1,000 test tuples (the quick tier uses 2,000) so 20 evaluations fit; eval-time.txt times the full budget
   RUNSET=(--set eval.test_samples=1000 --set eval.classifier_min_accuracy=0.85)
-  EVAL_SET=()
 fi
 if [ "$DEVICE" = cuda ]; then GPUS=(--gpus 0,0,0); GPU4=(--gpus 0); else GPUS=(--jobs 1); GPU4=(--jobs 1); fi
 if [ "$DEVICE" != cuda ] && [[ " ${RUN_FLAGS:-} " == *" --compile "* ]]; then  # CUDA graphs need a GPU
