@@ -2,6 +2,8 @@
 and every `--set KEY=...` a config field: a renamed option otherwise lives on in README.md, or in
 docs/gpu-runs/device-check.sh, where it fails only on a lent GPU (whose minutes are few)."""
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,21 @@ def test_every_documented_set_names_a_config_field():
                 wrong.append(f"{f.relative_to(ROOT)}: --set {path}: {e}")
     assert found > 30, f"only {found} --set settings found in the documents: is the extraction broken?"
     assert not wrong, "\n".join(wrong)
+
+
+SCRIPTS = sorted((ROOT / "docs").rglob("*.sh")) + [ROOT / ".ci" / "run", ROOT / ".ci" / "slurm-up.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_scripts_parse(script):
+    """`bash -n`: a script that does not parse (device-check.sh's would be found out on a lent GPU) fails here."""
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_scripts_have_no_shellcheck_errors():
+    """shellcheck at its error level (.ci/run installs it; skipped where it is not installed)."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    r = subprocess.run(["shellcheck", "-S", "error", *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by docs/bf16-check/run.sh and eval_precision.sh: the repository root as working directory, the data and
 # runs folders, PolyMNIST rebuilt from the MNIST test split ($DATA/mnist-t10k, $DATA/backgrounds), its coherence
 # classifiers, and the suite's runs trained and evaluated (all idempotent: what is done is skipped).
