@@ -518,7 +518,7 @@ def config_pack_step(cfg, pack: int, device: str = "cpu", compile: bool = False)
 def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device: str = "cpu", compile: bool = False,
                     progress: Optional[Callable[[str], None]] = None, time_limit: Optional[float] = None) -> List[dict]:
     """Run-steps per second at every step shape (step_key) among `configs`, in the order first met: unpacked, and
-    packed at each size in `packs` up to the largest pack those runs form (runs that differ only in their seed,
+    packed at each size in `packs` up to the largest pack those runs form (runs that differ only in their seed and β,
     pack.pack_key); with `compile` each also captured, one row each. A shape that cannot be packed, or a pack that
     does not fit, gets a row saying why. `time_limit` (seconds): no shape but the first is started after it;
     each shape not measured gets a row saying so. Each row names its shape (KEY_COLUMNS) and how many of the runs have it."""

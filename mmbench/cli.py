@@ -276,9 +276,9 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         dry_run: bool = typer.Option(False, "--dry-run", help="List the runs with their status; run nothing."),
         only: Optional[str] = typer.Option(None, "--only", help="Comma-separated experiment names of the suite to run."),
         pack: Optional[int] = typer.Option(None, "--pack", help="Cap on runs trained together as one stacked model "
-                                           "(runs differing only in seed; default: split evenly over the workers, "
-                                           "or over --slurm-array-parallelism tasks with --executor slurm; "
-                                           "1: every run alone)."),
+                                           "(runs differing only in seed and method.beta; default: split evenly "
+                                           "over the workers, or over --slurm-array-parallelism tasks with "
+                                           "--executor slurm, at most 15 a pack; 1: every run alone)."),
         compile: bool = typer.Option(False, "--compile", help="Capture training steps (packed and unpacked) with "
                                      "torch.compile (reduce-overhead, CUDA graphs); GPU workers only."),
         cudnn_benchmark: bool = typer.Option(False, "--cudnn-benchmark", help="cuDNN benchmark mode on GPU workers: "

@@ -1,7 +1,9 @@
 """Packed runs: several runs of one experiment trained together in one process as one stacked model.
 
-Runs that differ only in their seed (the seeds of a table, the same method across suites) share the
-dataset, variant, method, architecture and training settings, so their models have the same shapes.
+Runs that differ only in their seed and β (the seeds of a table, the values of a β sweep, the same method across
+suites) share the dataset, variant, method, architecture and training settings, so their models have the same shapes.
+A method reads β when its loss runs (MultimodalVAE.beta); the pack gives each run its own there (methods.base.use_beta:
+looped, the run's β as the Python float it reads alone; vmapped, a tensor of the runs' β, in_dims 0).
 A pack stacks their parameters on a leading run axis and evaluates the loss of all of them at once with
 ``torch.func.functional_call`` + ``torch.func.vmap`` (one batched kernel per layer instead of one per
 run; on a CPU, and in bf16 on any device, it loops over views of the stacked parameters instead:
@@ -46,6 +48,7 @@ vmapped loss computes its convolutions as batched matmuls instead of vmap's grou
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -59,7 +62,7 @@ from torch import nn
 from .config import RunConfig
 from .data.base import DataSplit, to_float
 from .errors import MMBenchError, brief
-from .methods.base import NoiseSource, use_noise
+from .methods.base import NoiseSource, use_beta, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
@@ -70,10 +73,12 @@ NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
 
 
 def pack_key(cfg: RunConfig) -> str:
-    """Runs with equal keys can share a pack: everything that shapes training except the seed."""
+    """Runs with equal keys can share a pack: everything that shapes training except the seed and β (a method reads
+    β when its loss runs, MultimodalVAE.beta, and a pack gives each run its own: the values of a β sweep pack)."""
     d = cfg.to_dict()
     for k in ("seed", "tables", "eval"):
         d.pop(k)
+    d["method"].pop("beta")
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -193,8 +198,12 @@ class StackedModel:
     fp32, looped over parameter views on a CPU and in bf16: `vectorised_for`) and one Adam."""
 
     def __init__(self, template: nn.Module, states: Sequence[Dict[str, torch.Tensor]],
-                 opt_states: Sequence[Optional[Dict]], lr: float, device):
+                 opt_states: Sequence[Optional[Dict]], lr: float, device, betas: Optional[Sequence[float]] = None):
         self.template = _LossOf(template).to(device)
+        # each run's β where they differ (a β sweep): the looped loss gives run r the Python float its run alone
+        # reads, the vmapped one a 0-dim tensor (fp32, as the vmapped loss computes); None: the template's own
+        self.betas = [float(b) for b in betas] if betas is not None and len(set(map(float, betas))) > 1 else None
+        self.extra = (torch.tensor(self.betas, dtype=torch.float32, device=device),) if self.betas else ()
         self.device = device
         pnames = [n for n, _ in template.named_parameters()]
         bnames = [n for n, _ in template.named_buffers()]
@@ -216,8 +225,8 @@ class StackedModel:
         self.conv = packconv.conv_mode()
         self.vtemplate, self.matmul_convs = (packconv.matmul_convs(self.template) if self.conv == "bmm"
                                              else (self.template, 0))
-        self._replay = torch.func.vmap(self.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")
-        self._replay_shared_x = torch.func.vmap(self.vmapped_fn(), in_dims=(0, 0, None, 0), randomness="error")
+        self._replay = torch.func.vmap(self.vmapped_fn(), in_dims=self.in_dims(0), randomness="error")
+        self._replay_shared_x = torch.func.vmap(self.vmapped_fn(), in_dims=self.in_dims(None), randomness="error")
         self.vectorised = vectorised_on(device)
 
     def compile(self, captured_replay: Optional[Callable] = None) -> None:
@@ -241,15 +250,24 @@ class StackedModel:
         self.vtemplate.train(on)
 
     def vmapped_fn(self):
-        """One run's loss as the vmapped pack computes it (from the noise given)."""
+        """One run's loss as the vmapped pack computes it (from the noise given, and the run's β where the pack's
+        runs differ in it: the argument after the noise, `extra`)."""
         return self._fn("replay", self.vtemplate)
+
+    def in_dims(self, x_dim: Optional[int]) -> Tuple:
+        """vmap's in_dims for (params, buffers, x, noise, *extra): the batch x stacked per run (0) or shared (None)."""
+        return (0, 0, x_dim, 0) + (0,) * len(self.extra)
+
+    def beta(self, r: int) -> Optional[float]:
+        """Run r's β where the pack's runs differ in it (else None: every run reads the template's own)."""
+        return None if self.betas is None else self.betas[r]
 
     def _fn(self, noise_mode, template: Optional[nn.Module] = None):
         template = self.template if template is None else template
 
-        def f(params, buffers, x, noise):
+        def f(params, buffers, x, noise, beta=None):
             source = _Recorder() if noise_mode == "record" else _Replay(noise)
-            with use_noise(source):
+            with use_noise(source), (use_beta(beta) if beta is not None else contextlib.nullcontext()):
                 loss, logs = torch.func.functional_call(template, (params, buffers), (x,))
             if noise_mode == "record":
                 self._recorded = source.draws
@@ -265,7 +283,7 @@ class StackedModel:
             first = {k: v[0] for k, v in self.params.items()}
             with torch.no_grad(), autocast(precision, self.device):
                 self._fn("record")(first, {k: v[0] for k, v in self.fresh_buffers().items()},
-                                   {k: v[0] for k, v in x.items()} if x_dim == 0 else x, [])
+                                   {k: v[0] for k, v in x.items()} if x_dim == 0 else x, [], self.beta(0))
             self._draws[key] = self._recorded
         return self._draws[key]
 
@@ -280,7 +298,7 @@ class StackedModel:
             if not self.vectorised_for(precision):
                 return self._looped(x, x_dim, noise)
             f = self._replay if x_dim == 0 else self._replay_shared_x
-            return f(self.params, self.buffers, x, noise)
+            return f(self.params, self.buffers, x, noise, *self.extra)
 
     def _looped(self, x, x_dim, noise, buffers: Optional[Dict[str, torch.Tensor]] = None):
         """The vmapped loss's result computed run by run: views of the stacked tensors (unbind: the backward
@@ -290,7 +308,7 @@ class StackedModel:
         params = {k: v.unbind(0) for k, v in self.params.items()}
         buffers = {k: v.unbind(0) for k, v in (self.buffers if buffers is None else buffers).items()}
         out = [fn({k: v[r] for k, v in params.items()}, {k: v[r] for k, v in buffers.items()},
-                  {k: v[r] for k, v in x.items()} if x_dim == 0 else x, [n[r] for n in noise])
+                  {k: v[r] for k, v in x.items()} if x_dim == 0 else x, [n[r] for n in noise], self.beta(r))
                for r in range(self.size)]
         return (torch.stack([o[0] for o in out]),
                 {k: torch.stack([o[1][k] for o in out]) for k in out[0][1]})
@@ -305,7 +323,7 @@ class StackedModel:
         `buffers`: the stacked buffers to read run r's from (default the pack's own)."""
         params = {k: v[r] for k, v in self.params.items()}
         buffers = {k: v[r] for k, v in (self.buffers if buffers is None else buffers).items()}
-        with use_noise(_Replay(noise_r)):
+        with use_noise(_Replay(noise_r)), use_beta(self.beta(r)) if self.betas else contextlib.nullcontext():
             loss, _ = torch.func.functional_call(self.template, (params, buffers), (x_r,))
         return loss
 
@@ -395,8 +413,8 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
             draws = sm.draws_for(x, 0, sm.template.training)
             noise = draw(draws, copies, sm.device)
             if sm.vectorised:  # vmapped, as fp32 training computes it (a draw bypassing the noise source fails here)
-                packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
-                    sm.params, sm.fresh_buffers(), x, noise)
+                packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=sm.in_dims(0), randomness="error")(
+                    sm.params, sm.fresh_buffers(), x, noise, *sm.extra)
             else:  # looped: a draw bypassing the source moves the global streams (and takes other numbers than alone)
                 streams = train_mod.rng_states(sm.device)
                 packed, _ = sm._looped(x, 0, noise, sm.fresh_buffers())
@@ -428,7 +446,7 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
     progress = progress or (lambda *a: None)
     keys = {pack_key(r.cfg) for r in runs}
     if len(keys) != 1:
-        raise MMBenchError("train_pack: the runs differ in more than their seed; pack only runs of one experiment")
+        raise MMBenchError("train_pack: the runs differ in more than their seed and β; pack only runs of one experiment")
     results: Dict[str, Any] = {}
 
     def alone(rs, reason):
@@ -511,7 +529,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     template = build_model(cfg).to(device)
     template.train()
     sm = StackedModel(template, [m.model_state for m in members], [m.opt_state for m in members],
-                      cfg.train.lr, device)
+                      cfg.train.lr, device, betas=[m.cfg.method.beta for m in members])
     first = members[0].state["epoch"]
     # A mid-epoch checkpoint holds each run's next step of that epoch and the running sums of its logs.
     first_step = [m.state.pop("step", 0) for m in members][0]  # train_pack grouped them by (epoch, step)
@@ -673,7 +691,8 @@ def _stopped(live: List[_Member], where: str, ok: List[bool]) -> None:
 def _shrink(sm: StackedModel, keep: List[int], template, cfg, device) -> StackedModel:
     """The pack without the runs that left it (their slices of parameters and Adam state dropped)."""
     states = [sm.state(r) for r in keep]
-    return StackedModel(template, [s[0] for s in states], [s[1] for s in states], cfg.train.lr, device)
+    return StackedModel(template, [s[0] for s in states], [s[1] for s in states], cfg.train.lr, device,
+                        betas=None if sm.betas is None else [sm.betas[r] for r in keep])
 
 
 @torch.no_grad()

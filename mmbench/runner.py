@@ -6,9 +6,10 @@ run's progress.json, which the scheduler shows as one progress bar per worker. A
 reported with its log path and does not stop the others; finished runs are skipped and
 unfinished ones resume from their last checkpoint.
 
-Packing (mmbench/pack.py): runs that differ only in their seed and are at the same epoch go to one
-worker as a pack of up to `pack` runs (None: no cap) and train together as one stacked model; `pack=1`
-gives every run its own worker. A pack's progress bar shows its first run; each run keeps its own log.
+Packing (mmbench/pack.py): runs that differ only in their seed and β (the seeds of a table, the values of a β sweep)
+and are at the same epoch go to one worker as a pack of up to `pack` runs (None: split evenly over the workers, at
+most DEFAULT_PACK_CAP) and train together as one stacked model; `pack=1` gives every run its own worker. A pack's
+progress bar shows its first run; each run keeps its own log.
 """
 from __future__ import annotations
 
@@ -167,11 +168,18 @@ def unique_runs(runs: Sequence[Run]) -> List[Run]:
     return list(first.values())
 
 
+# The largest pack `mmbench run` makes unasked (no --pack): the largest measured on a GPU (docs/gpu-runs/README.md,
+# H200 2026-12-04: packs of 1, 5 and 15). A β sweep's group is larger (MM-VAMP's translated PolyMNIST: 12 β × 5
+# seeds per method) and its memory grows with the pack; --pack N or a measured step table (--step-times) sets it.
+DEFAULT_PACK_CAP = 15
+
+
 def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps: Optional[Dict[str, int]] = None,
                note: Optional[Callable[[Run, str], None]] = None) -> List[List[Run]]:
-    """Runs grouped into packs: same pack key (all but the seed), same resume point (epoch, step), packable method and
-    architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
-    `workers`, so that no worker idles while another trains a big pack), in the order given. `caps`: a method's
+    """Runs grouped into packs: same pack key (all but the seed and β), same resume point (epoch, step), packable method
+    and architecture, at most `pack` runs each (1: every run alone; None: a group is split evenly over the
+    `workers`, so that no worker idles while another trains a big pack, in packs of at most DEFAULT_PACK_CAP), in the
+    order given. `caps`: a method's
     (or, from a table at a suite's shapes, a step shape's: projection.step_key) largest useful pack (projection.best_packs of a
     measured step table); `note(run, text)` hears of each run it splits."""
     from .projection import rate_key
@@ -193,7 +201,7 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
         groups.setdefault((r.id,) if reasons[key] else (key, resume_point(r)), []).append(r)
     out: List[List[Run]] = []
     for g in groups.values():
-        cap = pack or -(-len(g) // max(workers, 1))
+        cap = pack or min(-(-len(g) // max(workers, 1)), DEFAULT_PACK_CAP)
         best = caps.get(rate_key(caps)(g[0].cfg)) if caps else None
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
             if note:

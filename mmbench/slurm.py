@@ -58,7 +58,8 @@ class SlurmOptions:
     signal_delay_s: int = 90  # the pre-timeout signal comes this long before the time limit
     max_requeues: int = 3  # requeues after time limits before a run is reported failed
     # runs trained together in one array task as one stacked model (mmbench/pack.py; runs differing only in
-    # seed): None splits each group evenly over `array_parallelism` tasks, 1 trains every run alone
+    # seed and β): None splits each group evenly over `array_parallelism` tasks (at most runner.DEFAULT_PACK_CAP a
+    # pack), 1 trains every run alone
     pack: Optional[int] = None
     sbatch: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {account: lab, qos: high}
 

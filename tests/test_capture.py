@@ -25,15 +25,17 @@ PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
 AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae"}
 
 
-def pack_losses(method: str, capture: bool, steps: int = 2) -> torch.Tensor:
-    """Per-run losses of `steps` packed training steps (2 runs, vmapped as on a GPU)."""
+def pack_losses(method: str, capture: bool, steps: int = 2, betas=None) -> torch.Tensor:
+    """Per-run losses of `steps` packed training steps (2 runs, vmapped as on a GPU; `betas`: the runs' β, a β sweep's
+    pack)."""
     cls = METHODS.get(method)
     cfg = MethodConfig(method, latent_dim=8, beta=1.0)
     states = []
     for s in range(2):
         torch.manual_seed(s)
         states.append(cls(MODS, cfg, "polymnist_cnn").state_dict())
-    sm = StackedModel(cls(MODS, cfg, "polymnist_cnn").train(), states, [None, None], 1e-3, torch.device("cpu"))
+    sm = StackedModel(cls(MODS, cfg, "polymnist_cnn").train(), states, [None, None], 1e-3, torch.device("cpu"),
+                      betas=betas)
     sm.vectorised = True  # the GPU's way: one vmapped loss over the runs
     if capture:
         sm._replay = torch.compile(sm._replay, fullgraph=True, backend="aot_eager" if method in AOT_TRACED else "eager")
@@ -59,6 +61,18 @@ def test_packed_loss_is_captured_as_one_graph_with_the_same_losses(method):
     eager = pack_losses(method, capture=False)
     captured = pack_losses(method, capture=True)  # fullgraph=True: a graph break raises here
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["mopoe", "jmvae"])
+def test_a_beta_sweeps_pack_is_captured_as_one_graph_with_the_same_losses(method):
+    """A pack whose runs differ in β (each run's β a vmapped input, read through MultimodalVAE.beta inside
+    methods.base.use_beta; JMVAE's α follows it) is traced whole too, with the uncaptured pack's losses, and β
+    reaches the losses (the same weights at another β give others)."""
+    torch._dynamo.reset()
+    eager = pack_losses(method, capture=False, betas=[0.5, 500.0])
+    captured = pack_losses(method, capture=True, betas=[0.5, 500.0])  # fullgraph=True: a graph break raises here
+    torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
+    assert not torch.allclose(eager, pack_losses(method, capture=False), rtol=1e-3)
 
 
 def test_a_pack_with_matmul_convolutions_is_captured_as_one_graph(monkeypatch):

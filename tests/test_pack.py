@@ -283,6 +283,101 @@ def test_noise_outside_the_source_is_caught_not_shared(tmp_path, data_root, monk
         assert f"training unpacked: {why}" in r.log_path.read_text()
 
 
+def beta_cfg(seed, beta):
+    c = cfg(seed)
+    c.method.beta = beta
+    return c
+
+
+def test_make_packs_packs_a_beta_sweep_at_most_default_cap_a_pack(tmp_path):
+    """A β sweep's runs pack with its seeds (one key); unasked, a pack holds at most DEFAULT_PACK_CAP runs (the
+    largest pack measured on a GPU), --pack N sets it, and the CLI's help says the default."""
+    from mmbench.cli import app
+    from mmbench.runner import DEFAULT_PACK_CAP
+    import typer.main
+
+    runs = [Run(beta_cfg(s, b), tmp_path) for b in (0.5, 1.0, 2.5, 5.0, 10.0, 20.0) for s in range(3)]
+    assert len({r.id for r in runs}) == 18 and len({pack_key(r.cfg) for r in runs}) == 1
+    assert [len(p) for p in make_packs(runs, None)] == [DEFAULT_PACK_CAP, 18 - DEFAULT_PACK_CAP]
+    assert [len(p) for p in make_packs(runs, None, workers=2)] == [9, 9]
+    assert [len(p) for p in make_packs(runs, 18)] == [18]
+    help_text = typer.main.get_command(app).commands["run"].params
+    assert any(f"at most {DEFAULT_PACK_CAP} a pack" in (p.help or "") for p in help_text)
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_a_pack_of_a_beta_sweep_equals_its_runs_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
+    """Three runs of one seed at β = 0.5, 2.5 and 10 (a β sweep) trained as one pack: each ends as it ends alone, to
+    TRAJECTORY_TOL (looped: each run's loss reads its β as the Python float it reads alone; vmapped: a tensor of the
+    runs' β), and β really changes the runs (their losses differ)."""
+    on_gpu_if_asked()
+    set_pack_mode(monkeypatch, mode)
+    cfgs = [beta_cfg(0, b) for b in (0.5, 2.5, 10.0)]
+    alone_dir, alone = trained_alone("betas", cfgs)
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    for i, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 3 and "packed with 2 other run(s)" in r.log_path.read_text()
+        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
+        assert torch.equal(ca["rng"], cp["rng"])
+    kl = [packed[r.id]["history"][-1]["train_loss"] for r in runs]
+    assert len(set(kl)) == 3
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_every_packable_method_gives_each_run_of_a_beta_pack_its_own_beta(monkeypatch, mode):
+    """For every packable method, a pack of runs at β = 0.5, 50 and 5000 computes each run's loss and gradient as that
+    run's own model (built with its own β, not the template's) computes them alone, from the same weights, batch and
+    noise: a method that copied β at construction (as JMVAE's α once did) gives every run the template's β and fails
+    here. The check can fail: each run's loss at another run's β is told apart (β far apart: at initialisation the
+    KL terms are a thousandth of the reconstruction's)."""
+    from mmbench.data.base import Modality
+    from mmbench.methods.base import MethodConfig, use_noise
+    from mmbench.pack import StackedModel, _Replay, draw
+    from mmbench.registry import METHODS
+
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    monkeypatch.setenv("MMBENCH_PACK_CONV", "grouped")
+    betas = [0.5, 50.0, 5000.0]
+    mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
+    g = torch.Generator().manual_seed(0)
+    x = {m.name: torch.rand(3, 8, 3, 28, 28, generator=g) for m in mods}
+    for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
+        cls = METHODS.get(name)
+
+        def model(seed, beta):
+            torch.manual_seed(seed)
+            return cls(mods, MethodConfig(name, latent_dim=8, beta=beta), "polymnist_cnn").train()
+
+        own = [model(r, b) for r, b in enumerate(betas)]
+        sm = StackedModel(model(0, 2.0), [m.state_dict() for m in own], [None] * 3, 1e-3, torch.device("cpu"),
+                          betas=betas)
+        assert sm.vectorised == (mode == "vmap")
+        noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
+        if sm.vectorised:
+            packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=sm.in_dims(0), randomness="error")(
+                sm.params, sm.fresh_buffers(), x, noise, *sm.extra)
+        else:
+            packed, _ = sm._looped(x, 0, noise, sm.fresh_buffers())
+        names = list(sm.params)
+        g_packed = torch.autograd.grad(packed.sum(), [sm.params[n] for n in names], allow_unused=True)
+        for r in range(3):
+            x_r, noise_r = {k: v[r] for k, v in x.items()}, [n[r] for n in noise]
+            with use_noise(_Replay(noise_r)):
+                alone, _ = own[r].loss(x_r)
+            with use_noise(_Replay(noise_r)):  # the same run at the next run's β: told apart from its own
+                other, _ = model(r, betas[(r + 1) % 3]).loss(x_r)
+            assert packed[r].item() == pytest.approx(alone.item(), rel=1e-6), (name, r)
+            assert packed[r].item() != pytest.approx(other.item(), rel=1e-4), (name, r)
+            mine = dict(own[r].named_parameters())
+            g_alone = torch.autograd.grad(alone, [mine[n[len("model."):]] for n in names], allow_unused=True)
+            used = [i for i, t in enumerate(g_alone) if t is not None]
+            a = torch.cat([g_alone[i].flatten() for i in used])
+            p = torch.cat([g_packed[i][r].flatten() for i in used])
+            assert torch.linalg.norm(p - a) <= 2e-4 * torch.linalg.norm(a), (name, r)
+
+
 def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     a = [Run(cfg(s), tmp_path) for s in range(5)]
     other = Run(cfg(0, lr=5e-4), tmp_path)
@@ -1163,14 +1258,19 @@ def test_packed_test_loss_weights_each_batch_by_its_rows_and_seeds_each_run(monk
         [w * 4 + n[0] for w, n in zip((2.0, -3.0), noise)], abs=1e-6)
 
 
-def test_pack_key_is_everything_that_shapes_training_but_the_seed():
-    """Runs pack only when they train on the same rows with the same settings: the seed, the tables a run serves and
-    its eval settings may differ; data_seed (which rows max_train keeps), lr, epochs or precision may not."""
+def test_pack_key_is_everything_that_shapes_training_but_the_seed_and_beta():
+    """Runs pack only when they train on the same rows with the same settings: the seed, β (a pack gives each run
+    its own), the tables a run serves and its eval settings may differ; data_seed (which rows max_train keeps), lr,
+    epochs, precision or another method setting may not."""
     base = pack_key(cfg(0))
     assert pack_key(cfg(3)) == base
     c = cfg(3)
     c.tables, c.eval.metrics = ["Table 9"], []
     assert pack_key(c) == base
+    c.method.beta = 10.0
+    assert pack_key(c) == base and c.run_id() != cfg(3).run_id()
+    c.method.latent_dim = 16
+    assert pack_key(c) != base
     c = cfg(0)
     c.data_seed = 1
     assert pack_key(c) != base

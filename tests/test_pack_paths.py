@@ -15,15 +15,19 @@ from mmbench.train import train
 from test_pack import cfg as pack_cfg, last
 
 
-def cfg(seed=0, **train_over):
-    """tests/test_pack.py's tiny MoPoE runs, on 64 training and 32 test tuples."""
-    return pack_cfg(seed, **{"max_train": 64, "max_test": 32, **train_over})
+def cfg(seed=0, beta=None, **train_over):
+    """tests/test_pack.py's tiny MoPoE runs, on 64 training and 32 test tuples (at `beta`: default the method's)."""
+    c = pack_cfg(seed, **{"max_train": 64, "max_test": 32, **train_over})
+    if beta is not None:
+        c.method.beta = beta
+    return c
 
 
 def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):
     """Run 1's loss turns NaN at the 2nd training step of epoch 1 (after the packability trial, so the pack really
     trains): its parameters go NaN through its own gradient; it leaves the pack as diverged, and runs 0 and 2 finish
-    with the weights they get alone (no NaN reaches them, and the shrunk pack keeps *their* slices)."""
+    with the weights they get alone (no NaN reaches them, and the shrunk pack keeps *their* slices, and their β: the
+    three are a β sweep's)."""
     orig = pack_mod.StackedModel.loss
     calls = {"n": 0}
 
@@ -36,13 +40,14 @@ def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(t
         return losses, logs
 
     monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
-    runs = [Run(cfg(s), tmp_path / "packed") for s in range(3)]
+    betas = (1.0, 2.5, 10.0)
+    runs = [Run(cfg(s, betas[s]), tmp_path / "packed") for s in range(3)]
     out = train_pack(runs, data_root)
     assert calls["n"] == 2  # epoch 1's two steps were packed; epoch 2 trained the other two as a pack of 2
     assert isinstance(out[runs[1].id], str) and "diverged" in out[runs[1].id]
     monkeypatch.setattr(pack_mod.StackedModel, "loss", orig)
     for s in (2,):
-        alone = Run(cfg(s), tmp_path / "alone")
+        alone = Run(cfg(s, betas[s]), tmp_path / "alone")
         ref = train(alone, data_root)
         assert out[runs[s].id]["epochs"] == 2
         for a, p in zip(ref["history"], out[runs[s].id]["history"]):

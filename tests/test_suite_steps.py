@@ -71,8 +71,8 @@ def test_step_key_holds_what_a_step_costs_and_nothing_else():
 
 
 def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkeypatch):
-    """MoPoE at 2 β × 2 seeds (packs of 2: pack 3 is not timed), MVAE alone (unpacked only), SMVAE × 2 seeds (not
-    packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
+    """MoPoE at 2 β × 2 seeds (one pack of 4, β packing: packs 2 and 3 are timed, 5 is not), MVAE alone (unpacked
+    only), SMVAE × 2 seeds (not packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
     pack / median; a time limit leaves later shapes listed as not measured."""
     ran = []
 
@@ -84,12 +84,13 @@ def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkey
     monkeypatch.setattr(bench, "_timed", fake_timed)
     mopoe = [cfg({"method": {"beta": b}}, s) for b in (1.0, 2.0) for s in (0, 1)]
     configs = mopoe + [cfg({"method": {"name": "mvae"}})] + [cfg({"method": {"name": "smvae"}}, s) for s in (0, 1)]
-    rows = bench.suite_step_rows(configs, [2, 3], steps=1)
+    rows = bench.suite_step_rows(configs, [2, 3, 5], steps=1)
     got = [(r["method"], r["runs"], r["pack"], r["mode"].split(":")[0], r["run_steps_per_s"]) for r in rows]
-    assert got[:4] == [("mopoe", 4, 1, "unpacked", 4.0), ("mopoe", 4, 2, "packed", 8.0),
-                       ("mvae", 1, 1, "unpacked", 4.0), ("smvae", 2, 1, "unpacked", 4.0)]
-    assert got[4][:4] == ("smvae", 2, 2, "n/a") and got[4][4] != got[4][4] and len(got) == 5
-    assert "not packed: method smvae is not packable" in rows[4]["mode"]
+    assert got[:5] == [("mopoe", 4, 1, "unpacked", 4.0), ("mopoe", 4, 2, "packed", 8.0),
+                       ("mopoe", 4, 3, "packed", 12.0), ("mvae", 1, 1, "unpacked", 4.0),
+                       ("smvae", 2, 1, "unpacked", 4.0)]
+    assert got[5][:4] == ("smvae", 2, 2, "n/a") and got[5][4] != got[5][4] and len(got) == 6
+    assert "not packed: method smvae is not packable" in rows[5]["mode"]
     first = tuple(next(p for p in bench._run_model(mopoe[0], torch.device("cpu")).parameters()).shape)
     assert ran[:2] == [first, (2, *first)]  # the packed step's parameters are stacked over its 2 runs
     limited = bench.suite_step_rows(configs, [2], steps=1, time_limit=1e-9)

@@ -71,6 +71,25 @@ class use_noise:
         _NOISE.pop()
 
 
+_BETA: List[Any] = []
+
+
+class use_beta:
+    """Context manager: inside the block a model's `beta` reads `value` instead of its own cfg.beta. A pack whose
+    runs differ in β (the values of a β sweep, mmbench/pack.py) computes each run's loss inside it: looped, with the
+    run's β as the same Python float its run alone reads; vmapped, with a 0-dim tensor of each run's β."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __enter__(self) -> Any:
+        _BETA.append(self.value)
+        return self.value
+
+    def __exit__(self, *exc) -> None:
+        _BETA.pop()
+
+
 def randn_like(t: torch.Tensor) -> torch.Tensor:
     """Standard normal noise shaped like `t`, from the current noise source."""
     return _NOISE[-1].randn_like(t)
@@ -365,13 +384,23 @@ class MultimodalVAE(nn.Module):
         self.check_options(cfg.options, self.names)  # as config.validate did (a model built without a RunConfig too)
         self.cfg = cfg
         self.latent_dim = cfg.latent_dim
-        self.beta = cfg.beta
+        self.beta = cfg.beta  # read back through the `beta` property (a packed β sweep's value inside `use_beta`)
         arch = ARCHITECTURES.get(architecture)
         self.encoders = nn.ModuleDict({m.name: arch.encoder(m, cfg.latent_dim) for m in self.modalities})
         self.decoders = nn.ModuleDict({m.name: arch.decoder(m, cfg.latent_dim) for m in self.modalities})
         self.likelihoods = {m.name: LIKELIHOODS.get(likelihood_name(m, cfg.image_likelihood)) for m in self.modalities}
         self.rec_weights = resolve_rec_weights(self.modalities, cfg.rec_weights)
         self.opt = {**self.options, **cfg.options}
+
+    @property
+    def beta(self) -> Any:
+        """β, the weight of the KL terms: cfg.beta, or inside `use_beta` the packed run's. A loss reads it here
+        when it runs (never copied at construction), so a pack of a β sweep's runs gives each run its own."""
+        return _BETA[-1] if _BETA else self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = value
 
     # ----- the interface -------------------------------------------------------------------
     def encode_subsets(self, x: Dict[str, torch.Tensor], subsets: Sequence[Subset]) -> list:

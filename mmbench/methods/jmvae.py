@@ -29,7 +29,11 @@ class JMVAE(PoEMixin, MultimodalVAE):
         super().__init__(modalities, cfg, architecture)
         self.joint_encoders = build_encoders(self.modalities, architecture, self.latent_dim)
         self.joint_fusion = JointFusion(len(self.names), self.latent_dim)
-        self.alpha = float(self.beta if self.opt["alpha"] is None else self.opt["alpha"])
+
+    @property
+    def alpha(self):
+        """Eq. 13's α: the option, or β (read when the loss runs, as a packed β sweep gives each run its own)."""
+        return self.beta if self.opt["alpha"] is None else float(self.opt["alpha"])
 
     def prior_expert(self, subset) -> bool:
         return False
