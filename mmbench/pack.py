@@ -62,7 +62,7 @@ from torch import nn
 from .config import RunConfig
 from .data.base import DataSplit, to_float
 from .errors import MMBenchError, brief
-from .methods.base import NoiseSource, use_beta, use_noise
+from .methods.base import NoiseSource, packed, use_beta, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
@@ -267,7 +267,7 @@ class StackedModel:
 
         def f(params, buffers, x, noise, beta=None):
             source = _Recorder() if noise_mode == "record" else _Replay(noise)
-            with use_noise(source), (use_beta(beta) if beta is not None else contextlib.nullcontext()):
+            with use_noise(source), packed(), (use_beta(beta) if beta is not None else contextlib.nullcontext()):
                 loss, logs = torch.func.functional_call(template, (params, buffers), (x,))
             if noise_mode == "record":
                 self._recorded = source.draws
@@ -323,7 +323,7 @@ class StackedModel:
         `buffers`: the stacked buffers to read run r's from (default the pack's own)."""
         params = {k: v[r] for k, v in self.params.items()}
         buffers = {k: v[r] for k, v in (self.buffers if buffers is None else buffers).items()}
-        with use_noise(_Replay(noise_r)), use_beta(self.beta(r)) if self.betas else contextlib.nullcontext():
+        with use_noise(_Replay(noise_r)), packed(), use_beta(self.beta(r)) if self.betas else contextlib.nullcontext():
             loss, _ = torch.func.functional_call(self.template, (params, buffers), (x_r,))
         return loss
 

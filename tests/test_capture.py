@@ -25,11 +25,11 @@ PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
 AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae"}
 
 
-def pack_losses(method: str, capture: bool, steps: int = 2, betas=None) -> torch.Tensor:
+def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=None) -> torch.Tensor:
     """Per-run losses of `steps` packed training steps (2 runs, vmapped as on a GPU; `betas`: the runs' β, a β sweep's
-    pack)."""
+    pack; `options`: the method's)."""
     cls = METHODS.get(method)
-    cfg = MethodConfig(method, latent_dim=8, beta=1.0)
+    cfg = MethodConfig(method, latent_dim=8, beta=1.0, options=options or {})
     states = []
     for s in range(2):
         torch.manual_seed(s)
@@ -73,6 +73,19 @@ def test_a_beta_sweeps_pack_is_captured_as_one_graph_with_the_same_losses(method
     captured = pack_losses(method, capture=True, betas=[0.5, 500.0])  # fullgraph=True: a graph break raises here
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
     assert not torch.allclose(eager, pack_losses(method, capture=False), rtol=1e-3)
+
+
+def test_an_mmvamp_pack_annealing_alpha_on_the_device_is_captured_as_one_graph():
+    """A packed MM-VAMP run computes its annealed α on the device from its own step counters (alone it anneals on
+    the host and a captured step recompiles as α changes): the pack is traced whole, with the uncaptured losses,
+    over steps at which α moves (from 1, over 2 steps)."""
+    torch._dynamo.reset()
+    options = {"alpha": 1.0, "alpha_anneal_steps": 2}
+    eager = pack_losses("mmvamp", capture=False, steps=3, betas=[50.0, 500.0], options=options)
+    captured = pack_losses("mmvamp", capture=True, steps=3, betas=[50.0, 500.0], options=options)
+    torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
+    # α reaches the losses (β large: at initialisation the rates are a thousandth of the reconstruction)
+    assert not torch.allclose(eager, pack_losses("mmvamp", capture=False, steps=3, betas=[50.0, 500.0]), rtol=1e-3)
 
 
 def test_a_pack_with_matmul_convolutions_is_captured_as_one_graph(monkeypatch):

@@ -325,6 +325,37 @@ def test_a_pack_of_a_beta_sweep_equals_its_runs_alone(tmp_path, data_root, monke
     assert len(set(kl)) == 3
 
 
+def mmvamp_cfg(seed, beta, rate):
+    """MM-VAMP with the authors' annealed prior weight (α from 1 toward 0), fast: over 4 steps of 16 rows."""
+    c = cfg(seed)
+    c.method.name, c.method.beta = "mmvamp", beta
+    c.method.options = {"rate": rate, "alpha": 1.0, "alpha_anneal_steps": 4, "alpha_anneal_batch": 16}
+    return c
+
+
+@pytest.mark.parametrize("mode,rate", [("loop", "bound"), ("vmap", "bound"), ("vmap", "mc")])
+def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, monkeypatch, mode, rate, trained_alone):
+    """MM-VAMP anneals α on the host from host copies of its step counters when it trains alone; a packed run computes
+    α on the device from its own counter buffers (methods.base.in_pack). A β sweep's pack of three (β = 0.5, 1, 4,
+    α annealed over the first 4 steps of 16 rows, both rates) ends as its runs alone (TRAJECTORY_TOL), with each
+    run's counters at its own 6 steps and the α it logged alone."""
+    on_gpu_if_asked()
+    set_pack_mode(monkeypatch, mode)
+    cfgs = [mmvamp_cfg(s, b, rate) for s, b in enumerate((0.5, 1.0, 4.0))]
+    alone_dir, alone = trained_alone(f"mmvamp-{rate}", cfgs)
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    for i, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 3, r.log_path.read_text()
+        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+        assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
+        assert int(cp["model"]["train_samples"]) == int(ca["model"]["train_samples"]) == 2 * 96
+        alphas = [h["train_alpha"] for h in alone[i]["history"]]  # each epoch's mean α over its steps
+        assert [h["train_alpha"] for h in packed[r.id]["history"]] == pytest.approx(alphas, rel=1e-6)
+        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
+    assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
+
+
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_every_packable_method_gives_each_run_of_a_beta_pack_its_own_beta(monkeypatch, mode):
     """For every packable method, a pack of runs at β = 0.5, 50 and 5000 computes each run's loss and gradient as that
@@ -388,10 +419,10 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     assert [len(p) for p in make_packs(a, 1)] == [1] * 5
     train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
     assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
-    mm = build_run_config({**TINY, "method": {"name": "mmvamp", "latent_dim": 8}})
-    assert "not packable" in unpackable_reason(mm)
-    assert [len(p) for p in make_packs([Run(mm, tmp_path), Run(build_run_config(
-        {**TINY, "seed": 1, "method": {"name": "mmvamp", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
+    sm = build_run_config({**TINY, "method": {"name": "smvae", "latent_dim": 8}})
+    assert "not packable" in unpackable_reason(sm)
+    assert [len(p) for p in make_packs([Run(sm, tmp_path), Run(build_run_config(
+        {**TINY, "seed": 1, "method": {"name": "smvae", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
 
 
 def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
@@ -488,8 +519,8 @@ def test_bench_pack_step_time_counts_run_steps():
     # a pack of 4 issues its operations once for all runs: well under half an unpacked step's per run-step
     assert 0 < packed["ops_per_run_step"] < unpacked["ops_per_run_step"] / 2
     with pytest.raises(MMBenchError, match="not packable"):
-        pack_step_time("mmvamp", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
-    na = pack_table(["mmvamp"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
+        pack_step_time("smvae", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    na = pack_table(["smvae"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
     assert na["mode"].startswith("n/a: MMBenchError: ") and "not packable" in na["mode"] and "|" not in na["mode"]
     with pytest.raises(MMBenchError, match="needs --device cuda"):
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)

@@ -71,6 +71,26 @@ class use_noise:
         _NOISE.pop()
 
 
+_PACKED: List[bool] = []
+
+
+class packed:
+    """Context manager: inside the block a loss runs as one run of a pack (mmbench/pack.py), with the run's own
+    buffers swapped in (functional_call): a schedule a method otherwise keeps on the host (MM-VAMP's α annealing)
+    is computed on the device from those buffers instead, since the template's host copies are no run's."""
+
+    def __enter__(self) -> None:
+        _PACKED.append(True)
+
+    def __exit__(self, *exc) -> None:
+        _PACKED.pop()
+
+
+def in_pack() -> bool:
+    """Whether the loss being computed is a packed run's (inside `packed`)."""
+    return bool(_PACKED)
+
+
 _BETA: List[Any] = []
 
 

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..registry import METHODS
-from .base import Gaussian
+from .base import Gaussian, in_pack
 from .independent import BETA_CONVENTIONS, Independent
 
 RATES = ("bound", "mc")
@@ -26,7 +26,7 @@ def rate_bound(mu: torch.Tensor, logvar: torch.Tensor, alpha: float = 0.0) -> to
     M = mu.shape[0]
     pair = gaussian_kl(mu[:, None], logvar[:, None], mu[None], logvar[None])  # M×M×B, [m, m̃]
     out = (1 - alpha) / M * pair.sum(1)
-    if alpha > 0:
+    if torch.is_tensor(alpha) or alpha > 0:  # a tensor α (a packed run's, annealed: > 0) is not read on the host
         out = out + alpha * Gaussian(mu, logvar).kl_standard_normal()
     return out
 
@@ -35,12 +35,14 @@ def log_mixture_prior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, a
     """log h_α(z_m | X) for each z_m (z: M×B×D); h_α = (1-α)·(1/M) Σ_m̃ q_m̃ + α·N(0, I) (MM-VAMP Eq. 3 at α = 0)."""
     M = mu.shape[0]
     terms = []
-    if alpha < 1:
+    on_device = torch.is_tensor(alpha)  # a packed run's annealed α: both terms, a weight of 0 giving log 0 = -inf
+    log = torch.log if on_device else math.log
+    if on_device or alpha < 1:
         lp = Gaussian(mu[None], logvar[None]).log_prob(z[:, None])  # M×M×B: log q_m̃(z_m), [m, m̃]
-        terms.append(lp + math.log((1 - alpha) / M))
-    if alpha > 0:
+        terms.append(lp + log((1 - alpha) / M))
+    if on_device or alpha > 0:
         std = Gaussian(torch.zeros_like(z), torch.zeros_like(z)).log_prob(z)  # M×B
-        terms.append(std[:, None] + math.log(alpha))
+        terms.append(std[:, None] + log(alpha))
     return torch.logsumexp(torch.cat(terms, 1), 1)
 
 
@@ -56,6 +58,13 @@ def annealed_alpha(alpha0: float, steps: int, t: float) -> float:
         return alpha0
     rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
     return max(alpha0 * math.exp(rate * t), 0.0)
+
+
+def annealed_alpha_on_device(alpha0: float, steps: int, t: torch.Tensor) -> torch.Tensor:
+    """annealed_alpha at a position held on the device (a float64 tensor; under a pack's vmap, each run's), computed
+    there in float64 as annealed_alpha computes it in Python floats (alpha0 > 0, steps > 0)."""
+    rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
+    return (alpha0 * torch.exp(rate * t)).clamp_min(0.0)
 
 
 @METHODS.register("mmvamp")
@@ -92,8 +101,9 @@ class MMVAMP(Independent):
     the rate only approaches through `alpha`, so prior-sample ("joint") coherence is not a paper metric here.
     """
 
-    # a Python-side step counter anneals alpha; runs train unpacked (mmbench/pack.py)
-    packable = False
+    # α's schedule runs on the host from host copies of the counters (no device read per step); a packed run's is
+    # computed on the device from its own counter buffers (methods.base.in_pack), so runs pack
+    packable = True
 
     paper = "MM-VAMP VAE (Sutter et al. 2024), Eqs. (1)-(4)"
     options = {"beta_convention": "paper", "rate": "bound", "alpha": 0.0, "alpha_anneal_steps": 0,
@@ -130,9 +140,15 @@ class MMVAMP(Independent):
     def annealing(self) -> bool:
         return self.opt["alpha_anneal_steps"] > 0 and self.opt["alpha"] > 0
 
-    def alpha(self) -> float:
+    def alpha(self):
+        """α of the prior h_α now: a Python float; a packed run's annealed α a float64 device tensor (from its own
+        counters: the template's host copies are no run's)."""
         if not self.annealing():  # constant: the counters are not read
             return float(self.opt["alpha"])
+        if in_pack():
+            ab = self.opt["alpha_anneal_batch"]
+            t = self.train_samples.double() / ab if ab > 0 else self.train_steps.double()
+            return annealed_alpha_on_device(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], t)
         return annealed_alpha(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], self.anneal_position())
 
     def rate(self, q: Gaussian, z):
@@ -148,7 +164,8 @@ class MMVAMP(Independent):
             rows = next(iter(x.values())).shape[0]
             self.train_steps += 1
             self.train_samples += rows
-            if self.annealing():  # only the schedule reads the host copies (without it a captured step has none to
-                # specialise on; with it, a captured step is recompiled as α changes)
+            if self.annealing() and not in_pack():  # only the schedule reads the host copies (without it a captured
+                # step has none to specialise on; with it, a captured step is recompiled as α changes); a packed run
+                # reads its buffers
                 self.counts = [self.counts[0] + 1, self.counts[1] + rows]
         return loss, logs
