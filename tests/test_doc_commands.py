@@ -151,3 +151,16 @@ def test_the_scripts_have_no_shellcheck_errors():
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     r = subprocess.run(["shellcheck", "-S", "error", *map(str, SCRIPTS)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_test_a_script_or_document_names_exists():
+    """`tests/FILE.py::test_name` in the scripts (device-check.sh's GPU correctness tests) and documents names a test
+    function of that file: a renamed test would otherwise be "not found" on a lent GPU."""
+    texts = [(f, f.read_text()) for f in [*SCRIPTS, ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                                           *sorted((ROOT / "docs").glob("*/README.md"))]]
+    named = [(f, path, name) for f, text in texts
+             for path, name in re.findall(r"(tests/[\w/]+\.py)::(test_\w+)(?![\w…])", text)]
+    assert len({n for *_, n in named}) >= 10, named  # device-check.sh alone names ten
+    wrong = [f"{f.relative_to(ROOT)}: {path}::{name}" for f, path, name in named
+             if not (ROOT / path).exists() or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert not wrong, "no such test:\n" + "\n".join(wrong)

@@ -6,7 +6,8 @@
 #   env.txt                 GPU, torch, git commit, the Python packages installed from $WHEELS
 #   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
 #                           a pack of 3 against 3 runs alone (looped, vmapped, vmapped with MMBENCH_PACK_CONV=bmm), bf16
-#                           packs, a run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the
+#                           packs, a β sweep's pack and MM-VAMP's (α annealed on the device) against their runs
+#                           alone, a run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the
 #                           same run uncaptured, a resume from fused Adam to foreach and back, training with TF32
 #                           matmuls (MMBENCH_MATMUL_TF32=1) and evaluating without, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
@@ -48,7 +49,8 @@
 # DATA/wheels) holds its wheel, made here with `pip download --no-deps -d DATA/wheels pytorch-fid==0.3.0`; any of
 # mmbench's imports still missing after that stops the script at once, naming it.
 # A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
-#   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 GPU_TESTS="tests/x.py::test_y" BUDGET=370 ...
+#   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 BUDGET=370 \
+#   GPU_TESTS=tests/test_pack.py::test_pack_of_three_equals_three_alone ...
 # PARTS (default all), in the order they run: correctness, steps, fig3, evaltime, report, projection, captured, kernels
 # (then the captured steps' profiles, with captured), suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
 # data is always prepared;
@@ -148,6 +150,8 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   ${GPU_TESTS:-tests/test_train.py::test_test_loss_and_checkpoints_keep_every_random_stream \
   tests/test_train.py::test_interrupted_and_resumed_equals_uninterrupted \
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
+  tests/test_pack.py::test_a_pack_of_a_beta_sweep_equals_its_runs_alone \
+  tests/test_pack.py::test_mmvamp_packs_with_each_runs_own_annealed_alpha \
   tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
   tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation \
   tests/test_matmul_tf32.py::test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off \
