@@ -30,8 +30,8 @@ draws exactly the numbers it draws alone and ends with the same weights and metr
 (tests/test_pack.py). On a GPU the per-run generators are CUDA generators seeded with the run's seed.
 
 What is not packed (the run trains unpacked instead, with the reason in its log): methods with
-``packable = False`` (Python-side step counters or inner gradient steps) and method options a method's
-``pack_refusal`` refuses (mrVAE's objective r), architectures with Dropout or
+``packable = False`` (inner gradient steps: VGON, SMVGON) and method options a method's ``pack_refusal`` refuses
+(mrVAE's objective r, SMVAE's two_stage schedule), architectures with Dropout or
 BatchNorm (their randomness and running statistics are not per run under vmap), datasets whose rows are
 redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
@@ -62,7 +62,7 @@ from torch import nn
 from .config import RunConfig
 from .data.base import DataSplit, to_float
 from .errors import MMBenchError, brief
-from .methods.base import NoiseSource, packed, use_beta, use_noise
+from .methods.base import MultimodalVAE, NoiseSource, packed, use_beta, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
@@ -86,12 +86,12 @@ def unpackable_reason(cfg: RunConfig) -> Optional[str]:
     """Why runs of this config cannot be packed (None: they can). Builds the model on the meta device."""
     cls = METHODS.get(cfg.method.name)
     if not getattr(cls, "packable", False):
-        return f"method {cfg.method.name} is not packable (packable = False: its loss keeps per-step state)"
-    refusal = cls.pack_refusal(dict(cfg.method.options))
+        return f"method {cfg.method.name} is not packable ({cls.unpackable_why or 'packable = False'})"
+    refusal = cls.pack_refusal(dict(cfg.method.options))  # e.g. a step schedule planned from the run's length
     if refusal:
         return f"method {cfg.method.name}: {refusal}"
-    if hasattr(cls, "plan_steps"):
-        return f"method {cfg.method.name} plans a step schedule (plan_steps)"
+    if hasattr(cls, "plan_steps") and getattr(cls.pack_refusal, "__func__", None) is MultimodalVAE.pack_refusal.__func__:
+        return f"method {cfg.method.name} plans a step schedule (plan_steps) and does not say when it packs (pack_refusal)"
     model = _built_without_data(cfg)
     bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NOT_VMAPPABLE)})
     if bad:

@@ -356,6 +356,59 @@ def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, mon
     assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
 
 
+def test_smvae_packs_end_to_end_and_trains_two_stage_alone(tmp_path, data_root, monkeypatch, trained_alone):
+    """SMVAE end to end (the paper's schedule) packs: its step counter is a per-run buffer that picks nothing; a pack
+    of two (β = 1, 4) ends as its runs alone, vmapped as on a GPU. two_stage picks each step's stage from a host
+    count and the run's planned length: its runs train unpacked, the reason in their logs."""
+    on_gpu_if_asked()
+    set_pack_mode(monkeypatch, "vmap")
+
+    def smvae(seed, beta, **options):
+        c = beta_cfg(seed, beta)
+        c.method.name, c.method.options = "smvae", options
+        return c
+
+    cfgs = [smvae(s, b) for s, b in enumerate((1.0, 4.0))]
+    alone_dir, alone = trained_alone("smvae", cfgs)
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    for i, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 2, r.log_path.read_text()
+        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+        assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
+        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, "vmap", steps=2 * 3)
+    two = [Run(smvae(s, 1.0, schedule="two_stage", stage1_steps=2), tmp_path / "two") for s in range(2)]
+    assert all(isinstance(v, dict) for v in train_pack(two, data_root).values())
+    assert all("training unpacked: method smvae: schedule two_stage picks each step's stage" in r.log_path.read_text()
+               for r in two)
+
+
+def test_every_unpackable_method_says_why():
+    """A method that never packs names the reason its runs' logs give (`unpackable_why`)."""
+    from mmbench.registry import METHODS
+
+    closed = [n for n in METHODS.names() if not METHODS.get(n).packable]
+    assert set(closed) == {"vgon", "smvgon"}  # every other method packs (some of its options may not: pack_refusal)
+    assert all("inner gradient step" in METHODS.get(n).unpackable_why for n in closed)
+
+
+def test_a_method_planning_its_steps_packs_only_where_it_says_so(monkeypatch):
+    """A packable method with a step plan (plan_steps: the run's length) must say in pack_refusal which options pack
+    (SMVAE: end_to_end); one that does not is not packed."""
+    from mmbench.registry import METHODS
+
+    class Planned(MoPoE):
+        def plan_steps(self, total):
+            self.total = total
+
+    monkeypatch.setitem(METHODS._items, "planned", Planned)
+    c = cfg(0)
+    c.method.name = "planned"
+    assert "plans a step schedule (plan_steps) and does not say when it packs" in unpackable_reason(c)
+    monkeypatch.setattr(Planned, "pack_refusal", classmethod(lambda cls, options: None))
+    assert unpackable_reason(c) is None
+
+
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_every_packable_method_gives_each_run_of_a_beta_pack_its_own_beta(monkeypatch, mode):
     """For every packable method, a pack of runs at β = 0.5, 50 and 5000 computes each run's loss and gradient as that
@@ -419,10 +472,10 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     assert [len(p) for p in make_packs(a, 1)] == [1] * 5
     train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
     assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
-    sm = build_run_config({**TINY, "method": {"name": "smvae", "latent_dim": 8}})
+    sm = build_run_config({**TINY, "method": {"name": "smvgon", "latent_dim": 8}})
     assert "not packable" in unpackable_reason(sm)
     assert [len(p) for p in make_packs([Run(sm, tmp_path), Run(build_run_config(
-        {**TINY, "seed": 1, "method": {"name": "smvae", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
+        {**TINY, "seed": 1, "method": {"name": "smvgon", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
 
 
 def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
@@ -519,8 +572,8 @@ def test_bench_pack_step_time_counts_run_steps():
     # a pack of 4 issues its operations once for all runs: well under half an unpacked step's per run-step
     assert 0 < packed["ops_per_run_step"] < unpacked["ops_per_run_step"] / 2
     with pytest.raises(MMBenchError, match="not packable"):
-        pack_step_time("smvae", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
-    na = pack_table(["smvae"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
+        pack_step_time("smvgon", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
+    na = pack_table(["smvgon"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
     assert na["mode"].startswith("n/a: MMBenchError: ") and "not packable" in na["mode"] and "|" not in na["mode"]
     with pytest.raises(MMBenchError, match="needs --device cuda"):
         pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)

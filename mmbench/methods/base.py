@@ -377,9 +377,11 @@ class MultimodalVAE(nn.Module):
         """Hook: refuse options that are each valid but not together (ConfigError); nothing by default."""
 
     # Whether the packed trainer (mmbench/pack.py) may train several runs of this method as one vmapped,
-    # stacked model. False for methods whose loss keeps Python-side state between steps (step counters,
-    # schedules), which one shared template module cannot keep per run; such runs train unpacked.
+    # stacked model. False for methods whose loss vmap cannot batch (an inner gradient step: VGON, SMVGON) or that
+    # keep Python-side state between steps which one shared template module cannot keep per run (keep it in a
+    # buffer instead, as mrVAE's and MM-VAMP's step counters); such runs train unpacked, saying why (`unpackable_why`).
     packable: ClassVar[bool] = True
+    unpackable_why: ClassVar[str] = ""
     # Why runs with these method options cannot be packed (None: they can), for a packable method some of
     # whose options need what a pack cannot give (e.g. a value read back from the device inside the loss).
     @classmethod

@@ -88,8 +88,9 @@ class SMVAE(PoEMixin, MultimodalVAE):
       representations from subsets using a PoE-aggregated inference model"); the surrogate is used in training only.
     """
 
-    # a step counter (buffer) picks the training stage; runs train unpacked (mmbench/pack.py)
-    packable = False
+    # end_to_end packs (its step-counter buffer counts per run and picks nothing); two_stage picks each step's stage
+    # from a host count and the run's length (plan_steps), which a pack's template does not hold per run
+    packable = True
 
     paper = "SMVAE (Scalable multimodal VAEs with surrogate joint posterior, ICLR 2022 submission), Eqs. (3), (10), (11)"
     options = {"schedule": "end_to_end", "stage1_fraction": 2 / 3, "stage1_steps": None, "detach_surrogate": False,
@@ -97,6 +98,13 @@ class SMVAE(PoEMixin, MultimodalVAE):
     option_rules = {"schedule": {"choices": ("end_to_end", "two_stage")}, "prior_expert": {"choices": ("full", "all", "none")},
                     "stage1_fraction": {"gt": 0, "lt": 1, "note": "of the training steps"},
                     "stage1_steps": {"type": int, "null": "stage1_fraction of the run", "ge": 1, "note": "training steps"}}
+
+    @classmethod
+    def pack_refusal(cls, options):
+        if options.get("schedule", cls.options["schedule"]) != "end_to_end":
+            return ("schedule two_stage picks each step's stage from a host-side step count and the run's length "
+                    "(plan_steps), which a pack does not hold per run; train with --pack 1")
+        return None
 
     @classmethod
     def check_option_combination(cls, options):

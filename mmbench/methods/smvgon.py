@@ -88,6 +88,9 @@ class SMVGON(SMVAE):
     encode_subsets: PoE of the unimodal experts, as smvae (the VGON surrogate is used in training only, §3.3).
     """
 
+    packable = False
+    unpackable_why = "its surrogate takes an inner gradient step (torch.autograd.grad), which vmap does not batch"
+
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8), (9), (12)"
     options = {**SMVAE.options, "inner_step": INNER_STEP}
     option_rules = {**SMVAE.option_rules, "inner_step": INNER_STEP_RULE}
@@ -112,8 +115,8 @@ class VGON(MultimodalVAE):
     report the full set), so strict-subset posteriors are an extrapolation.
     """
 
-    # the loss takes an inner gradient step (torch.autograd.grad), which vmap does not batch
     packable = False
+    unpackable_why = "its loss takes an inner gradient step (torch.autograd.grad), which vmap does not batch"
     encodes_through_decoders = True  # a posterior is a gradient step through the decoders (Eq. 9)
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8)-(9), App. B-C, Tables 5-6 (Bond-Taylor & Willcocks 2020)"
