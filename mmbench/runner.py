@@ -170,7 +170,8 @@ def unique_runs(runs: Sequence[Run]) -> List[Run]:
 
 # The largest pack `mmbench run` makes unasked (no --pack): the largest measured on a GPU (docs/gpu-runs/README.md,
 # H200 2026-12-04: packs of 1, 5 and 15). A β sweep's group is larger (MM-VAMP's translated PolyMNIST: 12 β × 5
-# seeds per method) and its memory grows with the pack; --pack N or a measured step table (--step-times) sets it.
+# seeds per method) and its memory grows with the pack; --pack N sets another cap, and a measured step table
+# (--step-times) lowers it where a smaller pack measured faster.
 DEFAULT_PACK_CAP = 15
 
 
