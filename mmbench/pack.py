@@ -31,9 +31,9 @@ draws exactly the numbers it draws alone and ends with the same weights and metr
 
 What is not packed (the run trains unpacked instead, with the reason in its log): methods with
 ``packable = False`` (inner gradient steps: VGON, SMVGON) and method options a method's ``pack_refusal`` refuses
-(mrVAE's objective r, SMVAE's two_stage schedule), architectures with Dropout or
-BatchNorm (their randomness and running statistics are not per run under vmap), datasets whose rows are
-redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
+(mrVAE's objective r, SMVAE's two_stage schedule), architectures with instance norm or other dropouts than
+nn.Dropout and nn.Dropout2d (those two the pack's template redraws per run through the noise source, _PackDropout;
+BatchNorm's running statistics are buffers, stacked per run), datasets whose rows are redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
 packs, and so do runs resumed at different steps of one epoch. A run whose loss becomes non-finite stops at
 the end of that epoch (its last checkpoint stays the previous epoch's) and leaves the pack; the others go on.
@@ -62,14 +62,53 @@ from torch import nn
 from .config import RunConfig
 from .data.base import DataSplit, to_float
 from .errors import MMBenchError, brief
-from .methods.base import MultimodalVAE, NoiseSource, packed, use_beta, use_noise
+from .methods.base import MultimodalVAE, NoiseSource, bernoulli, packed, use_beta, use_noise
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
 from .devices import device_of
 from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
-NOT_VMAPPABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
+# Layers a pack cannot give each run its own of: instance norm (its running statistics), and dropout of other kinds
+# than the two a pack redraws per run (_PackDropout). BatchNorm packs: its running statistics are buffers, stacked
+# per run like any other, and updated in place by each run's forward (vmapped or looped).
+NOT_VMAPPABLE = (nn.modules.instancenorm._InstanceNorm,)
+PACKED_DROPOUTS = (nn.Dropout, nn.Dropout2d)
+
+
+class _PackDropout(nn.Module):
+    """nn.Dropout, or nn.Dropout2d on a 4-d input, in a pack's template: the mask F.dropout draws (bernoulli_(1 - p)
+    on an empty tensor of the input's shape, (N, C, 1, 1) for Dropout2d, and dtype; divided by 1 - p; times the
+    input), drawn through the noise source, so that each run takes it from its own generator: on the CPU the numbers
+    the run draws alone (aten's CPU dropout and feature dropout compute exactly this). The runs alone keep
+    nn.Dropout; only the pack's template has these (_swap_dropouts)."""
+
+    def __init__(self, p: float, feature: bool):
+        super().__init__()
+        self.p, self.feature = float(p), feature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * torch.zeros((), dtype=x.dtype, device=x.device)
+        if self.feature and x.dim() != 4:
+            raise MMBenchError(f"a packed Dropout2d needs a 4-d input (N, C, H, W), got {x.dim()}-d")
+        keep = 1 - self.p
+        noise = bernoulli((x.shape[0], x.shape[1], 1, 1) if self.feature else x.shape, keep, x.dtype, x.device)
+        return x * (noise / keep)
+
+
+def _swap_dropouts(module: nn.Module) -> int:
+    """Replace every nn.Dropout and nn.Dropout2d below `module` by a _PackDropout; returns how many."""
+    n = 0
+    for name, child in module.named_children():
+        if type(child) in PACKED_DROPOUTS:
+            setattr(module, name, _PackDropout(child.p, type(child) is nn.Dropout2d))
+            n += 1
+        else:
+            n += _swap_dropouts(child)
+    return n
 
 
 def pack_key(cfg: RunConfig) -> str:
@@ -93,7 +132,8 @@ def unpackable_reason(cfg: RunConfig) -> Optional[str]:
     if hasattr(cls, "plan_steps") and getattr(cls.pack_refusal, "__func__", None) is MultimodalVAE.pack_refusal.__func__:
         return f"method {cfg.method.name} plans a step schedule (plan_steps) and does not say when it packs (pack_refusal)"
     model = _built_without_data(cfg)
-    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NOT_VMAPPABLE)})
+    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NOT_VMAPPABLE)
+                  or (isinstance(m, nn.modules.dropout._DropoutNd) and type(m) not in PACKED_DROPOUTS)})
     if bad:
         return f"architecture has {', '.join(bad)} layers (randomness/running statistics not per run under vmap)"
     return None
@@ -115,6 +155,10 @@ class _Recorder(NoiseSource):
     def exponential_like(self, t):
         self.draws.append(("exponential", tuple(t.shape), t.dtype, None))
         return torch.empty_like(t).exponential_()
+
+    def bernoulli(self, shape, p, dtype, device):
+        self.draws.append(("bernoulli", tuple(shape), dtype, float(p)))
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(p)
 
 
 class _Replay(NoiseSource):
@@ -141,6 +185,9 @@ class _Replay(NoiseSource):
     def exponential_like(self, t):
         return self._next(t.shape).to(t.dtype)
 
+    def bernoulli(self, shape, p, dtype, device):
+        return self._next(shape).to(dtype)
+
 
 def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> List[torch.Tensor]:
     """Every recorded draw for every run from its own generator, stacked on the run axis. On the meta device
@@ -153,6 +200,8 @@ def draw(draws: Sequence[Tuple], gens: Sequence[torch.Generator], device) -> Lis
             per = [torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens]
         elif kind == "exponential":
             per = [torch.empty(shape, device=device, dtype=dtype).exponential_(generator=g) for g in gens]
+        elif kind == "bernoulli":  # `high`: the probability of a 1
+            per = [torch.empty(shape, device=device, dtype=dtype).bernoulli_(high, generator=g) for g in gens]
         else:
             per = [torch.randint(0, high, shape, generator=g, device=device) for g in gens]
         out.append(torch.stack(per))
@@ -200,6 +249,7 @@ class StackedModel:
     def __init__(self, template: nn.Module, states: Sequence[Dict[str, torch.Tensor]],
                  opt_states: Sequence[Optional[Dict]], lr: float, device, betas: Optional[Sequence[float]] = None):
         self.template = _LossOf(template).to(device)
+        self.dropouts = _swap_dropouts(self.template)  # each run's dropout masks from its own generator
         # each run's β where they differ (a β sweep): the looped loss gives run r the Python float its run alone
         # reads, the vmapped one a 0-dim tensor (fp32, as the vmapped loss computes); None: the template's own
         self.betas = [float(b) for b in betas] if betas is not None and len(set(map(float, betas))) > 1 else None
@@ -392,11 +442,12 @@ class _Member:
 
 
 def _split_batch(split: DataSplit, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Rows idx (any shape, on the data's device) of every modality, as floats shaped idx.shape + row shape."""
+    """Rows idx (any shape, on the data's device) of every modality, as floats shaped idx.shape + a row's float shape
+    (a text row's is one-hot: one more dimension than its stored character indices)."""
     out = {}
     for m in split.modalities:
-        rows = split.rows(m.name, idx.reshape(-1))
-        out[m.name] = to_float(m, rows).reshape(*idx.shape, *rows.shape[1:])
+        rows = to_float(m, split.rows(m.name, idx.reshape(-1)))
+        out[m.name] = rows.reshape(*idx.shape, *rows.shape[1:])
     return out
 
 

@@ -1431,11 +1431,25 @@ def test_a_pack_stacks_each_runs_own_buffers_and_gives_them_back():
     assert [float(sm.state(r)[0]["w"]) for r in range(2)] == [1.0, 2.0]
 
 
-def test_architectures_with_dropout_or_batchnorm_are_not_packed():
-    """CelebA's networks have BatchNorm and Dropout (their running statistics and masks are not per run under vmap)."""
-    reason = unpackable_reason(build_run_config({"dataset": "celeba", "method": {"name": "mopoe"}}))
-    assert reason and all(n in reason for n in ("BatchNorm2d", "Dropout2d", "Dropout,"))
-    assert unpackable_reason(cfg(0)) is None
+@pytest.mark.parametrize("layer", [torch.nn.AlphaDropout(0.1), torch.nn.Dropout3d(0.1), torch.nn.InstanceNorm2d(4)])
+def test_layers_a_pack_cannot_give_each_run_its_own_of_are_not_packed(monkeypatch, layer):
+    """CelebA's networks pack (BatchNorm's statistics are stacked buffers, Dropout and Dropout2d redraw per run:
+    tests/test_pack_datasets.py); other dropouts and instance norm are refused, naming the layer."""
+    from mmbench.registry import METHODS
+
+    for arch in ("celeba_resnet", "celeba_resnet_lv0", "celeba_mmvm"):
+        assert unpackable_reason(build_run_config({"dataset": "celeba", "method": {"name": "mopoe",
+                                                                                  "architecture": arch}})) is None
+
+    class WithLayer(MoPoE):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.extra = layer
+
+    monkeypatch.setitem(METHODS._items, "with_layer", WithLayer)
+    c = cfg(0)
+    c.method.name = "with_layer"
+    assert f"architecture has {type(layer).__name__} layers" in unpackable_reason(c)
 
 
 def _stack(method, mods, runs):

@@ -53,6 +53,9 @@ class NoiseSource:
     def exponential_like(self, t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t).exponential_()
 
+    def bernoulli(self, shape: Tuple[int, ...], p: float, dtype: torch.dtype, device: Any) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(p)
+
 
 _NOISE: List[NoiseSource] = [NoiseSource()]
 
@@ -123,6 +126,12 @@ def randint(high: int, size: Tuple[int, ...], device: Any = None) -> torch.Tenso
 def exponential_like(t: torch.Tensor) -> torch.Tensor:
     """Exp(1) noise shaped like `t`, from the current noise source."""
     return _NOISE[-1].exponential_like(t)
+
+
+def bernoulli(shape: Sequence[int], p: float, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """0/1 noise of `shape` and `dtype`, 1 with probability p, drawn as F.dropout draws its mask (bernoulli_ on an
+    empty tensor), from the current noise source (a pack's dropout: mmbench/pack.py)."""
+    return _NOISE[-1].bernoulli(tuple(shape), p, dtype, device)
 
 
 def all_subsets(names: Sequence[str]) -> List[Subset]:
