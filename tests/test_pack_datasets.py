@@ -2,7 +2,9 @@
 modality: stored as character indices, trained one-hot; tests/test_mnist_svhn_text.py) and CelebA (text too, and
 networks with Dropout2d and BatchNorm2d: MoPoE Table 5, MM-VAMP's CelebA, SMVAE's; tests/test_celeba.py). A pack
 redraws each run's dropout masks from the run's own generator (pack._PackDropout) and keeps each run's BatchNorm
-statistics in its stacked buffers, so a pack of a β sweep's runs ends as its runs alone."""
+statistics in its stacked buffers, so a pack of a β sweep's runs ends as its runs alone. On the CPU only: on a GPU,
+F.dropout's fused kernel draws its masks from the generator in another way than bernoulli_, so a packed run's masks
+there are other draws of the same distribution than its run's alone."""
 import pytest
 import torch
 
@@ -12,13 +14,16 @@ from mmbench.pack import train_pack, unpackable_reason
 from mmbench.registry import DATASETS
 from mmbench.results import Run
 from mmbench.train import train
-from conftest import on_gpu_if_asked
-from test_celeba import source  # noqa: F401  (the CelebA fixture in the published layout)
-from test_mnist_svhn_text import raw  # noqa: F401  (the MNIST-SVHN-Text fixture: IDX and .mat files)
+import test_celeba
+import test_mnist_svhn_text
 from test_pack import assert_same_trajectory, last, set_pack_mode
 
+# the fixtures of the datasets' own tests: CelebA in its published layout, MNIST-SVHN-Text as IDX and .mat files
+source = test_celeba.source
+raw = test_mnist_svhn_text.raw
 
-def test_a_pack_with_a_text_modality_ends_as_its_runs_alone(tmp_path, raw, monkeypatch):  # noqa: F811
+
+def test_a_pack_with_a_text_modality_ends_as_its_runs_alone(tmp_path, raw, monkeypatch):
     """MNIST-SVHN-Text's text rows are stored as character indices and trained one-hot: a pack's batch has the one-hot
     shape (it once kept the stored rows' shape, and every MNIST-SVHN-Text pack failed at its first batch)."""
     src, _ = raw
@@ -45,7 +50,7 @@ def celeba_cfg(seed, beta, method="mopoe", arch="celeba_resnet_lv0"):
 
 
 @pytest.fixture()
-def celeba_root(tmp_path, source):  # noqa: F811  (the imported fixture)
+def celeba_root(tmp_path, source):
     src, _ = source
     prepare(DATASETS.get("celeba")(), None, seed=0, data_root=tmp_path / "data", options={"source": str(src)})
     return tmp_path / "data"
@@ -56,7 +61,6 @@ def test_a_looped_pack_of_celeba_runs_ends_as_its_runs_alone(tmp_path, celeba_ro
     """Looped over its runs (a CPU's pack), a β sweep's pack of two on the CelebA networks ends as its runs alone:
     the same dropout masks (each run's from its own stream, in its order), the same BatchNorm statistics per run
     (MM-VAMP's networks, the cheapest; one step of each CelebA network: below)."""
-    on_gpu_if_asked()
     set_pack_mode(monkeypatch, "loop")
     cfgs = [celeba_cfg(0, 0.5, method, arch), celeba_cfg(1, 4.0, method, arch)]
     assert unpackable_reason(cfgs[0]) is None
@@ -89,7 +93,6 @@ def test_a_packed_step_of_celeba_runs_gives_each_its_own_loss_gradient_and_stati
     from mmbench.pack import StackedModel
     from mmbench.registry import METHODS
 
-    on_gpu_if_asked()
     set_pack_mode(monkeypatch, mode)
     mods = DATASETS.get("celeba")().modalities("default")
     cls, betas = METHODS.get(method), [0.5, 4.0]
