@@ -305,6 +305,23 @@ def test_make_packs_packs_a_beta_sweep_at_most_default_cap_a_pack(tmp_path):
     assert any(f"at most {DEFAULT_PACK_CAP} a pack" in (p.help or "") for p in help_text)
 
 
+def packed_against_alone(name, cfgs, tmp_path, data_root, trained_alone, mode):
+    """`cfgs` trained alone (once per `name`, trained_alone) and as one pack: per run (alone summary, its last.pt,
+    packed summary, its last.pt), each checked to have trained in the pack of all and to end as it ends alone
+    (assert_same_trajectory over the 2 epochs of 96 tuples in batches of 32)."""
+    alone_dir, alone = trained_alone(name, cfgs)
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    out = []
+    for i, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == len(cfgs), r.log_path.read_text()
+        assert f"packed with {len(cfgs) - 1} other run(s)" in r.log_path.read_text()
+        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
+        out.append((alone[i], ca, packed[r.id], cp))
+    return out
+
+
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_a_pack_of_a_beta_sweep_equals_its_runs_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
     """Three runs of one seed at β = 0.5, 2.5 and 10 (a β sweep) trained as one pack: each ends as it ends alone, to
@@ -313,16 +330,9 @@ def test_a_pack_of_a_beta_sweep_equals_its_runs_alone(tmp_path, data_root, monke
     on_gpu_if_asked()
     set_pack_mode(monkeypatch, mode)
     cfgs = [beta_cfg(0, b) for b in (0.5, 2.5, 10.0)]
-    alone_dir, alone = trained_alone("betas", cfgs)
-    runs = [Run(c, tmp_path / "packed") for c in cfgs]
-    packed = train_pack(runs, data_root)
-    for i, r in enumerate(runs):
-        assert packed[r.id]["packed_with"] == 3 and "packed with 2 other run(s)" in r.log_path.read_text()
-        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
-        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
-        assert torch.equal(ca["rng"], cp["rng"])
-    kl = [packed[r.id]["history"][-1]["train_loss"] for r in runs]
-    assert len(set(kl)) == 3
+    runs = packed_against_alone("betas", cfgs, tmp_path, data_root, trained_alone, mode)
+    assert all(torch.equal(ca["rng"], cp["rng"]) for _, ca, _, cp in runs)
+    assert len({summary["history"][-1]["train_loss"] for _, _, summary, _ in runs}) == 3
 
 
 def mmvamp_cfg(seed, beta, rate):
@@ -342,17 +352,12 @@ def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, mon
     on_gpu_if_asked()
     set_pack_mode(monkeypatch, mode)
     cfgs = [mmvamp_cfg(s, b, rate) for s, b in enumerate((0.5, 1.0, 4.0))]
-    alone_dir, alone = trained_alone(f"mmvamp-{rate}", cfgs)
-    runs = [Run(c, tmp_path / "packed") for c in cfgs]
-    packed = train_pack(runs, data_root)
-    for i, r in enumerate(runs):
-        assert packed[r.id]["packed_with"] == 3, r.log_path.read_text()
-        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+    for alone, ca, packed, cp in packed_against_alone(f"mmvamp-{rate}", cfgs, tmp_path, data_root, trained_alone,
+                                                      mode):
         assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
         assert int(cp["model"]["train_samples"]) == int(ca["model"]["train_samples"]) == 2 * 96
-        alphas = [h["train_alpha"] for h in alone[i]["history"]]  # each epoch's mean α over its steps
-        assert [h["train_alpha"] for h in packed[r.id]["history"]] == pytest.approx(alphas, rel=1e-6)
-        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, mode, steps=2 * (96 // 32))
+        alphas = [h["train_alpha"] for h in alone["history"]]  # each epoch's mean α over its steps
+        assert [h["train_alpha"] for h in packed["history"]] == pytest.approx(alphas, rel=1e-6)
     assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
 
 
@@ -369,14 +374,8 @@ def test_smvae_packs_end_to_end_and_trains_two_stage_alone(tmp_path, data_root, 
         return c
 
     cfgs = [smvae(s, b) for s, b in enumerate((1.0, 4.0))]
-    alone_dir, alone = trained_alone("smvae", cfgs)
-    runs = [Run(c, tmp_path / "packed") for c in cfgs]
-    packed = train_pack(runs, data_root)
-    for i, r in enumerate(runs):
-        assert packed[r.id]["packed_with"] == 2, r.log_path.read_text()
-        ca, cp = last(Run(cfgs[i], alone_dir)), last(r)
+    for _, ca, _, cp in packed_against_alone("smvae", cfgs, tmp_path, data_root, trained_alone, "vmap"):
         assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
-        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, "vmap", steps=2 * 3)
     two = [Run(smvae(s, 1.0, schedule="two_stage", stage1_steps=2), tmp_path / "two") for s in range(2)]
     assert all(isinstance(v, dict) for v in train_pack(two, data_root).values())
     assert all("training unpacked: method smvae: schedule two_stage picks each step's stage" in r.log_path.read_text()
