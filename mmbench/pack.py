@@ -18,7 +18,7 @@ after ``torch.manual_seed(seed)``), its data order (epoch e shuffles with a gene
 change: packing is a schedule, not a setting.
 
 Random streams: a method draws all its noise through ``methods.base.randn_like``/``randint``/
-``exponential_like``. A packed
+``exponential_like`` (and a pack's dropout through ``bernoulli``, _PackDropout). A packed
 step first records which draws the loss makes (shapes and dtypes, once per batch shape, from a forward of
 the first run as alone, in the loss's precision), then draws them for each
 run from that run's own ``torch.Generator`` -- on the CPU started from the global generator's state
