@@ -250,10 +250,14 @@ class StackedModel:
                  opt_states: Sequence[Optional[Dict]], lr: float, device, betas: Optional[Sequence[float]] = None):
         self.template = _LossOf(template).to(device)
         self.dropouts = _swap_dropouts(self.template)  # each run's dropout masks from its own generator
-        # each run's β where they differ (a β sweep): the looped loss gives run r the Python float its run alone
-        # reads, the vmapped one a 0-dim tensor (fp32, as the vmapped loss computes); None: the template's own
-        self.betas = [float(b) for b in betas] if betas is not None and len(set(map(float, betas))) > 1 else None
-        self.extra = (torch.tensor(self.betas, dtype=torch.float32, device=device),) if self.betas else ()
+        # each run's β where any is not the template's (a β sweep, or what is left of one after a run left the pack:
+        # _shrink): the looped loss gives run r the Python float its run alone reads, the vmapped one a 0-dim float64
+        # tensor (a weight derived from β, β² or β·M, is computed in double as alone, then meets fp32 as alone);
+        # None: every run reads the template's own
+        own_beta = float(getattr(template, "beta", math.nan))
+        self.betas = ([float(b) for b in betas] if betas is not None and any(float(b) != own_beta for b in betas)
+                      else None)
+        self.extra = (torch.tensor(self.betas, dtype=torch.float64, device=device),) if self.betas else ()
         self.device = device
         pnames = [n for n, _ in template.named_parameters()]
         bnames = [n for n, _ in template.named_buffers()]

@@ -365,6 +365,9 @@ def test_a_packed_runs_device_alpha_gives_the_rates_and_schedule_of_the_host_alp
     a = torch.tensor(alpha, dtype=torch.float64)
     torch.testing.assert_close(rate_bound(mu, logvar, a), rate_bound(mu, logvar, alpha), rtol=1e-6, atol=0)
     torch.testing.assert_close(rate_mc(z, mu, logvar, a), rate_mc(z, mu, logvar, alpha), rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 pack's rates (it loops, α still a device tensor)
+        hb, lb = mu.bfloat16(), logvar.bfloat16()
+        assert torch.equal(rate_bound(hb, lb, a), rate_bound(hb, lb, alpha))
     t = torch.tensor([0.0, 0.5, 3.0, 17.25, 300.0], dtype=torch.float64)
     want = [annealed_alpha(alpha, 20, float(ti)) for ti in t]
     assert annealed_alpha_on_device(alpha, 20, t).tolist() == pytest.approx(want, rel=1e-12, abs=0)

@@ -56,6 +56,31 @@ def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(t
         assert all(torch.allclose(wp[k], wa[k], rtol=1e-3, atol=1e-4) for k in wa)
 
 
+def test_when_the_first_run_of_a_beta_pack_leaves_the_one_left_keeps_its_own_beta(tmp_path, data_root, monkeypatch):
+    """A pack's template is built from its first run (β 1): when that run diverges and leaves, the run left (β 10)
+    trains on at its own β, not the template's, and ends as it ends alone (the survivors' βs all equal, but not the
+    template's, once made the pack read the template's)."""
+    orig = pack_mod.StackedModel.loss
+    calls = {"n": 0}
+
+    def poisoned(self, x, gens, x_dim=0, precision="fp32"):
+        losses, logs = orig(self, x, gens, x_dim, precision)
+        if self.template.training and self.size == 2:
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                losses = losses * torch.tensor([float("nan"), 1.0])
+        return losses, logs
+
+    monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    runs = [Run(cfg(s, b), tmp_path / "packed") for s, b in ((0, 1.0), (1, 10.0))]
+    out = train_pack(runs, data_root)
+    assert isinstance(out[runs[0].id], str) and "diverged" in out[runs[0].id]
+    monkeypatch.setattr(pack_mod.StackedModel, "loss", orig)
+    ref = train(Run(cfg(1, 10.0), tmp_path / "alone"), data_root)
+    for a, p in zip(ref["history"], out[runs[1].id]["history"]):
+        assert p["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
+
+
 def test_runs_resumed_at_different_epochs_train_apart_and_each_ends_as_alone(tmp_path, data_root):
     """Run a resumes at epoch 1, run b starts at 0: train_pack groups them by resume point (each alone here), and
     each ends with the history it has uninterrupted."""

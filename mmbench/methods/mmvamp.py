@@ -25,9 +25,11 @@ def rate_bound(mu: torch.Tensor, logvar: torch.Tensor, alpha: float = 0.0) -> to
     """
     M = mu.shape[0]
     pair = gaussian_kl(mu[:, None], logvar[:, None], mu[None], logvar[None])  # M×M×B, [m, m̃]
-    out = (1 - alpha) / M * pair.sum(1)
+    # the weights second: a 0-dim tensor α (a packed run's) then scales as a Python float does, not rounded to a
+    # bf16 operand's precision first (the CPU rounds a leading 0-dim operand to the other's dtype)
+    out = pair.sum(1) * ((1 - alpha) / M)
     if torch.is_tensor(alpha) or alpha > 0:  # a tensor α (a packed run's, annealed: > 0) is not read on the host
-        out = out + alpha * Gaussian(mu, logvar).kl_standard_normal()
+        out = out + Gaussian(mu, logvar).kl_standard_normal() * alpha
     return out
 
 
