@@ -23,23 +23,31 @@ def cfg(seed=0, beta=None, **train_over):
     return c
 
 
-def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):
-    """Run 1's loss turns NaN at the 2nd training step of epoch 1 (after the packability trial, so the pack really
-    trains): its parameters go NaN through its own gradient; it leaves the pack as diverged, and runs 0 and 2 finish
-    with the weights they get alone (no NaN reaches them, and the shrunk pack keeps *their* slices, and their β: the
-    three are a β sweep's)."""
+def poison(monkeypatch, factors):
+    """From the 2nd training step of the full pack (len(factors) runs: after the packability trial, so the pack really
+    trains) its runs' losses are multiplied by `factors` (a NaN makes that run diverge). Returns (the unpoisoned
+    StackedModel.loss, the count of the full pack's training steps so far)."""
     orig = pack_mod.StackedModel.loss
     calls = {"n": 0}
 
     def poisoned(self, x, gens, x_dim=0, precision="fp32"):
         losses, logs = orig(self, x, gens, x_dim, precision)
-        if self.template.training and self.size == 3:
+        if self.template.training and self.size == len(factors):
             calls["n"] += 1
             if calls["n"] >= 2:
-                losses = losses * torch.tensor([1.0, float("nan"), 1.0])
+                losses = losses * torch.tensor(factors)
         return losses, logs
 
     monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    return orig, calls
+
+
+def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):
+    """Run 1's loss turns NaN at the 2nd training step of epoch 1 (after the packability trial, so the pack really
+    trains): its parameters go NaN through its own gradient; it leaves the pack as diverged, and runs 0 and 2 finish
+    with the weights they get alone (no NaN reaches them, and the shrunk pack keeps *their* slices, and their β: the
+    three are a β sweep's)."""
+    orig, calls = poison(monkeypatch, [1.0, float("nan"), 1.0])
     betas = (1.0, 2.5, 10.0)
     runs = [Run(cfg(s, betas[s]), tmp_path / "packed") for s in range(3)]
     out = train_pack(runs, data_root)
@@ -60,18 +68,7 @@ def test_when_the_first_run_of_a_beta_pack_leaves_the_one_left_keeps_its_own_bet
     """A pack's template is built from its first run (β 1): when that run diverges and leaves, the run left (β 10)
     trains on at its own β, not the template's, and ends as it ends alone (the survivors' βs all equal, but not the
     template's, once made the pack read the template's)."""
-    orig = pack_mod.StackedModel.loss
-    calls = {"n": 0}
-
-    def poisoned(self, x, gens, x_dim=0, precision="fp32"):
-        losses, logs = orig(self, x, gens, x_dim, precision)
-        if self.template.training and self.size == 2:
-            calls["n"] += 1
-            if calls["n"] >= 2:
-                losses = losses * torch.tensor([float("nan"), 1.0])
-        return losses, logs
-
-    monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    orig, _ = poison(monkeypatch, [float("nan"), 1.0])
     runs = [Run(cfg(s, b), tmp_path / "packed") for s, b in ((0, 1.0), (1, 10.0))]
     out = train_pack(runs, data_root)
     assert isinstance(out[runs[0].id], str) and "diverged" in out[runs[0].id]
