@@ -141,24 +141,26 @@ def unpackable_reason(cfg: RunConfig) -> Optional[str]:
 
 # ----- noise: recorded once per batch shape, then drawn per run and fed into the vmapped loss ---------
 class _Recorder(NoiseSource):
+    """Draws as the default source does, noting each draw's kind, shape, dtype and parameter."""
+
     def __init__(self):
         self.draws: List[Tuple] = []
 
     def randn_like(self, t):
         self.draws.append(("randn", tuple(t.shape), t.dtype, None))
-        return torch.randn_like(t)
+        return super().randn_like(t)
 
     def randint(self, high, size, device=None):
         self.draws.append(("randint", tuple(size), torch.long, int(high)))
-        return torch.randint(0, high, size, device=device)
+        return super().randint(high, size, device)
 
     def exponential_like(self, t):
         self.draws.append(("exponential", tuple(t.shape), t.dtype, None))
-        return torch.empty_like(t).exponential_()
+        return super().exponential_like(t)
 
     def bernoulli(self, shape, p, dtype, device):
         self.draws.append(("bernoulli", tuple(shape), dtype, float(p)))
-        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(p)
+        return super().bernoulli(shape, p, dtype, device)
 
 
 class _Replay(NoiseSource):

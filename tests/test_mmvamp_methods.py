@@ -357,8 +357,6 @@ def test_a_packed_runs_device_alpha_gives_the_rates_and_schedule_of_the_host_alp
     """A packed MM-VAMP run computes α on the device (a float64 tensor from its counters, methods.base.in_pack); the
     rates at a tensor α equal those at the same α as a Python float (both rates, α = 1 where "mc" has one term on the
     host and a log-0 term on the device), and the device schedule is the host's at every position."""
-    from mmbench.methods.mmvamp import annealed_alpha_on_device
-
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g) * 0.3
     z = mu + torch.randn(3, 5, 4, generator=g) * (0.5 * logvar).exp()
@@ -370,4 +368,4 @@ def test_a_packed_runs_device_alpha_gives_the_rates_and_schedule_of_the_host_alp
         assert torch.equal(rate_bound(hb, lb, a), rate_bound(hb, lb, alpha))
     t = torch.tensor([0.0, 0.5, 3.0, 17.25, 300.0], dtype=torch.float64)
     want = [annealed_alpha(alpha, 20, float(ti)) for ti in t]
-    assert annealed_alpha_on_device(alpha, 20, t).tolist() == pytest.approx(want, rel=1e-12, abs=0)
+    assert annealed_alpha(alpha, 20, t).tolist() == pytest.approx(want, rel=1e-12, abs=0)

@@ -58,35 +58,38 @@ class NoiseSource:
 
 
 _NOISE: List[NoiseSource] = [NoiseSource()]
+_PACKED: List[bool] = []
+_BETA: List[Any] = []
 
 
-class use_noise:
+class _Pushed:
+    """Context manager: `value` on top of `stack` inside the block (the settings a loss reads while it runs)."""
+
+    def __init__(self, stack: List[Any], value: Any):
+        self.stack, self.value = stack, value
+
+    def __enter__(self) -> Any:
+        self.stack.append(self.value)
+        return self.value
+
+    def __exit__(self, *exc) -> None:
+        self.stack.pop()
+
+
+class use_noise(_Pushed):
     """Context manager: draw the methods' noise from `source` inside the block (mmbench/pack.py)."""
 
     def __init__(self, source: NoiseSource):
-        self.source = source
-
-    def __enter__(self) -> NoiseSource:
-        _NOISE.append(self.source)
-        return self.source
-
-    def __exit__(self, *exc) -> None:
-        _NOISE.pop()
+        super().__init__(_NOISE, source)
 
 
-_PACKED: List[bool] = []
-
-
-class packed:
+class packed(_Pushed):
     """Context manager: inside the block a loss runs as one run of a pack (mmbench/pack.py), with the run's own
     buffers swapped in (functional_call): a schedule a method otherwise keeps on the host (MM-VAMP's α annealing)
     is computed on the device from those buffers instead, since the template's host copies are no run's."""
 
-    def __enter__(self) -> None:
-        _PACKED.append(True)
-
-    def __exit__(self, *exc) -> None:
-        _PACKED.pop()
+    def __init__(self):
+        super().__init__(_PACKED, True)
 
 
 def in_pack() -> bool:
@@ -94,23 +97,13 @@ def in_pack() -> bool:
     return bool(_PACKED)
 
 
-_BETA: List[Any] = []
-
-
-class use_beta:
+class use_beta(_Pushed):
     """Context manager: inside the block a model's `beta` reads `value` instead of its own cfg.beta. A pack whose
     runs differ in β (the values of a β sweep, mmbench/pack.py) computes each run's loss inside it: looped, with the
     run's β as the same Python float its run alone reads; vmapped, with a 0-dim tensor of each run's β."""
 
     def __init__(self, value: Any):
-        self.value = value
-
-    def __enter__(self) -> Any:
-        _BETA.append(self.value)
-        return self.value
-
-    def __exit__(self, *exc) -> None:
-        _BETA.pop()
+        super().__init__(_BETA, value)
 
 
 def randn_like(t: torch.Tensor) -> torch.Tensor:

@@ -53,20 +53,17 @@ def rate_mc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, alpha: floa
     return Gaussian(mu, logvar).log_prob(z) - log_mixture_prior(z, mu, logvar, alpha)
 
 
-def annealed_alpha(alpha0: float, steps: int, t: float) -> float:
+def annealed_alpha(alpha0: float, steps: int, t):
     """The authors' `exp_annealing` schedule toward a final α of 0 (mmvmvae mv_vaes/mv_vae.py exp_annealing, at
-    position t of `steps`; t may be fractional, see MMVAMP.anneal_position); constant if steps = 0."""
+    position t of `steps`; t may be fractional, see MMVAMP.anneal_position); constant if steps = 0. t a Python
+    number: a Python float; t a float64 tensor (a packed run's position, under vmap each run's): computed on its
+    device in float64, as the Python floats compute it."""
     if steps <= 0 or alpha0 <= 0:
         return alpha0
     rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
+    if torch.is_tensor(t):
+        return (alpha0 * torch.exp(rate * t)).clamp_min(0.0)
     return max(alpha0 * math.exp(rate * t), 0.0)
-
-
-def annealed_alpha_on_device(alpha0: float, steps: int, t: torch.Tensor) -> torch.Tensor:
-    """annealed_alpha at a position held on the device (a float64 tensor; under a pack's vmap, each run's), computed
-    there in float64 as annealed_alpha computes it in Python floats (alpha0 > 0, steps > 0)."""
-    rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
-    return (alpha0 * torch.exp(rate * t)).clamp_min(0.0)
 
 
 @METHODS.register("mmvamp")
@@ -130,11 +127,16 @@ class MMVAMP(Independent):
             self.counts = [int(state_dict[prefix + "train_steps"]), int(state_dict[prefix + "train_samples"])]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def anneal_position(self) -> float:
-        """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch."""
+    def anneal_position(self):
+        """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch. From the host copies
+        of the counters (a Python float); a packed run's from its own counter buffers (a float64 device tensor: the
+        template's host copies are no run's)."""
         ab = self.opt["alpha_anneal_batch"]
-        steps, samples = self.counts
-        return samples / ab if ab > 0 else float(steps)
+        if in_pack():
+            steps, samples = self.train_steps.double(), self.train_samples.double()
+        else:
+            steps, samples = float(self.counts[0]), self.counts[1]
+        return samples / ab if ab > 0 else steps
 
     def kl_weight(self) -> float:
         return self.beta
@@ -143,14 +145,10 @@ class MMVAMP(Independent):
         return self.opt["alpha_anneal_steps"] > 0 and self.opt["alpha"] > 0
 
     def alpha(self):
-        """α of the prior h_α now: a Python float; a packed run's annealed α a float64 device tensor (from its own
-        counters: the template's host copies are no run's)."""
+        """α of the prior h_α now: a Python float; a packed run's annealed α a float64 device tensor
+        (anneal_position)."""
         if not self.annealing():  # constant: the counters are not read
             return float(self.opt["alpha"])
-        if in_pack():
-            ab = self.opt["alpha_anneal_batch"]
-            t = self.train_samples.double() / ab if ab > 0 else self.train_steps.double()
-            return annealed_alpha_on_device(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], t)
         return annealed_alpha(float(self.opt["alpha"]), self.opt["alpha_anneal_steps"], self.anneal_position())
 
     def rate(self, q: Gaussian, z):
