@@ -291,8 +291,12 @@ class StackedModel:
         self._eager = self._replay
         self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
 
+    @property
+    def captured(self) -> bool:
+        return hasattr(self, "_eager")
+
     def uncompile(self) -> None:
-        if hasattr(self, "_eager"):
+        if self.captured:
             self._replay = self._eager
             del self._eager
 
@@ -623,7 +627,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     ids = ", ".join(m.run.id for m in members)
     for m in members:
         m.run.log(f"packed with {len(members) - 1} other run(s) on {device}: {ids}")
-        if capture:  # as the unpacked trainer says it (train.py); a compiler failure at the first step is logged too
+        if capture:  # as the unpacked trainer says it (train.py); a compiler failure is logged too
             m.run.log(f"packed training step captured with torch.compile on {device} (mmbench run --compile)")
         for line in notes:
             m.run.log(line)
@@ -642,12 +646,13 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         finite = torch.ones(len(live), dtype=torch.bool, device=device)
         for b in range(first_step if epoch == first else 0, n_batches):
             x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
-            if capture:  # the first captured step: if torch.compile fails, go on uncaptured, saying so
-                capture = False
-                states = [m.gen.get_state() for m in live]
+            if sm.captured:  # if torch.compile fails (a first capture or a recompile), go on uncaptured, saying so
+                states, buffers = [m.gen.get_state() for m in live], sm.fresh_buffers()
                 try:
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                    for k, v in sm.buffers.items():  # the failed call may have moved step counters, statistics
+                        v.copy_(buffers[k])
                     for m, st in zip(live, states):
                         m.gen.set_state(st)
                         m.run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
@@ -712,11 +717,10 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             live = [live[r] for r in keep]
             if not live:
                 break
-            captured_before = hasattr(sm, "_eager")  # a captured pack stays captured (a new capture: new shapes)
+            captured_before = sm.captured  # a captured pack stays captured (a new capture: new shapes)
             sm = _shrink(sm, keep, template, cfg, device)
-            if captured_before:  # its first step falls back to uncaptured if the compiler fails, as the pack's first
+            if captured_before:  # its steps fall back to uncaptured if the compiler fails, as the pack's do
                 sm.compile(train_mod.captured(sm._replay, device))
-                capture = True
         if stop and epoch + 1 < E:
             _stopped(live, f"after epoch {epoch + 1}", [True] * len(live))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:

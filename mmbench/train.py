@@ -400,6 +400,26 @@ def set_rng_states(states: tuple, device) -> None:
         torch.cuda.set_rng_state(states[1].cpu(), device)
 
 
+class StepState:
+    """What a training loss may change besides its result, taken before a captured step that could fail after it ran
+    and put back if it did: the random streams and the checkpointed buffers (step counters, BatchNorm statistics).
+    The buffers' owners are looked up once; each step reads and copies only the buffers."""
+
+    def __init__(self, model: torch.nn.Module, device):
+        params = {n for n, _ in model.named_parameters()}
+        kept = [n for n in model.state_dict() if n not in params]
+        self.model, self.device = model, device
+        self.owners = [(n, model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in kept]
+
+    def take(self) -> tuple:
+        return rng_states(self.device), {n: getattr(m, a).clone() for n, m, a in self.owners}
+
+    def restore(self, taken: tuple) -> None:
+        """Back to `taken`: the buffers loaded as a checkpoint's are, so host copies of counters follow them."""
+        set_rng_states(taken[0], self.device)
+        self.model.load_state_dict(taken[1], strict=False)
+
+
 def rng_checkpoint(device) -> Dict[str, torch.Tensor]:
     """The streams as a checkpoint holds them ("rng": CPU; "rng_device": the GPU's, as pack.py writes it too)."""
     cpu, gpu = rng_states(device)
@@ -579,6 +599,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     loss_fn = captured(model.loss, device)  # None: uncaptured (the default)
     if loss_fn is not None:
         run.log(f"training step captured with torch.compile on {device} (mmbench run --compile)")
+        guard = StepState(model, device)
     if state["epoch"] < E:  # the code and kernels that train what is left (a trained run's record stays as it is)
         note_code(state, kernels.effective(torch.device(device).type, captured=loss_fn is not None))
     speed = Throughput()
@@ -595,12 +616,12 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             with autocast(cfg.train.precision, device):
                 if loss_fn is None:
                     loss, logs = model.loss(x)
-                else:  # captured; if torch.compile fails, go on uncaptured with the same random numbers, saying so
-                    before = rng_states(device)
+                else:  # captured; if torch.compile fails, go on uncaptured from the state before, saying so
+                    before = guard.take()
                     try:
                         loss, logs = loss_fn(x)
                     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-                        set_rng_states(before, device)
+                        guard.restore(before)
                         run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
                         loss_fn = None
                         loss, logs = model.loss(x)

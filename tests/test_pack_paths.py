@@ -1,5 +1,6 @@
 """Paths of the trainers that tests/test_pack.py did not reach: a run diverging inside a trained pack, runs resumed at
-different epochs, a compile failure after the step drew its noise (packed and unpacked), and the number of device
+different epochs, a compile failure after the step drew its noise and moved its step counters, at the first capture or a recompile
+(packed and unpacked), and the number of device
 reads per epoch of both trainers."""
 
 import math
@@ -91,35 +92,71 @@ def test_runs_resumed_at_different_epochs_train_apart_and_each_ends_as_alone(tmp
     assert out[a.id]["history"] == ref["history"]
 
 
-def _late_failing_compile(fn, **kw):
-    def step(*args, **kwargs):
-        fn(*args, **kwargs)  # the step's random numbers are drawn, then the compiler gives up
-        raise RuntimeError("the compiler gave up late")
-    return step
+def late_failing_compile(at=1):
+    """A torch.compile whose step runs the loss uncaptured for its first at - 1 calls; call `at` runs it too (noise drawn,
+    counters moved) and then gives up, as a first capture or a recompile may."""
+    def compile(fn, **kw):
+        calls = {"n": 0}
+
+        def step(*args, **kwargs):
+            calls["n"] += 1
+            out = fn(*args, **kwargs)
+            if calls["n"] == at:
+                raise RuntimeError("the compiler gave up late")
+            return out
+        return step
+    return compile
 
 
-def test_unpacked_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch):
-    ref = train(Run(cfg(0, epochs=1, max_train=64), tmp_path / "plain"), data_root)
+def late_cfg(seed, method):
+    """cfg(seed) on one epoch of 64 tuples; "mmvamp": MM-VAMP with α annealed over its steps, whose loss counts its
+    steps in buffers (and host copies of them), as mrVAE's and SMVAE's do and as BatchNorm keeps statistics."""
+    c = cfg(seed, epochs=1, max_train=64)
+    if method == "mmvamp":
+        c.method.name = "mmvamp"
+        c.method.options = {"rate": "bound", "alpha": 1.0, "alpha_anneal_steps": 4, "alpha_anneal_batch": 16}
+    return c
+
+
+@pytest.mark.parametrize("method,at", [("mopoe", 1), ("mmvamp", 1), ("mmvamp", 2)])
+def test_unpacked_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch,
+                                                                                    method, at):
+    """The failed captured call (the first, or the second as a recompile) ran the loss (noise drawn, step counters
+    moved): the step is recomputed from the state before it, so the run ends as uncaptured, counters and the α
+    schedule included."""
+    ref_run = Run(late_cfg(0, method), tmp_path / "plain")
+    ref = train(ref_run, data_root)
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
-    monkeypatch.setattr(torch, "compile", _late_failing_compile)
-    run = Run(cfg(0, epochs=1, max_train=64), tmp_path / "failed")
+    monkeypatch.setattr(torch, "compile", late_failing_compile(at))
+    run = Run(late_cfg(0, method), tmp_path / "failed")
     out = train(run, data_root)
     assert "torch.compile failed" in run.log_path.read_text()
     assert out["history"] == ref["history"]
+    a, b = last(ref_run)["model"], last(run)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if method == "mmvamp":
+        assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64
 
 
-def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("method,at", [("mopoe", 1), ("mmvamp", 1), ("mmvamp", 2)])
+def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch,
+                                                                                  method, at):
     monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")  # only a vmapped pack is captured
-    ref = train_pack([Run(cfg(s, epochs=1, max_train=64), tmp_path / "plain") for s in range(2)], data_root)
+    plain = [Run(late_cfg(s, method), tmp_path / "plain") for s in range(2)]
+    ref = train_pack(plain, data_root)
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
-    monkeypatch.setattr(torch, "compile", _late_failing_compile)
-    runs = [Run(cfg(s, epochs=1, max_train=64), tmp_path / "failed") for s in range(2)]
+    monkeypatch.setattr(torch, "compile", late_failing_compile(at))
+    runs = [Run(late_cfg(s, method), tmp_path / "failed") for s in range(2)]
     out = train_pack(runs, data_root)
-    for r in runs:
+    for p, r in zip(plain, runs):
         assert "torch.compile failed" in r.log_path.read_text()
         assert out[r.id]["history"] == ref[r.id]["history"]
+        a, b = last(p)["model"], last(r)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        if method == "mmvamp":
+            assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64
 
 
 def _reads(monkeypatch):
