@@ -1,7 +1,6 @@
 """Paths of the trainers that tests/test_pack.py did not reach: a run diverging inside a trained pack, runs resumed at
-different epochs, a compile failure after the step drew its noise and moved its step counters, at the first capture or a recompile
-(packed and unpacked), and the number of device
-reads per epoch of both trainers."""
+different epochs, a compile failure after the step drew its noise and moved its step counters (at the first capture
+or at a recompile; packed and unpacked), and the number of device reads per epoch of both trainers."""
 
 import math
 from pathlib import Path
