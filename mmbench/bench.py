@@ -306,7 +306,7 @@ def pack_step(method: str, pack: int, n_modalities: int = 5, batch_size: int = 2
     mcfg = MethodConfig(method, latent_dim=latent_dim, beta=1.0)
     cls = METHODS.get(method)
     if not cls.packable:
-        raise MMBenchError(f"method {method} is not packable (packable = False)")
+        raise MMBenchError(f"method {method} is not packable ({cls.unpackable_why or 'packable = False'})")
     states = []
     for s in range(pack):
         torch.manual_seed(s)

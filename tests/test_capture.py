@@ -1,5 +1,5 @@
 """The training losses can be captured whole: a pack's (`mmbench run --compile`, `bench steps --pack N --compile`)
-and an unpacked run's (`bench steps --compile`: mrVAE, MM-VAMP, SMVAE, which train unpacked), with torch.compile
+and an unpacked run's (`mmbench run --compile --pack 1`, `bench steps --compile`: mrVAE, MM-VAMP, SMVAE, VGON), with torch.compile
 mode "reduce-overhead", i.e. CUDA graphs, on a GPU.
 
 CUDA graphs replay one captured graph; a graph break (a Python branch on a tensor's value, a read back to the
@@ -21,8 +21,9 @@ from mmbench.registry import METHODS
 MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]  # three: a subset of two that is not the full set
 PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
 # a buffer updated in place (mrVAE's step counter) and its permutations; mixtures' component indexing (MoPoE); a
-# mixture with modality-specific latents; JMVAE's joint encoder beside the unimodal ones
-AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae"}
+# mixture with modality-specific latents; JMVAE's joint encoder beside the unimodal ones; a gradient inside the loss
+# differentiated again (VGON's inner step)
+AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae", "vgon"}
 
 
 def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=None) -> torch.Tensor:
@@ -104,10 +105,10 @@ def test_a_pack_with_matmul_convolutions_is_captured_as_one_graph(monkeypatch):
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
 
 
-# Unpacked steps that can be captured: the methods that do not pack, and mrVAE (it packs with objective q, the
-# default, but runs unpacked with objective r or --pack 1); vgon and smvgon cannot be captured (their posterior is an
-# inner gradient step: autograd inside the loss).
-UNPACKED = ["mrvae", "mmvamp", "smvae"]
+# Unpacked steps are captured too (--pack 1, a group of one, options that do not pack: mrVAE's objective r, SMVAE's
+# two_stage): the methods with a buffer or a host counter in their step, and VGON, whose posterior is a gradient taken
+# inside the loss (torch.func.grad, traced whole; torch.autograd.grad was a graph break).
+UNPACKED = ["mrvae", "mmvamp", "smvae", "vgon"]
 
 
 def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None) -> torch.Tensor:

@@ -382,6 +382,22 @@ def test_smvae_packs_end_to_end_and_trains_two_stage_alone(tmp_path, data_root, 
                for r in two)
 
 
+@pytest.mark.parametrize("method,mode", [("vgon", "loop"), ("vgon", "vmap"), ("smvgon", "vmap")])
+def test_vgon_and_smvgon_pack_through_their_inner_gradient_step(tmp_path, data_root, monkeypatch, method, mode,
+                                                                 trained_alone):
+    """VGON's posterior is a gradient step through the decoders (SMVAE Eq. 9), taken with torch.func.grad, which vmap
+    batches and the outer backward differentiates (second order; tests/test_smvae_methods.py checks it against
+    torch.autograd.grad with create_graph). A pack of two (β = 1, 4; SMVGON end to end) ends as its runs alone
+    (TRAJECTORY_TOL; each packed step's gradients are each run's alone: the β-pack test over every packable method)."""
+    on_gpu_if_asked()
+    set_pack_mode(monkeypatch, mode)
+    cfgs = [beta_cfg(s, b) for s, b in enumerate((1.0, 4.0))]
+    for c in cfgs:
+        c.method.name = method
+    runs = packed_against_alone(method, cfgs, tmp_path, data_root, trained_alone, mode)
+    assert len({packed["history"][-1]["train_loss"] for _, _, packed, _ in runs}) == 2
+
+
 @pytest.mark.parametrize("method", ["independent", "aggregated"])
 def test_a_vmapped_beta_packs_derived_kl_weights_are_those_of_its_runs_alone(method):
     """A weight derived from β (the "code" convention: β² for independent VAEs, β·M for the aggregated VAE) is computed
@@ -407,13 +423,23 @@ def test_a_vmapped_beta_packs_derived_kl_weights_are_those_of_its_runs_alone(met
         assert packed.dtype == torch.float32 and torch.equal(packed, alone.kl_weight() * kl), (method, b)
 
 
-def test_every_unpackable_method_says_why():
-    """A method that never packs names the reason its runs' logs give (`unpackable_why`)."""
+def test_every_method_packs_and_one_that_cannot_says_why(monkeypatch, tmp_path):
+    """Every method packs at its default options (some options do not: pack_refusal). A method marked unpackable
+    (packable = False) trains its runs alone, the reason (`unpackable_why`) in make_packs' split, the step bench and the
+    runs' logs."""
+    from mmbench.bench import pack_step_time
+    from mmbench.errors import MMBenchError
     from mmbench.registry import METHODS
 
-    closed = [n for n in METHODS.names() if not METHODS.get(n).packable]
-    assert set(closed) == {"vgon", "smvgon"}  # every other method packs (some of its options may not: pack_refusal)
-    assert all("inner gradient step" in METHODS.get(n).unpackable_why for n in closed)
+    assert [n for n in METHODS.names() if not METHODS.get(n).packable] == []
+    monkeypatch.setattr(METHODS.get("smvgon"), "packable", False)
+    monkeypatch.setattr(METHODS.get("smvgon"), "unpackable_why", "a reason of its own")
+    c = build_run_config({**TINY, "method": {"name": "smvgon", "latent_dim": 8}})
+    assert unpackable_reason(c) == "method smvgon is not packable (a reason of its own)"
+    other = build_run_config({**TINY, "seed": 1, "method": {"name": "smvgon", "latent_dim": 8}})
+    assert [len(p) for p in make_packs([Run(c, tmp_path), Run(other, tmp_path)], None)] == [1, 1]
+    with pytest.raises(MMBenchError, match=r"not packable \(a reason of its own\)"):
+        pack_step_time("smvgon", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
 
 
 def test_a_method_planning_its_steps_packs_only_where_it_says_so(monkeypatch):
@@ -496,10 +522,11 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     assert [len(p) for p in make_packs(a, 1)] == [1] * 5
     train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
     assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
-    sm = build_run_config({**TINY, "method": {"name": "smvgon", "latent_dim": 8}})
-    assert "not packable" in unpackable_reason(sm)
+    two = {"name": "smvae", "latent_dim": 8, "options": {"schedule": "two_stage"}}  # refused by its options
+    sm = build_run_config({**TINY, "method": two})
+    assert "schedule two_stage" in unpackable_reason(sm)
     assert [len(p) for p in make_packs([Run(sm, tmp_path), Run(build_run_config(
-        {**TINY, "seed": 1, "method": {"name": "smvgon", "latent_dim": 8}}), tmp_path)], None)] == [1, 1]
+        {**TINY, "seed": 1, "method": two}), tmp_path)], None)] == [1, 1]
 
 
 def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
@@ -583,9 +610,10 @@ def test_killed_pack_resumes_every_run(tmp_path, data_root, monkeypatch):
         assert [h["epoch"] for h in last(r)["state"]["history"]] == [1, 2]
 
 
-def test_bench_pack_step_time_counts_run_steps():
+def test_bench_pack_step_time_counts_run_steps(monkeypatch):
     from mmbench.bench import pack_step_time
     from mmbench.errors import MMBenchError
+    from mmbench.registry import METHODS
 
     r = pack_step_time("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
     assert r["pack"] == 2 and r["run_steps_per_s"] == pytest.approx(2 / r["median_s"])
@@ -595,6 +623,7 @@ def test_bench_pack_step_time_counts_run_steps():
     assert (unpacked["pack"], packed["pack"]) == (1, 4)
     # a pack of 4 issues its operations once for all runs: well under half an unpacked step's per run-step
     assert 0 < packed["ops_per_run_step"] < unpacked["ops_per_run_step"] / 2
+    monkeypatch.setattr(METHODS.get("smvgon"), "packable", False)  # every method packs today (default options)
     with pytest.raises(MMBenchError, match="not packable"):
         pack_step_time("smvgon", 2, n_modalities=2, batch_size=8, latent_dim=4, steps=1, warmup=0)
     na = pack_table(["smvgon"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)[1]
@@ -1415,7 +1444,8 @@ def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient(monkeypatch, co
     x = {m.name: torch.rand(3, 8, 3, 28, 28, generator=g) for m in mods}  # a different batch per run
     for name, sm in packable_stacks(mods, 3):
         convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in sm.template.modules())
-        assert convs >= 6 * len(mods) and sm.matmul_convs == (convs if conv == "bmm" else 0), name  # all swapped
+        nets = 2 if len(sm.template.model.encoders) else 1  # VGON has decoders only (its posterior is a gradient step)
+        assert convs >= 3 * nets * len(mods) and sm.matmul_convs == (convs if conv == "bmm" else 0), name  # all swapped
         noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
         params = list(sm.params.values())
         packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(

@@ -248,6 +248,52 @@ def test_vgon_second_order_path_reaches_decoders():
     assert q2.mu.grad_fn is None
 
 
+def test_vgon_step_is_differentiated_as_autograd_with_create_graph():
+    """vgon_posterior takes its inner gradient with torch.func.grad (so that a pack's vmap batches it); the outer
+    gradient must be the one through torch.autograd.grad(create_graph=True) written out here, second order included:
+    the posterior and every parameter's gradient (decoders and head) to float64 rounding, in training mode (a sampled
+    inner ELBO) and evaluation mode (no graph kept)."""
+    model = make("vgon", latent=4).double().train()
+    x = batch(6, dtype=torch.float64)
+    step = 1 / 16  # a large step: the second-order part is a sizeable share of the decoders' gradients
+    torch.manual_seed(3)
+    eps = torch.randn(6, 4, dtype=torch.float64)  # the inner ELBO's sample, as vgon_posterior draws it after seed 3
+
+    def reference():
+        z0 = torch.zeros(6, 4, dtype=torch.float64, requires_grad=True)
+        inner = vgon_elbo(model, model.head, z0, x, model.names, eps, 1.0).sum()
+        (g,) = torch.autograd.grad(inner, z0, create_graph=True)
+        return model.head(z0.detach() + step * g)
+
+    def first_order():  # the step's gradient taken as a constant: what a lost create_graph would give
+        z0 = torch.zeros(6, 4, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(vgon_elbo(model, model.head, z0, x, model.names, eps, 1.0).sum(), z0)
+        return model.head(z0.detach() + step * g)
+
+    def grads(posterior):
+        model.zero_grad(set_to_none=True)
+        q = posterior()
+        (q.mu.square().sum() + q.logvar.exp().sum()).backward()
+        return q, torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in model.parameters()])
+
+    torch.manual_seed(3)
+    q, got = grads(lambda: vgon_posterior(model, model.head, x, model.names, 1.0, step)[0])
+    q_ref, want = grads(reference)
+    _, first = grads(first_order)
+    torch.testing.assert_close(q.mu, q_ref.mu, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert float((first - want).norm() / want.norm()) > 1e-3  # the second-order part is there to be missed
+    model.eval()
+    with torch.no_grad():
+        q_eval, _ = vgon_posterior(model, model.head, x, model.names, 1.0, step)
+    z0 = torch.zeros(6, 4, dtype=torch.float64, requires_grad=True)  # evaluation steps from the inner ELBO's mean
+    (g,) = torch.autograd.grad(vgon_elbo(model, model.head, z0, x, model.names, torch.zeros_like(eps), 1.0).sum(), z0)
+    with torch.no_grad():
+        mu = model.head(step * g).mu
+    assert q_eval.mu.grad_fn is None
+    torch.testing.assert_close(q_eval.mu, mu, rtol=1e-12, atol=1e-12)
+
+
 def test_vgon_subset_uses_present_modalities_only():
     model = make("vgon").eval()
     x = batch()

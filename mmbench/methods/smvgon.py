@@ -66,16 +66,14 @@ def vgon_posterior(model: MultimodalVAE, head: VGONHead, x: Dict[str, torch.Tens
     reparameterisation), so evaluation is deterministic. When the caller tracks gradients the step is built with
     create_graph=True (second-order backprop to decoders and head); under torch.no_grad() it is a plain gradient.
     """
-    outer = torch.is_grad_enabled()
     ref = x[names[0]]
-    with torch.enable_grad():  # the inner step needs autograd even when evaluating under no_grad
-        z0 = torch.zeros(ref.shape[0], head.latent_dim, device=ref.device, dtype=head.mu.weight.dtype,
-                         requires_grad=True)
-        eps = randn_like(z0) if model.training else torch.zeros_like(z0)
-        inner = vgon_elbo(model, head, z0, x, names, eps, kl_weight).sum()
-        (grad,) = torch.autograd.grad(inner, z0, create_graph=outer)
-    z0_hat = z0.detach() + step_size * grad  # Eq. 9, from the origin
-    return head(z0_hat), grad
+    z0 = torch.zeros(ref.shape[0], head.latent_dim, device=ref.device, dtype=head.mu.weight.dtype)
+    eps = randn_like(z0) if model.training else torch.zeros_like(z0)
+    # The gradient as a function transform: the outer backward differentiates it when it tracks gradients (the
+    # create_graph of torch.autograd.grad), vmap batches it over a pack's runs, and TorchDynamo traces it whole
+    # (torch.autograd.grad does neither of the last two; on the CPU both give the same bits).
+    grad = torch.func.grad(lambda z: vgon_elbo(model, head, z, x, names, eps, kl_weight).sum())(z0)
+    return head(z0 + step_size * grad), grad  # Eq. 9, from the origin
 
 
 @METHODS.register("smvgon")
@@ -87,9 +85,6 @@ class SMVGON(SMVAE):
     (schedule, stage1_steps, detach_surrogate), plus `inner_step` (default 1/256, see the module docstring).
     encode_subsets: PoE of the unimodal experts, as smvae (the VGON surrogate is used in training only, §3.3).
     """
-
-    packable = False
-    unpackable_why = "its surrogate takes an inner gradient step (torch.autograd.grad), which vmap does not batch"
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8), (9), (12)"
     options = {**SMVAE.options, "inner_step": INNER_STEP}
@@ -115,8 +110,6 @@ class VGON(MultimodalVAE):
     report the full set), so strict-subset posteriors are an extrapolation.
     """
 
-    packable = False
-    unpackable_why = "its loss takes an inner gradient step (torch.autograd.grad), which vmap does not batch"
     encodes_through_decoders = True  # a posterior is a gradient step through the decoders (Eq. 9)
 
     paper = "SMVAE (ICLR 2022 submission), Eqs. (8)-(9), App. B-C, Tables 5-6 (Bond-Taylor & Willcocks 2020)"
