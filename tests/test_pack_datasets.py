@@ -80,7 +80,7 @@ def test_a_looped_pack_of_celeba_runs_ends_as_its_runs_alone(tmp_path, celeba_ro
 
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 @pytest.mark.parametrize("method,arch", [("mopoe", "celeba_resnet_lv0"), ("mopoe", "celeba_resnet"),
-                                         ("mmvamp", "celeba_mmvm")])
+                                         ("mmvamp", "celeba_mmvm"), ("smvgon", "celeba_resnet_lv0")])
 def test_a_packed_step_of_celeba_runs_gives_each_its_own_loss_gradient_and_statistics(method, arch, mode,
                                                                                       monkeypatch):
     """One packed training step on each CelebA network gives each run (β 0.5 and 4) the loss, gradient and

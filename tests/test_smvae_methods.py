@@ -294,6 +294,42 @@ def test_vgon_step_is_differentiated_as_autograd_with_create_graph():
     torch.testing.assert_close(q_eval.mu, mu, rtol=1e-12, atol=1e-12)
 
 
+def test_vgon_step_through_batchnorm_decoders_updates_their_statistics_as_autograd():
+    """On CelebA's networks (BatchNorm in the decoders) the inner pass updates the running statistics in place, as the
+    torch.autograd.grad step did: the model's buffers go into the transform as its arguments (a transform refuses to
+    mutate a captured tensor). Posterior, gradients and statistics equal those of the step written out with
+    torch.autograd.grad(create_graph=True) on a copy of the model."""
+    import copy
+
+    from mmbench.registry import DATASETS
+
+    mods = DATASETS.get("celeba")().modalities("default")
+    torch.manual_seed(0)
+    model = METHODS.get("vgon")(mods, MethodConfig("vgon", latent_dim=4), "celeba_resnet_lv0").train()
+    ref = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    x = {"img": torch.rand(3, 3, 64, 64, generator=g),
+         "text": torch.nn.functional.one_hot(torch.randint(0, mods[1].shape[1], (3, mods[1].shape[0]), generator=g),
+                                             mods[1].shape[1]).float()}
+    torch.manual_seed(3)
+    q, _ = vgon_posterior(model, model.head, x, model.names, 1.0, 1 / 256)
+    torch.manual_seed(3)
+    z0 = torch.zeros(3, 4, requires_grad=True)
+    eps = torch.randn(3, 4)
+    (gz,) = torch.autograd.grad(vgon_elbo(ref, ref.head, z0, x, ref.names, eps, 1.0).sum(), z0, create_graph=True)
+    q_ref = ref.head(z0.detach() + gz / 256)
+    torch.testing.assert_close(q.mu, q_ref.mu, rtol=1e-6, atol=1e-7)
+    stats = {n: b for n, b in model.named_buffers() if n.endswith("running_mean")}
+    assert stats and all(torch.equal(b, dict(ref.named_buffers())[n]) for n, b in stats.items())
+    assert any(not torch.equal(b, torch.zeros_like(b)) for b in stats.values())  # the inner pass moved them
+    got = torch.autograd.grad(q.mu.sum() + q.logvar.sum(), list(model.parameters()), allow_unused=True)
+    want = torch.autograd.grad(q_ref.mu.sum() + q_ref.logvar.sum(), list(ref.parameters()), allow_unused=True)
+    assert [a is None for a in got] == [b is None for b in want]
+    for a, b in zip(got, want):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_vgon_subset_uses_present_modalities_only():
     model = make("vgon").eval()
     x = batch()

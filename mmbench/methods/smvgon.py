@@ -4,7 +4,7 @@ and "vgon", that VGON trained alone (SMVAE App. B-C, Tables 5-6).
 The VGON step (SMVAE §2.2; cwkx/GON `Variational-GON.py`): start at the origin z0 = 0, take one
 gradient-ascent step of the VGON ELBO w.r.t. z0 through the decoders, ẑ0 = z0 + ∇_z0 L (Eq. 9), and read the
 variational parameters off ẑ0 with two trainable linear maps, q(z) = N(μ_λ(ẑ0), σ²_λ(ẑ0)). The gradient is taken
-with create_graph=True during training, so the outer loss backpropagates through the step (second order).
+as a function transform (torch.func.grad) that the outer loss backpropagates through (second order).
 
 Step size (option `inner_step`, default 1/256): Eq. 9 writes a unit step on one sample's ELBO, but the GON code
 differentiates the batch-*mean* ELBO, i.e. a step of 1/B per sample, and with image likelihoods summed over
@@ -55,6 +55,28 @@ def vgon_elbo(model: MultimodalVAE, head: VGONHead, z0: torch.Tensor, x: Dict[st
     return -model.weighted_nll(z, x, names) - kl_weight * q.kl_standard_normal()
 
 
+class _InnerELBO(nn.Module):
+    """The batch sum of vgon_elbo as a module's forward, so that torch.func.functional_call can hand the model's
+    buffers to the inner gradient as its arguments (vgon_posterior)."""
+
+    def __init__(self, model: MultimodalVAE, head: VGONHead):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, z0, x, names, eps, kl_weight):
+        return vgon_elbo(self.model, self.head, z0, x, names, eps, kl_weight).sum()
+
+
+def inner_elbo(model: MultimodalVAE, head: VGONHead) -> _InnerELBO:
+    """The model's _InnerELBO for `head`: kept outside its modules (no state_dict entry), made when the model is
+    built (a module made inside a captured step is a graph break); made here for any other head."""
+    inner = model.__dict__.get("_inner_elbo")
+    if inner is None or inner.head is not head:
+        inner = _InnerELBO(model, head)
+        model.__dict__["_inner_elbo"] = inner
+    return inner
+
+
 def vgon_posterior(model: MultimodalVAE, head: VGONHead, x: Dict[str, torch.Tensor], names: Sequence[str],
                    kl_weight: float, step_size: float) -> Tuple[Gaussian, torch.Tensor]:
     """q_λ,ẑ0(z) after one gradient step from the origin (Eq. 9), and that gradient ∇_z0 L at z0 = 0.
@@ -63,16 +85,22 @@ def vgon_posterior(model: MultimodalVAE, head: VGONHead, x: Dict[str, torch.Tens
     absent from the step). Rows are independent, so the gradient of the batch *sum* is each sample's own gradient
     (the GON code differentiates the batch mean, i.e. a step of 1/B; `step_size` is the per-sample step). In training mode
     the inner ELBO uses a reparameterised sample, in eval mode the mean (as the GON code's eval-mode
-    reparameterisation), so evaluation is deterministic. When the caller tracks gradients the step is built with
-    create_graph=True (second-order backprop to decoders and head); under torch.no_grad() it is a plain gradient.
+    reparameterisation), so evaluation is deterministic. When the caller tracks gradients its backward runs through
+    the step (second order, to decoders and head: the create_graph=True of torch.autograd.grad); under
+    torch.no_grad() it is a plain gradient.
     """
     ref = x[names[0]]
     z0 = torch.zeros(ref.shape[0], head.latent_dim, device=ref.device, dtype=head.mu.weight.dtype)
     eps = randn_like(z0) if model.training else torch.zeros_like(z0)
     # The gradient as a function transform: the outer backward differentiates it when it tracks gradients (the
     # create_graph of torch.autograd.grad), vmap batches it over a pack's runs, and TorchDynamo traces it whole
-    # (torch.autograd.grad does neither of the last two; on the CPU both give the same bits).
-    grad = torch.func.grad(lambda z: vgon_elbo(model, head, z, x, names, eps, kl_weight).sum())(z0)
+    # (torch.autograd.grad does neither of the last two; on the CPU both give the same bits). The model's buffers
+    # go in as arguments: a BatchNorm in the decoders updates its running statistics in place during the inner
+    # pass, which a transform allows on its inputs only.
+    inner = inner_elbo(model, head)
+    buffers = {f"model.{n}": b for n, b in model.named_buffers()}
+    grad = torch.func.grad(lambda z, b: torch.func.functional_call(inner, b, (z, x, names, eps, kl_weight),
+                                                                     strict=False))(z0, buffers)
     return head(z0 + step_size * grad), grad  # Eq. 9, from the origin
 
 
@@ -93,6 +121,7 @@ class SMVGON(SMVAE):
     def build_surrogate(self, architecture: str) -> None:
         self.step_size = inner_step(self.opt)
         self.surrogate_head = VGONHead(self.latent_dim)
+        inner_elbo(self, self.surrogate_head)
 
     def surrogate(self, x):
         return vgon_posterior(self, self.surrogate_head, x, self.names, 1.0, self.step_size)[0]
@@ -121,6 +150,7 @@ class VGON(MultimodalVAE):
         self.encoders = nn.ModuleDict()  # no inference network: the gradient step replaces it
         self.head = VGONHead(self.latent_dim)
         self.step_size = inner_step(self.opt)
+        inner_elbo(self, self.head)
 
     def posterior(self, x, names) -> Gaussian:
         return vgon_posterior(self, self.head, x, names, self.beta, self.step_size)[0]
