@@ -152,6 +152,7 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
   tests/test_pack.py::test_a_pack_of_a_beta_sweep_equals_its_runs_alone \
   tests/test_pack.py::test_mmvamp_packs_with_each_runs_own_annealed_alpha \
+  tests/test_pack.py::test_vgon_and_smvgon_pack_through_their_inner_gradient_step \
   tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
   tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation \
   tests/test_matmul_tf32.py::test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off \
