@@ -31,7 +31,7 @@ draws exactly the numbers it draws alone and ends with the same weights and metr
 
 What is not packed (the run trains unpacked instead, with the reason in its log): methods with
 ``packable = False`` (none today; VGON's inner gradient step is a torch.func.grad, which vmap batches) and method
-options a method's ``pack_refusal`` refuses (mrVAE's objective r, SMVAE's and SMVGON's two_stage schedule), architectures with instance norm or other dropouts than
+options a method's ``pack_refusal`` refuses (mrVAE's objective r), architectures with instance norm or other dropouts than
 nn.Dropout and nn.Dropout2d (those two the pack's template redraws per run through the noise source, _PackDropout;
 BatchNorm's running statistics are buffers, stacked per run), datasets whose rows are redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate
@@ -290,6 +290,13 @@ class StackedModel:
         "reduce-overhead" (CUDA graphs; GPU only)."""
         self._eager = self._replay
         self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
+
+    def host_step(self) -> None:
+        """A packed training step is done: the template's host-side count advances (MultimodalVAE.host_step), the
+        vmapped copy's too (MMBENCH_PACK_CONV=bmm)."""
+        self.template.model.host_step()
+        if self.vtemplate is not self.template:
+            self.vtemplate.model.host_step()
 
     @property
     def captured(self) -> bool:
@@ -588,6 +595,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         return failed
     torch.manual_seed(cfg.seed)
     template = build_model(cfg).to(device)
+    # Host-side state the runs share (a step count a schedule reads: SMVAE two_stage) from their common resume point,
+    # and the run's length, as train.train plans it; the loss reads each run's own parameters and buffers.
+    template.load_state_dict(members[0].model_state)
+    if hasattr(template, "plan_steps"):
+        template.plan_steps(E * n_batches)
     template.train()
     sm = StackedModel(template, [m.model_state for m in members], [m.opt_state for m in members],
                       cfg.train.lr, device, betas=[m.cfg.method.beta for m in members])
@@ -660,6 +672,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
             else:
                 losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
+            sm.host_step()  # once per packed step, as each run alone counts in its loss
             finite &= torch.isfinite(losses.detach())
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()

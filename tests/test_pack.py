@@ -361,25 +361,54 @@ def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, mon
     assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
 
 
-def test_smvae_packs_end_to_end_and_trains_two_stage_alone(tmp_path, data_root, monkeypatch, trained_alone):
+def smvae_cfg(seed, beta, **options):
+    c = beta_cfg(seed, beta)
+    c.method.name, c.method.options = "smvae", options
+    return c
+
+
+def test_smvae_packs_end_to_end(tmp_path, data_root, monkeypatch, trained_alone):
     """SMVAE end to end (the paper's schedule) packs: its step counter is a per-run buffer that picks nothing; a pack
-    of two (β = 1, 4) ends as its runs alone, vmapped as on a GPU. two_stage picks each step's stage from a host
-    count and the run's planned length: its runs train unpacked, the reason in their logs."""
+    of two (β = 1, 4) ends as its runs alone, vmapped as on a GPU."""
     on_gpu_if_asked()
     set_pack_mode(monkeypatch, "vmap")
-
-    def smvae(seed, beta, **options):
-        c = beta_cfg(seed, beta)
-        c.method.name, c.method.options = "smvae", options
-        return c
-
-    cfgs = [smvae(s, b) for s, b in enumerate((1.0, 4.0))]
+    cfgs = [smvae_cfg(s, b) for s, b in enumerate((1.0, 4.0))]
     for _, ca, _, cp in packed_against_alone("smvae", cfgs, tmp_path, data_root, trained_alone, "vmap"):
         assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
-    two = [Run(smvae(s, 1.0, schedule="two_stage", stage1_steps=2), tmp_path / "two") for s in range(2)]
-    assert all(isinstance(v, dict) for v in train_pack(two, data_root).values())
-    assert all("training unpacked: method smvae: schedule two_stage picks each step's stage" in r.log_path.read_text()
-               for r in two)
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap", "vmap-bmm"])
+def test_smvae_two_stage_packs_and_switches_stage_with_its_runs_alone(tmp_path, data_root, monkeypatch, mode,
+                                                                      trained_alone):
+    """SMVAE two_stage (App. D; MoPoE-style Fig. 3 of SMVAE) picks each step's stage from a host count and the run's
+    planned length (2/3 of its 6 steps: stage 2 from step 5, in epoch 2). A pack's runs share both (one pack key,
+    one resume point), so its template keeps them: planned as train.train plans a run, counted once per packed step
+    (host_step; looped, the loss runs once per run; with batched-matmul convolutions on a copy of the template).
+    A pack of two (β = 1, 4) ends as its runs alone, the stage switched where it switches alone (epoch 1 has no
+    divergence term, epoch 2 has)."""
+    on_gpu_if_asked()
+    set_pack_mode(monkeypatch, mode)
+    cfgs = [smvae_cfg(s, b, schedule="two_stage") for s, b in enumerate((1.0, 4.0))]
+    for alone, ca, _, cp in packed_against_alone("smvae-two", cfgs, tmp_path, data_root, trained_alone,
+                                                 mode.split("-")[0]):
+        assert int(cp["model"]["train_steps"]) == int(ca["model"]["train_steps"]) == 2 * 3
+        assert alone["history"][0]["train_div"] == 0.0 < alone["history"][1]["train_div"]
+
+
+def test_a_resumed_two_stage_pack_takes_its_step_count_from_the_checkpoints(tmp_path, data_root, trained_alone):
+    """Stopped after epoch 1 (3 of its 6 steps, still in stage 1) and resumed, a two_stage pack's template counts on
+    from its runs' checkpoints (train_steps 3), not from 0: it switches at step 5 as its runs alone do (a count
+    from 0 would stay in stage 1 to the end)."""
+    cfgs = [smvae_cfg(s, b, schedule="two_stage") for s, b in enumerate((1.0, 4.0))]
+    alone_dir, alone = trained_alone("smvae-two", cfgs)
+    runs = [Run(c, tmp_path / "resumed") for c in cfgs]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    assert [int(last(r)["model"]["train_steps"]) for r in runs] == [3, 3]
+    out = train_pack(runs, data_root)
+    for i, r in enumerate(runs):
+        assert "resumed from" in r.log_path.read_text() and out[r.id]["epochs"] == 2
+        assert_same_trajectory(cfgs[i], alone[i], last(Run(cfgs[i], alone_dir)), out[r.id], last(r), "loop",
+                               steps=2 * 3)
 
 
 @pytest.mark.parametrize("method,mode", [("vgon", "loop"), ("vgon", "vmap"), ("smvgon", "vmap")])
@@ -522,9 +551,9 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     assert [len(p) for p in make_packs(a, 1)] == [1] * 5
     train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
     assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
-    two = {"name": "smvae", "latent_dim": 8, "options": {"schedule": "two_stage"}}  # refused by its options
+    two = {"name": "mrvae", "latent_dim": 8, "options": {"objective": "r"}}  # refused by its options
     sm = build_run_config({**TINY, "method": two})
-    assert "schedule two_stage" in unpackable_reason(sm)
+    assert "objective r reads" in unpackable_reason(sm)
     assert [len(p) for p in make_packs([Run(sm, tmp_path), Run(build_run_config(
         {**TINY, "seed": 1, "method": two}), tmp_path)], None)] == [1, 1]
 

@@ -15,8 +15,8 @@ TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 100, "max_test": 64}}
 
 
-# A config whose runs cannot pack (SMVAE's two-stage schedule picks each step's stage on the host: pack_refusal).
-TWO_STAGE = {"method": {"name": "smvae", "options": {"schedule": "two_stage"}}}
+# A config whose runs cannot pack (mrVAE's objective r reads each step's largest subspace size back: pack_refusal).
+R_OBJECTIVE = {"method": {"name": "mrvae", "options": {"objective": "r"}}}
 
 
 def cfg(update=None, seed=0):
@@ -76,7 +76,7 @@ def test_step_key_holds_what_a_step_costs_and_nothing_else():
 
 def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkeypatch):
     """MoPoE at 2 β × 2 seeds (one pack of 4, β packing: packs 2 and 3 are timed, 5 is not), MVAE alone (unpacked
-    only), SMVAE two_stage × 2 seeds (not packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
+    only), mrVAE objective r × 2 seeds (not packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
     pack / median; a time limit leaves later shapes listed as not measured."""
     ran = []
 
@@ -87,18 +87,18 @@ def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkey
 
     monkeypatch.setattr(bench, "_timed", fake_timed)
     mopoe = [cfg({"method": {"beta": b}}, s) for b in (1.0, 2.0) for s in (0, 1)]
-    configs = mopoe + [cfg({"method": {"name": "mvae"}})] + [cfg(TWO_STAGE, s) for s in (0, 1)]
+    configs = mopoe + [cfg({"method": {"name": "mvae"}})] + [cfg(R_OBJECTIVE, s) for s in (0, 1)]
     rows = bench.suite_step_rows(configs, [2, 3, 5], steps=1)
     got = [(r["method"], r["runs"], r["pack"], r["mode"].split(":")[0], r["run_steps_per_s"]) for r in rows]
     assert got[:5] == [("mopoe", 4, 1, "unpacked", 4.0), ("mopoe", 4, 2, "packed", 8.0),
                        ("mopoe", 4, 3, "packed", 12.0), ("mvae", 1, 1, "unpacked", 4.0),
-                       ("smvae", 2, 1, "unpacked", 4.0)]
-    assert got[5][:4] == ("smvae", 2, 2, "n/a") and got[5][4] != got[5][4] and len(got) == 6
-    assert "not packed: method smvae: schedule two_stage" in rows[5]["mode"]
+                       ("mrvae", 2, 1, "unpacked", 4.0)]
+    assert got[5][:4] == ("mrvae", 2, 2, "n/a") and got[5][4] != got[5][4] and len(got) == 6
+    assert "not packed: method mrvae: objective r reads" in rows[5]["mode"]
     first = tuple(next(p for p in bench._run_model(mopoe[0], torch.device("cpu")).parameters()).shape)
     assert ran[:2] == [first, (2, *first)]  # the packed step's parameters are stacked over its 2 runs
     limited = bench.suite_step_rows(configs, [2], steps=1, time_limit=1e-9)
-    assert [r["method"] for r in limited if r["mode"].startswith("not measured")] == ["mvae", "smvae"]
+    assert [r["method"] for r in limited if r["mode"].startswith("not measured")] == ["mvae", "mrvae"]
     assert [r["mode"] for r in limited[:2]] == ["unpacked", "packed"]  # the first shape always runs
     with pytest.raises(Exception, match="--steps 0"):
         bench.suite_step_rows(configs, [2], steps=0)
@@ -336,7 +336,7 @@ def test_suite_step_rows_warm_a_captured_step_longer_and_stop_a_shape_only_when_
         made.append((c.method.name, n, compile))
         if c.method.name == "mvae":
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if c.method.name == "smvae":
+        if c.method.name == "mrvae":
             return real_pack_step(c, n, device, compile)  # refuses: not packed
         return (lambda: None), [torch.zeros(1)]
 
@@ -347,7 +347,7 @@ def test_suite_step_rows_warm_a_captured_step_longer_and_stop_a_shape_only_when_
     monkeypatch.setattr(bench, "config_step", fake_step)
     monkeypatch.setattr(bench, "config_pack_step", fake_pack_step)
     monkeypatch.setattr(bench, "_timed", fake_timed)
-    configs = [cfg({"method": {"name": m}} if m != "smvae" else TWO_STAGE, s) for m in ("mopoe", "mvae", "smvae")
+    configs = [cfg({"method": {"name": m}} if m != "mrvae" else R_OBJECTIVE, s) for m in ("mopoe", "mvae", "mrvae")
                for s in range(3)]
     rows = bench.suite_step_rows(configs, [1, 2, 3], steps=1, compile=True)  # pack 1 is the unpacked row
     got = [(r["method"], r["pack"], r["mode"].split(":")[0], r["run_steps_per_s"]) for r in rows]
@@ -357,13 +357,13 @@ def test_suite_step_rows_warm_a_captured_step_longer_and_stop_a_shape_only_when_
                      ("mopoe", 2, "packed", 4.0), ("mopoe", 2, "packed (compiled)", 4.0),
                      ("mopoe", 3, "packed", 6.0), ("mopoe", 3, "packed (compiled)", 6.0),
                      ("mvae", 1, "unpacked", 2.0), ("mvae", 1, "unpacked (compiled)", 2.0),
-                     ("smvae", 1, "unpacked", 2.0), ("smvae", 1, "unpacked (compiled)", 2.0)]
+                     ("mrvae", 1, "unpacked", 2.0), ("mrvae", 1, "unpacked (compiled)", 2.0)]
     assert warmups == [2, 3] * 5
     failed = [(r["method"], r["pack"], r["mode"]) for r, missing in zip(rows, nan) if missing]
-    assert [(m, n) for m, n, _ in failed] == [("mvae", 2), ("mvae", 2), ("mvae", 3), ("mvae", 3), ("smvae", 2)]
+    assert [(m, n) for m, n, _ in failed] == [("mvae", 2), ("mvae", 2), ("mvae", 3), ("mvae", 3), ("mrvae", 2)]
     assert all(mode.startswith("n/a: ") and "out of memory" in mode for m, _, mode in failed if m == "mvae")
-    assert failed[-1][2].startswith("n/a: not packed: method smvae: schedule two_stage")
-    assert made[-3:] == [("smvae", 1, False), ("smvae", 1, True), ("smvae", 2, False)]
+    assert failed[-1][2].startswith("n/a: not packed: method mrvae: objective r reads")
+    assert made[-3:] == [("mrvae", 1, False), ("mrvae", 1, True), ("mrvae", 2, False)]
 
 
 def test_config_step_trains_in_the_runs_precision_and_captures_its_loss_only_when_asked(monkeypatch):

@@ -379,9 +379,11 @@ class MultimodalVAE(nn.Module):
         """Hook: refuse options that are each valid but not together (ConfigError); nothing by default."""
 
     # Whether the packed trainer (mmbench/pack.py) may train several runs of this method as one vmapped,
-    # stacked model. False for methods whose loss vmap cannot batch (an inner gradient step: VGON, SMVGON) or that
-    # keep Python-side state between steps which one shared template module cannot keep per run (keep it in a
-    # buffer instead, as mrVAE's and MM-VAMP's step counters); such runs train unpacked, saying why (`unpackable_why`).
+    # stacked model. False for methods whose loss vmap cannot batch or that keep Python-side state between steps
+    # which differs between runs and which one shared template module cannot keep per run (keep it in a buffer
+    # instead, as mrVAE's and MM-VAMP's step counters); such runs train unpacked, saying why (`unpackable_why`).
+    # Python-side state that every run of a pack shares (a step count: a pack's runs start at one resume point) the
+    # template keeps, loaded from the runs' checkpoint and advanced once per packed step (`host_step`).
     packable: ClassVar[bool] = True
     unpackable_why: ClassVar[str] = ""
     # Why runs with these method options cannot be packed (None: they can), for a packable method some of
@@ -389,6 +391,10 @@ class MultimodalVAE(nn.Module):
     @classmethod
     def pack_refusal(cls, options: Dict[str, Any]) -> Optional[str]:
         return None
+
+    def host_step(self) -> None:
+        """Hook: a packed training step of every run is done (the pack calls its template's once per step, where a
+        run alone counts in its loss); nothing by default."""
 
     # True when each modality has its own latent (independent VAEs, MM-VAMP): a subset's posterior then only
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own

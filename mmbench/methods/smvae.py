@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError, MMBenchError
 from ..registry import ARCHITECTURES, METHODS
-from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets
+from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets, in_pack
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
@@ -88,8 +88,9 @@ class SMVAE(PoEMixin, MultimodalVAE):
       representations from subsets using a PoE-aggregated inference model"); the surrogate is used in training only.
     """
 
-    # end_to_end packs (its step-counter buffer counts per run and picks nothing); two_stage picks each step's stage
-    # from a host count and the run's length (plan_steps), which a pack's template does not hold per run
+    # Both schedules pack. end_to_end's step-counter buffer counts per run and picks nothing; two_stage picks each
+    # step's stage from a host count and the run's length (plan_steps), which every run of a pack shares (one pack
+    # key: one length; one resume point: one count), so the pack's template keeps them (host_step).
     packable = True
 
     paper = "SMVAE (Scalable multimodal VAEs with surrogate joint posterior, ICLR 2022 submission), Eqs. (3), (10), (11)"
@@ -101,10 +102,11 @@ class SMVAE(PoEMixin, MultimodalVAE):
 
     @classmethod
     def pack_refusal(cls, options):
-        if options.get("schedule", cls.options["schedule"]) != "end_to_end":
-            return ("schedule two_stage picks each step's stage from a host-side step count and the run's length "
-                    "(plan_steps), which a pack does not hold per run; train with --pack 1")
-        return None
+        return None  # a step schedule planned from the run's length packs: a pack's runs share it (above)
+
+    def host_step(self) -> None:
+        if self.opt["schedule"] != "end_to_end":
+            self.steps += 1
 
     @classmethod
     def check_option_combination(cls, options):
@@ -171,8 +173,8 @@ class SMVAE(PoEMixin, MultimodalVAE):
         stage = self.stage()
         if self.training:
             self.train_steps += 1
-            if self.opt["schedule"] != "end_to_end":  # only a schedule reads it (a captured step then has no
-                self.steps += 1  # host number to specialise on)
+            if not in_pack():  # a pack's template counts once per packed step (host_step), not once per run
+                self.host_step()  # (only a schedule reads it: a captured end-to-end step has no host number)
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
             with torch.no_grad():
