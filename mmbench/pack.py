@@ -596,8 +596,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     torch.manual_seed(cfg.seed)
     template = build_model(cfg).to(device)
     # Host-side state the runs share (a step count a schedule reads: SMVAE two_stage) from their common resume point,
-    # and the run's length, as train.train plans it; the loss reads each run's own parameters and buffers.
-    template.load_state_dict(members[0].model_state)
+    # and the run's length, as train.train plans it; the loss reads each run's own parameters and buffers (not strict:
+    # an older checkpoint may lack a buffer added since, which StackedModel takes from the template).
+    template.load_state_dict(members[0].model_state, strict=False)
     if hasattr(template, "plan_steps"):
         template.plan_steps(E * n_batches)
     template.train()
