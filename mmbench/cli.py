@@ -286,7 +286,8 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         step_times: Optional[Path] = typer.Option(None, "--step-times", parser=_path("--step-times"), metavar="PATH",
                                                   help="A `mmbench bench steps --pack` table "
                                                   "(e.g. docs/step_times_h200.md): each method's packs are capped "
-                                                  "at its fastest measured pack size; with --dry-run it also "
+                                                  "at its fastest measured pack size (without --pack they grow to "
+                                                  "it where it is the table's largest); with --dry-run it also "
                                                   "projects the tier's training time on that GPU (with --compile "
                                                   "from its captured rows)."),
         overrides: List[str] = SET, runs_dir: Optional[Path] = RUNS_DIR, data_root: Optional[Path] = DATA_ROOT,
@@ -536,14 +537,21 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
 
 
 def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
-    """`--step-times FILE`: each method's fastest measured pack size (projection.best_packs), said on stderr."""
-    from .projection import best_packs, key_label
+    """`--step-times FILE`: each method's fastest measured pack size (projection.measured_caps: caps, and the larger
+    sizes unasked packs grow to), said on stderr."""
+    from .projection import key_label, measured_caps
+    from .runner import DEFAULT_PACK_CAP
 
-    caps = best_packs(_step_time_rates(step_times, compiled))
+    caps = measured_caps(_step_time_rates(step_times, compiled), DEFAULT_PACK_CAP)
     if caps:
         err_console.print(f"--step-times {escape(str(step_times))}: packs capped at the fastest measured size: "
                           + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
                                       for m, n in sorted(caps.items())), highlight=False, soft_wrap=True)
+    if caps.grow:
+        err_console.print(f"--step-times {escape(str(step_times))}: packs made without --pack grow beyond "
+                          f"{DEFAULT_PACK_CAP} to the fastest measured size: "
+                          + ", ".join(f"{key_label(m)} {n}" for m, n in sorted(caps.grow.items())),
+                          highlight=False, soft_wrap=True)
     return caps
 
 

@@ -150,6 +150,28 @@ def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:
     return {m: n for m, n in best.items() if n < max(rates[m])}
 
 
+class PackCaps(dict):
+    """What a measured step table says of pack sizes (`mmbench run --step-times FILE`): as a dict, best_packs' caps
+    ({key: size}, each pack at most that); `grow`: the keys whose fastest measured size is the table's largest and
+    above the default cap of unasked packs (runner.DEFAULT_PACK_CAP), which unasked packs (no --pack) then grow to.
+    An asked --pack is never raised."""
+
+    def __init__(self, caps: Dict[object, int], grow: Optional[Dict[object, int]] = None):
+        super().__init__(caps)
+        self.grow: Dict[object, int] = dict(grow or {})
+
+
+def measured_caps(rates: Dict[object, Dict[int, float]], default: int) -> PackCaps:
+    """best_packs(rates), and where a key was fastest at its largest measured size above `default`, that size (the
+    table measured it and nothing faster: beyond it nothing is known)."""
+    grow = {}
+    for k, r in rates.items():
+        fastest = max(sorted(r), key=lambda n: r[n])
+        if fastest == max(r) and fastest > default:
+            grow[k] = fastest
+    return PackCaps(best_packs(rates), grow)
+
+
 def by_shape(rates: Dict[object, Dict[int, float]]) -> bool:
     """Whether read_step_times read a table measured at a suite's shapes (keys: step_key cells, not method names)."""
     return any(isinstance(k, tuple) for k in rates)

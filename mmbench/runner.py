@@ -171,7 +171,7 @@ def unique_runs(runs: Sequence[Run]) -> List[Run]:
 # The largest pack `mmbench run` makes unasked (no --pack): the largest measured on a GPU (docs/gpu-runs/README.md,
 # H200 2026-12-04: packs of 1, 5 and 15). A β sweep's group is larger (MM-VAMP's translated PolyMNIST: 12 β × 5
 # seeds per method) and its memory grows with the pack; --pack N sets another cap, and a measured step table
-# (--step-times) lowers it where a smaller pack measured faster.
+# (--step-times) lowers it where a smaller pack measured faster and raises it to a larger pack it measured fastest.
 DEFAULT_PACK_CAP = 15
 
 
@@ -182,7 +182,8 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     `workers`, so that no worker idles while another trains a big pack, in packs of at most DEFAULT_PACK_CAP), in the
     order given. `caps`: a method's
     (or, from a table at a suite's shapes, a step shape's: projection.step_key) largest useful pack (projection.best_packs of a
-    measured step table); `note(run, text)` hears of each run it splits."""
+    measured step table), and, a projection.PackCaps, the larger sizes unasked packs grow to (`grow`); `note(run,
+    text)` hears of each run it splits or packs beyond DEFAULT_PACK_CAP."""
     from .projection import rate_key
     from .pack import pack_key, unpackable_reason
 
@@ -201,9 +202,18 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
             reasons[key] = unpackable_reason(r.cfg)
         groups.setdefault((r.id,) if reasons[key] else (key, resume_point(r)), []).append(r)
     out: List[List[Run]] = []
+    grow = getattr(caps, "grow", {})
+    key_of = rate_key({**(caps or {}), **grow})
     for g in groups.values():
-        cap = pack or min(-(-len(g) // max(workers, 1)), DEFAULT_PACK_CAP)
-        best = caps.get(rate_key(caps)(g[0].cfg)) if caps else None
+        largest = DEFAULT_PACK_CAP
+        if pack is None and grow and len(g) > 1 and grow.get(key_of(g[0].cfg), 0) > largest:
+            largest = grow[key_of(g[0].cfg)]
+            if note and -(-len(g) // max(workers, 1)) > DEFAULT_PACK_CAP:
+                for r in g:
+                    note(r, f"packs of {r.cfg.method.name} of up to {largest} run(s), beyond the default "
+                            f"{DEFAULT_PACK_CAP}: the step-time table given measured that size fastest (--step-times)")
+        cap = pack or min(-(-len(g) // max(workers, 1)), largest)
+        best = caps.get(key_of(g[0].cfg)) if caps else None
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
             if note:
                 for r in g:

@@ -599,6 +599,34 @@ def test_measured_caps_split_a_methods_packs_and_say_so(tmp_path, monkeypatch):
     assert all("capped at 1 run(s)" in Run(r.cfg, tmp_path / "runs").log_path.read_text() for r in a)
 
 
+def test_a_table_measuring_a_larger_pack_fastest_grows_unasked_packs_to_it(tmp_path):
+    """`--step-times`: where a table's fastest size is its largest and above DEFAULT_PACK_CAP (mopoe fastest at 30
+    of 1-30), packs made without --pack grow to it, each run told so; where the fastest is the default or below
+    (mvae at 15), or a smaller size measured faster (mmvae, capped at 5), nothing grows. An asked --pack is never
+    raised, and workers still split a group evenly."""
+    from mmbench.projection import measured_caps
+    from mmbench.runner import DEFAULT_PACK_CAP
+
+    assert DEFAULT_PACK_CAP == 15
+    rates = {"mopoe": {1: 30.0, 5: 120.0, 15: 250.0, 30: 400.0}, "mvae": {1: 10.0, 15: 90.0},
+             "mmvae": {1: 10.0, 5: 60.0, 30: 40.0}}
+    caps = measured_caps(rates, DEFAULT_PACK_CAP)
+    assert dict(caps) == {"mmvae": 5} and caps.grow == {"mopoe": 30}
+    runs = [Run(cfg(s), tmp_path) for s in range(40)]
+    notes = []
+    assert [len(p) for p in make_packs(runs, None, caps=caps, note=lambda r, t: notes.append(t))] == [30, 10]
+    assert len(notes) == 40 and "packs of mopoe of up to 30 run(s), beyond the default 15" in notes[0]
+    assert [len(p) for p in make_packs(runs, None, workers=2, caps=caps)] == [20, 20]
+    assert [len(p) for p in make_packs(runs, 10, caps=caps)] == [10] * 4  # asked: never raised
+    assert [len(p) for p in make_packs(runs, None)] == [15, 15, 10]  # no table: the default
+    mv = [Run(build_run_config({**TINY, "seed": s, "method": {"name": "mvae", "latent_dim": 8}}), tmp_path)
+          for s in range(20)]
+    assert [len(p) for p in make_packs(mv, None, caps=caps)] == [15, 5]  # fastest at the default: no growth
+    notes.clear()
+    assert [len(p) for p in make_packs(runs[:12], None, caps=caps, note=lambda r, t: notes.append(t))] == [12]
+    assert notes == []  # a group the default already holds is not told of growth
+
+
 def test_killed_pack_resumes_every_run(tmp_path, data_root, monkeypatch):
     # A worker training a pack of 3 is SIGKILLed mid-epoch (after the first epoch's checkpoints); running
     # the same worker again resumes all three from their checkpoints and finishes them. The killed worker is a
@@ -954,6 +982,27 @@ def test_precision_field_validated_and_id_stable(data_root, tmp_path):
     assert cfg(precision="bf16").run_id() != cfg().run_id()
     s = train(Run(cfg(precision="bf16", epochs=1), tmp_path), data_root)  # autocast on the CPU
     assert s["epochs"] == 1 and all(v == v for v in s["history"][0].values())
+
+
+def test_cli_dry_run_grows_unasked_packs_to_a_larger_size_measured_fastest(tmp_path, data_root, mmbench_here):
+    """18 seeds and a table measuring a pack of 30 fastest: the dry run projects them as one pack of 18 (not 15 + 3)
+    and says why on stderr; with --pack 15, as two packs."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n  train: {epochs: 2, batch_size: 32}\n"
+                     "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
+                     f"    seeds: {list(range(18))}\n")
+    times = tmp_path / "t.md"
+    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+                     "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 15 | packed | 0.01 | 300 |\n"
+                     "| mopoe | 30 | packed | 0.01 | 450 |\n")
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "for 18 of 18 unfinished run(s) in 1 pack(s)" in " ".join(r.stdout.split())
+    assert "packs made without --pack grow beyond 15 to the fastest measured size: mopoe 30" in " ".join(r.stderr.split())
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, "--pack", "15", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "for 18 of 18 unfinished run(s) in 2 pack(s)" in " ".join(r.stdout.split())
 
 
 def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
