@@ -120,7 +120,11 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path, data_root
     (run.dir / "progress.json").unlink()
     p = subprocess.Popen([sys.executable, "-m", "mmbench.worker", str(run.dir)], env={**os.environ, **env},
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_training(run, p, epoch=2)  # epoch 1 is checkpointed
+    wait_for_training(run, p, epoch=2)
+    t0 = time.time()  # epoch 1's last.pt is written off the training path (train.CHECKPOINTS): wait till it is there
+    while not (run.ckpt_dir / "last.pt").exists():  # (atomic_write: whole once it exists)
+        assert p.poll() is None and time.time() - t0 < 120, "epoch 1's checkpoint was not written"
+        time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait(60)
     assert not run.metrics_path.exists()
