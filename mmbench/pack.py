@@ -221,6 +221,13 @@ class _LossOf(nn.Module):
         return self.model.loss(x)
 
 
+def _hook(model: nn.Module, name: str, *args):
+    """MultimodalVAE's hook `name` (host_step, host_state, noise_key) of a pack's model; None for a module without it
+    (the tests' toy losses)."""
+    fn = getattr(model, name, None)
+    return fn(*args) if fn is not None else None
+
+
 def _as_tensors(logs: Dict[str, Any], like: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The logs as float32 device tensors; a Python number is filled in on the device (torch.full: the number is a
     kernel argument), not copied from a host tensor (a blocking copy: on a GPU the host would wait every step)."""
@@ -294,9 +301,9 @@ class StackedModel:
     def host_step(self) -> None:
         """A packed training step is done: the template's host-side count advances (MultimodalVAE.host_step), the
         vmapped copy's too (MMBENCH_PACK_CONV=bmm)."""
-        self.template.model.host_step()
+        _hook(self.template.model, "host_step")
         if self.vtemplate is not self.template:
-            self.vtemplate.model.host_step()
+            _hook(self.vtemplate.model, "host_step")
 
     @property
     def captured(self) -> bool:
@@ -345,7 +352,8 @@ class StackedModel:
         """The loss's random draws for this batch shape (one run's shapes and dtypes), recorded once by a throwaway
         forward of the first run as it runs alone, in the loss's precision: under bf16 autocast a draw shaped like
         a bf16 activation is drawn in bf16, as alone (a CPU's bf16 normals are not always its fp32 ones rounded)."""
-        key = (tuple((k, tuple(v.shape)) for k, v in sorted(x.items())), x_dim, training, precision)
+        key = (tuple((k, tuple(v.shape)) for k, v in sorted(x.items())), x_dim, training, precision,
+               _hook(self.template.model, "noise_key"))  # e.g. SMVAE's stage: stage 2 draws in more networks
         if key not in self._draws:
             first = {k: v[0] for k, v in self.params.items()}
             with torch.no_grad(), autocast(precision, self.device):
@@ -595,6 +603,10 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         return failed
     torch.manual_seed(cfg.seed)
     template = build_model(cfg).to(device)
+    held = {repr(_hook(template, "host_state", m.model_state)) for m in members}
+    if len(held) > 1:  # e.g. step counts that differ at one resume point (a step once counted twice)
+        alone([m.run for m in members], f"their host-side training states differ ({', '.join(sorted(held))})")
+        return {}
     # Host-side state the runs share (a step count a schedule reads: SMVAE two_stage) from their common resume point,
     # and the run's length, as train.train plans it; the loss reads each run's own parameters and buffers (not strict:
     # an older checkpoint may lack a buffer added since, which StackedModel takes from the template).
@@ -651,6 +663,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     t0 = time.monotonic()
     live = list(members)
     speed = train_mod.Throughput()
+    held_buffers: List[torch.Tensor] = []  # the stacked buffers before a captured step, in case it fails
     for epoch in range(first, E):
         speed.start()
         P = perms(live, epoch)
@@ -660,12 +673,12 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         for b in range(first_step if epoch == first else 0, n_batches):
             x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
             if sm.captured:  # if torch.compile fails (a first capture or a recompile), go on uncaptured, saying so
-                states, buffers = [m.gen.get_state() for m in live], sm.fresh_buffers()
+                states = [m.gen.get_state() for m in live]
+                held = train_mod.copy_into(held_buffers, list(sm.buffers.values()))
                 try:
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-                    for k, v in sm.buffers.items():  # the failed call may have moved step counters, statistics
-                        v.copy_(buffers[k])
+                    train_mod.copy_into(list(sm.buffers.values()), held)  # step counters, statistics moved by it
                     for m, st in zip(live, states):
                         m.gen.set_state(st)
                         m.run.log(f"torch.compile failed ({brief(e)}); training uncaptured")

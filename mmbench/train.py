@@ -400,24 +400,38 @@ def set_rng_states(states: tuple, device) -> None:
         torch.cuda.set_rng_state(states[1].cpu(), device)
 
 
+def copy_into(dst: List[torch.Tensor], src: List[torch.Tensor]) -> List[torch.Tensor]:
+    """`src` copied into the tensors of `dst` (one fused copy on a GPU: torch._foreach_copy_), which are made anew
+    where they do not match `src` (the first call, a pack that lost runs); returns `dst`."""
+    if len(dst) != len(src) or any(d.shape != t.shape or d.dtype != t.dtype or d.device != t.device
+                                   for d, t in zip(dst, src)):
+        dst[:] = [t.detach().clone() for t in src]
+    elif src:
+        with torch.no_grad():
+            torch._foreach_copy_(dst, src)
+    return dst
+
+
 class StepState:
     """What a training loss may change besides its result, taken before a captured step that could fail after it ran
     and put back if it did: the random streams and the checkpointed buffers (step counters, BatchNorm statistics).
-    The buffers' owners are looked up once; each step reads and copies only the buffers."""
+    The buffers' owners are looked up once; each step copies the buffers into the same tensors (copy_into)."""
 
     def __init__(self, model: torch.nn.Module, device):
         params = {n for n, _ in model.named_parameters()}
         kept = [n for n in model.state_dict() if n not in params]
         self.model, self.device = model, device
         self.owners = [(n, model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in kept]
+        self.held: List[torch.Tensor] = []
 
     def take(self) -> tuple:
-        return rng_states(self.device), {n: getattr(m, a).clone() for n, m, a in self.owners}
+        copy_into(self.held, [getattr(m, a) for _, m, a in self.owners])
+        return rng_states(self.device), self.held
 
     def restore(self, taken: tuple) -> None:
         """Back to `taken`: the buffers loaded as a checkpoint's are, so host copies of counters follow them."""
         set_rng_states(taken[0], self.device)
-        self.model.load_state_dict(taken[1], strict=False)
+        self.model.load_state_dict({n: t for (n, _, _), t in zip(self.owners, taken[1])}, strict=False)
 
 
 def rng_checkpoint(device) -> Dict[str, torch.Tensor]:

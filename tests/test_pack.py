@@ -411,6 +411,23 @@ def test_a_resumed_two_stage_pack_takes_its_step_count_from_the_checkpoints(tmp_
                                steps=2 * 3)
 
 
+def test_two_stage_runs_whose_step_counts_differ_at_one_resume_point_train_apart(tmp_path, data_root):
+    """The template holds one step count for the pack: runs resumed at one epoch whose checkpoints count different
+    steps (one counted a step twice: a compile failure before that was fixed) train unpacked, the reason in their
+    logs, each on from its own count."""
+    cfgs = [smvae_cfg(s, 1.0, schedule="two_stage") for s in range(2)]
+    runs = [Run(c, tmp_path) for c in cfgs]
+    train_pack(runs, data_root, stop_after_epoch=1)
+    ck = last(runs[1])
+    ck["model"]["train_steps"] += 1
+    torch.save(ck, runs[1].ckpt_dir / "last.pt")
+    out = train_pack(runs, data_root)
+    assert all(out[r.id]["epochs"] == 2 for r in runs)
+    for r, steps in zip(runs, (6, 7)):
+        assert "their host-side training states differ (3, 4)" in r.log_path.read_text()
+        assert int(last(r)["model"]["train_steps"]) == steps
+
+
 @pytest.mark.parametrize("method,mode", [("vgon", "loop"), ("vgon", "vmap"), ("smvgon", "vmap")])
 def test_vgon_and_smvgon_pack_through_their_inner_gradient_step(tmp_path, data_root, monkeypatch, method, mode,
                                                                  trained_alone):

@@ -396,6 +396,16 @@ class MultimodalVAE(nn.Module):
         """Hook: a packed training step of every run is done (the pack calls its template's once per step, where a
         run alone counts in its loss); nothing by default."""
 
+    def host_state(self, state_dict: Dict[str, Any]) -> Any:
+        """Hook: the host-side state a run with this state_dict resumes with that a pack's template holds for all its
+        runs (their step count, for a schedule that reads it); runs whose differ do not pack. None by default."""
+        return None
+
+    def noise_key(self) -> Any:
+        """Hook: what besides the batch's shapes decides which random numbers a training loss draws (a pack records
+        them once per key); None by default."""
+        return None
+
     # True when each modality has its own latent (independent VAEs, MM-VAMP): a subset's posterior then only
     # serves conditional generation, metrics/reconstruction.py reconstructs every modality from its own
     # posterior, and metrics/loglik.py (one latent shared by all modalities) refuses.

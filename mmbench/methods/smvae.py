@@ -104,10 +104,6 @@ class SMVAE(PoEMixin, MultimodalVAE):
     def pack_refusal(cls, options):
         return None  # a step schedule planned from the run's length packs: a pack's runs share it (above)
 
-    def host_step(self) -> None:
-        if self.opt["schedule"] != "end_to_end":
-            self.steps += 1
-
     @classmethod
     def check_option_combination(cls, options):
         if options.get("stage1_steps") is not None and "stage1_fraction" in options:
@@ -119,15 +115,31 @@ class SMVAE(PoEMixin, MultimodalVAE):
         self.build_surrogate(architecture)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # checkpointed; `steps`: host copy
         self.steps = 0  # training steps so far, read by the two_stage schedule without a device read (no host sync)
+        self._restage()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "train_steps" in state_dict:  # the host copy follows the checkpoint (read once, at loading)
             self.steps = int(state_dict[prefix + "train_steps"])
+            self._restage()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def plan_steps(self, total: int) -> None:
         """Hook the trainer calls before training with the run's number of optimiser steps (epochs × batches)."""
         self.total_steps = int(total)
+        self._restage()
+
+    def host_step(self) -> None:
+        if self.opt["schedule"] != "end_to_end":
+            self.steps += 1
+            self._restage()
+
+    def host_state(self, state_dict):
+        if self.opt["schedule"] == "end_to_end":
+            return None
+        return int(state_dict["train_steps"]) if "train_steps" in state_dict else 0
+
+    def noise_key(self):
+        return self.stage()  # stage 2 also runs the unimodal encoders (their dropout draws, on CelebA's networks)
 
     # ----- the surrogate q_Λ(z | X) -------------------------------------------------------------
     def build_surrogate(self, architecture: str) -> None:
@@ -144,10 +156,20 @@ class SMVAE(PoEMixin, MultimodalVAE):
         return which == "all" or (which == "full" and len(subset) == len(self.names))
 
     def stage(self) -> str:
-        """`end_to_end`, `stage1` or `stage2` for the current training step (counts only in training mode)."""
+        """`end_to_end`, `stage1` or `stage2` for the current training step (counts only in training mode). Kept as
+        a string that changes where the stage does (_restage), so a captured step specialises on it, not on the
+        step count (a pack's step is then compiled once per stage, not once per step)."""
+        if self._stage is None:
+            self.stage1_steps()  # two_stage by fraction before the run's length is known: says so
+        return self._stage
+
+    def _restage(self) -> None:
         if self.opt["schedule"] == "end_to_end":
-            return "end_to_end"
-        return "stage1" if self.steps < self.stage1_steps() else "stage2"
+            self._stage = "end_to_end"
+        elif self.opt["stage1_steps"] is None and self.total_steps is None:
+            self._stage = None  # stage() raises: the length is not planned yet
+        else:
+            self._stage = "stage1" if self.steps < self.stage1_steps() else "stage2"
 
     def stage1_steps(self) -> int:
         if self.opt["stage1_steps"] is not None:
