@@ -40,7 +40,7 @@ def test_a_pack_with_a_text_modality_ends_as_its_runs_alone(tmp_path, raw, monke
         ca, cp = last(Run(cfgs[i], tmp_path / "alone")), last(r)
         steps = 2 * max(read_manifest(dataset_dir("mnist-svhn-text", "default", tmp_path / "d"))["counts"]["train"]
                         // 16, 1)
-        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, "loop", steps=2 * 2)
+        assert_same_trajectory(cfgs[i], alone[i], ca, packed[r.id], cp, "loop", steps=steps)
 
 
 def celeba_cfg(seed, beta, method="mopoe", arch="celeba_resnet_lv0"):
