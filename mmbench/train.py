@@ -33,7 +33,7 @@ from .data.base import DataSplit, load_split
 from .devices import device_of, devices_of_rng
 from .errors import MMBenchError, brief, shorten
 from .files import SHARED_TEMP_AGE_S, remove_abandoned_temps
-from .methods.base import MultimodalVAE
+from .methods.base import MultimodalVAE, trainer_counts
 from .registry import DATASETS, METHODS
 from . import kernels, results as results_mod
 from .results import Run, atomic_json, atomic_write
@@ -627,7 +627,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         for b in range(first, n_batches):  # drop_last, as the authors' loaders
             idx = perm[b * B:(b + 1) * B]
             x = train_split.batch(idx, device)
-            with autocast(cfg.train.precision, device):
+            with autocast(cfg.train.precision, device), trainer_counts():  # host_step below, not inside the loss
                 if loss_fn is None:
                     loss, logs = model.loss(x)
                 else:  # captured; if torch.compile fails, go on uncaptured from the state before, saying so
@@ -643,6 +643,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            model.host_step()  # a host-side step count (SMVAE two_stage), as the packed trainer counts it
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)

@@ -184,6 +184,35 @@ def test_a_graph_break_in_a_loss_is_found():
         del METHODS._items["_breaks"]
 
 
+def test_a_captured_unpacked_two_stage_run_compiles_once_per_stage(tmp_path, data_root, monkeypatch):
+    """An unpacked run's trainer counts SMVAE's host-side steps after each step (host_step, methods.base.trainer_counts),
+    as a pack's does, so its captured loss reads no changing host number: over 3 epochs of 2 steps with stage 2 from
+    step 3, two graphs (the loss counting inside once made one per step), and the uncaptured run's history."""
+    from torch._dynamo.utils import counters
+
+    from mmbench.config import build_run_config
+    from mmbench.results import Run
+    from mmbench.train import train
+
+    def config():
+        return build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "latent_dim": 4, "options": {
+            "schedule": "two_stage", "stage1_steps": 2}}, "train": {"epochs": 3, "batch_size": 50, "max_train": 100,
+                                                                    "max_test": 50}})
+
+    ref = train(Run(config(), tmp_path / "plain"), data_root)
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    run = Run(config(), tmp_path / "captured")
+    out = train(run, data_root)
+    assert "training step captured with torch.compile" in run.log_path.read_text()
+    assert counters["stats"]["unique_graphs"] == 2
+    assert [h["train_div"] for h in out["history"]][0] == 0.0 < out["history"][-1]["train_div"]
+    for a, b in zip(ref["history"], out["history"]):
+        assert b == pytest.approx(a, rel=1e-6)
+
+
 def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tmp_path, data_root, monkeypatch):
     """`mmbench run --compile` (MMBENCH_COMPILE=1) captures an unpacked run's step too (on a GPU with CUDA graphs; here
     traced with the aot_eager backend): the run says so in its log and ends with the history and weights of the
@@ -197,7 +226,7 @@ def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tm
     from mmbench.results import Run
     from mmbench.train import train
 
-    def config():  # trained by the unpacked trainer (train.train), as mrVAE, MM-VAMP and SMVAE always are
+    def config():  # trained by the unpacked trainer (train.train), as --pack 1 and a group of one are
         return build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
                                  "train": {"epochs": 2, "batch_size": 50, "max_train": 100, "max_test": 50}})
 

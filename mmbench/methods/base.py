@@ -59,6 +59,7 @@ class NoiseSource:
 
 _NOISE: List[NoiseSource] = [NoiseSource()]
 _PACKED: List[bool] = []
+_TRAINER_COUNTS: List[bool] = []
 _BETA: List[Any] = []
 
 
@@ -95,6 +96,20 @@ class packed(_Pushed):
 def in_pack() -> bool:
     """Whether the loss being computed is a packed run's (inside `packed`)."""
     return bool(_PACKED)
+
+
+class trainer_counts(_Pushed):
+    """Context manager: inside the block the trainer calls the model's `host_step` after each training step, so a
+    loss leaves its host-side step count alone (a captured step then reads no changing host number: train.train)."""
+
+    def __init__(self):
+        super().__init__(_TRAINER_COUNTS, True)
+
+
+def counts_in_loss() -> bool:
+    """Whether a training loss advances its host-side step count itself: alone, outside a trainer that does (a
+    pack's trainer, `trainer_counts`)."""
+    return not _PACKED and not _TRAINER_COUNTS
 
 
 class use_beta(_Pushed):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError, MMBenchError
 from ..registry import ARCHITECTURES, METHODS
-from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets, in_pack
+from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets, counts_in_loss
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
@@ -195,7 +195,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
         stage = self.stage()
         if self.training:
             self.train_steps += 1
-            if not in_pack():  # a pack's template counts once per packed step (host_step), not once per run
+            if counts_in_loss():  # the trainers count once per step (host_step; a looped pack runs this per run)
                 self.host_step()  # (only a schedule reads it: a captured end-to-end step has no host number)
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
