@@ -152,7 +152,8 @@ def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None) ->
 def test_unpacked_step_is_captured_once_with_the_same_losses(method, options):
     """One graph for every step (a step counter kept as a host number would be specialised on, recompiling every
     step; mrVAE's annealed temperatures are computed on the device), and the same random numbers and losses as
-    uncaptured. MM-VAMP's α annealing and SMVAE's two stages read host counters: recompiled as they change."""
+    uncaptured. Unpacked, MM-VAMP's α annealing reads host counters: recompiled as α changes (SMVAE's two stages: once
+    per stage, test_a_captured_unpacked_two_stage_run_compiles_once_per_stage)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
