@@ -408,8 +408,9 @@ class MultimodalVAE(nn.Module):
         return None
 
     def host_step(self) -> None:
-        """Hook: a packed training step of every run is done (the pack calls its template's once per step, where a
-        run alone counts in its loss); nothing by default."""
+        """Hook: a training step is done; advance what the model counts on the host (SMVAE's two-stage step count).
+        Both trainers call it once per step (a pack on its template, for all its runs); a training loss outside them
+        calls it itself (counts_in_loss). Nothing by default."""
 
     def host_state(self, state_dict: Dict[str, Any]) -> Any:
         """Hook: the host-side state a run with this state_dict resumes with that a pack's template holds for all its
