@@ -686,7 +686,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
             else:
                 losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
-            sm.host_step()  # once per packed step, as each run alone counts in its loss
+            sm.host_step()  # once per packed step, as the unpacked trainer counts a run alone
             finite &= torch.isfinite(losses.detach())
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()
