@@ -11,6 +11,7 @@ an unpacked step does 1 / (seconds per step).
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import statistics
@@ -396,7 +397,18 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                 except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                     rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
                                  "median_s": float("nan"), "run_steps_per_s": float("nan")})
+                finally:
+                    release_device_memory(torch.device(device))
     return rows
+
+
+def release_device_memory(dev: torch.device) -> None:
+    """Between timed steps on a GPU: a pack (its StackedModel's vmapped closures) and VGON's inner-ELBO module are
+    reference cycles, whose GPU memory is free only once Python's collector has run (it runs on Python allocations,
+    not on the GPU's), so the next, larger pack would meet the last one's memory; then the cache is emptied."""
+    if dev.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _kernel_cols(r: Dict[str, float], profile: Optional[Path]) -> Dict[str, float]:
@@ -560,6 +572,5 @@ def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device:
                     break  # no other pack size of this shape packs either
             finally:
                 step = params = None
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_device_memory(dev)
     return rows

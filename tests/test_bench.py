@@ -417,3 +417,35 @@ def test_step_table_shapes_read_from_what_bench_steps_writes(monkeypatch, tmp_pa
         "bf16, median of 5 steps; cpu, torch 2\n\n| method | M | median_s |\n|---|---|---|\n| mopoe | 4 | 0.5 |\n")
     assert step_table_shapes(tmp_path / "steps.md") == {"architecture": "polymnist_cnn", "modalities": 4,
                                                         "batch_size": 128, "latent_dim": 32, "precision": "bf16"}
+
+
+def test_a_dropped_pack_is_collected_before_the_next_pack_is_timed(monkeypatch):
+    """A pack (StackedModel's vmapped closures) is a reference cycle: dropped, its tensors stay alive until Python's
+    collector runs, which on a GPU leaves the last pack's memory in the way of the next, larger one (out-of-memory
+    rows that are not). release_device_memory collects and empties the cache; the step tables call it after every
+    pack size."""
+    import gc
+    import weakref
+
+    import torch
+
+    from mmbench import bench
+
+    freed = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(True))
+    gc.disable()
+    try:
+        step, params = bench.pack_step("mopoe", 2, n_modalities=2, batch_size=4, latent_dim=4)
+        alive = weakref.ref(params[0])
+        del step, params
+        assert alive() is not None  # the cycle holds it
+        bench.release_device_memory(torch.device("cpu"))
+        assert alive() is not None and freed == []  # on the CPU nothing to do
+        bench.release_device_memory(torch.device("cuda"))
+        assert alive() is None and freed == [True]
+    finally:
+        gc.enable()
+    calls = []
+    monkeypatch.setattr(bench, "release_device_memory", lambda dev: calls.append(dev.type))
+    bench.pack_table(["mopoe"], [2, 3], batch_size=4, latent_dim=4, steps=1, n_modalities=2)
+    assert calls == ["cpu", "cpu"]  # after each pack size
