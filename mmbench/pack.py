@@ -222,7 +222,7 @@ class _LossOf(nn.Module):
 
 
 def _hook(model: nn.Module, name: str, *args):
-    """MultimodalVAE's hook `name` (host_step, host_state, noise_key) of a pack's model; None for a module without it
+    """MultimodalVAE's hook `name` (host_step, noise_key) of a StackedModel's model; None for a module without it
     (the tests' toy losses)."""
     fn = getattr(model, name, None)
     return fn(*args) if fn is not None else None
@@ -603,9 +603,9 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         return failed
     torch.manual_seed(cfg.seed)
     template = build_model(cfg).to(device)
-    held = {repr(_hook(template, "host_state", m.model_state)) for m in members}
-    if len(held) > 1:  # e.g. step counts that differ at one resume point (a step once counted twice)
-        alone([m.run for m in members], f"their host-side training states differ ({', '.join(sorted(held))})")
+    host_states = {repr(template.host_state(m.model_state)) for m in members}
+    if len(host_states) > 1:  # e.g. step counts that differ at one resume point (a step once counted twice)
+        alone([m.run for m in members], f"their host-side training states differ ({', '.join(sorted(host_states))})")
         return {}
     # Host-side state the runs share (a step count a schedule reads: SMVAE two_stage) from their common resume point,
     # and the run's length, as train.train plans it; the loss reads each run's own parameters and buffers (not strict:
@@ -674,11 +674,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
             if sm.captured:  # if torch.compile fails (a first capture or a recompile), go on uncaptured, saying so
                 states = [m.gen.get_state() for m in live]
-                held = train_mod.copy_into(held_buffers, list(sm.buffers.values()))
+                train_mod.copy_into(held_buffers, list(sm.buffers.values()))
                 try:
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-                    train_mod.copy_into(list(sm.buffers.values()), held)  # step counters, statistics moved by it
+                    train_mod.copy_into(list(sm.buffers.values()), held_buffers)  # counters, statistics it moved
                     for m, st in zip(live, states):
                         m.gen.set_state(st)
                         m.run.log(f"torch.compile failed ({brief(e)}); training uncaptured")

@@ -146,8 +146,13 @@ def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:
     """Caps on pack sizes: each method's pack size with the most run-steps per second, where a larger size was
     measured slower (a method measured at one size, or fastest at its largest, is not capped: beyond the table
     nothing is known). 1: packing measured slower than a run alone."""
-    best = {m: max(sorted(r), key=lambda n: r[n]) for m, r in rates.items()}
+    best = {m: fastest_pack(r) for m, r in rates.items()}
     return {m: n for m, n in best.items() if n < max(rates[m])}
+
+
+def fastest_pack(rates: Dict[int, float]) -> int:
+    """The pack size with the most run-steps per second (a tie: the smaller size)."""
+    return max(sorted(rates), key=lambda n: rates[n])
 
 
 class PackCaps(dict):
@@ -164,11 +169,7 @@ class PackCaps(dict):
 def measured_caps(rates: Dict[object, Dict[int, float]], default: int) -> PackCaps:
     """best_packs(rates), and where a key was fastest at its largest measured size above `default`, that size (the
     table measured it and nothing faster: beyond it nothing is known)."""
-    grow = {}
-    for k, r in rates.items():
-        fastest = max(sorted(r), key=lambda n: r[n])
-        if fastest == max(r) and fastest > default:
-            grow[k] = fastest
+    grow = {k: fastest_pack(r) for k, r in rates.items() if fastest_pack(r) == max(r) > default}
     return PackCaps(best_packs(rates), grow)
 
 

@@ -205,15 +205,17 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     grow = getattr(caps, "grow", {})
     key_of = rate_key({**(caps or {}), **grow})
     for g in groups.values():
+        measured = key_of(g[0].cfg) if caps or grow else None  # the group's row of the step table
+        even = -(-len(g) // max(workers, 1))  # the group split evenly over the workers
         largest = DEFAULT_PACK_CAP
-        if pack is None and grow and len(g) > 1 and grow.get(key_of(g[0].cfg), 0) > largest:
-            largest = grow[key_of(g[0].cfg)]
-            if note and -(-len(g) // max(workers, 1)) > DEFAULT_PACK_CAP:
+        if pack is None and len(g) > 1 and grow.get(measured, 0) > largest:
+            largest = grow[measured]
+            if note and even > DEFAULT_PACK_CAP:
                 for r in g:
                     note(r, f"packs of {r.cfg.method.name} of up to {largest} run(s), beyond the default "
                             f"{DEFAULT_PACK_CAP}: the step-time table given measured that size fastest (--step-times)")
-        cap = pack or min(-(-len(g) // max(workers, 1)), largest)
-        best = caps.get(key_of(g[0].cfg)) if caps else None
+        cap = pack or min(even, largest)
+        best = caps.get(measured) if caps else None
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
             if note:
                 for r in g:
