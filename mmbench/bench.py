@@ -24,7 +24,7 @@ import torch
 
 from .data.base import Modality
 from .errors import MMBenchError, brief
-from .methods.base import MethodConfig
+from .methods.base import MethodConfig, trainer_counts
 from .projection import KEY_COLUMNS, key_label, step_key
 from .registry import METHODS
 
@@ -181,15 +181,19 @@ def method_step(method: str, n_modalities: int = 5, batch_size: int = 256, laten
 def _optimiser_step(model, opt, x: Dict[str, torch.Tensor], precision: str, dev: torch.device,
                     compile: bool) -> Callable[[], None]:
     """One training step of `model` on the batch `x` as a function: its loss (under autocast at `precision`;
-    `compile`: captured with torch.compile mode reduce-overhead), backward, the optimiser's update."""
+    `compile`: captured with torch.compile mode reduce-overhead), backward, the optimiser's update, the step
+    counted after it (as train.train counts)."""
     loss_fn = torch.compile(model.loss, mode="reduce-overhead") if compile else model.loss
+    rows = next(iter(x.values())).shape[0]
 
     def step() -> None:
-        with _autocast(precision, dev):
+        with _autocast(precision, dev), trainer_counts():
             loss, _ = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        model.count_step(rows)
+        model.host_step()
 
     return step
 
@@ -338,11 +342,14 @@ def _stacked_step(template, states: Sequence[Dict], seeds: Sequence[int], lr: fl
     # meta has no generators: pack.draw gives it empty noise of the recorded shapes
     gens = [None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(s) for s in seeds]
 
+    rows = next(iter(x.values())).shape[1]
+
     def step() -> None:
         losses, _ = sm.loss(x, gens, 0, precision)
         sm.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         sm.opt.step()
+        sm.count_step(rows)
 
     return step, list(sm.params.values())
 

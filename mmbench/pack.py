@@ -221,8 +221,19 @@ class _LossOf(nn.Module):
         return self.model.loss(x)
 
 
+class _CountStepOf(nn.Module):
+    """functional_call calls forward; this forward counts a training step (MultimodalVAE.count_step)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rows: int) -> None:
+        _hook(self.model, "count_step", rows)
+
+
 def _hook(model: nn.Module, name: str, *args):
-    """MultimodalVAE's hook `name` (host_step, noise_key) of a StackedModel's model; None for a module without it
+    """MultimodalVAE's hook `name` (count_step, host_step, noise_key) of a StackedModel's model; None for a module without it
     (the tests' toy losses)."""
     fn = getattr(model, name, None)
     return fn(*args) if fn is not None else None
@@ -298,9 +309,16 @@ class StackedModel:
         self._eager = self._replay
         self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
 
+    def count_step(self, rows: int) -> None:
+        """A packed training step of `rows` tuples per run is done, its update too: every run's step counters
+        advance (MultimodalVAE.count_step, in place on the stacked buffers swapped in), then the template's
+        host-side count (host_step)."""
+        torch.func.functional_call(_CountStepOf(self.template.model), self.buffers, (rows,))
+        self.host_step()
+
     def host_step(self) -> None:
-        """A packed training step is done: the template's host-side count advances (MultimodalVAE.host_step), the
-        vmapped copy's too (MMBENCH_PACK_CONV=bmm)."""
+        """The template's host-side count advances (MultimodalVAE.host_step), the vmapped copy's too
+        (MMBENCH_PACK_CONV=bmm)."""
         _hook(self.template.model, "host_step")
         if self.vtemplate is not self.template:
             _hook(self.vtemplate.model, "host_step")
@@ -678,7 +696,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 try:
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
-                    train_mod.copy_into(list(sm.buffers.values()), held_buffers)  # counters, statistics it moved
+                    train_mod.copy_into(list(sm.buffers.values()), held_buffers)  # the statistics it moved
                     for m, st in zip(live, states):
                         m.gen.set_state(st)
                         m.run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
@@ -686,11 +704,11 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
             else:
                 losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
-            sm.host_step()  # once per packed step, as the unpacked trainer counts a run alone
             finite &= torch.isfinite(losses.detach())
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             sm.opt.step()
+            sm.count_step(B)  # once per packed step, after the update, as the unpacked trainer counts a run alone
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)

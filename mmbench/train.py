@@ -414,7 +414,8 @@ def copy_into(dst: List[torch.Tensor], src: List[torch.Tensor]) -> List[torch.Te
 
 class StepState:
     """What a training loss may change besides its result, taken before a captured step that could fail after it ran
-    and put back if it did: the random streams and the checkpointed buffers (step counters, BatchNorm statistics).
+    and put back if it did: the random streams and the checkpointed buffers a loss moves (BatchNorm statistics; the
+    step counters are advanced after the step, count_step).
     The buffers' owners are looked up once; each step copies the buffers into the same tensors (copy_into)."""
 
     def __init__(self, model: torch.nn.Module, device):
@@ -627,7 +628,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         for b in range(first, n_batches):  # drop_last, as the authors' loaders
             idx = perm[b * B:(b + 1) * B]
             x = train_split.batch(idx, device)
-            with autocast(cfg.train.precision, device), trainer_counts():  # host_step below, not inside the loss
+            with autocast(cfg.train.precision, device), trainer_counts():  # counted below, not inside the loss
                 if loss_fn is None:
                     loss, logs = model.loss(x)
                 else:  # captured; if torch.compile fails, go on uncaptured from the state before, saying so
@@ -643,6 +644,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            model.count_step(B)  # the step counters, after the update and outside a captured loss (count_step)
             model.host_step()  # a host-side step count (SMVAE two_stage), as the packed trainer counts it
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)

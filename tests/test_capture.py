@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmbench.data.base import Modality
-from mmbench.methods.base import MethodConfig
+from mmbench.methods.base import MethodConfig, trainer_counts
 from mmbench.pack import StackedModel
 from mmbench.registry import METHODS
 
@@ -22,13 +22,13 @@ MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]  # three: a subset of 
 PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
 # a buffer updated in place (mrVAE's step counter) and its permutations; mixtures' component indexing (MoPoE); a
 # mixture with modality-specific latents; JMVAE's joint encoder beside the unimodal ones; a gradient inside the loss
-# differentiated again (VGON's inner step)
-AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae", "vgon"}
+# differentiated again (VGON's inner step); a weight computed from step counters (MM-VAMP's annealed α)
+AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae", "vgon", "mmvamp"}
 
 
-def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=None) -> torch.Tensor:
+def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=None, with_grads: bool = False):
     """Per-run losses of `steps` packed training steps (2 runs, vmapped as on a GPU; `betas`: the runs' β, a β sweep's
-    pack; `options`: the method's)."""
+    pack; `options`: the method's); `with_grads`: and the first step's gradients, flattened."""
     cls = METHODS.get(method)
     cfg = MethodConfig(method, latent_dim=8, beta=1.0, options=options or {})
     states = []
@@ -43,18 +43,20 @@ def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=
     gens = [torch.Generator().manual_seed(s) for s in range(2)]
     g = torch.Generator().manual_seed(0)
     x = {m.name: torch.rand(2, 6, 3, 28, 28, generator=g) for m in MODS}
-    out = []
+    out, grads = [], None
     for _ in range(steps):
         losses, logs = sm.loss(x, gens, 0)
         assert all(torch.is_tensor(v) and v.shape == (2,) for v in logs.values())
         sm.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
+        if grads is None:
+            grads = torch.cat([p.grad.flatten() for p in sm.params.values() if p.grad is not None])
         sm.opt.step()
-        sm.host_step()  # as the packed trainer: a host-side count advances once per step
+        sm.count_step(6)  # as the packed trainer: the counters advance once per step, after the update
         out.append(losses.detach())
     if "model.step" in sm.buffers:  # a step counter kept in a buffer (mrVAE) advances per run, captured or not
         assert sm.buffers["model.step"].tolist() == [steps, steps]
-    return torch.stack(out)
+    return (torch.stack(out), grads) if with_grads else torch.stack(out)
 
 
 @pytest.mark.parametrize("method", PACKABLE)
@@ -92,14 +94,19 @@ def test_a_beta_sweeps_pack_is_captured_as_one_graph_with_the_same_losses(method
     assert not torch.allclose(eager, pack_losses(method, capture=False), rtol=1e-3)
 
 
+ANNEALED_MMVAMP = {"alpha": 1.0, "alpha_anneal_steps": 2}  # α moves at every one of the 3 steps
+
+
 def test_an_mmvamp_pack_annealing_alpha_on_the_device_is_captured_as_one_graph():
-    """A packed MM-VAMP run computes its annealed α on the device from its own step counters (alone it anneals on
-    the host and a captured step recompiles as α changes): the pack is traced whole, with the uncaptured losses,
-    over steps at which α moves (from 1, over 2 steps)."""
+    """A packed MM-VAMP run computes its annealed α on the device from its own step counters: the pack is traced
+    whole, with the uncaptured gradients and losses, over steps at which α moves (from 1, over 2 steps)."""
     torch._dynamo.reset()
-    options = {"alpha": 1.0, "alpha_anneal_steps": 2}
-    eager = pack_losses("mmvamp", capture=False, steps=3, betas=[50.0, 500.0], options=options)
-    captured = pack_losses("mmvamp", capture=True, steps=3, betas=[50.0, 500.0], options=options)
+    options = ANNEALED_MMVAMP
+    eager, eager_grads = pack_losses("mmvamp", capture=False, steps=3, betas=[50.0, 500.0], options=options,
+                                     with_grads=True)
+    captured, captured_grads = pack_losses("mmvamp", capture=True, steps=3, betas=[50.0, 500.0], options=options,
+                                           with_grads=True)
+    torch.testing.assert_close(captured_grads, eager_grads, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
     # α reaches the losses (β large: at initialisation the rates are a thousandth of the reconstruction)
     assert not torch.allclose(eager, pack_losses("mmvamp", capture=False, steps=3, betas=[50.0, 500.0]), rtol=1e-3)
@@ -127,7 +134,9 @@ def test_a_pack_with_matmul_convolutions_is_captured_as_one_graph(monkeypatch):
 UNPACKED = ["mrvae", "mmvamp", "smvae", "vgon"]
 
 
-def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None) -> torch.Tensor:
+def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None):
+    """(the losses of `steps` training steps of one run, its first step's gradients flattened), the step as
+    train.train takes it: the loss (captured or not) inside trainer_counts, backward, Adam, then the step counted."""
     cls = METHODS.get(method)
     torch.manual_seed(0)
     model = cls(MODS, MethodConfig(method, latent_dim=8, beta=1.0, options=dict(options or {})), "polymnist_cnn").train()
@@ -138,29 +147,39 @@ def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None) ->
     g = torch.Generator().manual_seed(1)
     x = {m.name: torch.rand(6, 3, 28, 28, generator=g) for m in MODS}
     torch.manual_seed(5)
-    out = []
+    out, grads = [], None
     for _ in range(steps):
-        loss, _ = loss_fn(x)
+        with trainer_counts():
+            loss, _ = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grads is None:
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         opt.step()
+        model.count_step(6)
+        model.host_step()
         out.append(loss.detach())
-    return torch.stack(out)
+    return torch.stack(out), grads
 
 
-@pytest.mark.parametrize("method,options", [(m, {}) for m in UNPACKED] + [("mrvae", {"anneal_rate": 0.05})])
+@pytest.mark.parametrize("method,options", [(m, {}) for m in UNPACKED] + [("mrvae", {"anneal_rate": 0.05}),
+                                                                          ("mmvamp", ANNEALED_MMVAMP)])
 def test_unpacked_step_is_captured_once_with_the_same_losses(method, options):
     """One graph for every step (a step counter kept as a host number would be specialised on, recompiling every
-    step; mrVAE's annealed temperatures are computed on the device), and the same random numbers and losses as
-    uncaptured. Unpacked, MM-VAMP's α annealing reads host counters: recompiled as α changes (SMVAE's two stages: once
-    per stage, test_a_captured_unpacked_two_stage_run_compiles_once_per_stage)."""
+    step; mrVAE's annealed temperatures and MM-VAMP's annealed α are computed on the device from its counters), and
+    the same random numbers, gradients and losses as uncaptured (SMVAE's two stages: once per stage,
+    test_a_captured_unpacked_two_stage_run_compiles_once_per_stage). The counters advance after the step
+    (MultimodalVAE.count_step): counted inside the captured loss, MM-VAMP's annealed α reached the backward at the
+    next step's value (AOT autograd recomputed its read of the updated buffer there) and these gradients differed
+    by 0.7."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    eager = unpacked_losses(method, capture=False, options=options)
-    captured = unpacked_losses(method, capture=True, options=options)
+    eager, eager_grads = unpacked_losses(method, capture=False, options=options)
+    captured, captured_grads = unpacked_losses(method, capture=True, options=options)
     assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(captured_grads, eager_grads, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(captured, eager, rtol=1e-6, atol=1e-3)
 
 

@@ -353,10 +353,10 @@ def test_one_epoch_through_train_and_evaluate(name, tmp_path, data_root):
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 1e-3, 1e-12])
-def test_a_packed_runs_device_alpha_gives_the_rates_and_schedule_of_the_host_alpha(alpha):
-    """A packed MM-VAMP run computes α on the device (a float64 tensor from its counters, methods.base.in_pack); the
-    rates at a tensor α equal those at the same α as a Python float (both rates, α = 1 where "mc" has one term on the
-    host and a log-0 term on the device), and the device schedule is the host's at every position."""
+def test_an_annealed_device_alpha_gives_the_rates_and_schedule_of_a_host_alpha(alpha):
+    """An annealed MM-VAMP α is computed on the device (a float64 tensor from the run's counters); the rates at a
+    tensor α equal those at the same α as a Python float (a constant α; both rates, α = 1 where "mc" has one term on
+    the host and a log-0 term on the device), and the device schedule is the host's at every position."""
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g) * 0.3
     z = mu + torch.randn(3, 5, 4, generator=g) * (0.5 * logvar).exp()

@@ -427,18 +427,22 @@ def test_gumbel_softmax_samples_lie_on_the_simplex_with_the_right_frequencies():
 
 
 def test_temperature_annealing_uses_a_saved_step_counter():
+    """Training step k (from 1) anneals at k, the step counted after it (count_step); evaluation reads the steps
+    trained and does not advance them."""
     model = make(anneal_rate=0.1, tau_min=0.3)
-    assert [float(t) for t in model.temperatures()] == [1.0, 1.0]
+    assert [float(t) for t in model.eval().temperatures()] == [1.0, 1.0]
     x = batch(4)
-    for _ in range(3):
-        model.loss(x)
+    model.train()
+    logged = [float(model.loss(x)[1]["tau_n"]) for _ in range(3)]
+    assert logged == pytest.approx([math.exp(-0.1 * k) for k in (1, 2, 3)], rel=1e-12)
     assert int(model.state_dict()["step"]) == 3
-    tau_n, _ = model.temperatures()
-    assert math.isclose(float(tau_n), math.exp(-0.3)) and tau_n.device == model.step.device  # computed on the device
+    tau_n, _ = model.temperatures()  # training: the next step's
+    assert math.isclose(float(tau_n), math.exp(-0.4)) and tau_n.device == model.step.device  # computed on the device
     with torch.no_grad():
         model.eval().loss(x)  # evaluation does not advance the schedule
     assert int(model.step) == 3
-    resumed = make(anneal_rate=0.1, tau_min=0.3)
+    assert math.isclose(float(model.temperatures()[0]), math.exp(-0.3))
+    resumed = make(anneal_rate=0.1, tau_min=0.3).eval()
     resumed.load_state_dict(model.state_dict())  # a resumed run continues the schedule where it was
     assert [float(t) for t in resumed.temperatures()] == [float(t) for t in model.temperatures()]
     model.step.fill_(1000)

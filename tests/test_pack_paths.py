@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mmbench.pack as pack_mod
+from mmbench.registry import METHODS
 from mmbench.results import Run
 from mmbench.pack import train_pack
 from mmbench.train import train
@@ -107,47 +108,57 @@ def late_failing_compile(at=1):
     return compile
 
 
-def late_cfg(seed, method):
-    """cfg(seed) on one epoch of 64 tuples; "mmvamp": MM-VAMP with α annealed over its steps, whose loss counts its
-    steps in buffers (and host copies of them), as mrVAE's and SMVAE's do and as BatchNorm keeps statistics."""
+def late_cfg(seed, method, monkeypatch=None):
+    """cfg(seed) on one epoch of 64 tuples; "mmvamp": MM-VAMP with α annealed over its samples, whose loss here (with
+    `monkeypatch`) also moves a buffer itself, one more sample per training call, as BatchNorm keeps statistics
+    inside the loss (the trainers advance the step counters after the step, outside it: count_step)."""
     c = cfg(seed, epochs=1, max_train=64)
     if method == "mmvamp":
         c.method.name = "mmvamp"
         c.method.options = {"rate": "bound", "alpha": 1.0, "alpha_anneal_steps": 4, "alpha_anneal_batch": 16}
+        cls = METHODS.get("mmvamp")
+        loss = cls.loss
+        if not getattr(loss, "moves_a_buffer", False):
+            def moving(self, x):
+                if self.training:
+                    self.train_samples += 1
+                return loss(self, x)
+            moving.moves_a_buffer = True
+            monkeypatch.setattr(cls, "loss", moving)
     return c
 
 
 @pytest.mark.parametrize("method,at", [("mopoe", 1), ("mmvamp", 1), ("mmvamp", 2)])
 def test_unpacked_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch,
                                                                                     method, at):
-    """The failed captured call (the first, or the second as a recompile) ran the loss (noise drawn, step counters
-    moved): the step is recomputed from the state before it, so the run ends as uncaptured, counters and the α
-    schedule included."""
-    ref_run = Run(late_cfg(0, method), tmp_path / "plain")
+    """The failed captured call (the first, or the second as a recompile) ran the loss (noise drawn, a buffer moved):
+    the step is recomputed from the state before it, so the run ends as uncaptured, buffers and the α schedule
+    included."""
+    ref_run = Run(late_cfg(0, method, monkeypatch), tmp_path / "plain")
     ref = train(ref_run, data_root)
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(torch, "compile", late_failing_compile(at))
-    run = Run(late_cfg(0, method), tmp_path / "failed")
+    run = Run(late_cfg(0, method, monkeypatch), tmp_path / "failed")
     out = train(run, data_root)
     assert "torch.compile failed" in run.log_path.read_text()
     assert out["history"] == ref["history"]
     a, b = last(ref_run)["model"], last(run)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     if method == "mmvamp":
-        assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64
+        assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64 + 2
 
 
 @pytest.mark.parametrize("method,at", [("mopoe", 1), ("mmvamp", 1), ("mmvamp", 2)])
 def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers(tmp_path, data_root, monkeypatch,
                                                                                   method, at):
     monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")  # only a vmapped pack is captured
-    plain = [Run(late_cfg(s, method), tmp_path / "plain") for s in range(2)]
+    plain = [Run(late_cfg(s, method, monkeypatch), tmp_path / "plain") for s in range(2)]
     ref = train_pack(plain, data_root)
     monkeypatch.setenv("MMBENCH_COMPILE", "1")
     monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(torch, "compile", late_failing_compile(at))
-    runs = [Run(late_cfg(s, method), tmp_path / "failed") for s in range(2)]
+    runs = [Run(late_cfg(s, method, monkeypatch), tmp_path / "failed") for s in range(2)]
     out = train_pack(runs, data_root)
     for p, r in zip(plain, runs):
         assert "torch.compile failed" in r.log_path.read_text()
@@ -155,7 +166,7 @@ def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers
         a, b = last(p)["model"], last(r)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
         if method == "mmvamp":
-            assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64
+            assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64 + 2
 
 
 def _reads(monkeypatch):

@@ -86,29 +86,24 @@ class use_noise(_Pushed):
 
 class packed(_Pushed):
     """Context manager: inside the block a loss runs as one run of a pack (mmbench/pack.py), with the run's own
-    buffers swapped in (functional_call): a schedule a method otherwise keeps on the host (MM-VAMP's α annealing)
-    is computed on the device from those buffers instead, since the template's host copies are no run's."""
+    buffers swapped in (functional_call); a host-side step count is the pack's template's to keep (counts_in_loss)."""
 
     def __init__(self):
         super().__init__(_PACKED, True)
 
 
-def in_pack() -> bool:
-    """Whether the loss being computed is a packed run's (inside `packed`)."""
-    return bool(_PACKED)
-
-
 class trainer_counts(_Pushed):
-    """Context manager: inside the block the trainer calls the model's `host_step` after each training step, so a
-    loss leaves its host-side step count alone (a captured step then reads no changing host number: train.train)."""
+    """Context manager: inside the block the trainer calls the model's `count_step` and `host_step` after each
+    training step, so a loss leaves its step counters alone: a captured step then reads no changing host number and
+    updates no counter it reads (MultimodalVAE.count_step; train.train)."""
 
     def __init__(self):
         super().__init__(_TRAINER_COUNTS, True)
 
 
 def counts_in_loss() -> bool:
-    """Whether a training loss advances its host-side step count itself: alone, outside a trainer that does (a
-    pack's trainer, `trainer_counts`)."""
+    """Whether a training loss advances its step counters itself (MultimodalVAE.counted): alone, outside a trainer
+    that does (a pack's trainer, `trainer_counts`)."""
     return not _PACKED and not _TRAINER_COUNTS
 
 
@@ -407,10 +402,25 @@ class MultimodalVAE(nn.Module):
     def pack_refusal(cls, options: Dict[str, Any]) -> Optional[str]:
         return None
 
+    def count_step(self, rows: int) -> None:
+        """Hook: a training step of `rows` tuples is done; advance the step-counter buffers a schedule reads
+        (MM-VAMP's α, mrVAE's temperatures), in place and elementwise: a pack calls it once with its runs' stacked
+        buffers swapped in. Both trainers call it after the optimiser's update, outside the captured loss: a
+        captured loss that read a buffer and updated it in place can give its backward the updated value (AOT
+        autograd may recompute the read there, pytorch/pytorch PR #197039), i.e. wrong gradients, silently. A
+        training loss outside the trainers calls it itself (`counted`). Nothing by default."""
+
     def host_step(self) -> None:
         """Hook: a training step is done; advance what the model counts on the host (SMVAE's two-stage step count).
         Both trainers call it once per step (a pack on its template, for all its runs); a training loss outside them
-        calls it itself (counts_in_loss). Nothing by default."""
+        calls it itself (`counted`). Nothing by default."""
+
+    def counted(self, rows: int) -> None:
+        """The end of a training loss: the step is counted here (count_step, host_step) unless a trainer counts
+        it after the update (counts_in_loss)."""
+        if counts_in_loss():
+            self.count_step(rows)
+            self.host_step()
 
     def host_state(self, state_dict: Dict[str, Any]) -> Any:
         """Hook: the host-side state a run with this state_dict resumes with that a pack's template holds for all its

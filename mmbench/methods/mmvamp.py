@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..registry import METHODS
-from .base import Gaussian, in_pack
+from .base import Gaussian
 from .independent import BETA_CONVENTIONS, Independent
 
 RATES = ("bound", "mc")
@@ -25,10 +25,10 @@ def rate_bound(mu: torch.Tensor, logvar: torch.Tensor, alpha: float = 0.0) -> to
     """
     M = mu.shape[0]
     pair = gaussian_kl(mu[:, None], logvar[:, None], mu[None], logvar[None])  # M×M×B, [m, m̃]
-    # the weights second: a 0-dim tensor α (a packed run's) then scales as a Python float does, not rounded to a
+    # the weights second: a 0-dim tensor α (an annealed one) then scales as a Python float does, not rounded to a
     # bf16 operand's precision first (the CPU rounds a leading 0-dim operand to the other's dtype)
     out = pair.sum(1) * ((1 - alpha) / M)
-    if torch.is_tensor(alpha) or alpha > 0:  # a tensor α (a packed run's, annealed: > 0) is not read on the host
+    if torch.is_tensor(alpha) or alpha > 0:  # a tensor α (annealed: > 0) is not read on the host
         out = out + Gaussian(mu, logvar).kl_standard_normal() * alpha
     return out
 
@@ -37,7 +37,7 @@ def log_mixture_prior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, a
     """log h_α(z_m | X) for each z_m (z: M×B×D); h_α = (1-α)·(1/M) Σ_m̃ q_m̃ + α·N(0, I) (MM-VAMP Eq. 3 at α = 0)."""
     M = mu.shape[0]
     terms = []
-    on_device = torch.is_tensor(alpha)  # a packed run's annealed α: both terms, a weight of 0 giving log 0 = -inf
+    on_device = torch.is_tensor(alpha)  # an annealed α: both terms, a weight of 0 giving log 0 = -inf
     log = torch.log if on_device else math.log
     if on_device or alpha < 1:
         lp = Gaussian(mu[None], logvar[None]).log_prob(z[:, None])  # M×M×B: log q_m̃(z_m), [m, m̃]
@@ -56,8 +56,8 @@ def rate_mc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, alpha: floa
 def annealed_alpha(alpha0: float, steps: int, t):
     """The authors' `exp_annealing` schedule toward a final α of 0 (mmvmvae mv_vaes/mv_vae.py exp_annealing, at
     position t of `steps`; t may be fractional, see MMVAMP.anneal_position); constant if steps = 0. t a Python
-    number: a Python float; t a float64 tensor (a packed run's position, under vmap each run's): computed on its
-    device in float64, as the Python floats compute it."""
+    number: a Python float; t a float64 tensor (a run's position; under vmap each run's): computed on its device in
+    float64, as the Python floats compute it."""
     if steps <= 0 or alpha0 <= 0:
         return alpha0
     rate = (math.log(1e-10) - math.log(alpha0 + 1e-10)) / steps
@@ -100,8 +100,8 @@ class MMVAMP(Independent):
     the rate only approaches through `alpha`, so prior-sample ("joint") coherence is not a paper metric here.
     """
 
-    # α's schedule runs on the host from host copies of the counters (no device read per step); a packed run's is
-    # computed on the device from its own counter buffers (methods.base.in_pack), so runs pack
+    # α's schedule is computed on the device from the run's counter buffers, which the trainers advance after each
+    # step (count_step): no device read per step, one captured graph for every step, a packed run reads its own
     packable = True
 
     paper = "MM-VAMP VAE (Sutter et al. 2024), Eqs. (1)-(4)"
@@ -118,25 +118,17 @@ class MMVAMP(Independent):
         super().__init__(modalities, cfg, architecture)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the α schedule; checkpointed
         self.register_buffer("train_samples", torch.zeros((), dtype=torch.long))  # training rows seen; checkpointed
-        self.counts = [0, 0]  # host copies of (train_steps, train_samples): α is computed without a device read
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before `train_samples` existed trained without alpha_anneal_batch: start it at 0.
         state_dict.setdefault(prefix + "train_samples", torch.zeros((), dtype=torch.long))
-        if prefix + "train_steps" in state_dict:  # the host copies follow the checkpoint (read once, at loading)
-            self.counts = [int(state_dict[prefix + "train_steps"]), int(state_dict[prefix + "train_samples"])]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def anneal_position(self):
-        """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch. From the host copies
-        of the counters (a Python float); a packed run's from its own counter buffers (a float64 device tensor: the
-        template's host copies are no run's)."""
+    def anneal_position(self) -> torch.Tensor:
+        """Where the α schedule is: optimizer steps, or training samples / alpha_anneal_batch, from the counter
+        buffers (a float64 tensor on the model's device; a packed run's are its own)."""
         ab = self.opt["alpha_anneal_batch"]
-        if in_pack():
-            steps, samples = self.train_steps.double(), self.train_samples.double()
-        else:
-            steps, samples = float(self.counts[0]), self.counts[1]
-        return samples / ab if ab > 0 else steps
+        return self.train_samples.double() / ab if ab > 0 else self.train_steps.double()
 
     def kl_weight(self) -> float:
         return self.beta
@@ -145,7 +137,7 @@ class MMVAMP(Independent):
         return self.opt["alpha_anneal_steps"] > 0 and self.opt["alpha"] > 0
 
     def alpha(self):
-        """α of the prior h_α now: a Python float; a packed run's annealed α a float64 device tensor
+        """α of the prior h_α now: a Python float when constant, annealed a float64 device tensor
         (anneal_position)."""
         if not self.annealing():  # constant: the counters are not read
             return float(self.opt["alpha"])
@@ -161,11 +153,9 @@ class MMVAMP(Independent):
         if self.opt["alpha_anneal_steps"] > 0:
             logs["alpha"] = self.alpha()
         if self.training and torch.is_grad_enabled():
-            rows = next(iter(x.values())).shape[0]
-            self.train_steps += 1
-            self.train_samples += rows
-            if self.annealing() and not in_pack():  # only the schedule reads the host copies (without it a captured
-                # step has none to specialise on; with it, a captured step is recompiled as α changes); a packed run
-                # reads its buffers
-                self.counts = [self.counts[0] + 1, self.counts[1] + rows]
+            self.counted(next(iter(x.values())).shape[0])
         return loss, logs
+
+    def count_step(self, rows: int) -> None:
+        self.train_steps += 1
+        self.train_samples += rows

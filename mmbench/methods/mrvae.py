@@ -568,7 +568,8 @@ class MrVAE(MultimodalVAE):
         tau_n, tau_y, rate = float(self.opt["tau_n"]), float(self.opt["tau_y"]), float(self.opt["anneal_rate"])
         if rate == 0:
             return tau_n, tau_y
-        f = torch.exp(self.step.double() * -rate)
+        step = self.step + 1 if self.training else self.step  # training: this step's number (counted after it)
+        f = torch.exp(step.double() * -rate)
         lo = float(self.opt["tau_min"])
         return (f * tau_n).clamp_min(lo), (f * tau_y).clamp_min(lo)
 
@@ -742,8 +743,6 @@ class MrVAE(MultimodalVAE):
         return self.relate(zero, zero, [False] * len(self.names), sample=True).posterior().rsample()
 
     def loss(self, x):
-        if self.training:
-            self.step += 1
         mu, logvar = self.unimodal(x, self.names)
         everything = [True] * len(self.names)
         if self.opt["objective"] == "q":
@@ -769,4 +768,9 @@ class MrVAE(MultimodalVAE):
             "kl_n": torch.as_tensor(kl_n).detach().mean(),  # device tensors: no host sync in the step
             "kl_y": torch.as_tensor(kl_y).detach().mean(),
             "shared_fraction": (shared / (len(self.names) * self.D)).mean().detach(), "tau_n": tau_n, "tau_y": tau_y}
+        if self.training:
+            self.counted(next(iter(x.values())).shape[0])
         return loss, logs
+
+    def count_step(self, rows: int) -> None:
+        self.step += 1

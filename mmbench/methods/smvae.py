@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError, MMBenchError
 from ..registry import ARCHITECTURES, METHODS
-from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets, counts_in_loss
+from .base import Gaussian, MultimodalVAE, PoEMixin, all_subsets
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> torch.Tensor:
@@ -128,7 +128,10 @@ class SMVAE(PoEMixin, MultimodalVAE):
         self.total_steps = int(total)
         self._restage()
 
-    def host_step(self) -> None:
+    def count_step(self, rows: int) -> None:
+        self.train_steps += 1
+
+    def host_step(self) -> None:  # only a schedule reads the host copy: a captured end-to-end step has no host number
         if self.opt["schedule"] != "end_to_end":
             self.steps += 1
             self._restage()
@@ -192,11 +195,9 @@ class SMVAE(PoEMixin, MultimodalVAE):
         return self.weighted_nll(z, x), q_sur.kl_standard_normal()
 
     def loss(self, x):
-        stage = self.stage()
-        if self.training:
-            self.train_steps += 1
-            if counts_in_loss():  # the trainers count once per step (host_step; a looped pack runs this per run)
-                self.host_step()  # (only a schedule reads it: a captured end-to-end step has no host number)
+        stage = self.stage()  # this step's, read before it is counted
+        if self.training:  # the trainers count after the step (count_step, host_step; a looped pack once for all)
+            self.counted(next(iter(x.values())).shape[0])
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
             with torch.no_grad():
