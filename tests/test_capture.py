@@ -233,10 +233,14 @@ def test_a_captured_unpacked_two_stage_run_compiles_once_per_stage(tmp_path, dat
         assert b == pytest.approx(a, rel=1e-6)
 
 
-def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tmp_path, data_root, monkeypatch):
+@pytest.mark.parametrize("method", [{"name": "mopoe", "latent_dim": 4},
+                                    {"name": "mmvamp", "latent_dim": 4, "options": ANNEALED_MMVAMP}])
+def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tmp_path, data_root, monkeypatch, method):
     """`mmbench run --compile` (MMBENCH_COMPILE=1) captures an unpacked run's step too (on a GPU with CUDA graphs; here
     traced with the aot_eager backend): the run says so in its log and ends with the history and weights of the
-    uncaptured run (same random numbers). A compiler failure is logged and the run goes on uncaptured.
+    uncaptured run (same random numbers; MoPoE, and MM-VAMP with α annealed from step counters, whose gradients a
+    counter updated inside the captured loss made wrong). A compiler failure is logged and the run goes on
+    uncaptured.
     Under MMBENCH_GPU_TESTS=1 (docs/gpu-runs/device-check.sh) it runs on the GPU with the real backend (inductor,
     CUDA graphs): its fused kernels round differently from the eager ones, so there the bounds are 1e-3 relative
     on the history and on each weight tensor's norm of difference (an estimate, not yet measured on a GPU: a
@@ -247,7 +251,7 @@ def test_mmbench_run_compile_captures_unpacked_training_with_the_same_results(tm
     from mmbench.train import train
 
     def config():  # trained by the unpacked trainer (train.train), as --pack 1 and a group of one are
-        return build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 4},
+        return build_run_config({"dataset": "polydigits", "method": dict(method),
                                  "train": {"epochs": 2, "batch_size": 50, "max_train": 100, "max_test": 50}})
 
     on_gpu_if_asked()

@@ -290,9 +290,11 @@ def test_mrvae_decoders_and_relation_networks_read_a_sample_of_q_z_given_the_rel
 
 def test_mrvae_anneals_each_temperature_from_its_own_start():
     """Jang et al. 2016's schedule per temperature: τ = max(τ_min, τ_0 · exp(-rate · step)), τ_n from tau_n and τ_y
-    from tau_y (here 1 and 3, rate 0.1, τ_min 0.3, after 5 steps: 0.607 and 1.820)."""
+    from tau_y (here 1 and 3, rate 0.1, τ_min 0.3, after 5 steps: 0.607 and 1.820; training step 6 anneals at 6)."""
     model = mrvae_model(tau_n=1.0, tau_y=3.0, anneal_rate=0.1, tau_min=0.3)
     model.step.fill_(5)
+    assert float(model.train().temperatures()[0]) == pytest.approx(math.exp(-0.6), rel=1e-12)
+    model.eval()
     tau_n, tau_y = model.temperatures()
     assert float(tau_n) == pytest.approx(math.exp(-0.5), rel=1e-12)
     assert float(tau_y) == pytest.approx(3 * math.exp(-0.5), rel=1e-12)
