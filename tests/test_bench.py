@@ -449,3 +449,24 @@ def test_a_dropped_pack_is_collected_before_the_next_pack_is_timed(monkeypatch):
     monkeypatch.setattr(bench, "release_device_memory", lambda dev: calls.append(dev.type))
     bench.pack_table(["mopoe"], [2, 3], batch_size=4, latent_dim=4, steps=1, n_modalities=2)
     assert calls == ["cpu", "cpu"]  # after each pack size
+
+
+def test_timed_steps_count_their_steps_as_the_trainers_do():
+    """A timed step is a training step: its counters advance once per step, after the update and outside the loss
+    (MultimodalVAE.count_step, as train.train counts), unpacked and packed (every run of the pack)."""
+    import inspect
+
+    from mmbench.bench import config_pack_step, config_step
+    from mmbench.config import build_run_config
+
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mrvae", "latent_dim": 4,
+                                                              "options": {"anneal_rate": 0.1}},
+                            "train": {"batch_size": 8}})
+    step, _ = config_step(cfg)
+    for _ in range(3):
+        step()
+    assert int(inspect.getclosurevars(step).nonlocals["model"].step) == 3
+    pstep, _ = config_pack_step(cfg, 2)
+    for _ in range(2):
+        pstep()
+    assert inspect.getclosurevars(pstep).nonlocals["sm"].buffers["model.step"].tolist() == [2, 2]

@@ -922,6 +922,7 @@ def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_
     assert f"{human_bytes(per)} free in {runs_dir} — not enough" in out, out
     trained = []
     monkeypatch.setattr(runner, "run_all", lambda configs, *a, **k: trained.append(len(configs)) or [])
+    monkeypatch.setattr("mmbench.cli._prepare_for", lambda configs, data_root: None)  # no classifiers to train
     r = mmbench_here("run", suite, env=env, width=300)
     err = " ".join(r.stderr.split())
     assert trained == [3] and f"warning: the checkpoints of the 2 run(s) not started will take ~{human_bytes(2 * per)}" \
