@@ -285,6 +285,7 @@ def test_alpha_annealing_schedule_and_step_counter():
     model.eval()
     model.loss(x)
     assert int(model.train_steps) == 2 and "train_steps" in model.state_dict()
+    assert float(model.alpha()) == pytest.approx(annealed_alpha(1.0, 10, 2), rel=1e-12)  # at step 2 of 10, not row 8
 
 
 # the two-modality known-answer setting of tests/test_methods.py: m1 with rec_weight 2, fixed experts, linear decoders
