@@ -408,7 +408,7 @@ class StackedModel:
 
     def fresh_buffers(self) -> Dict[str, torch.Tensor]:
         """Copies of the stacked buffers, for a loss computed outside training (recording the draws, the trial):
-        a loss that updates buffers in place (a step counter) then leaves the runs' own untouched."""
+        a loss that updates buffers in place (BatchNorm's statistics) then leaves the runs' own untouched."""
         return {k: v.clone() for k, v in self.buffers.items()}
 
     def unpacked_loss(self, r: int, x_r, noise_r, buffers: Optional[Dict[str, torch.Tensor]] = None):
@@ -689,7 +689,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             sums = {}
         finite = torch.ones(len(live), dtype=torch.bool, device=device)
         for b in range(first_step if epoch == first else 0, n_batches):
-            x = _split_batch(train_split, P[:, b * B:(b + 1) * B])
+            idx = P[:, b * B:(b + 1) * B]  # R×B (fewer rows where the split is smaller than B)
+            x = _split_batch(train_split, idx)
             if sm.captured:  # if torch.compile fails (a first capture or a recompile), go on uncaptured, saying so
                 states = [m.gen.get_state() for m in live]
                 train_mod.copy_into(held_buffers, list(sm.buffers.values()))
@@ -708,7 +709,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             sm.opt.step()
-            sm.count_step(B)  # once per packed step, after the update, as the unpacked trainer counts a run alone
+            sm.count_step(idx.shape[1])  # once per packed step, after the update, as train.train counts a run
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)

@@ -430,7 +430,7 @@ class StepState:
         return rng_states(self.device), self.held
 
     def restore(self, taken: tuple) -> None:
-        """Back to `taken`: the buffers loaded as a checkpoint's are, so host copies of counters follow them."""
+        """Back to `taken`: the buffers loaded as a checkpoint's are (a host copy of a counter follows them)."""
         set_rng_states(taken[0], self.device)
         self.model.load_state_dict({n: t for (n, _, _), t in zip(self.owners, taken[1])}, strict=False)
 
@@ -644,7 +644,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            model.count_step(B)  # the step counters, after the update and outside a captured loss (count_step)
+            model.count_step(len(idx))  # the step counters (rows: a split smaller than B gives fewer), after the
+            # update and outside a captured loss (count_step)
             model.host_step()  # a host-side step count (SMVAE two_stage), as the packed trainer counts it
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)

@@ -22,7 +22,7 @@ from mmbench.registry import METHODS
 
 MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]  # three: a subset of two that is not the full set
 PACKABLE = [m for m in METHODS.names() if METHODS.get(m).packable]
-# a buffer updated in place (mrVAE's step counter) and its permutations; mixtures' component indexing (MoPoE); a
+# a step counter read from a buffer (mrVAE's) and permutations; mixtures' component indexing (MoPoE); a
 # mixture with modality-specific latents; JMVAE's joint encoder beside the unimodal ones; a gradient inside the loss
 # differentiated again (VGON's inner step); a weight computed from step counters (MM-VAMP's annealed α)
 AOT_TRACED = {"mrvae", "mopoe", "mmvae_style", "jmvae", "vgon", "mmvamp"}

@@ -361,6 +361,23 @@ def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, mon
     assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
 
 
+def test_a_split_smaller_than_its_batch_counts_the_rows_it_trains_on(tmp_path, data_root):
+    """A training split smaller than train.batch_size trains on one batch of all its rows per epoch: the step
+    counters count those rows, not batch_size (MM-VAMP's α anneals per row seen), alone and in a pack of two."""
+    def small(seed):
+        c = mmvamp_cfg(seed, 1.0, "bound")
+        c.train.batch_size, c.train.max_train, c.train.epochs = 64, 40, 2
+        return c
+
+    alone = Run(small(0), tmp_path / "alone")
+    train(alone, data_root)
+    packed = [Run(small(s), tmp_path / "packed") for s in range(2)]
+    train_pack(packed, data_root)
+    for run in [alone] + packed:
+        model = last(run)["model"]
+        assert (int(model["train_steps"]), int(model["train_samples"])) == (2, 80), run.dir
+
+
 def smvae_cfg(seed, beta, **options):
     c = beta_cfg(seed, beta)
     c.method.name, c.method.options = "smvae", options

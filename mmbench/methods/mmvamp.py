@@ -25,8 +25,8 @@ def rate_bound(mu: torch.Tensor, logvar: torch.Tensor, alpha: float = 0.0) -> to
     """
     M = mu.shape[0]
     pair = gaussian_kl(mu[:, None], logvar[:, None], mu[None], logvar[None])  # M×M×B, [m, m̃]
-    # the weights second: a 0-dim tensor α (an annealed one) then scales as a Python float does, not rounded to a
-    # bf16 operand's precision first (the CPU rounds a leading 0-dim operand to the other's dtype)
+    # the weights second: on the CPU a 0-dim tensor α (an annealed one) then scales as a Python float does, not
+    # rounded to a bf16 operand's precision first (the CPU rounds a leading 0-dim operand to the other's dtype)
     out = pair.sum(1) * ((1 - alpha) / M)
     if torch.is_tensor(alpha) or alpha > 0:  # a tensor α (annealed: > 0) is not read on the host
         out = out + Gaussian(mu, logvar).kl_standard_normal() * alpha

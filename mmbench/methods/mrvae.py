@@ -493,7 +493,8 @@ class MrVAE(MultimodalVAE):
     * `tau_n` (1.0), `tau_y` (1.0): Gumbel-softmax and NeuralSort temperatures (gradients only: the
       forward pass is exact, straight-through).
     * `anneal_rate` (0.0: no annealing, as the paper): τ = max(`tau_min`, τ_0·exp(-rate·step)), step =
-      training steps so far, a buffer saved with the model (Jang et al. 2016's schedule). `tau_min` (0.5).
+      the training step being taken (from 1; in evaluation the steps trained), from a buffer saved with the model
+      (Jang et al. 2016's schedule). `tau_min` (0.5).
     * `hidden` (128): width of the networks of Eqs. 34-35 and 37-38. As written there, they end in a ReLU;
       their outputs are used as the categorical's logits (c_A) and as the sorting scores (w_{j,A}).
 

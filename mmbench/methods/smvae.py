@@ -82,8 +82,9 @@ class SMVAE(PoEMixin, MultimodalVAE):
       maximises only the surrogate ELBO (unimodal experts untouched), then the surrogate and decoders are fixed and
       only the divergence (Eq. 10) trains the unimodal experts. Stage 1 lasts `stage1_fraction` of the training
       steps (default 2/3: App. D ran 200 of 300 epochs) or, if set instead, exactly `stage1_steps` steps. The
-      stages count training-mode `loss` calls in a buffer saved with the weights (resume-safe); the trainer tells
-      the method the run's length through `plan_steps` (the method does not see epochs).
+      stages count training steps in a buffer saved with the weights (resume-safe), advanced after each step
+      (count_step; a host copy, host_step, picks the stage); the trainer tells the method the run's length
+      through `plan_steps` (the method does not see epochs).
     * encode_subsets: the PoE posteriors for every subset, the full set included (§3.2: "at test time, we infer
       representations from subsets using a PoE-aggregated inference model"); the surrogate is used in training only.
     """
