@@ -233,7 +233,8 @@ class _CountStepOf(nn.Module):
 
 
 def _hook(model: nn.Module, name: str, *args):
-    """MultimodalVAE's hook `name` (count_step, host_step, noise_key) of a StackedModel's model; None for a module without it
+    """MultimodalVAE's hook `name` (count_step, host_step, noise_key) of a StackedModel's model; None for a module
+    without it
     (the tests' toy losses)."""
     fn = getattr(model, name, None)
     return fn(*args) if fn is not None else None

@@ -33,8 +33,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 # files to its 2 workers (--dist loadfile, in collection order: --no-loadscope-reorder), so a long file started last
 # kept one worker busy while the other had nothing left; xdist's own order (most tests first) started test_slurm.py
 # near the end. Within a file, and among the other files, the order is pytest's.
-LONGEST_FIRST = ["test_slurm.py", "test_capture.py", "test_pack.py", "test_pack_datasets.py", "test_celeba_stability.py",
-                 "test_polymnist.py", "test_methods_all_shapes.py", "test_cli.py", "test_device_ops.py"]
+LONGEST_FIRST = ["test_slurm.py", "test_capture.py", "test_pack.py", "test_pack_datasets.py",
+                 "test_celeba_stability.py", "test_polymnist.py", "test_methods_all_shapes.py", "test_cli.py",
+                 "test_device_ops.py"]
 
 
 def pytest_collection_modifyitems(config, items):
