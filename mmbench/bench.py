@@ -192,8 +192,7 @@ def _optimiser_step(model, opt, x: Dict[str, torch.Tensor], precision: str, dev:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        model.count_step(rows)
-        model.host_step()
+        model.step_taken(rows)
 
     return step
 
@@ -349,7 +348,7 @@ def _stacked_step(template, states: Sequence[Dict], seeds: Sequence[int], lr: fl
         sm.opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         sm.opt.step()
-        sm.count_step(rows)
+        sm.step_taken(rows)
 
     return step, list(sm.params.values())
 

@@ -234,8 +234,7 @@ class _CountStepOf(nn.Module):
 
 def _hook(model: nn.Module, name: str, *args):
     """MultimodalVAE's hook `name` (count_step, host_step, noise_key) of a StackedModel's model; None for a module
-    without it
-    (the tests' toy losses)."""
+    without it (the tests' toy losses)."""
     fn = getattr(model, name, None)
     return fn(*args) if fn is not None else None
 
@@ -310,10 +309,10 @@ class StackedModel:
         self._eager = self._replay
         self._replay = captured_replay or torch.compile(self._replay, mode="reduce-overhead")
 
-    def count_step(self, rows: int) -> None:
-        """A packed training step of `rows` tuples per run is done, its update too: every run's step counters
-        advance (MultimodalVAE.count_step, in place on the stacked buffers swapped in), then the template's
-        host-side count (host_step)."""
+    def step_taken(self, rows: int) -> None:
+        """A packed training step of `rows` tuples per run is done, its update too (MultimodalVAE.step_taken for a
+        pack): every run's step counters advance (MultimodalVAE.count_step, in place on the stacked buffers swapped
+        in), then the template's host-side count (host_step)."""
         torch.func.functional_call(_CountStepOf(self.template.model), self.buffers, (rows,))
         self.host_step()
 
@@ -710,7 +709,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
             sm.opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             sm.opt.step()
-            sm.count_step(idx.shape[1])  # once per packed step, after the update, as train.train counts a run
+            sm.step_taken(idx.shape[1])  # once per packed step, after the update, as train.train counts a run
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double()
             progress(f"train epoch {epoch + 1}/{E} (pack of {len(live)})", epoch * n_batches + b + 1, E * n_batches)

@@ -644,9 +644,8 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            model.count_step(len(idx))  # the step counters (rows: a split smaller than B gives fewer), after the
-            # update and outside a captured loss (count_step)
-            model.host_step()  # a host-side step count (SMVAE two_stage), as the packed trainer counts it
+            model.step_taken(len(idx))  # the step counted (rows: a split smaller than B gives fewer), after the update
+            # and outside a captured loss (count_step), as the packed trainer counts it
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)
             progress(f"train epoch {epoch + 1}/{E}", epoch * n_batches + b + 1, E * n_batches)

@@ -54,7 +54,7 @@ def pack_losses(method: str, capture: bool, steps: int = 2, betas=None, options=
         if grads is None:
             grads = torch.cat([p.grad.flatten() for p in sm.params.values() if p.grad is not None])
         sm.opt.step()
-        sm.count_step(6)  # as the packed trainer: the counters advance once per step, after the update
+        sm.step_taken(6)  # as the packed trainer: the counters advance once per step, after the update
         out.append(losses.detach())
     if "model.step" in sm.buffers:  # a step counter kept in a buffer (mrVAE) advances per run, captured or not
         assert sm.buffers["model.step"].tolist() == [steps, steps]
@@ -158,8 +158,7 @@ def unpacked_losses(method: str, capture: bool, steps: int = 3, options=None):
         if grads is None:
             grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         opt.step()
-        model.count_step(6)
-        model.host_step()
+        model.step_taken(6)
         out.append(loss.detach())
     return torch.stack(out), grads
 
@@ -324,7 +323,7 @@ def test_an_annealed_mmvamp_pack_captured_by_inductor_has_its_uncaptured_gradien
             losses.sum().backward()
             out.append(torch.cat([p.grad.flatten() for p in sm.params.values() if p.grad is not None]))
             sm.opt.step()
-            sm.count_step(6)
+            sm.step_taken(6)
         return torch.stack(out)
 
     torch._dynamo.reset()

@@ -346,7 +346,7 @@ def mmvamp_cfg(seed, beta, rate):
 @pytest.mark.parametrize("mode,rate", [("loop", "bound"), ("vmap", "bound"), ("vmap", "mc")])
 def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, monkeypatch, mode, rate, trained_alone):
     """MM-VAMP computes its annealed α on the device from its step counters, a packed run from its own (the stacked
-    buffers, advanced after each step: StackedModel.count_step). A β sweep's pack of three (β = 0.5, 1, 4,
+    buffers, advanced after each step: StackedModel.step_taken). A β sweep's pack of three (β = 0.5, 1, 4,
     α annealed over the first 4 steps of 16 rows, both rates) ends as its runs alone (TRAJECTORY_TOL), with each
     run's counters at its own 6 steps and the α it logged alone."""
     on_gpu_if_asked()

@@ -93,8 +93,8 @@ class packed(_Pushed):
 
 
 class trainer_counts(_Pushed):
-    """Context manager: inside the block the trainer calls the model's `count_step` and `host_step` after each
-    training step, so a loss leaves its step counters alone: a captured step then reads no changing host number and
+    """Context manager: inside the block the trainer calls the model's `step_taken` (count_step, host_step) after
+    each training step, so a loss leaves its step counters alone: a captured step then reads no changing host number and
     updates no counter it reads (MultimodalVAE.count_step; train.train)."""
 
     def __init__(self):
@@ -415,12 +415,17 @@ class MultimodalVAE(nn.Module):
         Both trainers call it once per step (a pack on its template, for all its runs); a training loss outside them
         calls it itself (`counted`). Nothing by default."""
 
-    def counted(self, rows: int) -> None:
-        """The end of a training loss: the step is counted here (count_step, host_step) unless a trainer counts
-        it after the update (counts_in_loss)."""
+    def step_taken(self, rows: int) -> None:
+        """A training step of `rows` tuples is done: its counter buffers advance (count_step), then its host-side
+        count (host_step). train.train and bench call it after the update; a pack's twin is StackedModel.step_taken."""
+        self.count_step(rows)
+        self.host_step()
+
+    def counted(self, x: Dict[str, torch.Tensor]) -> None:
+        """The end of a training loss on batch `x`: the step is counted here (step_taken) unless a trainer counts it
+        after the update (counts_in_loss)."""
         if counts_in_loss():
-            self.count_step(rows)
-            self.host_step()
+            self.step_taken(next(iter(x.values())).shape[0])
 
     def host_state(self, state_dict: Dict[str, Any]) -> Any:
         """Hook: the host-side state a run with this state_dict resumes with that a pack's template holds for all its

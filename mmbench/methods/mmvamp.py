@@ -153,7 +153,7 @@ class MMVAMP(Independent):
         if self.opt["alpha_anneal_steps"] > 0:
             logs["alpha"] = self.alpha()
         if self.training and torch.is_grad_enabled():
-            self.counted(next(iter(x.values())).shape[0])
+            self.counted(x)
         return loss, logs
 
     def count_step(self, rows: int) -> None:

@@ -770,7 +770,7 @@ class MrVAE(MultimodalVAE):
             "kl_y": torch.as_tensor(kl_y).detach().mean(),
             "shared_fraction": (shared / (len(self.names) * self.D)).mean().detach(), "tau_n": tau_n, "tau_y": tau_y}
         if self.training:
-            self.counted(next(iter(x.values())).shape[0])
+            self.counted(x)
         return loss, logs
 
     def count_step(self, rows: int) -> None:

@@ -198,7 +198,7 @@ class SMVAE(PoEMixin, MultimodalVAE):
     def loss(self, x):
         stage = self.stage()  # this step's, read before it is counted
         if self.training:  # the trainers count after the step (count_step, host_step; a looped pack once for all)
-            self.counted(next(iter(x.values())).shape[0])
+            self.counted(x)
         if stage == "stage2":
             # App. D, second stage: the surrogate (and the decoders) are fixed; only Eq. 10 trains the experts.
             with torch.no_grad():
