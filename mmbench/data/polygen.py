@@ -72,9 +72,9 @@ def digit_masks(digits: np.ndarray, labels: np.ndarray, tuples: np.ndarray, vari
         canvas = np.zeros((T, M, CANVAS, CANVAS), dtype=np.uint8)
         span = CANVAS - TRANSLATE_SIZE + 1  # offsets 0..7
         off = rng.integers(0, span, size=(T, M, 2))
-        for t in range(T):
-            for m in range(M):
-                r, c = off[t, m]
+        for r in range(span):  # every digit placed at its offset, one offset at a time
+            for c in range(span):
+                t, m = np.nonzero((off[..., 0] == r) & (off[..., 1] == c))
                 canvas[t, m, r:r + TRANSLATE_SIZE, c:c + TRANSLATE_SIZE] = small[tuples[t, m]]
         extra["offset"] = off.astype(np.int64)
         return canvas > 128, extra
@@ -107,12 +107,11 @@ def compose(masks: np.ndarray, backgrounds: Sequence[np.ndarray], rng: np.random
         H, W = bg.shape[:2]
         ys = rng.integers(0, H - CANVAS, size=T)  # exclusive upper bound, as the official code
         xs = rng.integers(0, W - CANVAS, size=T)
-        rows = ys[:, None] + np.arange(CANVAS)[None, :]
-        cols = xs[:, None] + np.arange(CANVAS)[None, :]
-        crops = bg[rows[:, :, None], cols[:, None, :]]  # T×28×28×3
-        mask = masks[:, m, :, :, None]
-        img = np.where(mask, 255 - crops, crops)
-        out.append(np.ascontiguousarray(img.transpose(0, 3, 1, 2)))
+        windows = np.lib.stride_tricks.sliding_window_view(bg, (CANVAS, CANVAS), axis=(0, 1))  # y×x×3×28×28 view
+        img = np.ascontiguousarray(windows[ys, xs])  # T×3×28×28: the crop at (ys, xs)
+        flip = masks[:, m, None].astype(bool).view(np.uint8) * np.uint8(255)
+        np.bitwise_xor(img, flip, out=img)  # 255 - v where the digit is
+        out.append(img)
         if progress:
             progress(m + 1, M)
     return out
