@@ -86,11 +86,18 @@ def digit_masks(digits: np.ndarray, labels: np.ndarray, tuples: np.ndarray, vari
             raise MMBenchError(f"the extended variant needs digits of all ten classes in each split, this one has "
                                f"only {sorted(by_class)}; build it from a larger source (every MNIST split has all ten)")
         corner = rng.integers(0, 10, size=(T, M))  # column p: label shared by modalities p and p+1
-        for t in range(T):
-            for m in range(M):
-                for p, col in (((m - 1) % M, 0), (m, CANVAS - CORNER_SIZE)):
-                    src = rng.choice(by_class[int(corner[t, p])])
-                    masks[t, m, :CORNER_SIZE, col:col + CORNER_SIZE] |= small[src]
+        # each tuple's and modality's two corner digits (left: the label shared with modality m-1, right: with m+1),
+        # drawn in the order t, m, left/right: one uniform pick from the label's digits each, as rng.choice draws it
+        # (rng.integers over an array of pool sizes draws the same numbers in turn; tests/test_data.py pins the bytes)
+        shared = np.stack([corner[:, (np.arange(M) - 1) % M], corner], axis=-1)  # T×M×2: the two corners' labels
+        pools = [by_class[c] for c in range(10)]
+        pick = rng.integers(0, np.array([len(q) for q in pools])[shared])
+        src = np.empty_like(pick)
+        for c in range(10):
+            where = shared == c
+            src[where] = pools[c][pick[where]]
+        for side, col in ((0, 0), (1, CANVAS - CORNER_SIZE)):
+            masks[:, :, :CORNER_SIZE, col:col + CORNER_SIZE] |= small[src[..., side]]
         extra["corner"] = corner.astype(np.int64)
     elif variant != "vanilla":
         raise ValueError(f"unknown PolyMNIST variant {variant!r}")
