@@ -13,7 +13,7 @@ from mmbench.methods.base import Gaussian, MethodConfig, Mixture, all_subsets
 from mmbench.methods.mmvamp import annealed_alpha, rate_bound, rate_mc
 from mmbench.registry import ARCHITECTURES, METHODS
 from mmbench.results import Run
-from conftest import assert_latent_accuracies, train_steps
+from conftest import assert_latent_accuracies, gpu_tests_asked, on_gpu_if_asked, train_steps
 from test_methods import KA_A, KA_C, KA_MU, KA_X, ka_model
 
 MODS = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
@@ -364,9 +364,16 @@ def test_an_annealed_device_alpha_gives_the_rates_and_schedule_of_a_host_alpha(a
     a = torch.tensor(alpha, dtype=torch.float64)
     torch.testing.assert_close(rate_bound(mu, logvar, a), rate_bound(mu, logvar, alpha), rtol=1e-6, atol=0)
     torch.testing.assert_close(rate_mc(z, mu, logvar, a), rate_mc(z, mu, logvar, alpha), rtol=1e-6, atol=1e-6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 pack's rates (it loops, α still a device tensor)
-        hb, lb = mu.bfloat16(), logvar.bfloat16()
-        assert torch.equal(rate_bound(hb, lb, a), rate_bound(hb, lb, alpha))
+    # bf16 autocast (an unpacked bf16 run's rates, and a bf16 pack's: it loops, α still a device tensor); under
+    # MMBENCH_GPU_TESTS=1 (device-check.sh) on the GPU, whose autocast keeps exp and pow in fp32 (the CPU's does not):
+    # there a bf16 rate would scale by α rounded to bf16, a float32 rate by α rounded to float32, as a Python α does
+    on_gpu_if_asked()
+    dev = "cuda" if gpu_tests_asked() else "cpu"
+    with torch.autocast(dev, dtype=torch.bfloat16):
+        hb, lb, zb = (t.to(dev, torch.bfloat16) for t in (mu, logvar, z))
+        ad = a.to(dev)  # float64 on the device, as MMVAMP.alpha() gives it
+        assert torch.equal(rate_bound(hb, lb, ad), rate_bound(hb, lb, alpha))
+        assert torch.equal(rate_mc(zb, hb, lb, ad), rate_mc(zb, hb, lb, alpha))
     t = torch.tensor([0.0, 0.5, 3.0, 17.25, 300.0], dtype=torch.float64)
     want = [annealed_alpha(alpha, 20, float(ti)) for ti in t]
     assert annealed_alpha(alpha, 20, t).tolist() == pytest.approx(want, rel=1e-12, abs=0)

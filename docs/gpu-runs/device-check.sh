@@ -7,8 +7,9 @@
 #   gpu-tests.txt           correctness on the GPU: the random streams through test losses, checkpoints and resume,
 #                           a pack of 3 against 3 runs alone (looped, vmapped, vmapped with MMBENCH_PACK_CONV=bmm), bf16
 #                           packs, a β sweep's pack and MM-VAMP's (α annealed on the device) against their runs
-#                           alone, a run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the
-#                           same run uncaptured, a resume from fused Adam to foreach and back, training with TF32
+#                           alone, MM-VAMP's rates at a device α under bf16 autocast against a Python float α's, a
+#                           run trained with captured steps (`mmbench run --compile`, CUDA graphs) against the same
+#                           run uncaptured, a resume from fused Adam to foreach and back, training with TF32
 #                           matmuls (MMBENCH_MATMUL_TF32=1) and evaluating without, as pytest tests
 #   steps-packed.md         `bench steps --pack`: run-steps/s per method unpacked and packed (fp32), best pack
 #   steps-packed-bf16.md    the same for MoPoE in bf16 (a bf16 pack loops over its runs: under vmap autocast misses convolutions)
@@ -152,6 +153,7 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   tests/test_pack.py::test_pack_of_three_equals_three_alone tests/test_pack.py::test_bf16_pack_draws_the_numbers_it_draws_alone \
   tests/test_pack.py::test_a_pack_of_a_beta_sweep_equals_its_runs_alone \
   tests/test_pack.py::test_mmvamp_packs_with_each_runs_own_annealed_alpha \
+  tests/test_mmvamp_methods.py::test_an_annealed_device_alpha_gives_the_rates_and_schedule_of_a_host_alpha \
   tests/test_pack.py::test_vgon_and_smvgon_pack_through_their_inner_gradient_step \
   tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
   tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation \
