@@ -595,6 +595,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     packs = make_packs(todo, pack, 1, caps)
     per_run = projected_seconds(packs, rates, steps_of)
     known = [v for v in per_run.values() if v is not None]
+    n_packs = sum(per_run[g[0].id] is not None for g in packs)  # the packs projected (a pack is projected whole)
     import re
 
     found = re.search(r"steps; ([^,]+),", step_times.read_text(encoding="utf-8"))
@@ -604,7 +605,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     summary = (f"projected training on {'the CPU' if 'CPU threads' in where else 'one GPU'} ({where}, step times from "
                f"{step_times}): "
                f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
-               f"{len(packs)} pack(s)"
+               + (f"{n_packs} of {len(packs)}" if n_packs != len(packs) else f"{n_packs}") + " pack(s)"
                + (f"; {n_other} at step shapes this table did not measure (`mmbench bench steps --suite SUITE` "
                   f"measures a suite's), not projected" if n_other and shaped else
                   f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "
