@@ -569,7 +569,8 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .projection import by_shape, projected_seconds, shapes_differ, step_key, step_table_shapes
+    from .projection import (by_shape, key_label, projected_seconds, rate_key, rate_size, shapes_differ, step_key,
+                             step_table_shapes)
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_tuples
@@ -596,6 +597,11 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     per_run = projected_seconds(packs, rates, steps_of)
     known = [v for v in per_run.values() if v is not None]
     n_packs = sum(per_run[g[0].id] is not None for g in packs)  # the packs projected (a pack is projected whole)
+    uncaptured: Dict[str, int] = {}  # with --compile: projected packs whose rate is an uncaptured step's -> how many
+    for g in (g for g in packs if compiled and per_run[g[0].id] is not None):
+        m = rate_key(rates)(g[0].cfg)
+        if rate_size(rates[m], len(g)) not in rates.captured.get(m, ()):
+            uncaptured[key_label(m)] = uncaptured.get(key_label(m), 0) + 1
     import re
 
     found = re.search(r"steps; ([^,]+),", step_times.read_text(encoding="utf-8"))
@@ -606,6 +612,8 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                f"{step_times}): "
                f"{human_seconds(sum(known)) if known else '?'} for {len(known)} of {len(todo)} unfinished run(s) in "
                + (f"{n_packs} of {len(packs)}" if n_packs != len(packs) else f"{n_packs}") + " pack(s)"
+               + (f" ({sum(uncaptured.values())} of them from uncaptured step times: the table has no captured row "
+                  f"for {', '.join(sorted(uncaptured))} at their pack size)" if uncaptured else "")
                + (f"; {n_other} at step shapes this table did not measure (`mmbench bench steps --suite SUITE` "
                   f"measures a suite's), not projected" if n_other and shaped else
                   f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "

@@ -43,15 +43,24 @@ def key_label(key) -> str:
 
 
 # ----- step-time tables read, and the projection -----------------------------------------------------------
-def read_step_times(path, compiled: bool = False) -> Dict[object, Dict[int, float]]:
+class StepRates(dict):
+    """read_step_times' answer: {key: {pack size: run-steps/s}}; `captured`: {key: the pack sizes whose rate is a
+    captured step's} (read with `compiled`; the other sizes' rates are uncaptured steps')."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.captured: Dict[object, set] = {}
+
+
+def read_step_times(path, compiled: bool = False) -> StepRates:
     """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
     `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
     whose median_s gives the unpacked rate 1 / median_s. Rows of captured steps ("(compiled)") count only
     with `compiled` (runs trained with `mmbench run --compile`), and then in place of the uncaptured ones.
     A table measured at a suite's shapes (`--suite`: the KEY_COLUMNS in its head) is keyed by those cells
     (step_key) instead of the method name."""
-    rates: Dict[object, Dict[int, float]] = {}
-    captured: Dict[object, set] = {}  # (with `compiled`) the packs whose rate came from a captured row
+    rates = StepRates()
+    captured = rates.captured  # (with `compiled`) the packs whose rate came from a captured row
     head: List[str] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
@@ -138,8 +147,13 @@ def shapes_differ(cfg, shapes: Dict[str, object]) -> Optional[str]:
 def pack_rate(rates: Dict[int, float], size: int) -> float:
     """Run-steps per second of a pack of `size`: the measured size closest below it (packing more runs
     than measured is assumed to run no faster per run)."""
+    return rates[rate_size(rates, size)]
+
+
+def rate_size(rates: Dict[int, float], size: int) -> int:
+    """The measured pack size whose rate pack_rate gives a pack of `size`."""
     below = [n for n in rates if n <= size]
-    return rates[max(below)] if below else rates[min(rates)]
+    return max(below) if below else min(rates)
 
 
 def best_packs(rates: Dict[str, Dict[int, float]]) -> Dict[str, int]:

@@ -1070,12 +1070,18 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
     assert r.returncode == 0, r.stderr
     assert "for 3 of 3 unfinished run(s) in 3 pack(s)" in " ".join(r.stdout.split())
     assert "packs capped at the fastest measured size: mopoe 1 (alone)" in " ".join(r.stderr.split())
+    # runs trained captured (--compile) from a table without captured rows: the uncaptured rates, and it says so
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, "--compile", "--gpus", "0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert ("for 3 of 3 unfinished run(s) in 3 pack(s) (3 of them from uncaptured step times: the table has no "
+            "captured row for mopoe at their pack size)") in " ".join(r.stdout.split())
     # runs trained captured (--compile) are projected and capped from the captured rows: there packing pays
     with open(times, "a") as f:
         f.write("| mopoe | 3 | packed (compiled) | 0.01 | 300 |\n")
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, "--compile", "--gpus", "0", env=env)
     assert r.returncode == 0, r.stderr
     assert "for 3 of 3 unfinished run(s) in 1 pack(s)" in " ".join(r.stdout.split()) and "capped" not in r.stderr
+    assert "uncaptured" not in r.stdout
     # and a run, not only its dry run, hands the caps to the runner (the runner stubbed: the grouping is tested above)
     import mmbench.runner
 
