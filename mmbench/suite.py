@@ -330,7 +330,8 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
     (the median over runs); the basis of `mmbench run --dry-run`'s time estimates. Read from the steps' own
     throughput (provenance `train_tuples_per_second`; a pack's is all its runs', so a suite's sum stays this
     machine's time), not from the run's wall time, whose fixed costs would scale up with the tuples: a smoke run's
-    would project the full run 10-30 times too long. Runs recorded before that field use their wall time."""
+    would project the full run 10-30 times too long. Runs recorded before that field use their wall time; a run whose
+    last process trained no epoch (the field is null, its wall time that process's fraction of a second) gives none."""
     import statistics
 
     from .results import load_runs
@@ -341,7 +342,9 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
         rate = prov.get("train_tuples_per_second")
         if isinstance(rate, (int, float)) and rate > 0:
             cost = 1.0 / rate
-        else:
+        elif "train_tuples_per_second" in prov:
+            continue  # recorded, but the process that finished the run timed no epoch (resumed with none left to train)
+        else:  # recorded before that field: the wall time
             n = train_samples(cfg, data_root)
             if not n or not prov.get("train_seconds"):
                 continue
