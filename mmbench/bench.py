@@ -401,7 +401,8 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                                  "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
                                  "ops_per_run_step": ops, **_kernel_cols(r, profile)})
                 except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
-                    rows.append({"method": m, "pack": n, "mode": "n/a: " + brief(e, 80).replace("|", "/"),
+                    rows.append({"method": m, "pack": n, "mode": "n/a" + (" (compiled)" if captured else "") + ": "
+                                 + brief(e, 80).replace("|", "/"),
                                  "median_s": float("nan"), "run_steps_per_s": float("nan")})
                 finally:
                     release_device_memory(torch.device(device))
@@ -572,7 +573,8 @@ def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device:
                              "run_steps_per_s": n / r["median_s"]})
             except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                 why = str(e) if isinstance(e, MMBenchError) else brief(e, 80)
-                rows.append({**head, "pack": n, "mode": "n/a: " + why.replace("|", "/"),
+                rows.append({**head, "pack": n, "mode": "n/a" + (" (compiled)" if cap else "") + ": "
+                             + why.replace("|", "/"),
                              "median_s": float("nan"), "run_steps_per_s": float("nan")})
                 if "not packed" in str(e):
                     break  # no other pack size of this shape packs either

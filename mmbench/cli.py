@@ -546,6 +546,8 @@ def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
     if caps:
         err_console.print(f"--step-times {escape(str(step_times))}: packs capped at the fastest measured size: "
                           + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
+                                      + (f" (the largest that ran: its pack of {caps.failed[m]} failed in the table)"
+                                         if m in caps.failed else "")
                                       for m, n in sorted(caps.items())), highlight=False, soft_wrap=True)
     if caps.grow:
         err_console.print(f"--step-times {escape(str(step_times))}: packs made without --pack grow beyond "

@@ -50,6 +50,12 @@ class StepRates(dict):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.captured: Dict[object, set] = {}
+        self.failed: Dict[object, set] = {}  # {key: the pack sizes whose row failed ("n/a: ...", e.g. out of memory)}
+
+
+def _digits(cell: str) -> int:
+    """Significant digits a table cell's number is written with ("0.0140" -> 3, "71.4286" -> 6, "42.500" -> 5)."""
+    return len(cell.strip().lstrip("+-").lower().split("e")[0].replace(".", "").lstrip("0"))
 
 
 def read_step_times(path, compiled: bool = False) -> StepRates:
@@ -76,16 +82,23 @@ def read_step_times(path, compiled: bool = False) -> StepRates:
         try:
             if "run_steps_per_s" in row and "pack" in row and row.get("method"):
                 key = tuple(row[c] for c in KEY_COLUMNS) if all(c in row for c in KEY_COLUMNS) else row["method"]
-                v = float(row["run_steps_per_s"])
                 mode = row.get("mode", "")
                 if mode.startswith("packed") and int(row["pack"]) == 1:
                     continue  # `--pack 1`'s vmapped pack of one: `mmbench run` trains a lone run unpacked, so pack 1 is that row
+                if mode.startswith("n/a"):  # not packable, or out of memory (with `compiled` captured or not)
+                    if compiled or not mode.startswith("n/a (compiled)"):
+                        rates.failed.setdefault(key, set()).add(int(row["pack"]))
+                    continue
+                v = float(row["run_steps_per_s"])
+                step = row.get("median_s", "")
+                if _digits(step) > _digits(row["run_steps_per_s"]) and float(step) > 0:
+                    v = int(row["pack"]) / float(step)  # the rate's cell is rounded coarser (0.01 for 1 / 71.4286 s)
                 is_captured = mode.endswith("(compiled)")
                 if is_captured and not compiled:
                     continue  # a captured step's rate; the runs train uncaptured
                 if compiled and not is_captured and int(row["pack"]) in captured.get(key, ()):
                     continue  # the captured row of this pack size, read already, stands
-                if v == v:  # not nan
+                if v > 0:  # not nan, and not a rate rounded to 0 without a step time
                     rates.setdefault(key, {})[int(row["pack"])] = v
                     if is_captured:
                         captured.setdefault(key, set()).add(int(row["pack"]))
@@ -175,16 +188,29 @@ class PackCaps(dict):
     above the default cap of unasked packs (runner.DEFAULT_PACK_CAP), which unasked packs (no --pack) then grow to.
     An asked --pack is never raised."""
 
-    def __init__(self, caps: Dict[object, int], grow: Optional[Dict[object, int]] = None):
+    def __init__(self, caps: Dict[object, int], grow: Optional[Dict[object, int]] = None,
+                 failed: Optional[Dict[object, int]] = None):
         super().__init__(caps)
         self.grow: Dict[object, int] = dict(grow or {})
+        self.failed: Dict[object, int] = dict(failed or {})  # {key: the smallest pack size that failed} behind a cap
 
 
 def measured_caps(rates: Dict[object, Dict[int, float]], default: int) -> PackCaps:
     """best_packs(rates), and where a key was fastest at its largest measured size above `default`, that size (the
-    table measured it and nothing faster: beyond it nothing is known)."""
+    table measured it and nothing faster: beyond it nothing is known). Where a pack size failed in the table (its
+    row "n/a": out of memory, say; read_step_times' `failed`), the key's packs are capped below it, at the largest
+    size that ran (1 if none did)."""
+    caps = best_packs(rates)
     grow = {k: fastest_pack(r) for k, r in rates.items() if fastest_pack(r) == max(r) > default}
-    return PackCaps(best_packs(rates), grow)
+    failed = {}
+    for k, sizes in getattr(rates, "failed", {}).items():
+        ran = [n for n in rates.get(k, {}) if n < min(sizes)]
+        cap = max(ran) if ran else 1
+        if cap < caps.get(k, min(sizes)):
+            caps[k], failed[k] = cap, min(sizes)
+        if grow.get(k, 0) > caps.get(k, grow.get(k, 0)):
+            del grow[k]
+    return PackCaps(caps, grow, failed)
 
 
 def by_shape(rates: Dict[object, Dict[int, float]]) -> bool:

@@ -219,8 +219,11 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
         if best is not None and best < min(cap, len(g)):  # packing more runs of this method measured slower
             if note:
                 for r in g:
+                    failed = getattr(caps, "failed", {}).get(measured)
                     note(r, f"packs of {r.cfg.method.name} capped at {best} run(s) instead of {min(cap, len(g))}: "
-                            f"the most run-steps/s of the step-time table given (--step-times)")
+                            + (f"the largest that ran in the step-time table given, where a pack of {failed} failed "
+                               f"(--step-times)" if failed else
+                               "the most run-steps/s of the step-time table given (--step-times)"))
             cap = best
         out += [g[i:i + cap] for i in range(0, len(g), cap)]
     return out

@@ -776,10 +776,11 @@ def test_gpu_projection_uses_pack_rates(tmp_path):
 
     f = tmp_path / "times.md"
     f.write_text("Run-steps per second ...; NVIDIA X, torch 2\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
-                 "|---|---|---|---|---|\n| mopoe | 1 | unpacked | 0.1 | 10 |\n| mopoe | 2 | packed | 0.133 | 15 |\n"
+                 "|---|---|---|---|---|\n| mopoe | 1 | unpacked | 0.100 | 10.000 |\n"
+                 "| mopoe | 2 | packed | 0.133 | 15.000 |\n"
                  "| mvae | 2 | n/a: x | nan | nan |\n")
     rates = read_step_times(f)
-    assert rates == {"mopoe": {1: 10.0, 2: 15.0}}
+    assert rates == {"mopoe": {1: 10.0, 2: 15.0}} and rates.failed == {"mvae": {2}}
     runs = [Run(cfg(s), tmp_path) for s in range(3)]
     packed = projected_seconds(make_packs(runs, None), rates, lambda r: 100)
     assert sum(packed.values()) == pytest.approx(3 * 100 / 15)  # one pack of 3 at the pack-2 rate
@@ -1027,8 +1028,8 @@ def test_cli_dry_run_grows_unasked_packs_to_a_larger_size_measured_fastest(tmp_p
                      "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
                      f"    seeds: {list(range(18))}\n")
     times = tmp_path / "t.md"
-    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
-                     "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 15 | packed | 0.01 | 300 |\n"
+    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 15 | packed | 0.01 | 300 |\n"
                      "| mopoe | 30 | packed | 0.01 | 450 |\n")
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
@@ -1038,6 +1039,52 @@ def test_cli_dry_run_grows_unasked_packs_to_a_larger_size_measured_fastest(tmp_p
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, "--pack", "15", env=env)
     assert r.returncode == 0, r.stderr
     assert "for 18 of 18 unfinished run(s) in 2 pack(s)" in " ".join(r.stdout.split())
+
+
+def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_path, data_root, mmbench_here):
+    """A step table whose pack of 6 failed (out of memory): 6 runs are packed, capped and projected at the largest size
+    that ran (3), and the cap says why; a captured step's failure caps only runs trained captured (--compile)."""
+    from mmbench.projection import measured_caps, read_step_times
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                     "  train: {epochs: 2, batch_size: 32}\nexperiments:\n  - name: e\n    reproduces: [T]\n"
+                     "    dataset: polydigits\n    methods: [mopoe]\n    seeds: [0, 1, 2, 3, 4, 5]\n")
+    times = tmp_path / "t.md"
+    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.010 | 100.000 |\n"
+                     "| mopoe | 3 | packed | 0.010 | 300.000 |\n"
+                     "| mopoe | 6 | n/a: RuntimeError: CUDA out of memory | nan | nan |\n"
+                     "| mopoe | 3 | n/a (compiled): RuntimeError: CUDA out of memory | nan | nan |\n")
+    rates = read_step_times(times)
+    assert rates == {"mopoe": {1: 100.0, 3: 300.0}} and rates.failed == {"mopoe": {6}}
+    caps = measured_caps(rates, 15)
+    assert dict(caps) == {"mopoe": 3} and caps.failed == {"mopoe": 6} and caps.grow == {}
+    assert dict(measured_caps(read_step_times(times, compiled=True), 15)) == {"mopoe": 1}  # its pack of 3 failed
+    notes = []
+    runs = [Run(cfg(s), tmp_path / "r") for s in range(6)]
+    packs = make_packs(runs, None, 1, caps, note=lambda r, t: notes.append(t))
+    assert [len(p) for p in packs] == [3, 3] and len(notes) == 6
+    assert ("capped at 3 run(s) instead of 6: the largest that ran in the step-time table given, where a pack of 6 "
+            "failed") in notes[0]
+    env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
+    r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "for 6 of 6 unfinished run(s) in 2 pack(s)" in " ".join(r.stdout.split())
+    assert "mopoe 3 (the largest that ran: its pack of 6 failed in the table)" in " ".join(r.stderr.split())
+
+
+def test_a_step_tables_rate_is_read_at_the_precision_of_its_step_time(tmp_path):
+    """A rate cell rounded coarser than its step time (a slow CPU step: 0.01 for 1 / 71.4286 s, 0.00 for 1 / 250 s) is
+    read from the step time; a 0 rate with no step time is no rate (not a division by zero later)."""
+    from mmbench.projection import read_step_times
+
+    f = tmp_path / "t.md"
+    f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+                 "| mopoe | 1 | unpacked | 71.4286 | 0.01 |\n| mopoe | 2 | packed | 250.0000 | 0.00 |\n"
+                 "| mvae | 1 | unpacked | | 0.00 |\n| mmvae | 1 | unpacked | 0.024 | 42.500 |\n")
+    rates = read_step_times(f)
+    assert rates == {"mopoe": {1: pytest.approx(1 / 71.4286), 2: pytest.approx(2 / 250)}, "mmvae": {1: 42.5}}
 
 
 def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
@@ -1051,8 +1098,8 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
                      "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
                      "    seeds: [0, 1, 2]\n")
     times = tmp_path / "t.md"
-    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
-                     "| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
+    times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
+                     "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
 
     def mm(*args, env):  # a new interpreter, called as mmbench_here is
