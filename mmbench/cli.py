@@ -539,20 +539,28 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
 def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
     """`--step-times FILE`: each method's fastest measured pack size (projection.measured_caps: caps, and the larger
     sizes unasked packs grow to), said on stderr."""
-    from .projection import key_label, measured_caps
+    from .projection import by_shape, key_label, measured_caps, shapes_label, step_table_shapes
     from .runner import DEFAULT_PACK_CAP
 
-    caps = measured_caps(_step_time_rates(step_times, compiled), DEFAULT_PACK_CAP)
+    rates = _step_time_rates(step_times, compiled)
+    caps = measured_caps(rates, DEFAULT_PACK_CAP)
+    where = ""  # which runs a method-keyed table's caps apply to (runner.make_packs)
+    if not by_shape(rates) and (caps or caps.grow):
+        try:
+            caps.shapes = step_table_shapes(step_times)
+            where = f" (runs at the table's shapes only: {shapes_label(caps.shapes)})"
+        except MMBenchError:
+            where = " (its header does not say the shapes it was measured at: runs of every shape)"
     if caps:
         err_console.print(f"--step-times {escape(str(step_times))}: packs capped at the fastest measured size: "
                           + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
                                       + (f" (the largest that ran: its pack of {caps.failed[m]} failed in the table)"
                                          if m in caps.failed else "")
-                                      for m, n in sorted(caps.items())), highlight=False, soft_wrap=True)
+                                      for m, n in sorted(caps.items())) + where, highlight=False, soft_wrap=True)
     if caps.grow:
         err_console.print(f"--step-times {escape(str(step_times))}: packs made without --pack grow beyond "
                           f"{DEFAULT_PACK_CAP} to the fastest measured size: "
-                          + ", ".join(f"{key_label(m)} {n}" for m, n in sorted(caps.grow.items())),
+                          + ", ".join(f"{key_label(m)} {n}" for m, n in sorted(caps.grow.items())) + where,
                           highlight=False, soft_wrap=True)
     return caps
 
@@ -571,8 +579,8 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                     pack: Optional[int], caps: Optional[Dict[str, int]] = None, compiled: bool = False) -> Dict:
     """Projected training time of the unfinished runs on the GPU that `step_times` was measured on, with
     the runs packed as `mmbench run --pack` (and `caps`, --step-times) would pack them on one GPU."""
-    from .projection import (by_shape, key_label, projected_seconds, rate_key, rate_size, shapes_differ, step_key,
-                             step_table_shapes)
+    from .projection import (by_shape, key_label, projected_seconds, rate_key, rate_size, shapes_differ, shapes_label,
+                             step_key, step_table_shapes)
     from .results import Run
     from .runner import make_packs, resume_point
     from .suite import human_seconds, train_tuples
@@ -618,8 +626,7 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
                   f"for {', '.join(sorted(uncaptured))} at their pack size)" if uncaptured else "")
                + (f"; {n_other} at step shapes this table did not measure (`mmbench bench steps --suite SUITE` "
                   f"measures a suite's), not projected" if n_other and shaped else
-                  f"; {n_other} not at the table's shapes (PolyMNIST CNN, M={shapes['modalities']}, batch "
-                  f"{shapes['batch_size']}, latent {shapes['latent_dim']}, {shapes['precision']}; {shown}"
+                  f"; {n_other} not at the table's shapes ({shapes_label(shapes)}; {shown}"
                   + (", ..." if len(other) > 3 else "") + "), not projected from this table"
                   if n_other else "")
                + (f"; {len(todo) - len(known) - n_other} without a step time for their method or a known dataset size"

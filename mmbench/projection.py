@@ -136,6 +136,12 @@ def step_table_shapes(path) -> Dict[str, object]:
             "latent_dim": int(found.group(3)), "precision": found.group(4) or "fp32"}
 
 
+def shapes_label(shapes: Dict[str, object]) -> str:
+    """step_table_shapes' answer for a message: "PolyMNIST CNN, M=5, batch 256, latent 512, fp32"."""
+    return (f"PolyMNIST CNN, M={shapes['modalities']}, batch {shapes['batch_size']}, latent {shapes['latent_dim']}, "
+            f"{shapes['precision']}")
+
+
 def shapes_differ(cfg, shapes: Dict[str, object]) -> Optional[str]:
     """How a run's shapes differ from those a step table was measured at (step_table_shapes); None when they match.
     Only a matching run is projected from the table: a step's time depends on its networks and sizes."""
@@ -193,6 +199,8 @@ class PackCaps(dict):
         super().__init__(caps)
         self.grow: Dict[object, int] = dict(grow or {})
         self.failed: Dict[object, int] = dict(failed or {})  # {key: the smallest pack size that failed} behind a cap
+        # the shapes a method-keyed table was measured at (step_table_shapes): runs at others are not capped by it
+        self.shapes: Optional[Dict[str, object]] = None
 
 
 def measured_caps(rates: Dict[object, Dict[int, float]], default: int) -> PackCaps:

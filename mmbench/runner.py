@@ -184,7 +184,7 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     (or, from a table at a suite's shapes, a step shape's: projection.step_key) largest useful pack (projection.best_packs of a
     measured step table), and, a projection.PackCaps, the larger sizes unasked packs grow to (`grow`); `note(run,
     text)` hears of each run it splits or packs beyond DEFAULT_PACK_CAP."""
-    from .projection import rate_key
+    from .projection import rate_key, shapes_differ
     from .pack import pack_key, unpackable_reason
 
     if pack is not None and pack < 1:
@@ -204,8 +204,11 @@ def make_packs(runs: Sequence[Run], pack: Optional[int], workers: int = 1, caps:
     out: List[List[Run]] = []
     grow = getattr(caps, "grow", {})
     key_of = rate_key({**(caps or {}), **grow})
+    shapes = getattr(caps, "shapes", None)  # a method-keyed table's shapes: runs at others are not capped by it
     for g in groups.values():
         measured = key_of(g[0].cfg) if caps or grow else None  # the group's row of the step table
+        if measured is not None and shapes and shapes_differ(g[0].cfg, shapes):
+            measured = None
         even = -(-len(g) // max(workers, 1))  # the group split evenly over the workers
         largest = DEFAULT_PACK_CAP
         if pack is None and len(g) > 1 and grow.get(measured, 0) > largest:

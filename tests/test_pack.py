@@ -1044,7 +1044,7 @@ def test_cli_dry_run_grows_unasked_packs_to_a_larger_size_measured_fastest(tmp_p
 def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_path, data_root, mmbench_here):
     """A step table whose pack of 6 failed (out of memory): 6 runs are packed, capped and projected at the largest size
     that ran (3), and the cap says why; a captured step's failure caps only runs trained captured (--compile)."""
-    from mmbench.projection import measured_caps, read_step_times
+    from mmbench.projection import measured_caps, read_step_times, step_table_shapes
 
     suite = tmp_path / "suite.yaml"
     suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
@@ -1067,11 +1067,18 @@ def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_p
     assert [len(p) for p in packs] == [3, 3] and len(notes) == 6
     assert ("capped at 3 run(s) instead of 6: the largest that ran in the step-time table given, where a pack of 6 "
             "failed") in notes[0]
+    # a table keyed by method caps only the runs at the shapes it was measured at (latent 16 is not: one pack of 6)
+    caps.shapes = step_table_shapes(times)
+    wide = [Run(build_run_config(deep_merge(TINY, {"seed": s, "method": {"latent_dim": 16}})), tmp_path / "r")
+            for s in range(6)]
+    assert [len(p) for p in make_packs(wide, None, 1, caps)] == [6]
+    assert [len(p) for p in make_packs(runs, None, 1, caps)] == [3, 3]
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(tmp_path / "runs"), "COLUMNS": "200"}
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env)
     assert r.returncode == 0, r.stderr
     assert "for 6 of 6 unfinished run(s) in 2 pack(s)" in " ".join(r.stdout.split())
-    assert "mopoe 3 (the largest that ran: its pack of 6 failed in the table)" in " ".join(r.stderr.split())
+    assert ("mopoe 3 (the largest that ran: its pack of 6 failed in the table) (runs at the table's shapes only: "
+            "PolyMNIST CNN, M=5, batch 32, latent 8, fp32)") in " ".join(r.stderr.split())
 
 
 def test_a_step_tables_rate_is_read_at_the_precision_of_its_step_time(tmp_path):
