@@ -107,3 +107,22 @@ def test_the_script_reads_the_folder_given_or_mmbench_runs(tmp_path, monkeypatch
         monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "elsewhere"))
     runpy.run_path(str(SCRIPT), run_name="__main__")
     assert "The fp32 packs together: 300.0 run-steps/s" in capsys.readouterr().out
+
+
+def test_only_fig3s_methods_at_one_batch_size_make_its_pace(tmp_path):
+    """A method not in Fig. 3 is shown but left out of the sum (and said so); packs at two batch sizes give no pace
+    (steps per epoch depend on the batch); more runs of one kind than its pack holds is said (one row: the fastest)."""
+    for s in range(5):
+        for m in ("mopoe", "mvae", "mmvae"):
+            _run(tmp_path, f"{m}-{s}", m, "fp32", 25_600.0)  # 100 run-steps/s each
+        _run(tmp_path, f"jmvae-{s}", "jmvae", "fp32", 25_600.0)
+    out = _script().report(tmp_path)
+    assert "The fp32 packs together: 300.0 run-steps/s" in out and "| jmvae | fp32 | 5 | 5 | 25,600 | 100.0 |" in out
+    assert "Not Fig. 3's methods, left out of its pace: jmvae." in out and "More runs than" not in out
+    for s in range(5, 10):
+        _run(tmp_path, f"mopoe-{s}", "mopoe", "fp32", 25_600.0)  # a second pack of 5
+    assert "More runs than one pack holds for mopoe" in _script().report(tmp_path)
+    for s in range(5):
+        _run(tmp_path, f"mmvae-b128-{s}", "mmvae", "fp32", 12_800.0, batch=128)
+    out = _script().report(tmp_path)
+    assert "different batch sizes (128, 256): no pace of the whole figure" in out and "GPU-hours" not in out

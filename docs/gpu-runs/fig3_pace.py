@@ -2,9 +2,9 @@
 
 Reads every run directory under MMBENCH_RUNS (or the folder given): its config (method, train.precision, batch size)
 and provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the
-first where there are several; `packed_with`). One row per pack; then the fp32 packs' rates summed, which is the pace
-of Fig. 3 when its three packs share one GPU, and the GPU time of the paper's budget at that pace: 15 runs × 300
-epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split). Packs that shared the GPU slowed each other,
+first where there are several; `packed_with`). One row per pack; then the fp32 packs' rates of Fig. 3's methods
+summed (at one batch size), which is the pace of Fig. 3 when its three packs share one GPU, and the GPU time of the
+paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split). Packs that shared the GPU slowed each other,
 the bf16 pack included, so the figure is a pace measured with a fourth pack beside the three.
 
     python docs/gpu-runs/fig3_pace.py [RUNS_DIR] > fig3-pace.md
@@ -47,21 +47,33 @@ def report(runs_dir: Path) -> str:
     lines = ["| method | precision | runs per pack | runs | pack tuples/s | run-steps/s |", "|---|---|---|---|---|---|"]
     # one row per method, precision and pack size: device-check trains one pack of each (several packs of one kind
     # would show as one row, their fastest)
-    fp32_steps = 0.0
+    fp32_steps, several = 0.0, []
     for (method, precision, batch, size), rates in sorted(found.items()):
         rate = max(rates)  # every run of a pack records the pack's rate: one value (max: robust to a stopped run)
         steps = rate / batch
         lines.append(f"| {method} | {precision} | {size} | {len(rates)} | {rate:,.0f} | {steps:.1f} |")
-        if precision == "fp32":
+        if precision == "fp32" and method in METHODS:
             fp32_steps += steps
+        if len(rates) > size:
+            several.append(method)
     lines.append("")
-    fp32 = [k for k in found if k[1] == "fp32"]
-    batch = fp32[0][2] if fp32 else 256
-    missing = [m for m in METHODS if not any(k[0] == m and k[1] == "fp32" for k in found)]
+    fig = [k for k in found if k[1] == "fp32" and k[0] in METHODS]  # the figure's packs
+    batches = sorted({k[2] for k in fig})
+    others = sorted({k[0] for k in found if k[0] not in METHODS})
+    if others:
+        lines.append(f"Not Fig. 3's methods, left out of its pace: {', '.join(others)}.")
+    if several:
+        lines.append(f"More runs than one pack holds for {', '.join(sorted(set(several)))}: several packs of one kind, "
+                     f"shown as one row at the fastest rate recorded.")
+    missing = [m for m in METHODS if not any(k[0] == m for k in fig)]
     if missing:  # e.g. stopped by the time limit before its provenance was written: no projection from the rest
         lines.append(f"No recorded fp32 rate for {', '.join(missing)}: no pace of the whole figure (the packs without "
                      f"one did not finish; their logs say how far they got).")
+    elif len(batches) > 1:
+        lines.append(f"The fp32 packs trained at different batch sizes ({', '.join(map(str, batches))}): no pace of "
+                     f"the whole figure (its steps per epoch depend on the batch).")
     elif fp32_steps:
+        batch = batches[0]
         total = RUNS * EPOCHS * (TUPLES // batch)
         lines.append(f"The fp32 packs together: {fp32_steps:.1f} run-steps/s. At that pace the paper's budget ({RUNS} "
                      f"runs × {EPOCHS} epochs × {TUPLES // batch} steps = {total:,} run-steps) takes "
