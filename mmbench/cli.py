@@ -359,7 +359,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
                                                        only=only.split(",") if only is not None else None)]
     if dry_run:
         from .runner import resume_point
-        from .suite import human_seconds, seconds_per_sample, train_tuples
+        from .suite import ESTIMATE_BASIS, estimate_key, human_seconds, seconds_per_sample, train_tuples
 
         rates = seconds_per_sample(runs_dir, data_root)
         runs = [Run(c, runs_dir) for c in configs]
@@ -386,7 +386,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
             counts[status] = counts.get(status, 0) + (not again)
             n, prepared = train_tuples(c, data_root)
             expected += bool(n) and not prepared and not again
-            rate = rates.get((c.dataset, c.variant, c.method.name))
+            rate = rates.get(estimate_key(c))
             trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
             left = n * (1 - resume_point(r)[0] / max(c.train.epochs, 1)) if n and trains else n  # a resumed run's rest
             est = left * rate if n and rate else None
@@ -408,10 +408,11 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         console.print(t)
         known = pending - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
-                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} on this machine" if known
+                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of the finished "
+                       f"runs of their {ESTIMATE_BASIS}" if known
                        else "nothing to train" if not pending else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
-                       f"dataset, variant and method)" if unknown else "") +
+                       f"{ESTIMATE_BASIS})" if unknown else "") +
                       (f"; ~: {expected} run(s) sized by their dataset's default recipe (not prepared here)"
                        if expected else ""))
         if gpu:

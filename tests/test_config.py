@@ -382,7 +382,7 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
     max_train 64: 192), 96 s -> 0.5 s a tuple; a run with neither, or of a dataset not prepared here, is left out, and
     so is a run whose last process timed no epoch (a null rate: resumed after its training, its train_seconds that
     process's fraction of a second, which would make the estimate ~0 s)."""
-    from mmbench.suite import seconds_per_sample
+    from mmbench.suite import estimate_key, seconds_per_sample
 
     c = build_run_config({"dataset": "polydigits", "train": {"epochs": 3, "max_train": 64}})
     elsewhere = build_run_config({"dataset": "polymnist", "train": {"epochs": 3}})
@@ -390,7 +390,7 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
             {"config": elsewhere, "provenance": {"train_seconds": 50.0}},
             {"config": c, "provenance": {"train_seconds": 0.05, "train_tuples_per_second": None}}]
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
-    assert seconds_per_sample(None, data_root) == {(c.dataset, c.variant, c.method.name): pytest.approx(0.5)}
+    assert seconds_per_sample(None, data_root) == {estimate_key(c): pytest.approx(0.5)}
 
 
 def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_path):

@@ -989,14 +989,16 @@ def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, d
     rescore.init()
     rescore.metrics_path.write_text("[1, 2]")  # evaluated before, unreadable now: evaluated again, not trained
     assert rescore.status() == "rescore"
-    monkeypatch.setattr(suite_mod, "seconds_per_sample", lambda *a: {(configs[0].dataset, configs[0].variant, "mopoe"): 1.0})
+    # finished runs timed at the shapes of the latent-8 MoPoE runs only (the latent-16 one gets no estimate)
+    monkeypatch.setattr(suite_mod, "seconds_per_sample", lambda *a: {suite_mod.estimate_key(configs[0]): 1.0})
     monkeypatch.setattr(runner, "resume_point", lambda r: (1, 0) if r.cfg.seed == 0 and r.cfg.method.name == "mopoe"
                         and r.cfg.method.latent_dim == 8 else (0, 0))
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(runs_dir)}
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=300)
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
-    assert "remaining training of 4 timed run(s) ≈ 11 min on this machine" in out, out
+    assert ("remaining training of 3 timed run(s) ≈ 8 min at the pace of the finished runs of their dataset, variant, "
+            "method, architecture, batch, latent size and precision; 2 run(s) without an estimate") in out, out
     assert "3 min for 3 of 5 unfinished run(s) in 2 of 4 pack(s); 1 not at the table's shapes" in out, out
     assert "; 1 without a step time for their method" in out, out
     cells = {row[0]: row for row in ([c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()
@@ -1499,7 +1501,7 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     """Throughput leaves out the first epoch (warm-up) and what happens outside the steps; a pack's counts every run's
     tuples; the --dry-run estimate reads it instead of the run's wall time."""
     import mmbench.train as train_mod
-    from mmbench.suite import seconds_per_sample
+    from mmbench.suite import estimate_key, seconds_per_sample
 
     clock = iter([0.0, 50.0, 100.0, 102.0, 200.0, 204.0])  # epochs of 50, 2 and 4 s (gaps: test losses)
     monkeypatch.setattr(train_mod.time, "perf_counter", lambda: next(clock))
@@ -1531,7 +1533,7 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
             {"config": cfg(2), "provenance": {"train_seconds": 9.0, "train_tuples_per_second": 100.0}}]
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
     c = fake[0]["config"]
-    assert seconds_per_sample(runs_dir, data_root) == {(c.dataset, c.variant, c.method.name): pytest.approx(1 / 50)}
+    assert seconds_per_sample(runs_dir, data_root) == {estimate_key(c): pytest.approx(1 / 50)}
 
 
 class _ScaledMean(torch.nn.Module):
