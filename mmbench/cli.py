@@ -408,8 +408,8 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         console.print(t)
         known = pending - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
-                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of the finished "
-                       f"runs of their {ESTIMATE_BASIS}" if known
+                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of the "
+                       f"finished runs of their {ESTIMATE_BASIS}" if known
                        else "nothing to train" if not pending else "no timing yet") +
                       (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
                        f"{ESTIMATE_BASIS})" if unknown else "") +

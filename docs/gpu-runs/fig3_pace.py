@@ -4,8 +4,9 @@ Reads every run directory under MMBENCH_RUNS (or the folder given): its config (
 and provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the
 first where there are several; `packed_with`). One row per pack; then the fp32 packs' rates of Fig. 3's methods
 summed (at one batch size), which is the pace of Fig. 3 when its three packs share one GPU, and the GPU time of the
-paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split). Packs that shared the GPU slowed each other,
-the bf16 pack included, so the figure is a pace measured with a fourth pack beside the three.
+paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split).
+Packs that shared the GPU slowed each other, the bf16 pack included, so the figure is a pace measured with a fourth
+pack beside the three.
 
     python docs/gpu-runs/fig3_pace.py [RUNS_DIR] > fig3-pace.md
 """
