@@ -408,11 +408,11 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         console.print(t)
         known = pending - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
-                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of the "
-                       f"finished runs of their {ESTIMATE_BASIS}" if known
+                      (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of finished "
+                       f"runs of the same step shapes ({ESTIMATE_BASIS})" if known
                        else "nothing to train" if not pending else "no timing yet") +
-                      (f"; {unknown} run(s) without an estimate (estimates come from finished runs of the same "
-                       f"{ESTIMATE_BASIS})" if unknown else "") +
+                      (f"; {unknown} run(s) without an estimate (no finished run of their step shapes"
+                       + ("" if known else f": {ESTIMATE_BASIS}") + ")" if unknown else "") +
                       (f"; ~: {expected} run(s) sized by their dataset's default recipe (not prepared here)"
                        if expected else ""))
         if gpu:
@@ -555,7 +555,9 @@ def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:
     if caps:
         err_console.print(f"--step-times {escape(str(step_times))}: packs capped at the fastest measured size: "
                           + ", ".join(f"{key_label(m)} {n}" + (" (alone)" if n == 1 else "")
-                                      + (f" (the largest that ran: its pack of {caps.failed[m]} failed in the table)"
+                                      + ((f" (the largest that ran: its pack of {caps.failed[m]} failed in the table)"
+                                          if n > 1 or 1 in rates.get(m, {}) else
+                                          f" (no pack of it ran in the table: its pack of {caps.failed[m]} failed)")
                                          if m in caps.failed else "")
                                       for m, n in sorted(caps.items())) + where, highlight=False, soft_wrap=True)
     if caps.grow:

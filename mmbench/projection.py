@@ -58,6 +58,15 @@ def _digits(cell: str) -> int:
     return len(cell.strip().lstrip("+-").lower().split("e")[0].replace(".", "").lstrip("0"))
 
 
+def _positive(cell) -> Optional[float]:
+    """A table cell's number where it is one, finite and above 0 (not "", "nan", "inf", "n/a" or "0.000")."""
+    try:
+        v = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return v if 0 < v < float("inf") else None
+
+
 def read_step_times(path, compiled: bool = False) -> StepRates:
     """Run-steps per second by method and pack size from a `mmbench bench steps` Markdown file: the
     `--pack` table (method | pack | ... | run_steps_per_s) and/or the step table (method | M | median_s),
@@ -85,14 +94,14 @@ def read_step_times(path, compiled: bool = False) -> StepRates:
                 mode = row.get("mode", "")
                 if mode.startswith("packed") and int(row["pack"]) == 1:
                     continue  # `--pack 1`'s vmapped pack of one: `mmbench run` trains a lone run unpacked, so pack 1 is that row
-                if mode.startswith("n/a"):  # not packable, or out of memory (with `compiled` captured or not)
-                    if compiled or not mode.startswith("n/a (compiled)"):
+                if mode.startswith("n/a"):  # out of memory, say (with `compiled` captured or not); not packable: no cap
+                    if (compiled or not mode.startswith("n/a (compiled)")) and "not pack" not in mode:
                         rates.failed.setdefault(key, set()).add(int(row["pack"]))
                     continue
-                v = float(row["run_steps_per_s"])
-                step = row.get("median_s", "")
-                if _digits(step) > _digits(row["run_steps_per_s"]) and float(step) > 0:
-                    v = int(row["pack"]) / float(step)  # the rate's cell is rounded coarser (0.01 for 1 / 71.4286 s)
+                v = _positive(row["run_steps_per_s"]) or 0.0
+                step = _positive(row.get("median_s", ""))
+                if step and (not v or _digits(row["median_s"]) > _digits(row["run_steps_per_s"])):
+                    v = int(row["pack"]) / step  # the rate's cell is rounded coarser (0.01 for 1 / 71.4286 s)
                 is_captured = mode.endswith("(compiled)")
                 if is_captured and not compiled:
                     continue  # a captured step's rate; the runs train uncaptured
@@ -102,11 +111,17 @@ def read_step_times(path, compiled: bool = False) -> StepRates:
                     rates.setdefault(key, {})[int(row["pack"])] = v
                     if is_captured:
                         captured.setdefault(key, set()).add(int(row["pack"]))
-            elif "median_s" in row and "M" in row and row.get("method"):
-                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / float(row["median_s"]))
+            elif "median_s" in row and "M" in row and row.get("method") and _positive(row["median_s"]):
+                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / _positive(row["median_s"]))
         except ValueError:
             continue
+    for k in captured:  # with `compiled`: a captured row that ran stands over an uncaptured failure of its size
+        rates.failed[k] = rates.failed.get(k, set()) - captured[k]
+    rates.failed = {k: v for k, v in rates.failed.items() if v}
     if not rates:
+        if rates.failed:
+            raise MMBenchError(f"{path}: every timed row of the table failed (n/a), so it gives no step time; time "
+                               f"smaller packs with `mmbench bench steps`")
         raise MMBenchError(f"{path}: no step times found; expected the Markdown output of "
                            f"`mmbench bench steps` (optionally with --pack)")
     return rates
@@ -138,8 +153,8 @@ def step_table_shapes(path) -> Dict[str, object]:
 
 def shapes_label(shapes: Dict[str, object]) -> str:
     """step_table_shapes' answer for a message: "PolyMNIST CNN, M=5, batch 256, latent 512, fp32"."""
-    return (f"PolyMNIST CNN, M={shapes['modalities']}, batch {shapes['batch_size']}, latent {shapes['latent_dim']}, "
-            f"{shapes['precision']}")
+    return ("PolyMNIST CNN, " + (f"M={shapes['modalities']}, " if shapes["modalities"] is not None else "")
+            + f"batch {shapes['batch_size']}, latent {shapes['latent_dim']}, {shapes['precision']}")
 
 
 def shapes_differ(cfg, shapes: Dict[str, object]) -> Optional[str]:

@@ -325,14 +325,15 @@ def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Opti
     return (None if expected is None else _tuples_trained(cfg, expected)), False
 
 
-ESTIMATE_BASIS = "dataset, variant, method, architecture, batch, latent size and precision"
+ESTIMATE_BASIS = "dataset, variant, modalities, architecture, method and its options, batch, latent size, precision"
 
 
 def estimate_key(cfg: RunConfig) -> tuple:
-    """What a run's training cost per tuple is looked up by (seconds_per_sample): its ESTIMATE_BASIS, the settings a
-    step's time depends on (seeds, epochs and β do not change it)."""
-    return (cfg.dataset, cfg.variant, cfg.method.name, cfg.architecture_name(), cfg.train.batch_size,
-            cfg.method.latent_dim, cfg.train.precision)
+    """What a run's training cost per tuple is looked up by (seconds_per_sample): its step shapes (projection.step_key,
+    the ESTIMATE_BASIS: the settings a step's time depends on; seeds, epochs and β do not change it)."""
+    from .projection import step_key
+
+    return step_key(cfg)
 
 
 def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:

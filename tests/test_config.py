@@ -391,6 +391,12 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
             {"config": c, "provenance": {"train_seconds": 0.05, "train_tuples_per_second": None}}]
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
     assert seconds_per_sample(None, data_root) == {estimate_key(c): pytest.approx(0.5)}
+    # the key holds what a step's time depends on: a method's options and the modalities too, not the seed or epochs
+    mc = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp", "options": {"rate": "mc"}}})
+    bound = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}, "seed": 3, "train": {"epochs": 9}})
+    two = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}, "modalities": ["m0", "m1"]})
+    assert estimate_key(bound) == estimate_key(build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}}))
+    assert len({estimate_key(mc), estimate_key(bound), estimate_key(two)}) == 3
 
 
 def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_path):

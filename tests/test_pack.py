@@ -997,8 +997,9 @@ def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, d
     r = mmbench_here("run", suite, "--dry-run", "--step-times", times, env=env, width=300)
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
-    assert ("remaining training of 3 timed run(s) ≈ 8 min at the pace of the finished runs of their dataset, variant, "
-            "method, architecture, batch, latent size and precision; 2 run(s) without an estimate") in out, out
+    assert ("remaining training of 3 timed run(s) ≈ 8 min at the pace of finished runs of the same step shapes "
+            "(dataset, variant, modalities, architecture, method and its options, batch, latent size, precision); 2 "
+            "run(s) without an estimate (no finished run of their step shapes)") in out, out
     assert "3 min for 3 of 5 unfinished run(s) in 2 of 4 pack(s); 1 not at the table's shapes" in out, out
     assert "; 1 without a step time for their method" in out, out
     cells = {row[0]: row for row in ([c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()
@@ -1063,6 +1064,13 @@ def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_p
     caps = measured_caps(rates, 15)
     assert dict(caps) == {"mopoe": 3} and caps.failed == {"mopoe": 6} and caps.grow == {}
     assert dict(measured_caps(read_step_times(times, compiled=True), 15)) == {"mopoe": 1}  # its pack of 3 failed
+    # a captured row that ran stands over the uncaptured failure of its size (compiled runs); a "not packable" row is
+    # no failure (such runs train alone anyway)
+    both = tmp_path / "both.md"
+    both.write_text(times.read_text().replace("| mopoe | 3 | n/a (compiled)", "| mvae | 3 | n/a: MMBenchError: not packable")
+                    + "| mopoe | 6 | packed (compiled) | 0.010 | 600.000 |\n")
+    assert read_step_times(both).failed == {"mopoe": {6}} and read_step_times(both, compiled=True).failed == {}
+    assert dict(measured_caps(read_step_times(both, compiled=True), 15)) == {}
     notes = []
     runs = [Run(cfg(s), tmp_path / "r") for s in range(6)]
     packs = make_packs(runs, None, 1, caps, note=lambda r, t: notes.append(t))
@@ -1086,14 +1094,25 @@ def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_p
 def test_a_step_tables_rate_is_read_at_the_precision_of_its_step_time(tmp_path):
     """A rate cell rounded coarser than its step time (a slow CPU step: 0.01 for 1 / 71.4286 s, 0.00 for 1 / 250 s) is
     read from the step time; a 0 rate with no step time is no rate (not a division by zero later)."""
+    from mmbench.errors import MMBenchError
     from mmbench.projection import read_step_times
 
     f = tmp_path / "t.md"
     f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
                  "| mopoe | 1 | unpacked | 71.4286 | 0.01 |\n| mopoe | 2 | packed | 250.0000 | 0.00 |\n"
-                 "| mvae | 1 | unpacked | | 0.00 |\n| mmvae | 1 | unpacked | 0.024 | 42.500 |\n")
+                 "| mvae | 1 | unpacked | | 0.00 |\n| mmvae | 1 | unpacked | 0.024 | 42.500 |\n"
+                 "| mrvae | 1 | unpacked | n/a | 0.01 |\n| jmvae | 1 | unpacked | inf | 0.50 |\n"
+                 "| aggregated | 1 | unpacked | nan | 2.00 |\n")
     rates = read_step_times(f)
-    assert rates == {"mopoe": {1: pytest.approx(1 / 71.4286), 2: pytest.approx(2 / 250)}, "mmvae": {1: 42.5}}
+    assert rates == {"mopoe": {1: pytest.approx(1 / 71.4286), 2: pytest.approx(2 / 250)}, "mmvae": {1: 42.5},
+                     "mrvae": {1: 0.01}, "jmvae": {1: 0.5}, "aggregated": {1: 2.0}}  # an odd step-time cell: the rate
+    # the step table (method | M | median_s): a step printed as 0.000 (under 0.5 ms) or nan is no rate, not a crash
+    f.write_text("| method | M | median_s |\n|-|-|-|\n| mopoe | 5 | 0.000 |\n| mvae | 5 | nan |\n| mmvae | 5 | 0.020 |\n")
+    assert read_step_times(f) == {"mmvae": {1: pytest.approx(50.0)}}
+    f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
+                 "| mopoe | 1 | n/a: RuntimeError: CUDA out of memory | nan | nan |\n")
+    with pytest.raises(MMBenchError, match="every timed row of the table failed"):
+        read_step_times(f)
 
 
 def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
