@@ -1067,7 +1067,8 @@ def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_p
     # a captured row that ran stands over the uncaptured failure of its size (compiled runs); a "not packable" row is
     # no failure (such runs train alone anyway)
     both = tmp_path / "both.md"
-    both.write_text(times.read_text().replace("| mopoe | 3 | n/a (compiled)", "| mvae | 3 | n/a: MMBenchError: not packable")
+    unpackable = "| mvae | 3 | n/a: MMBenchError: not packable"
+    both.write_text(times.read_text().replace("| mopoe | 3 | n/a (compiled)", unpackable)
                     + "| mopoe | 6 | packed (compiled) | 0.010 | 600.000 |\n")
     assert read_step_times(both).failed == {"mopoe": {6}} and read_step_times(both, compiled=True).failed == {}
     assert dict(measured_caps(read_step_times(both, compiled=True), 15)) == {}
@@ -1107,7 +1108,8 @@ def test_a_step_tables_rate_is_read_at_the_precision_of_its_step_time(tmp_path):
     assert rates == {"mopoe": {1: pytest.approx(1 / 71.4286), 2: pytest.approx(2 / 250)}, "mmvae": {1: 42.5},
                      "mrvae": {1: 0.01}, "jmvae": {1: 0.5}, "aggregated": {1: 2.0}}  # an odd step-time cell: the rate
     # the step table (method | M | median_s): a step printed as 0.000 (under 0.5 ms) or nan is no rate, not a crash
-    f.write_text("| method | M | median_s |\n|-|-|-|\n| mopoe | 5 | 0.000 |\n| mvae | 5 | nan |\n| mmvae | 5 | 0.020 |\n")
+    f.write_text("| method | M | median_s |\n|-|-|-|\n| mopoe | 5 | 0.000 |\n| mvae | 5 | nan |\n"
+                 "| mmvae | 5 | 0.020 |\n")
     assert read_step_times(f) == {"mmvae": {1: pytest.approx(50.0)}}
     f.write_text("| method | pack | mode | median_s | run_steps_per_s |\n|-|-|-|-|-|\n"
                  "| mopoe | 1 | n/a: RuntimeError: CUDA out of memory | nan | nan |\n")
