@@ -611,8 +611,9 @@ def _gpu_projection(configs, runs_dir: Path, data_root: Optional[Path], step_tim
     known = [v for v in per_run.values() if v is not None]
     n_packs = sum(per_run[g[0].id] is not None for g in packs)  # the packs projected (a pack is projected whole)
     uncaptured: Dict[str, int] = {}  # with --compile: projected packs whose rate is an uncaptured step's -> how many
+    key_of = rate_key(rates)
     for g in (g for g in packs if compiled and per_run[g[0].id] is not None):
-        m = rate_key(rates)(g[0].cfg)
+        m = key_of(g[0].cfg)
         if rate_size(rates[m], len(g)) not in rates.captured.get(m, ()):
             uncaptured[key_label(m)] = uncaptured.get(key_label(m), 0) + 1
     import re

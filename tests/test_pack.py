@@ -31,6 +31,14 @@ def shapes_head(where="GPU Z", batch=32, latent=8, m=5):
             f"3×28×28, PolyMNIST CNN), batch {batch}, latent {latent}, fp32, median of 5 steps; {where}, torch")
 
 
+def mopoe_suite(path: Path, seeds, train: str = "epochs: 2, batch_size: 32") -> Path:
+    """A suite file of one polydigits MoPoE experiment (latent 8) over `seeds`, `train` its defaults' train block."""
+    path.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
+                    f"  train: {{{train}}}\nexperiments:\n  - name: e\n    reproduces: [T]\n"
+                    f"    dataset: polydigits\n    methods: [mopoe]\n    seeds: {list(seeds)}\n")
+    return path
+
+
 def cfg(seed=0, **train_over):
     d = json.loads(json.dumps(TINY))
     d["seed"] = seed
@@ -920,10 +928,7 @@ def test_the_dry_run_gives_the_checkpoints_disk_space_and_a_run_warns_when_they_
     from mmbench.suite import checkpoint_bytes, human_bytes, load_suite
 
     suite = tmp_path / "suite.yaml"
-    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
-                     "  train: {epochs: 1, batch_size: 32, max_train: 64, max_test: 64}\nexperiments:\n"
-                     "  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
-                     "    seeds: [0, 1, 2]\n")
+    mopoe_suite(suite, range(3), "epochs: 1, batch_size: 32, max_train: 64, max_test: 64")
     runs_dir = tmp_path / "runs [x]"  # rich's markup, printed as named
     configs = load_suite(suite).runs("full")
     train(Run(configs[0], runs_dir), data_root)  # its checkpoints, as they are written
@@ -1027,9 +1032,7 @@ def test_cli_dry_run_grows_unasked_packs_to_a_larger_size_measured_fastest(tmp_p
     """18 seeds and a table measuring a pack of 30 fastest: the dry run projects them as one pack of 18 (not 15 + 3)
     and says why on stderr; with --pack 15, as two packs."""
     suite = tmp_path / "suite.yaml"
-    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n  train: {epochs: 2, batch_size: 32}\n"
-                     "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
-                     f"    seeds: {list(range(18))}\n")
+    mopoe_suite(suite, range(18))
     times = tmp_path / "t.md"
     times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 15 | packed | 0.01 | 300 |\n"
@@ -1050,9 +1053,7 @@ def test_a_pack_size_that_failed_in_the_step_table_caps_the_packs_below_it(tmp_p
     from mmbench.projection import measured_caps, read_step_times, step_table_shapes
 
     suite = tmp_path / "suite.yaml"
-    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n"
-                     "  train: {epochs: 2, batch_size: 32}\nexperiments:\n  - name: e\n    reproduces: [T]\n"
-                     "    dataset: polydigits\n    methods: [mopoe]\n    seeds: [0, 1, 2, 3, 4, 5]\n")
+    mopoe_suite(suite, range(6))
     times = tmp_path / "t.md"
     times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.010 | 100.000 |\n"
@@ -1132,9 +1133,7 @@ def test_cli_pack_options(tmp_path, data_root, mmbench_here, monkeypatch):
     import subprocess as sp
 
     suite = tmp_path / "suite.yaml"
-    suite.write_text("name: s\ndescription: d\ndefaults:\n  method: {latent_dim: 8}\n  train: {epochs: 2, batch_size: 32}\n"
-                     "experiments:\n  - name: e\n    reproduces: [T]\n    dataset: polydigits\n    methods: [mopoe]\n"
-                     "    seeds: [0, 1, 2]\n")
+    mopoe_suite(suite, range(3))
     times = tmp_path / "t.md"
     times.write_text(shapes_head("NVIDIA Y") + "\n\n| method | pack | mode | median_s | run_steps_per_s |\n"
                      "|-|-|-|-|-|\n| mopoe | 1 | unpacked | 0.01 | 100 |\n| mopoe | 3 | packed | 0.01 | 300 |\n")
