@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -130,16 +131,41 @@ def render_html(summaries, refs, claims: Optional[List[Claim]] = None, paper_lin
     return "\n".join(parts)
 
 
+def column_groups(df: pd.DataFrame, width: int) -> List[List[int]]:
+    """df's columns after the first (the row labels) in consecutive groups, each as wide as fits beside the labels in
+    `width` terminal cells with rich's default borders (3 cells per column and 1), so that no cell is folded over
+    lines; a column too wide by itself is a group of one. One group when the whole table fits."""
+    def natural(texts) -> int:
+        return max((cell_len(line) for t in texts for line in str(t).splitlines() or [""]), default=0)
+
+    widths = [natural([c, *df[c].tolist()]) for c in df.columns]
+    groups: List[List[int]] = []
+    used = width  # nothing fits yet: the first column starts a group
+    for i in range(1, len(widths)):
+        if used + widths[i] + 3 > width:
+            groups.append([])
+            used = widths[0] + 3 + 1
+        groups[-1].append(i)
+        used += widths[i] + 3
+    return groups
+
+
 def render_terminal(console: Console, summaries, refs, claims: Optional[List[Claim]] = None,
                     paper_lines: Optional[List[str]] = None) -> None:
     def show(title: str, df: pd.DataFrame, caption: str = "") -> None:
-        # rich reads `[...]` as markup: a label such as 'mopoe [e3b0c442]' or a table named '[/b]' is escaped
-        t = Table(title=escape(title), caption=escape(caption) if caption else None, show_lines=False)
-        for c in df.columns:
-            t.add_column(escape(str(c)), overflow="fold")
-        for _, row in df.iterrows():
-            t.add_row(*[escape(str(v)) for v in row.values])
-        console.print(t)
+        # A table wider than the terminal is printed as consecutive tables of the columns that fit, each with the
+        # row labels, rather than with every cell folded over several lines.
+        groups = column_groups(df, console.width) if len(df.columns) > 1 else [[]]
+        for k, group in enumerate(groups):
+            part = f" (part {k + 1} of {len(groups)})" if len(groups) > 1 else ""
+            cap = caption if k == len(groups) - 1 else ""
+            # rich reads `[...]` as markup: a label such as 'mopoe [e3b0c442]' or a table named '[/b]' is escaped
+            t = Table(title=escape(title + part), caption=escape(cap) if cap else None, show_lines=False)
+            for c in [0, *group]:
+                t.add_column(escape(str(df.columns[c])), overflow="fold")
+            for _, row in df.iterrows():
+                t.add_row(*[escape(str(row.values[c])) for c in [0, *group]])
+            console.print(t)
 
     if not summaries and not refs and not claims:
         console.print("no finished runs found")

@@ -1135,6 +1135,30 @@ def test_terminal_captions_and_paper_lines_print_brackets_as_text():
     assert "[Sutter2021]1of1[/b]" in text and "[bold]P[/bold]:1of2cells[/b]" in text
 
 
+def test_a_table_wider_than_the_terminal_is_printed_in_parts_of_whole_cells():
+    """A reference table of 10 columns in a narrow terminal: consecutive tables of the columns that fit, each with
+    the row labels, every cell on one line (rich folded each over five lines); the summary under the last part only.
+    One table, as before, where it fits."""
+    import pandas as pd
+    from rich.console import Console
+
+    from mmbench.render import render_terminal
+
+    cols = {f"col {i}": [f"missing | 0.{i}00 ± 0.010", f"0.{i}11 | 0.{i}00 ± 0.010 ✓"] for i in range(10)}
+    df = pd.DataFrame({"model": ["MVAE", "MoPoE"], **cols})
+    for width, parts in ((86, 5), (87, 4), (400, 1)):  # 87 = 1 + (5 + 3) + 3 × (23 + 3): three value columns
+        console = Console(record=True, width=width)
+        render_terminal(console, [], [("Table 3", df, "0 of 20 cells within tolerance")])
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        for i, (header, values) in enumerate(cols.items()):
+            line = next(line for line in text.splitlines() if values[1] in line)
+            assert "MoPoE" in line and values[0] in text and header in text, text
+        assert text.count("MVAE") == parts and text.count("0 of 20 cells") == 1, text
+        assert (f"(part {parts} of {parts})" in text) == (parts > 1) and f"(part {parts + 1}" not in text, text
+        assert text.rindex("0 of 20 cells") > text.rindex("MoPoE"), text
+
+
 def test_markdown_headers_with_a_pipe_stay_in_their_column():
     """A column header with a `|` (a method label, a sweep setting's value) splits the header row like a cell."""
     import pandas as pd
