@@ -152,10 +152,10 @@ def column_groups(df: pd.DataFrame, width: int) -> List[List[int]]:
 
 def render_terminal(console: Console, summaries, refs, claims: Optional[List[Claim]] = None,
                     paper_lines: Optional[List[str]] = None) -> None:
-    def show(title: str, df: pd.DataFrame, caption: str = "") -> None:
-        # A table wider than the terminal is printed as consecutive tables of the columns that fit, each with the
-        # row labels, rather than with every cell folded over several lines.
-        groups = column_groups(df, console.width) if len(df.columns) > 1 else [[]]
+    def show(title: str, df: pd.DataFrame, caption: str = "", parts: bool = True) -> None:
+        # A table of numbers wider than the terminal is printed as consecutive tables of the columns that fit, each
+        # with the row labels, rather than with every cell folded over several lines (prose, parts=False, wraps).
+        groups = column_groups(df, console.width) if parts and len(df.columns) > 1 else [list(range(1, len(df.columns)))]
         for k, group in enumerate(groups):
             part = f" (part {k + 1} of {len(groups)})" if len(groups) > 1 else ""
             cap = caption if k == len(groups) - 1 else ""
@@ -174,6 +174,7 @@ def render_terminal(console: Console, summaries, refs, claims: Optional[List[Cla
     for title, df, summary in refs:
         show(title, df, summary)
     if claims:
-        show("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]])
+        show("Claims about the papers' figures", claims_table(claims)[["claim", "figure", "verdict", "evidence"]],
+             parts=False)
     for line in paper_lines or []:
         console.print(line, markup=False, highlight=False)

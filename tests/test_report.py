@@ -1157,6 +1157,15 @@ def test_a_table_wider_than_the_terminal_is_printed_in_parts_of_whole_cells():
         assert text.count("MVAE") == parts and text.count("0 of 20 cells") == 1, text
         assert (f"(part {parts} of {parts})" in text) == (parts > 1) and f"(part {parts + 1}" not in text, text
         assert text.rindex("0 of 20 cells") > text.rindex("MoPoE"), text
+    # the claims' prose wraps in one table: its evidence stays beside its verdict
+    from mmbench.references import Claim
+
+    claim = Claim(id="claim-c", paper="P", figure="Fig. 3", quote="q", source="s", holds=[], status="fails",
+                  details=["mopoe coherence/joint 0.31 over 5 seeds is not above mmvae's 0.40 over 5 seeds " * 2])
+    console = Console(record=True, width=80)
+    render_terminal(console, [], [], [claim])
+    text = console.export_text()
+    assert "(part" not in text and "claim-c" in text and "✗ fails" in text, text
 
 
 def test_markdown_headers_with_a_pipe_stay_in_their_column():
