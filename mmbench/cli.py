@@ -367,7 +367,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
         t = Table(title=f"{s.name} ({tier}): {len(configs)} runs" + (f" ({distinct} distinct: a run two experiments "
                                                                       f"share is listed under each)"
                                                                       if distinct < len(configs) else ""))
-        t.add_column("run", overflow="fold")  # a narrow terminal folds the id rather than cutting its seed off
+        t.add_column("run", no_wrap=True)  # whole on one line where the table fits so (_fold_if_cropped)
         for c in ("reproduces", "epochs", "tuples trained", "est. train time", "status"):  # tuples: epochs × split
             t.add_column(c, min_width=12 if c == "tuples trained" else None)  # "~18,000,000" whole in a narrow terminal
         gpu = _gpu_projection(configs, runs_dir, data_root, step_times, pack, caps, compile) if step_times else None
@@ -405,7 +405,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
                 row[5] = st["state"] + (f" ({st['detail']})" if st["state"] == "failed" else "")
                 row.append(f"{st['job']} ({st['log']})" if st["job"] else "")
             t.add_row(*row)
-        console.print(t)
+        console.print(_fold_if_cropped(t))
         known = pending - unknown
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "; " +
                       (f"remaining training of {known} timed run(s) ≈ {human_seconds(total)} at the pace of finished "
@@ -535,6 +535,21 @@ def _step_time_rates(step_times: Path, compiled: bool = False) -> Dict[str, Dict
         raise MMBenchError(f"--step-times {step_times} is not UTF-8 text (byte {e.start}); give the Markdown file of "
                            f"step times ({write})") from None
     return read_step_times(step_times, compiled)
+
+
+def _fold_if_cropped(t: Table) -> Table:
+    """t as printed on `console`: its first column (run ids, no_wrap) whole where the table then fits the terminal,
+    its other columns wrapping first; otherwise that column folds, as a narrow terminal must, rather than pushing the
+    columns at the right past the terminal's edge, where they are cut off."""
+    import io
+
+    from rich.cells import cell_len
+
+    probe = Console(file=io.StringIO(), width=console.width, color_system=None)
+    probe.print(t, crop=False)
+    if max((cell_len(line) for line in probe.file.getvalue().splitlines()), default=0) > console.width:
+        t.columns[0].no_wrap, t.columns[0].overflow = False, "fold"
+    return t
 
 
 def _pack_caps(step_times: Path, compiled: bool = False) -> Dict[str, int]:

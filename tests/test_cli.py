@@ -133,6 +133,22 @@ def test_suite_end_to_end(workspace, mmbench_here):
     assert r.returncode == 1 and "0 of 1 claims hold; 1 failing, 0 missing" in r.stdout
 
 
+def test_dry_run_keeps_run_ids_whole_where_the_table_fits_and_folds_them_where_not(workspace, mmbench_here):
+    """A run id is what a user copies to find its folder: on one line where the table then fits the terminal (the other
+    columns wrap first: at 105 columns here, where rich alone folded the ids); in a terminal too narrow for that it
+    folds, rather than pushing the columns at the right past the edge, where the console cuts them off."""
+    import re
+
+    ws, env = workspace
+    whole = mmbench_here("run", ws / "suite.yaml", "--dry-run", env=env, width=105).stdout
+    ids = [line.split("│")[1].strip() for line in whole.splitlines() if line.startswith("│ polydigits-")]
+    assert len(ids) == 3 and all(re.fullmatch(r"polydigits-vanilla-m\w+-s0-[0-9a-f]{10}", i) for i in ids), whole
+    narrow = mmbench_here("run", ws / "suite.yaml", "--dry-run", env=env, width=90).stdout
+    assert narrow.count("pending │") == 3 and "status  ┃" in narrow, narrow  # the last column whole
+    cells = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.startswith("│"))
+    assert all(i in cells for i in ids) and not any(i in narrow for i in ids), narrow  # folded, each still all there
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "polydigits", "nope"], "error: method.name: unknown method 'nope'; choose one of: "),
     (["prepare", "nodata"], "error: unknown dataset 'nodata'; choose one of:"),
