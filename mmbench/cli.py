@@ -545,7 +545,7 @@ def _fold_if_cropped(t: Table) -> Table:
 
     from rich.cells import cell_len
 
-    probe = Console(file=io.StringIO(), width=console.width, color_system=None)
+    probe = Console(file=io.StringIO(), width=console.width, color_system=None, emoji=False)  # as `console`
     probe.print(t, crop=False)
     if max((cell_len(line) for line in probe.file.getvalue().splitlines()), default=0) > console.width:
         t.columns[0].no_wrap, t.columns[0].overflow = False, "fold"
