@@ -155,7 +155,8 @@ def render_terminal(console: Console, summaries, refs, claims: Optional[List[Cla
     def show(title: str, df: pd.DataFrame, caption: str = "", parts: bool = True) -> None:
         # A table of numbers wider than the terminal is printed as consecutive tables of the columns that fit, each
         # with the row labels, rather than with every cell folded over several lines (prose, parts=False, wraps).
-        groups = column_groups(df, console.width) if parts and len(df.columns) > 1 else [list(range(1, len(df.columns)))]
+        every = [list(range(1, len(df.columns)))]
+        groups = column_groups(df, console.width) if parts and len(df.columns) > 1 else every
         for k, group in enumerate(groups):
             part = f" (part {k + 1} of {len(groups)})" if len(groups) > 1 else ""
             cap = caption if k == len(groups) - 1 else ""
