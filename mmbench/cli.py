@@ -359,7 +359,8 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
                                                        only=only.split(",") if only is not None else None)]
     if dry_run:
         from .runner import resume_point
-        from .suite import ESTIMATE_BASIS, estimate_key, human_seconds, seconds_per_sample, train_tuples
+        from .projection import step_key
+        from .suite import ESTIMATE_BASIS, human_seconds, seconds_per_sample, train_tuples
 
         rates = seconds_per_sample(runs_dir, data_root)
         runs = [Run(c, runs_dir) for c in configs]
@@ -386,7 +387,7 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
             counts[status] = counts.get(status, 0) + (not again)
             n, prepared = train_tuples(c, data_root)
             expected += bool(n) and not prepared and not again
-            rate = rates.get(estimate_key(c))
+            rate = rates.get(step_key(c))
             trains = status not in ("done", "rescore")  # a rescore is evaluated again, not trained
             left = n * (1 - resume_point(r)[0] / max(c.train.epochs, 1)) if n and trains else n  # a resumed run's rest
             est = left * rate if n and rate else None

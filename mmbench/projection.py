@@ -111,8 +111,8 @@ def read_step_times(path, compiled: bool = False) -> StepRates:
                     rates.setdefault(key, {})[int(row["pack"])] = v
                     if is_captured:
                         captured.setdefault(key, set()).add(int(row["pack"]))
-            elif "median_s" in row and "M" in row and row.get("method") and _positive(row["median_s"]):
-                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / _positive(row["median_s"]))
+            elif "median_s" in row and "M" in row and row.get("method") and (step := _positive(row["median_s"])):
+                rates.setdefault(row["method"], {}).setdefault(1, 1.0 / step)
         except ValueError:
             continue
     for k in captured:  # with `compiled`: a captured row that ran stands over an uncaptured failure of its size

@@ -325,26 +325,21 @@ def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Opti
     return (None if expected is None else _tuples_trained(cfg, expected)), False
 
 
+# what a run's training cost per tuple is looked up by (seconds_per_sample): its step shapes (projection.step_key; seeds,
+# epochs and β do not change a step's time)
 ESTIMATE_BASIS = "dataset, variant, modalities, architecture, method and its options, batch, latent size, precision"
 
 
-def estimate_key(cfg: RunConfig) -> tuple:
-    """What a run's training cost per tuple is looked up by (seconds_per_sample): its step shapes (projection.step_key,
-    the ESTIMATE_BASIS: the settings a step's time depends on; seeds, epochs and β do not change it)."""
-    from .projection import step_key
-
-    return step_key(cfg)
-
-
 def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = None) -> Dict[tuple, float]:
-    """Measured training cost of finished runs, seconds per training tuple, by estimate_key (the median over runs); the
-    basis of `mmbench run --dry-run`'s time estimates. Read from the steps' own
+    """Measured training cost of finished runs, seconds per training tuple, by projection.step_key (the median over
+    runs); the basis of `mmbench run --dry-run`'s time estimates. Read from the steps' own
     throughput (provenance `train_tuples_per_second`; a pack's is all its runs', so a suite's sum stays this
     machine's time), not from the run's wall time, whose fixed costs would scale up with the tuples: a smoke run's
     would project the full run 10-30 times too long. Runs recorded before that field use their wall time; a run whose
     last process trained no epoch (the field is null, its wall time that process's fraction of a second) gives none."""
     import statistics
 
+    from .projection import step_key
     from .results import load_runs
 
     seen: Dict[tuple, List[float]] = {}
@@ -360,7 +355,7 @@ def seconds_per_sample(runs_dir: Optional[Path], data_root: Optional[Path] = Non
             if not n or not prov.get("train_seconds"):
                 continue
             cost = prov["train_seconds"] / n
-        seen.setdefault(estimate_key(cfg), []).append(cost)
+        seen.setdefault(step_key(cfg), []).append(cost)
     return {k: statistics.median(v) for k, v in seen.items()}
 
 

@@ -382,7 +382,8 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
     max_train 64: 192), 96 s -> 0.5 s a tuple; a run with neither, or of a dataset not prepared here, is left out, and
     so is a run whose last process timed no epoch (a null rate: resumed after its training, its train_seconds that
     process's fraction of a second, which would make the estimate ~0 s)."""
-    from mmbench.suite import estimate_key, seconds_per_sample
+    from mmbench.projection import step_key
+    from mmbench.suite import seconds_per_sample
 
     c = build_run_config({"dataset": "polydigits", "train": {"epochs": 3, "max_train": 64}})
     elsewhere = build_run_config({"dataset": "polymnist", "train": {"epochs": 3}})
@@ -390,14 +391,14 @@ def test_seconds_per_sample_of_a_run_without_a_rate_is_its_wall_time_over_its_tu
             {"config": elsewhere, "provenance": {"train_seconds": 50.0}},
             {"config": c, "provenance": {"train_seconds": 0.05, "train_tuples_per_second": None}}]
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
-    assert seconds_per_sample(None, data_root) == {estimate_key(c): pytest.approx(0.5)}
+    assert seconds_per_sample(None, data_root) == {step_key(c): pytest.approx(0.5)}
     # the key holds what a step's time depends on: a method's options and the modalities too, not the seed or epochs
     mc = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp", "options": {"rate": "mc"}}})
     bound = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}, "seed": 3, "train": {"epochs": 9}})
     two = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}, "modalities": ["m0", "m1"]})
     plain = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp"}})
-    assert estimate_key(bound) == estimate_key(plain)
-    assert len({estimate_key(mc), estimate_key(bound), estimate_key(two)}) == 3
+    assert step_key(bound) == step_key(plain)
+    assert len({step_key(mc), step_key(bound), step_key(two)}) == 3
 
 
 def test_train_tuples_reads_the_manifest_else_the_default_recipe(data_root, tmp_path):

@@ -975,6 +975,7 @@ def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, d
     in 4 packs, one not at the table's shapes and one without a step time; `--pack 1`: every run alone, 5 min. The
     train tuples of a prepared copy carry no "~"."""
     from mmbench import runner, suite as suite_mod
+    from mmbench.projection import step_key
     from mmbench.suite import load_suite
 
     suite = tmp_path / "suite.yaml"
@@ -995,7 +996,7 @@ def test_dry_run_estimates_only_the_training_left_and_packs_as_asked(tmp_path, d
     rescore.metrics_path.write_text("[1, 2]")  # evaluated before, unreadable now: evaluated again, not trained
     assert rescore.status() == "rescore"
     # finished runs timed at the shapes of the latent-8 MoPoE runs only (the latent-16 one gets no estimate)
-    monkeypatch.setattr(suite_mod, "seconds_per_sample", lambda *a: {suite_mod.estimate_key(configs[0]): 1.0})
+    monkeypatch.setattr(suite_mod, "seconds_per_sample", lambda *a: {step_key(configs[0]): 1.0})
     monkeypatch.setattr(runner, "resume_point", lambda r: (1, 0) if r.cfg.seed == 0 and r.cfg.method.name == "mopoe"
                         and r.cfg.method.latent_dim == 8 else (0, 0))
     env = {"MMBENCH_DATA": str(data_root), "MMBENCH_RUNS": str(runs_dir)}
@@ -1529,7 +1530,8 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     """Throughput leaves out the first epoch (warm-up) and what happens outside the steps; a pack's counts every run's
     tuples; the --dry-run estimate reads it instead of the run's wall time."""
     import mmbench.train as train_mod
-    from mmbench.suite import estimate_key, seconds_per_sample
+    from mmbench.projection import step_key
+    from mmbench.suite import seconds_per_sample
 
     clock = iter([0.0, 50.0, 100.0, 102.0, 200.0, 204.0])  # epochs of 50, 2 and 4 s (gaps: test losses)
     monkeypatch.setattr(train_mod.time, "perf_counter", lambda: next(clock))
@@ -1561,7 +1563,7 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
             {"config": cfg(2), "provenance": {"train_seconds": 9.0, "train_tuples_per_second": 100.0}}]
     monkeypatch.setattr("mmbench.results.load_runs", lambda runs_dir: fake)
     c = fake[0]["config"]
-    assert seconds_per_sample(runs_dir, data_root) == {estimate_key(c): pytest.approx(1 / 50)}
+    assert seconds_per_sample(runs_dir, data_root) == {step_key(c): pytest.approx(1 / 50)}
 
 
 class _ScaledMean(torch.nn.Module):
