@@ -325,8 +325,8 @@ def train_tuples(cfg: RunConfig, data_root: Optional[Path] = None) -> Tuple[Opti
     return (None if expected is None else _tuples_trained(cfg, expected)), False
 
 
-# what a run's training cost per tuple is looked up by (seconds_per_sample): its step shapes (projection.step_key; seeds,
-# epochs and β do not change a step's time)
+# what a run's training cost per tuple is looked up by (seconds_per_sample): its step shapes (projection.step_key;
+# seeds, epochs and β do not change a step's time)
 ESTIMATE_BASIS = "dataset, variant, modalities, architecture, method and its options, batch, latent size, precision"
 
 
