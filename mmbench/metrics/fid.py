@@ -239,7 +239,7 @@ def _cached_stats(path: Path) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     if not os.path.lexists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # np.load leaks a file it cannot read
             mu, sigma = f["mu"], f["sigma"]
         if mu.dtype != np.float64 or sigma.dtype != np.float64:
             raise ValueError(f"dtypes {mu.dtype}, {sigma.dtype}; expected float64")
