@@ -218,7 +218,8 @@ def latent_scatters(frame: pd.DataFrame, runs_dir: Path, out_dir: Path) -> List[
         path = Path(runs_dir) / row.run / "artifacts" / "latents.npz"
         if not path.exists():
             continue
-        data = np.load(path)
+        with open(path, "rb") as fh, np.load(fh) as npz:  # closed when read, a damaged one too
+            data = {k: npz[k] for k in npz.files}
         names = [str(n) for n in data["names"]]
         labels = data["labels"]
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ def server():
     Handler.release = threading.Event()
     yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
+    srv.server_close()  # its listening socket
 
 
 def md5(b):

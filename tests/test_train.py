@@ -412,7 +412,7 @@ for setting in ("default", "tuned"):
 
 def _thp_always() -> bool:
     try:
-        return "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return False
 
