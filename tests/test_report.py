@@ -1151,7 +1151,7 @@ def test_a_table_wider_than_the_terminal_is_printed_in_parts_of_whole_cells():
         render_terminal(console, [], [("Table 3", df, "0 of 20 cells within tolerance")])
         text = console.export_text()
         assert max(len(line) for line in text.splitlines()) <= width
-        for i, (header, values) in enumerate(cols.items()):
+        for header, values in cols.items():
             line = next(line for line in text.splitlines() if values[1] in line)
             assert "MoPoE" in line and values[0] in text and header in text, text
         assert text.count("MVAE") == parts and text.count("0 of 20 cells") == 1, text
