@@ -136,7 +136,8 @@ class RunConfig:
         _drop_added_defaults(d, dataclasses.asdict(RunConfig()), FIELDS_V1)
         from .registry import ARCHITECTURES, METHODS
 
-        version = getattr(METHODS.get(self.method.name), "id_version", 1) if self.method.name in METHODS else 1
+        version = METHODS.get(self.method.name).numerics_version(self.method.options) \
+            if self.method.name in METHODS else 1
         if version != 1:  # the method's numerics changed since run ids were first made (methods/base.py)
             d["method_version"] = version
         arch = self.architecture_name()

@@ -31,7 +31,7 @@ draws exactly the numbers it draws alone and ends with the same weights and metr
 
 What is not packed (the run trains unpacked instead, with the reason in its log): methods with
 ``packable = False`` (none today; VGON's inner gradient step is a torch.func.grad, which vmap batches) and method
-options a method's ``pack_refusal`` refuses (mrVAE's objective r), architectures with instance norm or other dropouts than
+options a method's ``pack_refusal`` refuses (none today), architectures with instance norm or other dropouts than
 nn.Dropout and nn.Dropout2d (those two the pack's template redraws per run through the noise source, _PackDropout;
 BatchNorm's running statistics are buffers, stacked per run), datasets whose rows are redrawn per batch, and any pack whose first packed step does not reproduce each run's unpacked loss
 (checked before training, on the first batch). Runs resumed at different epochs train in separate

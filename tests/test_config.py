@@ -226,6 +226,25 @@ def test_a_method_whose_numerics_changed_gets_new_run_ids():
     assert all(getattr(cls, "id_version", 1) == 1 for name, cls in METHODS.items() if name != "mrvae")
 
 
+def test_mrvae_objective_r_alone_got_new_run_ids_when_its_gradient_changed():
+    """Objective r's size gradient now reaches every row (methods/mrvae.py RelaxedHead): an objective r config gets
+    another id than the same config had at version 2, while objective q (the default) keeps its ids."""
+    from mmbench.registry import METHODS
+
+    mrvae = METHODS.get("mrvae")
+    assert mrvae.numerics_version({"objective": "r"}) == 3 and mrvae.numerics_version({}) == 2
+
+    def ids():
+        return [build_run_config({"dataset": "polydigits", "method": {"name": "mrvae", "options": o}}).run_id()
+                for o in ({}, {"objective": "q"}, {"objective": "r"})]
+
+    now = ids()
+    with pytest.MonkeyPatch.context() as mp:  # version 2 for every objective, as before
+        mp.setattr(mrvae, "numerics_version", classmethod(lambda cls, options: cls.id_version))
+        before = ids()
+    assert now[:2] == before[:2] and now[2] != before[2]
+
+
 def test_tier_method_overrides_apply_to_their_method_only(tmp_path):
     path = write(tmp_path, "name: x\ntiers:\n  quick: {train: {epochs: 2}, method_overrides: {mvae: {train: {lr: 0.01}}}}\n"
                            "experiments: [{name: e, dataset: polydigits, methods: [mopoe, mvae],"

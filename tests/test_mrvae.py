@@ -528,6 +528,36 @@ def test_prior_draw_cut_to_the_largest_size_equals_all_rows():
     assert torch.equal(after0, after1)  # the same random numbers were drawn
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_objective_r_relaxations_cut_to_the_largest_size_give_the_gradients_of_all_rows(dense, monkeypatch):
+    """Objective r relaxes (NeuralSort) only the rows up to the largest size drawn (+1), but act[r] = 1[n_A > r] is
+    straight-through, so the size logits' gradient reaches every row: the cut's loss, gradients (the size networks'
+    included) and random stream equal those of all D rows relaxed (cut_rows=False)."""
+    import mmbench.methods.mrvae as mrvae
+
+    relaxed = []
+    sort = mrvae.neuralsort
+    monkeypatch.setattr(mrvae, "neuralsort", lambda s, tau, mask=None, rows=None: relaxed.append(rows) or
+                        sort(s, tau, mask, rows))
+    out = []
+    for cut in (None, False):
+        model = make(objective="r")
+        model.cut_rows, model.dense = cut, dense
+        torch.manual_seed(3)
+        loss, logs = model.loss(batch(8))
+        loss.backward()
+        out.append((loss.detach(), logs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                    torch.rand(3)))
+    (l0, logs0, g0, after0), (l1, logs1, g1, after1) = out
+    assert min(relaxed[:len(relaxed) // 2]) < D and set(relaxed[len(relaxed) // 2:]) == {D}  # the cut dropped rows
+    assert torch.allclose(l0, l1, rtol=1e-6)
+    assert float(logs0["kl_y"]) == pytest.approx(float(logs1["kl_y"]), rel=1e-5, abs=1e-5)
+    assert g0.keys() == g1.keys() and any(n.startswith("size_net") for n in g0)
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-6), n
+    assert torch.equal(after0, after1)  # the same random numbers were drawn
+
+
 def test_set_nets_are_per_unit_networks_and_load_the_per_unit_layout():
     """SetNets' grouped first layers compute, per group g, ReLU(W2_g · mean over g's available units u of
     ReLU(W1_u z_src[u] + b1_u) + b2_g) (Eqs. 34-35, 37-38), written here unit by unit; a checkpoint holding w1 as

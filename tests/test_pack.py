@@ -583,7 +583,7 @@ def test_every_packable_method_gives_each_run_of_a_beta_pack_its_own_beta(monkey
             assert torch.linalg.norm(p - a) <= 2e-4 * torch.linalg.norm(a), (name, r)
 
 
-def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
+def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root, monkeypatch):
     a = [Run(cfg(s), tmp_path) for s in range(5)]
     other = Run(cfg(0, lr=5e-4), tmp_path)
     assert pack_key(a[0].cfg) == pack_key(a[3].cfg) != pack_key(other.cfg)
@@ -593,9 +593,13 @@ def test_make_packs_groups_by_key_epoch_and_cap(tmp_path, data_root):
     assert [len(p) for p in make_packs(a, 1)] == [1] * 5
     train_pack(a[:2], data_root, stop_after_epoch=1)  # two runs now resume at epoch 1, three start at 0
     assert sorted(len(p) for p in make_packs(a, None)) == [2, 3]
+    from mmbench.registry import METHODS
+
+    monkeypatch.setattr(METHODS.get("mrvae"), "pack_refusal", classmethod(  # a method refusing some options
+        lambda cls, options: "objective r refused here" if options.get("objective") == "r" else None))
     two = {"name": "mrvae", "latent_dim": 8, "options": {"objective": "r"}}  # refused by its options
     sm = build_run_config({**TINY, "method": two})
-    assert "objective r reads" in unpackable_reason(sm)
+    assert "objective r refused here" in unpackable_reason(sm)
     assert [len(p) for p in make_packs([Run(sm, tmp_path), Run(build_run_config(
         {**TINY, "seed": 1, "method": two}), tmp_path)], None)] == [1, 1]
 
@@ -1337,9 +1341,26 @@ def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monk
         assert torch.equal(ca["rng"], cp["rng"])
         assert_same_trajectory(cfgs[s], alone[s], ca, packed[r.id], cp, mode, steps=2 * 3)
     assert packed[runs[0].id]["history"][-1]["train_loss"] != packed[runs[1].id]["history"][-1]["train_loss"]
-    r_objective = build_run_config({**MRVAE, "method": {"name": "mrvae", "latent_dim": 8,
-                                                        "options": {"objective": "r"}}})
-    assert "objective r reads each step's largest subspace size" in unpackable_reason(r_objective)
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_mrvae_objective_r_packs_and_ends_as_its_runs_alone(tmp_path, data_root, monkeypatch, mode, trained_alone):
+    """Objective r relaxes each step's rows up to the largest size drawn, read back from the device: alone a run's
+    own largest, vmapped the largest over the pack. Its numbers do not depend on that bound (its draws are all D rows
+    wide, and the rows past a run's sizes carry their straight-through gradient exactly: tests/test_mrvae.py), so
+    two runs packed end as they end alone."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", mode)
+    method = {**MRVAE["method"], "options": {"hidden": 16, "objective": "r"}}
+    cfgs = [build_run_config({**MRVAE, "method": method, "seed": s}) for s in range(2)]
+    assert unpackable_reason(cfgs[0]) is None
+    alone_dir, alone = trained_alone("mrvae-r", cfgs)
+    runs = [Run(c, tmp_path / "packed") for c in cfgs]
+    packed = train_pack(runs, data_root)
+    for s, r in enumerate(runs):
+        assert packed[r.id]["packed_with"] == 2, r.log_path.read_text()
+        ca, cp = last(Run(cfgs[s], alone_dir)), last(r)
+        assert torch.equal(ca["rng"], cp["rng"])
+        assert_same_trajectory(cfgs[s], alone[s], ca, packed[r.id], cp, mode, steps=2 * 3)
 
 
 def packable_stacks(mods, runs):

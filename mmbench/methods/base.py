@@ -448,6 +448,12 @@ class MultimodalVAE(nn.Module):
     # than 1 enters the run id (config.RunConfig.run_id), so runs made before are not taken for new ones.
     id_version: ClassVar[int] = 1
 
+    @classmethod
+    def numerics_version(cls, options: dict) -> int:
+        """The version that enters the run id of a config with these options: `id_version`, unless a method's
+        numerics changed for some options only (mrVAE's objective r)."""
+        return cls.id_version
+
     def __init__(self, modalities: Sequence[Modality], cfg: MethodConfig, architecture: str):
         super().__init__()
         self.modalities = list(modalities)

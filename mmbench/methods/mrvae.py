@@ -31,6 +31,13 @@ def vmapped(t: torch.Tensor) -> bool:
     return torch._C._functorch.is_batchedtensor(t)
 
 
+def largest(t: torch.Tensor) -> int:
+    """The largest value of t, read back to the host; inside vmap (a packed loss) the largest over every run."""
+    while vmapped(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return int(t.max())
+
+
 def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = True, noise: bool = True) -> torch.Tensor:
     """Relaxed one-hot sample of Categorical(softmax(logits)) (Jang et al. 2016, Maddison et al. 2016).
 
@@ -100,14 +107,39 @@ def sort_matrix(s: torch.Tensor, mask: torch.Tensor, rows: int) -> torch.Tensor:
     return sort_picks(s, mask, rows).matrix()
 
 
+class RelaxedHead:
+    """A straight-through selection whose first rows are relaxed (`head`, B×R×D, NeuralSort's gradient) and whose
+    other rows are exact picks only (`tail`, Picks): rows past every drawn size n_A are inactive, so their picks
+    need no relaxation, but they are kept because act[r] = 1[n_A > r] passes the size's straight-through gradient
+    to every row (Relation)."""
+
+    def __init__(self, head: torch.Tensor, tail: Picks):
+        self.head, self.tail, self.d = head, tail, tail.d
+
+    def take(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.einsum("brd,bd->br", self.head, v), self.tail.take(v)], -1)
+
+    def put(self, s: torch.Tensor) -> torch.Tensor:
+        R = self.head.shape[-2]
+        return torch.einsum("br,brd->bd", s[..., :R], self.head) + self.tail.put(s[..., R:])
+
+    def argmax(self) -> torch.Tensor:
+        return torch.cat([self.head.detach().argmax(-1), self.tail.idx], -1)
+
+
+def indexed(Y) -> bool:
+    """Whether a selection is held as an object with take/put/argmax (Picks, RelaxedHead), not a one-hot matrix."""
+    return not torch.is_tensor(Y)
+
+
 def take(Y, v: torch.Tensor) -> torch.Tensor:
-    """Y·v: the value of v (B×D) at each row's pick (B×rows), Y a one-hot matrix or Picks."""
-    return Y.take(v) if isinstance(Y, Picks) else torch.einsum("brd,bd->br", Y, v)
+    """Y·v: the value of v (B×D) at each row's pick (B×rows), Y a one-hot matrix, Picks or RelaxedHead."""
+    return Y.take(v) if indexed(Y) else torch.einsum("brd,bd->br", Y, v)
 
 
 def put(Y, s: torch.Tensor) -> torch.Tensor:
-    """sᵀY: row r's value s_r (B×rows) placed at its pick (B×D), Y a one-hot matrix or Picks."""
-    return Y.put(s) if isinstance(Y, Picks) else torch.einsum("br,brd->bd", s, Y)
+    """sᵀY: row r's value s_r (B×rows) placed at its pick (B×D), Y a one-hot matrix, Picks or RelaxedHead."""
+    return Y.put(s) if indexed(Y) else torch.einsum("br,brd->bd", s, Y)
 
 
 def f64(*xs) -> list:
@@ -166,19 +198,25 @@ def kl_elem(q: Gaussian) -> torch.Tensor:
 
 
 def rank(w: torch.Tensor, free: torch.Tensor, rows: int, tau: float, sample: bool, relax: bool,
-         dense: bool = False, noise: torch.Tensor = None):
+         dense: bool = False, noise: torch.Tensor = None, relaxed: int = None):
     """y_{j,A} (mrVAE Eq. 2, App. E.2): modality j's free factors ranked by (Gumbel-perturbed) scores w; row r is the
     r-th pick. relax: straight-through (exact sort forward and NeuralSort's gradient backward), a B×rows×D matrix;
     otherwise the exact picks as indices (Picks; dense: as the one-hot matrix, the reference the tests compare).
-    noise: the Gumbel noise to use (default: fresh)."""
+    noise: the Gumbel noise to use (default: fresh). relaxed (< rows): only the first `relaxed` rows get NeuralSort's
+    gradient, the others are exact picks (a RelaxedHead; dense: one matrix of all rows)."""
     mask = free.detach() > 0.5
     s = w + (gumbel(w) if noise is None else noise) if sample else w
     picks = sort_picks(s, mask, rows)
     if not (relax and torch.is_grad_enabled()):
         return picks.matrix() if dense else picks
-    Y = picks.matrix()
-    soft = neuralsort(s, tau, mask, rows)
-    return Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
+    R = rows if relaxed is None else min(relaxed, rows)
+    Y = Picks(picks.idx[..., :R], picks.exists[..., :R], picks.d).matrix()
+    soft = neuralsort(s, tau, mask, R)
+    Y = Y + (soft - soft.detach()) * Y.sum(-1, keepdim=True)
+    if R == rows:
+        return Y
+    tail = Picks(picks.idx[..., R:], picks.exists[..., R:], picks.d)
+    return torch.cat([Y, tail.matrix()], -2) if dense else RelaxedHead(Y, tail)
 
 
 def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -188,7 +226,7 @@ def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tens
     w_max = w.detach().max(-1, keepdim=True).values
     e = (w - w_max).exp()
     picked = take(Y, e)  # mass of the r-th pick
-    taken = put(Y, torch.ones_like(picked)) if isinstance(Y, Picks) else Y.sum(-2)
+    taken = put(Y, torch.ones_like(picked)) if indexed(Y) else Y.sum(-2)
     unpicked = ((free - taken) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
     # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
     log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
@@ -406,6 +444,8 @@ class Relation:
                 if isinstance(Y, Picks):
                     gathered[j][0].append(Y.idx)
                     gathered[j][1].append(s * Y.exists)
+                elif indexed(Y):
+                    u[j] = u[j] + Y.put(s)
                 else:
                     u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
         for j, (idx, vals) in enumerate(gathered):
@@ -430,7 +470,7 @@ class Relation:
             R = act.shape[1]
             slot = offset + torch.arange(R, device=act.device).expand(B, R)
             for j, Y in Ys.items():
-                pick = Y.argmax() if isinstance(Y, Picks) else Y.detach().argmax(-1)
+                pick = Y.argmax() if indexed(Y) else Y.detach().argmax(-1)
                 pos = torch.where(act.detach() > 0.5, pick, D)  # inactive rows -> spare column D
                 idx[j].scatter_(1, pos, slot)
             mus.append(q.mu)
@@ -509,6 +549,12 @@ class MrVAE(MultimodalVAE):
     # 2: objective q became the default and the size prior is normalised (pooled by geometric mean): a config
     # with the same options trains another model than before, so it gets another run id.
     id_version = 2
+
+    # 3 for objective r: its size logits' gradient now reaches every row, not only the relaxed ones (RelaxedHead),
+    # and its slots draw noise for all D rows, so an objective r config trains another model than before.
+    @classmethod
+    def numerics_version(cls, options):
+        return 3 if options.get("objective", cls.options["objective"]) == "r" else cls.id_version
     options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
     option_rules = {"objective": {"choices": ("q", "r"), "note": "q: App. A.1's second case, Eqs. 4 and 8; r: the first "
                                                                  "case, Eq. 7"},
@@ -518,12 +564,8 @@ class MrVAE(MultimodalVAE):
                     "hidden": {"ge": 1, "note": "the width of the networks of Eqs. 34-35 and 37-38"}}
 
     # Packable (mmbench/pack.py): the annealing's step counter is a buffer, so each run of a pack keeps its own.
-    @classmethod
-    def pack_refusal(cls, options):
-        if options.get("objective", cls.options["objective"]) == "r":
-            return ("objective r reads each step's largest subspace size back from the device (the bound of its "
-                    "relaxed sorts), which a vmapped pack cannot; train with --pack 1")
-        return None
+    # Objective r reads each step's largest subspace size back from the device (the bound of its relaxed rows);
+    # a vmapped pack reads the largest over its runs, and any bound at or above a run's own gives its numbers.
 
     def __init__(self, modalities, cfg, architecture):
         super().__init__(modalities, cfg, architecture)
@@ -543,7 +585,9 @@ class MrVAE(MultimodalVAE):
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps so far; checkpointed
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
-        self.cut_rows = None  # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior)
+        # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior); False: every
+        # draw and relaxation computes all D rows (the reference the tests hold the cuts to)
+        self.cut_rows = None
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
         left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
         for A in self.shared:
@@ -613,13 +657,19 @@ class MrVAE(MultimodalVAE):
                 rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
             rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
             n = (onehot * ks).sum(-1)
-            # slots computed: the largest n_A and one more (its gradient); all D for prior draws (no host sync)
-            R = D if from_prior else min(D, int(n.detach().max()) + 1)
-            act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:R + 1]  # act[r] = 1[n_A > r]
+            # rows relaxed (NeuralSort, B×R×D per pair): up to the largest n_A drawn (+1), since a row's relaxation
+            # reaches the loss only through act[r], which is 0 past n_A; all D for prior draws (no host sync)
+            R = D if from_prior or self.cut_rows is False else min(D, largest(n.detach()) + 1)
+            # rows kept: all D where r samples (act[r]'s straight-through gradient reaches every row, the inactive
+            # ones through their exact picks and slots, which draw their noise whether or not a gradient is taken);
+            # in the mode (evaluation) only the relaxed ones: rows past R are inactive and draw nothing
+            rows = D if sample and covered[a] else R
+            act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:rows + 1]  # act[r] = 1[n_A > r]
             Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j] = rank(w, free[j], R, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j])
+                Ys[j] = rank(w, free[j], rows, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j],
+                             relaxed=R)
                 if with_kl and covered[a]:
                     rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
                 before[j] = free[j]
@@ -631,7 +681,7 @@ class MrVAE(MultimodalVAE):
                 sel_lv = torch.stack([take(Ys[j], logvar[j]) for j in experts])
                 q = product_of_experts(sel_mu, sel_lv, mu.new_ones(1, len(experts)), mu.new_zeros(1))[0]
             else:  # no input covers S_A: its slots come from the prior
-                q = Gaussian(mu.new_zeros(B, R), mu.new_zeros(B, R))
+                q = Gaussian(mu.new_zeros(B, rows), mu.new_zeros(B, rows))
             rel.blocks.append((A, act, Ys, q))
         if all(avail):
             rel.single = Gaussian(mu, logvar)
