@@ -240,6 +240,59 @@ def test_selection_kl_against_enumerated_plackett_luce():
     assert abs(kl.double().mean().item() - exact) < 4 * kl.double().std().item() / math.sqrt(B)
 
 
+def _log_pl_float64(w, free, Y, act):
+    """The Plackett-Luce log-probability of log_pl's formula (linear in Y and free, as its gradients are), in float64
+    without a shift or a floor: the reference for scores far apart."""
+    w, free, Y, act = (t.double() for t in (w, free, Y, act))
+    e = w.exp()
+    picked = torch.einsum("brd,bd->br", Y, e)
+    unpicked = ((free - Y.sum(-2)) * e).sum(-1, keepdim=True)
+    log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).log()
+    return (act * (torch.einsum("brd,bd->br", Y, w) - log_z)).sum(-1)
+
+
+@pytest.mark.parametrize("gap", [10.0, 80.0, 120.0])
+def test_plackett_luce_term_when_a_taken_factor_scores_far_above_the_free_ones(gap):
+    """A factor taken by an earlier subspace never enters the law, and nothing bounds its score: log_pl's value and
+    its gradients (scores, relaxed picks, free mask) are those of the float64 formula when that score is `gap` above
+    the free ones. Shifting by the largest score of all factors floored the free masses at 1e-30 past a gap of ~69
+    (the value -21.0 instead of -2.0 at 80); past 80 the taken factor's mass is capped at e^80, so at 120 only the
+    value and the scores' gradient are compared."""
+    from mmbench.methods.mrvae import Picks
+
+    w0 = torch.tensor([[gap, 0.3, 0.1, -0.2, 0.5]])
+    free0 = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])  # factor 0 went to an earlier subspace
+    idx, act = torch.tensor([[4, 2]]), torch.tensor([[1.0, 1.0]])
+    ref_in = [w0.double().requires_grad_(), free0.double().requires_grad_(),
+              Picks(idx, torch.ones(1, 2), 5).matrix().double().requires_grad_()]
+    ref = _log_pl_float64(ref_in[0], ref_in[1], ref_in[2], act)
+    ref.sum().backward()
+    for dense in (True, False):
+        w, free = w0.clone().requires_grad_(), free0.clone().requires_grad_()
+        Y = Picks(idx, torch.ones(1, 2), 5)
+        Y = Y.matrix().requires_grad_() if dense else Y
+        got = log_pl(w, free, Y, act)
+        assert got.item() == pytest.approx(ref.item(), abs=1e-5), (dense, got.item(), ref.item())
+        got.sum().backward()
+        assert torch.allclose(w.grad.double(), ref_in[0].grad, atol=1e-5), (dense, w.grad)
+        if gap <= 80:
+            assert torch.allclose(free.grad.double(), ref_in[1].grad, rtol=1e-4, atol=1e-5), (dense, free.grad)
+            if dense:
+                assert torch.allclose(Y.grad.double(), ref_in[2].grad, rtol=1e-4, atol=1e-5), Y.grad
+
+
+def test_prior_samples_draw_the_same_numbers_at_any_cut():
+    """sample_prior (no modality given: every subspace uncovered) draws all D rows of slot noise whatever the
+    largest size drawn, so its samples and the random stream after them are those of all rows (cut_rows=False)."""
+    out = []
+    for cut in (None, False):
+        model = make()
+        model.cut_rows = cut
+        torch.manual_seed(7)
+        out.append((model.sample_prior(4), torch.rand(3)))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
 def test_selection_prior_is_def2_given_the_sizes():
     """Point 2 of issue 18: Def. 2 draws each factor's subspace i.i.d. with probability 1/2^(M-1). Given the sizes
     n_j (Def. 1), that law is uniform over the assignments with those sizes; the model's prior on the ranked picks

@@ -15,8 +15,18 @@ TINY = {"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
         "train": {"epochs": 2, "batch_size": 32, "max_train": 100, "max_test": 64}}
 
 
-# A config whose runs cannot pack (mrVAE's objective r reads each step's largest subspace size back: pack_refusal).
+# A config whose runs cannot pack: a method refusing some of its options (pack_refusal). No method refuses any
+# today (mrVAE's objective r did until 2026-12-07), so the fixture below makes mrVAE refuse objective r.
 R_OBJECTIVE = {"method": {"name": "mrvae", "options": {"objective": "r"}}}
+REFUSAL = "objective r refused for this test"
+
+
+@pytest.fixture(autouse=True)
+def _mrvae_refuses_objective_r(monkeypatch):
+    from mmbench.registry import METHODS
+
+    monkeypatch.setattr(METHODS.get("mrvae"), "pack_refusal", classmethod(
+        lambda cls, options: REFUSAL if options.get("objective") == "r" else None))
 
 
 def cfg(update=None, seed=0):
@@ -76,7 +86,7 @@ def test_step_key_holds_what_a_step_costs_and_nothing_else():
 
 def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkeypatch):
     """MoPoE at 2 β × 2 seeds (one pack of 4, β packing: packs 2 and 3 are timed, 5 is not), MVAE alone (unpacked
-    only), mrVAE objective r × 2 seeds (not packable: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
+    only), mrVAE objective r × 2 seeds (refused by the fixture: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
     pack / median; a time limit leaves later shapes listed as not measured."""
     ran = []
 
@@ -94,7 +104,7 @@ def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkey
                        ("mopoe", 4, 3, "packed", 12.0), ("mvae", 1, 1, "unpacked", 4.0),
                        ("mrvae", 2, 1, "unpacked", 4.0)]
     assert got[5][:4] == ("mrvae", 2, 2, "n/a") and got[5][4] != got[5][4] and len(got) == 6
-    assert "not packed: method mrvae: objective r reads" in rows[5]["mode"]
+    assert f"not packed: method mrvae: {REFUSAL}" in rows[5]["mode"]
     first = tuple(next(p for p in bench._run_model(mopoe[0], torch.device("cpu")).parameters()).shape)
     assert ran[:2] == [first, (2, *first)]  # the packed step's parameters are stacked over its 2 runs
     limited = bench.suite_step_rows(configs, [2], steps=1, time_limit=1e-9)
@@ -364,7 +374,7 @@ def test_suite_step_rows_warm_a_captured_step_longer_and_stop_a_shape_only_when_
     # a captured step's failure is marked so (read_step_times caps uncaptured runs only by uncaptured failures)
     assert [mode.split(":")[0] for m, _, mode in failed if m == "mvae"] == ["n/a", "n/a (compiled)"] * 2
     assert all("out of memory" in mode for m, _, mode in failed if m == "mvae")
-    assert failed[-1][2].startswith("n/a: not packed: method mrvae: objective r reads")
+    assert failed[-1][2].startswith(f"n/a: not packed: method mrvae: {REFUSAL}")
     assert made[-3:] == [("mrvae", 1, False), ("mrvae", 1, True), ("mrvae", 2, False)]
 
 

@@ -223,8 +223,12 @@ def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tens
     """log of the Plackett-Luce probability, with scores w over the free factors, of the first n_A picks of Y (act[r]
     = 1[n_A > r]): the law of the Gumbel-perturbed sort (App. E.2). w = 0 gives the uniform law of the prior (Def. 2
     given the sizes: see docs/provenance.md, mrVAE)."""
-    w_max = w.detach().max(-1, keepdim=True).values
-    e = (w - w_max).exp()
+    # shifted by the largest score among the free factors: a taken factor's score never enters the law and nothing
+    # bounds it, so shifting by it underflowed the free factors' masses (a gap of ~69 reached the clamp below); a
+    # taken factor's mass (0 forward; its gradient reaches `free`) is capped at e^80 where it would overflow
+    w_max = w.detach().masked_fill(free.detach() <= 0.5, -math.inf).max(-1, keepdim=True).values
+    w_max = torch.where(w_max > -math.inf, w_max, 0.0)  # no free factor: no pick is active, any shift does
+    e = (w - w_max).clamp_max(80.0).exp()
     picked = take(Y, e)  # mass of the r-th pick
     taken = put(Y, torch.ones_like(picked)) if indexed(Y) else Y.sum(-2)
     unpicked = ((free - taken) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
@@ -585,8 +589,9 @@ class MrVAE(MultimodalVAE):
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps so far; checkpointed
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
-        # prior draws compute picks up to the largest size only: None = on a CPU (see relate_prior); False: every
-        # draw and relaxation computes all D rows (the reference the tests hold the cuts to)
+        # None: rows are cut to the largest size drawn (+1) where it pays: relate's relaxations and its mode on every
+        # device, relate_prior's picks on a CPU outside vmap; False: every row computed (the reference the tests hold
+        # the cuts to: the same numbers and draws)
         self.cut_rows = None
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
         left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
@@ -660,10 +665,10 @@ class MrVAE(MultimodalVAE):
             # rows relaxed (NeuralSort, B×R×D per pair): up to the largest n_A drawn (+1), since a row's relaxation
             # reaches the loss only through act[r], which is 0 past n_A; all D for prior draws (no host sync)
             R = D if from_prior or self.cut_rows is False else min(D, largest(n.detach()) + 1)
-            # rows kept: all D where r samples (act[r]'s straight-through gradient reaches every row, the inactive
-            # ones through their exact picks and slots, which draw their noise whether or not a gradient is taken);
-            # in the mode (evaluation) only the relaxed ones: rows past R are inactive and draw nothing
-            rows = D if sample and covered[a] else R
+            # rows kept: all D where the relation is sampled (act[r]'s straight-through gradient reaches every row,
+            # the inactive ones through their exact picks and slots, and every sample draws the noise of all D rows,
+            # so no draw depends on R); in the mode (evaluation) only the first R: rows past R are inactive
+            rows = D if sample else R
             act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:rows + 1]  # act[r] = 1[n_A > r]
             Ys, before = {}, {}
             for j in A:
