@@ -293,6 +293,27 @@ def test_prior_samples_draw_the_same_numbers_at_any_cut():
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
+def test_posterior_samples_in_evaluation_do_not_depend_on_the_other_rows_of_the_batch():
+    """In evaluation (the relation's mode) a tuple's posterior sample is drawn from slots of all D rows per subspace
+    whatever sizes the batch's other tuples have: the same tuples with other companions (same seed) get the same
+    samples, and so does every row computed (cut_rows=False). The slots were cut to the batch's largest size, so the
+    noise each tuple got moved with its companions (coherence and FID read these samples)."""
+    fixed, others = batch(4, seed=1), [batch(4, seed=2), batch(4, seed=3)]
+    out = []
+    for companions, cut in ((others[0], None), (others[1], None), (others[0], False)):
+        model = make().eval()
+        model.cut_rows = cut
+        x = {k: torch.cat([fixed[k], companions[k]]) for k in fixed}
+        torch.manual_seed(5)
+        with torch.no_grad():
+            posts = model.encode_subsets(x, [model.names, ["m0"], ["m1", "m2"]])
+            out.append([(p.mean[:4], p.rsample()[:4]) for p in posts] + [torch.rand(3)])
+    for got in out[1:]:
+        for (m0, s0), (m1, s1) in zip(out[0][:-1], got[:-1]):
+            assert torch.equal(m0, m1) and torch.equal(s0, s1)
+        assert torch.equal(out[0][-1], got[-1])
+
+
 def test_selection_prior_is_def2_given_the_sizes():
     """Point 2 of issue 18: Def. 2 draws each factor's subspace i.i.d. with probability 1/2^(M-1). Given the sizes
     n_j (Def. 1), that law is uniform over the assignments with those sizes; the model's prior on the ranked picks

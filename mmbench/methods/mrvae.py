@@ -589,9 +589,9 @@ class MrVAE(MultimodalVAE):
         self.score_net = SetNets([i for _, i in triples], [u for u, _ in triples], len(pairs), D, H, D)  # Eq. 38
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps so far; checkpointed
         self.dense = False  # True: exact selections as one-hot matrices (the reference the tests compare with)
-        # None: rows are cut to the largest size drawn (+1) where it pays: relate's relaxations and its mode on every
-        # device, relate_prior's picks on a CPU outside vmap; False: every row computed (the reference the tests hold
-        # the cuts to: the same numbers and draws)
+        # None: rows are cut to the largest size drawn (+1) where it pays: relate's relaxations (objective r's
+        # training), relate_prior's picks on a CPU outside vmap; False: every row computed (the reference the tests
+        # hold the cuts to: the same numbers and draws)
         self.cut_rows = None
         self.register_buffer("log_hg", hypergeom_table(D, 2 ** (M - 1)), persistent=False)
         left, pop_class = [2 ** (M - 1)] * M, []  # per modality: its subspaces not yet allocated, private included
@@ -662,18 +662,18 @@ class MrVAE(MultimodalVAE):
                 rel.kl_n = rel.kl_n + categorical_kl(logits, log_prior, allowed)
             rel.log_q_n = rel.log_q_n + (onehot.detach() * torch.where(allowed, log_prior, 0.0)).sum(-1)
             n = (onehot * ks).sum(-1)
-            # rows relaxed (NeuralSort, B×R×D per pair): up to the largest n_A drawn (+1), since a row's relaxation
-            # reaches the loss only through act[r], which is 0 past n_A; all D for prior draws (no host sync)
-            R = D if from_prior or self.cut_rows is False else min(D, largest(n.detach()) + 1)
-            # rows kept: all D where the relation is sampled (act[r]'s straight-through gradient reaches every row,
-            # the inactive ones through their exact picks and slots, and every sample draws the noise of all D rows,
-            # so no draw depends on R); in the mode (evaluation) only the first R: rows past R are inactive
-            rows = D if sample else R
-            act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:rows + 1]  # act[r] = 1[n_A > r]
+            # Every row is kept (D per subspace): act[r]'s straight-through gradient reaches every row, the inactive
+            # ones through their exact picks and slots, and a sample of the slots then draws D numbers per subspace
+            # whatever the sizes drawn, so no number or draw depends on the batch's other rows. Only the relaxation
+            # (NeuralSort, B×R×D per pair; it exists for the gradient) is cut, up to the largest n_A drawn (+1), read
+            # back from the device: a row's relaxation reaches the loss only through act[r], which is 0 past n_A.
+            relaxing = covered[a] and torch.is_grad_enabled()
+            R = min(D, largest(n.detach()) + 1) if relaxing and self.cut_rows is not False else D
+            act = onehot.flip(-1).cumsum(-1).flip(-1)[:, 1:D + 1]  # act[r] = 1[n_A > r]
             Ys, before = {}, {}
             for j in A:
                 w = scores[self.pair_index[(a, j)]] if covered[a] else torch.zeros_like(free[j])
-                Ys[j] = rank(w, free[j], rows, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j],
+                Ys[j] = rank(w, free[j], D, tau_y, sample, relax=covered[a], dense=self.dense, noise=y_noise[j],
                              relaxed=R)
                 if with_kl and covered[a]:
                     rel.kl_y = rel.kl_y + log_pl_ratio(w, free[j], Ys[j], act)
@@ -686,7 +686,7 @@ class MrVAE(MultimodalVAE):
                 sel_lv = torch.stack([take(Ys[j], logvar[j]) for j in experts])
                 q = product_of_experts(sel_mu, sel_lv, mu.new_ones(1, len(experts)), mu.new_zeros(1))[0]
             else:  # no input covers S_A: its slots come from the prior
-                q = Gaussian(mu.new_zeros(B, rows), mu.new_zeros(B, rows))
+                q = Gaussian(mu.new_zeros(B, D), mu.new_zeros(B, D))
             rel.blocks.append((A, act, Ys, q))
         if all(avail):
             rel.single = Gaussian(mu, logvar)
