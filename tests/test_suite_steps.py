@@ -86,7 +86,8 @@ def test_step_key_holds_what_a_step_costs_and_nothing_else():
 
 def test_suite_step_rows_time_each_shape_unpacked_and_up_to_its_own_packs(monkeypatch):
     """MoPoE at 2 β × 2 seeds (one pack of 4, β packing: packs 2 and 3 are timed, 5 is not), MVAE alone (unpacked
-    only), mrVAE objective r × 2 seeds (refused by the fixture: one row saying why). Each timed step really runs (a packed one on a batch per run); the rates are
+    only), mrVAE objective r × 2 seeds (refused by the fixture: one row saying why).
+    Each timed step really runs (a packed one on a batch per run); the rates are
     pack / median; a time limit leaves later shapes listed as not measured."""
     ran = []
 
