@@ -1649,7 +1649,6 @@ def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient(monkeypatch, co
     vmap's grouped convolutions and with the convolutions as batched matmuls (MMBENCH_PACK_CONV=bmm). The
     tight, step-level half of the packed-equals-alone claim; TRAJECTORY_TOL says why trajectories drift further."""
     from mmbench.data.base import Modality
-    from mmbench.pack import draw
 
     monkeypatch.setenv("MMBENCH_PACK_CONV", conv)
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
@@ -1659,20 +1658,30 @@ def test_a_vmapped_step_gives_each_run_its_own_loss_and_gradient(monkeypatch, co
         convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in sm.template.modules())
         nets = 2 if len(sm.template.model.encoders) else 1  # VGON has decoders only (its posterior is a gradient step)
         assert convs >= 3 * nets * len(mods) and sm.matmul_convs == (convs if conv == "bmm" else 0), name  # all swapped
-        noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
-        params = list(sm.params.values())
-        packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
-            sm.params, sm.fresh_buffers(), x, noise)
-        g_packed = torch.autograd.grad(packed.sum(), params, allow_unused=True)
-        for r in range(3):
-            alone = sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], sm.fresh_buffers())
-            g_alone = torch.autograd.grad(alone, params, allow_unused=True)
-            assert float(packed[r].detach()) == pytest.approx(float(alone.detach()), rel=1e-6), (name, r)
-            used = [i for i, t in enumerate(g_alone) if t is not None]
-            assert used and all(g_packed[i] is not None for i in used), name
-            a = torch.cat([g_alone[i][r].flatten() for i in used])
-            p = torch.cat([g_packed[i][r].flatten() for i in used])
+        for r, packed, alone, grads in packed_and_alone_gradients(sm, x):
+            assert float(packed) == pytest.approx(float(alone), rel=1e-6), (name, r)
+            a = torch.cat([ga.flatten() for _, _, ga in grads])
+            p = torch.cat([gp.flatten() for _, gp, _ in grads])
             assert torch.linalg.norm(p - a) <= 2e-4 * torch.linalg.norm(a), (name, r)
+
+
+def packed_and_alone_gradients(sm, x):
+    """One vmapped step of the stacked model `sm` on x (a batch per run) and each run's loss computed alone with the
+    same noise: yields (run, packed loss, loss alone, [(parameter, packed gradient, gradient alone)]) over the
+    parameters the run's loss alone reaches, after checking that the packed loss reaches each of them."""
+    from mmbench.pack import draw
+
+    noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(sm.size)], "cpu")
+    names, params = list(sm.params), list(sm.params.values())
+    packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
+        sm.params, sm.fresh_buffers(), x, noise)
+    g_packed = torch.autograd.grad(packed.sum(), params, allow_unused=True)
+    for r in range(sm.size):
+        alone = sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], sm.fresh_buffers())
+        g_alone = torch.autograd.grad(alone, params, allow_unused=True)
+        used = [i for i, t in enumerate(g_alone) if t is not None]
+        assert used and all(g_packed[i] is not None for i in used), [names[i] for i in used if g_packed[i] is None]
+        yield r, packed[r].detach(), alone.detach(), [(names[i], g_packed[i][r], g_alone[i][r]) for i in used]
 
 
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
@@ -1814,7 +1823,7 @@ def test_a_vmapped_step_gives_each_run_its_own_gradient_per_parameter_with_other
     network (mrVAE's size network) is not hidden by the norm of all gradients together."""
     from mmbench.data.base import Modality
     from mmbench.methods.base import MethodConfig
-    from mmbench.pack import StackedModel, draw
+    from mmbench.pack import StackedModel
     from mmbench.registry import METHODS
 
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
@@ -1833,20 +1842,9 @@ def test_a_vmapped_step_gives_each_run_its_own_gradient_per_parameter_with_other
     for stage in range(stages):
         if stage:
             sm.template.model.host_step()  # past stage1_steps: stage 2
-        noise = draw(sm.draws_for(x, 0, True), [torch.Generator().manual_seed(s) for s in range(3)], "cpu")
-        params = list(sm.params.values())
-        names = list(sm.params)
-        packed, _ = torch.func.vmap(sm.vmapped_fn(), in_dims=(0, 0, 0, 0), randomness="error")(
-            sm.params, sm.fresh_buffers(), x, noise)
-        g_packed = torch.autograd.grad(packed.sum(), params, allow_unused=True)
-        for r in range(3):
-            alone = sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], sm.fresh_buffers())
-            g_alone = torch.autograd.grad(alone, params, allow_unused=True)
-            assert float(packed[r].detach()) == pytest.approx(float(alone.detach()), rel=1e-6), (name, stage, r)
-            used = [i for i, t in enumerate(g_alone) if t is not None]
-            assert used and all(g_packed[i] is not None for i in used), name
-            total = torch.linalg.norm(torch.cat([g_alone[i][r].flatten() for i in used]))
-            for i in used:
-                a, p = g_alone[i][r], g_packed[i][r]
+        for r, packed, alone, grads in packed_and_alone_gradients(sm, x):
+            assert float(packed) == pytest.approx(float(alone), rel=1e-6), (name, stage, r)
+            total = torch.linalg.norm(torch.cat([ga.flatten() for _, _, ga in grads]))
+            for parameter, p, a in grads:
                 bound = 2e-4 * torch.linalg.norm(a) + 1e-7 * total
-                assert torch.linalg.norm(p - a) <= bound, (name, stage, r, names[i])
+                assert torch.linalg.norm(p - a) <= bound, (name, stage, r, parameter)
