@@ -553,12 +553,6 @@ class MrVAE(MultimodalVAE):
     # 2: objective q became the default and the size prior is normalised (pooled by geometric mean): a config
     # with the same options trains another model than before, so it gets another run id.
     id_version = 2
-
-    # 3 for objective r: its size logits' gradient now reaches every row, not only the relaxed ones (RelaxedHead),
-    # and its slots draw noise for all D rows, so an objective r config trains another model than before.
-    @classmethod
-    def numerics_version(cls, options):
-        return 3 if options.get("objective", cls.options["objective"]) == "r" else cls.id_version
     options = {"objective": "q", "size_prior": "mean", "tau_n": 1.0, "tau_y": 1.0, "anneal_rate": 0.0, "tau_min": 0.5, "hidden": 128}
     option_rules = {"objective": {"choices": ("q", "r"), "note": "q: App. A.1's second case, Eqs. 4 and 8; r: the first "
                                                                  "case, Eq. 7"},
@@ -566,6 +560,12 @@ class MrVAE(MultimodalVAE):
                     # Gumbel-softmax temperatures (Jang et al. 2016) are > 0; the anneal rate never raises them
                     "tau_n": {"gt": 0}, "tau_y": {"gt": 0}, "tau_min": {"gt": 0}, "anneal_rate": {"ge": 0},
                     "hidden": {"ge": 1, "note": "the width of the networks of Eqs. 34-35 and 37-38"}}
+
+    # 3 for objective r: its size logits' gradient now reaches every row, not only the relaxed ones (RelaxedHead),
+    # and its slots draw noise for all D rows, so an objective r config trains another model than before.
+    @classmethod
+    def numerics_version(cls, options):
+        return 3 if options.get("objective", cls.options["objective"]) == "r" else cls.id_version
 
     # Packable (mmbench/pack.py): the annealing's step counter is a buffer, so each run of a pack keeps its own.
     # Objective r reads each step's largest subspace size back from the device (the bound of its relaxed rows);
