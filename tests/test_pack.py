@@ -1350,20 +1350,26 @@ def test_mrvae_packs_with_its_own_step_counter_per_run(tmp_path, data_root, monk
     assert packed[runs[0].id]["history"][-1]["train_loss"] != packed[runs[1].id]["history"][-1]["train_loss"]
 
 
-def packable_stacks(mods, runs):
-    """(name, StackedModel of `runs` runs seeded 0..runs-1) for every packable method, latent 8, on `mods`."""
+def stacked(method, mods, runs, options=None):
+    """A StackedModel of `method` (latent 8, these options) of `runs` runs seeded 0..runs-1 on `mods`, on the CPU."""
     from mmbench.methods.base import MethodConfig
     from mmbench.pack import StackedModel
     from mmbench.registry import METHODS
 
+    cls, mcfg = METHODS.get(method), MethodConfig(method, latent_dim=8, beta=1.0, options=options or {})
+    states = []
+    for s in range(runs):
+        torch.manual_seed(s)
+        states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
+    return StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * runs, 1e-3, torch.device("cpu"))
+
+
+def packable_stacks(mods, runs):
+    """(name, StackedModel of `runs` runs seeded 0..runs-1) for every packable method, latent 8, on `mods`."""
+    from mmbench.registry import METHODS
+
     for name in [m for m in METHODS.names() if METHODS.get(m).packable]:
-        cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0)
-        states = []
-        for s in range(runs):
-            torch.manual_seed(s)
-            states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
-        yield name, StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * runs, 1e-3,
-                                 torch.device("cpu"))
+        yield name, stacked(name, mods, runs)
 
 
 @pytest.mark.parametrize("conv", ["grouped", "bmm"])
@@ -1731,16 +1737,7 @@ def test_layers_a_pack_cannot_give_each_run_its_own_of_are_not_packed(monkeypatc
 def _stack(method, mods, runs):
     """A StackedModel of `method` (latent 8) of `runs` runs seeded 0..runs-1, vmapped, built with the current
     MMBENCH_PACK_CONV."""
-    from mmbench.methods.base import MethodConfig
-    from mmbench.pack import StackedModel
-    from mmbench.registry import METHODS
-
-    cls, mcfg = METHODS.get(method), MethodConfig(method, latent_dim=8, beta=1.0)
-    states = []
-    for s in range(runs):
-        torch.manual_seed(s)
-        states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
-    sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * runs, 1e-3, torch.device("cpu"))
+    sm = stacked(method, mods, runs)
     sm.vectorised = True
     return sm
 
@@ -1822,19 +1819,11 @@ def test_a_vmapped_step_gives_each_run_its_own_gradient_per_parameter_with_other
     α annealing, the two-stage schedule in both stages), parameter by parameter: a gradient term lost in a small
     network (mrVAE's size network) is not hidden by the norm of all gradients together."""
     from mmbench.data.base import Modality
-    from mmbench.methods.base import MethodConfig
-    from mmbench.pack import StackedModel
-    from mmbench.registry import METHODS
 
     mods = [Modality(f"m{i}", (3, 28, 28)) for i in range(3)]
     g = torch.Generator().manual_seed(0)
     x = {m.name: torch.rand(3, 8, 3, 28, 28, generator=g) for m in mods}  # a different batch per run
-    cls, mcfg = METHODS.get(name), MethodConfig(name, latent_dim=8, beta=1.0, options=options)
-    states = []
-    for s in range(3):
-        torch.manual_seed(s)
-        states.append(cls(mods, mcfg, "polymnist_cnn").state_dict())
-    sm = StackedModel(cls(mods, mcfg, "polymnist_cnn").train(), states, [None] * 3, 1e-3, torch.device("cpu"))
+    sm = stacked(name, mods, 3, options)
     stages = 1
     if hasattr(sm.template.model, "plan_steps"):
         sm.template.model.plan_steps(10)

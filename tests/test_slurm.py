@@ -303,7 +303,8 @@ def test_run_lock_holds_across_processes_and_a_second_executor_waits(tmp_path):
     holder.stdin.flush()
     waiter.join(30)
     assert holder.wait(30) == 0 and not waiter.is_alive()
-    holder.stdin.close(), holder.stdout.close()
+    holder.stdin.close()
+    holder.stdout.close()
     assert got["m"]["metrics"] == {"x": 1.0}  # found done: nothing trained (no data was even needed)
     assert run.held_here()  # the waiter took the lock last
 

@@ -117,11 +117,11 @@ class RelaxedHead:
         self.head, self.tail, self.d = head, tail, tail.d
 
     def take(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.einsum("brd,bd->br", self.head, v), self.tail.take(v)], -1)
+        return torch.cat([take(self.head, v), self.tail.take(v)], -1)
 
     def put(self, s: torch.Tensor) -> torch.Tensor:
         R = self.head.shape[-2]
-        return torch.einsum("br,brd->bd", s[..., :R], self.head) + self.tail.put(s[..., R:])
+        return put(self.head, s[..., :R]) + self.tail.put(s[..., R:])
 
     def argmax(self) -> torch.Tensor:
         return torch.cat([self.head.detach().argmax(-1), self.tail.idx], -1)
@@ -448,10 +448,8 @@ class Relation:
                 if isinstance(Y, Picks):
                     gathered[j][0].append(Y.idx)
                     gathered[j][1].append(s * Y.exists)
-                elif indexed(Y):
-                    u[j] = u[j] + Y.put(s)
-                else:
-                    u[j] = u[j] + torch.einsum("br,brd->bd", s, Y)
+                else:  # a one-hot matrix or a RelaxedHead
+                    u[j] = u[j] + put(Y, s)
         for j, (idx, vals) in enumerate(gathered):
             if idx:  # every selection of modality j placed at once
                 u[j] = u[j] + u[j].new_zeros(u[j].shape).scatter_add(-1, torch.cat(idx, -1), torch.cat(vals, -1))
