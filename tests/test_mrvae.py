@@ -52,6 +52,18 @@ def test_interface_shapes(training):
         assert model.encode({"m1": x["m1"]}, ("m1",)).mean.shape == (16, 3 * D)
 
 
+def test_evaluation_encoding_runs_under_bf16_autocast():
+    # under autocast the exact picks' `exists` (fp32) and a row value (bf16) meet in one scatter: it must take both
+    model, x = make().eval(), batch()
+    subsets = all_subsets(model.names)
+    with torch.no_grad():
+        exact = [q.mean for q in model.encode_subsets(x, subsets)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = [q.mean for q in model.encode_subsets(x, subsets)]
+    for a, b in zip(exact, low):
+        assert torch.allclose(a, b.float(), atol=0.05, rtol=0.05)
+
+
 @pytest.mark.parametrize("objective", ["q", "r"])
 def test_loss_falls_with_finite_gradients(objective):
     model = make(objective=objective)

@@ -86,7 +86,8 @@ class Picks:
         return v.gather(-1, self.idx) * self.exists
 
     def put(self, s: torch.Tensor) -> torch.Tensor:  # B×rows -> B×D: each row's value at its pick
-        return s.new_zeros(*s.shape[:-1], self.d).scatter_add(-1, self.idx, s * self.exists)
+        v = s * self.exists  # in the wider dtype of the two (bf16 autocast: s bf16, exists fp32)
+        return v.new_zeros(*v.shape[:-1], self.d).scatter_add(-1, self.idx, v)
 
     def argmax(self) -> torch.Tensor:
         return self.idx
