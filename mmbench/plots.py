@@ -14,7 +14,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -393,6 +393,26 @@ def run_history(run_dir: Path) -> Optional[List[Dict[str, float]]]:
     return history
 
 
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
+
+
+def curve_styles(keys: List[Tuple[str, int]]) -> List[Dict[str, Any]]:
+    """Each (series, seed) curve's style: one colour per series (method), seeds told apart by line style and then
+    marker, so the 15 curves of a 3-method × 5-seed figure are 15 distinct lines (one colour cycle of 10 repeated
+    colours before)."""
+    import matplotlib.pyplot as plt
+
+    series = list(dict.fromkeys(s for s, _ in keys))
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    seen: Dict[str, int] = {}
+    styles = []
+    for s, _ in keys:
+        k = seen[s] = seen.get(s, -1) + 1
+        styles.append({"color": colours(series.index(s) % colours.N), "linestyle": LINESTYLES[k % len(LINESTYLES)],
+                       "marker": MARKERS[(k // len(LINESTYLES)) % len(MARKERS)]})
+    return styles
+
+
 def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path, notes: Optional[List[str]] = None) -> List[Path]:
     """Per (dataset, variant, tables) group: train and test loss against epoch, one line per run. A run whose
     history cannot be read is left out of its figure, with a line saying so appended to `notes` (without
@@ -418,15 +438,16 @@ def training_curves(frame: pd.DataFrame, runs_dir: Path, out_dir: Path, notes: O
                 notes.append(f"training curve of {r.run} left out: {e}")
                 continue
             if h:
-                curves.append((f"{names[(r.method, r.group)]} s{r.seed}", pd.DataFrame(h)))
+                curves.append((names[(r.method, r.group)], r.seed, pd.DataFrame(h)))
         if not curves:
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
+        styles = curve_styles([(series, seed) for series, seed, _ in curves])
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), squeeze=False)
         for ax, (key, title) in zip(axes[0], (("train_loss", "train loss"), ("test_loss", "test loss"))):
-            for label, h in curves:
+            for (series, seed, h), style in zip(curves, styles):
                 if key in h:
-                    ax.plot(h["epoch"], h[key], marker="o", markersize=3, lw=1, label=label)
+                    ax.plot(h["epoch"], h[key], markersize=3, lw=1, label=f"{series} s{seed}", **style)
             epoch_axis(ax)
             ax.set_ylabel(title)
             ax.grid(alpha=0.3)

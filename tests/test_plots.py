@@ -109,6 +109,17 @@ def test_a_run_whose_history_cannot_be_read_leaves_its_curve_out_with_a_note(tmp
             run_history(bad.dir)
 
 
+@pytest.mark.parametrize("methods,seeds", [(3, 5), (12, 2), (2, 8)])
+def test_training_curves_draw_every_run_as_its_own_line(methods, seeds):
+    keys = [(f"method{m}", s) for m in range(methods) for s in range(seeds)]
+    styles = plots.curve_styles(keys)
+    looks = [(tuple(st["color"]), str(st["linestyle"]), st["marker"]) for st in styles]
+    assert len(set(looks)) == len(keys)  # Fig. 3's 15 runs: a single 10-colour cycle drew 5 pairs alike
+    for m in range(methods):  # one colour per method
+        assert len({looks[i][0] for i, (k, _) in enumerate(keys) if k == f"method{m}"}) == 1
+    assert len({look[0] for look in looks}) == methods
+
+
 @pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 301))])
 def test_training_curves_tick_whole_epochs(epochs):
     import matplotlib
