@@ -293,6 +293,40 @@ def test_plackett_luce_term_when_a_taken_factor_scores_far_above_the_free_ones(g
                 assert torch.allclose(Y.grad.double(), ref_in[2].grad, rtol=1e-4, atol=1e-5), Y.grad
 
 
+@pytest.mark.parametrize("spread", [30.0, 90.0, 240.0])
+def test_plackett_luce_term_when_the_free_scores_spread_far_along_the_picks(spread):
+    """The picks score spread, spread·2/3, spread/3 and the others 0: each later pick's normaliser holds only factors
+    scoring far below the largest free score, the shift. In float32 their masses floored at 1e-30 past a spread of
+    ~69 (-20.9 instead of -2.56 at 90), and a relaxed pick's gradient, a difference of two terms of size e^spread,
+    lost its score term at 30. In float64, value and gradients are the formula's; the gradients reaching `free` and
+    the relaxed picks are of size e^spread and leave float32's range past a spread of ~88, so at 240 only the value
+    and the scores' gradient are compared."""
+    from mmbench.methods.mrvae import Picks
+
+    D, picks = 16, [0, 1, 2, 3]
+    w0 = torch.zeros(1, D)
+    w0[0, picks] = torch.tensor([3.0, 2.0, 1.0, 0.0]) * spread / 3
+    free0, act = torch.ones(1, D), torch.ones(1, 4)
+    idx = torch.tensor([picks])
+    ref_in = [w0.double().requires_grad_(), free0.double().requires_grad_(),
+              Picks(idx, torch.ones(1, 4), D).matrix().double().requires_grad_()]
+    ref = _log_pl_float64(ref_in[0], ref_in[1], ref_in[2], act)
+    ref.sum().backward()
+    for dense in (True, False):
+        w, free = w0.clone().requires_grad_(), free0.clone().requires_grad_()
+        Y = Picks(idx, torch.ones(1, 4), D)
+        Y = Y.matrix().requires_grad_() if dense else Y
+        got = log_pl(w, free, Y, act)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(ref.item(), abs=1e-4), (dense, got.item(), ref.item())
+        got.sum().backward()
+        assert torch.allclose(w.grad.double(), ref_in[0].grad, atol=1e-5), (dense, w.grad)
+        if spread < 88:
+            assert torch.allclose(free.grad.double(), ref_in[1].grad, rtol=1e-4, atol=1e-5), (dense, free.grad)
+            if dense:
+                assert torch.allclose(Y.grad.double(), ref_in[2].grad, rtol=1e-4, atol=1e-5), Y.grad
+
+
 def test_prior_samples_draw_the_same_numbers_at_any_cut():
     """sample_prior (no modality given: every subspace uncovered) draws all D rows of slot noise whatever the
     largest size drawn, so its samples and the random stream after them are those of all rows (cut_rows=False)."""

@@ -138,6 +138,13 @@ def take(Y, v: torch.Tensor) -> torch.Tensor:
     return Y.take(v) if indexed(Y) else torch.einsum("brd,bd->br", Y, v)
 
 
+def in_float64(Y):
+    """A selection whose relaxed (dense) rows are float64, so that gradients reaching them sum in float64."""
+    if isinstance(Y, RelaxedHead):
+        return RelaxedHead(Y.head.double(), Y.tail)
+    return Y if indexed(Y) else Y.double()
+
+
 def put(Y, s: torch.Tensor) -> torch.Tensor:
     """sᵀY: row r's value s_r (B×rows) placed at its pick (B×D), Y a one-hot matrix, Picks or RelaxedHead."""
     return Y.put(s) if indexed(Y) else torch.einsum("br,brd->bd", s, Y)
@@ -226,7 +233,12 @@ def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tens
     given the sizes: see docs/provenance.md, mrVAE)."""
     # shifted by the largest score among the free factors: a taken factor's score never enters the law and nothing
     # bounds it, so shifting by it underflowed the free factors' masses (a gap of ~69 reached the clamp below); a
-    # taken factor's mass (0 forward; its gradient reaches `free`) is capped at e^80 where it would overflow
+    # taken factor's mass (0 forward; its gradient reaches `free`) is capped at e^80 where it would overflow.
+    # All in float64: a later pick's normaliser holds only the factors still free then, which may all score far below
+    # the shift (in float32 a spread of ~69 along the picks reached the floor again), and a relaxed pick's gradient
+    # is the difference of two terms of size e^spread (its mass in Z, its share of `taken`): summed in float32 it lost
+    # the score term already at a spread of 30
+    dtype, w, free, Y = w.dtype, w.double(), free.double(), in_float64(Y)
     w_max = w.detach().masked_fill(free.detach() <= 0.5, -math.inf).max(-1, keepdim=True).values
     w_max = torch.where(w_max > -math.inf, w_max, 0.0)  # no free factor: no pick is active, any shift does
     e = (w - w_max).clamp_max(80.0).exp()
@@ -234,8 +246,8 @@ def log_pl(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tens
     taken = put(Y, torch.ones_like(picked)) if indexed(Y) else Y.sum(-2)
     unpicked = ((free - taken) * e).sum(-1, keepdim=True)  # mass of the free factors never picked
     # normaliser of pick r: the mass of the factors still free then (picks r, r+1, ... and the unpicked ones)
-    log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-30).log() + w_max
-    return (act * (take(Y, w) - log_z)).sum(-1)
+    log_z = (picked.flip(-1).cumsum(-1).flip(-1) + unpicked).clamp_min(1e-300).log() + w_max
+    return (act * (take(Y, w) - log_z)).sum(-1).to(dtype)
 
 
 def log_pl_ratio(w: torch.Tensor, free: torch.Tensor, Y: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
