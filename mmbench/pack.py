@@ -240,10 +240,12 @@ def _hook(model: nn.Module, name: str, *args):
 
 
 def _as_tensors(logs: Dict[str, Any], like: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """The logs as float32 device tensors; a Python number is filled in on the device (torch.full: the number is a
-    kernel argument), not copied from a host tensor (a blocking copy: on a GPU the host would wait every step)."""
-    return {k: (v.detach().float() if torch.is_tensor(v) else torch.full((), float(v), device=like.device))
-            for k, v in logs.items()}
+    """The logs as float64 device tensors, as a run alone sums them (train.py: a tensor's value in float64, a Python
+    number as itself; float32 here rounded e.g. MM-VAMP's float64 α at 1e-8 in a packed run's history only); a
+    Python number is filled in on the device (torch.full: the number is a kernel argument), not copied from a host
+    tensor (a blocking copy: on a GPU the host would wait every step)."""
+    return {k: (v.detach().double() if torch.is_tensor(v)
+                else torch.full((), float(v), dtype=torch.float64, device=like.device)) for k, v in logs.items()}
 
 
 def vectorised_on(device) -> bool:
@@ -467,7 +469,8 @@ class _Member:
                 self.gen.set_state(ck["rng"])
             elif "rng_device" in ck:
                 self.gen.set_state(ck["rng_device"])
-            run.log(f"resumed from {last} at epoch {self.state['epoch']} (packed)")
+            at = f", step {self.state['step']}" if self.state.get("step") else ""  # as a run alone logs it
+            run.log(f"resumed from {last} at epoch {self.state['epoch']}{at} (packed)")
             train_mod.adopt_later_best(run, self.state)
         self.error: Optional[str] = None
         self.writer = None  # train.tensorboard's writer, opened once the run trains packed (_train_group)

@@ -366,6 +366,8 @@ def test_mmvamp_packs_with_each_runs_own_annealed_alpha(tmp_path, data_root, mon
         assert int(cp["model"]["train_samples"]) == int(ca["model"]["train_samples"]) == 2 * 96
         alphas = [h["train_alpha"] for h in alone["history"]]  # each epoch's mean α over its steps
         assert [h["train_alpha"] for h in packed["history"]] == pytest.approx(alphas, rel=1e-6)
+        if mode == "loop":  # α is float64 in both: a pack's logs were float32 (1e-8 apart from alone's)
+            assert [h["train_alpha"] for h in packed["history"]] == alphas
     assert 0.3 < alphas[0] < 1 and 0 < alphas[1] < 1e-3  # the schedule really moved α: from 1 toward 0
 
 
@@ -1235,6 +1237,7 @@ def test_stopped_pack_resumes_mid_epoch_bit_identically(tmp_path, data_root, mon
     out = train_pack(runs, data_root)
     for w, r in zip(whole, runs):
         assert out[r.id]["history"] == ref[w.id]["history"]
+        assert "at epoch 0, step 2 (packed)" in r.log_path.read_text()  # where it resumed, as a run alone says
         a, b = last(w), last(r)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
         assert torch.equal(a["rng"], b["rng"])
