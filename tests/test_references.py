@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REFS = ROOT / "reference_results"
 
 
-def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, **method_fields):
-    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method, **method_fields}, "seed": seed,
-                            "tables": list(tables), "eval": dict(eval or {})})
+def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, data=("polydigits", None), **method_fields):
+    cfg = build_run_config({"dataset": data[0], "variant": data[1], "method": {"name": method, **method_fields},
+                            "seed": seed, "tables": list(tables), "eval": dict(eval or {})})
     run = Run(cfg, runs_dir)
     run.init()
     run.write_metrics(metrics)
@@ -28,6 +28,7 @@ def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, **method_fiel
 
 SMVAE_LR = {"lr_protocol": "smvae"}  # the suites' latent-classification protocols, pinned by the reference files
 MMVAMP_LR = {"lr_protocol": "mmvamp"}
+RATS = ("rats", "deposit")  # the recordings the MM-VAMP rat figures are on (their claims pin the variant)
 MIXTURE_AS_AUTHORS = {"mixture_representation": "component", "ll_proposal": "component"}  # the suites' MMVAE reading
 
 
@@ -152,15 +153,23 @@ def test_mmvamp_fig6_reads_the_pooled_views_accuracy(tmp_path):
     runs = tmp_path / "runs"
     # every model separates odors within each view (per-view accuracy 0.9); only MM-VAMP shares the space across views
     for method, beta, pooled in (("mmvamp", 1e-3, 0.85), ("independent", 1e-5, 0.3), ("aggregated", 1e-2, 0.35)):
-        run_with(runs, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": pooled}, ["MM-VAMP Fig. 6"], beta=beta, eval=MMVAMP_LR)
+        run_with(runs, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": pooled}, ["MM-VAMP Fig. 6"], beta=beta,
+                 eval=MMVAMP_LR, data=RATS)
     claim = shipped_claim(build_report(runs, REFS), "fig6-rats-odor-separation-at-best-beta")
     assert claim.status == "holds" and claim.strength == "hedged"
     assert any("mmvamp latent_acc/pooled = 0.850 > 0.300" in d for d in claim.details)
 
     runs2 = tmp_path / "runs2"  # the baselines' views share one space as well: the claim must not hold
     for method, beta in (("mmvamp", 1e-3), ("independent", 1e-5), ("aggregated", 1e-2)):
-        run_with(runs2, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": 0.88}, ["MM-VAMP Fig. 6"], beta=beta, eval=MMVAMP_LR)
+        run_with(runs2, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": 0.88}, ["MM-VAMP Fig. 6"], beta=beta,
+                 eval=MMVAMP_LR, data=RATS)
     assert shipped_claim(build_report(runs2, REFS), "fig6-rats-odor-separation-at-best-beta").status == "fails"
+    runs3 = tmp_path / "runs3"  # the first runs on simulated rats: they decide nothing about the paper's recordings
+    for method, beta, pooled in (("mmvamp", 1e-3, 0.85), ("independent", 1e-5, 0.3), ("aggregated", 1e-2, 0.35)):
+        run_with(runs3, method, {"latent_acc_by_n/1": 0.9, "latent_acc/pooled": pooled}, ["MM-VAMP Fig. 6"], beta=beta,
+                 eval=MMVAMP_LR, data=("rats", "simulated"))
+    claim = shipped_claim(build_report(runs3, REFS), "fig6-rats-odor-separation-at-best-beta")
+    assert claim.status == "missing" and "variant is 'simulated', the paper's is 'deposit'" in claim.excluded
 
 
 def test_mmvamp_fig4a_reads_the_average_of_the_unimodal_aps(tmp_path):
@@ -262,6 +271,28 @@ def test_budget_biased_cells_pin_the_papers_budget_and_the_full_tiers_meet_it():
     for suite, (section, value) in {"mrvae.yaml": ("fid_samples", 10000), "mopoe_iclr21.yaml": ("ll_samples", 15)}.items():
         data = yaml.safe_load((ROOT / "suites" / suite).read_text())
         assert data["defaults"]["eval"][section] == value and not data["tiers"]["full"], suite
+
+
+def test_every_cell_and_claim_of_a_table_built_on_a_dataset_variant_pins_that_variant():
+    """A table the suites reproduce on one variant (vanilla PolyMNIST, the rats' deposited data, ...) is matched only
+    by runs on it: the MoPoE Fig. 3 cells, the SMVAE Fig. 2-3 and the rat claims matched any variant (runs on the
+    extended PolyMNIST passed Fig. 3; rats runs on simulated data decided Fig. 5's strict claims)."""
+    from mmbench.suite import load_suite
+
+    variants = {}  # table -> the variants the suites' experiments reproducing it use
+    for path in sorted((ROOT / "suites").glob("*.yaml")):
+        for e in load_suite(path).experiments:
+            for table in e.reproduces:
+                variants.setdefault(table, set()).add(e.variant)
+    cells, claims = load_reference_files(REFS)
+    checked = 0
+    for where_of, table, what in ([(c.where, c.table, f"{c.table} {c.row}/{c.column}") for c in cells]
+                                  + [(c.where, c.figure, c.id) for c in claims]):
+        wanted = variants.get(table, set()) - {None}
+        if wanted:
+            checked += 1
+            assert (where_of or {}).get("variant") in wanted, f"{what}: pin variant ({', '.join(sorted(wanted))})"
+    assert checked >= 50  # every variant-built table: MoPoE Fig. 3, mrVAE, MM-VAMP, SMVAE Figs. 2-3
 
 
 def test_a_quick_tier_fid_does_not_fill_a_paper_fid_cell(tmp_path):
