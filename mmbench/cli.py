@@ -795,11 +795,13 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                   f"{rep.failures} failing, {rep.missing} missing"
                   + (f" (hedged claims, evidence only: {sum(c.status == 'holds' for c in hedged)} of {len(hedged)} "
                      "hold)" if hedged else ""))
-        if refuse_mixed and rep.mixed:
-            first = rep.mixed[0]
-            say.print(f"{len(rep.mixed)} cells pool runs whose provenance differs (--refuse-mixed), e.g. "
-                      f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}; "
-                      f"re-run those runs with one environment, or drop --refuse-mixed")
+        if refuse_mixed and (rep.mixed or rep.mixed_claims):
+            first = rep.mixed[0] if rep.mixed else None
+            example = (f"{first.paper} {first.table} {first.row}/{first.column}: {', '.join(first.mixed)}" if first
+                       else f"claim {rep.mixed_claims[0].id}: {', '.join(rep.mixed_claims[0].mixed)}")
+            say.print(f"{len(rep.mixed)} cells and {len(rep.mixed_claims)} claims pool runs whose provenance differs "
+                      f"(--refuse-mixed), e.g. {example}; re-run those runs with one environment, or drop "
+                      f"--refuse-mixed", highlight=False, soft_wrap=True)
         if rep.ambiguous:
             first = rep.ambiguous[0]
             say.print(f"{len(rep.ambiguous)} cells are matched by runs of several configurations and not scored, e.g. "
@@ -825,7 +827,7 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                       f"{absent[0].table} {absent[0].row}/{absent[0].column}: {absent[0].absent}",
                       highlight=False, soft_wrap=True)
         if (rep.failures or rep.ambiguous or rep.ambiguous_claims or (rep.missing and not allow_missing)
-                or (refuse_mixed and rep.mixed)):
+                or (refuse_mixed and (rep.mixed or rep.mixed_claims))):
             raise typer.Exit(1)
 
 

@@ -98,6 +98,7 @@ class Claim:
     # set when a comparison is undecided because its runs cannot be compared as they are (several configurations
     # match a side; the sides' budgets differ): the first such detail (report.evaluate_claims)
     ambiguous: Optional[str] = None
+    mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs compared differ (as Cell's)
 
 
 def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:

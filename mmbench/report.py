@@ -197,6 +197,15 @@ def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[A
     return {k: sel[[x == k for x in keys]] for k in dict.fromkeys(keys)}
 
 
+def _rows_of(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> List[pd.DataFrame]:
+    """One side's rows (every `for_each` value); a metric ending in /* reads the keys under its prefix."""
+    if side["metric"].endswith("/*"):
+        prefix = side["metric"][:-1]
+        keys = sorted({m for m in frame["metric"].unique() if m.startswith(prefix)}) if len(frame) else []
+        return [r for m in keys for r in side_rows(frame, claim, dict(side, metric=m)).values()]
+    return list(side_rows(frame, claim, side).values())
+
+
 def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, Any]:
     """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None); where runs of
     several configurations match one key, the value is the string naming the settings that differ (not scored)."""
@@ -207,16 +216,20 @@ def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict
 # with other budgets (a full-tier run against a quick-tier one) are not compared.
 BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
           "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
+# Who scores a run (the coherence classifiers, their dropout, the decoders' arithmetic): not in the run id, so one
+# trained model scored twice; two sides scored otherwise (the authors' classifiers against mmbench's) are not compared.
+SCORING = ("eval.classifiers", "eval.classifier_dropout", "eval.precision")
+COMPARABLE = BUDGET + SCORING
 
 
 def side_budgets(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, set]:
-    """The BUDGET settings of one side's runs, per `for_each` value (as side_values keys them)."""
-    return {k: {tuple(repr(c.get(b)) for b in BUDGET) for c in at["cfg"]}
+    """The BUDGET and SCORING settings of one side's runs, per `for_each` value (as side_values keys them)."""
+    return {k: {tuple(repr(c.get(b)) for b in COMPARABLE) for c in at["cfg"]}
             for k, at in side_rows(frame, claim, side).items()}
 
 
 SEVERAL = "runs of several configurations match"
-OTHER_BUDGETS = "the sides' runs were trained or scored with other budgets"
+OTHER_BUDGETS = "the sides' runs were trained or scored with other budgets or scoring settings"
 UNCOMPARABLE = (SEVERAL, OTHER_BUDGETS)  # a claim undecided for these fails --compare (Claim.ambiguous)
 
 
@@ -233,7 +246,7 @@ def budget_gap(a: set, b: set) -> Optional[str]:
     if a == b and len(a) == 1:
         return None
     both = list(a | b)
-    return "; ".join(f"{name} ({', '.join(sorted({t[i] for t in both}))})" for i, name in enumerate(BUDGET)
+    return "; ".join(f"{name} ({', '.join(sorted({t[i] for t in both}))})" for i, name in enumerate(COMPARABLE)
                      if len({t[i] for t in both}) > 1) or None
 
 
@@ -396,6 +409,12 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
                                  f"{at}: {'yes' if ok else 'NO'}")
         if all(d.endswith(": no runs") for d in c.details):
             c.details = [f"no runs tagged {c.figure!r} match"]
+        # as a cell's "⚠ mixed": the runs the claim compares differ in code, data, classifier set or packages
+        c.mixed = mixed_fields(pd.concat(rows)) if (rows := [r for h in c.holds for sd in (h["left"], h["right"])
+                                                              if isinstance(sd, dict)
+                                                              for r in _rows_of(frame, c, sd)]) else []
+        if c.mixed:
+            c.details.append(f"⚠ mixed: the runs compared differ in {', '.join(c.mixed)}")
         if any(v is False for v in verdicts):
             c.status = "fails"
         elif verdicts and all(v is True for v in verdicts):
@@ -438,6 +457,11 @@ class Report:
     @property
     def mixed(self) -> List[Cell]:
         return [c for c in self.cells if c.mixed]
+
+    @property
+    def mixed_claims(self) -> List[Claim]:
+        """Strict claims comparing runs whose provenance differs (--refuse-mixed fails on them, as on cells)."""
+        return [c for c in self.strict_claims if c.mixed]
 
     @property
     def ambiguous(self) -> List[Cell]:

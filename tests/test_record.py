@@ -84,6 +84,35 @@ def _refs(tmp_path):
     return refs
 
 
+def test_a_claim_comparing_runs_of_different_provenance_says_so_and_refuse_mixed_fails_on_it(tmp_path):
+    """A cell pooling runs of other data or code shows "⚠ mixed"; a claim comparing MoPoE on one dataset build with
+    MVAE on another held with no mark. Now its details say so, and --refuse-mixed fails on it as on a cell."""
+    runs = tmp_path / "runs"
+    base = {"git_commit": "aaa", "dataset_digest": "d1", "packages": {"torch": "2.14.1"}}
+    fake_run(runs, 0, {"coherence/joint": 0.6}, base, tables=("F",))
+    fake_run(runs, 0, {"coherence/joint": 0.4}, base, tables=("F",), method="mvae")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "p.yaml").write_text(yaml.safe_dump({"claims": [
+        {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+         "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
+                    "right": {"method": "mvae", "metric": "coherence/joint"}}]}]}))
+    (c,) = build_report(runs, refs).claims
+    assert c.status == "holds" and c.mixed == [] and not any("mixed" in d for d in c.details)
+    runs2 = tmp_path / "runs2"
+    fake_run(runs2, 0, {"coherence/joint": 0.6}, base, tables=("F",))
+    fake_run(runs2, 0, {"coherence/joint": 0.4}, {**base, "dataset_digest": "d2"}, tables=("F",), method="mvae")
+    rep = build_report(runs2, refs)
+    (c,) = rep.claims
+    assert c.status == "holds" and c.mixed == ["dataset digest"] and rep.mixed_claims == [c]
+    assert "⚠ mixed: the runs compared differ in dataset digest" in c.details
+    cli = ["report", "--runs-dir", str(runs2), "--compare", str(refs)]
+    assert CliRunner().invoke(app, cli).exit_code == 0
+    refused = CliRunner().invoke(app, cli + ["--refuse-mixed"])
+    assert refused.exit_code == 1
+    assert "0 cells and 1 claims pool runs whose provenance differs" in " ".join(refused.output.split())
+
+
 def test_provenance_records_the_prepare_options_the_data_were_built_with(tmp_path, data_root, monkeypatch):
     """provenance's dataset_build carries the manifest's prepare options (e.g. PolyMNIST rebuilt from MNIST's test
     split), not only its seed: the report says the data are not the paper's."""
@@ -133,7 +162,7 @@ def test_report_flags_cells_pooling_runs_of_different_code_or_packages(tmp_path)
     refused = CliRunner().invoke(app, cli + ["--refuse-mixed"])
     assert refused.exit_code == 1
     said = " ".join(refused.output.split())
-    assert "1 cells pool runs whose provenance differs (--refuse-mixed)" in said
+    assert "1 cells and 0 claims pool runs whose provenance differs (--refuse-mixed)" in said
     assert "mmbench commit, numpy" in said
     # the same evaluating code, but one run was resumed under other code: its training differs
     runs2 = tmp_path / "runs2"

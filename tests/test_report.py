@@ -837,7 +837,7 @@ def test_a_claim_does_not_compare_runs_of_other_budgets(tmp_path):
              "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
                         "right": {"method": "mvae", "metric": "coherence/joint"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
-    assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
+    assert c.status == "missing" and "other budgets or scoring settings (train.epochs (15, 300))" in c.details[0], c.details
     assert c.ambiguous == c.details[0]  # like an ambiguous cell, it fails --compare even with --allow-missing
     from typer.testing import CliRunner
 
@@ -863,7 +863,7 @@ def test_a_quantified_claim_does_not_compare_runs_of_other_budgets(tmp_path):
              "holds": [{"left": {"method": "mopoe", "metric": "latent_ap/img/*"}, "op": ">", "quantifier": "all",
                         "right": {"method": "mvae", "metric": "latent_ap/img/*"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
-    assert c.status == "missing" and "other budgets (train.epochs (15, 300))" in c.details[0], c.details
+    assert c.status == "missing" and "other budgets or scoring settings (train.epochs (15, 300))" in c.details[0], c.details
 
 
 @pytest.mark.parametrize("left, right", [({"a": 0.6, "b": 0.7}, {"a": 0.4}), ({"a": 0.6}, {"a": 0.4, "b": 0.9})],
@@ -902,7 +902,9 @@ def test_a_where_number_matches_only_its_value_up_to_float_error():
 @pytest.mark.parametrize("section, key, other", [
     ("train", "max_train", 100), ("train", "max_test", 100), ("eval", "test_samples", 64),
     ("eval", "lr_train_samples", 128), ("eval", "joint_samples", 32), ("eval", "ll_samples", 2),
-    ("eval", "fid_samples", 500), ("eval", "classifier_epochs", 1)])
+    ("eval", "fid_samples", 500), ("eval", "classifier_epochs", 1),
+    # scored otherwise (the authors' classifiers, their dropout, bf16 decoders): these were compared silently
+    ("eval", "classifiers", "authors"), ("eval", "classifier_dropout", "as_authors"), ("eval", "precision", "bf16")])
 def test_every_budget_setting_keeps_two_sides_apart(tmp_path, section, key, other):
     """Sides differing only in one budget setting of a quick tier (test subset, samples, classifier epochs) are not
     compared: the comparison is undecided and names that setting."""
@@ -913,7 +915,7 @@ def test_every_budget_setting_keeps_two_sides_apart(tmp_path, section, key, othe
              "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
                         "right": {"method": "mvae", "metric": "coherence/joint"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
-    assert c.status == "missing" and f"other budgets ({section}.{key} (" in c.details[0], c.details
+    assert c.status == "missing" and f"other budgets or scoring settings ({section}.{key} (" in c.details[0], c.details
 
 
 def test_a_claim_over_several_configurations_fails_compare_even_with_allow_missing(tmp_path):
