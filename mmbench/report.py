@@ -283,6 +283,9 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
     bad = [v for v in vals.values() if isinstance(v, str)]
     if bad:
         return None, f"{label}: {several(bad[0])}"
+    budgets = set().union(*side_budgets(frame, claim, h["left"]).values())
+    if len(budgets) > 1:  # the extreme of values trained or scored otherwise (a quick-tier β against full-tier ones)
+        return None, f"{label}: {other_budgets(budget_gap(budgets, budgets))}"
     listed = [k for k in vals if any(_same(k, w) for w in h["right"])]
     lacking = [w for w in h["right"] if not any(_same(k, w) for k in vals)]
     if lacking:

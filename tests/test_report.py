@@ -820,11 +820,26 @@ def test_a_tie_at_the_extreme_does_not_depend_on_run_order(tmp_path):
     assert status == {"both": "holds", "one": "missing", "none": "fails"}
 
 
-def _beta_run(runs, beta, value):
-    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta}, "tables": ["F"]}),
-              runs)
+def _beta_run(runs, beta, value, epochs=None):
+    train = {"epochs": epochs} if epochs else {}
+    run = Run(build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "beta": beta}, "tables": ["F"],
+                                "train": train}), runs)
     run.init()
     run.write_metrics({"recon/joint": value})
+
+
+def test_the_extreme_along_a_sweep_is_not_read_across_budgets(tmp_path):
+    """β = 1 trained 10 epochs among β trained 300: its higher reconstruction error says nothing about β. The claim
+    was decided ('fails'); it is undecided and names the setting, and fails --compare as other budgets do."""
+    runs = tmp_path / "runs"
+    for beta, v, epochs in ((1.0, 9.0, 10), (2.0, 6.0, 300), (3.0, 5.0, 300)):
+        _beta_run(runs, beta, v, epochs)
+    base = {"paper": "P", "figure": "F", "quote": "q", "source": "p. 1", "for_each": "method.beta"}
+    refs = _refs(tmp_path, {"claims": [{**base, "id": "low", "holds": [
+        {"left": {"method": "mopoe", "metric": "recon/joint"}, "op": "lowest_at", "right": [1.0]}]}]})
+    (c,) = build_report(runs, refs).claims
+    assert c.status == "missing" and "other budgets or scoring settings (train.epochs (10, 300))" in c.details[0]
+    assert c.ambiguous == c.details[0]
 
 
 def test_a_claim_does_not_compare_runs_of_other_budgets(tmp_path):
