@@ -100,10 +100,15 @@ def one_run_per_seed(frame: pd.DataFrame, skipped: List[Tuple[str, str]]) -> pd.
     if not repeats.any():
         return frame
     kept = {(g, s): r for r, g, s in runs[~repeats].itertuples(index=False)}
+    tables = dict(zip(frame["run"], frame["tables"]))
     for r, g, s in runs[repeats].itertuples(index=False):
         skipped.append((r, f"the same configuration and seed as run {kept[(g, s)]} (they differ only in settings that "
                            f"change no number: {', '.join(NUMBER_NEUTRAL)}): that seed is counted once"))
-    return frame[~frame["run"].isin(set(runs[repeats]["run"]))].reset_index(drop=True)
+        # the kept run serves the tables the repeat was made for too (else a table only the repeat served is missing)
+        tables[kept[(g, s)]] = tuple(dict.fromkeys(tables[kept[(g, s)]] + tuple(tables[r])))
+    frame = frame[~frame["run"].isin(set(runs[repeats]["run"]))].reset_index(drop=True)
+    frame["tables"] = frame["run"].map(tables)
+    return frame
 
 
 def mixed_fields(sel: pd.DataFrame) -> List[str]:

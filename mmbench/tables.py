@@ -221,6 +221,8 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                     txt += f" | ⚠ mixed {', '.join(c.mixed)}"
                 if c.nonfinite:
                     txt += f" | ⚠ {c.nonfinite} run(s) with a non-finite value left out"
+                if c.paper_runs and c.n_runs < c.paper_runs:  # e.g. 3 of a suite's 5 seeds finished
+                    txt += f" | {c.n_runs} of {c.paper_runs} runs"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
         npass = sum(c.status == "pass" for c in cs)
@@ -230,6 +232,9 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
         nambig = n - npass - nmiss - nfail
         if nambig:
             summary += f", {nambig} ambiguous (runs of several configurations match)"
+        nfew = sum(c.produced is not None and bool(c.paper_runs) and c.n_runs < c.paper_runs for c in cs)
+        if nfew:
+            summary += f"; {nfew} over fewer runs than the paper's"
         nmixed = sum(bool(c.mixed) for c in cs)
         if nmixed:
             summary += f"; {nmixed} pool runs whose provenance differs (⚠ mixed)"

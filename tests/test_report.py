@@ -487,6 +487,23 @@ def _refs(tmp_path, data):
     return d
 
 
+def test_a_cell_over_fewer_runs_than_the_papers_says_so(tmp_path):
+    """3 of the paper's 5 runs finished: the cell is scored, and says over how many runs, as its table's summary does
+    (only the csv/json export carried n before)."""
+    runs = tmp_path / "runs"
+    for s in range(3):
+        fake_run(runs, "mopoe", s, {"coherence/joint": 0.30 + s / 100})
+    cell = {"paper": "P", "table": "T1", "row": "MoPoE", "column": "Joint", "method": "mopoe",
+            "metric": "coherence/joint", "value": 0.31, "std": 0.01, "tolerance": 0.02}
+    rep = build_report(runs, _refs(tmp_path, {"runs": 5, "cells": [cell]}))
+    (_, table, summary), = rep.refs
+    assert table.iloc[0]["Joint"].endswith("| 3 of 5 runs") and "1 over fewer runs than the paper's" in summary
+    fake_run(runs, "mopoe", 3, {"coherence/joint": 0.3})
+    fake_run(runs, "mopoe", 4, {"coherence/joint": 0.3})
+    (_, table, summary), = build_report(runs, _refs(tmp_path, {"runs": 5, "cells": [cell]})).refs
+    assert "runs" not in table.iloc[0]["Joint"] and "fewer" not in summary
+
+
 def test_a_cell_never_averages_runs_of_two_configurations(tmp_path):
     """Five full-tier seeds and a quick-tier run (other epochs) serve the same table: the cell is not scored, names
     the differing setting, and --compare fails saying how to separate them; the summary keeps them apart."""
@@ -790,6 +807,19 @@ def test_a_seed_run_twice_with_other_checkpointing_counts_once(tmp_path):
     assert c.runs == sorted([kept, next(r for r in c.runs if r != kept)]) and repeated not in c.runs
     assert dict(rep.skipped)[repeated].startswith(f"the same configuration and seed as run {kept}")
     assert any("(2 seeds)" in col for _, t in rep.summaries for col in t.columns)
+
+
+def test_a_repeat_left_out_lends_its_tables_to_the_run_kept(tmp_path):
+    """The same configuration and seed made for two tables (the repeat with other checkpointing): the run kept serves
+    both; table T2's cell, served only by the repeat, was missing with no reason on the cell."""
+    runs = tmp_path / "runs"
+    a = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, tables=("T1",))
+    b = fake_run(runs, "mopoe", 0, {"coherence/joint": 0.50}, tables=("T2",), train={"checkpoint_minutes": 5.0})
+    cells = [dict(REF_CELL, table=t, value=0.5, tolerance=0.1) for t in ("T1", "T2")]
+    rep = build_report(runs, _refs(tmp_path, {"cells": cells}))
+    kept = min(a.id, b.id)
+    assert [(c.status, c.runs) for c in rep.cells] == [("pass", [kept]), ("pass", [kept])]
+    assert len(rep.skipped) == 1
 
 
 def test_a_diverged_run_is_left_out_of_the_summary_mean_and_said(tmp_path):
