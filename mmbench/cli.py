@@ -665,27 +665,31 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
         from .metrics.fid import resolve_weights
 
         resolve_weights(weights)
-    seen = set()
+    prepared, trained = set(), set()
     for c in configs:
         spec = DATASETS.get(c.dataset)()
         variant = spec.check_variant(c.variant)
+        if (c.dataset, variant, c.data_seed) not in prepared:
+            prepared.add((c.dataset, variant, c.data_seed))
+            if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
+                if not getattr(spec, "embedded", False):
+                    raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
+                                       f"`{spec.prepare_hint(variant, data_root)}` first")
+                with progress_bar() as progress:
+                    do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
         key = (c.dataset, variant, c.data_seed, c.eval.classifier_epochs, c.eval.classifiers)
-        if key in seen:
-            continue
-        seen.add(key)
-        if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
-            if not getattr(spec, "embedded", False):
-                raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
-                                   f"`{spec.prepare_hint(variant, data_root)}` first")
-            with progress_bar() as progress:
-                do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
-        if "coherence" in c.eval.metrics:
+        # every metric that scores with the classifiers (CelebA's coherence_ap too), once per cache: before, a
+        # dataset seen first without coherence was never trained for, and coherence_ap's classifiers were trained by
+        # the workers
+        if {"coherence", "coherence_ap"} & set(c.eval.metrics) and key not in trained:
+            trained.add(key)
             train_split = load_split(spec, variant, "train", data_root)
             test_split = load_split(spec, variant, "test", data_root)
             with progress_bar() as progress:
                 _, acc = get_classifiers(spec, variant, train_split, test_split, c.eval, data_root, progress,
                                          check=False)
-            console.print(f"{c.eval.classifiers} coherence classifiers for {c.dataset} ({variant}): test accuracy "
+            score = "test mean AP" if spec.multilabel else "test accuracy"
+            console.print(f"{c.eval.classifiers} coherence classifiers for {c.dataset} ({variant}): {score} "
                           + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .data.base import dataset_dir, manifest_digest, read_manifest
+from .data.base import dataset_dir, load_split, manifest_digest, read_manifest
 from .errors import MMBenchError
 from .metrics.batched import for_eval
 from .metrics.context import EvalContext
@@ -26,7 +26,9 @@ def eval_context(run: Run, model, device, data_root: Optional[Path] = None,
     spec = DATASETS.get(cfg.dataset)()
     variant = spec.check_variant(cfg.variant)
     train_split, test_full = load_data(cfg, data_root)
-    ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split,
+    whole = None if cfg.train.max_train is None else \
+        (lambda: load_split(spec, variant, "train", data_root).select(train_split.names))
+    ctx = EvalContext(model=model, spec=spec, variant=variant, train=train_split, classifier_train=whole,
                       test=evaluation_split(test_full, cfg.eval.test_samples), test_full=test_full, cfg=cfg.eval,
                       run_seed=cfg.seed,
                       device=device, data_root=data_root, progress=progress or (lambda *a: None),

@@ -215,7 +215,7 @@ def test_classifier_accuracy_is_measured_on_the_full_test_split(monkeypatch):
 
     seen = {}
 
-    def spy(spec, variant, train, test, cfg, data_root, progress):
+    def spy(spec, variant, train, test, cfg, data_root, progress, whole=None):
         seen["test"] = test
         return {}, {}
 
@@ -231,7 +231,7 @@ def test_a_multilabel_dataset_reports_its_classifiers_mean_ap_not_an_accuracy(mo
     """EvalContext.classifiers: on a multi-label dataset (CelebA) the classifiers' quality goes to classifier_ap."""
     import mmbench.metrics.context as context
 
-    monkeypatch.setattr(context, "get_classifiers", lambda *a: ({}, {"img": 0.7}))
+    monkeypatch.setattr(context, "get_classifiers", lambda *a, **k: ({}, {"img": 0.7}))
     full = DataSplit(MODS, {m: torch.zeros(4, 10) for m in NAMES}, torch.zeros(4, dtype=torch.long))
     ctx = EvalContext(model=Copier(), spec=DATASETS.get("celeba")(), variant="default", train=full, test=full,
                       test_full=full, cfg=EvalConfig(), device=torch.device("cpu"))
@@ -243,7 +243,7 @@ def test_the_authors_classifiers_are_recorded_as_theirs(monkeypatch):
     """EvalContext.classifiers with eval.classifiers: authors records the architecture as the authors', not mmbench's."""
     import mmbench.metrics.context as context
 
-    monkeypatch.setattr(context, "get_classifiers", lambda *a: ({}, {}))
+    monkeypatch.setattr(context, "get_classifiers", lambda *a, **k: ({}, {}))
     full = DataSplit(MODS, {m: torch.zeros(4, 10) for m in NAMES}, torch.zeros(4, dtype=torch.long))
     ctx = EvalContext(model=Copier(), spec=DATASETS.get("polydigits")(), variant="vanilla", train=full, test=full,
                       test_full=full, cfg=EvalConfig(classifiers="authors"), device=torch.device("cpu"))
@@ -535,3 +535,59 @@ def test_set_aside_replaces_an_earlier_set_aside_file_or_folder(tmp_path, capsys
     # another process that read the same damaged file moved it first (a race outside the cache's lock): nothing to do
     set_aside(path, "is not JSON", "measuring the classifiers again")
     assert aside.is_dir() and capsys.readouterr().err == ""
+
+
+def test_classifiers_trained_in_an_evaluation_learn_the_whole_training_split(tmp_path, data_root, monkeypatch):
+    """The classifiers' cache key has no train.max_train: an evaluation of a run trained on 64 tuples trained them on
+    those 64 (`mmbench train` + `evaluate` on a cold cache), and every later run of any size read them (coherence/joint
+    1.0 against 0.03 for one run, depending on which was evaluated first). They learn the whole split now, as
+    `mmbench run` trains them beforehand; the whole split is loaded only when one is not cached."""
+    import mmbench.metrics.classifiers as clsm
+    from mmbench.config import build_run_config
+    from mmbench.data.base import load_split
+    from mmbench.evaluate import eval_context
+    from mmbench.results import Run
+
+    monkeypatch.setenv("MMBENCH_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def train_one(spec, variant, split, name, epochs, device, progress):
+        seen.append(len(split))
+        return clsm.build(spec, next(m for m in split.modalities if m.name == name), variant)
+
+    monkeypatch.setattr(clsm, "train_one", train_one)
+    monkeypatch.setattr(clsm, "accuracy", lambda *a, **k: 1.0)
+    cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe", "latent_dim": 8},
+                            "train": {"max_train": 64}, "eval": {"classifier_epochs": 1, "classifier_min_accuracy": 0}})
+    ctx = eval_context(Run(cfg, tmp_path / "runs"), None, torch.device("cpu"), data_root)
+    whole = len(load_split(DATASETS.get("polydigits")(), "vanilla", "train", data_root))
+    assert len(ctx.train) == 64 < whole
+    ctx.classifiers()
+    assert seen == [whole] * len(ctx.train.modalities)
+    loads = []
+    monkeypatch.setattr(ctx, "classifier_train", lambda: loads.append(1))
+    ctx._classifiers = None
+    ctx.classifiers()  # all cached: the whole split is not loaded again
+    assert loads == [] and len(seen) == len(ctx.train.modalities)
+
+
+def test_mmbench_run_trains_the_classifiers_of_every_metric_that_scores_with_them(data_root, monkeypatch):
+    """Before dispatching, `mmbench run` trains each classifier cache once: for coherence_ap too (CelebA's were left to
+    the workers), and for a dataset whose first config scores no coherence (it was skipped as already seen)."""
+    import mmbench.metrics.classifiers as clsm
+    from mmbench.cli import _prepare_for
+    from mmbench.config import build_run_config
+
+    calls = []
+    monkeypatch.setattr(clsm, "get_classifiers", lambda spec, variant, *a, **k: calls.append(variant) or ({}, {}))
+
+    def cfg(metrics, dataset="polydigits"):
+        return build_run_config({"dataset": dataset, "method": {"name": "mopoe"},
+                                 "eval": {"metrics": metrics, "classifier_epochs": 1}})
+
+    _prepare_for([cfg(["loglik"]), cfg(["coherence"]), cfg(["coherence", "loglik"])], data_root)
+    assert calls == ["vanilla"]  # once per cache, after a config without coherence
+    monkeypatch.setattr("mmbench.data.base.read_manifest", lambda directory: {"prepared": True})  # CelebA, as if
+    monkeypatch.setattr("mmbench.data.base.load_split", lambda *a, **k: None)
+    _prepare_for([cfg(["coherence_ap"], "celeba")], data_root)
+    assert calls[1:] == [DATASETS.get("celeba")().check_variant(None)]

@@ -984,7 +984,7 @@ def test_eval_context_loads_the_classifiers_once_and_records_what_they_are(monke
 
     clfs = {"m0": torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(3, 2))}
     calls = []
-    monkeypatch.setattr(context, "get_classifiers", lambda *a: calls.append(a) or (clfs, {"m0": 0.75}))
+    monkeypatch.setattr(context, "get_classifiers", lambda *a, **k: calls.append(a) or (clfs, {"m0": 0.75}))
     spec = SimpleNamespace(multilabel=multilabel, classifier_for=lambda variant: f"net-{variant}")
     cfg = EvalConfig(classifier_dropout=dropout, classifier_epochs=7)
     ctx = context.EvalContext(model=None, spec=spec, variant="v", train=None, test=None, test_full=None, cfg=cfg,

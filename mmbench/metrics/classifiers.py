@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,17 +84,19 @@ def _train_one(spec, variant, split, name, epochs, device, progress, seed, batch
 
 def get_classifiers(spec: DatasetSpec, variant: str, train: DataSplit, test: DataSplit, cfg: EvalConfig,
                     data_root: Optional[Path], progress: Callable[[str, int, int], None],
-                    check: bool = True) -> Tuple[Dict[str, torch.nn.Module], Dict[str, float]]:
-    """Load the cached classifiers, training the missing ones; refuse any below the accuracy floor.
+                    check: bool = True, whole: Optional[Callable[[], DataSplit]] = None
+                    ) -> Tuple[Dict[str, torch.nn.Module], Dict[str, float]]:
+    """Load the cached classifiers, training the missing ones (on `whole()`, the whole training split, where `train`
+    is a run's train.max_train subset: the cache is shared by runs of any subset); refuse any below the floor.
     With ``eval.classifiers: authors`` the MoPoE authors' imported ones instead (metrics/authors_classifiers.py).
     The global RNG state is left as it was (building a network draws its initial weights; training reseeds), so a
     metric that asks for the classifiers draws the same samples whether they were cached, trained or imported."""
 
     with torch.random.fork_rng(devices=devices_of_rng(device_of())):
-        return _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check)
+        return _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check, whole)
 
 
-def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check):
+def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check, whole=None):
     if cfg.classifiers == "authors":
         clfs, accs = load_classifiers(spec, variant, train.modalities, data_root)
         if check:
@@ -110,14 +112,15 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
     # read without the lock
     with cache_lock(directory, f"waiting for another mmbench process filling {directory} (training coherence "
                                f"classifiers?)"):
-        clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress)
+        clfs, accs = _load_or_train(spec, variant, train, test, cfg, directory, progress, whole)
     if check:
         _check_floor(spec, cfg, accs)
     return clfs, accs
 
 
-def _load_or_train(spec, variant, train, test, cfg, directory, progress):
+def _load_or_train(spec, variant, train, test, cfg, directory, progress, whole=None):
     device = device_of()
+    source: List[DataSplit] = []  # the split classifiers train on, loaded at the first one not cached
     remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S, say=stderr_note)  # a classifier's writer, killed
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
@@ -129,7 +132,9 @@ def _load_or_train(spec, variant, train, test, cfg, directory, progress):
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
             writable_folder(directory, _WHAT)  # before the training, not after it
-            clf = train_one(spec, variant, train, mod.name, cfg.classifier_epochs, device, progress)
+            if not source:
+                source.append(whole() if whole is not None else train)
+            clf = train_one(spec, variant, source[0], mod.name, cfg.classifier_epochs, device, progress)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)

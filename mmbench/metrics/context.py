@@ -10,6 +10,7 @@ import torch
 
 from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
+from ..devices import devices_of_rng
 from ..methods.base import MultimodalVAE
 from .batched import for_eval
 from .classifiers import get_classifiers
@@ -24,6 +25,38 @@ def state_digest(modules: Dict[str, torch.nn.Module]) -> str:
             h.update(f"{name}.{key}:{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class OwnStream(torch.nn.Module):
+    """A classifier whose random draws (its dropout under eval.classifier_dropout: as_authors) come from a stream of
+    its own, `streams` (shared by a run's classifiers, seeded once), not the evaluation's: scoring with dropout left
+    the later metrics' samples other than with it (every loglik key moved), a setting outside the run id."""
+
+    def __init__(self, clf: torch.nn.Module, streams: Dict[str, torch.Tensor], device: torch.device):
+        super().__init__()
+        self.clf, self.streams, self.device = clf, streams, torch.device(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gpu = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=devices_of_rng(self.device)):
+            torch.set_rng_state(self.streams["cpu"])
+            if gpu:
+                torch.cuda.set_rng_state(self.streams["device"], self.device)
+            out = self.clf(x)
+            self.streams["cpu"] = torch.get_rng_state()
+            if gpu:
+                self.streams["device"] = torch.cuda.get_rng_state(self.device)
+        return out
+
+
+def own_streams(seed: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """The classifiers' random streams (CPU and, on a GPU, the device's), seeded with `seed`."""
+    with torch.random.fork_rng(devices=devices_of_rng(device)):
+        torch.manual_seed(seed)
+        out = {"cpu": torch.get_rng_state()}
+        if torch.device(device).type == "cuda":
+            out["device"] = torch.cuda.get_rng_state(torch.device(device))
+    return out
 
 
 @dataclass
@@ -45,6 +78,10 @@ class EvalContext:
     provenance: Dict[str, object] = field(default_factory=dict)
     _classifiers: Optional[Dict[str, torch.nn.Module]] = None
     run_seed: int = 0  # the evaluated run's seed (the regressions' training tuples differ between seeds)
+    # The whole training split (the run's modalities), loaded only when a coherence classifier is not cached: they
+    # train on it, as `mmbench run` trains them beforehand, not on the run's train.max_train subset, which their
+    # cache key leaves out (None: `train`)
+    classifier_train: Optional[Callable[[], DataSplit]] = None
 
     def regression_tuples(self) -> DataSplit:
         """The eval.lr_train_samples training tuples the latent regressions are fitted on: a seeded sample that
@@ -64,8 +101,8 @@ class EvalContext:
 
     def classifiers(self) -> Dict[str, torch.nn.Module]:
         if self._classifiers is None:
-            clfs, acc = get_classifiers(self.spec, self.variant, self.train, self.test_full, self.cfg,
-                                        self.data_root, self.progress)
+            clfs, acc = get_classifiers(self.spec, self.variant, self.train, self.test_full, self.cfg, self.data_root,
+                                        self.progress, whole=self.classifier_train)
             # Test accuracy per modality; on multi-label datasets the test mean AP (metrics/classifiers.py).
             self.extra["classifier_ap" if self.spec.multilabel else "classifier_accuracy"] = acc
             self.extra["classifier_set"] = self.cfg.classifiers
@@ -74,7 +111,10 @@ class EvalContext:
                                               "architecture": self.spec.classifier_for(self.variant)
                                               if self.cfg.classifiers == "mmbench" else "authors",
                                               "epochs": self.cfg.classifier_epochs, "digest": state_digest(clfs)}
-            # as_authors: the MoPoE code never calls .eval() on its classifiers, so dropout stays active.
-            self._classifiers = {m: for_eval(c.to(self.device), self.device).train(self.cfg.classifier_dropout == "as_authors")
-                                 for m, c in clfs.items()}
+            # as_authors: the MoPoE code never calls .eval() on its classifiers, so dropout stays active, drawing
+            # from the classifiers' own stream (seeded from the run's seed, apart from evaluation's seed + 1)
+            active = self.cfg.classifier_dropout == "as_authors"
+            streams = own_streams(self.run_seed + 2, self.device) if active else {}
+            self._classifiers = {m: (OwnStream(c, streams, self.device) if active else c).train(active)
+                                 for m, c in ((m, for_eval(c.to(self.device), self.device)) for m, c in clfs.items())}
         return self._classifiers
