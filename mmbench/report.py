@@ -418,9 +418,9 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
         if all(d.endswith(": no runs") for d in c.details):
             c.details = [f"no runs tagged {c.figure!r} match"]
         # as a cell's "⚠ mixed": the runs the claim compares differ in code, data, classifier set or packages
-        c.mixed = mixed_fields(pd.concat(rows)) if (rows := [r for h in c.holds for sd in (h["left"], h["right"])
-                                                              if isinstance(sd, dict)
-                                                              for r in _rows_of(frame, c, sd)]) else []
+        rows = [r for h in c.holds for side in (h["left"], h["right"]) if isinstance(side, dict)
+                for r in _rows_of(frame, c, side)]
+        c.mixed = mixed_fields(pd.concat(rows)) if rows else []
         if c.mixed:
             c.details.append(f"⚠ mixed: the runs compared differ in {', '.join(c.mixed)}")
         if any(v is False for v in verdicts):
