@@ -469,8 +469,7 @@ class _Member:
                 self.gen.set_state(ck["rng"])
             elif "rng_device" in ck:
                 self.gen.set_state(ck["rng_device"])
-            at = f", step {self.state['step']}" if self.state.get("step") else ""  # as a run alone logs it
-            run.log(f"resumed from {last} at epoch {self.state['epoch']}{at} (packed)")
+            run.log(f"{train_mod.resumed_from(last, self.state)} (packed)")
             train_mod.adopt_later_best(run, self.state)
         self.error: Optional[str] = None
         self.writer = None  # train.tensorboard's writer, opened once the run trains packed (_train_group)

@@ -73,6 +73,11 @@ class Cell:
     verdict: Optional[str] = None  # consistent / differs / underpowered
 
     @property
+    def short_of_runs(self) -> bool:
+        """Whether a produced value is over fewer runs than the paper's mean (e.g. 3 of a suite's 5 seeds finished)."""
+        return self.produced is not None and bool(self.paper_runs) and self.n_runs < self.paper_runs
+
+    @property
     def status(self) -> str:
         if self.ambiguous:
             return "ambiguous"

@@ -202,12 +202,19 @@ def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[A
     return {k: sel[[x == k for x in keys]] for k in dict.fromkeys(keys)}
 
 
+def keys_under(frame: pd.DataFrame, prefix: str) -> List[str]:
+    """The names the runs report one level under `prefix` (a metric ending in /* without its *), e.g. CelebA's
+    attributes under latent_ap/img/."""
+    return sorted({m[len(prefix):] for m in frame["metric"].unique() if m.startswith(prefix)
+                   and "/" not in m[len(prefix):]}) if len(frame) else []
+
+
 def _rows_of(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> List[pd.DataFrame]:
     """One side's rows (every `for_each` value); a metric ending in /* reads the keys under its prefix."""
     if side["metric"].endswith("/*"):
         prefix = side["metric"][:-1]
-        keys = sorted({m for m in frame["metric"].unique() if m.startswith(prefix)}) if len(frame) else []
-        return [r for m in keys for r in side_rows(frame, claim, dict(side, metric=m)).values()]
+        return [r for n in keys_under(frame, prefix)
+                for r in side_rows(frame, claim, dict(side, metric=prefix + n)).values()]
     return list(side_rows(frame, claim, side).values())
 
 
@@ -312,8 +319,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     attribute of latent_ap/img/*): at each `for_each` value it holds when it holds for more than half of the keys
     both sides have ("most") or for every one ("all"); undecided where no key has both sides."""
     lp = h["left"]["metric"][:-1]
-    names = sorted({m[len(lp):] for m in frame["metric"].unique() if m.startswith(lp) and "/" not in m[len(lp):]}
-                   if len(frame) else set())
+    names = keys_under(frame, lp)
     right = h["right"]
     label = f"{_side_label(h['left'])} {h['op']} {_side_label(right)} ({h['quantifier']})"
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]

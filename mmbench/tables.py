@@ -221,7 +221,7 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                     txt += f" | ⚠ mixed {', '.join(c.mixed)}"
                 if c.nonfinite:
                     txt += f" | ⚠ {c.nonfinite} run(s) with a non-finite value left out"
-                if c.paper_runs and c.n_runs < c.paper_runs:  # e.g. 3 of a suite's 5 seeds finished
+                if c.short_of_runs:
                     txt += f" | {c.n_runs} of {c.paper_runs} runs"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
@@ -232,7 +232,7 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
         nambig = n - npass - nmiss - nfail
         if nambig:
             summary += f", {nambig} ambiguous (runs of several configurations match)"
-        nfew = sum(c.produced is not None and bool(c.paper_runs) and c.n_runs < c.paper_runs for c in cs)
+        nfew = sum(c.short_of_runs for c in cs)
         if nfew:
             summary += f"; {nfew} over fewer runs than the paper's"
         nmixed = sum(bool(c.mixed) for c in cs)

@@ -30,7 +30,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import DataSplit, load_split
-from .devices import device_of, devices_of_rng
+from .devices import device_of, devices_of_rng, rng_states, set_rng_states
 from .errors import MMBenchError, brief, shorten
 from .files import SHARED_TEMP_AGE_S, remove_abandoned_temps
 from .methods.base import MultimodalVAE, trainer_counts
@@ -389,15 +389,10 @@ def captured(fn: Callable, device) -> Optional[Callable]:
     return torch.compile(fn, mode="reduce-overhead")
 
 
-def rng_states(device) -> tuple:
-    """The global random streams a run's noise comes from: the CPU's, and the GPU's when it trains on one."""
-    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None)
-
-
-def set_rng_states(states: tuple, device) -> None:
-    torch.set_rng_state(states[0].cpu())
-    if states[1] is not None and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(states[1].cpu(), device)
+def resumed_from(last: Path, state: Dict) -> str:
+    """The log line of a run resumed from checkpoint `last`: its epoch, and its step where it stopped mid-epoch."""
+    at = f", step {state['step']}" if state.get("step") else ""
+    return f"resumed from {last} at epoch {state['epoch']}{at}"
 
 
 def copy_into(dst: List[torch.Tensor], src: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -589,8 +584,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
         restore(model, opt, ck, last)
         set_rng_states((ck["rng"], ck.get("rng_device")), device)  # a GPU run continues its GPU stream too
         state = ck["state"]
-        at = f", step {state['step']}" if state.get("step") else ""
-        run.log(f"resumed from {last} at epoch {state['epoch']}{at}")
+        run.log(resumed_from(last, state))
         adopt_later_best(run, state)
     writer = tensorboard_writer(run)
     E, B = cfg.train.epochs, cfg.train.batch_size

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ def _get_classifiers(spec, variant, train, test, cfg, data_root, progress, check
 
 def _load_or_train(spec, variant, train, test, cfg, directory, progress, whole=None):
     device = device_of()
-    source: List[DataSplit] = []  # the split classifiers train on, loaded at the first one not cached
+    source: Optional[DataSplit] = None  # the split classifiers train on, loaded at the first one not cached
     remove_abandoned_temps(directory, min_age_s=SHARED_TEMP_AGE_S, say=stderr_note)  # a classifier's writer, killed
     acc_path = directory / "accuracy.json"
     accs = _cached_scores(acc_path)
@@ -132,9 +132,9 @@ def _load_or_train(spec, variant, train, test, cfg, directory, progress, whole=N
         clf = _cached_classifier(spec, mod, variant, path)
         if clf is None:
             writable_folder(directory, _WHAT)  # before the training, not after it
-            if not source:
-                source.append(whole() if whole is not None else train)
-            clf = train_one(spec, variant, source[0], mod.name, cfg.classifier_epochs, device, progress)
+            if source is None:
+                source = whole() if whole is not None else train
+            clf = train_one(spec, variant, source, mod.name, cfg.classifier_epochs, device, progress)
             accs.pop(mod.name, None)
             buf = io.BytesIO()
             torch.save(clf.state_dict(), buf)

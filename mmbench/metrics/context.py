@@ -4,13 +4,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
 from ..config import EvalConfig
 from ..data.base import DataSplit, DatasetSpec
-from ..devices import devices_of_rng
+from ..devices import devices_of_rng, rng_states, set_rng_states
 from ..methods.base import MultimodalVAE
 from .batched import for_eval
 from .classifiers import get_classifiers
@@ -29,34 +29,28 @@ def state_digest(modules: Dict[str, torch.nn.Module]) -> str:
 
 class OwnStream(torch.nn.Module):
     """A classifier whose random draws (its dropout under eval.classifier_dropout: as_authors) come from a stream of
-    its own, `streams` (shared by a run's classifiers, seeded once), not the evaluation's: scoring with dropout left
-    the later metrics' samples other than with it (every loglik key moved), a setting outside the run id."""
+    its own, `streams[0]` (shared by a run's classifiers, seeded once: own_streams), not the evaluation's: scoring
+    with dropout left the later metrics' samples other than with it (every loglik key moved), a setting outside the
+    run id."""
 
-    def __init__(self, clf: torch.nn.Module, streams: Dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, clf: torch.nn.Module, streams: List[tuple], device: torch.device):
         super().__init__()
         self.clf, self.streams, self.device = clf, streams, torch.device(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gpu = self.device.type == "cuda"
         with torch.random.fork_rng(devices=devices_of_rng(self.device)):
-            torch.set_rng_state(self.streams["cpu"])
-            if gpu:
-                torch.cuda.set_rng_state(self.streams["device"], self.device)
+            set_rng_states(self.streams[0], self.device)
             out = self.clf(x)
-            self.streams["cpu"] = torch.get_rng_state()
-            if gpu:
-                self.streams["device"] = torch.cuda.get_rng_state(self.device)
+            self.streams[0] = rng_states(self.device)
         return out
 
 
-def own_streams(seed: int, device: torch.device) -> Dict[str, torch.Tensor]:
-    """The classifiers' random streams (CPU and, on a GPU, the device's), seeded with `seed`."""
+def own_streams(seed: int, device: torch.device) -> List[tuple]:
+    """The classifiers' random streams (devices.rng_states: the CPU's and, on a GPU, the device's) seeded with `seed`,
+    in a list their OwnStream wrappers share and advance."""
     with torch.random.fork_rng(devices=devices_of_rng(device)):
         torch.manual_seed(seed)
-        out = {"cpu": torch.get_rng_state()}
-        if torch.device(device).type == "cuda":
-            out["device"] = torch.cuda.get_rng_state(torch.device(device))
-    return out
+        return [rng_states(device)]
 
 
 @dataclass
@@ -114,7 +108,7 @@ class EvalContext:
             # as_authors: the MoPoE code never calls .eval() on its classifiers, so dropout stays active, drawing
             # from the classifiers' own stream (seeded from the run's seed, apart from evaluation's seed + 1)
             active = self.cfg.classifier_dropout == "as_authors"
-            streams = own_streams(self.run_seed + 2, self.device) if active else {}
+            streams = own_streams(self.run_seed + 2, self.device) if active else []
             self._classifiers = {m: (OwnStream(c, streams, self.device) if active else c).train(active)
                                  for m, c in ((m, for_eval(c.to(self.device), self.device)) for m, c in clfs.items())}
         return self._classifiers
