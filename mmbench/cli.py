@@ -761,7 +761,9 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
                                                                   "runs)."),
            plots: Optional[Path] = typer.Option(None, "--plots", parser=_path("--plots"), metavar="PATH",
                                                 help="Write the figures (PNG and SVG) into this folder."),
-           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells do not fail."),
+           allow_missing: bool = typer.Option(False, "--allow-missing", help="With --compare: missing cells and "
+                                              "claims (and those with runs only at another budget than the paper's) "
+                                              "do not fail."),
            refuse_mixed: bool = typer.Option(False, "--refuse-mixed", help="With --compare: fail when a cell pools runs "
                                              "whose code, data, classifiers or numerical packages differ."),
            title: str = typer.Option("mmbench report", "--title", help="Heading of the md/latex/html report.")) -> None:
@@ -769,6 +771,7 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
 
     Example: mmbench report --compare reference_results/ --format html --out report.html
     """
+    from .references import Cell
     from .report import build_report
 
     formats = ("terminal", "md", "latex", "html", "csv", "json")
@@ -797,6 +800,8 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
         say.print(f"{sum(c.status == 'pass' for c in rep.cells)} of {len(rep.cells)} reference cells within "
                   f"tolerance, {sum(c.status == 'holds' for c in strict)} of {len(strict)} claims hold; "
                   f"{rep.failures} failing, {rep.missing} missing"
+                  + (f", {len(rep.off_budget)} at another budget than the paper's (not scored)" if rep.off_budget
+                     else "")
                   + (f" (hedged claims, evidence only: {sum(c.status == 'holds' for c in hedged)} of {len(hedged)} "
                      "hold)" if hedged else ""))
         if refuse_mixed and (rep.mixed or rep.mixed_claims):
@@ -830,7 +835,16 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             say.print(f"{len(absent)} missing cells have runs that write no such key, e.g. {absent[0].paper} "
                       f"{absent[0].table} {absent[0].row}/{absent[0].column}: {absent[0].absent}",
                       highlight=False, soft_wrap=True)
-        if (rep.failures or rep.ambiguous or rep.ambiguous_claims or (rep.missing and not allow_missing)
+        if rep.off_budget:
+            first = rep.off_budget[0]
+            name = (f"{first.paper} {first.table} {first.row}/{first.column}" if isinstance(first, Cell)
+                    else f"claim {first.id} ({first.figure})")
+            say.print(f"{len(rep.off_budget)} cells and strict claims have runs only at another budget than the "
+                      f"paper's, e.g. {name}: {first.off_budget}; they are shown and not scored (missing for "
+                      f"--compare): train the suite's full tier for them ({compare / 'budgets.yaml'} lists "
+                      f"each table's budget)", highlight=False, soft_wrap=True)
+        if (rep.failures or rep.ambiguous or rep.ambiguous_claims
+                or ((rep.missing or rep.off_budget) and not allow_missing)
                 or (refuse_mixed and (rep.mixed or rep.mixed_claims))):
             raise typer.Exit(1)
 

@@ -304,6 +304,35 @@ def deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{'method': {'beta': 1}} -> {'method.beta': 1} (the paths a `where` filter names)."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def same_setting(actual: Any, wanted: Any) -> bool:
+    """Whether a run's setting is the one a filter or budget names (numbers to rounding, a list as a tuple)."""
+    if isinstance(actual, bool) != isinstance(wanted, bool):  # a flag set True is not the number 1
+        return False
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
+        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+    return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list) and actual == setting_key(wanted))
+
+
+def setting_key(value: Any) -> Any:
+    """A setting as a dict key: a list-valued one (e.g. `modalities`) as a tuple."""
+    if isinstance(value, list):
+        return tuple(setting_key(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, setting_key(v)) for k, v in value.items()))
+    return value
+
+
 def _put(out: Dict[str, Any], key: str, value: Any) -> None:
     """out[a][b][c] = value for key 'a.b.c'."""
     node = out

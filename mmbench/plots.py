@@ -312,9 +312,10 @@ def reproduction_points(cells: List[Any]) -> Dict[str, pd.DataFrame]:
         family = c.metric.split("/")[0].removesuffix("_by_n")
         rows.append({"paper": c.paper, "table": c.table, "row": c.row, "column": c.column, "metric": c.metric,
                      "panel": SCALES.get(family, family), "printed": c.value, "produced": c.produced,
-                     "produced_std": c.produced_std or 0.0, "tolerance": c.tolerance, "passed": c.status == "pass"})
+                     "produced_std": c.produced_std or 0.0, "tolerance": c.tolerance, "passed": c.status == "pass",
+                     "scored": c.status in ("pass", "fail")})
     frame = pd.DataFrame(rows, columns=["paper", "table", "row", "column", "metric", "panel", "printed", "produced",
-                                        "produced_std", "tolerance", "passed"])
+                                        "produced_std", "tolerance", "passed", "scored"])
     return {p: g.reset_index(drop=True) for p, g in frame.groupby("paper", sort=False)}
 
 
@@ -335,9 +336,11 @@ def reproduction(cells: List[Any], out_dir: Path) -> List[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             g = pts[pts["panel"] == panel]
-            for passed, colour, marker, label in ((True, "tab:green", "o", "within tolerance"),
-                                                  (False, "tab:red", "x", "outside tolerance")):
-                h = g[g["passed"] == passed]
+            for state, colour, marker, label in (("pass", "tab:green", "o", "within tolerance"),
+                                                 ("fail", "tab:red", "x", "outside tolerance"),
+                                                 ("off", "tab:grey", "s", "another budget (not scored)")):
+                h = g[g["passed"] & g["scored"] if state == "pass" else ~g["passed"] & g["scored"] if state == "fail"
+                      else ~g["scored"]]
                 if len(h):
                     ax.errorbar(h["printed"], h["produced"], yerr=h["tolerance"], fmt=marker, color=colour,
                                 ecolor=colour, alpha=0.8, capsize=2, markersize=5, label=label)
@@ -350,9 +353,10 @@ def reproduction(cells: List[Any], out_dir: Path) -> List[Path]:
             ax.set_xlabel(f"printed ({panel})")
             ax.set_ylabel(f"produced ({panel})")
             ax.grid(alpha=0.3)
-        npass = int(pts["passed"].sum())
+        npass, noff = int(pts["passed"].sum()), int((~pts["scored"]).sum())
         fig.suptitle(f"{paper}\n{npass} of {len(pts)} produced cells within tolerance"
-                     f" ({n_all - len(pts)} of {n_all} cells missing, not shown)", fontsize=9)
+                     + (f", {noff} at another budget than the paper's (not scored)" if noff else "")
+                     + f" ({n_all - len(pts)} of {n_all} cells missing, not shown)", fontsize=9)
         fig.tight_layout()
         legend = {}  # every kind of mark from every panel (the first panel may have no failures)
         for ax in axes[0]:

@@ -17,6 +17,8 @@ A reference file holds
   (default: the quote states the comparison and the keys measure what the paper plotted; a claim that
   does not hold fails ``--compare``) or ``hedged`` (the quote hedges -- "typically", "may", "most" -- or
   the check is a reading or proxy of ours: shown with its evidence, never a failure).
+* **budgets** (only in the generated ``budgets.yaml``, mmbench/budgets.py): per table and method, the settings that
+  size a run at the paper's budget; a cell or claim whose runs are at another is shown and not scored.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import yamlio
+from .budgets import BUDGET
 from .config import check_path, check_settings
 from .errors import ConfigError, MMBenchError, show_value
 from .registry import METHODS
@@ -71,6 +74,10 @@ class Cell:
     p_value: Optional[float] = None  # Welch's (one run: prediction-interval) t-test, produced vs printed (mmbench/verdicts.py)
     p_holm: Optional[float] = None  # Holm-adjusted over the paper's tested cells
     verdict: Optional[str] = None  # consistent / differs / underpowered
+    budgets: Optional[List[Dict[str, Any]]] = None  # the paper's budgets for this table and method (budgets.yaml)
+    # set when the runs behind the produced value were trained or scored at another budget than the paper's: which
+    # settings, e.g. 'train.epochs 15 (the paper's: 300)'; the value is shown, never scored (status "off-budget")
+    off_budget: Optional[str] = None
 
     @property
     def short_of_runs(self) -> bool:
@@ -83,6 +90,8 @@ class Cell:
             return "ambiguous"
         if self.produced is None:
             return "missing"
+        if self.off_budget:
+            return "off-budget"
         return "pass" if abs(self.produced - self.value) <= self.tolerance + 1e-12 else "fail"
 
 
@@ -97,13 +106,15 @@ class Claim:
     where: Optional[Dict[str, Any]] = None
     for_each: Optional[str] = None
     strength: str = "strict"  # strict: a failure fails --compare; hedged: evidence only (STRENGTHS)
-    status: str = "missing"  # holds / fails / missing
+    status: str = "missing"  # holds / fails / missing / off-budget (decided, not scored: Cell.off_budget)
     details: List[str] = field(default_factory=list)
     excluded: Optional[str] = None  # a side's runs left out by its filter (as Cell.excluded), the first such
     # set when a comparison is undecided because its runs cannot be compared as they are (several configurations
     # match a side; the sides' budgets differ): the first such detail (report.evaluate_claims)
     ambiguous: Optional[str] = None
     mixed: List[str] = field(default_factory=list)  # provenance fields on which the runs compared differ (as Cell's)
+    budgets: Optional[Dict[str, List[Dict[str, Any]]]] = None  # method -> the paper's budgets for the figure
+    off_budget: Optional[str] = None  # as Cell's: the runs compared are at another budget (status "off-budget")
 
 
 def _check_fields(where: str, raw: Any, required: Tuple[str, ...], optional: Tuple[str, ...]) -> None:
@@ -194,7 +205,7 @@ def _check_quantifier(where: str, h: Dict[str, Any]) -> None:
                           "with no other *")
 
 
-REFERENCE_KEYS = ("paper", "runs", "cells", "claims")
+REFERENCE_KEYS = ("paper", "runs", "cells", "claims", "budgets")
 
 
 def load_references(directory: Path) -> List[Cell]:
@@ -217,6 +228,7 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
     claims: List[Claim] = []
     seen_cells: Dict[Tuple[str, str, str, str], str] = {}  # (paper, table, row, column) -> the entry that gave it
     seen_claims: Dict[str, str] = {}  # claim id -> the entry that gave it
+    budgets: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}  # table -> method -> the paper's budgets
     for path in paths:
         try:
             text = path.read_bytes()  # bytes: yamlio names the line of a byte that is not UTF-8
@@ -235,7 +247,9 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
         for key in ("cells", "claims"):
             if raw.get(key) is not None and not isinstance(raw[key], list):
                 raise ConfigError(f"{path}: {key}", "must be a list of entries")
-        if not raw.get("cells") and not raw.get("claims"):
+        if raw.get("budgets") is not None:  # the generated budgets.yaml (mmbench/budgets.py)
+            _read_budgets(f"{path}: budgets", raw["budgets"], budgets)
+        elif not raw.get("cells") and not raw.get("claims"):
             raise ConfigError(str(path), "holds no `cells` or `claims`; a reference file lists the paper's numbers "
                                          "(cells) and statements (claims)")
         # `runs`: how many runs the paper's mean ± std are over (file-wide; a cell may say its own).
@@ -296,4 +310,29 @@ def load_reference_files(directory: Path) -> Tuple[List[Cell], List[Claim]]:
                     _check_side(f"{hw}.right", h["right"], number_ok=True)
                 _check_quantifier(hw, h)
             claims.append(Claim(**c))
+    for cell in cells:  # scored only from runs at its table's budget (mmbench/budgets.py)
+        cell.budgets = budgets.get(cell.table, {}).get(cell.method)
+    for claim in claims:
+        claim.budgets = budgets.get(claim.figure)
     return cells, claims
+
+
+def _read_budgets(where: str, raw: Any, into: Dict[str, Dict[str, List[Dict[str, Any]]]]) -> None:
+    """Validate a `budgets` block ({table: {method: [{setting: value}, ...]}}) and add it to `into`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must map each table to {method: [budget, ...]}; regenerate it with "
+                                 "`python -m mmbench.budgets`")
+    for table, methods in raw.items():
+        if not isinstance(methods, dict):
+            raise ConfigError(f"{where}.{table}", "must map each method to a list of budgets; regenerate it with "
+                                                  "`python -m mmbench.budgets`")
+        for method, listed in methods.items():
+            at = f"{where}.{table}.{method}"
+            _check_method(at, method)
+            if not isinstance(listed, list) or not listed or not all(isinstance(b, dict) for b in listed):
+                raise ConfigError(at, "must be a non-empty list of {setting: value} budgets")
+            for b in listed:
+                if set(b) != set(BUDGET):
+                    raise ConfigError(at, f"a budget names exactly the settings {', '.join(BUDGET)} (got "
+                                          f"{', '.join(map(str, b))}); regenerate it with `python -m mmbench.budgets`")
+            into.setdefault(str(table), {}).setdefault(str(method), []).extend(listed)

@@ -12,39 +12,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
+from .budgets import BUDGET, off_budget
+from .config import flatten, same_setting as _same, setting_key as _key
 from .errors import MMBenchError
 from .references import EXTREMA, OPS, Cell, Claim, load_reference_files
 from .results import data_build, default_runs_dir, load_runs, number_provenance
 from .tables import paper_summaries, reference_tables, summary_tables
 from .verdicts import apply as apply_verdicts
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """{'method': {'beta': 1}} -> {'method.beta': 1} (the paths a `where` filter names)."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _same(actual: Any, wanted: Any) -> bool:
-    if isinstance(actual, bool) != isinstance(wanted, bool):  # a flag set True is not the number 1
-        return False
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
-        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
-    return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list) and actual == _key(wanted))
-
-
-def _key(value: Any) -> Any:
-    """A setting as a dict key: a list-valued one (e.g. `modalities`) as a tuple."""
-    if isinstance(value, list):
-        return tuple(_key(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _key(v)) for k, v in value.items()))
-    return value
 
 
 def matches(cfg: Dict[str, Any], where: Optional[Dict[str, Any]]) -> bool:
@@ -188,6 +162,8 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
             c.runs = sorted(sel["run"])
             c.mixed = mixed_fields(sel)
             c.data = sorted({d for d in sel["data"] if d})
+            # a number made at another budget (a quick-tier run) is shown beside the paper's, never scored
+            c.off_budget = off_budget(list(sel["cfg"]), c.budgets) if c.budgets else None
     return cells
 
 
@@ -224,10 +200,8 @@ def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict
     return {k: configurations(at) or float(at["value"].mean()) for k, at in side_rows(frame, claim, side).items()}
 
 
-# The settings that size a run's training and evaluation (a suite's tier): two sides of a comparison trained or scored
-# with other budgets (a full-tier run against a quick-tier one) are not compared.
-BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
-          "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
+# Two sides of a comparison trained or scored with other budgets (budgets.BUDGET: a full-tier run against a quick-tier
+# one) are not compared.
 # Who scores a run (the coherence classifiers, their dropout, the decoders' arithmetic): not in the run id, so one
 # trained model scored twice; two sides scored otherwise (the authors' classifiers against mmbench's) are not compared.
 SCORING = ("eval.classifiers", "eval.classifier_dropout", "eval.precision")
@@ -373,6 +347,15 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     return verdicts, details
 
 
+def claim_off_budget(claim: Claim, rows: List[pd.DataFrame]) -> Optional[str]:
+    """As a cell's `off_budget`, over every run a claim compares (each against its method's budgets for the figure)."""
+    if not claim.budgets or not rows:
+        return None
+    runs = pd.concat(rows).drop_duplicates("run")
+    offs = [off_budget(list(g["cfg"]), claim.budgets[m]) for m, g in runs.groupby("method") if m in claim.budgets]
+    return next((o for o in offs if o), None)
+
+
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
     side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
@@ -435,6 +418,12 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
             c.status = "holds"
         else:
             c.status = "missing"
+        # decided from runs at another budget than the paper's (quick-tier runs): the evidence is shown, not scored
+        c.off_budget = claim_off_budget(c, rows) if c.status != "missing" else None
+        if c.off_budget:
+            c.details.append(f"not scored: the runs compared are at another budget than the paper's ({c.off_budget}); "
+                             f"at theirs it {'holds' if c.status == 'holds' else 'does not hold'}")
+            c.status = "off-budget"
         # undecided because the runs cannot be compared as they are (several configurations; other budgets), not for
         # want of runs: like an ambiguous cell, it fails --compare even with --allow-missing
         c.ambiguous = next((d for d in c.details if any(m in d for m in UNCOMPARABLE)), None) \
@@ -467,6 +456,12 @@ class Report:
     @property
     def missing(self) -> int:
         return sum(c.status == "missing" for c in self.cells) + sum(c.status == "missing" for c in self.strict_claims)
+
+    @property
+    def off_budget(self) -> List[Any]:
+        """Cells and strict claims whose runs are all at another budget than the paper's (shown, not scored; as
+        missing for --compare, so --allow-missing passes them)."""
+        return [c for c in self.cells + self.strict_claims if c.status == "off-budget"]
 
     @property
     def mixed(self) -> List[Cell]:

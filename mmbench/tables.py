@@ -212,6 +212,11 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                 why += f" (runs left out by the cell's filter: {c.excluded})" if c.excluded else ""
                 why += f" ({c.absent})" if c.absent else ""
                 txt = f"missing{why} | {pm(c.value, c.std)}"
+            elif c.off_budget:  # a quick-tier number under the paper's key: shown, neither ✓ nor ✗
+                first, *more = c.off_budget.split("; ")  # all of them: the CLI's line, `--format csv` (off_budget)
+                txt = (f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} | "
+                       f"not scored: another budget than the paper's ({first}"
+                       + (f"; {len(more)} more setting{'s' if len(more) > 1 else ''})" if more else ")"))
             else:
                 mark = "✓" if c.status == "pass" else "✗"
                 txt = f"{pm(c.produced, c.produced_std)} | {pm(c.value, c.std)} | Δ {c.produced - c.value:+.3f} {mark}"
@@ -229,7 +234,10 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
         nmiss = sum(c.status == "missing" for c in cs)
         nfail = sum(c.status == "fail" for c in cs)
         summary = f"{npass} of {n} cells within tolerance, {nfail} failing, {nmiss} missing"
-        nambig = n - npass - nmiss - nfail
+        noff = sum(c.status == "off-budget" for c in cs)
+        if noff:
+            summary += f", {noff} at another budget than the paper's (shown, not scored)"
+        nambig = n - npass - nmiss - nfail - noff
         if nambig:
             summary += f", {nambig} ambiguous (runs of several configurations match)"
         nfew = sum(c.short_of_runs for c in cs)
@@ -246,7 +254,8 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
 
 
 def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
-    """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing' (strict claims), then
+    """One line per paper: 'k of n cells within tolerance, c of d claims hold, m missing[, b at another budget than
+    the paper's (not scored)]' (strict claims), then
     '; hedged claims (evidence only): h of e hold' where the paper has hedged ones."""
     papers = list(dict.fromkeys([c.paper for c in cells] + [c.paper for c in claims]))
     lines = []
@@ -255,8 +264,10 @@ def paper_summaries(cells: List[Cell], claims: List[Claim]) -> List[str]:
         ks = [c for c in claims if c.paper == p and c.strength == "strict"]
         hedged = [c for c in claims if c.paper == p and c.strength == "hedged"]
         missing = sum(c.status == "missing" for c in cs) + sum(c.status == "missing" for c in ks)
+        off = sum(c.status == "off-budget" for c in cs) + sum(c.status == "off-budget" for c in ks)
         line = (f"{p}: {sum(c.status == 'pass' for c in cs)} of {len(cs)} cells within tolerance, "
                 f"{sum(c.status == 'holds' for c in ks)} of {len(ks)} claims hold, {missing} missing"
+                + (f", {off} at another budget than the paper's (not scored)" if off else "")
                 + (f"; hedged claims (evidence only): {sum(c.status == 'holds' for c in hedged)} of "
                    f"{len(hedged)} hold" if hedged else ""))
         v = verdict_counts(cs)

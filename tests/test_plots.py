@@ -389,3 +389,25 @@ def test_every_reference_cell_has_a_named_panel_of_the_reproduction_figure():
 
     cells, _ = load_reference_files(Path(__file__).resolve().parents[1] / "reference_results")
     assert {c.metric.split("/")[0].removesuffix("_by_n") for c in cells} <= set(SCALES)
+
+
+def test_reproduction_draws_cells_at_another_budget_apart_and_counts_them(tmp_path, monkeypatch):
+    """A cell whose runs are at another budget than the paper's (mmbench/budgets.py) is neither within nor outside
+    tolerance: a grey mark of its own, counted in the title."""
+    from mmbench.budgets import budget_of, render
+    from mmbench.config import flatten
+
+    runs = tmp_path / "runs"
+    run = _run(runs, "mopoe", 0, {"coherence/joint": 0.30, "latent_acc_by_n/1": 0.9, "fid/m0": 100.0})
+    refs = _refs(tmp_path)
+    paper = {**budget_of(flatten(run.cfg.to_dict())), "train.epochs": 300}
+    (refs / "budgets.yaml").write_text(render({"T1": {"mopoe": [paper]}}))
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem: saved.append(fig) or [])
+    cells = build_report(runs, refs).cells
+    assert list(reproduction_points(cells)["P, 2021"]["scored"]) == [False, False, False]
+    reproduction(cells, tmp_path / "figs")
+    points = {c.get_label(): list(c.lines[0].get_xdata()) for c in saved[0].axes[0].containers}
+    assert points == {"another budget (not scored)": [0.33, 0.5]}  # FID on its own panel
+    assert saved[0]._suptitle.get_text() == ("P, 2021\n0 of 3 produced cells within tolerance, 3 at another budget "
+                                             "than the paper's (not scored) (1 of 4 cells missing, not shown)")

@@ -18,9 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 REFS = ROOT / "reference_results"
 
 
+PAPER_FILES = sorted(p for p in REFS.glob("*.yaml") if p.name != "budgets.yaml")  # budgets.yaml: mmbench/budgets.py
+BUDGETS = yaml.safe_load((REFS / "budgets.yaml").read_text())["budgets"]
+
+
+def at_paper_budget(table, method):
+    """The train/eval settings of the first budget the shipped budgets.yaml gives `table` and `method` (so that a
+    test's run fills the paper's cells; a run at another budget is shown, not scored)."""
+    out = {"train": {}, "eval": {}}
+    for key, value in BUDGETS[table][method][0].items():
+        section, name = key.split(".")
+        out[section][name] = value
+    return out
+
+
 def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, data=("polydigits", None), **method_fields):
+    budget = at_paper_budget(tables[0], method) if tables[0] in BUDGETS else {"train": {}, "eval": {}}
     cfg = build_run_config({"dataset": data[0], "variant": data[1], "method": {"name": method, **method_fields},
-                            "seed": seed, "tables": list(tables), "eval": dict(eval or {})})
+                            "seed": seed, "tables": list(tables), "train": budget["train"],
+                            "eval": {**budget["eval"], **dict(eval or {})}})
     run = Run(cfg, runs_dir)
     run.init()
     run.write_metrics(metrics)
@@ -193,7 +209,7 @@ def test_every_latent_cell_and_claim_side_pins_its_papers_protocol():
     App. B: one regression per subset; SMVAE §5: fitted on all modalities; MM-VAMP App. B.2.2: unimodal), and
     latent_ap another score under eval.ap_scores: every latent cell and claim side filters on its paper's."""
     seen = 0
-    for path in sorted(REFS.glob("*.yaml")):
+    for path in PAPER_FILES:
         data = yaml.safe_load(path.read_text())
         sides = [(c["metric"], c.get("where") or {}, f"cell {c['table']} {c['row']}/{c['column']}") for c in data["cells"]]
         sides += [(s["metric"], {**(k.get("where") or {}), **(s.get("where") or {})}, f"claim {k['id']}")
@@ -228,7 +244,7 @@ def test_every_mmvae_cell_and_claim_side_pins_how_a_mixture_posterior_is_read():
     accuracy rises with the inputs) than as the selected component (the authors' evaluation, MoPoE utils/BaseMMVae.py
     moe_fusion; the suites' setting): every such cell and claim side pins the suites' reading."""
     pinned = 0
-    for path in sorted(REFS.glob("*.yaml")):
+    for path in PAPER_FILES:
         data = yaml.safe_load(path.read_text())
         sides = [(c["method"], c["metric"], c.get("where") or {}, f"cell {c['table']} {c['row']}/{c['column']}")
                  for c in data["cells"]]
@@ -260,7 +276,7 @@ def test_budget_biased_cells_pin_the_papers_budget_and_the_full_tiers_meet_it():
     suite that serves them runs at that budget (so its runs fill the cells; the quick/smoke tiers' do not)."""
     budget = {"fid": ("eval.fid_samples", 10000), "loglik": ("eval.ll_samples", 15)}
     counted = {}
-    for path in sorted(REFS.glob("*.yaml")):
+    for path in PAPER_FILES:
         for c in yaml.safe_load(path.read_text())["cells"]:
             family = c["metric"].split("/")[0]
             if family in budget:
@@ -511,7 +527,7 @@ def test_extremum_claims_are_validated(tmp_path):
 def test_the_readmes_count_the_reference_files_right():
     """The counts the READMEs print (cells, claims, hedged claims) are those of the shipped files."""
     per_file = {}
-    for path in sorted(REFS.glob("*.yaml")):
+    for path in PAPER_FILES:
         raw = yaml.safe_load(path.read_text()) or {}
         claims = raw.get("claims") or []
         per_file[path.name] = (len(raw.get("cells") or []), len(claims),
@@ -712,3 +728,88 @@ def test_table_5_runs_without_batch_means_leave_its_cells_missing_and_the_report
     out = CliRunner().invoke(app, ["report", "--runs-dir", str(runs), "--compare", str(REFS), "--format", "csv",
                                    "--out", str(tmp_path / "r.csv")], env={"COLUMNS": "400"})
     assert out.exit_code == 1 and "missing cells have runs that write no such key, e.g. " in " ".join(out.output.split())
+
+
+# ----- the papers' budgets (mmbench/budgets.py) -----------------------------------------------------------------
+def test_the_budgets_file_is_what_the_suites_generate_and_covers_every_cell_and_claim():
+    """reference_results/budgets.yaml is generated from the suites' full tiers (never typed in), byte for byte, and
+    every shipped cell's table and method, and every method a claim compares, has a budget there."""
+    from mmbench.budgets import render, suite_budgets
+
+    generated = suite_budgets((ROOT / "suites").glob("*.yaml"))
+    assert (REFS / "budgets.yaml").read_text() == render(generated), "regenerate: python -m mmbench.budgets"
+    cells, claims = load_reference_files(REFS)
+    assert [f"{c.table} {c.row}/{c.column}" for c in cells if not c.budgets] == []
+    for c in claims:
+        methods = {s["method"] for h in c.holds for s in (h["left"], h["right"]) if isinstance(s, dict)}
+        assert c.budgets and methods <= set(c.budgets), c.id
+    assert generated["MoPoE Fig. 3"]["mopoe"] == [{**BUDGETS["MoPoE Table 2"]["mopoe"][0], "train.epochs": 300}]
+
+
+def _mopoe_table2_cell(rep):
+    return next(c for c in rep.cells if c.table == "MoPoE Table 2" and c.method == "mopoe"
+                and c.metric == "latent_acc/mnist")
+
+
+def test_a_quick_tier_run_is_shown_beside_a_paper_cell_and_never_scored(tmp_path, mmbench_here):
+    """A run of MoPoE Table 2 trained for 15 of the paper's 150 epochs on 100,000 tuples filled the cell and, at the
+    paper's value, showed ✓ (and a Welch verdict): a quick-tier number read as a reproduction."""
+    quick, full = tmp_path / "quick", tmp_path / "full"
+    for runs, train in ((quick, {"epochs": 15, "max_train": 100000}), (full, {})):
+        budget = at_paper_budget("MoPoE Table 2", "mopoe")
+        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
+                                                                         "beta": 5.0},
+                                "seed": 0, "tables": ["MoPoE Table 2"], "train": {**budget["train"], **train},
+                                "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
+        run = Run(cfg, runs)
+        run.init()
+        run.write_metrics({"latent_acc/mnist": 0.95})
+    cell = _mopoe_table2_cell(build_report(quick, REFS))
+    assert cell.produced == 0.95 and cell.status == "off-budget" and cell.verdict is None
+    assert cell.off_budget == "train.epochs 15 (paper: 150); train.max_train 100000 (paper: all)"
+    cell = _mopoe_table2_cell(build_report(full, REFS))
+    assert cell.status == "pass" and cell.off_budget is None and cell.verdict == "underpowered"
+    r = mmbench_here("report", "--runs-dir", quick, "--compare", REFS, "--format", "md", width=400)
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert ("0.950 \\| 0.950 ± 0.010 \\| Δ +0.000 \\| not scored: another budget than the paper's (train.epochs 15 "
+            "(paper: 150); 1 more setting)") in out  # no ✓
+    assert "1 at another budget than the paper's (shown, not scored)" in out
+    assert (re.search(r"; 0 failing, \d+ missing, 1 at another budget than the paper's \(not scored\)", out)
+            and "have runs only at another budget than the paper's, e.g. Sutter" in out), out
+    r = mmbench_here("report", "--runs-dir", quick, "--compare", REFS, "--allow-missing", width=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_claim_decided_by_quick_tier_runs_is_shown_and_not_scored(tmp_path):
+    runs = tmp_path / "runs"
+    keys = {**{f"latent_acc_by_n/{n}": 0.0 for n in range(1, 6)}, **{f"coherence_by_n/{n}": 0.0 for n in range(1, 5)}}
+    for method, value in (("mopoe", 0.9), ("mvae", 0.5)):
+        budget = at_paper_budget("MoPoE Fig. 3", method)
+        for epochs in (300, 15):
+            cfg = build_run_config({"dataset": "polymnist", "variant": "vanilla", "seed": 0, "tables": ["MoPoE Fig. 3"],
+                                    "method": {"name": method, "latent_dim": 512, "beta": 2.5},
+                                    "train": {**budget["train"], "epochs": epochs},
+                                    "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
+            run = Run(cfg, runs / str(epochs))
+            run.init()
+            run.write_metrics({k: value for k in keys})
+    claim = shipped_claim(build_report(runs / "300", REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert claim.status == "holds" and claim.off_budget is None
+    claim = shipped_claim(build_report(runs / "15", REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert claim.status == "off-budget" and claim.off_budget == "train.epochs 15 (paper: 300)"
+    assert claim.details[-1] == ("not scored: the runs compared are at another budget than the paper's (train.epochs "
+                                 "15 (paper: 300)); at theirs it holds")
+
+
+def test_a_damaged_budgets_block_is_named(tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "budgets.yaml").write_text("budgets:\n  MoPoE Table 2:\n    mopoe:\n    - {train.epochs: 150}\n")
+    with pytest.raises(ConfigError, match=r"budgets.yaml: budgets.MoPoE Table 2.mopoe: a budget names exactly the "
+                                          r"settings train.epochs, train.max_train, .*regenerate it with `python -m "
+                                          r"mmbench.budgets`"):
+        load_reference_files(refs)
+    (refs / "budgets.yaml").write_text("budgets:\n  MoPoE Table 2:\n    nosuch: []\n")
+    with pytest.raises(ConfigError, match=r"budgets.MoPoE Table 2.nosuch"):
+        load_reference_files(refs)
