@@ -343,6 +343,10 @@ def run(suite: Path = typer.Argument(..., parser=_path("SUITE"), metavar="SUITE"
     if tier != "full" and tier not in s.tiers:  # the suite's full settings under another tier's name: say so
         err_console.print(f"note: {escape(str(suite))} defines no {tier!r} tier, so its runs use the suite's full settings "
                           f"(tiers it defines: {', '.join(s.tiers) or 'none'})", highlight=False, soft_wrap=True)
+    elif tier != "full":  # mmbench/budgets.py: the report shows these runs' numbers and scores none of them
+        err_console.print(f"note: {tier}-tier runs are at another budget than the papers' (epochs, tuples, samples): "
+                          f"`mmbench report --compare` shows their numbers beside the papers' and scores none of them",
+                          highlight=False, soft_wrap=True)
     runs_dir = runs_dir or default_runs_dir()
     options = None
     if executor == "slurm":  # the --slurm-* values checked before a dry run too: it previews what the run submits

@@ -813,3 +813,14 @@ def test_a_damaged_budgets_block_is_named(tmp_path):
     (refs / "budgets.yaml").write_text("budgets:\n  MoPoE Table 2:\n    nosuch: []\n")
     with pytest.raises(ConfigError, match=r"budgets.MoPoE Table 2.nosuch"):
         load_reference_files(refs)
+
+
+def test_a_run_below_the_full_tier_says_the_report_will_not_score_it(tmp_path, mmbench_here):
+    env = {"MMBENCH_RUNS": str(tmp_path / "runs"), "MMBENCH_DATA": str(tmp_path / "data")}
+    suite = ROOT / "suites" / "mopoe_iclr21.yaml"
+    quick = mmbench_here("run", suite, "--tier", "quick", "--only", "polymnist-fig-3", "--dry-run", env=env)
+    assert quick.returncode == 0 and ("note: quick-tier runs are at another budget than the papers' (epochs, tuples, "
+                                      "samples): `mmbench report --compare` shows their numbers beside the papers' "
+                                      "and scores none of them") in quick.stderr, quick.stderr
+    full = mmbench_here("run", suite, "--only", "polymnist-fig-3", "--dry-run", env=env)
+    assert full.returncode == 0 and "another budget" not in full.stderr, full.stderr
