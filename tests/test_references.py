@@ -746,6 +746,17 @@ def test_the_budgets_file_is_what_the_suites_generate_and_covers_every_cell_and_
     assert generated["MoPoE Fig. 3"]["mopoe"] == [{**BUDGETS["MoPoE Table 2"]["mopoe"][0], "train.epochs": 300}]
 
 
+def test_python_m_mmbench_budgets_writes_the_shipped_file(tmp_path, capsys):
+    from mmbench.budgets import main
+
+    assert main([str(ROOT / "suites"), str(tmp_path)]) == 0
+    assert (tmp_path / "budgets.yaml").read_text() == (REFS / "budgets.yaml").read_text()
+    n_suites = len(list((ROOT / "suites").glob("*.yaml")))
+    assert f"({len(BUDGETS)} tables from {n_suites} suites); update" in capsys.readouterr().out  # and SHA256SUMS
+    assert main([str(tmp_path / "nothing"), str(tmp_path)]) == 2
+    assert "holds no suite files" in capsys.readouterr().err
+
+
 def _mopoe_table2_cell(rep):
     return next(c for c in rep.cells if c.table == "MoPoE Table 2" and c.method == "mopoe"
                 and c.metric == "latent_acc/mnist")
