@@ -15,7 +15,7 @@ name: tiny
 description: A seconds-long suite for the tests.
 defaults:
   method: {latent_dim: 8}
-  train: {epochs: 1, batch_size: 32, max_train: 64}
+  train: {epochs: 1, batch_size: 32, max_train: 64, max_test: 64}  # test loss on 64 tuples: what is tested is the CLI
   eval: {test_samples: 64, lr_train_samples: 64, joint_samples: 32, classifier_epochs: 1,
          classifier_min_accuracy: 0.0}
 experiments:
