@@ -321,7 +321,8 @@ def same_setting(actual: Any, wanted: Any) -> bool:
         return False
     if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and isinstance(actual, (int, float)):
         return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
-    return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list) and actual == setting_key(wanted))
+    return actual == wanted or (isinstance(actual, tuple) and isinstance(wanted, list)
+                                and actual == setting_key(wanted))
 
 
 def setting_key(value: Any) -> Any:

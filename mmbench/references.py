@@ -78,6 +78,7 @@ class Cell:
     # set when the runs behind the produced value were trained or scored at another budget than the paper's: which
     # settings, e.g. 'train.epochs 15 (the paper's: 300)'; the value is shown, never scored (status "off-budget")
     off_budget: Optional[str] = None
+    set_aside: int = 0  # runs at another budget left out because runs at the paper's budget serve the cell
 
     @property
     def short_of_runs(self) -> bool:

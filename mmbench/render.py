@@ -19,8 +19,8 @@ from .references import Claim
 
 
 def verdict(claim: Claim) -> str:
-    """'✓ holds' / '✗ fails' / 'missing'; a hedged claim says so, and that not holding is no failure; a claim decided
-    by runs at another budget than the paper's says it is not scored."""
+    """'✓ holds' / '✗ fails' / 'missing'; a hedged claim says so, and that not holding is no failure; a claim
+    decided by runs at another budget than the paper's says it is not scored."""
     if claim.status == "off-budget":
         return "not scored: runs at another budget than the paper's"
     if claim.strength == "hedged":

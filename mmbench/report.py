@@ -144,7 +144,7 @@ def absent_from(frame: pd.DataFrame, c: Cell) -> Optional[str]:
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     """Each cell's produced mean, sample std and n over the seeds of the one configuration that matches it."""
     for c in cells:
-        sel = select(frame, c.table, c.method, c.metric, c.where)
+        sel, c.set_aside = at_paper_budget(select(frame, c.table, c.method, c.metric, c.where), c.budgets)
         if sel.empty and c.where:
             c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
         if sel.empty:  # and runs at the cell's settings that write no such key (both reasons can hold)
@@ -167,9 +167,22 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     return cells
 
 
+def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]]) -> Tuple[pd.DataFrame, int]:
+    """Where some of the selected runs are at the paper's budget and some not (a quick tier run before the full one
+    into one runs directory), the former, and how many runs were set aside; else all of them (0)."""
+    if not budgets or sel.empty:
+        return sel, 0
+    at = [off_budget([cfg], budgets) is None for cfg in sel["cfg"]]
+    if all(at) or not any(at):
+        return sel, 0
+    return sel[at], int(sel[[not a for a in at]]["run"].nunique())
+
+
 def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, pd.DataFrame]:
-    """The finite rows of one side of a comparison, keyed by the claim's `for_each` value (or None)."""
+    """The finite rows of one side of a comparison, keyed by the claim's `for_each` value (or None); runs at the
+    paper's budget only, where there are some (at_paper_budget)."""
     sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
+    sel, _ = at_paper_budget(sel, (claim.budgets or {}).get(side["method"]))
     if sel.empty:
         return {}
     if not claim.for_each:

@@ -228,6 +228,8 @@ def reference_tables(cells: List[Cell]) -> List[Tuple[str, pd.DataFrame, str]]:
                     txt += f" | ⚠ {c.nonfinite} run(s) with a non-finite value left out"
                 if c.short_of_runs:
                     txt += f" | {c.n_runs} of {c.paper_runs} runs"
+                if c.set_aside:  # quick-tier runs beside full-tier ones: the paper's budget is scored
+                    txt += f" | {c.set_aside} run{'s' if c.set_aside > 1 else ''} at another budget left out"
             grid.loc[c.row, c.column] = txt
         n = len(cs)
         npass = sum(c.status == "pass" for c in cs)

@@ -66,8 +66,9 @@ def apply(cells: list) -> list:
     for c in cells:
         c.p_value = c.p_holm = None
         c.verdict = None if c.produced is None or c.off_budget else "underpowered"
-        # a run at another budget (quick tier) is not tested against the paper's runs: it is not their experiment
-        if c.produced is None or c.off_budget or c.std is None or not c.paper_runs:  # a printed std of 0 is tested (welch_p, one_run_p)
+        # a run at another budget (quick tier) is not tested against the paper's runs: it is not their experiment;
+        # a printed std of 0 is tested (welch_p, one_run_p)
+        if c.produced is None or c.off_budget or c.std is None or not c.paper_runs:
             continue
         c.p_value = (one_run_p(c.produced, c.value, c.std, c.paper_runs) if c.n_runs == 1 else
                      welch_p(c.produced, c.produced_std, c.n_runs, c.value, c.std, c.paper_runs))
@@ -93,7 +94,7 @@ def counts(cells: list) -> Dict[str, int]:
 TIDY_COLUMNS = ["paper", "table", "row", "column", "method", "metric", "produced_mean", "produced_std", "n_runs",
                 "printed_value", "printed_std", "paper_runs", "tolerance", "difference", "tolerance_verdict",
                 "welch_p", "welch_p_holm", "welch_verdict", "mixed_provenance", "run_ids",
-                "excluded_by_filter", "absent_from_runs", "off_budget"]
+                "excluded_by_filter", "absent_from_runs", "off_budget", "other_budget_runs_left_out"]
 
 
 def tidy_rows(cells: list, frame) -> list:
@@ -107,7 +108,8 @@ def tidy_rows(cells: list, frame) -> list:
                  "tolerance": c.tolerance, "difference": None if c.produced is None else c.produced - c.value,
                  "tolerance_verdict": c.status, "welch_p": c.p_value, "welch_p_holm": c.p_holm,
                  "welch_verdict": c.verdict, "mixed_provenance": list(c.mixed), "run_ids": list(c.runs),
-                 "excluded_by_filter": c.excluded, "absent_from_runs": c.absent, "off_budget": c.off_budget}
+                 "excluded_by_filter": c.excluded, "absent_from_runs": c.absent, "off_budget": c.off_budget,
+                 "other_budget_runs_left_out": c.set_aside}
                 for c in cells]
     rows = []
     if frame is None or frame.empty:
@@ -121,5 +123,6 @@ def tidy_rows(cells: list, frame) -> list:
                      "printed_value": None, "printed_std": None, "paper_runs": None, "tolerance": None,
                      "difference": None, "tolerance_verdict": None, "welch_p": None, "welch_p_holm": None,
                      "welch_verdict": None, "mixed_provenance": [], "run_ids": sorted(g["run"]),
-                     "excluded_by_filter": None, "absent_from_runs": None, "off_budget": None})
+                     "excluded_by_filter": None, "absent_from_runs": None, "off_budget": None,
+                     "other_budget_runs_left_out": None})
     return rows

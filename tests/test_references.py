@@ -835,3 +835,43 @@ def test_a_run_below_the_full_tier_says_the_report_will_not_score_it(tmp_path, m
                                       "and scores none of them") in quick.stderr, quick.stderr
     full = mmbench_here("run", suite, "--only", "polymnist-fig-3", "--dry-run", env=env)
     assert full.returncode == 0 and "another budget" not in full.stderr, full.stderr
+
+
+def test_runs_at_the_papers_budget_are_scored_where_quick_tier_runs_sit_beside_them(tmp_path):
+    """A quick tier run before the full one into one runs directory made every cell and claim "ambiguous" (two
+    configurations) and failed --compare: the runs at the paper's budget are scored, the others left out and
+    counted."""
+    runs = tmp_path / "runs"
+    for epochs, value in ((150, 0.95), (15, 0.5)):
+        budget = at_paper_budget("MoPoE Table 2", "mopoe")
+        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
+                                                                         "beta": 5.0},
+                                "seed": 0, "tables": ["MoPoE Table 2"], "train": {**budget["train"], "epochs": epochs},
+                                "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
+        run = Run(cfg, runs)
+        run.init()
+        run.write_metrics({"latent_acc/mnist": value})
+    keys = [f"latent_acc_by_n/{n}" for n in range(1, 6)] + [f"coherence_by_n/{n}" for n in range(1, 5)]
+    for method, at_300, at_15 in (("mopoe", 0.9, 0.1), ("mvae", 0.5, 0.6)):  # at 15 epochs it would not hold
+        budget = at_paper_budget("MoPoE Fig. 3", method)
+        for epochs, value in ((300, at_300), (15, at_15)):
+            cfg = build_run_config({"dataset": "polymnist", "variant": "vanilla", "seed": 0, "tables": ["MoPoE Fig. 3"],
+                                    "method": {"name": method, "latent_dim": 512, "beta": 2.5},
+                                    "train": {**budget["train"], "epochs": epochs},
+                                    "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
+            run = Run(cfg, runs)
+            run.init()
+            run.write_metrics({k: value for k in keys})
+    rep = build_report(runs, REFS)
+    cell = _mopoe_table2_cell(rep)
+    assert (cell.status, cell.produced, cell.n_runs, cell.set_aside, cell.ambiguous) == ("pass", 0.95, 1, 1, None)
+    md = render_markdown(rep.summaries, rep.refs, rep.claims)
+    assert ("0.950 \\| 0.950 ± 0.010 \\| Δ +0.000 ✓ \\| underpowered (p_Holm 1) \\| 1 of 5 runs \\| 1 run at "
+            "another budget left out") in md
+    from mmbench.verdicts import tidy_rows
+
+    row = next(r for r in tidy_rows(rep.cells, rep.frame) if r["table"] == "MoPoE Table 2" and r["method"] == "mopoe"
+               and r["metric"] == "latent_acc/mnist")
+    assert row["other_budget_runs_left_out"] == 1 and row["tolerance_verdict"] == "pass"
+    claim = shipped_claim(rep, "fig3-mopoe-beats-mvae-latent-coherence")
+    assert claim.status == "holds" and claim.ambiguous is None and claim.off_budget is None, claim.details

@@ -74,7 +74,8 @@ def test_a_directory_of_other_yaml_files_is_not_taken_for_references(tmp_path):
     """--compare suites/ (the wrong directory) or a reference file with nothing in it compared 0 of 0 cells and
     looked like a pass."""
     with pytest.raises(ConfigError, match=r"suites/\w+.yaml: \w+: unknown key of a reference file \(allowed: "
-                                          r"paper, runs, cells, claims, budgets\); --compare takes the reference directory"):
+                                          r"paper, runs, cells, claims, budgets\); --compare takes the reference "
+                                          r"directory"):
         load_references(ROOT / "suites")
     (tmp_path / "empty.yaml").write_text("paper: P\ncells: []\n")
     with pytest.raises(ConfigError, match=r"empty.yaml: holds no `cells` or `claims`"):
