@@ -843,7 +843,10 @@ def report(runs_dir: Optional[Path] = RUNS_DIR,
             first = rep.off_budget[0]
             name = (f"{first.paper} {first.table} {first.row}/{first.column}" if isinstance(first, Cell)
                     else f"claim {first.id} ({first.figure})")
-            say.print(f"{len(rep.off_budget)} cells and strict claims have runs only at another budget than the "
+            n_cells = sum(isinstance(c, Cell) for c in rep.off_budget)
+            n_claims = len(rep.off_budget) - n_cells
+            say.print(f"{n_cells} cell{'' if n_cells == 1 else 's'} and {n_claims} strict claim"
+                      f"{'' if n_claims == 1 else 's'} have runs only at another budget than the "
                       f"paper's, e.g. {name}: {first.off_budget}; they are shown and not scored (missing for "
                       f"--compare): train the suite's full tier for them ({compare / 'budgets.yaml'} lists "
                       f"each table's budget)", highlight=False, soft_wrap=True)

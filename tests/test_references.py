@@ -787,7 +787,7 @@ def test_a_quick_tier_run_is_shown_beside_a_paper_cell_and_never_scored(tmp_path
             "(paper: 150); 1 more setting)") in out  # no ✓
     assert "1 at another budget than the paper's (shown, not scored)" in out
     assert (re.search(r"; 0 failing, \d+ missing, 1 at another budget than the paper's \(not scored\)", out)
-            and "have runs only at another budget than the paper's, e.g. Sutter" in out), out
+            and "1 cell and 0 strict claims have runs only at another budget than the paper's, e.g. Sutter" in out), out
     r = mmbench_here("report", "--runs-dir", quick, "--compare", REFS, "--allow-missing", width=400)
     assert r.returncode == 0, r.stdout + r.stderr
 
