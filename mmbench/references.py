@@ -76,7 +76,7 @@ class Cell:
     verdict: Optional[str] = None  # consistent / differs / underpowered
     budgets: Optional[List[Dict[str, Any]]] = None  # the paper's budgets for this table and method (budgets.yaml)
     # set when the runs behind the produced value were trained or scored at another budget than the paper's: which
-    # settings, e.g. 'train.epochs 15 (the paper's: 300)'; the value is shown, never scored (status "off-budget")
+    # settings, e.g. 'train.epochs 15 (paper: 300)'; the value is shown, never scored (status "off-budget")
     off_budget: Optional[str] = None
     set_aside: int = 0  # runs at another budget left out because runs at the paper's budget serve the cell
 

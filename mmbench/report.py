@@ -179,10 +179,8 @@ def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]]) 
 
 
 def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, pd.DataFrame]:
-    """The finite rows of one side of a comparison, keyed by the claim's `for_each` value (or None); runs at the
-    paper's budget only, where there are some (at_paper_budget)."""
+    """The finite rows of one side of a comparison, keyed by the claim's `for_each` value (or None)."""
     sel = finite(select(frame, claim.figure, side["method"], side["metric"], claim.where, side.get("where")))
-    sel, _ = at_paper_budget(sel, (claim.budgets or {}).get(side["method"]))
     if sel.empty:
         return {}
     if not claim.for_each:
@@ -360,88 +358,112 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     return verdicts, details
 
 
-def claim_off_budget(claim: Claim, rows: List[pd.DataFrame]) -> Optional[str]:
-    """As a cell's `off_budget`, over every run a claim compares (each against its method's budgets for the figure)."""
-    if not claim.budgets or not rows:
-        return None
-    runs = pd.concat(rows).drop_duplicates("run")
-    offs = [off_budget(list(g["cfg"]), claim.budgets[m]) for m, g in runs.groupby("method") if m in claim.budgets]
-    return next((o for o in offs if o), None)
+def off_budget_runs(frame: pd.DataFrame, figure: str, budgets: Dict[str, List[Dict[str, Any]]]) -> set:
+    """The runs tagged with `figure` whose method has budgets for it and which are at none of them."""
+    runs = frame[frame["tables"].apply(lambda t: figure in t) & frame["method"].isin(list(budgets))]
+    runs = runs.drop_duplicates("run")
+    return {r for r, m, cfg in zip(runs["run"], runs["method"], runs["cfg"]) if off_budget([cfg], budgets[m])}
 
 
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     """A claim holds when every comparison holds, at every `for_each` value either side has runs for; a value one
-    side lacks, or where runs of several configurations match, leaves the claim missing unless another fails."""
+    side lacks, or where runs of several configurations match, leaves the claim missing unless another fails.
+    Where the figure has budgets (mmbench/budgets.py) it is decided from the runs at the paper's budget; only where
+    those leave it undecided, the runs at another budget decide it for display (status off-budget, not scored)."""
     for c in claims:
-        c.details, verdicts, c.excluded = [], [], None
-        for h in c.holds:
-            if h.get("quantifier"):
-                ok_each, detail = _quantified(frame, c, h)
-                verdicts += ok_each
-                c.details += detail
-                continue
-            if h["op"] in EXTREMA:
-                ok, detail = _extremum(frame, c, h)
-                verdicts.append(ok)
-                c.details.append(detail)
-                continue
-            left = side_values(frame, c, h["left"])
-            right = ({k: float(h["right"]) for k in left} if not isinstance(h["right"], dict)
-                     else side_values(frame, c, h["right"]))
-            common = [k for k in left if k in right]
-            if not common:
-                verdicts.append(None)
-                c.details.append(_no_runs(frame, c, f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}",
-                                          [h["left"], h["right"]]))
-                continue
-            for k in [k for k in dict.fromkeys(list(left) + list(right)) if k not in common]:
-                verdicts.append(None)
-                lacking = _side_label(h["right"] if k in left else h["left"])
-                c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])} at {c.for_each}={k}: "
-                                 f"no runs of {lacking}")
-            two_sided = isinstance(h["right"], dict)
-            lb, rb = (side_budgets(frame, c, h["left"]), side_budgets(frame, c, h["right"])) if two_sided else ({}, {})
-            for k in list(common):  # undecided where the runs cannot be compared as they are
-                bad = [v for v in (left[k], right[k]) if isinstance(v, str)]
-                gap = budget_gap(lb.get(k, set()), rb.get(k, set())) if two_sided and not bad else None
-                if bad or gap:
-                    verdicts.append(None)
-                    at = f" at {c.for_each}={k}" if c.for_each else ""
-                    why = several(bad[0]) if bad else other_budgets(gap)
-                    c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: {why}")
-                    common.remove(k)
-            for k in common:
-                ok = _holds(h, left[k], right[k])
-                verdicts.append(ok)
-                at = f" at {c.for_each}={k}" if c.for_each else ""
-                c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
-                                 f"{' (' + _side_label(h['right']) + ')' if isinstance(h['right'], dict) else ''}"
-                                 f"{at}: {'yes' if ok else 'NO'}")
-        if all(d.endswith(": no runs") for d in c.details):
-            c.details = [f"no runs tagged {c.figure!r} match"]
-        # as a cell's "⚠ mixed": the runs the claim compares differ in code, data, classifier set or packages
-        rows = [r for h in c.holds for side in (h["left"], h["right"]) if isinstance(side, dict)
-                for r in _rows_of(frame, c, side)]
-        c.mixed = mixed_fields(pd.concat(rows)) if rows else []
-        if c.mixed:
-            c.details.append(f"⚠ mixed: the runs compared differ in {', '.join(c.mixed)}")
-        if any(v is False for v in verdicts):
-            c.status = "fails"
-        elif verdicts and all(v is True for v in verdicts):
-            c.status = "holds"
-        else:
-            c.status = "missing"
-        # decided from runs at another budget than the paper's (quick-tier runs): the evidence is shown, not scored
-        c.off_budget = claim_off_budget(c, rows) if c.status != "missing" else None
-        if c.off_budget:
-            c.details.append(f"not scored: the runs compared are at another budget than the paper's ({c.off_budget}); "
-                             f"at theirs it {'holds' if c.status == 'holds' else 'does not hold'}")
-            c.status = "off-budget"
-        # undecided because the runs cannot be compared as they are (several configurations; other budgets), not for
-        # want of runs: like an ambiguous cell, it fails --compare even with --allow-missing
-        c.ambiguous = next((d for d in c.details if any(m in d for m in UNCOMPARABLE)), None) \
-            if c.status == "missing" else None
+        bad = off_budget_runs(frame, c.figure, c.budgets) if c.budgets and not frame.empty else set()
+        if not bad:
+            _decide(c, frame)
+            c.off_budget = None
+            continue
+        _decide(c, frame[~frame["run"].isin(bad)])
+        c.off_budget = None
+        compared = {s["method"] for h in c.holds for s in (h["left"], h["right"]) if isinstance(s, dict)}
+        n = frame[frame["run"].isin(bad) & frame["method"].isin(compared)]["run"].nunique()
+        if c.status != "missing":  # decided at the paper's budget: the runs at another are left out, and said
+            if n:
+                c.details.append(f"{n} run{'s' if n > 1 else ''} at another budget than the paper's left out")
+            continue
+        at_budget = (c.details, c.status, c.excluded, c.ambiguous, c.mixed)
+        rows = _decide(c, frame)  # every run: can the others decide it (for display)?
+        if c.status == "missing":
+            c.details, c.status, c.excluded, c.ambiguous, c.mixed = at_budget
+            continue
+        runs = pd.concat(rows).drop_duplicates("run") if rows else frame.iloc[:0]
+        c.off_budget = next((o for m, g in runs.groupby("method") if m in c.budgets
+                             for o in [off_budget(list(g["cfg"]), c.budgets[m])] if o), None) \
+            or "runs at the paper's budget and at another compared"
+        c.details.append(f"not scored: the runs compared are at another budget than the paper's ({c.off_budget}); "
+                         f"at theirs it {'holds' if c.status == 'holds' else 'does not hold'}")
+        c.status, c.ambiguous = "off-budget", None
     return claims
+
+
+def _decide(c: Claim, frame: pd.DataFrame) -> List[pd.DataFrame]:
+    """Set the claim's details, status, ambiguous, excluded and mixed from `frame`; the rows it compared."""
+    c.details, verdicts, c.excluded = [], [], None
+    for h in c.holds:
+        if h.get("quantifier"):
+            ok_each, detail = _quantified(frame, c, h)
+            verdicts += ok_each
+            c.details += detail
+            continue
+        if h["op"] in EXTREMA:
+            ok, detail = _extremum(frame, c, h)
+            verdicts.append(ok)
+            c.details.append(detail)
+            continue
+        left = side_values(frame, c, h["left"])
+        right = ({k: float(h["right"]) for k in left} if not isinstance(h["right"], dict)
+                 else side_values(frame, c, h["right"]))
+        common = [k for k in left if k in right]
+        if not common:
+            verdicts.append(None)
+            c.details.append(_no_runs(frame, c, f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}",
+                                      [h["left"], h["right"]]))
+            continue
+        for k in [k for k in dict.fromkeys(list(left) + list(right)) if k not in common]:
+            verdicts.append(None)
+            lacking = _side_label(h["right"] if k in left else h["left"])
+            c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])} at {c.for_each}={k}: "
+                             f"no runs of {lacking}")
+        two_sided = isinstance(h["right"], dict)
+        lb, rb = (side_budgets(frame, c, h["left"]), side_budgets(frame, c, h["right"])) if two_sided else ({}, {})
+        for k in list(common):  # undecided where the runs cannot be compared as they are
+            bad = [v for v in (left[k], right[k]) if isinstance(v, str)]
+            gap = budget_gap(lb.get(k, set()), rb.get(k, set())) if two_sided and not bad else None
+            if bad or gap:
+                verdicts.append(None)
+                at = f" at {c.for_each}={k}" if c.for_each else ""
+                why = several(bad[0]) if bad else other_budgets(gap)
+                c.details.append(f"{_side_label(h['left'])} {h['op']} {_side_label(h['right'])}{at}: {why}")
+                common.remove(k)
+        for k in common:
+            ok = _holds(h, left[k], right[k])
+            verdicts.append(ok)
+            at = f" at {c.for_each}={k}" if c.for_each else ""
+            c.details.append(f"{_side_label(h['left'])} = {left[k]:.3f} {h['op']} {right[k]:.3f}"
+                             f"{' (' + _side_label(h['right']) + ')' if isinstance(h['right'], dict) else ''}"
+                             f"{at}: {'yes' if ok else 'NO'}")
+    if all(d.endswith(": no runs") for d in c.details):
+        c.details = [f"no runs tagged {c.figure!r} match"]
+    # as a cell's "⚠ mixed": the runs the claim compares differ in code, data, classifier set or packages
+    rows = [r for h in c.holds for side in (h["left"], h["right"]) if isinstance(side, dict)
+            for r in _rows_of(frame, c, side)]
+    c.mixed = mixed_fields(pd.concat(rows)) if rows else []
+    if c.mixed:
+        c.details.append(f"⚠ mixed: the runs compared differ in {', '.join(c.mixed)}")
+    if any(v is False for v in verdicts):
+        c.status = "fails"
+    elif verdicts and all(v is True for v in verdicts):
+        c.status = "holds"
+    else:
+        c.status = "missing"
+    # undecided because the runs cannot be compared as they are (several configurations; other budgets), not for
+    # want of runs: like an ambiguous cell, it fails --compare even with --allow-missing
+    c.ambiguous = next((d for d in c.details if any(m in d for m in UNCOMPARABLE)), None) \
+        if c.status == "missing" else None
+    return rows
 
 
 @dataclass

@@ -875,3 +875,42 @@ def test_runs_at_the_papers_budget_are_scored_where_quick_tier_runs_sit_beside_t
     assert row["other_budget_runs_left_out"] == 1 and row["tolerance_verdict"] == "pass"
     claim = shipped_claim(rep, "fig3-mopoe-beats-mvae-latent-coherence")
     assert claim.status == "holds" and claim.ambiguous is None and claim.off_budget is None, claim.details
+
+
+def _fig7(runs, tier, joint):
+    """The MoPoE suite's MNIST-SVHN-Text runs of `tier` for the methods in `joint`, writing coherence/joint."""
+    from mmbench.suite import load_suite
+
+    for cfg in load_suite(ROOT / "suites" / "mopoe_iclr21.yaml").runs(tier, only=["mst-tables-2-3"]):
+        if cfg.method.name in joint:
+            run = Run(cfg, runs)
+            run.init()
+            run.write_metrics({"coherence/joint": joint[cfg.method.name]})
+
+
+def test_a_claim_failing_at_the_papers_budget_fails_whatever_quick_runs_sit_beside_it(tmp_path):
+    """MoPoE Fig. 7: MoPoE's joint coherence below MMVAE's, both trained at the paper's budget, fails; MVAE's runs
+    were quick-tier only, and the claim was reported "not scored" (the failure hidden, --allow-missing passed)."""
+    runs = tmp_path / "runs"
+    _fig7(runs, "full", {"mopoe": 0.1, "mmvae": 0.5})
+    _fig7(runs, "quick", {"mvae": 0.2})
+    claim = shipped_claim(build_report(runs, REFS), "fig7-joint-coherence-order")
+    assert claim.status == "fails" and claim.off_budget is None, claim.details
+    assert "mopoe coherence/joint = 0.100 >= 0.500 (mmvae coherence/joint): NO" in claim.details
+
+
+def test_quick_runs_beside_an_unfinished_full_tier_leave_a_claim_missing_not_ambiguous(tmp_path, mmbench_here):
+    """MVAE's full run still training, its quick run done: the claim compared full-tier MMVAE with quick-tier MVAE,
+    found their budgets differ and was "ambiguous", failing --compare even with --allow-missing."""
+    runs = tmp_path / "runs"
+    _fig7(runs, "full", {"mopoe": 0.31, "mmvae": 0.28})  # Table 3's printed joint coherences: its cells pass
+    _fig7(runs, "quick", {"mvae": 0.12, "mopoe": 0.31, "mmvae": 0.28})
+    rep = build_report(runs, REFS)
+    claim = shipped_claim(rep, "fig7-joint-coherence-order")
+    assert (claim.status, claim.ambiguous, claim.off_budget) == ("missing", None, None), claim.details
+    assert "mmvae coherence/joint > mvae coherence/joint: no runs" in claim.details and not rep.ambiguous_claims
+    r = mmbench_here("report", "--runs-dir", runs, "--compare", REFS, "--allow-missing", width=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _fig7(runs, "full", {"mvae": 0.12})  # its full run done: decided at the paper's budget, the quick runs said
+    claim = shipped_claim(build_report(runs, REFS), "fig7-joint-coherence-order")
+    assert claim.status == "holds" and claim.details[-1] == "3 runs at another budget than the paper's left out"
