@@ -36,7 +36,9 @@ def claims_table(claims: List[Claim]) -> pd.DataFrame:
 
 
 CELL_KEY = ("Each cell: produced (mean ± sample std over seeds) | paper value (± printed std) | difference and "
-            "tolerance verdict | Welch's test against the printed mean ± std, one run's prediction-interval t-test (Holm-corrected per paper).")
+            "tolerance verdict | Welch's test against the printed mean ± std, one run's prediction-interval t-test "
+            "(Holm-corrected per paper). Runs at another budget than the paper's (quick or smoke tier: "
+            "reference_results/budgets.yaml) are shown and not scored: no verdict.")
 
 
 def md_table(df: pd.DataFrame) -> str:
