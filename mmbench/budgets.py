@@ -23,6 +23,12 @@ from .config import flatten, same_setting
 # The settings that size a run's training and evaluation (a suite's tier).
 BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
           "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
+# The evaluation settings of BUDGET that only some metrics read (mmbench/metrics/): a run that computes none of them
+# writes no number that depends on the setting, so it is not compared (a MoPoE run with another eval.fid_samples is
+# still at the paper's budget). The training settings and eval.test_samples count for every run.
+READ_BY = {"eval.lr_train_samples": ("latent_classification", "latent_ap"), "eval.joint_samples": ("coherence",),
+           "eval.classifier_epochs": ("coherence", "coherence_ap"), "eval.ll_samples": ("loglik",),
+           "eval.fid_samples": ("fid",)}
 FILE = "budgets.yaml"  # in a reference directory: {table: {method: [budget, ...]}}
 
 Budgets = Dict[str, Dict[str, List[Dict[str, Any]]]]
@@ -78,15 +84,20 @@ def _shown(value: Any) -> str:
 def off_budget(flat_cfgs: List[Dict[str, Any]], allowed: List[Dict[str, Any]]) -> Optional[str]:
     """None when every run is at one of the `allowed` budgets; else the settings on which the runs that are not
     differ, with the paper's value(s), e.g. 'train.epochs 15 (paper: 300); eval.test_samples 2000 (paper: all)'."""
-    def at(b: Dict[str, Any], ok: Dict[str, Any]) -> bool:
-        return all(same_setting(b.get(k), ok.get(k)) for k in BUDGET)
+    def read(c: Dict[str, Any]) -> Dict[str, Any]:  # the run's BUDGET settings that a metric it computes reads
+        metrics = c.get("eval.metrics")
+        return {k: v for k, v in budget_of(c).items()
+                if metrics is None or k not in READ_BY or set(READ_BY[k]) & set(metrics)}
 
-    off = [budget_of(c) for c in flat_cfgs if not any(at(budget_of(c), ok) for ok in allowed)]
+    def at(b: Dict[str, Any], ok: Dict[str, Any]) -> bool:
+        return all(same_setting(v, ok.get(k)) for k, v in b.items())
+
+    off = [read(c) for c in flat_cfgs if not any(at(read(c), ok) for ok in allowed)]
     if not off:
         return None
     parts = []
     for k in BUDGET:
-        got = sorted({_shown(b[k]) for b in off if not any(same_setting(b[k], ok.get(k)) for ok in allowed)})
+        got = sorted({_shown(b[k]) for b in off if k in b and not any(same_setting(b[k], ok.get(k)) for ok in allowed)})
         if got:
             parts.append(f"{k} {', '.join(got)} (paper: {', '.join(sorted({_shown(ok.get(k)) for ok in allowed}))})")
     return "; ".join(parts) or "settings that are each the paper's, in a combination no suite uses for this table"

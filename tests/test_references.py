@@ -914,3 +914,21 @@ def test_quick_runs_beside_an_unfinished_full_tier_leave_a_claim_missing_not_amb
     _fig7(runs, "full", {"mvae": 0.12})  # its full run done: decided at the paper's budget, the quick runs said
     claim = shipped_claim(build_report(runs, REFS), "fig7-joint-coherence-order")
     assert claim.status == "holds" and claim.details[-1] == "3 runs at another budget than the paper's left out"
+
+
+def test_an_evaluation_setting_no_metric_of_the_run_reads_does_not_take_it_off_the_papers_budget(tmp_path):
+    """A MoPoE run computes no FID: its eval.fid_samples changes none of its numbers, and the run was shown "not
+    scored" for it; eval.lr_train_samples, which its latent classification reads, still takes it off the budget."""
+    budget = at_paper_budget("MoPoE Table 2", "mopoe")
+    for name, eval_set in (("fid", {"fid_samples": 5000}), ("lr", {"lr_train_samples": 100})):
+        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
+                                                                         "beta": 5.0},
+                                "seed": 0, "tables": ["MoPoE Table 2"], "train": budget["train"],
+                                "eval": {**budget["eval"], "lr_protocol": "mopoe", **eval_set}})
+        assert "fid" not in cfg.eval.metrics
+        run = Run(cfg, tmp_path / name)
+        run.init()
+        run.write_metrics({"latent_acc/mnist": 0.95})
+    assert _mopoe_table2_cell(build_report(tmp_path / "fid", REFS)).status == "pass"
+    cell = _mopoe_table2_cell(build_report(tmp_path / "lr", REFS))
+    assert cell.status == "off-budget" and cell.off_budget == "eval.lr_train_samples 100 (paper: 500)"
