@@ -114,8 +114,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {suites} holds no suite files (*.yaml); run from the repository root or pass the suites "
               f"folder", file=sys.stderr)
         return 2
+    from .results import atomic_write
+
     budgets = suite_budgets(paths)
-    out.write_text(render(budgets))
+    atomic_write(out, render(budgets))  # whole or not at all: a killed write leaves the previous file
     print(f"wrote {out} ({len(budgets)} tables from {len(paths)} suites); update "
           f"{out.parent}/SHA256SUMS (cd {out.parent} && sha256sum *.yaml > SHA256SUMS)")
     return 0
