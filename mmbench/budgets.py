@@ -81,18 +81,23 @@ def _shown(value: Any) -> str:
     return "all" if value is None else repr(value)  # None: the whole split (max_train, max_test, test_samples)
 
 
+def _read(flat_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's BUDGET settings that a metric it computes reads (READ_BY)."""
+    metrics = flat_cfg.get("eval.metrics")
+    return {k: v for k, v in budget_of(flat_cfg).items()
+            if metrics is None or k not in READ_BY or set(READ_BY[k]) & set(metrics)}
+
+
+def at_budget(flat_cfg: Dict[str, Any], allowed: List[Dict[str, Any]]) -> bool:
+    """Whether one run (its flattened config) is at one of the `allowed` budgets."""
+    read = _read(flat_cfg)
+    return any(all(same_setting(v, ok.get(k)) for k, v in read.items()) for ok in allowed)
+
+
 def off_budget(flat_cfgs: List[Dict[str, Any]], allowed: List[Dict[str, Any]]) -> Optional[str]:
     """None when every run is at one of the `allowed` budgets; else the settings on which the runs that are not
     differ, with the paper's value(s), e.g. 'train.epochs 15 (paper: 300); eval.test_samples 2000 (paper: all)'."""
-    def read(c: Dict[str, Any]) -> Dict[str, Any]:  # the run's BUDGET settings that a metric it computes reads
-        metrics = c.get("eval.metrics")
-        return {k: v for k, v in budget_of(c).items()
-                if metrics is None or k not in READ_BY or set(READ_BY[k]) & set(metrics)}
-
-    def at(b: Dict[str, Any], ok: Dict[str, Any]) -> bool:
-        return all(same_setting(v, ok.get(k)) for k, v in b.items())
-
-    off = [read(c) for c in flat_cfgs if not any(at(read(c), ok) for ok in allowed)]
+    off = [_read(c) for c in flat_cfgs if not at_budget(c, allowed)]
     if not off:
         return None
     parts = []

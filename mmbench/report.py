@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .budgets import BUDGET, off_budget
+from .budgets import BUDGET, at_budget, off_budget
 from .config import flatten, same_setting as _same, setting_key as _key
 from .errors import MMBenchError
 from .references import EXTREMA, OPS, Cell, Claim, load_reference_files
@@ -172,7 +172,7 @@ def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]]) 
     into one runs directory), the former, and how many runs were set aside; else all of them (0)."""
     if not budgets or sel.empty:
         return sel, 0
-    at = [off_budget([cfg], budgets) is None for cfg in sel["cfg"]]
+    at = [at_budget(cfg, budgets) for cfg in sel["cfg"]]
     if all(at) or not any(at):
         return sel, 0
     return sel[at], int(sel[[not a for a in at]]["run"].nunique())
@@ -362,7 +362,7 @@ def off_budget_runs(frame: pd.DataFrame, figure: str, budgets: Dict[str, List[Di
     """The runs tagged with `figure` whose method has budgets for it and which are at none of them."""
     runs = frame[frame["tables"].apply(lambda t: figure in t) & frame["method"].isin(list(budgets))]
     runs = runs.drop_duplicates("run")
-    return {r for r, m, cfg in zip(runs["run"], runs["method"], runs["cfg"]) if off_budget([cfg], budgets[m])}
+    return {r for r, m, cfg in zip(runs["run"], runs["method"], runs["cfg"]) if not at_budget(cfg, budgets[m])}
 
 
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
@@ -371,13 +371,12 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     Where the figure has budgets (mmbench/budgets.py) it is decided from the runs at the paper's budget; only where
     those leave it undecided, the runs at another budget decide it for display (status off-budget, not scored)."""
     for c in claims:
+        c.off_budget = None
         bad = off_budget_runs(frame, c.figure, c.budgets) if c.budgets and not frame.empty else set()
         if not bad:
             _decide(c, frame)
-            c.off_budget = None
             continue
         _decide(c, frame[~frame["run"].isin(bad)])
-        c.off_budget = None
         compared = {s["method"] for h in c.holds for s in (h["left"], h["right"]) if isinstance(s, dict)}
         n = frame[frame["run"].isin(bad) & frame["method"].isin(compared)]["run"].nunique()
         if c.status != "missing":  # decided at the paper's budget: the runs at another are left out, and said

@@ -32,10 +32,12 @@ def at_paper_budget(table, method):
     return out
 
 
-def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, data=("polydigits", None), **method_fields):
+def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, data=("polydigits", None), train=None,
+             **method_fields):
+    """A run of `tables` at the paper's budget of the first (its `train` and `eval` settings over it)."""
     budget = at_paper_budget(tables[0], method) if tables[0] in BUDGETS else {"train": {}, "eval": {}}
     cfg = build_run_config({"dataset": data[0], "variant": data[1], "method": {"name": method, **method_fields},
-                            "seed": seed, "tables": list(tables), "train": budget["train"],
+                            "seed": seed, "tables": list(tables), "train": {**budget["train"], **(train or {})},
                             "eval": {**budget["eval"], **dict(eval or {})}})
     run = Run(cfg, runs_dir)
     run.init()
@@ -757,6 +759,19 @@ def test_python_m_mmbench_budgets_writes_the_shipped_file(tmp_path, capsys):
     assert "holds no suite files" in capsys.readouterr().err
 
 
+def _mopoe_table2_run(runs, value, train=None, eval=None):
+    """A MoPoE run of MoPoE Table 2 (β 5.0, App. C.2) writing latent_acc/mnist, at the paper's budget unless told."""
+    run_with(runs, "mopoe", {"latent_acc/mnist": value}, ["MoPoE Table 2"], data=("mnist-svhn-text", None),
+             train=train, eval={"lr_protocol": "mopoe", **(eval or {})}, latent_dim=20, beta=5.0)
+
+
+def _mopoe_fig3_run(runs, method, epochs, value):
+    """A run of MoPoE Fig. 3 (vanilla PolyMNIST, latent 512, β 2.5) writing the by-inputs keys its claims compare."""
+    keys = [f"latent_acc_by_n/{n}" for n in range(1, 6)] + [f"coherence_by_n/{n}" for n in range(1, 5)]
+    run_with(runs, method, {k: value for k in keys}, ["MoPoE Fig. 3"], data=("polymnist", "vanilla"),
+             train={"epochs": epochs}, eval={"lr_protocol": "mopoe"}, latent_dim=512, beta=2.5)
+
+
 def _mopoe_table2_cell(rep):
     return next(c for c in rep.cells if c.table == "MoPoE Table 2" and c.method == "mopoe"
                 and c.metric == "latent_acc/mnist")
@@ -766,15 +781,8 @@ def test_a_quick_tier_run_is_shown_beside_a_paper_cell_and_never_scored(tmp_path
     """A run of MoPoE Table 2 trained for 15 of the paper's 150 epochs on 100,000 tuples filled the cell and, at the
     paper's value, showed ✓ (and a Welch verdict): a quick-tier number read as a reproduction."""
     quick, full = tmp_path / "quick", tmp_path / "full"
-    for runs, train in ((quick, {"epochs": 15, "max_train": 100000}), (full, {})):
-        budget = at_paper_budget("MoPoE Table 2", "mopoe")
-        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
-                                                                         "beta": 5.0},
-                                "seed": 0, "tables": ["MoPoE Table 2"], "train": {**budget["train"], **train},
-                                "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
-        run = Run(cfg, runs)
-        run.init()
-        run.write_metrics({"latent_acc/mnist": 0.95})
+    _mopoe_table2_run(quick, 0.95, train={"epochs": 15, "max_train": 100000})
+    _mopoe_table2_run(full, 0.95)
     cell = _mopoe_table2_cell(build_report(quick, REFS))
     assert cell.produced == 0.95 and cell.status == "off-budget" and cell.verdict is None
     assert cell.off_budget == "train.epochs 15 (paper: 150); train.max_train 100000 (paper: all)"
@@ -794,17 +802,9 @@ def test_a_quick_tier_run_is_shown_beside_a_paper_cell_and_never_scored(tmp_path
 
 def test_a_claim_decided_by_quick_tier_runs_is_shown_and_not_scored(tmp_path):
     runs = tmp_path / "runs"
-    keys = {**{f"latent_acc_by_n/{n}": 0.0 for n in range(1, 6)}, **{f"coherence_by_n/{n}": 0.0 for n in range(1, 5)}}
     for method, value in (("mopoe", 0.9), ("mvae", 0.5)):
-        budget = at_paper_budget("MoPoE Fig. 3", method)
         for epochs in (300, 15):
-            cfg = build_run_config({"dataset": "polymnist", "variant": "vanilla", "seed": 0, "tables": ["MoPoE Fig. 3"],
-                                    "method": {"name": method, "latent_dim": 512, "beta": 2.5},
-                                    "train": {**budget["train"], "epochs": epochs},
-                                    "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
-            run = Run(cfg, runs / str(epochs))
-            run.init()
-            run.write_metrics({k: value for k in keys})
+            _mopoe_fig3_run(runs / str(epochs), method, epochs, value)
     claim = shipped_claim(build_report(runs / "300", REFS), "fig3-mopoe-beats-mvae-latent-coherence")
     assert claim.status == "holds" and claim.off_budget is None
     claim = shipped_claim(build_report(runs / "15", REFS), "fig3-mopoe-beats-mvae-latent-coherence")
@@ -842,26 +842,11 @@ def test_runs_at_the_papers_budget_are_scored_where_quick_tier_runs_sit_beside_t
     configurations) and failed --compare: the runs at the paper's budget are scored, the others left out and
     counted."""
     runs = tmp_path / "runs"
-    for epochs, value in ((150, 0.95), (15, 0.5)):
-        budget = at_paper_budget("MoPoE Table 2", "mopoe")
-        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
-                                                                         "beta": 5.0},
-                                "seed": 0, "tables": ["MoPoE Table 2"], "train": {**budget["train"], "epochs": epochs},
-                                "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
-        run = Run(cfg, runs)
-        run.init()
-        run.write_metrics({"latent_acc/mnist": value})
-    keys = [f"latent_acc_by_n/{n}" for n in range(1, 6)] + [f"coherence_by_n/{n}" for n in range(1, 5)]
+    _mopoe_table2_run(runs, 0.95)
+    _mopoe_table2_run(runs, 0.5, train={"epochs": 15})
     for method, at_300, at_15 in (("mopoe", 0.9, 0.1), ("mvae", 0.5, 0.6)):  # at 15 epochs it would not hold
-        budget = at_paper_budget("MoPoE Fig. 3", method)
-        for epochs, value in ((300, at_300), (15, at_15)):
-            cfg = build_run_config({"dataset": "polymnist", "variant": "vanilla", "seed": 0, "tables": ["MoPoE Fig. 3"],
-                                    "method": {"name": method, "latent_dim": 512, "beta": 2.5},
-                                    "train": {**budget["train"], "epochs": epochs},
-                                    "eval": {**budget["eval"], "lr_protocol": "mopoe"}})
-            run = Run(cfg, runs)
-            run.init()
-            run.write_metrics({k: value for k in keys})
+        _mopoe_fig3_run(runs, method, 300, at_300)
+        _mopoe_fig3_run(runs, method, 15, at_15)
     rep = build_report(runs, REFS)
     cell = _mopoe_table2_cell(rep)
     assert (cell.status, cell.produced, cell.n_runs, cell.set_aside, cell.ambiguous) == ("pass", 0.95, 1, 1, None)
@@ -919,16 +904,10 @@ def test_quick_runs_beside_an_unfinished_full_tier_leave_a_claim_missing_not_amb
 def test_an_evaluation_setting_no_metric_of_the_run_reads_does_not_take_it_off_the_papers_budget(tmp_path):
     """A MoPoE run computes no FID: its eval.fid_samples changes none of its numbers, and the run was shown "not
     scored" for it; eval.lr_train_samples, which its latent classification reads, still takes it off the budget."""
-    budget = at_paper_budget("MoPoE Table 2", "mopoe")
     for name, eval_set in (("fid", {"fid_samples": 5000}), ("lr", {"lr_train_samples": 100})):
-        cfg = build_run_config({"dataset": "mnist-svhn-text", "method": {"name": "mopoe", "latent_dim": 20,
-                                                                         "beta": 5.0},
-                                "seed": 0, "tables": ["MoPoE Table 2"], "train": budget["train"],
-                                "eval": {**budget["eval"], "lr_protocol": "mopoe", **eval_set}})
-        assert "fid" not in cfg.eval.metrics
-        run = Run(cfg, tmp_path / name)
-        run.init()
-        run.write_metrics({"latent_acc/mnist": 0.95})
+        _mopoe_table2_run(tmp_path / name, 0.95, eval=eval_set)
+    (run_dir,) = [d for d in (tmp_path / "fid").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert "fid" not in yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["metrics"]
     assert _mopoe_table2_cell(build_report(tmp_path / "fid", REFS)).status == "pass"
     cell = _mopoe_table2_cell(build_report(tmp_path / "lr", REFS))
     assert cell.status == "off-budget" and cell.off_budget == "eval.lr_train_samples 100 (paper: 500)"
