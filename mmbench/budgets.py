@@ -23,12 +23,29 @@ from .config import flatten, same_setting
 # The settings that size a run's training and evaluation (a suite's tier).
 BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
           "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
-# The evaluation settings of BUDGET that only some metrics read (mmbench/metrics/): a run that computes none of them
-# writes no number that depends on the setting, so it is not compared (a MoPoE run with another eval.fid_samples is
-# still at the paper's budget). The training settings and eval.test_samples count for every run.
-READ_BY = {"eval.lr_train_samples": ("latent_classification", "latent_ap"), "eval.joint_samples": ("coherence",),
-           "eval.classifier_epochs": ("coherence", "coherence_ap"), "eval.ll_samples": ("loglik",),
-           "eval.fid_samples": ("fid",)}
+# The settings a metric key's number depends on only for some keys: per setting, the key families (a key's part
+# before its first "/", references.METRIC_FAMILIES) or whole keys that read it; every other setting counts for every
+# key. A latent accuracy computed beside an FID on 5,000 samples is the paper's latent accuracy (mmbench/metrics/).
+CLASSIFIED = ("coherence", "coherence_by_n", "coherence_all_by_n", "coherence_ap", "coherence_ap_by_n",
+              "coherence_ap_batchmean")  # scored by the coherence classifiers (metrics/coherence.py, average_precision.py)
+DECODED = CLASSIFIED + ("fid", "fid_by_n", "loglik", "loglik_by_n", "loglik_mod", "recon", "recon_mse")
+READ_BY = {"eval.lr_train_samples": ("latent_acc", "latent_acc_by_n", "latent_lr_unconverged", "latent_ap",
+                                     "latent_ap_by_n", "latent_ap_batchmean"),
+           "eval.joint_samples": ("coherence/joint",),  # prior samples of the joint coherence only
+           "eval.classifier_epochs": CLASSIFIED, "eval.classifiers": CLASSIFIED, "eval.classifier_dropout": CLASSIFIED,
+           "eval.ll_samples": ("loglik", "loglik_by_n", "loglik_mod"), "eval.fid_samples": ("fid", "fid_by_n"),
+           "eval.precision": DECODED}  # bf16 decoders; encoders and the latent regressions stay fp32 (metrics/batched.py)
+
+
+def reads(setting: str, key: str, flat_cfg: Optional[Dict[str, Any]] = None) -> bool:
+    """Whether metric key `key`'s number depends on `setting` (READ_BY); for a run (its flattened config), also
+    train.max_test, which sizes the per-epoch test loss and so only a model chosen by it (train.select)."""
+    if setting == "train.max_test" and flat_cfg is not None:
+        return flat_cfg.get("train.select") != "last"
+    readers = READ_BY.get(setting)
+    return readers is None or key in readers or key.split("/")[0] in readers
+
+
 FILE = "budgets.yaml"  # in a reference directory: {table: {method: [budget, ...]}}
 
 Budgets = Dict[str, Dict[str, List[Dict[str, Any]]]]
@@ -81,23 +98,22 @@ def _shown(value: Any) -> str:
     return "all" if value is None else repr(value)  # None: the whole split (max_train, max_test, test_samples)
 
 
-def _read(flat_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The run's BUDGET settings that a metric it computes reads (READ_BY)."""
-    metrics = flat_cfg.get("eval.metrics")
-    return {k: v for k, v in budget_of(flat_cfg).items()
-            if metrics is None or k not in READ_BY or set(READ_BY[k]) & set(metrics)}
+def _read(flat_cfg: Dict[str, Any], key: str) -> Dict[str, Any]:
+    """The run's BUDGET settings that metric key `key` reads (reads)."""
+    return {k: v for k, v in budget_of(flat_cfg).items() if reads(k, key, flat_cfg)}
 
 
-def at_budget(flat_cfg: Dict[str, Any], allowed: List[Dict[str, Any]]) -> bool:
-    """Whether one run (its flattened config) is at one of the `allowed` budgets."""
-    read = _read(flat_cfg)
+def at_budget(flat_cfg: Dict[str, Any], allowed: List[Dict[str, Any]], key: str) -> bool:
+    """Whether one run's (its flattened config) number under metric key `key` is at one of the `allowed` budgets."""
+    read = _read(flat_cfg, key)
     return any(all(same_setting(v, ok.get(k)) for k, v in read.items()) for ok in allowed)
 
 
-def off_budget(flat_cfgs: List[Dict[str, Any]], allowed: List[Dict[str, Any]]) -> Optional[str]:
-    """None when every run is at one of the `allowed` budgets; else the settings on which the runs that are not
-    differ, with the paper's value(s), e.g. 'train.epochs 15 (paper: 300); eval.test_samples 2000 (paper: all)'."""
-    off = [_read(c) for c in flat_cfgs if not at_budget(c, allowed)]
+def off_budget(flat_cfgs: List[Dict[str, Any]], allowed: List[Dict[str, Any]], key: str) -> Optional[str]:
+    """None when every run's number under `key` is at one of the `allowed` budgets; else the settings on which the
+    runs that are not differ, with the paper's value(s), e.g. 'train.epochs 15 (paper: 300); eval.test_samples 2000
+    (paper: all)'."""
+    off = [_read(c, key) for c in flat_cfgs if not at_budget(c, allowed, key)]
     if not off:
         return None
     parts = []

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .budgets import BUDGET, at_budget, off_budget
+from .budgets import BUDGET, at_budget, off_budget, reads
 from .config import flatten, same_setting as _same, setting_key as _key
 from .errors import MMBenchError
 from .references import EXTREMA, OPS, Cell, Claim, load_reference_files
@@ -144,7 +144,7 @@ def absent_from(frame: pd.DataFrame, c: Cell) -> Optional[str]:
 def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     """Each cell's produced mean, sample std and n over the seeds of the one configuration that matches it."""
     for c in cells:
-        sel, c.set_aside = at_paper_budget(select(frame, c.table, c.method, c.metric, c.where), c.budgets)
+        sel, c.set_aside = at_paper_budget(select(frame, c.table, c.method, c.metric, c.where), c.budgets, c.metric)
         if sel.empty and c.where:
             c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
         if sel.empty:  # and runs at the cell's settings that write no such key (both reasons can hold)
@@ -163,16 +163,16 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
             c.mixed = mixed_fields(sel)
             c.data = sorted({d for d in sel["data"] if d})
             # a number made at another budget (a quick-tier run) is shown beside the paper's, never scored
-            c.off_budget = off_budget(list(sel["cfg"]), c.budgets) if c.budgets else None
+            c.off_budget = off_budget(list(sel["cfg"]), c.budgets, c.metric) if c.budgets else None
     return cells
 
 
-def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]]) -> Tuple[pd.DataFrame, int]:
+def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]], key: str) -> Tuple[pd.DataFrame, int]:
     """Where some of the selected runs are at the paper's budget and some not (a quick tier run before the full one
     into one runs directory), the former, and how many runs were set aside; else all of them (0)."""
     if not budgets or sel.empty:
         return sel, 0
-    at = [at_budget(cfg, budgets) for cfg in sel["cfg"]]
+    at = [at_budget(cfg, budgets, key) for cfg in sel["cfg"]]
     if all(at) or not any(at):
         return sel, 0
     return sel[at], int(sel[[not a for a in at]]["run"].nunique())
@@ -219,9 +219,13 @@ SCORING = ("eval.classifiers", "eval.classifier_dropout", "eval.precision")
 COMPARABLE = BUDGET + SCORING
 
 
+ANY = "(not read)"  # a setting the side's metric key does not read (budgets.reads): it matches any value
+
+
 def side_budgets(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, set]:
-    """The BUDGET and SCORING settings of one side's runs, per `for_each` value (as side_values keys them)."""
-    return {k: {tuple(repr(c.get(b)) for b in COMPARABLE) for c in at["cfg"]}
+    """The BUDGET and SCORING settings of one side's runs that its metric key reads, per `for_each` value (as
+    side_values keys them)."""
+    return {k: {tuple(repr(c.get(b)) if reads(b, side["metric"], c) else ANY for b in COMPARABLE) for c in at["cfg"]}
             for k, at in side_rows(frame, claim, side).items()}
 
 
@@ -239,12 +243,13 @@ def other_budgets(gap: str) -> str:
 
 
 def budget_gap(a: set, b: set) -> Optional[str]:
-    """None when both sides' runs share one budget; else the settings on which they differ, with their values."""
+    """None when both sides' runs share one budget; else the settings on which they differ, with their values (a
+    setting one side's metric key does not read, ANY, differs from none)."""
     if a == b and len(a) == 1:
         return None
     both = list(a | b)
-    return "; ".join(f"{name} ({', '.join(sorted({t[i] for t in both}))})" for i, name in enumerate(COMPARABLE)
-                     if len({t[i] for t in both}) > 1) or None
+    seen = [sorted({t[i] for t in both} - {ANY}) for i in range(len(COMPARABLE))]
+    return "; ".join(f"{name} ({', '.join(v)})" for name, v in zip(COMPARABLE, seen) if len(v) > 1) or None
 
 
 def side_excluded(frame: pd.DataFrame, claim: Claim, side: Any) -> Optional[str]:
@@ -281,8 +286,9 @@ def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Opt
     if bad:
         return None, f"{label}: {several(bad[0])}"
     budgets = set().union(*side_budgets(frame, claim, h["left"]).values())
-    if len(budgets) > 1:  # the extreme of values trained or scored otherwise (a quick-tier β against full-tier ones)
-        return None, f"{label}: {other_budgets(budget_gap(budgets, budgets))}"
+    gap = budget_gap(budgets, budgets)
+    if gap:  # the extreme of values trained or scored otherwise (a quick-tier β against full-tier ones)
+        return None, f"{label}: {other_budgets(gap)}"
     listed = [k for k in vals if any(_same(k, w) for w in h["right"])]
     lacking = [w for w in h["right"] if not any(_same(k, w) for k in vals)]
     if lacking:
@@ -358,11 +364,22 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     return verdicts, details
 
 
-def off_budget_runs(frame: pd.DataFrame, figure: str, budgets: Dict[str, List[Dict[str, Any]]]) -> set:
-    """The runs tagged with `figure` whose method has budgets for it and which are at none of them."""
-    runs = frame[frame["tables"].apply(lambda t: figure in t) & frame["method"].isin(list(budgets))]
-    runs = runs.drop_duplicates("run")
-    return {r for r, m, cfg in zip(runs["run"], runs["method"], runs["cfg"]) if not at_budget(cfg, budgets[m])}
+def _side_keys(side: Dict[str, Any], metric: str) -> bool:
+    """Whether a side compares metric key `metric` (its metric, or a key one level under a metric ending in /*)."""
+    m = side["metric"]
+    return metric == m or (m.endswith("/*") and metric.startswith(m[:-1]) and "/" not in metric[len(m) - 1:])
+
+
+def off_budget_rows(frame: pd.DataFrame, claim: Claim) -> pd.Series:
+    """The rows a side of the claim compares (runs tagged with its figure, of the side's method and metric key) whose
+    method has budgets for the figure and whose number under that key is at none of them (budgets.at_budget)."""
+    sides = [s for h in claim.holds for s in (h["left"], h["right"]) if isinstance(s, dict)]
+    near = frame["tables"].apply(lambda t: claim.figure in t) & frame["method"].isin(list(claim.budgets))
+    off = pd.Series(False, index=frame.index)
+    for i, m, k, cfg in zip(frame.index[near], frame["method"][near], frame["metric"][near], frame["cfg"][near]):
+        if any(m == s["method"] and _side_keys(s, k) for s in sides):
+            off[i] = not at_budget(cfg, claim.budgets[m], k)
+    return off
 
 
 def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
@@ -372,13 +389,12 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     those leave it undecided, the runs at another budget decide it for display (status off-budget, not scored)."""
     for c in claims:
         c.off_budget = None
-        bad = off_budget_runs(frame, c.figure, c.budgets) if c.budgets and not frame.empty else set()
-        if not bad:
+        bad = off_budget_rows(frame, c) if c.budgets and not frame.empty else None
+        if bad is None or not bad.any():
             _decide(c, frame)
             continue
-        _decide(c, frame[~frame["run"].isin(bad)])
-        compared = {s["method"] for h in c.holds for s in (h["left"], h["right"]) if isinstance(s, dict)}
-        n = frame[frame["run"].isin(bad) & frame["method"].isin(compared)]["run"].nunique()
+        _decide(c, frame[~bad])
+        n = frame[bad]["run"].nunique()
         if c.status != "missing":  # decided at the paper's budget: the runs at another are left out, and said
             if n:
                 c.details.append(f"{n} run{'s' if n > 1 else ''} at another budget than the paper's left out")
@@ -388,9 +404,9 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
         if c.status == "missing":
             c.details, c.status, c.excluded, c.ambiguous, c.mixed = at_budget
             continue
-        runs = pd.concat(rows).drop_duplicates("run") if rows else frame.iloc[:0]
-        c.off_budget = next((o for m, g in runs.groupby("method") if m in c.budgets
-                             for o in [off_budget(list(g["cfg"]), c.budgets[m])] if o), None) \
+        runs = pd.concat(rows).drop_duplicates(["run", "metric"]) if rows else frame.iloc[:0]
+        c.off_budget = next((o for (m, k), g in runs.groupby(["method", "metric"]) if m in c.budgets
+                             for o in [off_budget(list(g["cfg"]), c.budgets[m], k)] if o), None) \
             or "runs at the paper's budget and at another compared"
         c.details.append(f"not scored: the runs compared are at another budget than the paper's ({c.off_budget}); "
                          f"at theirs it {'holds' if c.status == 'holds' else 'does not hold'}")

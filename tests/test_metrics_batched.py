@@ -242,3 +242,29 @@ def test_bf16_evaluation_is_refused_where_it_would_change_posteriors():
         batched.for_eval(vgon, "cpu", "bf16")
     with pytest.raises(MMBenchError, match="eval.precision 'fp16' is not allowed; choose fp32 or bf16"):
         batched.for_eval(make("mopoe"), "cpu", "fp16")
+
+
+@pytest.mark.parametrize("metric, setting, values", [
+    ("latent_classification", "lr_train_samples", (40, 12)), ("loglik", "lr_train_samples", (40, 12)),
+    ("coherence", "joint_samples", (64, 7)), ("coherence", "ll_samples", (15, 2)),
+    ("loglik", "ll_samples", (3, 2)), ("reconstruction", "ll_samples", (3, 2)),
+    ("latent_classification", "precision", ("fp32", "bf16")), ("coherence", "precision", ("fp32", "bf16")),
+    ("reconstruction", "precision", ("fp32", "bf16"))])
+def test_a_metric_key_moves_only_with_the_settings_the_budget_check_says_it_reads(metric, setting, values):
+    """budgets.reads decides which settings take a key's number off the paper's budget (or keep two claim sides
+    apart): every key that moves when the setting alone changes must read it, and where a key reads it, one moves."""
+    from mmbench.budgets import reads
+    from mmbench.registry import METRICS
+
+    model, data = make("mopoe"), split(40)
+    out = []
+    for v in values:
+        low = batched.for_eval(copy.deepcopy(model), "cpu", v) if setting == "precision" else model
+        ctx = context(low, data, **({} if setting == "precision" else {setting: v}))
+        with torch.no_grad():  # classifiers whose class moves with the decoded image (an untrained CNN's barely does)
+            ctx._classifiers = {m: Projection(j, model.decode(torch.zeros(1, 8), m)) for j, m in enumerate(NAMES)}
+        out.append(METRICS.get(metric)(ctx))
+    moved = {k for k in out[0] if out[0][k] != out[1][k]}
+    said = {k for k in out[0] if reads(f"eval.{setting}", k)}
+    assert moved <= said, f"keys move with eval.{setting} that budgets.READ_BY says do not read it: {moved - said}"
+    assert bool(moved) == bool(said), (moved, said)

@@ -41,7 +41,7 @@ def run_with(runs_dir, method, metrics, tables, seed=0, eval=None, data=("polydi
                             "eval": {**budget["eval"], **dict(eval or {})}})
     run = Run(cfg, runs_dir)
     run.init()
-    run.write_metrics(metrics)
+    run.write_metrics(metrics, eval_precision=cfg.eval.precision)  # as evaluate writes it (the report checks it)
 
 
 SMVAE_LR = {"lr_protocol": "smvae"}  # the suites' latent-classification protocols, pinned by the reference files
@@ -765,11 +765,12 @@ def _mopoe_table2_run(runs, value, train=None, eval=None):
              train=train, eval={"lr_protocol": "mopoe", **(eval or {})}, latent_dim=20, beta=5.0)
 
 
-def _mopoe_fig3_run(runs, method, epochs, value):
+def _mopoe_fig3_run(runs, method, epochs, value, train=None, eval=None):
     """A run of MoPoE Fig. 3 (vanilla PolyMNIST, latent 512, β 2.5) writing the by-inputs keys its claims compare."""
     keys = [f"latent_acc_by_n/{n}" for n in range(1, 6)] + [f"coherence_by_n/{n}" for n in range(1, 5)]
     run_with(runs, method, {k: value for k in keys}, ["MoPoE Fig. 3"], data=("polymnist", "vanilla"),
-             train={"epochs": epochs}, eval={"lr_protocol": "mopoe"}, latent_dim=512, beta=2.5)
+             train={"epochs": epochs, **(train or {})}, eval={"lr_protocol": "mopoe", **(eval or {})}, latent_dim=512,
+             beta=2.5)
 
 
 def _mopoe_table2_cell(rep):
@@ -911,3 +912,57 @@ def test_an_evaluation_setting_no_metric_of_the_run_reads_does_not_take_it_off_t
     assert _mopoe_table2_cell(build_report(tmp_path / "fid", REFS)).status == "pass"
     cell = _mopoe_table2_cell(build_report(tmp_path / "lr", REFS))
     assert cell.status == "off-budget" and cell.off_budget == "eval.lr_train_samples 100 (paper: 500)"
+
+
+def test_a_setting_the_cells_key_does_not_read_leaves_its_number_at_the_papers_budget(tmp_path):
+    """The MoPoE Table 2 runs also compute coherence and log-likelihoods, so a run with fewer joint-coherence or
+    importance samples, or a smaller per-epoch test-loss set (train.select: last never reads it), was shown "not
+    scored" on its latent accuracy, which none of those settings touches."""
+    for name, train, eval_set in (("joint", None, {"joint_samples": 1000}), ("ll", None, {"ll_samples": 3}),
+                                  ("clf", None, {"classifier_epochs": 1}), ("max_test", {"max_test": 256}, None)):
+        _mopoe_table2_run(tmp_path / name, 0.95, train=train, eval=eval_set)
+        cell = _mopoe_table2_cell(build_report(tmp_path / name, REFS))
+        assert (name, cell.status, cell.off_budget) == (name, "pass", None)
+
+
+def test_the_per_epoch_test_loss_set_counts_where_it_chooses_the_model():
+    """train.max_test sizes the test loss that picks mrVAE's evaluated model (train.select: best_test_loss)."""
+    from mmbench.budgets import at_budget, reads
+
+    (paper,) = BUDGETS["mrVAE Table 1a"]["mrvae"]
+    for select, at in (("best_test_loss", False), ("last", True)):
+        cfg = {**paper, "train.max_test": 256, "train.select": select}
+        assert reads("train.max_test", "coherence/m0->m1", cfg) is not at
+        assert at_budget(cfg, [paper], "coherence/m0->m1") is at
+    assert reads("eval.joint_samples", "coherence/joint") and not reads("eval.joint_samples", "coherence/m0->m1")
+    assert reads("eval.precision", "loglik/m0") and not reads("eval.precision", "latent_acc/m0")
+
+
+def test_a_claim_compares_sides_that_differ_only_in_settings_its_keys_do_not_read(tmp_path):
+    """MVAE's Fig. 3 runs with fewer importance samples (a log-likelihood setting) and bf16 decoders: the latent
+    comparisons are decided (before, the runs were at another budget and the claim not scored); the coherence ones,
+    whose samples the decoders make, name the scoring setting that differs."""
+    runs = tmp_path / "runs"
+    _mopoe_fig3_run(runs, "mopoe", 300, 0.9)
+    _mopoe_fig3_run(runs, "mvae", 300, 0.5, eval={"ll_samples": 5})
+    claim = shipped_claim(build_report(runs, REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert (claim.status, claim.off_budget, claim.ambiguous) == ("holds", None, None), claim.details
+    runs = tmp_path / "bf16"
+    _mopoe_fig3_run(runs, "mopoe", 300, 0.9)
+    _mopoe_fig3_run(runs, "mvae", 300, 0.5, eval={"precision": "bf16"})
+    claim = shipped_claim(build_report(runs, REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert "mopoe latent_acc_by_n/1 = 0.900 > 0.500 (mvae latent_acc_by_n/1): yes" in claim.details, claim.details
+    assert claim.status == "missing" and ("mopoe coherence_by_n/1 > mvae coherence_by_n/1: the sides' runs were "
+                                          "trained or scored with other budgets or scoring settings (eval.precision "
+                                          "('bf16', 'fp32')); compare runs of one tier") in claim.details, claim.details
+
+
+def test_the_keys_said_to_read_a_setting_are_keys_mmbench_writes():
+    from mmbench.budgets import BUDGET, READ_BY
+    from mmbench.references import METRIC_FAMILIES
+    from mmbench.report import COMPARABLE
+
+    for setting, readers in READ_BY.items():
+        assert setting in COMPARABLE and setting.startswith("eval."), setting
+        assert all(r.split("/")[0] in METRIC_FAMILIES for r in readers), (setting, readers)
+    assert set(BUDGET) <= set(COMPARABLE)

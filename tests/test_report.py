@@ -955,15 +955,27 @@ def test_a_where_number_matches_only_its_value_up_to_float_error():
     ("eval", "classifiers", "authors"), ("eval", "classifier_dropout", "as_authors"), ("eval", "precision", "bf16")])
 def test_every_budget_setting_keeps_two_sides_apart(tmp_path, section, key, other):
     """Sides differing only in one budget setting of a quick tier (test subset, samples, classifier epochs) are not
-    compared: the comparison is undecided and names that setting."""
+    compared where the compared key reads it: the comparison is undecided and names that setting. A key that does not
+    read it (budgets.reads) is compared."""
+    from mmbench.budgets import reads
+
+    reader = {"lr_train_samples": "latent_acc/m0", "ll_samples": "loglik/joint", "fid_samples": "fid/prior->m0"}
+    keys = [reader.get(key, "coherence/joint"), "recon/joint"]
+    select = {"train": {"select": "best_test_loss"}} if key == "max_test" else {}  # it reads max_test only then
     runs = tmp_path / "runs"
-    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.6}, tables=("F",))
-    fake_run(runs, "mvae", 0, {"coherence/joint": 0.4}, tables=("F",), **{section: {key: other}})
-    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
-             "holds": [{"left": {"method": "mopoe", "metric": "coherence/joint"}, "op": ">",
-                        "right": {"method": "mvae", "metric": "coherence/joint"}}]}
-    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
-    assert c.status == "missing" and f"other budgets or scoring settings ({section}.{key} (" in c.details[0], c.details
+    fake_run(runs, "mopoe", 0, dict.fromkeys(keys, 0.6), tables=("F",), **select)
+    fake_run(runs, "mvae", 0, dict.fromkeys(keys, 0.4), tables=("F",),
+             **{section: {key: other, **select.get(section, {})}}, **{k: v for k, v in select.items() if k != section})
+    for metric in keys:
+        claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+                 "holds": [{"left": {"method": "mopoe", "metric": metric}, "op": ">",
+                            "right": {"method": "mvae", "metric": metric}}]}
+        (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+        if reads(f"{section}.{key}", metric, {"train.select": "best_test_loss"}):
+            assert c.status == "missing" and f"other budgets or scoring settings ({section}.{key} (" in c.details[0], \
+                c.details
+        else:
+            assert c.status == "holds", (metric, c.details)
 
 
 def test_a_claim_over_several_configurations_fails_compare_even_with_allow_missing(tmp_path):
