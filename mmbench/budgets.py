@@ -20,21 +20,24 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from .config import flatten, same_setting
 
-# The settings that size a run's training and evaluation (a suite's tier).
-BUDGET = ("train.epochs", "train.max_train", "train.max_test", "eval.test_samples", "eval.lr_train_samples",
-          "eval.joint_samples", "eval.ll_samples", "eval.fid_samples", "eval.classifier_epochs")
+# The settings that size a run's training and evaluation (a suite's tier). train.batch_size sets the number of
+# optimiser steps an epoch takes (mrVAE at batch 32 on a CPU takes 8x the paper's steps at 256).
+BUDGET = ("train.epochs", "train.batch_size", "train.max_train", "train.max_test", "eval.test_samples",
+          "eval.lr_train_samples", "eval.joint_samples", "eval.ll_samples", "eval.fid_samples",
+          "eval.classifier_epochs")
 # The settings a metric key's number depends on only for some keys: per setting, the key families (a key's part
 # before its first "/", references.METRIC_FAMILIES) or whole keys that read it; every other setting counts for every
 # key. A latent accuracy computed beside an FID on 5,000 samples is the paper's latent accuracy (mmbench/metrics/).
+# scored by the coherence classifiers (metrics/coherence.py, average_precision.py)
 CLASSIFIED = ("coherence", "coherence_by_n", "coherence_all_by_n", "coherence_ap", "coherence_ap_by_n",
-              "coherence_ap_batchmean")  # scored by the coherence classifiers (metrics/coherence.py, average_precision.py)
+              "coherence_ap_batchmean")
 DECODED = CLASSIFIED + ("fid", "fid_by_n", "loglik", "loglik_by_n", "loglik_mod", "recon", "recon_mse")
 READ_BY = {"eval.lr_train_samples": ("latent_acc", "latent_acc_by_n", "latent_lr_unconverged", "latent_ap",
                                      "latent_ap_by_n", "latent_ap_batchmean"),
            "eval.joint_samples": ("coherence/joint",),  # prior samples of the joint coherence only
            "eval.classifier_epochs": CLASSIFIED, "eval.classifiers": CLASSIFIED, "eval.classifier_dropout": CLASSIFIED,
            "eval.ll_samples": ("loglik", "loglik_by_n", "loglik_mod"), "eval.fid_samples": ("fid", "fid_by_n"),
-           "eval.precision": DECODED}  # bf16 decoders; encoders and the latent regressions stay fp32 (metrics/batched.py)
+           "eval.precision": DECODED}  # bf16 decoders; encoders, latent regressions stay fp32 (metrics/batched.py)
 
 
 def reads(setting: str, key: str, flat_cfg: Optional[Dict[str, Any]] = None) -> bool:

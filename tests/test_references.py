@@ -819,7 +819,8 @@ def test_a_damaged_budgets_block_is_named(tmp_path):
     refs.mkdir()
     (refs / "budgets.yaml").write_text("budgets:\n  MoPoE Table 2:\n    mopoe:\n    - {train.epochs: 150}\n")
     with pytest.raises(ConfigError, match=r"budgets.yaml: budgets.MoPoE Table 2.mopoe: a budget names exactly the "
-                                          r"settings train.epochs, train.max_train, .*regenerate it with `python -m "
+                                          r"settings train.epochs, train.batch_size, train.max_train, .*regenerate "
+                                          r"it with `python -m "
                                           r"mmbench.budgets`"):
         load_reference_files(refs)
     (refs / "budgets.yaml").write_text("budgets:\n  MoPoE Table 2:\n    nosuch: []\n")
@@ -966,3 +967,10 @@ def test_the_keys_said_to_read_a_setting_are_keys_mmbench_writes():
         assert setting in COMPARABLE and setting.startswith("eval."), setting
         assert all(r.split("/")[0] in METRIC_FAMILIES for r in readers), (setting, readers)
     assert set(BUDGET) <= set(COMPARABLE)
+
+
+def test_a_run_at_another_batch_size_is_not_the_papers_number(tmp_path):
+    """Batch 32 (mrVAE on a CPU) takes 8x the paper's optimiser steps per epoch at 256: not the paper's budget."""
+    _mopoe_table2_run(tmp_path, 0.95, train={"batch_size": 32})
+    cell = _mopoe_table2_cell(build_report(tmp_path, REFS))
+    assert cell.status == "off-budget" and cell.off_budget == "train.batch_size 32 (paper: 256)"
