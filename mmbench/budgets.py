@@ -40,13 +40,14 @@ READ_BY = {"eval.lr_train_samples": ("latent_acc", "latent_acc_by_n", "latent_lr
            "eval.precision": DECODED}  # bf16 decoders; encoders, latent regressions stay fp32 (metrics/batched.py)
 
 
-def reads(setting: str, key: str, flat_cfg: Optional[Dict[str, Any]] = None) -> bool:
-    """Whether metric key `key`'s number depends on `setting` (READ_BY); for a run (its flattened config), also
-    train.max_test, which sizes the per-epoch test loss and so only a model chosen by it (train.select)."""
+def reads(setting: str, key: Optional[str], flat_cfg: Optional[Dict[str, Any]] = None) -> bool:
+    """Whether metric key `key`'s number (None: any of the run's) depends on `setting` (READ_BY); for a run (its
+    flattened config), also train.max_test, which sizes the per-epoch test loss and so only a model chosen by it
+    (train.select)."""
     if setting == "train.max_test" and flat_cfg is not None:
         return flat_cfg.get("train.select") != "last"
     readers = READ_BY.get(setting)
-    return readers is None or key in readers or key.split("/")[0] in readers
+    return readers is None or key is None or key in readers or key.split("/")[0] in readers
 
 
 FILE = "budgets.yaml"  # in a reference directory: {table: {method: [budget, ...]}}
@@ -101,13 +102,14 @@ def _shown(value: Any) -> str:
     return "all" if value is None else repr(value)  # None: the whole split (max_train, max_test, test_samples)
 
 
-def _read(flat_cfg: Dict[str, Any], key: str) -> Dict[str, Any]:
-    """The run's BUDGET settings that metric key `key` reads (reads)."""
+def _read(flat_cfg: Dict[str, Any], key: Optional[str]) -> Dict[str, Any]:
+    """The run's BUDGET settings that metric key `key` (None: any) reads (reads)."""
     return {k: v for k, v in budget_of(flat_cfg).items() if reads(k, key, flat_cfg)}
 
 
-def at_budget(flat_cfg: Dict[str, Any], allowed: List[Dict[str, Any]], key: str) -> bool:
-    """Whether one run's (its flattened config) number under metric key `key` is at one of the `allowed` budgets."""
+def at_budget(flat_cfg: Dict[str, Any], allowed: List[Dict[str, Any]], key: Optional[str]) -> bool:
+    """Whether one run's (its flattened config) number under metric key `key` is at one of the `allowed` budgets
+    (None: the whole budget, every setting any key reads)."""
     read = _read(flat_cfg, key)
     return any(all(same_setting(v, ok.get(k)) for k, v in read.items()) for ok in allowed)
 

@@ -167,12 +167,24 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     return cells
 
 
+def counted(cfgs: List[Dict[str, Any]], groups: List[str], budgets: List[Dict[str, Any]], key: str) -> List[bool]:
+    """Which runs' numbers under metric key `key` count at the paper's budget: those at it for that key
+    (budgets.at_budget); where these are of several configurations (a run and its twin re-made with a setting the key
+    does not read, e.g. `--set eval.joint_samples=1000`), only those at the whole budget, where there are any."""
+    at = [at_budget(c, budgets, key) for c in cfgs]
+    if len({g for g, a in zip(groups, at) if a}) > 1:
+        whole = [a and at_budget(c, budgets, None) for a, c in zip(at, cfgs)]
+        if any(whole):
+            return whole
+    return at
+
+
 def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]], key: str) -> Tuple[pd.DataFrame, int]:
     """Where some of the selected runs are at the paper's budget and some not (a quick tier run before the full one
     into one runs directory), the former, and how many runs were set aside; else all of them (0)."""
     if not budgets or sel.empty:
         return sel, 0
-    at = [at_budget(cfg, budgets, key) for cfg in sel["cfg"]]
+    at = counted(list(sel["cfg"]), list(sel["group"]), budgets, key)
     if all(at) or not any(at):
         return sel, 0
     return sel[at], int(sel[[not a for a in at]]["run"].nunique())
@@ -316,7 +328,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
     seen: Dict[Any, None] = {}  # for_each values either side has runs at
     mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
-    gaps: Dict[Any, Optional[str]] = {}  # for_each value -> the budget settings on which the two sides differ
+    gaps: Dict[Any, str] = {}  # for_each value -> the budget settings on which the sides differ for its first key
     unmatched: Dict[Any, int] = {}  # for_each value -> keys under the prefix only one side reports
     for name in names:
         left = side_values(frame, claim, dict(h["left"], metric=lp + name))
@@ -325,15 +337,18 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
         seen.update(dict.fromkeys([*left, *rv]))
         for k in set(left) ^ set(rv) if isinstance(right, dict) else ():  # a key one side reports and the other not
             unmatched[k] = unmatched.get(k, 0) + 1
+        # the sides' budgets, per key: keys under one prefix read other settings (coherence/joint alone reads
+        # eval.joint_samples), and one key at other budgets leaves the for_each value undecided
+        lb, rb = ((side_budgets(frame, claim, dict(h["left"], metric=lp + name)),
+                   side_budgets(frame, claim, dict(right, metric=right["metric"][:-1] + name)))
+                  if isinstance(right, dict) else ({}, {}))
         for k in [k for k in left if k in rv]:
             if isinstance(left[k], str) or isinstance(rv[k], str):
                 mixed[k] = left[k] if isinstance(left[k], str) else rv[k]
                 continue
-            if isinstance(right, dict) and k not in gaps:  # the sides' budgets, once per for_each value
-                gaps[k] = budget_gap(side_budgets(frame, claim, dict(h["left"], metric=lp + name)).get(k, set()),
-                                     side_budgets(frame, claim, dict(right, metric=right["metric"][:-1] + name)
-                                                  ).get(k, set()))
-            if gaps.get(k):
+            gap = budget_gap(lb.get(k, set()), rb.get(k, set())) if isinstance(right, dict) else None
+            if gap:
+                gaps.setdefault(k, gap)
                 continue
             c = counts.setdefault(k, [0, 0])
             c[0] += _holds(h, left[k], rv[k])
@@ -375,10 +390,14 @@ def off_budget_rows(frame: pd.DataFrame, claim: Claim) -> pd.Series:
     method has budgets for the figure and whose number under that key is at none of them (budgets.at_budget)."""
     sides = [s for h in claim.holds for s in (h["left"], h["right"]) if isinstance(s, dict)]
     near = frame["tables"].apply(lambda t: claim.figure in t) & frame["method"].isin(list(claim.budgets))
-    off = pd.Series(False, index=frame.index)
+    compared: Dict[Tuple[Any, ...], List[Any]] = {}  # (method, key, for_each value) -> its rows, counted together
     for i, m, k, cfg in zip(frame.index[near], frame["method"][near], frame["metric"][near], frame["cfg"][near]):
         if any(m == s["method"] and _side_keys(s, k) for s in sides):
-            off[i] = not at_budget(cfg, claim.budgets[m], k)
+            compared.setdefault((m, k, _key(cfg.get(claim.for_each)) if claim.for_each else None), []).append(i)
+    off = pd.Series(False, index=frame.index)
+    for (m, k, _), rows in compared.items():
+        at = counted(list(frame.loc[rows, "cfg"]), list(frame.loc[rows, "group"]), claim.budgets[m], k)
+        off[rows] = [not a for a in at]
     return off
 
 

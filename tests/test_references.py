@@ -974,3 +974,22 @@ def test_a_run_at_another_batch_size_is_not_the_papers_number(tmp_path):
     _mopoe_table2_run(tmp_path, 0.95, train={"batch_size": 32})
     cell = _mopoe_table2_cell(build_report(tmp_path, REFS))
     assert cell.status == "off-budget" and cell.off_budget == "train.batch_size 32 (paper: 256)"
+
+
+def test_a_run_beside_its_twin_re_made_with_a_setting_the_key_does_not_read_is_scored(tmp_path):
+    """A run at the paper's budget and its twin re-made with `--set eval.joint_samples=1000` in one runs directory:
+    for a latent key both are at the budget, two configurations, and the cell and claim were ambiguous (failing
+    --compare --allow-missing). The run at the whole budget is scored, the twin set aside and counted."""
+    _mopoe_table2_run(tmp_path / "t2", 0.95)
+    _mopoe_table2_run(tmp_path / "t2", 0.5, eval={"joint_samples": 1000})
+    cell = _mopoe_table2_cell(build_report(tmp_path / "t2", REFS))
+    assert (cell.status, cell.produced, cell.set_aside, cell.ambiguous) == ("pass", 0.95, 1, None)
+    runs = tmp_path / "f3"
+    _mopoe_fig3_run(runs, "mopoe", 300, 0.9)
+    _mopoe_fig3_run(runs, "mvae", 300, 0.5)
+    _mopoe_fig3_run(runs, "mvae", 300, 0.95, eval={"joint_samples": 1000})  # counted, it would fail the claim
+    claim = shipped_claim(build_report(runs, REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert (claim.status, claim.ambiguous) == ("holds", None), claim.details
+    assert claim.details[-1] == "1 run at another budget than the paper's left out"
+    _mopoe_table2_run(tmp_path / "alone", 0.95, eval={"joint_samples": 1000})  # the twin alone: at the budget
+    assert _mopoe_table2_cell(build_report(tmp_path / "alone", REFS)).status == "pass"

@@ -1261,3 +1261,19 @@ def test_sweep_values_that_print_alike_are_told_apart(tmp_path):
     (_, wide), = build_report(runs3, None).summaries
     assert list(wide.columns) == ["metric", "mopoe β=0.5, latent=8 (1 seed)", "mopoe β=1, latent=16 (1 seed)",
                                   "mopoe β=1, latent=8 (1 seed)"]
+
+
+def test_a_quantified_claim_checks_the_budget_of_every_key_under_its_prefix(tmp_path):
+    """`coherence/*` over the rats: only coherence/joint reads eval.joint_samples, and the gap of the first key in
+    sorted order (barat->buchanan, which does not read it) was taken for every key, so joint coherences made from 1000
+    and 32 prior samples were compared and the claim held."""
+    runs = tmp_path / "runs"
+    rats = {"dataset": "rats", "variant": "deposit", "tables": ("F",)}
+    fake_run(runs, "mmvamp", 0, {"coherence/barat->buchanan": 0.6, "coherence/joint": 0.9}, **rats)
+    fake_run(runs, "independent", 0, {"coherence/barat->buchanan": 0.4, "coherence/joint": 0.5}, **rats,
+             eval={"joint_samples": 32})
+    claim = {"id": "c", "paper": "P", "figure": "F", "quote": "q", "source": "p. 1",
+             "holds": [{"left": {"method": "mmvamp", "metric": "coherence/*"}, "op": ">", "quantifier": "all",
+                        "right": {"method": "independent", "metric": "coherence/*"}}]}
+    (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
+    assert c.status == "missing" and "scoring settings (eval.joint_samples (1000, 32))" in c.details[0], c.details
