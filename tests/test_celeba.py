@@ -248,3 +248,31 @@ def test_a_manifest_without_attribute_names_is_refused_with_the_command_that_reb
     assert str(e.value).endswith(
         f"rebuild it with `mmbench prepare celeba --variant default -o test_partition=2 --source '/data/my celeba' "
         f"--data-root {shlex.quote(str(tmp_path.resolve()))} --force`")
+
+
+def test_text_order_random_shuffles_each_images_names_and_file_order_stays_the_default(tmp_path, source):
+    """MM-VAMP App. B.3: "the attributes are randomly ordered" (mmjsd's `random_text_ordering`); the code's default,
+    and mmbench's, is file order, whose build is unchanged by the option's existence."""
+    src, attrs = source
+    spec = DATASETS.get("celeba")()
+    shas, texts = [], []
+    for d, extra in (("file", {}), ("random", {"text_order": "random"}), ("again", {"text_order": "random"})):
+        path = prepare(spec, None, seed=0, data_root=tmp_path / d, options={"source": str(src), **extra})
+        shas.append(read_manifest(path)["arrays"]["train_text"]["sha256"])
+        rows = load_split(spec, None, "train", tmp_path / d).x["text"].tolist()
+        texts.append(["".join(ALPHABET[c] for c in row).strip("*") for row in rows])
+    assert shas[1] == shas[2] != shas[0]  # seeded, and another text
+    # image 2 (train row 2): the same names, in another order
+    assert sorted(texts[1][2].split(", ")) == sorted(texts[0][2].split(", ")) and texts[1][2] != texts[0][2]
+    assert len(texts[1][0]) <= 256 and texts[1][1] == ""  # cut to 256 characters; no names, no text
+    with pytest.raises(MMBenchError, match="option text_order='alphabetical' is not allowed; choose file or random"):
+        prepare(spec, None, data_root=tmp_path / "x", options={"source": str(src), "text_order": "alphabetical"})
+
+
+def test_a_shuffled_text_drops_names_until_it_fits_and_shuffles_again():
+    # mmjsd make_text: while too long, the last name is dropped and the rest shuffled again
+    names = [f"n{i:02d}" + "x" * 20 for i in range(20)]  # 20 names of 23 characters: 478 characters joined
+    text = celeba.attribute_text(names, np.ones(20, int), np.random.default_rng(1), shuffle=True).strip("*")
+    kept = text.split(", ")
+    assert len(text) <= 256 and len(kept) == 10 and len(set(kept)) == 10 and set(kept) <= set(names)
+    assert kept != sorted(kept)

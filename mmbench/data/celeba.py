@@ -10,7 +10,10 @@ stable file URL, so they are read from ``--source DIR`` (download them from the 
 * text: the names of the attributes equal to 1 in file order, joined with ", ", the last ones
   dropped while longer than 256 characters, underscores to spaces, lowercased, and placed at a
   seeded random start (0 ≤ start < 255 − length, as the authors' preprocessing) in a 256-character
-  field padded with '*'; stored as indices into the 71-character alphabet;
+  field padded with '*'; stored as indices into the 71-character alphabet. `-o text_order=random`
+  shuffles the names of each image (seeded), again after each name dropped, as mmjsd's `make_text`
+  with `random_text_ordering` (MM-VAMP App. B.3: "the attributes are randomly ordered"; the code's
+  default, and this one's, is file order);
 * labels: the 40-attribute multi-hot vector (N×40);
 * splits: train = partition 0; test = partition ``test_partition`` (default 1, the validation
   split, which is what the MoPoE code calls "test"; 2 gives the official test split).
@@ -71,12 +74,17 @@ def read_partition(path: Path) -> Dict[str, int]:
     return out
 
 
-def attribute_text(names: List[str], attrs: np.ndarray, rng: np.random.Generator) -> str:
-    """The 256-character text of one image (mmjsd `make_text` / `attr_to_text`, seeded)."""
+def attribute_text(names: List[str], attrs: np.ndarray, rng: np.random.Generator, shuffle: bool = False) -> str:
+    """The 256-character text of one image (mmjsd `make_text` / `attr_to_text`, seeded); `shuffle`: the names in a
+    random order, drawn again after each name dropped (`make_text`'s `random_shuffle`)."""
     chosen = [n for n, a in zip(names, attrs) if a]
+    if shuffle:
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
     text = ", ".join(chosen)
     while len(text) > TEXT_LEN:
         chosen = chosen[:-1]
+        if shuffle:
+            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
         text = ", ".join(chosen)
     text = text.replace("_", " ").lower()
     start = int(rng.integers(0, TEXT_LEN - 1 - len(text))) if len(text) < TEXT_LEN - 1 else 0
@@ -105,7 +113,9 @@ class CelebA(DatasetSpec):
     default_architecture = "celeba_resnet"
     classifier_architecture = "celeba_clf"
     option_names = {"source": "directory with img_align_celeba.zip and the two txt files",
-                    "test_partition": "partition used as test: 1 (validation, MoPoE code; default) or 2"}
+                    "test_partition": "partition used as test: 1 (validation, MoPoE code; default) or 2",
+                    "text_order": "attribute names in the text: file (the authors' code; default) or random "
+                                  "(MM-VAMP App. B.3; shuffled per image, seeded)"}
     location_options = ("source",)
     needs = {"default": "--source DIR"}  # no stable file URL (build)
 
@@ -126,6 +136,9 @@ class CelebA(DatasetSpec):
         test_part = whole_option(options, "test_partition", TEST_PARTITION)
         if test_part not in (1, 2):
             raise MMBenchError(f"option test_partition={test_part} is not allowed; choose 1 or 2")
+        order = options.get("text_order", "file")
+        if order not in ("file", "random"):
+            raise MMBenchError(f"option text_order={order!r} is not allowed; choose file or random")
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)
                  for f, md5 in FILES.items()}
         names, attrs = read_attributes(paths["list_attr_celeba.txt"])
@@ -146,8 +159,9 @@ class CelebA(DatasetSpec):
                     if i % 500 == 0 or i == len(files) - 1:
                         progress(f"celeba {split}", i + 1, len(files))
                 labels = np.stack([attrs[f] for f in files]).astype(np.int64)
-                text = np.stack([np.array([ALPHABET.find(ch) for ch in attribute_text(names, a, rng)], np.uint8)
-                                 for a in labels])
+                shuffle = order == "random"
+                text = np.stack([np.array([ALPHABET.find(ch) for ch in attribute_text(names, a, rng, shuffle)],
+                                          np.uint8) for a in labels])
                 out.write(f"{split}_img", imgs)
                 out.write(f"{split}_text", text)
                 out.write(f"{split}_labels", labels)
