@@ -1226,6 +1226,15 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
             "fastest size.", ""]
 
 
+def prepare_options(spec) -> str:
+    """A dataset's variants and the `mmbench prepare` options it accepts, each as it is given and with its help."""
+    from .data.base import FLAGS, LOCATION_FLAGS
+
+    given = {k: FLAGS.get(k) or (f"--{k} DIR" if k in LOCATION_FLAGS else f"-o {k}=...") for k in spec.option_names}
+    return "; ".join([f"variants: {', '.join(spec.variants)}"]
+                     + [f"{given[k]}: {h}" for k, h in spec.option_names.items()])
+
+
 @app.command("list")
 def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metrics or architectures.")) -> None:
     """List registered names with one-line descriptions.
@@ -1245,8 +1254,10 @@ def list_(what: str = typer.Argument(..., help="methods, datasets, suites, metri
             t.add_row(str(p), s.description.strip().splitlines()[0] if s.description.strip() else s.name)
     elif what in tables:
         for name, obj in tables[what].items():
-            summary = obj.options_summary() if what == "methods" else ""  # method.options: defaults, what is allowed
-            t.add_row(name, describe(obj) + (f"\n[dim]options: {escape(summary)}[/dim]" if summary else ""))
+            # method.options: defaults, what is allowed; a dataset's variants and `prepare` options
+            summary = (obj.options_summary() if what == "methods" else prepare_options(obj) if what == "datasets"
+                       else "")
+            t.add_row(name, describe(obj) + (f"\n[dim]{escape(summary)}[/dim]" if summary else ""))
     else:
         raise MMBenchError(f"cannot list {what!r}; choose one of: {', '.join([*tables, 'suites'])}")
     console.print(t)

@@ -733,3 +733,17 @@ def test_files_are_utf8_whatever_the_locale(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, env=env)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert Path(r.stdout.decode().strip()).read_bytes().decode("utf-8").endswith(" β — ✓\n")
+
+
+def test_list_datasets_names_each_datasets_variants_and_prepare_options(mmbench_here):
+    """`mmbench list datasets` is where a user finds `-o text_order=...` and the other prepare options (`prepare
+    --help` names only the generic flags)."""
+    from mmbench.registry import DATASETS
+
+    out = mmbench_here("list", "datasets", width=1200).stdout
+    for name, cls in DATASETS.items():
+        assert f"variants: {', '.join(cls.variants)}" in out, name
+        for option, help_text in cls.option_names.items():
+            assert help_text in out, (name, option)
+    assert "-o text_order=...: attribute names in the text" in out and "--source DIR: directory with" in out
+    assert "--rebuild: regenerate vanilla from MNIST" in out
