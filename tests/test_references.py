@@ -993,3 +993,17 @@ def test_a_run_beside_its_twin_re_made_with_a_setting_the_key_does_not_read_is_s
     assert claim.details[-1] == "1 run at another budget than the paper's left out"
     _mopoe_table2_run(tmp_path / "alone", 0.95, eval={"joint_samples": 1000})  # the twin alone: at the budget
     assert _mopoe_table2_cell(build_report(tmp_path / "alone", REFS)).status == "pass"
+
+
+def test_runs_a_claims_where_leaves_out_do_not_set_aside_the_runs_it_compares(tmp_path):
+    """Fig. 3's claim pins β 2.5. MVAE's β 2.5 runs made with `--set eval.joint_samples=1000` (at the budget for the
+    latent and conditional keys) sat beside β 5.0 runs at the whole budget in one runs directory: counted together,
+    the compared runs were set aside as the pair's lesser twin and the claim shown "not scored"."""
+    runs = tmp_path / "runs"
+    _mopoe_fig3_run(runs, "mopoe", 300, 0.9)
+    _mopoe_fig3_run(runs, "mvae", 300, 0.5, eval={"joint_samples": 1000})
+    keys = [f"latent_acc_by_n/{n}" for n in range(1, 6)] + [f"coherence_by_n/{n}" for n in range(1, 5)]
+    run_with(runs, "mvae", dict.fromkeys(keys, 0.95), ["MoPoE Fig. 3"], data=("polymnist", "vanilla"),
+             train={"epochs": 300}, eval={"lr_protocol": "mopoe"}, latent_dim=512, beta=5.0)
+    claim = shipped_claim(build_report(runs, REFS), "fig3-mopoe-beats-mvae-latent-coherence")
+    assert (claim.status, claim.off_budget, claim.ambiguous) == ("holds", None, None), claim.details
