@@ -106,14 +106,28 @@ def select(frame: pd.DataFrame, table: str, method: str, metric: Optional[str],
     return sel
 
 
-def configurations(sel: pd.DataFrame) -> Optional[str]:
-    """None when the selected rows come from one configuration (seeds of one experiment); else the settings that
-    tell the configurations apart, e.g. 'train.epochs (15, 300)' (a quick-tier and a full-tier run)."""
+def key_config(cfg: Dict[str, Any], key: Optional[str]) -> Dict[str, Any]:
+    """A run's configuration as metric key `key` sees it: its settings but the seed, tables, the NUMBER_NEUTRAL ones
+    and the budget and scoring settings the key does not read (budgets.reads; None: every setting)."""
+    drop = {"seed", "tables", *NUMBER_NEUTRAL}
+    drop |= {b for b in COMPARABLE if key is not None and not reads(b, key, cfg)}
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def _config_id(cfg: Dict[str, Any], key: Optional[str]) -> str:
+    return json.dumps(key_config(cfg, key), sort_keys=True, default=repr)
+
+
+def configurations(sel: pd.DataFrame, key: Optional[str] = None) -> Optional[str]:
+    """None when the selected rows come from one configuration as metric key `key` sees it (seeds of one experiment;
+    runs that differ only in settings the key does not read, e.g. eval.fid_samples for a latent accuracy, are one);
+    else the settings that tell the configurations apart, e.g. 'train.epochs (15, 300)'."""
     if sel["group"].nunique() < 2:
         return None
-    cfgs = list(sel.drop_duplicates("group")["cfg"])
-    keys = sorted(k for k in set().union(*cfgs) if k not in ("seed", "tables") + NUMBER_NEUTRAL
-                  and len({repr(c.get(k)) for c in cfgs}) > 1)
+    cfgs = list({_config_id(c, key): key_config(c, key) for c in sel["cfg"]}.values())
+    if len(cfgs) < 2:
+        return None
+    keys = sorted(k for k in set().union(*cfgs) if len({repr(c.get(k)) for c in cfgs}) > 1)
     return "; ".join(f"{k} ({', '.join(sorted({repr(c.get(k)) for c in cfgs}))})" for k in keys) or "config"
 
 
@@ -149,7 +163,7 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
             c.excluded = excluded_by(select(frame, c.table, c.method, c.metric), c.where)
         if sel.empty:  # and runs at the cell's settings that write no such key (both reasons can hold)
             c.absent = absent_from(frame, c)
-        c.ambiguous = configurations(sel) if len(sel) else None
+        c.ambiguous = configurations(sel, c.metric) if len(sel) else None
         if c.ambiguous:
             c.runs = sorted(sel["run"])
             continue
@@ -167,15 +181,20 @@ def fill(cells: List[Cell], frame: pd.DataFrame) -> List[Cell]:
     return cells
 
 
-def counted(cfgs: List[Dict[str, Any]], groups: List[str], budgets: List[Dict[str, Any]], key: str) -> List[bool]:
+def counted(cfgs: List[Dict[str, Any]], seeds: List[Any], budgets: List[Dict[str, Any]], key: str) -> List[bool]:
     """Which runs' numbers under metric key `key` count at the paper's budget: those at it for that key
-    (budgets.at_budget); where these are of several configurations (a run and its twin re-made with a setting the key
-    does not read, e.g. `--set eval.joint_samples=1000`), only those at the whole budget, where there are any."""
+    (budgets.at_budget), each seed of a configuration (as the key sees it) once: of a run and its twin re-made with
+    a setting the key does not read (`--set eval.joint_samples=1000`), the one at the whole budget, else the first."""
     at = [at_budget(c, budgets, key) for c in cfgs]
-    if len({g for g, a in zip(groups, at) if a}) > 1:
-        whole = [a and at_budget(c, budgets, None) for a, c in zip(at, cfgs)]
-        if any(whole):
-            return whole
+    twins: Dict[Tuple[str, Any], List[int]] = {}
+    for i, (c, seed) in enumerate(zip(cfgs, seeds)):
+        if at[i]:
+            twins.setdefault((_config_id(c, key), seed), []).append(i)
+    for idx in twins.values():
+        if len(idx) > 1:
+            keep = next((i for i in idx if at_budget(cfgs[i], budgets, None)), idx[0])
+            for i in idx:
+                at[i] = i == keep
     return at
 
 
@@ -184,7 +203,7 @@ def at_paper_budget(sel: pd.DataFrame, budgets: Optional[List[Dict[str, Any]]], 
     into one runs directory), the former, and how many runs were set aside; else all of them (0)."""
     if not budgets or sel.empty:
         return sel, 0
-    at = counted(list(sel["cfg"]), list(sel["group"]), budgets, key)
+    at = counted(list(sel["cfg"]), list(sel["seed"]), budgets, key)
     if all(at) or not any(at):
         return sel, 0
     return sel[at], int(sel[[not a for a in at]]["run"].nunique())
@@ -220,7 +239,8 @@ def _rows_of(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> List[pd
 def side_values(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[Any, Any]:
     """Mean over seeds of one side of a comparison, keyed by the claim's `for_each` value (or None); where runs of
     several configurations match one key, the value is the string naming the settings that differ (not scored)."""
-    return {k: configurations(at) or float(at["value"].mean()) for k, at in side_rows(frame, claim, side).items()}
+    return {k: configurations(at, side["metric"]) or float(at["value"].mean())
+            for k, at in side_rows(frame, claim, side).items()}
 
 
 # Two sides of a comparison trained or scored with other budgets (budgets.BUDGET: a full-tier run against a quick-tier
@@ -286,14 +306,19 @@ def _side_label(side: Any) -> str:
     return f"{side}" if not isinstance(side, dict) else f"{side['method']} {side['metric']}"
 
 
-def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[Optional[bool], str]:
+def _extremum(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any],
+              every: Optional[pd.DataFrame] = None) -> Tuple[Optional[bool], str]:
     """`left lowest_at|highest_at [values]`: is the side's mean, over the `for_each` values it has runs at, lowest
     (highest) at one of the listed values? Undecided (None) unless every listed value and at least one other has
-    runs, and each value's runs are one configuration."""
+    runs, and each value's runs are one configuration. `every`: the frame before the runs at another budget were left
+    out; a value whose runs were all left out leaves it undecided (the extreme may be there)."""
     label = f"{_side_label(h['left'])} {h['op']} {claim.for_each} in {h['right']}"
     vals = side_values(frame, claim, h["left"])
     if not vals:
         return None, _no_runs(frame, claim, label, [h["left"]])
+    aside = [k for k in side_rows(every, claim, h["left"]) if k not in vals] if every is not None else []
+    if aside:
+        return None, f"{label}: {claim.for_each}={aside[0]} has runs only at another budget than the paper's"
     bad = [v for v in vals.values() if isinstance(v, str)]
     if bad:
         return None, f"{label}: {several(bad[0])}"
@@ -402,7 +427,7 @@ def off_budget_rows(frame: pd.DataFrame, claim: Claim) -> pd.Series:
         for i, k, cfg in zip(rows.index, rows["metric"], rows["cfg"]):
             groups.setdefault((k, _key(cfg.get(claim.for_each)) if claim.for_each else None), []).append(i)
         for (k, _), idx in groups.items():
-            at = counted(list(frame.loc[idx, "cfg"]), list(frame.loc[idx, "group"]), claim.budgets[side["method"]], k)
+            at = counted(list(frame.loc[idx, "cfg"]), list(frame.loc[idx, "seed"]), claim.budgets[side["method"]], k)
             off[idx] = [o or not a for o, a in zip(off[idx], at)]  # off for any side that compares the row
     return off
 
@@ -418,7 +443,7 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
         if bad is None or not bad.any():
             _decide(c, frame)
             continue
-        _decide(c, frame[~bad])
+        _decide(c, frame[~bad], every=frame)
         n = frame[bad]["run"].nunique()
         if c.status != "missing":  # decided at the paper's budget: the runs at another are left out, and said
             if n:
@@ -439,8 +464,9 @@ def evaluate_claims(claims: List[Claim], frame: pd.DataFrame) -> List[Claim]:
     return claims
 
 
-def _decide(c: Claim, frame: pd.DataFrame) -> List[pd.DataFrame]:
-    """Set the claim's details, status, ambiguous, excluded and mixed from `frame`; the rows it compared."""
+def _decide(c: Claim, frame: pd.DataFrame, every: Optional[pd.DataFrame] = None) -> List[pd.DataFrame]:
+    """Set the claim's details, status, ambiguous, excluded and mixed from `frame`; the rows it compared. `every`:
+    the frame before the runs at another budget were left out (an extremum needs every value's runs)."""
     c.details, verdicts, c.excluded = [], [], None
     for h in c.holds:
         if h.get("quantifier"):
@@ -449,7 +475,7 @@ def _decide(c: Claim, frame: pd.DataFrame) -> List[pd.DataFrame]:
             c.details += detail
             continue
         if h["op"] in EXTREMA:
-            ok, detail = _extremum(frame, c, h)
+            ok, detail = _extremum(frame, c, h, every)
             verdicts.append(ok)
             c.details.append(detail)
             continue
