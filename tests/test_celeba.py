@@ -276,3 +276,21 @@ def test_a_shuffled_text_drops_names_until_it_fits_and_shuffles_again():
     kept = text.split(", ")
     assert len(text) <= 256 and len(kept) == 10 and len(set(kept)) == 10 and set(kept) <= set(names)
     assert kept != sorted(kept)
+
+
+def test_an_option_given_at_its_default_serves_and_is_served_by_a_build_without_it(tmp_path, source):
+    """`-o text_order=file -o test_partition=1` builds what no option builds: it is left out of the build's identity,
+    so neither asks for --force against the other (both were "prepared with other settings")."""
+    src, _ = source
+    spec = DATASETS.get("celeba")()
+    plain = prepare(spec, None, seed=0, data_root=tmp_path, options={"source": str(src)})
+    stamp = (plain / "manifest.json").stat().st_mtime_ns
+    named = prepare(spec, None, seed=0, data_root=tmp_path,
+                    options={"source": str(src), "text_order": "file", "test_partition": "1"})
+    assert named == plain and (plain / "manifest.json").stat().st_mtime_ns == stamp  # not rebuilt
+    other = prepare(spec, None, seed=0, data_root=tmp_path / "o",
+                    options={"source": str(src), "text_order": "file", "test_partition": 1})
+    assert read_manifest(other)["options"] == {}
+    assert prepare(spec, None, seed=0, data_root=tmp_path / "o", options={"source": str(src)}) == other
+    with pytest.raises(MMBenchError, match="prepared with other settings"):
+        prepare(spec, None, seed=0, data_root=tmp_path, options={"source": str(src), "text_order": "random"})

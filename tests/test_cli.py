@@ -743,6 +743,7 @@ def test_list_datasets_names_each_datasets_variants_and_prepare_options(mmbench_
     out = mmbench_here("list", "datasets", width=1200).stdout
     for name, cls in DATASETS.items():
         assert f"variants: {', '.join(cls.variants)}" in out, name
+        assert set(cls.option_defaults) <= set(cls.option_names) - set(cls.location_options), name
         for option, help_text in cls.option_names.items():
             assert help_text in out, (name, option)
     assert "-o text_order=...: attribute names in the text" in out and "--source DIR: directory with" in out

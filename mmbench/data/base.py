@@ -61,6 +61,9 @@ class DatasetSpec:
     classifier_batch_size: ClassVar[int] = 256  # the coherence classifiers' training batch (metrics/classifiers.py)
     option_names: ClassVar[Dict[str, str]] = {}  # prepare options this dataset accepts -> help
     location_options: ClassVar[Sequence[str]] = ()  # options that say where files are, not what is built
+    # the value each option takes when it is not given: given at it, it builds the same arrays, so the build's identity
+    # (its manifest's "options") leaves it out and a copy built without it serves a `prepare` that names it
+    option_defaults: ClassVar[Dict[str, Any]] = {}
     needs: ClassVar[Dict[str, str]] = {}  # variant -> what a first `mmbench prepare` of it must be given
 
     def recipe_version_of(self, variant: str) -> int:
@@ -339,7 +342,7 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         if key not in spec.option_names:
             allowed = ", ".join(spec.option_names) or "(none)"
             raise MMBenchError(f"dataset {spec.registry_name} has no prepare option {key!r}; allowed: {allowed}")
-    identity = {k: v for k, v in options.items() if k not in spec.location_options}
+    identity = built_by(spec, options)
     target = dataset_dir(spec.registry_name, variant, data_root)
     version = spec.recipe_version_of(variant)
     if not force and _prepared_as_asked(spec, target, seed, version, identity, options):  # --force rebuilds whatever
@@ -356,6 +359,13 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     return target
 
 
+def built_by(spec: DatasetSpec, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The options that decide what is built (a build's identity): not those saying where files are, nor one given at
+    its default (`-o test_partition=1` builds what no option builds)."""
+    return {k: v for k, v in options.items() if k not in spec.location_options
+            and not (k in spec.option_defaults and str(v) == str(spec.option_defaults[k]))}
+
+
 def _prepared_as_asked(spec: DatasetSpec, target: Path, seed: int, version: int, identity: Dict[str, Any],
                        options: Dict[str, Any]) -> bool:
     """True when `target` holds a verified build of these settings; False when nothing is prepared there; an error
@@ -364,7 +374,7 @@ def _prepared_as_asked(spec: DatasetSpec, target: Path, seed: int, version: int,
     if existing is None:
         return False
     same = (existing.get("seed") == seed and existing.get("recipe_version") == version
-            and existing.get("options", {}) == identity)
+            and built_by(spec, existing.get("options") or {}) == identity)
     changed = spec.changed_inputs(existing, options) if same else None
     if changed:
         raise MMBenchError(f"{target} was built from other input files: {changed}; pass --force to rebuild it "

@@ -116,6 +116,7 @@ class CelebA(DatasetSpec):
                     "test_partition": "partition used as test: 1 (validation, MoPoE code; default) or 2",
                     "text_order": "attribute names in the text: file (the authors' code; default) or random "
                                   "(MM-VAMP App. B.3; shuffled per image, seeded)"}
+    option_defaults = {"test_partition": TEST_PARTITION, "text_order": "file"}
     location_options = ("source",)
     needs = {"default": "--source DIR"}  # no stable file URL (build)
 

@@ -139,6 +139,7 @@ class MNISTSVHNText(DatasetSpec):
                     "max_per_class": "cap on source images per class (default 10,000)",
                     "text_start": "'fixed' (default: the stored start) or 'per_epoch' (redrawn at every training batch, "
                                   "as the authors' loader)"}
+    option_defaults = {"rounds": ROUNDS, "max_per_class": MAX_PER_CLASS, "text_start": "fixed"}
     location_options = ("source",)
 
     def redraws(self, manifest, split):

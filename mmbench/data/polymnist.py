@@ -158,6 +158,7 @@ class PolyMNIST(DatasetSpec):
                     "rebuild": "regenerate vanilla from MNIST instead of the authors' archive",
                     "mnist_source": "'train-test' (default) or 'test-halves'",
                     "multiplicity": "pairing rounds of the train split (default 1, as the authors)"}
+    option_defaults = {"mnist_source": "train-test", "multiplicity": 1}
     location_options = ("source", "backgrounds")
     needs = {v: "--backgrounds DIR" for v in polygen.VARIANTS if v != "vanilla"}  # rebuilt from MNIST (vanilla: archive)
     counts = COUNTS

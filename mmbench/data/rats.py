@@ -280,6 +280,7 @@ class Rats(DatasetSpec):
     }
     # where the files are, not what is built: trial_info's tables are part of a simulated copy's identity by their
     # content (changed_inputs), so the same tables elsewhere are the same copy and no path reaches a report
+    option_defaults = {"trials": "all", "split": "held_out"}
     location_options = ("source", "trial_info")
     needs = {"deposit": "--source DIR"}  # the Dryad deposit has no stable file URL (build)
 
