@@ -353,7 +353,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
     counts: Dict[Any, List[int]] = {}  # for_each value -> [keys where it holds, keys compared]
     seen: Dict[Any, None] = {}  # for_each values either side has runs at
     mixed: Dict[Any, str] = {}  # for_each value -> the settings of several configurations matching there
-    gaps: Dict[Any, str] = {}  # for_each value -> the budget settings on which the sides differ for its first key
+    gaps: Dict[Any, str] = {}  # for_each value -> the budget settings on which the sides differ (the first key's)
     unmatched: Dict[Any, int] = {}  # for_each value -> keys under the prefix only one side reports
     for name in names:
         left = side_values(frame, claim, dict(h["left"], metric=lp + name))
@@ -419,10 +419,11 @@ def off_budget_rows(frame: pd.DataFrame, claim: Claim) -> pd.Series:
     for side in [s for h in claim.holds for s in (h["left"], h["right"]) if isinstance(s, dict)]:
         if side["method"] not in claim.budgets:
             continue
-        at = repr((side["method"], side.get("where")))
-        if at not in near:
-            near[at] = select(frame, claim.figure, side["method"], None, claim.where, side.get("where"))
-        rows = near[at][[_side_keys(side, k) for k in near[at]["metric"]]] if len(near[at]) else near[at]
+        which = repr((side["method"], side.get("where")))
+        if which not in near:
+            near[which] = select(frame, claim.figure, side["method"], None, claim.where, side.get("where"))
+        rows = near[which]
+        rows = rows[[_side_keys(side, k) for k in rows["metric"]]] if len(rows) else rows
         groups: Dict[Tuple[Any, ...], List[Any]] = {}  # (key, for_each value) -> its rows, counted together
         for i, k, cfg in zip(rows.index, rows["metric"], rows["cfg"]):
             groups.setdefault((k, _key(cfg.get(claim.for_each)) if claim.for_each else None), []).append(i)
