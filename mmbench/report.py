@@ -106,19 +106,18 @@ def select(frame: pd.DataFrame, table: str, method: str, metric: Optional[str],
     return sel
 
 
-def key_config(cfg: Dict[str, Any], key: Optional[str]) -> Dict[str, Any]:
+def key_config(cfg: Dict[str, Any], key: str) -> Dict[str, Any]:
     """A run's configuration as metric key `key` sees it: its settings but the seed, tables, the NUMBER_NEUTRAL ones
-    and the budget and scoring settings the key does not read (budgets.reads; None: every setting)."""
-    drop = {"seed", "tables", *NUMBER_NEUTRAL}
-    drop |= {b for b in COMPARABLE if key is not None and not reads(b, key, cfg)}
+    and the budget and scoring settings the key does not read (budgets.reads)."""
+    drop = {"seed", "tables", *NUMBER_NEUTRAL, *(b for b in COMPARABLE if not reads(b, key, cfg))}
     return {k: v for k, v in cfg.items() if k not in drop}
 
 
-def _config_id(cfg: Dict[str, Any], key: Optional[str]) -> str:
+def _config_id(cfg: Dict[str, Any], key: str) -> str:
     return json.dumps(key_config(cfg, key), sort_keys=True, default=repr)
 
 
-def configurations(sel: pd.DataFrame, key: Optional[str] = None) -> Optional[str]:
+def configurations(sel: pd.DataFrame, key: str) -> Optional[str]:
     """None when the selected rows come from one configuration as metric key `key` sees it (seeds of one experiment;
     runs that differ only in settings the key does not read, e.g. eval.fid_samples for a latent accuracy, are one);
     else the settings that tell the configurations apart, e.g. 'train.epochs (15, 300)'."""
@@ -220,11 +219,15 @@ def side_rows(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> Dict[A
     return {k: sel[[x == k for x in keys]] for k in dict.fromkeys(keys)}
 
 
+def _one_under(prefix: str, metric: str) -> bool:
+    """Whether `metric` is a key one level under `prefix` (a metric ending in /* without its *)."""
+    return metric.startswith(prefix) and "/" not in metric[len(prefix):]
+
+
 def keys_under(frame: pd.DataFrame, prefix: str) -> List[str]:
     """The names the runs report one level under `prefix` (a metric ending in /* without its *), e.g. CelebA's
     attributes under latent_ap/img/."""
-    return sorted({m[len(prefix):] for m in frame["metric"].unique() if m.startswith(prefix)
-                   and "/" not in m[len(prefix):]}) if len(frame) else []
+    return sorted({m[len(prefix):] for m in frame["metric"].unique() if _one_under(prefix, m)}) if len(frame) else []
 
 
 def _rows_of(frame: pd.DataFrame, claim: Claim, side: Dict[str, Any]) -> List[pd.DataFrame]:
@@ -407,7 +410,7 @@ def _quantified(frame: pd.DataFrame, claim: Claim, h: Dict[str, Any]) -> Tuple[L
 def _side_keys(side: Dict[str, Any], metric: str) -> bool:
     """Whether a side compares metric key `metric` (its metric, or a key one level under a metric ending in /*)."""
     m = side["metric"]
-    return metric == m or (m.endswith("/*") and metric.startswith(m[:-1]) and "/" not in metric[len(m) - 1:])
+    return metric == m or (m.endswith("/*") and _one_under(m[:-1], metric))
 
 
 def off_budget_rows(frame: pd.DataFrame, claim: Claim) -> pd.Series:

@@ -140,6 +140,7 @@ class CelebA(DatasetSpec):
         order = options.get("text_order", "file")
         if order not in ("file", "random"):
             raise MMBenchError(f"option text_order={order!r} is not allowed; choose file or random")
+        shuffle = order == "random"
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)
                  for f, md5 in FILES.items()}
         names, attrs = read_attributes(paths["list_attr_celeba.txt"])
@@ -160,7 +161,6 @@ class CelebA(DatasetSpec):
                     if i % 500 == 0 or i == len(files) - 1:
                         progress(f"celeba {split}", i + 1, len(files))
                 labels = np.stack([attrs[f] for f in files]).astype(np.int64)
-                shuffle = order == "random"
                 text = np.stack([np.array([ALPHABET.find(ch) for ch in attribute_text(names, a, rng, shuffle)],
                                           np.uint8) for a in labels])
                 out.write(f"{split}_img", imgs)
