@@ -50,16 +50,25 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
         prov = number_provenance(r["provenance"])
+        data = data_build(r["provenance"], option_defaults(cfg["dataset"]))
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
                          "tables": tuple(r["tables"]), "metric": metric, "value": float(value), "cfg": flat,
-                         "prov": prov, "data": data_build(r["provenance"])})
+                         "prov": prov, "data": data})
     frame = pd.DataFrame(rows, columns=["run", "dataset", "variant", "method", "seed", "group", "tables", "metric",
                                         "value", "cfg", "prov", "data"])
     frame = one_run_per_seed(frame, skipped)
     frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs, one_run_per_seed
     return frame
+
+
+def option_defaults(dataset: str) -> Dict[str, Any]:
+    """The dataset's prepare options at their default (DatasetSpec.option_defaults); {} for a dataset this mmbench
+    does not register."""
+    from .registry import DATASETS
+
+    return DATASETS.get(dataset).option_defaults if dataset in DATASETS else {}
 
 
 def one_run_per_seed(frame: pd.DataFrame, skipped: List[Tuple[str, str]]) -> pd.DataFrame:

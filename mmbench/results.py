@@ -193,12 +193,15 @@ def environment() -> Dict[str, Any]:
             "threads": thread_settings(), "determinism": determinism_settings()}
 
 
-def data_build(prov: Dict[str, Any]) -> str:
+def data_build(prov: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> str:
     """How a run's data were built, where not by default: 'mnist_source=test-halves, multiplicity=12' (the `mmbench
     prepare` options), ', seed 3' after them for another build seed; '' for a default build or a run recorded before
-    provenance said (`dataset_build`)."""
+    provenance said (`dataset_build`). An option at its value in `defaults` (the dataset's option_defaults) is left
+    out, as `mmbench prepare` leaves it out of a build's identity: a copy built before it did names it."""
     build = prov.get("dataset_build") or {}
-    parts = [f"{k}={v}" for k, v in sorted((build.get("options") or {}).items())]
+    defaults = defaults or {}
+    parts = [f"{k}={v}" for k, v in sorted((build.get("options") or {}).items())
+             if not (k in defaults and str(v) == str(defaults[k]))]
     if build.get("seed") not in (None, 0):
         parts.append(f"seed {build['seed']}")
     return ", ".join(parts)

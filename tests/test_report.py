@@ -19,8 +19,8 @@ from mmbench.verdicts import welch_p
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_run(runs_dir, method, seed, metrics, tables=("T1",), **cfg_extra):
-    cfg = build_run_config({"dataset": "polydigits", "method": {"name": method}, "seed": seed, "tables": list(tables),
+def fake_run(runs_dir, method, seed, metrics, tables=("T1",), dataset="polydigits", **cfg_extra):
+    cfg = build_run_config({"dataset": dataset, "method": {"name": method}, "seed": seed, "tables": list(tables),
                             **cfg_extra})
     run = Run(cfg, runs_dir)
     run.init()
@@ -1277,3 +1277,22 @@ def test_a_quantified_claim_checks_the_budget_of_every_key_under_its_prefix(tmp_
                         "right": {"method": "independent", "metric": "coherence/*"}}]}
     (c,) = build_report(runs, _refs(tmp_path, {"claims": [claim]})).claims
     assert c.status == "missing" and "scoring settings (eval.joint_samples (1000, 32))" in c.details[0], c.details
+
+
+def test_a_copy_built_before_defaults_left_the_identity_counts_as_the_default_build(tmp_path):
+    """A dataset copy built before `mmbench prepare` left options at their default out of a build's identity names them
+    in its manifest (`multiplicity=1`): its runs' data are the default build, not a second one beside it."""
+    import json
+
+    from mmbench.results import data_build
+
+    assert data_build({"dataset_build": {"options": {"multiplicity": 1, "mnist_source": "train-test"}}},
+                      {"mnist_source": "train-test", "multiplicity": 1}) == ""
+    assert data_build({"dataset_build": {"options": {"multiplicity": 12}}}, {"multiplicity": 1}) == "multiplicity=12"
+    runs = tmp_path / "runs"
+    fake_run(runs, "mopoe", 0, {"coherence/joint": 0.5}, dataset="polymnist")
+    r = fake_run(runs, "mopoe", 1, {"coherence/joint": 0.5}, dataset="polymnist")
+    prov = {**r.provenance(), "dataset_build": {"seed": 0, "options": {"multiplicity": 1, "mnist_source": "train-test"}}}
+    (r.dir / "provenance.json").write_text(json.dumps(prov))
+    (title, _), = build_report(runs, None).summaries
+    assert "data built with" not in title, title
