@@ -673,15 +673,17 @@ def _prepare_for(configs, data_root: Optional[Path]) -> None:
     for c in configs:
         spec = DATASETS.get(c.dataset)()
         variant = spec.check_variant(c.variant)
-        if (c.dataset, variant, c.data_seed) not in prepared:
-            prepared.add((c.dataset, variant, c.data_seed))
+        if (c.dataset, variant) not in prepared:
+            prepared.add((c.dataset, variant))
             if read_manifest(dataset_dir(c.dataset, variant, data_root)) is None:
                 if not getattr(spec, "embedded", False):
                     raise MMBenchError(f"dataset {c.dataset} ({variant}) is not prepared; run "
                                        f"`{spec.prepare_hint(variant, data_root)}` first")
+                # built as `mmbench prepare` builds it (seed 0): a run's data_seed draws its subsets (train.max_train,
+                # train.max_test), not the build, which one copy serves every run of (its seed in provenance.json)
                 with progress_bar() as progress:
-                    do_prepare(spec, variant, seed=c.data_seed, data_root=data_root, progress=progress)
-        key = (c.dataset, variant, c.data_seed, c.eval.classifier_epochs, c.eval.classifiers)
+                    do_prepare(spec, variant, data_root=data_root, progress=progress)
+        key = (c.dataset, variant, c.eval.classifier_epochs, c.eval.classifiers)
         # every metric that scores with the classifiers (CelebA's coherence_ap too), once per cache: before, a
         # dataset seen first without coherence was never trained for, and coherence_ap's classifiers were trained by
         # the workers

@@ -106,7 +106,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
-    data_seed: int = 0
+    data_seed: int = 0  # draws the run's subsets of the data (train.max_train, train.max_test), not the data's build
     # Use only these modalities of the dataset, in this order (None: all); e.g. 3 of PolyMNIST's 5 for
     # MM-VAMP App. B.2, or M = 2..5 for SMVAE Fig. 2.
     modalities: Optional[List[str]] = None

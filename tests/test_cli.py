@@ -748,3 +748,15 @@ def test_list_datasets_names_each_datasets_variants_and_prepare_options(mmbench_
             assert help_text in out, (name, option)
     assert "-o text_order=...: attribute names in the text" in out and "--source DIR: directory with" in out
     assert "--rebuild: regenerate vanilla from MNIST" in out
+
+
+def test_an_embedded_dataset_is_built_with_the_default_seed_whatever_the_runs_data_seed(tmp_path):
+    """`data_seed` draws a run's subsets; the copy `mmbench run` builds of an embedded dataset is `mmbench prepare`'s
+    (seed 0) whichever run comes first, so runs of other data_seeds do not find a copy built by a neighbour's seed."""
+    from mmbench.cli import _prepare_for
+    from mmbench.config import build_run_config
+    from mmbench.data.base import dataset_dir, read_manifest
+
+    _prepare_for([build_run_config({"dataset": "polydigits", "data_seed": 3, "eval": {"metrics": ["reconstruction"]}})],
+                 tmp_path)
+    assert read_manifest(dataset_dir("polydigits", "vanilla", tmp_path))["seed"] == 0
