@@ -343,10 +343,12 @@ def _stacked_step(template, states: Sequence[Dict], seeds: Sequence[int], lr: fl
 
     rows = next(iter(x.values())).shape[1]
 
-    def step() -> None:
-        losses, _ = sm.loss(x, gens, 0, precision)
+    def step() -> None:  # as pack._train_group trains
         sm.opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        if sm.captured:
+            sm.loss(x, gens, 0, precision)[0].sum().backward()
+        else:
+            sm.loss_backward(x, gens, precision)
         sm.opt.step()
         sm.step_taken(rows)
 

@@ -14,7 +14,7 @@ from .metrics.context import EvalContext
 from .registry import DATASETS, METRICS
 from .results import RecordError, Run, atomic_json, parse_provenance
 from .devices import device_of
-from .train import ProgressFn, load_data, load_trained, slow_bf16_note, train
+from .train import ProgressFn, data_identity, load_data, load_trained, slow_bf16_note, train
 
 
 def eval_context(run: Run, model, device, data_root: Optional[Path] = None,
@@ -43,7 +43,7 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     cfg = run.cfg
     device = device_of()
     DATASETS.get(cfg.dataset)().check_variant(cfg.variant)  # (an unknown variant is refused before the model loads)
-    model = for_eval(load_trained(run, device), device, cfg.eval.precision)
+    model = for_eval(load_trained(run, device, data_identity(cfg, data_root)), device, cfg.eval.precision)
     note = slow_bf16_note(cfg.eval.precision, device, "evaluating the decoders (eval.precision)")
     if note:
         run.log(note)

@@ -15,6 +15,7 @@ import pandas as pd
 from .budgets import BUDGET, at_budget, off_budget, reads
 from .config import flatten, same_setting as _same, setting_key as _key
 from .errors import MMBenchError
+from .registry import DATASETS
 from .references import EXTREMA, OPS, Cell, Claim, load_reference_files
 from .results import data_build, default_runs_dir, load_runs, number_provenance
 from .tables import paper_summaries, reference_tables, summary_tables
@@ -50,7 +51,7 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
         prov = number_provenance(r["provenance"])
-        data = data_build(r["provenance"], option_defaults(cfg["dataset"]))
+        data = data_build(r["provenance"], DATASETS.get(cfg["dataset"]))  # (a run's config names a registered one)
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,
@@ -61,14 +62,6 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
     frame = one_run_per_seed(frame, skipped)
     frame.attrs["skipped"] = skipped  # (run directory, why it is left out): results.load_runs, one_run_per_seed
     return frame
-
-
-def option_defaults(dataset: str) -> Dict[str, Any]:
-    """The dataset's prepare options at their default (DatasetSpec.option_defaults); {} for a dataset this mmbench
-    does not register."""
-    from .registry import DATASETS
-
-    return DATASETS.get(dataset).option_defaults if dataset in DATASETS else {}
 
 
 def one_run_per_seed(frame: pd.DataFrame, skipped: List[Tuple[str, str]]) -> pd.DataFrame:

@@ -193,15 +193,19 @@ def environment() -> Dict[str, Any]:
             "threads": thread_settings(), "determinism": determinism_settings()}
 
 
-def data_build(prov: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> str:
+def data_build(prov: Dict[str, Any], spec: Any = None) -> str:
     """How a run's data were built, where not by default: 'mnist_source=test-halves, multiplicity=12' (the `mmbench
     prepare` options), ', seed 3' after them for another build seed; '' for a default build or a run recorded before
-    provenance said (`dataset_build`). An option at its value in `defaults` (the dataset's option_defaults) is left
-    out, as `mmbench prepare` leaves it out of a build's identity: a copy built before it did names it."""
+    provenance said (`dataset_build`). With the dataset's `spec`, the options are those that make a build's identity
+    (data.base.built_by: not at their default, not where files were), as `mmbench prepare` compares builds: a copy
+    built before it left them out names them."""
     build = prov.get("dataset_build") or {}
-    defaults = defaults or {}
-    parts = [f"{k}={v}" for k, v in sorted((build.get("options") or {}).items())
-             if not (k in defaults and str(v) == str(defaults[k]))]
+    options = build.get("options") or {}
+    if spec is not None:
+        from .data.base import built_by
+
+        options = built_by(spec, options)
+    parts = [f"{k}={v}" for k, v in sorted(options.items())]
     if build.get("seed") not in (None, 0):
         parts.append(f"seed {build['seed']}")
     return ", ".join(parts)

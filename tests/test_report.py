@@ -1286,9 +1286,13 @@ def test_a_copy_built_before_defaults_left_the_identity_counts_as_the_default_bu
 
     from mmbench.results import data_build
 
-    assert data_build({"dataset_build": {"options": {"multiplicity": 1, "mnist_source": "train-test"}}},
-                      {"mnist_source": "train-test", "multiplicity": 1}) == ""
-    assert data_build({"dataset_build": {"options": {"multiplicity": 12}}}, {"multiplicity": 1}) == "multiplicity=12"
+    from mmbench.registry import DATASETS
+
+    poly, rats = DATASETS.get("polymnist"), DATASETS.get("rats")
+    assert data_build({"dataset_build": {"options": {"multiplicity": 1, "mnist_source": "train-test"}}}, poly) == ""
+    assert data_build({"dataset_build": {"options": {"multiplicity": 12}}}, poly) == "multiplicity=12"
+    # a simulated rat copy built when the trial tables' folder was a build option: where files were is no build
+    assert data_build({"dataset_build": {"options": {"trial_info": "/home/me/tables", "trials": "all"}}}, rats) == ""
     runs = tmp_path / "runs"
     fake_run(runs, "mopoe", 0, {"coherence/joint": 0.5}, dataset="polymnist")
     r = fake_run(runs, "mopoe", 1, {"coherence/joint": 0.5}, dataset="polymnist")

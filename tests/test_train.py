@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
 from mmbench.results import Run, atomic_json
+from mmbench import train as train_mod
 from mmbench.train import build_model, load_trained, train
 from mmbench.hostmem import tune_host_allocator
 from conftest import gpu_tests_asked, on_gpu_if_asked
@@ -948,7 +950,7 @@ def test_a_wait_cut_short_keeps_the_files_not_yet_written(monkeypatch):
             return OSError("No space left on device")
 
     w = train_mod._CheckpointWriter()
-    w._pending = [(Path("last.pt"), Future())]
+    w._pending = [(Path("last.pt"), Future(), 0)]
     with pytest.raises(KeyboardInterrupt):
         w.wait()
     assert len(w._pending) == 1
@@ -1124,3 +1126,52 @@ def test_test_loss_evaluates_in_eval_mode_and_hands_the_model_back_in_training_m
     model.train()
     test_loss(model, split, 2, seed=0, device="cpu")
     assert seen == [False, False] and model.training
+
+
+def test_a_checkpoint_trained_on_another_prepared_copy_is_neither_resumed_nor_evaluated(tmp_path):
+    """A `prepare --force` with another build between two epochs (or before the evaluation) would train on, or score
+    on, data the model was not trained on under the same run id: training refuses to resume, packed or not, and the
+    evaluation refuses the checkpoint, each naming the copy it was trained on and the way out."""
+    from mmbench.data.base import prepare
+    from mmbench.evaluate import evaluate
+    from mmbench.pack import train_pack
+    from mmbench.registry import DATASETS
+
+    spec, data = DATASETS.get("polydigits")(), tmp_path / "data"
+    prepare(spec, "vanilla", seed=0, data_root=data)
+    runs = [Run(cfg(seed=s, train={"max_test": 32}), tmp_path / "runs") for s in (0, 1)]
+    for r in runs:
+        train(r, data, stop_after_epoch=1)
+    one = Run(cfg(seed=2, train={"max_test": 32, "epochs": 1}, eval={"metrics": ["reconstruction"], "test_samples": 64}),
+              tmp_path / "runs")
+    train(one, data)
+    state = torch.load(runs[0].ckpt_dir / "last.pt", weights_only=False)["state"]
+    assert state["data"] == train_mod.data_identity(runs[0].cfg, data) and " (" not in state["data"]  # the default
+    prepare(spec, "vanilla", seed=1, data_root=data, force=True)
+    trained_on = rf"trained on the prepared data {state['data']}, but the copy there now is \w+ \(seed 1\)"
+    with pytest.raises(MMBenchError, match=trained_on + r": prepare the data it was trained on again .* or delete"):
+        train(runs[0], data)
+    out = train_pack(runs, data)  # the pack leaves them to train alone, which refuses each
+    assert all(re.search(trained_on, str(out[r.id])) for r in runs), out
+    with pytest.raises(MMBenchError, match=trained_on):
+        evaluate(one, data)
+    assert not one.metrics_path.exists()
+    prepare(spec, "vanilla", seed=0, data_root=data, force=True)  # the copy it was trained on, built again
+    train(runs[0], data)
+    assert evaluate(one, data)
+
+
+def test_the_checkpoint_copies_waiting_to_be_written_are_bounded(tmp_path, monkeypatch):
+    """The background writer holds at most held_cap bytes of copies: a save (or make_room before an owned copy) past
+    it waits for the oldest files first, so a pack of large models does not hold every run's epoch-end copy at once."""
+    import mmbench.train as train_mod
+
+    monkeypatch.setattr(train_mod._CheckpointWriter, "held_cap", staticmethod(lambda: 1000))
+    w, held = train_mod._CheckpointWriter(), []
+    for i in range(4):
+        w.save(tmp_path / f"{i}.pt", {"w": torch.zeros(100)})  # 400 bytes each
+        held.append(sum(p[2] for p in w._pending))
+    w.make_room(900)
+    assert max(held) <= 1000 and held[-1] == 800 and len(w._pending) == 0, held
+    w.wait()
+    assert all(torch.equal(torch.load(tmp_path / f"{i}.pt")["w"], torch.zeros(100)) for i in range(4))
