@@ -51,7 +51,8 @@ def runs_frame(runs_dir: Optional[Path] = None) -> pd.DataFrame:
         flat = flatten(cfg)
         flat["variant"] = cfg["variant"] or "default"
         prov = number_provenance(r["provenance"])
-        data = data_build(r["provenance"], DATASETS.get(cfg["dataset"]))  # (a run's config names a registered one)
+        spec = DATASETS.get(cfg["dataset"])  # (a run's config names a registered dataset and variant)
+        data = data_build(r["provenance"], spec, cfg["variant"] or spec.variants[0])
         for metric, value in r["metrics"].items():
             rows.append({"run": r["id"], "dataset": cfg["dataset"], "variant": cfg["variant"] or "default",
                          "method": cfg["method"]["name"], "seed": cfg["seed"], "group": group,

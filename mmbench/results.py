@@ -193,18 +193,18 @@ def environment() -> Dict[str, Any]:
             "threads": thread_settings(), "determinism": determinism_settings()}
 
 
-def data_build(prov: Dict[str, Any], spec: Any = None) -> str:
+def data_build(prov: Dict[str, Any], spec: Any = None, variant: Optional[str] = None) -> str:
     """How a run's data were built, where not by default: 'mnist_source=test-halves, multiplicity=12' (the `mmbench
     prepare` options), ', seed 3' after them for another build seed; '' for a default build or a run recorded before
-    provenance said (`dataset_build`). With the dataset's `spec`, the options are those that make a build's identity
-    (data.base.built_by: not at their default, not where files were), as `mmbench prepare` compares builds: a copy
-    built before it left them out names them."""
+    provenance said (`dataset_build`). With the dataset's `spec` (and `variant`), the options are those that make a
+    build's identity (data.base.built_by: not at their default, not where files were, not unread by the variant), as
+    `mmbench prepare` compares builds: a copy built before it left them out names them."""
     build = prov.get("dataset_build") or {}
     options = build.get("options") or {}
     if spec is not None:
         from .data.base import built_by
 
-        options = built_by(spec, options)
+        options = built_by(spec, options, variant)
     parts = [f"{k}={v}" for k, v in sorted(options.items())]
     if build.get("seed") not in (None, 0):
         parts.append(f"seed {build['seed']}")

@@ -127,11 +127,12 @@ def data_identity(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[
     from .data.base import dataset_dir, manifest_digest, read_manifest
 
     spec = DATASETS.get(cfg.dataset)
-    manifest = read_manifest(dataset_dir(cfg.dataset, spec().check_variant(cfg.variant), data_root))
+    variant = spec().check_variant(cfg.variant)
+    manifest = read_manifest(dataset_dir(cfg.dataset, variant, data_root))
     if manifest is None:
         return None
     build = results_mod.data_build({"dataset_build": {"seed": manifest.get("seed"),
-                                                      "options": manifest.get("options") or {}}}, spec)
+                                                      "options": manifest.get("options") or {}}}, spec, variant)
     return manifest_digest(manifest) + (f" ({build})" if build else "")
 
 

@@ -1040,3 +1040,41 @@ def test_a_build_killed_outright_leaves_nothing_after_the_next_build(tmp_path, m
     path = prepare(spec, "vanilla", seed=0, data_root=tmp_path)
     assert left_in(tmp_path / "polydigits") == ["notes.old-2025", "vanilla"]
     assert read_manifest(path)["seed"] == 0
+
+
+@pytest.mark.parametrize("dataset,variant,option,allowed", [
+    ("polymnist", "extended", {"mnist_source": "test_halves"}, "choose train-test or test-halves"),
+    ("polymnist", "extended", {"multiplicity": 1.5}, "give a whole number >= 1"),
+    ("celeba", "default", {"text_order": "Random"}, "choose file or random"),
+    ("mnist-svhn-text", "default", {"rounds": 0}, "whole numbers >= 1"),
+    ("rats", "simulated", {"split": "heldout"}, "choose one of: held_out, in_sample")])
+def test_an_option_value_no_build_takes_is_refused_before_a_copy_there_is_compared(tmp_path, dataset, variant, option,
+                                                                                  allowed):
+    """A bad value is named with what is allowed, even where a copy is prepared already (compared first, it was told
+    to pass --force, which then refused the value)."""
+    import json
+
+    target = dataset_dir(dataset, variant, tmp_path)
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_text(json.dumps({"dataset": dataset, "variant": variant, "arrays": {}, "seed": 0,
+                                                      "recipe_version": 1, "options": {}}))
+    with pytest.raises(MMBenchError, match=re.escape(allowed)) as e:
+        prepare(DATASETS.get(dataset)(), variant, data_root=tmp_path, options=option)
+    assert "--force" not in str(e.value)
+
+
+def test_polymnist_options_a_build_does_not_read_are_refused_or_left_out_of_its_identity(tmp_path):
+    """The archive's vanilla copy reads no MNIST option: a rebuild option without --rebuild is refused, saying so; the
+    other variants are always rebuilt, so --rebuild is no part of their identity (nor of the report's data text)."""
+    from mmbench.data.base import built_by
+    from mmbench.results import data_build
+
+    spec = DATASETS.get("polymnist")()
+    with pytest.raises(MMBenchError, match=r"option multiplicity shape\(s\) a rebuild from MNIST, .*add --rebuild"):
+        prepare(spec, "vanilla", data_root=tmp_path, options={"multiplicity": 3})
+    assert built_by(spec, {"rebuild": True, "multiplicity": 1}, "extended") == {}
+    assert built_by(spec, {"rebuild": True}, "vanilla") == {"rebuild": True}
+    assert built_by(spec, {"rebuild": False}, "vanilla") == {}
+    prov = {"dataset_build": {"options": {"rebuild": True, "mnist_source": "test-halves"}}}
+    assert data_build(prov, spec, "extended") == "mnist_source=test-halves"
+    assert data_build(prov, spec, "vanilla") == "mnist_source=test-halves, rebuild=True"

@@ -622,3 +622,19 @@ def test_a_full_disk_while_simulating_the_deposit_is_one_line(tmp_path):
                                                                     r"failed \(OSError: .*free space in "):
         prepare(spec, "simulated", data_root=tmp_path)
     assert not (tmp_path / "rats").exists() or not left_in(tmp_path / "rats")
+
+
+def test_a_deposit_copy_is_not_served_to_a_prepare_from_other_files(tmp_path):
+    """`prepare rats --source DIR` where the copy there was read from other files (same names, other spikes) is
+    refused naming the files whose sha256 differs; the same files in another folder are the same copy."""
+    import shutil
+
+    spec = DATASETS.get("rats")()
+    tiny_deposit(tmp_path / "a")
+    prepare(spec, "deposit", data_root=tmp_path / "data", options={"source": str(tmp_path / "a")})
+    shutil.copytree(tmp_path / "a", tmp_path / "same")
+    prepare(spec, "deposit", data_root=tmp_path / "data", options={"source": str(tmp_path / "same")})
+    tiny_deposit(tmp_path / "b", seed=1)
+    with pytest.raises(MMBenchError, match=r"--source .*b holds other files than the copy was read from \(sha256 differs "
+                                           r"for .*trial_info.npy.*\); pass --force"):
+        prepare(spec, "deposit", data_root=tmp_path / "data", options={"source": str(tmp_path / "b")})

@@ -70,6 +70,15 @@ class DatasetSpec:
         """The recipe version this mmbench builds `variant` with (a copy of another version is refused)."""
         return self.variant_recipe_versions.get(variant, self.recipe_version)
 
+    def check_options(self, variant: str, options: Dict[str, Any]) -> None:
+        """Refuse option values (and combinations) this dataset cannot build, naming the option and what is allowed:
+        `prepare` asks before comparing them with a copy already there (whose refusal would say to pass --force)."""
+
+    @classmethod
+    def inert_options(cls, variant: str) -> Sequence[str]:
+        """Options `variant`'s build does not read (not part of its identity: built_by)."""
+        return ()
+
     def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
         """What differs between the input files a prepared copy was built from (its manifest) and those `options`
         point at now (location options are not part of a copy's identity, their content is); None when nothing."""
@@ -342,7 +351,8 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
         if key not in spec.option_names:
             allowed = ", ".join(spec.option_names) or "(none)"
             raise MMBenchError(f"dataset {spec.registry_name} has no prepare option {key!r}; allowed: {allowed}")
-    identity = built_by(spec, options)
+    spec.check_options(variant, options)
+    identity = built_by(spec, options, variant)
     target = dataset_dir(spec.registry_name, variant, data_root)
     version = spec.recipe_version_of(variant)
     if not force and _prepared_as_asked(spec, target, seed, version, identity, options):  # --force rebuilds whatever
@@ -359,10 +369,12 @@ def prepare(spec: DatasetSpec, variant: Optional[str], seed: int = 0, data_root:
     return target
 
 
-def built_by(spec: DatasetSpec, options: Dict[str, Any]) -> Dict[str, Any]:
+def built_by(spec: DatasetSpec, options: Dict[str, Any], variant: Optional[str] = None) -> Dict[str, Any]:
     """The options that decide what is built (a build's identity): not those saying where files are, nor one given at
-    its default (`-o test_partition=1` builds what no option builds)."""
-    return {k: v for k, v in options.items() if k not in spec.location_options
+    its default (`-o test_partition=1` builds what no option builds), nor one `variant`'s build does not read
+    (inert_options: `--rebuild` of PolyMNIST's extended variant, always rebuilt)."""
+    inert = spec.inert_options(variant) if variant is not None else ()
+    return {k: v for k, v in options.items() if k not in spec.location_options and k not in inert
             and not (k in spec.option_defaults and str(v) == str(spec.option_defaults[k]))}
 
 
@@ -374,7 +386,7 @@ def _prepared_as_asked(spec: DatasetSpec, target: Path, seed: int, version: int,
     if existing is None:
         return False
     same = (existing.get("seed") == seed and existing.get("recipe_version") == version
-            and built_by(spec, existing.get("options") or {}) == identity)
+            and built_by(spec, existing.get("options") or {}, existing.get("variant")) == identity)
     changed = spec.changed_inputs(existing, options) if same else None
     if changed:
         raise MMBenchError(f"{target} was built from other input files: {changed}; pass --force to rebuild it "

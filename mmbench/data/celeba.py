@@ -129,18 +129,22 @@ class CelebA(DatasetSpec):
         return [Modality("img", (3, 64, 64), "image", "laplace", 1 / 3),
                 Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 16.0, ALPHABET)]
 
-    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
-              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        if not options.get("source"):
-            raise MMBenchError("CelebA has no stable download URL; download img_align_celeba.zip, list_attr_celeba.txt "
-                               "and list_eval_partition.txt from the CelebA page and pass --source DIR")
+    def check_options(self, variant: str, options: Dict[str, Any]) -> None:
         test_part = whole_option(options, "test_partition", TEST_PARTITION)
         if test_part not in (1, 2):
             raise MMBenchError(f"option test_partition={test_part} is not allowed; choose 1 or 2")
         order = options.get("text_order", "file")
         if order not in ("file", "random"):
             raise MMBenchError(f"option text_order={order!r} is not allowed; choose file or random")
-        shuffle = order == "random"
+
+    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        if not options.get("source"):
+            raise MMBenchError("CelebA has no stable download URL; download img_align_celeba.zip, list_attr_celeba.txt "
+                               "and list_eval_partition.txt from the CelebA page and pass --source DIR")
+        self.check_options(variant, options)
+        test_part = whole_option(options, "test_partition", TEST_PARTITION)
+        shuffle = options.get("text_order", "file") == "random"
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)
                  for f, md5 in FILES.items()}
         names, attrs = read_attributes(paths["list_attr_celeba.txt"])

@@ -157,15 +157,20 @@ class MNISTSVHNText(DatasetSpec):
                 Modality("svhn", (3, 32, 32), "image", "laplace", 1.0),
                 Modality("text", (TEXT_LEN, len(ALPHABET)), "text", "categorical", 3072 / TEXT_LEN, ALPHABET)]
 
-    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
-              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        source = Path(options["source"]) if options.get("source") else None
+    def check_options(self, variant: str, options: Dict[str, Any]) -> None:
         rounds, cap = whole_option(options, "rounds", ROUNDS), whole_option(options, "max_per_class", MAX_PER_CLASS)
         if rounds < 1 or cap < 1:
             raise MMBenchError("options rounds and max_per_class must be whole numbers >= 1")
         text_start = options.get("text_start", "fixed")
         if text_start not in ("fixed", "per_epoch"):
             raise MMBenchError(f"option text_start={text_start!r} is not allowed; choose fixed or per_epoch")
+
+    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        source = Path(options["source"]) if options.get("source") else None
+        self.check_options(variant, options)
+        rounds, cap = whole_option(options, "rounds", ROUNDS), whole_option(options, "max_per_class", MAX_PER_CLASS)
+        text_start = options.get("text_start", "fixed")
         rng = np.random.default_rng(seed)
         counts = {}
         for split in ("train", "test"):

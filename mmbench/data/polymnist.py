@@ -17,7 +17,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -158,7 +158,7 @@ class PolyMNIST(DatasetSpec):
                     "rebuild": "regenerate vanilla from MNIST instead of the authors' archive",
                     "mnist_source": "'train-test' (default) or 'test-halves'",
                     "multiplicity": "pairing rounds of the train split (default 1, as the authors)"}
-    option_defaults = {"mnist_source": "train-test", "multiplicity": 1}
+    option_defaults = {"mnist_source": "train-test", "multiplicity": 1, "rebuild": False}
     location_options = ("source", "backgrounds")
     needs = {v: "--backgrounds DIR" for v in polygen.VARIANTS if v != "vanilla"}  # rebuilt from MNIST (vanilla: archive)
     counts = COUNTS
@@ -170,6 +170,22 @@ class PolyMNIST(DatasetSpec):
         # The authors' archive is refused unless its splits hold COUNTS; a default rebuild pairs each digit of MNIST's
         # md5-checked train and test files once (multiplicity 1), which hold as many.
         return dict(self.counts)
+
+    def check_options(self, variant: str, options: Dict[str, Any]) -> None:
+        mode = options.get("mnist_source", "train-test")
+        if mode not in ("train-test", "test-halves"):
+            raise MMBenchError(f"option mnist_source={mode!r} is not allowed; choose train-test or test-halves")
+        whole_option(options, "multiplicity", 1, least=1)
+        shaping = [k for k in ("mnist_source", "multiplicity")
+                   if k in options and str(options[k]) != str(self.option_defaults[k])]
+        if variant == "vanilla" and not options.get("rebuild") and shaping:
+            raise MMBenchError(f"option {' and '.join(shaping)} shape(s) a rebuild from MNIST, but vanilla is read from "
+                               f"the authors' archive without --rebuild: add --rebuild (and --backgrounds DIR), or leave "
+                               f"{'them' if len(shaping) > 1 else 'it'} out")
+
+    @classmethod
+    def inert_options(cls, variant: str) -> Sequence[str]:
+        return () if variant == "vanilla" else ("rebuild",)  # the other variants are always rebuilt from MNIST
 
     def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
         """--source naming another PolyMNIST.zip than the copy was read from (its sha256: no digest of the archive is

@@ -289,26 +289,43 @@ class Rats(DatasetSpec):
         return [Modality(rat, (NEURONS[rat], SUB_BINS), "spikes", "sse", 1.0) for rat in RATS]
 
     def changed_inputs(self, manifest: Dict[str, Any], options: Dict[str, Any]) -> Optional[str]:
-        """-o trial_info=DIR naming other tables than a simulated copy was built from (or tables where it simulated
-        synthetic ones); without the option the copy is used as it is."""
-        if not options.get("trial_info") or manifest.get("variant") != "simulated":
+        """--source naming a deposit whose files differ from those the copy was read from (their sha256, recorded by
+        file), or -o trial_info=DIR naming other tables than a simulated copy was built from (or tables where it
+        simulated synthetic ones); without the option the copy is used as it is."""
+        if manifest.get("variant") == "deposit":
+            read = {k.lower(): v for k, v in ((manifest.get("source") or {}).get("files") or {}).items()}
+            if not options.get("source") or not read:
+                return None
+            now = {f"{rat}/{p.name}".lower(): file_digest(p, "sha256")
+                   for rat, files in find_deposit(Path(options["source"])).items() for p in files.values()}
+            differ = sorted(k for k in now if now[k] != read.get(k))
+            return (f"--source {options['source']} holds other files than the copy was read from (sha256 differs for "
+                    f"{', '.join(differ)})") if differ else None
+        if not options.get("trial_info"):
             return None
         built = (manifest.get("simulator") or {}).get("trial_info")
         now = trial_info_digests(trial_info_files(options["trial_info"]))
         if now == built:
             return None
-        if not isinstance(built, dict):
-            return f"trial_info={options['trial_info']} gives recorded trial tables, the copy simulated {built} ones"
+        if built == "synthetic":
+            return f"trial_info={options['trial_info']} gives recorded trial tables, the copy simulated synthetic ones"
+        if not isinstance(built, dict):  # a copy simulated before the tables' content was recorded: only their folder
+            return (f"the copy was simulated before mmbench recorded its trial tables' content (only their folder, "
+                    f"{built}), so trial_info={options['trial_info']} cannot be checked against it")
         return (f"trial_info={options['trial_info']} holds other tables than the copy was simulated on (sha256 differs "
                 f"for {', '.join(rat for rat in RATS if now.get(rat) != built.get(rat))})")
 
-    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
-              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+    def check_options(self, variant: str, options: Dict[str, Any]) -> None:
         trials, split = str(options.get("trials", "all")), str(options.get("split", "held_out"))
         if trials not in FILTERS:
             raise MMBenchError(f"option trials={trials} is not allowed; choose one of: {', '.join(FILTERS)}")
         if split not in SPLITS:
             raise MMBenchError(f"option split={split} is not allowed; choose one of: {', '.join(SPLITS)}")
+
+    def build(self, out, variant: str, seed: int, options: Dict[str, Any],
+              progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
+        self.check_options(variant, options)
+        trials, split = str(options.get("trials", "all")), str(options.get("split", "held_out"))
         extra: Dict[str, Any] = {"simulated": variant == "simulated"}
         if variant == "simulated":
             if options.get("source"):
