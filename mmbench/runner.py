@@ -99,6 +99,22 @@ _WORKERS_LOCK = threading.Lock()
 _STOPPING = threading.Event()
 
 
+def killed_by(returncode: Optional[int], runs: int) -> Optional[str]:
+    """What to say of a worker process that a signal ended (a negative return code), for a pack of `runs`; None for a
+    worker that exited. SIGKILL, unasked, is on Linux most often the kernel's out-of-memory killer."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if -returncode != signal.SIGKILL:
+        return f"its worker process was killed by {name}; re-run the same command to resume from its last checkpoint"
+    fewer = f"--pack N below its {runs} runs, or " if runs > 1 else ""
+    return (f"its worker process was killed by SIGKILL, most often the out-of-memory killer (`dmesg` says): train "
+            f"fewer runs at once ({fewer}fewer workers per device), then re-run to resume from its last checkpoint")
+
+
 def spawn_worker(cmd: List[str], **kw: Any) -> subprocess.Popen:
     """A worker process started with SIGINT blocked (a mask its exec keeps): a Ctrl-C or stop_workers' SIGINT that
     arrives while its interpreter starts stays pending until mmbench.worker has set its handler and unblocks it; it
@@ -306,11 +322,15 @@ def run_all(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[Pa
                 finally:
                     with _WORKERS_LOCK:
                         _WORKERS.discard(proc)
+            killed = killed_by(proc.returncode, len(group)) if not _STOPPING.is_set() else None
             with lock:
                 active[slot] = None
                 for g in group:  # a pack's runs succeed or fail one by one
                     if (proc.returncode == 0 and len(group) == 1) or (len(group) > 1 and g.status() == "done"):
                         outcomes.append(Outcome(g, True, "done"))
+                    elif killed:  # its log ends wherever the process stopped: that line would say nothing of why
+                        g.log(f"error: {killed}")
+                        outcomes.append(Outcome(g, False, killed))
                     else:
                         try:
                             lines = g.log_path.read_text(errors="replace").strip().splitlines()

@@ -442,3 +442,34 @@ def test_an_interrupted_worker_writes_a_line_and_exits_130(monkeypatch, capsys, 
         "loading": "interrupted before the run started; it resumes from its last checkpoint\n",
         "single": "interrupted; the run resumes from its last checkpoint\n",
         "pack": "interrupted; the runs of this pack resume from their last checkpoints\n"}[when]
+
+
+def test_a_worker_killed_by_a_signal_is_said_as_such_not_by_its_logs_last_line(tmp_path, monkeypatch):
+    """A pack's worker killed by the out-of-memory killer (SIGKILL) left each run's log ending at "packed with ...", and
+    `mmbench run` reported that line as the failure; now each run fails, in the summary and its log, naming the signal
+    and the way out."""
+    import io
+    import subprocess
+
+    from rich.console import Console
+
+    import mmbench.runner as runner
+
+    runs = seed_runs(tmp_path, 2)
+
+    def killed_worker(cmd, env, stdout, stderr):
+        stdout.write("packed with 1 other run(s) on cpu\n")
+        stdout.flush()
+        return subprocess.CompletedProcess(cmd, -9)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", fake_popen(killed_worker))
+    monkeypatch.setattr(runner, "make_packs", lambda rs, *a, **k: [list(rs)])
+    out = io.StringIO()
+    outcomes = runner.run_all([r.cfg for r in runs], tmp_path, None, console=Console(file=out, width=300))
+    assert len(outcomes) == 2 and not any(o.ok for o in outcomes)
+    for o in outcomes:
+        assert o.message.startswith("its worker process was killed by SIGKILL, most often the out-of-memory killer"), o
+        assert "--pack N below its 2 runs" in o.message
+        assert o.run.log_path.read_text().rstrip().endswith(o.message)
+    assert runner.killed_by(-15, 1).startswith("its worker process was killed by SIGTERM; re-run")
+    assert runner.killed_by(0, 3) is None and runner.killed_by(1, 3) is None
