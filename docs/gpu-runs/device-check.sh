@@ -52,8 +52,8 @@
 # A second, shorter run of some parts (the device returns after each call; a lease may allow a second one):
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 BUDGET=370 \
 #   GPU_TESTS=tests/test_pack.py::test_pack_of_three_equals_three_alone ...
-# PARTS (default all), in the order they run: correctness, steps, fig3, evaltime, report, projection, captured, kernels
-# (then the captured steps' profiles, with captured), suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
+# PARTS (default all), in the order they run: correctness, steps (its fp32 table first, then captured, then its other
+# tables), fig3, evaltime, report, projection, kernels (then the captured steps' profiles, with captured), suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
 # data is always prepared;
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
@@ -92,6 +92,12 @@ say() { echo "[$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
 prof() { [ "${PROFILE:-1}" = 0 ] || echo "--profile $RES/profiles/$1"; }
 # to SECONDS: a part's time limit on the GPU; none in the dry mode (a shared CPU may be arbitrarily slow)
 to() { if [ "$SCALE" = tiny ]; then echo 0; else echo "$1"; fi; }
+# lim SECONDS: the same, but no more than what is left of BUDGET (less 5 s for the snapshot after it)
+# (never 0, which would be no limit at all)
+lim() { if [ "$SCALE" = tiny ]; then echo 0; else l=$(( $(left) - 5 )); [ "$l" -lt 1 ] && l=1
+        [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; fi; }
+# fits SECONDS: whether a table that needs about that long still fits the budget (always in the dry mode); else says so
+fits() { if [ "$SCALE" = tiny ] || [ "$(left)" -gt "$1" ]; then return 0; fi; say "skipped: $2 (needs ~$1 s, $(left) s left)"; return 1; }
 if [ "$SCALE" = tiny ]; then
   B=16; LAT=16; STEPS=1; PACKS=1,3; METHODS=mopoe,mvae; MULT=1; CLF_EPOCHS=1
   RUNSET=(--set train.max_train=256 --set train.max_test=128 --set eval.test_samples=128
@@ -163,33 +169,66 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
 tail -4 "$RES/gpu-tests.txt"
 fi
 
+if part fig3 || part evaltime || part report; then  # (the step tables and tests read no prepared data: ~60 s saved)
 say "prepare PolyMNIST from the MNIST test split (multiplicity $MULT) + coherence classifiers"
 $M prepare polymnist --variant vanilla --rebuild --source "$SHARED/mnist-t10k" --backgrounds "$SHARED/backgrounds" \
    -o mnist_source=test-halves -o "multiplicity=$MULT" \
   && $M classifiers train polymnist --variant vanilla --epochs "$CLF_EPOCHS"
-
-if part steps; then
-say "step table, packed and unpacked (fp32)"
-timeout $(to 120) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$RES/steps-packed.md" $(prof steps)
-snap
-say "step table, packed and unpacked (bf16)"
-timeout $(to 30) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
-  --latent-dim $LAT --steps $STEPS --precision bf16 --out "$RES/steps-packed-bf16.md"
-if [ "$DEVICE" = cuda ]; then
-say "MoPoE packed with cuDNN benchmark mode (convolution algorithms chosen by timing), for comparison"
-timeout $(to 60) $M bench steps --methods mopoe --pack "$PACKS" --device cuda --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --cudnn-benchmark --out "$RES/steps-packed-cudnn.md" $(prof cudnn)
 fi
+
+# BIG: the largest pack asked; each table's limit grows by a second per run of it (a looped bf16 pack of 15 took
+# 0.5 s a step on the H200: 7 steps of a pack of 30 and building its 30 models ~15 s more than at 15)
+BIG=$(echo "$PACKS" | tr ',' '\n' | sort -n | tail -1)
+if part steps && fits 20 "the fp32 step table"; then
+say "step table, packed and unpacked (fp32)"
+timeout $(lim $(( 120 + BIG ))) $M bench steps --methods "$METHODS" --pack "$PACKS" --device "$DEVICE" --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed.md" $(prof steps)
+snap
+fi
+# the captured packs next (the issue's figure: run-steps/s at 15), before the other tables can spend the budget
+if part captured && [ "$DEVICE" = cuda ] && fits 45 "captured steps"; then
+  say "captured steps (torch.compile reduce-overhead): mrVAE and MoPoE unpacked, then MoPoE packed"
+  # CAPTURE_PACKS=15 (say): only the packed MoPoE step, in packs of that size (with an uncaptured row beside it)
+  if [ -z "${CAPTURE_PACKS:-}" ]; then
+  timeout $(( ($(left) - 10) / 2 )) $M bench steps --methods mrvae,mopoe --scaling "" --device cuda --batch-size $B \
+    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md"
+  snap
+  fi
+  timeout $(lim 150) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B \
+    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-compiled.md"
+  snap
+fi
+if part steps; then
+if fits 30 "the bf16 step table"; then
+say "step table, packed and unpacked (bf16)"
+timeout $(lim $(( 30 + BIG ))) $M bench steps --methods mopoe --pack "$PACKS" --device "$DEVICE" --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --precision bf16 --out "$RES/steps-packed-bf16.md"
+snap
+fi
+if [ "$DEVICE" = cuda ] && fits 40 "the cuDNN benchmark-mode table"; then
+say "MoPoE packed with cuDNN benchmark mode (convolution algorithms chosen by timing), for comparison"
+timeout $(lim $(( 60 + BIG ))) $M bench steps --methods mopoe --pack "$PACKS" --device cuda --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --cudnn-benchmark --out "$RES/steps-packed-cudnn.md" $(prof cudnn)
+snap
+fi
+if fits 20 "the looped-pack table"; then
 say "packed step looped over the runs instead of vmapped (a CPU's default), for comparison"
-MMBENCH_PACK_MODE=loop timeout $(to 30) $M bench steps --methods mopoe --pack 5 --device "$DEVICE" --batch-size $B \
+MMBENCH_PACK_MODE=loop timeout $(lim 30) $M bench steps --methods mopoe --pack 5 --device "$DEVICE" --batch-size $B \
   --latent-dim $LAT --steps $STEPS --out "$RES/steps-packed-loop.md" $(prof loop)
+snap
+fi
+if fits 25 "the mrVAE step table"; then
 say "mrVAE step next to MoPoE's"
-timeout $(to 30) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+timeout $(lim 40) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae.md" $(prof mrvae)
+snap
+fi
+if fits 25 "the packed mrVAE table"; then
 say "mrVAE packed (5 runs)"
-timeout $(to 30) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
+timeout $(lim 40) $M bench steps --methods mrvae --pack 5 --device "$DEVICE" --batch-size $B --latent-dim $LAT \
   --steps $STEPS --out "$RES/steps-mrvae-packed.md"
+snap
+fi
 fi
 
 # Epochs of Fig. 3 that fit: what is left, minus evaluation, eval-time (fp32 and bf16) and report (~200 s on the GPU), at the
@@ -323,24 +362,12 @@ fi
 
 snap
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C "$MMBENCH_RUNS" . 2>/dev/null
-if part captured && [ "$DEVICE" = cuda ] && [ "$(left)" -gt 45 ]; then
-  say "captured steps (torch.compile reduce-overhead): mrVAE and MoPoE unpacked, then MoPoE packed"
-  # CAPTURE_PACKS=15 (say): only the packed MoPoE step, in packs of that size
-  if [ -z "${CAPTURE_PACKS:-}" ]; then
-  timeout $(( ($(left) - 10) / 2 )) $M bench steps --methods mrvae,mopoe --scaling "" --device cuda --batch-size $B \
-    --latent-dim $LAT --steps $STEPS --compile --out "$RES/steps-mrvae-captured.md"
-  snap
-  fi
-  timeout $(( $(left) - 10 )) $M bench steps --methods mopoe --pack "${CAPTURE_PACKS:-5,15}" --device cuda --batch-size $B --latent-dim $LAT \
-    --steps $STEPS --compile --out "$RES/steps-compiled.md"
-fi
 snap
 # the kernel choices after the captured table (the issue's figure) and before the captured steps' profiles; each call
 # limited by what is left of the budget (always in the dry mode)
 if part kernels && { [ "$SCALE" = tiny ] || [ "$(left)" -gt 40 ]; }; then
 say "kernel choices for packs: grouped (vmapped) against looped, im2col + bmm, channels_last; Adam implementations"
 if [ "$SCALE" = tiny ]; then KC=(--packs 1,3 --repeats 1); else KC=(--packs 5,15 --repeats 10); fi
-lim() { if [ "$SCALE" = tiny ]; then echo 0; else l=$(( $(left) - 5 )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; fi; }
 timeout $(lim 60) $PY docs/gpu-runs/kernel_choices.py --device "$DEVICE" --batch-size $B --latent-dim $LAT "${KC[@]}" \
   --out "$RES/kernel-choices.md" > /dev/null 2> "$RES/kernel-choices.err" || tail -2 "$RES/kernel-choices.err"
 tail -7 "$RES/kernel-choices.md" 2>/dev/null
