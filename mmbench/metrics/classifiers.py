@@ -40,7 +40,11 @@ def cache_dir(spec: DatasetSpec, variant: str, epochs: int, data_root: Optional[
     root = cache_root(data_root)
     # the batch size names the directory where it is not the default (rats: 128), so no cache trained otherwise serves
     batch = "" if spec.classifier_batch_size == DatasetSpec.classifier_batch_size else f"-b{spec.classifier_batch_size}"
-    return root / "classifiers" / f"{spec.registry_name}-{variant}-{digest}-e{epochs}{batch}-{spec.classifier_for(variant)}"
+    # a build that redraws rows per training batch (mnist-svhn-text's text_start=per_epoch) has the arrays, so the
+    # digest, of the build that does not, but its classifiers train on other rows: a cache of its own
+    redrawn = "-redrawn" if manifest and spec.redraws(manifest, "train") else ""
+    return root / "classifiers" / (f"{spec.registry_name}-{variant}-{digest}-e{epochs}{batch}{redrawn}-"
+                                   f"{spec.classifier_for(variant)}")
 
 
 def build(spec: DatasetSpec, modality, variant: str) -> torch.nn.Module:
