@@ -400,8 +400,11 @@ class StackedModel:
         parameters' `.grad` (cleared before). Vmapped, as `loss` then one backward. Looped, run by run: each run's loss
         from detached views of its parameters and its backward before the next run's loss, its gradients copied into
         its slice of the stacked ones. The runs share no operation, so these are the bits of the summed loss's
-        backward; but only one run's activations are held at a time (summed first, a looped pack of R held R runs':
-        about 3.6 GB each for MM-VAMP's translated-PolyMNIST ResNets at batch 256 on a CPU, 22 GB for a pack of 12)."""
+        backward in fp32 (tests/test_pack.py); but only one run's activations are held at a time (summed first, a
+        looped pack of R held R runs': about 3.6 GB each for MM-VAMP's translated-PolyMNIST ResNets at batch 256 on a
+        CPU, 22 GB for a pack of 12). Under bf16 autocast a weight a run's loss uses twice is cast once, its uses'
+        gradients summed in bf16, as in the run trained alone (the parameters are leaves there too; through the
+        summed backward's unbound views each use was cast apart and summed in fp32)."""
         if self.vectorised_for(precision):
             losses, logs = self.loss(x, gens, 0, precision)
             losses.sum().backward()
@@ -418,7 +421,9 @@ class StackedModel:
             loss.backward()
             for k, p in own.items():
                 if p.grad is not None:  # a parameter no run's loss reaches keeps no gradient, as summed (Adam skips it)
-                    grads.setdefault(k, torch.zeros_like(self.params[k]))[r] = p.grad
+                    if k not in grads:  # (not setdefault: its default would be made, and zeroed, every time)
+                        grads[k] = torch.zeros_like(self.params[k])
+                    grads[k][r] = p.grad
             losses.append(loss.detach())
             logs.append({k: v.detach() for k, v in log.items()})
         for k, g in grads.items():
@@ -645,12 +650,15 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
         alone([m.run for m in members], f"the dataset redraws {', '.join(train_split.redraw)} per batch")
         return {}
     data = train_mod.data_identity(cfg, data_root)
-    other = [m.run.id for m in members if m.state.get("data") not in (None, data)]
+    other = []
+    for m in members:
+        try:
+            train_mod.check_data(m.state, data, m.run.ckpt_dir / "last.pt")
+        except MMBenchError:
+            other.append(m.run.id)
     if other:  # each alone, where train.train names the copy it was trained on
         alone([m.run for m in members], f"run(s) {', '.join(other)} were trained on another prepared copy of the data")
         return {}
-    for m in members:
-        train_mod.check_data(m.state, data, m.run.ckpt_dir / "last.pt")
     E, B = cfg.train.epochs, cfg.train.batch_size
     loss_split = test_split.subset(cfg.train.max_test, seed=cfg.data_seed + 1).to(device)
     train_split = train_split.to(device)
@@ -769,6 +777,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     if not ok[r]:  # a diverged model is never checkpointed; it leaves the pack at the epoch's end
                         continue
                     m.state.update(step=b + 1, sums={k: v[r].clone() for k, v in sums.items()})
+                    train_mod.CHECKPOINTS.make_room(sm.run_bytes())  # bounded, as at an epoch's end
                     m.save_last(*sm.state(r))
                     del m.state["step"], m.state["sums"]
                 saved_at = time.monotonic()

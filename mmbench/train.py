@@ -121,32 +121,49 @@ def note_code(state: Dict, kernel_choices: Dict[str, str], step: Optional[int] =
         code.append({**here, "from_epoch": state["epoch"], "from_step": state.get("step", 0) if step is None else step})
 
 
-def data_identity(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[str]:
-    """The prepared copy a run's data come from: its content digest and how it was built where not by default
-    ('3f2a… (mnist_source=test-halves, multiplicity=12)'); None where none is prepared."""
+def data_identity(cfg: RunConfig, data_root: Optional[Path] = None) -> Optional[Dict]:
+    """The prepared copy a run's data come from, as a checkpoint records it: dataset, variant, content digest, build
+    seed and the manifest's options; None where none is prepared."""
     from .data.base import dataset_dir, manifest_digest, read_manifest
 
-    spec = DATASETS.get(cfg.dataset)
-    variant = spec().check_variant(cfg.variant)
+    variant = DATASETS.get(cfg.dataset)().check_variant(cfg.variant)
     manifest = read_manifest(dataset_dir(cfg.dataset, variant, data_root))
     if manifest is None:
         return None
-    build = results_mod.data_build({"dataset_build": {"seed": manifest.get("seed"),
-                                                      "options": manifest.get("options") or {}}}, spec, variant)
-    return manifest_digest(manifest) + (f" ({build})" if build else "")
+    return {"dataset": cfg.dataset, "variant": variant, "digest": manifest_digest(manifest),
+            "seed": manifest.get("seed", 0), "options": manifest.get("options") or {}}
 
 
-def check_data(state: Dict, identity: Optional[str], checkpoint: Path, record: bool = True) -> None:
+def _build_of(data: Dict) -> Dict:
+    """A recorded copy's build as this mmbench tells builds apart (data.base.built_by: options at their default, or
+    unread by the variant, are none), so a record outlives changes to what counts."""
+    from .data.base import built_by
+
+    return built_by(DATASETS.get(data["dataset"]), data.get("options") or {}, data["variant"])
+
+
+def check_data(state: Dict, identity: Optional[Dict], checkpoint: Path, record: bool = True) -> None:
     """Refuse to go on from a checkpoint trained on another prepared copy than the one there now (a `prepare --force`
     with other options in between would otherwise train or score a model on data it was not trained on, under the
-    same run id); record the copy in a state that names none yet (`record`: a fresh run, or one trained before
-    mmbench recorded it)."""
+    same run id): other arrays (digest) or a build that trains otherwise with the same arrays (mnist-svhn-text's
+    text_start). `record`: note the copy in a state that names none yet (a fresh run, or one trained before mmbench
+    recorded it), as training does; an evaluation only checks."""
+    from .data.base import prepare_command
+
     had = state.get("data")
-    if had is not None and identity is not None and had != identity:
-        how = "the options and seed in parentheses" if "(" in had else "no option and seed 0, as by default"
-        raise MMBenchError(f"{checkpoint} was trained on the prepared data {had}, but the copy there now is {identity}: "
-                           f"prepare the data it was trained on again (`mmbench prepare --force` with {how}), or "
-                           f"delete {checkpoint.parent} to train the run from the start on these data")
+    if isinstance(had, dict) and identity is not None and (
+            had.get("digest") != identity["digest"] or _build_of(had) != _build_of(identity)):
+        def said(d):
+            build = results_mod.data_build({"dataset_build": {"seed": d.get("seed"), "options": d.get("options")}},
+                                           DATASETS.get(d["dataset"]), d["variant"])
+            return f"digest {d.get('digest')}" + (f", built with {build}" if build else ", built by default")
+
+        again = prepare_command({"dataset": had["dataset"], "variant": had["variant"], "seed": had.get("seed", 0),
+                                 "options": _build_of(had)})
+        start_over = f", or delete {checkpoint.parent} to train the run from the start on these data" if record else ""
+        raise MMBenchError(f"{checkpoint} was trained on {had['dataset']} ({had['variant']}) {said(had)}, but the "
+                           f"prepared copy is now {said(identity)}: prepare the copy it was trained on again (`{again}`, "
+                           f"with the files it was built from){start_over}")
     if record and identity is not None:
         state["data"] = identity
 

@@ -1146,14 +1146,16 @@ def test_a_checkpoint_trained_on_another_prepared_copy_is_neither_resumed_nor_ev
               tmp_path / "runs")
     train(one, data)
     state = torch.load(runs[0].ckpt_dir / "last.pt", weights_only=False)["state"]
-    assert state["data"] == train_mod.data_identity(runs[0].cfg, data) and " (" not in state["data"]  # the default
+    assert state["data"] == train_mod.data_identity(runs[0].cfg, data) and state["data"]["seed"] == 0
     prepare(spec, "vanilla", seed=1, data_root=data, force=True)
-    trained_on = rf"trained on the prepared data {state['data']}, but the copy there now is \w+ \(seed 1\)"
-    with pytest.raises(MMBenchError, match=trained_on + r": prepare the data it was trained on again .* or delete"):
+    trained_on = (rf"trained on polydigits \(vanilla\) digest {state['data']['digest']}, built by default, but the "
+                  rf"prepared copy is now digest \w+, built with seed 1: prepare the copy it was trained on again "
+                  rf"\(`mmbench prepare polydigits --variant vanilla --force`, with the files it was built from\)")
+    with pytest.raises(MMBenchError, match=trained_on + ", or delete"):
         train(runs[0], data)
     out = train_pack(runs, data)  # the pack leaves them to train alone, which refuses each
     assert all(re.search(trained_on, str(out[r.id])) for r in runs), out
-    with pytest.raises(MMBenchError, match=trained_on):
+    with pytest.raises(MMBenchError, match=trained_on + r"$"):  # an evaluation does not advise deleting the checkpoint
         evaluate(one, data)
     assert not one.metrics_path.exists()
     prepare(spec, "vanilla", seed=0, data_root=data, force=True)  # the copy it was trained on, built again
@@ -1175,3 +1177,21 @@ def test_the_checkpoint_copies_waiting_to_be_written_are_bounded(tmp_path, monke
     assert max(held) <= 1000 and held[-1] == 800 and len(w._pending) == 0, held
     w.wait()
     assert all(torch.equal(torch.load(tmp_path / f"{i}.pt")["w"], torch.zeros(100)) for i in range(4))
+
+
+def test_a_checkpoints_data_record_is_compared_as_builds_are_and_an_older_record_is_renewed(tmp_path):
+    """The record keeps the manifest's options, compared through built_by on both sides: a copy whose manifest names
+    an option at its default (or one the variant does not read) is the copy a checkpoint recorded without it; arrays
+    that are the same but trained otherwise (mnist-svhn-text's text_start) are not; a record in an older form (or
+    none) is replaced by the copy training goes on with."""
+    poly = {"dataset": "polymnist", "variant": "extended", "digest": "d1", "seed": 0,
+            "options": {"mnist_source": "test-halves"}}
+    state = {"data": {**poly, "options": {"mnist_source": "test-halves", "rebuild": True, "multiplicity": 1}}}
+    train_mod.check_data(state, poly, tmp_path / "last.pt", record=False)
+    msvt = {"dataset": "mnist-svhn-text", "variant": "default", "digest": "d2", "seed": 0, "options": {}}
+    with pytest.raises(MMBenchError, match=r"built by default, but the prepared copy is now digest d2, built with "
+                                           r"text_start=per_epoch"):
+        train_mod.check_data({"data": msvt}, {**msvt, "options": {"text_start": "per_epoch"}}, tmp_path / "last.pt")
+    for older in ({"data": "d2 (rounds=3)"}, {}):
+        train_mod.check_data(older, msvt, tmp_path / "last.pt")
+        assert older["data"] == msvt
