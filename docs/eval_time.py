@@ -53,7 +53,8 @@ if "both-splits" in sys.argv[1:]:
 # the model is the source run's (its checkpoints name their run, and the timed run's id differs: eval settings are in it)
 source = Run(build_run_config(raw), src.parent)
 assert source.id == src.name, (source.id, src.name)
-mmbench.evaluate.load_trained = lambda run, device, _load=mmbench.evaluate.load_trained: _load(source, device)
+mmbench.evaluate.load_trained = (lambda run, device, data=None, _load=mmbench.evaluate.load_trained:
+                                  _load(source, device, data))
 for name in names:
     ev = dict(budgets[name], precision=precision, **({"test_samples": cap} if cap else {}), **sets)
     d = copy.deepcopy(raw); d["eval"].update(ev)

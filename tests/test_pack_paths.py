@@ -40,7 +40,16 @@ def poison(monkeypatch, factors):
         return losses, logs
 
     monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    monkeypatch.setattr(pack_mod.StackedModel, "loss_backward", summed_backward)
     return orig, calls
+
+
+def summed_backward(self, x, gens, precision="fp32"):
+    """The training step through StackedModel.loss (so through a poisoned one) and one backward of the summed losses:
+    what a looped pack's per-run backward computes, to its bits (tests/test_pack.py)."""
+    losses, logs = self.loss(x, gens, 0, precision)
+    losses.sum().backward()
+    return losses, logs
 
 
 def test_a_run_diverging_inside_the_pack_leaves_it_and_the_others_end_as_alone(tmp_path, data_root, monkeypatch):
@@ -252,6 +261,7 @@ def test_a_run_diverging_between_mid_epoch_checkpoints_keeps_its_last_finite_one
         return losses, logs
 
     monkeypatch.setattr(pack_mod.StackedModel, "loss", poisoned)
+    monkeypatch.setattr(pack_mod.StackedModel, "loss_backward", summed_backward)
     runs = [Run(cfg(s, epochs=1, max_train=96, checkpoint_minutes=1e-9, tensorboard=True), tmp_path) for s in range(3)]
     out = train_pack(runs, data_root)
     assert calls["n"] == 3 and "diverged" in out[runs[1].id]

@@ -312,14 +312,14 @@ def test_a_packed_suite_step_stacks_one_model_per_seed_and_draws_with_each_runs_
     from mmbench.pack import StackedModel
 
     seen = {}
-    original = StackedModel.loss
+    original = StackedModel.loss_backward  # the training step's loss and backward (looped on a CPU)
 
-    def loss(self, x, gens, *args, **kwargs):
+    def loss_backward(self, x, gens, *args, **kwargs):
         seen["gens"] = [g.initial_seed() for g in gens]
         seen["x"] = {k: tuple(v.shape) for k, v in x.items()}
         return original(self, x, gens, *args, **kwargs)
 
-    monkeypatch.setattr(StackedModel, "loss", loss)
+    monkeypatch.setattr(StackedModel, "loss_backward", loss_backward)
     c = cfg(seed=5)
     step, params = bench.config_pack_step(c, 2)
     alone = [list(bench._run_model(cfg(seed=s), torch.device("cpu")).parameters()) for s in (5, 6)]
