@@ -162,8 +162,8 @@ def check_data(state: Dict, identity: Optional[Dict], checkpoint: Path, record: 
                                  "options": _build_of(had)})
         start_over = f", or delete {checkpoint.parent} to train the run from the start on these data" if record else ""
         raise MMBenchError(f"{checkpoint} was trained on {had['dataset']} ({had['variant']}) {said(had)}, but the "
-                           f"prepared copy is now {said(identity)}: prepare the copy it was trained on again (`{again}`, "
-                           f"with the files it was built from){start_over}")
+                           f"prepared copy is now {said(identity)}: prepare the copy it was trained on again "
+                           f"(`{again}`, with the files it was built from){start_over}")
     if record and identity is not None:
         state["data"] = identity
 

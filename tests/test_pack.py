@@ -1875,7 +1875,8 @@ def test_a_looped_pack_step_holds_one_runs_activations_and_gives_the_summed_back
 
     def step(sm, how, counted):
         gens = [torch.Generator().manual_seed(s) for s in range(3)]
-        x = {m.name: torch.rand(3, 6, 3, 28, 28, generator=torch.Generator().manual_seed(i)) for i, m in enumerate(mods)}
+        x = {m.name: torch.rand(3, 6, 3, 28, 28, generator=torch.Generator().manual_seed(i))
+             for i, m in enumerate(mods)}
         Held.live = Held.peak = 0
         with torch.autograd.graph.saved_tensors_hooks(Held, lambda h: h.t) if counted else contextlib.nullcontext():
             if how == "summed":

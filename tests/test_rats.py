@@ -635,6 +635,6 @@ def test_a_deposit_copy_is_not_served_to_a_prepare_from_other_files(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "same")
     prepare(spec, "deposit", data_root=tmp_path / "data", options={"source": str(tmp_path / "same")})
     tiny_deposit(tmp_path / "b", seed=1)
-    with pytest.raises(MMBenchError, match=r"--source .*b holds other files than the copy was read from \(sha256 differs "
-                                           r"for .*trial_info.npy.*\); pass --force"):
+    with pytest.raises(MMBenchError, match=r"--source .*b holds other files than the copy was read from \(sha256 "
+                                           r"differs for .*trial_info.npy.*\); pass --force"):
         prepare(spec, "deposit", data_root=tmp_path / "data", options={"source": str(tmp_path / "b")})

@@ -1142,8 +1142,8 @@ def test_a_checkpoint_trained_on_another_prepared_copy_is_neither_resumed_nor_ev
     runs = [Run(cfg(seed=s, train={"max_test": 32}), tmp_path / "runs") for s in (0, 1)]
     for r in runs:
         train(r, data, stop_after_epoch=1)
-    one = Run(cfg(seed=2, train={"max_test": 32, "epochs": 1}, eval={"metrics": ["reconstruction"], "test_samples": 64}),
-              tmp_path / "runs")
+    one = Run(cfg(seed=2, train={"max_test": 32, "epochs": 1},
+                  eval={"metrics": ["reconstruction"], "test_samples": 64}), tmp_path / "runs")
     train(one, data)
     state = torch.load(runs[0].ckpt_dir / "last.pt", weights_only=False)["state"]
     assert state["data"] == train_mod.data_identity(runs[0].cfg, data) and state["data"]["seed"] == 0

@@ -53,7 +53,8 @@
 #   PARTS=correctness,fig3,report,captured EPOCHS=2 RESERVE=30 CAPTURE_PACKS=15 BUDGET=370 \
 #   GPU_TESTS=tests/test_pack.py::test_pack_of_three_equals_three_alone ...
 # PARTS (default all), in the order they run: correctness, steps (its fp32 table first, then captured, then its other
-# tables), fig3, evaltime, report, projection, kernels (then the captured steps' profiles, with captured), suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
+# tables), fig3, evaltime, report, projection, kernels (then the captured steps' profiles, with captured),
+# suitesteps (SUITES, default all four; SUITE_PACKS default 5,15);
 # data is always prepared;
 # EPOCHS fixes Fig. 3's epochs instead of sizing them from the step table; RESERVE: seconds Fig. 3 leaves for the parts
 # after it (default 170); OVERLAP: how much four packs sharing the GPU overlap (default 2.5, measured on an H200)
@@ -97,7 +98,8 @@ to() { if [ "$SCALE" = tiny ]; then echo 0; else echo "$1"; fi; }
 lim() { if [ "$SCALE" = tiny ]; then echo 0; else l=$(( $(left) - 5 )); [ "$l" -lt 1 ] && l=1
         [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; fi; }
 # fits SECONDS: whether a table that needs about that long still fits the budget (always in the dry mode); else says so
-fits() { if [ "$SCALE" = tiny ] || [ "$(left)" -gt "$1" ]; then return 0; fi; say "skipped: $2 (needs ~$1 s, $(left) s left)"; return 1; }
+fits() { if [ "$SCALE" = tiny ] || [ "$(left)" -gt "$1" ]; then return 0; fi
+         say "skipped: $2 (needs ~$1 s, $(left) s left)"; return 1; }
 if [ "$SCALE" = tiny ]; then
   B=16; LAT=16; STEPS=1; PACKS=1,3; METHODS=mopoe,mvae; MULT=1; CLF_EPOCHS=1
   RUNSET=(--set train.max_train=256 --set train.max_test=128 --set eval.test_samples=128
@@ -219,8 +221,8 @@ snap
 fi
 if fits 25 "the mrVAE step table"; then
 say "mrVAE step next to MoPoE's"
-timeout $(lim 40) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B --latent-dim $LAT \
-  --steps $STEPS --out "$RES/steps-mrvae.md" $(prof mrvae)
+timeout $(lim 40) $M bench steps --methods mrvae,mopoe --scaling "" --device "$DEVICE" --batch-size $B \
+  --latent-dim $LAT --steps $STEPS --out "$RES/steps-mrvae.md" $(prof mrvae)
 snap
 fi
 if fits 25 "the packed mrVAE table"; then

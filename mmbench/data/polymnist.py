@@ -179,9 +179,10 @@ class PolyMNIST(DatasetSpec):
         shaping = [k for k in ("mnist_source", "multiplicity")
                    if k in options and str(options[k]) != str(self.option_defaults[k])]
         if variant == "vanilla" and not options.get("rebuild") and shaping:
-            raise MMBenchError(f"option {' and '.join(shaping)} shape(s) a rebuild from MNIST, but vanilla is read from "
-                               f"the authors' archive without --rebuild: add --rebuild (and --backgrounds DIR), or leave "
-                               f"{'them' if len(shaping) > 1 else 'it'} out")
+            them = "them" if len(shaping) > 1 else "it"
+            raise MMBenchError(f"option {' and '.join(shaping)} shape(s) a rebuild from MNIST, but vanilla is read "
+                               f"from the authors' archive without --rebuild: add --rebuild (and --backgrounds "
+                               f"DIR), or leave {them} out")
 
     @classmethod
     def inert_options(cls, variant: str) -> Sequence[str]:
