@@ -803,7 +803,7 @@ class Throughput:
         return sum(n for n, _ in use) / seconds if use and seconds > 0 else None
 
 
-def load_trained(run: Run, device=None, data: Optional[str] = None) -> MultimodalVAE:
+def load_trained(run: Run, device=None, data: Optional[Dict] = None) -> MultimodalVAE:
     """The model chosen by `train.select` (last epoch or lowest test loss), in eval mode; `data`: the prepared copy
     (data_identity) it is to be evaluated on, refused where the training recorded another."""
     cfg = run.cfg
