@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .data.base import dataset_dir, load_split, manifest_digest, read_manifest
+from .data.base import load_split
 from .errors import MMBenchError
 from .metrics.batched import for_eval
 from .metrics.context import EvalContext
@@ -42,13 +42,13 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
     """Run every configured metric; write provenance.json, then metrics.json (whose presence means done)."""
     cfg = run.cfg
     device = device_of()
-    DATASETS.get(cfg.dataset)().check_variant(cfg.variant)  # (an unknown variant is refused before the model loads)
-    model = for_eval(load_trained(run, device, data_identity(cfg, data_root)), device, cfg.eval.precision)
+    # the prepared copy (an unknown variant refused before the model loads): checked against the training's, recorded
+    data = data_identity(cfg, data_root)
+    model = for_eval(load_trained(run, device, data), device, cfg.eval.precision)
     note = slow_bf16_note(cfg.eval.precision, device, "evaluating the decoders (eval.precision)")
     if note:
         run.log(note)
     ctx = eval_context(run, model, device, data_root, progress)
-    spec, variant = ctx.spec, ctx.variant
     metrics: Dict[str, float] = {}
     metric_seconds: Dict[str, float] = {}  # wall time of each metric (with set-up it is first to need), in metrics.json
     t0 = time.monotonic()
@@ -57,16 +57,15 @@ def evaluate(run: Run, data_root: Optional[Path] = None, progress: Optional[Prog
         metrics.update(METRICS.get(name)(ctx))
         metric_seconds[name] = round(time.monotonic() - t, 2)
     eval_seconds = round(time.monotonic() - t0, 2)
-    manifest = read_manifest(dataset_dir(spec.registry_name, variant, data_root))
     prov = dict(provenance or {})
     started = prov.pop("started", t0)
     if "classifier_set" in ctx.extra:  # a metric scored samples with coherence classifiers: which, and how
         prov.update(classifier_set=ctx.extra["classifier_set"], classifier_dropout=cfg.eval.classifier_dropout)
     atomic_json(run.dir / "provenance.json", run.provenance(
-        dataset_digest=manifest_digest(manifest) if manifest else None,
+        dataset_digest=data["digest"] if data else None,
         # how the data were built (`mmbench prepare` options and seed), for the report's reader: e.g. PolyMNIST rebuilt
         # from the MNIST test split is "vanilla" too, but not the paper's data
-        dataset_build={"seed": manifest.get("seed"), "options": manifest.get("options") or {}} if manifest else None,
+        dataset_build={"seed": data["seed"], "options": data["options"]} if data else None,
         eval_seconds=eval_seconds,
         eval_precision=cfg.eval.precision,
         wall_seconds=round(time.monotonic() - started, 2), peak_rss_mb=peak_rss_mb(), **ctx.provenance, **prov))

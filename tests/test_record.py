@@ -122,9 +122,16 @@ def test_provenance_records_the_prepare_options_the_data_were_built_with(tmp_pat
                             "train": {"epochs": 1, "batch_size": 64, "max_train": 64, "max_test": 64},
                             "eval": {"metrics": []}})
     run = Run(cfg, tmp_path / "runs")
-    real = ev.read_manifest
+    import mmbench.train as tr
+
+    real = tr.data_identity  # the prepared copy as training records it and evaluation checks and records it
     options = {"mnist_source": "test-halves", "multiplicity": 12}
-    monkeypatch.setattr(ev, "read_manifest", lambda d: {**real(d), "seed": 3, "options": options})
+
+    def built_so(cfg, data_root=None):
+        return {**real(cfg, data_root), "seed": 3, "options": options}
+
+    monkeypatch.setattr(tr, "data_identity", built_so)
+    monkeypatch.setattr(ev, "data_identity", built_so)
     execute(run, data_root)
     prov = json.loads((run.dir / "provenance.json").read_text())
     assert prov["dataset_build"] == {"seed": 3, "options": options}

@@ -105,7 +105,8 @@ class DatasetSpec:
 
     def build(self, out: "ArrayWriter", variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        """Write every array of the dataset through `out`; return extra manifest fields."""
+        """Write every array of the dataset through `out`; return extra manifest fields. `options` were checked
+        (check_options) by `prepare`, its one caller."""
         raise NotImplementedError
 
     def redraws(self, manifest: Dict[str, Any], split: str) -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:

@@ -142,7 +142,6 @@ class CelebA(DatasetSpec):
         if not options.get("source"):
             raise MMBenchError("CelebA has no stable download URL; download img_align_celeba.zip, list_attr_celeba.txt "
                                "and list_eval_partition.txt from the CelebA page and pass --source DIR")
-        self.check_options(variant, options)
         test_part = whole_option(options, "test_partition", TEST_PARTITION)
         shuffle = options.get("text_order", "file") == "random"
         paths = {f: fetch(Resource(f, md5, ()), out.raw_root / "celeba", Path(options["source"]), progress)

@@ -168,7 +168,6 @@ class MNISTSVHNText(DatasetSpec):
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
         source = Path(options["source"]) if options.get("source") else None
-        self.check_options(variant, options)
         rounds, cap = whole_option(options, "rounds", ROUNDS), whole_option(options, "max_per_class", MAX_PER_CLASS)
         text_start = options.get("text_start", "fixed")
         rng = np.random.default_rng(seed)

@@ -324,7 +324,6 @@ class Rats(DatasetSpec):
 
     def build(self, out, variant: str, seed: int, options: Dict[str, Any],
               progress: Callable[[str, int, int], None]) -> Dict[str, Any]:
-        self.check_options(variant, options)
         trials, split = str(options.get("trials", "all")), str(options.get("split", "held_out"))
         extra: Dict[str, Any] = {"simulated": variant == "simulated"}
         if variant == "simulated":
