@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import time
@@ -562,6 +563,8 @@ def trial(sm: StackedModel, x: Dict[str, torch.Tensor], gens: Sequence[torch.Gen
             alone = torch.stack([sm.unpacked_loss(r, {k: v[r] for k, v in x.items()}, [n[r] for n in noise], before)
                                  for r in range(sm.size)])
     except Exception as e:  # any failure to batch the loss means: train unpacked
+        if out_of_memory(e):  # but a pack too large for the device is split (_train_or_split), not unpacked
+            raise
         how = "under vmap" if sm.vectorised else "looped over the runs"
         return f"the packed loss fails {how} ({brief(e, 200)})"
     if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-4):
@@ -622,7 +625,40 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
         if len(group) == 1:
             alone([group[0].run], "")
             continue
-        results.update(_train_group(group, data_root, progress, stop_after_epoch, alone))
+        results.update(_train_or_split(group, data_root, progress, stop_after_epoch, alone))
+    return results
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A device allocation that failed: torch's OutOfMemoryError, or a CUDA error saying so."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e)
+                                                     and "CUDA" in str(e))
+
+
+def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoch, alone) -> Dict[str, Any]:
+    """_train_group; a pack that runs out of device memory is split in two halves, each resumed from its runs'
+    checkpoints (or started again where a run has none) as a pack of its own (train_pack), down to runs alone."""
+    try:
+        return _train_group(members, data_root, progress, stop_after_epoch, alone)
+    except Exception as e:  # noqa: BLE001 - only running out of memory is handled here
+        if not out_of_memory(e):
+            raise
+        why = brief(e, 160)
+    # Out of the except clause: its traceback held the failed pack's tensors.
+    for m in members:
+        if m.writer is not None:
+            m.writer.close()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    train_mod.CHECKPOINTS.wait()  # the checkpoints the halves resume from, on disk
+    half = (len(members) + 1) // 2
+    results: Dict[str, Any] = {}
+    for part in (members[:half], members[half:]):
+        for m in part:
+            m.run.log(f"the pack of {len(members)} ran out of device memory ({why}); split in two: this run "
+                      f"resumes from its last checkpoint (or its start) in a pack of {len(part)}")
+        results.update(train_pack([m.run for m in part], data_root, progress, stop_after_epoch))
     return results
 
 
@@ -752,6 +788,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 try:
                     losses, logs = sm.loss(x, [m.gen for m in live], 0, cfg.train.precision)
                 except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+                    if out_of_memory(e):  # not the compiler's: the pack splits, each half captured (_train_or_split)
+                        raise
                     train_mod.copy_into(list(sm.buffers.values()), held_buffers)  # the statistics it moved
                     for m, st in zip(live, states):
                         m.gen.set_state(st)

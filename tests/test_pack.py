@@ -267,6 +267,59 @@ def test_one_diverged_run_leaves_the_pack(tmp_path, data_root):
         assert all(torch.isfinite(v).all() for v in last(r)["model"].values())
 
 
+def test_a_pack_out_of_device_memory_splits_and_each_half_resumes_from_its_checkpoints(tmp_path, data_root,
+                                                                                       monkeypatch, trained_alone):
+    # A GPU's OutOfMemoryError, raised here on the CPU: first in the trial of the pack of 3 (before any step), then
+    # in the pack of 2 it split into, at the first step of epoch 2 (after epoch 1's checkpoints). Each half resumes
+    # from its runs' checkpoints, down to runs alone, and every run ends as it ends trained alone.
+    from mmbench import pack
+
+    set_pack_mode(monkeypatch, "loop")
+    alone_dir, alone = trained_alone("three", [cfg(s) for s in range(3)])
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    real_looped, real_step = pack.StackedModel._looped, pack.StackedModel.loss_backward
+    steps_of_two = []
+
+    def looped(self, *a, **k):
+        if self.size == 3 and not torch.is_grad_enabled():  # the trial's forward (no_grad)
+            raise torch.OutOfMemoryError(oom)
+        return real_looped(self, *a, **k)
+
+    def loss_backward(self, *a, **k):
+        if self.size == 2:
+            steps_of_two.append(1)
+            if len(steps_of_two) == 96 // 32 + 1:
+                raise torch.OutOfMemoryError(oom)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(pack.StackedModel, "_looped", looped)
+    monkeypatch.setattr(pack.StackedModel, "loss_backward", loss_backward)
+    runs = [Run(cfg(s), tmp_path) for s in range(3)]
+    out = train_pack(runs, data_root)
+    logs = [r.log_path.read_text() for r in runs]
+    for s, r in enumerate(runs):
+        assert out[r.id]["epochs"] == 2, out[r.id]
+        assert [h["epoch"] for h in last(r)["state"]["history"]] == [1, 2]
+        assert_same_trajectory(cfg(s), alone[s], last(Run(cfg(s), alone_dir)), out[r.id], last(r), "loop",
+                               steps=2 * (96 // 32))
+        assert f"the pack of 3 ran out of device memory (OutOfMemoryError: {oom}); split in two" in logs[s]
+    assert "in a pack of 2" in logs[0] and "in a pack of 2" in logs[1] and "in a pack of 1" in logs[2]
+    for s in (0, 1):  # the pair trained epoch 1 packed, then split again, each resuming from its epoch-1 checkpoint
+        assert "packed with 1 other run(s)" in logs[s]
+        assert logs[s].index("the pack of 2 ran out of device memory") < logs[s].index("resumed from")
+        assert "in a pack of 1" in logs[s].split("the pack of 2 ran out")[1]
+    assert "packed with" not in logs[2] and "training unpacked" not in "".join(logs)
+
+
+def test_only_a_device_out_of_memory_error_splits_a_pack():
+    from mmbench.pack import out_of_memory
+
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"))
+    assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not out_of_memory(MemoryError())  # the host's: a smaller pack is `mmbench run --pack N`'s to choose
+
+
 def test_unpackable_method_trains_unpacked_with_reason(tmp_path, data_root, monkeypatch):
     monkeypatch.setattr(MoPoE, "packable", False)
     runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(2)]
