@@ -648,6 +648,8 @@ def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoc
     for m in members:
         if m.writer is not None:
             m.writer.close()
+    if kernels.choice("MMBENCH_COMPILE") == "1":  # a captured step's CUDA graphs keep their memory pool until reset
+        torch._dynamo.reset()  # (the halves compile anew either way: other shapes)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -178,6 +178,38 @@ def test_packed_compile_failure_after_drawing_noise_trains_with_the_same_numbers
             assert int(b["train_steps"]) == 2 and int(b["train_samples"]) == 64 + 2
 
 
+def test_a_captured_pack_out_of_device_memory_splits_into_captured_halves(tmp_path, data_root, monkeypatch):
+    """The first capture's second step runs out of device memory (raised here on the CPU): the pack is split, not
+    run uncaptured; the compiler's caches (a GPU's CUDA-graph memory pool) are reset, and each half is captured."""
+    monkeypatch.setenv("MMBENCH_PACK_MODE", "vmap")
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+    captures, resets = [], []
+
+    def compile(fn, **kw):
+        captures.append(0)
+        first = len(captures) == 1
+
+        def step(*args, **kwargs):
+            captures[-1] += 1 if first else 0
+            if first and captures[0] == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return fn(*args, **kwargs)
+        return step
+
+    monkeypatch.setattr(torch, "compile", compile)
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(1), real_reset()))
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(3)]
+    out = train_pack(runs, data_root)
+    assert len(resets) == 1 and len(captures) == 3  # the pack of 3, then the pair and the run alone, each captured
+    for r in runs:
+        log = r.log_path.read_text()
+        assert out[r.id]["epochs"] == 1 and "torch.compile failed" not in log
+        assert "the pack of 3 ran out of device memory" in log
+        assert log.count("training step captured with torch.compile") == 2, log
+
+
 def _reads(monkeypatch):
     """Count reads of tensor values back to the host (the calls that block on a GPU) made by the trainers' own code."""
     import sys
