@@ -60,6 +60,8 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
         raise MMBenchError(f"{steps} timed steps after {warmup} warm-up steps: time at least 1 step, after 0 or "
                            f"more warm-up steps")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":  # the step's peak from here: what is held (weights, Adam, batch) and its activations
+        torch.cuda.reset_peak_memory_stats(dev)
     times: List[float] = []
     for i in range(warmup + steps):
         sync()
@@ -68,8 +70,11 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
+    out = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+           "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
+    if dev.type == "cuda":  # GiB the allocator held at most: whether a larger pack would fit the device
+        out["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return out
 
 
 # ----- where a step's time goes (`mmbench bench steps --profile DIR`) ---------------------------------------
@@ -369,7 +374,7 @@ def pack_step_time(method: str, pack: int, n_modalities: int = 5, batch_size: in
     r = _profiled(r, step, torch.device(device), profile_to, f"{method}, pack of {pack}" + (", captured" if compile else ""))
     return {"pack": pack, "median_s": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],
             "run_steps_per_s": pack / r["median_s"],
-            **{k: r[k] for k in ("kernel_ms", "kernel_share") if k in r}}
+            **{k: r[k] for k in ("kernel_ms", "kernel_share", "peak_gib") if k in r}}
 
 
 def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, latent_dim: int, steps: int,
@@ -390,7 +395,8 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                       profile_to=_profile_file(profile, f"{m}-unpacked"))
         ops = device_ops(method_step(m, n_modalities, batch_size, latent_dim, device="meta")[0])
         rows.append({"method": m, "pack": 1, "mode": "unpacked", "median_s": r["median_s"],
-                     "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops, **_kernel_cols(r, profile)})
+                     "run_steps_per_s": r["run_steps_per_s"], "ops_per_run_step": ops, **_kernel_cols(r, profile),
+                     **_memory_col(r, device)})
         for n in packs:
             for captured in ([False, True] if compile else [False]):
                 say(f"{m} pack {n}" + (" captured" if captured else ""))
@@ -401,7 +407,7 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                     ops = device_ops(pack_step(m, n, n_modalities, batch_size, latent_dim, device="meta")[0]) / n
                     rows.append({"method": m, "pack": n, "mode": "packed" + (" (compiled)" if captured else ""),
                                  "median_s": r["median_s"], "run_steps_per_s": r["run_steps_per_s"],
-                                 "ops_per_run_step": ops, **_kernel_cols(r, profile)})
+                                 "ops_per_run_step": ops, **_kernel_cols(r, profile), **_memory_col(r, device)})
                 except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                     rows.append({"method": m, "pack": n, "mode": "n/a" + (" (compiled)" if captured else "") + ": "
                                  + brief(e, 80).replace("|", "/"),
@@ -418,6 +424,11 @@ def release_device_memory(dev: torch.device) -> None:
     if dev.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def _memory_col(r: Dict[str, float], device: str) -> Dict[str, float]:
+    """A GPU row's peak_gib (the step's peak allocation, _timed); nothing on a CPU, whose allocator keeps no peak."""
+    return {"peak_gib": r.get("peak_gib", float("nan"))} if torch.device(device).type == "cuda" else {}
 
 
 def _kernel_cols(r: Dict[str, float], profile: Optional[Path]) -> Dict[str, float]:
@@ -572,7 +583,7 @@ def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device:
                 step, params = config_step(cfg, device, cap) if n == 1 else config_pack_step(cfg, n, device, cap)
                 r = _timed(step, 3 if cap else 2, steps, dev, params)
                 rows.append({**head, "pack": n, "mode": label, "median_s": r["median_s"],
-                             "run_steps_per_s": n / r["median_s"]})
+                             "run_steps_per_s": n / r["median_s"], **_memory_col(r, device)})
             except (MMBenchError, RuntimeError) as e:  # not packable, or out of memory: a row saying so
                 why = str(e) if isinstance(e, MMBenchError) else brief(e, 80)
                 rows.append({**head, "pack": n, "mode": "n/a" + (" (compiled)" if cap else "") + ": "

@@ -1,6 +1,7 @@
 """The `mmbench` command line: prepare, train, evaluate, run, report, list."""
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -1158,7 +1159,9 @@ def bench_steps(ctx: typer.Context,
               "ops_per_run_step: the tensor operations an uncaptured fp32 step issues on the device, per run "
               "(views and bare allocations excluded; counted on PyTorch's meta device for the vmapped pack a GPU runs, "
               "mmbench/bench.py device_ops; a pack's operations batch its runs, so where launches bound a GPU step, "
-              "packing divides its cost per run).", "", *_profile_note(profile),
+              "packing divides its cost per run)." + (" peak_gib: the most device memory the step held (weights, "
+                                                     "Adam, batch, activations; torch.cuda.max_memory_allocated)."
+                                                     if device == "cuda" else ""), "", *_profile_note(profile),
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:
@@ -1177,7 +1180,9 @@ def bench_steps(ctx: typer.Context,
               "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes and precision.",
               "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
-              "where launches bound the step (small networks) its time grows with them.", "", *_profile_note(profile)]
+              "where launches bound the step (small networks) its time grows with them." +
+              (" peak_gib: the most device memory the step held (torch.cuda.max_memory_allocated)."
+               if device == "cuda" else ""), "", *_profile_note(profile)]
         if not t2.empty:
             wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
             wide["M"] = wide["M"].astype(str)
@@ -1214,8 +1219,11 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
         rows = suite_step_rows(configs, [n for n in packs if n > 1], steps, device, compile,
                                progress=lambda t: status.update(f"timing {t}"), time_limit=time_limit)
     cols = [*KEY_COLUMNS, "runs", "pack", "mode", "median_s", "run_steps_per_s"]
-    cells = [[r[c] if c not in ("median_s", "run_steps_per_s") else
-              ("" if r[c] != r[c] else f"{r[c]:.4f}" if c == "median_s" else f"{r[c]:.2f}") for c in cols] for r in rows]
+    cols += ["peak_gib"] if device == "cuda" else []  # the device memory a step took (bench._timed): what fits
+    digits = {"median_s": 4, "run_steps_per_s": 2, "peak_gib": 2}
+    cells = [[r.get(c, "") if c not in digits else
+              ("" if r.get(c, math.nan) != r.get(c, math.nan) else f"{r[c]:.{digits[c]}f}") for c in cols]
+             for r in rows]
     n_shapes = len({tuple(r[c] for c in KEY_COLUMNS) for r in rows})
     head = (f"Run-steps per second at the step shapes of {suite}'s {tier} runs ({len(configs)} runs, {n_shapes} "
             f"shapes: one per dataset, variant, modalities, architecture, method and options, batch, latent and "
@@ -1225,7 +1233,9 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
             "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
             "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
             "row of its shape (projection.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
-            "fastest size.", ""]
+            "fastest size." + (" peak_gib: the most device memory the step held (weights, Adam, batch, activations; "
+                               "torch.cuda.max_memory_allocated); a pack that runs out of it in training is split in "
+                               "two (mmbench/pack.py)." if device == "cuda" else ""), ""]
 
 
 def prepare_options(spec) -> str:

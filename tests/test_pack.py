@@ -1,6 +1,7 @@
 """Packed runs (mmbench/pack.py): a pack trains each run exactly as it trains alone, resumes after a kill,
 loses only a diverged run, and falls back to unpacked training (with the reason logged) when it cannot pack."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -793,6 +794,39 @@ def test_bench_pack_step_time_counts_run_steps(monkeypatch):
         pack_step("mopoe", 2, n_modalities=2, batch_size=8, latent_dim=4, precision="bf16", compile=True)
     with pytest.raises(MMBenchError, match="needs --device cuda"):  # unpacked capture: a GPU's too
         step_time("mrvae", n_modalities=2, batch_size=8, latent_dim=4, steps=1, compile=True)
+
+
+def test_a_gpu_step_table_gives_each_rows_peak_device_memory_and_a_cpu_table_none(monkeypatch, tmp_path):
+    # The GPU's allocator, simulated: _timed resets its peak before the warm-up and reads it after the timed steps.
+    from mmbench import bench, cli, projection
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: calls.append(("reset", dev.type)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: calls.append(("peak", dev.type)) or 3 * 2**30)
+    r = bench._timed(lambda: calls.append("step"), 1, 2, torch.device("cuda"), [torch.zeros(3)])
+    assert calls == [("reset", "cuda"), "step", "step", "step", ("peak", "cuda")] and r["peak_gib"] == 3.0
+    assert "peak_gib" not in bench._timed(lambda: None, 0, 1, torch.device("cpu"), [torch.zeros(3)])
+    assert bench._memory_col(r, "cuda") == {"peak_gib": 3.0} and bench._memory_col(r, "cpu") == {}
+    cpu_rows = bench.pack_table(["mopoe"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)
+    assert all("peak_gib" not in row for row in cpu_rows)
+    # A suite's table on a GPU has the column (blank for a row that failed), and its rates still read back.
+    key = dict(zip(projection.KEY_COLUMNS, ("polydigits", "vanilla", "5", "polymnist_cnn", "mopoe", "", "32", "8",
+                                            "fp32")))
+    rows = [{**key, "runs": 3, "pack": 1, "mode": "unpacked", "median_s": 0.02, "run_steps_per_s": 50.0,
+             "peak_gib": 0.5},
+            {**key, "runs": 3, "pack": 3, "mode": "n/a: OutOfMemoryError: CUDA out of memory", "median_s": math.nan,
+             "run_steps_per_s": math.nan}]
+    monkeypatch.setattr(bench, "suite_step_rows", lambda *a, **k: rows)
+    suite = mopoe_suite(tmp_path / "s.yaml", [0, 1, 2])
+    md = "\n".join(cli._suite_step_table(suite, "full", None, [3], 1, "cuda", False, None, "GPU Z"))
+    lines = md.splitlines()  # the header above the table, a blank line, the table's head, its rule, its 2 rows
+    head, ok, failed = ([c.strip() for c in lines[i].strip("|").split("|")] for i in (2, 4, 5))
+    assert head[-1] == "peak_gib" and ok[-1] == "0.50" and failed[-1] == ""
+    assert "peak_gib: the most device memory the step held" in md
+    (tmp_path / "t.md").write_text(md)
+    assert projection.read_step_times(tmp_path / "t.md")[tuple(key.values())] == {1: 50.0}
+    assert "peak_gib" not in "\n".join(cli._suite_step_table(suite, "full", None, [3], 1, "cpu", False, None, "CPU"))
 
 
 def test_pack_table_row_for_an_error_without_a_message(monkeypatch):
