@@ -846,8 +846,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                     if k != "epoch":
                         m.writer.add_scalar(k, v, epoch + 1)
                 m.writer.flush()
-            m.run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in record.items()))
+            m.run.log(train_mod.epoch_line(record, speed, len(live)))
             train_mod.CHECKPOINTS.make_room(sm.run_bytes())  # the copies of earlier runs written first, past a bound
             model_sd, opt_sd = sm.state(r)
             if tl[r] < m.state["best_test_loss"]:

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -755,7 +755,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch + 1)
             writer.flush()
-        run.log("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        run.log(epoch_line(record, speed))
         CHECKPOINTS.wait()  # the previous epoch's files (written while this epoch trained)
         if tl < state["best_test_loss"]:
             state["best_test_loss"] = tl
@@ -780,6 +780,15 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
     return {"epochs": state["epoch"], "train_seconds": time.monotonic() - t0, "tuples_per_second": speed.rate(),
             "history": state["history"],
             "best_test_loss": state["best_test_loss"], "trained_with": state.get("code", [])}
+
+
+def epoch_line(record: Dict[str, Any], speed: "Throughput", runs: int = 1) -> str:
+    """A run's log line for an epoch: its history record, then the tuples its process trained in that epoch and the
+    seconds they took (a pack's: all its `runs`' tuples), which docs/gpu-runs/fig3_pace.py reads where a run was stopped
+    before its provenance was written."""
+    tuples, seconds = speed.epochs[-1]
+    return ("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            + f"; trained {tuples} tuples in {seconds:.6g} s" + (f" (a pack of {runs})" if runs > 1 else ""))
 
 
 class Throughput:

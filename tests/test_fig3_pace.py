@@ -126,3 +126,34 @@ def test_only_fig3s_methods_at_one_batch_size_make_its_pace(tmp_path):
         _run(tmp_path, f"mmvae-b128-{s}", "mmvae", "fp32", 12_800.0, batch=128)
     out = _script().report(tmp_path)
     assert "different batch sizes (128, 256): no pace of the whole figure" in out and "GPU-hours" not in out
+
+
+def test_a_run_stopped_before_its_provenance_gives_the_rate_of_its_logged_epochs(tmp_path):
+    """A pack stopped by the time limit after some epochs wrote no provenance: its runs' epoch lines (the trainers'
+    epoch_line) give its rate, over the epochs after the first, as the trainers count it; a log without a finished
+    epoch gives none."""
+    from mmbench.train import Throughput, epoch_line
+
+    for m in ("mvae", "mmvae"):
+        _run(tmp_path, m, m, "fp32", 25_600.0)  # 100 run-steps/s each
+    speed, lines = Throughput(), []
+    # the first epoch (compilation and warm-up), then 25,600 tuples/s over the next two: 25,600 in 1 s
+    for epoch, seconds in enumerate((10.0, 0.25, 0.75), 1):
+        speed.epochs.append((5 * 2560, seconds))
+        lines.append(epoch_line({"epoch": epoch, "test_loss": 1.0}, speed, runs=5))
+    assert lines[1].endswith("test_loss=1.0000; trained 12800 tuples in 0.25 s (a pack of 5)")
+    for s in range(5):
+        d = tmp_path / f"mopoe-{s}"
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "mopoe"}, "train": {"batch_size": 256}}))
+        (d / "log.txt").write_text("".join(f"2026-12-07 10:00:0{i} {line}\n" for i, line in enumerate(lines)) +
+                                   "2026-12-07 10:00:09 stopped (SIGTERM) at epoch 4, step 3 of 10\n")
+    (tmp_path / "mopoe-9").mkdir()  # stopped in its first epoch: no rate
+    (tmp_path / "mopoe-9" / "config.yaml").write_text((tmp_path / "mopoe-0" / "config.yaml").read_text())
+    (tmp_path / "mopoe-9" / "log.txt").write_text("2026-12-07 10:00:00 packed with 4 other run(s) on cuda:0\n")
+    out = _script().report(tmp_path)
+    assert "| mopoe | fp32 | 5 | 5 | 25,600 | 100.0 |" in out, out
+    assert ("Read from the epoch lines of run logs (runs stopped before their evaluation wrote provenance): mopoe."
+            in out)
+    assert "The fp32 packs together: 300.0 run-steps/s" in out
+    assert _script().logged_rate(tmp_path / "mopoe-9" / "log.txt") is None

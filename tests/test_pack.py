@@ -1668,6 +1668,18 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     assert s["tuples_per_second"] > 0
     packed = train_pack([Run(cfg(k, epochs=2, max_train=64), runs_dir) for k in (1, 2)], data_root)
     assert {v["tuples_per_second"] for v in packed.values()} == {packed[next(iter(packed))]["tuples_per_second"]}
+    # and each epoch's log line the tuples and seconds that rate is made of (docs/gpu-runs/fig3_pace.py reads them
+    # where a run stopped before its provenance): the same rate, to the 6 significant digits of the lines' seconds
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fig3_pace", Path(__file__).parents[1] / "docs/gpu-runs/fig3_pace.py")
+    pace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pace)
+    for r, size in [(Run(cfg(0, epochs=2, max_train=64), runs_dir), 1),
+                    *((Run(cfg(k, epochs=2, max_train=64), runs_dir), 2) for k in (1, 2))]:
+        rate, logged_size = pace.logged_rate(r.log_path)
+        summary = s if size == 1 else packed[r.id]
+        assert logged_size == size and rate == pytest.approx(summary["tuples_per_second"], rel=1e-4, abs=0)
     # the estimate: seconds per tuple = 1 / rate, whatever the wall time (fixed costs) was
     fake = [{"config": cfg(0), "provenance": {"train_seconds": 1000.0, "train_tuples_per_second": 50.0}},
             {"config": cfg(1), "provenance": {"train_seconds": 9.0, "train_tuples_per_second": 25.0}},

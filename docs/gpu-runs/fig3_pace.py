@@ -2,11 +2,12 @@
 
 Reads every run directory under MMBENCH_RUNS (or the folder given): its config (method, train.precision, batch size)
 and provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the
-first where there are several; `packed_with`). One row per pack; then the fp32 packs' rates of Fig. 3's methods
-summed (at one batch size), which is the pace of Fig. 3 when its three packs share one GPU, and the GPU time of the
-paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples (PolyMNIST's training split).
-Packs that shared the GPU slowed each other, the bf16 pack included, so the figure is a pace measured with a fourth
-pack beside the three.
+first where there are several; `packed_with`), or where a run was stopped before its evaluation wrote provenance,
+the epoch lines of its log (the same rate from the tuples and seconds each epoch logged). One row per pack; then the
+fp32 packs' rates of Fig. 3's methods summed (at one batch size), which is the pace of Fig. 3 when its three packs share
+one GPU, and the GPU time of the paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples
+(PolyMNIST's training split). Packs that shared the GPU slowed each other, the bf16 pack included, so the figure is a
+pace measured with a fourth pack beside the three.
 
     python docs/gpu-runs/fig3_pace.py [RUNS_DIR] > fig3-pace.md
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -24,25 +26,50 @@ RUNS, EPOCHS, TUPLES = 15, 300, 60_000  # the paper's Fig. 3: 3 methods × 5 see
 METHODS = ("mvae", "mmvae", "mopoe")  # Fig. 3's methods: a pace without one of them is not the figure's
 
 
-def packs(runs_dir: Path):
-    """{(method, precision, batch, pack size): [pack tuples/s as each of its runs recorded it]} over the trained runs."""
+# A trainer's log line for an epoch (mmbench/train.py epoch_line): the tuples its process trained in it and the seconds.
+EPOCH_LINE = re.compile(r" epoch epoch=\d+ .*; trained (\d+) tuples in ([\d.]+(?:e[+-]\d+)?) s"
+                        r"(?: \(a pack of (\d+)\))?$")
+
+
+def logged_rate(log: Path):
+    """(tuples/s, pack size) from a run's epoch lines, over the epochs after the first where there are several (as
+    the trainers' Throughput counts them), or None: for a run stopped before its provenance was written."""
+    if not log.exists():
+        return None
+    epochs = [m.groups() for m in map(EPOCH_LINE.search, log.read_text(errors="replace").splitlines()) if m]
+    use = epochs[1:] or epochs
+    seconds = sum(float(s) for _, s, _ in use)
+    if not use or seconds <= 0:
+        return None
+    return sum(int(n) for n, _, _ in use) / seconds, int(use[-1][2] or 1)
+
+
+def packs(runs_dir: Path, from_logs=None):
+    """{(method, precision, batch, pack size): [pack tuples/s as each of its runs recorded it]} over the trained runs;
+    a run without a provenance rate (stopped by a time limit before its evaluation) gives the rate of its logged
+    epochs, and its method is added to `from_logs` (a set) where given."""
     out = defaultdict(list)
     for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        if not (d / "provenance.json").exists() or not (d / "config.yaml").exists():
+        if not (d / "config.yaml").exists():
             continue
         cfg = yaml.safe_load((d / "config.yaml").read_text())
-        prov = json.loads((d / "provenance.json").read_text())
-        rate = prov.get("train_tuples_per_second")
+        prov = json.loads((d / "provenance.json").read_text()) if (d / "provenance.json").exists() else {}
+        rate, size = prov.get("train_tuples_per_second"), prov.get("packed_with", 1)
         if rate is None:
-            continue
-        key = (cfg["method"]["name"], cfg["train"].get("precision") or "fp32", cfg["train"]["batch_size"],
-               prov.get("packed_with", 1))
+            logged = logged_rate(d / "log.txt")
+            if logged is None:
+                continue
+            rate, size = logged
+            if from_logs is not None:
+                from_logs.add(cfg["method"]["name"])
+        key = (cfg["method"]["name"], cfg["train"].get("precision") or "fp32", cfg["train"]["batch_size"], size)
         out[key].append(rate)
     return out
 
 
 def report(runs_dir: Path) -> str:
-    found = packs(runs_dir)
+    from_logs = set()
+    found = packs(runs_dir, from_logs)
     if not found:
         raise SystemExit(f"no trained run with a recorded training rate under {runs_dir}")
     lines = ["| method | precision | runs per pack | runs | pack tuples/s | run-steps/s |", "|---|---|---|---|---|---|"]
@@ -63,6 +90,9 @@ def report(runs_dir: Path) -> str:
     others = sorted({k[0] for k in found if k[0] not in METHODS})
     if others:
         lines.append(f"Not Fig. 3's methods, left out of its pace: {', '.join(others)}.")
+    if from_logs:
+        lines.append(f"Read from the epoch lines of run logs (runs stopped before their evaluation wrote provenance): "
+                     f"{', '.join(sorted(from_logs))}.")
     if several:
         lines.append(f"More runs than one pack holds for {', '.join(sorted(set(several)))}: several packs of one kind, "
                      f"shown as one row at the fastest rate recorded.")
