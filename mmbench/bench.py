@@ -11,7 +11,6 @@ an unpacked step does 1 / (seconds per step).
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import statistics
@@ -23,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .data.base import Modality
+from .devices import release_device_memory
 from .errors import MMBenchError, brief
 from .methods.base import MethodConfig, trainer_counts
 from .projection import KEY_COLUMNS, key_label, step_key
@@ -415,15 +415,6 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                 finally:
                     release_device_memory(torch.device(device))
     return rows
-
-
-def release_device_memory(dev: torch.device) -> None:
-    """Between timed steps on a GPU: a pack (its StackedModel's vmapped closures) and VGON's inner-ELBO module are
-    reference cycles, whose GPU memory is free only once Python's collector has run (it runs on Python allocations,
-    not on the GPU's), so the next, larger pack would meet the last one's memory; then the cache is emptied."""
-    if dev.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 def _memory_col(r: Dict[str, float], device: str) -> Dict[str, float]:

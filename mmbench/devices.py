@@ -24,3 +24,25 @@ def set_rng_states(states: tuple, device) -> None:
     torch.set_rng_state(states[0].cpu())
     if states[1] is not None and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(states[1].cpu(), device)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A device allocation that failed: torch's OutOfMemoryError, a CUDA (or ROCm HIP) error saying "out of memory",
+    or a CUDA library's allocation failure (cuBLAS', cuDNN's, cuSOLVER's `..._STATUS_ALLOC_FAILED`). The host's
+    MemoryError is not one: the kernel's out-of-memory killer answers it, not a smaller pack."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e) if isinstance(e, RuntimeError) else ""
+    return (("CUDA" in text or "HIP" in text) and "out of memory" in text) or "_STATUS_ALLOC_FAILED" in text
+
+
+def release_device_memory(dev) -> None:
+    """After a stacked model or pack is dropped on a GPU: a pack (its StackedModel's vmapped closures) and VGON's
+    inner-ELBO module are reference cycles, whose GPU memory is free only once Python's collector has run (it runs
+    on Python allocations, not on the GPU's), so the next model would meet the last one's memory; then the allocator's
+    cache is emptied."""
+    if torch.device(dev).type == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

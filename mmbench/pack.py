@@ -67,7 +67,7 @@ from .methods.base import MultimodalVAE, NoiseSource, bernoulli, packed, use_bet
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
-from .devices import device_of
+from .devices import device_of, out_of_memory
 from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
 # Layers a pack cannot give each run its own of: instance norm (its running statistics), and dropout of other kinds
@@ -600,6 +600,10 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
             except MMBenchError as e:
                 r.log(f"error: {e}")
                 results[r.id] = str(e)
+            except Exception as e:  # e.g. a run alone out of memory: its own error, not a pack's to split on
+                with contextlib.suppress(AttributeError):
+                    e.trained_alone = True  # (_train_or_split)
+                raise
 
     reason = unpackable_reason(runs[0].cfg)
     if reason or len(runs) == 1:
@@ -629,39 +633,49 @@ def train_pack(runs: Sequence[Run], data_root: Optional[Path] = None, progress: 
     return results
 
 
-def out_of_memory(e: BaseException) -> bool:
-    """A device allocation that failed: torch's OutOfMemoryError, or a CUDA error saying so."""
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e)
-                                                     and "CUDA" in str(e))
-
-
 def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoch, alone) -> Dict[str, Any]:
     """_train_group; a pack that runs out of device memory is split in two halves, each resumed from its runs'
-    checkpoints (or started again where a run has none) as a pack of its own (train_pack), down to runs alone."""
+    checkpoints (or started again where a run has none) as a pack of its own (train_pack), down to runs alone. A run
+    that diverged in the failed pack keeps its error; a run trained alone that runs out of memory fails as before."""
+    device = device_of()
     try:
-        return _train_group(members, data_root, progress, stop_after_epoch, alone)
-    except Exception as e:  # noqa: BLE001 - only running out of memory is handled here
-        if not out_of_memory(e):
+        results = _train_group(members, data_root, progress, stop_after_epoch, alone)
+        _release(device)  # the pack's stacked model (a reference cycle), before the next group's
+        return results
+    except Exception as e:  # noqa: BLE001 - only a pack running out of memory is handled here
+        if not out_of_memory(e) or getattr(e, "trained_alone", False):
             raise
         why = brief(e, 160)
     # Out of the except clause: its traceback held the failed pack's tensors.
+    size = len(members)
+    results = {m.run.id: m.error for m in members if m.error}  # diverged before the error: it left the pack then
     for m in members:
         if m.writer is not None:
             m.writer.close()
+        m.model_state = m.opt_state = None  # host copies a pack not yet stacked held; the halves read checkpoints
+    members = [m for m in members if not m.error]
     if kernels.choice("MMBENCH_COMPILE") == "1":  # a captured step's CUDA graphs keep their memory pool until reset
         torch._dynamo.reset()  # (the halves compile anew either way: other shapes)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _release(device)
     train_mod.CHECKPOINTS.wait()  # the checkpoints the halves resume from, on disk
     half = (len(members) + 1) // 2
-    results: Dict[str, Any] = {}
     for part in (members[:half], members[half:]):
         for m in part:
-            m.run.log(f"the pack of {len(members)} ran out of device memory ({why}); split in two: this run "
-                      f"resumes from its last checkpoint (or its start) in a pack of {len(part)}")
+            m.run.log(f"the pack of {size} ran out of device memory ({why}); split in two: "
+                      f"this run resumes from its last checkpoint (or its start) in a pack of {len(part)}")
         results.update(train_pack([m.run for m in part], data_root, progress, stop_after_epoch))
+        _release(device)  # the first half's pack, before the second half stacks its own
     return results
+
+
+def _release(device) -> None:
+    """A dropped pack's memory given back now: a StackedModel (its vmapped closures) is a reference cycle, freed only
+    when Python's collector runs, which it does on Python's allocations, not on tensors'; so a shrunk pack or the next
+    half would otherwise meet the last one's weights, gradients and Adam moments (on a CPU too: a pack of 12 ResNets
+    holds ~9 GB). On a GPU the allocator's cache is then emptied."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _built_without_data(cfg: RunConfig) -> nn.Module:
@@ -744,6 +758,8 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     notes = train_mod.setup_notes(cfg.train.precision, device)  # before the trial: it checks the kernels that train
     why = trial(sm, _split_batch(train_split, perms(members, first)[:, :B]), [m.gen for m in members])
     if why:
+        sm = None  # the refused pack's stacked weights, not held while its runs train alone
+        _release(device)
         alone([m.run for m in members], why)
         return {}
     replay = train_mod.captured(sm._replay, device)  # `mmbench run --compile`, as unpacked runs decide it
@@ -862,6 +878,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 break
             captured_before = sm.captured  # a captured pack stays captured (a new capture: new shapes)
             sm = _shrink(sm, keep, template, cfg, device)
+            _release(device)  # the larger pack just dropped (a reference cycle)
             if captured_before:  # its steps fall back to uncaptured if the compiler fails, as the pack's do
                 sm.compile(train_mod.captured(sm._replay, device))
         if stop and epoch + 1 < E:

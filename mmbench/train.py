@@ -30,7 +30,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import DataSplit, load_split
-from .devices import device_of, devices_of_rng, rng_states, set_rng_states
+from .devices import device_of, devices_of_rng, out_of_memory, release_device_memory, rng_states, set_rng_states
 from .errors import MMBenchError, brief, shorten
 from .files import SHARED_TEMP_AGE_S, remove_abandoned_temps
 from .methods.base import MultimodalVAE, trainer_counts
@@ -712,8 +712,12 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                         loss, logs = loss_fn(x)
                     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
                         guard.restore(before)
-                        run.log(f"torch.compile failed ({brief(e)}); training uncaptured")
                         loss_fn = None
+                        if out_of_memory(e):  # the CUDA graphs' memory pool, given back before the eager step
+                            torch._dynamo.reset()
+                            release_device_memory(device)
+                        run.log(f"the captured step ran out of device memory ({brief(e)}); training uncaptured"
+                                if out_of_memory(e) else f"torch.compile failed ({brief(e)}); training uncaptured")
                         loss, logs = model.loss(x)
             finite &= torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)

@@ -313,11 +313,15 @@ def test_a_pack_out_of_device_memory_splits_and_each_half_resumes_from_its_check
 
 
 def test_only_a_device_out_of_memory_error_splits_a_pack():
-    from mmbench.pack import out_of_memory
+    from mmbench.devices import out_of_memory
 
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
     assert out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"))
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert out_of_memory(RuntimeError("HIP error: out of memory"))
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not out_of_memory(MemoryError())  # the host's: a smaller pack is `mmbench run --pack N`'s to choose
 
 

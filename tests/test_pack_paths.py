@@ -210,6 +210,109 @@ def test_a_captured_pack_out_of_device_memory_splits_into_captured_halves(tmp_pa
         assert log.count("training step captured with torch.compile") == 2, log
 
 
+OOM = "CUDA out of memory. Tried to allocate 1.00 GiB"
+
+
+def test_an_unpacked_captured_step_out_of_device_memory_says_so_and_goes_on_uncaptured(tmp_path, data_root,
+                                                                                       monkeypatch):
+    """A run alone has no smaller pack to go to: its captured step out of memory is retried uncaptured from the state
+    before it (as a compiler failure is), after the compiler's caches (a GPU's CUDA-graph pool) are reset, and the
+    log says what happened."""
+    ref_run = Run(late_cfg(0, "mopoe"), tmp_path / "plain")
+    ref = train(ref_run, data_root)
+    monkeypatch.setenv("MMBENCH_COMPILE", "1")
+    monkeypatch.setenv("MMBENCH_COMPILE_BACKEND", "aot_eager")
+
+    def compile(fn, **kw):
+        def step(*args, **kwargs):
+            fn(*args, **kwargs)  # its noise drawn, as a capture that failed late
+            raise torch.OutOfMemoryError(OOM)
+        return step
+
+    monkeypatch.setattr(torch, "compile", compile)
+    resets, real_reset = [], torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(1), real_reset()))
+    run = Run(late_cfg(0, "mopoe"), tmp_path / "oom")
+    out = train(run, data_root)
+    log = run.log_path.read_text()
+    assert f"the captured step ran out of device memory (OutOfMemoryError: {OOM}); training uncaptured" in log
+    assert "torch.compile failed" not in log and resets == [1] and out["history"] == ref["history"]
+
+
+def test_a_run_that_diverged_before_its_pack_ran_out_of_memory_keeps_its_error(tmp_path, data_root, monkeypatch):
+    """Run 1 diverges in epoch 1 and leaves the pack; building the pack without it then runs out of device memory.
+    The split trains runs 0 and 2 on; run 1 is not put back into a half (its result stays its divergence)."""
+    poison(monkeypatch, [1.0, float("nan"), 1.0])
+    real_shrink = pack_mod._shrink
+
+    def shrink(*a, **k):
+        raise torch.OutOfMemoryError(OOM)
+
+    monkeypatch.setattr(pack_mod, "_shrink", shrink)
+    runs = [Run(cfg(s, epochs=2), tmp_path) for s in range(3)]
+    out = train_pack(runs, data_root)
+    monkeypatch.setattr(pack_mod, "_shrink", real_shrink)
+    assert isinstance(out[runs[1].id], str) and "diverged" in out[runs[1].id]
+    assert "split in two" not in runs[1].log_path.read_text() and not (runs[1].ckpt_dir / "last.pt").exists()
+    for r in (runs[0], runs[2]):
+        assert out[r.id]["epochs"] == 2 and "the pack of 3 ran out of device memory" in r.log_path.read_text()
+
+
+def test_a_run_alone_out_of_memory_fails_without_splitting_its_pack(tmp_path, data_root, monkeypatch):
+    """A pack whose trial refuses it trains its runs alone inside its attempt: a run alone that runs out of memory is
+    that run's error (raised, as before packing), not the pack's; nothing is split or trained twice."""
+    import mmbench.train as train_mod
+
+    monkeypatch.setattr(pack_mod, "trial", lambda sm, x, gens: "the packed loss differs (faked)")
+    real_train, attempts = train_mod.train, []
+
+    def alone(run, *a, **k):
+        if run.cfg.seed == 1:
+            attempts.append(run.id)
+            raise torch.OutOfMemoryError(OOM)
+        return real_train(run, *a, **k)
+
+    monkeypatch.setattr(train_mod, "train", alone)
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(3)]
+    with pytest.raises(torch.OutOfMemoryError):
+        train_pack(runs, data_root)
+    assert attempts == [runs[1].id] and not any("split in two" in r.log_path.read_text() for r in runs[:2])
+
+
+def test_a_split_pack_gives_back_its_memory_before_each_half_stacks(tmp_path, data_root, monkeypatch):
+    """A pack of 4 runs out of memory while stacking (its runs' weights read, not yet stacked): when each half of 2
+    stacks its own, neither the failed pack's host copies of its runs' weights nor the first half's stacked model
+    (a reference cycle, so held until Python's collector runs: disabled here) are still alive."""
+    import gc
+    import weakref
+
+    real_init, real_member = pack_mod.StackedModel.__init__, pack_mod._Member.__init__
+    member_states, stacks, alive_at_stacking = [], [], []
+
+    def member(self, *a, **k):
+        real_member(self, *a, **k)
+        member_states.append(weakref.ref(next(iter(self.model_state.values()))))
+
+    def stacked(self, template, states, *a, **k):
+        if len(states) == 4:
+            raise torch.OutOfMemoryError(OOM)
+        alive_at_stacking.append((sum(r() is not None for r in member_states[:4]),
+                                  sum(r() is not None for r in stacks)))
+        real_init(self, template, states, *a, **k)
+        stacks.append(weakref.ref(next(iter(self.params.values()))))
+
+    monkeypatch.setattr(pack_mod._Member, "__init__", member)
+    monkeypatch.setattr(pack_mod.StackedModel, "__init__", stacked)
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(4)]
+    gc.disable()
+    try:
+        out = train_pack(runs, data_root)
+    finally:
+        gc.enable()
+    assert all(out[r.id]["epochs"] == 1 and out[r.id]["packed_with"] == 2 for r in runs)
+    assert alive_at_stacking == [(0, 0), (0, 0)]  # (the failed pack's weight copies, earlier stacked models)
+
+
 def _reads(monkeypatch):
     """Count reads of tensor values back to the host (the calls that block on a GPU) made by the trainers' own code."""
     import sys
