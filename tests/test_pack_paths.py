@@ -313,6 +313,39 @@ def test_a_split_pack_gives_back_its_memory_before_each_half_stacks(tmp_path, da
     assert alive_at_stacking == [(0, 0), (0, 0)]  # (the failed pack's weight copies, earlier stacked models)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a real device allocation failure needs a GPU "
+                    "(docs/gpu-runs/device-check.sh runs it; the CPU tests above raise the error themselves)")
+def test_a_pack_out_of_real_gpu_memory_splits_and_its_halves_start_from_what_it_gave_back(tmp_path, data_root,
+                                                                                          monkeypatch):
+    """On a GPU: the pack of 4's step asks the caching allocator for terabytes, so the error and its message are the
+    allocator's own. Each half of 2 starts stacking with no more device memory allocated than the pack of 4 had at
+    that point (its weights, gradients, Adam moments and data given back: a leak of one run's is ~13 MB here)."""
+    on_gpu_if_asked()
+    real_step, real_init = pack_mod.StackedModel.loss_backward, pack_mod.StackedModel.__init__
+    before_stacking = []
+
+    def step(self, *a, **k):
+        if self.size == 4:
+            torch.empty(2**40, device="cuda")  # 4 TiB of float32
+        return real_step(self, *a, **k)
+
+    def stacked(self, *a, **k):
+        torch.cuda.synchronize()
+        before_stacking.append(torch.cuda.memory_allocated())
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(pack_mod.StackedModel, "loss_backward", step)
+    monkeypatch.setattr(pack_mod.StackedModel, "__init__", stacked)
+    w = torch.ones(64, 64, device="cuda", requires_grad=True)  # the workspaces cuBLAS and cuBLASLt keep, made first
+    (w @ w).sum().backward()
+    torch.nn.functional.linear(w, w, w[0]).sum().backward()
+    runs = [Run(cfg(s, epochs=1), tmp_path) for s in range(4)]
+    out = train_pack(runs, data_root)
+    assert all(out[r.id]["epochs"] == 1 and out[r.id]["packed_with"] == 2 for r in runs)
+    assert "the pack of 4 ran out of device memory (OutOfMemoryError: CUDA out of memory" in runs[0].log_path.read_text()
+    assert len(before_stacking) == 3 and max(before_stacking[1:]) <= before_stacking[0] + 2**21, before_stacking
+
+
 def _reads(monkeypatch):
     """Count reads of tensor values back to the host (the calls that block on a GPU) made by the trainers' own code."""
     import sys

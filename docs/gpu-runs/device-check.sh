@@ -163,6 +163,7 @@ MMBENCH_GPU_TESTS=$GPUT CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $(to 240) $PY -m
   tests/test_pack.py::test_mmvamp_packs_with_each_runs_own_annealed_alpha \
   tests/test_mmvamp_methods.py::test_an_annealed_device_alpha_gives_the_rates_and_schedule_of_a_host_alpha \
   tests/test_pack.py::test_vgon_and_smvgon_pack_through_their_inner_gradient_step \
+  tests/test_pack_paths.py::test_a_pack_out_of_real_gpu_memory_splits_and_its_halves_start_from_what_it_gave_back \
   tests/test_capture.py::test_mmbench_run_compile_captures_unpacked_training_with_the_same_results \
   tests/test_adam.py::test_a_resume_continues_in_its_processs_implementation \
   tests/test_matmul_tf32.py::test_a_run_trains_with_the_flag_on_and_evaluates_with_it_off \
