@@ -60,7 +60,8 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
         raise MMBenchError(f"{steps} timed steps after {warmup} warm-up steps: time at least 1 step, after 0 or "
                            f"more warm-up steps")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":  # the step's peak from here: what is held (weights, Adam, batch) and its activations
+    if dev.type == "cuda":  # the step's peak from here: what is held (weights, Adam, batch) and its activations,
+        release_device_memory(dev)  # not what earlier rows' models (reference cycles) left allocated
         torch.cuda.reset_peak_memory_stats(dev)
     times: List[float] = []
     for i in range(warmup + steps):
@@ -72,7 +73,7 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, dev: torch.device,
             times.append(time.perf_counter() - t0)
     out = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
            "params_m": sum(p.numel() for p in params) / 1e6, "run_steps_per_s": 1.0 / statistics.median(times)}
-    if dev.type == "cuda":  # GiB the allocator held at most: whether a larger pack would fit the device
+    if dev.type == "cuda":  # GiB PyTorch's allocator held at most (not the CUDA context): whether a larger pack fits
         out["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
 
@@ -413,6 +414,8 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                                  + brief(e, 80).replace("|", "/"),
                                  "median_s": float("nan"), "run_steps_per_s": float("nan")})
                 finally:
+                    if captured:  # its CUDA graphs' memory pool, kept until the compiler's caches are reset
+                        torch._dynamo.reset()
                     release_device_memory(torch.device(device))
     return rows
 
@@ -584,5 +587,7 @@ def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device:
                     break  # no other pack size of this shape packs either
             finally:
                 step = params = None
+                if cap:  # its CUDA graphs' memory pool, kept until the compiler's caches are reset
+                    torch._dynamo.reset()
                 release_device_memory(dev)
     return rows

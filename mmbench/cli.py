@@ -1160,7 +1160,9 @@ def bench_steps(ctx: typer.Context,
               "(views and bare allocations excluded; counted on PyTorch's meta device for the vmapped pack a GPU runs, "
               "mmbench/bench.py device_ops; a pack's operations batch its runs, so where launches bound a GPU step, "
               "packing divides its cost per run)." + (" peak_gib: the most device memory the step held (weights, "
-                                                     "Adam, batch, activations; torch.cuda.max_memory_allocated)."
+                                                     "Adam, batch, activations, the libraries' workspaces; PyTorch's "
+                                                     "allocator, torch.cuda.max_memory_allocated: not the CUDA "
+                                                     "context)."
                                                      if device == "cuda" else ""), "", *_profile_note(profile),
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
@@ -1181,7 +1183,8 @@ def bench_steps(ctx: typer.Context,
               "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
               "where launches bound the step (small networks) its time grows with them." +
-              (" peak_gib: the most device memory the step held (torch.cuda.max_memory_allocated)."
+              (" peak_gib: the most device memory the step held (PyTorch's allocator, torch.cuda.max_memory_allocated: "
+               "not the CUDA context)."
                if device == "cuda" else ""), "", *_profile_note(profile)]
         if not t2.empty:
             wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
@@ -1233,8 +1236,9 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
             "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
             "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
             "row of its shape (projection.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
-            "fastest size." + (" peak_gib: the most device memory the step held (weights, Adam, batch, activations; "
-                               "torch.cuda.max_memory_allocated); a pack that runs out of it in training is split in "
+            "fastest size." + (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, "
+                               "the libraries' workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not "
+                               "the CUDA context, nor the training split a run keeps on the device); a pack that runs out of it in training is split in "
                                "two (mmbench/pack.py)." if device == "cuda" else ""), ""]
 
 

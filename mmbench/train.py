@@ -788,11 +788,13 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
 
 def epoch_line(record: Dict[str, Any], speed: "Throughput", runs: int = 1) -> str:
     """A run's log line for an epoch: its history record, then the tuples its process trained in that epoch and the
-    seconds they took (a pack's: all its `runs`' tuples), which docs/gpu-runs/fig3_pace.py reads where a run was stopped
-    before its provenance was written."""
+    seconds they took (a pack's: all its `runs`' tuples), and the process's steady rate so far (Throughput.rate, what
+    provenance records at the end), which docs/gpu-runs/fig3_pace.py reads where a run stopped before its provenance."""
     tuples, seconds = speed.epochs[-1]
+    rate = speed.rate()
     return ("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            + f"; trained {tuples} tuples in {seconds:.6g} s" + (f" (a pack of {runs})" if runs > 1 else ""))
+            + f"; trained {tuples} tuples in {seconds:.6g} s; steady " + (f"{rate:.6g}" if rate else "n/a")
+            + " tuples/s" + (f" (a pack of {runs})" if runs > 1 else ""))
 
 
 class Throughput:

@@ -129,9 +129,9 @@ def test_only_fig3s_methods_at_one_batch_size_make_its_pace(tmp_path):
 
 
 def test_a_run_stopped_before_its_provenance_gives_the_rate_of_its_logged_epochs(tmp_path):
-    """A pack stopped by the time limit after some epochs wrote no provenance: its runs' epoch lines (the trainers'
-    epoch_line) give its rate, over the epochs after the first, as the trainers count it; a log without a finished
-    epoch gives none."""
+    """A pack stopped by the time limit after some epochs wrote no provenance: its runs' last epoch line (the
+    trainers' epoch_line) gives its process's steady rate, over the epochs after the first, as provenance would;
+    a log without a finished epoch gives none."""
     from mmbench.train import Throughput, epoch_line
 
     for m in ("mvae", "mmvae"):
@@ -141,7 +141,9 @@ def test_a_run_stopped_before_its_provenance_gives_the_rate_of_its_logged_epochs
     for epoch, seconds in enumerate((10.0, 0.25, 0.75), 1):
         speed.epochs.append((5 * 2560, seconds))
         lines.append(epoch_line({"epoch": epoch, "test_loss": 1.0}, speed, runs=5))
-    assert lines[1].endswith("test_loss=1.0000; trained 12800 tuples in 0.25 s (a pack of 5)")
+    assert lines[1].endswith("test_loss=1.0000; trained 12800 tuples in 0.25 s; steady 51200 tuples/s (a pack of 5)")
+    # a log of two processes (resumed, or split for device memory): the last line's is the last process's rate
+    lines = [lines[0].replace("steady 1280 ", "steady 999 ").replace("pack of 5", "pack of 7"), *lines]
     for s in range(5):
         d = tmp_path / f"mopoe-{s}"
         d.mkdir()
@@ -153,7 +155,22 @@ def test_a_run_stopped_before_its_provenance_gives_the_rate_of_its_logged_epochs
     (tmp_path / "mopoe-9" / "log.txt").write_text("2026-12-07 10:00:00 packed with 4 other run(s) on cuda:0\n")
     out = _script().report(tmp_path)
     assert "| mopoe | fp32 | 5 | 5 | 25,600 | 100.0 |" in out, out
-    assert ("Read from the epoch lines of run logs (runs stopped before their evaluation wrote provenance): mopoe."
-            in out)
+    assert ("Read from the last epoch line of run logs (runs stopped or failed before their evaluation wrote "
+            "provenance): mopoe." in out)
     assert "The fp32 packs together: 300.0 run-steps/s" in out
     assert _script().logged_rate(tmp_path / "mopoe-9" / "log.txt") is None
+
+
+def test_a_methods_packs_of_several_sizes_count_at_the_slowest(tmp_path):
+    """The halves of a pack split for device memory (3 then 2 runs, one after the other in one worker): the method's
+    pace lies between their rates, so the slower one counts, and the report says so."""
+    for s in range(3):
+        _run(tmp_path, f"mopoe-a{s}", "mopoe", "fp32", 25_600.0, packed_with=3)  # 100 run-steps/s
+    for s in range(2):
+        _run(tmp_path, f"mopoe-b{s}", "mopoe", "fp32", 12_800.0, packed_with=2)  # 50
+    for m in ("mvae", "mmvae"):
+        _run(tmp_path, m, m, "fp32", 25_600.0)
+    out = _script().report(tmp_path)
+    assert "| mopoe | fp32 | 2 | 2 | 12,800 | 50.0 |" in out and "| mopoe | fp32 | 3 | 3 | 25,600 | 100.0 |" in out
+    assert "The fp32 packs together: 250.0 run-steps/s" in out
+    assert "Packs of several sizes for mopoe (trained one after another" in out

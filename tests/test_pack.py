@@ -806,10 +806,13 @@ def test_a_gpu_step_table_gives_each_rows_peak_device_memory_and_a_cpu_table_non
 
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(bench, "release_device_memory", lambda dev: calls.append(("release", dev.type)))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: calls.append(("reset", dev.type)))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: calls.append(("peak", dev.type)) or 3 * 2**30)
     r = bench._timed(lambda: calls.append("step"), 1, 2, torch.device("cuda"), [torch.zeros(3)])
-    assert calls == [("reset", "cuda"), "step", "step", "step", ("peak", "cuda")] and r["peak_gib"] == 3.0
+    # earlier rows' leftovers given back first (reference cycles), so the peak is this step's
+    assert calls == [("release", "cuda"), ("reset", "cuda"), "step", "step", "step", ("peak", "cuda")]
+    assert r["peak_gib"] == 3.0
     assert "peak_gib" not in bench._timed(lambda: None, 0, 1, torch.device("cpu"), [torch.zeros(3)])
     assert bench._memory_col(r, "cuda") == {"peak_gib": 3.0} and bench._memory_col(r, "cpu") == {}
     cpu_rows = bench.pack_table(["mopoe"], [2], batch_size=8, latent_dim=4, steps=1, n_modalities=2)
@@ -1673,7 +1676,7 @@ def test_throughput_is_the_steps_own_rate_after_the_first_epoch(tmp_path, data_r
     packed = train_pack([Run(cfg(k, epochs=2, max_train=64), runs_dir) for k in (1, 2)], data_root)
     assert {v["tuples_per_second"] for v in packed.values()} == {packed[next(iter(packed))]["tuples_per_second"]}
     # and each epoch's log line the tuples and seconds that rate is made of (docs/gpu-runs/fig3_pace.py reads them
-    # where a run stopped before its provenance): the same rate, to the 6 significant digits of the lines' seconds
+    # where a run stopped before its provenance): the same rate, to the 6 significant digits of the last line's
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("fig3_pace", Path(__file__).parents[1] / "docs/gpu-runs/fig3_pace.py")

@@ -251,8 +251,12 @@ if [ "${MPS:-0}" = 1 ]; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/dc/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/dc/mps-log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     # a daemon left by an earlier call killed past its time limit (no EXIT trap ran) holds this pipe: quit it first
-    [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ] && mps quit > /dev/null 2>&1 && sleep 1 \
-      && echo "MPS: quit the daemon an earlier call left running" | tee -a "$RES/fig3-epochs.txt"
+    if [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ] && mps quit > /dev/null 2>&1; then
+      for _ in 1 2 3 4 5 6 7 8 9 10; do  # a quit is asynchronous: wait (at most 10 s) for the daemon to go
+        pgrep -x nvidia-cuda-mps-control > /dev/null 2>&1 || break; sleep 1
+      done
+      echo "MPS: quit the daemon an earlier call left running" | tee -a "$RES/fig3-epochs.txt"
+    fi
     if timeout 20 nvidia-cuda-mps-control -d \
         && timeout 60 $PY -c "import torch; torch.zeros(1, device='cuda').sum().item()" \
         && SERVERS=$(mps get_server_list 2> /dev/null) && [ -n "$SERVERS" ]; then

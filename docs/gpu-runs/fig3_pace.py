@@ -1,13 +1,13 @@
 """The pace of MoPoE Fig. 3's packs as device-check.sh trained them, and what it makes of the whole figure.
 
-Reads every run directory under MMBENCH_RUNS (or the folder given): its config (method, train.precision, batch size)
-and provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the
-first where there are several; `packed_with`), or where a run was stopped before its evaluation wrote provenance,
-the epoch lines of its log (the same rate from the tuples and seconds each epoch logged). One row per pack; then the
-fp32 packs' rates of Fig. 3's methods summed (at one batch size), which is the pace of Fig. 3 when its three packs share
-one GPU, and the GPU time of the paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) × 60,000 tuples
-(PolyMNIST's training split). Packs that shared the GPU slowed each other, the bf16 pack included, so the figure is a
-pace measured with a fourth pack beside the three.
+Reads every run directory under MMBENCH_RUNS (or the folder given): its config (method, train.precision, batch size) and
+provenance (`train_tuples_per_second`: a pack's steady rate, all its runs' tuples, over the epochs after the first where
+there are several; `packed_with`), or where a run was stopped before its evaluation wrote provenance, the last epoch
+line of its log (the same rate, as the process had it then). One row per pack; then the fp32 packs' rates of Fig. 3's
+methods summed (at one batch size; a method whose pack was split, its slowest), which is the pace of Fig. 3 when its
+three packs share one GPU, and the GPU time of the paper's budget at that pace: 15 runs × 300 epochs (MoPoE, App. D.2) ×
+60,000 tuples (PolyMNIST's training split). Packs that shared the GPU slowed each other, the bf16 pack included, so the
+figure is a pace measured with a fourth pack beside the three.
 
     python docs/gpu-runs/fig3_pace.py [RUNS_DIR] > fig3-pace.md
 """
@@ -26,28 +26,28 @@ RUNS, EPOCHS, TUPLES = 15, 300, 60_000  # the paper's Fig. 3: 3 methods × 5 see
 METHODS = ("mvae", "mmvae", "mopoe")  # Fig. 3's methods: a pace without one of them is not the figure's
 
 
-# A trainer's log line for an epoch (mmbench/train.py epoch_line): the tuples its process trained in it and the seconds.
-EPOCH_LINE = re.compile(r" epoch epoch=\d+ .*; trained (\d+) tuples in ([\d.]+(?:e[+-]\d+)?) s"
+# A trainer's log line for an epoch (mmbench/train.py epoch_line): the epoch's tuples and seconds, then the process's
+# steady rate so far (its epochs after the first, as provenance records it at the end) and the pack's size.
+EPOCH_LINE = re.compile(r" epoch epoch=\d+ .*; trained \d+ tuples in \S+ s; steady ([\d.]+(?:e[+-]\d+)?) tuples/s"
                         r"(?: \(a pack of (\d+)\))?$")
 
 
 def logged_rate(log: Path):
-    """(tuples/s, pack size) from a run's epoch lines, over the epochs after the first where there are several (as
-    the trainers' Throughput counts them), or None: for a run stopped before its provenance was written."""
+    """(tuples/s, pack size) from a run's last epoch line: the steady rate of the process that trained it, so of the
+    last pack (or run alone) it trained in, or None: for a run without provenance (stopped, or failed, before its
+    evaluation)."""
     if not log.exists():
         return None
     epochs = [m.groups() for m in map(EPOCH_LINE.search, log.read_text(errors="replace").splitlines()) if m]
-    use = epochs[1:] or epochs
-    seconds = sum(float(s) for _, s, _ in use)
-    if not use or seconds <= 0:
+    if not epochs or float(epochs[-1][0]) <= 0:
         return None
-    return sum(int(n) for n, _, _ in use) / seconds, int(use[-1][2] or 1)
+    return float(epochs[-1][0]), int(epochs[-1][1] or 1)
 
 
 def packs(runs_dir: Path, from_logs=None):
     """{(method, precision, batch, pack size): [pack tuples/s as each of its runs recorded it]} over the trained runs;
-    a run without a provenance rate (stopped by a time limit before its evaluation) gives the rate of its logged
-    epochs, and its method is added to `from_logs` (a set) where given."""
+    a run without a provenance rate (stopped by a time limit, or failed, before its evaluation) gives the rate its last
+    epoch line logged, and its method is added to `from_logs` (a set) where given."""
     out = defaultdict(list)
     for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         if not (d / "config.yaml").exists():
@@ -75,15 +75,19 @@ def report(runs_dir: Path) -> str:
     lines = ["| method | precision | runs per pack | runs | pack tuples/s | run-steps/s |", "|---|---|---|---|---|---|"]
     # one row per method, precision and pack size: device-check trains one pack of each (several packs of one kind
     # would show as one row, their fastest)
-    fp32_steps, several = 0.0, []
+    several, per_method = [], defaultdict(list)  # per_method: the run-steps/s of each fp32 row of Fig. 3's methods
     for (method, precision, batch, size), rates in sorted(found.items()):
         rate = max(rates)  # every run of a pack records the pack's rate: one value (max: robust to a stopped run)
         steps = rate / batch
         lines.append(f"| {method} | {precision} | {size} | {len(rates)} | {rate:,.0f} | {steps:.1f} |")
         if precision == "fp32" and method in METHODS:
-            fp32_steps += steps
+            per_method[method].append(steps)
         if len(rates) > size:
             several.append(method)
+    # A method's packs of several sizes trained one after another in its worker (e.g. the halves of a pack split for
+    # device memory): its pace lies between their rates, so the slowest counts (the GPU-hours an upper bound).
+    fp32_steps = sum(min(v) for v in per_method.values())
+    split = sorted(m for m, v in per_method.items() if len(v) > 1)
     lines.append("")
     fig = [k for k in found if k[1] == "fp32" and k[0] in METHODS]  # the figure's packs
     batches = sorted({k[2] for k in fig})
@@ -91,8 +95,11 @@ def report(runs_dir: Path) -> str:
     if others:
         lines.append(f"Not Fig. 3's methods, left out of its pace: {', '.join(others)}.")
     if from_logs:
-        lines.append(f"Read from the epoch lines of run logs (runs stopped before their evaluation wrote provenance): "
-                     f"{', '.join(sorted(from_logs))}.")
+        lines.append(f"Read from the last epoch line of run logs (runs stopped or failed before their evaluation wrote "
+                     f"provenance): {', '.join(sorted(from_logs))}.")
+    if split:
+        lines.append(f"Packs of several sizes for {', '.join(split)} (trained one after another, e.g. a pack split for "
+                     f"device memory): each method's slowest counts in the pace.")
     if several:
         lines.append(f"More runs than one pack holds for {', '.join(sorted(set(several)))}: several packs of one kind, "
                      f"shown as one row at the fastest rate recorded.")
