@@ -1236,10 +1236,14 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
             "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
             "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
             "row of its shape (projection.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
-            "fastest size." + (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, "
-                               "the libraries' workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not "
-                               "the CUDA context, nor the training split a run keeps on the device); a pack that runs out of it in training is split in "
-                               "two (mmbench/pack.py)." if device == "cuda" else ""), ""]
+            "fastest size." + (_PEAK_NOTE_SUITE if device == "cuda" else ""), ""]
+
+
+# The note under a suite's step table on a GPU (_suite_step_table): what its peak_gib column holds.
+_PEAK_NOTE_SUITE = (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, the libraries' "
+                    "workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not the CUDA context, nor the "
+                    "training split a run keeps on the device); a pack that runs out of it in training is split in two "
+                    "(mmbench/pack.py).")
 
 
 def prepare_options(spec) -> str:

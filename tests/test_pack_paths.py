@@ -344,7 +344,8 @@ def test_a_pack_out_of_real_gpu_memory_splits_and_its_halves_start_from_what_it_
     runs = [Run(cfg(s, epochs=1), tmp_path / "split") for s in range(4)]  # 64 tuples at batch 32: 2 steps
     out = train_pack(runs, data_root)
     assert all(out[r.id]["epochs"] == 1 and out[r.id]["packed_with"] == 2 for r in runs)
-    assert "the pack of 4 ran out of device memory (OutOfMemoryError: CUDA out of memory" in runs[0].log_path.read_text()
+    log = runs[0].log_path.read_text()
+    assert "the pack of 4 ran out of device memory (OutOfMemoryError: CUDA out of memory" in log
     assert len(steps_of_four) == 2 and len(before_stacking) == 3
     assert max(before_stacking[1:]) <= before_stacking[0] + 2**21, before_stacking
 
