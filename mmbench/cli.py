@@ -1241,9 +1241,9 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
 
 # The note under a suite's step table on a GPU (_suite_step_table): what its peak_gib column holds.
 _PEAK_NOTE_SUITE = (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, the "
-                    "libraries' workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not the CUDA context, "
-                    "nor the training split a run keeps on the device); a pack that runs out of it in training is "
-                    "split in two (mmbench/pack.py).")
+                    "libraries' workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not the CUDA "
+                    "context, nor the training split a run keeps on the device); a pack that runs out of it in "
+                    "training is split in two (mmbench/pack.py).")
 
 
 def prepare_options(spec) -> str:
