@@ -67,7 +67,7 @@ from .methods.base import MultimodalVAE, NoiseSource, bernoulli, packed, use_bet
 from .registry import METHODS
 from .results import Run, atomic_json
 from . import kernels, packconv, train as train_mod
-from .devices import device_of, out_of_memory
+from .devices import device_of, out_of_memory, release_device_memory
 from .train import ProgressFn, TrainingInterrupted, autocast, build_model, diverged, load_data
 
 # Layers a pack cannot give each run its own of: instance norm (its running statistics), and dropout of other kinds
@@ -640,7 +640,7 @@ def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoc
     device = device_of()
     try:
         results = _train_group(members, data_root, progress, stop_after_epoch, alone)
-        _release(device)  # the pack's stacked model (a reference cycle), before the next group's
+        release_device_memory(device)  # a GPU's: the pack's stacked model (a reference cycle), before the next's
         return results
     except Exception as e:  # noqa: BLE001 - only a pack running out of memory is handled here
         if not out_of_memory(e) or getattr(e, "trained_alone", False):
