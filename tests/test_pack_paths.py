@@ -13,6 +13,7 @@ from mmbench.registry import METHODS
 from mmbench.results import Run
 from mmbench.pack import train_pack
 from mmbench.train import train
+from conftest import on_gpu_if_asked
 from test_pack import cfg as pack_cfg, last
 
 
