@@ -6,7 +6,9 @@ results, run configs, the Slurm site file) goes through ``load``.
 """
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections import OrderedDict
+from typing import Any, Tuple
 
 import yaml
 
@@ -58,6 +60,12 @@ def _fast_loader() -> Any:
 _FastStrictLoader = _fast_loader()
 
 
+# Documents read by PyYAML's own parser, by their text: the reference files, budgets and suites are read again for
+# every report (~0.25 s each; most of `build_report`'s time in the tests), and a copy of a value costs a fraction.
+_PARSED: "OrderedDict[Tuple[type, str | bytes], Any]" = OrderedDict()
+_PARSED_MAX = 32
+
+
 def load(text: str | bytes, where: str, written_by_mmbench: bool = False) -> Any:
     """The YAML document in `text`; a syntax error or a repeated key is a ConfigError naming `where` and the line.
     `written_by_mmbench` (a run's config.yaml): read by libyaml where PyYAML has it, and a document libyaml refuses
@@ -67,6 +75,18 @@ def load(text: str | bytes, where: str, written_by_mmbench: bool = False) -> Any
             return yaml.load(text, Loader=_FastStrictLoader)
         except Exception:  # noqa: BLE001 - the pure-Python reading below gives the value or the error
             pass
+    key = (type(text), text)
+    if key in _PARSED:  # the same text read before: a copy of its value (the caller's to change), as a fresh parse
+        _PARSED.move_to_end(key)
+        return copy.deepcopy(_PARSED[key])
+    value = _parse(text, where)
+    _PARSED[key] = copy.deepcopy(value)
+    while len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
+    return value
+
+
+def _parse(text: str | bytes, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.reader.ReaderError as e:  # a character YAML does not allow; its str() spans two lines

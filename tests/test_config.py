@@ -933,3 +933,23 @@ def test_reading_many_run_configs_resolves_each_config_class_type_hints_once(mon
         build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}, "seed": seed,
                           "train": {"epochs": 3}, "eval": {"metrics": ["coherence"]}})
     assert len(calls) == len(set(calls)) <= 6
+
+
+def test_a_document_read_again_is_a_fresh_copy_and_its_errors_are_raised_again():
+    """yamlio.load keeps the values of the texts PyYAML's parser read (reports read the reference files, budgets and
+    suites again each time): a second reading gives an equal value that its caller may change without changing the
+    next reading's, an alias still shares one object inside its copy, and a text that fails fails every time."""
+    from mmbench.errors import ConfigError
+    from mmbench.yamlio import load
+
+    text = "a: &x [1, 2]\nb: *x\nc: {d: 3}\n"
+    first = load(text, "f.yaml")
+    first["c"]["d"] = 99
+    first["a"].append(3)
+    second = load(text, "f.yaml")
+    assert second == {"a": [1, 2], "b": [1, 2], "c": {"d": 3}} and second["a"] is second["b"]
+    second["c"]["d"] = 7
+    assert load(text, "g.yaml")["c"]["d"] == 3
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="bad.yaml.*the key 'k' is given twice"):
+            load("k: 1\nk: 2\n", "bad.yaml")
