@@ -414,9 +414,7 @@ def pack_table(methods: Sequence[str], packs: Sequence[int], batch_size: int, la
                                  + brief(e, 80).replace("|", "/"),
                                  "median_s": float("nan"), "run_steps_per_s": float("nan")})
                 finally:
-                    if captured:  # its CUDA graphs' memory pool, kept until the compiler's caches are reset
-                        torch._dynamo.reset()
-                    release_device_memory(torch.device(device))
+                    release_device_memory(torch.device(device), compiled=captured)
     return rows
 
 
@@ -587,7 +585,5 @@ def suite_step_rows(configs: Sequence, packs: Sequence[int], steps: int, device:
                     break  # no other pack size of this shape packs either
             finally:
                 step = params = None
-                if cap:  # its CUDA graphs' memory pool, kept until the compiler's caches are reset
-                    torch._dynamo.reset()
-                release_device_memory(dev)
+                release_device_memory(dev, compiled=cap)
     return rows

@@ -1159,11 +1159,7 @@ def bench_steps(ctx: typer.Context,
               "ops_per_run_step: the tensor operations an uncaptured fp32 step issues on the device, per run "
               "(views and bare allocations excluded; counted on PyTorch's meta device for the vmapped pack a GPU runs, "
               "mmbench/bench.py device_ops; a pack's operations batch its runs, so where launches bound a GPU step, "
-              "packing divides its cost per run)." + (" peak_gib: the most device memory the step held (weights, "
-                                                     "Adam, batch, activations, the libraries' workspaces; PyTorch's "
-                                                     "allocator, torch.cuda.max_memory_allocated: not the CUDA "
-                                                     "context)."
-                                                     if device == "cuda" else ""), "", *_profile_note(profile),
+              "packing divides its cost per run)." + _peak_note(device), "", *_profile_note(profile),
               "Pack size with the most run-steps per second:", "",
               tabulate(best, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"), ""]
     else:
@@ -1182,10 +1178,8 @@ def bench_steps(ctx: typer.Context,
               "squared-error + KL loss, backward, Adam; mmbench/bench.py floor_step_time), same shapes and precision.",
               "ops: the tensor operations one uncaptured fp32 step issues on the device, views and bare allocations excluded, counted on "
               "PyTorch's meta device (mmbench/bench.py device_ops); on a GPU each launches at least one kernel, so "
-              "where launches bound the step (small networks) its time grows with them." +
-              (" peak_gib: the most device memory the step held (PyTorch's allocator, torch.cuda.max_memory_allocated: "
-               "not the CUDA context)."
-               if device == "cuda" else ""), "", *_profile_note(profile)]
+              "where launches bound the step (small networks) its time grows with them." + _peak_note(device), "",
+              *_profile_note(profile)]
         if not t2.empty:
             wide = t2.pivot(index="M", columns="method", values="median_s").reset_index()
             wide["M"] = wide["M"].astype(str)
@@ -1236,14 +1230,17 @@ def _suite_step_table(suite: Path, tier: str, methods: Optional[str], packs: Lis
             "runs: how many of the suite's runs train at that shape. A method with a step schedule (smvae two_stage) "
             "is timed in its first stage. `mmbench run SUITE --dry-run --step-times FILE` projects each run from the "
             "row of its shape (projection.step_key); `mmbench run --step-times FILE` caps each shape's packs at its "
-            "fastest size." + (_PEAK_NOTE_SUITE if device == "cuda" else ""), ""]
+            "fastest size." + _peak_note(device, suite=True), ""]
 
 
-# The note under a suite's step table on a GPU (_suite_step_table): what its peak_gib column holds.
-_PEAK_NOTE_SUITE = (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, the "
-                    "libraries' workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not the CUDA "
-                    "context, nor the training split a run keeps on the device); a pack that runs out of it in "
-                    "training is split in two (mmbench/pack.py).")
+def _peak_note(device: str, suite: bool = False) -> str:
+    """The sentence under a GPU step table saying what its peak_gib column holds (bench._timed); none on a CPU."""
+    if device != "cuda":
+        return ""
+    return (" peak_gib: the most device memory the step held (weights, Adam, batch, activations, the libraries' "
+            "workspaces; PyTorch's allocator, torch.cuda.max_memory_allocated: not the CUDA context"
+            + (", nor the training split a run keeps on the device); a pack that runs out of it in training is split "
+               "in two (mmbench/pack.py)." if suite else ")."))
 
 
 def prepare_options(spec) -> str:

@@ -36,13 +36,18 @@ def out_of_memory(e: BaseException) -> bool:
     return (("CUDA" in text or "HIP" in text) and "out of memory" in text) or "_STATUS_ALLOC_FAILED" in text
 
 
-def release_device_memory(dev) -> None:
-    """After a stacked model or pack is dropped on a GPU: a pack (its StackedModel's vmapped closures) and VGON's
-    inner-ELBO module are reference cycles, whose GPU memory is free only once Python's collector has run (it runs
-    on Python allocations, not on the GPU's), so the next model would meet the last one's memory; then the allocator's
-    cache is emptied."""
-    if torch.device(dev).type == "cuda":
+def release_device_memory(dev, compiled: bool = False, on_cpu_too: bool = False) -> None:
+    """After a stacked model or pack is dropped: a pack (its StackedModel's vmapped closures) and VGON's inner-ELBO
+    module are reference cycles, whose memory is free only once Python's collector has run (it runs on Python
+    allocations, not on tensors'), so the next model would meet the last one's memory; then a GPU allocator's cache is
+    emptied. `compiled`: a captured step dropped too, whose CUDA graphs keep their memory pool until the compiler's
+    caches are reset. `on_cpu_too`: collected on a CPU as well (a dropped pack of 12 ResNets holds ~9 GB there)."""
+    if compiled:
+        torch._dynamo.reset()
+    cuda = torch.device(dev).type == "cuda"
+    if cuda or on_cpu_too:
         import gc
 
         gc.collect()
+    if cuda:
         torch.cuda.empty_cache()

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import json
 import math
 import time
@@ -654,9 +653,8 @@ def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoc
             m.writer.close()
         m.model_state = m.opt_state = None  # host copies a pack not yet stacked held; the halves read checkpoints
     members = [m for m in members if not m.error]
-    if kernels.choice("MMBENCH_COMPILE") == "1":  # a captured step's CUDA graphs keep their memory pool until reset
-        torch._dynamo.reset()  # (the halves compile anew either way: other shapes)
-    _release(device)
+    # a captured step's CUDA graphs hold their memory pool until reset (the halves compile anew either: other shapes)
+    release_device_memory(device, compiled=kernels.choice("MMBENCH_COMPILE") == "1", on_cpu_too=True)
     train_mod.CHECKPOINTS.wait()  # the checkpoints the halves resume from, on disk
     half = (len(members) + 1) // 2
     for part in (members[:half], members[half:]):
@@ -664,18 +662,8 @@ def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoc
             m.run.log(f"the pack of {size} ran out of device memory ({why}); split in two: "
                       f"this run resumes from its last checkpoint (or its start) in a pack of {len(part)}")
         results.update(train_pack([m.run for m in part], data_root, progress, stop_after_epoch))
-        _release(device)  # the first half's pack, before the second half stacks its own
+        release_device_memory(device, on_cpu_too=True)  # the first half's pack, before the second half stacks
     return results
-
-
-def _release(device) -> None:
-    """A dropped pack's memory given back now: a StackedModel (its vmapped closures) is a reference cycle, freed only
-    when Python's collector runs, which it does on Python's allocations, not on tensors'; so a shrunk pack or the next
-    half would otherwise meet the last one's weights, gradients and Adam moments (on a CPU too: a pack of 12 ResNets
-    holds ~9 GB). On a GPU the allocator's cache is then emptied."""
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _built_without_data(cfg: RunConfig) -> nn.Module:
@@ -759,7 +747,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
     why = trial(sm, _split_batch(train_split, perms(members, first)[:, :B]), [m.gen for m in members])
     if why:
         sm = None  # the refused pack's stacked weights, not held while its runs train alone
-        _release(device)
+        release_device_memory(device, on_cpu_too=True)
         alone([m.run for m in members], why)
         return {}
     replay = train_mod.captured(sm._replay, device)  # `mmbench run --compile`, as unpacked runs decide it
@@ -878,7 +866,7 @@ def _train_group(members: List[_Member], data_root, progress, stop_after_epoch, 
                 break
             captured_before = sm.captured  # a captured pack stays captured (a new capture: new shapes)
             sm = _shrink(sm, keep, template, cfg, device)
-            _release(device)  # the larger pack just dropped (a reference cycle)
+            release_device_memory(device, on_cpu_too=True)  # the larger pack just dropped (a reference cycle)
             if captured_before:  # its steps fall back to uncaptured if the compiler fails, as the pack's do
                 sm.compile(train_mod.captured(sm._replay, device))
         if stop and epoch + 1 < E:

@@ -714,8 +714,7 @@ def train(run: Run, data_root: Optional[Path] = None, progress: Optional[Progres
                         guard.restore(before)
                         loss_fn = None
                         if out_of_memory(e):  # the CUDA graphs' memory pool, given back before the eager step
-                            torch._dynamo.reset()
-                            release_device_memory(device)
+                            release_device_memory(device, compiled=True)
                         run.log(f"the captured step ran out of device memory ({brief(e)}); training uncaptured"
                                 if out_of_memory(e) else f"torch.compile failed ({brief(e)}); training uncaptured")
                         loss, logs = model.loss(x)

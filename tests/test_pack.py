@@ -806,7 +806,7 @@ def test_a_gpu_step_table_gives_each_rows_peak_device_memory_and_a_cpu_table_non
 
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
-    monkeypatch.setattr(bench, "release_device_memory", lambda dev: calls.append(("release", dev.type)))
+    monkeypatch.setattr(bench, "release_device_memory", lambda dev, **kw: calls.append(("release", dev.type)))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: calls.append(("reset", dev.type)))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: calls.append(("peak", dev.type)) or 3 * 2**30)
     r = bench._timed(lambda: calls.append("step"), 1, 2, torch.device("cuda"), [torch.zeros(3)])
