@@ -502,8 +502,10 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     if not wait:
         return [(r, True, "submitted") for r in runs]
     pending = [r for r in runs if r.id not in results]
+    polls = 0
     while pending:
-        time.sleep(poll_s)
+        time.sleep(min(poll_s, 0.5 * 1.5 ** polls))  # short runs seen done soon; long ones polled every poll_s
+        polls += 1
         states = run_states(pending, _job_states())
         still = []
         for r in pending:
