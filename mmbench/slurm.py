@@ -505,7 +505,7 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     polls = 0
     while pending:
         time.sleep(min(poll_s, 0.5 * 1.5 ** polls))  # short runs seen done soon; long ones polled every poll_s
-        polls += 1
+        polls = min(polls + 1, 10)  # (1.5 ** polls unbounded would overflow a float after ~1,750 polls)
         states = run_states(pending, _job_states())
         still = []
         for r in pending:

@@ -809,3 +809,20 @@ def test_the_follow_up_of_a_detached_submission_lists_the_runs_it_submitted(tmp_
     assert listed.returncode == 0, listed.stdout + listed.stderr
     submitted = [run.id for p in packs for run in p]
     assert len(submitted) == 1 and submitted[0] in listed.stdout and "1 runs" in listed.stdout
+
+
+def test_the_wait_polls_soon_then_every_poll_s_for_as_long_as_a_job_runs(tmp_path, monkeypatch):
+    """The wait loop polls after 0.5 s, 1.5x longer each time, then every poll_s for as long as the job runs: a
+    job in the queue for 3,000 polls (2.5 h at 3 s) is followed to its end (an unbounded 1.5 ** polls overflowed a
+    float after ~1,750 polls, hours into a real run)."""
+    import mmbench.slurm as slurm
+    from mmbench.config import build_run_config
+
+    a = build_run_config({"dataset": "polydigits", "method": {"name": "mopoe"}})
+    run_slurm = _run_slurm_offline(monkeypatch, [])
+    waits = []
+    monkeypatch.setattr(slurm.time, "sleep", waits.append)
+    monkeypatch.setattr(slurm, "_job_states", lambda: {"8_0": "RUNNING"} if len(waits) < 3000 else {})
+    ((run, ok, msg),) = run_slurm([a], tmp_path / "runs", None, [(a, SlurmOptions())], _Quiet(), poll_s=3.0)
+    assert not ok and msg.startswith("Slurm job 8_0 CANCELLED"), msg  # followed until it left the queue
+    assert len(waits) == 3000 and waits[:4] == [0.5, 0.75, 1.125, 1.6875] and set(waits[5:]) == {3.0}
