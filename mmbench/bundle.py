@@ -2,7 +2,8 @@
 
 A bundle is a gzipped tar holding ``bundle.json`` (format, version, who made it, and the sha256 and size
 of every file) and ``runs/<run id>/...`` for each finished run: config.yaml, metrics.json,
-provenance.json, log.txt and the small artifacts the report draws; checkpoints only when asked.
+provenance.json, log.txt, history.json (the report's training curves) and the small artifacts the report draws;
+checkpoints only when asked.
 
 Export leaves out, and lists, a run whose config.yaml, metrics.json or provenance.json cannot be read, whose config
 no longer validates or hashes to its directory name (results.read_run). Import verifies every digest, checks the
@@ -37,7 +38,7 @@ from .results import (RecordError, Run, git_commit, left_out_because, parse_conf
 
 FORMAT, VERSION = "mmbench-bundle", 1
 MANIFEST = "bundle.json"
-RUN_FILES = ("config.yaml", "metrics.json", "provenance.json", "log.txt")
+RUN_FILES = ("config.yaml", "metrics.json", "provenance.json", "log.txt", "history.json")  # where present
 ARTIFACT_MAX_BYTES = 20 * 2 ** 20  # larger artifacts stay behind (the report's arrays are far smaller)
 
 

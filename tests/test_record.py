@@ -261,6 +261,7 @@ def test_bundle_round_trip_gives_the_same_report(tmp_path):
     (r1.dir / "artifacts" / "latents.npz").write_bytes(b"x" * 100)
     (r1.dir / "checkpoints").mkdir()
     torch.save({"model": {"w": torch.zeros(3)}, "epoch": 1}, r1.dir / "checkpoints" / "last.pt")
+    (r1.dir / "history.json").write_text('[{"epoch": 1, "train_loss": 2.5, "test_loss": 3.0}]')
     unfinished = Run(build_run_config({"dataset": "polydigits", "seed": 7}), a)
     unfinished.init()
     manifest = export_runs(a, tmp_path / "x.tar.gz")
@@ -276,6 +277,10 @@ def test_bundle_round_trip_gives_the_same_report(tmp_path):
         for f in ("config.yaml", "metrics.json", "provenance.json", "log.txt"):
             assert (a / rid / f).read_bytes() == (b / rid / f).read_bytes()
     assert not list(b.glob(".import-*"))
+    # the training curves travel without the checkpoints (plots.run_history reads history.json, else last.pt)
+    from mmbench.plots import run_history
+
+    assert run_history(b / r1.id) == run_history(a / r1.id) == [{"epoch": 1, "train_loss": 2.5, "test_loss": 3.0}]
     # Importing again adds nothing and changes nothing; checkpoints travel only when asked.
     assert import_bundle(tmp_path / "x.tar.gz", b) == {"added": [], "present": sorted(manifest["runs"])}
     with_ckpt = export_runs(a, tmp_path / "y.tar.gz", checkpoints=True)
