@@ -58,6 +58,7 @@ def test_a_resume_continues_in_its_processs_implementation(tmp_path, data_root, 
     assert _saved_impl(part)[0] == (True if first == "fused" else None)
     monkeypatch.setenv("MMBENCH_ADAM", then)
     train(part, data_root)
+    assert "resumed from" in part.log_path.read_text()  # the state first's implementation wrote, loaded by then's
     assert _saved_impl(part)[0] == (True if then == "fused" else None)  # not the implementation that wrote last.pt
     _close(c, weights(whole), weights(part))
 

@@ -1361,6 +1361,7 @@ def test_runs_stopped_at_different_steps_of_one_epoch_resume_apart(tmp_path, dat
     assert sorted(len(p) for p in make_packs(runs, None)) == [1, 1]
     train_pack(runs, data_root)  # both at once: grouped by resume point, so each alone
     for s, r in zip((0, 1), runs):
+        assert "resumed from" in r.log_path.read_text()  # from its step, not trained again
         a, b = last(alone[s]), last(r)
         assert a["state"]["history"] == b["state"]["history"]
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

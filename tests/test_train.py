@@ -320,6 +320,7 @@ def test_checkpoint_minutes_saves_mid_epoch_and_crash_resumes_exactly(tmp_path, 
         train(part, data_root, crash)
     assert torch.load(part.ckpt_dir / "last.pt", weights_only=False)["state"]["step"] == 4
     b = train(part, data_root)
+    assert re.search(r"resumed from \S*last\.pt at epoch 0, step 4\n", part.log_path.read_text())  # not retrained
     assert a["history"] == b["history"]
     wa, wb = weights(full), weights(part)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
