@@ -23,7 +23,11 @@ def test_eval_time_times_a_trained_run_under_fig3s_evaluation_settings(tmp_path,
     source = Run(build_run_config(TINY), tmp_path / "runs")
     source.init()  # its config.yaml, as `mmbench train` writes it
     train(source, data_root)
-    before = sorted(str(p.relative_to(source.dir)) for p in source.dir.rglob("*"))
+    def files():  # every path, and each file's bytes and mtime: a rewrite or an append shows, not only a new name
+        return {str(p.relative_to(source.dir)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+                for p in source.dir.rglob("*")}
+
+    before = files()
     env = dict(os.environ, EVALTIME_SRC=str(source.dir), MMBENCH_DATA=str(data_root),
                EVALTIME_RUNS=str(tmp_path / "timed"), OMP_NUM_THREADS="1")
     # 12 test tuples; the suite's 500 regression rows capped to polydigits' size by the overrides; classifiers for 1
@@ -35,7 +39,7 @@ def test_eval_time_times_a_trained_run_under_fig3s_evaluation_settings(tmp_path,
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("full ") and " s wall, " in line and "per metric (s):" in line, line
     # the source run is untouched: nothing written into it, its checkpoints read where they are
-    assert sorted(str(p.relative_to(source.dir)) for p in source.dir.rglob("*")) == before
+    assert files() == before
     timed, = [p for p in (tmp_path / "timed").iterdir() if (p / "metrics.json").exists()]
     cfg = yaml.safe_load((timed / "config.yaml").read_text())["eval"]
     # Fig. 3's MoPoE evaluation (suites/mopoe_iclr21.yaml) wherever the arguments do not set a field: its metrics and

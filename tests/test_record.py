@@ -18,6 +18,7 @@ from mmbench.bundle import export_runs, import_bundle, read_bundle
 from mmbench.cli import app
 from mmbench.config import build_run_config
 from mmbench.errors import MMBenchError
+import mmbench.evaluate as evaluate_mod
 from mmbench.evaluate import execute
 from mmbench.metrics.context import state_digest
 from mmbench.render import render_markdown
@@ -220,7 +221,9 @@ def test_eval_precision_rescores_the_trained_model_and_keeps_both_evaluations(tm
     a, b = first["metrics"]["loglik/joint"], out["metrics"]["loglik/joint"]
     assert a != b and abs(a - b) < 1e-3 * abs(a)  # the decoders' rounding moved it, by a little
     assert fp32.status() == "rescore"
-    assert execute(fp32, data_root) == first  # brought back, not recomputed
+    with pytest.MonkeyPatch.context() as mp:  # brought back, not recomputed (an evaluation gives the same metrics)
+        mp.setattr(evaluate_mod, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        assert execute(fp32, data_root) == first
     assert json.loads((low.dir / "metrics.bf16.json").read_text())["metrics"] == out["metrics"]
     assert "evaluating again as bf16 (kept fp32 as metrics.fp32.json)" in low.log_path.read_text()
     assert low.log_path.read_text().count(slow) == 1  # the bf16 evaluation's, not the fp32 one's
@@ -303,8 +306,10 @@ def test_import_refuses_conflicts_and_writes_nothing(tmp_path):
         import_bundle(tmp_path / "x.tar.gz", b)
     assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
     (mine.dir / "metrics.json").unlink()  # now unfinished here: still refused, never overwritten
+    before = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
     with pytest.raises(MMBenchError, match="exists here unfinished"):
         import_bundle(tmp_path / "x.tar.gz", b)
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == before
 
 
 def _write_tar(dst, items):
