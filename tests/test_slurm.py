@@ -161,7 +161,8 @@ def test_slurm_options_need_slurm_executor(tmp_path):
     from mmbench.cli import app
     from mmbench.errors import MMBenchError
 
-    for extra, said in ((["--slurm-mem", "4G"], "add --executor slurm"), (["--executor", "pbs"], "choose local or slurm")):
+    for extra, said in ((["--slurm-mem", "4G"], "add --executor slurm"),
+                        (["--executor", "pbs"], "choose local or slurm")):
         r = CliRunner().invoke(app, ["run", str(write_suite(tmp_path)), "--runs-dir", str(tmp_path / "r"), *extra])
         assert isinstance(r.exception, MMBenchError) and said in str(r.exception), r.exception
 
