@@ -653,7 +653,7 @@ def _train_or_split(members: List[_Member], data_root, progress, stop_after_epoc
             m.writer.close()
         m.model_state = m.opt_state = None  # host copies a pack not yet stacked held; the halves read checkpoints
     members = [m for m in members if not m.error]
-    # a captured step's CUDA graphs hold their memory pool until reset (the halves compile anew either: other shapes)
+    # a captured step's CUDA graphs hold their memory pool until reset (the halves compile anew anyway: other shapes)
     release_device_memory(device, compiled=kernels.choice("MMBENCH_COMPILE") == "1", on_cpu_too=True)
     train_mod.CHECKPOINTS.wait()  # the checkpoints the halves resume from, on disk
     half = (len(members) + 1) // 2
