@@ -860,10 +860,11 @@ def test_valid_method_options_are_kept_as_written():
     """Checked, not converted: an integer α stays 1 (run ids of existing runs do not change), null means β."""
     cfg = build_run_config({"dataset": "polydigits", "method": {"name": "mmvamp", "options": {"alpha": 1, "rate": "mc"}}})
     assert cfg.method.options == {"alpha": 1, "rate": "mc"} and type(cfg.method.options["alpha"]) is int
-    assert build_run_config({"dataset": "polydigits", "method": {"name": "jmvae", "options": {"alpha": None}}})
-    assert build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "options": {"stage1_steps": 5}}})
-    assert build_run_config({"dataset": "polydigits", "method": {"name": "smvae", "options": {  # null: the fraction's
-        "stage1_steps": None, "stage1_fraction": 0.5}}})
+    for name, options in (("jmvae", {"alpha": None}), ("smvae", {"stage1_steps": 5}),
+                          ("smvae", {"stage1_steps": None, "stage1_fraction": 0.5})):  # null: β's, the fraction's
+        cfg = build_run_config({"dataset": "polydigits", "method": {"name": name, "options": dict(options)}})
+        assert cfg.method.options == options and [type(v) for v in cfg.method.options.values()] == \
+            [type(v) for v in options.values()]
     with pytest.raises(ConfigError, match=r"^method\.options\.stage1_steps: set stage1_steps or stage1_fraction, not both$"):
         build_run_config({"dataset": "polydigits", "method": {"name": "smvae",
                                                                "options": {"stage1_steps": 5, "stage1_fraction": 0.5}}})
