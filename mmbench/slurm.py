@@ -502,10 +502,10 @@ def run_slurm(configs: Sequence[RunConfig], runs_dir: Path, data_root: Optional[
     if not wait:
         return [(r, True, "submitted") for r in runs]
     pending = [r for r in runs if r.id not in results]
-    polls = 0
+    delay = min(poll_s, 0.5)  # short runs seen done soon; long ones polled every poll_s
     while pending:
-        time.sleep(min(poll_s, 0.5 * 1.5 ** polls))  # short runs seen done soon; long ones polled every poll_s
-        polls = min(polls + 1, 10)  # (1.5 ** polls unbounded would overflow a float after ~1,750 polls)
+        time.sleep(delay)
+        delay = min(poll_s, delay * 1.5)
         states = run_states(pending, _job_states())
         still = []
         for r in pending:
